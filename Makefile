@@ -1,0 +1,38 @@
+# cloudd: the README's commands. Every target that runs code sets up what it needs first.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test unit e2e lint demo bench clean
+
+setup:
+	@scripts/setup.sh
+
+# The whole suite, real libvirt, real services and real VMs included.
+test: setup
+	@scripts/ensure-libvirtd.sh
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Pure and fast tests only: no libvirt, no namespaces, no services, no VMs.
+unit: setup
+	@$(PY) -m pytest -m "not libvirt and not netns and not services and not e2e" $(PYTEST_ARGS)
+
+e2e: setup
+	@scripts/ensure-libvirtd.sh
+	@$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check cloudd tests bench
+	$(VENV)/bin/mypy cloudd
+	$(VENV)/bin/lint-imports
+
+demo: setup
+	@scripts/demo.sh
+
+bench: setup
+	@scripts/ensure-libvirtd.sh
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

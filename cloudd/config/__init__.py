@@ -1,0 +1,1 @@
+"""Files operators write: manifests (`kind: Cloud`) and agent settings (`kind: Agent`)."""

@@ -1,0 +1,1 @@
+"""The `appscale` cloud type."""

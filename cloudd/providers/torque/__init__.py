@@ -1,0 +1,1 @@
+"""The `torque` cloud type."""

@@ -1,0 +1,1 @@
+"""The `web` cloud type."""

@@ -1,0 +1,1 @@
+"""Virtual machines through libvirt: templates, metadata, the host backend, events, test guests."""
