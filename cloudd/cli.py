@@ -14,7 +14,7 @@ from collections.abc import Sequence
 #: Modules that add subcommands; each has `register(subparsers) -> None` and sets
 #: `func(args) -> int` on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
-    "cloudd.config.commands",
+    "cloudd.commands.validate",
 )
 
 

@@ -1,0 +1,1 @@
+"""`cloudd-cli` command groups, one module each (the top layer with cloudd.cli)."""
