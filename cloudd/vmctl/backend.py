@@ -1,0 +1,264 @@
+"""What a host's hypervisor can do for cloudd: the Backend protocol, its data, and a fake.
+
+The host agent and the benchmarks see only this Protocol. `cloudd.vmctl.libvirt_backend` is
+the real implementation (the only module importing libvirt); `FakeBackend` here is an
+in-memory one for unit tests of the logic above it (it enforces the same rules: a domain
+without cloudd metadata is never touched; start of a running domain and destroy of a stopped
+one are no-ops that return False).
+
+Events: `subscribe()` hands out an asyncio.Queue that receives every DomainEvent from then on.
+After a reconnect to the hypervisor a RESYNC event carries the full list, since events may have
+been missed while disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+from xml.etree import ElementTree as ET
+
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
+
+
+class DomainState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTTING_DOWN = "shutting-down"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    OTHER = "other"
+
+
+class EventKind(enum.Enum):
+    DEFINED = "defined"
+    UNDEFINED = "undefined"
+    STARTED = "started"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    SHUTDOWN = "shutdown"
+    CRASHED = "crashed"
+    OTHER = "other"
+    #: the connection to the hypervisor was lost; nothing is known until RESYNC
+    DISCONNECTED = "disconnected"
+    #: (re)connected: `domains` is the whole current list
+    RESYNC = "resync"
+
+
+class NotOurDomain(PermanentError):
+    """The domain exists but carries no cloudd metadata: cloudd must not touch it."""
+
+
+class NoSuchDomain(PermanentError):
+    """No domain of that name is defined on this host."""
+
+
+class InvalidDomain(PermanentError):
+    """The hypervisor refused the domain XML (schema or semantic validation)."""
+
+
+class BackendUnavailable(TemporaryError):
+    """The hypervisor cannot be reached right now (down, restarting, call timed out)."""
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    meta: CloudMeta
+    state: DomainState
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a host can still offer."""
+
+    free_memory_kib: int
+    total_memory_kib: int
+    vcpus: int
+    images: frozenset[str]
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    kind: EventKind
+    domain: str
+    meta: CloudMeta | None
+    #: the hypervisor's own detail, e.g. "crashed", "destroyed", "shutdown", "failed"
+    detail: str
+    #: monotonic seconds, from the backend's clock, when the event was received
+    at: float
+    domains: tuple[DomainInfo, ...] = ()
+
+
+class Backend(Protocol):
+    async def define(self, xml: str) -> bool:
+        """Define a domain from XML carrying cloudd metadata; False when it already exists."""
+        ...
+
+    async def start(self, name: str) -> bool:
+        """Start a defined domain; False when it already runs."""
+        ...
+
+    async def shutdown(self, name: str) -> bool:
+        """Ask the guest to shut down (ACPI); False when it is not running."""
+        ...
+
+    async def destroy(self, name: str) -> bool:
+        """Stop the domain at once; False when it is not running."""
+        ...
+
+    async def undefine(self, name: str) -> bool:
+        """Forget a stopped domain; False when it is not defined."""
+        ...
+
+    async def list(self) -> tuple[DomainInfo, ...]:
+        """Every cloudd-owned domain on this host, with metadata and state."""
+        ...
+
+    async def inventory(self) -> Inventory: ...
+
+    def subscribe(self) -> asyncio.Queue[DomainEvent]: ...
+
+    def unsubscribe(self, queue: asyncio.Queue[DomainEvent]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class EventHub:
+    """Fan-out of events to subscriber queues (shared by the fake and the real backend)."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[DomainEvent]] = []
+
+    def subscribe(self) -> asyncio.Queue[DomainEvent]:
+        queue: asyncio.Queue[DomainEvent] = asyncio.Queue()
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[DomainEvent]) -> None:
+        if queue in self._queues:
+            self._queues.remove(queue)
+
+    def publish(self, event: DomainEvent) -> None:
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+
+@dataclass
+class _FakeDomain:
+    xml: str
+    meta: CloudMeta | None
+    uuid: str
+    state: DomainState = DomainState.STOPPED
+
+
+@dataclass
+class FakeBackend:
+    """An in-memory hypervisor for unit tests. `add_foreign` defines a domain without metadata;
+    `crash` makes a running domain die as if its qemu were killed."""
+
+    clock: Callable[[], float]
+    total_memory_kib: int = 8 * 1024 * 1024
+    vcpus: int = 4
+    images: frozenset[str] = frozenset()
+    domains: dict[str, _FakeDomain] = field(default_factory=dict)
+    hub: EventHub = field(default_factory=EventHub)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_foreign(self, name: str, *, running: bool = False) -> None:
+        state = DomainState.RUNNING if running else DomainState.STOPPED
+        self.domains[name] = _FakeDomain(xml=f"<domain><name>{name}</name></domain>",
+                                         meta=None, uuid=f"uuid-{name}", state=state)
+
+    def crash(self, name: str) -> None:
+        dom = self._ours(name)
+        dom.state = DomainState.STOPPED
+        self._emit(EventKind.STOPPED, name, dom.meta, "crashed")
+
+    def _emit(self, kind: EventKind, name: str, meta: CloudMeta | None, detail: str) -> None:
+        self.hub.publish(DomainEvent(kind=kind, domain=name, meta=meta, detail=detail,
+                                     at=self.clock()))
+
+    def _ours(self, name: str) -> _FakeDomain:
+        dom = self.domains.get(name)
+        if dom is None:
+            raise NoSuchDomain(f"no domain {name!r} on this host")
+        if dom.meta is None:
+            raise NotOurDomain(f"domain {name!r} has no cloudd metadata; not touching it")
+        return dom
+
+    async def define(self, xml: str) -> bool:
+        meta = from_domain_xml(xml)
+        if meta is None:
+            raise InvalidDomain("domain XML carries no cloudd metadata")
+        name = ET.fromstring(xml).findtext("name") or ""
+        self.calls.append(("define", name))
+        if name in self.domains:
+            self._ours(name)
+            return False
+        self.domains[name] = _FakeDomain(xml=xml, meta=meta, uuid=f"uuid-{name}")
+        self._emit(EventKind.DEFINED, name, meta, "added")
+        return True
+
+    async def start(self, name: str) -> bool:
+        self.calls.append(("start", name))
+        dom = self._ours(name)
+        if dom.state is DomainState.RUNNING:
+            return False
+        dom.state = DomainState.RUNNING
+        self._emit(EventKind.STARTED, name, dom.meta, "booted")
+        return True
+
+    async def shutdown(self, name: str) -> bool:
+        self.calls.append(("shutdown", name))
+        dom = self._ours(name)
+        if dom.state is not DomainState.RUNNING:
+            return False
+        dom.state = DomainState.STOPPED
+        self._emit(EventKind.STOPPED, name, dom.meta, "shutdown")
+        return True
+
+    async def destroy(self, name: str) -> bool:
+        self.calls.append(("destroy", name))
+        dom = self._ours(name)
+        if dom.state is DomainState.STOPPED:
+            return False
+        dom.state = DomainState.STOPPED
+        self._emit(EventKind.STOPPED, name, dom.meta, "destroyed")
+        return True
+
+    async def undefine(self, name: str) -> bool:
+        self.calls.append(("undefine", name))
+        if name not in self.domains:
+            return False
+        dom = self._ours(name)
+        if dom.state is not DomainState.STOPPED:
+            raise PermanentError(f"domain {name!r} is running; destroy it before undefining")
+        del self.domains[name]
+        self._emit(EventKind.UNDEFINED, name, dom.meta, "removed")
+        return True
+
+    async def list(self) -> tuple[DomainInfo, ...]:
+        return tuple(DomainInfo(name=n, uuid=d.uuid, meta=d.meta, state=d.state)
+                     for n, d in sorted(self.domains.items()) if d.meta is not None)
+
+    async def inventory(self) -> Inventory:
+        used = sum(1024 * 1024 for d in self.domains.values()
+                   if d.state is DomainState.RUNNING)
+        return Inventory(free_memory_kib=self.total_memory_kib - used,
+                         total_memory_kib=self.total_memory_kib, vcpus=self.vcpus,
+                         images=self.images)
+
+    def subscribe(self) -> asyncio.Queue[DomainEvent]:
+        return self.hub.subscribe()
+
+    def unsubscribe(self, queue: asyncio.Queue[DomainEvent]) -> None:
+        self.hub.unsubscribe(queue)
+
+    async def close(self) -> None:
+        return None

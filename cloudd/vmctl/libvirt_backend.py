@@ -1,0 +1,481 @@
+"""The Backend protocol over libvirt-python: the only module of cloudd that imports libvirt.
+
+libvirt-python blocks, so every call runs in one dedicated worker thread per connection (a
+single thread keeps the calls on one connection ordered and makes the object safe to share)
+and every call has a timeout: a hung libvirtd makes a call fail with BackendUnavailable
+instead of freezing the agent. Lifecycle events arrive without polling, through libvirtaio
+(libvirt's event loop implemented on the running asyncio loop).
+
+Ownership: an operation on a domain first reads its cloudd metadata (virDomainGetMetadata in
+cloudd's namespace) in the same worker-thread call; a domain without it raises NotOurDomain
+and is left as it was. Event callbacks run on the loop and must not block, so they read the
+owner from a cache that list/define/resync keep up to date.
+
+Reconnection: a close callback (and keepalive, which detects a silent peer) tells us when
+libvirtd goes away. We publish DISCONNECTED, retry opening with backoff, re-register the
+event callbacks, re-read every domain and publish RESYNC with the full list: events missed
+while disconnected are made up for by the level-triggered reconcile that follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from xml.etree import ElementTree as ET
+
+import libvirt
+import libvirtaio
+
+from cloudd import log
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.vmctl.backend import (
+    BackendUnavailable,
+    DomainEvent,
+    DomainInfo,
+    DomainState,
+    EventHub,
+    EventKind,
+    InvalidDomain,
+    Inventory,
+    NoSuchDomain,
+    NotOurDomain,
+)
+from cloudd.vmctl.metadata import (
+    NAMESPACE,
+    CloudMeta,
+    MetadataError,
+    from_domain_xml,
+    parse_element,
+)
+
+T = TypeVar("T")
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+}
+_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: EventKind.DEFINED,
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: EventKind.UNDEFINED,
+    libvirt.VIR_DOMAIN_EVENT_STARTED: EventKind.STARTED,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: EventKind.SUSPENDED,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: EventKind.RESUMED,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: EventKind.STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: EventKind.SHUTDOWN,
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: EventKind.CRASHED,
+}
+_STOPPED_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
+}
+_CONNECTION_ERRORS = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
+                      libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
+                      libvirt.VIR_ERR_AUTH_FAILED}
+_XML_ERRORS = {libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL,
+               libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+               libvirt.VIR_ERR_XML_INVALID_SCHEMA}
+_IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we raise them instead."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+
+class _EventImpl(libvirtaio.virEventAsyncIOImpl):  # type: ignore[misc]
+    """libvirtaio, woken up when libvirt touches it from another thread.
+
+    libvirt calls the add/update hooks from whichever thread is inside the library: our worker
+    thread too, when it reads an event off the socket during a call. libvirtaio then schedules
+    on the loop without waking it, so the event could wait for the loop's next wake-up; a
+    thread-safe no-op callback wakes it at once.
+    """
+
+    def _wake(self) -> None:
+        if threading.get_ident() != _events_thread_id:
+            self.loop.call_soon_threadsafe(lambda: None)
+
+    def _add_handle(self, fd: int, event: int, cb: Any, opaque: Any) -> int:
+        watch: int = super()._add_handle(fd, event, cb, opaque)
+        self._wake()
+        return watch
+
+    def _update_handle(self, watch: int, event: int) -> None:
+        super()._update_handle(watch, event)
+        self._wake()
+
+    def _add_timeout(self, timeout: int, cb: Any, opaque: Any) -> int:
+        timer: int = super()._add_timeout(timeout, cb, opaque)
+        self._wake()
+        return timer
+
+    def _update_timeout(self, timer: int, timeout: int) -> None:
+        super()._update_timeout(timer, timeout)
+        self._wake()
+
+
+_events_lock = threading.Lock()
+_events_loop: asyncio.AbstractEventLoop | None = None
+_events_thread_id = -1
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The process-wide loop that runs libvirt's event implementation (libvirtaio).
+
+    libvirt accepts one event implementation per process, for the life of the process, while
+    asyncio loops come and go (a loop per test; a daemon restarting its loop). So libvirtaio
+    runs on its own long-lived loop in a daemon thread, and each backend hops callbacks to its
+    caller's loop with call_soon_threadsafe (tens of microseconds).
+    """
+    global _events_loop, _events_thread_id
+    with _events_lock:
+        if _events_loop is None:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                global _events_thread_id
+                asyncio.set_event_loop(loop)
+                _events_thread_id = threading.get_ident()
+                _EventImpl(loop=loop).register()
+                ready.set()
+                loop.run_forever()
+
+            threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+            ready.wait()
+            _events_loop = loop
+        return _events_loop
+
+
+def _translate(e: libvirt.libvirtError, what: str) -> ClouddError:
+    code = e.get_error_code()
+    msg = f"libvirt {what}: {e.get_error_message() or e}"
+    if code in _CONNECTION_ERRORS:
+        return BackendUnavailable(msg, delay=1.0)
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return NoSuchDomain(msg)
+    if what == "define" and code in _XML_ERRORS:
+        return InvalidDomain(msg)
+    # Start failures such as "qemu unexpectedly closed the monitor" go away on a later try.
+    return TemporaryError(msg, delay=1.0)
+
+
+def _owner(dom: libvirt.virDomain) -> CloudMeta | None:
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return None
+        raise
+    try:
+        return parse_element(xml)
+    except MetadataError:
+        return None
+
+
+def _info(dom: libvirt.virDomain, meta: CloudMeta) -> DomainInfo:
+    state = dom.state()[0]
+    return DomainInfo(name=dom.name(), uuid=dom.UUIDString(), meta=meta,
+                      state=_STATES.get(state, DomainState.OTHER))
+
+
+class LibvirtBackend:
+    """A libvirt connection as a cloudd Backend. Create with `await LibvirtBackend.open(uri)`."""
+
+    def __init__(self, uri: str, *, clock: Callable[[], float] = time.monotonic,
+                 call_timeout: float = 30.0, image_dirs: tuple[Path, ...] = (),
+                 reconnect_delays: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)) -> None:
+        self.uri = uri
+        self.clock = clock
+        self.call_timeout = call_timeout
+        self.image_dirs = image_dirs
+        self.reconnect_delays = reconnect_delays
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="libvirt")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: libvirt.virConnect | None = None
+        self._callback_id: int | None = None
+        self._owners: dict[str, CloudMeta] = {}
+        self._hub = EventHub()
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closed = False
+        self._log = log.get("vmctl.libvirt", host=os.uname().nodename)
+
+    @classmethod
+    async def open(cls, uri: str, **kwargs: Any) -> LibvirtBackend:
+        backend = cls(uri, **kwargs)
+        backend._loop = asyncio.get_running_loop()
+        _event_loop()
+        await backend._connect()
+        return backend
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[[], T], *, need_conn: bool = True) -> T:
+        if self._closed:
+            raise PermanentError(f"libvirt {what}: backend is closed")
+        if need_conn and self._conn is None:
+            raise BackendUnavailable(f"libvirt {what}: not connected to {self.uri}", delay=1.0)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn),
+                                          self.call_timeout)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"libvirt {what}: no answer from {self.uri} within {self.call_timeout}s",
+                delay=1.0) from None
+        except libvirt.libvirtError as e:
+            raise _translate(e, what) from None
+
+    def _conn_or_raise(self) -> libvirt.virConnect:
+        conn = self._conn
+        if conn is None:
+            raise libvirt.libvirtError("not connected")
+        return conn
+
+    async def _connect(self) -> None:
+        def work() -> tuple[libvirt.virConnect, int, tuple[DomainInfo, ...]]:
+            conn = libvirt.open(self.uri)
+            try:
+                if not self.uri.startswith("test:"):
+                    conn.setKeepAlive(5, 3)
+                conn.registerCloseCallback(self._on_close, None)
+                cb = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+                return conn, cb, self._list_on(conn)
+            except BaseException:
+                conn.close()
+                raise
+
+        conn, cb, domains = await self._call("connect", work, need_conn=False)
+        self._conn, self._callback_id = conn, cb
+        self._owners = {d.name: d.meta for d in domains}
+        self._log.info("libvirt connected", uri=self.uri, domains=len(domains))
+        self._hub.publish(DomainEvent(kind=EventKind.RESYNC, domain="", meta=None,
+                                      detail="connected", at=self.clock(), domains=domains))
+
+    def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        # Called on the libvirt-events thread: hop to the backend's loop.
+        loop = self._loop
+        if loop is not None and not self._closed:
+            loop.call_soon_threadsafe(self._lost, reason)
+
+    def _lost(self, reason: int) -> None:
+        if self._conn is None or self._closed:
+            return
+        dead, self._conn, self._callback_id = self._conn, None, None
+        self._log.warning("libvirt connection lost", uri=self.uri, reason=reason)
+        self._hub.publish(DomainEvent(kind=EventKind.DISCONNECTED, domain="", meta=None,
+                                      detail=f"close reason {reason}", at=self.clock()))
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(dead))
+
+    async def _reconnect_loop(self, dead: libvirt.virConnect) -> None:
+        def drop() -> None:
+            with contextlib.suppress(libvirt.libvirtError):
+                dead.unregisterCloseCallback()
+            with contextlib.suppress(libvirt.libvirtError):
+                dead.close()
+
+        await self._call("close", drop, need_conn=False)
+        attempt = 0
+        while not self._closed:
+            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+                return
+            except ClouddError as e:
+                attempt += 1
+                self._log.info("libvirt reconnect failed", uri=self.uri, attempt=attempt,
+                               error=str(e))
+
+    def _on_lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
+                      detail: int, _opaque: object) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        name, at = dom.name(), self.clock()
+        loop.call_soon_threadsafe(self._lifecycle, name, event, detail, at)
+
+    def _lifecycle(self, name: str, event: int, detail: int, at: float) -> None:
+        kind = _EVENTS.get(event, EventKind.OTHER)
+        meta = self._owners.get(name)
+        if kind is EventKind.UNDEFINED:
+            self._owners.pop(name, None)
+        if meta is None:
+            if kind is EventKind.DEFINED:
+                # A domain defined by someone else (or by us, racing define's return): look
+                # at its metadata off the loop, then publish if it is ours.
+                asyncio.get_running_loop().create_task(self._learn(name, detail, at))
+            return
+        text = (_STOPPED_DETAILS.get(detail, str(detail))
+                if kind is EventKind.STOPPED else str(detail))
+        self._hub.publish(DomainEvent(kind=kind, domain=name, meta=meta, detail=text, at=at))
+
+    async def _learn(self, name: str, detail: int, at: float) -> None:
+        def work() -> CloudMeta | None:
+            return _owner(self._conn_or_raise().lookupByName(name))
+
+        try:
+            meta = await self._call("lookup", work)
+        except ClouddError:
+            return
+        if meta is not None:
+            self._owners[name] = meta
+            self._hub.publish(DomainEvent(kind=EventKind.DEFINED, domain=name, meta=meta,
+                                          detail=str(detail), at=at))
+
+    def _ours(self, name: str) -> tuple[libvirt.virDomain, CloudMeta]:
+        """In the worker thread: the domain and its owner, or NotOurDomain/NoSuchDomain."""
+        dom = self._conn_or_raise().lookupByName(name)
+        meta = _owner(dom)
+        if meta is None:
+            raise NotOurDomain(f"domain {name!r} has no cloudd metadata; not touching it")
+        return dom, meta
+
+    @staticmethod
+    def _list_on(conn: libvirt.virConnect) -> tuple[DomainInfo, ...]:
+        out = []
+        for dom in conn.listAllDomains(0):
+            meta = _owner(dom)
+            if meta is not None:
+                out.append(_info(dom, meta))
+        return tuple(sorted(out, key=lambda d: d.name))
+
+    # -- the Backend protocol ---------------------------------------------------------------
+
+    async def define(self, xml: str) -> bool:
+        meta = from_domain_xml(xml)
+        if meta is None:
+            raise InvalidDomain("domain XML carries no cloudd metadata; refusing to define it")
+
+        def work() -> tuple[bool, str]:
+            conn = self._conn_or_raise()
+            name = ET.fromstring(xml).findtext("name") or ""
+            try:
+                conn.lookupByName(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+            else:
+                self._ours(name)
+                return False, name
+            dom = conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+            return True, dom.name()
+
+        changed, name = await self._call("define", work)
+        if changed:
+            self._owners[name] = meta
+        return changed
+
+    async def start(self, name: str) -> bool:
+        def work() -> bool:
+            dom, _ = self._ours(name)
+            if dom.isActive():
+                return False
+            dom.create()
+            return True
+
+        return await self._call("start", work)
+
+    async def shutdown(self, name: str) -> bool:
+        def work() -> bool:
+            dom, _ = self._ours(name)
+            if not dom.isActive():
+                return False
+            dom.shutdown()
+            return True
+
+        return await self._call("shutdown", work)
+
+    async def destroy(self, name: str) -> bool:
+        def work() -> bool:
+            dom, _ = self._ours(name)
+            if not dom.isActive():
+                return False
+            dom.destroy()
+            return True
+
+        return await self._call("destroy", work)
+
+    async def undefine(self, name: str) -> bool:
+        def work() -> bool:
+            try:
+                dom, _ = self._ours(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+            if dom.isActive():
+                raise PermanentError(f"domain {name!r} is running; destroy it before undefining")
+            dom.undefine()
+            return True
+
+        return await self._call("undefine", work)
+
+    async def list(self) -> tuple[DomainInfo, ...]:
+        domains = await self._call("list", lambda: self._list_on(self._conn_or_raise()))
+        self._owners = {d.name: d.meta for d in domains}
+        return domains
+
+    async def inventory(self) -> Inventory:
+        def work() -> Inventory:
+            conn = self._conn_or_raise()
+            info = conn.getInfo()
+            images: set[str] = set()
+            for d in self.image_dirs:
+                if d.is_dir():
+                    images.update(str(p) for p in d.iterdir()
+                                  if p.is_file() and p.suffix in _IMAGE_SUFFIXES)
+            return Inventory(free_memory_kib=conn.getFreeMemory() // 1024,
+                             total_memory_kib=info[1] * 1024, vcpus=info[2],
+                             images=frozenset(images))
+
+        return await self._call("inventory", work)
+
+    def subscribe(self) -> asyncio.Queue[DomainEvent]:
+        return self._hub.subscribe()
+
+    def unsubscribe(self, queue: asyncio.Queue[DomainEvent]) -> None:
+        self._hub.unsubscribe(queue)
+
+    async def close(self) -> None:
+        """Deregister and close; safe to call twice."""
+        if self._closed:
+            return
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+        conn, cb = self._conn, self._callback_id
+        self._conn = None
+
+        def work() -> None:
+            if conn is None:
+                return
+            for step in (lambda: cb is not None and conn.domainEventDeregisterAny(cb),
+                         conn.unregisterCloseCallback, conn.close):
+                with contextlib.suppress(libvirt.libvirtError):
+                    step()
+
+        try:
+            await self._call("close", work, need_conn=False)
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=False)

@@ -1,0 +1,129 @@
+"""LibvirtBackend against libvirt's in-process `test:///default` driver (fast, no root).
+
+That driver starts with one domain, `test`, running and without cloudd metadata: it stands
+for an operator's hand-made domain that cloudd must leave alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cloudd.errors import PermanentError
+from cloudd.vmctl.backend import (
+    DomainEvent,
+    DomainState,
+    EventKind,
+    InvalidDomain,
+    NoSuchDomain,
+    NotOurDomain,
+)
+from cloudd.vmctl.libvirt_backend import LibvirtBackend
+from cloudd.vmctl.metadata import CloudMeta
+from cloudd.vmctl.template import NodeDomain, render_domain
+
+TEMPLATE = """<domain type='test'>
+  <name>${name}</name><uuid>${uuid}</uuid>
+  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
+  <os><type>hvm</type></os>
+  ${metadata}
+</domain>"""
+
+
+def xml_for(node: str, *, term: int = 1) -> str:
+    meta = CloudMeta(cloud="tc", node=node, role="compute", term=term)
+    return render_domain(TEMPLATE, NodeDomain(meta=meta, memory_mib=64, vcpus=1, image="/i"))
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[LibvirtBackend]:
+    b = await LibvirtBackend.open("test:///default", call_timeout=10.0)
+    yield b
+    await b.close()
+
+
+async def next_event(queue: asyncio.Queue[DomainEvent], kind: EventKind) -> DomainEvent:
+    async with asyncio.timeout(10):
+        while True:
+            event = await queue.get()
+            if event.kind is kind:
+                return event
+
+
+async def test_define_start_destroy_undefine_with_events(backend: LibvirtBackend) -> None:
+    events = backend.subscribe()
+    assert await backend.define(xml_for("n1"))
+    defined = await next_event(events, EventKind.DEFINED)
+    assert defined.domain == "tc-n1" and defined.meta is not None
+    assert defined.meta.node == "n1"
+    assert await backend.start("tc-n1")
+    assert (await next_event(events, EventKind.STARTED)).domain == "tc-n1"
+    [info] = await backend.list()
+    assert (info.name, info.state, info.meta.term) == ("tc-n1", DomainState.RUNNING, 1)
+    assert await backend.destroy("tc-n1")
+    stopped = await next_event(events, EventKind.STOPPED)
+    assert stopped.detail == "destroyed"
+    assert await backend.undefine("tc-n1")
+    assert (await next_event(events, EventKind.UNDEFINED)).domain == "tc-n1"
+    assert await backend.list() == ()
+
+
+async def test_operations_are_idempotent(backend: LibvirtBackend) -> None:
+    assert await backend.define(xml_for("n1"))
+    assert not await backend.define(xml_for("n1", term=2))
+    assert (await backend.list())[0].meta.term == 1
+    assert not await backend.destroy("tc-n1")
+    assert not await backend.shutdown("tc-n1")
+    assert await backend.start("tc-n1")
+    assert not await backend.start("tc-n1")
+    with pytest.raises(PermanentError, match="destroy it before undefining"):
+        await backend.undefine("tc-n1")
+    assert await backend.destroy("tc-n1")
+    assert await backend.undefine("tc-n1")
+    assert not await backend.undefine("tc-n1")
+
+
+async def test_foreign_domain_is_never_touched(backend: LibvirtBackend) -> None:
+    for op in (backend.destroy, backend.shutdown, backend.undefine, backend.start):
+        with pytest.raises(NotOurDomain, match="'test' has no cloudd metadata"):
+            await op("test")
+    foreign = xml_for("x").replace("<name>tc-x</name>", "<name>test</name>")
+    with pytest.raises(NotOurDomain):
+        await backend.define(foreign)
+    assert await backend.list() == ()
+    # still there and still running
+    conn_state = await backend._call("peek", lambda: backend._conn_or_raise()
+                                     .lookupByName("test").state()[0])
+    assert conn_state == 1
+
+
+async def test_define_refuses_xml_without_metadata_or_invalid(backend: LibvirtBackend) -> None:
+    with pytest.raises(InvalidDomain, match="no cloudd metadata"):
+        await backend.define("<domain type='test'><name>a</name></domain>")
+    bad = xml_for("n2").replace("<os>", "<bogus/><os>")
+    with pytest.raises(InvalidDomain, match="libvirt define"):
+        await backend.define(bad)
+    assert await backend.list() == ()
+
+
+async def test_missing_domain(backend: LibvirtBackend) -> None:
+    with pytest.raises(NoSuchDomain):
+        await backend.start("tc-nope")
+
+
+async def test_inventory(backend: LibvirtBackend, tmp_path) -> None:
+    (tmp_path / "a.qcow2").write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    backend.image_dirs = (tmp_path,)
+    inv = await backend.inventory()
+    assert inv.vcpus > 0 and 0 < inv.free_memory_kib <= inv.total_memory_kib
+    assert inv.images == frozenset({str(tmp_path / "a.qcow2")})
+
+
+async def test_close_twice_and_calls_after_close(backend: LibvirtBackend) -> None:
+    await backend.close()
+    await backend.close()
+    with pytest.raises(PermanentError, match="closed"):
+        await backend.list()
