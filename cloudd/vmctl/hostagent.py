@@ -1,0 +1,192 @@
+"""The host side of the leader's orders: run domain commands on this host's Backend, fenced.
+
+Every command carries the term of the leader that sent it. The host agent keeps the highest
+term it has seen in a file of its state dir (written atomically, and before the command that
+raised it acts, so that a crash cannot forget a term it already obeyed); a command with a
+lower term is refused with Outcome.STALE_TERM and nothing is done. That is the fencing token
+that keeps a deposed leader, still believing it leads, from touching VMs.
+
+Commands are idempotent: defining what exists, starting what runs, destroying what is stopped,
+undefining what is gone all answer Outcome.NOOP. Failures come back as Outcome.FAILED results
+(with `retry_after` for temporary ones), never as exceptions: the network layer only has to
+send the Result back.
+
+Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
+to the `on_event` callback given to `run_events`; the transport to the leader is not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudd import log
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.vmctl.backend import Backend, DomainEvent, DomainInfo, Inventory
+
+
+class Op(enum.Enum):
+    DEFINE = "define"
+    START = "start"
+    SHUTDOWN = "shutdown"
+    DESTROY = "destroy"
+    UNDEFINE = "undefine"
+    LIST = "list"
+    INVENTORY = "inventory"
+
+
+@dataclass(frozen=True)
+class HostCommand:
+    """One order from the leader. `domain` names the target (empty for LIST/INVENTORY);
+    `xml` is the full domain XML for DEFINE."""
+
+    op: Op
+    term: int
+    domain: str = ""
+    xml: str = ""
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    NOOP = "noop"
+    STALE_TERM = "stale-term"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HostResult:
+    command: HostCommand
+    outcome: Outcome
+    #: the highest term this host has seen, after this command
+    term_seen: int
+    message: str = ""
+    #: for temporary failures, seconds after which to try again
+    retry_after: float | None = None
+    domains: tuple[DomainInfo, ...] = ()
+    inventory: Inventory | None = None
+
+
+class TermStore:
+    """The highest term seen, persisted in `<state_dir>/highest-term` (one decimal integer)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "highest-term"
+
+    def load(self) -> int:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return 0
+        try:
+            term = int(text.strip())
+        except ValueError:
+            raise PermanentError(
+                f"{self.path}: not a term number: {text.strip()[:40]!r}") from None
+        if term < 0:
+            raise PermanentError(f"{self.path}: negative term {term}")
+        return term
+
+    def save(self, term: int) -> None:
+        """Write atomically: temp file, fsync, rename over, fsync the directory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{term}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class HostAgent:
+    """Executes fenced, idempotent domain commands on one host's Backend."""
+
+    def __init__(self, backend: Backend, *, state_dir: Path, host: str = "") -> None:
+        self.backend = backend
+        self.store = TermStore(state_dir)
+        self.highest_term = self.store.load()
+        self._term_lock = asyncio.Lock()
+        self._log = log.get("vmctl.hostagent", host=host or os.uname().nodename)
+
+    async def _admit(self, term: int) -> bool:
+        # The lock orders term raises; the file is written before the command acts.
+        async with self._term_lock:
+            if term < self.highest_term:
+                return False
+            if term > self.highest_term:
+                await asyncio.to_thread(self.store.save, term)
+                self._log.info("new term seen", term=term, previous=self.highest_term)
+                self.highest_term = term
+            return True
+
+    async def execute(self, cmd: HostCommand) -> HostResult:
+        if cmd.term < 0:
+            return self._result(cmd, Outcome.FAILED, f"invalid term {cmd.term}")
+        if not await self._admit(cmd.term):
+            self._log.warning("command refused: stale term", term=cmd.term,
+                              domain=cmd.domain, op=cmd.op.value,
+                              highest=self.highest_term)
+            return self._result(cmd, Outcome.STALE_TERM,
+                                f"term {cmd.term} is older than {self.highest_term}")
+        try:
+            return await self._run(cmd)
+        except TemporaryError as e:
+            self._log.warning("command failed, temporary", term=cmd.term, domain=cmd.domain,
+                              op=cmd.op.value, error=str(e))
+            return self._result(cmd, Outcome.FAILED, str(e), retry_after=e.delay)
+        except ClouddError as e:
+            self._log.error("command failed", term=cmd.term, domain=cmd.domain,
+                            op=cmd.op.value, error=str(e))
+            return self._result(cmd, Outcome.FAILED, str(e))
+
+    async def _run(self, cmd: HostCommand) -> HostResult:
+        b = self.backend
+        if cmd.op is Op.LIST:
+            return self._result(cmd, Outcome.DONE, domains=await b.list())
+        if cmd.op is Op.INVENTORY:
+            return self._result(cmd, Outcome.DONE, inventory=await b.inventory())
+        if cmd.op is Op.DEFINE:
+            if not cmd.xml:
+                return self._result(cmd, Outcome.FAILED, "define without domain XML")
+            changed = await b.define(cmd.xml)
+        elif not cmd.domain:
+            return self._result(cmd, Outcome.FAILED, f"{cmd.op.value} without a domain name")
+        else:
+            action = {Op.START: b.start, Op.SHUTDOWN: b.shutdown, Op.DESTROY: b.destroy,
+                      Op.UNDEFINE: b.undefine}[cmd.op]
+            changed = await action(cmd.domain)
+        outcome = Outcome.DONE if changed else Outcome.NOOP
+        self._log.info(f"domain {cmd.op.value}: {outcome.value}", term=cmd.term,
+                       domain=cmd.domain)
+        return self._result(cmd, outcome)
+
+    def _result(self, cmd: HostCommand, outcome: Outcome, message: str = "", *,
+                retry_after: float | None = None, domains: tuple[DomainInfo, ...] = (),
+                inventory: Inventory | None = None) -> HostResult:
+        return HostResult(command=cmd, outcome=outcome, term_seen=self.highest_term,
+                          message=message, retry_after=retry_after, domains=domains,
+                          inventory=inventory)
+
+    async def run_events(self, on_event: Callable[[DomainEvent], None]) -> None:
+        """Forward backend events to `on_event` until cancelled (run it as a task)."""
+        queue = self.backend.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                self._log.info(f"domain event: {event.kind.value}", domain=event.domain,
+                               detail=event.detail)
+                try:
+                    on_event(event)
+                except Exception:
+                    # A faulty consumer must not stop the forwarding of later events.
+                    self._log.exception("event consumer failed", domain=event.domain)
+        finally:
+            self.backend.unsubscribe(queue)

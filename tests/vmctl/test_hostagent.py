@@ -1,0 +1,112 @@
+"""HostAgent over the in-memory FakeBackend: fencing, idempotence, results, event forwarding."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cloudd.errors import PermanentError
+from cloudd.vmctl.backend import DomainEvent, EventKind, FakeBackend
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome, TermStore
+from cloudd.vmctl.metadata import CloudMeta, metadata_xml
+
+
+def domain_xml(node: str, term: int) -> str:
+    meta = CloudMeta(cloud="c", node=node, role="compute", term=term)
+    return f"<domain><name>c-{node}</name>{metadata_xml(meta)}</domain>"
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend(clock=lambda: 0.0, images=frozenset({"/img/a.qcow2"}))
+
+
+async def test_full_cycle_and_idempotence(fake: FakeBackend, tmp_path: Path) -> None:
+    agent = HostAgent(fake, state_dir=tmp_path)
+    run = agent.execute
+    assert (await run(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
+        is Outcome.DONE
+    assert (await run(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
+        is Outcome.NOOP
+    assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is Outcome.NOOP
+    assert (await run(HostCommand(Op.START, 1, "c-n1"))).outcome is Outcome.DONE
+    assert (await run(HostCommand(Op.START, 1, "c-n1"))).outcome is Outcome.NOOP
+    listed = await run(HostCommand(Op.LIST, 1))
+    assert [d.name for d in listed.domains] == ["c-n1"]
+    inv = await run(HostCommand(Op.INVENTORY, 1))
+    assert inv.inventory is not None and inv.inventory.images == frozenset({"/img/a.qcow2"})
+    assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is Outcome.DONE
+    assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is Outcome.DONE
+    assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is Outcome.NOOP
+
+
+async def test_stale_term_is_refused_and_nothing_is_done(fake: FakeBackend,
+                                                         tmp_path: Path) -> None:
+    agent = HostAgent(fake, state_dir=tmp_path)
+    await agent.execute(HostCommand(Op.DEFINE, 5, "c-n1", domain_xml("n1", 5)))
+    await agent.execute(HostCommand(Op.START, 5, "c-n1"))
+    fake.calls.clear()
+    result = await agent.execute(HostCommand(Op.DESTROY, 4, "c-n1"))
+    assert result.outcome is Outcome.STALE_TERM
+    assert result.term_seen == 5
+    assert "term 4 is older than 5" in result.message
+    assert fake.calls == []
+    # a newer term is obeyed and raises the fence
+    assert (await agent.execute(HostCommand(Op.DESTROY, 6, "c-n1"))).outcome is Outcome.DONE
+    assert (await agent.execute(HostCommand(Op.START, 5, "c-n1"))).outcome \
+        is Outcome.STALE_TERM
+
+
+async def test_highest_term_survives_a_restart(fake: FakeBackend, tmp_path: Path) -> None:
+    agent = HostAgent(fake, state_dir=tmp_path)
+    await agent.execute(HostCommand(Op.LIST, 9))
+    assert (tmp_path / "highest-term").read_text() == "9\n"
+    again = HostAgent(fake, state_dir=tmp_path)
+    assert again.highest_term == 9
+    assert (await again.execute(HostCommand(Op.LIST, 8))).outcome is Outcome.STALE_TERM
+
+
+def test_corrupt_term_file_is_a_precise_error(tmp_path: Path) -> None:
+    (tmp_path / "highest-term").write_text("twelve\n")
+    with pytest.raises(PermanentError, match="highest-term: not a term number: 'twelve'"):
+        TermStore(tmp_path).load()
+
+
+async def test_failures_are_results_not_exceptions(fake: FakeBackend, tmp_path: Path) -> None:
+    fake.add_foreign("handmade", running=True)
+    agent = HostAgent(fake, state_dir=tmp_path)
+    for op in (Op.DESTROY, Op.SHUTDOWN, Op.UNDEFINE):
+        result = await agent.execute(HostCommand(op, 1, "handmade"))
+        assert result.outcome is Outcome.FAILED
+        assert "no cloudd metadata" in result.message
+    assert fake.domains["handmade"].state.value == "running"
+    missing = await agent.execute(HostCommand(Op.START, 1, "c-nope"))
+    assert missing.outcome is Outcome.FAILED and "no domain 'c-nope'" in missing.message
+    assert (await agent.execute(HostCommand(Op.START, 1))).message == \
+        "start without a domain name"
+    assert (await agent.execute(HostCommand(Op.LIST, -1))).message == "invalid term -1"
+
+
+async def test_events_are_forwarded(fake: FakeBackend, tmp_path: Path) -> None:
+    agent = HostAgent(fake, state_dir=tmp_path)
+    got: list[DomainEvent] = []
+    seen = asyncio.Event()
+
+    def on_event(event: DomainEvent) -> None:
+        if event.kind is EventKind.STOPPED:
+            seen.set()
+        got.append(event)
+        raise RuntimeError("a faulty consumer")
+
+    task = asyncio.create_task(agent.run_events(on_event))
+    await asyncio.sleep(0)
+    await agent.execute(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))
+    await agent.execute(HostCommand(Op.START, 1, "c-n1"))
+    fake.crash("c-n1")
+    async with asyncio.timeout(5):
+        await seen.wait()
+    task.cancel()
+    assert [e.kind for e in got] == [EventKind.DEFINED, EventKind.STARTED, EventKind.STOPPED]
+    assert got[-1].detail == "crashed"
