@@ -1,0 +1,311 @@
+"""The provider interface: what one cloud type tells the agent about each of its roles.
+
+A provider is data plus a few hooks. For every role it says which packages the node needs,
+which files to write (rendered purely from the node's `Assignment`), which services the
+supervisor runs, and which roles must be healthy first. The leader runs the cluster-level
+hooks (`configure`, `monitor`, `stop`). Rendering is pure so that it can be tested without a
+machine; writing the result (`apply_rendered`), reading secrets and installing packages are the
+few impure helpers here, shared by every provider.
+
+Relations: an assignment carries the nodes of the other roles with their health. When they
+change the node re-renders; `apply_rendered` reports which files changed and which services
+want a reload because of them, so that e.g. nginx re-reads its upstream instead of restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import pwd
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudd import log
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.service import ServiceSpec
+
+_log = log.get("providers")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another node of the cloud as a role sees it: where it is and whether it is healthy."""
+
+    node: str
+    role: str
+    address: str
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one node is told by the leader: who it is, what it is for, and who its peers are."""
+
+    cloud: str
+    node: str
+    role: str
+    address: str
+    #: Everything the node writes lives below this directory (several nodes may share a machine).
+    root: Path
+    #: Where the cloud's secret files are, one file per secret name.
+    secrets_dir: Path
+    #: The manifest's provider-specific settings (validated by the type's settings model).
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: The other nodes of the cloud, with their health as the leader last saw it.
+    peers: tuple[Peer, ...] = ()
+    #: Put before every command line of this node: tests run several nodes on one machine,
+    #: each in its own network namespace (`("ip", "netns", "exec", "ns1")`).
+    exec_prefix: tuple[str, ...] = ()
+
+    def peers_of(self, role: str) -> tuple[Peer, ...]:
+        return tuple(p for p in self.peers if p.role == role)
+
+    def healthy(self, role: str) -> tuple[Peer, ...]:
+        return tuple(p for p in self.peers if p.role == role and p.healthy)
+
+    def setting(self, name: str, default: Any) -> Any:
+        return self.settings.get(name, default)
+
+
+@dataclass(frozen=True)
+class DirSpec:
+    """A directory a role needs, with its owner and mode."""
+
+    path: Path
+    mode: int = 0o755
+    owner: str = "root"
+    group: str = "root"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A rendered configuration file."""
+
+    path: Path
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    #: Services of this node that re-read this file on reload (not restart) when it changes.
+    reload: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Everything a role writes on its node, in order (directories first)."""
+
+    dirs: tuple[DirSpec, ...] = ()
+    files: tuple[FileSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What `apply_rendered` changed on disk, and which services should reload because of it."""
+
+    changed: tuple[Path, ...] = ()
+    reload: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the leader hands the cluster-level hooks: the cloud and every node's health."""
+
+    cloud: str
+    nodes: tuple[Peer, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def of(self, role: str) -> tuple[Peer, ...]:
+        return tuple(p for p in self.nodes if p.role == role)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of a provider's `monitor` check."""
+
+    check: str
+    ok: bool
+    message: str
+    node: str = ""
+
+
+class Role:
+    """One role of a cloud type. Subclasses override what differs; defaults do nothing."""
+
+    name: str = ""
+    #: Roles whose nodes must be healthy before this one is configured.
+    depends_on: tuple[str, ...] = ()
+
+    def packages(self, assignment: Assignment) -> tuple[str, ...]:
+        return ()
+
+    def secrets(self, assignment: Assignment) -> tuple[str, ...]:
+        """Names of the secret files `render` needs."""
+        return ()
+
+    def render(self, assignment: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        return Rendered()
+
+    def services(self, assignment: Assignment) -> tuple[ServiceSpec, ...]:
+        return ()
+
+    async def prepare(self, assignment: Assignment) -> None:
+        """One-time initialisation after the files are written, before the services start.
+
+        Must be idempotent: it runs on every converge and returns at once when already done.
+        """
+
+
+class Provider:
+    """One cloud type: its roles and the leader's hooks. Defaults suit a type with no checks."""
+
+    cloud_type: str = ""
+    roles: Mapping[str, Role] = {}
+
+    def role(self, name: str) -> Role:
+        try:
+            return self.roles[name]
+        except KeyError:
+            known = ", ".join(sorted(self.roles))
+            raise PermanentError(
+                f"cloud type {self.cloud_type!r} has no role {name!r} (roles: {known})"
+            ) from None
+
+    @property
+    def role_order(self) -> tuple[str, ...]:
+        return dependency_order({n: r.depends_on for n, r in self.roles.items()})
+
+    async def configure(self, cluster: ClusterView, role: str) -> None:
+        """Run once a role's dependencies are healthy; raise TemporaryError to be retried."""
+
+    async def monitor(self, cluster: ClusterView) -> tuple[Finding, ...]:
+        """Type-specific checks beyond each service's own probes."""
+        return ()
+
+    async def stop(self, cluster: ClusterView) -> None:
+        """Cluster-level work before the services stop (they stop in reverse role order)."""
+
+
+def dependency_order(depends: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
+    """Roles so that each comes after what it depends on; ties broken by name, for stability."""
+    deps = {name: set(d) for name, d in depends.items()}
+    for name, d in deps.items():
+        unknown = d - deps.keys()
+        if unknown:
+            raise PermanentError(f"role {name!r} depends on unknown role(s) {sorted(unknown)}")
+    order: list[str] = []
+    while deps:
+        ready = sorted(n for n, d in deps.items() if not d - set(order))
+        if not ready:
+            raise PermanentError(f"role dependencies form a cycle among {sorted(deps)}")
+        order.append(ready[0])
+        del deps[ready[0]]
+    return tuple(order)
+
+
+def read_secrets(assignment: Assignment, names: Iterable[str]) -> dict[str, str]:
+    """Read the named secret files; a missing one is a permanent error naming its path."""
+    values: dict[str, str] = {}
+    for name in names:
+        path = assignment.secrets_dir / name
+        try:
+            values[name] = path.read_text().rstrip("\n")
+        except FileNotFoundError:
+            raise PermanentError(f"secret {name!r} not found: {path} does not exist") from None
+        if not values[name]:
+            raise PermanentError(f"secret {name!r} is empty: {path}")
+    return values
+
+
+def _ids(owner: str, group: str) -> tuple[int, int]:
+    try:
+        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError as exc:
+        raise PermanentError(f"no such user or group: {exc.args[0]}") from None
+
+
+def _same(path: Path, content: bytes, mode: int, uid: int, gid: int) -> bool:
+    try:
+        st = path.stat()
+        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
+            return False
+        return path.read_bytes() == content
+    except FileNotFoundError:
+        return False
+
+
+def apply_rendered(rendered: Rendered) -> Changes:
+    """Create the directories and write the files that differ, each atomically (rename).
+
+    Returns what changed so that the caller reloads only the services that need it.
+    """
+    changed: list[Path] = []
+    reload: list[str] = []
+    for d in rendered.dirs:
+        uid, gid = _ids(d.owner, d.group)
+        d.path.mkdir(parents=True, exist_ok=True)
+        os.chown(d.path, uid, gid)
+        d.path.chmod(d.mode)
+    for f in rendered.files:
+        uid, gid = _ids(f.owner, f.group)
+        data = f.content.encode()
+        if _same(f.path, data, f.mode, uid, gid):
+            continue
+        f.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.path.with_name(f".{f.path.name}.cloudd-tmp")
+        # The mode and owner are set before the content goes in, so a secret is never readable
+        # by others, even for an instant; the rename makes readers see old or new, never half.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, f.mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, f.path)
+        changed.append(f.path)
+        reload.extend(s for s in f.reload if s not in reload)
+    if changed:
+        _log.info("files written", files=[str(p) for p in changed], reload=reload)
+    return Changes(changed=tuple(changed), reload=tuple(reload))
+
+
+async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def missing_packages(names: Iterable[str]) -> tuple[str, ...]:
+    """The packages of `names` that dpkg does not list as installed."""
+    missing = []
+    for name in names:
+        code, out = await _run(("dpkg-query", "-W", "-f=${db:Status-Status}", name))
+        if code != 0 or out.strip() != "installed":
+            missing.append(name)
+    return tuple(missing)
+
+
+async def ensure_packages(names: Iterable[str], *,
+                          apt_get: tuple[str, ...] = ("apt-get",)) -> tuple[str, ...]:
+    """Install with apt the packages not installed yet; returns those it installed.
+
+    Idempotent: when everything is there it runs no apt at all.
+    """
+    missing = await missing_packages(names)
+    if not missing:
+        return ()
+    code, out = await _run((*apt_get, "install", "-y", "--no-install-recommends", *missing))
+    if code != 0:
+        last = out.strip().splitlines()[-1] if out.strip() else f"exit status {code}"
+        if "lock" in out.lower():
+            raise TemporaryError(f"apt is busy: {last}", delay=10.0)
+        raise PermanentError(f"cannot install {', '.join(missing)}: {last}")
+    _log.info("packages installed", packages=list(missing))
+    return missing

@@ -1,0 +1,147 @@
+"""The provider interface: dependency order, secrets, atomic idempotent writes, packages."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cloudd.errors import PermanentError
+from cloudd.providers.base import (
+    Assignment,
+    Changes,
+    DirSpec,
+    FileSpec,
+    Peer,
+    Provider,
+    Rendered,
+    Role,
+    apply_rendered,
+    dependency_order,
+    ensure_packages,
+    missing_packages,
+    read_secrets,
+)
+from cloudd.providers.registry import Registry, default_registry
+
+
+def _assignment(tmp_path: Path, **kw: object) -> Assignment:
+    base = dict(cloud="c", node="c-server-1", role="server", address="10.0.0.2",
+                root=tmp_path / "root", secrets_dir=tmp_path / "secrets")
+    base.update(kw)
+    return Assignment(**base)  # type: ignore[arg-type]
+
+
+def test_dependency_order_puts_dependencies_first() -> None:
+    assert dependency_order({"balancer": ["server"], "server": ["database"], "database": []}) \
+        == ("database", "server", "balancer")
+    # Independent roles come out by name, so the order is stable.
+    assert dependency_order({"b": [], "a": [], "c": ["b"]}) == ("a", "b", "c")
+
+
+def test_dependency_cycle_and_unknown_role_are_refused() -> None:
+    with pytest.raises(PermanentError, match="cycle among \\['a', 'b'\\]"):
+        dependency_order({"a": ["b"], "b": ["a"]})
+    with pytest.raises(PermanentError, match="role 'a' depends on unknown role\\(s\\) \\['zz'\\]"):
+        dependency_order({"a": ["zz"]})
+
+
+def test_assignment_peers_by_role_and_health(tmp_path: Path) -> None:
+    peers = (Peer("db", "database", "10.0.0.9", True), Peer("s1", "server", "10.0.0.2", True),
+             Peer("s2", "server", "10.0.0.3", False))
+    a = _assignment(tmp_path, peers=peers)
+    assert [p.node for p in a.peers_of("server")] == ["s1", "s2"]
+    assert [p.node for p in a.healthy("server")] == ["s1"]
+    assert a.healthy("balancer") == ()
+
+
+def test_read_secrets(tmp_path: Path) -> None:
+    a = _assignment(tmp_path)
+    a.secrets_dir.mkdir()
+    (a.secrets_dir / "pw").write_text("s3cret\n")
+    (a.secrets_dir / "empty").write_text("")
+    assert read_secrets(a, ["pw"]) == {"pw": "s3cret"}
+    with pytest.raises(PermanentError, match=r"secret .nope. not found: .*/secrets/nope"):
+        read_secrets(a, ["nope"])
+    with pytest.raises(PermanentError, match="secret 'empty' is empty"):
+        read_secrets(a, ["empty"])
+
+
+def test_apply_rendered_writes_once_and_reports_reloads(tmp_path: Path) -> None:
+    conf = tmp_path / "etc" / "app.conf"
+    secret = tmp_path / "etc" / "secret.conf"
+    rendered = Rendered(
+        dirs=(DirSpec(tmp_path / "etc", 0o750),),
+        files=(FileSpec(conf, "a = 1\n", reload=("app",)),
+               FileSpec(secret, "pw\n", 0o600, reload=("app", "db"))),
+    )
+    first = apply_rendered(rendered)
+    assert first == Changes(changed=(conf, secret), reload=("app", "db"))
+    assert conf.read_text() == "a = 1\n"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "etc").stat().st_mode) == 0o750
+    # Same content again: nothing written, nothing to reload.
+    inode = conf.stat().st_ino
+    assert apply_rendered(rendered) == Changes()
+    assert conf.stat().st_ino == inode
+    # One file changes: only its services reload; no temporary file is left behind.
+    changed = Rendered(files=(FileSpec(conf, "a = 2\n", reload=("app",)),))
+    assert apply_rendered(changed) == Changes(changed=(conf,), reload=("app",))
+    assert sorted(os.listdir(tmp_path / "etc")) == ["app.conf", "secret.conf"]
+    # A mode change alone is applied too.
+    assert apply_rendered(Rendered(files=(FileSpec(conf, "a = 2\n", 0o640),))).changed == (conf,)
+
+
+def test_apply_rendered_unknown_owner_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "x.conf"
+    with pytest.raises(PermanentError, match=r"no such user or group: .*no-such-user-h8"):
+        apply_rendered(Rendered(files=(FileSpec(target, "x", owner="no-such-user-h8"),)))
+    assert not target.exists()
+
+
+class _Loop(Role):
+    name = "a"
+    depends_on = ("b",)
+
+
+class _Back(Role):
+    name = "b"
+    depends_on = ("a",)
+
+
+def test_registry() -> None:
+    registry = default_registry()
+    assert registry.types() == ("web",)
+    assert "web" in registry
+    assert registry.get("web").role_order == ("database", "server", "balancer")
+    with pytest.raises(PermanentError, match="no provider for cloud type 'pbs' \\(known: web\\)"):
+        registry.get("pbs")
+    with pytest.raises(PermanentError, match="already registered"):
+        registry.register(registry.get("web"))
+    with pytest.raises(PermanentError, match="has no role 'compute' \\(roles: balancer, "):
+        registry.get("web").role("compute")
+
+    class Cyclic(Provider):
+        cloud_type = "cyclic"
+        roles = {"a": _Loop(), "b": _Back()}
+
+    empty = Registry()
+    with pytest.raises(PermanentError, match="cycle"):
+        empty.register(Cyclic())
+    assert empty.types() == ()
+
+
+async def test_packages_already_installed_run_no_apt() -> None:
+    # nginx and mariadb-server are installed on this machine (make setup); `false` as apt-get
+    # would fail the call if it were run.
+    assert await missing_packages(["nginx", "mariadb-server"]) == ()
+    assert await ensure_packages(["nginx", "mariadb-server"], apt_get=("false",)) == ()
+    assert await missing_packages(["nginx", "cloudd-no-such-package"]) == (
+        "cloudd-no-such-package",)
+
+
+async def test_packages_install_failure_is_one_precise_error() -> None:
+    with pytest.raises(PermanentError, match="cannot install cloudd-no-such-package: "):
+        await ensure_packages(["cloudd-no-such-package"], apt_get=("false",))
