@@ -1,0 +1,482 @@
+"""The agent's network: one mutual-TLS listening port, one persistent connection per peer.
+
+Theory of operation. Each agent listens on one port. To talk to a peer it keeps one outgoing
+connection open (a TLS handshake costs milliseconds, a round trip on an open connection a
+fraction of one), redialling with exponential backoff and jitter when it drops. Messages to a
+peer go on our outgoing connection; messages from it arrive on its outgoing connection, our
+inbound one. A request (`request()`) is a frame with an id; its reply comes back on the same
+connection with the same id.
+
+Failures are events, not exceptions: `send()` never raises for the network. A failed dial, a
+lost connection, or a message dropped because the peer is down is reported to `on_event` as
+`PeerUnreachable(peer, reason)` so that the core can react; `PeerConnected(peer)` says a link
+is up. Messages queued while dialling are dropped (and reported) if the dial fails: stale
+protocol messages delivered late do more harm than good, and the core resends what matters.
+
+Protections on the listening side: a cap on concurrent inbound connections (counted from the
+TCP accept, before TLS); TLS plus Hello must complete within `handshake_timeout`, so idle
+unauthenticated connections are closed; a frame once started must complete within
+`frame_timeout`; any malformed, oversized or unknown frame closes that one connection and
+logs `protocol_error` with the peer and the reason. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudd import log
+from cloudd.daemon.codec import PROTOCOL_VERSION, Codec, Frame, FrameDecoder, default_codec
+from cloudd.daemon.pki import PkiFiles
+from cloudd.daemon.tls import (
+    Hello,
+    PeerIdentityError,
+    check_hello,
+    check_server,
+    client_context,
+    server_context,
+)
+from cloudd.errors import ConfigError, PermanentError, Problem, RemoteProtocolError, TemporaryError
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """How patient and how generous the transport is. Times in seconds."""
+
+    handshake_timeout: float = 5.0
+    """TCP accept (or dial) to Hello exchanged, TLS included; longer is a dead or idle peer."""
+    frame_timeout: float = 10.0
+    """A frame once started must arrive whole within this; a stalled peer is dropped."""
+    max_connections: int = 256
+    """Inbound connections held at once, authenticated or not; more are closed at accept."""
+    request_timeout: float = 10.0
+    """Default wait for a reply to `request()`."""
+    backoff_initial: float = 0.05
+    """First redial delay after a failure; doubles per failure (with jitter) up to the max."""
+    backoff_max: float = 5.0
+    """Longest redial delay: a dead peer costs one dial per this many seconds."""
+    queue_limit: int = 1024
+    """Messages held per peer while its connection is being dialled."""
+    max_buffer: int = 4 << 20
+    """Unsent bytes per connection beyond which further sends are dropped and reported."""
+    backlog: int = 1024
+    """Listen backlog, so that a burst of dials is accepted and judged, not lost in SYNs."""
+
+    def validate(self) -> None:
+        for name in ("handshake_timeout", "frame_timeout", "request_timeout",
+                     "backoff_initial", "backoff_max"):
+            if not getattr(self, name) > 0:
+                raise ConfigError([Problem("transport", None, None, name, "must be > 0")])
+        for name in ("max_connections", "queue_limit", "max_buffer", "backlog"):
+            if getattr(self, name) < 1:
+                raise ConfigError([Problem("transport", None, None, name, "must be >= 1")])
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    peer: str
+
+
+@dataclass(frozen=True)
+class PeerUnreachable:
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """The reply sent when a request's handler failed; `request()` raises it again locally."""
+
+    temporary: bool
+    message: str
+    delay: float = 1.0
+
+
+default_codec.register(RemoteFailure, "cloudd.remote-failure")
+
+Handler = Callable[[str, object], Awaitable[object | None]]
+EventSink = Callable[[PeerConnected | PeerUnreachable], None]
+_NETWORK_ERRORS = (OSError, EOFError, asyncio.IncompleteReadError, RemoteProtocolError)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, RemoteProtocolError) else f"{type(exc).__name__}: {text}"
+
+
+class _Conn:
+    """One authenticated connection, in either direction: reads frames and dispatches them."""
+
+    def __init__(self, owner: Transport, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, decoder: FrameDecoder, peer: str,
+                 pending: dict[int, asyncio.Future[object]]) -> None:
+        self.owner, self.reader, self.writer = owner, reader, writer
+        self.decoder, self.peer, self.pending = decoder, peer, pending
+
+    def write(self, data: bytes) -> str | None:
+        """Queue bytes on the socket; returns why not, if they cannot go."""
+        if self.writer.is_closing():
+            return "connection closing"
+        if self.writer.transport.get_write_buffer_size() > self.owner.settings.max_buffer:
+            return "send buffer full"
+        self.writer.write(data)
+        return None
+
+    async def run(self, frames: list[Frame]) -> str:
+        """Serve until the connection ends; returns why it ended."""
+        timeout = self.owner.settings.frame_timeout
+        try:
+            for frame in frames:
+                await self._dispatch(frame)
+            while True:
+                if self.decoder.pending:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            data = await self.reader.read(1 << 16)
+                    except TimeoutError:
+                        raise RemoteProtocolError(
+                            f"frame not completed within {timeout}s") from None
+                else:
+                    data = await self.reader.read(1 << 16)
+                if not data:
+                    truncated = self.decoder.truncated()
+                    if truncated is not None:
+                        raise truncated
+                    return "connection closed by peer"
+                for frame in self.decoder.feed_frames(data):
+                    await self._dispatch(frame)
+        except RemoteProtocolError as exc:
+            self.owner.log.warning("protocol_error", peer=self.peer, reason=str(exc))
+            return f"protocol error: {exc}"
+        except (OSError, EOFError) as exc:
+            return _reason(exc)
+
+    async def _dispatch(self, frame: Frame) -> None:
+        if frame.reply:
+            future = self.pending.pop(frame.rid, None)
+            if future is not None and not future.done():
+                future.set_result(frame.msg)
+            return  # a late reply to a request that timed out: nobody waits for it
+        if frame.request:
+            self.owner.spawn(self._answer(frame))
+            return
+        try:
+            await self.owner.handler(self.peer, frame.msg)
+        except Exception as exc:  # a handler bug must not cut the peer off
+            self.owner.log.exception("handler_failed", peer=self.peer, reason=_reason(exc))
+
+    async def _answer(self, frame: Frame) -> None:
+        reply: object
+        try:
+            reply = await self.owner.handler(self.peer, frame.msg)
+        except TemporaryError as exc:
+            reply = RemoteFailure(temporary=True, message=str(exc), delay=exc.delay)
+        except Exception as exc:
+            self.owner.log.exception("handler_failed", peer=self.peer, reason=_reason(exc))
+            reply = RemoteFailure(temporary=False, message=_reason(exc))
+        if reply is None:
+            reply = RemoteFailure(temporary=False,
+                                  message=f"no reply to {type(frame.msg).__qualname__}")
+        self.write(self.owner.codec.encode(reply, rid=frame.rid, reply=True))
+
+
+class _Link:
+    """Our outgoing connection to one peer: dial, serve, redial with backoff, forever."""
+
+    def __init__(self, owner: Transport, name: str, address: tuple[str, int]) -> None:
+        self.owner, self.name, self.address = owner, name, address
+        self.state = "connecting"  # -> up -> down (backing off) -> connecting ...
+        self.reason = "not connected yet"
+        self.queue: deque[bytes] = deque()
+        self.conn: _Conn | None = None
+        self.pending: dict[int, asyncio.Future[object]] = {}
+        self.task = owner.spawn(self._run())
+
+    def offer(self, data: bytes) -> bool:
+        why: str | None = None
+        if self.state == "down":
+            why = self.reason
+        elif self.conn is not None:
+            why = self.conn.write(data)
+        elif len(self.queue) >= self.owner.settings.queue_limit:
+            why = "send queue full while connecting"
+        else:
+            self.queue.append(data)
+        if why is not None:
+            self.owner.report(PeerUnreachable(self.name, why))
+        return why is None
+
+    async def _run(self) -> None:
+        failures = 0
+        settings = self.owner.settings
+        while True:
+            self.state = "connecting"
+            try:
+                conn, frames = await self.owner.dial(self.name, self.address, self.pending)
+            except _NETWORK_ERRORS as exc:
+                failures += 1
+                self._down(_reason(exc), report=failures == 1)
+            else:
+                failures = 1  # a connection that drops is redialled after a short pause
+                self.conn, self.state = conn, "up"
+                self.owner.report(PeerConnected(self.name))
+                while self.queue:
+                    conn.write(self.queue.popleft())
+                reason = await conn.run(frames)
+                self.conn = None
+                conn.writer.transport.abort()
+                self._down(reason, report=True)
+            delay = min(settings.backoff_max, settings.backoff_initial * 2 ** (failures - 1))
+            await asyncio.sleep(delay * self.owner.rng.uniform(0.5, 1.0))
+
+    def _down(self, reason: str, *, report: bool) -> None:
+        self.state, self.reason = "down", reason
+        dropped = len(self.queue)
+        self.queue.clear()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(TemporaryError(f"{self.name} unreachable: {reason}"))
+        self.pending.clear()
+        if report or dropped:
+            self.owner.report(PeerUnreachable(self.name, reason), dropped=dropped)
+
+
+class Transport:
+    """One agent's endpoint. `await start()`, then `send`/`request`; `await close()` at the end.
+
+    `handler(peer, msg)` receives every message; for a request, what it returns is the reply
+    (raise `TemporaryError` to say "try later"). `on_event` receives `PeerConnected` and
+    `PeerUnreachable`. Neither may block the loop.
+    """
+
+    def __init__(self, *, member: str, files: PkiFiles, handler: Handler,
+                 on_event: EventSink | None = None,
+                 peers: Mapping[str, tuple[str, int]] | None = None,
+                 settings: TransportSettings | None = None, codec: Codec = default_codec,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings or TransportSettings()
+        self.settings.validate()
+        self.member, self.handler, self.codec = member, handler, codec
+        codec.register(Hello, "cloudd.hello")
+        codec.register(RemoteFailure, "cloudd.remote-failure")
+        self.rng = rng or random.Random()
+        self.log = log.get("transport", node=member)
+        self._on_event = on_event
+        self._server_ctx = server_context(files)
+        self._client_ctx = client_context(files)
+        self._peers: dict[str, tuple[str, int]] = dict(peers or {})
+        self._links: dict[str, _Link] = {}
+        self._inbound: dict[str, _Conn] = {}
+        self._accepting: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._next_rid = 0
+        self._closed = False
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Listen on host:port (0 picks a free port) and dial every known peer."""
+        self._server = await asyncio.start_server(self._accept, host, port,
+                                                  backlog=self.settings.backlog)
+        sockname = self._server.sockets[0].getsockname()
+        self.address: tuple[str, int] = (str(sockname[0]), int(sockname[1]))
+        self.log.info("listening", host=self.address[0], port=self.address[1])
+        for name in self._peers:
+            self._link(name)
+        return self.address
+
+    def add_peer(self, name: str, host: str, port: int) -> None:
+        """Learn (or change) a peer's address; a changed address is redialled."""
+        if self._peers.get(name) == (host, port):
+            return
+        self._peers[name] = (host, port)
+        old = self._links.pop(name, None)
+        if old is not None:
+            old.task.cancel()
+            if old.conn is not None:
+                old.conn.writer.transport.abort()
+
+    @property
+    def connection_count(self) -> int:
+        """Inbound connections held now, authenticated or still handshaking."""
+        return len(self._accepting)
+
+    def send(self, peer: str, msg: object) -> None:
+        """Send one message; never raises for the network (failures go to `on_event`)."""
+        data = self.codec.encode(msg)  # an unregistered message is our bug: that raises
+        link = self._link(peer)
+        if link is not None:
+            link.offer(data)
+
+    async def request(self, peer: str, msg: object, *, within: float | None = None) -> object:
+        """Send `msg` and wait for the reply. Raises `TemporaryError` when the peer cannot be
+        reached or does not answer in time, and the peer's own error if its handler failed."""
+        self._next_rid = self._next_rid % 0xFFFFFFFF + 1
+        rid = self._next_rid
+        data = self.codec.encode(msg, rid=rid, request=True)
+        link = self._link(peer)
+        if link is None:
+            raise TemporaryError(f"{peer} unreachable: no address known")
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        link.pending[rid] = future
+        if not link.offer(data):
+            link.pending.pop(rid, None)
+            raise TemporaryError(f"{peer} unreachable: {link.reason}")
+        wait = self.settings.request_timeout if within is None else within
+        try:
+            async with asyncio.timeout(wait):
+                reply = await future
+        except TimeoutError:
+            raise TemporaryError(f"no reply from {peer} within {wait}s") from None
+        finally:
+            link.pending.pop(rid, None)
+        if isinstance(reply, RemoteFailure):
+            if reply.temporary:
+                raise TemporaryError(f"{peer}: {reply.message}", delay=reply.delay)
+            raise PermanentError(f"{peer}: {reply.message}")
+        return reply
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection, cancel every task. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for link in self._links.values():
+            link.task.cancel()
+            if link.conn is not None:
+                link.conn.writer.transport.abort()
+        for writer in list(self._accepting):
+            writer.transport.abort()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for link in self._links.values():
+            link._down("transport closed", report=False)
+        self.log.info("closed")
+
+    # -- used by _Conn and _Link ---------------------------------------------------------
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def report(self, event: PeerConnected | PeerUnreachable, *, dropped: int = 0) -> None:
+        if isinstance(event, PeerConnected):
+            self.log.info("peer_connected", peer=event.peer)
+        else:
+            self.log.info("peer_unreachable", peer=event.peer, reason=event.reason,
+                          dropped=dropped)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _link(self, peer: str) -> _Link | None:
+        link = self._links.get(peer)
+        if link is None and not self._closed:
+            address = self._peers.get(peer)
+            if address is None:
+                self.report(PeerUnreachable(peer, "no address known"))
+                return None
+            link = self._links[peer] = _Link(self, peer, address)
+        return link
+
+    async def dial(self, peer: str, address: tuple[str, int],
+                   pending: dict[int, asyncio.Future[object]]) -> tuple[_Conn, list[Frame]]:
+        """TCP, TLS, Hello both ways, all within the handshake timeout."""
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                reader, writer = await asyncio.open_connection(
+                    address[0], address[1], ssl=self._client_ctx, server_hostname=peer)
+                writer.write(self.codec.encode(Hello(self.member, PROTOCOL_VERSION)))
+                decoder = FrameDecoder(self.codec)
+                frames = await _first_frames(reader, decoder)
+                check_server(writer.get_extra_info("ssl_object"), frames[0].msg, peer)
+        except TimeoutError:
+            if writer is not None:
+                writer.transport.abort()
+            raise TimeoutError(
+                f"no TLS handshake and Hello within {self.settings.handshake_timeout}s"
+            ) from None
+        except BaseException:
+            if writer is not None:
+                writer.transport.abort()
+            raise
+        return _Conn(self, reader, writer, decoder=decoder, peer=peer, pending=pending), frames[1:]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = writer.get_extra_info("peername")[:2]
+        where = f"{host}:{port}"
+        if self._closed or len(self._accepting) >= self.settings.max_connections:
+            self.log.warning("connection_refused", peer=where,
+                             reason=f"too many connections ({len(self._accepting)})")
+            writer.transport.abort()
+            return
+        self._accepting.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve_inbound(reader, writer, where)
+        finally:
+            self._accepting.discard(writer)
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             where: str) -> None:
+        decoder = FrameDecoder(self.codec)
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                await writer.start_tls(self._server_ctx)
+                frames = await _first_frames(reader, decoder)
+                member = check_hello(writer.get_extra_info("ssl_object"), frames[0].msg)
+                writer.write(self.codec.encode(Hello(self.member, PROTOCOL_VERSION)))
+                await writer.drain()
+        except TimeoutError:
+            self.log.warning("handshake_failed", peer=where, reason=(
+                f"no TLS handshake and Hello within {self.settings.handshake_timeout}s"))
+            return
+        except PeerIdentityError as exc:
+            self.log.warning("peer_refused", peer=where, reason=str(exc))
+            return
+        except RemoteProtocolError as exc:
+            self.log.warning("protocol_error", peer=where, reason=str(exc))
+            return
+        except (OSError, EOFError) as exc:
+            self.log.warning("handshake_failed", peer=where, reason=_reason(exc))
+            return
+        conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
+        old = self._inbound.get(member)
+        if old is not None:  # the peer redialled: its old connection is dead or dying
+            old.writer.transport.abort()
+        self._inbound[member] = conn
+        self.log.debug("peer_accepted", peer=member, address=where)
+        try:
+            reason = await conn.run(frames[1:])
+            self.log.debug("peer_disconnected", peer=member, reason=reason)
+        finally:
+            if self._inbound.get(member) is conn:
+                del self._inbound[member]
+
+
+async def _first_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[Frame]:
+    """Read until at least one whole frame has arrived (the Hello), and return all of them."""
+    while True:
+        data = await reader.read(1 << 16)
+        if not data:
+            truncated = decoder.truncated()
+            raise truncated or ConnectionResetError("connection closed before Hello")
+        frames = decoder.feed_frames(data)
+        if frames:
+            return frames
+
