@@ -1,0 +1,261 @@
+"""Loading a cloud manifest (`kind: Cloud`) into a normalized `Cloud`, or refusing it.
+
+Checks run in stages and stop after the first stage that finds anything, so that one mistake
+gives one message rather than a cascade (an unknown type does not also report every role as
+unknown): the file itself, inline secrets, the top-level shape, the type and its settings,
+the roles and their nodes, then the rules that span the whole cloud.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter
+
+from cloudd.config import yamlsrc
+from cloudd.config.catalog import Catalog, RoleSpec, TypeSpec
+from cloudd.config.model import (
+    Cloud,
+    CloudIn,
+    Ensure,
+    Node,
+    NodeIn,
+    PoolHost,
+    RoleFilesIn,
+    RunStrategy,
+)
+from cloudd.config.problems import inline_secrets, validate_as, validate_model
+from cloudd.config.yamlsrc import Document
+from cloudd.errors import ConfigError, Problem
+
+_NODES: TypeAdapter[list[NodeIn]] = TypeAdapter(list[NodeIn])
+T = TypeVar("T")
+
+
+def load_cloud(path: str | os.PathLike[str], catalog: Catalog) -> Cloud:
+    """The Cloud declared by the manifest at `path`; ConfigError listing placed problems."""
+    doc = yamlsrc.load(path)
+    return build_cloud(doc, catalog)
+
+
+def build_cloud(doc: Document, catalog: Catalog) -> Cloud:
+    """The Cloud of an already parsed Document (see load_cloud)."""
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.place((), message="a manifest must be a YAML mapping")])
+    _stop(inline_secrets(doc))
+    top, problems = validate_model(doc, CloudIn, doc.data)
+    _stop(problems)
+    assert top is not None
+    spec = catalog.get(top.type)
+    if spec is None:
+        known = ", ".join(sorted(catalog))
+        _stop([doc.place(("type",), message=f"unknown type {top.type!r} (known: {known})")])
+    assert spec is not None
+    settings, problems = validate_model(doc, spec.settings_model, top.settings, ("settings",))
+    _stop(problems)
+    assert settings is not None
+    _stop(_check_refs(doc, top))
+    base = doc.path.parent
+    template = _resolve(base, top.domain_template)
+    if not template.is_file():
+        _stop([doc.place(("domain_template",),
+                         message=f"no such file: {str(template)!r}")])
+    roles = spec.roles_for(settings)
+    nodes = _stop_or(_nodes(doc, top, spec, roles))
+    _stop(_cross_checks(doc, top, nodes))
+    return Cloud(
+        name=top.name,
+        type=top.type,
+        ensure=Ensure(top.ensure),
+        source=doc.path,
+        digest=hashlib.sha256(doc.raw).hexdigest(),
+        domain_template=template,
+        pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri) for h in top.pool),
+        roles=tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes)),
+        nodes=tuple(n for n, _ in nodes),
+        settings=settings,
+        secrets=MappingProxyType({k: _resolve(base, v.file) for k, v in top.secrets.items()}),
+    )
+
+
+def _stop(problems: list[Problem]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+def _stop_or(result: tuple[T, list[Problem]]) -> T:
+    _stop(result[1])
+    return result[0]
+
+
+def _resolve(base: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _check_refs(doc: Document, top: CloudIn) -> list[Problem]:
+    """Every `*_ref` setting names a secret declared under `secrets`."""
+    problems = []
+    for key, value in top.settings.items():
+        if (isinstance(key, str) and key.endswith("_ref") and value is not None
+                and value not in top.secrets):
+            declared = ", ".join(sorted(top.secrets)) or "none"
+            problems.append(doc.place(("settings", key), message=(
+                f"names secret {value!r}, which is not declared under secrets "
+                f"(declared: {declared})")))
+    return problems
+
+
+Located = tuple[Node, tuple[str | int, ...]]
+
+
+def _nodes(doc: Document, top: CloudIn, spec: TypeSpec,
+           roles: tuple[RoleSpec, ...]) -> tuple[list[Located], list[Problem]]:
+    by_name = {r.name: r for r in roles}
+    problems: list[Problem] = []
+    for role in top.roles:
+        if role not in by_name:
+            allowed = ", ".join(by_name)
+            problems.append(doc.place(("roles", role), at_key=True, message=(
+                f"unknown role {role!r} for type {spec.name} (roles: {allowed})")))
+    for r in roles:
+        if r.required and r.name not in top.roles:
+            problems.append(doc.place(
+                ("roles",), at_key=True, field_name=f"roles.{r.name}", message=(
+                f"missing role {r.name!r}: type {spec.name} needs {r.describe()} "
+                f"{r.name} node{'s' if r.max_nodes != 1 else ''}")))
+    if problems:
+        return [], problems
+    out: list[Located] = []
+    for r in roles:
+        if r.name not in top.roles:
+            continue
+        entries, found = _role_entries(doc, top.roles[r.name], ("roles", r.name))
+        problems += found
+        count = len(entries)
+        if not found and (count < r.min_nodes or (r.max_nodes is not None
+                                                  and count > r.max_nodes)):
+            problems.append(doc.place(("roles", r.name), message=(
+                f"has {count} node{'s' if count != 1 else ''}; type {spec.name} needs "
+                f"{r.describe()}")))
+        for i, (entry, loc) in enumerate(entries, start=1):
+            out.append((_node(top, r.name, i, entry), loc))
+    return out, problems
+
+
+def _role_entries(doc: Document, value: Any,
+                  loc: tuple[str | int, ...]) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]],
+                                                       list[Problem]]:
+    """The node entries of one role, written inline or as an addresses/images file pair."""
+    if isinstance(value, dict):
+        files, problems = validate_model(doc, RoleFilesIn, value, loc)
+        if files is None:
+            return [], problems
+        return _from_files(doc, files, loc)
+    nodes, problems = validate_as(doc, _NODES, value, loc)
+    if nodes is None:
+        return [], problems
+    return [(n, (*loc, i)) for i, n in enumerate(nodes)], []
+
+
+def _read_lines(doc: Document, path: str, loc: tuple[str | int, ...]
+                ) -> tuple[Path, list[tuple[int, str]] | None, list[Problem]]:
+    full = _resolve(doc.path.parent, path)
+    try:
+        raw = yamlsrc.read_bounded(full)
+        text = raw.decode("utf-8")
+    except ConfigError as exc:
+        return full, None, [doc.place(loc, message=f"{str(full)!r}: {exc.problems[0].message}")]
+    except UnicodeDecodeError:
+        return full, None, [doc.place(loc, message=f"{str(full)!r}: not a UTF-8 text file")]
+    lines = [(n, s.strip()) for n, s in enumerate(text.splitlines(), start=1)]
+    return full, [(n, s) for n, s in lines if s and not s.startswith("#")], []
+
+
+def _from_files(doc: Document, files: RoleFilesIn, loc: tuple[str | int, ...]
+                ) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]], list[Problem]]:
+    apath, addresses, p1 = _read_lines(doc, files.addresses_file, (*loc, "addresses_file"))
+    ipath, images, p2 = _read_lines(doc, files.images_file, (*loc, "images_file"))
+    if addresses is None or images is None:
+        return [], p1 + p2
+    if len(addresses) != len(images):
+        return [], [doc.place(loc, message=(
+            f"{files.addresses_file} lists {len(addresses)} addresses but "
+            f"{files.images_file} lists {len(images)} images; line i of one pairs with "
+            "line i of the other"))]
+    out, problems = [], []
+    for (aline, address), (iline, image) in zip(addresses, images, strict=True):
+        node, found = validate_model(doc, NodeIn, {"address": address, "image": image})
+        if node is None:
+            # Place the problem in the list file itself: that is where the typo is.
+            bad = "address" if any(p.field == "address" for p in found) else "image"
+            where, line = (apath, aline) if bad == "address" else (ipath, iline)
+            problems += [Problem(str(where), line, 1, p.field, p.message) for p in found]
+        else:
+            out.append((node, loc))
+    return out, problems
+
+
+def _node(top: CloudIn, role: str, index: int, entry: NodeIn) -> Node:
+    return Node(
+        name=entry.name or f"{top.name}-{role}-{index}",
+        role=role,
+        index=index,
+        address=entry.address,
+        image=entry.image,
+        memory_mib=entry.memory_mib or top.resources.memory_mib,
+        vcpus=entry.vcpus or top.resources.vcpus,
+        host=entry.host,
+        base_image=entry.base_image,
+        overlay=entry.overlay,
+        source_host=entry.source_host,
+        managed=entry.managed,
+        run=RunStrategy(entry.run),
+    )
+
+
+def _cross_checks(doc: Document, top: CloudIn, nodes: list[Located]) -> list[Problem]:
+    problems: list[Problem] = []
+    hosts = [h.name for h in top.pool]
+    seen_addr: dict[str, str] = {}
+    seen_name: dict[str, str] = {}
+
+    def unique(table: dict[str, str], key: str, what: str, where: str,
+               loc: tuple[str | int, ...], field: str) -> None:
+        if key in table:
+            problems.append(doc.place((*loc, field), message=(
+                f"{what} {key} is already used by {table[key]}")))
+        else:
+            table[key] = where
+
+    for i, h in enumerate(top.pool):
+        unique(seen_name, h.name, "host name", f"pool host {h.name}", ("pool", i), "name")
+        unique(seen_addr, h.address, "address", f"pool host {h.name}", ("pool", i), "address")
+    for node, loc in nodes:
+        pin: Callable[[str], str | None] = lambda h: None if h in hosts else (  # noqa: E731
+            f"names {h!r}, which is not a pool host (pool: {', '.join(hosts)})")
+        unique(seen_name, node.name, "name", f"node {node.name}", loc, "name")
+        unique(seen_addr, node.address, "address", f"node {node.name}", loc, "address")
+        for field in ("host", "source_host"):
+            value = getattr(node, field)
+            if value is not None and (msg := pin(value)):
+                problems.append(doc.place((*loc, field), message=msg))
+        if len(node.name) > 63:
+            problems.append(doc.place((*loc, "name"), message=(
+                f"node name {node.name!r} is longer than 63 characters; give a shorter name")))
+        if node.managed and node.image is None:
+            problems.append(doc.place(loc, field_name=_field(loc, "image"),
+                                      message="is required for a managed node"))
+        if node.overlay and node.base_image is None:
+            problems.append(doc.place(loc, field_name=_field(loc, "base_image"),
+                                      message="is required when overlay is true"))
+    return problems
+
+
+def _field(loc: tuple[str | int, ...], name: str) -> str:
+    return yamlsrc.render_loc((*loc, name))

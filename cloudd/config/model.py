@@ -1,0 +1,184 @@
+"""The manifest as written (pydantic input models) and as used (frozen, normalized Cloud).
+
+The input models check each value in isolation; `cloudd.config.manifest` does the rules that
+span fields (counts per role, unique addresses, host pins) and builds the `Cloud` that the
+planner and the providers consume: a flat, ordered list of nodes with every default applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(f"{value!r} is not a DNS label (lowercase letters, digits and '-', "
+                         "1 to 63 characters, not starting or ending with '-')")
+    return value
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+Address = Annotated[str, AfterValidator(_ip)]
+AbsPath = Annotated[str, AfterValidator(_absolute)]
+
+
+class Ensure(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class RunStrategy(StrEnum):
+    """When a node's role configuration is (re)applied."""
+
+    ALWAYS = "always"  # every reconcile pass
+    RERUN_ON_FAILURE = "rerun-on-failure"  # again only after a failed run
+    MANUAL = "manual"  # only when the operator asks
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PoolHostIn(_Strict):
+    name: DnsLabel
+    address: Address
+    libvirt_uri: str | None = None
+
+
+class ResourcesIn(_Strict):
+    memory_mib: int = Field(default=512, ge=64, le=1024 * 1024)
+    vcpus: int = Field(default=1, ge=1, le=512)
+
+
+class NodeIn(_Strict):
+    address: Address
+    image: AbsPath | None = None
+    name: DnsLabel | None = None
+    memory_mib: int | None = Field(default=None, ge=64, le=1024 * 1024)
+    vcpus: int | None = Field(default=None, ge=1, le=512)
+    host: str | None = None
+    base_image: AbsPath | None = None
+    overlay: bool = False
+    source_host: str | None = None
+    managed: bool = True
+    run: Literal["always", "rerun-on-failure", "manual"] = "always"
+
+
+class RoleFilesIn(_Strict):
+    """A role written as two files, line i of one pairing with line i of the other."""
+
+    addresses_file: str
+    images_file: str
+
+
+class SecretRefIn(_Strict):
+    file: str
+
+
+class CloudIn(_Strict):
+    apiVersion: Literal["cloudd/v1"]
+    kind: Literal["Cloud"]
+    name: DnsLabel
+    type: str
+    ensure: Literal["running", "stopped"] = "running"
+    domain_template: str
+    pool: list[PoolHostIn] = Field(min_length=1)
+    roles: dict[str, Any] = Field(min_length=1)
+    resources: ResourcesIn = ResourcesIn()
+    settings: dict[str, Any] = {}
+    secrets: dict[str, SecretRefIn] = {}
+
+
+@dataclass(frozen=True)
+class PoolHost:
+    """A physical machine that may run this cloud's VMs."""
+
+    name: str
+    address: str
+    #: None: the host agent's own libvirt connection (its settings' `libvirt.uri`).
+    libvirt_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the cloud with every default applied."""
+
+    name: str
+    role: str
+    #: 1-based position within its role.
+    index: int
+    address: str
+    #: The disk the VM boots from (the overlay itself when `overlay`); None when unmanaged.
+    image: str | None
+    memory_mib: int
+    vcpus: int
+    #: Pool host the VM must run on; None: the planner places it.
+    host: str | None = None
+    #: The backing image of a per-node copy-on-write overlay (`image`).
+    base_image: str | None = None
+    overlay: bool = False
+    #: Pool host to copy a missing image (or base image) from.
+    source_host: str | None = None
+    #: False: an existing machine cloudd configures but never defines, starts or destroys.
+    managed: bool = True
+    run: RunStrategy = RunStrategy.ALWAYS
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """A validated manifest: what one cloud must look like."""
+
+    name: str
+    type: str
+    ensure: Ensure
+    #: The manifest file, and the sha256 of its bytes (changes when it is edited).
+    source: Path
+    digest: str
+    domain_template: Path
+    pool: tuple[PoolHost, ...]
+    #: Roles in the type's dependency order (only those with nodes).
+    roles: tuple[str, ...]
+    #: All nodes, in role order then in the order written.
+    nodes: tuple[Node, ...]
+    #: The type's settings model instance.
+    settings: BaseModel
+    #: secret name -> file holding it (absolute).
+    secrets: Mapping[str, Path]
+
+    def nodes_of(self, role: str) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role == role)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def host(self, name: str) -> PoolHost:
+        for h in self.pool:
+            if h.name == name:
+                return h
+        raise KeyError(name)

@@ -1,0 +1,178 @@
+"""Reading an operator's YAML file safely, and remembering where every value was written.
+
+Every later check (pydantic models, cross-field rules) reports a path such as
+`roles.server[1].address`; `Document.place` turns that path back into the file's line and
+column, so that each refusal reads `file:line:column: field: what is wrong`.
+
+The file is refused, before anything is built from it, when it is not a regular file, is
+larger than `MAX_BYTES` (checked with stat, before reading), is not UTF-8, holds no document
+or several, uses anchors/aliases (the "billion laughs" expansion bomb, and nothing a manifest
+needs), or repeats a mapping key (YAML would silently keep the last one).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloudd.errors import ConfigError, Problem
+
+#: The largest file accepted, in bytes: manifests are a few KiB; 1 MiB leaves room for a
+#: thousand nodes and refuses a stray log or disk image before reading it.
+MAX_BYTES = 1024 * 1024
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One parsed YAML document: plain data plus the position of every key and value."""
+
+    path: Path
+    data: Any
+    raw: bytes
+    #: path -> (line, column), 1-based, of the value at that path.
+    value_marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    #: path -> (line, column), 1-based, of the mapping key that names that path.
+    key_marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def place(self, loc: Sequence[str | int], *, field_name: str | None = None,
+              message: str, at_key: bool = False) -> Problem:
+        """A Problem placed at `loc` (or at its nearest written ancestor)."""
+        loc = tuple(loc)
+        line = column = None
+        for end in range(len(loc), -1, -1):
+            prefix = loc[:end]
+            marks = self.key_marks if at_key and end == len(loc) else self.value_marks
+            mark = marks.get(prefix) or (self.value_marks.get(prefix) if end < len(loc) else None)
+            if mark is not None:
+                line, column = mark
+                break
+        name = field_name if field_name is not None else render_loc(loc)
+        return Problem(str(self.path), line, column, name, message)
+
+    def problem(self, message: str) -> Problem:
+        """A problem with the document as a whole."""
+        return Problem(str(self.path), None, None, "", message)
+
+
+def render_loc(loc: Sequence[str | int]) -> str:
+    """`("roles", "server", 1, "address")` -> `roles.server[1].address`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _fail(path: Path, message: str, mark: Any = None) -> ConfigError:
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    return ConfigError([Problem(str(path), line, column, "", message)])
+
+
+def read_bounded(path: Path, *, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or a ConfigError saying why not."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(path, "is a directory, not a file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(path, "is not a regular file")
+    if st.st_size > limit:
+        raise _fail(path, f"file is {st.st_size} bytes; the limit is {limit} bytes")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise _fail(path, f"cannot read: {exc.strerror}") from None
+    if len(raw) > limit:  # grew between stat and read
+        raise _fail(path, f"file is larger than the limit of {limit} bytes")
+    return raw
+
+
+def load(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> Document:
+    """Read and parse one YAML file into a Document; ConfigError with one Problem otherwise."""
+    p = Path(path)
+    raw = read_bounded(p, limit=limit)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(p, f"not a UTF-8 text file (byte {exc.start} is invalid)") from None
+    if not text.strip():
+        raise _fail(p, "file is empty")
+    # Refuse anchors and aliases from the event stream, before any node is composed: an
+    # alias bomb is cheap to parse as events and only explodes when built.
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise _fail(p, "YAML anchors and aliases (&name, *name) are not allowed",
+                            event.start_mark)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        problem = (exc.problem or "invalid YAML").strip()
+        raise _fail(p, f"not valid YAML: {problem}", exc.problem_mark) from None
+    except yaml.YAMLError as exc:
+        raise _fail(p, f"not valid YAML: {exc}") from None
+    if node is None:
+        raise _fail(p, "file is empty")
+    builder = _Builder(p)
+    data = builder.build(node, ())
+    return Document(p, data, raw, builder.value_marks, builder.key_marks)
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    """Plain data from a composed node tree, recording each key's and value's position."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.value_marks: dict[Loc, tuple[int, int]] = {}
+        self.key_marks: dict[Loc, tuple[int, int]] = {}
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.value_marks[loc] = _mark(node)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _fail(self.path, "mapping keys must be plain scalars",
+                                key_node.start_mark)
+                key = self.scalar(key_node)
+                if key == "<<":
+                    raise _fail(self.path, "YAML merge keys (<<) are not allowed",
+                                key_node.start_mark)
+                if key in out:
+                    raise _fail(self.path, f"duplicate key {key!r}", key_node.start_mark)
+                self.key_marks[(*loc, key)] = _mark(key_node)
+                out[key] = self.build(value_node, (*loc, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        return self.scalar(node)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise _fail(self.path, f"not valid YAML: {exc.problem}", node.start_mark) from None

@@ -1,0 +1,53 @@
+"""The `appscale` type's roles and settings, in AppScale's two layouts.
+
+`layout: default` is AppScale's simple form (one controller, any number of servers);
+`layout: custom` names each role, as an AppScale `ips_layout` does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudd.config.catalog import RoleSpec, TypeSpec
+
+
+class AppScaleSettings(BaseModel):
+    """`settings:` of an AppScale cloud."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              use_attribute_docstrings=True)
+
+    layout: Literal["default", "custom"] = "default"
+    """Which role set the manifest uses (see the module docstring)."""
+    admin_email: str = Field(default="admin@example.com", pattern=r"^[^@\s]+@[^@\s]+$")
+    """The AppScale administrator account."""
+    admin_password_ref: str | None = None
+    """Name of the entry under `secrets` holding the administrator's password."""
+    replication: int = Field(default=1, ge=1, le=9)
+    """Copies of each datastore row (AppScale's `n`)."""
+
+
+_OPTIONAL = tuple(RoleSpec(r, min_nodes=0, required=False)
+                  for r in ("login", "memcache", "open", "search", "taskqueue"))
+
+SPEC = TypeSpec(
+    name="appscale",
+    settings_model=AppScaleSettings,
+    layout_field="layout",
+    layouts={
+        "default": (
+            RoleSpec("controller", min_nodes=1, max_nodes=1),
+            RoleSpec("servers", min_nodes=0, required=False),
+        ),
+        # Dependency order: coordination and storage before the master, app servers last.
+        "custom": (
+            RoleSpec("zookeeper", min_nodes=1),
+            RoleSpec("database", min_nodes=1),
+            RoleSpec("master", min_nodes=1, max_nodes=1),
+            RoleSpec("appengine", min_nodes=1),
+            *_OPTIONAL,
+        ),
+    },
+)

@@ -1,0 +1,34 @@
+"""The `slurm` type's roles and settings: one slurmctld head, slurmd compute nodes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudd.config.catalog import RoleSpec, TypeSpec
+
+
+class SlurmSettings(BaseModel):
+    """`settings:` of a Slurm cloud."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              use_attribute_docstrings=True)
+
+    cluster_name: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    """slurm.conf's ClusterName; None: the cloud's name."""
+    partition: str = Field(default="main", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+    """The default partition, holding every compute node."""
+    max_time: str = Field(default="INFINITE", pattern=r"^(INFINITE|UNLIMITED|[0-9:-]+)$")
+    """The partition's MaxTime, in Slurm's own format (minutes, or days-hours:minutes)."""
+    munge_key_ref: str | None = None
+    """Name of the entry under `secrets` holding the munge key; None: one is generated."""
+
+
+#: Dependency order: the head (slurmctld, munge) before the compute nodes (slurmd).
+SPEC = TypeSpec(
+    name="slurm",
+    settings_model=SlurmSettings,
+    roles=(
+        RoleSpec("head", min_nodes=1, max_nodes=1),
+        RoleSpec("compute", min_nodes=1),
+    ),
+)

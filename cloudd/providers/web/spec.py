@@ -1,0 +1,37 @@
+"""The `web` type's roles and settings: nginx balancers, WEBrick app servers, one MariaDB."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudd.config.catalog import RoleSpec, TypeSpec
+
+
+class WebSettings(BaseModel):
+    """`settings:` of a web cloud."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              use_attribute_docstrings=True)
+
+    app_port: int = Field(default=8080, ge=1, le=65535)
+    """TCP port the app servers listen on and the balancers forward to."""
+    balancer_port: int = Field(default=80, ge=1, le=65535)
+    """TCP port the balancers listen on."""
+    database_name: str = Field(default="app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """The MariaDB database the app uses."""
+    database_user: str = Field(default="app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+    """The MariaDB account the app servers connect as."""
+    database_password_ref: str | None = None
+    """Name of the entry under `secrets` holding that account's password."""
+
+
+#: Dependency order: the database before the servers before the balancers.
+SPEC = TypeSpec(
+    name="web",
+    settings_model=WebSettings,
+    roles=(
+        RoleSpec("database", min_nodes=1, max_nodes=1),
+        RoleSpec("server", min_nodes=1),
+        RoleSpec("balancer", min_nodes=1),
+    ),
+)
