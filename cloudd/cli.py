@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: `func(args) -> int` on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "cloudd.commands.validate",
+    "cloudd.commands.pki",
 )
 
 

@@ -1,0 +1,83 @@
+"""`cloudd-cli pki init|issue`: make the cluster CA and the agents' certificates.
+
+Run once per cluster on the operator's machine (`init`), then once per member (`issue`);
+copy `ca.crt`, `NAME.crt` and `NAME.key` to that member's /etc/cloudd/pki. The CA key never
+needs to leave the machine it was made on. Every refusal is one line on stderr, exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from cloudd.daemon.pki import CA_DAYS, DEFAULT_DIR, MEMBER_DAYS, PkiError, init_ca, issue
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "pki", help="make the cluster CA and agent certificates",
+        description="The cluster's certificate authority and each agent's key and certificate "
+                    "for mutual TLS between agents.")
+    sub = parser.add_subparsers(dest="pki_command", metavar="ACTION", required=True)
+
+    init = sub.add_parser("init", help="create the cluster CA (ca.crt, ca.key)",
+                          description="Create the cluster CA in DIR; the key is written 0600.")
+    _common(init, default_days=CA_DAYS)
+    init.set_defaults(func=run_init)
+
+    iss = sub.add_parser(
+        "issue", help="make an agent's key and certificate, signed by the CA",
+        description="Make NAME.key (0600) and NAME.crt, signed by the CA in DIR. The "
+                    "certificate names the agent as CN, URI cloudd://member/NAME, DNS NAME "
+                    "and each --address.")
+    iss.add_argument("name", metavar="NAME", help="the member's name, as in the manifest")
+    iss.add_argument("--address", action="append", default=[], metavar="IP",
+                     help="an IP address of the member (repeatable)")
+    _common(iss, default_days=MEMBER_DAYS)
+    iss.set_defaults(func=run_issue)
+
+
+def _common(parser: argparse.ArgumentParser, *, default_days: int) -> None:
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help=f"PKI directory (default {DEFAULT_DIR})")
+    parser.add_argument("--days", type=int, default=default_days,
+                        help=f"validity in days (default {default_days})")
+    parser.add_argument("--force", action="store_true", help="replace existing files")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def run_init(args: argparse.Namespace, *, out: TextIO | None = None,
+             err: TextIO | None = None) -> int:
+    def act() -> list[Path]:
+        files = init_ca(args.dir, now=_now(), days=args.days, force=args.force)
+        return [files.cert, files.key]
+    return _run(act, out=out or sys.stdout, err=err or sys.stderr)
+
+
+def run_issue(args: argparse.Namespace, *, out: TextIO | None = None,
+              err: TextIO | None = None) -> int:
+    def act() -> list[Path]:
+        files = issue(args.dir, args.name, now=_now(), days=args.days,
+                      addresses=args.address, force=args.force)
+        return [files.cert, files.key]
+    return _run(act, out=out or sys.stdout, err=err or sys.stderr)
+
+
+def _run(act: Any, *, out: TextIO, err: TextIO) -> int:
+    try:
+        paths: list[Path] = act()
+    except PkiError as exc:
+        print(f"cloudd-cli pki: {exc}", file=err)
+        return 1
+    except OSError as exc:
+        print(f"cloudd-cli pki: {exc.filename or ''}: {exc.strerror or exc}", file=err)
+        return 1
+    for path in paths:
+        print(f"wrote {path}", file=out)
+    return 0

@@ -1,0 +1,101 @@
+"""The cluster PKI: what `init_ca` and `issue` write, and what they refuse."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from cloudd.daemon.pki import PkiError, PkiFiles, init_ca, issue, member_of_cert
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+def test_init_makes_a_ca_with_a_private_key(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    files = init_ca(d, now=NOW, days=10)
+    assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    ca = load(files.cert)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.not_valid_after_utc == NOW + dt.timedelta(days=10)
+    ca.verify_directly_issued_by(ca)
+    assert sorted(p.name for p in d.iterdir()) == ["ca.crt", "ca.key"]  # no temp files left
+
+
+def test_issue_names_the_member_every_way(tmp_path: Path) -> None:
+    init_ca(tmp_path, now=NOW)
+    files = issue(tmp_path, "pm1", now=NOW, days=30, addresses=["192.0.2.70", "2001:db8::1"])
+    assert files == PkiFiles.for_member(tmp_path, "pm1")
+    assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
+    cert = load(files.cert)
+    cert.verify_directly_issued_by(load(tmp_path / "ca.crt"))
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert cn == "pm1"
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["cloudd://member/pm1"]
+    assert san.get_values_for_type(x509.DNSName) == ["pm1"]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("192.0.2.70"), ipaddress.ip_address("2001:db8::1")]
+    assert member_of_cert(cert) == "pm1"
+    assert member_of_cert(load(tmp_path / "ca.crt")) is None
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(days=30)
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    init_ca(tmp_path, now=NOW)
+    issue(tmp_path, "pm1", now=NOW)
+    before = snapshot(tmp_path)
+    with pytest.raises(PkiError, match=r"ca.crt already exists: use --force to replace it"):
+        init_ca(tmp_path, now=NOW)
+    with pytest.raises(PkiError, match=r"pm1.crt already exists: use --force to replace it"):
+        issue(tmp_path, "pm1", now=NOW)
+    assert snapshot(tmp_path) == before
+    issue(tmp_path, "pm1", now=NOW, force=True)
+    assert snapshot(tmp_path)["pm1.key"] != before["pm1.key"]
+
+
+@pytest.mark.parametrize(("name", "addresses", "days", "reason"), [
+    ("PM1", [], 5, r"bad member name 'PM1': use 1-63 lowercase letters"),
+    ("-pm1", [], 5, r"bad member name '-pm1'"),
+    ("a/b", [], 5, r"bad member name 'a/b'"),
+    ("ca", [], 5, r"bad member name 'ca'"),
+    ("x" * 64, [], 5, r"bad member name"),
+    ("pm1", ["192.0.2.300"], 5, r"bad address '192.0.2.300': not an IPv4 or IPv6 address"),
+    ("pm1", [], 0, r"bad --days 0: must be at least 1"),
+])
+def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, name: str,
+                                                  addresses: list[str], days: int,
+                                                  reason: str) -> None:
+    init_ca(tmp_path, now=NOW)
+    before = snapshot(tmp_path)
+    with pytest.raises(PkiError, match=reason):
+        issue(tmp_path, name, now=NOW, days=days, addresses=addresses)
+    assert snapshot(tmp_path) == before
+
+
+def test_issue_without_a_ca(tmp_path: Path) -> None:
+    with pytest.raises(PkiError, match=rf"no cluster CA in {tmp_path}: run `cloudd-cli pki "
+                       r"init` first"):
+        issue(tmp_path, "pm1", now=NOW)
+    assert snapshot(tmp_path) == {}
+
+
+def test_unreadable_ca_is_one_error(tmp_path: Path) -> None:
+    init_ca(tmp_path, now=NOW)
+    (tmp_path / "ca.key").write_text("not a key")
+    with pytest.raises(PkiError, match=r"cluster CA in .* is unreadable"):
+        issue(tmp_path, "pm1", now=NOW)
