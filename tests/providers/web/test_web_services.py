@@ -1,0 +1,160 @@
+"""The web provider for real: MariaDB, two WEBrick servers and nginx in four namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from conftest import LABELS, SETTINGS, WebLab, until
+
+from cloudd.providers.base import Changes
+from cloudd.providers.web.provider import PROVIDER, http_get
+
+pytestmark = [pytest.mark.services, pytest.mark.netns]
+
+
+async def _request(lab: WebLab, method: str, path: str, body: str = "") -> tuple[int, str, str]:
+    """One HTTP request to the balancer: (status, X-Served-By, body)."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(lab.ns["lb"].ip, SETTINGS["balancer_port"]), 5)
+    try:
+        writer.write((f"{method} {path} HTTP/1.0\r\nHost: w\r\n"
+                      f"Content-Length: {len(body.encode())}\r\n\r\n{body}").encode())
+        data = await asyncio.wait_for(reader.read(), 15)
+    finally:
+        writer.close()
+    head, _, payload = data.decode().partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers.get("X-Served-By", ""), payload
+
+
+async def _served_by(lab: WebLab, n: int = 6) -> set[str]:
+    seen = set()
+    for _ in range(n):
+        status, who, _ = await _request(lab, "GET", "/entries")
+        assert status == 200
+        seen.add(who)
+    return seen
+
+
+async def _entries(lab: WebLab) -> list[str]:
+    status, _, body = await _request(lab, "GET", "/entries")
+    assert status == 200, body
+    return [e["body"] for e in json.loads(body)]
+
+
+async def _rebalance(lab: WebLab) -> Changes:
+    """The leader re-judges the servers; the balancer node re-renders and reloads if needed."""
+    await lab.judge_servers()
+    changes = lab.render("lb")
+    if changes.reload:
+        assert changes.reload == ("nginx",)
+        await lab.reload("lb")
+    return changes
+
+
+async def _upstream_ok(lab: WebLab) -> bool:
+    (finding,) = await PROVIDER.monitor(lab.cluster())
+    return finding.ok
+
+
+@pytest.mark.timeout(300)
+async def test_three_tiers_survive_server_loss_and_kill_9(weblab: WebLab) -> None:
+    lab = weblab
+    # Roles come up in the provider's order, each checked by `configure` before the next.
+    for role in PROVIDER.role_order:
+        for label in [k for k, r in LABELS.items() if r == role]:
+            await lab.converge(label)
+        await PROVIDER.configure(lab.cluster(), role)
+
+    # Data written through the balancer is read back through it, served by both servers.
+    status, who, body = await _request(lab, "POST", "/entries", "first")
+    assert status == 201, body
+    assert who in {"w-s1", "w-s2"}
+    assert await _entries(lab) == ["first"]
+    await until(lambda: _served_by_both(lab), "both servers answering through the balancer")
+    assert await _upstream_ok(lab)
+
+    # Only server addresses may log in: the balancer's address is refused by MariaDB.
+    password = (lab.secrets / "db_password").read_text().strip()
+    denied = lab.net.run(lab.ns["lb"], ["mariadb", "-h", lab.ns["db"].ip, "-u", "guestbook",
+                                        f"-p{password}", "guestbook", "-e", "SELECT 1"])
+    assert denied.returncode != 0, denied.stderr
+    assert f"Host '{lab.ns['lb'].ip}' is not allowed to connect" in denied.stderr
+    allowed = lab.net.run(lab.ns["s1"], ["mariadb", "-h", lab.ns["db"].ip, "-u", "guestbook",
+                                         f"-p{password}", "guestbook", "-e", "SELECT 1"])
+    assert allowed.returncode == 0, allowed.stderr
+
+    # A server taken off the wire: upstream re-rendered, nginx reloaded (same master pid).
+    nginx_pid = lab.running["lb"].proc.pid
+    lab.net.cut(lab.ns["s1"])
+    changes = await _rebalance(lab)
+    assert lab.health == {"s1": False, "s2": True}
+    assert changes.reload == ("nginx",)
+    await until(lambda: _upstream_ok(lab), "the balancer's upstream without s1")
+    assert lab.running["lb"].proc.pid == nginx_pid and lab.running["lb"].proc.returncode is None
+    status, _, body = await _request(lab, "POST", "/entries", "while s1 is away")
+    assert status == 201, body
+    assert await _served_by(lab) == {"w-s2"}
+
+    # Brought back: added again, and answering.
+    lab.net.restore(lab.ns["s1"])
+    await until(lambda: _healthy_again(lab), "s1 healthy and back in the upstream")
+    await until(lambda: _served_by_both(lab), "s1 answering through the balancer again")
+    assert lab.running["lb"].proc.pid == nginx_pid
+
+    # kill -9 each tier in turn: restarted, and no committed row is lost.
+    expected = ["first", "while s1 is away"]
+    for label in ("db", "s2", "lb"):
+        old = lab.running[label].proc.pid
+        await lab.kill9_and_restart(label)
+        assert lab.running[label].proc.pid != old
+        await until(lambda: _entries_are(lab, expected), f"entries readable after kill -9 {label}")
+        status, _, body = await _request(lab, "POST", "/entries", f"after {label}")
+        assert status == 201, body
+        expected.append(f"after {label}")
+    assert await _entries(lab) == expected
+    assert await _upstream_ok(lab)
+
+
+async def _served_by_both(lab: WebLab) -> bool:
+    return await _served_by(lab) == {"w-s1", "w-s2"}
+
+
+async def _entries_are(lab: WebLab, expected: list[str]) -> bool:
+    try:
+        status, _, body = await _request(lab, "GET", "/entries")
+    except (OSError, TimeoutError):
+        return False
+    return status == 200 and [e["body"] for e in json.loads(body)] == expected
+
+
+async def _healthy_again(lab: WebLab) -> bool:
+    await _rebalance(lab)
+    return lab.health == {"s1": True, "s2": True} and await _upstream_ok(lab)
+
+
+@pytest.mark.timeout(180)
+async def test_database_reload_revokes_a_removed_server(weblab: WebLab) -> None:
+    """Relations: the database re-renders its grants when the servers change, and reloads."""
+    lab = weblab
+    await lab.converge("db")
+    await lab.converge("s1")
+    await lab.converge("s2")
+    # s2 leaves the manifest: the database's assignment no longer lists it.
+    a = lab.assignment("db")
+    without = type(a)(**{**a.__dict__, "peers": tuple(p for p in a.peers if p.node != "w-s2")})
+    changes = lab.render("db", without)
+    assert changes.reload == ("mariadbd",)
+    await lab.reload("db")
+    port = SETTINGS["app_port"]
+    assert (await http_get(lab.ns["s2"].ip, port, "/ready"))[0] == 503
+    assert (await http_get(lab.ns["s1"].ip, port, "/ready"))[0] == 200
+    # Back in: granted again without a database restart.
+    db_pid = lab.running["db"].proc.pid
+    assert lab.render("db").reload == ("mariadbd",)
+    await lab.reload("db")
+    assert (await http_get(lab.ns["s2"].ip, port, "/ready"))[0] == 200
+    assert lab.running["db"].proc.pid == db_pid
