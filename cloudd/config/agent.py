@@ -1,0 +1,226 @@
+"""The agent's own settings (`kind: Agent`, by default `/etc/cloudd/agent.yaml`).
+
+Grouped, documented values, one docstring per field with its unit and why its default.
+`profile: production` (the default) suits real hosts; `profile: local` is fast, for tests and
+for agents that all run on one machine. A profile only chooses defaults: any value written
+in the file wins. `check()` then rejects combinations that cannot work, in one sentence each.
+
+The listen port defaults to 7760: clear of memberlist/Serf/Docker Swarm's 7946, which the
+same hosts may also run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from cloudd.config import yamlsrc
+from cloudd.config.model import Address
+from cloudd.config.problems import inline_secrets, validate_model
+from cloudd.config.yamlsrc import Document
+from cloudd.errors import ConfigError, Problem
+
+DEFAULT_PATH = Path("/etc/cloudd/agent.yaml")
+DEFAULT_PORT = 7760
+
+_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+Seconds = float
+#: Paths are written as strings; strict mode alone would demand Path objects.
+FsPath = Annotated[Path, Strict(False)]
+
+
+class Listen(BaseModel):
+    model_config = _CONFIG
+    address: Address = "0.0.0.0"
+    """Address the agent's mTLS port binds to; 0.0.0.0: every interface."""
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    """TCP port for every agent-to-agent message (election, gossip, commands)."""
+
+
+class Pki(BaseModel):
+    model_config = _CONFIG
+    ca: FsPath = Path("/etc/cloudd/pki/ca.pem")
+    """The cluster CA certificate: peers must present a certificate it signed."""
+    cert: FsPath = Path("/etc/cloudd/pki/agent.pem")
+    """This agent's certificate; its name must match `name`."""
+    key: FsPath = Path("/etc/cloudd/pki/agent.key")
+    """This agent's private key (mode 0600)."""
+
+
+class Libvirt(BaseModel):
+    model_config = _CONFIG
+    uri: str | None = "qemu:///system"
+    """libvirt connection of a host agent; None on VMs (node agents have none)."""
+
+
+class Metrics(BaseModel):
+    model_config = _CONFIG
+    enabled: bool = False
+    """Serve Prometheus metrics; off by default so that nothing listens unasked."""
+    address: str = "127.0.0.1:9760"
+    """host:port of the metrics endpoint; loopback by default (it is unauthenticated)."""
+
+
+class Log(BaseModel):
+    model_config = _CONFIG
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe event logged; info shows every state transition."""
+
+
+class Membership(BaseModel):
+    """SWIM liveness (memberlist's LAN profile for production)."""
+
+    model_config = _CONFIG
+    probe_interval: Seconds = Field(default=1.0, gt=0)
+    """Seconds between two probes of a random member; 1 s, memberlist's LAN value."""
+    probe_timeout: Seconds = Field(default=0.5, gt=0)
+    """Seconds to wait for an ack before asking others; a LAN round trip is well under it."""
+    indirect_probes: int = Field(default=3, ge=0, le=16)
+    """Members asked to probe on our behalf when a direct probe fails; 3 rides out one path."""
+    suspicion_mult: int = Field(default=4, ge=1, le=32)
+    """Suspicion lasts suspicion_mult * log10(N+1) * probe_interval before a member is dead."""
+
+
+class Election(BaseModel):
+    """Bully election timing."""
+
+    model_config = _CONFIG
+    answer_timeout: Seconds = Field(default=1.0, gt=0)
+    """Seconds to wait for a higher-priority agent to answer ELECTION before leading."""
+    coordinator_timeout: Seconds = Field(default=3.0, gt=0)
+    """Seconds to wait for COORDINATOR after an answer before starting over."""
+    lease: Seconds = Field(default=5.0, gt=0)
+    """Seconds a leader may act without reaching a quorum of hosts; longer than a probe round."""
+
+
+class Reconcile(BaseModel):
+    """The level-triggered reconcile loop and its retry backoff."""
+
+    model_config = _CONFIG
+    resync_interval: Seconds = Field(default=30.0, gt=0)
+    """Seconds between full passes with no event; events trigger passes at once."""
+    backoff_base: Seconds = Field(default=1.0, gt=0)
+    """First retry delay of a failed action, doubled per consecutive failure (with jitter)."""
+    backoff_max: Seconds = Field(default=300.0, gt=0)
+    """Largest retry delay; 5 minutes keeps a broken image from hammering libvirt."""
+    stable_reset: Seconds = Field(default=600.0, gt=0)
+    """Seconds a thing must stay healthy before its failure count resets to zero."""
+    manifest_poll: Seconds = Field(default=5.0, gt=0)
+    """Seconds between two scans of manifest_dir for new, changed or removed manifests."""
+
+
+class Supervisor(BaseModel):
+    """Per-node service supervision (supervisord's startsecs and friends)."""
+
+    model_config = _CONFIG
+    start_grace: Seconds = Field(default=1.0, ge=0)
+    """Seconds a service must stay up for its start to count (supervisord's startsecs)."""
+    stop_grace: Seconds = Field(default=10.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL; enough for MariaDB to flush."""
+    fatal_cooldown: Seconds = Field(default=300.0, gt=0)
+    """Seconds a service that failed every start retry stays FATAL before another try."""
+
+
+class AgentSettings(BaseModel):
+    """Everything one agent needs to know about itself."""
+
+    model_config = _CONFIG
+    apiVersion: Literal["cloudd/v1"] = "cloudd/v1"
+    kind: Literal["Agent"] = "Agent"
+    profile: Literal["production", "local"] = "production"
+    """Which defaults apply to the timing groups (see the module docstring)."""
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    """This agent's member name: a pool host's or a node's name in the manifests."""
+    listen: Listen = Listen()
+    pki: Pki = Pki()
+    libvirt: Libvirt = Libvirt()
+    state_dir: FsPath = Path("/var/lib/cloudd")
+    """Persisted state: highest term seen, service state, event history."""
+    manifest_dir: FsPath = Path("/etc/cloudd")
+    """Folder scanned for cloud manifests (*.yaml, except this settings file)."""
+    api_socket: FsPath = Path("/run/cloudd/cloudd.sock")
+    """Unix socket of the local API used by cloudd-cli (root only)."""
+    metrics: Metrics = Metrics()
+    log: Log = Log()
+    membership: Membership = Membership()
+    election: Election = Election()
+    reconcile: Reconcile = Reconcile()
+    supervisor: Supervisor = Supervisor()
+
+
+#: Defaults of the `local` profile: everything about ten times faster, for agents on one
+#: machine over loopback or network namespaces.
+LOCAL: dict[str, dict[str, Any]] = {
+    "membership": {"probe_interval": 0.2, "probe_timeout": 0.1, "indirect_probes": 2,
+                   "suspicion_mult": 3},
+    "election": {"answer_timeout": 0.2, "coordinator_timeout": 0.6, "lease": 1.0},
+    "reconcile": {"resync_interval": 2.0, "backoff_base": 0.1, "backoff_max": 5.0,
+                  "stable_reset": 10.0, "manifest_poll": 0.5},
+    "supervisor": {"start_grace": 0.2, "stop_grace": 2.0, "fatal_cooldown": 5.0},
+}
+
+
+def _with_profile(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("profile") != "local":
+        return data
+    merged = dict(data)
+    for group, defaults in LOCAL.items():
+        written = data.get(group)
+        if written is None:
+            merged[group] = dict(defaults)
+        elif isinstance(written, dict):
+            merged[group] = {**defaults, **written}
+    return merged
+
+
+Rule = tuple[tuple[str, str], tuple[str, str], str]
+
+
+def check(s: AgentSettings) -> list[Rule]:
+    """Combinations that cannot work: (field, the other field involved, one sentence)."""
+    out: list[Rule] = []
+    m, e, r = s.membership, s.election, s.reconcile
+    if m.probe_timeout >= m.probe_interval:
+        out.append((("membership", "probe_timeout"), ("membership", "probe_interval"), (
+            f"{m.probe_timeout} s must be shorter than membership.probe_interval "
+            f"({m.probe_interval} s): a probe must end before the next one starts")))
+    if e.answer_timeout >= e.coordinator_timeout:
+        out.append((("election", "answer_timeout"), ("election", "coordinator_timeout"), (
+            f"{e.answer_timeout} s must be shorter than election.coordinator_timeout "
+            f"({e.coordinator_timeout} s)")))
+    if e.lease <= m.probe_interval:
+        out.append((("election", "lease"), ("membership", "probe_interval"), (
+            f"{e.lease} s must be longer than membership.probe_interval "
+            f"({m.probe_interval} s), or a leader loses its lease between two probes")))
+    if r.backoff_base > r.backoff_max:
+        out.append((("reconcile", "backoff_base"), ("reconcile", "backoff_max"), (
+            f"{r.backoff_base} s must not exceed reconcile.backoff_max ({r.backoff_max} s)")))
+    return out
+
+
+def build_agent(doc: Document) -> AgentSettings:
+    """AgentSettings from a parsed Document; ConfigError with placed problems otherwise."""
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.place((), message="agent settings must be a YAML mapping")])
+    problems: list[Problem] = inline_secrets(doc, secrets_keys=())
+    if problems:
+        raise ConfigError(problems)
+    settings, problems = validate_model(doc, AgentSettings, _with_profile(doc.data))
+    if settings is None:
+        raise ConfigError(problems)
+    bad = check(settings)
+    if bad:
+        # Place each at the field the operator wrote, when only the other one is a default.
+        raise ConfigError([
+            doc.place(loc if loc in doc.value_marks or other not in doc.value_marks else other,
+                      field_name=".".join(loc), message=msg)
+            for loc, other, msg in bad])
+    return settings
+
+
+def load_agent(path: str | os.PathLike[str] = DEFAULT_PATH) -> AgentSettings:
+    """The agent settings at `path`; ConfigError listing placed problems otherwise."""
+    return build_agent(yamlsrc.load(path))

@@ -1,0 +1,101 @@
+"""The manifests in a folder, rescanned: which clouds are declared now, and what changed.
+
+Manifests are dropped into `/etc/cloudd/` by hand or by configuration management, so they can
+be half-written, wrong, or removed at any time. A refused file never disturbs what runs: the
+registry keeps the last valid generation of that file until a valid one replaces it, and
+only a removed file withdraws its cloud. Unchanged files (same size and mtime) are not
+reparsed, so a scan every few seconds costs a stat per file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cloudd.config.catalog import Catalog
+from cloudd.config.manifest import load_cloud
+from cloudd.config.model import Cloud
+from cloudd.errors import ConfigError, Problem
+
+SUFFIXES = (".yaml", ".yml")
+
+
+class Change(StrEnum):
+    LOADED = "loaded"  # new, or a new valid generation of a known file
+    REFUSED = "refused"  # invalid; the previous generation (if any) stays
+    REMOVED = "removed"  # the file is gone; its cloud is withdrawn
+
+
+@dataclass(frozen=True)
+class ManifestEvent:
+    change: Change
+    path: Path
+    #: LOADED: the new cloud; REFUSED: the generation kept (None if none); REMOVED: the old.
+    cloud: Cloud | None
+    problems: tuple[Problem, ...] = ()
+
+
+class ManifestRegistry:
+    """Valid clouds declared by the manifests of one folder, updated by `scan()`."""
+
+    def __init__(self, directory: str | os.PathLike[str], catalog: Catalog, *,
+                 exclude: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self.directory = Path(directory)
+        self.catalog = catalog
+        self._exclude = {Path(p).resolve() for p in exclude}
+        self._current: dict[Path, Cloud] = {}
+        self._seen: dict[Path, tuple[int, int]] = {}
+
+    @property
+    def clouds(self) -> Mapping[str, Cloud]:
+        """cloud name -> Cloud, for every currently valid manifest."""
+        return {c.name: c for c in self._current.values()}
+
+    def files(self) -> list[Path]:
+        """The manifest files in the folder now, sorted."""
+        try:
+            entries = sorted(self.directory.iterdir())
+        except FileNotFoundError:
+            return []
+        return [p for p in entries if p.suffix in SUFFIXES and p.resolve() not in self._exclude
+                and not p.name.startswith(".")]
+
+    def scan(self) -> list[ManifestEvent]:
+        """Reload what changed since the last scan; the events say what happened."""
+        events: list[ManifestEvent] = []
+        present = self.files()
+        for path in present:
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                continue  # removed between listing and stat: the next scan sees it gone
+            if self._seen.get(path) == stamp:
+                continue
+            self._seen[path] = stamp
+            events.extend(self._load(path))
+        for path in sorted(set(self._seen) - set(present)):
+            del self._seen[path]
+            old = self._current.pop(path, None)
+            if old is not None:
+                events.append(ManifestEvent(Change.REMOVED, path, old))
+        return events
+
+    def _load(self, path: Path) -> list[ManifestEvent]:
+        kept = self._current.get(path)
+        try:
+            cloud = load_cloud(path, self.catalog)
+        except ConfigError as exc:
+            return [ManifestEvent(Change.REFUSED, path, kept, tuple(exc.problems))]
+        for other_path, other in self._current.items():
+            if other_path != path and other.name == cloud.name:
+                problem = Problem(str(path), None, None, "name",
+                                  f"cloud {cloud.name!r} is already declared by {other_path}")
+                return [ManifestEvent(Change.REFUSED, path, kept, (problem,))]
+        if kept is not None and kept.digest == cloud.digest:
+            return []  # touched, not changed
+        self._current[path] = cloud
+        return [ManifestEvent(Change.LOADED, path, cloud)]

@@ -1,0 +1,161 @@
+"""`cloudd`: the agent's entry point (the console script systemd runs).
+
+`cloudd --config PATH --check` validates the agent settings and every manifest in their
+`manifest_dir`, prints what is wrong, and exits 0 or 1 without starting anything. Without
+`--check` it runs the agent: an asyncio loop (uvloop when importable) with a Runner of named
+root tasks, sd_notify READY/WATCHDOG/STOPPING, and SIGTERM/SIGINT as the one way to stop.
+
+Root tasks for now: `watchdog` (when systemd asks for pings) and `manifests` (rescans the
+manifest folder). The election, transport, host and node tasks are added through
+`Agent.runner.add(name, factory)` before `Agent.run()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cloudd import log
+from cloudd.config.agent import DEFAULT_PATH, AgentSettings, load_agent
+from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
+from cloudd.daemon.notify import Notifier, watchdog_interval
+from cloudd.daemon.runner import Runner
+from cloudd.errors import ConfigError
+from cloudd.providers.catalog import catalog
+
+#: Seconds, beyond the services' own stop grace, that shutdown may take before the agent
+#: abandons its tasks and exits anyway (systemd would SIGKILL it a little later).
+STOP_MARGIN = 5.0
+
+_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+class Agent:
+    """One agent process: its settings, its manifests, its root tasks."""
+
+    def __init__(self, settings: AgentSettings, *, config_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if env is None else env
+        self.settings = settings
+        self.log = log.get("agent", node=settings.name)
+        self.notifier = Notifier(env)
+        self.registry = ManifestRegistry(settings.manifest_dir, catalog(), exclude=[config_path])
+        #: Called (on the loop) with every manifest event; the controller subscribes here.
+        self.manifest_listeners: list[Callable[[ManifestEvent], None]] = []
+        self.runner = Runner(stop_timeout=settings.supervisor.stop_grace + STOP_MARGIN)
+        self._watchdog = watchdog_interval(env)
+        if self._watchdog is not None:
+            self.runner.add("watchdog", self._ping_watchdog)
+        self.runner.add("manifests", self._watch_manifests)
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or a root task fails (exit 1)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.runner.stop, sig.name)
+        try:
+            outcome = await self.runner.run(on_started=self._started,
+                                            on_stopping=self._stopping)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self.notifier.close()
+        self.log.info("agent_stopped", reason=outcome.reason, ok=outcome.ok)
+        return 0 if outcome.ok else 1
+
+    def _started(self) -> None:
+        self.notifier.ready()
+        self.log.info("agent_started", listen=f"{self.settings.listen.address}:"
+                      f"{self.settings.listen.port}", watchdog=self._watchdog)
+
+    def _stopping(self) -> None:
+        self.notifier.stopping()
+
+    async def _ping_watchdog(self) -> None:
+        assert self._watchdog is not None
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self._watchdog)
+
+    async def _watch_manifests(self) -> None:
+        while True:
+            # Parsing is blocking file I/O: keep it off the loop.
+            for event in await asyncio.to_thread(self.registry.scan):
+                self._log_manifest(event)
+                for listener in self.manifest_listeners:
+                    listener(event)
+            await asyncio.sleep(self.settings.reconcile.manifest_poll)
+
+    def _log_manifest(self, event: ManifestEvent) -> None:
+        cloud = event.cloud
+        if event.change is Change.LOADED and cloud is not None:
+            self.log.info("manifest_loaded", cloud=cloud.name, path=str(event.path),
+                          digest=cloud.digest[:12], nodes=len(cloud.nodes))
+        elif event.change is Change.REFUSED:
+            self.log.warning("manifest_refused", path=str(event.path),
+                             cloud=cloud.name if cloud else None,
+                             kept=cloud.digest[:12] if cloud else None,
+                             problems=[str(p) for p in event.problems])
+        elif cloud is not None:
+            self.log.info("manifest_removed", cloud=cloud.name, path=str(event.path))
+
+
+def check(settings: AgentSettings, *, config_path: Path, out: Callable[[str], None]) -> int:
+    """`--check`: every manifest of manifest_dir; 0 when all are valid."""
+    registry = ManifestRegistry(settings.manifest_dir, catalog(), exclude=[config_path])
+    out(f"{config_path}: ok")
+    bad = False
+    for event in registry.scan():
+        if event.change is Change.REFUSED:
+            bad = True
+            for problem in event.problems:
+                out(str(problem))
+        else:
+            out(f"{event.path}: ok")
+    return 1 if bad else 0
+
+
+def _event_loop_runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloudd", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_PATH, metavar="PATH",
+                        help=f"agent settings (default {DEFAULT_PATH})")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the settings and every manifest, then exit 0 or 1")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_agent(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if args.check:
+        return check(settings, config_path=args.config, out=print)
+    log.configure(level=settings.log.level)
+    env = dict(os.environ)
+    # The services this agent supervises must not inherit systemd's socket and watchdog.
+    for key in _NOTIFY_ENV:
+        os.environ.pop(key, None)
+    agent = Agent(settings, config_path=args.config, env=env)
+    with _event_loop_runner() as runner:
+        return runner.run(agent.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
