@@ -1,0 +1,180 @@
+"""The one object the daemon's shell talks to: an agent's membership and election, sans I/O.
+
+Theory of operation: `AgentCore` wires SWIM (`swim.Membership`), the bully election with
+its leases (`bully.Bully`) and validation together, in the sans-I/O style of etcd-io/raft
+and h11. The shell calls `start(now, persisted_term=...)` once, then `step(sender, msg,
+now)` for each message received, `tick(now)` when `Output.wake_at` comes (or earlier: extra
+ticks are harmless) and `peer_unreachable(peer, now)` when a connect or send fails. Each
+returns an `Output`, which the shell performs in this order:
+1. if `persist_term` is set, write it durably (fsync) *before* sending anything: the
+   messages may carry that term, and a restart must never propose it again;
+2. send `messages` (best effort: a failure comes back as `peer_unreachable`);
+3. log `events` (one line each, with the fixed keys term and peer);
+4. act on the cloud only while `acting` is true and never past `acting_until`, even if no
+   tick comes in time (the lease is then gone at the hosts).
+Bad input (an unknown sender, a message meant for another agent, time running backwards,
+calls before `start`) raises `RemoteProtocolError`/`LocalProtocolError` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from cloudd.election.bully import Bully, Event, Role
+from cloudd.election.config import Timing
+from cloudd.election.members import Roster
+from cloudd.election.messages import (
+    MESSAGE_TYPES,
+    Ack,
+    Gossip,
+    Message,
+    Ping,
+    PingReq,
+)
+from cloudd.election.swim import Membership, Status
+from cloudd.errors import LocalProtocolError, RemoteProtocolError
+
+
+@dataclass(frozen=True)
+class Output:
+    """What the shell must do after one call (see the module docstring for the order)."""
+
+    messages: tuple[tuple[str, Message], ...]
+    persist_term: int | None
+    events: tuple[Event, ...]
+    acting: bool
+    acting_until: float | None
+    wake_at: float
+
+
+class AgentCore:
+    """Membership and election of agent `me` in the cloud `roster`."""
+
+    def __init__(self, me: str, roster: Roster, *, timing: Timing | None = None,
+                 rng: random.Random) -> None:
+        if me not in roster:
+            raise LocalProtocolError(f"{me!r} is not a member of this cloud")
+        self.me = me
+        self.roster = roster
+        self.timing = (timing or Timing.production()).validate()
+        self.members = Membership(me, roster, self.timing, rng)
+        self.bully = Bully(me, roster, self.timing, rng, self.members.live)
+        self._now = float("-inf")
+        self._acting = False
+        self._pending_out: list[tuple[str, Message]] = []
+        self._pending_events: list[Event] = []
+
+    # -- queries ------------------------------------------------------------------------
+    @property
+    def leader(self) -> str:
+        """The leader this agent follows or is ('' when it knows none)."""
+        return self.bully.leader if self.bully.role in (Role.FOLLOWER, Role.LEADER) else ""
+
+    @property
+    def term(self) -> int:
+        return self.bully.term
+
+    @property
+    def role(self) -> Role:
+        return self.bully.role
+
+    @property
+    def acting(self) -> bool:
+        """Acting as of the last call; prefer `is_acting(now)` between calls."""
+        return self._acting
+
+    def is_acting(self, now: float) -> bool:
+        until = self.bully.acting_until()
+        return until is not None and now < until
+
+    def status(self, name: str) -> Status:
+        return self.members.status(name)
+
+    # -- inputs -------------------------------------------------------------------------
+    def start(self, now: float, *, persisted_term: int = 0) -> Output:
+        if self.bully.role is not Role.INIT:
+            raise LocalProtocolError(f"{self.me} is already started")
+        self.bully.start(now, persisted_term)
+        self.members.start(now)
+        self._now = now
+        return self._flush(now)
+
+    def step(self, sender: str, msg: Message, now: float) -> Output:
+        self._check(now)
+        if sender not in self.roster or sender == self.me:
+            raise RemoteProtocolError(f"{self.me} got a message from non-member {sender!r}")
+        cls: type = type(msg)
+        if MESSAGE_TYPES.get(getattr(msg, "TYPE", "")) is not cls or cls is Gossip:
+            raise RemoteProtocolError(f"{sender} sent {self.me} a non-message {msg!r}")
+        if isinstance(msg, Ping | Ack) and (
+                msg.term < 0 or (msg.leader and msg.leader not in self.roster)):
+            raise RemoteProtocolError(f"{sender} claimed leader {msg.leader!r} "
+                                          f"for term {msg.term}")
+        self._now = now
+        if isinstance(msg, Ping | Ack | PingReq):
+            self.members.receive(sender, msg, now)
+            if not isinstance(msg, PingReq):
+                self._changes(now)
+                self.bully.observe(sender, msg.leader, msg.term, now)
+        else:
+            term = getattr(msg, "term", 0)
+            if term < 0:
+                raise RemoteProtocolError(f"{sender} sent a negative term {term}")
+            self.bully.receive(sender, msg, now)
+        return self._flush(now)
+
+    def tick(self, now: float) -> Output:
+        self._check(now)
+        self._now = now
+        self.members.probe_tick(now)
+        self._changes(now)
+        self.bully.tick(now)
+        return self._flush(now)
+
+    def peer_unreachable(self, peer: str, now: float) -> Output:
+        self._check(now)
+        if peer not in self.roster or peer == self.me:
+            raise LocalProtocolError(f"{peer!r} is not a peer of {self.me}")
+        self._now = now
+        self.members.unreachable(peer, now)
+        return self._flush(now)
+
+    # -- internals ----------------------------------------------------------------------
+    def _check(self, now: float) -> None:
+        if self.bully.role is Role.INIT:
+            raise LocalProtocolError(f"{self.me} is not started")
+        if now < self._now:
+            raise LocalProtocolError(f"time ran backwards: {now} after {self._now}")
+
+    def _changes(self, now: float) -> list[Event]:
+        """Hand SWIM's status changes to the election; return them as events."""
+        out, changes = self.members.drain()
+        self._pending_out += out
+        events = []
+        for name, status in changes:
+            events.append(Event("member", status.value, self.bully.term, name))
+            self.bully.member_changed(name, status is not Status.DEAD, now)
+        self._pending_events += events
+        return events
+
+    def _flush(self, now: float) -> Output:
+        self._changes(now)
+        bully = self.bully
+        self.members.header = (self.leader, bully.term)
+        messages = self._pending_out + bully.out
+        events = self._pending_events + bully.events
+        persist = bully.persist
+        self._pending_out, self._pending_events = [], []
+        bully.out, bully.events, bully.persist = [], [], None
+        acting = self.is_acting(now)
+        if acting != self._acting:
+            why = "host quorum" if acting else (
+                "host leases lapsed" if bully.role is Role.LEADER else "no longer leader")
+            events.append(Event("acting", f"{'yes' if acting else 'no'}: {why}", bully.term,
+                                self.me))
+            self._acting = acting
+        wake = min(self.members.next_deadline(), bully.next_deadline())
+        return Output(messages=tuple(messages), persist_term=persist, events=tuple(events),
+                      acting=acting, acting_until=bully.acting_until() if acting else None,
+                      wake_at=max(wake, now))

@@ -1,0 +1,321 @@
+"""The bully election in its improved O(n) form, fenced by terms and host leases.
+
+Theory of operation. Liveness comes from SWIM (`live(name)`); this module decides who leads.
+- A (re)starting agent first asks everyone `WhoLeads` and follows the answer: a returning
+  higher-priority member never deposes a healthy leader (and could not: the hosts' leases
+  stay bound to the incumbent while it renews them).
+- When the leader is declared dead (or resigns), every member waits, except the one that
+  believes itself the highest-priority live member: it runs at once. That is what keeps an
+  election O(n) in messages: one candidate asks the h hosts for leases and, on a majority,
+  tells the n members `Coordinator`; nobody else speaks. A member that hears nothing for
+  `coordinator_timeout` falls back to the classic bully round: `Election` to the live
+  higher members; an `Answer` means "I take over", silence means "run yourself".
+- A candidate proposes term = highest seen + 1 (persisted before asking), and becomes
+  leader only with a majority of host grants; every leadership change thus raises the term,
+  and a restart, which reloads the persisted term, never proposes a used one.
+- The leader renews its leases every `renew_interval`; it *acts* while a majority is valid
+  (`Holder.quorum_until`). Without it: policy 'stop' resigns, 'freeze' stays leader idle.
+- Any message revealing a higher term (coordinator, answers, lease refusals, the leader
+  header on SWIM probes) makes the agent follow that term's leader, stepping down if needed.
+Roles and their legal moves are the table `TRANSITIONS`; anything else raises and changes
+nothing. Outputs are collected in `out`/`events` and drained by the agent facade.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from cloudd.election.config import Timing
+from cloudd.election.lease import Grantor, Holder
+from cloudd.election.members import Roster
+from cloudd.election.messages import (
+    Answer,
+    Coordinator,
+    Election,
+    LeaderIs,
+    LeaseGrant,
+    LeaseReject,
+    LeaseRequest,
+    Message,
+    Resign,
+    WhoLeads,
+)
+from cloudd.errors import LocalProtocolError, RemoteProtocolError
+
+
+class Role(Enum):
+    INIT = "init"
+    INQUIRING = "inquiring"
+    FOLLOWER = "follower"
+    AWAITING = "awaiting"
+    ELECTING = "electing"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+R = Role
+TRANSITIONS: dict[Role, frozenset[Role]] = {
+    R.INIT: frozenset({R.INQUIRING}),
+    R.INQUIRING: frozenset({R.FOLLOWER, R.AWAITING}),
+    R.FOLLOWER: frozenset({R.FOLLOWER, R.AWAITING}),
+    R.AWAITING: frozenset({R.FOLLOWER, R.AWAITING, R.ELECTING, R.CANDIDATE}),
+    R.ELECTING: frozenset({R.FOLLOWER, R.AWAITING, R.CANDIDATE}),
+    R.CANDIDATE: frozenset({R.FOLLOWER, R.AWAITING, R.LEADER}),
+    R.LEADER: frozenset({R.FOLLOWER, R.AWAITING}),
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a person reading the log should see: `kind` and why (`reason`)."""
+
+    kind: str
+    reason: str
+    term: int
+    peer: str = ""
+
+
+class Bully:
+    """One agent's election state; `live` answers "not believed dead" from SWIM."""
+
+    def __init__(self, me: str, roster: Roster, timing: Timing, rng: random.Random,
+                 live: Callable[[str], bool]) -> None:
+        self.me, self.roster, self.timing, self.rng, self.live = me, roster, timing, rng, live
+        self.role = Role.INIT
+        self.term = 0
+        self.leader = ""
+        self.persisted = 0
+        self.deadline = float("inf")
+        self.grantor: Grantor | None = None
+        self.holder: Holder | None = None
+        self.rejected: set[str] = set()
+        self.retry_at = 0.0
+        self.out: list[tuple[str, Message]] = []
+        self.events: list[Event] = []
+        self.persist: int | None = None
+
+    # -- queries ------------------------------------------------------------------------
+    def acting_until(self) -> float | None:
+        if self.role is not Role.LEADER or self.holder is None:
+            return None
+        return self.holder.quorum_until()
+
+    def next_deadline(self) -> float:
+        until = self.acting_until()
+        return min(self.deadline, until if until is not None else float("inf"))
+
+    # -- transitions --------------------------------------------------------------------
+    def _goto(self, role: Role, reason: str) -> None:
+        if role not in TRANSITIONS[self.role]:
+            raise LocalProtocolError(f"{self.me}: no transition from {self.role.value} to "
+                                     f"{role.value} ({reason})")
+        if role is not self.role:
+            self.events.append(Event("role", f"{self.role.value} -> {role.value}: {reason}",
+                                     self.term, self.leader))
+        self.role = role
+
+    def _raise_term(self, term: int, leader: str) -> None:
+        if term > self.term:
+            self.term, self.leader = term, leader
+            self.events.append(Event("term", f"term {term} seen", term, leader))
+        self._persist(term)
+
+    def _persist(self, term: int) -> None:
+        if term > self.persisted:
+            self.persisted = self.persist = term
+
+    def _follow(self, leader: str, term: int, now: float, reason: str) -> None:
+        self._raise_term(term, leader)
+        self.leader = leader
+        self.holder = None
+        self._goto(Role.FOLLOWER, reason)
+        self.deadline = float("inf")
+        self.events.append(Event("leader", reason, term, leader))
+
+    def _await(self, now: float, delay: float, reason: str) -> None:
+        """No leader known: run at `now + delay` (or at once if we are the top live one)."""
+        self.leader, self.holder = "", None
+        self._goto(Role.AWAITING, reason)
+        self.deadline = now + delay
+
+    def _top(self) -> bool:
+        return not any(self.live(n) for n in self.roster.higher_than(self.me))
+
+    def _lost_leader(self, now: float, reason: str) -> None:
+        """The top live member runs (almost) at once; the others give it time to win."""
+        if self._top():
+            base = self.timing.retry_backoff
+            self._await(now, self.rng.uniform(0, base) if self.role is Role.LEADER else 0.0,
+                        reason)
+        else:
+            self._await(now, self.timing.coordinator_timeout, reason)
+
+    def _run(self, now: float, *, ask_higher: bool = True) -> None:
+        """AWAITING's deadline: the top live member asks the hosts; others bully upward."""
+        higher = [n for n in self.roster.higher_than(self.me) if self.live(n) and ask_higher]
+        if higher:
+            self._goto(Role.ELECTING, f"asking {len(higher)} higher members")
+            self.out += [(n, Election(self.term)) for n in higher]
+            self.deadline = now + self.timing.answer_timeout
+            return
+        proposed = max(self.term, self.persisted) + 1
+        self._goto(Role.CANDIDATE, f"asking hosts for term {proposed}")
+        self._persist(proposed)  # before any request for it leaves (see Output)
+        self.holder = Holder(term=proposed, hosts=self.roster.hosts,
+                             quorum=self.roster.quorum, timing=self.timing)
+        self.rejected = set()
+        self.retry_at = 0.0
+        self.deadline = now + self.timing.candidate_timeout
+        self._ask_hosts(now)
+
+    def _ask_hosts(self, now: float) -> None:
+        assert self.holder is not None
+        req = self.holder.request(now)
+        for host in sorted(self.roster.hosts):
+            if host == self.me:
+                self._lease_answer(self.me, self._grant(self.me, req, now), now)
+            else:
+                self.out.append((host, req))
+
+    def _grant(self, candidate: str, req: LeaseRequest, now: float) -> LeaseGrant | LeaseReject:
+        assert self.grantor is not None
+        answer = self.grantor.decide(candidate, req, now, term=self.term, leader=self.leader)
+        if isinstance(answer, LeaseGrant) and req.term > self.term:
+            self._raise_term(req.term, "")
+            if self.role in (Role.FOLLOWER, Role.AWAITING, Role.ELECTING, Role.LEADER) \
+                    and candidate != self.me:
+                self._await(now, self.timing.coordinator_timeout, f"granted {candidate} "
+                            f"term {req.term}")
+        return answer
+
+    def _backoff(self, now: float, at_least: float, reason: str) -> None:
+        base = self.timing.retry_backoff
+        self._await(now, max(at_least, self.rng.uniform(base, 2 * base)), reason)
+
+    # -- inputs -------------------------------------------------------------------------
+    def start(self, now: float, persisted_term: int) -> None:
+        if persisted_term < 0:
+            raise LocalProtocolError(f"persisted term must be >= 0, got {persisted_term}")
+        self._goto(Role.INQUIRING, f"started with persisted term {persisted_term}")
+        self.term = self.persisted = persisted_term
+        if self.me in self.roster.hosts:
+            self.grantor = Grantor.after_start(now, self.timing)
+        # Ask the hosts (they bind their leases to the leader, so they know it) and a few
+        # others: O(1) per start, not O(n), so a whole cloud can cold-start at once.
+        others = [n for n in self.roster.names if n != self.me and n not in self.roster.hosts]
+        asked = [n for n in sorted(self.roster.hosts) if n != self.me]
+        asked += self.rng.sample(others, min(3, len(others)))
+        self.out += [(n, WhoLeads(self.term)) for n in asked]
+        self.deadline = now + self.timing.inquiry_timeout
+
+    def tick(self, now: float) -> None:
+        role = self.role
+        if role is Role.LEADER:
+            assert self.holder is not None
+            if self.holder.quorum_until() <= now and self.timing.no_quorum == "stop":
+                self.out += [(n, Resign(self.term)) for n in self.roster.names if n != self.me]
+                self._backoff(now, self.timing.renew_interval, "lost the host quorum, resigned")
+                return
+            if now >= self.deadline:
+                self.deadline = now + self.timing.renew_interval
+                self._ask_hosts(now)
+        elif now < self.deadline:
+            return
+        elif role is Role.INQUIRING:
+            self._lost_leader(now, "nobody answered who leads")
+            if now >= self.deadline:
+                self._run(now)
+        elif role is Role.AWAITING:
+            self._run(now)
+        elif role is Role.ELECTING:
+            self._run(now, ask_higher=False)
+        else:
+            self._backoff(now, self.retry_at - now, "no host majority in time")
+
+    def member_changed(self, name: str, live: bool, now: float) -> None:
+        if not live and name == self.leader and self.role is Role.FOLLOWER:
+            self._lost_leader(now, f"leader {name} is dead")
+        elif not live and self.role is Role.AWAITING and self._top():
+            self.deadline = min(self.deadline, now)
+
+    def observe(self, sender: str, leader: str, term: int, now: float) -> None:
+        """A claim "`leader` leads `term`" (LeaderIs, or the header of a SWIM probe)."""
+        if term < 0 or (leader and leader not in self.roster):
+            raise RemoteProtocolError(f"{sender} claimed leader {leader!r} for term {term}")
+        followable = bool(leader) and leader != self.me and self.live(leader)
+        if followable and (term > self.term or (term == self.term and not self.leader
+                                                and self.role is not Role.LEADER)):
+            self._follow(leader, term, now, f"{sender} says {leader} leads term {term}")
+        elif term > self.term:
+            self._raise_term(term, "")
+            if self.role in (Role.FOLLOWER, Role.LEADER):
+                self._lost_leader(now, f"term {term} began elsewhere")
+
+    def receive(self, sender: str, msg: Message, now: float) -> None:
+        if isinstance(msg, WhoLeads):
+            leading = self.role in (Role.FOLLOWER, Role.LEADER)
+            self.out.append((sender, LeaderIs(self.leader if leading else "", self.term)))
+        elif isinstance(msg, LeaderIs):
+            self.observe(sender, msg.leader, msg.term, now)
+        elif isinstance(msg, Election):
+            if self.roster.outranks(sender, self.me):
+                raise RemoteProtocolError(f"{sender} sent an election to lower {self.me}")
+            if self.role is Role.LEADER:
+                self.out.append((sender, Coordinator(self.term)))
+            elif self.role is Role.FOLLOWER:
+                self.out.append((sender, LeaderIs(self.leader, self.term)))
+            else:
+                self.out.append((sender, Answer(self.term)))
+                if self.role in (Role.AWAITING, Role.INQUIRING):
+                    if self.role is Role.INQUIRING:
+                        self._await(now, 0.0, f"{sender} called an election")
+                    self._run(now)
+        elif isinstance(msg, Answer):
+            self.observe(sender, "", msg.term, now)
+            if self.role is Role.ELECTING:
+                self._await(now, self.timing.coordinator_timeout, f"{sender} answered")
+        elif isinstance(msg, Coordinator):
+            if msg.term == self.term and self.role is Role.LEADER:
+                raise RemoteProtocolError(f"{sender} claims term {msg.term}, which we lead")
+            if msg.term >= self.term:
+                self._follow(sender, msg.term, now, f"{sender} won term {msg.term}")
+            else:
+                self.out.append((sender, LeaderIs(self.leader, self.term)))
+        elif isinstance(msg, Resign):
+            if sender == self.leader and msg.term == self.term and self.role is Role.FOLLOWER:
+                self._lost_leader(now, f"leader {sender} resigned")
+        elif isinstance(msg, LeaseRequest):
+            if self.grantor is None:
+                raise RemoteProtocolError(f"{sender} asked non-host {self.me} for a lease")
+            self.out.append((sender, self._grant(sender, msg, now)))
+        elif isinstance(msg, LeaseGrant | LeaseReject):
+            if sender not in self.roster.hosts:
+                raise RemoteProtocolError(f"non-host {sender} answered a lease request")
+            self._lease_answer(sender, msg, now)
+
+    def _lease_answer(self, host: str, msg: LeaseGrant | LeaseReject, now: float) -> None:
+        if self.holder is None or self.role not in (Role.CANDIDATE, Role.LEADER):
+            return
+        if isinstance(msg, LeaseGrant):
+            self.holder.granted(host, msg)
+            if self.role is Role.CANDIDATE and self.holder.quorum_until() > now:
+                term = self.holder.term
+                self._raise_term(term, self.me)
+                self.leader = self.me
+                self._goto(Role.LEADER, f"{self.roster.quorum} host leases for term {term}")
+                self.deadline = now + self.timing.renew_interval
+                self.out += [(n, Coordinator(term)) for n in self.roster.names if n != self.me]
+                self.events.append(Event("leader", "won the election", term, self.me))
+            return
+        if msg.term > self.term or (msg.leader and msg.leader != self.me):
+            self.observe(host, msg.leader, msg.term, now)
+            if self.role not in (Role.CANDIDATE, Role.LEADER):
+                return
+        if self.role is Role.CANDIDATE:
+            self.rejected.add(host)
+            self.retry_at = max(self.retry_at, now + msg.remaining)
+            if len(self.rejected) > len(self.roster.hosts) - self.roster.quorum:
+                self._backoff(now, self.retry_at - now, f"hosts refused: {msg.reason}")

@@ -1,0 +1,116 @@
+"""Timing of membership and election, as documented data with two profiles.
+
+Theory of operation: every duration the cores wait for lives here, in seconds of the
+monotonic clock the shell passes in as `now`. `Timing.production()` targets a failover well
+under etcd's ~1 s (its default election timeout is 1000 ms): in a LAN a TLS round trip on an
+open connection costs ~0.2 ms, so probing every 100 ms with a 40 ms timeout is cheap and
+still 200 times the round trip. A leader's death is then seen after about one probe period
+plus the suspicion timeout (300 ms at n <= 10), while its lease (400 ms) runs out in
+parallel; a successor acts ~0.5-0.8 s after the crash. `Timing.local()` halves everything
+for agents that share one machine (tests, demos). `validate()` rejects nonsense with one
+sentence naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from cloudd.errors import ConfigError, Problem
+
+NO_QUORUM_POLICIES = ("stop", "freeze")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Durations in seconds; counts are plain numbers."""
+
+    probe_interval: float = 0.1
+    """One SWIM protocol period: each agent probes one member per period (memberlist's LAN
+    profile uses 1 s; our peers keep connections open, so 100 ms costs little)."""
+    probe_timeout: float = 0.04
+    """Wait for a direct `Ack` before asking `indirect_checks` helpers (200x a LAN RTT)."""
+    indirect_checks: int = 3
+    """Helpers asked to probe an unresponsive member (memberlist's default, k=3)."""
+    suspicion_mult: float = 3.0
+    """Suspicion timeout = mult * max(1, log10(n)) * probe_interval (memberlist)."""
+    suspicion_max_mult: float = 3.0
+    """The timeout starts at max_mult times the minimum and shrinks with confirmations."""
+    retransmit_mult: int = 4
+    """Each gossip fact is piggybacked mult * ceil(log10(n + 1)) times (memberlist)."""
+    max_piggyback: int = 8
+    """Gossip facts per probe message, to keep messages small at 1,000 members."""
+    dead_probe_interval: float = 0.5
+    """Probe one dead member this often so that healed partitions and restarts rejoin."""
+    lease_duration: float = 0.4
+    """A host's lease to a leader, from the host's receipt of the request. A successor waits
+    at most this long after the last renewal, so it bounds failover from below."""
+    renew_interval: float = 0.1
+    """The leader renews its leases this often: 4 tries per lease before it can lapse."""
+    lease_margin: float = 0.05
+    """The leader stops acting this long before its own (earlier) estimate of the lease
+    expiry: covers clock-rate drift and the shell's delay in obeying `acting=False`."""
+    inquiry_timeout: float = 0.2
+    """A (re)starting agent waits this long for `LeaderIs` before it may run."""
+    answer_timeout: float = 0.1
+    """Bully: wait this long for an `Answer` from a higher-priority member."""
+    coordinator_timeout: float = 1.5
+    """Without a leader, a member that is not the top live one waits this long for a
+    `Coordinator` before it runs a bully election itself (the top one needs at most about
+    one lease plus a retry to win, so this rarely fires)."""
+    candidate_timeout: float = 0.2
+    """A candidate that has no host majority after this long backs off and retries."""
+    retry_backoff: float = 0.1
+    """Base of the jittered pause before a failed candidate retries (uniform 1x-2x)."""
+    no_quorum: str = "stop"
+    """What a leader does without a host majority: 'stop' resigns (another member may be
+    elected), 'freeze' stays leader but does not act until the quorum returns."""
+
+    @classmethod
+    def production(cls) -> Timing:
+        return cls()
+
+    @classmethod
+    def local(cls) -> Timing:
+        """Everything twice as fast, for agents on one machine (loopback, namespaces)."""
+        base = cls()
+        return replace(base, **{
+            f.name: getattr(base, f.name) / 2 for f in fields(cls)
+            if isinstance(getattr(base, f.name), float) and not f.name.endswith("mult")
+        })
+
+    def validate(self) -> Timing:
+        """Return self, or raise `ConfigError` with one sentence about the first bad field."""
+        def bad(field: str, why: str) -> ConfigError:
+            return ConfigError([Problem(file="<timing>", line=None, column=None, field=field,
+                                        message=why)])
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+                raise bad(f.name, f"must be positive, got {value}")
+        if self.probe_timeout >= self.probe_interval:
+            raise bad("probe_timeout", "must be shorter than probe_interval")
+        if self.renew_interval + self.lease_margin >= self.lease_duration:
+            raise bad("renew_interval", "plus lease_margin must be shorter than lease_duration")
+        if self.suspicion_max_mult < 1:
+            raise bad("suspicion_max_mult", "must be at least 1")
+        if self.no_quorum not in NO_QUORUM_POLICIES:
+            raise bad("no_quorum", f"must be one of {', '.join(NO_QUORUM_POLICIES)}, "
+                                   f"got {self.no_quorum!r}")
+        return self
+
+    def suspicion_timeouts(self, n: int) -> tuple[float, float]:
+        """(minimum, maximum) suspicion timeout for a cloud of `n` members."""
+        scale = max(1.0, math.log10(max(1, n)))
+        low = self.suspicion_mult * scale * self.probe_interval
+        return low, low * self.suspicion_max_mult
+
+    def retransmits(self, n: int) -> int:
+        return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+
+    def settle_bound(self, n: int) -> float:
+        """An upper bound on crash-to-acting-successor time in a connected majority: find the
+        death (a few probe periods), suspect it (max timeout), then one lease and a retry."""
+        _, high = self.suspicion_timeouts(n)
+        return (4 * self.probe_interval + high + self.lease_duration + self.coordinator_timeout
+                + 2 * self.candidate_timeout + 2 * self.retry_backoff)

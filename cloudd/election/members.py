@@ -1,0 +1,74 @@
+"""The cloud's static member list: names, which of them are pool hosts, and their priority.
+
+Theory of operation: membership in cloudd is static (the manifest lists every host and node);
+only liveness changes. `Roster` fixes, for everyone alike, who outranks whom in the bully
+election and which members form the lease quorum (the hosts). Priority is an explicit
+integer, higher wins; ties (and the default, all zero) fall back to the listed order, first
+listed first, so that every agent computes the same order from the same manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cloudd.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class Member:
+    """One agent of the cloud. `host`: a pool host, which grants leader leases."""
+
+    name: str
+    host: bool = False
+    priority: int = 0
+
+
+class Roster:
+    """The member list with its derived orders; immutable after construction."""
+
+    def __init__(self, members: Iterable[Member]) -> None:
+        self.members: tuple[Member, ...] = tuple(members)
+        problem = _check(self.members)
+        if problem is not None:
+            field, why = problem
+            raise ConfigError([Problem(file="<roster>", line=None, column=None, field=field,
+                                       message=why)])
+        count = len(self.members)
+        self._rank = {m.name: (m.priority, count - i) for i, m in enumerate(self.members)}
+        self.names: tuple[str, ...] = tuple(m.name for m in self.members)
+        self.hosts: frozenset[str] = frozenset(m.name for m in self.members if m.host)
+        #: Host leases a leader needs: a strict majority of the pool's hosts.
+        self.quorum: int = len(self.hosts) // 2 + 1
+        #: Names from the highest priority to the lowest.
+        self.by_priority: tuple[str, ...] = tuple(
+            sorted(self.names, key=lambda n: self._rank[n], reverse=True))
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rank
+
+    def outranks(self, a: str, b: str) -> bool:
+        """True when `a` has a higher election priority than `b`."""
+        return self._rank[a] > self._rank[b]
+
+    def higher_than(self, name: str) -> tuple[str, ...]:
+        """Members that outrank `name`, highest first."""
+        return tuple(n for n in self.by_priority if self.outranks(n, name))
+
+
+def _check(members: tuple[Member, ...]) -> tuple[str, str] | None:
+    if not members:
+        return "members", "the cloud lists no members"
+    seen: set[str] = set()
+    for i, m in enumerate(members):
+        if not m.name:
+            return f"members[{i}].name", "is empty"
+        if m.name in seen:
+            return f"members[{i}].name", f"{m.name!r} is listed twice"
+        seen.add(m.name)
+    if not any(m.host for m in members):
+        return "members", "no member is a pool host, so no leader could ever get a quorum"
+    return None

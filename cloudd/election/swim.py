@@ -1,0 +1,267 @@
+"""SWIM membership: who of the cloud's static member list is alive, as seen by one agent.
+
+Theory of operation (SWIM, with hashicorp/memberlist's refinements, minus its timers):
+- Each protocol period (`probe_interval`) the agent pings the next member of a shuffled
+  round-robin over the members it does not believe dead. No `Ack` after `probe_timeout`
+  (or the shell reports the peer unreachable): it asks `indirect_checks` random members to
+  ping the target for it (`PingReq`), so that one lossy link does not condemn anybody.
+  No ack, direct or relayed, by the end of the period: the target becomes *suspect*.
+- A suspect member that does not refute becomes *dead* after the suspicion timeout, which
+  scales with log10(n) and shrinks as independent members confirm the suspicion
+  (memberlist's suspicion.go). Incarnation numbers order the facts about one member:
+  a member that hears itself suspected or declared dead refutes by raising its incarnation
+  and gossiping `alive`; the higher incarnation wins everywhere.
+- Facts travel piggybacked on pings and acks, each a bounded number of times
+  (`retransmit_mult * ceil(log10(n + 1))`), least-sent first.
+- Dead members are still pinged, one every `dead_probe_interval`, with the fact of their
+  death attached: a member back from a partition or a restart refutes it in its ack and
+  rejoins; so a healed partition heals the views too.
+Nothing here reads a clock or draws entropy of its own: `now` and an injected
+`random.Random` come in; messages to send and status changes go out (`drain`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+from cloudd.election.config import Timing
+from cloudd.election.members import Roster
+from cloudd.election.messages import Ack, Gossip, Message, Ping, PingReq
+from cloudd.errors import RemoteProtocolError
+
+
+class Status(Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+@dataclass
+class _Peer:
+    status: Status = Status.ALIVE
+    incarnation: int = 0
+    suspected_at: float = 0.0
+    confirmations: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Probe:
+    target: str
+    seq: int
+    started: float
+    acked: bool = False
+    indirect: bool = False
+
+
+class Membership:
+    """One agent's SWIM state. Call `probe_tick`, `receive`, `unreachable`; then `drain`."""
+
+    def __init__(self, me: str, roster: Roster, timing: Timing, rng: random.Random) -> None:
+        self.me = me
+        self.roster = roster
+        self.timing = timing
+        self.rng = rng
+        self.incarnation = 0
+        #: The leader header (leader, term) stamped on probes; the agent keeps it current.
+        self.header: tuple[str, int] = ("", 0)
+        self.peers = {n: _Peer() for n in roster.names if n != me}
+        self._order: list[str] = []
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._next_probe = 0.0
+        self._next_dead_probe = 0.0
+        self._relays: dict[int, tuple[str, int, float]] = {}
+        self._queue: dict[str, tuple[Gossip, int]] = {}
+        self._suspects: set[str] = set()
+        self._limit = timing.retransmits(len(roster))
+        self._out: list[tuple[str, Message]] = []
+        self._changes: list[tuple[str, Status]] = []
+
+    # -- queries ------------------------------------------------------------------------
+    def status(self, name: str) -> Status:
+        return Status.ALIVE if name == self.me else self.peers[name].status
+
+    def live(self, name: str) -> bool:
+        """Not believed dead (a suspect may still refute)."""
+        return self.status(name) is not Status.DEAD
+
+    def next_deadline(self) -> float:
+        times = [self._next_probe, self._next_dead_probe]
+        if self._probe is not None and not self._probe.acked and not self._probe.indirect:
+            times.append(self._probe.started + self.timing.probe_timeout)
+        times += [self._suspicion_deadline(n) for n in self._suspects]
+        return min(times)
+
+    def drain(self) -> tuple[list[tuple[str, Message]], list[tuple[str, Status]]]:
+        out, changes = self._out, self._changes
+        self._out, self._changes = [], []
+        return out, changes
+
+    # -- inputs -------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        # Spread the first probes of agents started together over one period.
+        self._next_probe = now + self.rng.uniform(0, self.timing.probe_interval)
+        self._next_dead_probe = now + self.timing.dead_probe_interval
+        self._enqueue(Gossip("alive", self.me, self.incarnation, self.me))
+
+    def probe_tick(self, now: float) -> None:
+        t = self.timing
+        probe = self._probe
+        if probe is not None and not probe.acked and not probe.indirect \
+                and now >= probe.started + t.probe_timeout:
+            self._ask_helpers(probe)
+        for name in [n for n in self._suspects if now >= self._suspicion_deadline(n)]:
+            peer = self.peers[name]
+            self._apply(Gossip("dead", name, peer.incarnation, self.me), now)
+        if now >= self._next_probe:
+            if probe is not None and not probe.acked:
+                peer = self.peers[probe.target]
+                if peer.status is Status.ALIVE:
+                    self._apply(Gossip("suspect", probe.target, peer.incarnation, self.me), now)
+            self._probe = None
+            self._next_probe = max(now, self._next_probe + t.probe_interval)
+            target = self._next_target()
+            if target is not None:
+                self._seq += 1
+                self._probe = _Probe(target, self._seq, now)
+                self._ping(target, self._seq)
+        if now >= self._next_dead_probe:
+            self._next_dead_probe = max(now, self._next_dead_probe + t.dead_probe_interval)
+            dead = [n for n, p in self.peers.items() if p.status is Status.DEAD]
+            if dead:
+                self._seq += 1
+                self._ping(self.rng.choice(dead), self._seq)
+        self._relays = {s: r for s, r in self._relays.items() if r[2] > now}
+
+    def unreachable(self, peer: str, now: float) -> None:
+        """The shell could not reach `peer`: do not wait out the direct probe timeout."""
+        probe = self._probe
+        if probe is not None and probe.target == peer and not probe.acked and not probe.indirect:
+            self._ask_helpers(probe)
+
+    def receive(self, sender: str, msg: Ping | Ack | PingReq, now: float) -> None:
+        if isinstance(msg, PingReq) and msg.target in (sender, self.me):
+            raise RemoteProtocolError(f"{sender} asked {self.me} to probe {msg.target}")
+        if isinstance(msg, Ping) and msg.target != self.me:
+            raise RemoteProtocolError(f"{sender} sent {self.me} a ping meant for {msg.target}")
+        if isinstance(msg, PingReq) and msg.target not in self.peers:
+            raise RemoteProtocolError(f"{sender} asked {self.me} to probe unknown "
+                                      f"{msg.target!r}")
+        for fact in msg.gossip:
+            if fact.member not in self.roster or fact.status not in ("alive", "suspect", "dead"):
+                raise RemoteProtocolError(f"{sender} gossiped an invalid fact {fact!r}")
+        for fact in msg.gossip:
+            self._apply(fact, now)
+        if isinstance(msg, Ping):
+            # Tell a sender we think dead or suspect so at once: it refutes in its next ack.
+            first = self._fact_about(sender)
+            self._out.append((sender, Ack(msg.seq, self.me, *self.header,
+                                          gossip=self._piggyback(first))))
+        elif isinstance(msg, PingReq):
+            self._seq += 1
+            self._relays[self._seq] = (sender, msg.seq, now + self.timing.probe_interval)
+            self._ping(msg.target, self._seq)
+        else:
+            probe = self._probe
+            if probe is not None and probe.seq == msg.seq and probe.target == msg.target:
+                probe.acked = True
+            relay = self._relays.pop(msg.seq, None)
+            if relay is not None and relay[0] != msg.target:
+                self._out.append((relay[0], Ack(relay[1], msg.target, *self.header)))
+
+    # -- internals ----------------------------------------------------------------------
+    def _next_target(self) -> str | None:
+        for _ in range(2):
+            while self._order:
+                name = self._order.pop()
+                if self.peers[name].status is not Status.DEAD:
+                    return name
+            self._order = list(self.peers)
+            self.rng.shuffle(self._order)
+        return None
+
+    def _ping(self, target: str, seq: int) -> None:
+        first = self._fact_about(target)
+        self._out.append((target, Ping(seq, target, *self.header,
+                                       gossip=self._piggyback(first))))
+
+    def _ask_helpers(self, probe: _Probe) -> None:
+        probe.indirect = True
+        helpers = [n for n, p in self.peers.items()
+                   if p.status is Status.ALIVE and n != probe.target]
+        for helper in self.rng.sample(helpers, min(self.timing.indirect_checks, len(helpers))):
+            self._out.append((helper, PingReq(probe.seq, probe.target,
+                                              gossip=self._piggyback(None))))
+
+    def _fact_about(self, name: str) -> Gossip | None:
+        peer = self.peers[name]
+        if peer.status is Status.ALIVE:
+            return None
+        return Gossip(peer.status.value, name, peer.incarnation, self.me)
+
+    def _piggyback(self, first: Gossip | None) -> tuple[Gossip, ...]:
+        room = self.timing.max_piggyback - (first is not None)
+        chosen = sorted(self._queue.items(), key=lambda kv: kv[1][1])[:room]
+        for name, (fact, sent) in chosen:
+            if sent + 1 >= self._limit:
+                del self._queue[name]
+            else:
+                self._queue[name] = (fact, sent + 1)
+        facts = tuple(fact for _, (fact, _) in chosen)
+        return facts if first is None else (first, *facts)
+
+    def _enqueue(self, fact: Gossip) -> None:
+        self._queue[fact.member] = (fact, 0)
+
+    def _suspicion_deadline(self, name: str) -> float:
+        low, high = self.timing.suspicion_timeouts(len(self.roster))
+        peer = self.peers[name]
+        expected = max(1.0, self.timing.suspicion_mult - 2)
+        seen = len(peer.confirmations) - 1
+        frac = math.log(seen + 1) / math.log(expected + 1)
+        return peer.suspected_at + max(low, high - (high - low) * frac)
+
+    def _set(self, name: str, status: Status, incarnation: int, now: float) -> None:
+        peer = self.peers[name]
+        changed = peer.status is not status
+        peer.status, peer.incarnation = status, incarnation
+        if status is Status.SUSPECT:
+            if changed:
+                peer.suspected_at, peer.confirmations = now, set()
+            self._suspects.add(name)
+        else:
+            self._suspects.discard(name)
+        if changed:
+            self._changes.append((name, status))
+
+    def _apply(self, fact: Gossip, now: float) -> None:
+        """memberlist's aliveNode/suspectNode/deadNode, one fact at a time."""
+        if fact.member == self.me:
+            if fact.status != "alive" and fact.incarnation >= self.incarnation:
+                self.incarnation = fact.incarnation + 1  # refute
+                self._enqueue(Gossip("alive", self.me, self.incarnation, self.me))
+            return
+        peer = self.peers[fact.member]
+        if fact.status == "alive":
+            if fact.incarnation > peer.incarnation:
+                self._set(fact.member, Status.ALIVE, fact.incarnation, now)
+                self._enqueue(fact)
+        elif fact.status == "suspect":
+            if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
+                return
+            if peer.status is Status.SUSPECT and fact.incarnation == peer.incarnation:
+                if fact.origin not in peer.confirmations:
+                    peer.confirmations.add(fact.origin)
+                    self._enqueue(fact)
+                return
+            self._set(fact.member, Status.SUSPECT, fact.incarnation, now)
+            peer.confirmations.add(fact.origin)
+            self._enqueue(fact)
+        else:
+            if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
+                return
+            self._set(fact.member, Status.DEAD, fact.incarnation, now)
+            self._enqueue(fact)

@@ -1,0 +1,234 @@
+"""A seeded, deterministic simulator for the election cores: a network, clocks and faults.
+
+Every agent is a real `AgentCore`; the simulator plays the shell: it persists
+`persist_term` before sending, delivers messages after a random delay (or drops them: loss,
+`cut`, `isolate`), reports a crashed peer as unreachable, and ticks each agent at the
+`wake_at` it asked for. Each agent's monotonic clock has its own offset, so the cores can
+only compare durations. After every delivered event `check()` runs the safety invariants:
+
+- a term is acted in by one agent, in one of its lives (no two leaders per term, and a
+  restarted agent never reuses a term);
+- the lease intervals [first acting, acting_until] of different leaders (agent, life,
+  term) never overlap in global time, not even by a step-down's worth;
+- an acting leader holds unexpired leases at a majority of the hosts (the hosts' own
+  grantor state, read directly, is the ground truth);
+- the persisted term of every agent never decreases.
+Violations raise `AssertionError` with the global time and what broke.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from cloudd.election.agent import AgentCore, Output
+from cloudd.election.bully import Role
+from cloudd.election.config import Timing
+from cloudd.election.lease import Grantor
+from cloudd.election.members import Member, Roster
+from cloudd.election.messages import ELECTION_TYPES, Message
+
+
+@dataclass
+class _Lease:
+    key: tuple[str, int, int]  # (agent, life, term)
+    start: float
+    end: float
+
+
+@dataclass
+class Sim:
+    n: int
+    hosts: int = 3
+    seed: int = 0
+    timing: Timing = field(default_factory=Timing.local)
+    delay: tuple[float, float] = (0.0002, 0.002)
+    loss: float = 0.0
+    policy: str = "stop"
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        names = [f"m{i:04d}" for i in range(self.n)]
+        # Hosts spread through the priority order, so leaders are not always hosts.
+        host_idx = set(self.rng.sample(range(self.n), self.hosts))
+        self.roster = Roster(Member(nm, host=i in host_idx) for i, nm in enumerate(names))
+        self.names = names
+        self.now = 0.0
+        self.offset = {nm: self.rng.uniform(0, 1000) for nm in names}
+        self.agents: dict[str, AgentCore | None] = dict.fromkeys(names)
+        self.life = Counter[str]()
+        self.persisted = dict.fromkeys(names, 0)
+        self.ghost: dict[str, Grantor] = {}
+        self.cuts: set[frozenset[str]] = set()
+        self.isolated: set[str] = set()
+        self.sent = Counter[str]()
+        self._queue: list[tuple[float, int, str, tuple[object, ...]]] = []
+        self._seq = 0
+        self._wake: dict[str, float] = {}
+        self._leases: dict[tuple[str, int, int], _Lease] = {}
+        self._term_owner: dict[int, tuple[str, int]] = {}
+        self.timing = replace(self.timing, no_quorum=self.policy)
+
+    # -- faults -------------------------------------------------------------------------
+    def start(self, name: str) -> None:
+        self.life[name] += 1
+        agent = AgentCore(name, self.roster, timing=self.timing,
+                          rng=random.Random(self.rng.random()))
+        self.agents[name] = agent
+        self._apply(name, agent.start(self._local(name), persisted_term=self.persisted[name]))
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self.start(name)
+
+    def crash(self, name: str) -> None:
+        agent = self.agents[name]
+        if agent is not None and agent.bully.grantor is not None:
+            self.ghost[name] = agent.bully.grantor
+        self.agents[name] = None
+        self._wake.pop(name, None)
+
+    def cut(self, a: str, b: str) -> None:
+        self.cuts.add(frozenset((a, b)))
+
+    def isolate(self, name: str) -> None:
+        self.isolated.add(name)
+
+    def partition(self, side: set[str]) -> None:
+        """Cut every link between `side` and the rest."""
+        for a in side:
+            for b in self.names:
+                if b not in side:
+                    self.cut(a, b)
+
+    def recover(self) -> None:
+        self.cuts.clear()
+        self.isolated.clear()
+
+    # -- running ------------------------------------------------------------------------
+    def run_until(self, t: float) -> None:
+        while self._queue and self._queue[0][0] <= t:
+            when, _, kind, data = heapq.heappop(self._queue)
+            self.now = when
+            if kind == "wake":
+                (name,) = data
+                agent = self.agents[str(name)]
+                if agent is None or self._wake.get(str(name)) != when:
+                    continue
+                self._apply(str(name), agent.tick(self._local(str(name))))
+            elif kind == "msg":
+                src, dst, msg = data
+                agent = self.agents[str(dst)]
+                if agent is None:
+                    self._unreachable(str(src), str(dst))
+                    continue
+                self._apply(str(dst), agent.step(str(src), msg, self._local(str(dst))))  # type: ignore[arg-type]
+            else:
+                src, dst = data
+                agent = self.agents[str(src)]
+                if agent is not None:
+                    self._apply(str(src), agent.peer_unreachable(str(dst), self._local(str(src))))
+        self.now = max(self.now, t)
+
+    def run_for(self, dt: float) -> None:
+        self.run_until(self.now + dt)
+
+    def acting(self) -> list[str]:
+        return [n for n, a in self.agents.items()
+                if a is not None and a.is_acting(self._local(n))]
+
+    def live(self) -> list[AgentCore]:
+        return [a for a in self.agents.values() if a is not None]
+
+    def election_messages(self) -> int:
+        return sum(c for t, c in self.sent.items() if t in _ELECTION_NAMES)
+
+    # -- the shell ----------------------------------------------------------------------
+    def _local(self, name: str) -> float:
+        return self.now + self.offset[name]
+
+    def _push(self, when: float, kind: str, data: tuple[object, ...]) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (when, self._seq, kind, data))
+
+    def _unreachable(self, src: str, dst: str) -> None:
+        self._push(self.now + self.rng.uniform(*self.delay), "unreach", (src, dst))
+
+    def _apply(self, name: str, out: Output) -> None:
+        if out.persist_term is not None:
+            assert out.persist_term > self.persisted[name], (self.now, name, "term went down")
+            self.persisted[name] = out.persist_term
+        for dst, msg in out.messages:
+            self._send(name, dst, msg)
+        wake = out.wake_at - self.offset[name]
+        if self._wake.get(name) != wake:
+            self._wake[name] = wake
+            self._push(wake, "wake", (name,))
+        if out.acting:
+            assert out.acting_until is not None
+            self._check_acting(name, out.acting_until - self.offset[name])
+
+    def _send(self, src: str, dst: str, msg: Message) -> None:
+        self.sent[type(msg).__name__] += 1
+        if src in self.isolated or dst in self.isolated or frozenset((src, dst)) in self.cuts:
+            return
+        if self.loss and self.rng.random() < self.loss:
+            return
+        self._push(self.now + self.rng.uniform(*self.delay), "msg", (src, dst, msg))
+
+    # -- invariants ---------------------------------------------------------------------
+    def _check_acting(self, name: str, until: float) -> None:
+        agent = self.agents[name]
+        assert agent is not None
+        term, life = agent.term, self.life[name]
+        assert agent.role is Role.LEADER, (self.now, name, "acting but not leader")
+        owner = self._term_owner.setdefault(term, (name, life))
+        assert owner == (name, life), (
+            f"t={self.now:.4f}: term {term} acted in by {owner} and by {(name, life)}")
+        key = (name, life, term)
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = self._leases[key] = _Lease(key, self.now, until)
+        lease.end = max(lease.end, until)
+        horizon = self.now - 10.0
+        for other in list(self._leases.values()):
+            if other.end < horizon:
+                del self._leases[other.key]
+            elif other.key != key and other.start < lease.end and lease.start < other.end:
+                raise AssertionError(f"t={self.now:.4f}: leases overlap: {other} and {lease}")
+        holding = 0
+        for host in self.roster.hosts:
+            for g in (self._grantor(host), self.ghost.get(host)):
+                if g is not None and g.holder == name and g.holder_term == term \
+                        and g.expires - self.offset[host] > self.now:
+                    holding += 1
+                    break
+        assert holding >= self.roster.quorum, (
+            f"t={self.now:.4f}: {name} acts in term {term} with {holding} host leases")
+
+    def _grantor(self, host: str) -> Grantor | None:
+        agent = self.agents[host]
+        return None if agent is None else agent.bully.grantor
+
+
+_ELECTION_NAMES = frozenset(cls.__name__ for cls in ELECTION_TYPES)
+
+
+def settled_leader(sim: Sim, within: set[str] | None = None) -> str | None:
+    """The one acting leader among `within` (default: all), or None if zero or several."""
+    acting = [n for n in sim.acting() if within is None or n in within]
+    return acting[0] if len(acting) == 1 else None
+
+
+def run_until_leader(sim: Sim, *, bound: float, within: set[str] | None = None,
+                     step: float = 0.01) -> float | None:
+    """Run until exactly one acting leader exists (among `within`); return the time it took,
+    or None if `bound` seconds of simulated time pass first."""
+    start = sim.now
+    while sim.now - start <= bound:
+        if settled_leader(sim, within) is not None:
+            return sim.now - start
+        sim.run_for(step)
+    return None
