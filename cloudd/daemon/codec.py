@@ -173,7 +173,11 @@ class Codec:
 
 
 class FrameDecoder:
-    """Sans-I/O: bytes in, complete frames out. After one error it stays broken."""
+    """Sans-I/O: bytes in, complete frames out. After one error it stays broken.
+
+    Frames decoded before an error in the same `feed` are returned; the error is raised by
+    the next `feed` or by `check()`.
+    """
 
     def __init__(self, codec: Codec) -> None:
         self._codec = codec
@@ -208,8 +212,16 @@ class FrameDecoder:
                 frames.append(self._codec.decode_payload(payload))
         except RemoteProtocolError as exc:
             self._error = exc
-            raise
+            if not frames:
+                raise
+            # Deliver the good frames that came before the bad one; `check()` (or the next
+            # feed) raises the error, so the caller decides when to drop the connection.
         return frames
+
+    def check(self) -> None:
+        """Raise the error that ended decoding, if any."""
+        if self._error is not None:
+            raise self._error
 
     def feed(self, data: bytes) -> list[object]:
         return [f.msg for f in self.feed_frames(data)]

@@ -132,6 +132,7 @@ class _Conn:
         try:
             for frame in frames:
                 await self._dispatch(frame)
+            self.decoder.check()
             while True:
                 if self.decoder.pending:
                     try:
@@ -149,6 +150,7 @@ class _Conn:
                     return "connection closed by peer"
                 for frame in self.decoder.feed_frames(data):
                     await self._dispatch(frame)
+                self.decoder.check()
         except RemoteProtocolError as exc:
             self.owner.log.warning("protocol_error", peer=self.peer, reason=str(exc))
             return f"protocol error: {exc}"

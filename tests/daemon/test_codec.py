@@ -232,3 +232,13 @@ async def test_write_message_goes_through_a_real_socket(codec: Codec) -> None:
     writer.close()
     server.close()
     await server.wait_closed()
+
+
+def test_good_frames_before_a_bad_one_are_delivered_then_the_error(codec: Codec) -> None:
+    dec = FrameDecoder(codec)
+    assert dec.feed(codec.encode(Ping(1)) + raw("no.such", "{}")) == [Ping(1)]
+    with pytest.raises(RemoteProtocolError, match=r"unknown message type 'no\.such'"):
+        dec.check()
+    with pytest.raises(RemoteProtocolError, match=r"unknown message type 'no\.such'"):
+        dec.feed(codec.encode(Ping(2)))
+    FrameDecoder(codec).check()  # a healthy decoder has nothing to raise

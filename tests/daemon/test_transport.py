@@ -1,0 +1,409 @@
+"""The transport against itself, for real: TLS 1.3 on 127.0.0.1 with certificates from a real
+cluster CA. Every refused case is followed by a good peer getting through to the same server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+import struct
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cloudd.daemon.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
+from cloudd.daemon.pki import PkiFiles, init_ca, issue
+from cloudd.daemon.tls import Hello
+from cloudd.daemon.transport import (
+    PeerConnected,
+    PeerUnreachable,
+    Transport,
+    TransportSettings,
+)
+from cloudd.errors import PermanentError, TemporaryError
+
+FAST = TransportSettings(handshake_timeout=1.0, frame_timeout=1.0, max_connections=50,
+                         backoff_initial=0.02, backoff_max=0.2, request_timeout=10.0)
+
+
+@dataclass(frozen=True)
+class Ping:
+    n: int
+
+
+@dataclass(frozen=True)
+class Pong:
+    n: int
+    by: str
+
+
+@dataclass(frozen=True)
+class Flaky:
+    temporary: bool
+
+
+@dataclass(frozen=True)
+class Stall:
+    pass
+
+
+for _cls in (Ping, Pong, Flaky, Stall):
+    default_codec.register(_cls, f"test.transport.{_cls.__name__.lower()}")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PkiFiles]:
+    now = dt.datetime.now(dt.UTC)
+    d = tmp_path_factory.mktemp("pki")
+    init_ca(d, now=now)
+    for name in ("alpha", "beta", "gamma"):
+        issue(d, name, now=now, addresses=["127.0.0.1"])
+    issue(d, "old", now=now - dt.timedelta(days=10), days=1)  # expired 9 days ago
+    rogue = tmp_path_factory.mktemp("rogue")
+    init_ca(rogue, now=now)
+    issue(rogue, "beta", now=now)
+    issue(rogue, "alpha", now=now)
+    files = {n: PkiFiles.for_member(d, n) for n in ("alpha", "beta", "gamma", "old")}
+    files["rogue-beta"] = PkiFiles.for_member(rogue, "beta")
+    files["rogue-alpha"] = PkiFiles.for_member(rogue, "alpha")
+    return files
+
+
+class Agent:
+    """A real Transport with a recording handler: Ping -> Pong, Flaky -> error."""
+
+    def __init__(self, name: str, files: PkiFiles, settings: TransportSettings = FAST) -> None:
+        self.name = name
+        self.got: list[tuple[str, object]] = []
+        self.events: list[object] = []
+        self.release = asyncio.Event()
+        self.t = Transport(member=name, files=files, handler=self.handle,
+                           on_event=self.events.append, settings=settings)
+
+    async def handle(self, peer: str, msg: object) -> object | None:
+        self.got.append((peer, msg))
+        if isinstance(msg, Ping):
+            return Pong(msg.n, self.name)
+        if isinstance(msg, Flaky):
+            if msg.temporary:
+                raise TemporaryError("disk busy", delay=2.5)
+            raise ValueError("no such domain")
+        if isinstance(msg, Stall):
+            await self.release.wait()
+        return None
+
+
+@pytest.fixture
+async def alpha(pki: dict[str, PkiFiles]) -> AsyncIterator[Agent]:
+    agent = Agent("alpha", pki["alpha"])
+    await agent.t.start()
+    yield agent
+    await agent.t.close()
+
+
+@pytest.fixture
+async def beta(pki: dict[str, PkiFiles], alpha: Agent) -> AsyncIterator[Agent]:
+    agent = Agent("beta", pki["beta"])
+    await agent.t.start()
+    agent.t.add_peer("alpha", *alpha.t.address)
+    yield agent
+    await agent.t.close()
+
+
+async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:
+    """Poll a condition about real processes with a generous bound, so it cannot hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def good_peer_gets_through(alpha: Agent, beta: Agent, n: int = 1) -> None:
+    reply = await beta.t.request("alpha", Ping(n))
+    assert reply == Pong(n, "alpha")
+
+
+def logged(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == event]
+
+
+async def open_tls(port: int, files: PkiFiles | None, *, claim: str | None,
+                   ca: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-made client trusting the cluster CA: TLS with `files` (or no certificate at
+    all), then a Hello claiming `claim` (or none)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=str(ca))
+    if files is not None:
+        ctx.load_cert_chain(certfile=str(files.cert), keyfile=str(files.key))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    if claim is not None:
+        writer.write(default_codec.encode(Hello(claim, PROTOCOL_VERSION)))
+        await writer.drain()
+    return reader, writer
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server still sent before it closed the connection (bounded wait)."""
+    data = b""
+    try:
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return data
+
+
+async def authenticated(alpha: Agent, pki: dict[str, PkiFiles]
+                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await open_tls(alpha.t.address[1], pki["gamma"], claim="gamma",
+                                    ca=pki["alpha"].ca)
+    frames = FrameDecoder(default_codec).feed(await reader.read(65536))
+    assert frames == [Hello("alpha", PROTOCOL_VERSION)]
+    return reader, writer
+
+
+# -- good traffic ------------------------------------------------------------------------
+
+
+async def test_exchange_both_ways(alpha: Agent, beta: Agent) -> None:
+    alpha.t.add_peer("beta", *beta.t.address)
+    beta.t.send("alpha", Ping(1))
+    await good_peer_gets_through(alpha, beta, 2)
+    assert alpha.got == [("beta", Ping(1)), ("beta", Ping(2))]  # in order, named by cert
+    assert await alpha.t.request("beta", Ping(3)) == Pong(3, "beta")
+    assert beta.got == [("alpha", Ping(3))]
+    assert PeerConnected("alpha") in beta.events and PeerConnected("beta") in alpha.events
+    for i in range(200):  # one connection, kept open
+        alpha.t.send("beta", Ping(100 + i))
+    await eventually(lambda: len(beta.got) == 201)
+    assert [m for _, m in beta.got[1:]] == [Ping(100 + i) for i in range(200)]
+
+
+async def test_handler_failures_come_back_as_errors(alpha: Agent, beta: Agent) -> None:
+    with pytest.raises(TemporaryError, match="alpha: disk busy") as info:
+        await beta.t.request("alpha", Flaky(temporary=True))
+    assert info.value.delay == 2.5
+    with pytest.raises(PermanentError, match="alpha: ValueError: no such domain"):
+        await beta.t.request("alpha", Flaky(temporary=False))
+    with pytest.raises(PermanentError, match="alpha: no reply to Stall"):
+        alpha.release.set()
+        await beta.t.request("alpha", Stall())
+    await good_peer_gets_through(alpha, beta)
+
+
+async def test_request_timeout_then_late_reply_is_harmless(alpha: Agent, beta: Agent) -> None:
+    await good_peer_gets_through(alpha, beta)
+    with pytest.raises(TemporaryError, match=r"no reply from alpha within 0.2s"):
+        await beta.t.request("alpha", Stall(), within=0.2)
+    alpha.release.set()  # the late reply arrives and is dropped quietly
+    await good_peer_gets_through(alpha, beta, 5)
+
+
+async def test_unreachable_peer_is_an_event_not_an_exception(beta: Agent) -> None:
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()  # nothing listens on `port` now
+    beta.t.add_peer("nobody", "127.0.0.1", port)
+    beta.t.send("nobody", Ping(1))  # does not raise
+    await eventually(lambda: any(isinstance(e, PeerUnreachable) and e.peer == "nobody"
+                                 for e in beta.events))
+    event = next(e for e in beta.events if isinstance(e, PeerUnreachable))
+    assert "ConnectionRefusedError" in event.reason
+    with pytest.raises(TemporaryError, match="nobody unreachable"):
+        await beta.t.request("nobody", Ping(2))
+    beta.t.send("stranger", Ping(3))
+    assert PeerUnreachable("stranger", "no address known") in beta.events
+
+
+async def test_client_checks_the_server_is_who_it_dialled(alpha: Agent, beta: Agent) -> None:
+    beta.t.add_peer("gamma", *alpha.t.address)  # wrong address: alpha answers
+    beta.t.send("gamma", Ping(1))
+    await eventually(lambda: any(isinstance(e, PeerUnreachable) for e in beta.events))
+    event = next(e for e in beta.events if isinstance(e, PeerUnreachable))
+    assert event == PeerUnreachable("gamma", "dialled 'gamma' but the server is 'alpha'")
+    assert alpha.got == []
+
+
+async def test_client_refuses_a_server_from_another_ca(pki: dict[str, PkiFiles],
+                                                       beta: Agent) -> None:
+    rogue = Agent("alpha", pki["rogue-alpha"])
+    await rogue.t.start()
+    try:
+        beta.t.add_peer("alpha", *rogue.t.address)
+        beta.t.send("alpha", Ping(1))
+        await eventually(lambda: any(isinstance(e, PeerUnreachable) for e in beta.events))
+        event = next(e for e in beta.events if isinstance(e, PeerUnreachable))
+        assert "certificate verify failed" in event.reason
+        assert rogue.got == []
+    finally:
+        await rogue.t.close()
+
+
+async def test_reconnects_after_the_peer_restarts(pki: dict[str, PkiFiles], alpha: Agent,
+                                                  beta: Agent) -> None:
+    await good_peer_gets_through(alpha, beta)
+    host, port = alpha.t.address
+    await alpha.t.close()
+    await alpha.t.close()  # safe twice
+    await eventually(lambda: any(isinstance(e, PeerUnreachable) for e in beta.events))
+    again = Agent("alpha", pki["alpha"])
+    await again.t.start(host, port)
+    try:
+        async def through() -> bool:
+            try:
+                return await beta.t.request("alpha", Ping(9)) == Pong(9, "alpha")
+            except TemporaryError:
+                return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not await through():
+            assert loop.time() < deadline, "beta never reconnected"
+            await asyncio.sleep(0.05)
+        assert beta.events.count(PeerConnected("alpha")) == 2
+    finally:
+        await again.t.close()
+
+
+# -- refused at the handshake ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("who", "claim", "reason"), [
+    (None, "beta", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    ("rogue-beta", "beta", "certificate verify failed"),
+    ("old", "old", "certificate has expired"),
+], ids=["no-client-cert", "other-ca", "expired"])
+async def test_handshake_refuses(pki: dict[str, PkiFiles], alpha: Agent, beta: Agent,
+                                 who: str | None, claim: str, reason: str) -> None:
+    with capture_logs() as logs:
+        reader, writer = await open_tls(alpha.t.address[1], pki[who] if who else None,
+                                        claim=claim, ca=pki["alpha"].ca)
+        assert await closed_by_server(reader) == b""  # not even the server's Hello
+        writer.close()
+        await eventually(lambda: bool(logged(logs, "handshake_failed")))
+    assert reason in logged(logs, "handshake_failed")[0]["reason"]
+    assert alpha.got == []
+    await good_peer_gets_through(alpha, beta)
+
+
+async def test_certificate_for_another_name_than_claimed(pki: dict[str, PkiFiles],
+                                                         alpha: Agent, beta: Agent) -> None:
+    with capture_logs() as logs:
+        reader, writer = await open_tls(alpha.t.address[1], pki["gamma"], claim="beta",
+                                        ca=pki["alpha"].ca)
+        writer.write(default_codec.encode(Ping(1)))
+        assert await closed_by_server(reader) == b""
+        writer.close()
+    refused = logged(logs, "peer_refused")
+    assert len(refused) == 1
+    assert refused[0]["reason"] == "certificate names 'gamma' but Hello claims 'beta'"
+    assert refused[0]["peer"].startswith("127.0.0.1:")
+    assert alpha.got == []
+    await good_peer_gets_through(alpha, beta)
+
+
+async def test_garbage_instead_of_tls(alpha: Agent, beta: Agent) -> None:
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(*alpha.t.address)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n" + bytes(range(256)) * 4)
+        assert await closed_by_server(reader) == b""
+        writer.close()
+        await eventually(lambda: bool(logged(logs, "handshake_failed")))
+    assert "SSL" in logged(logs, "handshake_failed")[0]["reason"]
+    await good_peer_gets_through(alpha, beta)
+
+
+async def test_first_frame_must_be_hello(pki: dict[str, PkiFiles], alpha: Agent,
+                                         beta: Agent) -> None:
+    with capture_logs() as logs:
+        reader, writer = await open_tls(alpha.t.address[1], pki["gamma"], claim=None,
+                                        ca=pki["alpha"].ca)
+        writer.write(default_codec.encode(Ping(1)))
+        assert await closed_by_server(reader) == b""
+        writer.close()
+    assert [e["reason"] for e in logged(logs, "protocol_error")] == [
+        "expected Hello first, got Ping"]
+    assert alpha.got == []
+    await good_peer_gets_through(alpha, beta)
+
+
+async def test_tls_without_hello_is_closed_after_the_timeout(pki: dict[str, PkiFiles],
+                                                             alpha: Agent,
+                                                             beta: Agent) -> None:
+    with capture_logs() as logs:
+        reader, writer = await open_tls(alpha.t.address[1], pki["gamma"], claim=None,
+                                        ca=pki["alpha"].ca)
+        assert await closed_by_server(reader) == b""
+        writer.close()
+    assert [e["reason"] for e in logged(logs, "handshake_failed")] == [
+        "no TLS handshake and Hello within 1.0s"]
+    await good_peer_gets_through(alpha, beta)
+
+
+# -- refused after authentication: the connection is closed, nothing else changes ----------
+
+
+def frame(tag: str, body: bytes) -> bytes:
+    payload = struct.pack(">BBIB", PROTOCOL_VERSION, 0, 0, len(tag)) + tag.encode() + body
+    return struct.pack(">I", len(payload)) + payload
+
+
+@pytest.mark.parametrize(("data", "close", "reason"), [
+    (b"\x00\x00\x00\x10garbage-garbage!", False,
+     "protocol version 103 not supported (this agent speaks 1)"),
+    (struct.pack(">I", 1 << 30) + b"xxxx", False,
+     "frame of 1073741824 bytes exceeds the maximum of 1048576"),
+    (frame("test.transport.ping", b'{"n": 1}')[:-3], True,
+     "truncated frame: stream ended after 31 of 34 bytes"),
+    (frame("test.transport.ping", b'{"n": 1}')[:-3], False,
+     "frame not completed within 1.0s"),
+    (frame("x.unknown", b"{}"), False, "unknown message type 'x.unknown'"),
+    (frame("test.transport.ping", b'{"n": "one"}'), False,
+     "test.transport.ping: n: Input should be a valid integer"),
+], ids=["garbage", "1GB-length", "truncated", "stalled-frame", "unknown-type", "bad-field"])
+async def test_bad_frames_close_that_connection_only(pki: dict[str, PkiFiles], alpha: Agent,
+                                                     beta: Agent, data: bytes, close: bool,
+                                                     reason: str) -> None:
+    await good_peer_gets_through(alpha, beta)  # beta is connected before, and stays so
+    with capture_logs() as logs:
+        reader, writer = await authenticated(alpha, pki)
+        writer.write(frame("test.transport.ping", b'{"n": 41}') + data)
+        await writer.drain()
+        if close:
+            writer.close()
+        await closed_by_server(reader)
+        writer.close()
+        await eventually(lambda: bool(logged(logs, "protocol_error")))
+    errors = logged(logs, "protocol_error")
+    assert [(e["peer"], e["reason"]) for e in errors] == [("gamma", reason)]
+    assert alpha.got == [("beta", Ping(1)), ("gamma", Ping(41))]  # the frame before it counts
+    await good_peer_gets_through(alpha, beta, 2)
+    assert beta.events == [PeerConnected("alpha")]  # beta's connection was never disturbed
+
+
+async def test_a_thousand_idle_connections(alpha: Agent, beta: Agent) -> None:
+    host, port = alpha.t.address
+    with capture_logs() as logs:
+        conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for _ in range(10):
+            conns += await asyncio.gather(
+                *(asyncio.open_connection(host, port) for _ in range(100)))
+        # each one is closed by the server: at once beyond the cap, the rest after the timeout
+        leftovers = await asyncio.gather(*(closed_by_server(r) for r, _ in conns))
+        assert leftovers == [b""] * 1000
+        for _, w in conns:
+            w.close()
+        await eventually(lambda: alpha.t.connection_count == 0)
+    refused = len(logged(logs, "connection_refused"))
+    timed_out = len(logged(logs, "handshake_failed"))
+    assert refused + timed_out == 1000
+    assert 0 < timed_out <= FAST.max_connections
+    await good_peer_gets_through(alpha, beta)
