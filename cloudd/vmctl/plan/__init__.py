@@ -1,0 +1,68 @@
+"""The leader's reconcile planner: pure, deterministic, no I/O.
+
+`plan(desired, observed, now)` returns the actions (define, start, shutdown, destroy,
+undefine, create an overlay, fence a host) that move the pool towards the manifest; the
+controller in `cloudd.daemon.controller` performs them and calls again. See `planner` for the
+rules, `placement` for host choice and `backoff` for failure bookkeeping.
+"""
+
+from cloudd.vmctl.plan.backoff import BackoffPolicy, Ledger, delay, failed
+from cloudd.vmctl.plan.model import (
+    GUEST_SHUTDOWN,
+    Action,
+    CreateOverlay,
+    Define,
+    Desired,
+    Destroy,
+    DomainObs,
+    DomainState,
+    Ensure,
+    FailRecord,
+    Fence,
+    HostObs,
+    Limits,
+    Liveness,
+    NodeAction,
+    NodeSpec,
+    Observed,
+    Planned,
+    RunStrategy,
+    Shutdown,
+    Start,
+    Undefine,
+    Waiting,
+)
+from cloudd.vmctl.plan.planner import plan, planned, summarize
+
+__all__ = [
+    "GUEST_SHUTDOWN",
+    "Action",
+    "BackoffPolicy",
+    "CreateOverlay",
+    "Define",
+    "Desired",
+    "Destroy",
+    "DomainObs",
+    "DomainState",
+    "Ensure",
+    "FailRecord",
+    "Fence",
+    "HostObs",
+    "Ledger",
+    "Limits",
+    "Liveness",
+    "NodeAction",
+    "NodeSpec",
+    "Observed",
+    "Planned",
+    "RunStrategy",
+    "Shutdown",
+    "Start",
+    "Undefine",
+    "Waiting",
+    "delay",
+    "failed",
+    "plan",
+    "planned",
+    "summarize",
+]

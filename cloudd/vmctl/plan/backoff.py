@@ -1,0 +1,96 @@
+"""Exponential backoff with jitter for repeated failures, kept per node and per host.
+
+A failed action is never retried inline: the controller records it here and the next plan
+skips the subject until `not_before`. The jitter is derived from the subject's name and its
+failure count (or drawn from an injected `random.Random`), so that a replay gives the same
+schedule and nodes that failed together do not retry together.
+A subject's count is forgotten after a stable period: for a node, its domain has been running
+that long; for a host, it has not failed for that long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from cloudd.vmctl.plan.model import DomainObs, DomainState, FailRecord
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    base: float = 1.0
+    """Seconds to wait after the first failure."""
+    factor: float = 2.0
+    """Growth per further failure."""
+    cap: float = 300.0
+    """Longest wait, seconds: a VM stays down at most this long once its cause is gone."""
+    jitter: float = 0.25
+    """Share of the delay drawn at random, spread over [-jitter, +jitter]."""
+    stable: float = 600.0
+    """Seconds of good behaviour after which a subject's failure count is forgotten."""
+
+
+def _unit(subject: str, count: int) -> float:
+    """A number in [0, 1) fixed by the subject and count: jitter without a random source."""
+    digest = hashlib.blake2b(f"{subject}:{count}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def delay(policy: BackoffPolicy, *, subject: str, count: int,
+          rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `count`-th consecutive failure of `subject`."""
+    raw = min(policy.cap, policy.base * policy.factor ** max(0, count - 1))
+    unit = rng.random() if rng is not None else _unit(subject, count)
+    return max(0.0, raw * (1.0 + policy.jitter * (2.0 * unit - 1.0)))
+
+
+def failed(previous: FailRecord | None, *, subject: str, now: float, policy: BackoffPolicy,
+           rng: random.Random | None = None) -> FailRecord:
+    """The record after one more failure of `subject` at `now`."""
+    count = 1 if previous is None else previous.count + 1
+    wait = delay(policy, subject=subject, count=count, rng=rng)
+    return FailRecord(count=count, last=now, not_before=now + wait)
+
+
+class Ledger:
+    """The controller's failure bookkeeping; plans read it through `snapshot()`."""
+
+    def __init__(self, policy: BackoffPolicy, *, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self._rng = rng
+        self._records: dict[str, FailRecord] = {}
+
+    def failed(self, subject: str, *, now: float) -> FailRecord:
+        record = failed(self._records.get(subject), subject=subject, now=now,
+                        policy=self.policy, rng=self._rng)
+        self._records[subject] = record
+        return record
+
+    def get(self, subject: str) -> FailRecord | None:
+        return self._records.get(subject)
+
+    def forget(self, subject: str) -> None:
+        self._records.pop(subject, None)
+
+    def settle_nodes(self, domains: Iterable[DomainObs], *, now: float) -> list[str]:
+        """Forget nodes whose domain has run for the stable period; returns them, sorted."""
+        reset = sorted({d.node for d in domains
+                        if d.node in self._records and d.state is DomainState.RUNNING
+                        and now - d.since >= self.policy.stable
+                        and d.since >= self._records[d.node].last})
+        for node in reset:
+            del self._records[node]
+        return reset
+
+    def settle_quiet(self, *, now: float) -> list[str]:
+        """Forget subjects (hosts) that have not failed for the stable period."""
+        reset = sorted(s for s, r in self._records.items() if now - r.last >= self.policy.stable)
+        for subject in reset:
+            del self._records[subject]
+        return reset
+
+    def snapshot(self) -> Mapping[str, FailRecord]:
+        return MappingProxyType(dict(self._records))

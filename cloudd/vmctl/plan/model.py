@@ -1,0 +1,218 @@
+"""The planner's vocabulary: what the operator wants, what the hosts report, what to do.
+
+Everything here is a frozen dataclass or an Enum so that a plan is a pure function of values.
+The integrator maps the manifest into `Desired` and the hosts' reports (plus the controller's
+own bookkeeping: failures, in-flight actions, fences) into `Observed`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+class Ensure(enum.Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class RunStrategy(enum.Enum):
+    """When a node's VM is (re)started, after KubeVirt's run strategies of the same names."""
+
+    ALWAYS = "always"
+    """Start it whenever it is not running, whatever stopped it."""
+    RERUN_ON_FAILURE = "rerun-on-failure"
+    """Start it unless the guest powered itself off."""
+    MANUAL = "manual"
+    """Define it, never start it: the operator starts and stops it."""
+
+
+class Liveness(enum.Enum):
+    """A host's liveness as decided by the pool's quorum (SWIM), not by the leader alone."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+class DomainState(enum.Enum):
+    """libvirt's domain states, by name."""
+
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    """Shutting down, not yet off."""
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    PMSUSPENDED = "pmsuspended"
+    NOSTATE = "nostate"
+
+
+#: The shutoff reason libvirt gives when the guest powered itself off.
+GUEST_SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One VM of the cloud as the manifest declares it."""
+
+    name: str
+    role: str
+    memory_mib: int
+    vcpus: int
+    image: str
+    """The node's own disk image, as a path the host agent understands."""
+    base_image: str | None = None
+    """A backing image: a host that has it can get `image` as a qcow2 overlay (CreateOverlay)."""
+    pin: str | None = None
+    """The only host this node may run on, or None for any."""
+    run: RunStrategy = RunStrategy.ALWAYS
+    managed: bool = True
+    """False: the node belongs to the cloud but its VM is not cloudd's to create or stop."""
+
+
+@dataclass(frozen=True)
+class Desired:
+    cloud: str
+    ensure: Ensure
+    nodes: tuple[NodeSpec, ...]
+    role_order: tuple[str, ...] = ()
+    """Roles in dependency order; nodes are handled role by role, unknown roles last."""
+
+
+@dataclass(frozen=True)
+class HostObs:
+    name: str
+    liveness: Liveness
+    reachable: bool
+    """The leader can reach this host's agent right now."""
+    free_memory_mib: int
+    images: frozenset[str] = frozenset()
+    fenced: bool = False
+    """A fence command succeeded since the host was declared dead: nothing runs there."""
+
+
+@dataclass(frozen=True)
+class DomainObs:
+    """One domain a host reported (the last report, if the host is unreachable now)."""
+
+    host: str
+    node: str
+    cloud: str
+    state: DomainState
+    reason: str = ""
+    """libvirt's reason for the state, e.g. `shutdown` (the guest powered off), `destroyed`."""
+    term: int = 0
+    """The leader term that defined it."""
+    since: float = 0.0
+    """When the domain entered `state`, on the controller's clock."""
+
+
+@dataclass(frozen=True)
+class FailRecord:
+    """Repeated failures of one node or host, and when it may be tried again."""
+
+    count: int
+    last: float
+    not_before: float
+
+
+def _frozen(m: Mapping[str, FailRecord] | None = None) -> Mapping[str, FailRecord]:
+    return MappingProxyType(dict(m or {}))
+
+
+@dataclass(frozen=True)
+class Observed:
+    hosts: tuple[HostObs, ...]
+    domains: tuple[DomainObs, ...]
+    node_failures: Mapping[str, FailRecord] = field(default_factory=_frozen)
+    host_failures: Mapping[str, FailRecord] = field(default_factory=_frozen)
+    in_flight: frozenset[str] = frozenset()
+    """Nodes with an action still running: the planner leaves them alone."""
+    fencing: frozenset[str] = frozenset()
+    """Hosts with a fence command still running."""
+    shutdowns: Mapping[tuple[str, str], float] = field(
+        default_factory=lambda: MappingProxyType({}))
+    """(node, host) -> when a graceful shutdown was sent, for the destroy timeout."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Planner knobs. Seconds on the controller's clock."""
+
+    shutdown_timeout: float = 60.0
+    """How long a guest gets to power off after a shutdown request before it is destroyed."""
+
+
+# ---- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateOverlay:
+    node: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Define:
+    node: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Start:
+    node: str
+    host: str
+    reason: str
+    respawn: bool = False
+    """The domain ran before and died: a restart, not a first start."""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    node: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Destroy:
+    node: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Undefine:
+    node: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    host: str
+    reason: str
+
+
+NodeAction = CreateOverlay | Define | Start | Shutdown | Destroy | Undefine
+Action = NodeAction | Fence
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A node the planner wanted to act on but could not yet, and why (for `inspect`)."""
+
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Planned:
+    actions: tuple[Action, ...]
+    waiting: tuple[Waiting, ...] = ()

@@ -1,0 +1,107 @@
+"""Choosing a host for a node that has no domain anywhere.
+
+Spread first: a host with fewer nodes of the same role wins, then one with fewer nodes of the
+cloud, then the lexically smaller name (so that plans are deterministic). Only hosts that are
+alive by quorum, reachable, not fenced and not backing off are candidates; a candidate must
+have the node's image (or its base image, for an overlay) and enough free memory once the
+domains already started or placed in this same plan are counted.
+
+Cost: one heap per role, built when the planner reaches that role, so a placement is
+O(log hosts) unless many hosts are unfit for the node (each unfit host is set aside once).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable
+
+from cloudd.vmctl.plan.model import HostObs, NodeSpec, RunStrategy
+
+
+def has_image(host: HostObs, node: NodeSpec) -> bool:
+    return node.image in host.images or (
+        node.base_image is not None and node.base_image in host.images)
+
+
+class Placer:
+    """Running totals for one planning pass: memory left, nodes per host and per role."""
+
+    def __init__(self, candidates: Iterable[HostObs]) -> None:
+        self.hosts = {h.name: h for h in candidates}
+        self.memory = {name: h.free_memory_mib for name, h in self.hosts.items()}
+        self.total: Counter[str] = Counter()
+        self.per_role: Counter[tuple[str, str]] = Counter()
+        self._role: str | None = None
+        self._heap: list[tuple[int, int, str]] = []
+
+    def count(self, *, host: str, role: str) -> None:
+        """A node of `role` lives on `host` already (whatever its state)."""
+        self.total[host] += 1
+        self.per_role[(role, host)] += 1
+
+    def charge(self, host: str, memory_mib: int) -> None:
+        """A domain will be started on `host` in this plan: its memory is taken."""
+        if host in self.memory:
+            self.memory[host] -= memory_mib
+
+    def why_not(self, host: str, node: NodeSpec) -> str | None:
+        """Why `node` cannot go to `host` (None: it can)."""
+        info = self.hosts.get(host)
+        if info is None:
+            return f"host {host} is not a candidate (not alive, unreachable or backing off)"
+        if not has_image(info, node):
+            return f"host {host} lacks image {node.image}"
+        if self.memory[host] < node.memory_mib:
+            return f"host {host} has {self.memory[host]} MiB free, node needs {node.memory_mib}"
+        return None
+
+    def _key(self, role: str, host: str) -> tuple[int, int, str]:
+        return (self.per_role[(role, host)], self.total[host], host)
+
+    def choose(self, node: NodeSpec) -> str | None:
+        """The best host for `node`, already booked; None when no candidate fits."""
+        if node.pin is not None:
+            if self.why_not(node.pin, node) is not None:
+                return None
+            self._book(node.pin, node)
+            return node.pin
+        if self._role != node.role:
+            self._role = node.role
+            self._heap = [self._key(node.role, h) for h in self.hosts]
+            heapq.heapify(self._heap)
+        aside: list[tuple[int, int, str]] = []
+        chosen: str | None = None
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            host = entry[2]
+            current = self._key(node.role, host)
+            if entry != current:
+                # booked since this entry was pushed (a pinned node): requeue at its true rank
+                heapq.heappush(self._heap, current)
+                continue
+            if self.why_not(host, node) is None:
+                chosen = host
+                break
+            aside.append(entry)
+        for entry in aside:
+            heapq.heappush(self._heap, entry)
+        if chosen is not None:
+            self._book(chosen, node)
+            heapq.heappush(self._heap, self._key(node.role, chosen))
+        return chosen
+
+    def _book(self, host: str, node: NodeSpec) -> None:
+        self.count(host=host, role=node.role)
+        if node.run is not RunStrategy.MANUAL:
+            self.charge(host, node.memory_mib)
+
+    def explain(self, node: NodeSpec) -> str:
+        """One sentence for a node that could not be placed."""
+        if node.pin is not None:
+            return f"pinned: {self.why_not(node.pin, node)}"
+        if not self.hosts:
+            return "no candidate host (none alive, reachable and out of backoff)"
+        if not any(has_image(h, node) for h in self.hosts.values()):
+            return f"no candidate host has image {node.image}"
+        return f"no candidate host has {node.memory_mib} MiB free"

@@ -1,0 +1,257 @@
+"""The leader's reconcile planner: `plan(desired, observed, now) -> [actions]`, pure.
+
+Theory of operation. Each pass looks at every node of the cloud and the domains the hosts
+report for it, and says what to do next; it never waits for anything and never remembers:
+the controller performs the actions, records failures and in-flight work into the next
+`Observed`, and calls again (level-triggered, like a Kubernetes controller).
+
+Safety rules, in the order they are checked:
+- A domain on a fenced host is gone (the fence powered the host off). Every other domain of a
+  node, wherever it is, counts as a live copy, even on a host the leader cannot reach.
+- A node gets a new domain only when it has no live copy. So a node is re-placed away from a
+  host only once that host is dead by quorum AND its copy is proven gone: destroyed and
+  undefined by the host itself (reachable despite the verdict), or the host was fenced.
+- Two live copies (a fenced host came back) are resolved by removing all but the newest
+  (running first, then highest term); nothing is started until one is left.
+- Only domains whose metadata names this cloud are ever touched.
+Liveness rules: a copy on a live host is restarted in place according to its run strategy;
+a node or host backing off after failures is skipped until its deadline.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from cloudd.vmctl.plan.model import (
+    GUEST_SHUTDOWN,
+    Action,
+    CreateOverlay,
+    Define,
+    Desired,
+    Destroy,
+    DomainObs,
+    DomainState,
+    Ensure,
+    Fence,
+    HostObs,
+    Limits,
+    Liveness,
+    NodeAction,
+    NodeSpec,
+    Observed,
+    Planned,
+    RunStrategy,
+    Shutdown,
+    Start,
+    Undefine,
+    Waiting,
+)
+from cloudd.vmctl.plan.placement import Placer
+
+#: States in which a domain is up (or on its way down by itself): nothing to start.
+_UP = frozenset({DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED,
+                 DomainState.PMSUSPENDED, DomainState.SHUTDOWN})
+#: Shutoff reasons that mean the domain never ran since it was defined.
+_NEVER_RAN = frozenset({"", "unknown"})
+
+
+def plan(desired: Desired, observed: Observed, now: float, *,
+         limits: Limits | None = None) -> list[Action]:
+    """The actions that move `observed` towards `desired`, in the order to perform them."""
+    return list(planned(desired, observed, now, limits=limits).actions)
+
+
+def planned(desired: Desired, observed: Observed, now: float, *,
+            limits: Limits | None = None) -> Planned:
+    """`plan`, plus the nodes it had to leave waiting and why."""
+    return _Pass(desired, observed, now, limits or Limits()).run()
+
+
+class _Pass:
+    def __init__(self, desired: Desired, observed: Observed, now: float,
+                 limits: Limits) -> None:
+        self.desired = desired
+        self.observed = observed
+        self.now = now
+        self.limits = limits
+        self.hosts: dict[str, HostObs] = {h.name: h for h in observed.hosts}
+        self.copies: dict[str, list[DomainObs]] = defaultdict(list)
+        self.replaced_from: dict[str, str] = {}
+        for d in sorted(observed.domains, key=lambda d: (d.node, d.host)):
+            if d.cloud != desired.cloud:
+                continue
+            host = self.hosts.get(d.host)
+            if host is not None and host.fenced:
+                self.replaced_from.setdefault(d.node, d.host)
+            else:
+                self.copies[d.node].append(d)
+        self.by_node: dict[str, list[NodeAction]] = defaultdict(list)
+        self.fences: dict[str, Fence] = {}
+        self.waiting: dict[str, str] = {}
+        self.roles = {n.name: n.role for n in desired.nodes}
+        rank = {role: i for i, role in enumerate(desired.role_order)}
+        self.order = sorted(desired.nodes,
+                            key=lambda n: (rank.get(n.role, len(rank)), n.role, n.name))
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _wait(self, node: str, reason: str) -> None:
+        self.waiting.setdefault(node, reason)
+
+    def _backing_off(self, node: str) -> bool:
+        record = self.observed.node_failures.get(node)
+        if record is not None and record.not_before > self.now:
+            self._wait(node, f"backing off after {record.count} failure(s) "
+                             f"until {record.not_before:.1f}")
+            return True
+        return False
+
+    def _host_usable(self, host: HostObs) -> bool:
+        record = self.observed.host_failures.get(host.name)
+        return (host.liveness is Liveness.ALIVE and host.reachable and not host.fenced
+                and (record is None or record.not_before <= self.now))
+
+    def _remove(self, d: DomainObs, *, why: str, graceful: bool) -> None:
+        """Take one domain down and away: shutdown (then destroy on timeout), undefine."""
+        host = self.hosts.get(d.host)
+        if host is None or not host.reachable:
+            self._wait(d.node, f"{why}, but host {d.host} is unreachable")
+            return
+        out = self.by_node[d.node]
+        if d.state is DomainState.SHUTOFF:
+            out.append(Undefine(d.node, d.host, why))
+        elif d.state in (DomainState.RUNNING, DomainState.BLOCKED, DomainState.SHUTDOWN) \
+                and graceful:
+            asked = self.observed.shutdowns.get((d.node, d.host))
+            if asked is None:
+                out.append(Shutdown(d.node, d.host, why))
+            elif self.now - asked >= self.limits.shutdown_timeout:
+                out.append(Destroy(d.node, d.host,
+                                   f"{why}; no power-off {self.limits.shutdown_timeout:g}s "
+                                   "after shutdown"))
+            else:
+                self._wait(d.node, "waiting for the guest to power off")
+        else:
+            out.append(Destroy(d.node, d.host, why))
+
+    # ---- the pass ---------------------------------------------------------------------
+
+    def run(self) -> Planned:
+        managed = {n.name for n in self.desired.nodes if n.managed}
+        known = {n.name for n in self.desired.nodes}
+        busy = self.observed.in_flight
+        stopping = self.desired.ensure is Ensure.STOPPED
+        for node in sorted(self.copies):
+            if node in known or node in busy:
+                continue
+            for d in self.copies[node]:
+                self._remove(d, why="node is no longer in the manifest", graceful=True)
+        if stopping:
+            for spec in self.order:
+                if spec.name in managed and spec.name not in busy:
+                    for d in self.copies.get(spec.name, []):
+                        self._remove(d, why="cloud is to be stopped", graceful=True)
+            return self._result(placer=None)
+        placer = Placer(h for h in self.observed.hosts if self._host_usable(h))
+        for node_copies in self.copies.values():
+            for d in node_copies:
+                placer.count(host=d.host, role=self.roles.get(d.node, ""))
+        homeless: list[NodeSpec] = []
+        for spec in self.order:
+            if spec.name not in managed or spec.name in busy:
+                continue
+            copies = self.copies.get(spec.name, [])
+            if not copies:
+                homeless.append(spec)
+            elif len(copies) > 1:
+                self._dedupe(spec, copies)
+            else:
+                self._keep(spec, copies[0], placer)
+        for spec in homeless:
+            self._place(spec, placer)
+        return self._result(placer)
+
+    def _dedupe(self, spec: NodeSpec, copies: list[DomainObs]) -> None:
+        keep = max(copies, key=lambda d: (d.state is DomainState.RUNNING, d.term, d.host))
+        for d in copies:
+            if d is not keep:
+                self._remove(d, why=f"duplicate of the copy on {keep.host} "
+                                    f"(term {keep.term})", graceful=False)
+        self._wait(spec.name, f"{len(copies)} copies; removing all but the one on {keep.host}")
+
+    def _keep(self, spec: NodeSpec, d: DomainObs, placer: Placer) -> None:
+        """One live copy: keep it, restart it in place, or take it off a dead host."""
+        host = self.hosts.get(d.host)
+        if host is None:
+            self._wait(spec.name, f"host {d.host} is not in the pool")
+            return
+        if host.liveness is Liveness.DEAD:
+            if host.reachable:
+                self._remove(d, why=f"host {d.host} is dead by quorum; removing before "
+                                    "re-placing", graceful=False)
+            else:
+                if d.host not in self.observed.fencing and d.host not in self.fences:
+                    record = self.observed.host_failures.get(d.host)
+                    if record is None or record.not_before <= self.now:
+                        self.fences[d.host] = Fence(
+                            d.host, f"host is dead by quorum and runs {spec.name}")
+                self._wait(spec.name, f"host {d.host} is dead; waiting for it to be fenced")
+            return
+        if host.liveness is Liveness.SUSPECT or not host.reachable:
+            self._wait(spec.name, f"host {d.host} is {host.liveness.value}"
+                                  f"{'' if host.reachable else ' and unreachable'}")
+            return
+        if d.state in _UP or d.state is DomainState.NOSTATE:
+            return
+        if spec.run is RunStrategy.MANUAL:
+            return
+        if spec.run is RunStrategy.RERUN_ON_FAILURE and d.state is DomainState.SHUTOFF \
+                and d.reason == GUEST_SHUTDOWN:
+            return
+        if self._backing_off(spec.name):
+            return
+        if d.state is DomainState.CRASHED:
+            self.by_node[spec.name].append(
+                Destroy(spec.name, d.host, "crashed; clearing it to restart in place"))
+            return
+        placer.charge(d.host, spec.memory_mib)
+        never = d.reason in _NEVER_RAN
+        self.by_node[spec.name].append(Start(
+            spec.name, d.host, "defined, not started" if never
+            else f"{d.state.value} ({d.reason}); restarting in place", respawn=not never))
+
+    def _place(self, spec: NodeSpec, placer: Placer) -> None:
+        if self._backing_off(spec.name):
+            return
+        host = placer.choose(spec)
+        if host is None:
+            self._wait(spec.name, placer.explain(spec))
+            return
+        old = self.replaced_from.get(spec.name)
+        why = (f"re-placing: host {old} is dead and fenced" if old is not None
+               else "no domain anywhere")
+        out = self.by_node[spec.name]
+        if spec.image not in placer.hosts[host].images:
+            out.append(CreateOverlay(spec.name, host, f"{host} has base {spec.base_image}"))
+        out.append(Define(spec.name, host, why))
+        if spec.run is not RunStrategy.MANUAL:
+            out.append(Start(spec.name, host, "newly defined", respawn=old is not None))
+
+    def _result(self, placer: Placer | None) -> Planned:
+        actions: list[Action] = [self.fences[h] for h in sorted(self.fences)]
+        rank = {n.name: i for i, n in enumerate(self.order)}
+        for node in sorted(self.by_node, key=lambda n: (rank.get(n, -1), n)):
+            actions.extend(self.by_node[node])
+        waiting = tuple(Waiting(n, r) for n, r in sorted(self.waiting.items(),
+                                                          key=lambda i: (rank.get(i[0], -1),
+                                                                         i[0])))
+        return Planned(tuple(actions), waiting)
+
+
+def summarize(actions: list[Action] | tuple[Action, ...]) -> Mapping[str, int]:
+    """How many actions of each kind, for logs and `inspect`."""
+    counts: dict[str, int] = {}
+    for a in actions:
+        counts[type(a).__name__] = counts.get(type(a).__name__, 0) + 1
+    return counts
