@@ -209,6 +209,8 @@ def read_secrets(assignment: Assignment, names: Iterable[str]) -> dict[str, str]
     """Read the named secret files; a missing one is a permanent error naming its path."""
     values: dict[str, str] = {}
     for name in names:
+        if not name or "/" in name or name.startswith("."):
+            raise PermanentError(f"secret name {name!r} is not a plain file name")
         path = assignment.secrets_dir / name
         try:
             values[name] = path.read_text().rstrip("\n")

@@ -67,6 +67,8 @@ def test_read_secrets(tmp_path: Path) -> None:
         read_secrets(a, ["nope"])
     with pytest.raises(PermanentError, match="secret 'empty' is empty"):
         read_secrets(a, ["empty"])
+    with pytest.raises(PermanentError, match=r"secret name '\.\./x' is not a plain file name"):
+        read_secrets(a, ["../x"])
 
 
 def test_apply_rendered_writes_once_and_reports_reloads(tmp_path: Path) -> None:

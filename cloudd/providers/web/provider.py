@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cloudd import log
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.base import (
@@ -37,28 +39,30 @@ from cloudd.providers.base import (
     Role,
 )
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
+from cloudd.providers.web import spec
 
 _log = log.get("providers.web")
 HERE = Path(__file__).resolve().parent
 APP = HERE / "app.rb"
-_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+#: The secret name used when the manifest's settings name none.
+DEFAULT_PASSWORD_SECRET = "database_password"
 
 
 @dataclass(frozen=True)
 class WebSettings:
-    """The manifest's `settings` for a web cloud, with defaults."""
+    """What the roles need: the manifest's `settings` (validated by `spec.WebSettings`) plus
+    the provider's fixed choices."""
 
-    #: Port of the application servers.
     app_port: int = 8080
-    #: Port the balancer listens on.
     balancer_port: int = 80
+    database_name: str = "app"
+    database_user: str = "app"
+    #: Name of the secret (a file in the node's secrets dir) holding the app's DB password.
+    password_secret: str = DEFAULT_PASSWORD_SECRET
     database_port: int = 3306
-    database_name: str = "guestbook"
-    database_user: str = "guestbook"
-    #: Name of the secret file holding the application's database password.
-    password_secret: str = "db_password"
-    #: InnoDB buffer pool, MiB; small by default, the guestbook is small.
+    #: InnoDB buffer pool, MiB; small, the guestbook is small.
     buffer_pool_mib: int = 64
     #: The unprivileged user the app and nginx's workers run as.
     run_as: str = "www-data"
@@ -66,23 +70,15 @@ class WebSettings:
 
 def web_settings(raw: Mapping[str, Any]) -> WebSettings:
     """Settings from the manifest's mapping; one precise error for the first bad value."""
-    known = WebSettings.__dataclass_fields__
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise PermanentError(f"web settings: unknown field {unknown[0]!r}")
-    s = WebSettings(**raw)
-    for name in ("app_port", "balancer_port", "database_port"):
-        port = getattr(s, name)
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise PermanentError(f"web settings: {name} must be a port 1-65535, not {port!r}")
-    if not isinstance(s.run_as, str) or not _USER.match(s.run_as):
-        raise PermanentError(f"web settings: run_as must be a user name, not {s.run_as!r}")
-    for name in ("database_name", "database_user", "password_secret"):
-        if not isinstance(getattr(s, name), str) or not _NAME.match(getattr(s, name)):
-            raise PermanentError(
-                f"web settings: {name} must be 1-64 letters, digits or _, not {getattr(s, name)!r}"
-            )
-    return s
+    try:
+        m = spec.WebSettings.model_validate(dict(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise PermanentError(f"web settings: {where}: {err['msg']}") from None
+    return WebSettings(app_port=m.app_port, balancer_port=m.balancer_port,
+                       database_name=m.database_name, database_user=m.database_user,
+                       password_secret=m.database_password_ref or DEFAULT_PASSWORD_SECRET)
 
 
 def fill(template: str, **values: object) -> str:
@@ -157,6 +153,7 @@ class DatabaseRole(Role):
             liveness=ProbeSpec(kind=ProbeKind.TCP, host=a.address, port=s.database_port),
             readiness=ProbeSpec(kind=ProbeKind.EXEC, argv=(*client, "-e", "SELECT 1")),
             reload_argv=(*client, "-e", f"source {a.root}/mysql/init.sql"),
+            log_path=str(a.root / "log" / "mariadbd.out"),
         ),)
 
     async def prepare(self, a: Assignment) -> None:
@@ -214,6 +211,7 @@ class ServerRole(Role):
             liveness=_http(f"{url}/health"),
             readiness=_http(f"{url}/ready"),
             reload_argv=(),  # SIGHUP: app.rb re-reads its configuration
+            log_path=str(a.root / "log" / "webrick.out"),
         ),)
 
 
@@ -264,6 +262,7 @@ class BalancerRole(Role):
             readiness=_http(f"http://{a.address}:{s.balancer_port}/cloudd/health"),
             # nginx keeps its old configuration when the new one is invalid.
             reload_argv=(*nginx, "-s", "reload"),
+            log_path=str(a.root / "log" / "nginx.out"),
         ),)
 
 

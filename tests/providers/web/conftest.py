@@ -2,23 +2,20 @@
 
 `WebLab` plays both sides a cloudd agent plays: the node side (render, write, prepare, start
 the role's services, reload them) and the leader side (judge servers' health, hand peers to
-the balancer). The services run as real processes in their own sessions; every wait is a poll
-with a generous bound, so a broken service fails the test instead of hanging it.
+the balancer). Each node's services run under its own real `Supervisor`; every wait is bounded
+(generously), so a broken service fails the test instead of hanging it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,38 +28,21 @@ from cloudd.providers.base import (
     ensure_packages,
     read_secrets,
 )
-from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
-from cloudd.providers.web.provider import PROVIDER, http_get
+from cloudd.providers.policy import State
+from cloudd.providers.probes import run_probe
+from cloudd.providers.supervisor import ServiceStatus, Supervisor
+from cloudd.providers.web.provider import PROVIDER
 from cloudd.vmctl.netlab import NetLab, Netns
 
 PREFIX = "h8web"
 SUBNET = "10.232.0.0/24"
-SETTINGS = {"app_port": 8080, "balancer_port": 80, "buffer_pool_mib": 16}
+APP_PORT, BALANCER_PORT = 8080, 80
+SETTINGS = {"app_port": APP_PORT, "balancer_port": BALANCER_PORT, "database_name": "guestbook",
+            "database_user": "guestbook", "database_password_ref": "db_password"}
 LABELS = {"db": "database", "s1": "server", "s2": "server", "lb": "balancer"}
 
 
-async def probe(spec: ProbeSpec) -> bool:
-    """One run of a probe: True when it passes."""
-    try:
-        if spec.kind is ProbeKind.HTTP:
-            url = urlsplit(spec.url)
-            status, _ = await http_get(url.hostname or "", url.port or 80, url.path,
-                                       within=spec.timeout)
-            return 200 <= status < 400
-        if spec.kind is ProbeKind.TCP:
-            async with asyncio.timeout(spec.timeout):
-                _, writer = await asyncio.open_connection(spec.host, spec.port)
-            writer.close()
-            return True
-        proc = await asyncio.create_subprocess_exec(
-            *spec.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        async with asyncio.timeout(spec.timeout + 5):
-            return await proc.wait() == 0
-    except (OSError, TimeoutError):
-        return False
-
-
-async def until(check, what: str, *, limit: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+async def until(check: Callable[[], Awaitable[bool]], what: str, *, limit: float = 60.0) -> None:
     """Poll `check()` (async, -> bool) every 0.2 s until true; fail after `limit` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
@@ -72,16 +52,6 @@ async def until(check, what: str, *, limit: float = 60.0) -> None:  # type: igno
         await asyncio.sleep(0.2)
 
 
-def _log_file(path: Path) -> BinaryIO:
-    return path.open("ab")
-
-
-@dataclass
-class Running:
-    spec: ServiceSpec
-    proc: asyncio.subprocess.Process
-
-
 @dataclass
 class WebLab:
     net: NetLab
@@ -89,7 +59,7 @@ class WebLab:
     secrets: Path
     ns: dict[str, Netns]
     health: dict[str, bool] = field(default_factory=dict)
-    running: dict[str, Running] = field(default_factory=dict)
+    sups: dict[str, Supervisor] = field(default_factory=dict)
 
     def node(self, label: str) -> str:
         return f"w-{label}"
@@ -120,66 +90,51 @@ class WebLab:
         assert await ensure_packages(role.packages(a)) == ()  # the suite's machine has them
         self.render(label, a)
         await role.prepare(a)
-        for spec in role.services(a):
-            await self.start(label, spec)
+        sup = self.sups[label] = Supervisor(role.services(a), state_dir=a.root / "state",
+                                            node=a.node)
+        await sup.start()
+        await self.running(label)
 
-    async def start(self, label: str, spec: ServiceSpec) -> None:
-        with _log_file(self.root / label / "log" / f"{spec.name}.out") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *spec.argv, cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                stderr=log, start_new_session=True)
-        self.running[label] = Running(spec, proc)
-        assert spec.readiness is not None
-        readiness = spec.readiness
-        await until(lambda: self._ready(label, readiness), f"{spec.name} on {label} ready")
+    def service(self, label: str) -> ServiceStatus:
+        (status,) = self.sups[label].status().values()
+        return status
 
-    async def _ready(self, label: str, spec: ProbeSpec) -> bool:
-        proc = self.running[label].proc
-        if proc.returncode is not None:
-            out = (self.root / label / "log" / f"{self.running[label].spec.name}.out")
-            pytest.fail(f"{label} exited with {proc.returncode}: {out.read_text()[-2000:]}")
-        return await probe(spec)
+    async def running(self, label: str, *, not_pid: int | None = None) -> ServiceStatus:
+        """Wait (bounded) until the node's service is RUNNING and ready (with a new pid)."""
+        sup = self.sups[label]
+        (name,) = sup.units
+        try:
+            return await sup.wait_for(
+                name, lambda s: s.state is State.RUNNING and s.ready and s.pid != not_pid,
+                within=90)
+        except TimeoutError:
+            log = self.root / label / "log" / f"{name}.out"
+            pytest.fail(f"{name} on {label} not running: {self.service(label)}; "
+                        f"{log.read_text()[-2000:] if log.exists() else ''}")
 
     async def reload(self, label: str) -> None:
-        spec = self.running[label].spec
-        assert spec.reload_argv is not None
-        if not spec.reload_argv:
-            os.kill(self.running[label].proc.pid, signal.SIGHUP)
-            return
-        proc = await asyncio.create_subprocess_exec(*spec.reload_argv)
-        async with asyncio.timeout(30):
-            assert await proc.wait() == 0, f"reload of {spec.name} failed"
+        (name,) = self.sups[label].units
+        await self.sups[label].reload(name)
 
-    async def kill9_and_restart(self, label: str) -> None:
-        """kill -9 the service's main process, clear its group as a supervisor does, restart."""
-        run = self.running[label]
-        os.kill(run.proc.pid, signal.SIGKILL)
-        async with asyncio.timeout(30):
-            await run.proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.proc.pid, signal.SIGKILL)  # nginx's workers outlive their master
-        await self.start(label, run.spec)
+    async def kill9(self, label: str) -> int:
+        """kill -9 the service's main process; the supervisor notices and restarts it."""
+        pid = self.service(label).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await self.running(label, not_pid=pid)
+        return pid
 
     async def stop_all(self) -> None:
-        for run in reversed(list(self.running.values())):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.proc.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(30):
-                    await run.proc.wait()
-            except TimeoutError:
-                os.killpg(run.proc.pid, signal.SIGKILL)
-                await run.proc.wait()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.proc.pid, signal.SIGKILL)
-        self.running.clear()
+        for label in reversed(list(self.sups)):
+            await self.sups.pop(label).stop(within=30)
 
     async def judge_servers(self) -> None:
         """The leader's view: a server is healthy when its readiness probe passes."""
         for label in ("s1", "s2"):
             (spec,) = PROVIDER.role("server").services(self.assignment(label))
             assert spec.readiness is not None
-            self.health[label] = await probe(replace(spec.readiness, timeout=1.0))
+            outcome = await run_probe(replace(spec.readiness, timeout=1.0))
+            self.health[label] = outcome.ok
 
 
 @pytest.fixture

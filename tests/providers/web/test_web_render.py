@@ -18,7 +18,7 @@ PEERS = (
     Peer("w-server-2", "server", "10.1.0.2", True),
     Peer("w-balancer-1", "balancer", "10.1.0.1", True),
 )
-SECRETS = {"db_password": "pa'ss\\word"}
+SECRETS = {"database_password": "pa'ss\\word"}
 
 
 def _a(role: str, *, peers: tuple[Peer, ...] = PEERS, **settings: object) -> Assignment:
@@ -74,11 +74,11 @@ def test_balancer_file_asks_for_an_nginx_reload() -> None:
 
 def test_database_grants_only_the_server_addresses_with_an_escaped_password() -> None:
     sql = _file("database", "init.sql")
-    assert "CREATE DATABASE IF NOT EXISTS `guestbook`;" in sql
+    assert "CREATE DATABASE IF NOT EXISTS `app`;" in sql
     for host in ("10.1.0.3", "10.1.0.2"):
-        assert (f"CREATE USER IF NOT EXISTS 'guestbook'@'{host}' "
+        assert (f"CREATE USER IF NOT EXISTS 'app'@'{host}' "
                 "IDENTIFIED BY 'pa\\'ss\\\\word';") in sql
-        assert f"GRANT ALL PRIVILEGES ON `guestbook`.* TO 'guestbook'@'{host}';" in sql
+        assert f"GRANT ALL PRIVILEGES ON `app`.* TO 'app'@'{host}';" in sql
     assert "Host NOT IN ('10.1.0.3', '10.1.0.2')" in sql
     assert "10.1.0.1" not in sql and "10.1.0.9" not in sql
     init = next(f for f in PROVIDER.role("database").render(_a("database"), SECRETS).files
@@ -93,10 +93,18 @@ def test_database_binds_to_the_node_address_under_its_root() -> None:
     assert "innodb-flush-log-at-trx-commit = 1" in cnf
 
 
+def test_settings_name_the_password_secret() -> None:
+    assert PROVIDER.role("database").secrets(_a("database")) == ("database_password",)
+    a = _a("database", database_password_ref="dbpw", database_user="gb")
+    assert PROVIDER.role("database").secrets(a) == ("dbpw",)
+    sql = PROVIDER.role("database").render(a, {"dbpw": "x"}).files[1].content
+    assert "IDENTIFIED BY 'x';" in sql and "'gb'@'10.1.0.3'" in sql
+
+
 def test_server_config_points_at_the_database() -> None:
     config = json.loads(_file("server", "config.json", _a("server", app_port=9000)))
     assert config == {"node": "w-server-1", "bind": "10.1.0.3", "port": 9000, "database": {
-        "host": "10.1.0.9", "port": 3306, "name": "guestbook", "user": "guestbook",
+        "host": "10.1.0.9", "port": 3306, "name": "app", "user": "app",
         "password": "pa'ss\\word"}}
 
 
@@ -109,9 +117,10 @@ def test_services_carry_the_namespace_prefix() -> None:
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"app_port": 70000}, "app_port must be a port 1-65535, not 70000"),
-    ({"database_name": "x; DROP"}, "database_name must be 1-64 letters, digits or _"),
-    ({"colour": "red"}, "unknown field 'colour'"),
+    ({"app_port": 70000}, "web settings: app_port: Input should be less than or equal to 65535"),
+    ({"database_name": "x; DROP"}, "web settings: database_name: String should match pattern"),
+    ({"colour": "red"}, "web settings: colour: Extra inputs are not permitted"),
+    ({"app_port": "80"}, "web settings: app_port: Input should be a valid integer"),
 ])
 def test_bad_settings_are_one_precise_error(settings: dict[str, object], message: str) -> None:
     with pytest.raises(PermanentError, match=re.escape(message)):
