@@ -183,10 +183,10 @@ class Bully:
     def _grant(self, candidate: str, req: LeaseRequest, now: float) -> LeaseGrant | LeaseReject:
         assert self.grantor is not None
         answer = self.grantor.decide(candidate, req, now, term=self.term, leader=self.leader)
-        if isinstance(answer, LeaseGrant) and req.term > self.term:
+        if isinstance(answer, LeaseGrant) and req.term > self.term and candidate != self.me:
+            # Our lease to the old leader has lapsed and a new term begins with `candidate`.
             self._raise_term(req.term, "")
-            if self.role in (Role.FOLLOWER, Role.AWAITING, Role.ELECTING, Role.LEADER) \
-                    and candidate != self.me:
+            if self.role in (Role.FOLLOWER, Role.AWAITING, Role.ELECTING, Role.LEADER):
                 self._await(now, self.timing.coordinator_timeout, f"granted {candidate} "
                             f"term {req.term}")
         return answer
@@ -205,9 +205,10 @@ class Bully:
             self.grantor = Grantor.after_start(now, self.timing)
         # Ask the hosts (they bind their leases to the leader, so they know it) and a few
         # others: O(1) per start, not O(n), so a whole cloud can cold-start at once.
-        others = [n for n in self.roster.names if n != self.me and n not in self.roster.hosts]
         asked = [n for n in sorted(self.roster.hosts) if n != self.me]
-        asked += self.rng.sample(others, min(3, len(others)))
+        names = self.roster.names
+        drawn = self.rng.sample(names, min(len(names), 3 + len(asked) + 1))
+        asked += [n for n in drawn if n != self.me and n not in self.roster.hosts][:3]
         self.out += [(n, WhoLeads(self.term)) for n in asked]
         self.deadline = now + self.timing.inquiry_timeout
 
@@ -242,17 +243,17 @@ class Bully:
             self.deadline = min(self.deadline, now)
 
     def observe(self, sender: str, leader: str, term: int, now: float) -> None:
-        """A claim "`leader` leads `term`" (LeaderIs, or the header of a SWIM probe)."""
+        """A claim "`leader` leads `term`" (LeaderIs, or the header of a SWIM probe).
+
+        A higher term without a leader is ignored here on purpose: a member that only
+        *proposed* it (and failed) must not disturb a healthy leader (Raft's disruptive
+        server); leaders are fenced by the hosts' refusals instead (`_lease_answer`)."""
         if term < 0 or (leader and leader not in self.roster):
             raise RemoteProtocolError(f"{sender} claimed leader {leader!r} for term {term}")
         followable = bool(leader) and leader != self.me and self.live(leader)
         if followable and (term > self.term or (term == self.term and not self.leader
                                                 and self.role is not Role.LEADER)):
             self._follow(leader, term, now, f"{sender} says {leader} leads term {term}")
-        elif term > self.term:
-            self._raise_term(term, "")
-            if self.role in (Role.FOLLOWER, Role.LEADER):
-                self._lost_leader(now, f"term {term} began elsewhere")
 
     def receive(self, sender: str, msg: Message, now: float) -> None:
         if isinstance(msg, WhoLeads):
@@ -310,11 +311,14 @@ class Bully:
                 self.out += [(n, Coordinator(term)) for n in self.roster.names if n != self.me]
                 self.events.append(Event("leader", "won the election", term, self.me))
             return
-        if msg.term > self.term or (msg.leader and msg.leader != self.me):
+        if msg.leader and msg.leader != self.me:
             self.observe(host, msg.leader, msg.term, now)
             if self.role not in (Role.CANDIDATE, Role.LEADER):
                 return
-        if self.role is Role.CANDIDATE:
+        self._persist(msg.term)  # propose above it next time
+        if self.role is Role.LEADER and msg.term > self.term:
+            self._lost_leader(now, f"fenced: {host} has seen term {msg.term}")
+        elif self.role is Role.CANDIDATE:
             self.rejected.add(host)
             self.retry_at = max(self.retry_at, now + msg.remaining)
             if len(self.rejected) > len(self.roster.hosts) - self.roster.quorum:

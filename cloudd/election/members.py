@@ -43,6 +43,7 @@ class Roster:
         #: Names from the highest priority to the lowest.
         self.by_priority: tuple[str, ...] = tuple(
             sorted(self.names, key=lambda n: self._rank[n], reverse=True))
+        self._position = {n: i for i, n in enumerate(self.by_priority)}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -56,7 +57,7 @@ class Roster:
 
     def higher_than(self, name: str) -> tuple[str, ...]:
         """Members that outrank `name`, highest first."""
-        return tuple(n for n in self.by_priority if self.outranks(n, name))
+        return self.by_priority[:self._position[name]]
 
 
 def _check(members: tuple[Member, ...]) -> tuple[str, str] | None:

@@ -67,7 +67,10 @@ class Membership:
         self.incarnation = 0
         #: The leader header (leader, term) stamped on probes; the agent keeps it current.
         self.header: tuple[str, int] = ("", 0)
-        self.peers = {n: _Peer() for n in roster.names if n != me}
+        # Only members we have heard something about get a record: at 1,000 members a
+        # full table per agent would be a million objects in a simulation.
+        self.peers: dict[str, _Peer] = {}
+        self._dead: set[str] = set()
         self._order: list[str] = []
         self._seq = 0
         self._probe: _Probe | None = None
@@ -82,7 +85,8 @@ class Membership:
 
     # -- queries ------------------------------------------------------------------------
     def status(self, name: str) -> Status:
-        return Status.ALIVE if name == self.me else self.peers[name].status
+        peer = self.peers.get(name)
+        return Status.ALIVE if peer is None else peer.status
 
     def live(self, name: str) -> bool:
         """Not believed dead (a suspect may still refute)."""
@@ -114,11 +118,10 @@ class Membership:
                 and now >= probe.started + t.probe_timeout:
             self._ask_helpers(probe)
         for name in [n for n in self._suspects if now >= self._suspicion_deadline(n)]:
-            peer = self.peers[name]
-            self._apply(Gossip("dead", name, peer.incarnation, self.me), now)
+            self._apply(Gossip("dead", name, self.peers[name].incarnation, self.me), now)
         if now >= self._next_probe:
             if probe is not None and not probe.acked:
-                peer = self.peers[probe.target]
+                peer = self._peer(probe.target)
                 if peer.status is Status.ALIVE:
                     self._apply(Gossip("suspect", probe.target, peer.incarnation, self.me), now)
             self._probe = None
@@ -130,10 +133,9 @@ class Membership:
                 self._ping(target, self._seq)
         if now >= self._next_dead_probe:
             self._next_dead_probe = max(now, self._next_dead_probe + t.dead_probe_interval)
-            dead = [n for n, p in self.peers.items() if p.status is Status.DEAD]
-            if dead:
+            if self._dead:
                 self._seq += 1
-                self._ping(self.rng.choice(dead), self._seq)
+                self._ping(self.rng.choice(sorted(self._dead)), self._seq)
         self._relays = {s: r for s, r in self._relays.items() if r[2] > now}
 
     def unreachable(self, peer: str, now: float) -> None:
@@ -147,7 +149,7 @@ class Membership:
             raise RemoteProtocolError(f"{sender} asked {self.me} to probe {msg.target}")
         if isinstance(msg, Ping) and msg.target != self.me:
             raise RemoteProtocolError(f"{sender} sent {self.me} a ping meant for {msg.target}")
-        if isinstance(msg, PingReq) and msg.target not in self.peers:
+        if isinstance(msg, PingReq) and msg.target not in self.roster:
             raise RemoteProtocolError(f"{sender} asked {self.me} to probe unknown "
                                       f"{msg.target!r}")
         for fact in msg.gossip:
@@ -176,11 +178,14 @@ class Membership:
     def _next_target(self) -> str | None:
         for _ in range(2):
             while self._order:
-                name = self._order.pop()
-                if self.peers[name].status is not Status.DEAD:
+                # A lazy Fisher-Yates shuffle: one random pick per probe, not n per round.
+                order = self._order
+                i = self.rng.randrange(len(order))
+                order[i], order[-1] = order[-1], order[i]
+                name = order.pop()
+                if name not in self._dead:
                     return name
-            self._order = list(self.peers)
-            self.rng.shuffle(self._order)
+            self._order = [n for n in self.roster.names if n != self.me]
         return None
 
     def _ping(self, target: str, seq: int) -> None:
@@ -190,15 +195,18 @@ class Membership:
 
     def _ask_helpers(self, probe: _Probe) -> None:
         probe.indirect = True
-        helpers = [n for n, p in self.peers.items()
-                   if p.status is Status.ALIVE and n != probe.target]
-        for helper in self.rng.sample(helpers, min(self.timing.indirect_checks, len(helpers))):
+        # Draw a few more than needed and keep the live ones: O(k), not O(n).
+        names = self.roster.names
+        drawn = self.rng.sample(names, min(len(names), 3 * self.timing.indirect_checks + 2))
+        helpers = [n for n in drawn if n not in (self.me, probe.target)
+                   and self.status(n) is Status.ALIVE]
+        for helper in helpers[:self.timing.indirect_checks]:
             self._out.append((helper, PingReq(probe.seq, probe.target,
                                               gossip=self._piggyback(None))))
 
     def _fact_about(self, name: str) -> Gossip | None:
-        peer = self.peers[name]
-        if peer.status is Status.ALIVE:
+        peer = self.peers.get(name)
+        if peer is None or peer.status is Status.ALIVE:
             return None
         return Gossip(peer.status.value, name, peer.incarnation, self.me)
 
@@ -224,8 +232,14 @@ class Membership:
         frac = math.log(seen + 1) / math.log(expected + 1)
         return peer.suspected_at + max(low, high - (high - low) * frac)
 
+    def _peer(self, name: str) -> _Peer:
+        peer = self.peers.get(name)
+        if peer is None:
+            peer = self.peers[name] = _Peer()
+        return peer
+
     def _set(self, name: str, status: Status, incarnation: int, now: float) -> None:
-        peer = self.peers[name]
+        peer = self._peer(name)
         changed = peer.status is not status
         peer.status, peer.incarnation = status, incarnation
         if status is Status.SUSPECT:
@@ -234,6 +248,10 @@ class Membership:
             self._suspects.add(name)
         else:
             self._suspects.discard(name)
+        if status is Status.DEAD:
+            self._dead.add(name)
+        else:
+            self._dead.discard(name)
         if changed:
             self._changes.append((name, status))
 
@@ -244,7 +262,7 @@ class Membership:
                 self.incarnation = fact.incarnation + 1  # refute
                 self._enqueue(Gossip("alive", self.me, self.incarnation, self.me))
             return
-        peer = self.peers[fact.member]
+        peer = self._peer(fact.member)
         if fact.status == "alive":
             if fact.incarnation > peer.incarnation:
                 self._set(fact.member, Status.ALIVE, fact.incarnation, now)

@@ -1,0 +1,147 @@
+"""Deterministic scenarios over the simulated network, at n = 3, 5, 50 and 1,000.
+
+The simulator checks the safety invariants after every event (see sim.py); these tests add
+the liveness ones: exactly one acting leader within a stated bound, in the connected
+majority with the hosts, and no churn when a higher-priority member comes back.
+The bound is `Timing.settle_bound(n)`: a few probe periods to find a death, the longest
+suspicion timeout, one lease, the coordinator timeout and two candidate retries.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudd.election.bully import Role
+from cloudd.election.config import Timing
+
+from .sim import Sim, run_until_leader, settled_leader
+
+
+def started(n: int, *, hosts: int = 3, seed: int = 1, **kw: object) -> tuple[Sim, str]:
+    sim = Sim(n, hosts=hosts, seed=seed, **kw)  # type: ignore[arg-type]
+    sim.start_all()
+    took = run_until_leader(sim, bound=sim.timing.settle_bound(n))
+    assert took is not None, "no leader after a cold start"
+    leader = settled_leader(sim)
+    assert leader is not None
+    return sim, leader
+
+
+@pytest.mark.parametrize("n", [3, 5, 50])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cold_start_elects_the_top_member_and_everyone_follows(n: int, seed: int) -> None:
+    sim, leader = started(n, seed=seed)
+    assert leader == sim.roster.by_priority[0]
+    sim.run_for(1.0)
+    assert sim.acting() == [leader]
+    assert {a.leader for a in sim.live()} == {leader}
+    assert len({a.term for a in sim.live()}) == 1
+
+
+@pytest.mark.parametrize("n", [3, 5, 50])
+def test_leader_crash_fails_over_within_the_bound_and_raises_the_term(n: int) -> None:
+    sim, leader = started(n, hosts=3 if n < 50 else 5)
+    sim.run_for(0.5)
+    term = sim.agents[leader].term  # type: ignore[union-attr]
+    sim.crash(leader)
+    took = run_until_leader(sim, bound=sim.timing.settle_bound(n))
+    assert took is not None, f"no successor within {sim.timing.settle_bound(n):.2f}s"
+    successor = settled_leader(sim)
+    assert successor == sim.roster.by_priority[1]
+    assert sim.agents[successor].term > term  # type: ignore[union-attr]
+
+
+def test_isolated_leader_stops_acting_and_the_majority_elects_another() -> None:
+    sim, leader = started(5)
+    sim.run_for(0.5)
+    sim.isolate(leader)
+    rest = set(sim.names) - {leader}
+    assert run_until_leader(sim, bound=sim.timing.settle_bound(5), within=rest) is not None
+    sim.run_for(1.0)
+    assert leader not in sim.acting()
+    assert sim.agents[leader].role is not Role.LEADER  # policy 'stop' resigned  # type: ignore[union-attr]
+    sim.recover()
+    sim.run_for(2.0)
+    new = settled_leader(sim)
+    assert new is not None and new != leader
+    assert {a.leader for a in sim.live()} == {new}  # the split healed, no churn back
+
+
+def test_minority_without_host_quorum_never_acts() -> None:
+    sim, _ = started(5, hosts=3)
+    hosts = sorted(sim.roster.hosts)
+    minority = {hosts[0]} | {n for n in sim.names if n not in sim.roster.hosts}
+    sim.partition(minority)
+    sim.run_for(3.0)
+    assert not [n for n in sim.acting() if n in minority]
+    majority = set(sim.names) - minority
+    assert settled_leader(sim, majority) is not None
+
+
+def test_freeze_policy_keeps_the_leader_idle_until_the_quorum_returns() -> None:
+    sim, leader = started(3, hosts=3, policy="freeze")
+    sim.isolate(leader)
+    sim.run_for(2.0)
+    agent = sim.agents[leader]
+    assert agent is not None and not agent.is_acting(sim._local(leader))
+    others = set(sim.names) - {leader}
+    assert settled_leader(sim, others) is not None  # the others went on without it
+    sim.recover()
+    sim.run_for(2.0)
+    assert len(sim.acting()) == 1
+
+
+def test_no_churn_when_a_higher_priority_member_returns() -> None:
+    sim, top = started(5, seed=3)
+    sim.crash(top)
+    assert run_until_leader(sim, bound=sim.timing.settle_bound(5)) is not None
+    incumbent = settled_leader(sim)
+    term = sim.agents[incumbent].term  # type: ignore[index,union-attr]
+    sim.start(top)
+    for _ in range(300):  # 3 s, checked every 10 ms
+        sim.run_for(0.01)
+        assert sim.acting() in ([incumbent], []), sim.acting()
+    assert sim.acting() == [incumbent]
+    assert sim.agents[incumbent].term == term  # type: ignore[index,union-attr]
+    assert sim.agents[top].leader == incumbent  # type: ignore[union-attr]
+
+
+def test_restarted_leader_never_reuses_its_term() -> None:
+    sim, leader = started(3, hosts=3, seed=4)
+    used = sim.persisted[leader]
+    for _ in range(3):
+        sim.crash(leader)
+        sim.run_for(0.05)
+        for name in sim.names:  # everyone restarts: only persisted terms survive
+            if sim.agents[name] is not None:
+                sim.crash(name)
+        sim.start_all()
+        assert run_until_leader(sim, bound=sim.timing.settle_bound(3)) is not None
+        leader = settled_leader(sim)  # type: ignore[assignment]
+        agent = sim.agents[leader]
+        assert agent is not None and agent.term > used
+        used = agent.term
+
+
+def test_lossy_network_still_elects_one_leader() -> None:
+    sim = Sim(5, hosts=3, seed=5, loss=0.1)
+    sim.start_all()
+    assert run_until_leader(sim, bound=2 * sim.timing.settle_bound(5)) is not None
+    sim.run_for(2.0)
+    assert len(sim.acting()) <= 1
+
+
+def test_a_thousand_members_cold_start_and_fail_over() -> None:
+    """The lighter large scenario: production timing, one cold start, one failover."""
+    sim = Sim(1000, hosts=10, seed=6, timing=Timing.production())
+    sim.start_all()
+    assert run_until_leader(sim, bound=2.0, step=0.05) is not None
+    leader = settled_leader(sim)
+    assert leader == sim.roster.by_priority[0]
+    sim.crash(leader)  # type: ignore[arg-type]
+    before = sim.election_messages()
+    took = run_until_leader(sim, bound=sim.timing.settle_bound(1000), step=0.05)
+    assert took is not None
+    assert settled_leader(sim) == sim.roster.by_priority[1]
+    # O(n): the successor's Coordinator to everyone plus a few lease rounds, not n^2.
+    assert sim.election_messages() - before < 3 * 1000
