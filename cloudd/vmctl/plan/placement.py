@@ -40,6 +40,12 @@ class Placer:
         self.total[host] += 1
         self.per_role[(role, host)] += 1
 
+    def count_all(self, placed: Iterable[tuple[str, str]]) -> None:
+        """`count` for many (host, role) pairs at once."""
+        pairs = list(placed)
+        self.total.update(host for host, _ in pairs)
+        self.per_role.update((role, host) for host, role in pairs)
+
     def charge(self, host: str, memory_mib: int) -> None:
         """A domain will be started on `host` in this plan: its memory is taken."""
         if host in self.memory:

@@ -78,14 +78,20 @@ class _Pass:
         self.hosts: dict[str, HostObs] = {h.name: h for h in observed.hosts}
         self.copies: dict[str, list[DomainObs]] = defaultdict(list)
         self.replaced_from: dict[str, str] = {}
-        for d in sorted(observed.domains, key=lambda d: (d.node, d.host)):
-            if d.cloud != desired.cloud:
+        fenced = {h.name for h in observed.hosts if h.fenced}
+        cloud = desired.cloud
+        for d in observed.domains:
+            if d.cloud != cloud:
                 continue
-            host = self.hosts.get(d.host)
-            if host is not None and host.fenced:
-                self.replaced_from.setdefault(d.node, d.host)
+            if d.host in fenced:
+                prior = self.replaced_from.get(d.node)
+                self.replaced_from[d.node] = d.host if prior is None else min(prior, d.host)
             else:
                 self.copies[d.node].append(d)
+        for node_copies in self.copies.values():
+            if len(node_copies) > 1:
+                # the hosts' reports arrive in any order; the plan must not depend on it
+                node_copies.sort(key=lambda d: d.host)
         self.by_node: dict[str, list[NodeAction]] = defaultdict(list)
         self.fences: dict[str, Fence] = {}
         self.waiting: dict[str, str] = {}
@@ -154,9 +160,9 @@ class _Pass:
                         self._remove(d, why="cloud is to be stopped", graceful=True)
             return self._result(placer=None)
         placer = Placer(h for h in self.observed.hosts if self._host_usable(h))
-        for node_copies in self.copies.values():
-            for d in node_copies:
-                placer.count(host=d.host, role=self.roles.get(d.node, ""))
+        roles = self.roles
+        placer.count_all((d.host, roles.get(d.node, ""))
+                         for node_copies in self.copies.values() for d in node_copies)
         homeless: list[NodeSpec] = []
         for spec in self.order:
             if spec.name not in managed or spec.name in busy:
