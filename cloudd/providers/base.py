@@ -110,6 +110,15 @@ class Changes:
 
 
 @dataclass(frozen=True)
+class Converged:
+    """The outcome of `converge`: the services to supervise and what changed on disk."""
+
+    services: tuple[ServiceSpec, ...]
+    changes: Changes
+    installed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """What the leader hands the cluster-level hooks: the cloud and every node's health."""
 
@@ -311,3 +320,18 @@ async def ensure_packages(names: Iterable[str], *,
         raise PermanentError(f"cannot install {', '.join(missing)}: {last}")
     _log.info("packages installed", packages=list(missing))
     return missing
+
+
+async def converge(provider: Provider, assignment: Assignment, *,
+                   apt_get: tuple[str, ...] = ("apt-get",)) -> Converged:
+    """What a node does with its assignment, in order: packages, files, one-time preparation.
+
+    Returns the services for the supervisor; on a later call with changed peers, the caller
+    reloads `changes.reload` (a reload, not a restart) on the running supervisor.
+    """
+    role = provider.role(assignment.role)
+    installed = await ensure_packages(role.packages(assignment), apt_get=apt_get)
+    secrets = read_secrets(assignment, role.secrets(assignment))
+    changes = apply_rendered(role.render(assignment, secrets))
+    await role.prepare(assignment)
+    return Converged(services=role.services(assignment), changes=changes, installed=installed)

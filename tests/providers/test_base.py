@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,14 @@ from cloudd.providers.base import (
     Rendered,
     Role,
     apply_rendered,
+    converge,
     dependency_order,
     ensure_packages,
     missing_packages,
     read_secrets,
 )
 from cloudd.providers.registry import Registry, default_registry
+from cloudd.providers.service import ServiceSpec
 
 
 def _assignment(tmp_path: Path, **kw: object) -> Assignment:
@@ -147,3 +151,45 @@ async def test_packages_already_installed_run_no_apt() -> None:
 async def test_packages_install_failure_is_one_precise_error() -> None:
     with pytest.raises(PermanentError, match="cannot install cloudd-no-such-package: "):
         await ensure_packages(["cloudd-no-such-package"], apt_get=("false",))
+
+
+class _Echo(Role):
+    """A role whose file carries its secret and its healthy peers, to watch re-rendering."""
+
+    name = "echo"
+    prepared = 0
+
+    def secrets(self, a: Assignment) -> tuple[str, ...]:
+        return ("token",)
+
+    def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        peers = ",".join(p.address for p in a.healthy("echo"))
+        return Rendered(files=(FileSpec(a.root / "echo.conf", f"{secrets['token']} {peers}\n",
+                                        0o600, reload=("echo",)),))
+
+    def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+        return (ServiceSpec(name="echo", argv=("cat",)),)
+
+    async def prepare(self, a: Assignment) -> None:
+        type(self).prepared += 1
+
+
+class _EchoProvider(Provider):
+    cloud_type = "echo"
+    roles = {"echo": _Echo()}
+
+
+async def test_converge_writes_prepares_and_reports_reloads(tmp_path: Path) -> None:
+    a = _assignment(tmp_path, role="echo", peers=(Peer("e2", "echo", "10.0.0.3", True),))
+    a.secrets_dir.mkdir()
+    (a.secrets_dir / "token").write_text("t0k\n")
+    first = await converge(_EchoProvider(), a, apt_get=("false",))
+    assert [s.name for s in first.services] == ["echo"]
+    assert first.changes.reload == ("echo",) and first.installed == ()
+    assert (a.root / "echo.conf").read_text() == "t0k 10.0.0.3\n"
+    assert (await converge(_EchoProvider(), a)).changes == Changes()
+    # A peer turns unhealthy: re-rendered, and the service is asked to reload.
+    sick = replace(a, peers=(Peer("e2", "echo", "10.0.0.3", False),))
+    assert (await converge(_EchoProvider(), sick)).changes.reload == ("echo",)
+    assert (a.root / "echo.conf").read_text() == "t0k \n"
+    assert _Echo.prepared == 3

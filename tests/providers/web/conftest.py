@@ -25,7 +25,7 @@ from cloudd.providers.base import (
     ClusterView,
     Peer,
     apply_rendered,
-    ensure_packages,
+    converge,
     read_secrets,
 )
 from cloudd.providers.policy import State
@@ -86,11 +86,9 @@ class WebLab:
     async def converge(self, label: str) -> None:
         """What a node agent does with its assignment: packages, files, prepare, services."""
         a = self.assignment(label)
-        role = PROVIDER.role(a.role)
-        assert await ensure_packages(role.packages(a)) == ()  # the suite's machine has them
-        self.render(label, a)
-        await role.prepare(a)
-        sup = self.sups[label] = Supervisor(role.services(a), state_dir=a.root / "state",
+        done = await converge(PROVIDER, a)
+        assert done.installed == ()  # the suite's machine has them all
+        sup = self.sups[label] = Supervisor(done.services, state_dir=a.root / "state",
                                             node=a.node)
         await sup.start()
         await self.running(label)
