@@ -22,13 +22,17 @@ import hashlib
 import io
 import os
 import stat
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudd.errors import PermanentError
+from cloudd.vmctl.template import RawXml, render
 
 _HERE = Path(__file__).parent / "guest"
+#: The domain template of the test guest (in the source tree, next to the other templates).
+TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "templates" / "testguest.xml"
 #: Bumped when the archive layout changes in a way the content hash would not see.
 _FORMAT = b"cloudd-testguest-1"
 #: The modules the real guest loads, in load order (dependencies first, as in modules.dep).
@@ -224,3 +228,43 @@ def kernel_cmdline(boot: GuestBoot, *, console: str = "ttyS0") -> str:
         words.append("cloudd.tmpfs=" + ",".join(boot.tmpfs))
     words.append("cloudd.cmd64=" + base64.b64encode(boot.command.encode()).decode())
     return " ".join(words)
+
+
+# -- the domain -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestGuestDomain:
+    """One test guest domain: `boot` on `image`, its NIC on `bridge`, its console in a file.
+
+    `metadata` is a whole `<metadata>` element (cloudd.vmctl.metadata.metadata_xml) or "".
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    name: str
+    image: GuestImage
+    boot: GuestBoot
+    bridge: str
+    mac: str
+    serial_log: Path
+    memory_mib: int = 512
+    vcpus: int = 1
+    metadata: str = ""
+
+
+def domain_xml(spec: TestGuestDomain, *, template: Path = TEMPLATE) -> str:
+    """The libvirt domain XML of `spec`, from `template` (testguest.xml's placeholders)."""
+    values: dict[str, str | int | RawXml] = {
+        "name": spec.name,
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"cloudd-testguest:{spec.name}")),
+        "memory_kib": spec.memory_mib * 1024,
+        "vcpus": spec.vcpus,
+        "kernel": str(spec.image.kernel),
+        "initrd": str(spec.image.initrd),
+        "cmdline": kernel_cmdline(spec.boot),
+        "mac": spec.mac,
+        "bridge": spec.bridge,
+        "serial_log": str(spec.serial_log),
+        "metadata": RawXml(spec.metadata),
+    }
+    return render(template.read_text(), values, source=str(template))

@@ -13,7 +13,10 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 
-log() { echo "cloudd-init: $*"; }
+log() {
+    read -r up _ < /proc/uptime 2>/dev/null
+    echo "cloudd-init: [${up:-?}] $*"
+}
 fail() {
     log "FAILED: $*"
     sync
@@ -83,7 +86,7 @@ if [ -n "$IP" ]; then
 fi
 
 log "step run: $CMD"
-chroot /newroot /bin/sh -c "cd / && exec $CMD" < /dev/console > /dev/console 2>&1
+chroot /newroot /bin/sh -c "$CMD" < /dev/console > /dev/console 2>&1
 status=$?
 log "command exited with status $status"
 sync
