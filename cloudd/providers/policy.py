@@ -255,7 +255,7 @@ def _spawned(st: ServiceState, ev: Event, now: float, cfg: PolicyConfig,
         due = now + cfg.stop_grace
         return replace(st, pid=ev.pid, due=due), [KillGroup("TERM"), WakeAt(due)]
     due = now + cfg.start_grace
-    new = replace(st, pid=ev.pid, since=now, due=due, last_error="")
+    new = replace(st, pid=ev.pid, since=now, due=due)
     return new, [WakeAt(due)]
 
 
