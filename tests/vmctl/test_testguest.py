@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudd import cli
 from cloudd.vmctl.netlab import NetLab
 from cloudd.vmctl.template import node_mac
 from cloudd.vmctl.testguest import (
@@ -259,3 +260,30 @@ def test_a_failing_step_is_reported_and_powers_the_guest_off(conn, lab: NetLab, 
         console = _console(log)
         assert "FAILED: mount virtiofs notag" in console
         assert "step run" not in console
+
+
+# -- cloudd-cli image test-guest --------------------------------------------------------------
+
+def test_cli_builds_and_prints_the_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         ) -> None:
+    assert cli.main(["image", "test-guest", "--out", str(tmp_path / "img")]) == 0
+    first = capsys.readouterr().out
+    kernel, initrd = (line.split(": ", 1)[1] for line in first.splitlines())
+    assert Path(kernel).is_file() and Path(initrd).is_file()
+    assert "lib/modules/virtiofs.ko" in _listing(Path(initrd))
+    assert cli.main(["image", "test-guest", "--out", str(tmp_path / "img")]) == 0
+    assert capsys.readouterr().out == first
+    assert cli.main(["image", "test-guest", "--minimal", "--out", str(tmp_path / "img")]) == 0
+    assert "minimal-" in capsys.readouterr().out
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "file"
+    target.write_text("keep")
+    assert cli.main(["image", "test-guest", "--out", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"cloudd-cli image test-guest: --out {target} exists and is not a directory")
+    assert captured.out == ""
+    assert target.read_text() == "keep"
