@@ -10,6 +10,7 @@ from functools import partial
 import pytest
 from conftest import APP_PORT, BALANCER_PORT, LABELS, WebLab, until
 
+from cloudd.errors import TemporaryError
 from cloudd.providers.base import Changes
 from cloudd.providers.web.provider import PROVIDER, http_get
 
@@ -65,6 +66,9 @@ async def _upstream_ok(lab: WebLab) -> bool:
 @pytest.mark.timeout(300)
 async def test_three_tiers_survive_server_loss_and_kill_9(weblab: WebLab) -> None:
     lab = weblab
+    # Nothing runs yet: configuring a role is refused, to be retried.
+    with pytest.raises(TemporaryError, match="database w-db unreachable"):
+        await PROVIDER.configure(lab.cluster(), "database")
     # Roles come up in the provider's order, each checked by `configure` before the next.
     for role in PROVIDER.role_order:
         for label in [k for k, r in LABELS.items() if r == role]:
@@ -92,8 +96,13 @@ async def test_three_tiers_survive_server_loss_and_kill_9(weblab: WebLab) -> Non
     # A server taken off the wire: upstream re-rendered, nginx reloaded (same master pid).
     nginx_pid = lab.service("lb").pid
     lab.net.cut(lab.ns["s1"])
-    changes = await _rebalance(lab)
+    await lab.judge_servers()
     assert lab.health == {"s1": False, "s2": True}
+    (finding,) = await PROVIDER.monitor(lab.cluster())
+    assert not finding.ok and finding.node == "w-lb"
+    assert finding.message == (f"upstream has ['{lab.ns['s1'].ip}:8080', '{lab.ns['s2'].ip}:8080'],"
+                               f" healthy servers are ['{lab.ns['s2'].ip}:8080']")
+    changes = await _rebalance(lab)
     assert changes.reload == ("nginx",)
     await until(lambda: _upstream_ok(lab), "the balancer's upstream without s1")
     assert lab.service("lb").pid == nginx_pid and lab.service("lb").starts == 1
@@ -144,6 +153,11 @@ async def test_relations_are_reloaded_not_restarted(weblab: WebLab) -> None:
     for label in ("db", "s1", "s2"):
         await lab.converge(label)
     pids = {label: lab.service(label).pid for label in ("db", "s1", "s2")}
+    # The data dir is initialised once: preparing again keeps it (and its rows).
+    data = lab.root / "db" / "mysql" / "data"
+    inode = data.stat().st_ino
+    await PROVIDER.role("database").prepare(lab.assignment("db"))
+    assert data.stat().st_ino == inode
 
     # s2 leaves the manifest: the database's assignment no longer lists it, its account goes.
     a = lab.assignment("db")
