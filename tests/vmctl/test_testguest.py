@@ -240,12 +240,18 @@ def test_guest_runs_the_hosts_python_and_answers_on_the_bridge(conn, lab: NetLab
 @pytest.mark.netns
 def test_guest_writes_stay_in_the_guest(conn, lab: NetLab) -> None:  # type: ignore[no-untyped-def]
     marker = Path(f"/var/tmp/cloudd-h7-marker-{uuid.uuid4().hex[:6]}")
-    command = f"echo written > {marker} && cat {marker} && exit 7"
+    # The project's own virtualenv and code run in the guest, from the host's disk.
+    venv = Path(sys.prefix) / "bin" / "python"
+    probe = "import cloudd.vmctl.testguest as t; print('imported', t.__name__)"
+    command = (f"echo written > {marker} && cat {marker} && {venv} -c \"{probe}\" "
+               "&& hostname && exit 7")
     with guest(conn, lab, command=command) as (dom, _address, log):
         dom.create()
         wait_for(lambda: not dom.isActive(), timeout=180, what="the guest to power off")
         console = _console(log)
         assert "written" in console
+        assert "imported cloudd.vmctl.testguest" in console
+        assert "\ncloudd-h7-" in console  # hostname from the kernel command line
         assert "command exited with status 7" in console
     assert not marker.exists()
 
