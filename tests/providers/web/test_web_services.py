@@ -96,6 +96,9 @@ async def test_three_tiers_survive_server_loss_and_kill_9(weblab: WebLab) -> Non
     # A server taken off the wire: upstream re-rendered, nginx reloaded (same master pid).
     nginx_pid = lab.service("lb").pid
     lab.net.cut(lab.ns["s1"])
+    # Even before the leader notices, nginx passes over the dead server to the live one.
+    status, who, _ = await _request(lab, "GET", "/entries")
+    assert (status, who) == (200, "w-s2")
     await lab.judge_servers()
     assert lab.health == {"s1": False, "s2": True}
     (finding,) = await PROVIDER.monitor(lab.cluster())
