@@ -93,6 +93,9 @@ class HostObs:
     images: frozenset[str] = frozenset()
     fenced: bool = False
     """A fence command succeeded since the host was declared dead: nothing runs there."""
+    reported: bool = True
+    """This leader has had at least one list of the host's domains (False: they are unknown,
+    so no node may get a new domain until the host reports or is fenced)."""
 
 
 @dataclass(frozen=True)

@@ -174,9 +174,26 @@ class _Pass:
                 self._dedupe(spec, copies)
             else:
                 self._keep(spec, copies[0], placer)
+        unknown = sorted(h.name for h in self.observed.hosts if not h.reported and not h.fenced)
+        for name in unknown:
+            host = self.hosts[name]
+            if host.liveness is Liveness.DEAD and not host.reachable:
+                self._fence(name, "host is dead by quorum and its domains are unknown")
         for spec in homeless:
+            if unknown:
+                # any of them may run this node's domain: placing it could make a second one
+                if not self._backing_off(spec.name):
+                    self._wait(spec.name, f"domains of host {unknown[0]} are unknown")
+                continue
             self._place(spec, placer)
         return self._result(placer)
+
+    def _fence(self, host: str, reason: str) -> None:
+        if host in self.observed.fencing or host in self.fences:
+            return
+        record = self.observed.host_failures.get(host)
+        if record is None or record.not_before <= self.now:
+            self.fences[host] = Fence(host, reason)
 
     def _dedupe(self, spec: NodeSpec, copies: list[DomainObs]) -> None:
         keep = max(copies, key=lambda d: (d.state is DomainState.RUNNING, d.term, d.host))
@@ -197,11 +214,7 @@ class _Pass:
                 self._remove(d, why=f"host {d.host} is dead by quorum; removing before "
                                     "re-placing", graceful=False)
             else:
-                if d.host not in self.observed.fencing and d.host not in self.fences:
-                    record = self.observed.host_failures.get(d.host)
-                    if record is None or record.not_before <= self.now:
-                        self.fences[d.host] = Fence(
-                            d.host, f"host is dead by quorum and runs {spec.name}")
+                self._fence(d.host, f"host is dead by quorum and runs {spec.name}")
                 self._wait(spec.name, f"host {d.host} is dead; waiting for it to be fenced")
             return
         if host.liveness is Liveness.SUSPECT or not host.reachable:

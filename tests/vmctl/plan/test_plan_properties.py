@@ -41,7 +41,8 @@ def hosts(draw: st.DrawFn) -> tuple[HostObs, ...]:
                            draw(st.integers(0, 8192)),
                            draw(st.sampled_from([frozenset(), frozenset({IMG}),
                                                  frozenset({IMG})])),
-                           fenced=live is Liveness.DEAD and draw(st.booleans())))
+                           fenced=live is Liveness.DEAD and draw(st.booleans()),
+                           reported=draw(st.sampled_from([True, True, True, False]))))
     return tuple(out)
 
 
@@ -89,6 +90,8 @@ def test_never_two_domains_for_one_node(pool: tuple[Desired, Observed], now: int
         if isinstance(a, Define):
             # a new domain only where no live copy exists: proof the old one (if any) is gone
             assert _live_copies(obs, a.node) == [], a
+            # and only when every host's domains are known (or the host is fenced)
+            assert all(h.reported or h.fenced for h in obs.hosts), a
         if isinstance(a, Start):
             others = [d for d in _live_copies(obs, a.node) if d.host != a.host]
             assert others == [], a

@@ -252,3 +252,17 @@ def test_plans_are_deterministic_in_order() -> None:
     first = plan(d, seen(hs), 0)
     assert first == plan(d, seen(list(reversed(hs))), 0)
     assert [a.node for a in first if isinstance(a, Define)][:4] == ["n1", "n3", "n5", "n7"]
+
+
+def test_unknown_domains_on_an_unreported_host_block_new_placements() -> None:
+    silent = HostObs("h1", ALIVE, False, 0, frozenset(), reported=False)
+    res = planned(want(node("a"), node("b")), seen([silent, host("h2")], [dom("b", "h2", OFF)]), 0)
+    assert res.actions == (Start("b", "h2", "shutoff (booted); restarting in place",
+                                 respawn=True),)
+    assert res.waiting[0].reason == "domains of host h1 are unknown"
+    dead = HostObs("h1", DEAD, False, 0, frozenset(), reported=False)
+    assert plan(want(node("a")), seen([dead, host("h2")]), 0) == [
+        Fence("h1", "host is dead by quorum and its domains are unknown")]
+    fenced = HostObs("h1", DEAD, False, 0, frozenset(), reported=False, fenced=True)
+    assert [type(a) for a in plan(want(node("a")), seen([fenced, host("h2")]), 0)] == [
+        Define, Start]
