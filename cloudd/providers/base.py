@@ -279,8 +279,6 @@ def apply_rendered(rendered: Rendered) -> Changes:
         os.replace(tmp, f.path)
         changed.append(f.path)
         reload.extend(s for s in f.reload if s not in reload)
-    if changed:
-        _log.info("files written", files=[str(p) for p in changed], reload=reload)
     return Changes(changed=tuple(changed), reload=tuple(reload))
 
 
@@ -318,7 +316,7 @@ async def ensure_packages(names: Iterable[str], *,
         if "lock" in out.lower():
             raise TemporaryError(f"apt is busy: {last}", delay=10.0)
         raise PermanentError(f"cannot install {', '.join(missing)}: {last}")
-    _log.info("packages installed", packages=list(missing))
+    _log.info("provider.packages_installed", packages=list(missing))
     return missing
 
 
@@ -333,5 +331,9 @@ async def converge(provider: Provider, assignment: Assignment, *,
     installed = await ensure_packages(role.packages(assignment), apt_get=apt_get)
     secrets = read_secrets(assignment, role.secrets(assignment))
     changes = apply_rendered(role.render(assignment, secrets))
+    if changes.changed or installed:
+        _log.info("provider.converged", cloud=assignment.cloud, node=assignment.node,
+                  role=assignment.role, installed=list(installed),
+                  files=[str(p) for p in changes.changed], reload=list(changes.reload))
     await role.prepare(assignment)
     return Converged(services=role.services(assignment), changes=changes, installed=installed)

@@ -173,7 +173,8 @@ class DatabaseRole(Role):
             tail = out.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise TemporaryError(f"mariadb-install-db failed: {tail[0]}", delay=5.0)
         scratch.rename(data)
-        _log.info("database initialised", cloud=a.cloud, node=a.node, path=str(data))
+        _log.info("web.database_initialised", cloud=a.cloud, node=a.node, role=a.role,
+                  path=str(data))
 
 
 class ServerRole(Role):
