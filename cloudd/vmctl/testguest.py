@@ -53,6 +53,13 @@ GUEST_MODULES: tuple[str, ...] = (
 HOSTROOT_TAG = "hostroot"
 
 
+#: x86's COMMAND_LINE_SIZE is 2048 including the terminating NUL; longer lines are cut.
+MAX_CMDLINE = 2047
+#: The kernel command line keys guest/init.sh reads.
+INIT_KEYS: tuple[str, ...] = (
+    "cloudd.ip", "cloudd.gw", "cloudd.hostname", "cloudd.tmpfs", "cloudd.cmd64", "cloudd.fs")
+
+
 class GuestBuildError(PermanentError):
     """The host lacks something the test guest is made of (kernel, busybox, a module)."""
 
@@ -193,7 +200,9 @@ class GuestBoot:
 
     `address` is the NIC's address with its prefix ("10.231.0.10/24"); `command` runs with
     `/bin/sh -c` in the overlay root; `tmpfs` are extra directories of that root that get an
-    empty tmpfs (the guest always gets a fresh /run and /tmp, never the host's).
+    empty tmpfs (the guest always gets a fresh /run and /tmp, never the host's). `params` are
+    more `key=value` words for the command to read from /proc/cmdline (e.g. a node's identity,
+    `cloudd.node=...`); they may not reuse the keys /init reads.
     """
 
     address: str
@@ -201,6 +210,7 @@ class GuestBoot:
     gateway: str | None = None
     hostname: str = "testguest"
     tmpfs: tuple[str, ...] = ()
+    params: tuple[tuple[str, str], ...] = ()
 
 
 def kernel_cmdline(boot: GuestBoot, *, console: str = "ttyS0") -> str:
@@ -211,8 +221,14 @@ def kernel_cmdline(boot: GuestBoot, *, console: str = "ttyS0") -> str:
     could read back safely). The kernel keeps dotted keys away from init's environment; /init
     reads /proc/cmdline, and so can the agent it starts.
     """
-    for value, what in ((boot.address, "address"), (boot.gateway or "", "gateway"),
-                        (boot.hostname, "hostname"), (",".join(boot.tmpfs), "tmpfs")):
+    checked = [(boot.address, "address"), (boot.gateway or "", "gateway"),
+               (boot.hostname, "hostname"), (",".join(boot.tmpfs), "tmpfs")]
+    for key, value in boot.params:
+        if not key or "=" in key or key in INIT_KEYS:
+            raise GuestBuildError(f"guest parameter key {key!r} is empty, has '=' or is "
+                                  f"one of /init's own ({', '.join(INIT_KEYS)})")
+        checked += [(key, "parameter key"), (value, f"parameter {key}")]
+    for value, what in checked:
         if any(c.isspace() or c in "\"'" for c in value):
             raise GuestBuildError(f"guest {what} {value!r} must not contain spaces or quotes")
     if "/" not in boot.address:
@@ -226,8 +242,13 @@ def kernel_cmdline(boot: GuestBoot, *, console: str = "ttyS0") -> str:
     words.append(f"cloudd.hostname={boot.hostname}")
     if boot.tmpfs:
         words.append("cloudd.tmpfs=" + ",".join(boot.tmpfs))
+    words += [f"{key}={value}" for key, value in boot.params]
     words.append("cloudd.cmd64=" + base64.b64encode(boot.command.encode()).decode())
-    return " ".join(words)
+    line = " ".join(words)
+    if len(line) > MAX_CMDLINE:
+        raise GuestBuildError(f"guest kernel command line is {len(line)} bytes, more than the "
+                              f"kernel's {MAX_CMDLINE} (shorten the command or parameters)")
+    return line
 
 
 # -- the domain -------------------------------------------------------------------------------

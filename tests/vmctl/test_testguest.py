@@ -93,13 +93,15 @@ def test_missing_kernel_is_one_precise_error(tmp_path: Path) -> None:
 def test_kernel_cmdline_carries_identity_and_the_command_in_base64() -> None:
     line = kernel_cmdline(GuestBoot(address="10.231.0.10/24", gateway="10.231.0.1",
                                     command="python3 -m http.server 8000 'x y'",
-                                    hostname="n1", tmpfs=("/var/lib/cloudd",)))
+                                    hostname="n1", tmpfs=("/var/lib/cloudd",),
+                                    params=(("cloudd.node", "web-1"),)))
     words = dict(w.split("=", 1) for w in line.split())
     assert words["console"] == "ttyS0"
     assert words["cloudd.ip"] == "10.231.0.10/24"
     assert words["cloudd.gw"] == "10.231.0.1"
     assert words["cloudd.hostname"] == "n1"
     assert words["cloudd.tmpfs"] == "/var/lib/cloudd"
+    assert words["cloudd.node"] == "web-1"
     assert base64.b64decode(words["cloudd.cmd64"]).decode() == "python3 -m http.server 8000 'x y'"
 
 
@@ -107,6 +109,11 @@ def test_kernel_cmdline_carries_identity_and_the_command_in_base64() -> None:
     (GuestBoot(address="10.231.0.10", command="true"), "needs a prefix length"),
     (GuestBoot(address="10.231.0.10/24", command="true", hostname="a b"), "hostname 'a b'"),
     (GuestBoot(address="10.231.0.10/24", command="true", tmpfs=("rel",)), "tmpfs 'rel'"),
+    (GuestBoot(address="10.231.0.10/24", command="true", params=(("cloudd.ip", "x"),)),
+     "key 'cloudd.ip' .* one of /init's own"),
+    (GuestBoot(address="10.231.0.10/24", command="true", params=(("k", "a b"),)),
+     "parameter k 'a b' must not contain spaces"),
+    (GuestBoot(address="10.231.0.10/24", command="x" * 1600), "more than the kernel's 2047"),
 ])
 def test_kernel_cmdline_refuses_bad_values(boot: GuestBoot, message: str) -> None:
     with pytest.raises(GuestBuildError, match=message):
