@@ -41,25 +41,23 @@ class ProcRecord:
     last_error: str = ""
 
 
-def proc_start_time(pid: int) -> int | None:
-    """The start time of a live (not zombie) process, or None when there is none with `pid`."""
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state first), or None when there is no such process."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) is in parentheses and may contain spaces and ')'.
-    fields = raw[raw.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: not running any more
+    return raw[raw.rindex(b")") + 2:].decode("ascii").split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The start time of a live (not zombie) process, or None when there is none with `pid`."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):  # exited, not reaped yet: not running
         return None
     return int(fields[19])
-
-
-def proc_session(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(raw[raw.rindex(")") + 2:].split()[3])
 
 
 def is_same_process(pid: int, start_time: int) -> bool:
@@ -74,8 +72,10 @@ def session_members(sid: int) -> list[int]:
     """
     members = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and proc_session(int(entry)) == sid and proc_start_time(int(entry)):
-            members.append(int(entry))
+        if entry.isdigit():
+            fields = _stat(entry)
+            if fields is not None and fields[3] == str(sid) and fields[0] not in ("Z", "X"):
+                members.append(int(entry))
     return members
 
 

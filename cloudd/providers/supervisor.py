@@ -143,6 +143,8 @@ async def _wait_session_empty(sid: int, within: float) -> bool:
     for pid in procstate.session_members(sid):
         with contextlib.suppress(ProcessLookupError):
             fds.append(os.pidfd_open(pid))
+    if not fds:
+        return True
     try:
         if fds:
             waits = [asyncio.ensure_future(_wait_pidfd(fd)) for fd in fds]
@@ -268,12 +270,20 @@ class _Unit:
         self._probes.clear()
         # Leftovers of the group: when stopping they get the rest of the grace, otherwise
         # (a crash) they are killed now, so a restart never meets a half-dead old copy.
-        grace = 0.0
-        if self.st.state is State.STOPPING and self.st.due is not None:
-            grace = max(0.0, self.st.due - asyncio.get_running_loop().time())
-        if not await _wait_session_empty(pid, grace):
-            _signal_session(pid, signal.SIGKILL)
-            await _wait_session_empty(pid, 10.0)
+        if self.st.state is State.STOPPING:
+            due = self.st.due if self.st.due is not None else 0.0
+            grace = max(0.0, due - asyncio.get_running_loop().time())
+            if not await _wait_session_empty(pid, grace):
+                _signal_session(pid, signal.SIGKILL)
+                await _wait_session_empty(pid, 10.0)
+        else:
+            try:  # one syscall in the usual case of a lone process, no /proc scan
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            else:
+                _signal_session(pid, signal.SIGKILL)
+                await _wait_session_empty(pid, 10.0)
         self.feed(policy.Exited(code))
 
     def detach(self) -> None:
@@ -299,6 +309,7 @@ class Supervisor:
         self._wanted: set[str] = set()
         self._event = asyncio.Event()
         self._kicking = False
+        self._save_pending = False
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self, names: Iterable[str] | None = None) -> None:
@@ -359,6 +370,7 @@ class Supervisor:
         """Stop supervising and leave every service running (agent shutdown or upgrade)."""
         for unit in self.units.values():
             unit.detach()
+        self._save()
 
     # ---- observation --------------------------------------------------------------------
     def status(self) -> dict[str, ServiceStatus]:
@@ -374,7 +386,11 @@ class Supervisor:
 
     def changed(self) -> None:
         """A unit changed: persist, start services whose dependencies are now up, wake waiters."""
-        procstate.save(self.state_dir, {n: u.record() for n, u in self.units.items()})
+        if not self._save_pending:
+            # Saved from the next loop turn, once for a burst of changes, so that a spawn
+            # already queued is not held up by the fsync.
+            self._save_pending = True
+            asyncio.get_running_loop().call_soon(self._save)
         if not self._kicking:  # starting a service changes it again: no re-entry
             self._kicking = True
             try:
@@ -388,6 +404,10 @@ class Supervisor:
                 self._kicking = False
         self._event.set()
         self._event = asyncio.Event()
+
+    def _save(self) -> None:
+        self._save_pending = False
+        procstate.save(self.state_dir, {n: u.record() for n, u in self.units.items()})
 
     def _known(self, names: Iterable[str]) -> list[str]:
         names = list(names)
