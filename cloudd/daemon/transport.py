@@ -23,7 +23,10 @@ logs `protocol_error` with the peer and the reason. Nothing else changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -100,7 +103,6 @@ default_codec.register(RemoteFailure, "cloudd.remote-failure")
 
 Handler = Callable[[str, object], Awaitable[object | None]]
 EventSink = Callable[[PeerConnected | PeerUnreachable], None]
-_NETWORK_ERRORS = (OSError, EOFError, asyncio.IncompleteReadError, RemoteProtocolError)
 
 
 def _reason(exc: BaseException) -> str:
@@ -219,7 +221,7 @@ class _Link:
             self.state = "connecting"
             try:
                 conn, frames = await self.owner.dial(self.name, self.address, self.pending)
-            except _NETWORK_ERRORS as exc:
+            except Exception as exc:  # whatever the reason, the peer is unreachable for now
                 failures += 1
                 self._down(_reason(exc), report=failures == 1)
             else:
@@ -273,9 +275,10 @@ class Transport:
         self._peers: dict[str, tuple[str, int]] = dict(peers or {})
         self._links: dict[str, _Link] = {}
         self._inbound: dict[str, _Conn] = {}
-        self._accepting: set[asyncio.StreamWriter] = set()
+        # inbound sockets not yet closed -> whether the loop's TLS layer owns them yet
+        self._accepting: dict[socket.socket, bool] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._next_rid = 0
         self._closed = False
 
@@ -283,10 +286,23 @@ class Transport:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on host:port (0 picks a free port) and dial every known peer."""
-        self._server = await asyncio.start_server(self._accept, host, port,
-                                                  backlog=self.settings.backlog)
-        sockname = self._server.sockets[0].getsockname()
+        # Accepting by hand (not loop.create_server) lets the cap act at accept, before any
+        # TLS work, and hands the untouched socket to the loop's TLS layer; upgrading a
+        # stream with start_tls can lose a ClientHello already read (uvloop reads early).
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(info[0], socket.SOCK_STREAM, info[2])
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(info[4])
+            listener.listen(self.settings.backlog)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        sockname = listener.getsockname()
         self.address: tuple[str, int] = (str(sockname[0]), int(sockname[1]))
+        self.spawn(self._accept_loop(listener))
         self.log.info("listening", host=self.address[0], port=self.address[1])
         for name in self._peers:
             self._link(name)
@@ -302,6 +318,7 @@ class Transport:
             old.task.cancel()
             if old.conn is not None:
                 old.conn.writer.transport.abort()
+            old._down("peer address changed", report=False)
 
     @property
     def connection_count(self) -> int:
@@ -348,18 +365,16 @@ class Transport:
         if self._closed:
             return
         self._closed = True
-        if self._server is not None:
-            self._server.close()
         for link in self._links.values():
             link.task.cancel()
             if link.conn is not None:
                 link.conn.writer.transport.abort()
-        for writer in list(self._accepting):
-            writer.transport.abort()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:  # after the accept loop stopped waiting on it
+            self._listener.close()
         for link in self._links.values():
             link._down("transport closed", report=False)
         self.log.info("closed")
@@ -369,8 +384,15 @@ class Transport:
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # a bug on our side: say so loudly, the agent carries on
+            self.log.error("task_failed", task=task.get_name(), reason=_reason(exc),
+                           exc_info=exc)
 
     def report(self, event: PeerConnected | PeerUnreachable, *, dropped: int = 0) -> None:
         if isinstance(event, PeerConnected):
@@ -415,60 +437,80 @@ class Transport:
             raise
         return _Conn(self, reader, writer, decoder=decoder, peer=peer, pending=pending), frames[1:]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        where = f"{host}:{port}"
-        if self._closed or len(self._accepting) >= self.settings.max_connections:
-            self.log.warning("connection_refused", peer=where,
-                             reason=f"too many connections ({len(self._accepting)})")
-            writer.transport.abort()
-            return
-        self._accepting.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._serve_inbound(reader, writer, where)
-        finally:
-            self._accepting.discard(writer)
-            self._tasks.discard(task)
-            writer.transport.abort()
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: say so, pause, and keep serving
+                self.log.error("accept_failed", reason=_reason(exc))
+                await asyncio.sleep(0.1)
+                continue
+            where = f"{address[0]}:{address[1]}"
+            if len(self._accepting) >= self.settings.max_connections:
+                self.log.warning("connection_refused", peer=where,
+                                 reason=f"too many connections ({len(self._accepting)})")
+                sock.close()
+                continue
+            # Small frames must leave at once: without this, Nagle and delayed ACKs add
+            # 40 ms to the Hello exchange (asyncio sets it only on sockets it recognises).
+            with contextlib.suppress(OSError):  # already reset by the peer: fails below
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._accepting[sock] = False
+            self.spawn(self._serve_inbound(sock, where)).add_done_callback(
+                functools.partial(self._release, sock))
 
-    async def _serve_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                             where: str) -> None:
+    def _release(self, sock: socket.socket, _: object) -> None:
+        if not self._accepting.pop(sock, True):
+            sock.close()  # cancelled before the loop took it over: nobody else will close it
+
+    async def _serve_inbound(self, sock: socket.socket, where: str) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
         decoder = FrameDecoder(self.codec)
+        writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self.settings.handshake_timeout):
-                await writer.start_tls(self._server_ctx)
-                frames = await _first_frames(reader, decoder)
-                member = check_hello(writer.get_extra_info("ssl_object"), frames[0].msg)
-                writer.write(self.codec.encode(Hello(self.member, PROTOCOL_VERSION)))
-                await writer.drain()
-        except TimeoutError:
-            self.log.warning("handshake_failed", peer=where, reason=(
-                f"no TLS handshake and Hello within {self.settings.handshake_timeout}s"))
-            return
-        except PeerIdentityError as exc:
-            self.log.warning("peer_refused", peer=where, reason=str(exc))
-            return
-        except RemoteProtocolError as exc:
-            self.log.warning("protocol_error", peer=where, reason=str(exc))
-            return
-        except (OSError, EOFError) as exc:
-            self.log.warning("handshake_failed", peer=where, reason=_reason(exc))
-            return
-        conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
-        old = self._inbound.get(member)
-        if old is not None:  # the peer redialled: its old connection is dead or dying
-            old.writer.transport.abort()
-        self._inbound[member] = conn
-        self.log.debug("peer_accepted", peer=member, address=where)
-        try:
-            reason = await conn.run(frames[1:])
-            self.log.debug("peer_disconnected", peer=member, reason=reason)
+            try:
+                async with asyncio.timeout(self.settings.handshake_timeout):
+                    # From here the loop owns the socket: it closes it if the handshake fails.
+                    self._accepting[sock] = True
+                    # (uvloop returns its own SSL protocol as the second item: ignore it)
+                    protocol = asyncio.StreamReaderProtocol(reader)
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol, sock, ssl=self._server_ctx)
+                    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                    frames = await _first_frames(reader, decoder)
+                    member = check_hello(writer.get_extra_info("ssl_object"), frames[0].msg)
+                    writer.write(self.codec.encode(Hello(self.member, PROTOCOL_VERSION)))
+                    await writer.drain()
+            except TimeoutError:
+                self.log.warning("handshake_failed", peer=where, reason=(
+                    f"no TLS handshake and Hello within {self.settings.handshake_timeout}s"))
+                return
+            except PeerIdentityError as exc:
+                self.log.warning("peer_refused", peer=where, reason=str(exc))
+                return
+            except RemoteProtocolError as exc:
+                self.log.warning("protocol_error", peer=where, reason=str(exc))
+                return
+            except (OSError, EOFError) as exc:
+                self.log.warning("handshake_failed", peer=where, reason=_reason(exc))
+                return
+            conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
+            old = self._inbound.get(member)
+            if old is not None:  # the peer redialled: its old connection is dead or dying
+                old.writer.transport.abort()
+            self._inbound[member] = conn
+            self.log.debug("peer_accepted", peer=member, address=where)
+            try:
+                reason = await conn.run(frames[1:])
+                self.log.debug("peer_disconnected", peer=member, reason=reason)
+            finally:
+                if self._inbound.get(member) is conn:
+                    del self._inbound[member]
         finally:
-            if self._inbound.get(member) is conn:
-                del self._inbound[member]
+            if writer is not None:
+                writer.transport.abort()
 
 
 async def _first_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[Frame]:

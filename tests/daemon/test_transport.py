@@ -407,3 +407,45 @@ async def test_a_thousand_idle_connections(alpha: Agent, beta: Agent) -> None:
     assert refused + timed_out == 1000
     assert 0 < timed_out <= FAST.max_connections
     await good_peer_gets_through(alpha, beta)
+
+
+def test_the_same_on_uvloop(pki: dict[str, PkiFiles]) -> None:
+    """uvloop's TLS differs from asyncio's in places the transport relies on (when it starts
+    reading an accepted socket, what connect_accepted_socket returns): run a good exchange,
+    refusals and bad frames on it too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        alpha = Agent("alpha", pki["alpha"])
+        beta = Agent("beta", pki["beta"])
+        await alpha.t.start()
+        await beta.t.start()
+        try:
+            beta.t.add_peer("alpha", *alpha.t.address)
+            alpha.t.add_peer("beta", *beta.t.address)
+            beta.t.send("alpha", Ping(1))
+            await good_peer_gets_through(alpha, beta, 2)
+            assert await alpha.t.request("beta", Ping(3)) == Pong(3, "beta")
+            with capture_logs() as logs:
+                reader, writer = await open_tls(alpha.t.address[1], None, claim="beta",
+                                                ca=pki["alpha"].ca)
+                assert await closed_by_server(reader) == b""
+                writer.close()
+                reader, writer = await authenticated(alpha, pki)
+                writer.write(frame("x.unknown", b"{}"))
+                assert await closed_by_server(reader) == b""
+                writer.close()
+                await eventually(lambda: bool(logged(logs, "handshake_failed"))
+                                 and bool(logged(logs, "protocol_error")))
+            assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in \
+                logged(logs, "handshake_failed")[0]["reason"]
+            assert logged(logs, "protocol_error")[0]["reason"] == \
+                "unknown message type 'x.unknown'"
+            await good_peer_gets_through(alpha, beta, 4)
+            assert alpha.got == [("beta", Ping(1)), ("beta", Ping(2)), ("beta", Ping(4))]
+        finally:
+            await beta.t.close()
+            await alpha.t.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
