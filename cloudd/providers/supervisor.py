@@ -215,9 +215,15 @@ class _Unit:
     async def _spawn(self) -> None:
         try:
             proc = await asyncio.to_thread(_popen, self.spec)
-            pidfd = os.pidfd_open(proc.pid)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.feed(policy.SpawnFailed(str(exc)))
+            return
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError as exc:  # cannot watch it: do not leave an unwatched copy behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+            self.feed(policy.SpawnFailed(f"cannot watch pid {proc.pid}: {exc}"))
             return
         self.start_time, self.adopted = procstate.proc_start_time(proc.pid), False
         self.feed(policy.Spawned(proc.pid))
