@@ -8,7 +8,7 @@ from dataclasses import replace
 from functools import partial
 
 import pytest
-from conftest import APP_PORT, BALANCER_PORT, LABELS, WebLab, until
+from weblab import APP_PORT, BALANCER_PORT, LABELS, WebLab, until
 
 from cloudd.errors import TemporaryError
 from cloudd.providers.base import Changes
