@@ -1,0 +1,354 @@
+"""The leader's executor: observe the hosts, plan, perform the plan, record what happened.
+
+Theory of operation. A pass runs at once when something changes (a domain event forwarded by
+a host, a membership change: `poke()`), and every `resync` seconds regardless. A pass does
+nothing unless the election core says this agent is the acting leader, and stamps every host
+command with that leader's term, so that a deposed leader is refused by the hosts (fencing
+token). It asks every host for its domains and inventory (a host that does not answer is
+unreachable; its last report is kept, since its domains may still run), runs the pure planner,
+and launches one task per node for that node's actions, in order, stopping at the first
+failure. Failures are never retried here: they go into the backoff ledgers and come back in a
+later plan. Nodes with a task still running are in flight, and the planner leaves them alone.
+Every action and every failure is an event in the event log, with the planner's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cloudd import log
+from cloudd.daemon.events import Event, EventKind, EventLog
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.vmctl import backend as vb
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
+from cloudd.vmctl.plan import (
+    BackoffPolicy,
+    CreateOverlay,
+    Define,
+    Desired,
+    Destroy,
+    DomainObs,
+    DomainState,
+    Fence,
+    HostObs,
+    Ledger,
+    Liveness,
+    NodeAction,
+    NodeSpec,
+    Observed,
+    Planned,
+    Shutdown,
+    Start,
+    Undefine,
+    planned,
+)
+from cloudd.vmctl.template import domain_name
+
+
+class HostClient(Protocol):
+    """How the leader reaches a host agent (the transport's client, or `LocalHosts`)."""
+
+    async def call(self, host: str, command: HostCommand) -> HostResult:
+        """Send one command; raises ClouddError (or OSError) when the host cannot be reached."""
+        ...
+
+
+class Fencer(Protocol):
+    async def fence(self, host: str) -> None:
+        """Power `host` off for good; returns only once it is proven off, raises otherwise."""
+        ...
+
+
+@dataclass
+class LocalHosts:
+    """A HostClient for agents in this process (tests, single-machine pools)."""
+
+    agents: Mapping[str, HostAgent]
+
+    async def call(self, host: str, command: HostCommand) -> HostResult:
+        agent = self.agents.get(host)
+        if agent is None:
+            raise TemporaryError(f"host {host} is not reachable from here")
+        return await agent.execute(command)
+
+
+@dataclass(frozen=True)
+class CommandFencer:
+    """Runs the configured fence command of a host (IPMI, a PDU, `virsh destroy`...)."""
+
+    commands: Mapping[str, Sequence[str]]
+    timeout: float = 60.0
+    """Seconds before a fence command that has not finished counts as failed."""
+
+    async def fence(self, host: str) -> None:
+        argv = self.commands.get(host)
+        if not argv:
+            raise PermanentError(f"no fence command configured for host {host}")
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise TemporaryError(f"fence command for {host} did not finish within "
+                                 f"{self.timeout:g}s", delay=self.timeout) from None
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            raise TemporaryError(f"fence command for {host} exited {proc.returncode}: "
+                                 f"{tail[0][:200]}")
+
+
+_STATES = {vb.DomainState.RUNNING: DomainState.RUNNING,
+           vb.DomainState.PAUSED: DomainState.PAUSED,
+           vb.DomainState.SHUTTING_DOWN: DomainState.SHUTDOWN,
+           vb.DomainState.STOPPED: DomainState.SHUTOFF,
+           vb.DomainState.CRASHED: DomainState.CRASHED,
+           vb.DomainState.OTHER: DomainState.NOSTATE}
+
+_OPS: dict[type, Op] = {Define: Op.DEFINE, Start: Op.START, Shutdown: Op.SHUTDOWN,
+                        Destroy: Op.DESTROY, Undefine: Op.UNDEFINE}
+
+
+class Controller:
+    """Reconciles one cloud while this agent is the acting leader."""
+
+    def __init__(self, *, desired: Callable[[], Desired], hosts: Callable[[], Sequence[str]],
+                 liveness: Callable[[str], Liveness], leader: Callable[[], int | None],
+                 client: HostClient, events: EventLog, render: Callable[[NodeSpec, int], str],
+                 fencer: Fencer | None = None,
+                 overlay: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.time, policy: BackoffPolicy | None = None,
+                 resync: float = 30.0, call_timeout: float = 10.0) -> None:
+        self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
+        self.client, self.events, self.render = client, events, render
+        self.fencer, self.overlay, self.clock = fencer, overlay, clock
+        self.resync, self.call_timeout = resync, call_timeout
+        policy = policy or BackoffPolicy()
+        self.node_fails = Ledger(policy)
+        self.host_fails = Ledger(policy)
+        self.fenced: set[str] = set()
+        self.last_plan = Planned(())
+        self._reports: dict[str, tuple[tuple[DomainObs, ...], vb.Inventory | None]] = {}
+        self._seen: dict[tuple[str, str], tuple[DomainState, float]] = {}
+        self._reasons: dict[tuple[str, str], str] = {}
+        self._shutdowns: dict[tuple[str, str], float] = {}
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._fencing: dict[str, asyncio.Task[None]] = {}
+        self._poke = asyncio.Event()
+        self._log = log.get("controller")
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something changed: run a pass now."""
+        self._poke.set()
+
+    def domain_event(self, host: str, event: vb.DomainEvent) -> None:
+        """A host forwarded a domain event: keep its reason (for run strategies), pass now."""
+        if event.meta is not None and event.kind is vb.EventKind.STOPPED:
+            self._reasons[(event.meta.node, host)] = event.detail
+        self.poke()
+
+    # ---- observing ----------------------------------------------------------------------
+
+    async def _ask(self, host: str, command: HostCommand) -> HostResult | None:
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                result = await self.client.call(host, command)
+        except (ClouddError, OSError, TimeoutError) as exc:
+            self._log.info("host unreachable", host=host, error=str(exc) or type(exc).__name__)
+            return None
+        return result if result.outcome is Outcome.DONE else None
+
+    async def _report(self, host: str, term: int, now: float) -> None:
+        listing = await self._ask(host, HostCommand(Op.LIST, term))
+        stock = await self._ask(host, HostCommand(Op.INVENTORY, term)) if listing else None
+        if listing is None or stock is None:
+            # keep the last list of its domains: they may still be running there
+            if host in self._reports:
+                self._reports[host] = (self._reports[host][0], None)
+            return
+        domains: list[DomainObs] = []
+        for info in listing.domains:
+            key = (info.meta.node, host)
+            state = _STATES[info.state]
+            prior = self._seen.get(key)
+            since = prior[1] if prior is not None and prior[0] is state else now
+            self._seen[key] = (state, since)
+            domains.append(DomainObs(host, info.meta.node, info.meta.cloud, state,
+                                     self._reasons.get(key, "unknown"), term=info.meta.term,
+                                     since=since))
+        self._reports[host] = (tuple(domains), stock.inventory)
+
+    async def observe(self, term: int, now: float) -> Observed:
+        names = sorted(self.hosts())
+        await asyncio.gather(*(self._report(h, term, now) for h in names))
+        hosts: list[HostObs] = []
+        domains: list[DomainObs] = []
+        for name in names:
+            seen, stock = self._reports.get(name, ((), None))
+            live = self.liveness(name)
+            if live is Liveness.ALIVE:
+                self.fenced.discard(name)  # back from the dead: its report counts again
+            hosts.append(HostObs(name, live, stock is not None,
+                                 stock.free_memory_kib // 1024 if stock else 0,
+                                 stock.images if stock else frozenset(),
+                                 fenced=name in self.fenced, reported=name in self._reports))
+            domains.extend(seen)
+        present = {(d.node, d.host) for d in domains}
+        for key in [k for k in self._shutdowns if k not in present]:
+            del self._shutdowns[key]
+        self.node_fails.settle_nodes(domains, now=now)
+        self.host_fails.settle_quiet(now=now)
+        return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
+                        host_failures=self.host_fails.snapshot(),
+                        in_flight=frozenset(self._busy), fencing=frozenset(self._fencing),
+                        shutdowns=dict(self._shutdowns))
+
+    # ---- the pass -----------------------------------------------------------------------
+
+    async def pass_once(self) -> Planned | None:
+        """One reconcile pass; None when this agent is not the acting leader."""
+        term = self.leader()
+        if term is None:
+            return None
+        desired = self.desired()
+        now = self.clock()
+        observed = await self.observe(term, now)
+        if self.leader() != term:
+            return None
+        result = planned(desired, observed, now)
+        self.last_plan = result
+        chains: dict[str, list[NodeAction]] = defaultdict(list)
+        for action in result.actions:
+            if isinstance(action, Fence):
+                self._fencing[action.host] = asyncio.create_task(
+                    self._fence(action, desired.cloud, term), name=f"fence-{action.host}")
+            else:
+                chains[action.node].append(action)
+        specs = {n.name: n for n in desired.nodes}
+        for node, actions in chains.items():
+            self._busy[node] = asyncio.create_task(
+                self._chain(actions, specs.get(node), desired.cloud, term), name=f"node-{node}")
+        return result
+
+    async def idle(self) -> None:
+        """Wait until no action launched by a pass is still running (for tests and shutdown)."""
+        while self._busy or self._fencing:
+            await asyncio.gather(*self._busy.values(), *self._fencing.values(),
+                                 return_exceptions=True)
+
+    async def run(self) -> None:
+        """Pass on every poke and every `resync` seconds, until cancelled."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.resync):
+                        await self._poke.wait()
+                self._poke.clear()
+                try:
+                    await self.pass_once()
+                except ClouddError as exc:
+                    self._log.error("reconcile pass failed", error=str(exc))
+        finally:
+            for task in [*self._busy.values(), *self._fencing.values()]:
+                task.cancel()
+
+    # ---- performing ---------------------------------------------------------------------
+
+    def _record(self, kind: EventKind, *, cloud: str, subject: str, reason: str,
+                term: int) -> None:
+        self.events.append(Event(self.clock(), cloud, kind, subject, reason, term))
+
+    async def _chain(self, actions: list[NodeAction], spec: NodeSpec | None, cloud: str,
+                     term: int) -> None:
+        node = actions[0].node
+        try:
+            for action in actions:
+                if self.leader() != term:
+                    self._log.warning("no longer leader; dropping actions", node=node, term=term)
+                    return
+                error = await self._perform(action, spec, cloud, term)
+                what = f"{type(action).__name__.lower()} on {action.host}"
+                if error is None:
+                    respawn = isinstance(action, Start) and action.respawn
+                    self._record(EventKind.RESTART if respawn else EventKind.ACTION, cloud=cloud,
+                                 subject=node, reason=f"{what}: {action.reason}", term=term)
+                    self._log.info(f"{what}: {action.reason}", cloud=cloud, node=node,
+                                   host=action.host, term=term)
+                    continue
+                now = self.clock()
+                record = self.node_fails.failed(node, now=now)
+                if isinstance(action, Define | Start | CreateOverlay):
+                    self.host_fails.failed(action.host, now=now)
+                self._record(EventKind.FAILURE, cloud=cloud, subject=node, term=term,
+                             reason=f"{what} failed ({record.count} in a row, next try in "
+                                    f"{record.not_before - now:.1f}s): {error}")
+                self._log.warning(f"{what} failed", cloud=cloud, node=node, host=action.host,
+                                  term=term, error=error, count=record.count)
+                return
+        finally:
+            self._busy.pop(node, None)
+            self.poke()
+
+    async def _perform(self, action: NodeAction, spec: NodeSpec | None, cloud: str,
+                       term: int) -> str | None:
+        """Run one action; None on success, else why it failed."""
+        try:
+            if isinstance(action, CreateOverlay):
+                if self.overlay is None or spec is None:
+                    return "no overlay support configured"
+                await self.overlay(action.host, spec)
+                return None
+            if isinstance(action, Define):
+                if spec is None:
+                    return f"node {action.node} is not in the manifest"
+                command = HostCommand(Op.DEFINE, term, domain_name(cloud, action.node),
+                                      self.render(spec, term))
+            else:
+                command = HostCommand(_OPS[type(action)], term, domain_name(cloud, action.node))
+            async with asyncio.timeout(self.call_timeout):
+                result = await self.client.call(action.host, command)
+        except (ClouddError, OSError, TimeoutError) as exc:
+            return str(exc) or type(exc).__name__
+        if result.outcome is Outcome.STALE_TERM:
+            return f"refused: {result.message} (this leader is deposed)"
+        if result.outcome is Outcome.FAILED:
+            return result.message or "failed"
+        key = (action.node, action.host)
+        if isinstance(action, Shutdown):
+            self._shutdowns.setdefault(key, self.clock())
+        elif isinstance(action, Start | Undefine):
+            self._reasons.pop(key, None)
+            if isinstance(action, Start):
+                # running since now, not since the next report: the stable period starts here
+                self._seen[key] = (DomainState.RUNNING, self.clock())
+        return None
+
+    async def _fence(self, action: Fence, cloud: str, term: int) -> None:
+        try:
+            if self.fencer is None:
+                raise PermanentError("no fencer configured")
+            await self.fencer.fence(action.host)
+        except (ClouddError, OSError) as exc:
+            record = self.host_fails.failed(action.host, now=self.clock())
+            self._record(EventKind.FAILURE, cloud=cloud, subject=action.host, term=term,
+                         reason=f"fence failed ({record.count} in a row): {exc}")
+            self._log.error("fence failed", cloud=cloud, host=action.host, error=str(exc))
+        else:
+            self.fenced.add(action.host)
+            self._record(EventKind.ACTION, cloud=cloud, subject=action.host, term=term,
+                         reason=f"fenced: {action.reason}")
+            self._log.warning("host fenced", cloud=cloud, host=action.host, term=term)
+        finally:
+            self._fencing.pop(action.host, None)
+            self.poke()

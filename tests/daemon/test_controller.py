@@ -1,0 +1,325 @@
+"""The leader's executor over real HostAgents: in-memory backends for the logic, libvirt's
+`test:///default` driver for one pass against the real backend, real processes for fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cloudd.daemon.controller import CommandFencer, Controller, LocalHosts
+from cloudd.daemon.events import EventKind, EventLog
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.vmctl.backend import DomainEvent, DomainState, FakeBackend
+from cloudd.vmctl.backend import EventKind as EventKind_
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
+from cloudd.vmctl.libvirt_backend import LibvirtBackend
+from cloudd.vmctl.metadata import CloudMeta
+from cloudd.vmctl.plan import (
+    BackoffPolicy,
+    Define,
+    Desired,
+    Ensure,
+    Fence,
+    Liveness,
+    NodeSpec,
+    RunStrategy,
+    Start,
+)
+from cloudd.vmctl.template import NodeDomain, render_domain
+
+IMG = "/img/base.qcow2"
+TEMPLATE = """<domain type='${kind}'>
+  <name>${name}</name><uuid>${uuid}</uuid>
+  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
+  <os><type>hvm</type></os>
+  ${metadata}
+</domain>"""
+
+
+def render(spec: NodeSpec, term: int, *, kind: str = "kvm") -> str:
+    meta = CloudMeta(cloud="c1", node=spec.name, role=spec.role, term=term)
+    return render_domain(TEMPLATE, NodeDomain(meta=meta, memory_mib=spec.memory_mib, vcpus=1,
+                                              image=spec.image, extra={"kind": kind}))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Flaky:
+    """A client in front of LocalHosts: cut hosts, and make chosen commands fail."""
+
+    inner: LocalHosts
+    cut: set[str] = field(default_factory=set)
+    fail: dict[tuple[Op, str], int] = field(default_factory=dict)
+    sent: list[tuple[str, Op, str, int]] = field(default_factory=list)
+
+    async def call(self, host: str, command: HostCommand) -> HostResult:
+        if host in self.cut:
+            raise TemporaryError(f"connection to {host} refused")
+        self.sent.append((host, command.op, command.domain, command.term))
+        left = self.fail.get((command.op, command.domain), 0)
+        if left:
+            self.fail[(command.op, command.domain)] = left - 1
+            return HostResult(command, Outcome.FAILED, 0, "qemu unexpectedly closed the monitor")
+        return await self.inner.call(host, command)
+
+
+@dataclass
+class Pool:
+    backends: dict[str, FakeBackend]
+    client: Flaky
+    live: dict[str, Liveness]
+    events: EventLog
+    clock: Clock
+    term: list[int | None]
+    nodes: list[NodeSpec]
+    ensure: list[Ensure]
+    controller: Controller
+
+    def running(self) -> dict[str, str]:
+        """node -> host, for running cloudd domains."""
+        return {d.meta.node: h for h, b in self.backends.items() for d in b.domains.values()
+                if d.meta is not None and d.state is DomainState.RUNNING}
+
+    async def converge(self, rounds: int = 6) -> None:
+        for _ in range(rounds):
+            await self.controller.pass_once()
+            await self.controller.idle()
+
+
+def make_pool(tmp_path: Path, *, hosts: int = 3, nodes: int = 4,
+              fencer: CommandFencer | None = None) -> Pool:
+    clock = Clock()
+    backends = {f"h{i}": FakeBackend(clock=clock, images=frozenset({IMG})) for i in range(hosts)}
+    agents = {h: HostAgent(b, state_dir=tmp_path / h, host=h) for h, b in backends.items()}
+    client = Flaky(LocalHosts(agents))
+    live = dict.fromkeys(backends, Liveness.ALIVE)
+    events = EventLog.in_state_dir(tmp_path)
+    term: list[int | None] = [3]
+    specs = [NodeSpec(f"n{i}", "db" if i == 0 else "web", 512, 1, IMG) for i in range(nodes)]
+    ensure = [Ensure.RUNNING]
+    controller = Controller(
+        desired=lambda: Desired("c1", ensure[0], tuple(specs), ("db", "web")),
+        hosts=lambda: sorted(backends), liveness=live.__getitem__, leader=lambda: term[0],
+        client=client, events=events, render=render, fencer=fencer, clock=clock,
+        policy=BackoffPolicy(base=10.0, jitter=0.0, stable=600.0), resync=3600.0)
+    return Pool(backends, client, live, events, clock, term, specs, ensure, controller)
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> AsyncIterator[Pool]:
+    p = make_pool(tmp_path)
+    yield p
+    p.events.close()
+
+
+async def test_first_pass_places_every_node_spread_and_logs_why(pool: Pool) -> None:
+    plan = await pool.controller.pass_once()
+    assert plan is not None and [type(a) for a in plan.actions] == [Define, Start] * 4
+    await pool.controller.idle()
+    assert pool.running() == {"n0": "h0", "n1": "h1", "n2": "h2", "n3": "h0"}
+    logged = pool.events.query(limit=100)
+    assert [(e.kind, e.subject, e.term) for e in logged[:2]] == [
+        (EventKind.ACTION, "n0", 3), (EventKind.ACTION, "n0", 3)]
+    assert logged[0].reason == "define on h0: no domain anywhere"
+    assert all(term == 3 for _, _, _, term in pool.client.sent)
+    second = await pool.controller.pass_once()
+    assert second is not None and second.actions == ()
+
+
+async def test_a_follower_does_nothing(pool: Pool) -> None:
+    pool.term[0] = None
+    assert await pool.controller.pass_once() is None
+    assert pool.client.sent == [] and pool.events.query() == []
+
+
+async def test_crash_is_restarted_in_place_and_logged_as_restart(pool: Pool) -> None:
+    await pool.converge()
+    host = pool.running()["n1"]
+    queue = pool.backends[host].subscribe()
+    pool.backends[host].crash("c1-n1")
+    pool.controller.domain_event(host, queue.get_nowait())
+    await pool.converge(1)
+    assert pool.running()["n1"] == host
+    last = pool.events.query(limit=1)[0]
+    assert (last.kind, last.subject) == (EventKind.RESTART, "n1")
+    assert last.reason == f"start on {host}: shutoff (crashed); restarting in place"
+
+
+async def test_guest_power_off_is_left_alone_under_rerun_on_failure(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, nodes=1)
+    pool.nodes[0] = NodeSpec("n0", "db", 512, 1, IMG, run=RunStrategy.RERUN_ON_FAILURE)
+    await pool.converge()
+    queue = pool.backends["h0"].subscribe()
+    await pool.client.call("h0", HostCommand(Op.SHUTDOWN, 3, "c1-n0"))
+    pool.controller.domain_event("h0", queue.get_nowait())
+    await pool.converge()
+    assert pool.running() == {}
+    pool.events.close()
+
+
+async def test_failures_back_off_and_are_never_retried_inline(pool: Pool) -> None:
+    pool.client.fail[(Op.START, "c1-n0")] = 2
+    await pool.converge(1)
+    fail = pool.events.query(kind=EventKind.FAILURE)
+    assert [e.reason for e in fail] == [
+        "start on h0 failed (1 in a row, next try in 10.0s): "
+        "qemu unexpectedly closed the monitor"]
+    starts = [s for s in pool.client.sent if s[1] is Op.START and s[2] == "c1-n0"]
+    assert len(starts) == 1
+    await pool.converge(3)  # same instant: backing off
+    assert "n0" not in pool.running()
+    assert [w.node for w in pool.controller.last_plan.waiting] == ["n0"]
+    pool.clock.now += 10.0
+    await pool.converge(1)  # second failure: 20 s now
+    assert pool.controller.node_fails.get("n0").count == 2  # type: ignore[union-attr]
+    pool.clock.now += 20.0
+    await pool.converge(1)
+    assert pool.running()["n0"] == "h0"
+    pool.clock.now += 700.0
+    await pool.converge(1)
+    assert pool.controller.node_fails.get("n0") is None  # stable: forgotten
+
+
+async def test_deposed_leader_is_refused_and_changes_nothing(pool: Pool) -> None:
+    for agent in pool.client.inner.agents.values():
+        await agent.execute(HostCommand(Op.LIST, 7))
+    await pool.converge(1)
+    assert pool.running() == {}
+    assert all(not b.domains for b in pool.backends.values())
+
+
+async def test_stop_removes_only_this_clouds_domains(pool: Pool) -> None:
+    pool.backends["h1"].add_foreign("operators-vm", running=True)
+    await pool.converge()
+    pool.ensure[0] = Ensure.STOPPED
+    await pool.converge()
+    assert {h: sorted(b.domains) for h, b in pool.backends.items()} == {
+        "h0": [], "h1": ["operators-vm"], "h2": []}
+    assert pool.backends["h1"].domains["operators-vm"].state is DomainState.RUNNING
+
+
+async def test_dead_host_is_fenced_before_its_nodes_move(tmp_path: Path) -> None:
+    marker = tmp_path / "fenced-h1"
+    pool = make_pool(tmp_path, fencer=CommandFencer({"h1": ["touch", str(marker)]}))
+    await pool.converge()
+    pool.client.cut.add("h1")
+    pool.live["h1"] = Liveness.SUSPECT
+    await pool.converge()
+    assert pool.running()["n1"] == "h1"  # suspect: wait, never move
+    pool.live["h1"] = Liveness.DEAD
+    plan = await pool.controller.pass_once()
+    assert plan is not None and plan.actions == (
+        Fence("h1", "host is dead by quorum and runs n1"),)
+    await pool.controller.idle()
+    assert marker.exists()
+    await pool.converge()
+    moved = {n: h for n, h in pool.running().items() if h != "h1"}
+    assert set(moved) == {"n0", "n1", "n2", "n3"}
+    assert [e.reason for e in pool.events.query(kind=EventKind.ACTION) if e.subject == "h1"] \
+        == ["fenced: host is dead by quorum and runs n1"]
+    pool.events.close()
+
+
+async def test_a_failed_fence_keeps_the_node_where_it_was(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, fencer=CommandFencer({"h1": ["sh", "-c", "echo no power >&2;"
+                                                                       " exit 3"]}))
+    await pool.converge()
+    pool.client.cut.add("h1")
+    pool.live["h1"] = Liveness.DEAD
+    await pool.converge()
+    assert "n1" not in {n for n, h in pool.running().items() if h != "h1"}
+    [fail] = pool.events.query(kind=EventKind.FAILURE)
+    assert fail.reason == "fence failed (1 in a row): fence command for h1 exited 3: no power"
+    pool.events.close()
+
+
+async def test_command_fencer_errors_are_precise() -> None:
+    with pytest.raises(PermanentError, match="no fence command configured for host h9"):
+        await CommandFencer({}).fence("h9")
+    with pytest.raises(TemporaryError, match=r"did not finish within 0\.2s"):
+        await CommandFencer({"h1": ["sleep", "30"]}, timeout=0.2).fence("h1")
+    await CommandFencer({"h1": ["true"]}).fence("h1")
+
+
+async def test_run_loop_passes_on_a_poke(pool: Pool) -> None:
+    follow = pool.events.follow()
+    task = asyncio.create_task(pool.controller.run())
+    try:
+        pool.controller.poke()
+        async with asyncio.timeout(10):  # resync is an hour: only the poke can do this
+            for _ in range(8):  # define and start of four nodes
+                await anext(follow)
+        assert len(pool.running()) == 4
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_passes_against_libvirt_test_driver(tmp_path: Path) -> None:
+    """A real HostAgent over a real libvirt connection (`test:///default`, which is one shared
+    world per process, hence one host): place, see a domain die through the forwarded event,
+    restart it, never touch the driver's own domain."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "base.qcow2").write_bytes(b"")
+    img = str(images / "base.qcow2")
+    backend = await LibvirtBackend.open("test:///default", call_timeout=10.0,
+                                        image_dirs=(images,))
+    events = EventLog.in_state_dir(tmp_path)
+    agent = HostAgent(backend, state_dir=tmp_path / "h0", host="h0")
+    # the test driver reports 3 MiB free (its KiB figure taken as bytes): tiny nodes
+    specs = (NodeSpec("n0", "web", 1, 1, img), NodeSpec("n1", "web", 1, 1, img))
+    controller = Controller(
+        desired=lambda: Desired("c1", Ensure.RUNNING, specs),
+        hosts=lambda: ["h0"], liveness=lambda h: Liveness.ALIVE, leader=lambda: 1,
+        client=LocalHosts({"h0": agent}), events=events,
+        render=lambda s, t: render(s, t, kind="test"))
+    died = asyncio.Event()
+
+    def forward_event(event: DomainEvent) -> None:
+        controller.domain_event("h0", event)
+        if event.kind is EventKind_.STOPPED:
+            died.set()
+
+    forward = asyncio.create_task(agent.run_events(forward_event))
+    try:
+        for _ in range(2):
+            await controller.pass_once()
+            await controller.idle()
+        listed = await backend.list()
+        assert [(d.name, d.meta.node, d.state) for d in listed] == [
+            ("c1-n0", "n0", DomainState.RUNNING), ("c1-n1", "n1", DomainState.RUNNING)]
+        assert await backend.destroy("c1-n1")  # the VM dies behind cloudd's back
+        async with asyncio.timeout(10):
+            await died.wait()
+        plan = await controller.pass_once()
+        assert plan is not None and plan.actions == (
+            Start("n1", "h0", "shutoff (destroyed); restarting in place", respawn=True),)
+        await controller.idle()
+        assert [d.state for d in await backend.list()] == [DomainState.RUNNING] * 2
+        last = events.query(limit=1)[0]
+        assert (last.kind, last.reason) == (
+            EventKind.RESTART, "start on h0: shutoff (destroyed); restarting in place")
+        # the driver's own `test` domain has no cloudd metadata: still there, still running
+        assert backend._conn is not None and backend._conn.lookupByName("test").isActive()
+    finally:
+        forward.cancel()
+        for b in (await backend.list()):
+            with contextlib.suppress(Exception):
+                await backend.destroy(b.name)
+            await backend.undefine(b.name)
+        events.close()
+        await backend.close()
