@@ -47,6 +47,7 @@ from cloudd.vmctl.plan import (
     Start,
     Undefine,
     planned,
+    summarize,
 )
 from cloudd.vmctl.template import domain_name
 
@@ -228,17 +229,22 @@ class Controller:
             return None
         result = planned(desired, observed, now)
         self.last_plan = result
+        if result.actions:
+            self._log.info("reconcile pass", cloud=desired.cloud, term=term,
+                           **summarize(result.actions), waiting=len(result.waiting))
         chains: dict[str, list[NodeAction]] = defaultdict(list)
         for action in result.actions:
             if isinstance(action, Fence):
                 self._fencing[action.host] = asyncio.create_task(
-                    self._fence(action, desired.cloud, term), name=f"fence-{action.host}")
+                    self._fence(action, cloud=desired.cloud, term=term),
+                    name=f"fence-{action.host}")
             else:
                 chains[action.node].append(action)
         specs = {n.name: n for n in desired.nodes}
         for node, actions in chains.items():
             self._busy[node] = asyncio.create_task(
-                self._chain(actions, specs.get(node), desired.cloud, term), name=f"node-{node}")
+                self._chain(actions, spec=specs.get(node), cloud=desired.cloud, term=term),
+                name=f"node-{node}")
         return result
 
     async def idle(self) -> None:
@@ -269,7 +275,7 @@ class Controller:
                 term: int) -> None:
         self.events.append(Event(self.clock(), cloud, kind, subject, reason, term))
 
-    async def _chain(self, actions: list[NodeAction], spec: NodeSpec | None, cloud: str,
+    async def _chain(self, actions: list[NodeAction], *, spec: NodeSpec | None, cloud: str,
                      term: int) -> None:
         node = actions[0].node
         try:
@@ -277,7 +283,7 @@ class Controller:
                 if self.leader() != term:
                     self._log.warning("no longer leader; dropping actions", node=node, term=term)
                     return
-                error = await self._perform(action, spec, cloud, term)
+                error = await self._perform(action, spec=spec, cloud=cloud, term=term)
                 what = f"{type(action).__name__.lower()} on {action.host}"
                 if error is None:
                     respawn = isinstance(action, Start) and action.respawn
@@ -300,7 +306,7 @@ class Controller:
             self._busy.pop(node, None)
             self.poke()
 
-    async def _perform(self, action: NodeAction, spec: NodeSpec | None, cloud: str,
+    async def _perform(self, action: NodeAction, *, spec: NodeSpec | None, cloud: str,
                        term: int) -> str | None:
         """Run one action; None on success, else why it failed."""
         try:
@@ -334,7 +340,7 @@ class Controller:
                 self._seen[key] = (DomainState.RUNNING, self.clock())
         return None
 
-    async def _fence(self, action: Fence, cloud: str, term: int) -> None:
+    async def _fence(self, action: Fence, *, cloud: str, term: int) -> None:
         try:
             if self.fencer is None:
                 raise PermanentError("no fencer configured")

@@ -323,3 +323,36 @@ async def test_passes_against_libvirt_test_driver(tmp_path: Path) -> None:
             await backend.undefine(b.name)
         events.close()
         await backend.close()
+
+
+async def test_a_new_leader_places_nothing_while_a_host_never_answered(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, fencer=CommandFencer({"h1": ["true"]}))
+    pool.client.cut.add("h1")  # its domains are unknown to this leader
+    await pool.converge()
+    assert pool.running() == {}
+    assert {w.reason for w in pool.controller.last_plan.waiting} == {
+        "domains of host h1 are unknown"}
+    pool.live["h1"] = Liveness.DEAD
+    await pool.converge()
+    assert set(pool.running()) == {"n0", "n1", "n2", "n3"}
+    assert "h1" not in pool.running().values()
+    pool.events.close()
+
+
+async def test_actions_stop_when_leadership_is_lost_mid_chain(pool: Pool) -> None:
+    real = pool.client.inner.call
+
+    async def depose_after_define(host: str, command: HostCommand) -> HostResult:
+        result = await real(host, command)
+        if command.op is Op.DEFINE:
+            pool.term[0] = None
+        return result
+
+    pool.client.inner.call = depose_after_define  # type: ignore[method-assign]
+    await pool.controller.pass_once()
+    await pool.controller.idle()
+    # each launched chain checks leadership before every action: after the first define,
+    # nothing more is sent
+    assert [op for _, op, _, _ in pool.client.sent if op not in (Op.LIST, Op.INVENTORY)] == [
+        Op.DEFINE]
+    assert pool.running() == {}
