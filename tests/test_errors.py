@@ -8,7 +8,8 @@ def test_problem_renders_file_line_column_field() -> None:
 
 
 def test_problem_without_position() -> None:
-    assert str(Problem("m.yaml", None, None, "", "file is empty")) == "m.yaml: (document): file is empty"
+    problem = Problem("m.yaml", None, None, "", "file is empty")
+    assert str(problem) == "m.yaml: (document): file is empty"
 
 
 def test_config_error_is_permanent_and_lists_every_problem() -> None:
