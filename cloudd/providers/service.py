@@ -8,10 +8,10 @@ starting anything, and lets the supervision policy stay pure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class ProbeKind(str, Enum):
+class ProbeKind(StrEnum):
     EXEC = "exec"  # run argv; exit status 0 passes
     TCP = "tcp"  # connect to host:port
     HTTP = "http"  # GET url; a 2xx or 3xx status passes
