@@ -76,31 +76,34 @@ class Placer:
             self._role = node.role
             self._heap = [self._key(node.role, h) for h in self.hosts]
             heapq.heapify(self._heap)
+        role, heap, per_role, total = node.role, self._heap, self.per_role, self.total
+        memory, hosts, need = self.memory, self.hosts, node.memory_mib
         aside: list[tuple[int, int, str]] = []
         chosen: str | None = None
-        while self._heap:
-            entry = heapq.heappop(self._heap)
+        while heap:
+            entry = heapq.heappop(heap)
             host = entry[2]
-            current = self._key(node.role, host)
+            current = (per_role[(role, host)], total[host], host)
             if entry != current:
                 # booked since this entry was pushed (a pinned node): requeue at its true rank
-                heapq.heappush(self._heap, current)
+                heapq.heappush(heap, current)
                 continue
-            if self.why_not(host, node) is None:
+            if memory[host] >= need and has_image(hosts[host], node):
                 chosen = host
                 break
             aside.append(entry)
         for entry in aside:
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(heap, entry)
         if chosen is not None:
             self._book(chosen, node)
-            heapq.heappush(self._heap, self._key(node.role, chosen))
+            heapq.heappush(heap, (per_role[(role, chosen)], total[chosen], chosen))
         return chosen
 
     def _book(self, host: str, node: NodeSpec) -> None:
-        self.count(host=host, role=node.role)
+        self.total[host] += 1
+        self.per_role[(node.role, host)] += 1
         if node.run is not RunStrategy.MANUAL:
-            self.charge(host, node.memory_mib)
+            self.memory[host] -= node.memory_mib
 
     def explain(self, node: NodeSpec) -> str:
         """One sentence for a node that could not be placed."""

@@ -106,6 +106,8 @@ class _Pass:
         self.waiting.setdefault(node, reason)
 
     def _backing_off(self, node: str) -> bool:
+        if not self.observed.node_failures:
+            return False
         record = self.observed.node_failures.get(node)
         if record is not None and record.not_before > self.now:
             self._wait(node, f"backing off after {record.count} failure(s) "
