@@ -49,7 +49,7 @@ while read -r mod; do
 done < /etc/modules
 log "step modules: $(tr '\n' ' ' < /etc/modules)"
 
-mount -t virtiofs "$TAG" /lower || fail "mount virtiofs $TAG"
+mount -t virtiofs -o ro "$TAG" /lower || fail "mount virtiofs $TAG"
 mount -t tmpfs -o mode=0755 upper /upper || fail "mount tmpfs upper"
 mkdir -p /upper/data /upper/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work /newroot \
