@@ -300,3 +300,27 @@ def test_cli_refuses_an_out_that_is_a_file(tmp_path: Path,
         f"cloudd-cli image test-guest: --out {target} exists and is not a directory")
     assert captured.out == ""
     assert target.read_text() == "keep"
+
+
+def test_domain_xml_fills_every_placeholder_and_carries_the_metadata(tmp_path: Path) -> None:
+    from xml.etree import ElementTree as ET
+
+    from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, metadata_xml
+
+    image = build_minimal_guest(CACHE)
+    meta = CloudMeta(cloud="lab", node="n1", role="server", term=3)
+    spec = TestGuestDomain(name="lab-n1", image=image, bridge="h7xbr", mac="52:54:00:00:00:01",
+                           serial_log=tmp_path / "console.log", memory_mib=384, vcpus=2,
+                           metadata=metadata_xml(meta),
+                           boot=GuestBoot(address="10.231.0.5/24", command="echo a<b & c"))
+    xml = domain_xml(spec)
+    root = ET.fromstring(xml)
+    assert "${" not in xml
+    assert root.get("type") == "qemu"
+    assert root.findtext("memory") == str(384 * 1024)
+    assert root.findtext("vcpu") == "2"
+    assert root.findtext("os/kernel") == str(image.kernel)
+    assert root.findtext("os/cmdline") == kernel_cmdline(spec.boot)
+    assert root.find("devices/interface/source").get("bridge") == "h7xbr"  # type: ignore[union-attr]
+    assert root.find("devices/filesystem/target").get("dir") == "hostroot"  # type: ignore[union-attr]
+    assert from_domain_xml(xml) == meta
