@@ -187,6 +187,11 @@ async def test_exchange_both_ways(alpha: Agent, beta: Agent) -> None:
     assert [m for _, m in beta.got[1:]] == [Ping(100 + i) for i in range(200)]
 
 
+async def test_concurrent_requests_get_their_own_replies(alpha: Agent, beta: Agent) -> None:
+    replies = await asyncio.gather(*(beta.t.request("alpha", Ping(i)) for i in range(300)))
+    assert replies == [Pong(i, "alpha") for i in range(300)]
+
+
 async def test_handler_failures_come_back_as_errors(alpha: Agent, beta: Agent) -> None:
     with pytest.raises(TemporaryError, match="alpha: disk busy") as info:
         await beta.t.request("alpha", Flaky(temporary=True))
@@ -348,6 +353,20 @@ async def test_tls_without_hello_is_closed_after_the_timeout(pki: dict[str, PkiF
     await good_peer_gets_through(alpha, beta)
 
 
+async def test_hello_for_another_protocol_version(pki: dict[str, PkiFiles], alpha: Agent,
+                                                  beta: Agent) -> None:
+    with capture_logs() as logs:
+        reader, writer = await open_tls(alpha.t.address[1], pki["gamma"], claim=None,
+                                        ca=pki["alpha"].ca)
+        writer.write(default_codec.encode(Hello("gamma", PROTOCOL_VERSION + 1)))
+        assert await closed_by_server(reader) == b""
+        writer.close()
+    assert [e["reason"] for e in logged(logs, "protocol_error")] == [
+        f"Hello for protocol version {PROTOCOL_VERSION + 1}, this agent speaks "
+        f"{PROTOCOL_VERSION}"]
+    await good_peer_gets_through(alpha, beta)
+
+
 # -- refused after authentication: the connection is closed, nothing else changes ----------
 
 
@@ -389,24 +408,34 @@ async def test_bad_frames_close_that_connection_only(pki: dict[str, PkiFiles], a
     assert beta.events == [PeerConnected("alpha")]  # beta's connection was never disturbed
 
 
-async def test_a_thousand_idle_connections(alpha: Agent, beta: Agent) -> None:
-    host, port = alpha.t.address
-    with capture_logs() as logs:
-        conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        for _ in range(10):
-            conns += await asyncio.gather(
-                *(asyncio.open_connection(host, port) for _ in range(100)))
-        # each one is closed by the server: at once beyond the cap, the rest after the timeout
-        leftovers = await asyncio.gather(*(closed_by_server(r) for r, _ in conns))
-        assert leftovers == [b""] * 1000
-        for _, w in conns:
-            w.close()
-        await eventually(lambda: alpha.t.connection_count == 0)
-    refused = len(logged(logs, "connection_refused"))
-    timed_out = len(logged(logs, "handshake_failed"))
-    assert refused + timed_out == 1000
-    assert 0 < timed_out <= FAST.max_connections
-    await good_peer_gets_through(alpha, beta)
+async def test_a_thousand_idle_connections(pki: dict[str, PkiFiles], beta: Agent) -> None:
+    # A fresh alpha on beta's address book, with a timeout long enough that the burst is
+    # surely all dialled before the first held connections time out.
+    settings = TransportSettings(handshake_timeout=3.0, max_connections=50)
+    alpha = Agent("alpha", pki["alpha"], settings)
+    host, port = await alpha.t.start()
+    beta.t.add_peer("alpha", host, port)
+    try:
+        with capture_logs() as logs:
+            conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+            for _ in range(10):
+                conns += await asyncio.gather(
+                    *(asyncio.open_connection(host, port) for _ in range(100)))
+            # each is closed by the server: at once beyond the cap, the rest after the timeout
+            leftovers = await asyncio.gather(*(closed_by_server(r) for r, _ in conns))
+            assert leftovers == [b""] * 1000
+            for _, w in conns:
+                w.close()
+            await eventually(lambda: alpha.t.connection_count == 0)
+        refused = [e["reason"] for e in logged(logs, "connection_refused")]
+        timed_out = [e["reason"] for e in logged(logs, "handshake_failed")]
+        assert len(refused) + len(timed_out) == 1000
+        assert len(refused) >= 1000 - 2 * settings.max_connections
+        assert set(refused) == {"too many connections (50)"}  # never more held than the cap
+        assert set(timed_out) == {"no TLS handshake and Hello within 3.0s"}
+        await good_peer_gets_through(alpha, beta)
+    finally:
+        await alpha.t.close()
 
 
 def test_the_same_on_uvloop(pki: dict[str, PkiFiles]) -> None:
