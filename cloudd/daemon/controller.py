@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cloudd import log
@@ -352,6 +352,11 @@ class Controller:
             self._log.error("fence failed", cloud=cloud, host=action.host, error=str(exc))
         else:
             self.fenced.add(action.host)
+            # the fence powered the host off: whatever its last report said ran there does not
+            # (and must not win over the re-placed copies when the host comes back)
+            seen, _ = self._reports.get(action.host, ((), None))
+            self._reports[action.host] = (tuple(
+                replace(d, state=DomainState.SHUTOFF, reason="fenced") for d in seen), None)
             self._record(EventKind.ACTION, cloud=cloud, subject=action.host, term=term,
                          reason=f"fenced: {action.reason}")
             self._log.warning("host fenced", cloud=cloud, host=action.host, term=term)

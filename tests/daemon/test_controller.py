@@ -356,3 +356,34 @@ async def test_actions_stop_when_leadership_is_lost_mid_chain(pool: Pool) -> Non
     assert [op for _, op, _, _ in pool.client.sent if op not in (Op.LIST, Op.INVENTORY)] == [
         Op.DEFINE]
     assert pool.running() == {}
+
+
+@dataclass
+class PowerSwitch:
+    """The fence device of the in-memory pool: powers a host's VMs off, as a PDU would."""
+
+    backends: dict[str, FakeBackend]
+
+    async def fence(self, host: str) -> None:
+        for dom in self.backends[host].domains.values():
+            dom.state = DomainState.STOPPED
+
+
+async def test_a_fenced_host_that_comes_back_loses_its_stale_copies(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path)
+    pool.controller.fencer = PowerSwitch(pool.backends)
+    await pool.converge()
+    pool.client.cut.add("h2")
+    pool.live["h2"] = Liveness.DEAD
+    await pool.converge()
+    moved = pool.running()
+    assert "h2" not in moved.values() and len(moved) == 4
+    pool.live["h2"] = Liveness.ALIVE  # gossip hears it before the leader can reach it
+    await pool.converge()
+    assert pool.running() == moved
+    pool.client.cut.discard("h2")
+    await pool.converge()
+    assert pool.running() == moved
+    assert [sorted(b.domains) for b in pool.backends.values()] == [
+        sorted(f"c1-{n}" for n, h in moved.items() if h == name) for name in pool.backends]
+    pool.events.close()

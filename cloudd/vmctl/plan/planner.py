@@ -198,7 +198,13 @@ class _Pass:
             self.fences[host] = Fence(host, reason)
 
     def _dedupe(self, spec: NodeSpec, copies: list[DomainObs]) -> None:
-        keep = max(copies, key=lambda d: (d.state is DomainState.RUNNING, d.term, d.host))
+        def rank(d: DomainObs) -> tuple[bool, bool, int, str]:
+            host = self.hosts.get(d.host)
+            reachable = host is not None and host.reachable
+            return (d.state is DomainState.RUNNING, reachable, d.term, d.host)
+
+        # keep what runs, as known from a fresh report, newest term first
+        keep = max(copies, key=rank)
         for d in copies:
             if d is not keep:
                 self._remove(d, why=f"duplicate of the copy on {keep.host} "

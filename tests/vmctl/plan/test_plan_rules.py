@@ -266,3 +266,12 @@ def test_unknown_domains_on_an_unreported_host_block_new_placements() -> None:
     fenced = HostObs("h1", DEAD, False, 0, frozenset(), reported=False, fenced=True)
     assert [type(a) for a in plan(want(node("a")), seen([fenced, host("h2")]), 0)] == [
         Define, Start]
+
+
+def test_duplicates_never_remove_the_copy_a_fresh_report_shows_running() -> None:
+    # h9 is back alive but not yet reachable: its report is stale, the copy on h1 is real
+    obs = seen([host("h9", reach=False), host("h1")], [dom("a", "h9", RUN, term=1),
+                                                       dom("a", "h1", RUN, term=1)])
+    res = planned(want(node("a")), obs, 0)
+    assert res.actions == ()
+    assert res.waiting[0].reason.startswith("duplicate of the copy on h1 (term 1), but host h9")
