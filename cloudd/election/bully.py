@@ -38,6 +38,7 @@ from cloudd.election.messages import (
     LeaderIs,
     LeaseGrant,
     LeaseReject,
+    LeaseRelease,
     LeaseRequest,
     Message,
     Resign,
@@ -88,11 +89,14 @@ class Bully:
         self.term = 0
         self.leader = ""
         self.persisted = 0
+        self.fence = 0
         self.deadline = float("inf")
         self.grantor: Grantor | None = None
         self.holder: Holder | None = None
         self.rejected: set[str] = set()
+        self.fenced: set[str] = set()
         self.retry_at = 0.0
+        self.not_before = float("-inf")
         self.out: list[tuple[str, Message]] = []
         self.events: list[Event] = []
         self.persist: int | None = None
@@ -118,6 +122,7 @@ class Bully:
         self.role = role
 
     def _raise_term(self, term: int, leader: str) -> None:
+        self.fence = max(self.fence, term)
         if term > self.term:
             self.term, self.leader = term, leader
             self.events.append(Event("term", f"term {term} seen", term, leader))
@@ -136,7 +141,9 @@ class Bully:
         self.events.append(Event("leader", reason, term, leader))
 
     def _await(self, now: float, delay: float, reason: str) -> None:
-        """No leader known: run at `now + delay` (or at once if we are the top live one)."""
+        """No leader known: run at `now + delay`. A leader stepping down says so to all."""
+        if self.role is Role.LEADER:
+            self.out += [(n, Resign(self.term)) for n in self.roster.names if n != self.me]
         self.leader, self.holder = "", None
         self._goto(Role.AWAITING, reason)
         self.deadline = now + delay
@@ -161,6 +168,11 @@ class Bully:
             self.out += [(n, Election(self.term)) for n in higher]
             self.deadline = now + self.timing.answer_timeout
             return
+        if now < self.not_before:
+            if self.role is not Role.AWAITING:
+                self._goto(Role.AWAITING, "waiting out the leases of a previous life")
+            self.deadline = self.not_before
+            return
         proposed = max(self.term, self.persisted) + 1
         self._goto(Role.CANDIDATE, f"asking hosts for term {proposed}")
         self._persist(proposed)  # before any request for it leaves (see Output)
@@ -182,25 +194,48 @@ class Bully:
 
     def _grant(self, candidate: str, req: LeaseRequest, now: float) -> LeaseGrant | LeaseReject:
         assert self.grantor is not None
-        answer = self.grantor.decide(candidate, req, now, term=self.term, leader=self.leader)
-        if isinstance(answer, LeaseGrant) and req.term > self.term and candidate != self.me:
-            # Our lease to the old leader has lapsed and a new term begins with `candidate`.
-            self._raise_term(req.term, "")
-            if self.role in (Role.FOLLOWER, Role.AWAITING, Role.ELECTING, Role.LEADER):
-                self._await(now, self.timing.coordinator_timeout, f"granted {candidate} "
-                            f"term {req.term}")
+        # Who may use the highest term we have seen: we know our own proposals, and the
+        # leader of that term if we follow it; anybody else must propose a higher one.
+        followed = self.leader if self.term == self.fence else ""
+        owner = self.me if candidate == self.me else followed
+        answer = self.grantor.decide(candidate, req, now, term=self.fence, leader=owner)
+        if isinstance(answer, LeaseGrant):
+            self.fence = max(self.fence, req.term)
+            self._persist(req.term)
         return answer
 
     def _backoff(self, now: float, at_least: float, reason: str) -> None:
+        """Give up this candidacy (or leadership, whose acting has ended): free the hosts we
+        bound, and retry after a jittered pause that is longer for lower priorities, so that
+        two candidates that split the hosts do not split them again."""
+        acting_over = self.holder is not None and self.holder.quorum_until() <= now
+        if self.holder is not None and (self.role is Role.CANDIDATE or acting_over):
+            release = LeaseRelease(self.holder.term)
+            for host in sorted(self.holder.valid_until):
+                if host == self.me:
+                    assert self.grantor is not None
+                    self.grantor.release(self.me, release.term, now)
+                else:
+                    self.out.append((host, release))
         base = self.timing.retry_backoff
-        self._await(now, max(at_least, self.rng.uniform(base, 2 * base)), reason)
+        outranked = min(3, sum(1 for n in self.roster.higher_than(self.me)[:3] if self.live(n)))
+        pause = self.rng.uniform(base, 2 * base) * (1 + outranked)
+        self._await(now, max(at_least, pause), reason)
 
     # -- inputs -------------------------------------------------------------------------
     def start(self, now: float, persisted_term: int) -> None:
         if persisted_term < 0:
             raise LocalProtocolError(f"persisted term must be >= 0, got {persisted_term}")
         self._goto(Role.INQUIRING, f"started with persisted term {persisted_term}")
-        self.term = self.persisted = persisted_term
+        # `term` is the term of the leader we know (none yet); `persisted` the highest term
+        # ever seen or proposed, which fences grants and seeds our own proposals.
+        # `fence` is the highest term granted or led (a host grants nothing below it);
+        # after a restart only the persisted term is known, so it is the fence.
+        self.term, self.persisted, self.fence = 0, persisted_term, persisted_term
+        # A previous life of this agent may have led and may still be counted by hosts as
+        # the holder (same name): never run before its leases have surely lapsed, so that
+        # even two lives of one agent never hold overlapping leases.
+        self.not_before = now + self.timing.lease_duration
         if self.me in self.roster.hosts:
             self.grantor = Grantor.after_start(now, self.timing)
         # Ask the hosts (they bind their leases to the leader, so they know it) and a few
@@ -217,7 +252,6 @@ class Bully:
         if role is Role.LEADER:
             assert self.holder is not None
             if self.holder.quorum_until() <= now and self.timing.no_quorum == "stop":
-                self.out += [(n, Resign(self.term)) for n in self.roster.names if n != self.me]
                 self._backoff(now, self.timing.renew_interval, "lost the host quorum, resigned")
                 return
             if now >= self.deadline:
@@ -292,6 +326,10 @@ class Bully:
             if self.grantor is None:
                 raise RemoteProtocolError(f"{sender} asked non-host {self.me} for a lease")
             self.out.append((sender, self._grant(sender, msg, now)))
+        elif isinstance(msg, LeaseRelease):
+            if self.grantor is None:
+                raise RemoteProtocolError(f"{sender} released a lease at non-host {self.me}")
+            self.grantor.release(sender, msg.term, now)
         elif isinstance(msg, LeaseGrant | LeaseReject):
             if sender not in self.roster.hosts:
                 raise RemoteProtocolError(f"non-host {sender} answered a lease request")
@@ -307,6 +345,7 @@ class Bully:
                 self._raise_term(term, self.me)
                 self.leader = self.me
                 self._goto(Role.LEADER, f"{self.roster.quorum} host leases for term {term}")
+                self.fenced = set()
                 self.deadline = now + self.timing.renew_interval
                 self.out += [(n, Coordinator(term)) for n in self.roster.names if n != self.me]
                 self.events.append(Event("leader", "won the election", term, self.me))
@@ -317,7 +356,11 @@ class Bully:
                 return
         self._persist(msg.term)  # propose above it next time
         if self.role is Role.LEADER and msg.term > self.term:
-            self._lost_leader(now, f"fenced: {host} has seen term {msg.term}")
+            # A failed candidate's higher term fences us out of this host for good; step
+            # down only when too few hosts are left to ever renew a majority.
+            self.fenced.add(host)
+            if len(self.fenced) > len(self.roster.hosts) - self.roster.quorum:
+                self._lost_leader(now, f"fenced out by {len(self.fenced)} hosts")
         elif self.role is Role.CANDIDATE:
             self.rejected.add(host)
             self.retry_at = max(self.retry_at, now + msg.remaining)

@@ -57,6 +57,13 @@ class Grantor:
         self.expires = now + self.duration
         return LeaseGrant(term=req.term, seq=req.seq, duration=self.duration)
 
+    def release(self, candidate: str, term: int, now: float) -> bool:
+        """Free the lease if `candidate` holds it for `term`; the term stays used."""
+        if self.holder != candidate or self.holder_term != term:
+            return False
+        self.holder, self.expires = "", min(self.expires, now)
+        return True
+
     def _reject(self, req: LeaseRequest, *, term: int, leader: str, remaining: float,
                 reason: str) -> LeaseReject:
         holder = self.holder if remaining > 0 else ""

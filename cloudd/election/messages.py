@@ -129,6 +129,15 @@ class LeaseRequest:
 
 
 @dataclass(frozen=True)
+class LeaseRelease:
+    """A candidate that failed (or a leader that resigned, after its acting ended) frees
+    the host's lease for `term` at once, instead of blocking rivals until it lapses."""
+
+    TYPE: ClassVar[str] = "lease-release"
+    term: int
+
+
+@dataclass(frozen=True)
 class LeaseGrant:
     """A host grants the requester its lease for `term`, for `duration` seconds from receipt."""
 
@@ -154,18 +163,18 @@ class LeaseReject:
 
 Message = (
     Ping | Ack | PingReq | WhoLeads | LeaderIs | Election | Answer | Coordinator | Resign
-    | LeaseRequest | LeaseGrant | LeaseReject
+    | LeaseRequest | LeaseRelease | LeaseGrant | LeaseReject
 )
 
 #: Every message class by its wire name, for the codec.
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (Gossip, Ping, Ack, PingReq, WhoLeads, LeaderIs, Election, Answer, Coordinator,
-                Resign, LeaseRequest, LeaseGrant, LeaseReject)
+                Resign, LeaseRequest, LeaseRelease, LeaseGrant, LeaseReject)
 }
 
 #: The message types that belong to the election proper (the rest is SWIM liveness).
 ELECTION_TYPES = frozenset(
-    {WhoLeads, LeaderIs, Election, Answer, Coordinator, Resign, LeaseRequest, LeaseGrant,
-     LeaseReject}
+    {WhoLeads, LeaderIs, Election, Answer, Coordinator, Resign, LeaseRequest, LeaseRelease,
+     LeaseGrant, LeaseReject}
 )
