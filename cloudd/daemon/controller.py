@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -128,14 +129,16 @@ class Controller:
                  fencer: Fencer | None = None,
                  overlay: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.time, policy: BackoffPolicy | None = None,
+                 rng: random.Random | None = None,
                  resync: float = 30.0, call_timeout: float = 10.0) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
         self.fencer, self.overlay, self.clock = fencer, overlay, clock
         self.resync, self.call_timeout = resync, call_timeout
         policy = policy or BackoffPolicy()
-        self.node_fails = Ledger(policy)
-        self.host_fails = Ledger(policy)
+        # jitter: from `rng` when given, else derived from the subject's name and count
+        self.node_fails = Ledger(policy, rng=rng)
+        self.host_fails = Ledger(policy, rng=rng)
         self.fenced: set[str] = set()
         self.last_plan = Planned(())
         self._reports: dict[str, tuple[tuple[DomainObs, ...], vb.Inventory | None]] = {}

@@ -199,3 +199,28 @@ def test_stop_converges_to_nothing_of_ours(data: st.DataObject) -> None:
         now += 61.0
     assert plan(down, world.observe(), now) == []
     assert list(world.domains) == [("stranger", "h0")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pools(), st.integers(0, 200))
+def test_new_placements_fit_memory_images_and_pins(pool: tuple[Desired, Observed],
+                                                   now: int) -> None:
+    desired, obs = pool
+    specs = {n.name: n for n in desired.nodes}
+    byname = {h.name: h for h in obs.hosts}
+    actions = plan(desired, obs, now)
+    new = {a.node for a in actions if isinstance(a, Define)}
+    taken: dict[str, int] = {}
+    fresh: dict[str, int] = {}
+    for a in actions:
+        if isinstance(a, Start):
+            taken[a.host] = taken.get(a.host, 0) + specs[a.node].memory_mib
+            if a.node in new:
+                fresh[a.host] = fresh.get(a.host, 0) + specs[a.node].memory_mib
+        if isinstance(a, Define):
+            spec, host = specs[a.node], byname[a.host]
+            assert spec.pin in (None, a.host), a
+            assert host.liveness is Liveness.ALIVE and host.reachable and not host.fenced
+            assert IMG in host.images, a
+    for host, used in fresh.items():
+        assert taken[host] <= byname[host].free_memory_mib, (host, used, actions)
