@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -319,9 +320,12 @@ async def test_services_survive_agent_kill_9_and_are_readopted(tmp_path) -> None
         first.kill()
         first.wait(timeout=WAIT)
         assert all(alive(p) for p in pids.values() if p)  # the services outlived their agent
+        launched = time.time_ns()
         second = agent()
         try:
-            await until(lambda: all_running() and saved()["a"].starts == 1)
+            # written after the launch: what the second agent saw, not the first one's file
+            await until(lambda: (state / "services.json").stat().st_mtime_ns > launched
+                        and all_running())
             assert {n: r.pid for n, r in saved().items()} == pids  # adopted, not restarted
             assert len(starts(tmp_path, "a")) == 1 and len(starts(tmp_path, "b")) == 1
             # the new agent watches the adopted (non-child) process: kill -9 -> restarted
