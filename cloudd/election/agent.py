@@ -111,17 +111,18 @@ class AgentCore:
                 msg.term < 0 or (msg.leader and msg.leader not in self.roster)):
             raise RemoteProtocolError(f"{sender} claimed leader {msg.leader!r} "
                                           f"for term {msg.term}")
-        self._now = now
+        term = getattr(msg, "term", 0)
+        if term < 0:
+            raise RemoteProtocolError(f"{sender} sent a negative term {term}")
+        # The cores validate before they change anything, so `_now` moves only on success.
         if isinstance(msg, Ping | Ack | PingReq):
             self.members.receive(sender, msg, now)
             if not isinstance(msg, PingReq):
                 self._changes(now)
                 self.bully.observe(sender, msg.leader, msg.term, now)
         else:
-            term = getattr(msg, "term", 0)
-            if term < 0:
-                raise RemoteProtocolError(f"{sender} sent a negative term {term}")
             self.bully.receive(sender, msg, now)
+        self._now = now
         return self._flush(now)
 
     def tick(self, now: float) -> Output:

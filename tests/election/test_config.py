@@ -1,0 +1,71 @@
+"""Timing profiles and the roster: documented defaults, one precise error per bad field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from cloudd.election.config import Timing
+from cloudd.election.members import Member, Roster
+from cloudd.errors import ConfigError
+
+
+def test_production_fails_over_well_under_a_second_for_small_clouds() -> None:
+    t = Timing.production().validate()
+    low, high = t.suspicion_timeouts(5)
+    assert low == pytest.approx(0.3) and high == pytest.approx(0.9)
+    assert t.lease_duration < 1.0 and t.probe_interval <= 0.2
+
+
+def test_local_profile_is_twice_as_fast_and_valid() -> None:
+    p, loc = Timing.production(), Timing.local().validate()
+    assert loc.probe_interval == p.probe_interval / 2
+    assert loc.lease_duration == p.lease_duration / 2
+    assert loc.suspicion_mult == p.suspicion_mult and loc.indirect_checks == p.indirect_checks
+
+
+def test_suspicion_scales_with_log10_n() -> None:
+    t = Timing.production()
+    assert t.suspicion_timeouts(1000)[0] == pytest.approx(3 * t.suspicion_timeouts(10)[0])
+    assert t.retransmits(1000) == t.retransmit_mult * math.ceil(math.log10(1001))
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"probe_interval": 0.0}, "probe_interval", "must be positive"),
+    ({"probe_timeout": 0.2}, "probe_timeout", "shorter than probe_interval"),
+    ({"renew_interval": 0.4}, "renew_interval", "shorter than lease_duration"),
+    ({"no_quorum": "panic"}, "no_quorum", "must be one of stop, freeze"),
+    ({"suspicion_max_mult": 0.5}, "suspicion_max_mult", "at least 1"),
+])
+def test_bad_timing_is_refused_with_one_message(change: dict[str, object], field: str,
+                                                words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        replace(Timing(), **change).validate()  # type: ignore[arg-type]
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].field == field and words in str(err.value)
+
+
+def test_priority_then_listed_order() -> None:
+    r = Roster([Member("a"), Member("b", host=True), Member("c", priority=5), Member("d")])
+    assert r.by_priority == ("c", "a", "b", "d")
+    assert r.higher_than("b") == ("c", "a") and r.outranks("a", "d")
+    assert r.hosts == frozenset({"b"}) and r.quorum == 1
+
+
+@pytest.mark.parametrize(("hosts", "quorum"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)])
+def test_quorum_is_a_strict_majority_of_hosts(hosts: int, quorum: int) -> None:
+    r = Roster([Member(f"h{i}", host=True) for i in range(hosts)] + [Member("n")])
+    assert r.quorum == quorum
+
+
+@pytest.mark.parametrize(("members", "words"), [
+    ([], "lists no members"),
+    ([Member("a", host=True), Member("a")], "'a' is listed twice"),
+    ([Member("", host=True)], "is empty"),
+    ([Member("a"), Member("b")], "no member is a pool host"),
+])
+def test_bad_rosters_are_refused(members: list[Member], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        Roster(members)
