@@ -195,7 +195,8 @@ class _Unit:
         for action in actions:
             if isinstance(action, policy.Report):
                 self.log.info("service.state", state=action.state.value, pid=new.pid,
-                              why=action.message)
+                              why=action.message, starts=new.starts,
+                              fatal_count=new.fatal_count)
             elif isinstance(action, policy.Spawn):
                 self._spawn_task(self._spawn())
             elif isinstance(action, policy.KillGroup) and new.pid is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloudd.providers.policy import (
     TRANSITIONS,
@@ -289,3 +291,32 @@ def test_same_seed_same_transcript() -> None:
 
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+EVENTS = st.one_of(
+    st.just(StartRequested()), st.just(StopRequested()), st.just(Tick()),
+    st.builds(Spawned, st.integers(2, 99)), st.builds(Adopted, st.integers(2, 99)),
+    st.just(SpawnFailed("boom")), st.builds(Exited, st.one_of(st.none(), st.integers(-9, 3))),
+    st.builds(ProbeResult, st.booleans(), st.booleans()))
+
+
+@given(steps=st.lists(st.tuples(EVENTS, st.floats(0, 50)), max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_any_event_sequence_keeps_the_invariants(steps: list[tuple[object, float]]) -> None:
+    d = Driver()
+    for event, dt in steps:
+        before = d.st
+        try:
+            acts = d.feed(event, at=d.now + dt)
+        except IllegalTransition:
+            assert d.st == before  # refused, nothing changed
+            continue
+        no_process = (State.STOPPED, State.BACKOFF, State.EXITED, State.FATAL)
+        assert d.st.state not in no_process or d.st.pid is None
+        if Spawn() in acts:
+            assert d.st.state is State.STARTING and d.st.pid is None and d.st.want_running
+        if d.st.state in (State.BACKOFF, State.EXITED, State.FATAL):
+            assert d.st.want_running and d.st.due is not None and d.st.due >= d.now
+        assert len(d.st.failures) <= CFG.max_failures
+        if d.st.state is State.RUNNING:
+            assert d.st.pid is not None
