@@ -391,7 +391,13 @@ class LibvirtBackend:
             dom, _ = self._ours(name)
             if dom.isActive():
                 return False
-            dom.create()
+            try:
+                dom.create()
+            except libvirt.libvirtError as e:
+                # Started by someone else between isActive and create: what we wanted.
+                if e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and dom.isActive():
+                    return False
+                raise
             return True
 
         return await self._call("start", work)
@@ -411,7 +417,14 @@ class LibvirtBackend:
             dom, _ = self._ours(name)
             if not dom.isActive():
                 return False
-            dom.destroy()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as e:
+                # It died between isActive and destroy: what we wanted.
+                if e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID \
+                        and not dom.isActive():
+                    return False
+                raise
             return True
 
         return await self._call("destroy", work)
