@@ -336,10 +336,10 @@ async def test_services_survive_agent_kill_9_and_are_readopted(tmp_path) -> None
         finally:
             second.kill()
             second.wait(timeout=WAIT)
-    finally:
-        for rec in saved().values():
-            if rec.pid and alive(rec.pid):
-                os.killpg(rec.pid, signal.SIGKILL)
+    finally:  # every copy ever started, recorded or not
+        for pid in starts(tmp_path, "a") + starts(tmp_path, "b"):
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
 
 
 async def test_dead_service_of_a_dead_agent_is_started_once(tmp_path, make) -> None:
