@@ -336,7 +336,9 @@ async def test_services_survive_agent_kill_9_and_are_readopted(tmp_path) -> None
         finally:
             second.kill()
             second.wait(timeout=WAIT)
-    finally:  # every copy ever started, recorded or not
+    finally:  # the first agent (if a wait failed early), then every copy ever started
+        first.kill()
+        first.wait(timeout=WAIT)
         for pid in starts(tmp_path, "a") + starts(tmp_path, "b"):
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
