@@ -4,9 +4,10 @@ Theory of operation: every duration the cores wait for lives here, in seconds of
 monotonic clock the shell passes in as `now`. `Timing.production()` targets a failover well
 under etcd's ~1 s (its default election timeout is 1000 ms): in a LAN a TLS round trip on an
 open connection costs ~0.2 ms, so probing every 100 ms with a 40 ms timeout is cheap and
-still 200 times the round trip. A leader's death is then seen after about one probe period
-plus the suspicion timeout (300 ms at n <= 10), while its lease (400 ms) runs out in
-parallel; a successor acts ~0.5-0.8 s after the crash. `Timing.local()` halves everything
+still 200 times the round trip. A leader's death is then seen after one or two probe periods
+plus the suspicion timeout (200-600 ms at n <= 10, scaled by log10 n above), while its
+lease (400 ms) runs out in parallel: a successor acts ~0.45 s after the crash at n = 5,
+~0.7 s at n = 50 (bench/election_sim.py). `Timing.local()` halves everything
 for agents that share one machine (tests, demos). `validate()` rejects nonsense with one
 sentence naming the field.
 """
@@ -32,8 +33,10 @@ class Timing:
     """Wait for a direct `Ack` before asking `indirect_checks` helpers (200x a LAN RTT)."""
     indirect_checks: int = 3
     """Helpers asked to probe an unresponsive member (memberlist's default, k=3)."""
-    suspicion_mult: float = 3.0
-    """Suspicion timeout = mult * max(1, log10(n)) * probe_interval (memberlist)."""
+    suspicion_mult: float = 2.0
+    """Suspicion timeout = mult * max(1, log10(n)) * probe_interval (memberlist). memberlist
+    uses 4 with 1 s probes; 2 x 100 ms leaves a suspect two periods to refute, and an agent
+    stalled longer than that has lost its leader lease (400 ms) anyway."""
     suspicion_max_mult: float = 3.0
     """The timeout starts at max_mult times the minimum and shrinks with confirmations."""
     retransmit_mult: int = 4

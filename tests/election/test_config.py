@@ -15,7 +15,7 @@ from cloudd.errors import ConfigError
 def test_production_fails_over_well_under_a_second_for_small_clouds() -> None:
     t = Timing.production().validate()
     low, high = t.suspicion_timeouts(5)
-    assert low == pytest.approx(0.3) and high == pytest.approx(0.9)
+    assert low == pytest.approx(0.2) and high == pytest.approx(0.6)
     assert t.lease_duration < 1.0 and t.probe_interval <= 0.2
 
 

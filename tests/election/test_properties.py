@@ -1,39 +1,34 @@
 """Hypothesis: random fault schedules over the simulator never break the safety invariants.
 
-Each example builds a cloud (3 to 9 members, 1 to 5 hosts, loss 0-20 %, either no-quorum
-policy) and plays a random schedule of crashes, restarts, link cuts, isolations, partitions
-and recoveries, with random pauses between them. The simulator checks after *every* event:
-at most one acting leader per term, no two leaders' lease intervals overlapping at all,
-acting only with a majority of host leases, no reused term across restarts, persisted terms
-never decreasing. At the end, the faults are healed and everyone restarted: exactly one
-acting leader must emerge within the stated bound.
+Each example of the first test builds a cloud (3 to 9 members, 1 to 5 hosts, loss 0-20 %,
+either no-quorum policy) and plays a random schedule of crashes, restarts, link cuts,
+isolations, partitions and recoveries, with random pauses between them. The simulator
+checks after *every* event: at most one acting leader per term, no two leaders' lease
+intervals overlapping at all, acting only with a majority of host leases, no reused term
+across restarts, persisted terms never decreasing. At the end, the faults are healed and
+everyone restarted: exactly one acting leader must emerge within the stated bound (`heal`).
+The second does the same with 10-40 members; the third then restarts a member that
+outranks the leader and checks that it does not take over (no churn) and the term does not
+move.
 """
 
 from __future__ import annotations
+
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .sim import Sim, run_until_leader
 
+#: Scale the example counts up for a soak run: ELECTION_EXAMPLES_SCALE=20 pytest ...
+SCALE = int(os.environ.get("ELECTION_EXAMPLES_SCALE", "1"))
+
 FAULTS = ("crash", "restart", "cut", "isolate", "partition", "recover", "wait")
 
-schedule = st.lists(
-    st.tuples(st.sampled_from(FAULTS), st.integers(0, 100), st.integers(0, 100),
-              st.floats(0.0, 0.6)),
-    min_size=1, max_size=12)
 
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(3, 9), hosts=st.integers(1, 5), seed=st.integers(0, 2**16),
-       loss=st.sampled_from([0.0, 0.05, 0.2]), policy=st.sampled_from(["stop", "freeze"]),
-       faults=schedule)
-def test_random_fault_schedules_keep_every_safety_invariant(
-        n: int, hosts: int, seed: int, loss: float, policy: str,
-        faults: list[tuple[str, int, int, float]]) -> None:
-    sim = Sim(n, hosts=min(hosts, n), seed=seed, loss=loss, policy=policy)
-    sim.start_all()
-    sim.run_for(0.3)
+def play(sim: Sim, faults: list[tuple[str, int, int, float]]) -> None:
+    n = sim.n
     for fault, a, b, pause in faults:
         x, y = sim.names[a % n], sim.names[b % n]
         if fault == "crash" and sim.agents[x] is not None:
@@ -51,13 +46,73 @@ def test_random_fault_schedules_keep_every_safety_invariant(
         elif fault == "recover":
             sim.recover()
         sim.run_for(pause)
-    # Heal everything: one acting leader must emerge (liveness once faults stop).
+
+
+def heal(sim: Sim) -> None:
+    """Heal everything: one acting leader must emerge (liveness once faults stop)."""
     sim.recover()
     sim.loss = 0.0
     for name in sim.names:
         if sim.agents[name] is None:
             sim.start(name)
-    bound = sim.timing.settle_bound(n) + sim.timing.dead_probe_interval * n
+    bound = sim.timing.settle_bound(sim.n) + sim.timing.dead_probe_interval * sim.n
     assert run_until_leader(sim, bound=bound) is not None, "no leader after healing"
     sim.run_for(0.5)
     assert len(sim.acting()) == 1
+
+schedule = st.lists(
+    st.tuples(st.sampled_from(FAULTS), st.integers(0, 100), st.integers(0, 100),
+              st.floats(0.0, 0.6)),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=120 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 9), hosts=st.integers(1, 5), seed=st.integers(0, 2**16),
+       loss=st.sampled_from([0.0, 0.05, 0.2]), policy=st.sampled_from(["stop", "freeze"]),
+       faults=schedule)
+def test_random_fault_schedules_keep_every_safety_invariant(
+        n: int, hosts: int, seed: int, loss: float, policy: str,
+        faults: list[tuple[str, int, int, float]]) -> None:
+    sim = Sim(n, hosts=min(hosts, n), seed=seed, loss=loss, policy=policy)
+    sim.start_all()
+    sim.run_for(0.3)
+    play(sim, faults)
+    heal(sim)
+
+
+@settings(max_examples=15 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(10, 40), hosts=st.integers(3, 7), seed=st.integers(0, 2**16),
+       loss=st.sampled_from([0.0, 0.05]), faults=schedule)
+def test_larger_clouds_under_random_faults(n: int, hosts: int, seed: int, loss: float,
+                                           faults: list[tuple[str, int, int, float]]) -> None:
+    sim = Sim(n, hosts=hosts, seed=seed, loss=loss)
+    sim.start_all()
+    sim.run_for(0.3)
+    play(sim, faults)
+    heal(sim)
+
+
+@settings(max_examples=40 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 9), hosts=st.integers(1, 5), seed=st.integers(0, 2**16),
+       faults=schedule)
+def test_no_churn_when_the_top_member_returns_after_any_history(
+        n: int, hosts: int, seed: int, faults: list[tuple[str, int, int, float]]) -> None:
+    sim = Sim(n, hosts=min(hosts, n), seed=seed)
+    sim.start_all()
+    sim.run_for(0.3)
+    play(sim, faults)
+    heal(sim)
+    leader = sim.acting()[0]
+    agent = sim.agents[leader]
+    assert agent is not None
+    term = agent.term
+    returning = next(name for name in sim.roster.by_priority if name != leader)
+    if not sim.roster.outranks(returning, leader):
+        return  # the leader is already the top member: nobody can outrank it
+    sim.crash(returning)
+    sim.run_for(0.2)
+    sim.start(returning)
+    for _ in range(100):
+        sim.run_for(0.02)
+        assert sim.acting() in ([leader], []), f"{sim.acting()} took over from {leader}"
+    assert sim.acting() == [leader] and agent.term == term
