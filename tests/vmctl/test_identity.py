@@ -1,0 +1,91 @@
+"""Node identity: kernel command line words and the cloud-init NoCloud seed ISO."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloudd.vmctl.identity import (
+    IdentityError,
+    NodeIdentity,
+    Pki,
+    build_seed,
+    cmdline_words,
+    from_cmdline,
+)
+
+IDENT = NodeIdentity(cloud="web1", node="server-0", role="server", address="10.9.0.5/24",
+                     members=("10.9.0.1:7400", "10.9.0.2:7400"), term=3,
+                     pki="/var/lib/cloudd/pki/web1/server-0", gateway="10.9.0.1")
+PKI = Pki(ca="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n",
+          cert="-----BEGIN CERTIFICATE-----\nME\n-----END CERTIFICATE-----\n",
+          key="-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n")
+
+
+def test_cmdline_round_trip_among_other_words() -> None:
+    line = "console=ttyS0 panic=-1 " + " ".join(cmdline_words(IDENT)) + " quiet"
+    assert from_cmdline(line) == IDENT
+    assert "cloudd.members=10.9.0.1:7400,10.9.0.2:7400" in line
+
+
+def test_address_can_be_left_to_the_guest_network_words() -> None:
+    words = cmdline_words(IDENT, with_address=False)
+    assert not any(w.startswith("cloudd.ip=") for w in words)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"role": "a b"}, "identity role 'a b' must be non-empty"),
+    ({"cloud": ""}, "identity cloud '' must be non-empty"),
+    ({"address": "10.9.0.5"}, "needs a prefix length"),
+    ({"members": ("10.9.0.1",)}, "must be host:port"),
+    ({"term": -1}, "term must be >= 0"),
+])
+def test_bad_values_are_refused(change: dict[str, object], message: str) -> None:
+    bad = NodeIdentity(**{**IDENT.__dict__, **change})  # type: ignore[arg-type]
+    with pytest.raises(IdentityError, match=message):
+        cmdline_words(bad)
+
+
+def test_reading_a_cmdline_without_identity_names_what_lacks() -> None:
+    with pytest.raises(IdentityError, match=r"lacks cloudd\.cloud, cloudd\.node, cloudd\.role"):
+        from_cmdline("console=ttyS0 cloudd.ip=1.2.3.4/8 cloudd.term=1")
+    with pytest.raises(IdentityError, match=r"cloudd\.term is not an integer"):
+        from_cmdline("cloudd.cloud=a cloudd.node=b cloudd.role=c cloudd.ip=d/1 cloudd.term=x")
+
+
+def isoinfo(iso: Path, *args: str) -> str:
+    return subprocess.run(["isoinfo", "-i", str(iso), *args], capture_output=True,
+                          text=True, check=True, timeout=30).stdout
+
+
+def test_nocloud_seed_iso(tmp_path: Path) -> None:
+    if shutil.which("genisoimage") is None:
+        pytest.fail("genisoimage is not installed: apt-get install genisoimage")
+    iso = build_seed(IDENT, mac="52:54:00:aa:bb:cc", pki=PKI, out=tmp_path / "seed.iso")
+    assert iso.stat().st_mode & 0o777 == 0o600
+    assert "Volume id: cidata" in isoinfo(iso, "-d")
+    meta = yaml.safe_load(isoinfo(iso, "-J", "-x", "/meta-data"))
+    assert meta == {"instance-id": "web1-server-0-t3", "local-hostname": "server-0"}
+    user_text = isoinfo(iso, "-J", "-x", "/user-data")
+    assert user_text.startswith("#cloud-config\n")
+    files = {f["path"]: f for f in yaml.safe_load(user_text)["write_files"]}
+    identity = yaml.safe_load(files["/etc/cloudd/identity.yaml"]["content"])
+    assert identity["role"] == "server" and identity["members"] == list(IDENT.members)
+    assert files["/etc/cloudd/pki/key.pem"]["content"] == PKI.key
+    assert files["/etc/cloudd/pki/key.pem"]["permissions"] == "0600"
+    net = yaml.safe_load(isoinfo(iso, "-J", "-x", "/network-config"))
+    eth = net["ethernets"]["eth0"]
+    assert eth["match"]["macaddress"] == "52:54:00:aa:bb:cc"
+    assert eth["addresses"] == ["10.9.0.5/24"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed.iso"]
+
+
+def test_seed_with_a_bad_identity_writes_nothing(tmp_path: Path) -> None:
+    bad = NodeIdentity(**{**IDENT.__dict__, "node": "a b"})
+    with pytest.raises(IdentityError):
+        build_seed(bad, mac="52:54:00:aa:bb:cc", pki=PKI, out=tmp_path / "seed.iso")
+    assert list(tmp_path.iterdir()) == []
