@@ -128,7 +128,7 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec,
             problems.append(doc.place(
                 ("roles",), at_key=True, field_name=f"roles.{r.name}", message=(
                 f"missing role {r.name!r}: type {spec.name} needs {r.describe()} "
-                f"{r.name} node{'s' if r.max_nodes != 1 else ''}")))
+                f"{r.name} node{'' if r.describe().endswith(' 1') else 's'}")))
     if problems:
         return [], problems
     out: list[Located] = []
@@ -152,6 +152,10 @@ def _role_entries(doc: Document, value: Any,
                   loc: tuple[str | int, ...]) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]],
                                                        list[Problem]]:
     """The node entries of one role, written inline or as an addresses/images file pair."""
+    if not isinstance(value, list) and not (
+            isinstance(value, dict) and {"addresses_file", "images_file"} & set(value)):
+        return [], [doc.place(loc, message=(
+            "must be a list of nodes, or {addresses_file: PATH, images_file: PATH}"))]
     if isinstance(value, dict):
         files, problems = validate_model(doc, RoleFilesIn, value, loc)
         if files is None:

@@ -127,6 +127,8 @@ def load(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> Document:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         problem = (exc.problem or "invalid YAML").strip()
+        if problem.startswith("but ") and exc.context:  # "expected X" / "but found Y"
+            problem = f"{exc.context.strip()} {problem}"
         raise _fail(p, f"not valid YAML: {problem}", exc.problem_mark) from None
     except yaml.YAMLError as exc:
         raise _fail(p, f"not valid YAML: {exc}") from None
@@ -158,10 +160,10 @@ class _Builder:
                 if not isinstance(key_node, yaml.ScalarNode):
                     raise _fail(self.path, "mapping keys must be plain scalars",
                                 key_node.start_mark)
-                key = self.scalar(key_node)
-                if key == "<<":
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     raise _fail(self.path, "YAML merge keys (<<) are not allowed",
                                 key_node.start_mark)
+                key = self.scalar(key_node)
                 if key in out:
                     raise _fail(self.path, f"duplicate key {key!r}", key_node.start_mark)
                 self.key_marks[(*loc, key)] = _mark(key_node)

@@ -1,0 +1,161 @@
+"""The normalized Cloud: names, defaults, order, file-pair roles, layouts, catalog injection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.manifest import load_cloud
+from cloudd.config.model import Ensure, RunStrategy
+from cloudd.errors import ConfigError
+from cloudd.providers.catalog import CATALOG
+
+REPO = Path(__file__).resolve().parents[2]
+
+HEAD = """\
+apiVersion: cloudd/v1
+kind: Cloud
+name: c1
+type: {type}
+domain_template: t.xml
+pool:
+  - {{name: pm1, address: 192.0.2.70}}
+  - {{name: pm2, address: 192.0.2.71, libvirt_uri: "qemu+tls://192.0.2.71/system"}}
+"""
+
+
+def manifest(tmp_path: Path, body: str, type_: str = "torque") -> Path:
+    (tmp_path / "t.xml").write_text("<domain/>")
+    path = tmp_path / "c1.yaml"
+    path.write_text(HEAD.format(type=type_) + body)
+    return path
+
+
+def refusal(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_cloud(path, CATALOG)
+    return [str(p).removeprefix(f"{path}:") for p in info.value.problems]
+
+
+def test_nodes_are_flat_ordered_by_role_dependency_with_defaults(tmp_path: Path) -> None:
+    path = manifest(tmp_path, """\
+roles:
+  compute:
+    - {address: 192.0.2.11, image: /i/c1.qcow2, vcpus: 4}
+    - {address: "2001:db8::12", image: /i/c2.qcow2, host: pm2, run: manual}
+  head: [{address: 192.0.2.10, image: /i/h.qcow2, name: boss}]
+resources: {memory_mib: 768}
+ensure: stopped
+""")
+    cloud = load_cloud(path, CATALOG)
+    assert cloud.ensure is Ensure.STOPPED
+    assert cloud.roles == ("head", "compute")  # the type's order, not the file's
+    assert [(n.name, n.role, n.index, n.address, n.memory_mib, n.vcpus, n.host, n.run)
+            for n in cloud.nodes] == [
+        ("boss", "head", 1, "192.0.2.10", 768, 1, None, RunStrategy.ALWAYS),
+        ("c1-compute-1", "compute", 1, "192.0.2.11", 768, 4, None, RunStrategy.ALWAYS),
+        ("c1-compute-2", "compute", 2, "2001:db8::12", 768, 1, "pm2", RunStrategy.MANUAL),
+    ]
+    assert cloud.domain_template == tmp_path / "t.xml"
+    assert cloud.host("pm2").libvirt_uri == "qemu+tls://192.0.2.71/system"
+    assert cloud.node("boss").image == "/i/h.qcow2"
+    assert len(cloud.digest) == 64
+
+
+def test_overlay_unmanaged_and_source_host(tmp_path: Path) -> None:
+    path = manifest(tmp_path, """\
+roles:
+  head: [{address: 192.0.2.10, managed: false}]
+  compute:
+    - {address: 192.0.2.11, image: /i/c1.qcow2, base_image: /i/base.qcow2, overlay: true,
+       source_host: pm1}
+""")
+    head, compute = load_cloud(path, CATALOG).nodes
+    assert (head.managed, head.image) == (False, None)
+    assert (compute.overlay, compute.base_image, compute.source_host) == (
+        True, "/i/base.qcow2", "pm1")
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("roles:\n  head: [{address: 192.0.2.10}]\n  compute: [{address: 192.0.2.11, image: /c}]\n",
+     "10:10: roles.head[0].image: is required for a managed node"),
+    ("roles:\n  head: [{address: 192.0.2.10, image: /h}]\n"
+     "  compute: [{address: 192.0.2.11, image: /c, overlay: true}]\n",
+     "11:13: roles.compute[0].base_image: is required when overlay is true"),
+    ("roles:\n  head: [{address: 192.0.2.10, image: h.qcow2}]\n"
+     "  compute: [{address: 192.0.2.11, image: /c}]\n",
+     "10:39: roles.head[0].image: 'h.qcow2' is not an absolute path"),
+    ("roles:\n  head: [{address: 192.0.2.10, image: /h, name: Head_1}]\n"
+     "  compute: [{address: 192.0.2.11, image: /c}]\n",
+     "10:49: roles.head[0].name: 'Head_1' is not a DNS label (lowercase letters, digits and "
+     "'-', 1 to 63 characters, not starting or ending with '-')"),
+    ("roles:\n  head: [{address: 192.0.2.10, image: /h, name: x}]\n"
+     "  compute: [{address: 192.0.2.11, image: /c, name: x}]\n",
+     "11:52: roles.compute[0].name: name x is already used by node x"),
+    ("roles:\n  head: [{address: 192.0.2.10, image: /h, memory_mib: 10}]\n"
+     "  compute: [{address: 192.0.2.11, image: /c}]\n",
+     "10:55: roles.head[0].memory_mib: should be greater than or equal to 64, not 10"),
+    ("roles:\n  head: [{address: 192.0.2.10, image: /h, run: sometimes}]\n"
+     "  compute: [{address: 192.0.2.11, image: /c}]\n",
+     "10:48: roles.head[0].run: should be 'always', 'rerun-on-failure' or 'manual', "
+     "not 'sometimes'"),
+    ("roles:\n  head: {address: 192.0.2.10}\n  compute: [{address: 192.0.2.11, image: /c}]\n",
+     "10:9: roles.head: must be a list of nodes, or {addresses_file: PATH, images_file: PATH}"),
+])
+def test_node_problems(tmp_path: Path, body: str, expected: str) -> None:
+    assert refusal(manifest(tmp_path, body)) == [expected]
+
+
+def test_appscale_layouts_choose_the_roles(tmp_path: Path) -> None:
+    default = manifest(tmp_path, "roles:\n  controller: [{address: 192.0.2.10, image: /a}]\n",
+                       "appscale")
+    assert load_cloud(default, CATALOG).roles == ("controller",)
+    custom_missing = manifest(tmp_path, "roles:\n  master: [{address: 192.0.2.10, image: /a}]\n"
+                              "settings: {layout: custom}\n", "appscale")
+    assert refusal(custom_missing) == [
+        "9:1: roles.zookeeper: missing role 'zookeeper': type appscale needs at least 1 "
+        "zookeeper node",
+        "9:1: roles.database: missing role 'database': type appscale needs at least 1 "
+        "database node",
+        "9:1: roles.appengine: missing role 'appengine': type appscale needs at least 1 "
+        "appengine node"]
+    wrong = manifest(tmp_path, "roles:\n  controller: [{address: 192.0.2.10, image: /a}]\n"
+                     "settings: {layout: custom}\n", "appscale")
+    assert refusal(wrong)[0].startswith("10:3: roles.controller: unknown role 'controller' "
+                                        "for type appscale")
+
+
+def test_catalog_is_an_argument(tmp_path: Path) -> None:
+    class Tiny(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        colour: str = "blue"
+
+    catalog = {"tiny": TypeSpec("tiny", Tiny, roles=(RoleSpec("only", 2, 2),))}
+    path = manifest(tmp_path, "roles:\n  only:\n    - {address: 192.0.2.1, image: /a}\n"
+                    "    - {address: 192.0.2.2, image: /b}\nsettings: {colour: red}\n", "tiny")
+    cloud = load_cloud(path, catalog)
+    assert [n.name for n in cloud.nodes] == ["c1-only-1", "c1-only-2"]
+    assert cloud.settings == Tiny(colour="red")
+
+
+def test_secrets_resolve_relative_to_the_manifest(tmp_path: Path) -> None:
+    path = manifest(tmp_path, """\
+roles:
+  database: [{address: 192.0.2.10, image: /d}]
+  server: [{address: 192.0.2.11, image: /s}]
+  balancer: [{address: 192.0.2.12, image: /b}]
+settings: {database_password_ref: db}
+secrets: {db: {file: secrets/db.txt}}
+""", "web")
+    cloud = load_cloud(path, CATALOG)
+    assert cloud.secrets == {"db": tmp_path / "secrets" / "db.txt"}
+    assert cloud.settings.database_password_ref == "db"  # type: ignore[attr-defined]
+
+
+def test_example_slurm_reads_its_list_files() -> None:
+    cloud = load_cloud(REPO / "manifests" / "slurm.yaml", CATALOG)
+    assert [(n.address, n.image) for n in cloud.nodes_of("compute")] == [
+        (f"192.0.2.2{i}", f"/var/lib/cloudd/images/slurm-c{i}.qcow2") for i in (1, 2, 3)]

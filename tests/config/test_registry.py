@@ -1,0 +1,78 @@
+"""The manifest folder: loaded, refused (previous generation kept), removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from cloudd.config.registry import Change, ManifestRegistry
+from cloudd.providers.catalog import CATALOG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def setup(tmp_path: Path) -> ManifestRegistry:
+    shutil.copytree(REPO / "manifests" / "templates", tmp_path / "templates")
+    (tmp_path / "agent.yaml").write_text("name: pm1\n")
+    return ManifestRegistry(tmp_path, CATALOG, exclude=[tmp_path / "agent.yaml"])
+
+
+def bump(path: Path, text: str) -> None:
+    """Rewrite and move the mtime forward, so that a same-size edit is still seen."""
+    st = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_loaded_refused_kept_replaced_removed(tmp_path: Path) -> None:
+    reg = setup(tmp_path)
+    assert reg.scan() == []
+    web = tmp_path / "web.yaml"
+    text = (REPO / "manifests" / "web.yaml").read_text()
+    web.write_text(text)
+    [event] = reg.scan()
+    assert (event.change, event.cloud and event.cloud.name) == (Change.LOADED, "shop")
+    first = event.cloud
+    assert reg.scan() == []  # unchanged: not reparsed, no event
+
+    bump(web, text.replace("type: web", "type: wub"))
+    [event] = reg.scan()
+    assert event.change is Change.REFUSED
+    assert event.cloud is first and reg.clouds == {"shop": first}
+    assert str(event.problems[0]).startswith(f"{web}:5:7: type: unknown type 'wub'")
+
+    bump(web, text.replace("app_port: 8080", "app_port: 8081"))
+    [event] = reg.scan()
+    assert event.change is Change.LOADED and event.cloud is not None
+    assert event.cloud.settings.app_port == 8081  # type: ignore[attr-defined]
+
+    web.unlink()
+    [event] = reg.scan()
+    assert event.change is Change.REMOVED and reg.clouds == {}
+
+
+def test_touched_but_unchanged_file_gives_no_event(tmp_path: Path) -> None:
+    reg = setup(tmp_path)
+    web = tmp_path / "web.yaml"
+    text = (REPO / "manifests" / "web.yaml").read_text()
+    web.write_text(text)
+    reg.scan()
+    bump(web, text)
+    assert reg.scan() == []
+
+
+def test_two_files_declaring_one_cloud(tmp_path: Path) -> None:
+    reg = setup(tmp_path)
+    text = (REPO / "manifests" / "torque.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text)
+    loaded, refused = reg.scan()
+    assert loaded.change is Change.LOADED and refused.change is Change.REFUSED
+    assert str(refused.problems[0]) == (f"{tmp_path}/b.yaml: name: cloud 'hpc' is already "
+                                        f"declared by {tmp_path}/a.yaml")
+    assert list(reg.clouds) == ["hpc"]
+
+
+def test_missing_folder_is_empty(tmp_path: Path) -> None:
+    assert ManifestRegistry(tmp_path / "nope", CATALOG).scan() == []
