@@ -284,6 +284,15 @@ class Bully:
         server); leaders are fenced by the hosts' refusals instead (`_lease_answer`)."""
         if term < 0 or (leader and leader not in self.roster):
             raise RemoteProtocolError(f"{sender} claimed leader {leader!r} for term {term}")
+        if leader == self.me and term >= self.term and self.role is not Role.LEADER:
+            # Others follow a previous life of ours: we are their incumbent, so run at once
+            # (no bully round); the hosts still bound to that life will grant us first.
+            self._raise_term(term, "")
+            if self.role in (Role.INQUIRING, Role.FOLLOWER, Role.ELECTING):
+                self._await(now, 0.0, f"{sender} still follows our previous life")
+            if self.role is Role.AWAITING:
+                self._run(now, ask_higher=False)
+            return
         followable = bool(leader) and leader != self.me and self.live(leader)
         if followable and (term > self.term or (term == self.term and not self.leader
                                                 and self.role is not Role.LEADER)):
