@@ -168,7 +168,9 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 def _translate(e: libvirt.libvirtError, what: str) -> ClouddError:
     code = e.get_error_code()
     msg = f"libvirt {what}: {e.get_error_message() or e}"
-    if code in _CONNECTION_ERRORS:
+    if code in _CONNECTION_ERRORS and (
+            code != libvirt.VIR_ERR_SYSTEM_ERROR
+            or e.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)):
         return BackendUnavailable(msg, delay=1.0)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return NoSuchDomain(msg)

@@ -21,11 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.vmctl.backend import DomainEvent, DomainState, EventKind, NotOurDomain
+from cloudd.vmctl.backend import (
+    BackendUnavailable,
+    DomainEvent,
+    DomainState,
+    EventKind,
+    NotOurDomain,
+)
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.identity import NodeIdentity, Pki, build_seed, cmdline_words, from_cmdline
+from cloudd.vmctl.images import ensure_overlay
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
-from cloudd.vmctl.template import NodeDomain, render_domain
+from cloudd.vmctl.template import NodeDomain, node_mac, render_domain
 from cloudd.vmctl.testguest import GuestImage, build_minimal_guest
 
 pytestmark = pytest.mark.libvirt
@@ -304,3 +312,89 @@ async def test_reconnects_after_libvirtd_restart(own_libvirtd: OwnLibvirtd) -> N
         await backend.close()
         lvd_log = (own_libvirtd.base / "libvirtd.log").read_text()
         print("own libvirtd log (shown on failure):", lvd_log[-3000:])
+
+
+async def test_a_hung_libvirtd_fails_calls_within_the_timeout(own_libvirtd: OwnLibvirtd) -> None:
+    backend = await LibvirtBackend.open(own_libvirtd.uri, call_timeout=1.0)
+    try:
+        os.kill(own_libvirtd.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BackendUnavailable, match=r"no answer .* within 1\.0s"):
+                await backend.list()
+        finally:
+            os.kill(own_libvirtd.pid, signal.SIGCONT)
+        # the stuck call completes once libvirtd runs again; later calls work
+        backend.call_timeout = 60
+        assert await backend.list() == ()
+    finally:
+        await backend.close()
+
+
+COMPOSED = """<domain type='qemu'>
+  <name>${name}</name><uuid>${uuid}</uuid>
+  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
+  ${metadata}
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>${kernel}</kernel><initrd>${initrd}</initrd><cmdline>${cmdline}</cmdline>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='${image}'/><target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/><source file='${seed}'/><target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+    <interface type='user'><mac address='${mac}'/><model type='virtio'/></interface>
+    <serial type='file'><source path='${console}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+@pytest.fixture
+def shared_dir(cloud: str) -> Iterator[Path]:
+    """A directory QEMU (running as libvirt-qemu) can traverse, unlike pytest's tmp_path."""
+    path = Path("/var/tmp") / cloud
+    path.mkdir(mode=0o755)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+async def test_node_from_template_with_overlay_seed_and_identity(
+        system: LibvirtBackend, cloud: str, shared_dir: Path) -> None:
+    """Every piece together: base image -> overlay, identity on the command line and in a
+    NoCloud seed, the template filled, libvirt validating and booting it."""
+    tmp_path = shared_dir
+    meta = CloudMeta(cloud=cloud, node="db-0", role="database", term=2)
+    base = tmp_path / "base.qcow2"
+    await asyncio.to_thread(subprocess.run, ["qemu-img", "create", "-q", "-f", "qcow2",
+                            str(base), "32M"], check=True, timeout=30)
+    overlay = tmp_path / "nodes" / "db-0.qcow2"
+    assert await ensure_overlay(base, overlay)
+    ident = NodeIdentity(cloud=cloud, node="db-0", role="database", address="10.77.0.5/24",
+                         members=("10.77.0.1:7400",), term=2, pki=str(tmp_path / "pki"))
+    mac = node_mac(cloud, "db-0")
+    seed = await asyncio.to_thread(
+        build_seed, ident, mac=mac, pki=Pki(ca="ca", cert="cert", key="key"),
+        out=tmp_path / "db-0-seed.iso")
+    image = guest()
+    spec = NodeDomain(meta=meta, memory_mib=128, vcpus=1, image=str(overlay),
+                      cmdline=" ".join(["console=ttyS0", "panic=-1", *cmdline_words(ident)]),
+                      extra={"kernel": str(image.kernel), "initrd": str(image.initrd),
+                             "seed": str(seed), "console": str(tmp_path / "db-0.log")})
+    await asyncio.to_thread(overlay.parent.chmod, 0o755)
+    events = system.subscribe()
+    assert await system.define(render_domain(COMPOSED, spec, source="composed.xml"))
+    await start_with_retries(system, spec.name)
+    await next_event(events, EventKind.STARTED, domain=spec.name)
+    xml = virsh(SYSTEM, "dumpxml", spec.name).stdout
+    assert from_cmdline(xml.split("<cmdline>")[1].split("</cmdline>")[0]) == ident
+    assert f"<mac address='{mac}'/>" in xml
+    console = tmp_path / "db-0.log"
+    await wait_for(lambda: console.exists() and "minimal guest up" in console.read_text(
+        errors="replace"), within=120, what="the guest's init")
+    assert await system.destroy(spec.name)
+    assert await system.undefine(spec.name)
