@@ -1,0 +1,376 @@
+"""NodeSide with the real Supervisor and real processes.
+
+The provider is a tiny one of our own: its one role runs a small Python TCP server that
+answers with the peers' addresses from its rendered file and re-reads it on SIGHUP. Every
+wait is bounded polling; nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
+from cloudd.config.agent import Supervisor as SupervisorSettings
+from cloudd.config.model import Cloud, Ensure, Node, PoolHost
+from cloudd.daemon.nodeside import NodeSide, node_root
+from cloudd.daemon.wire import NodeReport, PeerInfo, RoleAssignment
+from cloudd.errors import TemporaryError
+from cloudd.providers import procstate
+from cloudd.providers.base import Assignment, FileSpec, Provider, Rendered, Role
+from cloudd.providers.registry import Registry
+from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
+
+WAIT = 20.0
+
+SERVER = textwrap.dedent("""\
+    import json, os, signal, socket, sys
+    conf, starts, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    peers = []
+    def load(*_):
+        global peers
+        with open(conf) as f:
+            peers = json.load(f)["peers"]
+        with open(conf + ".loads", "a") as f:
+            f.write(json.dumps([os.getpid(), peers]) + "\\n")
+    signal.signal(signal.SIGHUP, load)
+    load()
+    with open(starts, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    srv = socket.create_server((host, port))
+    while True:
+        conn, _ = srv.accept()
+        conn.sendall(json.dumps([os.getpid(), peers]).encode() + b"\\n")
+        conn.close()
+""")
+
+
+class TinySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    port: int
+
+
+class TinyRole(Role):
+    """One service; `fail_prepare` converges fail with a TemporaryError before succeeding."""
+
+    name = "app"
+
+    def __init__(self, program: Path) -> None:
+        self.program = program
+        self.fail_prepare = 0
+        self.prepared = 0
+
+    def secrets(self, a: Assignment) -> tuple[str, ...]:
+        return ("token",)
+
+    def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        doc = {"peers": sorted(p.address for p in a.peers if p.healthy),
+               "token": secrets["token"]}
+        return Rendered(files=(FileSpec(a.root / "app.json", json.dumps(doc) + "\n",
+                                        reload=("app",)),))
+
+    def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+        port = a.setting("port", 0)
+        return (ServiceSpec(
+            name="app",
+            argv=(sys.executable, str(self.program), str(a.root / "app.json"),
+                  str(a.root / "app.starts"), a.address, str(port)),
+            start_grace=0.2, stop_grace=2.0,
+            readiness=ProbeSpec(kind=ProbeKind.TCP, host=a.address, port=port, period=0.1,
+                                timeout=1.0),
+            reload_argv=(),
+            log_path=str(a.root / "app.out")),)
+
+    async def prepare(self, a: Assignment) -> None:
+        self.prepared += 1
+        if self.fail_prepare > 0:
+            self.fail_prepare -= 1
+            raise TemporaryError("prepare is not ready yet", delay=0.2)
+
+
+class TinyProvider(Provider):
+    cloud_type = "tiny"
+
+    def __init__(self, role: TinyRole) -> None:
+        self.roles = {"app": role}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ask(port: int) -> tuple[int, list[str]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        data = s.makefile().readline()
+    pid, peers = json.loads(data)
+    return int(pid), list(peers)
+
+
+async def until(check: Callable[[], bool], what: str, within: float = WAIT) -> None:
+    # Polls files, /proc and report lists written by other processes and tasks.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {within:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    return procstate.proc_start_time(pid) is not None
+
+
+class Lab:
+    """One node `n1` of cloud `t`, its NodeSides (one per simulated agent) and their reports."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        program = tmp_path / "server.py"
+        program.write_text(SERVER)
+        self.role = TinyRole(program)
+        self.registry = Registry([TinyProvider(self.role)])
+        self.port = free_port()
+        (tmp_path / "token").write_text("s3cret\n")
+        self.cloud = Cloud(
+            name="t", type="tiny", ensure=Ensure.RUNNING, source=tmp_path / "t.yaml",
+            digest="gen1", domain_template=tmp_path / "t.xml",
+            pool=(PoolHost("pm1", "127.0.0.1"),), roles=("app",),
+            nodes=(Node("n1", "app", 1, "127.0.0.1", None, 64, 1, managed=False),),
+            settings=TinySettings(port=self.port), secrets={"token": tmp_path / "token"})
+        self.settings = AgentSettings(
+            name="n1", state_dir=tmp_path / "state",
+            reconcile=Reconcile(**LOCAL["reconcile"]),
+            supervisor=SupervisorSettings(**LOCAL["supervisor"]))
+        self.root = node_root(self.settings, "n1")
+        self.reports: list[NodeReport] = []
+        self.sides: list[tuple[NodeSide, asyncio.Task[None]]] = []
+
+    def start(self) -> NodeSide:
+        side = NodeSide(me="n1", cloud=self.cloud, settings=self.settings,
+                        report=self.reports.append, registry=self.registry, heartbeat=0.5)
+        self.sides.append((side, asyncio.create_task(side.run())))
+        return side
+
+    async def kill_agent(self, side: NodeSide) -> None:
+        """What an agent's shutdown does: its root task is cancelled (run() then detaches)."""
+        for s, task in self.sides:
+            if s is side:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def assignment(self, term: int = 1, peers: tuple[str, ...] = ("10.0.0.2",),
+                   **kw: Any) -> RoleAssignment:
+        return RoleAssignment(term=term, cloud="t", node="n1", role="app", address="127.0.0.1",
+                              generation="gen1",
+                              peers=tuple(PeerInfo(f"p{i}", "other", addr, True)
+                                          for i, addr in enumerate(peers)), **kw)
+
+    def starts(self) -> list[int]:
+        path = self.root / "app.starts"
+        return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+    def loads(self) -> list[tuple[int, list[str]]]:
+        path = self.root / "app.json.loads"
+        return [tuple(json.loads(x)) for x in path.read_text().splitlines()]
+
+    def phases(self) -> list[str]:
+        return [r.phase for r in self.reports]
+
+    async def ready(self, side: NodeSide) -> int:
+        await until(lambda: side.view().phase == "ready"
+                    and bool(self.reports) and self.reports[-1].phase == "ready",
+                    "a ready report")
+        pid = side.view().services[0].pid
+        assert pid is not None
+        return pid
+
+    async def close(self) -> None:
+        for _side, task in self.sides:  # run() ends by detaching
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # A fresh NodeSide adopts whatever is left over and stops it.
+        last = NodeSide(me="n1", cloud=self.cloud, settings=self.settings,
+                        report=lambda r: None, registry=self.registry)
+        await last.stop_services()
+        left = [pid for pid in self.starts() if alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"stop_services left {left} running"
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        await lab.close()
+
+
+async def test_assignment_runs_services_and_reports_ready(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment(term=3))
+    pid = await lab.ready(side)
+    assert lab.starts() == [pid] and ask(lab.port) == (pid, ["10.0.0.2"])
+    assert lab.phases()[0] == "converging"
+    last = lab.reports[-1]
+    assert (last.node, last.term, last.generation) == ("n1", 3, "gen1")
+    assert [(s.name, s.state, s.ready) for s in last.services] == [("app", "RUNNING", True)]
+    secret = lab.root / "secrets" / "token"
+    assert secret.read_text() == "s3cret\n" and secret.stat().st_mode & 0o777 == 0o600
+    assert json.loads((lab.root / "app.json").read_text())["token"] == "s3cret"
+    # Heartbeats keep coming with nothing changing.
+    count = len(lab.reports)
+    await until(lambda: len(lab.reports) >= count + 2, "two heartbeats")
+    assert lab.reports[-1].phase == "ready"
+    # The same assignment again changes nothing: no second converge, no restart.
+    prepared = lab.role.prepared
+    side.assign(lab.assignment(term=3))
+    await until(lambda: len(lab.reports) >= count + 3, "another heartbeat")
+    assert lab.role.prepared == prepared and lab.starts() == [pid]
+
+
+async def test_peers_change_rerenders_and_reloads_same_pid(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    pid = await lab.ready(side)
+    side.assign(lab.assignment(peers=("10.0.0.2", "10.0.0.3")))
+    await until(lambda: ask(lab.port)[1] == ["10.0.0.2", "10.0.0.3"], "the reloaded peers")
+    assert ask(lab.port)[0] == pid and lab.starts() == [pid]
+    assert lab.loads() == [(pid, ["10.0.0.2"]), (pid, ["10.0.0.2", "10.0.0.3"])]
+    assert lab.reports[-1].phase == "ready"
+
+
+async def test_stale_term_ignored_and_other_node_refused(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment(term=5))
+    pid = await lab.ready(side)
+    prepared = lab.role.prepared
+    side.assign(lab.assignment(term=4, peers=("10.0.0.9",)))
+    side.assign(replace(lab.assignment(term=6, peers=("10.0.0.9",)), node="n2"))
+    side.assign(replace(lab.assignment(term=6, peers=("10.0.0.9",)), cloud="other"))
+    count = len(lab.reports)
+    await until(lambda: len(lab.reports) >= count + 2, "two heartbeats")
+    assert ask(lab.port) == (pid, ["10.0.0.2"]) and lab.role.prepared == prepared
+    assert {r.term for r in lab.reports} == {5}
+    # A newer leader re-sending the same role: reports carry its term, nothing restarts.
+    side.assign(lab.assignment(term=7))
+    await until(lambda: lab.reports[-1].term == 7, "a report of term 7")
+    assert lab.starts() == [pid] and lab.role.prepared == prepared
+
+
+async def test_kill_9_goes_degraded_then_ready(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    first = await lab.ready(side)
+    seen = len(lab.reports)
+    os.kill(first, signal.SIGKILL)
+    await until(lambda: len(lab.starts()) == 2, "the restart")
+    second = await lab.ready(side)
+    assert second != first and not alive(first)
+    after = lab.phases()[seen:]
+    assert "degraded" in after and after[-1] == "ready"
+    assert after.index("degraded") < len(after) - 1
+    degraded = next(r for r in lab.reports[seen:] if r.phase == "degraded")
+    assert "app" in degraded.message
+
+
+async def test_converge_failure_reported_and_retried(lab: Lab) -> None:
+    lab.role.fail_prepare = 2
+    side = lab.start()
+    side.assign(lab.assignment())
+    await lab.ready(side)
+    failed = [r for r in lab.reports if r.phase == "failed"]
+    assert failed and failed[0].message == "prepare is not ready yet"
+    assert lab.role.prepared == 3 and len(lab.starts()) == 1
+
+
+async def test_missing_secret_fails_with_its_path_and_recovers(lab: Lab) -> None:
+    (lab.tmp / "token").unlink()
+    side = lab.start()
+    side.assign(lab.assignment())
+    await until(lambda: any(r.phase == "failed" for r in lab.reports), "a failed report")
+    failed = next(r for r in lab.reports if r.phase == "failed")
+    assert failed.message.startswith("secret 'token': cannot read ")
+    assert str(lab.tmp / "token") in failed.message and lab.starts() == []
+    (lab.tmp / "token").write_text("s3cret\n")
+    await lab.ready(side)
+
+
+async def test_agent_restart_adopts_without_duplicates(lab: Lab) -> None:
+    old = lab.start()
+    old.assign(lab.assignment(term=2))
+    pid = await lab.ready(old)
+    await lab.kill_agent(old)
+    assert alive(pid)
+    lab.reports.clear()
+    # The new agent knows its assignment from the node root before the leader speaks again.
+    new = lab.start()
+    assert await lab.ready(new) == pid
+    new.assign(lab.assignment(term=2))
+    count = len(lab.reports)
+    await until(lambda: len(lab.reports) >= count + 2, "two heartbeats")
+    assert lab.starts() == [pid] and ask(lab.port)[0] == pid
+    assert lab.reports[-1].term == 2 and lab.reports[-1].services[0].pid == pid
+
+
+async def test_agent_restart_with_new_peers_reloads_adopted(lab: Lab) -> None:
+    old = lab.start()
+    old.assign(lab.assignment())
+    pid = await lab.ready(old)
+    await lab.kill_agent(old)
+    new = lab.start()
+    new.assign(lab.assignment(term=2, peers=("10.0.0.4",)))
+    await until(lambda: ask(lab.port)[1] == ["10.0.0.4"], "the reloaded peers")
+    assert lab.starts() == [pid]
+
+
+async def test_stop_services_stops_all_and_a_new_assignment_restarts(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    pid = await lab.ready(side)
+    await side.stop_services()
+    assert not alive(pid)
+    assert [(s.state, s.pid) for s in side.view().services] == [("STOPPED", None)]
+    await until(lambda: lab.reports[-1].phase == "stopped", "a stopped report")
+    side.assign(lab.assignment(term=2))
+    second = await lab.ready(side)
+    assert second != pid and len(lab.starts()) == 2
+
+
+async def test_stop_services_after_restart_stops_adopted(lab: Lab) -> None:
+    old = lab.start()
+    old.assign(lab.assignment())
+    pid = await lab.ready(old)
+    await lab.kill_agent(old)
+    new = NodeSide(me="n1", cloud=lab.cloud, settings=lab.settings,
+                   report=lab.reports.append, registry=lab.registry)
+    await new.stop_services()
+    assert not alive(pid) and lab.starts() == [pid]
+    assert new.view().phase == "stopped"
+
+
+async def test_update_cloud_reconverges(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    pid = await lab.ready(side)
+    (lab.tmp / "token2").write_text("other\n")
+    side.update_cloud(replace(lab.cloud, digest="gen2", secrets={"token": lab.tmp / "token2"}))
+    await until(lambda: lab.loads()[-1] == (pid, ["10.0.0.2"]) and len(lab.loads()) == 2,
+                "a reload for the new generation")
+    assert json.loads((lab.root / "app.json").read_text())["token"] == "other"
+    assert lab.starts() == [pid]
