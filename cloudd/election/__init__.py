@@ -3,3 +3,11 @@
 Nothing here does I/O or reads a clock: callers pass events and `now`, and get back the
 messages to send and the decisions taken (STYLE.md practice 1).
 """
+
+from cloudd.election.agent import AgentCore, Output
+from cloudd.election.config import Timing
+from cloudd.election.members import Member, Roster
+from cloudd.election.states import Event, Role
+from cloudd.election.swim import Status
+
+__all__ = ["AgentCore", "Event", "Member", "Output", "Role", "Roster", "Status", "Timing"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cloudd.election.bully import Bully, Event, Role
+from cloudd.election.bully import Bully
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
 from cloudd.election.messages import (
@@ -32,6 +32,7 @@ from cloudd.election.messages import (
     Ping,
     PingReq,
 )
+from cloudd.election.states import Event, Role
 from cloudd.election.swim import Membership, Status
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 

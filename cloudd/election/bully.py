@@ -17,16 +17,14 @@ Theory of operation. Liveness comes from SWIM (`live(name)`); this module decide
   (`Holder.quorum_until`). Without it: policy 'stop' resigns, 'freeze' stays leader idle.
 - Any message revealing a higher term (coordinator, answers, lease refusals, the leader
   header on SWIM probes) makes the agent follow that term's leader, stepping down if needed.
-Roles and their legal moves are the table `TRANSITIONS`; anything else raises and changes
-nothing. Outputs are collected in `out`/`events` and drained by the agent facade.
+Roles and their legal moves are the table `states.TRANSITIONS`; anything else raises and
+changes nothing. Outputs are collected in `out`/`events` and drained by the agent facade.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 
 from cloudd.election.config import Timing
 from cloudd.election.lease import Grantor, Holder
@@ -44,39 +42,8 @@ from cloudd.election.messages import (
     Resign,
     WhoLeads,
 )
+from cloudd.election.states import TRANSITIONS, Event, Role
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
-
-
-class Role(Enum):
-    INIT = "init"
-    INQUIRING = "inquiring"
-    FOLLOWER = "follower"
-    AWAITING = "awaiting"
-    ELECTING = "electing"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-
-
-R = Role
-TRANSITIONS: dict[Role, frozenset[Role]] = {
-    R.INIT: frozenset({R.INQUIRING}),
-    R.INQUIRING: frozenset({R.FOLLOWER, R.AWAITING}),
-    R.FOLLOWER: frozenset({R.FOLLOWER, R.AWAITING}),
-    R.AWAITING: frozenset({R.FOLLOWER, R.AWAITING, R.ELECTING, R.CANDIDATE}),
-    R.ELECTING: frozenset({R.FOLLOWER, R.AWAITING, R.CANDIDATE}),
-    R.CANDIDATE: frozenset({R.FOLLOWER, R.AWAITING, R.LEADER}),
-    R.LEADER: frozenset({R.FOLLOWER, R.AWAITING}),
-}
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something a person reading the log should see: `kind` and why (`reason`)."""
-
-    kind: str
-    reason: str
-    term: int
-    peer: str = ""
 
 
 class Bully:

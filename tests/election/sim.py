@@ -24,11 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from cloudd.election.agent import AgentCore, Output
-from cloudd.election.bully import Role
 from cloudd.election.config import Timing
 from cloudd.election.lease import Grantor
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import ELECTION_TYPES, Message
+from cloudd.election.states import Role
 
 
 @dataclass

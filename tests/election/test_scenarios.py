@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloudd.election.bully import Role
 from cloudd.election.config import Timing
+from cloudd.election.states import Role
 
 from .sim import Sim, run_until_leader, settled_leader
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 
 from cloudd.election.agent import AgentCore
-from cloudd.election.bully import TRANSITIONS, Role
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import (
@@ -24,6 +23,7 @@ from cloudd.election.messages import (
     PingReq,
     WhoLeads,
 )
+from cloudd.election.states import TRANSITIONS, Role
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 ROSTER = Roster([Member("a", host=True), Member("b", host=True), Member("c"), Member("d")])
