@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -73,6 +74,8 @@ def keygen(path: Path) -> None:
 
 @pytest.fixture
 def sshd(tmp_path: Path, have) -> Iterator[Sshd]:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("needs root: sshd runs with its privilege separation directory")
     binary = have("sshd")
     d = tmp_path / "sshd"
     d.mkdir()

@@ -144,6 +144,9 @@ async def system(cloud: str) -> AsyncIterator[LibvirtBackend]:
 async def test_define_from_template_start_and_kill9(system: LibvirtBackend, cloud: str,
                                                     tmp_path: Path) -> None:
     events = system.subscribe()
+    forwarded: list[DomainEvent] = []
+    agent = HostAgent(system, state_dir=tmp_path / "state")
+    forwarding = asyncio.create_task(agent.run_events(forwarded.append))
     name = f"{cloud}-n1"
     assert await system.define(domain_xml(cloud, "n1", console_dir=tmp_path))
     await start_with_retries(system, name)
@@ -159,6 +162,10 @@ async def test_define_from_template_start_and_kill9(system: LibvirtBackend, clou
     assert stopped.detail in ("failed", "crashed", "destroyed")
     [info] = [d for d in await system.list() if d.name == name]
     assert info.state is DomainState.STOPPED
+    # the host agent forwarded the same event to its consumer
+    await wait_for(lambda: any(e.kind is EventKind.STOPPED and e.domain == name
+                               for e in forwarded), within=10, what="the forwarded event")
+    forwarding.cancel()
 
 
 async def test_virsh_destroy_gives_an_event(system: LibvirtBackend, cloud: str,
