@@ -19,10 +19,14 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cloudd import log
 from cloudd.config.agent import DEFAULT_PATH, AgentSettings, load_agent
 from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
+from cloudd.daemon.api import ApiServer
+from cloudd.daemon.clouds import Clouds
+from cloudd.daemon.events import EventLog
 from cloudd.daemon.notify import Notifier, watchdog_interval
 from cloudd.daemon.runner import Runner
 from cloudd.errors import ConfigError
@@ -52,6 +56,14 @@ class Agent:
         if self._watchdog is not None:
             self.runner.add("watchdog", self._ping_watchdog)
         self.runner.add("manifests", self._watch_manifests)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventLog.in_state_dir(settings.state_dir)
+        self.clouds = Clouds(settings, events=self.events)
+        self.manifest_listeners.append(self.clouds.on_manifest)
+        self.api = ApiServer(settings.api_socket)
+        self.api.register("status", self._api_status)
+        self.runner.add("clouds", self.clouds.run)
+        self.runner.add("api", self._serve_api)
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or a root task fails (exit 1)."""
@@ -65,8 +77,19 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.notifier.close()
+            self.events.close()
         self.log.info("agent_stopped", reason=outcome.reason, ok=outcome.ok)
         return 0 if outcome.ok else 1
+
+    async def _serve_api(self) -> None:
+        await self.api.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.api.close()
+
+    async def _api_status(self, args: dict[str, Any]) -> Any:
+        return self.clouds.status()
 
     def _started(self) -> None:
         self.notifier.ready()

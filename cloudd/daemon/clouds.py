@@ -1,0 +1,196 @@
+"""The agent's clouds: one transport, one event log, one local API, and a CloudMember for
+the cloud whose manifest names this agent.
+
+The manifest watcher (main.Agent) reports every manifest change here. A loaded manifest that
+names this agent (as a pool host or a node) starts its `CloudMember`, or hands it the new
+generation; a manifest that does not name it is noted and ignored; a removed manifest turns
+the cloud to `ensure: stopped`, so that the leader takes down what the cloud created.
+
+One transport port serves the agent; this version runs one cloud per agent at a time (a
+second cloud naming the same agent is refused with a logged reason, and keeps running
+nowhere else either until the first is removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cloudd import log
+from cloudd.config.agent import AgentSettings
+from cloudd.config.model import Cloud, Ensure
+from cloudd.config.registry import Change, ManifestEvent
+from cloudd.daemon.cluster import CloudMember, addresses_of
+from cloudd.daemon.events import EventLog
+from cloudd.daemon.pki import PkiFiles
+from cloudd.daemon.transport import PeerConnected, PeerUnreachable, Transport
+from cloudd.daemon.wire import register_all
+from cloudd.election.config import Timing
+from cloudd.errors import ClouddError, TemporaryError
+from cloudd.vmctl.backend import Backend
+
+
+def timing_for(settings: AgentSettings) -> Timing:
+    return Timing.local() if settings.profile == "local" else Timing.production()
+
+
+async def libvirt_backend(uri: str) -> Backend:
+    from cloudd.vmctl.libvirt_backend import LibvirtBackend  # the one libvirt importer
+
+    return await LibvirtBackend.open(uri)
+
+
+class Clouds:
+    """What an agent runs for the clouds it belongs to."""
+
+    def __init__(self, settings: AgentSettings, *, events: EventLog,
+                 backend_factory: Callable[[str], Awaitable[Backend]] = libvirt_backend,
+                 node_side_factory: Callable[..., Any] | None = None) -> None:
+        self.settings = settings
+        self.me = settings.name
+        self.events = events
+        self.codec = register_all()
+        self.transport: Transport | None = None
+        self.member: CloudMember | None = None
+        self._backend_factory = backend_factory
+        self._node_side_factory = node_side_factory
+        self._have_member = asyncio.Event()
+        self.log = log.get("clouds", node=self.me)
+
+    # -- manifests ------------------------------------------------------------------------
+    def on_manifest(self, event: ManifestEvent) -> None:
+        cloud = event.cloud
+        if cloud is None or event.change is Change.REFUSED:
+            return
+        if event.change is Change.REMOVED:
+            if self.member is not None and self.member.cloud.name == cloud.name:
+                stopped = dataclasses.replace(cloud, ensure=Ensure.STOPPED,
+                                              digest=cloud.digest + ":removed")
+                self.member.update(stopped, self.member.manifest_text)
+            return
+        text = event.path.read_text() if event.path.exists() else ""
+        self.adopt(cloud, text)
+
+    def adopt(self, cloud: Cloud, text: str) -> None:
+        """Take part in `cloud` (or take its new generation)."""
+        names = {h.name for h in cloud.pool} | {n.name for n in cloud.nodes}
+        if self.me not in names:
+            self.log.info("cloud_not_mine", cloud=cloud.name)
+            return
+        if self.member is not None:
+            if self.member.cloud.name != cloud.name:
+                self.log.error("cloud_refused", cloud=cloud.name,
+                               reason=f"this agent already serves {self.member.cloud.name}")
+                return
+            self.member.update(cloud, text)
+            self._peers(cloud)
+            return
+        node_side = None
+        if self._node_side_factory is not None and any(n.name == self.me for n in cloud.nodes):
+            node_side = self._node_side_factory(me=self.me, cloud=cloud, settings=self.settings,
+                                                report=self._report)
+        self.member = CloudMember(
+            settings=self.settings, cloud=cloud, manifest_text=text,
+            timing=timing_for(self.settings), send=self._send, request=self._request,
+            events=self.events, backend_factory=self._backend_factory, node_side=node_side)
+        self.log.info("cloud_joined", cloud=cloud.name,
+                      as_=("host" if self.member.is_host else "node"))
+        self._peers(cloud)
+        self._have_member.set()
+
+    def _peers(self, cloud: Cloud) -> None:
+        if self.transport is None:
+            return
+        port = self.settings.listen.port
+        for name, address in addresses_of(cloud).items():
+            if name != self.me:
+                self.transport.add_peer(name, address, port)
+
+    # -- transport ------------------------------------------------------------------------
+    def _send(self, peer: str, msg: Any) -> None:
+        if self.transport is not None:
+            self.transport.send(peer, msg)
+
+    async def _request(self, peer: str, msg: Any) -> Any:
+        if self.transport is None:
+            raise TemporaryError("the transport is not started")
+        return await self.transport.request(peer, msg)
+
+    def _report(self, report: Any) -> None:
+        member = self.member
+        if member is None:
+            return
+        leader = member.election.leader
+        if leader == self.me:
+            member._node_report(self.me, report)
+        elif leader:
+            self._send(leader, report)
+
+    async def _handle(self, peer: str, msg: Any) -> Any:
+        if self.member is None:
+            raise TemporaryError(f"{self.me} has no cloud yet")
+        return await self.member.handle(peer, msg)
+
+    def _on_event(self, event: PeerConnected | PeerUnreachable) -> None:
+        if isinstance(event, PeerUnreachable) and self.member is not None:
+            self.member.unreachable(event.peer)
+
+    # -- root task ------------------------------------------------------------------------
+    async def run(self) -> None:
+        # An agent that no manifest names needs no port and no certificate yet.
+        await self._have_member.wait()
+        member = self.member
+        assert member is not None
+        self.transport = await self._open_transport()
+        self._peers(member.cloud)
+        try:
+            # The member's duties run inside this root task: if one fails, the agent's one
+            # shutdown path takes over (and systemd restarts the agent).
+            await member.run()
+        finally:
+            if member.node_side is not None:
+                member.node_side.detach()
+            await self.transport.close()
+
+    async def _open_transport(self) -> Transport:
+        """The agent's port, with its certificate; retried while either is unusable (an
+        operator can fix a missing certificate without restarting the agent)."""
+        pki = self.settings.pki
+        delay = 1.0
+        while True:
+            try:
+                transport = Transport(member=self.me,
+                                      files=PkiFiles(pki.ca, pki.cert, pki.key),
+                                      handler=self._handle, on_event=self._on_event,
+                                      codec=self.codec, rng=random.Random())
+                await transport.start(str(self.settings.listen.address),
+                                      self.settings.listen.port)
+                return transport
+            except (OSError, ssl.SSLError, ClouddError) as e:
+                self.log.error("transport_unusable", reason=f"{type(e).__name__}: {e}",
+                               retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    # -- local API ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """This agent's own view, cheap and local (the leader's view is `inspect`)."""
+        member = self.member
+        if member is None:
+            return {"agent": self.me, "cloud": None}
+        election = member.election
+        return {
+            "agent": self.me,
+            "cloud": member.cloud.name,
+            "generation": member.cloud.digest,
+            "leader": election.leader or None,
+            "term": election.term,
+            "acting": election.acting(),
+            "leader_since": election.leader_since,
+            "elections": election.elections,
+            "members": {name: election.status(name).value for name in member.roster.names},
+        }

@@ -1,0 +1,311 @@
+"""One agent's part in one cloud: election, host duties, leadership, node duties, wired.
+
+Theory of operation. The manifest lists every member of the cloud: its pool hosts and its
+nodes. Every member runs the same agent, and every agent here does what its place in the
+manifest asks of it:
+- every member takes part in membership and the election (`ElectionShell`);
+- a pool host runs a `HostAgent` over its libvirt connection, answers the leader's fenced
+  commands, and forwards its domain events to the leader at once;
+- a node (a VM, or a `managed: false` machine) runs a `NodeSide`: it takes its role
+  assignment from the leader, converges its role and supervises its services;
+- the acting leader, whoever it is, runs the `Controller` (domains) and hands out role
+  assignments in the type's dependency order (a role is assigned once every role before it has
+  a ready node), with the health of the peers each role depends on.
+The leader's controller and assigner run on every agent but act only while the election says
+this agent holds a host quorum lease: they ask `acting_term()` before every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from cloudd import log
+from cloudd.config.agent import AgentSettings
+from cloudd.config.model import Cloud, Ensure, RunStrategy
+from cloudd.daemon.controller import CommandFencer, Controller
+from cloudd.daemon.electionshell import ElectionShell, Leadership, TermFile
+from cloudd.daemon.events import Event, EventKind, EventLog
+from cloudd.daemon.wire import (
+    DomainEventNote,
+    InspectAnswer,
+    InspectWanted,
+    ManifestOffer,
+    ManifestWanted,
+    NodeReport,
+    PeerInfo,
+    RoleAssignment,
+)
+from cloudd.election.config import Timing
+from cloudd.election.members import Member, Roster
+from cloudd.election.messages import MESSAGE_TYPES, Message
+from cloudd.election.swim import Status
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.vmctl import plan
+from cloudd.vmctl.backend import Backend, DomainEvent
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult
+from cloudd.vmctl.identity import NodeIdentity, cmdline_words
+from cloudd.vmctl.metadata import CloudMeta
+from cloudd.vmctl.template import NodeDomain, render_domain
+
+_ELECTION = tuple(MESSAGE_TYPES.values())
+
+_LIVENESS = {Status.ALIVE: plan.Liveness.ALIVE, Status.SUSPECT: plan.Liveness.SUSPECT,
+             Status.DEAD: plan.Liveness.DEAD}
+
+
+def roster_of(cloud: Cloud) -> Roster:
+    """Pool hosts first (they grant the leases and outrank nodes), then nodes, as written."""
+    return Roster([Member(h.name, host=True) for h in cloud.pool]
+                  + [Member(n.name) for n in cloud.nodes])
+
+
+def addresses_of(cloud: Cloud) -> dict[str, str]:
+    return {**{h.name: h.address for h in cloud.pool}, **{n.name: n.address for n in cloud.nodes}}
+
+
+def desired_of(cloud: Cloud) -> plan.Desired:
+    nodes = tuple(
+        plan.NodeSpec(name=n.name, role=n.role, memory_mib=n.memory_mib, vcpus=n.vcpus,
+                      image=n.image or "", base_image=n.base_image, pin=n.host,
+                      run=plan.RunStrategy(n.run.value if isinstance(n.run, RunStrategy)
+                                           else n.run),
+                      managed=n.managed)
+        for n in cloud.nodes)
+    return plan.Desired(cloud=cloud.name,
+                        ensure=plan.Ensure(cloud.ensure.value), nodes=nodes,
+                        role_order=cloud.roles)
+
+
+class CloudMember:
+    """Everything one agent does for one cloud."""
+
+    def __init__(self, *, settings: AgentSettings, cloud: Cloud, manifest_text: str,
+                 timing: Timing, send: Callable[[str, Any], None],
+                 request: Callable[[str, Any], Awaitable[Any]], events: EventLog,
+                 backend_factory: Callable[[str], Awaitable[Backend]] | None = None,
+                 node_side: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.cloud, self.manifest_text = settings, cloud, manifest_text
+        self.me = settings.name
+        self._send, self._request, self.events, self._clock = send, request, events, clock
+        self.is_host = any(h.name == self.me for h in cloud.pool)
+        self.is_node = any(n.name == self.me for n in cloud.nodes)
+        if not (self.is_host or self.is_node):
+            raise PermanentError(f"agent {self.me} is not a member of cloud {cloud.name}")
+        self.state_dir = settings.state_dir / "clouds" / cloud.name
+        self.roster = roster_of(cloud)
+        self.election = ElectionShell(
+            me=self.me, cloud=cloud.name, roster=self.roster, timing=timing, send=send,
+            term_file=TermFile(self.state_dir / "term"), events=events)
+        self.election.subscribe(self._leadership)
+        self.log = log.get("cluster", cloud=cloud.name, node=self.me)
+        self._backend_factory = backend_factory
+        self.host_agent: HostAgent | None = None
+        self.node_side = node_side
+        self.reports: dict[str, NodeReport] = {}
+        self._assigned: dict[str, RoleAssignment] = {}
+        self._assign_poke = asyncio.Event()
+        self.controller = Controller(
+            desired=lambda: desired_of(self.cloud), hosts=lambda: [h.name for h in self.cloud.pool],
+            liveness=self._liveness, leader=self.acting_term, client=self, events=events,
+            render=self._render, fencer=CommandFencer(self._fence_commands()),
+            resync=settings.reconcile.resync_interval, clock=clock)
+        self._template_cache: tuple[Path, str] | None = None
+
+    # -- what the leader side asks --------------------------------------------------------
+    def acting_term(self) -> int | None:
+        return self.election.term if self.election.acting() else None
+
+    def _liveness(self, host: str) -> plan.Liveness:
+        return _LIVENESS[self.election.status(host)]
+
+    def _fence_commands(self) -> dict[str, list[str]]:
+        settings = self.cloud.settings
+        fence = getattr(settings, "fence", None) or {}
+        return {h: list(argv) for h, argv in dict(fence).items()}
+
+    def _render(self, spec: plan.NodeSpec, term: int) -> str:
+        path = self.cloud.domain_template
+        if self._template_cache is None or self._template_cache[0] != path:
+            self._template_cache = (path, path.read_text())
+        node = self.cloud.node(spec.name)
+        ident = NodeIdentity(
+            cloud=self.cloud.name, node=node.name, role=node.role,
+            address=f"{node.address}/{self.cloud_prefix()}",
+            members=tuple(f"{h.address}:{self.settings.listen.port}" for h in self.cloud.pool),
+            term=term, pki=str(self.settings.pki.ca.parent / "members" / node.name))
+        domain = NodeDomain(
+            meta=CloudMeta(cloud=self.cloud.name, node=node.name, role=node.role, term=term),
+            memory_mib=spec.memory_mib, vcpus=spec.vcpus, image=spec.image,
+            cmdline=" ".join(cmdline_words(ident)),
+            extra=dict(getattr(self.cloud, "template_values", {}) or {}))
+        return render_domain(self._template_cache[1], domain, source=str(path))
+
+    def cloud_prefix(self) -> int:
+        return int(getattr(self.cloud, "prefix_length", 24) or 24)
+
+    async def call(self, host: str, command: HostCommand) -> HostResult:
+        """HostClient: the local host agent directly, any other over the transport."""
+        if host == self.me and self.host_agent is not None:
+            return await self.host_agent.execute(command)
+        reply = await self._request(host, command)
+        if not isinstance(reply, HostResult):
+            raise TemporaryError(f"host {host} answered {type(reply).__name__}, not a result")
+        return reply
+
+    # -- inputs ---------------------------------------------------------------------------
+    def update(self, cloud: Cloud, manifest_text: str) -> None:
+        """A new manifest generation (validated): reconcile towards it."""
+        if cloud.digest == self.cloud.digest:
+            return
+        self.cloud, self.manifest_text = cloud, manifest_text
+        self.events.append(Event(self._clock(), cloud.name, EventKind.COMMAND, self.me,
+                                 f"manifest generation {cloud.digest[:12]} in force",
+                                 self.election.term))
+        if self.node_side is not None:
+            self.node_side.update_cloud(cloud)
+        self.controller.poke()
+        self._assign_poke.set()
+
+    async def handle(self, peer: str, msg: Any) -> Any:
+        """Everything the transport delivers for this cloud; the return value is the reply."""
+        if isinstance(msg, _ELECTION):
+            self.election.receive(peer, cast(Message, msg))
+            return None
+        if isinstance(msg, HostCommand):
+            if self.host_agent is None:
+                raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
+            return await self.host_agent.execute(msg)
+        if isinstance(msg, DomainEventNote):
+            self.controller.domain_event(msg.host, msg.event)
+            return None
+        if isinstance(msg, RoleAssignment):
+            if self.node_side is None:
+                raise PermanentError(f"{self.me} is not a node of {self.cloud.name}")
+            self.node_side.assign(msg)
+            return None
+        if isinstance(msg, NodeReport):
+            self._node_report(peer, msg)
+            return None
+        if isinstance(msg, ManifestWanted):
+            if msg.cloud != self.cloud.name:
+                raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
+            return ManifestOffer(self.cloud.name, self.cloud.digest, self.manifest_text,
+                                 "seed", self.election.term)
+        if isinstance(msg, InspectWanted):
+            if self.inspect_source is None:
+                raise TemporaryError("inspection is not ready")
+            return InspectAnswer(self.cloud.name, self.inspect_source())
+        raise PermanentError(f"{self.me} has no use for {type(msg).__name__}")
+
+    #: set by the agent: returns the inspect document's JSON text (leader's view)
+    inspect_source: Callable[[], str] | None = None
+
+    def unreachable(self, peer: str) -> None:
+        self.election.unreachable(peer)
+
+    def _node_report(self, peer: str, report: NodeReport) -> None:
+        if report.node != peer:
+            self.log.warning("node_report_refused", peer=peer, reason=f"names {report.node}")
+            return
+        before = self.reports.get(peer)
+        self.reports[peer] = report
+        if before is None or before.phase != report.phase:
+            self.log.info("node_phase", peer=peer, role=self._role_of(peer), phase=report.phase,
+                          reason=report.message or None)
+            self._assign_poke.set()
+
+    def _role_of(self, node: str) -> str:
+        with contextlib.suppress(KeyError):
+            return self.cloud.node(node).role
+        return ""
+
+    def _leadership(self, view: Leadership) -> None:
+        if view.acting:
+            # A new acting leader re-observes everything and re-sends every assignment.
+            self._assigned.clear()
+            self.controller.poke()
+            self._assign_poke.set()
+
+    # -- root tasks -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run every duty of this member until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.election.run(), name="election")
+            tg.create_task(self.controller.run(), name="controller")
+            tg.create_task(self._assigner(), name="assigner")
+            if self.is_host and self._backend_factory is not None:
+                tg.create_task(self._host_duties(), name="host")
+            if self.node_side is not None:
+                tg.create_task(self.node_side.run(), name="node")
+
+    async def _host_duties(self) -> None:
+        assert self._backend_factory is not None
+        uri = next(h.libvirt_uri for h in self.cloud.pool if h.name == self.me) \
+            or self.settings.libvirt.uri or "qemu:///system"
+        backend = await self._backend_factory(uri)
+        self.host_agent = HostAgent(backend, state_dir=self.state_dir, host=self.me)
+        self.log.info("host_ready", host=self.me, uri=uri)
+        try:
+            await self.host_agent.run_events(self._forward)
+        finally:
+            await backend.close()
+
+    def _forward(self, event: DomainEvent) -> None:
+        if event.meta is not None and event.meta.cloud != self.cloud.name:
+            return
+        leader = self.election.leader
+        if leader == self.me:
+            self.controller.domain_event(self.me, event)
+        elif leader:
+            self._send(leader, DomainEventNote(self.me, event))
+
+    async def _assigner(self) -> None:
+        period = self.settings.reconcile.resync_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assign_poke.wait(), timeout=min(period, 2.0))
+            self._assign_poke.clear()
+            term = self.acting_term()
+            if term is None:
+                continue
+            for assignment in self.assignments(term):
+                node = assignment.node
+                if self._assigned.get(node) == assignment and node in self.reports \
+                        and self.reports[node].generation == assignment.generation:
+                    continue
+                if self.election.status(node) is not Status.ALIVE:
+                    continue
+                self._assigned[node] = assignment
+                self.log.info("role_assigned", peer=node, role=assignment.role, term=term,
+                              peers=len(assignment.peers))
+                self._send(node, assignment)
+
+    def healthy(self, node: str) -> bool:
+        report = self.reports.get(node)
+        return (report is not None and report.phase == "ready"
+                and self.election.status(node) is Status.ALIVE)
+
+    def assignments(self, term: int) -> list[RoleAssignment]:
+        """What every node should be told now (pure given reports and liveness)."""
+        if self.cloud.ensure is Ensure.STOPPED:
+            return []
+        out: list[RoleAssignment] = []
+        peers = tuple(PeerInfo(n.name, n.role, n.address, self.healthy(n.name))
+                      for n in self.cloud.nodes)
+        for i, role in enumerate(self.cloud.roles):
+            before = self.cloud.roles[:i]
+            if not all(any(self.healthy(n.name) for n in self.cloud.nodes_of(r))
+                       for r in before):
+                break
+            for n in self.cloud.nodes_of(role):
+                out.append(RoleAssignment(
+                    term=term, cloud=self.cloud.name, node=n.name, role=role,
+                    address=n.address, generation=self.cloud.digest,
+                    peers=tuple(p for p in peers if p.node != n.name)))
+        return out
+

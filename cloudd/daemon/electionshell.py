@@ -1,0 +1,164 @@
+"""The thin asyncio shell around the election core: feeds it, performs what it says.
+
+`AgentCore` (cloudd.election) decides everything; this module only
+- gives it the monotonic clock and a seeded random source,
+- feeds it the messages the transport delivers and the peers the transport cannot reach,
+- ticks it when its `wake_at` comes,
+- performs its `Output` in the order the core documents: persist the term (fsync) before
+  sending anything, then send, then log the events, then tell listeners whether this agent
+  may act on the cloud (and until when).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudd import log
+from cloudd.daemon.events import Event, EventKind, EventLog
+from cloudd.election.agent import AgentCore, Output
+from cloudd.election.config import Timing
+from cloudd.election.members import Roster
+from cloudd.election.messages import Message
+from cloudd.election.swim import Status
+from cloudd.errors import ClouddError, ProtocolError
+
+
+class TermFile:
+    """The highest term this agent proposed or followed, durable across restarts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int:
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError as e:
+            raise ClouddError(f"{self.path}: not a term number: {e}") from e
+
+    def save(self, term: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{term}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """What listeners learn after each step."""
+
+    leader: str
+    term: int
+    acting: bool
+    acting_until: float | None
+
+
+Send = Callable[[str, Message], None]
+Listener = Callable[[Leadership], None]
+
+
+class ElectionShell:
+    """Runs one agent's membership and election for one cloud."""
+
+    def __init__(self, *, me: str, cloud: str, roster: Roster, timing: Timing, send: Send,
+                 term_file: TermFile, events: EventLog | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.me, self.cloud = me, cloud
+        self.core = AgentCore(me, roster, timing=timing, rng=rng or random.Random())
+        self.roster = roster
+        self._send, self._term_file, self._events, self._clock = send, term_file, events, clock
+        self._wake = asyncio.Event()
+        self._wake_at = 0.0
+        self._listeners: list[Listener] = []
+        self._last: Leadership | None = None
+        self.leader_since: float | None = None  # wall-clock time of the last leader change
+        self.elections = 0
+        self._log = log.get("election", cloud=cloud, node=me)
+
+    # -- queries --------------------------------------------------------------------------
+    @property
+    def leader(self) -> str:
+        return self.core.leader
+
+    @property
+    def term(self) -> int:
+        return self.core.term
+
+    def acting(self) -> bool:
+        """True while this agent may act on the cloud, checked against the clock now."""
+        return self.core.is_acting(self._clock())
+
+    def status(self, member: str) -> Status:
+        if member == self.me:
+            return Status.ALIVE
+        return self.core.status(member)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- inputs ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Root task: start the core, then tick it whenever it asks to be woken."""
+        self._perform(self.core.start(self._clock(), persisted_term=self._term_file.load()))
+        while True:
+            delay = max(0.0, self._wake_at - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            self._wake.clear()
+            self._perform(self.core.tick(self._clock()))
+
+    def receive(self, peer: str, msg: Message) -> None:
+        try:
+            out = self.core.step(peer, msg, self._clock())
+        except ProtocolError as e:
+            # Changes nothing in the core; the connection layer has authenticated the peer,
+            # so this is a confused (or newer) agent, not noise.
+            self._log.warning("election_message_refused", peer=peer, reason=str(e))
+            return
+        self._perform(out)
+
+    def unreachable(self, peer: str) -> None:
+        if peer not in self.roster or peer == self.me:
+            return
+        self._perform(self.core.peer_unreachable(peer, self._clock()))
+
+    # -- output ---------------------------------------------------------------------------
+    def _perform(self, out: Output) -> None:
+        if out.persist_term is not None:
+            # Before any message that may carry the term leaves this agent.
+            self._term_file.save(out.persist_term)
+        for peer, msg in out.messages:
+            self._send(peer, msg)
+        for ev in out.events:
+            self._log.info(f"election_{ev.kind}", term=ev.term, peer=ev.peer or None,
+                           reason=ev.reason)
+            if ev.kind != "member" and self._events is not None:
+                self._events.append(Event(time=time.time(), cloud=self.cloud,
+                                          kind=EventKind.ELECTION, subject=ev.peer or self.me,
+                                          reason=f"{ev.kind}: {ev.reason}", term=ev.term))
+        self._wake_at = out.wake_at
+        now_view = Leadership(self.core.leader, self.core.term, out.acting, out.acting_until)
+        if now_view != self._last:
+            if self._last is None or now_view.leader != self._last.leader:
+                self.leader_since = time.time()
+                if now_view.leader:
+                    self.elections += 1
+            self._last = now_view
+            for listener in self._listeners:
+                listener(now_view)
+        if out.wake_at <= self._clock():
+            self._wake.set()

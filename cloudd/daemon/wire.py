@@ -1,0 +1,134 @@
+"""Every message agents exchange, registered with the one codec under stable names.
+
+The election's own messages come from `cloudd.election.messages`; the host commands from
+`cloudd.vmctl.hostagent`. The rest are defined here, because they exist only between agents:
+manifests passed along, domain events forwarded to the leader, a node's role assignment and
+its report, and the questions `cloudd-cli inspect` asks the leader.
+
+Names are part of the protocol: renaming one is a wire change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloudd.daemon.codec import Codec, default_codec
+from cloudd.election.messages import MESSAGE_TYPES
+from cloudd.vmctl.backend import DomainEvent
+from cloudd.vmctl.hostagent import HostCommand, HostResult
+
+
+@dataclass(frozen=True)
+class ManifestOffer:
+    """The text of a cloud's manifest, as the sender holds it (the leader's is authoritative).
+
+    `origin` says who offers it: "leader" (adopt it), "operator" (a file dropped or applied on
+    the sender: the leader validates and adopts it as the new generation), or "seed" (answer
+    to a `ManifestWanted` from a booting node)."""
+
+    cloud: str
+    digest: str
+    text: str
+    origin: str
+    term: int = 0
+
+
+@dataclass(frozen=True)
+class ManifestWanted:
+    """A member that knows its cloud's name but not its manifest asks for it (request)."""
+
+    cloud: str
+
+
+@dataclass(frozen=True)
+class DomainEventNote:
+    """A host forwards one domain lifecycle event to the leader at once."""
+
+    host: str
+    event: DomainEvent
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A node a role depends on, as the leader sees it."""
+
+    node: str
+    role: str
+    address: str
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class RoleAssignment:
+    """The leader tells a node its role, the cloud's settings, and the peers it depends on."""
+
+    term: int
+    cloud: str
+    node: str
+    role: str
+    address: str
+    #: the manifest generation (digest) the assignment comes from
+    generation: str
+    peers: tuple[PeerInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceReport:
+    name: str
+    state: str
+    pid: int | None
+    ready: bool
+    starts: int
+    fatal_count: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """A node's answer to its assignment, and then its health whenever it changes."""
+
+    node: str
+    term: int
+    generation: str
+    #: "converging", "ready" (every service running and ready), "degraded", "failed"
+    phase: str
+    message: str = ""
+    services: tuple[ServiceReport, ...] = ()
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class InspectWanted:
+    """Any agent asks the leader for its view of the cloud (request; answered by InspectDoc)."""
+
+    cloud: str
+
+
+@dataclass(frozen=True)
+class InspectAnswer:
+    """The leader's view, as the JSON text of the inspect document."""
+
+    cloud: str
+    doc: str
+
+
+OWN = {
+    "cloudd.manifest-offer": ManifestOffer,
+    "cloudd.manifest-wanted": ManifestWanted,
+    "cloudd.domain-event": DomainEventNote,
+    "cloudd.role-assignment": RoleAssignment,
+    "cloudd.node-report": NodeReport,
+    "cloudd.inspect-wanted": InspectWanted,
+    "cloudd.inspect-answer": InspectAnswer,
+    "cloudd.host-command": HostCommand,
+    "cloudd.host-result": HostResult,
+}
+
+
+def register_all(codec: Codec = default_codec) -> Codec:
+    """Register every agent message with `codec` (idempotent)."""
+    for name, cls in MESSAGE_TYPES.items():
+        codec.register(cls, f"election.{name}")
+    for name, cls in OWN.items():
+        codec.register(cls, name)
+    return codec
