@@ -6,6 +6,7 @@ import base64
 import contextlib
 import gzip
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -122,15 +123,18 @@ def test_kernel_cmdline_refuses_bad_values(boot: GuestBoot, message: str) -> Non
 
 # -- real boots -------------------------------------------------------------------------------
 
-def wait_for(predicate, *, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll `predicate` until it returns something true, or fail after `timeout` seconds."""
+def wait_for(predicate, *, timeout: float, what: str,  # type: ignore[no-untyped-def]
+             log: Path | None = None):
+    """Poll `predicate` until it returns something true, or fail after `timeout` seconds
+    (with the guest's console `log` in the message)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    console = f"; console:\n{_console(log)}" if log else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{console}")
 
 
 @pytest.fixture
@@ -231,7 +235,7 @@ def test_guest_runs_the_hosts_python_and_answers_on_the_bridge(conn, lab: NetLab
             done = lab.run(probe, [sys.executable, "-c", FETCH, url])
             return done.stdout if done.returncode == 0 else ""
 
-        page = wait_for(answered, timeout=180, what=f"{url} from {probe.name}")
+        page = wait_for(answered, timeout=180, what=f"{url} from {probe.name}", log=log)
         booted = time.monotonic() - started
         assert "Directory listing for /" in page
         assert "usr/" in page  # the host's root, seen through virtiofs and the overlay
@@ -254,7 +258,7 @@ def test_guest_writes_stay_in_the_guest(conn, lab: NetLab) -> None:  # type: ign
                "&& hostname && exit 7")
     with guest(conn, lab, command=command) as (dom, _address, log):
         dom.create()
-        wait_for(lambda: not dom.isActive(), timeout=180, what="the guest to power off")
+        wait_for(lambda: not dom.isActive(), timeout=180, what="the guest to power off", log=log)
         console = _console(log)
         assert "written" in console
         assert "imported cloudd.vmctl.testguest" in console
@@ -269,7 +273,7 @@ def test_a_failing_step_is_reported_and_powers_the_guest_off(conn, lab: NetLab, 
                                                               ) -> None:
     with guest(conn, lab, command="sleep 1000", extra_cmdline="cloudd.fs=notag") as (dom, _a, log):
         dom.create()
-        wait_for(lambda: not dom.isActive(), timeout=180, what="the guest to power off")
+        wait_for(lambda: not dom.isActive(), timeout=180, what="the guest to power off", log=log)
         console = _console(log)
         assert "FAILED: mount virtiofs notag" in console
         assert "step run" not in console
@@ -324,3 +328,33 @@ def test_domain_xml_fills_every_placeholder_and_carries_the_metadata(tmp_path: P
     assert root.find("devices/interface/source").get("bridge") == "h7xbr"  # type: ignore[union-attr]
     assert root.find("devices/filesystem/target").get("dir") == "hostroot"  # type: ignore[union-attr]
     assert from_domain_xml(xml) == meta
+
+
+@pytest.mark.libvirt
+@pytest.mark.netns
+def test_guest_runs_the_cloudd_agent_from_the_hosts_virtualenv(conn, lab: NetLab,  # type: ignore[no-untyped-def]
+                                                                ) -> None:
+    # Outside /tmp: the guest gets a fresh tmpfs there, the rest of the host's / it sees.
+    home = Path(f"/var/tmp/cloudd-h7-agent-{uuid.uuid4().hex[:6]}")
+    (home / "manifests").mkdir(parents=True)
+    try:
+        (home / "agent.yaml").write_text(
+            "kind: Agent\nprofile: local\nname: guest-1\n"
+            f"manifest_dir: {home / 'manifests'}\nstate_dir: /var/lib/cloudd\n")
+        agent = Path(sys.prefix) / "bin" / "cloudd"
+        with guest(conn, lab, command=f"{agent} --config {home / 'agent.yaml'}") as (dom, _a, log):
+            started = time.monotonic()
+            dom.create()
+
+            def agent_started() -> bool:
+                if not dom.isActive():
+                    pytest.fail(f"guest stopped; console:\n{_console(log)}")
+                return '"event": "agent_started"' in _console(log)
+
+            wait_for(agent_started, timeout=180, what="the agent in the guest to start", log=log)
+            print(f"\ntest guest: create -> cloudd agent started in "
+                  f"{time.monotonic() - started:.1f} s")
+            assert '"node": "guest-1"' in _console(log)
+            assert dom.isActive()
+    finally:
+        shutil.rmtree(home)

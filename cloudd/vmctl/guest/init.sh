@@ -86,7 +86,10 @@ if [ -n "$IP" ]; then
 fi
 
 log "step run: $CMD"
-chroot /newroot /bin/sh -c "$CMD" < /dev/console > /dev/console 2>&1
+# Through a pipe, not the console itself: the command's output is a log, not a terminal (so
+# structlog writes JSON lines); pipefail keeps the command's own exit status.
+set -o pipefail
+chroot /newroot /bin/sh -c "$CMD" < /dev/null 2>&1 | cat > /dev/console
 status=$?
 log "command exited with status $status"
 sync
