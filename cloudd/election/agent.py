@@ -176,7 +176,7 @@ class AgentCore:
             events.append(Event("acting", f"{'yes' if acting else 'no'}: {why}", bully.term,
                                 self.me))
             self._acting = acting
-        wake = min(self.members.next_deadline(), bully.next_deadline())
+        wake = min(self.members.next_deadline(), bully.next_deadline(now))
         return Output(messages=tuple(messages), persist_term=persist, events=tuple(events),
                       acting=acting, acting_until=bully.acting_until() if acting else None,
                       wake_at=max(wake, now))

@@ -74,9 +74,10 @@ class Bully:
             return None
         return self.holder.quorum_until()
 
-    def next_deadline(self) -> float:
+    def next_deadline(self, now: float) -> float:
         until = self.acting_until()
-        return min(self.deadline, until if until is not None else float("inf"))
+        lapse = until if until is not None and until > now else float("inf")
+        return min(self.deadline, lapse)
 
     # -- transitions --------------------------------------------------------------------
     def _goto(self, role: Role, reason: str) -> None:

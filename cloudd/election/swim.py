@@ -125,14 +125,14 @@ class Membership:
                 if peer.status is Status.ALIVE:
                     self._apply(Gossip("suspect", probe.target, peer.incarnation, self.me), now)
             self._probe = None
-            self._next_probe = max(now, self._next_probe + t.probe_interval)
+            self._next_probe = _after(self._next_probe, t.probe_interval, now)
             target = self._next_target()
             if target is not None:
                 self._seq += 1
                 self._probe = _Probe(target, self._seq, now)
                 self._ping(target, self._seq)
         if now >= self._next_dead_probe:
-            self._next_dead_probe = max(now, self._next_dead_probe + t.dead_probe_interval)
+            self._next_dead_probe = _after(self._next_dead_probe, t.dead_probe_interval, now)
             if self._dead:
                 self._seq += 1
                 self._ping(self.rng.choice(sorted(self._dead)), self._seq)
@@ -283,3 +283,9 @@ class Membership:
                 return
             self._set(fact.member, Status.DEAD, fact.incarnation, now)
             self._enqueue(fact)
+
+
+def _after(due: float, interval: float, now: float) -> float:
+    """The next period's start; after a late tick, a full period from now (no catch-up)."""
+    nxt = due + interval
+    return nxt if nxt > now else now + interval

@@ -119,7 +119,12 @@ class Sim:
                 agent = self.agents[str(name)]
                 if agent is None or self._wake.get(str(name)) != when:
                     continue
-                self._apply(str(name), agent.tick(self._local(str(name))))
+                del self._wake[str(name)]
+                out = agent.tick(self._local(str(name)))
+                # After a tick everything due is done: asking to be woken at once again
+                # would be a busy loop in the shell.
+                assert out.wake_at > self._local(str(name)), (self.now, name, "busy wake")
+                self._apply(str(name), out)
             elif kind == "msg":
                 src, dst, msg = data
                 agent = self.agents[str(dst)]

@@ -154,3 +154,11 @@ def test_piggyback_is_bounded_and_each_fact_is_retransmitted_a_limited_number_of
                 sent[g.member] = sent.get(g.member, 0) + 1
     assert set(sent) >= {f"m{i}" for i in range(1, facts + 1)}
     assert max(sent.values()) <= T.retransmits(len(roster))
+
+
+def test_a_late_tick_does_not_catch_up_with_a_burst_of_probes() -> None:
+    m = mem()
+    m.probe_tick(100.0)  # the shell's timer came 100 s late
+    out, _ = m.drain()
+    assert sum(isinstance(msg, Ping) for _, msg in out) <= 2  # one probe, one dead probe
+    assert m.next_deadline() > 100.0
