@@ -12,7 +12,7 @@ it mounts the host's `/` over virtiofs as the lower layer of an overlay with a t
 configures the virtio NIC from the kernel command line and runs a command in that root (see
 `kernel_cmdline`). Both are cached in `workdir` under a hash of their content, so rebuilding
 is instant; the archive is written deterministically (fixed mtimes and owners) for that reason.
-QEMU runs as libvirt-qemu: `workdir` and its parents must be searchable by it (so not under a
+QEMU runs unprivileged: `workdir` and its parents must be searchable by others (so not under a
 0700 pytest tmp_path). `domain_xml` fills manifests/templates/testguest.xml for one guest.
 """
 
