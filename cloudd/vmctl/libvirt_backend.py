@@ -84,6 +84,14 @@ _STOPPED_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved",
     libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
 }
+_STARTED_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED: "booted",
+    libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED: "restored",
+    libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT: "from-snapshot",
+    libvirt.VIR_DOMAIN_EVENT_STARTED_WAKEUP: "wakeup",
+}
+_DETAILS = {EventKind.STOPPED: _STOPPED_DETAILS, EventKind.STARTED: _STARTED_DETAILS}
 _CONNECTION_ERRORS = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
                       libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
                       libvirt.VIR_ERR_AUTH_FAILED}
@@ -306,8 +314,10 @@ class LibvirtBackend:
                 return
             except ClouddError as e:
                 attempt += 1
-                self._log.info("libvirt reconnect failed", uri=self.uri, attempt=attempt,
-                               error=str(e))
+                # One line for the first failure and then one every 20 tries, not a flood.
+                if attempt % 20 == 1:
+                    self._log.info("libvirt reconnect failed", uri=self.uri, attempt=attempt,
+                                   error=str(e))
 
     def _on_lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
                       detail: int, _opaque: object) -> None:
@@ -328,8 +338,7 @@ class LibvirtBackend:
                 # at its metadata off the loop, then publish if it is ours.
                 asyncio.get_running_loop().create_task(self._learn(name, detail, at))
             return
-        text = (_STOPPED_DETAILS.get(detail, str(detail))
-                if kind is EventKind.STOPPED else str(detail))
+        text = _DETAILS.get(kind, {}).get(detail, str(detail))
         self._hub.publish(DomainEvent(kind=kind, domain=name, meta=meta, detail=text, at=at))
 
     async def _learn(self, name: str, detail: int, at: float) -> None:

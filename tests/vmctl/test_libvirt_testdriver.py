@@ -59,7 +59,8 @@ async def test_define_start_destroy_undefine_with_events(backend: LibvirtBackend
     assert defined.domain == "tc-n1" and defined.meta is not None
     assert defined.meta.node == "n1"
     assert await backend.start("tc-n1")
-    assert (await next_event(events, EventKind.STARTED)).domain == "tc-n1"
+    started = await next_event(events, EventKind.STARTED)
+    assert (started.domain, started.detail) == ("tc-n1", "booted")
     [info] = await backend.list()
     assert (info.name, info.state, info.meta.term) == ("tc-n1", DomainState.RUNNING, 1)
     assert await backend.destroy("tc-n1")
