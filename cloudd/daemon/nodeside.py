@@ -75,6 +75,9 @@ def copy_secrets(cloud: Cloud, secrets_dir: Path) -> None:
             if dest.read_bytes() == data and dest.stat().st_mode & 0o777 == 0o600:
                 continue
         _write_atomic(dest, data, 0o600)
+    for left in secrets_dir.iterdir():  # a secret the manifest no longer names goes away
+        if left.name not in cloud.secrets and left.is_file():
+            left.unlink()
 
 
 def _load_assignment(path: Path) -> RoleAssignment | None:
@@ -114,8 +117,9 @@ class NodeSide:
         self._error = ""
         self._failures = 0
         self._retry_at = 0.0
+        self._failed_key: tuple[Any, ...] | None = None
         self._was_ready = False
-        self._stopped = self._halted = self._detached = False
+        self._stopped = self._halted = self._resume = self._detached = False
         self._last: tuple[Any, ...] | None = None
         self._last_sent = float("-inf")
         self._phase, self._since = "", clock()
@@ -148,9 +152,8 @@ class NodeSide:
         self._term = a.term
         if a == self._current:
             return
-        if self._stopped:  # told to run again after stop_services: start from scratch
-            self._stopped = self._halted = False
-            self._sup, self._applied = None, None
+        # Told to run again after stop_services: the loop starts afresh once the stop is done.
+        self._resume = self._stopped
         self.log.info("node.assignment", term=a.term, role=a.role, generation=a.generation,
                       peers=[p.node for p in a.peers if p.healthy])
         self._current = a
@@ -170,24 +173,36 @@ class NodeSide:
         while True:
             self._wake.clear()
             now = loop.time()
-            if not self._detached:
-                self._persist()
-                a = self._current
-                if (a is not None and not self._stopped and self._task is None
-                        and self._key(a) != self._applied and now >= self._retry_at):
-                    self._task = asyncio.create_task(self._converge(a, self.cloud),
-                                                     name=f"cloudd:converge:{self.me}")
-                self._maybe_report(now)
-            await self._wait(self._next_wake(now) - now)
+            if self._detached or self._current is None:
+                await self._wait(self.heartbeat)
+                continue
+            self._persist()
+            a = self._current
+            if self._resume and self._halted:
+                self.log.info("node.resumed", term=a.term, role=a.role)
+                self._stopped = self._halted = self._resume = False
+                self._sup, self._applied = None, None
+            converge_at = self._converge_at(a)
+            if converge_at is not None and now >= converge_at:
+                self._task = asyncio.create_task(self._converge(a, self.cloud),
+                                                 name=f"cloudd:converge:{self.me}")
+                converge_at = None
+            self._maybe_report(now)
+            due = self._last_sent + self.heartbeat
+            if converge_at is not None:
+                due = min(due, converge_at)
+            await self._wait(max(due - now, 0.01))
 
     def _key(self, a: RoleAssignment) -> tuple[Any, ...]:
         return (a.role, a.address, a.generation, a.peers, self.cloud.digest)
 
-    def _next_wake(self, now: float) -> float:
-        due = self._last_sent + self.heartbeat
-        if self._error and self._task is None:
-            due = min(due, self._retry_at)
-        return max(due, now + 0.01)
+    def _converge_at(self, a: RoleAssignment) -> float | None:
+        """When to converge `a` next (loop time), or None when there is nothing to do."""
+        key = self._key(a)
+        if self._stopped or self._task is not None or key == self._applied:
+            return None
+        # A new assignment or manifest is tried at once; the same one again after backoff.
+        return self._retry_at if key == self._failed_key else 0.0
 
     async def _wait(self, within: float) -> None:
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
@@ -228,6 +243,7 @@ class NodeSide:
             self._failures += 1
             delay = exc.delay if isinstance(exc, TemporaryError) else self._backoff()
             self._retry_at = asyncio.get_running_loop().time() + delay
+            self._failed_key = key
             self._error = (str(exc) if isinstance(exc, ClouddError)
                            else f"{type(exc).__name__}: {exc}")
             self.log.warning("node.converge_failed", role=a.role, term=a.term, error=self._error,
@@ -327,7 +343,7 @@ class NodeSide:
     # ---- shutdown -----------------------------------------------------------------------
     async def stop_services(self) -> None:
         """`ensure: stopped`: stop every service of the node, in reverse dependency order."""
-        self._stopped = True
+        self._stopped, self._resume = True, False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

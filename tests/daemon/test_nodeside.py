@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import BaseModel, ConfigDict
 
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
@@ -29,7 +30,7 @@ from cloudd.config.agent import Supervisor as SupervisorSettings
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost
 from cloudd.daemon.nodeside import NodeSide, node_root
 from cloudd.daemon.wire import NodeReport, PeerInfo, RoleAssignment
-from cloudd.errors import TemporaryError
+from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import procstate
 from cloudd.providers.base import Assignment, FileSpec, Provider, Rendered, Role
 from cloudd.providers.registry import Registry
@@ -74,6 +75,7 @@ class TinyRole(Role):
     def __init__(self, program: Path) -> None:
         self.program = program
         self.fail_prepare = 0
+        self.fail_permanent = 0
         self.prepared = 0
 
     def secrets(self, a: Assignment) -> tuple[str, ...]:
@@ -99,6 +101,9 @@ class TinyRole(Role):
 
     async def prepare(self, a: Assignment) -> None:
         self.prepared += 1
+        if self.fail_permanent > 0:
+            self.fail_permanent -= 1
+            raise PermanentError("prepare is broken")
         if self.fail_prepare > 0:
             self.fail_prepare -= 1
             raise TemporaryError("prepare is not ready yet", delay=0.2)
@@ -301,6 +306,33 @@ async def test_converge_failure_reported_and_retried(lab: Lab) -> None:
     failed = [r for r in lab.reports if r.phase == "failed"]
     assert failed and failed[0].message == "prepare is not ready yet"
     assert lab.role.prepared == 3 and len(lab.starts()) == 1
+
+
+async def test_repeated_failures_back_off_exponentially(lab: Lab) -> None:
+    lab.role.fail_permanent = 3
+    side = lab.start()
+    with structlog.testing.capture_logs() as logs:
+        side.assign(lab.assignment())
+        await lab.ready(side)
+    failed = [e for e in logs if e["event"] == "node.converge_failed"]
+    assert [e["failures"] for e in failed] == [1, 2, 3]
+    base = lab.settings.reconcile.backoff_base
+    for e in failed:  # base * 2^(n-1), less up to 20 % of jitter
+        top = base * 2 ** (e["failures"] - 1)
+        assert 0.8 * top - 0.001 <= e["retry_in"] <= top + 0.001
+    assert lab.role.prepared == 4 and failed[0]["error"] == "prepare is broken"
+
+
+async def test_new_assignment_is_not_held_back_by_backoff(lab: Lab) -> None:
+    lab.settings = lab.settings.model_copy(update={
+        "reconcile": Reconcile(backoff_base=3600.0, backoff_max=3600.0)})
+    lab.role.fail_permanent = 1
+    side = lab.start()
+    side.assign(lab.assignment())
+    await until(lambda: bool(lab.reports) and lab.reports[-1].phase == "failed", "failed")
+    side.assign(lab.assignment(peers=("10.0.0.7",)))  # retried at once, not in an hour
+    pid = await lab.ready(side)
+    assert ask(lab.port) == (pid, ["10.0.0.7"])
 
 
 async def test_missing_secret_fails_with_its_path_and_recovers(lab: Lab) -> None:
