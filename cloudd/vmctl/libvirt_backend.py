@@ -286,7 +286,7 @@ class LibvirtBackend:
         # Called on the libvirt-events thread: hop to the backend's loop.
         loop = self._loop
         if loop is not None and not self._closed:
-            loop.call_soon_threadsafe(self._lost, reason)
+            self._hop(loop, self._lost, reason)
 
     def _lost(self, reason: int) -> None:
         if self._conn is None or self._closed:
@@ -325,7 +325,14 @@ class LibvirtBackend:
         if loop is None or self._closed:
             return
         name, at = dom.name(), self.clock()
-        loop.call_soon_threadsafe(self._lifecycle, name, event, detail, at)
+        self._hop(loop, self._lifecycle, name, event, detail, at)
+
+    @staticmethod
+    def _hop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+        # The owner's loop may already be closed (a backend never closed, its loop gone):
+        # the event has nobody to go to, and must not break libvirt's event thread.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
 
     def _lifecycle(self, name: str, event: int, detail: int, at: float) -> None:
         kind = _EVENTS.get(event, EventKind.OTHER)
