@@ -149,12 +149,26 @@ class EventHub:
             queue.put_nowait(event)
 
 
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2,
+          "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
+
+
+def _memory_kib(root: ET.Element) -> int:
+    """A domain's `<memory>` in KiB (libvirt's default unit), 0 when absent or unreadable."""
+    elem = root.find("memory")
+    if elem is None or not (elem.text or "").strip().isdigit():
+        return 0
+    factor = _UNITS.get(elem.get("unit", "KiB").lower(), 1024)
+    return int(elem.text or "0") * factor // 1024
+
+
 @dataclass
 class _FakeDomain:
     xml: str
     meta: CloudMeta | None
     uuid: str
     state: DomainState = DomainState.STOPPED
+    memory_kib: int = 0
 
 
 @dataclass
@@ -196,12 +210,14 @@ class FakeBackend:
         meta = from_domain_xml(xml)
         if meta is None:
             raise InvalidDomain("domain XML carries no cloudd metadata")
-        name = ET.fromstring(xml).findtext("name") or ""
+        root = ET.fromstring(xml)
+        name = root.findtext("name") or ""
         self.calls.append(("define", name))
         if name in self.domains:
             self._ours(name)
             return False
-        self.domains[name] = _FakeDomain(xml=xml, meta=meta, uuid=f"uuid-{name}")
+        self.domains[name] = _FakeDomain(xml=xml, meta=meta, uuid=f"uuid-{name}",
+                                         memory_kib=_memory_kib(root))
         self._emit(EventKind.DEFINED, name, meta, "added")
         return True
 
@@ -248,7 +264,7 @@ class FakeBackend:
                      for n, d in sorted(self.domains.items()) if d.meta is not None)
 
     async def inventory(self) -> Inventory:
-        used = sum(1024 * 1024 for d in self.domains.values()
+        used = sum(d.memory_kib for d in self.domains.values()
                    if d.state is DomainState.RUNNING)
         return Inventory(free_memory_kib=self.total_memory_kib - used,
                          total_memory_kib=self.total_memory_kib, vcpus=self.vcpus,

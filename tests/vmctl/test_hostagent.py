@@ -15,7 +15,8 @@ from cloudd.vmctl.metadata import CloudMeta, metadata_xml
 
 def domain_xml(node: str, term: int) -> str:
     meta = CloudMeta(cloud="c", node=node, role="compute", term=term)
-    return f"<domain><name>c-{node}</name>{metadata_xml(meta)}</domain>"
+    return (f"<domain><name>c-{node}</name><memory unit='MiB'>256</memory>"
+            f"{metadata_xml(meta)}</domain>")
 
 
 @pytest.fixture
@@ -37,6 +38,8 @@ async def test_full_cycle_and_idempotence(fake: FakeBackend, tmp_path: Path) -> 
     assert [d.name for d in listed.domains] == ["c-n1"]
     inv = await run(HostCommand(Op.INVENTORY, 1))
     assert inv.inventory is not None and inv.inventory.images == frozenset({"/img/a.qcow2"})
+    # the fake counts the memory of running domains, from their XML
+    assert inv.inventory.total_memory_kib - inv.inventory.free_memory_kib == 256 * 1024
     assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is Outcome.DONE
     assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is Outcome.DONE
     assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is Outcome.NOOP
