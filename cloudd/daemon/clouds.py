@@ -35,7 +35,7 @@ from cloudd.vmctl.backend import Backend
 
 
 def timing_for(settings: AgentSettings) -> Timing:
-    return Timing.local() if settings.profile == "local" else Timing.production()
+    return Timing.production()
 
 
 async def libvirt_backend(uri: str) -> Backend:
