@@ -10,6 +10,7 @@ Everything it made is removed by `close()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -198,10 +199,8 @@ class AgentLab:
     # -- cleanup --------------------------------------------------------------------------
     def close(self) -> None:
         for name in list(self.agents):
-            try:
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill(name)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
             if self.agents[name].log_file is not None:
                 self.agents[name].log_file.close()
         self.net.close()

@@ -81,8 +81,8 @@ def test_failover_partition_heal_and_rejoin(lab: AgentLab) -> None:
     t0 = time.monotonic()
     majority = [n for n in everyone if n != new]
     third, third_term = watch.settle(majority, "a leader in the majority after the cut")
-    lab.wait_for("the cut-off leader stops acting",
-                 lambda: (s := lab.status(new)) is not None and s.get("cloud") and not s.get("acting"))
+    lab.wait_for("the cut-off leader stops acting", lambda: (
+        (s := lab.status(new)) is not None and s.get("cloud") and not s.get("acting")))
     print(f"cut {new} -> {third} acting in term {third_term} after "
           f"{time.monotonic() - t0:.2f} s; {new} stopped acting")
     assert third_term > new_term
