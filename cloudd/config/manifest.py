@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -68,12 +67,15 @@ def build_cloud(doc: Document, catalog: Catalog) -> Cloud:
     roles = spec.roles_for(settings)
     nodes = _stop_or(_nodes(doc, top, spec, roles))
     _stop(_cross_checks(doc, top, nodes))
+    inputs = (template, *(_resolve(base, v[k]) for v in top.roles.values()
+                          if isinstance(v, dict) for k in ("addresses_file", "images_file")))
     return Cloud(
         name=top.name,
         type=top.type,
         ensure=Ensure(top.ensure),
         source=doc.path,
-        digest=hashlib.sha256(doc.raw).hexdigest(),
+        digest=_digest(doc.raw, inputs),
+        inputs=inputs,
         domain_template=template,
         pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri) for h in top.pool),
         roles=tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes)),
@@ -81,6 +83,19 @@ def build_cloud(doc: Document, catalog: Catalog) -> Cloud:
         settings=settings,
         secrets=MappingProxyType({k: _resolve(base, v.file) for k, v in top.secrets.items()}),
     )
+
+
+def _digest(raw: bytes, inputs: tuple[Path, ...]) -> str:
+    """sha256 over the manifest and every file it names, so that any edit shows."""
+    h = hashlib.sha256(raw)
+    for path in inputs:
+        try:
+            data = yamlsrc.read_bounded(path)
+        except ConfigError as exc:
+            raise ConfigError([Problem(str(path), None, None, "", exc.problems[0].message)]
+                              ) from None
+        h.update(b"\0" + str(path).encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
 
 
 def _stop(problems: list[Problem]) -> None:
@@ -241,14 +256,13 @@ def _cross_checks(doc: Document, top: CloudIn, nodes: list[Located]) -> list[Pro
         unique(seen_name, h.name, "host name", f"pool host {h.name}", ("pool", i), "name")
         unique(seen_addr, h.address, "address", f"pool host {h.name}", ("pool", i), "address")
     for node, loc in nodes:
-        pin: Callable[[str], str | None] = lambda h: None if h in hosts else (  # noqa: E731
-            f"names {h!r}, which is not a pool host (pool: {', '.join(hosts)})")
         unique(seen_name, node.name, "name", f"node {node.name}", loc, "name")
         unique(seen_addr, node.address, "address", f"node {node.name}", loc, "address")
         for field in ("host", "source_host"):
             value = getattr(node, field)
-            if value is not None and (msg := pin(value)):
-                problems.append(doc.place((*loc, field), message=msg))
+            if value is not None and value not in hosts:
+                problems.append(doc.place((*loc, field), message=(
+                    f"names {value!r}, which is not a pool host (pool: {', '.join(hosts)})")))
         if len(node.name) > 63:
             problems.append(doc.place((*loc, "name"), message=(
                 f"node name {node.name!r} is longer than 63 characters; give a shorter name")))

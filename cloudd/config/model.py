@@ -154,7 +154,7 @@ class Cloud:
     name: str
     type: str
     ensure: Ensure
-    #: The manifest file, and the sha256 of its bytes (changes when it is edited).
+    #: The manifest file, and a sha256 over it and its `inputs` (changes with any edit).
     source: Path
     digest: str
     domain_template: Path
@@ -167,6 +167,8 @@ class Cloud:
     settings: BaseModel
     #: secret name -> file holding it (absolute).
     secrets: Mapping[str, Path]
+    #: Other files the cloud was built from: the domain template, role list files.
+    inputs: tuple[Path, ...] = ()
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == role)

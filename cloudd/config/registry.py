@@ -3,8 +3,8 @@
 Manifests are dropped into `/etc/cloudd/` by hand or by configuration management, so they can
 be half-written, wrong, or removed at any time. A refused file never disturbs what runs: the
 registry keeps the last valid generation of that file until a valid one replaces it, and
-only a removed file withdraws its cloud. Unchanged files (same size and mtime) are not
-reparsed, so a scan every few seconds costs a stat per file.
+only a removed file withdraws its cloud. Unchanged files (same size and mtime, for the
+manifest and every file it names) are not reparsed: a scan costs a few stats per cloud.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class ManifestRegistry:
         self.catalog = catalog
         self._exclude = {Path(p).resolve() for p in exclude}
         self._current: dict[Path, Cloud] = {}
-        self._seen: dict[Path, tuple[int, int]] = {}
+        self._seen: dict[Path, tuple[tuple[int, int], ...]] = {}
 
     @property
     def clouds(self) -> Mapping[str, Cloud]:
@@ -68,10 +68,9 @@ class ManifestRegistry:
         events: list[ManifestEvent] = []
         present = self.files()
         for path in present:
-            try:
-                st = path.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
-            except OSError:
+            kept = self._current.get(path)
+            stamp = _stamp((path, *(kept.inputs if kept else ())))
+            if stamp is None:
                 continue  # removed between listing and stat: the next scan sees it gone
             if self._seen.get(path) == stamp:
                 continue
@@ -98,4 +97,21 @@ class ManifestRegistry:
         if kept is not None and kept.digest == cloud.digest:
             return []  # touched, not changed
         self._current[path] = cloud
+        # Stamp what this generation was built from, so that an edit of a list file shows.
+        self._seen[path] = _stamp((path, *cloud.inputs)) or ()
         return [ManifestEvent(Change.LOADED, path, cloud)]
+
+
+def _stamp(paths: Iterable[Path]) -> tuple[tuple[int, int], ...] | None:
+    """(mtime, size) of each file; None when the first (the manifest) is gone."""
+    out = []
+    for i, path in enumerate(paths):
+        try:
+            st = path.stat()
+        except OSError:
+            if i == 0:
+                return None
+            out.append((-1, -1))  # a missing input is a change too
+            continue
+        out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)

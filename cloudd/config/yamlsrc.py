@@ -26,6 +26,9 @@ from cloudd.errors import ConfigError, Problem
 #: The largest file accepted, in bytes: manifests are a few KiB; 1 MiB leaves room for a
 #: thousand nodes and refuses a stray log or disk image before reading it.
 MAX_BYTES = 1024 * 1024
+#: The deepest nesting of mappings and sequences accepted: a manifest needs 5; composing
+#: thousands of levels would exhaust Python's recursion limit.
+MAX_DEPTH = 32
 
 Loc = tuple[str | int, ...]
 
@@ -116,10 +119,18 @@ def load(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> Document:
     # Refuse anchors and aliases from the event stream, before any node is composed: an
     # alias bomb is cheap to parse as events and only explodes when built.
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise _fail(p, "YAML anchors and aliases (&name, *name) are not allowed",
                             event.start_mark)
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _fail(p, f"nested more than {MAX_DEPTH} levels deep",
+                                event.start_mark)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()

@@ -76,3 +76,22 @@ def test_two_files_declaring_one_cloud(tmp_path: Path) -> None:
 
 def test_missing_folder_is_empty(tmp_path: Path) -> None:
     assert ManifestRegistry(tmp_path / "nope", CATALOG).scan() == []
+
+
+def test_an_edited_list_file_reloads_its_cloud(tmp_path: Path) -> None:
+    reg = setup(tmp_path)
+    shutil.copytree(REPO / "manifests" / "lists", tmp_path / "lists")
+    shutil.copy(REPO / "manifests" / "slurm.yaml", tmp_path / "slurm.yaml")
+    [event] = reg.scan()
+    assert event.cloud is not None and len(event.cloud.nodes) == 4
+    addresses = tmp_path / "lists" / "slurm-compute.addresses"
+    images = tmp_path / "lists" / "slurm-compute.images"
+    bump(addresses, addresses.read_text() + "192.0.2.24\n")
+    [event] = reg.scan()  # one file edited, the other not yet: refused, old kept
+    assert event.change is Change.REFUSED and event.cloud is not None
+    assert "lists 4 addresses but" in event.problems[0].message
+    bump(images, images.read_text() + "/var/lib/cloudd/images/slurm-c4.qcow2\n")
+    [event] = reg.scan()
+    assert event.change is Change.LOADED and event.cloud is not None
+    assert event.cloud.nodes[-1].name == "batch-compute-4"
+    assert reg.scan() == []

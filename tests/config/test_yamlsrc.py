@@ -86,3 +86,9 @@ def test_comment_only_file_is_empty(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("# nothing here\n")
     assert problem(path) == f"{path}: (document): file is empty"
+
+
+def test_deep_nesting_is_refused_before_composing(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert problem(path) == f"{path}:1:35: (document): nested more than 32 levels deep"
