@@ -32,8 +32,11 @@ def write_agent(folder: Path, extra: str = "") -> Path:
     shutil.copytree(REPO / "manifests" / "templates", manifests / "templates",
                     dirs_exist_ok=True)
     path = manifests / "agent.yaml"  # inside manifest_dir, as on a real host: must be skipped
-    path.write_text(f"name: pm1\nprofile: local\nmanifest_dir: {manifests}\n"
-                    f"state_dir: {folder / 'state'}\n{extra}")
+    # A name no example manifest uses: this agent only watches, it joins no cloud. Every
+    # path it writes is under the test's folder, and it listens on loopback only.
+    path.write_text(f"name: h1-watcher\nprofile: local\nmanifest_dir: {manifests}\n"
+                    f"state_dir: {folder / 'state'}\napi_socket: {folder / 'api.sock'}\n"
+                    f"listen: {{address: 127.0.0.1}}\nlibvirt: {{uri: null}}\n{extra}")
     return path
 
 
@@ -175,7 +178,7 @@ def test_bad_settings_give_one_placed_line_and_exit_1(tmp_path: Path) -> None:
                           text=True, timeout=DEADLINE, check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        f"{config}:5:50: membership.probe_timeout: 0.5 s must be shorter than "
+        f"{config}:8:50: membership.probe_timeout: 0.5 s must be shorter than "
         "membership.probe_interval (0.1 s): a probe must end before the next one starts"]
 
 
