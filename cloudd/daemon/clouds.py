@@ -35,7 +35,16 @@ from cloudd.vmctl.backend import Backend
 
 
 def timing_for(settings: AgentSettings) -> Timing:
-    return Timing.production()
+    """The election core's timing from the agent's settings (one sentence per bad value)."""
+    m, e = settings.membership, settings.election
+    lease = e.lease
+    return dataclasses.replace(
+        Timing.production(), probe_interval=m.probe_interval, probe_timeout=m.probe_timeout,
+        indirect_checks=m.indirect_probes, suspicion_mult=m.suspicion_mult,
+        answer_timeout=e.answer_timeout, coordinator_timeout=e.coordinator_timeout,
+        lease_duration=lease, renew_interval=lease / 4, lease_margin=lease / 8,
+        inquiry_timeout=max(lease / 2, 2 * m.probe_interval), no_quorum=e.no_quorum,
+    ).validate()
 
 
 async def libvirt_backend(uri: str) -> Backend:

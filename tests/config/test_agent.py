@@ -32,16 +32,17 @@ def test_production_defaults(tmp_path: Path) -> None:
     assert s.manifest_dir == Path("/etc/cloudd")
     assert s.api_socket == Path("/run/cloudd/cloudd.sock")
     assert not s.metrics.enabled
-    assert (s.membership.probe_interval, s.membership.probe_timeout) == (1.0, 0.5)
+    assert (s.membership.probe_interval, s.membership.probe_timeout) == (0.1, 0.04)
     assert s.reconcile.backoff_max == 300.0
 
 
 def test_local_profile_is_fast_and_explicit_values_win(tmp_path: Path) -> None:
     s = settings(tmp_path, "name: n1\nprofile: local\nmembership: {indirect_probes: 5}\n"
-                           "libvirt: {uri: null}\n")
-    assert s.membership.probe_interval == LOCAL["membership"]["probe_interval"]
+                           "reconcile: {backoff_max: 9}\nlibvirt: {uri: null}\n")
+    assert s.reconcile.resync_interval == LOCAL["reconcile"]["resync_interval"]
+    assert s.reconcile.backoff_max == 9
     assert s.membership.indirect_probes == 5
-    assert s.election.answer_timeout == LOCAL["election"]["answer_timeout"]
+    assert s.supervisor.start_grace == LOCAL["supervisor"]["start_grace"]
     assert s.libvirt.uri is None
 
 
@@ -56,7 +57,7 @@ def test_every_timing_field_is_documented() -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("name: pm1\nmembership: {probe_timeout: 2}\n",
      "2:29: membership.probe_timeout: 2.0 s must be shorter than membership.probe_interval "
-     "(1.0 s): a probe must end before the next one starts"),
+     "(0.1 s): a probe must end before the next one starts"),
     ("name: pm1\nelection: {answer_timeout: 3, coordinator_timeout: 2}\n",
      "2:28: election.answer_timeout: 3.0 s must be shorter than election.coordinator_timeout "
      "(2.0 s)"),
