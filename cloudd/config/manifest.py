@@ -77,11 +77,15 @@ def build_cloud(doc: Document, catalog: Catalog) -> Cloud:
         digest=_digest(doc.raw, inputs),
         inputs=inputs,
         domain_template=template,
-        pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri) for h in top.pool),
+        pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()))
+                   for h in top.pool),
         roles=tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes)),
         nodes=tuple(n for n, _ in nodes),
         settings=settings,
         secrets=MappingProxyType({k: _resolve(base, v.file) for k, v in top.secrets.items()}),
+        prefix_length=top.network.prefix_length,
+        gateway=top.network.gateway,
+        template_values=MappingProxyType(dict(top.template_values)),
     )
 
 

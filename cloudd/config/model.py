@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,6 +66,14 @@ class PoolHostIn(_Strict):
     name: DnsLabel
     address: Address
     libvirt_uri: str | None = None
+    fence: list[str] | None = Field(default=None, min_length=1)
+
+
+class NetworkIn(_Strict):
+    """How nodes configure their address (the manifest gives addresses without prefix)."""
+
+    prefix_length: int = Field(default=24, ge=1, le=128)
+    gateway: Address | None = None
 
 
 class ResourcesIn(_Strict):
@@ -110,6 +118,8 @@ class CloudIn(_Strict):
     resources: ResourcesIn = ResourcesIn()
     settings: dict[str, Any] = {}
     secrets: dict[str, SecretRefIn] = {}
+    network: NetworkIn = NetworkIn()
+    template_values: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,9 @@ class PoolHost:
     address: str
     #: None: the host agent's own libvirt connection (its settings' `libvirt.uri`).
     libvirt_uri: str | None = None
+    #: The command that powers this host off for good (IPMI, a PDU...), run by the leader
+    #: before re-placing the host's nodes elsewhere; () when none is configured.
+    fence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,11 @@ class Cloud:
     secrets: Mapping[str, Path]
     #: Other files the cloud was built from: the domain template, role list files.
     inputs: tuple[Path, ...] = ()
+    #: Prefix length and gateway of the nodes' network.
+    prefix_length: int = 24
+    gateway: str | None = None
+    #: Extra `${placeholder}` values for the domain template (kernel, bridge...).
+    template_values: Mapping[str, str] = field(default_factory=dict)
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == role)

@@ -50,7 +50,7 @@ from cloudd.vmctl.backend import Backend, DomainEvent
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult
 from cloudd.vmctl.identity import NodeIdentity, cmdline_words
 from cloudd.vmctl.metadata import CloudMeta
-from cloudd.vmctl.template import NodeDomain, render_domain
+from cloudd.vmctl.template import NodeDomain, domain_name, render_domain
 
 _ELECTION = tuple(MESSAGE_TYPES.values())
 
@@ -124,9 +124,7 @@ class CloudMember:
         return _LIVENESS[self.election.status(host)]
 
     def _fence_commands(self) -> dict[str, list[str]]:
-        settings = self.cloud.settings
-        fence = getattr(settings, "fence", None) or {}
-        return {h: list(argv) for h, argv in dict(fence).items()}
+        return {h.name: list(h.fence) for h in self.cloud.pool if h.fence}
 
     def _render(self, spec: plan.NodeSpec, term: int) -> str:
         path = self.cloud.domain_template
@@ -135,18 +133,24 @@ class CloudMember:
         node = self.cloud.node(spec.name)
         ident = NodeIdentity(
             cloud=self.cloud.name, node=node.name, role=node.role,
-            address=f"{node.address}/{self.cloud_prefix()}",
+            address=f"{node.address}/{self.cloud.prefix_length}",
+            gateway=self.cloud.gateway or "",
             members=tuple(f"{h.address}:{self.settings.listen.port}" for h in self.cloud.pool),
             term=term, pki=str(self.settings.pki.ca.parent / "members" / node.name))
         domain = NodeDomain(
             meta=CloudMeta(cloud=self.cloud.name, node=node.name, role=node.role, term=term),
             memory_mib=spec.memory_mib, vcpus=spec.vcpus, image=spec.image,
             cmdline=" ".join(cmdline_words(ident)),
-            extra=dict(getattr(self.cloud, "template_values", {}) or {}))
+            extra=self._template_extra(node.name))
         return render_domain(self._template_cache[1], domain, source=str(path))
 
-    def cloud_prefix(self) -> int:
-        return int(getattr(self.cloud, "prefix_length", 24) or 24)
+    def _template_extra(self, node: str) -> dict[str, str]:
+        extra = dict(self.cloud.template_values)
+        # Templates may ask for a console log; each domain gets its own file, where libvirt
+        # keeps its domains' logs on the host that runs it.
+        extra.setdefault("serial_log", f"/var/log/libvirt/qemu/"
+                                       f"{domain_name(self.cloud.name, node)}.serial.log")
+        return extra
 
     async def call(self, host: str, command: HostCommand) -> HostResult:
         """HostClient: the local host agent directly, any other over the transport."""
