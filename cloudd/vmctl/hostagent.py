@@ -13,6 +13,18 @@ send the Result back.
 
 Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
 to the `on_event` callback given to `run_events`; the transport to the leader is not here.
+
+Ownership by host. DEFINE stamps this host's name into the domain's cloudd metadata
+(`CloudMeta.host`). A domain whose metadata names another host is not this host's: LIST leaves
+it out, its events are not forwarded, and every other command on it fails without acting. On a
+real pool (one libvirtd per host) every domain a host sees is its own and this changes nothing;
+it matters where several host agents share one libvirtd (the test lab), so that each of them
+reports and touches only what it defined. Domains without a host (defined before the
+attribute existed) count as this host's.
+
+Images. INVENTORY reports the backend's images plus the image files found in `image_dirs`
+(by default the conventional /var/lib/cloudd/images): the planner places a node only on a
+host that has its image.
 """
 
 from __future__ import annotations
@@ -21,12 +33,24 @@ import asyncio
 import enum
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cloudd import log
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.vmctl.backend import Backend, DomainEvent, DomainInfo, Inventory
+from cloudd.vmctl.backend import (
+    Backend,
+    DomainEvent,
+    DomainInfo,
+    EventKind,
+    Inventory,
+    NoSuchDomain,
+)
+from cloudd.vmctl.metadata import CloudMeta, stamp_host
+
+#: Where a host keeps node images by convention (DESIGN.md, "Files on a machine").
+DEFAULT_IMAGE_DIRS: tuple[Path, ...] = (Path("/var/lib/cloudd/images"),)
+_IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
 
 
 class Op(enum.Enum):
@@ -109,12 +133,20 @@ class TermStore:
 class HostAgent:
     """Executes fenced, idempotent domain commands on one host's Backend."""
 
-    def __init__(self, backend: Backend, *, state_dir: Path, host: str = "") -> None:
+    def __init__(self, backend: Backend, *, state_dir: Path, host: str = "",
+                 image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS) -> None:
         self.backend = backend
+        #: this host's pool name, stamped into what it defines; "" stamps nothing
+        self.host = host
+        self.image_dirs = image_dirs
         self.store = TermStore(state_dir)
         self.highest_term = self.store.load()
         self._term_lock = asyncio.Lock()
         self._log = log.get("vmctl.hostagent", host=host or os.uname().nodename)
+
+    def mine(self, meta: CloudMeta | None) -> bool:
+        """Whether a domain with this metadata is this host's to report and touch."""
+        return meta is None or not meta.host or not self.host or meta.host == self.host
 
     async def _admit(self, term: int) -> bool:
         # The lock orders term raises; the file is written before the command acts.
@@ -150,16 +182,20 @@ class HostAgent:
     async def _run(self, cmd: HostCommand) -> HostResult:
         b = self.backend
         if cmd.op is Op.LIST:
-            return self._result(cmd, Outcome.DONE, domains=await b.list())
+            domains = tuple(d for d in await b.list() if self.mine(d.meta))
+            return self._result(cmd, Outcome.DONE, domains=domains)
         if cmd.op is Op.INVENTORY:
-            return self._result(cmd, Outcome.DONE, inventory=await b.inventory())
+            return self._result(cmd, Outcome.DONE, inventory=await self._inventory())
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, Outcome.FAILED, "define without domain XML")
-            changed = await b.define(cmd.xml)
+            xml = stamp_host(cmd.xml, self.host) if self.host else cmd.xml
+            await self._refuse_foreign(cmd.domain)
+            changed = await b.define(xml)
         elif not cmd.domain:
             return self._result(cmd, Outcome.FAILED, f"{cmd.op.value} without a domain name")
         else:
+            await self._refuse_foreign(cmd.domain)
             action = {Op.START: b.start, Op.SHUTDOWN: b.shutdown, Op.DESTROY: b.destroy,
                       Op.UNDEFINE: b.undefine}[cmd.op]
             changed = await action(cmd.domain)
@@ -167,6 +203,24 @@ class HostAgent:
         self._log.info(f"domain {cmd.op.value}: {outcome.value}", term=cmd.term,
                        domain=cmd.domain)
         return self._result(cmd, outcome)
+
+    async def _refuse_foreign(self, name: str) -> None:
+        """Raise when `name` is a cloudd domain another host defined (shared libvirtd)."""
+        if not self.host or not name:
+            return
+        for d in await self.backend.list():
+            if d.name == name and not self.mine(d.meta):
+                raise NoSuchDomain(f"domain {name!r} belongs to host {d.meta.host}, "
+                                   f"not {self.host}; not touching it")
+
+    async def _inventory(self) -> Inventory:
+        stock = await self.backend.inventory()
+        found = await asyncio.to_thread(_images_in, self.image_dirs)
+        if found <= stock.images:
+            return stock
+        return Inventory(free_memory_kib=stock.free_memory_kib,
+                         total_memory_kib=stock.total_memory_kib, vcpus=stock.vcpus,
+                         images=stock.images | found)
 
     def _result(self, cmd: HostCommand, outcome: Outcome, message: str = "", *,
                 retry_after: float | None = None, domains: tuple[DomainInfo, ...] = (),
@@ -181,6 +235,11 @@ class HostAgent:
         try:
             while True:
                 event = await queue.get()
+                if not self.mine(event.meta):
+                    continue  # another host's domain on a shared libvirtd
+                if event.kind is EventKind.RESYNC:
+                    event = replace(event, domains=tuple(
+                        d for d in event.domains if self.mine(d.meta)))
                 self._log.info(f"domain event: {event.kind.value}", domain=event.domain,
                                detail=event.detail)
                 try:
@@ -190,3 +249,12 @@ class HostAgent:
                     self._log.exception("event consumer failed", domain=event.domain)
         finally:
             self.backend.unsubscribe(queue)
+
+
+def _images_in(dirs: tuple[Path, ...]) -> frozenset[str]:
+    found: set[str] = set()
+    for d in dirs:
+        if d.is_dir():
+            found.update(str(p) for p in d.iterdir()
+                         if p.suffix in _IMAGE_SUFFIXES and p.is_file())
+    return frozenset(found)

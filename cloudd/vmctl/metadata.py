@@ -8,8 +8,13 @@ The element lives in its own XML namespace, NAMESPACE, under the prefix `cloudd`
 
     <metadata>
       <cloudd:domain xmlns:cloudd="https://cloudd.example/xmlns/domain/1"
-                     cloud="web1" node="balancer-0" role="balancer" term="7"/>
+                     cloud="web1" node="balancer-0" role="balancer" term="7" host="pm1"/>
     </metadata>
+
+`host` names the pool host whose agent defined the domain. On a real pool every host has its
+own libvirtd and the attribute only documents where the domain was made; when several host
+agents share one libvirtd (the test lab), it is how each of them tells its own domains from
+the others'. It is optional: domains defined before it existed read as host "" (anyone's).
 
 The `/1` in the URI is the format's version: a change that older agents could misread gets a
 new URI, so an old agent sees "no cloudd metadata" and keeps its hands off.
@@ -27,6 +32,8 @@ NAMESPACE = "https://cloudd.example/xmlns/domain/1"
 #: The prefix libvirt stores the element under (virDomainSetMetadata's `key`).
 PREFIX = "cloudd"
 _TAG = f"{{{NAMESPACE}}}domain"
+# So that a re-serialized domain XML (stamp_host) keeps the `cloudd:` prefix, not `ns0:`.
+ET.register_namespace(PREFIX, NAMESPACE)
 
 
 class MetadataError(PermanentError):
@@ -41,6 +48,8 @@ class CloudMeta:
     node: str
     role: str
     term: int
+    #: the pool host whose agent defined the domain; "" when unknown (older domains)
+    host: str = ""
 
     def __post_init__(self) -> None:
         for field in ("cloud", "node", "role"):
@@ -52,13 +61,16 @@ class CloudMeta:
 
 def element_xml(meta: CloudMeta) -> str:
     """The `<cloudd:domain .../>` element alone (what goes inside `<metadata>`)."""
-    elem = ET.Element(f"{PREFIX}:domain", {
+    attrs = {
         f"xmlns:{PREFIX}": NAMESPACE,
         "cloud": meta.cloud,
         "node": meta.node,
         "role": meta.role,
         "term": str(meta.term),
-    })
+    }
+    if meta.host:
+        attrs["host"] = meta.host
+    elem = ET.Element(f"{PREFIX}:domain", attrs)
     return ET.tostring(elem, encoding="unicode")
 
 
@@ -77,7 +89,7 @@ def _from_element(elem: ET.Element) -> CloudMeta:
         raise MetadataError(
             f"cloudd metadata: term is not an integer: {elem.attrib['term']!r}") from None
     return CloudMeta(cloud=elem.attrib["cloud"], node=elem.attrib["node"],
-                     role=elem.attrib["role"], term=term)
+                     role=elem.attrib["role"], term=term, host=elem.attrib.get("host", ""))
 
 
 def parse_element(xml: str) -> CloudMeta:
@@ -103,3 +115,22 @@ def from_domain_xml(xml: str) -> CloudMeta | None:
         return None
     elem = md.find(_TAG)
     return None if elem is None else _from_element(elem)
+
+
+def stamp_host(xml: str, host: str) -> str:
+    """`xml` (a whole domain XML carrying cloudd metadata) with `host` recorded in it.
+
+    Only the `host` attribute of cloudd's element changes; the rest of the document is
+    re-serialized as parsed (comments dropped, which libvirt discards anyway).
+    """
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise MetadataError(f"domain XML does not parse: {e}") from None
+    md = root.find("metadata")
+    elem = None if md is None else md.find(_TAG)
+    if elem is None:
+        raise MetadataError("domain XML carries no cloudd metadata to stamp a host into")
+    _from_element(elem)  # refuse a damaged element before writing into it
+    elem.set("host", host)
+    return ET.tostring(root, encoding="unicode")

@@ -10,7 +10,7 @@ import pytest
 from cloudd.errors import PermanentError
 from cloudd.vmctl.backend import DomainEvent, EventKind, FakeBackend
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome, TermStore
-from cloudd.vmctl.metadata import CloudMeta, metadata_xml
+from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, metadata_xml
 
 
 def domain_xml(node: str, term: int) -> str:
@@ -25,7 +25,7 @@ def fake() -> FakeBackend:
 
 
 async def test_full_cycle_and_idempotence(fake: FakeBackend, tmp_path: Path) -> None:
-    agent = HostAgent(fake, state_dir=tmp_path)
+    agent = HostAgent(fake, state_dir=tmp_path, image_dirs=())
     run = agent.execute
     assert (await run(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
         is Outcome.DONE
@@ -113,3 +113,56 @@ async def test_events_are_forwarded(fake: FakeBackend, tmp_path: Path) -> None:
     task.cancel()
     assert [e.kind for e in got] == [EventKind.DEFINED, EventKind.STARTED, EventKind.STOPPED]
     assert got[-1].detail == "crashed"
+
+
+async def test_hosts_sharing_one_hypervisor_see_only_their_own(fake: FakeBackend,
+                                                               tmp_path: Path) -> None:
+    pm1 = HostAgent(fake, state_dir=tmp_path / "pm1", host="pm1", image_dirs=())
+    pm2 = HostAgent(fake, state_dir=tmp_path / "pm2", host="pm2", image_dirs=())
+    got: list[DomainEvent] = []
+    task = asyncio.create_task(pm2.run_events(got.append))
+    await asyncio.sleep(0)
+    assert (await pm1.execute(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
+        is Outcome.DONE
+    # DEFINE stamped the defining host into the metadata
+    meta = from_domain_xml(fake.domains["c-n1"].xml)
+    assert meta is not None and meta.host == "pm1"
+    await pm1.execute(HostCommand(Op.START, 1, "c-n1"))
+    assert [d.name for d in (await pm1.execute(HostCommand(Op.LIST, 1))).domains] == ["c-n1"]
+    assert (await pm2.execute(HostCommand(Op.LIST, 1))).domains == ()
+    fake.calls.clear()
+    for op in (Op.DESTROY, Op.SHUTDOWN, Op.START, Op.UNDEFINE):
+        result = await pm2.execute(HostCommand(op, 1, "c-n1"))
+        assert result.outcome is Outcome.FAILED
+        assert result.message == "domain 'c-n1' belongs to host pm1, not pm2; not touching it"
+    refused = await pm2.execute(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))
+    assert refused.outcome is Outcome.FAILED and "belongs to host pm1" in refused.message
+    assert fake.calls == []
+    assert fake.domains["c-n1"].state.value == "running"
+    # pm2's own domain: its events are forwarded, pm1's are not
+    await pm2.execute(HostCommand(Op.DEFINE, 1, "c-n2", domain_xml("n2", 1)))
+    fake.crash("c-n1")
+    await asyncio.sleep(0)
+    task.cancel()
+    assert [(e.kind, e.domain) for e in got] == [(EventKind.DEFINED, "c-n2")]
+
+
+async def test_domains_defined_without_a_host_are_anyones(fake: FakeBackend,
+                                                          tmp_path: Path) -> None:
+    await fake.define(domain_xml("old", 1))
+    agent = HostAgent(fake, state_dir=tmp_path, host="pm1", image_dirs=())
+    assert [d.name for d in (await agent.execute(HostCommand(Op.LIST, 1))).domains] == \
+        ["c-old"]
+    assert (await agent.execute(HostCommand(Op.START, 1, "c-old"))).outcome is Outcome.DONE
+
+
+async def test_inventory_adds_the_images_found_in_image_dirs(fake: FakeBackend,
+                                                              tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "web.qcow2").write_bytes(b"")
+    (images / "notes.txt").write_text("not an image")
+    agent = HostAgent(fake, state_dir=tmp_path, image_dirs=(images, tmp_path / "missing"))
+    inv = (await agent.execute(HostCommand(Op.INVENTORY, 1))).inventory
+    assert inv is not None
+    assert inv.images == frozenset({"/img/a.qcow2", str(images / "web.qcow2")})

@@ -13,6 +13,7 @@ from cloudd.vmctl.metadata import (
     from_domain_xml,
     metadata_xml,
     parse_element,
+    stamp_host,
 )
 from cloudd.vmctl.template import (
     NodeDomain,
@@ -111,3 +112,26 @@ def test_mac_and_uuid_are_deterministic_and_distinct() -> None:
 
 def test_placeholders_lists_names_in_order() -> None:
     assert placeholders("${b}${a}${b}") == ["b", "a"]
+
+
+def test_host_round_trips_and_is_optional() -> None:
+    meta = CloudMeta(cloud="web1", node="db-0", role="database", term=3, host="pm2")
+    assert 'host="pm2"' in metadata_xml(meta)
+    assert from_domain_xml(f"<domain>{metadata_xml(meta)}</domain>") == meta
+    assert "host=" not in metadata_xml(META)
+    assert parse_element('<domain cloud="c" node="n" role="r" term="1" host="pm1"/>').host \
+        == "pm1"
+
+
+def test_stamp_host_changes_only_the_host() -> None:
+    xml = (f"<domain type='qemu'><name>web1-balancer-0</name>{metadata_xml(META)}"
+           "<devices><disk type='file'/></devices></domain>")
+    stamped = stamp_host(xml, "pm3")
+    assert from_domain_xml(stamped) == CloudMeta(cloud="web1", node="balancer-0",
+                                                 role="balancer", term=7, host="pm3")
+    assert "cloudd:domain" in stamped and "ns0" not in stamped
+    root = ET.fromstring(stamped)
+    assert root.get("type") == "qemu" and root.find("devices/disk") is not None
+    assert from_domain_xml(stamp_host(stamped, "pm1")).host == "pm1"  # type: ignore[union-attr]
+    with pytest.raises(MetadataError, match="no cloudd metadata to stamp"):
+        stamp_host("<domain><name>x</name></domain>", "pm1")
