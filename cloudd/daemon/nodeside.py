@@ -295,8 +295,11 @@ class NodeSide:
     def _services(self) -> tuple[ServiceReport, ...]:
         if self._sup is None:
             return ()
-        return tuple(ServiceReport(s.name, s.state.value, s.pid, s.ready, s.starts,
-                                   s.fatal_count, s.last_error)
+        # A service without a readiness probe is ready once RUNNING (start grace passed).
+        probed = {s.name for s in self._specs if s.readiness is not None}
+        return tuple(ServiceReport(s.name, s.state.value, s.pid,
+                                   s.ready or (s.state is State.RUNNING and s.name not in probed),
+                                   s.starts, s.fatal_count, s.last_error)
                      for s in self._sup.status().values())
 
     def _phase_now(self, services: tuple[ServiceReport, ...]) -> tuple[str, str]:

@@ -50,7 +50,12 @@ SERVER = textwrap.dedent("""\
             peers = json.load(f)["peers"]
         with open(conf + ".loads", "a") as f:
             f.write(json.dumps([os.getpid(), peers]) + "\\n")
+    def term(*_):
+        with open(os.path.join(os.path.dirname(conf), "stops"), "a") as f:
+            f.write("app\\n")
+        sys.exit(0)
     signal.signal(signal.SIGHUP, load)
+    signal.signal(signal.SIGTERM, term)
     load()
     with open(starts, "a") as f:
         f.write(f"{os.getpid()}\\n")
@@ -59,6 +64,18 @@ SERVER = textwrap.dedent("""\
         conn, _ = srv.accept()
         conn.sendall(json.dumps([os.getpid(), peers]).encode() + b"\\n")
         conn.close()
+""")
+
+
+SIDECAR = textwrap.dedent("""\
+    import signal, sys, time
+    def term(*_):
+        with open(sys.argv[1], "a") as f:
+            f.write("sidecar\\n")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    while True:
+        time.sleep(3600)
 """)
 
 
@@ -76,6 +93,8 @@ class TinyRole(Role):
         self.program = program
         self.fail_prepare = 0
         self.fail_permanent = 0
+        #: Add a second service, without a readiness probe, that depends on the first.
+        self.sidecar = False
         self.prepared = 0
 
     def secrets(self, a: Assignment) -> tuple[str, ...]:
@@ -97,7 +116,10 @@ class TinyRole(Role):
             readiness=ProbeSpec(kind=ProbeKind.TCP, host=a.address, port=port, period=0.1,
                                 timeout=1.0),
             reload_argv=(),
-            log_path=str(a.root / "app.out")),)
+            log_path=str(a.root / "app.out")),) + ((ServiceSpec(
+                name="sidecar", depends_on=("app",), start_grace=0.2, stop_grace=2.0,
+                argv=(sys.executable, str(self.program.with_name("sidecar.py")),
+                      str(a.root / "stops"))),) if self.sidecar else ())
 
     async def prepare(self, a: Assignment) -> None:
         self.prepared += 1
@@ -150,6 +172,7 @@ class Lab:
         self.tmp = tmp_path
         program = tmp_path / "server.py"
         program.write_text(SERVER)
+        program.with_name("sidecar.py").write_text(SIDECAR)
         self.role = TinyRole(program)
         self.registry = Registry([TinyProvider(self.role)])
         self.port = free_port()
@@ -386,6 +409,19 @@ async def test_stop_services_stops_all_and_a_new_assignment_restarts(lab: Lab) -
     side.assign(lab.assignment(term=2))
     second = await lab.ready(side)
     assert second != pid and len(lab.starts()) == 2
+
+
+async def test_service_without_readiness_probe_and_reverse_stop(lab: Lab) -> None:
+    lab.role.sidecar = True
+    side = lab.start()
+    side.assign(lab.assignment())
+    await lab.ready(side)
+    assert [(s.name, s.state, s.ready) for s in lab.reports[-1].services] == [
+        ("app", "RUNNING", True), ("sidecar", "RUNNING", True)]
+    pids = [s.pid for s in side.view().services]
+    await side.stop_services()
+    assert (lab.root / "stops").read_text().split() == ["sidecar", "app"]
+    assert not any(alive(p) for p in pids if p is not None)
 
 
 async def test_stop_services_after_restart_stops_adopted(lab: Lab) -> None:
