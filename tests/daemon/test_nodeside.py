@@ -527,3 +527,41 @@ async def test_web_database_node(dbroot: Path) -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert not alive(db.pid)
+
+
+async def test_changed_service_spec_replaces_the_service(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    first = await lab.ready(side)
+    port = free_port()
+    side.update_cloud(replace(lab.cloud, digest="gen2", settings=TinySettings(port=port)))
+    await until(lambda: len(lab.starts()) == 2 and not alive(first), "the new copy")
+    second = await lab.ready(side)
+    assert ask(port) == (second, ["10.0.0.2"]) and second != first
+    assert (lab.root / "stops").read_text().split() == ["app"]
+
+
+async def test_update_cloud_of_another_cloud_is_refused(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    pid = await lab.ready(side)
+    side.update_cloud(replace(lab.cloud, name="other", digest="gen9",
+                              settings=TinySettings(port=free_port())))
+    assert side.cloud.name == "t" and side.cloud.digest == "gen1"
+    count = len(lab.reports)
+    await until(lambda: len(lab.reports) >= count + 2, "two heartbeats")
+    assert lab.starts() == [pid] and ask(lab.port)[0] == pid
+
+
+async def test_unassigned_view_and_unreadable_saved_assignment(lab: Lab) -> None:
+    lab.root.mkdir(parents=True)
+    (lab.root / "assignment.json").write_text("{not json")
+    with structlog.testing.capture_logs() as logs:
+        side = lab.start()
+    assert [e["event"] for e in logs] == ["node.assignment_unreadable"]
+    view = side.view()
+    assert (view.phase, view.term, view.services) == ("unassigned", 0, ())
+    side.assign(lab.assignment(term=4))
+    await lab.ready(side)
+    saved = json.loads((lab.root / "assignment.json").read_text())
+    assert saved["term"] == 4 and saved["peers"][0]["address"] == "10.0.0.2"
