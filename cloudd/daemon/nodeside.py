@@ -287,8 +287,11 @@ class NodeSide:
         a = self._current
         if a is None or a == self._saved:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / ASSIGNMENT_FILE, json.dumps(asdict(a)).encode(), 0o600)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.root / ASSIGNMENT_FILE, json.dumps(asdict(a)).encode(), 0o600)
+        except OSError as exc:  # only a restart's head start is lost: keep supervising
+            self.log.error("node.assignment_unsaved", path=str(self.root), error=str(exc))
         self._saved = a
 
     # ---- reports ------------------------------------------------------------------------
