@@ -5,6 +5,13 @@ socket, log), writes the same manifest into every member's manifest folder (as a
 dropping it on each host would), and runs `cloudd` in each namespace. It asks each agent for
 its view through the agent's own local API (`status`), and cuts or kills agents on request.
 Everything it made is removed by `close()`.
+
+By default the nodes are `managed: false` and the hosts use libvirt's in-process test driver
+(elections only). For the leader's real work, give `libvirt_uri` (e.g. qemu:///system, shared
+by every host agent: they tell their domains apart by the host in the domains' metadata),
+`node_image` (the nodes become managed VMs), `template` and `template_values` (the domain
+template and its extra placeholders), and `fence` (each host's fence command). `write_manifest`
+hands every member a new generation (e.g. `ensure: stopped`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -63,12 +71,25 @@ class AgentLab:
     subnet: str = "10.234.0.0/24"
     node_agents: bool = False
     extra_settings: str = ""
+    cloud_name: str = "lab"
+    #: every host agent's libvirt connection (in its settings and in the manifest)
+    libvirt_uri: str = "test:///default"
+    #: the domain template (default: manifests/templates/<cloud_type>.xml)
+    template: Path | None = None
+    template_values: dict[str, str] = field(default_factory=dict)
+    #: the nodes' image: they are managed VMs (None: `managed: false` machines)
+    node_image: str | None = None
+    node_memory_mib: int = 128
+    #: host name -> its fence command (None: no fence commands in the manifest)
+    fence: Callable[[str], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{self.prefix}-"))
         self.net = NetLab(self.prefix, subnet=self.subnet)
         self.agents: dict[str, AgentProc] = {}
         self.node_addresses: dict[str, str] = {}
+        self.members: list[tuple[str, Netns | None, str]] = []
+        self.ensure = "running"
 
     # -- building -------------------------------------------------------------------------
     def open(self) -> AgentLab:
@@ -79,49 +100,74 @@ class AgentLab:
         init_ca(pki, now=now)
         members: list[tuple[str, Netns | None, str]] = []
         for i in range(1, self.hosts + 1):
-            ns = self.net.add_netns(f"pm{i}")
-            members.append((f"pm{i}", ns, ns.ip))
+            host_ns = self.net.add_netns(f"pm{i}")
+            members.append((f"pm{i}", host_ns, host_ns.ip))
         for role, count in self.nodes.items():
             for j in range(1, count + 1):
                 name = f"lab-{role}-{j}"
                 if self.node_agents:
-                    ns = self.net.add_netns(f"{role[:8]}{j}")
-                    members.append((name, ns, ns.ip))
+                    node_ns = self.net.add_netns(f"{role[:8]}{j}")
+                    members.append((name, node_ns, node_ns.ip))
                 else:
                     members.append((name, None, str(self.net.allocate().ip)))
                 self.node_addresses[name] = members[-1][2]
+        self.members = members
         manifest = self.manifest(members)
+        template = self.template or REPO / "manifests" / "templates" / f"{self.cloud_type}.xml"
         for name, ns, address in members:
             issue(pki, name, now=now, addresses=[address])
             if ns is None:
                 continue
             folder = self.root / name
             (folder / "manifests" / "templates").mkdir(parents=True)
-            shutil.copy(REPO / "manifests" / "templates" / f"{self.cloud_type}.xml",
-                        folder / "manifests" / "templates")
+            shutil.copy(template, folder / "manifests" / "templates" / "domain.xml")
             (folder / "manifests" / "lab.yaml").write_text(manifest)
             (folder / "agent.yaml").write_text(
                 f"name: {name}\nprofile: {self.profile}\n"
                 f"listen: {{address: {address}}}\n"
                 f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
-                f"libvirt: {{uri: 'test:///default'}}\n"
+                f"libvirt: {{uri: {json.dumps(self.libvirt_uri)}}}\n"
                 f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
                 f"api_socket: {folder / 'api.sock'}\n{self.extra_settings}")
             self.agents[name] = AgentProc(name, ns, folder)
         return self
 
     def manifest(self, members: Sequence[tuple[str, Netns | None, str]]) -> str:
-        pool = "\n".join(f"  - {{name: {n}, address: {a}, libvirt_uri: 'test:///default'}}"
-                         for n, _, a in members if n.startswith("pm"))
+        pool = []
+        for n, _, a in members:
+            if n.startswith("pm"):
+                fence = (f", fence: {json.dumps(list(self.fence(n)))}"
+                         if self.fence is not None else "")
+                pool.append(f"  - {{name: {n}, address: {a}, "
+                            f"libvirt_uri: {json.dumps(self.libvirt_uri)}{fence}}}")
+        node = ("managed: false" if self.node_image is None else
+                f"image: {json.dumps(self.node_image)}, memory_mib: {self.node_memory_mib}")
         roles = []
         for role in self.nodes:
             roles.append(f"  {role}:")
             for n, _, a in members:
                 if n.startswith(f"lab-{role}-"):
-                    roles.append(f"    - {{name: {n}, address: {a}, managed: false}}")
-        return (f"apiVersion: cloudd/v1\nkind: Cloud\nname: lab\ntype: {self.cloud_type}\n"
-                f"domain_template: templates/{self.cloud_type}.xml\npool:\n{pool}\n"
-                "roles:\n" + "\n".join(roles) + "\n")
+                    roles.append(f"    - {{name: {n}, address: {a}, {node}}}")
+        values = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in self.template_values.items())
+        return (f"apiVersion: cloudd/v1\nkind: Cloud\nname: {self.cloud_name}\n"
+                f"type: {self.cloud_type}\nensure: {self.ensure}\n"
+                f"domain_template: templates/domain.xml\npool:\n" + "\n".join(pool) + "\n"
+                + "roles:\n" + "\n".join(roles) + "\n"
+                + (f"network: {{prefix_length: {self.net.subnet.prefixlen}}}\n")
+                + (f"template_values:\n{values}" if values else ""))
+
+    def write_manifest(self, *, ensure: str | None = None) -> str:
+        """Give every member with an agent the manifest again (a new generation when
+        `ensure` changes it), each file replaced atomically; returns the text."""
+        if ensure is not None:
+            self.ensure = ensure
+        text = self.manifest(self.members)
+        for agent in self.agents.values():
+            path = agent.folder / "manifests" / "lab.yaml"
+            tmp = path.with_name(".lab.yaml.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return text
 
     # -- processes ------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -154,8 +200,9 @@ class AgentLab:
 
     # -- observing ------------------------------------------------------------------------
     def status(self, name: str) -> dict[str, Any] | None:
-        async def ask() -> Any:
-            return await ApiClient(self.agents[name].socket, timeout=5).call("status")
+        async def ask() -> dict[str, Any] | None:
+            answer = await ApiClient(self.agents[name].socket, timeout=5).call("status")
+            return answer if isinstance(answer, dict) else None
         try:
             return asyncio.run(ask())
         except (ApiError, OSError, TimeoutError):
