@@ -129,9 +129,19 @@ class AgentCore:
     def tick(self, now: float) -> Output:
         self._check(now)
         self._now = now
-        self.members.probe_tick(now)
-        self._changes(now)
-        self.bully.tick(now)
+        # One pass can make more work due at once (a host's own suspicion may complete a
+        # confirmation; a death may make us the top candidate): repeat until nothing is
+        # due, so that the shell is never asked to wake again immediately.
+        for _ in range(4):
+            self.members.probe_tick(now)
+            self._changes(now)
+            self.bully.tick(now)
+            for name in self.bully.suspects:
+                self.members.suspect(name, now)
+            self.bully.suspects.clear()
+            self._changes(now)
+            if min(self.members.next_deadline(), self.bully.next_deadline(now)) > now:
+                break
         return self._flush(now)
 
     def peer_unreachable(self, peer: str, now: float) -> Output:

@@ -67,6 +67,10 @@ class Bully:
         self.out: list[tuple[str, Message]] = []
         self.events: list[Event] = []
         self.persist: int | None = None
+        #: Members this agent has reason to suspect (a host missing its leader's renewals);
+        #: the facade hands them to SWIM, which confirms or refutes.
+        self.suspects: list[str] = []
+        self._leader_silent_reported = False
 
     # -- queries ------------------------------------------------------------------------
     def acting_until(self) -> float | None:
@@ -77,7 +81,18 @@ class Bully:
     def next_deadline(self, now: float) -> float:
         until = self.acting_until()
         lapse = until if until is not None and until > now else float("inf")
-        return min(self.deadline, lapse)
+        silent = self._leader_silent_at()
+        return min(self.deadline, lapse, silent if silent > now else float("inf"))
+
+    def _leader_silent_at(self) -> float:
+        """When a host should suspect the leader it follows: after missing 2.5 renewals.
+        Renewals are heartbeats the hosts get anyway; this makes a leader's death known
+        to SWIM well before a random probe would find it (one suspicion per host)."""
+        g = self.grantor
+        if g is None or self.role is not Role.FOLLOWER or g.holder != self.leader \
+                or self._leader_silent_reported:
+            return float("inf")
+        return g.expires - g.duration + 2.5 * self.timing.renew_interval
 
     # -- transitions --------------------------------------------------------------------
     def _goto(self, role: Role, reason: str) -> None:
@@ -168,6 +183,7 @@ class Bully:
         owner = self.me if candidate == self.me else followed
         answer = self.grantor.decide(candidate, req, now, term=self.fence, leader=owner)
         if isinstance(answer, LeaseGrant):
+            self._leader_silent_reported = False
             self.fence = max(self.fence, req.term)
             self._persist(req.term)
         return answer
@@ -216,6 +232,9 @@ class Bully:
         self.deadline = now + self.timing.inquiry_timeout
 
     def tick(self, now: float) -> None:
+        if now >= self._leader_silent_at():
+            self._leader_silent_reported = True
+            self.suspects.append(self.leader)
         role = self.role
         if role is Role.LEADER:
             assert self.holder is not None

@@ -121,8 +121,10 @@ class Membership:
             self._apply(Gossip("dead", name, self.peers[name].incarnation, self.me), now)
         if now >= self._next_probe:
             if probe is not None and not probe.acked:
+                # Also when already suspect: our own failed probe is an independent
+                # confirmation, which shortens the suspicion (memberlist does the same).
                 peer = self._peer(probe.target)
-                if peer.status is Status.ALIVE:
+                if peer.status is not Status.DEAD:
                     self._apply(Gossip("suspect", probe.target, peer.incarnation, self.me), now)
             self._probe = None
             self._next_probe = _after(self._next_probe, t.probe_interval, now)
@@ -143,6 +145,12 @@ class Membership:
         probe = self._probe
         if probe is not None and probe.target == peer and not probe.acked and not probe.indirect:
             self._ask_helpers(probe)
+
+    def suspect(self, name: str, now: float) -> None:
+        """Local evidence against `name` (e.g. missed lease renewals): suspect it as if a
+        probe had failed; it refutes like any suspicion, and others' suspicions confirm."""
+        if name != self.me and self.status(name) is not Status.DEAD:
+            self._apply(Gossip("suspect", name, self._peer(name).incarnation, self.me), now)
 
     def receive(self, sender: str, msg: Ping | Ack | PingReq, now: float) -> None:
         if isinstance(msg, PingReq) and msg.target in (sender, self.me):

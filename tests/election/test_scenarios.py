@@ -13,6 +13,7 @@ import pytest
 
 from cloudd.election.config import Timing
 from cloudd.election.states import Role
+from cloudd.election.swim import Status
 
 from .sim import Sim, run_until_leader, settled_leader
 
@@ -145,3 +146,13 @@ def test_a_thousand_members_cold_start_and_fail_over() -> None:
     assert settled_leader(sim) == sim.roster.by_priority[1]
     # O(n): the successor's Coordinator to everyone plus a few lease rounds, not n^2.
     assert sim.election_messages() - before < 3 * 1000
+
+
+def test_hosts_suspect_a_leader_whose_renewals_stop_before_any_probe_would() -> None:
+    sim, leader = started(5, seed=7)
+    sim.run_for(0.3)
+    sim.crash(leader)
+    sim.run_for(2.5 * sim.timing.renew_interval + 0.01)
+    for host in sim.roster.hosts - {leader}:
+        agent = sim.agents[host]
+        assert agent is not None and agent.status(leader) is not Status.ALIVE, host
