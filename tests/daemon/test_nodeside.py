@@ -168,14 +168,14 @@ def alive(pid: int) -> bool:
 class Lab:
     """One node `n1` of cloud `t`, its NodeSides (one per simulated agent) and their reports."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, port: int | None = None) -> None:
         self.tmp = tmp_path
         program = tmp_path / "server.py"
         program.write_text(SERVER)
         program.with_name("sidecar.py").write_text(SIDECAR)
         self.role = TinyRole(program)
         self.registry = Registry([TinyProvider(self.role)])
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         (tmp_path / "token").write_text("s3cret\n")
         self.cloud = Cloud(
             name="t", type="tiny", ensure=Ensure.RUNNING, source=tmp_path / "t.yaml",
@@ -385,6 +385,49 @@ async def test_agent_restart_adopts_without_duplicates(lab: Lab) -> None:
     await until(lambda: len(lab.reports) >= count + 2, "two heartbeats")
     assert lab.starts() == [pid] and ask(lab.port)[0] == pid
     assert lab.reports[-1].term == 2 and lab.reports[-1].services[0].pid == pid
+
+
+AGENT = textwrap.dedent("""\
+    import asyncio, importlib.util, sys
+    from pathlib import Path
+    from cloudd import log
+    log.configure(stream=sys.stderr)  # stdout carries the pid only
+    spec = importlib.util.spec_from_file_location("nodeside_lab", sys.argv[1])
+    t = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(t)
+
+    async def main():
+        lab = t.Lab(Path(sys.argv[2]), port=int(sys.argv[3]))
+        side = lab.start()
+        side.assign(lab.assignment(term=2))
+        print(await lab.ready(side), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+""")
+
+
+async def test_agent_killed_9_then_a_new_agent_adopts(lab: Lab) -> None:
+    """The first agent is a real process, killed with SIGKILL: no detach, no goodbye."""
+    script = lab.tmp / "agent.py"
+    script.write_text(AGENT)
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), __file__, str(lab.tmp), str(lab.port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert agent.stdout is not None
+        async with asyncio.timeout(60):
+            pid = int(await agent.stdout.readline())
+    finally:
+        agent.kill()
+        await agent.wait()
+    assert alive(pid) and lab.starts() == [pid]
+    new = lab.start()
+    assert await lab.ready(new) == pid
+    assert new.view().services[0].pid == pid and lab.reports[-1].term == 2
+    new.assign(lab.assignment(term=3))
+    await until(lambda: lab.reports[-1].term == 3, "a report of term 3")
+    assert lab.starts() == [pid] and ask(lab.port)[0] == pid
 
 
 async def test_agent_restart_with_new_peers_reloads_adopted(lab: Lab) -> None:
