@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from pathlib import Path
@@ -231,4 +232,22 @@ async def test_events_stream_refuses_bad_arguments(tmp_path: Path) -> None:
         with pytest.raises(ApiError, match=message):
             async for _ in handler(args):
                 pass
+    log.close()
+
+
+async def test_events_stream_history_then_follow_misses_nothing(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.sqlite3")
+    for i in range(5):
+        log.append(Event(time=NOW + i, cloud="shop" if i % 2 else "lab",
+                         kind=EventKind.ACTION, subject=f"n{i}", reason="defined"))
+    stream = events_stream(log)({"since": NOW, "limit": 2, "follow": True, "cloud": None})
+    # the first `limit` from `since`, then the rest of the history, then what comes next
+    got = [(await asyncio.wait_for(anext(stream), 10))["id"] for _ in range(5)]
+    assert got == [1, 2, 3, 4, 5]
+    log.append(Event(time=NOW + 9, cloud="shop", kind=EventKind.FAILURE, subject="n1",
+                     reason="crashed"))
+    assert (await asyncio.wait_for(anext(stream), 10))["reason"] == "crashed"
+    await stream.aclose()  # type: ignore[attr-defined]
+    only_shop = events_stream(log)({"cloud": "shop", "limit": 10})
+    assert [e["subject"] async for e in only_shop] == ["n1", "n3", "n1"]
     log.close()
