@@ -608,3 +608,18 @@ async def test_unassigned_view_and_unreadable_saved_assignment(lab: Lab) -> None
     await lab.ready(side)
     saved = json.loads((lab.root / "assignment.json").read_text())
     assert saved["term"] == 4 and saved["peers"][0]["address"] == "10.0.0.2"
+
+
+async def test_assignment_during_stop_resumes_after_the_stop(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    pid = await lab.ready(side)
+    stopping = asyncio.create_task(side.stop_services())
+    await asyncio.sleep(0)  # one loop turn: the stop has begun
+    assert side.view().phase == "stopping"
+    side.assign(lab.assignment(term=2))
+    await stopping
+    assert not alive(pid) and (lab.root / "stops").read_text().split() == ["app"]
+    second = await lab.ready(side)
+    assert second != pid and lab.starts() == [pid, second]
+    assert lab.reports[-1].term == 2
