@@ -23,7 +23,7 @@ import enum
 import re
 import types
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -254,6 +254,33 @@ def _decode(tp: Any, value: object, path: str) -> object:
         raise RemoteProtocolError(f"inspect document: {path}: expected {_kind(tp)}, "
                                   f"got {value!r}")
     return float(value) if tp is float else value  # type: ignore[arg-type]
+
+
+def view_source(*, leading: bool, leader_view_at: float | None, now: float,
+                stale_after: float) -> Source:
+    """Where a cloud's cluster-wide parts come from, for `CloudView.source`: the leader's own
+    view, a leader's view received less than `stale_after` seconds ago (a probe round is a
+    good value), a staler one, or none at all (the agent's own)."""
+    if leading:
+        return Source.LEADER
+    if leader_view_at is None:
+        return Source.LOCAL
+    return Source.LEADER if now - leader_view_at <= stale_after else Source.STALE
+
+
+def inspect_op(build: Callable[[str | None], InspectDoc]) -> Callable[[dict[str, Any]],
+                                                                      Awaitable[Any]]:
+    """The `inspect` operation for `ApiServer.register("inspect", ...)`: checks the `cloud`
+    argument and answers `build(cloud).to_json()`; `build` raises `ApiError` for a cloud
+    the agent does not know."""
+
+    async def handler(args: dict[str, Any]) -> Any:
+        cloud = args.get("cloud")
+        if cloud is not None and not isinstance(cloud, str):
+            raise ApiError(f"inspect: 'cloud' must be a cloud name or null, got {cloud!r}")
+        return build(cloud).to_json()
+
+    return handler
 
 
 def event_json(event: Event) -> dict[str, Any]:

@@ -29,8 +29,10 @@ from cloudd.daemon.inspection import (
     decode_event,
     event_json,
     events_stream,
+    inspect_op,
     plain,
     render,
+    view_source,
 )
 from cloudd.errors import RemoteProtocolError
 
@@ -251,3 +253,29 @@ async def test_events_stream_history_then_follow_misses_nothing(tmp_path: Path) 
     only_shop = events_stream(log)({"cloud": "shop", "limit": 10})
     assert [e["subject"] async for e in only_shop] == ["n1", "n3", "n1"]
     log.close()
+
+
+@pytest.mark.parametrize(("leading", "at", "expected"), [
+    (True, None, Source.LEADER), (False, NOW - 1, Source.LEADER),
+    (False, NOW - 1.5, Source.LEADER), (False, NOW - 1.6, Source.STALE),
+    (False, None, Source.LOCAL)])
+def test_view_source(leading: bool, at: float | None, expected: Source) -> None:
+    assert view_source(leading=leading, leader_view_at=at, now=NOW,
+                       stale_after=1.5) == expected
+
+
+async def test_inspect_op() -> None:
+    from cloudd.daemon.api import ApiError
+
+    def build(cloud: str | None) -> InspectDoc:
+        if cloud not in (None, "shop"):
+            raise ApiError(f"no cloud named {cloud!r}")
+        return sample()
+
+    op = inspect_op(build)
+    assert await op({"cloud": "shop"}) == sample().to_json()
+    assert await op({}) == sample().to_json()
+    with pytest.raises(ApiError, match="no cloud named 'lab'"):
+        await op({"cloud": "lab"})
+    with pytest.raises(ApiError, match="'cloud' must be a cloud name or null, got 3"):
+        await op({"cloud": 3})
