@@ -271,3 +271,19 @@ def test_watch_on_a_terminal_redraws_in_colour(agent: Agent, sock: Path) -> None
         proc.kill()
         proc.wait()
     assert b"\x1b[32malive" in seen
+
+
+def test_watch_json_prints_one_document_per_line(agent: Agent, sock: Path) -> None:
+    agent.register("inspect", answer_doc)
+    agent.start()
+    proc = spawn("inspect", "shop", "--watch", "--json", "--interval", "0.05",
+                 "--socket", str(sock))
+    try:
+        seen = Lines(proc.stdout).wait_for(lambda s: s.count(b"\n") >= 2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    docs = [InspectDoc.from_json(json.loads(ln)) for ln in seen.splitlines()[:2]]
+    assert [d.clouds[0].name for d in docs] == ["shop", "shop"]
