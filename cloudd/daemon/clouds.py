@@ -202,4 +202,10 @@ class Clouds:
             "leader_since": election.leader_since,
             "elections": election.elections,
             "members": {name: election.status(name).value for name in member.roster.names},
+            # what the leader has heard from the nodes (empty elsewhere)
+            "nodes": {name: {"phase": r.phase, "message": r.message, "term": r.term,
+                             "services": {sv.name: sv.state for sv in r.services}}
+                      for name, r in sorted(member.reports.items())},
+            "node": (dataclasses.asdict(member.node_side.view())
+                     if member.node_side is not None else None),
         }

@@ -115,6 +115,7 @@ class CloudMember:
             render=self._render, fencer=CommandFencer(self._fence_commands()),
             resync=settings.reconcile.resync_interval, clock=clock)
         self._template_cache: tuple[Path, str] | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     # -- what the leader side asks --------------------------------------------------------
     def acting_term(self) -> int | None:
@@ -172,6 +173,8 @@ class CloudMember:
                                  self.election.term))
         if self.node_side is not None:
             self.node_side.update_cloud(cloud)
+            if cloud.ensure is Ensure.STOPPED:
+                self._stopping = asyncio.ensure_future(self.node_side.stop_services())
         self.controller.poke()
         self._assign_poke.set()
 

@@ -27,6 +27,7 @@ from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
 from cloudd.daemon.api import ApiServer
 from cloudd.daemon.clouds import Clouds
 from cloudd.daemon.events import EventLog
+from cloudd.daemon.nodeside import NodeSide
 from cloudd.daemon.notify import Notifier, watchdog_interval
 from cloudd.daemon.runner import Runner
 from cloudd.errors import ConfigError
@@ -58,7 +59,7 @@ class Agent:
         self.runner.add("manifests", self._watch_manifests)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog.in_state_dir(settings.state_dir)
-        self.clouds = Clouds(settings, events=self.events)
+        self.clouds = Clouds(settings, events=self.events, node_side_factory=NodeSide)
         self.manifest_listeners.append(self.clouds.on_manifest)
         self.api = ApiServer(settings.api_socket)
         self.api.register("status", self._api_status)
