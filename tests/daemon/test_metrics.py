@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -150,3 +152,19 @@ def test_bad_address(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_address(text, source="/etc/cloudd/agent.yaml")
     assert str(err.value).startswith("/etc/cloudd/agent.yaml: metrics.address: " + message)
+
+
+def test_every_series_is_documented(metrics: Metrics, endpoint: Endpoint) -> None:
+    metrics.set_leadership("shop", leading=True, term=1)
+    metrics.set_quorum("shop", reached=1, needed=1)
+    metrics.election("shop")
+    metrics.set_domains("shop", {})
+    metrics.respawn("shop")
+    metrics.service_restart("shop", "nginx")
+    metrics.observe_action("shop", "start", 0.1)
+    names = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+             for name, _ in scrape(endpoint.port)}
+    names = {n for n in names if not n.endswith("_created")}
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "inspect.md").read_text()
+    documented = set(re.findall(r"^\| `(cloudd_\w+)` \|", docs, re.MULTILINE))
+    assert names == documented
