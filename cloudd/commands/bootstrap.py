@@ -1,0 +1,98 @@
+"""`cloudd-cli bootstrap HOST`: install the agent on a fresh Debian host over SSH.
+
+The operator's machine holds the cluster CA and a cloudd checkout; this command builds the
+wheels once, checks the host key against the operator's known_hosts, and leaves HOST running
+the agent with its settings and certificate. Each step is printed as it is done, marked
+`changed` or `ok`; a second run prints `ok` everywhere. A refusal is one line on stderr,
+exit code 1, and (when it comes before the connection) nothing changed anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from cloudd.config.agent import DEFAULT_PORT
+from cloudd.daemon.bootstrap import BootstrapError, Options, Step, Target, bootstrap
+from cloudd.daemon.pki import DEFAULT_DIR, PkiError
+
+
+def _checkout() -> Path | None:
+    """The checkout this cloudd runs from, if it runs from one (an editable install)."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else None
+
+
+def _wheelhouse() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "cloudd" / "wheels"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bootstrap", help="install the agent on a fresh Debian host over SSH",
+        description="Over SSH (host key checked against --known-hosts only): ensure "
+                    "python3-venv, install cloudd into /opt/cloudd/venv from wheels built "
+                    "here, write /etc/cloudd/agent.yaml and /etc/cloudd/pki (a certificate for "
+                    "HOST issued with the cluster CA), install cloudd.service and start the "
+                    "agent (systemd when it runs there, else a background process). "
+                    "Idempotent: what is already right is left alone.")
+    parser.add_argument("host", metavar="HOST", help="the member's name, as in the manifests")
+    parser.add_argument("--address", required=True, metavar="IP",
+                        help="the host's IP address: SSH goes there and the agent listens there")
+    parser.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    parser.add_argument("--user", default="root", help="SSH user, must be root (default root)")
+    parser.add_argument("--identity", type=Path, metavar="KEYFILE",
+                        help="SSH private key (default: ~/.ssh/id_*)")
+    parser.add_argument("--known-hosts", type=Path, required=True, metavar="FILE",
+                        help="known_hosts that must already hold the host's key")
+    parser.add_argument("--pki-dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
+                        help=f"the cluster CA folder (default {DEFAULT_DIR})")
+    parser.add_argument("--settings-template", type=Path, metavar="FILE",
+                        help="agent.yaml template with $name, $address, $port, $root")
+    parser.add_argument("--listen-port", type=int, default=DEFAULT_PORT,
+                        help=f"the agent's port, for the template (default {DEFAULT_PORT})")
+    parser.add_argument("--source", type=Path, default=_checkout(), metavar="DIR",
+                        help="cloudd checkout to install (default: the one running this)")
+    parser.add_argument("--wheelhouse", type=Path, default=_wheelhouse(), metavar="DIR",
+                        help=f"cache of built wheels (default {_wheelhouse()})")
+    parser.add_argument("--root", default="", metavar="DIR",
+                        help="prefix of every path written on the target (for tests)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None,
+        err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    if args.source is None:
+        print("cloudd-cli bootstrap: --source DIR is required (this cloudd is not running "
+              "from a checkout)", file=err)
+        return 1
+    target = Target(name=args.host, address=args.address, port=args.port, user=args.user,
+                    identity=args.identity, known_hosts=args.known_hosts,
+                    root=args.root.rstrip("/"))
+    options = Options(source=args.source, wheelhouse=args.wheelhouse, pki_dir=args.pki_dir,
+                      listen_port=args.listen_port, settings_template=args.settings_template)
+
+    def report(step: Step) -> None:
+        mark = "changed" if step.changed else "ok"
+        print(f"{args.host}: {step.name:<13} {mark:<8} {step.detail}", file=out, flush=True)
+
+    try:
+        steps = asyncio.run(bootstrap(target, options, now=dt.datetime.now(dt.UTC),
+                                      report=report))
+    except (BootstrapError, PkiError) as exc:
+        print(f"cloudd-cli bootstrap: {exc}", file=err)
+        return 1
+    except OSError as exc:
+        print(f"cloudd-cli bootstrap: {exc.filename or ''}: {exc.strerror or exc}", file=err)
+        return 1
+    changed = [s.name for s in steps if s.changed]
+    print(f"{args.host}: " + (f"bootstrapped ({', '.join(changed)} changed)" if changed
+                              else "already bootstrapped, nothing changed"), file=out)
+    return 0

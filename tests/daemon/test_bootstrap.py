@@ -1,0 +1,155 @@
+"""Bootstrap's local half: everything refused or prepared before the first connection.
+
+The SSH half runs against a real sshd in tests/commands/test_bootstrap.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cloudd.daemon.bootstrap import (
+    BootstrapError,
+    Layout,
+    Options,
+    Target,
+    cert_problem,
+    check_local,
+    member_files,
+    render_settings,
+    render_unit,
+    source_digest,
+)
+from cloudd.daemon.pki import PkiError, init_ca, issue
+
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Target, Options]:
+    pki = tmp_path / "pki"
+    init_ca(pki, now=NOW)
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    target = Target(name="pm1", address="192.0.2.70", known_hosts=known)
+    return target, Options(source=CHECKOUT, wheelhouse=tmp_path / "wheels", pki_dir=pki)
+
+
+def test_layout_puts_every_path_under_the_root() -> None:
+    assert Layout("").config == "/etc/cloudd/agent.yaml"
+    lay = Layout("/srv/t")
+    assert (lay.venv, lay.pki, lay.unit, lay.pidfile) == (
+        "/srv/t/opt/cloudd/venv", "/srv/t/etc/cloudd/pki",
+        "/srv/t/etc/systemd/system/cloudd.service", "/srv/t/run/cloudd/cloudd.pid")
+    assert all(path.startswith("/srv/t/") for path, _ in lay.dirs)
+
+
+def test_default_settings_name_the_host_and_its_address(setup: tuple[Target, Options]) -> None:
+    target, options = setup
+    text = render_settings(target, options)
+    assert "name: pm1\n" in text and 'address: "192.0.2.70", port: 7760' in text
+    assert "ca: /etc/cloudd/pki/ca.pem" in text
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("name: $name\nlisten: {port: $nope}\n", "unknown or bad placeholder 'nope'"),
+    ("name: $name\nlisten: {port: 99999}\n", "T:2:"),
+    ("name: other\n", "name is 'other', not the host's name 'pm1'"),
+])
+def test_a_bad_settings_template_is_refused_with_its_place(
+        setup: tuple[Target, Options], tmp_path: Path, template: str, message: str) -> None:
+    target, options = setup
+    path = tmp_path / "agent.tmpl"
+    path.write_text(template)
+    with pytest.raises(BootstrapError) as err:
+        render_settings(target, Options(source=options.source, wheelhouse=options.wheelhouse,
+                                        pki_dir=options.pki_dir, settings_template=path))
+    assert message.replace("T", str(path)) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unit_runs_the_venv_agent(tmp_path: Path) -> None:
+    text = render_unit(CHECKOUT, Layout("/r"))
+    assert "\nExecStart=/r/opt/cloudd/venv/bin/cloudd --config /r/etc/cloudd/agent.yaml\n" in text
+    assert "\nAssertPathExists=/r/etc/cloudd/agent.yaml\n" in text
+    (tmp_path / "systemd").mkdir()
+    (tmp_path / "systemd/cloudd.service").write_text("[Service]\nType=simple\n")
+    with pytest.raises(BootstrapError, match="expected one ExecStart= line, found 0"):
+        render_unit(tmp_path, Layout(""))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"name": "PM1"}, "bad member name 'PM1'"),
+    ({"address": "pm1.example"}, "bad --address 'pm1.example': not an IPv4 or IPv6 address"),
+    ({"root": "rel/dir"}, "bad --root 'rel/dir': must be an absolute path"),
+    ({"known_hosts": Path("/nonexistent/kh")}, "known hosts file /nonexistent/kh: no such"),
+    ({"identity": Path("/nonexistent/id")}, "identity file /nonexistent/id: no such file"),
+])
+def test_bad_input_is_refused_before_connecting(setup: tuple[Target, Options],
+                                                change: dict[str, object], message: str) -> None:
+    target, options = setup
+    with pytest.raises((BootstrapError, PkiError), match=re.escape(message)):
+        check_local(replace(target, **change), options)  # type: ignore[arg-type]
+
+
+def test_no_ca_is_refused(setup: tuple[Target, Options], tmp_path: Path) -> None:
+    target, options = setup
+    (options.pki_dir / "ca.key").unlink()
+    with pytest.raises(BootstrapError, match=r"missing ca\.key.*cloudd-cli pki init"):
+        check_local(target, options)
+
+
+def test_cert_problem_says_why_a_certificate_will_not_do(setup: tuple[Target, Options],
+                                                         tmp_path: Path) -> None:
+    _, options = setup
+    d = options.pki_dir
+    files = issue(d, "pm1", now=NOW, addresses=["192.0.2.70"], days=90)
+    ca, cert, key = (p.read_bytes() for p in (files.ca, files.cert, files.key))
+    fits = {"name": "pm1", "address": "192.0.2.70", "now": NOW}
+    assert cert_problem(cert, key, ca, **fits) is None  # type: ignore[arg-type]
+    assert cert_problem(None, key, ca, **fits) == "none yet"  # type: ignore[arg-type]
+    assert cert_problem(cert, key, ca, name="pm2", address="192.0.2.70",
+                        now=NOW) == "names 'pm1', not 'pm2'"
+    assert cert_problem(cert, key, ca, name="pm1", address="192.0.2.71",
+                        now=NOW) == "does not list address 192.0.2.71"
+    assert cert_problem(cert, key, ca, name="pm1", address="192.0.2.70",
+                        now=NOW + dt.timedelta(days=80)) == "expires 2026-08-30"
+    other = tmp_path / "other"
+    init_ca(other, now=NOW)
+    assert cert_problem(cert, key, (other / "ca.crt").read_bytes(), **fits) == (  # type: ignore[arg-type]
+        "not signed by this cluster's CA, or unreadable")
+    stranger = issue(other, "pm1", now=NOW, addresses=["192.0.2.70"]).key.read_bytes()
+    assert cert_problem(cert, stranger, ca, **fits) == (  # type: ignore[arg-type]
+        "key does not match certificate")
+
+
+def test_member_files_issue_once_then_reuse_then_replace(setup: tuple[Target, Options]) -> None:
+    target, options = setup
+    cert, key, detail = member_files(options, target, now=NOW)
+    assert detail.startswith("issued ") and detail.endswith("(new)")
+    again = member_files(options, target, now=NOW)
+    assert again[:2] == (cert, key) and again[2].startswith("uploaded ")
+    moved = Target(name="pm1", address="192.0.2.99", known_hosts=target.known_hosts)
+    cert2, _, detail2 = member_files(options, moved, now=NOW)
+    assert cert2 != cert and "replaced: does not list address 192.0.2.99" in detail2
+
+
+def test_source_digest_follows_the_packaged_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "cloudd").mkdir(parents=True)
+    (src / "pyproject.toml").write_text("[project]\n")
+    (src / "cloudd/__init__.py").write_text("")
+    first = source_digest(src)
+    (src / "cloudd/__pycache__").mkdir()
+    (src / "cloudd/__pycache__/x.pyc").write_bytes(b"\0")
+    (src / "notes.txt").write_text("not packaged")
+    assert source_digest(src) == first
+    (src / "cloudd/__init__.py").write_text("x = 1\n")
+    assert source_digest(src) != first
+    shutil.rmtree(src / "cloudd/__pycache__")
