@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloudd.commands.validate",
     "cloudd.commands.pki",
     "cloudd.commands.image",
+    "cloudd.commands.bootstrap",
 )
 
 
