@@ -26,12 +26,14 @@ from cloudd.config.model import Cloud, Ensure
 from cloudd.config.registry import Change, ManifestEvent
 from cloudd.daemon.cluster import CloudMember, addresses_of
 from cloudd.daemon.events import EventLog
+from cloudd.daemon.nodeboot import Seed, fetch_manifest
 from cloudd.daemon.pki import PkiFiles
 from cloudd.daemon.transport import PeerConnected, PeerUnreachable, Transport
 from cloudd.daemon.wire import register_all
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, TemporaryError
 from cloudd.vmctl.backend import Backend
+from cloudd.vmctl.identity import NodeIdentity
 
 
 def timing_for(settings: AgentSettings) -> Timing:
@@ -68,6 +70,7 @@ class Clouds:
         self._backend_factory = backend_factory
         self._node_side_factory = node_side_factory
         self._have_member = asyncio.Event()
+        self._seed: tuple[NodeIdentity, tuple[Seed, ...], Callable[[], None]] | None = None
         self.log = log.get("clouds", node=self.me)
 
     # -- manifests ------------------------------------------------------------------------
@@ -149,12 +152,36 @@ class Clouds:
             self.member.unreachable(event.peer)
 
     # -- root task ------------------------------------------------------------------------
+    def seed(self, ident: NodeIdentity, seeds: tuple[Seed, ...],
+             on_manifest: Callable[[], None]) -> None:
+        """A booting node: ask these members for the manifest of `ident.cloud`."""
+        self._seed = (ident, seeds, on_manifest)
+
     async def run(self) -> None:
+        fetch: asyncio.Task[None] | None = None
+        if self._seed is not None:
+            # A booting node needs its port at once, to ask the hosts for the manifest.
+            ident, seeds, rescan = self._seed
+            self.transport = await self._open_transport()
+            for seed in seeds:
+                self.transport.add_peer(seed.name, seed.address, seed.port)
+
+            async def ask(peer: str, msg: Any) -> Any:
+                answer = await self._request(peer, msg)
+                rescan()
+                return answer
+
+            fetch = asyncio.create_task(fetch_manifest(
+                ident, seeds, ask=ask, folder=self.settings.manifest_dir,
+                have=self._have_member), name="fetch-manifest")
         # An agent that no manifest names needs no port and no certificate yet.
         await self._have_member.wait()
+        if fetch is not None:
+            fetch.cancel()
         member = self.member
         assert member is not None
-        self.transport = await self._open_transport()
+        if self.transport is None:
+            self.transport = await self._open_transport()
         self._peers(member.cloud)
         try:
             # The member's duties run inside this root task: if one fails, the agent's one

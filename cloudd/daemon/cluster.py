@@ -30,6 +30,7 @@ from cloudd.config.model import Cloud, Ensure, RunStrategy
 from cloudd.daemon.controller import CommandFencer, Controller
 from cloudd.daemon.electionshell import ElectionShell, Leadership, TermFile
 from cloudd.daemon.events import Event, EventKind, EventLog
+from cloudd.daemon.nodeboot import portable_text
 from cloudd.daemon.wire import (
     DomainEventNote,
     InspectAnswer,
@@ -136,8 +137,9 @@ class CloudMember:
             cloud=self.cloud.name, node=node.name, role=node.role,
             address=f"{node.address}/{self.cloud.prefix_length}",
             gateway=self.cloud.gateway or "",
-            members=tuple(f"{h.address}:{self.settings.listen.port}" for h in self.cloud.pool),
-            term=term, pki=str(self.settings.pki.ca.parent / "members" / node.name))
+            members=tuple(f"{h.name}@{h.address}:{self.settings.listen.port}"
+                          for h in self.cloud.pool),
+            term=term, pki=str(self.settings.pki.ca.parent))
         domain = NodeDomain(
             meta=CloudMeta(cloud=self.cloud.name, node=node.name, role=node.role, term=term),
             memory_mib=spec.memory_mib, vcpus=spec.vcpus, image=spec.image,
@@ -201,8 +203,9 @@ class CloudMember:
         if isinstance(msg, ManifestWanted):
             if msg.cloud != self.cloud.name:
                 raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
-            return ManifestOffer(self.cloud.name, self.cloud.digest, self.manifest_text,
-                                 "seed", self.election.term)
+            return ManifestOffer(self.cloud.name, self.cloud.digest,
+                                 portable_text(self.cloud, self.manifest_text), "seed",
+                                 self.election.term)
         if isinstance(msg, InspectWanted):
             if self.inspect_source is None:
                 raise TemporaryError("inspection is not ready")

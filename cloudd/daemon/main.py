@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -27,11 +28,13 @@ from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
 from cloudd.daemon.api import ApiServer
 from cloudd.daemon.clouds import Clouds
 from cloudd.daemon.events import EventLog
+from cloudd.daemon.nodeboot import NODE_STATE, Seed, read_identity, settings_for
 from cloudd.daemon.nodeside import NodeSide
 from cloudd.daemon.notify import Notifier, watchdog_interval
 from cloudd.daemon.runner import Runner
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import catalog
+from cloudd.vmctl.identity import IdentityError, NodeIdentity
 
 #: Seconds, beyond the services' own stop grace, that shutdown may take before the agent
 #: abandons its tasks and exits anyway (systemd would SIGKILL it a little later).
@@ -57,6 +60,7 @@ class Agent:
         if self._watchdog is not None:
             self.runner.add("watchdog", self._ping_watchdog)
         self.runner.add("manifests", self._watch_manifests)
+        self._rescan = asyncio.Event()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog.in_state_dir(settings.state_dir)
         self.clouds = Clouds(settings, events=self.events, node_side_factory=NodeSide)
@@ -113,7 +117,14 @@ class Agent:
                 self._log_manifest(event)
                 for listener in self.manifest_listeners:
                     listener(event)
-            await asyncio.sleep(self.settings.reconcile.manifest_poll)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescan.wait(),
+                                       timeout=self.settings.reconcile.manifest_poll)
+            self._rescan.clear()
+
+    def rescan(self) -> None:
+        """Look at the manifest folder now (a manifest was just written into it)."""
+        self._rescan.set()
 
     def _log_manifest(self, event: ManifestEvent) -> None:
         cloud = event.cloud
@@ -156,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudd", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_PATH, metavar="PATH",
                         help=f"agent settings (default {DEFAULT_PATH})")
+    parser.add_argument("--from-cmdline", type=Path, metavar="FILE",
+                        help="a node booting: take this agent's identity from a kernel "
+                             "command line (e.g. /proc/cmdline) instead of --config")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+                        help=f"with --from-cmdline: where to keep state (default {NODE_STATE})")
     parser.add_argument("--check", action="store_true",
                         help="validate the settings and every manifest, then exit 0 or 1")
     return parser
@@ -163,8 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    boot: tuple[NodeIdentity, tuple[Seed, ...]] | None = None
     try:
-        settings = load_agent(args.config)
+        if args.from_cmdline is not None:
+            ident = read_identity(args.from_cmdline)
+            settings, seeds = settings_for(ident, state_dir=args.state_dir or NODE_STATE)
+            boot = (ident, seeds)
+        else:
+            settings = load_agent(args.config)
+    except IdentityError as exc:
+        print(f"{args.from_cmdline}: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -177,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in _NOTIFY_ENV:
         os.environ.pop(key, None)
     agent = Agent(settings, config_path=args.config, env=env)
+    if boot is not None:
+        agent.clouds.seed(boot[0], boot[1], agent.rescan)
     with _event_loop_runner() as runner:
         return runner.run(agent.run())
 

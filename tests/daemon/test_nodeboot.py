@@ -1,0 +1,108 @@
+"""A node's agent that starts from its identity alone: settings from the kernel command line,
+the manifest fetched from the pool hosts, then membership and a role like any member."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cloudd.config.agent import DEFAULT_PORT
+from cloudd.config.manifest import load_cloud
+from cloudd.daemon.agentlab import CLOUDD, AgentLab
+from cloudd.daemon.nodeboot import parse_member, portable_text, settings_for
+from cloudd.errors import ClouddError
+from cloudd.providers.catalog import catalog
+from cloudd.vmctl.identity import from_cmdline
+
+REPO = Path(__file__).resolve().parents[2]
+LINE = ("console=ttyS0 cloudd.cloud=lab cloudd.node=lab-server-1 cloudd.role=server "
+        "cloudd.ip=10.1.2.3/24 cloudd.members=pm1@10.1.2.1:7760,pm2@10.1.2.2:7761 "
+        "cloudd.term=3 cloudd.pki=/etc/cloudd/pki")
+
+
+def test_settings_from_identity() -> None:
+    settings, seeds = settings_for(from_cmdline(LINE), state_dir=Path("/s"))
+    assert settings.name == "lab-server-1"
+    assert (settings.listen.address, settings.listen.port) == ("10.1.2.3", 7760)
+    assert settings.pki.cert == Path("/etc/cloudd/pki/lab-server-1.crt")
+    assert settings.manifest_dir == Path("/s/manifests")
+    assert [(s.name, s.address, s.port) for s in seeds] == [("pm1", "10.1.2.1", 7760),
+                                                           ("pm2", "10.1.2.2", 7761)]
+
+
+@pytest.mark.parametrize("bad", ["10.1.2.1:7760", "pm1@10.1.2.1", "@10.1.2.1:7760",
+                                 "pm1@10.1.2.1:port"])
+def test_bad_member_is_refused(bad: str) -> None:
+    with pytest.raises(ClouddError, match="is not name@address:port"):
+        parse_member(bad)
+
+
+def test_identity_without_members_or_pki_is_refused() -> None:
+    with pytest.raises(ClouddError, match="names no member"):
+        settings_for(from_cmdline(LINE.replace(
+            "cloudd.members=pm1@10.1.2.1:7760,pm2@10.1.2.2:7761 ", "")))
+    with pytest.raises(ClouddError, match="names no certificate folder"):
+        settings_for(from_cmdline(LINE.replace(" cloudd.pki=/etc/cloudd/pki", "")))
+
+
+def test_portable_manifest_loads_elsewhere(tmp_path: Path) -> None:
+    source = REPO / "manifests" / "web.yaml"
+    cloud = load_cloud(source, catalog())
+    moved = tmp_path / "web.yaml"
+    moved.write_text(portable_text(cloud, source.read_text()))
+    again = load_cloud(moved, catalog())
+    assert again.domain_template == cloud.domain_template
+    assert again.nodes == cloud.nodes
+
+
+def test_cli_refuses_a_bad_identity(tmp_path: Path) -> None:
+    line = tmp_path / "cmdline"
+    line.write_text("console=ttyS0 cloudd.cloud=lab\n")
+    done = subprocess.run([CLOUDD, "--from-cmdline", str(line)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"{line}: kernel command line lacks cloudd.node, "
+                                   "cloudd.role, cloudd.ip, cloudd.term")
+
+
+class SeedLab(AgentLab):
+    """Pool host agents from files; node agents from an identity file alone."""
+
+    def start(self, name: str) -> None:
+        if name.startswith("pm"):
+            return super().start(name)
+        agent = self.agents[name]
+        role = name.split("-")[1]
+        hosts = ",".join(f"{n}@{a.ns.ip}:{DEFAULT_PORT}" for n, a in self.agents.items()
+                         if n.startswith("pm"))
+        line = agent.folder / "cmdline"
+        line.write_text(f"cloudd.cloud=lab cloudd.node={name} cloudd.role={role} "
+                        f"cloudd.ip={agent.ns.address} cloudd.members={hosts} cloudd.term=0 "
+                        f"cloudd.pki={self.root / 'pki'}\n")
+        (agent.folder / "manifests" / "lab.yaml").unlink(missing_ok=True)
+        if agent.log_file is None:
+            agent.log_file = open(agent.log_path, "ab")  # noqa: SIM115 (closed in close())
+        agent.proc = subprocess.Popen(
+            ["ip", "netns", "exec", agent.ns.name, CLOUDD, "--from-cmdline", str(line),
+             "--state-dir", str(agent.folder)],
+            stdout=agent.log_file, stderr=agent.log_file, start_new_session=True)
+        return None
+
+
+@pytest.mark.netns
+def test_node_agent_fetches_the_manifest_and_joins() -> None:
+    with SeedLab("seed", hosts=2, subnet="10.234.7.0/24", node_agents=True,
+                 nodes={"database": 1, "server": 1, "balancer": 1}) as lab:
+        lab.start_all()
+        leader = lab.wait_for("a leader among the hosts", lambda: lab.one_leader(["pm1", "pm2"]))
+        for name in ("lab-database-1", "lab-server-1", "lab-balancer-1"):
+            manifest = lab.agents[name].folder / "manifests" / "lab.yaml"
+            lab.wait_for(f"{name} has the manifest", manifest.exists, timeout=60)
+            assert load_cloud(manifest, catalog()).name == "lab"
+        lab.wait_for("the leader hears every node", lambda: all(
+            (s := lab.status(leader[0])) is not None
+            and s["members"][n] == "alive" for n in ("lab-database-1", "lab-server-1")))
+        log = lab.log_text("lab-database-1")
+        assert "manifest_received" in log and "cloud_joined" in log
