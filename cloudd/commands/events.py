@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from cloudd.commands.inspect import add_socket_option
+from cloudd.commands.inspect import add_socket_option, use_color
 from cloudd.daemon.api import ApiClient, ApiError
 from cloudd.daemon.inspection import EventView, decode_event, event_cells, paint
 from cloudd.errors import ClouddError
@@ -98,7 +98,7 @@ def line(event: EventView, *, as_json: bool, color: bool) -> str:
 
 async def _print(args: argparse.Namespace, since: float | None, *, out: TextIO) -> None:
     client = ApiClient(args.socket, timeout=args.timeout)
-    color = out.isatty() and not args.json
+    color = use_color(out) and not args.json
     stream = client.stream("events", since=since, cloud=args.cloud, follow=args.follow,
                            limit=args.limit)
     async for item in stream:

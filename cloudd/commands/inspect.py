@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import time
@@ -44,6 +45,11 @@ def add_socket_option(parser: argparse.ArgumentParser) -> None:
                         help=f"the agent's API socket (default {DEFAULT_SOCKET})")
     parser.add_argument("--timeout", type=positive_seconds, default=10.0, metavar="S",
                         help="seconds to wait for the agent's answer (default 10)")
+
+
+def use_color(out: TextIO) -> bool:
+    """Colour only on a terminal, and not when the operator asked for none (no-color.org)."""
+    return out.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def register(subparsers: Any) -> None:
@@ -96,17 +102,17 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
         err: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    tty = out.isatty()
+    tty, color = out.isatty(), use_color(out)
     width = shutil.get_terminal_size().columns if tty else None
     if not args.watch:
-        text, ok = frame(args, color=tty, width=width)
+        text, ok = frame(args, color=color, width=width)
         (out if ok else err).write(text)
         return 0 if ok else 1
     try:
         while True:
             if tty:
                 width = shutil.get_terminal_size().columns
-            text, _ok = frame(args, color=tty, width=width)
+            text, _ok = frame(args, color=color, width=width)
             if tty and not args.json:
                 out.write(CLEAR + text)
             else:

@@ -149,7 +149,7 @@ def test_follow_ends_with_exit_1_when_the_agent_goes(agent: Agent, sock: Path) -
         while not _streaming(agent) and time.monotonic() < deadline:
             time.sleep(0.02)
         agent.stop()
-        seen = out.wait_for(lambda s: b"closed the stream" in s)
+        seen = out.wait_for(lambda s: b"closed the stream\n" in s)
         assert proc.wait(20) == 1
     finally:
         proc.kill()

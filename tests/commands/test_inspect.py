@@ -273,6 +273,22 @@ def test_watch_on_a_terminal_redraws_in_colour(agent: Agent, sock: Path) -> None
     assert b"\x1b[32malive" in seen
 
 
+def test_no_color_on_a_terminal_when_asked(agent: Agent, sock: Path) -> None:
+    agent.register("inspect", answer_doc)
+    agent.start()
+    leader, follower = os.openpty()
+    proc = spawn("inspect", "--socket", str(sock), stdout=follower,
+                 env={**os.environ, "NO_COLOR": "1"})
+    os.close(follower)
+    try:
+        seen = Lines(os.fdopen(leader, "rb", buffering=0)).wait_for(lambda s: b"pm2" in s)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert b"alive" in seen and b"\x1b[" not in seen
+
+
 def test_watch_json_prints_one_document_per_line(agent: Agent, sock: Path) -> None:
     agent.register("inspect", answer_doc)
     agent.start()
