@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloudd.commands.pki",
     "cloudd.commands.image",
     "cloudd.commands.bootstrap",
+    "cloudd.commands.inspect",
+    "cloudd.commands.events",
 )
 
 
