@@ -374,7 +374,7 @@ async def connect(target: Target) -> asyncssh.SSHClientConnection:
             target.address, port=target.port, username=target.user,
             known_hosts=str(target.known_hosts),
             client_keys=[str(target.identity)] if target.identity else (),
-            agent_path=None, config=(), connect_timeout=30)
+            config=None, connect_timeout=30)
     except asyncssh.HostKeyNotVerifiable:
         known = asyncssh.read_known_hosts(str(target.known_hosts))
         if known.match(target.address, target.address, target.port)[0]:
