@@ -59,8 +59,8 @@ class AgentCore:
         self.me = me
         self.roster = roster
         self.timing = (timing or Timing.production()).validate()
-        self.members = Membership(me, roster, self.timing, rng)
-        self.bully = Bully(me, roster, self.timing, rng, self.members.live)
+        self.members = Membership(me, roster, timing=self.timing, rng=rng)
+        self.bully = Bully(me, roster, timing=self.timing, rng=rng, live=self.members.live)
         self._now = float("-inf")
         self._acting = False
         self._pending_out: list[tuple[str, Message]] = []

@@ -49,7 +49,7 @@ from cloudd.errors import LocalProtocolError, RemoteProtocolError
 class Bully:
     """One agent's election state; `live` answers "not believed dead" from SWIM."""
 
-    def __init__(self, me: str, roster: Roster, timing: Timing, rng: random.Random,
+    def __init__(self, me: str, roster: Roster, *, timing: Timing, rng: random.Random,
                  live: Callable[[str], bool]) -> None:
         self.me, self.roster, self.timing, self.rng, self.live = me, roster, timing, rng, live
         self.role = Role.INIT

@@ -59,7 +59,7 @@ class _Probe:
 class Membership:
     """One agent's SWIM state. Call `probe_tick`, `receive`, `unreachable`; then `drain`."""
 
-    def __init__(self, me: str, roster: Roster, timing: Timing, rng: random.Random) -> None:
+    def __init__(self, me: str, roster: Roster, *, timing: Timing, rng: random.Random) -> None:
         self.me = me
         self.roster = roster
         self.timing = timing

@@ -16,7 +16,7 @@ ROSTER = Roster([Member(n, host=True) for n in "abcde"])
 
 
 def mem(me: str = "a") -> Membership:
-    m = Membership(me, ROSTER, T, random.Random(3))
+    m = Membership(me, ROSTER, timing=T, rng=random.Random(3))
     m.start(0.0)
     m.drain()
     return m
@@ -139,7 +139,7 @@ def test_a_sender_we_think_dead_hears_it_in_our_ack() -> None:
 def test_piggyback_is_bounded_and_each_fact_is_retransmitted_a_limited_number_of_times(
         facts: int) -> None:
     roster = Roster([Member(f"m{i}", host=True) for i in range(facts + 1)])
-    m = Membership("m0", roster, T, random.Random(1))
+    m = Membership("m0", roster, timing=T, rng=random.Random(1))
     m.start(0.0)
     for i in range(1, facts + 1):
         m.receive(f"m{i}", Ping(i, "m0", "", 0, gossip=(Gossip("alive", f"m{i}", 1, f"m{i}"),)),
