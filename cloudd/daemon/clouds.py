@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,12 +26,15 @@ from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
 from cloudd.config.registry import Change, ManifestEvent
+from cloudd.daemon.api import ApiError
 from cloudd.daemon.cluster import CloudMember, addresses_of
 from cloudd.daemon.events import EventLog
+from cloudd.daemon.inspection import CloudView, InspectDoc, Source, view_source
+from cloudd.daemon.inspectview import cloud_view
 from cloudd.daemon.nodeboot import Seed, fetch_manifest
 from cloudd.daemon.pki import PkiFiles
 from cloudd.daemon.transport import PeerConnected, PeerUnreachable, Transport
-from cloudd.daemon.wire import register_all
+from cloudd.daemon.wire import InspectAnswer, InspectWanted, register_all
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, TemporaryError
 from cloudd.vmctl.backend import Backend
@@ -70,6 +75,7 @@ class Clouds:
         self._backend_factory = backend_factory
         self._node_side_factory = node_side_factory
         self._have_member = asyncio.Event()
+        self._leader_view: tuple[float, CloudView] | None = None
         self._seed: tuple[NodeIdentity, tuple[Seed, ...], Callable[[], None]] | None = None
         self.log = log.get("clouds", node=self.me)
 
@@ -109,6 +115,7 @@ class Clouds:
             settings=self.settings, cloud=cloud, manifest_text=text,
             timing=timing_for(self.settings), send=self._send, request=self._request,
             events=self.events, backend_factory=self._backend_factory, node_side=node_side)
+        self.member.inspect_source = self.leader_doc
         self.log.info("cloud_joined", cloud=cloud.name,
                       as_=("host" if self.member.is_host else "node"))
         self._peers(cloud)
@@ -213,6 +220,50 @@ class Clouds:
             delay = min(delay * 2, 30.0)
 
     # -- local API ------------------------------------------------------------------------
+    async def inspect(self, cloud: str | None) -> InspectDoc:
+        """The inspect document: the leader's view when it can be had, else this agent's."""
+        now = time.time()
+        member = self.member
+        if member is None:
+            if cloud is not None:
+                raise ApiError(f"this agent ({self.me}) serves no cloud yet, not {cloud!r}")
+            return InspectDoc(answered_by=self.me, generated_at=now)
+        if cloud is not None and cloud != member.cloud.name:
+            raise ApiError(f"unknown cloud {cloud!r}: this agent serves {member.cloud.name}")
+        leader = member.election.leader
+        view: CloudView | None = None
+        if member.election.acting():
+            view = cloud_view(member, source=Source.LEADER, now=now)
+        elif leader and leader != self.me:
+            try:
+                answer = await asyncio.wait_for(
+                    self._request(leader, InspectWanted(member.cloud.name)), timeout=3.0)
+                if isinstance(answer, InspectAnswer):
+                    theirs = InspectDoc.from_json(json.loads(answer.doc))
+                    view = next(c for c in theirs.clouds if c.name == member.cloud.name)
+                    self._leader_view = (now, view)
+            except (ClouddError, OSError, TimeoutError, StopIteration, ValueError) as e:
+                self.log.info("inspect_leader_unreachable", peer=leader, reason=str(e))
+        if view is None:
+            own = cloud_view(member, source=Source.LOCAL, now=now)
+            if self._leader_view is not None:
+                at, last = self._leader_view
+                source = view_source(leading=False, leader_view_at=at, now=now,
+                                     stale_after=2 * member.election.core.timing.lease_duration)
+                # the leader's last view, marked stale, with this agent's own leadership view
+                view = dataclasses.replace(last, source=source, leadership=own.leadership)
+            else:
+                view = own
+        return InspectDoc(answered_by=self.me, generated_at=now, clouds=(view,))
+
+    def leader_doc(self) -> str:
+        """What this agent answers when another asks it, as the leader, for its view."""
+        member = self.member
+        assert member is not None
+        doc = InspectDoc(answered_by=self.me, generated_at=time.time(),
+                         clouds=(cloud_view(member, source=Source.LEADER),))
+        return json.dumps(doc.to_json())
+
     def status(self) -> dict[str, Any]:
         """This agent's own view, cheap and local (the leader's view is `inspect`)."""
         member = self.member

@@ -116,6 +116,9 @@ class CloudMember:
             render=self._render, fencer=CommandFencer(self._fence_commands()),
             resync=settings.reconcile.resync_interval, clock=clock)
         self._template_cache: tuple[Path, str] | None = None
+        #: generations of the manifest taken since the agent started, and when the last came
+        self.generation = 1
+        self.loaded_at = clock()
         self._stopping: asyncio.Future[None] | None = None
 
     # -- what the leader side asks --------------------------------------------------------
@@ -170,6 +173,8 @@ class CloudMember:
         if cloud.digest == self.cloud.digest:
             return
         self.cloud, self.manifest_text = cloud, manifest_text
+        self.generation += 1
+        self.loaded_at = self._clock()
         self.events.append(Event(self._clock(), cloud.name, EventKind.COMMAND, self.me,
                                  f"manifest generation {cloud.digest[:12]} in force",
                                  self.election.term))

@@ -162,6 +162,10 @@ class Controller:
             self._reasons[(event.meta.node, host)] = event.detail
         self.poke()
 
+    def host_reports(self) -> Mapping[str, tuple[tuple[DomainObs, ...], vb.Inventory | None]]:
+        """Each host's last list of domains and its inventory (None: unreachable now)."""
+        return dict(self._reports)
+
     # ---- observing ----------------------------------------------------------------------
 
     async def _ask(self, host: str, command: HostCommand) -> HostResult | None:

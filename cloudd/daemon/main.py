@@ -25,9 +25,10 @@ from typing import Any
 from cloudd import log
 from cloudd.config.agent import DEFAULT_PATH, AgentSettings, load_agent
 from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
-from cloudd.daemon.api import ApiServer
+from cloudd.daemon.api import ApiError, ApiServer
 from cloudd.daemon.clouds import Clouds
 from cloudd.daemon.events import EventLog
+from cloudd.daemon.inspection import events_stream
 from cloudd.daemon.nodeboot import NODE_STATE, Seed, read_identity, settings_for
 from cloudd.daemon.nodeside import NodeSide
 from cloudd.daemon.notify import Notifier, watchdog_interval
@@ -67,6 +68,8 @@ class Agent:
         self.manifest_listeners.append(self.clouds.on_manifest)
         self.api = ApiServer(settings.api_socket)
         self.api.register("status", self._api_status)
+        self.api.register("inspect", self._api_inspect)
+        self.api.register_stream("events", events_stream(self.events))
         self.runner.add("clouds", self.clouds.run)
         self.runner.add("api", self._serve_api)
 
@@ -95,6 +98,12 @@ class Agent:
 
     async def _api_status(self, args: dict[str, Any]) -> Any:
         return self.clouds.status()
+
+    async def _api_inspect(self, args: dict[str, Any]) -> Any:
+        cloud = args.get("cloud")
+        if cloud is not None and not isinstance(cloud, str):
+            raise ApiError(f"inspect: 'cloud' must be a cloud name or null, got {cloud!r}")
+        return (await self.clouds.inspect(cloud)).to_json()
 
     def _started(self) -> None:
         self.notifier.ready()

@@ -1,0 +1,90 @@
+"""`cloudd-cli inspect` and `events` against a real running cluster of agents, including while
+the leader is being replaced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cloudd.daemon.agentlab import CLOUDD, AgentLab
+
+pytestmark = pytest.mark.netns
+
+CLI = CLOUDD.replace("/cloudd", "/cloudd-cli")
+
+
+def cli(lab: AgentLab, agent: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args, "--socket", str(lab.agents[agent].socket)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def lab() -> Iterator[AgentLab]:
+    with AgentLab("op3", hosts=3, subnet="10.234.8.0/24") as lab:
+        lab.start_all()
+        yield lab
+
+
+def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
+    leader, term = lab.wait_for("a leader", lab.one_leader)
+    follower = next(n for n in lab.agents if n != leader)
+
+    done = cli(lab, follower, "inspect", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["answered_by"] == follower
+    (cloud,) = doc["clouds"]
+    assert cloud["name"] == "lab" and cloud["source"] == "leader"
+    assert cloud["leadership"]["leader"] == leader
+    assert cloud["leadership"]["term"] == term
+    assert {h["name"] for h in cloud["hosts"]} == {"pm1", "pm2", "pm3"}
+    assert {n["role"] for n in cloud["nodes"]} == {"database", "server", "balancer"}
+
+    text = cli(lab, follower, "inspect", "lab")
+    assert text.returncode == 0, text.stderr
+    assert f"leader {leader}" in text.stdout and "election stable" in text.stdout
+    assert "\x1b[" not in text.stdout  # no colour off a terminal
+
+    unknown = cli(lab, follower, "inspect", "nosuch")
+    assert unknown.returncode != 0
+    assert "unknown cloud 'nosuch'" in unknown.stderr
+
+    # the leader goes away: inspect keeps answering, and says an election is under way or
+    # that it shows a stale view, until a new leader is in place
+    lab.kill(leader)
+    states = set()
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        done = cli(lab, follower, "inspect", "--json")
+        assert done.returncode == 0, done.stderr
+        view = json.loads(done.stdout)["clouds"][0]
+        states.add((view["source"], view["leadership"]["state"], view["leadership"]["leader"]))
+        if view["leadership"]["leader"] not in (None, leader) and view["source"] == "leader":
+            break
+    print(f"\nviews seen during the failover: {sorted(states, key=str)}")
+    assert view["leadership"]["leader"] not in (None, leader)
+    assert view["leadership"]["term"] > term
+
+    events = cli(lab, follower, "events", "--since", "10m")
+    assert events.returncode == 0, events.stderr
+    assert "election" in events.stdout
+
+    # an agent cut off from the others still answers, and says it has no working leader
+    new_leader = view["leadership"]["leader"]
+    lab.cut(new_leader)
+    try:
+        def isolated_view() -> dict | None:
+            done = cli(lab, new_leader, "inspect", "--json")
+            assert done.returncode == 0, done.stderr
+            v = json.loads(done.stdout)["clouds"][0]
+            return v if v["leadership"]["state"] in ("electing", "no-quorum") else None
+        v = lab.wait_for("the cut-off agent reports the lost quorum", isolated_view)
+        assert v["source"] in ("local", "stale")
+        text = cli(lab, new_leader, "inspect").stdout
+        assert "election electing" in text or "election no-quorum" in text
+    finally:
+        lab.restore(new_leader)
