@@ -21,6 +21,7 @@ scratch tree through a real sshd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -358,7 +359,10 @@ class Remote:
                 return False
         parent = str(PurePosixPath(path).parent)
         tmp = f"{parent}/.{PurePosixPath(path).name}.cloudd-tmp"
-        # Mode before content: a key must never exist, even aside, readable by others.
+        # Mode before content: a key must never exist, even aside, readable by others (a
+        # leftover of a broken run would keep its own mode, so it goes first).
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+            await self.sftp.remove(tmp)
         async with self.sftp.open(tmp, "wb", asyncssh.SFTPAttrs(permissions=mode)) as f:
             await f.write(data)
         await self.sftp.chmod(tmp, mode)
@@ -415,7 +419,8 @@ async def bootstrap(target: Target, options: Options, *, now: dt.datetime,
                                  "bootstrap writes /etc and /opt; connect as root")
         await _python(remote, done)
         wheels, built = await asyncio.to_thread(build_wheels, options)
-        done("wheels", built, f"{len(wheels)} wheels in {options.wheelhouse}"
+        # The wheel cache is this machine's, not the target's: building it changes nothing there.
+        done("wheels", False, f"{len(wheels)} wheels in {options.wheelhouse}"
              + (" (built now)" if built else " (cached)"))
         for path, mode in layout.dirs:
             await remote.run(f"install -d -m {mode} {shlex.quote(path)}", what="making folders")

@@ -198,10 +198,8 @@ def test_bootstrap_installs_starts_and_second_run_changes_nothing(
     done = bootstrap(sshd, root=root, pki=pki_dir, kit=kit)
     assert done.returncode == 0, done.stderr + done.stdout
     assert done.stderr == ""
-    first = steps(done.stdout)
-    assert first.pop("wheels") in ("changed", "ok")  # built by whichever test came first
-    assert first == {
-        "connect": "ok", "python3-venv": "ok", "install": "changed",
+    assert steps(done.stdout) == {
+        "connect": "ok", "python3-venv": "ok", "wheels": "ok", "install": "changed",
         "pki": "changed", "settings": "changed", "unit": "changed", "check": "ok",
         "agent": "changed"}, done.stdout
     assert "as a background process (no systemd on the target)" in done.stdout
@@ -261,8 +259,31 @@ def test_changed_settings_restart_the_agent(sshd: Sshd, pki_dir: Path, kit: Kit,
     assert "log: {level: debug}" not in config.read_text()
     new = int((root / "run/cloudd/cloudd.pid").read_text())
     assert new != pid and "restarted" in again.stdout
-    assert not Path(f"/proc/{pid}/cmdline").exists() or Path(
-        f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_dead_agent_is_started_again_and_nothing_else_changes(
+        sshd: Sshd, pki_dir: Path, kit: Kit, target_root: Path) -> None:
+    root = target_root
+    assert bootstrap(sshd, root=root, pki=pki_dir, kit=kit).returncode == 0
+    pid = int((root / "run/cloudd/cloudd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    again = bootstrap(sshd, root=root, pki=pki_dir, kit=kit)
+    assert again.returncode == 0, again.stderr + again.stdout
+    changed = {step for step, mark in steps(again.stdout).items() if mark == "changed"}
+    assert changed == {"agent"}, again.stdout
+    assert "pm1: agent         changed  started as a background process" in again.stdout
+    assert alive(int((root / "run/cloudd/cloudd.pid").read_text()))
 
 
 @pytest.mark.parametrize(("entry", "message"), [
