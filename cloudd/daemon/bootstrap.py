@@ -529,7 +529,8 @@ async def _agent_pid(remote: Remote, layout: Layout) -> str | None:
 
 async def _start(remote: Remote, layout: Layout, *, restart: bool, done: Report) -> None:
     """Under systemd where it runs on the target, else a background process with a pid file."""
-    if await remote.ok("test -d /run/systemd/system"):
+    # sd_booted(): systemd runs there. A unit under a --root prefix is not systemd's, though.
+    if not layout.root and await remote.ok("test -d /run/systemd/system"):
         await remote.run("systemctl daemon-reload && systemctl enable -q cloudd",
                          what="enabling cloudd.service")
         active = await remote.ok("systemctl is-active -q cloudd")
