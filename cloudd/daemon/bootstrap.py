@@ -69,6 +69,9 @@ api_socket: $root/run/cloudd/cloudd.sock
 """
 
 
+Report = Callable[[str, bool, str], None]
+
+
 class BootstrapError(PermanentError):
     """Bootstrap refused or failed; the message is one line that says where and why."""
 
@@ -138,8 +141,9 @@ class Layout:
     def logfile(self) -> str: return self.p("/var/log/cloudd/agent.log")
     @property
     def dirs(self) -> tuple[tuple[str, str], ...]:
-        return ((self.p("/var/lib/cloudd"), "0700"), (self.p("/run/cloudd"), "0700"),
-                (self.p("/var/log/cloudd"), "0750"), (self.wheels, "0755"))
+        return ((self.p("/etc/cloudd"), "0755"), (self.p("/var/lib/cloudd"), "0700"),
+                (self.p("/run/cloudd"), "0700"), (self.p("/var/log/cloudd"), "0750"),
+                (self.wheels, "0755"))
 
 
 # ---- local preparation: checked before any connection, writes nothing on the target ------
@@ -409,38 +413,46 @@ async def bootstrap(target: Target, options: Options, *, now: dt.datetime,
         steps.append(Step(name, changed, detail))
         report(steps[-1])
 
-    async with await connect(target) as conn, conn.start_sftp_client() as sftp:
-        remote = Remote(conn, sftp, host=target.name)
-        done("connect", False, f"{target.user}@{target.address}:{target.port}, host key "
-             f"matches {target.known_hosts}")
-        uid = (await remote.run("id -u", what="checking the user")).strip()
-        if uid != "0":
-            raise BootstrapError(f"{target.user} on {target.name} is not root (uid {uid}): "
-                                 "bootstrap writes /etc and /opt; connect as root")
-        await _python(remote, done)
-        wheels, built = await asyncio.to_thread(build_wheels, options)
-        # The wheel cache is this machine's, not the target's: building it changes nothing there.
-        done("wheels", False, f"{len(wheels)} wheels in {options.wheelhouse}"
-             + (" (built now)" if built else " (cached)"))
-        for path, mode in layout.dirs:
-            await remote.run(f"install -d -m {mode} {shlex.quote(path)}", what="making folders")
-        changed = await _install(remote, layout, wheels, done)
-        changed |= await _pki(remote, layout, target, options, now=now, done=done)
-        settings_changed = await remote.put(layout.config, settings, mode=0o644)
-        done("settings", settings_changed, layout.config)
-        changed |= settings_changed
-        unit_dir = shlex.quote(str(PurePosixPath(layout.unit).parent))
-        await remote.run(f"install -d -m 0755 {unit_dir}", what="making folders")
-        unit_changed = await remote.put(layout.unit, unit, mode=0o644)
-        done("unit", unit_changed, layout.unit)
-        out = await remote.run(f"{layout.venv}/bin/cloudd --config {layout.config} --check",
-                               what="checking the settings")
-        done("check", False, " ".join(out.split()) or "ok")
-        await _start(remote, layout, restart=changed or unit_changed, done=done)
+    async with await connect(target) as conn:
+        try:
+            async with conn.start_sftp_client() as sftp:
+                remote = Remote(conn, sftp, host=target.name)
+                await _steps(remote, layout, target, options, now=now, done=done,
+                             files=(settings, unit))
+        except asyncssh.Error as exc:  # connection lost, SFTP refused a path...
+            raise BootstrapError(f"on {target.name}: {exc}") from None
     return steps
 
 
-Report = Callable[[str, bool, str], None]
+async def _steps(remote: Remote, layout: Layout, target: Target, options: Options, *,
+                 now: dt.datetime, done: Report, files: tuple[bytes, bytes]) -> None:
+    settings, unit = files
+    done("connect", False, f"{target.user}@{target.address}:{target.port}, host key "
+         f"matches {target.known_hosts}")
+    uid = (await remote.run("id -u", what="checking the user")).strip()
+    if uid != "0":
+        raise BootstrapError(f"{target.user} on {target.name} is not root (uid {uid}): "
+                             "bootstrap writes /etc and /opt; connect as root")
+    await _python(remote, done)
+    wheels, built = await asyncio.to_thread(build_wheels, options)
+    # The wheel cache is this machine's, not the target's: building it changes nothing there.
+    done("wheels", False, f"{len(wheels)} wheels in {options.wheelhouse}"
+         + (" (built now)" if built else " (cached)"))
+    for path, mode in layout.dirs:
+        await remote.run(f"install -d -m {mode} {shlex.quote(path)}", what="making folders")
+    changed = await _install(remote, layout, wheels, done)
+    changed |= await _pki(remote, layout, target, options, now=now, done=done)
+    settings_changed = await remote.put(layout.config, settings, mode=0o644)
+    done("settings", settings_changed, layout.config)
+    changed |= settings_changed
+    unit_dir = shlex.quote(str(PurePosixPath(layout.unit).parent))
+    await remote.run(f"install -d -m 0755 {unit_dir}", what="making folders")
+    unit_changed = await remote.put(layout.unit, unit, mode=0o644)
+    done("unit", unit_changed, layout.unit)
+    out = await remote.run(f"{layout.venv}/bin/cloudd --config {layout.config} --check",
+                           what="checking the settings")
+    done("check", False, " ".join(out.split()) or "ok")
+    await _start(remote, layout, restart=changed or unit_changed, done=done)
 
 
 async def _python(remote: Remote, done: Report) -> None:
