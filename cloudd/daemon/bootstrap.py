@@ -500,7 +500,10 @@ async def _install(remote: Remote, layout: Layout, wheels: list[Path], done: Rep
     if not await remote.ok(f"test -x {venv}/bin/python"):
         await remote.run(f"{PYTHON} -m venv {venv}", what="making the venv")
     whl = shlex.quote(f"{layout.wheels}/{wheels[-1].name}")
-    pip = f"{venv}/bin/python -m pip install -q --no-index --find-links {wdir}"
+    # Only the uploaded wheels: no index, and no pip configuration of the target's own.
+    pip = (f"env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL "
+           f"PIP_CONFIG_FILE=/dev/null {venv}/bin/python -m pip install -q --no-index "
+           f"--find-links {wdir}")
     await remote.run(f"{pip} {whl}", what="installing cloudd")
     # Same version, new code: pip keeps an installed cloudd unless told to replace it.
     await remote.run(f"{pip} --no-deps --force-reinstall {whl}", what="installing cloudd")
