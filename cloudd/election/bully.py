@@ -62,6 +62,8 @@ class Bully:
         self.holder: Holder | None = None
         self.rejected: set[str] = set()
         self.fenced: set[str] = set()
+        #: A leader fenced out of some host re-establishes itself under a higher term.
+        self.refresh: Holder | None = None
         self.retry_at = 0.0
         self.not_before = float("-inf")
         self.out: list[tuple[str, Message]] = []
@@ -118,7 +120,7 @@ class Bully:
     def _follow(self, leader: str, term: int, now: float, reason: str) -> None:
         self._raise_term(term, leader)
         self.leader = leader
-        self.holder = None
+        self.holder = self.refresh = None
         self._goto(Role.FOLLOWER, reason)
         self.deadline = float("inf")
         self.events.append(Event("leader", reason, term, leader))
@@ -127,7 +129,7 @@ class Bully:
         """No leader known: run at `now + delay`. A leader stepping down says so to all."""
         if self.role is Role.LEADER:
             self.out += [(n, Resign(self.term)) for n in self.roster.names if n != self.me]
-        self.leader, self.holder = "", None
+        self.leader, self.holder, self.refresh = "", None, None
         self._goto(Role.AWAITING, reason)
         self.deadline = now + delay
 
@@ -168,7 +170,12 @@ class Bully:
 
     def _ask_hosts(self, now: float) -> None:
         assert self.holder is not None
-        req = self.holder.request(now)
+        self._ask(self.holder, now)
+        if self.refresh is not None and self.role is Role.LEADER:
+            self._ask(self.refresh, now)
+
+    def _ask(self, holder: Holder, now: float) -> None:
+        req = holder.request(now)
         for host in sorted(self.roster.hosts):
             if host == self.me:
                 self._lease_answer(self.me, self._grant(self.me, req, now), now)
@@ -335,6 +342,18 @@ class Bully:
         if self.holder is None or self.role not in (Role.CANDIDATE, Role.LEADER):
             return
         if isinstance(msg, LeaseGrant):
+            refresh = self.refresh
+            if refresh is not None and msg.term == refresh.term:
+                refresh.granted(host, msg)
+                if refresh.quorum_until() > now:
+                    # Same leader, higher term: followers and hosts learn it at once.
+                    self.holder, self.refresh, self.fenced = refresh, None, set()
+                    self._raise_term(refresh.term, self.me)
+                    self.out += [(n, Coordinator(refresh.term)) for n in self.roster.names
+                                 if n != self.me]
+                    self.events.append(Event("leader", "re-established under a higher term",
+                                             refresh.term, self.me))
+                return
             self.holder.granted(host, msg)
             if self.role is Role.CANDIDATE and self.holder.quorum_until() > now:
                 term = self.holder.term
@@ -357,6 +376,14 @@ class Bully:
             self.fenced.add(host)
             if len(self.fenced) > len(self.roster.hosts) - self.roster.quorum:
                 self._lost_leader(now, f"fenced out by {len(self.fenced)} hosts")
+            elif self.refresh is None or self.refresh.term <= msg.term:
+                # Still leading on the other hosts: ask all for a term above the fence,
+                # keeping the current leases (and acting) until a majority grants it.
+                proposed = max(self.persisted, msg.term) + 1
+                self._persist(proposed)
+                self.refresh = Holder(term=proposed, hosts=self.roster.hosts,
+                                      quorum=self.roster.quorum, timing=self.timing)
+                self._ask(self.refresh, now)
         elif self.role is Role.CANDIDATE:
             self.rejected.add(host)
             self.retry_at = max(self.retry_at, now + msg.remaining)

@@ -209,7 +209,8 @@ class Sim:
         holding = 0
         for host in self.roster.hosts:
             for g in (self._grantor(host), *self.ghost.get(host, [])):
-                if g is not None and g.holder == name and g.holder_term == term \
+                # A host that granted this leader a newer term is still bound to it.
+                if g is not None and g.holder == name and g.holder_term >= term \
                         and g.expires - self.offset[host] > self.now:
                     holding += 1
                     break
