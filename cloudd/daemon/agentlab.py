@@ -34,10 +34,58 @@ from typing import Any
 
 from cloudd.daemon.api import ApiClient, ApiError
 from cloudd.daemon.pki import init_ca, issue
+from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.netlab import NetLab, Netns
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout (manifests/templates)
 CLOUDD = str(Path(sys.executable).parent / "cloudd")
+
+
+@dataclass(frozen=True)
+class LabDomain:
+    """One domain on the lab's shared libvirtd, as `virsh` shows it."""
+
+    name: str
+    #: the host named in its cloudd metadata ("" for a domain without one)
+    host: str
+    running: bool
+    #: its qemu's pid while it runs
+    pid: int | None
+
+
+def virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def lab_domains(uri: str, prefix: str) -> dict[str, LabDomain]:
+    """Every domain whose name starts with `prefix` on `uri`, by name."""
+    listing = virsh(uri, "list", "--all", "--name")
+    if listing.returncode != 0:
+        raise AssertionError(f"virsh list failed: {listing.stderr.strip()}")
+    out: dict[str, LabDomain] = {}
+    for name in listing.stdout.split():
+        if not name.startswith(prefix):
+            continue
+        xml = virsh(uri, "dumpxml", name)
+        if xml.returncode != 0:
+            continue  # undefined meanwhile
+        meta = from_domain_xml(xml.stdout)
+        running = virsh(uri, "domstate", name).stdout.strip() == "running"
+        pid = None
+        if running:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+        out[name] = LabDomain(name, meta.host if meta else "", running, pid)
+    return out
+
+
+def remove_domains(uri: str, prefix: str) -> None:
+    """Destroy and undefine every domain whose name starts with `prefix` (cleanup)."""
+    for name in virsh(uri, "list", "--all", "--name").stdout.split():
+        if name.startswith(prefix):
+            virsh(uri, "destroy", name)
+            virsh(uri, "undefine", name)
 
 
 @dataclass
@@ -242,6 +290,24 @@ class AgentLab:
 
     def log_text(self, name: str) -> str:
         return self.agents[name].log_path.read_text(errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """Every JSON log line of every agent, with `agent` (its name) and `at` (unix time)."""
+        out = []
+        for name in self.agents:
+            for line in self.log_text(name).splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    event = json.loads(line)
+                    event["at"] = dt.datetime.fromisoformat(event["timestamp"]).timestamp()
+                    event["agent"] = name
+                    out.append(event)
+        return out
+
+    def actions(self, verb: str, *, since: float) -> list[dict[str, Any]]:
+        """The leaders' successful `<verb> on <host>: <reason>` actions logged since `since`."""
+        return [e for e in self.log_events()
+                if str(e.get("event", "")).startswith(f"{verb} on ")
+                and " failed" not in e["event"] and e["at"] >= since]
 
     # -- cleanup --------------------------------------------------------------------------
     def close(self) -> None:

@@ -24,23 +24,20 @@ Scenarios, in order, each printing its timing (bounded waits, no timed asserts):
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cloudd.daemon.agentlab import AgentLab
+from cloudd.daemon import agentlab
+from cloudd.daemon.agentlab import AgentLab, LabDomain, lab_domains
 from cloudd.vmctl import testguest
-from cloudd.vmctl.metadata import from_domain_xml
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.netns]
 
@@ -59,42 +56,17 @@ BOUND = 120.0
 RESTART_LIBVIRTD = os.environ.get("CLOUDD_LAB_RESTART_LIBVIRTD") == "1"
 
 
-@dataclass(frozen=True)
-class Dom:
-    name: str
-    host: str
-    running: bool
-    pid: int | None
-
-
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-c", SYSTEM, *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return agentlab.virsh(SYSTEM, *args)
 
 
-def qemu_pid(name: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
-    return None
-
-
-def snapshot() -> dict[str, Dom]:
+def snapshot() -> dict[str, LabDomain]:
     """Every domain of the lab's cloud (and the hand-made one), by domain name."""
-    out: dict[str, Dom] = {}
-    listing = virsh("list", "--all", "--name")
-    if listing.returncode != 0:
-        raise AssertionError(f"virsh list failed: {listing.stderr.strip()}")
-    for name in listing.stdout.split():
-        if not name.startswith(f"{PREFIX}-"):
-            continue
-        xml = virsh("dumpxml", name)
-        if xml.returncode != 0:
-            continue  # undefined meanwhile
-        meta = from_domain_xml(xml.stdout)
-        running = virsh("domstate", name).stdout.strip() == "running"
-        out[name] = Dom(name, meta.host if meta else "", running,
-                        qemu_pid(name) if running else None)
-    return out
+    return lab_domains(SYSTEM, f"{PREFIX}-")
+
+
+def remove_domains() -> None:
+    agentlab.remove_domains(SYSTEM, f"{PREFIX}-")
 
 
 def domain(node: str) -> str:
@@ -116,7 +88,8 @@ def wait(what: str, check: Callable[[], Any], *, bound: float = BOUND,
         time.sleep(0.2)
 
 
-def all_running(*, hosts: set[str], nodes: list[str] = NODE_NAMES) -> dict[str, Dom] | None:
+def all_running(*, hosts: set[str], nodes: list[str] = NODE_NAMES,
+                ) -> dict[str, LabDomain] | None:
     snap = snapshot()
     doms = [snap.get(domain(n)) for n in nodes]
     if all(d is not None and d.running and d.host in hosts for d in doms):
@@ -124,42 +97,11 @@ def all_running(*, hosts: set[str], nodes: list[str] = NODE_NAMES) -> dict[str, 
     return None
 
 
-def log_events(lab: AgentLab) -> list[dict[str, Any]]:
-    """Every JSON log line of every agent, with `agent` added."""
-    out = []
-    for name in lab.agents:
-        for line in lab.log_text(name).splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    event["agent"] = name
-                    out.append(event)
-    return out
-
-
-def when(event: dict[str, Any]) -> float:
-    return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def actions(lab: AgentLab, verb: str, *, since: float) -> list[dict[str, Any]]:
-    """The leaders' successful `<verb> on <host>: ...` actions logged after `since`."""
-    return [e for e in log_events(lab)
-            if str(e.get("event", "")).startswith(f"{verb} on ") and " failed" not in e["event"]
-            and when(e) >= since]
-
-
 def handmade_xml(lab: AgentLab, image: testguest.GuestImage) -> str:
     return testguest.domain_xml(testguest.TestGuestDomain(
         name=HANDMADE, image=image, bridge=lab.net.bridge, mac="52:54:00:12:12:12",
         boot=testguest.GuestBoot(address=f"{lab.net.allocate()}", command="true"),
         serial_log=Path(f"/var/log/libvirt/qemu/{HANDMADE}.serial.log"), memory_mib=96))
-
-
-def remove_domains() -> None:
-    for name in virsh("list", "--all", "--name").stdout.split():
-        if name.startswith(f"{PREFIX}-"):
-            virsh("destroy", name)
-            virsh("undefine", name)
 
 
 def make_lab(tmp_path: Path, nodes: dict[str, int]) -> tuple[AgentLab, testguest.GuestImage]:
@@ -267,12 +209,12 @@ def scenarios(lab: AgentLab, record: Path) -> None:
           f"{time.monotonic() - t0:.1f} s")
     fence_lines = [line.split() for line in record.read_text().splitlines()]
     fenced_at = min(float(f[0]) for f in fence_lines if f[2] == lost)
-    defines = actions(lab, "define", since=since)
+    defines = lab.actions("define", since=since)
     for n in moved:
         mine = [e for e in defines if e.get("node") == n]
         assert len(mine) == 1, f"{n} defined {len(mine)} times after the power loss: {mine}"
         assert mine[0]["host"] in survivors
-        assert when(mine[0]) > fenced_at, f"{n} defined before {lost} was fenced"
+        assert mine[0]["at"] > fenced_at, f"{n} defined before {lost} was fenced"
     assert not any(e.get("node") not in moved for e in defines), defines
 
     # 6. libvirtd drops the host agents' connections: they reconnect, nothing is respawned
@@ -288,7 +230,7 @@ def scenarios(lab: AgentLab, record: Path) -> None:
 
 
 def connected_count(lab: AgentLab, host: str) -> int:
-    return sum(1 for e in log_events(lab)
+    return sum(1 for e in lab.log_events()
                if e["agent"] == host and e.get("event") == "libvirt connected")
 
 
@@ -306,8 +248,8 @@ def check_reconnect(lab: AgentLab, hosts: set[str], *, how: Callable[[AgentLab],
         after = snapshot()
         assert {n: d.pid for n, d in after.items()} == pids, (before, after)
         time.sleep(0.2)
-    assert actions(lab, "start", since=since) == []
-    assert actions(lab, "define", since=since) == []
+    assert lab.actions("start", since=since) == []
+    assert lab.actions("define", since=since) == []
     print(f"6. {what} -> host agents reconnected after {took:.1f} s; nothing respawned")
 
 
