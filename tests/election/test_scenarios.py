@@ -156,3 +156,19 @@ def test_hosts_suspect_a_leader_whose_renewals_stop_before_any_probe_would() -> 
     for host in sim.roster.hosts - {leader}:
         agent = sim.agents[host]
         assert agent is not None and agent.status(leader) is not Status.ALIVE, host
+
+
+def test_a_host_fenced_by_its_own_failed_candidacy_is_won_back_without_changing_leader() -> None:
+    sim, leader = started(5, hosts=3, seed=8)
+    host = sorted(sim.roster.hosts - {leader})[0]
+    sim.isolate(host)  # alone, it runs for leader, grants itself a higher term and fails
+    sim.run_for(1.5)
+    lonely = sim.agents[host]
+    assert lonely is not None and lonely.bully.fence > sim.agents[leader].term  # type: ignore[union-attr]
+    assert sim.acting() == [leader]  # the other two hosts are a majority
+    sim.recover()
+    sim.run_for(1.0)
+    assert sim.acting() == [leader]
+    agent = sim.agents[leader]
+    assert agent is not None and agent.term >= lonely.bully.fence
+    assert {a.leader for a in sim.live()} == {leader}
