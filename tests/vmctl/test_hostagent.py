@@ -166,3 +166,20 @@ async def test_inventory_adds_the_images_found_in_image_dirs(fake: FakeBackend,
     inv = (await agent.execute(HostCommand(Op.INVENTORY, 1))).inventory
     assert inv is not None
     assert inv.images == frozenset({"/img/a.qcow2", str(images / "web.qcow2")})
+
+
+async def test_resync_lists_only_this_hosts_domains(fake: FakeBackend, tmp_path: Path) -> None:
+    pm1 = HostAgent(fake, state_dir=tmp_path / "pm1", host="pm1", image_dirs=())
+    pm2 = HostAgent(fake, state_dir=tmp_path / "pm2", host="pm2", image_dirs=())
+    await pm1.execute(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))
+    await pm2.execute(HostCommand(Op.DEFINE, 1, "c-n2", domain_xml("n2", 1)))
+    got: list[DomainEvent] = []
+    task = asyncio.create_task(pm2.run_events(got.append))
+    await asyncio.sleep(0)
+    # what a backend publishes after reconnecting: every cloudd domain on the hypervisor
+    fake.hub.publish(DomainEvent(kind=EventKind.RESYNC, domain="", meta=None,
+                                 detail="connected", at=0.0, domains=await fake.list()))
+    await asyncio.sleep(0)
+    task.cancel()
+    assert [e.kind for e in got] == [EventKind.RESYNC]
+    assert [d.name for d in got[0].domains] == ["c-n2"]
