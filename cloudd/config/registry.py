@@ -54,6 +54,10 @@ class ManifestRegistry:
         """cloud name -> Cloud, for every currently valid manifest."""
         return {c.name: c for c in self._current.values()}
 
+    def path_of(self, cloud: str) -> Path | None:
+        """The file that declares `cloud` now, if any."""
+        return next((p for p, c in self._current.items() if c.name == cloud), None)
+
     def files(self) -> list[Path]:
         """The manifest files in the folder now, sorted."""
         try:

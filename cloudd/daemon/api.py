@@ -190,8 +190,12 @@ class ApiClient:
                 writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
                 await writer.drain()
             while True:
-                line = await (reader.readline() if stream
-                              else asyncio.wait_for(reader.readline(), self.timeout))
+                try:
+                    line = await (reader.readline() if stream
+                                  else asyncio.wait_for(reader.readline(), self.timeout))
+                except TimeoutError:
+                    raise ApiError(f"the agent did not answer {op} within "
+                                   f"{self.timeout:g} s") from None
                 if not line:
                     return
                 answer = json.loads(line)

@@ -20,6 +20,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from cloudd import log
@@ -31,12 +32,20 @@ from cloudd.daemon.cluster import CloudMember, addresses_of
 from cloudd.daemon.events import EventLog
 from cloudd.daemon.inspection import CloudView, InspectDoc, Source, view_source
 from cloudd.daemon.inspectview import cloud_view
-from cloudd.daemon.nodeboot import Seed, fetch_manifest
+from cloudd.daemon.nodeboot import Seed, fetch_manifest, portable_text
+from cloudd.daemon.operator import Operator, check_manifest, install_manifest
 from cloudd.daemon.pki import PkiFiles
 from cloudd.daemon.transport import PeerConnected, PeerUnreachable, Transport
-from cloudd.daemon.wire import InspectAnswer, InspectWanted, register_all
+from cloudd.daemon.wire import (
+    InspectAnswer,
+    InspectWanted,
+    ManifestOffer,
+    OperatorAnswer,
+    OperatorRequest,
+    register_all,
+)
 from cloudd.election.config import Timing
-from cloudd.errors import ClouddError, TemporaryError
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
 
@@ -76,6 +85,12 @@ class Clouds:
         self._node_side_factory = node_side_factory
         self._have_member = asyncio.Event()
         self._leader_view: tuple[float, CloudView] | None = None
+        #: manifest texts this agent installed itself (from the leader), by cloud
+        self._installed: dict[str, str] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        self._locate: Callable[[str], Path | None] = lambda _cloud: None
+        self._rescan: Callable[[], None] = lambda: None
+        self.operator = Operator(self, locate=self._locate, rescan=self._rescan)
         self._seed: tuple[NodeIdentity, tuple[Seed, ...], Callable[[], None]] | None = None
         self.log = log.get("clouds", node=self.me)
 
@@ -92,6 +107,23 @@ class Clouds:
             return
         text = event.path.read_text() if event.path.exists() else ""
         self.adopt(cloud, text)
+        member = self.member
+        if (member is not None and member.cloud.name == cloud.name and text
+                and self._installed.get(cloud.name) != text and not member.election.acting()
+                and member.election.leader):
+            # An operator dropped a new generation here, not on the leader: hand it over, so
+            # that the leader installs and distributes it.
+            task = asyncio.ensure_future(self._forward_drop(cloud, text))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _forward_drop(self, cloud: Cloud, text: str) -> None:
+        try:
+            result = await self.operator.command(
+                "apply", {"text": portable_text(cloud, text), "cloud": cloud.name})
+            self.log.info("manifest_forwarded", cloud=cloud.name, peer=result.get("leader"))
+        except ClouddError as e:
+            self.log.warning("manifest_not_forwarded", cloud=cloud.name, reason=str(e))
 
     def adopt(self, cloud: Cloud, text: str) -> None:
         """Take part in `cloud` (or take its new generation)."""
@@ -129,7 +161,48 @@ class Clouds:
             if name != self.me:
                 self.transport.add_peer(name, address, port)
 
+    def attach(self, *, locate: Callable[[str], Path | None], rescan: Callable[[], None]) -> None:
+        """The agent's manifest folder, for the operator's commands and offered manifests."""
+        self.operator = Operator(self, locate=locate, rescan=rescan)
+        self._locate, self._rescan = locate, rescan
+
+    def _install_offer(self, offer: ManifestOffer) -> str:
+        """A manifest from the leader (or for a member that does not have it yet)."""
+        member = self.member
+        if (member is not None and member.cloud.name == offer.cloud
+                and offer.term < member.election.term):
+            return f"refused: term {offer.term} is older than {member.election.term}"
+        cloud = check_manifest(offer.text, where=self.settings.state_dir / "incoming")
+        if cloud.name != offer.cloud:
+            raise PermanentError(f"offered manifest declares {cloud.name}, not {offer.cloud}")
+        self._installed[cloud.name] = offer.text
+        path = install_manifest(offer.text, cloud.name, folder=self.settings.manifest_dir,
+                                current=self._locate)
+        self.log.info("manifest_installed", cloud=cloud.name, path=str(path),
+                      origin=offer.origin, term=offer.term)
+        self._rescan()
+        return f"installed as {path}"
+
     # -- transport ------------------------------------------------------------------------
+    async def request_any(self, peer: str, msg: Any) -> Any:
+        return await self._request(peer, msg)
+
+    async def ask_outside(self, name: str, address: str, msg: Any) -> Any:
+        """A request to an agent of a cloud this agent is not part of (apply from outside)."""
+        if self.transport is not None:
+            self.transport.add_peer(name, address, self.settings.listen.port)
+            return await self.transport.request(name, msg)
+        pki = self.settings.pki
+        transport = Transport(member=self.me, files=PkiFiles(pki.ca, pki.cert, pki.key),
+                              handler=self._handle, codec=self.codec, rng=random.Random())
+        try:
+            transport.add_peer(name, address, self.settings.listen.port)
+            return await transport.request(name, msg)
+        except (OSError, ssl.SSLError) as e:
+            raise TemporaryError(f"{name} ({address}) cannot be reached: {e}") from e
+        finally:
+            await transport.close()
+
     def _send(self, peer: str, msg: Any) -> None:
         if self.transport is not None:
             self.transport.send(peer, msg)
@@ -150,6 +223,11 @@ class Clouds:
             self._send(leader, report)
 
     async def _handle(self, peer: str, msg: Any) -> Any:
+        if isinstance(msg, OperatorRequest):
+            return await self.operator.answer(peer, msg)
+        if isinstance(msg, ManifestOffer) and (
+                msg.origin == "leader" or (msg.origin == "seed" and self.member is None)):
+            return OperatorAnswer(True, json.dumps(self._install_offer(msg)))
         if self.member is None:
             raise TemporaryError(f"{self.me} has no cloud yet")
         return await self.member.handle(peer, msg)
@@ -166,6 +244,11 @@ class Clouds:
 
     async def run(self) -> None:
         fetch: asyncio.Task[None] | None = None
+        pki = self.settings.pki
+        if self._seed is None and all(p.exists() for p in (pki.ca, pki.cert, pki.key)):
+            # With a certificate, listen at once: a manifest may be handed to this agent by
+            # another (a cloud started from outside, or from one of its hosts).
+            self.transport = await self._open_transport()
         if self._seed is not None:
             # A booting node needs its port at once, to ask the hosts for the manifest.
             ident, seeds, rescan = self._seed

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -111,8 +114,8 @@ class CloudMember:
         self._assigned: dict[str, RoleAssignment] = {}
         self._assign_poke = asyncio.Event()
         self.controller = Controller(
-            desired=lambda: desired_of(self.cloud), hosts=lambda: [h.name for h in self.cloud.pool],
-            liveness=self._liveness, leader=self.acting_term, client=self, events=events,
+            desired=self._desired, hosts=lambda: [h.name for h in self.cloud.pool],
+            liveness=self._liveness, leader=self._reconciling_term, client=self, events=events,
             render=self._render, fencer=CommandFencer(self._fence_commands()),
             resync=settings.reconcile.resync_interval, clock=clock)
         self._template_cache: tuple[Path, str] | None = None
@@ -120,10 +123,50 @@ class CloudMember:
         self.generation = 1
         self.loaded_at = clock()
         self._stopping: asyncio.Future[None] | None = None
+        #: operator's maintenance: the whole cloud (None in the set) or single nodes
+        self.maintenance: set[str | None] = self._load_maintenance()
+        self._offered: dict[str, str] = {}
 
     # -- what the leader side asks --------------------------------------------------------
     def acting_term(self) -> int | None:
         return self.election.term if self.election.acting() else None
+
+    def _reconciling_term(self) -> int | None:
+        """The term to act in, unless the operator paused the whole cloud."""
+        return None if None in self.maintenance else self.acting_term()
+
+    def _desired(self) -> plan.Desired:
+        desired = desired_of(self.cloud)
+        if not self.maintenance:
+            return desired
+        # A node in maintenance is left as it is: never started, stopped or moved.
+        held = plan.RunStrategy.MANUAL
+        return replace(desired, nodes=tuple(
+            replace(n, run=held) if n.name in self.maintenance else n for n in desired.nodes))
+
+    def set_maintenance(self, subject: str | None, *, on: bool) -> None:
+        if subject is not None and subject not in {n.name for n in self.cloud.nodes}:
+            raise PermanentError(f"unknown node {subject!r} in cloud {self.cloud.name}")
+        (self.maintenance.add if on else self.maintenance.discard)(subject)
+        path = self.state_dir / "maintenance.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(s or "" for s in self.maintenance)))
+        os.replace(tmp, path)
+        self.log.info("maintenance", reason=f"{'on' if on else 'off'} for "
+                                            f"{subject or 'the whole cloud'}")
+        self.controller.poke()
+        self._assign_poke.set()
+
+    def maintenance_view(self) -> list[str]:
+        return sorted(s or "(cloud)" for s in self.maintenance)
+
+    def _load_maintenance(self) -> set[str | None]:
+        try:
+            names = json.loads((self.state_dir / "maintenance.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return set()
+        return {n or None for n in names if isinstance(n, str)}
 
     def _liveness(self, host: str) -> plan.Liveness:
         return _LIVENESS[self.election.status(host)]
@@ -285,7 +328,8 @@ class CloudMember:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._assign_poke.wait(), timeout=min(period, 2.0))
             self._assign_poke.clear()
-            term = self.acting_term()
+            self._distribute()
+            term = self._reconciling_term()
             if term is None:
                 continue
             for assignment in self.assignments(term):
@@ -293,12 +337,36 @@ class CloudMember:
                 if self._assigned.get(node) == assignment and node in self.reports \
                         and self.reports[node].generation == assignment.generation:
                     continue
-                if self.election.status(node) is not Status.ALIVE:
+                if self.election.status(node) is not Status.ALIVE or node in self.maintenance:
                     continue
                 self._assigned[node] = assignment
                 self.log.info("role_assigned", peer=node, role=assignment.role, term=term,
                               peers=len(assignment.peers))
                 self._send(node, assignment)
+
+    def _distribute(self) -> None:
+        """Make sure every member has the manifest. The acting leader sends each live member
+        its generation once (and again when the member comes back); any member sends the
+        manifest to members that do not answer, now and then, so that hosts that never had
+        it (a cloud started from one machine) join."""
+        leading = self.election.acting()
+        now = self._clock()
+        text: str | None = None
+        for name in self.roster.names:
+            if name == self.me:
+                continue
+            alive = self.election.status(name) is Status.ALIVE
+            if alive and not leading:
+                continue
+            key = self.cloud.digest if alive else f"{self.cloud.digest}@{int(now // 10)}"
+            if self._offered.get(name) == key:
+                continue
+            if text is None:
+                text = portable_text(self.cloud, self.manifest_text)
+            self._offered[name] = key
+            self._send(name, ManifestOffer(self.cloud.name, self.cloud.digest, text,
+                                           "leader" if leading else "seed",
+                                           self.election.term))
 
     def healthy(self, node: str) -> bool:
         report = self.reports.get(node)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from cloudd.daemon.inspection import events_stream
 from cloudd.daemon.nodeboot import NODE_STATE, Seed, read_identity, settings_for
 from cloudd.daemon.nodeside import NodeSide
 from cloudd.daemon.notify import Notifier, watchdog_interval
+from cloudd.daemon.operator import OPS
 from cloudd.daemon.runner import Runner
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import catalog
@@ -66,10 +68,13 @@ class Agent:
         self.events = EventLog.in_state_dir(settings.state_dir)
         self.clouds = Clouds(settings, events=self.events, node_side_factory=NodeSide)
         self.manifest_listeners.append(self.clouds.on_manifest)
+        self.clouds.attach(locate=self.registry.path_of, rescan=self.rescan)
         self.api = ApiServer(settings.api_socket)
         self.api.register("status", self._api_status)
         self.api.register("inspect", self._api_inspect)
         self.api.register_stream("events", events_stream(self.events))
+        for op in OPS:
+            self.api.register(op, functools.partial(self.clouds.operator.command, op))
         self.runner.add("clouds", self.clouds.run)
         self.runner.add("api", self._serve_api)
 

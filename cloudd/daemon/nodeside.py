@@ -347,6 +347,14 @@ class NodeSide:
             self.log.exception("node.report_failed")
 
     # ---- shutdown -----------------------------------------------------------------------
+    async def cleanup(self, service: str) -> None:
+        """The operator's `cleanup NODE/SERVICE`: forget the service's failures and start it
+        again now (a FATAL service is retried at once instead of after its cool-down)."""
+        if self._sup is None or service not in self._sup.status():
+            known = ", ".join(sorted(self._sup.status())) if self._sup else "none"
+            raise PermanentError(f"{self.me} runs no service {service!r} (services: {known})")
+        await self._sup.restart(service)
+
     async def stop_services(self) -> None:
         """`ensure: stopped`: stop every service of the node, in reverse dependency order."""
         self._stopped, self._resume = True, False

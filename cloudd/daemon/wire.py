@@ -112,6 +112,26 @@ class InspectAnswer:
     doc: str
 
 
+@dataclass(frozen=True)
+class OperatorRequest:
+    """An operator's command, carried to the agent that can perform it (usually the leader).
+
+    `op` is one of apply, stop, cleanup, maintenance, plan (and cleanup-service, from the
+    leader to a node); `args` is a JSON object."""
+
+    op: str
+    cloud: str
+    args: str
+
+
+@dataclass(frozen=True)
+class OperatorAnswer:
+    ok: bool
+    #: JSON text of the result, or "" when not ok
+    result: str
+    error: str = ""
+
+
 OWN = {
     "cloudd.manifest-offer": ManifestOffer,
     "cloudd.manifest-wanted": ManifestWanted,
@@ -120,6 +140,8 @@ OWN = {
     "cloudd.node-report": NodeReport,
     "cloudd.inspect-wanted": InspectWanted,
     "cloudd.inspect-answer": InspectAnswer,
+    "cloudd.operator-request": OperatorRequest,
+    "cloudd.operator-answer": OperatorAnswer,
     "cloudd.host-command": HostCommand,
     "cloudd.host-result": HostResult,
 }
