@@ -18,6 +18,7 @@ this agent holds a host quorum lease: they ask `acting_term()` before every step
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -126,6 +127,8 @@ class CloudMember:
         #: operator's maintenance: the whole cloud (None in the set) or single nodes
         self.maintenance: set[str | None] = self._load_maintenance()
         self._offered: dict[str, str] = {}
+        #: (host command, seconds) of the leader's recent calls to hosts
+        self.latencies: collections.deque[tuple[str, float]] = collections.deque(maxlen=1000)
 
     # -- what the leader side asks --------------------------------------------------------
     def acting_term(self) -> int | None:
@@ -203,6 +206,14 @@ class CloudMember:
 
     async def call(self, host: str, command: HostCommand) -> HostResult:
         """HostClient: the local host agent directly, any other over the transport."""
+        started = time.monotonic()
+        try:
+            return await self._call(host, command)
+        finally:
+            # drained by the metrics feed; bounded so that nobody reading it costs memory
+            self.latencies.append((command.op.value, time.monotonic() - started))
+
+    async def _call(self, host: str, command: HostCommand) -> HostResult:
         if host == self.me and self.host_agent is not None:
             return await self.host_agent.execute(command)
         reply = await self._request(host, command)

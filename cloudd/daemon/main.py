@@ -30,6 +30,8 @@ from cloudd.daemon.api import ApiError, ApiServer
 from cloudd.daemon.clouds import Clouds
 from cloudd.daemon.events import EventLog
 from cloudd.daemon.inspection import events_stream
+from cloudd.daemon.metrics import Metrics, serve_from_settings
+from cloudd.daemon.metricsfeed import MetricsFeed
 from cloudd.daemon.nodeboot import NODE_STATE, Seed, read_identity, settings_for
 from cloudd.daemon.nodeside import NodeSide
 from cloudd.daemon.notify import Notifier, watchdog_interval
@@ -76,6 +78,9 @@ class Agent:
         for op in OPS:
             self.api.register(op, functools.partial(self.clouds.operator.command, op))
         self.runner.add("clouds", self.clouds.run)
+        if settings.metrics.enabled:
+            self.metrics = Metrics()
+            self.runner.add("metrics", self._serve_metrics)
         self.runner.add("api", self._serve_api)
 
     async def run(self) -> int:
@@ -100,6 +105,14 @@ class Agent:
             await asyncio.Event().wait()
         finally:
             await self.api.close()
+
+    async def _serve_metrics(self) -> None:
+        endpoint = serve_from_settings(self.metrics, self.settings.metrics)
+        try:
+            await MetricsFeed(self.clouds, self.metrics).run()
+        finally:
+            if endpoint is not None:
+                endpoint.close()
 
     async def _api_status(self, args: dict[str, Any]) -> Any:
         return self.clouds.status()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +25,8 @@ def cli(lab: AgentLab, agent: str, *args: str) -> subprocess.CompletedProcess[st
 
 @pytest.fixture
 def lab() -> Iterator[AgentLab]:
-    with AgentLab("op3", hosts=3, subnet="10.234.8.0/24") as lab:
+    with AgentLab("op3", hosts=3, subnet="10.234.8.0/24",
+                  extra_settings="metrics: {enabled: true, address: '0.0.0.0:9760'}\n") as lab:
         lab.start_all()
         yield lab
 
@@ -48,6 +50,20 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     assert text.returncode == 0, text.stderr
     assert f"leader {leader}" in text.stdout and "election stable" in text.stdout
     assert "\x1b[" not in text.stdout  # no colour off a terminal
+
+    # the leader's metrics, scraped over HTTP
+    address = lab.agents[leader].ns.ip
+    def scrape() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://{address}:9760/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return text if "cloudd_leader" in text else None
+    text = lab.wait_for("metrics", scrape, timeout=30)
+    leading = [line for line in text.splitlines()
+               if line.startswith("cloudd_leader{") and 'cloud="lab"' in line]
+    assert leading and leading[0].endswith(" 1.0"), leading
 
     unknown = cli(lab, follower, "inspect", "nosuch")
     assert unknown.returncode != 0
