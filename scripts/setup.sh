@@ -10,7 +10,7 @@ APT_PACKAGES=(
   linux-image-cloud-amd64 busybox-static cpio kmod
   iproute2 iptables procps psmisc curl
   nginx mariadb-server mariadb-client ruby ruby-webrick ruby-mysql2
-  openssh-server openssh-client etcd-server
+  openssh-server openssh-client etcd-server genisoimage
 )
 
 missing=()
