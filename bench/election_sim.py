@@ -5,7 +5,8 @@ the production timing: cold start, let the leader settle, crash it, and measure 
 successor acts ("acting after") and until every live member follows it ("all follow").
 Election messages are WhoLeads/LeaderIs/Election/Answer/Coordinator/Resign and the lease
 messages sent in that window; SWIM probes are counted apart, per member and second.
-O(n) shows as a flat messages/n column.
+O(n) shows as a flat messages/n column. The cold start (every agent starting at once, each
+asking the hosts and three others who leads) is counted apart, also per member.
 
     .venv/bin/python bench/election_sim.py [--seeds 5] [--sizes 5,50,500,1000]
 """
@@ -27,14 +28,16 @@ HOSTS = {5: 3, 50: 5, 500: 7, 1000: 9}
 SWIM = ("Ping", "Ack", "PingReq")
 
 
-def one_failover(n: int, seed: int) -> tuple[int, float, float, float]:
+def one_failover(n: int, seed: int) -> tuple[int, float, float, float, int]:
     """(election messages, seconds to an acting successor, seconds until all follow it,
-    SWIM messages per member per second) for one crash of the leader."""
+    SWIM messages per member per second, election messages of the cold start) for one
+    crash of the leader."""
     sim = Sim(n, hosts=HOSTS.get(n, 3), seed=seed,
               timing=Timing.production())
     sim.start_all()
     if run_until_leader(sim, bound=5.0, step=0.01) is None:
         raise RuntimeError(f"n={n} seed={seed}: no first leader")
+    cold = sim.election_messages()
     sim.run_for(0.5)
     leader = settled_leader(sim)
     assert leader is not None
@@ -51,7 +54,7 @@ def one_failover(n: int, seed: int) -> tuple[int, float, float, float]:
         sim.run_for(0.005)
     follow = sim.now - start
     swim_rate = (sum(sim.sent[k] for k in SWIM) - swim_before) / (n * (sim.now - start))
-    return messages, acting, follow, swim_rate
+    return messages, acting, follow, swim_rate, cold
 
 
 def main() -> int:
@@ -62,7 +65,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"election after a leader crash, production timing, median of {args.seeds} seeds")
     print(f"{'n':>6} {'hosts':>5} {'msgs':>7} {'msgs/n':>7} {'acting after':>13} "
-          f"{'all follow':>11} {'swim/member/s':>14} {'wall s':>7}")
+          f"{'all follow':>11} {'swim/member/s':>14} {'cold start msgs/n':>18} {'wall s':>7}")
     for n in sizes:
         wall = time.perf_counter()
         runs = [one_failover(n, seed) for seed in range(args.seeds)]
@@ -71,8 +74,9 @@ def main() -> int:
         acting = statistics.median(r[1] for r in runs)
         follow = statistics.median(r[2] for r in runs)
         swim = statistics.median(r[3] for r in runs)
+        cold = statistics.median(r[4] for r in runs)
         print(f"{n:>6} {HOSTS.get(n, 0):>5} {msgs:>7.0f} {msgs / n:>7.2f} {acting:>12.3f}s "
-              f"{follow:>10.3f}s {swim:>14.1f} {wall:>7.1f}", flush=True)
+              f"{follow:>10.3f}s {swim:>14.1f} {cold / n:>18.2f} {wall:>7.1f}", flush=True)
     return 0
 
 

@@ -92,6 +92,22 @@ class AgentCore:
     def status(self, name: str) -> Status:
         return self.members.status(name)
 
+    def describe(self, now: float) -> dict[str, object]:
+        """A plain summary for `cloudd-cli inspect`: role, term, leader, acting, and the
+        members this agent does not believe alive."""
+        return {
+            "member": self.me,
+            "role": self.bully.role.value,
+            "term": self.bully.term,
+            "persisted_term": self.bully.persisted,
+            "leader": self.leader,
+            "acting": self.is_acting(now),
+            "acting_until": self.bully.acting_until() if self.is_acting(now) else None,
+            "incarnation": self.members.incarnation,
+            "not_alive": {n: self.members.status(n).value for n in self.roster.names
+                          if self.members.status(n) is not Status.ALIVE},
+        }
+
     # -- inputs -------------------------------------------------------------------------
     def start(self, now: float, *, persisted_term: int = 0) -> Output:
         if self.bully.role is not Role.INIT:

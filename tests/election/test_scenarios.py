@@ -172,3 +172,15 @@ def test_a_host_fenced_by_its_own_failed_candidacy_is_won_back_without_changing_
     agent = sim.agents[leader]
     assert agent is not None and agent.term >= lonely.bully.fence
     assert {a.leader for a in sim.live()} == {leader}
+
+
+def test_describe_summarizes_an_agent_for_inspect() -> None:
+    sim, leader = started(3, hosts=3, seed=9)
+    other = next(n for n in sim.names if n != leader)
+    sim.crash(other)
+    sim.run_for(2.0)
+    agent = sim.agents[leader]
+    assert agent is not None
+    info = agent.describe(sim._local(leader))
+    assert info["role"] == "leader" and info["leader"] == leader and info["acting"] is True
+    assert info["not_alive"] == {other: "dead"}
