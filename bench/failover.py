@@ -1,0 +1,295 @@
+"""Leader failover, cloudd beside etcd: kill -9 the leader, time until a new leader.
+
+Side by side in one invocation, on the same machine and the same kind of wire (each process in
+its own network namespace on one bridge, `cloudd.vmctl.netlab`):
+
+- cloudd: 3 and 5 host agents (`AgentLab`, `profile: production`, the default timing). The
+  figure is exact: the timestamp of the new leader's `election_acting` "yes" log event minus
+  the kill time. "Acting" is the stricter milestone: elected *and* holding a host majority's
+  leases, i.e. allowed to act on the cloud.
+- etcd (Debian's etcd-server, 3.4, its defaults: 100 ms heartbeat, 1 s election timeout), 3
+  and 5 members. The figure is the timestamp of the new leader's raft "became leader at term"
+  log line (etcd logs milliseconds) minus the kill time.
+
+Each run: wait until every member agrees on one leader, kill -9 it, wait until the survivors
+agree on a new one (polled, the exact time comes from the logs), start the killed member again
+and wait until it follows. Prints size, system, median, max, runs, and cloudd/etcd.
+
+Run as root: `.venv/bin/python bench/failover.py [--runs 10] [--sizes 3,5]`. Everything it
+starts (processes, namespaces, bridges, folders) is removed at the end, on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cloudd.daemon.agentlab import AgentLab
+from cloudd.vmctl.netlab import NetLab, Netns
+
+#: Generous bound on any one wait (the machine is shared): a run that exceeds it aborts.
+BOUND = 60.0
+#: Settling time after the restarted member follows, so that its rejoin is over before the
+#: next kill (cloudd: a recovering agent asks who leads; etcd: it catches up on the log).
+SETTLE = 1.0
+
+T = TypeVar("T")
+
+
+def wait(what: str, check: Callable[[], T | None], *, timeout: float = BOUND,
+         interval: float = 0.01) -> T:
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise SystemExit(f"not within {timeout} s: {what}")
+        time.sleep(interval)
+
+
+def _ts(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- cloudd ---------------------------------------------------------------------------------
+
+def acting_since(lab: AgentLab, name: str, term: int, since: float) -> float | None:
+    """Unix time of `name`'s first `election_acting` "yes" in `term` logged after `since`."""
+    for e in lab.log_events():
+        if (e["agent"] == name and e.get("event") == "election_acting" and e.get("term") == term
+                and str(e.get("reason", "")).startswith("yes") and e["at"] >= since):
+            return float(e["at"])
+    return None
+
+
+def cloudd_runs(size: int, runs: int, *, prefix: str, subnet: str) -> list[float]:
+    seconds: list[float] = []
+    with AgentLab(prefix, hosts=size, subnet=subnet, profile="production") as lab:
+        lab.start_all()
+        everyone = list(lab.agents)
+        for _ in range(runs):
+            leader, _ = wait("one leader", lambda: lab.one_leader(everyone))
+            rest = [n for n in everyone if n != leader]
+            t0 = time.time()
+            lab.kill(leader)
+            new, new_term = wait("a new leader", lambda: lab.one_leader(rest))  # noqa: B023
+            at = wait("the acting event in the log",
+                      lambda: acting_since(lab, new, new_term, t0))  # noqa: B023
+            seconds.append(at - t0)
+            lab.start(leader)
+            wait("the restarted agent follows", lambda: lab.one_leader(everyone))
+            time.sleep(SETTLE)
+    return seconds
+
+
+# -- etcd -----------------------------------------------------------------------------------
+
+@dataclass
+class EtcdMember:
+    name: str
+    ns: Netns
+    data: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    member_id: str = ""
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ns.ip}:2379"
+
+
+class EtcdLab:
+    """`size` etcd members (defaults otherwise), each in its own namespace on one bridge."""
+
+    def __init__(self, prefix: str, size: int, *, subnet: str) -> None:
+        self.net = NetLab(prefix, subnet=subnet)
+        self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{prefix}-"))
+        self.size = size
+        self.members: dict[str, EtcdMember] = {}
+        self._logs: list[Any] = []
+
+    def open(self) -> EtcdLab:
+        self.net.open()
+        for i in range(1, self.size + 1):
+            ns = self.net.add_netns(f"e{i}")
+            name = f"e{i}"
+            self.members[name] = EtcdMember(name, ns, self.root / name, self.root / f"{name}.log")
+        return self
+
+    def start(self, name: str) -> None:
+        m = self.members[name]
+        cluster = ",".join(f"{o.name}=http://{o.ns.ip}:2380" for o in self.members.values())
+        log = open(m.log_path, "ab")  # noqa: SIM115 (closed in close())
+        self._logs.append(log)
+        m.proc = subprocess.Popen(
+            ["ip", "netns", "exec", m.ns.name, "etcd", "--name", name,
+             "--data-dir", str(m.data),
+             "--listen-peer-urls", f"http://{m.ns.ip}:2380",
+             "--initial-advertise-peer-urls", f"http://{m.ns.ip}:2380",
+             "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+             "--initial-cluster", cluster, "--initial-cluster-state", "new",
+             "--initial-cluster-token", f"tok-{self.net.prefix}",
+             "--logger", "zap", "--log-outputs", "stderr"],
+            stdout=log, stderr=log, start_new_session=True)
+
+    def start_all(self) -> None:
+        for name in self.members:
+            self.start(name)
+
+    def kill(self, name: str) -> None:
+        proc = self.members[name].proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """The member's `/v3/maintenance/status` answer, or None if it does not answer."""
+        m = self.members[name]
+        req = urllib.request.Request(f"{m.client_url}/v3/maintenance/status", data=b"{}",
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=1.0) as answer:
+                out = json.loads(answer.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        if not isinstance(out, dict):
+            return None
+        m.member_id = str(out.get("header", {}).get("member_id", m.member_id))
+        return out
+
+    def one_leader(self, names: Sequence[str]) -> str | None:
+        """The leader's name when every member asked answers and names the same leader."""
+        views = [self.status(n) for n in names]
+        leaders = {v.get("leader") for v in views if v is not None}
+        if any(v is None for v in views) or len(leaders) != 1:
+            return None
+        (leader_id,) = leaders
+        for n in names:
+            if self.members[n].member_id == leader_id:
+                return n
+        return None
+
+    def became_leader(self, name: str, since: float) -> float | None:
+        """Unix time of `name`'s first raft "became leader" log line after `since`."""
+        for line in self.members[name].log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                e = json.loads(line)
+                if " became leader at term " in e["msg"] and _ts(e["ts"]) >= since - 0.001:
+                    return _ts(e["ts"])
+        return None
+
+    def pid(self, name: str) -> int:
+        proc = self.members[name].proc
+        assert proc is not None
+        return proc.pid
+
+    def close(self) -> None:
+        for name in self.members:
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill(name)
+        for log in self._logs:
+            log.close()
+        self.net.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> EtcdLab:
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def etcd_runs(size: int, runs: int, *, prefix: str, subnet: str) -> list[float]:
+    seconds: list[float] = []
+    with EtcdLab(prefix, size, subnet=subnet) as lab:
+        lab.start_all()
+        everyone = list(lab.members)
+        for _ in range(runs):
+            leader = wait("one etcd leader", lambda: lab.one_leader(everyone))
+            rest = [n for n in everyone if n != leader]
+            t0 = time.time()
+            lab.kill(leader)
+            new = wait("a new etcd leader", lambda: lab.one_leader(rest))  # noqa: B023
+            at = wait("the became-leader line", lambda: lab.became_leader(new, t0))  # noqa: B023
+            seconds.append(at - t0)
+            lab.start(leader)
+            wait("the restarted member follows", lambda: lab.one_leader(everyone))
+            time.sleep(SETTLE)
+    return seconds
+
+
+# -- the table ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that every `with` lab cleans up."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def row(size: int, system: str, seconds: list[float]) -> str:
+    return (f"{size:>4}  {system:<7} {statistics.median(seconds):>8.3f} {max(seconds):>8.3f} "
+            f"{min(seconds):>8.3f} {len(seconds):>5}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="kills per size and system")
+    parser.add_argument("--sizes", default="3,5", help="comma-separated cluster sizes")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.runs < 1 or any(s < 3 for s in sizes):
+        parser.error("--runs must be at least 1 and every size at least 3")
+    results: dict[tuple[int, str], list[float]] = {}
+    with sigterm_as_interrupt():
+        try:
+            for size in sizes:
+                results[size, "cloudd"] = cloudd_runs(
+                    size, args.runs, prefix=f"h14fc{size}", subnet=f"10.234.14{size}.0/24")
+                print(f"cloudd, {size} agents: " + " ".join(
+                    f"{s:.3f}" for s in results[size, "cloudd"]), flush=True)
+                results[size, "etcd"] = etcd_runs(
+                    size, args.runs, prefix=f"h14fe{size}", subnet=f"10.234.15{size}.0/24")
+                print(f"etcd, {size} members: " + " ".join(
+                    f"{s:.3f}" for s in results[size, "etcd"]), flush=True)
+        except KeyboardInterrupt:
+            print("interrupted: labs cleaned up; partial results below")
+    print("\nkill -9 the leader -> new leader (cloudd: acting; etcd: raft leader), seconds")
+    print("size  system    median      max      min  runs  cloudd/etcd")
+    for size in sizes:
+        c, e = results.get((size, "cloudd")), results.get((size, "etcd"))
+        if c:
+            print(row(size, "cloudd", c))
+        if e:
+            ratio = f"{statistics.median(c) / statistics.median(e):.2f}" if c else "-"
+            print(row(size, "etcd", e) + f"  {ratio:>11}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
