@@ -113,6 +113,8 @@ def main() -> int:
     finally:
         remove_domains(URI, f"{PREFIX}-")
         IMAGE.unlink(missing_ok=True)
+        for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}-*.log"):
+            log.unlink(missing_ok=True)  # the domains' console, virtiofsd and qemu logs
         record.unlink(missing_ok=True)
         record.parent.rmdir()
     print(f"host power loss -> nodes running on the survivors ({RUNS} runs, 3 hosts, "

@@ -145,6 +145,8 @@ def running_lab(tmp_path: Path, nodes: dict[str, int]) -> Iterator[AgentLab]:
     finally:
         remove_domains()
         IMAGE.unlink(missing_ok=True)
+        for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}-*.log"):
+            log.unlink(missing_ok=True)
 
 
 def test_leader_keeps_the_cloud_alive_on_real_libvirt(tmp_path: Path) -> None:
