@@ -55,6 +55,8 @@ def cleanup() -> None:
     for name in names():
         virsh("destroy", name)
         virsh("undefine", name)
+    for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}*.log"):
+        log.unlink(missing_ok=True)
 
 
 @pytest.fixture
