@@ -54,6 +54,7 @@ IMAGE = Path("/var/lib/cloudd/images") / f"{PREFIX}-node.img"
 #: generous: the machine is shared and the guests run under TCG
 BOUND = 120.0
 RESTART_LIBVIRTD = os.environ.get("CLOUDD_LAB_RESTART_LIBVIRTD") == "1"
+ENSURE_LIBVIRTD = Path(__file__).resolve().parents[2] / "scripts" / "ensure-libvirtd.sh"
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
@@ -298,4 +299,4 @@ def test_libvirtd_restart(tmp_path: Path) -> None:
             check_reconnect(lab, pool, how=restart_libvirtd)
         finally:
             if virsh("version").returncode != 0:
-                subprocess.run(["libvirtd", "-d"], check=False)
+                subprocess.run([str(ENSURE_LIBVIRTD)], check=False, timeout=60)
