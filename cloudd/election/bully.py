@@ -189,7 +189,9 @@ class Bully:
         followed = self.leader if self.term == self.fence else ""
         owner = self.me if candidate == self.me else followed
         answer = self.grantor.decide(candidate, req, now, term=self.fence, leader=owner)
-        if isinstance(answer, LeaseGrant):
+        if isinstance(answer, LeaseGrant) and candidate != self.me:
+            # Our own proposals do not fence: a failed candidacy of ours (released) must
+            # not lock the incumbent out of this host; winning raises the fence anyway.
             self._leader_silent_reported = False
             self.fence = max(self.fence, req.term)
             self._persist(req.term)

@@ -167,9 +167,13 @@ class Membership:
             self._apply(fact, now)
         if isinstance(msg, Ping):
             # Tell a sender we think dead or suspect so at once: it refutes in its next ack.
-            first = self._fact_about(sender)
+            # And a sender that doubts us hears our own current incarnation: if its news of
+            # our death is older than our last refutation, nothing else would correct it.
+            doubted = any(f.member == self.me and f.status != "alive" for f in msg.gossip)
+            mine = Gossip("alive", self.me, self.incarnation, self.me) if doubted else None
             self._out.append((sender, Ack(msg.seq, self.me, *self.header,
-                                          gossip=self._piggyback(first))))
+                                          gossip=self._piggyback(self._fact_about(sender),
+                                                                 mine))))
         elif isinstance(msg, PingReq):
             self._seq += 1
             self._relays[self._seq] = (sender, msg.seq, now + self.timing.probe_interval)
@@ -198,8 +202,9 @@ class Membership:
 
     def _ping(self, target: str, seq: int) -> None:
         first = self._fact_about(target)
+        mine = Gossip("alive", self.me, self.incarnation, self.me) if first else None
         self._out.append((target, Ping(seq, target, *self.header,
-                                       gossip=self._piggyback(first))))
+                                       gossip=self._piggyback(first, mine))))
 
     def _ask_helpers(self, probe: _Probe) -> None:
         probe.indirect = True
@@ -218,16 +223,16 @@ class Membership:
             return None
         return Gossip(peer.status.value, name, peer.incarnation, self.me)
 
-    def _piggyback(self, first: Gossip | None) -> tuple[Gossip, ...]:
-        room = self.timing.max_piggyback - (first is not None)
+    def _piggyback(self, *first: Gossip | None) -> tuple[Gossip, ...]:
+        lead = tuple(f for f in first if f is not None)
+        room = self.timing.max_piggyback - len(lead)
         chosen = sorted(self._queue.items(), key=lambda kv: kv[1][1])[:room]
         for name, (fact, sent) in chosen:
             if sent + 1 >= self._limit:
                 del self._queue[name]
             else:
                 self._queue[name] = (fact, sent + 1)
-        facts = tuple(fact for _, (fact, _) in chosen)
-        return facts if first is None else (first, *facts)
+        return lead + tuple(fact for _, (fact, _) in chosen)
 
     def _enqueue(self, fact: Gossip) -> None:
         self._queue[fact.member] = (fact, 0)
@@ -266,8 +271,10 @@ class Membership:
     def _apply(self, fact: Gossip, now: float) -> None:
         """memberlist's aliveNode/suspectNode/deadNode, one fact at a time."""
         if fact.member == self.me:
-            if fact.status != "alive" and fact.incarnation >= self.incarnation:
-                self.incarnation = fact.incarnation + 1  # refute
+            if fact.status != "alive":
+                if fact.incarnation >= self.incarnation:
+                    self.incarnation = fact.incarnation + 1  # refute
+                # Stale or not, the doubt circulates: send our truth around again.
                 self._enqueue(Gossip("alive", self.me, self.incarnation, self.me))
             return
         peer = self._peer(fact.member)

@@ -158,19 +158,39 @@ def test_hosts_suspect_a_leader_whose_renewals_stop_before_any_probe_would() -> 
         assert agent is not None and agent.status(leader) is not Status.ALIVE, host
 
 
-def test_a_host_fenced_by_its_own_failed_candidacy_is_won_back_without_changing_leader() -> None:
+def test_a_hosts_own_failed_candidacy_does_not_lock_the_incumbent_out() -> None:
     sim, leader = started(5, hosts=3, seed=8)
+    term = sim.agents[leader].term  # type: ignore[union-attr]
     host = sorted(sim.roster.hosts - {leader})[0]
-    sim.isolate(host)  # alone, it runs for leader, grants itself a higher term and fails
+    sim.isolate(host)  # alone, it runs for leader again and again, and fails
     sim.run_for(1.5)
     lonely = sim.agents[host]
-    assert lonely is not None and lonely.bully.fence > sim.agents[leader].term  # type: ignore[union-attr]
+    assert lonely is not None and lonely.bully.persisted > term  # it did propose
     assert sim.acting() == [leader]  # the other two hosts are a majority
     sim.recover()
     sim.run_for(1.0)
+    assert sim.acting() == [leader] and sim.agents[leader].term == term  # type: ignore[union-attr]
+    assert lonely.bully.grantor is not None and lonely.bully.grantor.holder == leader
+    assert {a.leader for a in sim.live()} == {leader}
+
+
+def test_a_host_fenced_by_another_candidate_is_won_back_under_a_higher_term() -> None:
+    sim, leader = started(6, hosts=3, seed=11)
+    by_rank = [n for n in sim.roster.by_priority if n != leader]
+    host = [n for n in by_rank if n in sim.roster.hosts][-1]
+    rival = next(n for n in by_rank if n not in sim.roster.hosts)
+    assert sim.roster.outranks(rival, host), "seed must give a rival that outranks the host"
+    term = sim.agents[leader].term  # type: ignore[union-attr]
+    sim.partition({host, rival})  # rival runs; host's lease to the leader lapses; it grants
+    sim.run_for(1.5)
+    fenced = sim.agents[host]
+    assert fenced is not None and fenced.bully.fence > term
     assert sim.acting() == [leader]
+    sim.recover()
+    sim.run_for(1.0)
     agent = sim.agents[leader]
-    assert agent is not None and agent.term >= lonely.bully.fence
+    assert sim.acting() == [leader] and agent is not None
+    assert agent.term > term and agent.term >= fenced.bully.fence  # re-established above it
     assert {a.leader for a in sim.live()} == {leader}
 
 

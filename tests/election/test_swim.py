@@ -162,3 +162,16 @@ def test_a_late_tick_does_not_catch_up_with_a_burst_of_probes() -> None:
     out, _ = m.drain()
     assert sum(isinstance(msg, Ping) for _, msg in out) <= 2  # one probe, one dead probe
     assert m.next_deadline() > 100.0
+
+
+def test_stale_news_of_our_death_is_answered_with_our_current_incarnation() -> None:
+    m = mem("b")
+    m.receive("a", Ping(1, "b", "", 0, gossip=(Gossip("dead", "b", 4, "a"),)), 1.0)
+    m.drain()
+    assert m.incarnation == 5
+    # Later someone repeats an older death (incarnation 2 < 5): no bump, but they hear 5.
+    m.receive("c", Ping(2, "b", "", 0, gossip=(Gossip("dead", "b", 2, "c"),)), 1.1)
+    out, _ = m.drain()
+    ((peer, ack),) = out
+    assert peer == "c" and isinstance(ack, Ack) and m.incarnation == 5
+    assert Gossip("alive", "b", 5, "b") in ack.gossip
