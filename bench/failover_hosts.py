@@ -89,8 +89,6 @@ def main() -> int:
     cache = Path("/var/tmp/cloudd-h12-guest")
     cache.mkdir(parents=True, exist_ok=True)
     image = testguest.build_minimal_guest(cache)
-    IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    IMAGE.write_bytes(b"")
     record = Path(tempfile.mkdtemp(prefix="cloudd-h12fb-")) / "fences"
     lab = AgentLab(
         PREFIX, hosts=3, nodes=NODES, subnet="10.234.13.0/24", cloud_name=PREFIX,
@@ -100,23 +98,25 @@ def main() -> int:
         fence=lambda host: [sys.executable, "-m", "cloudd.vmctl.labfence", "--uri", URI,
                             "--host", host, "--cloud", PREFIX, "--record", str(record)])
     rows = []
-    try:
-        with lab:
+    with lab:  # the lab's lock: another run of this bench waits
+        try:
+            remove_domains(URI, f"{PREFIX}-")  # a crashed earlier run's
+            IMAGE.parent.mkdir(parents=True, exist_ok=True)
+            IMAGE.write_bytes(b"")
             lab.start_all()
             for i in range(RUNS):
                 rows.append(one_run(lab, record))
                 print(f"run {i + 1}: lost {rows[-1][0]} ({rows[-1][1]} nodes): "
                       + ", ".join(f"{v:.2f} s" for v in rows[-1][2:]), file=sys.stderr)
+        finally:
             for name in list(lab.agents):
                 lab.kill(name)
             remove_domains(URI, f"{PREFIX}-")
-    finally:
-        remove_domains(URI, f"{PREFIX}-")
-        IMAGE.unlink(missing_ok=True)
-        for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}-*.log"):
-            log.unlink(missing_ok=True)  # the domains' console, virtiofsd and qemu logs
-        record.unlink(missing_ok=True)
-        record.parent.rmdir()
+            IMAGE.unlink(missing_ok=True)
+            for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}-*.log"):
+                log.unlink(missing_ok=True)  # the domains' console, virtiofsd and qemu logs
+            record.unlink(missing_ok=True)
+            record.parent.rmdir()
     print(f"host power loss -> nodes running on the survivors ({RUNS} runs, 3 hosts, "
           f"{len(NODE_NAMES)} TCG guests)")
     print(f"{'figure (s from the kill)':<28}{'median':>8}{'max':>8}")

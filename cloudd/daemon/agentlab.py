@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -88,6 +89,50 @@ def remove_domains(uri: str, prefix: str) -> None:
             virsh(uri, "undefine", name)
 
 
+class LabLock:
+    """One lab of a given prefix at a time on this machine, across processes.
+
+    Two runs of the same test at once (two people running the suite) would remove each
+    other's domains and collide on the bridge's name: the second waits for the first (up to
+    `timeout` seconds, then fails with a message naming the lock file).
+    """
+
+    def __init__(self, prefix: str, *, timeout: float = 900.0) -> None:
+        self.path = Path(tempfile.gettempdir()) / f"cloudd-lab-{prefix}.lock"
+        self.timeout = timeout
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        if self._file is not None:
+            return
+        f = open(self.path, "a")  # noqa: SIM115 (held until release())
+        end = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    f.close()
+                    raise AssertionError(f"another lab holds {self.path} for more than "
+                                         f"{self.timeout:g} s") from None
+                time.sleep(0.5)
+        self._file = f
+
+    def release(self) -> None:
+        """Safe to call twice."""
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+    def __enter__(self) -> LabLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass
 class AgentProc:
     name: str
@@ -138,9 +183,11 @@ class AgentLab:
         self.node_addresses: dict[str, str] = {}
         self.members: list[tuple[str, Netns | None, str]] = []
         self.ensure = "running"
+        self.lock = LabLock(self.prefix)
 
     # -- building -------------------------------------------------------------------------
     def open(self) -> AgentLab:
+        self.lock.acquire()
         self.net.open()
         pki = self.root / "pki"
         pki.mkdir()
@@ -316,11 +363,14 @@ class AgentLab:
                 self.kill(name)
             if self.agents[name].log_file is not None:
                 self.agents[name].log_file.close()
-        self.net.close()
-        if os.environ.get("CLOUDD_KEEP_LAB"):
-            print(f"lab kept in {self.root}")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            self.net.close()
+        finally:
+            if os.environ.get("CLOUDD_KEEP_LAB"):
+                print(f"lab kept in {self.root}")
+            else:
+                shutil.rmtree(self.root, ignore_errors=True)
+            self.lock.release()
 
     def __enter__(self) -> AgentLab:
         try:

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from cloudd.daemon import agentlab
-from cloudd.daemon.agentlab import AgentLab, LabDomain, lab_domains
+from cloudd.daemon.agentlab import AgentLab, LabDomain, LabLock, lab_domains
 from cloudd.vmctl import testguest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.netns]
@@ -85,7 +85,9 @@ def wait(what: str, check: Callable[[], Any], *, bound: float = BOUND,
         if value:
             return value, time.monotonic() - t0
         if time.monotonic() - t0 > bound:
-            raise AssertionError(f"not within {bound} s: {what}; domains: {snapshot()}")
+            listing = virsh("list", "--all")
+            raise AssertionError(f"not within {bound} s: {what}; domains: {snapshot()}; "
+                                 f"virsh list: {listing.stdout}{listing.stderr}")
         time.sleep(0.2)
 
 
@@ -124,30 +126,29 @@ def make_lab(tmp_path: Path, nodes: dict[str, int]) -> tuple[AgentLab, testguest
 def running_lab(tmp_path: Path, nodes: dict[str, int]) -> Iterator[AgentLab]:
     if virsh("version").returncode != 0:
         pytest.skip("no libvirtd at qemu:///system (scripts/ensure-libvirtd.sh)")
-    remove_domains()
-    IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    IMAGE.write_bytes(b"")
     lab, image = make_lab(tmp_path, nodes)
-    try:
-        with lab:
+    # The lab holds its prefix's lock from here: another run of this test waits, instead of
+    # removing this run's domains.
+    with lab:
+        try:
+            remove_domains()  # a crashed earlier run's
+            IMAGE.parent.mkdir(parents=True, exist_ok=True)
+            IMAGE.write_bytes(b"")
             hand = tmp_path / "handmade.xml"
             hand.write_text(handmade_xml(lab, image))
             for step in (("define", str(hand)), ("start", HANDMADE)):
                 done = virsh(*step)
                 assert done.returncode == 0, done.stderr
             lab.start_all()
-            try:
-                yield lab
-            finally:
-                for name in list(lab.agents):
-                    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-                        lab.kill(name)
-                remove_domains()  # before the lab's bridge goes away
-    finally:
-        remove_domains()
-        IMAGE.unlink(missing_ok=True)
-        for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}-*.log"):
-            log.unlink(missing_ok=True)
+            yield lab
+        finally:
+            for name in list(lab.agents):
+                with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                    lab.kill(name)
+            remove_domains()  # before the lab's bridge goes away
+            IMAGE.unlink(missing_ok=True)
+            for log in Path("/var/log/libvirt/qemu").glob(f"{PREFIX}-*.log"):
+                log.unlink(missing_ok=True)
 
 
 def test_leader_keeps_the_cloud_alive_on_real_libvirt(tmp_path: Path) -> None:
@@ -300,3 +301,14 @@ def test_libvirtd_restart(tmp_path: Path) -> None:
         finally:
             if virsh("version").returncode != 0:
                 subprocess.run([str(ENSURE_LIBVIRTD)], check=False, timeout=60)
+
+
+def test_one_lab_per_prefix_at_a_time() -> None:
+    """Two runs of one lab would remove each other's domains: the second waits, then fails
+    with the lock's name when the first holds on too long."""
+    with LabLock(f"{PREFIX}t"):
+        other = LabLock(f"{PREFIX}t", timeout=0.6)
+        with pytest.raises(AssertionError, match=r"another lab holds .*cloudd-lab-h12lrt.lock"):
+            other.acquire()
+    with LabLock(f"{PREFIX}t", timeout=0.6):  # released: free again
+        pass

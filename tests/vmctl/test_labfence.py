@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.daemon.agentlab import LabLock
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
@@ -63,11 +64,12 @@ def cleanup() -> None:
 def clean() -> Iterator[None]:
     if virsh("version").returncode != 0:
         pytest.skip("no libvirtd at qemu:///system (scripts/ensure-libvirtd.sh)")
-    cleanup()
-    try:
-        yield
-    finally:
+    with LabLock(PREFIX):  # another run of this test waits rather than removing our domains
         cleanup()
+        try:
+            yield
+        finally:
+            cleanup()
 
 
 def xml(cloud: str, node: str, *, metadata: bool = True) -> str:
