@@ -72,13 +72,15 @@ def _ts(text: str) -> float:
 
 # -- cloudd ---------------------------------------------------------------------------------
 
-def acting_since(lab: AgentLab, name: str, term: int, since: float) -> float | None:
-    """Unix time of `name`'s first `election_acting` "yes" in `term` logged after `since`."""
-    for e in lab.log_events():
-        if (e["agent"] == name and e.get("event") == "election_acting" and e.get("term") == term
-                and str(e.get("reason", "")).startswith("yes") and e["at"] >= since):
-            return float(e["at"])
-    return None
+def first_acting(lab: AgentLab, names: Sequence[str], *, after_term: int,
+                 since: float) -> float | None:
+    """Unix time of the first `election_acting` "yes" logged by one of `names` after `since`
+    in a term above `after_term` (the first moment any survivor could act on the cloud)."""
+    times = [float(e["at"]) for e in lab.log_events()
+             if e["agent"] in names and e.get("event") == "election_acting"
+             and isinstance(e.get("term"), int) and e["term"] > after_term
+             and str(e.get("reason", "")).startswith("yes") and e["at"] >= since]
+    return min(times, default=None)
 
 
 @dataclass
@@ -114,15 +116,14 @@ def cloudd_runs(size: int, runs: int, *, prefix: str, subnet: str) -> Figures:
         lab.start_all()
         everyone = list(lab.agents)
         for _ in range(runs):
-            leader, _ = wait("one leader", lambda: lab.one_leader(everyone),
-                             detail=lab.statuses)
+            leader, term = wait("one leader", lambda: lab.one_leader(everyone),
+                                detail=lab.statuses)
             rest = [n for n in everyone if n != leader]
             t0 = time.time()
             lab.kill(leader)
-            new, new_term = wait("a new leader", lambda: lab.one_leader(rest),  # noqa: B023
-                                 detail=lab.statuses)
-            at = wait("the acting event in the log",
-                      lambda: acting_since(lab, new, new_term, t0))  # noqa: B023
+            wait("a new leader", lambda: lab.one_leader(rest), detail=lab.statuses)  # noqa: B023
+            at = wait("the acting event in the log", lambda: first_acting(
+                lab, rest, after_term=term, since=t0))  # noqa: B023
             figures.seconds.append(at - t0)
             rejoin(lambda: lab.start(leader), lambda: lab.kill(leader),  # noqa: B023
                    lambda: lab.one_leader(everyone), figures)
@@ -217,14 +218,17 @@ class EtcdLab:
                 return n
         return None
 
-    def became_leader(self, name: str, since: float) -> float | None:
-        """Unix time of `name`'s first raft "became leader" log line after `since`."""
-        for line in self.members[name].log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                e = json.loads(line)
-                if " became leader at term " in e["msg"] and _ts(e["ts"]) >= since - 0.001:
-                    return _ts(e["ts"])
-        return None
+    def became_leader(self, names: Sequence[str], since: float) -> float | None:
+        """Unix time of the first raft "became leader" log line of one of `names` after
+        `since` (etcd logs milliseconds: a line of the kill's millisecond counts)."""
+        times = []
+        for name in names:
+            for line in self.members[name].log_path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    e = json.loads(line)
+                    if " became leader at term " in e["msg"] and _ts(e["ts"]) >= since - 0.001:
+                        times.append(_ts(e["ts"]))
+        return min(times, default=None)
 
     def pid(self, name: str) -> int:
         proc = self.members[name].proc
@@ -261,8 +265,8 @@ def etcd_runs(size: int, runs: int, *, prefix: str, subnet: str) -> Figures:
             rest = [n for n in everyone if n != leader]
             t0 = time.time()
             lab.kill(leader)
-            new = wait("a new etcd leader", lambda: lab.one_leader(rest))  # noqa: B023
-            at = wait("the became-leader line", lambda: lab.became_leader(new, t0))  # noqa: B023
+            wait("a new etcd leader", lambda: lab.one_leader(rest))  # noqa: B023
+            at = wait("the became-leader line", lambda: lab.became_leader(rest, t0))  # noqa: B023
             figures.seconds.append(at - t0)
             rejoin(lambda: lab.start(leader), lambda: lab.kill(leader),  # noqa: B023
                    lambda: lab.one_leader(everyone), figures)
