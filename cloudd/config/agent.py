@@ -54,6 +54,9 @@ class Libvirt(BaseModel):
     model_config = _CONFIG
     uri: str | None = "qemu:///system"
     """libvirt connection of a host agent; None on VMs (node agents have none)."""
+    image_dirs: list[FsPath] = Field(default_factory=lambda: [Path("/var/lib/cloudd/images")])
+    """Folders whose image files this host reports to the leader (placement only puts a
+    node on a host that has its image, or its base image for an overlay)."""
 
 
 class Metrics(BaseModel):

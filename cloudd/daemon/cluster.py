@@ -127,6 +127,7 @@ class CloudMember:
         #: operator's maintenance: the whole cloud (None in the set) or single nodes
         self.maintenance: set[str | None] = self._load_maintenance()
         self._offered: dict[str, str] = {}
+        self._acting_view: tuple[bool, int] = (False, -1)
         #: (host command, seconds) of the leader's recent calls to hosts
         self.latencies: collections.deque[tuple[str, float]] = collections.deque(maxlen=1000)
 
@@ -294,9 +295,13 @@ class CloudMember:
         return ""
 
     def _leadership(self, view: Leadership) -> None:
-        if view.acting:
+        # Only a change of who acts, or in which term, matters here: `acting_until` moves
+        # with every lease renewal, several times a second.
+        before, self._acting_view = self._acting_view, (view.acting, view.term)
+        if view.acting and before != self._acting_view:
             # A new acting leader re-observes everything and re-sends every assignment.
             self._assigned.clear()
+            self._offered.clear()
             self.controller.poke()
             self._assign_poke.set()
 
@@ -317,7 +322,8 @@ class CloudMember:
         uri = next(h.libvirt_uri for h in self.cloud.pool if h.name == self.me) \
             or self.settings.libvirt.uri or "qemu:///system"
         backend = await self._backend_factory(uri)
-        self.host_agent = HostAgent(backend, state_dir=self.state_dir, host=self.me)
+        self.host_agent = HostAgent(backend, state_dir=self.state_dir, host=self.me,
+                                    image_dirs=tuple(self.settings.libvirt.image_dirs))
         self.log.info("host_ready", host=self.me, uri=uri)
         try:
             await self.host_agent.run_events(self._forward)

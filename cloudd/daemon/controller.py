@@ -198,6 +198,9 @@ class Controller:
         self._reports[host] = (tuple(domains), stock.inventory)
 
     async def observe(self, term: int, now: float) -> Observed:
+        # A chain that finishes while the hosts are asked is neither seen nor in flight
+        # unless those in flight now are counted too.
+        before = frozenset(self._busy)
         names = sorted(self.hosts())
         await asyncio.gather(*(self._report(h, term, now) for h in names))
         hosts: list[HostObs] = []
@@ -219,7 +222,8 @@ class Controller:
         self.host_fails.settle_quiet(now=now)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
                         host_failures=self.host_fails.snapshot(),
-                        in_flight=frozenset(self._busy), fencing=frozenset(self._fencing),
+                        in_flight=before | frozenset(self._busy),
+                        fencing=frozenset(self._fencing),
                         shutdowns=dict(self._shutdowns))
 
     # ---- the pass -----------------------------------------------------------------------
