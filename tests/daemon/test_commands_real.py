@@ -114,6 +114,7 @@ def test_apply_from_a_machine_outside_the_cloud() -> None:
             (lab.agents[name].folder / "manifests" / "lab.yaml").unlink()
         outsider = add_outsider(lab, "outsider")
         lab.start_all()
+        lab.wait_for("the outsider's agent answers", lambda: lab.status(outsider))
         done = cli(lab, outsider, "apply", str(kept))
         assert done.returncode == 0, done.stderr
         assert "this machine is not part of cloud lab: handed to pm1" in done.stdout

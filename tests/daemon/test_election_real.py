@@ -74,7 +74,7 @@ def test_failover_partition_heal_and_rejoin(lab: AgentLab) -> None:
     while time.monotonic() < end:  # a few seconds of stability: no churn
         assert watch.leader_among(everyone) in (None, (new, new_term))
         time.sleep(0.1)
-    assert lab.one_leader(everyone) == (new, new_term)
+    assert watch.settle(everyone, "the same leader after the rejoin") == (new, new_term)
 
     # cut the leader off: it stops acting; the majority elects another leader
     lab.cut(new)
