@@ -52,7 +52,7 @@ from cloudd.election.swim import Status
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.vmctl import plan
 from cloudd.vmctl.backend import Backend, DomainEvent
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
 from cloudd.vmctl.identity import NodeIdentity, cmdline_words
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, domain_name, render_domain
@@ -118,6 +118,7 @@ class CloudMember:
             desired=self._desired, hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=self._liveness, leader=self._reconciling_term, client=self, events=events,
             render=self._render, fencer=CommandFencer(self._fence_commands()),
+            overlay=self._overlay,
             resync=settings.reconcile.resync_interval, clock=clock)
         self._template_cache: tuple[Path, str] | None = None
         #: generations of the manifest taken since the agent started, and when the last came
@@ -174,6 +175,18 @@ class CloudMember:
 
     def _liveness(self, host: str) -> plan.Liveness:
         return _LIVENESS[self.election.status(host)]
+
+    async def _overlay(self, host: str, spec: plan.NodeSpec) -> None:
+        """The planner's CreateOverlay: the node's image as an overlay of its base image."""
+        if not spec.base_image:
+            raise PermanentError(f"node {spec.name} has no base image to overlay")
+        term = self.acting_term()
+        if term is None:
+            raise TemporaryError("no longer the acting leader")
+        result = await self.call(host, HostCommand(Op.OVERLAY, term, image=spec.image,
+                                                   base=spec.base_image))
+        if result.outcome not in (Outcome.DONE, Outcome.NOOP):
+            raise TemporaryError(f"overlay of {spec.name} on {host}: {result.message}")
 
     def _fence_commands(self) -> dict[str, list[str]]:
         return {h.name: list(h.fence) for h in self.cloud.pool if h.fence}

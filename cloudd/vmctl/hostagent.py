@@ -46,6 +46,7 @@ from cloudd.vmctl.backend import (
     Inventory,
     NoSuchDomain,
 )
+from cloudd.vmctl.images import ImageError, ensure_overlay
 from cloudd.vmctl.metadata import CloudMeta, stamp_host
 
 #: Where a host keeps node images by convention (DESIGN.md, "Files on a machine").
@@ -61,17 +62,21 @@ class Op(enum.Enum):
     UNDEFINE = "undefine"
     LIST = "list"
     INVENTORY = "inventory"
+    OVERLAY = "overlay"
 
 
 @dataclass(frozen=True)
 class HostCommand:
     """One order from the leader. `domain` names the target (empty for LIST/INVENTORY);
-    `xml` is the full domain XML for DEFINE."""
+    `xml` is the full domain XML for DEFINE; OVERLAY makes `image` a copy-on-write overlay of
+    `base` (both on this host, `image` inside one of its image folders)."""
 
     op: Op
     term: int
     domain: str = ""
     xml: str = ""
+    image: str = ""
+    base: str = ""
 
 
 class Outcome(enum.Enum):
@@ -186,6 +191,8 @@ class HostAgent:
             return self._result(cmd, Outcome.DONE, domains=domains)
         if cmd.op is Op.INVENTORY:
             return self._result(cmd, Outcome.DONE, inventory=await self._inventory())
+        if cmd.op is Op.OVERLAY:
+            return await self._overlay(cmd)
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, Outcome.FAILED, "define without domain XML")
@@ -203,6 +210,23 @@ class HostAgent:
         self._log.info(f"domain {cmd.op.value}: {outcome.value}", term=cmd.term,
                        domain=cmd.domain)
         return self._result(cmd, outcome)
+
+    async def _overlay(self, cmd: HostCommand) -> HostResult:
+        image, base = Path(cmd.image), Path(cmd.base)
+        if not (image.is_absolute() and base.is_absolute()):
+            return self._result(cmd, Outcome.FAILED, "overlay needs absolute image and base")
+        if not any(image.parent.resolve() == d.resolve() for d in self.image_dirs):
+            folders = ", ".join(str(d) for d in self.image_dirs)
+            return self._result(cmd, Outcome.FAILED,
+                                f"overlay {image} is outside this host's image folders "
+                                f"({folders})")
+        try:
+            changed = await ensure_overlay(base, image)
+        except ImageError as e:
+            return self._result(cmd, Outcome.FAILED, str(e))
+        self._log.info(f"overlay: {'created' if changed else 'present'}", term=cmd.term,
+                       image=str(image), base=str(base))
+        return self._result(cmd, Outcome.DONE if changed else Outcome.NOOP)
 
     async def _refuse_foreign(self, name: str) -> None:
         """Raise when `name` is a cloudd domain another host defined (shared libvirtd)."""
