@@ -36,13 +36,17 @@ _NODES: TypeAdapter[list[NodeIn]] = TypeAdapter(list[NodeIn])
 T = TypeVar("T")
 
 
-def load_cloud(path: str | os.PathLike[str], catalog: Catalog) -> Cloud:
-    """The Cloud declared by the manifest at `path`; ConfigError listing placed problems."""
+def load_cloud(path: str | os.PathLike[str], catalog: Catalog, *,
+               with_template: bool = True) -> Cloud:
+    """The Cloud declared by the manifest at `path`; ConfigError listing placed problems.
+
+    `with_template=False` is for agents that never render domains (node agents inside VMs,
+    where the hosts' template file does not exist): the template path is kept unchecked."""
     doc = yamlsrc.load(path)
-    return build_cloud(doc, catalog)
+    return build_cloud(doc, catalog, with_template=with_template)
 
 
-def build_cloud(doc: Document, catalog: Catalog) -> Cloud:
+def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True) -> Cloud:
     """The Cloud of an already parsed Document (see load_cloud)."""
     if not isinstance(doc.data, dict):
         raise ConfigError([doc.place((), message="a manifest must be a YAML mapping")])
@@ -61,14 +65,15 @@ def build_cloud(doc: Document, catalog: Catalog) -> Cloud:
     _stop(_check_refs(doc, top))
     base = doc.path.parent
     template = _resolve(base, top.domain_template)
-    if not template.is_file():
+    if with_template and not template.is_file():
         _stop([doc.place(("domain_template",),
                          message=f"no such file: {str(template)!r}")])
     roles = spec.roles_for(settings)
     nodes = _stop_or(_nodes(doc, top, spec, roles))
     _stop(_cross_checks(doc, top, nodes))
-    inputs = (template, *(_resolve(base, v[k]) for v in top.roles.values()
-                          if isinstance(v, dict) for k in ("addresses_file", "images_file")))
+    inputs = ((template,) if with_template else ()) + tuple(
+        _resolve(base, v[k]) for v in top.roles.values()
+        if isinstance(v, dict) for k in ("addresses_file", "images_file"))
     return Cloud(
         name=top.name,
         type=top.type,

@@ -42,8 +42,10 @@ class ManifestRegistry:
     """Valid clouds declared by the manifests of one folder, updated by `scan()`."""
 
     def __init__(self, directory: str | os.PathLike[str], catalog: Catalog, *,
-                 exclude: Iterable[str | os.PathLike[str]] = ()) -> None:
+                 exclude: Iterable[str | os.PathLike[str]] = (),
+                 with_template: bool = True) -> None:
         self.directory = Path(directory)
+        self.with_template = with_template
         self.catalog = catalog
         self._exclude = {Path(p).resolve() for p in exclude}
         self._current: dict[Path, Cloud] = {}
@@ -90,7 +92,7 @@ class ManifestRegistry:
     def _load(self, path: Path) -> list[ManifestEvent]:
         kept = self._current.get(path)
         try:
-            cloud = load_cloud(path, self.catalog)
+            cloud = load_cloud(path, self.catalog, with_template=self.with_template)
         except ConfigError as exc:
             return [ManifestEvent(Change.REFUSED, path, kept, tuple(exc.problems))]
         for other_path, other in self._current.items():

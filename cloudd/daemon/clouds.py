@@ -172,7 +172,8 @@ class Clouds:
         if (member is not None and member.cloud.name == offer.cloud
                 and offer.term < member.election.term):
             return f"refused: term {offer.term} is older than {member.election.term}"
-        cloud = check_manifest(offer.text, where=self.settings.state_dir / "incoming")
+        cloud = check_manifest(offer.text, where=self.settings.state_dir / "incoming",
+                               with_template=self.settings.libvirt.uri is not None)
         if cloud.name != offer.cloud:
             raise PermanentError(f"offered manifest declares {cloud.name}, not {offer.cloud}")
         self._installed[cloud.name] = offer.text

@@ -57,7 +57,10 @@ class Agent:
         self.settings = settings
         self.log = log.get("agent", node=settings.name)
         self.notifier = Notifier(env)
-        self.registry = ManifestRegistry(settings.manifest_dir, catalog(), exclude=[config_path])
+        # An agent with no libvirt connection (a node) never renders domains: the hosts'
+        # template file need not exist where it runs.
+        self.registry = ManifestRegistry(settings.manifest_dir, catalog(), exclude=[config_path],
+                                         with_template=settings.libvirt.uri is not None)
         #: Called (on the loop) with every manifest event; the controller subscribes here.
         self.manifest_listeners: list[Callable[[ManifestEvent], None]] = []
         self.runner = Runner(stop_timeout=settings.supervisor.stop_grace + STOP_MARGIN)

@@ -86,11 +86,12 @@ def portable_text(cloud: Cloud, text: str) -> str:
         raise PermanentError(f"manifest of {cloud.name} is not a mapping")
     data["domain_template"] = str(cloud.domain_template)
     base = cloud.source.parent
-    for value in (data.get("roles") or {}).values():
+    roles = data.get("roles") or {}
+    for role, value in list(roles.items()):
         if isinstance(value, dict):
-            for key in ("addresses_file", "images_file"):
-                if isinstance(value.get(key), str):
-                    value[key] = str((base / value[key]).resolve())
+            # a role written as two list files travels as the nodes they declare
+            roles[role] = [{"name": n.name, "address": n.address, "image": n.image}
+                           for n in cloud.nodes_of(role)]
     for ref in (data.get("secrets") or {}).values():
         if isinstance(ref, dict) and isinstance(ref.get("file"), str):
             ref["file"] = str((base / ref["file"]).resolve())

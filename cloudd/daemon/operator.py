@@ -40,14 +40,14 @@ OPS = ("apply", "stop", "cleanup", "maintenance", "plan")
 _log = log.get("operator")
 
 
-def check_manifest(text: str, *, where: Path) -> Cloud:
+def check_manifest(text: str, *, where: Path, with_template: bool = True) -> Cloud:
     """Validate a manifest's text as if it were a file in `where` (ConfigError if not)."""
     where.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".yaml", dir=where)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        return load_cloud(name, catalog())
+        return load_cloud(name, catalog(), with_template=with_template)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)

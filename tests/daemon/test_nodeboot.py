@@ -106,3 +106,17 @@ def test_node_agent_fetches_the_manifest_and_joins() -> None:
             and s["members"][n] == "alive" for n in ("lab-database-1", "lab-server-1")))
         log = lab.log_text("lab-database-1")
         assert "manifest_received" in log and "cloud_joined" in log
+
+
+def test_portable_manifest_inlines_list_files_and_loads_without_the_template(
+        tmp_path: Path) -> None:
+    source = REPO / "manifests" / "slurm.yaml"
+    cloud = load_cloud(source, catalog())
+    moved = tmp_path / "slurm.yaml"
+    moved.write_text(portable_text(cloud, source.read_text()).replace(
+        str(cloud.domain_template), "/nonexistent/template.xml"))
+    with pytest.raises(ClouddError, match="no such file"):
+        load_cloud(moved, catalog())
+    again = load_cloud(moved, catalog(), with_template=False)
+    assert [(n.name, n.address, n.image) for n in again.nodes] == [
+        (n.name, n.address, n.image) for n in cloud.nodes]
