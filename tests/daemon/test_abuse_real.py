@@ -280,6 +280,13 @@ def idle_connections(a: Abuse, count: int) -> None:
             s.connect_ex((a.ip, PORT))
             sel.register(s, selectors.EVENT_READ)
         a.still_fine(f"{count} connections opened")
+        # Not asserted (a known limit, reported): the inbound cap counts unauthenticated
+        # sockets too, so while the flood holds it a member dialling afresh is turned away.
+        try:
+            authenticated(a.ip, a.ca, a.insider, INSIDER).close()
+            print("a member dialling during the flood got in")
+        except (AssertionError, OSError) as exc:
+            print(f"a member dialling during the flood was turned away: {exc!r}"[:160])
         open_ = set(socks)
         end = time.monotonic() + BOUND
         while open_ and time.monotonic() < end:
