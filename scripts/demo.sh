@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The main job, shown: validates the example manifests and shows what cloudd would run,
-# then shows a bad manifest refused with one placed message.
+# `make demo`: the main job, shown on this machine from scratch.
+# 1. validates the example manifests and shows a bad manifest refused with one placed message;
+# 2. runs cloudd's example cloud in real VMs (python -m cloudd.daemon.demo): builds the test
+#    guest, makes the lab (bridge, namespaces, PKI, three host agents on this machine's
+#    libvirtd), shows `cloudd-cli inspect` converging, kills a VM, shows the replacement,
+#    stops the cloud cleanly and removes everything. Needs root (namespaces, libvirt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cloudd-cli validate --show manifests/*.yaml"
@@ -14,3 +18,12 @@ sed 's/192.0.2.176/192.0.2.300/' manifests/web.yaml > "$tmp/web-typo.yaml"
 if .venv/bin/cloudd-cli validate "$tmp/web-typo.yaml"; then
   echo "demo: the bad manifest was accepted" >&2; exit 1
 fi
+echo
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo: the real-VM part needs root (network namespaces, qemu:///system)" >&2; exit 1
+fi
+echo "== starting libvirtd if it is not running"
+scripts/ensure-libvirtd.sh
+echo
+echo "== the example cloud in real VMs: python -m cloudd.daemon.demo"
+exec .venv/bin/python -m cloudd.daemon.demo "$@"
