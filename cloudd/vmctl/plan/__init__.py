@@ -1,8 +1,9 @@
 """The leader's reconcile planner: pure, deterministic, no I/O.
 
 `plan(desired, observed, now)` returns the actions (define, start, shutdown, destroy,
-undefine, create an overlay, fence a host) that move the pool towards the manifest; the
-controller in `cloudd.daemon.controller` performs them and calls again. See `planner` for the
+undefine, copy a missing image from a source host, create an overlay, fence a host) that
+move the pool towards the manifest; the controller in `cloudd.daemon.controller` performs
+them and calls again. See `planner` for the
 rules, `placement` for host choice and `backoff` for failure bookkeeping.
 """
 
@@ -10,6 +11,7 @@ from cloudd.vmctl.plan.backoff import BackoffPolicy, Ledger, delay, failed
 from cloudd.vmctl.plan.model import (
     GUEST_SHUTDOWN,
     Action,
+    CopyImage,
     CreateOverlay,
     Define,
     Desired,
@@ -20,6 +22,7 @@ from cloudd.vmctl.plan.model import (
     FailRecord,
     Fence,
     HostObs,
+    ImageSource,
     Limits,
     Liveness,
     NodeAction,
@@ -38,6 +41,7 @@ __all__ = [
     "GUEST_SHUTDOWN",
     "Action",
     "BackoffPolicy",
+    "CopyImage",
     "CreateOverlay",
     "Define",
     "Desired",
@@ -48,6 +52,7 @@ __all__ = [
     "FailRecord",
     "Fence",
     "HostObs",
+    "ImageSource",
     "Ledger",
     "Limits",
     "Liveness",

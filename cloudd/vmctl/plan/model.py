@@ -56,6 +56,16 @@ GUEST_SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True)
+class ImageSource:
+    """A pool host a node's missing image can be copied from (over SFTP, by the target host)."""
+
+    host: str
+    """The source host's pool name: its inventory must list the image for a copy to be planned."""
+    address: str
+    """Where the target host connects to fetch it."""
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """One VM of the cloud as the manifest declares it."""
 
@@ -72,6 +82,14 @@ class NodeSpec:
     run: RunStrategy = RunStrategy.ALWAYS
     managed: bool = True
     """False: the node belongs to the cloud but its VM is not cloudd's to create or stop."""
+    source: ImageSource | None = None
+    """A host to copy the image from (its base image, when it has one) where it is missing."""
+
+    @property
+    def copied_image(self) -> str:
+        """What a CopyImage copies: the shared base image when there is one (an overlay alone
+        is useless without its backing file), else the node's own image."""
+        return self.base_image if self.base_image is not None else self.image
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CopyImage:
+    """Have `host` copy `image` from the source host `source` (before CreateOverlay/Define)."""
+
+    node: str
+    host: str
+    source: str
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CreateOverlay:
     node: str
     host: str
@@ -203,7 +232,7 @@ class Fence:
     reason: str
 
 
-NodeAction = CreateOverlay | Define | Start | Shutdown | Destroy | Undefine
+NodeAction = CopyImage | CreateOverlay | Define | Start | Shutdown | Destroy | Undefine
 Action = NodeAction | Fence
 
 

@@ -6,6 +6,11 @@ alive by quorum, reachable, not fenced and not backing off are candidates; a can
 have the node's image (or its base image, for an overlay) and enough free memory once the
 domains already started or placed in this same plan are counted.
 
+A candidate that lacks the image still fits when the node names a source host that is alive,
+reachable and reports the image it would copy (`NodeSpec.copied_image`): the planner then
+copies it first. Hosts that already have the image always win over hosts that would need a
+copy, whatever the spread: a copy costs minutes, an uneven spread costs nothing yet.
+
 Cost: one heap per role, built when the planner reaches that role, so a placement is
 O(log hosts) unless many hosts are unfit for the node (each unfit host is set aside once).
 """
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from cloudd.vmctl.plan.model import HostObs, NodeSpec, RunStrategy
 
@@ -24,11 +29,24 @@ def has_image(host: HostObs, node: NodeSpec) -> bool:
         node.base_image is not None and node.base_image in host.images)
 
 
-class Placer:
-    """Running totals for one planning pass: memory left, nodes per host and per role."""
+def can_copy(servers: Mapping[str, HostObs], node: NodeSpec) -> bool:
+    """Whether `node` names a source host among `servers` that has the image it would copy."""
+    source = node.source
+    if source is None:
+        return False
+    server = servers.get(source.host)
+    return server is not None and node.copied_image in server.images
 
-    def __init__(self, candidates: Iterable[HostObs]) -> None:
+
+class Placer:
+    """Running totals for one planning pass: memory left, nodes per host and per role.
+
+    `servers`: the hosts a copy may come from (alive and reachable, by their last report)."""
+
+    def __init__(self, candidates: Iterable[HostObs], *,
+                 servers: Iterable[HostObs] = ()) -> None:
         self.hosts = {h.name: h for h in candidates}
+        self.servers = {h.name: h for h in servers}
         self.memory = {name: h.free_memory_mib for name, h in self.hosts.items()}
         self.total: Counter[str] = Counter()
         self.per_role: Counter[tuple[str, str]] = Counter()
@@ -56,8 +74,8 @@ class Placer:
         info = self.hosts.get(host)
         if info is None:
             return f"host {host} is not a candidate (not alive, unreachable or backing off)"
-        if not has_image(info, node):
-            return f"host {host} lacks image {node.image}"
+        if not has_image(info, node) and not can_copy(self.servers, node):
+            return f"host {host} lacks image {node.image}{self._no_source(node)}"
         if self.memory[host] < node.memory_mib:
             return f"host {host} has {self.memory[host]} MiB free, node needs {node.memory_mib}"
         return None
@@ -78,8 +96,10 @@ class Placer:
             heapq.heapify(self._heap)
         role, heap, per_role, total = node.role, self._heap, self.per_role, self.total
         memory, hosts, need = self.memory, self.hosts, node.memory_mib
+        copy = can_copy(self.servers, node)
         aside: list[tuple[int, int, str]] = []
         chosen: str | None = None
+        fallback: str | None = None  # the best-ranked fit that needs a copy
         while heap:
             entry = heapq.heappop(heap)
             host = entry[2]
@@ -88,12 +108,19 @@ class Placer:
                 # booked since this entry was pushed (a pinned node): requeue at its true rank
                 heapq.heappush(heap, current)
                 continue
-            if memory[host] >= need and has_image(hosts[host], node):
-                chosen = host
-                break
+            if memory[host] >= need:
+                if has_image(hosts[host], node):
+                    chosen = host
+                    break
+                if copy and fallback is None:
+                    fallback = host
             aside.append(entry)
         for entry in aside:
             heapq.heappush(heap, entry)
+        if chosen is None and fallback is not None:
+            chosen = fallback
+            heap.remove((per_role[(role, chosen)], total[chosen], chosen))
+            heapq.heapify(heap)
         if chosen is not None:
             self._book(chosen, node)
             heapq.heappush(heap, (per_role[(role, chosen)], total[chosen], chosen))
@@ -111,6 +138,15 @@ class Placer:
             return f"pinned: {self.why_not(node.pin, node)}"
         if not self.hosts:
             return "no candidate host (none alive, reachable and out of backoff)"
-        if not any(has_image(h, node) for h in self.hosts.values()):
-            return f"no candidate host has image {node.image}"
+        if not any(has_image(h, node) for h in self.hosts.values()) \
+                and not can_copy(self.servers, node):
+            return f"no candidate host has image {node.image}{self._no_source(node)}"
         return f"no candidate host has {node.memory_mib} MiB free"
+
+    def _no_source(self, node: NodeSpec) -> str:
+        source = node.source
+        if source is None:
+            return ""
+        if source.host not in self.servers:
+            return f" and source host {source.host} is not alive and reachable"
+        return f" and source host {source.host} does not report {node.copied_image}"

@@ -16,6 +16,10 @@ Safety rules, in the order they are checked:
 - Only domains whose metadata names this cloud are ever touched.
 Liveness rules: a copy on a live host is restarted in place according to its run strategy;
 a node or host backing off after failures is skipped until its deadline.
+Images: a new domain goes to a host that has the node's image, or its base image (then
+CreateOverlay comes first), or, failing both, to a host that can get it from the node's
+source host (then CopyImage comes first); a copy is planned only from a source that is alive,
+reachable and reports the image, and always before the CreateOverlay or Define that needs it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Mapping
 from cloudd.vmctl.plan.model import (
     GUEST_SHUTDOWN,
     Action,
+    CopyImage,
     CreateOverlay,
     Define,
     Desired,
@@ -161,7 +166,10 @@ class _Pass:
                     for d in self.copies.get(spec.name, []):
                         self._remove(d, why="cloud is to be stopped", graceful=True)
             return self._result(placer=None)
-        placer = Placer(h for h in self.observed.hosts if self._host_usable(h))
+        placer = Placer((h for h in self.observed.hosts if self._host_usable(h)),
+                        servers=(h for h in self.observed.hosts
+                                 if h.liveness is Liveness.ALIVE and h.reachable
+                                 and not h.fenced))
         roles = self.roles
         placer.count_all((d.host, roles.get(d.node, ""))
                          for node_copies in self.copies.values() for d in node_copies)
@@ -259,8 +267,16 @@ class _Pass:
         why = (f"re-placing: host {old} is dead and fenced" if old is not None
                else "no domain anywhere")
         out = self.by_node[spec.name]
-        if spec.image not in placer.hosts[host].images:
-            out.append(CreateOverlay(spec.name, host, f"{host} has base {spec.base_image}"))
+        images = placer.hosts[host].images
+        if spec.image not in images:
+            if spec.base_image is None or spec.base_image not in images:
+                # placement chose a host without the image only because the source has it
+                assert spec.source is not None
+                out.append(CopyImage(spec.name, host, spec.source.host, spec.copied_image,
+                                     f"{host} lacks {spec.copied_image}; "
+                                     f"{spec.source.host} has it"))
+            if spec.base_image is not None:
+                out.append(CreateOverlay(spec.name, host, f"{host} has base {spec.base_image}"))
         out.append(Define(spec.name, host, why))
         if spec.run is not RunStrategy.MANUAL:
             out.append(Start(spec.name, host, "newly defined", respawn=old is not None))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from cloudd.vmctl.plan import (
     Action,
+    CopyImage,
     CreateOverlay,
     Define,
     Destroy,
@@ -99,8 +100,14 @@ class World:
         assert host.reachable, f"{action} sent to unreachable host"
         key = (action.node, action.host)
         d = self.domains.get(key)
-        if isinstance(action, CreateOverlay):
-            host.images.add(self.specs[action.node].image)
+        if isinstance(action, CopyImage):
+            source = self.hosts[action.source]
+            assert source.reachable and action.image in source.images, f"{action}: no source"
+            host.images.add(action.image)
+        elif isinstance(action, CreateOverlay):
+            spec = self.specs[action.node]
+            assert spec.base_image in host.images, f"{action}: no base"
+            host.images.add(spec.image)
         elif isinstance(action, Define):
             assert d is None, f"{action}: already defined"
             assert self.specs[action.node].image in host.images, f"{action}: no image"
