@@ -59,6 +59,27 @@ class Libvirt(BaseModel):
     node on a host that has its image, or its base image for an overlay)."""
 
 
+class Images(BaseModel):
+    """Copying a node's missing image from its manifest `source_host`, over SFTP. The host
+    that lacks the image connects to the source host's sshd, so these are the settings of
+    the copying side; the source host only needs sshd and this key in its authorized_keys."""
+
+    model_config = _CONFIG
+    ssh_user: str = Field(default="root", min_length=1)
+    """User to log in as on the source host; root by default, since images live in
+    root-owned folders (/var/lib/cloudd/images)."""
+    ssh_key: FsPath = Path("/etc/cloudd/ssh/id_ed25519")
+    """This host's private key for the copy (mode 0600), kept apart from the operator's keys."""
+    known_hosts: FsPath = Path("/etc/cloudd/ssh/known_hosts")
+    """The operator's known_hosts file: a source host whose key is not in it is refused
+    (never trust on first use: an image is what a VM boots)."""
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    """The source hosts' sshd port."""
+    copy_limit: Seconds = Field(default=1800.0, gt=0)
+    """Seconds one copy may take before it is abandoned (and retried with backoff); 30 min
+    moves a 20 GiB image at ~12 MiB/s."""
+
+
 class Metrics(BaseModel):
     model_config = _CONFIG
     enabled: bool = False
@@ -148,6 +169,7 @@ class AgentSettings(BaseModel):
     listen: Listen = Listen()
     pki: Pki = Pki()
     libvirt: Libvirt = Libvirt()
+    images: Images = Images()
     state_dir: FsPath = Path("/var/lib/cloudd")
     """Persisted state: highest term seen, service state, event history."""
     manifest_dir: FsPath = Path("/etc/cloudd")

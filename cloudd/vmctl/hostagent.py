@@ -24,7 +24,12 @@ attribute existed) count as this host's.
 
 Images. INVENTORY reports the backend's images plus the image files found in `image_dirs`
 (by default the conventional /var/lib/cloudd/images): the planner places a node only on a
-host that has its image.
+host that has its image, or that can copy it from the node's source host. FETCH is that
+copy: SFTP from the source address, host key checked against the operator's known_hosts
+(`CopySettings`), into one of the image folders. A copy can outlast a request's timeout, so
+FETCH starts it in the background and waits at most `fetch_wait` seconds: if it is still
+running the answer is Outcome.PENDING and the leader sends the same FETCH again, which joins
+the copy under way (one copy per image path, however many nodes or leaders ask for it).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from cloudd.vmctl.backend import (
     Inventory,
     NoSuchDomain,
 )
-from cloudd.vmctl.images import ImageError, ensure_overlay
+from cloudd.vmctl.images import CopySettings, ImageError, ensure_image, ensure_overlay
 from cloudd.vmctl.metadata import CloudMeta, stamp_host
 
 #: Where a host keeps node images by convention (DESIGN.md, "Files on a machine").
@@ -63,13 +68,15 @@ class Op(enum.Enum):
     LIST = "list"
     INVENTORY = "inventory"
     OVERLAY = "overlay"
+    FETCH = "fetch"
 
 
 @dataclass(frozen=True)
 class HostCommand:
     """One order from the leader. `domain` names the target (empty for LIST/INVENTORY);
     `xml` is the full domain XML for DEFINE; OVERLAY makes `image` a copy-on-write overlay of
-    `base` (both on this host, `image` inside one of its image folders)."""
+    `base` (both on this host, `image` inside one of its image folders); FETCH copies `image`
+    (the same path there as here, inside an image folder) from the host at address `source`."""
 
     op: Op
     term: int
@@ -77,11 +84,14 @@ class HostCommand:
     xml: str = ""
     image: str = ""
     base: str = ""
+    source: str = ""
 
 
 class Outcome(enum.Enum):
     DONE = "done"
     NOOP = "noop"
+    PENDING = "pending"
+    """Still running (an image copy): send the same command again to go on waiting."""
     STALE_TERM = "stale-term"
     FAILED = "failed"
 
@@ -139,11 +149,17 @@ class HostAgent:
     """Executes fenced, idempotent domain commands on one host's Backend."""
 
     def __init__(self, backend: Backend, *, state_dir: Path, host: str = "",
-                 image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS) -> None:
+                 image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS,
+                 copy: CopySettings | None = None, fetch_wait: float = 5.0) -> None:
         self.backend = backend
         #: this host's pool name, stamped into what it defines; "" stamps nothing
         self.host = host
         self.image_dirs = image_dirs
+        self.copy = copy or CopySettings()
+        #: seconds a FETCH waits for its copy before answering PENDING (under the transport's
+        #: request timeout, so that the answer arrives)
+        self.fetch_wait = fetch_wait
+        self._copies: dict[Path, asyncio.Task[bool]] = {}
         self.store = TermStore(state_dir)
         self.highest_term = self.store.load()
         self._term_lock = asyncio.Lock()
@@ -193,6 +209,8 @@ class HostAgent:
             return self._result(cmd, Outcome.DONE, inventory=await self._inventory())
         if cmd.op is Op.OVERLAY:
             return await self._overlay(cmd)
+        if cmd.op is Op.FETCH:
+            return await self._fetch(cmd)
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, Outcome.FAILED, "define without domain XML")
@@ -215,11 +233,9 @@ class HostAgent:
         image, base = Path(cmd.image), Path(cmd.base)
         if not (image.is_absolute() and base.is_absolute()):
             return self._result(cmd, Outcome.FAILED, "overlay needs absolute image and base")
-        if not any(image.parent.resolve() == d.resolve() for d in self.image_dirs):
-            folders = ", ".join(str(d) for d in self.image_dirs)
-            return self._result(cmd, Outcome.FAILED,
-                                f"overlay {image} is outside this host's image folders "
-                                f"({folders})")
+        outside = self._outside(image)
+        if outside:
+            return self._result(cmd, Outcome.FAILED, f"overlay {outside}")
         try:
             changed = await ensure_overlay(base, image)
         except ImageError as e:
@@ -227,6 +243,55 @@ class HostAgent:
         self._log.info(f"overlay: {'created' if changed else 'present'}", term=cmd.term,
                        image=str(image), base=str(base))
         return self._result(cmd, Outcome.DONE if changed else Outcome.NOOP)
+
+    def _outside(self, image: Path) -> str:
+        """'' when `image` is directly inside an image folder, else the end of a sentence."""
+        if any(image.parent.resolve() == d.resolve() for d in self.image_dirs):
+            return ""
+        folders = ", ".join(str(d) for d in self.image_dirs)
+        return f"{image} is outside this host's image folders ({folders})"
+
+    async def _fetch(self, cmd: HostCommand) -> HostResult:
+        image = Path(cmd.image)
+        if not image.is_absolute():
+            return self._result(cmd, Outcome.FAILED, "fetch needs an absolute image path")
+        if not cmd.source:
+            return self._result(cmd, Outcome.FAILED, "fetch without a source address")
+        outside = self._outside(image)
+        if outside:
+            return self._result(cmd, Outcome.FAILED, f"fetch {outside}")
+        task = self._copies.get(image)
+        if task is None:
+            task = asyncio.create_task(
+                ensure_image(image, source=self.copy.source(cmd.source), limit=self.copy.limit),
+                name=f"fetch {image}")
+            # retrieved here so that a copy nobody asks about again does not warn at exit
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._copies[image] = task
+            self._log.info("image copy started", term=cmd.term, image=str(image),
+                           peer=cmd.source)
+        # asyncio.wait, not wait_for: the copy goes on when this request stops waiting
+        done, _ = await asyncio.wait({task}, timeout=self.fetch_wait)
+        if not done:
+            return self._result(cmd, Outcome.PENDING, f"copying {image} from {cmd.source}")
+        if self._copies.get(image) is task:
+            del self._copies[image]
+        try:
+            changed = task.result()
+        except (ImageError, OSError) as e:
+            return self._result(cmd, Outcome.FAILED, str(e))
+        except asyncio.CancelledError:
+            raise TemporaryError(f"copy of {image} was cancelled") from None
+        self._log.info(f"image copy: {'done' if changed else 'present'}", term=cmd.term,
+                       image=str(image), peer=cmd.source)
+        return self._result(cmd, Outcome.DONE if changed else Outcome.NOOP)
+
+    async def close(self) -> None:
+        """Stop the image copies under way (their partial files are removed). Safe twice."""
+        copies, self._copies = list(self._copies.values()), {}
+        for task in copies:
+            task.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
 
     async def _refuse_foreign(self, name: str) -> None:
         """Raise when `name` is a cloudd domain another host defined (shared libvirtd)."""

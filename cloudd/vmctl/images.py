@@ -20,6 +20,7 @@ from pathlib import Path
 
 import asyncssh
 
+from cloudd.config.agent import Images
 from cloudd.errors import PermanentError, TemporaryError
 
 
@@ -40,6 +41,29 @@ class SftpSource:
     known_hosts: Path
     #: the image's path on that host (the same path as here, unless stated otherwise)
     remote_path: str = ""
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """How this host copies images from source hosts (the agent settings' `images` group)."""
+
+    username: str = "root"
+    key: Path = Path("/etc/cloudd/ssh/id_ed25519")
+    known_hosts: Path = Path("/etc/cloudd/ssh/known_hosts")
+    port: int = 22
+    #: seconds one copy may take
+    limit: float = 1800.0
+
+    @classmethod
+    def of(cls, images: Images) -> CopySettings:
+        return cls(username=images.ssh_user, key=images.ssh_key,
+                   known_hosts=images.known_hosts, port=images.ssh_port,
+                   limit=images.copy_limit)
+
+    def source(self, address: str, remote_path: str = "") -> SftpSource:
+        return SftpSource(host=address, port=self.port, username=self.username,
+                          client_keys=(self.key,), known_hosts=self.known_hosts,
+                          remote_path=remote_path)
 
 
 async def _run(*argv: str) -> tuple[int, str, str]:
@@ -129,11 +153,13 @@ async def fetch_image(local: Path, source: SftpSource, *, limit: float = 600.0) 
         await asyncio.to_thread(tmp.unlink, missing_ok=True)
 
 
-async def ensure_image(local: Path, *, source: SftpSource | None = None) -> bool:
-    """Make sure the base image exists here; True when it had to be copied."""
+async def ensure_image(local: Path, *, source: SftpSource | None = None,
+                       limit: float = 600.0) -> bool:
+    """Make sure the base image exists here; True when it had to be copied (within `limit`
+    seconds)."""
     if await asyncio.to_thread(local.is_file):
         return False
     if source is None:
         raise ImageError(f"image {local} is missing on this host and no source host is known")
-    await fetch_image(local, source)
+    await fetch_image(local, source, limit=limit)
     return True

@@ -1,0 +1,223 @@
+"""The host agent's FETCH command against a real sshd on 127.0.0.1.
+
+The source sshd serves SFTP chrooted into a folder of its own, so that it is a different
+filesystem from the copying host's point of view while the image path is the same on both, as
+on a real pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_images import free_port, keygen, make_base
+
+from cloudd.config.agent import load_agent
+from cloudd.errors import ConfigError
+from cloudd.vmctl.backend import FakeBackend
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.images import CopySettings
+
+
+@dataclass
+class Source:
+    """A source host: its sshd, and the root its SFTP clients see."""
+
+    port: int
+    root: Path
+    client_key: Path
+    known_hosts: Path
+
+    def put(self, path: Path) -> Path:
+        """Create an image at `path` as the source host sees it; return its real path."""
+        real = self.root / path.relative_to("/")
+        real.parent.mkdir(parents=True, exist_ok=True)
+        return make_base(real)
+
+
+@pytest.fixture
+def source(tmp_path: Path, have) -> Iterator[Source]:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("needs root: sshd runs with its privilege separation directory")
+    binary = have("sshd")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    keygen(d / "host_key")
+    keygen(d / "client_key")
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    # sshd wants every component of a chroot root-owned and not writable by others: not /tmp
+    root = Path(tempfile.mkdtemp(prefix="cloudd-h15-sftp-", dir="/run"))
+    port = free_port()
+    (d / "sshd_config").write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host_key
+AuthorizedKeysFile {d}/authorized_keys
+PidFile {d}/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+ChrootDirectory {root}
+Subsystem sftp internal-sftp
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("sshd did not start listening within 30 s")
+                time.sleep(0.05)
+        kind, key = (d / "host_key.pub").read_text().split()[:2]
+        known = d / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
+        yield Source(port=port, root=root, client_key=d / "client_key", known_hosts=known)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def agent(tmp_path: Path, source: Source) -> AsyncIterator[HostAgent]:
+    (tmp_path / "images").mkdir()
+    copy = CopySettings(username="root", key=source.client_key, known_hosts=source.known_hosts,
+                        port=source.port, limit=60.0)
+    host = HostAgent(FakeBackend(clock=lambda: 0.0), state_dir=tmp_path / "state", host="pm2",
+                     image_dirs=(tmp_path / "images",), copy=copy, fetch_wait=30.0)
+    yield host
+    await host.close()
+
+
+def fetch(image: Path, term: int = 1, source: str = "127.0.0.1") -> HostCommand:
+    return HostCommand(Op.FETCH, term, image=str(image), source=source)
+
+
+async def test_fetch_copies_a_missing_image_once(agent: HostAgent, source: Source,
+                                                 tmp_path: Path) -> None:
+    image = tmp_path / "images" / "base.qcow2"
+    original = source.put(image)
+    assert not image.exists()
+    first = await agent.execute(fetch(image))
+    assert first.outcome is Outcome.DONE, first.message
+    assert image.read_bytes() == original.read_bytes()
+    assert sorted(p.name for p in image.parent.iterdir()) == ["base.qcow2"]
+    again = await agent.execute(fetch(image))
+    assert again.outcome is Outcome.NOOP
+    inventory = (await agent.execute(HostCommand(Op.INVENTORY, 1))).inventory
+    assert inventory is not None and str(image) in inventory.images
+
+
+async def test_a_slow_copy_answers_pending_and_is_joined_not_repeated(
+        agent: HostAgent, source: Source, tmp_path: Path) -> None:
+    image = tmp_path / "images" / "base.qcow2"
+    original = source.put(image)
+    agent.fetch_wait = 0.0  # answer before the copy can have finished
+    pending = await agent.execute(fetch(image))
+    assert pending.outcome is Outcome.PENDING
+    assert pending.message == f"copying {image} from 127.0.0.1"
+    copy = agent._copies[image]
+    agent.fetch_wait = 30.0
+    # two leaders' (or two nodes') FETCHes of the same image wait for the one copy
+    both = await asyncio.gather(agent.execute(fetch(image)), agent.execute(fetch(image)))
+    assert agent._copies == {} and copy.done()
+    assert {r.outcome for r in both} == {Outcome.DONE}, [r.message for r in both]
+    assert image.read_bytes() == original.read_bytes()
+
+
+async def test_an_unknown_host_key_refuses_the_copy(agent: HostAgent, source: Source,
+                                                    tmp_path: Path) -> None:
+    image = tmp_path / "images" / "base.qcow2"
+    source.put(image)
+    keygen(tmp_path / "impostor")
+    kind, key = (tmp_path / "impostor.pub").read_text().split()[:2]
+    source.known_hosts.write_text(f"[127.0.0.1]:{source.port} {kind} {key}\n")
+    result = await agent.execute(fetch(image))
+    assert result.outcome is Outcome.FAILED
+    assert result.message.startswith(f"host key of 127.0.0.1:{source.port} is not in "
+                                     f"{source.known_hosts}")
+    assert result.retry_after is None  # permanent: a changed key needs the operator
+    assert list(image.parent.iterdir()) == []
+
+
+async def test_a_source_without_the_image(agent: HostAgent, tmp_path: Path) -> None:
+    image = tmp_path / "images" / "base.qcow2"
+    result = await agent.execute(fetch(image))
+    assert (result.outcome, result.message) == (Outcome.FAILED,
+                                                f"127.0.0.1 has no image {image}")
+    assert list(image.parent.iterdir()) == []
+
+
+async def test_an_unreachable_source_is_temporary(agent: HostAgent, tmp_path: Path) -> None:
+    agent.copy = CopySettings(key=agent.copy.key, known_hosts=agent.copy.known_hosts,
+                              port=free_port(), limit=30.0)
+    result = await agent.execute(fetch(tmp_path / "images" / "base.qcow2"))
+    assert result.outcome is Outcome.FAILED
+    assert result.message.startswith("copying ") and "failed" in result.message
+    assert result.retry_after is not None
+
+
+async def test_a_stale_term_copies_nothing(agent: HostAgent, source: Source,
+                                           tmp_path: Path) -> None:
+    image = tmp_path / "images" / "base.qcow2"
+    source.put(image)
+    await agent.execute(HostCommand(Op.LIST, 5))
+    result = await agent.execute(fetch(image, term=4))
+    assert result.outcome is Outcome.STALE_TERM
+    assert agent._copies == {} and not image.exists()
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (HostCommand(Op.FETCH, 1, image="images/x.qcow2", source="127.0.0.1"),
+     "fetch needs an absolute image path"),
+    (HostCommand(Op.FETCH, 1, image="/IMAGES/x.qcow2"), "fetch without a source address"),
+])
+async def test_bad_fetch_commands(tmp_path: Path, command: HostCommand, message: str) -> None:
+    (tmp_path / "images").mkdir()
+    agent = HostAgent(FakeBackend(clock=lambda: 0.0), state_dir=tmp_path / "state",
+                      image_dirs=(tmp_path / "images",))
+    cmd = HostCommand(command.op, 1, image=command.image.replace("/IMAGES", str(tmp_path)),
+                      source=command.source)
+    result = await agent.execute(cmd)
+    assert (result.outcome, result.message) == (Outcome.FAILED, message)
+    assert agent._copies == {}
+
+
+async def test_fetch_outside_the_image_folders_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    agent = HostAgent(FakeBackend(clock=lambda: 0.0), state_dir=tmp_path / "state",
+                      image_dirs=(tmp_path / "images",))
+    result = await agent.execute(fetch(tmp_path / "etc" / "passwd.qcow2"))
+    assert result.outcome is Outcome.FAILED
+    assert result.message == (f"fetch {tmp_path}/etc/passwd.qcow2 is outside this host's "
+                              f"image folders ({tmp_path}/images)")
+    assert not (tmp_path / "etc").exists()
+
+
+def test_copy_settings_come_from_the_agent_images_group(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("name: pm1\n")
+    assert CopySettings.of(load_agent(path).images) == CopySettings()
+    path.write_text("name: pm1\nimages: {ssh_user: cloudd, ssh_key: /k/id, known_hosts: /k/kh,"
+                    " ssh_port: 2222, copy_limit: 90}\n")
+    assert CopySettings.of(load_agent(path).images) == CopySettings(
+        username="cloudd", key=Path("/k/id"), known_hosts=Path("/k/kh"), port=2222, limit=90.0)
+    path.write_text("name: pm1\nimages: {ssh_port: 0}\n")
+    with pytest.raises(ConfigError) as info:
+        load_agent(path)
+    assert [p.message for p in info.value.problems] == [
+        "should be greater than or equal to 1, not 0"]
