@@ -4,16 +4,18 @@ Side by side in one invocation, on the same machine and the same kind of wire (e
 its own network namespace on one bridge, `cloudd.vmctl.netlab`):
 
 - cloudd: 3 and 5 host agents (`AgentLab`, `profile: production`, the default timing). The
-  figure is exact: the timestamp of the new leader's `election_acting` "yes" log event minus
-  the kill time. "Acting" is the stricter milestone: elected *and* holding a host majority's
-  leases, i.e. allowed to act on the cloud.
+  figure is exact: the timestamp of the first `election_acting` "yes" log event of a survivor
+  in a higher term, minus the kill time. "Acting" is the stricter milestone: elected *and*
+  holding a host majority's leases, i.e. allowed to act on the cloud.
 - etcd (Debian's etcd-server, 3.4, its defaults: 100 ms heartbeat, 1 s election timeout), 3
-  and 5 members. The figure is the timestamp of the new leader's raft "became leader at term"
-  log line (etcd logs milliseconds) minus the kill time.
+  and 5 members. The figure is the timestamp of the first survivor's raft "became leader at
+  term" log line (etcd logs milliseconds) minus the kill time.
 
 Each run: wait until every member agrees on one leader, kill -9 it, wait until the survivors
 agree on a new one (polled, the exact time comes from the logs), start the killed member again
-and wait until it follows. Prints size, system, median, max, runs, and cloudd/etcd.
+and wait until it follows (a restart that does not rejoin within REJOIN_BOUND is counted as
+a stuck rejoin, a bug to report, and tried again). Prints size, system, median, max, min,
+runs, stuck rejoins, and cloudd/etcd of the medians.
 
 Run as root: `.venv/bin/python bench/failover.py [--runs 10] [--sizes 3,5]`. Everything it
 starts (processes, namespaces, bridges, folders) is removed at the end, on Ctrl-C or SIGTERM.
