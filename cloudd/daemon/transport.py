@@ -55,7 +55,9 @@ class TransportSettings:
     frame_timeout: float = 10.0
     """A frame once started must arrive whole within this; a stalled peer is dropped."""
     max_connections: int = 256
-    """Inbound connections held at once, authenticated or not; more are closed at accept."""
+    """Inbound connections not yet authenticated (TLS and Hello under way) held at once; a new
+    one beyond it drops the oldest. Authenticated members do not count: a flood of idle
+    connections cannot lock a member out (each member holds one inbound connection)."""
     request_timeout: float = 10.0
     """Default wait for a reply to `request()`."""
     backoff_initial: float = 0.05
@@ -277,6 +279,10 @@ class Transport:
         self._inbound: dict[str, _Conn] = {}
         # inbound sockets not yet closed -> whether the loop's TLS layer owns them yet
         self._accepting: dict[socket.socket, bool] = {}
+        # inbound sockets whose peer has logged in (a subset of _accepting's keys)
+        self._authenticated: set[socket.socket] = set()
+        # the task serving each inbound socket, oldest first
+        self._handshaking: dict[socket.socket, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: socket.socket | None = None
         self._next_rid = 0
@@ -447,20 +453,27 @@ class Transport:
                 await asyncio.sleep(0.1)
                 continue
             where = f"{address[0]}:{address[1]}"
-            if len(self._accepting) >= self.settings.max_connections:
-                self.log.warning("connection_refused", peer=where,
-                                 reason=f"too many connections ({len(self._accepting)})")
-                sock.close()
-                continue
+            pending = [t for k, t in self._handshaking.items()
+                       if k not in self._authenticated and not t.cancelling()]
+            if len(pending) >= self.settings.max_connections:
+                # Like a SYN cache: the oldest connection still handshaking makes room. A
+                # member's handshake takes milliseconds, so idle floods cannot lock it out.
+                pending[0].cancel()
+                self.log.warning("connection_refused", peer=where, reason=(
+                    f"too many unauthenticated connections ({len(pending)}): "
+                    "the oldest was dropped"))
             # Small frames must leave at once: without this, Nagle and delayed ACKs add
             # 40 ms to the Hello exchange (asyncio sets it only on sockets it recognises).
             with contextlib.suppress(OSError):  # already reset by the peer: fails below
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepting[sock] = False
-            self.spawn(self._serve_inbound(sock, where)).add_done_callback(
-                functools.partial(self._release, sock))
+            task = self.spawn(self._serve_inbound(sock, where))
+            self._handshaking[sock] = task
+            task.add_done_callback(functools.partial(self._release, sock))
 
     def _release(self, sock: socket.socket, _: object) -> None:
+        self._authenticated.discard(sock)
+        self._handshaking.pop(sock, None)
         if not self._accepting.pop(sock, True):
             sock.close()  # cancelled before the loop took it over: nobody else will close it
 
@@ -496,6 +509,7 @@ class Transport:
             except (OSError, EOFError) as exc:
                 self.log.warning("handshake_failed", peer=where, reason=_reason(exc))
                 return
+            self._authenticated.add(sock)
             conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
             old = self._inbound.get(member)
             if old is not None:  # the peer redialled: its old connection is dead or dying

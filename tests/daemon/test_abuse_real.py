@@ -322,7 +322,8 @@ def test_abuse_is_refused_and_the_cloud_keeps_working(abuse: Abuse) -> None:
 
     t0 = time.time()
     idle_connections(a, IDLE_CONNECTIONS)
-    refused = a.logged("connection_refused", "too many connections", since=t0)
+    refused = a.logged("connection_refused", "too many unauthenticated connections",
+                       since=t0)
     timed_out = a.logged("handshake_failed", "no TLS handshake and Hello within", since=t0)
     leader, term = a.still_fine("idle connections closed")
     counts = {name: sum(1 for e in a.lab.log_events() if e["agent"] == a.target
