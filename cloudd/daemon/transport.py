@@ -200,6 +200,8 @@ class _Link:
         self.queue: deque[bytes] = deque()
         self.conn: _Conn | None = None
         self.pending: dict[int, asyncio.Future[object]] = {}
+        #: set when the peer has just dialled us: it is back, so redial now, not after backoff
+        self.wake = asyncio.Event()
         self.task = owner.spawn(self._run())
 
     def offer(self, data: bytes) -> bool:
@@ -237,7 +239,12 @@ class _Link:
                 conn.writer.transport.abort()
                 self._down(reason, report=True)
             delay = min(settings.backoff_max, settings.backoff_initial * 2 ** (failures - 1))
-            await asyncio.sleep(delay * self.owner.rng.uniform(0.5, 1.0))
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(),
+                                       delay * self.owner.rng.uniform(0.5, 1.0))
+            if self.wake.is_set():
+                failures = 0
 
     def _down(self, reason: str, *, report: bool) -> None:
         self.state, self.reason = "down", reason
@@ -510,6 +517,10 @@ class Transport:
                 self.log.warning("handshake_failed", peer=where, reason=_reason(exc))
                 return
             self._authenticated.add(sock)
+            link = self._links.get(member)
+            if link is not None and link.state == "down":
+                # A restarted peer dials us first: answer it now, not after our backoff.
+                link.wake.set()
             conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
             old = self._inbound.get(member)
             if old is not None:  # the peer redialled: its old connection is dead or dying

@@ -278,6 +278,35 @@ async def test_reconnects_after_the_peer_restarts(pki: dict[str, PkiFiles], alph
         await again.t.close()
 
 
+async def test_a_restarted_peer_that_dials_in_is_redialled_at_once(
+        pki: dict[str, PkiFiles]) -> None:
+    """Replies to a restarted agent must not wait out our redial backoff: its own dial to us
+    says it is back. With an hour of backoff, only that can bring the link up in time."""
+    patient = TransportSettings(handshake_timeout=1.0, frame_timeout=1.0,
+                                backoff_initial=3600.0, backoff_max=3600.0)
+    beta = Agent("beta", pki["beta"], patient)
+    await beta.t.start()
+    alpha = Agent("alpha", pki["alpha"])
+    host, port = await alpha.t.start()
+    beta.t.add_peer("alpha", host, port)
+    alpha.t.add_peer("beta", *beta.t.address)
+    again: Agent | None = None
+    try:
+        assert await beta.t.request("alpha", Ping(1)) == Pong(1, "alpha")
+        await alpha.t.close()
+        await eventually(lambda: any(isinstance(e, PeerUnreachable) for e in beta.events))
+        again = Agent("alpha", pki["alpha"])
+        await again.t.start(host, port)
+        again.t.add_peer("beta", *beta.t.address)
+        again.t.send("beta", Ping(2))  # the restarted agent speaks first
+        await eventually(lambda: beta.events.count(PeerConnected("alpha")) == 2)
+        assert await beta.t.request("alpha", Ping(3)) == Pong(3, "alpha")
+    finally:
+        for agent in (beta, again):
+            if agent is not None:
+                await agent.t.close()
+
+
 # -- refused at the handshake ------------------------------------------------------------
 
 
