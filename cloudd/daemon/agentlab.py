@@ -40,6 +40,7 @@ from cloudd.vmctl.netlab import NetLab, Netns
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout (manifests/templates)
 CLOUDD = str(Path(sys.executable).parent / "cloudd")
+CLI = str(Path(sys.executable).parent / "cloudd-cli")
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,11 @@ class AgentLab:
 
     def log_text(self, name: str) -> str:
         return self.agents[name].log_path.read_text(errors="replace")
+
+    def cli(self, agent: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`cloudd-cli ARGS` against one agent's local API, as an operator on it would."""
+        return subprocess.run([CLI, *args, "--socket", str(self.agents[agent].socket)],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     def log_events(self) -> list[dict[str, Any]]:
         """Every JSON log line of every agent, with `agent` (its name) and `at` (unix time)."""

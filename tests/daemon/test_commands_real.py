@@ -4,25 +4,16 @@ from a machine that is not part of the cloud."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cloudd.daemon.agentlab import CLOUDD, AgentLab, AgentProc
+from cloudd.daemon.agentlab import AgentLab, AgentProc
 from cloudd.daemon.pki import issue
 
 pytestmark = pytest.mark.netns
-
-CLI = CLOUDD.replace("/cloudd", "/cloudd-cli")
-
-
-def cli(lab: AgentLab, agent: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args, "--socket", str(lab.agents[agent].socket)],
-                          capture_output=True, text=True, timeout=60, check=False)
-
 
 @pytest.fixture
 def lab() -> Iterator[AgentLab]:
@@ -59,7 +50,7 @@ def test_commands_reach_the_leader_and_change_the_cloud(lab: AgentLab, tmp_path:
     before = manifest_of(lab, leader)
     bad = tmp_path / "bad.yaml"
     bad.write_text(before.replace("type: web", "type: webb"))
-    done = cli(lab, follower, "apply", str(bad))
+    done = lab.cli(follower, "apply", str(bad))
     assert done.returncode == 1
     assert "unknown type 'webb'" in done.stderr
     assert manifest_of(lab, leader) == before
@@ -69,36 +60,36 @@ def test_commands_reach_the_leader_and_change_the_cloud(lab: AgentLab, tmp_path:
     data = yaml.safe_load(manifest_of(lab, follower))
     data["roles"]["server"][0]["run"] = "manual"
     good.write_text(yaml.safe_dump(data))
-    done = cli(lab, follower, "apply", str(good))
+    done = lab.cli(follower, "apply", str(good))
     assert done.returncode == 0, done.stderr
     assert f"{leader} carries on" in done.stdout
     lab.wait_for("every member has the new generation",
                  lambda: all("run: manual" in manifest_of(lab, n) for n in lab.agents))
 
     # maintenance on and off, for a node and for the whole cloud
-    done = cli(lab, follower, "maintenance", "on", "lab-database-1")
+    done = lab.cli(follower, "maintenance", "on", "lab-database-1")
     assert done.returncode == 0, done.stderr
     assert "in maintenance: lab-database-1" in done.stdout
-    done = cli(lab, follower, "maintenance", "on", "lab")
+    done = lab.cli(follower, "maintenance", "on", "lab")
     assert "(cloud)" in done.stdout
-    done = cli(lab, follower, "maintenance", "off", "lab")
-    done = cli(lab, follower, "maintenance", "off", "lab-database-1")
+    done = lab.cli(follower, "maintenance", "off", "lab")
+    done = lab.cli(follower, "maintenance", "off", "lab-database-1")
     assert done.stdout.strip() == "in maintenance: nothing"
-    bad_node = cli(lab, follower, "maintenance", "on", "nosuch")
+    bad_node = lab.cli(follower, "maintenance", "on", "nosuch")
     assert bad_node.returncode == 1 and "unknown node 'nosuch'" in bad_node.stderr
 
     # cleanup of a node's failures, and plan
-    done = cli(lab, follower, "cleanup", "lab-server-1")
+    done = lab.cli(follower, "cleanup", "lab-server-1")
     assert done.returncode == 0, done.stderr
-    done = cli(lab, follower, "plan")
+    done = lab.cli(follower, "plan")
     assert done.returncode == 0 and f"plan of leader {leader}" in done.stdout
 
     # stop: the manifest in force becomes ensure: stopped, on every member
-    done = cli(lab, follower, "stop", "lab")
+    done = lab.cli(follower, "stop", "lab")
     assert done.returncode == 0, done.stderr
     lab.wait_for("every member has ensure: stopped",
                  lambda: all("ensure: stopped" in manifest_of(lab, n) for n in lab.agents))
-    events = cli(lab, leader, "events", "--since", "10m")
+    events = lab.cli(leader, "events", "--since", "10m")
     assert "command" in events.stdout and "stop" in events.stdout
 
 
@@ -115,7 +106,7 @@ def test_apply_from_a_machine_outside_the_cloud() -> None:
         outsider = add_outsider(lab, "outsider")
         lab.start_all()
         lab.wait_for("the outsider's agent answers", lambda: lab.status(outsider))
-        done = cli(lab, outsider, "apply", str(kept))
+        done = lab.cli(outsider, "apply", str(kept))
         assert done.returncode == 0, done.stderr
         assert "this machine is not part of cloud lab: handed to pm1" in done.stdout
         print("\n" + done.stdout.strip())

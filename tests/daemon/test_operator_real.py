@@ -4,24 +4,15 @@ the leader is being replaced."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from cloudd.daemon.agentlab import CLOUDD, AgentLab
+from cloudd.daemon.agentlab import AgentLab
 
 pytestmark = pytest.mark.netns
-
-CLI = CLOUDD.replace("/cloudd", "/cloudd-cli")
-
-
-def cli(lab: AgentLab, agent: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args, "--socket", str(lab.agents[agent].socket)],
-                          capture_output=True, text=True, timeout=60, check=False)
-
 
 @pytest.fixture
 def lab() -> Iterator[AgentLab]:
@@ -35,7 +26,7 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     leader, term = lab.wait_for("a leader", lab.one_leader)
     follower = next(n for n in lab.agents if n != leader)
 
-    done = cli(lab, follower, "inspect", "--json")
+    done = lab.cli(follower, "inspect", "--json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["answered_by"] == follower
@@ -46,7 +37,7 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     assert {h["name"] for h in cloud["hosts"]} == {"pm1", "pm2", "pm3"}
     assert {n["role"] for n in cloud["nodes"]} == {"database", "server", "balancer"}
 
-    text = cli(lab, follower, "inspect", "lab")
+    text = lab.cli(follower, "inspect", "lab")
     assert text.returncode == 0, text.stderr
     assert f"leader {leader}" in text.stdout and "election stable" in text.stdout
     assert "\x1b[" not in text.stdout  # no colour off a terminal
@@ -65,7 +56,7 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
                if line.startswith("cloudd_leader{") and 'cloud="lab"' in line]
     assert leading and leading[0].endswith(" 1.0"), leading
 
-    unknown = cli(lab, follower, "inspect", "nosuch")
+    unknown = lab.cli(follower, "inspect", "nosuch")
     assert unknown.returncode != 0
     assert "unknown cloud 'nosuch'" in unknown.stderr
 
@@ -75,7 +66,7 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     states = set()
     end = time.monotonic() + 30
     while time.monotonic() < end:
-        done = cli(lab, follower, "inspect", "--json")
+        done = lab.cli(follower, "inspect", "--json")
         assert done.returncode == 0, done.stderr
         view = json.loads(done.stdout)["clouds"][0]
         states.add((view["source"], view["leadership"]["state"], view["leadership"]["leader"]))
@@ -85,7 +76,7 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     assert view["leadership"]["leader"] not in (None, leader)
     assert view["leadership"]["term"] > term
 
-    events = cli(lab, follower, "events", "--since", "10m")
+    events = lab.cli(follower, "events", "--since", "10m")
     assert events.returncode == 0, events.stderr
     assert "election" in events.stdout
 
@@ -94,13 +85,13 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     lab.cut(new_leader)
     try:
         def isolated_view() -> dict | None:
-            done = cli(lab, new_leader, "inspect", "--json")
+            done = lab.cli(new_leader, "inspect", "--json")
             assert done.returncode == 0, done.stderr
             v = json.loads(done.stdout)["clouds"][0]
             return v if v["leadership"]["state"] in ("electing", "no-quorum") else None
         v = lab.wait_for("the cut-off agent reports the lost quorum", isolated_view)
         assert v["source"] in ("local", "stale")
-        text = cli(lab, new_leader, "inspect").stdout
+        text = lab.cli(new_leader, "inspect").stdout
         assert "election electing" in text or "election no-quorum" in text
     finally:
         lab.restore(new_leader)
