@@ -31,7 +31,7 @@ from typing import Any, cast
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure, RunStrategy
-from cloudd.daemon.controller import CommandFencer, Controller
+from cloudd.daemon.controller import CommandFencer, Controller, copy_to_host
 from cloudd.daemon.electionshell import ElectionShell, Leadership, TermFile
 from cloudd.daemon.events import Event, EventKind, EventLog
 from cloudd.daemon.nodeboot import portable_text
@@ -74,12 +74,15 @@ def addresses_of(cloud: Cloud) -> dict[str, str]:
 
 
 def desired_of(cloud: Cloud) -> plan.Desired:
+    pool = {h.name: h.address for h in cloud.pool}
     nodes = tuple(
         plan.NodeSpec(name=n.name, role=n.role, memory_mib=n.memory_mib, vcpus=n.vcpus,
                       image=n.image or "", base_image=n.base_image, pin=n.host,
                       run=plan.RunStrategy(n.run.value if isinstance(n.run, RunStrategy)
                                            else n.run),
-                      managed=n.managed)
+                      managed=n.managed,
+                      source=plan.ImageSource(n.source_host, pool[n.source_host])
+                      if n.source_host else None)
         for n in cloud.nodes)
     return plan.Desired(cloud=cloud.name,
                         ensure=plan.Ensure(cloud.ensure.value), nodes=nodes,
@@ -118,7 +121,7 @@ class CloudMember:
             desired=self._desired, hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=self._liveness, leader=self._reconciling_term, client=self, events=events,
             render=self._render, fencer=CommandFencer(self._fence_commands()),
-            overlay=self._overlay,
+            overlay=self._overlay, fetch=self._fetch,
             resync=settings.reconcile.resync_interval, clock=clock)
         self._template_cache: tuple[Path, str] | None = None
         #: generations of the manifest taken since the agent started, and when the last came
@@ -187,6 +190,10 @@ class CloudMember:
                                                    base=spec.base_image))
         if result.outcome not in (Outcome.DONE, Outcome.NOOP):
             raise TemporaryError(f"overlay of {spec.name} on {host}: {result.message}")
+
+    async def _fetch(self, host: str, spec: plan.NodeSpec) -> None:
+        """The planner's CopyImage: `host` copies the node's missing image from its source."""
+        await copy_to_host(self, host, spec, term=self.acting_term)
 
     def _fence_commands(self) -> dict[str, list[str]]:
         return {h.name: list(h.fence) for h in self.cloud.pool if h.fence}

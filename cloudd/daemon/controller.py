@@ -7,7 +7,9 @@ command with that leader's term, so that a deposed leader is refused by the host
 token). It asks every host for its domains and inventory (a host that does not answer is
 unreachable; its last report is kept, since its domains may still run), runs the pure planner,
 and launches one task per node for that node's actions, in order, stopping at the first
-failure. Failures are never retried here: they go into the backoff ledgers and come back in a
+failure. A CopyImage is performed by the `fetch` callable (`copy_to_host` over the same
+client): the copy may take minutes, so the host answers PENDING and is asked again until it
+is done. Failures are never retried here: they go into the backoff ledgers and come back in a
 later plan. Nodes with a task still running are in flight, and the planner leaves them alone.
 Every action and every failure is an event in the event log, with the planner's reason.
 """
@@ -30,6 +32,7 @@ from cloudd.vmctl import backend as vb
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
 from cloudd.vmctl.plan import (
     BackoffPolicy,
+    CopyImage,
     CreateOverlay,
     Define,
     Desired,
@@ -109,6 +112,41 @@ class CommandFencer:
                                  f"{tail[0][:200]}")
 
 
+async def copy_to_host(client: HostClient, host: str, spec: NodeSpec, *,
+                       term: Callable[[], int | None], limit: float = 3600.0,
+                       pause: float = 0.5) -> None:
+    """Have `host` copy the image `spec` needs (`spec.copied_image`) from its source host;
+    return once it is there. A host answers PENDING while its copy runs, each answer within its
+    own short wait (under the transport's request timeout); the same FETCH then goes again, in
+    the current term, until the host says done or failed, or `limit` seconds pass. `pause`
+    seconds go between two FETCHes, so that a host that answers PENDING at once is not
+    flooded."""
+    source = spec.source
+    if source is None:
+        raise PermanentError(f"node {spec.name} has no source host to copy its image from")
+    image = spec.copied_image
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                now = term()
+                if now is None:
+                    raise TemporaryError("no longer the acting leader")
+                result = await client.call(host, HostCommand(Op.FETCH, now, image=image,
+                                                             source=source.address))
+                if result.outcome is Outcome.PENDING:
+                    await asyncio.sleep(pause)
+                    continue
+                if result.outcome in (Outcome.DONE, Outcome.NOOP):
+                    return
+                why = f"copy of {image} from {source.host} to {host}: {result.message}"
+                if result.retry_after is None:
+                    raise PermanentError(why)
+                raise TemporaryError(why, delay=result.retry_after)
+    except TimeoutError:
+        raise TemporaryError(f"copy of {image} from {source.host} to {host} did not finish "
+                             f"within {limit:g}s") from None
+
+
 _STATES = {vb.DomainState.RUNNING: DomainState.RUNNING,
            vb.DomainState.PAUSED: DomainState.PAUSED,
            vb.DomainState.SHUTTING_DOWN: DomainState.SHUTDOWN,
@@ -128,12 +166,13 @@ class Controller:
                  client: HostClient, events: EventLog, render: Callable[[NodeSpec, int], str],
                  fencer: Fencer | None = None,
                  overlay: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
+                 fetch: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.time, policy: BackoffPolicy | None = None,
                  rng: random.Random | None = None,
                  resync: float = 30.0, call_timeout: float = 10.0) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
-        self.fencer, self.overlay, self.clock = fencer, overlay, clock
+        self.fencer, self.overlay, self.fetch, self.clock = fencer, overlay, fetch, clock
         self.resync, self.call_timeout = resync, call_timeout
         policy = policy or BackoffPolicy()
         # jitter: from `rng` when given, else derived from the subject's name and count
@@ -305,6 +344,7 @@ class Controller:
                     continue
                 now = self.clock()
                 record = self.node_fails.failed(node, now=now)
+                # a failed copy backs off the node only: the source may be the one at fault
                 if isinstance(action, Define | Start | CreateOverlay):
                     self.host_fails.failed(action.host, now=now)
                 self._record(EventKind.FAILURE, cloud=cloud, subject=node, term=term,
@@ -321,6 +361,11 @@ class Controller:
                        term: int) -> str | None:
         """Run one action; None on success, else why it failed."""
         try:
+            if isinstance(action, CopyImage):
+                if self.fetch is None or spec is None:
+                    return "no image copy configured"
+                await self.fetch(action.host, spec)
+                return None
             if isinstance(action, CreateOverlay):
                 if self.overlay is None or spec is None:
                     return "no overlay support configured"

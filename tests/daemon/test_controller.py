@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.daemon.controller import CommandFencer, Controller, LocalHosts
+from cloudd.config.manifest import load_cloud
+from cloudd.daemon.cluster import desired_of
+from cloudd.daemon.controller import CommandFencer, Controller, LocalHosts, copy_to_host
 from cloudd.daemon.events import EventKind, EventLog
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import DomainEvent, DomainState, FakeBackend
 from cloudd.vmctl.backend import EventKind as EventKind_
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
@@ -21,10 +24,12 @@ from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.plan import (
     BackoffPolicy,
+    CopyImage,
     Define,
     Desired,
     Ensure,
     Fence,
+    ImageSource,
     Liveness,
     NodeSpec,
     RunStrategy,
@@ -387,3 +392,155 @@ async def test_a_fenced_host_that_comes_back_loses_its_stale_copies(tmp_path: Pa
     assert [sorted(b.domains) for b in pool.backends.values()] == [
         sorted(f"c1-{n}" for n, h in moved.items() if h == name) for name in pool.backends]
     pool.events.close()
+
+
+# -- copying a missing image from a source host ------------------------------------------------
+
+@dataclass
+class Copier:
+    """Host agents' FETCH, in memory: PENDING `pending` times per copy, then the image appears
+    in the target's inventory, copied from the backend whose address is `source`."""
+
+    inner: Flaky
+    backends: dict[str, FakeBackend]
+    pending: int = 2
+    fail: list[HostResult] = field(default_factory=list)
+    fetches: list[tuple[str, str, str, int]] = field(default_factory=list)
+    _left: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    async def call(self, host: str, command: HostCommand) -> HostResult:
+        if command.op is not Op.FETCH:
+            return await self.inner.call(host, command)
+        self.fetches.append((host, command.image, command.source, command.term))
+        self.inner.sent.append((host, command.op, command.image, command.term))
+        if self.fail:
+            return self.fail.pop(0)
+        source = self.backends[command.source.removeprefix("addr-")]
+        if command.image not in source.images:
+            return HostResult(command, Outcome.FAILED, 0, f"{command.source} has no image")
+        left = self._left.setdefault((host, command.image), self.pending)
+        if left:
+            self._left[(host, command.image)] = left - 1
+            return HostResult(command, Outcome.PENDING, command.term, "copying")
+        target = self.backends[host]
+        changed = command.image not in target.images
+        target.images = target.images | {command.image}
+        return HostResult(command, Outcome.DONE if changed else Outcome.NOOP, command.term)
+
+
+def copy_pool(tmp_path: Path) -> tuple[Pool, Copier]:
+    """h0 alone has the image; n1 and n2 are pinned to h1 and h2 and name h0 as their source."""
+    pool = make_pool(tmp_path, nodes=0)
+    for name in ("h1", "h2"):
+        pool.backends[name].images = frozenset()
+    pool.nodes[:] = [NodeSpec(f"n{i}", "web", 512, 1, IMG, pin=f"h{i}",
+                              source=ImageSource("h0", "addr-h0")) for i in (1, 2)]
+    copier = Copier(pool.client, pool.backends)
+    pool.controller.client = copier
+    pool.controller.fetch = lambda host, spec: copy_to_host(
+        copier, host, spec, term=lambda: pool.term[0], pause=0.0)
+    return pool, copier
+
+
+async def test_a_missing_image_is_copied_before_the_define(tmp_path: Path) -> None:
+    pool, copier = copy_pool(tmp_path)
+    plan = await pool.controller.pass_once()
+    assert plan is not None
+    assert [type(a) for a in plan.actions] == [CopyImage, Define, Start] * 2
+    await pool.controller.idle()
+    assert pool.running() == {"n1": "h1", "n2": "h2"}
+    # three FETCHes per host (two PENDING answers), all in the leader's term, then the define
+    assert sorted(copier.fetches) == sorted([(h, IMG, "addr-h0", 3) for h in ("h1", "h2")] * 3)
+    for name in ("h1", "h2"):
+        ops = [op for h, op, _, _ in pool.client.sent
+               if h == name and op not in (Op.LIST, Op.INVENTORY)]
+        assert ops == [Op.FETCH, Op.FETCH, Op.FETCH, Op.DEFINE, Op.START]
+    reasons = [e.reason for e in pool.events.query(limit=100) if e.subject == "n1"]
+    assert f"copyimage on h1: h1 lacks {IMG}; h0 has it" in reasons
+    again = await pool.controller.pass_once()
+    assert again is not None and again.actions == ()
+    pool.events.close()
+
+
+async def test_a_failed_copy_backs_off_the_node_and_defines_nothing(tmp_path: Path) -> None:
+    pool, copier = copy_pool(tmp_path)
+    pool.nodes[:] = pool.nodes[:1]
+    refused = HostResult(HostCommand(Op.FETCH, 3), Outcome.FAILED, 3,
+                         "copying /img/base.qcow2 from addr-h0:22 failed: refused",
+                         retry_after=5.0)
+    copier.fail.append(refused)
+    await pool.converge(1)
+    assert [e.reason for e in pool.events.query(kind=EventKind.FAILURE)] == [
+        "copyimage on h1 failed (1 in a row, next try in 10.0s): copy of /img/base.qcow2 from "
+        "h0 to h1: copying /img/base.qcow2 from addr-h0:22 failed: refused"]
+    assert not [s for s in pool.client.sent if s[1] is Op.DEFINE]
+    assert pool.controller.host_fails.get("h1") is None  # the source may be at fault
+    await pool.converge(2)  # same instant: backing off, no second copy
+    assert len(copier.fetches) == 1
+    pool.clock.now += 10.0
+    await pool.converge(2)
+    assert pool.running() == {"n1": "h1"}
+    pool.events.close()
+
+
+async def test_a_copy_stops_when_leadership_is_lost(tmp_path: Path) -> None:
+    pool, copier = copy_pool(tmp_path)
+    pool.nodes[:] = pool.nodes[:1]
+    real = copier.call
+
+    async def depose_while_pending(host: str, command: HostCommand) -> HostResult:
+        result = await real(host, command)
+        if result.outcome is Outcome.PENDING:
+            pool.term[0] = None
+        return result
+
+    copier.call = depose_while_pending  # type: ignore[method-assign]
+    await pool.controller.pass_once()
+    await pool.controller.idle()
+    assert len(copier.fetches) == 1
+    assert not [s for s in pool.client.sent if s[1] is Op.DEFINE]
+    pool.events.close()
+
+
+async def test_copy_to_host_refusals_are_precise(tmp_path: Path) -> None:
+    pool, copier = copy_pool(tmp_path)
+    spec = NodeSpec("x", "web", 512, 1, IMG)
+    with pytest.raises(PermanentError, match="node x has no source host"):
+        await copy_to_host(copier, "h1", spec, term=lambda: 3)
+    spec = NodeSpec("x", "web", 512, 1, IMG, source=ImageSource("h0", "addr-h0"))
+    copier.fail.append(HostResult(HostCommand(Op.FETCH, 3), Outcome.FAILED, 3,
+                                  "host key of addr-h0:22 is not in /etc/cloudd/ssh/known_hosts"))
+    with pytest.raises(PermanentError, match=r"^copy of /img/base\.qcow2 from h0 to h1: host key"):
+        await copy_to_host(copier, "h1", spec, term=lambda: 3)
+    copier.pending = 10**9  # a host that never finishes: bounded by the limit
+    with pytest.raises(TemporaryError, match=r"did not finish within 0\.05s"):
+        await copy_to_host(copier, "h1", spec, term=lambda: 3, limit=0.05, pause=0.0)
+    pool.controller.fetch = None
+    await pool.converge(1)
+    assert [e.reason.split(": ")[-1] for e in pool.events.query(kind=EventKind.FAILURE)] == [
+        "no image copy configured"] * 2
+    pool.events.close()
+
+
+def test_the_manifest_source_host_reaches_the_planner_with_its_address(tmp_path: Path) -> None:
+    (tmp_path / "t.xml").write_text("<domain/>")
+    path = tmp_path / "c1.yaml"
+    path.write_text("""\
+apiVersion: cloudd/v1
+kind: Cloud
+name: c1
+type: torque
+domain_template: t.xml
+pool:
+  - {name: pm1, address: 192.0.2.70}
+  - {name: pm2, address: 192.0.2.71}
+roles:
+  head: [{address: 192.0.2.10, image: /i/h.qcow2}]
+  compute:
+    - {address: 192.0.2.11, image: /i/c1.qcow2, base_image: /i/base.qcow2, overlay: true,
+       source_host: pm2}
+""")
+    head, compute = desired_of(load_cloud(path, CATALOG)).nodes
+    assert head.source is None
+    assert compute.source == ImageSource("pm2", "192.0.2.71")
+    assert compute.copied_image == "/i/base.qcow2"
