@@ -21,10 +21,33 @@ import pytest
 from test_images import free_port, keygen, make_base
 
 from cloudd.config.agent import load_agent
+from cloudd.daemon.codec import Codec, FrameDecoder
+from cloudd.daemon.controller import Controller, LocalHosts, copy_to_host
+from cloudd.daemon.events import EventKind, EventLog
+from cloudd.daemon.wire import register_all
 from cloudd.errors import ConfigError
 from cloudd.vmctl.backend import FakeBackend
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
 from cloudd.vmctl.images import CopySettings
+from cloudd.vmctl.metadata import CloudMeta
+from cloudd.vmctl.plan import (
+    CopyImage,
+    Define,
+    Desired,
+    Ensure,
+    ImageSource,
+    Liveness,
+    NodeSpec,
+    Start,
+)
+from cloudd.vmctl.template import NodeDomain, render_domain
+
+TEMPLATE = """<domain type='qemu'>
+  <name>${name}</name><uuid>${uuid}</uuid>
+  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
+  <os><type>hvm</type></os>
+  ${metadata}
+</domain>"""
 
 
 @dataclass
@@ -221,3 +244,44 @@ def test_copy_settings_come_from_the_agent_images_group(tmp_path: Path) -> None:
         load_agent(path)
     assert [p.message for p in info.value.problems] == [
         "should be greater than or equal to 1, not 0"]
+
+
+def test_fetch_and_pending_cross_the_wire() -> None:
+    codec = register_all(Codec())
+    cmd = HostCommand(Op.FETCH, 3, image="/var/lib/cloudd/images/base.qcow2",
+                      source="192.0.2.70")
+    result = HostResult(cmd, Outcome.PENDING, 3, "copying")
+    assert FrameDecoder(codec).feed(codec.encode(cmd) + codec.encode(result)) == [cmd, result]
+
+
+async def test_the_leader_copies_then_defines_through_real_host_agents(
+        agent: HostAgent, source: Source, tmp_path: Path) -> None:
+    """Controller -> HostAgent FETCH -> asyncssh -> sshd: the copy lands in h1's image folder,
+    h1's inventory reports it, and the node is defined and started there."""
+    image = tmp_path / "images" / "base.qcow2"
+    original = source.put(image)
+    h0 = HostAgent(FakeBackend(clock=lambda: 0.0, images=frozenset({str(image)})),
+                   state_dir=tmp_path / "h0", host="h0", image_dirs=())
+    hosts = LocalHosts({"h0": h0, "h1": agent})
+    spec = NodeSpec("n1", "web", 256, 1, str(image), pin="h1",
+                    source=ImageSource("h0", "127.0.0.1"))
+    events = EventLog.in_state_dir(tmp_path)
+    controller = Controller(
+        desired=lambda: Desired("c1", Ensure.RUNNING, (spec,)), hosts=lambda: ["h0", "h1"],
+        liveness=lambda _: Liveness.ALIVE, leader=lambda: 1, client=hosts, events=events,
+        render=lambda s, term: render_domain(TEMPLATE, NodeDomain(
+            meta=CloudMeta(cloud="c1", node=s.name, role=s.role, term=term),
+            memory_mib=s.memory_mib, vcpus=1, image=s.image)),
+        fetch=lambda host, s: copy_to_host(hosts, host, s, term=lambda: 1, pause=0.0))
+    try:
+        first = await controller.pass_once()
+        assert first is not None and [type(a) for a in first.actions] == [
+            CopyImage, Define, Start]
+        await controller.idle()
+        assert image.read_bytes() == original.read_bytes()
+        assert [d.name for d in await agent.backend.list()] == ["c1-n1"]
+        again = await controller.pass_once()
+        assert again is not None and again.actions == ()
+        assert [e.kind for e in events.query()] == [EventKind.ACTION] * 3
+    finally:
+        events.close()
