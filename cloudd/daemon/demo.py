@@ -58,7 +58,10 @@ class Show:
         if self.tty:
             print("\r" + line[:160].ljust(160), end="", flush=True)
             self._open = True
-        elif elapsed - self._last >= 10:
+            return
+        if elapsed < self._last:  # a new wait began
+            self._last = 0.0
+        if elapsed - self._last >= 10:
             self._last = elapsed
             print(line, flush=True)
 

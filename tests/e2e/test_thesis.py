@@ -183,28 +183,75 @@ def test_kill_a_host_agent_with_its_vms(lab: VmLab, say: Say) -> None:
     bring_back(lab, host)
 
 
-@pytest.mark.skipif(not RESTART_LIBVIRTD, reason="restarts the machine's libvirtd: set "
-                    "CLOUDD_LAB_RESTART_LIBVIRTD=1 where nothing else uses it (CI)")
-def test_restart_libvirtd_respawns_nothing(lab: VmLab, say: Say) -> None:
-    """libvirtd restarted under the running cloud: the host agents reconnect and no domain is
-    started or defined again (same qemu pids, no start/define action)."""
+def reconnected(lab: VmLab, since: float) -> bool:
+    events = lab.log_events()
+    return all(any(e.get("event") == "libvirt connected" and e["agent"] == h and e["at"] > since
+                   for e in events) for h in POOL)
+
+
+def respawns_nothing(lab: VmLab, say: Say, label: str, fault: Callable[[], str]) -> None:
+    """After `fault`, every host agent reconnects to libvirt and no domain is started or
+    defined again (same qemu pids, no start/define action), watched over a few resyncs."""
     before = {n: d.pid for n, d in lab.domains().items()}
     since = time.time()
-    pid = int(Path("/run/libvirtd.pid").read_text().strip())
-    os.kill(pid, signal.SIGTERM)
-    poll("libvirtd stopped", lambda: not Path(f"/proc/{pid}").exists(), bound=60)
-    subprocess.run(["libvirtd", "-d"], check=True)
-    _, took = poll("libvirtd answers", lambda: virsh("version").returncode == 0, bound=60)
-    poll("every host agent reconnected", lambda: all(
-        any(e.get("event") == "libvirt connected" and e["at"] > since
-            for e in lab.log_events() if e["agent"] == h) for h in POOL), bound=120)
+    what = fault()
+    _, took = poll("every host agent reconnected", lambda: reconnected(lab, since), bound=120)
     # watch a few resync periods: whatever a reconnect would wrongly restart shows by then
     end = time.monotonic() + 5.0
     while time.monotonic() < end:
         assert {n: d.pid for n, d in lab.domains().items()} == before
     assert lab.actions("start", since=since) == []
     assert lab.actions("define", since=since) == []
-    say(f"(libvirtd) restarted in {took:.1f} s: nothing respawned, no domain defined again")
+    say(f"{label}: {what}; host agents reconnected after {took:.1f} s; nothing respawned, "
+        "no domain defined again")
+
+
+def drop_connections(lab: VmLab) -> str:
+    """libvirtd closes this lab's agents' connections (and nobody else's): a libvirtd
+    restart as the agents see it, without disturbing other users of the machine."""
+    admin = ["virt-admin", "-c", "libvirtd:///system"]
+    pids = {a.proc.pid for a in lab.agents.values() if a.proc is not None
+            and a.proc.poll() is None}
+    listing = subprocess.run([*admin, "srv-clients-list", "libvirtd"], capture_output=True,
+                             text=True, check=True, timeout=60)
+    dropped = 0
+    for line in listing.stdout.splitlines()[2:]:
+        fields = line.split()
+        if not fields or not fields[0].isdigit():
+            continue
+        info = subprocess.run([*admin, "client-info", "libvirtd", fields[0]],
+                              capture_output=True, text=True, check=False, timeout=60)
+        pid = next((int(row.split(":")[1]) for row in info.stdout.splitlines()
+                    if row.strip().startswith("unix_process_id")), None)
+        if pid in pids:
+            subprocess.run([*admin, "client-disconnect", "libvirtd", fields[0]],
+                           capture_output=True, check=True, timeout=60)
+            dropped += 1
+    assert dropped >= len(POOL), listing.stdout
+    return f"libvirtd closed {dropped} agent connections"
+
+
+def test_libvirtd_drops_the_agents_respawns_nothing(lab: VmLab, say: Say) -> None:
+    """libvirtd closes the host agents' connections under the running cloud (what they see of
+    a libvirtd restart): they reconnect and nothing is respawned twice."""
+    respawns_nothing(lab, say, "(libvirtd)", lambda: drop_connections(lab))
+
+
+def restart_libvirtd() -> str:
+    pid = int(Path("/run/libvirtd.pid").read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    poll("libvirtd stopped", lambda: not Path(f"/proc/{pid}").exists(), bound=60)
+    subprocess.run(["libvirtd", "-d"], check=True)
+    _, took = poll("libvirtd answers", lambda: virsh("version").returncode == 0, bound=60)
+    return f"libvirtd restarted in {took:.1f} s"
+
+
+@pytest.mark.skipif(not RESTART_LIBVIRTD, reason="restarts the machine's libvirtd: set "
+                    "CLOUDD_LAB_RESTART_LIBVIRTD=1 where nothing else uses it (CI)")
+def test_restart_libvirtd_respawns_nothing(lab: VmLab, say: Say) -> None:
+    """libvirtd restarted under the running cloud: the host agents reconnect and no domain is
+    started or defined again (same qemu pids, no start/define action)."""
+    respawns_nothing(lab, say, "(libvirtd restart)", restart_libvirtd)
 
 
 def handmade(lab: VmLab, tmp: Path) -> str:
