@@ -5,6 +5,8 @@ missing and another pool host has it, it is copied over SFTP (asyncssh) with the
 key checked against a known_hosts file the operator provides: an unknown or changed key
 refuses the copy. The copy goes to a temporary name and is renamed only when complete, so a
 broken transfer never leaves a half image that a later check would take for a good one.
+`CopySettings` (the agent settings' `images` group) says which user, key, known_hosts file
+and port the copying host uses, and how long one copy may take.
 
 Each node then runs on its own overlay, `qemu-img create -f qcow2 -F qcow2 -b BASE OVERLAY`,
 so that the base is shared and never written, and a respawn can start from a fresh overlay.
