@@ -54,6 +54,7 @@ from cloudd.vmctl import plan
 from cloudd.vmctl.backend import Backend, DomainEvent
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
 from cloudd.vmctl.identity import NodeIdentity, cmdline_words
+from cloudd.vmctl.images import CopySettings
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, domain_name, render_domain
 
@@ -343,7 +344,8 @@ class CloudMember:
             or self.settings.libvirt.uri or "qemu:///system"
         backend = await self._backend_factory(uri)
         self.host_agent = HostAgent(backend, state_dir=self.state_dir, host=self.me,
-                                    image_dirs=tuple(self.settings.libvirt.image_dirs))
+                                    image_dirs=tuple(self.settings.libvirt.image_dirs),
+                                    copy=CopySettings.of(self.settings.images))
         self.log.info("host_ready", host=self.me, uri=uri)
         try:
             await self.host_agent.run_events(self._forward)
