@@ -350,6 +350,7 @@ class CloudMember:
         try:
             await self.host_agent.run_events(self._forward)
         finally:
+            await self.host_agent.close()
             await backend.close()
 
     def _forward(self, event: DomainEvent) -> None:
