@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from cloudd.daemon.cluster import CloudMember
+from cloudd.daemon.electionshell import ElectionShell
 from cloudd.daemon.events import EventKind
 from cloudd.daemon.inspection import (
     CloudView,
@@ -28,12 +29,17 @@ from cloudd.daemon.inspection import (
     event_view,
 )
 from cloudd.election.swim import Status
+from cloudd.vmctl.plan import DomainObs
 
 #: How many recent events a cloud's view carries.
 RECENT_EVENTS = 8
 
 _LIVENESS = {Status.ALIVE: Liveness.ALIVE, Status.SUSPECT: Liveness.SUSPECT,
              Status.DEAD: Liveness.DEAD}
+
+
+def _rank(obs: DomainObs, election: ElectionShell) -> tuple[bool, bool]:
+    return (election.status(obs.host) is not Status.DEAD, obs.state.value == "running")
 
 
 def leadership(member: CloudMember) -> Leadership:
@@ -57,11 +63,16 @@ def cloud_view(member: CloudMember, *, source: Source, now: float | None = None)
     cloud, election, controller = member.cloud, member.election, member.controller
     reports = controller.host_reports()
     hosts = []
-    domains = {}
+    domains: dict[str, DomainObs] = {}
     for h in cloud.pool:
         seen, stock = reports.get(h.name, ((), None))
         for obs in seen:
-            if obs.cloud == cloud.name:
+            if obs.cloud != cloud.name:
+                continue
+            # A node re-placed after its host died still shows in that host's last report:
+            # a running domain, or one on a host not dead, tells where the node is now.
+            known = domains.get(obs.node)
+            if known is None or _rank(obs, election) > _rank(known, election):
                 domains[obs.node] = obs
         hosts.append(HostView(
             name=h.name, address=h.address, liveness=_LIVENESS[election.status(h.name)],
