@@ -140,6 +140,9 @@ class Reconcile(BaseModel):
     """Largest retry delay; 5 minutes keeps a broken image from hammering libvirt."""
     stable_reset: Seconds = Field(default=600.0, gt=0)
     """Seconds a thing must stay healthy before its failure count resets to zero."""
+    shutdown_timeout: Seconds = Field(default=60.0, gt=0)
+    """Seconds a guest gets to power off after a shutdown request (ensure: stopped) before
+    it is destroyed; a minute suits real operating systems."""
     manifest_poll: Seconds = Field(default=5.0, gt=0)
     """Seconds between two scans of manifest_dir for new, changed or removed manifests."""
 
@@ -190,7 +193,7 @@ class AgentSettings(BaseModel):
 #: machine's scheduling delays into false suspicions.
 LOCAL: dict[str, dict[str, Any]] = {
     "reconcile": {"resync_interval": 2.0, "backoff_base": 0.1, "backoff_max": 5.0,
-                  "stable_reset": 10.0, "manifest_poll": 0.5},
+                  "stable_reset": 10.0, "manifest_poll": 0.5, "shutdown_timeout": 10.0},
     "supervisor": {"start_grace": 0.2, "stop_grace": 2.0, "fatal_cooldown": 5.0},
 }
 

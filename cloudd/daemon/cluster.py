@@ -123,7 +123,8 @@ class CloudMember:
             liveness=self._liveness, leader=self._reconciling_term, client=self, events=events,
             render=self._render, fencer=CommandFencer(self._fence_commands()),
             overlay=self._overlay, fetch=self._fetch,
-            resync=settings.reconcile.resync_interval, clock=clock)
+            resync=settings.reconcile.resync_interval, clock=clock,
+            limits=plan.Limits(shutdown_timeout=settings.reconcile.shutdown_timeout))
         self._template_cache: tuple[Path, str] | None = None
         #: generations of the manifest taken since the agent started, and when the last came
         self.generation = 1

@@ -42,6 +42,7 @@ from cloudd.vmctl.plan import (
     Fence,
     HostObs,
     Ledger,
+    Limits,
     Liveness,
     NodeAction,
     NodeSpec,
@@ -169,11 +170,13 @@ class Controller:
                  fetch: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.time, policy: BackoffPolicy | None = None,
                  rng: random.Random | None = None,
-                 resync: float = 30.0, call_timeout: float = 10.0) -> None:
+                 resync: float = 30.0, call_timeout: float = 10.0,
+                 limits: Limits | None = None) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
         self.fencer, self.overlay, self.fetch, self.clock = fencer, overlay, fetch, clock
         self.resync, self.call_timeout = resync, call_timeout
+        self.limits = limits
         policy = policy or BackoffPolicy()
         # jitter: from `rng` when given, else derived from the subject's name and count
         self.node_fails = Ledger(policy, rng=rng)
@@ -277,7 +280,7 @@ class Controller:
         observed = await self.observe(term, now)
         if self.leader() != term:
             return None
-        result = planned(desired, observed, now)
+        result = planned(desired, observed, now, limits=self.limits)
         self.last_plan = result
         if result.actions:
             self._log.info("reconcile pass", cloud=desired.cloud, term=term,
