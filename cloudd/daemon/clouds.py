@@ -166,19 +166,22 @@ class Clouds:
         self.operator = Operator(self, locate=locate, rescan=rescan)
         self._locate, self._rescan = locate, rescan
 
-    def _install_offer(self, offer: ManifestOffer) -> str:
+    async def _install_offer(self, offer: ManifestOffer) -> str:
         """A manifest from the leader (or for a member that does not have it yet)."""
         member = self.member
         if (member is not None and member.cloud.name == offer.cloud
                 and offer.term < member.election.term):
             return f"refused: term {offer.term} is older than {member.election.term}"
-        cloud = check_manifest(offer.text, where=self.settings.state_dir / "incoming",
-                               with_template=self.settings.libvirt.uri is not None)
+        if self._installed.get(offer.cloud) == offer.text:
+            return "already installed"
+        cloud = await asyncio.to_thread(
+            check_manifest, offer.text, where=self.settings.state_dir / "incoming",
+            with_template=self.settings.libvirt.uri is not None)
         if cloud.name != offer.cloud:
             raise PermanentError(f"offered manifest declares {cloud.name}, not {offer.cloud}")
         self._installed[cloud.name] = offer.text
-        path = install_manifest(offer.text, cloud.name, folder=self.settings.manifest_dir,
-                                current=self._locate)
+        path = await asyncio.to_thread(install_manifest, offer.text, cloud.name,
+                                       folder=self.settings.manifest_dir, current=self._locate)
         self.log.info("manifest_installed", cloud=cloud.name, path=str(path),
                       origin=offer.origin, term=offer.term)
         self._rescan()
@@ -228,7 +231,7 @@ class Clouds:
             return await self.operator.answer(peer, msg)
         if isinstance(msg, ManifestOffer) and (
                 msg.origin == "leader" or (msg.origin == "seed" and self.member is None)):
-            return OperatorAnswer(True, json.dumps(self._install_offer(msg)))
+            return OperatorAnswer(True, json.dumps(await self._install_offer(msg)))
         if self.member is None:
             raise TemporaryError(f"{self.me} has no cloud yet")
         return await self.member.handle(peer, msg)

@@ -13,6 +13,7 @@ manifest is refused with its problems and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -88,26 +89,27 @@ class Operator:
             raise PermanentError(f"unknown command {op!r}")
         member = self.clouds.member
         cloud = str(args.get("cloud") or (member.cloud.name if member else ""))
+        incoming: Cloud | None = None
         if op == "apply":
             text = args.get("text")
             if not isinstance(text, str):
                 raise PermanentError("apply: 'text' must be the manifest's text")
-            cloud = check_manifest(text, where=self.clouds.settings.state_dir / "incoming").name
+            # Validated once, here, off the event loop (a manifest may be up to 1 MiB).
+            incoming = await self._check(text)
+            cloud = incoming.name
         if member is None or member.cloud.name != cloud:
-            if op != "apply":
+            if incoming is None:
                 raise PermanentError(f"this agent ({self.me}) does not serve cloud {cloud!r}")
-            incoming = check_manifest(args["text"],
-                                      where=self.clouds.settings.state_dir / "incoming")
             if self.me in {h.name for h in incoming.pool}:
                 # A pool host of a cloud it does not run yet: it starts it, and hands the
                 # manifest to the other members once it is a member itself.
                 if member is not None:
                     raise PermanentError(f"this agent ({self.me}) already serves cloud "
                                          f"{member.cloud.name}")
-                return self._install(args["text"], op="apply", term=0)
-            return await self._from_outside(cloud, args)
+                return await self._install(args["text"], incoming, op="apply", term=0)
+            return await self._from_outside(incoming, args)
         if member.election.acting():
-            return await self.perform(op, args)
+            return await self.perform(op, args, incoming=incoming)
         leader = member.election.leader
         if not leader:
             raise TemporaryError("no leader right now (an election is under way): try again")
@@ -121,10 +123,9 @@ class Operator:
             raise PermanentError(answer.error)
         return json.loads(answer.result)
 
-    async def _from_outside(self, cloud: str, args: dict[str, Any]) -> Any:
+    async def _from_outside(self, incoming: Cloud, args: dict[str, Any]) -> Any:
         """Not a member: hand the manifest to the first pool host that takes it."""
-        text = args["text"]
-        incoming = check_manifest(text, where=self.clouds.settings.state_dir / "incoming")
+        cloud = incoming.name
         errors = []
         for host in incoming.pool:
             try:
@@ -160,13 +161,16 @@ class Operator:
         return OperatorAnswer(True, json.dumps(result))
 
     # -- performing (on the leader) ---------------------------------------------------------
-    async def perform(self, op: str, args: dict[str, Any]) -> Any:
+    async def perform(self, op: str, args: dict[str, Any], *,
+                      incoming: Cloud | None = None) -> Any:
         member = self.clouds.member
         assert member is not None
         term = member.election.term
-        if op in ("apply", "stop"):
-            text = args["text"] if op == "apply" else stopped_text(member.manifest_text)
-            return self._install(text, op=op, term=term)
+        if op == "apply" and incoming is not None:
+            return await self._install(args["text"], incoming, op=op, term=term)
+        if op == "stop":
+            text = stopped_text(member.manifest_text)
+            return await self._install(text, await self._check(text), op=op, term=term)
         if op == "cleanup":
             node, service = args.get("node"), args.get("service")
             if not isinstance(node, str) or not node:
@@ -202,10 +206,14 @@ class Operator:
                     "waiting": [f"{w.node}: {w.reason}" for w in plan.waiting]}
         raise PermanentError(f"unknown command {op!r}")
 
-    def _install(self, text: str, *, op: str, term: int) -> dict[str, Any]:
-        cloud = check_manifest(text, where=self.clouds.settings.state_dir / "incoming")
-        path = install_manifest(text, cloud.name, folder=self.clouds.settings.manifest_dir,
-                                current=self.locate)
+    async def _check(self, text: str) -> Cloud:
+        return await asyncio.to_thread(check_manifest, text,
+                                       where=self.clouds.settings.state_dir / "incoming")
+
+    async def _install(self, text: str, cloud: Cloud, *, op: str, term: int) -> dict[str, Any]:
+        path = await asyncio.to_thread(install_manifest, text, cloud.name,
+                                       folder=self.clouds.settings.manifest_dir,
+                                       current=self.locate)
         self._record(cloud.name, f"{op}: generation {cloud.digest[:12]} installed as {path}",
                      term)
         self.rescan()
