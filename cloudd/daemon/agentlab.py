@@ -369,6 +369,14 @@ class AgentLab:
                 self.kill(name)
             if self.agents[name].log_file is not None:
                 self.agents[name].log_file.close()
+        # Services outlive their agent by design (their own sessions): whatever still runs in
+        # the lab's namespaces is the lab's, and goes with it.
+        for ns in self.net.namespaces:
+            pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True,
+                                  text=True, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
         try:
             self.net.close()
         finally:

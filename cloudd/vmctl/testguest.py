@@ -202,7 +202,7 @@ class GuestBoot:
 
     `address` is the NIC's address with its prefix ("10.231.0.10/24"); `command` runs with
     `/bin/sh -c` in the overlay root; `tmpfs` are extra directories of that root that get an
-    empty tmpfs (the guest always gets a fresh /run and /tmp, never the host's). `params` are
+    empty tmpfs (the guest always gets a fresh /run, never the host's). `params` are
     more `key=value` words for the command to read from /proc/cmdline (e.g. a node's identity,
     `cloudd.node=...`); they may not reuse the keys /init reads.
     """

@@ -334,7 +334,6 @@ def test_domain_xml_fills_every_placeholder_and_carries_the_metadata(tmp_path: P
 @pytest.mark.netns
 def test_guest_runs_the_cloudd_agent_from_the_hosts_virtualenv(conn, lab: NetLab,  # type: ignore[no-untyped-def]
                                                                 ) -> None:
-    # Outside /tmp: the guest gets a fresh tmpfs there, the rest of the host's / it sees.
     home = Path(f"/var/tmp/cloudd-h7-agent-{uuid.uuid4().hex[:6]}")
     (home / "manifests").mkdir(parents=True)
     try:

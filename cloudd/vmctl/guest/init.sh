@@ -60,11 +60,13 @@ mount -t devtmpfs devtmpfs /newroot/dev || fail "mount /newroot/dev"
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts || fail "mount /newroot/dev/pts"
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm || fail "mount /newroot/dev/shm"
-for dir in /run /tmp $(echo "$TMPFS" | tr ',' ' '); do
+# A fresh /run (the host's sockets and pid files mean nothing here). /tmp stays the host's,
+# seen through the overlay like the rest: a checkout or virtualenv may live there, and the
+# guest's writes stay in its own upper layer anyway.
+for dir in /run $(echo "$TMPFS" | tr ',' ' '); do
     mkdir -p "/newroot$dir" || fail "mkdir $dir"
     mount -t tmpfs -o mode=0755 tmpfs "/newroot$dir" || fail "mount tmpfs $dir"
 done
-chmod 1777 /newroot/tmp
 log "step root: host / over virtiofs ($TAG) under a tmpfs overlay"
 
 hostname "$HOSTNAME"
