@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_images import free_port, keygen, make_base
+from test_images import free_port, keygen, make_base, run_sshd
 
 from cloudd.config.agent import load_agent
 from cloudd.daemon.codec import Codec, FrameDecoder
@@ -70,48 +67,15 @@ class Source:
 def source(tmp_path: Path, have) -> Iterator[Source]:  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
         pytest.skip("needs root: sshd runs with its privilege separation directory")
-    binary = have("sshd")
     d = tmp_path / "sshd"
     d.mkdir()
-    keygen(d / "host_key")
-    keygen(d / "client_key")
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
     # sshd wants every component of a chroot root-owned and not writable by others: not /tmp
     root = Path(tempfile.mkdtemp(prefix="cloudd-h15-sftp-", dir="/run"))
-    port = free_port()
-    (d / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {d}/host_key
-AuthorizedKeysFile {d}/authorized_keys
-PidFile {d}/sshd.pid
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-ChrootDirectory {root}
-Subsystem sftp internal-sftp
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("sshd did not start listening within 30 s")
-                time.sleep(0.05)
-        kind, key = (d / "host_key.pub").read_text().split()[:2]
-        known = d / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
-        yield Source(port=port, root=root, client_key=d / "client_key", known_hosts=known)
+        with run_sshd(d, have("sshd"), chroot=root) as running:
+            yield Source(port=running.port, root=root, client_key=running.client_key,
+                         known_hosts=running.known_hosts)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -72,13 +73,20 @@ def keygen(path: Path) -> None:
                    check=True, timeout=30)
 
 
-@pytest.fixture
-def sshd(tmp_path: Path, have) -> Iterator[Sshd]:  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("needs root: sshd runs with its privilege separation directory")
-    binary = have("sshd")
-    d = tmp_path / "sshd"
-    d.mkdir()
+@dataclass(frozen=True)
+class Running:
+    """A real sshd on 127.0.0.1 for the tests, and what a client needs to reach it."""
+
+    port: int
+    host_pub: str
+    client_key: Path
+    known_hosts: Path
+
+
+@contextlib.contextmanager
+def run_sshd(d: Path, binary: str, *, chroot: Path | None = None) -> Iterator[Running]:
+    """sshd with its own host key, one authorized client key, SFTP (in `chroot` if given),
+    until the block ends."""
     keygen(d / "host_key")
     keygen(d / "client_key")
     (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
@@ -93,6 +101,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
+{f"ChrootDirectory {chroot}" if chroot else ""}
 Subsystem sftp internal-sftp
 """)
     Path("/run/sshd").mkdir(exist_ok=True)
@@ -108,14 +117,25 @@ Subsystem sftp internal-sftp
                 if time.monotonic() > deadline or proc.poll() is not None:
                     pytest.fail("sshd did not start listening within 30 s")
                 time.sleep(0.05)
-        host_pub = (d / "host_key.pub").read_text().split()
+        kind, key = (d / "host_key.pub").read_text().split()[:2]
         known = d / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-        yield Sshd(port=port, host_pub=" ".join(host_pub[:2]), client_key=d / "client_key",
-                   known_hosts=known)
+        known.write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
+        yield Running(port=port, host_pub=f"{kind} {key}", client_key=d / "client_key",
+                      known_hosts=known)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, have) -> Iterator[Sshd]:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("needs root: sshd runs with its privilege separation directory")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    with run_sshd(d, have("sshd")) as running:
+        yield Sshd(port=running.port, host_pub=running.host_pub,
+                   client_key=running.client_key, known_hosts=running.known_hosts)
 
 
 def source_for(sshd: Sshd, remote: Path, known_hosts: Path | None = None) -> SftpSource:
