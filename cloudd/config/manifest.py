@@ -80,6 +80,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True) 
         ensure=Ensure(top.ensure),
         source=doc.path,
         digest=_digest(doc.raw, inputs),
+        text=doc.raw.decode("utf-8", errors="replace"),
         inputs=inputs,
         domain_template=template,
         pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()))

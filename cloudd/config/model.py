@@ -182,6 +182,8 @@ class Cloud:
     secrets: Mapping[str, Path]
     #: Other files the cloud was built from: the domain template, role list files.
     inputs: tuple[Path, ...] = ()
+    #: The manifest as written: the very text that was validated and that `digest` covers.
+    text: str = ""
     #: Prefix length and gateway of the nodes' network.
     prefix_length: int = 24
     gateway: str | None = None

@@ -103,10 +103,11 @@ class Clouds:
             if self.member is not None and self.member.cloud.name == cloud.name:
                 stopped = dataclasses.replace(cloud, ensure=Ensure.STOPPED,
                                               digest=cloud.digest + ":removed")
-                self.member.update(stopped, self.member.manifest_text)
+                self.member.update(stopped)
             return
-        text = event.path.read_text() if event.path.exists() else ""
-        self.adopt(cloud, text)
+        # the text the registry validated (read off the loop), not a second read of the file
+        text = cloud.text
+        self.adopt(cloud)
         member = self.member
         if (member is not None and member.cloud.name == cloud.name and text
                 and self._installed.get(cloud.name) != text and not member.election.acting()
@@ -125,7 +126,7 @@ class Clouds:
         except ClouddError as e:
             self.log.warning("manifest_not_forwarded", cloud=cloud.name, reason=str(e))
 
-    def adopt(self, cloud: Cloud, text: str) -> None:
+    def adopt(self, cloud: Cloud) -> None:
         """Take part in `cloud` (or take its new generation)."""
         names = {h.name for h in cloud.pool} | {n.name for n in cloud.nodes}
         if self.me not in names:
@@ -136,7 +137,7 @@ class Clouds:
                 self.log.error("cloud_refused", cloud=cloud.name,
                                reason=f"this agent already serves {self.member.cloud.name}")
                 return
-            self.member.update(cloud, text)
+            self.member.update(cloud)
             self._peers(cloud)
             return
         node_side = None
@@ -144,7 +145,7 @@ class Clouds:
             node_side = self._node_side_factory(me=self.me, cloud=cloud, settings=self.settings,
                                                 report=self._report)
         self.member = CloudMember(
-            settings=self.settings, cloud=cloud, manifest_text=text,
+            settings=self.settings, cloud=cloud,
             timing=timing_for(self.settings), send=self._send, request=self._request,
             events=self.events, backend_factory=self._backend_factory, node_side=node_side)
         self.member.inspect_source = self.leader_doc

@@ -93,12 +93,12 @@ def desired_of(cloud: Cloud) -> plan.Desired:
 class CloudMember:
     """Everything one agent does for one cloud."""
 
-    def __init__(self, *, settings: AgentSettings, cloud: Cloud, manifest_text: str,
+    def __init__(self, *, settings: AgentSettings, cloud: Cloud,
                  timing: Timing, send: Callable[[str, Any], None],
                  request: Callable[[str, Any], Awaitable[Any]], events: EventLog,
                  backend_factory: Callable[[str], Awaitable[Backend]] | None = None,
                  node_side: Any = None, clock: Callable[[], float] = time.time) -> None:
-        self.settings, self.cloud, self.manifest_text = settings, cloud, manifest_text
+        self.settings, self.cloud = settings, cloud
         self.me = settings.name
         self._send, self._request, self.events, self._clock = send, request, events, clock
         self.is_host = any(h.name == self.me for h in cloud.pool)
@@ -245,11 +245,15 @@ class CloudMember:
         return reply
 
     # -- inputs ---------------------------------------------------------------------------
-    def update(self, cloud: Cloud, manifest_text: str) -> None:
+    @property
+    def manifest_text(self) -> str:
+        return self.cloud.text
+
+    def update(self, cloud: Cloud) -> None:
         """A new manifest generation (validated): reconcile towards it."""
         if cloud.digest == self.cloud.digest:
             return
-        self.cloud, self.manifest_text = cloud, manifest_text
+        self.cloud = cloud
         self.generation += 1
         self.loaded_at = self._clock()
         self.events.append(Event(self._clock(), cloud.name, EventKind.COMMAND, self.me,

@@ -95,3 +95,18 @@ def test_an_edited_list_file_reloads_its_cloud(tmp_path: Path) -> None:
     assert event.change is Change.LOADED and event.cloud is not None
     assert event.cloud.nodes[-1].name == "batch-compute-4"
     assert reg.scan() == []
+
+
+def test_a_loaded_cloud_carries_the_text_it_was_built_from(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    from pathlib import Path
+
+    from cloudd.config.registry import Change, ManifestRegistry
+    from cloudd.providers.catalog import catalog
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "manifests" / "templates", tmp_path / "templates")
+    (tmp_path / "web.yaml").write_text((repo / "manifests" / "web.yaml").read_text())
+    (event,) = ManifestRegistry(tmp_path, catalog()).scan()
+    assert event.change is Change.LOADED and event.cloud is not None
+    assert event.cloud.text == (tmp_path / "web.yaml").read_text()
