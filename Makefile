@@ -23,7 +23,7 @@ e2e: setup
 	@$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check cloudd tests bench
+	$(VENV)/bin/ruff check cloudd lab tests bench
 	$(VENV)/bin/mypy cloudd
 	$(VENV)/bin/lint-imports
 

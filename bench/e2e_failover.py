@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from cloudd.daemon.vmlab import VmLab, leftovers, poll, qemu_pid
+from cloudd_lab.vmlab import VmLab, leftovers, poll, qemu_pid
 
 RUNS = int(os.environ.get("RUNS", "3"))
 PREFIX = "h13b"

@@ -1,7 +1,7 @@
 """Leader failover, cloudd beside etcd: kill -9 the leader, time until a new leader.
 
 Side by side in one invocation, on the same machine and the same kind of wire (each process in
-its own network namespace on one bridge, `cloudd.vmctl.netlab`):
+its own network namespace on one bridge, `cloudd_lab.netlab`):
 
 - cloudd: 3 and 5 host agents (`AgentLab`, `profile: production`, the default timing). The
   figure is exact: the timestamp of the first `election_acting` "yes" log event of a survivor
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cloudd.daemon.agentlab import AgentLab
-from cloudd.vmctl.netlab import NetLab, Netns
+from cloudd_lab.agentlab import AgentLab
+from cloudd_lab.netlab import NetLab, Netns
 
 #: Generous bound on any one wait (the machine is shared): a run that exceeds it aborts.
 BOUND = 60.0

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.agentlab import AgentLab, lab_domains, remove_domains, virsh
-from cloudd.vmctl import testguest
+from cloudd_lab import testguest
+from cloudd_lab.agentlab import AgentLab, lab_domains, remove_domains, virsh
 
 RUNS = int(os.environ.get("RUNS", "3"))
 URI = "qemu:///system"
@@ -95,7 +95,7 @@ def main() -> int:
         libvirt_uri=URI, template=testguest.TEMPLATE, node_image=str(IMAGE),
         template_values={"kernel": str(image.kernel), "initrd": str(image.initrd),
                          "bridge": f"{PREFIX}br"},
-        fence=lambda host: [sys.executable, "-m", "cloudd.vmctl.labfence", "--uri", URI,
+        fence=lambda host: [sys.executable, "-m", "cloudd_lab.labfence", "--uri", URI,
                             "--host", host, "--cloud", PREFIX, "--record", str(record)])
     rows = []
     with lab:  # the lab's lock: another run of this bench waits

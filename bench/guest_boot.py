@@ -19,10 +19,10 @@ import uuid
 from pathlib import Path
 
 import libvirt
+from cloudd_lab.netlab import NetLab
+from cloudd_lab.testguest import GuestBoot, TestGuestDomain, build_test_guest, domain_xml
 
-from cloudd.vmctl.netlab import NetLab
 from cloudd.vmctl.template import node_mac
-from cloudd.vmctl.testguest import GuestBoot, TestGuestDomain, build_test_guest, domain_xml
 
 CACHE = Path("/var/tmp/cloudd-testguest-bench")
 PORT = 8080

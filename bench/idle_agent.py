@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudd_lab.agentlab import AgentLab
+
 # (run as a script, this folder is on sys.path: the etcd lab is failover.py's)
 from failover import EtcdLab, sigterm_as_interrupt, wait
-
-from cloudd.daemon.agentlab import AgentLab
 
 #: Seconds after the leader settles before the window opens (start-up allocations, the
 #: first full gossip round, the manifest distribution).

@@ -26,12 +26,13 @@ import time
 import uuid
 from pathlib import Path
 
+from cloudd_lab.testguest import build_minimal_guest
+
 from cloudd.vmctl.backend import DomainEvent, EventKind
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, render_domain
-from cloudd.vmctl.testguest import build_minimal_guest
 
 RUNS = int(os.environ.get("RUNS", "10"))
 URI = "qemu:///system"

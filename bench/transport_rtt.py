@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudd import log
-from cloudd.daemon.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
-from cloudd.daemon.pki import PkiFiles, init_ca, issue
-from cloudd.daemon.tls import Hello, client_context
-from cloudd.daemon.transport import Transport
+from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
+from cloudd.daemon.network.tls import Hello, client_context
+from cloudd.daemon.network.transport import Transport
+from cloudd.pki import PkiFiles, init_ca, issue
 
 
 @default_codec.register

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job, shown on this machine from scratch.
 # 1. validates the example manifests and shows a bad manifest refused with one placed message;
-# 2. runs cloudd's example cloud in real VMs (python -m cloudd.daemon.demo): builds the test
+# 2. runs cloudd's example cloud in real VMs (python -m cloudd_lab.demo): builds the test
 #    guest, makes the lab (bridge, namespaces, PKI, three host agents on this machine's
 #    libvirtd), shows `cloudd-cli inspect` converging, kills a VM, shows the replacement,
 #    stops the cloud cleanly and removes everything. Needs root (namespaces, libvirt).
@@ -25,5 +25,5 @@ fi
 echo "== starting libvirtd if it is not running"
 scripts/ensure-libvirtd.sh
 echo
-echo "== the example cloud in real VMs: python -m cloudd.daemon.demo"
-exec .venv/bin/python -m cloudd.daemon.demo "$@"
+echo "== the example cloud in real VMs: python -m cloudd_lab.demo"
+exec .venv/bin/python -m cloudd_lab.demo "$@"

@@ -42,9 +42,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.cloudd-installed
-if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ lab/pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
+  # The labs (namespaces, test guests, the demo) are their own package, never in the wheel.
+  .venv/bin/pip install -q --no-deps -e lab/
   touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/cloudd, .venv/bin/cloudd-cli)"

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from cloudd.commands.bootstrap_remote import BootstrapError, Options, Step, Target, bootstrap
 from cloudd.config.agent import DEFAULT_PORT
-from cloudd.daemon.bootstrap import BootstrapError, Options, Step, Target, bootstrap
-from cloudd.daemon.pki import DEFAULT_DIR, PkiError
+from cloudd.pki import DEFAULT_DIR, PkiError
 
 
 def _checkout() -> Path | None:

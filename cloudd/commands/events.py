@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from cloudd.commands.inspect import add_socket_option, use_color
-from cloudd.daemon.api import ApiClient, ApiError
-from cloudd.daemon.inspection import EventView, decode_event, event_cells, paint
+from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.daemon.operator.inspectdoc import EventView, decode_event, event_cells, paint
 from cloudd.errors import ClouddError
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

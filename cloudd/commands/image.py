@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudd.vmctl.testguest import GuestBuildError, build_minimal_guest, build_test_guest
+from cloudd_lab.testguest import GuestBuildError, build_minimal_guest, build_test_guest
 
 #: Where the images go by default: with the other images cloudd's domains boot from.
 DEFAULT_OUT = Path("/var/lib/cloudd/images/testguest")

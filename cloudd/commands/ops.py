@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from cloudd.commands.inspect import add_socket_option
 from cloudd.config.manifest import load_cloud
-from cloudd.daemon.api import ApiClient, ApiError
-from cloudd.daemon.nodeboot import portable_text
+from cloudd.daemon.node.boot import portable_text
+from cloudd.daemon.operator.api import ApiClient, ApiError
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import catalog
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudd.daemon.pki import CA_DAYS, DEFAULT_DIR, MEMBER_DAYS, PkiError, init_ca, issue
+from cloudd.pki import CA_DAYS, DEFAULT_DIR, MEMBER_DAYS, PkiError, init_ca, issue
 
 
 def register(subparsers: Any) -> None:

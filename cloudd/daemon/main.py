@@ -26,17 +26,17 @@ from typing import Any
 from cloudd import log
 from cloudd.config.agent import DEFAULT_PATH, AgentSettings, load_agent
 from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
-from cloudd.daemon.api import ApiError, ApiServer
-from cloudd.daemon.clouds import Clouds
-from cloudd.daemon.events import EventLog
-from cloudd.daemon.inspection import events_stream
-from cloudd.daemon.metrics import Metrics, serve_from_settings
-from cloudd.daemon.metricsfeed import MetricsFeed
-from cloudd.daemon.nodeboot import NODE_STATE, Seed, read_identity, settings_for
-from cloudd.daemon.nodeside import NodeSide
-from cloudd.daemon.notify import Notifier, watchdog_interval
-from cloudd.daemon.operator import OPS
-from cloudd.daemon.runner import Runner
+from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.base.runner import Runner
+from cloudd.daemon.base.sdnotify import Notifier, watchdog_interval
+from cloudd.daemon.member.clouds import Clouds
+from cloudd.daemon.node.boot import NODE_STATE, Seed, read_identity, settings_for
+from cloudd.daemon.node.converge import NodeSide
+from cloudd.daemon.operator.api import ApiError, ApiServer
+from cloudd.daemon.operator.commands import OPS
+from cloudd.daemon.operator.inspectdoc import events_stream
+from cloudd.daemon.operator.metrics import Metrics, serve_from_settings
+from cloudd.daemon.operator.metricsfeed import MetricsFeed
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import catalog
 from cloudd.vmctl.identity import IdentityError, NodeIdentity

@@ -11,7 +11,7 @@ Two carriers, chosen by the kind of guest:
 
     The command line is short (2 KiB on x86) and unquoted, so certificates go by path: the
     test guest shares the host's filesystem, `cloudd.pki` names a directory holding ca.pem,
-    cert.pem and key.pem. `cloudd.ip` has the same meaning as in cloudd.vmctl.testguest.
+    cert.pem and key.pem. `cloudd.ip` has the same meaning as in cloudd_lab.testguest.
 
 (b) Stock cloud images get a cloud-init NoCloud seed: an ISO9660 image with volume label
     `cidata` holding meta-data, user-data (a #cloud-config that writes

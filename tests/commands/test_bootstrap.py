@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cloudd_lab.netlab import NetLab, Netns
 from cryptography import x509
 
 from cloudd.config.agent import load_agent
-from cloudd.daemon.pki import init_ca, member_of_cert
-from cloudd.vmctl.netlab import NetLab, Netns
+from cloudd.pki import init_ca, member_of_cert
 
 pytestmark = pytest.mark.netns
 

@@ -20,8 +20,8 @@ from test_inspect import Agent, Lines, spawn
 
 from cloudd.cli import main
 from cloudd.commands.events import parse_since
-from cloudd.daemon.events import Event, EventKind, EventLog
-from cloudd.daemon.inspection import event_json, events_stream
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.operator.inspectdoc import event_json, events_stream
 
 NOW = 1_796_000_000.0
 

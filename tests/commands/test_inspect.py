@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from cloudd.cli import main
-from cloudd.daemon.api import ApiError, ApiServer
-from cloudd.daemon.inspection import (
+from cloudd.daemon.operator.api import ApiError, ApiServer
+from cloudd.daemon.operator.inspectdoc import (
     CloudView,
     ElectionState,
     HostView,

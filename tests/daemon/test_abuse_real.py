@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudd_lab.agentlab import AgentLab
 
-from cloudd.daemon.agentlab import AgentLab
-from cloudd.daemon.codec import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, default_codec
-from cloudd.daemon.pki import PkiFiles, init_ca, issue
-from cloudd.daemon.tls import Hello
+from cloudd.daemon.network.codec import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, default_codec
+from cloudd.daemon.network.tls import Hello
+from cloudd.pki import PkiFiles, init_ca, issue
 
 pytestmark = pytest.mark.netns
 

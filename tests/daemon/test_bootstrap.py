@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.daemon.bootstrap import (
+from cloudd.commands.bootstrap_remote import (
     BootstrapError,
     Layout,
     Options,
@@ -25,7 +25,7 @@ from cloudd.daemon.bootstrap import (
     render_unit,
     source_digest,
 )
-from cloudd.daemon.pki import PkiError, init_ca, issue
+from cloudd.pki import PkiError, init_ca, issue
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 CHECKOUT = Path(__file__).resolve().parents[2]

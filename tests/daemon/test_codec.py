@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloudd.daemon.codec import (
+from cloudd.daemon.network.codec import (
     MAX_FRAME,
     PROTOCOL_VERSION,
     Codec,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloudd_lab.agentlab import AgentLab, AgentProc
 
-from cloudd.daemon.agentlab import AgentLab, AgentProc
-from cloudd.daemon.pki import issue
+from cloudd.pki import issue
 
 pytestmark = pytest.mark.netns
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cloudd.config.manifest import load_cloud
-from cloudd.daemon.cluster import desired_of
-from cloudd.daemon.controller import CommandFencer, Controller, LocalHosts, copy_to_host
-from cloudd.daemon.events import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.leader.controller import CommandFencer, Controller, LocalHosts, copy_to_host
+from cloudd.daemon.member.cloudmember import desired_of
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import DomainEvent, DomainState, FakeBackend

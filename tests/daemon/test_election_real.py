@@ -10,8 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from cloudd.daemon.agentlab import AgentLab
+from cloudd_lab.agentlab import AgentLab
 
 pytestmark = pytest.mark.netns
 

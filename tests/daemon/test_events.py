@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.daemon.events import DAY, Event, EventKind, EventLog, EventLogSettings
+from cloudd.daemon.base.eventlog import DAY, Event, EventKind, EventLog, EventLogSettings
 from cloudd.errors import ConfigError, PermanentError
 
 T0 = 1_800_000_000.0

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cloudd.daemon.events import Event, EventKind, EventLog
-from cloudd.daemon.inspection import (
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.operator.inspectdoc import (
     VERSION,
     CloudView,
     ElectionState,
@@ -222,7 +222,7 @@ def test_event_json_matches_the_event_view(tmp_path: Path) -> None:
 
 
 async def test_events_stream_refuses_bad_arguments(tmp_path: Path) -> None:
-    from cloudd.daemon.api import ApiError
+    from cloudd.daemon.operator.api import ApiError
     log = EventLog(tmp_path / "events.sqlite3")
     handler = events_stream(log)
     cases: list[tuple[dict[str, Any], str]] = [
@@ -265,7 +265,7 @@ def test_view_source(leading: bool, at: float | None, expected: Source) -> None:
 
 
 async def test_inspect_op() -> None:
-    from cloudd.daemon.api import ApiError
+    from cloudd.daemon.operator.api import ApiError
 
     def build(cloud: str | None) -> InspectDoc:
         if cloud not in (None, "shop"):

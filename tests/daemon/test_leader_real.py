@@ -7,7 +7,7 @@ holds leases from a majority of the pool's hosts: with two hosts, losing one wou
 leader and nothing would be re-placed. The cloud is a web cloud of four managed nodes booting
 the project's minimal test guest (128 MiB, TCG); no agent runs inside the guests, so the nodes
 stay "dead" as members, which is fine here. Each host's fence command is the lab fence
-(`python -m cloudd.vmctl.labfence`), which removes that host's domains from the shared libvirtd.
+(`python -m cloudd_lab.labfence`), which removes that host's domains from the shared libvirtd.
 
 Scenarios, in order, each printing its timing (bounded waits, no timed asserts):
 1. the cloud comes up: every node's domain running, spread across the three hosts;
@@ -34,10 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cloudd.daemon import agentlab
-from cloudd.daemon.agentlab import AgentLab, LabDomain, LabLock, lab_domains
-from cloudd.vmctl import testguest
+from cloudd_lab import agentlab, testguest
+from cloudd_lab.agentlab import AgentLab, LabDomain, LabLock, lab_domains
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.netns]
 
@@ -117,7 +115,7 @@ def make_lab(tmp_path: Path, nodes: dict[str, int]) -> tuple[AgentLab, testguest
         template_values={"kernel": str(image.kernel), "initrd": str(image.initrd),
                          "bridge": f"{PREFIX}br"},
         node_image=str(IMAGE), node_memory_mib=128,
-        fence=lambda host: [sys.executable, "-m", "cloudd.vmctl.labfence", "--uri", SYSTEM,
+        fence=lambda host: [sys.executable, "-m", "cloudd_lab.labfence", "--uri", SYSTEM,
                             "--host", host, "--cloud", CLOUD, "--record", str(record)])
     return lab, image
 

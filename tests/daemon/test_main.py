@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.daemon.base.runner import Runner
 from cloudd.daemon.main import main
-from cloudd.daemon.runner import Runner
 
 REPO = Path(__file__).resolve().parents[2]
 #: The installed console script, as systemd runs it.

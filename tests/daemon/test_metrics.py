@@ -13,7 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloudd.config.agent import Metrics as MetricsSettings
-from cloudd.daemon.metrics import Endpoint, Metrics, parse_address, serve, serve_from_settings
+from cloudd.daemon.operator.metrics import (
+    Endpoint,
+    Metrics,
+    parse_address,
+    serve,
+    serve_from_settings,
+)
 from cloudd.errors import ConfigError, PermanentError
 
 

@@ -23,20 +23,20 @@ from typing import Any
 
 import pytest
 import structlog
+from cloudd_lab.netlab import NetLab
 from pydantic import BaseModel, ConfigDict
 
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
 from cloudd.config.agent import Supervisor as SupervisorSettings
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost
-from cloudd.daemon.nodeside import NodeSide, node_root
-from cloudd.daemon.wire import NodeReport, PeerInfo, RoleAssignment
+from cloudd.daemon.network.catalogue import NodeReport, PeerInfo, RoleAssignment
+from cloudd.daemon.node.converge import NodeSide, node_root
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import procstate
 from cloudd.providers.base import Assignment, FileSpec, Provider, Rendered, Role
 from cloudd.providers.registry import Registry
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
 from cloudd.providers.web.spec import WebSettings
-from cloudd.vmctl.netlab import NetLab
 
 WAIT = 20.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.daemon.notify import Notifier, watchdog_interval
+from cloudd.daemon.base.sdnotify import Notifier, watchdog_interval
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-
-from cloudd.daemon.agentlab import AgentLab
+from cloudd_lab.agentlab import AgentLab
 
 pytestmark = pytest.mark.netns
 

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from cloudd.daemon.pki import PkiError, PkiFiles, init_ca, issue, member_of_cert
+from cloudd.pki import PkiError, PkiFiles, init_ca, issue, member_of_cert
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

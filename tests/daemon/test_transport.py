@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from cloudd.daemon.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
-from cloudd.daemon.pki import PkiFiles, init_ca, issue
-from cloudd.daemon.tls import Hello
-from cloudd.daemon.transport import (
+from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
+from cloudd.daemon.network.tls import Hello
+from cloudd.daemon.network.transport import (
     PeerConnected,
     PeerUnreachable,
     Transport,
     TransportSettings,
 )
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.pki import PkiFiles, init_ca, issue
 
 FAST = TransportSettings(handshake_timeout=1.0, frame_timeout=1.0, max_connections=50,
                          backoff_initial=0.02, backoff_max=0.2, request_timeout=10.0)

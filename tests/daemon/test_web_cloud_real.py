@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from cloudd.daemon.agentlab import AgentLab
+from cloudd_lab.agentlab import AgentLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.services]
 

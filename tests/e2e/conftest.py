@@ -1,5 +1,5 @@
 """The e2e suite's lab: three pool host agents in namespaces on this machine's libvirtd and a
-web cloud of three VMs whose agents run inside the guests (cloudd.daemon.vmlab).
+web cloud of three VMs whose agents run inside the guests (cloudd_lab.vmlab).
 
 One lab serves the whole suite (booting guests under TCG is the expensive part), so the tests
 run in file order, each starting from the cloud the previous one left converged. After the
@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from cloudd.daemon.vmlab import VmLab, leftovers, virsh
+from cloudd_lab.vmlab import VmLab, leftovers, virsh
 
 #: netlab prefix, cloud name and domain name prefix: unique to this suite on a shared machine
 PREFIX = "h13e"

@@ -7,8 +7,8 @@ import base64
 import xml.etree.ElementTree as ET
 
 import pytest
+from cloudd_lab.vmlab import AGENT_TEMPLATE, agent_command
 
-from cloudd.daemon.vmlab import AGENT_TEMPLATE, agent_command
 from cloudd.vmctl.identity import NodeIdentity, cmdline_words, from_cmdline
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
 from cloudd.vmctl.template import NodeDomain, TemplateError, render_domain

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cloudd.daemon.agentlab import CLOUDD
-from cloudd.daemon.vmlab import GUEST_DIR, VmLab, poll, qemu_pid, virsh
-from cloudd.vmctl import testguest
+from cloudd_lab import testguest
+from cloudd_lab.agentlab import CLOUDD
+from cloudd_lab.vmlab import GUEST_DIR, VmLab, poll, qemu_pid, virsh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirt, pytest.mark.netns]
 

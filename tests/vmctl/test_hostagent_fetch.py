@@ -18,10 +18,10 @@ import pytest
 from test_images import free_port, keygen, make_base, run_sshd
 
 from cloudd.config.agent import load_agent
-from cloudd.daemon.codec import Codec, FrameDecoder
-from cloudd.daemon.controller import Controller, LocalHosts, copy_to_host
-from cloudd.daemon.events import EventKind, EventLog
-from cloudd.daemon.wire import register_all
+from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.leader.controller import Controller, LocalHosts, copy_to_host
+from cloudd.daemon.network.catalogue import register_all
+from cloudd.daemon.network.codec import Codec, FrameDecoder
 from cloudd.errors import ConfigError
 from cloudd.vmctl.backend import FakeBackend
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cloudd_lab.agentlab import LabLock
+from cloudd_lab.testguest import build_minimal_guest
 
-from cloudd.daemon.agentlab import LabLock
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, RawXml, domain_values, render
-from cloudd.vmctl.testguest import build_minimal_guest
 
 pytestmark = pytest.mark.libvirt
 
@@ -99,7 +99,7 @@ async def hosts(clean: None, tmp_path: Path) -> AsyncIterator[dict[str, HostAgen
 
 def fence(host: str, record: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cloudd.vmctl.labfence", "--uri", SYSTEM, "--host", host,
+        [sys.executable, "-m", "cloudd_lab.labfence", "--uri", SYSTEM, "--host", host,
          "--cloud", f"{PREFIX}c", "--record", str(record)],
         capture_output=True, text=True, timeout=120, check=False)
 
@@ -142,7 +142,7 @@ async def test_fence_removes_only_that_hosts_domains(hosts: dict[str, HostAgent]
 
 def test_fence_fails_when_libvirtd_cannot_be_reached(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "cloudd.vmctl.labfence", "--uri",
+        [sys.executable, "-m", "cloudd_lab.labfence", "--uri",
          f"qemu+unix:///system?socket={tmp_path}/no-such.sock", "--host", "pma"],
         capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1

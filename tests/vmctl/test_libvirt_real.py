@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cloudd_lab.testguest import GuestImage, build_minimal_guest
 
 from cloudd.vmctl.backend import (
     BackendUnavailable,
@@ -34,7 +35,6 @@ from cloudd.vmctl.images import ensure_overlay
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, node_mac, render_domain
-from cloudd.vmctl.testguest import GuestImage, build_minimal_guest
 
 pytestmark = pytest.mark.libvirt
 

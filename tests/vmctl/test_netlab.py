@@ -7,8 +7,7 @@ import subprocess
 import uuid
 
 import pytest
-
-from cloudd.vmctl.netlab import NetLab, NetLabError, ip
+from cloudd_lab.netlab import NetLab, NetLabError, ip
 
 #: busybox-static is installed by setup; iputils' ping is not.
 PING = ("busybox", "ping")

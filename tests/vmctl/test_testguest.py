@@ -16,11 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from cloudd import cli
-from cloudd.vmctl.netlab import NetLab
-from cloudd.vmctl.template import node_mac
-from cloudd.vmctl.testguest import (
+from cloudd_lab.netlab import NetLab
+from cloudd_lab.testguest import (
     GUEST_MODULES,
     GuestBoot,
     GuestBuildError,
@@ -32,6 +29,9 @@ from cloudd.vmctl.testguest import (
     find_host_parts,
     kernel_cmdline,
 )
+
+from cloudd import cli
+from cloudd.vmctl.template import node_mac
 
 CACHE = Path("/var/tmp/cloudd-testguest-tests")
 #: Fetch a URL and print the body (busybox-static's wget crashes on this host).
@@ -253,7 +253,7 @@ def test_guest_writes_stay_in_the_guest(conn, lab: NetLab) -> None:  # type: ign
     marker = Path(f"/var/tmp/cloudd-h7-marker-{uuid.uuid4().hex[:6]}")
     # The project's own virtualenv and code run in the guest, from the host's disk.
     venv = Path(sys.prefix) / "bin" / "python"
-    probe = "import cloudd.vmctl.testguest as t; print('imported', t.__name__)"
+    probe = "import cloudd_lab.testguest as t; print('imported', t.__name__)"
     command = (f"echo written > {marker} && cat {marker} && {venv} -c \"{probe}\" "
                "&& hostname && exit 7")
     with guest(conn, lab, command=command) as (dom, _address, log):
@@ -261,7 +261,7 @@ def test_guest_writes_stay_in_the_guest(conn, lab: NetLab) -> None:  # type: ign
         wait_for(lambda: not dom.isActive(), timeout=180, what="the guest to power off", log=log)
         console = _console(log)
         assert "written" in console
-        assert "imported cloudd.vmctl.testguest" in console
+        assert "imported cloudd_lab.testguest" in console
         assert "\ncloudd-h7-" in console  # hostname from the kernel command line
         assert "command exited with status 7" in console
     assert not marker.exists()

@@ -2,7 +2,7 @@
 
 `plan(desired, observed, now)` returns the actions (define, start, shutdown, destroy,
 undefine, copy a missing image from a source host, create an overlay, fence a host) that
-move the pool towards the manifest; the controller in `cloudd.daemon.controller` performs
+move the pool towards the manifest; the controller in `cloudd.daemon.leader.controller` performs
 them and calls again. See `planner` for the
 rules, `placement` for host choice and `backoff` for failure bookkeeping.
 """

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cloudd_lab.netlab import NetLab
 from weblab import LABELS, PREFIX, SUBNET, WebLab
-
-from cloudd.vmctl.netlab import NetLab
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from cloudd_lab.netlab import NetLab, Netns
 
 from cloudd.providers.base import (
     Assignment,
@@ -30,7 +31,6 @@ from cloudd.providers.policy import State
 from cloudd.providers.probes import run_probe
 from cloudd.providers.supervisor import ServiceStatus, Supervisor
 from cloudd.providers.web.provider import PROVIDER
-from cloudd.vmctl.netlab import NetLab, Netns
 
 PREFIX = "h8web"
 SUBNET = "10.232.0.0/24"

@@ -27,16 +27,9 @@ from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
 from cloudd.config.registry import Change, ManifestEvent
-from cloudd.daemon.api import ApiError
-from cloudd.daemon.cluster import CloudMember, addresses_of
-from cloudd.daemon.events import EventLog
-from cloudd.daemon.inspection import CloudView, InspectDoc, Source, view_source
-from cloudd.daemon.inspectview import cloud_view
-from cloudd.daemon.nodeboot import Seed, fetch_manifest, portable_text
-from cloudd.daemon.operator import Operator, check_manifest, install_manifest
-from cloudd.daemon.pki import PkiFiles
-from cloudd.daemon.transport import PeerConnected, PeerUnreachable, Transport
-from cloudd.daemon.wire import (
+from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.member.cloudmember import CloudMember, addresses_of
+from cloudd.daemon.network.catalogue import (
     InspectAnswer,
     InspectWanted,
     ManifestOffer,
@@ -44,8 +37,15 @@ from cloudd.daemon.wire import (
     OperatorRequest,
     register_all,
 )
+from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Transport
+from cloudd.daemon.node.boot import Seed, fetch_manifest, portable_text
+from cloudd.daemon.operator.api import ApiError
+from cloudd.daemon.operator.commands import Operator, check_manifest, install_manifest
+from cloudd.daemon.operator.inspectdoc import CloudView, InspectDoc, Source, view_source
+from cloudd.daemon.operator.inspectview import cloud_view
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.pki import PkiFiles
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
 

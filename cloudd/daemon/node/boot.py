@@ -23,7 +23,7 @@ import yaml
 from cloudd import log
 from cloudd.config.agent import AgentSettings, Libvirt, Listen, Pki
 from cloudd.config.model import Cloud
-from cloudd.daemon.wire import ManifestOffer, ManifestWanted
+from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline
 

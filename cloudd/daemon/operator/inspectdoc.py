@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudd.daemon.api import ApiError
-from cloudd.daemon.events import Event, EventLog
+from cloudd.daemon.base.eventlog import Event, EventLog
+from cloudd.daemon.operator.api import ApiError
 from cloudd.errors import RemoteProtocolError
 
 #: The document's version; see the module docstring for when it changes.

@@ -14,9 +14,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from cloudd.daemon.codec import PROTOCOL_VERSION, default_codec
-from cloudd.daemon.pki import MEMBER_URI, PkiFiles
+from cloudd.daemon.network.codec import PROTOCOL_VERSION, default_codec
 from cloudd.errors import ConfigError, Problem, RemoteProtocolError
+from cloudd.pki import MEMBER_URI, PkiFiles
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud
-from cloudd.daemon.wire import NodeReport, PeerInfo, RoleAssignment, ServiceReport
+from cloudd.daemon.network.catalogue import NodeReport, PeerInfo, RoleAssignment, ServiceReport
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import Assignment, Peer, converge
 from cloudd.providers.policy import PolicyConfig, State

@@ -39,8 +39,8 @@ from pathlib import Path, PurePosixPath
 
 import asyncssh
 
+from cloudd import pki
 from cloudd.config.agent import DEFAULT_PORT, load_agent
-from cloudd.daemon import pki
 from cloudd.errors import ConfigError, PermanentError
 
 #: The target's Python: Debian's, which python3-venv completes (not whatever PATH finds).

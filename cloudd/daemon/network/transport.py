@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudd import log
-from cloudd.daemon.codec import PROTOCOL_VERSION, Codec, Frame, FrameDecoder, default_codec
-from cloudd.daemon.pki import PkiFiles
-from cloudd.daemon.tls import (
+from cloudd.daemon.network.codec import PROTOCOL_VERSION, Codec, Frame, FrameDecoder, default_codec
+from cloudd.daemon.network.tls import (
     Hello,
     PeerIdentityError,
     check_hello,
@@ -44,6 +43,7 @@ from cloudd.daemon.tls import (
     server_context,
 )
 from cloudd.errors import ConfigError, PermanentError, Problem, RemoteProtocolError, TemporaryError
+from cloudd.pki import PkiFiles
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ hosts, shows `cloudd-cli inspect` converging while the VMs boot and their agents
 VM, shows its replacement, stops the cloud cleanly (`ensure: stopped`), then removes
 everything and checks that nothing is left. Run as root:
 
-    python -m cloudd.daemon.demo [--prefix cdemo] [--subnet 10.239.14.0/24]
+    python -m cloudd_lab.demo [--prefix cdemo] [--subnet 10.239.14.0/24]
 
 Exit status 0 when every step did what it should, 1 otherwise (with the reason).
 """
@@ -20,9 +20,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cloudd.daemon.agentlab import CLOUDD
-from cloudd.daemon.vmlab import GUEST_DIR, VmLab, leftovers, poll, virsh
-from cloudd.vmctl import testguest
+from cloudd_lab import testguest
+from cloudd_lab.agentlab import CLOUDD
+from cloudd_lab.vmlab import GUEST_DIR, VmLab, leftovers, poll, virsh
 
 CLI = CLOUDD.removesuffix("cloudd") + "cloudd-cli"
 NODES = {"database": 1, "server": 1, "balancer": 1}
@@ -79,7 +79,7 @@ class Show:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cloudd.daemon.demo",
+    parser = argparse.ArgumentParser(prog="python -m cloudd_lab.demo",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", default="cdemo",
                         help="names of the lab's bridge, namespaces and domains")

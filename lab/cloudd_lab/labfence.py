@@ -7,7 +7,7 @@ means: destroy and undefine every domain whose cloudd metadata names that host (
 `--cloud`, that cloud), then look again. It exits 0 only when none is left, and 1 otherwise,
 with the reason as its last line on stderr (the leader logs that line):
 
-    python -m cloudd.vmctl.labfence --uri qemu:///system --host pm1 --cloud lr \
+    python -m cloudd_lab.labfence --uri qemu:///system --host pm1 --cloud lr \
         [--record FILE]
 
 `--record` appends one line per run (`<unix time> fenced <host> <domain>...`) so that a test
@@ -57,7 +57,7 @@ async def _run(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cloudd.vmctl.labfence",
+        prog="python -m cloudd_lab.labfence",
         description="Fence a lab host: remove the domains its metadata names, on a shared "
                     "libvirtd; exit 0 only when none is left.")
     parser.add_argument("--uri", default="qemu:///system", help="libvirt URI")

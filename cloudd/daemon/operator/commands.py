@@ -28,13 +28,13 @@ import yaml
 from cloudd import log
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
-from cloudd.daemon.events import Event, EventKind
-from cloudd.daemon.wire import OperatorAnswer, OperatorRequest
+from cloudd.daemon.base.eventlog import Event, EventKind
+from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorRequest
 from cloudd.errors import ClouddError, ConfigError, PermanentError, TemporaryError
 from cloudd.providers.catalog import catalog
 
 if TYPE_CHECKING:
-    from cloudd.daemon.clouds import Clouds
+    from cloudd.daemon.member.clouds import Clouds
 
 OPS = ("apply", "stop", "cleanup", "maintenance", "plan")
 

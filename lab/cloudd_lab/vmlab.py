@@ -5,7 +5,7 @@ this machine's libvirtd at qemu:///system) whose nodes are managed test guests b
 `manifests/templates/testguest-agent.xml`: the leader fills the kernel command line with the
 node's identity and the guest's /init runs the host's own `cloudd --from-cmdline
 /proc/cmdline`, which fetches the manifest from the hosts and joins. Each host's fence command
-is the lab fence (`cloudd.vmctl.labfence`), recording when it ran.
+is the lab fence (`cloudd_lab.labfence`), recording when it ran.
 
 Where things live matters: QEMU runs unprivileged, so the kernel and initrd sit in a
 world-readable folder, and the guest sees the host's `/` over virtiofs but gets a fresh
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.agentlab import CLOUDD, REPO, AgentLab, AgentProc
-from cloudd.daemon.api import ApiClient, ApiError
-from cloudd.daemon.pki import issue
-from cloudd.vmctl import testguest
+from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.pki import issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
+from cloudd_lab import testguest
+from cloudd_lab.agentlab import CLOUDD, REPO, AgentLab, AgentProc
 
 SYSTEM = "qemu:///system"
 #: The domain template whose guests run the agent.
@@ -103,7 +103,7 @@ class VmLab(AgentLab):
         self.image_file = IMAGES / f"{self.cloud_name}-node.img"
         self.node_image = str(self.image_file)
         record, cloud = self.fence_record, self.cloud_name
-        self.fence = lambda host: [sys.executable, "-m", "cloudd.vmctl.labfence", "--uri",
+        self.fence = lambda host: [sys.executable, "-m", "cloudd_lab.labfence", "--uri",
                                    SYSTEM, "--host", host, "--cloud", cloud,
                                    "--record", str(record)]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudd import log
-from cloudd.daemon.events import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
 from cloudd.election.agent import AgentCore, Output
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.api import ApiClient, ApiError
-from cloudd.daemon.pki import init_ca, issue
+from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.pki import init_ca, issue
 from cloudd.vmctl.metadata import from_domain_xml
-from cloudd.vmctl.netlab import NetLab, Netns
+from cloudd_lab.netlab import NetLab, Netns
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout (manifests/templates)
 CLOUDD = str(Path(sys.executable).parent / "cloudd")

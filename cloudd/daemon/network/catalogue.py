@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cloudd.daemon.codec import Codec, default_codec
+from cloudd.daemon.network.codec import Codec, default_codec
 from cloudd.election.messages import MESSAGE_TYPES
 from cloudd.vmctl.backend import DomainEvent
 from cloudd.vmctl.hostagent import HostCommand, HostResult

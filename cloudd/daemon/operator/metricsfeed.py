@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from cloudd.daemon.clouds import Clouds
-from cloudd.daemon.events import EventKind
-from cloudd.daemon.metrics import Metrics
+from cloudd.daemon.base.eventlog import EventKind
+from cloudd.daemon.member.clouds import Clouds
+from cloudd.daemon.operator.metrics import Metrics
 from cloudd.election.swim import Status
 
 

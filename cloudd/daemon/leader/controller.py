@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cloudd import log
-from cloudd.daemon.events import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import backend as vb
 from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 
-from cloudd.daemon.cluster import CloudMember
-from cloudd.daemon.electionshell import ElectionShell
-from cloudd.daemon.events import EventKind
-from cloudd.daemon.inspection import (
+from cloudd.daemon.base.eventlog import EventKind
+from cloudd.daemon.member.cloudmember import CloudMember
+from cloudd.daemon.member.election import ElectionShell
+from cloudd.daemon.operator.inspectdoc import (
     CloudView,
     ElectionState,
     EventView,

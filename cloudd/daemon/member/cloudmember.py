@@ -31,11 +31,10 @@ from typing import Any, cast
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure, RunStrategy
-from cloudd.daemon.controller import CommandFencer, Controller, copy_to_host
-from cloudd.daemon.electionshell import ElectionShell, Leadership, TermFile
-from cloudd.daemon.events import Event, EventKind, EventLog
-from cloudd.daemon.nodeboot import portable_text
-from cloudd.daemon.wire import (
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.leader.controller import CommandFencer, Controller, copy_to_host
+from cloudd.daemon.member.election import ElectionShell, Leadership, TermFile
+from cloudd.daemon.network.catalogue import (
     DomainEventNote,
     InspectAnswer,
     InspectWanted,
@@ -45,6 +44,7 @@ from cloudd.daemon.wire import (
     PeerInfo,
     RoleAssignment,
 )
+from cloudd.daemon.node.boot import portable_text
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import MESSAGE_TYPES, Message
