@@ -41,6 +41,7 @@ from cloudd.daemon.network.catalogue import (
     ManifestOffer,
     ManifestWanted,
     NodeReport,
+    OfferOrigin,
     PeerInfo,
     RoleAssignment,
 )
@@ -290,7 +291,7 @@ class CloudMember:
             if msg.cloud != self.cloud.name:
                 raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
             return ManifestOffer(self.cloud.name, self.cloud.digest,
-                                 portable_text(self.cloud, self.manifest_text), "seed",
+                                 portable_text(self.cloud, self.manifest_text), OfferOrigin.SEED,
                                  self.election.term)
         if isinstance(msg, InspectWanted):
             if self.inspect_source is None:
@@ -410,7 +411,7 @@ class CloudMember:
                 text = portable_text(self.cloud, self.manifest_text)
             self._offered[name] = key
             self._send(name, ManifestOffer(self.cloud.name, self.cloud.digest, text,
-                                           "leader" if leading else "seed",
+                                           OfferOrigin.LEADER if leading else OfferOrigin.SEED,
                                            self.election.term))
 
     def healthy(self, node: str) -> bool:

@@ -10,6 +10,7 @@ Names are part of the protocol: renaming one is a wire change.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from cloudd.daemon.network.codec import Codec, default_codec
@@ -18,18 +19,58 @@ from cloudd.vmctl.backend import DomainEvent
 from cloudd.vmctl.hostagent import HostCommand, HostResult
 
 
+class OfferOrigin(enum.StrEnum):
+    """Who offers a manifest, and so what the receiver may do with it."""
+
+    LEADER = "leader"
+    """The acting leader's generation: adopt it."""
+    OPERATOR = "operator"
+    """A file dropped or applied on the sender: the leader validates and adopts it."""
+    SEED = "seed"
+    """An answer to a booting node's `ManifestWanted`, or to a member that has no cloud yet."""
+
+
+class NodePhase(enum.StrEnum):
+    """Where a node stands with its role (the node side's phase machine, `node.phase`)."""
+
+    UNASSIGNED = "unassigned"
+    """No role assignment yet."""
+    CONVERGING = "converging"
+    """Preparing the role, or its services are not all running and ready yet."""
+    READY = "ready"
+    """Every service running and ready."""
+    DEGRADED = "degraded"
+    """Was ready; some service is not running or not ready now."""
+    FAILED = "failed"
+    """The last converge failed; retried after backoff."""
+    STOPPING = "stopping"
+    """The cloud is stopping: services being stopped in reverse dependency order."""
+    STOPPED = "stopped"
+    """The cloud is stopped: every service of the role is stopped."""
+
+
+class OperatorOp(enum.StrEnum):
+    """An operator's command as it travels between agents (one handler each)."""
+
+    APPLY = "apply"
+    STOP = "stop"
+    CLEANUP = "cleanup"
+    MAINTENANCE = "maintenance"
+    PLAN = "plan"
+    CLEANUP_SERVICE = "cleanup-service"
+    """From the leader to a node: restart one of its services now (FATAL included)."""
+
+
 @dataclass(frozen=True)
 class ManifestOffer:
     """The text of a cloud's manifest, as the sender holds it (the leader's is authoritative).
 
-    `origin` says who offers it: "leader" (adopt it), "operator" (a file dropped or applied on
-    the sender: the leader validates and adopts it as the new generation), or "seed" (answer
-    to a `ManifestWanted` from a booting node)."""
+    `origin` says who offers it and so what the receiver may do with it."""
 
     cloud: str
     digest: str
     text: str
-    origin: str
+    origin: OfferOrigin
     term: int = 0
 
 
@@ -90,8 +131,7 @@ class NodeReport:
     node: str
     term: int
     generation: str
-    #: "converging", "ready" (every service running and ready), "degraded", "failed"
-    phase: str
+    phase: NodePhase
     message: str = ""
     services: tuple[ServiceReport, ...] = ()
     since: float = 0.0
@@ -116,10 +156,9 @@ class InspectAnswer:
 class OperatorRequest:
     """An operator's command, carried to the agent that can perform it (usually the leader).
 
-    `op` is one of apply, stop, cleanup, maintenance, plan (and cleanup-service, from the
-    leader to a node); `args` is a JSON object."""
+    `args` is a JSON object."""
 
-    op: str
+    op: OperatorOp
     cloud: str
     args: str
 

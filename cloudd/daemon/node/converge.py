@@ -30,7 +30,13 @@ from typing import Any
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud
-from cloudd.daemon.network.catalogue import NodeReport, PeerInfo, RoleAssignment, ServiceReport
+from cloudd.daemon.network.catalogue import (
+    NodePhase,
+    NodeReport,
+    PeerInfo,
+    RoleAssignment,
+    ServiceReport,
+)
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import Assignment, Peer, converge
 from cloudd.providers.policy import PolicyConfig, State
@@ -330,8 +336,8 @@ class NodeSide:
                 self.log.info("node.phase", phase=phase, was=self._phase, why=message)
             self._phase, self._since = phase, self._clock()
         return NodeReport(node=self.me, term=a.term if a else self._term,
-                          generation=a.generation if a else "", phase=phase, message=message,
-                          services=services, since=self._since)
+                          generation=a.generation if a else "", phase=NodePhase(phase),
+                          message=message, services=services, since=self._since)
 
     def _maybe_report(self, now: float) -> None:
         if self._current is None:

@@ -29,7 +29,7 @@ from cloudd import log
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.daemon.base.eventlog import Event, EventKind
-from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorRequest
+from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
 from cloudd.errors import ClouddError, ConfigError, PermanentError, TemporaryError
 from cloudd.providers.catalog import catalog
 
@@ -113,7 +113,7 @@ class Operator:
         leader = member.election.leader
         if not leader:
             raise TemporaryError("no leader right now (an election is under way): try again")
-        return await self._ask(leader, OperatorRequest(op, cloud, json.dumps(args)))
+        return await self._ask(leader, OperatorRequest(OperatorOp(op), cloud, json.dumps(args)))
 
     async def _ask(self, peer: str, request: OperatorRequest) -> Any:
         answer = await self.clouds.request_any(peer, request)
@@ -130,7 +130,8 @@ class Operator:
         for host in incoming.pool:
             try:
                 result = await self.clouds.ask_outside(
-                    host.name, host.address, OperatorRequest("apply", cloud, json.dumps(args)))
+                    host.name, host.address,
+                    OperatorRequest(OperatorOp.APPLY, cloud, json.dumps(args)))
             except ClouddError as e:
                 errors.append(f"{host.name}: {e}")
                 continue
@@ -180,7 +181,8 @@ class Operator:
                 raise PermanentError(f"unknown node {node!r} in cloud {member.cloud.name}")
             if service:
                 result = await self._ask(node, OperatorRequest(
-                    "cleanup-service", member.cloud.name, json.dumps({"service": service})))
+                    OperatorOp.CLEANUP_SERVICE, member.cloud.name,
+                    json.dumps({"service": service})))
             else:
                 member.controller.node_fails.forget(node)
                 member.controller.host_fails.forget(node)
