@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import init_ca, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
