@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_lab_files_are_package_data_on_disk() -> None:
     lab = Path(agentlab.__file__).parent
     assert resource("guest", "init.sh") == lab / "guest" / "init.sh"
-    assert testguest.TEMPLATE == lab / "templates" / "testguest.xml"
-    assert vmlab.AGENT_TEMPLATE == lab / "templates" / "testguest-agent.xml"
+    assert lab / "templates" / "testguest.xml" == testguest.TEMPLATE
+    assert lab / "templates" / "testguest-agent.xml" == vmlab.AGENT_TEMPLATE
     for path in (testguest.TEMPLATE, vmlab.AGENT_TEMPLATE):
         assert "${name}" in path.read_text()
 
