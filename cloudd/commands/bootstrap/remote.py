@@ -4,12 +4,14 @@ Bootstrap trusts a host only through the operator's known_hosts file (no `~/.ssh
 trust on first use): an unknown or changed host key is refused before anything is sent, with
 a sentence saying which. Over the connection, `Remote` runs commands (each with a timeout and
 a one-line error naming what failed) and reads and writes files over SFTP, each write atomic
-and with its mode set before any content is there.
+and with its mode set before any content is there. This is the one module of bootstrap that
+speaks asyncssh: an SSH failure leaves it as a `BootstrapError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 
 import asyncssh
@@ -75,6 +77,9 @@ class Remote:
         await self.sftp.posix_rename(tmp, path)
         return True
 
+    async def remove(self, path: str) -> None:
+        await self.sftp.remove(path)
+
 
 async def connect(target: Target) -> asyncssh.SSHClientConnection:
     """Open SSH with the host key checked against the operator's known_hosts only."""
@@ -100,3 +105,16 @@ async def connect(target: Target) -> asyncssh.SSHClientConnection:
     except (OSError, asyncssh.Error) as exc:
         text = getattr(exc, "strerror", None) or str(exc)
         raise BootstrapError(f"cannot connect to {where}: {text}") from None
+
+
+@contextlib.asynccontextmanager
+async def open_remote(target: Target) -> AsyncIterator[Remote]:
+    """`connect`, then SFTP over the same connection, closed on the way out. An SSH failure
+    inside (connection lost, SFTP refused a path...) becomes a `BootstrapError` naming the
+    host."""
+    async with await connect(target) as conn:
+        try:
+            async with conn.start_sftp_client() as sftp:
+                yield Remote(conn, sftp, host=target.name)
+        except asyncssh.Error as exc:
+            raise BootstrapError(f"on {target.name}: {exc}") from None

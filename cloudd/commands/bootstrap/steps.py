@@ -8,7 +8,7 @@ file). Doing them by hand is where hosts drift apart; this does them the same wa
 Theory of operation: every step first reads what the target has, compares it with what it
 should have, and acts only on a difference, so a second run changes nothing and says so.
 What can be refused locally is refused first (`prepare.check_local`), and the host key is
-checked before anything is sent (`remote.connect`): bad input or a wrong host changes nothing.
+checked before anything is sent (`remote.open_remote`): bad input or a wrong host changes nothing.
 The wheels are made here (`wheels`) and uploaded; the target needs no package index.
 """
 
@@ -22,8 +22,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-import asyncssh
-
 from cloudd.commands.bootstrap.prepare import (
     cert_problem,
     check_local,
@@ -31,7 +29,7 @@ from cloudd.commands.bootstrap.prepare import (
     render_settings,
     render_unit,
 )
-from cloudd.commands.bootstrap.remote import Remote, connect
+from cloudd.commands.bootstrap.remote import Remote, open_remote
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Step, Target
 from cloudd.commands.bootstrap.wheels import build_wheels
 
@@ -62,14 +60,9 @@ async def bootstrap(target: Target, options: Options, *, now: dt.datetime,
         steps.append(Step(name, changed, detail))
         report(steps[-1])
 
-    async with await connect(target) as conn:
-        try:
-            async with conn.start_sftp_client() as sftp:
-                remote = Remote(conn, sftp, host=target.name)
-                await _steps(remote, layout, target, options, now=now, done=done,
-                             files=(settings, unit))
-        except asyncssh.Error as exc:  # connection lost, SFTP refused a path...
-            raise BootstrapError(f"on {target.name}: {exc}") from None
+    async with open_remote(target) as remote:
+        await _steps(remote, layout, target, options, now=now, done=done,
+                     files=(settings, unit))
     return steps
 
 
@@ -144,7 +137,7 @@ async def _install(remote: Remote, layout: Layout, wheels: list[Path], done: Rep
             await remote.put(f"{layout.wheels}/{name}", data, mode=0o644)
             sent += 1
     for name in set(there) - set(local):
-        await remote.sftp.remove(f"{layout.wheels}/{name}")
+        await remote.remove(f"{layout.wheels}/{name}")
     venv = shlex.quote(layout.venv)
     if not await remote.ok(f"test -x {venv}/bin/python"):
         await remote.run(f"{PYTHON} -m venv {venv}", what="making the venv")
