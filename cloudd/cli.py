@@ -16,7 +16,6 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "cloudd.commands.validate",
     "cloudd.commands.pki",
-    "cloudd.commands.image",
     "cloudd.commands.bootstrap",
     "cloudd.commands.inspect",
     "cloudd.commands.events",

@@ -18,9 +18,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from cloudd.client.api import ApiClient, ApiError
+from cloudd.client.inspectdoc import EventView, decode_event
+from cloudd.client.render import event_cells, paint
 from cloudd.commands.inspect import add_socket_option, use_color
-from cloudd.daemon.operator.api import ApiClient, ApiError
-from cloudd.daemon.operator.inspectdoc import EventView, decode_event, event_cells, paint
 from cloudd.errors import ClouddError
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

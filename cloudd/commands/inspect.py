@@ -1,6 +1,6 @@
 """`cloudd-cli inspect [CLOUD] [--json] [--watch]`: the cloud on one screen, from any agent.
 
-Asks the local agent's API socket for the inspect document (cloudd.daemon.operator.inspectdoc),
+Asks the local agent's API socket for the inspect document (cloudd.client.inspectdoc),
 validates it, and prints it as text (coloured on a terminal only) or as JSON. `--watch`
 redraws in place every `--interval` seconds until Ctrl-C, and keeps going while the agent
 restarts: a frame that cannot be fetched shows why instead of ending the watch.
@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from cloudd.client.api import ApiClient, ApiError
+from cloudd.client.inspectdoc import InspectDoc
+from cloudd.client.render import render
 from cloudd.config.agent import AgentSettings
-from cloudd.daemon.operator.api import ApiClient, ApiError
-from cloudd.daemon.operator.inspectdoc import InspectDoc, render
 from cloudd.errors import ClouddError
 
 #: The agent settings' default `api_socket`.

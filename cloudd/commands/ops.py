@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from cloudd.client.api import ApiClient, ApiError
 from cloudd.commands.inspect import add_socket_option
 from cloudd.config.manifest import load_cloud
-from cloudd.daemon.node.boot import portable_text
-from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.config.portable import portable_text
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import catalog
 

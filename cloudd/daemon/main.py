@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudd import log
+from cloudd.client.api import ApiError
 from cloudd.config.agent import DEFAULT_PATH, AgentSettings, load_agent
 from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
 from cloudd.daemon.base.eventlog import EventLog
@@ -32,11 +33,11 @@ from cloudd.daemon.base.sdnotify import Notifier, watchdog_interval
 from cloudd.daemon.member.clouds import Clouds
 from cloudd.daemon.node.boot import NODE_STATE, Seed, read_identity, settings_for
 from cloudd.daemon.node.converge import NodeSide
-from cloudd.daemon.operator.api import ApiError, ApiServer
+from cloudd.daemon.operator.api import ApiServer
 from cloudd.daemon.operator.commands import OPS
-from cloudd.daemon.operator.inspectdoc import events_stream
 from cloudd.daemon.operator.metrics import Metrics, serve_from_settings
 from cloudd.daemon.operator.metricsfeed import MetricsFeed
+from cloudd.daemon.operator.queries import events_stream
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import catalog
 from cloudd.vmctl.identity import IdentityError, NodeIdentity

@@ -12,6 +12,9 @@ by every host agent: they tell their domains apart by the host in the domains' m
 `node_image` (the nodes become managed VMs), `template` and `template_values` (the domain
 template and its extra placeholders), and `fence` (each host's fence command). `write_manifest`
 hands every member a new generation (e.g. `ensure: stopped`).
+
+The default domain template is the example one of the cloud's type, from the checkout's
+manifests/templates (`cloudd_lab.paths.example_template`: the lab runs from a checkout only).
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import init_ca, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns
+from cloudd_lab.paths import example_template
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout (manifests/templates)
 CLOUDD = str(Path(sys.executable).parent / "cloudd")
 CLI = str(Path(sys.executable).parent / "cloudd-cli")
 
@@ -209,7 +212,7 @@ class AgentLab:
                 self.node_addresses[name] = members[-1][2]
         self.members = members
         manifest = self.manifest(members)
-        template = self.template or REPO / "manifests" / "templates" / f"{self.cloud_type}.xml"
+        template = self.template or example_template(self.cloud_type)
         for name, ns, address in members:
             issue(pki, name, now=now, addresses=[address])
             if ns is None:

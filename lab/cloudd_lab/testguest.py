@@ -13,28 +13,38 @@ configures the virtio NIC from the kernel command line and runs a command in tha
 `kernel_cmdline`). Both are cached in `workdir` under a hash of their content, so rebuilding
 is instant; the archive is written deterministically (fixed mtimes and owners) for that reason.
 QEMU runs unprivileged: `workdir` and its parents must be searchable by others (so not under a
-0700 pytest tmp_path). `domain_xml` fills manifests/templates/testguest.xml for one guest.
+0700 pytest tmp_path). `domain_xml` fills templates/testguest.xml for one guest.
+
+Its files (guest/*.sh, templates/testguest.xml) are the lab's package data, found through
+`cloudd_lab.paths.resource`. Build a guest from the shell with
+`python -m cloudd_lab.testguest build [--out DIR] [--minimal]`: it prints the kernel and initrd
+paths for a domain template.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import gzip
 import hashlib
 import io
 import os
 import stat
+import sys
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from cloudd.errors import PermanentError
 from cloudd.vmctl.template import RawXml, render
+from cloudd_lab.paths import resource
 
-_HERE = Path(__file__).parent / "guest"
-#: The domain template of the test guest (in the source tree, next to the other templates).
-TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "templates" / "testguest.xml"
+#: The guest's /init scripts (package data).
+_GUEST = resource("guest")
+#: The domain template of the test guest (package data).
+TEMPLATE = resource("templates", "testguest.xml")
 #: Bumped when the archive layout changes in a way the content hash would not see.
 _FORMAT = b"cloudd-testguest-1"
 #: The modules the real guest loads, in load order (dependencies first, as in modules.dep).
@@ -173,14 +183,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def build_minimal_guest(workdir: Path, *, parts: HostParts | None = None) -> GuestImage:
     """A guest whose /init mounts proc, sys and dev, then sleeps forever (a domain that runs)."""
     parts = parts or find_host_parts()
-    init = (_HERE / "minimal-init.sh").read_bytes()
+    init = (_GUEST / "minimal-init.sh").read_bytes()
     return _write_cached(workdir, "minimal", _base_entries(parts.busybox, init), parts.kernel)
 
 
 def build_test_guest(workdir: Path, *, parts: HostParts | None = None) -> GuestImage:
     """The real test guest (guest/init.sh): host root over virtiofs, network, one command."""
     parts = parts or find_host_parts()
-    entries = _base_entries(parts.busybox, (_HERE / "init.sh").read_bytes())
+    entries = _base_entries(parts.busybox, (_GUEST / "init.sh").read_bytes())
     entries += _dirs("lib/modules", "lower", "upper", "newroot")
     order = []
     for rel in GUEST_MODULES:
@@ -291,3 +301,47 @@ def domain_xml(spec: TestGuestDomain, *, template: Path = TEMPLATE) -> str:
         "metadata": RawXml(spec.metadata),
     }
     return render(template.read_text(), values, source=str(template))
+
+
+# -- python -m cloudd_lab.testguest build ------------------------------------------------------
+
+#: Where `build` puts the files by default: with the other images cloudd's domains boot from.
+DEFAULT_OUT = Path("/var/lib/cloudd/images/testguest")
+PROG = "python -m cloudd_lab.testguest"
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Build the test guest (or the minimal one) and print its kernel and initrd paths."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    build = sub.add_parser(
+        "build", help="the test guest: the host's cloud kernel and a busybox initramfs",
+        description="Build the test guest (kernel + initramfs) and print their paths. It "
+                    "boots the host's / over virtiofs and runs the command given on its "
+                    "kernel command line; --minimal only boots and sleeps. The files are "
+                    "cached by content hash in DIR, so running it again is instant.")
+    build.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                       help=f"directory for the files (default {DEFAULT_OUT})")
+    build.add_argument("--minimal", action="store_true",
+                       help="the minimal guest: mounts proc, sys and dev, then sleeps")
+    args = parser.parse_args(argv)
+    target: Path = args.out
+    if target.exists() and not target.is_dir():
+        print(f"{PROG} build: --out {target} exists and is not a directory", file=err)
+        return 2
+    make = build_minimal_guest if args.minimal else build_test_guest
+    try:
+        image = make(target)
+    except (GuestBuildError, OSError) as exc:
+        print(f"{PROG} build: {exc}", file=err)
+        return 1
+    print(f"kernel: {image.kernel}", file=out)
+    print(f"initrd: {image.initrd}", file=out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 `VmLab` is an `AgentLab` (pool host agents in network namespaces on one bridge, all sharing
 this machine's libvirtd at qemu:///system) whose nodes are managed test guests booting
-`manifests/templates/testguest-agent.xml`: the leader fills the kernel command line with the
+the lab's `templates/testguest-agent.xml`: the leader fills the kernel command line with the
 node's identity and the guest's /init runs the host's own `cloudd --from-cmdline
 /proc/cmdline`, which fetches the manifest from the hosts and joins. Each host's fence command
 is the lab fence (`cloudd_lab.labfence`), recording when it ran.
@@ -32,16 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
 from cloudd_lab import testguest
-from cloudd_lab.agentlab import CLOUDD, REPO, AgentLab, AgentProc
+from cloudd_lab.agentlab import CLOUDD, AgentLab, AgentProc
+from cloudd_lab.paths import resource
 
 SYSTEM = "qemu:///system"
-#: The domain template whose guests run the agent.
-AGENT_TEMPLATE = REPO / "manifests" / "templates" / "testguest-agent.xml"
+#: The domain template whose guests run the agent (package data).
+AGENT_TEMPLATE = resource("templates", "testguest-agent.xml")
 #: Kernel and initrd of the test guest (world-readable: QEMU runs unprivileged).
 GUEST_DIR = Path("/var/tmp/cloudd-e2e-guest")
 #: Where lab roots go: visible to the guests through virtiofs (unlike /tmp).

@@ -116,7 +116,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     here, snap = Path(__file__).resolve().parents[2], tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(here / name, snap / name)
-    for name in ("cloudd", "systemd"):
+    for name in ("cloudd",):
         shutil.copytree(here / name, snap / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return Kit(source=snap, wheels=tmp_path_factory.mktemp("wheels"))

@@ -21,7 +21,7 @@ from test_inspect import Agent, Lines, spawn
 from cloudd.cli import main
 from cloudd.commands.events import parse_since
 from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
-from cloudd.daemon.operator.inspectdoc import event_json, events_stream
+from cloudd.daemon.operator.queries import event_json, events_stream
 
 NOW = 1_796_000_000.0
 

@@ -24,16 +24,17 @@ from typing import Any
 import pytest
 
 from cloudd.cli import main
-from cloudd.daemon.operator.api import ApiError, ApiServer
-from cloudd.daemon.operator.inspectdoc import (
+from cloudd.client.api import ApiError
+from cloudd.client.inspectdoc import (
     CloudView,
     ElectionState,
     HostView,
     InspectDoc,
-    Leadership,
-    Liveness,
+    LeadershipView,
+    LivenessView,
     Source,
 )
+from cloudd.daemon.operator.api import ApiServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,10 +98,10 @@ def doc(name: str = "shop", *, hosts: int = 2) -> InspectDoc:
     now = time.time()
     cloud = CloudView(
         name=name, type="web", ensure="running", source=Source.LEADER, observed_at=now - 1,
-        leadership=Leadership(state=ElectionState.STABLE, term=4, leader="pm1",
+        leadership=LeadershipView(state=ElectionState.STABLE, term=4, leader="pm1",
                               since=now - 60, quorum_reached=hosts, quorum_needed=2),
         hosts=tuple(HostView(name=f"pm{i}", address=f"192.0.2.{70 + i}",
-                             liveness=Liveness.ALIVE, reachable=True, free_memory_mib=2048,
+                             liveness=LivenessView.ALIVE, reachable=True, free_memory_mib=2048,
                              domains=1) for i in range(1, hosts + 1)))
     return InspectDoc(answered_by="pm1", generated_at=now, clouds=(cloud,))
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from cloudd.daemon.operator.api import MAX_REQUEST, ApiClient, ApiError, ApiServer
+from cloudd.client.api import MAX_REQUEST, ApiClient, ApiError
+from cloudd.daemon.operator.api import ApiServer
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ async def test_no_agent_is_a_clear_error(tmp_path: Path) -> None:
 CLIENT = """
 import asyncio, sys
 from pathlib import Path
-from cloudd.daemon.operator.api import ApiClient, ApiError
+from cloudd.client.api import ApiClient, ApiError
 try:
     print(asyncio.run(ApiClient(Path(sys.argv[1])).call("echo")))
 except ApiError as e:

@@ -11,7 +11,8 @@ from cloudd_lab.agentlab import CLOUDD, AgentLab
 
 from cloudd.config.agent import DEFAULT_PORT
 from cloudd.config.manifest import load_cloud
-from cloudd.daemon.node.boot import parse_member, portable_text, settings_for
+from cloudd.config.portable import portable_text
+from cloudd.daemon.node.boot import parse_member, settings_for
 from cloudd.errors import ClouddError
 from cloudd.providers.catalog import catalog
 from cloudd.vmctl.identity import from_cmdline

@@ -31,6 +31,7 @@ from typing import Any, cast
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure, RunStrategy
+from cloudd.config.portable import portable_text
 from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
 from cloudd.daemon.leader.controller import CommandFencer, Controller, copy_to_host
 from cloudd.daemon.member.election import ElectionShell, Leadership, TermFile
@@ -45,7 +46,6 @@ from cloudd.daemon.network.catalogue import (
     PeerInfo,
     RoleAssignment,
 )
-from cloudd.daemon.node.boot import portable_text
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import MESSAGE_TYPES, Message

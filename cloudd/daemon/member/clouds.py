@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from cloudd import log
+from cloudd.client.api import ApiError
+from cloudd.client.inspectdoc import CloudView, InspectDoc, Source
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
+from cloudd.config.portable import portable_text
 from cloudd.config.registry import Change, ManifestEvent
 from cloudd.daemon.base.eventlog import EventLog
 from cloudd.daemon.member.cloudmember import CloudMember, addresses_of
@@ -38,11 +41,10 @@ from cloudd.daemon.network.catalogue import (
     register_all,
 )
 from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Transport
-from cloudd.daemon.node.boot import Seed, fetch_manifest, portable_text
-from cloudd.daemon.operator.api import ApiError
+from cloudd.daemon.node.boot import Seed, fetch_manifest
 from cloudd.daemon.operator.commands import Operator, check_manifest, install_manifest
-from cloudd.daemon.operator.inspectdoc import CloudView, InspectDoc, Source, view_source
 from cloudd.daemon.operator.inspectview import cloud_view
+from cloudd.daemon.operator.queries import view_source
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.pki import PkiFiles

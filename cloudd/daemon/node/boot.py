@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cloudd import log
 from cloudd.config.agent import AgentSettings, Libvirt, Listen, Pki
-from cloudd.config.model import Cloud
 from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline
@@ -77,25 +74,6 @@ def settings_for(ident: NodeIdentity, *, state_dir: Path = NODE_STATE,
         api_socket=(Path("/run/cloudd/cloudd.sock") if state_dir == NODE_STATE
                     else state_dir / "api.sock"))
     return settings, seeds
-
-
-def portable_text(cloud: Cloud, text: str) -> str:
-    """The manifest as another machine can load it: every file it names made absolute."""
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise PermanentError(f"manifest of {cloud.name} is not a mapping")
-    data["domain_template"] = str(cloud.domain_template)
-    base = cloud.source.parent
-    roles = data.get("roles") or {}
-    for role, value in list(roles.items()):
-        if isinstance(value, dict):
-            # a role written as two list files travels as the nodes they declare
-            roles[role] = [{"name": n.name, "address": n.address, "image": n.image}
-                           for n in cloud.nodes_of(role)]
-    for ref in (data.get("secrets") or {}).values():
-        if isinstance(ref, dict) and isinstance(ref.get("file"), str):
-            ref["file"] = str((base / ref["file"]).resolve())
-    return yaml.safe_dump(data, sort_keys=False)
 
 
 def write_manifest(folder: Path, cloud: str, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""The local API: `cloudd-cli` talks to the agent over a Unix socket, in JSON lines.
+"""The local API's server: `cloudd-cli` talks to the agent over a Unix socket, in JSON lines.
 
 Only root (or the agent's own user) may connect: the socket is mode 0600 and every connection's
 peer credentials (SO_PEERCRED) are checked as well, since a socket's mode alone is not enforced
@@ -8,7 +8,8 @@ by every kernel path (e.g. an fd passed along). One request per line:
 results, each sent as its own line, until the client goes away.
 
 A malformed request gets an error answer and the connection stays usable; nothing a client
-sends can stop the agent.
+sends can stop the agent. The framing, the size limit and `ApiError` are shared with the
+client (`cloudd.client.api`), which the command line uses without importing the daemon.
 """
 
 from __future__ import annotations
@@ -24,20 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from cloudd import log
+from cloudd.client.api import MAX_REQUEST, ApiError, encode_line
 from cloudd.errors import ClouddError
-
-#: Largest request line accepted, in bytes. Requests are small commands; anything bigger is
-#: a mistake or an attack.
-MAX_REQUEST = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 StreamHandler = Callable[[dict[str, Any]], AsyncIterator[Any]]
 
 _log = log.get("api")
-
-
-class ApiError(ClouddError):
-    """A request the agent understood and refused; the message goes back to the client."""
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -156,53 +150,5 @@ class ApiServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
-        writer.write(json.dumps(answer, default=str).encode() + b"\n")
+        writer.write(encode_line(answer))
         await writer.drain()
-
-
-class ApiClient:
-    """What `cloudd-cli` uses: one request, one answer (or a stream of answers)."""
-
-    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    async def call(self, op: str, **args: Any) -> Any:
-        async for result in self._request(op, args, stream=False):
-            return result
-        raise ApiError(f"agent closed the connection without answering {op}")
-
-    def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
-        return self._request(op, args, stream=True)
-
-    async def _request(self, op: str, args: dict[str, Any], *,
-                       stream: bool) -> AsyncIterator[Any]:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path), limit=2**26), self.timeout)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise ApiError(f"no agent answers on {self.path}: {e.strerror}") from e
-        except PermissionError as e:
-            raise ApiError(f"permission denied on {self.path}: run as root") from e
-        try:
-            # The agent may answer (a refusal) and close before reading: read what it said.
-            with contextlib.suppress(ConnectionError):
-                writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
-                await writer.drain()
-            while True:
-                try:
-                    line = await (reader.readline() if stream
-                                  else asyncio.wait_for(reader.readline(), self.timeout))
-                except TimeoutError:
-                    raise ApiError(f"the agent did not answer {op} within "
-                                   f"{self.timeout:g} s") from None
-                if not line:
-                    return
-                answer = json.loads(line)
-                if not answer.get("ok"):
-                    raise ApiError(str(answer.get("error")))
-                yield answer.get("result")
-                if not stream:
-                    return
-        finally:
-            writer.close()

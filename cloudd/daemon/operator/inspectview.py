@@ -11,38 +11,38 @@ from __future__ import annotations
 
 import time
 
-from cloudd.daemon.base.eventlog import EventKind
-from cloudd.daemon.member.cloudmember import CloudMember
-from cloudd.daemon.member.election import ElectionShell
-from cloudd.daemon.operator.inspectdoc import (
+from cloudd.client.inspectdoc import (
     CloudView,
     ElectionState,
     EventView,
     FailedAction,
     HostView,
-    Leadership,
-    Liveness,
+    LeadershipView,
+    LivenessView,
     ManifestInfo,
     NodeView,
     ServiceView,
     Source,
-    event_view,
 )
+from cloudd.daemon.base.eventlog import EventKind
+from cloudd.daemon.member.cloudmember import CloudMember
+from cloudd.daemon.member.election import ElectionShell
+from cloudd.daemon.operator.queries import event_view
 from cloudd.election.swim import Status
 from cloudd.vmctl.plan import DomainObs
 
 #: How many recent events a cloud's view carries.
 RECENT_EVENTS = 8
 
-_LIVENESS = {Status.ALIVE: Liveness.ALIVE, Status.SUSPECT: Liveness.SUSPECT,
-             Status.DEAD: Liveness.DEAD}
+_LIVENESS = {Status.ALIVE: LivenessView.ALIVE, Status.SUSPECT: LivenessView.SUSPECT,
+             Status.DEAD: LivenessView.DEAD}
 
 
 def _rank(obs: DomainObs, election: ElectionShell) -> tuple[bool, bool]:
     return (election.status(obs.host) is not Status.DEAD, obs.state.value == "running")
 
 
-def leadership(member: CloudMember) -> Leadership:
+def leadership(member: CloudMember) -> LeadershipView:
     election = member.election
     roster = member.roster
     reached = sum(1 for h in roster.hosts if election.status(h) is Status.ALIVE)
@@ -53,9 +53,9 @@ def leadership(member: CloudMember) -> Leadership:
         state = ElectionState.NO_QUORUM
     else:
         state = ElectionState.STABLE if reached >= roster.quorum else ElectionState.NO_QUORUM
-    return Leadership(state=state, term=election.term, leader=leader,
-                      since=election.leader_since, quorum_reached=reached,
-                      quorum_needed=roster.quorum)
+    return LeadershipView(state=state, term=election.term, leader=leader,
+                          since=election.leader_since, quorum_reached=reached,
+                          quorum_needed=roster.quorum)
 
 
 def cloud_view(member: CloudMember, *, source: Source, now: float | None = None) -> CloudView:

@@ -1,30 +1,28 @@
 """Bootstrap's local half: everything refused or prepared before the first connection.
 
-The SSH half runs against a real sshd in tests/commands/test_bootstrap.py.
+The SSH half runs against a real sshd in test_bootstrap.py; the wheels in
+test_bootstrap_wheels.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from cloudd.commands.bootstrap_remote import (
-    BootstrapError,
-    Layout,
-    Options,
-    Target,
+from cloudd.commands.bootstrap.prepare import (
+    UNIT,
     cert_problem,
     check_local,
     member_files,
     render_settings,
     render_unit,
-    source_digest,
 )
+from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Target
+from cloudd.commands.bootstrap.wheels import Checkout
 from cloudd.pki import PkiError, init_ca, issue
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -38,7 +36,7 @@ def setup(tmp_path: Path) -> tuple[Target, Options]:
     known = tmp_path / "known_hosts"
     known.write_text("")
     target = Target(name="pm1", address="192.0.2.70", known_hosts=known)
-    return target, Options(source=CHECKOUT, wheelhouse=tmp_path / "wheels", pki_dir=pki)
+    return target, Options(source=Checkout(CHECKOUT), wheelhouse=tmp_path / "wheels", pki_dir=pki)
 
 
 def test_layout_puts_every_path_under_the_root() -> None:
@@ -75,13 +73,18 @@ def test_a_bad_settings_template_is_refused_with_its_place(
 
 
 def test_unit_runs_the_venv_agent(tmp_path: Path) -> None:
-    text = render_unit(CHECKOUT, Layout("/r"))
+    text = render_unit(Layout("/r"))
     assert "\nExecStart=/r/opt/cloudd/venv/bin/cloudd --config /r/etc/cloudd/agent.yaml\n" in text
     assert "\nAssertPathExists=/r/etc/cloudd/agent.yaml\n" in text
-    (tmp_path / "systemd").mkdir()
-    (tmp_path / "systemd/cloudd.service").write_text("[Service]\nType=simple\n")
+    bad = tmp_path / "cloudd.service"
+    bad.write_text("[Service]\nType=simple\n")
     with pytest.raises(BootstrapError, match="expected one ExecStart= line, found 0"):
-        render_unit(tmp_path, Layout(""))
+        render_unit(Layout(""), unit=bad)
+
+
+def test_the_unit_shipped_with_bootstrap_is_the_checkout_one() -> None:
+    # systemd/cloudd.service in a checkout is where people look for it; it must be this one.
+    assert UNIT.read_text() == (CHECKOUT / "systemd" / "cloudd.service").read_text()
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -96,6 +99,14 @@ def test_bad_input_is_refused_before_connecting(setup: tuple[Target, Options],
     target, options = setup
     with pytest.raises((BootstrapError, PkiError), match=re.escape(message)):
         check_local(replace(target, **change), options)  # type: ignore[arg-type]
+
+
+def test_a_source_that_is_not_a_cloudd_tree_is_refused(setup: tuple[Target, Options],
+                                                       tmp_path: Path) -> None:
+    target, options = setup
+    with pytest.raises(BootstrapError, match=re.escape(
+            f"source {tmp_path}: no pyproject.toml, not a cloudd tree")):
+        check_local(target, replace(options, source=Checkout(tmp_path)))
 
 
 def test_no_ca_is_refused(setup: tuple[Target, Options], tmp_path: Path) -> None:
@@ -138,18 +149,3 @@ def test_member_files_issue_once_then_reuse_then_replace(setup: tuple[Target, Op
     moved = Target(name="pm1", address="192.0.2.99", known_hosts=target.known_hosts)
     cert2, _, detail2 = member_files(options, moved, now=NOW)
     assert cert2 != cert and "replaced: does not list address 192.0.2.99" in detail2
-
-
-def test_source_digest_follows_the_packaged_files(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    (src / "cloudd").mkdir(parents=True)
-    (src / "pyproject.toml").write_text("[project]\n")
-    (src / "cloudd/__init__.py").write_text("")
-    first = source_digest(src)
-    (src / "cloudd/__pycache__").mkdir()
-    (src / "cloudd/__pycache__/x.pyc").write_bytes(b"\0")
-    (src / "notes.txt").write_text("not packaged")
-    assert source_digest(src) == first
-    (src / "cloudd/__init__.py").write_text("x = 1\n")
-    assert source_digest(src) != first
-    shutil.rmtree(src / "cloudd/__pycache__")

@@ -1,10 +1,15 @@
 """`cloudd-cli bootstrap HOST`: install the agent on a fresh Debian host over SSH.
 
-The operator's machine holds the cluster CA and a cloudd checkout; this command builds the
-wheels once, checks the host key against the operator's known_hosts, and leaves HOST running
-the agent with its settings and certificate. Each step is printed as it is done, marked
-`changed` or `ok`; a second run prints `ok` everywhere. A refusal is one line on stderr,
-exit code 1, and (when it comes before the connection) nothing changed anywhere.
+The operator's machine holds the cluster CA and cloudd (installed, or a checkout); this
+command makes the wheels once, checks the host key against the operator's known_hosts, and
+leaves HOST running the agent with its settings and certificate. Each step is printed as it
+is done, marked `changed` or `ok`; a second run prints `ok` everywhere. A refusal is one
+line on stderr, exit code 1, and (when it comes before the connection) nothing changed
+anywhere.
+
+The package: `target` (what goes where), `prepare` (checked and made here before connecting),
+`wheels` (cloudd's and its dependencies'), `remote` (the SSH connection) and `steps` (what is
+done on the target, in order); `cloudd.service` is the unit it installs.
 """
 
 from __future__ import annotations
@@ -17,15 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudd.commands.bootstrap_remote import BootstrapError, Options, Step, Target, bootstrap
+from cloudd.commands.bootstrap.steps import bootstrap
+from cloudd.commands.bootstrap.target import BootstrapError, Options, Step, Target
+from cloudd.commands.bootstrap.wheels import Checkout, running_source
 from cloudd.config.agent import DEFAULT_PORT
 from cloudd.pki import DEFAULT_DIR, PkiError
-
-
-def _checkout() -> Path | None:
-    """The checkout this cloudd runs from, if it runs from one (an editable install)."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "pyproject.toml").is_file() else None
 
 
 def _wheelhouse() -> Path:
@@ -57,8 +58,10 @@ def register(subparsers: Any) -> None:
                         help="agent.yaml template with $name, $address, $port, $root")
     parser.add_argument("--listen-port", type=int, default=DEFAULT_PORT,
                         help=f"the agent's port, for the template (default {DEFAULT_PORT})")
-    parser.add_argument("--source", type=Path, default=_checkout(), metavar="DIR",
-                        help="cloudd checkout to install (default: the one running this)")
+    parser.add_argument("--source", type=Path, metavar="DIR",
+                        help="cloudd checkout to install (default: the cloudd running this: "
+                             "its checkout when installed editable, else the installed "
+                             "package itself)")
     parser.add_argument("--wheelhouse", type=Path, default=_wheelhouse(), metavar="DIR",
                         help=f"cache of built wheels (default {_wheelhouse()})")
     parser.add_argument("--root", default="", metavar="DIR",
@@ -69,21 +72,19 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, *, out: TextIO | None = None,
         err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    if args.source is None:
-        print("cloudd-cli bootstrap: --source DIR is required (this cloudd is not running "
-              "from a checkout)", file=err)
-        return 1
     target = Target(name=args.host, address=args.address, port=args.port, user=args.user,
                     identity=args.identity, known_hosts=args.known_hosts,
                     root=args.root.rstrip("/"))
-    options = Options(source=args.source, wheelhouse=args.wheelhouse, pki_dir=args.pki_dir,
-                      listen_port=args.listen_port, settings_template=args.settings_template)
 
     def report(step: Step) -> None:
         mark = "changed" if step.changed else "ok"
         print(f"{args.host}: {step.name:<13} {mark:<8} {step.detail}", file=out, flush=True)
 
     try:
+        source = Checkout(args.source) if args.source is not None else running_source()
+        options = Options(source=source, wheelhouse=args.wheelhouse, pki_dir=args.pki_dir,
+                          listen_port=args.listen_port,
+                          settings_template=args.settings_template)
         steps = asyncio.run(bootstrap(target, options, now=dt.datetime.now(dt.UTC),
                                       report=report))
     except (BootstrapError, PkiError) as exc:

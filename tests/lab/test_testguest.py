@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cloudd_lab import testguest
 from cloudd_lab.netlab import NetLab
 from cloudd_lab.testguest import (
     GUEST_MODULES,
@@ -30,7 +31,6 @@ from cloudd_lab.testguest import (
     kernel_cmdline,
 )
 
-from cloudd import cli
 from cloudd.vmctl.template import node_mac
 
 CACHE = Path("/var/tmp/cloudd-testguest-tests")
@@ -279,29 +279,36 @@ def test_a_failing_step_is_reported_and_powers_the_guest_off(conn, lab: NetLab, 
         assert "step run" not in console
 
 
-# -- cloudd-cli image test-guest --------------------------------------------------------------
+# -- python -m cloudd_lab.testguest build ------------------------------------------------------
 
-def test_cli_builds_and_prints_the_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                         ) -> None:
-    assert cli.main(["image", "test-guest", "--out", str(tmp_path / "img")]) == 0
+def test_build_prints_the_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert testguest.main(["build", "--out", str(tmp_path / "img")]) == 0
     first = capsys.readouterr().out
     kernel, initrd = (line.split(": ", 1)[1] for line in first.splitlines())
     assert Path(kernel).is_file() and Path(initrd).is_file()
     assert "lib/modules/virtiofs.ko" in _listing(Path(initrd))
-    assert cli.main(["image", "test-guest", "--out", str(tmp_path / "img")]) == 0
+    assert testguest.main(["build", "--out", str(tmp_path / "img")]) == 0
     assert capsys.readouterr().out == first
-    assert cli.main(["image", "test-guest", "--minimal", "--out", str(tmp_path / "img")]) == 0
+    assert testguest.main(["build", "--minimal", "--out", str(tmp_path / "img")]) == 0
     assert "minimal-" in capsys.readouterr().out
 
 
-def test_cli_refuses_an_out_that_is_a_file(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_runs_as_a_module(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "cloudd_lab.testguest", "build", "--minimal",
+                           "--out", str(tmp_path / "img")], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(": ")[0] for line in done.stdout.splitlines()] == ["kernel", "initrd"]
+
+
+def test_build_refuses_an_out_that_is_a_file(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "file"
     target.write_text("keep")
-    assert cli.main(["image", "test-guest", "--out", str(target)]) == 2
+    assert testguest.main(["build", "--out", str(target)]) == 2
     captured = capsys.readouterr()
-    assert captured.err.strip() == (
-        f"cloudd-cli image test-guest: --out {target} exists and is not a directory")
+    assert captured.err.strip() == (f"python -m cloudd_lab.testguest build: --out {target} "
+                                    "exists and is not a directory")
     assert captured.out == ""
     assert target.read_text() == "keep"
 
