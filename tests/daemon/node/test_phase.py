@@ -166,8 +166,8 @@ def test_one_case_per_decision() -> None:
 
 
 # ---- histories ---------------------------------------------------------------------------
-def run(*events: Event, facts: NodeFacts = NodeFacts()) -> list[NodePhase]:
-    phases = []
+def run(*events: Event) -> list[NodePhase]:
+    facts, phases = NodeFacts(), []
     for e in events:
         facts = step(facts, e)
         phases.append(decide(facts)[0])
