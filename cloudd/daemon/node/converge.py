@@ -98,6 +98,7 @@ class NodeSide:
                                 jitter=CONVERGE_JITTER)
         self.log = log.get("nodeside", cloud=cloud.name, node=me)
         self._wake = asyncio.Event()
+        self._stop_lock = asyncio.Lock()
         self._sup: ServiceSupervisor | None = None
         self._specs: tuple[ServiceSpec, ...] = ()
         self._task: asyncio.Task[None] | None = None
@@ -344,7 +345,14 @@ class NodeSide:
         await self._sup.restart(service)
 
     async def stop_services(self) -> None:
-        """`ensure: stopped`: stop every service of the node, in reverse dependency order."""
+        """`ensure: stopped`: stop every service of the node, in reverse dependency order.
+
+        Stop orders run one at a time, in the order given: a second one never ends (Halted)
+        while the node already resumed after the first."""
+        async with self._stop_lock:
+            await self._stop_services()
+
+    async def _stop_services(self) -> None:
         self._resume = False
         self._feed(phase.StopRequested())
         task = self._task

@@ -58,8 +58,8 @@ class FakeSupervisor:
                                              False) for s in specs}
         self.calls: list[str] = []
         self.detached = False
-        self.stop_gate = asyncio.Event()
-        self.stop_gate.set()
+        #: One gate per stop call to come: that call waits for it with the services STOPPING.
+        self.gates: list[asyncio.Event] = []
         self._changed = asyncio.Event()
 
     def set(self, name: str, state: State, *, ready: bool = False, error: str = "") -> None:
@@ -80,7 +80,8 @@ class FakeSupervisor:
         self.calls.append("stop")
         for name in reversed(list(self.states)):
             self.set(name, State.STOPPING)
-        await self.stop_gate.wait()
+        if self.gates:
+            await self.gates.pop(0).wait()
         for name in reversed(list(self.states)):
             self.set(name, State.STOPPED)
 
@@ -242,10 +243,11 @@ async def test_phases_from_assignment_to_stopped_stamped_with_wall_time(lab: Lab
     lab.sup.set("app", State.RUNNING, ready=True)
     await lab.reported(P.READY)
 
-    lab.sup.stop_gate.clear()
+    gate = asyncio.Event()
+    lab.sup.gates.append(gate)
     stopping = asyncio.create_task(lab.side.stop_services())
     await lab.reported(P.STOPPING)
-    lab.sup.stop_gate.set()
+    gate.set()
     await stopping
     await lab.reported(P.STOPPED)
     assert [(r.phase, r.message) for r in lab.reports] == [
@@ -342,11 +344,12 @@ async def test_an_assignment_during_the_stop_resumes_after_it(lab: Lab) -> None:
     lab.sup.set("app", State.RUNNING, ready=True)
     await lab.reported(P.READY)
     old = lab.sup
-    old.stop_gate.clear()
+    gate = asyncio.Event()
+    old.gates.append(gate)
     stopping = asyncio.create_task(lab.side.stop_services())
     await lab.reported(P.STOPPING)
     lab.side.assign(lab.assignment(term=2))
-    old.stop_gate.set()
+    gate.set()
     await stopping
     report = await lab.reported(P.CONVERGING, "app STARTING")
     assert report.term == 2 and lab.sup is not old and lab.role.prepared == 2
@@ -360,3 +363,24 @@ async def test_cleanup_restarts_a_known_service_only(lab: Lab) -> None:
     assert lab.sup.calls[-1] == "restart app"
     with pytest.raises(PermanentError, match=r"runs no service 'db' \(services: app\)"):
         await lab.side.cleanup("db")
+
+
+async def test_stop_orders_run_one_at_a_time(lab: Lab) -> None:
+    """The second stop never ends under a node that resumed after the first."""
+    lab.start()
+    lab.side.assign(lab.assignment())
+    await lab.reported(P.CONVERGING, "app STARTING")
+    gates = [asyncio.Event(), asyncio.Event()]
+    lab.sup.gates.extend(gates)
+    first = asyncio.create_task(lab.side.stop_services())
+    await lab.reported(P.STOPPING)
+    second = asyncio.create_task(lab.side.stop_services())
+    await asyncio.sleep(0)
+    lab.side.assign(lab.assignment(term=2))
+    gates[0].set()
+    await first
+    for _ in range(20):  # turns of the loop in which the node could resume
+        await asyncio.sleep(0)
+    gates[1].set()
+    await second  # the later order wins, and ends in a phase that takes its end
+    assert lab.side.view().phase is P.STOPPED and lab.reports[-1].phase is P.STOPPED
