@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
 from cloudd.config.agent import Supervisor as SupervisorSettings
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost
-from cloudd.daemon.network.catalogue import NodeReport, PeerInfo, RoleAssignment
+from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import NodeSide, node_root
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import procstate
@@ -219,12 +219,12 @@ class Lab:
         path = self.root / "app.json.loads"
         return [tuple(json.loads(x)) for x in path.read_text().splitlines()]
 
-    def phases(self) -> list[str]:
+    def phases(self) -> list[NodePhase]:
         return [r.phase for r in self.reports]
 
     async def ready(self, side: NodeSide) -> int:
-        await until(lambda: side.view().phase == "ready"
-                    and bool(self.reports) and self.reports[-1].phase == "ready",
+        await until(lambda: side.view().phase == NodePhase.READY
+                    and bool(self.reports) and self.reports[-1].phase == NodePhase.READY,
                     "a ready report")
         pid = side.view().services[0].pid
         assert pid is not None
@@ -258,7 +258,7 @@ async def test_assignment_runs_services_and_reports_ready(lab: Lab) -> None:
     side.assign(lab.assignment(term=3))
     pid = await lab.ready(side)
     assert lab.starts() == [pid] and ask(lab.port) == (pid, ["10.0.0.2"])
-    assert lab.phases()[0] == "converging"
+    assert lab.phases()[0] == NodePhase.CONVERGING
     last = lab.reports[-1]
     assert (last.node, last.term, last.generation) == ("n1", 3, "gen1")
     assert [(s.name, s.state, s.ready) for s in last.services] == [("app", "RUNNING", True)]
@@ -268,7 +268,7 @@ async def test_assignment_runs_services_and_reports_ready(lab: Lab) -> None:
     # Heartbeats keep coming with nothing changing.
     count = len(lab.reports)
     await until(lambda: len(lab.reports) >= count + 2, "two heartbeats")
-    assert lab.reports[-1].phase == "ready"
+    assert lab.reports[-1].phase == NodePhase.READY
     # The same assignment again changes nothing: no second converge, no restart.
     prepared = lab.role.prepared
     side.assign(lab.assignment(term=3))
@@ -284,7 +284,7 @@ async def test_peers_change_rerenders_and_reloads_same_pid(lab: Lab) -> None:
     await until(lambda: ask(lab.port)[1] == ["10.0.0.2", "10.0.0.3"], "the reloaded peers")
     assert ask(lab.port)[0] == pid and lab.starts() == [pid]
     assert lab.loads() == [(pid, ["10.0.0.2"]), (pid, ["10.0.0.2", "10.0.0.3"])]
-    assert lab.reports[-1].phase == "ready"
+    assert lab.reports[-1].phase == NodePhase.READY
 
 
 async def test_stale_term_ignored_and_other_node_refused(lab: Lab) -> None:
@@ -315,9 +315,9 @@ async def test_kill_9_goes_degraded_then_ready(lab: Lab) -> None:
     second = await lab.ready(side)
     assert second != first and not alive(first)
     after = lab.phases()[seen:]
-    assert "degraded" in after and after[-1] == "ready"
-    assert after.index("degraded") < len(after) - 1
-    degraded = next(r for r in lab.reports[seen:] if r.phase == "degraded")
+    assert NodePhase.DEGRADED in after and after[-1] == NodePhase.READY
+    assert after.index(NodePhase.DEGRADED) < len(after) - 1
+    degraded = next(r for r in lab.reports[seen:] if r.phase == NodePhase.DEGRADED)
     assert "app" in degraded.message
 
 
@@ -326,7 +326,7 @@ async def test_converge_failure_reported_and_retried(lab: Lab) -> None:
     side = lab.start()
     side.assign(lab.assignment())
     await lab.ready(side)
-    failed = [r for r in lab.reports if r.phase == "failed"]
+    failed = [r for r in lab.reports if r.phase == NodePhase.FAILED]
     assert failed and failed[0].message == "prepare is not ready yet"
     assert lab.role.prepared == 3 and len(lab.starts()) == 1
 
@@ -352,7 +352,8 @@ async def test_new_assignment_is_not_held_back_by_backoff(lab: Lab) -> None:
     lab.role.fail_permanent = 1
     side = lab.start()
     side.assign(lab.assignment())
-    await until(lambda: bool(lab.reports) and lab.reports[-1].phase == "failed", "failed")
+    await until(lambda: bool(lab.reports) and lab.reports[-1].phase == NodePhase.FAILED,
+                "failed")
     side.assign(lab.assignment(peers=("10.0.0.7",)))  # retried at once, not in an hour
     pid = await lab.ready(side)
     assert ask(lab.port) == (pid, ["10.0.0.7"])
@@ -362,8 +363,9 @@ async def test_missing_secret_fails_with_its_path_and_recovers(lab: Lab) -> None
     (lab.tmp / "token").unlink()
     side = lab.start()
     side.assign(lab.assignment())
-    await until(lambda: any(r.phase == "failed" for r in lab.reports), "a failed report")
-    failed = next(r for r in lab.reports if r.phase == "failed")
+    await until(lambda: any(r.phase == NodePhase.FAILED for r in lab.reports),
+                "a failed report")
+    failed = next(r for r in lab.reports if r.phase == NodePhase.FAILED)
     assert failed.message.startswith("secret 'token': cannot read ")
     assert str(lab.tmp / "token") in failed.message and lab.starts() == []
     (lab.tmp / "token").write_text("s3cret\n")
@@ -448,7 +450,7 @@ async def test_stop_services_stops_all_and_a_new_assignment_restarts(lab: Lab) -
     await side.stop_services()
     assert not alive(pid)
     assert [(s.state, s.pid) for s in side.view().services] == [("STOPPED", None)]
-    await until(lambda: lab.reports[-1].phase == "stopped", "a stopped report")
+    await until(lambda: lab.reports[-1].phase == NodePhase.STOPPED, "a stopped report")
     side.assign(lab.assignment(term=2))
     second = await lab.ready(side)
     assert second != pid and len(lab.starts()) == 2
@@ -476,7 +478,7 @@ async def test_stop_services_after_restart_stops_adopted(lab: Lab) -> None:
                    report=lab.reports.append, registry=lab.registry)
     await new.stop_services()
     assert not alive(pid) and lab.starts() == [pid]
-    assert new.view().phase == "stopped"
+    assert new.view().phase == NodePhase.STOPPED
 
 
 async def test_update_cloud_reconverges(lab: Lab) -> None:
@@ -548,7 +550,7 @@ async def test_web_database_node(dbroot: Path) -> None:
                                              for i, a in enumerate(addresses)))
 
         async def ready() -> bool:
-            return bool(reports) and reports[-1].phase == "ready"
+            return bool(reports) and reports[-1].phase == NodePhase.READY
 
         try:
             side.assign(peers("10.241.11.50"))
@@ -563,8 +565,8 @@ async def test_web_database_node(dbroot: Path) -> None:
 
             await _until_async(both, "the second server's account", 60)
             assert side.view().services[0].pid == db.pid  # reloaded, not restarted
-            assert reports[0].phase == "converging"
-            assert "failed" not in {r.phase for r in reports}
+            assert reports[0].phase == NodePhase.CONVERGING
+            assert NodePhase.FAILED not in {r.phase for r in reports}
         finally:
             await side.stop_services()
             task.cancel()
@@ -603,7 +605,7 @@ async def test_unassigned_view_and_unreadable_saved_assignment(lab: Lab) -> None
         side = lab.start()
     assert [e["event"] for e in logs] == ["node.assignment_unreadable"]
     view = side.view()
-    assert (view.phase, view.term, view.services) == ("unassigned", 0, ())
+    assert (view.phase, view.term, view.services) == (NodePhase.UNASSIGNED, 0, ())
     side.assign(lab.assignment(term=4))
     await lab.ready(side)
     saved = json.loads((lab.root / "assignment.json").read_text())
@@ -616,7 +618,7 @@ async def test_assignment_during_stop_resumes_after_the_stop(lab: Lab) -> None:
     pid = await lab.ready(side)
     stopping = asyncio.create_task(side.stop_services())
     await asyncio.sleep(0)  # one loop turn: the stop has begun
-    assert side.view().phase == "stopping"
+    assert side.view().phase == NodePhase.STOPPING
     side.assign(lab.assignment(term=2))
     await stopping
     assert not alive(pid) and (lab.root / "stops").read_text().split() == ["app"]

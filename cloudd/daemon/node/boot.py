@@ -12,20 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloudd import log
+from cloudd.backoff import Backoff, hashed_unit
 from cloudd.config.agent import AgentSettings, Libvirt, Listen, Pki
+from cloudd.daemon.base.durable import write_durable
 from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline
 
 #: Where a node agent keeps its state when the identity says nothing else (inside the guest).
 NODE_STATE = Path("/var/lib/cloudd")
+#: How a booting node paces its rounds of asking the seeds: from half a second, doubling, to
+#: ten seconds at most (a pool host that is itself booting answers within seconds), with
+#: jitter so that the nodes of a cloud started together do not ask in step.
+ASK_BACKOFF = Backoff(base=0.5, cap=10.0, factor=2.0, jitter=0.25)
+#: Seconds to wait, after writing a received manifest, for the manifest watcher to take it
+#: (its poll interval is a few seconds) before asking again.
+INSTALL_WAIT = 30.0
+#: The mode of a received manifest: what a manifest an operator drops in usually has. It
+#: names secret files, it holds none.
+MANIFEST_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -77,21 +88,23 @@ def settings_for(ident: NodeIdentity, *, state_dir: Path = NODE_STATE,
 
 
 def write_manifest(folder: Path, cloud: str, text: str) -> Path:
-    """Atomically place a manifest received from a member into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Place a manifest received from a member into `folder`, atomically and durably."""
+    folder.mkdir(parents=True, exist_ok=True)  # the usual mode, like the folder it stands for
     path = folder / f"{cloud}.yaml"
-    tmp = folder / f".{cloud}.yaml.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_durable(path, text, mode=MANIFEST_MODE)
     return path
 
 
 async def fetch_manifest(ident: NodeIdentity, seeds: tuple[Seed, ...], *,
                          ask: Callable[[str, Any], Awaitable[Any]], folder: Path,
-                         have: asyncio.Event) -> None:
-    """Ask the seeds in turn, with backoff, until a manifest is in force (`have` set)."""
+                         have: asyncio.Event, backoff: Backoff = ASK_BACKOFF,
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """Ask the seeds in turn, with backoff, until a manifest is in force (`have` set).
+
+    The jitter comes from a hash of the node's name and the round, so each node keeps its
+    own schedule and a replay repeats it."""
     logger = log.get("nodeboot", cloud=ident.cloud, node=ident.node)
-    delay = 0.5
+    rounds = 0
     while not have.is_set():
         for seed in seeds:
             try:
@@ -104,9 +117,10 @@ async def fetch_manifest(ident: NodeIdentity, seeds: tuple[Seed, ...], *,
                 logger.info("manifest_received", peer=seed.name, path=str(path),
                             digest=answer.digest[:12])
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(have.wait(), timeout=30)
+                    await asyncio.wait_for(have.wait(), timeout=INSTALL_WAIT)
                 break
         if not have.is_set():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            rounds += 1
+            subject = f"{ident.cloud}/{ident.node}"
+            await sleep(backoff.delay(rounds, hashed_unit(subject, rounds)))
 

@@ -1,52 +1,56 @@
 """The node side of an agent: turns the leader's `RoleAssignment` into supervised services.
 
 Theory of operation. The leader tells a node its role and peers (`assign`); the node keeps the
-newest assignment (by term), converges the role in a background task (packages, files,
-one-time preparation) and runs the role's services under a `Supervisor` whose state lives in
-the node root. When only files changed (peers came or went), the services those files name
-are reloaded, not restarted. A failed converge is reported ("failed") and retried with
-exponential backoff, or after a `TemporaryError`'s own delay; nothing is retried inline.
+newest assignment (by term), converges the role in a task of its own (secrets, packages,
+files, one-time preparation) and runs the role's services under a `Supervisor` whose state
+lives in the node root. When only files changed (peers came or went), the services those
+files name are reloaded, not restarted. A failed converge is reported (FAILED) and retried
+after the reconcile backoff, or after a `TemporaryError`'s own delay; nothing is retried
+inline.
 
-The loop reports a `NodeReport` whenever the phase or a service changes, and at least every
-`heartbeat` seconds: "converging" until every service has been RUNNING and ready once, then
-"ready" or "degraded". The accepted assignment is kept in the node root, so an agent that
-restarts converges at once and its Supervisor re-adopts the running processes (never a
-second copy), without waiting for the leader.
+What the node reports is its phase (`phase.py`, a pure table this class only feeds) with its
+services: a `NodeReport` whenever either changes, and at least every `heartbeat` seconds. The
+accepted assignment is kept in the node root (`saved_assignment.py`), so an agent that
+restarts converges at once and its Supervisor re-adopts the running processes (never a second
+copy), without waiting for the leader.
+
+Durations (heartbeat, backoff) are read from the clock's `monotonic()`; the `since` of a
+report, which people read, from its `wall()`. The converge task belongs to `run()`'s task
+group: it ends when the node side does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import random
-import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cloudd import log
+from cloudd.backoff import Backoff
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud
-from cloudd.daemon.network.catalogue import (
-    NodePhase,
-    NodeReport,
-    PeerInfo,
-    RoleAssignment,
-    ServiceReport,
-)
+from cloudd.daemon.base.clock import SYSTEM, Clock
+from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment, ServiceReport
+from cloudd.daemon.node import phase
+from cloudd.daemon.node.saved_assignment import load_assignment, save_assignment
+from cloudd.daemon.node.secrets import copy_secrets
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import Assignment, Peer, converge
 from cloudd.providers.policy import PolicyConfig, State
 from cloudd.providers.registry import Registry, default_registry
 from cloudd.providers.service import ServiceSpec
-from cloudd.providers.supervisor import Supervisor
+from cloudd.providers.supervisor import ServiceStatus, Supervisor
 
-ASSIGNMENT_FILE = "assignment.json"
 #: How long stop_services waits for each service beyond its own stop grace, in seconds.
 STOP_WITHIN = 60.0
+#: Share of a converge retry's delay taken off at random, so that the nodes of a cloud that
+#: failed together (a peer down for all of them) do not all retry in the same instant.
+CONVERGE_JITTER = 0.2
+#: Shortest sleep of the loop, seconds: something due now is done on the next turn, not in
+#: a busy loop.
+MIN_WAIT = 0.01
 
 
 def node_root(settings: AgentSettings, me: str) -> Path:
@@ -54,48 +58,23 @@ def node_root(settings: AgentSettings, me: str) -> Path:
     return Path(settings.state_dir) / "nodes" / me
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, mode)  # before the content: a secret is never readable by others
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+class ServiceSupervisor(Protocol):
+    """What the node side needs of a supervisor (`cloudd.providers.supervisor.Supervisor`)."""
+
+    async def start(self, names: Iterable[str] | None = None) -> None: ...
+    async def stop(self, names: Iterable[str] | None = None, *,
+                   within: float = 60.0) -> None: ...
+    async def restart(self, name: str) -> None: ...
+    async def reload(self, name: str, *, within: float = 30.0) -> None: ...
+    def detach(self) -> None: ...
+    def status(self) -> Mapping[str, ServiceStatus]: ...
+    async def wait_for(self, name: str, predicate: Callable[[ServiceStatus], bool], *,
+                       within: float) -> ServiceStatus: ...
 
 
-def copy_secrets(cloud: Cloud, secrets_dir: Path) -> None:
-    """Copy each of the cloud's secret files to `secrets_dir/<name>`, mode 0600."""
-    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    secrets_dir.chmod(0o700)
-    for name, source in sorted(cloud.secrets.items()):
-        if not name or "/" in name or name.startswith("."):
-            raise PermanentError(f"secret name {name!r} is not a plain file name")
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise PermanentError(f"secret {name!r}: cannot read {source}: {exc.strerror}") from None
-        dest = secrets_dir / name
-        with contextlib.suppress(FileNotFoundError):
-            if dest.read_bytes() == data and dest.stat().st_mode & 0o777 == 0o600:
-                continue
-        _write_atomic(dest, data, 0o600)
-    for left in secrets_dir.iterdir():  # a secret the manifest no longer names goes away
-        if left.name not in cloud.secrets and left.is_file():
-            left.unlink()
-
-
-def _load_assignment(path: Path) -> RoleAssignment | None:
-    try:
-        raw = json.loads(path.read_text())
-        peers = tuple(PeerInfo(**p) for p in raw.pop("peers"))
-        return RoleAssignment(**raw, peers=peers)
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        log.get("nodeside").error("node.assignment_unreadable", path=str(path), error=str(exc))
-        return None
+class SupervisorFactory(Protocol):
+    def __call__(self, specs: tuple[ServiceSpec, ...], *, state_dir: Path,
+                 defaults: PolicyConfig, node: str) -> ServiceSupervisor: ...
 
 
 class NodeSide:
@@ -103,37 +82,42 @@ class NodeSide:
 
     def __init__(self, *, me: str, cloud: Cloud, settings: AgentSettings,
                  report: Callable[[NodeReport], None], registry: Registry | None = None,
-                 clock: Callable[[], float] = time.time, heartbeat: float = 2.0,
-                 exec_prefix: tuple[str, ...] = (), rng: random.Random | None = None) -> None:
+                 clock: Clock = SYSTEM, heartbeat: float = 2.0,
+                 exec_prefix: tuple[str, ...] = (), rng: random.Random | None = None,
+                 supervisor_factory: SupervisorFactory = Supervisor) -> None:
         self.me, self.cloud, self.settings = me, cloud, settings
         self.root = node_root(settings, me)
         self._report, self._clock, self.heartbeat = report, clock, heartbeat
         self._registry = registry if registry is not None else default_registry()
         self._exec_prefix, self._rng = exec_prefix, rng or random.Random()
-        s = settings.supervisor
+        self._new_supervisor = supervisor_factory
+        s, r = settings.supervisor, settings.reconcile
         self._policy = PolicyConfig(start_grace=s.start_grace, stop_grace=s.stop_grace,
                                     fatal_cooldown=s.fatal_cooldown)
+        self._backoff = Backoff(base=r.backoff_base, cap=r.backoff_max, factor=2.0,
+                                jitter=CONVERGE_JITTER)
         self.log = log.get("nodeside", cloud=cloud.name, node=me)
         self._wake = asyncio.Event()
-        self._sup: Supervisor | None = None
+        self._stop_lock = asyncio.Lock()
+        self._sup: ServiceSupervisor | None = None
         self._specs: tuple[ServiceSpec, ...] = ()
         self._task: asyncio.Task[None] | None = None
         self._applied: tuple[Any, ...] | None = None  # the converge key last done
         self._pending_reload: set[str] = set()
-        self._error = ""
         self._failures = 0
-        self._retry_at = 0.0
+        self._retry_at = 0.0  # monotonic
         self._failed_key: tuple[Any, ...] | None = None
-        self._was_ready = False
-        self._stopped = self._halted = self._resume = self._detached = False
+        self._resume = self._detached = False
+        self._facts = phase.NodeFacts()
         self._last: tuple[Any, ...] | None = None
-        self._last_sent = float("-inf")
-        self._phase, self._since = "", clock()
-        saved = _load_assignment(self.root / ASSIGNMENT_FILE)
-        ok = saved is not None and saved.node == me and saved.cloud == cloud.name
-        self._current: RoleAssignment | None = saved if ok else None
+        self._last_sent = float("-inf")  # monotonic
+        self._phase: NodePhase | None = None  # as last viewed, with its wall-clock time
+        self._since = clock.wall()
+        self._current = load_assignment(self.root, node=me, cloud=cloud.name)
         self._saved = self._current
         self._term = self._current.term if self._current else 0
+        if self._current is not None:
+            self._feed(phase.Assigned())
 
     # ---- inputs -------------------------------------------------------------------------
     def update_cloud(self, cloud: Cloud) -> None:
@@ -150,7 +134,7 @@ class NodeSide:
         """Take an assignment from the leader; returns at once (the loop does the work)."""
         if a.node != self.me or a.cloud != self.cloud.name:
             self.log.warning("node.assignment_refused", peer_node=a.node, peer_cloud=a.cloud,
-                             term=a.term, why="meant for another node or cloud")
+                             term=a.term, reason="meant for another node or cloud")
             return
         if a.term < self._term:
             self.log.info("node.assignment_stale", term=a.term, highest=self._term)
@@ -159,65 +143,72 @@ class NodeSide:
         if a == self._current:
             return
         # Told to run again after stop_services: the loop starts afresh once the stop is done.
-        self._resume = self._stopped
+        self._resume = self._facts.stopping
         self.log.info("node.assignment", term=a.term, role=a.role, generation=a.generation,
                       peers=[p.node for p in a.peers if p.healthy])
+        if self._current is None:
+            self._feed(phase.Assigned())
         self._current = a
         self._wake.set()
+
+    def _feed(self, event: phase.Event) -> None:
+        self._facts = phase.step(self._facts, event)
 
     # ---- the root task ------------------------------------------------------------------
     async def run(self) -> None:
         """Converge, supervise and report until cancelled; then detach (services keep running)."""
         try:
-            await self._loop()
+            async with asyncio.TaskGroup() as tasks:
+                await self._loop(tasks)
         finally:
             if not self._detached:
                 self.detach()
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _loop(self, tasks: asyncio.TaskGroup) -> None:
         while True:
             self._wake.clear()
-            now = loop.time()
+            now = self._clock.monotonic()
             if self._detached or self._current is None:
                 await self._wait(self.heartbeat)
                 continue
             self._persist()
             a = self._current
-            if self._resume and self._halted:
+            if self._resume and self._facts.halted:
                 self.log.info("node.resumed", term=a.term, role=a.role)
-                self._stopped = self._halted = self._resume = False
+                self._resume = False
                 self._sup, self._applied = None, None
+                self._feed(phase.Resumed())
             converge_at = self._converge_at(a)
             if converge_at is not None and now >= converge_at:
-                self._task = asyncio.create_task(self._converge(a, self.cloud),
-                                                 name=f"cloudd:converge:{self.me}")
+                self._task = tasks.create_task(self._converge(a, self.cloud),
+                                               name=f"cloudd:converge:{self.me}")
                 converge_at = None
             self._maybe_report(now)
             due = self._last_sent + self.heartbeat
             if converge_at is not None:
                 due = min(due, converge_at)
-            await self._wait(max(due - now, 0.01))
+            await self._wait(max(due - now, MIN_WAIT))
 
     def _key(self, a: RoleAssignment) -> tuple[Any, ...]:
         return (a.role, a.address, a.generation, a.peers, self.cloud.digest)
 
     def _converge_at(self, a: RoleAssignment) -> float | None:
-        """When to converge `a` next (loop time), or None when there is nothing to do."""
+        """When to converge `a` next (monotonic), or None when there is nothing to do."""
         key = self._key(a)
-        if self._stopped or self._task is not None or key == self._applied:
+        if self._facts.stopping or self._task is not None or key == self._applied:
             return None
         # A new assignment or manifest is tried at once; the same one again after backoff.
-        return self._retry_at if key == self._failed_key else 0.0
+        return self._retry_at if key == self._failed_key else float("-inf")
 
     async def _wait(self, within: float) -> None:
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         sup = self._sup
-        if sup is not None and sup.units and not self._detached and self._last is not None:
+        names = list(sup.status()) if sup is not None else []
+        if sup is not None and names and not self._detached and self._last is not None:
             # Any service change wakes us: wait_for re-checks on every change of any unit.
-            first, last = next(iter(sup.units)), self._last[2]
+            reported = self._last[2]
             waits.append(asyncio.ensure_future(sup.wait_for(
-                first, lambda _: self._services() != last, within=within)))
+                names[0], lambda _: self._services() != reported, within=within)))
         try:
             await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -247,26 +238,31 @@ class NodeSide:
             raise
         except Exception as exc:  # a provider's bug must not end supervision
             self._failures += 1
-            delay = exc.delay if isinstance(exc, TemporaryError) else self._backoff()
-            self._retry_at = asyncio.get_running_loop().time() + delay
+            delay = (exc.delay if isinstance(exc, TemporaryError)
+                     else self._backoff.delay(self._failures, self._rng.random()))
+            self._retry_at = self._clock.monotonic() + delay
             self._failed_key = key
-            self._error = (str(exc) if isinstance(exc, ClouddError)
-                           else f"{type(exc).__name__}: {exc}")
-            self.log.warning("node.converge_failed", role=a.role, term=a.term, error=self._error,
+            error = str(exc) if isinstance(exc, ClouddError) else f"{type(exc).__name__}: {exc}"
+            self._feed(phase.ConvergeFailed(error))
+            self.log.warning("node.converge_failed", role=a.role, term=a.term, error=error,
                              failures=self._failures, retry_in=round(delay, 3),
                              exc_info=not isinstance(exc, ClouddError))
         else:
-            if self._error:
+            if self._facts.error:
                 self.log.info("node.converge_recovered", role=a.role, failures=self._failures)
-            self._applied, self._error, self._failures = key, "", 0
+            self._applied, self._failures = key, 0
+            self._feed(phase.Converged())
         finally:
             self._task = None
             self._wake.set()
 
-    def _backoff(self) -> float:
-        r = self.settings.reconcile
-        delay = min(r.backoff_max, r.backoff_base * 2.0 ** (self._failures - 1))
-        return delay * (1 - 0.2 * self._rng.random())
+    def _supervisor(self, specs: tuple[ServiceSpec, ...]) -> ServiceSupervisor:
+        """A fresh supervisor of `specs` (not started yet), now the one in charge."""
+        sup = self._new_supervisor(specs, state_dir=self.root, defaults=self._policy,
+                                   node=self.me)
+        self._sup, self._specs = sup, specs
+        self._feed(phase.ServicesStarted())
+        return sup
 
     async def _supervise(self, specs: tuple[ServiceSpec, ...]) -> None:
         """Start the services, or restart them when their specs changed, or reload them."""
@@ -275,12 +271,13 @@ class NodeSide:
             await self._sup.stop(within=STOP_WITHIN)
             self._sup.detach()
             self._sup = None
+            self._feed(phase.ServicesDropped())
         if self._sup is None:
-            sup = Supervisor(specs, state_dir=self.root, defaults=self._policy, node=self.me)
-            self._sup, self._specs, self._was_ready = sup, specs, False
+            sup = self._supervisor(specs)
             await sup.start()
             # Spawned now: they read the new files. Adopted: they run with what they read.
             self._pending_reload &= {n for n, st in sup.status().items() if st.adopted}
+        assert self._sup is not None
         for name in sorted(self._pending_reload):
             st = self._sup.status().get(name)
             # Without a process it reads its files when it next starts.
@@ -294,8 +291,7 @@ class NodeSide:
         if a is None or a == self._saved:
             return
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.root / ASSIGNMENT_FILE, json.dumps(asdict(a)).encode(), 0o600)
+            save_assignment(self.root, a)
         except OSError as exc:  # only a restart's head start is lost: keep supervising
             self.log.error("node.assignment_unsaved", path=str(self.root), error=str(exc))
         self._saved = a
@@ -311,32 +307,19 @@ class NodeSide:
                                    s.starts, s.fatal_count, s.last_error)
                      for s in self._sup.status().values())
 
-    def _phase_now(self, services: tuple[ServiceReport, ...]) -> tuple[str, str]:
-        if self._stopped:
-            return ("stopped" if self._halted else "stopping"), ""
-        if self._error:
-            return "failed", self._error
-        if self._sup is None:
-            return "converging", ""
-        if all(s.state == State.RUNNING and s.ready for s in services):
-            self._was_ready = True
-            return "ready", ""
-        waiting = "; ".join(f"{s.name} {s.state}" + (f" ({s.last_error})" if s.last_error
-                                                      else "")
-                            for s in services if not (s.state == State.RUNNING and s.ready))
-        return ("degraded" if self._was_ready else "converging"), waiting
-
     def view(self) -> NodeReport:
         """The node's phase and services now (what the next report would say)."""
         a = self._current
         services = self._services()
-        phase, message = self._phase_now(services) if a is not None else ("unassigned", "")
-        if phase != self._phase:
-            if self._phase:
-                self.log.info("node.phase", phase=phase, was=self._phase, why=message)
-            self._phase, self._since = phase, self._clock()
+        if self._sup is not None:
+            self._feed(phase.seen(services))
+        current, message = phase.decide(self._facts)
+        if current is not self._phase:
+            if self._phase is not None:
+                self.log.info("node.phase", phase=current, was=self._phase, reason=message)
+            self._phase, self._since = current, self._clock.wall()
         return NodeReport(node=self.me, term=a.term if a else self._term,
-                          generation=a.generation if a else "", phase=NodePhase(phase),
+                          generation=a.generation if a else "", phase=current,
                           message=message, services=services, since=self._since)
 
     def _maybe_report(self, now: float) -> None:
@@ -352,7 +335,7 @@ class NodeSide:
         except Exception:  # the transport's problem; the next heartbeat tries again
             self.log.exception("node.report_failed")
 
-    # ---- shutdown -----------------------------------------------------------------------
+    # ---- operator and shutdown ----------------------------------------------------------
     async def cleanup(self, service: str) -> None:
         """The operator's `cleanup NODE/SERVICE`: forget the service's failures and start it
         again now (a FATAL service is retried at once instead of after its cool-down)."""
@@ -362,12 +345,20 @@ class NodeSide:
         await self._sup.restart(service)
 
     async def stop_services(self) -> None:
-        """`ensure: stopped`: stop every service of the node, in reverse dependency order."""
-        self._stopped, self._resume = True, False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """`ensure: stopped`: stop every service of the node, in reverse dependency order.
+
+        Stop orders run one at a time, in the order given: a second one never ends (Halted)
+        while the node already resumed after the first."""
+        async with self._stop_lock:
+            await self._stop_services()
+
+    async def _stop_services(self) -> None:
+        self._resume = False
+        self._feed(phase.StopRequested())
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # its end, whichever; our own cancellation still ends us
         sup, a = self._sup, self._current
         if sup is None and a is not None:
             # Nothing converged yet in this agent: adopt what an earlier one left, to stop it.
@@ -378,17 +369,18 @@ class NodeSide:
                 self.log.error("node.stop_failed", error=str(exc))
                 specs = ()
             if specs:
-                sup = Supervisor(specs, state_dir=self.root, defaults=self._policy, node=self.me)
+                sup = self._supervisor(specs)
                 await sup.start(names=[])
-                self._sup, self._specs = sup, specs
         if sup is not None:
             await sup.stop(within=STOP_WITHIN)
-        self._halted = True
+        self._feed(phase.Halted())
         self.log.info("node.services_stopped", services=[s.name for s in self._specs])
         self._wake.set()
 
     def detach(self) -> None:
-        """Agent shutdown: stop supervising and reporting, leave every service running."""
+        """Agent shutdown: stop supervising and reporting, leave every service running.
+
+        The converge task is cancelled here; run()'s task group awaits its end."""
         self._detached = True
         if self._task is not None:
             self._task.cancel()
@@ -396,4 +388,5 @@ class NodeSide:
             # Forgotten, not only detached: a later stop_services adopts the processes afresh.
             self._sup.detach()
             self._sup = None
+            self._feed(phase.ServicesDropped())
         self.log.info("node.detached")
