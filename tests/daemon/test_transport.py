@@ -406,7 +406,7 @@ def frame(tag: str, body: bytes) -> bytes:
 
 @pytest.mark.parametrize(("data", "close", "reason"), [
     (b"\x00\x00\x00\x10garbage-garbage!", False,
-     "protocol version 103 not supported (this agent speaks 1)"),
+     f"protocol version 103 not supported (this agent speaks {PROTOCOL_VERSION})"),
     (struct.pack(">I", 1 << 30) + b"xxxx", False,
      "frame of 1073741824 bytes exceeds the maximum of 1048576"),
     (frame("test.transport.ping", b'{"n": 1}')[:-3], True,
