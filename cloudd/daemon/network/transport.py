@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudd import log
+from cloudd.backoff import Backoff
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, Codec, Frame, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import (
     Hello,
@@ -44,6 +45,10 @@ from cloudd.daemon.network.tls import (
 )
 from cloudd.errors import ConfigError, PermanentError, Problem, RemoteProtocolError, TemporaryError
 from cloudd.pki import PkiFiles
+
+#: Share of a redial delay taken off at random: agents that lost the same peer together
+#: (a restarted leader) spread their dials over half the delay instead of arriving at once.
+REDIAL_JITTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,14 @@ class TransportSettings:
         for name in ("max_connections", "queue_limit", "max_buffer", "backlog"):
             if getattr(self, name) < 1:
                 raise ConfigError([Problem("transport", None, None, name, "must be >= 1")])
+        if self.backoff_initial > self.backoff_max:
+            raise ConfigError([Problem("transport", None, None, "backoff_initial",
+                                       f"must not exceed backoff_max ({self.backoff_max} s)")])
+
+    @property
+    def redial(self) -> Backoff:
+        """The redial delays: cloudd's one backoff over `backoff_initial`..`backoff_max`."""
+        return Backoff(base=self.backoff_initial, cap=self.backoff_max, jitter=REDIAL_JITTER)
 
 
 @dataclass(frozen=True)
@@ -220,7 +233,7 @@ class _Link:
 
     async def _run(self) -> None:
         failures = 0
-        settings = self.owner.settings
+        redial = self.owner.settings.redial
         while True:
             self.state = "connecting"
             try:
@@ -238,11 +251,10 @@ class _Link:
                 self.conn = None
                 conn.writer.transport.abort()
                 self._down(reason, report=True)
-            delay = min(settings.backoff_max, settings.backoff_initial * 2 ** (failures - 1))
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(),
-                                       delay * self.owner.rng.uniform(0.5, 1.0))
+                                       redial.delay(failures, self.owner.rng.random()))
             if self.wake.is_set():
                 failures = 0
 
