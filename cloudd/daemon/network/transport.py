@@ -34,6 +34,7 @@ from typing import Any
 
 from cloudd import log
 from cloudd.backoff import Backoff
+from cloudd.config.agent import TransportSettings
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, Codec, Frame, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import (
     Hello,
@@ -43,55 +44,12 @@ from cloudd.daemon.network.tls import (
     client_context,
     server_context,
 )
-from cloudd.errors import ConfigError, PermanentError, Problem, RemoteProtocolError, TemporaryError
+from cloudd.errors import PermanentError, RemoteProtocolError, TemporaryError
 from cloudd.pki import PkiFiles
 
 #: Share of a redial delay taken off at random: agents that lost the same peer together
 #: (a restarted leader) spread their dials over half the delay instead of arriving at once.
 REDIAL_JITTER = 0.5
-
-
-@dataclass(frozen=True)
-class TransportSettings:
-    """How patient and how generous the transport is. Times in seconds."""
-
-    handshake_timeout: float = 5.0
-    """TCP accept (or dial) to Hello exchanged, TLS included; longer is a dead or idle peer."""
-    frame_timeout: float = 10.0
-    """A frame once started must arrive whole within this; a stalled peer is dropped."""
-    max_connections: int = 256
-    """Inbound connections not yet authenticated (TLS and Hello under way) held at once; a new
-    one beyond it drops the oldest. Authenticated members do not count: a flood of idle
-    connections cannot lock a member out (each member holds one inbound connection)."""
-    request_timeout: float = 10.0
-    """Default wait for a reply to `request()`."""
-    backoff_initial: float = 0.05
-    """First redial delay after a failure; doubles per failure (with jitter) up to the max."""
-    backoff_max: float = 5.0
-    """Longest redial delay: a dead peer costs one dial per this many seconds."""
-    queue_limit: int = 1024
-    """Messages held per peer while its connection is being dialled."""
-    max_buffer: int = 4 << 20
-    """Unsent bytes per connection beyond which further sends are dropped and reported."""
-    backlog: int = 1024
-    """Listen backlog, so that a burst of dials is accepted and judged, not lost in SYNs."""
-
-    def validate(self) -> None:
-        for name in ("handshake_timeout", "frame_timeout", "request_timeout",
-                     "backoff_initial", "backoff_max"):
-            if not getattr(self, name) > 0:
-                raise ConfigError([Problem("transport", None, None, name, "must be > 0")])
-        for name in ("max_connections", "queue_limit", "max_buffer", "backlog"):
-            if getattr(self, name) < 1:
-                raise ConfigError([Problem("transport", None, None, name, "must be >= 1")])
-        if self.backoff_initial > self.backoff_max:
-            raise ConfigError([Problem("transport", None, None, "backoff_initial",
-                                       f"must not exceed backoff_max ({self.backoff_max} s)")])
-
-    @property
-    def redial(self) -> Backoff:
-        """The redial delays: cloudd's one backoff over `backoff_initial`..`backoff_max`."""
-        return Backoff(base=self.backoff_initial, cap=self.backoff_max, jitter=REDIAL_JITTER)
 
 
 @dataclass(frozen=True)
@@ -233,7 +191,7 @@ class _Link:
 
     async def _run(self) -> None:
         failures = 0
-        redial = self.owner.settings.redial
+        redial = self.owner.redial
         while True:
             self.state = "connecting"
             try:
@@ -284,7 +242,9 @@ class Transport:
                  settings: TransportSettings | None = None, codec: Codec = default_codec,
                  rng: random.Random | None = None) -> None:
         self.settings = settings or TransportSettings()
-        self.settings.validate()
+        #: how long a lost link waits before the next dial (ValueError here if nonsense)
+        self.redial = Backoff(base=self.settings.backoff_initial, cap=self.settings.backoff_max,
+                              jitter=REDIAL_JITTER)
         self.member, self.handler, self.codec = member, handler, codec
         codec.register(Hello, "cloudd.hello")
         codec.register(RemoteFailure, "cloudd.remote-failure")
