@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from cloudd.config.agent import TransportSettings, load_agent
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import Hello
-from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Transport
+from cloudd.daemon.network.transport import LinkState, PeerConnected, PeerUnreachable, Transport
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import PkiFiles, init_ca, issue
 
@@ -176,6 +176,7 @@ async def test_exchange_both_ways(alpha: Agent, beta: Agent) -> None:
     assert alpha.got == [("beta", Ping(1)), ("beta", Ping(2))]  # in order, named by cert
     assert await alpha.t.request("beta", Ping(3)) == Pong(3, "beta")
     assert beta.got == [("alpha", Ping(3))]
+    assert (alpha.t.link_state("beta"), beta.t.link_state("alpha")) == (LinkState.UP,) * 2
     assert PeerConnected("alpha") in beta.events and PeerConnected("beta") in alpha.events
     for i in range(200):  # one connection, kept open
         alpha.t.send("beta", Ping(100 + i))
@@ -219,6 +220,8 @@ async def test_unreachable_peer_is_an_event_not_an_exception(beta: Agent) -> Non
                                  for e in beta.events))
     event = next(e for e in beta.events if isinstance(e, PeerUnreachable))
     assert "ConnectionRefusedError" in event.reason
+    await eventually(lambda: beta.t.link_state("nobody") is LinkState.DOWN)
+    assert beta.t.link_state("alpha") is None  # nothing sent to it yet: no link
     with pytest.raises(TemporaryError, match="nobody unreachable"):
         await beta.t.request("nobody", Ping(2))
     beta.t.send("stranger", Ping(3))

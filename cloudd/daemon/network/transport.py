@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import random
 import socket
@@ -50,6 +51,18 @@ from cloudd.pki import PkiFiles
 #: Share of a redial delay taken off at random: agents that lost the same peer together
 #: (a restarted leader) spread their dials over half the delay instead of arriving at once.
 REDIAL_JITTER = 0.5
+
+
+class LinkState(enum.Enum):
+    """Our outgoing connection to one peer: CONNECTING -> UP -> DOWN (backing off, or woken
+    at once when the peer dials us) -> CONNECTING ... until the transport closes."""
+
+    CONNECTING = "connecting"
+    """Dialling: messages wait in the link's queue (up to `queue_limit`)."""
+    UP = "up"
+    """Connected and logged in both ways: messages go straight onto the connection."""
+    DOWN = "down"
+    """The dial failed or the connection dropped: messages are dropped and reported."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,7 @@ class _Link:
 
     def __init__(self, owner: Transport, name: str, address: tuple[str, int]) -> None:
         self.owner, self.name, self.address = owner, name, address
-        self.state = "connecting"  # -> up -> down (backing off) -> connecting ...
+        self.state = LinkState.CONNECTING
         self.reason = "not connected yet"
         self.queue: deque[bytes] = deque()
         self.conn: _Conn | None = None
@@ -177,7 +190,7 @@ class _Link:
 
     def offer(self, data: bytes) -> bool:
         why: str | None = None
-        if self.state == "down":
+        if self.state is LinkState.DOWN:
             why = self.reason
         elif self.conn is not None:
             why = self.conn.write(data)
@@ -193,7 +206,7 @@ class _Link:
         failures = 0
         redial = self.owner.redial
         while True:
-            self.state = "connecting"
+            self.state = LinkState.CONNECTING
             try:
                 conn, frames = await self.owner.dial(self.name, self.address, self.pending)
             except Exception as exc:  # whatever the reason, the peer is unreachable for now
@@ -201,7 +214,7 @@ class _Link:
                 self._down(_reason(exc), report=failures == 1)
             else:
                 failures = 1  # a connection that drops is redialled after a short pause
-                self.conn, self.state = conn, "up"
+                self.conn, self.state = conn, LinkState.UP
                 self.owner.report(PeerConnected(self.name))
                 while self.queue:
                     conn.write(self.queue.popleft())
@@ -217,7 +230,7 @@ class _Link:
                 failures = 0
 
     def _down(self, reason: str, *, report: bool) -> None:
-        self.state, self.reason = "down", reason
+        self.state, self.reason = LinkState.DOWN, reason
         dropped = len(self.queue)
         self.queue.clear()
         for future in self.pending.values():
@@ -304,6 +317,11 @@ class Transport:
             if old.conn is not None:
                 old.conn.writer.transport.abort()
             old._down("peer address changed", report=False)
+
+    def link_state(self, peer: str) -> LinkState | None:
+        """Where our outgoing connection to `peer` is; None before anything was sent to it."""
+        link = self._links.get(peer)
+        return None if link is None else link.state
 
     @property
     def connection_count(self) -> int:
@@ -490,7 +508,7 @@ class Transport:
                 return
             self._authenticated.add(sock)
             link = self._links.get(member)
-            if link is not None and link.state == "down":
+            if link is not None and link.state is LinkState.DOWN:
                 # A restarted peer dials us first: answer it now, not after our backoff.
                 link.wake.set()
             conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
