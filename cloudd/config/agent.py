@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from cloudd.config import yamlsrc
 from cloudd.config.model import Address
@@ -25,6 +25,7 @@ from cloudd.errors import ConfigError, Problem
 
 DEFAULT_PATH = Path("/etc/cloudd/agent.yaml")
 DEFAULT_PORT = 7760
+DAY = 86400.0
 
 _CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 Seconds = float
@@ -159,6 +160,57 @@ class Supervisor(BaseModel):
     """Seconds a service that failed every start retry stays FATAL before another try."""
 
 
+class TransportSettings(BaseModel):
+    """How patient and how generous the agent's network is (`cloudd.daemon.network.transport`).
+    These are bounds on a dead, stalled or hostile peer, not the pace of anything."""
+
+    model_config = _CONFIG
+    handshake_timeout: Seconds = Field(default=5.0, gt=0)
+    """Seconds from TCP accept (or dial) to Hello exchanged, TLS included; longer is a dead or
+    idle peer. A handshake takes milliseconds: 5 s rides out a loaded host."""
+    frame_timeout: Seconds = Field(default=10.0, gt=0)
+    """Seconds within which a frame once started must arrive whole; a stalled peer is dropped."""
+    max_connections: int = Field(default=256, ge=1)
+    """Inbound connections not yet authenticated (TLS and Hello under way) held at once; a new
+    one beyond it drops the oldest. Authenticated members do not count: a flood of idle
+    connections cannot lock a member out (each member holds one inbound connection)."""
+    request_timeout: Seconds = Field(default=10.0, gt=0)
+    """Seconds a request waits for its reply by default; a host command runs in far less."""
+    backoff_initial: Seconds = Field(default=0.05, gt=0)
+    """Seconds before the first redial after a failure; doubles per failure (with jitter that
+    only shortens it) up to `backoff_max`."""
+    backoff_max: Seconds = Field(default=5.0, gt=0)
+    """Longest redial delay, seconds: a dead peer costs one dial per this many seconds. A peer
+    that comes back dials us first and is redialled at once, whatever this says."""
+    queue_limit: int = Field(default=1024, ge=1)
+    """Messages held per peer while its connection is being dialled."""
+    max_buffer: int = Field(default=4 << 20, ge=1)
+    """Unsent bytes per connection beyond which further sends are dropped and reported (4 MiB)."""
+    backlog: int = Field(default=1024, ge=1)
+    """Listen backlog, so that a burst of dials is accepted and judged, not lost in SYNs."""
+
+
+class EventLogSettings(BaseModel):
+    """The persisted event log behind `cloudd-cli events` and `inspect`
+    (`cloudd.daemon.base.eventlog`): how long and how much of it is kept."""
+
+    model_config = _CONFIG
+    retention: Seconds = Field(default=14 * DAY)
+    """Seconds an event is kept (14 days); at least seven days, so that last week's failover
+    is still there to read."""
+    max_rows: int = Field(default=500_000, ge=1)
+    """Most events kept (~100 MB); under an event storm this bound wins over `retention`."""
+    prune_every: int = Field(default=1000, ge=1)
+    """Appends between two prunes: pruning costs a scan of the time index."""
+
+    @field_validator("retention")
+    @classmethod
+    def _a_week_at_least(cls, value: float) -> float:
+        if value < 7 * DAY:
+            raise ValueError(f"must be at least 7 days ({7 * DAY:g} s), got {value:g} s")
+        return value
+
+
 class AgentSettings(BaseModel):
     """Everything one agent needs to know about itself."""
 
@@ -185,16 +237,22 @@ class AgentSettings(BaseModel):
     election: Election = Election()
     reconcile: Reconcile = Reconcile()
     supervisor: Supervisor = Supervisor()
+    transport: TransportSettings = TransportSettings()
+    events: EventLogSettings = EventLogSettings()
 
 
 #: Defaults of the `local` profile: reconciling and supervision about ten times faster, for
 #: agents on one machine over loopback or network namespaces. Membership and election keep
 #: their production timing: it is already sub-second, and tighter probes turn a loaded test
-#: machine's scheduling delays into false suspicions.
+#: machine's scheduling delays into false suspicions. The transport keeps its production
+#: bounds too: they only ever apply to a peer that is gone or misbehaving, and a returning
+#: peer is redialled at once. The event log keeps a tenth of the rows: many agents share one
+#: machine's disk.
 LOCAL: dict[str, dict[str, Any]] = {
     "reconcile": {"resync_interval": 2.0, "backoff_base": 0.1, "backoff_max": 5.0,
                   "stable_reset": 10.0, "manifest_poll": 0.5, "shutdown_timeout": 10.0},
     "supervisor": {"start_grace": 0.2, "stop_grace": 2.0, "fatal_cooldown": 5.0},
+    "events": {"max_rows": 50_000},
 }
 
 
@@ -233,6 +291,10 @@ def check(s: AgentSettings) -> list[Rule]:
     if r.backoff_base > r.backoff_max:
         out.append((("reconcile", "backoff_base"), ("reconcile", "backoff_max"), (
             f"{r.backoff_base} s must not exceed reconcile.backoff_max ({r.backoff_max} s)")))
+    t = s.transport
+    if t.backoff_initial > t.backoff_max:
+        out.append((("transport", "backoff_initial"), ("transport", "backoff_max"), (
+            f"{t.backoff_initial} s must not exceed transport.backoff_max ({t.backoff_max} s)")))
     return out
 
 

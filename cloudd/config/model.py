@@ -11,11 +11,14 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# Part of the manifest's vocabulary, defined apart so that the planner can share it.
+from cloudd.config.intent import Ensure as Ensure
+from cloudd.config.intent import RunStrategy as RunStrategy
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -43,19 +46,6 @@ def _absolute(value: str) -> str:
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 Address = Annotated[str, AfterValidator(_ip)]
 AbsPath = Annotated[str, AfterValidator(_absolute)]
-
-
-class Ensure(StrEnum):
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-class RunStrategy(StrEnum):
-    """When a node's role configuration is (re)applied."""
-
-    ALWAYS = "always"  # every reconcile pass
-    RERUN_ON_FAILURE = "rerun-on-failure"  # again only after a failed run
-    MANUAL = "manual"  # only when the operator asks
 
 
 class _Strict(BaseModel):

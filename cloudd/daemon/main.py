@@ -71,7 +71,7 @@ class Agent:
         self.runner.add("manifests", self._watch_manifests)
         self._rescan = asyncio.Event()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.events = EventLog.in_state_dir(settings.state_dir)
+        self.events = EventLog.in_state_dir(settings.state_dir, settings=settings.events)
         self.clouds = Clouds(settings, events=self.events, node_side_factory=NodeSide)
         self.manifest_listeners.append(self.clouds.on_manifest)
         self.clouds.attach(locate=self.registry.path_of, rescan=self.rescan)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudd import log
+from cloudd.durable import write_durable
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.service import ServiceSpec
 
@@ -265,18 +266,9 @@ def apply_rendered(rendered: Rendered) -> Changes:
         if _same(f.path, data, f.mode, uid, gid):
             continue
         f.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.path.with_name(f".{f.path.name}.cloudd-tmp")
         # The mode and owner are set before the content goes in, so a secret is never readable
         # by others, even for an instant; the rename makes readers see old or new, never half.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, f.mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, f.path)
+        write_durable(f.path, data, mode=f.mode, owner=(uid, gid))
         changed.append(f.path)
         reload.extend(s for s in f.reload if s not in reload)
     return Changes(changed=tuple(changed), reload=tuple(reload))

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from cloudd.backoff import Backoff
 from cloudd.errors import ClouddError
 
 
@@ -67,6 +68,13 @@ class PolicyConfig:
     failure_window: float = 120.0
     #: Seconds a FATAL service waits before it is tried again (with a fresh failure budget).
     fatal_cooldown: float = 300.0
+    #: The restart delays (cloudd's one backoff), built from the fields above.
+    backoff: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Built here, so that nonsense is refused with the config, not at the first failure.
+        object.__setattr__(self, "backoff", Backoff(base=self.backoff_base,
+                                                    cap=self.backoff_max, jitter=self.jitter))
 
 
 # ---- events -------------------------------------------------------------------------------
@@ -173,8 +181,8 @@ def backoff_delay(failures: int, cfg: PolicyConfig, rng: random.Random) -> float
     """Delay before the next try after `failures` recent failures: 0 for the first."""
     if failures <= 1:
         return 0.0
-    delay = min(cfg.backoff_max, cfg.backoff_base * 2.0 ** (failures - 2))
-    return delay * (1.0 - cfg.jitter * rng.random())
+    # The first failure restarts at once, so the backoff counts from the second.
+    return cfg.backoff.delay(failures - 1, rng.random())
 
 
 def _go(st: ServiceState, state: State, now: float, message: str, **changes: object) -> Result:

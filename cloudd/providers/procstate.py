@@ -5,18 +5,18 @@ The next agent must find them again and must never start a second copy. A pid al
 enough, pids are reused; a pid together with the process start time from /proc/PID/stat (in
 clock ticks since boot) names one process for the life of the machine.
 
-The file is written atomically (temporary file, fsync, rename), so a crash leaves either the
-old or the new state, never half of one.
+The file is written with cloudd's one durable write (temporary file, fsync, rename, folder
+fsync), so a crash leaves either the old or the new state, never half of one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cloudd.durable import write_durable
 from cloudd.errors import PermanentError
 
 FILE_NAME = "services.json"
@@ -110,17 +110,9 @@ def load(state_dir: Path) -> dict[str, ProcRecord]:
 
 def save(state_dir: Path, records: dict[str, ProcRecord]) -> None:
     """Replace the saved records atomically."""
+    # The node's folder also holds its services' data: created with the usual mode, not 0700.
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / FILE_NAME
-    tmp = path.with_suffix(f".tmp.{os.getpid()}")
     doc = {"version": VERSION,
            "services": {name: asdict(rec) for name, rec in sorted(records.items())}}
-    try:
-        with open(tmp, "w") as out:
-            json.dump(doc, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_durable(state_dir / FILE_NAME, json.dumps(doc, indent=1, sort_keys=True),
+                  mode=0o644)

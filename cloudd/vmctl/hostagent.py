@@ -42,7 +42,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cloudd import log
-from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.durable import TermFile
+from cloudd.errors import ClouddError, TemporaryError
 from cloudd.vmctl.backend import (
     Backend,
     DomainEvent,
@@ -54,6 +55,8 @@ from cloudd.vmctl.backend import (
 from cloudd.vmctl.images import CopySettings, ImageError, ensure_image, ensure_overlay
 from cloudd.vmctl.metadata import CloudMeta, stamp_host
 
+#: The file of the state dir that keeps the highest term seen (one decimal integer).
+TERM_FILE = "highest-term"
 #: Where a host keeps node images by convention (DESIGN.md, "Files on a machine").
 DEFAULT_IMAGE_DIRS: tuple[Path, ...] = (Path("/var/lib/cloudd/images"),)
 _IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
@@ -109,42 +112,6 @@ class HostResult:
     inventory: Inventory | None = None
 
 
-class TermStore:
-    """The highest term seen, persisted in `<state_dir>/highest-term` (one decimal integer)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "highest-term"
-
-    def load(self) -> int:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return 0
-        try:
-            term = int(text.strip())
-        except ValueError:
-            raise PermanentError(
-                f"{self.path}: not a term number: {text.strip()[:40]!r}") from None
-        if term < 0:
-            raise PermanentError(f"{self.path}: negative term {term}")
-        return term
-
-    def save(self, term: int) -> None:
-        """Write atomically: temp file, fsync, rename over, fsync the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{term}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class HostAgent:
     """Executes fenced, idempotent domain commands on one host's Backend."""
 
@@ -160,7 +127,7 @@ class HostAgent:
         #: request timeout, so that the answer arrives)
         self.fetch_wait = fetch_wait
         self._copies: dict[Path, asyncio.Task[bool]] = {}
-        self.store = TermStore(state_dir)
+        self.store = TermFile(state_dir / TERM_FILE)
         self.highest_term = self.store.load()
         self._term_lock = asyncio.Lock()
         self._log = log.get("vmctl.hostagent", host=host or os.uname().nodename)

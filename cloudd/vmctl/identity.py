@@ -26,6 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudd.durable import replace_durable
 from cloudd.errors import PermanentError
 
 
@@ -147,7 +148,8 @@ def build_seed(ident: NodeIdentity, *, mac: str, pki: Pki, out: Path,
     """Write the NoCloud seed ISO for one node to `out` (mode 0600: it holds the key)."""
     files = seed_files(ident, mac=mac, pki=pki)
     work = out.with_name(out.name + ".d")
-    work.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work.mkdir(mode=0o700, exist_ok=True)  # the seed's files hold the node's private key
     for name, text in files.items():
         (work / name).write_text(text)
     tmp = out.with_name(out.name + ".tmp")
@@ -167,5 +169,5 @@ def build_seed(ident: NodeIdentity, *, mac: str, pki: Pki, out: Path,
         tmp.unlink(missing_ok=True)
         raise IdentityError(f"genisoimage failed: {proc.stderr.strip()[:300]}")
     tmp.chmod(0o600)
-    tmp.replace(out)
+    replace_durable(tmp, out)
     return out

@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncssh
 
 from cloudd.config.agent import Images
+from cloudd.durable import replace_durable
 from cloudd.errors import PermanentError, TemporaryError
 
 
@@ -110,7 +111,7 @@ async def ensure_overlay(base: Path, overlay: Path, *, qemu_img: str = "qemu-img
     if rc != 0:
         await asyncio.to_thread(tmp.unlink, missing_ok=True)
         raise ImageError(f"qemu-img create overlay {overlay} on {base}: {err.strip()[:300]}")
-    await asyncio.to_thread(tmp.replace, overlay)
+    await asyncio.to_thread(replace_durable, tmp, overlay)
     return True
 
 
@@ -118,7 +119,7 @@ def _finish_copy(tmp: Path, local: Path, expected: int | None) -> bool:
     """Blocking (run off the loop): rename a complete copy into place; False if incomplete."""
     if expected is not None and tmp.stat().st_size != expected:
         return False
-    tmp.replace(local)
+    replace_durable(tmp, local)
     return True
 
 

@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import libvirt
 import libvirtaio
 
 from cloudd import log
+from cloudd.backoff import Backoff
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl.backend import (
     BackendUnavailable,
@@ -207,17 +209,23 @@ def _info(dom: libvirt.virDomain, meta: CloudMeta) -> DomainInfo:
                       state=_STATES.get(state, DomainState.OTHER))
 
 
+#: Waits between two tries to reopen a lost connection: a restarted libvirtd is back within
+#: a second or two, so the first tries come fast; past that, one try every two seconds.
+RECONNECT = Backoff(base=0.1, cap=2.0)
+
+
 class LibvirtBackend:
     """A libvirt connection as a cloudd Backend. Create with `await LibvirtBackend.open(uri)`."""
 
     def __init__(self, uri: str, *, clock: Callable[[], float] = time.monotonic,
                  call_timeout: float = 30.0, image_dirs: tuple[Path, ...] = (),
-                 reconnect_delays: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)) -> None:
+                 reconnect: Backoff = RECONNECT, rng: random.Random | None = None) -> None:
         self.uri = uri
         self.clock = clock
         self.call_timeout = call_timeout
         self.image_dirs = image_dirs
-        self.reconnect_delays = reconnect_delays
+        self.reconnect = reconnect
+        self._rng = rng or random.Random()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="libvirt")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -307,8 +315,7 @@ class LibvirtBackend:
         await self._call("close", drop, need_conn=False)
         attempt = 0
         while not self._closed:
-            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self.reconnect.delay(attempt + 1, self._rng.random()))
             try:
                 await self._connect()
                 return

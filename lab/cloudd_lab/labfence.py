@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloudd.backoff import Backoff
 from cloudd.errors import ClouddError
 from cloudd.vmctl.backend import Backend, DomainInfo, DomainState
 
@@ -46,7 +47,7 @@ async def fence(backend: Backend, *, host: str, cloud: str | None = None) -> lis
 async def _run(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     from cloudd.vmctl.libvirt_backend import LibvirtBackend  # the one libvirt importer
 
-    backend = await LibvirtBackend.open(args.uri, reconnect_delays=(0.5,))
+    backend = await LibvirtBackend.open(args.uri, reconnect=Backoff(base=0.5, cap=0.5))
     try:
         before = [d.name for d in owned(await backend.list(), host=args.host,
                                         cloud=args.cloud)]

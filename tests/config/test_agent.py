@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from cloudd.config.agent import DEFAULT_PORT, LOCAL, AgentSettings, load_agent
+from cloudd.config.agent import (
+    DEFAULT_PORT,
+    LOCAL,
+    AgentSettings,
+    TransportSettings,
+    load_agent,
+)
+from cloudd.daemon.member.clouds import timing_for
 from cloudd.errors import ConfigError
 
 
@@ -46,12 +54,41 @@ def test_local_profile_is_fast_and_explicit_values_win(tmp_path: Path) -> None:
     assert s.libvirt.uri is None
 
 
-def test_every_timing_field_is_documented() -> None:
-    for group in ("membership", "election", "reconcile", "supervisor"):
-        model = AgentSettings.model_fields[group].annotation
-        assert model is not None
-        for name, field in model.model_fields.items():  # type: ignore[union-attr]
+def test_every_field_of_every_group_is_documented() -> None:
+    groups = {name: f.annotation for name, f in AgentSettings.model_fields.items()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    assert {"membership", "election", "reconcile", "supervisor", "transport",
+            "events"} <= set(groups)
+    for group, model in groups.items():
+        for name, field in model.model_fields.items():
             assert field.description, f"{group}.{name} has no docstring"
+
+
+def test_transport_and_events_are_set_from_the_file(tmp_path: Path) -> None:
+    s = settings(tmp_path, "name: pm1\ntransport: {backoff_max: 2, handshake_timeout: 1.5}\n"
+                           "events: {retention: 864000, max_rows: 1000}\n")
+    assert (s.transport.backoff_max, s.transport.handshake_timeout) == (2.0, 1.5)
+    assert s.transport.request_timeout == 10.0  # the rest keeps its default
+    assert (s.events.retention, s.events.max_rows) == (864000.0, 1000)
+    local = settings(tmp_path, "name: n1\nprofile: local\n")
+    assert local.events.max_rows == LOCAL["events"]["max_rows"]
+    assert local.transport == TransportSettings()  # the same bounds in both profiles
+
+
+def test_membership_and_election_reach_the_election_core(tmp_path: Path) -> None:
+    s = settings(tmp_path, "name: pm1\n"
+                           "membership: {probe_interval: 0.2, probe_timeout: 0.05, "
+                           "indirect_probes: 5, suspicion_mult: 4}\n"
+                           "election: {answer_timeout: 0.3, coordinator_timeout: 2.5, "
+                           "lease: 0.8, no_quorum: freeze}\n")
+    t = timing_for(s)
+    assert (t.probe_interval, t.probe_timeout, t.indirect_checks, t.suspicion_mult) == (
+        0.2, 0.05, 5, 4.0)
+    assert (t.answer_timeout, t.coordinator_timeout, t.no_quorum) == (0.3, 2.5, "freeze")
+    assert (t.lease_duration, t.renew_interval) == (0.8, 0.2)
+    default = timing_for(settings(tmp_path, "name: pm1\n"))
+    assert (default.probe_interval, default.lease_duration, default.no_quorum) == (
+        0.1, 0.4, "stop")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -75,6 +112,12 @@ def test_every_timing_field_is_documented() -> None:
     ("name: pm1\npki: {key_passphrase: hunter2}\n",
      "2:23: pki.key_passphrase: looks like a secret written inline ('key_passphrase'); put it "
      "in a file and reference it as secrets: {NAME: {file: PATH}}"),
+    ("name: pm1\ntransport: {backoff_initial: 10}\n",
+     "2:30: transport.backoff_initial: 10.0 s must not exceed transport.backoff_max (5.0 s)"),
+    ("name: pm1\nevents: {retention: 86400}\n",
+     "2:21: events.retention: must be at least 7 days (604800 s), got 86400 s"),
+    ("name: pm1\nevents: {max_rows: 0}\n",
+     "2:20: events.max_rows: should be greater than or equal to 1, not 0"),
     ("name: pm1\nmembership: {probe_interval: -1}\n",
      "2:30: membership.probe_interval: should be greater than 0, not -1"),
 ])

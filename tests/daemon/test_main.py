@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.config.agent import DAY, load_agent
+from cloudd.daemon.base.eventlog import Event, EventKind
 from cloudd.daemon.base.runner import Runner
-from cloudd.daemon.main import main
+from cloudd.daemon.main import Agent, main
 
 REPO = Path(__file__).resolve().parents[2]
 #: The installed console script, as systemd runs it.
 CLOUDD = [str(Path(sys.executable).parent / "cloudd")]
+T0 = 1_800_000_000.0
 DEADLINE = 60.0  # generous: the machine is shared; nothing here should take more than 2 s
 
 
@@ -149,6 +152,27 @@ def test_sigint_also_stops_the_agent(tmp_path: Path,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_events_settings_reach_the_agents_event_log(tmp_path: Path) -> None:
+    """`events.retention` in agent.yaml is what the agent's event log prunes by: an event ten
+    days old goes under a retention of eight days and stays under the default fourteen."""
+    kept = {}
+    for retention in (8 * DAY, None):
+        folder = tmp_path / str(retention)
+        folder.mkdir()
+        extra = f"events: {{retention: {retention}, prune_every: 1}}\n" if retention else ""
+        path = write_agent(folder, extra)
+        agent = Agent(load_agent(path), config_path=path, env={})
+        try:
+            for t, subject in ((T0, "old"), (T0 + 10 * DAY, "new")):
+                agent.events.append(Event(time=t, cloud="c1", kind=EventKind.ACTION,
+                                          subject=subject, reason="test"))
+            agent.events.prune(now=T0 + 10 * DAY)
+            kept[retention] = [e.subject for e in agent.events.query()]
+        finally:
+            agent.events.close()
+    assert kept == {8 * DAY: ["new"], None: ["old", "new"]}
 
 
 def test_check_accepts_valid_settings_and_manifests(tmp_path: Path,

@@ -15,14 +15,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from cloudd.config.agent import TransportSettings, load_agent
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import Hello
-from cloudd.daemon.network.transport import (
-    PeerConnected,
-    PeerUnreachable,
-    Transport,
-    TransportSettings,
-)
+from cloudd.daemon.network.transport import LinkState, PeerConnected, PeerUnreachable, Transport
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import PkiFiles, init_ca, issue
 
@@ -180,6 +176,7 @@ async def test_exchange_both_ways(alpha: Agent, beta: Agent) -> None:
     assert alpha.got == [("beta", Ping(1)), ("beta", Ping(2))]  # in order, named by cert
     assert await alpha.t.request("beta", Ping(3)) == Pong(3, "beta")
     assert beta.got == [("alpha", Ping(3))]
+    assert (alpha.t.link_state("beta"), beta.t.link_state("alpha")) == (LinkState.UP,) * 2
     assert PeerConnected("alpha") in beta.events and PeerConnected("beta") in alpha.events
     for i in range(200):  # one connection, kept open
         alpha.t.send("beta", Ping(100 + i))
@@ -223,10 +220,51 @@ async def test_unreachable_peer_is_an_event_not_an_exception(beta: Agent) -> Non
                                  for e in beta.events))
     event = next(e for e in beta.events if isinstance(e, PeerUnreachable))
     assert "ConnectionRefusedError" in event.reason
+    await eventually(lambda: beta.t.link_state("nobody") is LinkState.DOWN)
+    assert beta.t.link_state("alpha") is None  # nothing sent to it yet: no link
     with pytest.raises(TemporaryError, match="nobody unreachable"):
         await beta.t.request("nobody", Ping(2))
     beta.t.send("stranger", Ping(3))
     assert PeerUnreachable("stranger", "no address known") in beta.events
+
+
+async def test_backoff_max_from_agent_yaml_bounds_the_redial(pki: dict[str, PkiFiles],
+                                                            tmp_path: Path) -> None:
+    """Two transports lose the same dead peer, both redialling from 10 ms on: the one whose
+    agent.yaml caps the redial at 10 ms keeps dialling, the one capped at 10 s backs off."""
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()  # nothing listens on `port` now
+    dials = {0.01: 0, 10.0: 0}
+    transports = []
+
+    async def ignore(peer: str, msg: object) -> None:
+        return None
+
+    for cap in dials:
+        path = tmp_path / f"agent-{cap}.yaml"
+        path.write_text(f"name: beta\ntransport: {{backoff_initial: 0.01, backoff_max: {cap}}}\n")
+        t = Transport(member="beta", files=pki["beta"], handler=ignore,
+                      settings=load_agent(path).transport)
+        real_dial = t.dial
+
+        async def counting(*args: Any, _dial: Any = real_dial, _cap: float = cap) -> Any:
+            dials[_cap] += 1
+            return await _dial(*args)
+
+        t.dial = counting  # type: ignore[method-assign]
+        t.add_peer("nobody", "127.0.0.1", port)
+        t.send("nobody", Ping(1))
+        transports.append(t)
+    try:
+        await eventually(lambda: dials[0.01] >= 40)
+        # Redialling from 10 ms, doubling, at least half of each delay waited: a 12th dial
+        # would come more than 10 s after the first, while the other made its 40 in less.
+        assert 1 <= dials[10.0] <= 12
+    finally:
+        for t in transports:
+            await t.close()
 
 
 async def test_client_checks_the_server_is_who_it_dialled(alpha: Agent, beta: Agent) -> None:

@@ -141,6 +141,11 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert len(set(delays)) == len(delays)  # jitter makes them differ
 
 
+def test_backoff_nonsense_is_refused_with_the_config() -> None:
+    with pytest.raises(ValueError, match="base <= cap"):
+        PolicyConfig(backoff_base=10.0, backoff_max=1.0)
+
+
 def test_crash_while_running_restarts_at_once_then_backs_off() -> None:
     d = Driver()
     d.running()

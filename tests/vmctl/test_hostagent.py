@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.durable import TermFile
 from cloudd.errors import PermanentError
 from cloudd.vmctl.backend import DomainEvent, EventKind, FakeBackend
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome, TermStore
+from cloudd.vmctl.hostagent import TERM_FILE, HostAgent, HostCommand, Op, Outcome
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, metadata_xml
 
 
@@ -74,7 +75,7 @@ async def test_highest_term_survives_a_restart(fake: FakeBackend, tmp_path: Path
 def test_corrupt_term_file_is_a_precise_error(tmp_path: Path) -> None:
     (tmp_path / "highest-term").write_text("twelve\n")
     with pytest.raises(PermanentError, match="highest-term: not a term number: 'twelve'"):
-        TermStore(tmp_path).load()
+        TermFile(tmp_path / TERM_FILE).load()
 
 
 async def test_failures_are_results_not_exceptions(fake: FakeBackend, tmp_path: Path) -> None:

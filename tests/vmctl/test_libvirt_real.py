@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cloudd_lab.testguest import GuestImage, build_minimal_guest
 
+from cloudd.backoff import Backoff
 from cloudd.vmctl.backend import (
     BackendUnavailable,
     DomainEvent,
@@ -286,7 +287,7 @@ async def test_reconnects_after_libvirtd_restart(own_libvirtd: OwnLibvirtd) -> N
     cloud = f"{PREFIX}{uuid.uuid4().hex[:6]}"
     name = f"{cloud}-n1"
     backend = await LibvirtBackend.open(own_libvirtd.uri, call_timeout=60,
-                                        reconnect_delays=(0.05, 0.1, 0.2))
+                                        reconnect=Backoff(base=0.05, cap=0.2))
     try:
         events = backend.subscribe()
         await backend.define(domain_xml(cloud, "n1", console_dir=own_libvirtd.base))

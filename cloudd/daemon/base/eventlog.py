@@ -5,8 +5,9 @@ the state directory (stdlib sqlite3, WAL, one connection). An append is one smal
 transaction without fsync (synchronous=NORMAL in WAL mode: a power cut may lose the last
 moments, never corrupt the file), cheap enough to run on the event loop. Old rows are pruned:
 everything past the retention (at least seven days), and the oldest beyond `max_rows`, so that
-an event storm cannot fill the disk. Ids only grow (AUTOINCREMENT), so a follower that
-remembers the last id it saw never misses or repeats an event, even across pruning.
+an event storm cannot fill the disk (both set in the agent settings' `events` group). Ids only
+grow (AUTOINCREMENT), so a follower that remembers the last id it saw never misses or repeats
+an event, even across pruning.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cloudd import log
-from cloudd.errors import ConfigError, PermanentError, Problem
+from cloudd.config.agent import EventLogSettings
+from cloudd.errors import PermanentError
 
-DAY = 86400.0
 FILENAME = "events.sqlite3"
 
 _log = log.get("events")
@@ -65,32 +66,6 @@ class Event:
     """Assigned by `append`; grows by one at least per event, never reused."""
 
 
-@dataclass(frozen=True)
-class EventLogSettings:
-    retention: float = 14 * DAY
-    """Seconds an event is kept; at least seven days so that last week's failover is there."""
-    max_rows: int = 500_000
-    """Most events kept (~100 MB); under an event storm this bound wins over `retention`."""
-    prune_every: int = 1000
-    """Appends between two prunes: pruning costs a scan of the time index."""
-
-    def validate(self, source: str = "<settings>") -> None:
-        problems = []
-        if self.retention < 7 * DAY:
-            problems.append(Problem(source, None, None, "events.retention",
-                                    f"must be at least 7 days ({7 * DAY:g} s), "
-                                    f"got {self.retention:g} s"))
-        if self.max_rows < 1:
-            problems.append(Problem(source, None, None, "events.max_rows",
-                                    f"must be a positive number of rows, got {self.max_rows}"))
-        if self.prune_every < 1:
-            problems.append(Problem(source, None, None, "events.prune_every",
-                                    f"must be a positive number of appends, "
-                                    f"got {self.prune_every}"))
-        if problems:
-            raise ConfigError(problems)
-
-
 def _row(r: tuple[int, float, str, str, str, str, int]) -> Event:
     return Event(id=r[0], time=r[1], cloud=r[2], kind=EventKind(r[3]), subject=r[4],
                  reason=r[5], term=r[6])
@@ -101,7 +76,6 @@ class EventLog:
 
     def __init__(self, path: Path, *, settings: EventLogSettings | None = None) -> None:
         self.settings = settings or EventLogSettings()
-        self.settings.validate()
         self.path = path
         self._lock = threading.Lock()
         self._followers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()

@@ -32,9 +32,10 @@ from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure, RunStrategy
 from cloudd.config.portable import portable_text
+from cloudd.daemon.base.durable import TermFile
 from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
 from cloudd.daemon.leader.controller import CommandFencer, Controller, copy_to_host
-from cloudd.daemon.member.election import ElectionShell, Leadership, TermFile
+from cloudd.daemon.member.election import ElectionShell, Leadership
 from cloudd.daemon.network.catalogue import (
     DomainEventNote,
     InspectAnswer,

@@ -201,7 +201,8 @@ class Clouds:
             return await self.transport.request(name, msg)
         pki = self.settings.pki
         transport = Transport(member=self.me, files=PkiFiles(pki.ca, pki.cert, pki.key),
-                              handler=self._handle, codec=self.codec, rng=random.Random())
+                              handler=self._handle, codec=self.codec, rng=random.Random(),
+                              settings=self.settings.transport)
         try:
             transport.add_peer(name, address, self.settings.listen.port)
             return await transport.request(name, msg)
@@ -299,7 +300,8 @@ class Clouds:
                 transport = Transport(member=self.me,
                                       files=PkiFiles(pki.ca, pki.cert, pki.key),
                                       handler=self._handle, on_event=self._on_event,
-                                      codec=self.codec, rng=random.Random())
+                                      codec=self.codec, rng=random.Random(),
+                                      settings=self.settings.transport)
                 await transport.start(str(self.settings.listen.address),
                                       self.settings.listen.port)
                 return transport

@@ -13,47 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from cloudd import log
+from cloudd.daemon.base.durable import TermFile
 from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
 from cloudd.election.agent import AgentCore, Output
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
 from cloudd.election.messages import Message
 from cloudd.election.swim import Status
-from cloudd.errors import ClouddError, ProtocolError
-
-
-class TermFile:
-    """The highest term this agent proposed or followed, durable across restarts."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> int:
-        try:
-            return int(self.path.read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError as e:
-            raise ClouddError(f"{self.path}: not a term number: {e}") from e
-
-    def save(self, term: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{term}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+from cloudd.errors import ProtocolError
 
 
 @dataclass(frozen=True)

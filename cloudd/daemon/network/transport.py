@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import random
 import socket
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudd import log
+from cloudd.backoff import Backoff
+from cloudd.config.agent import TransportSettings
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, Codec, Frame, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import (
     Hello,
@@ -42,43 +45,24 @@ from cloudd.daemon.network.tls import (
     client_context,
     server_context,
 )
-from cloudd.errors import ConfigError, PermanentError, Problem, RemoteProtocolError, TemporaryError
+from cloudd.errors import PermanentError, RemoteProtocolError, TemporaryError
 from cloudd.pki import PkiFiles
 
+#: Share of a redial delay taken off at random: agents that lost the same peer together
+#: (a restarted leader) spread their dials over half the delay instead of arriving at once.
+REDIAL_JITTER = 0.5
 
-@dataclass(frozen=True)
-class TransportSettings:
-    """How patient and how generous the transport is. Times in seconds."""
 
-    handshake_timeout: float = 5.0
-    """TCP accept (or dial) to Hello exchanged, TLS included; longer is a dead or idle peer."""
-    frame_timeout: float = 10.0
-    """A frame once started must arrive whole within this; a stalled peer is dropped."""
-    max_connections: int = 256
-    """Inbound connections not yet authenticated (TLS and Hello under way) held at once; a new
-    one beyond it drops the oldest. Authenticated members do not count: a flood of idle
-    connections cannot lock a member out (each member holds one inbound connection)."""
-    request_timeout: float = 10.0
-    """Default wait for a reply to `request()`."""
-    backoff_initial: float = 0.05
-    """First redial delay after a failure; doubles per failure (with jitter) up to the max."""
-    backoff_max: float = 5.0
-    """Longest redial delay: a dead peer costs one dial per this many seconds."""
-    queue_limit: int = 1024
-    """Messages held per peer while its connection is being dialled."""
-    max_buffer: int = 4 << 20
-    """Unsent bytes per connection beyond which further sends are dropped and reported."""
-    backlog: int = 1024
-    """Listen backlog, so that a burst of dials is accepted and judged, not lost in SYNs."""
+class LinkState(enum.Enum):
+    """Our outgoing connection to one peer: CONNECTING -> UP -> DOWN (backing off, or woken
+    at once when the peer dials us) -> CONNECTING ... until the transport closes."""
 
-    def validate(self) -> None:
-        for name in ("handshake_timeout", "frame_timeout", "request_timeout",
-                     "backoff_initial", "backoff_max"):
-            if not getattr(self, name) > 0:
-                raise ConfigError([Problem("transport", None, None, name, "must be > 0")])
-        for name in ("max_connections", "queue_limit", "max_buffer", "backlog"):
-            if getattr(self, name) < 1:
-                raise ConfigError([Problem("transport", None, None, name, "must be >= 1")])
+    CONNECTING = "connecting"
+    """Dialling: messages wait in the link's queue (up to `queue_limit`)."""
+    UP = "up"
+    """Connected and logged in both ways: messages go straight onto the connection."""
+    DOWN = "down"
+    """The dial failed or the connection dropped: messages are dropped and reported."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +179,7 @@ class _Link:
 
     def __init__(self, owner: Transport, name: str, address: tuple[str, int]) -> None:
         self.owner, self.name, self.address = owner, name, address
-        self.state = "connecting"  # -> up -> down (backing off) -> connecting ...
+        self.state = LinkState.CONNECTING
         self.reason = "not connected yet"
         self.queue: deque[bytes] = deque()
         self.conn: _Conn | None = None
@@ -206,7 +190,7 @@ class _Link:
 
     def offer(self, data: bytes) -> bool:
         why: str | None = None
-        if self.state == "down":
+        if self.state is LinkState.DOWN:
             why = self.reason
         elif self.conn is not None:
             why = self.conn.write(data)
@@ -220,9 +204,9 @@ class _Link:
 
     async def _run(self) -> None:
         failures = 0
-        settings = self.owner.settings
+        redial = self.owner.redial
         while True:
-            self.state = "connecting"
+            self.state = LinkState.CONNECTING
             try:
                 conn, frames = await self.owner.dial(self.name, self.address, self.pending)
             except Exception as exc:  # whatever the reason, the peer is unreachable for now
@@ -230,7 +214,7 @@ class _Link:
                 self._down(_reason(exc), report=failures == 1)
             else:
                 failures = 1  # a connection that drops is redialled after a short pause
-                self.conn, self.state = conn, "up"
+                self.conn, self.state = conn, LinkState.UP
                 self.owner.report(PeerConnected(self.name))
                 while self.queue:
                     conn.write(self.queue.popleft())
@@ -238,16 +222,15 @@ class _Link:
                 self.conn = None
                 conn.writer.transport.abort()
                 self._down(reason, report=True)
-            delay = min(settings.backoff_max, settings.backoff_initial * 2 ** (failures - 1))
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(),
-                                       delay * self.owner.rng.uniform(0.5, 1.0))
+                                       redial.delay(failures, self.owner.rng.random()))
             if self.wake.is_set():
                 failures = 0
 
     def _down(self, reason: str, *, report: bool) -> None:
-        self.state, self.reason = "down", reason
+        self.state, self.reason = LinkState.DOWN, reason
         dropped = len(self.queue)
         self.queue.clear()
         for future in self.pending.values():
@@ -272,7 +255,9 @@ class Transport:
                  settings: TransportSettings | None = None, codec: Codec = default_codec,
                  rng: random.Random | None = None) -> None:
         self.settings = settings or TransportSettings()
-        self.settings.validate()
+        #: how long a lost link waits before the next dial (ValueError here if nonsense)
+        self.redial = Backoff(base=self.settings.backoff_initial, cap=self.settings.backoff_max,
+                              jitter=REDIAL_JITTER)
         self.member, self.handler, self.codec = member, handler, codec
         codec.register(Hello, "cloudd.hello")
         codec.register(RemoteFailure, "cloudd.remote-failure")
@@ -332,6 +317,11 @@ class Transport:
             if old.conn is not None:
                 old.conn.writer.transport.abort()
             old._down("peer address changed", report=False)
+
+    def link_state(self, peer: str) -> LinkState | None:
+        """Where our outgoing connection to `peer` is; None before anything was sent to it."""
+        link = self._links.get(peer)
+        return None if link is None else link.state
 
     @property
     def connection_count(self) -> int:
@@ -518,7 +508,7 @@ class Transport:
                 return
             self._authenticated.add(sock)
             link = self._links.get(member)
-            if link is not None and link.state == "down":
+            if link is not None and link.state is LinkState.DOWN:
                 # A restarted peer dials us first: answer it now, not after our backoff.
                 link.wake.set()
             conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})

@@ -20,7 +20,6 @@ import json
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,39 +45,22 @@ HERE = Path(__file__).resolve().parent
 APP = HERE / "app.rb"
 
 
-#: The secret name used when the manifest's settings name none.
-DEFAULT_PASSWORD_SECRET = "database_password"
+#: The MariaDB port the servers connect to.
+DATABASE_PORT = 3306
+#: InnoDB buffer pool, MiB; small, the guestbook is small.
+BUFFER_POOL_MIB = 64
+#: The unprivileged user the app and nginx's workers run as.
+RUN_AS = "www-data"
 
 
-@dataclass(frozen=True)
-class WebSettings:
-    """What the roles need: the manifest's `settings` (validated by `spec.WebSettings`) plus
-    the provider's fixed choices."""
-
-    app_port: int = 8080
-    balancer_port: int = 80
-    database_name: str = "app"
-    database_user: str = "app"
-    #: Name of the secret (a file in the node's secrets dir) holding the app's DB password.
-    password_secret: str = DEFAULT_PASSWORD_SECRET
-    database_port: int = 3306
-    #: InnoDB buffer pool, MiB; small, the guestbook is small.
-    buffer_pool_mib: int = 64
-    #: The unprivileged user the app and nginx's workers run as.
-    run_as: str = "www-data"
-
-
-def web_settings(raw: Mapping[str, Any]) -> WebSettings:
+def web_settings(raw: Mapping[str, Any]) -> spec.WebSettings:
     """Settings from the manifest's mapping; one precise error for the first bad value."""
     try:
-        m = spec.WebSettings.model_validate(dict(raw))
+        return spec.WebSettings.model_validate(dict(raw))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"
         raise PermanentError(f"web settings: {where}: {err['msg']}") from None
-    return WebSettings(app_port=m.app_port, balancer_port=m.balancer_port,
-                       database_name=m.database_name, database_user=m.database_user,
-                       password_secret=m.database_password_ref or DEFAULT_PASSWORD_SECRET)
 
 
 def fill(template: str, **values: object) -> str:
@@ -130,8 +112,8 @@ class DatabaseRole(Role):
                         user=s.database_user, accounts="\n".join(accounts),
                         hosts=", ".join(f"'{h}'" for h in hosts) or "''")
         cnf = fill("my.cnf.tmpl", node=a.node, cloud=a.cloud, data=base / "data",
-                   run=a.root / "run", log=a.root / "log", address=a.address, port=s.database_port,
-                   init_file=base / "init.sql", buffer_pool_mib=s.buffer_pool_mib)
+                   run=a.root / "run", log=a.root / "log", address=a.address, port=DATABASE_PORT,
+                   init_file=base / "init.sql", buffer_pool_mib=BUFFER_POOL_MIB)
         return Rendered(
             dirs=(*_dirs(a, owner="mysql"), DirSpec(base, 0o750, "mysql", "mysql")),
             files=(FileSpec(base / "my.cnf", cnf, 0o644),
@@ -141,7 +123,7 @@ class DatabaseRole(Role):
         )
 
     def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
-        s = web_settings(a.settings)
+        web_settings(a.settings)  # bad settings fail here as in every other step
         sock = a.root / "run" / "mysqld.sock"
         client = (*a.exec_prefix, "mariadb", f"--socket={sock}", "--user=root")
         return (ServiceSpec(
@@ -150,7 +132,7 @@ class DatabaseRole(Role):
             # namespace prefix like `ip netns exec` may run before it.
             argv=(*a.exec_prefix, "/usr/sbin/mariadbd", f"--defaults-file={a.root}/mysql/my.cnf"),
             start_grace=1.0, stop_grace=30.0,
-            liveness=ProbeSpec(kind=ProbeKind.TCP, host=a.address, port=s.database_port),
+            liveness=ProbeSpec(kind=ProbeKind.TCP, host=a.address, port=DATABASE_PORT),
             readiness=ProbeSpec(kind=ProbeKind.EXEC, argv=(*client, "-e", "SELECT 1")),
             reload_argv=(*client, "-e", f"source {a.root}/mysql/init.sql"),
             log_path=str(a.root / "log" / "mariadbd.out"),
@@ -191,13 +173,13 @@ class ServerRole(Role):
         s = web_settings(a.settings)
         dbs = a.peers_of("database")
         database = None if not dbs else {
-            "host": dbs[0].address, "port": s.database_port, "name": s.database_name,
+            "host": dbs[0].address, "port": DATABASE_PORT, "name": s.database_name,
             "user": s.database_user, "password": secrets[s.password_secret]}
         config = {"node": a.node, "bind": a.address, "port": s.app_port, "database": database}
         return Rendered(
             dirs=(*_dirs(a), DirSpec(a.root / "app")),
             files=(FileSpec(a.root / "app" / "config.json", json.dumps(config, indent=2) + "\n",
-                            0o640, "root", s.run_as, reload=("webrick",)),),
+                            0o640, "root", RUN_AS, reload=("webrick",)),),
         )
 
     def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
@@ -206,7 +188,7 @@ class ServerRole(Role):
         return (ServiceSpec(
             name="webrick",
             # setpriv drops to the app's user after any namespace prefix has run as root.
-            argv=(*a.exec_prefix, "setpriv", f"--reuid={s.run_as}", f"--regid={s.run_as}",
+            argv=(*a.exec_prefix, "setpriv", f"--reuid={RUN_AS}", f"--regid={RUN_AS}",
                   "--init-groups", "ruby", str(APP), str(a.root / "app" / "config.json")),
             cwd=str(a.root / "app"),
             liveness=_http(f"{url}/health"),
@@ -244,7 +226,7 @@ class BalancerRole(Role):
             location = ("            default_type text/plain;\n"
                         '            return 503 "no healthy server\\n";')
         tmp = a.root / "nginx" / "tmp"
-        conf = fill("nginx.conf.tmpl", node=a.node, cloud=a.cloud, user=s.run_as,
+        conf = fill("nginx.conf.tmpl", node=a.node, cloud=a.cloud, user=RUN_AS,
                     run=a.root / "run", log=a.root / "log", tmp=tmp, upstream=upstream,
                     address=a.address, port=s.balancer_port, location=location,
                     members="".join(f"{m}\\n" for m in members))
@@ -291,7 +273,7 @@ class WebProvider(Provider):
     async def configure(self, cluster: ClusterView, role: str) -> None:
         """Check that a role is usable before the roles after it are configured."""
         s = web_settings(cluster.settings)
-        checks = {"database": (s.database_port, None), "server": (s.app_port, "/ready"),
+        checks = {"database": (DATABASE_PORT, None), "server": (s.app_port, "/ready"),
                   "balancer": (s.balancer_port, "/cloudd/health")}
         port, path = checks[self.role(role).name]
         for node in cluster.of(role):

@@ -6,6 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import RoleSpec, TypeSpec
 
+#: The secret name used when the manifest's settings name none.
+DEFAULT_PASSWORD_SECRET = "database_password"
+
 
 class WebSettings(BaseModel):
     """`settings:` of a web cloud."""
@@ -23,6 +26,11 @@ class WebSettings(BaseModel):
     """The MariaDB account the app servers connect as."""
     database_password_ref: str | None = None
     """Name of the entry under `secrets` holding that account's password."""
+
+    @property
+    def password_secret(self) -> str:
+        """The secret (a file in the node's secrets dir) that holds the app's DB password."""
+        return self.database_password_ref or DEFAULT_PASSWORD_SECRET
 
 
 #: Dependency order: the database before the servers before the balancers.

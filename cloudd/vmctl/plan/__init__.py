@@ -7,6 +7,7 @@ them and calls again. See `planner` for the
 rules, `placement` for host choice and `backoff` for failure bookkeeping.
 """
 
+from cloudd.config.intent import Ensure, RunStrategy
 from cloudd.vmctl.plan.backoff import BackoffPolicy, Ledger, delay, failed
 from cloudd.vmctl.plan.model import (
     GUEST_SHUTDOWN,
@@ -18,7 +19,6 @@ from cloudd.vmctl.plan.model import (
     Destroy,
     DomainObs,
     DomainState,
-    Ensure,
     FailRecord,
     Fence,
     HostObs,
@@ -29,7 +29,6 @@ from cloudd.vmctl.plan.model import (
     NodeSpec,
     Observed,
     Planned,
-    RunStrategy,
     Shutdown,
     Start,
     Undefine,

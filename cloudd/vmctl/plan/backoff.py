@@ -1,21 +1,22 @@
-"""Exponential backoff with jitter for repeated failures, kept per node and per host.
+"""The leader's backoff for repeated failures, kept per node and per host.
 
 A failed action is never retried inline: the controller records it here and the next plan
-skips the subject until `not_before`. The jitter is derived from the subject's name and its
-failure count (or drawn from an injected `random.Random`), so that a replay gives the same
-schedule and nodes that failed together do not retry together.
+skips the subject until `not_before`. The delays are cloudd's one backoff
+(`cloudd.backoff.Backoff`); their jitter is derived from the subject's name and its failure
+count (or drawn from an injected `random.Random`), so that a replay gives the same schedule and
+nodes that failed together do not retry together.
 A subject's count is forgotten after a stable period: for a node, its domain has been running
 that long; for a host, it has not failed for that long.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from cloudd.backoff import Backoff, hashed_unit
 from cloudd.vmctl.plan.model import DomainObs, DomainState, FailRecord
 
 
@@ -28,23 +29,27 @@ class BackoffPolicy:
     cap: float = 300.0
     """Longest wait, seconds: a VM stays down at most this long once its cause is gone."""
     jitter: float = 0.25
-    """Share of the delay drawn at random, spread over [-jitter, +jitter]."""
+    """Share of the delay taken off at random, in [0, 1]: the wait never exceeds the nominal
+    delay, so `cap` is a true bound."""
     stable: float = 600.0
     """Seconds of good behaviour after which a subject's failure count is forgotten."""
 
+    backoff: Backoff = field(init=False, repr=False, compare=False)
+    """The delays themselves, built from the fields above."""
 
-def _unit(subject: str, count: int) -> float:
-    """A number in [0, 1) fixed by the subject and count: jitter without a random source."""
-    digest = hashlib.blake2b(f"{subject}:{count}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
+    def __post_init__(self) -> None:
+        # Built here, so that nonsense is refused with the policy, not at the first failure.
+        object.__setattr__(self, "backoff", Backoff(base=self.base, cap=self.cap,
+                                                    factor=self.factor, jitter=self.jitter))
+        if self.stable <= 0:
+            raise ValueError(f"backoff stable period must be > 0, not {self.stable}")
 
 
 def delay(policy: BackoffPolicy, *, subject: str, count: int,
           rng: random.Random | None = None) -> float:
     """Seconds to wait after the `count`-th consecutive failure of `subject`."""
-    raw = min(policy.cap, policy.base * policy.factor ** max(0, count - 1))
-    unit = rng.random() if rng is not None else _unit(subject, count)
-    return max(0.0, raw * (1.0 + policy.jitter * (2.0 * unit - 1.0)))
+    unit = rng.random() if rng is not None else hashed_unit(subject, count)
+    return policy.backoff.delay(count, unit)
 
 
 def failed(previous: FailRecord | None, *, subject: str, now: float, policy: BackoffPolicy,

@@ -12,21 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-
-class Ensure(enum.Enum):
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-class RunStrategy(enum.Enum):
-    """When a node's VM is (re)started, after KubeVirt's run strategies of the same names."""
-
-    ALWAYS = "always"
-    """Start it whenever it is not running, whatever stopped it."""
-    RERUN_ON_FAILURE = "rerun-on-failure"
-    """Start it unless the guest powered itself off."""
-    MANUAL = "manual"
-    """Define it, never start it: the operator starts and stops it."""
+from cloudd.config.intent import Ensure, RunStrategy
 
 
 class Liveness(enum.Enum):

@@ -21,7 +21,8 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from cloudd.vmctl.plan.model import HostObs, NodeSpec, RunStrategy
+from cloudd.config.intent import RunStrategy
+from cloudd.vmctl.plan.model import HostObs, NodeSpec
 
 
 def has_image(host: HostObs, node: NodeSpec) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+from cloudd.config.intent import Ensure, RunStrategy
 from cloudd.vmctl.plan.model import (
     GUEST_SHUTDOWN,
     Action,
@@ -37,7 +38,6 @@ from cloudd.vmctl.plan.model import (
     Destroy,
     DomainObs,
     DomainState,
-    Ensure,
     Fence,
     HostObs,
     Limits,
@@ -46,7 +46,6 @@ from cloudd.vmctl.plan.model import (
     NodeSpec,
     Observed,
     Planned,
-    RunStrategy,
     Shutdown,
     Start,
     Undefine,
