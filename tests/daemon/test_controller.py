@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from cloudd.config.manifest import load_cloud
+from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventKind, EventLog
-from cloudd.daemon.leader.controller import CommandFencer, Controller, LocalHosts, copy_to_host
-from cloudd.daemon.member.cloudmember import desired_of
+from cloudd.daemon.leader.controller import Controller, LocalHosts
+from cloudd.daemon.leader.desired import desired_of
+from cloudd.daemon.leader.fencing import CommandFencer
+from cloudd.daemon.leader.imagecopy import copy_to_host
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import DomainEvent, DomainState, FakeBackend
@@ -52,14 +55,6 @@ def render(spec: NodeSpec, term: int, *, kind: str = "kvm") -> str:
                                               image=spec.image, extra={"kind": kind}))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Flaky:
     """A client in front of LocalHosts: cut hosts, and make chosen commands fail."""
@@ -86,7 +81,7 @@ class Pool:
     client: Flaky
     live: dict[str, Liveness]
     events: EventLog
-    clock: Clock
+    clock: FakeClock
     term: list[int | None]
     nodes: list[NodeSpec]
     ensure: list[Ensure]
@@ -105,8 +100,9 @@ class Pool:
 
 def make_pool(tmp_path: Path, *, hosts: int = 3, nodes: int = 4,
               fencer: CommandFencer | None = None) -> Pool:
-    clock = Clock()
-    backends = {f"h{i}": FakeBackend(clock=clock, images=frozenset({IMG})) for i in range(hosts)}
+    clock = FakeClock(monotonic=1000.0)
+    backends = {f"h{i}": FakeBackend(clock=clock.monotonic, images=frozenset({IMG}))
+                for i in range(hosts)}
     agents = {h: HostAgent(b, state_dir=tmp_path / h, host=h) for h, b in backends.items()}
     client = Flaky(LocalHosts(agents))
     live = dict.fromkeys(backends, Liveness.ALIVE)
@@ -186,13 +182,13 @@ async def test_failures_back_off_and_are_never_retried_inline(pool: Pool) -> Non
     await pool.converge(3)  # same instant: backing off
     assert "n0" not in pool.running()
     assert [w.node for w in pool.controller.last_plan.waiting] == ["n0"]
-    pool.clock.now += 10.0
+    pool.clock.advance(10.0)
     await pool.converge(1)  # second failure: 20 s now
     assert pool.controller.node_fails.get("n0").count == 2  # type: ignore[union-attr]
-    pool.clock.now += 20.0
+    pool.clock.advance(20.0)
     await pool.converge(1)
     assert pool.running()["n0"] == "h0"
-    pool.clock.now += 700.0
+    pool.clock.advance(700.0)
     await pool.converge(1)
     assert pool.controller.node_fails.get("n0") is None  # stable: forgotten
 
@@ -477,7 +473,7 @@ async def test_a_failed_copy_backs_off_the_node_and_defines_nothing(tmp_path: Pa
     assert pool.controller.host_fails.get("h1") is None  # the source may be at fault
     await pool.converge(2)  # same instant: backing off, no second copy
     assert len(copier.fetches) == 1
-    pool.clock.now += 10.0
+    pool.clock.advance(10.0)
     await pool.converge(2)
     assert pool.running() == {"n1": "h1"}
     pool.events.close()
@@ -544,3 +540,4 @@ roles:
     assert head.source is None
     assert compute.source == ImageSource("pm2", "192.0.2.71")
     assert compute.copied_image == "/i/base.qcow2"
+
