@@ -331,8 +331,11 @@ class CloudMember:
         """Hand out the manifest and, while acting, the role assignments; on every poke."""
         period = min(self.settings.reconcile.resync_interval, ASSIGN_WAKE)
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that comes
+            # as the poke does, and the member's task group would wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), timeout=period)
+                async with asyncio.timeout(period):
+                    await self._poke.wait()
             self._poke.clear()
             alive = self._alive()
             self._distribute(alive)

@@ -226,14 +226,19 @@ class Clouds:
         handlers: dict[Duty, Handler] = (dict.fromkeys(Duty, self._no_cloud_yet)
                                          if member is None else dict(member.handlers))
         handlers[Duty.MANIFEST_OFFER] = self._on_offer
-        if self._above is not None:
-            handlers[Duty.OPERATOR_REQUEST] = self._above.operator_request
-            handlers[Duty.INSPECT_WANTED] = self._above.inspect_wanted
+        above = self._above
+        handlers[Duty.OPERATOR_REQUEST] = (above.operator_request if above is not None
+                                           else self._not_serving_yet)
+        handlers[Duty.INSPECT_WANTED] = (above.inspect_wanted if above is not None
+                                         else self._not_serving_yet)
         return await deliver(peer, msg, me=self.me, handlers=handlers,
                              now=member.senders() if member is not None else NOBODY)
 
     async def _no_cloud_yet(self, peer: str, msg: Any) -> Any:
         raise TemporaryError(f"{self.me} has no cloud yet")
+
+    async def _not_serving_yet(self, peer: str, msg: Any) -> Any:
+        raise TemporaryError(f"{self.me} is not serving its operator's duties yet")
 
     async def _on_offer(self, peer: str, offer: ManifestOffer) -> OperatorAnswer:
         # The leader's generation is always taken; a member's seed only by an agent that

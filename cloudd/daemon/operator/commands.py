@@ -215,7 +215,8 @@ class Operator:
 
     async def _stop(self, call: Call) -> Any:
         _, snap = call.serving()
-        text = stopped_text(snap.cloud.text)
+        # portable first: the text is checked in another folder than the one it came from
+        text = stopped_text(portable_text(snap.cloud, snap.cloud.text))
         return await self._install(text, await self.manifests.check(text), op=OperatorOp.STOP,
                                    term=snap.term)
 

@@ -197,9 +197,8 @@ class Inspector:
 
     async def _ask_leader(self, snap: MemberSnapshot) -> CloudView | None:
         try:
-            answer = await asyncio.wait_for(
-                self._request(snap.leader, InspectWanted(snap.cloud.name)),
-                timeout=LEADER_ASK_TIMEOUT)
+            async with asyncio.timeout(LEADER_ASK_TIMEOUT):
+                answer = await self._request(snap.leader, InspectWanted(snap.cloud.name))
             if not isinstance(answer, InspectAnswer):
                 raise ValueError(f"the leader answered {type(answer).__name__}")
             theirs = InspectDoc.from_json(json.loads(answer.doc))

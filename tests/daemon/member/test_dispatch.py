@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -58,7 +59,8 @@ def test_every_message_that_is_not_a_reply_has_one_route() -> None:
 def test_every_duty_is_somebodys_and_every_route_names_senders() -> None:
     assert {r.duty for r in ROUTES} == set(Duty)
     assert all(r.senders and all(r.senders) for r in ROUTES)
-    assert all(r.names is None or r.names in r.message.__dataclass_fields__ for r in ROUTES)
+    assert all(r.names is None or r.names in {f.name for f in dataclasses.fields(r.message)}
+               for r in ROUTES)
 
 
 def test_only_what_was_refused_before_is_enforced_now() -> None:
