@@ -334,24 +334,19 @@ class Controller:
     async def _perform(self, action: NodeAction, *, spec: NodeSpec | None, cloud: str,
                        term: int) -> str | None:
         """Run one action; None on success, else why it failed."""
+        local = {CopyImage: (self.fetch, "no image copy configured"),
+                 CreateOverlay: (self.overlay, "no overlay support configured")}
         try:
-            if isinstance(action, CopyImage):
-                if self.fetch is None or spec is None:
-                    return "no image copy configured"
-                await self.fetch(action.host, spec)
+            if type(action) in local:
+                # performed here, through the host client, not as one host command
+                perform, missing = local[type(action)]
+                if perform is None or spec is None:
+                    return missing
+                await perform(action.host, spec)
                 return None
-            if isinstance(action, CreateOverlay):
-                if self.overlay is None or spec is None:
-                    return "no overlay support configured"
-                await self.overlay(action.host, spec)
-                return None
-            if isinstance(action, Define):
-                if spec is None:
-                    return f"node {action.node} is not in the manifest"
-                command = HostCommand(Op.DEFINE, term, domain_name(cloud, action.node),
-                                      self.render(spec, term))
-            else:
-                command = HostCommand(_OPS[type(action)], term, domain_name(cloud, action.node))
+            command = self._command(action, spec=spec, cloud=cloud, term=term)
+            if command is None:
+                return f"node {action.node} is not in the manifest"
             async with asyncio.timeout(self.call_timeout):
                 result = await self.client.call(action.host, command)
         except (ClouddError, OSError, TimeoutError) as exc:
@@ -360,15 +355,29 @@ class Controller:
             return f"refused: {result.message} (this leader is deposed)"
         if result.outcome is Outcome.FAILED:
             return result.message or "failed"
-        key = (action.node, action.host)
-        if isinstance(action, Shutdown):
-            self._shutdowns.setdefault(key, self.clock.monotonic())
-        elif isinstance(action, Start | Undefine):
-            self._reasons.pop(key, None)
-            if isinstance(action, Start):
-                # running since now, not since the next report: the stable period starts here
-                self._seen[key] = (DomainState.RUNNING, self.clock.monotonic())
+        self._done(action)
         return None
+
+    def _command(self, action: NodeAction, *, spec: NodeSpec | None, cloud: str,
+                 term: int) -> HostCommand | None:
+        """The host command for a domain action (None: a Define for a node not declared)."""
+        domain = domain_name(cloud, action.node)
+        op = _OPS[type(action)]
+        if op is not Op.DEFINE:
+            return HostCommand(op, term, domain)
+        return HostCommand(op, term, domain, self.render(spec, term)) if spec else None
+
+    def _done(self, action: NodeAction) -> None:
+        """What a done action changes in what the next observation will say."""
+        key, now = (action.node, action.host), self.clock.monotonic()
+        op = _OPS[type(action)]
+        if op is Op.SHUTDOWN:
+            self._shutdowns.setdefault(key, now)
+        if op in (Op.START, Op.UNDEFINE):
+            self._reasons.pop(key, None)
+        if op is Op.START:
+            # running since now, not since the next report: the stable period starts here
+            self._seen[key] = (DomainState.RUNNING, now)
 
     async def _fence(self, action: Fence, *, cloud: str, term: int) -> None:
         try:

@@ -4,10 +4,10 @@ handles it, and who may send it.
 Theory of operation. The transport authenticates a peer (mutual TLS, the certificate's name
 bound to its Hello) and hands `Clouds` each message with the peer's name. `Clouds` and its
 `CloudMember` route it through `ROUTES` only: the row of the message's type names the duty
-that handles it (served by `Clouds` or by the `CloudMember`) and the senders it accepts.
-Authentication is not authorization: a row's `senders` is the trust model's answer (see
-docs/design, "Trust model") to "who may send this", as alternatives of sender kinds that must
-all hold (`HOST & NAMED`: a pool host speaking for itself). `kinds_of` says which kinds a peer
+that handles it and the senders it accepts.
+Authentication is not authorization: a row's `senders` is the design's trust model
+answering "who may send this", as alternatives of sender kinds that must all hold
+(`all_of(HOST, NAMED)`: a pool host speaking for itself). `kinds_of` says which kinds a peer
 is *now* (from the roster in force and the election's leader), `may_send` whether they
 suffice.
 
@@ -60,7 +60,9 @@ class Sender(enum.Enum):
 
 
 class Duty(enum.Enum):
-    """Who handles a message: `Clouds` (the agent) or its `CloudMember` (the cloud)."""
+    """Who handles a message: the `CloudMember` (election, host, leader and node duties),
+    `Clouds` (manifest offers), or the operator's room through `Clouds` (operator requests,
+    the leader's inspect view)."""
 
     ELECTION = "election"
     HOST_COMMAND = "host command"

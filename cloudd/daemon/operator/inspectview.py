@@ -49,6 +49,9 @@ RECENT_EVENTS = 8
 #: operator's `inspect` must answer even while the leader is dying.
 LEADER_ASK_TIMEOUT = 3.0
 
+#: Recent failures searched for each failed action's last error: a handful per subject.
+FAILURES_READ = 50
+
 #: A leader's view older than this many leases is shown as stale (a new leader is elected
 #: well within two leases).
 STALE_LEASES = 2
@@ -116,7 +119,8 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
                                                 and report.phase != NodePhase.READY else ""),
             services=services))
     last_error = {e.subject: e.reason for e in
-                  events.query(cloud=cloud.name, kind=EventKind.FAILURE, limit=50)}
+                  events.query(cloud=cloud.name, kind=EventKind.FAILURE,
+                                limit=FAILURES_READ)}
     failed = tuple(
         FailedAction(action="reconcile", subject=subject, fail_count=record.count,
                      last_error=last_error.get(subject, ""),
