@@ -625,3 +625,29 @@ async def test_a_stepped_wall_clock_moves_no_duration(pool: Pool) -> None:
     assert pool.running()["n0"] == "h0"
     times = [e.time for e in pool.events.query(limit=100)]
     assert min(times) >= 1_700_000_000.0
+
+
+async def test_actions_in_flight_end_with_the_controller(pool: Pool) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    real = pool.client.inner.call
+
+    async def slow(host: str, command: HostCommand) -> HostResult:
+        if command.op is Op.DEFINE:
+            started.set()
+            try:
+                await release.wait()
+            finally:
+                for _ in range(3):  # a host call takes a few steps to wind down
+                    await asyncio.sleep(0)
+        return await real(host, command)
+
+    pool.client.inner.call = slow  # type: ignore[method-assign]
+    run = asyncio.create_task(pool.controller.run())
+    pool.controller.poke()
+    async with asyncio.timeout(10):
+        await started.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("node-"))
+    pool.events.close()

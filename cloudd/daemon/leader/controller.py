@@ -289,8 +289,11 @@ class Controller:
                 except ClouddError as exc:
                     self._log.error("reconcile_pass_failed", reason=str(exc))
         finally:
-            for task in [*self._busy.values(), *self._fencing.values()]:
+            # the actions it launched end with it: none outlives the leader's shutdown
+            launched = [*self._busy.values(), *self._fencing.values()]
+            for task in launched:
                 task.cancel()
+            await asyncio.gather(*launched, return_exceptions=True)
 
     # ---- performing ---------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
     assert (await agent.clouds._handle("pm2", leader)).ok
 
 
-class Above_:
+class OperatorRoom:
     """The operator's room as Clouds sees it: records, and holds a hand-over open."""
 
     def __init__(self) -> None:
@@ -143,7 +143,7 @@ class Above_:
 
 async def test_while_running_the_operators_duties_are_served_and_its_tasks_owned(
         agent: Agent, tmp_path: Path) -> None:
-    above = Above_()
+    above = OperatorRoom()
     cloud = shop(tmp_path / "manifests")
     agent.clouds.on_manifest(loaded(cloud))
     member = agent.clouds.serving()
