@@ -30,11 +30,13 @@ from cloudd.config.registry import Change, ManifestEvent, ManifestRegistry
 from cloudd.daemon.base.eventlog import EventLog
 from cloudd.daemon.base.runner import Runner
 from cloudd.daemon.base.sdnotify import Notifier, watchdog_interval
-from cloudd.daemon.member.clouds import Clouds
+from cloudd.daemon.member.clouds import Above, Clouds
+from cloudd.daemon.member.manifests import ManifestFolder
 from cloudd.daemon.node.boot import NODE_STATE, Seed, read_identity, settings_for
 from cloudd.daemon.node.converge import NodeSide
 from cloudd.daemon.operator.api import ApiServer
-from cloudd.daemon.operator.commands import OPS
+from cloudd.daemon.operator.commands import LOCAL_OPS, Operator
+from cloudd.daemon.operator.inspectview import Inspector
 from cloudd.daemon.operator.metrics import Metrics, serve_from_settings
 from cloudd.daemon.operator.metricsfeed import MetricsFeed
 from cloudd.daemon.operator.queries import events_stream
@@ -72,16 +74,25 @@ class Agent:
         self._rescan = asyncio.Event()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog.in_state_dir(settings.state_dir, settings=settings.events)
-        self.clouds = Clouds(settings, events=self.events, node_side_factory=NodeSide)
+        manifests = ManifestFolder(settings.manifest_dir, incoming=settings.state_dir / "incoming",
+                                   locate=self.registry.path_of, rescan=self.rescan)
+        self.clouds = Clouds(settings, events=self.events, manifests=manifests,
+                             node_side_factory=NodeSide)
         self.manifest_listeners.append(self.clouds.on_manifest)
-        self.clouds.attach(locate=self.registry.path_of, rescan=self.rescan)
+        self.operator = Operator(me=settings.name, member=self.clouds.serving,
+                                 request=self.clouds.request, ask_outside=self.clouds.ask_outside,
+                                 manifests=manifests, events=self.events)
+        self.inspector = Inspector(me=settings.name, snapshot=self.clouds.snapshot,
+                                   request=self.clouds.request, events=self.events)
         self.api = ApiServer(settings.api_socket)
         self.api.register("status", self._api_status)
         self.api.register("inspect", self._api_inspect)
         self.api.register_stream("events", events_stream(self.events))
-        for op in OPS:
-            self.api.register(op, functools.partial(self.clouds.operator.command, op))
-        self.runner.add("clouds", self.clouds.run)
+        for op in LOCAL_OPS:
+            self.api.register(op.value, functools.partial(self.operator.command, op))
+        above = Above(operator_request=self.operator.answer,
+                      inspect_wanted=self.inspector.answer, hand_over=self.operator.hand_over)
+        self.runner.add("clouds", functools.partial(self.clouds.run, above=above))
         if settings.metrics.enabled:
             self.metrics = Metrics()
             self.runner.add("metrics", self._serve_metrics)
@@ -113,19 +124,19 @@ class Agent:
     async def _serve_metrics(self) -> None:
         endpoint = serve_from_settings(self.metrics, self.settings.metrics)
         try:
-            await MetricsFeed(self.clouds, self.metrics).run()
+            await MetricsFeed(self.clouds.snapshot, self.metrics, events=self.events).run()
         finally:
             if endpoint is not None:
                 endpoint.close()
 
     async def _api_status(self, args: dict[str, Any]) -> Any:
-        return self.clouds.status()
+        return self.inspector.status()
 
     async def _api_inspect(self, args: dict[str, Any]) -> Any:
         cloud = args.get("cloud")
         if cloud is not None and not isinstance(cloud, str):
             raise ApiError(f"inspect: 'cloud' must be a cloud name or null, got {cloud!r}")
-        return (await self.clouds.inspect(cloud)).to_json()
+        return (await self.inspector.inspect(cloud)).to_json()
 
     def _started(self) -> None:
         self.notifier.ready()

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.config.agent import Reconcile
 from cloudd.config.manifest import load_cloud
+from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventKind, EventLog
-from cloudd.daemon.leader.controller import CommandFencer, Controller, LocalHosts, copy_to_host
-from cloudd.daemon.member.cloudmember import desired_of
+from cloudd.daemon.leader.controller import Controller, LocalHosts, policy_of
+from cloudd.daemon.leader.desired import desired_of
+from cloudd.daemon.leader.fencing import CommandFencer
+from cloudd.daemon.leader.imagecopy import copy_to_host
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import DomainEvent, DomainState, FakeBackend
@@ -52,14 +56,6 @@ def render(spec: NodeSpec, term: int, *, kind: str = "kvm") -> str:
                                               image=spec.image, extra={"kind": kind}))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Flaky:
     """A client in front of LocalHosts: cut hosts, and make chosen commands fail."""
@@ -86,7 +82,7 @@ class Pool:
     client: Flaky
     live: dict[str, Liveness]
     events: EventLog
-    clock: Clock
+    clock: FakeClock
     term: list[int | None]
     nodes: list[NodeSpec]
     ensure: list[Ensure]
@@ -104,9 +100,11 @@ class Pool:
 
 
 def make_pool(tmp_path: Path, *, hosts: int = 3, nodes: int = 4,
-              fencer: CommandFencer | None = None) -> Pool:
-    clock = Clock()
-    backends = {f"h{i}": FakeBackend(clock=clock, images=frozenset({IMG})) for i in range(hosts)}
+              fencer: CommandFencer | None = None,
+              policy: BackoffPolicy | None = None) -> Pool:
+    clock = FakeClock(monotonic=1000.0)
+    backends = {f"h{i}": FakeBackend(clock=clock.monotonic, images=frozenset({IMG}))
+                for i in range(hosts)}
     agents = {h: HostAgent(b, state_dir=tmp_path / h, host=h) for h, b in backends.items()}
     client = Flaky(LocalHosts(agents))
     live = dict.fromkeys(backends, Liveness.ALIVE)
@@ -118,7 +116,7 @@ def make_pool(tmp_path: Path, *, hosts: int = 3, nodes: int = 4,
         desired=lambda: Desired("c1", ensure[0], tuple(specs), ("db", "web")),
         hosts=lambda: sorted(backends), liveness=live.__getitem__, leader=lambda: term[0],
         client=client, events=events, render=render, fencer=fencer, clock=clock,
-        policy=BackoffPolicy(base=10.0, jitter=0.0, stable=600.0), resync=3600.0)
+        policy=policy or BackoffPolicy(base=10.0, jitter=0.0, stable=600.0), resync=3600.0)
     return Pool(backends, client, live, events, clock, term, specs, ensure, controller)
 
 
@@ -186,13 +184,13 @@ async def test_failures_back_off_and_are_never_retried_inline(pool: Pool) -> Non
     await pool.converge(3)  # same instant: backing off
     assert "n0" not in pool.running()
     assert [w.node for w in pool.controller.last_plan.waiting] == ["n0"]
-    pool.clock.now += 10.0
+    pool.clock.advance(10.0)
     await pool.converge(1)  # second failure: 20 s now
     assert pool.controller.node_fails.get("n0").count == 2  # type: ignore[union-attr]
-    pool.clock.now += 20.0
+    pool.clock.advance(20.0)
     await pool.converge(1)
     assert pool.running()["n0"] == "h0"
-    pool.clock.now += 700.0
+    pool.clock.advance(700.0)
     await pool.converge(1)
     assert pool.controller.node_fails.get("n0") is None  # stable: forgotten
 
@@ -477,7 +475,7 @@ async def test_a_failed_copy_backs_off_the_node_and_defines_nothing(tmp_path: Pa
     assert pool.controller.host_fails.get("h1") is None  # the source may be at fault
     await pool.converge(2)  # same instant: backing off, no second copy
     assert len(copier.fetches) == 1
-    pool.clock.now += 10.0
+    pool.clock.advance(10.0)
     await pool.converge(2)
     assert pool.running() == {"n1": "h1"}
     pool.events.close()
@@ -544,3 +542,112 @@ roles:
     assert head.source is None
     assert compute.source == ImageSource("pm2", "192.0.2.71")
     assert compute.copied_image == "/i/base.qcow2"
+
+
+# -- the agent's `reconcile` settings reach the controller ---------------------------------------
+
+def settings_pool(tmp_path: Path, **reconcile: float) -> Pool:
+    """One node whose start keeps failing, under the controller built from these settings."""
+    pool = make_pool(tmp_path, nodes=1, policy=policy_of(Reconcile(**reconcile)))
+    pool.client.fail[(Op.START, "c1-n0")] = 10**6
+    return pool
+
+
+def start_attempts(pool: Pool) -> int:
+    return sum(1 for _, op, domain, _ in pool.client.sent if op is Op.START and domain == "c1-n0")
+
+
+@pytest.mark.parametrize(("base", "retried"), [(10.0, True), (40.0, False)])
+async def test_backoff_base_sets_the_first_wait(tmp_path: Path, base: float,
+                                                retried: bool) -> None:
+    pool = settings_pool(tmp_path, backoff_base=base, backoff_max=300.0)
+    await pool.converge(1)
+    assert start_attempts(pool) == 1
+    pool.clock.advance(13.0)  # past 10 s with any jitter; far from 40 s with any jitter
+    await pool.converge(1)
+    assert start_attempts(pool) == (2 if retried else 1)
+    pool.events.close()
+
+
+@pytest.mark.parametrize(("cap", "retried"), [(4.0, True), (300.0, False)])
+async def test_backoff_max_caps_the_wait(tmp_path: Path, cap: float, retried: bool) -> None:
+    pool = settings_pool(tmp_path, backoff_base=1.0, backoff_max=cap)
+    for attempt in range(1, 6):  # five failures, waiting out each wait but the last
+        await pool.converge(1)
+        assert start_attempts(pool) == attempt
+        record = pool.controller.node_fails.get("n0")
+        assert record is not None and record.count == attempt
+        if attempt < 5:
+            pool.clock.advance(record.not_before - pool.clock.monotonic())
+    # the wait after the fifth failure: 16 s nominal, or the cap (4 s, whatever the jitter)
+    pool.clock.advance(5.5)
+    await pool.converge(1)
+    assert start_attempts(pool) == (6 if retried else 5)
+    pool.events.close()
+
+
+@pytest.mark.parametrize(("stable", "count"), [(100.0, 1), (1000.0, 2)])
+async def test_stable_reset_is_when_failures_are_forgotten(tmp_path: Path, stable: float,
+                                                          count: int) -> None:
+    pool = settings_pool(tmp_path, backoff_base=1.0, backoff_max=300.0, stable_reset=stable)
+    pool.client.fail[(Op.START, "c1-n0")] = 1
+    await pool.converge(1)  # fails once
+    pool.clock.advance(2.0)
+    await pool.converge(1)  # starts
+    assert pool.running() == {"n0": "h0"}
+    pool.clock.advance(150.0)  # runs 150 s: stable under the short period only
+    await pool.converge(1)
+    queue = pool.backends["h0"].subscribe()
+    pool.client.fail[(Op.START, "c1-n0")] = 1
+    pool.backends["h0"].crash("c1-n0")
+    pool.controller.domain_event("h0", queue.get_nowait())
+    await pool.converge(1)
+    last = pool.events.query(kind=EventKind.FAILURE, limit=1)[0]
+    assert f"({count} in a row," in last.reason
+    pool.events.close()
+
+
+def test_policy_of_takes_each_setting() -> None:
+    policy = policy_of(Reconcile(backoff_base=2.0, backoff_max=90.0, stable_reset=45.0))
+    assert (policy.base, policy.cap, policy.stable) == (2.0, 90.0, 45.0)
+
+
+async def test_a_stepped_wall_clock_moves_no_duration(pool: Pool) -> None:
+    """Backoff runs on the monotonic clock: an NTP step of the wall clock changes nothing;
+    the event log's rows carry wall time."""
+    pool.client.fail[(Op.START, "c1-n0")] = 1
+    await pool.converge(1)
+    pool.clock.step_wall(3600.0)
+    await pool.converge(1)
+    assert "n0" not in pool.running()  # still backing off
+    pool.clock.advance(10.0)
+    await pool.converge(1)
+    assert pool.running()["n0"] == "h0"
+    times = [e.time for e in pool.events.query(limit=100)]
+    assert min(times) >= 1_700_000_000.0
+
+
+async def test_actions_in_flight_end_with_the_controller(pool: Pool) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    real = pool.client.inner.call
+
+    async def slow(host: str, command: HostCommand) -> HostResult:
+        if command.op is Op.DEFINE:
+            started.set()
+            try:
+                await release.wait()
+            finally:
+                for _ in range(3):  # a host call takes a few steps to wind down
+                    await asyncio.sleep(0)
+        return await real(host, command)
+
+    pool.client.inner.call = slow  # type: ignore[method-assign]
+    run = asyncio.create_task(pool.controller.run())
+    pool.controller.poke()
+    async with asyncio.timeout(10):
+        await started.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("node-"))
+    pool.events.close()

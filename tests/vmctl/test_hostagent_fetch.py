@@ -19,7 +19,8 @@ from test_images import free_port, keygen, make_base, run_sshd
 
 from cloudd.config.agent import load_agent
 from cloudd.daemon.base.eventlog import EventKind, EventLog
-from cloudd.daemon.leader.controller import Controller, LocalHosts, copy_to_host
+from cloudd.daemon.leader.controller import Controller, LocalHosts
+from cloudd.daemon.leader.imagecopy import copy_to_host
 from cloudd.daemon.network.catalogue import register_all
 from cloudd.daemon.network.codec import Codec, FrameDecoder
 from cloudd.errors import ConfigError

@@ -7,11 +7,15 @@ command with that leader's term, so that a deposed leader is refused by the host
 token). It asks every host for its domains and inventory (a host that does not answer is
 unreachable; its last report is kept, since its domains may still run), runs the pure planner,
 and launches one task per node for that node's actions, in order, stopping at the first
-failure. A CopyImage is performed by the `fetch` callable (`copy_to_host` over the same
-client): the copy may take minutes, so the host answers PENDING and is asked again until it
-is done. Failures are never retried here: they go into the backoff ledgers and come back in a
-later plan. Nodes with a task still running are in flight, and the planner leaves them alone.
+failure. A CopyImage is performed by the `fetch` callable (`leader.imagecopy`), a Fence by
+the `fencer` (`leader.fencing`). Failures are never retried here: they go into the backoff
+ledgers (`reconcile.backoff_base`, `backoff_max`, `stable_reset`) and come back in a later
+plan. Nodes with a task still running are in flight, and the planner leaves them alone.
 Every action and every failure is an event in the event log, with the planner's reason.
+
+Time: every duration (backoff, the stable period, how long a domain has run, the shutdown
+timeout) is measured on the clock's `monotonic()`, which an NTP step cannot move; only the
+event log's rows, which people read, carry `wall()` time.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cloudd import log
+from cloudd.config.agent import Reconcile
+from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import backend as vb
@@ -39,6 +44,7 @@ from cloudd.vmctl.plan import (
     Destroy,
     DomainObs,
     DomainState,
+    FailRecord,
     Fence,
     HostObs,
     Ledger,
@@ -71,6 +77,27 @@ class Fencer(Protocol):
         ...
 
 
+def policy_of(reconcile: Reconcile) -> BackoffPolicy:
+    """The controller's backoff from the agent's `reconcile` settings."""
+    return BackoffPolicy(base=reconcile.backoff_base, cap=reconcile.backoff_max,
+                         stable=reconcile.stable_reset)
+
+
+HostReport = tuple[tuple[DomainObs, ...], vb.Inventory | None]
+
+
+@dataclass(frozen=True)
+class ControllerView:
+    """What the controller last saw and decided, for `inspect` and the metrics (read-only)."""
+
+    hosts: Mapping[str, HostReport]
+    """Each host's last list of domains and its inventory (None: unreachable now)."""
+    last_plan: Planned
+    node_fails: Mapping[str, FailRecord]
+    """Failed nodes and when they may be tried again (monotonic seconds)."""
+    host_fails: Mapping[str, FailRecord]
+
+
 @dataclass
 class LocalHosts:
     """A HostClient for agents in this process (tests, single-machine pools)."""
@@ -82,70 +109,6 @@ class LocalHosts:
         if agent is None:
             raise TemporaryError(f"host {host} is not reachable from here")
         return await agent.execute(command)
-
-
-@dataclass(frozen=True)
-class CommandFencer:
-    """Runs the configured fence command of a host (IPMI, a PDU, `virsh destroy`...)."""
-
-    commands: Mapping[str, Sequence[str]]
-    timeout: float = 60.0
-    """Seconds before a fence command that has not finished counts as failed."""
-
-    async def fence(self, host: str) -> None:
-        argv = self.commands.get(host)
-        if not argv:
-            raise PermanentError(f"no fence command configured for host {host}")
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            async with asyncio.timeout(self.timeout):
-                _, err = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise TemporaryError(f"fence command for {host} did not finish within "
-                                 f"{self.timeout:g}s", delay=self.timeout) from None
-        if proc.returncode != 0:
-            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise TemporaryError(f"fence command for {host} exited {proc.returncode}: "
-                                 f"{tail[0][:200]}")
-
-
-async def copy_to_host(client: HostClient, host: str, spec: NodeSpec, *,
-                       term: Callable[[], int | None], limit: float = 3600.0,
-                       pause: float = 0.5) -> None:
-    """Have `host` copy the image `spec` needs (`spec.copied_image`) from its source host;
-    return once it is there. A host answers PENDING while its copy runs, each answer within its
-    own short wait (under the transport's request timeout); the same FETCH then goes again, in
-    the current term, until the host says done or failed, or `limit` seconds pass. `pause`
-    seconds go between two FETCHes, so that a host that answers PENDING at once is not
-    flooded."""
-    source = spec.source
-    if source is None:
-        raise PermanentError(f"node {spec.name} has no source host to copy its image from")
-    image = spec.copied_image
-    try:
-        async with asyncio.timeout(limit):
-            while True:
-                now = term()
-                if now is None:
-                    raise TemporaryError("no longer the acting leader")
-                result = await client.call(host, HostCommand(Op.FETCH, now, image=image,
-                                                             source=source.address))
-                if result.outcome is Outcome.PENDING:
-                    await asyncio.sleep(pause)
-                    continue
-                if result.outcome in (Outcome.DONE, Outcome.NOOP):
-                    return
-                why = f"copy of {image} from {source.host} to {host}: {result.message}"
-                if result.retry_after is None:
-                    raise PermanentError(why)
-                raise TemporaryError(why, delay=result.retry_after)
-    except TimeoutError:
-        raise TemporaryError(f"copy of {image} from {source.host} to {host} did not finish "
-                             f"within {limit:g}s") from None
 
 
 _STATES = {vb.DomainState.RUNNING: DomainState.RUNNING,
@@ -168,7 +131,7 @@ class Controller:
                  fencer: Fencer | None = None,
                  overlay: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
                  fetch: Callable[[str, NodeSpec], Awaitable[None]] | None = None,
-                 clock: Callable[[], float] = time.time, policy: BackoffPolicy | None = None,
+                 clock: Clock = SYSTEM, policy: BackoffPolicy | None = None,
                  rng: random.Random | None = None,
                  resync: float = 30.0, call_timeout: float = 10.0,
                  limits: Limits | None = None) -> None:
@@ -183,7 +146,7 @@ class Controller:
         self.host_fails = Ledger(policy, rng=rng)
         self.fenced: set[str] = set()
         self.last_plan = Planned(())
-        self._reports: dict[str, tuple[tuple[DomainObs, ...], vb.Inventory | None]] = {}
+        self._reports: dict[str, HostReport] = {}
         self._seen: dict[tuple[str, str], tuple[DomainState, float]] = {}
         self._reasons: dict[tuple[str, str], str] = {}
         self._shutdowns: dict[tuple[str, str], float] = {}
@@ -204,9 +167,16 @@ class Controller:
             self._reasons[(event.meta.node, host)] = event.detail
         self.poke()
 
-    def host_reports(self) -> Mapping[str, tuple[tuple[DomainObs, ...], vb.Inventory | None]]:
-        """Each host's last list of domains and its inventory (None: unreachable now)."""
-        return dict(self._reports)
+    def reset(self, subject: str) -> None:
+        """The operator's `cleanup`: forget a node's (or host's) failures and pass now."""
+        self.node_fails.forget(subject)
+        self.host_fails.forget(subject)
+        self.poke()
+
+    def view(self) -> ControllerView:
+        return ControllerView(hosts=dict(self._reports), last_plan=self.last_plan,
+                              node_fails=self.node_fails.snapshot(),
+                              host_fails=self.host_fails.snapshot())
 
     # ---- observing ----------------------------------------------------------------------
 
@@ -215,7 +185,7 @@ class Controller:
             async with asyncio.timeout(self.call_timeout):
                 result = await self.client.call(host, command)
         except (ClouddError, OSError, TimeoutError) as exc:
-            self._log.info("host unreachable", host=host, error=str(exc) or type(exc).__name__)
+            self._log.info("host_unreachable", host=host, reason=str(exc) or type(exc).__name__)
             return None
         return result if result.outcome is Outcome.DONE else None
 
@@ -276,14 +246,14 @@ class Controller:
         if term is None:
             return None
         desired = self.desired()
-        now = self.clock()
+        now = self.clock.monotonic()
         observed = await self.observe(term, now)
         if self.leader() != term:
             return None
         result = planned(desired, observed, now, limits=self.limits)
         self.last_plan = result
         if result.actions:
-            self._log.info("reconcile pass", cloud=desired.cloud, term=term,
+            self._log.info("reconcile_pass", cloud=desired.cloud, term=term,
                            **summarize(result.actions), waiting=len(result.waiting))
         chains: dict[str, list[NodeAction]] = defaultdict(list)
         for action in result.actions:
@@ -317,16 +287,19 @@ class Controller:
                 try:
                     await self.pass_once()
                 except ClouddError as exc:
-                    self._log.error("reconcile pass failed", error=str(exc))
+                    self._log.error("reconcile_pass_failed", reason=str(exc))
         finally:
-            for task in [*self._busy.values(), *self._fencing.values()]:
+            # the actions it launched end with it: none outlives the leader's shutdown
+            launched = [*self._busy.values(), *self._fencing.values()]
+            for task in launched:
                 task.cancel()
+            await asyncio.gather(*launched, return_exceptions=True)
 
     # ---- performing ---------------------------------------------------------------------
 
     def _record(self, kind: EventKind, *, cloud: str, subject: str, reason: str,
                 term: int) -> None:
-        self.events.append(Event(self.clock(), cloud, kind, subject, reason, term))
+        self.events.append(Event(self.clock.wall(), cloud, kind, subject, reason, term))
 
     async def _chain(self, actions: list[NodeAction], *, spec: NodeSpec | None, cloud: str,
                      term: int) -> None:
@@ -334,7 +307,8 @@ class Controller:
         try:
             for action in actions:
                 if self.leader() != term:
-                    self._log.warning("no longer leader; dropping actions", node=node, term=term)
+                    self._log.warning("actions_dropped", node=node, term=term,
+                                      reason="no longer the acting leader")
                     return
                 error = await self._perform(action, spec=spec, cloud=cloud, term=term)
                 what = f"{type(action).__name__.lower()} on {action.host}"
@@ -342,10 +316,10 @@ class Controller:
                     respawn = isinstance(action, Start) and action.respawn
                     self._record(EventKind.RESTART if respawn else EventKind.ACTION, cloud=cloud,
                                  subject=node, reason=f"{what}: {action.reason}", term=term)
-                    self._log.info(f"{what}: {action.reason}", cloud=cloud, node=node,
-                                   host=action.host, term=term)
+                    self._log.info("action_done", cloud=cloud, node=node, host=action.host,
+                                   term=term, reason=f"{what}: {action.reason}")
                     continue
-                now = self.clock()
+                now = self.clock.monotonic()
                 record = self.node_fails.failed(node, now=now)
                 # a failed copy backs off the node only: the source may be the one at fault
                 if isinstance(action, Define | Start | CreateOverlay):
@@ -353,8 +327,8 @@ class Controller:
                 self._record(EventKind.FAILURE, cloud=cloud, subject=node, term=term,
                              reason=f"{what} failed ({record.count} in a row, next try in "
                                     f"{record.not_before - now:.1f}s): {error}")
-                self._log.warning(f"{what} failed", cloud=cloud, node=node, host=action.host,
-                                  term=term, error=error, count=record.count)
+                self._log.warning("action_failed", cloud=cloud, node=node, host=action.host,
+                                  term=term, reason=f"{what}: {error}", count=record.count)
                 return
         finally:
             self._busy.pop(node, None)
@@ -363,24 +337,19 @@ class Controller:
     async def _perform(self, action: NodeAction, *, spec: NodeSpec | None, cloud: str,
                        term: int) -> str | None:
         """Run one action; None on success, else why it failed."""
+        local = {CopyImage: (self.fetch, "no image copy configured"),
+                 CreateOverlay: (self.overlay, "no overlay support configured")}
         try:
-            if isinstance(action, CopyImage):
-                if self.fetch is None or spec is None:
-                    return "no image copy configured"
-                await self.fetch(action.host, spec)
+            if type(action) in local:
+                # performed here, through the host client, not as one host command
+                perform, missing = local[type(action)]
+                if perform is None or spec is None:
+                    return missing
+                await perform(action.host, spec)
                 return None
-            if isinstance(action, CreateOverlay):
-                if self.overlay is None or spec is None:
-                    return "no overlay support configured"
-                await self.overlay(action.host, spec)
-                return None
-            if isinstance(action, Define):
-                if spec is None:
-                    return f"node {action.node} is not in the manifest"
-                command = HostCommand(Op.DEFINE, term, domain_name(cloud, action.node),
-                                      self.render(spec, term))
-            else:
-                command = HostCommand(_OPS[type(action)], term, domain_name(cloud, action.node))
+            command = self._command(action, spec=spec, cloud=cloud, term=term)
+            if command is None:
+                return f"node {action.node} is not in the manifest"
             async with asyncio.timeout(self.call_timeout):
                 result = await self.client.call(action.host, command)
         except (ClouddError, OSError, TimeoutError) as exc:
@@ -389,15 +358,29 @@ class Controller:
             return f"refused: {result.message} (this leader is deposed)"
         if result.outcome is Outcome.FAILED:
             return result.message or "failed"
-        key = (action.node, action.host)
-        if isinstance(action, Shutdown):
-            self._shutdowns.setdefault(key, self.clock())
-        elif isinstance(action, Start | Undefine):
-            self._reasons.pop(key, None)
-            if isinstance(action, Start):
-                # running since now, not since the next report: the stable period starts here
-                self._seen[key] = (DomainState.RUNNING, self.clock())
+        self._done(action)
         return None
+
+    def _command(self, action: NodeAction, *, spec: NodeSpec | None, cloud: str,
+                 term: int) -> HostCommand | None:
+        """The host command for a domain action (None: a Define for a node not declared)."""
+        domain = domain_name(cloud, action.node)
+        op = _OPS[type(action)]
+        if op is not Op.DEFINE:
+            return HostCommand(op, term, domain)
+        return HostCommand(op, term, domain, self.render(spec, term)) if spec else None
+
+    def _done(self, action: NodeAction) -> None:
+        """What a done action changes in what the next observation will say."""
+        key, now = (action.node, action.host), self.clock.monotonic()
+        op = _OPS[type(action)]
+        if op is Op.SHUTDOWN:
+            self._shutdowns.setdefault(key, now)
+        if op in (Op.START, Op.UNDEFINE):
+            self._reasons.pop(key, None)
+        if op is Op.START:
+            # running since now, not since the next report: the stable period starts here
+            self._seen[key] = (DomainState.RUNNING, now)
 
     async def _fence(self, action: Fence, *, cloud: str, term: int) -> None:
         try:
@@ -405,10 +388,10 @@ class Controller:
                 raise PermanentError("no fencer configured")
             await self.fencer.fence(action.host)
         except (ClouddError, OSError) as exc:
-            record = self.host_fails.failed(action.host, now=self.clock())
+            record = self.host_fails.failed(action.host, now=self.clock.monotonic())
             self._record(EventKind.FAILURE, cloud=cloud, subject=action.host, term=term,
                          reason=f"fence failed ({record.count} in a row): {exc}")
-            self._log.error("fence failed", cloud=cloud, host=action.host, error=str(exc))
+            self._log.error("fence_failed", cloud=cloud, host=action.host, reason=str(exc))
         else:
             self.fenced.add(action.host)
             # the fence powered the host off: whatever its last report said ran there does not
@@ -418,7 +401,7 @@ class Controller:
                 replace(d, state=DomainState.SHUTOFF, reason="fenced") for d in seen), None)
             self._record(EventKind.ACTION, cloud=cloud, subject=action.host, term=term,
                          reason=f"fenced: {action.reason}")
-            self._log.warning("host fenced", cloud=cloud, host=action.host, term=term)
+            self._log.warning("host_fenced", cloud=cloud, host=action.host, term=term)
         finally:
             self._fencing.pop(action.host, None)
             self.poke()

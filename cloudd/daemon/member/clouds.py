@@ -1,5 +1,5 @@
-"""The agent's clouds: one transport, one event log, one local API, and a CloudMember for
-the cloud whose manifest names this agent.
+"""The agent's clouds: one transport, and a CloudMember for the cloud whose manifest names
+this agent.
 
 The manifest watcher (main.Agent) reports every manifest change here. A loaded manifest that
 names this agent (as a pool host or a node) starts its `CloudMember`, or hands it the new
@@ -8,7 +8,10 @@ the cloud to `ensure: stopped`, so that the leader takes down what the cloud cre
 
 One transport port serves the agent; this version runs one cloud per agent at a time (a
 second cloud naming the same agent is refused with a logged reason, and keeps running
-nowhere else either until the first is removed).
+nowhere else either until the first is removed). Every message the transport delivers goes
+through the dispatch table (`dispatch.deliver`): the member's duties are the `CloudMember`'s,
+manifest offers are taken here, and the operator's duties (its commands relayed from other
+agents, the leader's inspect view) are served by the room above, handed to `run()`.
 """
 
 from __future__ import annotations
@@ -18,38 +21,35 @@ import dataclasses
 import json
 import random
 import ssl
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from cloudd import log
-from cloudd.client.api import ApiError
-from cloudd.client.inspectdoc import CloudView, InspectDoc, Source
+from cloudd.backoff import Backoff
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
-from cloudd.config.portable import portable_text
 from cloudd.config.registry import Change, ManifestEvent
+from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog
-from cloudd.daemon.member.cloudmember import CloudMember, addresses_of
-from cloudd.daemon.network.catalogue import (
-    InspectAnswer,
-    InspectWanted,
-    ManifestOffer,
-    OperatorAnswer,
-    OperatorRequest,
-    register_all,
-)
+from cloudd.daemon.host.duties import OpenBackend
+from cloudd.daemon.member.cloudmember import CloudMember, NodeSideFactory, addresses_of
+from cloudd.daemon.member.dispatch import NOBODY, Duty, Handler, deliver
+from cloudd.daemon.member.manifests import ManifestFolder
+from cloudd.daemon.member.snapshot import MemberSnapshot
+from cloudd.daemon.network.catalogue import ManifestOffer, OfferOrigin, OperatorAnswer, register_all
 from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Transport
 from cloudd.daemon.node.boot import Seed, fetch_manifest
-from cloudd.daemon.operator.commands import Operator, check_manifest, install_manifest
-from cloudd.daemon.operator.inspectview import cloud_view
-from cloudd.daemon.operator.queries import view_source
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.pki import PkiFiles
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
+
+#: How the agent retries opening its port while its certificate or address is unusable: an
+#: operator who fixes it sees the agent listen within half a minute, without a restart. One
+#: agent, one port: no jitter needed.
+OPEN_RETRY = Backoff(base=1.0, cap=30.0, jitter=0.0)
 
 
 def timing_for(settings: AgentSettings) -> Timing:
@@ -71,32 +71,49 @@ async def libvirt_backend(uri: str) -> Backend:
     return await LibvirtBackend.open(uri)
 
 
+@dataclass(frozen=True)
+class Above:
+    """What the operator's room serves through this agent's port while it runs."""
+
+    operator_request: Handler
+    """An `OperatorRequest` relayed by another agent; answers an `OperatorAnswer`."""
+    inspect_wanted: Handler
+    """Another agent asks this one, as the leader, for its view; answers an `InspectAnswer`."""
+    hand_over: Callable[[Cloud, str], Awaitable[None]]
+    """A new generation dropped on this agent while another leads: give it to the leader."""
+
+
 class Clouds:
     """What an agent runs for the clouds it belongs to."""
 
-    def __init__(self, settings: AgentSettings, *, events: EventLog,
-                 backend_factory: Callable[[str], Awaitable[Backend]] = libvirt_backend,
-                 node_side_factory: Callable[..., Any] | None = None) -> None:
-        self.settings = settings
-        self.me = settings.name
-        self.events = events
+    def __init__(self, settings: AgentSettings, *, events: EventLog, manifests: ManifestFolder,
+                 clock: Clock = SYSTEM, backend_factory: OpenBackend = libvirt_backend,
+                 node_side_factory: NodeSideFactory | None = None) -> None:
+        self.settings, self.me = settings, settings.name
+        self.events, self.manifests, self.clock = events, manifests, clock
         self.codec = register_all()
         self.transport: Transport | None = None
         self.member: CloudMember | None = None
         self._backend_factory = backend_factory
         self._node_side_factory = node_side_factory
         self._have_member = asyncio.Event()
-        self._leader_view: tuple[float, CloudView] | None = None
         #: manifest texts this agent installed itself (from the leader), by cloud
         self._installed: dict[str, str] = {}
-        self._background: set[asyncio.Future[None]] = set()
-        self._locate: Callable[[str], Path | None] = lambda _cloud: None
-        self._rescan: Callable[[], None] = lambda: None
-        self.operator = Operator(self, locate=self._locate, rescan=self._rescan)
+        self._above: Above | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._later: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._seed: tuple[NodeIdentity, tuple[Seed, ...], Callable[[], None]] | None = None
         self.log = log.get("clouds", node=self.me)
 
-    # -- manifests ------------------------------------------------------------------------
+    def serving(self) -> CloudMember | None:
+        """The member serving this agent's cloud (None: no cloud yet)."""
+        return self.member
+
+    def snapshot(self) -> MemberSnapshot | None:
+        """The member's view now, for the operator's room (None: no cloud yet)."""
+        return self.member.snapshot() if self.member is not None else None
+
+    # -- manifests ----------------------------------------------------------------------------
     def on_manifest(self, event: ManifestEvent) -> None:
         cloud = event.cloud
         if cloud is None or event.change is Change.REFUSED:
@@ -116,16 +133,16 @@ class Clouds:
                 and member.election.leader):
             # An operator dropped a new generation here, not on the leader: hand it over, so
             # that the leader installs and distributes it.
-            task = asyncio.ensure_future(self._forward_drop(cloud, text))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(f"hand-over-{cloud.name}", lambda: self._hand_over(cloud, text))
 
-    async def _forward_drop(self, cloud: Cloud, text: str) -> None:
+    async def _hand_over(self, cloud: Cloud, text: str) -> None:
+        if self._above is None:
+            self.log.warning("manifest_not_forwarded", cloud=cloud.name,
+                             reason="the operator's room is not serving yet")
+            return
         try:
-            result = await self.operator.command(
-                "apply", {"text": portable_text(cloud, text), "cloud": cloud.name})
-            self.log.info("manifest_forwarded", cloud=cloud.name, peer=result.get("leader"))
-        except ClouddError as e:
+            await self._above.hand_over(cloud, text)
+        except (ClouddError, OSError) as e:
             self.log.warning("manifest_not_forwarded", cloud=cloud.name, reason=str(e))
 
     def adopt(self, cloud: Cloud) -> None:
@@ -142,15 +159,10 @@ class Clouds:
             self.member.update(cloud)
             self._peers(cloud)
             return
-        node_side = None
-        if self._node_side_factory is not None and any(n.name == self.me for n in cloud.nodes):
-            node_side = self._node_side_factory(me=self.me, cloud=cloud, settings=self.settings,
-                                                report=self._report)
         self.member = CloudMember(
-            settings=self.settings, cloud=cloud,
-            timing=timing_for(self.settings), send=self._send, request=self._request,
-            events=self.events, backend_factory=self._backend_factory, node_side=node_side)
-        self.member.inspect_source = self.leader_doc
+            settings=self.settings, cloud=cloud, timing=timing_for(self.settings),
+            send=self.send, request=self.request, events=self.events, clock=self.clock,
+            open_backend=self._backend_factory, node_side=self._node_side_factory)
         self.log.info("cloud_joined", cloud=cloud.name,
                       as_=("host" if self.member.is_host else "node"))
         self._peers(cloud)
@@ -164,11 +176,6 @@ class Clouds:
             if name != self.me:
                 self.transport.add_peer(name, address, port)
 
-    def attach(self, *, locate: Callable[[str], Path | None], rescan: Callable[[], None]) -> None:
-        """The agent's manifest folder, for the operator's commands and offered manifests."""
-        self.operator = Operator(self, locate=locate, rescan=rescan)
-        self._locate, self._rescan = locate, rescan
-
     async def _install_offer(self, offer: ManifestOffer) -> str:
         """A manifest from the leader (or for a member that does not have it yet)."""
         member = self.member
@@ -177,23 +184,17 @@ class Clouds:
             return f"refused: term {offer.term} is older than {member.election.term}"
         if self._installed.get(offer.cloud) == offer.text:
             return "already installed"
-        cloud = await asyncio.to_thread(
-            check_manifest, offer.text, where=self.settings.state_dir / "incoming",
-            with_template=self.settings.libvirt.uri is not None)
+        cloud = await self.manifests.check(offer.text,
+                                           with_template=self.settings.libvirt.uri is not None)
         if cloud.name != offer.cloud:
             raise PermanentError(f"offered manifest declares {cloud.name}, not {offer.cloud}")
         self._installed[cloud.name] = offer.text
-        path = await asyncio.to_thread(install_manifest, offer.text, cloud.name,
-                                       folder=self.settings.manifest_dir, current=self._locate)
+        path = await self.manifests.install(offer.text, cloud.name)
         self.log.info("manifest_installed", cloud=cloud.name, path=str(path),
                       origin=offer.origin, term=offer.term)
-        self._rescan()
         return f"installed as {path}"
 
-    # -- transport ------------------------------------------------------------------------
-    async def request_any(self, peer: str, msg: Any) -> Any:
-        return await self._request(peer, msg)
-
+    # -- transport ----------------------------------------------------------------------------
     async def ask_outside(self, name: str, address: str, msg: Any) -> Any:
         """A request to an agent of a cloud this agent is not part of (apply from outside)."""
         if self.transport is not None:
@@ -211,46 +212,74 @@ class Clouds:
         finally:
             await transport.close()
 
-    def _send(self, peer: str, msg: Any) -> None:
+    def send(self, peer: str, msg: Any) -> None:
         if self.transport is not None:
             self.transport.send(peer, msg)
 
-    async def _request(self, peer: str, msg: Any) -> Any:
+    async def request(self, peer: str, msg: Any) -> Any:
         if self.transport is None:
             raise TemporaryError("the transport is not started")
         return await self.transport.request(peer, msg)
 
-    def _report(self, report: Any) -> None:
-        member = self.member
-        if member is None:
-            return
-        leader = member.election.leader
-        if leader == self.me:
-            member._node_report(self.me, report)
-        elif leader:
-            self._send(leader, report)
-
     async def _handle(self, peer: str, msg: Any) -> Any:
-        if isinstance(msg, OperatorRequest):
-            return await self.operator.answer(peer, msg)
-        if isinstance(msg, ManifestOffer) and (
-                msg.origin == "leader" or (msg.origin == "seed" and self.member is None)):
-            return OperatorAnswer(True, json.dumps(await self._install_offer(msg)))
+        """Everything the transport delivers, through the dispatch table."""
+        member = self.member
+        handlers: dict[Duty, Handler] = (dict.fromkeys(Duty, self._no_cloud_yet)
+                                         if member is None else dict(member.handlers))
+        handlers[Duty.MANIFEST_OFFER] = self._on_offer
+        above = self._above
+        handlers[Duty.OPERATOR_REQUEST] = (above.operator_request if above is not None
+                                           else self._not_serving_yet)
+        handlers[Duty.INSPECT_WANTED] = (above.inspect_wanted if above is not None
+                                         else self._not_serving_yet)
+        return await deliver(peer, msg, me=self.me, handlers=handlers,
+                             now=member.senders() if member is not None else NOBODY)
+
+    async def _no_cloud_yet(self, peer: str, msg: Any) -> Any:
+        raise TemporaryError(f"{self.me} has no cloud yet")
+
+    async def _not_serving_yet(self, peer: str, msg: Any) -> Any:
+        raise TemporaryError(f"{self.me} is not serving its operator's duties yet")
+
+    async def _on_offer(self, peer: str, offer: ManifestOffer) -> OperatorAnswer:
+        # The leader's generation is always taken; a member's seed only by an agent that
+        # serves no cloud yet (a member with a cloud hears its leader).
+        if offer.origin == OfferOrigin.LEADER or (offer.origin == OfferOrigin.SEED
+                                                  and self.member is None):
+            return OperatorAnswer(True, json.dumps(await self._install_offer(offer)))
         if self.member is None:
             raise TemporaryError(f"{self.me} has no cloud yet")
-        return await self.member.handle(peer, msg)
+        raise PermanentError(f"{self.me} has no use for a manifest offered by {offer.origin}")
 
     def _on_event(self, event: PeerConnected | PeerUnreachable) -> None:
         if isinstance(event, PeerUnreachable) and self.member is not None:
             self.member.unreachable(event.peer)
 
-    # -- root task ------------------------------------------------------------------------
+    # -- root task ----------------------------------------------------------------------------
     def seed(self, ident: NodeIdentity, seeds: tuple[Seed, ...],
              on_manifest: Callable[[], None]) -> None:
         """A booting node: ask these members for the manifest of `ident.cloud`."""
         self._seed = (ident, seeds, on_manifest)
 
-    async def run(self) -> None:
+    def _spawn(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start a task owned by this agent's task group (once `run` has started it)."""
+        if self._group is None:
+            self._later.append((name, factory))
+        else:
+            self._group.create_task(factory(), name=name)
+
+    async def run(self, *, above: Above) -> None:
+        """Open the port, serve the cloud once a manifest names this agent, until cancelled;
+        every task started here ends with it."""
+        self._above = above
+        async with asyncio.TaskGroup() as tg:
+            self._group = tg
+            for name, factory in self._later:
+                tg.create_task(factory(), name=name)
+            self._later.clear()
+            await self._serve(tg)
+
+    async def _serve(self, tg: asyncio.TaskGroup) -> None:
         fetch: asyncio.Task[None] | None = None
         pki = self.settings.pki
         if self._seed is None and all(p.exists() for p in (pki.ca, pki.cert, pki.key)):
@@ -265,36 +294,39 @@ class Clouds:
                 self.transport.add_peer(seed.name, seed.address, seed.port)
 
             async def ask(peer: str, msg: Any) -> Any:
-                answer = await self._request(peer, msg)
+                answer = await self.request(peer, msg)
                 rescan()
                 return answer
 
-            fetch = asyncio.create_task(fetch_manifest(
+            fetch = tg.create_task(fetch_manifest(
                 ident, seeds, ask=ask, folder=self.settings.manifest_dir,
                 have=self._have_member), name="fetch-manifest")
-        # An agent that no manifest names needs no port and no certificate yet.
-        await self._have_member.wait()
-        if fetch is not None:
-            fetch.cancel()
-        member = self.member
-        assert member is not None
-        if self.transport is None:
-            self.transport = await self._open_transport()
-        self._peers(member.cloud)
         try:
-            # The member's duties run inside this root task: if one fails, the agent's one
-            # shutdown path takes over (and systemd restarts the agent).
-            await member.run()
+            # An agent that no manifest names needs no port and no certificate yet.
+            await self._have_member.wait()
+            if fetch is not None:
+                fetch.cancel()
+            member = self.member
+            assert member is not None
+            if self.transport is None:
+                self.transport = await self._open_transport()
+            self._peers(member.cloud)
+            try:
+                # The member's duties run inside this root task: if one fails, the agent's
+                # one shutdown path takes over (and systemd restarts the agent).
+                await member.run()
+            finally:
+                if member.node_side is not None:
+                    member.node_side.detach()
         finally:
-            if member.node_side is not None:
-                member.node_side.detach()
-            await self.transport.close()
+            if self.transport is not None:
+                await self.transport.close()
 
     async def _open_transport(self) -> Transport:
         """The agent's port, with its certificate; retried while either is unusable (an
         operator can fix a missing certificate without restarting the agent)."""
         pki = self.settings.pki
-        delay = 1.0
+        failures = 0
         while True:
             try:
                 transport = Transport(member=self.me,
@@ -306,76 +338,8 @@ class Clouds:
                                       self.settings.listen.port)
                 return transport
             except (OSError, ssl.SSLError, ClouddError) as e:
+                failures += 1
+                delay = OPEN_RETRY.delay(failures, 0.0)
                 self.log.error("transport_unusable", reason=f"{type(e).__name__}: {e}",
                                retry_in=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    # -- local API ------------------------------------------------------------------------
-    async def inspect(self, cloud: str | None) -> InspectDoc:
-        """The inspect document: the leader's view when it can be had, else this agent's."""
-        now = time.time()
-        member = self.member
-        if member is None:
-            if cloud is not None:
-                raise ApiError(f"this agent ({self.me}) serves no cloud yet, not {cloud!r}")
-            return InspectDoc(answered_by=self.me, generated_at=now)
-        if cloud is not None and cloud != member.cloud.name:
-            raise ApiError(f"unknown cloud {cloud!r}: this agent serves {member.cloud.name}")
-        leader = member.election.leader
-        view: CloudView | None = None
-        if member.election.acting():
-            view = cloud_view(member, source=Source.LEADER, now=now)
-        elif leader and leader != self.me:
-            try:
-                answer = await asyncio.wait_for(
-                    self._request(leader, InspectWanted(member.cloud.name)), timeout=3.0)
-                if isinstance(answer, InspectAnswer):
-                    theirs = InspectDoc.from_json(json.loads(answer.doc))
-                    view = next(c for c in theirs.clouds if c.name == member.cloud.name)
-                    self._leader_view = (now, view)
-            except (ClouddError, OSError, TimeoutError, StopIteration, ValueError) as e:
-                self.log.info("inspect_leader_unreachable", peer=leader, reason=str(e))
-        if view is None:
-            own = cloud_view(member, source=Source.LOCAL, now=now)
-            if self._leader_view is not None:
-                at, last = self._leader_view
-                source = view_source(leading=False, leader_view_at=at, now=now,
-                                     stale_after=2 * member.election.core.timing.lease_duration)
-                # the leader's last view, marked stale, with this agent's own leadership view
-                view = dataclasses.replace(last, source=source, leadership=own.leadership)
-            else:
-                view = own
-        return InspectDoc(answered_by=self.me, generated_at=now, clouds=(view,))
-
-    def leader_doc(self) -> str:
-        """What this agent answers when another asks it, as the leader, for its view."""
-        member = self.member
-        assert member is not None
-        doc = InspectDoc(answered_by=self.me, generated_at=time.time(),
-                         clouds=(cloud_view(member, source=Source.LEADER),))
-        return json.dumps(doc.to_json())
-
-    def status(self) -> dict[str, Any]:
-        """This agent's own view, cheap and local (the leader's view is `inspect`)."""
-        member = self.member
-        if member is None:
-            return {"agent": self.me, "cloud": None}
-        election = member.election
-        return {
-            "agent": self.me,
-            "cloud": member.cloud.name,
-            "generation": member.cloud.digest,
-            "leader": election.leader or None,
-            "term": election.term,
-            "acting": election.acting(),
-            "leader_since": election.leader_since,
-            "elections": election.elections,
-            "members": {name: election.status(name).value for name in member.roster.names},
-            # what the leader has heard from the nodes (empty elsewhere)
-            "nodes": {name: {"phase": r.phase, "message": r.message, "term": r.term,
-                             "services": {sv.name: sv.state for sv in r.services}}
-                      for name, r in sorted(member.reports.items())},
-            "node": (dataclasses.asdict(member.node_side.view())
-                     if member.node_side is not None else None),
-        }

@@ -1,4 +1,5 @@
-"""The operator's commands: apply, stop, cleanup, maintenance, plan.
+"""The operator's commands: apply, stop, cleanup, maintenance, plan (and cleanup-service,
+which the leader sends on to a node).
 
 Any agent takes a command from `cloudd-cli`, but the cloud changes in one place only: the
 leader. So an agent that is not the acting leader hands the command to the leader it follows
@@ -6,63 +7,86 @@ leader. So an agent that is not the acting leader hands the command to the leade
 "start from outside the cloud") hands an `apply` to the first pool host that answers, which
 carries on the same way. The answer says which agent performed it.
 
-The leader installs a new manifest generation atomically in its manifest folder (replacing
-the file that declared that cloud, if any) and distributes it to the other members; an invalid
-manifest is refused with its problems and changes nothing.
+`RULES` says, per command, where it is performed and whether it carries a manifest; each
+command has one handler. The local API's op names become `OperatorOp`s where they are
+registered (`LOCAL_OPS`), once. The leader installs a new manifest generation atomically in
+its manifest folder (replacing the file that declared that cloud, if any) and distributes it
+to the other members; an invalid manifest is refused with its problems and changes nothing.
+
+The operator reaches the member through what it is given at construction: the member serving
+a cloud (a `Seat`: its snapshot and three actions), `request` for agents of the cloud and
+`ask_outside` for agents of a cloud this one does not serve.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import tempfile
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
 
 import yaml
 
 from cloudd import log
-from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
-from cloudd.daemon.base.eventlog import Event, EventKind
+from cloudd.config.portable import portable_text
+from cloudd.daemon.base.clock import SYSTEM, Clock
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.leader import maintenance
+from cloudd.daemon.member.manifests import ManifestFolder
+from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
 from cloudd.errors import ClouddError, ConfigError, PermanentError, TemporaryError
-from cloudd.providers.catalog import catalog
-
-if TYPE_CHECKING:
-    from cloudd.daemon.member.clouds import Clouds
-
-OPS = ("apply", "stop", "cleanup", "maintenance", "plan")
 
 _log = log.get("operator")
 
 
-def check_manifest(text: str, *, where: Path, with_template: bool = True) -> Cloud:
-    """Validate a manifest's text as if it were a file in `where` (ConfigError if not)."""
-    where.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".yaml", dir=where)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return load_cloud(name, catalog(), with_template=with_template)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+@dataclass(frozen=True)
+class OpRule:
+    at_leader: bool
+    """Performed by the acting leader (handed to it), else where the command arrives."""
+    manifest: bool = False
+    """Carries a manifest's text, validated where the operator gave it."""
+    local: bool = True
+    """Offered on the local API (else only sent between agents)."""
 
 
-def install_manifest(text: str, cloud: str, *, folder: Path,
-                     current: Callable[[str], Path | None]) -> Path:
-    """Write a validated manifest into `folder`, atomically, over the file that declares
-    `cloud` now (so that one cloud never has two files)."""
-    path = current(cloud) or folder / f"{cloud}.yaml"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+RULES: Mapping[OperatorOp, OpRule] = MappingProxyType({
+    OperatorOp.APPLY: OpRule(at_leader=True, manifest=True),
+    OperatorOp.STOP: OpRule(at_leader=True),
+    OperatorOp.CLEANUP: OpRule(at_leader=True),
+    OperatorOp.MAINTENANCE: OpRule(at_leader=True),
+    OperatorOp.PLAN: OpRule(at_leader=True),
+    OperatorOp.CLEANUP_SERVICE: OpRule(at_leader=False, local=False),
+})
+
+LOCAL_OPS: tuple[OperatorOp, ...] = tuple(op for op, rule in RULES.items() if rule.local)
+"""The commands the local API offers, registered under their names."""
+
+
+class Seat(Protocol):
+    """The member that serves a cloud, as the operator's commands use it."""
+
+    def snapshot(self) -> MemberSnapshot: ...
+    def reset_failures(self, node: str) -> None: ...
+    def set_maintenance(self, subject: str | None, *, on: bool) -> None: ...
+    async def cleanup_service(self, service: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command being performed: its arguments and what it is performed on."""
+
+    args: dict[str, Any]
+    seat: Seat | None
+    snap: MemberSnapshot | None
+    incoming: Cloud | None = None
+
+    def serving(self) -> tuple[Seat, MemberSnapshot]:
+        if self.seat is None or self.snap is None:
+            raise PermanentError("this agent serves no cloud")
+        return self.seat, self.snap
 
 
 def stopped_text(text: str) -> str:
@@ -76,47 +100,58 @@ def stopped_text(text: str) -> str:
 class Operator:
     """Routes operator commands to the agent that performs them, and performs them there."""
 
-    def __init__(self, clouds: Clouds, *, locate: Callable[[str], Path | None],
-                 rescan: Callable[[], None]) -> None:
-        self.clouds = clouds
-        self.locate, self.rescan = locate, rescan
-        self.me = clouds.me
+    def __init__(self, *, me: str, member: Callable[[], Seat | None],
+                 request: Callable[[str, Any], Awaitable[Any]],
+                 ask_outside: Callable[[str, str, Any], Awaitable[Any]],
+                 manifests: ManifestFolder, events: EventLog, clock: Clock = SYSTEM) -> None:
+        self.me, self._member, self._request, self._ask_outside = me, member, request, ask_outside
+        self.manifests, self.events, self.clock = manifests, events, clock
+        self._handlers: Mapping[OperatorOp, Callable[[Call], Awaitable[Any]]] = {
+            OperatorOp.APPLY: self._apply,
+            OperatorOp.STOP: self._stop,
+            OperatorOp.CLEANUP: self._cleanup,
+            OperatorOp.MAINTENANCE: self._maintenance,
+            OperatorOp.PLAN: self._plan,
+            OperatorOp.CLEANUP_SERVICE: self._cleanup_service,
+        }
 
-    # -- routing ----------------------------------------------------------------------------
-    async def command(self, op: str, args: dict[str, Any]) -> Any:
+    # -- routing ------------------------------------------------------------------------------
+    async def command(self, op: OperatorOp, args: dict[str, Any]) -> Any:
         """What the local API calls: perform here, or hand to whoever must perform it."""
-        if op not in OPS:
-            raise PermanentError(f"unknown command {op!r}")
-        member = self.clouds.member
-        cloud = str(args.get("cloud") or (member.cloud.name if member else ""))
+        rule = RULES[op]
+        if not rule.local:
+            raise PermanentError(f"unknown command {op.value!r}")
+        seat = self._member()
+        snap = seat.snapshot() if seat is not None else None
+        cloud = str(args.get("cloud") or (snap.cloud.name if snap else ""))
         incoming: Cloud | None = None
-        if op == "apply":
-            text = args.get("text")
-            if not isinstance(text, str):
-                raise PermanentError("apply: 'text' must be the manifest's text")
+        if rule.manifest:
             # Validated once, here, off the event loop (a manifest may be up to 1 MiB).
-            incoming = await self._check(text)
+            incoming = await self.manifests.check(_text(args, op))
             cloud = incoming.name
-        if member is None or member.cloud.name != cloud:
+        if snap is None or snap.cloud.name != cloud:
             if incoming is None:
                 raise PermanentError(f"this agent ({self.me}) does not serve cloud {cloud!r}")
-            if self.me in {h.name for h in incoming.pool}:
-                # A pool host of a cloud it does not run yet: it starts it, and hands the
-                # manifest to the other members once it is a member itself.
-                if member is not None:
-                    raise PermanentError(f"this agent ({self.me}) already serves cloud "
-                                         f"{member.cloud.name}")
-                return await self._install(args["text"], incoming, op="apply", term=0)
-            return await self._from_outside(incoming, args)
-        if member.election.acting():
-            return await self.perform(op, args, incoming=incoming)
-        leader = member.election.leader
-        if not leader:
+            return await self._not_serving(op, incoming, args, snap)
+        if snap.acting:
+            return await self._handlers[op](Call(args, seat, snap, incoming))
+        if not snap.leader:
             raise TemporaryError("no leader right now (an election is under way): try again")
-        return await self._ask(leader, OperatorRequest(OperatorOp(op), cloud, json.dumps(args)))
+        return await self._ask(snap.leader, OperatorRequest(op, cloud, json.dumps(args)))
+
+    async def _not_serving(self, op: OperatorOp, incoming: Cloud, args: dict[str, Any],
+                           snap: MemberSnapshot | None) -> Any:
+        if self.me not in {h.name for h in incoming.pool}:
+            return await self._from_outside(incoming, args)
+        # A pool host of a cloud it does not run yet: it starts it, and hands the manifest
+        # to the other members once it is a member itself.
+        if snap is not None:
+            raise PermanentError(f"this agent ({self.me}) already serves cloud "
+                                 f"{snap.cloud.name}")
+        return await self._install(_text(args, op), incoming, op=op, term=0)
 
     async def _ask(self, peer: str, request: OperatorRequest) -> Any:
-        answer = await self.clouds.request_any(peer, request)
+        answer = await self._request(peer, request)
         if not isinstance(answer, OperatorAnswer):
             raise PermanentError(f"{peer} answered {type(answer).__name__}")
         if not answer.ok:
@@ -129,7 +164,7 @@ class Operator:
         errors = []
         for host in incoming.pool:
             try:
-                result = await self.clouds.ask_outside(
+                result = await self._ask_outside(
                     host.name, host.address,
                     OperatorRequest(OperatorOp.APPLY, cloud, json.dumps(args)))
             except ClouddError as e:
@@ -147,95 +182,107 @@ class Operator:
                              + "; ".join(errors))
 
     async def answer(self, peer: str, request: OperatorRequest) -> OperatorAnswer:
-        """Another agent handed us a command."""
+        """Another agent handed us a command (the dispatch table's operator duty)."""
         try:
             args = json.loads(request.args)
             if not isinstance(args, dict):
                 raise PermanentError("operator arguments must be a JSON object")
-            if request.op == "cleanup-service":
-                result = await self._cleanup_service(args)
-            else:
+            op = OperatorOp(request.op)
+            if RULES[op].at_leader:
                 args.setdefault("cloud", request.cloud)
-                result = await self.command(request.op, args)
+                result = await self.command(op, args)
+            else:
+                seat = self._member()
+                snap = seat.snapshot() if seat is not None else None
+                result = await self._handlers[op](Call(args, seat, snap))
         except (ClouddError, ValueError) as e:
             return OperatorAnswer(False, "", _one_line(e))
         return OperatorAnswer(True, json.dumps(result))
 
-    # -- performing (on the leader) ---------------------------------------------------------
-    async def perform(self, op: str, args: dict[str, Any], *,
-                      incoming: Cloud | None = None) -> Any:
-        member = self.clouds.member
-        assert member is not None
-        term = member.election.term
-        if op == "apply" and incoming is not None:
-            return await self._install(args["text"], incoming, op=op, term=term)
-        if op == "stop":
-            text = stopped_text(member.manifest_text)
-            return await self._install(text, await self._check(text), op=op, term=term)
-        if op == "cleanup":
-            node, service = args.get("node"), args.get("service")
-            if not isinstance(node, str) or not node:
-                raise PermanentError("cleanup needs a node (and optionally a service)")
-            known = {n.name for n in member.cloud.nodes} | {h.name for h in member.cloud.pool}
-            if node not in known:
-                raise PermanentError(f"unknown node {node!r} in cloud {member.cloud.name}")
-            if service:
-                result = await self._ask(node, OperatorRequest(
-                    OperatorOp.CLEANUP_SERVICE, member.cloud.name,
-                    json.dumps({"service": service})))
-            else:
-                member.controller.node_fails.forget(node)
-                member.controller.host_fails.forget(node)
-                member.controller.poke()
-                result = {"reset": node}
-            self._record(member.cloud.name, f"cleanup {node}{'/' + service if service else ''}",
-                         term)
-            return result
-        if op == "maintenance":
-            on, subject = bool(args.get("on")), args.get("subject")
-            if subject == member.cloud.name:
-                subject = None
-            member.set_maintenance(subject if isinstance(subject, str) and subject else None,
-                                   on=on)
-            self._record(member.cloud.name, f"maintenance {'on' if on else 'off'} for "
-                                            f"{subject or 'the whole cloud'}", term)
-            return {"maintenance": member.maintenance_view()}
-        if op == "plan":
-            plan = member.controller.last_plan
-            return {"leader": self.me, "term": term,
-                    "actions": [f"{type(a).__name__.lower()} {getattr(a, 'node', '')} on "
-                                f"{a.host}: {a.reason}".replace("  ", " ") for a in plan.actions],
-                    "waiting": [f"{w.node}: {w.reason}" for w in plan.waiting]}
-        raise PermanentError(f"unknown command {op!r}")
+    async def hand_over(self, cloud: Cloud, text: str) -> None:
+        """A generation dropped on this agent while another leads: `apply` it there."""
+        result = await self.command(OperatorOp.APPLY, {"text": portable_text(cloud, text),
+                                                       "cloud": cloud.name})
+        _log.info("manifest_forwarded", cloud=cloud.name, peer=result.get("accepted_by"))
 
-    async def _check(self, text: str) -> Cloud:
-        return await asyncio.to_thread(check_manifest, text,
-                                       where=self.clouds.settings.state_dir / "incoming")
+    # -- performing (on the leader, but cleanup-service) --------------------------------------
+    async def _apply(self, call: Call) -> Any:
+        if call.incoming is None:
+            raise PermanentError("apply: no manifest")
+        _, snap = call.serving()
+        return await self._install(_text(call.args, OperatorOp.APPLY), call.incoming,
+                                   op=OperatorOp.APPLY, term=snap.term)
 
-    async def _install(self, text: str, cloud: Cloud, *, op: str, term: int) -> dict[str, Any]:
-        path = await asyncio.to_thread(install_manifest, text, cloud.name,
-                                       folder=self.clouds.settings.manifest_dir,
-                                       current=self.locate)
-        self._record(cloud.name, f"{op}: generation {cloud.digest[:12]} installed as {path}",
-                     term)
-        self.rescan()
+    async def _stop(self, call: Call) -> Any:
+        _, snap = call.serving()
+        # portable first: the text is checked in another folder than the one it came from
+        text = stopped_text(portable_text(snap.cloud, snap.cloud.text))
+        return await self._install(text, await self.manifests.check(text), op=OperatorOp.STOP,
+                                   term=snap.term)
+
+    async def _cleanup(self, call: Call) -> Any:
+        seat, snap = call.serving()
+        node, service = call.args.get("node"), call.args.get("service")
+        if not isinstance(node, str) or not node:
+            raise PermanentError("cleanup needs a node (and optionally a service)")
+        if node not in {n.name for n in snap.cloud.nodes} | {h.name for h in snap.cloud.pool}:
+            raise PermanentError(f"unknown node {node!r} in cloud {snap.cloud.name}")
+        if service:
+            result = await self._ask(node, OperatorRequest(
+                OperatorOp.CLEANUP_SERVICE, snap.cloud.name, json.dumps({"service": service})))
+        else:
+            seat.reset_failures(node)
+            result = {"reset": node}
+        self._record(snap.cloud.name, f"cleanup {node}{'/' + service if service else ''}",
+                     snap.term)
+        return result
+
+    async def _maintenance(self, call: Call) -> Any:
+        seat, snap = call.serving()
+        on, subject = bool(call.args.get("on")), call.args.get("subject")
+        if subject == snap.cloud.name:
+            subject = None
+        seat.set_maintenance(subject if isinstance(subject, str) and subject else None, on=on)
+        self._record(snap.cloud.name, f"maintenance {'on' if on else 'off'} for "
+                                      f"{subject or 'the whole cloud'}", snap.term)
+        return {"maintenance": maintenance.view(seat.snapshot().maintenance)}
+
+    async def _plan(self, call: Call) -> Any:
+        _, snap = call.serving()
+        plan = snap.controller.last_plan
+        return {"leader": self.me, "term": snap.term,
+                "actions": [f"{type(a).__name__.lower()} {getattr(a, 'node', '')} on "
+                            f"{a.host}: {a.reason}".replace("  ", " ") for a in plan.actions],
+                "waiting": [f"{w.node}: {w.reason}" for w in plan.waiting]}
+
+    async def _cleanup_service(self, call: Call) -> Any:
+        if call.seat is None:
+            raise PermanentError(f"{self.me} runs no services")
+        service = call.args.get("service")
+        if not isinstance(service, str):
+            raise PermanentError("cleanup-service needs a service name")
+        await call.seat.cleanup_service(service)
+        return {"restarted": service, "node": self.me}
+
+    async def _install(self, text: str, cloud: Cloud, *, op: OperatorOp,
+                       term: int) -> dict[str, Any]:
+        path = await self.manifests.install(text, cloud.name)
+        self._record(cloud.name, f"{op.value}: generation {cloud.digest[:12]} installed as "
+                                 f"{path}", term)
         return {"accepted_by": self.me, "cloud": cloud.name, "path": str(path),
                 "ensure": cloud.ensure.value}
 
-    async def _cleanup_service(self, args: dict[str, Any]) -> Any:
-        member = self.clouds.member
-        if member is None or member.node_side is None:
-            raise PermanentError(f"{self.me} runs no services")
-        service = args.get("service")
-        if not isinstance(service, str):
-            raise PermanentError("cleanup-service needs a service name")
-        await member.node_side.cleanup(service)
-        return {"restarted": service, "node": self.me}
-
     def _record(self, cloud: str, reason: str, term: int) -> None:
-        self.clouds.events.append(Event(time.time(), cloud, EventKind.COMMAND, self.me,
-                                        reason, term))
+        self.events.append(Event(self.clock.wall(), cloud, EventKind.COMMAND, self.me,
+                                 reason, term))
         _log.info("operator_command", cloud=cloud, term=term, reason=reason)
+
+
+def _text(args: dict[str, Any], op: OperatorOp) -> str:
+    text = args.get("text")
+    if not isinstance(text, str):
+        raise PermanentError(f"{op.value}: 'text' must be the manifest's text")
+    return text
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,22 +1,30 @@
-"""The inspect document built from what a member of the cloud knows right now.
+"""The inspect document and the status, built from the snapshot a member publishes.
 
 The leader's view is the whole picture: hosts and their domains from its controller, nodes'
 services from their reports, failed actions from its backoff ledgers, and the event log. Any
 other agent asks the leader for that view (`InspectWanted`); when the leader cannot be asked
 (an election is running, or it does not answer), the agent answers with what it sees itself,
-and says so (`source: local`, or `stale` with the leader's last view).
+and says so (`source: local`, or `stale` with the leader's last view). Everything here reads a
+`MemberSnapshot` (and the event log); nothing reaches into the member.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from cloudd import log
+from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import (
     CloudView,
     ElectionState,
     EventView,
     FailedAction,
     HostView,
+    InspectDoc,
     LeadershipView,
     LivenessView,
     ManifestInfo,
@@ -24,58 +32,67 @@ from cloudd.client.inspectdoc import (
     ServiceView,
     Source,
 )
-from cloudd.daemon.base.eventlog import EventKind
-from cloudd.daemon.member.cloudmember import CloudMember
-from cloudd.daemon.member.election import ElectionShell
-from cloudd.daemon.operator.queries import event_view
+from cloudd.daemon.base.clock import SYSTEM, Clock
+from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.member.snapshot import MemberSnapshot
+from cloudd.daemon.network.catalogue import InspectAnswer, InspectWanted, NodePhase
+from cloudd.daemon.operator.queries import event_view, view_source
 from cloudd.election.swim import Status
-from cloudd.vmctl.plan import DomainObs
+from cloudd.errors import ClouddError, TemporaryError
+from cloudd.vmctl.plan import DomainObs, DomainState
 
 #: How many recent events a cloud's view carries.
 RECENT_EVENTS = 8
+
+#: Seconds a follower waits for the leader's view before it answers with its own: an
+#: operator's `inspect` must answer even while the leader is dying.
+LEADER_ASK_TIMEOUT = 3.0
+
+#: Recent failures searched for each failed action's last error: a handful per subject.
+FAILURES_READ = 50
+
+#: A leader's view older than this many leases is shown as stale (a new leader is elected
+#: well within two leases).
+STALE_LEASES = 2
 
 _LIVENESS = {Status.ALIVE: LivenessView.ALIVE, Status.SUSPECT: LivenessView.SUSPECT,
              Status.DEAD: LivenessView.DEAD}
 
 
-def _rank(obs: DomainObs, election: ElectionShell) -> tuple[bool, bool]:
-    return (election.status(obs.host) is not Status.DEAD, obs.state.value == "running")
+def _rank(obs: DomainObs, snap: MemberSnapshot) -> tuple[bool, bool]:
+    return (snap.status(obs.host) is not Status.DEAD, obs.state is DomainState.RUNNING)
 
 
-def leadership(member: CloudMember) -> LeadershipView:
-    election = member.election
-    roster = member.roster
-    reached = sum(1 for h in roster.hosts if election.status(h) is Status.ALIVE)
-    leader = election.leader or None
+def leadership(snap: MemberSnapshot) -> LeadershipView:
+    reached = snap.quorum_reached
+    leader = snap.leader or None
     if leader is None:
         state = ElectionState.ELECTING
-    elif leader == member.me and not election.acting():
+    elif leader == snap.me and not snap.acting:
         state = ElectionState.NO_QUORUM
     else:
-        state = ElectionState.STABLE if reached >= roster.quorum else ElectionState.NO_QUORUM
-    return LeadershipView(state=state, term=election.term, leader=leader,
-                          since=election.leader_since, quorum_reached=reached,
-                          quorum_needed=roster.quorum)
+        state = ElectionState.STABLE if reached >= snap.quorum else ElectionState.NO_QUORUM
+    return LeadershipView(state=state, term=snap.term, leader=leader, since=snap.leader_since,
+                      quorum_reached=reached, quorum_needed=snap.quorum)
 
 
-def cloud_view(member: CloudMember, *, source: Source, now: float | None = None) -> CloudView:
-    now = time.time() if now is None else now
-    cloud, election, controller = member.cloud, member.election, member.controller
-    reports = controller.host_reports()
+def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> CloudView:
+    """The cloud as `snap` shows it, observed at the snapshot's time."""
+    cloud, controller = snap.cloud, snap.controller
     hosts = []
     domains: dict[str, DomainObs] = {}
     for h in cloud.pool:
-        seen, stock = reports.get(h.name, ((), None))
+        seen, stock = controller.hosts.get(h.name, ((), None))
         for obs in seen:
             if obs.cloud != cloud.name:
                 continue
             # A node re-placed after its host died still shows in that host's last report:
             # a running domain, or one on a host not dead, tells where the node is now.
             known = domains.get(obs.node)
-            if known is None or _rank(obs, election) > _rank(known, election):
+            if known is None or _rank(obs, snap) > _rank(known, snap):
                 domains[obs.node] = obs
         hosts.append(HostView(
-            name=h.name, address=h.address, liveness=_LIVENESS[election.status(h.name)],
+            name=h.name, address=h.address, liveness=_LIVENESS[snap.status(h.name)],
             reachable=stock is not None,
             free_memory_mib=stock.free_memory_kib // 1024 if stock is not None else None,
             domains=sum(1 for d in seen if d.cloud == cloud.name)))
@@ -84,33 +101,123 @@ def cloud_view(member: CloudMember, *, source: Source, now: float | None = None)
     for n in cloud.nodes:
         d = domains.get(n.name)
         state = "unmanaged" if not n.managed else (d.state.value if d is not None else "none")
-        report = member.reports.get(n.name)
+        report = snap.reports.get(n.name)
         services = tuple(
             ServiceView(name=s.name, state=s.state, ready=s.ready, pid=s.pid,
                         restarts=max(0, s.starts - 1), fatal_count=s.fatal_count,
                         last_error=s.last_error)
             for s in (report.services if report is not None else ()))
-        running = d is not None and d.state.value == "running"
+        running = d is not None and d.state is DomainState.RUNNING
         nodes.append(NodeView(
             name=n.name, role=n.role, address=n.address, domain_state=state,
-            agent_liveness=_LIVENESS[election.status(n.name)],
+            agent_liveness=_LIVENESS[snap.status(n.name)],
             host=d.host if d is not None else None,
-            uptime=(now - d.since) if running and d is not None and d.since else None,
+            # the controller's times are monotonic: a duration is a difference of two
+            uptime=(snap.monotonic - d.since) if running and d is not None and d.since else None,
             waiting=waiting.get(n.name, "") or (report.message if report is not None
-                                                and report.phase != "ready" else ""),
+                                                and report.phase != NodePhase.READY else ""),
             services=services))
     last_error = {e.subject: e.reason for e in
-                  member.events.query(cloud=cloud.name, kind=EventKind.FAILURE, limit=50)}
+                  events.query(cloud=cloud.name, kind=EventKind.FAILURE,
+                                limit=FAILURES_READ)}
     failed = tuple(
         FailedAction(action="reconcile", subject=subject, fail_count=record.count,
-                     last_error=last_error.get(subject, ""), next_retry=record.not_before)
+                     last_error=last_error.get(subject, ""),
+                     next_retry=snap.wall_of(record.not_before))
         for ledger in (controller.node_fails, controller.host_fails)
-        for subject, record in sorted(ledger.snapshot().items()) if record.count > 0)
-    events: tuple[EventView, ...] = tuple(
-        event_view(e) for e in member.events.query(cloud=cloud.name, limit=RECENT_EVENTS))
+        for subject, record in sorted(ledger.items()) if record.count > 0)
+    recent: tuple[EventView, ...] = tuple(
+        event_view(e) for e in events.query(cloud=cloud.name, limit=RECENT_EVENTS))
     return CloudView(
         name=cloud.name, type=cloud.type, ensure=cloud.ensure.value, source=source,
-        observed_at=now, leadership=leadership(member),
-        manifest=ManifestInfo(generation=member.generation, digest=cloud.digest,
-                              loaded_at=member.loaded_at),
-        hosts=tuple(hosts), nodes=tuple(nodes), failed_actions=failed, events=events)
+        observed_at=snap.taken_at, leadership=leadership(snap),
+        manifest=ManifestInfo(generation=snap.generation, digest=cloud.digest,
+                              loaded_at=snap.loaded_at),
+        hosts=tuple(hosts), nodes=tuple(nodes), failed_actions=failed, events=recent)
+
+
+def status_of(snap: MemberSnapshot | None, *, me: str) -> dict[str, Any]:
+    """This agent's own view, cheap and local (the leader's view is `inspect`)."""
+    if snap is None:
+        return {"agent": me, "cloud": None}
+    return {
+        "agent": me,
+        "cloud": snap.cloud.name,
+        "generation": snap.cloud.digest,
+        "leader": snap.leader or None,
+        "term": snap.term,
+        "acting": snap.acting,
+        "leader_since": snap.leader_since,
+        "elections": snap.elections,
+        "members": {name: snap.status(name).value for name in snap.members},
+        # what the leader has heard from the nodes (empty elsewhere)
+        "nodes": {name: {"phase": r.phase, "message": r.message, "term": r.term,
+                         "services": {sv.name: sv.state for sv in r.services}}
+                  for name, r in sorted(snap.reports.items())},
+        "node": dataclasses.asdict(snap.node) if snap.node is not None else None,
+    }
+
+
+class Inspector:
+    """`inspect` and `status` for the local API, and the leader's view for other agents."""
+
+    def __init__(self, *, me: str, snapshot: Callable[[], MemberSnapshot | None],
+                 request: Callable[[str, Any], Awaitable[Any]], events: EventLog,
+                 clock: Clock = SYSTEM) -> None:
+        self.me, self._snapshot, self._request = me, snapshot, request
+        self.events, self.clock = events, clock
+        #: the leader's last view, with the monotonic time it came
+        self._leader_view: tuple[float, CloudView] | None = None
+        self.log = log.get("inspect", node=me)
+
+    def status(self) -> dict[str, Any]:
+        return status_of(self._snapshot(), me=self.me)
+
+    async def inspect(self, cloud: str | None) -> InspectDoc:
+        """The inspect document: the leader's view when it can be had, else this agent's."""
+        snap = self._snapshot()
+        if snap is None:
+            if cloud is not None:
+                raise ApiError(f"this agent ({self.me}) serves no cloud yet, not {cloud!r}")
+            return InspectDoc(answered_by=self.me, generated_at=self.clock.wall())
+        if cloud is not None and cloud != snap.cloud.name:
+            raise ApiError(f"unknown cloud {cloud!r}: this agent serves {snap.cloud.name}")
+        view: CloudView | None = None
+        if snap.acting:
+            view = cloud_view(snap, events=self.events, source=Source.LEADER)
+        elif snap.leader and snap.leader != self.me:
+            view = await self._ask_leader(snap)
+        if view is None:
+            own = cloud_view(snap, events=self.events, source=Source.LOCAL)
+            view = own
+            if self._leader_view is not None:
+                at, last = self._leader_view
+                source = view_source(leading=False, leader_view_at=at, now=snap.monotonic,
+                                     stale_after=STALE_LEASES * snap.lease_duration)
+                # the leader's last view, marked stale, with this agent's own leadership view
+                view = dataclasses.replace(last, source=source, leadership=own.leadership)
+        return InspectDoc(answered_by=self.me, generated_at=snap.taken_at, clouds=(view,))
+
+    async def _ask_leader(self, snap: MemberSnapshot) -> CloudView | None:
+        try:
+            async with asyncio.timeout(LEADER_ASK_TIMEOUT):
+                answer = await self._request(snap.leader, InspectWanted(snap.cloud.name))
+            if not isinstance(answer, InspectAnswer):
+                raise ValueError(f"the leader answered {type(answer).__name__}")
+            theirs = InspectDoc.from_json(json.loads(answer.doc))
+            view = next(c for c in theirs.clouds if c.name == snap.cloud.name)
+        except (ClouddError, OSError, TimeoutError, StopIteration, ValueError) as e:
+            self.log.info("inspect_leader_unreachable", peer=snap.leader, reason=str(e))
+            return None
+        self._leader_view = (self.clock.monotonic(), view)
+        return view
+
+    async def answer(self, peer: str, msg: InspectWanted) -> InspectAnswer:
+        """The dispatch table's inspect duty: another agent asks this one, as the leader,
+        for its view."""
+        snap = self._snapshot()
+        if snap is None:
+            raise TemporaryError(f"{self.me} has no cloud yet")
+        doc = InspectDoc(answered_by=self.me, generated_at=snap.taken_at,
+                         clouds=(cloud_view(snap, events=self.events, source=Source.LEADER),))
+        return InspectAnswer(snap.cloud.name, json.dumps(doc.to_json()))

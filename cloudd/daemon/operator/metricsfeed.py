@@ -1,51 +1,60 @@
-"""Feeds the Prometheus metrics from the agent's state, once a second.
+"""Feeds the Prometheus metrics from the member's snapshot, once a second.
 
 Gauges (leadership, term, quorum, domains by state) are read as they are; counters (elections,
-respawns, service restarts) grow by what changed since the last reading, so that the feed
-never has to be called from inside the election, the controller or the supervisor.
+respawns, host call timings, service restarts) grow by what changed since the last reading,
+so that the feed never has to be called from inside the election, the controller or the
+supervisor, and never changes what it reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
-from cloudd.daemon.base.eventlog import EventKind
-from cloudd.daemon.member.clouds import Clouds
+from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.operator.metrics import Metrics
-from cloudd.election.swim import Status
+
+#: Seconds between two readings: a scrape every 15 s or so sees fresh values.
+PERIOD = 1.0
+
+#: Restart events read per reading at most (a respawn storm is counted over several).
+EVENTS_PER_READING = 1000
 
 
 class MetricsFeed:
-    def __init__(self, clouds: Clouds, metrics: Metrics, *, period: float = 1.0) -> None:
-        self.clouds, self.metrics, self.period = clouds, metrics, period
+    def __init__(self, snapshot: Callable[[], MemberSnapshot | None], metrics: Metrics, *,
+                 events: EventLog, period: float = PERIOD) -> None:
+        self._snapshot, self.metrics, self.events, self.period = snapshot, metrics, events, period
         self._elections = 0
-        self._last_event = clouds.events.last_id()
+        self._last_event = events.last_id()
+        self._last_call = 0
         self._starts: dict[tuple[str, str], int] = {}
 
     def sample(self) -> None:
-        member = self.clouds.member
-        if member is None:
+        snap = self._snapshot()
+        if snap is None:
             return
-        name, election = member.cloud.name, member.election
-        self.metrics.set_leadership(name, leading=election.acting(), term=election.term)
-        reached = sum(1 for h in member.roster.hosts if election.status(h) is Status.ALIVE)
-        self.metrics.set_quorum(name, reached=reached, needed=member.roster.quorum)
-        for _ in range(election.elections - self._elections):
+        name = snap.cloud.name
+        self.metrics.set_leadership(name, leading=snap.acting, term=snap.term)
+        self.metrics.set_quorum(name, reached=snap.quorum_reached, needed=snap.quorum)
+        for _ in range(snap.elections - self._elections):
             self.metrics.election(name)
-        self._elections = election.elections
+        self._elections = snap.elections
         states: Counter[str] = Counter()
-        for seen, _stock in member.controller.host_reports().values():
+        for seen, _stock in snap.controller.hosts.values():
             states.update(d.state.value for d in seen if d.cloud == name)
         self.metrics.set_domains(name, states)
-        for _event in member.events.query(cloud=name, kind=EventKind.RESTART,
-                                         after_id=self._last_event, limit=1000):
+        for _event in self.events.query(cloud=name, kind=EventKind.RESTART,
+                                        after_id=self._last_event, limit=EVENTS_PER_READING):
             self.metrics.respawn(name)
-        self._last_event = member.events.last_id()
-        while member.latencies:
-            op, seconds = member.latencies.popleft()
-            self.metrics.observe_action(name, op, seconds)
-        for node, report in member.reports.items():
+        self._last_event = self.events.last_id()
+        for call in snap.timings:
+            if call.seq > self._last_call:
+                self.metrics.observe_action(name, call.op, call.seconds)
+                self._last_call = call.seq
+        for node, report in snap.reports.items():
             for service in report.services:
                 key = (node, service.name)
                 before = self._starts.get(key, service.starts)

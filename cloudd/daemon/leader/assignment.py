@@ -1,0 +1,58 @@
+"""Which role assignment every node should hold now, and which of them to send.
+
+Pure: a function of the cloud in force, the nodes' last reports, who is alive and the
+operator's maintenance. Roles are assigned in the type's dependency order: a role is assigned
+once every role before it has a ready node (a database before its web servers, a TORQUE head
+before its compute nodes), and each assignment carries the health of the node's peers so that
+the node configures only against peers that work. A stopped cloud assigns nothing.
+
+An assignment is sent again when it changed, or when the node's report says it runs another
+generation (it restarted, or missed the last one); never to a node that is not alive (it
+would be lost) nor to a node in maintenance (the operator is working on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from cloudd.config.model import Cloud, Ensure
+from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
+
+
+def healthy(node: str, *, reports: Mapping[str, NodeReport], alive: Collection[str]) -> bool:
+    """A node is healthy when it is alive and its last report says ready."""
+    report = reports.get(node)
+    return report is not None and report.phase == NodePhase.READY and node in alive
+
+
+def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
+                alive: Collection[str]) -> tuple[RoleAssignment, ...]:
+    """What every node should be told now, in role order, as far as the order allows."""
+    if cloud.ensure is Ensure.STOPPED:
+        return ()
+    well = {n.name for n in cloud.nodes if healthy(n.name, reports=reports, alive=alive)}
+    peers = tuple(PeerInfo(n.name, n.role, n.address, n.name in well) for n in cloud.nodes)
+    out: list[RoleAssignment] = []
+    for i, role in enumerate(cloud.roles):
+        if not all(any(n.name in well for n in cloud.nodes_of(r)) for r in cloud.roles[:i]):
+            break
+        out.extend(RoleAssignment(term=term, cloud=cloud.name, node=n.name, role=role,
+                                  address=n.address, generation=cloud.digest,
+                                  peers=tuple(p for p in peers if p.node != n.name))
+                   for n in cloud.nodes_of(role))
+    return tuple(out)
+
+
+def due(wanted: Iterable[RoleAssignment], *, sent: Mapping[str, RoleAssignment],
+        reports: Mapping[str, NodeReport], alive: Collection[str],
+        maintenance: Collection[str | None]) -> tuple[RoleAssignment, ...]:
+    """The assignments to send now, given what was sent since this leader took over."""
+    out = []
+    for a in wanted:
+        report = reports.get(a.node)
+        if sent.get(a.node) == a and report is not None and report.generation == a.generation:
+            continue
+        if a.node not in alive or a.node in maintenance:
+            continue
+        out.append(a)
+    return tuple(out)

@@ -1,0 +1,104 @@
+"""Role assignment: dependency order, peer health, and which assignments go out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cloudd.config.manifest import load_cloud
+from cloudd.config.model import Cloud, Ensure
+from cloudd.daemon.leader.assignment import assignments, due, healthy
+from cloudd.daemon.network.catalogue import NodePhase, NodeReport
+from cloudd.providers.catalog import CATALOG
+
+MANIFEST = """\
+apiVersion: cloudd/v1
+kind: Cloud
+name: shop
+type: web
+domain_template: web.xml
+pool:
+  - {name: pm1, address: 192.0.2.70}
+roles:
+  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
+  server:
+    - {address: 192.0.2.176, image: /img/web1.qcow2}
+    - {address: 192.0.2.178, image: /img/web2.qcow2}
+  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
+settings: {app_port: 8080}
+"""
+
+DB, WEB1, WEB2, LB = "shop-database-1", "shop-server-1", "shop-server-2", "shop-balancer-1"
+ALL = {DB, WEB1, WEB2, LB}
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Cloud:
+    folder: Path = tmp_path_factory.mktemp("shop")
+    (folder / "web.xml").write_text("<domain/>")
+    (folder / "shop.yaml").write_text(MANIFEST)
+    return load_cloud(folder / "shop.yaml", CATALOG)
+
+
+def report(node: str, phase: NodePhase = NodePhase.READY, generation: str = "") -> NodeReport:
+    return NodeReport(node=node, term=1, generation=generation, phase=phase)
+
+
+@pytest.mark.parametrize(("ready", "alive", "assigned"), [
+    # nothing ready: the database first
+    (set(), ALL, [DB]),
+    # the database ready: the servers too
+    ({DB}, ALL, [DB, WEB1, WEB2]),
+    # one server ready is enough for the balancer
+    ({DB, WEB1}, ALL, [DB, WEB1, WEB2, LB]),
+    # a ready database that is not alive does not count
+    ({DB}, ALL - {DB}, [DB]),
+])
+def test_roles_follow_the_dependency_order(cloud: Cloud, ready: set[str], alive: set[str],
+                                           assigned: list[str]) -> None:
+    reports = {n: report(n) for n in ready}
+    got = assignments(cloud, term=4, reports=reports, alive=alive)
+    assert [a.node for a in got] == assigned
+    assert {(a.term, a.generation, a.cloud) for a in got} == {(4, cloud.digest, "shop")}
+
+
+def test_each_node_hears_of_every_other_with_its_health(cloud: Cloud) -> None:
+    reports = {DB: report(DB), WEB1: report(WEB1, NodePhase.DEGRADED)}
+    lb = assignments(cloud, term=1, reports=reports, alive=ALL)
+    assert [a.node for a in lb] == [DB, WEB1, WEB2]  # no server ready: no balancer
+    web1 = next(a for a in lb if a.node == WEB1)
+    assert [(p.node, p.role, p.healthy) for p in web1.peers] == [
+        (DB, "database", True), (WEB2, "server", False), (LB, "balancer", False)]
+
+
+def test_a_stopped_cloud_assigns_nothing(cloud: Cloud) -> None:
+    stopped = replace(cloud, ensure=Ensure.STOPPED)
+    assert assignments(stopped, term=1, reports={n: report(n) for n in ALL}, alive=ALL) == ()
+
+
+def test_healthy_needs_ready_and_alive() -> None:
+    reports = {DB: report(DB), WEB1: report(WEB1, NodePhase.CONVERGING)}
+    assert healthy(DB, reports=reports, alive={DB})
+    assert not healthy(DB, reports=reports, alive=set())
+    assert not healthy(WEB1, reports=reports, alive={WEB1})
+    assert not healthy(WEB2, reports=reports, alive={WEB2})
+
+
+@pytest.mark.parametrize(("sent", "reported", "alive", "held", "goes"), [
+    (False, None, True, False, True),      # never sent
+    (True, "gen", True, False, False),     # sent, and the node runs it
+    (True, None, True, False, True),       # sent, but the node never reported: again
+    (True, "old", True, False, True),      # the node runs another generation: again
+    (False, None, False, False, False),    # not alive: it would be lost
+    (False, None, True, True, False),      # in maintenance: left alone
+])
+def test_due(cloud: Cloud, sent: bool, reported: str | None, alive: bool, held: bool,
+             goes: bool) -> None:
+    [a] = [x for x in assignments(cloud, term=2, reports={}, alive=ALL) if x.node == DB]
+    a = replace(a, generation="gen")
+    got = due([a], sent={DB: a} if sent else {},
+              reports={DB: report(DB, generation=reported)} if reported else {},
+              alive={DB} if alive else set(), maintenance={DB} if held else set())
+    assert got == ((a,) if goes else ())

@@ -1,0 +1,181 @@
+"""Clouds: manifests become a member, offers are installed, every message goes through the
+dispatch table, and the tasks it starts end with it. No transport: the agent has no
+certificate here, so it never opens its port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudd.config.model import Cloud, Ensure
+from cloudd.config.portable import portable_text
+from cloudd.config.registry import Change, ManifestEvent
+from cloudd.daemon.base.clock import FakeClock
+from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.member.clouds import OPEN_RETRY, Above, Clouds
+from cloudd.daemon.member.manifests import ManifestFolder
+from cloudd.daemon.network.catalogue import (
+    InspectWanted,
+    ManifestOffer,
+    OfferOrigin,
+    OperatorAnswer,
+    OperatorOp,
+    OperatorRequest,
+)
+from cloudd.election.messages import Coordinator, WhoLeads
+from cloudd.errors import PermanentError, TemporaryError
+
+from .fakes import MANIFEST, FakeNodeSide, settings, shop
+
+
+@dataclasses.dataclass
+class Agent:
+    clouds: Clouds
+    rescans: list[int]
+    folder: Path
+    events: EventLog
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
+    me = settings(tmp_path, "pm1")
+    me.state_dir.mkdir(parents=True)
+    events = EventLog.in_state_dir(me.state_dir)
+    rescans: list[int] = []
+    manifests = ManifestFolder(me.manifest_dir, incoming=me.state_dir / "incoming",
+                               locate=lambda cloud: None, rescan=lambda: rescans.append(1))
+    clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
+                    node_side_factory=FakeNodeSide)
+    yield Agent(clouds, rescans, me.manifest_dir, events)
+    events.close()
+
+
+def loaded(cloud: Cloud) -> ManifestEvent:
+    return ManifestEvent(Change.LOADED, cloud.source, cloud)
+
+
+async def test_without_a_cloud_only_offers_are_taken(agent: Agent, tmp_path: Path) -> None:
+    with pytest.raises(TemporaryError, match="pm1 has no cloud yet"):
+        await agent.clouds._handle("pm2", WhoLeads(term=1))
+    cloud = shop(tmp_path / "elsewhere")
+    text = portable_text(cloud, cloud.text)
+    offer = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 3)
+    answer = await agent.clouds._handle("pm2", offer)
+    assert answer == OperatorAnswer(True, json.dumps(
+        f"installed as {agent.folder / 'shop.yaml'}"))
+    assert (agent.folder / "shop.yaml").read_text() == text and agent.rescans == [1]
+    assert await agent.clouds._handle("pm2", offer) == OperatorAnswer(
+        True, json.dumps("already installed"))
+    with pytest.raises(PermanentError, match="declares shop, not other"):
+        await agent.clouds._handle("pm2", dataclasses.replace(offer, cloud="other", text=text
+                                                              + "\n# other\n"))
+    # the operator's room serves nothing until the agent runs
+    with pytest.raises(TemporaryError, match="pm1 is not serving its operator's duties yet"):
+        await agent.clouds._handle("pm2", OperatorRequest(OperatorOp.PLAN, "shop", "{}"))
+
+
+async def test_a_manifest_naming_this_agent_makes_it_a_member(agent: Agent,
+                                                              tmp_path: Path) -> None:
+    other = shop(tmp_path / "other", MANIFEST.replace("pm1", "pm7"))
+    agent.clouds.on_manifest(loaded(other))
+    assert agent.clouds.serving() is None and agent.clouds.snapshot() is None
+    cloud = shop(tmp_path / "manifests")
+    agent.clouds.on_manifest(loaded(cloud))
+    member = agent.clouds.serving()
+    assert member is not None and member.is_host and member.cloud == cloud
+    snap = agent.clouds.snapshot()
+    assert snap is not None and snap.cloud == cloud
+    # a second cloud naming this agent is refused; the first keeps running
+    second = dataclasses.replace(other, name="second")
+    agent.clouds.on_manifest(loaded(dataclasses.replace(second, pool=cloud.pool)))
+    assert agent.clouds.serving() is member and member.cloud == cloud
+    # a removed file stops the cloud, as a new generation
+    agent.clouds.on_manifest(ManifestEvent(Change.REMOVED, cloud.source, cloud))
+    assert member.cloud.ensure is Ensure.STOPPED and member.generation == 2
+
+
+async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
+                                                          tmp_path: Path) -> None:
+    cloud = shop(tmp_path / "manifests")
+    agent.clouds.on_manifest(loaded(cloud))
+    text = portable_text(cloud, cloud.text)
+    seed = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 0)
+    with pytest.raises(PermanentError, match="pm1 has no use for a manifest offered by seed"):
+        await agent.clouds._handle("pm2", seed)
+    leader = dataclasses.replace(seed, origin=OfferOrigin.LEADER)
+    assert (await agent.clouds._handle("pm2", leader)).ok
+
+
+class OperatorRoom:
+    """The operator's room as Clouds sees it: records, and holds a hand-over open."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.handed: list[str] = []
+        self.cancelled = asyncio.Event()
+
+    async def operator_request(self, peer: str, msg: Any) -> Any:
+        self.requests.append((peer, msg))
+        return OperatorAnswer(True, "{}")
+
+    async def inspect_wanted(self, peer: str, msg: Any) -> Any:
+        self.requests.append((peer, msg))
+        return "view"
+
+    async def hand_over(self, cloud: Cloud, text: str) -> None:
+        self.handed.append(cloud.name)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.cancelled.set()
+
+    def above(self) -> Above:
+        return Above(operator_request=self.operator_request,
+                     inspect_wanted=self.inspect_wanted, hand_over=self.hand_over)
+
+
+async def test_while_running_the_operators_duties_are_served_and_its_tasks_owned(
+        agent: Agent, tmp_path: Path) -> None:
+    above = OperatorRoom()
+    cloud = shop(tmp_path / "manifests")
+    agent.clouds.on_manifest(loaded(cloud))
+    member = agent.clouds.serving()
+    assert member is not None
+    election = asyncio.create_task(member.election.run())
+    await asyncio.sleep(0)
+    await agent.clouds._handle("pm2", Coordinator(term=4))
+    assert member.election.leader == "pm2"
+    # an operator drops a new generation here while pm2 leads: it goes to the leader
+    newer = shop(tmp_path / "manifests", MANIFEST + "# edited\n")
+    agent.clouds.on_manifest(loaded(newer))
+    assert above.handed == []  # owned by the agent's task group: starts when it runs
+    run = asyncio.create_task(agent.clouds.run(above=above.above()))
+    try:
+        for _ in range(100):
+            if above.handed:
+                break
+            await asyncio.sleep(0)
+        assert above.handed == ["shop"]
+        request = OperatorRequest(OperatorOp.PLAN, "shop", "{}")
+        assert (await agent.clouds._handle("pm2", request)).ok
+        assert await agent.clouds._handle("pm2", InspectWanted("shop")) == "view"
+        assert above.requests == [("pm2", request), ("pm2", InspectWanted("shop"))]
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+    assert above.cancelled.is_set()  # the hand-over ended with the agent
+
+
+def test_the_port_is_retried_ever_more_slowly_up_to_half_a_minute() -> None:
+    assert [OPEN_RETRY.delay(n, 0.5) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]

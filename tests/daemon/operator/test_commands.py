@@ -1,0 +1,254 @@
+"""The operator's commands: one handler each, performed by the acting leader, handed to it by
+any other member, and handed to a pool host from outside the cloud. Real members and manifest
+folders; a fake wire between the agents."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudd.config.model import Ensure
+from cloudd.daemon.base.clock import FakeClock
+from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.member.cloudmember import CloudMember
+from cloudd.daemon.member.manifests import ManifestFolder
+from cloudd.daemon.member.snapshot import MemberSnapshot
+from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
+from cloudd.daemon.operator.commands import LOCAL_OPS, RULES, Operator, stopped_text
+from cloudd.errors import ConfigError, PermanentError, TemporaryError
+
+from ..member.fakes import DB, MANIFEST, FakeNodeSide, Wire, member, shop
+
+
+class Seat:
+    """A real member, seen as acting (or following `leader`) in term 7."""
+
+    def __init__(self, m: CloudMember, *, acting: bool, leader: str) -> None:
+        self.member, self.acting, self.leader = m, acting, leader
+
+    def snapshot(self) -> MemberSnapshot:
+        return dataclasses.replace(self.member.snapshot(), acting=self.acting,
+                                   leader=self.leader, term=7)
+
+    def reset_failures(self, node: str) -> None:
+        self.member.reset_failures(node)
+
+    def set_maintenance(self, subject: str | None, *, on: bool) -> None:
+        self.member.set_maintenance(subject, on=on)
+
+    async def cleanup_service(self, service: str) -> None:
+        await self.member.cleanup_service(service)
+
+
+@dataclasses.dataclass
+class Agent:
+    op: Operator
+    wire: Wire
+    seat: Seat | None
+    folder: Path
+    rescans: list[str]
+    events: EventLog
+    outside: list[tuple[str, str, Any]]
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[dict[str, Agent]]:
+    made: dict[str, Agent] = {}
+    yield made
+    for a in made.values():
+        a.events.close()
+
+
+def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool = False,
+          leader: str = "", serving: bool = True) -> Agent:
+    wire, clock = Wire(), FakeClock()
+    home = tmp_path / name
+    home.mkdir(parents=True, exist_ok=True)
+    events = EventLog.in_state_dir(home)
+    seat = Seat(member(tmp_path, name, wire=wire, clock=clock, events=events),
+                acting=acting, leader=leader) if serving else None
+    rescans: list[str] = []
+    outside: list[tuple[str, str, Any]] = []
+    folder = home / "manifests"
+    manifests = ManifestFolder(folder, incoming=home / "incoming", locate=lambda c: None,
+                               rescan=lambda: rescans.append("rescan"))
+
+    async def ask_outside(name: str, address: str, msg: Any) -> Any:
+        outside.append((name, address, msg))
+        if name in agents:
+            return await agents[name].op.answer("outsider", msg)
+        raise TemporaryError(f"{name} ({address}) cannot be reached")
+
+    op = Operator(me=name, member=lambda: seat, request=wire.request, ask_outside=ask_outside,
+                  manifests=manifests, events=events, clock=clock)
+    made = Agent(op, wire, seat, folder, rescans, events, outside)
+    agents[name] = made
+    return made
+
+
+def connect(a: Agent, agents: dict[str, Agent]) -> None:
+    """`a`'s requests reach the other agents' operators (as the dispatch table would)."""
+    async def answer(peer: str, msg: Any) -> Any:
+        return await agents[peer].op.answer("caller", msg)
+
+    a.wire.answer = answer
+
+
+def test_every_op_has_a_rule_and_the_local_api_offers_the_operators_verbs() -> None:
+    assert set(RULES) == set(OperatorOp)
+    assert [op.value for op in LOCAL_OPS] == ["apply", "stop", "cleanup", "maintenance", "plan"]
+
+
+async def test_the_leader_performs_maintenance_and_records_it(tmp_path: Path,
+                                                              agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    result = await pm1.op.command(OperatorOp.MAINTENANCE, {"on": True, "subject": DB})
+    assert result == {"maintenance": [DB]}
+    result = await pm1.op.command(OperatorOp.MAINTENANCE, {"on": True, "subject": "shop"})
+    assert result == {"maintenance": ["(cloud)", DB]}
+    [first, second] = pm1.events.query(kind=EventKind.COMMAND)
+    assert (first.reason, first.term, first.time) == (f"maintenance on for {DB}", 7,
+                                                      1_700_000_000.0)
+    assert second.reason == "maintenance on for the whole cloud"
+
+
+async def test_plan_and_cleanup_on_the_leader(tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    assert await pm1.op.command(OperatorOp.PLAN, {}) == {
+        "leader": "pm1", "term": 7, "actions": [], "waiting": []}
+    assert pm1.seat is not None
+    pm1.seat.member.controller.node_fails.failed(DB, now=1.0)
+    assert await pm1.op.command(OperatorOp.CLEANUP, {"node": DB}) == {"reset": DB}
+    assert pm1.seat.snapshot().controller.node_fails == {}
+    with pytest.raises(PermanentError, match="unknown node 'nope' in cloud shop"):
+        await pm1.op.command(OperatorOp.CLEANUP, {"node": "nope"})
+    with pytest.raises(PermanentError, match="cleanup needs a node"):
+        await pm1.op.command(OperatorOp.CLEANUP, {})
+
+
+async def test_cleanup_of_a_service_is_sent_on_to_its_node(tmp_path: Path,
+                                                           agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    node = agent(tmp_path, agents, DB, leader="pm1")
+    connect(pm1, agents)
+    result = await pm1.op.command(OperatorOp.CLEANUP, {"node": DB, "service": "mariadbd"})
+    assert result == {"restarted": "mariadbd", "node": DB}
+    assert node.seat is not None and isinstance(node.seat.member.node_side, FakeNodeSide)
+    assert node.seat.member.node_side.cleaned == ["mariadbd"]
+    [(peer, request)] = pm1.wire.asked
+    assert (peer, request.op) == (DB, OperatorOp.CLEANUP_SERVICE)
+    # a host runs no services: the leader says why
+    agent(tmp_path, agents, "pm2", leader="pm1")
+    with pytest.raises(PermanentError, match="pm2 runs no services"):
+        await pm1.op.command(OperatorOp.CLEANUP, {"node": "pm2", "service": "x"})
+    # and it is never an operator's own verb
+    with pytest.raises(PermanentError, match="unknown command 'cleanup-service'"):
+        await pm1.op.command(OperatorOp.CLEANUP_SERVICE, {"service": "x"})
+
+
+async def test_a_follower_hands_the_command_to_its_leader(tmp_path: Path,
+                                                          agents: dict[str, Agent]) -> None:
+    agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    pm2 = agent(tmp_path, agents, "pm2", leader="pm1")
+    connect(pm2, agents)
+    result = await pm2.op.command(OperatorOp.MAINTENANCE, {"on": True, "subject": DB})
+    assert result == {"maintenance": [DB]}
+    [(peer, request)] = pm2.wire.asked
+    assert peer == "pm1" and request == OperatorRequest(
+        OperatorOp.MAINTENANCE, "shop", json.dumps({"on": True, "subject": DB}))
+    with pytest.raises(PermanentError, match="unknown node 'nope'"):
+        await pm2.op.command(OperatorOp.CLEANUP, {"node": "nope"})
+
+
+async def test_without_a_leader_the_command_waits(tmp_path: Path,
+                                                  agents: dict[str, Agent]) -> None:
+    pm2 = agent(tmp_path, agents, "pm2")
+    with pytest.raises(TemporaryError, match="no leader right now"):
+        await pm2.op.command(OperatorOp.PLAN, {})
+    with pytest.raises(PermanentError, match="does not serve cloud 'other'"):
+        await pm2.op.command(OperatorOp.PLAN, {"cloud": "other"})
+
+
+async def test_apply_and_stop_install_a_generation_on_the_leader(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    text = MANIFEST.replace("web.xml", str(tmp_path / "manifests" / "web.xml")) + "# edited\n"
+    result = await pm1.op.command(OperatorOp.APPLY, {"text": text})
+    path = pm1.folder / "shop.yaml"
+    assert result == {"accepted_by": "pm1", "cloud": "shop", "path": str(path),
+                      "ensure": "running"}
+    assert path.read_text() == text and pm1.rescans == ["rescan"]
+    result = await pm1.op.command(OperatorOp.STOP, {})
+    assert result["ensure"] == "stopped"
+    assert yaml.safe_load(path.read_text())["ensure"] == "stopped"
+    reasons = [e.reason.split(":")[0] for e in pm1.events.query(kind=EventKind.COMMAND)]
+    assert reasons == ["apply", "stop"]
+    with pytest.raises(ConfigError):
+        await pm1.op.command(OperatorOp.APPLY, {"text": "kind: Cloud\n"})
+    with pytest.raises(PermanentError, match="apply: 'text' must be the manifest's text"):
+        await pm1.op.command(OperatorOp.APPLY, {})
+
+
+async def test_a_pool_host_starts_a_cloud_it_does_not_serve_yet(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    shop(tmp_path / "manifests")
+    pm1 = agent(tmp_path, agents, "pm1", serving=False)
+    text = (tmp_path / "manifests" / "shop.yaml").read_text().replace("web.xml", str(
+        tmp_path / "manifests" / "web.xml"))
+    result = await pm1.op.command(OperatorOp.APPLY, {"text": text})
+    assert result["accepted_by"] == "pm1" and (pm1.folder / "shop.yaml").read_text() == text
+    [event] = pm1.events.query(kind=EventKind.COMMAND)
+    assert event.term == 0
+
+
+async def test_from_outside_the_manifest_goes_to_the_first_host_that_takes_it(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    shop(tmp_path / "manifests")
+    text = MANIFEST.replace("web.xml", str(tmp_path / "manifests" / "web.xml"))
+    outsider = agent(tmp_path, agents, "laptop", serving=False)
+    agent(tmp_path, agents, "pm2", serving=False)  # pm1 does not answer; pm2 takes it
+    result = await outsider.op.command(OperatorOp.APPLY, {"text": text})
+    assert result["handed_to"] == "pm2" and result["accepted_by"] == "pm2"
+    assert [(n, a) for n, a, _ in outsider.outside] == [("pm1", "192.0.2.70"),
+                                                        ("pm2", "192.0.2.71")]
+
+
+async def test_answers_say_what_went_wrong_in_one_line(tmp_path: Path,
+                                                       agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    bad = await pm1.op.answer("pm2", OperatorRequest(OperatorOp.PLAN, "shop", "[1]"))
+    assert bad == OperatorAnswer(False, "", "operator arguments must be a JSON object")
+    bad = await pm1.op.answer("pm2", OperatorRequest(OperatorOp.APPLY, "shop",
+                                                     json.dumps({"text": "kind: Cloud\n"})))
+    assert not bad.ok and ";" in bad.error  # every problem, on one line
+    unknown = await pm1.op.answer("pm2", OperatorRequest("nope", "shop", "{}"))  # type: ignore[arg-type]
+    assert not unknown.ok and "nope" in unknown.error
+    ok = await pm1.op.answer("pm2", OperatorRequest(OperatorOp.PLAN, "shop", "{}"))
+    assert ok.ok and json.loads(ok.result)["leader"] == "pm1"
+
+
+async def test_a_dropped_generation_is_handed_to_the_leader(tmp_path: Path,
+                                                            agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    pm2 = agent(tmp_path, agents, "pm2", leader="pm1")
+    connect(pm2, agents)
+    assert pm2.seat is not None
+    cloud = dataclasses.replace(pm2.seat.member.cloud, ensure=Ensure.RUNNING)
+    await pm2.op.hand_over(cloud, cloud.text.replace("app_port: 8080", "app_port: 8081"))
+    installed = yaml.safe_load((pm1.folder / "shop.yaml").read_text())
+    assert installed["settings"] == {"app_port": 8081}
+    assert installed["domain_template"] == str(cloud.domain_template)  # made portable
+    assert not (pm2.folder / "shop.yaml").exists()
+
+
+def test_stopped_text() -> None:
+    assert yaml.safe_load(stopped_text("name: a\nensure: running\n")) == {
+        "name": "a", "ensure": "stopped"}
+    with pytest.raises(PermanentError, match="not a mapping"):
+        stopped_text("- a\n")

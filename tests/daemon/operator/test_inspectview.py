@@ -1,0 +1,191 @@
+"""The inspect view and the status, from a member's snapshot: durations on the monotonic
+clock, times people read on the wall clock, and where the view came from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudd.client.api import ApiError
+from cloudd.client.inspectdoc import ElectionState, LivenessView, Source
+from cloudd.daemon.base.clock import FakeClock
+from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.leader.controller import ControllerView
+from cloudd.daemon.member.snapshot import MemberSnapshot
+from cloudd.daemon.network.catalogue import (
+    InspectAnswer,
+    InspectWanted,
+    NodePhase,
+    NodeReport,
+    ServiceReport,
+)
+from cloudd.daemon.operator.inspectview import (
+    Inspector,
+    cloud_view,
+    leadership,
+    status_of,
+)
+from cloudd.election.swim import Status
+from cloudd.errors import TemporaryError
+from cloudd.vmctl.backend import Inventory
+from cloudd.vmctl.plan import DomainObs, DomainState, FailRecord, Planned, Waiting
+
+from ..member.fakes import DB, LB, WEB1, Wire, member
+
+GIB = 1024 * 1024
+
+
+@dataclasses.dataclass
+class Rig:
+    snap: MemberSnapshot
+    clock: FakeClock
+    events: EventLog
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    clock = FakeClock()
+    tmp_path.joinpath("pm1").mkdir()
+    events = EventLog.in_state_dir(tmp_path / "pm1")
+    m = member(tmp_path, "pm1", wire=Wire(), clock=clock, events=events)
+    clock.advance(100.0)  # monotonic 1100, wall 1_700_000_100
+    snap = m.snapshot()
+    alive = {n: Status.ALIVE for n in snap.members}
+    hosts = {
+        # pm2 died while it ran the database; pm1 runs it again now
+        "pm2": ((DomainObs("pm2", DB, "shop", DomainState.RUNNING, since=500.0),
+                 DomainObs("pm2", "x", "other", DomainState.RUNNING)), None),
+        "pm1": ((DomainObs("pm1", DB, "shop", DomainState.RUNNING, since=1040.0),
+                 DomainObs("pm1", WEB1, "shop", DomainState.SHUTOFF, since=1000.0)),
+                Inventory(4 * GIB, 8 * GIB, 4, frozenset())),
+    }
+    controller = ControllerView(
+        hosts=hosts, last_plan=Planned((), (Waiting(LB, "waiting for server"),)),
+        node_fails={WEB1: FailRecord(count=3, last=1090.0, not_before=1130.0)}, host_fails={})
+    reports = {DB: NodeReport(DB, 4, "g", NodePhase.READY, services=(
+        ServiceReport("mariadbd", "running", 42, True, 3, 0, ""),)),
+        WEB1: NodeReport(WEB1, 4, "g", NodePhase.CONVERGING, "waiting for mariadbd")}
+    snap = dataclasses.replace(snap, leader="pm1", acting=True, term=4,
+                               liveness={**alive, "pm2": Status.DEAD}, controller=controller,
+                               reports=reports)
+    yield Rig(snap, clock, events)
+    events.close()
+
+
+def test_the_view_of_a_leader(rig: Rig) -> None:
+    rig.events.append(Event(1_700_000_050.0, "shop", EventKind.FAILURE, WEB1, "start failed", 4))
+    view = cloud_view(rig.snap, events=rig.events, source=Source.LEADER)
+    assert view.observed_at == 1_700_000_100.0
+    assert view.manifest is not None and view.manifest.generation == 1
+    hosts = {h.name: h for h in view.hosts}
+    assert (hosts["pm1"].free_memory_mib, hosts["pm1"].domains) == (4096, 2)
+    assert (hosts["pm2"].liveness, hosts["pm2"].reachable) == (LivenessView.DEAD, False)
+    nodes = {n.name: n for n in view.nodes}
+    # the running copy on the live host wins over the dead host's last report
+    assert (nodes[DB].host, nodes[DB].domain_state, nodes[DB].uptime) == ("pm1", "running", 60.0)
+    assert nodes[DB].services[0].restarts == 2 and nodes[DB].waiting == ""
+    assert (nodes[WEB1].uptime, nodes[WEB1].waiting) == (None, "waiting for mariadbd")
+    assert nodes[LB].waiting == "waiting for server" and nodes[LB].domain_state == "none"
+    [failed] = view.failed_actions
+    assert (failed.subject, failed.fail_count, failed.last_error) == (WEB1, 3, "start failed")
+    assert failed.next_retry == 1_700_000_130.0  # 30 s after the snapshot, as wall time
+    assert [e.reason for e in view.events] == ["start failed"]
+
+
+def test_a_stepped_wall_clock_moves_times_people_read_not_durations(rig: Rig) -> None:
+    stepped = dataclasses.replace(rig.snap, taken_at=rig.snap.taken_at + 3600.0)
+    view = cloud_view(stepped, events=rig.events, source=Source.LEADER)
+    nodes = {n.name: n for n in view.nodes}
+    assert nodes[DB].uptime == 60.0
+    assert view.failed_actions[0].next_retry == 1_700_003_730.0
+
+
+@pytest.mark.parametrize(("leader", "acting", "dead", "state"), [
+    ("", False, set(), ElectionState.ELECTING),
+    ("pm1", False, set(), ElectionState.NO_QUORUM),   # leads, but not acting
+    ("pm2", False, {"pm1"}, ElectionState.NO_QUORUM),  # its leader reaches too few hosts
+    ("pm2", False, set(), ElectionState.STABLE),
+    ("pm1", True, set(), ElectionState.STABLE),
+])
+def test_leadership_state(rig: Rig, leader: str, acting: bool, dead: set[str],
+                          state: ElectionState) -> None:
+    liveness = {n: Status.DEAD if n in dead else Status.ALIVE for n in rig.snap.members}
+    snap = dataclasses.replace(rig.snap, leader=leader, acting=acting, liveness=liveness)
+    got = leadership(snap)
+    assert got.state is state and got.quorum_needed == 2
+    assert got.quorum_reached == 2 - len(dead)
+
+
+def test_status_is_this_agents_own_view(rig: Rig) -> None:
+    assert status_of(None, me="pm1") == {"agent": "pm1", "cloud": None}
+    status = status_of(rig.snap, me="pm1")
+    assert json.loads(json.dumps(status)) == status
+    assert (status["leader"], status["term"], status["acting"]) == ("pm1", 4, True)
+    assert status["members"]["pm2"] == "dead"
+    assert status["nodes"][DB] == {"phase": "ready", "message": "", "term": 4,
+                                   "services": {"mariadbd": "running"}}
+    assert status["node"] is None
+
+
+def inspector(rig: Rig, snap: list[MemberSnapshot | None], answer: Any = None) -> Inspector:
+    wire = Wire(answer=answer)
+    return Inspector(me="pm1", snapshot=lambda: snap[0], request=wire.request,
+                     events=rig.events, clock=rig.clock)
+
+
+async def test_the_leader_answers_with_its_own_view(rig: Rig) -> None:
+    snaps: list[MemberSnapshot | None] = [rig.snap]
+    doc = await inspector(rig, snaps).inspect(None)
+    assert doc.answered_by == "pm1" and doc.clouds[0].source is Source.LEADER
+    with pytest.raises(ApiError, match="unknown cloud 'other': this agent serves shop"):
+        await inspector(rig, snaps).inspect("other")
+    empty = await inspector(rig, [None]).inspect(None)
+    assert empty.clouds == ()
+    with pytest.raises(ApiError, match="serves no cloud yet, not 'shop'"):
+        await inspector(rig, [None]).inspect("shop")
+    with pytest.raises(TemporaryError, match="pm1 has no cloud yet"):
+        await inspector(rig, [None]).answer("pm2", InspectWanted("shop"))
+
+
+async def test_a_follower_shows_the_leaders_view_then_a_stale_one(rig: Rig) -> None:
+    leader = inspector(rig, [rig.snap])
+    up = [True]
+
+    async def ask(peer: str, msg: Any) -> Any:
+        assert peer == "pm2" and isinstance(msg, InspectWanted)
+        if not up[0]:
+            raise TemporaryError("pm2 cannot be reached")
+        return await leader.answer("pm1", msg)
+
+    mine: list[MemberSnapshot | None] = [
+        dataclasses.replace(rig.snap, leader="pm2", acting=False)]
+    follower = inspector(rig, mine, answer=ask)
+    fresh = (await follower.inspect(None)).clouds[0]
+    assert fresh.source is Source.LEADER and fresh.leadership.leader == "pm1"
+    up[0] = False
+    again = (await follower.inspect("shop")).clouds[0]
+    assert again.source is Source.LEADER and again.nodes == fresh.nodes
+    assert again.leadership.leader == "pm2"  # this agent's own view of who leads
+    rig.clock.advance(1.0)  # more than two leases
+    mine[0] = dataclasses.replace(rig.snap, leader="pm2", acting=False,
+                                  monotonic=rig.clock.monotonic())
+    assert (await follower.inspect(None)).clouds[0].source is Source.STALE
+
+
+async def test_a_follower_that_never_reached_its_leader_shows_its_own_view(rig: Rig) -> None:
+    mine: list[MemberSnapshot | None] = [
+        dataclasses.replace(rig.snap, leader="pm2", acting=False)]
+    doc = await inspector(rig, mine).inspect(None)
+    assert doc.clouds[0].source is Source.LOCAL
+
+
+async def test_the_answer_to_another_agent_is_the_document_as_json(rig: Rig) -> None:
+    snaps: list[MemberSnapshot | None] = [rig.snap]
+    answer = await inspector(rig, snaps).answer("pm2", InspectWanted("shop"))
+    assert isinstance(answer, InspectAnswer) and answer.cloud == "shop"
+    assert json.loads(answer.doc)["answered_by"] == "pm1"
