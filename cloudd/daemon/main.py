@@ -159,9 +159,11 @@ class Agent:
                 self._log_manifest(event)
                 for listener in self.manifest_listeners:
                     listener(event)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # arrives together with the wake-up, and the agent would not stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rescan.wait(),
-                                       timeout=self.settings.reconcile.manifest_poll)
+                async with asyncio.timeout(self.settings.reconcile.manifest_poll):
+                    await self._rescan.wait()
             self._rescan.clear()
 
     def rescan(self) -> None:

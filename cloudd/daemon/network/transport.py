@@ -223,9 +223,11 @@ class _Link:
                 conn.writer.transport.abort()
                 self._down(reason, report=True)
             self.wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # arrives together with the wake-up, and close() would wait for this task.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(),
-                                       redial.delay(failures, self.owner.rng.random()))
+                async with asyncio.timeout(redial.delay(failures, self.owner.rng.random())):
+                    await self.wake.wait()
             if self.wake.is_set():
                 failures = 0
 

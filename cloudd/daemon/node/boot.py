@@ -116,8 +116,11 @@ async def fetch_manifest(ident: NodeIdentity, seeds: tuple[Seed, ...], *,
                 path = write_manifest(folder, ident.cloud, answer.text)
                 logger.info("manifest_received", peer=seed.name, path=str(path),
                             digest=answer.digest[:12])
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
+                # that arrives together with the wake-up, and the task would not stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(have.wait(), timeout=INSTALL_WAIT)
+                    async with asyncio.timeout(INSTALL_WAIT):
+                        await have.wait()
                 break
         if not have.is_set():
             rounds += 1
