@@ -23,11 +23,11 @@ Time is an input (`now`), so tests can make certificates that are already expire
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import ipaddress
 import os
 import re
 from collections.abc import Sequence
-import enum
 from dataclasses import dataclass
 from pathlib import Path
 
