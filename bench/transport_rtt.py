@@ -25,7 +25,7 @@ from cloudd import log
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import Hello, client_context
 from cloudd.daemon.network.transport import Transport
-from cloudd.pki import PkiFiles, init_ca, issue
+from cloudd.pki import Identity, MemberKind, PkiFiles, init_ca, issue
 
 
 @default_codec.register
@@ -38,7 +38,7 @@ def p99(xs: list[float]) -> float:
     return sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.99))]
 
 
-async def handle(peer: str, msg: object) -> object:
+async def handle(peer: Identity, msg: object) -> object:
     return msg
 
 
@@ -97,7 +97,7 @@ def main() -> None:
         now = dt.datetime.now(dt.UTC)
         init_ca(d, now=now)
         for name in ("a", "b"):
-            issue(d, name, now=now, addresses=["127.0.0.1"])
+            issue(d, name, now=now, kind=MemberKind.HOST, addresses=["127.0.0.1"])
         print(f"{'loop':<8} {'measure':<12} {'median ms':>10} {'p99 ms':>10} {'samples':>8}")
         for loop_name, factory in loops():
             runs = []

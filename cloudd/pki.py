@@ -5,6 +5,13 @@ membership card, and its subject names the member it belongs to three ways: the 
 a SAN URI `cloudd://member/NAME` (what the transport checks), and a SAN DNS name NAME (so that
 ordinary TLS tools can verify it), plus any IP addresses given.
 
+A certificate also says what *kind* of member holds it, in a second SAN URI the transport
+reads back: `cloudd://kind/host` (a pool host), `cloudd://kind/node` (a node, with a third URI
+`cloudd://cloud/CLOUD` naming the one cloud it belongs to) or `cloudd://kind/operator` (an
+operator outside every roster). A SAN URI was chosen over an OU or a private extension because
+Python's `ssl` hands it to the transport already parsed, and `openssl x509 -text` shows it.
+A certificate without a kind is refused by the transport.
+
 Files in the PKI directory (default /etc/cloudd/pki): `ca.crt`, `ca.key`, `NAME.crt`,
 `NAME.key`. Keys are written 0600 and every file is replaced atomically (written aside, then
 renamed), so a crash never leaves half a key. Nothing is overwritten without `force`, and every
@@ -16,6 +23,7 @@ Time is an input (`now`), so tests can make certificates that are already expire
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import ipaddress
 import os
 import re
@@ -33,6 +41,10 @@ from cloudd.errors import PermanentError
 DEFAULT_DIR = Path("/etc/cloudd/pki")
 #: The SAN URI prefix that names a member; the transport trusts nothing else in a certificate.
 MEMBER_URI = "cloudd://member/"
+#: The SAN URI prefix that says which kind of member holds the certificate.
+KIND_URI = "cloudd://kind/"
+#: The SAN URI prefix that names a node certificate's cloud.
+CLOUD_URI = "cloudd://cloud/"
 CA_DAYS = 3650
 MEMBER_DAYS = 825
 
@@ -42,6 +54,45 @@ _BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock differences between 
 
 class PkiError(PermanentError):
     """A PKI command was refused; the message is one line an operator can act on."""
+
+
+class MemberKind(enum.StrEnum):
+    """Who holds a certificate: what it may do is decided by this and the roster in force."""
+
+    HOST = "host"
+    """A pool host's agent: grants leases, runs the leader's host commands, may lead."""
+    NODE = "node"
+    """A node's agent, inside a VM that may belong to a tenant: reports about itself only."""
+    OPERATOR = "operator"
+    """An operator's CLI outside the cloud: may hand a manifest to a pool host and inspect."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a verified certificate says about its holder."""
+
+    name: str
+    kind: MemberKind
+    #: the one cloud a node certificate belongs to ("" for hosts and operators)
+    cloud: str = ""
+
+
+def identity_from_uris(uris: Sequence[str]) -> Identity | None:
+    """The identity named by a certificate's SAN URIs, or None if it names no kind of member.
+
+    Exactly one of each URI is accepted: a certificate naming two members, two kinds or two
+    clouds is no identity at all."""
+    def one(prefix: str) -> str | None:
+        found = [u[len(prefix):] for u in uris if u.startswith(prefix)]
+        return found[0] if len(found) == 1 else None
+
+    name, kind_text, cloud = one(MEMBER_URI), one(KIND_URI), one(CLOUD_URI)
+    if not name or kind_text not in {k.value for k in MemberKind}:
+        return None
+    kind = MemberKind(kind_text)
+    if (kind is MemberKind.NODE) != bool(cloud):
+        return None  # a node names its cloud; nothing else does
+    return Identity(name=name, kind=kind, cloud=cloud or "")
 
 
 @dataclass(frozen=True)
@@ -150,18 +201,30 @@ def parse_addresses(addresses: Sequence[str]) -> list[ipaddress.IPv4Address |
     return parsed
 
 
-def issue(directory: Path, name: str, *, now: dt.datetime, days: int = MEMBER_DAYS,
-          addresses: Sequence[str] = (), force: bool = False) -> PkiFiles:
-    """Make `name`'s key and certificate, signed by the CA in `directory`."""
+def issue(directory: Path, name: str, *, now: dt.datetime, kind: MemberKind,
+          cloud: str = "", days: int = MEMBER_DAYS, addresses: Sequence[str] = (),
+          force: bool = False) -> PkiFiles:
+    """Make `name`'s key and certificate, signed by the CA in `directory`, for a member of
+    `kind` (a node's certificate names its `cloud`)."""
     check_member_name(name)
     _check_days(days)
+    if kind is MemberKind.NODE:
+        if not cloud:
+            raise PkiError(f"a node certificate names its cloud: give --cloud for {name}")
+        check_member_name(cloud)
+    elif cloud:
+        raise PkiError(f"only a node certificate names a cloud, not a {kind.value}'s")
     ips = parse_addresses(addresses)
     ca_cert, ca_key = _load_ca(directory)
     files = PkiFiles.for_member(directory, name)
     _refuse_existing([files.cert, files.key], force)
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [
-        x509.UniformResourceIdentifier(MEMBER_URI + name), x509.DNSName(name)]
+        x509.UniformResourceIdentifier(MEMBER_URI + name),
+        x509.UniformResourceIdentifier(KIND_URI + kind.value)]
+    if cloud:
+        sans.append(x509.UniformResourceIdentifier(CLOUD_URI + cloud))
+    sans.append(x509.DNSName(name))
     sans += [x509.IPAddress(ip) for ip in ips]
     cert = (
         x509.CertificateBuilder()
@@ -194,3 +257,12 @@ def member_of_cert(cert: x509.Certificate) -> str | None:
         if uri.startswith(MEMBER_URI):
             return uri[len(MEMBER_URI):]
     return None
+
+
+def identity_of_cert(cert: x509.Certificate) -> Identity | None:
+    """The identity a certificate's SAN URIs name, or None."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    return identity_from_uris(san.get_values_for_type(x509.UniformResourceIdentifier))

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudd.pki import CA_DAYS, DEFAULT_DIR, MEMBER_DAYS, PkiError, init_ca, issue
+from cloudd.pki import CA_DAYS, DEFAULT_DIR, MEMBER_DAYS, MemberKind, PkiError, init_ca, issue
 
 
 def register(subparsers: Any) -> None:
@@ -32,8 +32,13 @@ def register(subparsers: Any) -> None:
         "issue", help="make an agent's key and certificate, signed by the CA",
         description="Make NAME.key (0600) and NAME.crt, signed by the CA in DIR. The "
                     "certificate names the agent as CN, URI cloudd://member/NAME, DNS NAME "
-                    "and each --address.")
+                    "and each --address, and its kind as URI cloudd://kind/KIND (a node's "
+                    "also its cloud, cloudd://cloud/CLOUD).")
     iss.add_argument("name", metavar="NAME", help="the member's name, as in the manifest")
+    iss.add_argument("--kind", required=True, choices=[k.value for k in MemberKind],
+                     help="who holds it: a pool host, a node of one cloud, or an operator")
+    iss.add_argument("--cloud", default="", metavar="CLOUD",
+                     help="the cloud a node certificate belongs to (nodes only)")
     iss.add_argument("--address", action="append", default=[], metavar="IP",
                      help="an IP address of the member (repeatable)")
     _common(iss, default_days=MEMBER_DAYS)
@@ -63,8 +68,9 @@ def run_init(args: argparse.Namespace, *, out: TextIO | None = None,
 def run_issue(args: argparse.Namespace, *, out: TextIO | None = None,
               err: TextIO | None = None) -> int:
     def act() -> list[Path]:
-        files = issue(args.dir, args.name, now=_now(), days=args.days,
-                      addresses=args.address, force=args.force)
+        files = issue(args.dir, args.name, now=_now(), kind=MemberKind(args.kind),
+                      cloud=args.cloud, days=args.days, addresses=args.address,
+                      force=args.force)
         return [files.cert, files.key]
     return _run(act, out=out or sys.stdout, err=err or sys.stderr)
 

@@ -188,6 +188,10 @@ class TransportSettings(BaseModel):
     """Unsent bytes per connection beyond which further sends are dropped and reported (4 MiB)."""
     backlog: int = Field(default=1024, ge=1)
     """Listen backlog, so that a burst of dials is accepted and judged, not lost in SYNs."""
+    max_requests_in_flight: int = Field(default=32, ge=1)
+    """Requests from one connection being answered at once; more are answered "busy, try
+    later" at once, so that one member's flood cannot queue unbounded work on this agent
+    (a leader sends a host a few commands at a time; 32 leaves room for bursts)."""
 
 
 class EventLogSettings(BaseModel):

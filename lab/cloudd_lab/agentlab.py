@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudd.client.api import ApiClient, ApiError
-from cloudd.pki import init_ca, issue
+from cloudd.pki import MemberKind, init_ca, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns
 from cloudd_lab.paths import example_template
@@ -213,8 +213,13 @@ class AgentLab:
         self.members = members
         manifest = self.manifest(members)
         template = self.template or example_template(self.cloud_type)
+        hosts = {f"pm{i}" for i in range(1, self.hosts + 1)}
         for name, ns, address in members:
-            issue(pki, name, now=now, addresses=[address])
+            if name in hosts:
+                issue(pki, name, now=now, kind=MemberKind.HOST, addresses=[address])
+            else:
+                issue(pki, name, now=now, kind=MemberKind.NODE, cloud=self.cloud_name,
+                      addresses=[address])
             if ns is None:
                 continue
             folder = self.root / name

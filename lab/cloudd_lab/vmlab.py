@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudd.client.api import ApiClient, ApiError
-from cloudd.pki import issue
+from cloudd.pki import MemberKind, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
 from cloudd_lab import testguest
@@ -254,11 +254,12 @@ class VmLab(AgentLab):
             time.sleep(0.25)
 
     def add_outsider(self, name: str = "outsider") -> AgentProc:
-        """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest)."""
+        """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest), as
+        on an operator's machine: it holds an operator certificate."""
         ns = self.net.add_netns(name[:8])
         now = dt.datetime.now(dt.UTC)
         pki = self.root / "pki"
-        issue(pki, name, now=now, addresses=[ns.ip])
+        issue(pki, name, now=now, kind=MemberKind.OPERATOR, addresses=[ns.ip])
         folder = self.root / name
         (folder / "manifests").mkdir(parents=True)
         (folder / "agent.yaml").write_text(

@@ -23,7 +23,7 @@ from cloudd.commands.bootstrap.prepare import (
 )
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Target
 from cloudd.commands.bootstrap.wheels import Checkout
-from cloudd.pki import PkiError, init_ca, issue
+from cloudd.pki import MemberKind, PkiError, init_ca, issue
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -120,13 +120,13 @@ def test_cert_problem_says_why_a_certificate_will_not_do(setup: tuple[Target, Op
                                                          tmp_path: Path) -> None:
     _, options = setup
     d = options.pki_dir
-    files = issue(d, "pm1", now=NOW, addresses=["192.0.2.70"], days=90)
+    files = issue(d, "pm1", now=NOW, kind=MemberKind.HOST, addresses=["192.0.2.70"], days=90)
     ca, cert, key = (p.read_bytes() for p in (files.ca, files.cert, files.key))
     fits = {"name": "pm1", "address": "192.0.2.70", "now": NOW}
     assert cert_problem(cert, key, ca, **fits) is None  # type: ignore[arg-type]
     assert cert_problem(None, key, ca, **fits) == "none yet"  # type: ignore[arg-type]
     assert cert_problem(cert, key, ca, name="pm2", address="192.0.2.70",
-                        now=NOW) == "names 'pm1', not 'pm2'"
+                        now=NOW) == "names 'pm1', not 'pm2', as a pool host"
     assert cert_problem(cert, key, ca, name="pm1", address="192.0.2.71",
                         now=NOW) == "does not list address 192.0.2.71"
     assert cert_problem(cert, key, ca, name="pm1", address="192.0.2.70",
@@ -135,7 +135,8 @@ def test_cert_problem_says_why_a_certificate_will_not_do(setup: tuple[Target, Op
     init_ca(other, now=NOW)
     assert cert_problem(cert, key, (other / "ca.crt").read_bytes(), **fits) == (  # type: ignore[arg-type]
         "not signed by this cluster's CA, or unreadable")
-    stranger = issue(other, "pm1", now=NOW, addresses=["192.0.2.70"]).key.read_bytes()
+    stranger = issue(other, "pm1", now=NOW, kind=MemberKind.HOST,
+                     addresses=["192.0.2.70"]).key.read_bytes()
     assert cert_problem(cert, stranger, ca, **fits) == (  # type: ignore[arg-type]
         "key does not match certificate")
 

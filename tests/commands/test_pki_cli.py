@@ -29,17 +29,20 @@ def test_init_then_issue_with_the_installed_command(tmp_path: Path) -> None:
     done = cli("pki", "init", "--dir", str(d), "--days", "30")
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"wrote {d}/ca.crt\nwrote {d}/ca.key\n"
-    done = cli("pki", "issue", "web1", "--dir", str(d), "--address", "192.0.2.176")
+    done = cli("pki", "issue", "web1", "--kind", "node", "--cloud", "shop", "--dir", str(d),
+               "--address", "192.0.2.176")
     assert (done.returncode, done.stderr) == (0, "")
     assert stat.S_IMODE((d / "web1.key").stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate((d / "web1.crt").read_bytes())
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate((d / "ca.crt").read_bytes()))
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["cloudd://member/web1"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "cloudd://member/web1", "cloudd://kind/node", "cloudd://cloud/shop"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["issue", "pm1"], "cloudd-cli pki: no cluster CA in {d}: run `cloudd-cli pki init` first"),
+    (["issue", "pm1", "--kind", "host"],
+     "cloudd-cli pki: no cluster CA in {d}: run `cloudd-cli pki init` first"),
 ])
 def test_issue_before_init(tmp_path: Path, args: list[str], message: str) -> None:
     d = tmp_path / "pki"
@@ -51,19 +54,26 @@ def test_issue_before_init(tmp_path: Path, args: list[str], message: str) -> Non
 
 @pytest.mark.parametrize(("args", "message"), [
     (["init"], "cloudd-cli pki: {d}/ca.crt already exists: use --force to replace it"),
-    (["issue", "pm1"], "cloudd-cli pki: {d}/pm1.crt already exists: use --force to replace it"),
-    (["issue", "Bad_Name"], "cloudd-cli pki: bad member name 'Bad_Name': use 1-63 lowercase "
-     "letters, digits and '-', starting and ending with a letter or digit, and not 'ca'"),
-    (["issue", "pm2", "--address", "pm2.example"],
+    (["issue", "pm1", "--kind", "host"],
+     "cloudd-cli pki: {d}/pm1.crt already exists: use --force to replace it"),
+    (["issue", "Bad_Name", "--kind", "host"], "cloudd-cli pki: bad member name 'Bad_Name': use "
+     "1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, and "
+     "not 'ca'"),
+    (["issue", "pm2", "--kind", "host", "--address", "pm2.example"],
      "cloudd-cli pki: bad address 'pm2.example': not an IPv4 or IPv6 address"),
-    (["issue", "pm2", "--days", "-3"], "cloudd-cli pki: bad --days -3: must be at least 1"),
+    (["issue", "pm2", "--kind", "host", "--days", "-3"],
+     "cloudd-cli pki: bad --days -3: must be at least 1"),
+    (["issue", "web1", "--kind", "node"],
+     "cloudd-cli pki: a node certificate names its cloud: give --cloud for web1"),
+    (["issue", "pm2", "--kind", "host", "--cloud", "shop"],
+     "cloudd-cli pki: only a node certificate names a cloud, not a host's"),
 ])
 def test_refusals_are_one_line_and_change_nothing(tmp_path: Path, args: list[str],
                                                   message: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "pki"
     assert main(["pki", "init", "--dir", str(d)]) == 0
-    assert main(["pki", "issue", "pm1", "--dir", str(d)]) == 0
+    assert main(["pki", "issue", "pm1", "--kind", "host", "--dir", str(d)]) == 0
     before = files(d)
     capsys.readouterr()
     assert main(["pki", *args, "--dir", str(d)]) == 1

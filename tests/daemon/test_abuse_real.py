@@ -29,7 +29,7 @@ from cloudd_lab.agentlab import AgentLab
 
 from cloudd.daemon.network.codec import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import Hello
-from cloudd.pki import PkiFiles, init_ca, issue
+from cloudd.pki import MemberKind, PkiFiles, init_ca, issue
 
 pytestmark = pytest.mark.netns
 
@@ -133,11 +133,12 @@ class Abuse:
         own.mkdir()
         shutil.copy(pki / "ca.crt", own / "ca.crt")
         shutil.copy(pki / "ca.key", own / "ca.key")
-        self.expired = issue(own, INSIDER, now=now - dt.timedelta(days=10), days=1)
+        self.expired = issue(own, INSIDER, now=now - dt.timedelta(days=10), days=1,
+                             kind=MemberKind.NODE, cloud=lab.cloud_name)
         # a certificate for the same member name, from another CA
         rogue = tmp / "rogue"
         init_ca(rogue, now=now)
-        self.rogue = issue(rogue, INSIDER, now=now)
+        self.rogue = issue(rogue, INSIDER, now=now, kind=MemberKind.NODE, cloud=lab.cloud_name)
 
     def still_fine(self, case: str, names: list[str] | None = None) -> tuple[str, int]:
         """The abused agent runs and answers; the cloud (`names`, default: every agent) has

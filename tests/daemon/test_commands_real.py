@@ -11,7 +11,7 @@ import pytest
 import yaml
 from cloudd_lab.agentlab import AgentLab, AgentProc
 
-from cloudd.pki import issue
+from cloudd.pki import MemberKind, issue
 
 pytestmark = pytest.mark.netns
 
@@ -23,10 +23,11 @@ def lab() -> Iterator[AgentLab]:
 
 
 def add_outsider(lab: AgentLab, name: str) -> str:
-    """An agent with a certificate of the cluster's CA but no manifest: not a member."""
+    """An agent with an operator certificate of the cluster's CA but no manifest: not a
+    member, an operator's machine outside the cloud."""
     ns = lab.net.add_netns(name[:12])
     pki = lab.root / "pki"
-    issue(pki, name, now=dt.datetime.now(dt.UTC), addresses=[ns.ip])
+    issue(pki, name, now=dt.datetime.now(dt.UTC), kind=MemberKind.OPERATOR, addresses=[ns.ip])
     folder = lab.root / name
     (folder / "manifests").mkdir(parents=True)
     (folder / "agent.yaml").write_text(

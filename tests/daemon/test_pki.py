@@ -11,7 +11,17 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from cloudd.pki import PkiError, PkiFiles, init_ca, issue, member_of_cert
+from cloudd.pki import (
+    Identity,
+    MemberKind,
+    PkiError,
+    PkiFiles,
+    identity_from_uris,
+    identity_of_cert,
+    init_ca,
+    issue,
+    member_of_cert,
+)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -38,7 +48,8 @@ def test_init_makes_a_ca_with_a_private_key(tmp_path: Path) -> None:
 
 def test_issue_names_the_member_every_way(tmp_path: Path) -> None:
     init_ca(tmp_path, now=NOW)
-    files = issue(tmp_path, "pm1", now=NOW, days=30, addresses=["192.0.2.70", "2001:db8::1"])
+    files = issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST, days=30,
+                  addresses=["192.0.2.70", "2001:db8::1"])
     assert files == PkiFiles.for_member(tmp_path, "pm1")
     assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
     cert = load(files.cert)
@@ -46,7 +57,8 @@ def test_issue_names_the_member_every_way(tmp_path: Path) -> None:
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert cn == "pm1"
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["cloudd://member/pm1"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "cloudd://member/pm1", "cloudd://kind/host"]
     assert san.get_values_for_type(x509.DNSName) == ["pm1"]
     assert san.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("192.0.2.70"), ipaddress.ip_address("2001:db8::1")]
@@ -57,14 +69,14 @@ def test_issue_names_the_member_every_way(tmp_path: Path) -> None:
 
 def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     init_ca(tmp_path, now=NOW)
-    issue(tmp_path, "pm1", now=NOW)
+    issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST)
     before = snapshot(tmp_path)
     with pytest.raises(PkiError, match=r"ca.crt already exists: use --force to replace it"):
         init_ca(tmp_path, now=NOW)
     with pytest.raises(PkiError, match=r"pm1.crt already exists: use --force to replace it"):
-        issue(tmp_path, "pm1", now=NOW)
+        issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST)
     assert snapshot(tmp_path) == before
-    issue(tmp_path, "pm1", now=NOW, force=True)
+    issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST, force=True)
     assert snapshot(tmp_path)["pm1.key"] != before["pm1.key"]
 
 
@@ -83,14 +95,14 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, name: str,
     init_ca(tmp_path, now=NOW)
     before = snapshot(tmp_path)
     with pytest.raises(PkiError, match=reason):
-        issue(tmp_path, name, now=NOW, days=days, addresses=addresses)
+        issue(tmp_path, name, now=NOW, kind=MemberKind.HOST, days=days, addresses=addresses)
     assert snapshot(tmp_path) == before
 
 
 def test_issue_without_a_ca(tmp_path: Path) -> None:
     with pytest.raises(PkiError, match=rf"no cluster CA in {tmp_path}: run `cloudd-cli pki "
                        r"init` first"):
-        issue(tmp_path, "pm1", now=NOW)
+        issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST)
     assert snapshot(tmp_path) == {}
 
 
@@ -98,4 +110,41 @@ def test_unreadable_ca_is_one_error(tmp_path: Path) -> None:
     init_ca(tmp_path, now=NOW)
     (tmp_path / "ca.key").write_text("not a key")
     with pytest.raises(PkiError, match=r"cluster CA in .* is unreadable"):
-        issue(tmp_path, "pm1", now=NOW)
+        issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST)
+
+
+def test_a_node_certificate_names_its_kind_and_its_cloud(tmp_path: Path) -> None:
+    init_ca(tmp_path, now=NOW)
+    node = load(issue(tmp_path, "web1", now=NOW, kind=MemberKind.NODE, cloud="shop").cert)
+    op = load(issue(tmp_path, "alice", now=NOW, kind=MemberKind.OPERATOR).cert)
+    assert identity_of_cert(node) == Identity("web1", MemberKind.NODE, "shop")
+    assert identity_of_cert(op) == Identity("alice", MemberKind.OPERATOR)
+    assert identity_of_cert(load(tmp_path / "ca.crt")) is None
+
+
+@pytest.mark.parametrize(("kind", "cloud", "why"), [
+    (MemberKind.NODE, "", "names its cloud"),
+    (MemberKind.HOST, "shop", "only a node certificate names a cloud"),
+    (MemberKind.NODE, "Bad Cloud", "bad member name"),
+])
+def test_kind_and_cloud_must_agree(tmp_path: Path, kind: MemberKind, cloud: str,
+                                   why: str) -> None:
+    init_ca(tmp_path, now=NOW)
+    before = snapshot(tmp_path)
+    with pytest.raises(PkiError, match=why):
+        issue(tmp_path, "web1", now=NOW, kind=kind, cloud=cloud)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("uris", [
+    [],
+    ["cloudd://member/web1"],                                   # no kind: refused
+    ["cloudd://member/web1", "cloudd://kind/root"],             # unknown kind
+    ["cloudd://member/web1", "cloudd://kind/node"],             # a node without its cloud
+    ["cloudd://member/pm1", "cloudd://kind/host", "cloudd://cloud/shop"],  # a host with one
+    ["cloudd://member/a", "cloudd://member/b", "cloudd://kind/host"],      # two names
+    ["cloudd://member/a", "cloudd://kind/host", "cloudd://kind/operator"],  # two kinds
+    ["cloudd://member/", "cloudd://kind/host"],                 # an empty name
+])
+def test_ambiguous_or_partial_identities_are_no_identity(uris: list[str]) -> None:
+    assert identity_from_uris(uris) is None

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from cloudd.config.agent import TransportSettings, load_agent
@@ -20,7 +24,7 @@ from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_
 from cloudd.daemon.network.tls import Hello
 from cloudd.daemon.network.transport import LinkState, PeerConnected, PeerUnreachable, Transport
 from cloudd.errors import PermanentError, TemporaryError
-from cloudd.pki import PkiFiles, init_ca, issue
+from cloudd.pki import Identity, MemberKind, PkiFiles, init_ca, issue
 
 FAST = TransportSettings(handshake_timeout=1.0, frame_timeout=1.0, max_connections=50,
                          backoff_initial=0.02, backoff_max=0.2, request_timeout=10.0)
@@ -51,19 +55,45 @@ for _cls in (Ping, Pong, Flaky, Stall):
     default_codec.register(_cls, f"test.transport.{_cls.__name__.lower()}")
 
 
+def _kindless(d: Path, name: str, *, now: dt.datetime) -> None:
+    """A certificate from the cluster CA that names a member but no kind (as issued before
+    kinds existed): the transport must refuse it."""
+    ca_cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"cloudd://member/{name}")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (d / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PkiFiles]:
     now = dt.datetime.now(dt.UTC)
     d = tmp_path_factory.mktemp("pki")
     init_ca(d, now=now)
     for name in ("alpha", "beta", "gamma"):
-        issue(d, name, now=now, addresses=["127.0.0.1"])
-    issue(d, "old", now=now - dt.timedelta(days=10), days=1)  # expired 9 days ago
+        issue(d, name, now=now, kind=MemberKind.HOST, addresses=["127.0.0.1"])
+    issue(d, "web1", now=now, kind=MemberKind.NODE, cloud="shop", addresses=["127.0.0.1"])
+    _kindless(d, "nokind", now=now)
+    # expired 9 days ago
+    issue(d, "old", now=now - dt.timedelta(days=10), kind=MemberKind.HOST, days=1)
     rogue = tmp_path_factory.mktemp("rogue")
     init_ca(rogue, now=now)
-    issue(rogue, "beta", now=now)
-    issue(rogue, "alpha", now=now)
-    files = {n: PkiFiles.for_member(d, n) for n in ("alpha", "beta", "gamma", "old")}
+    issue(rogue, "beta", now=now, kind=MemberKind.HOST)
+    issue(rogue, "alpha", now=now, kind=MemberKind.HOST)
+    files = {n: PkiFiles.for_member(d, n)
+             for n in ("alpha", "beta", "gamma", "old", "web1", "nokind")}
     files["rogue-beta"] = PkiFiles.for_member(rogue, "beta")
     files["rogue-alpha"] = PkiFiles.for_member(rogue, "alpha")
     return files
@@ -80,8 +110,8 @@ class Agent:
         self.t = Transport(member=name, files=files, handler=self.handle,
                            on_event=self.events.append, settings=settings)
 
-    async def handle(self, peer: str, msg: object) -> object | None:
-        self.got.append((peer, msg))
+    async def handle(self, peer: Identity, msg: object) -> object | None:
+        self.got.append((peer.name, msg))
         if isinstance(msg, Ping):
             return Pong(msg.n, self.name)
         if isinstance(msg, Flaky):
@@ -185,8 +215,51 @@ async def test_exchange_both_ways(alpha: Agent, beta: Agent) -> None:
 
 
 async def test_concurrent_requests_get_their_own_replies(alpha: Agent, beta: Agent) -> None:
-    replies = await asyncio.gather(*(beta.t.request("alpha", Ping(i)) for i in range(300)))
-    assert replies == [Pong(i, "alpha") for i in range(300)]
+    for _ in range(10):
+        within = FAST.max_requests_in_flight
+        replies = await asyncio.gather(*(beta.t.request("alpha", Ping(i)) for i in range(within)))
+        assert replies == [Pong(i, "alpha") for i in range(within)]
+
+
+async def test_requests_in_flight_from_one_peer_are_bounded(
+        pki: dict[str, PkiFiles], alpha: Agent, beta: Agent) -> None:
+    gamma = Agent("gamma", pki["gamma"])
+    await gamma.t.start()
+    gamma.t.add_peer("alpha", *alpha.t.address)
+    bound = FAST.max_requests_in_flight
+    stalled = [asyncio.ensure_future(beta.t.request("alpha", Stall())) for _ in range(bound)]
+    await eventually(lambda: sum(isinstance(m, Stall) for _, m in alpha.got) == bound)
+    # One more from the same peer is turned away at once, without reaching the handler...
+    with pytest.raises(TemporaryError, match=f"{bound} requests from beta already in flight"):
+        await beta.t.request("alpha", Ping(1))
+    assert not any(isinstance(m, Ping) for _, m in alpha.got)
+    # ...while another member is served as usual.
+    assert await gamma.t.request("alpha", Ping(2)) == Pong(2, "alpha")
+    alpha.release.set()
+    for future in stalled:
+        with pytest.raises(PermanentError, match="no reply to Stall"):
+            await future
+    assert await beta.t.request("alpha", Ping(3)) == Pong(3, "alpha")
+    await gamma.t.close()
+
+
+async def test_the_handler_hears_what_the_certificate_says(pki: dict[str, PkiFiles],
+                                                           alpha: Agent) -> None:
+    heard: list[Identity] = []
+
+    async def note(peer: Identity, msg: object) -> None:
+        heard.append(peer)
+
+    node = Transport(member="web1", files=pki["web1"], handler=note, settings=FAST)
+    await node.start()
+    node.add_peer("alpha", *alpha.t.address)
+    assert await node.request("alpha", Ping(1)) == Pong(1, "alpha")
+    assert alpha.got == [("web1", Ping(1))]
+    alpha.t.add_peer("web1", *node.address)
+    alpha.t.send("web1", Ping(2))
+    await eventually(lambda: bool(heard))
+    assert heard == [Identity("alpha", MemberKind.HOST)]
+    await node.close()
 
 
 async def test_handler_failures_come_back_as_errors(alpha: Agent, beta: Agent) -> None:
@@ -239,7 +312,7 @@ async def test_backoff_max_from_agent_yaml_bounds_the_redial(pki: dict[str, PkiF
     dials = {0.01: 0, 10.0: 0}
     transports = []
 
-    async def ignore(peer: str, msg: object) -> None:
+    async def ignore(peer: Identity, msg: object) -> None:
         return None
 
     for cap in dials:
@@ -378,6 +451,20 @@ async def test_certificate_for_another_name_than_claimed(pki: dict[str, PkiFiles
     assert len(refused) == 1
     assert refused[0]["reason"] == "certificate names 'gamma' but Hello claims 'beta'"
     assert refused[0]["peer"].startswith("127.0.0.1:")
+    assert alpha.got == []
+    await good_peer_gets_through(alpha, beta)
+
+
+async def test_a_certificate_without_a_kind_gets_no_connection(
+        pki: dict[str, PkiFiles], alpha: Agent, beta: Agent) -> None:
+    with capture_logs() as logs:
+        reader, writer = await open_tls(alpha.t.address[1], pki["nokind"], claim="nokind",
+                                        ca=pki["alpha"].ca)
+        writer.write(default_codec.encode(Ping(1)))
+        assert await closed_by_server(reader) == b""
+        writer.close()
+    refused = logged(logs, "peer_refused")
+    assert len(refused) == 1 and "names no kind of cloudd member" in refused[0]["reason"]
     assert alpha.got == []
     await good_peer_gets_through(alpha, beta)
 

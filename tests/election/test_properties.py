@@ -117,6 +117,12 @@ def test_no_churn_when_the_top_member_returns_after_any_history(
     for _ in range(100):
         sim.run_for(0.02)
         assert sim.acting() in ([leader], []), f"{sim.acting()} took over from {leader}"
+        # Nobody, the returning member included, follows anyone else meanwhile.
+        believed = {name: a.bully.leader for name, a in sim.agents.items()
+                    if a is not None and a.bully.leader and a.bully.leader != leader}
+        assert not believed, f"members follow another leader than {leader}: {believed}"
     assert sim.acting() == [leader]
-    # The term moves only if the leader re-established itself above a host's fence.
-    assert agent.term == term or agent.bully.leader == leader
+    # The term moves only if the leader re-established itself above a host's fence, and then
+    # it is still the same leader in the new term.
+    assert agent.term >= term
+    assert agent.bully.leader == leader and sim.acting() == [leader]

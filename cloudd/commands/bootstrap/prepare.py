@@ -124,8 +124,11 @@ def cert_problem(cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes, *
     enc = serialization.Encoding.PEM
     if key.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(enc, pub):
         return "key does not match certificate"
-    if pki.member_of_cert(cert) != name:
-        return f"names {pki.member_of_cert(cert)!r}, not {name!r}"
+    identity = pki.identity_of_cert(cert)
+    if identity is None or identity.name != name:
+        return f"names {pki.member_of_cert(cert)!r}, not {name!r}, as a pool host"
+    if identity.kind is not pki.MemberKind.HOST:
+        return f"is a {identity.kind.value}'s certificate, not a pool host's"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if ipaddress.ip_address(address) not in san.get_values_for_type(x509.IPAddress):
         return f"does not list address {address}"
@@ -145,6 +148,7 @@ def member_files(options: Options, target: Target, *,
     if why is None:
         assert cert is not None and key is not None
         return cert, key, f"uploaded {files.cert}"
-    pki.issue(options.pki_dir, target.name, now=now, addresses=[target.address], force=True)
+    pki.issue(options.pki_dir, target.name, now=now, kind=pki.MemberKind.HOST,
+              addresses=[target.address], force=True)
     return files.cert.read_bytes(), files.key.read_bytes(), \
         f"issued {files.cert} ({'new' if cert is None else 'replaced: ' + why})"

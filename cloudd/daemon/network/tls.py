@@ -6,6 +6,10 @@ the handshake itself. The handshake proves "this is some member"; the first fram
 connection, `Hello{member, version}`, says which member, and `check_hello` refuses the
 connection unless the certificate's SAN URI names that same member. Clients also check that
 the server they dialled is the member they meant to reach.
+
+What the certificate says of its holder (`cloudd.pki.Identity`: name, kind of member, and a
+node's cloud) travels with every message the connection delivers, so that handlers decide
+what this sender may do; a certificate that names no kind of member gets no connection.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, default_codec
 from cloudd.errors import ConfigError, Problem, RemoteProtocolError
-from cloudd.pki import MEMBER_URI, PkiFiles
+from cloudd.pki import Identity, PkiFiles, identity_from_uris
 
 
 @dataclass(frozen=True)
@@ -64,33 +68,37 @@ def client_context(files: PkiFiles) -> ssl.SSLContext:
     return _load(ctx, files)
 
 
-def peer_member(ssl_object: Any) -> str:
-    """The member named by the verified peer certificate's `cloudd://member/` SAN URI."""
+def peer_identity(ssl_object: Any) -> Identity:
+    """What the verified peer certificate's `cloudd://` SAN URIs say of its holder."""
     cert = ssl_object.getpeercert() if ssl_object is not None else None
     if not cert:
         raise PeerIdentityError("peer presented no certificate")
-    for kind, value in cert.get("subjectAltName", ()):
-        if kind == "URI" and value.startswith(MEMBER_URI):
-            return str(value[len(MEMBER_URI):])
-    raise PeerIdentityError("peer certificate names no cloudd member (no cloudd:// SAN URI)")
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    identity = identity_from_uris(uris)
+    if identity is None:
+        raise PeerIdentityError(
+            "peer certificate names no kind of cloudd member (one cloudd://member/, one "
+            "cloudd://kind/ SAN URI, and cloudd://cloud/ for a node, are required)")
+    return identity
 
 
-def check_hello(ssl_object: Any, msg: object) -> str:
+def check_hello(ssl_object: Any, msg: object) -> Identity:
     """Server side: the first frame must be a Hello whose member the certificate names."""
     if not isinstance(msg, Hello):
         raise RemoteProtocolError(f"expected Hello first, got {type(msg).__qualname__}")
     if msg.version != PROTOCOL_VERSION:
         raise RemoteProtocolError(
             f"Hello for protocol version {msg.version}, this agent speaks {PROTOCOL_VERSION}")
-    named = peer_member(ssl_object)
-    if named != msg.member:
+    named = peer_identity(ssl_object)
+    if named.name != msg.member:
         raise PeerIdentityError(
-            f"certificate names {named!r} but Hello claims {msg.member!r}")
+            f"certificate names {named.name!r} but Hello claims {msg.member!r}")
     return named
 
 
-def check_server(ssl_object: Any, msg: object, expected: str) -> None:
+def check_server(ssl_object: Any, msg: object, expected: str) -> Identity:
     """Client side: the server's certificate and Hello both name the member we dialled."""
     named = check_hello(ssl_object, msg)
-    if named != expected:
-        raise PeerIdentityError(f"dialled {expected!r} but the server is {named!r}")
+    if named.name != expected:
+        raise PeerIdentityError(f"dialled {expected!r} but the server is {named.name!r}")
+    return named

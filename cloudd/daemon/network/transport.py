@@ -46,7 +46,7 @@ from cloudd.daemon.network.tls import (
     server_context,
 )
 from cloudd.errors import PermanentError, RemoteProtocolError, TemporaryError
-from cloudd.pki import PkiFiles
+from cloudd.pki import Identity, PkiFiles
 
 #: Share of a redial delay taken off at random: agents that lost the same peer together
 #: (a restarted leader) spread their dials over half the delay instead of arriving at once.
@@ -87,7 +87,8 @@ class RemoteFailure:
 
 default_codec.register(RemoteFailure, "cloudd.remote-failure")
 
-Handler = Callable[[str, object], Awaitable[object | None]]
+#: `handler(identity, msg)`: every message, with what the sender's certificate says of it.
+Handler = Callable[[Identity, object], Awaitable[object | None]]
 EventSink = Callable[[PeerConnected | PeerUnreachable], None]
 
 
@@ -100,10 +101,13 @@ class _Conn:
     """One authenticated connection, in either direction: reads frames and dispatches them."""
 
     def __init__(self, owner: Transport, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *, decoder: FrameDecoder, peer: str,
+                 writer: asyncio.StreamWriter, *, decoder: FrameDecoder, identity: Identity,
                  pending: dict[int, asyncio.Future[object]]) -> None:
         self.owner, self.reader, self.writer = owner, reader, writer
-        self.decoder, self.peer, self.pending = decoder, peer, pending
+        self.decoder, self.identity, self.pending = decoder, identity, pending
+        self.peer = identity.name
+        #: requests from this peer being answered now (bounded: `max_requests_in_flight`)
+        self.answering = 0
 
     def write(self, data: bytes) -> str | None:
         """Queue bytes on the socket; returns why not, if they cannot go."""
@@ -152,17 +156,31 @@ class _Conn:
                 future.set_result(frame.msg)
             return  # a late reply to a request that timed out: nobody waits for it
         if frame.request:
+            if self.answering >= self.owner.settings.max_requests_in_flight:
+                # Refused at once, without spawning anything: the peer's flood costs us a
+                # frame's decoding and this reply, nothing that grows.
+                busy = RemoteFailure(temporary=True, message=(
+                    f"{self.answering} requests from {self.peer} already in flight"))
+                self.write(self.owner.codec.encode(busy, rid=frame.rid, reply=True))
+                return
+            self.answering += 1
             self.owner.spawn(self._answer(frame))
             return
         try:
-            await self.owner.handler(self.peer, frame.msg)
+            await self.owner.handler(self.identity, frame.msg)
         except Exception as exc:  # a handler bug must not cut the peer off
             self.owner.log.exception("handler_failed", peer=self.peer, reason=_reason(exc))
 
     async def _answer(self, frame: Frame) -> None:
+        try:
+            await self._reply(frame)
+        finally:
+            self.answering -= 1
+
+    async def _reply(self, frame: Frame) -> None:
         reply: object
         try:
-            reply = await self.owner.handler(self.peer, frame.msg)
+            reply = await self.owner.handler(self.identity, frame.msg)
         except TemporaryError as exc:
             reply = RemoteFailure(temporary=True, message=str(exc), delay=exc.delay)
         except Exception as exc:
@@ -246,7 +264,8 @@ class _Link:
 class Transport:
     """One agent's endpoint. `await start()`, then `send`/`request`; `await close()` at the end.
 
-    `handler(peer, msg)` receives every message; for a request, what it returns is the reply
+    `handler(identity, msg)` receives every message with what the sender's certificate says
+    of it (name, kind of member, a node's cloud); for a request, what it returns is the reply
     (raise `TemporaryError` to say "try later"). `on_event` receives `PeerConnected` and
     `PeerUnreachable`. Neither may block the loop.
     """
@@ -429,7 +448,8 @@ class Transport:
                 writer.write(self.codec.encode(Hello(self.member, PROTOCOL_VERSION)))
                 decoder = FrameDecoder(self.codec)
                 frames = await _first_frames(reader, decoder)
-                check_server(writer.get_extra_info("ssl_object"), frames[0].msg, peer)
+                identity = check_server(writer.get_extra_info("ssl_object"), frames[0].msg,
+                                        peer)
         except TimeoutError:
             if writer is not None:
                 writer.transport.abort()
@@ -440,7 +460,8 @@ class Transport:
             if writer is not None:
                 writer.transport.abort()
             raise
-        return _Conn(self, reader, writer, decoder=decoder, peer=peer, pending=pending), frames[1:]
+        return (_Conn(self, reader, writer, decoder=decoder, identity=identity,
+                      pending=pending), frames[1:])
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -492,7 +513,8 @@ class Transport:
                         lambda: protocol, sock, ssl=self._server_ctx)
                     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
                     frames = await _first_frames(reader, decoder)
-                    member = check_hello(writer.get_extra_info("ssl_object"), frames[0].msg)
+                    identity = check_hello(writer.get_extra_info("ssl_object"), frames[0].msg)
+                    member = identity.name
                     writer.write(self.codec.encode(Hello(self.member, PROTOCOL_VERSION)))
                     await writer.drain()
             except TimeoutError:
@@ -513,7 +535,7 @@ class Transport:
             if link is not None and link.state is LinkState.DOWN:
                 # A restarted peer dials us first: answer it now, not after our backoff.
                 link.wake.set()
-            conn = _Conn(self, reader, writer, decoder=decoder, peer=member, pending={})
+            conn = _Conn(self, reader, writer, decoder=decoder, identity=identity, pending={})
             old = self._inbound.get(member)
             if old is not None:  # the peer redialled: its old connection is dead or dying
                 old.writer.transport.abort()
