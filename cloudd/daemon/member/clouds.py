@@ -42,7 +42,7 @@ from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Tran
 from cloudd.daemon.node.boot import Seed, fetch_manifest
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.pki import PkiFiles
+from cloudd.pki import Identity, PkiFiles
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
 
@@ -221,8 +221,9 @@ class Clouds:
             raise TemporaryError("the transport is not started")
         return await self.transport.request(peer, msg)
 
-    async def _handle(self, peer: str, msg: Any) -> Any:
+    async def _handle(self, sender: Identity, msg: Any) -> Any:
         """Everything the transport delivers, through the dispatch table."""
+        peer = sender.name
         member = self.member
         handlers: dict[Duty, Handler] = (dict.fromkeys(Duty, self._no_cloud_yet)
                                          if member is None else dict(member.handlers))

@@ -31,8 +31,12 @@ from cloudd.daemon.network.catalogue import (
 )
 from cloudd.election.messages import Coordinator, WhoLeads
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.pki import Identity, MemberKind
 
 from .fakes import MANIFEST, FakeNodeSide, settings, shop
+
+#: the pool host pm2, as its certificate names it
+PM2 = Identity("pm2", MemberKind.HOST)
 
 
 @dataclasses.dataclass
@@ -63,22 +67,22 @@ def loaded(cloud: Cloud) -> ManifestEvent:
 
 async def test_without_a_cloud_only_offers_are_taken(agent: Agent, tmp_path: Path) -> None:
     with pytest.raises(TemporaryError, match="pm1 has no cloud yet"):
-        await agent.clouds._handle("pm2", WhoLeads(term=1))
+        await agent.clouds._handle(PM2, WhoLeads(term=1))
     cloud = shop(tmp_path / "elsewhere")
     text = portable_text(cloud, cloud.text)
     offer = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 3)
-    answer = await agent.clouds._handle("pm2", offer)
+    answer = await agent.clouds._handle(PM2, offer)
     assert answer == OperatorAnswer(True, json.dumps(
         f"installed as {agent.folder / 'shop.yaml'}"))
     assert (agent.folder / "shop.yaml").read_text() == text and agent.rescans == [1]
-    assert await agent.clouds._handle("pm2", offer) == OperatorAnswer(
+    assert await agent.clouds._handle(PM2, offer) == OperatorAnswer(
         True, json.dumps("already installed"))
     with pytest.raises(PermanentError, match="declares shop, not other"):
-        await agent.clouds._handle("pm2", dataclasses.replace(offer, cloud="other", text=text
+        await agent.clouds._handle(PM2, dataclasses.replace(offer, cloud="other", text=text
                                                               + "\n# other\n"))
     # the operator's room serves nothing until the agent runs
     with pytest.raises(TemporaryError, match="pm1 is not serving its operator's duties yet"):
-        await agent.clouds._handle("pm2", OperatorRequest(OperatorOp.PLAN, "shop", "{}"))
+        await agent.clouds._handle(PM2, OperatorRequest(OperatorOp.PLAN, "shop", "{}"))
 
 
 async def test_a_manifest_naming_this_agent_makes_it_a_member(agent: Agent,
@@ -108,9 +112,9 @@ async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
     text = portable_text(cloud, cloud.text)
     seed = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 0)
     with pytest.raises(PermanentError, match="pm1 has no use for a manifest offered by seed"):
-        await agent.clouds._handle("pm2", seed)
+        await agent.clouds._handle(PM2, seed)
     leader = dataclasses.replace(seed, origin=OfferOrigin.LEADER)
-    assert (await agent.clouds._handle("pm2", leader)).ok
+    assert (await agent.clouds._handle(PM2, leader)).ok
 
 
 class OperatorRoom:
@@ -150,7 +154,7 @@ async def test_while_running_the_operators_duties_are_served_and_its_tasks_owned
     assert member is not None
     election = asyncio.create_task(member.election.run())
     await asyncio.sleep(0)
-    await agent.clouds._handle("pm2", Coordinator(term=4))
+    await agent.clouds._handle(PM2, Coordinator(term=4))
     assert member.election.leader == "pm2"
     # an operator drops a new generation here while pm2 leads: it goes to the leader
     newer = shop(tmp_path / "manifests", MANIFEST + "# edited\n")
@@ -164,8 +168,8 @@ async def test_while_running_the_operators_duties_are_served_and_its_tasks_owned
             await asyncio.sleep(0)
         assert above.handed == ["shop"]
         request = OperatorRequest(OperatorOp.PLAN, "shop", "{}")
-        assert (await agent.clouds._handle("pm2", request)).ok
-        assert await agent.clouds._handle("pm2", InspectWanted("shop")) == "view"
+        assert (await agent.clouds._handle(PM2, request)).ok
+        assert await agent.clouds._handle(PM2, InspectWanted("shop")) == "view"
         assert above.requests == [("pm2", request), ("pm2", InspectWanted("shop"))]
     finally:
         run.cancel()
