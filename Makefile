@@ -8,15 +8,18 @@ PYTEST_ARGS ?=
 setup:
 	@scripts/setup.sh
 
-# The whole suite, real libvirt, real services and real VMs included.
+# The whole suite: the fast tests, tests/real (namespaces, libvirt, services) and tests/e2e (VMs).
 test: setup
 	@scripts/ensure-libvirtd.sh
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Pure and fast tests only: no libvirt, no namespaces, no services, no VMs.
+# Pure and fast tests only: no libvirt, no namespaces, no services, no VMs. The real-process tests
+# are left out by place (tests/real, tests/e2e: tests/conftest.py refuses them anywhere else)
+# and, as a belt, by marker.
 unit: setup
-	@$(PY) -m pytest -m "not libvirt and not netns and not services and not e2e" $(PYTEST_ARGS)
+	@$(PY) -m pytest --ignore=tests/real --ignore=tests/e2e \
+		-m "not libvirt and not netns and not services and not e2e" $(PYTEST_ARGS)
 
 e2e: setup
 	@scripts/ensure-libvirtd.sh

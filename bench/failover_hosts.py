@@ -1,8 +1,8 @@
 """Host failover on real libvirt: a pool host loses power; how long until its nodes run again.
 
 Three host agents in network namespaces share qemu:///system (as in
-tests/daemon/test_leader_real.py); a web cloud of four minimal test guests runs on them. Each
-run kills -9 the agent of the host with the most nodes and destroys its domains (a power
+tests/real/daemon/test_leader_real.py); a web cloud of four minimal test guests runs on them.
+Each run kills -9 the agent of the host with the most nodes and destroys its domains (a power
 loss), waits until every node runs again on the surviving hosts, then starts the dead agent
 again (it rejoins empty: its domains were fenced). Figures, from the kill, median and max over
 RUNS runs:

@@ -1,25 +1,44 @@
-"""Shared test fixtures and the markers' skip rules."""
+"""Shared test fixtures, the markers' skip rules, and where a real-process test may live."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+
+#: Markers of tests that run real processes: namespaces, libvirt, services, VMs.
+REAL_MARKERS = ("libvirt", "netns", "services", "e2e")
+TESTS = Path(__file__).resolve().parent
+#: The only folders such tests may live in, so that `make unit` leaves them out by place.
+REAL_PLACES = (TESTS / "real", TESTS / "e2e")
 
 
 def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _is_real(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in REAL_MARKERS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything: a misplaced test never hides
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = [item.nodeid for item in items if _is_real(item)
+                 and not any(item.path.resolve().is_relative_to(p) for p in REAL_PLACES)]
+    if misplaced:
+        raise pytest.UsageError(
+            f"tests marked {', '.join(REAL_MARKERS)} belong in tests/real/ (mirroring the "
+            "package) or tests/e2e/, so that `make unit` leaves them out by place; move:\n  "
+            + "\n  ".join(misplaced))
     # Real-component tests need root (namespaces, libvirt's system URI). In CI and `make test`
     # they run as root; a non-root developer sees them skipped with the reason, never passed.
     if _is_root():
         return
     skip = pytest.mark.skip(reason="needs root")
     for item in items:
-        if any(item.get_closest_marker(m) for m in ("libvirt", "netns", "services", "e2e")):
+        if _is_real(item):
             item.add_marker(skip)
 
 

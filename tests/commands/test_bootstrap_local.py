@@ -1,7 +1,7 @@
 """Bootstrap's local half: everything refused or prepared before the first connection.
 
-The SSH half runs against a real sshd in test_bootstrap.py; the wheels in
-test_bootstrap_wheels.py.
+The SSH half runs against a real sshd in tests/real/commands/test_bootstrap_sshd.py; the
+wheels in test_bootstrap_wheels.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The host key is checked against known_hosts only; over the connection, commands report their
 failures in one line and files are written atomically with their mode. The whole bootstrap
-runs against a real OpenSSH sshd in test_bootstrap.py (marker `netns`).
+runs against a real OpenSSH sshd in tests/real/commands/test_bootstrap_sshd.py (marker
+`netns`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cloudd_lab.agentlab import CLOUDD, AgentLab
+from cloudd_lab.agentlab import CLOUDD
 
-from cloudd.config.agent import DEFAULT_PORT
 from cloudd.config.manifest import load_cloud
 from cloudd.config.portable import portable_text
 from cloudd.daemon.node.boot import parse_member, settings_for
@@ -66,49 +65,6 @@ def test_cli_refuses_a_bad_identity(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == (f"{line}: kernel command line lacks cloudd.node, "
                                    "cloudd.role, cloudd.ip, cloudd.term")
-
-
-class SeedLab(AgentLab):
-    """Pool host agents from files; node agents from an identity file alone."""
-
-    def start(self, name: str) -> None:
-        if name.startswith("pm"):
-            return super().start(name)
-        agent = self.agents[name]
-        role = name.split("-")[1]
-        hosts = ",".join(f"{n}@{a.ns.ip}:{DEFAULT_PORT}" for n, a in self.agents.items()
-                         if n.startswith("pm"))
-        line = agent.folder / "cmdline"
-        line.write_text(f"cloudd.cloud=lab cloudd.node={name} cloudd.role={role} "
-                        f"cloudd.ip={agent.ns.address} cloudd.members={hosts} cloudd.term=0 "
-                        f"cloudd.pki={self.root / 'pki'}\n")
-        (agent.folder / "manifests" / "lab.yaml").unlink(missing_ok=True)
-        if agent.log_file is None:
-            agent.log_file = open(agent.log_path, "ab")  # noqa: SIM115 (closed in close())
-        agent.proc = subprocess.Popen(
-            ["ip", "netns", "exec", agent.ns.name, CLOUDD, "--from-cmdline", str(line),
-             "--state-dir", str(agent.folder)],
-            stdout=agent.log_file, stderr=agent.log_file, start_new_session=True)
-        return None
-
-
-@pytest.mark.netns
-def test_node_agent_fetches_the_manifest_and_joins() -> None:
-    with SeedLab("seed", hosts=2, subnet="10.234.7.0/24", node_agents=True,
-                 nodes={"database": 1, "server": 1, "balancer": 1}) as lab:
-        lab.start_all()
-        leader = lab.wait_for("a leader among the hosts", lambda: lab.one_leader(["pm1", "pm2"]))
-        for name in ("lab-database-1", "lab-server-1", "lab-balancer-1"):
-            manifest = lab.agents[name].folder / "manifests" / "lab.yaml"
-            lab.wait_for(f"{name} has the manifest", manifest.exists, timeout=60)
-            assert load_cloud(manifest, catalog()).name == "lab"
-        lab.wait_for("the leader hears every node", lambda: all(
-            (s := lab.status(leader[0])) is not None
-            and s["members"][n] == "alive" for n in ("lab-database-1", "lab-server-1")))
-        log = lab.log_text("lab-database-1")
-        # asked for it, or offered it by a host first: either way it came from the pool
-        assert ("manifest_received" in log or "manifest_installed" in log)
-        assert "cloud_joined" in log
 
 
 def test_portable_manifest_inlines_list_files_and_loads_without_the_template(

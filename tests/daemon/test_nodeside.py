@@ -10,21 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from cloudd_lab.netlab import NetLab
 from pydantic import BaseModel, ConfigDict
+from shared.procs import alive
 
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
 from cloudd.config.agent import Supervisor as SupervisorSettings
@@ -32,11 +30,9 @@ from cloudd.config.model import Cloud, Ensure, Node, PoolHost
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import NodeSide, node_root
 from cloudd.errors import PermanentError, TemporaryError
-from cloudd.providers import procstate
 from cloudd.providers.base import Assignment, FileSpec, Provider, Rendered, Role
 from cloudd.providers.registry import Registry
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
-from cloudd.providers.web.spec import WebSettings
 
 WAIT = 20.0
 
@@ -159,10 +155,6 @@ async def until(check: Callable[[], bool], what: str, within: float = WAIT) -> N
         if loop.time() > deadline:
             pytest.fail(f"timed out after {within:g}s waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    return procstate.proc_start_time(pid) is not None
 
 
 class Lab:
@@ -394,6 +386,7 @@ AGENT = textwrap.dedent("""\
     from pathlib import Path
     from cloudd import log
     log.configure(stream=sys.stderr)  # stdout carries the pid only
+    sys.path.insert(0, str(Path(sys.argv[1]).parents[1]))  # tests/: shared helpers
     spec = importlib.util.spec_from_file_location("nodeside_lab", sys.argv[1])
     t = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(t)
@@ -491,87 +484,6 @@ async def test_update_cloud_reconverges(lab: Lab) -> None:
                 "a reload for the new generation")
     assert json.loads((lab.root / "app.json").read_text())["token"] == "other"
     assert lab.starts() == [pid]
-
-
-# ---- the real web provider: a MariaDB `database` node in its own network namespace ------
-async def _until_async(check: Callable[[], Any], what: str, within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {within:g}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-def dbroot(have: Callable[[str], str]) -> Iterator[Path]:
-    """The agent's state dir. Not under tmp_path: its parents are 0700 and mysql must reach
-    its files."""
-    for program in ("mariadbd", "mariadb-install-db", "mariadb"):
-        have(program)
-    base = Path(tempfile.mkdtemp(prefix="h11n-", dir="/var/tmp"))
-    base.chmod(0o755)
-    (base / "db_password").write_text("it's a secret\n")
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.mark.services
-@pytest.mark.netns
-async def test_web_database_node(dbroot: Path) -> None:
-    base = dbroot
-    reports: list[NodeReport] = []
-    with NetLab("h11n", subnet="10.241.11.0/24") as net:
-        ns = net.add_netns("db")
-        cloud = Cloud(
-            name="w", type="web", ensure=Ensure.RUNNING, source=base / "w.yaml",
-            digest="g1", domain_template=base / "w.xml",
-            pool=(PoolHost("pm1", net.host_ip),), roles=("database",),
-            nodes=(Node("w-db", "database", 1, ns.ip, None, 256, 1, managed=False),),
-            settings=WebSettings(database_password_ref="db_password"),
-            secrets={"db_password": base / "db_password"})
-        settings = AgentSettings(name="w-db", state_dir=base / "state",
-                                 reconcile=Reconcile(**LOCAL["reconcile"]))
-        side = NodeSide(me="w-db", cloud=cloud, settings=settings, report=reports.append,
-                        exec_prefix=("ip", "netns", "exec", ns.name))
-        task = asyncio.create_task(side.run())
-        root = node_root(settings, "w-db")
-
-        async def hosts() -> list[str]:
-            done = await asyncio.to_thread(net.run, ns, [
-                "mariadb", f"--socket={root}/run/mysqld.sock", "--user=root", "-N", "-e",
-                "SELECT host FROM mysql.user WHERE user = 'app' ORDER BY host"])
-            return done.stdout.split() if done.returncode == 0 else []
-
-        def peers(*addresses: str) -> RoleAssignment:
-            return RoleAssignment(
-                term=1, cloud="w", node="w-db", role="database", address=ns.ip,
-                generation="g1", peers=tuple(PeerInfo(f"w-s{i}", "server", a, True)
-                                             for i, a in enumerate(addresses)))
-
-        async def ready() -> bool:
-            return bool(reports) and reports[-1].phase == NodePhase.READY
-
-        try:
-            side.assign(peers("10.241.11.50"))
-            await _until_async(ready, "the database node ready", 120)
-            (db,) = reports[-1].services
-            assert db.name == "mariadbd" and db.pid is not None
-            assert await hosts() == ["10.241.11.50"]
-            side.assign(peers("10.241.11.50", "10.241.11.51"))
-
-            async def both() -> bool:
-                return await hosts() == ["10.241.11.50", "10.241.11.51"]
-
-            await _until_async(both, "the second server's account", 60)
-            assert side.view().services[0].pid == db.pid  # reloaded, not restarted
-            assert reports[0].phase == NodePhase.CONVERGING
-            assert NodePhase.FAILED not in {r.phase for r in reports}
-        finally:
-            await side.stop_services()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        assert not alive(db.pid)
 
 
 async def test_changed_service_spec_replaces_the_service(lab: Lab) -> None:

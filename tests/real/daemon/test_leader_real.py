@@ -52,7 +52,7 @@ IMAGE = Path("/var/lib/cloudd/images") / f"{PREFIX}-node.img"
 #: generous: the machine is shared and the guests run under TCG
 BOUND = 120.0
 RESTART_LIBVIRTD = os.environ.get("CLOUDD_LAB_RESTART_LIBVIRTD") == "1"
-ENSURE_LIBVIRTD = Path(__file__).resolve().parents[2] / "scripts" / "ensure-libvirtd.sh"
+ENSURE_LIBVIRTD = Path(__file__).resolve().parents[3] / "scripts" / "ensure-libvirtd.sh"
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
