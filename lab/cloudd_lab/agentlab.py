@@ -365,10 +365,11 @@ class AgentLab:
         return out
 
     def actions(self, verb: str, *, since: float) -> list[dict[str, Any]]:
-        """The leaders' successful `<verb> on <host>: <reason>` actions logged since `since`."""
+        """The leaders' successful actions (`action_done`, reason `<verb> on <host>: ...`)
+        logged since `since`."""
         return [e for e in self.log_events()
-                if str(e.get("event", "")).startswith(f"{verb} on ")
-                and " failed" not in e["event"] and e["at"] >= since]
+                if e.get("event") == "action_done"
+                and str(e.get("reason", "")).startswith(f"{verb} on ") and e["at"] >= since]
 
     # -- cleanup --------------------------------------------------------------------------
     def close(self) -> None:
