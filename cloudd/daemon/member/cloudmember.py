@@ -43,7 +43,14 @@ from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
 from cloudd.daemon.leader.rendering import DomainRenderer
 from cloudd.daemon.member import distribution
-from cloudd.daemon.member.dispatch import Duty, Handler, Senders, deliver
+from cloudd.daemon.member.dispatch import (
+    Duty,
+    Handler,
+    InForce,
+    Route,
+    deliver,
+    newer_leader_term,
+)
 from cloudd.daemon.member.election import ElectionShell, Leadership
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import (
@@ -56,11 +63,17 @@ from cloudd.daemon.network.catalogue import (
 )
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
-from cloudd.election.messages import Message
+from cloudd.election.messages import Message, WhoLeads
 from cloudd.election.swim import Status
 from cloudd.errors import ClouddError, PermanentError
+from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl import plan
 from cloudd.vmctl.hostagent import HostCommand, HostResult
+
+#: Seconds between two rounds of asking the pool hosts who leads, when leader messages name
+#: a term this agent has not heard of: one round settles it, and a forger cannot turn this
+#: agent into an amplifier.
+ASK_EVERY = 1.0
 
 #: Longest the assigner sleeps without a poke, seconds: a node that comes alive between two
 #: of its own reports is assigned within it, and a member that lacks the manifest is offered
@@ -150,6 +163,7 @@ class CloudMember:
         self._assigned: dict[str, RoleAssignment] = {}
         self._offered: dict[str, str] = {}
         self._acting_view: tuple[bool, int] = (False, -1)
+        self._asked_at = float("-inf")
         self._poke = asyncio.Event()
         #: generations of the manifest taken since the agent started, and when the last came
         self.generation = 1
@@ -192,10 +206,13 @@ class CloudMember:
             node=self.node_side.view() if self.node_side is not None else None,
             timings=self.host_calls.timings())
 
-    def senders(self) -> Senders:
-        """Who is who now, for the dispatch table."""
-        return Senders(hosts=self.roster.hosts, members=frozenset(self.roster.names),
-                       leader=self.election.leader)
+    def in_force(self) -> InForce:
+        """The roster, the leader followed and its term, and what this agent is: for the
+        dispatch table."""
+        return InForce(cloud=self.cloud.name, hosts=self.roster.hosts,
+                       nodes=frozenset(self.roster.names) - self.roster.hosts,
+                       leader=self.election.leader, term=self.election.term,
+                       me=MemberKind.HOST if self.is_host else MemberKind.NODE)
 
     def set_maintenance(self, subject: str | None, *, on: bool) -> None:
         self.maintenance.set(subject, on=on, nodes=[n.name for n in self.cloud.nodes])
@@ -232,9 +249,27 @@ class CloudMember:
         self.controller.poke()
         self._poke.set()
 
-    async def handle(self, peer: str, msg: Any) -> Any:
+    async def handle(self, sender: Identity, msg: Any) -> Any:
         """A message for this cloud, through the dispatch table; returns the reply."""
-        return await deliver(peer, msg, me=self.me, handlers=self.handlers, now=self.senders())
+        return await deliver(sender, msg, me=self.me, handlers=self.handlers,
+                             here=self.in_force(), refused=self.refused)
+
+    def refused(self, sender: Identity, msg: object, route: Route) -> None:
+        """The dispatch table refused `msg`. A leader's message of a term newer than the
+        one this agent follows may be true news (a Coordinator it missed): ask the pool hosts
+        who leads, once per `ASK_EVERY`; their answers reach the election, and the leader
+        sends again (assignments are re-sent until the node reports them)."""
+        term = newer_leader_term(sender, msg, route, self.in_force())
+        now = self.clock.monotonic()
+        if term is None or now < self._asked_at + ASK_EVERY:
+            return
+        self._asked_at = now
+        self.log.info("leader_asked", peer=sender.name, term=term,
+                      reason=f"{sender.name} speaks as leader of term {term}, this agent "
+                             f"follows {self.election.leader or 'nobody'} in term "
+                             f"{self.election.term}")
+        for host in sorted(self.roster.hosts - {self.me}):
+            self._send(host, WhoLeads(self.election.term))
 
     def unreachable(self, peer: str) -> None:
         self.election.unreachable(peer)
@@ -252,6 +287,8 @@ class CloudMember:
         self.election.receive(peer, cast(Message, msg))
 
     async def _on_host_command(self, peer: str, command: HostCommand) -> HostResult:
+        # The dispatch table has checked that `peer` is the leader this host follows, in the
+        # command's term; the host room checks the lease it granted `peer` for that term.
         if self.host is None:
             raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
         return await self.host.execute(command)
@@ -347,7 +384,7 @@ class CloudMember:
     def _distribute(self, alive: frozenset[str]) -> None:
         todo = distribution.offers(
             me=self.me, members=self.roster.names, alive=alive,
-            leading=self.election.acting(), digest=self.cloud.digest,
+            leading=self.election.acting(), seeding=self.is_host, digest=self.cloud.digest,
             now=self.clock.monotonic(), offered=self._offered)
         if not todo:
             return

@@ -9,9 +9,13 @@ the cloud to `ensure: stopped`, so that the leader takes down what the cloud cre
 One transport port serves the agent; this version runs one cloud per agent at a time (a
 second cloud naming the same agent is refused with a logged reason, and keeps running
 nowhere else either until the first is removed). Every message the transport delivers goes
-through the dispatch table (`dispatch.deliver`): the member's duties are the `CloudMember`'s,
-manifest offers are taken here, and the operator's duties (its commands relayed from other
-agents, the leader's inspect view) are served by the room above, handed to `run()`.
+through the dispatch table (`dispatch.deliver`) with the sender's certificate identity: the
+member's duties are the `CloudMember`'s, manifest offers are taken here, and the operator's
+duties (its commands relayed from other agents, the leader's inspect view) are served by the
+room above, handed to `run()`. Only the cloud this agent serves sets its transport's peers:
+a request to an agent of another cloud (an `apply` handed on from outside) goes through a
+transport of its own, so a foreign manifest that reuses this cloud's host names cannot
+redirect this agent's links.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from cloudd import log
 from cloudd.backoff import Backoff
@@ -34,7 +41,15 @@ from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog
 from cloudd.daemon.host.duties import OpenBackend
 from cloudd.daemon.member.cloudmember import CloudMember, NodeSideFactory, addresses_of
-from cloudd.daemon.member.dispatch import NOBODY, Duty, Handler, deliver
+from cloudd.daemon.member.dispatch import (
+    NO_ROSTER,
+    Duty,
+    Handler,
+    InForce,
+    deliver,
+    log_refusal,
+    seed_refusal,
+)
 from cloudd.daemon.member.manifests import ManifestFolder
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import ManifestOffer, OfferOrigin, OperatorAnswer, register_all
@@ -42,7 +57,7 @@ from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Tran
 from cloudd.daemon.node.boot import Seed, fetch_manifest
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.pki import Identity, PkiFiles
+from cloudd.pki import Identity, PkiFiles, identity_of_cert
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
 
@@ -88,8 +103,11 @@ class Clouds:
 
     def __init__(self, settings: AgentSettings, *, events: EventLog, manifests: ManifestFolder,
                  clock: Clock = SYSTEM, backend_factory: OpenBackend = libvirt_backend,
-                 node_side_factory: NodeSideFactory | None = None) -> None:
+                 node_side_factory: NodeSideFactory | None = None,
+                 identity: Identity | None = None) -> None:
         self.settings, self.me = settings, settings.name
+        #: what this agent's own certificate says (read when the port opens, unless given)
+        self.identity = identity
         self.events, self.manifests, self.clock = events, manifests, clock
         self.codec = register_all()
         self.transport: Transport | None = None
@@ -128,11 +146,12 @@ class Clouds:
         text = cloud.text
         self.adopt(cloud)
         member = self.member
-        if (member is not None and member.cloud.name == cloud.name and text
+        if (member is not None and member.is_host and member.cloud.name == cloud.name and text
                 and self._installed.get(cloud.name) != text and not member.election.acting()
                 and member.election.leader):
-            # An operator dropped a new generation here, not on the leader: hand it over, so
-            # that the leader installs and distributes it.
+            # An operator dropped a new generation on this pool host, not on the leader: hand
+            # it over, so that the leader installs and distributes it. (A node has no
+            # operator verbs: the leader would refuse it.)
             self._spawn(f"hand-over-{cloud.name}", lambda: self._hand_over(cloud, text))
 
     async def _hand_over(self, cloud: Cloud, text: str) -> None:
@@ -176,18 +195,31 @@ class Clouds:
             if name != self.me:
                 self.transport.add_peer(name, address, port)
 
-    async def _install_offer(self, offer: ManifestOffer) -> str:
-        """A manifest from the leader (or for a member that does not have it yet)."""
+    async def _install_offer(self, peer: str, offer: ManifestOffer) -> str | None:
+        """A manifest from the leader (the dispatch table checked it is the leader of the
+        offer's term), or a seed for this agent that has no cloud yet (checked here against
+        the offered manifest; None: refused)."""
         member = self.member
-        if (member is not None and member.cloud.name == offer.cloud
-                and offer.term < member.election.term):
-            return f"refused: term {offer.term} is older than {member.election.term}"
+        if offer.origin == OfferOrigin.LEADER and (member is None
+                                                   or offer.cloud != member.cloud.name):
+            log_refusal(me=self.me, peer=peer, cloud=offer.cloud,
+                        reason=f"ManifestOffer (origin leader) from {peer} is for cloud "
+                               f"{offer.cloud}, which this agent does not serve")
+            return None
         if self._installed.get(offer.cloud) == offer.text:
             return "already installed"
         cloud = await self.manifests.check(offer.text,
                                            with_template=self.settings.libvirt.uri is not None)
         if cloud.name != offer.cloud:
             raise PermanentError(f"offered manifest declares {cloud.name}, not {offer.cloud}")
+        if offer.origin == OfferOrigin.SEED:
+            why = seed_refusal(peer, me=self.identity, cloud=cloud.name,
+                               hosts={h.name for h in cloud.pool},
+                               nodes={n.name for n in cloud.nodes})
+            if why is not None or self.member is not None:
+                log_refusal(me=self.me, peer=peer, cloud=cloud.name,
+                            reason=why or f"{self.me} serves a cloud already")
+                return None
         self._installed[cloud.name] = offer.text
         path = await self.manifests.install(offer.text, cloud.name)
         self.log.info("manifest_installed", cloud=cloud.name, path=str(path),
@@ -196,14 +228,10 @@ class Clouds:
 
     # -- transport ----------------------------------------------------------------------------
     async def ask_outside(self, name: str, address: str, msg: Any) -> Any:
-        """A request to an agent of a cloud this agent is not part of (apply from outside)."""
-        if self.transport is not None:
-            self.transport.add_peer(name, address, self.settings.listen.port)
-            return await self.transport.request(name, msg)
-        pki = self.settings.pki
-        transport = Transport(member=self.me, files=PkiFiles(pki.ca, pki.cert, pki.key),
-                              handler=self._handle, codec=self.codec, rng=random.Random(),
-                              settings=self.settings.transport)
+        """A request to an agent of a cloud this agent is not part of (apply from outside),
+        through a transport of its own: the names of another cloud's manifest never set this
+        agent's peers."""
+        transport = self._outside_transport()
         try:
             transport.add_peer(name, address, self.settings.listen.port)
             return await transport.request(name, msg)
@@ -211,6 +239,12 @@ class Clouds:
             raise TemporaryError(f"{name} ({address}) cannot be reached: {e}") from e
         finally:
             await transport.close()
+
+    def _outside_transport(self) -> Transport:
+        pki = self.settings.pki
+        return Transport(member=self.me, files=PkiFiles(pki.ca, pki.cert, pki.key),
+                         handler=self._handle, codec=self.codec, rng=random.Random(),
+                         settings=self.settings.transport)
 
     def send(self, peer: str, msg: Any) -> None:
         if self.transport is not None:
@@ -223,7 +257,6 @@ class Clouds:
 
     async def _handle(self, sender: Identity, msg: Any) -> Any:
         """Everything the transport delivers, through the dispatch table."""
-        peer = sender.name
         member = self.member
         handlers: dict[Duty, Handler] = (dict.fromkeys(Duty, self._no_cloud_yet)
                                          if member is None else dict(member.handlers))
@@ -233,8 +266,13 @@ class Clouds:
                                            else self._not_serving_yet)
         handlers[Duty.INSPECT_WANTED] = (above.inspect_wanted if above is not None
                                          else self._not_serving_yet)
-        return await deliver(peer, msg, me=self.me, handlers=handlers,
-                             now=member.senders() if member is not None else NOBODY)
+        return await deliver(sender, msg, me=self.me, handlers=handlers,
+                             here=member.in_force() if member is not None else self._no_roster(),
+                             refused=member.refused if member is not None else None)
+
+    def _no_roster(self) -> InForce:
+        """What is in force while this agent serves no cloud: what its certificate says."""
+        return InForce(me=self.identity.kind) if self.identity is not None else NO_ROSTER
 
     async def _no_cloud_yet(self, peer: str, msg: Any) -> Any:
         raise TemporaryError(f"{self.me} has no cloud yet")
@@ -242,15 +280,11 @@ class Clouds:
     async def _not_serving_yet(self, peer: str, msg: Any) -> Any:
         raise TemporaryError(f"{self.me} is not serving its operator's duties yet")
 
-    async def _on_offer(self, peer: str, offer: ManifestOffer) -> OperatorAnswer:
-        # The leader's generation is always taken; a member's seed only by an agent that
-        # serves no cloud yet (a member with a cloud hears its leader).
-        if offer.origin == OfferOrigin.LEADER or (offer.origin == OfferOrigin.SEED
-                                                  and self.member is None):
-            return OperatorAnswer(True, json.dumps(await self._install_offer(offer)))
-        if self.member is None:
-            raise TemporaryError(f"{self.me} has no cloud yet")
-        raise PermanentError(f"{self.me} has no use for a manifest offered by {offer.origin}")
+    async def _on_offer(self, peer: str, offer: ManifestOffer) -> OperatorAnswer | None:
+        # The dispatch table took the leader's generation from the leader only, and a seed
+        # only from a host certificate and only while this agent serves no cloud.
+        done = await self._install_offer(peer, offer)
+        return None if done is None else OperatorAnswer(True, json.dumps(done))
 
     def _on_event(self, event: PeerConnected | PeerUnreachable) -> None:
         if isinstance(event, PeerUnreachable) and self.member is not None:
@@ -330,6 +364,8 @@ class Clouds:
         failures = 0
         while True:
             try:
+                if self.identity is None:
+                    self.identity = _own_identity(pki.cert)
                 transport = Transport(member=self.me,
                                       files=PkiFiles(pki.ca, pki.cert, pki.key),
                                       handler=self._handle, on_event=self._on_event,
@@ -344,3 +380,12 @@ class Clouds:
                 self.log.error("transport_unusable", reason=f"{type(e).__name__}: {e}",
                                retry_in=delay)
             await asyncio.sleep(delay)
+
+
+def _own_identity(cert: Path) -> Identity | None:
+    """What this agent's own certificate says (None: no usable certificate yet; the
+    transport, which loads the same file next, then says why)."""
+    try:
+        return identity_of_cert(x509.load_pem_x509_certificate(cert.read_bytes()))
+    except (OSError, ValueError):
+        return None

@@ -2,27 +2,33 @@
 handles it, and who may send it.
 
 Theory of operation. The transport authenticates a peer (mutual TLS, the certificate's name
-bound to its Hello) and hands `Clouds` each message with the peer's name. `Clouds` and its
-`CloudMember` route it through `ROUTES` only: the row of the message's type names the duty
-that handles it and the senders it accepts.
-Authentication is not authorization: a row's `senders` is the design's trust model
-answering "who may send this", as alternatives of sender kinds that must all hold
-(`all_of(HOST, NAMED)`: a pool host speaking for itself). `kinds_of` says which kinds a peer
-is *now* (from the roster in force and the election's leader), `may_send` whether they
-suffice.
+bound to its Hello) and hands `Clouds` each message with the peer's `Identity`: its name and
+its certificate's kind. Authentication is not authorization: what a peer may send depends on
+that kind *and* on what is in force here (`InForce`: the manifest roster, and the leader and
+term this agent's election follows):
+- a host certificate counts as a pool host only if the roster lists its name as a pool host;
+- a node certificate counts as a node only if the roster lists its name as a node and the
+  certificate is for this cloud;
+- a name the roster lists under another kind than its certificate's counts as nothing;
+- an operator certificate is in no roster: it may hand a manifest to a pool host, and ask
+  for the inspect view;
+- the leader is the pool host or node this agent's election follows, and a message that
+  carries a term speaks for the leader only in the term it is followed in.
+Each message type has one row in `ROUTES` (or one per `case`: a manifest offer's origin, an
+operator request's verb): the duty that handles it, the senders it accepts (alternatives of
+`Sender` kinds that must all hold) and the agents that take it (`to`). A message its row does
+not accept is refused: logged (`message_refused`, with the peer, the cloud and one sentence
+of reason), answered with a `PermanentError` when it is a request, dropped otherwise. It
+reaches no handler, so it changes nothing. `docs/dispatch.md` is `render()` of the table
+(`python -m cloudd.daemon.member.dispatch > docs/dispatch.md`).
 
-Enforcement. A row with `enforced=False` is routed whatever the sender; `refusal` answers for
-it anyway and the dispatcher logs what it would refuse (at debug), so that turning a row's
-flag on is the whole change. Today one row refuses: a node report must come from the node it
-names.
-
-Pure, except `deliver`, which awaits the handler it picks.
+Pure, except `deliver`, which logs and awaits the handler it picks.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,36 +39,57 @@ from cloudd.daemon.network.catalogue import (
     ManifestOffer,
     ManifestWanted,
     NodeReport,
+    OfferOrigin,
+    OperatorOp,
     OperatorRequest,
     RoleAssignment,
 )
 from cloudd.election import messages as em
 from cloudd.errors import PermanentError
+from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl.hostagent import HostCommand
 
 
 class Sender(enum.Enum):
     """What a peer is, as far as one message is concerned."""
 
-    MEMBER = "any member"
-    """A host or node of the roster in force."""
     HOST = "a pool host"
-    """A pool host of the roster in force."""
+    NODE = "a node of this cloud"
     LEADER = "the leader of the current term"
-    """The member this agent's election says leads now."""
     NAMED = "the member the message names"
-    """The sender is the one the message speaks for (a node's own report, a host's own
-    domain event): the row's `names` field equals the peer."""
-    OPERATOR = "an operator's command, relayed"
-    """An agent relaying a command of its root operator (the local API). This layer knows
-    the peer's name only, so it counts a pool host of the cloud in force as one; the
-    certificate's kind settles it once the transport passes it on."""
+    OPERATOR = "an operator certificate"
+    HOST_CERT = "a host certificate"
+
+
+MEANING: Mapping[Sender, str] = {
+    Sender.HOST: "a host certificate whose name the roster in force lists as a pool host",
+    Sender.NODE: "a node certificate of this cloud whose name the roster in force lists as "
+                 "a node",
+    Sender.LEADER: "a pool host or node of the roster whom this agent's election follows as "
+                   "leader; a message that carries a term must carry the term it is "
+                   "followed in",
+    Sender.NAMED: "the sender is the member the message speaks for (the field in brackets)",
+    Sender.OPERATOR: "an operator certificate: in no roster, an operator's machine outside "
+                     "the cloud",
+    Sender.HOST_CERT: "a host certificate, whatever the roster (an agent with no cloud has "
+                      "none yet)",
+}
+"""What each kind of sender means, for the documentation."""
+
+
+class To(enum.Enum):
+    """Which agents take a message at all."""
+
+    ANY = "any agent"
+    HOST = "a pool host"
+    NODE = "a node"
+    NO_CLOUD = "an agent with no cloud yet"
 
 
 class Duty(enum.Enum):
     """Who handles a message: the `CloudMember` (election, host, leader and node duties),
     `Clouds` (manifest offers), or the operator's room through `Clouds` (operator requests,
-    the leader's inspect view)."""
+    the inspect view)."""
 
     ELECTION = "election"
     HOST_COMMAND = "host command"
@@ -95,66 +122,136 @@ class Route:
     duty: Duty
     senders: Rule
     """Who may send it, as the trust model says."""
-    enforced: bool = False
-    """Whether a sender outside `senders` is refused today (else only logged at debug)."""
+    to: To = To.ANY
+    case: tuple[str, tuple[str, ...]] | None = None
+    """The row takes only messages whose field (first) has one of these values."""
     names: str | None = None
     """The message's field naming the member it speaks for (for `Sender.NAMED`)."""
+    request: bool = False
+    """Sent as a request: a refusal is answered (`PermanentError`), not only dropped."""
+    note: str = ""
+    """What the handler checks besides, for the documentation."""
 
 
-_MEMBERS = anyone_of(Sender.MEMBER)
+@dataclass(frozen=True)
+class InForce:
+    """What is in force here: the roster, the leader this agent follows and its term, and
+    what this agent is (a pool host or a node of `cloud`; with no cloud, its certificate's
+    kind)."""
+
+    cloud: str = ""
+    hosts: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    leader: str = ""
+    term: int = 0
+    me: MemberKind | None = None
+
+
+NO_ROSTER = InForce()
+"""An agent that serves no cloud yet, and does not know its own certificate."""
+
+_MEMBER = anyone_of(Sender.HOST, Sender.NODE)
+_LEADER = anyone_of(Sender.LEADER)
+_O = OperatorOp
 
 ROUTES: tuple[Route, ...] = (
-    # Membership and election: every member probes, gossips and may stand; only hosts
-    # grant (or refuse) leader leases.
-    *(Route(cls, Duty.ELECTION, _MEMBERS) for cls in (
+    # Membership and election: every member probes, gossips and may stand (the election
+    # core applies the bully rules to what gets through); only hosts grant leases.
+    *(Route(cls, Duty.ELECTION, _MEMBER) for cls in (
         em.Gossip, em.Ping, em.Ack, em.PingReq, em.WhoLeads, em.LeaderIs, em.Election,
         em.Answer, em.Coordinator, em.Resign, em.LeaseRequest, em.LeaseRelease)),
     Route(em.LeaseGrant, Duty.ELECTION, anyone_of(Sender.HOST)),
     Route(em.LeaseReject, Duty.ELECTION, anyone_of(Sender.HOST)),
     # The leader commands hosts and assigns roles; hosts and nodes speak for themselves.
-    Route(HostCommand, Duty.HOST_COMMAND, anyone_of(Sender.LEADER)),
-    Route(DomainEventNote, Duty.DOMAIN_EVENT, all_of(Sender.HOST, Sender.NAMED), names="host"),
-    Route(RoleAssignment, Duty.ROLE_ASSIGNMENT, anyone_of(Sender.LEADER)),
-    Route(NodeReport, Duty.NODE_REPORT, anyone_of(Sender.NAMED), enforced=True, names="node"),
-    # Manifests: the leader's generation, or a host seeding a member that lacks it; any
-    # member may ask for its own cloud's manifest (a booting node asks its seeds).
-    Route(ManifestOffer, Duty.MANIFEST_OFFER, anyone_of(Sender.LEADER, Sender.HOST)),
-    Route(ManifestWanted, Duty.MANIFEST_WANTED, _MEMBERS),
-    # The operator's verbs, relayed to the leader; the leader relays `cleanup-service` on.
-    Route(InspectWanted, Duty.INSPECT_WANTED, anyone_of(Sender.OPERATOR)),
-    Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.OPERATOR, Sender.LEADER)),
+    Route(HostCommand, Duty.HOST_COMMAND, _LEADER, to=To.HOST, request=True,
+          note="the host then checks the lease it granted for the command's term"),
+    Route(DomainEventNote, Duty.DOMAIN_EVENT, all_of(Sender.HOST, Sender.NAMED),
+          names="host"),
+    Route(RoleAssignment, Duty.ROLE_ASSIGNMENT, _LEADER, to=To.NODE,
+          note="a newer term than this agent follows makes it ask the pool hosts who leads"),
+    Route(NodeReport, Duty.NODE_REPORT, all_of(Sender.NODE, Sender.NAMED), names="node"),
+    # Manifests: the leader's generation, or a host seeding an agent that has no cloud yet;
+    # a member asks for its own cloud's manifest (a booting node asks its seeds).
+    Route(ManifestOffer, Duty.MANIFEST_OFFER, _LEADER, case=("origin", (OfferOrigin.LEADER,)),
+          note="a newer term than this agent follows makes it ask the pool hosts who leads"),
+    Route(ManifestOffer, Duty.MANIFEST_OFFER, anyone_of(Sender.HOST_CERT), to=To.NO_CLOUD,
+          case=("origin", (OfferOrigin.SEED,)),
+          note="the offered manifest lists the sender as a pool host, and this agent as "
+               "what its own certificate says it is"),
+    Route(ManifestWanted, Duty.MANIFEST_WANTED, _MEMBER, request=True,
+          note="only this agent's own cloud"),
+    # The operator's verbs: relayed by pool hosts (the local API runs there as root);
+    # an operator certificate hands a manifest to a pool host, and inspects.
+    Route(InspectWanted, Duty.INSPECT_WANTED,
+          anyone_of(Sender.HOST, Sender.NODE, Sender.OPERATOR), request=True,
+          note="only this agent's own cloud; the view carries no secrets and no fence "
+               "commands"),
+    Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST, Sender.OPERATOR),
+          to=To.HOST, case=("op", (_O.APPLY,)), request=True,
+          note="performed here or handed to this cloud's leader, never relayed further"),
+    Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
+          case=("op", (_O.STOP, _O.CLEANUP, _O.MAINTENANCE, _O.PLAN)), request=True),
+    Route(OperatorRequest, Duty.OPERATOR_REQUEST, _LEADER, to=To.NODE,
+          case=("op", (_O.CLEANUP_SERVICE,)), request=True),
 )
 
-TABLE: Mapping[type, Route] = {r.message: r for r in ROUTES}
+_BY_TYPE: Mapping[type, tuple[Route, ...]] = {
+    cls: tuple(r for r in ROUTES if r.message is cls) for cls in {r.message for r in ROUTES}}
 
+_TAKES: Mapping[To, Callable[[InForce], bool]] = {
+    To.ANY: lambda here: True,
+    To.HOST: lambda here: here.me is MemberKind.HOST,
+    To.NODE: lambda here: here.me is MemberKind.NODE,
+    To.NO_CLOUD: lambda here: not here.cloud,
+}
 
-@dataclass(frozen=True)
-class Senders:
-    """Who is who now: the roster in force and the leader this agent follows."""
-
-    hosts: frozenset[str] = frozenset()
-    members: frozenset[str] = frozenset()
-    leader: str = ""
-
-
-NOBODY = Senders()
-"""An agent that serves no cloud yet knows no member."""
+_WORD = {MemberKind.HOST: "pool host", MemberKind.NODE: "node"}
 
 
 def route_of(msg: object) -> Route | None:
-    return TABLE.get(type(msg))
+    """The row that takes `msg` (None: no agent has any use for it)."""
+    for route in _BY_TYPE.get(type(msg), ()):
+        if route.case is None or getattr(msg, route.case[0], None) in route.case[1]:
+            return route
+    return None
 
 
-def kinds_of(peer: str, msg: object, route: Route, now: Senders) -> frozenset[Sender]:
-    """What `peer` is, now, as far as `msg` is concerned."""
+def label(route: Route) -> str:
+    """The row's message, as people read it: `OperatorRequest (op plan, stop)`."""
+    name = route.message.__name__
+    if route.case is None:
+        return name
+    return f"{name} ({route.case[0]} {', '.join(str(v) for v in route.case[1])})"
+
+
+def term_of(msg: object) -> int | None:
+    term = getattr(msg, "term", None)
+    return term if isinstance(term, int) and not isinstance(term, bool) else None
+
+
+def standing(sender: Identity, here: InForce) -> frozenset[Sender]:
+    """What the sender's certificate makes it here, whatever it sends."""
     kinds = set()
-    if peer in now.members:
-        kinds.add(Sender.MEMBER)
-    if peer in now.hosts:
-        kinds.update((Sender.HOST, Sender.OPERATOR))
-    if now.leader and peer == now.leader:
+    if sender.kind is MemberKind.OPERATOR:
+        kinds.add(Sender.OPERATOR)
+    elif sender.kind is MemberKind.HOST:
+        kinds.add(Sender.HOST_CERT)
+        if sender.name in here.hosts:
+            kinds.add(Sender.HOST)
+    elif sender.name in here.nodes and sender.cloud == here.cloud:
+        kinds.add(Sender.NODE)
+    if kinds & {Sender.HOST, Sender.NODE} and here.leader and sender.name == here.leader:
         kinds.add(Sender.LEADER)
-    if route.names is not None and getattr(msg, route.names, None) == peer:
+    return frozenset(kinds)
+
+
+def kinds_of(sender: Identity, msg: object, route: Route, here: InForce) -> frozenset[Sender]:
+    """What `sender` is, now, as far as `msg` is concerned."""
+    kinds = set(standing(sender, here))
+    term = term_of(msg)
+    if term is not None and term != here.term:
+        kinds.discard(Sender.LEADER)  # it leads here in another term (or is deposed)
+    if route.names is not None and getattr(msg, route.names, None) == sender.name:
         kinds.add(Sender.NAMED)
     return frozenset(kinds)
 
@@ -164,33 +261,148 @@ def may_send(route: Route, kinds: frozenset[Sender]) -> bool:
     return any(alternative <= kinds for alternative in route.senders)
 
 
-def refusal(peer: str, msg: object, route: Route, now: Senders) -> str | None:
-    """Why `peer` may not send `msg` now, or None when it may."""
-    if may_send(route, kinds_of(peer, msg, route, now)):
+def wants_leader(route: Route) -> bool:
+    return any(Sender.LEADER in alternative for alternative in route.senders)
+
+
+def describe(sender: Identity, here: InForce) -> str:
+    """What the sender is here, in a few words (for a refusal)."""
+    name, kind = sender.name, sender.kind
+    if kind is MemberKind.OPERATOR:
+        return "an operator certificate"
+    cert = "a host certificate" if kind is MemberKind.HOST else \
+        f"a node certificate of cloud {sender.cloud}"
+    if not here.cloud:
+        return f"{cert}, and this agent has no roster yet"
+    listed = (MemberKind.HOST if name in here.hosts
+              else MemberKind.NODE if name in here.nodes else None)
+    if listed is None:
+        return f"{cert}, not in the roster of {here.cloud}"
+    if listed is not kind:
+        return f"{cert}, but the roster of {here.cloud} lists {name} as a {_WORD[listed]}"
+    if kind is MemberKind.NODE and sender.cloud != here.cloud:
+        return f"{cert}, not of {here.cloud}"
+    who = f"a {_WORD[kind]} of {here.cloud}"
+    return f"{who} and its leader in term {here.term}" if name == here.leader else who
+
+
+def rule_text(route: Route) -> str:
+    named = f" (`{route.names}`)" if route.names else ""
+    return " or ".join(
+        " and ".join(k.value + (named if k is Sender.NAMED else "")
+                     for k in sorted(alternative, key=list(Sender).index))
+        for alternative in route.senders)
+
+
+def _me(here: InForce) -> str:
+    if not here.cloud:
+        return ("an agent with no cloud yet" if here.me is None else
+                f"an agent with no cloud yet, holding a {here.me} certificate")
+    return f"a {_WORD[here.me]} of {here.cloud}" if here.me in _WORD else "not a member"
+
+
+def refusal(sender: Identity, msg: object, route: Route, here: InForce) -> str | None:
+    """Why `sender` may not send `msg` here now, or None when it may."""
+    sent_ok = may_send(route, kinds_of(sender, msg, route, here))
+    taken = _TAKES[route.to](here)
+    if sent_ok and taken:
         return None
-    who = " or ".join(" and ".join(sorted(k.value for k in alt)) for alt in route.senders)
-    named = f" (it names {getattr(msg, route.names, '')!r})" if route.names else ""
-    return f"{type(msg).__name__} from {peer}{named}: only {who} may send it"
+    why = (f"{label(route)} from {sender.name} ({describe(sender, here)}): only "
+           f"{rule_text(route)} may send it")
+    if not taken:
+        why += f" to {route.to.value}, and this agent is {_me(here)}"
+    elif wants_leader(route) and Sender.LEADER in standing(sender, here):
+        why += f", and it leads term {here.term}, not {term_of(msg)}"
+    elif wants_leader(route):
+        why += (f", and this agent follows {here.leader} in term {here.term}" if here.leader
+                else ", and this agent follows no leader now")
+    return why
+
+
+def newer_leader_term(sender: Identity, msg: object, route: Route,
+                      here: InForce) -> int | None:
+    """The term of a leader's message that this agent may simply not have heard of yet: the
+    row wants the leader, the sender is a member of the roster, and the message's term is
+    above the one followed here. The agent then asks the pool hosts who leads."""
+    term = term_of(msg)
+    if (term is None or term <= here.term or not wants_leader(route)
+            or not standing(sender, here) & {Sender.HOST, Sender.NODE}):
+        return None
+    return term
+
+
+def seed_refusal(peer: str, *, me: Identity | None, cloud: str, hosts: Collection[str],
+                 nodes: Collection[str]) -> str | None:
+    """Why an agent with no cloud may not take a seed offer of `cloud` (its pool `hosts`,
+    its `nodes`) from the host certificate `peer`, or None when it may."""
+    start = f"ManifestOffer (origin seed) of {cloud} from {peer}"
+    if peer not in hosts:
+        return f"{start}: the manifest does not list {peer} as a pool host"
+    if me is None:
+        return f"{start}: this agent does not know its own certificate yet"
+    if me.kind is MemberKind.HOST and me.name in hosts:
+        return None
+    if me.kind is MemberKind.NODE and me.name in nodes and me.cloud == cloud:
+        return None
+    mine = f"a {me.kind} certificate" + (f" of cloud {me.cloud}" if me.cloud else "")
+    return f"{start}: the manifest does not list this agent ({me.name}, {mine}) as one"
 
 
 Handler = Callable[[str, Any], Awaitable[Any]]
+Refused = Callable[[Identity, object, Route], None]
 
 _log = log.get("dispatch")
 
 
-async def deliver(peer: str, msg: object, *, me: str, handlers: Mapping[Duty, Handler],
-                  now: Senders) -> Any:
-    """Route one message to its handler; the return value is the reply (None: none).
+def log_refusal(*, me: str, peer: str, reason: str, cloud: str) -> None:
+    """One refused message, as every refusal is logged."""
+    _log.warning("message_refused", node=me, peer=peer, reason=reason, cloud=cloud or None)
 
-    A refused message (enforced row) is logged and dropped, as a malformed one would be."""
+
+async def deliver(sender: Identity, msg: object, *, me: str, handlers: Mapping[Duty, Handler],
+                  here: InForce, refused: Refused | None = None) -> Any:
+    """Route one message to its handler (which gets the sender's name); the return value is
+    the reply (None: none). A refused message is logged, then `refused` is told, then a
+    request is answered with the reason and anything else dropped."""
     route = route_of(msg)
     handler = handlers.get(route.duty) if route is not None else None
     if route is None or handler is None:
         raise PermanentError(f"{me} has no use for {type(msg).__name__}")
-    why = refusal(peer, msg, route, now)
+    why = refusal(sender, msg, route, here)
     if why is not None:
-        if route.enforced:
-            _log.warning("message_refused", node=me, peer=peer, reason=why)
-            return None
-        _log.debug("message_not_authorized", node=me, peer=peer, reason=why)
-    return await handler(peer, msg)
+        log_refusal(me=me, peer=sender.name, reason=why, cloud=here.cloud)
+        if refused is not None:
+            refused(sender, msg, route)
+        if route.request:
+            raise PermanentError(why)
+        return None
+    return await handler(sender.name, msg)
+
+
+def render() -> str:
+    """The table as Markdown (`docs/dispatch.md`)."""
+    lines = [
+        "# Who may send what",
+        "",
+        "Generated from `ROUTES` in `cloudd/daemon/member/dispatch.py` by",
+        "`python -m cloudd.daemon.member.dispatch > docs/dispatch.md`; a test checks that this",
+        "file matches the table. Every message one agent sends another goes through this table",
+        "before any handler sees it. A sender's kind comes from its certificate *and* the",
+        "manifest roster in force on the receiving agent; a refused message changes nothing.",
+        "",
+        "| message | handled by | who may send it | to | also checked | otherwise |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in ROUTES:
+        otherwise = ("refused: logged (`message_refused`) and answered with the reason"
+                     if r.request else "refused: logged (`message_refused`) and dropped")
+        lines.append(f"| `{label(r)}` | {r.duty.value} | {rule_text(r)} | {r.to.value} | "
+                     f"{r.note or '-'} | {otherwise} |")
+    lines += ["", "A message of a type (or case) not in the table is refused as one nobody has "
+              "any use for.", "", "| sender | means |", "|---|---|"]
+    lines += [f"| {k.value} | {MEANING[k]} |" for k in Sender]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

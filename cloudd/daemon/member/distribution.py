@@ -4,10 +4,11 @@ Pure. Two duties meet here:
 - the acting leader sends each live member the generation in force once (again when the
   generation changes, or after the member was down, or when a new leader takes over: the
   caller then forgets what was offered);
-- every member, leader or not, offers the manifest it holds to members that do not answer,
-  once per `RESEED_EVERY` seconds, so that hosts that never had it (a cloud started from one
-  machine) come up and join; a member's own `ManifestOffer` of origin `seed` is taken only
-  by an agent that serves no cloud yet.
+- every pool host, leader or not, offers the manifest it holds to members that do not
+  answer, once per `RESEED_EVERY` seconds, so that hosts that never had it (a cloud started
+  from one machine) come up and join; a `ManifestOffer` of origin `seed` is taken only by an
+  agent that serves no cloud yet, and only from a host certificate (the dispatch table), so
+  a node offers none.
 `offered` remembers, per member, the key of the last offer made to it: the generation's
 digest for a live member, the digest and the time slot for one that does not answer.
 """
@@ -33,8 +34,12 @@ class Offer:
 
 
 def offers(*, me: str, members: Iterable[str], alive: Collection[str], leading: bool,
-           digest: str, now: float, offered: Mapping[str, str]) -> tuple[Offer, ...]:
-    """The manifest offers to send now (`now` on the monotonic clock)."""
+           seeding: bool, digest: str, now: float,
+           offered: Mapping[str, str]) -> tuple[Offer, ...]:
+    """The manifest offers to send now (`now` on the monotonic clock); `seeding`: this
+    member is a pool host, whose seeds an agent with no cloud takes."""
+    if not (leading or seeding):
+        return ()
     origin = OfferOrigin.LEADER if leading else OfferOrigin.SEED
     slot = int(now // RESEED_EVERY)
     out = []

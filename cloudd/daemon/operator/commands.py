@@ -5,7 +5,11 @@ Any agent takes a command from `cloudd-cli`, but the cloud changes in one place 
 leader. So an agent that is not the acting leader hands the command to the leader it follows
 (`OperatorRequest`), and an agent that is not even a member of the cloud (the 2012 thesis's
 "start from outside the cloud") hands an `apply` to the first pool host that answers, which
-carries on the same way. The answer says which agent performed it.
+carries on the same way. The answer says which agent performed it. A command that came over
+the wire is performed here or handed to this cloud's leader, never relayed to another
+cloud's hosts: who may send which command is the dispatch table's (pool hosts relay their
+operator's verbs; an operator certificate may only `apply`), and it must not be laundered
+through a second agent.
 
 `RULES` says, per command, where it is performed and whether it carries a manifest; each
 command has one handler. The local API's op names become `OperatorOp`s where they are
@@ -116,8 +120,10 @@ class Operator:
         }
 
     # -- routing ------------------------------------------------------------------------------
-    async def command(self, op: OperatorOp, args: dict[str, Any]) -> Any:
-        """What the local API calls: perform here, or hand to whoever must perform it."""
+    async def command(self, op: OperatorOp, args: dict[str, Any], *,
+                      relayed: bool = False) -> Any:
+        """What the local API calls: perform here, or hand to whoever must perform it
+        (`relayed`: the command came from another agent, see `answer`)."""
         rule = RULES[op]
         if not rule.local:
             raise PermanentError(f"unknown command {op.value!r}")
@@ -132,7 +138,7 @@ class Operator:
         if snap is None or snap.cloud.name != cloud:
             if incoming is None:
                 raise PermanentError(f"this agent ({self.me}) does not serve cloud {cloud!r}")
-            return await self._not_serving(op, incoming, args, snap)
+            return await self._not_serving(op, incoming, args, snap, relayed=relayed)
         if snap.acting:
             return await self._handlers[op](Call(args, seat, snap, incoming))
         if not snap.leader:
@@ -140,8 +146,11 @@ class Operator:
         return await self._ask(snap.leader, OperatorRequest(op, cloud, json.dumps(args)))
 
     async def _not_serving(self, op: OperatorOp, incoming: Cloud, args: dict[str, Any],
-                           snap: MemberSnapshot | None) -> Any:
+                           snap: MemberSnapshot | None, *, relayed: bool) -> Any:
         if self.me not in {h.name for h in incoming.pool}:
+            if relayed:
+                raise PermanentError(f"this agent ({self.me}) is not a pool host of cloud "
+                                     f"{incoming.name}: hand the manifest to one of its hosts")
             return await self._from_outside(incoming, args)
         # A pool host of a cloud it does not run yet: it starts it, and hands the manifest
         # to the other members once it is a member itself.
@@ -182,7 +191,8 @@ class Operator:
                              + "; ".join(errors))
 
     async def answer(self, peer: str, request: OperatorRequest) -> OperatorAnswer:
-        """Another agent handed us a command (the dispatch table's operator duty)."""
+        """Another agent handed us a command (the dispatch table's operator duty: it has
+        checked that `peer` may send this verb)."""
         try:
             args = json.loads(request.args)
             if not isinstance(args, dict):
@@ -190,7 +200,7 @@ class Operator:
             op = OperatorOp(request.op)
             if RULES[op].at_leader:
                 args.setdefault("cloud", request.cloud)
-                result = await self.command(op, args)
+                result = await self.command(op, args, relayed=True)
             else:
                 seat = self._member()
                 snap = seat.snapshot() if seat is not None else None

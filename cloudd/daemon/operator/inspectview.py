@@ -6,6 +6,12 @@ other agent asks the leader for that view (`InspectWanted`); when the leader can
 (an election is running, or it does not answer), the agent answers with what it sees itself,
 and says so (`source: local`, or `stale` with the leader's last view). Everything here reads a
 `MemberSnapshot` (and the event log); nothing reaches into the member.
+
+Who may ask for the view over the wire is the dispatch table's: pool hosts (for their
+operator), nodes of the cloud and operator certificates. Each gets the view of this agent's
+own cloud only, and the view is the same for all: it names hosts, nodes, their states and
+recent events, and carries no secret, no setting and no fence command (a test holds it to
+that), so a node's agent learns nothing from it that the roster does not already say.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import InspectAnswer, InspectWanted, NodePhase
 from cloudd.daemon.operator.queries import event_view, view_source
 from cloudd.election.swim import Status
-from cloudd.errors import ClouddError, TemporaryError
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl.plan import DomainObs, DomainState
 
 #: How many recent events a cloud's view carries.
@@ -218,6 +224,8 @@ class Inspector:
         snap = self._snapshot()
         if snap is None:
             raise TemporaryError(f"{self.me} has no cloud yet")
+        if msg.cloud != snap.cloud.name:
+            raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
         doc = InspectDoc(answered_by=self.me, generated_at=snap.taken_at,
                          clouds=(cloud_view(snap, events=self.events, source=Source.LEADER),))
         return InspectAnswer(snap.cloud.name, json.dumps(doc.to_json()))

@@ -14,6 +14,7 @@ from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment
 from cloudd.errors import TemporaryError
+from cloudd.pki import Identity, MemberKind
 from cloudd.providers.catalog import CATALOG
 
 MANIFEST = """\
@@ -39,6 +40,21 @@ TEMPLATE = ("<domain type='qemu'><name>${name}</name><uuid>${uuid}</uuid>"
             "<os><type>hvm</type></os>${metadata}</domain>")
 
 DB, WEB1, WEB2, LB = "shop-database-1", "shop-server-1", "shop-server-2", "shop-balancer-1"
+
+
+def host(name: str) -> Identity:
+    """A pool host's certificate, as the transport reads it."""
+    return Identity(name, MemberKind.HOST)
+
+
+def node(name: str, cloud: str = "shop") -> Identity:
+    """A node's certificate (for the shop cloud unless said otherwise)."""
+    return Identity(name, MemberKind.NODE, cloud)
+
+
+def operator(name: str = "laptop") -> Identity:
+    """An operator's certificate: in no roster."""
+    return Identity(name, MemberKind.OPERATOR)
 
 
 def shop(folder: Path, text: str = MANIFEST) -> Cloud:

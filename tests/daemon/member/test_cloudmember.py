@@ -18,7 +18,7 @@ from cloudd.daemon.base.eventlog import EventKind, EventLog
 from cloudd.daemon.leader.controller import policy_of
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.clouds import timing_for
-from cloudd.daemon.member.dispatch import Duty, Senders
+from cloudd.daemon.member.dispatch import Duty, InForce
 from cloudd.daemon.network.catalogue import (
     DomainEventNote,
     ManifestOffer,
@@ -32,12 +32,13 @@ from cloudd.daemon.network.catalogue import (
 from cloudd.election.messages import Coordinator
 from cloudd.election.swim import Status
 from cloudd.errors import PermanentError
+from cloudd.pki import MemberKind
 from cloudd.vmctl.backend import DomainEvent, FakeBackend
 from cloudd.vmctl.backend import EventKind as DomainEventKind
 from cloudd.vmctl.hostagent import HostCommand, Op, Outcome
 from cloudd.vmctl.metadata import CloudMeta
 
-from .fakes import DB, WEB1, FakeNodeSide, Wire, settings, shop
+from .fakes import DB, WEB1, FakeNodeSide, Wire, host, node, settings, shop
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ async def follow(r: Rig, leader: str, term: int) -> None:
     """Start the member's election (it cannot lead: no host quorum) and have it follow."""
     r.election = asyncio.create_task(r.member.election.run())
     await asyncio.sleep(0)
-    await r.member.handle(leader, Coordinator(term=term))
+    await r.member.handle(host(leader), Coordinator(term=term))
     assert (r.member.election.leader, r.member.election.term) == (leader, term)
 
 
@@ -102,114 +103,120 @@ async def test_a_stranger_cannot_be_a_member(tmp_path: Path, rigs: list[Rig]) ->
 
 async def test_the_member_serves_its_duties_and_no_other(tmp_path: Path,
                                                          rigs: list[Rig]) -> None:
-    host, node = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, DB)
-    assert set(host.member.handlers) == set(node.member.handlers) == {
+    pm1, db = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, DB)
+    assert set(pm1.member.handlers) == set(db.member.handlers) == {
         Duty.ELECTION, Duty.HOST_COMMAND, Duty.DOMAIN_EVENT, Duty.ROLE_ASSIGNMENT,
         Duty.NODE_REPORT, Duty.MANIFEST_WANTED}
-    assert host.member.node_side is None and isinstance(node.member.node_side, FakeNodeSide)
-    with pytest.raises(PermanentError, match=f"{DB} is not a pool host of shop"):
-        await node.member.handle("pm1", HostCommand(Op.LIST, 1))
-    with pytest.raises(PermanentError, match="pm1 is not a node of shop"):
-        await host.member.handle("pm2", RoleAssignment(1, "shop", "pm1", "web", "a", "g"))
+    assert pm1.member.node_side is None and isinstance(db.member.node_side, FakeNodeSide)
+    await follow(db, "pm2", 1)
+    await follow(pm1, "pm2", 1)
+    # the leader's host command goes to pool hosts only, its assignments to nodes only
+    with pytest.raises(PermanentError, match="to a pool host, and this agent is a node"):
+        await db.member.handle(host("pm2"), HostCommand(Op.LIST, 1))
+    a = RoleAssignment(1, "shop", "pm1", "web", "a", "g")
+    assert await pm1.member.handle(host("pm2"), a) is None
     with pytest.raises(PermanentError, match="pm1 has no use for OperatorAnswer"):
-        await host.member.handle("pm2", OperatorAnswer(True, "{}"))
+        await pm1.member.handle(host("pm2"), OperatorAnswer(True, "{}"))
 
 
 async def test_the_leader_is_followed_and_named_in_the_senders(tmp_path: Path,
                                                                rigs: list[Rig]) -> None:
-    host = rig(tmp_path, rigs, "pm1")
-    assert host.member.senders().leader == ""
-    await follow(host, "pm2", 5)
-    assert host.member.senders() == Senders(
-        hosts=frozenset({"pm1", "pm2"}),
-        members=frozenset({"pm1", "pm2", DB, WEB1, "shop-server-2", "shop-balancer-1"}),
-        leader="pm2")
+    pm1 = rig(tmp_path, rigs, "pm1")
+    assert pm1.member.in_force().leader == ""
+    await follow(pm1, "pm2", 5)
+    assert pm1.member.in_force() == InForce(
+        cloud="shop", hosts=frozenset({"pm1", "pm2"}),
+        nodes=frozenset({DB, WEB1, "shop-server-2", "shop-balancer-1"}), leader="pm2",
+        term=5, me=MemberKind.HOST)
+    assert rig(tmp_path, rigs, DB).member.in_force().me is MemberKind.NODE
 
 
 async def test_a_node_takes_its_assignment_and_reports_to_its_leader(
         tmp_path: Path, rigs: list[Rig]) -> None:
-    node = rig(tmp_path, rigs, DB)
-    side = node.member.node_side
+    db = rig(tmp_path, rigs, DB)
+    side = db.member.node_side
     assert isinstance(side, FakeNodeSide)
     a = RoleAssignment(5, "shop", DB, "database", "192.0.2.177", "g")
-    await node.member.handle("pm2", a)
-    assert side.assigned == [a]
+    assert await db.member.handle(host("pm2"), a) is None  # no leader followed yet: refused
     side.report(report(DB))  # no leader yet: kept
-    assert node.wire.of(NodeReport) == [] and node.member.reports == {}
-    await follow(node, "pm2", 5)
+    assert db.wire.of(NodeReport) == [] and db.member.reports == {} and side.assigned == []
+    await follow(db, "pm2", 5)
+    await db.member.handle(host("pm2"), a)
+    assert side.assigned == [a]
     side.report(report(DB))
-    assert node.wire.of(NodeReport) == [("pm2", report(DB))]
+    assert db.wire.of(NodeReport) == [("pm2", report(DB))]
 
 
 async def test_reports_are_kept_only_from_the_node_they_name(tmp_path: Path,
                                                              rigs: list[Rig]) -> None:
-    host = rig(tmp_path, rigs, "pm1")
-    assert await host.member.handle(DB, report(DB)) is None
-    assert await host.member.handle(WEB1, report(DB, NodePhase.FAILED)) is None
-    assert dict(host.member.reports) == {DB: report(DB)}
-    assert host.member.snapshot().reports == {DB: report(DB)}
+    pm1 = rig(tmp_path, rigs, "pm1")
+    assert await pm1.member.handle(node(DB), report(DB)) is None
+    assert await pm1.member.handle(node(WEB1), report(DB, NodePhase.FAILED)) is None
+    assert await pm1.member.handle(host(DB), report(DB, NodePhase.FAILED)) is None
+    assert dict(pm1.member.reports) == {DB: report(DB)}
+    assert pm1.member.snapshot().reports == {DB: report(DB)}
 
 
 async def test_a_host_answers_the_leaders_commands_and_forwards_its_events(
         tmp_path: Path, rigs: list[Rig]) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock=clock.monotonic)
-    host = rig(tmp_path, rigs, "pm1", backend=backend)
-    assert host.member.host is not None
-    await follow(host, "pm2", 5)
-    task = asyncio.create_task(host.member.host.run())
+    pm1 = rig(tmp_path, rigs, "pm1", backend=backend)
+    assert pm1.member.host is not None
+    await follow(pm1, "pm2", 5)
+    task = asyncio.create_task(pm1.member.host.run())
     try:
         for _ in range(100):
-            if host.member.host.agent is not None:
+            if pm1.member.host.agent is not None:
                 break
             await asyncio.sleep(0)
-        result = await host.member.handle("pm2", HostCommand(Op.LIST, 5))
+        result = await pm1.member.handle(host("pm2"), HostCommand(Op.LIST, 5))
         assert result.outcome is Outcome.DONE
         # a domain event of this cloud goes to the leader at once; another cloud's does not
         meta = CloudMeta(cloud="shop", node=DB, role="database", term=5)
-        host.member.host.forward(DomainEvent(DomainEventKind.STOPPED, "shop-x", meta,
-                                             "crashed", 0.0))
-        host.member.host.forward(DomainEvent(DomainEventKind.STOPPED, "other-x",
-                                             dataclasses.replace(meta, cloud="other"),
-                                             "crashed", 0.0))
-        [(peer, note)] = host.wire.of(DomainEventNote)
+        pm1.member.host.forward(DomainEvent(DomainEventKind.STOPPED, "shop-x", meta,
+                                            "crashed", 0.0))
+        pm1.member.host.forward(DomainEvent(DomainEventKind.STOPPED, "other-x",
+                                            dataclasses.replace(meta, cloud="other"),
+                                            "crashed", 0.0))
+        [(peer, note)] = pm1.wire.of(DomainEventNote)
         assert peer == "pm2" and note.host == "pm1" and note.event.meta == meta
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert host.member.host.agent is None
+    assert pm1.member.host.agent is None
 
 
 async def test_a_domain_event_from_a_host_reaches_the_controller(
         tmp_path: Path, rigs: list[Rig], monkeypatch: pytest.MonkeyPatch) -> None:
-    host = rig(tmp_path, rigs, "pm1")
+    pm1 = rig(tmp_path, rigs, "pm1")
     heard: list[tuple[str, DomainEvent]] = []
-    monkeypatch.setattr(host.member.controller, "domain_event",
+    monkeypatch.setattr(pm1.member.controller, "domain_event",
                         lambda h, e: heard.append((h, e)))
     meta = CloudMeta(cloud="shop", node=DB, role="database", term=5)
     event = DomainEvent(DomainEventKind.STOPPED, f"shop-{DB}", meta, "crashed", 0.0)
-    assert await host.member.handle("pm2", DomainEventNote("pm2", event)) is None
+    assert await pm1.member.handle(host("pm2"), DomainEventNote("pm2", event)) is None
     assert heard == [("pm2", event)]
 
 
 async def test_a_booting_node_gets_the_manifest_from_any_member(tmp_path: Path,
                                                                 rigs: list[Rig]) -> None:
-    host = rig(tmp_path, rigs, "pm1")
-    offer = await host.member.handle(DB, ManifestWanted("shop"))
+    pm1 = rig(tmp_path, rigs, "pm1")
+    offer = await pm1.member.handle(node(DB), ManifestWanted("shop"))
     assert isinstance(offer, ManifestOffer)
-    assert (offer.cloud, offer.digest, offer.origin) == ("shop", host.cloud.digest,
-                                                         OfferOrigin.SEED)
-    assert str(host.cloud.domain_template) in offer.text  # portable: paths made absolute
+    assert (offer.cloud, offer.digest, offer.origin) == ("shop", pm1.cloud.digest,
+                                                        OfferOrigin.SEED)
+    assert str(pm1.cloud.domain_template) in offer.text  # portable: paths made absolute
     with pytest.raises(PermanentError, match="pm1 does not serve cloud other"):
-        await host.member.handle(DB, ManifestWanted("other"))
+        await pm1.member.handle(node(DB), ManifestWanted("other"))
 
 
 async def test_the_snapshot_is_what_the_member_knows(tmp_path: Path, rigs: list[Rig]) -> None:
-    host = rig(tmp_path, rigs, "pm1")
-    host.clock.advance(5.0)
-    snap = host.member.snapshot()
-    assert (snap.me, snap.cloud, snap.generation, snap.term) == ("pm1", host.cloud, 1, 0)
+    pm1 = rig(tmp_path, rigs, "pm1")
+    pm1.clock.advance(5.0)
+    snap = pm1.member.snapshot()
+    assert (snap.me, snap.cloud, snap.generation, snap.term) == ("pm1", pm1.cloud, 1, 0)
     assert snap.loaded_at == 1_700_000_000.0 and snap.taken_at == 1_700_000_005.0
     assert snap.monotonic == 1005.0 and snap.wall_of(1010.0) == 1_700_000_010.0
     assert (snap.leader, snap.acting, snap.quorum, snap.hosts) == (
@@ -222,13 +229,13 @@ async def test_the_snapshot_is_what_the_member_knows(tmp_path: Path, rigs: list[
 
 async def test_maintenance_is_durable_and_pauses_the_leader(tmp_path: Path,
                                                             rigs: list[Rig]) -> None:
-    host = rig(tmp_path, rigs, "pm1")
-    host.member.set_maintenance(DB, on=True)
-    host.member.set_maintenance(None, on=True)
-    assert host.member.reconciling_term() is None
-    assert [n.run.value for n in host.member.controller.desired().nodes
+    pm1 = rig(tmp_path, rigs, "pm1")
+    pm1.member.set_maintenance(DB, on=True)
+    pm1.member.set_maintenance(None, on=True)
+    assert pm1.member.reconciling_term() is None
+    assert [n.run.value for n in pm1.member.controller.desired().nodes
             if n.name == DB] == ["manual"]
-    again = rig(tmp_path, rigs, "pm1", cloud=host.cloud)
+    again = rig(tmp_path, rigs, "pm1", cloud=pm1.cloud)
     assert again.member.snapshot().maintenance == {DB, None}
     with pytest.raises(PermanentError, match="unknown node 'pm9' in cloud shop"):
         again.member.set_maintenance("pm9", on=True)
@@ -236,10 +243,10 @@ async def test_maintenance_is_durable_and_pauses_the_leader(tmp_path: Path,
 
 async def test_reconcile_settings_build_the_controllers_backoff(tmp_path: Path,
                                                                 rigs: list[Rig]) -> None:
-    host = rig(tmp_path, rigs, "pm1")
-    expected = policy_of(host.member.settings.reconcile)
-    assert host.member.controller.node_fails.policy == expected
-    assert host.member.controller.host_fails.policy == expected
+    pm1 = rig(tmp_path, rigs, "pm1")
+    expected = policy_of(pm1.member.settings.reconcile)
+    assert pm1.member.controller.node_fails.policy == expected
+    assert pm1.member.controller.host_fails.policy == expected
     assert expected.base == 0.1 and expected.cap == 5.0 and expected.stable == 10.0
 
 
@@ -272,12 +279,12 @@ async def test_a_new_generation_is_recorded_and_a_stop_is_an_owned_task(
 
 async def test_the_operator_reaches_the_node_side_and_the_controller(
         tmp_path: Path, rigs: list[Rig]) -> None:
-    host, node = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, DB)
+    pm1, node = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, DB)
     await node.member.cleanup_service("mariadbd")
     assert isinstance(node.member.node_side, FakeNodeSide)
     assert node.member.node_side.cleaned == ["mariadbd"]
     with pytest.raises(PermanentError, match="pm1 runs no services"):
-        await host.member.cleanup_service("mariadbd")
-    host.member.controller.node_fails.failed(DB, now=1.0)
-    host.member.reset_failures(DB)
-    assert host.member.snapshot().controller.node_fails == {}
+        await pm1.member.cleanup_service("mariadbd")
+    pm1.member.controller.node_fails.failed(DB, now=1.0)
+    pm1.member.reset_failures(DB)
+    assert pm1.member.snapshot().controller.node_fails == {}

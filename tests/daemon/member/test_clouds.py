@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import portable_text
@@ -33,10 +34,10 @@ from cloudd.election.messages import Coordinator, WhoLeads
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
 
-from .fakes import MANIFEST, FakeNodeSide, settings, shop
+from .fakes import DB, MANIFEST, FakeNodeSide, host, node, operator, settings, shop
 
 #: the pool host pm2, as its certificate names it
-PM2 = Identity("pm2", MemberKind.HOST)
+PM2 = host("pm2")
 
 
 @dataclasses.dataclass
@@ -56,7 +57,7 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     manifests = ManifestFolder(me.manifest_dir, incoming=me.state_dir / "incoming",
                                locate=lambda cloud: None, rescan=lambda: rescans.append(1))
     clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
-                    node_side_factory=FakeNodeSide)
+                    node_side_factory=FakeNodeSide, identity=host("pm1"))
     yield Agent(clouds, rescans, me.manifest_dir, events)
     events.close()
 
@@ -66,8 +67,7 @@ def loaded(cloud: Cloud) -> ManifestEvent:
 
 
 async def test_without_a_cloud_only_offers_are_taken(agent: Agent, tmp_path: Path) -> None:
-    with pytest.raises(TemporaryError, match="pm1 has no cloud yet"):
-        await agent.clouds._handle(PM2, WhoLeads(term=1))
+    assert await agent.clouds._handle(PM2, WhoLeads(term=1)) is None  # refused: no roster
     cloud = shop(tmp_path / "elsewhere")
     text = portable_text(cloud, cloud.text)
     offer = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 3)
@@ -80,8 +80,11 @@ async def test_without_a_cloud_only_offers_are_taken(agent: Agent, tmp_path: Pat
     with pytest.raises(PermanentError, match="declares shop, not other"):
         await agent.clouds._handle(PM2, dataclasses.replace(offer, cloud="other", text=text
                                                               + "\n# other\n"))
-    # the operator's room serves nothing until the agent runs
+    # an operator's apply is taken, but the operator's room serves nothing until the agent
+    # runs; a host's relayed verbs are refused while this agent has no roster to know it by
     with pytest.raises(TemporaryError, match="pm1 is not serving its operator's duties yet"):
+        await agent.clouds._handle(operator(), OperatorRequest(OperatorOp.APPLY, "shop", "{}"))
+    with pytest.raises(PermanentError, match="this agent has no roster yet"):
         await agent.clouds._handle(PM2, OperatorRequest(OperatorOp.PLAN, "shop", "{}"))
 
 
@@ -109,12 +112,76 @@ async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
                                                           tmp_path: Path) -> None:
     cloud = shop(tmp_path / "manifests")
     agent.clouds.on_manifest(loaded(cloud))
-    text = portable_text(cloud, cloud.text)
-    seed = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 0)
-    with pytest.raises(PermanentError, match="pm1 has no use for a manifest offered by seed"):
-        await agent.clouds._handle(PM2, seed)
+    member = agent.clouds.serving()
+    assert member is not None
+    text = portable_text(cloud, cloud.text) + "# next\n"
+    seed = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 4)
     leader = dataclasses.replace(seed, origin=OfferOrigin.LEADER)
-    assert (await agent.clouds._handle(PM2, leader)).ok
+    assert await agent.clouds._handle(PM2, seed) is None  # a member hears its leader only
+    assert await agent.clouds._handle(PM2, leader) is None  # pm2 does not lead (yet)
+    election = asyncio.create_task(member.election.run())
+    try:
+        await asyncio.sleep(0)
+        await agent.clouds._handle(PM2, Coordinator(term=4))
+        assert await agent.clouds._handle(PM2, seed) is None
+        # the leader offers this agent's own cloud, nothing else
+        foreign = dataclasses.replace(leader, cloud="other", text=text.replace("shop", "other"))
+        assert await agent.clouds._handle(PM2, foreign) is None
+        assert not agent.folder.exists() or list(agent.folder.iterdir()) == []
+        assert (await agent.clouds._handle(PM2, leader)).ok
+        assert (agent.folder / "shop.yaml").read_text() == text
+    finally:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+
+
+async def test_a_seed_must_name_its_sender_and_this_agent(agent: Agent,
+                                                          tmp_path: Path) -> None:
+    cloud = shop(tmp_path / "elsewhere")
+    offer = ManifestOffer("shop", cloud.digest, portable_text(cloud, cloud.text),
+                          OfferOrigin.SEED, 3)
+    with capture_logs() as logs:
+        assert await agent.clouds._handle(host("pm9"), offer) is None
+        agent.clouds.identity = Identity("pm1", MemberKind.NODE, "shop")
+        assert await agent.clouds._handle(PM2, offer) is None
+    assert [e["reason"].split(": ", 1)[1] for e in logs] == [
+        "the manifest does not list pm9 as a pool host",
+        "the manifest does not list this agent (pm1, a node certificate of cloud shop) as one"]
+    assert not agent.folder.exists() or list(agent.folder.iterdir()) == []
+    assert agent.clouds.serving() is None
+
+
+async def test_an_apply_to_another_cloud_never_moves_this_clouds_peers(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A foreign manifest whose pool reuses pm2's name, at another address: the request goes
+    through a transport of its own, and this agent's link to pm2 stays where it was."""
+    agent.clouds.on_manifest(loaded(shop(tmp_path / "manifests")))
+
+    class Recording:
+        def __init__(self) -> None:
+            self.peers: list[tuple[str, str, int]] = []
+            self.closed = False
+
+        def add_peer(self, name: str, address: str, port: int) -> None:
+            self.peers.append((name, address, port))
+
+        async def request(self, name: str, msg: Any) -> Any:
+            return OperatorAnswer(True, "{}")
+
+        async def close(self) -> None:
+            self.closed = True
+
+    main, outside = Recording(), Recording()
+    agent.clouds.transport = main  # type: ignore[assignment]
+    agent.clouds._peers(agent.clouds.member.cloud)  # type: ignore[union-attr]
+    before = list(main.peers)
+    assert ("pm2", "192.0.2.71", 7760) in before
+    monkeypatch.setattr(agent.clouds, "_outside_transport", lambda: outside)
+    request = OperatorRequest(OperatorOp.APPLY, "foreign", "{}")
+    assert (await agent.clouds.ask_outside("pm2", "198.51.100.9", request)).ok
+    assert main.peers == before
+    assert outside.peers == [("pm2", "198.51.100.9", 7760)] and outside.closed
 
 
 class OperatorRoom:
@@ -179,6 +246,33 @@ async def test_while_running_the_operators_duties_are_served_and_its_tasks_owned
         with contextlib.suppress(asyncio.CancelledError):
             await election
     assert above.cancelled.is_set()  # the hand-over ended with the agent
+
+
+async def test_a_node_hands_no_generation_over(tmp_path: Path) -> None:
+    """A node has no operator verbs: a manifest that changes in its folder stays there (its
+    leader would refuse it); its leader's generation reaches it anyway."""
+    me = settings(tmp_path, DB)
+    me.state_dir.mkdir(parents=True)
+    events = EventLog.in_state_dir(me.state_dir)
+    manifests = ManifestFolder(me.manifest_dir, incoming=me.state_dir / "incoming",
+                               locate=lambda cloud: None, rescan=lambda: None)
+    clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
+                    node_side_factory=FakeNodeSide, identity=node(DB))
+    clouds.on_manifest(loaded(shop(tmp_path / "manifests")))
+    member = clouds.serving()
+    assert member is not None and member.is_node
+    election = asyncio.create_task(member.election.run())
+    try:
+        await asyncio.sleep(0)
+        await clouds._handle(PM2, Coordinator(term=4))
+        assert member.election.leader == "pm2"
+        clouds.on_manifest(loaded(shop(tmp_path / "manifests", MANIFEST + "# edited\n")))
+        assert member.cloud.text.endswith("# edited\n") and clouds._later == []
+    finally:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        events.close()
 
 
 def test_the_port_is_retried_ever_more_slowly_up_to_half_a_minute() -> None:

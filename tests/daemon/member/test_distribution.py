@@ -28,13 +28,24 @@ L, S = OfferOrigin.LEADER, OfferOrigin.SEED
 ])
 def test_offers(leading: bool, alive: set[str], offered: dict[str, str], now: float,
                 expected: list[tuple[str, str, OfferOrigin]]) -> None:
-    got = offers(me="pm1", members=MEMBERS, alive=alive, leading=leading, digest="g1", now=now,
-                 offered=offered)
+    got = offers(me="pm1", members=MEMBERS, alive=alive, leading=leading, seeding=True,
+                 digest="g1", now=now, offered=offered)
+    assert got == tuple(Offer(*e) for e in expected)
+
+
+@pytest.mark.parametrize(("leading", "expected"), [
+    (False, []),  # nobody takes a node's seed: it offers none
+    (True, [("pm1", "g1@2", L), ("pm2", "g1@2", L)]),  # a node that leads still offers
+])
+def test_a_node_does_not_seed(leading: bool, expected: list[tuple[str, str, OfferOrigin]]
+                              ) -> None:
+    got = offers(me="n1", members=MEMBERS, alive={"n1"}, leading=leading, seeding=False,
+                 digest="g1", now=25.0, offered={})
     assert got == tuple(Offer(*e) for e in expected)
 
 
 def test_the_slot_is_the_reseed_period() -> None:
     assert RESEED_EVERY == 10.0
-    keys = {offers(me="pm1", members=MEMBERS, alive=set(), leading=False, digest="g",
-                   now=t, offered={})[0].key for t in (0.0, 5.0, 9.99)}
+    keys = {offers(me="pm1", members=MEMBERS, alive=set(), leading=False, seeding=True,
+                   digest="g", now=t, offered={})[0].key for t in (0.0, 5.0, 9.99)}
     assert keys == {"g@0"}

@@ -219,6 +219,21 @@ async def test_from_outside_the_manifest_goes_to_the_first_host_that_takes_it(
                                                         ("pm2", "192.0.2.71")]
 
 
+async def test_a_command_from_the_wire_is_never_relayed_to_another_clouds_hosts(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    """An apply handed to this agent over the wire, for a cloud whose pool does not list it:
+    refused here, not passed on (from the local API it would go to that cloud's hosts)."""
+    shop(tmp_path / "manifests")
+    text = MANIFEST.replace("web.xml", str(tmp_path / "manifests" / "web.xml"))
+    laptop = agent(tmp_path, agents, "laptop", serving=False)
+    agent(tmp_path, agents, "pm2", serving=False)
+    answer = await laptop.op.answer("somebody", OperatorRequest(
+        OperatorOp.APPLY, "shop", json.dumps({"text": text})))
+    assert answer == OperatorAnswer(False, "", "this agent (laptop) is not a pool host of "
+                                    "cloud shop: hand the manifest to one of its hosts")
+    assert laptop.outside == [] and not (agents["pm2"].folder / "shop.yaml").exists()
+
+
 async def test_answers_say_what_went_wrong_in_one_line(tmp_path: Path,
                                                        agents: dict[str, Agent]) -> None:
     pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")

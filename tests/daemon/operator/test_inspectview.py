@@ -31,11 +31,11 @@ from cloudd.daemon.operator.inspectview import (
     status_of,
 )
 from cloudd.election.swim import Status
-from cloudd.errors import TemporaryError
+from cloudd.errors import PermanentError, TemporaryError
 from cloudd.vmctl.backend import Inventory
 from cloudd.vmctl.plan import DomainObs, DomainState, FailRecord, Planned, Waiting
 
-from ..member.fakes import DB, LB, WEB1, Wire, member
+from ..member.fakes import DB, LB, MANIFEST, WEB1, Wire, member, shop
 
 GIB = 1024 * 1024
 
@@ -189,3 +189,24 @@ async def test_the_answer_to_another_agent_is_the_document_as_json(rig: Rig) -> 
     answer = await inspector(rig, snaps).answer("pm2", InspectWanted("shop"))
     assert isinstance(answer, InspectAnswer) and answer.cloud == "shop"
     assert json.loads(answer.doc)["answered_by"] == "pm1"
+    with pytest.raises(PermanentError, match="pm1 does not serve cloud other"):
+        await inspector(rig, snaps).answer("pm2", InspectWanted("other"))
+
+
+async def test_the_view_a_node_may_ask_for_carries_no_secret_and_no_fence_command(
+        rig: Rig, tmp_path: Path) -> None:
+    """The dispatch table lets a node of the cloud ask for the view: it must learn nothing
+    from it that the roster does not already say."""
+    text = MANIFEST.replace('fence: ["true"]', 'fence: ["/sbin/fence-marker", "--pw=hunter2"]')
+    text += "secrets: {db_password: {file: /etc/cloudd/secret-marker}}\n"
+    text = text.replace("settings: {app_port: 8080}",
+                        "settings: {app_port: 8080, database_password_ref: db_password}")
+    cloud = shop(tmp_path / "secret", text)
+    assert cloud.pool[1].fence and cloud.secrets
+    snap = dataclasses.replace(rig.snap, cloud=cloud)
+    answer = await inspector(rig, [snap]).answer(DB, InspectWanted("shop"))
+    assert isinstance(answer, InspectAnswer)
+    for secret in ("fence-marker", "hunter2", "secret-marker", "db_password", "8080"):
+        assert secret not in answer.doc
+    assert {n["name"] for n in json.loads(answer.doc)["clouds"][0]["nodes"]} == {
+        n.name for n in cloud.nodes}
