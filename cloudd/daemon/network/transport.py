@@ -45,7 +45,7 @@ from cloudd.daemon.network.tls import (
     client_context,
     server_context,
 )
-from cloudd.errors import PermanentError, RemoteProtocolError, TemporaryError
+from cloudd.errors import ClouddError, PermanentError, RemoteProtocolError, TemporaryError
 from cloudd.pki import Identity, PkiFiles
 
 #: Share of a redial delay taken off at random: agents that lost the same peer together
@@ -183,6 +183,8 @@ class _Conn:
             reply = await self.owner.handler(self.identity, frame.msg)
         except TemporaryError as exc:
             reply = RemoteFailure(temporary=True, message=str(exc), delay=exc.delay)
+        except ClouddError as exc:  # a refusal the handler meant (and logged): no traceback
+            reply = RemoteFailure(temporary=False, message=str(exc))
         except Exception as exc:
             self.owner.log.exception("handler_failed", peer=self.peer, reason=_reason(exc))
             reply = RemoteFailure(temporary=False, message=_reason(exc))
