@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import random
 import selectors
 import shutil
@@ -27,9 +28,26 @@ from typing import Any
 import pytest
 from cloudd_lab.agentlab import AgentLab
 
+from cloudd.daemon.network.catalogue import (
+    DomainEventNote,
+    InspectAnswer,
+    InspectWanted,
+    ManifestOffer,
+    NodePhase,
+    NodeReport,
+    OfferOrigin,
+    OperatorOp,
+    OperatorRequest,
+    RoleAssignment,
+    register_all,
+)
 from cloudd.daemon.network.codec import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import Hello
+from cloudd.daemon.network.transport import RemoteFailure
+from cloudd.election.messages import Coordinator, Gossip, LeaseRequest
 from cloudd.pki import MemberKind, PkiFiles, init_ca, issue
+from cloudd.vmctl.backend import DomainEvent, EventKind
+from cloudd.vmctl.hostagent import HostCommand, Op
 
 pytestmark = pytest.mark.netns
 
@@ -156,11 +174,16 @@ class Abuse:
         """The abused agent's `event` about our client (by its address before the Hello, by
         the member its certificate names after), whose reason contains `reason`, logged
         after `since` (waited for, bounded)."""
+        return self.logged_by(self.target, event, reason, since=since)
+
+    def logged_by(self, agent: str, event: str, reason: str, *,
+                  since: float) -> dict[str, Any]:
+        """`logged`, by any agent of the lab."""
         host = self.lab.net.host_ip
 
         def find() -> dict[str, Any] | None:
             for e in self.lab.log_events():
-                if (e["agent"] == self.target and e.get("event") == event
+                if (e["agent"] == agent and e.get("event") == event
                         and e["at"] >= since and (str(e.get("peer", "")).startswith(
                             f"{host}:") or e.get("peer") == INSIDER)
                         and reason in str(e.get("reason", ""))):
@@ -170,9 +193,9 @@ class Abuse:
         while (found := find()) is None:
             if time.monotonic() > end:
                 recent = [(e.get("event"), e.get("reason")) for e in self.lab.log_events()
-                          if e["agent"] == self.target and e["at"] >= since
+                          if e["agent"] == agent and e["at"] >= since
                           and e.get("level") != "info"]
-                raise AssertionError(f"no {event} ({reason}) in {self.target}'s log within "
+                raise AssertionError(f"no {event} ({reason}) in {agent}'s log within "
                                      f"{BOUND} s; its warnings since: {recent}")
             time.sleep(0.05)
         return found
@@ -281,13 +304,9 @@ def idle_connections(a: Abuse, count: int) -> None:
             s.connect_ex((a.ip, PORT))
             sel.register(s, selectors.EVENT_READ)
         a.still_fine(f"{count} connections opened")
-        # Not asserted (a known limit, reported): the inbound cap counts unauthenticated
-        # sockets too, so while the flood holds it a member dialling afresh is turned away.
-        try:
-            authenticated(a.ip, a.ca, a.insider, INSIDER).close()
-            print("a member dialling during the flood got in")
-        except (AssertionError, OSError) as exc:
-            print(f"a member dialling during the flood was turned away: {exc!r}"[:160])
+        # A member dialling afresh during the flood gets in: the cap counts only
+        # unauthenticated connections and a new one drops the oldest (a SYN cache).
+        authenticated(a.ip, a.ca, a.insider, INSIDER).close()
         open_ = set(socks)
         end = time.monotonic() + BOUND
         while open_ and time.monotonic() < end:
@@ -344,3 +363,130 @@ def test_abuse_is_refused_and_the_cloud_keeps_working(abuse: Abuse) -> None:
     assert new != leader and new_term > term
     if leader != a.target:
         a.still_fine("the failover", rest)
+
+
+# -- an insider: a real node certificate of this cloud, speaking out of turn ---------------
+
+def exchange(a: Abuse, target: str, msg: object, *, request: bool) -> object | None:
+    """Send `msg` as the insider node to `target`'s agent; the reply for a request."""
+    ip = a.lab.agents[target].ns.ip
+    sock = authenticated(ip, a.ca, a.insider, INSIDER)
+    try:
+        sock.sendall(default_codec.encode(msg, rid=7, request=True) if request
+                     else default_codec.encode(msg))
+        if not request:
+            return None
+        decoder = FrameDecoder(default_codec)
+        sock.settimeout(BOUND)
+        while True:
+            chunk = sock.recv(65536)
+            assert chunk, f"{target} closed the connection instead of answering"
+            frames = [f for f in decoder.feed_frames(chunk) if f.reply and f.rid == 7]
+            if frames:
+                return frames[0].msg
+    finally:
+        sock.close()
+
+
+def on_disk(a: Abuse) -> dict[str, str]:
+    """Every agent's persisted terms (the election's, and a host's highest term)."""
+    out = {}
+    for name in a.everyone:
+        state = a.lab.root / name / "state"
+        for path in sorted(state.rglob("*")):
+            if path.is_file() and path.name in ("term", "highest-term"):
+                out[str(path.relative_to(a.lab.root))] = path.read_text()
+    return out
+
+
+def views(a: Abuse) -> dict[str, tuple[Any, ...]]:
+    """What each agent says of the cloud: leader, term, maintenance, members' liveness."""
+    out = {}
+    for name in a.everyone:
+        s = a.lab.status(name)
+        assert s is not None, f"{name} does not answer"
+        out[name] = (s.get("leader"), s.get("term"), s.get("maintenance"),
+                     tuple(sorted(s.get("members", {}).items())))
+    return out
+
+
+def insider_cases(a: Abuse) -> list[tuple[str, str, object, bool, str]]:
+    """(label, target, message, as a request?, what the refusal says)."""
+    cloud = a.lab.cloud_name
+    other_host = next(n for n in a.everyone if n not in (a.target, a.leader))
+    secret_manifest = a.lab.manifest(a.lab.members).replace(
+        "roles:", "roles:\n  balancer: {addresses_file: /root/.ssh/id_rsa, "
+                  "images_file: /etc/shadow}\n  ignored:", 1)
+    assignment = RoleAssignment(term=a.term + 1, cloud=cloud, node=a.target, role="server",
+                                address=a.lab.agents[a.target].ns.ip, generation="x")
+    event = DomainEvent(kind=EventKind.STOPPED, domain=f"{cloud}-lab-server-1",
+                        meta=None, detail="destroyed", at=0.0)
+    report = NodeReport(node=other_host, term=a.term, generation="x",
+                        phase=NodePhase.FAILED, message="forged")
+    return [
+        ("apply with file references", a.target, OperatorRequest(
+            OperatorOp.APPLY, cloud, json.dumps({"text": secret_manifest})), True,
+         "only a pool host or an operator certificate may send it"),
+        ("maintenance on", a.target, OperatorRequest(
+            OperatorOp.MAINTENANCE, cloud, json.dumps({"on": True})), True,
+         "only a pool host may send it"),
+        ("stop the cloud", a.leader, OperatorRequest(OperatorOp.STOP, cloud, "{}"), True,
+         "only a pool host may send it"),
+        ("host command with a huge term", a.target, HostCommand(Op.LIST, term=2**60), True,
+         "only the leader of the current term may send it"),
+        ("host command to the leader's host", a.leader, HostCommand(Op.LIST, term=a.term),
+         True, "only the leader of the current term may send it"),
+        ("role assignment", a.target, assignment, False,
+         "only the leader of the current term may send it"),
+        ("the leader's manifest offer", a.target, ManifestOffer(
+            cloud, "x" * 64, secret_manifest, OfferOrigin.LEADER, a.term + 1), False,
+         "only the leader of the current term may send it"),
+        ("another host's domain event", a.leader, DomainEventNote(other_host, event), False,
+         "only a pool host and the member the message names"),
+        ("another node's report", a.leader, report, False,
+         "the member the message names"),
+        ("cleanup-service", a.target, OperatorRequest(
+            OperatorOp.CLEANUP_SERVICE, cloud, json.dumps({"service": "x"})), True,
+         "only the leader of the current term may send it"),
+        ("coordinator of a higher term", a.target, Coordinator(a.term + 5), False, ""),
+        ("lease request", a.target, LeaseRequest(a.term + 5, 1), False, ""),
+        ("gossip: a live host dead", a.leader,
+         Gossip("dead", other_host, 1000, INSIDER), False, ""),
+    ]
+
+
+def test_an_insider_node_certificate_is_refused_everything_a_node_may_not_do(
+        abuse: Abuse) -> None:
+    """A node's real certificate (of this cloud, listed in its roster, running no agent)
+    sends every kind of message a node may not send: each is refused with a log line naming
+    it and the reason, and nothing changes: leader, terms on disk, maintenance, liveness.
+    Then the cloud still fails over."""
+    a = abuse
+    register_all(default_codec)
+    before_views, before_disk = views(a), on_disk(a)
+    for label, target, msg, request, reason in insider_cases(a):
+        t0 = time.time()
+        reply = exchange(a, target, msg, request=request)
+        if request:
+            assert isinstance(reply, RemoteFailure) and not reply.temporary, \
+                f"{label}: {target} answered {reply!r}"
+            assert reason in reply.message, f"{label}: {reply.message}"
+        if reason:
+            seen = a.logged_by(target, "message_refused", reason, since=t0)
+            print(f"{label:<36} refused by {target}: {seen['reason'][:90]}")
+        time.sleep(0.5)  # anything it changed would show by now (leases renew every 0.1 s)
+        assert views(a) == before_views, f"{label}: an agent's view changed"
+        assert on_disk(a) == before_disk, f"{label}: a persisted term changed"
+    # The election core's own refusals (a node claiming a term, a lease, a host's death)
+    # are checked by what did not change above, across several lease periods:
+    time.sleep(3.0)
+    assert views(a) == before_views and on_disk(a) == before_disk
+    inspect = exchange(a, a.target, InspectWanted(a.lab.cloud_name), request=True)
+    assert isinstance(inspect, InspectAnswer), inspect
+    assert "fence" not in inspect.doc and "secret" not in inspect.doc
+    # a failover still works after all of it
+    a.lab.kill(a.leader)
+    rest = [n for n in a.everyone if n != a.leader]
+    new, new_term = a.lab.wait_for("a new leader after kill -9",
+                                   lambda: a.lab.one_leader(rest), timeout=BOUND)
+    assert new != a.leader and new_term > a.term
