@@ -57,7 +57,12 @@ class Libvirt(BaseModel):
     """libvirt connection of a host agent; None on VMs (node agents have none)."""
     image_dirs: list[FsPath] = Field(default_factory=lambda: [Path("/var/lib/cloudd/images")])
     """Folders whose image files this host reports to the leader (placement only puts a
-    node on a host that has its image, or its base image for an overlay)."""
+    node on a host that has its image, or its base image for an overlay). A domain's disks,
+    shared folders, kernels and initrds must be inside them, or the host refuses it."""
+    lab_allow_host_root_share: bool = False
+    """LAB ONLY: let a domain share this host's whole `/` with its guest (the project's busybox
+    test guest runs the host's own Python over virtiofs). Off by default, and never on a real
+    host: a guest that sees `/` reads every secret on it."""
 
 
 class Images(BaseModel):

@@ -1,10 +1,14 @@
 """The host side of the leader's orders: run domain commands on this host's Backend, fenced.
 
-Every command carries the term of the leader that sent it. The host agent keeps the highest
-term it has seen in a file of its state dir (written atomically, and before the command that
-raised it acts, so that a crash cannot forget a term it already obeyed); a command with a
-lower term is refused with Outcome.STALE_TERM and nothing is done. That is the fencing token
-that keeps a deposed leader, still believing it leads, from touching VMs.
+Every command carries the term of the leader that sent it. `execute` runs a command its
+caller has admitted: in the agent that is `cloudd.daemon.host.duties.HostDuties`, which admits
+a command only from the member holding this host's own unexpired lease for exactly that term,
+and only what the cloud in force allows (`cloudd.daemon.host.admission`). So the terms seen
+here are terms this host granted a lease in, never a number a sender made up. The host agent
+keeps the highest of them in a file of its state dir (written atomically, and before the
+command that raised it acts, so that a crash cannot forget a term it already obeyed); a
+command with a lower term is refused with Outcome.STALE_TERM and nothing is done. That is
+the fencing token that keeps a deposed leader, still believing it leads, from touching VMs.
 
 Commands are idempotent: defining what exists, starting what runs, destroying what is stopped,
 undefining what is gone all answer Outcome.NOOP. Failures come back as Outcome.FAILED results
@@ -14,13 +18,16 @@ send the Result back.
 Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
 to the `on_event` callback given to `run_events`; the transport to the leader is not here.
 
-Ownership by host. DEFINE stamps this host's name into the domain's cloudd metadata
-(`CloudMeta.host`). A domain whose metadata names another host is not this host's: LIST leaves
-it out, its events are not forwarded, and every other command on it fails without acting. On a
-real pool (one libvirtd per host) every domain a host sees is its own and this changes nothing;
-it matters where several host agents share one libvirtd (the test lab), so that each of them
-reports and touches only what it defined. Domains without a host (defined before the
-attribute existed) count as this host's.
+Ownership by cloud and host. A host agent serves one cloud (`cloud`): a domain whose metadata
+names another cloud is not its own, whatever its name. DEFINE stamps this host's name into the
+domain's cloudd metadata (`CloudMeta.host`). A domain whose metadata names another cloud or
+another host is not this host's: LIST leaves it out, its events are not forwarded, and every
+command on it (a DEFINE of the same name included) fails without acting. Two clouds on one
+libvirtd therefore never touch each other's domains, even where their `{cloud}-{node}` names
+collide (cloud `a-b` node `c`, cloud `a` node `b-c`): the second DEFINE is refused, and the
+names stay as they are. On a real pool (one libvirtd per host) every domain a host sees is its
+own host's; the host check matters where several host agents share one libvirtd (the test
+lab). Domains without a host (defined before the attribute existed) count as this host's.
 
 Images. INVENTORY reports the backend's images plus the image files found in `image_dirs`
 (by default the conventional /var/lib/cloudd/images): the planner places a node only on a
@@ -37,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,7 +61,7 @@ from cloudd.vmctl.backend import (
     NoSuchDomain,
 )
 from cloudd.vmctl.images import CopySettings, ImageError, ensure_image, ensure_overlay
-from cloudd.vmctl.metadata import CloudMeta, stamp_host
+from cloudd.vmctl.metadata import CloudMeta, MetadataError, from_domain_xml, stamp_host
 
 #: The file of the state dir that keeps the highest term seen (one decimal integer).
 TERM_FILE = "highest-term"
@@ -74,12 +82,20 @@ class Op(enum.Enum):
     FETCH = "fetch"
 
 
+#: The commands a host checks against the manifest it has in force (they name host resources:
+#: a domain's XML, an overlay's base, a copy's source); they carry the leader's generation.
+MANIFEST_CHECKED = frozenset({Op.DEFINE, Op.OVERLAY, Op.FETCH})
+
+
 @dataclass(frozen=True)
 class HostCommand:
     """One order from the leader. `domain` names the target (empty for LIST/INVENTORY);
     `xml` is the full domain XML for DEFINE; OVERLAY makes `image` a copy-on-write overlay of
     `base` (both on this host, `image` inside one of its image folders); FETCH copies `image`
-    (the same path there as here, inside an image folder) from the host at address `source`."""
+    (the same path there as here, inside an image folder) from the host at address `source`.
+    `generation` fingerprints the manifest the leader rendered and chose from
+    (`cloudd.vmctl.domains.DomainRenderer.generation`): a host that holds another generation
+    refuses a command it cannot check as "not in force here yet", a temporary refusal."""
 
     op: Op
     term: int
@@ -88,6 +104,7 @@ class HostCommand:
     image: str = ""
     base: str = ""
     source: str = ""
+    generation: str = ""
 
 
 class Outcome(enum.Enum):
@@ -115,12 +132,15 @@ class HostResult:
 class HostAgent:
     """Executes fenced, idempotent domain commands on one host's Backend."""
 
-    def __init__(self, backend: Backend, *, state_dir: Path, host: str = "",
+    def __init__(self, backend: Backend, *, state_dir: Path, host: str = "", cloud: str = "",
                  image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS,
                  copy: CopySettings | None = None, fetch_wait: float = 5.0) -> None:
         self.backend = backend
         #: this host's pool name, stamped into what it defines; "" stamps nothing
         self.host = host
+        #: the cloud this agent serves: other clouds' domains are not its own ("": any cloud,
+        #: for tools and tests that drive one hypervisor by hand)
+        self.cloud = cloud
         self.image_dirs = image_dirs
         self.copy = copy or CopySettings()
         #: seconds a FETCH waits for its copy before answering PENDING (under the transport's
@@ -134,7 +154,11 @@ class HostAgent:
 
     def mine(self, meta: CloudMeta | None) -> bool:
         """Whether a domain with this metadata is this host's to report and touch."""
-        return meta is None or not meta.host or not self.host or meta.host == self.host
+        if meta is None:
+            return True  # not a domain's event (DISCONNECTED, RESYNC)
+        if self.cloud and meta.cloud != self.cloud:
+            return False
+        return not meta.host or not self.host or meta.host == self.host
 
     async def _admit(self, term: int) -> bool:
         # The lock orders term raises; the file is written before the command acts.
@@ -148,6 +172,7 @@ class HostAgent:
             return True
 
     async def execute(self, cmd: HostCommand) -> HostResult:
+        """Run a command its caller admitted (see the module docstring), fenced by its term."""
         if cmd.term < 0:
             return self._result(cmd, Outcome.FAILED, f"invalid term {cmd.term}")
         if not await self._admit(cmd.term):
@@ -181,6 +206,11 @@ class HostAgent:
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, Outcome.FAILED, "define without domain XML")
+            wrong = self._wrong_define(cmd)
+            if wrong:
+                self._log.warning("command_refused", term=cmd.term, domain=cmd.domain,
+                                  reason=wrong)
+                return self._result(cmd, Outcome.FAILED, wrong)
             xml = stamp_host(cmd.xml, self.host) if self.host else cmd.xml
             await self._refuse_foreign(cmd.domain)
             changed = await b.define(xml)
@@ -260,14 +290,35 @@ class HostAgent:
             task.cancel()
         await asyncio.gather(*copies, return_exceptions=True)
 
+    def _wrong_define(self, cmd: HostCommand) -> str:
+        """'' when the XML of a DEFINE is for `cmd.domain` and this agent's cloud."""
+        try:
+            meta = from_domain_xml(cmd.xml)
+            name = ET.fromstring(cmd.xml).findtext("name") or ""
+        except (MetadataError, ET.ParseError) as e:
+            return f"define of {cmd.domain}: {e}"
+        if name != cmd.domain:
+            return f"define of {cmd.domain!r} carries the domain name {name!r}"
+        if meta is None:
+            return f"define of {cmd.domain}: the domain XML carries no cloudd metadata"
+        if self.cloud and meta.cloud != self.cloud:
+            return (f"define of {cmd.domain}: its metadata names cloud {meta.cloud}, "
+                    f"not {self.cloud}")
+        return ""
+
     async def _refuse_foreign(self, name: str) -> None:
-        """Raise when `name` is a cloudd domain another host defined (shared libvirtd)."""
-        if not self.host or not name:
+        """Raise when `name` is a cloudd domain of another cloud, or another host defined it
+        (a shared libvirtd)."""
+        if not (self.host or self.cloud) or not name:
             return
         for d in await self.backend.list():
-            if d.name == name and not self.mine(d.meta):
-                raise NoSuchDomain(f"domain {name!r} belongs to host {d.meta.host}, "
-                                   f"not {self.host}; not touching it")
+            if d.name != name or self.mine(d.meta):
+                continue
+            if self.cloud and d.meta.cloud != self.cloud:
+                raise NoSuchDomain(f"domain {name!r} belongs to cloud {d.meta.cloud}, "
+                                   f"not {self.cloud}; not touching it")
+            raise NoSuchDomain(f"domain {name!r} belongs to host {d.meta.host}, "
+                               f"not {self.host}; not touching it")
 
     async def _inventory(self) -> Inventory:
         stock = await self.backend.inventory()

@@ -2,7 +2,9 @@
 
 cloudd never modifies or removes a domain that does not carry this element: it is how a host
 tells the domains cloudd created (and for which cloud, node, role and term) from the ones an
-operator defined by hand on the same libvirtd.
+operator defined by hand on the same libvirtd. Nor does a host agent touch a domain whose
+element names another cloud than the one it serves (`HostAgent.mine`): the `cloud` attribute,
+not the domain's name, says whose a domain is.
 
 The element lives in its own XML namespace, NAMESPACE, under the prefix `cloudd`:
 

@@ -67,7 +67,9 @@ class NodeDomain:
 
 
 def domain_name(cloud: str, node: str) -> str:
-    """The libvirt domain name of a node: `<cloud>-<node>`."""
+    """The libvirt domain name of a node: `<cloud>-<node>`. Two clouds' names can collide
+    (cloud `a-b` node `c`, cloud `a` node `b-c`): ownership goes by the metadata's cloud, so
+    the second cloud is refused that name on a shared libvirtd, never handed the domain."""
     return f"{cloud}-{node}"
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import MemberKind, init_ca, issue
+from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns
 from cloudd_lab.paths import example_template
@@ -230,11 +231,23 @@ class AgentLab:
                 f"name: {name}\nprofile: {self.profile}\n"
                 f"listen: {{address: {address}}}\n"
                 f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
-                f"libvirt: {{uri: {json.dumps(self.libvirt_uri)}}}\n"
+                f"libvirt: {self.libvirt_settings()}\n"
                 f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
                 f"api_socket: {folder / 'api.sock'}\n{self.extra_settings}")
             self.agents[name] = AgentProc(name, ns, folder)
         return self
+
+    def libvirt_settings(self) -> str:
+        """The agents' `libvirt` settings, as YAML. A test guest (a template with a kernel)
+        boots the lab's kernel and initrd, whose folder becomes an image folder, and shares
+        the host's `/`, which only the lab-only setting allows."""
+        boot = sorted({str(Path(self.template_values[k]).parent)
+                       for k in ("kernel", "initrd") if k in self.template_values})
+        if not boot:
+            return json.dumps({"uri": self.libvirt_uri})
+        return json.dumps({"uri": self.libvirt_uri,
+                           "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS), *boot],
+                           "lab_allow_host_root_share": True})
 
     def manifest(self, members: Sequence[tuple[str, Netns | None, str]]) -> str:
         pool = []

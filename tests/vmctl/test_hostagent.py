@@ -184,3 +184,57 @@ async def test_resync_lists_only_this_hosts_domains(fake: FakeBackend, tmp_path:
     task.cancel()
     assert [e.kind for e in got] == [EventKind.RESYNC]
     assert [d.name for d in got[0].domains] == ["c-n2"]
+
+
+def cloud_xml(cloud: str, node: str, *, name: str = "") -> str:
+    meta = CloudMeta(cloud=cloud, node=node, role="compute", term=1)
+    return (f"<domain><name>{name or f'{cloud}-{node}'}</name>"
+            f"<memory unit='MiB'>64</memory>{metadata_xml(meta)}</domain>")
+
+
+async def test_two_clouds_on_one_hypervisor_never_touch_each_others_domains(
+        fake: FakeBackend, tmp_path: Path) -> None:
+    # cloud a-b's node c and cloud a's node b-c: one domain name, a-b-c
+    ab = HostAgent(fake, state_dir=tmp_path / "ab", host="pm1", cloud="a-b", image_dirs=())
+    a = HostAgent(fake, state_dir=tmp_path / "a", host="pm1", cloud="a", image_dirs=())
+    got: list[DomainEvent] = []
+    task = asyncio.create_task(a.run_events(got.append))
+    await asyncio.sleep(0)
+    assert (await ab.execute(HostCommand(Op.DEFINE, 1, "a-b-c", cloud_xml("a-b", "c")))
+            ).outcome is Outcome.DONE
+    await ab.execute(HostCommand(Op.START, 1, "a-b-c"))
+    fake.calls.clear()
+    refused = await a.execute(HostCommand(Op.DEFINE, 1, "a-b-c", cloud_xml("a", "b-c")))
+    assert (refused.outcome, refused.message) == (
+        Outcome.FAILED, "domain 'a-b-c' belongs to cloud a-b, not a; not touching it")
+    for op in (Op.DESTROY, Op.SHUTDOWN, Op.START, Op.UNDEFINE):
+        result = await a.execute(HostCommand(op, 1, "a-b-c"))
+        assert (result.outcome, result.message) == (
+            Outcome.FAILED, "domain 'a-b-c' belongs to cloud a-b, not a; not touching it")
+    assert (await a.execute(HostCommand(Op.LIST, 1))).domains == ()
+    assert fake.calls == []
+    meta = fake.domains["a-b-c"].meta
+    assert meta is not None and meta.cloud == "a-b"
+    assert fake.domains["a-b-c"].state.value == "running"
+    fake.crash("a-b-c")
+    await asyncio.sleep(0)
+    task.cancel()
+    assert got == []  # cloud a-b's events are not cloud a's
+
+
+@pytest.mark.parametrize(("domain", "xml", "why"), [
+    ("c-n1", cloud_xml("other", "n1", name="c-n1"),
+     "define of c-n1: its metadata names cloud other, not c"),
+    ("c-n1", cloud_xml("c", "n2"), "define of 'c-n1' carries the domain name 'c-n2'"),
+    ("c-n1", "<domain><name>c-n1</name></domain>",
+     "define of c-n1: the domain XML carries no cloudd metadata"),
+    ("c-n1", "<domain><name>c-n1", "define of c-n1: domain XML does not parse: "
+                                  "no element found: line 1, column 18"),
+])
+async def test_a_define_is_for_its_domain_and_this_cloud(fake: FakeBackend, tmp_path: Path,
+                                                         domain: str, xml: str,
+                                                         why: str) -> None:
+    agent = HostAgent(fake, state_dir=tmp_path, host="pm1", cloud="c", image_dirs=())
+    result = await agent.execute(HostCommand(Op.DEFINE, 1, domain, xml))
+    assert (result.outcome, result.message) == (Outcome.FAILED, why)
+    assert fake.domains == {} and fake.calls == []

@@ -6,6 +6,14 @@ the member starts, answers the leader's `HostCommand`s through it, and forwards 
 event of this cloud to whoever leads now: the leader's controller in this very process when
 this host leads, a `DomainEventNote` through the `send` callable otherwise, nobody while an
 election runs (the next leader re-observes every host anyway).
+
+Who may command this host. A command runs only when its sender holds a lease this host granted
+it for exactly the command's term, unexpired by this host's own clock (`holds_lease`, the
+election's answer), and only when the cloud in force here allows it (`admission`). Anything
+else is refused (`command_refused`, with the peer, term and reason) before the host agent sees
+it, so a refused command never raises the host's persisted highest term: that store moves only
+with terms this host granted a lease in. The leader's calls to its own host, in this process,
+come through `execute` like any other (`cloudd.daemon.leader.hostcalls`).
 """
 
 from __future__ import annotations
@@ -17,16 +25,36 @@ from typing import Any
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud
+from cloudd.daemon.host.admission import Grounds, refusal
 from cloudd.daemon.network.catalogue import DomainEventNote
-from cloudd.errors import PermanentError
+from cloudd.errors import TemporaryError
 from cloudd.vmctl.backend import Backend, DomainEvent
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult
+from cloudd.vmctl.confine import Folders
+from cloudd.vmctl.domains import SERIAL_LOG_DIR, DomainRenderer
+from cloudd.vmctl.hostagent import (
+    MANIFEST_CHECKED,
+    HostAgent,
+    HostCommand,
+    HostResult,
+    Outcome,
+)
 from cloudd.vmctl.images import CopySettings
 
 #: The libvirt connection when neither the manifest nor the agent's settings name one.
 DEFAULT_URI = "qemu:///system"
+#: Seconds after which a temporarily refused leader may try again: a lease is renewed several
+#: times a second (a leader that just won, or a host that just came back, holds one within
+#: this), and a new manifest generation reaches the hosts about as fast.
+RETRY_AFTER = 1.0
 
 OpenBackend = Callable[[str], Awaitable[Backend]]
+#: Whether `member` holds an unexpired lease this host granted it for exactly `term`.
+HoldsLease = Callable[[str, int], bool]
+
+
+def nobody(member: str, term: int) -> bool:
+    """The default `holds_lease`: no member holds a lease, every command is refused."""
+    return False
 
 
 def libvirt_uri(cloud: Cloud, *, me: str, settings: AgentSettings) -> str:
@@ -35,15 +63,29 @@ def libvirt_uri(cloud: Cloud, *, me: str, settings: AgentSettings) -> str:
     return mine or settings.libvirt.uri or DEFAULT_URI
 
 
+def folders_of(settings: AgentSettings) -> Folders:
+    """Where this host's domains may keep their files, from its settings."""
+    return Folders(images=tuple(str(d) for d in settings.libvirt.image_dirs),
+                   logs=(SERIAL_LOG_DIR,),
+                   host_root_share=settings.libvirt.lab_allow_host_root_share)
+
+
 class HostDuties:
     """What a pool host does for the cloud (`run()` as one of the member's tasks)."""
 
     def __init__(self, *, me: str, cloud: Callable[[], Cloud], settings: AgentSettings,
                  state_dir: Path, open_backend: OpenBackend, leader: Callable[[], str],
                  send: Callable[[str, Any], None],
-                 local: Callable[[str, DomainEvent], None]) -> None:
+                 local: Callable[[str, DomainEvent], None],
+                 holds_lease: HoldsLease = nobody) -> None:
         self.me, self._cloud, self.settings, self.state_dir = me, cloud, settings, state_dir
         self._open, self._leader, self._send, self._local = open_backend, leader, send, local
+        #: the election's answer to "does this member hold our lease for this term"
+        self.holds_lease = holds_lease
+        # The same rendering as the leader's (same port and PKI folder on every member).
+        self.renderer = DomainRenderer(port=settings.listen.port,
+                                       pki_dir=str(settings.pki.ca.parent))
+        self.folders = folders_of(settings)
         self.agent: HostAgent | None = None
         self.log = log.get("host", cloud=cloud().name, node=me)
 
@@ -52,6 +94,7 @@ class HostDuties:
         uri = libvirt_uri(self._cloud(), me=self.me, settings=self.settings)
         backend = await self._open(uri)
         agent = HostAgent(backend, state_dir=self.state_dir, host=self.me,
+                          cloud=self._cloud().name,
                           image_dirs=tuple(self.settings.libvirt.image_dirs),
                           copy=CopySettings.of(self.settings.images))
         self.agent = agent
@@ -63,11 +106,42 @@ class HostDuties:
             await agent.close()
             await backend.close()
 
-    async def execute(self, command: HostCommand) -> HostResult:
-        """A command from the leader (the host agent checks its term: the fencing token)."""
-        if self.agent is None:
-            raise PermanentError(f"{self.me} is not a pool host of {self._cloud().name}")
-        return await self.agent.execute(command)
+    async def execute(self, sender: str, command: HostCommand) -> HostResult:
+        """A command from `sender`: run when it holds this host's lease for the command's term
+        and the cloud in force allows it, else refused with the reason."""
+        agent = self.agent
+        if agent is None:
+            raise TemporaryError(f"the host agent of {self.me} is not open yet")
+        refused = self._refused(sender, command, agent)
+        if refused is not None:
+            return refused
+        return await agent.execute(command)
+
+    def _refused(self, sender: str, cmd: HostCommand, agent: HostAgent) -> HostResult | None:
+        if not self.holds_lease(sender, cmd.term):
+            if cmd.term < agent.highest_term:
+                why = f"term {cmd.term} is older than {agent.highest_term}"
+                return self._refuse(sender, cmd, agent, why, outcome=Outcome.STALE_TERM)
+            why = f"{sender} holds no unexpired lease of {self.me} for term {cmd.term}"
+            return self._refuse(sender, cmd, agent, why, retry_after=RETRY_AFTER)
+        if cmd.op not in MANIFEST_CHECKED:
+            return None  # names a domain only: HostAgent checks whose it is
+        cloud = self._cloud()
+        grounds = Grounds(cloud=cloud, generation=self.renderer.generation(cloud),
+                          render=self.renderer.render, folders=self.folders)
+        no = refusal(cmd, grounds)
+        if no is None:
+            return None
+        return self._refuse(sender, cmd, agent, no.reason,
+                            retry_after=RETRY_AFTER if no.temporary else None)
+
+    def _refuse(self, sender: str, cmd: HostCommand, agent: HostAgent, why: str, *,
+                outcome: Outcome = Outcome.FAILED,
+                retry_after: float | None = None) -> HostResult:
+        self.log.warning("command_refused", peer=sender, term=cmd.term, op=cmd.op.value,
+                         domain=cmd.domain or None, reason=why)
+        return HostResult(command=cmd, outcome=outcome, term_seen=agent.highest_term,
+                          message=why, retry_after=retry_after)
 
     def forward(self, event: DomainEvent) -> None:
         """A domain event of this host: to the leader, at once."""

@@ -1,6 +1,13 @@
 """How the leader reaches the pool's host agents: its own in-process, the others through the
 `request` callable it is given (the transport, one room down, never imported here).
 
+Its own host is reached through that host's duty (`LocalHost`, the member's `HostDuties`),
+with this agent's name as the sender: the same lease and admission checks as a command from
+the wire, so a leader commands its own host only while it holds that host's lease for the
+term. Commands that a host checks against its manifest (DEFINE, OVERLAY, FETCH) go out
+stamped with the generation the leader rendered and chose them from (`generation`), so that a
+host that has not taken it yet says so instead of refusing them as foreign.
+
 Every call is timed on the monotonic clock; the metrics feed reads the recent timings from
 the member's snapshot, numbered so that it counts each call once.
 """
@@ -9,12 +16,12 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from cloudd.daemon.base.clock import Clock
 from cloudd.errors import TemporaryError
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult
+from cloudd.vmctl.hostagent import MANIFEST_CHECKED, HostCommand, HostResult
 
 #: Timings kept for the metrics feed, which reads them every second: far more than a pass
 #: sends in one second, and a bound on what nobody reading them costs.
@@ -29,12 +36,20 @@ class CallTiming:
     seconds: float
 
 
-class HostCalls:
-    """The leader's `HostClient`: the local host agent directly, any other by request."""
+class LocalHost(Protocol):
+    """This agent's own host duty (`cloudd.daemon.host.duties.HostDuties`)."""
 
-    def __init__(self, *, me: str, local: Callable[[], HostAgent | None],
-                 request: Callable[[str, Any], Awaitable[Any]], clock: Clock) -> None:
+    async def execute(self, sender: str, command: HostCommand) -> HostResult: ...
+
+
+class HostCalls:
+    """The leader's `HostClient`: the local host duty directly, any other by request."""
+
+    def __init__(self, *, me: str, local: Callable[[], LocalHost | None],
+                 request: Callable[[str, Any], Awaitable[Any]], clock: Clock,
+                 generation: Callable[[], str] = lambda: "") -> None:
         self.me, self._local, self._request, self._clock = me, local, request, clock
+        self._generation = generation
         self._timings: collections.deque[CallTiming] = collections.deque(maxlen=KEPT_TIMINGS)
         self._seq = 0
 
@@ -48,9 +63,11 @@ class HostCalls:
                                             self._clock.monotonic() - started))
 
     async def _call(self, host: str, command: HostCommand) -> HostResult:
-        agent = self._local() if host == self.me else None
-        if agent is not None:
-            return await agent.execute(command)
+        if command.op in MANIFEST_CHECKED and not command.generation:
+            command = replace(command, generation=self._generation())
+        duty = self._local() if host == self.me else None
+        if duty is not None:
+            return await duty.execute(self.me, command)
         reply = await self._request(host, command)
         if not isinstance(reply, HostResult):
             raise TemporaryError(f"host {host} answered {type(reply).__name__}, not a result")

@@ -41,7 +41,6 @@ from cloudd.daemon.leader.fencing import CloudFencer
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
-from cloudd.daemon.leader.rendering import DomainRenderer
 from cloudd.daemon.member import distribution
 from cloudd.daemon.member.dispatch import (
     Duty,
@@ -68,6 +67,7 @@ from cloudd.election.swim import Status
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl import plan
+from cloudd.vmctl.domains import DomainRenderer
 from cloudd.vmctl.hostagent import HostCommand, HostResult
 
 #: Seconds between two rounds of asking the pool hosts who leads, when leader messages name
@@ -138,16 +138,17 @@ class CloudMember:
             open_backend=open_backend, leader=lambda: self.election.leader, send=send,
             local=lambda host, event: self.controller.domain_event(host, event),
         ) if self.is_host and open_backend is not None else None
-        self.host_calls = HostCalls(me=self.me, request=request, clock=clock,
-                                    local=lambda: self.host.agent if self.host else None)
         renderer = DomainRenderer(port=settings.listen.port, pki_dir=str(settings.pki.ca.parent))
+        self.host_calls = HostCalls(me=self.me, request=request, clock=clock,
+                                    local=lambda: self.host,
+                                    generation=lambda: renderer.generation(self.cloud))
         r = settings.reconcile
         self.controller = Controller(
             desired=lambda: desired_of(self.cloud, held=self.maintenance.held),
             hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=lambda host: _LIVENESS[self.election.status(host)],
             leader=self.reconciling_term, client=self.host_calls, events=events,
-            render=lambda spec, term: renderer.render(self.cloud, spec, term),
+            render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
             fencer=CloudFencer(lambda: self.cloud),
             overlay=lambda host, spec: create_overlay(self.host_calls, host, spec,
                                                       term=self.acting_term),
@@ -291,7 +292,7 @@ class CloudMember:
         # command's term; the host room checks the lease it granted `peer` for that term.
         if self.host is None:
             raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
-        return await self.host.execute(command)
+        return await self.host.execute(peer, command)
 
     async def _on_domain_event(self, peer: str, note: DomainEventNote) -> None:
         self.controller.domain_event(note.host, note.event)

@@ -1,54 +1,27 @@
-"""A pool host's duties over an in-memory backend: which libvirt connection, the leader's
-commands, and every domain event of this cloud forwarded to whoever leads, at once."""
+"""A pool host's duties over an in-memory backend: which libvirt connection, who may command
+it (the holder of its lease for exactly that term), and every domain event of this cloud
+forwarded to whoever leads, at once."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cloudd.config.agent import AgentSettings, Libvirt
-from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
-from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.host.duties import DEFAULT_URI, HostDuties, libvirt_uri
+from cloudd.daemon.host.duties import DEFAULT_URI, RETRY_AFTER, HostDuties, libvirt_uri, nobody
 from cloudd.daemon.network.catalogue import DomainEventNote
-from cloudd.errors import PermanentError
-from cloudd.providers.catalog import CATALOG
+from cloudd.errors import TemporaryError
 from cloudd.vmctl.backend import DomainEvent, EventKind, FakeBackend
-from cloudd.vmctl.hostagent import HostCommand, Op, Outcome
-from cloudd.vmctl.metadata import CloudMeta
-from cloudd.vmctl.template import NodeDomain, render_domain
+from cloudd.vmctl.hostagent import TERM_FILE, HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
 
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {name: pm1, address: 192.0.2.70}
-  - {name: pm2, address: 192.0.2.71, libvirt_uri: "test:///pm2"}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server: [{address: 192.0.2.176, image: /img/web1.qcow2}]
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-settings: {app_port: 8080}
-"""
+from .conftest import HostRig, make_host
 
-TEMPLATE = ("<domain type='qemu'><name>${name}</name><uuid>${uuid}</uuid>"
-            "<memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>"
-            "<os><type>hvm</type></os>${metadata}</domain>")
-
-
-@pytest.fixture
-def cloud(tmp_path: Path) -> Cloud:
-    (tmp_path / "web.xml").write_text(TEMPLATE)
-    (tmp_path / "shop.yaml").write_text(MANIFEST)
-    return load_cloud(tmp_path / "shop.yaml", CATALOG)
+SERVER = "shop-server-1"
+DOMAIN = f"shop-{SERVER}"
 
 
 @pytest.mark.parametrize(("me", "own", "uri"), [
@@ -59,35 +32,6 @@ def cloud(tmp_path: Path) -> Cloud:
 def test_which_libvirt(cloud: Cloud, me: str, own: str | None, uri: str) -> None:
     agent = AgentSettings(name=me, libvirt=Libvirt(uri=own))
     assert libvirt_uri(cloud, me=me, settings=agent) == uri
-
-
-@dataclasses.dataclass
-class Host:
-    duties: HostDuties
-    backend: FakeBackend
-    opened: list[str]
-    sent: list[tuple[str, Any]]
-    local: list[tuple[str, DomainEvent]]
-    leader: list[str]
-
-
-def host(tmp_path: Path, cloud: Cloud) -> Host:
-    backend = FakeBackend(clock=FakeClock().monotonic)
-    opened: list[str] = []
-    sent: list[tuple[str, Any]] = []
-    local: list[tuple[str, DomainEvent]] = []
-    leader = [""]
-
-    async def open_backend(uri: str) -> FakeBackend:
-        opened.append(uri)
-        return backend
-
-    duties = HostDuties(
-        me="pm1", cloud=lambda: cloud, settings=AgentSettings(name="pm1"),
-        state_dir=tmp_path / "state", open_backend=open_backend, leader=lambda: leader[0],
-        send=lambda peer, msg: sent.append((peer, msg)),
-        local=lambda h, e: local.append((h, e)))
-    return Host(duties, backend, opened, sent, local, leader)
 
 
 def event(cloud: str) -> DomainEvent:
@@ -102,7 +46,7 @@ def event(cloud: str) -> DomainEvent:
 ])
 def test_events_go_to_whoever_leads(tmp_path: Path, cloud: Cloud, leader: str,
                                     to_leader: bool, to_local: bool) -> None:
-    h = host(tmp_path, cloud)
+    h = make_host(tmp_path, cloud)
     h.leader[0] = leader
     h.duties.forward(event("shop"))
     h.duties.forward(event("other"))  # another cloud's domain on the same host: not ours
@@ -110,35 +54,95 @@ def test_events_go_to_whoever_leads(tmp_path: Path, cloud: Cloud, leader: str,
     assert h.local == ([("pm1", event("shop"))] if to_local else [])
 
 
-async def test_commands_are_answered_once_libvirt_is_open(tmp_path: Path, cloud: Cloud) -> None:
-    h = host(tmp_path, cloud)
-    with pytest.raises(PermanentError, match="pm1 is not a pool host of shop"):
-        await h.duties.execute(HostCommand(Op.LIST, 3))
-    h.leader[0] = "pm2"
-    task = asyncio.create_task(h.duties.run())
+async def test_commands_wait_for_libvirt(tmp_path: Path, cloud: Cloud) -> None:
+    h = make_host(tmp_path, cloud)
+    with pytest.raises(TemporaryError, match="the host agent of pm1 is not open yet"):
+        await h.duties.execute("pm2", HostCommand(Op.LIST, 3))
+
+
+async def test_the_lease_holder_defines_and_starts_and_events_follow(rig: HostRig) -> None:
+    assert rig.opened == [DEFAULT_URI]
+    xml = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
+    for op, args in ((Op.DEFINE, (DOMAIN, xml)), (Op.START, (DOMAIN,))):
+        result = await rig.duties.execute("pm2", HostCommand(op, 3, *args))
+        assert result.outcome is Outcome.DONE, result.message
+    assert isinstance(rig.backend, FakeBackend)
+    meta = from_domain_xml(rig.backend.domains[DOMAIN].xml)
+    assert meta is not None and (meta.cloud, meta.host) == ("shop", "pm1")
+    rig.backend.crash(DOMAIN)
+    for _ in range(100):
+        if len(rig.sent) == 3:
+            break
+        await asyncio.sleep(0)
+    kinds = [note.event.kind for _, note in rig.sent]
+    assert kinds == [EventKind.DEFINED, EventKind.STARTED, EventKind.STOPPED]
+    assert {peer for peer, _ in rig.sent} == {"pm2"}
+
+
+@pytest.mark.parametrize(("sender", "term", "outcome", "why"), [
+    # a node's certificate, a term far in the future: no lease, refused, nothing learnt
+    ("shop-server-1", 2**60, Outcome.FAILED,
+     "shop-server-1 holds no unexpired lease of pm1 for term 1152921504606846976"),
+    # the lease holder, but for another term than the one it holds
+    ("pm2", 4, Outcome.FAILED, "pm2 holds no unexpired lease of pm1 for term 4"),
+    ("pm2", 2, Outcome.FAILED, "pm2 holds no unexpired lease of pm1 for term 2"),
+    # another host, for the holder's very term
+    ("pm3", 3, Outcome.FAILED, "pm3 holds no unexpired lease of pm1 for term 3"),
+])
+async def test_only_the_lease_holder_of_exactly_that_term_commands(
+        rig: HostRig, sender: str, term: int, outcome: Outcome, why: str) -> None:
+    result = await rig.duties.execute(sender, HostCommand(Op.LIST, term))
+    assert (result.outcome, result.message, result.retry_after) == (outcome, why, RETRY_AFTER)
+    assert result.domains == () and result.term_seen == 0
+    agent = rig.duties.agent
+    assert agent is not None and agent.highest_term == 0
+    assert not (rig.duties.state_dir / TERM_FILE).exists()
+
+
+async def test_a_refused_term_is_never_persisted_even_across_a_restart(
+        tmp_path: Path, rig: HostRig) -> None:
+    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 3))).outcome is Outcome.DONE
+    assert (rig.duties.state_dir / TERM_FILE).read_text() == "3\n"
+    refused = await rig.duties.execute("shop-database-1", HostCommand(Op.LIST, 2**60))
+    assert refused.outcome is Outcome.FAILED and refused.term_seen == 3
+    assert (rig.duties.state_dir / TERM_FILE).read_text() == "3\n"
+    again = HostAgent(FakeBackend(clock=lambda: 0.0), state_dir=rig.duties.state_dir)
+    assert again.highest_term == 3
+    # and the real leader of the next term is obeyed
+    rig.leases["pm2"] = 4
+    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 4))).outcome is Outcome.DONE
+
+
+async def test_a_deposed_leader_without_a_lease_hears_it_is_stale(rig: HostRig) -> None:
+    rig.leases["pm2"] = 5
+    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 5))).outcome is Outcome.DONE
+    # pm3 led in term 4 and lost its lease; a late command of it
+    result = await rig.duties.execute("pm3", HostCommand(Op.DESTROY, 4, DOMAIN))
+    assert (result.outcome, result.message, result.retry_after) == (
+        Outcome.STALE_TERM, "term 4 is older than 5", None)
+
+
+async def test_by_default_nobody_holds_a_lease(tmp_path: Path, cloud: Cloud) -> None:
+    assert nobody("pm1", 1) is False
+    backend = FakeBackend(clock=lambda: 0.0)
+
+    async def opening(uri: str) -> FakeBackend:
+        return backend
+
+    duties = HostDuties(me="pm1", cloud=lambda: cloud, settings=AgentSettings(name="pm1"),
+                        state_dir=tmp_path, open_backend=opening, leader=lambda: "",
+                        send=lambda p, m: None, local=lambda h, e: None)
+    task = asyncio.create_task(duties.run())
+    for _ in range(100):
+        if duties.agent is not None:
+            break
+        await asyncio.sleep(0)
     try:
-        for _ in range(100):
-            if h.duties.agent is not None:
-                break
-            await asyncio.sleep(0)
-        assert h.opened == [DEFAULT_URI]
-        xml = render_domain(TEMPLATE, NodeDomain(
-            meta=CloudMeta(cloud="shop", node="shop-server-1", role="server", term=3),
-            memory_mib=64, vcpus=1, image="/img/web1.qcow2"))
-        name = "shop-shop-server-1"
-        for op, args in ((Op.DEFINE, (name, xml)), (Op.START, (name,))):
-            result = await h.duties.execute(HostCommand(op, 3, *args))
-            assert result.outcome is Outcome.DONE
-        h.backend.crash(name)
-        for _ in range(100):
-            if len(h.sent) == 3:
-                break
-            await asyncio.sleep(0)
-        kinds = [note.event.kind for _, note in h.sent]
-        assert kinds == [EventKind.DEFINED, EventKind.STARTED, EventKind.STOPPED]
-        assert {peer for peer, _ in h.sent} == {"pm2"}
+        # not even this host itself
+        result = await duties.execute("pm1", HostCommand(Op.LIST, 1))
+        assert result.outcome is Outcome.FAILED
+        assert result.message == "pm1 holds no unexpired lease of pm1 for term 1"
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert h.duties.agent is None

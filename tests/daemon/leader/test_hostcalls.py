@@ -30,7 +30,13 @@ async def test_own_host_in_process_others_by_request_all_timed(tmp_path: Path) -
         clock.advance(0.25)
         return HostResult(msg, Outcome.DONE, msg.term) if peer == "pm2" else "nonsense"
 
-    calls = HostCalls(me="pm1", local=lambda: agent, request=request, clock=clock)
+    class OwnHost:  # the host duty, which gets this agent's name as the sender
+        async def execute(self, sender: str, command: HostCommand) -> HostResult:
+            assert sender == "pm1"
+            return await agent.execute(command)
+
+    own = OwnHost()
+    calls = HostCalls(me="pm1", local=lambda: own, request=request, clock=clock)
     local = await calls.call("pm1", HostCommand(Op.LIST, 1))
     assert local.outcome is Outcome.DONE and asked == []
     remote = await calls.call("pm2", HostCommand(Op.INVENTORY, 1))

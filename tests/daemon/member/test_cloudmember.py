@@ -158,12 +158,14 @@ async def test_reports_are_kept_only_from_the_node_they_name(tmp_path: Path,
 
 
 async def test_a_host_answers_the_leaders_commands_and_forwards_its_events(
-        tmp_path: Path, rigs: list[Rig]) -> None:
+        tmp_path: Path, rigs: list[Rig], monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock=clock.monotonic)
     pm1 = rig(tmp_path, rigs, "pm1", backend=backend)
     assert pm1.member.host is not None
     await follow(pm1, "pm2", 5)
+    # pm2 holds this host's lease for term 5 (the election's answer, stood in for here)
+    monkeypatch.setattr(pm1.member.host, "holds_lease", lambda m, t: (m, t) == ("pm2", 5))
     task = asyncio.create_task(pm1.member.host.run())
     try:
         for _ in range(100):

@@ -1,0 +1,119 @@
+"""Whether a leader's host command may run on this host: checked against the cloud this host
+has in force, never against what the command says about itself.
+
+Theory of operation. A command that names host resources is checked against the manifest
+generation this host holds, by what this host can compute from it alone:
+- DEFINE: the domain must be a managed node's of this cloud, and its XML exactly the text
+  this host renders itself for that node and the command's term (`cloudd.vmctl.domains`, the
+  code the leader renders with); that rendering must keep to the host's folders
+  (`cloudd.vmctl.confine`). Any other XML (a block disk, a share of `/`, a console log in
+  /etc, another cloud's metadata) differs from the rendering and is refused as such.
+- OVERLAY: image and base must be a managed node's `image` and `base_image` in the manifest,
+  the base inside the host's image folders (HostAgent checks the overlay itself is).
+- FETCH: the source address must be a pool host's address as the manifest gives it, and the
+  image one the manifest names (HostAgent checks it is inside the image folders).
+Other commands name only domains, whose ownership HostAgent checks by their metadata.
+
+A command the leader rendered from a generation this host has not taken yet would fail these
+checks for no fault of the leader: when the command's `generation` differs from this host's,
+a refusal is temporary and says so ("generation X is not in force here yet"), so the leader
+retries once the generation has reached this host.
+
+Pure: `refusal(command, grounds)` returns a `Refusal` or None; the rendering callable only
+reads the template file it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cloudd.config.model import Cloud
+from cloudd.errors import ClouddError
+from cloudd.vmctl.confine import Folders, inside, problem
+from cloudd.vmctl.domains import node_of_domain
+from cloudd.vmctl.hostagent import HostCommand, Op
+
+#: Renders node `node` of `cloud` in `term` (DomainRenderer.render).
+Render = Callable[[Cloud, str, int], str]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    """One sentence, for the log and the leader."""
+    temporary: bool = False
+    """True when the sender's generation is not in force here yet: worth retrying."""
+
+
+@dataclass(frozen=True)
+class Grounds:
+    """What this host checks commands against."""
+
+    cloud: Cloud
+    """The manifest generation in force on this host."""
+    generation: str
+    """Its fingerprint (`DomainRenderer.generation`)."""
+    render: Render
+    folders: Folders
+
+
+def refusal(command: HostCommand, grounds: Grounds) -> Refusal | None:
+    """Why `command` may not run here, or None when it may."""
+    check = _CHECKS.get(command.op)
+    why = check(command, grounds) if check is not None else None
+    if why is None:
+        return None
+    if command.generation != grounds.generation:
+        return Refusal(f"manifest generation {_short(command.generation)} is not in force "
+                       f"here yet (this host has {_short(grounds.generation)}): {why}",
+                       temporary=True)
+    return Refusal(why)
+
+
+def _short(generation: str) -> str:
+    return generation[:12] or "(none)"
+
+
+def _define(cmd: HostCommand, g: Grounds) -> str | None:
+    cloud = g.cloud
+    node = node_of_domain(cloud, cmd.domain)
+    if node is None:
+        return f"domain {cmd.domain!r} is no node's of cloud {cloud.name}"
+    if not node.managed:
+        return f"node {node.name} of cloud {cloud.name} is not managed: cloudd defines no domain"
+    try:
+        mine = g.render(cloud, node.name, cmd.term)
+    except (ClouddError, OSError) as e:
+        return f"this host cannot render node {node.name}: {e}"
+    if cmd.xml != mine:
+        return (f"the domain XML of {cmd.domain} is not this host's rendering of node "
+                f"{node.name} in term {cmd.term}")
+    why = problem(mine, g.folders)
+    return None if why is None else f"domain {cmd.domain}: {why}"
+
+
+def _overlay(cmd: HostCommand, g: Grounds) -> str | None:
+    if not any(n.managed and n.image == cmd.image and n.base_image == cmd.base
+               for n in g.cloud.nodes):
+        return (f"overlay {cmd.image} on {cmd.base} is no node's image and base image in the "
+                f"manifest of cloud {g.cloud.name}")
+    if not inside(cmd.base, g.folders.images):
+        return (f"base image {cmd.base} is outside this host's image folders "
+                f"({', '.join(g.folders.images) or 'none'})")
+    return None
+
+
+def _fetch(cmd: HostCommand, g: Grounds) -> str | None:
+    if cmd.source not in {h.address for h in g.cloud.pool}:
+        return (f"fetch source {cmd.source!r} is no pool host's address in the manifest of "
+                f"cloud {g.cloud.name}")
+    images = {p for n in g.cloud.nodes for p in (n.image, n.base_image) if p}
+    if cmd.image not in images:
+        return f"image {cmd.image} is none of the images in the manifest of cloud {g.cloud.name}"
+    return None
+
+
+#: One check per op of `hostagent.MANIFEST_CHECKED` (the ops the leader stamps a generation on).
+_CHECKS: dict[Op, Callable[[HostCommand, Grounds], str | None]] = {
+    Op.DEFINE: _define, Op.OVERLAY: _overlay, Op.FETCH: _fetch}

@@ -1,0 +1,237 @@
+"""Host commands checked against the cloud in force: a DEFINE only of the XML the host renders
+itself, within its folders; OVERLAY and FETCH only of the manifest's images and pool hosts;
+a command of a generation the host has not taken yet refused for now, not for good."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cloudd.config.model import Cloud
+from cloudd.daemon.host import admission
+from cloudd.daemon.host.admission import Grounds, Refusal, refusal
+from cloudd.daemon.host.duties import RETRY_AFTER
+from cloudd.vmctl.backend import FakeBackend
+from cloudd.vmctl.confine import Folders
+from cloudd.vmctl.domains import DomainRenderer
+from cloudd.vmctl.hostagent import MANIFEST_CHECKED, HostCommand, Op, Outcome
+
+from .conftest import IMAGES, TEMPLATE, HostRig, write_cloud
+
+SERVER = "shop-server-1"
+DOMAIN = f"shop-{SERVER}"
+NOT_MINE = f"the domain XML of {DOMAIN} is not this host's rendering of node {SERVER} in term 3"
+
+Edit = Callable[[str], str]
+
+
+def devices(extra: str) -> Edit:
+    return lambda xml: xml.replace("</devices>", f"{extra}</devices>")
+
+
+#: Hostile edits, each applicable to the template and to a rendered domain alike, with what
+#: the host says when the operator's template itself asks for it.
+HOSTILE: dict[str, tuple[Edit, str]] = {
+    "block disk": (
+        lambda xml: re.sub(r"<disk type='file' device='disk'><source file='[^']*'/>",
+                           "<disk type='block' device='disk'><source dev='/dev/sda'/>", xml),
+        "a disk of type block is not allowed (only image files inside the image folders)"),
+    "disk outside the image folders": (
+        lambda xml: re.sub(r"<source file='[^']*'/>", "<source file='/etc/shadow'/>", xml),
+        "<source file> '/etc/shadow' is outside this host's image folders "
+        f"({IMAGES})"),
+    "passthrough share of /": (
+        devices("<filesystem type='mount' accessmode='passthrough'>"
+                "<source dir='/'/><target dir='root'/></filesystem>"),
+        "a shared folder of the host's / is allowed only with the lab-only setting "
+        "libvirt.lab_allow_host_root_share"),
+    "hostdev": (
+        devices("<hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/>"
+                "<product id='0x2'/></source></hostdev>"),
+        "device <hostdev> is not allowed (it hands the guest a part of the host)"),
+    "qemu commandline": (
+        lambda xml: xml.replace(
+            "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/"
+                         "qemu/1.0'><qemu:arg value='-s'/></qemu:commandline></domain>"),
+        "<qemu:commandline> is not allowed (it reaches past libvirt's own checks)"),
+    "console log to /etc": (
+        lambda xml: re.sub(r"<source path='[^']*'/>", "<source path='/etc/cron.d/x'/>", xml),
+        "<source path> '/etc/cron.d/x' is outside this host's log folders "
+        "(/var/log/libvirt/qemu)"),
+}
+
+
+@pytest.mark.parametrize("edit", [e for e, _ in HOSTILE.values()], ids=list(HOSTILE))
+async def test_a_forged_define_is_refused_and_nothing_is_defined(rig: HostRig,
+                                                                 edit: Edit) -> None:
+    good = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
+    forged = edit(good)
+    assert forged != good
+    result = await rig.duties.execute("pm2", HostCommand(
+        Op.DEFINE, 3, DOMAIN, forged, generation=rig.duties.renderer.generation(rig.cloud[0])))
+    assert (result.outcome, result.message, result.retry_after) == (
+        Outcome.FAILED, NOT_MINE, None)
+    assert isinstance(rig.backend, FakeBackend)
+    assert rig.backend.domains == {} and rig.backend.calls == []
+
+
+@pytest.mark.parametrize("forge", [
+    # another cloud's metadata on this cloud's domain name
+    lambda xml: xml.replace('cloud="shop"', 'cloud="other"'),
+    # a term the command does not carry
+    lambda xml: xml.replace('term="3"', 'term="2"'),
+    # more memory than the manifest gives the node
+    lambda xml: re.sub(r"<memory unit='KiB'>\d+</memory>", "<memory unit='KiB'>99999999"
+                                                            "</memory>", xml),
+    # another node's identity on the kernel command line
+    lambda xml: xml.replace("cloudd.node=shop-server-1", "cloudd.node=shop-database-1"),
+], ids=["metadata of another cloud", "another term", "memory", "identity"])
+async def test_any_xml_but_the_hosts_own_rendering_is_refused(rig: HostRig,
+                                                              forge: Edit) -> None:
+    good = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
+    assert forge(good) != good
+    result = await rig.duties.execute("pm2", HostCommand(
+        Op.DEFINE, 3, DOMAIN, forge(good),
+        generation=rig.duties.renderer.generation(rig.cloud[0])))
+    assert (result.outcome, result.message) == (Outcome.FAILED, NOT_MINE)
+    assert isinstance(rig.backend, FakeBackend) and rig.backend.domains == {}
+
+
+@pytest.mark.parametrize(("edit", "why"), list(HOSTILE.values()), ids=list(HOSTILE))
+async def test_a_template_that_asks_too_much_is_refused_as_rendered(
+        tmp_path: Path, rig: HostRig, edit: Edit, why: str) -> None:
+    # the operator's own template asks for it: leader and host render the same text, and
+    # the host still refuses it
+    cloud = write_cloud(tmp_path / "hostile", manifest=(tmp_path / "manifests" / "shop.yaml")
+                        .read_text())
+    cloud.domain_template.write_text(edit(TEMPLATE.replace("${kind}", "qemu")))
+    rig.cloud[0] = cloud
+    leader = DomainRenderer(port=rig.duties.renderer.port, pki_dir=rig.duties.renderer.pki_dir)
+    xml = leader.render(cloud, SERVER, 3)
+    result = await rig.duties.execute("pm2", HostCommand(
+        Op.DEFINE, 3, DOMAIN, xml, generation=leader.generation(cloud)))
+    assert (result.outcome, result.message) == (Outcome.FAILED, f"domain {DOMAIN}: {why}")
+    assert isinstance(rig.backend, FakeBackend) and rig.backend.domains == {}
+
+
+async def test_a_define_of_a_newer_generation_waits_for_it(tmp_path: Path,
+                                                           rig: HostRig) -> None:
+    # the leader has a generation that gives the server more memory; this host not yet
+    text = (tmp_path / "manifests" / "shop.yaml").read_text()
+    newer = write_cloud(tmp_path / "newer", manifest=text.replace(
+        "settings: {app_port: 8080}", "resources: {memory_mib: 1024}\nsettings: {app_port: 8080}"))
+    leader = DomainRenderer(port=rig.duties.renderer.port, pki_dir=rig.duties.renderer.pki_dir)
+    command = HostCommand(Op.DEFINE, 3, DOMAIN, leader.render(newer, SERVER, 3),
+                          generation=leader.generation(newer))
+    result = await rig.duties.execute("pm2", command)
+    mine = rig.duties.renderer.generation(rig.cloud[0])
+    assert (result.outcome, result.retry_after) == (Outcome.FAILED, RETRY_AFTER)
+    assert result.message == (f"manifest generation {command.generation[:12]} is not in force "
+                              f"here yet (this host has {mine[:12]}): {NOT_MINE}")
+    # the generation arrives: the same command is obeyed
+    rig.cloud[0] = newer
+    assert (await rig.duties.execute("pm2", command)).outcome is Outcome.DONE
+
+
+@pytest.mark.parametrize(("domain", "why"), [
+    ("shop-ghost", "domain 'shop-ghost' is no node's of cloud shop"),
+    ("other-shop-server-1", "domain 'other-shop-server-1' is no node's of cloud shop"),
+])
+async def test_a_define_names_a_node_of_this_cloud(rig: HostRig, domain: str,
+                                                   why: str) -> None:
+    xml = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
+    result = await rig.duties.execute("pm2", HostCommand(
+        Op.DEFINE, 3, domain, xml, generation=rig.duties.renderer.generation(rig.cloud[0])))
+    assert (result.outcome, result.message) == (Outcome.FAILED, why)
+
+
+async def test_overlay_and_fetch_outside_the_manifest_are_refused(rig: HostRig) -> None:
+    generation = rig.duties.renderer.generation(rig.cloud[0])
+    cases = [
+        (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base="/etc/shadow",
+                     generation=generation),
+         f"overlay {IMAGES}/web1.qcow2 on /etc/shadow is no node's image and base image in "
+         "the manifest of cloud shop"),
+        (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/web.qcow2", source="203.0.113.9",
+                     generation=generation),
+         "fetch source '203.0.113.9' is no pool host's address in the manifest of cloud shop"),
+        (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/secret.qcow2", source="192.0.2.71",
+                     generation=generation),
+         f"image {IMAGES}/secret.qcow2 is none of the images in the manifest of cloud shop"),
+    ]
+    for command, why in cases:
+        result = await rig.duties.execute("pm2", command)
+        assert (result.outcome, result.message, result.retry_after) == (
+            Outcome.FAILED, why, None)
+    agent = rig.duties.agent
+    assert agent is not None and agent._copies == {}
+
+
+def grounds(cloud: Cloud, *, images: tuple[str, ...] = (IMAGES,)) -> Grounds:
+    renderer = DomainRenderer(port=7760, pki_dir="/etc/cloudd/pki")
+    return Grounds(cloud=cloud, generation="g1", render=renderer.render,
+                   folders=Folders(images=images, logs=("/var/log/libvirt/qemu",)))
+
+
+@pytest.mark.parametrize(("command", "images", "expected"), [
+    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/web.qcow2",
+                 generation="g1"), (IMAGES,), None),
+    # the manifest's base, but this host keeps its images elsewhere
+    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/web.qcow2",
+                 generation="g1"), ("/srv/images",),
+     Refusal(f"base image {IMAGES}/web.qcow2 is outside this host's image folders "
+             "(/srv/images)")),
+    # a node's image as another node's base
+    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/db.qcow2",
+                 generation="g1"), (IMAGES,),
+     Refusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/db.qcow2 is no node's image and base "
+             "image in the manifest of cloud shop")),
+    (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/web.qcow2", source="192.0.2.71",
+                 generation="g1"), (IMAGES,), None),
+    (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/db.qcow2", source="192.0.2.70",
+                 generation="g1"), (IMAGES,), None),
+    # a pool host's name is not its address
+    (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/db.qcow2", source="pm2", generation="g1"),
+     (IMAGES,),
+     Refusal("fetch source 'pm2' is no pool host's address in the manifest of cloud shop")),
+    # a failed check of another generation: for now
+    (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/new.qcow2", source="192.0.2.71",
+                 generation="g2"), (IMAGES,),
+     Refusal("manifest generation g2 is not in force here yet (this host has g1): "
+             f"image {IMAGES}/new.qcow2 is none of the images in the manifest of cloud shop",
+             temporary=True)),
+    # ...and a command without a generation at all
+    (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/new.qcow2", source="192.0.2.71"), (IMAGES,),
+     Refusal("manifest generation (none) is not in force here yet (this host has g1): "
+             f"image {IMAGES}/new.qcow2 is none of the images in the manifest of cloud shop",
+             temporary=True)),
+    # commands that name no host resource are not checked here (HostAgent checks ownership)
+    (HostCommand(Op.START, 3, DOMAIN), (IMAGES,), None),
+    (HostCommand(Op.LIST, 3), (IMAGES,), None),
+])
+def test_refusal(cloud: Cloud, command: HostCommand, images: tuple[str, ...],
+                 expected: Refusal | None) -> None:
+    assert refusal(command, grounds(cloud, images=images)) == expected
+
+
+def test_a_node_that_is_not_managed_gets_no_domain(cloud: Cloud) -> None:
+    unmanaged = replace(cloud, nodes=tuple(replace(n, managed=False) for n in cloud.nodes))
+    command = HostCommand(Op.DEFINE, 3, DOMAIN, "<domain/>", generation="g1")
+    assert refusal(command, grounds(unmanaged)) == Refusal(
+        f"node {SERVER} of cloud shop is not managed: cloudd defines no domain")
+
+
+def test_a_template_the_host_cannot_read_refuses(cloud: Cloud, tmp_path: Path) -> None:
+    gone = replace(cloud, domain_template=tmp_path / "gone.xml")
+    command = HostCommand(Op.DEFINE, 3, DOMAIN, "<domain/>", generation="g1")
+    found = refusal(command, grounds(gone))
+    assert found is not None and found.reason.startswith(
+        f"this host cannot render node {SERVER}: [Errno 2] No such file or directory")
+
+
+def test_the_ops_checked_here_are_those_the_leader_stamps_a_generation_on() -> None:
+    assert frozenset(admission._CHECKS) == MANIFEST_CHECKED

@@ -1,0 +1,115 @@
+"""A node's domain from the cloud's template: identity, metadata, the template cache, and the
+generation fingerprint the hosts check commands by."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cloudd.config.manifest import load_cloud
+from cloudd.config.model import Cloud
+from cloudd.errors import PermanentError
+from cloudd.providers.catalog import CATALOG
+from cloudd.vmctl.domains import DomainRenderer, node_of_domain, template_extra
+
+MANIFEST = """\
+apiVersion: cloudd/v1
+kind: Cloud
+name: shop
+type: web
+domain_template: web.xml
+pool:
+  - {name: pm1, address: 192.0.2.70}
+roles:
+  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
+  server:
+    - {address: 192.0.2.176, image: /img/web1.qcow2}
+    - {address: 192.0.2.178, image: /img/web2.qcow2}
+  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
+settings: {app_port: 8080}
+"""
+DB = "shop-database-1"
+
+TEMPLATE = ("<domain type='qemu'><name>${name}</name><os><cmdline>${cmdline}</cmdline></os>"
+            "${metadata}<log>${serial_log}</log></domain>")
+
+
+def test_a_domain_carries_the_nodes_identity_and_the_term(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text(TEMPLATE)
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    xml = DomainRenderer(port=7100, pki_dir="/etc/cloudd/pki").render(cloud, DB, 9)
+    assert f"<name>shop-{DB}</name>" in xml
+    assert (f"cloudd.cloud=shop cloudd.node={DB} cloudd.role=database "
+            "cloudd.ip=192.0.2.177/24 cloudd.members=pm1@192.0.2.70:7100 cloudd.term=9 "
+            "cloudd.pki=/etc/cloudd/pki") in xml
+    assert 'term="9"' in xml and 'role="database"' in xml
+    assert f"<log>/var/log/libvirt/qemu/shop-{DB}.serial.log</log>" in xml
+
+
+def test_the_template_is_read_once_per_file(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text(TEMPLATE)
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    db = cloud.nodes[0].name
+    renderer = DomainRenderer(port=7100, pki_dir="")
+    renderer.render(cloud, db, 1)
+    (tmp_path / "web.xml").write_text("<domain>changed ${name}</domain>")
+    assert "<os>" in renderer.render(cloud, db, 1)  # the same file: kept
+    (tmp_path / "other.xml").write_text("<domain>other ${name}</domain>")
+    moved = replace(cloud, domain_template=tmp_path / "other.xml")
+    assert renderer.render(moved, db, 1).startswith("<domain>other")
+
+
+def test_the_manifests_own_serial_log_wins(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text(TEMPLATE)
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
+    cloud = replace(load_cloud(tmp_path / "shop.yaml", CATALOG),
+                    template_values={"serial_log": "/dev/null", "bridge": "br0"})
+    assert template_extra(cloud, DB) == {"serial_log": "/dev/null", "bridge": "br0"}
+
+
+def shop(tmp_path: Path) -> Cloud:
+    (tmp_path / "web.xml").write_text(TEMPLATE)
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
+    return load_cloud(tmp_path / "shop.yaml", CATALOG)
+
+
+def test_only_managed_nodes_of_the_manifest_are_rendered(tmp_path: Path) -> None:
+    cloud = shop(tmp_path)
+    renderer = DomainRenderer(port=7100, pki_dir="")
+    with pytest.raises(PermanentError, match="node ghost is not in the manifest of cloud shop"):
+        renderer.render(cloud, "ghost", 1)
+    unmanaged = replace(cloud, nodes=tuple(replace(n, managed=False) for n in cloud.nodes))
+    with pytest.raises(PermanentError, match=f"node {DB} of cloud shop is not managed"):
+        renderer.render(unmanaged, DB, 1)
+    assert node_of_domain(cloud, f"shop-{DB}") == cloud.node(DB)
+    assert node_of_domain(cloud, DB) is None
+
+
+def test_the_generation_follows_what_hosts_check_and_nothing_else(tmp_path: Path) -> None:
+    cloud = shop(tmp_path)
+    renderer = DomainRenderer(port=7100, pki_dir="")
+    before = renderer.generation(cloud)
+    assert len(before) == 64
+    # the same cloud from another file, in other words: the same generation
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "web.xml").write_text(TEMPLATE)
+    (tmp_path / "copy" / "shop.yaml").write_text(MANIFEST.replace("type: web", "type:  web"))
+    elsewhere = load_cloud(tmp_path / "copy" / "shop.yaml", CATALOG)
+    assert elsewhere.digest != cloud.digest
+    assert DomainRenderer(port=7100, pki_dir="").generation(elsewhere) == before
+    # what a host checks a command against: another generation
+    bigger = replace(cloud, nodes=(replace(cloud.nodes[0], memory_mib=1024),
+                                   *cloud.nodes[1:]))
+    assert renderer.generation(bigger) != before
+    moved = replace(cloud, pool=(replace(cloud.pool[0], address="192.0.2.99"),))
+    assert renderer.generation(moved) != before
+    (tmp_path / "other.xml").write_text("<domain>${name}</domain>")
+    assert renderer.generation(replace(cloud, domain_template=tmp_path / "other.xml")) \
+        != before
+    # an unreadable template: no generation at all
+    missing = replace(cloud, domain_template=tmp_path / "missing.xml")
+    assert DomainRenderer(port=7100, pki_dir="").generation(missing) == ""
