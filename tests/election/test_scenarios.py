@@ -175,13 +175,15 @@ def test_a_hosts_own_failed_candidacy_does_not_lock_the_incumbent_out() -> None:
 
 
 def test_a_host_fenced_by_another_candidate_is_won_back_under_a_higher_term() -> None:
-    sim, leader = started(6, hosts=3, seed=11)
+    sim, leader = started(7, hosts=5, seed=11)
     by_rank = [n for n in sim.roster.by_priority if n != leader]
     host = [n for n in by_rank if n in sim.roster.hosts][-1]
-    rival = next(n for n in by_rank if n not in sim.roster.hosts)
-    assert sim.roster.outranks(rival, host), "seed must give a rival that outranks the host"
+    rival = next(n for n in by_rank if n in sim.roster.hosts)
+    assert sim.roster.outranks(rival, host)
     term = sim.agents[leader].term  # type: ignore[union-attr]
-    sim.partition({host, rival})  # rival runs; host's lease to the leader lapses; it grants
+    # Two hosts of five apart: rival runs; host's lease to the leader lapses; it grants
+    # rival a higher term, which is no majority; the leader keeps three hosts.
+    sim.partition({host, rival})
     sim.run_for(1.5)
     fenced = sim.agents[host]
     assert fenced is not None and fenced.bully.fence > term
