@@ -15,17 +15,7 @@ from cloudd.election.config import Timing
 from cloudd.election.states import Role
 from cloudd.election.swim import Status
 
-from .sim import Sim, run_until_leader, settled_leader
-
-
-def started(n: int, *, hosts: int = 3, seed: int = 1, **kw: object) -> tuple[Sim, str]:
-    sim = Sim(n, hosts=hosts, seed=seed, **kw)  # type: ignore[arg-type]
-    sim.start_all()
-    took = run_until_leader(sim, bound=sim.timing.settle_bound(n))
-    assert took is not None, "no leader after a cold start"
-    leader = settled_leader(sim)
-    assert leader is not None
-    return sim, leader
+from .sim import Sim, run_until_leader, settled_leader, started
 
 
 @pytest.mark.parametrize("n", [3, 5, 50])
