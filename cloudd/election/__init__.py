@@ -5,9 +5,11 @@ messages to send and the decisions taken (STYLE.md practice 1).
 """
 
 from cloudd.election.agent import AgentCore, Output
+from cloudd.election.authority import Refusal
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.states import Event, Role
 from cloudd.election.swim import Status
 
-__all__ = ["AgentCore", "Event", "Member", "Output", "Role", "Roster", "Status", "Timing"]
+__all__ = ["AgentCore", "Event", "Member", "Output", "Refusal", "Role", "Roster", "Status",
+           "Timing"]

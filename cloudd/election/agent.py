@@ -9,11 +9,13 @@ returns an `Output`, which the shell performs in this order:
 1. if `persist_term` is set, write it durably (fsync) *before* sending anything: the
    messages may carry that term, and a restart must never propose it again;
 2. send `messages` (best effort: a failure comes back as `peer_unreachable`);
-3. log `events` (one line each, with the fixed keys term and peer);
+3. log `events` (one line each, with the fixed keys term and peer), and `refused`: messages
+   their sender had no right to send (authority.py), which changed nothing;
 4. act on the cloud only while `acting` is true and never past `acting_until`, even if no
    tick comes in time (the lease is then gone at the hosts).
 Bad input (an unknown sender, a message meant for another agent, time running backwards,
 calls before `start`) raises `RemoteProtocolError`/`LocalProtocolError` and changes nothing.
+`holds_lease(member, term, now)` is the host's question before it runs a host command.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from cloudd.election.authority import Refusal, refusal
 from cloudd.election.bully import Bully
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
@@ -47,6 +50,7 @@ class Output:
     acting: bool
     acting_until: float | None
     wake_at: float
+    refused: tuple[Refusal, ...] = ()
 
 
 class AgentCore:
@@ -92,6 +96,13 @@ class AgentCore:
     def status(self, name: str) -> Status:
         return self.members.status(name)
 
+    def holds_lease(self, member: str, term: int, now: float) -> bool:
+        """True when this agent, a pool host, granted its leader lease to `member` for
+        exactly `term` and that lease is unexpired at `now` by this host's clock: the one
+        test a host applies before it runs a host command. Always False on a node."""
+        grantor = self.bully.grantor
+        return grantor is not None and grantor.holds_lease(member, term, now)
+
     def describe(self, now: float) -> dict[str, object]:
         """A plain summary for `cloudd-cli inspect`: role, term, leader, acting, and the
         members this agent does not believe alive."""
@@ -132,11 +143,18 @@ class AgentCore:
         if term < 0:
             raise RemoteProtocolError(f"{sender} sent a negative term {term}")
         # The cores validate before they change anything, so `_now` moves only on success.
+        refused = refusal(self.roster, self.me, sender, msg)
         if isinstance(msg, Ping | Ack | PingReq):
+            # Liveness is everybody's business; a bad header refuses only the header.
             self.members.receive(sender, msg, now)
             if not isinstance(msg, PingReq):
                 self._changes(now)
-                self.bully.observe(sender, msg.leader, msg.term, now)
+                if refused is None:
+                    self.bully.observe(sender, msg.leader, msg.term, now, header=True)
+                else:
+                    self.bully.refuse(sender, msg, refused)
+        elif refused is not None:
+            self.bully.refuse(sender, msg, refused)
         else:
             self.bully.receive(sender, msg, now)
         self._now = now
@@ -192,9 +210,9 @@ class AgentCore:
         self.members.header = (self.leader, bully.term)
         messages = self._pending_out + bully.out
         events = self._pending_events + bully.events
-        persist = bully.persist
+        persist, refused = bully.persist, tuple(bully.refused)
         self._pending_out, self._pending_events = [], []
-        bully.out, bully.events, bully.persist = [], [], None
+        bully.out, bully.events, bully.persist, bully.refused = [], [], None, []
         acting = self.is_acting(now)
         if acting != self._acting:
             why = "host quorum" if acting else (
@@ -205,4 +223,4 @@ class AgentCore:
         wake = min(self.members.next_deadline(), bully.next_deadline(now))
         return Output(messages=tuple(messages), persist_term=persist, events=tuple(events),
                       acting=acting, acting_until=bully.acting_until() if acting else None,
-                      wake_at=max(wake, now))
+                      wake_at=max(wake, now), refused=refused)

@@ -17,8 +17,20 @@ Theory of operation. Liveness comes from SWIM (`live(name)`); this module decide
   (`Holder.quorum_until`). Without it: policy 'stop' resigns, 'freeze' stays leader idle.
 - Any message revealing a higher term (coordinator, answers, lease refusals, the leader
   header on SWIM probes) makes the agent follow that term's leader, stepping down if needed.
+Who may claim what (authority.py). Only pool hosts stand for election, and the roster ranks
+every pool host above every node (members.py), so a node never outranks a live pool host.
+It could not lead anyway: acting needs a majority of host leases, and a host grants its
+lease only to a pool host (a node's `LeaseRequest` is refused). So a node never runs: it
+follows, and without a leader it only nudges the live hosts with `Election`. A leadership
+claim must be backed: `Coordinator`, `Answer` and `Resign` count only from pool hosts, and a
+`LeaderIs` or probe header naming a node as leader is refused. A node's word never teaches a
+term or a leader (it may still ask, and be answered); so a forged `Coordinator(term + 5)`
+from a node's certificate changes nothing anywhere, and no node can push up the terms that
+members persist. A host raises its fence (the term below which it grants nothing) only on
+the leases it grants and from its own persisted term, never on what it hears.
 Roles and their legal moves are the table `states.TRANSITIONS`; anything else raises and
-changes nothing. Outputs are collected in `out`/`events` and drained by the agent facade.
+changes nothing. Outputs are collected in `out`/`events`/`refused` and drained by the agent
+facade.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from cloudd.election.authority import Refusal
 from cloudd.election.config import Timing
 from cloudd.election.lease import Grantor, Holder
 from cloudd.election.members import Roster
@@ -68,6 +81,7 @@ class Bully:
         self.not_before = float("-inf")
         self.out: list[tuple[str, Message]] = []
         self.events: list[Event] = []
+        self.refused: list[Refusal] = []
         self.persist: int | None = None
         #: Members this agent has reason to suspect (a host missing its leader's renewals);
         #: the facade hands them to SWIM, which confirms or refutes.
@@ -107,7 +121,7 @@ class Bully:
         self.role = role
 
     def _raise_term(self, term: int, leader: str) -> None:
-        self.fence = max(self.fence, term)
+        # Not the fence: a host learns that from the leases it grants (`_grant`, winning).
         if term > self.term:
             self.term, self.leader = term, leader
             self.events.append(Event("term", f"term {term} seen", term, leader))
@@ -133,8 +147,13 @@ class Bully:
         self._goto(Role.AWAITING, reason)
         self.deadline = now + delay
 
+    def _higher_hosts(self) -> list[str]:
+        """The live members that outrank us and may lead, highest first."""
+        return [n for n in self.roster.higher_than(self.me)
+                if self.roster.may_lead(n) and self.live(n)]
+
     def _top(self) -> bool:
-        return not any(self.live(n) for n in self.roster.higher_than(self.me))
+        return not self._higher_hosts()
 
     def _lost_leader(self, now: float, reason: str) -> None:
         """The top live member runs (almost) at once; the others give it time to win."""
@@ -146,12 +165,18 @@ class Bully:
             self._await(now, self.timing.coordinator_timeout, reason)
 
     def _run(self, now: float, *, ask_higher: bool = True) -> None:
-        """AWAITING's deadline: the top live member asks the hosts; others bully upward."""
-        higher = [n for n in self.roster.higher_than(self.me) if self.live(n) and ask_higher]
+        """AWAITING's deadline: the top live host asks the hosts; others bully upward."""
+        higher = self._higher_hosts() if ask_higher else []
         if higher:
             self._goto(Role.ELECTING, f"asking {len(higher)} higher members")
             self.out += [(n, Election(self.term)) for n in higher]
             self.deadline = now + self.timing.answer_timeout
+            return
+        if not self.roster.may_lead(self.me):
+            # A node never runs (no host would grant it a lease): it waits for a Coordinator
+            # and nudges the live hosts again after a while.
+            self._goto(Role.AWAITING, "a node waits for a pool host to lead")
+            self.deadline = now + self.timing.coordinator_timeout
             return
         if now < self.not_before:
             if self.role is not Role.AWAITING:
@@ -231,12 +256,10 @@ class Bully:
         self.not_before = now + self.timing.lease_duration
         if self.me in self.roster.hosts:
             self.grantor = Grantor.after_start(now, self.timing)
-        # Ask the hosts (they bind their leases to the leader, so they know it) and a few
-        # others: O(1) per start, not O(n), so a whole cloud can cold-start at once.
+        # Ask the hosts: they bind their leases to the leader, so they know it, and only a
+        # pool host's word teaches a leader (a node's answer would be refused anyway). O(h)
+        # per start, not O(n), so a whole cloud can cold-start at once.
         asked = [n for n in sorted(self.roster.hosts) if n != self.me]
-        names = self.roster.names
-        drawn = self.rng.sample(names, min(len(names), 3 + len(asked) + 1))
-        asked += [n for n in drawn if n != self.me and n not in self.roster.hosts][:3]
         self.out += [(n, WhoLeads(self.term)) for n in asked]
         self.deadline = now + self.timing.inquiry_timeout
 
@@ -272,14 +295,23 @@ class Bully:
         elif not live and self.role is Role.AWAITING and self._top():
             self.deadline = min(self.deadline, now)
 
-    def observe(self, sender: str, leader: str, term: int, now: float) -> None:
-        """A claim "`leader` leads `term`" (LeaderIs, or the header of a SWIM probe).
+    def observe(self, sender: str, leader: str, term: int, now: float, *,
+                header: bool = False) -> None:
+        """A claim "`leader` leads `term`" (LeaderIs, or the `header` of a SWIM probe).
 
         A higher term without a leader is ignored here on purpose: a member that only
         *proposed* it (and failed) must not disturb a healthy leader (Raft's disruptive
-        server); leaders are fenced by the hosts' refusals instead (`_lease_answer`)."""
+        server); leaders are fenced by the hosts' refusals instead (`_lease_answer`).
+        A node's claim is never believed. Its probe headers are ignored quietly (an honest
+        node may simply have heard the news first); a `LeaderIs` from a node that would
+        have changed something is refused: nobody asks nodes who leads."""
         if term < 0 or (leader and leader not in self.roster):
             raise RemoteProtocolError(f"{sender} claimed leader {leader!r} for term {term}")
+        if not self.roster.may_lead(sender):
+            if not header and leader and (leader != self.leader or term > self.term):
+                self.refused.append(Refusal(sender, term, f"{sender} is not a pool host: its "
+                                            f"word names no leader and raises no term"))
+            return
         if leader == self.me and term >= self.term and self.role is not Role.LEADER:
             # Others follow a previous life of ours: we are their incumbent, so run at once
             # (no bully round); the hosts still bound to that life will grant us first.
@@ -322,7 +354,7 @@ class Bully:
                 raise RemoteProtocolError(f"{sender} claims term {msg.term}, which we lead")
             if msg.term >= self.term:
                 self._follow(sender, msg.term, now, f"{sender} won term {msg.term}")
-            else:
+            elif self.roster.may_lead(self.me):  # a node's word would not count
                 self.out.append((sender, LeaderIs(self.leader, self.term)))
         elif isinstance(msg, Resign):
             if sender == self.leader and msg.term == self.term and self.role is Role.FOLLOWER:
@@ -336,9 +368,15 @@ class Bully:
                 raise RemoteProtocolError(f"{sender} released a lease at non-host {self.me}")
             self.grantor.release(sender, msg.term, now)
         elif isinstance(msg, LeaseGrant | LeaseReject):
-            if sender not in self.roster.hosts:
-                raise RemoteProtocolError(f"non-host {sender} answered a lease request")
-            self._lease_answer(sender, msg, now)
+            self._lease_answer(sender, msg, now)  # from a pool host (authority.RULES)
+
+    def refuse(self, sender: str, msg: Message, reason: str) -> None:
+        """`sender` had no right to send `msg` (authority.py): change nothing, report it.
+        A lease asked of a host by a node is answered no, so that it stops asking."""
+        self.refused.append(Refusal(sender, getattr(msg, "term", 0), reason))
+        if isinstance(msg, LeaseRequest) and self.grantor is not None:
+            self.out.append((sender, LeaseReject(seq=msg.seq, term=self.fence, leader="",
+                                                 holder="", remaining=0.0, reason=reason)))
 
     def _lease_answer(self, host: str, msg: LeaseGrant | LeaseReject, now: float) -> None:
         if self.holder is None or self.role not in (Role.CANDIDATE, Role.LEADER):
@@ -350,6 +388,7 @@ class Bully:
                 if refresh.quorum_until() > now:
                     # Same leader, higher term: followers and hosts learn it at once.
                     self.holder, self.refresh, self.fenced = refresh, None, set()
+                    self.fence = max(self.fence, refresh.term)
                     self._raise_term(refresh.term, self.me)
                     self.out += [(n, Coordinator(refresh.term)) for n in self.roster.names
                                  if n != self.me]
@@ -359,6 +398,7 @@ class Bully:
             self.holder.granted(host, msg)
             if self.role is Role.CANDIDATE and self.holder.quorum_until() > now:
                 term = self.holder.term
+                self.fence = max(self.fence, term)  # our own lease is bound to it too
                 self._raise_term(term, self.me)
                 self.leader = self.me
                 self._goto(Role.LEADER, f"{self.roster.quorum} host leases for term {term}")

@@ -14,6 +14,10 @@ hold an unexpired lease for it. Two sides, each with its own monotonic clock:
 Why two leaders never act at once: if M acts, a majority granted M after their leases to L
 expired (or refused L's later, lower term); any majority L could count intersects it in a
 host whose lease L already counts as expired.
+The grantor is also what a host asks before it runs a host command (`holds_lease`): only the
+member it granted its lease to, for exactly the command's term, while that lease is
+unexpired by the host's own clock. A host learns terms from the leases it grants, so no
+message can talk it into a term nobody holds (the agent's `Bully` keeps its fence that way).
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ class Grantor:
         self.holder, self.holder_term = candidate, req.term
         self.expires = now + self.duration
         return LeaseGrant(term=req.term, seq=req.seq, duration=self.duration)
+
+    def holds_lease(self, member: str, term: int, now: float) -> bool:
+        """True when this host granted its lease to `member` for exactly `term` and it has
+        not expired at `now` (this host's clock) nor been released."""
+        return bool(member) and self.holder == member and self.holder_term == term \
+            and now < self.expires
 
     def release(self, candidate: str, term: int, now: float) -> bool:
         """Free the lease if `candidate` holds it for `term`; the term stays used."""

@@ -2,9 +2,12 @@
 
 Theory of operation: membership in cloudd is static (the manifest lists every host and node);
 only liveness changes. `Roster` fixes, for everyone alike, who outranks whom in the bully
-election and which members form the lease quorum (the hosts). Priority is an explicit
-integer, higher wins; ties (and the default, all zero) fall back to the listed order, first
-listed first, so that every agent computes the same order from the same manifest.
+election and which members form the lease quorum (the hosts). Every pool host outranks
+every node, whatever their priorities: only pool hosts may lead (`may_lead`), since a
+leader acts on the hosts' VMs and a node is a tenant's VM that may be compromised. Within
+each kind, priority is an explicit integer, higher wins; ties (and the default, all zero)
+fall back to the listed order, first listed first, so that every agent computes the same
+order from the same manifest.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ class Roster:
             raise ConfigError([Problem(file="<roster>", line=None, column=None, field=field,
                                        message=why)])
         count = len(self.members)
-        self._rank = {m.name: (m.priority, count - i) for i, m in enumerate(self.members)}
+        # Hosts first whatever the priorities: a node never outranks a pool host.
+        self._rank = {m.name: (m.host, m.priority, count - i)
+                      for i, m in enumerate(self.members)}
         self.names: tuple[str, ...] = tuple(m.name for m in self.members)
         self.hosts: frozenset[str] = frozenset(m.name for m in self.members if m.host)
         #: Host leases a leader needs: a strict majority of the pool's hosts.
@@ -50,6 +55,10 @@ class Roster:
 
     def __contains__(self, name: object) -> bool:
         return name in self._rank
+
+    def may_lead(self, name: str) -> bool:
+        """True for pool hosts: the only members that may stand for election and lead."""
+        return name in self.hosts
 
     def outranks(self, a: str, b: str) -> bool:
         """True when `a` has a higher election priority than `b`."""

@@ -14,6 +14,7 @@ Three families:
 - Lease (`LeaseRequest`, `LeaseGrant`, `LeaseReject`): a candidate or leader asks the pool's
   host agents for a lease of `duration` seconds for `term`; the grant echoes `seq` so that
   the leader can date it by its own clock.
+Who may send which is the table in authority.py (only pool hosts lead, grant or claim).
 """
 
 from __future__ import annotations

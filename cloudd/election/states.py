@@ -6,8 +6,9 @@ role, the roles it may move to (h11's state tables). `Bully._goto` consults it a
 an error instead of a silently impossible state. In words:
 INIT -> INQUIRING on start (ask who leads); then FOLLOWER when a leader is known, AWAITING
 when none is (waiting for a Coordinator, or for our turn); AWAITING -> ELECTING (bully
-round to the higher members) or CANDIDATE (ask the hosts); CANDIDATE -> LEADER with a
-host majority; any of them back to FOLLOWER on news of a leader, or AWAITING on failure.
+round to the higher pool hosts) or CANDIDATE (ask the hosts; pool hosts only, a node never
+runs); CANDIDATE -> LEADER with a host majority; any of them back to FOLLOWER on news of a
+leader, or AWAITING on failure.
 """
 
 from __future__ import annotations

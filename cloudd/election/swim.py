@@ -6,16 +6,32 @@ Theory of operation (SWIM, with hashicorp/memberlist's refinements, minus its ti
   (or the shell reports the peer unreachable): it asks `indirect_checks` random members to
   ping the target for it (`PingReq`), so that one lossy link does not condemn anybody.
   No ack, direct or relayed, by the end of the period: the target becomes *suspect*.
-- A suspect member that does not refute becomes *dead* after the suspicion timeout, which
-  scales with log10(n) and shrinks as independent members confirm the suspicion
-  (memberlist's suspicion.go). Incarnation numbers order the facts about one member:
-  a member that hears itself suspected or declared dead refutes by raising its incarnation
-  and gossiping `alive`; the higher incarnation wins everywhere.
+- The suspicion timeout scales with log10(n) and shrinks as independent members confirm the
+  suspicion (memberlist's suspicion.go). Incarnation numbers order the facts about one
+  member: a member that hears itself suspected or declared dead refutes by raising its
+  incarnation and gossiping `alive`; the higher incarnation wins.
 - Facts travel piggybacked on pings and acks, each a bounded number of times
   (`retransmit_mult * ceil(log10(n + 1))`), least-sent first.
 - Dead members are still pinged, one every `dead_probe_interval`, with the fact of their
   death attached: a member back from a partition or a restart refutes it in its ack and
   rejoins; so a healed partition heals the views too.
+Where cloudd departs from memberlist: any member may gossip, and a node may be a tenant's
+compromised VM, so gossip about a third member is a reason to look, never a verdict.
+- Death only on our own evidence. A `suspect` or `dead` fact heard about X makes X at most
+  *suspect* here; X becomes dead only when the suspicion timeout has passed *and* our own
+  latest probe of X (direct and indirect) failed. A suspect we have not probed since the
+  suspicion began is probed first, in the next period; if our probe is answered (relayed
+  acks count), the suspicion lapses at its timeout and X is alive again here. Our own
+  death verdicts are gossiped as `dead`, which makes others look for themselves.
+- Only X raises X's incarnation. An `alive` fact counts only in a message X sent itself (its
+  refutation, its announcements); a `suspect`/`dead` fact from anyone counts at most at
+  the incarnation we last heard from X. A forged "X dead, incarnation + 1000" thus makes X
+  suspect at its real incarnation, and X refutes it when our probe carries the doubt to it.
+  Refutation needs no relay: whoever suspects X probes X, and X answers with its
+  incarnation in the ack.
+- An ack counts for our probe only from its target or from a helper we asked; a helper
+  relays an ack only from the target it probed. Acks and helpers are members' word too,
+  but a lie there can only delay a death, never cause one.
 Nothing here reads a clock or draws entropy of its own: `now` and an injected
 `random.Random` come in; messages to send and status changes go out (`drain`).
 """
@@ -26,6 +42,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
@@ -39,12 +56,20 @@ class Status(Enum):
     DEAD = "dead"
 
 
+class _Verdict(Enum):
+    """Our own latest probe of a suspect, since the suspicion began."""
+
+    FAILED = "failed"
+    ANSWERED = "answered"
+
+
 @dataclass
 class _Peer:
     status: Status = Status.ALIVE
     incarnation: int = 0
     suspected_at: float = 0.0
     confirmations: set[str] = field(default_factory=set)
+    verdict: _Verdict | None = None
 
 
 @dataclass
@@ -54,6 +79,16 @@ class _Probe:
     started: float
     acked: bool = False
     indirect: bool = False
+    helpers: tuple[str, ...] = ()
+
+
+class _Relay(NamedTuple):
+    """A probe we run for `requester` (its `seq`) of `target`, relayed back until `until`."""
+
+    requester: str
+    seq: int
+    target: str
+    until: float
 
 
 class Membership:
@@ -76,7 +111,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._next_probe = 0.0
         self._next_dead_probe = 0.0
-        self._relays: dict[int, tuple[str, int, float]] = {}
+        self._relays: dict[int, _Relay] = {}
         self._queue: dict[str, tuple[Gossip, int]] = {}
         self._suspects: set[str] = set()
         self._limit = timing.retransmits(len(roster))
@@ -96,7 +131,9 @@ class Membership:
         times = [self._next_probe, self._next_dead_probe]
         if self._probe is not None and not self._probe.acked and not self._probe.indirect:
             times.append(self._probe.started + self.timing.probe_timeout)
-        times += [self._suspicion_deadline(n) for n in self._suspects]
+        # A suspect without our own verdict waits for our probe of it (next period), not time.
+        times += [self._suspicion_deadline(n) for n in self._suspects
+                  if self.peers[n].verdict is not None]
         return min(times)
 
     def drain(self) -> tuple[list[tuple[str, Message]], list[tuple[str, Status]]]:
@@ -117,15 +154,10 @@ class Membership:
         if probe is not None and not probe.acked and not probe.indirect \
                 and now >= probe.started + t.probe_timeout:
             self._ask_helpers(probe)
-        for name in [n for n in self._suspects if now >= self._suspicion_deadline(n)]:
-            self._apply(Gossip("dead", name, self.peers[name].incarnation, self.me), now)
+        if now >= self._next_probe and probe is not None and not probe.acked:
+            self._probe_failed(probe.target, now)
+        self._settle(now)
         if now >= self._next_probe:
-            if probe is not None and not probe.acked:
-                # Also when already suspect: our own failed probe is an independent
-                # confirmation, which shortens the suspicion (memberlist does the same).
-                peer = self._peer(probe.target)
-                if peer.status is not Status.DEAD:
-                    self._apply(Gossip("suspect", probe.target, peer.incarnation, self.me), now)
             self._probe = None
             self._next_probe = _after(self._next_probe, t.probe_interval, now)
             target = self._next_target()
@@ -138,7 +170,7 @@ class Membership:
             if self._dead:
                 self._seq += 1
                 self._ping(self.rng.choice(sorted(self._dead)), self._seq)
-        self._relays = {s: r for s, r in self._relays.items() if r[2] > now}
+        self._relays = {s: r for s, r in self._relays.items() if r.until > now}
 
     def unreachable(self, peer: str, now: float) -> None:
         """The shell could not reach `peer`: do not wait out the direct probe timeout."""
@@ -147,10 +179,11 @@ class Membership:
             self._ask_helpers(probe)
 
     def suspect(self, name: str, now: float) -> None:
-        """Local evidence against `name` (e.g. missed lease renewals): suspect it as if a
-        probe had failed; it refutes like any suspicion, and others' suspicions confirm."""
+        """Local evidence against `name` (e.g. missed lease renewals): suspect it, and probe
+        it next; it refutes like any suspicion, and others' suspicions confirm."""
         if name != self.me and self.status(name) is not Status.DEAD:
-            self._apply(Gossip("suspect", name, self._peer(name).incarnation, self.me), now)
+            self._apply(Gossip("suspect", name, self._peer(name).incarnation, self.me), now,
+                        sender=self.me)
 
     def receive(self, sender: str, msg: Ping | Ack | PingReq, now: float) -> None:
         if isinstance(msg, PingReq) and msg.target in (sender, self.me):
@@ -161,10 +194,11 @@ class Membership:
             raise RemoteProtocolError(f"{sender} asked {self.me} to probe unknown "
                                       f"{msg.target!r}")
         for fact in msg.gossip:
-            if fact.member not in self.roster or fact.status not in ("alive", "suspect", "dead"):
+            if fact.member not in self.roster or fact.origin not in self.roster \
+                    or fact.status not in ("alive", "suspect", "dead"):
                 raise RemoteProtocolError(f"{sender} gossiped an invalid fact {fact!r}")
         for fact in msg.gossip:
-            self._apply(fact, now)
+            self._apply(fact, now, sender=sender)
         if isinstance(msg, Ping):
             # Tell a sender we think dead or suspect so at once: it refutes in its next ack.
             # And a sender that doubts us hears our own current incarnation: if its news of
@@ -176,18 +210,29 @@ class Membership:
                                                                  mine))))
         elif isinstance(msg, PingReq):
             self._seq += 1
-            self._relays[self._seq] = (sender, msg.seq, now + self.timing.probe_interval)
+            self._relays[self._seq] = _Relay(sender, msg.seq, msg.target,
+                                             now + self.timing.probe_interval)
             self._ping(msg.target, self._seq)
         else:
             probe = self._probe
-            if probe is not None and probe.seq == msg.seq and probe.target == msg.target:
+            if probe is not None and probe.seq == msg.seq and probe.target == msg.target \
+                    and (sender == msg.target or sender in probe.helpers):
                 probe.acked = True
-            relay = self._relays.pop(msg.seq, None)
-            if relay is not None and relay[0] != msg.target:
-                self._out.append((relay[0], Ack(relay[1], msg.target, *self.header)))
+                peer = self.peers.get(msg.target)
+                if peer is not None and peer.status is Status.SUSPECT:
+                    peer.verdict = _Verdict.ANSWERED
+            relay = self._relays.get(msg.seq)
+            if relay is not None and sender == relay.target == msg.target:
+                del self._relays[msg.seq]
+                self._out.append((relay.requester, Ack(relay.seq, msg.target, *self.header)))
 
     # -- internals ----------------------------------------------------------------------
     def _next_target(self) -> str | None:
+        # A suspect we have no verdict of our own about goes first: only our own probe can
+        # make it dead here (or let its suspicion lapse).
+        unprobed = [n for n in self._suspects if self.peers[n].verdict is None]
+        if unprobed:
+            return min(unprobed, key=lambda n: (self.peers[n].suspected_at, n))
         for _ in range(2):
             while self._order:
                 # A lazy Fisher-Yates shuffle: one random pick per probe, not n per round.
@@ -213,7 +258,8 @@ class Membership:
         drawn = self.rng.sample(names, min(len(names), 3 * self.timing.indirect_checks + 2))
         helpers = [n for n in drawn if n not in (self.me, probe.target)
                    and self.status(n) is Status.ALIVE]
-        for helper in helpers[:self.timing.indirect_checks]:
+        probe.helpers = tuple(helpers[:self.timing.indirect_checks])
+        for helper in probe.helpers:
             self._out.append((helper, PingReq(probe.seq, probe.target,
                                               gossip=self._piggyback(None))))
 
@@ -257,7 +303,7 @@ class Membership:
         peer.status, peer.incarnation = status, incarnation
         if status is Status.SUSPECT:
             if changed:
-                peer.suspected_at, peer.confirmations = now, set()
+                peer.suspected_at, peer.confirmations, peer.verdict = now, set(), None
             self._suspects.add(name)
         else:
             self._suspects.discard(name)
@@ -268,8 +314,9 @@ class Membership:
         if changed:
             self._changes.append((name, status))
 
-    def _apply(self, fact: Gossip, now: float) -> None:
-        """memberlist's aliveNode/suspectNode/deadNode, one fact at a time."""
+    def _apply(self, fact: Gossip, now: float, *, sender: str) -> None:
+        """memberlist's aliveNode/suspectNode, one fact heard from `sender` (ourselves for
+        our own observations); deaths are ours alone (`_settle`)."""
         if fact.member == self.me:
             if fact.status != "alive":
                 if fact.incarnation >= self.incarnation:
@@ -279,25 +326,48 @@ class Membership:
             return
         peer = self._peer(fact.member)
         if fact.status == "alive":
-            if fact.incarnation > peer.incarnation:
+            # Only the member itself raises its incarnation: anybody else could inflate it
+            # past the member's own refutations.
+            if sender == fact.member and fact.incarnation > peer.incarnation:
                 self._set(fact.member, Status.ALIVE, fact.incarnation, now)
                 self._enqueue(fact)
-        elif fact.status == "suspect":
-            if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
-                return
-            if peer.status is Status.SUSPECT and fact.incarnation == peer.incarnation:
-                if fact.origin not in peer.confirmations:
-                    peer.confirmations.add(fact.origin)
-                    self._enqueue(fact)
-                return
-            self._set(fact.member, Status.SUSPECT, fact.incarnation, now)
-            peer.confirmations.add(fact.origin)
-            self._enqueue(fact)
-        else:
-            if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
-                return
-            self._set(fact.member, Status.DEAD, fact.incarnation, now)
-            self._enqueue(fact)
+            return
+        # 'suspect' or 'dead', from whoever: a reason to look for ourselves, no more, and at
+        # no higher incarnation than we heard from the member itself.
+        if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
+            return
+        hint = Gossip("suspect", fact.member, peer.incarnation, fact.origin)
+        if peer.status is Status.SUSPECT:
+            if fact.origin not in peer.confirmations:
+                peer.confirmations.add(fact.origin)
+                self._enqueue(hint)
+            return
+        self._set(fact.member, Status.SUSPECT, peer.incarnation, now)
+        peer.confirmations.add(fact.origin)
+        self._enqueue(hint)
+
+    def _probe_failed(self, target: str, now: float) -> None:
+        """No ack, direct or relayed, by the end of the period: our own evidence. Also when
+        already suspect: it is an independent confirmation, which shortens the suspicion
+        (memberlist does the same)."""
+        peer = self._peer(target)
+        if peer.status is Status.DEAD:
+            return
+        self._apply(Gossip("suspect", target, peer.incarnation, self.me), now, sender=self.me)
+        peer.verdict = _Verdict.FAILED
+
+    def _settle(self, now: float) -> None:
+        """Suspicions whose timeout passed end on our own latest probe of the suspect: dead
+        if it failed, alive again (here only) if it was answered."""
+        for name in sorted(self._suspects):
+            peer = self.peers[name]
+            if peer.verdict is None or now < self._suspicion_deadline(name):
+                continue
+            if peer.verdict is _Verdict.FAILED:
+                self._set(name, Status.DEAD, peer.incarnation, now)
+                self._enqueue(Gossip("dead", name, peer.incarnation, self.me))
+            else:
+                self._set(name, Status.ALIVE, peer.incarnation, now)
 
 
 def _after(due: float, interval: float, now: float) -> float:

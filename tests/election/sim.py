@@ -12,7 +12,13 @@ only compare durations. After every delivered event `check()` runs the safety in
   two lives of one agent) never overlap in global time, not even by a step-down's worth;
 - an acting leader holds unexpired leases at a majority of the hosts (the hosts' own
   grantor state, read directly, is the ground truth);
-- the persisted term of every agent never decreases.
+- the persisted term of every agent never decreases;
+- only pool hosts ever run, lead or are followed as leader (a node never outranks a host);
+- whatever a test adds to `checks`, run after every event.
+An insider is a member (a node, in the tests) whose certificate sends whatever it likes:
+`forge(src, dst, msg)` puts a message on the network as if `src` sent it (the transport
+would authenticate that name, so `src` is the only thing an insider cannot forge). Every
+refusal an agent reports is kept in `refused`.
 Violations raise `AssertionError` with the global time and what broke.
 """
 
@@ -21,14 +27,17 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from cloudd.election.agent import AgentCore, Output
+from cloudd.election.authority import Refusal
 from cloudd.election.config import Timing
 from cloudd.election.lease import Grantor
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import ELECTION_TYPES, Message
-from cloudd.election.states import Role
+from cloudd.election.states import Event, Role
+from cloudd.errors import ProtocolError
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Sim:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         names = [f"m{i:04d}" for i in range(self.n)]
-        # Hosts spread through the priority order, so leaders are not always hosts.
+        # Hosts spread through the listed order (the roster still ranks them first).
         host_idx = set(self.rng.sample(range(self.n), self.hosts))
         self.roster = Roster(Member(nm, host=i in host_idx) for i, nm in enumerate(names))
         self.names = names
@@ -72,6 +81,11 @@ class Sim:
         self._leases: dict[tuple[str, int, int], _Lease] = {}
         self._term_owner: dict[int, tuple[str, int]] = {}
         self.timing = replace(self.timing, no_quorum=self.policy)
+        self.refused: list[tuple[str, Refusal]] = []
+        #: (agent, event) for every event of kind 'leader': who won, followed, re-established.
+        self.leadership: list[tuple[str, Event]] = []
+        self.errors: list[tuple[str, str]] = []
+        self.checks: list[Callable[[], None]] = []
 
     # -- faults -------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -109,6 +123,13 @@ class Sim:
         self.cuts.clear()
         self.isolated.clear()
 
+    def forge(self, src: str, dst: str, msg: Message) -> None:
+        """An insider's message: sent as `src` over the same network (cuts and loss apply).
+        A forged message the receiver rejects as malformed is kept in `errors`, as the shell
+        would log it; an honest agent's malformed message still fails the test."""
+        assert src in self.roster and dst in self.roster and src != dst
+        self._send(src, dst, msg, kind="forged")
+
     # -- running ------------------------------------------------------------------------
     def run_until(self, t: float) -> None:
         while self._queue and self._queue[0][0] <= t:
@@ -125,18 +146,27 @@ class Sim:
                 # would be a busy loop in the shell.
                 assert out.wake_at > self._local(str(name)), (self.now, name, "busy wake")
                 self._apply(str(name), out)
-            elif kind == "msg":
+            elif kind in ("msg", "forged"):
                 src, dst, msg = data
                 agent = self.agents[str(dst)]
                 if agent is None:
                     self._unreachable(str(src), str(dst))
                     continue
-                self._apply(str(dst), agent.step(str(src), msg, self._local(str(dst))))  # type: ignore[arg-type]
+                try:
+                    out = agent.step(str(src), msg, self._local(str(dst)))  # type: ignore[arg-type]
+                except ProtocolError as e:
+                    if kind != "forged":
+                        raise
+                    self.errors.append((str(dst), str(e)))
+                    continue
+                self._apply(str(dst), out)
             else:
                 src, dst = data
                 agent = self.agents[str(src)]
                 if agent is not None:
                     self._apply(str(src), agent.peer_unreachable(str(dst), self._local(str(src))))
+            for check in self.checks:
+                check()
         self.now = max(self.now, t)
 
     def run_for(self, dt: float) -> None:
@@ -173,19 +203,32 @@ class Sim:
         if self._wake.get(name) != wake:
             self._wake[name] = wake
             self._push(wake, "wake", (name,))
+        self.refused += [(name, r) for r in out.refused]
+        self.leadership += [(name, e) for e in out.events if e.kind == "leader"]
+        self._check_kinds(name)
         if out.acting:
             assert out.acting_until is not None
             self._check_acting(name, out.acting_until - self.offset[name])
 
-    def _send(self, src: str, dst: str, msg: Message) -> None:
+    def _send(self, src: str, dst: str, msg: Message, *, kind: str = "msg") -> None:
         self.sent[type(msg).__name__] += 1
         if src in self.isolated or dst in self.isolated or frozenset((src, dst)) in self.cuts:
             return
         if self.loss and self.rng.random() < self.loss:
             return
-        self._push(self.now + self.rng.uniform(*self.delay), "msg", (src, dst, msg))
+        self._push(self.now + self.rng.uniform(*self.delay), kind, (src, dst, msg))
 
     # -- invariants ---------------------------------------------------------------------
+    def _check_kinds(self, name: str) -> None:
+        """Only pool hosts run, lead, or are followed (checked for the agent that moved)."""
+        agent = self.agents[name]
+        assert agent is not None
+        hosts = self.roster.hosts
+        assert name in hosts or agent.role not in (Role.CANDIDATE, Role.LEADER), (
+            f"t={self.now:.4f}: node {name} is {agent.role.value}")
+        assert not agent.leader or agent.leader in hosts, (
+            f"t={self.now:.4f}: {name} follows node {agent.leader}")
+
     def _check_acting(self, name: str, until: float) -> None:
         agent = self.agents[name]
         assert agent is not None
@@ -229,6 +272,17 @@ def settled_leader(sim: Sim, within: set[str] | None = None) -> str | None:
     """The one acting leader among `within` (default: all), or None if zero or several."""
     acting = [n for n in sim.acting() if within is None or n in within]
     return acting[0] if len(acting) == 1 else None
+
+
+def started(n: int, *, hosts: int = 3, seed: int = 1, **kw: object) -> tuple[Sim, str]:
+    """A cloud of `n` started together, run until its first leader acts."""
+    sim = Sim(n, hosts=hosts, seed=seed, **kw)  # type: ignore[arg-type]
+    sim.start_all()
+    took = run_until_leader(sim, bound=sim.timing.settle_bound(n))
+    assert took is not None, "no leader after a cold start"
+    leader = settled_leader(sim)
+    assert leader is not None
+    return sim, leader
 
 
 def run_until_leader(sim: Sim, *, bound: float, within: set[str] | None = None,

@@ -47,11 +47,18 @@ def test_bad_timing_is_refused_with_one_message(change: dict[str, object], field
     assert err.value.problems[0].field == field and words in str(err.value)
 
 
-def test_priority_then_listed_order() -> None:
-    r = Roster([Member("a"), Member("b", host=True), Member("c", priority=5), Member("d")])
-    assert r.by_priority == ("c", "a", "b", "d")
-    assert r.higher_than("b") == ("c", "a") and r.outranks("a", "d")
-    assert r.hosts == frozenset({"b"}) and r.quorum == 1
+def test_hosts_first_then_priority_then_listed_order() -> None:
+    r = Roster([Member("a"), Member("b", host=True), Member("c", priority=5), Member("d"),
+                Member("e", host=True, priority=1)])
+    assert r.by_priority == ("e", "b", "c", "a", "d")
+    assert r.higher_than("c") == ("e", "b") and r.outranks("a", "d")
+    assert r.hosts == frozenset({"b", "e"}) and r.quorum == 2
+
+
+def test_no_node_outranks_a_pool_host_whatever_its_priority() -> None:
+    r = Roster([Member("n", priority=100), Member("h", host=True, priority=-5)])
+    assert r.outranks("h", "n") and not r.outranks("n", "h")
+    assert r.may_lead("h") and not r.may_lead("n")
 
 
 @pytest.mark.parametrize(("hosts", "quorum"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)])

@@ -60,6 +60,22 @@ def test_release_frees_only_the_holders_own_term() -> None:
     assert isinstance(answer, LeaseGrant)
 
 
+def test_holds_lease_only_for_the_granted_member_and_term_until_it_expires() -> None:
+    g = Grantor(duration=T.lease_duration)
+    g.decide("x", LeaseRequest(term=5, seq=1), 10.0, term=4, leader="")
+    end = 10.0 + T.lease_duration
+    assert g.holds_lease("x", 5, 10.0) and g.holds_lease("x", 5, end - 1e-6)
+    assert not g.holds_lease("x", 5, end)  # expired, by this host's clock
+    assert not g.holds_lease("x", 4, 10.1) and not g.holds_lease("x", 6, 10.1)
+    assert not g.holds_lease("y", 5, 10.1) and not g.holds_lease("", 5, 10.1)
+    assert g.release("x", 5, 10.2) and not g.holds_lease("x", 5, 10.2)
+
+
+def test_a_restarted_host_holds_nobody_bound() -> None:
+    g = Grantor.after_start(10.0, T)
+    assert not any(g.holds_lease(m, t, 10.1) for m in ("", "x") for t in (-1, 0, 5))
+
+
 def holder() -> Holder:
     return Holder(term=7, hosts=frozenset({"h1", "h2", "h3"}), quorum=2, timing=T)
 

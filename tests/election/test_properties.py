@@ -9,7 +9,12 @@ across restarts, persisted terms never decreasing. At the end, the faults are he
 everyone restarted: exactly one acting leader must emerge within the stated bound (`heal`).
 The second does the same with 10-40 members; the third then restarts a member that
 outranks the leader and checks that it does not take over (no churn) and the term does not
-move.
+move unless the leader re-established itself above a host's fence.
+The last two add an insider: a node whose certificate forges leadership claims, lease
+requests, probe headers and gossip (insider.py). Under random faults the invariants still
+hold (and the simulator checks after every event that no node ever runs, leads or is
+followed), no forged term is ever persisted, and healing still elects one leader; without
+faults, the forgeries change no leader and no term, and nobody ever believes a host dead.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .sim import Sim, run_until_leader
+from cloudd.election.swim import Status
+
+from .insider import FORGED, KINDS, forge, insider_of
+from .sim import Sim, run_until_leader, started
 
 #: Scale the example counts up for a soak run: ELECTION_EXAMPLES_SCALE=20 pytest ...
 SCALE = int(os.environ.get("ELECTION_EXAMPLES_SCALE", "1"))
@@ -122,7 +130,63 @@ def test_no_churn_when_the_top_member_returns_after_any_history(
                     if a is not None and a.bully.leader and a.bully.leader != leader}
         assert not believed, f"members follow another leader than {leader}: {believed}"
     assert sim.acting() == [leader]
-    # The term moves only if the leader re-established itself above a host's fence, and then
-    # it is still the same leader in the new term.
-    assert agent.term >= term
-    assert agent.bully.leader == leader and sim.acting() == [leader]
+    # The term moves only if the leader re-established itself above a host's fence (its
+    # restart forgot whom it granted), never because the leader stepped down and won again.
+    if agent.term != term:
+        assert (leader, "re-established under a higher term", agent.term) in [
+            (name, e.reason, e.term) for name, e in sim.leadership], "the term moved"
+    assert {(a.leader, a.term) for a in sim.live()} == {(leader, agent.term)}
+
+
+forgeries = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 100), st.integers(0, 50),
+              st.floats(0.0, 0.3)),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=60 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 9), hosts=st.integers(1, 5), seed=st.integers(0, 2**16),
+       loss=st.sampled_from([0.0, 0.05, 0.2]), policy=st.sampled_from(["stop", "freeze"]),
+       faults=schedule, forged=forgeries)
+def test_an_insider_under_random_faults_breaks_no_safety_invariant(
+        n: int, hosts: int, seed: int, loss: float, policy: str,
+        faults: list[tuple[str, int, int, float]],
+        forged: list[tuple[str, int, int, float]]) -> None:
+    sim = Sim(n, hosts=min(hosts, n - 1), seed=seed, loss=loss, policy=policy)
+    insider = insider_of(sim)
+    assert insider is not None
+    sim.start_all()
+    sim.run_for(0.3)
+    for i in range(max(len(faults), len(forged))):
+        play(sim, faults[i:i + 1])
+        for kind, pick, k, pause in forged[i:i + 1]:
+            forge(sim, insider, kind, pick, k)
+            sim.run_for(pause)
+    assert max(sim.persisted.values()) < FORGED, "a forged term was persisted"
+    heal(sim)
+
+
+@settings(max_examples=40 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 9), hosts=st.integers(1, 5), seed=st.integers(0, 2**16),
+       forged=forgeries)
+def test_an_insider_alone_moves_no_leader_no_term_and_kills_no_host(
+        n: int, hosts: int, seed: int, forged: list[tuple[str, int, int, float]]) -> None:
+    sim, leader = started(n, hosts=min(hosts, n - 1), seed=seed)
+    sim.run_for(1.0)
+    agent = sim.agents[leader]
+    insider = insider_of(sim)
+    assert agent is not None and insider is not None
+    view = {(leader, agent.term)}
+    assert {(a.leader, a.term) for a in sim.live()} == view
+
+    def unmoved() -> None:
+        assert sim.acting() == [leader], sim.acting()
+        assert {(a.leader, a.term) for a in sim.live()} == view
+        dead = [(a.me, h) for a in sim.live() for h in sim.roster.hosts
+                if h != a.me and a.status(h) is Status.DEAD]
+        assert not dead, f"believed dead: {dead}"
+    sim.checks.append(unmoved)
+    for kind, pick, k, pause in forged:
+        forge(sim, insider, kind, pick, k)
+        sim.run_for(pause)
+    sim.run_for(1.0)

@@ -15,17 +15,7 @@ from cloudd.election.config import Timing
 from cloudd.election.states import Role
 from cloudd.election.swim import Status
 
-from .sim import Sim, run_until_leader, settled_leader
-
-
-def started(n: int, *, hosts: int = 3, seed: int = 1, **kw: object) -> tuple[Sim, str]:
-    sim = Sim(n, hosts=hosts, seed=seed, **kw)  # type: ignore[arg-type]
-    sim.start_all()
-    took = run_until_leader(sim, bound=sim.timing.settle_bound(n))
-    assert took is not None, "no leader after a cold start"
-    leader = settled_leader(sim)
-    assert leader is not None
-    return sim, leader
+from .sim import Sim, run_until_leader, settled_leader, started
 
 
 @pytest.mark.parametrize("n", [3, 5, 50])
@@ -175,13 +165,15 @@ def test_a_hosts_own_failed_candidacy_does_not_lock_the_incumbent_out() -> None:
 
 
 def test_a_host_fenced_by_another_candidate_is_won_back_under_a_higher_term() -> None:
-    sim, leader = started(6, hosts=3, seed=11)
+    sim, leader = started(7, hosts=5, seed=11)
     by_rank = [n for n in sim.roster.by_priority if n != leader]
     host = [n for n in by_rank if n in sim.roster.hosts][-1]
-    rival = next(n for n in by_rank if n not in sim.roster.hosts)
-    assert sim.roster.outranks(rival, host), "seed must give a rival that outranks the host"
+    rival = next(n for n in by_rank if n in sim.roster.hosts)
+    assert sim.roster.outranks(rival, host)
     term = sim.agents[leader].term  # type: ignore[union-attr]
-    sim.partition({host, rival})  # rival runs; host's lease to the leader lapses; it grants
+    # Two hosts of five apart: rival runs; host's lease to the leader lapses; it grants
+    # rival a higher term, which is no majority; the leader keeps three hosts.
+    sim.partition({host, rival})
     sim.run_for(1.5)
     fenced = sim.agents[host]
     assert fenced is not None and fenced.bully.fence > term

@@ -137,6 +137,12 @@ class CloudMember:
             me=self.me, cloud=lambda: self.cloud, settings=settings, state_dir=self.state_dir,
             open_backend=open_backend, leader=lambda: self.election.leader, send=send,
             local=lambda host, event: self.controller.domain_event(host, event),
+            # A command runs only for the member this host leased exactly that term to, or
+            # for this agent itself while it acts in that term (it may lead on the other
+            # hosts' leases while its own grantor is still fenced).
+            holds_lease=lambda member, term: (
+                self.election.holds_lease(member, term)
+                or (member == self.me and self.acting_term() == term)),
         ) if self.is_host and open_backend is not None else None
         renderer = DomainRenderer(port=settings.listen.port, pki_dir=str(settings.pki.ca.parent))
         self.host_calls = HostCalls(me=self.me, request=request, clock=clock,

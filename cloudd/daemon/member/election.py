@@ -5,8 +5,13 @@
 - feeds it the messages the transport delivers and the peers the transport cannot reach,
 - ticks it when its `wake_at` comes,
 - performs its `Output` in the order the core documents: persist the term (fsync) before
-  sending anything, then send, then log the events, then tell listeners whether this agent
-  may act on the cloud (and until when).
+  sending anything, then send, then log the events and the refusals, then tell listeners
+  whether this agent may act on the cloud (and until when).
+Every message refused, whether the core found it malformed or its sender had no right to
+send it (cloudd.election.authority), is one `message_refused` line naming the peer, the
+term it carried and the reason; it changed nothing. `holds_lease` answers the host's
+question before a host command: did this host grant `peer` its lease for that very term,
+and is it unexpired now, by this host's clock.
 """
 
 from __future__ import annotations
@@ -80,13 +85,22 @@ class ElectionShell:
             return Status.ALIVE
         return self.core.status(member)
 
+    def holds_lease(self, peer: str, term: int) -> bool:
+        """True when this agent, a pool host, granted `peer` its leader lease for exactly
+        `term` and that lease has not expired by this host's clock (False on a node)."""
+        return self.core.holds_lease(peer, term, self._clock())
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     # -- inputs ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the core from the persisted term (`run` does it first)."""
+        self._perform(self.core.start(self._clock(), persisted_term=self._term_file.load()))
+
     async def run(self) -> None:
         """Root task: start the core, then tick it whenever it asks to be woken."""
-        self._perform(self.core.start(self._clock(), persisted_term=self._term_file.load()))
+        self.start()
         while True:
             delay = max(0.0, self._wake_at - self._clock())
             with contextlib.suppress(TimeoutError):
@@ -99,8 +113,9 @@ class ElectionShell:
             out = self.core.step(peer, msg, self._clock())
         except ProtocolError as e:
             # Changes nothing in the core; the connection layer has authenticated the peer,
-            # so this is a confused (or newer) agent, not noise.
-            self._log.warning("election_message_refused", peer=peer, reason=str(e))
+            # so this is a confused (or newer, or hostile) agent, not noise.
+            self._log.warning("message_refused", peer=peer, term=getattr(msg, "term", None),
+                              reason=str(e))
             return
         self._perform(out)
 
@@ -116,6 +131,9 @@ class ElectionShell:
             self._term_file.save(out.persist_term)
         for peer, msg in out.messages:
             self._send(peer, msg)
+        for refused in out.refused:
+            self._log.warning("message_refused", peer=refused.peer, term=refused.term,
+                              reason=refused.reason)
         for ev in out.events:
             self._log.info(f"election_{ev.kind}", term=ev.term, peer=ev.peer or None,
                            reason=ev.reason)
