@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
@@ -14,22 +15,7 @@ from cloudd.errors import PermanentError
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.domains import DomainRenderer, node_of_domain, template_extra
 
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {name: pm1, address: 192.0.2.70}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server:
-    - {address: 192.0.2.176, image: /img/web1.qcow2}
-    - {address: 192.0.2.178, image: /img/web2.qcow2}
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-settings: {app_port: 8080}
-"""
+MANIFEST = SHOP
 DB = "shop-database-1"
 
 TEMPLATE = ("<domain type='qemu'><name>${name}</name><os><cmdline>${cmdline}</cmdline></os>"

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, Ensure
@@ -13,22 +14,7 @@ from cloudd.daemon.leader.assignment import assignments, due, healthy
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport
 from cloudd.providers.catalog import CATALOG
 
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {name: pm1, address: 192.0.2.70}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server:
-    - {address: 192.0.2.176, image: /img/web1.qcow2}
-    - {address: 192.0.2.178, image: /img/web2.qcow2}
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-settings: {app_port: 8080}
-"""
+MANIFEST = SHOP
 
 DB, WEB1, WEB2, LB = "shop-database-1", "shop-server-1", "shop-server-2", "shop-balancer-1"
 ALL = {DB, WEB1, WEB2, LB}
