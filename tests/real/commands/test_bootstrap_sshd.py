@@ -113,7 +113,7 @@ class Kit:
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     """A snapshot of this checkout (edits to it must not change the wheel mid-test), and a
     wheel cache shared by the module's tests."""
-    here, snap = Path(__file__).resolve().parents[2], tmp_path_factory.mktemp("source")
+    here, snap = Path(__file__).resolve().parents[3], tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(here / name, snap / name)
     for name in ("cloudd",):
