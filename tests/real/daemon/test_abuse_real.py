@@ -33,6 +33,7 @@ from cloudd.daemon.network.catalogue import (
     InspectAnswer,
     InspectWanted,
     ManifestOffer,
+    ManifestWanted,
     NodePhase,
     NodeReport,
     OfferOrigin,
@@ -455,6 +456,34 @@ def insider_cases(a: Abuse) -> list[tuple[str, str, object, bool, str]]:
     ]
 
 
+FLOOD_REQUESTS = 3000
+
+
+def flood(a: Abuse, target: str, count: int) -> None:
+    """`count` requests a node may send, pipelined on one connection without waiting; every
+    one is answered (an answer, or "busy" once too many are in flight)."""
+    ip = a.lab.agents[target].ns.ip
+    sock = authenticated(ip, a.ca, a.insider, INSIDER)
+    asks = [InspectWanted(a.lab.cloud_name), ManifestWanted(a.lab.cloud_name)]
+    try:
+        sock.sendall(b"".join(default_codec.encode(asks[i % 2], rid=i + 1, request=True)
+                              for i in range(count)))
+        decoder = FrameDecoder(default_codec)
+        answered: dict[str, int] = {}
+        sock.settimeout(BOUND)
+        while sum(answered.values()) < count:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"{target} closed the connection after {answered}"
+            for f in decoder.feed_frames(chunk):
+                kind = ("busy" if isinstance(f.msg, RemoteFailure) and f.msg.temporary
+                        else type(f.msg).__name__)
+                answered[kind] = answered.get(kind, 0) + 1
+        print(f"flood of {count} requests at {target}: {answered}")
+        assert answered.get("busy", 0) < count, "nothing was answered"
+    finally:
+        sock.close()
+
+
 def test_an_insider_node_certificate_is_refused_everything_a_node_may_not_do(
         abuse: Abuse) -> None:
     """A node's real certificate (of this cloud, listed in its roster, running no agent)
@@ -484,6 +513,11 @@ def test_an_insider_node_certificate_is_refused_everything_a_node_may_not_do(
     inspect = exchange(a, a.target, InspectWanted(a.lab.cloud_name), request=True)
     assert isinstance(inspect, InspectAnswer), inspect
     assert "fence" not in inspect.doc and "secret" not in inspect.doc
+    # A flood of what a node may ask (inspect views, the manifest) at the leader, as fast as
+    # one connection carries them: answered or turned away "busy", and the leader renews its
+    # leases throughout (same leader, same term, nobody believed dead).
+    flood(a, a.leader, FLOOD_REQUESTS)
+    assert views(a) == before_views and on_disk(a) == before_disk
     # a failover still works after all of it
     a.lab.kill(a.leader)
     rest = [n for n in a.everyone if n != a.leader]
