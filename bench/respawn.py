@@ -28,8 +28,8 @@ from pathlib import Path
 
 from cloudd_lab.testguest import build_minimal_guest
 
-from cloudd.vmctl.backend import DomainEvent, EventKind
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, render_domain
@@ -58,7 +58,7 @@ class Timed:
         return await self.inner.start(name)
 
 
-async def next_event(queue: asyncio.Queue[DomainEvent], kind: EventKind, name: str,
+async def next_event(queue: asyncio.Queue[DomainEvent], kind: DomainEventKind, name: str,
                      within: float = 120) -> DomainEvent:
     async with asyncio.timeout(within):
         while True:
@@ -85,7 +85,7 @@ async def measure(work: Path) -> None:
     try:
         await agent.execute(HostCommand(Op.DEFINE, 1, name, render_domain(TEMPLATE, spec)))
         await agent.execute(HostCommand(Op.START, 1, name))
-        await next_event(events, EventKind.STARTED, name)
+        await next_event(events, DomainEventKind.STARTED, name)
         for run in range(RUNS):
             await asyncio.sleep(1.0)  # let the guest get past its first instants
             pidfile = Path(f"/run/libvirt/qemu/{name}.pid")
@@ -93,15 +93,15 @@ async def measure(work: Path) -> None:
             timed.start_called.clear()
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
-            stopped = await next_event(events, EventKind.STOPPED, name)
+            stopped = await next_event(events, DomainEventKind.STOPPED, name)
             # the respawner: the STOPPED event becomes a START command to the host agent
             while True:
                 result = await agent.execute(HostCommand(Op.START, 1, name))
-                if result.outcome is not Outcome.FAILED:
+                if result.outcome is not CommandOutcome.FAILED:
                     break
                 retries += 1
                 await asyncio.sleep(result.retry_after or 0.5)
-            started = await next_event(events, EventKind.STARTED, name)
+            started = await next_event(events, DomainEventKind.STARTED, name)
             shares.append(timed.start_called[0] - stopped.at)
             totals.append(started.at - killed)
             detections.append(stopped.at - killed)

@@ -41,7 +41,7 @@ class Listen(BaseModel):
     """TCP port for every agent-to-agent message (election, gossip, commands)."""
 
 
-class Pki(BaseModel):
+class PkiSettings(BaseModel):
     model_config = _CONFIG
     ca: FsPath = Path("/etc/cloudd/pki/ca.pem")
     """The cluster CA certificate: peers must present a certificate it signed."""
@@ -86,7 +86,7 @@ class Images(BaseModel):
     moves a 20 GiB image at ~12 MiB/s."""
 
 
-class Metrics(BaseModel):
+class MetricsSettings(BaseModel):
     model_config = _CONFIG
     enabled: bool = False
     """Serve Prometheus metrics; off by default so that nothing listens unasked."""
@@ -100,7 +100,7 @@ class Log(BaseModel):
     """Least severe event logged; info shows every state transition."""
 
 
-class Membership(BaseModel):
+class MembershipSettings(BaseModel):
     """SWIM liveness. The defaults are the election core's production timing
     (`cloudd.election.config.Timing`): agents keep TLS connections open, so probing often is
     cheap, and a dead leader is noticed in a few hundred milliseconds."""
@@ -118,7 +118,7 @@ class Membership(BaseModel):
     declared dead (memberlist's formula)."""
 
 
-class Election(BaseModel):
+class ElectionSettings(BaseModel):
     """Bully election and leader-lease timing (see `cloudd.election.config.Timing`)."""
 
     model_config = _CONFIG
@@ -153,7 +153,7 @@ class Reconcile(BaseModel):
     """Seconds between two scans of manifest_dir for new, changed or removed manifests."""
 
 
-class Supervisor(BaseModel):
+class SupervisorSettings(BaseModel):
     """Per-node service supervision (supervisord's startsecs and friends)."""
 
     model_config = _CONFIG
@@ -231,7 +231,7 @@ class AgentSettings(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     """This agent's member name: a pool host's or a node's name in the manifests."""
     listen: Listen = Listen()
-    pki: Pki = Pki()
+    pki: PkiSettings = PkiSettings()
     libvirt: Libvirt = Libvirt()
     images: Images = Images()
     state_dir: FsPath = Path("/var/lib/cloudd")
@@ -240,18 +240,18 @@ class AgentSettings(BaseModel):
     """Folder scanned for cloud manifests (*.yaml, except this settings file)."""
     api_socket: FsPath = Path("/run/cloudd/cloudd.sock")
     """Unix socket of the local API used by cloudd-cli (root only)."""
-    metrics: Metrics = Metrics()
+    metrics: MetricsSettings = MetricsSettings()
     log: Log = Log()
-    membership: Membership = Membership()
-    election: Election = Election()
+    membership: MembershipSettings = MembershipSettings()
+    election: ElectionSettings = ElectionSettings()
     reconcile: Reconcile = Reconcile()
-    supervisor: Supervisor = Supervisor()
+    supervisor: SupervisorSettings = SupervisorSettings()
     transport: TransportSettings = TransportSettings()
     events: EventLogSettings = EventLogSettings()
 
 
 #: Defaults of the `local` profile: reconciling and supervision about ten times faster, for
-#: agents on one machine over loopback or network namespaces. Membership and election keep
+#: agents on one machine over loopback or network namespaces. MembershipSettings and election keep
 #: their production timing: it is already sub-second, and tighter probes turn a loaded test
 #: machine's scheduling delays into false suspicions. The transport keeps its production
 #: bounds too: they only ever apply to a peer that is gone or misbehaving, and a returning

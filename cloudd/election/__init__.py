@@ -8,8 +8,17 @@ from cloudd.election.agent import AgentCore, Output
 from cloudd.election.authority import Refusal
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
-from cloudd.election.states import Event, Role
+from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Status
 
-__all__ = ["AgentCore", "Event", "Member", "Output", "Refusal", "Role", "Roster", "Status",
-           "Timing"]
+__all__ = [
+           "AgentCore",
+           "ElectionEvent",
+           "ElectionRole",
+           "Member",
+           "Output",
+           "Refusal",
+           "Roster",
+           "Status",
+           "Timing",
+]

@@ -35,7 +35,7 @@ from cloudd.election.messages import (
     Ping,
     PingReq,
 )
-from cloudd.election.states import Event, Role
+from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
@@ -46,7 +46,7 @@ class Output:
 
     messages: tuple[tuple[str, Message], ...]
     persist_term: int | None
-    events: tuple[Event, ...]
+    events: tuple[ElectionEvent, ...]
     acting: bool
     acting_until: float | None
     wake_at: float
@@ -68,20 +68,21 @@ class AgentCore:
         self._now = float("-inf")
         self._acting = False
         self._pending_out: list[tuple[str, Message]] = []
-        self._pending_events: list[Event] = []
+        self._pending_events: list[ElectionEvent] = []
 
     # -- queries ------------------------------------------------------------------------
     @property
     def leader(self) -> str:
         """The leader this agent follows or is ('' when it knows none)."""
-        return self.bully.leader if self.bully.role in (Role.FOLLOWER, Role.LEADER) else ""
+        following = self.bully.role in (ElectionRole.FOLLOWER, ElectionRole.LEADER)
+        return self.bully.leader if following else ""
 
     @property
     def term(self) -> int:
         return self.bully.term
 
     @property
-    def role(self) -> Role:
+    def role(self) -> ElectionRole:
         return self.bully.role
 
     @property
@@ -121,7 +122,7 @@ class AgentCore:
 
     # -- inputs -------------------------------------------------------------------------
     def start(self, now: float, *, persisted_term: int = 0) -> Output:
-        if self.bully.role is not Role.INIT:
+        if self.bully.role is not ElectionRole.INIT:
             raise LocalProtocolError(f"{self.me} is already started")
         self.bully.start(now, persisted_term)
         self.members.start(now)
@@ -188,18 +189,18 @@ class AgentCore:
 
     # -- internals ----------------------------------------------------------------------
     def _check(self, now: float) -> None:
-        if self.bully.role is Role.INIT:
+        if self.bully.role is ElectionRole.INIT:
             raise LocalProtocolError(f"{self.me} is not started")
         if now < self._now:
             raise LocalProtocolError(f"time ran backwards: {now} after {self._now}")
 
-    def _changes(self, now: float) -> list[Event]:
+    def _changes(self, now: float) -> list[ElectionEvent]:
         """Hand SWIM's status changes to the election; return them as events."""
         out, changes = self.members.drain()
         self._pending_out += out
         events = []
         for name, status in changes:
-            events.append(Event("member", status.value, self.bully.term, name))
+            events.append(ElectionEvent("member", status.value, self.bully.term, name))
             self.bully.member_changed(name, status is not Status.DEAD, now)
         self._pending_events += events
         return events
@@ -216,8 +217,8 @@ class AgentCore:
         acting = self.is_acting(now)
         if acting != self._acting:
             why = "host quorum" if acting else (
-                "host leases lapsed" if bully.role is Role.LEADER else "no longer leader")
-            events.append(Event("acting", f"{'yes' if acting else 'no'}: {why}", bully.term,
+                "host leases lapsed" if bully.role is ElectionRole.LEADER else "no longer leader")
+            events.append(ElectionEvent("acting", f"{'yes' if acting else 'no'}: {why}", bully.term,
                                 self.me))
             self._acting = acting
         wake = min(self.members.next_deadline(), bully.next_deadline(now))

@@ -55,7 +55,7 @@ from cloudd.election.messages import (
     Resign,
     WhoLeads,
 )
-from cloudd.election.states import TRANSITIONS, Event, Role
+from cloudd.election.states import TRANSITIONS, ElectionEvent, ElectionRole
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 
@@ -65,7 +65,7 @@ class Bully:
     def __init__(self, me: str, roster: Roster, *, timing: Timing, rng: random.Random,
                  live: Callable[[str], bool]) -> None:
         self.me, self.roster, self.timing, self.rng, self.live = me, roster, timing, rng, live
-        self.role = Role.INIT
+        self.role = ElectionRole.INIT
         self.term = 0
         self.leader = ""
         self.persisted = 0
@@ -80,7 +80,7 @@ class Bully:
         self.retry_at = 0.0
         self.not_before = float("-inf")
         self.out: list[tuple[str, Message]] = []
-        self.events: list[Event] = []
+        self.events: list[ElectionEvent] = []
         self.refused: list[Refusal] = []
         self.persist: int | None = None
         #: Members this agent has reason to suspect (a host missing its leader's renewals);
@@ -90,7 +90,7 @@ class Bully:
 
     # -- queries ------------------------------------------------------------------------
     def acting_until(self) -> float | None:
-        if self.role is not Role.LEADER or self.holder is None:
+        if self.role is not ElectionRole.LEADER or self.holder is None:
             return None
         return self.holder.quorum_until()
 
@@ -105,18 +105,18 @@ class Bully:
         Renewals are heartbeats the hosts get anyway; this makes a leader's death known
         to SWIM well before a random probe would find it (one suspicion per host)."""
         g = self.grantor
-        if g is None or self.role is not Role.FOLLOWER or g.holder != self.leader \
+        if g is None or self.role is not ElectionRole.FOLLOWER or g.holder != self.leader \
                 or self._leader_silent_reported:
             return float("inf")
         return g.expires - g.duration + 2.5 * self.timing.renew_interval
 
     # -- transitions --------------------------------------------------------------------
-    def _goto(self, role: Role, reason: str) -> None:
+    def _goto(self, role: ElectionRole, reason: str) -> None:
         if role not in TRANSITIONS[self.role]:
             raise LocalProtocolError(f"{self.me}: no transition from {self.role.value} to "
                                      f"{role.value} ({reason})")
         if role is not self.role:
-            self.events.append(Event("role", f"{self.role.value} -> {role.value}: {reason}",
+            self.events.append(ElectionEvent("role", f"{self.role.value} -> {role.value}: {reason}",
                                      self.term, self.leader))
         self.role = role
 
@@ -124,7 +124,7 @@ class Bully:
         # Not the fence: a host learns that from the leases it grants (`_grant`, winning).
         if term > self.term:
             self.term, self.leader = term, leader
-            self.events.append(Event("term", f"term {term} seen", term, leader))
+            self.events.append(ElectionEvent("term", f"term {term} seen", term, leader))
         self._persist(term)
 
     def _persist(self, term: int) -> None:
@@ -135,16 +135,16 @@ class Bully:
         self._raise_term(term, leader)
         self.leader = leader
         self.holder = self.refresh = None
-        self._goto(Role.FOLLOWER, reason)
+        self._goto(ElectionRole.FOLLOWER, reason)
         self.deadline = float("inf")
-        self.events.append(Event("leader", reason, term, leader))
+        self.events.append(ElectionEvent("leader", reason, term, leader))
 
     def _await(self, now: float, delay: float, reason: str) -> None:
         """No leader known: run at `now + delay`. A leader stepping down says so to all."""
-        if self.role is Role.LEADER:
+        if self.role is ElectionRole.LEADER:
             self.out += [(n, Resign(self.term)) for n in self.roster.names if n != self.me]
         self.leader, self.holder, self.refresh = "", None, None
-        self._goto(Role.AWAITING, reason)
+        self._goto(ElectionRole.AWAITING, reason)
         self.deadline = now + delay
 
     def _higher_hosts(self) -> list[str]:
@@ -159,7 +159,7 @@ class Bully:
         """The top live member runs (almost) at once; the others give it time to win."""
         if self._top():
             base = self.timing.retry_backoff
-            self._await(now, self.rng.uniform(0, base) if self.role is Role.LEADER else 0.0,
+            self._await(now, self.rng.uniform(0, base) if self.role is ElectionRole.LEADER else 0.0,
                         reason)
         else:
             self._await(now, self.timing.coordinator_timeout, reason)
@@ -168,23 +168,23 @@ class Bully:
         """AWAITING's deadline: the top live host asks the hosts; others bully upward."""
         higher = self._higher_hosts() if ask_higher else []
         if higher:
-            self._goto(Role.ELECTING, f"asking {len(higher)} higher members")
+            self._goto(ElectionRole.ELECTING, f"asking {len(higher)} higher members")
             self.out += [(n, Election(self.term)) for n in higher]
             self.deadline = now + self.timing.answer_timeout
             return
         if not self.roster.may_lead(self.me):
             # A node never runs (no host would grant it a lease): it waits for a Coordinator
             # and nudges the live hosts again after a while.
-            self._goto(Role.AWAITING, "a node waits for a pool host to lead")
+            self._goto(ElectionRole.AWAITING, "a node waits for a pool host to lead")
             self.deadline = now + self.timing.coordinator_timeout
             return
         if now < self.not_before:
-            if self.role is not Role.AWAITING:
-                self._goto(Role.AWAITING, "waiting out the leases of a previous life")
+            if self.role is not ElectionRole.AWAITING:
+                self._goto(ElectionRole.AWAITING, "waiting out the leases of a previous life")
             self.deadline = self.not_before
             return
         proposed = max(self.term, self.persisted) + 1
-        self._goto(Role.CANDIDATE, f"asking hosts for term {proposed}")
+        self._goto(ElectionRole.CANDIDATE, f"asking hosts for term {proposed}")
         self._persist(proposed)  # before any request for it leaves (see Output)
         self.holder = Holder(term=proposed, hosts=self.roster.hosts,
                              quorum=self.roster.quorum, timing=self.timing)
@@ -196,7 +196,7 @@ class Bully:
     def _ask_hosts(self, now: float) -> None:
         assert self.holder is not None
         self._ask(self.holder, now)
-        if self.refresh is not None and self.role is Role.LEADER:
+        if self.refresh is not None and self.role is ElectionRole.LEADER:
             self._ask(self.refresh, now)
 
     def _ask(self, holder: Holder, now: float) -> None:
@@ -227,7 +227,7 @@ class Bully:
         bound, and retry after a jittered pause that is longer for lower priorities, so that
         two candidates that split the hosts do not split them again."""
         acting_over = self.holder is not None and self.holder.quorum_until() <= now
-        if self.holder is not None and (self.role is Role.CANDIDATE or acting_over):
+        if self.holder is not None and (self.role is ElectionRole.CANDIDATE or acting_over):
             release = LeaseRelease(self.holder.term)
             for host in sorted(self.holder.valid_until):
                 if host == self.me:
@@ -244,7 +244,7 @@ class Bully:
     def start(self, now: float, persisted_term: int) -> None:
         if persisted_term < 0:
             raise LocalProtocolError(f"persisted term must be >= 0, got {persisted_term}")
-        self._goto(Role.INQUIRING, f"started with persisted term {persisted_term}")
+        self._goto(ElectionRole.INQUIRING, f"started with persisted term {persisted_term}")
         # `term` is the term of the leader we know (none yet); `persisted` the highest term
         # ever seen or proposed, which fences grants and seeds our own proposals.
         # `fence` is the highest term granted or led (a host grants nothing below it);
@@ -268,7 +268,7 @@ class Bully:
             self._leader_silent_reported = True
             self.suspects.append(self.leader)
         role = self.role
-        if role is Role.LEADER:
+        if role is ElectionRole.LEADER:
             assert self.holder is not None
             if self.holder.quorum_until() <= now and self.timing.no_quorum == "stop":
                 self._backoff(now, self.timing.renew_interval, "lost the host quorum, resigned")
@@ -278,21 +278,21 @@ class Bully:
                 self._ask_hosts(now)
         elif now < self.deadline:
             return
-        elif role is Role.INQUIRING:
+        elif role is ElectionRole.INQUIRING:
             self._lost_leader(now, "nobody answered who leads")
             if now >= self.deadline:
                 self._run(now)
-        elif role is Role.AWAITING:
+        elif role is ElectionRole.AWAITING:
             self._run(now)
-        elif role is Role.ELECTING:
+        elif role is ElectionRole.ELECTING:
             self._run(now, ask_higher=False)
         else:
             self._backoff(now, self.retry_at - now, "no host majority in time")
 
     def member_changed(self, name: str, live: bool, now: float) -> None:
-        if not live and name == self.leader and self.role is Role.FOLLOWER:
+        if not live and name == self.leader and self.role is ElectionRole.FOLLOWER:
             self._lost_leader(now, f"leader {name} is dead")
-        elif not live and self.role is Role.AWAITING and self._top():
+        elif not live and self.role is ElectionRole.AWAITING and self._top():
             self.deadline = min(self.deadline, now)
 
     def observe(self, sender: str, leader: str, term: int, now: float, *,
@@ -312,52 +312,53 @@ class Bully:
                 self.refused.append(Refusal(sender, term, f"{sender} is not a pool host: its "
                                             f"word names no leader and raises no term"))
             return
-        if leader == self.me and term >= self.term and self.role is not Role.LEADER:
+        if leader == self.me and term >= self.term and self.role is not ElectionRole.LEADER:
             # Others follow a previous life of ours: we are their incumbent, so run at once
             # (no bully round); the hosts still bound to that life will grant us first.
             self._raise_term(term, "")
-            if self.role in (Role.INQUIRING, Role.FOLLOWER, Role.ELECTING):
+            if self.role in (ElectionRole.INQUIRING, ElectionRole.FOLLOWER, ElectionRole.ELECTING):
                 self._await(now, 0.0, f"{sender} still follows our previous life")
-            if self.role is Role.AWAITING:
+            if self.role is ElectionRole.AWAITING:
                 self._run(now, ask_higher=False)
             return
         followable = bool(leader) and leader != self.me and self.live(leader)
         if followable and (term > self.term or (term == self.term and not self.leader
-                                                and self.role is not Role.LEADER)):
+                                                and self.role is not ElectionRole.LEADER)):
             self._follow(leader, term, now, f"{sender} says {leader} leads term {term}")
 
     def receive(self, sender: str, msg: Message, now: float) -> None:
         if isinstance(msg, WhoLeads):
-            leading = self.role in (Role.FOLLOWER, Role.LEADER)
+            leading = self.role in (ElectionRole.FOLLOWER, ElectionRole.LEADER)
             self.out.append((sender, LeaderIs(self.leader if leading else "", self.term)))
         elif isinstance(msg, LeaderIs):
             self.observe(sender, msg.leader, msg.term, now)
         elif isinstance(msg, Election):
             if self.roster.outranks(sender, self.me):
                 raise RemoteProtocolError(f"{sender} sent an election to lower {self.me}")
-            if self.role is Role.LEADER:
+            if self.role is ElectionRole.LEADER:
                 self.out.append((sender, Coordinator(self.term)))
-            elif self.role is Role.FOLLOWER:
+            elif self.role is ElectionRole.FOLLOWER:
                 self.out.append((sender, LeaderIs(self.leader, self.term)))
             else:
                 self.out.append((sender, Answer(self.term)))
-                if self.role in (Role.AWAITING, Role.INQUIRING):
-                    if self.role is Role.INQUIRING:
+                if self.role in (ElectionRole.AWAITING, ElectionRole.INQUIRING):
+                    if self.role is ElectionRole.INQUIRING:
                         self._await(now, 0.0, f"{sender} called an election")
                     self._run(now)
         elif isinstance(msg, Answer):
             self.observe(sender, "", msg.term, now)
-            if self.role is Role.ELECTING:
+            if self.role is ElectionRole.ELECTING:
                 self._await(now, self.timing.coordinator_timeout, f"{sender} answered")
         elif isinstance(msg, Coordinator):
-            if msg.term == self.term and self.role is Role.LEADER:
+            if msg.term == self.term and self.role is ElectionRole.LEADER:
                 raise RemoteProtocolError(f"{sender} claims term {msg.term}, which we lead")
             if msg.term >= self.term:
                 self._follow(sender, msg.term, now, f"{sender} won term {msg.term}")
             elif self.roster.may_lead(self.me):  # a node's word would not count
                 self.out.append((sender, LeaderIs(self.leader, self.term)))
         elif isinstance(msg, Resign):
-            if sender == self.leader and msg.term == self.term and self.role is Role.FOLLOWER:
+            if (sender == self.leader and msg.term == self.term
+                    and self.role is ElectionRole.FOLLOWER):
                 self._lost_leader(now, f"leader {sender} resigned")
         elif isinstance(msg, LeaseRequest):
             if self.grantor is None:
@@ -379,7 +380,7 @@ class Bully:
                                                  holder="", remaining=0.0, reason=reason)))
 
     def _lease_answer(self, host: str, msg: LeaseGrant | LeaseReject, now: float) -> None:
-        if self.holder is None or self.role not in (Role.CANDIDATE, Role.LEADER):
+        if self.holder is None or self.role not in (ElectionRole.CANDIDATE, ElectionRole.LEADER):
             return
         if isinstance(msg, LeaseGrant):
             refresh = self.refresh
@@ -392,27 +393,27 @@ class Bully:
                     self._raise_term(refresh.term, self.me)
                     self.out += [(n, Coordinator(refresh.term)) for n in self.roster.names
                                  if n != self.me]
-                    self.events.append(Event("leader", "re-established under a higher term",
+                    self.events.append(ElectionEvent("leader", "re-established under a higher term",
                                              refresh.term, self.me))
                 return
             self.holder.granted(host, msg)
-            if self.role is Role.CANDIDATE and self.holder.quorum_until() > now:
+            if self.role is ElectionRole.CANDIDATE and self.holder.quorum_until() > now:
                 term = self.holder.term
                 self.fence = max(self.fence, term)  # our own lease is bound to it too
                 self._raise_term(term, self.me)
                 self.leader = self.me
-                self._goto(Role.LEADER, f"{self.roster.quorum} host leases for term {term}")
+                self._goto(ElectionRole.LEADER, f"{self.roster.quorum} host leases for term {term}")
                 self.fenced = set()
                 self.deadline = now + self.timing.renew_interval
                 self.out += [(n, Coordinator(term)) for n in self.roster.names if n != self.me]
-                self.events.append(Event("leader", "won the election", term, self.me))
+                self.events.append(ElectionEvent("leader", "won the election", term, self.me))
             return
         if msg.leader and msg.leader != self.me:
             self.observe(host, msg.leader, msg.term, now)
-            if self.role not in (Role.CANDIDATE, Role.LEADER):
+            if self.role not in (ElectionRole.CANDIDATE, ElectionRole.LEADER):
                 return
         self._persist(msg.term)  # propose above it next time
-        if self.role is Role.LEADER and msg.term > self.term:
+        if self.role is ElectionRole.LEADER and msg.term > self.term:
             # A failed candidate's higher term fences us out of this host for good; step
             # down only when too few hosts are left to ever renew a majority.
             self.fenced.add(host)
@@ -426,7 +427,7 @@ class Bully:
                 self.refresh = Holder(term=proposed, hosts=self.roster.hosts,
                                       quorum=self.roster.quorum, timing=self.timing)
                 self._ask(self.refresh, now)
-        elif self.role is Role.CANDIDATE:
+        elif self.role is ElectionRole.CANDIDATE:
             self.rejected.add(host)
             self.retry_at = max(self.retry_at, now + msg.remaining)
             if len(self.rejected) > len(self.roster.hosts) - self.roster.quorum:

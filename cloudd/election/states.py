@@ -1,6 +1,6 @@
 """The election's roles, the legal moves between them, and the events they emit.
 
-Theory of operation: an agent's election state is one `Role`; `TRANSITIONS` lists, for each
+Theory of operation: an agent's election state is one `ElectionRole`; `TRANSITIONS` lists, for each
 role, the roles it may move to (h11's state tables). `Bully._goto` consults it and raises
 `LocalProtocolError` for anything else, before changing anything, so that a bug shows up as
 an error instead of a silently impossible state. In words:
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 
-class Role(Enum):
+class ElectionRole(Enum):
     INIT = "init"
     INQUIRING = "inquiring"
     FOLLOWER = "follower"
@@ -27,8 +27,8 @@ class Role(Enum):
     LEADER = "leader"
 
 
-R = Role
-TRANSITIONS: dict[Role, frozenset[Role]] = {
+R = ElectionRole
+TRANSITIONS: dict[ElectionRole, frozenset[ElectionRole]] = {
     R.INIT: frozenset({R.INQUIRING}),
     R.INQUIRING: frozenset({R.FOLLOWER, R.AWAITING}),
     R.FOLLOWER: frozenset({R.FOLLOWER, R.AWAITING}),
@@ -40,7 +40,7 @@ TRANSITIONS: dict[Role, frozenset[Role]] = {
 
 
 @dataclass(frozen=True)
-class Event:
+class ElectionEvent:
     """One line for the log: `kind` is 'role', 'term', 'leader', 'acting' or 'member';
     `reason` says why, in words; `peer` is the member concerned (the leader, or the member
     whose liveness changed). The shell logs it with the fixed keys `term` and `peer`."""

@@ -24,7 +24,7 @@ from cloudd.errors import PermanentError, TemporaryError
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
 
 
-class DomainState(enum.Enum):
+class PowerState(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
     SHUTTING_DOWN = "shutting-down"
@@ -33,7 +33,7 @@ class DomainState(enum.Enum):
     OTHER = "other"
 
 
-class EventKind(enum.Enum):
+class DomainEventKind(enum.Enum):
     DEFINED = "defined"
     UNDEFINED = "undefined"
     STARTED = "started"
@@ -70,7 +70,7 @@ class DomainInfo:
     name: str
     uuid: str
     meta: CloudMeta
-    state: DomainState
+    state: PowerState
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Inventory:
 
 @dataclass(frozen=True)
 class DomainEvent:
-    kind: EventKind
+    kind: DomainEventKind
     domain: str
     meta: CloudMeta | None
     #: the hypervisor's own detail, e.g. "crashed", "destroyed", "shutdown", "failed"
@@ -167,7 +167,7 @@ class _FakeDomain:
     xml: str
     meta: CloudMeta | None
     uuid: str
-    state: DomainState = DomainState.STOPPED
+    state: PowerState = PowerState.STOPPED
     memory_kib: int = 0
 
 
@@ -185,16 +185,16 @@ class FakeBackend:
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def add_foreign(self, name: str, *, running: bool = False) -> None:
-        state = DomainState.RUNNING if running else DomainState.STOPPED
+        state = PowerState.RUNNING if running else PowerState.STOPPED
         self.domains[name] = _FakeDomain(xml=f"<domain><name>{name}</name></domain>",
                                          meta=None, uuid=f"uuid-{name}", state=state)
 
     def crash(self, name: str) -> None:
         dom = self._ours(name)
-        dom.state = DomainState.STOPPED
-        self._emit(EventKind.STOPPED, name, dom.meta, "crashed")
+        dom.state = PowerState.STOPPED
+        self._emit(DomainEventKind.STOPPED, name, dom.meta, "crashed")
 
-    def _emit(self, kind: EventKind, name: str, meta: CloudMeta | None, detail: str) -> None:
+    def _emit(self, kind: DomainEventKind, name: str, meta: CloudMeta | None, detail: str) -> None:
         self.hub.publish(DomainEvent(kind=kind, domain=name, meta=meta, detail=detail,
                                      at=self.clock()))
 
@@ -218,34 +218,34 @@ class FakeBackend:
             return False
         self.domains[name] = _FakeDomain(xml=xml, meta=meta, uuid=f"uuid-{name}",
                                          memory_kib=_memory_kib(root))
-        self._emit(EventKind.DEFINED, name, meta, "added")
+        self._emit(DomainEventKind.DEFINED, name, meta, "added")
         return True
 
     async def start(self, name: str) -> bool:
         self.calls.append(("start", name))
         dom = self._ours(name)
-        if dom.state is DomainState.RUNNING:
+        if dom.state is PowerState.RUNNING:
             return False
-        dom.state = DomainState.RUNNING
-        self._emit(EventKind.STARTED, name, dom.meta, "booted")
+        dom.state = PowerState.RUNNING
+        self._emit(DomainEventKind.STARTED, name, dom.meta, "booted")
         return True
 
     async def shutdown(self, name: str) -> bool:
         self.calls.append(("shutdown", name))
         dom = self._ours(name)
-        if dom.state is not DomainState.RUNNING:
+        if dom.state is not PowerState.RUNNING:
             return False
-        dom.state = DomainState.STOPPED
-        self._emit(EventKind.STOPPED, name, dom.meta, "shutdown")
+        dom.state = PowerState.STOPPED
+        self._emit(DomainEventKind.STOPPED, name, dom.meta, "shutdown")
         return True
 
     async def destroy(self, name: str) -> bool:
         self.calls.append(("destroy", name))
         dom = self._ours(name)
-        if dom.state is DomainState.STOPPED:
+        if dom.state is PowerState.STOPPED:
             return False
-        dom.state = DomainState.STOPPED
-        self._emit(EventKind.STOPPED, name, dom.meta, "destroyed")
+        dom.state = PowerState.STOPPED
+        self._emit(DomainEventKind.STOPPED, name, dom.meta, "destroyed")
         return True
 
     async def undefine(self, name: str) -> bool:
@@ -253,10 +253,10 @@ class FakeBackend:
         if name not in self.domains:
             return False
         dom = self._ours(name)
-        if dom.state is not DomainState.STOPPED:
+        if dom.state is not PowerState.STOPPED:
             raise PermanentError(f"domain {name!r} is running; destroy it before undefining")
         del self.domains[name]
-        self._emit(EventKind.UNDEFINED, name, dom.meta, "removed")
+        self._emit(DomainEventKind.UNDEFINED, name, dom.meta, "removed")
         return True
 
     async def list(self) -> tuple[DomainInfo, ...]:
@@ -265,7 +265,7 @@ class FakeBackend:
 
     async def inventory(self) -> Inventory:
         used = sum(d.memory_kib for d in self.domains.values()
-                   if d.state is DomainState.RUNNING)
+                   if d.state is PowerState.RUNNING)
         return Inventory(free_memory_kib=self.total_memory_kib - used,
                          total_memory_kib=self.total_memory_kib, vcpus=self.vcpus,
                          images=self.images)

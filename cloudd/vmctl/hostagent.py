@@ -7,11 +7,12 @@ and only what the cloud in force allows (`cloudd.daemon.host.admission`). So the
 here are terms this host granted a lease in, never a number a sender made up. The host agent
 keeps the highest of them in a file of its state dir (written atomically, and before the
 command that raised it acts, so that a crash cannot forget a term it already obeyed); a
-command with a lower term is refused with Outcome.STALE_TERM and nothing is done. That is
+command with a lower term is refused with CommandOutcome.STALE_TERM and nothing is done. That is
 the fencing token that keeps a deposed leader, still believing it leads, from touching VMs.
 
 Commands are idempotent: defining what exists, starting what runs, destroying what is stopped,
-undefining what is gone all answer Outcome.NOOP. Failures come back as Outcome.FAILED results
+undefining what is gone all answer CommandOutcome.NOOP. Failures come back as
+CommandOutcome.FAILED results
 (with `retry_after` for temporary ones), never as exceptions: the network layer only has to
 send the Result back.
 
@@ -35,7 +36,7 @@ host that has its image, or that can copy it from the node's source host. FETCH 
 copy: SFTP from the source address, host key checked against the operator's known_hosts
 (`CopySettings`), into one of the image folders. A copy can outlast a request's timeout, so
 FETCH starts it in the background and waits at most `fetch_wait` seconds: if it is still
-running the answer is Outcome.PENDING and the leader sends the same FETCH again, which joins
+running the answer is CommandOutcome.PENDING and the leader sends the same FETCH again, which joins
 the copy under way (one copy per image path, however many nodes or leaders ask for it).
 """
 
@@ -55,8 +56,8 @@ from cloudd.errors import ClouddError, TemporaryError
 from cloudd.vmctl.backend import (
     Backend,
     DomainEvent,
+    DomainEventKind,
     DomainInfo,
-    EventKind,
     Inventory,
     NoSuchDomain,
 )
@@ -107,7 +108,7 @@ class HostCommand:
     generation: str = ""
 
 
-class Outcome(enum.Enum):
+class CommandOutcome(enum.Enum):
     DONE = "done"
     NOOP = "noop"
     PENDING = "pending"
@@ -119,7 +120,7 @@ class Outcome(enum.Enum):
 @dataclass(frozen=True)
 class HostResult:
     command: HostCommand
-    outcome: Outcome
+    outcome: CommandOutcome
     #: the highest term this host has seen, after this command
     term_seen: int
     message: str = ""
@@ -174,54 +175,54 @@ class HostAgent:
     async def execute(self, cmd: HostCommand) -> HostResult:
         """Run a command its caller admitted (see the module docstring), fenced by its term."""
         if cmd.term < 0:
-            return self._result(cmd, Outcome.FAILED, f"invalid term {cmd.term}")
+            return self._result(cmd, CommandOutcome.FAILED, f"invalid term {cmd.term}")
         if not await self._admit(cmd.term):
             self._log.warning("command refused: stale term", term=cmd.term,
                               domain=cmd.domain, op=cmd.op.value,
                               highest=self.highest_term)
-            return self._result(cmd, Outcome.STALE_TERM,
+            return self._result(cmd, CommandOutcome.STALE_TERM,
                                 f"term {cmd.term} is older than {self.highest_term}")
         try:
             return await self._run(cmd)
         except TemporaryError as e:
             self._log.warning("command failed, temporary", term=cmd.term, domain=cmd.domain,
                               op=cmd.op.value, error=str(e))
-            return self._result(cmd, Outcome.FAILED, str(e), retry_after=e.delay)
+            return self._result(cmd, CommandOutcome.FAILED, str(e), retry_after=e.delay)
         except ClouddError as e:
             self._log.error("command failed", term=cmd.term, domain=cmd.domain,
                             op=cmd.op.value, error=str(e))
-            return self._result(cmd, Outcome.FAILED, str(e))
+            return self._result(cmd, CommandOutcome.FAILED, str(e))
 
     async def _run(self, cmd: HostCommand) -> HostResult:
         b = self.backend
         if cmd.op is Op.LIST:
             domains = tuple(d for d in await b.list() if self.mine(d.meta))
-            return self._result(cmd, Outcome.DONE, domains=domains)
+            return self._result(cmd, CommandOutcome.DONE, domains=domains)
         if cmd.op is Op.INVENTORY:
-            return self._result(cmd, Outcome.DONE, inventory=await self._inventory())
+            return self._result(cmd, CommandOutcome.DONE, inventory=await self._inventory())
         if cmd.op is Op.OVERLAY:
             return await self._overlay(cmd)
         if cmd.op is Op.FETCH:
             return await self._fetch(cmd)
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
-                return self._result(cmd, Outcome.FAILED, "define without domain XML")
+                return self._result(cmd, CommandOutcome.FAILED, "define without domain XML")
             wrong = self._wrong_define(cmd)
             if wrong:
                 self._log.warning("command_refused", term=cmd.term, domain=cmd.domain,
                                   reason=wrong)
-                return self._result(cmd, Outcome.FAILED, wrong)
+                return self._result(cmd, CommandOutcome.FAILED, wrong)
             xml = stamp_host(cmd.xml, self.host) if self.host else cmd.xml
             await self._refuse_foreign(cmd.domain)
             changed = await b.define(xml)
         elif not cmd.domain:
-            return self._result(cmd, Outcome.FAILED, f"{cmd.op.value} without a domain name")
+            return self._result(cmd, CommandOutcome.FAILED, f"{cmd.op.value} without a domain name")
         else:
             await self._refuse_foreign(cmd.domain)
             action = {Op.START: b.start, Op.SHUTDOWN: b.shutdown, Op.DESTROY: b.destroy,
                       Op.UNDEFINE: b.undefine}[cmd.op]
             changed = await action(cmd.domain)
-        outcome = Outcome.DONE if changed else Outcome.NOOP
+        outcome = CommandOutcome.DONE if changed else CommandOutcome.NOOP
         self._log.info(f"domain {cmd.op.value}: {outcome.value}", term=cmd.term,
                        domain=cmd.domain)
         return self._result(cmd, outcome)
@@ -229,17 +230,17 @@ class HostAgent:
     async def _overlay(self, cmd: HostCommand) -> HostResult:
         image, base = Path(cmd.image), Path(cmd.base)
         if not (image.is_absolute() and base.is_absolute()):
-            return self._result(cmd, Outcome.FAILED, "overlay needs absolute image and base")
+            return self._result(cmd, CommandOutcome.FAILED, "overlay needs absolute image and base")
         outside = self._outside(image)
         if outside:
-            return self._result(cmd, Outcome.FAILED, f"overlay {outside}")
+            return self._result(cmd, CommandOutcome.FAILED, f"overlay {outside}")
         try:
             changed = await ensure_overlay(base, image)
         except ImageError as e:
-            return self._result(cmd, Outcome.FAILED, str(e))
+            return self._result(cmd, CommandOutcome.FAILED, str(e))
         self._log.info(f"overlay: {'created' if changed else 'present'}", term=cmd.term,
                        image=str(image), base=str(base))
-        return self._result(cmd, Outcome.DONE if changed else Outcome.NOOP)
+        return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
 
     def _outside(self, image: Path) -> str:
         """'' when `image` is directly inside an image folder, else the end of a sentence."""
@@ -251,12 +252,12 @@ class HostAgent:
     async def _fetch(self, cmd: HostCommand) -> HostResult:
         image = Path(cmd.image)
         if not image.is_absolute():
-            return self._result(cmd, Outcome.FAILED, "fetch needs an absolute image path")
+            return self._result(cmd, CommandOutcome.FAILED, "fetch needs an absolute image path")
         if not cmd.source:
-            return self._result(cmd, Outcome.FAILED, "fetch without a source address")
+            return self._result(cmd, CommandOutcome.FAILED, "fetch without a source address")
         outside = self._outside(image)
         if outside:
-            return self._result(cmd, Outcome.FAILED, f"fetch {outside}")
+            return self._result(cmd, CommandOutcome.FAILED, f"fetch {outside}")
         task = self._copies.get(image)
         if task is None:
             task = asyncio.create_task(
@@ -270,18 +271,18 @@ class HostAgent:
         # asyncio.wait, not wait_for: the copy goes on when this request stops waiting
         done, _ = await asyncio.wait({task}, timeout=self.fetch_wait)
         if not done:
-            return self._result(cmd, Outcome.PENDING, f"copying {image} from {cmd.source}")
+            return self._result(cmd, CommandOutcome.PENDING, f"copying {image} from {cmd.source}")
         if self._copies.get(image) is task:
             del self._copies[image]
         try:
             changed = task.result()
         except (ImageError, OSError) as e:
-            return self._result(cmd, Outcome.FAILED, str(e))
+            return self._result(cmd, CommandOutcome.FAILED, str(e))
         except asyncio.CancelledError:
             raise TemporaryError(f"copy of {image} was cancelled") from None
         self._log.info(f"image copy: {'done' if changed else 'present'}", term=cmd.term,
                        image=str(image), peer=cmd.source)
-        return self._result(cmd, Outcome.DONE if changed else Outcome.NOOP)
+        return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
 
     async def close(self) -> None:
         """Stop the image copies under way (their partial files are removed). Safe twice."""
@@ -329,7 +330,7 @@ class HostAgent:
                          total_memory_kib=stock.total_memory_kib, vcpus=stock.vcpus,
                          images=stock.images | found)
 
-    def _result(self, cmd: HostCommand, outcome: Outcome, message: str = "", *,
+    def _result(self, cmd: HostCommand, outcome: CommandOutcome, message: str = "", *,
                 retry_after: float | None = None, domains: tuple[DomainInfo, ...] = (),
                 inventory: Inventory | None = None) -> HostResult:
         return HostResult(command=cmd, outcome=outcome, term_seen=self.highest_term,
@@ -344,7 +345,7 @@ class HostAgent:
                 event = await queue.get()
                 if not self.mine(event.meta):
                     continue  # another host's domain on a shared libvirtd
-                if event.kind is EventKind.RESYNC:
+                if event.kind is DomainEventKind.RESYNC:
                     event = replace(event, domains=tuple(
                         d for d in event.domains if self.mine(d.meta)))
                 self._log.info(f"domain event: {event.kind.value}", domain=event.domain,

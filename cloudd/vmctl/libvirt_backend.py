@@ -40,14 +40,14 @@ from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl.backend import (
     BackendUnavailable,
     DomainEvent,
+    DomainEventKind,
     DomainInfo,
-    DomainState,
     EventHub,
-    EventKind,
     InvalidDomain,
     Inventory,
     NoSuchDomain,
     NotOurDomain,
+    PowerState,
 )
 from cloudd.vmctl.metadata import (
     NAMESPACE,
@@ -60,23 +60,23 @@ from cloudd.vmctl.metadata import (
 T = TypeVar("T")
 
 _STATES = {
-    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
-    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.SHUTTING_DOWN,
-    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.STOPPED,
-    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
 }
 _EVENTS = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: EventKind.DEFINED,
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: EventKind.UNDEFINED,
-    libvirt.VIR_DOMAIN_EVENT_STARTED: EventKind.STARTED,
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: EventKind.SUSPENDED,
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: EventKind.RESUMED,
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: EventKind.STOPPED,
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: EventKind.SHUTDOWN,
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: EventKind.CRASHED,
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: DomainEventKind.DEFINED,
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: DomainEventKind.UNDEFINED,
+    libvirt.VIR_DOMAIN_EVENT_STARTED: DomainEventKind.STARTED,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: DomainEventKind.SUSPENDED,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: DomainEventKind.RESUMED,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: DomainEventKind.STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: DomainEventKind.SHUTDOWN,
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: DomainEventKind.CRASHED,
 }
 _STOPPED_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shutdown",
@@ -93,7 +93,7 @@ _STARTED_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT: "from-snapshot",
     libvirt.VIR_DOMAIN_EVENT_STARTED_WAKEUP: "wakeup",
 }
-_DETAILS = {EventKind.STOPPED: _STOPPED_DETAILS, EventKind.STARTED: _STARTED_DETAILS}
+_DETAILS = {DomainEventKind.STOPPED: _STOPPED_DETAILS, DomainEventKind.STARTED: _STARTED_DETAILS}
 _CONNECTION_ERRORS = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
                       libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
                       libvirt.VIR_ERR_AUTH_FAILED}
@@ -206,7 +206,7 @@ def _owner(dom: libvirt.virDomain) -> CloudMeta | None:
 def _info(dom: libvirt.virDomain, meta: CloudMeta) -> DomainInfo:
     state = dom.state()[0]
     return DomainInfo(name=dom.name(), uuid=dom.UUIDString(), meta=meta,
-                      state=_STATES.get(state, DomainState.OTHER))
+                      state=_STATES.get(state, PowerState.OTHER))
 
 
 #: Waits between two tries to reopen a lost connection: a restarted libvirtd is back within
@@ -287,7 +287,7 @@ class LibvirtBackend:
         self._conn, self._callback_id = conn, cb
         self._owners = {d.name: d.meta for d in domains}
         self._log.info("libvirt connected", uri=self.uri, domains=len(domains))
-        self._hub.publish(DomainEvent(kind=EventKind.RESYNC, domain="", meta=None,
+        self._hub.publish(DomainEvent(kind=DomainEventKind.RESYNC, domain="", meta=None,
                                       detail="connected", at=self.clock(), domains=domains))
 
     def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
@@ -301,7 +301,7 @@ class LibvirtBackend:
             return
         dead, self._conn, self._callback_id = self._conn, None, None
         self._log.warning("libvirt connection lost", uri=self.uri, reason=reason)
-        self._hub.publish(DomainEvent(kind=EventKind.DISCONNECTED, domain="", meta=None,
+        self._hub.publish(DomainEvent(kind=DomainEventKind.DISCONNECTED, domain="", meta=None,
                                       detail=f"close reason {reason}", at=self.clock()))
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(dead))
 
@@ -342,12 +342,12 @@ class LibvirtBackend:
             loop.call_soon_threadsafe(fn, *args)
 
     def _lifecycle(self, name: str, event: int, detail: int, at: float) -> None:
-        kind = _EVENTS.get(event, EventKind.OTHER)
+        kind = _EVENTS.get(event, DomainEventKind.OTHER)
         meta = self._owners.get(name)
-        if kind is EventKind.UNDEFINED:
+        if kind is DomainEventKind.UNDEFINED:
             self._owners.pop(name, None)
         if meta is None:
-            if kind is EventKind.DEFINED:
+            if kind is DomainEventKind.DEFINED:
                 # A domain defined by someone else (or by us, racing define's return): look
                 # at its metadata off the loop, then publish if it is ours.
                 asyncio.get_running_loop().create_task(self._learn(name, detail, at))
@@ -365,7 +365,7 @@ class LibvirtBackend:
             return
         if meta is not None:
             self._owners[name] = meta
-            self._hub.publish(DomainEvent(kind=EventKind.DEFINED, domain=name, meta=meta,
+            self._hub.publish(DomainEvent(kind=DomainEventKind.DEFINED, domain=name, meta=meta,
                                           detail=str(detail), at=at))
 
     def _ours(self, name: str) -> tuple[libvirt.virDomain, CloudMeta]:

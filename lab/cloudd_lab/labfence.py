@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cloudd.backoff import Backoff
 from cloudd.errors import ClouddError
-from cloudd.vmctl.backend import Backend, DomainInfo, DomainState
+from cloudd.vmctl.backend import Backend, DomainInfo, PowerState
 
 
 def owned(domains: Sequence[DomainInfo], *, host: str, cloud: str | None) -> list[DomainInfo]:
@@ -38,7 +38,7 @@ def owned(domains: Sequence[DomainInfo], *, host: str, cloud: str | None) -> lis
 async def fence(backend: Backend, *, host: str, cloud: str | None = None) -> list[str]:
     """Destroy and undefine `host`'s domains; the names of those still there afterwards."""
     for d in owned(await backend.list(), host=host, cloud=cloud):
-        if d.state is not DomainState.STOPPED:
+        if d.state is not PowerState.STOPPED:
             await backend.destroy(d.name)
         await backend.undefine(d.name)
     return [d.name for d in owned(await backend.list(), host=host, cloud=cloud)]

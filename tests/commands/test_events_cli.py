@@ -20,7 +20,7 @@ from test_inspect import Agent, Lines, spawn
 
 from cloudd.cli import main
 from cloudd.commands.events import parse_since
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.operator.queries import event_json, events_stream
 
 NOW = 1_796_000_000.0
@@ -48,13 +48,13 @@ def agent(sock: Path, events: EventLog) -> Iterator[Agent]:
     a.stop()
 
 
-def history(log: EventLog, now: float) -> list[Event]:
-    rows = [(now - 7200, "shop", EventKind.ELECTION, "pm1", "pm1 leads"),
-            (now - 3000, "shop", EventKind.ACTION, "shop-server-0", "started on pm1"),
-            (now - 1800, "lab", EventKind.COMMAND, "lab", "manifest loaded"),
-            (now - 600, "shop", EventKind.FAILURE, "shop-server-0", "domain crashed"),
-            (now - 60, "shop", EventKind.RESTART, "webrick", "exited with status 1")]
-    return [log.append(Event(time=t, cloud=c, kind=k, subject=s, reason=r, term=2))
+def history(log: EventLog, now: float) -> list[LogEvent]:
+    rows = [(now - 7200, "shop", LogKind.ELECTION, "pm1", "pm1 leads"),
+            (now - 3000, "shop", LogKind.ACTION, "shop-server-0", "started on pm1"),
+            (now - 1800, "lab", LogKind.COMMAND, "lab", "manifest loaded"),
+            (now - 600, "shop", LogKind.FAILURE, "shop-server-0", "domain crashed"),
+            (now - 60, "shop", LogKind.RESTART, "webrick", "exited with status 1")]
+    return [log.append(LogEvent(time=t, cloud=c, kind=k, subject=s, reason=r, term=2))
             for t, c, k, s, r in rows]
 
 
@@ -127,7 +127,7 @@ def test_follow_prints_new_events_until_ctrl_c(agent: Agent, sock: Path,
     try:
         out = Lines(proc.stdout)
         out.wait_for(lambda s: s.count(b"\n") == 1)
-        fresh = [events.append(Event(time=time.time(), cloud="shop", kind=EventKind.ACTION,
+        fresh = [events.append(LogEvent(time=time.time(), cloud="shop", kind=LogKind.ACTION,
                                      subject=f"shop-server-{i}", reason="defined", term=3))
                  for i in range(3)]
         seen = out.wait_for(lambda s: s.count(b"\n") == 4)

@@ -14,16 +14,16 @@ import pytest
 from cloudd.config.agent import Reconcile
 from cloudd.config.manifest import load_cloud
 from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.leader.controller import Controller, LocalHosts, policy_of
 from cloudd.daemon.leader.desired import desired_of
 from cloudd.daemon.leader.fencing import CommandFencer
 from cloudd.daemon.leader.imagecopy import copy_to_host
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.catalog import CATALOG
-from cloudd.vmctl.backend import DomainEvent, DomainState, FakeBackend
-from cloudd.vmctl.backend import EventKind as EventKind_
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
+from cloudd.vmctl.backend import DomainEvent, FakeBackend, PowerState
+from cloudd.vmctl.backend import DomainEventKind as EventKind_
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.plan import (
@@ -72,7 +72,8 @@ class Flaky:
         left = self.fail.get((command.op, command.domain), 0)
         if left:
             self.fail[(command.op, command.domain)] = left - 1
-            return HostResult(command, Outcome.FAILED, 0, "qemu unexpectedly closed the monitor")
+            return HostResult(command, CommandOutcome.FAILED, 0,
+                              "qemu unexpectedly closed the monitor")
         return await self.inner.call(host, command)
 
 
@@ -91,7 +92,7 @@ class Pool:
     def running(self) -> dict[str, str]:
         """node -> host, for running cloudd domains."""
         return {d.meta.node: h for h, b in self.backends.items() for d in b.domains.values()
-                if d.meta is not None and d.state is DomainState.RUNNING}
+                if d.meta is not None and d.state is PowerState.RUNNING}
 
     async def converge(self, rounds: int = 6) -> None:
         for _ in range(rounds):
@@ -134,7 +135,7 @@ async def test_first_pass_places_every_node_spread_and_logs_why(pool: Pool) -> N
     assert pool.running() == {"n0": "h0", "n1": "h1", "n2": "h2", "n3": "h0"}
     logged = pool.events.query(limit=100)
     assert [(e.kind, e.subject, e.term) for e in logged[:2]] == [
-        (EventKind.ACTION, "n0", 3), (EventKind.ACTION, "n0", 3)]
+        (LogKind.ACTION, "n0", 3), (LogKind.ACTION, "n0", 3)]
     assert logged[0].reason == "define on h0: no domain anywhere"
     assert all(term == 3 for _, _, _, term in pool.client.sent)
     second = await pool.controller.pass_once()
@@ -156,7 +157,7 @@ async def test_crash_is_restarted_in_place_and_logged_as_restart(pool: Pool) -> 
     await pool.converge(1)
     assert pool.running()["n1"] == host
     last = pool.events.query(limit=1)[0]
-    assert (last.kind, last.subject) == (EventKind.RESTART, "n1")
+    assert (last.kind, last.subject) == (LogKind.RESTART, "n1")
     assert last.reason == f"start on {host}: shutoff (crashed); restarting in place"
 
 
@@ -175,7 +176,7 @@ async def test_guest_power_off_is_left_alone_under_rerun_on_failure(tmp_path: Pa
 async def test_failures_back_off_and_are_never_retried_inline(pool: Pool) -> None:
     pool.client.fail[(Op.START, "c1-n0")] = 2
     await pool.converge(1)
-    fail = pool.events.query(kind=EventKind.FAILURE)
+    fail = pool.events.query(kind=LogKind.FAILURE)
     assert [e.reason for e in fail] == [
         "start on h0 failed (1 in a row, next try in 10.0s): "
         "qemu unexpectedly closed the monitor"]
@@ -210,7 +211,7 @@ async def test_stop_removes_only_this_clouds_domains(pool: Pool) -> None:
     await pool.converge()
     assert {h: sorted(b.domains) for h, b in pool.backends.items()} == {
         "h0": [], "h1": ["operators-vm"], "h2": []}
-    assert pool.backends["h1"].domains["operators-vm"].state is DomainState.RUNNING
+    assert pool.backends["h1"].domains["operators-vm"].state is PowerState.RUNNING
 
 
 async def test_dead_host_is_fenced_before_its_nodes_move(tmp_path: Path) -> None:
@@ -230,7 +231,7 @@ async def test_dead_host_is_fenced_before_its_nodes_move(tmp_path: Path) -> None
     await pool.converge()
     moved = {n: h for n, h in pool.running().items() if h != "h1"}
     assert set(moved) == {"n0", "n1", "n2", "n3"}
-    assert [e.reason for e in pool.events.query(kind=EventKind.ACTION) if e.subject == "h1"] \
+    assert [e.reason for e in pool.events.query(kind=LogKind.ACTION) if e.subject == "h1"] \
         == ["fenced: host is dead by quorum and runs n1"]
     pool.events.close()
 
@@ -243,7 +244,7 @@ async def test_a_failed_fence_keeps_the_node_where_it_was(tmp_path: Path) -> Non
     pool.live["h1"] = Liveness.DEAD
     await pool.converge()
     assert "n1" not in {n for n, h in pool.running().items() if h != "h1"}
-    [fail] = pool.events.query(kind=EventKind.FAILURE)
+    [fail] = pool.events.query(kind=LogKind.FAILURE)
     assert fail.reason == "fence failed (1 in a row): fence command for h1 exited 3: no power"
     pool.events.close()
 
@@ -304,7 +305,7 @@ async def test_passes_against_libvirt_test_driver(tmp_path: Path) -> None:
             await controller.idle()
         listed = await backend.list()
         assert [(d.name, d.meta.node, d.state) for d in listed] == [
-            ("c1-n0", "n0", DomainState.RUNNING), ("c1-n1", "n1", DomainState.RUNNING)]
+            ("c1-n0", "n0", PowerState.RUNNING), ("c1-n1", "n1", PowerState.RUNNING)]
         assert await backend.destroy("c1-n1")  # the VM dies behind cloudd's back
         async with asyncio.timeout(10):
             await died.wait()
@@ -312,10 +313,10 @@ async def test_passes_against_libvirt_test_driver(tmp_path: Path) -> None:
         assert plan is not None and plan.actions == (
             Start("n1", "h0", "shutoff (destroyed); restarting in place", respawn=True),)
         await controller.idle()
-        assert [d.state for d in await backend.list()] == [DomainState.RUNNING] * 2
+        assert [d.state for d in await backend.list()] == [PowerState.RUNNING] * 2
         last = events.query(limit=1)[0]
         assert (last.kind, last.reason) == (
-            EventKind.RESTART, "start on h0: shutoff (destroyed); restarting in place")
+            LogKind.RESTART, "start on h0: shutoff (destroyed); restarting in place")
         # the driver's own `test` domain has no cloudd metadata: still there, still running
         assert backend._conn is not None and backend._conn.lookupByName("test").isActive()
     finally:
@@ -369,7 +370,7 @@ class PowerSwitch:
 
     async def fence(self, host: str) -> None:
         for dom in self.backends[host].domains.values():
-            dom.state = DomainState.STOPPED
+            dom.state = PowerState.STOPPED
 
 
 async def test_a_fenced_host_that_comes_back_loses_its_stale_copies(tmp_path: Path) -> None:
@@ -415,15 +416,16 @@ class Copier:
             return self.fail.pop(0)
         source = self.backends[command.source.removeprefix("addr-")]
         if command.image not in source.images:
-            return HostResult(command, Outcome.FAILED, 0, f"{command.source} has no image")
+            return HostResult(command, CommandOutcome.FAILED, 0, f"{command.source} has no image")
         left = self._left.setdefault((host, command.image), self.pending)
         if left:
             self._left[(host, command.image)] = left - 1
-            return HostResult(command, Outcome.PENDING, command.term, "copying")
+            return HostResult(command, CommandOutcome.PENDING, command.term, "copying")
         target = self.backends[host]
         changed = command.image not in target.images
         target.images = target.images | {command.image}
-        return HostResult(command, Outcome.DONE if changed else Outcome.NOOP, command.term)
+        outcome = CommandOutcome.DONE if changed else CommandOutcome.NOOP
+        return HostResult(command, outcome, command.term)
 
 
 def copy_pool(tmp_path: Path) -> tuple[Pool, Copier]:
@@ -463,12 +465,12 @@ async def test_a_missing_image_is_copied_before_the_define(tmp_path: Path) -> No
 async def test_a_failed_copy_backs_off_the_node_and_defines_nothing(tmp_path: Path) -> None:
     pool, copier = copy_pool(tmp_path)
     pool.nodes[:] = pool.nodes[:1]
-    refused = HostResult(HostCommand(Op.FETCH, 3), Outcome.FAILED, 3,
+    refused = HostResult(HostCommand(Op.FETCH, 3), CommandOutcome.FAILED, 3,
                          "copying /img/base.qcow2 from addr-h0:22 failed: refused",
                          retry_after=5.0)
     copier.fail.append(refused)
     await pool.converge(1)
-    assert [e.reason for e in pool.events.query(kind=EventKind.FAILURE)] == [
+    assert [e.reason for e in pool.events.query(kind=LogKind.FAILURE)] == [
         "copyimage on h1 failed (1 in a row, next try in 10.0s): copy of /img/base.qcow2 from "
         "h0 to h1: copying /img/base.qcow2 from addr-h0:22 failed: refused"]
     assert not [s for s in pool.client.sent if s[1] is Op.DEFINE]
@@ -488,7 +490,7 @@ async def test_a_copy_stops_when_leadership_is_lost(tmp_path: Path) -> None:
 
     async def depose_while_pending(host: str, command: HostCommand) -> HostResult:
         result = await real(host, command)
-        if result.outcome is Outcome.PENDING:
+        if result.outcome is CommandOutcome.PENDING:
             pool.term[0] = None
         return result
 
@@ -506,7 +508,7 @@ async def test_copy_to_host_refusals_are_precise(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="node x has no source host"):
         await copy_to_host(copier, "h1", spec, term=lambda: 3)
     spec = NodeSpec("x", "web", 512, 1, IMG, source=ImageSource("h0", "addr-h0"))
-    copier.fail.append(HostResult(HostCommand(Op.FETCH, 3), Outcome.FAILED, 3,
+    copier.fail.append(HostResult(HostCommand(Op.FETCH, 3), CommandOutcome.FAILED, 3,
                                   "host key of addr-h0:22 is not in /etc/cloudd/ssh/known_hosts"))
     with pytest.raises(PermanentError, match=r"^copy of /img/base\.qcow2 from h0 to h1: host key"):
         await copy_to_host(copier, "h1", spec, term=lambda: 3)
@@ -515,7 +517,7 @@ async def test_copy_to_host_refusals_are_precise(tmp_path: Path) -> None:
         await copy_to_host(copier, "h1", spec, term=lambda: 3, limit=0.05, pause=0.0)
     pool.controller.fetch = None
     await pool.converge(1)
-    assert [e.reason.split(": ")[-1] for e in pool.events.query(kind=EventKind.FAILURE)] == [
+    assert [e.reason.split(": ")[-1] for e in pool.events.query(kind=LogKind.FAILURE)] == [
         "no image copy configured"] * 2
     pool.events.close()
 
@@ -602,7 +604,7 @@ async def test_stable_reset_is_when_failures_are_forgotten(tmp_path: Path, stabl
     pool.backends["h0"].crash("c1-n0")
     pool.controller.domain_event("h0", queue.get_nowait())
     await pool.converge(1)
-    last = pool.events.query(kind=EventKind.FAILURE, limit=1)[0]
+    last = pool.events.query(kind=LogKind.FAILURE, limit=1)[0]
     assert f"({count} in a row," in last.reason
     pool.events.close()
 

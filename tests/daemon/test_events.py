@@ -12,15 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from cloudd.config.agent import DAY, EventLogSettings
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.errors import PermanentError
 
 T0 = 1_800_000_000.0
 
 
 def ev(t: float, subject: str = "n1", *, cloud: str = "c1",
-       kind: EventKind = EventKind.ACTION, term: int = 3) -> Event:
-    return Event(time=t, cloud=cloud, kind=kind, subject=subject, reason=f"why {subject}",
+       kind: LogKind = LogKind.ACTION, term: int = 3) -> LogEvent:
+    return LogEvent(time=t, cloud=cloud, kind=kind, subject=subject, reason=f"why {subject}",
                  term=term)
 
 
@@ -33,8 +33,8 @@ def events(tmp_path: Path):
 
 def test_append_and_query_round_trip_on_disk(tmp_path: Path) -> None:
     log = EventLog.in_state_dir(tmp_path)
-    stored = log.append(ev(T0, kind=EventKind.ELECTION))
-    assert stored.id == 1 and stored == Event(T0, "c1", EventKind.ELECTION, "n1", "why n1", 3, 1)
+    stored = log.append(ev(T0, kind=LogKind.ELECTION))
+    assert stored.id == 1 and stored == LogEvent(T0, "c1", LogKind.ELECTION, "n1", "why n1", 3, 1)
     log.close()
     log.close()  # twice is fine
     with pytest.raises(PermanentError, match="is closed"):
@@ -48,13 +48,13 @@ def test_append_and_query_round_trip_on_disk(tmp_path: Path) -> None:
 def test_query_by_since_cloud_kind_and_limit(events: EventLog) -> None:
     for i in range(10):
         events.append(ev(T0 + i, f"n{i}", cloud="c1" if i % 2 else "c2",
-                         kind=EventKind.FAILURE if i == 7 else EventKind.ACTION))
+                         kind=LogKind.FAILURE if i == 7 else LogKind.ACTION))
     assert [e.subject for e in events.query(limit=3)] == ["n7", "n8", "n9"]
     assert [e.subject for e in events.query(since=T0 + 4, limit=3)] == ["n4", "n5", "n6"]
     assert [e.subject for e in events.query(cloud="c1", limit=100)] == ["n1", "n3", "n5", "n7",
                                                                           "n9"]
     assert [e.subject for e in events.query(cloud="c1", since=T0 + 4)] == ["n5", "n7", "n9"]
-    assert [e.subject for e in events.query(kind=EventKind.FAILURE)] == ["n7"]
+    assert [e.subject for e in events.query(kind=LogKind.FAILURE)] == ["n7"]
     assert [e.subject for e in events.query(after_id=8)] == ["n8", "n9"]
 
 
@@ -105,7 +105,7 @@ def test_a_file_that_is_not_sqlite_gives_one_precise_error(tmp_path: Path) -> No
     assert bad.read_bytes() == b"this is not a database, just text" * 100
 
 
-async def _next(it: AsyncIterator[Event]) -> Event:
+async def _next(it: AsyncIterator[LogEvent]) -> LogEvent:
     # bounded: a broken wake-up fails the test instead of hanging it
     return await asyncio.wait_for(it.__anext__(), 10.0)
 

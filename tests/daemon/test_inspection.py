@@ -12,7 +12,7 @@ import pytest
 
 from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import EventView, InspectDoc, Source, decode_event
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.operator.queries import event_json, events_stream, inspect_op, view_source
 from cloudd.errors import RemoteProtocolError
 
@@ -21,7 +21,7 @@ NOW = 1_796_000_000.0
 
 def test_event_json_matches_the_event_view(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "events.sqlite3")
-    stored = log.append(Event(time=NOW, cloud="shop", kind=EventKind.RESTART,
+    stored = log.append(LogEvent(time=NOW, cloud="shop", kind=LogKind.RESTART,
                               subject="webrick", reason="exited 1", term=3))
     assert decode_event(json.loads(json.dumps(event_json(stored)))) == EventView(
         id=stored.id or 0, time=NOW, cloud="shop", kind="restart", subject="webrick",
@@ -49,13 +49,13 @@ async def test_events_stream_refuses_bad_arguments(tmp_path: Path) -> None:
 async def test_events_stream_history_then_follow_misses_nothing(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "events.sqlite3")
     for i in range(5):
-        log.append(Event(time=NOW + i, cloud="shop" if i % 2 else "lab",
-                         kind=EventKind.ACTION, subject=f"n{i}", reason="defined"))
+        log.append(LogEvent(time=NOW + i, cloud="shop" if i % 2 else "lab",
+                         kind=LogKind.ACTION, subject=f"n{i}", reason="defined"))
     stream = events_stream(log)({"since": NOW, "limit": 2, "follow": True, "cloud": None})
     # the first `limit` from `since`, then the rest of the history, then what comes next
     got = [(await asyncio.wait_for(anext(stream), 10))["id"] for _ in range(5)]
     assert got == [1, 2, 3, 4, 5]
-    log.append(Event(time=NOW + 9, cloud="shop", kind=EventKind.FAILURE, subject="n1",
+    log.append(LogEvent(time=NOW + 9, cloud="shop", kind=LogKind.FAILURE, subject="n1",
                      reason="crashed"))
     assert (await asyncio.wait_for(anext(stream), 10))["reason"] == "crashed"
     await stream.aclose()  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloudd.config.agent import DAY, load_agent
-from cloudd.daemon.base.eventlog import Event, EventKind
+from cloudd.daemon.base.eventlog import LogEvent, LogKind
 from cloudd.daemon.base.runner import Runner
 from cloudd.daemon.main import Agent, main
 
@@ -166,7 +166,7 @@ def test_events_settings_reach_the_agents_event_log(tmp_path: Path) -> None:
         agent = Agent(load_agent(path), config_path=path, env={})
         try:
             for t, subject in ((T0, "old"), (T0 + 10 * DAY, "new")):
-                agent.events.append(Event(time=t, cloud="c1", kind=EventKind.ACTION,
+                agent.events.append(LogEvent(time=t, cloud="c1", kind=LogKind.ACTION,
                                           subject=subject, reason="test"))
             agent.events.prune(now=T0 + 10 * DAY)
             kept[retention] = [e.subject for e in agent.events.query()]

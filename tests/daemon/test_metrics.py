@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloudd.config.agent import Metrics as MetricsSettings
+from cloudd.config.agent import MetricsSettings
 from cloudd.daemon.operator.metrics import (
     Endpoint,
     Metrics,

@@ -24,8 +24,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 from shared.procs import alive
 
-from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
-from cloudd.config.agent import Supervisor as SupervisorSettings
+from cloudd.config.agent import LOCAL, AgentSettings, Reconcile, SupervisorSettings
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import NodeSide, node_root

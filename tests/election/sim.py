@@ -36,7 +36,7 @@ from cloudd.election.config import Timing
 from cloudd.election.lease import Grantor
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import ELECTION_TYPES, Message
-from cloudd.election.states import Event, Role
+from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.errors import ProtocolError
 
 
@@ -83,7 +83,7 @@ class Sim:
         self.timing = replace(self.timing, no_quorum=self.policy)
         self.refused: list[tuple[str, Refusal]] = []
         #: (agent, event) for every event of kind 'leader': who won, followed, re-established.
-        self.leadership: list[tuple[str, Event]] = []
+        self.leadership: list[tuple[str, ElectionEvent]] = []
         self.errors: list[tuple[str, str]] = []
         self.checks: list[Callable[[], None]] = []
 
@@ -224,7 +224,7 @@ class Sim:
         agent = self.agents[name]
         assert agent is not None
         hosts = self.roster.hosts
-        assert name in hosts or agent.role not in (Role.CANDIDATE, Role.LEADER), (
+        assert name in hosts or agent.role not in (ElectionRole.CANDIDATE, ElectionRole.LEADER), (
             f"t={self.now:.4f}: node {name} is {agent.role.value}")
         assert not agent.leader or agent.leader in hosts, (
             f"t={self.now:.4f}: {name} follows node {agent.leader}")
@@ -233,7 +233,7 @@ class Sim:
         agent = self.agents[name]
         assert agent is not None
         term, life = agent.term, self.life[name]
-        assert agent.role is Role.LEADER, (self.now, name, "acting but not leader")
+        assert agent.role is ElectionRole.LEADER, (self.now, name, "acting but not leader")
         owner = self._term_owner.setdefault(term, (name, life))
         assert owner == (name, life), (
             f"t={self.now:.4f}: term {term} acted in by {owner} and by {(name, life)}")

@@ -31,7 +31,7 @@ from cloudd.election.messages import (
     Resign,
     WhoLeads,
 )
-from cloudd.election.states import Role
+from cloudd.election.states import ElectionRole
 
 # a and b are pool hosts; c and d are nodes (c is listed first, so c outranks d).
 ROSTER = Roster([Member("a", host=True), Member("b", host=True), Member("c"), Member("d")])
@@ -44,7 +44,7 @@ def follower(me: str) -> AgentCore:
     core = AgentCore(me, ROSTER, timing=Timing.local(), rng=random.Random(7))
     core.start(T0, persisted_term=4)
     core.step("a", Coordinator(5), T0 + 0.01)
-    assert core.leader == "a" and core.term == 5 and core.role is Role.FOLLOWER
+    assert core.leader == "a" and core.term == 5 and core.role is ElectionRole.FOLLOWER
     return core
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from cloudd.election.config import Timing
-from cloudd.election.states import Role
+from cloudd.election.states import ElectionRole
 from cloudd.election.swim import Status
 
 from .sim import Sim, run_until_leader, settled_leader, started
@@ -50,7 +50,7 @@ def test_isolated_leader_stops_acting_and_the_majority_elects_another() -> None:
     assert run_until_leader(sim, bound=sim.timing.settle_bound(5), within=rest) is not None
     sim.run_for(1.0)
     assert leader not in sim.acting()
-    assert sim.agents[leader].role is not Role.LEADER  # policy 'stop' resigned  # type: ignore[union-attr]
+    assert sim.agents[leader].role is not ElectionRole.LEADER  # policy 'stop' resigned  # type: ignore[union-attr]
     sim.recover()
     sim.run_for(2.0)
     new = settled_leader(sim)

@@ -23,7 +23,7 @@ from cloudd.election.messages import (
     PingReq,
     WhoLeads,
 )
-from cloudd.election.states import TRANSITIONS, Role
+from cloudd.election.states import TRANSITIONS, ElectionRole
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 ROSTER = Roster([Member("a", host=True), Member("b", host=True), Member("c"), Member("d")])
@@ -41,7 +41,7 @@ def leader_b() -> AgentCore:
     core = agent("b")
     core.step("a", Ping(1, "b", "", 0, gossip=(Gossip("dead", "a", 0, "c"),)), 100.01)
     t = 100.01
-    while core.role is not Role.LEADER:
+    while core.role is not ElectionRole.LEADER:
         t += 0.01
         out = core.tick(t)
         for peer, msg in out.messages:
@@ -51,13 +51,13 @@ def leader_b() -> AgentCore:
     return core
 
 
-ALL_PAIRS = [(a, b) for a in Role for b in Role if b not in TRANSITIONS[a]]
+ALL_PAIRS = [(a, b) for a in ElectionRole for b in ElectionRole if b not in TRANSITIONS[a]]
 
 
 @pytest.mark.parametrize(("start", "to"), ALL_PAIRS, ids=[f"{a.value}->{b.value}"
                                                           for a, b in ALL_PAIRS])
-def test_every_transition_outside_the_table_raises_and_changes_nothing(start: Role,
-                                                                       to: Role) -> None:
+def test_every_transition_outside_the_table_raises_and_changes_nothing(start: ElectionRole,
+                                                                       to: ElectionRole) -> None:
     core = agent(started=False)
     core.bully.role = start
     before = pickle.dumps(core)
@@ -68,13 +68,13 @@ def test_every_transition_outside_the_table_raises_and_changes_nothing(start: Ro
 
 
 def test_the_table_reaches_every_role_from_init() -> None:
-    seen, todo = {Role.INIT}, [Role.INIT]
+    seen, todo = {ElectionRole.INIT}, [ElectionRole.INIT]
     while todo:
         for nxt in TRANSITIONS[todo.pop()]:
             if nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)
-    assert seen == set(Role)
+    assert seen == set(ElectionRole)
 
 
 BAD: list[tuple[str, Callable[[], AgentCore], Callable[[AgentCore], object], type, str]] = [
@@ -136,7 +136,7 @@ def test_negative_persisted_term_is_refused() -> None:
     core = agent(started=False)
     with pytest.raises(LocalProtocolError, match="persisted term must be >= 0"):
         core.start(1.0, persisted_term=-1)
-    assert core.role is Role.INIT
+    assert core.role is ElectionRole.INIT
 
 
 def test_stranger_agent_is_refused() -> None:

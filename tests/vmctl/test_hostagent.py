@@ -9,8 +9,8 @@ import pytest
 
 from cloudd.durable import TermFile
 from cloudd.errors import PermanentError
-from cloudd.vmctl.backend import DomainEvent, EventKind, FakeBackend
-from cloudd.vmctl.hostagent import TERM_FILE, HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
+from cloudd.vmctl.hostagent import TERM_FILE, CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, metadata_xml
 
 
@@ -29,21 +29,21 @@ async def test_full_cycle_and_idempotence(fake: FakeBackend, tmp_path: Path) -> 
     agent = HostAgent(fake, state_dir=tmp_path, image_dirs=())
     run = agent.execute
     assert (await run(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
-        is Outcome.DONE
+        is CommandOutcome.DONE
     assert (await run(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
-        is Outcome.NOOP
-    assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is Outcome.NOOP
-    assert (await run(HostCommand(Op.START, 1, "c-n1"))).outcome is Outcome.DONE
-    assert (await run(HostCommand(Op.START, 1, "c-n1"))).outcome is Outcome.NOOP
+        is CommandOutcome.NOOP
+    assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is CommandOutcome.NOOP
+    assert (await run(HostCommand(Op.START, 1, "c-n1"))).outcome is CommandOutcome.DONE
+    assert (await run(HostCommand(Op.START, 1, "c-n1"))).outcome is CommandOutcome.NOOP
     listed = await run(HostCommand(Op.LIST, 1))
     assert [d.name for d in listed.domains] == ["c-n1"]
     inv = await run(HostCommand(Op.INVENTORY, 1))
     assert inv.inventory is not None and inv.inventory.images == frozenset({"/img/a.qcow2"})
     # the fake counts the memory of running domains, from their XML
     assert inv.inventory.total_memory_kib - inv.inventory.free_memory_kib == 256 * 1024
-    assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is Outcome.DONE
-    assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is Outcome.DONE
-    assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is Outcome.NOOP
+    assert (await run(HostCommand(Op.DESTROY, 1, "c-n1"))).outcome is CommandOutcome.DONE
+    assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is CommandOutcome.DONE
+    assert (await run(HostCommand(Op.UNDEFINE, 1, "c-n1"))).outcome is CommandOutcome.NOOP
 
 
 async def test_stale_term_is_refused_and_nothing_is_done(fake: FakeBackend,
@@ -53,14 +53,14 @@ async def test_stale_term_is_refused_and_nothing_is_done(fake: FakeBackend,
     await agent.execute(HostCommand(Op.START, 5, "c-n1"))
     fake.calls.clear()
     result = await agent.execute(HostCommand(Op.DESTROY, 4, "c-n1"))
-    assert result.outcome is Outcome.STALE_TERM
+    assert result.outcome is CommandOutcome.STALE_TERM
     assert result.term_seen == 5
     assert "term 4 is older than 5" in result.message
     assert fake.calls == []
     # a newer term is obeyed and raises the fence
-    assert (await agent.execute(HostCommand(Op.DESTROY, 6, "c-n1"))).outcome is Outcome.DONE
+    assert (await agent.execute(HostCommand(Op.DESTROY, 6, "c-n1"))).outcome is CommandOutcome.DONE
     assert (await agent.execute(HostCommand(Op.START, 5, "c-n1"))).outcome \
-        is Outcome.STALE_TERM
+        is CommandOutcome.STALE_TERM
 
 
 async def test_highest_term_survives_a_restart(fake: FakeBackend, tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ async def test_highest_term_survives_a_restart(fake: FakeBackend, tmp_path: Path
     assert (tmp_path / "highest-term").read_text() == "9\n"
     again = HostAgent(fake, state_dir=tmp_path)
     assert again.highest_term == 9
-    assert (await again.execute(HostCommand(Op.LIST, 8))).outcome is Outcome.STALE_TERM
+    assert (await again.execute(HostCommand(Op.LIST, 8))).outcome is CommandOutcome.STALE_TERM
 
 
 def test_corrupt_term_file_is_a_precise_error(tmp_path: Path) -> None:
@@ -83,11 +83,11 @@ async def test_failures_are_results_not_exceptions(fake: FakeBackend, tmp_path: 
     agent = HostAgent(fake, state_dir=tmp_path)
     for op in (Op.DESTROY, Op.SHUTDOWN, Op.UNDEFINE):
         result = await agent.execute(HostCommand(op, 1, "handmade"))
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is CommandOutcome.FAILED
         assert "no cloudd metadata" in result.message
     assert fake.domains["handmade"].state.value == "running"
     missing = await agent.execute(HostCommand(Op.START, 1, "c-nope"))
-    assert missing.outcome is Outcome.FAILED and "no domain 'c-nope'" in missing.message
+    assert missing.outcome is CommandOutcome.FAILED and "no domain 'c-nope'" in missing.message
     assert (await agent.execute(HostCommand(Op.START, 1))).message == \
         "start without a domain name"
     assert (await agent.execute(HostCommand(Op.LIST, -1))).message == "invalid term -1"
@@ -99,7 +99,7 @@ async def test_events_are_forwarded(fake: FakeBackend, tmp_path: Path) -> None:
     seen = asyncio.Event()
 
     def on_event(event: DomainEvent) -> None:
-        if event.kind is EventKind.STOPPED:
+        if event.kind is DomainEventKind.STOPPED:
             seen.set()
         got.append(event)
         raise RuntimeError("a faulty consumer")
@@ -112,7 +112,8 @@ async def test_events_are_forwarded(fake: FakeBackend, tmp_path: Path) -> None:
     async with asyncio.timeout(5):
         await seen.wait()
     task.cancel()
-    assert [e.kind for e in got] == [EventKind.DEFINED, EventKind.STARTED, EventKind.STOPPED]
+    assert [e.kind for e in got] == [DomainEventKind.DEFINED, DomainEventKind.STARTED,
+                                     DomainEventKind.STOPPED]
     assert got[-1].detail == "crashed"
 
 
@@ -124,7 +125,7 @@ async def test_hosts_sharing_one_hypervisor_see_only_their_own(fake: FakeBackend
     task = asyncio.create_task(pm2.run_events(got.append))
     await asyncio.sleep(0)
     assert (await pm1.execute(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))).outcome \
-        is Outcome.DONE
+        is CommandOutcome.DONE
     # DEFINE stamped the defining host into the metadata
     meta = from_domain_xml(fake.domains["c-n1"].xml)
     assert meta is not None and meta.host == "pm1"
@@ -134,10 +135,10 @@ async def test_hosts_sharing_one_hypervisor_see_only_their_own(fake: FakeBackend
     fake.calls.clear()
     for op in (Op.DESTROY, Op.SHUTDOWN, Op.START, Op.UNDEFINE):
         result = await pm2.execute(HostCommand(op, 1, "c-n1"))
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is CommandOutcome.FAILED
         assert result.message == "domain 'c-n1' belongs to host pm1, not pm2; not touching it"
     refused = await pm2.execute(HostCommand(Op.DEFINE, 1, "c-n1", domain_xml("n1", 1)))
-    assert refused.outcome is Outcome.FAILED and "belongs to host pm1" in refused.message
+    assert refused.outcome is CommandOutcome.FAILED and "belongs to host pm1" in refused.message
     assert fake.calls == []
     assert fake.domains["c-n1"].state.value == "running"
     # pm2's own domain: its events are forwarded, pm1's are not
@@ -145,7 +146,7 @@ async def test_hosts_sharing_one_hypervisor_see_only_their_own(fake: FakeBackend
     fake.crash("c-n1")
     await asyncio.sleep(0)
     task.cancel()
-    assert [(e.kind, e.domain) for e in got] == [(EventKind.DEFINED, "c-n2")]
+    assert [(e.kind, e.domain) for e in got] == [(DomainEventKind.DEFINED, "c-n2")]
 
 
 async def test_domains_defined_without_a_host_are_anyones(fake: FakeBackend,
@@ -154,7 +155,7 @@ async def test_domains_defined_without_a_host_are_anyones(fake: FakeBackend,
     agent = HostAgent(fake, state_dir=tmp_path, host="pm1", image_dirs=())
     assert [d.name for d in (await agent.execute(HostCommand(Op.LIST, 1))).domains] == \
         ["c-old"]
-    assert (await agent.execute(HostCommand(Op.START, 1, "c-old"))).outcome is Outcome.DONE
+    assert (await agent.execute(HostCommand(Op.START, 1, "c-old"))).outcome is CommandOutcome.DONE
 
 
 async def test_inventory_adds_the_images_found_in_image_dirs(fake: FakeBackend,
@@ -178,11 +179,11 @@ async def test_resync_lists_only_this_hosts_domains(fake: FakeBackend, tmp_path:
     task = asyncio.create_task(pm2.run_events(got.append))
     await asyncio.sleep(0)
     # what a backend publishes after reconnecting: every cloudd domain on the hypervisor
-    fake.hub.publish(DomainEvent(kind=EventKind.RESYNC, domain="", meta=None,
+    fake.hub.publish(DomainEvent(kind=DomainEventKind.RESYNC, domain="", meta=None,
                                  detail="connected", at=0.0, domains=await fake.list()))
     await asyncio.sleep(0)
     task.cancel()
-    assert [e.kind for e in got] == [EventKind.RESYNC]
+    assert [e.kind for e in got] == [DomainEventKind.RESYNC]
     assert [d.name for d in got[0].domains] == ["c-n2"]
 
 
@@ -201,16 +202,16 @@ async def test_two_clouds_on_one_hypervisor_never_touch_each_others_domains(
     task = asyncio.create_task(a.run_events(got.append))
     await asyncio.sleep(0)
     assert (await ab.execute(HostCommand(Op.DEFINE, 1, "a-b-c", cloud_xml("a-b", "c")))
-            ).outcome is Outcome.DONE
+            ).outcome is CommandOutcome.DONE
     await ab.execute(HostCommand(Op.START, 1, "a-b-c"))
     fake.calls.clear()
     refused = await a.execute(HostCommand(Op.DEFINE, 1, "a-b-c", cloud_xml("a", "b-c")))
     assert (refused.outcome, refused.message) == (
-        Outcome.FAILED, "domain 'a-b-c' belongs to cloud a-b, not a; not touching it")
+        CommandOutcome.FAILED, "domain 'a-b-c' belongs to cloud a-b, not a; not touching it")
     for op in (Op.DESTROY, Op.SHUTDOWN, Op.START, Op.UNDEFINE):
         result = await a.execute(HostCommand(op, 1, "a-b-c"))
         assert (result.outcome, result.message) == (
-            Outcome.FAILED, "domain 'a-b-c' belongs to cloud a-b, not a; not touching it")
+            CommandOutcome.FAILED, "domain 'a-b-c' belongs to cloud a-b, not a; not touching it")
     assert (await a.execute(HostCommand(Op.LIST, 1))).domains == ()
     assert fake.calls == []
     meta = fake.domains["a-b-c"].meta
@@ -236,5 +237,5 @@ async def test_a_define_is_for_its_domain_and_this_cloud(fake: FakeBackend, tmp_
                                                          why: str) -> None:
     agent = HostAgent(fake, state_dir=tmp_path, host="pm1", cloud="c", image_dirs=())
     result = await agent.execute(HostCommand(Op.DEFINE, 1, domain, xml))
-    assert (result.outcome, result.message) == (Outcome.FAILED, why)
+    assert (result.outcome, result.message) == (CommandOutcome.FAILED, why)
     assert fake.domains == {} and fake.calls == []

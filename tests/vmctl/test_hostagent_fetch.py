@@ -18,14 +18,14 @@ import pytest
 from test_images import free_port, keygen, make_base, run_sshd
 
 from cloudd.config.agent import load_agent
-from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.leader.controller import Controller, LocalHosts
 from cloudd.daemon.leader.imagecopy import copy_to_host
 from cloudd.daemon.network.catalogue import register_all
 from cloudd.daemon.network.codec import Codec, FrameDecoder
 from cloudd.errors import ConfigError
 from cloudd.vmctl.backend import FakeBackend
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.images import CopySettings
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.plan import (
@@ -101,11 +101,11 @@ async def test_fetch_copies_a_missing_image_once(agent: HostAgent, source: Sourc
     original = source.put(image)
     assert not image.exists()
     first = await agent.execute(fetch(image))
-    assert first.outcome is Outcome.DONE, first.message
+    assert first.outcome is CommandOutcome.DONE, first.message
     assert image.read_bytes() == original.read_bytes()
     assert sorted(p.name for p in image.parent.iterdir()) == ["base.qcow2"]
     again = await agent.execute(fetch(image))
-    assert again.outcome is Outcome.NOOP
+    assert again.outcome is CommandOutcome.NOOP
     inventory = (await agent.execute(HostCommand(Op.INVENTORY, 1))).inventory
     assert inventory is not None and str(image) in inventory.images
 
@@ -116,14 +116,14 @@ async def test_a_slow_copy_answers_pending_and_is_joined_not_repeated(
     original = source.put(image)
     agent.fetch_wait = 0.0  # answer before the copy can have finished
     pending = await agent.execute(fetch(image))
-    assert pending.outcome is Outcome.PENDING
+    assert pending.outcome is CommandOutcome.PENDING
     assert pending.message == f"copying {image} from 127.0.0.1"
     copy = agent._copies[image]
     agent.fetch_wait = 30.0
     # two leaders' (or two nodes') FETCHes of the same image wait for the one copy
     both = await asyncio.gather(agent.execute(fetch(image)), agent.execute(fetch(image)))
     assert agent._copies == {} and copy.done()
-    assert {r.outcome for r in both} == {Outcome.DONE}, [r.message for r in both]
+    assert {r.outcome for r in both} == {CommandOutcome.DONE}, [r.message for r in both]
     assert image.read_bytes() == original.read_bytes()
 
 
@@ -135,7 +135,7 @@ async def test_an_unknown_host_key_refuses_the_copy(agent: HostAgent, source: So
     kind, key = (tmp_path / "impostor.pub").read_text().split()[:2]
     source.known_hosts.write_text(f"[127.0.0.1]:{source.port} {kind} {key}\n")
     result = await agent.execute(fetch(image))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is CommandOutcome.FAILED
     assert result.message.startswith(f"host key of 127.0.0.1:{source.port} is not in "
                                      f"{source.known_hosts}")
     assert result.retry_after is None  # permanent: a changed key needs the operator
@@ -145,7 +145,7 @@ async def test_an_unknown_host_key_refuses_the_copy(agent: HostAgent, source: So
 async def test_a_source_without_the_image(agent: HostAgent, tmp_path: Path) -> None:
     image = tmp_path / "images" / "base.qcow2"
     result = await agent.execute(fetch(image))
-    assert (result.outcome, result.message) == (Outcome.FAILED,
+    assert (result.outcome, result.message) == (CommandOutcome.FAILED,
                                                 f"127.0.0.1 has no image {image}")
     assert list(image.parent.iterdir()) == []
 
@@ -154,7 +154,7 @@ async def test_an_unreachable_source_is_temporary(agent: HostAgent, tmp_path: Pa
     agent.copy = CopySettings(key=agent.copy.key, known_hosts=agent.copy.known_hosts,
                               port=free_port(), limit=30.0)
     result = await agent.execute(fetch(tmp_path / "images" / "base.qcow2"))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is CommandOutcome.FAILED
     assert result.message.startswith("copying ") and "failed" in result.message
     assert result.retry_after is not None
 
@@ -165,7 +165,7 @@ async def test_a_stale_term_copies_nothing(agent: HostAgent, source: Source,
     source.put(image)
     await agent.execute(HostCommand(Op.LIST, 5))
     result = await agent.execute(fetch(image, term=4))
-    assert result.outcome is Outcome.STALE_TERM
+    assert result.outcome is CommandOutcome.STALE_TERM
     assert agent._copies == {} and not image.exists()
 
 
@@ -181,7 +181,7 @@ async def test_bad_fetch_commands(tmp_path: Path, command: HostCommand, message:
     cmd = HostCommand(command.op, 1, image=command.image.replace("/IMAGES", str(tmp_path)),
                       source=command.source)
     result = await agent.execute(cmd)
-    assert (result.outcome, result.message) == (Outcome.FAILED, message)
+    assert (result.outcome, result.message) == (CommandOutcome.FAILED, message)
     assert agent._copies == {}
 
 
@@ -190,7 +190,7 @@ async def test_fetch_outside_the_image_folders_is_refused(tmp_path: Path) -> Non
     agent = HostAgent(FakeBackend(clock=lambda: 0.0), state_dir=tmp_path / "state",
                       image_dirs=(tmp_path / "images",))
     result = await agent.execute(fetch(tmp_path / "etc" / "passwd.qcow2"))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is CommandOutcome.FAILED
     assert result.message == (f"fetch {tmp_path}/etc/passwd.qcow2 is outside this host's "
                               f"image folders ({tmp_path}/images)")
     assert not (tmp_path / "etc").exists()
@@ -215,7 +215,7 @@ def test_fetch_and_pending_cross_the_wire() -> None:
     codec = register_all(Codec())
     cmd = HostCommand(Op.FETCH, 3, image="/var/lib/cloudd/images/base.qcow2",
                       source="192.0.2.70")
-    result = HostResult(cmd, Outcome.PENDING, 3, "copying")
+    result = HostResult(cmd, CommandOutcome.PENDING, 3, "copying")
     assert FrameDecoder(codec).feed(codec.encode(cmd) + codec.encode(result)) == [cmd, result]
 
 
@@ -247,6 +247,6 @@ async def test_the_leader_copies_then_defines_through_real_host_agents(
         assert [d.name for d in await agent.backend.list()] == ["c1-n1"]
         again = await controller.pass_once()
         assert again is not None and again.actions == ()
-        assert [e.kind for e in events.query()] == [EventKind.ACTION] * 3
+        assert [e.kind for e in events.query()] == [LogKind.ACTION] * 3
     finally:
         events.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudd.vmctl.backend import FakeBackend
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.images import backing_file
 
 
@@ -30,17 +30,17 @@ async def test_overlay_is_created_once_on_its_base(agent: HostAgent, base: Path)
     image = base.with_name("web2.qcow2")
     cmd = HostCommand(Op.OVERLAY, 1, image=str(image), base=str(base))
     first = await agent.execute(cmd)
-    assert first.outcome is Outcome.DONE, first.message
+    assert first.outcome is CommandOutcome.DONE, first.message
     assert await backing_file(image) == str(base)
     again = await agent.execute(cmd)
-    assert again.outcome is Outcome.NOOP
+    assert again.outcome is CommandOutcome.NOOP
 
 
 async def test_overlay_outside_the_image_folders_is_refused(agent: HostAgent, base: Path,
                                                             tmp_path: Path) -> None:
     result = await agent.execute(HostCommand(Op.OVERLAY, 1, image=str(tmp_path / "x.qcow2"),
                                              base=str(base)))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is CommandOutcome.FAILED
     assert "outside this host's image folders" in result.message
     assert not (tmp_path / "x.qcow2").exists()
 
@@ -50,7 +50,7 @@ async def test_overlay_of_a_missing_base_fails_with_the_reason(agent: HostAgent,
     result = await agent.execute(HostCommand(
         Op.OVERLAY, 1, image=str(tmp_path / "images" / "n.qcow2"),
         base=str(tmp_path / "images" / "absent.qcow2")))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is CommandOutcome.FAILED
     assert "absent.qcow2" in result.message
 
 
@@ -58,4 +58,4 @@ async def test_overlay_with_a_stale_term_is_refused(agent: HostAgent, base: Path
     await agent.execute(HostCommand(Op.LIST, 5))
     result = await agent.execute(HostCommand(Op.OVERLAY, 4, image=str(base.with_name("o.qcow2")),
                                              base=str(base)))
-    assert result.outcome is Outcome.STALE_TERM
+    assert result.outcome is CommandOutcome.STALE_TERM

@@ -14,11 +14,11 @@ import pytest
 from cloudd.errors import PermanentError
 from cloudd.vmctl.backend import (
     DomainEvent,
-    DomainState,
-    EventKind,
+    DomainEventKind,
     InvalidDomain,
     NoSuchDomain,
     NotOurDomain,
+    PowerState,
 )
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
@@ -44,7 +44,7 @@ async def backend() -> AsyncIterator[LibvirtBackend]:
     await b.close()
 
 
-async def next_event(queue: asyncio.Queue[DomainEvent], kind: EventKind) -> DomainEvent:
+async def next_event(queue: asyncio.Queue[DomainEvent], kind: DomainEventKind) -> DomainEvent:
     async with asyncio.timeout(10):
         while True:
             event = await queue.get()
@@ -55,19 +55,19 @@ async def next_event(queue: asyncio.Queue[DomainEvent], kind: EventKind) -> Doma
 async def test_define_start_destroy_undefine_with_events(backend: LibvirtBackend) -> None:
     events = backend.subscribe()
     assert await backend.define(xml_for("n1"))
-    defined = await next_event(events, EventKind.DEFINED)
+    defined = await next_event(events, DomainEventKind.DEFINED)
     assert defined.domain == "tc-n1" and defined.meta is not None
     assert defined.meta.node == "n1"
     assert await backend.start("tc-n1")
-    started = await next_event(events, EventKind.STARTED)
+    started = await next_event(events, DomainEventKind.STARTED)
     assert (started.domain, started.detail) == ("tc-n1", "booted")
     [info] = await backend.list()
-    assert (info.name, info.state, info.meta.term) == ("tc-n1", DomainState.RUNNING, 1)
+    assert (info.name, info.state, info.meta.term) == ("tc-n1", PowerState.RUNNING, 1)
     assert await backend.destroy("tc-n1")
-    stopped = await next_event(events, EventKind.STOPPED)
+    stopped = await next_event(events, DomainEventKind.STOPPED)
     assert stopped.detail == "destroyed"
     assert await backend.undefine("tc-n1")
-    assert (await next_event(events, EventKind.UNDEFINED)).domain == "tc-n1"
+    assert (await next_event(events, DomainEventKind.UNDEFINED)).domain == "tc-n1"
     assert await backend.list() == ()
 
 

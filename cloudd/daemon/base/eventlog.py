@@ -43,7 +43,7 @@ CREATE INDEX IF NOT EXISTS events_cloud ON events (cloud, id);
 """
 
 
-class EventKind(enum.Enum):
+class LogKind(enum.Enum):
     ELECTION = "election"
     ACTION = "action"
     FAILURE = "failure"
@@ -53,11 +53,11 @@ class EventKind(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Event:
+class LogEvent:
     time: float
     """Seconds since the epoch, from the daemon's one clock."""
     cloud: str
-    kind: EventKind
+    kind: LogKind
     subject: str
     """What it happened to: a node, a host, a service, an agent."""
     reason: str
@@ -66,8 +66,8 @@ class Event:
     """Assigned by `append`; grows by one at least per event, never reused."""
 
 
-def _row(r: tuple[int, float, str, str, str, str, int]) -> Event:
-    return Event(id=r[0], time=r[1], cloud=r[2], kind=EventKind(r[3]), subject=r[4],
+def _row(r: tuple[int, float, str, str, str, str, int]) -> LogEvent:
+    return LogEvent(id=r[0], time=r[1], cloud=r[2], kind=LogKind(r[3]), subject=r[4],
                  reason=r[5], term=r[6])
 
 
@@ -100,7 +100,7 @@ class EventLog:
             raise PermanentError(f"event log {self.path} is closed")
         return self._db
 
-    def append(self, event: Event) -> Event:
+    def append(self, event: LogEvent) -> LogEvent:
         """Store `event`; returns it with its id. Wakes every follower."""
         with self._lock:
             db = self._conn()
@@ -137,8 +137,8 @@ class EventLog:
         return old + storm
 
     def query(self, *, since: float | None = None, cloud: str | None = None,
-              kind: EventKind | None = None, after_id: int | None = None,
-              limit: int = 100) -> list[Event]:
+              kind: LogKind | None = None, after_id: int | None = None,
+              limit: int = 100) -> list[LogEvent]:
         """Events in order of id. With `since` or `after_id`: the first `limit` from there;
         without either: the last `limit`."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -171,14 +171,14 @@ class EventLog:
         return int(row[0])
 
     def follow(self, *, cloud: str | None = None, after_id: int | None = None,
-               batch: int = 100) -> AsyncIterator[Event]:
+               batch: int = 100) -> AsyncIterator[LogEvent]:
         """Every event after `after_id` (default: from this call on, not from the first
         iteration), then each new one as it is appended, until the consumer stops."""
         last = self.last_id() if after_id is None else after_id
         return self._follow(last, cloud=cloud, batch=batch)
 
     async def _follow(self, last: int, *, cloud: str | None,
-                      batch: int) -> AsyncIterator[Event]:
+                      batch: int) -> AsyncIterator[LogEvent]:
         wake = asyncio.Event()
         me = (asyncio.get_running_loop(), wake)
         self._followers.add(me)

@@ -23,7 +23,7 @@ _log = log.get("runner")
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RunOutcome:
     """Why the runner stopped."""
 
     #: What asked for the stop: a signal name, "request", or "task <name> failed".
@@ -68,7 +68,7 @@ class Runner:
             self._stop.set()
 
     async def run(self, *, on_started: Callable[[], None] | None = None,
-                  on_stopping: Callable[[], None] | None = None) -> Outcome:
+                  on_stopping: Callable[[], None] | None = None) -> RunOutcome:
         """Start every root task, wait for a stop or a failure, then stop them all."""
         self._running = True
         self._stop = asyncio.Event()
@@ -109,7 +109,7 @@ class Runner:
                     failed.append((tasks[task], f"{type(exc).__name__}: {exc}"))
             if stuck:
                 _log.error("runner_tasks_stuck", tasks=list(stuck), timeout=self.stop_timeout)
-        outcome = Outcome(self._reason, tuple(failed), stuck)
+        outcome = RunOutcome(self._reason, tuple(failed), stuck)
         _log.info("runner_stopped", reason=outcome.reason, ok=outcome.ok)
         return outcome
 

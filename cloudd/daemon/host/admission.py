@@ -19,7 +19,7 @@ checks for no fault of the leader: when the command's `generation` differs from 
 a refusal is temporary and says so ("generation X is not in force here yet"), so the leader
 retries once the generation has reached this host.
 
-Pure: `refusal(command, grounds)` returns a `Refusal` or None; the rendering callable only
+Pure: `refusal(command, grounds)` returns a `AdmissionRefusal` or None; the rendering callable only
 reads the template file it was given.
 """
 
@@ -39,7 +39,7 @@ Render = Callable[[Cloud, str, int], str]
 
 
 @dataclass(frozen=True)
-class Refusal:
+class AdmissionRefusal:
     reason: str
     """One sentence, for the log and the leader."""
     temporary: bool = False
@@ -58,17 +58,17 @@ class Grounds:
     folders: Folders
 
 
-def refusal(command: HostCommand, grounds: Grounds) -> Refusal | None:
+def refusal(command: HostCommand, grounds: Grounds) -> AdmissionRefusal | None:
     """Why `command` may not run here, or None when it may."""
     check = _CHECKS.get(command.op)
     why = check(command, grounds) if check is not None else None
     if why is None:
         return None
     if command.generation != grounds.generation:
-        return Refusal(f"manifest generation {_short(command.generation)} is not in force "
+        return AdmissionRefusal(f"manifest generation {_short(command.generation)} is not in force "
                        f"here yet (this host has {_short(grounds.generation)}): {why}",
                        temporary=True)
-    return Refusal(why)
+    return AdmissionRefusal(why)
 
 
 def _short(generation: str) -> str:

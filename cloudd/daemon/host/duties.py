@@ -33,10 +33,10 @@ from cloudd.vmctl.confine import Folders
 from cloudd.vmctl.domains import SERIAL_LOG_DIR, DomainRenderer
 from cloudd.vmctl.hostagent import (
     MANIFEST_CHECKED,
+    CommandOutcome,
     HostAgent,
     HostCommand,
     HostResult,
-    Outcome,
 )
 from cloudd.vmctl.images import CopySettings
 
@@ -121,7 +121,7 @@ class HostDuties:
         if not self.holds_lease(sender, cmd.term):
             if cmd.term < agent.highest_term:
                 why = f"term {cmd.term} is older than {agent.highest_term}"
-                return self._refuse(sender, cmd, agent, why, outcome=Outcome.STALE_TERM)
+                return self._refuse(sender, cmd, agent, why, outcome=CommandOutcome.STALE_TERM)
             why = f"{sender} holds no unexpired lease of {self.me} for term {cmd.term}"
             return self._refuse(sender, cmd, agent, why, retry_after=RETRY_AFTER)
         if cmd.op not in MANIFEST_CHECKED:
@@ -136,7 +136,7 @@ class HostDuties:
                             retry_after=RETRY_AFTER if no.temporary else None)
 
     def _refuse(self, sender: str, cmd: HostCommand, agent: HostAgent, why: str, *,
-                outcome: Outcome = Outcome.FAILED,
+                outcome: CommandOutcome = CommandOutcome.FAILED,
                 retry_after: float | None = None) -> HostResult:
         self.log.warning("command_refused", peer=sender, term=cmd.term, op=cmd.op.value,
                          domain=cmd.domain or None, reason=why)

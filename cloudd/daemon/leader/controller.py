@@ -31,10 +31,10 @@ from typing import Protocol
 from cloudd import log
 from cloudd.config.agent import Reconcile
 from cloudd.daemon.base.clock import SYSTEM, Clock
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import backend as vb
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.plan import (
     BackoffPolicy,
     CopyImage,
@@ -111,12 +111,12 @@ class LocalHosts:
         return await agent.execute(command)
 
 
-_STATES = {vb.DomainState.RUNNING: DomainState.RUNNING,
-           vb.DomainState.PAUSED: DomainState.PAUSED,
-           vb.DomainState.SHUTTING_DOWN: DomainState.SHUTDOWN,
-           vb.DomainState.STOPPED: DomainState.SHUTOFF,
-           vb.DomainState.CRASHED: DomainState.CRASHED,
-           vb.DomainState.OTHER: DomainState.NOSTATE}
+_STATES = {vb.PowerState.RUNNING: DomainState.RUNNING,
+           vb.PowerState.PAUSED: DomainState.PAUSED,
+           vb.PowerState.SHUTTING_DOWN: DomainState.SHUTDOWN,
+           vb.PowerState.STOPPED: DomainState.SHUTOFF,
+           vb.PowerState.CRASHED: DomainState.CRASHED,
+           vb.PowerState.OTHER: DomainState.NOSTATE}
 
 _OPS: dict[type, Op] = {Define: Op.DEFINE, Start: Op.START, Shutdown: Op.SHUTDOWN,
                         Destroy: Op.DESTROY, Undefine: Op.UNDEFINE}
@@ -163,7 +163,7 @@ class Controller:
 
     def domain_event(self, host: str, event: vb.DomainEvent) -> None:
         """A host forwarded a domain event: keep its reason (for run strategies), pass now."""
-        if event.meta is not None and event.kind is vb.EventKind.STOPPED:
+        if event.meta is not None and event.kind is vb.DomainEventKind.STOPPED:
             self._reasons[(event.meta.node, host)] = event.detail
         self.poke()
 
@@ -187,7 +187,7 @@ class Controller:
         except (ClouddError, OSError, TimeoutError) as exc:
             self._log.info("host_unreachable", host=host, reason=str(exc) or type(exc).__name__)
             return None
-        return result if result.outcome is Outcome.DONE else None
+        return result if result.outcome is CommandOutcome.DONE else None
 
     async def _report(self, host: str, term: int, now: float) -> None:
         listing = await self._ask(host, HostCommand(Op.LIST, term))
@@ -297,9 +297,9 @@ class Controller:
 
     # ---- performing ---------------------------------------------------------------------
 
-    def _record(self, kind: EventKind, *, cloud: str, subject: str, reason: str,
+    def _record(self, kind: LogKind, *, cloud: str, subject: str, reason: str,
                 term: int) -> None:
-        self.events.append(Event(self.clock.wall(), cloud, kind, subject, reason, term))
+        self.events.append(LogEvent(self.clock.wall(), cloud, kind, subject, reason, term))
 
     async def _chain(self, actions: list[NodeAction], *, spec: NodeSpec | None, cloud: str,
                      term: int) -> None:
@@ -314,7 +314,7 @@ class Controller:
                 what = f"{type(action).__name__.lower()} on {action.host}"
                 if error is None:
                     respawn = isinstance(action, Start) and action.respawn
-                    self._record(EventKind.RESTART if respawn else EventKind.ACTION, cloud=cloud,
+                    self._record(LogKind.RESTART if respawn else LogKind.ACTION, cloud=cloud,
                                  subject=node, reason=f"{what}: {action.reason}", term=term)
                     self._log.info("action_done", cloud=cloud, node=node, host=action.host,
                                    term=term, reason=f"{what}: {action.reason}")
@@ -324,7 +324,7 @@ class Controller:
                 # a failed copy backs off the node only: the source may be the one at fault
                 if isinstance(action, Define | Start | CreateOverlay):
                     self.host_fails.failed(action.host, now=now)
-                self._record(EventKind.FAILURE, cloud=cloud, subject=node, term=term,
+                self._record(LogKind.FAILURE, cloud=cloud, subject=node, term=term,
                              reason=f"{what} failed ({record.count} in a row, next try in "
                                     f"{record.not_before - now:.1f}s): {error}")
                 self._log.warning("action_failed", cloud=cloud, node=node, host=action.host,
@@ -354,9 +354,9 @@ class Controller:
                 result = await self.client.call(action.host, command)
         except (ClouddError, OSError, TimeoutError) as exc:
             return str(exc) or type(exc).__name__
-        if result.outcome is Outcome.STALE_TERM:
+        if result.outcome is CommandOutcome.STALE_TERM:
             return f"refused: {result.message} (this leader is deposed)"
-        if result.outcome is Outcome.FAILED:
+        if result.outcome is CommandOutcome.FAILED:
             return result.message or "failed"
         self._done(action)
         return None
@@ -389,7 +389,7 @@ class Controller:
             await self.fencer.fence(action.host)
         except (ClouddError, OSError) as exc:
             record = self.host_fails.failed(action.host, now=self.clock.monotonic())
-            self._record(EventKind.FAILURE, cloud=cloud, subject=action.host, term=term,
+            self._record(LogKind.FAILURE, cloud=cloud, subject=action.host, term=term,
                          reason=f"fence failed ({record.count} in a row): {exc}")
             self._log.error("fence_failed", cloud=cloud, host=action.host, reason=str(exc))
         else:
@@ -399,7 +399,7 @@ class Controller:
             seen, _ = self._reports.get(action.host, ((), None))
             self._reports[action.host] = (tuple(
                 replace(d, state=DomainState.SHUTOFF, reason="fenced") for d in seen), None)
-            self._record(EventKind.ACTION, cloud=cloud, subject=action.host, term=term,
+            self._record(LogKind.ACTION, cloud=cloud, subject=action.host, term=term,
                          reason=f"fenced: {action.reason}")
             self._log.warning("host_fenced", cloud=cloud, host=action.host, term=term)
         finally:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from cloudd.daemon.leader.controller import HostClient
 from cloudd.errors import PermanentError, TemporaryError
-from cloudd.vmctl.hostagent import HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.plan import NodeSpec
 
 #: Longest a copy may take, seconds, before it counts as failed (and backs off).
@@ -41,10 +41,10 @@ async def copy_to_host(client: HostClient, host: str, spec: NodeSpec, *,
                     raise TemporaryError("no longer the acting leader")
                 result = await client.call(host, HostCommand(Op.FETCH, now, image=image,
                                                              source=source.address))
-                if result.outcome is Outcome.PENDING:
+                if result.outcome is CommandOutcome.PENDING:
                     await asyncio.sleep(pause)
                     continue
-                if result.outcome in (Outcome.DONE, Outcome.NOOP):
+                if result.outcome in (CommandOutcome.DONE, CommandOutcome.NOOP):
                     return
                 why = f"copy of {image} from {source.host} to {host}: {result.message}"
                 if result.retry_after is None:
@@ -65,5 +65,5 @@ async def create_overlay(client: HostClient, host: str, spec: NodeSpec, *,
         raise TemporaryError("no longer the acting leader")
     result = await client.call(host, HostCommand(Op.OVERLAY, now, image=spec.image,
                                                  base=spec.base_image))
-    if result.outcome not in (Outcome.DONE, Outcome.NOOP):
+    if result.outcome not in (CommandOutcome.DONE, CommandOutcome.NOOP):
         raise TemporaryError(f"overlay of {spec.name} on {host}: {result.message}")

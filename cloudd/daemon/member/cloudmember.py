@@ -32,7 +32,7 @@ from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import portable_text
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.durable import TermFile
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.host.duties import HostDuties, OpenBackend
 from cloudd.daemon.leader import assignment
 from cloudd.daemon.leader.controller import Controller, policy_of
@@ -246,7 +246,7 @@ class CloudMember:
         self.cloud = cloud
         self.generation += 1
         self.loaded_at = self.clock.wall()
-        self.events.append(Event(self.loaded_at, cloud.name, EventKind.COMMAND, self.me,
+        self.events.append(LogEvent(self.loaded_at, cloud.name, LogKind.COMMAND, self.me,
                                  f"manifest generation {cloud.digest[:12]} in force",
                                  self.election.term))
         if self.node_side is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from cloudd import log
 from cloudd.daemon.base.durable import TermFile
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.election.agent import AgentCore, Output
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
@@ -138,8 +138,8 @@ class ElectionShell:
             self._log.info(f"election_{ev.kind}", term=ev.term, peer=ev.peer or None,
                            reason=ev.reason)
             if ev.kind != "member" and self._events is not None:
-                self._events.append(Event(time=time.time(), cloud=self.cloud,
-                                          kind=EventKind.ELECTION, subject=ev.peer or self.me,
+                self._events.append(LogEvent(time=time.time(), cloud=self.cloud,
+                                          kind=LogKind.ELECTION, subject=ev.peer or self.me,
                                           reason=f"{ev.kind}: {ev.reason}", term=ev.term))
         self._wake_at = out.wake_at
         now_view = Leadership(self.core.leader, self.core.term, out.acting, out.acting_until)

@@ -19,7 +19,7 @@ from typing import Any
 
 from cloudd import log
 from cloudd.backoff import Backoff, hashed_unit
-from cloudd.config.agent import AgentSettings, Libvirt, Listen, Pki
+from cloudd.config.agent import AgentSettings, Libvirt, Listen, PkiSettings
 from cloudd.daemon.base.durable import write_durable
 from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
 from cloudd.errors import ClouddError, PermanentError
@@ -78,7 +78,8 @@ def settings_for(ident: NodeIdentity, *, state_dir: Path = NODE_STATE,
     settings = AgentSettings(
         name=ident.node, profile=profile,
         listen=Listen(address=address, port=seeds[0].port),
-        pki=Pki(ca=pki / "ca.crt", cert=pki / f"{ident.node}.crt", key=pki / f"{ident.node}.key"),
+        pki=PkiSettings(ca=pki / "ca.crt", cert=pki / f"{ident.node}.crt",
+                        key=pki / f"{ident.node}.key"),
         libvirt=Libvirt(uri=None),
         state_dir=state_dir, manifest_dir=state_dir / "manifests",
         # beside the state when that is not the default (several test agents on one machine)

@@ -251,7 +251,7 @@ class NodeSide:
             if self._facts.error:
                 self.log.info("node.converge_recovered", role=a.role, failures=self._failures)
             self._applied, self._failures = key, 0
-            self._feed(phase.Converged())
+            self._feed(phase.ConvergeSucceeded())
         finally:
             self._task = None
             self._wake.set()
@@ -354,7 +354,7 @@ class NodeSide:
 
     async def _stop_services(self) -> None:
         self._resume = False
-        self._feed(phase.StopRequested())
+        self._feed(phase.StopOrdered())
         task = self._task
         if task is not None:
             task.cancel()

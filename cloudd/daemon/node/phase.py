@@ -6,11 +6,11 @@ not kept and set by hand; it is decided by a few facts (`NodeFacts`) that change
 events the node side feeds here as they happen:
 
     Assigned        the first assignment is in force (from the leader, or saved on disk)
-    StopRequested   `ensure: stopped`: the services are being stopped
+    StopOrdered   `ensure: stopped`: the services are being stopped
     Halted          every service of the role has stopped
     Resumed         a new assignment after a stop: start afresh
     ConvergeFailed  the last converge raised (the shell retries it after a backoff)
-    Converged       a converge succeeded
+    ConvergeSucceeded       a converge succeeded
     ServicesStarted a fresh set of services is under supervision (first, or a changed spec)
     ServicesSeen    the supervised services as they are now (all running and ready or not)
     ServicesDropped supervision ended with the services left running (agent shutdown)
@@ -77,7 +77,7 @@ class Assigned:
 
 
 @dataclass(frozen=True)
-class StopRequested:
+class StopOrdered:
     pass
 
 
@@ -97,7 +97,7 @@ class ConvergeFailed:
 
 
 @dataclass(frozen=True)
-class Converged:
+class ConvergeSucceeded:
     pass
 
 
@@ -117,7 +117,7 @@ class ServicesDropped:
     pass
 
 
-Event = (Assigned | StopRequested | Halted | Resumed | ConvergeFailed | Converged
+Event = (Assigned | StopOrdered | Halted | Resumed | ConvergeFailed | ConvergeSucceeded
          | ServicesStarted | ServicesSeen | ServicesDropped)
 
 
@@ -229,9 +229,9 @@ def _services_dropped(f: NodeFacts, ev: Event) -> NodeFacts:
 
 
 _RUNNING: dict[type, _Handler] = {
-    StopRequested: _stop,
+    StopOrdered: _stop,
     ConvergeFailed: _converge_failed,
-    Converged: _converged,
+    ConvergeSucceeded: _converged,
     ServicesStarted: _services_started,
     ServicesSeen: _services_seen,
     ServicesDropped: _services_dropped,
@@ -239,7 +239,7 @@ _RUNNING: dict[type, _Handler] = {
 #: (phase, event type) -> handler. A pair missing here is an illegal transition.
 TRANSITIONS: dict[tuple[NodePhase, type], _Handler] = {
     (P.UNASSIGNED, Assigned): _assigned,
-    (P.UNASSIGNED, StopRequested): _stop,
+    (P.UNASSIGNED, StopOrdered): _stop,
     (P.UNASSIGNED, Halted): _halted,
     **{(phase, kind): handler
        for phase in (P.CONVERGING, P.READY, P.DEGRADED, P.FAILED)
@@ -247,7 +247,7 @@ TRANSITIONS: dict[tuple[NodePhase, type], _Handler] = {
     # A converge cancelled by the stop may still end either way; it changes no phase here.
     **{(P.STOPPING, kind): handler for kind, handler in _RUNNING.items()},
     (P.STOPPING, Halted): _halted,
-    (P.STOPPED, StopRequested): _stop,
+    (P.STOPPED, StopOrdered): _stop,
     (P.STOPPED, Halted): _halted,
     (P.STOPPED, Resumed): _resumed,
     (P.STOPPED, ServicesStarted): _services_started,  # a second stop adopts the services

@@ -36,7 +36,7 @@ from cloudd import log
 from cloudd.config.model import Cloud
 from cloudd.config.portable import portable_text
 from cloudd.daemon.base.clock import SYSTEM, Clock
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader import maintenance
 from cloudd.daemon.member.manifests import ManifestFolder
 from cloudd.daemon.member.snapshot import MemberSnapshot
@@ -283,7 +283,7 @@ class Operator:
                 "ensure": cloud.ensure.value}
 
     def _record(self, cloud: str, reason: str, term: int) -> None:
-        self.events.append(Event(self.clock.wall(), cloud, EventKind.COMMAND, self.me,
+        self.events.append(LogEvent(self.clock.wall(), cloud, LogKind.COMMAND, self.me,
                                  reason, term))
         _log.info("operator_command", cloud=cloud, term=term, reason=reason)
 

@@ -39,7 +39,7 @@ from cloudd.client.inspectdoc import (
     Source,
 )
 from cloudd.daemon.base.clock import SYSTEM, Clock
-from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import InspectAnswer, InspectWanted, NodePhase
 from cloudd.daemon.operator.queries import event_view, view_source
@@ -124,7 +124,7 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
                                                 and report.phase != NodePhase.READY else ""),
             services=services))
     last_error = {e.subject: e.reason for e in
-                  events.query(cloud=cloud.name, kind=EventKind.FAILURE,
+                  events.query(cloud=cloud.name, kind=LogKind.FAILURE,
                                 limit=FAILURES_READ)}
     failed = tuple(
         FailedAction(action="reconcile", subject=subject, fail_count=record.count,

@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from cloudd import log
-from cloudd.config.agent import Metrics as MetricsSettings
+from cloudd.config.agent import MetricsSettings
 from cloudd.errors import ConfigError, PermanentError, Problem
 
 _log = log.get("metrics")

@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
-from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.operator.metrics import Metrics
 
@@ -46,7 +46,7 @@ class MetricsFeed:
         for seen, _stock in snap.controller.hosts.values():
             states.update(d.state.value for d in seen if d.cloud == name)
         self.metrics.set_domains(name, states)
-        for _event in self.events.query(cloud=name, kind=EventKind.RESTART,
+        for _event in self.events.query(cloud=name, kind=LogKind.RESTART,
                                         after_id=self._last_event, limit=EVENTS_PER_READING):
             self.metrics.respawn(name)
         self._last_event = self.events.last_id()

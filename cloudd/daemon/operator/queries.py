@@ -1,6 +1,6 @@
 """The read-only operations of the local API, `inspect` and `events`, over the daemon's own state.
 
-They check their arguments (an `ApiError` names the bad one), turn the event log's `Event`s
+They check their arguments (an `ApiError` names the bad one), turn the event log's `LogEvent`s
 into the document's `EventView`s and say where a cloud's cluster-wide view came from. The
 document itself and its decoding are the client's (`cloudd.client.inspectdoc`): the CLI
 reads what these write without importing the daemon.
@@ -13,7 +13,7 @@ from typing import Any
 
 from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import EventView, InspectDoc, Source
-from cloudd.daemon.base.eventlog import Event, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent
 
 
 def view_source(*, leading: bool, leader_view_at: float | None, now: float,
@@ -43,14 +43,14 @@ def inspect_op(build: Callable[[str | None], InspectDoc]) -> Callable[[dict[str,
     return handler
 
 
-def event_json(event: Event) -> dict[str, Any]:
+def event_json(event: LogEvent) -> dict[str, Any]:
     """One event as the `events` operation streams it (the keys of `EventView`)."""
     assert event.id is not None, "only stored events (with an id) are shown"
     return {"id": event.id, "time": event.time, "cloud": event.cloud, "kind": event.kind.value,
             "subject": event.subject, "reason": event.reason, "term": event.term}
 
 
-def event_view(event: Event) -> EventView:
+def event_view(event: LogEvent) -> EventView:
     return EventView(**event_json(event))
 
 

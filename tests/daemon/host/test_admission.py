@@ -13,12 +13,12 @@ import pytest
 
 from cloudd.config.model import Cloud
 from cloudd.daemon.host import admission
-from cloudd.daemon.host.admission import Grounds, Refusal, refusal
+from cloudd.daemon.host.admission import AdmissionRefusal, Grounds, refusal
 from cloudd.daemon.host.duties import RETRY_AFTER
 from cloudd.vmctl.backend import FakeBackend
 from cloudd.vmctl.confine import Folders
 from cloudd.vmctl.domains import DomainRenderer
-from cloudd.vmctl.hostagent import MANIFEST_CHECKED, HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import MANIFEST_CHECKED, CommandOutcome, HostCommand, Op
 
 from .conftest import IMAGES, TEMPLATE, HostRig, write_cloud
 
@@ -74,7 +74,7 @@ async def test_a_forged_define_is_refused_and_nothing_is_defined(rig: HostRig,
     result = await rig.duties.execute("pm2", HostCommand(
         Op.DEFINE, 3, DOMAIN, forged, generation=rig.duties.renderer.generation(rig.cloud[0])))
     assert (result.outcome, result.message, result.retry_after) == (
-        Outcome.FAILED, NOT_MINE, None)
+        CommandOutcome.FAILED, NOT_MINE, None)
     assert isinstance(rig.backend, FakeBackend)
     assert rig.backend.domains == {} and rig.backend.calls == []
 
@@ -97,7 +97,7 @@ async def test_any_xml_but_the_hosts_own_rendering_is_refused(rig: HostRig,
     result = await rig.duties.execute("pm2", HostCommand(
         Op.DEFINE, 3, DOMAIN, forge(good),
         generation=rig.duties.renderer.generation(rig.cloud[0])))
-    assert (result.outcome, result.message) == (Outcome.FAILED, NOT_MINE)
+    assert (result.outcome, result.message) == (CommandOutcome.FAILED, NOT_MINE)
     assert isinstance(rig.backend, FakeBackend) and rig.backend.domains == {}
 
 
@@ -114,7 +114,7 @@ async def test_a_template_that_asks_too_much_is_refused_as_rendered(
     xml = leader.render(cloud, SERVER, 3)
     result = await rig.duties.execute("pm2", HostCommand(
         Op.DEFINE, 3, DOMAIN, xml, generation=leader.generation(cloud)))
-    assert (result.outcome, result.message) == (Outcome.FAILED, f"domain {DOMAIN}: {why}")
+    assert (result.outcome, result.message) == (CommandOutcome.FAILED, f"domain {DOMAIN}: {why}")
     assert isinstance(rig.backend, FakeBackend) and rig.backend.domains == {}
 
 
@@ -129,12 +129,12 @@ async def test_a_define_of_a_newer_generation_waits_for_it(tmp_path: Path,
                           generation=leader.generation(newer))
     result = await rig.duties.execute("pm2", command)
     mine = rig.duties.renderer.generation(rig.cloud[0])
-    assert (result.outcome, result.retry_after) == (Outcome.FAILED, RETRY_AFTER)
+    assert (result.outcome, result.retry_after) == (CommandOutcome.FAILED, RETRY_AFTER)
     assert result.message == (f"manifest generation {command.generation[:12]} is not in force "
                               f"here yet (this host has {mine[:12]}): {NOT_MINE}")
     # the generation arrives: the same command is obeyed
     rig.cloud[0] = newer
-    assert (await rig.duties.execute("pm2", command)).outcome is Outcome.DONE
+    assert (await rig.duties.execute("pm2", command)).outcome is CommandOutcome.DONE
 
 
 @pytest.mark.parametrize(("domain", "why"), [
@@ -146,7 +146,7 @@ async def test_a_define_names_a_node_of_this_cloud(rig: HostRig, domain: str,
     xml = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
     result = await rig.duties.execute("pm2", HostCommand(
         Op.DEFINE, 3, domain, xml, generation=rig.duties.renderer.generation(rig.cloud[0])))
-    assert (result.outcome, result.message) == (Outcome.FAILED, why)
+    assert (result.outcome, result.message) == (CommandOutcome.FAILED, why)
 
 
 async def test_overlay_and_fetch_outside_the_manifest_are_refused(rig: HostRig) -> None:
@@ -166,7 +166,7 @@ async def test_overlay_and_fetch_outside_the_manifest_are_refused(rig: HostRig) 
     for command, why in cases:
         result = await rig.duties.execute("pm2", command)
         assert (result.outcome, result.message, result.retry_after) == (
-            Outcome.FAILED, why, None)
+            CommandOutcome.FAILED, why, None)
     agent = rig.duties.agent
     assert agent is not None and agent._copies == {}
 
@@ -183,13 +183,13 @@ def grounds(cloud: Cloud, *, images: tuple[str, ...] = (IMAGES,)) -> Grounds:
     # the manifest's base, but this host keeps its images elsewhere
     (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/web.qcow2",
                  generation="g1"), ("/srv/images",),
-     Refusal(f"base image {IMAGES}/web.qcow2 is outside this host's image folders "
+     AdmissionRefusal(f"base image {IMAGES}/web.qcow2 is outside this host's image folders "
              "(/srv/images)")),
     # a node's image as another node's base
     (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/db.qcow2",
                  generation="g1"), (IMAGES,),
-     Refusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/db.qcow2 is no node's image and base "
-             "image in the manifest of cloud shop")),
+     AdmissionRefusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/db.qcow2 is no node's image "
+                      "and base image in the manifest of cloud shop")),
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/web.qcow2", source="192.0.2.71",
                  generation="g1"), (IMAGES,), None),
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/db.qcow2", source="192.0.2.70",
@@ -197,16 +197,17 @@ def grounds(cloud: Cloud, *, images: tuple[str, ...] = (IMAGES,)) -> Grounds:
     # a pool host's name is not its address
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/db.qcow2", source="pm2", generation="g1"),
      (IMAGES,),
-     Refusal("fetch source 'pm2' is no pool host's address in the manifest of cloud shop")),
+     AdmissionRefusal("fetch source 'pm2' is no pool host's address in the manifest of "
+                      "cloud shop")),
     # a failed check of another generation: for now
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/new.qcow2", source="192.0.2.71",
                  generation="g2"), (IMAGES,),
-     Refusal("manifest generation g2 is not in force here yet (this host has g1): "
+     AdmissionRefusal("manifest generation g2 is not in force here yet (this host has g1): "
              f"image {IMAGES}/new.qcow2 is none of the images in the manifest of cloud shop",
              temporary=True)),
     # ...and a command without a generation at all
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/new.qcow2", source="192.0.2.71"), (IMAGES,),
-     Refusal("manifest generation (none) is not in force here yet (this host has g1): "
+     AdmissionRefusal("manifest generation (none) is not in force here yet (this host has g1): "
              f"image {IMAGES}/new.qcow2 is none of the images in the manifest of cloud shop",
              temporary=True)),
     # commands that name no host resource are not checked here (HostAgent checks ownership)
@@ -214,14 +215,14 @@ def grounds(cloud: Cloud, *, images: tuple[str, ...] = (IMAGES,)) -> Grounds:
     (HostCommand(Op.LIST, 3), (IMAGES,), None),
 ])
 def test_refusal(cloud: Cloud, command: HostCommand, images: tuple[str, ...],
-                 expected: Refusal | None) -> None:
+                 expected: AdmissionRefusal | None) -> None:
     assert refusal(command, grounds(cloud, images=images)) == expected
 
 
 def test_a_node_that_is_not_managed_gets_no_domain(cloud: Cloud) -> None:
     unmanaged = replace(cloud, nodes=tuple(replace(n, managed=False) for n in cloud.nodes))
     command = HostCommand(Op.DEFINE, 3, DOMAIN, "<domain/>", generation="g1")
-    assert refusal(command, grounds(unmanaged)) == Refusal(
+    assert refusal(command, grounds(unmanaged)) == AdmissionRefusal(
         f"node {SERVER} of cloud shop is not managed: cloudd defines no domain")
 
 

@@ -14,7 +14,7 @@ import pytest
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.vmctl.backend import Backend
-from cloudd.vmctl.hostagent import HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 
 from .conftest import HostRig, make_host, write_cloud
@@ -70,20 +70,20 @@ async def test_the_leader_reaches_its_own_host_through_the_same_checks(
         "<source file='/var/lib/cloudd/images/web1.qcow2'/>", "<source dev='/dev/sda'/>")
     assert forged != xml
     refused = await calls.call("pm1", HostCommand(Op.DEFINE, 3, DOMAIN, forged))
-    assert refused.outcome is Outcome.FAILED
+    assert refused.outcome is CommandOutcome.FAILED
     assert refused.message == (f"the domain XML of {DOMAIN} is not this host's rendering of "
                                f"node {SERVER} in term 3")
     assert await names(h) == []
     # its own rendering is defined, carrying the generation the leader stamped
     done = await calls.call("pm1", HostCommand(Op.DEFINE, 3, DOMAIN, xml))
-    assert done.outcome is Outcome.DONE, done.message
+    assert done.outcome is CommandOutcome.DONE, done.message
     assert done.command.generation == h.duties.renderer.generation(h.cloud[0])
     assert await names(h) == [DOMAIN]
     # the leader's lease lapses: its own host refuses it like any other
     del h.leases["pm1"]
     lapsed = await calls.call("pm1", HostCommand(Op.START, 3, DOMAIN))
     assert (lapsed.outcome, lapsed.message) == (
-        Outcome.FAILED, "pm1 holds no unexpired lease of pm1 for term 3")
+        CommandOutcome.FAILED, "pm1 holds no unexpired lease of pm1 for term 3")
     assert asked == []
     agent = h.duties.agent
     assert agent is not None

@@ -14,8 +14,8 @@ from cloudd.config.model import Cloud
 from cloudd.daemon.host.duties import DEFAULT_URI, RETRY_AFTER, HostDuties, libvirt_uri, nobody
 from cloudd.daemon.network.catalogue import DomainEventNote
 from cloudd.errors import TemporaryError
-from cloudd.vmctl.backend import DomainEvent, EventKind, FakeBackend
-from cloudd.vmctl.hostagent import TERM_FILE, HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
+from cloudd.vmctl.hostagent import TERM_FILE, CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
 
 from .conftest import HostRig, make_host
@@ -36,7 +36,7 @@ def test_which_libvirt(cloud: Cloud, me: str, own: str | None, uri: str) -> None
 
 def event(cloud: str) -> DomainEvent:
     meta = CloudMeta(cloud=cloud, node="shop-server-1", role="server", term=3)
-    return DomainEvent(EventKind.STOPPED, f"{cloud}-x", meta, "crashed", 0.0)
+    return DomainEvent(DomainEventKind.STOPPED, f"{cloud}-x", meta, "crashed", 0.0)
 
 
 @pytest.mark.parametrize(("leader", "to_leader", "to_local"), [
@@ -65,7 +65,7 @@ async def test_the_lease_holder_defines_and_starts_and_events_follow(rig: HostRi
     xml = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
     for op, args in ((Op.DEFINE, (DOMAIN, xml)), (Op.START, (DOMAIN,))):
         result = await rig.duties.execute("pm2", HostCommand(op, 3, *args))
-        assert result.outcome is Outcome.DONE, result.message
+        assert result.outcome is CommandOutcome.DONE, result.message
     assert isinstance(rig.backend, FakeBackend)
     meta = from_domain_xml(rig.backend.domains[DOMAIN].xml)
     assert meta is not None and (meta.cloud, meta.host) == ("shop", "pm1")
@@ -75,22 +75,22 @@ async def test_the_lease_holder_defines_and_starts_and_events_follow(rig: HostRi
             break
         await asyncio.sleep(0)
     kinds = [note.event.kind for _, note in rig.sent]
-    assert kinds == [EventKind.DEFINED, EventKind.STARTED, EventKind.STOPPED]
+    assert kinds == [DomainEventKind.DEFINED, DomainEventKind.STARTED, DomainEventKind.STOPPED]
     assert {peer for peer, _ in rig.sent} == {"pm2"}
 
 
 @pytest.mark.parametrize(("sender", "term", "outcome", "why"), [
     # a node's certificate, a term far in the future: no lease, refused, nothing learnt
-    ("shop-server-1", 2**60, Outcome.FAILED,
+    ("shop-server-1", 2**60, CommandOutcome.FAILED,
      "shop-server-1 holds no unexpired lease of pm1 for term 1152921504606846976"),
     # the lease holder, but for another term than the one it holds
-    ("pm2", 4, Outcome.FAILED, "pm2 holds no unexpired lease of pm1 for term 4"),
-    ("pm2", 2, Outcome.FAILED, "pm2 holds no unexpired lease of pm1 for term 2"),
+    ("pm2", 4, CommandOutcome.FAILED, "pm2 holds no unexpired lease of pm1 for term 4"),
+    ("pm2", 2, CommandOutcome.FAILED, "pm2 holds no unexpired lease of pm1 for term 2"),
     # another host, for the holder's very term
-    ("pm3", 3, Outcome.FAILED, "pm3 holds no unexpired lease of pm1 for term 3"),
+    ("pm3", 3, CommandOutcome.FAILED, "pm3 holds no unexpired lease of pm1 for term 3"),
 ])
 async def test_only_the_lease_holder_of_exactly_that_term_commands(
-        rig: HostRig, sender: str, term: int, outcome: Outcome, why: str) -> None:
+        rig: HostRig, sender: str, term: int, outcome: CommandOutcome, why: str) -> None:
     result = await rig.duties.execute(sender, HostCommand(Op.LIST, term))
     assert (result.outcome, result.message, result.retry_after) == (outcome, why, RETRY_AFTER)
     assert result.domains == () and result.term_seen == 0
@@ -101,25 +101,25 @@ async def test_only_the_lease_holder_of_exactly_that_term_commands(
 
 async def test_a_refused_term_is_never_persisted_even_across_a_restart(
         tmp_path: Path, rig: HostRig) -> None:
-    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 3))).outcome is Outcome.DONE
+    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 3))).outcome is CommandOutcome.DONE
     assert (rig.duties.state_dir / TERM_FILE).read_text() == "3\n"
     refused = await rig.duties.execute("shop-database-1", HostCommand(Op.LIST, 2**60))
-    assert refused.outcome is Outcome.FAILED and refused.term_seen == 3
+    assert refused.outcome is CommandOutcome.FAILED and refused.term_seen == 3
     assert (rig.duties.state_dir / TERM_FILE).read_text() == "3\n"
     again = HostAgent(FakeBackend(clock=lambda: 0.0), state_dir=rig.duties.state_dir)
     assert again.highest_term == 3
     # and the real leader of the next term is obeyed
     rig.leases["pm2"] = 4
-    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 4))).outcome is Outcome.DONE
+    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 4))).outcome is CommandOutcome.DONE
 
 
 async def test_a_deposed_leader_without_a_lease_hears_it_is_stale(rig: HostRig) -> None:
     rig.leases["pm2"] = 5
-    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 5))).outcome is Outcome.DONE
+    assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 5))).outcome is CommandOutcome.DONE
     # pm3 led in term 4 and lost its lease; a late command of it
     result = await rig.duties.execute("pm3", HostCommand(Op.DESTROY, 4, DOMAIN))
     assert (result.outcome, result.message, result.retry_after) == (
-        Outcome.STALE_TERM, "term 4 is older than 5", None)
+        CommandOutcome.STALE_TERM, "term 4 is older than 5", None)
 
 
 async def test_by_default_nobody_holds_a_lease(tmp_path: Path, cloud: Cloud) -> None:
@@ -140,7 +140,7 @@ async def test_by_default_nobody_holds_a_lease(tmp_path: Path, cloud: Cloud) -> 
     try:
         # not even this host itself
         result = await duties.execute("pm1", HostCommand(Op.LIST, 1))
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is CommandOutcome.FAILED
         assert result.message == "pm1 holds no unexpired lease of pm1 for term 1"
     finally:
         task.cancel()

@@ -15,7 +15,7 @@ from cloudd.daemon.leader.hostcalls import KEPT_TIMINGS, CallTiming, HostCalls
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import FakeBackend
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, HostResult, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 
 from .test_assignment import MANIFEST
 
@@ -28,7 +28,7 @@ async def test_own_host_in_process_others_by_request_all_timed(tmp_path: Path) -
     async def request(peer: str, msg: Any) -> Any:
         asked.append((peer, msg))
         clock.advance(0.25)
-        return HostResult(msg, Outcome.DONE, msg.term) if peer == "pm2" else "nonsense"
+        return HostResult(msg, CommandOutcome.DONE, msg.term) if peer == "pm2" else "nonsense"
 
     class OwnHost:  # the host duty, which gets this agent's name as the sender
         async def execute(self, sender: str, command: HostCommand) -> HostResult:
@@ -38,9 +38,9 @@ async def test_own_host_in_process_others_by_request_all_timed(tmp_path: Path) -
     own = OwnHost()
     calls = HostCalls(me="pm1", local=lambda: own, request=request, clock=clock)
     local = await calls.call("pm1", HostCommand(Op.LIST, 1))
-    assert local.outcome is Outcome.DONE and asked == []
+    assert local.outcome is CommandOutcome.DONE and asked == []
     remote = await calls.call("pm2", HostCommand(Op.INVENTORY, 1))
-    assert remote.outcome is Outcome.DONE and [p for p, _ in asked] == ["pm2"]
+    assert remote.outcome is CommandOutcome.DONE and [p for p, _ in asked] == ["pm2"]
     with pytest.raises(TemporaryError, match="host pm3 answered str, not a result"):
         await calls.call("pm3", HostCommand(Op.LIST, 1))
     assert calls.timings() == (CallTiming(1, "list", 0.0), CallTiming(2, "inventory", 0.25),
@@ -53,7 +53,7 @@ async def test_without_its_host_agent_the_leader_asks_itself_by_request(
 
     async def request(peer: str, msg: Any) -> Any:
         asked.append(peer)
-        return HostResult(msg, Outcome.DONE, msg.term)
+        return HostResult(msg, CommandOutcome.DONE, msg.term)
 
     calls = HostCalls(me="pm1", local=lambda: None, request=request, clock=FakeClock())
     await calls.call("pm1", HostCommand(Op.LIST, 1))
@@ -62,7 +62,7 @@ async def test_without_its_host_agent_the_leader_asks_itself_by_request(
 
 async def test_timings_are_bounded() -> None:
     async def request(peer: str, msg: Any) -> Any:
-        return HostResult(msg, Outcome.DONE, msg.term)
+        return HostResult(msg, CommandOutcome.DONE, msg.term)
 
     calls = HostCalls(me="pm1", local=lambda: None, request=request, clock=FakeClock())
     for _ in range(KEPT_TIMINGS + 5):

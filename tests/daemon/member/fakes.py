@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd.config.agent import LOCAL, AgentSettings, Pki, Reconcile
+from cloudd.config.agent import LOCAL, AgentSettings, PkiSettings, Reconcile
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment
@@ -69,7 +69,8 @@ def settings(tmp_path: Path, name: str, **changes: Any) -> AgentSettings:
     pki = tmp_path / "pki"
     return AgentSettings(name=name, state_dir=tmp_path / name / "state",
                          manifest_dir=tmp_path / name / "manifests",
-                         pki=Pki(ca=pki / "ca.pem", cert=pki / "agent.pem", key=pki / "agent.key"),
+                         pki=PkiSettings(ca=pki / "ca.pem", cert=pki / "agent.pem",
+                                         key=pki / "agent.key"),
                          reconcile=Reconcile(**LOCAL["reconcile"]), **changes)
 
 

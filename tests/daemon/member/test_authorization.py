@@ -44,7 +44,7 @@ from cloudd.daemon.network.catalogue import (
 from cloudd.election import messages as em
 from cloudd.errors import ClouddError
 from cloudd.pki import Identity
-from cloudd.vmctl.backend import DomainEvent, EventKind
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind
 from cloudd.vmctl.hostagent import HostCommand, Op
 
 from .fakes import DB, MANIFEST, WEB1, FakeNodeSide, host, node, operator, settings, shop
@@ -69,7 +69,7 @@ SENDERS: tuple[tuple[str, Identity, int], ...] = (
     ("a deposed leader", host("pm3"), TERM - 1),
 )
 
-EVENT = DomainEvent(kind=EventKind.STOPPED, domain=f"shop-{DB}", meta=None, detail="crashed",
+EVENT = DomainEvent(kind=DomainEventKind.STOPPED, domain=f"shop-{DB}", meta=None, detail="crashed",
                     at=0.0)
 
 Make = Callable[[str, int, str], object]

@@ -14,7 +14,7 @@ import pytest
 
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.leader.controller import policy_of
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.clouds import timing_for
@@ -33,9 +33,8 @@ from cloudd.election.messages import Coordinator
 from cloudd.election.swim import Status
 from cloudd.errors import PermanentError
 from cloudd.pki import MemberKind
-from cloudd.vmctl.backend import DomainEvent, FakeBackend
-from cloudd.vmctl.backend import EventKind as DomainEventKind
-from cloudd.vmctl.hostagent import HostCommand, Op, Outcome
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
+from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.metadata import CloudMeta
 
 from .fakes import DB, WEB1, FakeNodeSide, Wire, host, node, settings, shop
@@ -173,7 +172,7 @@ async def test_a_host_answers_the_leaders_commands_and_forwards_its_events(
                 break
             await asyncio.sleep(0)
         result = await pm1.member.handle(host("pm2"), HostCommand(Op.LIST, 5))
-        assert result.outcome is Outcome.DONE
+        assert result.outcome is CommandOutcome.DONE
         # a domain event of this cloud goes to the leader at once; another cloud's does not
         meta = CloudMeta(cloud="shop", node=DB, role="database", term=5)
         pm1.member.host.forward(DomainEvent(DomainEventKind.STOPPED, "shop-x", meta,
@@ -264,7 +263,7 @@ async def test_a_new_generation_is_recorded_and_a_stop_is_an_owned_task(
     node.member.update(stopped)
     snap = node.member.snapshot()
     assert (snap.generation, snap.loaded_at, snap.cloud) == (2, 1_700_000_060.0, stopped)
-    [event] = node.events.query(kind=EventKind.COMMAND)
+    [event] = node.events.query(kind=LogKind.COMMAND)
     assert event.reason == "manifest generation g2 in force" and event.time == snap.loaded_at
     assert side.cloud is stopped and side.stopped == 0  # not running yet: started by run()
     task = asyncio.create_task(node.member.run())

@@ -46,7 +46,7 @@ from cloudd.daemon.network.catalogue import (
 from cloudd.election import messages as em
 from cloudd.errors import PermanentError
 from cloudd.pki import Identity, MemberKind
-from cloudd.vmctl.backend import DomainEvent, EventKind
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind
 from cloudd.vmctl.hostagent import HostCommand, HostResult, Op
 
 H, N, OP = MemberKind.HOST, MemberKind.NODE, MemberKind.OPERATOR
@@ -59,7 +59,8 @@ HERE = InForce(cloud="c", hosts=frozenset({"pm1", "pm2", "pm3"}),
                nodes=frozenset({"n1", "n2"}), leader="pm2", term=5, me=H)
 NODE_HERE = dataclasses.replace(HERE, me=N)
 
-EVENT = DomainEvent(kind=EventKind.STOPPED, domain="c-n1", meta=None, detail="crashed", at=0.0)
+EVENT = DomainEvent(kind=DomainEventKind.STOPPED, domain="c-n1", meta=None, detail="crashed",
+                    at=0.0)
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "dispatch.md"
 
 

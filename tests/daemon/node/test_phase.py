@@ -12,8 +12,8 @@ from cloudd.daemon.node.phase import (
     DECISIONS,
     TRANSITIONS,
     Assigned,
-    Converged,
     ConvergeFailed,
+    ConvergeSucceeded,
     Event,
     Halted,
     NodeFacts,
@@ -21,7 +21,7 @@ from cloudd.daemon.node.phase import (
     ServicesDropped,
     ServicesSeen,
     ServicesStarted,
-    StopRequested,
+    StopOrdered,
     decide,
     seen,
     step,
@@ -41,54 +41,54 @@ IN: dict[NodePhase, NodeFacts] = {
     P.STOPPING: replace(ON, supervising=True, stopping=True),
     P.STOPPED: replace(ON, supervising=True, stopping=True, halted=True),
 }
-EVENTS: list[Event] = [Assigned(), StopRequested(), Halted(), Resumed(), ConvergeFailed("bad"),
-                       Converged(), ServicesStarted(), ServicesSeen(ready=True),
+EVENTS: list[Event] = [Assigned(), StopOrdered(), Halted(), Resumed(), ConvergeFailed("bad"),
+                       ConvergeSucceeded(), ServicesStarted(), ServicesSeen(ready=True),
                        ServicesDropped()]
 NOT_READY = ServicesSeen(ready=False, waiting="app EXITED (exited with status 1)")
 
 #: (phase, event, phase after, message after): one line per row of TRANSITIONS.
 ROWS: list[tuple[NodePhase, Event, NodePhase, str]] = [
     (P.UNASSIGNED, Assigned(), P.CONVERGING, ""),
-    (P.UNASSIGNED, StopRequested(), P.UNASSIGNED, ""),
+    (P.UNASSIGNED, StopOrdered(), P.UNASSIGNED, ""),
     (P.UNASSIGNED, Halted(), P.UNASSIGNED, ""),
 
-    (P.CONVERGING, StopRequested(), P.STOPPING, ""),
+    (P.CONVERGING, StopOrdered(), P.STOPPING, ""),
     (P.CONVERGING, ConvergeFailed("bad"), P.FAILED, "bad"),
-    (P.CONVERGING, Converged(), P.CONVERGING, "app STARTING"),
+    (P.CONVERGING, ConvergeSucceeded(), P.CONVERGING, "app STARTING"),
     (P.CONVERGING, ServicesStarted(), P.CONVERGING, ""),
     (P.CONVERGING, ServicesSeen(ready=True), P.READY, ""),
     (P.CONVERGING, ServicesDropped(), P.CONVERGING, ""),
 
-    (P.READY, StopRequested(), P.STOPPING, ""),
+    (P.READY, StopOrdered(), P.STOPPING, ""),
     (P.READY, ConvergeFailed("bad"), P.FAILED, "bad"),
-    (P.READY, Converged(), P.READY, ""),
+    (P.READY, ConvergeSucceeded(), P.READY, ""),
     (P.READY, ServicesStarted(), P.CONVERGING, ""),
     (P.READY, NOT_READY, P.DEGRADED, "app EXITED (exited with status 1)"),
     (P.READY, ServicesDropped(), P.CONVERGING, ""),
 
-    (P.DEGRADED, StopRequested(), P.STOPPING, ""),
+    (P.DEGRADED, StopOrdered(), P.STOPPING, ""),
     (P.DEGRADED, ConvergeFailed("bad"), P.FAILED, "bad"),
-    (P.DEGRADED, Converged(), P.DEGRADED, "app BACKOFF (exited)"),
+    (P.DEGRADED, ConvergeSucceeded(), P.DEGRADED, "app BACKOFF (exited)"),
     (P.DEGRADED, ServicesStarted(), P.CONVERGING, ""),
     (P.DEGRADED, ServicesSeen(ready=True), P.READY, ""),
     (P.DEGRADED, ServicesDropped(), P.CONVERGING, ""),
 
-    (P.FAILED, StopRequested(), P.STOPPING, ""),
+    (P.FAILED, StopOrdered(), P.STOPPING, ""),
     (P.FAILED, ConvergeFailed("worse"), P.FAILED, "worse"),
-    (P.FAILED, Converged(), P.READY, ""),
+    (P.FAILED, ConvergeSucceeded(), P.READY, ""),
     (P.FAILED, ServicesStarted(), P.FAILED, "boom"),
     (P.FAILED, NOT_READY, P.FAILED, "boom"),
     (P.FAILED, ServicesDropped(), P.FAILED, "boom"),
 
-    (P.STOPPING, StopRequested(), P.STOPPING, ""),
+    (P.STOPPING, StopOrdered(), P.STOPPING, ""),
     (P.STOPPING, Halted(), P.STOPPED, ""),
     (P.STOPPING, ConvergeFailed("bad"), P.STOPPING, ""),
-    (P.STOPPING, Converged(), P.STOPPING, ""),
+    (P.STOPPING, ConvergeSucceeded(), P.STOPPING, ""),
     (P.STOPPING, ServicesStarted(), P.STOPPING, ""),
     (P.STOPPING, ServicesSeen(ready=True), P.STOPPING, ""),
     (P.STOPPING, ServicesDropped(), P.STOPPING, ""),
 
-    (P.STOPPED, StopRequested(), P.STOPPED, ""),
+    (P.STOPPED, StopOrdered(), P.STOPPED, ""),
     (P.STOPPED, Halted(), P.STOPPED, ""),
     (P.STOPPED, Resumed(), P.CONVERGING, ""),
     (P.STOPPED, ServicesStarted(), P.STOPPED, ""),
@@ -135,9 +135,9 @@ def test_the_illegal_pairs_are_the_ones_meant() -> None:
         *((p, "Halted") for p in ("converging", "ready", "degraded", "failed")),
         *((p, "Resumed") for p in ("unassigned", "converging", "ready", "degraded", "failed",
                                    "stopping")),
-        *(("unassigned", e) for e in ("ConvergeFailed", "Converged", "ServicesStarted",
+        *(("unassigned", e) for e in ("ConvergeFailed", "ConvergeSucceeded", "ServicesStarted",
                                       "ServicesSeen", "ServicesDropped")),
-        ("stopped", "ConvergeFailed"), ("stopped", "Converged"),
+        ("stopped", "ConvergeFailed"), ("stopped", "ConvergeSucceeded"),
     }
 
 
@@ -176,7 +176,7 @@ def run(*events: Event) -> list[NodePhase]:
 
 def test_a_life() -> None:
     assert run(Assigned(), ServicesStarted(), ServicesSeen(ready=False), ServicesSeen(ready=True),
-               Converged(), NOT_READY, ServicesSeen(ready=True), StopRequested(), Halted(),
+               ConvergeSucceeded(), NOT_READY, ServicesSeen(ready=True), StopOrdered(), Halted(),
                Resumed(), ServicesStarted(), ServicesSeen(ready=True)) == [
         P.CONVERGING, P.CONVERGING, P.CONVERGING, P.READY, P.READY, P.DEGRADED, P.READY,
         P.STOPPING, P.STOPPED, P.CONVERGING, P.CONVERGING, P.READY]
@@ -186,7 +186,7 @@ def test_ready_while_failed_does_not_count_as_ready_once() -> None:
     failed = step(UP, ConvergeFailed("bad"))
     facts = step(step(failed, ServicesSeen(ready=True)), NOT_READY)
     assert not facts.ready_once
-    assert decide(step(facts, Converged()))[0] is P.CONVERGING  # not DEGRADED: never ready
+    assert decide(step(facts, ConvergeSucceeded()))[0] is P.CONVERGING  # not DEGRADED: never ready
 
 
 def test_replaced_services_must_be_ready_again_before_degraded() -> None:
@@ -195,12 +195,12 @@ def test_replaced_services_must_be_ready_again_before_degraded() -> None:
 
 
 def test_a_converge_error_outlives_a_stop() -> None:
-    facts = step(step(step(UP, ConvergeFailed("bad")), StopRequested()), Halted())
+    facts = step(step(step(UP, ConvergeFailed("bad")), StopOrdered()), Halted())
     assert decide(step(facts, Resumed())) == (P.FAILED, "bad")
 
 
 def test_a_stop_before_the_first_assignment() -> None:
-    assert run(StopRequested(), Halted(), Assigned(), Resumed()) == [
+    assert run(StopOrdered(), Halted(), Assigned(), Resumed()) == [
         P.UNASSIGNED, P.UNASSIGNED, P.STOPPED, P.CONVERGING]
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from cloudd.config.model import Ensure
 from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.base.eventlog import EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.manifests import ManifestFolder
 from cloudd.daemon.member.snapshot import MemberSnapshot
@@ -112,7 +112,7 @@ async def test_the_leader_performs_maintenance_and_records_it(tmp_path: Path,
     assert result == {"maintenance": [DB]}
     result = await pm1.op.command(OperatorOp.MAINTENANCE, {"on": True, "subject": "shop"})
     assert result == {"maintenance": ["(cloud)", DB]}
-    [first, second] = pm1.events.query(kind=EventKind.COMMAND)
+    [first, second] = pm1.events.query(kind=LogKind.COMMAND)
     assert (first.reason, first.term, first.time) == (f"maintenance on for {DB}", 7,
                                                       1_700_000_000.0)
     assert second.reason == "maintenance on for the whole cloud"
@@ -187,7 +187,7 @@ async def test_apply_and_stop_install_a_generation_on_the_leader(
     result = await pm1.op.command(OperatorOp.STOP, {})
     assert result["ensure"] == "stopped"
     assert yaml.safe_load(path.read_text())["ensure"] == "stopped"
-    reasons = [e.reason.split(":")[0] for e in pm1.events.query(kind=EventKind.COMMAND)]
+    reasons = [e.reason.split(":")[0] for e in pm1.events.query(kind=LogKind.COMMAND)]
     assert reasons == ["apply", "stop"]
     with pytest.raises(ConfigError):
         await pm1.op.command(OperatorOp.APPLY, {"text": "kind: Cloud\n"})
@@ -203,7 +203,7 @@ async def test_a_pool_host_starts_a_cloud_it_does_not_serve_yet(
         tmp_path / "manifests" / "web.xml"))
     result = await pm1.op.command(OperatorOp.APPLY, {"text": text})
     assert result["accepted_by"] == "pm1" and (pm1.folder / "shop.yaml").read_text() == text
-    [event] = pm1.events.query(kind=EventKind.COMMAND)
+    [event] = pm1.events.query(kind=LogKind.COMMAND)
     assert event.term == 0
 
 

@@ -14,7 +14,7 @@ import pytest
 from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import ElectionState, LivenessView, Source
 from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.controller import ControllerView
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import (
@@ -78,7 +78,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def test_the_view_of_a_leader(rig: Rig) -> None:
-    rig.events.append(Event(1_700_000_050.0, "shop", EventKind.FAILURE, WEB1, "start failed", 4))
+    rig.events.append(LogEvent(1_700_000_050.0, "shop", LogKind.FAILURE, WEB1, "start failed", 4))
     view = cloud_view(rig.snap, events=rig.events, source=Source.LEADER)
     assert view.observed_at == 1_700_000_100.0
     assert view.manifest is not None and view.manifest.generation == 1

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.controller import ControllerView
 from cloudd.daemon.leader.hostcalls import CallTiming
 from cloudd.daemon.member.snapshot import MemberSnapshot
@@ -32,7 +32,7 @@ def report(starts: int) -> NodeReport:
 async def test_counters_grow_by_what_changed(tmp_path: Path) -> None:
     (tmp_path / "pm1").mkdir()
     events = EventLog.in_state_dir(tmp_path / "pm1")
-    events.append(Event(1.0, "shop", EventKind.RESTART, DB, "before the feed", 1))
+    events.append(LogEvent(1.0, "shop", LogKind.RESTART, DB, "before the feed", 1))
     base = member(tmp_path, "pm1", wire=Wire(), clock=FakeClock(), events=events).snapshot()
     snaps: list[MemberSnapshot | None] = [None]
     metrics = Metrics()
@@ -57,7 +57,7 @@ async def test_counters_grow_by_what_changed(tmp_path: Path) -> None:
     assert value(metrics, "cloudd_respawns_total") is None  # the old restart is not counted
     assert value(metrics, "cloudd_action_seconds_count", action="start") == 1
 
-    events.append(Event(2.0, "shop", EventKind.RESTART, DB, "respawned", 3))
+    events.append(LogEvent(2.0, "shop", LogKind.RESTART, DB, "respawned", 3))
     snaps[0] = dataclasses.replace(
         first, elections=3, reports={DB: report(3)},
         timings=(CallTiming(2, "start", 0.5), CallTiming(3, "start", 0.25)))

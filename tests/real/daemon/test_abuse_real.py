@@ -47,7 +47,7 @@ from cloudd.daemon.network.tls import Hello
 from cloudd.daemon.network.transport import RemoteFailure
 from cloudd.election.messages import Coordinator, Gossip, LeaseRequest
 from cloudd.pki import MemberKind, PkiFiles, init_ca, issue
-from cloudd.vmctl.backend import DomainEvent, EventKind
+from cloudd.vmctl.backend import DomainEvent, DomainEventKind
 from cloudd.vmctl.hostagent import HostCommand, Op
 
 pytestmark = pytest.mark.netns
@@ -420,7 +420,7 @@ def insider_cases(a: Abuse) -> list[tuple[str, str, object, bool, str]]:
                   "images_file: /etc/shadow}\n  ignored:", 1)
     assignment = RoleAssignment(term=a.term + 1, cloud=cloud, node=a.target, role="server",
                                 address=a.lab.agents[a.target].ns.ip, generation="x")
-    event = DomainEvent(kind=EventKind.STOPPED, domain=f"{cloud}-lab-server-1",
+    event = DomainEvent(kind=DomainEventKind.STOPPED, domain=f"{cloud}-lab-server-1",
                         meta=None, detail="destroyed", at=0.0)
     report = NodeReport(node=other_host, term=a.term, generation="x",
                         phase=NodePhase.FAILED, message="forged")

@@ -16,7 +16,7 @@ import pytest
 from cloudd_lab.agentlab import LabLock
 from cloudd_lab.testguest import build_minimal_guest
 
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.template import NodeDomain, RawXml, domain_values, render
@@ -111,10 +111,10 @@ async def test_fence_removes_only_that_hosts_domains(hosts: dict[str, HostAgent]
     for agent, node, start in ((pma, "n1", True), (pma, "n2", False), (pmb, "n3", True)):
         name = f"{cloud}-{node}"
         assert (await agent.execute(HostCommand(Op.DEFINE, 1, name, xml(cloud, node)))) \
-            .outcome is Outcome.DONE
+            .outcome is CommandOutcome.DONE
         if start:
             assert (await agent.execute(HostCommand(Op.START, 1, name))).outcome \
-                is Outcome.DONE
+                is CommandOutcome.DONE
     other = f"{PREFIX}x-n1"
     await pma.execute(HostCommand(Op.DEFINE, 1, other, xml(f"{PREFIX}x", "n1")))
     handmade = f"{PREFIX}-handmade"

@@ -26,11 +26,11 @@ from cloudd.backoff import Backoff
 from cloudd.vmctl.backend import (
     BackendUnavailable,
     DomainEvent,
-    DomainState,
-    EventKind,
+    DomainEventKind,
     NotOurDomain,
+    PowerState,
 )
-from cloudd.vmctl.hostagent import HostAgent, HostCommand, Op, Outcome
+from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.identity import NodeIdentity, Pki, build_seed, cmdline_words, from_cmdline
 from cloudd.vmctl.images import ensure_overlay
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
@@ -93,7 +93,7 @@ def cleanup(uri: str) -> None:
             virsh(uri, "undefine", name)
 
 
-async def next_event(queue: asyncio.Queue[DomainEvent], kind: EventKind, *,
+async def next_event(queue: asyncio.Queue[DomainEvent], kind: DomainEventKind, *,
                      domain: str = "", within: float = 60) -> DomainEvent:
     async with asyncio.timeout(within):
         while True:
@@ -151,20 +151,20 @@ async def test_define_from_template_start_and_kill9(system: LibvirtBackend, clou
     name = f"{cloud}-n1"
     assert await system.define(domain_xml(cloud, "n1", console_dir=tmp_path))
     await start_with_retries(system, name)
-    await next_event(events, EventKind.STARTED, domain=name)
+    await next_event(events, DomainEventKind.STARTED, domain=name)
     [info] = [d for d in await system.list() if d.name == name]
-    assert info.state is DomainState.RUNNING and info.meta.cloud == cloud
+    assert info.state is PowerState.RUNNING and info.meta.cloud == cloud
 
     killed_at = time.monotonic()
     os.kill(qemu_pid(name), signal.SIGKILL)
-    stopped = await next_event(events, EventKind.STOPPED, domain=name)
+    stopped = await next_event(events, DomainEventKind.STOPPED, domain=name)
     print(f"\nkill -9 of qemu -> STOPPED/{stopped.detail} event after "
           f"{stopped.at - killed_at:.2f} s")
     assert stopped.detail in ("failed", "crashed", "destroyed")
     [info] = [d for d in await system.list() if d.name == name]
-    assert info.state is DomainState.STOPPED
+    assert info.state is PowerState.STOPPED
     # the host agent forwarded the same event to its consumer
-    await wait_for(lambda: any(e.kind is EventKind.STOPPED and e.domain == name
+    await wait_for(lambda: any(e.kind is DomainEventKind.STOPPED and e.domain == name
                                for e in forwarded), within=10, what="the forwarded event")
     forwarding.cancel()
 
@@ -175,10 +175,10 @@ async def test_virsh_destroy_gives_an_event(system: LibvirtBackend, cloud: str,
     name = f"{cloud}-n2"
     await system.define(domain_xml(cloud, "n2", console_dir=tmp_path))
     await start_with_retries(system, name)
-    await next_event(events, EventKind.STARTED, domain=name)
+    await next_event(events, DomainEventKind.STARTED, domain=name)
     result = await asyncio.to_thread(virsh, SYSTEM, "destroy", name)
     assert result.returncode == 0, result.stderr
-    stopped = await next_event(events, EventKind.STOPPED, domain=name)
+    stopped = await next_event(events, DomainEventKind.STOPPED, domain=name)
     assert stopped.detail == "destroyed"
     # destroy of what is stopped is a no-op, not an error
     assert not await system.destroy(name)
@@ -189,21 +189,22 @@ async def test_stale_term_refused_on_a_real_domain(system: LibvirtBackend, cloud
     agent = HostAgent(system, state_dir=tmp_path / "state")
     name = f"{cloud}-n3"
     xml = domain_xml(cloud, "n3", term=4, console_dir=tmp_path)
-    assert (await agent.execute(HostCommand(Op.DEFINE, 4, name, xml))).outcome is Outcome.DONE
-    assert (await agent.execute(HostCommand(Op.DEFINE, 4, name, xml))).outcome is Outcome.NOOP
+    define = HostCommand(Op.DEFINE, 4, name, xml)
+    assert (await agent.execute(define)).outcome is CommandOutcome.DONE
+    assert (await agent.execute(define)).outcome is CommandOutcome.NOOP
     for _ in range(5):
         started = await agent.execute(HostCommand(Op.START, 4, name))
-        if started.outcome is not Outcome.FAILED:
+        if started.outcome is not CommandOutcome.FAILED:
             break
         await asyncio.sleep(1)
-    assert started.outcome is Outcome.DONE, started.message
+    assert started.outcome is CommandOutcome.DONE, started.message
     stale = await agent.execute(HostCommand(Op.DESTROY, 3, name))
-    assert stale.outcome is Outcome.STALE_TERM
+    assert stale.outcome is CommandOutcome.STALE_TERM
     [info] = [d for d in await system.list() if d.name == name]
-    assert info.state is DomainState.RUNNING
-    assert (await agent.execute(HostCommand(Op.DESTROY, 5, name))).outcome is Outcome.DONE
-    assert (await agent.execute(HostCommand(Op.DESTROY, 5, name))).outcome is Outcome.NOOP
-    assert (await agent.execute(HostCommand(Op.UNDEFINE, 5, name))).outcome is Outcome.DONE
+    assert info.state is PowerState.RUNNING
+    assert (await agent.execute(HostCommand(Op.DESTROY, 5, name))).outcome is CommandOutcome.DONE
+    assert (await agent.execute(HostCommand(Op.DESTROY, 5, name))).outcome is CommandOutcome.NOOP
+    assert (await agent.execute(HostCommand(Op.UNDEFINE, 5, name))).outcome is CommandOutcome.DONE
 
 
 async def test_handmade_domain_is_untouched(system: LibvirtBackend, cloud: str,
@@ -292,7 +293,7 @@ async def test_reconnects_after_libvirtd_restart(own_libvirtd: OwnLibvirtd) -> N
         events = backend.subscribe()
         await backend.define(domain_xml(cloud, "n1", console_dir=own_libvirtd.base))
         await start_with_retries(backend, name)
-        await next_event(events, EventKind.STARTED, domain=name)
+        await next_event(events, DomainEventKind.STARTED, domain=name)
         # libvirtd killed in the first moments after a start kills that domain when it comes
         # back (qemu log: "shutting down, reason=daemon"): let the guest reach its init first.
         console = own_libvirtd.base / f"{name}.log"
@@ -300,9 +301,9 @@ async def test_reconnects_after_libvirtd_restart(own_libvirtd: OwnLibvirtd) -> N
             errors="replace"), within=120, what="the guest's init")
 
         await asyncio.to_thread(own_libvirtd.kill)
-        await next_event(events, EventKind.DISCONNECTED)
+        await next_event(events, DomainEventKind.DISCONNECTED)
         await asyncio.to_thread(own_libvirtd.start)
-        resync = await next_event(events, EventKind.RESYNC)
+        resync = await next_event(events, DomainEventKind.RESYNC)
         assert [d.name for d in resync.domains] == [name]
         assert [d.name for d in await backend.list()] == [name]
         # The old domain usually survives; libvirtd sometimes kills it when it comes back
@@ -312,9 +313,9 @@ async def test_reconnects_after_libvirtd_restart(own_libvirtd: OwnLibvirtd) -> N
         second = f"{cloud}-n2"
         assert await backend.define(domain_xml(cloud, "n2", console_dir=own_libvirtd.base))
         await start_with_retries(backend, second)
-        await next_event(events, EventKind.STARTED, domain=second)
+        await next_event(events, DomainEventKind.STARTED, domain=second)
         assert await backend.destroy(second)
-        stopped = await next_event(events, EventKind.STOPPED, domain=second)
+        stopped = await next_event(events, DomainEventKind.STOPPED, domain=second)
         assert stopped.detail == "destroyed"
     finally:
         await backend.close()
@@ -397,7 +398,7 @@ async def test_node_from_template_with_overlay_seed_and_identity(
     events = system.subscribe()
     assert await system.define(render_domain(COMPOSED, spec, source="composed.xml"))
     await start_with_retries(system, spec.name)
-    await next_event(events, EventKind.STARTED, domain=spec.name)
+    await next_event(events, DomainEventKind.STARTED, domain=spec.name)
     xml = virsh(SYSTEM, "dumpxml", spec.name).stdout
     assert from_cmdline(xml.split("<cmdline>")[1].split("</cmdline>")[0]) == ident
     assert f"<mac address='{mac}'/>" in xml
