@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from cloudd.daemon.base.durable import write_durable
+from cloudd.durable import write_durable
 from cloudd.errors import PermanentError
 
 FILE = "maintenance.json"

@@ -31,7 +31,6 @@ from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import portable_text
 from cloudd.daemon.base.clock import SYSTEM, Clock
-from cloudd.daemon.base.durable import TermFile
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.host.duties import HostDuties, OpenBackend
 from cloudd.daemon.leader import assignment
@@ -60,6 +59,7 @@ from cloudd.daemon.network.catalogue import (
     OfferOrigin,
     RoleAssignment,
 )
+from cloudd.durable import TermFile
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import Message, WhoLeads

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudd import log
-from cloudd.daemon.base.durable import TermFile
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
+from cloudd.durable import TermFile
 from cloudd.election.agent import AgentCore, Output
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster

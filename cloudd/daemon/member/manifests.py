@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
-from cloudd.daemon.base.durable import write_durable
+from cloudd.durable import write_durable
 from cloudd.providers.catalog import catalog
 
 #: Manifests are configuration, not secrets (those are files they refer to): readable as

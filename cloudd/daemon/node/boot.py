@@ -20,8 +20,8 @@ from typing import Any
 from cloudd import log
 from cloudd.backoff import Backoff, hashed_unit
 from cloudd.config.agent import AgentSettings, Libvirt, Listen, PkiSettings
-from cloudd.daemon.base.durable import write_durable
 from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
+from cloudd.durable import write_durable
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline
 

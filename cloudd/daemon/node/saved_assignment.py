@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cloudd import log
-from cloudd.daemon.base.durable import write_durable
 from cloudd.daemon.network.catalogue import PeerInfo, RoleAssignment
+from cloudd.durable import write_durable
 
 ASSIGNMENT_FILE = "assignment.json"
 

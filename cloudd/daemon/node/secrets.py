@@ -13,7 +13,7 @@ import contextlib
 from pathlib import Path
 
 from cloudd.config.model import Cloud
-from cloudd.daemon.base.durable import write_durable
+from cloudd.durable import write_durable
 from cloudd.errors import PermanentError
 
 #: The mode of every secret's copy; `copy_secrets` rewrites a copy whose mode drifted.

@@ -12,8 +12,8 @@ from typing import Any
 import structlog
 
 from cloudd.daemon.base.clock import FakeClock
-from cloudd.daemon.base.durable import TermFile
 from cloudd.daemon.member.election import ElectionShell
+from cloudd.durable import TermFile
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import (
