@@ -33,3 +33,17 @@ def portable_text(cloud: Cloud, text: str) -> str:
         if isinstance(ref, dict) and isinstance(ref.get("file"), str):
             ref["file"] = str((base / ref["file"]).resolve())
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def node_view(text: str) -> str:
+    """The manifest as a node may see it: the portable text without the pool hosts' fence
+    commands (operator input that runs as root on a host, none of a tenant's business) and
+    without their libvirt connection URIs."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise PermanentError("a manifest must be a mapping")
+    for host in data.get("pool") or ():
+        if isinstance(host, dict):
+            host.pop("fence", None)
+            host.pop("libvirt_uri", None)
+    return yaml.safe_dump(data, sort_keys=False)

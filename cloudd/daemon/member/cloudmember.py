@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
-from cloudd.config.portable import portable_text
+from cloudd.config.portable import node_view, portable_text
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.host.duties import HostDuties, OpenBackend
@@ -315,8 +315,12 @@ class CloudMember:
         if msg.cloud != self.cloud.name:
             raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
         return ManifestOffer(self.cloud.name, self.cloud.digest,
-                             portable_text(self.cloud, self.cloud.text), OfferOrigin.SEED,
-                             self.election.term)
+                             self._text_for(peer), OfferOrigin.SEED, self.election.term)
+
+    def _text_for(self, member: str) -> str:
+        """The manifest as `member` may see it: whole for a pool host, a node's view else."""
+        text = portable_text(self.cloud, self.cloud.text)
+        return text if member in self.roster.hosts else node_view(text)
 
     def _report_up(self, report: NodeReport) -> None:
         """This agent's node side reports: to the leader, wherever it is."""
@@ -395,11 +399,11 @@ class CloudMember:
             now=self.clock.monotonic(), offered=self._offered)
         if not todo:
             return
-        text = portable_text(self.cloud, self.cloud.text)
         for offer in todo:
             self._offered[offer.member] = offer.key
-            self._send(offer.member, ManifestOffer(self.cloud.name, self.cloud.digest, text,
-                                                   offer.origin, self.election.term))
+            self._send(offer.member, ManifestOffer(
+                self.cloud.name, self.cloud.digest, self._text_for(offer.member),
+                offer.origin, self.election.term))
 
     def _assign(self, term: int, alive: frozenset[str]) -> None:
         wanted = assignment.assignments(self.cloud, term=term, reports=self.reports,

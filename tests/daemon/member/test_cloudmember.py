@@ -209,6 +209,10 @@ async def test_a_booting_node_gets_the_manifest_from_any_member(tmp_path: Path,
     assert (offer.cloud, offer.digest, offer.origin) == ("shop", pm1.cloud.digest,
                                                         OfferOrigin.SEED)
     assert str(pm1.cloud.domain_template) in offer.text  # portable: paths made absolute
+    # a node's view has no fence commands (they run as root on a host); a host's has them
+    assert "fence" in pm1.cloud.text and "fence" not in offer.text
+    for_host = await pm1.member.handle(host("pm2"), ManifestWanted("shop"))
+    assert isinstance(for_host, ManifestOffer) and "fence" in for_host.text
     with pytest.raises(PermanentError, match="pm1 does not serve cloud other"):
         await pm1.member.handle(node(DB), ManifestWanted("other"))
 
