@@ -103,8 +103,11 @@ class ElectionShell:
         self.start()
         while True:
             delay = max(0.0, self._wake_at - self._clock())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # arrives together with the wake-up, and the member's task group would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             self._wake.clear()
             self._perform(self.core.tick(self._clock()))
 

@@ -45,7 +45,7 @@ from cloudd.daemon.network.catalogue import (
 from cloudd.daemon.network.codec import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, default_codec
 from cloudd.daemon.network.tls import Hello
 from cloudd.daemon.network.transport import RemoteFailure
-from cloudd.election.messages import Coordinator, Gossip, LeaseRequest
+from cloudd.election.messages import Coordinator, Gossip, LeaseRequest, Ping
 from cloudd.pki import MemberKind, PkiFiles, init_ca, issue
 from cloudd.vmctl.backend import DomainEvent, DomainEventKind
 from cloudd.vmctl.hostagent import HostCommand, Op
@@ -451,8 +451,10 @@ def insider_cases(a: Abuse) -> list[tuple[str, str, object, bool, str]]:
          "only the leader of the current term may send it"),
         ("coordinator of a higher term", a.target, Coordinator(a.term + 5), False, ""),
         ("lease request", a.target, LeaseRequest(a.term + 5, 1), False, ""),
+        # gossip travels on probes: a probe of the leader carrying "a live host is dead"
         ("gossip: a live host dead", a.leader,
-         Gossip("dead", other_host, 1000, INSIDER), False, ""),
+         Ping(seq=1, target=a.leader, leader=a.leader, term=a.term,
+              gossip=(Gossip("dead", other_host, 1000, INSIDER),)), False, ""),
     ]
 
 
