@@ -401,13 +401,16 @@ def on_disk(a: Abuse) -> dict[str, str]:
 
 
 def views(a: Abuse) -> dict[str, tuple[Any, ...]]:
-    """What each agent says of the cloud: leader, term, maintenance, members' liveness."""
+    """What each agent says of the cloud: leader, term, maintenance, and the liveness of the
+    members that run an agent (the roster's other nodes run none: their suspect/dead
+    cycle is SWIM's own business, not something the insider did)."""
     out = {}
     for name in a.everyone:
         s = a.lab.status(name)
         assert s is not None, f"{name} does not answer"
+        live = {m: v for m, v in s.get("members", {}).items() if m in a.everyone}
         out[name] = (s.get("leader"), s.get("term"), s.get("maintenance"),
-                     tuple(sorted(s.get("members", {}).items())))
+                     tuple(sorted(live.items())))
     return out
 
 
