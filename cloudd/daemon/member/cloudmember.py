@@ -128,6 +128,8 @@ class CloudMember:
         self.log = log.get("member", cloud=cloud.name, node=self.me)
         self.state_dir = settings.state_dir / "clouds" / cloud.name
         self.roster = roster_of(cloud)
+        #: the manifest's text per (generation, for a pool host?), made once (`_text_for`)
+        self._texts: dict[tuple[str, bool], str] = {}
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=self.roster, timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events)
@@ -318,9 +320,19 @@ class CloudMember:
                              self._text_for(peer), OfferOrigin.SEED, self.election.term)
 
     def _text_for(self, member: str) -> str:
-        """The manifest as `member` may see it: whole for a pool host, a node's view else."""
-        text = portable_text(self.cloud, self.cloud.text)
-        return text if member in self.roster.hosts else node_view(text)
+        """The manifest as `member` may see it: whole for a pool host, a node's view else.
+
+        Made once per generation: YAML costs milliseconds on the event loop, and any member
+        may ask for its manifest as often as it likes."""
+        host = member in self.roster.hosts
+        key = (self.cloud.digest, host)
+        cached = self._texts.get(key)
+        if cached is None:
+            text = portable_text(self.cloud, self.cloud.text)
+            cached = text if host else node_view(text)
+            self._texts = {key: cached, **{k: v for k, v in self._texts.items()
+                                           if k[0] == self.cloud.digest}}
+        return cached
 
     def _report_up(self, report: NodeReport) -> None:
         """This agent's node side reports: to the leader, wherever it is."""

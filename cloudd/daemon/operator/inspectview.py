@@ -61,6 +61,10 @@ FAILURES_READ = 50
 #: well within two leases).
 STALE_LEASES = 2
 
+#: Seconds the leader's view answered to other agents is reused: a flood of inspect requests
+#: costs one document per this long, and an operator's `--watch` refreshes every second.
+ANSWER_REUSE = 0.5
+
 _LIVENESS = {Status.ALIVE: LivenessView.ALIVE, Status.SUSPECT: LivenessView.SUSPECT,
              Status.DEAD: LivenessView.DEAD}
 
@@ -174,6 +178,8 @@ class Inspector:
         self.events, self.clock = events, clock
         #: the leader's last view, with the monotonic time it came
         self._leader_view: tuple[float, CloudView] | None = None
+        #: (cloud, when, answer) last answered to another agent asking for the leader's view
+        self._answered: tuple[str, float, InspectAnswer] | None = None
         self.log = log.get("inspect", node=me)
 
     def status(self) -> dict[str, Any]:
@@ -226,6 +232,14 @@ class Inspector:
             raise TemporaryError(f"{self.me} has no cloud yet")
         if msg.cloud != snap.cloud.name:
             raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
+        # One document per ANSWER_REUSE seconds, whoever asks and however often: building it
+        # reads the event log and costs milliseconds on the loop that renews the leases.
+        now = self.clock.monotonic()
+        cached = self._answered
+        if cached is not None and cached[0] == snap.cloud.name and now - cached[1] < ANSWER_REUSE:
+            return cached[2]
         doc = InspectDoc(answered_by=self.me, generated_at=snap.taken_at,
                          clouds=(cloud_view(snap, events=self.events, source=Source.LEADER),))
-        return InspectAnswer(snap.cloud.name, json.dumps(doc.to_json()))
+        answer = InspectAnswer(snap.cloud.name, json.dumps(doc.to_json()))
+        self._answered = (snap.cloud.name, now, answer)
+        return answer
