@@ -410,14 +410,15 @@ def terms_kept(a: Abuse, before: dict[str, str], label: str) -> None:
 
 
 def views(a: Abuse) -> dict[str, tuple[Any, ...]]:
-    """What each agent says of the cloud: leader, term, maintenance, and the liveness of the
-    members that run an agent (the roster's other nodes run none: their suspect/dead
+    """What each agent says of the cloud: leader, term, maintenance, and whether it believes
+    dead any member that runs an agent (the roster's other nodes run none: their suspect/dead
     cycle is SWIM's own business, not something the insider did)."""
     out = {}
     for name in a.everyone:
         s = a.lab.status(name)
         assert s is not None, f"{name} does not answer"
-        live = {m: v for m, v in s.get("members", {}).items() if m in a.everyone}
+        # suspect comes and goes with a probe late on a busy machine; dead would be a kill
+        live = {m: v == "dead" for m, v in s.get("members", {}).items() if m in a.everyone}
         out[name] = (s.get("leader"), s.get("term"), s.get("maintenance"),
                      tuple(sorted(live.items())))
     return out
