@@ -179,7 +179,7 @@ class Inspector:
         #: the leader's last view, with the monotonic time it came
         self._leader_view: tuple[float, CloudView] | None = None
         #: (cloud, when, answer) last answered to another agent asking for the leader's view
-        self._answered: tuple[str, float, InspectAnswer] | None = None
+        self._answered: tuple[tuple[str, int], float, InspectAnswer] | None = None
         self.log = log.get("inspect", node=me)
 
     def status(self) -> dict[str, Any]:
@@ -234,12 +234,17 @@ class Inspector:
             raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
         # One document per ANSWER_REUSE seconds, whoever asks and however often: building it
         # reads the event log and costs milliseconds on the loop that renews the leases.
+        if not snap.acting:
+            # Only the acting leader's view is the leader's view: the asker falls back to
+            # its own, marked local or stale.
+            raise TemporaryError(f"{self.me} is not the acting leader (term {snap.term})")
         now = self.clock.monotonic()
         cached = self._answered
-        if cached is not None and cached[0] == snap.cloud.name and now - cached[1] < ANSWER_REUSE:
+        if (cached is not None and cached[0] == (snap.cloud.name, snap.term)
+                and now - cached[1] < ANSWER_REUSE):
             return cached[2]
         doc = InspectDoc(answered_by=self.me, generated_at=snap.taken_at,
                          clouds=(cloud_view(snap, events=self.events, source=Source.LEADER),))
         answer = InspectAnswer(snap.cloud.name, json.dumps(doc.to_json()))
-        self._answered = (snap.cloud.name, now, answer)
+        self._answered = ((snap.cloud.name, snap.term), now, answer)
         return answer

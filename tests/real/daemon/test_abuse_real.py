@@ -507,6 +507,9 @@ def test_an_insider_node_certificate_is_refused_everything_a_node_may_not_do(
     Then the cloud still fails over."""
     a = abuse
     register_all(default_codec)
+    # the cloud settled first: every agent follows one leader and believes nobody dead
+    a.lab.wait_for("every agent sees every agent", lambda: all(
+        not any(dead for _, dead in v[3]) for v in views(a).values()), timeout=BOUND)
     before_views, before_disk = views(a), on_disk(a)
     for label, target, msg, request, reason in insider_cases(a):
         t0 = time.time()
