@@ -529,7 +529,7 @@ def test_an_insider_node_certificate_is_refused_everything_a_node_may_not_do(
     time.sleep(3.0)
     assert views(a) == before_views
     terms_kept(a, before_disk, "the election's refusals")
-    inspect = exchange(a, a.target, InspectWanted(a.lab.cloud_name), request=True)
+    inspect = exchange(a, a.leader, InspectWanted(a.lab.cloud_name), request=True)
     assert isinstance(inspect, InspectAnswer), inspect
     assert "fence" not in inspect.doc and "secret" not in inspect.doc
     # A flood of what a node may ask (inspect views, the manifest) at the leader, as fast as
