@@ -132,7 +132,7 @@ class CloudMember:
         self._texts: dict[tuple[str, bool], str] = {}
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=self.roster, timing=timing, send=send,
-            term_file=TermFile(self.state_dir / "term"), events=events)
+            term_file=TermFile(self.state_dir / "term"), events=events, clock=clock)
         self.election.subscribe(self._leadership)
         self.maintenance = Maintenance(self.state_dir, cloud=cloud.name)
         self.host = HostDuties(

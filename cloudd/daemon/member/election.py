@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudd import log
+from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.durable import TermFile
 from cloudd.election.agent import AgentCore, Output
@@ -53,12 +53,13 @@ class ElectionShell:
 
     def __init__(self, *, me: str, cloud: str, roster: Roster, timing: Timing, send: Send,
                  term_file: TermFile, events: EventLog | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 clock: Clock = SYSTEM, rng: random.Random | None = None) -> None:
         self.me, self.cloud = me, cloud
         self.core = AgentCore(me, roster, timing=timing, rng=rng or random.Random())
         self.roster = roster
-        self._send, self._term_file, self._events, self._clock = send, term_file, events, clock
+        self._send, self._term_file, self._events = send, term_file, events
+        #: durations (leases, timers) on the monotonic clock; people's times on the wall clock
+        self._clock, self._wall = clock.monotonic, clock.wall
         self._wake = asyncio.Event()
         self._wake_at = 0.0
         self._listeners: list[Listener] = []
@@ -141,14 +142,14 @@ class ElectionShell:
             self._log.info(f"election_{ev.kind}", term=ev.term, peer=ev.peer or None,
                            reason=ev.reason)
             if ev.kind != "member" and self._events is not None:
-                self._events.append(LogEvent(time=time.time(), cloud=self.cloud,
+                self._events.append(LogEvent(time=self._wall(), cloud=self.cloud,
                                           kind=LogKind.ELECTION, subject=ev.peer or self.me,
                                           reason=f"{ev.kind}: {ev.reason}", term=ev.term))
         self._wake_at = out.wake_at
         now_view = Leadership(self.core.leader, self.core.term, out.acting, out.acting_until)
         if now_view != self._last:
             if self._last is None or now_view.leader != self._last.leader:
-                self.leader_since = time.time()
+                self.leader_since = self._wall()
                 if now_view.leader:
                     self.elections += 1
             self._last = now_view

@@ -39,7 +39,7 @@ class Host:
         self.shell = ElectionShell(
             me="b", cloud="shop", roster=ROSTER, timing=TIMING,
             send=lambda peer, msg: self.sent.append((peer, msg)), term_file=self.term_file,
-            clock=self.clock.monotonic, rng=random.Random(5))
+            clock=self.clock, rng=random.Random(5))
         self.shell.start()
         # A freshly started host grants nothing for one lease (it forgot whom it granted).
         self.clock.advance(TIMING.lease_duration + 0.01)
