@@ -155,10 +155,11 @@ _LEADER = anyone_of(Sender.LEADER)
 _O = OperatorOp
 
 ROUTES: tuple[Route, ...] = (
-    # Membership and election: every member probes, gossips and may stand (the election
-    # core applies the bully rules to what gets through); only hosts grant leases.
+    # Membership and election: every member probes, gossips (on its probes: a Gossip alone
+    # is no message) and may stand (the election core applies the bully rules to what gets
+    # through); only hosts grant leases.
     *(Route(cls, Duty.ELECTION, _MEMBER) for cls in (
-        em.Gossip, em.Ping, em.Ack, em.PingReq, em.WhoLeads, em.LeaderIs, em.Election,
+        em.Ping, em.Ack, em.PingReq, em.WhoLeads, em.LeaderIs, em.Election,
         em.Answer, em.Coordinator, em.Resign, em.LeaseRequest, em.LeaseRelease)),
     Route(em.LeaseGrant, Duty.ELECTION, anyone_of(Sender.HOST)),
     Route(em.LeaseReject, Duty.ELECTION, anyone_of(Sender.HOST)),
@@ -367,7 +368,9 @@ async def deliver(sender: Identity, msg: object, *, me: str, handlers: Mapping[D
     route = route_of(msg)
     handler = handlers.get(route.duty) if route is not None else None
     if route is None or handler is None:
-        raise PermanentError(f"{me} has no use for {type(msg).__name__}")
+        why = f"{me} has no use for {type(msg).__name__} from {sender.name}"
+        log_refusal(me=me, peer=sender.name, reason=why, cloud=here.cloud)
+        raise PermanentError(why)
     why = refusal(sender, msg, route, here)
     if why is not None:
         log_refusal(me=me, peer=sender.name, reason=why, cloud=here.cloud)

@@ -76,7 +76,6 @@ Make = Callable[[str, int, str], object]
 """A message from (sender's name, its term, the manifest's portable text)."""
 
 ELECTION: dict[str, Make] = {
-    "Gossip": lambda n, t, _: em.Gossip("dead", "pm1", 99, n),
     "Ping": lambda n, t, _: em.Ping(1, "pm1", "", 0),
     "Ack": lambda n, t, _: em.Ack(1, n, n, t + 10),
     "PingReq": lambda n, t, _: em.PingReq(1, "pm2"),

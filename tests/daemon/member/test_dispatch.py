@@ -65,7 +65,8 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "dispatch.md"
 
 
 def test_every_message_that_is_not_a_reply_has_its_rows() -> None:
-    sent = (set(em.MESSAGE_TYPES.values()) | set(OWN.values())) - REPLIES
+    # a Gossip travels only inside probes: registered with the codec, routed never
+    sent = (set(em.MESSAGE_TYPES.values()) | set(OWN.values())) - REPLIES - {em.Gossip}
     assert {r.message for r in ROUTES} == sent
     plain = [r.message for r in ROUTES if r.case is None]
     assert len(plain) == len(set(plain))  # a type without cases has one row
@@ -270,6 +271,12 @@ async def test_deliver_refuses_what_nobody_here_handles() -> None:
     with pytest.raises(PermanentError, match="pm1 has no use for ManifestOffer"):
         await deliver(pm2, ManifestOffer("c", "d", "t", OfferOrigin.OPERATOR, 5), me="pm1",
                       handlers={Duty.MANIFEST_OFFER: Recorder()}, here=HERE)
+    # a Gossip alone (it travels only inside probes) is nobody's message either; every such
+    # refusal is logged with the sender, like the table's own
+    with capture_logs() as logs, pytest.raises(PermanentError, match="no use for Gossip"):
+        await deliver(Identity("n1", MemberKind.NODE, "c"), em.Gossip("dead", "pm2", 9, "n1"),
+                      me="pm1", handlers={Duty.ELECTION: Recorder()}, here=HERE)
+    assert [(e["event"], e["peer"]) for e in logs] == [("message_refused", "n1")]
 
 
 def test_rules_are_built_from_kinds() -> None:
