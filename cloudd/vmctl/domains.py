@@ -40,13 +40,17 @@ class DomainRenderer:
 
     def __init__(self, *, port: int, pki_dir: str) -> None:
         self.port, self.pki_dir = port, pki_dir
-        self._template: tuple[Path, str] | None = None
+        self._template: tuple[Path, str, str] | None = None
         self._generation: tuple[Cloud, str, str] | None = None
 
-    def _text(self, path: Path) -> str:
-        if self._template is None or self._template[0] != path:
-            self._template = (path, path.read_text())
-        return self._template[1]
+    def _text(self, cloud: Cloud) -> str:
+        """The cloud's template, read once per generation (not once per domain): a template
+        edited in place comes with a new generation, whose digest covers its contents."""
+        path = cloud.domain_template
+        kept = self._template
+        if kept is None or kept[0] != path or kept[1] != cloud.digest:
+            kept = self._template = (path, cloud.digest, path.read_text())
+        return kept[2]
 
     def render(self, cloud: Cloud, node: str, term: int) -> str:
         """The domain XML of `node` in `term` (PermanentError: no such managed node)."""
@@ -60,14 +64,13 @@ class DomainRenderer:
             meta=CloudMeta(cloud=cloud.name, node=n.name, role=n.role, term=term),
             memory_mib=n.memory_mib, vcpus=n.vcpus, image=n.image or "",
             cmdline=" ".join(cmdline_words(ident)), extra=template_extra(cloud, n.name))
-        path = cloud.domain_template
-        return render_domain(self._text(path), domain, source=str(path))
+        return render_domain(self._text(cloud), domain, source=str(cloud.domain_template))
 
     def generation(self, cloud: Cloud) -> str:
         """The fingerprint of what host commands of `cloud` are checked against ("" when the
         template cannot be read: no host can check anything against it either)."""
         try:
-            template = self._text(cloud.domain_template)
+            template = self._text(cloud)
         except OSError:
             return ""
         kept = self._generation

@@ -35,7 +35,7 @@ def test_a_domain_carries_the_nodes_identity_and_the_term(tmp_path: Path) -> Non
     assert f"<log>/var/log/libvirt/qemu/shop-{DB}.serial.log</log>" in xml
 
 
-def test_the_template_is_read_once_per_file(tmp_path: Path) -> None:
+def test_the_template_is_read_once_per_generation(tmp_path: Path) -> None:
     (tmp_path / "web.xml").write_text(TEMPLATE)
     (tmp_path / "shop.yaml").write_text(MANIFEST)
     cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
@@ -43,9 +43,13 @@ def test_the_template_is_read_once_per_file(tmp_path: Path) -> None:
     renderer = DomainRenderer(port=7100, pki_dir="")
     renderer.render(cloud, db, 1)
     (tmp_path / "web.xml").write_text("<domain>changed ${name}</domain>")
-    assert "<os>" in renderer.render(cloud, db, 1)  # the same file: kept
+    assert "<os>" in renderer.render(cloud, db, 1)  # the same generation: kept
+    # the template edited in place is a new generation (its digest covers the template)
+    edited = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    assert edited.digest != cloud.digest
+    assert renderer.render(edited, db, 1).startswith("<domain>changed")
     (tmp_path / "other.xml").write_text("<domain>other ${name}</domain>")
-    moved = replace(cloud, domain_template=tmp_path / "other.xml")
+    moved = replace(edited, domain_template=tmp_path / "other.xml")
     assert renderer.render(moved, db, 1).startswith("<domain>other")
 
 
