@@ -7,27 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from shared.manifests import SHOP
 
 from cloudd.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
-GOOD = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {name: pm1, address: 192.0.2.70}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server:
-    - {address: 192.0.2.176, image: /img/web1.qcow2}
-    - {address: 192.0.2.178, image: /img/web2.qcow2}
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-settings: {app_port: 8080}
-"""
+GOOD = SHOP
 
 FILES_ROLE = GOOD.replace(
     "  server:\n    - {address: 192.0.2.176, image: /img/web1.qcow2}\n"
