@@ -368,9 +368,9 @@ async def deliver(sender: Identity, msg: object, *, me: str, handlers: Mapping[D
     route = route_of(msg)
     handler = handlers.get(route.duty) if route is not None else None
     if route is None or handler is None:
-        why = f"{me} has no use for {type(msg).__name__} from {sender.name}"
-        log_refusal(me=me, peer=sender.name, reason=why, cloud=here.cloud)
-        raise PermanentError(why)
+        unused = f"{me} has no use for {type(msg).__name__} from {sender.name}"
+        log_refusal(me=me, peer=sender.name, reason=unused, cloud=here.cloud)
+        raise PermanentError(unused)
     why = refusal(sender, msg, route, here)
     if why is not None:
         log_refusal(me=me, peer=sender.name, reason=why, cloud=here.cloud)
