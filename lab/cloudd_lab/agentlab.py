@@ -25,6 +25,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,42 @@ from cloudd_lab.paths import example_template
 
 CLOUDD = str(Path(sys.executable).parent / "cloudd")
 CLI = str(Path(sys.executable).parent / "cloudd-cli")
+
+
+def sweep_stale(prefix: str, folders: Sequence[Path]) -> list[str]:
+    """Remove what a dead lab of `prefix` left behind; what was removed.
+
+    Call it holding the prefix's `LabLock`: no living lab of that prefix exists then, so every
+    agent process, namespace, bridge and folder that carries the prefix is a killed run's
+    (an interrupted suite, a lost session), and would make this lab's bridge collide.
+    """
+    swept = []
+    marker = f"/cloudd-{prefix}-"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker in cmd and "cloudd" in cmd:
+                os.kill(int(proc.name), signal.SIGKILL)
+                swept.append(f"process {proc.name}")
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                           check=False).stdout
+    for ns in (line.split()[0] for line in names.splitlines() if line.startswith(f"{prefix}-")):
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                              check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        swept.append(f"netns {ns}")
+    if Path(f"/sys/class/net/{prefix}br").exists():
+        subprocess.run(["ip", "link", "del", f"{prefix}br"], capture_output=True, check=False)
+        swept.append(f"bridge {prefix}br")
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        swept.append(f"folder {folder}")
+    return swept
 
 
 @dataclass(frozen=True)
@@ -193,6 +230,12 @@ class AgentLab:
     # -- building -------------------------------------------------------------------------
     def open(self) -> AgentLab:
         self.lock.acquire()
+        stale = [] if os.environ.get("CLOUDD_KEEP_LAB") else [
+            p for p in self.root.parent.glob(f"cloudd-{self.prefix}-*")
+            if p != self.root and re.fullmatch(f"cloudd-{re.escape(self.prefix)}-[a-z0-9_]{{8}}",
+                                               p.name)]
+        for what in sweep_stale(self.prefix, stale):
+            print(f"lab {self.prefix}: removed what a dead run left: {what}", file=sys.stderr)
         self.net.open()
         pki = self.root / "pki"
         pki.mkdir()

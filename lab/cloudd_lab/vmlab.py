@@ -109,6 +109,7 @@ class VmLab(AgentLab):
                                    "--record", str(record)]
 
     def open(self) -> VmLab:
+        self.lock.acquire()  # before removing the prefix's domains: they may be a living lab's
         image = testguest.build_test_guest(GUEST_DIR)
         self.template_values = {
             "kernel": str(image.kernel), "initrd": str(image.initrd),
