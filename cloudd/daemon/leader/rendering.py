@@ -2,15 +2,14 @@
 
 Every domain cloudd defines carries the `<metadata>` naming its cloud, node, role and term,
 and the node's identity (cloud, name, role, address, the pool's hosts to ask first, where its
-certificate is) on its kernel command line. The template file is read once and kept until the
-manifest names another one.
+certificate is) on its kernel command line. The template's text comes with the cloud (read by
+the manifest's loader, or received inline from the pool host that sent the generation).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cloudd.config.model import Cloud
+from cloudd.errors import PermanentError
 from cloudd.vmctl.identity import NodeIdentity, cmdline_words
 from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.plan import NodeSpec
@@ -26,12 +25,6 @@ class DomainRenderer:
 
     def __init__(self, *, port: int, pki_dir: str) -> None:
         self.port, self.pki_dir = port, pki_dir
-        self._template: tuple[Path, str] | None = None
-
-    def _text(self, path: Path) -> str:
-        if self._template is None or self._template[0] != path:
-            self._template = (path, path.read_text())
-        return self._template[1]
 
     def render(self, cloud: Cloud, spec: NodeSpec, term: int) -> str:
         node = cloud.node(spec.name)
@@ -44,8 +37,10 @@ class DomainRenderer:
             meta=CloudMeta(cloud=cloud.name, node=node.name, role=node.role, term=term),
             memory_mib=spec.memory_mib, vcpus=spec.vcpus, image=spec.image,
             cmdline=" ".join(cmdline_words(ident)), extra=template_extra(cloud, node.name))
-        path = cloud.domain_template
-        return render_domain(self._text(path), domain, source=str(path))
+        if cloud.template_text is None:
+            raise PermanentError(f"this agent holds no domain template for cloud {cloud.name}")
+        source = str(cloud.domain_template or f"the domain template of {cloud.name}")
+        return render_domain(cloud.template_text, domain, source=source)
 
 
 def template_extra(cloud: Cloud, node: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
-from cloudd.config.portable import portable_text
+from cloudd.config.portable import recipient_of, text_for
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.durable import TermFile
 from cloudd.daemon.base.eventlog import Event, EventKind, EventLog
@@ -271,8 +271,8 @@ class CloudMember:
         if msg.cloud != self.cloud.name:
             raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
         return ManifestOffer(self.cloud.name, self.cloud.digest,
-                             portable_text(self.cloud, self.cloud.text), OfferOrigin.SEED,
-                             self.election.term)
+                             text_for(self.cloud, recipient_of(self.cloud, peer)),
+                             OfferOrigin.SEED, self.election.term)
 
     def _report_up(self, report: NodeReport) -> None:
         """This agent's node side reports: to the leader, wherever it is."""
@@ -351,9 +351,9 @@ class CloudMember:
             now=self.clock.monotonic(), offered=self._offered)
         if not todo:
             return
-        text = portable_text(self.cloud, self.cloud.text)
         for offer in todo:
             self._offered[offer.member] = offer.key
+            text = text_for(self.cloud, recipient_of(self.cloud, offer.member))
             self._send(offer.member, ManifestOffer(self.cloud.name, self.cloud.digest, text,
                                                    offer.origin, self.election.term))
 

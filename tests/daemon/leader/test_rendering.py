@@ -30,7 +30,7 @@ def test_a_domain_carries_the_nodes_identity_and_the_term(tmp_path: Path) -> Non
     assert f"<log>/var/log/libvirt/qemu/shop-{DB}.serial.log</log>" in xml
 
 
-def test_the_template_is_read_once_per_file(tmp_path: Path) -> None:
+def test_the_template_comes_with_the_cloud_never_from_a_path(tmp_path: Path) -> None:
     (tmp_path / "web.xml").write_text(TEMPLATE)
     (tmp_path / "shop.yaml").write_text(MANIFEST)
     cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
@@ -38,10 +38,9 @@ def test_the_template_is_read_once_per_file(tmp_path: Path) -> None:
     renderer = DomainRenderer(port=7100, pki_dir="")
     renderer.render(cloud, db, 1)
     (tmp_path / "web.xml").write_text("<domain>changed ${name}</domain>")
-    assert "<os>" in renderer.render(cloud, db, 1)  # the same file: kept
-    (tmp_path / "other.xml").write_text("<domain>other ${name}</domain>")
-    moved = replace(cloud, domain_template=tmp_path / "other.xml")
-    assert renderer.render(moved, db, 1).startswith("<domain>other")
+    assert "<os>" in renderer.render(cloud, db, 1)  # the generation's text, as loaded
+    other = replace(cloud, template_text="<domain>other ${name}</domain>")
+    assert renderer.render(other, db, 1).startswith("<domain>other")
 
 
 def test_the_manifests_own_serial_log_wins(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
@@ -200,7 +201,12 @@ async def test_a_booting_node_gets_the_manifest_from_any_member(tmp_path: Path,
     assert isinstance(offer, ManifestOffer)
     assert (offer.cloud, offer.digest, offer.origin) == ("shop", host.cloud.digest,
                                                          OfferOrigin.SEED)
-    assert str(host.cloud.domain_template) in offer.text  # portable: paths made absolute
+    # a node's view: self-contained, without the template or the pool's fence commands
+    view = yaml.safe_load(offer.text)
+    assert view["self_contained"] is True and "fence" not in view["pool"][1]
+    assert {"domain_template", "domain_template_text"}.isdisjoint(view)
+    host_offer = await host.member.handle("pm2", ManifestWanted("shop"))
+    assert yaml.safe_load(host_offer.text)["domain_template_text"] == host.cloud.template_text
     with pytest.raises(PermanentError, match="pm1 does not serve cloud other"):
         await host.member.handle(DB, ManifestWanted("other"))
 
