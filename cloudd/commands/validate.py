@@ -33,7 +33,8 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     failed = False
     for path in args.files:
         try:
-            cloud = load_cloud(path, catalog())
+            # the secrets live on the pool hosts, not necessarily here
+            cloud = load_cloud(path, catalog(), with_secrets=False)
         except ConfigError as exc:
             failed = True
             for problem in exc.problems:

@@ -7,7 +7,7 @@ manifest loader takes a catalog (type name -> TypeSpec) as an argument, and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -38,6 +38,11 @@ class RoleSpec:
         return f"{self.min_nodes} to {self.max_nodes}"
 
 
+def no_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+    """The default declaration of a type's secrets: no role needs any."""
+    return ()
+
+
 @dataclass(frozen=True)
 class TypeSpec:
     """One cloud type: its roles (in dependency order) and the model of its `settings`.
@@ -51,6 +56,10 @@ class TypeSpec:
     roles: tuple[RoleSpec, ...] = ()
     layouts: Mapping[str, tuple[RoleSpec, ...]] = field(default_factory=dict)
     layout_field: str | None = None
+    #: (validated settings, role) -> names (entries of the manifest's `secrets`) of the
+    #: secrets that role's nodes need. The leader sends a node exactly these, so a role
+    #: that does not name a secret never receives it.
+    role_secrets: Callable[[BaseModel, str], tuple[str, ...]] = no_secrets
 
     def roles_for(self, settings: BaseModel) -> tuple[RoleSpec, ...]:
         """The roles this cloud may have, given its validated settings."""

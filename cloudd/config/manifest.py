@@ -1,14 +1,18 @@
 """Loading a cloud manifest (`kind: Cloud`) into a normalized `Cloud`, or refusing it.
 
+Two entry points, by where the text comes from (`cloudd.config.sources`): `load_cloud` for a
+file of this machine, which may name this machine's files; `load_cloud_text` for a text
+received over the network, which must be self-contained and makes this agent read nothing.
+
 Checks run in stages and stop after the first stage that finds anything, so that one mistake
 gives one message rather than a cascade (an unknown type does not also report every role as
-unknown): the file itself, inline secrets, the top-level shape, the type and its settings,
-the roles and their nodes, then the rules that span the whole cloud.
+unknown): the file itself, what its origin allows, inline secrets, the top-level shape, the
+type and its settings, the template and the secrets, the roles and their nodes, then the
+rules that span the whole cloud.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from types import MappingProxyType
@@ -16,7 +20,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
-from cloudd.config import yamlsrc
+from cloudd.config import sources, yamlsrc
 from cloudd.config.catalog import Catalog, RoleSpec, TypeSpec
 from cloudd.config.model import (
     Cloud,
@@ -29,29 +33,60 @@ from cloudd.config.model import (
     RunStrategy,
 )
 from cloudd.config.problems import inline_secrets, validate_as, validate_model
+from cloudd.config.sources import Origin, Reads
 from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
 
 _NODES: TypeAdapter[list[NodeIn]] = TypeAdapter(list[NodeIn])
 T = TypeVar("T")
+#: What names a text received over the network in problems (it has no file).
+RECEIVED = Path("<received manifest>")
 
 
 def load_cloud(path: str | os.PathLike[str], catalog: Catalog, *,
-               with_template: bool = True) -> Cloud:
-    """The Cloud declared by the manifest at `path`; ConfigError listing placed problems.
+               with_template: bool = True, with_secrets: bool | None = None) -> Cloud:
+    """The Cloud declared by the manifest file at `path`; ConfigError listing placed problems.
 
-    `with_template=False` is for agents that never render domains (node agents inside VMs,
-    where the hosts' template file does not exist): the template path is kept unchecked."""
+    The file may name files of this machine (it is the operator's own), unless it says it
+    is self-contained (a generation cloudd installed from the network): then it is read as
+    the text it was received as, and must be private if it holds secrets.
+    `with_template=False` is for agents that never render domains nor lead (node agents
+    inside VMs, where the hosts' files do not exist): neither the template nor the secrets'
+    files are read. `with_secrets=False` alone is for checking a manifest on a machine that
+    does not hold its secrets (`cloudd-cli validate`)."""
     doc = yamlsrc.load(path)
-    return build_cloud(doc, catalog, with_template=with_template)
+    cloud = build_cloud(doc, catalog, with_template=with_template, with_secrets=with_secrets)
+    if sources.is_wire(doc, Origin.FILE):
+        _stop(sources.private(doc, cloud.secrets, os.stat(doc.path).st_mode))
+    return cloud
 
 
-def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True) -> Cloud:
-    """The Cloud of an already parsed Document (see load_cloud)."""
+def load_cloud_text(text: str, catalog: Catalog, *, origin: Origin = Origin.WIRE,
+                    with_template: bool = True, name: Path = RECEIVED) -> Cloud:
+    """The Cloud declared by a manifest's text that is no file of this machine.
+
+    `origin=Origin.WIRE` (a text received over the network): it must be self-contained, and
+    nothing in it makes this agent read a file, so `with_template` changes nothing (the
+    text carries what its sender cut for this receiver, `portable.text_for`). `name` names
+    the text in problems."""
+    doc = yamlsrc.parse(text.encode("utf-8", errors="surrogateescape"), name)
+    return build_cloud(doc, catalog, with_template=with_template, origin=origin)
+
+
+def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
+                with_secrets: bool | None = None, origin: Origin = Origin.FILE) -> Cloud:
+    """The Cloud of an already parsed Document (see load_cloud and load_cloud_text)."""
     if not isinstance(doc.data, dict):
         raise ConfigError([doc.place((), message="a manifest must be a YAML mapping")])
+    wire = sources.is_wire(doc, origin)
+    # Before anything is read or validated: a refused text makes this agent read nothing.
+    _stop(sources.check_origin(doc, wire=wire, received=origin is Origin.WIRE))
     _stop(inline_secrets(doc))
     top, problems = validate_model(doc, CloudIn, doc.data)
+    if not wire and doc.data.get("domain_template") is None:
+        # optional in the model, which also reads self-contained texts: required here
+        problems = sorted([*problems, doc.place(("domain_template",), message="is required")],
+                          key=lambda p: (p.line or 0, p.column or 0))
     _stop(problems)
     assert top is not None
     spec = catalog.get(top.type)
@@ -63,49 +98,37 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True) 
     _stop(problems)
     assert settings is not None
     _stop(_check_refs(doc, top))
-    base = doc.path.parent
-    template = _resolve(base, top.domain_template)
-    if with_template and not template.is_file():
-        _stop([doc.place(("domain_template",),
-                         message=f"no such file: {str(template)!r}")])
+    reads = Reads()
+    template, template_text, problems = sources.read_template(
+        doc, top.domain_template, wire=wire, read=with_template, reads=reads)
+    _stop(problems)
+    read = with_template if with_secrets is None else with_secrets
+    secrets = _stop_or(sources.read_secrets(doc, wire=wire, read=read, reads=reads))
     roles = spec.roles_for(settings)
-    nodes = _stop_or(_nodes(doc, top, spec, roles))
+    nodes = _stop_or(_nodes(doc, top, spec, roles, reads=None if wire else reads))
     _stop(_cross_checks(doc, top, nodes))
-    inputs = ((template,) if with_template else ()) + tuple(
-        _resolve(base, v[k]) for v in top.roles.values()
-        if isinstance(v, dict) for k in ("addresses_file", "images_file"))
+    present = tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes))
     return Cloud(
         name=top.name,
         type=top.type,
         ensure=Ensure(top.ensure),
         source=doc.path,
-        digest=_digest(doc.raw, inputs),
+        digest=sources.digest(doc, wire=wire, reads=reads, secrets=secrets),
         text=doc.raw.decode("utf-8", errors="replace"),
-        inputs=inputs,
+        inputs=reads.paths,
         domain_template=template,
+        template_text=template_text,
         pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()))
                    for h in top.pool),
-        roles=tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes)),
+        roles=present,
         nodes=tuple(n for n, _ in nodes),
         settings=settings,
-        secrets=MappingProxyType({k: _resolve(base, v.file) for k, v in top.secrets.items()}),
+        secrets=MappingProxyType(secrets),
+        role_secrets=MappingProxyType({r: spec.role_secrets(settings, r) for r in present}),
         prefix_length=top.network.prefix_length,
         gateway=top.network.gateway,
         template_values=MappingProxyType(dict(top.template_values)),
     )
-
-
-def _digest(raw: bytes, inputs: tuple[Path, ...]) -> str:
-    """sha256 over the manifest and every file it names, so that any edit shows."""
-    h = hashlib.sha256(raw)
-    for path in inputs:
-        try:
-            data = yamlsrc.read_bounded(path)
-        except ConfigError as exc:
-            raise ConfigError([Problem(str(path), None, None, "", exc.problems[0].message)]
-                              ) from None
-        h.update(b"\0" + str(path).encode() + b"\0" + hashlib.sha256(data).digest())
-    return h.hexdigest()
 
 
 def _stop(problems: list[Problem]) -> None:
@@ -116,11 +139,6 @@ def _stop(problems: list[Problem]) -> None:
 def _stop_or(result: tuple[T, list[Problem]]) -> T:
     _stop(result[1])
     return result[0]
-
-
-def _resolve(base: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else (base / p).resolve()
 
 
 def _check_refs(doc: Document, top: CloudIn) -> list[Problem]:
@@ -139,8 +157,9 @@ def _check_refs(doc: Document, top: CloudIn) -> list[Problem]:
 Located = tuple[Node, tuple[str | int, ...]]
 
 
-def _nodes(doc: Document, top: CloudIn, spec: TypeSpec,
-           roles: tuple[RoleSpec, ...]) -> tuple[list[Located], list[Problem]]:
+def _nodes(doc: Document, top: CloudIn, spec: TypeSpec, roles: tuple[RoleSpec, ...], *,
+           reads: Reads | None) -> tuple[list[Located], list[Problem]]:
+    """The nodes of every role; `reads` None: read no list file (a self-contained text)."""
     by_name = {r.name: r for r in roles}
     problems: list[Problem] = []
     for role in top.roles:
@@ -160,7 +179,7 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec,
     for r in roles:
         if r.name not in top.roles:
             continue
-        entries, found = _role_entries(doc, top.roles[r.name], ("roles", r.name))
+        entries, found = _role_entries(doc, top.roles[r.name], ("roles", r.name), reads=reads)
         problems += found
         count = len(entries)
         if not found and (count < r.min_nodes or (r.max_nodes is not None
@@ -173,43 +192,48 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec,
     return out, problems
 
 
-def _role_entries(doc: Document, value: Any,
-                  loc: tuple[str | int, ...]) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]],
-                                                       list[Problem]]:
+def _role_entries(doc: Document, value: Any, loc: tuple[str | int, ...], *,
+                  reads: Reads | None) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]],
+                                                list[Problem]]:
     """The node entries of one role, written inline or as an addresses/images file pair."""
     if not isinstance(value, list) and not (
-            isinstance(value, dict) and {"addresses_file", "images_file"} & set(value)):
+            reads is not None and isinstance(value, dict)
+            and {"addresses_file", "images_file"} & set(value)):
         return [], [doc.place(loc, message=(
             "must be a list of nodes, or {addresses_file: PATH, images_file: PATH}"))]
-    if isinstance(value, dict):
+    if isinstance(value, dict) and reads is not None:
         files, problems = validate_model(doc, RoleFilesIn, value, loc)
         if files is None:
             return [], problems
-        return _from_files(doc, files, loc)
+        return _from_files(doc, files, loc, reads=reads)
     nodes, problems = validate_as(doc, _NODES, value, loc)
     if nodes is None:
         return [], problems
     return [(n, (*loc, i)) for i, n in enumerate(nodes)], []
 
 
-def _read_lines(doc: Document, path: str, loc: tuple[str | int, ...]
+def _read_lines(doc: Document, path: str, loc: tuple[str | int, ...], *, reads: Reads
                 ) -> tuple[Path, list[tuple[int, str]] | None, list[Problem]]:
-    full = _resolve(doc.path.parent, path)
+    full = sources.resolve(doc.path.parent, path)
+    raw, problems = sources.read_file(doc, full, loc)
+    if raw is None:
+        return full, None, problems
     try:
-        raw = yamlsrc.read_bounded(full)
         text = raw.decode("utf-8")
-    except ConfigError as exc:
-        return full, None, [doc.place(loc, message=f"{str(full)!r}: {exc.problems[0].message}")]
     except UnicodeDecodeError:
         return full, None, [doc.place(loc, message=f"{str(full)!r}: not a UTF-8 text file")]
+    reads.files.append((full, raw))
     lines = [(n, s.strip()) for n, s in enumerate(text.splitlines(), start=1)]
     return full, [(n, s) for n, s in lines if s and not s.startswith("#")], []
 
 
-def _from_files(doc: Document, files: RoleFilesIn, loc: tuple[str | int, ...]
+def _from_files(doc: Document, files: RoleFilesIn, loc: tuple[str | int, ...], *, reads: Reads
                 ) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]], list[Problem]]:
-    apath, addresses, p1 = _read_lines(doc, files.addresses_file, (*loc, "addresses_file"))
-    ipath, images, p2 = _read_lines(doc, files.images_file, (*loc, "images_file"))
+    """Nodes from two list files of this machine (a manifest read from disk only)."""
+    apath, addresses, p1 = _read_lines(doc, files.addresses_file, (*loc, "addresses_file"),
+                                       reads=reads)
+    ipath, images, p2 = _read_lines(doc, files.images_file, (*loc, "images_file"),
+                                    reads=reads)
     if addresses is None or images is None:
         return [], p1 + p2
     if len(addresses) != len(images):

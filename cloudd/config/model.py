@@ -92,24 +92,42 @@ class RoleFilesIn(_Strict):
     images_file: str
 
 
-class SecretRefIn(_Strict):
-    file: str
-
-
 class CloudIn(_Strict):
     apiVersion: Literal["cloudd/v1"]
     kind: Literal["Cloud"]
     name: DnsLabel
     type: str
     ensure: Literal["running", "stopped"] = "running"
-    domain_template: str
+    #: A file of this machine: required in a manifest read from disk, refused in a
+    #: self-contained one (`cloudd.config.sources`).
+    domain_template: str | None = None
+    #: The template's text, in a self-contained manifest only (cloudd writes it).
+    domain_template_text: str | None = None
+    #: Set by cloudd on the manifests it sends: the text names no file (`sources.Origin`).
+    self_contained: bool = False
     pool: list[PoolHostIn] = Field(min_length=1)
     roles: dict[str, Any] = Field(min_length=1)
     resources: ResourcesIn = ResourcesIn()
     settings: dict[str, Any] = {}
-    secrets: dict[str, SecretRefIn] = {}
+    #: name -> {file: PATH} (read from disk) or {value_b64: ...} / {} (self-contained);
+    #: checked by `cloudd.config.sources`, never by pydantic, whose messages quote values.
+    secrets: dict[str, Any] = {}
     network: NetworkIn = NetworkIn()
     template_values: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret the manifest declares: its contents when this agent holds them.
+
+    None: declared, but withheld from this agent (a node's view of its cloud; the leader
+    sends a node the secrets its role needs in its assignment). Never shown by `repr`."""
+
+    value: bytes | None = field(default=None, repr=False)
+
+    @property
+    def held(self) -> bool:
+        return self.value is not None
 
 
 @dataclass(frozen=True)
@@ -157,10 +175,13 @@ class Cloud:
     name: str
     type: str
     ensure: Ensure
-    #: The manifest file, and a sha256 over it and its `inputs` (changes with any edit).
+    #: The manifest file (for a text received over the network, a name for it), and a
+    #: sha256 over the manifest, its `inputs` and (keyed) its secrets: changes with any edit.
     source: Path
     digest: str
-    domain_template: Path
+    #: The template file named by a manifest read from disk; None when the manifest is
+    #: self-contained (its text is in `template_text`).
+    domain_template: Path | None
     pool: tuple[PoolHost, ...]
     #: Roles in the type's dependency order (only those with nodes).
     roles: tuple[str, ...]
@@ -168,12 +189,18 @@ class Cloud:
     nodes: tuple[Node, ...]
     #: The type's settings model instance.
     settings: BaseModel
-    #: secret name -> file holding it (absolute).
-    secrets: Mapping[str, Path]
-    #: Other files the cloud was built from: the domain template, role list files.
+    #: secret name -> its contents, if this agent holds them.
+    secrets: Mapping[str, Secret]
+    #: Other files the cloud was built from: the domain template, role list files, secrets.
     inputs: tuple[Path, ...] = ()
-    #: The manifest as written: the very text that was validated and that `digest` covers.
-    text: str = ""
+    #: The manifest as written: the very text that was validated and that `digest` covers
+    #: (a self-contained one holds secrets: never shown by `repr`).
+    text: str = field(default="", repr=False)
+    #: The domain template's text; None for an agent that renders no domain (a node).
+    template_text: str | None = field(default=None, repr=False)
+    #: role -> the names of the secrets its nodes need (the type's declaration): a node
+    #: is sent those and no other.
+    role_secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Prefix length and gateway of the nodes' network.
     prefix_length: int = 24
     gateway: str | None = None

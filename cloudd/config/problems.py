@@ -84,15 +84,15 @@ def validate_as(doc: Document, adapter: TypeAdapter[T], data: Any,
         return None, from_validation(doc, exc, prefix)
 
 
-def _walk(data: Any, loc: Loc) -> Iterator[tuple[Loc, Any, Any]]:
+def walk(data: Any, loc: Loc) -> Iterator[tuple[Loc, Any, Any]]:
     """(loc, key, value) for every mapping entry, depth first, in file order."""
     if isinstance(data, dict):
         for key, value in data.items():
             yield (*loc, key), key, value
-            yield from _walk(value, (*loc, key))
+            yield from walk(value, (*loc, key))
     elif isinstance(data, list):
         for i, item in enumerate(data):
-            yield from _walk(item, (*loc, i))
+            yield from walk(item, (*loc, i))
 
 
 def _holds_text(value: Any) -> bool:
@@ -109,7 +109,7 @@ def inline_secrets(doc: Document, *, secrets_keys: Sequence[str] = ("secrets",))
     """
     problems = []
     hint = "put it in a file and reference it as secrets: {NAME: {file: PATH}}"
-    for loc, key, value in _walk(doc.data, ()):
+    for loc, key, value in walk(doc.data, ()):
         under_secrets = len(loc) == 2 and loc[0] in secrets_keys
         if under_secrets and _holds_text(value):
             problems.append(doc.place(loc, message=f"a secret written inline; {hint}"))

@@ -109,7 +109,14 @@ def read_bounded(path: Path, *, limit: int = MAX_BYTES) -> bytes:
 def load(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> Document:
     """Read and parse one YAML file into a Document; ConfigError with one Problem otherwise."""
     p = Path(path)
-    raw = read_bounded(p, limit=limit)
+    return parse(read_bounded(p, limit=limit), p)
+
+
+def parse(raw: bytes, p: Path, *, limit: int = MAX_BYTES) -> Document:
+    """Parse a YAML text that did not come from a file here (a manifest received over the
+    network); `p` only names it in problems. The same checks as `load`, size included."""
+    if len(raw) > limit:
+        raise _fail(p, f"text is {len(raw)} bytes; the limit is {limit} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

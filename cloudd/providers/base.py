@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import ipaddress
 import os
 import pwd
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,10 @@ from cloudd.providers.service import ServiceSpec
 
 _log = log.get("providers")
 
+#: A node's address: an IP address object from the leader's assignment (the codec refuses
+#: anything else), checked once more by each renderer (`cloudd.providers.values`).
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -37,7 +42,7 @@ class Peer:
 
     node: str
     role: str
-    address: str
+    address: IPAddress
     healthy: bool
 
 
@@ -48,10 +53,11 @@ class Assignment:
     cloud: str
     node: str
     role: str
-    address: str
+    address: IPAddress
     #: Everything the node writes lives below this directory (several nodes may share a machine).
     root: Path
-    #: Where the cloud's secret files are, one file per secret name.
+    #: Where the role's secrets are, one file per secret name (0600): the node writes there
+    #: the secrets of its assignment, those its role needs and no other.
     secrets_dir: Path
     #: The manifest's provider-specific settings (validated by the type's settings model).
     settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
@@ -152,7 +158,8 @@ class Role:
         return ()
 
     def secrets(self, assignment: Assignment) -> tuple[str, ...]:
-        """Names of the secret files `render` needs."""
+        """Names of the secret files `render` needs: the ones the type's spec declares for
+        this role (`TypeSpec.role_secrets`), which are all the leader sends its nodes."""
         return ()
 
     def render(self, assignment: Assignment, secrets: Mapping[str, str]) -> Rendered:

@@ -15,14 +15,14 @@ says so instead of calling the leader's XML forged. It is not `Cloud.digest`, wh
 covers the manifest's wording and file paths and differs between members that hold the same
 cloud in different files.
 
-The template file is read once and kept until the manifest names another one.
+The template's text comes with the cloud: read by the manifest's loader from the operator's
+file, or received inline from the pool host that sent the generation. Nothing here reads a path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from cloudd.config.model import Cloud, Node
 from cloudd.errors import PermanentError
@@ -40,17 +40,13 @@ class DomainRenderer:
 
     def __init__(self, *, port: int, pki_dir: str) -> None:
         self.port, self.pki_dir = port, pki_dir
-        self._template: tuple[Path, str, str] | None = None
         self._generation: tuple[Cloud, str, str] | None = None
 
-    def _text(self, cloud: Cloud) -> str:
-        """The cloud's template, read once per generation (not once per domain): a template
-        edited in place comes with a new generation, whose digest covers its contents."""
-        path = cloud.domain_template
-        kept = self._template
-        if kept is None or kept[0] != path or kept[1] != cloud.digest:
-            kept = self._template = (path, cloud.digest, path.read_text())
-        return kept[2]
+    @staticmethod
+    def _text(cloud: Cloud) -> str:
+        if cloud.template_text is None:
+            raise PermanentError(f"this agent holds no domain template for cloud {cloud.name}")
+        return cloud.template_text
 
     def render(self, cloud: Cloud, node: str, term: int) -> str:
         """The domain XML of `node` in `term` (PermanentError: no such managed node)."""
@@ -64,15 +60,15 @@ class DomainRenderer:
             meta=CloudMeta(cloud=cloud.name, node=n.name, role=n.role, term=term),
             memory_mib=n.memory_mib, vcpus=n.vcpus, image=n.image or "",
             cmdline=" ".join(cmdline_words(ident)), extra=template_extra(cloud, n.name))
-        return render_domain(self._text(cloud), domain, source=str(cloud.domain_template))
+        source = str(cloud.domain_template or f"the domain template of {cloud.name}")
+        return render_domain(self._text(cloud), domain, source=source)
 
     def generation(self, cloud: Cloud) -> str:
         """The fingerprint of what host commands of `cloud` are checked against ("" when the
-        template cannot be read: no host can check anything against it either)."""
-        try:
-            template = self._text(cloud)
-        except OSError:
+        agent holds no template: no host can check anything against it either)."""
+        if cloud.template_text is None:
             return ""
+        template = cloud.template_text
         kept = self._generation
         if kept is None or kept[0] is not cloud or kept[1] is not template:
             kept = self._generation = (cloud, template, generation_of(cloud, template))

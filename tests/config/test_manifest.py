@@ -150,12 +150,19 @@ roles:
 settings: {database_password_ref: db}
 secrets: {db: {file: secrets/db.txt}}
 """, "web")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "db.txt").write_text("hunter2\n")
     cloud = load_cloud(path, CATALOG)
-    assert cloud.secrets == {"db": tmp_path / "secrets" / "db.txt"}
+    assert cloud.secrets["db"].value == b"hunter2\n"
+    assert tmp_path / "secrets" / "db.txt" in cloud.inputs
     assert cloud.settings.database_password_ref == "db"  # type: ignore[attr-defined]
+    assert "hunter2" not in repr(cloud)
+    # a node agent reads neither the template nor the secrets: it is sent what its role needs
+    node = load_cloud(path, CATALOG, with_template=False)
+    assert node.secrets["db"].held is False and node.template_text is None
 
 
 def test_example_slurm_reads_its_list_files() -> None:
-    cloud = load_cloud(REPO / "manifests" / "slurm.yaml", CATALOG)
+    cloud = load_cloud(REPO / "manifests" / "slurm.yaml", CATALOG, with_secrets=False)
     assert [(n.address, n.image) for n in cloud.nodes_of("compute")] == [
         (f"192.0.2.2{i}", f"/var/lib/cloudd/images/slurm-c{i}.qcow2") for i in (1, 2, 3)]

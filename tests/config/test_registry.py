@@ -18,6 +18,19 @@ def setup(tmp_path: Path) -> ManifestRegistry:
     return ManifestRegistry(tmp_path, CATALOG, exclude=[tmp_path / "agent.yaml"])
 
 
+def example(tmp_path: Path, name: str) -> str:
+    """An example manifest whose secrets' files (under /etc/cloudd) are made here instead."""
+    text = (REPO / "manifests" / name).read_text()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    for line in text.splitlines():
+        if "/etc/cloudd/secrets/" in line:
+            path = line.split("file: ")[1].rstrip("}")
+            (secrets / Path(path).name).write_text(f"secret of {name}\n")
+            text = text.replace(path, str(secrets / Path(path).name))
+    return text
+
+
 def bump(path: Path, text: str) -> None:
     """Rewrite and move the mtime forward, so that a same-size edit is still seen."""
     st = path.stat()
@@ -29,7 +42,7 @@ def test_loaded_refused_kept_replaced_removed(tmp_path: Path) -> None:
     reg = setup(tmp_path)
     assert reg.scan() == []
     web = tmp_path / "web.yaml"
-    text = (REPO / "manifests" / "web.yaml").read_text()
+    text = example(tmp_path, "web.yaml")
     web.write_text(text)
     [event] = reg.scan()
     assert (event.change, event.cloud and event.cloud.name) == (Change.LOADED, "shop")
@@ -55,7 +68,7 @@ def test_loaded_refused_kept_replaced_removed(tmp_path: Path) -> None:
 def test_touched_but_unchanged_file_gives_no_event(tmp_path: Path) -> None:
     reg = setup(tmp_path)
     web = tmp_path / "web.yaml"
-    text = (REPO / "manifests" / "web.yaml").read_text()
+    text = example(tmp_path, "web.yaml")
     web.write_text(text)
     reg.scan()
     bump(web, text)
@@ -64,7 +77,7 @@ def test_touched_but_unchanged_file_gives_no_event(tmp_path: Path) -> None:
 
 def test_two_files_declaring_one_cloud(tmp_path: Path) -> None:
     reg = setup(tmp_path)
-    text = (REPO / "manifests" / "torque.yaml").read_text()
+    text = example(tmp_path, "torque.yaml")
     (tmp_path / "a.yaml").write_text(text)
     (tmp_path / "b.yaml").write_text(text)
     loaded, refused = reg.scan()
@@ -81,7 +94,7 @@ def test_missing_folder_is_empty(tmp_path: Path) -> None:
 def test_an_edited_list_file_reloads_its_cloud(tmp_path: Path) -> None:
     reg = setup(tmp_path)
     shutil.copytree(REPO / "manifests" / "lists", tmp_path / "lists")
-    shutil.copy(REPO / "manifests" / "slurm.yaml", tmp_path / "slurm.yaml")
+    (tmp_path / "slurm.yaml").write_text(example(tmp_path, "slurm.yaml"))
     [event] = reg.scan()
     assert event.cloud is not None and len(event.cloud.nodes) == 4
     addresses = tmp_path / "lists" / "slurm-compute.addresses"
@@ -106,7 +119,7 @@ def test_a_loaded_cloud_carries_the_text_it_was_built_from(tmp_path) -> None:  #
 
     repo = Path(__file__).resolve().parents[2]
     shutil.copytree(repo / "manifests" / "templates", tmp_path / "templates")
-    (tmp_path / "web.yaml").write_text((repo / "manifests" / "web.yaml").read_text())
+    (tmp_path / "web.yaml").write_text(example(tmp_path, "web.yaml"))
     (event,) = ManifestRegistry(tmp_path, catalog()).scan()
     assert event.change is Change.LOADED and event.cloud is not None
     assert event.cloud.text == (tmp_path / "web.yaml").read_text()

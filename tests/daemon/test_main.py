@@ -178,7 +178,10 @@ def test_events_settings_reach_the_agents_event_log(tmp_path: Path) -> None:
 def test_check_accepts_valid_settings_and_manifests(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     config = write_agent(tmp_path)
-    shutil.copy(REPO / "manifests" / "web.yaml", config.parent / "web.yaml")
+    secret = tmp_path / "shop-db"  # the example names /etc/cloudd/secrets/shop-db
+    secret.write_text("s3cret\n")
+    (config.parent / "web.yaml").write_text((REPO / "manifests" / "web.yaml").read_text()
+                                            .replace("/etc/cloudd/secrets/shop-db", str(secret)))
     assert main(["--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{config}: ok", f"{config.parent / 'web.yaml'}: ok"]

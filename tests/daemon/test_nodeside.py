@@ -8,6 +8,7 @@ wait is bounded polling; nothing asserts on time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.procs import alive
 
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile, SupervisorSettings
-from cloudd.config.model import Cloud, Ensure, Node, PoolHost
+from cloudd.config.model import Cloud, Ensure, Node, PoolHost, Secret
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import NodeSide, node_root
 from cloudd.errors import PermanentError, TemporaryError
@@ -34,6 +36,14 @@ from cloudd.providers.registry import Registry
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
 
 WAIT = 20.0
+
+
+def secret(name: str, value: str) -> tuple[str, str]:
+    """One secret as an assignment carries it: (name, base64 of its contents)."""
+    return name, base64.b64encode(value.encode()).decode()
+
+
+TOKEN = (secret("token", "s3cret\n"),)
 
 SERVER = textwrap.dedent("""\
     import json, os, signal, socket, sys
@@ -96,7 +106,7 @@ class TinyRole(Role):
         return ("token",)
 
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
-        doc = {"peers": sorted(p.address for p in a.peers if p.healthy),
+        doc = {"peers": sorted(str(p.address) for p in a.peers if p.healthy),
                "token": secrets["token"]}
         return Rendered(files=(FileSpec(a.root / "app.json", json.dumps(doc) + "\n",
                                         reload=("app",)),))
@@ -106,9 +116,9 @@ class TinyRole(Role):
         return (ServiceSpec(
             name="app",
             argv=(sys.executable, str(self.program), str(a.root / "app.json"),
-                  str(a.root / "app.starts"), a.address, str(port)),
+                  str(a.root / "app.starts"), str(a.address), str(port)),
             start_grace=0.2, stop_grace=2.0,
-            readiness=ProbeSpec(kind=ProbeKind.TCP, host=a.address, port=port, period=0.1,
+            readiness=ProbeSpec(kind=ProbeKind.TCP, host=str(a.address), port=port, period=0.1,
                                 timeout=1.0),
             reload_argv=(),
             log_path=str(a.root / "app.out")),) + ((ServiceSpec(
@@ -167,13 +177,14 @@ class Lab:
         self.role = TinyRole(program)
         self.registry = Registry([TinyProvider(self.role)])
         self.port = port if port is not None else free_port()
-        (tmp_path / "token").write_text("s3cret\n")
+        # the node's view of its cloud: the secret is declared, its contents come with the
+        # assignment
         self.cloud = Cloud(
             name="t", type="tiny", ensure=Ensure.RUNNING, source=tmp_path / "t.yaml",
             digest="gen1", domain_template=tmp_path / "t.xml",
             pool=(PoolHost("pm1", "127.0.0.1"),), roles=("app",),
             nodes=(Node("n1", "app", 1, "127.0.0.1", None, 64, 1, managed=False),),
-            settings=TinySettings(port=self.port), secrets={"token": tmp_path / "token"})
+            settings=TinySettings(port=self.port), secrets={"token": Secret()})
         self.settings = AgentSettings(
             name="n1", state_dir=tmp_path / "state",
             reconcile=Reconcile(**LOCAL["reconcile"]),
@@ -197,9 +208,10 @@ class Lab:
 
     def assignment(self, term: int = 1, peers: tuple[str, ...] = ("10.0.0.2",),
                    **kw: Any) -> RoleAssignment:
-        return RoleAssignment(term=term, cloud="t", node="n1", role="app", address="127.0.0.1",
-                              generation="gen1",
-                              peers=tuple(PeerInfo(f"p{i}", "other", addr, True)
+        kw.setdefault("secrets", TOKEN)
+        return RoleAssignment(term=term, cloud="t", node="n1", role="app",
+                              address=ip_address("127.0.0.1"), generation="gen1",
+                              peers=tuple(PeerInfo(f"p{i}", "other", ip_address(addr), True)
                                           for i, addr in enumerate(peers)), **kw)
 
     def starts(self) -> list[int]:
@@ -351,15 +363,14 @@ async def test_new_assignment_is_not_held_back_by_backoff(lab: Lab) -> None:
 
 
 async def test_missing_secret_fails_with_its_path_and_recovers(lab: Lab) -> None:
-    (lab.tmp / "token").unlink()
     side = lab.start()
-    side.assign(lab.assignment())
+    side.assign(lab.assignment(secrets=()))  # a leader that does not hold the secret
     await until(lambda: any(r.phase == NodePhase.FAILED for r in lab.reports),
                 "a failed report")
     failed = next(r for r in lab.reports if r.phase == NodePhase.FAILED)
-    assert failed.message.startswith("secret 'token': cannot read ")
-    assert str(lab.tmp / "token") in failed.message and lab.starts() == []
-    (lab.tmp / "token").write_text("s3cret\n")
+    assert failed.message.startswith("secret 'token' not found: ")
+    assert str(lab.root / "secrets" / "token") in failed.message and lab.starts() == []
+    side.assign(lab.assignment(term=2))  # the next generation carries it
     await lab.ready(side)
 
 
@@ -473,16 +484,25 @@ async def test_stop_services_after_restart_stops_adopted(lab: Lab) -> None:
     assert new.view().phase == NodePhase.STOPPED
 
 
+async def test_a_new_secret_in_the_assignment_reconverges(lab: Lab) -> None:
+    side = lab.start()
+    side.assign(lab.assignment())
+    pid = await lab.ready(side)
+    side.assign(lab.assignment(secrets=(secret("token", "other\n"),)))
+    await until(lambda: lab.loads()[-1] == (pid, ["10.0.0.2"]) and len(lab.loads()) == 2,
+                "a reload for the new secret")
+    assert json.loads((lab.root / "app.json").read_text())["token"] == "other"
+    assert lab.starts() == [pid]
+
+
 async def test_update_cloud_reconverges(lab: Lab) -> None:
     side = lab.start()
     side.assign(lab.assignment())
     pid = await lab.ready(side)
-    (lab.tmp / "token2").write_text("other\n")
-    side.update_cloud(replace(lab.cloud, digest="gen2", secrets={"token": lab.tmp / "token2"}))
-    await until(lambda: lab.loads()[-1] == (pid, ["10.0.0.2"]) and len(lab.loads()) == 2,
-                "a reload for the new generation")
-    assert json.loads((lab.root / "app.json").read_text())["token"] == "other"
-    assert lab.starts() == [pid]
+    prepared = lab.role.prepared
+    side.update_cloud(replace(lab.cloud, digest="gen2"))
+    await until(lambda: lab.role.prepared == prepared + 1, "a converge for the new generation")
+    assert len(lab.loads()) == 1 and lab.starts() == [pid]  # the same files: left alone
 
 
 async def test_changed_service_spec_replaces_the_service(lab: Lab) -> None:

@@ -35,7 +35,7 @@ def test_a_domain_carries_the_nodes_identity_and_the_term(tmp_path: Path) -> Non
     assert f"<log>/var/log/libvirt/qemu/shop-{DB}.serial.log</log>" in xml
 
 
-def test_the_template_is_read_once_per_generation(tmp_path: Path) -> None:
+def test_the_template_comes_with_the_cloud_never_from_a_path(tmp_path: Path) -> None:
     (tmp_path / "web.xml").write_text(TEMPLATE)
     (tmp_path / "shop.yaml").write_text(MANIFEST)
     cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
@@ -43,14 +43,16 @@ def test_the_template_is_read_once_per_generation(tmp_path: Path) -> None:
     renderer = DomainRenderer(port=7100, pki_dir="")
     renderer.render(cloud, db, 1)
     (tmp_path / "web.xml").write_text("<domain>changed ${name}</domain>")
-    assert "<os>" in renderer.render(cloud, db, 1)  # the same generation: kept
+    assert "<os>" in renderer.render(cloud, db, 1)  # the generation's text, as loaded
     # the template edited in place is a new generation (its digest covers the template)
     edited = load_cloud(tmp_path / "shop.yaml", CATALOG)
     assert edited.digest != cloud.digest
     assert renderer.render(edited, db, 1).startswith("<domain>changed")
-    (tmp_path / "other.xml").write_text("<domain>other ${name}</domain>")
-    moved = replace(edited, domain_template=tmp_path / "other.xml")
-    assert renderer.render(moved, db, 1).startswith("<domain>other")
+    other = replace(edited, template_text="<domain>other ${name}</domain>")
+    assert renderer.render(other, db, 1).startswith("<domain>other")
+    with pytest.raises(PermanentError, match="holds no domain template for cloud shop"):
+        renderer.render(replace(cloud, template_text=None), db, 1)
+    assert renderer.generation(replace(cloud, template_text=None)) == ""
 
 
 def test_the_manifests_own_serial_log_wins(tmp_path: Path) -> None:
@@ -97,9 +99,8 @@ def test_the_generation_follows_what_hosts_check_and_nothing_else(tmp_path: Path
     assert renderer.generation(bigger) != before
     moved = replace(cloud, pool=(replace(cloud.pool[0], address="192.0.2.99"),))
     assert renderer.generation(moved) != before
-    (tmp_path / "other.xml").write_text("<domain>${name}</domain>")
-    assert renderer.generation(replace(cloud, domain_template=tmp_path / "other.xml")) \
+    assert renderer.generation(replace(cloud, template_text="<domain>${name}</domain>")) \
         != before
-    # an unreadable template: no generation at all
-    missing = replace(cloud, domain_template=tmp_path / "missing.xml")
+    # no template held: no generation at all
+    missing = replace(cloud, template_text=None)
     assert DomainRenderer(port=7100, pki_dir="").generation(missing) == ""

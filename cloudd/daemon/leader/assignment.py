@@ -6,6 +6,11 @@ once every role before it has a ready node (a database before its web servers, a
 before its compute nodes), and each assignment carries the health of the node's peers so that
 the node configures only against peers that work. A stopped cloud assigns nothing.
 
+An assignment carries the secrets the node's role needs (the type declares them,
+`Cloud.role_secrets`) and no other: the balancer of a web cloud never sees the database's
+password. A secret this generation does not hold is left out; the node's converge says
+which one it misses.
+
 An assignment is sent again when it changed, or when the node's report says it runs another
 generation (it restarted, or missed the last one); never to a node that is not alive (it
 would be lost) nor to a node in maintenance (the operator is working on it).
@@ -13,7 +18,9 @@ would be lost) nor to a node in maintenance (the operator is working on it).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Collection, Iterable, Mapping
+from ipaddress import ip_address
 
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
@@ -31,15 +38,28 @@ def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
     if cloud.ensure is Ensure.STOPPED:
         return ()
     well = {n.name for n in cloud.nodes if healthy(n.name, reports=reports, alive=alive)}
-    peers = tuple(PeerInfo(n.name, n.role, n.address, n.name in well) for n in cloud.nodes)
+    peers = tuple(PeerInfo(n.name, n.role, ip_address(n.address), n.name in well)
+                  for n in cloud.nodes)
     out: list[RoleAssignment] = []
     for i, role in enumerate(cloud.roles):
         if not all(any(n.name in well for n in cloud.nodes_of(r)) for r in cloud.roles[:i]):
             break
+        secrets = role_secrets(cloud, role)
         out.extend(RoleAssignment(term=term, cloud=cloud.name, node=n.name, role=role,
-                                  address=n.address, generation=cloud.digest,
-                                  peers=tuple(p for p in peers if p.node != n.name))
+                                  address=ip_address(n.address), generation=cloud.digest,
+                                  peers=tuple(p for p in peers if p.node != n.name),
+                                  secrets=secrets)
                    for n in cloud.nodes_of(role))
+    return tuple(out)
+
+
+def role_secrets(cloud: Cloud, role: str) -> tuple[tuple[str, str], ...]:
+    """(name, base64 of the contents) of each secret `role` needs that this generation holds."""
+    out = []
+    for name in cloud.role_secrets.get(role, ()):
+        secret = cloud.secrets.get(name)
+        if secret is not None and secret.value is not None:
+            out.append((name, base64.b64encode(secret.value).decode("ascii")))
     return tuple(out)
 
 

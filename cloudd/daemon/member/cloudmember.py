@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 from cloudd import log
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
-from cloudd.config.portable import node_view, portable_text
+from cloudd.config.portable import Recipient, recipient_of, text_for
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.host.duties import HostDuties, OpenBackend
@@ -128,8 +128,8 @@ class CloudMember:
         self.log = log.get("member", cloud=cloud.name, node=self.me)
         self.state_dir = settings.state_dir / "clouds" / cloud.name
         self.roster = roster_of(cloud)
-        #: the manifest's text per (generation, for a pool host?), made once (`_text_for`)
-        self._texts: dict[tuple[str, bool], str] = {}
+        #: the manifest's text per (generation, recipient), made once (`_text_for`)
+        self._texts: dict[tuple[str, Recipient], str] = {}
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=self.roster, timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock)
@@ -324,12 +324,11 @@ class CloudMember:
 
         Made once per generation: YAML costs milliseconds on the event loop, and any member
         may ask for its manifest as often as it likes."""
-        host = member in self.roster.hosts
-        key = (self.cloud.digest, host)
+        recipient = recipient_of(self.cloud, member)
+        key = (self.cloud.digest, recipient)
         cached = self._texts.get(key)
         if cached is None:
-            text = portable_text(self.cloud, self.cloud.text)
-            cached = text if host else node_view(text)
+            cached = text_for(self.cloud, recipient)
             self._texts = {key: cached, **{k: v for k, v in self._texts.items()
                                            if k[0] == self.cloud.digest}}
         return cached

@@ -12,33 +12,23 @@ parsing: they run off the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cloudd.config.manifest import load_cloud
+from cloudd.config.manifest import load_cloud_text
 from cloudd.config.model import Cloud
+from cloudd.config.sources import Origin
 from cloudd.durable import write_durable
 from cloudd.providers.catalog import catalog
 
-#: Manifests are configuration, not secrets (those are files they refer to): readable as
-#: an operator's own files in the folder are.
-MODE = 0o644
+#: Private: a manifest received for a pool host holds its cloud's secrets.
+MODE = 0o600
 
 
 def check_manifest(text: str, *, where: Path, with_template: bool = True) -> Cloud:
-    """Validate a manifest's text as if it were a file in `where` (ConfigError if not)."""
-    where.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".yaml", dir=where)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return load_cloud(name, catalog(), with_template=with_template)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    """Validate a manifest's text received over the network: it must be self-contained, and
+    nothing in it makes this agent read a file (ConfigError if not)."""
+    return load_cloud_text(text, catalog(), origin=Origin.WIRE, with_template=with_template)
 
 
 class ManifestFolder:

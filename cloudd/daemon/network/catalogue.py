@@ -10,9 +10,16 @@ Names are part of the protocol: renaming one is a wire change.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Annotated
 
+from pydantic import AfterValidator, PlainSerializer, PlainValidator
+
+from cloudd.config.sources import SECRET_NAME
 from cloudd.daemon.network.codec import Codec, default_codec
 from cloudd.election.messages import MESSAGE_TYPES
 from cloudd.vmctl.backend import DomainEvent
@@ -65,11 +72,13 @@ class OperatorOp(enum.StrEnum):
 class ManifestOffer:
     """The text of a cloud's manifest, as the sender holds it (the leader's is authoritative).
 
-    `origin` says who offers it and so what the receiver may do with it."""
+    `origin` says who offers it and so what the receiver may do with it. The text is
+    self-contained and cut for its receiver (`cloudd.config.portable.text_for`): a pool
+    host's holds the secrets' contents, so it is never shown by `repr`."""
 
     cloud: str
     digest: str
-    text: str
+    text: str = field(repr=False)
     origin: OfferOrigin
     term: int = 0
 
@@ -89,28 +98,66 @@ class DomainEventNote:
     event: DomainEvent
 
 
+def _ip(value: object) -> IPv4Address | IPv6Address:
+    if isinstance(value, IPv4Address | IPv6Address):
+        return value
+    try:
+        if isinstance(value, str):
+            return ip_address(value)
+    except ValueError:
+        pass
+    raise ValueError(f"{value!r} is not an IP address")
+
+
+#: An address as it travels: an IP address, never a string that might hold anything else
+#: (it ends up in SQL grants and configuration files); decoding refuses anything else with
+#: one sentence.
+IPAddress = Annotated[IPv4Address | IPv6Address, PlainValidator(_ip),
+                      PlainSerializer(str, return_type=str)]
+
+
+def _secret_pair(pair: tuple[str, str]) -> tuple[str, str]:
+    name, value = pair
+    if not SECRET_NAME.match(name):
+        raise ValueError(f"secret name {name!r} is not a plain name")
+    try:
+        base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError(f"secret {name!r} is not base64 text") from None
+    return pair
+
+
+#: One secret of a role: (its name under the manifest's `secrets`, base64 of its contents).
+SecretPair = Annotated[tuple[str, str], AfterValidator(_secret_pair)]
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """A node a role depends on, as the leader sees it."""
 
     node: str
     role: str
-    address: str
+    address: IPAddress
     healthy: bool
 
 
 @dataclass(frozen=True)
 class RoleAssignment:
-    """The leader tells a node its role, the cloud's settings, and the peers it depends on."""
+    """The leader tells a node its role, the cloud's settings, and the peers it depends on.
+
+    `secrets` are the ones the node's role needs and no other (the type declares them,
+    `TypeSpec.role_secrets`): a node's only source of secrets. Over mTLS only, kept 0600 by
+    the node, never shown by `repr`."""
 
     term: int
     cloud: str
     node: str
     role: str
-    address: str
+    address: IPAddress
     #: the manifest generation (digest) the assignment comes from
     generation: str
     peers: tuple[PeerInfo, ...] = ()
+    secrets: tuple[SecretPair, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -160,7 +207,8 @@ class OperatorRequest:
 
     op: OperatorOp
     cloud: str
-    args: str
+    #: an apply's arguments hold a manifest for pool hosts, secrets included: not shown
+    args: str = field(repr=False)
 
 
 @dataclass(frozen=True)

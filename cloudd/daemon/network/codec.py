@@ -31,7 +31,9 @@ from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 #: The protocol version this agent speaks; a frame with another version is refused.
 #: 2: manifest origins, node phases and operator commands became enums on the wire.
-PROTOCOL_VERSION = 2
+#: 3: addresses in role assignments are IP addresses; assignments carry the role's secrets;
+#: manifests travel self-contained.
+PROTOCOL_VERSION = 3
 #: Largest frame body accepted, in bytes (1 MiB): agent messages are small; anything larger
 #: is a broken or hostile peer, refused before its body is read.
 MAX_FRAME = 1 << 20

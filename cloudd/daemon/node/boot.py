@@ -3,9 +3,10 @@
 A node's VM carries its identity on the kernel command line (or a cloud-init seed): cloud,
 node name, role, address, the pool hosts to contact (`name@address:port`), the term of the
 leader that defined it, and where its certificate is. From that alone the agent builds its
-settings, and asks the hosts for the cloud's manifest (`ManifestWanted`): the answer is written
-into its own manifest folder, where the ordinary manifest watcher picks it up. From then on the
-node is a member like any other.
+settings, and asks the hosts for the cloud's manifest (`ManifestWanted`): the answer is checked
+as what it is, a text received over the network (self-contained: nothing in it makes the node
+read a file), then written into its own manifest folder, where the ordinary manifest watcher
+picks it up. From then on the node is a member like any other.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Any
 from cloudd import log
 from cloudd.backoff import Backoff, hashed_unit
 from cloudd.config.agent import AgentSettings, Libvirt, Listen, PkiSettings
+from cloudd.config.manifest import load_cloud_text
 from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
 from cloudd.durable import write_durable
-from cloudd.errors import ClouddError, PermanentError
+from cloudd.errors import ClouddError, ConfigError, PermanentError
+from cloudd.providers.catalog import catalog
 from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline
 
 #: Where a node agent keeps its state when the identity says nothing else (inside the guest).
@@ -34,9 +37,9 @@ ASK_BACKOFF = Backoff(base=0.5, cap=10.0, factor=2.0, jitter=0.25)
 #: Seconds to wait, after writing a received manifest, for the manifest watcher to take it
 #: (its poll interval is a few seconds) before asking again.
 INSTALL_WAIT = 30.0
-#: The mode of a received manifest: what a manifest an operator drops in usually has. It
-#: names secret files, it holds none.
-MANIFEST_MODE = 0o644
+#: The mode of a received manifest: private, like every manifest cloudd installs from the
+#: network (a node's view holds no secret's contents, but a pool host's text does).
+MANIFEST_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,18 @@ def settings_for(ident: NodeIdentity, *, state_dir: Path = NODE_STATE,
     return settings, seeds
 
 
+def check_answer(ident: NodeIdentity, text: str) -> str | None:
+    """Why a manifest received for `ident` is refused, or None: it must be self-contained
+    and declare the node's own cloud."""
+    try:
+        cloud = load_cloud_text(text, catalog(), with_template=False)
+    except ConfigError as e:
+        return "; ".join(str(p) for p in e.problems)
+    if cloud.name != ident.cloud:
+        return f"it declares cloud {cloud.name}, not {ident.cloud}"
+    return None
+
+
 def write_manifest(folder: Path, cloud: str, text: str) -> Path:
     """Place a manifest received from a member into `folder`, atomically and durably."""
     folder.mkdir(parents=True, exist_ok=True)  # the usual mode, like the folder it stands for
@@ -114,6 +129,10 @@ async def fetch_manifest(ident: NodeIdentity, seeds: tuple[Seed, ...], *,
                 logger.info("manifest_not_yet", peer=seed.name, reason=str(e) or type(e).__name__)
                 continue
             if isinstance(answer, ManifestOffer) and answer.cloud == ident.cloud:
+                why = await asyncio.to_thread(check_answer, ident, answer.text)
+                if why is not None:
+                    logger.warning("message_refused", peer=seed.name, reason=why)
+                    continue
                 path = write_manifest(folder, ident.cloud, answer.text)
                 logger.info("manifest_received", peer=seed.name, path=str(path),
                             digest=answer.digest[:12])

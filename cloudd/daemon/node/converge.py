@@ -1,12 +1,12 @@
 """The node side of an agent: turns the leader's `RoleAssignment` into supervised services.
 
-Theory of operation. The leader tells a node its role and peers (`assign`); the node keeps the
-newest assignment (by term), converges the role in a task of its own (secrets, packages,
-files, one-time preparation) and runs the role's services under a `Supervisor` whose state
-lives in the node root. When only files changed (peers came or went), the services those
-files name are reloaded, not restarted. A failed converge is reported (FAILED) and retried
-after the reconcile backoff, or after a `TemporaryError`'s own delay; nothing is retried
-inline.
+Theory of operation. The leader tells a node its role, peers and role secrets (`assign`); the
+node keeps the newest assignment (by term), converges the role in a task of its own (the
+assignment's secrets written 0600, packages, files, one-time preparation) and runs the role's
+services under a `Supervisor` whose state lives in the node root. When only files changed
+(peers came or went), the services those files name are reloaded, not restarted. A failed
+converge is reported (FAILED) and retried after the reconcile backoff, or after a
+`TemporaryError`'s own delay; nothing is retried inline.
 
 What the node reports is its phase (`phase.py`, a pure table this class only feeds) with its
 services: a `NodeReport` whenever either changes, and at least every `heartbeat` seconds. The
@@ -35,7 +35,7 @@ from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment, ServiceReport
 from cloudd.daemon.node import phase
 from cloudd.daemon.node.saved_assignment import load_assignment, save_assignment
-from cloudd.daemon.node.secrets import copy_secrets
+from cloudd.daemon.node.secrets import write_secrets
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import Assignment, Peer, converge
 from cloudd.providers.policy import PolicyConfig, State
@@ -190,7 +190,7 @@ class NodeSide:
             await self._wait(max(due - now, MIN_WAIT))
 
     def _key(self, a: RoleAssignment) -> tuple[Any, ...]:
-        return (a.role, a.address, a.generation, a.peers, self.cloud.digest)
+        return (a.role, a.address, a.generation, a.peers, a.secrets, self.cloud.digest)
 
     def _converge_at(self, a: RoleAssignment) -> float | None:
         """When to converge `a` next (monotonic), or None when there is nothing to do."""
@@ -230,7 +230,7 @@ class NodeSide:
         try:
             assignment = self._assignment(a, cloud)
             provider = self._registry.get(cloud.type)
-            await asyncio.to_thread(copy_secrets, cloud, assignment.secrets_dir)
+            await asyncio.to_thread(write_secrets, a.secrets, assignment.secrets_dir)
             done = await converge(provider, assignment)
             self._pending_reload |= set(done.changes.reload)
             await self._supervise(done.services)

@@ -32,9 +32,21 @@ class AppScaleSettings(BaseModel):
 _OPTIONAL = tuple(RoleSpec(r, min_nodes=0, required=False)
                   for r in ("login", "memcache", "open", "search", "taskqueue"))
 
+#: The roles that create the administrator's account: the head of either layout.
+ADMIN_ROLES = ("controller", "master")
+
+
+def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+    """Only the head creates the administrator's account, so only it gets the password."""
+    assert isinstance(settings, AppScaleSettings)
+    ref = settings.admin_password_ref
+    return (ref,) if ref and role in ADMIN_ROLES else ()
+
+
 SPEC = TypeSpec(
     name="appscale",
     settings_model=AppScaleSettings,
+    role_secrets=role_secrets,
     layout_field="layout",
     layouts={
         "default": (

@@ -23,10 +23,17 @@ class SlurmSettings(BaseModel):
     """Name of the entry under `secrets` holding the munge key; None: one is generated."""
 
 
+def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+    """Every Slurm node runs munge, and munge's credentials need the one shared key."""
+    assert isinstance(settings, SlurmSettings)
+    return (settings.munge_key_ref,) if settings.munge_key_ref else ()
+
+
 #: Dependency order: the head (slurmctld, munge) before the compute nodes (slurmd).
 SPEC = TypeSpec(
     name="slurm",
     settings_model=SlurmSettings,
+    role_secrets=role_secrets,
     roles=(
         RoleSpec("head", min_nodes=1, max_nodes=1),
         RoleSpec("compute", min_nodes=1),

@@ -33,10 +33,22 @@ class WebSettings(BaseModel):
         return self.database_password_ref or DEFAULT_PASSWORD_SECRET
 
 
+#: The roles that hold the database password: the database (it grants the servers' account)
+#: and the servers (they log in with it). The balancers only forward HTTP.
+PASSWORD_ROLES = ("database", "server")
+
+
+def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+    """The secrets a web role's nodes need, and the only ones the leader sends them."""
+    assert isinstance(settings, WebSettings)
+    return (settings.password_secret,) if role in PASSWORD_ROLES else ()
+
+
 #: Dependency order: the database before the servers before the balancers.
 SPEC = TypeSpec(
     name="web",
     settings_model=WebSettings,
+    role_secrets=role_secrets,
     roles=(
         RoleSpec("database", min_nodes=1, max_nodes=1),
         RoleSpec("server", min_nodes=1),

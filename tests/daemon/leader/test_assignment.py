@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
 from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud
-from cloudd.config.model import Cloud, Ensure
+from cloudd.config.model import Cloud, Ensure, Secret
 from cloudd.daemon.leader.assignment import assignments, due, healthy
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport
 from cloudd.providers.catalog import CATALOG
@@ -57,6 +59,28 @@ def test_each_node_hears_of_every_other_with_its_health(cloud: Cloud) -> None:
     web1 = next(a for a in lb if a.node == WEB1)
     assert [(p.node, p.role, p.healthy) for p in web1.peers] == [
         (DB, "database", True), (WEB2, "server", False), (LB, "balancer", False)]
+
+
+def test_addresses_are_ip_addresses(cloud: Cloud) -> None:
+    (db,) = assignments(cloud, term=1, reports={}, alive=ALL)
+    assert db.address == ip_address("192.0.2.177")
+    assert {type(p.address) for p in db.peers} == {IPv4Address}
+
+
+def test_each_role_gets_the_secrets_it_needs_and_no_other(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text("<domain/>")
+    (tmp_path / "db").write_bytes(b"hunter2\n")
+    (tmp_path / "shop.yaml").write_text(MANIFEST.replace(
+        "settings: {app_port: 8080}", "settings: {app_port: 8080, database_password_ref: db}\n"
+        "secrets: {db: {file: db}}"))
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    got = {a.node: a.secrets for a in assignments(cloud, term=1, reports={
+        n: report(n) for n in ALL}, alive=ALL)}
+    password = (("db", base64.b64encode(b"hunter2\n").decode()),)
+    assert got == {DB: password, WEB1: password, WEB2: password, LB: ()}
+    # a node's view holds no secret: its leader would have none to send
+    withheld = replace(cloud, secrets={"db": Secret()})
+    assert {a.secrets for a in assignments(withheld, term=1, reports={}, alive=ALL)} == {()}
 
 
 def test_a_stopped_cloud_assigns_nothing(cloud: Cloud) -> None:

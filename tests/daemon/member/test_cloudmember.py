@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
@@ -208,11 +209,16 @@ async def test_a_booting_node_gets_the_manifest_from_any_member(tmp_path: Path,
     assert isinstance(offer, ManifestOffer)
     assert (offer.cloud, offer.digest, offer.origin) == ("shop", pm1.cloud.digest,
                                                         OfferOrigin.SEED)
-    assert str(pm1.cloud.domain_template) in offer.text  # portable: paths made absolute
-    # a node's view has no fence commands (they run as root on a host); a host's has them
-    assert "fence" in pm1.cloud.text and "fence" not in offer.text
+    # a node's view: self-contained, without the template, the pool's fence commands or
+    # libvirt URIs
+    view = yaml.safe_load(offer.text)
+    assert view["self_contained"] is True
+    assert "fence" in pm1.cloud.text
+    assert all("fence" not in h and "libvirt_uri" not in h for h in view["pool"])
+    assert {"domain_template", "domain_template_text"}.isdisjoint(view)
     for_host = await pm1.member.handle(host("pm2"), ManifestWanted("shop"))
     assert isinstance(for_host, ManifestOffer) and "fence" in for_host.text
+    assert yaml.safe_load(for_host.text)["domain_template_text"] == pm1.cloud.template_text
     with pytest.raises(PermanentError, match="pm1 does not serve cloud other"):
         await pm1.member.handle(node(DB), ManifestWanted("other"))
 

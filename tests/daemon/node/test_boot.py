@@ -8,6 +8,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
+
 from cloudd.backoff import hashed_unit
 from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted, OfferOrigin
 from cloudd.daemon.node.boot import (
@@ -23,7 +26,18 @@ LINE = ("cloudd.cloud=lab cloudd.node=lab-server-1 cloudd.role=server cloudd.ip=
         "cloudd.members=pm1@10.1.2.1:7760,pm2@10.1.2.2:7760 cloudd.term=3 "
         "cloudd.pki=/etc/cloudd/pki")
 SEEDS = (Seed("pm1", "10.1.2.1", 7760), Seed("pm2", "10.1.2.2", 7760))
-TEXT = "apiVersion: cloudd/v1\nkind: Cloud\nname: lab\n"
+#: A node's view of its cloud, as a host answers it: self-contained, no secrets, no template.
+TEXT = """\
+apiVersion: cloudd/v1
+kind: Cloud
+name: lab
+type: torque
+pool: [{name: pm1, address: 10.1.2.1}, {name: pm2, address: 10.1.2.2}]
+roles:
+  head: [{name: lab-head-1, address: 10.1.2.10, managed: false}]
+  compute: [{name: lab-server-1, address: 10.1.2.3, managed: false}]
+self_contained: true
+"""
 
 
 async def test_rounds_back_off_with_the_nodes_own_jitter_until_installed(
@@ -58,7 +72,7 @@ async def test_rounds_back_off_with_the_nodes_own_jitter_until_installed(
             ASK_BACKOFF.nominal(n)
     path = folder / "lab.yaml"
     assert path.read_text() == TEXT
-    assert stat.S_IMODE(path.stat().st_mode) == MANIFEST_MODE == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == MANIFEST_MODE == 0o600
     assert [p.name for p in folder.iterdir()] == ["lab.yaml"]  # no temporary file left
 
 
@@ -76,3 +90,35 @@ def test_write_manifest_replaces_the_old_one(tmp_path: Path) -> None:
     write_manifest(tmp_path / "m", "lab", "old\n")
     path = write_manifest(tmp_path / "m", "lab", TEXT)
     assert path == tmp_path / "m" / "lab.yaml" and path.read_text() == TEXT
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (TEXT.replace("  compute: [{name: lab-server-1, address: 10.1.2.3, managed: false}]",
+                  "  compute: {addresses_file: /root/.ssh/id_ed25519, images_file: /etc/shadow}"),
+     "a manifest received over the network must be self-contained: 'addresses_file' names "
+     "a file of the receiving machine"),
+    (TEXT.replace("self_contained: true", "domain_template: /etc/cloudd/pki/ca.key\n"
+                  "self_contained: true"), "'domain_template' names a file"),
+    (TEXT.replace("name: lab\n", "name: other\n"), "it declares cloud other, not lab"),
+])
+async def test_an_answer_that_is_not_a_self_contained_view_is_refused(
+        tmp_path: Path, text: str, reason: str) -> None:
+    """A seed's answer is a text received over the network: nothing in it is read, nothing
+    of a refused one is written, and the next seed is asked."""
+    have = asyncio.Event()
+    asked: list[str] = []
+
+    async def ask(peer: str, msg: Any) -> Any:
+        asked.append(peer)
+        if peer == "pm1":
+            return ManifestOffer(cloud="lab", digest="d", text=text, origin=OfferOrigin.SEED)
+        asyncio.get_running_loop().call_soon(have.set)
+        return ManifestOffer(cloud="lab", digest="d", text=TEXT, origin=OfferOrigin.SEED)
+
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(fetch_manifest(from_cmdline(LINE), SEEDS, ask=ask,
+                                              folder=tmp_path, have=have), timeout=10)
+    assert asked == ["pm1", "pm2"]
+    [refused] = [e for e in logs if e["event"] == "message_refused"]
+    assert refused["peer"] == "pm1" and reason in refused["reason"]
+    assert (tmp_path / "lab.yaml").read_text() == TEXT

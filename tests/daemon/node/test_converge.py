@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -190,9 +191,9 @@ class Lab:
         return self.sups[-1]
 
     def assignment(self, term: int = 1, peers: tuple[str, ...] = ()) -> RoleAssignment:
-        return RoleAssignment(term=term, cloud="t", node="n1", role="app", address="127.0.0.1",
-                              generation="gen1",
-                              peers=tuple(PeerInfo(f"p{i}", "other", addr, True)
+        return RoleAssignment(term=term, cloud="t", node="n1", role="app",
+                              address=ip_address("127.0.0.1"), generation="gen1",
+                              peers=tuple(PeerInfo(f"p{i}", "other", ip_address(addr), True)
                                           for i, addr in enumerate(peers)))
 
     def phases(self) -> list[NodePhase]:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cloudd.config.model import Ensure
+from cloudd.config.portable import portable_text
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.member.cloudmember import CloudMember
@@ -178,7 +179,8 @@ async def test_without_a_leader_the_command_waits(tmp_path: Path,
 async def test_apply_and_stop_install_a_generation_on_the_leader(
         tmp_path: Path, agents: dict[str, Agent]) -> None:
     pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
-    text = MANIFEST.replace("web.xml", str(tmp_path / "manifests" / "web.xml")) + "# edited\n"
+    # what cloudd-cli apply sends: the text made self-contained
+    text = portable_text(shop(tmp_path / "edited", MANIFEST + "# edited\n"), MANIFEST)
     result = await pm1.op.command(OperatorOp.APPLY, {"text": text})
     path = pm1.folder / "shop.yaml"
     assert result == {"accepted_by": "pm1", "cloud": "shop", "path": str(path),
@@ -197,10 +199,9 @@ async def test_apply_and_stop_install_a_generation_on_the_leader(
 
 async def test_a_pool_host_starts_a_cloud_it_does_not_serve_yet(
         tmp_path: Path, agents: dict[str, Agent]) -> None:
-    shop(tmp_path / "manifests")
+    cloud = shop(tmp_path / "manifests")
     pm1 = agent(tmp_path, agents, "pm1", serving=False)
-    text = (tmp_path / "manifests" / "shop.yaml").read_text().replace("web.xml", str(
-        tmp_path / "manifests" / "web.xml"))
+    text = portable_text(cloud, cloud.text)
     result = await pm1.op.command(OperatorOp.APPLY, {"text": text})
     assert result["accepted_by"] == "pm1" and (pm1.folder / "shop.yaml").read_text() == text
     [event] = pm1.events.query(kind=LogKind.COMMAND)
@@ -209,8 +210,8 @@ async def test_a_pool_host_starts_a_cloud_it_does_not_serve_yet(
 
 async def test_from_outside_the_manifest_goes_to_the_first_host_that_takes_it(
         tmp_path: Path, agents: dict[str, Agent]) -> None:
-    shop(tmp_path / "manifests")
-    text = MANIFEST.replace("web.xml", str(tmp_path / "manifests" / "web.xml"))
+    cloud = shop(tmp_path / "manifests")
+    text = portable_text(cloud, MANIFEST)
     outsider = agent(tmp_path, agents, "laptop", serving=False)
     agent(tmp_path, agents, "pm2", serving=False)  # pm1 does not answer; pm2 takes it
     result = await outsider.op.command(OperatorOp.APPLY, {"text": text})
@@ -223,8 +224,8 @@ async def test_a_command_from_the_wire_is_never_relayed_to_another_clouds_hosts(
         tmp_path: Path, agents: dict[str, Agent]) -> None:
     """An apply handed to this agent over the wire, for a cloud whose pool does not list it:
     refused here, not passed on (from the local API it would go to that cloud's hosts)."""
-    shop(tmp_path / "manifests")
-    text = MANIFEST.replace("web.xml", str(tmp_path / "manifests" / "web.xml"))
+    cloud = shop(tmp_path / "manifests")
+    text = portable_text(cloud, cloud.text)
     laptop = agent(tmp_path, agents, "laptop", serving=False)
     agent(tmp_path, agents, "pm2", serving=False)
     answer = await laptop.op.answer("somebody", OperatorRequest(
@@ -258,7 +259,8 @@ async def test_a_dropped_generation_is_handed_to_the_leader(tmp_path: Path,
     await pm2.op.hand_over(cloud, cloud.text.replace("app_port: 8080", "app_port: 8081"))
     installed = yaml.safe_load((pm1.folder / "shop.yaml").read_text())
     assert installed["settings"] == {"app_port": 8081}
-    assert installed["domain_template"] == str(cloud.domain_template)  # made portable
+    assert installed["domain_template_text"] == cloud.template_text  # made self-contained
+    assert "domain_template" not in installed
     assert not (pm2.folder / "shop.yaml").exists()
 
 

@@ -198,7 +198,8 @@ async def test_the_view_a_node_may_ask_for_carries_no_secret_and_no_fence_comman
     """The dispatch table lets a node of the cloud ask for the view: it must learn nothing
     from it that the roster does not already say."""
     text = MANIFEST.replace('fence: ["true"]', 'fence: ["/sbin/fence-marker", "--pw=hunter2"]')
-    text += "secrets: {db_password: {file: /etc/cloudd/secret-marker}}\n"
+    (tmp_path / "secret-marker").write_text("the password\n")
+    text += f"secrets: {{db_password: {{file: {tmp_path / 'secret-marker'}}}}}\n"
     text = text.replace("settings: {app_port: 8080}",
                         "settings: {app_port: 8080, database_password_ref: db_password}")
     cloud = shop(tmp_path / "secret", text)
@@ -206,7 +207,8 @@ async def test_the_view_a_node_may_ask_for_carries_no_secret_and_no_fence_comman
     snap = dataclasses.replace(rig.snap, cloud=cloud)
     answer = await inspector(rig, [snap]).answer(DB, InspectWanted("shop"))
     assert isinstance(answer, InspectAnswer)
-    for secret in ("fence-marker", "hunter2", "secret-marker", "db_password", "8080"):
+    for secret in ("fence-marker", "hunter2", "secret-marker", "the password", "db_password",
+                   "8080"):
         assert secret not in answer.doc
     assert {n["name"] for n in json.loads(answer.doc)["clouds"][0]["nodes"]} == {
         n.name for n in cloud.nodes}

@@ -22,6 +22,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -432,7 +433,8 @@ def insider_cases(a: Abuse) -> list[tuple[str, str, object, bool, str]]:
         "roles:", "roles:\n  balancer: {addresses_file: /root/.ssh/id_rsa, "
                   "images_file: /etc/shadow}\n  ignored:", 1)
     assignment = RoleAssignment(term=a.term + 1, cloud=cloud, node=a.target, role="server",
-                                address=a.lab.agents[a.target].ns.ip, generation="x")
+                                address=ip_address(a.lab.agents[a.target].ns.ip),
+                                generation="x")
     event = DomainEvent(kind=DomainEventKind.STOPPED, domain=f"{cloud}-lab-server-1",
                         meta=None, detail="destroyed", at=0.0)
     report = NodeReport(node=other_host, term=a.term, generation="x",

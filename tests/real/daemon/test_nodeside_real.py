@@ -4,9 +4,11 @@ its grants following the servers it is assigned."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from cloudd_lab.netlab import NetLab
 from shared.procs import alive
 
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile
-from cloudd.config.model import Cloud, Ensure, Node, PoolHost
+from cloudd.config.model import Cloud, Ensure, Node, PoolHost, Secret
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import NodeSide, node_root
 from cloudd.providers.web.spec import WebSettings
@@ -39,7 +41,6 @@ def dbroot(have: Callable[[str], str]) -> Iterator[Path]:
         have(program)
     base = Path(tempfile.mkdtemp(prefix="h11n-", dir="/var/tmp"))
     base.chmod(0o755)
-    (base / "db_password").write_text("it's a secret\n")
     yield base
     shutil.rmtree(base, ignore_errors=True)
 
@@ -57,7 +58,7 @@ async def test_web_database_node(dbroot: Path) -> None:
             pool=(PoolHost("pm1", net.host_ip),), roles=("database",),
             nodes=(Node("w-db", "database", 1, ns.ip, None, 256, 1, managed=False),),
             settings=WebSettings(database_password_ref="db_password"),
-            secrets={"db_password": base / "db_password"})
+            secrets={"db_password": Secret()})  # its contents come with the assignment
         settings = AgentSettings(name="w-db", state_dir=base / "state",
                                  reconcile=Reconcile(**LOCAL["reconcile"]))
         side = NodeSide(me="w-db", cloud=cloud, settings=settings, report=reports.append,
@@ -73,9 +74,10 @@ async def test_web_database_node(dbroot: Path) -> None:
 
         def peers(*addresses: str) -> RoleAssignment:
             return RoleAssignment(
-                term=1, cloud="w", node="w-db", role="database", address=ns.ip,
-                generation="g1", peers=tuple(PeerInfo(f"w-s{i}", "server", a, True)
-                                             for i, a in enumerate(addresses)))
+                term=1, cloud="w", node="w-db", role="database", address=ip_address(ns.ip),
+                generation="g1", peers=tuple(PeerInfo(f"w-s{i}", "server", ip_address(a), True)
+                                             for i, a in enumerate(addresses)),
+                secrets=(("db_password", base64.b64encode(b"it's a secret\n").decode()),))
 
         async def ready() -> bool:
             return bool(reports) and reports[-1].phase == NodePhase.READY

@@ -97,6 +97,14 @@ def test_web_cloud_converges_and_survives(lab: WebLab) -> None:
     t0 = time.monotonic()
     lab.wait_for("every node ready", lambda: all_ready(lab), timeout=BOUND, interval=0.5)
     print(f"\nweb cloud ready after {time.monotonic() - t0:.1f} s: {phases(lab)}")
+    # least secret: the password came in the assignments of the roles that use it, 0600
+    for name, has in (("lab-database-1", True), ("lab-server-1", True),
+                      ("lab-balancer-1", False)):
+        secret = lab.agents[name].folder / "state" / "nodes" / name / "secrets" / "db"
+        assert secret.exists() == has, name
+        if has:
+            assert secret.read_text() == "s3cret-for-tests\n"
+            assert secret.stat().st_mode & 0o777 == 0o600
 
     status, _, body = request(lab, "POST", "/entries", "first")
     assert status in (200, 201), body
