@@ -45,7 +45,7 @@ from cloudd.daemon.network.catalogue import (
     RoleAssignment,
 )
 from cloudd.election import messages as em
-from cloudd.errors import PermanentError
+from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl.hostagent import HostCommand
 
@@ -148,6 +148,10 @@ class InForce:
 
 
 NO_ROSTER = InForce()
+
+#: Seconds a member that speaks as leader of a term newer than the followed one is told to
+#: wait before it asks again: about one round of asking the pool hosts who leads.
+RETRY_NEWER = 1.0
 """An agent that serves no cloud yet, and does not know its own certificate."""
 
 _MEMBER = anyone_of(Sender.HOST, Sender.NODE)
@@ -323,11 +327,12 @@ def refusal(sender: Identity, msg: object, route: Route, here: InForce) -> str |
 def newer_leader_term(sender: Identity, msg: object, route: Route,
                       here: InForce) -> int | None:
     """The term of a leader's message that this agent may simply not have heard of yet: the
-    row wants the leader, the sender is a member of the roster, and the message's term is
-    above the one followed here. The agent then asks the pool hosts who leads."""
+    row wants the leader, the sender is a pool host of the roster (only hosts lead), and the
+    message's term is above the one followed here. The agent then asks the pool hosts who
+    leads."""
     term = term_of(msg)
     if (term is None or term <= here.term or not wants_leader(route)
-            or not standing(sender, here) & {Sender.HOST, Sender.NODE}):
+            or Sender.HOST not in standing(sender, here)):
         return None
     return term
 
@@ -376,6 +381,10 @@ async def deliver(sender: Identity, msg: object, *, me: str, handlers: Mapping[D
         log_refusal(me=me, peer=sender.name, reason=why, cloud=here.cloud)
         if refused is not None:
             refused(sender, msg, route)
+        if route.request and newer_leader_term(sender, msg, route, here) is not None:
+            # Perhaps a leader this agent has not heard of yet: it asks the pool hosts (see
+            # `refused`), and the sender's retry gets through once they have answered.
+            raise TemporaryError(f"{why}; asking the pool hosts who leads", delay=RETRY_NEWER)
         if route.request:
             raise PermanentError(why)
         return None

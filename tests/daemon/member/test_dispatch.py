@@ -44,7 +44,7 @@ from cloudd.daemon.network.catalogue import (
     RoleAssignment,
 )
 from cloudd.election import messages as em
-from cloudd.errors import PermanentError
+from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl.backend import DomainEvent, DomainEventKind
 from cloudd.vmctl.hostagent import HostCommand, HostResult, Op
@@ -191,7 +191,8 @@ def test_a_refusal_is_one_sentence_naming_sender_and_reason(who: Identity, msg: 
 @pytest.mark.parametrize(("who", "msg", "asks"), [
     (Identity("pm3", H), RoleAssignment(7, "c", "n1", "web", "a", "g"), 7),
     (Identity("pm2", H), ManifestOffer("c", "d", "t", OfferOrigin.LEADER, 6), 6),
-    (Identity("n2", N, "c"), HostCommand(Op.LIST, 9), 9),
+    (Identity("pm3", H), HostCommand(Op.LIST, 9), 9),
+    (Identity("n2", N, "c"), HostCommand(Op.LIST, 9), None),  # a node never leads
     (Identity("pm3", H), RoleAssignment(5, "c", "n1", "web", "a", "g"), None),  # not newer
     (Identity("pm3", H), RoleAssignment(4, "c", "n1", "web", "a", "g"), None),  # deposed
     (Identity("pm9", H), RoleAssignment(7, "c", "n1", "web", "a", "g"), None),  # stranger
@@ -259,6 +260,23 @@ async def test_deliver_routes_and_refuses_what_its_row_does_not_take() -> None:
         ("message_refused", "n2", "c"), ("message_refused", "pm3", "c")]
     assert logs[0]["reason"].startswith("NodeReport from n2 (a node of c): only a node of "
                                         "this cloud and the member the message names")
+
+
+async def test_a_request_in_a_newer_leaders_term_is_to_be_retried_not_given_up() -> None:
+    """pm3 may have just won term 6 and this host not heard yet: "try again shortly" (the
+    host asks the pool hosts meanwhile); a term this host has seen pass stays refused."""
+    commands = Recorder()
+    handlers = {Duty.HOST_COMMAND: commands}
+    pm3 = Identity("pm3", H)
+    with pytest.raises(TemporaryError, match="asking the pool hosts who leads") as caught:
+        await deliver(pm3, HostCommand(Op.LIST, 6), me="pm1", handlers=handlers, here=HERE)
+    assert caught.value.delay == dispatch.RETRY_NEWER
+    with pytest.raises(PermanentError):
+        await deliver(pm3, HostCommand(Op.LIST, 4), me="pm1", handlers=handlers, here=HERE)
+    with pytest.raises(PermanentError):  # a node never leads: nothing to ask about
+        await deliver(Identity("n1", N, "c"), HostCommand(Op.LIST, 6), me="pm1",
+                      handlers=handlers, here=HERE)
+    assert commands.seen == []
 
 
 async def test_deliver_refuses_what_nobody_here_handles() -> None:
