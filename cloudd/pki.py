@@ -13,9 +13,11 @@ Python's `ssl` hands it to the transport already parsed, and `openssl x509 -text
 A certificate without a kind is refused by the transport.
 
 Files in the PKI directory (default /etc/cloudd/pki): `ca.crt`, `ca.key`, `NAME.crt`,
-`NAME.key`. Keys are written 0600 and every file is replaced atomically (written aside, then
-renamed), so a crash never leaves half a key. Nothing is overwritten without `force`, and every
-input is checked before the first file is touched: bad input changes nothing.
+`NAME.key`. `ca.crt` may be a bundle of CAs (agents trust every one, as during a rotation of
+the CA); `issue` signs as the one whose key is `ca.key`. Keys are written 0600 and every file
+is replaced atomically (written aside, then renamed), so a crash never leaves half a key.
+Nothing is overwritten without `force`, and every input is checked before the first file is
+touched: bad input changes nothing.
 
 Time is an input (`now`), so tests can make certificates that are already expired.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloudd.errors import PermanentError
@@ -176,18 +179,28 @@ def init_ca(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_D
     return PkiFiles(ca=cert_path, cert=cert_path, key=key_path)
 
 
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
     if not cert_path.exists() or not key_path.exists():
         raise PkiError(f"no cluster CA in {directory}: run `cloudd-cli pki init` first")
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
         raise PkiError(f"cluster CA in {directory} is unreadable: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{key_path} is not an EC key")
-    return cert, key
+    # ca.crt may be a bundle (during a rotation, the old CA and the new): sign as the CA
+    # whose key this is, whatever its place in the bundle.
+    for cert in certs:
+        if _spki(cert.public_key()) == _spki(key.public_key()):
+            return cert, key
+    raise PkiError(f"{key_path} is the key of no certificate in {cert_path}")
 
 
 def parse_addresses(addresses: Sequence[str]) -> list[ipaddress.IPv4Address |

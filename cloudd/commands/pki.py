@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
 
     iss = sub.add_parser(
         "issue", help="make an agent's key and certificate, signed by the CA",
-        description="Make NAME.key (0600) and NAME.crt, signed by the CA in DIR. The "
+        description="Make NAME.key (0600) and NAME.crt, signed by the CA in DIR (the one "
+                    "whose key is DIR/ca.key, when DIR/ca.crt is a bundle of CAs). The "
                     "certificate names the agent as CN, URI cloudd://member/NAME, DNS NAME "
                     "and each --address, and its kind as URI cloudd://kind/KIND (a node's "
                     "also its cloud, cloudd://cloud/CLOUD).")

@@ -13,6 +13,11 @@ by every host agent: they tell their domains apart by the host in the domains' m
 template and its extra placeholders), and `fence` (each host's fence command). `write_manifest`
 hands every member a new generation (e.g. `ensure: stopped`).
 
+With `own_pki`, every agent reads its CA bundle, certificate and key from copies in its own
+folder (`pki_files`), as agents on separate machines do, and the lab's `pki/` folder (the CA
+and every certificate it issued) is the operator's alone: what a test changes in one agent's
+files reaches that agent only, when it next starts (`restart`).
+
 The default domain template is the example one of the cloud's type, from the checkout's
 manifests/templates (`cloudd_lab.paths.example_template`: the lab runs from a checkout only).
 """
@@ -38,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudd.client.api import ApiClient, ApiError
-from cloudd.pki import MemberKind, init_ca, issue
+from cloudd.pki import MemberKind, PkiFiles, init_ca, issue
 from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns
@@ -217,6 +222,10 @@ class AgentLab:
     node_memory_mib: int = 128
     #: host name -> its fence command (None: no fence commands in the manifest)
     fence: Callable[[str], Sequence[str]] | None = None
+    #: nodes that run an agent even without `node_agents` (by name, e.g. "lab-balancer-1")
+    agent_nodes: Sequence[str] = ()
+    #: each agent reads copies of its PKI files from its own folder (see `pki_files`)
+    own_pki: bool = False
 
     def __post_init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{self.prefix}-"))
@@ -248,7 +257,7 @@ class AgentLab:
         for role, count in self.nodes.items():
             for j in range(1, count + 1):
                 name = f"lab-{role}-{j}"
-                if self.node_agents:
+                if self.node_agents or name in self.agent_nodes:
                     node_ns = self.net.add_netns(f"{role[:8]}{j}")
                     members.append((name, node_ns, node_ns.ip))
                 else:
@@ -268,17 +277,30 @@ class AgentLab:
                 continue
             folder = self.root / name
             (folder / "manifests" / "templates").mkdir(parents=True)
+            own = self.pki_files(name)
+            if self.own_pki:
+                own.ca.parent.mkdir(mode=0o700)
+                issued = PkiFiles.for_member(pki, name)
+                for theirs, mine in ((issued.ca, own.ca), (issued.cert, own.cert),
+                                     (issued.key, own.key)):
+                    shutil.copy2(theirs, mine)
             shutil.copy(template, folder / "manifests" / "templates" / "domain.xml")
             (folder / "manifests" / "lab.yaml").write_text(manifest)
             (folder / "agent.yaml").write_text(
                 f"name: {name}\nprofile: {self.profile}\n"
                 f"listen: {{address: {address}}}\n"
-                f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
+                f"pki: {{ca: {own.ca}, cert: {own.cert}, key: {own.key}}}\n"
                 f"libvirt: {self.libvirt_settings()}\n"
                 f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
                 f"api_socket: {folder / 'api.sock'}\n{self.extra_settings}")
             self.agents[name] = AgentProc(name, ns, folder)
         return self
+
+    def pki_files(self, name: str) -> PkiFiles:
+        """The CA bundle, certificate and key the agent `name` reads when it starts: its own
+        copies with `own_pki`, else the lab's `pki/` folder's."""
+        folder = self.root / name / "pki" if self.own_pki else self.root / "pki"
+        return PkiFiles.for_member(folder, name)
 
     def libvirt_settings(self) -> str:
         """The agents' `libvirt` settings, as YAML. A test guest (a template with a kernel)
@@ -348,6 +370,12 @@ class AgentLab:
         if agent.proc is not None and agent.proc.poll() is None:
             os.killpg(agent.proc.pid, sig)
             agent.proc.wait(timeout=60)
+
+    def restart(self, name: str) -> None:
+        """Stop the agent `name` as its service manager would (SIGTERM, waited for), then
+        start it again: it reads its settings and PKI files anew."""
+        self.kill(name, signal.SIGTERM)
+        self.start(name)
 
     def cut(self, name: str) -> None:
         self.net.cut(self.agents[name].ns)

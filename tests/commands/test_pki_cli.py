@@ -98,3 +98,25 @@ def test_unwritable_directory_is_one_line(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("cloudd-cli pki: ") and err.count("\n") == 1
     assert "Not a directory" in err
+
+
+
+def test_issue_from_a_folder_whose_ca_crt_is_a_bundle(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert main(["pki", "init", "--dir", str(old)]) == 0
+    assert main(["pki", "init", "--dir", str(new)]) == 0
+    old_ca, new_ca = (old / "ca.crt").read_bytes(), (new / "ca.crt").read_bytes()
+    # the new CA's key beside a bundle without its certificate: refused, nothing written
+    (new / "ca.crt").write_bytes(old_ca)
+    before = files(new)
+    capsys.readouterr()
+    assert main(["pki", "issue", "pm1", "--kind", "host", "--dir", str(new)]) == 1
+    assert capsys.readouterr() == (
+        "", f"cloudd-cli pki: {new}/ca.key is the key of no certificate in {new}/ca.crt\n")
+    assert files(new) == before
+    # with both CAs in the bundle, the old one first, it signs as the CA whose key it has
+    (new / "ca.crt").write_bytes(old_ca + new_ca)
+    assert main(["pki", "issue", "pm1", "--kind", "host", "--dir", str(new)]) == 0
+    cert = x509.load_pem_x509_certificate((new / "pm1.crt").read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(new_ca))
