@@ -179,6 +179,24 @@ class AgentCore:
                 break
         return self._flush(now)
 
+    def change_roster(self, roster: Roster, now: float) -> Output:
+        """Take a new generation's roster that keeps the same pool hosts in the same order
+        (nodes added or dropped): a dropped member is forgotten and gets nothing from here
+        on; an added one is a member like any other. The election goes on undisturbed: the
+        hosts, their ranks, the quorum and the leases are what they were. A change of the
+        pool hosts is refused here (LocalProtocolError): the shell starts the election over,
+        as after a restart."""
+        self._check(now)
+        if self.me not in roster:
+            raise LocalProtocolError(f"{self.me!r} is not a member of the new roster")
+        if roster.pool() != self.roster.pool():
+            raise LocalProtocolError("the new roster changes the pool hosts")
+        self.roster = roster
+        self.members.change_roster(roster)
+        self.bully.roster = roster
+        self._now = now
+        return self._flush(now)
+
     def peer_unreachable(self, peer: str, now: float) -> Output:
         self._check(now)
         if peer not in self.roster or peer == self.me:

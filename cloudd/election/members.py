@@ -1,8 +1,10 @@
-"""The cloud's static member list: names, which of them are pool hosts, and their priority.
+"""The cloud's member list: names, which of them are pool hosts, and their priority.
 
-Theory of operation: membership in cloudd is static (the manifest lists every host and node);
-only liveness changes. `Roster` fixes, for everyone alike, who outranks whom in the bully
-election and which members form the lease quorum (the hosts). Every pool host outranks
+Theory of operation: the manifest lists every host and node; a new manifest generation may
+add or drop nodes (`AgentCore.change_roster`) and, more rarely, change the pool hosts (the
+election then starts over, as after a restart); between generations only liveness changes.
+`Roster` fixes, for everyone alike, who outranks whom in the bully election and which members
+form the lease quorum (the hosts). Every pool host outranks
 every node, whatever their priorities: only pool hosts may lead (`may_lead`), since a
 leader acts on the hosts' VMs and a node is a tenant's VM that may be compromised. Within
 each kind, priority is an explicit integer, higher wins; ties (and the default, all zero)
@@ -52,6 +54,10 @@ class Roster:
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def pool(self) -> tuple[Member, ...]:
+        """The pool hosts in roster order: what leases, quorum and host ranks derive from."""
+        return tuple(m for m in self.members if m.host)
 
     def __contains__(self, name: object) -> bool:
         return name in self._rank

@@ -148,6 +148,23 @@ class Membership:
         self._next_dead_probe = now + self.timing.dead_probe_interval
         self._enqueue(Gossip("alive", self.me, self.incarnation, self.me))
 
+    def change_roster(self, roster: Roster) -> None:
+        """A new generation's member list: forget what this agent knew of the members it
+        drops (records, suspicions, facts waiting to be gossiped, a probe of one of them);
+        the members it adds count as alive until probed, like every member at start, and
+        join the probe order from the next round."""
+        self.roster = roster
+        self.peers = {n: p for n, p in self.peers.items() if n in roster}
+        self._dead = {n for n in self._dead if n in roster}
+        self._suspects = {n for n in self._suspects if n in roster}
+        self._queue = {n: q for n, q in self._queue.items() if n in roster}
+        self._relays = {s: r for s, r in self._relays.items()
+                        if r.target in roster and r.requester in roster}
+        if self._probe is not None and self._probe.target not in roster:
+            self._probe = None
+        self._order = []
+        self._limit = self.timing.retransmits(len(roster))
+
     def probe_tick(self, now: float) -> None:
         t = self.timing
         probe = self._probe

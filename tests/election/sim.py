@@ -131,6 +131,21 @@ class Sim:
         self._send(src, dst, msg, kind="forged")
 
     # -- running ------------------------------------------------------------------------
+    def change_roster(self, roster: Roster) -> list[str]:
+        """Every running agent takes `roster` (a new manifest generation); members it adds
+        get a clock and a place, not yet started. Returns the added names."""
+        added = [n for n in roster.names if n not in self.agents]
+        for name in added:
+            self.offset[name] = self.rng.uniform(0, 1000)
+            self.agents[name] = None
+            self.persisted[name] = 0
+        self.names = [*self.names, *added]
+        self.roster = roster
+        for name, agent in self.agents.items():
+            if agent is not None:
+                self._apply(name, agent.change_roster(roster, self._local(name)))
+        return added
+
     def run_until(self, t: float) -> None:
         while self._queue and self._queue[0][0] <= t:
             when, _, kind, data = heapq.heappop(self._queue)
@@ -163,7 +178,7 @@ class Sim:
             else:
                 src, dst = data
                 agent = self.agents[str(src)]
-                if agent is not None:
+                if agent is not None and str(dst) in agent.roster:  # as the shell does
                     self._apply(str(src), agent.peer_unreachable(str(dst), self._local(str(src))))
             for check in self.checks:
                 check()

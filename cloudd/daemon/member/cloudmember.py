@@ -246,6 +246,12 @@ class CloudMember:
         if cloud.digest == self.cloud.digest:
             return
         self.cloud = cloud
+        roster = roster_of(cloud)
+        if roster.members != self.roster.members:
+            # From now on a dropped member gets nothing but refusals here, and an added
+            # one is a member like any other (the dispatch table reads `self.roster`).
+            self.roster = roster
+            self.election.change_roster(roster)
         self.generation += 1
         self.loaded_at = self.clock.wall()
         self.events.append(LogEvent(self.loaded_at, cloud.name, LogKind.COMMAND, self.me,

@@ -30,6 +30,7 @@ from cloudd.election.agent import AgentCore, Output
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
 from cloudd.election.messages import Message
+from cloudd.election.states import ElectionRole
 from cloudd.election.swim import Status
 from cloudd.errors import ProtocolError
 
@@ -55,7 +56,8 @@ class ElectionShell:
                  term_file: TermFile, events: EventLog | None = None,
                  clock: Clock = SYSTEM, rng: random.Random | None = None) -> None:
         self.me, self.cloud = me, cloud
-        self.core = AgentCore(me, roster, timing=timing, rng=rng or random.Random())
+        self._timing, self._rng = timing, rng or random.Random()
+        self.core = AgentCore(me, roster, timing=timing, rng=self._rng)
         self.roster = roster
         self._send, self._term_file, self._events = send, term_file, events
         #: durations (leases, timers) on the monotonic clock; people's times on the wall clock
@@ -122,6 +124,26 @@ class ElectionShell:
                               reason=str(e))
             return
         self._perform(out)
+
+    def change_roster(self, roster: Roster) -> None:
+        """A new generation's roster. Nodes added or dropped: the core takes it in stride.
+        The pool hosts changed: leases, quorum and ranks change with them, so the election
+        starts over from the persisted term, exactly as after a restart of this agent (a
+        host grants nothing until the leases it may have granted have lapsed)."""
+        if self.core.role is ElectionRole.INIT:  # not started yet: it starts with this one
+            self.roster = roster
+            self.core = AgentCore(self.me, roster, timing=self._timing, rng=self._rng)
+            return
+        if roster.pool() == self.roster.pool():
+            self.roster = roster
+            self._perform(self.core.change_roster(roster, self._clock()))
+            return
+        self._log.info("election_restarted", term=self.core.term,
+                       reason="the new manifest generation changes the pool hosts")
+        self.roster = roster
+        self.core = AgentCore(self.me, roster, timing=self._timing, rng=self._rng)
+        self.start()
+        self._wake.set()
 
     def unreachable(self, peer: str) -> None:
         if peer not in self.roster or peer == self.me:

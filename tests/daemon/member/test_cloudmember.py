@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
@@ -38,7 +39,7 @@ from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
 from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.metadata import CloudMeta
 
-from .fakes import DB, WEB1, FakeNodeSide, Wire, host, node, settings, shop
+from .fakes import DB, MANIFEST, WEB1, FakeNodeSide, Wire, host, node, settings, shop
 
 
 @dataclasses.dataclass
@@ -299,3 +300,42 @@ async def test_the_operator_reaches_the_node_side_and_the_controller(
     pm1.member.controller.node_fails.failed(DB, now=1.0)
     pm1.member.reset_failures(DB)
     assert pm1.member.snapshot().controller.node_fails == {}
+
+
+async def test_a_new_generation_changes_who_is_a_member(tmp_path: Path,
+                                                        rigs: list[Rig]) -> None:
+    """A node dropped from the manifest gets nothing but refusals from the generation on; an
+    added node is a member like any other; the followed leader and term stay."""
+    pm2 = rig(tmp_path, rigs, "pm2")
+    await follow(pm2, "pm1", 3)
+    grown = MANIFEST.replace("    - {address: 192.0.2.178, image: /img/web2.qcow2}\n",
+                             "    - {address: 192.0.2.178, image: /img/web2.qcow2}\n"
+                             "    - {address: 192.0.2.179, image: /img/web3.qcow2}\n")
+    assert grown != MANIFEST
+    pm2.member.update(shop(tmp_path / "grown", grown))
+    web3 = "shop-server-3"
+    await pm2.member.handle(node(web3), report(web3))
+    assert web3 in pm2.member.reports
+    with capture_logs() as logs:
+        pm2.member.update(shop(tmp_path / "dropped", MANIFEST))  # server-3 goes again
+        await pm2.member.handle(node(web3), report(web3, NodePhase.FAILED))
+    assert pm2.member.reports[web3].phase is NodePhase.READY  # the refused report changed nothing
+    assert [e["peer"] for e in logs if e["event"] == "message_refused"] == [web3]
+    assert web3 not in pm2.member.election.roster and DB in pm2.member.election.roster
+    assert (pm2.member.election.leader, pm2.member.election.term) == ("pm1", 3)
+
+
+async def test_a_new_pool_starts_the_election_over(tmp_path: Path, rigs: list[Rig]) -> None:
+    pm2 = rig(tmp_path, rigs, "pm2")
+    await follow(pm2, "pm1", 3)
+    three = MANIFEST.replace('  - {name: pm2, address: 192.0.2.71, fence: ["true"]}\n',
+                             '  - {name: pm2, address: 192.0.2.71, fence: ["true"]}\n'
+                             '  - {name: pm3, address: 192.0.2.72}\n')
+    with capture_logs() as logs:
+        pm2.member.update(shop(tmp_path / "three", three))
+    assert [e["reason"] for e in logs if e["event"] == "election_restarted"] == [
+        "the new manifest generation changes the pool hosts"]
+    assert "pm3" in pm2.member.election.roster.hosts
+    assert pm2.member.election.leader == ""  # asking the hosts again, as after a restart
+    await pm2.member.handle(host("pm3"), Coordinator(term=4))
+    assert (pm2.member.election.leader, pm2.member.election.term) == ("pm3", 4)
