@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def recipe(kind: ImageType, *, wheels: list[Path], unit: str,
     mirrors = mirrors_from_sources(_apt_sources(apt_dir), suite=SUITE)
     tree = TreeRecipe(kind.name, SUITE, mirrors or fallback_mirrors(SUITE), package_set(kind))
     changes = rootfs.changes(unit=unit, units_off=units_off(kind))
-    digest = wheels_digest((w.name, _sha256(w)) for w in wheels)
+    digest = wheels_digest((w.name, _wheel_content(w)) for w in wheels)
     return Recipe(tree, wheels=digest, changes=text_digest(repr(changes))), changes
 
 
@@ -296,11 +297,16 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def _sha256(path: Path) -> str:
+def _wheel_content(path: Path) -> str:
+    """sha256 of a wheel's members, names and bytes, not of its zip file: the same files
+    made into a wheel again later give other zip timestamps but the same content (and key)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with zipfile.ZipFile(path) as whl:
+            for name in sorted(whl.namelist()):
+                h.update(name.encode() + b"\0" + whl.read(name) + b"\0")
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ImageBuildError(f"wheels: {path.name} is not a readable wheel: {exc}") from None
     return h.hexdigest()
 
 

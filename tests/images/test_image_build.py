@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,13 @@ def _agent(tmp_path: Path) -> AgentPayload:
     house.mkdir()
     wheels = [house / "dep-1.0-py3-none-any.whl", house / "cloudd-0.1.0-py3-none-any.whl"]
     for w in wheels:
-        w.write_bytes(w.name.encode())
+        _wheel(w, b"first")
     return AgentPayload(wheels=lambda: (wheels, False), unit=UNIT)
+
+
+def _wheel(path: Path, content: bytes, *, when: tuple[int, ...] = (1980, 1, 1, 0, 0, 0)) -> None:
+    with zipfile.ZipFile(path, "w") as whl:
+        whl.writestr(zipfile.ZipInfo("pkg/__init__.py", date_time=when), content)
 
 
 def _apt(tmp_path: Path) -> Path:
@@ -46,13 +52,23 @@ def test_a_second_build_with_the_same_inputs_returns_the_cached_image(tmp_path: 
                       Stage("cached", 0.0, str(image.qcow2))]
 
 
-def test_other_wheels_or_another_unit_name_another_image(tmp_path: Path) -> None:
+def test_new_wheels_or_unit_name_another_image_the_same_wheel_made_again_does_not(
+        tmp_path: Path) -> None:
     agent, apt = _agent(tmp_path), _apt(tmp_path)
     wheels = agent.wheels()[0]
     plan, _ = recipe(image_type("web"), wheels=wheels, unit=UNIT, apt_dir=apt)
     assert recipe(image_type("web"), wheels=wheels, unit=UNIT + "#", apt_dir=apt)[0] != plan
-    wheels[1].write_bytes(b"a new cloudd")
+    _wheel(wheels[1], b"first", when=(2030, 1, 1, 0, 0, 0))  # made again: the same content
+    assert recipe(image_type("web"), wheels=wheels, unit=UNIT, apt_dir=apt)[0] == plan
+    _wheel(wheels[1], b"a new cloudd")
     assert recipe(image_type("web"), wheels=wheels, unit=UNIT, apt_dir=apt)[0].name != plan.name
+
+
+def test_a_wheel_that_is_no_zip_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "cloudd-0.1.0-py3-none-any.whl"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ImageBuildError, match=r"any\.whl is not a readable wheel"):
+        recipe(image_type("web"), wheels=[bad], unit=UNIT, apt_dir=_apt(tmp_path))
 
 
 def _tree(root: Path) -> Path:
