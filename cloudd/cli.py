@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloudd.commands.inspect",
     "cloudd.commands.events",
     "cloudd.commands.ops",
+    "cloudd.commands.image",
 )
 
 

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   iproute2 iptables procps psmisc curl
   nginx mariadb-server mariadb-client ruby ruby-webrick ruby-mysql2
   openssh-server openssh-client etcd-server genisoimage
+  mmdebstrap e2fsprogs
 )
 
 missing=()

@@ -1,0 +1,111 @@
+"""What the build changes in the root tree once Debian's packages are in: files, links, removals.
+
+An image is shared by every node booted from it, so it must hold nothing that belongs to one
+machine or that would let anyone in: the machine id is empty (systemd makes one per VM at its
+first boot), the SSH host keys Debian's postinst made here are removed (cloud-init makes new
+ones per instance), root's password is locked, and no key is baked in. The agent's unit is
+enabled, and so is a getty on the serial console, which is all an operator has of a VM with no
+network yet. Units of servers the agent runs itself are disabled (`packages.units_off`).
+
+Pure: the changes are data (`Write`, `Link`, `Remove`) that `build` applies under the tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloudd.images.packages import ImageBuildError
+
+#: The root filesystem's label (mkfs.ext4 -L), by which /etc/fstab finds it whatever its bus.
+ROOT_LABEL = "cloudd-root"
+#: Kernel arguments for direct kernel boot: the image is a bare ext4 on the first virtio disk.
+KERNEL_ARGS = "root=/dev/vda console=ttyS0"
+#: Where the agent's unit goes in the image.
+UNIT_PATH = "/etc/systemd/system/cloudd.service"
+#: The links that enable units; removing a unit's disables it.
+WANTS = "/etc/systemd/system/*.wants/"
+
+_DROP_IN = """\
+# A node image: the agent's settings come with the node's own NoCloud seed, which cloud-init
+# writes in cloud-init.service; wait for it, so the agent never starts on a half-written seed.
+[Unit]
+After=cloud-init.service
+"""
+
+_CLOUD_CFG = """\
+# A node learns who it is from its NoCloud seed (a cdrom labelled cidata) and from nowhere
+# else: probing other clouds' metadata services would cost minutes of timeouts in a VM that
+# has no route out. None lets a VM without a seed boot all the same.
+datasource_list: [NoCloud, None]
+# The image has no locales package; C.UTF-8 is built into the C library.
+locale: C.UTF-8
+"""
+
+_FSTAB = f"LABEL={ROOT_LABEL} / ext4 errors=remount-ro 0 1\n"
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write `text` to `path` (absolute inside the image) with `mode`."""
+
+    path: str
+    text: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symbolic link at `path` pointing at `target` (both as seen inside the image)."""
+
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove whatever matches the glob `pattern` (absolute inside the image)."""
+
+    pattern: str
+
+
+Change = Write | Link | Remove
+
+
+def changes(*, unit: str, units_off: tuple[str, ...],
+            hostname: str = "cloudd-node") -> tuple[Change, ...]:
+    """Every change to the packaged tree, in the order they are applied."""
+    out: list[Change] = [
+        Write(UNIT_PATH, unit),
+        Write(UNIT_PATH + ".d/10-node-image.conf", _DROP_IN),
+        Link("/etc/systemd/system/multi-user.target.wants/cloudd.service", UNIT_PATH),
+        Link("/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service",
+             "/lib/systemd/system/serial-getty@.service"),
+    ]
+    out += [Remove(WANTS + name) for name in units_off]
+    out += [
+        # Empty, not absent: systemd then makes the id at first boot and writes it back.
+        Write("/etc/machine-id", "", mode=0o444),
+        Remove("/var/lib/dbus/machine-id"),
+        Remove("/var/lib/systemd/random-seed"),
+        Remove("/etc/ssh/ssh_host_*"),
+        Remove("/root/.ssh"),
+        Write("/etc/fstab", _FSTAB),
+        Write("/etc/hostname", hostname + "\n"),
+        # mmdebstrap copies this machine's resolver; a node has none of its own yet.
+        Write("/etc/resolv.conf", ""),
+        Write("/etc/cloud/cloud.cfg.d/90_cloudd.cfg", _CLOUD_CFG),
+    ]
+    return tuple(out)
+
+
+def lock_root(shadow: str) -> str:
+    """/etc/shadow with root's password locked as `passwd -l` does (a leading `!`)."""
+    lines = shadow.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == "root" and len(fields) > 2:
+            if not fields[1].startswith("!"):
+                fields[1] = "!" + fields[1]
+            lines[i] = ":".join(fields)
+            return "".join(lines)
+    raise ImageBuildError("the tree's /etc/shadow has no root entry")
