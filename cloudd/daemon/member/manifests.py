@@ -60,7 +60,8 @@ MODE = 0o600
 #: a second; four is a few seconds' backlog, and room for the odd legitimate burst (an
 #: operator's apply while another host hands over a generation).
 MAX_CHECKS = 4
-#: Seconds without a check after which the worker process stops (it holds ~40 MB).
+#: Seconds without a check after which the worker process stops (it holds ~40 MB;
+#: multiprocessing's resource tracker, ~12 MB, stays from the first check on).
 IDLE = 60.0
 #: How much nicer than the agent the worker runs: on a busy host the agent's own loop, which
 #: renews leases, comes first.
@@ -162,13 +163,19 @@ class Checker:
             self._retire.cancel()
             self._retire = None
         loop = asyncio.get_running_loop()
+        pool = self._pool()
         try:
-            return await loop.run_in_executor(self._pool(), functools.partial(fn, *args))
+            return await loop.run_in_executor(pool, functools.partial(fn, *args))
         except BrokenProcessPool:
-            # The worker died (killed, out of memory): the next check starts another.
-            self._stop_worker()
+            # The worker died (killed, out of memory): the next check starts another (and a
+            # job of the same dead worker must not stop that one).
+            if self._worker is pool:
+                self._stop_worker()
             raise TemporaryError("the worker checking manifests stopped; try again") from None
         finally:
+            # A cancelled caller gives its place back at once; its job, if the worker had
+            # taken it already, still runs to its end: at most the worker's one job and its
+            # one queued call beyond `limit`.
             self.admitted -= 1
             if self.admitted == 0:
                 self._idle(loop)
