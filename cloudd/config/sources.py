@@ -17,8 +17,10 @@ must say so, and a file in the manifest folder that says so (a generation instal
 network) is read by the same rules, never as an operator's file, and must be private (no
 access for group or others) when it holds secrets.
 
-The digest covers the secrets through an HMAC keyed by a random key of this process: a
-generation's digest, which nodes see, cannot be used to test guesses of a password.
+The digest covers the secrets through an HMAC keyed by a random key of this agent: a
+generation's digest, which nodes see, cannot be used to test guesses of a password. The
+agent's worker process that checks received manifests (`cloudd.daemon.member.manifests`) is
+handed the same key (`digest_key`, `use_digest_key`), so that a text has one digest in both.
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ _INLINED = "list files, templates and secrets are inlined by cloudd-cli apply"
 _KEY = random_bytes.token_bytes(32)
 
 
+def digest_key() -> bytes:
+    """The key that digests secrets in this process."""
+    return _KEY
+
+
+def use_digest_key(key: bytes) -> None:
+    """Digest secrets with `key` (a worker process takes its agent's key)."""
+    global _KEY
+    if len(key) != 32:
+        raise ValueError("a digest key is 32 bytes")
+    _KEY = key
 
 @dataclass
 class Reads:

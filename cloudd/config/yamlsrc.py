@@ -7,7 +7,9 @@ column, so that each refusal reads `file:line:column: field: what is wrong`.
 The file is refused, before anything is built from it, when it is not a regular file, is
 larger than `MAX_BYTES` (checked with stat, before reading), is not UTF-8, holds no document
 or several, uses anchors/aliases (the "billion laughs" expansion bomb, and nothing a manifest
-needs), or repeats a mapping key (YAML would silently keep the last one).
+needs), or repeats a mapping key (YAML would silently keep the last one). A text that did not
+come from a file here (`parse`: a manifest received over the network or through the local
+API) gets the same checks, with its own, smaller bound: `MAX_MANIFEST_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ from cloudd.errors import ConfigError, Problem
 #: The largest file accepted, in bytes: manifests are a few KiB; 1 MiB leaves room for a
 #: thousand nodes and refuses a stray log or disk image before reading it.
 MAX_BYTES = 1024 * 1024
+#: The largest manifest text accepted from outside this agent's own folder (an operator's
+#: apply, through the local API or the wire, and a member's offer), in bytes: 256 KiB. A
+#: cloud of a few thousand nodes fits (one line each), so no real manifest comes near it;
+#: what it bounds is one request's cost: the pure-Python YAML reader takes about a second of
+#: CPU for a text this large. And JSON's escaping, applied twice on the wire (the text in an
+#: operator request's arguments, inside the frame), makes at most 4 bytes of one: 256 KiB
+#: is what a 1 MiB frame can carry whatever the text holds.
+MAX_MANIFEST_BYTES = 256 * 1024
 #: The deepest nesting of mappings and sequences accepted: a manifest needs 5; composing
 #: thousands of levels would exhaust Python's recursion limit.
 MAX_DEPTH = 32
@@ -112,11 +122,23 @@ def load(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> Document:
     return parse(read_bounded(p, limit=limit), p)
 
 
-def parse(raw: bytes, p: Path, *, limit: int = MAX_BYTES) -> Document:
+def received_too_large(size: int, p: Path, *,
+                       limit: int = MAX_MANIFEST_BYTES) -> ConfigError | None:
+    """The refusal of a received text of `size` bytes, if it is larger than `limit`: checked
+    before anything parses it (`p` names the text in the problem)."""
+    if size <= limit:
+        return None
+    return _fail(p, f"the manifest is {size} bytes; a manifest received from outside this "
+                    f"agent's folder may hold at most {limit} bytes ({limit // 1024} KiB)")
+
+
+def parse(raw: bytes, p: Path, *, limit: int = MAX_MANIFEST_BYTES) -> Document:
     """Parse a YAML text that did not come from a file here (a manifest received over the
-    network); `p` only names it in problems. The same checks as `load`, size included."""
-    if len(raw) > limit:
-        raise _fail(p, f"text is {len(raw)} bytes; the limit is {limit} bytes")
+    network or through the local API); `p` only names it in problems. The same checks as
+    `load`, with the size bounded by `limit` (`MAX_MANIFEST_BYTES`)."""
+    too_large = received_too_large(len(raw), p, limit=limit)
+    if too_large is not None:
+        raise too_large
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

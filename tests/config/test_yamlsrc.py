@@ -92,3 +92,33 @@ def test_deep_nesting_is_refused_before_composing(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
     assert problem(path) == f"{path}:1:35: (document): nested more than 32 levels deep"
+
+
+def test_a_received_text_over_the_manifest_limit_is_refused_before_parsing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_parsing(*args: object, **kw: object) -> None:
+        raise AssertionError("the text was parsed")
+    monkeypatch.setattr(yamlsrc.yaml, "parse", no_parsing)
+    size = yamlsrc.MAX_MANIFEST_BYTES + 1
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.parse(b"a: " + b"x" * (size - 3), Path("<received manifest>"))
+    assert [str(p) for p in info.value.problems] == [
+        f"<received manifest>: (document): the manifest is {size} bytes; a manifest received "
+        "from outside this agent's folder may hold at most 262144 bytes (256 KiB)"]
+
+
+def test_a_received_text_at_the_limit_is_parsed() -> None:
+    text = b"a: " + b"x" * (yamlsrc.MAX_MANIFEST_BYTES - 4) + b"\n"
+    assert len(text) == yamlsrc.MAX_MANIFEST_BYTES
+    assert yamlsrc.parse(text, Path("<received manifest>")).data == {
+        "a": "x" * (yamlsrc.MAX_MANIFEST_BYTES - 4)}
+
+
+def test_a_received_billion_laughs_is_refused_without_expanding() -> None:
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i-1}'] * 10)}]" for i in range(1, 12)]
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.parse("\n".join(lines).encode(), Path("<received manifest>"))
+    assert [str(p) for p in info.value.problems] == [
+        "<received manifest>:1:5: (document): YAML anchors and aliases (&name, *name) are not "
+        "allowed"]

@@ -20,6 +20,12 @@ to the other members; an invalid manifest is refused with its problems and chang
 The operator reaches the member through what it is given at construction: the member serving
 a cloud (a `Seat`: its snapshot and three actions), `request` for agents of the cloud and
 `ask_outside` for agents of a cloud this one does not serve.
+
+Nothing here parses or writes YAML on the event loop: a manifest is checked, and the text in
+force is made self-contained or stopped, by the manifest folder's checker
+(`cloudd.daemon.member.manifests`), in a worker process with a bound on the work admitted at
+once: beyond it a command is answered busy (try again), so that a flood of applies costs the
+loop that renews the leader's leases only the frames' decoding and the answers.
 """
 
 from __future__ import annotations
@@ -38,12 +44,16 @@ from cloudd.config.portable import portable_text
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader import maintenance
-from cloudd.daemon.member.manifests import ManifestFolder
+from cloudd.daemon.member.manifests import ManifestFolder, plain
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
 from cloudd.errors import ClouddError, ConfigError, PermanentError, TemporaryError
 
 _log = log.get("operator")
+
+#: Problems quoted in one refusal: a manifest with a mistake on every line is told about the
+#: first ones, and the answer stays a sentence, not a frame's worth.
+PROBLEMS_QUOTED = 20
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,12 @@ def stopped_text(text: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def stopped_job(cloud: Cloud) -> str:
+    """In the checker's worker: the text in force, self-contained, with `ensure: stopped`
+    (portable first: the text is checked in another folder than the one it came from)."""
+    return stopped_text(portable_text(cloud, cloud.text))
+
+
 class Operator:
     """Routes operator commands to the agent that performs them, and performs them there."""
 
@@ -132,7 +148,7 @@ class Operator:
         cloud = str(args.get("cloud") or (snap.cloud.name if snap else ""))
         incoming: Cloud | None = None
         if rule.manifest:
-            # Validated once, here, off the event loop (a manifest may be up to 1 MiB).
+            # Validated once, here, in the checker's worker (busy beyond its bound).
             incoming = await self.manifests.check(_text(args, op))
             cloud = incoming.name
         if snap is None or snap.cloud.name != cloud:
@@ -211,8 +227,8 @@ class Operator:
 
     async def hand_over(self, cloud: Cloud, text: str) -> None:
         """A generation dropped on this agent while another leads: `apply` it there."""
-        result = await self.command(OperatorOp.APPLY, {"text": portable_text(cloud, text),
-                                                       "cloud": cloud.name})
+        portable = await self.manifests.run(portable_text, plain(cloud), text)
+        result = await self.command(OperatorOp.APPLY, {"text": portable, "cloud": cloud.name})
         _log.info("manifest_forwarded", cloud=cloud.name, peer=result.get("accepted_by"))
 
     # -- performing (on the leader, but cleanup-service) --------------------------------------
@@ -225,8 +241,7 @@ class Operator:
 
     async def _stop(self, call: Call) -> Any:
         _, snap = call.serving()
-        # portable first: the text is checked in another folder than the one it came from
-        text = stopped_text(portable_text(snap.cloud, snap.cloud.text))
+        text = await self.manifests.run(stopped_job, plain(snap.cloud))
         return await self._install(text, await self.manifests.check(text), op=OperatorOp.STOP,
                                    term=snap.term)
 
@@ -297,5 +312,7 @@ def _text(args: dict[str, Any], op: OperatorOp) -> str:
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, ConfigError):
-        return "; ".join(str(p) for p in e.problems)
+        told = "; ".join(str(p) for p in e.problems[:PROBLEMS_QUOTED])
+        more = len(e.problems) - PROBLEMS_QUOTED
+        return told + (f"; and {more} more problem{'s' if more > 1 else ''}" if more > 0 else "")
     return str(e)

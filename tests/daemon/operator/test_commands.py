@@ -15,10 +15,11 @@ import yaml
 
 from cloudd.config.model import Ensure
 from cloudd.config.portable import portable_text
+from cloudd.config.yamlsrc import MAX_MANIFEST_BYTES
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.member.cloudmember import CloudMember
-from cloudd.daemon.member.manifests import ManifestFolder
+from cloudd.daemon.member.manifests import Checker, ManifestFolder
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
 from cloudd.daemon.operator.commands import LOCAL_OPS, RULES, Operator, stopped_text
@@ -67,7 +68,7 @@ def agents(tmp_path: Path) -> Iterator[dict[str, Agent]]:
 
 
 def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool = False,
-          leader: str = "", serving: bool = True) -> Agent:
+          leader: str = "", serving: bool = True, checker: Checker | None = None) -> Agent:
     wire, clock = Wire(), FakeClock()
     home = tmp_path / name
     home.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool =
     outside: list[tuple[str, str, Any]] = []
     folder = home / "manifests"
     manifests = ManifestFolder(folder, incoming=home / "incoming", locate=lambda c: None,
-                               rescan=lambda: rescans.append("rescan"))
+                               rescan=lambda: rescans.append("rescan"), checker=checker)
 
     async def ask_outside(name: str, address: str, msg: Any) -> Any:
         outside.append((name, address, msg))
@@ -269,3 +270,57 @@ def test_stopped_text() -> None:
         "name": "a", "ensure": "stopped"}
     with pytest.raises(PermanentError, match="not a mapping"):
         stopped_text("- a\n")
+
+
+class Busy(Checker):
+    """A checker that has admitted all it may."""
+
+    def __init__(self) -> None:
+        super().__init__(isolate=False)
+        self.admitted = self.limit
+
+
+async def test_an_oversize_manifest_is_refused_in_one_sentence_and_changes_nothing(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    cloud = shop(tmp_path / "manifests")
+    text = portable_text(cloud, cloud.text)
+    text += "#" * (MAX_MANIFEST_BYTES - len(text)) + "\n"
+    refusal = (f"<received manifest>: (document): the manifest is {MAX_MANIFEST_BYTES + 1} "
+               f"bytes; a manifest received from outside this agent's folder may hold at most "
+               f"{MAX_MANIFEST_BYTES} bytes (256 KiB)")
+    with pytest.raises(ConfigError) as info:
+        await pm1.op.command(OperatorOp.APPLY, {"text": text})
+    assert str(info.value) == refusal
+    answer = await pm1.op.answer("laptop", OperatorRequest(OperatorOp.APPLY, "shop",
+                                                           json.dumps({"text": text})))
+    assert answer == OperatorAnswer(False, "", refusal)
+    assert not pm1.folder.exists() and pm1.rescans == []
+    assert pm1.events.query(kind=LogKind.COMMAND) == []
+
+
+async def test_a_busy_checker_turns_an_apply_away_and_changes_nothing(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1", checker=Busy())
+    cloud = shop(tmp_path / "manifests")
+    text = portable_text(cloud, cloud.text)
+    answer = await pm1.op.answer("laptop", OperatorRequest(OperatorOp.APPLY, "shop",
+                                                           json.dumps({"text": text})))
+    assert not answer.ok and answer.error.startswith("busy: 4 manifests are being checked")
+    with pytest.raises(TemporaryError, match="busy"):
+        await pm1.op.command(OperatorOp.STOP, {})
+    assert not pm1.folder.exists() and pm1.rescans == []
+
+
+async def test_a_refusal_quotes_the_first_problems_only(tmp_path: Path,
+                                                        agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    servers = "".join(f"    - {{address: 192.0.2.176, image: /img/w{i}.qcow2}}\n"
+                      for i in range(30))
+    text = MANIFEST.replace("    - {address: 192.0.2.176, image: /img/web1.qcow2}\n", servers)
+    text = portable_text(shop(tmp_path / "manifests"), text)
+    answer = await pm1.op.answer("pm2", OperatorRequest(OperatorOp.APPLY, "shop",
+                                                        json.dumps({"text": text})))
+    assert not answer.ok
+    assert answer.error.count("is already used by") == 20
+    assert answer.error.endswith("; and 9 more problems")

@@ -3,8 +3,10 @@ clock, times people read on the wall clock, and where the view came from."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from cloudd.client.api import ApiError
-from cloudd.client.inspectdoc import ElectionState, LivenessView, Source
+from cloudd.client.inspectdoc import ElectionState, InspectDoc, LivenessView, Source
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.controller import ControllerView
@@ -24,6 +26,7 @@ from cloudd.daemon.network.catalogue import (
     NodeReport,
     ServiceReport,
 )
+from cloudd.daemon.operator import inspectview
 from cloudd.daemon.operator.inspectview import (
     Inspector,
     cloud_view,
@@ -212,3 +215,46 @@ async def test_the_view_a_node_may_ask_for_carries_no_secret_and_no_fence_comman
         assert secret not in answer.doc
     assert {n["name"] for n in json.loads(answer.doc)["clouds"][0]["nodes"]} == {
         n.name for n in cloud.nodes}
+
+
+async def test_a_flood_of_inspect_requests_builds_one_answer_off_the_loop(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every asker waits for the one answer being built, in a thread (not the loop's); it is
+    reused until ANSWER_REUSE has passed, then built once more."""
+    threads: list[str] = []
+    real = inspectview.leader_answer
+
+    def counted(*args: Any) -> InspectAnswer:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+    monkeypatch.setattr(inspectview, "leader_answer", counted)
+    leader = inspector(rig, [rig.snap])
+    answers = await asyncio.gather(*(leader.answer("pm2", InspectWanted("shop"))
+                                     for _ in range(50)))
+    assert len(threads) == 1 and threads[0] != threading.current_thread().name
+    assert all(a is answers[0] for a in answers)
+    assert await leader.answer(DB, InspectWanted("shop")) is answers[0]
+    rig.clock.advance(inspectview.ANSWER_REUSE)
+    assert await leader.answer(DB, InspectWanted("shop")) is not answers[0]
+    assert len(threads) == 2
+
+
+async def test_an_asker_that_goes_away_does_not_cancel_the_others_answer(rig: Rig) -> None:
+    leader = inspector(rig, [rig.snap])
+    first = asyncio.create_task(leader.answer("pm2", InspectWanted("shop")))
+    second = asyncio.create_task(leader.answer(DB, InspectWanted("shop")))
+    await asyncio.sleep(0)
+    first.cancel()
+    answer = await second
+    assert isinstance(answer, InspectAnswer) and json.loads(answer.doc)["answered_by"] == "pm1"
+
+
+async def test_a_leaders_answer_without_the_cloud_leaves_the_follower_its_own_view(
+        rig: Rig) -> None:
+    async def other(peer: str, msg: Any) -> Any:
+        return InspectAnswer("shop", json.dumps(InspectDoc(answered_by="pm2",
+                                                           generated_at=1.0).to_json()))
+    mine: list[MemberSnapshot | None] = [
+        dataclasses.replace(rig.snap, leader="pm2", acting=False)]
+    doc = await inspector(rig, mine, answer=other).inspect(None)
+    assert doc.clouds[0].source is Source.LOCAL
