@@ -19,9 +19,10 @@ from typing import Any
 
 from cloudd.errors import ClouddError
 
-#: Largest request line the agent accepts, in bytes. Requests are small commands; anything
-#: bigger is a mistake or an attack.
-MAX_REQUEST = 64 * 1024
+#: Largest request line the agent accepts, in bytes. Requests are small commands, but an
+#: `apply` carries a whole manifest (at most 256 KiB, `cloudd.config.yamlsrc.MAX_MANIFEST_BYTES`),
+#: which JSON-escaping may grow up to fourfold: 1 MiB and a little room, nothing more.
+MAX_REQUEST = (1 << 20) + 64 * 1024
 #: Largest answer line the client reads, in bytes: an inspect document of a big cloud, or a
 #: long page of events, fits with room to spare.
 MAX_ANSWER = 2**26

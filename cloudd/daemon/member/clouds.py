@@ -117,6 +117,9 @@ class Clouds:
         self._have_member = asyncio.Event()
         #: manifest texts this agent installed itself (from the leader), by cloud
         self._installed: dict[str, str] = {}
+        #: the leader's offers, installed one at a time off its connection (`_offer_later`)
+        self._offers: asyncio.Task[None] | None = None
+        self._next_offer: tuple[str, ManifestOffer] | None = None
         self._above: Above | None = None
         self._group: asyncio.TaskGroup | None = None
         self._later: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
@@ -285,8 +288,32 @@ class Clouds:
     async def _on_offer(self, peer: str, offer: ManifestOffer) -> OperatorAnswer | None:
         # The dispatch table took the leader's generation from the leader only, and a seed
         # only from a host certificate and only while this agent serves no cloud.
+        if offer.origin == OfferOrigin.LEADER:
+            # A one-way message, read on the leader's connection: checking a big generation
+            # must not hold back the lease messages queued behind it there.
+            self._offer_later(peer, offer)
+            return None
         done = await self._install_offer(peer, offer)
         return None if done is None else OperatorAnswer(True, json.dumps(done))
+
+    def _offer_later(self, peer: str, offer: ManifestOffer) -> None:
+        """Install the leader's offer in a task of its own, one at a time; an offer that
+        arrives meanwhile replaces any still waiting (the newest generation is the one)."""
+        self._next_offer = (peer, offer)
+        if self._offers is None or self._offers.done():
+            self._offers = asyncio.get_running_loop().create_task(self._install_offers())
+
+    async def _install_offers(self) -> None:
+        while self._next_offer is not None:
+            (peer, offer), self._next_offer = self._next_offer, None
+            try:
+                await self._install_offer(peer, offer)
+            except ClouddError as e:
+                self.log.warning("manifest_refused", peer=peer, cloud=offer.cloud,
+                                 term=offer.term, reason=str(e))
+            except Exception as e:  # a bug here must not stop the next generation
+                self.log.exception("manifest_refused", peer=peer, cloud=offer.cloud,
+                                   term=offer.term, reason=str(e))
 
     def _on_event(self, event: PeerConnected | PeerUnreachable) -> None:
         if isinstance(event, PeerUnreachable) and self.member is not None:
@@ -356,6 +383,8 @@ class Clouds:
                 if member.node_side is not None:
                     member.node_side.detach()
         finally:
+            if self._offers is not None:
+                self._offers.cancel()
             if self.transport is not None:
                 await self.transport.close()
 

@@ -193,7 +193,9 @@ ROUTES: tuple[Route, ...] = (
                "commands"),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST, Sender.OPERATOR),
           to=To.HOST, case=("op", (_O.APPLY,)), request=True,
-          note="performed here or handed to this cloud's leader, never relayed further"),
+          note="performed here or handed to this cloud's leader, never relayed further; the "
+               "manifest at most 256 KiB, checked in the worker process, 'busy' beyond 4 "
+               "at once"),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
           case=("op", (_O.STOP, _O.CLEANUP, _O.MAINTENANCE, _O.PLAN)), request=True),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, _LEADER, to=To.NODE,

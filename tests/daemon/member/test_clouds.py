@@ -127,9 +127,37 @@ async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
         # the leader offers this agent's own cloud, nothing else
         foreign = dataclasses.replace(leader, cloud="other", text=text.replace("shop", "other"))
         assert await agent.clouds._handle(PM2, foreign) is None
+        assert agent.clouds._offers is not None
+        await agent.clouds._offers  # installed off the connection, in a task of its own
         assert not agent.folder.exists() or list(agent.folder.iterdir()) == []
-        assert (await agent.clouds._handle(PM2, leader)).ok
+        assert await agent.clouds._handle(PM2, leader) is None  # a one-way message
+        await agent.clouds._offers
         assert (agent.folder / "shop.yaml").read_text() == text
+    finally:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+
+
+async def test_the_newest_of_the_leaders_offers_waiting_is_the_one_installed(
+        agent: Agent, tmp_path: Path) -> None:
+    cloud = shop(tmp_path / "manifests")
+    agent.clouds.on_manifest(loaded(cloud))
+    member = agent.clouds.serving()
+    assert member is not None
+    first, second = (portable_text(cloud, cloud.text) + f"# {n}\n" for n in ("one", "two"))
+    election = asyncio.create_task(member.election.run())
+    try:
+        await asyncio.sleep(0)
+        await agent.clouds._handle(PM2, Coordinator(term=4))
+        with capture_logs() as logs:
+            for text in (first, second):
+                offer = ManifestOffer("shop", cloud.digest, text, OfferOrigin.LEADER, 4)
+                assert await agent.clouds._handle(PM2, offer) is None
+            assert agent.clouds._offers is not None
+            await agent.clouds._offers
+        assert (agent.folder / "shop.yaml").read_text() == second
+        assert [e["event"] for e in logs].count("manifest_installed") == 1
     finally:
         election.cancel()
         with contextlib.suppress(asyncio.CancelledError):
