@@ -184,7 +184,7 @@ def test_a_node_with_the_issuers_chain_and_a_host_know_each_other(pki: Path,
 
 def test_without_the_issuers_certificate_a_node_is_refused(pki: Path) -> None:
     node = node_files(pki, "web1", chain=False)
-    with pytest.raises(Refused, match="^server: .*unable to get local issuer certificate"):
+    with pytest.raises(Refused, match=r"^server: .*unable to get local issuer certificate"):
         handshake(server_context(PkiFiles.for_member(pki, "pm1")), client_context(node))
 
 
