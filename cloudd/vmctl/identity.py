@@ -27,6 +27,7 @@ reads it back, refusing anything but the fields below with the types they have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -177,7 +178,10 @@ def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki) -> dict[str, str]:
     """The three NoCloud files. JSON is valid YAML, so they are written as JSON (no quoting
     pitfalls) except user-data, which must start with `#cloud-config`. `pki.cert` is the
     node's certificate with the node issuer's after it."""
-    meta = {"instance-id": f"{ident.cloud}-{ident.node}-t{ident.term}",
+    # A new certificate is a new instance to cloud-init, which writes the files again only
+    # then (a seed made anew for the same node and term would otherwise go unread).
+    cred = hashlib.sha256(pki.cert.encode()).hexdigest()[:12]
+    meta = {"instance-id": f"{ident.cloud}-{ident.node}-t{ident.term}-{cred}",
             "local-hostname": ident.node}
     ethernet: dict[str, object] = {"match": {"macaddress": mac}, "set-name": "eth0",
                                    "addresses": [ident.address]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,7 +72,8 @@ def test_nocloud_seed_iso(tmp_path: Path) -> None:
     assert iso.stat().st_mode & 0o777 == 0o600
     assert "Volume id: cidata" in isoinfo(iso, "-d")
     meta = yaml.safe_load(isoinfo(iso, "-J", "-x", "/meta-data"))
-    assert meta == {"instance-id": "web1-server-0-t3", "local-hostname": "server-0"}
+    cred = hashlib.sha256(PKI.cert.encode()).hexdigest()[:12]
+    assert meta == {"instance-id": f"web1-server-0-t3-{cred}", "local-hostname": "server-0"}
     user_text = isoinfo(iso, "-J", "-x", "/user-data")
     assert user_text.startswith("#cloud-config\n")
     files = {f["path"]: f for f in yaml.safe_load(user_text)["write_files"]}

@@ -149,10 +149,13 @@ async def test_define_makes_the_nodes_seed_and_undefine_removes_it(host: Host) -
 async def test_every_define_gives_the_node_a_fresh_key(host: Host) -> None:
     assert (await host.run(Op.DEFINE))[0] is CommandOutcome.DONE
     first = host.seed.read_bytes()
+    first_instance = json.loads(isoinfo(host.seed, "/meta-data"))["instance-id"]
     host.rig.leases["pm2"] = 4
     assert (await host.run(Op.DEFINE, term=4))[0] is not CommandOutcome.FAILED
     assert host.seed.read_bytes() != first
-    assert json.loads(isoinfo(host.seed, "/meta-data"))["instance-id"] == f"{DOMAIN}-t4"
+    instance = json.loads(isoinfo(host.seed, "/meta-data"))["instance-id"]
+    assert instance.startswith(f"{DOMAIN}-t4-")
+    assert first_instance.startswith(f"{DOMAIN}-t3-")  # each a new instance to cloud-init
 
 
 async def test_a_seed_left_by_a_crash_goes_with_the_undefine_of_a_gone_domain(
