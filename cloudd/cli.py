@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "cloudd.commands.validate",
     "cloudd.commands.pki",
+    "cloudd.commands.seed",
     "cloudd.commands.bootstrap",
     "cloudd.commands.inspect",
     "cloudd.commands.events",

@@ -12,12 +12,20 @@ operator outside every roster). A SAN URI was chosen over an OU or a private ext
 Python's `ssl` hands it to the transport already parsed, and `openssl x509 -text` shows it.
 A certificate without a kind is refused by the transport.
 
-Files in the PKI directory (default /etc/cloudd/pki): `ca.crt`, `ca.key`, `NAME.crt`,
-`NAME.key`. `ca.crt` may be a bundle of CAs (agents trust every one, as during a rotation of
-the CA); `issue` signs as the one whose key is `ca.key`. Keys are written 0600 and every file
-is replaced atomically (written aside, then renamed), so a crash never leaves half a key.
-Nothing is overwritten without `force`, and every input is checked before the first file is
-touched: bad input changes nothing.
+Files in the PKI directory (default /etc/cloudd/pki): `ca.crt`, `ca.key` (the root),
+`nodes-ca.crt`, `nodes-ca.key` (the node issuer), `NAME.crt`, `NAME.key`. `ca.crt` may be a
+bundle of CAs (agents trust every one, as during a rotation of the CA); `issue` signs as the
+one whose key is `ca.key`. Keys are written 0600 and every file is replaced atomically
+(written aside, then renamed), so a crash never leaves half a key. Nothing is overwritten
+without `force`, and every input is checked before the first file is touched: bad input
+changes nothing.
+
+The node issuer is an intermediate CA under the root (CA:TRUE, pathlen 0, its own subject):
+pool hosts hold its key, never the root's, and sign with it the certificates of the nodes
+they boot (`NodeIssuer`). Agents trust the root only; a node presents its certificate with
+the issuer's after it, and the transport takes a certificate the issuer signed only when it
+is a node's (`cloudd.daemon.network.tls`), so the key a host holds can make nothing but
+node certificates.
 
 Time is an input (`now`), so tests can make certificates that are already expired.
 """
@@ -34,11 +42,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
+from cloudd.certs import (
+    Signer,
+    ca_cert,
+    cert_pem,
+    common_name,
+    key_pem,
+    member_cert,
+    new_key,
+    spki,
+)
 from cloudd.errors import PermanentError
 
 DEFAULT_DIR = Path("/etc/cloudd/pki")
@@ -48,11 +65,14 @@ MEMBER_URI = "cloudd://member/"
 KIND_URI = "cloudd://kind/"
 #: The SAN URI prefix that names a node certificate's cloud.
 CLOUD_URI = "cloudd://cloud/"
+#: The node issuer's files, beside the root's, and the end of its subject's common name.
+ISSUER_CERT = "nodes-ca.crt"
+ISSUER_KEY = "nodes-ca.key"
+ISSUER_CN = "node issuer"
 CA_DAYS = 3650
 MEMBER_DAYS = 825
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock differences between members
 
 
 class PkiError(PermanentError):
@@ -113,9 +133,9 @@ class PkiFiles:
 
 
 def check_member_name(name: str) -> None:
-    if name in ("ca",) or not _NAME.match(name):
+    if name in ("ca", "nodes-ca") or not _NAME.match(name):
         raise PkiError(f"bad member name {name!r}: use 1-63 lowercase letters, digits and '-', "
-                       "starting and ending with a letter or digit, and not 'ca'")
+                       "starting and ending with a letter or digit, and not 'ca' or 'nodes-ca'")
 
 
 def _check_days(days: int) -> None:
@@ -144,47 +164,63 @@ def _write(path: Path, data: bytes, *, mode: int) -> None:
         raise
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 def init_ca(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_DAYS,
             force: bool = False, cluster: str = "cloudd") -> PkiFiles:
-    """Create the cluster CA in `directory`; returns its paths (cert and key)."""
+    """Create the cluster CA in `directory`, and its node issuer; returns the root's paths
+    (cert and key)."""
     _check_days(days)
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
-    _refuse_existing([cert_path, key_path], force)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} cluster CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    _refuse_existing([cert_path, key_path, directory / ISSUER_CERT, directory / ISSUER_KEY],
+                     force)
+    key = new_key()
+    # pathlen 1: one CA below the root, the node issuer, and none below that
+    cert = ca_cert(subject=common_name(f"{cluster} cluster CA"), key=key, now=now, days=days,
+                   path_length=1, signer=None)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(key_path, _key_pem(key), mode=0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    _write(key_path, key_pem(key), mode=0o600)
+    _write(cert_path, cert_pem(cert), mode=0o644)
+    _make_issuer(directory, root=(cert, key), now=now, days=days, cluster=cluster)
     return PkiFiles(ca=cert_path, cert=cert_path, key=key_path)
 
 
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+def _make_issuer(directory: Path, *, root: Signer, now: dt.datetime, days: int,
+                 cluster: str) -> PkiFiles:
+    key = new_key()
+    cert = ca_cert(subject=common_name(f"{cluster} {ISSUER_CN}"), key=key, now=now,
+                   days=days, path_length=0, signer=root)
+    files = PkiFiles(ca=directory / "ca.crt", cert=directory / ISSUER_CERT,
+                     key=directory / ISSUER_KEY)
+    _write(files.key, key_pem(key), mode=0o600)
+    _write(files.cert, cert_pem(cert), mode=0o644)
+    return files
 
 
-def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def init_node_issuer(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_DAYS,
+                     force: bool = False) -> PkiFiles:
+    """(Re)make the node issuer of the CA in `directory` (the one whose key is `ca.key`): for
+    a CA folder made before node issuers, or to replace a host-held issuer key."""
+    _check_days(days)
+    root = _load_ca(directory)
+    if root[0].extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0:
+        raise PkiError(f"the CA in {directory} allows no CA below it (pathlen 0): make a new "
+                       "one with `cloudd-cli pki init` and rotate to it")
+    _refuse_existing([directory / ISSUER_CERT, directory / ISSUER_KEY], force)
+    names = root[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cluster = str(names[0].value).removesuffix(" cluster CA") if names else "cloudd"
+    return _make_issuer(directory, root=root, now=now, days=days, cluster=cluster)
+
+
+def _load_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"{what} {path} is unreadable: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{path} is not an EC key")
+    return key
+
+
+def _load_ca(directory: Path) -> Signer:
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
     if not cert_path.exists() or not key_path.exists():
         raise PkiError(f"no cluster CA in {directory}: run `cloudd-cli pki init` first")
@@ -198,7 +234,7 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     # ca.crt may be a bundle (during a rotation, the old CA and the new): sign as the CA
     # whose key this is, whatever its place in the bundle.
     for cert in certs:
-        if _spki(cert.public_key()) == _spki(key.public_key()):
+        if spki(cert.public_key()) == spki(key.public_key()):
             return cert, key
     raise PkiError(f"{key_path} is the key of no certificate in {cert_path}")
 
@@ -214,50 +250,81 @@ def parse_addresses(addresses: Sequence[str]) -> list[ipaddress.IPv4Address |
     return parsed
 
 
-def issue(directory: Path, name: str, *, now: dt.datetime, kind: MemberKind,
-          cloud: str = "", days: int = MEMBER_DAYS, addresses: Sequence[str] = (),
-          force: bool = False) -> PkiFiles:
-    """Make `name`'s key and certificate, signed by the CA in `directory`, for a member of
-    `kind` (a node's certificate names its `cloud`)."""
+def _check_kind(name: str, kind: MemberKind, cloud: str) -> None:
     check_member_name(name)
-    _check_days(days)
     if kind is MemberKind.NODE:
         if not cloud:
             raise PkiError(f"a node certificate names its cloud: give --cloud for {name}")
         check_member_name(cloud)
     elif cloud:
         raise PkiError(f"only a node certificate names a cloud, not a {kind.value}'s")
+
+
+def _uris(name: str, kind: MemberKind, cloud: str) -> list[str]:
+    return [MEMBER_URI + name, KIND_URI + kind.value] + ([CLOUD_URI + cloud] if cloud else [])
+
+
+def issue(directory: Path, name: str, *, now: dt.datetime, kind: MemberKind,
+          cloud: str = "", days: int = MEMBER_DAYS, addresses: Sequence[str] = (),
+          force: bool = False) -> PkiFiles:
+    """Make `name`'s key and certificate, signed by the CA in `directory`, for a member of
+    `kind` (a node's certificate names its `cloud`)."""
+    _check_kind(name, kind, cloud)
+    _check_days(days)
     ips = parse_addresses(addresses)
-    ca_cert, ca_key = _load_ca(directory)
+    signer = _load_ca(directory)
     files = PkiFiles.for_member(directory, name)
     _refuse_existing([files.cert, files.key], force)
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [
-        x509.UniformResourceIdentifier(MEMBER_URI + name),
-        x509.UniformResourceIdentifier(KIND_URI + kind.value)]
-    if cloud:
-        sans.append(x509.UniformResourceIdentifier(CLOUD_URI + cloud))
-    sans.append(x509.DNSName(name))
-    sans += [x509.IPAddress(ip) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write(files.key, _key_pem(key), mode=0o600)
-    _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    key = new_key()
+    cert = member_cert(name, uris=_uris(name, kind, cloud), ips=ips, key=key, now=now,
+                       days=days, signer=signer)
+    _write(files.key, key_pem(key), mode=0o600)
+    _write(files.cert, cert_pem(cert), mode=0o644)
     return files
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """A node's key and certificate chain (its certificate, then the node issuer's), PEM."""
+
+    key: bytes
+    chain: bytes
+
+
+@dataclass(frozen=True)
+class NodeIssuer:
+    """The node issuer's certificate and key, as a pool host (or the operator) holds them."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def load(cls, directory: Path) -> NodeIssuer:
+        """From `nodes-ca.crt` and `nodes-ca.key` in `directory`."""
+        cert_path, key_path = directory / ISSUER_CERT, directory / ISSUER_KEY
+        if not cert_path.exists() or not key_path.exists():
+            raise PkiError(f"no node issuer in {directory} ({ISSUER_CERT}, {ISSUER_KEY}): "
+                           "`cloudd-cli pki init` makes one, `cloudd-cli bootstrap` hands it "
+                           "to a pool host")
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except ValueError as exc:
+            raise PkiError(f"node issuer {cert_path} is unreadable: {exc}") from None
+        key = _load_key(key_path, "node issuer key")
+        if spki(cert.public_key()) != spki(key.public_key()):
+            raise PkiError(f"{key_path} is not the key of {cert_path}")
+        return cls(cert, key)
+
+    def issue(self, name: str, *, cloud: str, addresses: Sequence[str], now: dt.datetime,
+              days: int = MEMBER_DAYS) -> NodeCredentials:
+        """A fresh key and certificate for node `name` of `cloud`, in memory."""
+        _check_kind(name, MemberKind.NODE, cloud)
+        _check_days(days)
+        ips = parse_addresses(addresses)
+        key = new_key()
+        cert = member_cert(name, uris=_uris(name, MemberKind.NODE, cloud), ips=ips, key=key,
+                           now=now, days=days, signer=(self.cert, self.key))
+        return NodeCredentials(key=key_pem(key), chain=cert_pem(cert) + cert_pem(self.cert))
 
 
 def member_of_cert(cert: x509.Certificate) -> str | None:

@@ -1,8 +1,11 @@
-"""`cloudd-cli pki init|issue`: make the cluster CA and the agents' certificates.
+"""`cloudd-cli pki init|issue|issuer`: make the cluster CA and the agents' certificates.
 
-Run once per cluster on the operator's machine (`init`), then once per member (`issue`);
-copy `ca.crt`, `NAME.crt` and `NAME.key` to that member's /etc/cloudd/pki. The CA key never
-needs to leave the machine it was made on. Every refusal is one line on stderr, exit code 1.
+Run once per cluster on the operator's machine (`init`: the root CA and its node issuer),
+then once per member (`issue`); copy `ca.crt`, `NAME.crt` and `NAME.key` to that member's
+/etc/cloudd/pki, and to each pool host the node issuer too (`nodes-ca.crt`, `nodes-ca.key`:
+`cloudd-cli bootstrap` does both). The root key never needs to leave the machine it was made
+on. `issuer` makes a new node issuer for an existing root. Every refusal is one line on
+stderr, exit code 1.
 """
 
 from __future__ import annotations
@@ -13,7 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudd.pki import CA_DAYS, DEFAULT_DIR, MEMBER_DAYS, MemberKind, PkiError, init_ca, issue
+from cloudd.pki import (
+    CA_DAYS,
+    DEFAULT_DIR,
+    ISSUER_CERT,
+    ISSUER_KEY,
+    MEMBER_DAYS,
+    MemberKind,
+    PkiError,
+    init_ca,
+    init_node_issuer,
+    issue,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -23,10 +37,21 @@ def register(subparsers: Any) -> None:
                     "for mutual TLS between agents.")
     sub = parser.add_subparsers(dest="pki_command", metavar="ACTION", required=True)
 
-    init = sub.add_parser("init", help="create the cluster CA (ca.crt, ca.key)",
-                          description="Create the cluster CA in DIR; the key is written 0600.")
+    init = sub.add_parser(
+        "init", help="create the cluster CA (ca.crt, ca.key) and its node issuer",
+        description=f"Create the cluster's root CA in DIR, and the node issuer below it "
+                    f"({ISSUER_CERT}, {ISSUER_KEY}: the intermediate CA pool hosts hold to "
+                    "sign their nodes' certificates); keys are written 0600.")
     _common(init, default_days=CA_DAYS)
     init.set_defaults(func=run_init)
+
+    issuer = sub.add_parser(
+        "issuer", help=f"make a new node issuer ({ISSUER_CERT}, {ISSUER_KEY}) for the CA",
+        description="Make the node issuer of the CA in DIR (the one whose key is DIR/ca.key) "
+                    "anew: for a CA folder without one, or to replace the key pool hosts "
+                    "hold. Hand the new files to every pool host.")
+    _common(issuer, default_days=CA_DAYS)
+    issuer.set_defaults(func=run_issuer)
 
     iss = sub.add_parser(
         "issue", help="make an agent's key and certificate, signed by the CA",
@@ -62,6 +87,14 @@ def run_init(args: argparse.Namespace, *, out: TextIO | None = None,
              err: TextIO | None = None) -> int:
     def act() -> list[Path]:
         files = init_ca(args.dir, now=_now(), days=args.days, force=args.force)
+        return [files.cert, files.key, args.dir / ISSUER_CERT, args.dir / ISSUER_KEY]
+    return _run(act, out=out or sys.stdout, err=err or sys.stderr)
+
+
+def run_issuer(args: argparse.Namespace, *, out: TextIO | None = None,
+               err: TextIO | None = None) -> int:
+    def act() -> list[Path]:
+        files = init_node_issuer(args.dir, now=_now(), days=args.days, force=args.force)
         return [files.cert, files.key]
     return _run(act, out=out or sys.stdout, err=err or sys.stderr)
 

@@ -4,6 +4,9 @@
 `manifest_dir`, prints what is wrong, and exits 0 or 1 without starting anything. Without
 `--check` it runs the agent: an asyncio loop (uvloop when importable) with a Runner of named
 root tasks, sd_notify READY/WATCHDOG/STOPPING, and SIGTERM/SIGINT as the one way to stop.
+A node booting takes its settings from its identity instead (`cloudd.daemon.node.boot`):
+`--from-cmdline /proc/cmdline` (the test guest) or `--from-identity
+/etc/cloudd/identity.json` (what a real image's seed made cloud-init write).
 
 Root tasks for now: `watchdog` (when systemd asks for pings) and `manifests` (rescans the
 manifest folder). The election, transport, host and node tasks are added through
@@ -32,7 +35,13 @@ from cloudd.daemon.base.runner import Runner
 from cloudd.daemon.base.sdnotify import Notifier, watchdog_interval
 from cloudd.daemon.member.clouds import Above, Clouds
 from cloudd.daemon.member.manifests import ManifestFolder
-from cloudd.daemon.node.boot import NODE_STATE, Seed, read_identity, settings_for
+from cloudd.daemon.node.boot import (
+    NODE_STATE,
+    Seed,
+    read_identity,
+    read_identity_file,
+    settings_for,
+)
 from cloudd.daemon.node.converge import NodeSide
 from cloudd.daemon.operator.api import ApiServer
 from cloudd.daemon.operator.commands import LOCAL_OPS, Operator
@@ -40,9 +49,9 @@ from cloudd.daemon.operator.inspectview import Inspector
 from cloudd.daemon.operator.metrics import Metrics, serve_from_settings
 from cloudd.daemon.operator.metricsfeed import MetricsFeed
 from cloudd.daemon.operator.queries import events_stream
-from cloudd.errors import ConfigError
+from cloudd.errors import ConfigError, PermanentError
 from cloudd.providers.catalog import catalog
-from cloudd.vmctl.identity import IdentityError, NodeIdentity
+from cloudd.vmctl.identity import NodeIdentity
 
 #: Seconds, beyond the services' own stop grace, that shutdown may take before the agent
 #: abandons its tasks and exits anyway (systemd would SIGKILL it a little later).
@@ -211,11 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudd", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_PATH, metavar="PATH",
                         help=f"agent settings (default {DEFAULT_PATH})")
-    parser.add_argument("--from-cmdline", type=Path, metavar="FILE",
-                        help="a node booting: take this agent's identity from a kernel "
-                             "command line (e.g. /proc/cmdline) instead of --config")
+    boot = parser.add_mutually_exclusive_group()
+    boot.add_argument("--from-cmdline", type=Path, metavar="FILE",
+                      help="a node booting: take this agent's identity from a kernel "
+                           "command line (e.g. /proc/cmdline) instead of --config")
+    boot.add_argument("--from-identity", type=Path, metavar="FILE",
+                      help="a node booting: take this agent's identity from the file its "
+                           "seed wrote (e.g. /etc/cloudd/identity.json; its certificates in "
+                           "the pki folder beside it) instead of --config")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
-                        help=f"with --from-cmdline: where to keep state (default {NODE_STATE})")
+                        help=f"with --from-cmdline or --from-identity: where to keep state "
+                             f"(default {NODE_STATE})")
     parser.add_argument("--check", action="store_true",
                         help="validate the settings and every manifest, then exit 0 or 1")
     return parser
@@ -224,19 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     boot: tuple[NodeIdentity, tuple[Seed, ...]] | None = None
+    source = args.from_cmdline or args.from_identity
     try:
-        if args.from_cmdline is not None:
-            ident = read_identity(args.from_cmdline)
+        if source is not None:
+            ident = (read_identity(source) if args.from_cmdline is not None
+                     else read_identity_file(source))
             settings, seeds = settings_for(ident, state_dir=args.state_dir or NODE_STATE)
             boot = (ident, seeds)
         else:
             settings = load_agent(args.config)
-    except IdentityError as exc:
-        print(f"{args.from_cmdline}: {exc}", file=sys.stderr)
-        return 1
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 1
+    except PermanentError as exc:  # a bad identity (IdentityError), or none to read
+        print(f"{source}: {exc}", file=sys.stderr)
         return 1
     if args.check:
         return check(settings, config_path=args.config, out=print)

@@ -30,6 +30,12 @@ names stay as they are. On a real pool (one libvirtd per host) every domain a ho
 own host's; the host check matters where several host agents share one libvirtd (the test
 lab). Domains without a host (defined before the attribute existed) count as this host's.
 
+Seeds. With `seeds` (the agent's are `cloudd.vmctl.nodeseed.NodeSeeds`), a DEFINE first
+makes the node's seed ISO its domain attaches, once the domain is known to be this host's to
+define, and fails without defining when the seed cannot be made; an UNDEFINE removes the seed
+once the domain is gone (also when it was gone already), never for another cloud's or another
+host's domain of that name.
+
 Images. INVENTORY reports the backend's images plus the image files found in `image_dirs`
 (by default the conventional /var/lib/cloudd/images): the planner places a node only on a
 host that has its image, or that can copy it from the node's source host. FETCH is that
@@ -49,6 +55,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from cloudd import log
 from cloudd.durable import TermFile
@@ -130,13 +137,25 @@ class HostResult:
     inventory: Inventory | None = None
 
 
+class SeedHooks(Protocol):
+    """A node's seed ISO beside its domain (`cloudd.vmctl.nodeseed.NodeSeeds`): made before
+    the domain is defined, removed once it is undefined or found gone."""
+
+    async def prepare(self, domain: str, term: int) -> None: ...
+
+    async def remove(self, domain: str) -> None: ...
+
+
 class HostAgent:
     """Executes fenced, idempotent domain commands on one host's Backend."""
 
     def __init__(self, backend: Backend, *, state_dir: Path, host: str = "", cloud: str = "",
                  image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS,
-                 copy: CopySettings | None = None, fetch_wait: float = 5.0) -> None:
+                 copy: CopySettings | None = None, fetch_wait: float = 5.0,
+                 seeds: SeedHooks | None = None) -> None:
         self.backend = backend
+        #: the nodes' seed ISOs, made on DEFINE and removed on UNDEFINE (None: no seeds)
+        self.seeds = seeds
         #: this host's pool name, stamped into what it defines; "" stamps nothing
         self.host = host
         #: the cloud this agent serves: other clouds' domains are not its own ("": any cloud,
@@ -214,6 +233,8 @@ class HostAgent:
                 return self._result(cmd, CommandOutcome.FAILED, wrong)
             xml = stamp_host(cmd.xml, self.host) if self.host else cmd.xml
             await self._refuse_foreign(cmd.domain)
+            if self.seeds is not None:  # the domain's cdrom is there before the domain
+                await self.seeds.prepare(cmd.domain, cmd.term)
             changed = await b.define(xml)
         elif not cmd.domain:
             return self._result(cmd, CommandOutcome.FAILED, f"{cmd.op.value} without a domain name")
@@ -222,6 +243,8 @@ class HostAgent:
             action = {Op.START: b.start, Op.SHUTDOWN: b.shutdown, Op.DESTROY: b.destroy,
                       Op.UNDEFINE: b.undefine}[cmd.op]
             changed = await action(cmd.domain)
+            if cmd.op is Op.UNDEFINE and self.seeds is not None:  # gone now, or before
+                await self.seeds.remove(cmd.domain)
         outcome = CommandOutcome.DONE if changed else CommandOutcome.NOOP
         self._log.info(f"domain {cmd.op.value}: {outcome.value}", term=cmd.term,
                        domain=cmd.domain)

@@ -13,21 +13,37 @@ Two carriers, chosen by the kind of guest:
     test guest shares the host's filesystem, `cloudd.pki` names a directory holding ca.pem,
     cert.pem and key.pem. `cloudd.ip` has the same meaning as in cloudd_lab.testguest.
 
-(b) Stock cloud images get a cloud-init NoCloud seed: an ISO9660 image with volume label
-    `cidata` holding meta-data, user-data (a #cloud-config that writes
-    /etc/cloudd/identity.yaml and the PKI files) and network-config (v2, matched on the MAC).
-    It is built with genisoimage.
+(b) Real node images get a cloud-init NoCloud seed: an ISO9660 image with volume label
+    `cidata` holding meta-data, user-data (a #cloud-config whose write_files puts the
+    identity in /etc/cloudd/identity.json and the node's PKI files beside it, in
+    /etc/cloudd/pki: `ca.crt`, `NODE.crt`, `NODE.key`, every file 0600) and network-config
+    (v2, matched on the MAC). The agent starts with `cloudd --from-identity
+    /etc/cloudd/identity.json`. The seed holds the node's private key: it is built with
+    genisoimage into a file of mode 0600, and its working files never leave a 0700 folder.
+
+The identity file is JSON (JSON is YAML too): `identity_json` writes it, `from_identity_json`
+reads it back, refusing anything but the fields below with the types they have.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudd.durable import replace_durable
 from cloudd.errors import PermanentError
+
+#: Where cloud-init writes a seed's identity inside the guest; its PKI folder is beside it.
+IDENTITY_FILE = "/etc/cloudd/identity.json"
+PKI_FOLDER = "/etc/cloudd/pki"
+#: The mode of every file the seed makes cloud-init write.
+SEED_FILE_MODE = "0600"
 
 
 class IdentityError(PermanentError):
@@ -118,26 +134,65 @@ def from_cmdline(cmdline: str) -> NodeIdentity:
 
 # -- cloud-init NoCloud ------------------------------------------------------------------------
 
+def identity_json(ident: NodeIdentity) -> str:
+    """The identity file's text (the `pki` folder is not in it: it is beside the file)."""
+    cmdline_words(ident)  # the same validation for both carriers
+    return json.dumps({"cloud": ident.cloud, "node": ident.node, "role": ident.role,
+                       "address": ident.address, "gateway": ident.gateway,
+                       "members": list(ident.members), "term": ident.term}, indent=1) + "\n"
+
+
+_FIELDS: dict[str, type] = {"cloud": str, "node": str, "role": str, "address": str,
+                            "gateway": str, "members": list, "term": int}
+
+
+def from_identity_json(text: str, *, pki: str = "") -> NodeIdentity:
+    """Read an identity file back; `pki` is the folder of its certificates."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise IdentityError(f"the identity is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise IdentityError("the identity is not a JSON object")
+    unknown = sorted(set(data) - set(_FIELDS))
+    missing = [k for k in _FIELDS if k not in data and k != "gateway"]
+    if unknown or missing:
+        raise IdentityError("the identity " + "; ".join(
+            ([f"has unknown fields {', '.join(unknown)}"] if unknown else []) +
+            ([f"lacks {', '.join(missing)}"] if missing else [])))
+    for key, kind in _FIELDS.items():
+        value = data.get(key, "")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise IdentityError(f"identity field {key} must be a {kind.__name__}, "
+                                f"got {value!r}")
+    if not all(isinstance(m, str) for m in data["members"]):
+        raise IdentityError("identity field members must be a list of name@address:port")
+    ident = NodeIdentity(cloud=data["cloud"], node=data["node"], role=data["role"],
+                         address=data["address"], members=tuple(data["members"]),
+                         term=data["term"], pki=pki, gateway=data.get("gateway", ""))
+    cmdline_words(ident)
+    return ident
+
+
 def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki) -> dict[str, str]:
     """The three NoCloud files. JSON is valid YAML, so they are written as JSON (no quoting
-    pitfalls) except user-data, which must start with `#cloud-config`."""
-    cmdline_words(ident)  # the same validation for both carriers
-    identity = {"cloud": ident.cloud, "node": ident.node, "role": ident.role,
-                "address": ident.address, "members": list(ident.members), "term": ident.term}
-    meta = {"instance-id": f"{ident.cloud}-{ident.node}-t{ident.term}",
+    pitfalls) except user-data, which must start with `#cloud-config`. `pki.cert` is the
+    node's certificate with the node issuer's after it."""
+    # A new certificate is a new instance to cloud-init, which writes the files again only
+    # then (a seed made anew for the same node and term would otherwise go unread).
+    cred = hashlib.sha256(pki.cert.encode()).hexdigest()[:12]
+    meta = {"instance-id": f"{ident.cloud}-{ident.node}-t{ident.term}-{cred}",
             "local-hostname": ident.node}
     ethernet: dict[str, object] = {"match": {"macaddress": mac}, "set-name": "eth0",
                                    "addresses": [ident.address]}
     if ident.gateway:
         ethernet["routes"] = [{"to": "default", "via": ident.gateway}]
     network = {"version": 2, "ethernets": {"eth0": ethernet}}
-    user = {"write_files": [
-        {"path": "/etc/cloudd/identity.yaml", "permissions": "0644",
-         "content": json.dumps(identity, indent=1) + "\n"},
-        {"path": "/etc/cloudd/pki/ca.pem", "permissions": "0644", "content": pki.ca},
-        {"path": "/etc/cloudd/pki/cert.pem", "permissions": "0644", "content": pki.cert},
-        {"path": "/etc/cloudd/pki/key.pem", "permissions": "0600", "content": pki.key},
-    ]}
+    files = ((IDENTITY_FILE, identity_json(ident)), (f"{PKI_FOLDER}/ca.crt", pki.ca),
+             (f"{PKI_FOLDER}/{ident.node}.crt", pki.cert),
+             (f"{PKI_FOLDER}/{ident.node}.key", pki.key))
+    user = {"write_files": [{"path": path, "permissions": SEED_FILE_MODE, "owner": "root:root",
+                             "content": content} for path, content in files]}
     return {"meta-data": json.dumps(meta, indent=1) + "\n",
             "user-data": "#cloud-config\n" + json.dumps(user, indent=1) + "\n",
             "network-config": json.dumps(network, indent=1) + "\n"}
@@ -145,29 +200,30 @@ def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki) -> dict[str, str]:
 
 def build_seed(ident: NodeIdentity, *, mac: str, pki: Pki, out: Path,
                genisoimage: str = "genisoimage") -> Path:
-    """Write the NoCloud seed ISO for one node to `out` (mode 0600: it holds the key)."""
+    """Write the NoCloud seed ISO for one node to `out`, mode 0600 (it holds the node's key):
+    the files and the ISO are made in a private folder beside `out` (0700, its files 0600, so
+    the ISO's Rock Ridge modes say 0600 too), then the ISO is renamed over `out`."""
     files = seed_files(ident, mac=mac, pki=pki)
-    work = out.with_name(out.name + ".d")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work.mkdir(mode=0o700, exist_ok=True)  # the seed's files hold the node's private key
-    for name, text in files.items():
-        (work / name).write_text(text)
-    tmp = out.with_name(out.name + ".tmp")
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # 0700
     try:
-        proc = subprocess.run(
-            [genisoimage, "-quiet", "-output", str(tmp), "-volid", "cidata", "-joliet",
-             "-rock", *(str(work / n) for n in files)],
-            capture_output=True, text=True, timeout=60, check=False)
-    except FileNotFoundError:
-        raise IdentityError(f"{genisoimage} is not installed "
-                            "(apt-get install genisoimage)") from None
+        for name, text in files.items():
+            fd = os.open(work / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        iso = work / "seed.iso"
+        try:
+            proc = subprocess.run(
+                [genisoimage, "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet",
+                 "-rock", *(str(work / n) for n in files)],
+                capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise IdentityError(f"{genisoimage} is not installed "
+                                "(apt-get install genisoimage)") from None
+        if proc.returncode != 0:
+            raise IdentityError(f"genisoimage failed: {proc.stderr.strip()[:300]}")
+        iso.chmod(0o600)
+        replace_durable(iso, out)
     finally:
-        for name in files:
-            (work / name).unlink(missing_ok=True)
-        work.rmdir()
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise IdentityError(f"genisoimage failed: {proc.stderr.strip()[:300]}")
-    tmp.chmod(0o600)
-    replace_durable(tmp, out)
+        shutil.rmtree(work, ignore_errors=True)
     return out

@@ -14,9 +14,11 @@ template and its extra placeholders), and `fence` (each host's fence command). `
 hands every member a new generation (e.g. `ensure: stopped`).
 
 With `own_pki`, every agent reads its CA bundle, certificate and key from copies in its own
-folder (`pki_files`), as agents on separate machines do, and the lab's `pki/` folder (the CA
-and every certificate it issued) is the operator's alone: what a test changes in one agent's
-files reaches that agent only, when it next starts (`restart`).
+folder (`pki_files`), as agents on separate machines do (a pool host also the node issuer,
+`nodes-ca.crt` and `nodes-ca.key`, as `cloudd-cli bootstrap` gives it), and the lab's `pki/`
+folder (the CA, its node issuer and every certificate it issued) is the operator's alone:
+what a test changes in one agent's files reaches that agent only, when it next starts
+(`restart`).
 
 The default domain template is the example one of the cloud's type, from the checkout's
 manifests/templates (`cloudd_lab.paths.example_template`: the lab runs from a checkout only).
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudd.client.api import ApiClient, ApiError
-from cloudd.pki import MemberKind, PkiFiles, init_ca, issue
+from cloudd.pki import ISSUER_CERT, ISSUER_KEY, MemberKind, PkiFiles, init_ca, issue
 from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns
@@ -284,6 +286,9 @@ class AgentLab:
                 for theirs, mine in ((issued.ca, own.ca), (issued.cert, own.cert),
                                      (issued.key, own.key)):
                     shutil.copy2(theirs, mine)
+                if name in hosts:  # a pool host signs its nodes' certificates
+                    for issuer in (ISSUER_CERT, ISSUER_KEY):
+                        shutil.copy2(pki / issuer, own.ca.parent / issuer)
             shutil.copy(template, folder / "manifests" / "templates" / "domain.xml")
             (folder / "manifests" / "lab.yaml").write_text(manifest)
             (folder / "agent.yaml").write_text(

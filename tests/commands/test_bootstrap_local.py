@@ -116,6 +116,15 @@ def test_no_ca_is_refused(setup: tuple[Target, Options], tmp_path: Path) -> None
         check_local(target, options)
 
 
+@pytest.mark.parametrize("name", ["nodes-ca.crt", "nodes-ca.key"])
+def test_no_node_issuer_is_refused(setup: tuple[Target, Options], name: str) -> None:
+    target, options = setup
+    (options.pki_dir / name).unlink()
+    with pytest.raises(BootstrapError, match=rf"no node issuer in .* \(missing {name}\): run "
+                                             r"`cloudd-cli pki issuer` first"):
+        check_local(target, options)
+
+
 def test_cert_problem_says_why_a_certificate_will_not_do(setup: tuple[Target, Options],
                                                          tmp_path: Path) -> None:
     _, options = setup

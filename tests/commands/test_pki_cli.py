@@ -28,7 +28,8 @@ def test_init_then_issue_with_the_installed_command(tmp_path: Path) -> None:
     d = tmp_path / "pki"
     done = cli("pki", "init", "--dir", str(d), "--days", "30")
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"wrote {d}/ca.crt\nwrote {d}/ca.key\n"
+    assert done.stdout == (f"wrote {d}/ca.crt\nwrote {d}/ca.key\nwrote {d}/nodes-ca.crt\n"
+                           f"wrote {d}/nodes-ca.key\n")
     done = cli("pki", "issue", "web1", "--kind", "node", "--cloud", "shop", "--dir", str(d),
                "--address", "192.0.2.176")
     assert (done.returncode, done.stderr) == (0, "")
@@ -58,7 +59,8 @@ def test_issue_before_init(tmp_path: Path, args: list[str], message: str) -> Non
      "cloudd-cli pki: {d}/pm1.crt already exists: use --force to replace it"),
     (["issue", "Bad_Name", "--kind", "host"], "cloudd-cli pki: bad member name 'Bad_Name': use "
      "1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, and "
-     "not 'ca'"),
+     "not 'ca' or 'nodes-ca'"),
+    (["issuer"], "cloudd-cli pki: {d}/nodes-ca.crt already exists: use --force to replace it"),
     (["issue", "pm2", "--kind", "host", "--address", "pm2.example"],
      "cloudd-cli pki: bad address 'pm2.example': not an IPv4 or IPv6 address"),
     (["issue", "pm2", "--kind", "host", "--days", "-3"],
@@ -88,6 +90,13 @@ def test_force_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     old = files(d)
     assert main(["pki", "init", "--dir", str(d), "--force"]) == 0
     assert files(d)["ca.key"] != old["ca.key"]
+    assert files(d)["nodes-ca.key"] != old["nodes-ca.key"]
+    again = files(d)
+    capsys.readouterr()
+    assert main(["pki", "issuer", "--dir", str(d), "--force"]) == 0
+    assert capsys.readouterr().out == f"wrote {d}/nodes-ca.crt\nwrote {d}/nodes-ca.key\n"
+    assert files(d)["nodes-ca.key"] != again["nodes-ca.key"]
+    assert files(d)["ca.key"] == again["ca.key"]
 
 
 def test_unwritable_directory_is_one_line(tmp_path: Path,

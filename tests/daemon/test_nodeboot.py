@@ -6,16 +6,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cloudd_lab.agentlab import CLOUDD
 
 from cloudd.config.manifest import load_cloud
 from cloudd.config.portable import Recipient, text_for
-from cloudd.daemon.node.boot import parse_member, settings_for
+from cloudd.daemon.node.boot import parse_member, read_identity_file, settings_for
 from cloudd.errors import ClouddError
 from cloudd.providers.catalog import catalog
-from cloudd.vmctl.identity import from_cmdline
+from cloudd.vmctl.identity import NodeIdentity, from_cmdline, identity_json
 
 REPO = Path(__file__).resolve().parents[2]
 LINE = ("console=ttyS0 cloudd.cloud=lab cloudd.node=lab-server-1 cloudd.role=server "
@@ -96,3 +97,51 @@ def test_cli_refuses_a_bad_identity(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == (f"{line}: kernel command line lacks cloudd.node, "
                                    "cloudd.role, cloudd.ip, cloudd.term")
+
+
+def identity_file(folder: Path, **change: object) -> Path:
+    """An identity file as cloud-init writes it from a seed (etc/cloudd/identity.json)."""
+    ident = NodeIdentity(**{**from_cmdline(LINE).__dict__, "pki": "", **change})  # type: ignore[arg-type]
+    path = folder / "etc" / "cloudd" / "identity.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(identity_json(ident))
+    return path
+
+
+def test_settings_from_a_seeds_identity_file(tmp_path: Path) -> None:
+    """Same settings as from the command line, the certificates in the pki folder beside
+    the file."""
+    path = identity_file(tmp_path)
+    settings, seeds = settings_for(read_identity_file(path), state_dir=Path("/s"))
+    pki = tmp_path / "etc" / "cloudd" / "pki"
+    assert (settings.pki.ca, settings.pki.cert, settings.pki.key) == (
+        pki / "ca.crt", pki / "lab-server-1.crt", pki / "lab-server-1.key")
+    assert settings.name == "lab-server-1"
+    assert (settings.listen.address, settings.listen.port) == ("10.1.2.3", 7760)
+    assert settings.manifest_dir == Path("/s/manifests")
+    assert [(s.name, s.address, s.port) for s in seeds] == [("pm1", "10.1.2.1", 7760),
+                                                           ("pm2", "10.1.2.2", 7761)]
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda p: p.write_text('{"cloud": "lab"}'),
+     "the identity lacks node, role, address, members, term"),
+    (lambda p: p.write_text("cloudd.cloud=lab"), "the identity is not JSON"),
+    (None, "cannot read the identity from {path}: No such file or directory"),
+])
+def test_cli_refuses_a_bad_identity_file(tmp_path: Path, write: Any, message: str) -> None:
+    path = tmp_path / "identity.json"
+    if write is not None:
+        write(path)
+    done = subprocess.run([CLOUDD, "--from-identity", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(f"{path}: ")
+    assert message.format(path=path) in done.stderr
+
+
+def test_cli_takes_one_identity_only(tmp_path: Path) -> None:
+    done = subprocess.run([CLOUDD, "--from-identity", "a", "--from-cmdline", "b"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "not allowed with argument" in done.stderr

@@ -43,7 +43,8 @@ def test_init_makes_a_ca_with_a_private_key(tmp_path: Path) -> None:
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert ca.not_valid_after_utc == NOW + dt.timedelta(days=10)
     ca.verify_directly_issued_by(ca)
-    assert sorted(p.name for p in d.iterdir()) == ["ca.crt", "ca.key"]  # no temp files left
+    assert sorted(p.name for p in d.iterdir()) == [  # no temp files left
+        "ca.crt", "ca.key", "nodes-ca.crt", "nodes-ca.key"]
 
 
 def test_issue_names_the_member_every_way(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.errors import PermanentError
 from cloudd.providers.catalog import CATALOG
-from cloudd.vmctl.domains import DomainRenderer, node_of_domain, template_extra
+from cloudd.vmctl.domains import DomainRenderer, node_of_domain, template_extra, uses_seed
 
 MANIFEST = SHOP
 DB = "shop-database-1"
@@ -60,7 +60,40 @@ def test_the_manifests_own_serial_log_wins(tmp_path: Path) -> None:
     (tmp_path / "shop.yaml").write_text(MANIFEST)
     cloud = replace(load_cloud(tmp_path / "shop.yaml", CATALOG),
                     template_values={"serial_log": "/dev/null", "bridge": "br0"})
-    assert template_extra(cloud, DB) == {"serial_log": "/dev/null", "bridge": "br0"}
+    assert template_extra(cloud, DB, seed_dir="/img") == {
+        "serial_log": "/dev/null", "bridge": "br0", "seed": f"/img/shop-{DB}.seed.iso"}
+
+
+SEEDED = ("<domain type='qemu'><name>${name}</name>${metadata}<devices><disk type='file' "
+          "device='cdrom'><source file='${seed}'/><readonly/></disk></devices></domain>")
+
+
+@pytest.mark.parametrize(("seed_dir", "path"), [
+    ("/var/lib/cloudd/images", f"/var/lib/cloudd/images/shop-{DB}.seed.iso"),
+    ("/srv/images/", f"/srv/images/shop-{DB}.seed.iso"),
+])
+def test_the_seed_is_in_the_first_image_folder_whoever_renders(tmp_path: Path, seed_dir: str,
+                                                              path: str) -> None:
+    """Leader and host render the same path: it depends on the manifest, the node and the
+    hosts' first image folder only (not on the term, nor on which host)."""
+    (tmp_path / "web.xml").write_text(SEEDED)
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    renders = {DomainRenderer(port=7100, pki_dir=p, seed_dir=seed_dir).render(cloud, DB, t)
+               .split("<source file='")[1].split("'")[0]
+               for p in ("/a", "/b") for t in (1, 7)}
+    assert renders == {path}
+    assert uses_seed(SEEDED) and not uses_seed(TEMPLATE)
+
+
+def test_a_manifest_cannot_say_where_the_seed_is(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text(SEEDED)
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
+    cloud = replace(load_cloud(tmp_path / "shop.yaml", CATALOG),
+                    template_values={"seed": "/etc/shadow"})
+    with pytest.raises(PermanentError, match="template value 'seed' of cloud shop is cloudd's "
+                                             "own"):
+        DomainRenderer(port=7100, pki_dir="").render(cloud, DB, 1)
 
 
 def shop(tmp_path: Path) -> Cloud:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,8 @@ from cloudd.vmctl.identity import (
     build_seed,
     cmdline_words,
     from_cmdline,
+    from_identity_json,
+    identity_json,
 )
 
 IDENT = NodeIdentity(cloud="web1", node="server-0", role="server", address="10.9.0.5/24",
@@ -69,14 +72,25 @@ def test_nocloud_seed_iso(tmp_path: Path) -> None:
     assert iso.stat().st_mode & 0o777 == 0o600
     assert "Volume id: cidata" in isoinfo(iso, "-d")
     meta = yaml.safe_load(isoinfo(iso, "-J", "-x", "/meta-data"))
-    assert meta == {"instance-id": "web1-server-0-t3", "local-hostname": "server-0"}
+    cred = hashlib.sha256(PKI.cert.encode()).hexdigest()[:12]
+    assert meta == {"instance-id": f"web1-server-0-t3-{cred}", "local-hostname": "server-0"}
     user_text = isoinfo(iso, "-J", "-x", "/user-data")
     assert user_text.startswith("#cloud-config\n")
     files = {f["path"]: f for f in yaml.safe_load(user_text)["write_files"]}
-    identity = yaml.safe_load(files["/etc/cloudd/identity.yaml"]["content"])
-    assert identity["role"] == "server" and identity["members"] == list(IDENT.members)
-    assert files["/etc/cloudd/pki/key.pem"]["content"] == PKI.key
-    assert files["/etc/cloudd/pki/key.pem"]["permissions"] == "0600"
+    assert sorted(files) == ["/etc/cloudd/identity.json", "/etc/cloudd/pki/ca.crt",
+                             "/etc/cloudd/pki/server-0.crt", "/etc/cloudd/pki/server-0.key"]
+    assert {f["permissions"] for f in files.values()} == {"0600"}
+    assert {f["owner"] for f in files.values()} == {"root:root"}
+    identity = from_identity_json(files["/etc/cloudd/identity.json"]["content"], pki="/p")
+    assert identity == NodeIdentity(**{**IDENT.__dict__, "pki": "/p"})
+    assert files["/etc/cloudd/pki/server-0.key"]["content"] == PKI.key
+    assert files["/etc/cloudd/pki/server-0.crt"]["content"] == PKI.cert
+    assert files["/etc/cloudd/pki/ca.crt"]["content"] == PKI.ca
+    # Rock Ridge keeps the files' own modes: nothing in the seed is readable by others
+    listing = isoinfo(iso, "-R", "-l")
+    modes = {line.split()[-1]: line.split()[0] for line in listing.splitlines()
+             if line.startswith("-")}
+    assert modes == dict.fromkeys(("meta-data", "network-config", "user-data"), "-rw-------")
     net = yaml.safe_load(isoinfo(iso, "-J", "-x", "/network-config"))
     eth = net["ethernets"]["eth0"]
     assert eth["match"]["macaddress"] == "52:54:00:aa:bb:cc"
@@ -89,3 +103,26 @@ def test_seed_with_a_bad_identity_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(IdentityError):
         build_seed(bad, mac="52:54:00:aa:bb:cc", pki=PKI, out=tmp_path / "seed.iso")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_identity_file_round_trip() -> None:
+    assert from_identity_json(identity_json(IDENT), pki=IDENT.pki) == IDENT
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[1]", "the identity is not a JSON object"),
+    ("{", "the identity is not JSON"),
+    ('{"cloud": "a", "extra": 1}', "has unknown fields extra; lacks node, role, address, "
+     "members, term"),
+    ('{"cloud": "a", "node": "b", "role": "c", "address": "10.0.0.1/24", "members": [], '
+     '"term": "3"}', "identity field term must be a int, got '3'"),
+    ('{"cloud": "a", "node": "b", "role": "c", "address": "10.0.0.1/24", "members": [], '
+     '"term": true}', "identity field term must be a int, got True"),
+    ('{"cloud": "a", "node": "b", "role": "c", "address": "10.0.0.1/24", "members": [1], '
+     '"term": 3}', "members must be a list of name@address:port"),
+    ('{"cloud": "a", "node": "b c", "role": "c", "address": "10.0.0.1/24", "members": [], '
+     '"term": 3}', "identity node 'b c' must be non-empty, without spaces"),
+])
+def test_a_bad_identity_file_is_refused_in_one_sentence(text: str, message: str) -> None:
+    with pytest.raises(IdentityError, match=message):
+        from_identity_json(text)

@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
         description="Over SSH (host key checked against --known-hosts only): ensure "
                     "python3-venv, install cloudd into /opt/cloudd/venv from wheels built "
                     "here, write /etc/cloudd/agent.yaml and /etc/cloudd/pki (a certificate for "
-                    "HOST issued with the cluster CA), install cloudd.service and start the "
+                    "HOST issued with the cluster CA, and the node issuer a host signs its "
+                    "nodes' certificates with), install cloudd.service and start the "
                     "agent (systemd when it runs there, else a background process). "
                     "Idempotent: what is already right is left alone.")
     parser.add_argument("host", metavar="HOST", help="the member's name, as in the manifests")

@@ -103,6 +103,10 @@ def check_local(target: Target, options: Options) -> None:
         if not (options.pki_dir / name).is_file():
             raise BootstrapError(f"no cluster CA in {options.pki_dir} (missing {name}): "
                                  "run `cloudd-cli pki init` first")
+    for name in (pki.ISSUER_CERT, pki.ISSUER_KEY):
+        if not (options.pki_dir / name).is_file():
+            raise BootstrapError(f"no node issuer in {options.pki_dir} (missing {name}): "
+                                 "run `cloudd-cli pki issuer` first")
     options.source.check()
 
 

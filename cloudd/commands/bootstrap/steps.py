@@ -32,6 +32,7 @@ from cloudd.commands.bootstrap.prepare import (
 from cloudd.commands.bootstrap.remote import Remote, open_remote
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Step, Target
 from cloudd.commands.bootstrap.wheels import build_wheels
+from cloudd.pki import ISSUER_CERT, ISSUER_KEY
 
 #: The target's Python: Debian's, which python3-venv completes (not whatever PATH finds).
 PYTHON = "/usr/bin/python3"
@@ -156,10 +157,13 @@ async def _install(remote: Remote, layout: Layout, wheels: list[Path], done: Rep
 
 async def _pki(remote: Remote, layout: Layout, target: Target, options: Options, *,
                now: dt.datetime, done: Report) -> bool:
-    """ca.pem, agent.pem and agent.key (0600) for the member, issued here when needed."""
+    """ca.pem, agent.pem and agent.key (0600) for the member, issued here when needed, and
+    the node issuer a pool host signs its nodes' certificates with (its key 0600)."""
     ca_path, cert_path, key_path = (f"{layout.pki}/{n}" for n in
                                     ("ca.pem", "agent.pem", "agent.key"))
     ca = (options.pki_dir / "ca.crt").read_bytes()
+    issuer = [(f"{layout.pki}/{n}", (options.pki_dir / n).read_bytes(), mode)
+              for n, mode in ((ISSUER_KEY, 0o600), (ISSUER_CERT, 0o644))]
     cert, key = await remote.read(cert_path), await remote.read(key_path)
     detail = f"{layout.pki} already has a valid certificate for {target.name}"
     if cert_problem(cert, key, ca, name=target.name, address=target.address, now=now):
@@ -169,7 +173,7 @@ async def _pki(remote: Remote, layout: Layout, target: Target, options: Options,
     changed = False
     # The key first: a certificate is never there without the key that goes with it.
     for path, data, mode in ((key_path, key, 0o600), (cert_path, cert, 0o644),
-                             (ca_path, ca, 0o644)):
+                             (ca_path, ca, 0o644), *issuer):
         changed |= await remote.put(path, data, mode=mode)
     done("pki", changed, detail if changed else f"{detail}, files unchanged")
     return changed

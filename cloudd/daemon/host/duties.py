@@ -32,6 +32,7 @@ from cloudd.vmctl.backend import Backend, DomainEvent
 from cloudd.vmctl.confine import Folders
 from cloudd.vmctl.domains import SERIAL_LOG_DIR, DomainRenderer
 from cloudd.vmctl.hostagent import (
+    DEFAULT_IMAGE_DIRS,
     MANIFEST_CHECKED,
     CommandOutcome,
     HostAgent,
@@ -39,6 +40,7 @@ from cloudd.vmctl.hostagent import (
     HostResult,
 )
 from cloudd.vmctl.images import CopySettings
+from cloudd.vmctl.nodeseed import NodeSeeds
 
 #: The libvirt connection when neither the manifest nor the agent's settings name one.
 DEFAULT_URI = "qemu:///system"
@@ -63,6 +65,20 @@ def libvirt_uri(cloud: Cloud, *, me: str, settings: AgentSettings) -> str:
     return mine or settings.libvirt.uri or DEFAULT_URI
 
 
+def seed_dir_of(settings: AgentSettings) -> str:
+    """Where the hosts keep their nodes' seed ISOs: their first image folder (a setting every
+    host of a pool shares, so that leader and host render the same `${seed}`)."""
+    dirs = settings.libvirt.image_dirs
+    return str(dirs[0]) if dirs else str(DEFAULT_IMAGE_DIRS[0])
+
+
+def renderer_of(settings: AgentSettings) -> DomainRenderer:
+    """The domain rendering of this agent: the same on every member of a pool (same port,
+    PKI folder and first image folder)."""
+    return DomainRenderer(port=settings.listen.port, pki_dir=str(settings.pki.ca.parent),
+                          seed_dir=seed_dir_of(settings))
+
+
 def folders_of(settings: AgentSettings) -> Folders:
     """Where this host's domains may keep their files, from its settings."""
     return Folders(images=tuple(str(d) for d in settings.libvirt.image_dirs),
@@ -82,9 +98,8 @@ class HostDuties:
         self._open, self._leader, self._send, self._local = open_backend, leader, send, local
         #: the election's answer to "does this member hold our lease for this term"
         self.holds_lease = holds_lease
-        # The same rendering as the leader's (same port and PKI folder on every member).
-        self.renderer = DomainRenderer(port=settings.listen.port,
-                                       pki_dir=str(settings.pki.ca.parent))
+        # The same rendering as the leader's (same settings on every member).
+        self.renderer = renderer_of(settings)
         self.folders = folders_of(settings)
         self.agent: HostAgent | None = None
         self.log = log.get("host", cloud=cloud().name, node=me)
@@ -96,7 +111,10 @@ class HostDuties:
         agent = HostAgent(backend, state_dir=self.state_dir, host=self.me,
                           cloud=self._cloud().name,
                           image_dirs=tuple(self.settings.libvirt.image_dirs),
-                          copy=CopySettings.of(self.settings.images))
+                          copy=CopySettings.of(self.settings.images),
+                          seeds=NodeSeeds(cloud=self._cloud, seed_dir=Path(seed_dir_of(
+                              self.settings)), pki_dir=self.settings.pki.ca.parent,
+                              ca_file=self.settings.pki.ca, port=self.settings.listen.port))
         self.agent = agent
         self.log.info("host_ready", host=self.me, uri=uri)
         try:

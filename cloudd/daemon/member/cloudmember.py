@@ -32,7 +32,7 @@ from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import Recipient, recipient_of, text_for
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
-from cloudd.daemon.host.duties import HostDuties, OpenBackend
+from cloudd.daemon.host.duties import HostDuties, OpenBackend, renderer_of
 from cloudd.daemon.leader import assignment
 from cloudd.daemon.leader.controller import Controller, policy_of
 from cloudd.daemon.leader.desired import desired_of
@@ -67,7 +67,6 @@ from cloudd.election.swim import Status
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl import plan
-from cloudd.vmctl.domains import DomainRenderer
 from cloudd.vmctl.hostagent import HostCommand, HostResult
 
 #: Seconds between two rounds of asking the pool hosts who leads, when leader messages name
@@ -146,7 +145,7 @@ class CloudMember:
                 self.election.holds_lease(member, term)
                 or (member == self.me and self.acting_term() == term)),
         ) if self.is_host and open_backend is not None else None
-        renderer = DomainRenderer(port=settings.listen.port, pki_dir=str(settings.pki.ca.parent))
+        renderer = renderer_of(settings)
         self.host_calls = HostCalls(me=self.me, request=request, clock=clock,
                                     local=lambda: self.host,
                                     generation=lambda: renderer.generation(self.cloud))

@@ -10,6 +10,15 @@ the server they dialled is the member they meant to reach.
 What the certificate says of its holder (`cloudd.pki.Identity`: name, kind of member, and a
 node's cloud) travels with every message the connection delivers, so that handlers decide
 what this sender may do; a certificate that names no kind of member gets no connection.
+
+Agents trust the cluster's roots only (the CA file). Pool hosts hold the node issuer, an
+intermediate CA under the root, to sign the certificates of the nodes they boot; a node
+presents its certificate and the issuer's, and OpenSSL verifies that chain up to a root. A
+certificate signed by anything but a root is therefore the node issuer's work, and it is
+taken only when it says it is a node's: a host or operator certificate the issuer signed (a
+host's issuer key put to forging) is refused. Python's `ssl` hands over the peer's own
+certificate only, but its issuer name is enough once the chain is verified: it is compared
+with the subjects of the self-signed CAs this agent trusts.
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ from typing import Any
 
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, default_codec
 from cloudd.errors import ConfigError, Problem, RemoteProtocolError
-from cloudd.pki import Identity, PkiFiles, identity_from_uris
+from cloudd.pki import Identity, MemberKind, PkiFiles, identity_from_uris
+
+#: A distinguished name as Python's `ssl` gives it: RDNs of (attribute, value) pairs.
+Name = tuple[tuple[tuple[str, str], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,27 @@ def peer_identity(ssl_object: Any) -> Identity:
         raise PeerIdentityError(
             "peer certificate names no kind of cloudd member (one cloudd://member/, one "
             "cloudd://kind/ SAN URI, and cloudd://cloud/ for a node, are required)")
+    issuer: Name = cert.get("issuer", ())
+    # The chain is verified: an issuer that is no trusted root is a CA below one, the node
+    # issuer, whose certificates are nodes' only.
+    if identity.kind is not MemberKind.NODE and issuer not in _roots(ssl_object):
+        raise PeerIdentityError(
+            f"{identity.name}'s certificate says kind {identity.kind.value} but is signed by "
+            f"{_cn(issuer)!r}, not by a root CA: an intermediate (the node issuer) signs node "
+            "certificates only")
     return identity
+
+
+def _roots(ssl_object: Any) -> frozenset[Name]:
+    """The subjects of the self-signed CAs this side trusts."""
+    context = getattr(ssl_object, "context", None)
+    cas = context.get_ca_certs() if context is not None else []
+    return frozenset(ca["subject"] for ca in cas if ca.get("subject") == ca.get("issuer"))
+
+
+def _cn(name: Name) -> str:
+    return next((value for rdn in name for key, value in rdn if key == "commonName"),
+                "an unnamed CA")
 
 
 def check_hello(ssl_object: Any, msg: object) -> Identity:

@@ -1,12 +1,15 @@
 """How an agent inside a freshly booted node starts with nothing but its identity.
 
-A node's VM carries its identity on the kernel command line (or a cloud-init seed): cloud,
-node name, role, address, the pool hosts to contact (`name@address:port`), the term of the
-leader that defined it, and where its certificate is. From that alone the agent builds its
-settings, and asks the hosts for the cloud's manifest (`ManifestWanted`): the answer is checked
-as what it is, a text received over the network (self-contained: nothing in it makes the node
-read a file), then written into its own manifest folder, where the ordinary manifest watcher
-picks it up. From then on the node is a member like any other.
+A node's VM carries its identity on the kernel command line (`cloudd --from-cmdline
+/proc/cmdline`, the test guest) or in the identity file its NoCloud seed made cloud-init write
+(`cloudd --from-identity /etc/cloudd/identity.json`, a real image): cloud, node name, role,
+address, the pool hosts to contact (`name@address:port`), the term of the leader that defined
+it, and where its certificate is (named on the command line; for an identity file, the `pki`
+folder beside it). From that alone the agent builds its settings, and asks the hosts for the
+cloud's manifest (`ManifestWanted`): the answer is checked as what it is, a text received
+over the network (self-contained: nothing in it makes the node read a file), then written
+into its own manifest folder, where the ordinary manifest watcher picks it up. From then on
+the node is a member like any other.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from cloudd.daemon.network.catalogue import ManifestOffer, ManifestWanted
 from cloudd.durable import write_durable
 from cloudd.errors import ClouddError, ConfigError, PermanentError
 from cloudd.providers.catalog import catalog
-from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline
+from cloudd.vmctl.identity import IdentityError, NodeIdentity, from_cmdline, from_identity_json
 
 #: Where a node agent keeps its state when the identity says nothing else (inside the guest).
 NODE_STATE = Path("/var/lib/cloudd")
@@ -61,11 +64,20 @@ def parse_member(text: str) -> Seed:
 
 
 def read_identity(path: Path) -> NodeIdentity:
+    """The identity on a kernel command line (a copy of /proc/cmdline)."""
+    return from_cmdline(_read(path))
+
+
+def read_identity_file(path: Path) -> NodeIdentity:
+    """The identity in a seed's identity file; its certificates are in `pki` beside it."""
+    return from_identity_json(_read(path), pki=str(path.absolute().parent / "pki"))
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as e:
         raise PermanentError(f"cannot read the identity from {path}: {e.strerror}") from e
-    return from_cmdline(text)
 
 
 def settings_for(ident: NodeIdentity, *, state_dir: Path = NODE_STATE,
