@@ -83,12 +83,12 @@ class AgentPayload:
     venv: str = "/opt/cloudd/venv"
 
 
-def recipe(kind: ImageType, *, wheels: list[Path], unit: str,
+def recipe(kind: ImageType, *, wheels: list[Path], unit: str, venv: str = "/opt/cloudd/venv",
            apt_dir: Path = Path("/etc/apt")) -> tuple[Recipe, tuple[rootfs.Change, ...]]:
     """What an image of `kind` is made from, and the changes the build makes to its tree."""
     mirrors = mirrors_from_sources(_apt_sources(apt_dir), suite=SUITE)
     tree = TreeRecipe(kind.name, SUITE, mirrors or fallback_mirrors(SUITE), package_set(kind))
-    changes = rootfs.changes(unit=unit, units_off=units_off(kind))
+    changes = rootfs.changes(unit=unit, units_off=units_off(kind), venv=venv)
     digest = wheels_digest((w.name, _wheel_content(w)) for w in wheels)
     return Recipe(tree, wheels=digest, changes=text_digest(repr(changes))), changes
 
@@ -104,7 +104,8 @@ def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Re
         wheels, built = agent.wheels()
         report(Stage("wheels", clock() - start, f"{len(wheels)} wheels, "
                      + ("built now" if built else "cached")))
-        plan, changes = recipe(kind, wheels=wheels, unit=agent.unit, apt_dir=apt_dir)
+        plan, changes = recipe(kind, wheels=wheels, unit=agent.unit, venv=agent.venv,
+                               apt_dir=apt_dir)
         image = Image(plan.name, cache)
         if image.exists():
             report(Stage("cached", 0.0, str(image.qcow2)))

@@ -25,12 +25,29 @@ UNIT_PATH = "/etc/systemd/system/cloudd.service"
 #: The links that enable units; removing a unit's disables it.
 WANTS = "/etc/systemd/system/*.wants/"
 
-_DROP_IN = """\
-# A node image: the agent's settings come with the node's own NoCloud seed, which cloud-init
-# writes in cloud-init.service; wait for it, so the agent never starts on a half-written seed.
+#: Where a node's identity lands: cloud-init writes it from the node's own NoCloud seed
+#: (`cloudd.vmctl.identity.seed_files`), with its certificates in `pki/` beside it.
+IDENTITY = "/etc/cloudd/identity.json"
+
+
+def drop_in(venv: str) -> str:
+    """The node image's change to the agent's unit: the agent starts from the identity its
+    seed brings (never from a settings file a node does not have), once cloud-init has
+    written it."""
+    return f"""\
+# A node image: the agent's identity and credentials come with the node's own NoCloud seed,
+# which cloud-init writes in cloud-init.service; wait for it, so the agent never starts on a
+# half-written seed. Without a seed (a VM booted bare) the agent is not started at all.
 [Unit]
 After=cloud-init.service
+AssertPathExists=
+AssertPathExists={IDENTITY}
+
+[Service]
+ExecStart=
+ExecStart={venv}/bin/cloudd --from-identity {IDENTITY}
 """
+
 
 _CLOUD_CFG = """\
 # A node learns who it is from its NoCloud seed (a cdrom labelled cidata) and from nowhere
@@ -71,12 +88,12 @@ class Remove:
 Change = Write | Link | Remove
 
 
-def changes(*, unit: str, units_off: tuple[str, ...],
+def changes(*, unit: str, units_off: tuple[str, ...], venv: str = "/opt/cloudd/venv",
             hostname: str = "cloudd-node") -> tuple[Change, ...]:
     """Every change to the packaged tree, in the order they are applied."""
     out: list[Change] = [
         Write(UNIT_PATH, unit),
-        Write(UNIT_PATH + ".d/10-node-image.conf", _DROP_IN),
+        Write(UNIT_PATH + ".d/10-node-image.conf", drop_in(venv)),
         Link("/etc/systemd/system/multi-user.target.wants/cloudd.service", UNIT_PATH),
         Link("/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service",
              "/lib/systemd/system/serial-getty@.service"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloudd.images.packages import ImageBuildError
+from cloudd.images import rootfs
 from cloudd.images.rootfs import UNIT_PATH, WANTS, Link, Remove, Write, changes, lock_root
 
 UNIT = "[Service]\nExecStart=/opt/cloudd/venv/bin/cloudd --config /etc/cloudd/agent.yaml\n"
@@ -69,3 +70,15 @@ def test_root_is_locked_as_passwd_does_and_other_lines_are_kept(before: str, aft
 def test_a_shadow_without_root_is_refused() -> None:
     with pytest.raises(ImageBuildError, match="no root entry"):
         lock_root("daemon:*:20790:0:99999:7:::\n")
+
+
+def test_a_node_images_agent_starts_from_its_seeds_identity_after_cloud_init() -> None:
+    drop = next(c for c in rootfs.changes(unit="[Unit]\n", units_off=(), venv="/opt/v")
+                if isinstance(c, rootfs.Write) and c.path.endswith("10-node-image.conf"))
+    lines = drop.text.splitlines()
+    assert "After=cloud-init.service" in lines
+    # the settings-file assertion and command of bootstrap's unit are reset, then replaced
+    assert lines.index("AssertPathExists=") < lines.index(
+        f"AssertPathExists={rootfs.IDENTITY}")
+    assert lines.index("ExecStart=") < lines.index(
+        f"ExecStart=/opt/v/bin/cloudd --from-identity {rootfs.IDENTITY}")
