@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloudd.images.packages import ImageBuildError
 from cloudd.images import rootfs
+from cloudd.images.packages import ImageBuildError
 from cloudd.images.rootfs import UNIT_PATH, WANTS, Link, Remove, Write, changes, lock_root
 
 UNIT = "[Service]\nExecStart=/opt/cloudd/venv/bin/cloudd --config /etc/cloudd/agent.yaml\n"
