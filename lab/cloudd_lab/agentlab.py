@@ -327,21 +327,30 @@ class AgentLab:
                          if self.fence is not None else "")
                 pool.append(f"  - {{name: {n}, address: {a}, "
                             f"libvirt_uri: {json.dumps(self.libvirt_uri)}{fence}}}")
-        node = ("managed: false" if self.node_image is None else
-                f"image: {json.dumps(self.node_image)}, memory_mib: {self.node_memory_mib}")
         roles = []
         for role in self.nodes:
             roles.append(f"  {role}:")
             for n, _, a in members:
                 if n.startswith(f"lab-{role}-"):
-                    roles.append(f"    - {{name: {n}, address: {a}, {node}}}")
+                    roles.append(f"    - {{name: {n}, address: {a}, {self.node_fields(n)}}}")
         values = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in self.template_values.items())
         return (f"apiVersion: cloudd/v1\nkind: Cloud\nname: {self.cloud_name}\n"
                 f"type: {self.cloud_type}\nensure: {self.ensure}\n"
                 f"domain_template: templates/domain.xml\npool:\n" + "\n".join(pool) + "\n"
                 + "roles:\n" + "\n".join(roles) + "\n"
                 + (f"network: {{prefix_length: {self.net.subnet.prefixlen}}}\n")
-                + (f"template_values:\n{values}" if values else ""))
+                + (f"template_values:\n{values}" if values else "")
+                + self.manifest_extra())
+
+    def node_fields(self, node: str) -> str:
+        """A node's fields in the manifest, after its name and address (YAML flow style)."""
+        if self.node_image is None:
+            return "managed: false"
+        return f"image: {json.dumps(self.node_image)}, memory_mib: {self.node_memory_mib}"
+
+    def manifest_extra(self) -> str:
+        """More of the manifest (whole lines): settings, secrets."""
+        return ""
 
     def write_manifest(self, *, ensure: str | None = None) -> str:
         """Give every member with an agent the manifest again (a new generation when

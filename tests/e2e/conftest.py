@@ -30,14 +30,14 @@ def say(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return out
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     yield
     left = leftovers(PREFIX)
     assert left == [], f"the e2e suite left these behind: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lab() -> Iterator[VmLab]:
     if virsh("version").returncode != 0:
         pytest.skip("no libvirtd at qemu:///system (scripts/ensure-libvirtd.sh)")

@@ -174,7 +174,16 @@ def render(template: Path, extra: dict[str, str]) -> str:
 @pytest.mark.parametrize("template", sorted((REPO / "manifests" / "templates").glob("*.xml")),
                          ids=lambda p: p.name)
 def test_the_example_templates_pass(template: Path) -> None:
-    assert problem(render(template, {}), FOLDERS) is None
+    """The shipped templates boot a node image from the image folders, share nothing."""
+    cache = "/var/cache/cloudd/images"
+    xml = render(template, {
+        "kernel": f"{cache}/node-web-0123.vmlinuz", "initrd": f"{cache}/node-web-0123.initrd",
+        "bridge": "br0", "seed": f"{IMAGES}/shop-web-1.seed.iso",
+        "serial_log": "/var/log/libvirt/qemu/shop-web-1.serial.log"})
+    assert problem(xml, replace(FOLDERS, images=(IMAGES, cache))) is None
+    assert problem(xml, FOLDERS) == (
+        f"<kernel> '{cache}/node-web-0123.vmlinuz' is outside this host's image folders "
+        f"({IMAGES})")
 
 
 @pytest.mark.parametrize("name", ["testguest.xml", "testguest-agent.xml"])

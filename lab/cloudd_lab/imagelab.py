@@ -1,0 +1,97 @@
+"""A cloud whose nodes are real VMs booted from the node image, for the e2e suite and the demo.
+
+`ImageLab` is a `VmLab` (pool host agents in network namespaces on one bridge, the leader
+defining domains on the machine's libvirtd) whose nodes are what an operator would run: the
+image `cloudd-cli image build` makes (Debian 12, systemd, cloud-init, the agent in its own
+virtualenv, the roles' packages), booted with the shipped domain template of the cloud's type
+(`manifests/templates/TYPE.xml`). Each node boots its own copy-on-write overlay of the image
+(the leader has the host make it), and its identity and credentials come from the NoCloud
+seed the host makes when it defines the domain; nothing of the host's filesystem is shared.
+Inside, systemd runs the agent, which joins, takes its role and runs the role's services.
+
+The cloud is a web cloud with a database password (a secret file in the lab's folder, which
+the leader sends to the roles that need it). The image is built once per machine and cached
+(`/var/cache/cloudd/images`); its folder becomes one of the hosts' image folders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudd.commands.image import ensure_image
+from cloudd.images.store import Image
+from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
+from cloudd_lab.agentlab import AgentLab
+from cloudd_lab.paths import example_template
+from cloudd_lab.vmlab import IMAGES, VmLab
+
+#: The web cloud's settings in the lab: the app's database account and its password.
+WEB_SETTINGS = {"database_name": "guestbook", "database_user": "guestbook",
+                "database_password_ref": "db_password"}
+
+
+@dataclass
+class ImageLab(VmLab):
+    """`hosts` pool host agents and a cloud of VMs booted from the node image."""
+
+    node_memory_mib: int = 1024
+    #: The app's database password (what the secret file holds).
+    password: str = "correct horse 'battery'"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.template = example_template(self.cloud_type)
+        self.image: Image | None = None
+
+    def open(self) -> ImageLab:
+        self.lock.acquire()  # before removing the prefix's domains: they may be a living lab's
+        self.image = ensure_image(self.cloud_type)
+        self.template_values = {"kernel": str(self.image.kernel),
+                                "initrd": str(self.image.initrd),
+                                "bridge": f"{self.prefix}br", **self.template_values}
+        self.remove_domains()
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        self.remove_node_files()
+        secrets = self.root / "secrets"
+        secrets.mkdir(mode=0o700)
+        (secrets / "db_password").write_text(self.password + "\n")
+        (secrets / "db_password").chmod(0o600)
+        AgentLab.open(self)
+        return self
+
+    def libvirt_settings(self) -> str:
+        """The hosts' image folders: the nodes' overlays and seeds, and the image cache (the
+        base image, its kernel and initramfs). No share of the host's `/`."""
+        assert self.image is not None
+        return json.dumps({"uri": self.libvirt_uri,
+                           "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS),
+                                          str(self.image.folder)]})
+
+    def overlay(self, node: str) -> Path:
+        """The node's own disk: an overlay of the image in the hosts' first image folder."""
+        return IMAGES / f"{self.cloud_name}-{node}.qcow2"
+
+    def node_fields(self, node: str) -> str:
+        if self.image is None:
+            return super().node_fields(node)
+        return (f"image: {self.overlay(node)}, base_image: {self.image.qcow2}, overlay: true, "
+                f"memory_mib: {self.node_memory_mib}")
+
+    def manifest_extra(self) -> str:
+        settings = ", ".join(f"{k}: {json.dumps(v)}" for k, v in WEB_SETTINGS.items())
+        secret = self.root / "secrets" / "db_password"
+        return f"settings: {{{settings}}}\nsecrets: {{db_password: {{file: {secret}}}}}\n"
+
+    def remove_node_files(self) -> None:
+        """The nodes' overlays and seeds a previous lab of this cloud left in the image folder."""
+        for path in IMAGES.glob(f"{self.cloud_name}-*"):
+            if path.suffix in (".qcow2", ".iso"):
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.remove_node_files()
