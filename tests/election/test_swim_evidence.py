@@ -80,7 +80,7 @@ def test_forged_news_of_a_death_with_a_huge_incarnation_is_refuted_not_believed(
 @pytest.mark.parametrize(("gone", "bound"), [
     ("b", HIGH + 3 * T.probe_interval),  # a host: memberlist's timing
     ("c", T.node_dead_bound(len(ROSTER))),  # a node: the patient timing
-])
+], ids=["host", "node"])
 def test_a_member_really_gone_dies_on_each_members_own_probes(gone: str, bound: float) -> None:
     w = World()
     w.run(0.3, watch=gone)
