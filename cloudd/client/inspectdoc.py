@@ -93,6 +93,10 @@ class HostView:
     free_memory_mib: int | None = None
     domains: int = 0
     """Domains of this cloud defined on the host."""
+    liveness_since: float | None = None
+    """Epoch seconds since which the host is `liveness`, when that is not alive."""
+    liveness_reason: str = ""
+    """Why the source believes the host suspect or dead, in words; "" while it is alive."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,10 @@ class NodeView:
     waiting: str = ""
     """Why the planner holds this node back (e.g. "waiting for database"); "" when it is not."""
     services: tuple[ServiceView, ...] = ()
+    agent_liveness_since: float | None = None
+    """Epoch seconds since which the node's agent is `agent_liveness`, when not alive."""
+    agent_liveness_reason: str = ""
+    """Why the source believes the node's agent suspect or dead; "" while it is alive."""
 
 
 @dataclass(frozen=True)

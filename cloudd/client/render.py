@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from cloudd.client.inspectdoc import CloudView, EventView, InspectDoc, Source
+from cloudd.client.inspectdoc import CloudView, EventView, InspectDoc, LivenessView, Source
 
 _SGR = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 _STYLE = {
@@ -136,6 +136,21 @@ def _services(c: CloudView) -> list[list[Cell]]:
     return rows
 
 
+def _not_alive(c: CloudView, *, now: float) -> list[list[Cell]]:
+    """Every host and node agent the source does not believe alive: since when and why."""
+    seen = [(h.name, "host", h.liveness, h.liveness_since, h.liveness_reason) for h in c.hosts]
+    seen += [(n.name, "node", n.agent_liveness, n.agent_liveness_since, n.agent_liveness_reason)
+             for n in c.nodes]
+    rows: list[list[Cell]] = []
+    for name, kind, liveness, since, why in seen:
+        if liveness is LivenessView.ALIVE:
+            continue
+        when = "-" if since is None else f"since {clock(since, now=now)} ({ago(now - since)} ago)"
+        rows.append([(name, ""), (kind, ""), styled(liveness.value), (when, ""),
+                     (why or "no reason given", "")])
+    return rows
+
+
 def render_cloud(c: CloudView, doc: InspectDoc, *, now: float, color: bool,
                  width: int | None) -> list[str]:
     lines = _cloud_header(c, doc, now=now, color=color)
@@ -149,6 +164,10 @@ def render_cloud(c: CloudView, doc: InspectDoc, *, now: float, color: bool,
     for rows in (hosts, _nodes(c, now=now), _services(c)):
         if len(rows) > 1:
             lines += ["", *table(rows, color=color, width=width)]
+    doubts = _not_alive(c, now=now)
+    if doubts:
+        lines += ["", "  " + paint("AGENTS NOT ALIVE", "bold", color=color)]
+        lines += table(doubts, color=color, width=width)
     if c.failed_actions:
         lines += ["", "  " + paint("FAILED ACTIONS", "bold", color=color)]
         failed: list[list[Cell]] = []

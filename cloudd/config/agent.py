@@ -103,7 +103,9 @@ class Log(BaseModel):
 class MembershipSettings(BaseModel):
     """SWIM liveness. The defaults are the election core's production timing
     (`cloudd.election.config.Timing`): agents keep TLS connections open, so probing often is
-    cheap, and a dead leader is noticed in a few hundred milliseconds."""
+    cheap, and a dead leader is noticed in a few hundred milliseconds. Nodes (members that are
+    not pool hosts: VMs) are probed with the patience of the `node_*` fields instead, so that
+    a guest whose agent stalls for seconds is not declared dead while its domain runs."""
 
     model_config = _CONFIG
     probe_interval: Seconds = Field(default=0.1, gt=0)
@@ -116,6 +118,16 @@ class MembershipSettings(BaseModel):
     suspicion_mult: float = Field(default=2.0, ge=1, le=32)
     """Suspicion lasts suspicion_mult * max(1, log10(N)) * probe_interval before a member is
     declared dead (memberlist's formula)."""
+    node_probe_timeout: Seconds = Field(default=1.0, gt=0)
+    """Seconds to wait for a node's ack before asking others, and as long again for theirs,
+    before a probe of a node fails. A guest under TCG on a busy machine answers hundreds of
+    milliseconds late and stalls for a second now and then: 1 s rides that out, and the
+    other members are probed meanwhile at the usual pace."""
+    node_suspicion: Seconds = Field(default=10.0, gt=0)
+    """Seconds a suspect node stays suspect before a failed probe of ours declares it dead: a
+    guest stalled for a few seconds answers again in time and is never dead. Nothing waits
+    on it (a dead VM reaches the leader as libvirt's event), and a node that is really gone
+    is dead within about this plus 2 * node_probe_timeout plus two probe rounds."""
 
 
 class ElectionSettings(BaseModel):
@@ -289,6 +301,15 @@ def check(s: AgentSettings) -> list[Rule]:
         out.append((("membership", "probe_timeout"), ("membership", "probe_interval"), (
             f"{m.probe_timeout} s must be shorter than membership.probe_interval "
             f"({m.probe_interval} s): a probe must end before the next one starts")))
+    elif m.node_probe_timeout < m.probe_timeout:  # one sentence per mistake, not two
+        out.append((("membership", "node_probe_timeout"), ("membership", "probe_timeout"), (
+            f"{m.node_probe_timeout} s must not be shorter than membership.probe_timeout "
+            f"({m.probe_timeout} s): a node is never given less time to answer than a host")))
+    if m.node_suspicion < m.suspicion_mult * m.probe_interval:
+        out.append((("membership", "node_suspicion"), ("membership", "probe_interval"), (
+            f"{m.node_suspicion} s must not be shorter than a host's shortest suspicion "
+            f"(membership.suspicion_mult * membership.probe_interval = "
+            f"{m.suspicion_mult * m.probe_interval:g} s)")))
     if e.answer_timeout >= e.coordinator_timeout:
         out.append((("election", "answer_timeout"), ("election", "coordinator_timeout"), (
             f"{e.answer_timeout} s must be shorter than election.coordinator_timeout "

@@ -106,7 +106,8 @@ class AgentCore:
 
     def describe(self, now: float) -> dict[str, object]:
         """A plain summary for `cloudd-cli inspect`: role, term, leader, acting, and the
-        members this agent does not believe alive."""
+        members this agent does not believe alive, each with its status, since when (on the
+        clock the core is given) and why, in words."""
         return {
             "member": self.me,
             "role": self.bully.role.value,
@@ -116,8 +117,8 @@ class AgentCore:
             "acting": self.is_acting(now),
             "acting_until": self.bully.acting_until() if self.is_acting(now) else None,
             "incarnation": self.members.incarnation,
-            "not_alive": {n: self.members.status(n).value for n in self.roster.names
-                          if self.members.status(n) is not Status.ALIVE},
+            "not_alive": {n: {"status": d.status.value, "since": d.since, "reason": d.reason}
+                          for n, d in self.members.doubts().items()},
         }
 
     # -- inputs -------------------------------------------------------------------------

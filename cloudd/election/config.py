@@ -12,6 +12,11 @@ probe). Measured in the simulator (bench/election_sim.py, median of 7 seeds), a 
 acts 0.49 s after the crash at n = 5, 0.59 s at n = 50, 0.79 s at n = 500 and 0.85 s at
 n = 1,000 (the suspicion timeout grows with log10 n); SWIM sends about 26-28 messages per
 member and second during the failover, every member probing the dead leader itself.
+Nodes (members that are not pool hosts: VMs, often under TCG, whose agents stall for
+seconds on a busy machine) are probed with more patience: `node_probe_timeout` and
+`node_suspicion` (see their docstrings). None of that slows a failover: only hosts lead,
+grant leases or count for the quorum, and a dead VM reaches the leader as libvirt's event,
+not as a SWIM verdict. A node is dead at most `node_dead_bound(n)` after it stopped answering.
 `Timing.local()` halves everything for agents that share one machine (tests, demos).
 `validate()` rejects nonsense with one sentence naming the field.
 """
@@ -47,6 +52,19 @@ class Timing:
     """Each gossip fact is piggybacked mult * ceil(log10(n + 1)) times (memberlist)."""
     max_piggyback: int = 8
     """Gossip facts per probe message, to keep messages small at 1,000 members."""
+    node_probe_timeout: float = 1.0
+    """Probing a node: wait this long for its direct `Ack` before asking helpers, and as
+    long again for theirs, before the probe counts as failed (a host gets `probe_timeout`
+    and the rest of the period). A guest under TCG on a loaded machine answers late by
+    hundreds of milliseconds and stalls for a second now and then; 1 s rides that out, and
+    a node probed meanwhile keeps its place in the round (other members are probed at the
+    usual pace)."""
+    node_suspicion: float = 10.0
+    """A suspect node stays suspect this long before our own failed probe may declare it
+    dead: a guest stalled for a few seconds (TCG, a paused vCPU, a host swapping) refutes in
+    time and is never dead. Flat, not scaled by n and not shortened by confirmations: a
+    stalled guest is silent to everyone at once, so others agreeing is no extra evidence.
+    Nothing waits on a node's death: its VM's death reaches the leader from libvirt."""
     dead_probe_interval: float = 0.5
     """Probe one dead member this often so that healed partitions and restarts rejoin."""
     lease_duration: float = 0.4
@@ -99,6 +117,13 @@ class Timing:
             raise bad("probe_timeout", "must be shorter than probe_interval")
         if self.renew_interval + self.lease_margin >= self.lease_duration:
             raise bad("renew_interval", "plus lease_margin must be shorter than lease_duration")
+        if self.node_probe_timeout < self.probe_timeout:
+            raise bad("node_probe_timeout", "must not be shorter than probe_timeout: a node "
+                                            "is never given less time to answer than a host")
+        low, _ = self.suspicion_timeouts(1)
+        if self.node_suspicion < low:
+            raise bad("node_suspicion", f"must not be shorter than a host's shortest "
+                                        f"suspicion ({low:g} s)")
         if self.suspicion_max_mult < 1:
             raise bad("suspicion_max_mult", "must be at least 1")
         if self.no_quorum not in NO_QUORUM_POLICIES:
@@ -111,6 +136,14 @@ class Timing:
         scale = max(1.0, math.log10(max(1, n)))
         low = self.suspicion_mult * scale * self.probe_interval
         return low, low * self.suspicion_max_mult
+
+    def node_dead_bound(self, n: int) -> float:
+        """An upper bound on the time from a node's last answer to its death in the view of
+        a member that reaches everyone else: up to two rounds until our probe of it starts
+        (it may have been probed just before it went silent), the probe's two windows, the
+        suspicion, and a period for the tick."""
+        return (2 * max(1, n - 1) * self.probe_interval + 2 * self.node_probe_timeout
+                + self.node_suspicion + self.probe_interval)
 
     def retransmits(self, n: int) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))

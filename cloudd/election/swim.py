@@ -15,6 +15,14 @@ Theory of operation (SWIM, with hashicorp/memberlist's refinements, minus its ti
 - Dead members are still pinged, one every `dead_probe_interval`, with the fact of their
   death attached: a member back from a partition or a restart refutes it in its ack and
   rejoins; so a healed partition heals the views too.
+Two kinds of member, two patiences. Pool hosts keep the timing above: the leader is a host,
+and its death must be seen in a few hundred milliseconds. A *node* (a member that is not a
+pool host: a VM, often under TCG, whose agent stalls for seconds on a busy machine) gets
+`node_probe_timeout` for its direct ack and as long again for its helpers' (helpers always
+get that full window, even after a late tick of ours), and stays suspect for a flat
+`node_suspicion` before our own failed probe may declare it dead. A probe of a node thus
+outlives the protocol period: probes run side by side, keyed by their seq, one at a time
+per target, while the round goes on probing the others at the usual pace.
 Where cloudd departs from memberlist: any member may gossip, and a node may be a tenant's
 compromised VM, so gossip about a third member is a reason to look, never a verdict.
 - Death only on our own evidence. A `suspect` or `dead` fact heard about X makes X at most
@@ -32,6 +40,9 @@ compromised VM, so gossip about a third member is a reason to look, never a verd
 - An ack counts for our probe only from its target or from a helper we asked; a helper
   relays an ack only from the target it probed. Acks and helpers are members' word too,
   but a lie there can only delay a death, never cause one.
+Every suspicion keeps its reason in words (what began it: our own failed probe, another
+member's gossip, a lease that stopped being renewed; and what our own probes found since),
+for `doubt()` and the operator's `inspect`: why a member is suspect or dead, and since when.
 Nothing here reads a clock or draws entropy of its own: `now` and an injected
 `random.Random` come in; messages to send and status changes go out (`drain`).
 """
@@ -63,6 +74,18 @@ class _Verdict(Enum):
     ANSWERED = "answered"
 
 
+@dataclass(frozen=True)
+class Doubt:
+    """Why this agent does not believe a member alive, for people (`inspect`)."""
+
+    status: Status
+    """SUSPECT or DEAD."""
+    since: float
+    """When the member became `status` here, on the clock the core is given (`now`)."""
+    reason: str
+    """What began the suspicion and what our own probes found since, in words."""
+
+
 @dataclass
 class _Peer:
     status: Status = Status.ALIVE
@@ -70,6 +93,11 @@ class _Peer:
     suspected_at: float = 0.0
     confirmations: set[str] = field(default_factory=set)
     verdict: _Verdict | None = None
+    cause: str = ""
+    """What began the current suspicion, in words."""
+    evidence: str = ""
+    """What our own latest probe during the suspicion found, in words."""
+    dead_at: float = 0.0
 
 
 @dataclass
@@ -77,8 +105,13 @@ class _Probe:
     target: str
     seq: int
     started: float
-    acked: bool = False
+    ask_at: float
+    """When we ask helpers if the target has not acked."""
+    ends_at: float
+    """When the probe fails if no ack, direct or relayed, has come."""
     indirect: bool = False
+    asked_at: float = 0.0
+    unreachable: bool = False
     helpers: tuple[str, ...] = ()
 
 
@@ -108,7 +141,8 @@ class Membership:
         self._dead: set[str] = set()
         self._order: list[str] = []
         self._seq = 0
-        self._probe: _Probe | None = None
+        #: Probes under way by seq: a node's outlives the protocol period (one per target).
+        self._probes: dict[int, _Probe] = {}
         self._next_probe = 0.0
         self._next_dead_probe = 0.0
         self._relays: dict[int, _Relay] = {}
@@ -127,10 +161,28 @@ class Membership:
         """Not believed dead (a suspect may still refute)."""
         return self.status(name) is not Status.DEAD
 
+    def doubt(self, name: str) -> Doubt | None:
+        """Why `name` is suspect or dead here, and since when; None while it is alive."""
+        peer = self.peers.get(name)
+        if peer is None or peer.status is Status.ALIVE:
+            return None
+        reason = peer.cause
+        if peer.evidence and peer.evidence != peer.cause:
+            reason += f"; then our own probe: {peer.evidence}"
+        if peer.status is Status.DEAD:
+            reason += f"; no answer in {_s(peer.dead_at - peer.suspected_at)} of suspicion"
+            return Doubt(Status.DEAD, peer.dead_at, reason)
+        return Doubt(Status.SUSPECT, peer.suspected_at, reason)
+
+    def doubts(self) -> dict[str, Doubt]:
+        """`doubt` of every member not alive here, by name."""
+        return {n: d for n in sorted(self._suspects | self._dead)
+                if (d := self.doubt(n)) is not None}
+
     def next_deadline(self) -> float:
         times = [self._next_probe, self._next_dead_probe]
-        if self._probe is not None and not self._probe.acked and not self._probe.indirect:
-            times.append(self._probe.started + self.timing.probe_timeout)
+        for probe in self._probes.values():
+            times.append(probe.ends_at if probe.indirect else probe.ask_at)
         # A suspect without our own verdict waits for our probe of it (next period), not time.
         times += [self._suspicion_deadline(n) for n in self._suspects
                   if self.peers[n].verdict is not None]
@@ -160,27 +212,32 @@ class Membership:
         self._queue = {n: q for n, q in self._queue.items() if n in roster}
         self._relays = {s: r for s, r in self._relays.items()
                         if r.target in roster and r.requester in roster}
-        if self._probe is not None and self._probe.target not in roster:
-            self._probe = None
+        self._probes = {s: p for s, p in self._probes.items() if p.target in roster}
         self._order = []
         self._limit = self.timing.retransmits(len(roster))
 
     def probe_tick(self, now: float) -> None:
         t = self.timing
-        probe = self._probe
-        if probe is not None and not probe.acked and not probe.indirect \
-                and now >= probe.started + t.probe_timeout:
-            self._ask_helpers(probe)
-        if now >= self._next_probe and probe is not None and not probe.acked:
-            self._probe_failed(probe.target, now)
+        for probe in list(self._probes.values()):
+            if not probe.indirect and now >= probe.ask_at:
+                self._ask_helpers(probe, now)
+        for seq, probe in list(self._probes.items()):
+            if now >= probe.ends_at:  # an acked probe is gone already
+                del self._probes[seq]
+                self._probe_failed(probe, now)
         self._settle(now)
         if now >= self._next_probe:
-            self._probe = None
             self._next_probe = _after(self._next_probe, t.probe_interval, now)
             target = self._next_target()
             if target is not None:
                 self._seq += 1
-                self._probe = _Probe(target, self._seq, now)
+                if target in self.roster.hosts:  # a host's probe ends with the period
+                    probe = _Probe(target, self._seq, now, now + t.probe_timeout,
+                                   self._next_probe)
+                else:
+                    asks = now + t.node_probe_timeout
+                    probe = _Probe(target, self._seq, now, asks, asks + t.node_probe_timeout)
+                self._probes[self._seq] = probe
                 self._ping(target, self._seq)
         if now >= self._next_dead_probe:
             self._next_dead_probe = _after(self._next_dead_probe, t.dead_probe_interval, now)
@@ -191,16 +248,19 @@ class Membership:
 
     def unreachable(self, peer: str, now: float) -> None:
         """The shell could not reach `peer`: do not wait out the direct probe timeout."""
-        probe = self._probe
-        if probe is not None and probe.target == peer and not probe.acked and not probe.indirect:
-            self._ask_helpers(probe)
+        for probe in list(self._probes.values()):
+            if probe.target == peer and not probe.indirect:
+                probe.unreachable = True
+                self._ask_helpers(probe, now)
 
-    def suspect(self, name: str, now: float) -> None:
-        """Local evidence against `name` (e.g. missed lease renewals): suspect it, and probe
-        it next; it refutes like any suspicion, and others' suspicions confirm."""
+    def suspect(self, name: str, now: float, *,
+                why: str = "its leader lease renewals stopped coming") -> None:
+        """Local evidence against `name` (the election's: a leader whose renewals stopped):
+        suspect it, and probe it next; it refutes like any suspicion, and others' suspicions
+        confirm."""
         if name != self.me and self.status(name) is not Status.DEAD:
             self._apply(Gossip("suspect", name, self._peer(name).incarnation, self.me), now,
-                        sender=self.me)
+                        sender=self.me, why=why)
 
     def receive(self, sender: str, msg: Ping | Ack | PingReq, now: float) -> None:
         if isinstance(msg, PingReq) and msg.target in (sender, self.me):
@@ -227,17 +287,20 @@ class Membership:
                                                                  mine))))
         elif isinstance(msg, PingReq):
             self._seq += 1
-            self._relays[self._seq] = _Relay(sender, msg.seq, msg.target,
-                                             now + self.timing.probe_interval)
+            # As patient for the requester as it is itself with that kind of member.
+            patience = (self.timing.probe_interval if msg.target in self.roster.hosts
+                        else self.timing.node_probe_timeout)
+            self._relays[self._seq] = _Relay(sender, msg.seq, msg.target, now + patience)
             self._ping(msg.target, self._seq)
         else:
-            probe = self._probe
-            if probe is not None and probe.seq == msg.seq and probe.target == msg.target \
+            probe = self._probes.get(msg.seq)
+            if probe is not None and probe.target == msg.target \
                     and (sender == msg.target or sender in probe.helpers):
-                probe.acked = True
+                del self._probes[msg.seq]
                 peer = self.peers.get(msg.target)
                 if peer is not None and peer.status is Status.SUSPECT:
                     peer.verdict = _Verdict.ANSWERED
+                    peer.evidence = "it answered (the suspicion lapses when it ends)"
             relay = self._relays.get(msg.seq)
             if relay is not None and sender == relay.target == msg.target:
                 del self._relays[msg.seq]
@@ -247,7 +310,9 @@ class Membership:
     def _next_target(self) -> str | None:
         # A suspect we have no verdict of our own about goes first: only our own probe can
         # make it dead here (or let its suspicion lapse).
-        unprobed = [n for n in self._suspects if self.peers[n].verdict is None]
+        # A member whose probe is still under way (a slow node's) is not probed twice.
+        busy = {p.target for p in self._probes.values()}
+        unprobed = [n for n in self._suspects if self.peers[n].verdict is None and n not in busy]
         if unprobed:
             return min(unprobed, key=lambda n: (self.peers[n].suspected_at, n))
         for _ in range(2):
@@ -257,7 +322,7 @@ class Membership:
                 i = self.rng.randrange(len(order))
                 order[i], order[-1] = order[-1], order[i]
                 name = order.pop()
-                if name not in self._dead:
+                if name not in self._dead and name not in busy:
                     return name
             self._order = [n for n in self.roster.names if n != self.me]
         return None
@@ -268,8 +333,12 @@ class Membership:
         self._out.append((target, Ping(seq, target, *self.header,
                                        gossip=self._piggyback(first, mine))))
 
-    def _ask_helpers(self, probe: _Probe) -> None:
-        probe.indirect = True
+    def _ask_helpers(self, probe: _Probe, now: float) -> None:
+        probe.indirect, probe.asked_at = True, now
+        if probe.target not in self.roster.hosts:
+            # The helpers of a node's probe get their full window even after a late tick:
+            # a prober that stalled itself must not blame the node for it.
+            probe.ends_at = max(probe.ends_at, now + self.timing.node_probe_timeout)
         # Draw a few more than needed and keep the live ones: O(k), not O(n).
         names = self.roster.names
         drawn = self.rng.sample(names, min(len(names), 3 * self.timing.indirect_checks + 2))
@@ -301,8 +370,12 @@ class Membership:
         self._queue[fact.member] = (fact, 0)
 
     def _suspicion_deadline(self, name: str) -> float:
-        low, high = self.timing.suspicion_timeouts(len(self.roster))
         peer = self.peers[name]
+        if name not in self.roster.hosts:
+            # Flat: a stalled guest is silent to everyone at once, so others' confirmations
+            # are no extra evidence against it.
+            return peer.suspected_at + self.timing.node_suspicion
+        low, high = self.timing.suspicion_timeouts(len(self.roster))
         expected = max(1.0, self.timing.suspicion_mult - 2)
         seen = len(peer.confirmations) - 1
         frac = math.log(seen + 1) / math.log(expected + 1)
@@ -314,26 +387,30 @@ class Membership:
             peer = self.peers[name] = _Peer()
         return peer
 
-    def _set(self, name: str, status: Status, incarnation: int, now: float) -> None:
+    def _set(self, name: str, status: Status, incarnation: int, now: float, *,
+             why: str = "") -> None:
         peer = self._peer(name)
         changed = peer.status is not status
         peer.status, peer.incarnation = status, incarnation
         if status is Status.SUSPECT:
             if changed:
                 peer.suspected_at, peer.confirmations, peer.verdict = now, set(), None
+                peer.cause, peer.evidence = why, ""
             self._suspects.add(name)
         else:
             self._suspects.discard(name)
         if status is Status.DEAD:
+            if changed:
+                peer.dead_at = now
             self._dead.add(name)
         else:
             self._dead.discard(name)
         if changed:
             self._changes.append((name, status))
 
-    def _apply(self, fact: Gossip, now: float, *, sender: str) -> None:
+    def _apply(self, fact: Gossip, now: float, *, sender: str, why: str = "") -> None:
         """memberlist's aliveNode/suspectNode, one fact heard from `sender` (ourselves for
-        our own observations); deaths are ours alone (`_settle`)."""
+        our own observations, `why` saying what we saw); deaths are ours alone (`_settle`)."""
         if fact.member == self.me:
             if fact.status != "alive":
                 if fact.incarnation >= self.incarnation:
@@ -359,19 +436,25 @@ class Membership:
                 peer.confirmations.add(fact.origin)
                 self._enqueue(hint)
             return
-        self._set(fact.member, Status.SUSPECT, peer.incarnation, now)
+        if not why:
+            said = "declared it dead" if fact.status == "dead" else "suspects it"
+            heard = "" if sender == fact.origin else f" (heard from {sender})"
+            why = f"gossip: {fact.origin} {said}{heard}"
+        self._set(fact.member, Status.SUSPECT, peer.incarnation, now, why=why)
         peer.confirmations.add(fact.origin)
         self._enqueue(hint)
 
-    def _probe_failed(self, target: str, now: float) -> None:
-        """No ack, direct or relayed, by the end of the period: our own evidence. Also when
-        already suspect: it is an independent confirmation, which shortens the suspicion
-        (memberlist does the same)."""
-        peer = self._peer(target)
+    def _probe_failed(self, probe: _Probe, now: float) -> None:
+        """No ack, direct or relayed, by the end of the probe: our own evidence. Also when
+        already suspect: it is an independent confirmation, which shortens a host's
+        suspicion (memberlist does the same)."""
+        peer = self._peer(probe.target)
         if peer.status is Status.DEAD:
             return
-        self._apply(Gossip("suspect", target, peer.incarnation, self.me), now, sender=self.me)
-        peer.verdict = _Verdict.FAILED
+        words = _failure(probe, now)
+        self._apply(Gossip("suspect", probe.target, peer.incarnation, self.me), now,
+                    sender=self.me, why=words)
+        peer.verdict, peer.evidence = _Verdict.FAILED, words
 
     def _settle(self, now: float) -> None:
         """Suspicions whose timeout passed end on our own latest probe of the suspect: dead
@@ -385,6 +468,21 @@ class Membership:
                 self._enqueue(Gossip("dead", name, peer.incarnation, self.me))
             else:
                 self._set(name, Status.ALIVE, peer.incarnation, now)
+
+
+def _failure(probe: _Probe, now: float) -> str:
+    """A failed probe in words: what the direct and the indirect probes got."""
+    asked = probe.asked_at if probe.indirect else now
+    direct = ("could not reach it" if probe.unreachable else
+              f"no ack to a direct probe within {_s(asked - probe.started)}")
+    k = len(probe.helpers)
+    if not k:
+        return f"{direct}, and no live member could probe it for us"
+    return f"{direct}, nor through {k} helper{'s' if k > 1 else ''} within {_s(now - asked)}"
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2g} s"
 
 
 def _after(due: float, interval: float, now: float) -> float:

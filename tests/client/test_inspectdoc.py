@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from cloudd.client.render import ago, plain, render
 from cloudd.errors import RemoteProtocolError
 
 NOW = 1_796_000_000.0  # 2026-11-30 ...
+NODE_DEAD = ("no ack to a direct probe within 1 s, nor through 3 helpers within 1 s; no "
+             "answer in 10 s of suspicion")
 
 
 def sample(*, source: Source = Source.LEADER, state: ElectionState = ElectionState.STABLE,
@@ -41,7 +44,8 @@ def sample(*, source: Source = Source.LEADER, state: ElectionState = ElectionSta
                    domain_state="crashed", agent_liveness=LivenessView.DEAD, host="pm2",
                    waiting="waiting for database", services=(
                        ServiceView(name="webrick", state="fatal", restarts=5, fatal_count=2,
-                                   last_error="exited with status 1 in 0.1 s"),))
+                                   last_error="exited with status 1 in 0.1 s"),),
+                   agent_liveness_since=NOW - 75, agent_liveness_reason=NODE_DEAD)
     cloud = CloudView(
         name="shop", type="web", ensure="running", source=source, observed_at=NOW - 2,
         leadership=LeadershipView(state=state, term=7, leader="pm2", since=NOW - 900,
@@ -50,7 +54,8 @@ def sample(*, source: Source = Source.LEADER, state: ElectionState = ElectionSta
         hosts=(HostView(name="pm1", address="192.0.2.70", liveness=LivenessView.ALIVE,
                         reachable=True, free_memory_mib=3072, domains=2),
                HostView(name="pm2", address="192.0.2.71", liveness=LivenessView.SUSPECT,
-                        reachable=False, free_memory_mib=None, domains=1)),
+                        reachable=False, free_memory_mib=None, domains=1,
+                        liveness_since=NOW - 4, liveness_reason="gossip: pm3 suspects it")),
         nodes=(db, web),
         failed_actions=(FailedAction(action="start", subject="shop-server-1", fail_count=3,
                                      last_error="qemu unexpectedly closed the monitor",
@@ -78,10 +83,14 @@ def test_json_keys_are_stable() -> None:
     assert cloud["leadership"] == {"state": "stable", "term": 7, "leader": "pm2",
                                    "since": NOW - 900, "quorum_reached": 2, "quorum_needed": 2}
     assert list(cloud["hosts"][0]) == ["name", "address", "liveness", "reachable",
-                                       "free_memory_mib", "domains"]
+                                       "free_memory_mib", "domains", "liveness_since",
+                                       "liveness_reason"]
     assert list(cloud["nodes"][0]) == ["name", "role", "address", "domain_state",
                                        "agent_liveness", "host", "uptime", "waiting",
-                                       "services"]
+                                       "services", "agent_liveness_since",
+                                       "agent_liveness_reason"]
+    assert (cloud["hosts"][0]["liveness_since"], cloud["hosts"][0]["liveness_reason"]) == (
+        None, "")  # alive: no doubt
     assert list(cloud["nodes"][0]["services"][0]) == ["name", "state", "ready", "pid",
                                                       "restarts", "fatal_count", "last_error"]
     assert list(cloud["failed_actions"][0]) == ["action", "subject", "fail_count",
@@ -148,7 +157,8 @@ def test_text_shows_everything_on_one_screen_without_colour() -> None:
     assert "leader pm2  term 7  since " in lines[3]
     assert lines[3].endswith("(15m00s ago)  election stable  quorum 2/2 hosts")
     # tables are aligned: the second column starts at the same offset on every row
-    host_rows = [ln for ln in lines if ln.startswith("  pm") or ln.startswith("  HOST")]
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("  HOST"))
+    host_rows = lines[head:head + 3]
     assert [ln.index("192.0.2.7") for ln in host_rows[1:]] == [host_rows[0].index("ADDRESS")] * 2
     assert any("pm2" in ln and "suspect" in ln and " no " in ln for ln in host_rows)
     node = next(ln for ln in lines if ln.split()[:2] == ["shop-server-1", "server"])
@@ -161,6 +171,45 @@ def test_text_shows_everything_on_one_screen_without_colour() -> None:
     assert "3 failures" in failed and "retry in 40s" in failed
     assert failed.endswith("qemu unexpectedly closed the monitor")
     assert any("failure" in ln and "domain crashed" in ln for ln in lines)
+
+
+def test_why_an_agent_is_suspect_or_dead_and_since_when() -> None:
+    lines = render(sample(), now=NOW).splitlines()
+    at = lines.index("  AGENTS NOT ALIVE")
+    host, node = lines[at + 1], lines[at + 2]
+    assert host.split()[:4] == ["pm2", "host", "suspect", "since"]
+    assert "(4s ago)" in host and host.endswith("  gossip: pm3 suspects it")
+    assert node.split()[:4] == ["shop-server-1", "node", "dead", "since"]
+    assert "(1m15s ago)" in node and node.endswith(f"  {NODE_DEAD}")
+    # columns aligned; the alive ones are not listed
+    assert host.index("since") == node.index("since")
+    assert host.index("gossip") == node.index("no ack")
+    assert not any("pm1" in ln or "shop-database-0" in ln for ln in lines[at:at + 3])
+
+
+def test_a_document_without_reasons_still_says_who_is_not_alive() -> None:
+    """From an agent that predates the reasons: the keys are absent."""
+    data = sample().to_json()
+    for view in (data["clouds"][0]["hosts"][1], data["clouds"][0]["nodes"][1]):
+        for key in [k for k in view if k.endswith(("_since", "_reason"))]:
+            del view[key]
+    lines = render(InspectDoc.from_json(data), now=NOW).splitlines()
+    at = lines.index("  AGENTS NOT ALIVE")
+    assert lines[at + 1].split() == ["pm2", "host", "suspect", "-", "no", "reason", "given"]
+    assert lines[at + 2].split() == ["shop-server-1", "node", "dead", "-", "no", "reason",
+                                     "given"]
+
+
+def test_no_section_when_every_agent_is_alive() -> None:
+    doc = sample()
+    cloud = doc.clouds[0]
+    alive = dataclasses.replace(
+        cloud, hosts=tuple(dataclasses.replace(h, liveness=LivenessView.ALIVE)
+                           for h in cloud.hosts),
+        nodes=tuple(dataclasses.replace(n, agent_liveness=LivenessView.ALIVE)
+                    for n in cloud.nodes))
+    text = render(dataclasses.replace(doc, clouds=(alive,)), now=NOW)
+    assert "AGENTS NOT ALIVE" not in text
 
 
 def test_colour_only_when_asked_and_same_text_underneath() -> None:

@@ -78,23 +78,38 @@ def test_transport_and_events_are_set_from_the_file(tmp_path: Path) -> None:
 def test_membership_and_election_reach_the_election_core(tmp_path: Path) -> None:
     s = settings(tmp_path, "name: pm1\n"
                            "membership: {probe_interval: 0.2, probe_timeout: 0.05, "
-                           "indirect_probes: 5, suspicion_mult: 4}\n"
+                           "indirect_probes: 5, suspicion_mult: 4, "
+                           "node_probe_timeout: 2.5, node_suspicion: 30}\n"
                            "election: {answer_timeout: 0.3, coordinator_timeout: 2.5, "
                            "lease: 0.8, no_quorum: freeze}\n")
     t = timing_for(s)
     assert (t.probe_interval, t.probe_timeout, t.indirect_checks, t.suspicion_mult) == (
         0.2, 0.05, 5, 4.0)
+    assert (t.node_probe_timeout, t.node_suspicion) == (2.5, 30.0)
     assert (t.answer_timeout, t.coordinator_timeout, t.no_quorum) == (0.3, 2.5, "freeze")
     assert (t.lease_duration, t.renew_interval) == (0.8, 0.2)
     default = timing_for(settings(tmp_path, "name: pm1\n"))
     assert (default.probe_interval, default.lease_duration, default.no_quorum) == (
         0.1, 0.4, "stop")
+    # nodes (slow guests) get more patience than hosts, in both profiles
+    assert (default.node_probe_timeout, default.node_suspicion) == (1.0, 10.0)
+    local = timing_for(settings(tmp_path, "name: pm1\nprofile: local\n"))
+    assert (local.node_probe_timeout, local.node_suspicion) == (1.0, 10.0)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("name: pm1\nmembership: {probe_timeout: 2}\n",
      "2:29: membership.probe_timeout: 2.0 s must be shorter than membership.probe_interval "
      "(0.1 s): a probe must end before the next one starts"),
+    ("name: pm1\nmembership: {node_probe_timeout: 0.01}\n",
+     "2:34: membership.node_probe_timeout: 0.01 s must not be shorter than "
+     "membership.probe_timeout (0.04 s): a node is never given less time to answer than a "
+     "host"),
+    ("name: pm1\nmembership: {node_suspicion: 0.1}\n",
+     "2:30: membership.node_suspicion: 0.1 s must not be shorter than a host's shortest "
+     "suspicion (membership.suspicion_mult * membership.probe_interval = 0.2 s)"),
+    ("name: pm1\nmembership: {node_suspicion: 0}\n",
+     "2:30: membership.node_suspicion: should be greater than 0, not 0"),
     ("name: pm1\nelection: {answer_timeout: 3, coordinator_timeout: 2}\n",
      "2:28: election.answer_timeout: 3.0 s must be shorter than election.coordinator_timeout "
      "(2.0 s)"),

@@ -15,6 +15,9 @@ only compare durations. After every delivered event `check()` runs the safety in
 - the persisted term of every agent never decreases;
 - only pool hosts ever run, lead or are followed as leader (a node never outranks a host);
 - whatever a test adds to `checks`, run after every event.
+A stalled agent (`stall`: a guest's vCPU not scheduled, a SIGSTOPped process) runs nothing
+for a while: it gets no ticks and reads no messages, but its connections stay open, so what
+is sent to it waits and is read, in order, when it resumes (its clock has moved on).
 An insider is a member (a node, in the tests) whose certificate sends whatever it likes:
 `forge(src, dst, msg)` puts a message on the network as if `src` sent it (the transport
 would authenticate that name, so `src` is the only thing an insider cannot forge). Every
@@ -74,6 +77,8 @@ class Sim:
         self.ghost: dict[str, list[Grantor]] = {}
         self.cuts: set[frozenset[str]] = set()
         self.isolated: set[str] = set()
+        #: agent -> the global time it resumes (see `stall`)
+        self.stalled: dict[str, float] = {}
         self.sent = Counter[str]()
         self._queue: list[tuple[float, int, str, tuple[object, ...]]] = []
         self._seq = 0
@@ -119,6 +124,11 @@ class Sim:
                 if b not in side:
                     self.cut(a, b)
 
+    def stall(self, name: str, seconds: float) -> None:
+        """`name` runs nothing for `seconds`: its ticks and the messages sent to it (and the
+        failures of its own sends) wait until it resumes, then come in their order."""
+        self.stalled[name] = self.now + seconds
+
     def recover(self) -> None:
         self.cuts.clear()
         self.isolated.clear()
@@ -150,6 +160,8 @@ class Sim:
         while self._queue and self._queue[0][0] <= t:
             when, _, kind, data = heapq.heappop(self._queue)
             self.now = when
+            if self._deferred(when, kind, data):
+                continue
             if kind == "wake":
                 (name,) = data
                 agent = self.agents[str(name)]
@@ -204,6 +216,19 @@ class Sim:
     def _push(self, when: float, kind: str, data: tuple[object, ...]) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (when, self._seq, kind, data))
+
+    def _deferred(self, when: float, kind: str, data: tuple[object, ...]) -> bool:
+        """An event for a stalled agent waits until it resumes (True: put back)."""
+        who = str(data[0] if kind in ("wake", "unreach") else data[1])
+        until = self.stalled.get(who)
+        if until is None or when >= until:
+            return False
+        if kind == "wake":
+            if self._wake.get(who) != when:
+                return True  # superseded: drop it
+            self._wake[who] = until
+        self._push(until, kind, data)
+        return True
 
     def _unreachable(self, src: str, dst: str) -> None:
         self._push(self.now + self.rng.uniform(*self.delay), "unreach", (src, dst))

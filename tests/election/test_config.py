@@ -26,6 +26,17 @@ def test_local_profile_is_twice_as_fast_and_valid() -> None:
     assert loc.suspicion_mult == p.suspicion_mult and loc.indirect_checks == p.indirect_checks
 
 
+def test_nodes_are_given_more_patience_than_hosts() -> None:
+    t, loc = Timing.production(), Timing.local()
+    assert (t.node_probe_timeout, t.node_suspicion) == (1.0, 10.0)
+    assert (loc.node_probe_timeout, loc.node_suspicion) == (0.5, 5.0)
+    assert t.node_probe_timeout > 10 * t.probe_timeout
+    assert t.node_suspicion > 10 * t.suspicion_timeouts(10)[1]
+    # two rounds of six periods, the probe's two windows, the suspicion, one period
+    assert t.node_dead_bound(7) == pytest.approx(1.2 + 2.0 + 10.0 + 0.1)
+    assert t.settle_bound(7) == replace(t, node_suspicion=60.0).settle_bound(7)
+
+
 def test_suspicion_scales_with_log10_n() -> None:
     t = Timing.production()
     assert t.suspicion_timeouts(1000)[0] == pytest.approx(3 * t.suspicion_timeouts(10)[0])
@@ -38,6 +49,9 @@ def test_suspicion_scales_with_log10_n() -> None:
     ({"renew_interval": 0.4}, "renew_interval", "shorter than lease_duration"),
     ({"no_quorum": "panic"}, "no_quorum", "must be one of stop, freeze"),
     ({"suspicion_max_mult": 0.5}, "suspicion_max_mult", "at least 1"),
+    ({"node_probe_timeout": 0.01}, "node_probe_timeout", "not be shorter than probe_timeout"),
+    ({"node_suspicion": 0.1}, "node_suspicion", "a host's shortest suspicion (0.2 s)"),
+    ({"node_suspicion": -1.0}, "node_suspicion", "must be positive"),
 ])
 def test_bad_timing_is_refused_with_one_message(change: dict[str, object], field: str,
                                                 words: str) -> None:

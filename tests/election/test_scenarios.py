@@ -195,4 +195,7 @@ def test_describe_summarizes_an_agent_for_inspect() -> None:
     assert agent is not None
     info = agent.describe(sim._local(leader))
     assert info["role"] == "leader" and info["leader"] == leader and info["acting"] is True
-    assert info["not_alive"] == {other: "dead"}
+    (doubt,) = info["not_alive"].values()  # type: ignore[attr-defined]
+    assert list(info["not_alive"]) == [other]  # type: ignore[call-overload]
+    assert doubt["status"] == "dead" and doubt["since"] <= sim._local(leader)
+    assert doubt["reason"].endswith("of suspicion")

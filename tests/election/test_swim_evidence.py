@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import Ack, Gossip, Message, Ping, PingReq
@@ -75,15 +77,19 @@ def test_forged_news_of_a_death_with_a_huge_incarnation_is_refuted_not_believed(
     assert 1 <= w.m["b"].incarnation <= 2  # b refuted what it heard: 0, not 1000
 
 
-def test_a_member_really_gone_dies_on_each_members_own_probes() -> None:
+@pytest.mark.parametrize(("gone", "bound"), [
+    ("b", HIGH + 3 * T.probe_interval),  # a host: memberlist's timing
+    ("c", T.node_dead_bound(len(ROSTER))),  # a node: the patient timing
+], ids=["host", "node"])
+def test_a_member_really_gone_dies_on_each_members_own_probes(gone: str, bound: float) -> None:
     w = World()
-    w.run(0.3, watch="c")
-    w.down.add("c")
-    w.forge("e", "a", Ping(99, "a", "", 0, gossip=(Gossip("dead", "c", 0, "e"),)))
+    w.run(0.3, watch=gone)
+    w.down.add(gone)
+    w.forge("e", "a", Ping(99, "a", "", 0, gossip=(Gossip("dead", gone, 0, "e"),)))
     a = w.m["a"]
-    assert a.status("c") is Status.SUSPECT
-    w.run(HIGH + 3 * T.probe_interval, watch="c")
-    assert all(w.m[n].status("c") is Status.DEAD for n in "abde")
+    assert a.status(gone) is Status.SUSPECT
+    w.run(bound, watch=gone)
+    assert all(w.m[n].status(gone) is Status.DEAD for n in "abcde" if n != gone)
 
 
 def test_gossip_alone_never_kills_and_the_suspect_is_probed_first() -> None:
@@ -100,9 +106,10 @@ def test_gossip_alone_never_kills_and_the_suspect_is_probed_first() -> None:
     out, _ = m.drain()
     helper = next(peer for peer, msg in out if isinstance(msg, PingReq))
     m.receive(helper, Ack(pings[0].seq, "c", "", 0), 0.61)
-    for t in (0.5 + HIGH - 0.001, 0.5 + HIGH):
+    ends = 0.5 + T.node_suspicion  # c is a node
+    for t, status in ((ends - 0.001, Status.SUSPECT), (ends, Status.ALIVE)):
         m.probe_tick(t)
-        assert m.status("c") is Status.SUSPECT if t < 0.5 + HIGH else Status.ALIVE
+        assert m.status("c") is status
 
 
 def test_without_our_own_verdict_a_suspicion_waits_past_its_timeout() -> None:

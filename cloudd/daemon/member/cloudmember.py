@@ -209,6 +209,7 @@ class CloudMember:
             lease_duration=self.timing.lease_duration, members=self.roster.names,
             hosts=self.roster.hosts, quorum=self.roster.quorum,
             liveness=MappingProxyType({n: e.status(n) for n in self.roster.names}),
+            doubts=MappingProxyType(e.core.members.doubts()),
             reports=MappingProxyType(dict(self.reports)), controller=self.controller.view(),
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,

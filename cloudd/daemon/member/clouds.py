@@ -74,6 +74,7 @@ def timing_for(settings: AgentSettings) -> Timing:
     return dataclasses.replace(
         Timing.production(), probe_interval=m.probe_interval, probe_timeout=m.probe_timeout,
         indirect_checks=m.indirect_probes, suspicion_mult=m.suspicion_mult,
+        node_probe_timeout=m.node_probe_timeout, node_suspicion=m.node_suspicion,
         answer_timeout=e.answer_timeout, coordinator_timeout=e.coordinator_timeout,
         lease_duration=lease, renew_interval=lease / 4, lease_margin=lease / 8,
         inquiry_timeout=max(lease / 2, 2 * m.probe_interval), no_quorum=e.no_quorum,

@@ -6,8 +6,9 @@ election's or controller's own dictionaries. It is frozen and holds copies; taki
 a few small copies and no I/O.
 
 Times: `taken_at` is wall time, for people; the controller's times (when a domain started,
-when a failed node may be tried again) are on the monotonic clock, and `wall_of` turns one
-into wall time as of `taken_at`.
+when a failed node may be tried again) and the membership's (since when a member is suspect
+or dead) are on the monotonic clock, and `wall_of` turns one into wall time as of
+`taken_at`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cloudd.config.model import Cloud
 from cloudd.daemon.leader.controller import ControllerView
 from cloudd.daemon.leader.hostcalls import CallTiming
 from cloudd.daemon.network.catalogue import NodeReport
-from cloudd.election.swim import Status
+from cloudd.election.swim import Doubt, Status
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class MemberSnapshot:
     """Host leases a leader needs."""
     liveness: Mapping[str, Status]
     """Each member of the roster, as this member's membership sees it."""
+    doubts: Mapping[str, Doubt]
+    """Each member not alive in `liveness`: since when (monotonic) and why, in words."""
     reports: Mapping[str, NodeReport]
     """What the nodes last reported to this member (the leader hears them all)."""
     controller: ControllerView
@@ -66,6 +69,12 @@ class MemberSnapshot:
 
     def status(self, member: str) -> Status:
         return self.liveness.get(member, Status.DEAD)
+
+    def doubt(self, member: str) -> Doubt | None:
+        """Why `member` is not alive here and since when; None while it is alive."""
+        if self.status(member) is Status.ALIVE:
+            return None
+        return self.doubts.get(member)
 
     def wall_of(self, monotonic: float) -> float:
         """A monotonic reading as wall time, as of this snapshot."""

@@ -78,6 +78,14 @@ _LIVENESS = {Status.ALIVE: LivenessView.ALIVE, Status.SUSPECT: LivenessView.SUSP
              Status.DEAD: LivenessView.DEAD}
 
 
+def doubt_of(snap: MemberSnapshot, member: str) -> tuple[float | None, str]:
+    """(wall time since when, why) `member` is not alive in `snap`; (None, "") while alive."""
+    doubt = snap.doubt(member)
+    if doubt is None:
+        return None, ""
+    return snap.wall_of(doubt.since), doubt.reason
+
+
 def _rank(obs: DomainObs, snap: MemberSnapshot) -> tuple[bool, bool]:
     return (snap.status(obs.host) is not Status.DEAD, obs.state is DomainState.RUNNING)
 
@@ -133,11 +141,13 @@ def view_of(snap: MemberSnapshot, past: History, *, source: Source) -> CloudView
             known = domains.get(obs.node)
             if known is None or _rank(obs, snap) > _rank(known, snap):
                 domains[obs.node] = obs
+        since, why = doubt_of(snap, h.name)
         hosts.append(HostView(
             name=h.name, address=h.address, liveness=_LIVENESS[snap.status(h.name)],
             reachable=stock is not None,
             free_memory_mib=stock.free_memory_kib // 1024 if stock is not None else None,
-            domains=sum(1 for d in seen if d.cloud == cloud.name)))
+            domains=sum(1 for d in seen if d.cloud == cloud.name),
+            liveness_since=since, liveness_reason=why))
     waiting = {w.node: w.reason for w in controller.last_plan.waiting}
     nodes = []
     for n in cloud.nodes:
@@ -150,6 +160,7 @@ def view_of(snap: MemberSnapshot, past: History, *, source: Source) -> CloudView
                         last_error=s.last_error)
             for s in (report.services if report is not None else ()))
         running = d is not None and d.state is DomainState.RUNNING
+        since, why = doubt_of(snap, n.name)
         nodes.append(NodeView(
             name=n.name, role=n.role, address=n.address, domain_state=state,
             agent_liveness=_LIVENESS[snap.status(n.name)],
@@ -158,7 +169,7 @@ def view_of(snap: MemberSnapshot, past: History, *, source: Source) -> CloudView
             uptime=(snap.monotonic - d.since) if running and d is not None and d.since else None,
             waiting=waiting.get(n.name, "") or (report.message if report is not None
                                                 and report.phase != NodePhase.READY else ""),
-            services=services))
+            services=services, agent_liveness_since=since, agent_liveness_reason=why))
     failed = tuple(
         FailedAction(action="reconcile", subject=subject, fail_count=record.count,
                      last_error=past.last_error.get(subject, ""),
@@ -204,6 +215,10 @@ def status_of(snap: MemberSnapshot | None, *, me: str) -> dict[str, Any]:
         "leader_since": snap.leader_since,
         "elections": snap.elections,
         "members": {name: snap.status(name).value for name in snap.members},
+        # why each member not alive is not, since when (wall time)
+        "doubts": {name: {"status": d.status.value, "since": snap.wall_of(d.since),
+                          "reason": d.reason}
+                   for name in snap.members if (d := snap.doubt(name)) is not None},
         # what the leader has heard from the nodes (empty elsewhere)
         "nodes": {name: {"phase": r.phase, "message": r.message, "term": r.term,
                          "services": {sv.name: sv.state for sv in r.services}}

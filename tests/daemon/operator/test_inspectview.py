@@ -33,7 +33,8 @@ from cloudd.daemon.operator.inspectview import (
     leadership,
     status_of,
 )
-from cloudd.election.swim import Status
+from cloudd.election.messages import Gossip, Ping
+from cloudd.election.swim import Doubt, Status
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.vmctl.backend import Inventory
 from cloudd.vmctl.plan import DomainObs, DomainState, FailRecord, Planned, Waiting
@@ -41,6 +42,8 @@ from cloudd.vmctl.plan import DomainObs, DomainState, FailRecord, Planned, Waiti
 from ..member.fakes import DB, LB, MANIFEST, WEB1, Wire, member, shop
 
 GIB = 1024 * 1024
+PM2_DEAD = "could not reach it, nor through 1 helper within 0.1 s; no answer in 0.6 s of suspicion"
+LB_SUSPECT = "gossip: pm2 suspects it (heard from pm3)"
 
 
 @dataclasses.dataclass
@@ -74,8 +77,10 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         ServiceReport("mariadbd", "running", 42, True, 3, 0, ""),)),
         WEB1: NodeReport(WEB1, 4, "g", NodePhase.CONVERGING, "waiting for mariadbd")}
     snap = dataclasses.replace(snap, leader="pm1", acting=True, term=4,
-                               liveness={**alive, "pm2": Status.DEAD}, controller=controller,
-                               reports=reports)
+                               liveness={**alive, "pm2": Status.DEAD, LB: Status.SUSPECT},
+                               doubts={"pm2": Doubt(Status.DEAD, 1080.0, PM2_DEAD),
+                                       LB: Doubt(Status.SUSPECT, 1095.5, LB_SUSPECT)},
+                               controller=controller, reports=reports)
     yield Rig(snap, clock, events)
     events.close()
 
@@ -94,6 +99,14 @@ def test_the_view_of_a_leader(rig: Rig) -> None:
     assert nodes[DB].services[0].restarts == 2 and nodes[DB].waiting == ""
     assert (nodes[WEB1].uptime, nodes[WEB1].waiting) == (None, "waiting for mariadbd")
     assert nodes[LB].waiting == "waiting for server" and nodes[LB].domain_state == "none"
+    # why pm2 and the balancer's agent are not alive, since when as wall time
+    assert (hosts["pm2"].liveness_since, hosts["pm2"].liveness_reason) == (
+        1_700_000_080.0, PM2_DEAD)
+    assert (hosts["pm1"].liveness_since, hosts["pm1"].liveness_reason) == (None, "")
+    assert nodes[LB].agent_liveness is LivenessView.SUSPECT
+    assert (nodes[LB].agent_liveness_since, nodes[LB].agent_liveness_reason) == (
+        1_700_000_095.5, LB_SUSPECT)
+    assert (nodes[DB].agent_liveness_since, nodes[DB].agent_liveness_reason) == (None, "")
     [failed] = view.failed_actions
     assert (failed.subject, failed.fail_count, failed.last_error) == (WEB1, 3, "start failed")
     assert failed.next_retry == 1_700_000_130.0  # 30 s after the snapshot, as wall time
@@ -130,6 +143,9 @@ def test_status_is_this_agents_own_view(rig: Rig) -> None:
     assert json.loads(json.dumps(status)) == status
     assert (status["leader"], status["term"], status["acting"]) == ("pm1", 4, True)
     assert status["members"]["pm2"] == "dead"
+    assert status["doubts"] == {
+        "pm2": {"status": "dead", "since": 1_700_000_080.0, "reason": PM2_DEAD},
+        LB: {"status": "suspect", "since": 1_700_000_095.5, "reason": LB_SUSPECT}}
     assert status["nodes"][DB] == {"phase": "ready", "message": "", "term": 4,
                                    "services": {"mariadbd": "running"}}
     assert status["node"] is None
@@ -258,3 +274,24 @@ async def test_a_leaders_answer_without_the_cloud_leaves_the_follower_its_own_vi
         dataclasses.replace(rig.snap, leader="pm2", acting=False)]
     doc = await inspector(rig, mine, answer=other).inspect(None)
     assert doc.clouds[0].source is Source.LOCAL
+
+
+def test_a_members_snapshot_carries_its_cores_reasons(tmp_path: Path) -> None:
+    """From the election core through the member's snapshot to the view: why and since."""
+    clock = FakeClock()
+    tmp_path.joinpath("pm1").mkdir()
+    events = EventLog.in_state_dir(tmp_path / "pm1")
+    m = member(tmp_path, "pm1", wire=Wire(), clock=clock, events=events)
+    m.election.start()
+    clock.advance(5.0)
+    m.election.receive("pm2", Ping(1, "pm1", "", 0, gossip=(Gossip("suspect", LB, 0, "pm2"),)))
+    clock.advance(2.0)
+    snap = m.snapshot()
+    assert snap.status(LB) is Status.SUSPECT
+    assert snap.doubts == {LB: Doubt(Status.SUSPECT, 1005.0, "gossip: pm2 suspects it")}
+    assert snap.doubt(DB) is None
+    view = cloud_view(snap, events=events, source=Source.LOCAL)
+    lb = next(n for n in view.nodes if n.name == LB)
+    assert (lb.agent_liveness_since, lb.agent_liveness_reason) == (
+        1_700_000_005.0, "gossip: pm2 suspects it")
+    events.close()
