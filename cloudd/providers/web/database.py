@@ -104,8 +104,20 @@ class DatabaseRole(Role):
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         if proc.returncode != 0:
-            tail = out.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise TemporaryError(f"mariadb-install-db failed: {tail[0]}", delay=5.0)
+            raise TemporaryError(f"mariadb-install-db failed: {telling_line(out)}", delay=5.0)
         scratch.rename(data)
         _log.info("web.database_initialised", cloud=a.cloud, node=a.node, role=a.role,
                   path=str(data))
+
+
+def telling_line(output: bytes) -> str:
+    """The line of mariadb-install-db's output that says what went wrong: its first
+    `[ERROR]` line, else its first line saying something failed, else its last line (the
+    last lines are boilerplate about where to report bugs)."""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines()
+             if line.strip()]
+    for pick in (lambda line: "[ERROR]" in line, lambda line: "failed" in line.lower()):
+        found = next((line for line in lines if pick(line)), None)
+        if found is not None:
+            return found
+    return lines[-1] if lines else "no output"
