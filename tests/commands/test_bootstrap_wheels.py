@@ -137,6 +137,20 @@ def test_the_running_source_is_the_checkout_of_an_editable_install(tmp_path: Pat
     assert isinstance(running_source(from_index), Installed)
 
 
+def test_a_source_trees_build_leftovers_do_not_hide_the_editable_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the checkout, `cloudd.egg-info` (left by a build) is found first on sys.path;
+    the editable install's record still says where the checkout is."""
+    leftover = tmp_path / "tree" / "cloudd.egg-info"
+    leftover.mkdir(parents=True)
+    (leftover / "PKG-INFO").write_text(METADATA)
+    editable = install(tmp_path / "e", direct_url={
+        "url": "file:///src/cloudd", "dir_info": {"editable": True}})
+    monkeypatch.setattr(metadata, "distributions", lambda **kw: iter(
+        [metadata.PathDistribution(leftover), editable]))
+    assert running_source() == Checkout(Path("/src/cloudd"))
+
+
 def test_an_installed_cloudd_without_its_files_is_refused(tmp_path: Path) -> None:
     site = tmp_path / "site" / INFO
     site.mkdir(parents=True)

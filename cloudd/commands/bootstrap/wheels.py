@@ -164,16 +164,24 @@ def running_source(dist: metadata.Distribution | None = None) -> Source:
     """The cloudd this command runs from: the checkout of an editable install, else the
     installed distribution itself."""
     if dist is None:
-        try:
-            dist = metadata.distribution("cloudd")
-        except metadata.PackageNotFoundError:
+        dists = list(metadata.distributions(name="cloudd"))
+        if not dists:
             raise BootstrapError("cloudd is not installed in this Python (run from a source "
-                                 "tree?): give --source DIR") from None
+                                 "tree?): give --source DIR")
+        # A source tree's own build leftovers (cloudd.egg-info, found first when the tree is
+        # the working folder) are not the installation: prefer the one that says editable.
+        dist = next((d for d in dists if _editable_path(d) is not None), dists[0])
+    path = _editable_path(dist)
+    return Checkout(path) if path is not None else Installed(dist)
+
+
+def _editable_path(dist: metadata.Distribution) -> Path | None:
+    """The checkout of an editable install (PEP 610's direct_url.json), if `dist` is one."""
     direct = json.loads(dist.read_text("direct_url.json") or "{}")
     url = urlparse(direct.get("url", ""))
     if direct.get("dir_info", {}).get("editable") and url.scheme == "file":
-        return Checkout(Path(unquote(url.path)))
-    return Installed(dist)
+        return Path(unquote(url.path))
+    return None
 
 
 def build_wheels(options: Options) -> tuple[list[Path], bool]:

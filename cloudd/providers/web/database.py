@@ -116,8 +116,6 @@ def telling_line(output: bytes) -> str:
     last lines are boilerplate about where to report bugs)."""
     lines = [line.strip() for line in output.decode(errors="replace").splitlines()
              if line.strip()]
-    for pick in (lambda line: "[ERROR]" in line, lambda line: "failed" in line.lower()):
-        found = next((line for line in lines if pick(line)), None)
-        if found is not None:
-            return found
-    return lines[-1] if lines else "no output"
+    found = (next((line for line in lines if "[ERROR]" in line), None)
+             or next((line for line in lines if "failed" in line.lower()), None))
+    return found or (lines[-1] if lines else "no output")
