@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make demo`: the main job, shown on this machine from scratch.
 # 1. validates the example manifests and shows a bad manifest refused with one placed message;
-# 2. runs cloudd's example cloud in real VMs (python -m cloudd_lab.demo): builds the test
-#    guest, makes the lab (bridge, namespaces, PKI, three host agents on this machine's
-#    libvirtd), shows `cloudd-cli inspect` converging, kills a VM, shows the replacement,
-#    stops the cloud cleanly and removes everything. Needs root (namespaces, libvirt).
+# 2. runs a web cloud in real VMs (python -m cloudd_lab.demo): builds the node image (Debian 12,
+#    systemd, cloud-init, the agent, nginx/WEBrick/MariaDB; cached once built), makes the lab
+#    (bridge, namespaces, PKI, three host agents on this machine's libvirtd), shows the VMs
+#    boot and serve the site through the balancer, kills a VM while a client writes every
+#    100 ms and prints the downtime and the writes lost, stops the cloud cleanly and removes
+#    everything; each stage's seconds at the end. Needs root (namespaces, libvirt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cloudd-cli validate --show manifests/*.yaml"
@@ -25,5 +27,5 @@ fi
 echo "== starting libvirtd if it is not running"
 scripts/ensure-libvirtd.sh
 echo
-echo "== the example cloud in real VMs: python -m cloudd_lab.demo"
+echo "== a web cloud in real VMs: python -m cloudd_lab.demo"
 exec .venv/bin/python -m cloudd_lab.demo "$@"

@@ -84,6 +84,20 @@ class ImageLab(VmLab):
         secret = self.root / "secrets" / "db_password"
         return f"settings: {{{settings}}}\nsecrets: {{db_password: {{file: {secret}}}}}\n"
 
+    def phases(self) -> dict[str, str]:
+        """Each node's phase as the acting leader has heard it from the node."""
+        leader = self.leader()
+        status = self.status(leader) if leader else None
+        return {name: r["phase"] for name, r in ((status or {}).get("nodes") or {}).items()}
+
+    def ready(self) -> bool:
+        """Every node has reported its role's services ready to the acting leader."""
+        return self.phases() == dict.fromkeys(self.node_addresses, "ready")
+
+    def url(self) -> str:
+        """The web site, through the (first) balancer."""
+        return f"http://{self.node_addresses['lab-balancer-1']}"
+
     def remove_node_files(self) -> None:
         """The nodes' overlays and seeds a previous lab of this cloud left in the image folder."""
         for path in IMAGES.glob(f"{self.cloud_name}-*"):

@@ -15,20 +15,16 @@ the test-guest lab of the thesis tests comes up: the machine runs one lab of VMs
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
-import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from cloudd_lab.imagelab import ImageLab
 from cloudd_lab.vmlab import leftovers, poll, qemu_pid, virsh
+from cloudd_lab.webclient import Client, entries, serves
 
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirt, pytest.mark.netns, pytest.mark.services]
 
@@ -39,82 +35,6 @@ NODES = {"database": 1, "server": 2, "balancer": 1}
 UP = 1500.0
 BACK = 900.0
 Say = Callable[[str], None]
-
-
-@dataclass
-class Client:
-    """Writes an entry through the balancer every 100 ms, from outside the VMs."""
-
-    url: str
-    period: float = 0.1
-    #: (unix time, ok) of every request
-    results: list[tuple[float, bool]] = field(default_factory=list)
-    #: the bodies the site acknowledged (201)
-    acknowledged: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._n = 0
-
-    def __enter__(self) -> Client:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._n += 1
-            body = f"entry-{os.getpid()}-{self._n}"
-            ok = False
-            with contextlib.suppress(OSError, urllib.error.URLError, TimeoutError):
-                req = urllib.request.Request(f"{self.url}/entries", data=body.encode(),
-                                             method="POST")
-                with urllib.request.urlopen(req, timeout=2) as reply:
-                    ok = reply.status == 201
-            self.results.append((time.time(), ok))
-            if ok:
-                self.acknowledged.append(body)
-            self._stop.wait(self.period)
-
-    def failed_seconds(self, since: float) -> float:
-        """Seconds covered by failed requests after `since` (requests are `period` apart)."""
-        return sum(self.period for t, ok in self.results if t >= since and not ok)
-
-    def serving_again(self, since: float) -> float | None:
-        """Seconds from `since` to the first success after the last failure (None: none)."""
-        after = [(t, ok) for t, ok in self.results if t >= since]
-        last_fail = max((t for t, ok in after if not ok), default=None)
-        if last_fail is None:
-            return 0.0
-        back = next((t for t, ok in after if ok and t > last_fail), None)
-        return None if back is None else back - since
-
-
-def entries(url: str) -> list[str]:
-    with urllib.request.urlopen(f"{url}/entries", timeout=10) as reply:
-        return [e["body"] for e in json.loads(reply.read())]
-
-
-def phases(lab: ImageLab) -> dict[str, str]:
-    """Each node's phase as the acting leader has heard it from the node."""
-    leader = lab.leader()
-    status = lab.status(leader) if leader else None
-    return {name: r["phase"] for name, r in ((status or {}).get("nodes") or {}).items()}
-
-
-def ready(lab: ImageLab) -> bool:
-    return phases(lab) == dict.fromkeys(lab.node_addresses, "ready")
-
-
-def serves(url: str) -> bool:
-    with contextlib.suppress(OSError, urllib.error.URLError, TimeoutError, ValueError):
-        entries(url)
-        return True
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +51,10 @@ def site() -> Iterator[ImageLab]:
         assert left == [], f"the web e2e left these behind: {left}"
 
 
-def url_of(lab: ImageLab) -> str:
-    return f"http://{lab.node_addresses['lab-balancer-1']}"
-
-
 def test_the_site_comes_up_in_vms(site: ImageLab, say: Say) -> None:
     t0 = time.monotonic()
-    _, took = poll("every node ready", lambda: ready(site), bound=UP, interval=5.0)
-    url = url_of(site)
+    _, took = poll("every node ready", site.ready, bound=UP, interval=5.0)
+    url = site.url()
     poll("the balancer serves", lambda: serves(url), bound=120.0, interval=2.0)
     say(f"web site in VMs: every node ready {took:.0f} s after the agents started "
         f"({time.monotonic() - t0:.0f} s)")
@@ -150,7 +66,7 @@ def test_the_site_comes_up_in_vms(site: ImageLab, say: Say) -> None:
 
 def test_kill_9_the_database_vm_keeps_every_acknowledged_write(site: ImageLab,
                                                                say: Say) -> None:
-    url = url_of(site)
+    url = site.url()
     domain = site.domain("lab-database-1")
     pid = qemu_pid(domain)
     assert pid is not None
@@ -161,11 +77,10 @@ def test_kill_9_the_database_vm_keeps_every_acknowledged_write(site: ImageLab,
         poll("the database VM respawned and the site writes again",
              lambda: (qemu_pid(domain) not in (None, pid)
                       and client.serving_again(t_fault) is not None
-                      and any(ok for t, ok in client.results if t > t_fault + 1.0)),
+                      and client.wrote_since(t_fault + 1.0)),
              bound=BACK, interval=2.0)
         time.sleep(3.0)  # writes after the recovery
-    stored = set(entries(url))
-    lost = [b for b in client.acknowledged if b not in stored]
+    lost = client.lost(url)
     back = client.serving_again(t_fault)
     say(f"kill -9 of the database VM's qemu: {client.failed_seconds(t_fault):.1f} s of failed "
         f"requests, serving again after {back:.0f} s, {len(client.acknowledged)} writes "
