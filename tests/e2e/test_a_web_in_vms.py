@@ -26,7 +26,10 @@ from cloudd_lab.imagelab import ImageLab
 from cloudd_lab.vmlab import leftovers, poll, qemu_pid, virsh
 from cloudd_lab.webclient import Client, entries, serves
 
-pytestmark = [pytest.mark.e2e, pytest.mark.libvirt, pytest.mark.netns, pytest.mark.services]
+#: pytest-timeout's per-test bound (600 s by default) is too short for a cold start of four
+#: Debian guests on a busy machine; each wait below is bounded on its own.
+pytestmark = [pytest.mark.e2e, pytest.mark.libvirt, pytest.mark.netns, pytest.mark.services,
+              pytest.mark.timeout(2400)]
 
 PREFIX = "h12v"
 SUBNET = "10.239.22.0/24"
