@@ -46,7 +46,7 @@ class Client:
 
     url: str
     period: float = 0.1
-    #: (unix time, ok) of every request
+    #: (unix time it was sent, ok) of every request
     results: list[tuple[float, bool]] = field(default_factory=list)
     #: the bodies the site acknowledged
     acknowledged: list[str] = field(default_factory=list)
@@ -68,15 +68,20 @@ class Client:
         while not self._stop.is_set():
             self._n += 1
             body = f"entry-{os.getpid()}-{self._n}"
+            start = time.time()
             ok = write(self.url, body)
-            self.results.append((time.time(), ok))
+            self.results.append((start, ok))
             if ok:
                 self.acknowledged.append(body)
             self._stop.wait(self.period)
 
     def failed_seconds(self, since: float) -> float:
-        """Seconds covered by failed requests after `since` (each stands for one period)."""
-        return sum(self.period for t, ok in self.results if t >= since and not ok)
+        """Seconds after `since` during which the site failed this client: from the start
+        of each failed request to the start of the next request (a failing request may wait
+        its whole timeout)."""
+        after = [(t, ok) for t, ok in self.results if t >= since]
+        return sum(nxt[0] - t for (t, ok), nxt in zip(after, after[1:], strict=False)
+                   if not ok)
 
     def serving_again(self, since: float) -> float | None:
         """Seconds from `since` to the first success after the last failure (0: no failure;
