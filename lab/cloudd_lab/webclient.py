@@ -8,6 +8,7 @@ site served again, and which acknowledged writes (201) the site no longer has.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -80,7 +81,7 @@ class Client:
         of each failed request to the start of the next request (a failing request may wait
         its whole timeout)."""
         after = [(t, ok) for t, ok in self.results if t >= since]
-        return sum(nxt[0] - t for (t, ok), nxt in zip(after, after[1:], strict=False)
+        return sum(nxt[0] - t for (t, ok), nxt in itertools.pairwise(after)
                    if not ok)
 
     def serving_again(self, since: float) -> float | None:
