@@ -307,7 +307,7 @@ class HostAgent:
                     and not await asyncio.to_thread(os.path.lexists, image):
                 # removed already (an answer that did not reach the leader): nothing to do
                 return self._result(cmd, CommandOutcome.NOOP, f"{image} is not here")
-            why = why or await self._in_use(image, cmd.domain)
+            why = why or await self._why_kept(image, cmd.domain)
             if why:
                 self._log.warning("command_refused", term=cmd.term, domain=cmd.domain,
                                   op=cmd.op.value, reason=f"remove {why}")
@@ -321,7 +321,7 @@ class HostAgent:
                        term=cmd.term, domain=cmd.domain, image=str(image))
         return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
 
-    async def _in_use(self, image: Path, domain: str) -> str:
+    async def _why_kept(self, image: Path, domain: str) -> str:
         """'' when `image` is `domain`'s overlay by this host's record and nothing defined
         here needs it, else the end of a sentence."""
         owner = self.overlays.owner(str(image))
