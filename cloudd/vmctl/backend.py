@@ -81,6 +81,9 @@ class Inventory:
     total_memory_kib: int
     vcpus: int
     images: frozenset[str]
+    overlays: tuple[tuple[str, str], ...] = ()
+    """(path, domain) of each per-node overlay this host made for its cloud and still has
+    (the host agent's record, not the hypervisor's): the leader removes those no node needs."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class Backend(Protocol):
 
     async def inventory(self) -> Inventory: ...
 
+    async def disks(self) -> frozenset[str]:
+        """Every file a domain defined here (cloudd's or not, running or not) names as a disk,
+        its backing files included where the hypervisor reports them."""
+        ...
+
     def subscribe(self) -> asyncio.Queue[DomainEvent]: ...
 
     def unsubscribe(self, queue: asyncio.Queue[DomainEvent]) -> None: ...
@@ -160,6 +168,16 @@ def _memory_kib(root: ET.Element) -> int:
         return 0
     factor = _UNITS.get(elem.get("unit", "KiB").lower(), 1024)
     return int(elem.text or "0") * factor // 1024
+
+
+def disk_files(xml: str) -> frozenset[str]:
+    """The files a domain's XML names as disks (cdroms and backing stores included)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return frozenset()
+    return frozenset(s.get("file", "") for s in root.iterfind("devices/disk//source")
+                     if s.get("file"))
 
 
 @dataclass
@@ -269,6 +287,9 @@ class FakeBackend:
         return Inventory(free_memory_kib=self.total_memory_kib - used,
                          total_memory_kib=self.total_memory_kib, vcpus=self.vcpus,
                          images=self.images)
+
+    async def disks(self) -> frozenset[str]:
+        return frozenset(f for d in self.domains.values() for f in disk_files(d.xml))
 
     def subscribe(self) -> asyncio.Queue[DomainEvent]:
         return self.hub.subscribe()

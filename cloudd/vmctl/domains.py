@@ -137,6 +137,7 @@ def generation_of(cloud: Cloud, template: str) -> str:
     """sha256 over the manifest facts that rendering and the host's checks read."""
     facts = {
         "cloud": cloud.name,
+        "ensure": cloud.ensure.value,  # whether a node's disk may be removed (REMOVE_IMAGE)
         "template": template,
         "template_values": dict(sorted(cloud.template_values.items())),
         "network": [cloud.prefix_length, cloud.gateway],

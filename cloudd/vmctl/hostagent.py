@@ -44,6 +44,16 @@ copy: SFTP from the source address, host key checked against the operator's know
 FETCH starts it in the background and waits at most `fetch_wait` seconds: if it is still
 running the answer is CommandOutcome.PENDING and the leader sends the same FETCH again, which joins
 the copy under way (one copy per image path, however many nodes or leaders ask for it).
+
+Overlays. OVERLAY names the domain whose disk the overlay is; the host records path -> domain
+(`cloudd.vmctl.overlays`, in its state dir) before it creates the file, and INVENTORY reports
+the recorded overlays still present. REMOVE_IMAGE removes one, for the leader's RemoveImage
+(its node left the manifest, or the cloud is stopped), only when all of these hold: the path
+is directly inside an image folder; this host's record names it as the overlay of exactly the
+command's domain (so never a base image, another cloud's file or anything an operator put
+there); that domain is not defined here; and no domain defined here, of any cloud or none,
+uses the file as a disk. A refusal removes nothing. A domain undefined to be re-defined or
+re-placed keeps its overlay: nothing but REMOVE_IMAGE ever removes one.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ from cloudd.vmctl.backend import (
 )
 from cloudd.vmctl.images import CopySettings, ImageError, ensure_image, ensure_overlay
 from cloudd.vmctl.metadata import CloudMeta, MetadataError, from_domain_xml, stamp_host
+from cloudd.vmctl.overlays import OVERLAYS_FILE, OverlayRecord, remove_file
 
 #: The file of the state dir that keeps the highest term seen (one decimal integer).
 TERM_FILE = "highest-term"
@@ -88,19 +99,22 @@ class Op(enum.Enum):
     INVENTORY = "inventory"
     OVERLAY = "overlay"
     FETCH = "fetch"
+    REMOVE_IMAGE = "remove-image"
 
 
 #: The commands a host checks against the manifest it has in force (they name host resources:
-#: a domain's XML, an overlay's base, a copy's source); they carry the leader's generation.
-MANIFEST_CHECKED = frozenset({Op.DEFINE, Op.OVERLAY, Op.FETCH})
+#: a domain's XML, an overlay's base, a copy's source, an image to remove); they carry the
+#: leader's generation.
+MANIFEST_CHECKED = frozenset({Op.DEFINE, Op.OVERLAY, Op.FETCH, Op.REMOVE_IMAGE})
 
 
 @dataclass(frozen=True)
 class HostCommand:
-    """One order from the leader. `domain` names the target (empty for LIST/INVENTORY);
+    """One order from the leader. `domain` names the target (empty for LIST/INVENTORY/FETCH);
     `xml` is the full domain XML for DEFINE; OVERLAY makes `image` a copy-on-write overlay of
-    `base` (both on this host, `image` inside one of its image folders); FETCH copies `image`
-    (the same path there as here, inside an image folder) from the host at address `source`.
+    `base` (both on this host, `image` inside one of its image folders) as `domain`'s disk;
+    FETCH copies `image` (the same path there as here, inside an image folder) from the host
+    at address `source`; REMOVE_IMAGE removes `image`, an overlay this host made for `domain`.
     `generation` fingerprints the manifest the leader rendered and chose from
     (`cloudd.vmctl.domains.DomainRenderer.generation`): a host that holds another generation
     refuses a command it cannot check as "not in force here yet", a temporary refusal."""
@@ -167,6 +181,10 @@ class HostAgent:
         #: request timeout, so that the answer arrives)
         self.fetch_wait = fetch_wait
         self._copies: dict[Path, asyncio.Task[bool]] = {}
+        #: the overlays this host made for its cloud (path -> domain), kept in `state_dir`
+        self.overlays = OverlayRecord(state_dir / OVERLAYS_FILE)
+        # one overlay made or removed at a time: a check and the act it allows stay together
+        self._images_lock = asyncio.Lock()
         self.store = TermFile(state_dir / TERM_FILE)
         self.highest_term = self.store.load()
         self._term_lock = asyncio.Lock()
@@ -223,6 +241,8 @@ class HostAgent:
             return await self._overlay(cmd)
         if cmd.op is Op.FETCH:
             return await self._fetch(cmd)
+        if cmd.op is Op.REMOVE_IMAGE:
+            return await self._remove_image(cmd)
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, CommandOutcome.FAILED, "define without domain XML")
@@ -254,16 +274,67 @@ class HostAgent:
         image, base = Path(cmd.image), Path(cmd.base)
         if not (image.is_absolute() and base.is_absolute()):
             return self._result(cmd, CommandOutcome.FAILED, "overlay needs absolute image and base")
+        if not cmd.domain:
+            return self._result(cmd, CommandOutcome.FAILED,
+                                "overlay without the domain whose disk it is")
         outside = self._outside(image)
         if outside:
             return self._result(cmd, CommandOutcome.FAILED, f"overlay {outside}")
-        try:
-            changed = await ensure_overlay(base, image)
-        except ImageError as e:
-            return self._result(cmd, CommandOutcome.FAILED, str(e))
+        async with self._images_lock:
+            try:
+                if not await asyncio.to_thread(image.exists):
+                    # recorded first: a crash after the create leaves no overlay unknown
+                    await asyncio.to_thread(self.overlays.add, str(image), cmd.domain)
+                changed = await ensure_overlay(base, image)
+                # present already on that base: the manifest says it is this node's disk
+                await asyncio.to_thread(self.overlays.add, str(image), cmd.domain)
+            except ImageError as e:
+                return self._result(cmd, CommandOutcome.FAILED, str(e))
+            except OSError as e:
+                raise TemporaryError(f"overlay {image}: {e.strerror or e}") from None
         self._log.info(f"overlay: {'created' if changed else 'present'}", term=cmd.term,
                        image=str(image), base=str(base))
         return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
+
+    async def _remove_image(self, cmd: HostCommand) -> HostResult:
+        image = Path(cmd.image)
+        if not image.is_absolute() or not cmd.domain:
+            return self._result(cmd, CommandOutcome.FAILED,
+                                "remove-image needs an absolute image path and its domain")
+        async with self._images_lock:
+            why = self._outside(image)
+            if not why and self.overlays.owner(str(image)) is None \
+                    and not await asyncio.to_thread(os.path.lexists, image):
+                # removed already (an answer that did not reach the leader): nothing to do
+                return self._result(cmd, CommandOutcome.NOOP, f"{image} is not here")
+            why = why or await self._why_kept(image, cmd.domain)
+            if why:
+                self._log.warning("command_refused", term=cmd.term, domain=cmd.domain,
+                                  op=cmd.op.value, reason=f"remove {why}")
+                return self._result(cmd, CommandOutcome.FAILED, f"remove {why}")
+            try:
+                changed = await asyncio.to_thread(remove_file, image)
+                await asyncio.to_thread(self.overlays.drop, str(image))
+            except OSError as e:
+                raise TemporaryError(f"remove {image}: {e.strerror or e}") from None
+        self._log.info(f"overlay removed: {'done' if changed else 'gone already'}",
+                       term=cmd.term, domain=cmd.domain, image=str(image))
+        return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
+
+    async def _why_kept(self, image: Path, domain: str) -> str:
+        """'' when `image` is `domain`'s overlay by this host's record and nothing defined
+        here needs it, else the end of a sentence."""
+        owner = self.overlays.owner(str(image))
+        if owner != domain:
+            return (f"{image}: this host made no overlay of that path for domain {domain}"
+                    + (f" (it is {owner}'s)" if owner else ""))
+        if any(d.name == domain for d in await self.backend.list()):
+            return f"{image}: domain {domain} is still defined on this host"
+        real = await asyncio.to_thread(os.path.realpath, image)
+        used = await self.backend.disks()
+        if real in await asyncio.to_thread(lambda: {os.path.realpath(u) for u in used}):
+            return f"{image}: a domain defined on this host uses it as a disk"
+        return ""
 
     def _outside(self, image: Path) -> str:
         """'' when `image` is directly inside an image folder, else the end of a sentence."""
@@ -347,11 +418,8 @@ class HostAgent:
     async def _inventory(self) -> Inventory:
         stock = await self.backend.inventory()
         found = await asyncio.to_thread(_images_in, self.image_dirs)
-        if found <= stock.images:
-            return stock
-        return Inventory(free_memory_kib=stock.free_memory_kib,
-                         total_memory_kib=stock.total_memory_kib, vcpus=stock.vcpus,
-                         images=stock.images | found)
+        overlays = await asyncio.to_thread(self.overlays.present)
+        return replace(stock, images=stock.images | found, overlays=overlays)
 
     def _result(self, cmd: HostCommand, outcome: CommandOutcome, message: str = "", *,
                 retry_after: float | None = None, domains: tuple[DomainInfo, ...] = (),

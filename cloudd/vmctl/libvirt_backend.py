@@ -48,6 +48,7 @@ from cloudd.vmctl.backend import (
     NoSuchDomain,
     NotOurDomain,
     PowerState,
+    disk_files,
 )
 from cloudd.vmctl.metadata import (
     NAMESPACE,
@@ -488,6 +489,19 @@ class LibvirtBackend:
                              images=frozenset(images))
 
         return await self._call("inventory", work)
+
+    async def disks(self) -> frozenset[str]:
+        def work() -> frozenset[str]:
+            found: set[str] = set()
+            for dom in self._conn_or_raise().listAllDomains(0):
+                try:
+                    found |= disk_files(dom.XMLDesc(0))
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise  # not merely undefined between the listing and this read
+            return frozenset(found)
+
+        return await self._call("disks", work)
 
     def subscribe(self) -> asyncio.Queue[DomainEvent]:
         return self._hub.subscribe()

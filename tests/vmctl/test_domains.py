@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from shared.manifests import SHOP
 
+from cloudd.config.intent import Ensure
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.errors import PermanentError
@@ -132,6 +133,7 @@ def test_the_generation_follows_what_hosts_check_and_nothing_else(tmp_path: Path
     assert renderer.generation(bigger) != before
     moved = replace(cloud, pool=(replace(cloud.pool[0], address="192.0.2.99"),))
     assert renderer.generation(moved) != before
+    assert renderer.generation(replace(cloud, ensure=Ensure.STOPPED)) != before
     assert renderer.generation(replace(cloud, template_text="<domain>${name}</domain>")) \
         != before
     # no template held: no generation at all

@@ -28,7 +28,7 @@ def base(tmp_path: Path) -> Path:
 
 async def test_overlay_is_created_once_on_its_base(agent: HostAgent, base: Path) -> None:
     image = base.with_name("web2.qcow2")
-    cmd = HostCommand(Op.OVERLAY, 1, image=str(image), base=str(base))
+    cmd = HostCommand(Op.OVERLAY, 1, "c1-web2", image=str(image), base=str(base))
     first = await agent.execute(cmd)
     assert first.outcome is CommandOutcome.DONE, first.message
     assert await backing_file(image) == str(base)
@@ -38,8 +38,8 @@ async def test_overlay_is_created_once_on_its_base(agent: HostAgent, base: Path)
 
 async def test_overlay_outside_the_image_folders_is_refused(agent: HostAgent, base: Path,
                                                             tmp_path: Path) -> None:
-    result = await agent.execute(HostCommand(Op.OVERLAY, 1, image=str(tmp_path / "x.qcow2"),
-                                             base=str(base)))
+    result = await agent.execute(HostCommand(Op.OVERLAY, 1, "c1-x",
+                                             image=str(tmp_path / "x.qcow2"), base=str(base)))
     assert result.outcome is CommandOutcome.FAILED
     assert "outside this host's image folders" in result.message
     assert not (tmp_path / "x.qcow2").exists()
@@ -48,7 +48,7 @@ async def test_overlay_outside_the_image_folders_is_refused(agent: HostAgent, ba
 async def test_overlay_of_a_missing_base_fails_with_the_reason(agent: HostAgent,
                                                                tmp_path: Path) -> None:
     result = await agent.execute(HostCommand(
-        Op.OVERLAY, 1, image=str(tmp_path / "images" / "n.qcow2"),
+        Op.OVERLAY, 1, "c1-n", image=str(tmp_path / "images" / "n.qcow2"),
         base=str(tmp_path / "images" / "absent.qcow2")))
     assert result.outcome is CommandOutcome.FAILED
     assert "absent.qcow2" in result.message
@@ -56,6 +56,7 @@ async def test_overlay_of_a_missing_base_fails_with_the_reason(agent: HostAgent,
 
 async def test_overlay_with_a_stale_term_is_refused(agent: HostAgent, base: Path) -> None:
     await agent.execute(HostCommand(Op.LIST, 5))
-    result = await agent.execute(HostCommand(Op.OVERLAY, 4, image=str(base.with_name("o.qcow2")),
+    result = await agent.execute(HostCommand(Op.OVERLAY, 4, "c1-o",
+                                             image=str(base.with_name("o.qcow2")),
                                              base=str(base)))
     assert result.outcome is CommandOutcome.STALE_TERM

@@ -8,8 +8,14 @@ generation this host holds, by what this host can compute from it alone:
   code the leader renders with); that rendering must keep to the host's folders
   (`cloudd.vmctl.confine`). Any other XML (a block disk, a share of `/`, a console log in
   /etc, another cloud's metadata) differs from the rendering and is refused as such.
-- OVERLAY: image and base must be a managed node's `image` and `base_image` in the manifest,
-  the base inside the host's image folders (HostAgent checks the overlay itself is).
+- OVERLAY: the domain must be a managed node's of this cloud, image and base that node's
+  `image` and `base_image` in the manifest, the base inside the host's image folders
+  (HostAgent checks the overlay itself is).
+- REMOVE_IMAGE: the image must be no node's base image in the manifest; while the cloud runs,
+  no node's disk (only a node that left the manifest, or a disk its node no longer names, is
+  removed); while it is stopped, no unmanaged node's disk (that VM is not cloudd's); and
+  inside the host's image folders (HostAgent checks its record made it for that domain, and
+  that nothing defined there uses it).
 - FETCH: the source address must be a pool host's address as the manifest gives it, and the
   image one the manifest names (HostAgent checks it is inside the image folders).
 Other commands name only domains, whose ownership HostAgent checks by their metadata.
@@ -28,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cloudd.config.intent import Ensure
 from cloudd.config.model import Cloud
 from cloudd.errors import ClouddError
 from cloudd.vmctl.confine import Folders, inside, problem
@@ -94,10 +101,11 @@ def _define(cmd: HostCommand, g: Grounds) -> str | None:
 
 
 def _overlay(cmd: HostCommand, g: Grounds) -> str | None:
-    if not any(n.managed and n.image == cmd.image and n.base_image == cmd.base
-               for n in g.cloud.nodes):
-        return (f"overlay {cmd.image} on {cmd.base} is no node's image and base image in the "
-                f"manifest of cloud {g.cloud.name}")
+    node = node_of_domain(g.cloud, cmd.domain)
+    if node is None or not (node.managed and node.image == cmd.image
+                            and node.base_image == cmd.base):
+        return (f"overlay {cmd.image} on {cmd.base} is not the image and base image of a "
+                f"managed node's domain {cmd.domain!r} in the manifest of cloud {g.cloud.name}")
     if not inside(cmd.base, g.folders.images):
         return (f"base image {cmd.base} is outside this host's image folders "
                 f"({', '.join(g.folders.images) or 'none'})")
@@ -114,6 +122,23 @@ def _fetch(cmd: HostCommand, g: Grounds) -> str | None:
     return None
 
 
+def _remove_image(cmd: HostCommand, g: Grounds) -> str | None:
+    cloud = g.cloud
+    if any(n.base_image == cmd.image for n in cloud.nodes):
+        return f"image {cmd.image} is a base image in the manifest of cloud {cloud.name}"
+    stopped = cloud.ensure is Ensure.STOPPED
+    user = next((n for n in cloud.nodes if n.image == cmd.image
+                 and not (stopped and n.managed)), None)
+    if user is not None:
+        return (f"image {cmd.image} is node {user.name}'s disk in the manifest of cloud "
+                f"{cloud.name}")
+    if not inside(cmd.image, g.folders.images):
+        return (f"image {cmd.image} is outside this host's image folders "
+                f"({', '.join(g.folders.images) or 'none'})")
+    return None
+
+
 #: One check per op of `hostagent.MANIFEST_CHECKED` (the ops the leader stamps a generation on).
 _CHECKS: dict[Op, Callable[[HostCommand, Grounds], str | None]] = {
-    Op.DEFINE: _define, Op.OVERLAY: _overlay, Op.FETCH: _fetch}
+    Op.DEFINE: _define, Op.OVERLAY: _overlay, Op.FETCH: _fetch,
+    Op.REMOVE_IMAGE: _remove_image}

@@ -8,9 +8,11 @@ token). It asks every host for its domains and inventory (a host that does not a
 unreachable; its last report is kept, since its domains may still run), runs the pure planner,
 and launches one task per node for that node's actions, in order, stopping at the first
 failure. A CopyImage is performed by the `fetch` callable (`leader.imagecopy`), a Fence by
-the `fencer` (`leader.fencing`). Failures are never retried here: they go into the backoff
-ledgers (`reconcile.backoff_base`, `backoff_max`, `stable_reset`) and come back in a later
-plan. Nodes with a task still running are in flight, and the planner leaves them alone.
+the `fencer` (`leader.fencing`); a RemoveImage is the host command REMOVE_IMAGE of the node's
+domain and the overlay's path, which the host checks against its own record. Failures are
+never retried here: they go into the backoff ledgers (`reconcile.backoff_base`,
+`backoff_max`, `stable_reset`) and come back in a later plan. Nodes with a task still
+running are in flight, and the planner leaves them alone.
 Every action and every failure is an event in the event log, with the planner's reason.
 
 Time: every duration (backoff, the stable period, how long a domain has run, the shutdown
@@ -54,6 +56,7 @@ from cloudd.vmctl.plan import (
     NodeSpec,
     Observed,
     Planned,
+    RemoveImage,
     Shutdown,
     Start,
     Undefine,
@@ -119,7 +122,17 @@ _STATES = {vb.PowerState.RUNNING: DomainState.RUNNING,
            vb.PowerState.OTHER: DomainState.NOSTATE}
 
 _OPS: dict[type, Op] = {Define: Op.DEFINE, Start: Op.START, Shutdown: Op.SHUTDOWN,
-                        Destroy: Op.DESTROY, Undefine: Op.UNDEFINE}
+                        Destroy: Op.DESTROY, Undefine: Op.UNDEFINE,
+                        RemoveImage: Op.REMOVE_IMAGE}
+
+
+def _overlays(stock: vb.Inventory | None, prefix: str) -> frozenset[tuple[str, str]]:
+    """(path, node) of a host's recorded overlays, from (path, domain): the domains of this
+    cloud are `<cloud>-<node>`, named by the leader's own OVERLAY."""
+    if stock is None:
+        return frozenset()
+    return frozenset((path, domain.removeprefix(prefix)) for path, domain in stock.overlays
+                     if domain.startswith(prefix))
 
 
 class Controller:
@@ -214,6 +227,7 @@ class Controller:
         # unless those in flight now are counted too.
         before = frozenset(self._busy)
         names = sorted(self.hosts())
+        prefix = domain_name(self.desired().cloud, "")
         await asyncio.gather(*(self._report(h, term, now) for h in names))
         hosts: list[HostObs] = []
         domains: list[DomainObs] = []
@@ -225,7 +239,8 @@ class Controller:
             hosts.append(HostObs(name, live, stock is not None,
                                  stock.free_memory_kib // 1024 if stock else 0,
                                  stock.images if stock else frozenset(),
-                                 fenced=name in self.fenced, reported=name in self._reports))
+                                 fenced=name in self.fenced, reported=name in self._reports,
+                                 overlays=_overlays(stock, prefix)))
             domains.extend(seen)
         present = {(d.node, d.host) for d in domains}
         for key in [k for k in self._shutdowns if k not in present]:
@@ -366,6 +381,8 @@ class Controller:
         """The host command for a domain action (None: a Define for a node not declared)."""
         domain = domain_name(cloud, action.node)
         op = _OPS[type(action)]
+        if isinstance(action, RemoveImage):
+            return HostCommand(op, term, domain, image=action.image)
         if op is not Op.DEFINE:
             return HostCommand(op, term, domain)
         return HostCommand(op, term, domain, self.render(spec, term)) if spec else None

@@ -1,5 +1,6 @@
 """Getting a node's disk image onto the host that will run it, for the planner's
-`CopyImage` and `CreateOverlay` actions.
+`CopyImage` and `CreateOverlay` actions (its removal, `RemoveImage`, is one plain host command
+the controller sends).
 
 Both are host commands in the leader's term, sent through the leader's `HostClient`. A copy
 may take minutes: the host answers PENDING while it runs, each answer within a short wait
@@ -16,6 +17,7 @@ from cloudd.daemon.leader.controller import HostClient
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.plan import NodeSpec
+from cloudd.vmctl.template import domain_name
 
 #: Longest a copy may take, seconds, before it counts as failed (and backs off).
 COPY_LIMIT = 3600.0
@@ -55,15 +57,16 @@ async def copy_to_host(client: HostClient, host: str, spec: NodeSpec, *,
                              f"within {limit:g}s") from None
 
 
-async def create_overlay(client: HostClient, host: str, spec: NodeSpec, *,
+async def create_overlay(client: HostClient, host: str, spec: NodeSpec, *, cloud: str,
                          term: Callable[[], int | None]) -> None:
-    """The planner's CreateOverlay: the node's image as an overlay of its base image."""
+    """The planner's CreateOverlay: the node's image as an overlay of its base image, made as
+    the disk of the node's domain (the host records it so, for its later removal)."""
     if not spec.base_image:
         raise PermanentError(f"node {spec.name} has no base image to overlay")
     now = term()
     if now is None:
         raise TemporaryError("no longer the acting leader")
-    result = await client.call(host, HostCommand(Op.OVERLAY, now, image=spec.image,
-                                                 base=spec.base_image))
+    result = await client.call(host, HostCommand(Op.OVERLAY, now, domain_name(cloud, spec.name),
+                                                 image=spec.image, base=spec.base_image))
     if result.outcome not in (CommandOutcome.DONE, CommandOutcome.NOOP):
         raise TemporaryError(f"overlay of {spec.name} on {host}: {result.message}")

@@ -158,6 +158,7 @@ class CloudMember:
             render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
             fencer=CloudFencer(lambda: self.cloud),
             overlay=lambda host, spec: create_overlay(self.host_calls, host, spec,
+                                                      cloud=self.cloud.name,
                                                       term=self.acting_term),
             fetch=lambda host, spec: copy_to_host(self.host_calls, host, spec,
                                                   term=self.acting_term),

@@ -1,10 +1,11 @@
 """The leader's reconcile planner: pure, deterministic, no I/O.
 
 `plan(desired, observed, now)` returns the actions (define, start, shutdown, destroy,
-undefine, copy a missing image from a source host, create an overlay, fence a host) that
-move the pool towards the manifest; the controller in `cloudd.daemon.leader.controller` performs
-them and calls again. See `planner` for the
-rules, `placement` for host choice and `backoff` for failure bookkeeping.
+undefine, copy a missing image from a source host, create an overlay, remove an overlay no
+node needs, fence a host) that move the pool towards the manifest; the controller in
+`cloudd.daemon.leader.controller` performs them and calls again. See `planner` for the
+rules, `placement` for host choice, `leftovers` for the overlays left behind and `backoff`
+for failure bookkeeping.
 """
 
 from cloudd.config.intent import Ensure, RunStrategy
@@ -29,6 +30,7 @@ from cloudd.vmctl.plan.model import (
     NodeSpec,
     Observed,
     Planned,
+    RemoveImage,
     Shutdown,
     Start,
     Undefine,
@@ -59,6 +61,7 @@ __all__ = [
     "NodeSpec",
     "Observed",
     "Planned",
+    "RemoveImage",
     "RunStrategy",
     "Shutdown",
     "Start",

@@ -100,6 +100,9 @@ class HostObs:
     reported: bool = True
     """This leader has had at least one list of the host's domains (False: they are unknown,
     so no node may get a new domain until the host reports or is fenced)."""
+    overlays: frozenset[tuple[str, str]] = frozenset()
+    """(path, node) of the per-node overlays the host made for this cloud and still has (the
+    host's own record, so never a base image or another cloud's file)."""
 
 
 @dataclass(frozen=True)
@@ -213,12 +216,24 @@ class Undefine:
 
 
 @dataclass(frozen=True)
+class RemoveImage:
+    """Have `host` remove `image`, the overlay it made as `node`'s disk, which no node needs
+    any more (the node left the manifest, or the cloud is stopped)."""
+
+    node: str
+    host: str
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Fence:
     host: str
     reason: str
 
 
-NodeAction = CopyImage | CreateOverlay | Define | Start | Shutdown | Destroy | Undefine
+NodeAction = (CopyImage | CreateOverlay | Define | Start | Shutdown | Destroy | Undefine
+              | RemoveImage)
 Action = NodeAction | Fence
 
 

@@ -20,6 +20,8 @@ Images: a new domain goes to a host that has the node's image, or its base image
 CreateOverlay comes first), or, failing both, to a host that can get it from the node's
 source host (then CopyImage comes first); a copy is planned only from a source that is alive,
 reachable and reports the image, and always before the CreateOverlay or Define that needs it.
+Overlays no node needs any more (its node left the manifest, or the cloud is stopped) are
+removed once their node's domains are gone; see `leftovers`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from cloudd.config.intent import Ensure, RunStrategy
+from cloudd.vmctl.plan.leftovers import leftovers
 from cloudd.vmctl.plan.model import (
     GUEST_SHUTDOWN,
     Action,
@@ -164,6 +167,7 @@ class _Pass:
                 if spec.name in managed and spec.name not in busy:
                     for d in self.copies.get(spec.name, []):
                         self._remove(d, why="cloud is to be stopped", graceful=True)
+            self._leftovers()
             return self._result(placer=None)
         placer = Placer((h for h in self.observed.hosts if self._host_usable(h)),
                         servers=(h for h in self.observed.hosts
@@ -188,6 +192,9 @@ class _Pass:
             host = self.hosts[name]
             if host.liveness is Liveness.DEAD and not host.reachable:
                 self._fence(name, "host is dead by quorum and its domains are unknown")
+        # before placement: a node that now names another disk has its old one removed
+        # before its new domain is defined (the host refuses while the name is defined)
+        self._leftovers()
         for spec in homeless:
             if unknown:
                 # any of them may run this node's domain: placing it could make a second one
@@ -196,6 +203,14 @@ class _Pass:
                 continue
             self._place(spec, placer)
         return self._result(placer)
+
+    def _leftovers(self) -> None:
+        """Remove the overlays no node needs any more."""
+        busy = self.observed.in_flight
+        live = {node for node, node_copies in self.copies.items() if node_copies}
+        for action in leftovers(self.desired, self.observed.hosts, live=live,
+                                held=lambda n: n in busy or self._backing_off(n)):
+            self.by_node[action.node].append(action)
 
     def _fence(self, host: str, reason: str) -> None:
         if host in self.observed.fencing or host in self.fences:

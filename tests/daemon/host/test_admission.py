@@ -1,5 +1,6 @@
 """Host commands checked against the cloud in force: a DEFINE only of the XML the host renders
 itself, within its folders; OVERLAY and FETCH only of the manifest's images and pool hosts;
+REMOVE_IMAGE never of a base image, nor of a node's disk while the cloud runs;
 a command of a generation the host has not taken yet refused for now, not for good."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.config.intent import Ensure
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.daemon.host import admission
@@ -155,10 +157,13 @@ async def test_a_define_names_a_node_of_this_cloud(rig: HostRig, domain: str,
 async def test_overlay_and_fetch_outside_the_manifest_are_refused(rig: HostRig) -> None:
     generation = rig.duties.renderer.generation(rig.cloud[0])
     cases = [
-        (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base="/etc/shadow",
+        (HostCommand(Op.OVERLAY, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2", base="/etc/shadow",
                      generation=generation),
-         f"overlay {IMAGES}/web1.qcow2 on /etc/shadow is no node's image and base image in "
-         "the manifest of cloud shop"),
+         f"overlay {IMAGES}/web1.qcow2 on /etc/shadow is not the image and base image of a "
+         f"managed node's domain '{DOMAIN}' in the manifest of cloud shop"),
+        (HostCommand(Op.REMOVE_IMAGE, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2",
+                     generation=generation),
+         f"image {IMAGES}/web1.qcow2 is node {SERVER}'s disk in the manifest of cloud shop"),
         (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/web.qcow2", source="203.0.113.9",
                      generation=generation),
          "fetch source '203.0.113.9' is no pool host's address in the manifest of cloud shop"),
@@ -181,18 +186,56 @@ def grounds(cloud: Cloud, *, images: tuple[str, ...] = (IMAGES,)) -> Grounds:
 
 
 @pytest.mark.parametrize(("command", "images", "expected"), [
-    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/web.qcow2",
-                 generation="g1"), (IMAGES,), None),
+    (HostCommand(Op.OVERLAY, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2",
+                 base=f"{IMAGES}/web.qcow2", generation="g1"), (IMAGES,), None),
     # the manifest's base, but this host keeps its images elsewhere
-    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/web.qcow2",
-                 generation="g1"), ("/srv/images",),
+    (HostCommand(Op.OVERLAY, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2",
+                 base=f"{IMAGES}/web.qcow2", generation="g1"), ("/srv/images",),
      AdmissionRefusal(f"base image {IMAGES}/web.qcow2 is outside this host's image folders "
              "(/srv/images)")),
     # a node's image as another node's base
-    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/db.qcow2",
+    (HostCommand(Op.OVERLAY, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2",
+                 base=f"{IMAGES}/db.qcow2", generation="g1"), (IMAGES,),
+     AdmissionRefusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/db.qcow2 is not the image "
+                      f"and base image of a managed node's domain '{DOMAIN}' in the manifest "
+                      "of cloud shop")),
+    # the right image and base, recorded as another node's disk
+    (HostCommand(Op.OVERLAY, 3, "shop-shop-database-1", image=f"{IMAGES}/web1.qcow2",
+                 base=f"{IMAGES}/web.qcow2", generation="g1"), (IMAGES,),
+     AdmissionRefusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/web.qcow2 is not the image "
+                      "and base image of a managed node's domain 'shop-shop-database-1' in "
+                      "the manifest of cloud shop")),
+    # ...or as no node's at all
+    (HostCommand(Op.OVERLAY, 3, image=f"{IMAGES}/web1.qcow2", base=f"{IMAGES}/web.qcow2",
                  generation="g1"), (IMAGES,),
-     AdmissionRefusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/db.qcow2 is no node's image "
-                      "and base image in the manifest of cloud shop")),
+     AdmissionRefusal(f"overlay {IMAGES}/web1.qcow2 on {IMAGES}/web.qcow2 is not the image "
+                      "and base image of a managed node's domain '' in the manifest of cloud "
+                      "shop")),
+    # an overlay no node of the manifest names any more
+    (HostCommand(Op.REMOVE_IMAGE, 3, "shop-shop-server-9", image=f"{IMAGES}/web9.qcow2",
+                 generation="g1"), (IMAGES,), None),
+    # a node's disk while the cloud runs, a base image, a file outside the image folders
+    (HostCommand(Op.REMOVE_IMAGE, 3, "shop-shop-database-1", image=f"{IMAGES}/db.qcow2",
+                 generation="g1"), (IMAGES,),
+     AdmissionRefusal(f"image {IMAGES}/db.qcow2 is node shop-database-1's disk in the "
+                      "manifest of cloud shop")),
+    (HostCommand(Op.REMOVE_IMAGE, 3, DOMAIN, image=f"{IMAGES}/web.qcow2", generation="g1"),
+     (IMAGES,),
+     AdmissionRefusal(f"image {IMAGES}/web.qcow2 is a base image in the manifest of cloud "
+                      "shop")),
+    (HostCommand(Op.REMOVE_IMAGE, 3, "shop-shop-server-9", image="/etc/shadow",
+                 generation="g1"), (IMAGES,),
+     AdmissionRefusal(f"image /etc/shadow is outside this host's image folders ({IMAGES})")),
+    (HostCommand(Op.REMOVE_IMAGE, 3, "shop-shop-server-9",
+                 image=f"{IMAGES}/../../../../etc/shadow", generation="g1"), (IMAGES,),
+     AdmissionRefusal(f"image {IMAGES}/../../../../etc/shadow is outside this host's image "
+                      f"folders ({IMAGES})")),
+    # a refusal of another generation: for now (that generation may have dropped the node)
+    (HostCommand(Op.REMOVE_IMAGE, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2", generation="g2"),
+     (IMAGES,),
+     AdmissionRefusal("manifest generation g2 is not in force here yet (this host has g1): "
+                      f"image {IMAGES}/web1.qcow2 is node {SERVER}'s disk in the manifest of "
+                      "cloud shop", temporary=True)),
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/web.qcow2", source="192.0.2.71",
                  generation="g1"), (IMAGES,), None),
     (HostCommand(Op.FETCH, 3, image=f"{IMAGES}/db.qcow2", source="192.0.2.70",
@@ -235,6 +278,22 @@ def test_a_host_without_the_template_refuses(cloud: Cloud) -> None:
     assert refusal(command, grounds(gone)) == AdmissionRefusal(
         f"this host cannot render node {SERVER}: this agent holds no domain template for "
         "cloud shop")
+
+
+def test_a_stopped_cloud_gives_up_its_managed_nodes_disks_only(cloud: Cloud) -> None:
+    stopped = replace(cloud, ensure=Ensure.STOPPED, nodes=tuple(
+        replace(n, managed=n.name != "shop-database-1") for n in cloud.nodes))
+    command = HostCommand(Op.REMOVE_IMAGE, 3, DOMAIN, image=f"{IMAGES}/web1.qcow2",
+                          generation="g1")
+    assert refusal(command, grounds(stopped)) is None
+    # an unmanaged node's VM is not cloudd's: its disk stays, stopped or not
+    theirs = replace(command, domain="shop-shop-database-1", image=f"{IMAGES}/db.qcow2")
+    assert refusal(theirs, grounds(stopped)) == AdmissionRefusal(
+        f"image {IMAGES}/db.qcow2 is node shop-database-1's disk in the manifest of cloud shop")
+    # and a base image never goes
+    base = replace(command, image=f"{IMAGES}/web.qcow2")
+    assert refusal(base, grounds(stopped)) == AdmissionRefusal(
+        f"image {IMAGES}/web.qcow2 is a base image in the manifest of cloud shop")
 
 
 def test_the_ops_checked_here_are_those_the_leader_stamps_a_generation_on() -> None:
