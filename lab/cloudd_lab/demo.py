@@ -174,8 +174,9 @@ def run(show: Show, *, prefix: str, subnet: str) -> None:
                  f"acknowledged, {len(lost)} lost")
         if lost:
             raise AssertionError(f"acknowledged writes lost: {lost[:5]}")
+        leader = lab.leader() or "pm1"  # the leader's own log holds what it did
         show.run([CLI, "events", "--cloud", lab.cloud_name, "--since", f"{since - 1:.0f}",
-                  "--socket", pm1])
+                  "--socket", str(lab.agents[leader].socket)])
 
         show.step("a clean stop: the manifest becomes ensure: stopped on every member")
         lab.write_manifest(ensure="stopped")
