@@ -24,8 +24,9 @@ Two carriers, chosen by the kind of guest:
     The same user-data sets up the guest around the agent (`GuestSetup`): chrony takes the
     cloud's pool hosts as its only time servers and steps the clock whenever it is a second
     off (a TCG guest's clock drifts, and TLS, munge and the schedulers need it right); and
-    cloud-init makes no user at all (`users: []`, not Debian's default `debian`), so the only
-    way into a node is root with the manifest's `node_access` keys, and without them none.
+    cloud-init makes no user (root is its only entry, not Debian's default `debian`), and
+    root's authorized_keys is written whole from the manifest's `node_access`: the only way
+    into a node is root with those keys, and without them none.
 
 The identity file is JSON (JSON is YAML too): `identity_json` writes it, `from_identity_json`
 reads it back, refusing anything but the fields below with the types they have.
@@ -52,6 +53,8 @@ IDENTITY_FILE = "/etc/cloudd/identity.json"
 PKI_FOLDER = "/etc/cloudd/pki"
 #: The mode of every file of the agent's the seed makes cloud-init write.
 SEED_FILE_MODE = "0600"
+#: Root's SSH keys in the guest, replaced whole by every seed (`root_keys_file`).
+ROOT_KEYS = "/root/.ssh/authorized_keys"
 #: The guest's chrony configuration, replaced whole: Debian's has a pool of its own and a
 #: `makestep 1 3` after its conf.d, which would override a drop-in's.
 CHRONY_CONF = "/etc/chrony/chrony.conf"
@@ -214,16 +217,20 @@ def chrony_conf(servers: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def access_config(root_keys: Sequence[str]) -> dict[str, object]:
-    """cloud-init settings for who may log in: no user is made, and root takes `root_keys`
-    (none: root keeps no key and its login stays disabled)."""
+#: cloud-init's users: root alone, its password locked. Naming root as the only user keeps
+#: cloud-init from making its default one (`users: []` would too, but cloud-init 22.4's schema
+#: refuses an empty list); its keys come as a file (`root_keys_file`).
+USERS = ({"name": "root", "lock_passwd": True},)
+
+
+def root_keys_file(root_keys: Sequence[str]) -> str:
+    """Root's whole authorized_keys: exactly `root_keys`, none for no way in. Written whole
+    rather than through cloud-init's key options, which only ever add keys: a key dropped
+    from the manifest is gone from a node at its next DEFINE, even on a disk that persists."""
     for key in root_keys:
         if not key or any(ord(c) < 0x20 for c in key):
             raise IdentityError("an SSH key for root must be one non-empty line")
-    config: dict[str, object] = {"users": []}
-    if root_keys:
-        config.update({"disable_root": False, "ssh_authorized_keys": list(root_keys)})
-    return config
+    return "".join(f"{key}\n" for key in root_keys)
 
 
 def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki,
@@ -243,14 +250,15 @@ def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki,
     network = {"version": 2, "ethernets": {"eth0": ethernet}}
     files = ((IDENTITY_FILE, identity_json(ident)), (f"{PKI_FOLDER}/ca.crt", pki.ca),
              (f"{PKI_FOLDER}/{ident.node}.crt", pki.cert),
-             (f"{PKI_FOLDER}/{ident.node}.key", pki.key))
+             (f"{PKI_FOLDER}/{ident.node}.key", pki.key),
+             (ROOT_KEYS, root_keys_file(setup.root_keys)))
     writes = [{"path": path, "permissions": SEED_FILE_MODE, "owner": "root:root",
                "content": content} for path, content in files]
     if setup.time_servers:
         # cloud-init.service writes it before chrony.service starts (ordered Before= it).
         writes.append({"path": CHRONY_CONF, "permissions": "0644", "owner": "root:root",
                        "content": chrony_conf(setup.time_servers)})
-    user = {**access_config(setup.root_keys), "write_files": writes}
+    user = {"users": list(USERS), "write_files": writes}
     return {"meta-data": json.dumps(meta, indent=1) + "\n",
             "user-data": "#cloud-config\n" + json.dumps(user, indent=1) + "\n",
             "network-config": json.dumps(network, indent=1) + "\n"}

@@ -139,6 +139,14 @@ class ImageLab(VmLab):
         """The web site, through the (first) balancer."""
         return f"http://{self.node_addresses['lab-balancer-1']}"
 
+    def power_loss(self, host: str) -> list[str]:
+        """As `VmLab.power_loss`, and the host's time server goes too (a host without power
+        serves no time); `time_server(host).start()` brings it back."""
+        lost = super().power_loss(host)
+        if host in self.clocks:
+            self.clocks[host].stop()
+        return lost
+
     def remove_node_files(self) -> None:
         """The nodes' overlays and seeds a previous lab of this cloud left in the image folder."""
         for path in IMAGES.glob(f"{self.cloud_name}-*"):

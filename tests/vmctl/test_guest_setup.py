@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cloudd.commands.bootstrap.timeserver import drop_in
 from cloudd.config.manifest import load_cloud
 from cloudd.pki import NodeIssuer, init_ca
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.identity import (
     CHRONY_CONF,
+    ROOT_KEYS,
     GuestSetup,
     IdentityError,
     NodeIdentity,
@@ -39,23 +42,34 @@ def user_data(setup: GuestSetup | None = None) -> dict[str, Any]:
     return data
 
 
-def test_without_keys_no_user_is_made_and_root_gets_nothing() -> None:
+def files_of(data: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {f["path"]: f for f in data["write_files"]}
+
+
+def test_without_keys_no_user_is_made_and_root_gets_no_key() -> None:
     data = user_data()
-    assert data["users"] == []  # not even cloud-init's default `debian`
-    assert "ssh_authorized_keys" not in data and "disable_root" not in data
-    assert CHRONY_CONF not in [f["path"] for f in data["write_files"]]
+    # root alone, locked: not even cloud-init's default `debian`
+    assert data["users"] == [{"name": "root", "lock_passwd": True}]
+    assert not any(key.startswith(("ssh", "disable_root", "chpasswd", "password"))
+                   for key in data)
+    # written empty: a key some earlier seed gave is gone too
+    assert files_of(data)[ROOT_KEYS] == {"path": ROOT_KEYS, "permissions": "0600",
+                                         "owner": "root:root", "content": ""}
+    assert CHRONY_CONF not in files_of(data)
 
 
 def test_keys_go_to_root_and_to_no_one_else() -> None:
-    data = user_data(GuestSetup(root_keys=(KEY,)))
-    assert data["users"] == [] and data["disable_root"] is False
-    assert data["ssh_authorized_keys"] == [KEY]
-    assert not any(key.startswith("ssh_") and key != "ssh_authorized_keys" for key in data)
+    other = KEY.replace("alice@ops", "bob")
+    data = user_data(GuestSetup(root_keys=(KEY, other)))
+    assert data["users"] == [{"name": "root", "lock_passwd": True}]
+    assert files_of(data)[ROOT_KEYS]["content"] == f"{KEY}\n{other}\n"
+    assert not any(key.startswith(("ssh", "disable_root", "chpasswd", "password"))
+                   for key in data)
 
 
 def test_chrony_takes_the_pool_hosts_as_its_only_servers() -> None:
     data = user_data(GuestSetup(time_servers=("10.9.0.1", "10.9.0.2")))
-    files = {f["path"]: f for f in data["write_files"]}
+    files = files_of(data)
     chrony = files[CHRONY_CONF]
     assert (chrony["permissions"], chrony["owner"]) == ("0644", "root:root")
     lines = [line for line in chrony["content"].splitlines() if not line.startswith("#")]
@@ -111,6 +125,21 @@ def test_a_hosts_seed_follows_the_manifest(tmp_path: Path, keys: tuple[str, ...]
     text = subprocess.run(["isoinfo", "-i", str(iso), "-R", "-x", "/user-data"],
                           capture_output=True, text=True, check=True, timeout=30).stdout
     data = json.loads(text.removeprefix("#cloud-config\n"))
-    assert data["users"] == [] and data.get("ssh_authorized_keys", []) == list(keys)
-    chrony = {f["path"]: f["content"] for f in data["write_files"]}[CHRONY_CONF]
+    assert [u["name"] for u in data["users"]] == ["root"]
+    assert files_of(data)[ROOT_KEYS]["content"] == "".join(f"{k}\n" for k in keys)
+    chrony = files_of(data)[CHRONY_CONF]["content"]
     assert "server 192.0.2.70 iburst\nserver 192.0.2.71 iburst\n" in chrony
+
+
+def test_chrony_reads_the_guests_and_the_hosts_configuration(
+        tmp_path: Path, have: Callable[[str], str]) -> None:
+    """chronyd -p parses a configuration and prints it back, touching no clock."""
+    chronyd = have("chronyd")
+    for name, text in (("guest", chrony_conf(["10.9.0.1", "fd00::1"])),
+                       ("host", drop_in(["10.9.0.0/24", "fd00::/64"]))):
+        (tmp_path / name).write_text(text)
+        done = subprocess.run([chronyd, "-p", "-f", str(tmp_path / name)], capture_output=True,
+                              text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            line for line in text.splitlines() if line and not line.startswith("#")]

@@ -55,6 +55,13 @@ def test_a_namespace_serves_time_to_another_on_its_address_only(
         # chronyd removes its pid file and socket when it stops
         assert not server.socket.exists() and not (server.folder / "chronyd.pid").exists()
         server.stop()  # twice is fine
+        try:  # and it starts again (a host powered on again)
+            server.start()
+            again = query(node.name, host.ip, folder=tmp_path / "q3")
+            assert again.returncode == 0, again.stdout + again.stderr
+        finally:
+            server.stop()
+        assert chronyds_under(tmp_path) == []
     assert PREFIX not in namespaces()
 
 
