@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ import pytest
 
 from cloudd.commands.bootstrap.timeserver import drop_in
 from cloudd.config.manifest import load_cloud
+from cloudd.config.model import NodeAccess
 from cloudd.pki import NodeIssuer, init_ca
 from cloudd.providers.catalog import CATALOG
+from cloudd.vmctl.domains import DomainRenderer
 from cloudd.vmctl.identity import (
     CHRONY_CONF,
     ROOT_KEYS,
@@ -143,3 +146,14 @@ def test_chrony_reads_the_guests_and_the_hosts_configuration(
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == [
             line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_keys_are_part_of_what_hosts_check_a_define_against(tmp_path: Path) -> None:
+    """A host whose generation gives root other keys than the leader's refuses its DEFINE:
+    leader and host never disagree on the seed."""
+    (tmp_path / "web.xml").write_text("<domain/>")
+    (tmp_path / "shop.yaml").write_text(MANIFEST.format(extra=""))
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    with_key = replace(cloud, node_access=NodeAccess((KEY,)))
+    renderer = DomainRenderer(port=7400, pki_dir="")
+    assert renderer.generation(with_key) != renderer.generation(cloud) != ""
