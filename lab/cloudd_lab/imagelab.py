@@ -100,6 +100,20 @@ class ImageLab(VmLab):
         return (f"settings: {{{settings}}}\nsecrets: {{db_password: {{file: {secret}}}}}\n"
                 + access)
 
+    def phases(self) -> dict[str, str]:
+        """Each node's phase as the acting leader has heard it from the node."""
+        leader = self.leader()
+        status = self.status(leader) if leader else None
+        return {name: r["phase"] for name, r in ((status or {}).get("nodes") or {}).items()}
+
+    def ready(self) -> bool:
+        """Every node has reported its role's services ready to the acting leader."""
+        return self.phases() == dict.fromkeys(self.node_addresses, "ready")
+
+    def url(self) -> str:
+        """The web site, through the (first) balancer."""
+        return f"http://{self.node_addresses['lab-balancer-1']}"
+
     # -- into the guests ------------------------------------------------------------------
     @property
     def ssh_key(self) -> Path:
@@ -124,20 +138,6 @@ class ImageLab(VmLab):
              "-o", "ConnectTimeout=10", f"root@{self.node_addresses[node]}", "--",
              shlex.join(argv)],
             capture_output=True, text=True, timeout=timeout, check=False)
-
-    def phases(self) -> dict[str, str]:
-        """Each node's phase as the acting leader has heard it from the node."""
-        leader = self.leader()
-        status = self.status(leader) if leader else None
-        return {name: r["phase"] for name, r in ((status or {}).get("nodes") or {}).items()}
-
-    def ready(self) -> bool:
-        """Every node has reported its role's services ready to the acting leader."""
-        return self.phases() == dict.fromkeys(self.node_addresses, "ready")
-
-    def url(self) -> str:
-        """The web site, through the (first) balancer."""
-        return f"http://{self.node_addresses['lab-balancer-1']}"
 
     def power_loss(self, host: str) -> list[str]:
         """As `VmLab.power_loss`, and the host's time server goes too (a host without power
