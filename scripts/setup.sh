@@ -11,6 +11,9 @@ APT_PACKAGES=(
   iproute2 iptables procps psmisc curl
   nginx mariadb-server mariadb-client ruby ruby-webrick ruby-mysql2
   openssh-server openssh-client etcd-server genisoimage
+  # chronyd -x in the labs' pool host namespaces serves their VMs (this machine's clock is
+  # never touched; the policy below keeps the package from starting a chronyd of its own)
+  chrony
   mmdebstrap e2fsprogs
 )
 

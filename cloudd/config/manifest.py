@@ -27,6 +27,7 @@ from cloudd.config.model import (
     CloudIn,
     Ensure,
     Node,
+    NodeAccess,
     NodeIn,
     PoolHost,
     RoleFilesIn,
@@ -128,6 +129,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         prefix_length=top.network.prefix_length,
         gateway=top.network.gateway,
         template_values=MappingProxyType(dict(top.template_values)),
+        node_access=NodeAccess(tuple(top.node_access.ssh_authorized_keys)),
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 # Part of the manifest's vocabulary, defined apart so that the planner can share it.
 from cloudd.config.intent import Ensure as Ensure
 from cloudd.config.intent import RunStrategy as RunStrategy
+from cloudd.config.sshkeys import check_public_key
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -44,6 +45,7 @@ def _absolute(value: str) -> str:
 
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+SshPublicKey = Annotated[str, AfterValidator(check_public_key)]
 Address = Annotated[str, AfterValidator(_ip)]
 AbsPath = Annotated[str, AfterValidator(_absolute)]
 
@@ -69,6 +71,12 @@ class NetworkIn(_Strict):
 class ResourcesIn(_Strict):
     memory_mib: int = Field(default=512, ge=64, le=1024 * 1024)
     vcpus: int = Field(default=1, ge=1, le=512)
+
+
+class NodeAccessIn(_Strict):
+    """How an operator gets into the cloud's nodes: root's SSH keys (public keys only)."""
+
+    ssh_authorized_keys: list[SshPublicKey] = Field(default=[], max_length=64)
 
 
 class NodeIn(_Strict):
@@ -114,6 +122,8 @@ class CloudIn(_Strict):
     secrets: dict[str, Any] = {}
     network: NetworkIn = NetworkIn()
     template_values: dict[str, str] = {}
+    #: Optional: without it no one can log into a node (root is locked, no user, no key).
+    node_access: NodeAccessIn = NodeAccessIn()
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,14 @@ class Secret:
     @property
     def held(self) -> bool:
         return self.value is not None
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    """Operator access to the cloud's nodes, written into each node's seed by its host."""
+
+    #: OpenSSH public key lines root accepts on every node; () (the default): no way in.
+    ssh_authorized_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +224,8 @@ class Cloud:
     gateway: str | None = None
     #: Extra `${placeholder}` values for the domain template (kernel, bridge...).
     template_values: Mapping[str, str] = field(default_factory=dict)
+    #: Who may log into the nodes (the pool hosts' texts carry it; a node's view does not).
+    node_access: NodeAccess = NodeAccess()
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == role)

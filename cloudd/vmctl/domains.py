@@ -142,6 +142,8 @@ def generation_of(cloud: Cloud, template: str) -> str:
         "template_values": dict(sorted(cloud.template_values.items())),
         "network": [cloud.prefix_length, cloud.gateway],
         "pool": [[h.name, h.address] for h in cloud.pool],
+        # the seed a host builds gives root these keys: leader and host must agree on them
+        "node_access": list(cloud.node_access.ssh_authorized_keys),
         "nodes": [[n.name, n.role, n.address, n.image, n.base_image, n.memory_mib, n.vcpus,
                    n.managed, n.source_host] for n in cloud.nodes],
     }

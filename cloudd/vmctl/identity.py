@@ -21,6 +21,13 @@ Two carriers, chosen by the kind of guest:
     /etc/cloudd/identity.json`. The seed holds the node's private key: it is built with
     genisoimage into a file of mode 0600, and its working files never leave a 0700 folder.
 
+    The same user-data sets up the guest around the agent (`GuestSetup`): chrony takes the
+    cloud's pool hosts as its only time servers and steps the clock whenever it is a second
+    off (a TCG guest's clock drifts, and TLS, munge and the schedulers need it right); and
+    cloud-init makes no user (root is its only entry, not Debian's default `debian`), and
+    root's authorized_keys is written whole from the manifest's `node_access`: the only way
+    into a node is root with those keys, and without them none.
+
 The identity file is JSON (JSON is YAML too): `identity_json` writes it, `from_identity_json`
 reads it back, refusing anything but the fields below with the types they have.
 """
@@ -28,11 +35,13 @@ reads it back, refusing anything but the fields below with the types they have.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +51,13 @@ from cloudd.errors import PermanentError
 #: Where cloud-init writes a seed's identity inside the guest; its PKI folder is beside it.
 IDENTITY_FILE = "/etc/cloudd/identity.json"
 PKI_FOLDER = "/etc/cloudd/pki"
-#: The mode of every file the seed makes cloud-init write.
+#: The mode of every file of the agent's the seed makes cloud-init write.
 SEED_FILE_MODE = "0600"
+#: Root's SSH keys in the guest, replaced whole by every seed (`root_keys_file`).
+ROOT_KEYS = "/root/.ssh/authorized_keys"
+#: The guest's chrony configuration, replaced whole: Debian's has a pool of its own and a
+#: `makestep 1 3` after its conf.d, which would override a drop-in's.
+CHRONY_CONF = "/etc/chrony/chrony.conf"
 
 
 class IdentityError(PermanentError):
@@ -64,6 +78,17 @@ class NodeIdentity:
     #: directory with ca.pem, cert.pem, key.pem (kernel-command-line carrier)
     pki: str = ""
     gateway: str = ""
+
+
+@dataclass(frozen=True)
+class GuestSetup:
+    """What a seed sets up in the guest besides the agent's identity and credentials."""
+
+    #: Addresses of the node's time servers (its cloud's pool hosts); () leaves the image's
+    #: own chrony configuration alone.
+    time_servers: tuple[str, ...] = ()
+    #: OpenSSH public key lines root accepts (the manifest's `node_access`); (): no way in.
+    root_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,7 +199,42 @@ def from_identity_json(text: str, *, pki: str = "") -> NodeIdentity:
     return ident
 
 
-def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki) -> dict[str, str]:
+def chrony_conf(servers: Sequence[str]) -> str:
+    """The guest's whole chrony configuration: `servers` and nothing else as its sources."""
+    lines = ["# Written by cloud-init from the node's seed (cloudd): the cloud's pool hosts are",
+             "# this node's only time servers."]
+    for server in servers:
+        try:
+            lines.append(f"server {ipaddress.ip_address(server)} iburst")
+        except ValueError:
+            raise IdentityError(f"time server {server!r} is not an IP address") from None
+    lines += ["# A guest's clock drifts (under TCG, seconds an hour): step it whenever it is",
+              "# more than a second off, not only in the first updates.",
+              "makestep 1 -1",
+              "driftfile /var/lib/chrony/chrony.drift",
+              "logdir /var/log/chrony",
+              "rtcsync"]
+    return "\n".join(lines) + "\n"
+
+
+#: cloud-init's users: root alone, its password locked. Naming root as the only user keeps
+#: cloud-init from making its default one (`users: []` would too, but cloud-init 22.4's schema
+#: refuses an empty list); its keys come as a file (`root_keys_file`).
+USERS = ({"name": "root", "lock_passwd": True},)
+
+
+def root_keys_file(root_keys: Sequence[str]) -> str:
+    """Root's whole authorized_keys: exactly `root_keys`, none for no way in. Written whole
+    rather than through cloud-init's key options, which only ever add keys: a key dropped
+    from the manifest is gone from a node at its next DEFINE, even on a disk that persists."""
+    for key in root_keys:
+        if not key or any(ord(c) < 0x20 for c in key):
+            raise IdentityError("an SSH key for root must be one non-empty line")
+    return "".join(f"{key}\n" for key in root_keys)
+
+
+def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki,
+               setup: GuestSetup = GuestSetup()) -> dict[str, str]:
     """The three NoCloud files. JSON is valid YAML, so they are written as JSON (no quoting
     pitfalls) except user-data, which must start with `#cloud-config`. `pki.cert` is the
     node's certificate with the node issuer's after it."""
@@ -190,20 +250,26 @@ def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki) -> dict[str, str]:
     network = {"version": 2, "ethernets": {"eth0": ethernet}}
     files = ((IDENTITY_FILE, identity_json(ident)), (f"{PKI_FOLDER}/ca.crt", pki.ca),
              (f"{PKI_FOLDER}/{ident.node}.crt", pki.cert),
-             (f"{PKI_FOLDER}/{ident.node}.key", pki.key))
-    user = {"write_files": [{"path": path, "permissions": SEED_FILE_MODE, "owner": "root:root",
-                             "content": content} for path, content in files]}
+             (f"{PKI_FOLDER}/{ident.node}.key", pki.key),
+             (ROOT_KEYS, root_keys_file(setup.root_keys)))
+    writes = [{"path": path, "permissions": SEED_FILE_MODE, "owner": "root:root",
+               "content": content} for path, content in files]
+    if setup.time_servers:
+        # cloud-init.service writes it before chrony.service starts (ordered Before= it).
+        writes.append({"path": CHRONY_CONF, "permissions": "0644", "owner": "root:root",
+                       "content": chrony_conf(setup.time_servers)})
+    user = {"users": list(USERS), "write_files": writes}
     return {"meta-data": json.dumps(meta, indent=1) + "\n",
             "user-data": "#cloud-config\n" + json.dumps(user, indent=1) + "\n",
             "network-config": json.dumps(network, indent=1) + "\n"}
 
 
 def build_seed(ident: NodeIdentity, *, mac: str, pki: Pki, out: Path,
-               genisoimage: str = "genisoimage") -> Path:
+               setup: GuestSetup = GuestSetup(), genisoimage: str = "genisoimage") -> Path:
     """Write the NoCloud seed ISO for one node to `out`, mode 0600 (it holds the node's key):
     the files and the ISO are made in a private folder beside `out` (0700, its files 0600, so
     the ISO's Rock Ridge modes say 0600 too), then the ISO is renamed over `out`."""
-    files = seed_files(ident, mac=mac, pki=pki)
+    files = seed_files(ident, mac=mac, pki=pki, setup=setup)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # 0700
     try:

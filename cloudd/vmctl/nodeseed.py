@@ -32,7 +32,7 @@ from cloudd.config.model import Cloud, Node
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import MEMBER_DAYS, NodeIssuer
 from cloudd.vmctl.domains import SEED_SUFFIX, node_identity, node_of_domain, uses_seed
-from cloudd.vmctl.identity import Pki, build_seed
+from cloudd.vmctl.identity import GuestSetup, Pki, build_seed
 from cloudd.vmctl.template import node_mac
 
 
@@ -49,7 +49,11 @@ def make_seed(cloud: Cloud, node: Node, *, term: int, port: int, issuer: NodeIss
     creds = issuer.issue(node.name, cloud=cloud.name, addresses=[str(node.address)], now=now,
                          days=days)
     pki = Pki(ca=ca_pem, cert=creds.chain.decode(), key=creds.key.decode())
-    return build_seed(ident, mac=mac or node_mac(cloud.name, node.name), pki=pki, out=out)
+    # The pool hosts serve the nodes' time; the manifest says who may log in.
+    setup = GuestSetup(time_servers=tuple(h.address for h in cloud.pool),
+                       root_keys=cloud.node_access.ssh_authorized_keys)
+    return build_seed(ident, mac=mac or node_mac(cloud.name, node.name), pki=pki, out=out,
+                      setup=setup)
 
 
 class NodeSeeds:

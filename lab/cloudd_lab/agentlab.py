@@ -20,6 +20,10 @@ folder (the CA, its node issuer and every certificate it issued) is the operator
 what a test changes in one agent's files reaches that agent only, when it next starts
 (`restart`).
 
+With `time_servers`, each pool host's namespace runs a chronyd serving the lab's subnet from the
+host's address (`cloudd_lab.timeserver`: `-x`, so this machine's clock is never touched), as a
+pool host serves time to its nodes; it lives as long as the lab, whatever its agent does.
+
 The default domain template is the example one of the cloud's type, from the checkout's
 manifests/templates (`cloudd_lab.paths.example_template`: the lab runs from a checkout only).
 """
@@ -50,6 +54,7 @@ from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd_lab.netlab import NetLab, Netns
 from cloudd_lab.paths import example_template
+from cloudd_lab.timeserver import TimeServer
 
 CLOUDD = str(Path(sys.executable).parent / "cloudd")
 CLI = str(Path(sys.executable).parent / "cloudd-cli")
@@ -228,6 +233,8 @@ class AgentLab:
     agent_nodes: Sequence[str] = ()
     #: each agent reads copies of its PKI files from its own folder (see `pki_files`)
     own_pki: bool = False
+    #: each pool host's namespace serves time to the lab's subnet (see `time_server`)
+    time_servers: bool = False
 
     def __post_init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{self.prefix}-"))
@@ -237,6 +244,7 @@ class AgentLab:
         self.members: list[tuple[str, Netns | None, str]] = []
         self.ensure = "running"
         self.lock = LabLock(self.prefix)
+        self.clocks: dict[str, TimeServer] = {}
 
     # -- building -------------------------------------------------------------------------
     def open(self) -> AgentLab:
@@ -299,7 +307,17 @@ class AgentLab:
                 f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
                 f"api_socket: {folder / 'api.sock'}\n{self.extra_settings}")
             self.agents[name] = AgentProc(name, ns, folder)
+        if self.time_servers:
+            for name, ns, address in members:
+                if name in hosts and ns is not None:
+                    self.clocks[name] = TimeServer(
+                        ns.name, address, str(self.net.subnet),
+                        self.root / name / "chrony").start()
         return self
+
+    def time_server(self, host: str) -> TimeServer:
+        """The chronyd of pool host `host` (with `time_servers`)."""
+        return self.clocks[host]
 
     def pki_files(self, name: str) -> PkiFiles:
         """The CA bundle, certificate and key the agent `name` reads when it starts: its own
@@ -471,6 +489,8 @@ class AgentLab:
 
     # -- cleanup --------------------------------------------------------------------------
     def close(self) -> None:
+        for clock in self.clocks.values():
+            clock.stop()
         for name in list(self.agents):
             with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill(name)

@@ -12,11 +12,19 @@ Inside, systemd runs the agent, which joins, takes its role and runs the role's 
 The cloud is a web cloud with a database password (a secret file in the lab's folder, which
 the leader sends to the roles that need it). The image is built once per machine and cached
 (`/var/cache/cloudd/images`); its folder becomes one of the hosts' image folders.
+
+As an operator would, the lab keeps an SSH key pair of its own (made in its folder, gone with
+it) and gives the public key in the manifest's `node_access`: `guest_ssh(node, *argv)` runs a
+command as root inside a node's guest, from this machine (whose address on the lab's bridge
+reaches the guests). Each pool host's namespace serves time (`AgentLab.time_servers`), which the
+guests' chrony takes as its only servers.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +47,8 @@ class ImageLab(VmLab):
     node_memory_mib: int = 1024
     #: The app's database password (what the secret file holds).
     password: str = "correct horse 'battery'"
+    #: The guests take the pool hosts as their only time servers: each serves.
+    time_servers: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +68,7 @@ class ImageLab(VmLab):
         secrets.mkdir(mode=0o700)
         (secrets / "db_password").write_text(self.password + "\n")
         (secrets / "db_password").chmod(0o600)
+        self.make_ssh_key()
         AgentLab.open(self)
         return self
 
@@ -82,7 +93,12 @@ class ImageLab(VmLab):
     def manifest_extra(self) -> str:
         settings = ", ".join(f"{k}: {json.dumps(v)}" for k, v in WEB_SETTINGS.items())
         secret = self.root / "secrets" / "db_password"
-        return f"settings: {{{settings}}}\nsecrets: {{db_password: {{file: {secret}}}}}\n"
+        access = ""
+        if self.ssh_key.with_suffix(".pub").exists():
+            public = json.dumps(self.ssh_key.with_suffix(".pub").read_text().strip())
+            access = f"node_access: {{ssh_authorized_keys: [{public}]}}\n"
+        return (f"settings: {{{settings}}}\nsecrets: {{db_password: {{file: {secret}}}}}\n"
+                + access)
 
     def phases(self) -> dict[str, str]:
         """Each node's phase as the acting leader has heard it from the node."""
@@ -97,6 +113,39 @@ class ImageLab(VmLab):
     def url(self) -> str:
         """The web site, through the (first) balancer."""
         return f"http://{self.node_addresses['lab-balancer-1']}"
+
+    # -- into the guests ------------------------------------------------------------------
+    @property
+    def ssh_key(self) -> Path:
+        """The lab's private key (its public key is the manifest's `node_access`)."""
+        return self.root / "ssh" / "id_ed25519"
+
+    def make_ssh_key(self) -> None:
+        self.ssh_key.parent.mkdir(mode=0o700)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        f"cloudd-lab-{self.prefix}", "-f", str(self.ssh_key)],
+                       check=True, capture_output=True, timeout=30)
+
+    def guest_ssh(self, node: str, *argv: str,
+                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run `argv` as root inside `node`'s guest over SSH with the lab's key (a fresh guest's
+        host key is accepted and not kept); a connection that fails says so in the result's
+        returncode (255) and stderr. TimeoutExpired after `timeout` seconds."""
+        return subprocess.run(
+            ["ssh", "-F", "/dev/null", "-i", str(self.ssh_key), "-o", "IdentitiesOnly=yes",
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             "-o", "ConnectTimeout=10", f"root@{self.node_addresses[node]}", "--",
+             shlex.join(argv)],
+            capture_output=True, text=True, timeout=timeout, check=False)
+
+    def power_loss(self, host: str) -> list[str]:
+        """As `VmLab.power_loss`, and the host's time server goes too (a host without power
+        serves no time); `time_server(host).start()` brings it back."""
+        lost = super().power_loss(host)
+        if host in self.clocks:
+            self.clocks[host].stop()
+        return lost
 
     def remove_node_files(self) -> None:
         """The nodes' overlays and seeds a previous lab of this cloud left in the image folder."""

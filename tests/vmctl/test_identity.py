@@ -78,7 +78,9 @@ def test_nocloud_seed_iso(tmp_path: Path) -> None:
     assert user_text.startswith("#cloud-config\n")
     files = {f["path"]: f for f in yaml.safe_load(user_text)["write_files"]}
     assert sorted(files) == ["/etc/cloudd/identity.json", "/etc/cloudd/pki/ca.crt",
-                             "/etc/cloudd/pki/server-0.crt", "/etc/cloudd/pki/server-0.key"]
+                             "/etc/cloudd/pki/server-0.crt", "/etc/cloudd/pki/server-0.key",
+                             "/root/.ssh/authorized_keys"]
+    assert files["/root/.ssh/authorized_keys"]["content"] == ""  # no way in
     assert {f["permissions"] for f in files.values()} == {"0600"}
     assert {f["owner"] for f in files.values()} == {"root:root"}
     identity = from_identity_json(files["/etc/cloudd/identity.json"]["content"], pki="/p")

@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bootstrap", help="install the agent on a fresh Debian host over SSH",
         description="Over SSH (host key checked against --known-hosts only): ensure "
-                    "python3-venv, install cloudd into /opt/cloudd/venv from wheels built "
+                    "python3-venv, serve time to the host's nodes with chrony (installed if "
+                    "missing), install cloudd into /opt/cloudd/venv from wheels built "
                     "here, write /etc/cloudd/agent.yaml and /etc/cloudd/pki (a certificate for "
                     "HOST issued with the cluster CA, and the node issuer a host signs its "
                     "nodes' certificates with), install cloudd.service and start the "
@@ -65,6 +66,13 @@ def register(subparsers: Any) -> None:
                              "package itself)")
     parser.add_argument("--wheelhouse", type=Path, default=_wheelhouse(), metavar="DIR",
                         help=f"cache of built wheels (default {_wheelhouse()})")
+    time = parser.add_mutually_exclusive_group()
+    time.add_argument("--time-clients", action="append", metavar="CIDR",
+                      help="a network this host serves time to with chrony, its nodes' "
+                           "(repeat for more; default: the /24, or /64, of --address)")
+    time.add_argument("--no-time-server", action="store_true",
+                      help="leave the host's time setup alone (its nodes then need another "
+                           "NTP server on their network)")
     parser.add_argument("--root", default="", metavar="DIR",
                         help="prefix of every path written on the target (for tests)")
     parser.set_defaults(func=run)
@@ -85,7 +93,9 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
         source = Checkout(args.source) if args.source is not None else running_source()
         options = Options(source=source, wheelhouse=args.wheelhouse, pki_dir=args.pki_dir,
                           listen_port=args.listen_port,
-                          settings_template=args.settings_template)
+                          settings_template=args.settings_template,
+                          time_clients=() if args.no_time_server else (
+                              tuple(args.time_clients) if args.time_clients else None))
         steps = asyncio.run(bootstrap(target, options, now=dt.datetime.now(dt.UTC),
                                       report=report))
     except (BootstrapError, PkiError) as exc:

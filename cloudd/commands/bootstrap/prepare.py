@@ -20,6 +20,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from cloudd import pki
+from cloudd.commands.bootstrap import timeserver
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Target
 from cloudd.config.agent import load_agent
 from cloudd.errors import ConfigError
@@ -93,6 +94,7 @@ def check_local(target: Target, options: Options) -> None:
     except ValueError:
         raise BootstrapError(f"bad --address {target.address!r}: not an IPv4 or IPv6 "
                              "address") from None
+    timeserver.clients(target, options)
     if target.root and not target.root.startswith("/"):
         raise BootstrapError(f"bad --root {target.root!r}: must be an absolute path")
     if not target.known_hosts.is_file():

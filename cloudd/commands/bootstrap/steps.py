@@ -3,7 +3,8 @@
 Why: a pool host or a VM image needs the same five things before it can join a cloud:
 Python with venv, cloudd in /opt/cloudd/venv, /etc/cloudd/agent.yaml, its PKI, and the agent
 running under systemd (or, where systemd does not run, as a background process with a pid
-file). Doing them by hand is where hosts drift apart; this does them the same way every time.
+file); a pool host also serves time to its nodes (`timeserver`). Doing them by hand is where
+hosts drift apart; this does them the same way every time.
 
 Theory of operation: every step first reads what the target has, compares it with what it
 should have, and acts only on a difference, so a second run changes nothing and says so.
@@ -31,6 +32,7 @@ from cloudd.commands.bootstrap.prepare import (
 )
 from cloudd.commands.bootstrap.remote import Remote, open_remote
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Step, Target
+from cloudd.commands.bootstrap.timeserver import clients, serve_time
 from cloudd.commands.bootstrap.wheels import build_wheels
 from cloudd.pki import ISSUER_CERT, ISSUER_KEY
 
@@ -77,6 +79,7 @@ async def _steps(remote: Remote, layout: Layout, target: Target, options: Option
         raise BootstrapError(f"{target.user} on {target.name} is not root (uid {uid}): "
                              "bootstrap writes /etc and /opt; connect as root")
     await _python(remote, done)
+    await serve_time(remote, layout, clients(target, options), done=done)
     wheels, built = await asyncio.to_thread(build_wheels, options)
     # The wheel cache is this machine's, not the target's: building it changes nothing there.
     done("wheels", False, f"{len(wheels)} wheels in {options.wheelhouse}, cloudd from "

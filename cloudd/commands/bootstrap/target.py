@@ -50,6 +50,9 @@ class Options:
     listen_port: int = DEFAULT_PORT
     settings_template: Path | None = None
     """agent.yaml with $name, $address, $port, $root placeholders; the built-in one if None."""
+    time_clients: tuple[str, ...] | None = None
+    """Networks the host serves time to (its nodes'); None: the /24 (IPv6: /64) of its
+    address; (): none (the host's time setup is left alone). See `timeserver`."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Layout:
     def pki(self) -> str: return self.p("/etc/cloudd/pki")
     @property
     def unit(self) -> str: return self.p("/etc/systemd/system/cloudd.service")
+    @property
+    def chrony_drop_in(self) -> str: return self.p("/etc/chrony/conf.d/cloudd.conf")
     @property
     def pidfile(self) -> str: return self.p("/run/cloudd/cloudd.pid")
     @property

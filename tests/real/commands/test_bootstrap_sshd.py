@@ -199,10 +199,15 @@ def test_bootstrap_installs_starts_and_second_run_changes_nothing(
     assert done.returncode == 0, done.stderr + done.stdout
     assert done.stderr == ""
     assert steps(done.stdout) == {
-        "connect": "ok", "python3-venv": "ok", "wheels": "ok", "install": "changed",
-        "pki": "changed", "settings": "changed", "unit": "changed", "check": "ok",
-        "agent": "changed"}, done.stdout
+        "connect": "ok", "python3-venv": "ok", "time": "changed", "wheels": "ok",
+        "install": "changed", "pki": "changed", "settings": "changed", "unit": "changed",
+        "check": "ok", "agent": "changed"}, done.stdout
     assert "as a background process (no systemd on the target)" in done.stdout
+    # the host serves time to its nodes' network (here the drop-in only: under --root)
+    served = (root / "etc/chrony/conf.d/cloudd.conf").read_text()
+    network = ipaddress.ip_network(f"{sshd.ns.ip}/24", strict=False)
+    assert [line for line in served.splitlines() if not line.startswith("#")] == [
+        f"allow {network}", "local stratum 10"], served
 
     etc, venv = root / "etc/cloudd", root / "opt/cloudd/venv"
     assert (mode(etc / "pki"), mode(etc / "pki/agent.key")) == (0o700, 0o600)
@@ -233,7 +238,8 @@ def test_bootstrap_installs_starts_and_second_run_changes_nothing(
 
     written = [etc / "agent.yaml", etc / "pki/agent.key", etc / "pki/agent.pem",
                etc / "pki/ca.pem", venv / "cloudd-wheels.sha256",
-               root / "etc/systemd/system/cloudd.service", pki_dir / "pm1.crt"]
+               root / "etc/systemd/system/cloudd.service", pki_dir / "pm1.crt",
+               root / "etc/chrony/conf.d/cloudd.conf"]
     before = {p: p.stat().st_mtime_ns for p in written}
     again = bootstrap(sshd, root=root, pki=pki_dir, kit=kit)
     assert again.returncode == 0, again.stderr + again.stdout
@@ -254,8 +260,9 @@ def test_changed_settings_restart_the_agent(sshd: Sshd, pki_dir: Path, kit: Kit,
     again = bootstrap(sshd, root=root, pki=pki_dir, kit=kit)
     assert again.returncode == 0, again.stderr + again.stdout
     assert steps(again.stdout) == {
-        "connect": "ok", "python3-venv": "ok", "wheels": "ok", "install": "ok", "pki": "ok",
-        "settings": "changed", "unit": "ok", "check": "ok", "agent": "changed"}, again.stdout
+        "connect": "ok", "python3-venv": "ok", "time": "ok", "wheels": "ok", "install": "ok",
+        "pki": "ok", "settings": "changed", "unit": "ok", "check": "ok", "agent": "changed"
+    }, again.stdout
     assert "log: {level: debug}" not in config.read_text()
     new = int((root / "run/cloudd/cloudd.pid").read_text())
     assert new != pid and "restarted" in again.stdout

@@ -186,9 +186,10 @@ def test_a_host_builds_the_seed_and_a_node_joins_from_it_alone(tmp_path: Path) -
                 check=True, timeout=30).stdout
             node_root = tmp_path / "node"
             written = as_cloud_init_writes(seed, node_root)
-            assert written == dict.fromkeys((
+            assert written == {**dict.fromkeys((
                 "/etc/cloudd/identity.json", "/etc/cloudd/pki/ca.crt",
-                f"/etc/cloudd/pki/{NODE}.crt", f"/etc/cloudd/pki/{NODE}.key"), "0600")
+                f"/etc/cloudd/pki/{NODE}.crt", f"/etc/cloudd/pki/{NODE}.key",
+                "/root/.ssh/authorized_keys"), "0600"), "/etc/chrony/chrony.conf": "0644"}
             etc = node_root / "etc/cloudd"
             identity = json.loads((etc / "identity.json").read_text())
             address = lab.agents[NODE].ns.ip

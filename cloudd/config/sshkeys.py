@@ -1,0 +1,70 @@
+"""OpenSSH public key lines, as a manifest's `node_access` may give them.
+
+Why a module of its own: a key the manifest gives ends up in root's `authorized_keys` on every
+node of the cloud, through the seed each pool host builds. So a line is accepted only when it
+is exactly one OpenSSH public key (`TYPE BASE64 [COMMENT]`) whose key data really is a key of
+that type: no options before it (`command=`, `from=`...), no second line slipped in, nothing
+cloud-init's parser would read differently from this one. And an operator who pastes the
+private key by mistake is told so without the key being quoted anywhere: problems name the
+field and the line, never the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+
+#: The key types OpenSSH 9.2's sshd accepts by default (DSA is refused there, so here too).
+KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+#: The longest line accepted: a 16384-bit RSA key with a long comment fits.
+MAX_LINE = 16 * 1024
+_LINE = "an OpenSSH public key line: TYPE BASE64 [COMMENT], as in a .pub file"
+_PRIVATE = ("PRIVATE KEY", "PuTTY-User-Key-File")
+
+
+def check_public_key(value: str) -> str:
+    """`value` as one OpenSSH public key line (outer spaces removed); ValueError otherwise,
+    with a sentence that never quotes the value."""
+    if any(marker in value for marker in _PRIVATE):
+        raise ValueError("is a private key: give the public key instead (the one line of its "
+                         ".pub file), and keep the private key where it was")
+    if value.lstrip().startswith("---- BEGIN SSH2 PUBLIC KEY"):
+        raise ValueError("is an RFC 4716 public key; give it as one OpenSSH line "
+                         "(ssh-keygen -i -f FILE prints it)")
+    line = value.strip()
+    if not line:
+        raise ValueError(f"is empty; give {_LINE}")
+    if len(line) > MAX_LINE:
+        raise ValueError(f"is longer than {MAX_LINE} characters; give {_LINE}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in line):
+        raise ValueError(f"must be one line without control characters; give {_LINE}")
+    parts = line.split(maxsplit=2)
+    kind = parts[0]
+    if kind not in KEY_TYPES:
+        raise ValueError(f"does not start with an OpenSSH key type ({', '.join(KEY_TYPES)}); "
+                         f"options before the key are not accepted; give {_LINE}")
+    if len(parts) < 2 or _blob_type(parts[1]) != kind:
+        raise ValueError(f"its key data is not the base64 of a key of type {kind}; give {_LINE}")
+    return line
+
+
+def _blob_type(text: str) -> str | None:
+    """The key type a key's base64 data names (its first SSH string, with more after it),
+    or None."""
+    try:
+        blob = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+    if len(blob) < 4:
+        return None
+    (size,) = struct.unpack(">I", blob[:4])
+    if size > 64 or len(blob) < 4 + size + 4:
+        return None
+    try:
+        return blob[4:4 + size].decode("ascii")
+    except UnicodeDecodeError:
+        return None
