@@ -67,6 +67,51 @@ def test_the_site_comes_up_in_vms(site: ImageLab, say: Say) -> None:
     assert "hello from outside" in entries(url)
 
 
+def test_the_agent_restarts_and_stops_under_systemd_and_mariadb_keeps_serving(
+        site: ImageLab, say: Say) -> None:
+    """`systemctl restart cloudd` and `systemctl stop cloudd` inside the database guest leave
+    MariaDB running (the unit's KillMode=process); the new agent adopts it."""
+    db = "lab-database-1"
+
+    def ssh(*argv: str) -> str:
+        done = site.guest_ssh(db, *argv)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        return done.stdout.strip()
+
+    pid = ssh("pgrep", "-x", "mariadbd")
+    url = site.url()
+    with Client(url) as client:
+        time.sleep(2.0)
+        since = time.time()
+        ssh("systemctl", "restart", "cloudd")
+        poll("cloudd active again in the guest",
+             lambda: site.guest_ssh(db, "systemctl", "is-active", "cloudd").stdout.strip()
+             == "active", bound=300.0, interval=2.0)
+        ssh("systemctl", "stop", "cloudd")
+        assert ssh("pgrep", "-x", "mariadbd") == pid  # still the same process, agent gone
+        ssh("systemctl", "start", "cloudd")
+        poll("the database node ready again", site.ready, bound=300.0, interval=2.0)
+        time.sleep(2.0)
+    assert ssh("pgrep", "-x", "mariadbd") == pid
+    lost = client.lost(url)
+    say(f"systemctl restart/stop/start cloudd in the database guest: mariadbd pid {pid} kept, "
+        f"{client.failed_seconds(since):.1f} s of failed requests, "
+        f"{len(client.acknowledged)} writes acknowledged, {len(lost)} lost")
+    assert lost == []
+
+
+def test_the_guests_clocks_follow_the_pool_hosts(site: ImageLab, say: Say) -> None:
+    hosts = {site.agents[h].ns.ip for h in ("pm1", "pm2", "pm3")}
+    for node in sorted(site.node_addresses):
+        def synced(node: str = node) -> str | None:
+            lines = site.guest_ssh(node, "chronyc", "-n", "sources").stdout.splitlines()
+            return next((line for line in lines if line.startswith(("^*", "^+"))
+                         and line.split()[1] in hosts), None)
+        line, took = poll(f"{node}'s chrony follows a pool host", synced, bound=300.0,
+                          interval=5.0)
+        say(f"{node}: chrony {line.split()[0]} {line.split()[1]} after {took:.0f} s")
+
+
 def test_kill_9_the_database_vm_keeps_every_acknowledged_write(site: ImageLab,
                                                                say: Say) -> None:
     url = site.url()
