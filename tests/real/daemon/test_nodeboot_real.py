@@ -47,6 +47,11 @@ def test_node_agent_fetches_the_manifest_and_joins() -> None:
             manifest = lab.agents[name].folder / "manifests" / "lab.yaml"
             lab.wait_for(f"{name} has the manifest", manifest.exists, timeout=60)
             assert load_cloud(manifest, catalog()).name == "lab"
+        # each node takes the manifest it fetched (its watcher's next scan) and joins; a
+        # member nobody has heard from counts as alive, so "alive" alone proves nothing
+        for name in ("lab-database-1", "lab-server-1", "lab-balancer-1"):
+            lab.wait_for(f"{name} joined", lambda n=name: "cloud_joined" in lab.log_text(n),
+                         timeout=60)
         lab.wait_for("the leader hears every node", lambda: all(
             (s := lab.status(leader[0])) is not None
             and s["members"][n] == "alive" for n in ("lab-database-1", "lab-server-1")))
