@@ -15,11 +15,12 @@ it defines the domain (`cloudd.vmctl.nodeseed`), and removes it when it undefine
 path is cloudd's own: a manifest's template value named `seed` is refused.
 
 `generation(cloud)` fingerprints exactly the manifest facts that host commands are checked
-against (the template's text, the pool, the nodes, the network, the template values): a host
-whose fingerprint differs from the leader's has not taken the leader's generation yet, and
-says so instead of calling the leader's XML forged. It is not `Cloud.digest`, which also
-covers the manifest's wording and file paths and differs between members that hold the same
-cloud in different files.
+against (the template's text, the pool, the nodes, the network, the template values, whether
+the cloud is to run, root's SSH keys that the seeds carry): a host whose fingerprint differs
+from the leader's has not taken the leader's generation yet, and says so instead of calling
+the leader's XML forged; it defines no seeded domain until it has. It is not `Cloud.digest`,
+which also covers the manifest's wording and file paths and differs between members that hold
+the same cloud in different files.
 
 The template's text comes with the cloud: read by the manifest's loader from the operator's
 file, or received inline from the pool host that sent the generation. Nothing here reads a path.

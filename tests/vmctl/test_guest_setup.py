@@ -149,7 +149,8 @@ def test_chrony_reads_the_guests_and_the_hosts_configuration(
 
 
 def test_the_keys_are_part_of_what_hosts_check_a_define_against(tmp_path: Path) -> None:
-    """A host whose generation gives root other keys than the leader's refuses its DEFINE:
+    """Root's keys are part of the generation: a host holding another one than the leader's
+    refuses the DEFINE of a seeded domain for now (tests/daemon/host/test_seeds.py), so
     leader and host never disagree on the seed."""
     (tmp_path / "web.xml").write_text("<domain/>")
     (tmp_path / "shop.yaml").write_text(MANIFEST.format(extra=""))

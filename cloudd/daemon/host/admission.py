@@ -7,7 +7,10 @@ generation this host holds, by what this host can compute from it alone:
   this host renders itself for that node and the command's term (`cloudd.vmctl.domains`, the
   code the leader renders with); that rendering must keep to the host's folders
   (`cloudd.vmctl.confine`). Any other XML (a block disk, a share of `/`, a console log in
-  /etc, another cloud's metadata) differs from the rendering and is refused as such.
+  /etc, another cloud's metadata) differs from the rendering and is refused as such. When
+  the template attaches a seed, the command's generation must be this host's too: the host
+  makes the seed from its own generation, and the seed holds what the XML does not show
+  (root's SSH keys, the time servers, the identity where the template has no `${cmdline}`).
 - OVERLAY: the domain must be a managed node's of this cloud, image and base that node's
   `image` and `base_image` in the manifest, the base inside the host's image folders
   (HostAgent checks the overlay itself is).
@@ -38,7 +41,7 @@ from cloudd.config.intent import Ensure
 from cloudd.config.model import Cloud
 from cloudd.errors import ClouddError
 from cloudd.vmctl.confine import Folders, inside, problem
-from cloudd.vmctl.domains import node_of_domain
+from cloudd.vmctl.domains import node_of_domain, uses_seed
 from cloudd.vmctl.hostagent import HostCommand, Op
 
 #: Renders node `node` of `cloud` in `term` (DomainRenderer.render).
@@ -97,7 +100,13 @@ def _define(cmd: HostCommand, g: Grounds) -> str | None:
         return (f"the domain XML of {cmd.domain} is not this host's rendering of node "
                 f"{node.name} in term {cmd.term}")
     why = problem(mine, g.folders)
-    return None if why is None else f"domain {cmd.domain}: {why}"
+    if why is not None:
+        return f"domain {cmd.domain}: {why}"
+    if cmd.generation != g.generation and uses_seed(cloud.template_text or ""):
+        # the seed holds what the XML does not show (root's keys, the time servers): this
+        # host makes it from its own generation, so only the leader's may be in force here
+        return f"node {node.name}'s seed is made from the manifest in force here"
+    return None
 
 
 def _overlay(cmd: HostCommand, g: Grounds) -> str | None:

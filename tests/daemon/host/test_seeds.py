@@ -9,6 +9,7 @@ import json
 import stat
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,14 @@ from cryptography.hazmat.primitives import serialization
 
 from cloudd.config.agent import AgentSettings, Libvirt, PkiSettings
 from cloudd.config.manifest import load_cloud
-from cloudd.config.model import Cloud
+from cloudd.config.model import Cloud, NodeAccess
+from cloudd.daemon.host.duties import RETRY_AFTER
 from cloudd.pki import ISSUER_KEY, Identity, MemberKind, identity_of_cert, init_ca, issue
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import FakeBackend
+from cloudd.vmctl.domains import DomainRenderer
 from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
+from cloudd.vmctl.identity import ROOT_KEYS
 from cloudd.vmctl.template import node_mac
 
 from .conftest import HostRig, make_host
@@ -205,3 +209,33 @@ async def test_a_template_without_a_seed_gets_none(tmp_path: Path, host: Host) -
     host.rig.cloud[0] = seeded_cloud(tmp_path / "plain", host.images, plain)
     assert await host.run(Op.DEFINE) == (CommandOutcome.DONE, "")
     assert list(host.images.iterdir()) == []
+
+
+KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrN4+XKFE7kFXRy1xJfg7A4ljxE+jpxHT2D8l0ofTXx "
+       "alice@ops")
+
+
+async def test_a_seed_is_made_only_from_the_leaders_own_generation(host: Host) -> None:
+    """The seed holds what the domain XML does not (root's keys, the time servers): a host
+    that has not taken the leader's generation yet makes no seed, and says so for now."""
+    theirs = replace(host.rig.cloud[0], node_access=NodeAccess((KEY,)))
+    leader = DomainRenderer(port=host.rig.duties.renderer.port,
+                            pki_dir=host.rig.duties.renderer.pki_dir,
+                            seed_dir=host.rig.duties.renderer.seed_dir)
+    xml = leader.render(theirs, SERVER, 3)
+    assert xml == host.rig.duties.renderer.render(host.rig.cloud[0], SERVER, 3)
+    command = HostCommand(Op.DEFINE, 3, DOMAIN, xml, generation=leader.generation(theirs))
+    result = await host.rig.duties.execute("pm2", command)
+    mine = host.rig.duties.renderer.generation(host.rig.cloud[0])
+    assert (result.outcome, result.retry_after) == (CommandOutcome.FAILED, RETRY_AFTER)
+    assert result.message == (
+        f"manifest generation {command.generation[:12]} is not in force here yet (this host "
+        f"has {mine[:12]}): node {SERVER}'s seed is made from the manifest in force here")
+    assert isinstance(host.rig.backend, FakeBackend) and host.rig.backend.domains == {}
+    assert list(host.images.iterdir()) == []
+    # the generation arrives: the same command is obeyed, and root gets the leader's key
+    host.rig.cloud[0] = theirs
+    assert (await host.rig.duties.execute("pm2", command)).outcome is CommandOutcome.DONE
+    user = json.loads(isoinfo(host.seed, "/user-data").removeprefix("#cloud-config\n"))
+    keys = {f["path"]: f["content"] for f in user["write_files"]}[ROOT_KEYS]
+    assert keys == f"{KEY}\n"
