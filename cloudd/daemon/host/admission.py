@@ -16,7 +16,8 @@ generation this host holds, by what this host can compute from it alone:
   (HostAgent checks the overlay itself is).
 - REMOVE_IMAGE: the image must be no node's base image in the manifest; while the cloud runs,
   no node's disk (only a node that left the manifest, or a disk its node no longer names, is
-  removed); while it is stopped, no unmanaged node's disk (that VM is not cloudd's); and
+  removed); while it is stopped, no unmanaged node's disk (that VM is not cloudd's): the
+  planner's own rule (`cloudd.vmctl.plan.leftovers.kept`), checked again here; and
   inside the host's image folders (HostAgent checks its record made it for that domain, and
   that nothing defined there uses it).
 - FETCH: the source address must be a pool host's address as the manifest gives it, and the
@@ -43,6 +44,7 @@ from cloudd.errors import ClouddError
 from cloudd.vmctl.confine import Folders, inside, problem
 from cloudd.vmctl.domains import node_of_domain, uses_seed
 from cloudd.vmctl.hostagent import HostCommand, Op
+from cloudd.vmctl.plan.leftovers import kept
 
 #: Renders node `node` of `cloud` in `term` (DomainRenderer.render).
 Render = Callable[[Cloud, str, int], str]
@@ -133,14 +135,9 @@ def _fetch(cmd: HostCommand, g: Grounds) -> str | None:
 
 def _remove_image(cmd: HostCommand, g: Grounds) -> str | None:
     cloud = g.cloud
-    if any(n.base_image == cmd.image for n in cloud.nodes):
-        return f"image {cmd.image} is a base image in the manifest of cloud {cloud.name}"
-    stopped = cloud.ensure is Ensure.STOPPED
-    user = next((n for n in cloud.nodes if n.image == cmd.image
-                 and not (stopped and n.managed)), None)
-    if user is not None:
-        return (f"image {cmd.image} is node {user.name}'s disk in the manifest of cloud "
-                f"{cloud.name}")
+    why = kept(cmd.image, cloud.nodes, stopping=cloud.ensure is Ensure.STOPPED)
+    if why is not None:
+        return f"image {cmd.image} is {why} in the manifest of cloud {cloud.name}"
     if not inside(cmd.image, g.folders.images):
         return (f"image {cmd.image} is outside this host's image folders "
                 f"({', '.join(g.folders.images) or 'none'})")

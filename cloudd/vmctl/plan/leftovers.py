@@ -13,6 +13,7 @@ it again:
 last report), but not one on a fenced host: the fence powered that host off.
 Never removed: a path the manifest names as a base image; while the cloud runs, a path any
 node names as its disk; while it stops, an unmanaged node's disk (that VM is not cloudd's).
+That rule is `kept`, which the host's admission of REMOVE_IMAGE applies too.
 Not now: an overlay on a host that is not alive, reachable and unfenced, or of a node with an
 action in flight or backing off after failures; a later pass asks again.
 The host checks again what only it can see (its record names that path for that node's
@@ -22,9 +23,37 @@ domain; no domain defined there uses the file): the planner's word alone removes
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
+from typing import Protocol
 
 from cloudd.config.intent import Ensure
 from cloudd.vmctl.plan.model import Desired, HostObs, Liveness, RemoveImage
+
+
+class Disks(Protocol):
+    """A node's disks as the manifest names them (a `NodeSpec`, or the manifest's `Node`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def image(self) -> str | None: ...
+
+    @property
+    def base_image(self) -> str | None: ...
+
+    @property
+    def managed(self) -> bool: ...
+
+
+def kept(image: str, nodes: Iterable[Disks], *, stopping: bool) -> str | None:
+    """Why the manifest keeps `image` whoever made it ("a base image", "node N's disk"), or
+    None when it may go: never a base image; a node's disk only when the cloud is to be
+    stopped and cloudd manages that node."""
+    nodes = tuple(nodes)
+    if any(n.base_image == image for n in nodes):
+        return "a base image"
+    user = next((n for n in nodes if n.image == image and not (stopping and n.managed)), None)
+    return None if user is None else f"node {user.name}'s disk"
 
 
 def leftovers(desired: Desired, hosts: Iterable[HostObs], *, live: Collection[str],
@@ -33,15 +62,13 @@ def leftovers(desired: Desired, hosts: Iterable[HostObs], *, live: Collection[st
     a domain left; `held(node)` says a node is not to be acted on now (in flight, backing
     off)."""
     stopping = desired.ensure is Ensure.STOPPED
-    bases = {n.base_image for n in desired.nodes if n.base_image}
-    needed = {n.image for n in desired.nodes if not stopping or not n.managed}
     known = {n.name for n in desired.nodes}
     out: list[RemoveImage] = []
     for host in sorted(hosts, key=lambda h: h.name):
         if host.liveness is not Liveness.ALIVE or not host.reachable or host.fenced:
             continue
         for path, node in sorted(host.overlays):
-            if path in bases or path in needed or node in live or held(node):
+            if node in live or held(node) or kept(path, desired.nodes, stopping=stopping):
                 continue
             why = ("cloud is to be stopped" if stopping
                    else "node is no longer in the manifest" if node not in known

@@ -26,6 +26,7 @@ from cloudd.vmctl.plan import (
     plan,
     planned,
 )
+from cloudd.vmctl.plan.leftovers import kept
 
 BASE = "/img/base.qcow2"
 ALIVE, SUSPECT, DEAD = Liveness.ALIVE, Liveness.SUSPECT, Liveness.DEAD
@@ -194,6 +195,22 @@ def test_a_stopped_cloud_leaves_an_unmanaged_nodes_disk() -> None:
     d = want(node("a", managed=False), node("b"), ensure=Ensure.STOPPED)
     assert plan(d, seen([host("h1", "a", "b")]), 0) == [
         RemoveImage("b", "h1", disk("b"), STOPPED)]
+
+
+# ---- the rule the planner and the hosts share ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("image", "stopping", "why"), [
+    (BASE, False, "a base image"),
+    (BASE, True, "a base image"),
+    (disk("a"), False, "node a's disk"),
+    (disk("a"), True, None),
+    (disk("u"), True, "node u's disk"),  # an unmanaged node's VM is not cloudd's
+    (disk("gone"), False, None),
+])
+def test_what_the_manifest_keeps(image: str, stopping: bool, why: str | None) -> None:
+    nodes = (node("a"), node("u", managed=False))
+    assert kept(image, nodes, stopping=stopping) == why
 
 
 # ---- properties ---------------------------------------------------------------------------------
