@@ -277,7 +277,7 @@ class HostAgent:
         if not cmd.domain:
             return self._result(cmd, CommandOutcome.FAILED,
                                 "overlay without the domain whose disk it is")
-        outside = self._outside(image)
+        outside = await self._outside(image)
         if outside:
             return self._result(cmd, CommandOutcome.FAILED, f"overlay {outside}")
         async with self._images_lock:
@@ -302,7 +302,7 @@ class HostAgent:
             return self._result(cmd, CommandOutcome.FAILED,
                                 "remove-image needs an absolute image path and its domain")
         async with self._images_lock:
-            why = self._outside(image)
+            why = await self._outside(image)
             if not why and self.overlays.owner(str(image)) is None \
                     and not await asyncio.to_thread(os.path.lexists, image):
                 # removed already (an answer that did not reach the leader): nothing to do
@@ -336,12 +336,18 @@ class HostAgent:
             return f"{image}: a domain defined on this host uses it as a disk"
         return ""
 
-    def _outside(self, image: Path) -> str:
-        """'' when `image` is directly inside an image folder, else the end of a sentence."""
-        if any(image.parent.resolve() == d.resolve() for d in self.image_dirs):
+    async def _outside(self, image: Path) -> str:
+        """'' when `image` is directly inside an image folder, else the end of a sentence.
+        The folders are compared resolved (symlinks followed: file system calls, so in a
+        thread); a NUL is no path's."""
+        if "\0" not in str(image) and await asyncio.to_thread(self._directly_inside, image):
             return ""
         folders = ", ".join(str(d) for d in self.image_dirs)
         return f"{image} is outside this host's image folders ({folders})"
+
+    def _directly_inside(self, image: Path) -> bool:
+        parent = image.parent.resolve()
+        return any(parent == d.resolve() for d in self.image_dirs)
 
     async def _fetch(self, cmd: HostCommand) -> HostResult:
         image = Path(cmd.image)
@@ -349,7 +355,7 @@ class HostAgent:
             return self._result(cmd, CommandOutcome.FAILED, "fetch needs an absolute image path")
         if not cmd.source:
             return self._result(cmd, CommandOutcome.FAILED, "fetch without a source address")
-        outside = self._outside(image)
+        outside = await self._outside(image)
         if outside:
             return self._result(cmd, CommandOutcome.FAILED, f"fetch {outside}")
         task = self._copies.get(image)

@@ -115,13 +115,13 @@ async def test_a_file_this_host_did_not_make_stays(host: Host) -> None:
     assert theirs.read_bytes() == b"data"
 
 
-@pytest.mark.parametrize("where", ["outside", "dotdot", "relative"])
+@pytest.mark.parametrize("where", ["outside", "dotdot", "relative", "nul"])
 async def test_a_path_outside_the_image_folders_is_refused(host: Host, tmp_path: Path,
                                                            where: str) -> None:
     outside = tmp_path / "c1-web2.qcow2"
     outside.write_bytes(b"keep")
     path = {"outside": str(outside), "dotdot": f"{host.images}/../c1-web2.qcow2",
-            "relative": "c1-web2.qcow2"}[where]
+            "relative": "c1-web2.qcow2", "nul": f"{host.images}/x\0/../c1-web2.qcow2"}[where]
     result = await host.remove(path, "c1-web2")
     assert result.outcome is CommandOutcome.FAILED
     assert ("outside this host's image folders" in result.message if where != "relative"
