@@ -17,8 +17,8 @@ generation this host holds, by what this host can compute from it alone:
 - REMOVE_IMAGE: the image must be no node's base image in the manifest; while the cloud runs,
   no node's disk (only a node that left the manifest, or a disk its node no longer names, is
   removed); while it is stopped, no unmanaged node's disk (that VM is not cloudd's): the
-  planner's own rule (`cloudd.vmctl.plan.leftovers.kept`), checked again here; and
-  inside the host's image folders (HostAgent checks its record made it for that domain, and
+  planner's own rule (`cloudd.vmctl.plan.leftovers.kept`), checked again here (HostAgent
+  checks the image is inside the image folders, that its record made it for that domain, and
   that nothing defined there uses it).
 - FETCH: the source address must be a pool host's address as the manifest gives it, and the
   image one the manifest names (HostAgent checks it is inside the image folders).
@@ -29,8 +29,8 @@ checks for no fault of the leader: when the command's `generation` differs from 
 a refusal is temporary and says so ("generation X is not in force here yet"), so the leader
 retries once the generation has reached this host.
 
-Pure: `refusal(command, grounds)` returns a `AdmissionRefusal` or None; the rendering callable only
-reads the template file it was given.
+Pure: `refusal(command, grounds)` returns an `AdmissionRefusal` or None (the rendering
+callable renders the template text that comes with the cloud, and reads no file).
 """
 
 from __future__ import annotations
@@ -136,12 +136,9 @@ def _fetch(cmd: HostCommand, g: Grounds) -> str | None:
 def _remove_image(cmd: HostCommand, g: Grounds) -> str | None:
     cloud = g.cloud
     why = kept(cmd.image, cloud.nodes, stopping=cloud.ensure is Ensure.STOPPED)
-    if why is not None:
-        return f"image {cmd.image} is {why} in the manifest of cloud {cloud.name}"
-    if not inside(cmd.image, g.folders.images):
-        return (f"image {cmd.image} is outside this host's image folders "
-                f"({', '.join(g.folders.images) or 'none'})")
-    return None
+    if why is None:
+        return None
+    return f"image {cmd.image} is {why} in the manifest of cloud {cloud.name}"
 
 
 #: One check per op of `hostagent.MANIFEST_CHECKED` (the ops the leader stamps a generation on).
