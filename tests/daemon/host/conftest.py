@@ -4,6 +4,7 @@ writes: `HostRig.leases[member] = term` is the lease this host granted that memb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.host.duties import HostDuties
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import Backend, DomainEvent, FakeBackend
+from cloudd.vmctl.hostagent import HostAgent
 
 IMAGES = "/var/lib/cloudd/images"
 
@@ -101,19 +103,29 @@ def make_host(tmp_path: Path, cloud: Cloud, *, backend: Backend | None = None,
     return HostRig(duties, backend, opened, sent, local, leader, leases, current)
 
 
+@contextlib.asynccontextmanager
+async def running(duties: HostDuties) -> AsyncIterator[HostAgent]:
+    """`duties.run()` as a task for the block, which starts once its host agent is open (a
+    wait bounded at 10 s); the task is cancelled after it."""
+    task = asyncio.create_task(duties.run())
+    try:
+        for i in range(1010):
+            if duties.agent is not None or task.done():
+                break
+            await asyncio.sleep(0 if i < 10 else 0.01)
+        assert duties.agent is not None
+        yield duties.agent
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
 async def rig(tmp_path: Path, cloud: Cloud) -> AsyncIterator[HostRig]:
     """A host whose duties run (its backend open); pm2 holds its lease for term 3."""
     h = make_host(tmp_path, cloud)
     h.leases["pm2"] = 3
     h.leader[0] = "pm2"
-    task = asyncio.create_task(h.duties.run())
-    for _ in range(100):
-        if h.duties.agent is not None:
-            break
-        await asyncio.sleep(0)
-    assert h.duties.agent is not None
-    yield h
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(h.duties):
+        yield h

@@ -4,7 +4,6 @@ the leader's own calls to its host pass the same checks."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 
-from .conftest import HostRig, make_host, write_cloud
+from .conftest import HostRig, make_host, running, write_cloud
 
 SERVER = "shop-server-1"
 DOMAIN = f"shop-{SERVER}"
@@ -34,16 +33,8 @@ async def libvirt_rig(tmp_path: Path) -> AsyncIterator[HostRig]:
 
     h = make_host(tmp_path, cloud, open_backend=open_backend)
     h.leases["pm1"] = 3
-    task = asyncio.create_task(h.duties.run())
-    for _ in range(1000):
-        if h.duties.agent is not None:
-            break
-        await asyncio.sleep(0.01)
-    assert h.duties.agent is not None
-    yield h
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(h.duties):
+        yield h
 
 
 async def names(h: HostRig) -> list[str]:

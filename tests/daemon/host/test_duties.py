@@ -18,7 +18,7 @@ from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
 from cloudd.vmctl.hostagent import TERM_FILE, CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
 
-from .conftest import HostRig, make_host
+from .conftest import HostRig, make_host, running
 
 SERVER = "shop-server-1"
 DOMAIN = f"shop-{SERVER}"
@@ -132,17 +132,8 @@ async def test_by_default_nobody_holds_a_lease(tmp_path: Path, cloud: Cloud) -> 
     duties = HostDuties(me="pm1", cloud=lambda: cloud, settings=AgentSettings(name="pm1"),
                         state_dir=tmp_path, open_backend=opening, leader=lambda: "",
                         send=lambda p, m: None, local=lambda h, e: None)
-    task = asyncio.create_task(duties.run())
-    for _ in range(100):
-        if duties.agent is not None:
-            break
-        await asyncio.sleep(0)
-    try:
+    async with running(duties):
         # not even this host itself
         result = await duties.execute("pm1", HostCommand(Op.LIST, 1))
         assert result.outcome is CommandOutcome.FAILED
         assert result.message == "pm1 holds no unexpired lease of pm1 for term 1"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task

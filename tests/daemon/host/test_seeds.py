@@ -3,7 +3,6 @@ it undefines it: over the in-memory backend, with a real node issuer and genisoi
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import stat
@@ -28,7 +27,7 @@ from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.identity import ROOT_KEYS
 from cloudd.vmctl.template import node_mac
 
-from .conftest import HostRig, make_host
+from .conftest import HostRig, make_host, running
 
 SERVER = "shop-server-1"
 DOMAIN = f"shop-{SERVER}"
@@ -76,16 +75,6 @@ def seeded_cloud(folder: Path, images: Path, template: str = SEEDED) -> Cloud:
     return load_cloud(folder / "shop.yaml", CATALOG)
 
 
-async def opened(h: HostRig) -> asyncio.Task[None]:
-    task = asyncio.create_task(h.duties.run())
-    for _ in range(100):
-        if h.duties.agent is not None:
-            break
-        await asyncio.sleep(0)
-    assert h.duties.agent is not None
-    return task
-
-
 class Host:
     def __init__(self, rig: HostRig, images: Path, pki: Path) -> None:
         self.rig, self.images, self.pki = rig, images, pki
@@ -112,11 +101,8 @@ async def host(tmp_path: Path) -> AsyncIterator[Host]:
         pki=PkiSettings(ca=pki / "ca.crt", cert=pki / "pm1.crt", key=pki / "pm1.key"))
     rig = make_host(tmp_path, seeded_cloud(tmp_path / "manifests", images), settings=settings)
     rig.leases["pm2"] = 3
-    task = await opened(rig)
-    yield Host(rig, images, pki)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(rig.duties):
+        yield Host(rig, images, pki)
 
 
 async def test_define_makes_the_nodes_seed_and_undefine_removes_it(host: Host) -> None:
