@@ -23,7 +23,11 @@ from cloudd.vmctl.hostagent import HostAgent
 
 IMAGES = "/var/lib/cloudd/images"
 
-MANIFEST = f"""\
+
+def shop_manifest(images: str | Path = IMAGES) -> str:
+    """The shop cloud on two pool hosts (pm2 with a libvirt URI of its own), its disks in
+    `images`: the server's an overlay of a base image pm2 has."""
+    return f"""\
 apiVersion: cloudd/v1
 kind: Cloud
 name: shop
@@ -33,13 +37,17 @@ pool:
   - {{name: pm1, address: 192.0.2.70}}
   - {{name: pm2, address: 192.0.2.71, libvirt_uri: "test:///pm2"}}
 roles:
-  balancer: [{{address: 192.0.2.175, image: {IMAGES}/lb.qcow2}}]
+  balancer: [{{address: 192.0.2.175, image: {images}/lb.qcow2}}]
   server:
-    - {{address: 192.0.2.176, image: {IMAGES}/web1.qcow2, overlay: true,
-       base_image: {IMAGES}/web.qcow2, source_host: pm2}}
-  database: [{{address: 192.0.2.177, image: {IMAGES}/db.qcow2}}]
+    - {{address: 192.0.2.176, image: {images}/web1.qcow2, overlay: true,
+       base_image: {images}/web.qcow2, source_host: pm2}}
+  database: [{{address: 192.0.2.177, image: {images}/db.qcow2}}]
+network: {{prefix_length: 24, gateway: 192.0.2.1}}
 settings: {{app_port: 8080}}
 """
+
+
+MANIFEST = shop_manifest()
 
 TEMPLATE = """<domain type='${kind}'>
   <name>${name}</name><uuid>${uuid}</uuid>
@@ -54,9 +62,10 @@ TEMPLATE = """<domain type='${kind}'>
 """
 
 
-def write_cloud(folder: Path, *, kind: str = "qemu", manifest: str = MANIFEST) -> Cloud:
+def write_cloud(folder: Path, *, kind: str = "qemu", manifest: str = MANIFEST,
+                template: str = TEMPLATE) -> Cloud:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "web.xml").write_text(TEMPLATE.replace("${kind}", kind))
+    (folder / "web.xml").write_text(template.replace("${kind}", kind))
     (folder / "shop.yaml").write_text(manifest)
     return load_cloud(folder / "shop.yaml", CATALOG)
 

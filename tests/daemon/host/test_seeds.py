@@ -16,37 +16,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cloudd.config.agent import AgentSettings, Libvirt, PkiSettings
-from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, NodeAccess
 from cloudd.daemon.host.duties import RETRY_AFTER
 from cloudd.pki import ISSUER_KEY, Identity, MemberKind, identity_of_cert, init_ca, issue
-from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.backend import FakeBackend
 from cloudd.vmctl.domains import DomainRenderer
 from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
 from cloudd.vmctl.identity import ROOT_KEYS
 from cloudd.vmctl.template import node_mac
 
-from .conftest import HostRig, make_host, running
+from .conftest import HostRig, make_host, running, shop_manifest, write_cloud
 
 SERVER = "shop-server-1"
 DOMAIN = f"shop-{SERVER}"
-
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {{name: pm1, address: 192.0.2.70}}
-  - {{name: pm2, address: 192.0.2.71}}
-roles:
-  balancer: [{{address: 192.0.2.175, image: {images}/lb.qcow2}}]
-  server: [{{address: 192.0.2.176, image: {images}/web1.qcow2}}]
-  database: [{{address: 192.0.2.177, image: {images}/db.qcow2}}]
-network: {{prefix_length: 24, gateway: 192.0.2.1}}
-"""
 
 SEEDED = """<domain type='qemu'>
   <name>${name}</name><uuid>${uuid}</uuid>
@@ -69,10 +51,7 @@ def isoinfo(iso: Path, path: str) -> str:
 
 
 def seeded_cloud(folder: Path, images: Path, template: str = SEEDED) -> Cloud:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "web.xml").write_text(template)
-    (folder / "shop.yaml").write_text(MANIFEST.format(images=images))
-    return load_cloud(folder / "shop.yaml", CATALOG)
+    return write_cloud(folder, manifest=shop_manifest(images), template=template)
 
 
 class Host:
