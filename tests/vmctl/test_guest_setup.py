@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared.manifests import SHOP
 
 from cloudd.commands.bootstrap.timeserver import drop_in
 from cloudd.config.manifest import load_cloud
@@ -97,31 +98,22 @@ def test_a_root_key_must_be_one_line(key: str) -> None:
         user_data(GuestSetup(root_keys=(key,)))
 
 
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {{name: pm1, address: 192.0.2.70}}
-  - {{name: pm2, address: 192.0.2.71}}
-roles:
-  balancer: [{{name: lb, address: 192.0.2.175, managed: false}}]
-  server: [{{name: web1, address: 192.0.2.176, managed: false}}]
-  database: [{{name: db, address: 192.0.2.177, managed: false}}]
-{extra}"""
+#: The shared web site with a second pool host: a seed names every pool host.
+PM1 = "  - {name: pm1, address: 192.0.2.70}\n"
+MANIFEST = SHOP.replace(PM1, PM1 + "  - {name: pm2, address: 192.0.2.71}\n")
+SERVER = "shop-server-1"
 
 
 @pytest.mark.parametrize("keys", [(), (KEY,)])
 def test_a_hosts_seed_follows_the_manifest(tmp_path: Path, keys: tuple[str, ...]) -> None:
     extra = f"node_access: {{ssh_authorized_keys: {json.dumps(list(keys))}}}\n" if keys else ""
     (tmp_path / "web.xml").write_text("<domain/>")
-    (tmp_path / "shop.yaml").write_text(MANIFEST.format(extra=extra))
+    (tmp_path / "shop.yaml").write_text(MANIFEST + extra)
     cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    assert [h.address for h in cloud.pool] == ["192.0.2.70", "192.0.2.71"]
     now = dt.datetime.now(dt.UTC)
     init_ca(tmp_path / "pki", now=now)
-    iso = make_seed(cloud, cloud.node("web1"), term=2, port=7400,
+    iso = make_seed(cloud, cloud.node(SERVER), term=2, port=7400,
                     issuer=NodeIssuer.load(tmp_path / "pki"),
                     ca_pem=(tmp_path / "pki" / "ca.crt").read_text(), out=tmp_path / "s.iso",
                     now=now)
@@ -153,7 +145,7 @@ def test_the_keys_are_part_of_what_hosts_check_a_define_against(tmp_path: Path) 
     refuses the DEFINE of a seeded domain for now (tests/daemon/host/test_seeds.py), so
     leader and host never disagree on the seed."""
     (tmp_path / "web.xml").write_text("<domain/>")
-    (tmp_path / "shop.yaml").write_text(MANIFEST.format(extra=""))
+    (tmp_path / "shop.yaml").write_text(MANIFEST)
     cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
     with_key = replace(cloud, node_access=NodeAccess((KEY,)))
     renderer = DomainRenderer(port=7400, pki_dir="")
