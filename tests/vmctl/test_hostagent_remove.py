@@ -9,26 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from shared.domains import one_disk_xml
 
 from cloudd.vmctl.backend import FakeBackend, _FakeDomain
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
-from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.overlays import OVERLAYS_FILE
-from cloudd.vmctl.template import NodeDomain, render_domain
-
-TEMPLATE = """<domain type='qemu'>
-  <name>${name}</name><uuid>${uuid}</uuid>
-  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
-  <os><type>hvm</type></os>
-  ${metadata}
-  <devices><disk type='file' device='disk'><source file='${image}'/><target dev='vda'/></disk>
-  </devices>
-</domain>"""
-
-
-def domain_xml(node: str, image: str, *, cloud: str = "c1") -> str:
-    meta = CloudMeta(cloud=cloud, node=node, role="server", term=1)
-    return render_domain(TEMPLATE, NodeDomain(meta=meta, memory_mib=64, vcpus=1, image=image))
 
 
 class Host:
@@ -131,7 +116,7 @@ async def test_a_path_outside_the_image_folders_is_refused(host: Host, tmp_path:
 
 async def test_an_overlay_whose_domain_is_defined_stays(host: Host) -> None:
     image = await host.overlay("web2")
-    await host.backend.define(domain_xml("web2", str(image)))
+    await host.backend.define(one_disk_xml("c1", "web2", str(image)))
     result = await host.remove(image, "c1-web2")
     assert (result.outcome, result.message) == (
         CommandOutcome.FAILED, f"remove {image}: domain c1-web2 is still defined on this host")
@@ -151,8 +136,8 @@ async def test_an_overlay_any_defined_domain_uses_stays(host: Host, user: str) -
                 f"'{host.images}/./c1-web2.qcow2'/></disk></devices></domain>",
             meta=None, uuid="uuid-handmade")
     else:
-        await host.backend.define(domain_xml("web9", str(image),
-                                             cloud="c2" if user == "another cloud" else "c1"))
+        await host.backend.define(one_disk_xml("c2" if user == "another cloud" else "c1",
+                                               "web9", str(image)))
     result = await host.remove(image, "c1-web2")
     assert (result.outcome, result.message) == (
         CommandOutcome.FAILED, f"remove {image}: a domain defined on this host uses it as a disk")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from shared.domains import one_disk_xml
 
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
@@ -20,24 +21,12 @@ from cloudd.daemon.network.catalogue import register_all
 from cloudd.daemon.network.codec import Codec
 from cloudd.vmctl.backend import FakeBackend, Inventory, PowerState
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
-from cloudd.vmctl.metadata import CloudMeta
 from cloudd.vmctl.plan import BackoffPolicy, Desired, Ensure, Liveness, NodeSpec
-from cloudd.vmctl.template import NodeDomain, render_domain
-
-TEMPLATE = """<domain type='qemu'>
-  <name>${name}</name><uuid>${uuid}</uuid>
-  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
-  <os><type>hvm</type></os>
-  ${metadata}
-  <devices><disk type='file' device='disk'><source file='${image}'/><target dev='vda'/></disk>
-  </devices>
-</domain>"""
 
 
 def render(spec: NodeSpec, term: int) -> str:
-    meta = CloudMeta(cloud="c1", node=spec.name, role=spec.role, term=term)
-    return render_domain(TEMPLATE, NodeDomain(meta=meta, memory_mib=spec.memory_mib, vcpus=1,
-                                              image=spec.image))
+    return one_disk_xml("c1", spec.name, spec.image, role=spec.role, term=term,
+                        memory_mib=spec.memory_mib)
 
 
 @dataclass

@@ -14,26 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from shared.domains import one_disk_xml
 
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
-from cloudd.vmctl.metadata import CloudMeta
-from cloudd.vmctl.template import NodeDomain, render_domain
 
 pytestmark = pytest.mark.libvirt
 
 SYSTEM = "qemu:///system"
 PREFIX = "h12c-"
-TEMPLATE = """<domain type='qemu'>
-  <name>${name}</name><uuid>${uuid}</uuid>
-  <memory unit='KiB'>${memory_kib}</memory><vcpu>${vcpus}</vcpu>
-  ${metadata}
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file='${image}'/><target dev='vda' bus='virtio'/></disk>
-  </devices>
-</domain>"""
 HANDMADE = """<domain type='qemu'>
   <name>{name}</name><memory unit='KiB'>65536</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
@@ -72,9 +61,7 @@ class Host:
         return f"{self.cloud}-{node}"
 
     def xml(self, node: str, image: Path) -> str:
-        meta = CloudMeta(cloud=self.cloud, node=node, role="database", term=1)
-        return render_domain(TEMPLATE, NodeDomain(meta=meta, memory_mib=64, vcpus=1,
-                                                  image=str(image)))
+        return one_disk_xml(self.cloud, node, str(image), role="database")
 
     async def run(self, op: Op, domain: str = "", **kw: str) -> HostResult:
         return await self.agent.execute(HostCommand(op, 1, domain, **kw))
