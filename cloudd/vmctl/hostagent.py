@@ -7,14 +7,13 @@ and only what the cloud in force allows (`cloudd.daemon.host.admission`). So the
 here are terms this host granted a lease in, never a number a sender made up. The host agent
 keeps the highest of them in a file of its state dir (written atomically, and before the
 command that raised it acts, so that a crash cannot forget a term it already obeyed); a
-command with a lower term is refused with CommandOutcome.STALE_TERM and nothing is done. That is
-the fencing token that keeps a deposed leader, still believing it leads, from touching VMs.
+command with a lower term is refused with CommandOutcome.STALE_TERM and nothing is done. That
+is the fencing token that keeps a deposed leader, still believing it leads, from touching VMs.
 
 Commands are idempotent: defining what exists, starting what runs, destroying what is stopped,
 undefining what is gone all answer CommandOutcome.NOOP. Failures come back as
-CommandOutcome.FAILED results
-(with `retry_after` for temporary ones), never as exceptions: the network layer only has to
-send the Result back.
+CommandOutcome.FAILED results (with `retry_after` for temporary ones), never as exceptions:
+the network layer only has to send the Result back.
 
 Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
 to the `on_event` callback given to `run_events`; the transport to the leader is not here.
@@ -42,8 +41,8 @@ host that has its image, or that can copy it from the node's source host. FETCH 
 copy: SFTP from the source address, host key checked against the operator's known_hosts
 (`CopySettings`), into one of the image folders. A copy can outlast a request's timeout, so
 FETCH starts it in the background and waits at most `fetch_wait` seconds: if it is still
-running the answer is CommandOutcome.PENDING and the leader sends the same FETCH again, which joins
-the copy under way (one copy per image path, however many nodes or leaders ask for it).
+running the answer is CommandOutcome.PENDING and the leader sends the same FETCH again, which
+joins the copy under way (one copy per image path, however many nodes or leaders ask for it).
 
 Overlays. OVERLAY names the domain whose disk the overlay is; the host records path -> domain
 (`cloudd.vmctl.overlays`, in its state dir) before it creates the file, and INVENTORY reports

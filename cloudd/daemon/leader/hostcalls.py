@@ -5,9 +5,10 @@ Its own host is reached through that host's duty (`LocalHost`, the member's `Hos
 with this agent's name as the sender: the same lease and admission checks as a command from
 the wire, except that its own host also admits this agent while it acts in the command's
 term (it may lead on the other hosts' leases while its own grantor is still fenced; see the
-member's wiring). Commands that a host checks against its manifest (DEFINE, OVERLAY, FETCH) go out
-stamped with the generation the leader rendered and chose them from (`generation`), so that a
-host that has not taken it yet says so instead of refusing them as foreign.
+member's wiring). Commands that a host checks against its manifest (`MANIFEST_CHECKED`:
+DEFINE, OVERLAY, FETCH, REMOVE_IMAGE) go out stamped with the generation the leader rendered
+and chose them from (`generation`), so that a host that has not taken it yet says so instead
+of refusing them as foreign.
 
 Every call is timed on the monotonic clock; the metrics feed reads the recent timings from
 the member's snapshot, numbered so that it counts each call once.
