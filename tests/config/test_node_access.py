@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -19,6 +20,20 @@ ED25519 = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrN4+XKFE7kFXRy1xJfg7A4ljxE+jpx
            "alice@ops")
 ECDSA = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBOJz6mu0RH0Fy2Mt"
          "fWgpF+P1QGqA3m1PZ3twq4ffzGEJLFGvcMdplzud6fTjO0bGXccnpTckjmcqFhBACNugMX0=")
+#: A FIDO security key's public line (sshd takes these too).
+SECURITY_KEY = ("sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIDrN4+XK"
+                "FE7kFXRy1xJfg7A4ljxE+jpxHT2D8l0ofTXxAAAABHNzaDo= bob@yubikey")
+
+
+def _last_bit_flipped(line: str) -> str:
+    kind, data = line.split()
+    raw = bytearray(base64.b64decode(data))
+    raw[-1] ^= 1
+    return f"{kind} {base64.b64encode(bytes(raw)).decode()}"
+
+
+#: ECDSA's key data with its point moved off the curve.
+OFF_CURVE = _last_bit_flipped(ECDSA)
 #: What an operator might paste by mistake (not a real key: its body is a marker to look for).
 PRIVATE = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABMARKERmarker\n"
@@ -67,6 +82,10 @@ def test_public_keys_are_taken_as_one_line_each(tmp_path: Path) -> None:
     assert cloud.node_access.ssh_authorized_keys == (ED25519, ECDSA)
 
 
+def test_a_security_keys_line_is_taken() -> None:
+    assert check_public_key(SECURITY_KEY) == SECURITY_KEY
+
+
 @pytest.mark.parametrize(("value", "message"), [
     (ED25519.replace("ssh-ed25519", "ssh-dss"), "does not start with an OpenSSH key type"),
     (f'from="10.0.0.0/8" {ED25519}', "options before the key are not accepted"),
@@ -75,6 +94,10 @@ def test_public_keys_are_taken_as_one_line_each(tmp_path: Path) -> None:
      "its key data is not the base64 of a key of type ssh-rsa"),
     ("ssh-ed25519 not-base64!", "its key data is not the base64 of a key of type ssh-ed25519"),
     ("ssh-ed25519", "its key data is not the base64"),
+    # the key type alone, without the key that should follow it
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA==",
+     "its key data is not the base64 of a key of type ssh-ed25519"),
+    (OFF_CURVE, "its key data is not the base64 of a key of type ecdsa-sha2-nistp256"),
     (f"{ED25519}\n{ECDSA}", "must be one line without control characters"),
     (f"{ED25519}\rx", "must be one line without control characters"),
     ("   ", "is empty"),
