@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud, load_cloud_text
 from cloudd.config.portable import Recipient, text_for
@@ -39,26 +40,11 @@ PRIVATE = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABMARKERmarker\n"
            "-----END OPENSSH PRIVATE KEY-----\n")
 
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {name: pm1, address: 192.0.2.70}
-  - {name: pm2, address: 192.0.2.71}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server: [{address: 192.0.2.176, image: /img/web1.qcow2}]
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-"""
-
 
 def write(tmp_path: Path, extra: str = "") -> Path:
     (tmp_path / "web.xml").write_text("<domain/>")
     path = tmp_path / "shop.yaml"
-    path.write_text(MANIFEST + extra)
+    path.write_text(SHOP + extra)
     return path
 
 
@@ -116,7 +102,7 @@ def test_anything_but_one_public_key_line_is_refused(value: str, message: str) -
 def test_a_bad_key_is_placed_at_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, access(ED25519, "ssh-ed25519 AAAA"))
     assert refusal(path) == [
-        "16:7: node_access.ssh_authorized_keys[1]: its key data is not the base64 of a key of "
+        "18:7: node_access.ssh_authorized_keys[1]: its key data is not the base64 of a key of "
         "type ssh-ed25519; give an OpenSSH public key line: TYPE BASE64 [COMMENT], as in a "
         ".pub file"]
 
@@ -126,7 +112,7 @@ def test_a_private_key_pasted_by_mistake_is_refused_and_never_quoted(tmp_path: P
     path = write(tmp_path, "node_access:\n  ssh_authorized_keys:\n    - |\n" + block)
     problems = refusal(path)
     assert problems == [
-        "15:7: node_access.ssh_authorized_keys[0]: is a private key: give the public key "
+        "17:7: node_access.ssh_authorized_keys[0]: is a private key: give the public key "
         "instead (the one line of its .pub file), and keep the private key where it was"]
     assert not any("marker" in p or "PRIVATE" in p for p in problems)
 
