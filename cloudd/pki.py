@@ -339,6 +339,15 @@ def member_of_cert(cert: x509.Certificate) -> str | None:
     return None
 
 
+def identity_of_file(path: Path) -> Identity | None:
+    """The identity the certificate in `path` names (the first of a chain), or None when the
+    file is missing, unreadable or names none (whoever loads it for TLS then says why)."""
+    try:
+        return identity_of_cert(x509.load_pem_x509_certificate(path.read_bytes()))
+    except (OSError, ValueError):
+        return None
+
+
 def identity_of_cert(cert: x509.Certificate) -> Identity | None:
     """The identity a certificate's SAN URIs name, or None."""
     try:

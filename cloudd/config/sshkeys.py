@@ -11,9 +11,8 @@ field and the line, never the value.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import struct
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 #: The key types OpenSSH 9.2's sshd accepts by default (DSA is refused there, so here too).
 KEY_TYPES = (
@@ -47,24 +46,16 @@ def check_public_key(value: str) -> str:
     if kind not in KEY_TYPES:
         raise ValueError(f"does not start with an OpenSSH key type ({', '.join(KEY_TYPES)}); "
                          f"options before the key are not accepted; give {_LINE}")
-    if len(parts) < 2 or _blob_type(parts[1]) != kind:
+    if len(parts) < 2 or not _is_key(kind, parts[1]):
         raise ValueError(f"its key data is not the base64 of a key of type {kind}; give {_LINE}")
     return line
 
 
-def _blob_type(text: str) -> str | None:
-    """The key type a key's base64 data names (its first SSH string, with more after it),
-    or None."""
+def _is_key(kind: str, data: str) -> bool:
+    """Whether `data` is the base64 of a whole public key of type `kind` (cryptography reads
+    it as OpenSSH does: the type it names inside must be `kind`, the key must be valid)."""
     try:
-        blob = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-    if len(blob) < 4:
-        return None
-    (size,) = struct.unpack(">I", blob[:4])
-    if size > 64 or len(blob) < 4 + size + 4:
-        return None
-    try:
-        return blob[4:4 + size].decode("ascii")
-    except UnicodeDecodeError:
-        return None
+        load_ssh_public_key(f"{kind} {data}".encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError):
+        return False
+    return True

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud, load_cloud_text
 from cloudd.config.portable import Recipient, text_for
@@ -19,31 +21,30 @@ ED25519 = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrN4+XKFE7kFXRy1xJfg7A4ljxE+jpx
            "alice@ops")
 ECDSA = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBOJz6mu0RH0Fy2Mt"
          "fWgpF+P1QGqA3m1PZ3twq4ffzGEJLFGvcMdplzud6fTjO0bGXccnpTckjmcqFhBACNugMX0=")
+#: A FIDO security key's public line (sshd takes these too).
+SECURITY_KEY = ("sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIDrN4+XK"
+                "FE7kFXRy1xJfg7A4ljxE+jpxHT2D8l0ofTXxAAAABHNzaDo= bob@yubikey")
+
+
+def _last_bit_flipped(line: str) -> str:
+    kind, data = line.split()
+    raw = bytearray(base64.b64decode(data))
+    raw[-1] ^= 1
+    return f"{kind} {base64.b64encode(bytes(raw)).decode()}"
+
+
+#: ECDSA's key data with its point moved off the curve.
+OFF_CURVE = _last_bit_flipped(ECDSA)
 #: What an operator might paste by mistake (not a real key: its body is a marker to look for).
 PRIVATE = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABMARKERmarker\n"
            "-----END OPENSSH PRIVATE KEY-----\n")
 
-MANIFEST = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: shop
-type: web
-domain_template: web.xml
-pool:
-  - {name: pm1, address: 192.0.2.70}
-  - {name: pm2, address: 192.0.2.71}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server: [{address: 192.0.2.176, image: /img/web1.qcow2}]
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-"""
-
 
 def write(tmp_path: Path, extra: str = "") -> Path:
     (tmp_path / "web.xml").write_text("<domain/>")
     path = tmp_path / "shop.yaml"
-    path.write_text(MANIFEST + extra)
+    path.write_text(SHOP + extra)
     return path
 
 
@@ -67,6 +68,10 @@ def test_public_keys_are_taken_as_one_line_each(tmp_path: Path) -> None:
     assert cloud.node_access.ssh_authorized_keys == (ED25519, ECDSA)
 
 
+def test_a_security_keys_line_is_taken() -> None:
+    assert check_public_key(SECURITY_KEY) == SECURITY_KEY
+
+
 @pytest.mark.parametrize(("value", "message"), [
     (ED25519.replace("ssh-ed25519", "ssh-dss"), "does not start with an OpenSSH key type"),
     (f'from="10.0.0.0/8" {ED25519}', "options before the key are not accepted"),
@@ -75,6 +80,10 @@ def test_public_keys_are_taken_as_one_line_each(tmp_path: Path) -> None:
      "its key data is not the base64 of a key of type ssh-rsa"),
     ("ssh-ed25519 not-base64!", "its key data is not the base64 of a key of type ssh-ed25519"),
     ("ssh-ed25519", "its key data is not the base64"),
+    # the key type alone, without the key that should follow it
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA==",
+     "its key data is not the base64 of a key of type ssh-ed25519"),
+    (OFF_CURVE, "its key data is not the base64 of a key of type ecdsa-sha2-nistp256"),
     (f"{ED25519}\n{ECDSA}", "must be one line without control characters"),
     (f"{ED25519}\rx", "must be one line without control characters"),
     ("   ", "is empty"),
@@ -93,7 +102,7 @@ def test_anything_but_one_public_key_line_is_refused(value: str, message: str) -
 def test_a_bad_key_is_placed_at_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, access(ED25519, "ssh-ed25519 AAAA"))
     assert refusal(path) == [
-        "16:7: node_access.ssh_authorized_keys[1]: its key data is not the base64 of a key of "
+        "18:7: node_access.ssh_authorized_keys[1]: its key data is not the base64 of a key of "
         "type ssh-ed25519; give an OpenSSH public key line: TYPE BASE64 [COMMENT], as in a "
         ".pub file"]
 
@@ -103,7 +112,7 @@ def test_a_private_key_pasted_by_mistake_is_refused_and_never_quoted(tmp_path: P
     path = write(tmp_path, "node_access:\n  ssh_authorized_keys:\n    - |\n" + block)
     problems = refusal(path)
     assert problems == [
-        "15:7: node_access.ssh_authorized_keys[0]: is a private key: give the public key "
+        "17:7: node_access.ssh_authorized_keys[0]: is a private key: give the public key "
         "instead (the one line of its .pub file), and keep the private key where it was"]
     assert not any("marker" in p or "PRIVATE" in p for p in problems)
 

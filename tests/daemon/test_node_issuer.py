@@ -8,13 +8,12 @@ The handshakes run over memory BIOs with the agents' own contexts (`tls.server_c
 from __future__ import annotations
 
 import datetime as dt
-import ssl
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
+from shared.tlspair import Refused, handshake
 
 from cloudd.certs import cert_pem, key_pem, member_cert, new_key
 from cloudd.daemon.network.tls import (
@@ -46,33 +45,6 @@ def load(path: Path) -> x509.Certificate:
 
 def constraints(cert: x509.Certificate) -> x509.BasicConstraints:
     return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-
-
-class Refused(Exception):
-    """One side failed the TLS handshake itself."""
-
-
-def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[Any, Any]:
-    """A whole TLS handshake between the two contexts: (server side, client side)."""
-    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-    s = server.wrap_bio(s_in, s_out, server_side=True)
-    c = client.wrap_bio(c_in, c_out, server_side=False)
-    done = {"s": False, "c": False}
-    for _ in range(20):
-        for name, side in (("c", c), ("s", s)):
-            if not done[name]:
-                try:
-                    side.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLError as exc:
-                    raise Refused(f"{'server' if name == 's' else 'client'}: {exc}") from None
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if all(done.values()):
-            return s, c
-    raise AssertionError("the handshake did not finish")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from cloudd.pki import (
     PkiFiles,
     identity_from_uris,
     identity_of_cert,
+    identity_of_file,
     init_ca,
     issue,
     member_of_cert,
@@ -121,6 +122,19 @@ def test_a_node_certificate_names_its_kind_and_its_cloud(tmp_path: Path) -> None
     assert identity_of_cert(node) == Identity("web1", MemberKind.NODE, "shop")
     assert identity_of_cert(op) == Identity("alice", MemberKind.OPERATOR)
     assert identity_of_cert(load(tmp_path / "ca.crt")) is None
+
+
+def test_an_agents_own_identity_from_its_certificate_file(tmp_path: Path) -> None:
+    init_ca(tmp_path, now=NOW)
+    files = issue(tmp_path, "web1", now=NOW, kind=MemberKind.NODE, cloud="shop")
+    assert identity_of_file(files.cert) == Identity("web1", MemberKind.NODE, "shop")
+    chain = tmp_path / "chain.crt"  # a node's file: its certificate, then its issuer's
+    chain.write_bytes(files.cert.read_bytes() + (tmp_path / "nodes-ca.crt").read_bytes())
+    assert identity_of_file(chain) == Identity("web1", MemberKind.NODE, "shop")
+    files.key.write_text("not a certificate")
+    assert identity_of_file(files.key) is None
+    assert identity_of_file(tmp_path / "missing.crt") is None
+    assert identity_of_file(tmp_path / "ca.crt") is None  # a CA names no member
 
 
 @pytest.mark.parametrize(("kind", "cloud", "why"), [

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from shared import tlspair
+from shared.tlspair import Refused
 
 from cloudd.daemon.network.tls import client_context, server_context
 from cloudd.pki import MemberKind, PkiError, PkiFiles, init_ca, issue, member_of_cert
@@ -31,36 +33,15 @@ def bundle(path: Path, *cas: Path) -> Path:
     return path
 
 
-class Refused(Exception):
-    """One side failed the handshake: "server: ..." or "client: ..." and OpenSSL's reason."""
-
-
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str:
     """A whole TLS handshake between the two contexts; the member the server then sees (a
     refusal raises `Refused`)."""
-    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-    s = server.wrap_bio(s_in, s_out, server_side=True)
-    c = client.wrap_bio(c_in, c_out, server_side=False)
-    done = {"s": False, "c": False}
-    for _ in range(20):
-        for name, side in (("c", c), ("s", s)):
-            if not done[name]:
-                try:
-                    side.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLError as exc:
-                    raise Refused(f"{'server' if name == 's' else 'client'}: {exc}") from None
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if all(done.values()):
-            cert = s.getpeercert(binary_form=True)
-            assert cert is not None
-            member = member_of_cert(x509.load_der_x509_certificate(cert))
-            assert member is not None
-            return member
-    raise AssertionError("the handshake did not finish")
+    s, _ = tlspair.handshake(server, client)
+    cert = s.getpeercert(binary_form=True)
+    assert cert is not None
+    member = member_of_cert(x509.load_der_x509_certificate(cert))
+    assert member is not None
+    return member
 
 
 @pytest.fixture

@@ -51,7 +51,12 @@ class Stall:
     pass
 
 
-for _cls in (Ping, Pong, Flaky, Stall):
+@dataclass(frozen=True)
+class Refuse:
+    """The handler refuses it on purpose (a `ClouddError`)."""
+
+
+for _cls in (Ping, Pong, Flaky, Stall, Refuse):
     default_codec.register(_cls, f"test.transport.{_cls.__name__.lower()}")
 
 
@@ -120,6 +125,8 @@ class Agent:
             raise ValueError("no such domain")
         if isinstance(msg, Stall):
             await self.release.wait()
+        if isinstance(msg, Refuse):
+            raise PermanentError("not from you")
         return None
 
 
@@ -272,6 +279,23 @@ async def test_handler_failures_come_back_as_errors(alpha: Agent, beta: Agent) -
         alpha.release.set()
         await beta.t.request("alpha", Stall())
     await good_peer_gets_through(alpha, beta)
+
+
+async def test_a_refusal_the_handler_means_is_one_line_without_a_traceback(
+        alpha: Agent, beta: Agent) -> None:
+    """A request is answered with the refusal; a one-way message is dropped with one warning.
+    Only a handler's bug (any other exception) is logged with its traceback."""
+    with capture_logs() as logs:
+        with pytest.raises(PermanentError, match="alpha: not from you"):
+            await beta.t.request("alpha", Refuse())
+        beta.t.send("alpha", Refuse())
+        beta.t.send("alpha", Flaky(temporary=False))
+        await eventually(lambda: logged(logs, "handler_failed") != [])
+        await good_peer_gets_through(alpha, beta)
+    assert [e["reason"] for e in logged(logs, "message_dropped")] == ["not from you"]
+    [failed] = logged(logs, "handler_failed")
+    assert failed["reason"] == "ValueError: no such domain" and failed["exc_info"]
+    assert [type(m) for _, m in alpha.got] == [Refuse, Refuse, Flaky, Ping]
 
 
 async def test_request_timeout_then_late_reply_is_harmless(alpha: Agent, beta: Agent) -> None:

@@ -126,11 +126,10 @@ class CloudMember:
             raise PermanentError(f"agent {self.me} is not a member of cloud {cloud.name}")
         self.log = log.get("member", cloud=cloud.name, node=self.me)
         self.state_dir = settings.state_dir / "clouds" / cloud.name
-        self.roster = roster_of(cloud)
         #: the manifest's text per (generation, recipient), made once (`_text_for`)
         self._texts: dict[tuple[str, Recipient], str] = {}
         self.election = ElectionShell(
-            me=self.me, cloud=cloud.name, roster=self.roster, timing=timing, send=send,
+            me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock)
         self.election.subscribe(self._leadership)
         self.maintenance = Maintenance(self.state_dir, cloud=cloud.name)
@@ -187,6 +186,11 @@ class CloudMember:
             Duty.NODE_REPORT: self._on_report,
             Duty.MANIFEST_WANTED: self._on_manifest_wanted,
         })
+
+    @property
+    def roster(self) -> Roster:
+        """The roster in force: the election's, which takes each generation's (`update`)."""
+        return self.election.roster
 
     # -- what the leader side asks ----------------------------------------------------------
     def acting_term(self) -> int | None:
@@ -246,13 +250,12 @@ class CloudMember:
         """A new manifest generation (validated): reconcile towards it."""
         if cloud.digest == self.cloud.digest:
             return
-        self.cloud = cloud
         roster = roster_of(cloud)
         if roster.members != self.roster.members:
             # From now on a dropped member gets nothing but refusals here, and an added
             # one is a member like any other (the dispatch table reads `self.roster`).
-            self.roster = roster
             self.election.change_roster(roster)
+        self.cloud = cloud
         self.generation += 1
         self.loaded_at = self.clock.wall()
         self.events.append(LogEvent(self.loaded_at, cloud.name, LogKind.COMMAND, self.me,

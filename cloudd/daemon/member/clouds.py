@@ -27,10 +27,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from cryptography import x509
 
 from cloudd import log
 from cloudd.backoff import Backoff
@@ -57,7 +54,7 @@ from cloudd.daemon.network.transport import PeerConnected, PeerUnreachable, Tran
 from cloudd.daemon.node.boot import Seed, fetch_manifest
 from cloudd.election.config import Timing
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.pki import Identity, PkiFiles, identity_of_cert
+from cloudd.pki import Identity, PkiFiles, identity_of_file
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
 
@@ -397,7 +394,7 @@ class Clouds:
         while True:
             try:
                 if self.identity is None:
-                    self.identity = _own_identity(pki.cert)
+                    self.identity = identity_of_file(pki.cert)
                 transport = Transport(member=self.me,
                                       files=PkiFiles(pki.ca, pki.cert, pki.key),
                                       handler=self._handle, on_event=self._on_event,
@@ -412,12 +409,3 @@ class Clouds:
                 self.log.error("transport_unusable", reason=f"{type(e).__name__}: {e}",
                                retry_in=delay)
             await asyncio.sleep(delay)
-
-
-def _own_identity(cert: Path) -> Identity | None:
-    """What this agent's own certificate says (None: no usable certificate yet; the
-    transport, which loads the same file next, then says why)."""
-    try:
-        return identity_of_cert(x509.load_pem_x509_certificate(cert.read_bytes()))
-    except (OSError, ValueError):
-        return None

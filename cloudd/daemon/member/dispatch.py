@@ -12,7 +12,8 @@ term this agent's election follows):
 - a name the roster lists under another kind than its certificate's counts as nothing;
 - an operator certificate is in no roster: it may hand a manifest to a pool host, and ask
   for the inspect view;
-- the leader is the pool host or node this agent's election follows, and a message that
+- the leader is the pool host this agent's election follows (only pool hosts lead: a node
+  certificate never speaks as leader, whatever the election says), and a message that
   carries a term speaks for the leader only in the term it is followed in.
 Each message type has one row in `ROUTES` (or one per `case`: a manifest offer's origin, an
 operator request's verb): the duty that handles it, the senders it accepts (alternatives of
@@ -65,9 +66,9 @@ MEANING: Mapping[Sender, str] = {
     Sender.HOST: "a host certificate whose name the roster in force lists as a pool host",
     Sender.NODE: "a node certificate of this cloud whose name the roster in force lists as "
                  "a node",
-    Sender.LEADER: "a pool host or node of the roster whom this agent's election follows as "
-                   "leader; a message that carries a term must carry the term it is "
-                   "followed in",
+    Sender.LEADER: "a pool host of the roster whom this agent's election follows as leader "
+                   "(never a node); a message that carries a term must carry the term it "
+                   "is followed in",
     Sender.NAMED: "the sender is the member the message speaks for (the field in brackets)",
     Sender.OPERATOR: "an operator certificate: in no roster, an operator's machine outside "
                      "the cloud",
@@ -148,25 +149,27 @@ class InForce:
 
 
 NO_ROSTER = InForce()
+"""An agent that serves no cloud yet, and does not know its own certificate."""
 
 #: Seconds a member that speaks as leader of a term newer than the followed one is told to
 #: wait before it asks again: about one round of asking the pool hosts who leads.
 RETRY_NEWER = 1.0
-"""An agent that serves no cloud yet, and does not know its own certificate."""
 
 _MEMBER = anyone_of(Sender.HOST, Sender.NODE)
 _LEADER = anyone_of(Sender.LEADER)
+_ELECTION_RULES = "the election's own table (`cloudd/election/authority.py`): only pool hosts " \
+    "lead or hold leases"
 _O = OperatorOp
 
 ROUTES: tuple[Route, ...] = (
     # Membership and election: every member probes, gossips (on its probes: a Gossip alone
     # is no message) and may stand (the election core applies the bully rules to what gets
     # through); only hosts grant leases.
-    *(Route(cls, Duty.ELECTION, _MEMBER) for cls in (
+    *(Route(cls, Duty.ELECTION, _MEMBER, note=_ELECTION_RULES) for cls in (
         em.Ping, em.Ack, em.PingReq, em.WhoLeads, em.LeaderIs, em.Election,
         em.Answer, em.Coordinator, em.Resign, em.LeaseRequest, em.LeaseRelease)),
-    Route(em.LeaseGrant, Duty.ELECTION, anyone_of(Sender.HOST)),
-    Route(em.LeaseReject, Duty.ELECTION, anyone_of(Sender.HOST)),
+    Route(em.LeaseGrant, Duty.ELECTION, anyone_of(Sender.HOST), note=_ELECTION_RULES),
+    Route(em.LeaseReject, Duty.ELECTION, anyone_of(Sender.HOST), note=_ELECTION_RULES),
     # The leader commands hosts and assigns roles; hosts and nodes speak for themselves.
     Route(HostCommand, Duty.HOST_COMMAND, _LEADER, to=To.HOST, request=True,
           note="the host then checks the lease it granted for the command's term"),
@@ -247,8 +250,8 @@ def standing(sender: Identity, here: InForce) -> frozenset[Sender]:
             kinds.add(Sender.HOST)
     elif sender.name in here.nodes and sender.cloud == here.cloud:
         kinds.add(Sender.NODE)
-    if kinds & {Sender.HOST, Sender.NODE} and here.leader and sender.name == here.leader:
-        kinds.add(Sender.LEADER)
+    if Sender.HOST in kinds and sender.name == here.leader:
+        kinds.add(Sender.LEADER)  # only pool hosts lead (cloudd.election.authority)
     return frozenset(kinds)
 
 
@@ -290,7 +293,8 @@ def describe(sender: Identity, here: InForce) -> str:
     if kind is MemberKind.NODE and sender.cloud != here.cloud:
         return f"{cert}, not of {here.cloud}"
     who = f"a {_WORD[kind]} of {here.cloud}"
-    return f"{who} and its leader in term {here.term}" if name == here.leader else who
+    leads = kind is MemberKind.HOST and name == here.leader
+    return f"{who} and its leader in term {here.term}" if leads else who
 
 
 def rule_text(route: Route) -> str:

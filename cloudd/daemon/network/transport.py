@@ -168,6 +168,8 @@ class _Conn:
             return
         try:
             await self.owner.handler(self.identity, frame.msg)
+        except ClouddError as exc:  # a refusal the handler meant: one line, no traceback
+            self.owner.log.warning("message_dropped", peer=self.peer, reason=str(exc))
         except Exception as exc:  # a handler bug must not cut the peer off
             self.owner.log.exception("handler_failed", peer=self.peer, reason=_reason(exc))
 

@@ -191,6 +191,24 @@ async def test_a_host_answers_the_leaders_commands_and_forwards_its_events(
     assert pm1.member.host.agent is None
 
 
+async def test_a_host_runs_commands_for_its_lease_holder_and_for_itself_while_it_acts(
+        tmp_path: Path, rigs: list[Rig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the host asks before a command: did it grant the sender its lease for exactly
+    that term, or is the sender this agent itself, acting in that term (it may lead on the
+    other hosts' leases while its own is still bound elsewhere)."""
+    pm1 = rig(tmp_path, rigs, "pm1", backend=FakeBackend(clock=FakeClock().monotonic))
+    duties = pm1.member.host
+    assert duties is not None
+    # the election's answer (pm2 holds this host's lease for term 5), stood in for here
+    monkeypatch.setattr(pm1.member.election, "holds_lease", lambda m, t: (m, t) == ("pm2", 5))
+    assert duties.holds_lease("pm2", 5)
+    assert not duties.holds_lease("pm2", 6) and not duties.holds_lease("pm1", 5)
+    monkeypatch.setattr(pm1.member, "acting_term", lambda: 7)
+    assert duties.holds_lease("pm1", 7)
+    assert not duties.holds_lease("pm1", 6) and not duties.holds_lease("pm1", 8)
+    assert not duties.holds_lease("pm2", 7)  # this agent's acting speaks for itself only
+
+
 async def test_a_domain_event_from_a_host_reaches_the_controller(
         tmp_path: Path, rigs: list[Rig], monkeypatch: pytest.MonkeyPatch) -> None:
     pm1 = rig(tmp_path, rigs, "pm1")

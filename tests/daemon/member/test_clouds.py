@@ -16,10 +16,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from cloudd.config.model import Cloud, Ensure
-from cloudd.config.portable import portable_text
+from cloudd.config.portable import Recipient, portable_text, text_for
 from cloudd.config.registry import Change, ManifestEvent
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.clouds import OPEN_RETRY, Above, Clouds
 from cloudd.daemon.member.manifests import ManifestFolder
 from cloudd.daemon.network.catalogue import (
@@ -64,6 +65,24 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
 
 def loaded(cloud: Cloud) -> ManifestEvent:
     return ManifestEvent(Change.LOADED, cloud.source, cloud)
+
+
+@contextlib.asynccontextmanager
+async def following(clouds: Clouds) -> AsyncIterator[CloudMember]:
+    """The member's election running and following pm2 in term 4 (it cannot lead: no host
+    quorum here), until the block ends."""
+    member = clouds.serving()
+    assert member is not None
+    election = asyncio.create_task(member.election.run())
+    try:
+        await asyncio.sleep(0)
+        await clouds._handle(PM2, Coordinator(term=4))
+        assert (member.election.leader, member.election.term) == ("pm2", 4)
+        yield member
+    finally:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
 
 
 async def test_without_a_cloud_only_offers_are_taken(agent: Agent, tmp_path: Path) -> None:
@@ -119,10 +138,7 @@ async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
     leader = dataclasses.replace(seed, origin=OfferOrigin.LEADER)
     assert await agent.clouds._handle(PM2, seed) is None  # a member hears its leader only
     assert await agent.clouds._handle(PM2, leader) is None  # pm2 does not lead (yet)
-    election = asyncio.create_task(member.election.run())
-    try:
-        await asyncio.sleep(0)
-        await agent.clouds._handle(PM2, Coordinator(term=4))
+    async with following(agent.clouds):
         assert await agent.clouds._handle(PM2, seed) is None
         # the leader offers this agent's own cloud, nothing else
         foreign = dataclasses.replace(leader, cloud="other", text=text.replace("shop", "other"))
@@ -133,23 +149,14 @@ async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
         assert await agent.clouds._handle(PM2, leader) is None  # a one-way message
         await agent.clouds._offers
         assert (agent.folder / "shop.yaml").read_text() == text
-    finally:
-        election.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await election
 
 
 async def test_the_newest_of_the_leaders_offers_waiting_is_the_one_installed(
         agent: Agent, tmp_path: Path) -> None:
     cloud = shop(tmp_path / "manifests")
     agent.clouds.on_manifest(loaded(cloud))
-    member = agent.clouds.serving()
-    assert member is not None
     first, second = (portable_text(cloud, cloud.text) + f"# {n}\n" for n in ("one", "two"))
-    election = asyncio.create_task(member.election.run())
-    try:
-        await asyncio.sleep(0)
-        await agent.clouds._handle(PM2, Coordinator(term=4))
+    async with following(agent.clouds):
         with capture_logs() as logs:
             for text in (first, second):
                 offer = ManifestOffer("shop", cloud.digest, text, OfferOrigin.LEADER, 4)
@@ -158,10 +165,6 @@ async def test_the_newest_of_the_leaders_offers_waiting_is_the_one_installed(
             await agent.clouds._offers
         assert (agent.folder / "shop.yaml").read_text() == second
         assert [e["event"] for e in logs].count("manifest_installed") == 1
-    finally:
-        election.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await election
 
 
 async def test_a_seed_must_name_its_sender_and_this_agent(agent: Agent,
@@ -245,34 +248,26 @@ async def test_while_running_the_operators_duties_are_served_and_its_tasks_owned
     above = OperatorRoom()
     cloud = shop(tmp_path / "manifests")
     agent.clouds.on_manifest(loaded(cloud))
-    member = agent.clouds.serving()
-    assert member is not None
-    election = asyncio.create_task(member.election.run())
-    await asyncio.sleep(0)
-    await agent.clouds._handle(PM2, Coordinator(term=4))
-    assert member.election.leader == "pm2"
-    # an operator drops a new generation here while pm2 leads: it goes to the leader
-    newer = shop(tmp_path / "manifests", MANIFEST + "# edited\n")
-    agent.clouds.on_manifest(loaded(newer))
-    assert above.handed == []  # owned by the agent's task group: starts when it runs
-    run = asyncio.create_task(agent.clouds.run(above=above.above()))
-    try:
-        for _ in range(100):
-            if above.handed:
-                break
-            await asyncio.sleep(0)
-        assert above.handed == ["shop"]
-        request = OperatorRequest(OperatorOp.PLAN, "shop", "{}")
-        assert (await agent.clouds._handle(PM2, request)).ok
-        assert await agent.clouds._handle(PM2, InspectWanted("shop")) == "view"
-        assert above.requests == [("pm2", request), ("pm2", InspectWanted("shop"))]
-    finally:
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-        election.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await election
+    async with following(agent.clouds):
+        # an operator drops a new generation here while pm2 leads: it goes to the leader
+        newer = shop(tmp_path / "manifests", MANIFEST + "# edited\n")
+        agent.clouds.on_manifest(loaded(newer))
+        assert above.handed == []  # owned by the agent's task group: starts when it runs
+        run = asyncio.create_task(agent.clouds.run(above=above.above()))
+        try:
+            for _ in range(100):
+                if above.handed:
+                    break
+                await asyncio.sleep(0)
+            assert above.handed == ["shop"]
+            request = OperatorRequest(OperatorOp.PLAN, "shop", "{}")
+            assert (await agent.clouds._handle(PM2, request)).ok
+            assert await agent.clouds._handle(PM2, InspectWanted("shop")) == "view"
+            assert above.requests == [("pm2", request), ("pm2", InspectWanted("shop"))]
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
     assert above.cancelled.is_set()  # the hand-over ended with the agent
 
 
@@ -286,20 +281,21 @@ async def test_a_node_hands_no_generation_over(tmp_path: Path) -> None:
                                locate=lambda cloud: None, rescan=lambda: None)
     clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
                     node_side_factory=FakeNodeSide, identity=node(DB))
-    clouds.on_manifest(loaded(shop(tmp_path / "manifests")))
-    member = clouds.serving()
-    assert member is not None and member.is_node
-    election = asyncio.create_task(member.election.run())
+    cloud = shop(tmp_path / "manifests")
+    clouds.on_manifest(loaded(cloud))
     try:
-        await asyncio.sleep(0)
-        await clouds._handle(PM2, Coordinator(term=4))
-        assert member.election.leader == "pm2"
-        clouds.on_manifest(loaded(shop(tmp_path / "manifests", MANIFEST + "# edited\n")))
-        assert member.cloud.text.endswith("# edited\n") and clouds._later == []
+        async with following(clouds) as member:
+            assert member.is_node
+            clouds.on_manifest(loaded(shop(tmp_path / "manifests", MANIFEST + "# edited\n")))
+            assert member.cloud.text.endswith("# edited\n") and clouds._later == []
+            # the leader's generation, a node's view of it, is installed all the same
+            view = text_for(cloud, Recipient.NODE) + "# next\n"
+            offer = ManifestOffer("shop", cloud.digest, view, OfferOrigin.LEADER, 4)
+            assert await clouds._handle(PM2, offer) is None
+            assert clouds._offers is not None
+            await clouds._offers
+            assert (me.manifest_dir / "shop.yaml").read_text() == view
     finally:
-        election.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await election
         events.close()
 
 

@@ -112,8 +112,9 @@ def test_the_operators_certificate_may_apply_and_inspect_and_nothing_else() -> N
     (Identity("laptop", OP), HERE, {Sender.OPERATOR}),
     (Identity("pm1", OP), HERE, {Sender.OPERATOR}),  # in no roster, whatever its name
     (Identity("pm2", N, "c"), HERE, set()),  # the leader's name on a node certificate
-    (Identity("n1", N, "c"), dataclasses.replace(HERE, leader="n1"),
-     {Sender.NODE, Sender.LEADER}),
+    # only pool hosts lead: a node certificate never speaks as leader, even if the election
+    # here were ever to follow its name
+    (Identity("n1", N, "c"), dataclasses.replace(HERE, leader="n1"), {Sender.NODE}),
     (Identity("pm2", H), NO_ROSTER, {Sender.HOST_CERT}),
     (Identity("n1", N, "c"), NO_ROSTER, set()),
 ])
@@ -146,6 +147,7 @@ def test_a_leader_speaks_as_leader_only_in_the_term_it_is_followed_in() -> None:
     (Identity("n1", N, "c"), HERE, "a node of c"),
     (Identity("pm3", H), HERE, "a pool host of c"),
     (Identity("pm2", H), HERE, "a pool host of c and its leader in term 5"),
+    (Identity("n1", N, "c"), dataclasses.replace(HERE, leader="n1"), "a node of c"),
 ])
 def test_a_refusal_says_what_the_sender_is_here(who: Identity, here: InForce,
                                                 text: str) -> None:
@@ -176,6 +178,9 @@ def test_a_refusal_says_what_the_sender_is_here(who: Identity, here: InForce,
      "OperatorRequest (op apply) from laptop (an operator certificate): only a pool host or "
      "an operator certificate may send it to a pool host, and this agent is an agent with "
      "no cloud yet"),
+    (Identity("n1", N, "c"), HostCommand(Op.LIST, 5), dataclasses.replace(HERE, leader="n1"),
+     "HostCommand from n1 (a node of c): only the leader of the current term may send it, "
+     "and this agent follows n1 in term 5"),
     (Identity("pm2", H), em.Ping(1, "pm1", "", 0), InForce(me=N),
      "Ping from pm2 (a host certificate, and this agent has no roster yet): only a pool "
      "host or a node of this cloud may send it"),
