@@ -38,6 +38,7 @@ agent=$(/opt/cloudd/venv/bin/cloudd --help >/dev/null 2>&1 && echo ok || echo br
 machineid=$(test -s /etc/machine-id && echo set || echo empty)
 echo "PROBE system=$(systemctl is-system-running) \
 multiuser=$(systemctl is-active multi-user.target) \
+cloudd_load=$(show cloudd.service LoadState) cloudd_enabled=$(systemctl is-enabled cloudd.service) \
 cloudd=$(show cloudd.service ActiveState) cloudd_assert=$(show cloudd.service AssertResult) \
 nginx=$(systemctl is-enabled nginx.service) mariadb=$(systemctl is-enabled mariadb.service) \
 agent=$agent root=$(passwd -S root | cut -d' ' -f2) machineid=$machineid \
@@ -124,8 +125,10 @@ def test_web_image_boots_to_multi_user_with_the_agent_unit_waiting_for_its_ident
     float(probe.pop("uptime"))  # the guest's seconds to a finished boot, printed above
     assert probe == {
         "system": "running", "multiuser": "active",
-        # No identity yet (a node's seed brings /etc/cloudd/agent.yaml): the unit's
+        # The unit is there and enabled (an absent unit also shows inactive, assert "no"),
+        # but no identity yet (a node's seed brings /etc/cloudd/identity.json): the unit's
         # AssertPathExists fails cleanly and the agent is not started.
+        "cloudd_load": "loaded", "cloudd_enabled": "enabled",
         "cloudd": "inactive", "cloudd_assert": "no",
         # The agent runs these itself under its supervisor.
         "nginx": "disabled", "mariadb": "disabled",
