@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import ISSUER_CERT, ISSUER_KEY, MemberKind, PkiFiles, init_ca, issue
@@ -247,7 +247,7 @@ class AgentLab:
         self.clocks: dict[str, TimeServer] = {}
 
     # -- building -------------------------------------------------------------------------
-    def open(self) -> AgentLab:
+    def open(self) -> Self:
         self.lock.acquire()
         stale = [] if os.environ.get("CLOUDD_KEEP_LAB") else [
             p for p in self.root.parent.glob(f"cloudd-{self.prefix}-*")
@@ -513,7 +513,7 @@ class AgentLab:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.lock.release()
 
-    def __enter__(self) -> AgentLab:
+    def __enter__(self) -> Self:
         try:
             return self.open()
         except BaseException:

@@ -31,7 +31,6 @@ from pathlib import Path
 from cloudd.commands.image import ensure_image
 from cloudd.images.store import Image
 from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
-from cloudd_lab.agentlab import AgentLab
 from cloudd_lab.paths import example_template
 from cloudd_lab.vmlab import IMAGES, VmLab
 
@@ -49,28 +48,28 @@ class ImageLab(VmLab):
     password: str = "correct horse 'battery'"
     #: The guests take the pool hosts as their only time servers: each serves.
     time_servers: bool = True
+    #: The node image, when the caller has it already (None: found or built at `open`).
+    image: Image | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.template = example_template(self.cloud_type)
-        self.image: Image | None = None
 
-    def open(self) -> ImageLab:
-        self.lock.acquire()  # before removing the prefix's domains: they may be a living lab's
-        self.image = ensure_image(self.cloud_type)
-        self.template_values = {"kernel": str(self.image.kernel),
-                                "initrd": str(self.image.initrd),
-                                "bridge": f"{self.prefix}br", **self.template_values}
-        self.remove_domains()
-        IMAGES.mkdir(parents=True, exist_ok=True)
+    def boot_values(self) -> dict[str, str]:
+        """The image's kernel and initramfs (the image found or built now, unless given)."""
+        if self.image is None:
+            self.image = ensure_image(self.cloud_type)
+        return {"kernel": str(self.image.kernel), "initrd": str(self.image.initrd)}
+
+    def prepare_nodes(self) -> None:
+        """No overlay or seed of an earlier lab, the database password's secret file, and the
+        lab's SSH key pair."""
         self.remove_node_files()
         secrets = self.root / "secrets"
         secrets.mkdir(mode=0o700)
         (secrets / "db_password").write_text(self.password + "\n")
         (secrets / "db_password").chmod(0o600)
         self.make_ssh_key()
-        AgentLab.open(self)
-        return self
 
     def libvirt_settings(self) -> str:
         """The hosts' image folders: the nodes' overlays and seeds, and the image cache (the

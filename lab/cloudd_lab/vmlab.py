@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import MemberKind, issue
@@ -108,26 +108,26 @@ class VmLab(AgentLab):
                                    SYSTEM, "--host", host, "--cloud", cloud,
                                    "--record", str(record)]
 
-    def open(self) -> VmLab:
+    def open(self) -> Self:
         self.lock.acquire()  # before removing the prefix's domains: they may be a living lab's
-        image = testguest.build_test_guest(GUEST_DIR)
-        self.template_values = {
-            "kernel": str(image.kernel), "initrd": str(image.initrd),
-            "bridge": f"{self.prefix}br",
-            "agent_cmd64": base64.b64encode(agent_command().encode()).decode(),
-            **self.template_values}
+        self.template_values = {"bridge": self.net.bridge, **self.boot_values(),
+                                **self.template_values}
         self.remove_domains()
         IMAGES.mkdir(parents=True, exist_ok=True)
-        self.image_file.write_bytes(b"")
+        self.prepare_nodes()
         super().open()
         return self
 
-    def __enter__(self) -> VmLab:
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
+    def boot_values(self) -> dict[str, str]:
+        """The template's values for what the guests boot: the test guest's kernel and
+        initrd, and the agent's command for its /init."""
+        image = testguest.build_test_guest(GUEST_DIR)
+        return {"kernel": str(image.kernel), "initrd": str(image.initrd),
+                "agent_cmd64": base64.b64encode(agent_command().encode()).decode()}
+
+    def prepare_nodes(self) -> None:
+        """What the nodes need before the agents start: the (empty) image every node names."""
+        self.image_file.write_bytes(b"")
 
     # -- the cloud's domains --------------------------------------------------------------
     def domain(self, node: str) -> str:
