@@ -22,10 +22,10 @@ import base64
 import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from cloudd.pki import MemberKind, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
 from cloudd_lab import testguest
-from cloudd_lab.agentlab import CLOUDD, AgentLab, AgentProc
+from cloudd_lab.agentlab import CLOUDD, AgentLab, AgentProc, lab_root
 from cloudd_lab.paths import resource
 
 SYSTEM = "qemu:///system"
@@ -97,8 +97,8 @@ class VmLab(AgentLab):
     def __post_init__(self) -> None:
         super().__post_init__()
         # AgentLab made its root under /tmp, which the guests do not see: move it.
-        self.root.rmdir()
-        self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{self.prefix}-", dir=LAB_PARENT))
+        shutil.rmtree(self.root)
+        self.root = lab_root(self.prefix, parent=LAB_PARENT)
         self.root.chmod(0o755)
         self.fence_record = self.root / "fences"
         self.image_file = IMAGES / f"{self.cloud_name}-node.img"
@@ -340,7 +340,7 @@ def leftovers(prefix: str) -> list[str]:
             continue
         with contextlib.suppress(OSError):
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if f"/cloudd-{prefix}-" in cmd and "cloudd" in cmd:
+            if f"/cloudd-{prefix}-" in cmd:
                 out.append(f"process {proc.name}: {cmd.strip()}")
     roots = [p for p in LAB_PARENT.glob(f"cloudd-{prefix}-*")
              if not os.environ.get("CLOUDD_KEEP_LAB")]
