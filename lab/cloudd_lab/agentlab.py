@@ -368,6 +368,24 @@ class AgentLab:
                         self.root / name / "chrony").start()
         return self
 
+    def add_outsider(self, name: str = "outsider") -> AgentProc:
+        """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest), as on
+        an operator's machine: it holds an operator certificate. Started by `start`."""
+        ns = self.net.add_netns(name[:12])
+        pki = self.root / "pki"
+        issue(pki, name, now=dt.datetime.now(dt.UTC), kind=MemberKind.OPERATOR,
+              addresses=[ns.ip])
+        folder = self.root / name
+        (folder / "manifests").mkdir(parents=True)
+        (folder / "agent.yaml").write_text(
+            f"name: {name}\nprofile: {self.profile}\n"
+            f"listen: {{address: {ns.ip}}}\n"
+            f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
+            f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
+            f"api_socket: {folder / 'api.sock'}\n")
+        self.agents[name] = AgentProc(name, ns, folder)
+        return self.agents[name]
+
     def time_server(self, host: str) -> TimeServer:
         """The chronyd of pool host `host` (with `time_servers`)."""
         return self.clocks[host]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import os
 import shutil
 import signal
@@ -33,11 +32,10 @@ from pathlib import Path
 from typing import Any, Self
 
 from cloudd.client.api import ApiClient, ApiError
-from cloudd.pki import MemberKind, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
 from cloudd_lab import testguest
-from cloudd_lab.agentlab import CLOUDD, AgentLab, AgentProc, lab_root
+from cloudd_lab.agentlab import CLOUDD, AgentLab, lab_root
 from cloudd_lab.paths import resource
 
 SYSTEM = "qemu:///system"
@@ -253,25 +251,6 @@ class VmLab(AgentLab):
                     f"not within {bound:.0f} s: agents of {sorted(set(wanted) - set(seen))} "
                     f"rejoined; domains: {self.domains()}; leader view: {view}")
             time.sleep(0.25)
-
-    def add_outsider(self, name: str = "outsider") -> AgentProc:
-        """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest), as
-        on an operator's machine: it holds an operator certificate."""
-        ns = self.net.add_netns(name[:8])
-        now = dt.datetime.now(dt.UTC)
-        pki = self.root / "pki"
-        issue(pki, name, now=now, kind=MemberKind.OPERATOR, addresses=[ns.ip])
-        folder = self.root / name
-        (folder / "manifests").mkdir(parents=True)
-        (folder / "agent.yaml").write_text(
-            f"name: {name}\nprofile: {self.profile}\n"
-            f"listen: {{address: {ns.ip}}}\n"
-            f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
-            f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
-            f"api_socket: {folder / 'api.sock'}\n")
-        self.agents[name] = AgentProc(name, ns, folder)
-        self.start(name)
-        return self.agents[name]
 
     def leader(self) -> str | None:
         view = self.leader_view()
