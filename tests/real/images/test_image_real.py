@@ -20,7 +20,7 @@ import pytest
 
 from cloudd.commands.image import ensure_image
 from cloudd.images.build import Stage
-from cloudd.images.store import DEFAULT_CACHE, Image
+from cloudd.images.store import DEFAULT_CACHE, Image, backing_file
 
 pytestmark = pytest.mark.libvirt  # QEMU as libvirt would run it; libvirtd itself is not used
 
@@ -146,3 +146,16 @@ def test_a_second_build_finds_the_image_in_the_cache(image: tuple[Image, list[St
     for name in ("systemd", "cloud-init", "python3", "nginx", "mariadb-server",
                  "ruby-webrick", "linux-image-cloud-amd64"):
         assert packages.get(name), name
+
+
+def test_the_cache_reads_the_base_of_an_overlay_qemu_img_made(tmp_path: Path, have) -> None:
+    """`store.backing_file`, which keeps an overlay's base image from pruning, reads what
+    qemu-img writes, absolute or relative."""
+    have("qemu-img")
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    assert backing_file(base) is None
+    for name, backing in (("abs.qcow2", str(base)), ("rel.qcow2", base.name)):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing,
+                        str(tmp_path / name)], check=True)
+        assert backing_file(tmp_path / name) == base
