@@ -25,12 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from cloudd.commands.image import ensure_image
-from cloudd_lab.agentlab import CLOUDD
+from cloudd_lab.agentlab import CLI
 from cloudd_lab.imagelab import ImageLab
 from cloudd_lab.vmlab import leftovers, poll, virsh
 from cloudd_lab.webclient import Client, entries, serves, write
 
-CLI = CLOUDD.removesuffix("cloudd") + "cloudd-cli"
 NODES = {"database": 1, "server": 1, "balancer": 1}
 #: generous bounds: 2 shared cores, Debian guests booting systemd under TCG
 BOOT = 1200.0
