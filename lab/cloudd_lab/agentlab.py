@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import ISSUER_CERT, ISSUER_KEY, MemberKind, PkiFiles, init_ca, issue
@@ -290,6 +290,8 @@ class AgentLab:
     own_pki: bool = False
     #: each pool host's namespace serves time to the lab's subnet (see `time_server`)
     time_servers: bool = False
+    #: the guests a kernel boots are test guests, which share the host's `/`
+    shares_host_root: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.root = lab_root(self.prefix)
@@ -397,16 +399,19 @@ class AgentLab:
         return PkiFiles.for_member(folder, name)
 
     def libvirt_settings(self) -> str:
-        """The agents' `libvirt` settings, as YAML. A test guest (a template with a kernel)
-        boots the lab's kernel and initrd, whose folder becomes an image folder, and shares
-        the host's `/`, which only the lab-only setting allows."""
+        """The agents' `libvirt` settings, as YAML. Guests booted by direct kernel boot (a
+        template with a kernel) have the folder of their kernel and initrd as an image folder
+        too; a test guest shares the host's `/` (`shares_host_root`), which only the lab-only
+        setting allows."""
         boot = sorted({str(Path(self.template_values[k]).parent)
                        for k in ("kernel", "initrd") if k in self.template_values})
         if not boot:
             return json.dumps({"uri": self.libvirt_uri})
-        return json.dumps({"uri": self.libvirt_uri,
-                           "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS), *boot],
-                           "lab_allow_host_root_share": True})
+        settings: dict[str, Any] = {
+            "uri": self.libvirt_uri, "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS), *boot]}
+        if self.shares_host_root:
+            settings["lab_allow_host_root_share"] = True
+        return json.dumps(settings)
 
     def manifest(self, members: Sequence[tuple[str, Netns | None, str]]) -> str:
         pool = []

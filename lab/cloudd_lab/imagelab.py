@@ -27,10 +27,10 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cloudd.commands.image import ensure_image
 from cloudd.images.store import Image
-from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 from cloudd_lab.paths import example_template
 from cloudd_lab.vmlab import IMAGES, VmLab
 
@@ -50,6 +50,9 @@ class ImageLab(VmLab):
     time_servers: bool = True
     #: The node image, when the caller has it already (None: found or built at `open`).
     image: Image | None = None
+    #: The hosts' image folders are theirs and the image cache's (base image, kernel and
+    #: initramfs); nothing of the host is shared.
+    shares_host_root: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,14 +73,6 @@ class ImageLab(VmLab):
         (secrets / "db_password").write_text(self.password + "\n")
         (secrets / "db_password").chmod(0o600)
         self.make_ssh_key()
-
-    def libvirt_settings(self) -> str:
-        """The hosts' image folders: the nodes' overlays and seeds, and the image cache (the
-        base image, its kernel and initramfs). No share of the host's `/`."""
-        assert self.image is not None
-        return json.dumps({"uri": self.libvirt_uri,
-                           "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS),
-                                          str(self.image.folder)]})
 
     def overlay(self, node: str) -> Path:
         """The node's own disk: an overlay of the image in the hosts' first image folder."""
