@@ -208,25 +208,27 @@ def _agent(root: Path, agent: AgentPayload, wheels: list[Path]) -> str:
 
 def _configure(root: Path, changes: tuple[rootfs.Change, ...]) -> str:
     for change in changes:
-        path = _inside(root, change.path if not isinstance(change, rootfs.Remove)
-                       else change.pattern)
-        if isinstance(change, rootfs.Write):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink():
-                path.unlink()  # never write through a link the packages left
-            path.write_text(change.text)
-            path.chmod(change.mode)
-        elif isinstance(change, rootfs.Link):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink() or path.exists():
-                path.unlink()
-            path.symlink_to(change.target)
-        else:
-            for match in root.glob(change.pattern.lstrip("/")):
-                if match.is_dir() and not match.is_symlink():
-                    shutil.rmtree(match)
-                else:
-                    match.unlink()
+        match change:
+            case rootfs.Write(path=where, text=text, mode=mode):
+                path = _inside(root, where)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink():
+                    path.unlink()  # never write through a link the packages left
+                path.write_text(text)
+                path.chmod(mode)
+            case rootfs.Link(path=where, target=target):
+                path = _inside(root, where)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink() or path.exists():
+                    path.unlink()
+                path.symlink_to(target)
+            case rootfs.Remove(pattern=pattern):
+                _inside(root, pattern)
+                for found in root.glob(pattern.lstrip("/")):
+                    if found.is_dir() and not found.is_symlink():
+                        shutil.rmtree(found)
+                    else:
+                        found.unlink()
     shadow = root / "etc/shadow"
     shadow.write_text(rootfs.lock_root(shadow.read_text()))
     off = [c.pattern.removeprefix(rootfs.WANTS) for c in changes
