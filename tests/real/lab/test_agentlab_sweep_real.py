@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cloudd_lab.agentlab import AgentLab, lab_root
+from cloudd_lab.agentlab import AgentLab, LabLock, lab_root
 
 
 def _exists(path: str) -> bool:
@@ -61,6 +61,7 @@ def test_a_dead_runs_bridge_namespaces_agents_and_folder_are_swept_and_the_lab_o
         subprocess.run(["ip", "netns", "del", f"{prefix}-pm1"], capture_output=True, check=False)
         kept.rmdir()
         shutil.rmtree(waiting, ignore_errors=True)
+        LabLock(prefix).path.unlink(missing_ok=True)  # the prefix is this run's alone
 
 
 def _netns_pids(ns: str) -> list[str]:
