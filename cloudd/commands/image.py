@@ -22,6 +22,7 @@ from cloudd.commands.bootstrap.wheels import Checkout, Source, build_wheels, run
 from cloudd.images.build import AgentPayload, Stage, build_image
 from cloudd.images.packages import TYPES, ImageBuildError, image_type
 from cloudd.images.store import DEFAULT_CACHE, Image, publish
+from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 
 
 def register(subparsers: Any) -> None:
@@ -62,7 +63,7 @@ def ensure_image(kind: str = "web", *, cache: Path = DEFAULT_CACHE, out: Path | 
     src = Checkout(source) if source is not None else running_source()
     src.check()
     image = build_image(image_type(kind), agent=agent_for(src, cache=cache), cache=cache,
-                        report=report)
+                        report=report, overlay_dirs=DEFAULT_IMAGE_DIRS)
     return publish(image, out) if out is not None else image
 
 

@@ -14,6 +14,7 @@ part of the key), and looks the image up by its key: found, it returns at once. 
   kernel      the tree's cloud kernel and initramfs, kept beside the image for direct boot
   filesystem  `mkfs.ext4 -d` of the tree into a raw file: no loop device, no mount
   qcow2       `qemu-img convert`
+  prune       the older images of the kind, but the last used and those under an overlay
 
 Each stage reports one line with its seconds. Nothing is mounted by this code (mmdebstrap's
 root mode mounts /proc and /dev inside its own scratch tree while packages install, and
@@ -31,7 +32,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +95,11 @@ def recipe(kind: ImageType, *, wheels: list[Path], unit: str, venv: str = "/opt/
 
 
 def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Report,
-                apt_dir: Path = Path("/etc/apt"),
+                apt_dir: Path = Path("/etc/apt"), overlay_dirs: Sequence[Path] = (),
                 clock: Callable[[], float] = time.monotonic) -> Image:
-    """The image of `kind` in `cache`, built now unless the cache has it."""
+    """The image of `kind` in `cache`, built now unless the cache has it; a build removes the
+    older images of `kind` but the last used and those an overlay in `overlay_dirs` (or in the
+    cache) is made on (`store.prune`)."""
     with store.locked(cache) as waited:
         if waited >= 1.0:
             report(Stage("lock", waited, "waited for another build to finish"))
@@ -108,6 +111,7 @@ def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Re
                                apt_dir=apt_dir)
         image = Image(plan.name, cache)
         if image.exists():
+            store.touch(image)
             report(Stage("cached", 0.0, str(image.qcow2)))
             return image
         _check_tools()
@@ -120,6 +124,11 @@ def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Re
             store.install(work, image)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        start = clock()
+        removed = store.prune(cache, image, overlay_dirs=overlay_dirs)
+        if removed:
+            report(Stage("prune", clock() - start, f"removed the older {', '.join(removed)} "
+                         f"(the cache keeps the {store.KEEP} last used, and those in use)"))
         return image
 
 
@@ -199,25 +208,27 @@ def _agent(root: Path, agent: AgentPayload, wheels: list[Path]) -> str:
 
 def _configure(root: Path, changes: tuple[rootfs.Change, ...]) -> str:
     for change in changes:
-        path = _inside(root, change.path if not isinstance(change, rootfs.Remove)
-                       else change.pattern)
-        if isinstance(change, rootfs.Write):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink():
-                path.unlink()  # never write through a link the packages left
-            path.write_text(change.text)
-            path.chmod(change.mode)
-        elif isinstance(change, rootfs.Link):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink() or path.exists():
-                path.unlink()
-            path.symlink_to(change.target)
-        else:
-            for match in root.glob(change.pattern.lstrip("/")):
-                if match.is_dir() and not match.is_symlink():
-                    shutil.rmtree(match)
-                else:
-                    match.unlink()
+        match change:
+            case rootfs.Write(path=where, text=text, mode=mode):
+                path = _inside(root, where)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink():
+                    path.unlink()  # never write through a link the packages left
+                path.write_text(text)
+                path.chmod(mode)
+            case rootfs.Link(path=where, target=target):
+                path = _inside(root, where)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink() or path.exists():
+                    path.unlink()
+                path.symlink_to(target)
+            case rootfs.Remove(pattern=pattern):
+                _inside(root, pattern)
+                for found in root.glob(pattern.lstrip("/")):
+                    if found.is_dir() and not found.is_symlink():
+                        shutil.rmtree(found)
+                    else:
+                        found.unlink()
     shadow = root / "etc/shadow"
     shadow.write_text(rootfs.lock_root(shadow.read_text()))
     off = [c.pattern.removeprefix(rootfs.WANTS) for c in changes

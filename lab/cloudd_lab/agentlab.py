@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import re
@@ -46,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.pki import ISSUER_CERT, ISSUER_KEY, MemberKind, PkiFiles, init_ca, issue
@@ -60,31 +61,85 @@ CLOUDD = str(Path(sys.executable).parent / "cloudd")
 CLI = str(Path(sys.executable).parent / "cloudd-cli")
 
 
+#: The file in a lab's folder naming the process that made it.
+OWNER = ".owner"
+#: Listings a sweep makes at most: a dead run's process may fork between a listing and its kill.
+_SWEEP_ROUNDS = 5
+
+
+def lab_root(prefix: str, *, parent: Path | None = None) -> Path:
+    """A new lab folder `cloudd-PREFIX-XXXXXXXX` (in `parent`, default the temporary folder),
+    naming the process that made it: a lab made before it holds the prefix's lock (it waits
+    for another run's lab) is a living one, whose folder that other lab's sweep must keep."""
+    root = Path(tempfile.mkdtemp(prefix=f"cloudd-{prefix}-", dir=parent))
+    (root / OWNER).write_text(f"{os.getpid()}\n")
+    return root
+
+
+def stale_folders(prefix: str, parent: Path, *, mine: Path) -> list[Path]:
+    """The lab folders of `prefix` in `parent` that no living process made (`mine` aside)."""
+    shape = re.compile(f"cloudd-{re.escape(prefix)}-[a-z0-9_]{{8}}")
+    return [p for p in sorted(parent.glob(f"cloudd-{prefix}-*"))
+            if p != mine and shape.fullmatch(p.name) and not _made_by_a_living_process(p)]
+
+
+def _made_by_a_living_process(folder: Path) -> bool:
+    try:
+        pid = int((folder / OWNER).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):  # no owner file, or its process is gone
+        return False
+    return True
+
+
+def _kill_all(find: Callable[[], list[int]]) -> list[int]:
+    """SIGKILL every pid `find` lists, and list again until no new one appears (a process may
+    fork between a listing and its kill); the pids killed."""
+    killed: list[int] = []
+    for _ in range(_SWEEP_ROUNDS):
+        fresh = [pid for pid in find() if pid not in killed]
+        if not fresh:
+            break
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def _processes_naming(marker: str) -> list[int]:
+    """The processes (this one aside) whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+    return found
+
+
+def _netns_pids(ns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(pid) for pid in out.split() if pid.isdigit()]
+
+
 def sweep_stale(prefix: str, folders: Sequence[Path]) -> list[str]:
     """Remove what a dead lab of `prefix` left behind; what was removed.
 
-    Call it holding the prefix's `LabLock`: no living lab of that prefix exists then, so every
-    agent process, namespace, bridge and folder that carries the prefix is a killed run's
-    (an interrupted suite, a lost session), and would make this lab's bridge collide.
+    Call it holding the prefix's `LabLock`: no living lab of that prefix has processes,
+    namespaces or a bridge then, so every agent process (its command line names a lab folder,
+    `/cloudd-PREFIX-`), namespace, bridge and folder (`stale_folders`) that carries the prefix
+    is a killed run's (an interrupted suite, a lost session), and would make this lab's bridge
+    collide. Each kind of process is listed again after its kills until none is new.
     """
-    swept = []
     marker = f"/cloudd-{prefix}-"
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if marker in cmd and "cloudd" in cmd:
-                os.kill(int(proc.name), signal.SIGKILL)
-                swept.append(f"process {proc.name}")
+    swept = [f"process {pid}" for pid in _kill_all(functools.partial(_processes_naming, marker))]
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                            check=False).stdout
     for ns in (line.split()[0] for line in names.splitlines() if line.startswith(f"{prefix}-")):
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                              check=False).stdout.split()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
+        _kill_all(functools.partial(_netns_pids, ns))
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         swept.append(f"netns {ns}")
     if Path(f"/sys/class/net/{prefix}br").exists():
@@ -235,9 +290,11 @@ class AgentLab:
     own_pki: bool = False
     #: each pool host's namespace serves time to the lab's subnet (see `time_server`)
     time_servers: bool = False
+    #: the guests a kernel boots are test guests, which share the host's `/`
+    shares_host_root: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{self.prefix}-"))
+        self.root = lab_root(self.prefix)
         self.net = NetLab(self.prefix, subnet=self.subnet)
         self.agents: dict[str, AgentProc] = {}
         self.node_addresses: dict[str, str] = {}
@@ -247,12 +304,10 @@ class AgentLab:
         self.clocks: dict[str, TimeServer] = {}
 
     # -- building -------------------------------------------------------------------------
-    def open(self) -> AgentLab:
+    def open(self) -> Self:
         self.lock.acquire()
-        stale = [] if os.environ.get("CLOUDD_KEEP_LAB") else [
-            p for p in self.root.parent.glob(f"cloudd-{self.prefix}-*")
-            if p != self.root and re.fullmatch(f"cloudd-{re.escape(self.prefix)}-[a-z0-9_]{{8}}",
-                                               p.name)]
+        stale = [] if os.environ.get("CLOUDD_KEEP_LAB") else stale_folders(
+            self.prefix, self.root.parent, mine=self.root)
         for what in sweep_stale(self.prefix, stale):
             print(f"lab {self.prefix}: removed what a dead run left: {what}", file=sys.stderr)
         self.net.open()
@@ -315,6 +370,24 @@ class AgentLab:
                         self.root / name / "chrony").start()
         return self
 
+    def add_outsider(self, name: str = "outsider") -> AgentProc:
+        """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest), as on
+        an operator's machine: it holds an operator certificate. Started by `start`."""
+        ns = self.net.add_netns(name[:12])
+        pki = self.root / "pki"
+        issue(pki, name, now=dt.datetime.now(dt.UTC), kind=MemberKind.OPERATOR,
+              addresses=[ns.ip])
+        folder = self.root / name
+        (folder / "manifests").mkdir(parents=True)
+        (folder / "agent.yaml").write_text(
+            f"name: {name}\nprofile: {self.profile}\n"
+            f"listen: {{address: {ns.ip}}}\n"
+            f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
+            f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
+            f"api_socket: {folder / 'api.sock'}\n")
+        self.agents[name] = AgentProc(name, ns, folder)
+        return self.agents[name]
+
     def time_server(self, host: str) -> TimeServer:
         """The chronyd of pool host `host` (with `time_servers`)."""
         return self.clocks[host]
@@ -326,16 +399,19 @@ class AgentLab:
         return PkiFiles.for_member(folder, name)
 
     def libvirt_settings(self) -> str:
-        """The agents' `libvirt` settings, as YAML. A test guest (a template with a kernel)
-        boots the lab's kernel and initrd, whose folder becomes an image folder, and shares
-        the host's `/`, which only the lab-only setting allows."""
+        """The agents' `libvirt` settings, as YAML. Guests booted by direct kernel boot (a
+        template with a kernel) have the folder of their kernel and initrd as an image folder
+        too; a test guest shares the host's `/` (`shares_host_root`), which only the lab-only
+        setting allows."""
         boot = sorted({str(Path(self.template_values[k]).parent)
                        for k in ("kernel", "initrd") if k in self.template_values})
         if not boot:
             return json.dumps({"uri": self.libvirt_uri})
-        return json.dumps({"uri": self.libvirt_uri,
-                           "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS), *boot],
-                           "lab_allow_host_root_share": True})
+        settings: dict[str, Any] = {
+            "uri": self.libvirt_uri, "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS), *boot]}
+        if self.shares_host_root:
+            settings["lab_allow_host_root_share"] = True
+        return json.dumps(settings)
 
     def manifest(self, members: Sequence[tuple[str, Netns | None, str]]) -> str:
         pool = []
@@ -513,7 +589,7 @@ class AgentLab:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.lock.release()
 
-    def __enter__(self) -> AgentLab:
+    def __enter__(self) -> Self:
         try:
             return self.open()
         except BaseException:

@@ -27,11 +27,10 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cloudd.commands.image import ensure_image
 from cloudd.images.store import Image
-from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
-from cloudd_lab.agentlab import AgentLab
 from cloudd_lab.paths import example_template
 from cloudd_lab.vmlab import IMAGES, VmLab
 
@@ -49,36 +48,31 @@ class ImageLab(VmLab):
     password: str = "correct horse 'battery'"
     #: The guests take the pool hosts as their only time servers: each serves.
     time_servers: bool = True
+    #: The node image, when the caller has it already (None: found or built at `open`).
+    image: Image | None = None
+    #: The hosts' image folders are theirs and the image cache's (base image, kernel and
+    #: initramfs); nothing of the host is shared.
+    shares_host_root: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.template = example_template(self.cloud_type)
-        self.image: Image | None = None
 
-    def open(self) -> ImageLab:
-        self.lock.acquire()  # before removing the prefix's domains: they may be a living lab's
-        self.image = ensure_image(self.cloud_type)
-        self.template_values = {"kernel": str(self.image.kernel),
-                                "initrd": str(self.image.initrd),
-                                "bridge": f"{self.prefix}br", **self.template_values}
-        self.remove_domains()
-        IMAGES.mkdir(parents=True, exist_ok=True)
+    def boot_values(self) -> dict[str, str]:
+        """The image's kernel and initramfs (the image found or built now, unless given)."""
+        if self.image is None:
+            self.image = ensure_image(self.cloud_type)
+        return {"kernel": str(self.image.kernel), "initrd": str(self.image.initrd)}
+
+    def prepare_nodes(self) -> None:
+        """No overlay or seed of an earlier lab, the database password's secret file, and the
+        lab's SSH key pair."""
         self.remove_node_files()
         secrets = self.root / "secrets"
         secrets.mkdir(mode=0o700)
         (secrets / "db_password").write_text(self.password + "\n")
         (secrets / "db_password").chmod(0o600)
         self.make_ssh_key()
-        AgentLab.open(self)
-        return self
-
-    def libvirt_settings(self) -> str:
-        """The hosts' image folders: the nodes' overlays and seeds, and the image cache (the
-        base image, its kernel and initramfs). No share of the host's `/`."""
-        assert self.image is not None
-        return json.dumps({"uri": self.libvirt_uri,
-                           "image_dirs": [*(str(d) for d in DEFAULT_IMAGE_DIRS),
-                                          str(self.image.folder)]})
 
     def overlay(self, node: str) -> Path:
         """The node's own disk: an overlay of the image in the hosts' first image folder."""

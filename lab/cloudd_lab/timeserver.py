@@ -1,9 +1,10 @@
 """A lab pool host's time server: chronyd in the host's network namespace, as on a real host.
 
 A node takes its cloud's pool hosts as its only time servers (the chrony.conf its seed
-brings); a real pool host serves them with chrony (`allow SUBNET`, `local stratum 10`, as
-`cloudd-cli bootstrap` sets up). In a lab the pool hosts are agents in network namespaces of
-this machine, so each gets a chronyd of its own, which must leave this machine alone:
+brings); a real pool host serves them with chrony (`allow SUBNET`, `local stratum 10`: the
+drop-in `cloudd-cli bootstrap` writes, which the lab's servers take too). In a lab the pool
+hosts are agents in network namespaces of this machine, so each gets a chronyd of its own,
+which must leave this machine alone:
 
 - `-x`: it never adjusts this machine's clock (it serves the clock as it is, at stratum 10);
 - bound to its namespace's address only (`bindaddress`), serving the lab's subnet only;
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cloudd.commands.bootstrap.timeserver import drop_in
 
 CHRONYD = "/usr/sbin/chronyd"
 #: Seconds for a started chronyd to open its sockets (it takes milliseconds).
@@ -55,8 +58,10 @@ class TimeServer:
         return self.folder / "chronyd.log"
 
     def config(self) -> str:
-        return (f"# lab time server in {self.netns}: never adjusts this machine's clock (-x)\n"
-                f"bindaddress {self.address}\nallow {self.allow}\nlocal stratum 10\n"
+        """What bootstrap gives a pool host (`drop_in`), and where this one lives."""
+        return (drop_in([self.allow])
+                + f"# lab time server in {self.netns}: never adjusts this machine's clock (-x)\n"
+                f"bindaddress {self.address}\n"
                 f"cmdport 0\nbindcmdaddress {self.socket}\n"
                 f"pidfile {self.folder / 'chronyd.pid'}\n"
                 f"driftfile {self.folder / 'chrony.drift'}\n")

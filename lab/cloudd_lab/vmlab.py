@@ -20,24 +20,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cloudd.client.api import ApiClient, ApiError
-from cloudd.pki import MemberKind, issue
 from cloudd.vmctl.metadata import from_domain_xml
 from cloudd.vmctl.template import domain_name
 from cloudd_lab import testguest
-from cloudd_lab.agentlab import CLOUDD, AgentLab, AgentProc
+from cloudd_lab.agentlab import CLOUDD, AgentLab, lab_root
 from cloudd_lab.paths import resource
 
 SYSTEM = "qemu:///system"
@@ -97,8 +95,8 @@ class VmLab(AgentLab):
     def __post_init__(self) -> None:
         super().__post_init__()
         # AgentLab made its root under /tmp, which the guests do not see: move it.
-        self.root.rmdir()
-        self.root = Path(tempfile.mkdtemp(prefix=f"cloudd-{self.prefix}-", dir=LAB_PARENT))
+        shutil.rmtree(self.root)
+        self.root = lab_root(self.prefix, parent=LAB_PARENT)
         self.root.chmod(0o755)
         self.fence_record = self.root / "fences"
         self.image_file = IMAGES / f"{self.cloud_name}-node.img"
@@ -108,26 +106,26 @@ class VmLab(AgentLab):
                                    SYSTEM, "--host", host, "--cloud", cloud,
                                    "--record", str(record)]
 
-    def open(self) -> VmLab:
+    def open(self) -> Self:
         self.lock.acquire()  # before removing the prefix's domains: they may be a living lab's
-        image = testguest.build_test_guest(GUEST_DIR)
-        self.template_values = {
-            "kernel": str(image.kernel), "initrd": str(image.initrd),
-            "bridge": f"{self.prefix}br",
-            "agent_cmd64": base64.b64encode(agent_command().encode()).decode(),
-            **self.template_values}
+        self.template_values = {"bridge": self.net.bridge, **self.boot_values(),
+                                **self.template_values}
         self.remove_domains()
         IMAGES.mkdir(parents=True, exist_ok=True)
-        self.image_file.write_bytes(b"")
+        self.prepare_nodes()
         super().open()
         return self
 
-    def __enter__(self) -> VmLab:
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
+    def boot_values(self) -> dict[str, str]:
+        """The template's values for what the guests boot: the test guest's kernel and
+        initrd, and the agent's command for its /init."""
+        image = testguest.build_test_guest(GUEST_DIR)
+        return {"kernel": str(image.kernel), "initrd": str(image.initrd),
+                "agent_cmd64": base64.b64encode(agent_command().encode()).decode()}
+
+    def prepare_nodes(self) -> None:
+        """What the nodes need before the agents start: the (empty) image every node names."""
+        self.image_file.write_bytes(b"")
 
     # -- the cloud's domains --------------------------------------------------------------
     def domain(self, node: str) -> str:
@@ -254,25 +252,6 @@ class VmLab(AgentLab):
                     f"rejoined; domains: {self.domains()}; leader view: {view}")
             time.sleep(0.25)
 
-    def add_outsider(self, name: str = "outsider") -> AgentProc:
-        """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest), as
-        on an operator's machine: it holds an operator certificate."""
-        ns = self.net.add_netns(name[:8])
-        now = dt.datetime.now(dt.UTC)
-        pki = self.root / "pki"
-        issue(pki, name, now=now, kind=MemberKind.OPERATOR, addresses=[ns.ip])
-        folder = self.root / name
-        (folder / "manifests").mkdir(parents=True)
-        (folder / "agent.yaml").write_text(
-            f"name: {name}\nprofile: {self.profile}\n"
-            f"listen: {{address: {ns.ip}}}\n"
-            f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
-            f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
-            f"api_socket: {folder / 'api.sock'}\n")
-        self.agents[name] = AgentProc(name, ns, folder)
-        self.start(name)
-        return self.agents[name]
-
     def leader(self) -> str | None:
         view = self.leader_view()
         return None if view is None else view["leadership"]["leader"]
@@ -340,7 +319,7 @@ def leftovers(prefix: str) -> list[str]:
             continue
         with contextlib.suppress(OSError):
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if f"/cloudd-{prefix}-" in cmd and "cloudd" in cmd:
+            if f"/cloudd-{prefix}-" in cmd:
                 out.append(f"process {proc.name}: {cmd.strip()}")
     roots = [p for p in LAB_PARENT.glob(f"cloudd-{prefix}-*")
              if not os.environ.get("CLOUDD_KEEP_LAB")]

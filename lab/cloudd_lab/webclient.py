@@ -29,7 +29,7 @@ def write(url: str, body: str, *, timeout: float = 2.0) -> bool:
     with contextlib.suppress(OSError, urllib.error.URLError, TimeoutError):
         req = urllib.request.Request(f"{url}/entries", data=body.encode(), method="POST")
         with urllib.request.urlopen(req, timeout=timeout) as reply:
-            return reply.status == 201
+            return int(reply.status) == 201
     return False
 
 

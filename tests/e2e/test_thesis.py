@@ -293,6 +293,7 @@ def test_4_start_from_outside(lab: VmLab, say: Say) -> None:
     manifest (ensure: running) to a pool host, prints which one carries on, and the cloud
     comes up again."""
     outsider = lab.add_outsider()
+    lab.start(outsider.name)
     folder = outsider.folder / "apply"
     (folder / "templates").mkdir(parents=True)
     shutil.copy(lab.template or "", folder / "templates" / "domain.xml")

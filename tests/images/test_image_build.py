@@ -44,12 +44,14 @@ def test_a_second_build_with_the_same_inputs_returns_the_cached_image(tmp_path: 
     cache.mkdir()
     for suffix in SUFFIXES:
         (cache / f"{plan.name}.{suffix}").write_text(suffix)
+    os.utime(cache / f"{plan.name}.packages", (1, 1))
     stages: list[Stage] = []
     image = build_image(image_type("web"), agent=agent, cache=cache, report=stages.append,
                         apt_dir=apt, clock=lambda: 5.0)
     assert image == Image(plan.name, cache)
     assert stages == [Stage("wheels", 0.0, "2 wheels, cached"),
                       Stage("cached", 0.0, str(image.qcow2))]
+    assert image.packages.stat().st_mtime > 1  # marked used: the last pruned
 
 
 def test_new_wheels_or_unit_name_another_image_the_same_wheel_made_again_does_not(

@@ -1,10 +1,24 @@
-"""The image cache's files: whole images only, copies elsewhere, one build at a time."""
+"""The image cache's files: whole images only, copies elsewhere, one build at a time, older
+images removed unless recently used or under an overlay."""
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
-from cloudd.images.store import SUFFIXES, Image, install, locked, publish, sweep
+from cloudd.images.store import (
+    KEEP,
+    SUFFIXES,
+    Image,
+    backing_file,
+    install,
+    locked,
+    prune,
+    publish,
+    sweep,
+    touch,
+)
 
 
 def _made(folder: Path, name: str = "node-web-0123456789abcdef") -> Image:
@@ -60,3 +74,49 @@ def test_the_lock_is_taken_and_sweep_removes_killed_builds(tmp_path: Path) -> No
         sweep(tmp_path)
     assert not (tmp_path / ".build-dead").exists() and keep.exists()
     assert (tmp_path / ".lock").is_file()
+
+
+def _qcow2(path: Path, backing: str | None = None) -> Path:
+    """A qcow2 header as qemu-img writes it (version 3), naming `backing` at byte 512."""
+    offset, name = (512, backing.encode()) if backing else (0, b"")
+    head = b"QFI\xfb" + struct.pack(">IQI", 3, offset, len(name))
+    path.write_bytes(head.ljust(512, b"\0") + name)
+    return path
+
+
+def test_the_backing_file_is_read_from_the_header_relative_to_the_overlay(
+        tmp_path: Path) -> None:
+    assert backing_file(_qcow2(tmp_path / "a.qcow2", "/srv/base.qcow2")) == Path(
+        "/srv/base.qcow2")
+    assert backing_file(_qcow2(tmp_path / "b.qcow2", "base.qcow2")) == tmp_path / "base.qcow2"
+    assert backing_file(_qcow2(tmp_path / "base.qcow2")) is None
+    (tmp_path / "raw.img").write_bytes(b"\0" * 1024)
+    assert backing_file(tmp_path / "raw.img") is None
+    assert backing_file(tmp_path / "absent.qcow2") is None
+
+
+def _aged(cache: Path, key: str, used: float, kind: str = "web") -> Image:
+    image = _made(cache, f"node-{kind}-{key}")
+    os.utime(image.packages, (used, used))
+    return image
+
+
+def test_prune_keeps_the_last_used_and_those_an_overlay_names(tmp_path: Path) -> None:
+    cache, overlays = tmp_path / "cache", tmp_path / "images"
+    new = _aged(cache, "f" * 16, 900)
+    recent = _aged(cache, "e" * 16, 500)
+    second = _aged(cache, "d" * 16, 400)
+    based_on = _aged(cache, "c" * 16, 100)
+    old = [_aged(cache, "b" * 16, 300), _aged(cache, "a" * 16, 200)]
+    other_type = _aged(cache, "0" * 16, 1, kind="slurm")
+    (cache / "node-web-notakey.qcow2").write_text("not an image of the cache's")
+    overlays.mkdir()
+    _qcow2(overlays / "shop-web-1.qcow2", str(based_on.qcow2))
+    removed = prune(cache, new, overlay_dirs=[overlays, tmp_path / "absent"])
+    assert sorted(removed) == sorted(i.name for i in old)
+    assert KEEP == 3 and all(i.exists() for i in (new, recent, second, based_on, other_type))
+    assert not any(f.exists() for i in old for f in map(i.file, SUFFIXES))
+    assert (cache / "node-web-notakey.qcow2").exists()
+    touch(based_on)  # used now: among the last used, with no overlay needed
+    (overlays / "shop-web-1.qcow2").unlink()
+    assert prune(cache, new) == [second.name]

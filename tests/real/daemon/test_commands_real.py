@@ -3,15 +3,12 @@ from a machine that is not part of the cloud."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from cloudd_lab.agentlab import AgentLab, AgentProc
-
-from cloudd.pki import MemberKind, issue
+from cloudd_lab.agentlab import AgentLab
 
 pytestmark = pytest.mark.netns
 
@@ -20,23 +17,6 @@ def lab() -> Iterator[AgentLab]:
     with AgentLab("cmd3", hosts=3, subnet="10.234.10.0/24") as lab:
         lab.start_all()
         yield lab
-
-
-def add_outsider(lab: AgentLab, name: str) -> str:
-    """An agent with an operator certificate of the cluster's CA but no manifest: not a
-    member, an operator's machine outside the cloud."""
-    ns = lab.net.add_netns(name[:12])
-    pki = lab.root / "pki"
-    issue(pki, name, now=dt.datetime.now(dt.UTC), kind=MemberKind.OPERATOR, addresses=[ns.ip])
-    folder = lab.root / name
-    (folder / "manifests").mkdir(parents=True)
-    (folder / "agent.yaml").write_text(
-        f"name: {name}\nprofile: local\nlisten: {{address: {ns.ip}}}\n"
-        f"pki: {{ca: {pki}/ca.crt, cert: {pki}/{name}.crt, key: {pki}/{name}.key}}\n"
-        f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
-        f"api_socket: {folder / 'api.sock'}\n")
-    lab.agents[name] = AgentProc(name, ns, folder)
-    return name
 
 
 def manifest_of(lab: AgentLab, agent: str) -> str:
@@ -104,7 +84,7 @@ def test_apply_from_a_machine_outside_the_cloud() -> None:
         source.rename(kept)
         for name in ("pm2", "pm3"):
             (lab.agents[name].folder / "manifests" / "lab.yaml").unlink()
-        outsider = add_outsider(lab, "outsider")
+        outsider = lab.add_outsider("outsider").name
         lab.start_all()
         lab.wait_for("the outsider's agent answers", lambda: lab.status(outsider))
         done = lab.cli(outsider, "apply", str(kept))

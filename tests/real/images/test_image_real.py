@@ -20,7 +20,7 @@ import pytest
 
 from cloudd.commands.image import ensure_image
 from cloudd.images.build import Stage
-from cloudd.images.store import DEFAULT_CACHE, Image
+from cloudd.images.store import DEFAULT_CACHE, Image, backing_file
 
 pytestmark = pytest.mark.libvirt  # QEMU as libvirt would run it; libvirtd itself is not used
 
@@ -38,6 +38,7 @@ agent=$(/opt/cloudd/venv/bin/cloudd --help >/dev/null 2>&1 && echo ok || echo br
 machineid=$(test -s /etc/machine-id && echo set || echo empty)
 echo "PROBE system=$(systemctl is-system-running) \
 multiuser=$(systemctl is-active multi-user.target) \
+cloudd_load=$(show cloudd.service LoadState) cloudd_enabled=$(systemctl is-enabled cloudd.service) \
 cloudd=$(show cloudd.service ActiveState) cloudd_assert=$(show cloudd.service AssertResult) \
 nginx=$(systemctl is-enabled nginx.service) mariadb=$(systemctl is-enabled mariadb.service) \
 agent=$agent root=$(passwd -S root | cut -d' ' -f2) machineid=$machineid \
@@ -124,8 +125,10 @@ def test_web_image_boots_to_multi_user_with_the_agent_unit_waiting_for_its_ident
     float(probe.pop("uptime"))  # the guest's seconds to a finished boot, printed above
     assert probe == {
         "system": "running", "multiuser": "active",
-        # No identity yet (a node's seed brings /etc/cloudd/agent.yaml): the unit's
+        # The unit is there and enabled (an absent unit also shows inactive, assert "no"),
+        # but no identity yet (a node's seed brings /etc/cloudd/identity.json): the unit's
         # AssertPathExists fails cleanly and the agent is not started.
+        "cloudd_load": "loaded", "cloudd_enabled": "enabled",
         "cloudd": "inactive", "cloudd_assert": "no",
         # The agent runs these itself under its supervisor.
         "nginx": "disabled", "mariadb": "disabled",
@@ -143,3 +146,16 @@ def test_a_second_build_finds_the_image_in_the_cache(image: tuple[Image, list[St
     for name in ("systemd", "cloud-init", "python3", "nginx", "mariadb-server",
                  "ruby-webrick", "linux-image-cloud-amd64"):
         assert packages.get(name), name
+
+
+def test_the_cache_reads_the_base_of_an_overlay_qemu_img_made(tmp_path: Path, have) -> None:
+    """`store.backing_file`, which keeps an overlay's base image from pruning, reads what
+    qemu-img writes, absolute or relative."""
+    have("qemu-img")
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    assert backing_file(base) is None
+    for name, backing in (("abs.qcow2", str(base)), ("rel.qcow2", base.name)):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing,
+                        str(tmp_path / name)], check=True)
+        assert backing_file(tmp_path / name) == base
