@@ -175,6 +175,27 @@ def test_events_settings_reach_the_agents_event_log(tmp_path: Path) -> None:
     assert kept == {8 * DAY: ["new"], None: ["old", "new"]}
 
 
+async def test_the_agent_stops_its_manifest_worker_when_it_stops(tmp_path: Path) -> None:
+    """Received manifests are checked in a worker process; stopping the agent stops it."""
+    path = write_agent(tmp_path)
+    agent = Agent(load_agent(path), config_path=path, env={})
+    run = asyncio.create_task(agent.run())
+    pid = await agent.checker.run(os.getpid)
+    assert pid != os.getpid() and agent.checker.running
+    agent.runner.stop("test")
+    assert await asyncio.wait_for(run, DEADLINE) == 0
+    assert not agent.checker.running
+    end = time.monotonic() + DEADLINE
+    while not exited(pid):
+        assert time.monotonic() < end, "the worker process outlived its agent"
+        await asyncio.sleep(0.02)
+
+
+def exited(pid: int) -> bool:
+    """Whether process `pid` is gone, reaped too."""
+    return not Path(f"/proc/{pid}").exists()
+
+
 def test_check_accepts_valid_settings_and_manifests(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     config = write_agent(tmp_path)

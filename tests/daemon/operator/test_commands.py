@@ -78,7 +78,7 @@ def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool =
     rescans: list[str] = []
     outside: list[tuple[str, str, Any]] = []
     folder = home / "manifests"
-    manifests = ManifestFolder(folder, incoming=home / "incoming", locate=lambda c: None,
+    manifests = ManifestFolder(folder, locate=lambda c: None,
                                rescan=lambda: rescans.append("rescan"), checker=checker)
 
     async def ask_outside(name: str, address: str, msg: Any) -> Any:
