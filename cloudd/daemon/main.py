@@ -148,7 +148,10 @@ class Agent:
         cloud = args.get("cloud")
         if cloud is not None and not isinstance(cloud, str):
             raise ApiError(f"inspect: 'cloud' must be a cloud name or null, got {cloud!r}")
-        return (await self.inspector.inspect(cloud)).to_json()
+        doc = await self.inspector.inspect(cloud)
+        # built off the loop, and made JSON off it too: for a cloud of thousands of nodes
+        # that takes a tenth of a second
+        return await asyncio.to_thread(doc.to_json)
 
     def _started(self) -> None:
         self.notifier.ready()
