@@ -29,21 +29,23 @@ Everything it starts is removed at the end, on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
-import selectors
-import signal
-import socket
 import ssl
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from cloudd_lab.agentlab import AgentLab
+
+# (run as a script, this folder is on sys.path: SIGTERM is handled as failover.py does)
+from failover import sigterm_as_interrupt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cloudd.config.yamlsrc import MAX_MANIFEST_BYTES
 from cloudd.daemon.network.catalogue import (
@@ -52,10 +54,10 @@ from cloudd.daemon.network.catalogue import (
     OperatorRequest,
     register_all,
 )
-from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
-from cloudd.daemon.network.tls import Hello
+from cloudd.daemon.network.codec import default_codec
 from cloudd.daemon.network.transport import RemoteFailure
 from cloudd.pki import MemberKind, PkiFiles, issue
+from tests.shared import opwire
 
 PREFIX = "b11l"
 SUBNET = "10.243.11.0/24"
@@ -72,51 +74,11 @@ SETTLE = 3.0
 
 
 def maximal_manifest(lab: AgentLab) -> str:
-    """The lab's cloud, self-contained, with servers until it is exactly MAX_MANIFEST_BYTES;
-    the last server repeats the first one's address (one problem, found after everything
-    else was parsed and validated)."""
-    pool = "".join(f"  - {{name: {n}, address: {a}, libvirt_uri: \"test:///default\"}}\n"
-                   for n, _, a in lab.members if n.startswith("pm"))
-    head = (f"apiVersion: cloudd/v1\nkind: Cloud\nname: {lab.cloud_name}\ntype: web\n"
-            f"self_contained: true\ndomain_template_text: \"<domain/>\"\npool:\n{pool}"
-            "roles:\n  balancer: [{address: 10.200.0.1, image: /img/lb.qcow2}]\n"
-            "  database: [{address: 10.200.0.2, image: /img/db.qcow2}]\n  server:\n")
-
-    def server(i: int) -> str:
-        return f"    - {{address: 10.{201 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}, " \
-               f"image: /img/w{i}.qcow2}}\n"
-    last = "    - {address: 10.201.0.1, image: /img/again.qcow2}\n"
-    body, i = [head], 0
-    size = len(head) + len(last)
-    while size + len(server(i)) <= MAX_MANIFEST_BYTES - 2:
-        body.append(server(i))
-        size += len(server(i))
-        i += 1
-    body.append(last)
-    text = "".join(body)
-    text += "#" * (MAX_MANIFEST_BYTES - len(text) - 1) + "\n"
-    assert len(text.encode()) == MAX_MANIFEST_BYTES
-    return text
+    return opwire.maximal_manifest(lab.cloud_name, [(n, a) for n, _, a in lab.members
+                                                    if n.startswith("pm")])
 
 
 # -- an operator's client, by hand: TLS, Hello, then pipelined frames ----------------------
-
-def operator_socket(lab: AgentLab, files: PkiFiles, ip: str) -> ssl.SSLSocket:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cafile=str(lab.root / "pki" / "ca.crt"))
-    ctx.load_cert_chain(certfile=str(files.cert), keyfile=str(files.key))
-    sock = ctx.wrap_socket(socket.create_connection((ip, PORT), timeout=BOUND))
-    sock.sendall(default_codec.encode(Hello(OPERATOR, PROTOCOL_VERSION)))
-    decoder = FrameDecoder(default_codec)
-    got: list[object] = []
-    while not got:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise SystemExit("the leader closed the operator's connection before its Hello")
-        got = decoder.feed(chunk)
-    return sock
-
 
 def kind_of(msg: object) -> str:
     if isinstance(msg, RemoteFailure):
@@ -135,43 +97,12 @@ def kind_of(msg: object) -> str:
 def flood(sock: ssl.SSLSocket, request: Callable[[int], bytes],
           seconds: float) -> dict[str, int]:
     """For `seconds`, keep OUTSTANDING requests unanswered, sending as fast as the leader
-    reads them; then wait for every answer. One thread, non-blocking (an SSL socket is not
-    for two threads). Returns the answers by kind."""
-    sock.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-    decoder = FrameDecoder(default_codec)
-    answered: dict[str, int] = {}
-    sent, pending = 0, b""
+    reads them; then wait for every answer. Returns the answers by kind, and how many were
+    sent."""
     stop_sending = time.monotonic() + seconds
-    end = stop_sending + BOUND
-    try:
-        while pending or time.monotonic() < stop_sending or sum(answered.values()) < sent:
-            if time.monotonic() > end:
-                raise SystemExit(f"{sent} requests not answered within {BOUND} s: {answered}")
-            if (not pending and time.monotonic() < stop_sending
-                    and sent - sum(answered.values()) < OUTSTANDING):
-                sent += 1
-                pending = request(sent)
-            sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0))
-            for _key, mask in sel.select(timeout=0.1):
-                if mask & selectors.EVENT_WRITE and pending:
-                    with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                        pending = pending[sock.send(pending[:1 << 18]):]
-                if mask & selectors.EVENT_READ:
-                    try:
-                        chunk = sock.recv(1 << 20)
-                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                        continue
-                    if not chunk:
-                        raise SystemExit(f"the leader closed the connection after {answered}")
-                    for frame in decoder.feed_frames(chunk):
-                        kind = kind_of(frame.msg)
-                        answered[kind] = answered.get(kind, 0) + 1
-    finally:
-        sel.close()
-    answered["sent"] = sent
-    return answered
+    return opwire.pipeline(sock, request, more=lambda sent: time.monotonic() < stop_sending,
+                           outstanding=OUTSTANDING, kind_of=kind_of,
+                           deadline=stop_sending + BOUND)
 
 
 # -- watching the leader ------------------------------------------------------------------
@@ -247,7 +178,8 @@ def one_run(lab: AgentLab, files: PkiFiles, text: str,
         return default_codec.encode(OperatorRequest(OperatorOp.APPLY, lab.cloud_name, args),
                                     rid=rid, request=True)
 
-    sock = operator_socket(lab, files, ip)
+    sock = opwire.operator_socket((ip, PORT), ca=lab.root / "pki" / "ca.crt", files=files,
+                                  name=OPERATOR, timeout=BOUND)
     try:
         flooded = window(lab, leader, lambda: flood(sock, request, seconds))
     finally:
@@ -266,17 +198,6 @@ def row(name: str, ws: list[Window]) -> str:
             f"{med(lambda w: w.p(0.99)):>8.1f} {med(lambda w: max(w.rtts)):>8.1f} "
             f"{med(lambda w: w.lapses):>7.0f} {med(lambda w: w.suspicions):>7.0f} "
             f"{med(lambda w: w.new_leaders):>8.0f}")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    old = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def main() -> int:

@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloudd.client.inspectdoc import InspectDoc
 from cloudd.config.agent import DAY, load_agent
 from cloudd.daemon.base.eventlog import LogEvent, LogKind
 from cloudd.daemon.base.runner import Runner
@@ -173,6 +175,45 @@ def test_events_settings_reach_the_agents_event_log(tmp_path: Path) -> None:
         finally:
             agent.events.close()
     assert kept == {8 * DAY: ["new"], None: ["old", "new"]}
+
+
+async def test_the_agent_stops_its_manifest_worker_when_it_stops(tmp_path: Path) -> None:
+    """Received manifests are checked in a worker process; stopping the agent stops it."""
+    path = write_agent(tmp_path)
+    agent = Agent(load_agent(path), config_path=path, env={})
+    run = asyncio.create_task(agent.run())
+    pid = await agent.checker.run(os.getpid)
+    assert pid != os.getpid() and agent.checker.running
+    agent.runner.stop("test")
+    assert await asyncio.wait_for(run, DEADLINE) == 0
+    assert not agent.checker.running
+    end = time.monotonic() + DEADLINE
+    while not exited(pid):
+        assert time.monotonic() < end, "the worker process outlived its agent"
+        await asyncio.sleep(0.02)
+
+
+def exited(pid: int) -> bool:
+    """Whether process `pid` is gone, reaped too."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+async def test_the_inspect_document_is_made_json_off_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real = InspectDoc.to_json
+
+    def to_json(doc: InspectDoc) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return real(doc)
+    monkeypatch.setattr(InspectDoc, "to_json", to_json)
+    path = write_agent(tmp_path)
+    agent = Agent(load_agent(path), config_path=path, env={})
+    try:
+        assert (await agent._api_inspect({}))["answered_by"] == "h1-watcher"
+    finally:
+        agent.events.close()
+    assert len(threads) == 1 and threads[0] != threading.current_thread().name
 
 
 def test_check_accepts_valid_settings_and_manifests(tmp_path: Path,

@@ -17,7 +17,8 @@ probe answered within 40 ms). So, three bounds:
   Python and holds the GIL, and the loop's thread waits for the GIL after every system call:
   while one thread parsed, a loop round trip went from 0.2 ms to 5 ms (60 ms at worst; a
   worker process left it as it was; measured here, 2 cores). The worker runs at a lower
-  priority, starts with the first check and stops after `IDLE` seconds without one;
+  priority, starts with the first check and stops after `IDLE` seconds without one, or
+  when the agent stops (`Checker.close`);
 - number: at most `MAX_CHECKS` checks are admitted at once (running or waiting their turn);
   one more is turned away at once as busy (a TemporaryError: try again later), so that a
   flood queues nothing that grows.
@@ -71,7 +72,7 @@ T = TypeVar("T")
 _log = log.get("manifests")
 
 
-def check_manifest(text: str, *, where: Path = RECEIVED, with_template: bool = True) -> Cloud:
+def check_manifest(text: str, *, with_template: bool = True) -> Cloud:
     """Validate a manifest's text received from outside this agent's folder: it must be
     self-contained, and nothing in it makes this agent read a file (ConfigError if not)."""
     return load_cloud_text(text, catalog(), origin=Origin.WIRE, with_template=with_template)
@@ -211,7 +212,7 @@ _SHARED: Checker | None = None
 
 
 def shared_checker() -> Checker:
-    """The process's checker: one worker per agent, whoever checks."""
+    """The checker of a folder made without one (the agent makes and closes its own)."""
     global _SHARED
     if _SHARED is None:
         _SHARED = Checker()
@@ -223,9 +224,9 @@ def shared_checker() -> Checker:
 class ManifestFolder:
     """Where this agent's manifests live (`folder`), and how to have them read again."""
 
-    def __init__(self, folder: Path, *, incoming: Path, locate: Callable[[str], Path | None],
+    def __init__(self, folder: Path, *, locate: Callable[[str], Path | None],
                  rescan: Callable[[], None], checker: Checker | None = None) -> None:
-        self.folder, self.incoming = folder, incoming
+        self.folder = folder
         self._locate, self._rescan = locate, rescan
         self.checker = checker if checker is not None else shared_checker()
 

@@ -145,7 +145,7 @@ async def fetch_manifest(ident: NodeIdentity, seeds: tuple[Seed, ...], *,
                 if why is not None:
                     logger.warning("message_refused", peer=seed.name, reason=why)
                     continue
-                path = write_manifest(folder, ident.cloud, answer.text)
+                path = await asyncio.to_thread(write_manifest, folder, ident.cloud, answer.text)
                 logger.info("manifest_received", peer=seed.name, path=str(path),
                             digest=answer.digest[:12])
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation

@@ -5,15 +5,15 @@ Theory of operation. A node agent tells its leader where it stands with its role
 not kept and set by hand; it is decided by a few facts (`NodeFacts`) that change only through
 events the node side feeds here as they happen:
 
-    Assigned        the first assignment is in force (from the leader, or saved on disk)
-    StopOrdered   `ensure: stopped`: the services are being stopped
-    Halted          every service of the role has stopped
-    Resumed         a new assignment after a stop: start afresh
-    ConvergeFailed  the last converge raised (the shell retries it after a backoff)
-    ConvergeSucceeded       a converge succeeded
-    ServicesStarted a fresh set of services is under supervision (first, or a changed spec)
-    ServicesSeen    the supervised services as they are now (all running and ready or not)
-    ServicesDropped supervision ended with the services left running (agent shutdown)
+    Assigned           the first assignment is in force (from the leader, or saved on disk)
+    StopOrdered        `ensure: stopped`: the services are being stopped
+    Halted             every service of the role has stopped
+    Resumed            a new assignment after a stop: start afresh
+    ConvergeFailed     the last converge raised (the shell retries it after a backoff)
+    ConvergeSucceeded  a converge succeeded
+    ServicesStarted    a fresh set of services is under supervision (first, or a changed spec)
+    ServicesSeen       the supervised services as they are now (all running and ready or not)
+    ServicesDropped    supervision ended with the services left running (agent shutdown)
 
 `TRANSITIONS[(phase, event type)]` says which events each phase takes and how they change the
 facts; `DECISIONS` then decides the phase from the facts, first rule that holds:

@@ -17,6 +17,9 @@ registered (`LOCAL_OPS`), once. The leader installs a new manifest generation at
 its manifest folder (replacing the file that declared that cloud, if any) and distributes it
 to the other members; an invalid manifest is refused with its problems and changes nothing.
 
+A node's agent performs none of them and hands none on: its certificate may send no operator
+command, so its local API refuses them at once.
+
 The operator reaches the member through what it is given at construction: the member serving
 a cloud (a `Seat`: its snapshot and three actions), `request` for agents of the cloud and
 `ask_outside` for agents of a cloud this one does not serve.
@@ -145,6 +148,14 @@ class Operator:
             raise PermanentError(f"unknown command {op.value!r}")
         seat = self._member()
         snap = seat.snapshot() if seat is not None else None
+        if snap is not None and self.me not in snap.hosts:
+            # Refused here, before any check or message: no agent takes an operator's
+            # command from a node's certificate (the dispatch table), whatever it carries.
+            why = (f"this agent ({self.me}) is a node of cloud {snap.cloud.name}, and a node "
+                   "has no operator verbs: run the command on a pool host")
+            _log.warning("command_refused", op=op.value, cloud=snap.cloud.name, node=self.me,
+                         reason=why)
+            raise PermanentError(why)
         cloud = str(args.get("cloud") or (snap.cloud.name if snap else ""))
         incoming: Cloud | None = None
         if rule.manifest:

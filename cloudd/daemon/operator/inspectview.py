@@ -13,13 +13,13 @@ own cloud only, and the view is the same for all: it names hosts, nodes, their s
 recent events, and carries no secret, no setting and no fence command (a test holds it to
 that), so a node's agent learns nothing from it that the roster does not already say.
 
-Building the view is off the event loop: only the event log is read on the loop (its
-connection is the loop's; two small indexed queries), and the rest (the view, and the
-document as JSON for another agent, or decoded from the leader's) in a thread. For a cloud of
-a few nodes that is well under a millisecond either way; for one of ~5,000 nodes it was 15 ms
-of view and 40-100 ms of JSON, measured here, which would stall lease renewals if done on the
-loop. The leader builds one answer for other agents at a time, reused for `ANSWER_REUSE`
-seconds: a flood of inspect requests waits for the one being built.
+Building the view is off the event loop: the view (with its two small indexed queries of the
+event log, which any thread may read), and the document as JSON for another agent, or
+decoded from the leader's, in a thread. For a cloud of a few nodes that is well under a
+millisecond either way; for one of ~5,000 nodes it was 15 ms of view and 40-100 ms of JSON,
+measured here, which would stall lease renewals if done on the loop. The leader builds one
+answer for other agents at a time, reused for `ANSWER_REUSE` seconds from when it was
+started: a flood of inspect requests waits for the one being built.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cloudd import log
@@ -36,7 +35,6 @@ from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import (
     CloudView,
     ElectionState,
-    EventView,
     FailedAction,
     HostView,
     InspectDoc,
@@ -103,31 +101,9 @@ def leadership(snap: MemberSnapshot) -> LeadershipView:
                       quorum_reached=reached, quorum_needed=snap.quorum)
 
 
-@dataclass(frozen=True)
-class History:
-    """What a cloud's view shows of the event log, read on the loop."""
-
-    recent: tuple[EventView, ...]
-    """The cloud's latest events, oldest first."""
-    last_error: Mapping[str, str]
-    """subject -> the reason of its latest failure."""
-
-
-def history(events: EventLog, cloud: str) -> History:
-    return History(
-        recent=tuple(event_view(e) for e in events.query(cloud=cloud, limit=RECENT_EVENTS)),
-        last_error={e.subject: e.reason for e in
-                    events.query(cloud=cloud, kind=LogKind.FAILURE, limit=FAILURES_READ)})
-
-
 def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> CloudView:
-    """The cloud as `snap` shows it, observed at the snapshot's time."""
-    return view_of(snap, history(events, snap.cloud.name), source=source)
-
-
-def view_of(snap: MemberSnapshot, past: History, *, source: Source) -> CloudView:
-    """`cloud_view` with the event log already read: touches nothing but its arguments, so
-    that it may run in a thread."""
+    """The cloud as `snap` shows it, observed at the snapshot's time. Reads nothing but its
+    arguments (the event log is safe from any thread), so that it may run in a thread."""
     cloud, controller = snap.cloud, snap.controller
     hosts = []
     domains: dict[str, DomainObs] = {}
@@ -170,9 +146,11 @@ def view_of(snap: MemberSnapshot, past: History, *, source: Source) -> CloudView
             waiting=waiting.get(n.name, "") or (report.message if report is not None
                                                 and report.phase != NodePhase.READY else ""),
             services=services, agent_liveness_since=since, agent_liveness_reason=why))
+    last_error = {e.subject: e.reason for e in
+                  events.query(cloud=cloud.name, kind=LogKind.FAILURE, limit=FAILURES_READ)}
     failed = tuple(
         FailedAction(action="reconcile", subject=subject, fail_count=record.count,
-                     last_error=past.last_error.get(subject, ""),
+                     last_error=last_error.get(subject, ""),
                      next_retry=snap.wall_of(record.not_before))
         for ledger in (controller.node_fails, controller.host_fails)
         for subject, record in sorted(ledger.items()) if record.count > 0)
@@ -181,13 +159,14 @@ def view_of(snap: MemberSnapshot, past: History, *, source: Source) -> CloudView
         observed_at=snap.taken_at, leadership=leadership(snap),
         manifest=ManifestInfo(generation=snap.generation, digest=cloud.digest,
                               loaded_at=snap.loaded_at),
-        hosts=tuple(hosts), nodes=tuple(nodes), failed_actions=failed, events=past.recent)
+        hosts=tuple(hosts), nodes=tuple(nodes), failed_actions=failed,
+        events=tuple(event_view(e) for e in events.query(cloud=cloud.name, limit=RECENT_EVENTS)))
 
 
-def leader_answer(me: str, snap: MemberSnapshot, past: History) -> InspectAnswer:
+def leader_answer(me: str, snap: MemberSnapshot, events: EventLog) -> InspectAnswer:
     """The leader's view as another agent gets it (in a thread)."""
     doc = InspectDoc(answered_by=me, generated_at=snap.taken_at,
-                     clouds=(view_of(snap, past, source=Source.LEADER),))
+                     clouds=(cloud_view(snap, events=events, source=Source.LEADER),))
     return InspectAnswer(snap.cloud.name, json.dumps(doc.to_json()))
 
 
@@ -237,10 +216,9 @@ class Inspector:
         self.events, self.clock = events, clock
         #: the leader's last view, with the monotonic time it came
         self._leader_view: tuple[float, CloudView] | None = None
-        #: (cloud, when, answer) last answered to another agent asking for the leader's view
-        self._answered: tuple[tuple[str, int], float, InspectAnswer] | None = None
-        #: ((cloud, term), the answer being built): every asker waits for the same one
-        self._building: tuple[tuple[str, int], asyncio.Task[InspectAnswer]] | None = None
+        #: the leader's view for other agents: its (cloud, term), the monotonic time its
+        #: building started, and that building (done or not), which every asker awaits
+        self._answer: tuple[tuple[str, int], float, asyncio.Task[InspectAnswer]] | None = None
         self.log = log.get("inspect", node=me)
 
     def status(self) -> dict[str, Any]:
@@ -256,13 +234,12 @@ class Inspector:
         if cloud is not None and cloud != snap.cloud.name:
             raise ApiError(f"unknown cloud {cloud!r}: this agent serves {snap.cloud.name}")
         view: CloudView | None = None
-        past = history(self.events, snap.cloud.name)
         if snap.acting:
-            view = await asyncio.to_thread(view_of, snap, past, source=Source.LEADER)
+            view = await self._view(snap, Source.LEADER)
         elif snap.leader and snap.leader != self.me:
             view = await self._ask_leader(snap)
         if view is None:
-            own = await asyncio.to_thread(view_of, snap, past, source=Source.LOCAL)
+            own = await self._view(snap, Source.LOCAL)
             view = own
             if self._leader_view is not None:
                 at, last = self._leader_view
@@ -271,6 +248,9 @@ class Inspector:
                 # the leader's last view, marked stale, with this agent's own leadership view
                 view = dataclasses.replace(last, source=source, leadership=own.leadership)
         return InspectDoc(answered_by=self.me, generated_at=snap.taken_at, clouds=(view,))
+
+    async def _view(self, snap: MemberSnapshot, source: Source) -> CloudView:
+        return await asyncio.to_thread(cloud_view, snap, events=self.events, source=source)
 
     async def _ask_leader(self, snap: MemberSnapshot) -> CloudView | None:
         try:
@@ -293,30 +273,29 @@ class Inspector:
             raise TemporaryError(f"{self.me} has no cloud yet")
         if msg.cloud != snap.cloud.name:
             raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
-        # One document per ANSWER_REUSE seconds, whoever asks and however often: building it
-        # reads the event log and costs milliseconds on the loop that renews the leases.
         if not snap.acting:
             # Only the acting leader's view is the leader's view: the asker falls back to
             # its own, marked local or stale.
             raise TemporaryError(f"{self.me} is not the acting leader (term {snap.term})")
-        key = (snap.cloud.name, snap.term)
-        cached = self._answered
-        if (cached is not None and cached[0] == key
-                and self.clock.monotonic() - cached[1] < ANSWER_REUSE):
-            return cached[2]
-        building = self._building
-        if building is None or building[0] != key:
-            task = asyncio.create_task(self._build(key, snap), name="inspect-answer")
-            building = self._building = (key, task)
+        # One document per ANSWER_REUSE seconds, whoever asks and however often: building it
+        # takes a thread that holds the GIL the loop renewing the leases needs too.
+        key, now = (snap.cloud.name, snap.term), self.clock.monotonic()
+        last = self._answer
+        if last is None or not reusable(last, key=key, now=now):
+            build = asyncio.to_thread(leader_answer, self.me, snap, self.events)
+            last = self._answer = (key, now, asyncio.create_task(build, name="inspect-answer"))
         # shielded: an asker that goes away does not cancel the others' answer
-        return await asyncio.shield(building[1])
+        return await asyncio.shield(last[2])
 
-    async def _build(self, key: tuple[str, int], snap: MemberSnapshot) -> InspectAnswer:
-        try:
-            answer = await asyncio.to_thread(leader_answer, self.me, snap,
-                                             history(self.events, snap.cloud.name))
-            self._answered = (key, self.clock.monotonic(), answer)
-            return answer
-        finally:
-            if self._building is not None and self._building[0] == key:
-                self._building = None
+
+def reusable(last: tuple[tuple[str, int], float, asyncio.Task[InspectAnswer]], *,
+             key: tuple[str, int], now: float) -> bool:
+    """Whether the leader's `last` answer serves an asker now: it is for the same cloud and
+    term, and still being built, or built without failing and started less than
+    ANSWER_REUSE seconds ago."""
+    built_for, started, task = last
+    if built_for != key:
+        return False
+    if not task.done():
+        return True
+    return not task.cancelled() and task.exception() is None and now - started < ANSWER_REUSE

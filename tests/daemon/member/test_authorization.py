@@ -265,8 +265,7 @@ async def start(tmp_path: Path, made: list[Agent], cloud: Cloud, receiver: str) 
     me = settings(home, name)
     me.state_dir.mkdir(parents=True)
     events = EventLog.in_state_dir(me.state_dir)
-    manifests = ManifestFolder(me.manifest_dir, incoming=me.state_dir / "incoming",
-                               locate=lambda c: None, rescan=lambda: None)
+    manifests = ManifestFolder(me.manifest_dir, locate=lambda c: None, rescan=lambda: None)
     clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
                     node_side_factory=FakeNodeSide,
                     identity=node(DB) if receiver == "node" else host("pm1"))

@@ -55,8 +55,8 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     me.state_dir.mkdir(parents=True)
     events = EventLog.in_state_dir(me.state_dir)
     rescans: list[int] = []
-    manifests = ManifestFolder(me.manifest_dir, incoming=me.state_dir / "incoming",
-                               locate=lambda cloud: None, rescan=lambda: rescans.append(1))
+    manifests = ManifestFolder(me.manifest_dir, locate=lambda cloud: None,
+                               rescan=lambda: rescans.append(1))
     clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
                     node_side_factory=FakeNodeSide, identity=host("pm1"))
     yield Agent(clouds, rescans, me.manifest_dir, events)
@@ -277,8 +277,7 @@ async def test_a_node_hands_no_generation_over(tmp_path: Path) -> None:
     me = settings(tmp_path, DB)
     me.state_dir.mkdir(parents=True)
     events = EventLog.in_state_dir(me.state_dir)
-    manifests = ManifestFolder(me.manifest_dir, incoming=me.state_dir / "incoming",
-                               locate=lambda cloud: None, rescan=lambda: None)
+    manifests = ManifestFolder(me.manifest_dir, locate=lambda cloud: None, rescan=lambda: None)
     clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
                     node_side_factory=FakeNodeSide, identity=node(DB))
     cloud = shop(tmp_path / "manifests")

@@ -57,8 +57,8 @@ class NoChecks(Checker):
 
 
 def folder(tmp_path: Path, checker: Checker) -> ManifestFolder:
-    return ManifestFolder(tmp_path / "manifests", incoming=tmp_path / "incoming",
-                          locate=lambda cloud: None, rescan=lambda: None, checker=checker)
+    return ManifestFolder(tmp_path / "manifests", locate=lambda cloud: None,
+                          rescan=lambda: None, checker=checker)
 
 
 async def until(what: str, check: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from cloudd.config.model import Ensure
 from cloudd.config.portable import portable_text
@@ -78,7 +79,7 @@ def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool =
     rescans: list[str] = []
     outside: list[tuple[str, str, Any]] = []
     folder = home / "manifests"
-    manifests = ManifestFolder(folder, incoming=home / "incoming", locate=lambda c: None,
+    manifests = ManifestFolder(folder, locate=lambda c: None,
                                rescan=lambda: rescans.append("rescan"), checker=checker)
 
     async def ask_outside(name: str, address: str, msg: Any) -> Any:
@@ -166,6 +167,24 @@ async def test_a_follower_hands_the_command_to_its_leader(tmp_path: Path,
         OperatorOp.MAINTENANCE, "shop", json.dumps({"on": True, "subject": DB}))
     with pytest.raises(PermanentError, match="unknown node 'nope'"):
         await pm2.op.command(OperatorOp.CLEANUP, {"node": "nope"})
+
+
+async def test_a_node_refuses_every_operator_verb_at_once(tmp_path: Path,
+                                                         agents: dict[str, Agent]) -> None:
+    """A node's certificate may send no operator command: its local API neither checks a
+    manifest (the checker is busy here, and says nothing) nor hands anything on."""
+    agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    node = agent(tmp_path, agents, DB, leader="pm1", checker=Busy())
+    connect(node, agents)
+    text = portable_text(shop(tmp_path / "manifests"), MANIFEST)
+    for op in LOCAL_OPS:
+        with capture_logs() as logs, pytest.raises(
+                PermanentError, match=f"this agent \\({DB}\\) is a node of cloud shop, and a "
+                                      "node has no operator verbs"):
+            await node.op.command(op, {"text": text, "node": DB, "on": True})
+        assert [(e["event"], e["op"]) for e in logs] == [("command_refused", op.value)]
+    assert node.wire.asked == [] and node.outside == []
+    assert not (agents["pm1"].folder / "shop.yaml").exists()
 
 
 async def test_without_a_leader_the_command_waits(tmp_path: Path,

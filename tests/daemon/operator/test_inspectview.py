@@ -255,6 +255,27 @@ async def test_a_flood_of_inspect_requests_builds_one_answer_off_the_loop(
     assert len(threads) == 2
 
 
+async def test_a_failed_answer_or_a_new_term_is_built_anew(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = inspectview.leader_answer, []
+
+    def failing_once(*args: Any) -> InspectAnswer:
+        calls.append(args[1].term)
+        if len(calls) == 1:
+            raise PermanentError("the event log is closed")
+        return real(*args)
+    monkeypatch.setattr(inspectview, "leader_answer", failing_once)
+    snaps: list[MemberSnapshot | None] = [rig.snap]
+    leader = inspector(rig, snaps)
+    with pytest.raises(PermanentError, match="closed"):
+        await leader.answer("pm2", InspectWanted("shop"))
+    first = await leader.answer("pm2", InspectWanted("shop"))
+    assert await leader.answer("pm2", InspectWanted("shop")) is first
+    snaps[0] = dataclasses.replace(rig.snap, term=5)
+    assert await leader.answer("pm2", InspectWanted("shop")) is not first
+    assert calls == [4, 4, 5]
+
+
 async def test_an_asker_that_goes_away_does_not_cancel_the_others_answer(rig: Rig) -> None:
     leader = inspector(rig, [rig.snap])
     first = asyncio.create_task(leader.answer("pm2", InspectWanted("shop")))

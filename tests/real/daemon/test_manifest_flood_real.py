@@ -16,8 +16,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import selectors
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from typing import Any
 
 import pytest
 from cloudd_lab.agentlab import AgentLab
+from shared import opwire
 
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.config.yamlsrc import MAX_MANIFEST_BYTES
@@ -35,8 +34,7 @@ from cloudd.daemon.network.catalogue import (
     OperatorRequest,
     register_all,
 )
-from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
-from cloudd.daemon.network.tls import Hello
+from cloudd.daemon.network.codec import FrameDecoder, default_codec
 from cloudd.daemon.network.transport import RemoteFailure
 from cloudd.pki import MemberKind, PkiFiles, issue
 
@@ -63,28 +61,8 @@ def lab() -> Iterator[AgentLab]:
 
 
 def maximal_manifest(lab: AgentLab) -> str:
-    """The lab's cloud, self-contained, with servers until it is exactly MAX_MANIFEST_BYTES;
-    its last server repeats the first one's address: one problem, found once all of it was
-    parsed and validated."""
-    pool = "".join(f"  - {{name: {n}, address: {a}, libvirt_uri: \"test:///default\"}}\n"
-                   for n, _, a in lab.members if n.startswith("pm"))
-    text = (f"apiVersion: cloudd/v1\nkind: Cloud\nname: {lab.cloud_name}\ntype: web\n"
-            f"self_contained: true\ndomain_template_text: \"<domain/>\"\npool:\n{pool}"
-            "roles:\n  balancer: [{address: 10.200.0.1, image: /img/lb.qcow2}]\n"
-            "  database: [{address: 10.200.0.2, image: /img/db.qcow2}]\n  server:\n")
-    last = "    - {address: 10.201.0.1, image: /img/again.qcow2}\n"
-    i = 0
-    while True:
-        line = (f"    - {{address: 10.{201 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}, "
-                f"image: /img/w{i}.qcow2}}\n")
-        if len(text) + len(line) + len(last) > MAX_MANIFEST_BYTES - 2:
-            break
-        text += line
-        i += 1
-    text += last
-    text += "#" * (MAX_MANIFEST_BYTES - len(text) - 1) + "\n"
-    assert len(text.encode()) == MAX_MANIFEST_BYTES
-    return text
+    return opwire.maximal_manifest(lab.cloud_name, [(n, a) for n, _, a in lab.members
+                                                    if n.startswith("pm")])
 
 
 def refusal(size: int) -> str:
@@ -97,22 +75,9 @@ def refusal(size: int) -> str:
 
 def connect(lab: AgentLab, target: str) -> ssl.SSLSocket:
     """A connection to `target`'s agent that passed TLS and the Hello, as the operator."""
-    files = PkiFiles.for_member(lab.root / "pki", OPERATOR)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cafile=str(lab.root / "pki" / "ca.crt"))
-    ctx.load_cert_chain(certfile=str(files.cert), keyfile=str(files.key))
-    sock = ctx.wrap_socket(socket.create_connection((lab.agents[target].ns.ip, PORT),
-                                                    timeout=BOUND))
-    sock.sendall(default_codec.encode(Hello(OPERATOR, PROTOCOL_VERSION)))
-    decoder = FrameDecoder(default_codec)
-    got: list[object] = []
-    while not got:
-        chunk = sock.recv(65536)
-        assert chunk, f"{target} closed the operator's connection before its Hello"
-        got = decoder.feed(chunk)
-    assert isinstance(got[0], Hello), got
-    return sock
+    return opwire.operator_socket((lab.agents[target].ns.ip, PORT), ca=lab.root / "pki" / "ca.crt",
+                                  files=PkiFiles.for_member(lab.root / "pki", OPERATOR),
+                                  name=OPERATOR, timeout=BOUND)
 
 
 def apply_request(lab: AgentLab, text: str, rid: int) -> bytes:
@@ -150,39 +115,14 @@ def kind_of(msg: object) -> str:
 
 def flood(lab: AgentLab, target: str, text: str) -> dict[str, int]:
     """FLOOD applies of `text` on one connection, OUTSTANDING ahead of their answers, sent
-    as fast as the agent reads them (one thread, non-blocking); the answers by kind."""
+    as fast as the agent reads them; the answers by kind."""
     sock = connect(lab, target)
-    sock.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
-    decoder = FrameDecoder(default_codec)
-    answered: dict[str, int] = {}
-    sent, pending = 0, b""
-    end = time.monotonic() + 5 * BOUND
     try:
-        while sum(answered.values()) < FLOOD:
-            assert time.monotonic() < end, f"the flood was not answered: {answered}"
-            if not pending and sent < FLOOD and sent - sum(answered.values()) < OUTSTANDING:
-                sent += 1
-                pending = apply_request(lab, text, sent)
-            sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0))
-            for _key, mask in sel.select(timeout=0.1):
-                if mask & selectors.EVENT_WRITE and pending:
-                    with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                        pending = pending[sock.send(pending[:1 << 18]):]
-                if mask & selectors.EVENT_READ:
-                    try:
-                        chunk = sock.recv(1 << 20)
-                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                        continue
-                    assert chunk, f"{target} closed the connection after {answered}"
-                    for frame in decoder.feed_frames(chunk):
-                        kind = kind_of(frame.msg)
-                        answered[kind] = answered.get(kind, 0) + 1
+        return opwire.pipeline(sock, lambda rid: apply_request(lab, text, rid),
+                               more=lambda sent: sent < FLOOD, outstanding=OUTSTANDING,
+                               kind_of=kind_of, deadline=time.monotonic() + 5 * BOUND)
     finally:
-        sel.close()
         sock.close()
-    return answered
 
 
 # -- what must not change -------------------------------------------------------------------
