@@ -44,7 +44,8 @@ Every suspicion keeps its reason in words (what began it: our own failed probe, 
 member's gossip, a lease that stopped being renewed; and what our own probes found since),
 for `doubt()` and the operator's `inspect`: why a member is suspect or dead, and since when.
 Nothing here reads a clock or draws entropy of its own: `now` and an injected
-`random.Random` come in; messages to send and status changes go out (`drain`).
+`random.Random` come in; messages to send and status changes, each with its reason in
+words, go out (`drain`).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class Membership:
         self._suspects: set[str] = set()
         self._limit = timing.retransmits(len(roster))
         self._out: list[tuple[str, Message]] = []
-        self._changes: list[tuple[str, Status]] = []
+        self._changes: list[tuple[str, Status, str]] = []
 
     # -- queries ------------------------------------------------------------------------
     def status(self, name: str) -> Status:
@@ -188,7 +189,8 @@ class Membership:
                   if self.peers[n].verdict is not None]
         return min(times)
 
-    def drain(self) -> tuple[list[tuple[str, Message]], list[tuple[str, Status]]]:
+    def drain(self) -> tuple[list[tuple[str, Message]], list[tuple[str, Status, str]]]:
+        """Messages to send, and status changes as (member, new status, why in words)."""
         out, changes = self._out, self._changes
         self._out, self._changes = [], []
         return out, changes
@@ -406,7 +408,8 @@ class Membership:
         else:
             self._dead.discard(name)
         if changed:
-            self._changes.append((name, status))
+            doubt = self.doubt(name)
+            self._changes.append((name, status, why if doubt is None else doubt.reason))
 
     def _apply(self, fact: Gossip, now: float, *, sender: str, why: str = "") -> None:
         """memberlist's aliveNode/suspectNode, one fact heard from `sender` (ourselves for
@@ -423,7 +426,8 @@ class Membership:
             # Only the member itself raises its incarnation: anybody else could inflate it
             # past the member's own refutations.
             if sender == fact.member and fact.incarnation > peer.incarnation:
-                self._set(fact.member, Status.ALIVE, fact.incarnation, now)
+                self._set(fact.member, Status.ALIVE, fact.incarnation, now,
+                          why=f"it spoke for itself at incarnation {fact.incarnation}")
                 self._enqueue(fact)
             return
         # 'suspect' or 'dead', from whoever: a reason to look for ourselves, no more, and at
@@ -467,7 +471,8 @@ class Membership:
                 self._set(name, Status.DEAD, peer.incarnation, now)
                 self._enqueue(Gossip("dead", name, peer.incarnation, self.me))
             else:
-                self._set(name, Status.ALIVE, peer.incarnation, now)
+                self._set(name, Status.ALIVE, peer.incarnation, now,
+                          why="our own probe was answered: the suspicion lapsed")
 
 
 def _failure(probe: _Probe, now: float) -> str:
