@@ -173,7 +173,7 @@ class AgentCore:
             self._changes(now)
             self.bully.tick(now)
             for name in self.bully.suspects:
-                self.members.suspect(name, now)
+                self.members.suspect(name, now, why="its leader lease renewals stopped coming")
             self.bully.suspects.clear()
             self._changes(now)
             if min(self.members.next_deadline(), self.bully.next_deadline(now)) > now:

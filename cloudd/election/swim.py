@@ -255,11 +255,10 @@ class Membership:
                 probe.unreachable = True
                 self._ask_helpers(probe, now)
 
-    def suspect(self, name: str, now: float, *,
-                why: str = "its leader lease renewals stopped coming") -> None:
-        """Local evidence against `name` (the election's: a leader whose renewals stopped):
-        suspect it, and probe it next; it refutes like any suspicion, and others' suspicions
-        confirm."""
+    def suspect(self, name: str, now: float, *, why: str) -> None:
+        """Local evidence against `name`, `why` in words (the election's: a leader whose
+        renewals stopped): suspect it, and probe it next; it refutes like any suspicion, and
+        others' suspicions confirm."""
         if name != self.me and self.status(name) is not Status.DEAD:
             self._apply(Gossip("suspect", name, self._peer(name).incarnation, self.me), now,
                         sender=self.me, why=why)

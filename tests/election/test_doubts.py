@@ -10,7 +10,7 @@ import pytest
 from cloudd.election.agent import AgentCore
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
-from cloudd.election.messages import Ack, Gossip, Ping, PingReq
+from cloudd.election.messages import Ack, Coordinator, Gossip, LeaseRequest, Ping, PingReq
 from cloudd.election.swim import Doubt, Membership, Status
 
 T = Timing.production()
@@ -138,7 +138,7 @@ def test_a_refuted_suspicion_leaves_no_doubt_and_a_new_one_its_own_reason() -> N
     m.receive("e", Ping(1, "a", "", 0, gossip=(Gossip("suspect", "c", 0, "e"),)), 0.5)
     m.receive("c", Ping(2, "a", "", 0, gossip=(Gossip("alive", "c", 1, "c"),)), 0.6)
     assert m.doubt("c") is None
-    m.suspect("c", 0.7)
+    m.suspect("c", 0.7, why="its leader lease renewals stopped coming")
     assert m.doubt("c") == Doubt(Status.SUSPECT, 0.7, "its leader lease renewals stopped coming")
 
 
@@ -189,3 +189,24 @@ def test_the_agents_member_events_carry_the_status_and_why() -> None:
     out = core.step("n1", Ping(2, "h1", "", 0, gossip=(Gossip("alive", "n1", 1, "n1"),)), 0.3)
     assert [(e.reason, e.peer) for e in out.events if e.kind == "member"] == [
         ("alive: it spoke for itself at incarnation 1", "n1")]
+
+
+def test_a_host_whose_leader_stops_renewing_says_so() -> None:
+    """A host following `a` hears no renewal for 2.5 periods while a still answers probes:
+    the suspicion is the election's, in its words."""
+    core = AgentCore("b", ROSTER, timing=T, rng=random.Random(1))
+    core.start(0.0)
+    t = T.lease_duration + 0.01  # a freshly started host grants nothing for one lease
+    core.step("a", LeaseRequest(term=5, seq=1), t)
+    core.step("a", Coordinator(5), t)
+    assert (core.leader, core.term) == ("a", 5)
+    granted = t
+    while core.status("a") is Status.ALIVE:
+        t = round(t + 0.001, 6)
+        for peer, msg in core.tick(t).messages:
+            if isinstance(msg, Ping):
+                core.step(peer, Ack(msg.seq, peer, "", 0), t)
+        assert t < granted + 1.0, "never suspected"
+    assert t == pytest.approx(granted + 2.5 * T.renew_interval, abs=0.002)
+    doubt = core.members.doubt("a")
+    assert doubt is not None and doubt.reason == "its leader lease renewals stopped coming"

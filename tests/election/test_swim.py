@@ -35,7 +35,7 @@ def kill(m: Membership, target: str, t: float) -> float:
     """Make `target` dead in m's view on m's own evidence: suspect it, then let m's own probe
     of it go unanswered until the suspicion ends (everyone else answers). Returns the time
     it died."""
-    m.suspect(target, t)
+    m.suspect(target, t, why="the test says so")
     while m.status(target) is not Status.DEAD:
         t += 0.001
         m.probe_tick(t)
