@@ -110,8 +110,8 @@ class _Probe:
     """When we ask helpers if the target has not acked."""
     ends_at: float
     """When the probe fails if no ack, direct or relayed, has come."""
-    indirect: bool = False
-    asked_at: float = 0.0
+    asked_at: float | None = None
+    """When we asked helpers (None while the probe is direct only)."""
     unreachable: bool = False
     helpers: tuple[str, ...] = ()
 
@@ -183,7 +183,7 @@ class Membership:
     def next_deadline(self) -> float:
         times = [self._next_probe, self._next_dead_probe]
         for probe in self._probes.values():
-            times.append(probe.ends_at if probe.indirect else probe.ask_at)
+            times.append(probe.ask_at if probe.asked_at is None else probe.ends_at)
         # A suspect without our own verdict waits for our probe of it (next period), not time.
         times += [self._suspicion_deadline(n) for n in self._suspects
                   if self.peers[n].verdict is not None]
@@ -221,7 +221,7 @@ class Membership:
     def probe_tick(self, now: float) -> None:
         t = self.timing
         for probe in list(self._probes.values()):
-            if not probe.indirect and now >= probe.ask_at:
+            if probe.asked_at is None and now >= probe.ask_at:
                 self._ask_helpers(probe, now)
         for seq, probe in list(self._probes.items()):
             if now >= probe.ends_at:  # an acked probe is gone already
@@ -251,7 +251,7 @@ class Membership:
     def unreachable(self, peer: str, now: float) -> None:
         """The shell could not reach `peer`: do not wait out the direct probe timeout."""
         for probe in list(self._probes.values()):
-            if probe.target == peer and not probe.indirect:
+            if probe.target == peer and probe.asked_at is None:
                 probe.unreachable = True
                 self._ask_helpers(probe, now)
 
@@ -335,7 +335,7 @@ class Membership:
                                        gossip=self._piggyback(first, mine))))
 
     def _ask_helpers(self, probe: _Probe, now: float) -> None:
-        probe.indirect, probe.asked_at = True, now
+        probe.asked_at = now
         if probe.target not in self.roster.hosts:
             # The helpers of a node's probe get their full window even after a late tick:
             # a prober that stalled itself must not blame the node for it.
@@ -433,19 +433,17 @@ class Membership:
         # no higher incarnation than we heard from the member itself.
         if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
             return
-        hint = Gossip("suspect", fact.member, peer.incarnation, fact.origin)
         if peer.status is Status.SUSPECT:
-            if fact.origin not in peer.confirmations:
-                peer.confirmations.add(fact.origin)
-                self._enqueue(hint)
-            return
-        if not why:
-            said = "declared it dead" if fact.status == "dead" else "suspects it"
-            heard = "" if sender == fact.origin else f" (heard from {sender})"
-            why = f"gossip: {fact.origin} {said}{heard}"
-        self._set(fact.member, Status.SUSPECT, peer.incarnation, now, why=why)
+            if fact.origin in peer.confirmations:
+                return  # heard already (gossip is retransmitted): the common case
+        else:
+            if not why:
+                said = "declared it dead" if fact.status == "dead" else "suspects it"
+                heard = "" if sender == fact.origin else f" (heard from {sender})"
+                why = f"gossip: {fact.origin} {said}{heard}"
+            self._set(fact.member, Status.SUSPECT, peer.incarnation, now, why=why)
         peer.confirmations.add(fact.origin)
-        self._enqueue(hint)
+        self._enqueue(Gossip("suspect", fact.member, peer.incarnation, fact.origin))
 
     def _probe_failed(self, probe: _Probe, now: float) -> None:
         """No ack, direct or relayed, by the end of the probe: our own evidence. Also when
@@ -462,10 +460,11 @@ class Membership:
     def _settle(self, now: float) -> None:
         """Suspicions whose timeout passed end on our own latest probe of the suspect: dead
         if it failed, alive again (here only) if it was answered."""
-        for name in sorted(self._suspects):
+        # Sorted for a deterministic order, after filtering: most suspicions are not due.
+        due = sorted(n for n in self._suspects if self.peers[n].verdict is not None
+                     and now >= self._suspicion_deadline(n))
+        for name in due:
             peer = self.peers[name]
-            if peer.verdict is None or now < self._suspicion_deadline(name):
-                continue
             if peer.verdict is _Verdict.FAILED:
                 self._set(name, Status.DEAD, peer.incarnation, now)
                 self._enqueue(Gossip("dead", name, peer.incarnation, self.me))
@@ -476,7 +475,7 @@ class Membership:
 
 def _failure(probe: _Probe, now: float) -> str:
     """A failed probe in words: what the direct and the indirect probes got."""
-    asked = probe.asked_at if probe.indirect else now
+    asked = now if probe.asked_at is None else probe.asked_at
     direct = ("could not reach it" if probe.unreachable else
               f"no ack to a direct probe within {_s(asked - probe.started)}")
     k = len(probe.helpers)
