@@ -173,7 +173,7 @@ class AgentCore:
             self._changes(now)
             self.bully.tick(now)
             for name in self.bully.suspects:
-                self.members.suspect(name, now)
+                self.members.suspect(name, now, why="its leader lease renewals stopped coming")
             self.bully.suspects.clear()
             self._changes(now)
             if min(self.members.next_deadline(), self.bully.next_deadline(now)) > now:
@@ -213,16 +213,14 @@ class AgentCore:
         if now < self._now:
             raise LocalProtocolError(f"time ran backwards: {now} after {self._now}")
 
-    def _changes(self, now: float) -> list[ElectionEvent]:
-        """Hand SWIM's status changes to the election; return them as events."""
+    def _changes(self, now: float) -> None:
+        """Hand SWIM's status changes to the election, and to the log with their reason."""
         out, changes = self.members.drain()
         self._pending_out += out
-        events = []
-        for name, status in changes:
-            events.append(ElectionEvent("member", status.value, self.bully.term, name))
+        for name, status, why in changes:
+            self._pending_events.append(ElectionEvent("member", f"{status.value}: {why}",
+                                                      self.bully.term, name))
             self.bully.member_changed(name, status is not Status.DEAD, now)
-        self._pending_events += events
-        return events
 
     def _flush(self, now: float) -> Output:
         self._changes(now)

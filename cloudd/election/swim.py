@@ -44,7 +44,8 @@ Every suspicion keeps its reason in words (what began it: our own failed probe, 
 member's gossip, a lease that stopped being renewed; and what our own probes found since),
 for `doubt()` and the operator's `inspect`: why a member is suspect or dead, and since when.
 Nothing here reads a clock or draws entropy of its own: `now` and an injected
-`random.Random` come in; messages to send and status changes go out (`drain`).
+`random.Random` come in; messages to send and status changes, each with its reason in
+words, go out (`drain`).
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ class _Probe:
     """When we ask helpers if the target has not acked."""
     ends_at: float
     """When the probe fails if no ack, direct or relayed, has come."""
-    indirect: bool = False
-    asked_at: float = 0.0
+    asked_at: float | None = None
+    """When we asked helpers (None while the probe is direct only)."""
     unreachable: bool = False
     helpers: tuple[str, ...] = ()
 
@@ -150,7 +151,7 @@ class Membership:
         self._suspects: set[str] = set()
         self._limit = timing.retransmits(len(roster))
         self._out: list[tuple[str, Message]] = []
-        self._changes: list[tuple[str, Status]] = []
+        self._changes: list[tuple[str, Status, str]] = []
 
     # -- queries ------------------------------------------------------------------------
     def status(self, name: str) -> Status:
@@ -182,13 +183,14 @@ class Membership:
     def next_deadline(self) -> float:
         times = [self._next_probe, self._next_dead_probe]
         for probe in self._probes.values():
-            times.append(probe.ends_at if probe.indirect else probe.ask_at)
+            times.append(probe.ask_at if probe.asked_at is None else probe.ends_at)
         # A suspect without our own verdict waits for our probe of it (next period), not time.
         times += [self._suspicion_deadline(n) for n in self._suspects
                   if self.peers[n].verdict is not None]
         return min(times)
 
-    def drain(self) -> tuple[list[tuple[str, Message]], list[tuple[str, Status]]]:
+    def drain(self) -> tuple[list[tuple[str, Message]], list[tuple[str, Status, str]]]:
+        """Messages to send, and status changes as (member, new status, why in words)."""
         out, changes = self._out, self._changes
         self._out, self._changes = [], []
         return out, changes
@@ -219,7 +221,7 @@ class Membership:
     def probe_tick(self, now: float) -> None:
         t = self.timing
         for probe in list(self._probes.values()):
-            if not probe.indirect and now >= probe.ask_at:
+            if probe.asked_at is None and now >= probe.ask_at:
                 self._ask_helpers(probe, now)
         for seq, probe in list(self._probes.items()):
             if now >= probe.ends_at:  # an acked probe is gone already
@@ -249,15 +251,14 @@ class Membership:
     def unreachable(self, peer: str, now: float) -> None:
         """The shell could not reach `peer`: do not wait out the direct probe timeout."""
         for probe in list(self._probes.values()):
-            if probe.target == peer and not probe.indirect:
+            if probe.target == peer and probe.asked_at is None:
                 probe.unreachable = True
                 self._ask_helpers(probe, now)
 
-    def suspect(self, name: str, now: float, *,
-                why: str = "its leader lease renewals stopped coming") -> None:
-        """Local evidence against `name` (the election's: a leader whose renewals stopped):
-        suspect it, and probe it next; it refutes like any suspicion, and others' suspicions
-        confirm."""
+    def suspect(self, name: str, now: float, *, why: str) -> None:
+        """Local evidence against `name`, `why` in words (the election's: a leader whose
+        renewals stopped): suspect it, and probe it next; it refutes like any suspicion, and
+        others' suspicions confirm."""
         if name != self.me and self.status(name) is not Status.DEAD:
             self._apply(Gossip("suspect", name, self._peer(name).incarnation, self.me), now,
                         sender=self.me, why=why)
@@ -334,7 +335,7 @@ class Membership:
                                        gossip=self._piggyback(first, mine))))
 
     def _ask_helpers(self, probe: _Probe, now: float) -> None:
-        probe.indirect, probe.asked_at = True, now
+        probe.asked_at = now
         if probe.target not in self.roster.hosts:
             # The helpers of a node's probe get their full window even after a late tick:
             # a prober that stalled itself must not blame the node for it.
@@ -406,7 +407,8 @@ class Membership:
         else:
             self._dead.discard(name)
         if changed:
-            self._changes.append((name, status))
+            doubt = self.doubt(name)
+            self._changes.append((name, status, why if doubt is None else doubt.reason))
 
     def _apply(self, fact: Gossip, now: float, *, sender: str, why: str = "") -> None:
         """memberlist's aliveNode/suspectNode, one fact heard from `sender` (ourselves for
@@ -423,26 +425,25 @@ class Membership:
             # Only the member itself raises its incarnation: anybody else could inflate it
             # past the member's own refutations.
             if sender == fact.member and fact.incarnation > peer.incarnation:
-                self._set(fact.member, Status.ALIVE, fact.incarnation, now)
+                self._set(fact.member, Status.ALIVE, fact.incarnation, now,
+                          why=f"it spoke for itself at incarnation {fact.incarnation}")
                 self._enqueue(fact)
             return
         # 'suspect' or 'dead', from whoever: a reason to look for ourselves, no more, and at
         # no higher incarnation than we heard from the member itself.
         if fact.incarnation < peer.incarnation or peer.status is Status.DEAD:
             return
-        hint = Gossip("suspect", fact.member, peer.incarnation, fact.origin)
         if peer.status is Status.SUSPECT:
-            if fact.origin not in peer.confirmations:
-                peer.confirmations.add(fact.origin)
-                self._enqueue(hint)
-            return
-        if not why:
-            said = "declared it dead" if fact.status == "dead" else "suspects it"
-            heard = "" if sender == fact.origin else f" (heard from {sender})"
-            why = f"gossip: {fact.origin} {said}{heard}"
-        self._set(fact.member, Status.SUSPECT, peer.incarnation, now, why=why)
+            if fact.origin in peer.confirmations:
+                return  # heard already (gossip is retransmitted): the common case
+        else:
+            if not why:
+                said = "declared it dead" if fact.status == "dead" else "suspects it"
+                heard = "" if sender == fact.origin else f" (heard from {sender})"
+                why = f"gossip: {fact.origin} {said}{heard}"
+            self._set(fact.member, Status.SUSPECT, peer.incarnation, now, why=why)
         peer.confirmations.add(fact.origin)
-        self._enqueue(hint)
+        self._enqueue(Gossip("suspect", fact.member, peer.incarnation, fact.origin))
 
     def _probe_failed(self, probe: _Probe, now: float) -> None:
         """No ack, direct or relayed, by the end of the probe: our own evidence. Also when
@@ -459,20 +460,22 @@ class Membership:
     def _settle(self, now: float) -> None:
         """Suspicions whose timeout passed end on our own latest probe of the suspect: dead
         if it failed, alive again (here only) if it was answered."""
-        for name in sorted(self._suspects):
+        # Sorted for a deterministic order, after filtering: most suspicions are not due.
+        due = sorted(n for n in self._suspects if self.peers[n].verdict is not None
+                     and now >= self._suspicion_deadline(n))
+        for name in due:
             peer = self.peers[name]
-            if peer.verdict is None or now < self._suspicion_deadline(name):
-                continue
             if peer.verdict is _Verdict.FAILED:
                 self._set(name, Status.DEAD, peer.incarnation, now)
                 self._enqueue(Gossip("dead", name, peer.incarnation, self.me))
             else:
-                self._set(name, Status.ALIVE, peer.incarnation, now)
+                self._set(name, Status.ALIVE, peer.incarnation, now,
+                          why="our own probe was answered: the suspicion lapsed")
 
 
 def _failure(probe: _Probe, now: float) -> str:
     """A failed probe in words: what the direct and the indirect probes got."""
-    asked = probe.asked_at if probe.indirect else now
+    asked = now if probe.asked_at is None else probe.asked_at
     direct = ("could not reach it" if probe.unreachable else
               f"no ack to a direct probe within {_s(asked - probe.started)}")
     k = len(probe.helpers)

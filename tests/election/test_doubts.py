@@ -10,7 +10,7 @@ import pytest
 from cloudd.election.agent import AgentCore
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
-from cloudd.election.messages import Ack, Gossip, Ping, PingReq
+from cloudd.election.messages import Ack, Coordinator, Gossip, LeaseRequest, Ping, PingReq
 from cloudd.election.swim import Doubt, Membership, Status
 
 T = Timing.production()
@@ -25,14 +25,16 @@ def mem(roster: Roster = ROSTER) -> Membership:
     return m
 
 
-def run(m: Membership, until: float, *, silent: str, t: float = 0.0,
-        answer: bool = False) -> float:
+def run(m: Membership, until: float, *, silent: str, t: float = 0.0, answer: bool = False,
+        changes: list[tuple[str, Status, str]] | None = None) -> float:
     """Tick m every millisecond up to `until`; every member answers at once but `silent`
-    (unless `answer`). Returns the last time ticked."""
+    (unless `answer`); m's status changes go to `changes`. Returns the last time ticked."""
     while t < until:
         t = round(t + 0.001, 6)
         m.probe_tick(t)
-        out, _ = m.drain()
+        out, changed = m.drain()
+        if changes is not None:
+            changes += changed
         for peer, msg in out:
             if peer == silent and not answer:
                 continue
@@ -136,7 +138,7 @@ def test_a_refuted_suspicion_leaves_no_doubt_and_a_new_one_its_own_reason() -> N
     m.receive("e", Ping(1, "a", "", 0, gossip=(Gossip("suspect", "c", 0, "e"),)), 0.5)
     m.receive("c", Ping(2, "a", "", 0, gossip=(Gossip("alive", "c", 1, "c"),)), 0.6)
     assert m.doubt("c") is None
-    m.suspect("c", 0.7)
+    m.suspect("c", 0.7, why="its leader lease renewals stopped coming")
     assert m.doubt("c") == Doubt(Status.SUSPECT, 0.7, "its leader lease renewals stopped coming")
 
 
@@ -155,3 +157,56 @@ def test_describe_lists_each_member_not_alive_with_why_and_since_when() -> None:
     info = core.describe(0.3)
     assert info["not_alive"] == {"n1": {"status": "suspect", "since": 0.25,
                                         "reason": "gossip: h2 suspects it"}}
+
+
+def test_every_change_of_status_says_why() -> None:
+    m = mem()
+    changes: list[tuple[str, Status, str]] = []
+    t = run(m, T.node_suspicion + 5.0, silent="c", changes=changes)
+    m.receive("c", Ping(9, "a", "", 0, gossip=(Gossip("alive", "c", 1, "c"),)), t)
+    changes += m.drain()[1]
+    assert changes == [("c", Status.SUSPECT, NODE_FAILED),
+                       ("c", Status.DEAD, f"{NODE_FAILED}; no answer in 10 s of suspicion"),
+                       ("c", Status.ALIVE, "it spoke for itself at incarnation 1")]
+
+
+def test_a_lapsed_suspicion_says_our_probe_was_answered() -> None:
+    m = mem()
+    m.receive("e", Ping(1, "a", "", 0, gossip=(Gossip("suspect", "c", 0, "e"),)), 0.5)
+    changes = m.drain()[1]
+    run(m, 0.5 + T.node_suspicion, silent="c", t=0.5, answer=True, changes=changes)
+    assert changes == [("c", Status.SUSPECT, "gossip: e suspects it"),
+                       ("c", Status.ALIVE, "our own probe was answered: the suspicion lapsed")]
+
+
+def test_the_agents_member_events_carry_the_status_and_why() -> None:
+    roster = Roster([Member("h1", host=True), Member("h2", host=True), Member("n1")])
+    core = AgentCore("h1", roster, timing=T, rng=random.Random(1))
+    core.start(0.0)
+    out = core.step("h2", Ping(1, "h1", "", 0, gossip=(Gossip("suspect", "n1", 0, "h2"),)), 0.25)
+    assert [(e.reason, e.peer) for e in out.events if e.kind == "member"] == [
+        ("suspect: gossip: h2 suspects it", "n1")]
+    out = core.step("n1", Ping(2, "h1", "", 0, gossip=(Gossip("alive", "n1", 1, "n1"),)), 0.3)
+    assert [(e.reason, e.peer) for e in out.events if e.kind == "member"] == [
+        ("alive: it spoke for itself at incarnation 1", "n1")]
+
+
+def test_a_host_whose_leader_stops_renewing_says_so() -> None:
+    """A host following `a` hears no renewal for 2.5 periods while a still answers probes:
+    the suspicion is the election's, in its words."""
+    core = AgentCore("b", ROSTER, timing=T, rng=random.Random(1))
+    core.start(0.0)
+    t = T.lease_duration + 0.01  # a freshly started host grants nothing for one lease
+    core.step("a", LeaseRequest(term=5, seq=1), t)
+    core.step("a", Coordinator(5), t)
+    assert (core.leader, core.term) == ("a", 5)
+    granted = t
+    while core.status("a") is Status.ALIVE:
+        t = round(t + 0.001, 6)
+        for peer, msg in core.tick(t).messages:
+            if isinstance(msg, Ping):
+                core.step(peer, Ack(msg.seq, peer, "", 0), t)
+        assert t < granted + 1.0, "never suspected"
+    assert t == pytest.approx(granted + 2.5 * T.renew_interval, abs=0.002)
+    doubt = core.members.doubt("a")
+    assert doubt is not None and doubt.reason == "its leader lease renewals stopped coming"

@@ -35,7 +35,7 @@ def kill(m: Membership, target: str, t: float) -> float:
     """Make `target` dead in m's view on m's own evidence: suspect it, then let m's own probe
     of it go unanswered until the suspicion ends (everyone else answers). Returns the time
     it died."""
-    m.suspect(target, t)
+    m.suspect(target, t, why="the test says so")
     while m.status(target) is not Status.DEAD:
         t += 0.001
         m.probe_tick(t)
@@ -57,7 +57,8 @@ def test_silent_target_gets_helpers_then_suspicion_then_death() -> None:
     assert len(helpers) == T.indirect_checks and ping.target not in helpers
     m.probe_tick(t + T.probe_interval)
     _, changes = m.drain()
-    assert (ping.target, Status.SUSPECT) in changes
+    assert [(n, s) for n, s, _ in changes] == [(ping.target, Status.SUSPECT)]
+    assert changes[0][2].startswith("no ack to a direct probe within 0.04 s, nor through 3 ")
     _, high = T.suspicion_timeouts(len(ROSTER))
     m.probe_tick(t + T.probe_interval + high - 1e-6)
     assert m.status(ping.target) is Status.SUSPECT

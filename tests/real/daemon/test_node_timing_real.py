@@ -7,8 +7,9 @@ namespaces, with the default membership settings (nodes probed with `node_probe_
   their logs: no `election_member` line declares it dead), and alive everywhere again soon
   after; a host's `status` says why it was suspect.
 - A node agent SIGKILLed is dead in every host's view within the node bound
-  (`Timing.node_dead_bound`, plus room for a shared machine), each host saying it stayed
-  suspect for the whole `node_suspicion` first; `cloudd-cli inspect` on the leader lists it
+  (`Timing.node_dead_bound`, plus room for a shared machine), each host saying (in its
+  status and its `election_member` log line) it stayed suspect for the whole
+  `node_suspicion` first; `cloudd-cli inspect` on the leader lists it
   under AGENTS NOT ALIVE with the reason and since when, and so does its JSON document.
 """
 
@@ -86,10 +87,10 @@ def views_of(lab: AgentLab, node: str) -> dict[str, tuple[str, dict[str, Any] | 
 
 
 def declared(lab: AgentLab, node: str, status: str) -> list[dict[str, Any]]:
-    """The hosts' log lines that changed `node` to `status`."""
+    """The hosts' log lines that changed `node` to `status` (their reason: "STATUS: why")."""
     return [e for e in lab.log_events()
             if e["agent"] in HOSTS and e.get("event") == "election_member"
-            and e.get("peer") == node and e.get("reason") == status]
+            and e.get("peer") == node and str(e.get("reason")).startswith(f"{status}: ")]
 
 
 def test_a_stalled_node_is_never_dead_and_a_killed_one_is(lab: AgentLab) -> None:
@@ -130,6 +131,8 @@ def test_a_stalled_node_is_never_dead_and_a_killed_one_is(lab: AgentLab) -> None
     deaths = {e["agent"]: e["at"] - killed_at for e in declared(lab, KILLED, "dead")}
     print(f"{KILLED} declared dead by the hosts {deaths} s after its kill (bound {bound:.1f} s)")
     assert set(deaths) == set(HOSTS)
+    for e in declared(lab, KILLED, "dead"):  # the log line says why, as inspect does
+        assert e["reason"].endswith(f"no answer in {t.node_suspicion:.2g} s of suspicion"), e
     # each host's own suspicion ran its whole course first, and says so
     for host, (_, doubt) in views_of(lab, KILLED).items():
         assert doubt is not None and doubt["status"] == "dead", host
