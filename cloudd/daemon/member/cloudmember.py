@@ -255,6 +255,11 @@ class CloudMember:
             # From now on a dropped member gets nothing but refusals here, and an added
             # one is a member like any other (the dispatch table reads `self.roster`).
             self.election.change_roster(roster)
+            # What a dropped node reported or was sent goes with it: `inspect` shows no
+            # phase for a node the cloud no longer has, and one added again starts afresh.
+            for table in (self.reports, self._assigned, self._offered):
+                for gone in set(table) - set(roster.names):
+                    del table[gone]
         self.cloud = cloud
         self.generation += 1
         self.loaded_at = self.clock.wall()
