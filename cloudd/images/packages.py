@@ -34,8 +34,13 @@ BASE: tuple[str, ...] = (
     "chrony", "openssh-server", "iproute2", "ca-certificates", "procps",
 )
 
-#: Timers that fetch package lists: a node has no index to fetch from.
-BASE_UNITS_OFF: tuple[str, ...] = ("apt-daily.timer", "apt-daily-upgrade.timer")
+#: Units a node does without: timers that fetch package lists (a node has no index to fetch
+#: from); e2fsprogs' scrubbing of LVM snapshots (a node has no LVM, and its boot-time reaper
+#: costs a booting guest a minute under TCG); weekly TRIM and daily backups of dpkg's database
+#: (a node's packages come with its image, and nothing on its disk needs trimming).
+BASE_UNITS_OFF: tuple[str, ...] = ("apt-daily.timer", "apt-daily-upgrade.timer",
+                                   "dpkg-db-backup.timer", "e2scrub_all.timer",
+                                   "e2scrub_reap.service", "fstrim.timer")
 
 
 class ImageBuildError(PermanentError):

@@ -46,6 +46,9 @@ AssertPathExists={IDENTITY}
 [Service]
 ExecStart=
 ExecStart={venv}/bin/cloudd --from-identity {IDENTITY}
+# A guest under TCG sharing its host's cores with others may take minutes to import Python
+# while it boots: a start timeout there only restarts it, which costs the same again.
+TimeoutStartSec=300s
 """
 
 
@@ -54,8 +57,15 @@ _CLOUD_CFG = """\
 # else: probing other clouds' metadata services would cost minutes of timeouts in a VM that
 # has no route out. None lets a VM without a seed boot all the same.
 datasource_list: [NoCloud, None]
-# The image has no locales package; C.UTF-8 is built into the C library.
-locale: C.UTF-8
+# A seed needs only the init stage's modules: its files (identity, credentials, chrony's
+# servers, root's keys), the host name, root's locked password and the SSH host keys, and
+# bootcmd for whoever makes a seed of their own. The config and final stages run nothing
+# (they still run, so `cloud-init status` says done); under TCG each module costs seconds
+# of a booting node.
+cloud_init_modules: [bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts,
+                     users_groups, ssh]
+cloud_config_modules: []
+cloud_final_modules: []
 """
 
 _FSTAB = f"LABEL={ROOT_LABEL} / ext4 errors=remount-ro 0 1\n"

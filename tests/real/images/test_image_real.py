@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[3]
 #: TCG boots take 20-60 s to a login prompt, cloud-init's stages as much again.
 BOOT_TIMEOUT = 300.0
 
-# Starts as a transient unit so that it outlives cloud-final (which runs runcmd) and can wait
-# for the whole boot, cloud-final included, to finish.
+# Started by bootcmd (the image's cloud-init runs the init stage's modules only) as a
+# transient unit, so that it outlives cloud-init and can wait for the whole boot to finish.
 PROBE = r"""
 systemctl is-system-running --wait >/dev/null 2>&1
 show() { systemctl show -p "$2" --value "$1"; }
@@ -41,6 +41,8 @@ multiuser=$(systemctl is-active multi-user.target) \
 cloudd_load=$(show cloudd.service LoadState) cloudd_enabled=$(systemctl is-enabled cloudd.service) \
 cloudd=$(show cloudd.service ActiveState) cloudd_assert=$(show cloudd.service AssertResult) \
 nginx=$(systemctl is-enabled nginx.service) mariadb=$(systemctl is-enabled mariadb.service) \
+e2scrub=$(systemctl is-enabled e2scrub_reap.service) \
+cloudinit=$(cloud-init status 2>/dev/null | sed -n 's/^status: //p') \
 agent=$agent root=$(passwd -S root | cut -d' ' -f2) machineid=$machineid \
 failed=${failed:-none} uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 """
@@ -60,7 +62,7 @@ def _seed(folder: Path, marker: str) -> Path:
     files = {
         "meta-data": json.dumps({"instance-id": f"probe-{marker}",
                                  "local-hostname": "image-probe"}) + "\n",
-        "user-data": "#cloud-config\n" + json.dumps({"runcmd": [[
+        "user-data": "#cloud-config\n" + json.dumps({"bootcmd": [[
             "systemd-run", "--no-block", "--unit=cloudd-image-probe", "/bin/sh", "-c",
             PROBE.replace("PROBE", marker)]]}) + "\n",
     }
@@ -131,7 +133,9 @@ def test_web_image_boots_to_multi_user_with_the_agent_unit_waiting_for_its_ident
         "cloudd_load": "loaded", "cloudd_enabled": "enabled",
         "cloudd": "inactive", "cloudd_assert": "no",
         # The agent runs these itself under its supervisor.
-        "nginx": "disabled", "mariadb": "disabled",
+        "nginx": "disabled", "mariadb": "disabled", "e2scrub": "disabled",
+        # Its config and final stages run no module, but they run: cloud-init is done.
+        "cloudinit": "done",
         "agent": "ok", "root": "L", "machineid": "set", "failed": "none",
     }, line
 
