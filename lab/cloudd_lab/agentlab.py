@@ -302,6 +302,8 @@ class AgentLab:
         self.ensure = "running"
         self.lock = LabLock(self.prefix)
         self.clocks: dict[str, TimeServer] = {}
+        #: a node's manifest fields when not `node_fields`' (see `add_node`)
+        self.own_fields: dict[str, str] = {}
 
     # -- building -------------------------------------------------------------------------
     def open(self) -> Self:
@@ -370,6 +372,25 @@ class AgentLab:
                         self.root / name / "chrony").start()
         return self
 
+    def add_node(self, role: str, fields: str = "managed: false") -> str:
+        """One more node of `role` with the subnet's next address and manifest `fields` (a
+        machine the lab runs no agent for), in the manifest from the next `write_manifest`:
+        its name."""
+        taken = {n for n, _, _ in self.members}
+        name = next(f"lab-{role}-{j}" for j in range(1, len(taken) + 2)
+                    if f"lab-{role}-{j}" not in taken)
+        address = str(self.net.allocate().ip)
+        self.members.append((name, None, address))
+        self.node_addresses[name] = address
+        self.own_fields[name] = fields
+        return name
+
+    def remove_node(self, name: str) -> None:
+        """Take a node `add_node` gave out of the manifest (from the next `write_manifest`)."""
+        self.members = [m for m in self.members if m[0] != name]
+        del self.node_addresses[name]
+        self.own_fields.pop(name, None)
+
     def add_outsider(self, name: str = "outsider") -> AgentProc:
         """An agent on the lab's bridge with the lab's CA but in no cloud (no manifest), as on
         an operator's machine: it holds an operator certificate. Started by `start`."""
@@ -426,7 +447,8 @@ class AgentLab:
             roles.append(f"  {role}:")
             for n, _, a in members:
                 if n.startswith(f"lab-{role}-"):
-                    roles.append(f"    - {{name: {n}, address: {a}, {self.node_fields(n)}}}")
+                    fields = self.own_fields.get(n) or self.node_fields(n)
+                    roles.append(f"    - {{name: {n}, address: {a}, {fields}}}")
         values = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in self.template_values.items())
         return (f"apiVersion: cloudd/v1\nkind: Cloud\nname: {self.cloud_name}\n"
                 f"type: {self.cloud_type}\nensure: {self.ensure}\n"

@@ -71,6 +71,7 @@ class TimeServer:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         conf = self.folder / "chrony.conf"
         conf.write_text(self.config())
+        self.socket.unlink(missing_ok=True)  # a stopped server's: not a sign of this one
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         # -d: in the foreground, logging to the file; -u root: its files stay the lab's.
         self.proc = subprocess.Popen(

@@ -167,6 +167,13 @@ class VmLab(AgentLab):
             virsh("destroy", self.domain(node))
         return lost
 
+    def bring_back(self, host: str, *, bound: float = 120.0) -> None:
+        """A lost host powered on again: its agent starts, and the acting leader sees it alive
+        within `bound` seconds (AssertionError if not)."""
+        self.start(host)
+        poll(f"{host} alive again", lambda: (v := self.leader_view()) is not None and any(
+            h["name"] == host and h["liveness"] == "alive" for h in v["hosts"]), bound=bound)
+
     def remove_domains(self) -> None:
         for name in virsh("list", "--all", "--name").stdout.split():
             if name.startswith(f"{self.cloud_name}-"):

@@ -51,6 +51,8 @@ class Client:
     results: list[tuple[float, bool]] = field(default_factory=list)
     #: the bodies the site acknowledged
     acknowledged: list[str] = field(default_factory=list)
+    #: when each acknowledged write was sent (unix time), by body
+    sent_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -73,6 +75,7 @@ class Client:
             ok = write(self.url, body)
             self.results.append((start, ok))
             if ok:
+                self.sent_at[body] = start
                 self.acknowledged.append(body)
             self._stop.wait(self.period)
 

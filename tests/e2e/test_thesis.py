@@ -149,14 +149,6 @@ def power_loss_and_replace(lab: VmLab, say: Say, label: str, host: str) -> list[
     return lost
 
 
-def bring_back(lab: VmLab, host: str) -> None:
-    """Start a lost host's agent again: the leader must see it alive (so that the pool has
-    three hosts again for the next test)."""
-    lab.start(host)
-    poll(f"{host} alive again", lambda: (v := lab.leader_view()) is not None and any(
-        h["name"] == host and h["liveness"] == "alive" for h in v["hosts"]), bound=120)
-
-
 def test_3_the_leaders_machine_dies(lab: VmLab, say: Say) -> None:
     """The leader is a pool host agent (hosts outrank nodes), so "the leader's VM" is here the
     leader's machine: its agent process killed together with its domains (a power loss).
@@ -168,7 +160,7 @@ def test_3_the_leaders_machine_dies(lab: VmLab, say: Say) -> None:
     view = lab.leader_view()
     assert view is not None and view["leadership"]["leader"] != old
     assert view["leadership"]["term"] > old_term
-    bring_back(lab, old)
+    lab.bring_back(old)
 
 
 def test_kill_a_host_agent_with_its_vms(lab: VmLab, say: Say) -> None:
@@ -179,7 +171,7 @@ def test_kill_a_host_agent_with_its_vms(lab: VmLab, say: Say) -> None:
         per_host[d.host] = per_host.get(d.host, 0) + 1
     host = max(sorted(POOL - {leader}), key=lambda h: per_host.get(h, 0))
     power_loss_and_replace(lab, say, "(host) power loss", host)
-    bring_back(lab, host)
+    lab.bring_back(host)
 
 
 def reconnected(lab: VmLab, since: float) -> bool:
