@@ -20,8 +20,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
 from cloudd.config.agent import Images
 from cloudd.durable import replace_durable
 from cloudd.errors import PermanentError, TemporaryError
@@ -129,6 +127,10 @@ async def fetch_image(local: Path, source: SftpSource, *, limit: float = 600.0) 
     `limit` bounds the whole copy, in seconds."""
     if not await asyncio.to_thread(source.known_hosts.is_file):
         raise ImageError(f"known_hosts file {source.known_hosts} does not exist")
+    # Imported here, not with the module: a node's agent never copies images, and asyncssh
+    # with its cryptography costs a booting guest seconds of its start under TCG.
+    import asyncssh
+
     remote = source.remote_path or str(local)
     tmp = local.with_name(f".{local.name}.{os.getpid()}.part")
     await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
