@@ -57,7 +57,7 @@ def faults(lab: ImageLab) -> list[tuple[str, Callable[[], Outcome]]]:
 def main() -> int:
     rows: dict[str, list[Outcome]] = {}
     with ImageLab(PREFIX, hosts=3, nodes={"database": 1, "server": 2, "balancer": 1},
-                  subnet=SUBNET, cloud_name=PREFIX) as lab:
+                  subnet=SUBNET, cloud_name=PREFIX, hosts_last_first=True) as lab:
         lab.start_all()
         _, took = poll("every node ready", lab.ready, bound=UP, interval=5.0)
         poll("the balancer serves", lambda: serves(lab.url()), bound=120.0, interval=2.0)

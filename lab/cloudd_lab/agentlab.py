@@ -290,6 +290,10 @@ class AgentLab:
     own_pki: bool = False
     #: each pool host's namespace serves time to the lab's subnet (see `time_server`)
     time_servers: bool = False
+    #: the manifest lists the pool hosts last first: the highest-ranked host, which leads
+    #: after a quiet start, is then the last (pmN), while the planner, which breaks ties by
+    #: host name, places the first nodes on pm1; so the leader's host is not the database's
+    hosts_last_first: bool = False
     #: the guests a kernel boots are test guests, which share the host's `/`
     shares_host_root: ClassVar[bool] = True
 
@@ -442,6 +446,8 @@ class AgentLab:
                          if self.fence is not None else "")
                 pool.append(f"  - {{name: {n}, address: {a}, "
                             f"libvirt_uri: {json.dumps(self.libvirt_uri)}{fence}}}")
+        if self.hosts_last_first:
+            pool.reverse()
         roles = []
         for role in self.nodes:
             roles.append(f"  {role}:")

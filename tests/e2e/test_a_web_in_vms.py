@@ -55,7 +55,7 @@ def site() -> Iterator[ImageLab]:
         pytest.skip("no libvirtd at qemu:///system (scripts/ensure-libvirtd.sh)")
     try:
         with ImageLab(PREFIX, hosts=3, nodes=dict(NODES), subnet=SUBNET,
-                      cloud_name=PREFIX) as lab:
+                      cloud_name=PREFIX, hosts_last_first=True) as lab:
             lab.start_all()
             yield lab
     finally:

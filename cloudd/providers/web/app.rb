@@ -65,6 +65,9 @@ def with_db
     client.close
   end
 rescue Mysql2::Error => e
+  # The database may have come back without our tables (a replacement from its base image):
+  # the next request makes them again. CREATE TABLE IF NOT EXISTS is cheap beside an error.
+  $schema_ready = false
   raise Unavailable, e.message
 end
 

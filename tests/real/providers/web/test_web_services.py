@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from dataclasses import replace
 from functools import partial
 
@@ -189,3 +190,23 @@ async def test_relations_are_reloaded_not_restarted(weblab: WebLab) -> None:
 
 async def _ready(lab: WebLab, label: str) -> bool:
     return (await http_get(lab.ns[label].ip, APP_PORT, "/ready"))[0] == 200
+
+
+async def _writes_again(lab: WebLab, body: str) -> bool:
+    status, _, _ = await _request(lab, "POST", "/entries", body)
+    return status == 201
+
+
+@pytest.mark.timeout(240)
+async def test_a_database_back_empty_gets_the_apps_tables_again(weblab: WebLab) -> None:
+    """The database's disk is lost (its host lost power) and it comes back from nothing: the
+    servers, which made their tables once, make them again and the site takes writes."""
+    lab = weblab
+    for label in ("db", "s1", "s2", "lb"):
+        await lab.converge(label)
+    assert (await _request(lab, "POST", "/entries", "before the loss"))[0] == 201
+    await lab.sups.pop("db").stop(within=30)
+    shutil.rmtree(lab.root / "db" / "mysql" / "data")
+    await lab.converge("db")  # a fresh data directory, the app's account granted again
+    await until(partial(_writes_again, lab, "after the loss"), "the site writes again")
+    assert await _entries(lab) == ["after the loss"]  # what the lost disk had is gone
