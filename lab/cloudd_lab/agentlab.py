@@ -507,6 +507,12 @@ class AgentLab:
             os.killpg(agent.proc.pid, sig)
             agent.proc.wait(timeout=60)
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the agent's process group: it neither acts nor answers until killed."""
+        agent = self.agents[name]
+        if agent.proc is not None and agent.proc.poll() is None:
+            os.killpg(agent.proc.pid, signal.SIGSTOP)
+
     def restart(self, name: str) -> None:
         """Stop the agent `name` as its service manager would (SIGTERM, waited for), then
         start it again: it reads its settings and PKI files anew."""
