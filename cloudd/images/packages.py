@@ -37,11 +37,8 @@ BASE: tuple[str, ...] = (
 #: Units a node does without: timers that fetch package lists (a node has no index to fetch
 #: from); e2fsprogs' scrubbing of LVM snapshots (a node has no LVM, and its boot-time reaper
 #: costs a booting guest a minute under TCG); weekly TRIM and daily backups of dpkg's database
-#: (a node's packages come with its image, and nothing on its disk needs trimming); and
-#: cloud-init's config and final stages, which a node's seed does not use (see rootfs): each is
-#: a Python process that costs a booting guest about a minute under TCG beside its neighbours.
+#: (a node's packages come with its image, and nothing on its disk needs trimming).
 BASE_UNITS_OFF: tuple[str, ...] = ("apt-daily.timer", "apt-daily-upgrade.timer",
-                                   "cloud-config.service", "cloud-final.service",
                                    "dpkg-db-backup.timer", "e2scrub_all.timer",
                                    "e2scrub_reap.service", "fstrim.timer")
 

@@ -46,8 +46,7 @@ def test_a_package_set_is_sorted_once_each_and_holds_the_base(name: str) -> None
 
 def test_the_web_image_leaves_the_servers_the_agent_runs_and_the_base_units_off() -> None:
     assert units_off(image_type("web")) == (
-        "apt-daily-upgrade.timer", "apt-daily.timer", "cloud-config.service",
-        "cloud-final.service", "dpkg-db-backup.timer",
+        "apt-daily-upgrade.timer", "apt-daily.timer", "dpkg-db-backup.timer",
         "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "mariadb.service",
         "nginx.service")
 
