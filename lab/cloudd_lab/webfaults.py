@@ -87,6 +87,26 @@ def writing_again(client: Client, since: float) -> bool:
     return back is not None and client.wrote_since(since + back)
 
 
+class Rejoined:
+    """The nodes hit by a fault, seen gone and then back in the acting leader's view: each
+    must first be seen away (its agent not alive, or its phase not ready), then alive and
+    ready. The leader keeps a dead node's last report, and notices a death only after its
+    probes and suspicion: a node's phase alone would say ready before the fault shows."""
+
+    def __init__(self, site: ImageLab, nodes: list[str]) -> None:
+        self.site, self.nodes, self.away = site, nodes, set[str]()
+
+    def __call__(self) -> bool:
+        view = self.site.leader_view()
+        if view is None:
+            return False
+        alive = {n["name"] for n in view["nodes"] if n["agent_liveness"] == "alive"}
+        phases = self.site.phases()
+        back = {n for n in self.nodes if n in alive and phases.get(n) == "ready"}
+        self.away |= set(self.nodes) - back
+        return self.away == set(self.nodes) == back
+
+
 def kill_vm(site: ImageLab, node: str, *, bound: float, progress: Progress = None) -> Outcome:
     """kill -9 of `node`'s qemu; recovered when its domain runs again (a new qemu), every node
     is ready and the site writes again."""
@@ -97,8 +117,10 @@ def kill_vm(site: ImageLab, node: str, *, bound: float, progress: Progress = Non
         killed.append(site.kill_vm(node))
         return f"qemu {killed[0]} of {domain} killed"
 
+    rejoined = Rejoined(site, [node])
+
     def recovered(client: Client, since: float) -> bool:
-        return (qemu_pid(domain) not in (None, *killed) and site.ready()
+        return (rejoined() and qemu_pid(domain) not in (None, *killed) and site.ready()
                 and writing_again(client, since))
 
     return measure(site, f"kill -9 of the {role_of(node)} VM's qemu ({node})", make,
@@ -155,9 +177,12 @@ def power_loss(site: ImageLab, host: str, *, bound: float, label: str = "") -> O
         site.power_loss(host)
         return ""
 
+    rejoined = Rejoined(site, lost)
+
     def recovered(client: Client, since: float) -> bool:
         doms = site.domains()
-        return (all(n in doms and doms[n].running and doms[n].host != host for n in lost)
+        return (rejoined()
+                and all(n in doms and doms[n].running and doms[n].host != host for n in lost)
                 and site.ready() and writing_again(client, since))
 
     outcome = measure(site, label or f"power loss of {host}", make, recovered, bound=bound)
