@@ -49,9 +49,7 @@ class Client:
     period: float = 0.1
     #: (unix time it was sent, ok) of every request
     results: list[tuple[float, bool]] = field(default_factory=list)
-    #: the bodies the site acknowledged
-    acknowledged: list[str] = field(default_factory=list)
-    #: when each acknowledged write was sent (unix time), by body
+    #: when each write the site acknowledged was sent (unix time), by body, in order
     sent_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,7 +74,6 @@ class Client:
             self.results.append((start, ok))
             if ok:
                 self.sent_at[body] = start
-                self.acknowledged.append(body)
             self._stop.wait(self.period)
 
     def failed_seconds(self, since: float) -> float:
@@ -96,6 +93,11 @@ class Client:
             return 0.0
         back = next((t for t, ok in after if ok and t > last_fail), None)
         return None if back is None else back - since
+
+    @property
+    def acknowledged(self) -> list[str]:
+        """The bodies the site acknowledged, in the order they were sent."""
+        return list(self.sent_at)
 
     def wrote_since(self, since: float) -> bool:
         return any(ok for t, ok in self.results if t > since)

@@ -127,9 +127,11 @@ def kill_vm(site: ImageLab, node: str, *, bound: float, progress: Progress = Non
                    recovered, bound=bound, progress=progress)
 
 
-def restart_agent_in_guest(site: ImageLab, node: str, *, bound: float) -> Outcome:
-    """`systemctl restart cloudd`, then `stop` and `start`, inside `node`'s guest: its
-    services' processes are kept (AssertionError if a pid changes or the agent stays down)."""
+def restart_agent_in_guest(site: ImageLab, node: str, *, bound: float,
+                           service: str = "mariadbd") -> Outcome:
+    """`systemctl restart cloudd`, then `stop` and `start`, inside `node`'s guest: the process
+    `service` (the database's, by default) is kept (AssertionError if its pid changes or the
+    agent stays down)."""
 
     def ssh(*argv: str) -> str:
         done = site.guest_ssh(node, *argv)
@@ -137,7 +139,6 @@ def restart_agent_in_guest(site: ImageLab, node: str, *, bound: float) -> Outcom
             raise AssertionError(f"{argv} in {node}: {done.stdout} {done.stderr}")
         return done.stdout.strip()
 
-    service = {"database": "mariadbd", "server": "ruby", "balancer": "nginx"}[role_of(node)]
     pids = ssh("pgrep", "-x", service)
 
     def make() -> str:

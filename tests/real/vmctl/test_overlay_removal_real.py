@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import string
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from shared.domains import one_disk_xml
+from shared.domains import ONE_DISK, one_disk_xml
 
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
@@ -23,14 +24,10 @@ pytestmark = pytest.mark.libvirt
 
 SYSTEM = "qemu:///system"
 PREFIX = "h12c-"
-HANDMADE = """<domain type='qemu'>
-  <name>{name}</name><memory unit='KiB'>65536</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file='{image}'/><target dev='vda' bus='virtio'/></disk>
-  </devices>
-</domain>"""
+def handmade_xml(name: str, image: Path) -> str:
+    """A domain an operator defined by hand on the same disk: no cloudd metadata."""
+    return string.Template(ONE_DISK).substitute(name=name, uuid=uuid.uuid4(), memory_kib=65536,
+                                                vcpus=1, metadata="", image=image)
 
 
 def virsh(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -114,7 +111,7 @@ async def test_an_overlay_is_removed_once_no_defined_domain_uses_it(host: Host) 
     # a domain cloudd did not define uses it: libvirt's own list of disks says so
     handmade = host.domain("handmade")
     assert virsh("define", "/dev/stdin",
-                 stdin=HANDMADE.format(name=handmade, image=disk)).returncode == 0
+                 stdin=handmade_xml(handmade, disk)).returncode == 0
     refused = await host.remove(disk, "db")
     assert (refused.outcome, refused.message) == (
         CommandOutcome.FAILED, f"remove {disk}: a domain defined on this host uses it as a disk")
