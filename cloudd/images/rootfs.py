@@ -68,6 +68,19 @@ cloud_config_modules: []
 cloud_final_modules: []
 """
 
+#: cloud-init's config and final stages, which run no module here (above), still start Python
+#: twice; at the idle CPU class they wait for whatever else the guest is doing (the agent
+#: starting, its role's services) instead of halving its share of a TCG vCPU.
+IDLE_STAGES = ("cloud-config.service", "cloud-final.service")
+
+_IDLE = """\
+# cloudd node image: this stage runs no module; it waits for the guest to be idle.
+[Service]
+CPUSchedulingPolicy=idle
+IOSchedulingClass=idle
+Nice=19
+"""
+
 _FSTAB = f"LABEL={ROOT_LABEL} / ext4 errors=remount-ro 0 1\n"
 
 
@@ -109,6 +122,7 @@ def changes(*, unit: str, units_off: tuple[str, ...], venv: str = "/opt/cloudd/v
              "/lib/systemd/system/serial-getty@.service"),
     ]
     out += [Remove(WANTS + name) for name in units_off]
+    out += [Write(f"/etc/systemd/system/{stage}.d/10-idle.conf", _IDLE) for stage in IDLE_STAGES]
     out += [
         # Empty, not absent: systemd then makes the id at first boot and writes it back.
         Write("/etc/machine-id", "", mode=0o444),

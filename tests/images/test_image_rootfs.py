@@ -82,3 +82,9 @@ def test_a_node_images_agent_starts_from_its_seeds_identity_after_cloud_init() -
         f"AssertPathExists={rootfs.IDENTITY}")
     assert lines.index("ExecStart=") < lines.index(
         f"ExecStart=/opt/v/bin/cloudd --from-identity {rootfs.IDENTITY}")
+
+
+def test_cloud_inits_empty_stages_wait_for_an_idle_guest() -> None:
+    for stage in rootfs.IDLE_STAGES:
+        text = _writes()[f"/etc/systemd/system/{stage}.d/10-idle.conf"].text
+        assert "CPUSchedulingPolicy=idle" in text and "Nice=19" in text
