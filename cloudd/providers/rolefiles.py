@@ -10,18 +10,18 @@ mysql-owned log folder.
 Theory of operation. A folder is *trusted* when only root (or the agent's own user) can change
 its entries: it belongs to one of them and neither its group nor others may write it.
 `folder(path)` walks the path from `/` one component at a time, each opened relative to the
-folder before it. A link in a trusted folder was put there by root and is followed; in any
-other folder nothing is followed (O_NOFOLLOW), and a link where a folder is expected is refused
-with one sentence. The descriptor it yields pins the folder: every later step (mkdir, chown,
-chmod, open, rename, fsync) is done relative to it, so a rename of anything above changes
-nothing.
+folder before it. A link is followed only when root alone could have made it (the link is
+root's, in a trusted folder); any other link where a folder is expected is refused with one
+sentence, and in a folder that is not trusted nothing is followed at all (O_NOFOLLOW). The
+descriptor it yields pins the folder: every later step (mkdir, chown, chmod, open, rename,
+fsync) is done relative to it, so a rename of anything above changes nothing.
 
 A rendered file is a regular file of its own: `look` reads what is there without following a
 link, and `write_at` writes the way `cloudd.durable.write_durable` does but relative to the
 folder's descriptor (a new temporary file created O_EXCL|O_NOFOLLOW, owner and mode before the
 first byte, fsync, a rename over whatever was there, so a link is replaced and never followed,
 then fsync of the folder). A service's log (`open_log`) is opened only in a folder that nobody
-but the agent can write, and never through a link.
+but the agent can write, never through a link and never into a file with a second name.
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ class RoleFileRefused(PermanentError):
     """Root refused a path that someone other than root could have redirected."""
 
 
+def _ours(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid())
+
+
 def trusted(st: os.stat_result) -> bool:
     """Whether only root or the agent can add, remove or rename entries of this folder."""
-    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+    return _ours(st) and not st.st_mode & 0o022
 
 
 def _parts(path: Path) -> tuple[str, ...]:
@@ -65,8 +69,8 @@ def _refusal(parent: int, name: str, where: Path, exc: OSError) -> Exception:
     except OSError:
         return exc
     if stat.S_ISLNK(st.st_mode):
-        return RoleFileRefused(f"{where} is a symbolic link where a folder is expected, in a "
-                               "folder others can write: refused, not followed")
+        return RoleFileRefused(f"{where} is a symbolic link where a folder is expected, one "
+                               "someone other than root could have made: refused, not followed")
     return RoleFileRefused(f"{where} is not a folder")
 
 
@@ -80,18 +84,22 @@ def _open_dir(parent: int, name: str, where: Path, flags: int) -> int:
 
 
 def _child(parent: int, name: str, where: Path, *, flags: int, create: int | None) -> int:
-    """Open folder `name` in `parent`, following a link only where root alone could have put
-    it; a missing one is made with mode `create` first, unless that is None."""
-    if not trusted(os.fstat(parent)):
-        flags |= os.O_NOFOLLOW
+    """Open folder `name` in `parent`; a missing one is made with mode `create` first, unless
+    that is None. A link is followed only when root alone could have made it: the link is
+    root's, in a folder only root can change. (One a user planted while the folder was still
+    theirs stays theirs, whoever owns the folder now.)"""
     try:
-        return _open_dir(parent, name, where, flags)
+        st: os.stat_result | None = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         if create is None:
             raise
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, create, dir_fd=parent)
-    return _open_dir(parent, name, where, flags)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, create, dir_fd=parent)
+        st = None
+    # In a trusted folder nobody but root changes the entry between that look and the open.
+    follow = trusted(os.fstat(parent)) and (st is None or not stat.S_ISLNK(st.st_mode)
+                                            or _ours(st))
+    return _open_dir(parent, name, where, flags if follow else flags | os.O_NOFOLLOW)
 
 
 @contextlib.contextmanager
@@ -218,8 +226,10 @@ def open_log(path: Path) -> int:
                 raise RoleFileRefused(f"service log {path} is a symbolic link: refused, not "
                                       "followed") from None
             raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise RoleFileRefused(f"service log {path} is not a regular file")
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link"
+        raise RoleFileRefused(f"service log {path} is {what}: refused")
     os.set_blocking(fd, True)
     return fd

@@ -72,7 +72,8 @@ def test_a_link_below_a_role_folder_is_refused_where_a_folder_is_expected(
     with pytest.raises(RoleFileRefused) as refused, rolefiles.folder(role / "sub"):
         pass
     assert str(refused.value) == (f"{role}/sub is a symbolic link where a folder is expected, "
-                                  "in a folder others can write: refused, not followed")
+                                  "one someone other than root could have made: refused, not "
+                                  "followed")
     with pytest.raises(RoleFileRefused, match="where a folder is expected"):
         rolefiles.ensure_folder(role / "sub", mode=0o750, owner=(OTHER, OTHER))
     st = (tmp_path / "etc").stat()
@@ -80,6 +81,21 @@ def test_a_link_below_a_role_folder_is_refused_where_a_folder_is_expected(
     with pytest.raises(RoleFileRefused, match=r"/role/sub is a symbolic link"):
         apply_rendered(Rendered(files=(FileSpec(role / "sub" / "passwd", "x\n"),)))
     assert list((tmp_path / "etc").iterdir()) == []
+
+
+def test_a_users_link_stays_refused_once_its_folder_is_roots(tmp_path: Path) -> None:
+    """An upgrade hands a folder back to root (a node's log/ was mysql's): a link the user
+    made in it before is still the user's, and still not followed."""
+    (tmp_path / "etc").mkdir(mode=0o755)
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o755)
+    (logs / "mariadb").symlink_to(tmp_path / "etc")
+    os.lchown(logs / "mariadb", OTHER, OTHER)  # made by the user while log/ was theirs
+    with pytest.raises(RoleFileRefused, match=r"/log/mariadb is a symbolic link where a folder"):
+        apply_rendered(Rendered(dirs=(DirSpec(logs), DirSpec(logs / "mariadb", 0o750,
+                                                             "nobody", "nogroup"))))
+    st = (tmp_path / "etc").stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
 
 
 def test_a_file_where_a_folder_is_expected_is_refused(tmp_path: Path) -> None:
@@ -189,6 +205,16 @@ def test_a_service_log_that_is_a_link_or_a_fifo_is_refused(tmp_path: Path) -> No
     os.mkfifo(logs / "fifo.out")
     with pytest.raises(OSError, match="No such device"):  # ENXIO: no reader, never a wait
         rolefiles.open_log(logs / "fifo.out")
+
+
+def test_a_service_log_with_a_second_name_is_refused(tmp_path: Path) -> None:
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o755)
+    victim = _victim(tmp_path)
+    os.link(victim, logs / "svc.out")
+    with pytest.raises(RoleFileRefused, match=r"/log/svc\.out is a hard link: refused$"):
+        rolefiles.open_log(logs / "svc.out")
+    assert victim.read_text() == "root:secret\n"
 
 
 def test_apply_rendered_keeps_a_role_folder_setup_whole(tmp_path: Path) -> None:
