@@ -107,8 +107,11 @@ class DatabaseRole(Role):
         # Initialise into a scratch dir and rename: a crash halfway leaves no data dir that
         # looks initialised, and the next converge starts over.
         # The scratch dir is in root's `mysql/` folder: the mysql user cannot put a link there
-        # for mariadb-install-db (run as root) to chown through.
+        # for mariadb-install-db (run as root) to chown through. One made while the folder
+        # was still mysql's (an older layout) is removed, never followed.
         scratch = data.with_name("data.init")
+        if scratch.is_symlink() or scratch.is_file():
+            scratch.unlink()
         shutil.rmtree(scratch, ignore_errors=True)
         proc = await asyncio.create_subprocess_exec(
             "mariadb-install-db", "--no-defaults", f"--datadir={scratch}", "--user=mysql",
