@@ -15,10 +15,11 @@ A certificate without a kind is refused by the transport.
 Files in the PKI directory (default /etc/cloudd/pki): `ca.crt`, `ca.key` (the root),
 `nodes-ca.crt`, `nodes-ca.key` (the node issuer), `NAME.crt`, `NAME.key`. `ca.crt` may be a
 bundle of CAs (agents trust every one, as during a rotation of the CA); `issue` signs as the
-one whose key is `ca.key`. Keys are written 0600 and every file is replaced atomically
-(written aside, then renamed), so a crash never leaves half a key. Nothing is overwritten
-without `force`, and every input is checked before the first file is touched: bad input
-changes nothing.
+one whose key is `ca.key`. Keys are written 0600 and every file is replaced with cloudd's
+one durable write (`cloudd.durable.write_durable`: a fresh temporary file, fsync, rename,
+folder fsync), so neither a crash nor a power cut leaves half a key or an empty certificate.
+Nothing is overwritten without `force`, and every input is checked before the first file
+is touched: bad input changes nothing.
 
 The node issuer is an intermediate CA under the root (CA:TRUE, pathlen 0, its own subject):
 pool hosts hold its key, never the root's, and sign with it the certificates of the nodes
@@ -35,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import ipaddress
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +56,7 @@ from cloudd.certs import (
     new_key,
     spki,
 )
+from cloudd.durable import write_durable
 from cloudd.errors import PermanentError
 
 DEFAULT_DIR = Path("/etc/cloudd/pki")
@@ -149,21 +150,6 @@ def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
             raise PkiError(f"{path} already exists: use --force to replace it")
 
 
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; keys must be exactly 0600
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def init_ca(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_DAYS,
             force: bool = False, cluster: str = "cloudd") -> PkiFiles:
     """Create the cluster CA in `directory`, and its node issuer; returns the root's paths
@@ -177,8 +163,8 @@ def init_ca(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_D
     cert = ca_cert(subject=common_name(f"{cluster} cluster CA"), key=key, now=now, days=days,
                    path_length=1, signer=None)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(key_path, key_pem(key), mode=0o600)
-    _write(cert_path, cert_pem(cert), mode=0o644)
+    write_durable(key_path, key_pem(key), mode=0o600)
+    write_durable(cert_path, cert_pem(cert), mode=0o644)
     _make_issuer(directory, root=(cert, key), now=now, days=days, cluster=cluster)
     return PkiFiles(ca=cert_path, cert=cert_path, key=key_path)
 
@@ -190,8 +176,8 @@ def _make_issuer(directory: Path, *, root: Signer, now: dt.datetime, days: int,
                    days=days, path_length=0, signer=root)
     files = PkiFiles(ca=directory / "ca.crt", cert=directory / ISSUER_CERT,
                      key=directory / ISSUER_KEY)
-    _write(files.key, key_pem(key), mode=0o600)
-    _write(files.cert, cert_pem(cert), mode=0o644)
+    write_durable(files.key, key_pem(key), mode=0o600)
+    write_durable(files.cert, cert_pem(cert), mode=0o644)
     return files
 
 
@@ -278,8 +264,8 @@ def issue(directory: Path, name: str, *, now: dt.datetime, kind: MemberKind,
     key = new_key()
     cert = member_cert(name, uris=_uris(name, kind, cloud), ips=ips, key=key, now=now,
                        days=days, signer=signer)
-    _write(files.key, key_pem(key), mode=0o600)
-    _write(files.cert, cert_pem(cert), mode=0o644)
+    write_durable(files.key, key_pem(key), mode=0o600)
+    write_durable(files.cert, cert_pem(cert), mode=0o644)
     return files
 
 

@@ -1,4 +1,5 @@
-"""systemd/cloudd.service is a valid notify unit that systemd accepts."""
+"""systemd/cloudd.service is a valid notify unit that systemd accepts, that leaves the
+cloud's services running across restarts of the agent, and keeps the agent's folders private."""
 
 from __future__ import annotations
 
@@ -33,6 +34,30 @@ def test_unit_is_a_watchdogged_notify_service_restarted_always() -> None:
     assert "AF_UNIX" in u["Service"]["RestrictAddressFamilies"].split()
     assert u["Service"].get("PrivateNetwork", "no") == "no"
     assert u["Service"].get("ProtectSystem", "no") in ("no", "false")
+
+
+def test_a_restart_or_stop_of_the_agent_leaves_the_services_running() -> None:
+    """What the unit's comment promises: only the agent gets SIGTERM; the services it
+    supervises stay in the cgroup for the next agent to adopt (a restart, a crash, a
+    watchdog kill, an upgrade), and systemd never gives up restarting it."""
+    s, u = unit()["Service"], unit()["Unit"]
+    assert s["KillMode"] == "process"
+    assert s.get("KillSignal", "SIGTERM") == "SIGTERM"
+    assert s.get("SendSIGKILL", "yes") == "yes"  # the agent alone, if it hangs on its way out
+    assert s["Restart"] == "always" and s["RestartSec"] == "1s"
+    assert u["StartLimitIntervalSec"] == "0"  # no start limit: restarted however often
+    assert int(s["TimeoutStopSec"].removesuffix("s")) >= 30
+    # Only the agent notifies; MariaDB speaks sd_notify too and must not be taken for it.
+    assert s["NotifyAccess"] == "main"
+    assert "ExecStop" not in s  # a stop of the agent must not stop the cloud
+
+
+def test_the_agents_folders_are_private() -> None:
+    s = unit()["Service"]
+    assert s["ConfigurationDirectory"] == "cloudd" and s["ConfigurationDirectoryMode"] == "0700"
+    assert s["RuntimeDirectoryMode"] == "0700"
+    # 0711: services under their own users reach their data below it, nobody lists it.
+    assert s["StateDirectoryMode"] == "0711"
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:

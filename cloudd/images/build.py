@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudd.durable import replace_durable
 from cloudd.images import rootfs, store
 from cloudd.images.packages import SUITE, ImageBuildError, ImageType, package_set, units_off
 from cloudd.images.recipe import (
@@ -169,7 +170,7 @@ def _tree(tree: TreeRecipe, *, cache: Path, report: Report, clock: Callable[[], 
             "--include=" + ",".join(tree.packages), tree.suite, str(part), *tree.mirrors]
     try:
         _run(argv, what="tree", timeout=3600)
-        os.replace(part, tarball)
+        replace_durable(part, tarball)  # a tarball there after a power cut is whole
     finally:
         part.unlink(missing_ok=True)
     for old in trees.glob(f"tree-{tree.kind}-*.tar"):

@@ -6,7 +6,8 @@ its key, the root trees they were made from (`trees/`), the agent's wheels (`whe
 lock file. A build holds the lock from its first look at the cache to its last rename, so two
 builds of the same image (a test and the demo, say) make it once: the second waits and then
 finds it. A build works in a `.build-*` folder and renames its files into place with the qcow2
-last, so an image whose qcow2 is there is whole; a killed build's folder is swept by the next.
+last, each fsynced and its rename made durable before the next, so an image whose qcow2 is
+there is whole, even after a power cut; a killed build's folder is swept by the next.
 
 Every change to the agent makes a new image (its wheels are in the key), so a build removes
 the older images of its type (`prune`), keeping the `KEEP` last used (a cache hit marks an
@@ -28,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudd.durable import fsync_dir, replace_durable
 from cloudd.images.rootfs import KERNEL_ARGS
 
 DEFAULT_CACHE = Path("/var/cache/cloudd/images")
@@ -97,9 +99,22 @@ def sweep(cache: Path) -> None:
 
 
 def install(work: Path, image: Image) -> None:
-    """Rename the finished files from `work` into the cache, the qcow2 last."""
+    """Rename the finished files from `work` into the cache, the qcow2 last, each made
+    durable before the next: after a power cut an image whose qcow2 is there is whole."""
     for suffix in SUFFIXES:
-        os.replace(work / f"{image.name}.{suffix}", image.file(suffix))
+        _durable_rename(work / f"{image.name}.{suffix}", image.file(suffix))
+
+
+def _durable_rename(src: Path, dest: Path) -> None:
+    """`src` in place of `dest` on the same filesystem: `src` fsynced, renamed, `dest`'s
+    folder fsynced (`cloudd.durable.replace_durable`, for a source in another folder)."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dest)
+    fsync_dir(dest.parent)
 
 
 def publish(image: Image, out: Path) -> Image:
@@ -119,7 +134,7 @@ def publish(image: Image, out: Path) -> Image:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        replace_durable(tmp, dest)
     return there
 
 

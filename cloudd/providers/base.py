@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from cloudd import log
-from cloudd.durable import write_durable
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers import rolefiles
 from cloudd.providers.service import ServiceSpec
 
 _log = log.get("providers")
@@ -245,37 +245,33 @@ def _ids(owner: str, group: str) -> tuple[int, int]:
         raise PermanentError(f"no such user or group: {exc.args[0]}") from None
 
 
-def _same(path: Path, content: bytes, mode: int, uid: int, gid: int) -> bool:
-    try:
-        st = path.stat()
-        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
-            return False
-        return path.read_bytes() == content
-    except FileNotFoundError:
-        return False
-
-
 def apply_rendered(rendered: Rendered) -> Changes:
     """Create the directories and write the files that differ, each atomically (rename).
 
-    Returns what changed so that the caller reloads only the services that need it.
+    Every path is reached without following a link a role's user could have planted
+    (`cloudd.providers.rolefiles`): a link where a folder goes is refused (RoleFileRefused),
+    and one where a file goes is replaced by the file, never written through. Returns what
+    changed so that the caller reloads only the services that need it.
     """
     changed: list[Path] = []
     reload: list[str] = []
     for d in rendered.dirs:
-        uid, gid = _ids(d.owner, d.group)
-        d.path.mkdir(parents=True, exist_ok=True)
-        os.chown(d.path, uid, gid)
-        d.path.chmod(d.mode)
+        rolefiles.ensure_folder(d.path, mode=d.mode, owner=_ids(d.owner, d.group))
     for f in rendered.files:
-        uid, gid = _ids(f.owner, f.group)
+        owner = _ids(f.owner, f.group)
         data = f.content.encode()
-        if _same(f.path, data, f.mode, uid, gid):
-            continue
-        f.path.parent.mkdir(parents=True, exist_ok=True)
-        # The mode and owner are set before the content goes in, so a secret is never readable
-        # by others, even for an instant; the rename makes readers see old or new, never half.
-        write_durable(f.path, data, mode=f.mode, owner=(uid, gid))
+        with rolefiles.folder(f.path.parent, create=True) as parent:
+            found = rolefiles.look(parent, f.path.name)
+            if found.same(data, mode=f.mode, owner=owner):
+                continue
+            if found.kind is rolefiles.Kind.LINK:
+                _log.warning("role_link_refused", path=str(f.path), reason=(
+                    "a symbolic link stood where a rendered file goes: replaced by the file, "
+                    "not followed"))
+            # The mode and owner are set before the content goes in, so a secret is never
+            # readable by others, even for an instant; the rename makes readers see old or
+            # new, never half.
+            rolefiles.write_at(parent, f.path.name, data, mode=f.mode, owner=owner)
         changed.append(f.path)
         reload.extend(s for s in f.reload if s not in reload)
     return Changes(changed=tuple(changed), reload=tuple(reload))

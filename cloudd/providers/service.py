@@ -60,6 +60,8 @@ class ServiceSpec:
     #: How to make the service re-read its configuration without a restart: a command to
     #: run (e.g. `nginx -s reload`), or empty to send SIGHUP, or None when only a restart works.
     reload_argv: tuple[str, ...] | None = None
-    #: Files the process writes its output to (None: the agent's log).
+    #: The file the process's output is appended to (None: the agent's log). Root opens it,
+    #: so its folder must be one only root writes (a role's `log/`), never a folder of the
+    #: service's own user: otherwise it is refused and the output goes to the agent's log.
     log_path: str | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)

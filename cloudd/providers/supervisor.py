@@ -9,6 +9,10 @@ each once all its dependencies are RUNNING (which includes readiness), and stop 
 State and counters go to `<state_dir>/services.json` after every change; a new agent adopts a
 process whose pid AND start time match the record, and otherwise cleans up what is left of it
 before starting it afresh, so there is never a second copy.
+
+A service's output goes to its `log_path`, opened by root: only in a folder nobody but the
+agent can write and never through a link (`rolefiles.open_log`). A refused log is logged
+(`service_log_refused`) and the service runs with its output in the agent's own log.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from cloudd import log
 from cloudd.errors import ConfigError, Problem, TemporaryError
-from cloudd.providers import policy, procstate
+from cloudd.providers import policy, procstate, rolefiles
 from cloudd.providers.policy import PolicyConfig, State
 from cloudd.providers.probes import ProbeOutcome, probe_loop
 from cloudd.providers.service import ServiceSpec
@@ -88,8 +92,11 @@ def dependency_order(specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
     return list(done.values())
 
 
-def _popen(spec: ServiceSpec) -> subprocess.Popen[bytes]:
-    """Start the process (blocking: run in a worker thread). Raises on a bad user or binary."""
+def _popen(spec: ServiceSpec) -> tuple[subprocess.Popen[bytes], str | None]:
+    """Start the process (blocking: run in a worker thread). Raises on a bad user or binary.
+
+    Also returns why its log was refused, if it was: the service then runs with its output in
+    the agent's own log rather than not at all (`rolefiles.open_log`)."""
     try:
         pw = pwd.getpwnam(spec.user)
     except KeyError:
@@ -102,15 +109,20 @@ def _popen(spec: ServiceSpec) -> subprocess.Popen[bytes]:
                "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid)}
     env = {"PATH": _DEFAULT_PATH, "HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
     env.update(dict(spec.env))
-    out = open(spec.log_path, "ab") if spec.log_path else None  # noqa: SIM115
+    out, refused = None, None
+    if spec.log_path:
+        try:
+            out = rolefiles.open_log(Path(spec.log_path))
+        except (rolefiles.RoleFileRefused, OSError) as exc:
+            refused = str(exc)
     try:
         proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
             spec.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=spec.cwd, env=env,
             start_new_session=True, close_fds=True, **ids)
-        return proc
+        return proc, refused
     finally:
         if out is not None:
-            out.close()
+            os.close(out)
 
 
 def _signal_session(sid: int, sig: int) -> None:
@@ -215,10 +227,12 @@ class _Unit:
 
     async def _spawn(self) -> None:
         try:
-            proc = await asyncio.to_thread(_popen, self.spec)
+            proc, refused = await asyncio.to_thread(_popen, self.spec)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.feed(policy.SpawnFailed(str(exc)))
             return
+        if refused is not None:
+            self.log_refused(refused)
         try:
             pidfd = os.pidfd_open(proc.pid)
         except OSError as exc:  # cannot watch it: do not leave an unwatched copy behind
@@ -229,6 +243,10 @@ class _Unit:
         self.start_time, self.adopted = procstate.proc_start_time(proc.pid), False
         self.feed(policy.Spawned(proc.pid))
         self._watch(proc.pid, pidfd, proc)
+
+    def log_refused(self, reason: str) -> None:
+        self.log.warning("service_log_refused", path=self.spec.log_path, reason=reason,
+                         output="the agent's log")
 
     def adopt(self, rec: procstate.ProcRecord) -> bool:
         """Take over a process of this service left by an earlier agent; False if it is gone."""
@@ -366,7 +384,9 @@ class Supervisor:
             os.kill(pid, signal.SIGHUP)
         else:
             cmd = replace(spec, argv=spec.reload_argv)
-            proc = await asyncio.to_thread(_popen, cmd)
+            proc, refused = await asyncio.to_thread(_popen, cmd)
+            if refused is not None:
+                unit.log_refused(refused)
             code = await asyncio.wait_for(asyncio.to_thread(proc.wait), within)
             if code != 0:
                 raise TemporaryError(f"reload of {name}: {spec.reload_argv[0]} exited with "

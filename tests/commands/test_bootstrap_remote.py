@@ -9,6 +9,7 @@ runs against a real OpenSSH sshd in tests/real/commands/test_bootstrap_sshd.py (
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,8 +27,13 @@ class _OpenDoor(asyncssh.SSHServer):
         return False  # no authentication: this test is about the host key and the session
 
 
+#: Every command the server ran, in order (one list per test: the fixture clears it).
+COMMANDS: list[str] = []
+
+
 async def _shell(process: asyncssh.SSHServerProcess[str]) -> None:
     """Each command runs in a local shell: stdout, stderr and exit status go back."""
+    COMMANDS.append(process.command or "")
     proc = await asyncio.create_subprocess_shell(
         process.command or "true", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
@@ -51,6 +57,7 @@ class Server:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    COMMANDS.clear()
     key = asyncssh.generate_private_key("ssh-ed25519")
     root = tmp_path / "root"
     root.mkdir()
@@ -110,6 +117,42 @@ async def test_files_are_written_with_their_mode_and_only_when_they_differ(
         assert [p.name for p in server.root.iterdir()] == ["key"]  # no temporary left
         await remote.remove("/key")
         assert not path.exists()
+
+
+async def test_a_write_is_synced_to_disk_and_its_rename_too(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is fsynced over SFTP (the server offers the extension), then the
+    folder is synced on the target after the rename (SFTP cannot fsync a folder)."""
+    (server.root / "etc").mkdir()
+    fsynced: list[str] = []
+    real = asyncssh.SFTPServer.fsync
+
+    def fsync(self: asyncssh.SFTPServer, file_obj: object) -> None:
+        fsynced.append(Path(f"/proc/self/fd/{file_obj.fileno()}").readlink().name)  # type: ignore[attr-defined]
+        real(self, file_obj)
+
+    monkeypatch.setattr(asyncssh.SFTPServer, "fsync", fsync)
+    async with open_remote(server.target()) as remote:
+        COMMANDS.clear()
+        assert await remote.put("/etc/agent.yaml", b"name: pm1\n", mode=0o600)
+    assert [re.sub(r"\.[0-9a-f]{8}\.", ".X.", name) for name in fsynced] == [
+        ".agent.yaml.X.cloudd-tmp"]
+    assert COMMANDS == ["sync -- /etc"]
+    assert (server.root / "etc" / "agent.yaml").read_bytes() == b"name: pm1\n"
+
+
+async def test_a_write_uses_a_fresh_name_and_sweeps_what_a_broken_run_left(
+        server: Server, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    # The name an earlier bootstrap always used, now a link; and a leftover of a broken run.
+    (server.root / ".key.cloudd-tmp").symlink_to(victim)
+    (server.root / ".key.0a1b2c3d.cloudd-tmp").write_bytes(b"half a k")
+    (server.root / ".other.cloudd-tmp").write_bytes(b"not ours to sweep")
+    async with open_remote(server.target()) as remote:
+        assert await remote.put("/key", b"secret", mode=0o600)
+    assert victim.read_text() == "untouched\n"
+    assert sorted(p.name for p in server.root.iterdir()) == [".other.cloudd-tmp", "key"]
 
 
 async def test_an_ssh_failure_inside_becomes_a_bootstrap_error(server: Server) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import stat
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def test_issue_names_the_member_every_way(tmp_path: Path) -> None:
     assert member_of_cert(cert) == "pm1"
     assert member_of_cert(load(tmp_path / "ca.crt")) is None
     assert cert.not_valid_after_utc == NOW + dt.timedelta(days=30)
+
+
+def test_keys_never_go_through_a_link_at_a_guessable_name(tmp_path: Path) -> None:
+    """Files are written through cloudd's one durable write: a fresh temporary name, created
+    exclusively, never following a link (a name like `.pm1.key.tmp<pid>` could be planted)."""
+    init_ca(tmp_path, now=NOW)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    for name in ("pm1.key", "pm1.crt"):
+        (tmp_path / f".{name}.tmp{os.getpid()}").symlink_to(victim)
+    files = issue(tmp_path, "pm1", now=NOW, kind=MemberKind.HOST)
+    assert victim.read_text() == "untouched\n"
+    assert not files.key.is_symlink() and stat.S_IMODE(files.key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in files.key.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pm1")) == [
+        f".pm1.crt.tmp{os.getpid()}", f".pm1.key.tmp{os.getpid()}"]  # left alone, not used
 
 
 def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:

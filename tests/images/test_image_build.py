@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from cloudd.images import build
 from cloudd.images.build import AgentPayload, Stage, _configure, build_image, recipe
 from cloudd.images.packages import ImageBuildError, image_type
+from cloudd.images.recipe import TreeRecipe
 from cloudd.images.rootfs import changes
 from cloudd.images.store import SUFFIXES, Image
 
@@ -116,3 +118,28 @@ def test_a_change_whose_folder_links_out_of_the_tree_is_refused(tmp_path: Path) 
     with pytest.raises(ImageBuildError, match="leads out of the tree"):
         _configure(root, changes(unit=UNIT, units_off=()))
     assert not any((tmp_path / "elsewhere").rglob("*"))
+
+
+def test_the_tree_tarball_is_fsynced_and_renamed_durably(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmdebstrap writes `.tar.part`; only a tarball on disk in full takes the cached name."""
+    def mmdebstrap(argv: list[str], **_: object) -> str:
+        part = next(a for a in argv if a.endswith(".tar.part"))
+        Path(part).write_bytes(b"tar")
+        return ""
+
+    calls: list[tuple[Path, Path]] = []
+    real = build.replace_durable
+
+    def durable(tmp: Path, path: Path) -> None:
+        calls.append((tmp, path))
+        real(tmp, path)
+
+    monkeypatch.setattr(build, "_run", mmdebstrap)
+    monkeypatch.setattr(build, "replace_durable", durable)
+    tree = TreeRecipe("web", "bookworm", ("deb http://m.example/debian bookworm main",),
+                      ("nginx",))
+    tarball = build._tree(tree, cache=tmp_path, report=lambda _: None, clock=lambda: 0.0)
+    assert calls == [(tarball.with_name(tarball.name + ".part"), tarball)]
+    assert tarball.read_bytes() == b"tar"
+    assert sorted(p.name for p in (tmp_path / "trees").iterdir()) == [tarball.name]

@@ -7,6 +7,8 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
+
 from cloudd.images.store import (
     KEEP,
     SUFFIXES,
@@ -48,6 +50,50 @@ def test_install_moves_every_file_from_the_build_folder(tmp_path: Path) -> None:
     install(work.folder, image)
     assert image.exists() and not any(work.folder.iterdir())
     assert image.qcow2.read_text() == "qcow2"
+
+
+def _trace(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record fsyncs (of files and folders) and renames, in order, by path."""
+    trace: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        trace.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | Path, dest: str | Path) -> None:
+        trace.append(("rename", str(dest)))
+        real_replace(src, dest)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return trace
+
+
+def test_install_makes_each_file_durable_before_the_next_the_qcow2_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = _made(tmp_path / "cache" / ".build-x")
+    image = Image(work.name, tmp_path / "cache")
+    trace = _trace(monkeypatch)
+    install(work.folder, image)
+    cache = str(image.folder)
+    expected = []
+    for suffix in SUFFIXES:
+        # the data on disk, then the rename, then the folder that holds the new name
+        expected += [("fsync", str(work.file(suffix))), ("rename", str(image.file(suffix))),
+                     ("fsync", cache)]
+    assert trace == expected
+    assert SUFFIXES[-1] == "qcow2"
+
+
+def test_publish_makes_each_copy_durable(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    image = _made(tmp_path / "cache")
+    trace = _trace(monkeypatch)
+    there = publish(image, tmp_path / "out")
+    assert [op for op in trace if op[0] == "rename"] == [
+        ("rename", str(there.file(s))) for s in SUFFIXES]
+    assert trace.count(("fsync", str(there.folder))) == len(SUFFIXES)
 
 
 def test_publish_links_into_another_folder_and_keeps_what_is_there(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from cloudd.errors import ConfigError
 from cloudd.providers import procstate
@@ -364,3 +365,38 @@ async def test_unreadable_state_file_is_reported_and_started_fresh(make, tmp_pat
     await sup.start()
     await sup.wait_for("a", running, within=WAIT)
     assert procstate.load(tmp_path / "state")["a"].state == "RUNNING"
+
+
+PRINTER = "print('hello from the service', flush=True)\ntime.sleep(3600)\n"
+
+
+async def test_output_goes_to_the_log_path_in_a_folder_only_root_writes(make, tmp_path) -> None:
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o755)
+    sup = make([ServiceSpec("a", program(tmp_path, "a", PRINTER), start_grace=0.1,
+                            log_path=str(logs / "a.out"))])
+    await sup.start()
+    await sup.wait_for("a", running, within=WAIT)
+    await until(lambda: (logs / "a.out").exists()
+                and "hello from the service" in (logs / "a.out").read_text())
+
+
+async def test_a_link_at_the_log_path_is_refused_and_the_service_still_runs(
+        make, tmp_path) -> None:
+    victim = tmp_path / "authorized_keys"
+    victim.write_text("ssh-ed25519 AAAA root's own\n")
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o755)
+    (logs / "a.out").symlink_to(victim)
+    sup = make([ServiceSpec("a", program(tmp_path, "a", PRINTER), start_grace=0.1,
+                            log_path=str(logs / "a.out"))])
+    with structlog.testing.capture_logs() as events:
+        await sup.start()
+        st = await sup.wait_for("a", running, within=WAIT)
+    assert st.pid is not None and alive(st.pid)
+    refused = [e for e in events if e["event"] == "service_log_refused"]
+    assert [(e["service"], e["path"], e["reason"]) for e in refused] == [
+        ("a", str(logs / "a.out"), f"service log {logs}/a.out is a symbolic link: refused, "
+                                   "not followed")]
+    assert victim.read_text() == "ssh-ed25519 AAAA root's own\n"
+    assert (logs / "a.out").is_symlink()

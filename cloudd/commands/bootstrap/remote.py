@@ -3,14 +3,17 @@
 Bootstrap trusts a host only through the operator's known_hosts file (no `~/.ssh/config`, no
 trust on first use): an unknown or changed host key is refused before anything is sent, with
 a sentence saying which. Over the connection, `Remote` runs commands (each with a timeout and
-a one-line error naming what failed) and reads and writes files over SFTP, each write atomic
-and with its mode set before any content is there. This is the one module of bootstrap that
-speaks asyncssh: an SSH failure leaves it as a `BootstrapError`.
+a one-line error naming what failed) and reads and writes files over SFTP, each write atomic,
+durable (fsynced, and its folder synced after the rename) and private until it has its mode.
+This is the one module of bootstrap that speaks asyncssh: an SSH failure leaves it as a
+`BootstrapError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
+import shlex
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 
@@ -20,6 +23,17 @@ from cloudd.commands.bootstrap.target import BootstrapError, Target
 
 #: Seconds any one command on the target may take (apt and pip included).
 COMMAND_TIMEOUT = 900.0
+#: The end of the temporary names `put` writes beside a file.
+_TMP = ".cloudd-tmp"
+
+
+async def _fsync(f: asyncssh.SFTPClientFile) -> bool:
+    """fsync an open remote file; False when the server does not offer it."""
+    try:
+        await f.fsync()
+    except asyncssh.SFTPOpUnsupported:
+        return False
+    return True
 
 
 class Remote:
@@ -60,22 +74,46 @@ class Remote:
             return None
 
     async def put(self, path: str, data: bytes, *, mode: int) -> bool:
-        """Write `path` atomically with `mode`, unless it already has both; True if written."""
+        """Write `path` with `mode`, unless it already has both; True if written.
+
+        Atomic and durable, as `cloudd.durable.write_durable` is on this machine: the bytes go
+        to a fresh temporary name beside `path`, created exclusively and private (0600) until
+        they are on the target's disk (SFTP fsync), then it gets `mode`, is renamed over `path`,
+        and the folder is synced so that the rename survives a power cut: the target has the
+        old file or the new one, never an empty one.
+        """
         if await self.read(path) == data:
             attrs = await self.sftp.stat(path)
             if attrs.permissions is not None and attrs.permissions & 0o7777 == mode:
                 return False
-        parent = str(PurePosixPath(path).parent)
-        tmp = f"{parent}/.{PurePosixPath(path).name}.cloudd-tmp"
-        # Mode before content: a key must never exist, even aside, readable by others (a
-        # leftover of a broken run would keep its own mode, so it goes first).
-        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-            await self.sftp.remove(tmp)
-        async with self.sftp.open(tmp, "wb", asyncssh.SFTPAttrs(permissions=mode)) as f:
-            await f.write(data)
-        await self.sftp.chmod(tmp, mode)
-        await self.sftp.posix_rename(tmp, path)
+        folder, name = str(PurePosixPath(path).parent), PurePosixPath(path).name
+        await self._sweep(folder, name)
+        tmp = f"{folder}/.{name}.{secrets.token_hex(4)}{_TMP}"
+        try:
+            async with self.sftp.open(tmp, "xb", asyncssh.SFTPAttrs(permissions=0o600)) as f:
+                await f.write(data)
+                synced = await _fsync(f)
+            if not synced:  # a server without the fsync extension: sync the file by name
+                await self.run(f"sync -- {shlex.quote(tmp)}", what=f"writing {path}")
+            await self.sftp.chmod(tmp, mode)
+            await self.sftp.posix_rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await self.sftp.remove(tmp)
+            raise
+        await self.run(f"sync -- {shlex.quote(folder)}", what=f"writing {path}")
         return True
+
+    async def _sweep(self, folder: str, name: str) -> None:
+        """Remove what a broken earlier run left aside of `name` (each with its own mode)."""
+        try:
+            entries = await self.sftp.listdir(folder)
+        except asyncssh.SFTPNoSuchFile:
+            return
+        for entry in entries:
+            if entry.startswith(f".{name}.") and entry.endswith(_TMP):
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    await self.sftp.remove(f"{folder}/{entry}")
 
     async def remove(self, path: str) -> None:
         await self.sftp.remove(path)

@@ -88,7 +88,7 @@ async def _steps(remote: Remote, layout: Layout, target: Target, options: Option
         await remote.run(f"install -d -m {mode} {shlex.quote(path)}", what="making folders")
     changed = await _install(remote, layout, wheels, done)
     changed |= await _pki(remote, layout, target, options, now=now, done=done)
-    settings_changed = await remote.put(layout.config, settings, mode=0o644)
+    settings_changed = await remote.put(layout.config, settings, mode=0o600)
     done("settings", settings_changed, layout.config)
     changed |= settings_changed
     unit_dir = shlex.quote(str(PurePosixPath(layout.unit).parent))

@@ -93,6 +93,8 @@ class Layout:
     def logfile(self) -> str: return self.p("/var/log/cloudd/agent.log")
     @property
     def dirs(self) -> tuple[tuple[str, str], ...]:
-        return ((self.p("/etc/cloudd"), "0755"), (self.p("/var/lib/cloudd"), "0700"),
+        # The agent's own folders are private: its settings, manifests (fence commands,
+        # secret paths) and state are root's alone.
+        return ((self.p("/etc/cloudd"), "0700"), (self.p("/var/lib/cloudd"), "0700"),
                 (self.p("/run/cloudd"), "0700"), (self.p("/var/log/cloudd"), "0750"),
                 (self.wheels, "0755"))

@@ -77,9 +77,13 @@ def peer_address(name: str, address: Any, target: str) -> values.IPAddress:
     return values.ip(address, what=f"address of {name}", target=target)
 
 
-def dirs(root: Path, *, owner: str = "root") -> tuple[DirSpec, ...]:
-    return (DirSpec(root), DirSpec(root / "log", owner=owner, group=owner),
-            DirSpec(root / "run", owner=owner, group=owner))
+def dirs(root: Path, *, run_owner: str = "root") -> tuple[DirSpec, ...]:
+    """A node's root, its `log/` and its `run/`. `log/` is root's (0755) whatever the role:
+    root appends the services' output there, so no service's user may plant anything in it
+    (a service that writes logs of its own gets a folder of its own below). `run/` (pid
+    files, sockets) belongs to the user that writes them."""
+    return (DirSpec(root), DirSpec(root / "log"),
+            DirSpec(root / "run", owner=run_owner, group=run_owner))
 
 
 def http_probe(url: str, *, period: float = 2.0) -> ProbeSpec:

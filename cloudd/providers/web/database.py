@@ -6,6 +6,13 @@ socket) creates the database and the servers' account, with access only from the
 nodes' addresses and the password from the role's secret. That file is SQL run as MariaDB's
 root: every value in it is checked here (addresses are IP addresses, names plain
 identifiers, the password an escaped literal without control characters).
+
+Folders (root is the agent, mysql the user mariadbd drops to): `mysql/` is root's, readable
+by the mysql group (0750), and holds my.cnf, init.sql (root:mysql 0640: the client that
+sources it on reload runs as root, so mysql must not be able to change it) and the data dir
+`mysql/data/` (mysql's, made by mariadb-install-db in a scratch folder of root's and renamed
+into place). `run/` (socket, pid file) and `log/mariadb/` (MariaDB's own error log) are
+mysql's; `log/` itself is root's and holds `mariadbd.out`, the output root appends to.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import shutil
 from collections.abc import Mapping
 
 from cloudd import log
+from cloudd.durable import fsync_dir
 from cloudd.errors import TemporaryError
 from cloudd.providers import values
 from cloudd.providers.base import Assignment, DirSpec, FileSpec, Rendered, Role
@@ -61,14 +69,16 @@ class DatabaseRole(Role):
         init_sql = fill("init.sql.tmpl", node=node.node, cloud=node.cloud, database=database,
                         user=user, accounts="\n".join(accounts),
                         hosts=", ".join(f"'{h}'" for h in hosts) or "''")
+        own_log = node.root / "log" / "mariadb"
         cnf = fill("my.cnf.tmpl", node=node.node, cloud=node.cloud, data=base / "data",
-                   run=node.root / "run", log=node.root / "log", address=node.address,
+                   run=node.root / "run", log=own_log, address=node.address,
                    port=DATABASE_PORT, init_file=base / _SQL, buffer_pool_mib=BUFFER_POOL_MIB)
         return Rendered(
-            dirs=(*dirs(node.root, owner="mysql"), DirSpec(base, 0o750, "mysql", "mysql")),
+            dirs=(*dirs(node.root, run_owner="mysql"), DirSpec(own_log, 0o750, "mysql", "mysql"),
+                  DirSpec(base, 0o750, "root", "mysql")),
             files=(FileSpec(base / "my.cnf", cnf, 0o644),
-                   # The password is in here: readable by mysql only.
-                   FileSpec(base / _SQL, init_sql, 0o600, "mysql", "mysql",
+                   # The password is in here: readable by root and the mysql group only.
+                   FileSpec(base / _SQL, init_sql, 0o640, "root", "mysql",
                             reload=("mariadbd",))),
         )
 
@@ -96,7 +106,12 @@ class DatabaseRole(Role):
             return
         # Initialise into a scratch dir and rename: a crash halfway leaves no data dir that
         # looks initialised, and the next converge starts over.
+        # The scratch dir is in root's `mysql/` folder: the mysql user cannot put a link there
+        # for mariadb-install-db (run as root) to chown through. One made while the folder
+        # was still mysql's (an older layout) is removed, never followed.
         scratch = data.with_name("data.init")
+        if scratch.is_symlink() or scratch.is_file():
+            scratch.unlink()
         shutil.rmtree(scratch, ignore_errors=True)
         proc = await asyncio.create_subprocess_exec(
             "mariadb-install-db", "--no-defaults", f"--datadir={scratch}", "--user=mysql",
@@ -105,7 +120,9 @@ class DatabaseRole(Role):
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             raise TemporaryError(f"mariadb-install-db failed: {telling_line(out)}", delay=5.0)
+        fsync_dir(scratch)
         scratch.rename(data)
+        fsync_dir(data.parent)  # the rename itself survives a power cut
         _log.info("web.database_initialised", cloud=a.cloud, node=a.node, role=a.role,
                   path=str(data))
 

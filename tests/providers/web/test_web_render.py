@@ -83,7 +83,9 @@ def test_database_grants_only_the_server_addresses_with_an_escaped_password() ->
     assert "10.1.0.1" not in sql and "10.1.0.9" not in sql
     init = next(f for f in PROVIDER.role("database").render(_a("database"), SECRETS).files
                 if f.path.name == "init.sql")
-    assert (init.mode, init.owner, init.reload) == (0o600, "mysql", ("mariadbd",))
+    # root's, readable by mysql: root's client sources it on reload, so mysql may not edit it
+    assert (init.mode, init.owner, init.group, init.reload) == (0o640, "root", "mysql",
+                                                                ("mariadbd",))
 
 
 def test_database_binds_to_the_node_address_under_its_root() -> None:
@@ -125,3 +127,32 @@ def test_services_carry_the_namespace_prefix() -> None:
 def test_bad_settings_are_one_precise_error(settings: dict[str, object], message: str) -> None:
     with pytest.raises(PermanentError, match=re.escape(message)):
         web_settings(settings)
+
+
+@pytest.mark.parametrize("role", ["database", "server", "balancer"])
+def test_root_writes_only_into_folders_no_service_user_can_write(role: str) -> None:
+    """Every file root writes (rendered files, service output) is in a folder of the role that
+    is root's and writable by nobody else; a service's own log goes to a folder of its own."""
+    a = _a(role)
+    rendered = PROVIDER.role(role).render(a, SECRETS)
+    folders = {d.path: d for d in rendered.dirs}
+    written = [f.path for f in rendered.files]
+    written += [Path(s.log_path) for s in PROVIDER.role(role).services(a) if s.log_path]
+    assert written
+    for path in written:
+        d = folders[path.parent]
+        assert (d.owner, d.mode & 0o022) == ("root", 0), f"{path}: its folder is {d}"
+    log = folders[a.root / "log"]
+    assert (log.owner, log.group, log.mode) == ("root", "root", 0o755)
+
+
+def test_mariadb_writes_its_own_log_and_socket_in_folders_of_its_own() -> None:
+    a = _a("database")
+    cnf = _file("database", "my.cnf")
+    assert "log-error = /srv/database/log/mariadb/mariadb-error.log" in cnf
+    assert "socket = /srv/database/run/mysqld.sock" in cnf
+    folders = {d.path: d for d in PROVIDER.role("database").render(a, SECRETS).dirs}
+    for own in (a.root / "log" / "mariadb", a.root / "run"):
+        assert (folders[own].owner, folders[own].group) == ("mysql", "mysql")
+    mysql = folders[a.root / "mysql"]
+    assert (mysql.owner, mysql.group, mysql.mode) == ("root", "mysql", 0o750)

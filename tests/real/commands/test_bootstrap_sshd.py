@@ -213,6 +213,8 @@ def test_bootstrap_installs_starts_and_second_run_changes_nothing(
     assert (mode(etc / "pki"), mode(etc / "pki/agent.key")) == (0o700, 0o600)
     assert (mode(etc / "pki/agent.pem"), mode(etc / "pki/ca.pem")) == (0o644, 0o644)
     assert mode(root / "var/lib/cloudd") == 0o700
+    assert (mode(etc), mode(etc / "agent.yaml")) == (0o700, 0o600)
+    assert not [p.name for p in etc.rglob(".*cloudd-tmp")]  # nothing left aside
     assert (etc / "pki/ca.pem").read_bytes() == (pki_dir / "ca.crt").read_bytes()
     cert = x509.load_pem_x509_certificate((etc / "pki/agent.pem").read_bytes())
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(
