@@ -127,7 +127,7 @@ def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool =
 def connect(a: Agent, agents: dict[str, Agent]) -> None:
     """`a`'s requests reach the other agents' operators (as the dispatch table would)."""
     async def answer(peer: str, msg: Any) -> Any:
-        return await agents[peer].op.answer("caller", msg)
+        return await agents[peer].op.answer(a.op.me, msg)
 
     a.wire.answer = answer
 
@@ -374,3 +374,37 @@ async def test_a_refusal_quotes_the_first_problems_only(tmp_path: Path,
     assert not answer.ok
     assert answer.error.count("is already used by") == 20
     assert answer.error.endswith("; and 9 more problems")
+
+
+async def test_history_diff_and_rollback_read_and_extend_the_record(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    pm2 = agent(tmp_path, agents, "pm2", leader="pm1")
+    connect(pm2, agents)
+    first = portable_text(shop(tmp_path / "one"), MANIFEST)
+    edited = MANIFEST.replace("app_port: 8080", "app_port: 8081")
+    second = portable_text(shop(tmp_path / "two", edited), edited)
+    await pm1.op.command(OperatorOp.APPLY, {"text": first})
+    await pm2.op.command(OperatorOp.APPLY, {"text": second})  # handed to the leader
+    history = await pm2.op.command(OperatorOp.HISTORY, {"cloud": "shop"})
+    assert [(g["number"], g["by"], g["what"], g["ensure"]) for g in history["generations"]] == [
+        (1, "pm1", "apply", "running"), (2, "pm2", "apply", "running")]
+    assert (history["leader"], history["in_force"], history["maintenance"]) == ("pm1", 2, [])
+    assert "text" not in history["generations"][0]
+    diff = await pm2.op.command(OperatorOp.DIFF, {"cloud": "shop", "a": 1, "b": 2})
+    assert "-  app_port: 8080\n+  app_port: 8081\n" in diff["diff"]
+    result = await pm2.op.command(OperatorOp.ROLLBACK, {"cloud": "shop", "number": 1})
+    assert (result["generation"], result["accepted_by"]) == (3, "pm1")
+    assert (pm1.folder / "shop.yaml").read_text() == first
+    assert pm1.seat is not None and record.latest(pm1.seat.record).what == "rollback to 1"  # type: ignore[union-attr]
+    # refused in one sentence each, and nothing changes
+    for op, args, why in (
+            (OperatorOp.ROLLBACK, {"number": 9}, "cloud shop has no generation 9 (its history "
+                                                 "holds generations 1 to 3)"),
+            (OperatorOp.ROLLBACK, {"number": "1"}, "rollback: 'number' must be a generation "
+                                                   "number (1, 2, 3...), not '1'"),
+            (OperatorOp.DIFF, {"a": 1}, "diff: 'b' must be a generation number"),
+            (OperatorOp.HISTORY, {"cloud": "other"}, "does not serve cloud 'other'")):
+        with pytest.raises(PermanentError, match=why.replace("(", r"\(").replace(")", r"\)")):
+            await pm2.op.command(op, args)
+    assert len(pm1.seat.record.generations) == 3
