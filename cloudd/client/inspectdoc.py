@@ -170,6 +170,9 @@ class CloudView:
     failed_actions: tuple[FailedAction, ...] = ()
     events: tuple[EventView, ...] = ()
     """The last few events of this cloud, oldest first."""
+    maintenance: tuple[str, ...] = ()
+    """The operator's maintenance holds in the cloud's record: node names, `(cloud)` for the
+    whole cloud."""
 
 
 @dataclass(frozen=True)
