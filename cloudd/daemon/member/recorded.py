@@ -110,8 +110,14 @@ class CloudRecord:
                              what: str) -> tuple[Generation, Path | None]:
         """`text` (a pool host's text of `cloud`, validated) as the cloud's next generation:
         in the record on a majority, then in this agent's manifest folder."""
+        keeper = self._keeper()
+        last = record.latest(keeper.in_force)
+        if last is not None and last.digest == record.digest_of(text):
+            # the same text again (the same file handed over by several hosts, an apply
+            # repeated): the generation in force already, not a new one
+            return last, await self.follow(restored=False)
         nodes = [n.name for n in cloud.nodes]
-        written = await self._keeper().write(lambda r, term: record.with_generation(
+        written = await keeper.write(lambda r, term: record.with_generation(
             r, term=term, text=text, at=self.clock.wall(), by=by, what=what,
             ensure=cloud.ensure.value, nodes=nodes))
         gen = record.latest(written)

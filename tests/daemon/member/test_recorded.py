@@ -273,3 +273,17 @@ def test_a_damaged_record_file_is_moved_aside_and_the_host_starts_empty(
     assert held == record.empty("shop") and not path.exists()
     assert (tmp_path / "record.json.damaged").exists()
     assert [(e["event"], e["path"]) for e in logs] == [("record_file_damaged", str(path))]
+
+
+async def test_the_same_text_again_is_the_generation_in_force(tmp_path: Path,
+                                                             made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        text = text_for(pm1.member.cloud, Recipient.HOST)
+        gen, path = await pm1.member.new_generation(text, pm1.member.cloud, by="pm2",
+                                                    what="apply")
+    assert (gen.number, gen.what, path) == (1, "adopted from pm1's manifest file", None)
+    assert len(pm1.member.record_in_force().generations) == 1
