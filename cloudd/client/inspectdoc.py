@@ -61,7 +61,8 @@ class Source(enum.StrEnum):
 @dataclass(frozen=True)
 class ManifestInfo:
     generation: int
-    """Grows by one each time a changed manifest is accepted for this cloud."""
+    """The number of the generation in force in the cloud's replicated record (1, 2, 3...;
+    0 when the answering agent does not know it)."""
     digest: str
     """sha256 of the accepted manifest file, hex."""
     loaded_at: float
@@ -169,6 +170,9 @@ class CloudView:
     failed_actions: tuple[FailedAction, ...] = ()
     events: tuple[EventView, ...] = ()
     """The last few events of this cloud, oldest first."""
+    maintenance: tuple[str, ...] = ()
+    """The operator's maintenance holds in the cloud's record: node names, `(cloud)` for the
+    whole cloud."""
 
 
 @dataclass(frozen=True)

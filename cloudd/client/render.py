@@ -107,7 +107,9 @@ def _cloud_header(c: CloudView, doc: InspectDoc, *, now: float, color: bool) -> 
     quorum = p(f"{L.quorum_reached}/{L.quorum_needed}", "red" if short else "green")
     lead += f"  election {state}  quorum {quorum} hosts"
     answered = f"  answered by {doc.answered_by} at {clock(doc.generated_at, now=now)}; "
-    return [head, manifest, answered + view[c.source], "  " + lead]
+    held = (["  in maintenance: " + p(", ".join(c.maintenance), "yellow")]
+            if c.maintenance else [])
+    return [head, manifest, *held, answered + view[c.source], "  " + lead]
 
 
 def _nodes(c: CloudView, *, now: float) -> list[list[Cell]]:

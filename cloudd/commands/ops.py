@@ -1,9 +1,12 @@
-"""`cloudd-cli apply | stop | cleanup | maintenance | plan`: change a running cloud.
+"""`cloudd-cli apply | stop | cleanup | maintenance | plan | history | rollback`: change a
+running cloud, and read its generations.
 
 Every command goes to the local agent, which hands it to the cloud's leader (or, for `apply`
 on a machine that is not a member of the cloud, to one of its pool hosts) and prints who
 performed it. `apply` validates the file here first: an invalid manifest is refused with its
-problems and nothing is sent.
+problems and nothing is sent. What changes the cloud is done once a majority of its pool
+hosts has it in the cloud's record; `history` lists the record's generations (`--diff A B`:
+what changed from A to B), and `rollback CLOUD N` makes generation N's text the next one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,6 +59,22 @@ def register(subparsers: Any) -> None:
     add_socket_option(p)
     p.set_defaults(func=lambda a: _call(a, "plan", cloud=a.cloud))
 
+    p = subparsers.add_parser("history", help="the cloud's manifest generations (--diff A B: "
+                                              "what changed between two of them)")
+    p.add_argument("cloud", metavar="CLOUD")
+    p.add_argument("--diff", nargs=2, type=int, metavar=("A", "B"),
+                   help="a unified diff from generation A's text to B's (secrets' contents "
+                        "show as the pool hosts hold them)")
+    add_socket_option(p)
+    p.set_defaults(func=run_history)
+
+    p = subparsers.add_parser("rollback", help="make an earlier generation's text the cloud's "
+                                               "next generation")
+    p.add_argument("cloud", metavar="CLOUD")
+    p.add_argument("number", type=int, metavar="N", help="the generation to go back to")
+    add_socket_option(p)
+    p.set_defaults(func=lambda a: _call(a, "rollback", cloud=a.cloud, number=a.number))
+
 
 def run_apply(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
@@ -74,6 +94,13 @@ def run_maintenance(args: argparse.Namespace) -> int:
                  cloud=None)
 
 
+def run_history(args: argparse.Namespace) -> int:
+    if args.diff:
+        a, b = args.diff
+        return _call(args, "diff", cloud=args.cloud, a=a, b=b)
+    return _call(args, "history", cloud=args.cloud)
+
+
 def _call(args: argparse.Namespace, op: str, *, out: TextIO | None = None,
           **fields: Any) -> int:
     out = out or sys.stdout
@@ -91,13 +118,20 @@ def _call(args: argparse.Namespace, op: str, *, out: TextIO | None = None,
 def _describe(op: str, result: Any) -> str:
     if not isinstance(result, dict):
         return json.dumps(result)
-    if op in ("apply", "stop"):
+    if op in ("apply", "stop", "rollback"):
         handed = result.get("handed_to")
         who = result.get("accepted_by")
         head = (f"this machine is not part of cloud {result.get('cloud')}: handed to "
                 f"{handed}; {who} carries on" if handed else f"{who} carries on")
-        return (f"{head} (cloud {result.get('cloud')}, ensure {result.get('ensure')}, "
-                f"installed as {result.get('path')})")
+        number = result.get("generation")
+        where = (f"generation {number}, recorded by a majority of the pool hosts"
+                 if number else f"installed as {result.get('path')}")
+        return f"{head} (cloud {result.get('cloud')}, ensure {result.get('ensure')}, {where})"
+    if op == "history":
+        return history_text(result)
+    if op == "diff":
+        return str(result.get("diff") or f"generations {result.get('a')} and "
+                                          f"{result.get('b')} have the same text").rstrip("\n")
     if op == "plan":
         lines = [f"plan of leader {result.get('leader')} (term {result.get('term')}):"]
         lines += [f"  {a}" for a in result.get("actions", [])] or ["  nothing to do"]
@@ -108,3 +142,20 @@ def _describe(op: str, result: Any) -> str:
         held = result.get("maintenance") or []
         return "in maintenance: " + (", ".join(held) if held else "nothing")
     return json.dumps(result)
+
+
+def history_text(result: dict[str, Any]) -> str:
+    """The record's generations, oldest first, the one in force marked with `*`."""
+    lines = [f"history of {result.get('cloud')} (leader {result.get('leader')}, term "
+             f"{result.get('term')}, record version {result.get('version')}):",
+             f"     {'GEN':>4}  {'WHEN (UTC)':<19}  {'BY':<12}  {'ENSURE':<8}  "
+             f"{'DIGEST':<12}  WHAT"]
+    for g in result.get("generations") or []:
+        mark = "*" if g.get("number") == result.get("in_force") else " "
+        when = datetime.fromtimestamp(float(g.get("at", 0)), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"   {mark} {g.get('number'):>4}  {when:<19}  {g.get('by', ''):<12}  "
+                     f"{g.get('ensure', ''):<8}  {str(g.get('digest', ''))[:12]:<12}  "
+                     f"{g.get('what', '')}")
+    held = result.get("maintenance") or []
+    lines.append("in maintenance: " + (", ".join(held) if held else "nothing"))
+    return "\n".join(lines)

@@ -5,6 +5,9 @@ nodes. Every member runs the same agent, and every agent here does what its plac
 manifest asks of it:
 - every member takes part in membership and the election (`ElectionShell`), and makes sure
   every other member has the manifest (`distribution`);
+- every pool host keeps the cloud's replicated record (`CloudRecord`, `RecordKeeper`): the
+  generations and the maintenance holds the leaders wrote, persisted before a leader's write
+  is acknowledged;
 - a pool host runs its `HostDuties`: libvirt, the leader's fenced commands, its domain events
   forwarded to the leader at once;
 - a node (a VM, or a `managed: false` machine) runs a node side: it takes its role assignment
@@ -12,7 +15,9 @@ manifest asks of it:
 - the acting leader, whoever it is, runs the `Controller` (domains) and hands out role
   assignments in the type's dependency order (`assignment`).
 The leader's controller and assigner run on every agent but act only while the election says
-this agent holds a host quorum lease: they ask `acting_term()` before every step.
+this agent holds a host quorum lease, and only once it has gathered the record in that term
+from a majority of the pool hosts: they ask `leading_term()` before every step. The record's
+latest generation is then the cloud's manifest: a leader whose file differs writes it anew.
 
 This module only wires: each duty lives in its room, each decision in a pure module, each
 message goes through the dispatch table, and readers get a `MemberSnapshot`.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
@@ -50,13 +56,21 @@ from cloudd.daemon.member.dispatch import (
     newer_leader_term,
 )
 from cloudd.daemon.member.election import ElectionShell, Leadership
+from cloudd.daemon.member.keeper import RecordKeeper
+from cloudd.daemon.member.recorded import CloudRecord, Install
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import (
     DomainEventNote,
+    Generation,
     ManifestOffer,
     ManifestWanted,
     NodeReport,
     OfferOrigin,
+    Record,
+    RecordAck,
+    RecordHeld,
+    RecordPush,
+    RecordWanted,
     RoleAssignment,
 )
 from cloudd.durable import TermFile
@@ -116,7 +130,8 @@ class CloudMember:
                  send: Callable[[str, Any], None],
                  request: Callable[[str, Any], Awaitable[Any]], events: EventLog,
                  clock: Clock = SYSTEM, open_backend: OpenBackend | None = None,
-                 node_side: NodeSideFactory | None = None) -> None:
+                 node_side: NodeSideFactory | None = None,
+                 install: Install | None = None) -> None:
         self.settings, self.cloud, self.me = settings, cloud, settings.name
         self.events, self.clock, self.timing = events, clock, timing
         self._send = send
@@ -132,7 +147,17 @@ class CloudMember:
             me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock)
         self.election.subscribe(self._leadership)
-        self.maintenance = Maintenance(self.state_dir, cloud=cloud.name)
+        self._group: asyncio.TaskGroup | None = None
+        self._later: list[tuple[str, TaskFactory]] = []
+        keeper = RecordKeeper(
+            me=self.me, cloud=cloud.name, folder=self.state_dir, request=request,
+            hosts=lambda: self.roster.hosts, quorum=lambda: self.roster.quorum,
+            acting_term=lambda: self.acting_term(), spawn=self._spawn,
+            on_commit=lambda r, recovered: self.record.committed(r, recovered),
+        ) if self.is_host else None
+        self.record = CloudRecord(me=self.me, cloud=lambda: self.cloud, keeper=keeper,
+                                  clock=clock, install=install, spawn=self._spawn,
+                                  poke=self._pokes, logger=self.log)
         self.host = HostDuties(
             me=self.me, cloud=lambda: self.cloud, settings=settings, state_dir=self.state_dir,
             open_backend=open_backend, leader=lambda: self.election.leader, send=send,
@@ -173,11 +198,8 @@ class CloudMember:
         self._acting_view: tuple[bool, int] = (False, -1)
         self._asked_at = float("-inf")
         self._poke = asyncio.Event()
-        #: generations of the manifest taken since the agent started, and when the last came
-        self.generation = 1
+        #: when the manifest in force was taken
         self.loaded_at = clock.wall()
-        self._group: asyncio.TaskGroup | None = None
-        self._later: list[tuple[str, TaskFactory]] = []
         self.handlers: Mapping[Duty, Handler] = MappingProxyType({
             Duty.ELECTION: self._on_election,
             Duty.HOST_COMMAND: self._on_host_command,
@@ -185,6 +207,8 @@ class CloudMember:
             Duty.ROLE_ASSIGNMENT: self._on_assignment,
             Duty.NODE_REPORT: self._on_report,
             Duty.MANIFEST_WANTED: self._on_manifest_wanted,
+            Duty.RECORD_WRITE: self._on_record_push,
+            Duty.RECORD_GATHER: self._on_record_wanted,
         })
 
     @property
@@ -196,9 +220,23 @@ class CloudMember:
     def acting_term(self) -> int | None:
         return self.election.term if self.election.acting() else None
 
+    def leading_term(self) -> int | None:
+        """The term to act on the cloud in: this agent acts in it (election) and has the
+        cloud's record of that term (gathered from a majority of the pool hosts)."""
+        return self.record.leading_term()
+
     def reconciling_term(self) -> int | None:
         """The term to act in, unless the operator paused the whole cloud."""
-        return None if self.maintenance.whole_cloud else self.acting_term()
+        return None if self.maintenance.whole_cloud else self.leading_term()
+
+    @property
+    def maintenance(self) -> Maintenance:
+        return self.record.maintenance
+
+    @property
+    def generation(self) -> int:
+        """The record's number of the generation in force here (0: not known here)."""
+        return self.record.generation
 
     def _alive(self) -> frozenset[str]:
         return frozenset(n for n in self.roster.names
@@ -228,12 +266,17 @@ class CloudMember:
                        leader=self.election.leader, term=self.election.term,
                        me=MemberKind.HOST if self.is_host else MemberKind.NODE)
 
-    def set_maintenance(self, subject: str | None, *, on: bool) -> None:
-        self.maintenance.set(subject, on=on, nodes=[n.name for n in self.cloud.nodes])
+    def record_in_force(self) -> Record:
+        return self.record.in_force()
+
+    async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
+        await self.record.set_maintenance(subject, on=on)
         self.log.info("maintenance", reason=f"{'on' if on else 'off'} for "
                                             f"{subject or 'the whole cloud'}")
-        self.controller.poke()
-        self._poke.set()
+
+    async def new_generation(self, text: str, cloud: Cloud, *, by: str,
+                             what: str) -> tuple[Generation, Path | None]:
+        return await self.record.new_generation(text, cloud, by=by, what=what)
 
     def reset_failures(self, node: str) -> None:
         """The operator's `cleanup NODE`: the leader forgets its failures and tries now."""
@@ -247,7 +290,8 @@ class CloudMember:
 
     # -- inputs -------------------------------------------------------------------------------
     def update(self, cloud: Cloud) -> None:
-        """A new manifest generation (validated): reconcile towards it."""
+        """A new manifest generation (validated): reconcile towards it. On a pool host it
+        comes from the record (the leader's, or the leader's offer); see `Clouds`."""
         if cloud.digest == self.cloud.digest:
             return
         roster = roster_of(cloud)
@@ -261,10 +305,11 @@ class CloudMember:
                 for gone in set(table) - set(roster.names):
                     del table[gone]
         self.cloud = cloud
-        self.generation += 1
         self.loaded_at = self.clock.wall()
+        number = self.generation
         self.events.append(LogEvent(self.loaded_at, cloud.name, LogKind.COMMAND, self.me,
-                                 f"manifest generation {cloud.digest[:12]} in force",
+                                 f"manifest generation "
+                                 f"{number or cloud.digest[:12]} in force",
                                  self.election.term))
         if self.node_side is not None:
             self.node_side.update_cloud(cloud)
@@ -332,7 +377,20 @@ class CloudMember:
         if msg.cloud != self.cloud.name:
             raise PermanentError(f"{self.me} does not serve cloud {msg.cloud}")
         return ManifestOffer(self.cloud.name, self.cloud.digest,
-                             self._text_for(peer), OfferOrigin.SEED, self.election.term)
+                             self._text_for(peer), OfferOrigin.SEED, self.election.term,
+                             self.generation)
+
+    async def _on_record_push(self, peer: str, push: RecordPush) -> RecordAck:
+        # The dispatch table has checked that `peer` leads the term this host follows, and
+        # that the push is of that term.
+        if self.record.keeper is None:
+            raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
+        return await self.record.keeper.on_push(peer, push)
+
+    async def _on_record_wanted(self, peer: str, msg: RecordWanted) -> RecordHeld:
+        if self.record.keeper is None:
+            raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
+        return await self.record.keeper.on_wanted(peer, msg)
 
     def _text_for(self, member: str) -> str:
         """The manifest as `member` may see it: whole for a pool host, a node's view else.
@@ -347,6 +405,10 @@ class CloudMember:
             self._texts = {key: cached, **{k: v for k, v in self._texts.items()
                                            if k[0] == self.cloud.digest}}
         return cached
+
+    def _pokes(self) -> None:
+        self.controller.poke()
+        self._poke.set()
 
     def _report_up(self, report: NodeReport) -> None:
         """This agent's node side reports: to the leader, wherever it is."""
@@ -371,6 +433,7 @@ class CloudMember:
             self._offered.clear()
             self.controller.poke()
             self._poke.set()
+            self.record.recover(view.term)
 
     # -- tasks ----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -413,6 +476,8 @@ class CloudMember:
                     await self._poke.wait()
             self._poke.clear()
             alive = self._alive()
+            if self.record.keeper is not None and self.leading_term() is not None:
+                self.record.keeper.catch_up(alive)
             self._distribute(alive)
             term = self.reconciling_term()
             if term is not None:
@@ -421,7 +486,8 @@ class CloudMember:
     def _distribute(self, alive: frozenset[str]) -> None:
         todo = distribution.offers(
             me=self.me, members=self.roster.names, alive=alive,
-            leading=self.election.acting(), seeding=self.is_host, digest=self.cloud.digest,
+            leading=self.leading_term() is not None, seeding=self.is_host,
+            digest=self.cloud.digest,
             now=self.clock.monotonic(), offered=self._offered)
         if not todo:
             return
@@ -429,7 +495,7 @@ class CloudMember:
             self._offered[offer.member] = offer.key
             self._send(offer.member, ManifestOffer(
                 self.cloud.name, self.cloud.digest, self._text_for(offer.member),
-                offer.origin, self.election.term))
+                offer.origin, self.election.term, self.generation))
 
     def _assign(self, term: int, alive: frozenset[str]) -> None:
         wanted = assignment.assignments(self.cloud, term=term, reports=self.reports,

@@ -3,8 +3,14 @@ this agent.
 
 The manifest watcher (main.Agent) reports every manifest change here. A loaded manifest that
 names this agent (as a pool host or a node) starts its `CloudMember`, or hands it the new
-generation; a manifest that does not name it is noted and ignored; a removed manifest turns
-the cloud to `ensure: stopped`, so that the leader takes down what the cloud created.
+generation; a manifest that does not name it is noted and ignored. Once a cloud runs, its
+generations come from its replicated record: the leader writes its own file from it, and
+every other member installs the leader's offers (never one older than the generation it
+has). A file an operator drops or edits on a pool host is handed to the leader as an `apply`
+(the acting leader does not take it directly either: it goes through the record). A removed
+manifest file is not a stop order: it is logged (`manifest_file_missing`), the member keeps
+the generation in force, and a pool host writes the file back from it (so that a restart
+finds it); only an `ensure: stopped` generation stops a cloud.
 
 One transport port serves the agent; this version runs one cloud per agent at a time (a
 second cloud naming the same agent is refused with a logged reason, and keeps running
@@ -27,12 +33,13 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cloudd import log
 from cloudd.backoff import Backoff
 from cloudd.config.agent import AgentSettings
-from cloudd.config.model import Cloud, Ensure
+from cloudd.config.model import Cloud
 from cloudd.config.registry import Change, ManifestEvent
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog
@@ -137,23 +144,49 @@ class Clouds:
         cloud = event.cloud
         if cloud is None or event.change is Change.REFUSED:
             return
+        member = self.member
+        mine = member is not None and member.cloud.name == cloud.name
         if event.change is Change.REMOVED:
-            if self.member is not None and self.member.cloud.name == cloud.name:
-                stopped = dataclasses.replace(cloud, ensure=Ensure.STOPPED,
-                                              digest=cloud.digest + ":removed")
-                self.member.update(stopped)
+            if member is not None and mine:
+                self.log.warning("manifest_file_missing", cloud=cloud.name, path=str(event.path),
+                                 reason="a missing file is not a stop order: the generation "
+                                        "in force stays")
+                if member.is_host:
+                    self._spawn(f"restore-{cloud.name}", lambda: self._restore(member))
             return
         # the text the registry validated (read off the loop), not a second read of the file
         text = cloud.text
+        dropped = (member is not None and mine and member.is_host and bool(text)
+                   and self._installed.get(cloud.name) != text)
+        if member is not None and dropped and member.election.acting():
+            # Dropped on the acting leader: a new generation only through the record (an
+            # apply performed here), and in force once a majority of the hosts has it.
+            self._spawn(f"hand-over-{cloud.name}", lambda: self._hand_over(cloud, text))
+            return
         self.adopt(cloud)
-        member = self.member
-        if (member is not None and member.is_host and member.cloud.name == cloud.name and text
-                and self._installed.get(cloud.name) != text and not member.election.acting()
-                and member.election.leader):
+        if member is not None and dropped and member.election.leader:
             # An operator dropped a new generation on this pool host, not on the leader: hand
-            # it over, so that the leader installs and distributes it. (A node has no
+            # it over, so that the leader records and distributes it. (A node has no
             # operator verbs: the leader would refuse it.)
             self._spawn(f"hand-over-{cloud.name}", lambda: self._hand_over(cloud, text))
+
+    async def _restore(self, member: CloudMember) -> None:
+        """The manifest file of the cloud in force went missing here: write it back."""
+        try:
+            text = member.record.text_in_force()
+            path = await self.install_text(member.cloud.name, text)
+        except (ClouddError, OSError) as e:
+            self.log.error("manifest_not_restored", cloud=member.cloud.name, reason=str(e))
+            return
+        self.log.warning("manifest_restored_from_record", cloud=member.cloud.name,
+                         path=str(path), generation=member.generation or None,
+                         reason="its file went missing here")
+
+    async def install_text(self, cloud: str, text: str) -> Path:
+        """Write a generation of `cloud` this agent got from the record (or its leader) into
+        the manifest folder; read back, it is taken as the cloud's generation in force."""
+        self._installed[cloud] = text
+        return await self.manifests.install(text, cloud)
 
     async def _hand_over(self, cloud: Cloud, text: str) -> None:
         if self._above is None:
@@ -182,7 +215,8 @@ class Clouds:
         self.member = CloudMember(
             settings=self.settings, cloud=cloud, timing=timing_for(self.settings),
             send=self.send, request=self.request, events=self.events, clock=self.clock,
-            open_backend=self._backend_factory, node_side=self._node_side_factory)
+            open_backend=self._backend_factory, node_side=self._node_side_factory,
+            install=lambda text: self.install_text(cloud.name, text))
         self.log.info("cloud_joined", cloud=cloud.name,
                       as_=("host" if self.member.is_host else "node"))
         self._peers(cloud)
@@ -207,6 +241,13 @@ class Clouds:
                         reason=f"ManifestOffer (origin leader) from {peer} is for cloud "
                                f"{offer.cloud}, which this agent does not serve")
             return None
+        if member is not None and offer.origin == OfferOrigin.LEADER and (
+                offer.generation < (newest := member.record.newest())):
+            log_refusal(me=self.me, peer=peer, cloud=offer.cloud,
+                        reason=f"ManifestOffer (origin leader) from {peer} is generation "
+                               f"{offer.generation} of {offer.cloud}, older than generation "
+                               f"{newest} this agent has")
+            return None
         if self._installed.get(offer.cloud) == offer.text:
             return "already installed"
         # The leader's generation is trusted to come once per generation; a seed is bounded.
@@ -223,10 +264,11 @@ class Clouds:
                 log_refusal(me=self.me, peer=peer, cloud=cloud.name,
                             reason=why or f"{self.me} serves a cloud already")
                 return None
-        self._installed[cloud.name] = offer.text
-        path = await self.manifests.install(offer.text, cloud.name)
+        path = await self.install_text(cloud.name, offer.text)
+        if member is not None and offer.origin == OfferOrigin.LEADER:
+            member.record.offered = offer.generation
         self.log.info("manifest_installed", cloud=cloud.name, path=str(path),
-                      origin=offer.origin, term=offer.term)
+                      origin=offer.origin, term=offer.term, generation=offer.generation)
         return f"installed as {path}"
 
     # -- transport ----------------------------------------------------------------------------

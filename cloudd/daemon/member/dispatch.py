@@ -43,6 +43,8 @@ from cloudd.daemon.network.catalogue import (
     OfferOrigin,
     OperatorOp,
     OperatorRequest,
+    RecordPush,
+    RecordWanted,
     RoleAssignment,
 )
 from cloudd.election import messages as em
@@ -101,6 +103,8 @@ class Duty(enum.Enum):
     INSPECT_WANTED = "inspect wanted"
     MANIFEST_OFFER = "manifest offer"
     OPERATOR_REQUEST = "operator request"
+    RECORD_WRITE = "record write"
+    RECORD_GATHER = "record gathering"
 
 
 Rule = tuple[frozenset[Sender], ...]
@@ -188,6 +192,14 @@ ROUTES: tuple[Route, ...] = (
                "what its own certificate says it is"),
     Route(ManifestWanted, Duty.MANIFEST_WANTED, _MEMBER, request=True,
           note="only this agent's own cloud"),
+    # The cloud's replicated record: the leader writes it to every pool host, and gathers it
+    # from them before it acts in a new term.
+    Route(RecordPush, Duty.RECORD_WRITE, _LEADER, to=To.HOST, request=True,
+          note="a version above the host's own, of a term not below the one it promised; "
+               "persisted before the answer"),
+    Route(RecordWanted, Duty.RECORD_GATHER, _LEADER, to=To.HOST, request=True,
+          note="the host answers its record and takes no write of a lower term from then on "
+               "(persisted before the answer)"),
     # The operator's verbs: relayed by pool hosts (the local API runs there as root);
     # an operator certificate hands a manifest to a pool host, and inspects.
     Route(InspectWanted, Duty.INSPECT_WANTED,
@@ -199,8 +211,15 @@ ROUTES: tuple[Route, ...] = (
           note="performed here or handed to this cloud's leader, never relayed further; the "
                "manifest at most 256 KiB, checked in the worker process, 'busy' beyond 4 "
                "at once"),
+    Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST, Sender.OPERATOR),
+          to=To.HOST, case=("op", (_O.HISTORY, _O.ROLLBACK)), request=True,
+          note="performed by this cloud's leader (handed to it), never relayed further; the "
+               "history shows no manifest texts"),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
           case=("op", (_O.STOP, _O.CLEANUP, _O.MAINTENANCE, _O.PLAN)), request=True),
+    Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
+          case=("op", (_O.DIFF,)), request=True,
+          note="the texts as pool hosts hold them, secrets' contents included"),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, _LEADER, to=To.NODE,
           case=("op", (_O.CLEANUP_SERVICE,)), request=True),
 )

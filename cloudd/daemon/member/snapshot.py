@@ -29,7 +29,7 @@ class MemberSnapshot:
     cloud: Cloud
     """The manifest generation in force."""
     generation: int
-    """Generations taken since the agent started (1: the first)."""
+    """The record's number of the generation in force (0: not known here)."""
     loaded_at: float
     """Wall time the generation in force was taken."""
     taken_at: float

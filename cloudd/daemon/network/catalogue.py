@@ -3,7 +3,9 @@
 The election's own messages come from `cloudd.election.messages`; the host commands from
 `cloudd.vmctl.hostagent`. The rest are defined here, because they exist only between agents:
 manifests passed along, domain events forwarded to the leader, a node's role assignment and
-its report, and the questions `cloudd-cli inspect` asks the leader.
+its report, the questions `cloudd-cli inspect` asks the leader, and the cloud's replicated
+record as the leader writes it to the pool hosts (`Record`; its rules are
+`cloudd.daemon.member.record`'s).
 
 Names are part of the protocol: renaming one is a wire change.
 """
@@ -66,6 +68,12 @@ class OperatorOp(enum.StrEnum):
     PLAN = "plan"
     CLEANUP_SERVICE = "cleanup-service"
     """From the leader to a node: restart one of its services now (FATAL included)."""
+    HISTORY = "history"
+    """The record's generations: number, when, who, digest, ensure (no texts)."""
+    DIFF = "diff"
+    """A unified diff of two generations' texts, as pool hosts hold them (secrets too)."""
+    ROLLBACK = "rollback"
+    """A new generation whose text is an earlier generation's."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class ManifestOffer:
     text: str = field(repr=False)
     origin: OfferOrigin
     term: int = 0
+    #: the generation's number in the cloud's record (0: a seed from a host that has none)
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -219,6 +229,84 @@ class OperatorAnswer:
     error: str = ""
 
 
+@dataclass(frozen=True, order=True)
+class Version:
+    """Where a record stands in the order of the leaders' writes: the term of the leader
+    that wrote it, then a sequence number that grows with every write, whatever the term."""
+
+    term: int = 0
+    seq: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.term}.{self.seq}"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One manifest generation as the record keeps it: the text a pool host receives
+    (`cloudd.config.portable.portable_text`: self-contained, secrets included, so never shown
+    by `repr`), numbered 1, 2, 3... in the order the leaders made them."""
+
+    number: int
+    text: str = field(repr=False)
+    #: sha256 of `text`: the same on every agent (a `Cloud.digest` is not)
+    digest: str
+    #: wall time the leader made it, and who asked for it (the agent that took the command)
+    at: float
+    by: str
+    #: what made it: "apply", "stop", "rollback to 3", "adopted from pm1's manifest file"
+    what: str
+    ensure: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the leader decides for one cloud and every pool host keeps (fsynced) before the
+    operator hears it is done. A new field here is a new part of the record, on the wire and
+    in the hosts' files alike (give it a default, so that older records still read)."""
+
+    cloud: str
+    version: Version = Version()
+    #: the latest generations, oldest first (the history keeps a bounded number)
+    generations: tuple[Generation, ...] = field(default=(), repr=False)
+    #: the operator's maintenance holds: node names, "" for the whole cloud, sorted
+    holds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordPush:
+    """The leader of `term` writes its record to a pool host (request; `RecordAck`)."""
+
+    term: int
+    record: Record
+
+
+@dataclass(frozen=True)
+class RecordAck:
+    """A pool host has persisted the record up to `version`."""
+
+    cloud: str
+    version: Version
+
+
+@dataclass(frozen=True)
+class RecordWanted:
+    """The leader of a new `term` gathers the record (request; `RecordHeld`): the host
+    answers what it holds, and from then on refuses writes of terms below `term`."""
+
+    cloud: str
+    term: int
+
+
+@dataclass(frozen=True)
+class RecordHeld:
+    """What a pool host holds of the record, and the term it has now promised."""
+
+    cloud: str
+    term: int
+    record: Record
+
+
 OWN = {
     "cloudd.manifest-offer": ManifestOffer,
     "cloudd.manifest-wanted": ManifestWanted,
@@ -231,6 +319,10 @@ OWN = {
     "cloudd.operator-answer": OperatorAnswer,
     "cloudd.host-command": HostCommand,
     "cloudd.host-result": HostResult,
+    "cloudd.record-push": RecordPush,
+    "cloudd.record-ack": RecordAck,
+    "cloudd.record-wanted": RecordWanted,
+    "cloudd.record-held": RecordHeld,
 }
 
 

@@ -1,5 +1,5 @@
-"""The operator's commands: apply, stop, cleanup, maintenance, plan (and cleanup-service,
-which the leader sends on to a node).
+"""The operator's commands: apply, stop, cleanup, maintenance, plan, history, diff, rollback
+(and cleanup-service, which the leader sends on to a node).
 
 Any agent takes a command from `cloudd-cli`, but the cloud changes in one place only: the
 leader. So an agent that is not the acting leader hands the command to the leader it follows
@@ -13,9 +13,12 @@ through a second agent.
 
 `RULES` says, per command, where it is performed and whether it carries a manifest; each
 command has one handler. The local API's op names become `OperatorOp`s where they are
-registered (`LOCAL_OPS`), once. The leader installs a new manifest generation atomically in
-its manifest folder (replacing the file that declared that cloud, if any) and distributes it
-to the other members; an invalid manifest is refused with its problems and changes nothing.
+registered (`LOCAL_OPS`), once. What changes the cloud (apply, stop, rollback, maintenance)
+is a write to the cloud's replicated record (`cloudd.daemon.member.record`), acknowledged
+only once a majority of the pool hosts has persisted it; the leader then installs the new
+generation in its manifest folder and distributes it to the other members. An invalid
+manifest, an unknown generation or node is refused with one sentence and changes nothing.
+`history` and `diff` read the leader's record.
 
 A node's agent performs none of them and hands none on: its certificate may send no operator
 command, so its local API refuses them at once.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -47,9 +51,16 @@ from cloudd.config.portable import portable_text
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader import maintenance
+from cloudd.daemon.member import record
 from cloudd.daemon.member.manifests import ManifestFolder, plain
 from cloudd.daemon.member.snapshot import MemberSnapshot
-from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
+from cloudd.daemon.network.catalogue import (
+    Generation,
+    OperatorAnswer,
+    OperatorOp,
+    OperatorRequest,
+    Record,
+)
 from cloudd.errors import ClouddError, ConfigError, PermanentError, TemporaryError
 
 _log = log.get("operator")
@@ -76,6 +87,9 @@ RULES: Mapping[OperatorOp, OpRule] = MappingProxyType({
     OperatorOp.MAINTENANCE: OpRule(at_leader=True),
     OperatorOp.PLAN: OpRule(at_leader=True),
     OperatorOp.CLEANUP_SERVICE: OpRule(at_leader=False, local=False),
+    OperatorOp.HISTORY: OpRule(at_leader=True),
+    OperatorOp.DIFF: OpRule(at_leader=True),
+    OperatorOp.ROLLBACK: OpRule(at_leader=True),
 })
 
 LOCAL_OPS: tuple[OperatorOp, ...] = tuple(op for op, rule in RULES.items() if rule.local)
@@ -87,8 +101,11 @@ class Seat(Protocol):
 
     def snapshot(self) -> MemberSnapshot: ...
     def reset_failures(self, node: str) -> None: ...
-    def set_maintenance(self, subject: str | None, *, on: bool) -> None: ...
+    async def set_maintenance(self, subject: str | None, *, on: bool) -> None: ...
     async def cleanup_service(self, service: str) -> None: ...
+    async def new_generation(self, text: str, cloud: Cloud, *, by: str,
+                             what: str) -> tuple[Generation, Path | None]: ...
+    def record_in_force(self) -> Record: ...
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,9 @@ class Operator:
             OperatorOp.MAINTENANCE: self._maintenance,
             OperatorOp.PLAN: self._plan,
             OperatorOp.CLEANUP_SERVICE: self._cleanup_service,
+            OperatorOp.HISTORY: self._history,
+            OperatorOp.DIFF: self._diff,
+            OperatorOp.ROLLBACK: self._rollback,
         }
 
     # -- routing ------------------------------------------------------------------------------
@@ -146,6 +166,10 @@ class Operator:
         rule = RULES[op]
         if not rule.local:
             raise PermanentError(f"unknown command {op.value!r}")
+        if not relayed:
+            # Who asked, as the record keeps it: the agent whose operator typed the command
+            # (a relayed command names the agent that relayed it, see `answer`).
+            args = {**args, "by": self.me}
         seat = self._member()
         snap = seat.snapshot() if seat is not None else None
         if snap is not None and self.me not in snap.hosts:
@@ -225,6 +249,7 @@ class Operator:
             if not isinstance(args, dict):
                 raise PermanentError("operator arguments must be a JSON object")
             op = OperatorOp(request.op)
+            args["by"] = peer  # the authenticated sender, whatever the arguments say
             if RULES[op].at_leader:
                 args.setdefault("cloud", request.cloud)
                 result = await self.command(op, args, relayed=True)
@@ -246,15 +271,49 @@ class Operator:
     async def _apply(self, call: Call) -> Any:
         if call.incoming is None:
             raise PermanentError("apply: no manifest")
-        _, snap = call.serving()
-        return await self._install(_text(call.args, OperatorOp.APPLY), call.incoming,
-                                   op=OperatorOp.APPLY, term=snap.term)
+        return await self._generation(call, _text(call.args, OperatorOp.APPLY), call.incoming,
+                                      what="apply")
 
     async def _stop(self, call: Call) -> Any:
         _, snap = call.serving()
         text = await self.manifests.run(stopped_job, plain(snap.cloud))
-        return await self._install(text, await self.manifests.check(text), op=OperatorOp.STOP,
-                                   term=snap.term)
+        return await self._generation(call, text, await self.manifests.check(text),
+                                      what="stop")
+
+    async def _rollback(self, call: Call) -> Any:
+        seat, _ = call.serving()
+        number = _number(call.args, "number", OperatorOp.ROLLBACK)
+        earlier = record.generation(seat.record_in_force(), number)
+        return await self._generation(call, earlier.text,
+                                      await self.manifests.check(earlier.text),
+                                      what=f"rollback to {number}")
+
+    async def _generation(self, call: Call, text: str, cloud: Cloud, *,
+                          what: str) -> dict[str, Any]:
+        """`text` as the cloud's next generation: in the record on a majority of the pool
+        hosts when this returns."""
+        seat, snap = call.serving()
+        by = str(call.args.get("by") or self.me)
+        gen, path = await seat.new_generation(text, cloud, by=by, what=what)
+        self._record(cloud.name, f"{what}: generation {gen.number} ({gen.digest[:12]}) "
+                                 f"recorded, asked by {by}", snap.term)
+        return {"accepted_by": self.me, "cloud": cloud.name, "generation": gen.number,
+                "path": str(path) if path is not None else None, "ensure": gen.ensure}
+
+    async def _history(self, call: Call) -> Any:
+        seat, snap = call.serving()
+        r = seat.record_in_force()
+        return {"cloud": r.cloud, "leader": self.me, "term": snap.term,
+                "version": str(r.version), "generations": record.history(r),
+                "in_force": snap.generation,
+                "maintenance": maintenance.view(h or None for h in r.holds)}
+
+    async def _diff(self, call: Call) -> Any:
+        seat, _ = call.serving()
+        a = _number(call.args, "a", OperatorOp.DIFF)
+        b = _number(call.args, "b", OperatorOp.DIFF)
+        r = seat.record_in_force()
+        return {"cloud": r.cloud, "a": a, "b": b, "diff": record.diff(r, a, b)}
 
     async def _cleanup(self, call: Call) -> Any:
         seat, snap = call.serving()
@@ -278,7 +337,8 @@ class Operator:
         on, subject = bool(call.args.get("on")), call.args.get("subject")
         if subject == snap.cloud.name:
             subject = None
-        seat.set_maintenance(subject if isinstance(subject, str) and subject else None, on=on)
+        await seat.set_maintenance(subject if isinstance(subject, str) and subject else None,
+                                   on=on)
         self._record(snap.cloud.name, f"maintenance {'on' if on else 'off'} for "
                                       f"{subject or 'the whole cloud'}", snap.term)
         return {"maintenance": maintenance.view(seat.snapshot().maintenance)}
@@ -319,6 +379,14 @@ def _text(args: dict[str, Any], op: OperatorOp) -> str:
     if not isinstance(text, str):
         raise PermanentError(f"{op.value}: 'text' must be the manifest's text")
     return text
+
+
+def _number(args: dict[str, Any], key: str, op: OperatorOp) -> int:
+    value = args.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PermanentError(f"{op.value}: {key!r} must be a generation number (1, 2, 3...), "
+                             f"not {value!r}")
+    return value
 
 
 def _one_line(e: BaseException) -> str:

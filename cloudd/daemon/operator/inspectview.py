@@ -47,6 +47,7 @@ from cloudd.client.inspectdoc import (
 )
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
+from cloudd.daemon.leader import maintenance
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import InspectAnswer, InspectWanted, NodePhase
 from cloudd.daemon.operator.queries import event_view, view_source
@@ -160,7 +161,8 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
         manifest=ManifestInfo(generation=snap.generation, digest=cloud.digest,
                               loaded_at=snap.loaded_at),
         hosts=tuple(hosts), nodes=tuple(nodes), failed_actions=failed,
-        events=tuple(event_view(e) for e in events.query(cloud=cloud.name, limit=RECENT_EVENTS)))
+        events=tuple(event_view(e) for e in events.query(cloud=cloud.name, limit=RECENT_EVENTS)),
+        maintenance=tuple(maintenance.view(snap.maintenance)))
 
 
 def leader_answer(me: str, snap: MemberSnapshot, events: EventLog) -> InspectAnswer:

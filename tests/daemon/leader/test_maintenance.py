@@ -1,46 +1,25 @@
-"""The operator's maintenance holds: durable across restarts, and what the planner sees."""
+"""The operator's maintenance holds, as the record holds them, and what the planner sees (their
+durability and refusals are the record's: tests/daemon/member/test_record.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import pytest
 
 from cloudd.config.manifest import load_cloud
 from cloudd.daemon.leader.desired import desired_of
-from cloudd.daemon.leader.maintenance import FILE, Maintenance, view
-from cloudd.errors import PermanentError
+from cloudd.daemon.leader.maintenance import Maintenance, view
 from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl import plan
 
-from .test_assignment import DB, MANIFEST, WEB1
+from .test_assignment import DB, MANIFEST
 
 
-def test_holds_survive_a_restart_and_read_well(tmp_path: Path) -> None:
-    m = Maintenance(tmp_path / "clouds" / "shop", cloud="shop")
-    assert m.held == frozenset() and not m.whole_cloud
-    m.set(DB, on=True, nodes=[DB, WEB1])
-    m.set(None, on=True, nodes=[DB, WEB1])
-    again = Maintenance(tmp_path / "clouds" / "shop", cloud="shop")
-    assert again.held == {DB, None} and again.whole_cloud
-    assert again.view() == ["(cloud)", DB]
-    assert json.loads((tmp_path / "clouds" / "shop" / FILE).read_text()) == ["", DB]
-    again.set(None, on=False, nodes=[DB, WEB1])
-    assert Maintenance(tmp_path / "clouds" / "shop", cloud="shop").held == {DB}
-
-
-def test_an_unknown_node_is_refused_and_changes_nothing(tmp_path: Path) -> None:
-    m = Maintenance(tmp_path, cloud="shop")
-    with pytest.raises(PermanentError, match="unknown node 'nope' in cloud shop"):
-        m.set("nope", on=True, nodes=[DB])
-    assert not (tmp_path / FILE).exists()
-
-
-@pytest.mark.parametrize("content", ["not json", '{"a": 1}', "[1, 2]"])
-def test_a_damaged_file_holds_nothing(tmp_path: Path, content: str) -> None:
-    (tmp_path / FILE).write_text(content)
-    assert Maintenance(tmp_path, cloud="shop").held == frozenset()
+def test_the_holds_are_read_from_the_record() -> None:
+    m = Maintenance.of(["", DB])
+    assert m.held == {DB, None} and m.whole_cloud
+    assert m.view() == ["(cloud)", DB]
+    assert not Maintenance.of([DB]).whole_cloud
+    assert Maintenance().held == frozenset()
 
 
 def test_view_names_the_whole_cloud() -> None:

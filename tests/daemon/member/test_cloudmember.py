@@ -107,7 +107,7 @@ async def test_the_member_serves_its_duties_and_no_other(tmp_path: Path,
     pm1, db = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, DB)
     assert set(pm1.member.handlers) == set(db.member.handlers) == {
         Duty.ELECTION, Duty.HOST_COMMAND, Duty.DOMAIN_EVENT, Duty.ROLE_ASSIGNMENT,
-        Duty.NODE_REPORT, Duty.MANIFEST_WANTED}
+        Duty.NODE_REPORT, Duty.MANIFEST_WANTED, Duty.RECORD_WRITE, Duty.RECORD_GATHER}
     assert pm1.member.node_side is None and isinstance(db.member.node_side, FakeNodeSide)
     await follow(db, "pm2", 1)
     await follow(pm1, "pm2", 1)
@@ -246,7 +246,8 @@ async def test_the_snapshot_is_what_the_member_knows(tmp_path: Path, rigs: list[
     pm1 = rig(tmp_path, rigs, "pm1")
     pm1.clock.advance(5.0)
     snap = pm1.member.snapshot()
-    assert (snap.me, snap.cloud, snap.generation, snap.term) == ("pm1", pm1.cloud, 1, 0)
+    # no record yet: the generation in force has no number here
+    assert (snap.me, snap.cloud, snap.generation, snap.term) == ("pm1", pm1.cloud, 0, 0)
     assert snap.loaded_at == 1_700_000_000.0 and snap.taken_at == 1_700_000_005.0
     assert snap.monotonic == 1005.0 and snap.wall_of(1010.0) == 1_700_000_010.0
     assert (snap.leader, snap.acting, snap.quorum, snap.hosts) == (
@@ -255,20 +256,6 @@ async def test_the_snapshot_is_what_the_member_knows(tmp_path: Path, rigs: list[
     assert snap.node is None and snap.maintenance == frozenset()
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.term = 9  # type: ignore[misc]
-
-
-async def test_maintenance_is_durable_and_pauses_the_leader(tmp_path: Path,
-                                                            rigs: list[Rig]) -> None:
-    pm1 = rig(tmp_path, rigs, "pm1")
-    pm1.member.set_maintenance(DB, on=True)
-    pm1.member.set_maintenance(None, on=True)
-    assert pm1.member.reconciling_term() is None
-    assert [n.run.value for n in pm1.member.controller.desired().nodes
-            if n.name == DB] == ["manual"]
-    again = rig(tmp_path, rigs, "pm1", cloud=pm1.cloud)
-    assert again.member.snapshot().maintenance == {DB, None}
-    with pytest.raises(PermanentError, match="unknown node 'pm9' in cloud shop"):
-        again.member.set_maintenance("pm9", on=True)
 
 
 async def test_reconcile_settings_build_the_controllers_backoff(tmp_path: Path,
@@ -286,14 +273,15 @@ async def test_a_new_generation_is_recorded_and_a_stop_is_an_owned_task(
     side = node.member.node_side
     assert isinstance(side, FakeNodeSide)
     node.member.update(node.cloud)  # the same digest: nothing
-    assert node.member.generation == 1
+    assert node.member.generation == 0  # a node knows the number from its leader's offer
     node.clock.advance(60.0)
     stopped = dataclasses.replace(node.cloud, ensure=Ensure.STOPPED, digest="g2")
+    node.member.record.offered = 2
     node.member.update(stopped)
     snap = node.member.snapshot()
     assert (snap.generation, snap.loaded_at, snap.cloud) == (2, 1_700_000_060.0, stopped)
     [event] = node.events.query(kind=LogKind.COMMAND)
-    assert event.reason == "manifest generation g2 in force" and event.time == snap.loaded_at
+    assert event.reason == "manifest generation 2 in force" and event.time == snap.loaded_at
     assert side.cloud is stopped and side.stopped == 0  # not running yet: started by run()
     task = asyncio.create_task(node.member.run())
     for _ in range(100):

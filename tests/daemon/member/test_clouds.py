@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import Recipient, portable_text, text_for
 from cloudd.config.registry import Change, ManifestEvent
@@ -34,6 +35,7 @@ from cloudd.daemon.network.catalogue import (
 from cloudd.election.messages import Coordinator, WhoLeads
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
+from cloudd.providers.catalog import CATALOG
 
 from .fakes import DB, MANIFEST, FakeNodeSide, host, node, operator, settings, shop
 
@@ -122,9 +124,34 @@ async def test_a_manifest_naming_this_agent_makes_it_a_member(agent: Agent,
     second = dataclasses.replace(other, name="second")
     agent.clouds.on_manifest(loaded(dataclasses.replace(second, pool=cloud.pool)))
     assert agent.clouds.serving() is member and member.cloud == cloud
-    # a removed file stops the cloud, as a new generation
-    agent.clouds.on_manifest(ManifestEvent(Change.REMOVED, cloud.source, cloud))
-    assert member.cloud.ensure is Ensure.STOPPED and member.generation == 2
+
+
+async def test_a_missing_file_is_not_a_stop_order(agent: Agent, tmp_path: Path) -> None:
+    """A removed manifest file changes nothing: logged, the generation in force stays, and a
+    pool host writes the file back (a restart then finds it); only `ensure: stopped` stops."""
+    cloud = shop(tmp_path / "manifests")
+    agent.clouds.on_manifest(loaded(cloud))
+    member = agent.clouds.serving()
+    assert member is not None
+    with capture_logs() as logs:
+        agent.clouds.on_manifest(ManifestEvent(Change.REMOVED, cloud.source, cloud))
+        assert member.cloud is cloud and member.cloud.ensure is Ensure.RUNNING
+        (name, restore) = agent.clouds._later[-1]
+        assert name == "restore-shop"
+        await restore()
+    assert [(e["event"], e.get("path")) for e in logs] == [
+        ("manifest_file_missing", str(cloud.source)),
+        ("manifest_restored_from_record", str(agent.folder / "shop.yaml"))]
+    text = text_for(cloud, Recipient.HOST)
+    assert (agent.folder / "shop.yaml").read_text() == text and agent.rescans == [1]
+    # read back, it is the text this agent wrote: not an operator's new generation, so it
+    # is not handed to the leader (a file the operator edits is)
+    back = load_cloud(agent.folder / "shop.yaml", CATALOG)
+    async with following(agent.clouds):
+        agent.clouds.on_manifest(loaded(back))
+        assert [n for n, _ in agent.clouds._later] == ["restore-shop"]
+        agent.clouds.on_manifest(loaded(shop(tmp_path / "edited", MANIFEST + "# edited\n")))
+        assert [n for n, _ in agent.clouds._later] == ["restore-shop", "hand-over-shop"]
 
 
 async def test_a_member_takes_the_leaders_generation_only(agent: Agent,
@@ -300,3 +327,25 @@ async def test_a_node_hands_no_generation_over(tmp_path: Path) -> None:
 
 def test_the_port_is_retried_ever_more_slowly_up_to_half_a_minute() -> None:
     assert [OPEN_RETRY.delay(n, 0.5) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+async def test_an_offer_older_than_the_generation_held_is_refused(agent: Agent,
+                                                                  tmp_path: Path) -> None:
+    cloud = shop(tmp_path / "manifests")
+    agent.clouds.on_manifest(loaded(cloud))
+    newer, older = (portable_text(cloud, cloud.text) + f"# {n}\n" for n in ("three", "two"))
+    async with following(agent.clouds):
+        with capture_logs() as logs:
+            for text, number in ((newer, 3), (older, 2)):
+                offer = ManifestOffer("shop", cloud.digest, text, OfferOrigin.LEADER, 4, number)
+                assert await agent.clouds._handle(PM2, offer) is None
+                assert agent.clouds._offers is not None
+                await agent.clouds._offers
+    assert (agent.folder / "shop.yaml").read_text() == newer
+    member = agent.clouds.serving()
+    assert member is not None and member.record.newest() == 3
+    assert [(e["event"], e.get("generation"), e.get("reason")) for e in logs
+            if e["event"] in ("manifest_installed", "message_refused")] == [
+        ("manifest_installed", 3, None),
+        ("message_refused", None, "ManifestOffer (origin leader) from pm2 is generation 2 of "
+                                  "shop, older than generation 3 this agent has")]

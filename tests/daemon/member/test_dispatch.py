@@ -41,6 +41,10 @@ from cloudd.daemon.network.catalogue import (
     OperatorAnswer,
     OperatorOp,
     OperatorRequest,
+    RecordAck,
+    RecordHeld,
+    RecordPush,
+    RecordWanted,
     RoleAssignment,
 )
 from cloudd.election import messages as em
@@ -52,7 +56,7 @@ from cloudd.vmctl.hostagent import HostCommand, HostResult, Op
 H, N, OP = MemberKind.HOST, MemberKind.NODE, MemberKind.OPERATOR
 
 #: Messages that only ever travel as replies to a request: no route takes them.
-REPLIES = {HostResult, InspectAnswer, OperatorAnswer}
+REPLIES = {HostResult, InspectAnswer, OperatorAnswer, RecordAck, RecordHeld}
 
 #: A host pm1 of cloud c, following pm2 in term 5.
 HERE = InForce(cloud="c", hosts=frozenset({"pm1", "pm2", "pm3"}),
@@ -92,13 +96,24 @@ def test_every_duty_is_somebodys_and_every_row_names_senders() -> None:
     assert all(r.names is None or r.names in {f.name for f in dataclasses.fields(r.message)}
                for r in ROUTES)
     assert {r.message for r in ROUTES if r.request} == {
-        HostCommand, dispatch.ManifestWanted, InspectWanted, OperatorRequest}
+        HostCommand, dispatch.ManifestWanted, InspectWanted, OperatorRequest, RecordPush,
+        RecordWanted}
 
 
-def test_the_operators_certificate_may_apply_and_inspect_and_nothing_else() -> None:
+def test_the_operators_certificate_may_apply_inspect_and_read_the_history_only() -> None:
+    """An operator's machine may hand a manifest over, inspect, list the generations and roll
+    back to one (what it could apply anyway); it never reads a generation's text (`diff`:
+    pool hosts only, the texts hold secrets) and never writes the record itself."""
     taking = {(r.message, r.case) for r in ROUTES
               if any(Sender.OPERATOR in alternative for alternative in r.senders)}
-    assert taking == {(InspectWanted, None), (OperatorRequest, ("op", (OperatorOp.APPLY,)))}
+    assert taking == {(InspectWanted, None), (OperatorRequest, ("op", (OperatorOp.APPLY,))),
+                      (OperatorRequest, ("op", (OperatorOp.HISTORY, OperatorOp.ROLLBACK)))}
+
+
+def test_only_the_leader_of_the_term_followed_writes_or_gathers_the_record() -> None:
+    for cls in (RecordPush, RecordWanted):
+        [row] = [r for r in ROUTES if r.message is cls]
+        assert row.senders == (frozenset({Sender.LEADER}),) and row.to is dispatch.To.HOST
 
 
 @pytest.mark.parametrize(("who", "here", "kinds"), [

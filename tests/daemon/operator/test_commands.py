@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,23 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from cloudd.config.model import Ensure
+from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import portable_text
 from cloudd.config.yamlsrc import MAX_MANIFEST_BYTES
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
+from cloudd.daemon.leader.maintenance import Maintenance
+from cloudd.daemon.member import record
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.manifests import Checker, ManifestFolder
 from cloudd.daemon.member.snapshot import MemberSnapshot
-from cloudd.daemon.network.catalogue import OperatorAnswer, OperatorOp, OperatorRequest
+from cloudd.daemon.network.catalogue import (
+    Generation,
+    OperatorAnswer,
+    OperatorOp,
+    OperatorRequest,
+    Record,
+)
 from cloudd.daemon.operator.commands import LOCAL_OPS, RULES, Operator, stopped_text
 from cloudd.errors import ConfigError, PermanentError, TemporaryError
 
@@ -30,23 +38,42 @@ from ..member.fakes import DB, MANIFEST, FakeNodeSide, Wire, member, shop
 
 
 class Seat:
-    """A real member, seen as acting (or following `leader`) in term 7."""
+    """A real member, seen as acting (or following `leader`) in term 7, with a record of its
+    own that every write reaches at once (the replication is tests/daemon/member's)."""
 
     def __init__(self, m: CloudMember, *, acting: bool, leader: str) -> None:
         self.member, self.acting, self.leader = m, acting, leader
+        self.record = Record("shop")
+        self.install: Callable[[str], Awaitable[Path]] | None = None
 
     def snapshot(self) -> MemberSnapshot:
+        last = record.latest(self.record)
         return dataclasses.replace(self.member.snapshot(), acting=self.acting,
-                                   leader=self.leader, term=7)
+                                   leader=self.leader, term=7,
+                                   maintenance=Maintenance.of(self.record.holds).held,
+                                   generation=last.number if last else 0)
 
     def reset_failures(self, node: str) -> None:
         self.member.reset_failures(node)
 
-    def set_maintenance(self, subject: str | None, *, on: bool) -> None:
-        self.member.set_maintenance(subject, on=on)
+    async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
+        self.record = record.with_hold(self.record, term=7, subject=subject, on=on,
+                                       nodes=[n.name for n in self.member.cloud.nodes])
 
     async def cleanup_service(self, service: str) -> None:
         await self.member.cleanup_service(service)
+
+    async def new_generation(self, text: str, cloud: Cloud, *, by: str,
+                             what: str) -> tuple[Generation, Path | None]:
+        self.record = record.with_generation(self.record, term=7, text=text, at=1.0, by=by,
+                                             what=what, ensure=cloud.ensure.value,
+                                             nodes=[n.name for n in cloud.nodes])
+        gen = record.latest(self.record)
+        assert gen is not None and self.install is not None
+        return gen, await self.install(text)
+
+    def record_in_force(self) -> Record:
+        return self.record
 
 
 @dataclasses.dataclass
@@ -81,6 +108,8 @@ def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool =
     folder = home / "manifests"
     manifests = ManifestFolder(folder, locate=lambda c: None,
                                rescan=lambda: rescans.append("rescan"), checker=checker)
+    if seat is not None:
+        seat.install = lambda text: manifests.install(text, "shop")
 
     async def ask_outside(name: str, address: str, msg: Any) -> Any:
         outside.append((name, address, msg))
@@ -98,14 +127,15 @@ def agent(tmp_path: Path, agents: dict[str, Agent], name: str, *, acting: bool =
 def connect(a: Agent, agents: dict[str, Agent]) -> None:
     """`a`'s requests reach the other agents' operators (as the dispatch table would)."""
     async def answer(peer: str, msg: Any) -> Any:
-        return await agents[peer].op.answer("caller", msg)
+        return await agents[peer].op.answer(a.op.me, msg)
 
     a.wire.answer = answer
 
 
 def test_every_op_has_a_rule_and_the_local_api_offers_the_operators_verbs() -> None:
     assert set(RULES) == set(OperatorOp)
-    assert [op.value for op in LOCAL_OPS] == ["apply", "stop", "cleanup", "maintenance", "plan"]
+    assert [op.value for op in LOCAL_OPS] == ["apply", "stop", "cleanup", "maintenance", "plan",
+                                              "history", "diff", "rollback"]
 
 
 async def test_the_leader_performs_maintenance_and_records_it(tmp_path: Path,
@@ -164,7 +194,7 @@ async def test_a_follower_hands_the_command_to_its_leader(tmp_path: Path,
     assert result == {"maintenance": [DB]}
     [(peer, request)] = pm2.wire.asked
     assert peer == "pm1" and request == OperatorRequest(
-        OperatorOp.MAINTENANCE, "shop", json.dumps({"on": True, "subject": DB}))
+        OperatorOp.MAINTENANCE, "shop", json.dumps({"on": True, "subject": DB, "by": "pm2"}))
     with pytest.raises(PermanentError, match="unknown node 'nope'"):
         await pm2.op.command(OperatorOp.CLEANUP, {"node": "nope"})
 
@@ -204,13 +234,14 @@ async def test_apply_and_stop_install_a_generation_on_the_leader(
     result = await pm1.op.command(OperatorOp.APPLY, {"text": text})
     path = pm1.folder / "shop.yaml"
     assert result == {"accepted_by": "pm1", "cloud": "shop", "path": str(path),
-                      "ensure": "running"}
+                      "ensure": "running", "generation": 1}
     assert path.read_text() == text and pm1.rescans == ["rescan"]
     result = await pm1.op.command(OperatorOp.STOP, {})
-    assert result["ensure"] == "stopped"
+    assert (result["ensure"], result["generation"]) == ("stopped", 2)
     assert yaml.safe_load(path.read_text())["ensure"] == "stopped"
-    reasons = [e.reason.split(":")[0] for e in pm1.events.query(kind=LogKind.COMMAND)]
-    assert reasons == ["apply", "stop"]
+    reasons = [e.reason for e in pm1.events.query(kind=LogKind.COMMAND)]
+    assert [r.split(":")[0] for r in reasons] == ["apply", "stop"]
+    assert reasons[0].endswith("recorded, asked by pm1")
     with pytest.raises(ConfigError):
         await pm1.op.command(OperatorOp.APPLY, {"text": "kind: Cloud\n"})
     with pytest.raises(PermanentError, match="apply: 'text' must be the manifest's text"):
@@ -343,3 +374,37 @@ async def test_a_refusal_quotes_the_first_problems_only(tmp_path: Path,
     assert not answer.ok
     assert answer.error.count("is already used by") == 20
     assert answer.error.endswith("; and 9 more problems")
+
+
+async def test_history_diff_and_rollback_read_and_extend_the_record(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    pm2 = agent(tmp_path, agents, "pm2", leader="pm1")
+    connect(pm2, agents)
+    first = portable_text(shop(tmp_path / "one"), MANIFEST)
+    edited = MANIFEST.replace("app_port: 8080", "app_port: 8081")
+    second = portable_text(shop(tmp_path / "two", edited), edited)
+    await pm1.op.command(OperatorOp.APPLY, {"text": first})
+    await pm2.op.command(OperatorOp.APPLY, {"text": second})  # handed to the leader
+    history = await pm2.op.command(OperatorOp.HISTORY, {"cloud": "shop"})
+    assert [(g["number"], g["by"], g["what"], g["ensure"]) for g in history["generations"]] == [
+        (1, "pm1", "apply", "running"), (2, "pm2", "apply", "running")]
+    assert (history["leader"], history["in_force"], history["maintenance"]) == ("pm1", 2, [])
+    assert "text" not in history["generations"][0]
+    diff = await pm2.op.command(OperatorOp.DIFF, {"cloud": "shop", "a": 1, "b": 2})
+    assert "-  app_port: 8080\n+  app_port: 8081\n" in diff["diff"]
+    result = await pm2.op.command(OperatorOp.ROLLBACK, {"cloud": "shop", "number": 1})
+    assert (result["generation"], result["accepted_by"]) == (3, "pm1")
+    assert (pm1.folder / "shop.yaml").read_text() == first
+    assert pm1.seat is not None and record.latest(pm1.seat.record).what == "rollback to 1"  # type: ignore[union-attr]
+    # refused in one sentence each, and nothing changes
+    for op, args, why in (
+            (OperatorOp.ROLLBACK, {"number": 9}, "cloud shop has no generation 9 (its history "
+                                                 "holds generations 1 to 3)"),
+            (OperatorOp.ROLLBACK, {"number": "1"}, "rollback: 'number' must be a generation "
+                                                   "number (1, 2, 3...), not '1'"),
+            (OperatorOp.DIFF, {"a": 1}, "diff: 'b' must be a generation number"),
+            (OperatorOp.HISTORY, {"cloud": "other"}, "does not serve cloud 'other'")):
+        with pytest.raises(PermanentError, match=why.replace("(", r"\(").replace(")", r"\)")):
+            await pm2.op.command(op, args)
+    assert len(pm1.seat.record.generations) == 3

@@ -76,7 +76,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     reports = {DB: NodeReport(DB, 4, "g", NodePhase.READY, services=(
         ServiceReport("mariadbd", "running", 42, True, 3, 0, ""),)),
         WEB1: NodeReport(WEB1, 4, "g", NodePhase.CONVERGING, "waiting for mariadbd")}
-    snap = dataclasses.replace(snap, leader="pm1", acting=True, term=4,
+    snap = dataclasses.replace(snap, leader="pm1", acting=True, term=4, generation=3,
+                               maintenance=frozenset({DB, None}),
                                liveness={**alive, "pm2": Status.DEAD, LB: Status.SUSPECT},
                                doubts={"pm2": Doubt(Status.DEAD, 1080.0, PM2_DEAD),
                                        LB: Doubt(Status.SUSPECT, 1095.5, LB_SUSPECT)},
@@ -89,7 +90,8 @@ def test_the_view_of_a_leader(rig: Rig) -> None:
     rig.events.append(LogEvent(1_700_000_050.0, "shop", LogKind.FAILURE, WEB1, "start failed", 4))
     view = cloud_view(rig.snap, events=rig.events, source=Source.LEADER)
     assert view.observed_at == 1_700_000_100.0
-    assert view.manifest is not None and view.manifest.generation == 1
+    assert view.manifest is not None and view.manifest.generation == 3
+    assert view.maintenance == ("(cloud)", DB)
     hosts = {h.name: h for h in view.hosts}
     assert (hosts["pm1"].free_memory_mib, hosts["pm1"].domains) == (4096, 2)
     assert (hosts["pm2"].liveness, hosts["pm2"].reachable) == (LivenessView.DEAD, False)

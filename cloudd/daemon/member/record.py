@@ -1,0 +1,217 @@
+"""The cloud's replicated record: what the leader decides, kept by every pool host.
+
+Theory of operation. What a leader decides must outlive it: the manifest generations (each
+numbered, with its text), the operator's maintenance holds, and what later parts of cloudd
+will have the leader make. It all lives in one `Record` (`cloudd.daemon.network.catalogue`),
+ordered by its `Version` (term, seq). Every pool host keeps, in a file of its own, the
+highest version it took (`Held.record`) and the highest term it promised (`Held.promised`).
+
+- A write. The acting leader of term T makes version (T, seq + 1) (`with_generation`,
+  `with_hold`) and pushes the whole record to every pool host. A host takes it (`take`) only
+  from the leader of the term it follows (the dispatch table checks that), only when T is not
+  below its promise and the version is above its own; it persists it, then acknowledges. The
+  write is done, and the operator told so, once a majority of the pool hosts, the leader
+  included, has acknowledged it (`committed`).
+- A new leader. Before it acts on the cloud, the leader of term T asks every pool host for its
+  record (`promise`: the host answers, and refuses writes of lower terms from then on), adopts
+  the highest version once a majority answered (`recovered`) and writes it again under its
+  own term (`rewritten`), to a majority. Any majority that answers holds at least one host
+  that persisted each acknowledged write: no acknowledged write is lost. A write that reached
+  only a minority may survive or not, which is what the operator was told.
+
+Pure: records in, records and one-sentence refusals out. The shell that persists, sends and
+waits is `cloudd.daemon.member.keeper`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudd.daemon.network.catalogue import Generation, Record, RecordPush, Version
+from cloudd.errors import PermanentError
+
+#: Generations the history keeps, the latest always among them; and at most this many bytes
+#: of their texts, so that a whole record stays well inside one frame (1 MiB) even with a
+#: manifest of the largest size (256 KiB).
+HISTORY = 50
+HISTORY_BYTES = 384 * 1024
+
+#: How the whole cloud is held in `Record.holds`.
+WHOLE_CLOUD = ""
+
+
+def digest_of(text: str) -> str:
+    """A generation's digest: the same text has the same one on every agent."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Held:
+    """What one pool host keeps: the record it took last, and the highest term whose leader
+    it has answered for the record (it takes no write of a lower term since)."""
+
+    record: Record
+    promised: int = 0
+
+
+@dataclass(frozen=True)
+class HostStep:
+    """What a host does with a push or a question: keep `held` (persisting it first when
+    `persist`), or refuse with one sentence and change nothing."""
+
+    held: Held
+    persist: bool = False
+    refusal: str | None = None
+
+
+def empty(cloud: str) -> Held:
+    return Held(Record(cloud))
+
+
+# -- what a pool host does -------------------------------------------------------------------
+
+def take(held: Held, push: RecordPush) -> HostStep:
+    """A leader's write, as a pool host takes it."""
+    why = push_refusal(held, push)
+    if why is not None:
+        return HostStep(held, refusal=why)
+    if push.record.version == held.record.version:
+        return HostStep(held)  # a push sent again: persisted already
+    return HostStep(dataclasses.replace(held, record=push.record), persist=True)
+
+
+def push_refusal(held: Held, push: RecordPush) -> str | None:
+    r, mine = push.record, held.record
+    if r.cloud != mine.cloud:
+        return f"a record of cloud {r.cloud}, and this host keeps the record of {mine.cloud}"
+    if r.version.term != push.term:
+        return f"record version {r.version} is not of term {push.term}"
+    if push.term < held.promised:
+        return (f"a write of term {push.term}, and this host has promised term "
+                f"{held.promised} to take none below it")
+    if r.version < mine.version:
+        return f"record version {r.version} is older than version {mine.version} held here"
+    return malformed(r)
+
+
+def malformed(r: Record) -> str | None:
+    """What is wrong with a record that no leader of cloudd would write (None: nothing)."""
+    numbers = [g.number for g in r.generations]
+    if r.version.term < 0 or r.version.seq < 0:
+        return f"record version {r.version} is negative"
+    if any(n < 1 for n in numbers) or numbers != sorted(set(numbers)):
+        return "the record's generations are not numbered 1, 2, 3... in order"
+    if len(numbers) > HISTORY:
+        return f"the record holds {len(numbers)} generations, more than {HISTORY}"
+    for g in r.generations:
+        if g.digest != digest_of(g.text):
+            return f"generation {g.number}'s digest does not match its text"
+    if list(r.holds) != sorted(set(r.holds)):
+        return "the record's maintenance holds are not sorted and distinct"
+    return None
+
+
+def promise(held: Held, term: int) -> HostStep:
+    """The leader of `term` asks for the record: the host answers it, and takes no write of
+    a lower term from then on."""
+    if term < held.promised:
+        return HostStep(held, refusal=f"the record for term {term}, and this host has promised "
+                                  f"term {held.promised} already")
+    if term == held.promised:
+        return HostStep(held)
+    return HostStep(dataclasses.replace(held, promised=term), persist=True)
+
+
+# -- what the leader does --------------------------------------------------------------------
+
+def recovered(answers: Mapping[str, Record], *, quorum: int) -> Record | None:
+    """The record a new leader adopts: the highest version among the answers, once a
+    majority (`quorum`, the leader's own answer included) has answered."""
+    if len(answers) < quorum:
+        return None
+    return max(answers.values(), key=lambda r: r.version)
+
+
+def next_version(r: Record, term: int) -> Version:
+    return Version(term, r.version.seq + 1)
+
+
+def rewritten(r: Record, *, term: int) -> Record:
+    """The adopted record, as the new leader writes it again under its own term."""
+    return dataclasses.replace(r, version=next_version(r, term))
+
+
+def committed(acked: Mapping[str, Version], version: Version, *, quorum: int) -> bool:
+    """Whether a majority of the pool hosts has persisted `version` (or a later one)."""
+    return sum(1 for v in acked.values() if v >= version) >= quorum
+
+
+def with_generation(r: Record, *, term: int, text: str, at: float, by: str, what: str,
+                    ensure: str, nodes: Collection[str]) -> Record:
+    """A new generation of `text`, numbered after the latest; holds on nodes the new
+    generation no longer has (`nodes`) are dropped."""
+    last = latest(r)
+    gen = Generation(number=(last.number if last else 0) + 1, text=text,
+                     digest=digest_of(text), at=at, by=by, what=what, ensure=ensure)
+    holds = tuple(h for h in r.holds if h == WHOLE_CLOUD or h in nodes)
+    return dataclasses.replace(r, version=next_version(r, term), holds=holds,
+                               generations=trimmed((*r.generations, gen)))
+
+
+def trimmed(gens: tuple[Generation, ...]) -> tuple[Generation, ...]:
+    """The latest generations within `HISTORY` and `HISTORY_BYTES` (the latest always)."""
+    size = 0
+    kept: list[Generation] = []
+    for g in reversed(gens):
+        size += len(g.text.encode("utf-8", errors="surrogateescape"))
+        if kept and (len(kept) >= HISTORY or size > HISTORY_BYTES):
+            break
+        kept.append(g)
+    return tuple(reversed(kept))
+
+
+def with_hold(r: Record, *, term: int, subject: str | None, on: bool,
+              nodes: Collection[str]) -> Record:
+    """Hold (or release) `subject`, a node of `nodes`, or None for the whole cloud."""
+    if subject is not None and subject not in nodes:
+        raise PermanentError(f"unknown node {subject!r} in cloud {r.cloud}")
+    name = WHOLE_CLOUD if subject is None else subject
+    holds = set(r.holds) | {name} if on else set(r.holds) - {name}
+    return dataclasses.replace(r, version=next_version(r, term), holds=tuple(sorted(holds)))
+
+
+# -- reading it ------------------------------------------------------------------------------
+
+def latest(r: Record) -> Generation | None:
+    return r.generations[-1] if r.generations else None
+
+
+def generation(r: Record, number: int) -> Generation:
+    """Generation `number`, or one sentence saying what the history holds."""
+    for g in r.generations:
+        if g.number == number:
+            return g
+    if not r.generations:
+        raise PermanentError(f"cloud {r.cloud} has no generation in its record yet")
+    first, last = r.generations[0].number, r.generations[-1].number
+    raise PermanentError(f"cloud {r.cloud} has no generation {number} (its history holds "
+                         f"generations {first} to {last})")
+
+
+def history(r: Record) -> list[dict[str, Any]]:
+    """The generations as `cloudd-cli history` shows them: no texts."""
+    return [{"number": g.number, "at": g.at, "by": g.by, "what": g.what, "ensure": g.ensure,
+             "digest": g.digest} for g in r.generations]
+
+
+def diff(r: Record, a: int, b: int) -> str:
+    """A unified diff from generation `a`'s text to `b`'s ("" when they are the same)."""
+    old, new = generation(r, a), generation(r, b)
+    return "".join(difflib.unified_diff(
+        old.text.splitlines(keepends=True), new.text.splitlines(keepends=True),
+        fromfile=f"{r.cloud} generation {a}", tofile=f"{r.cloud} generation {b}"))

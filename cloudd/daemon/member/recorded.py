@@ -1,0 +1,182 @@
+"""What a member does with its cloud's replicated record: which generation is in force, the
+maintenance holds, the leader's writes, and the leader's manifest file kept to the record.
+
+A pool host's `CloudRecord` owns its `RecordKeeper` (the file and the replication); a node
+keeps no record, and knows its generation's number from the leader's last offer. On the
+leader, once the record is recovered in its term and after every write a majority has
+persisted, the record's latest generation becomes this agent's manifest file when it is not
+the one in force (`manifest_restored_from_record` when a new leader finds its file behind);
+the folder's watcher reads it back and the member takes it as any new generation.
+
+Which generation is in force is found by digest: a generation's digest is the sha256 of a
+pool host's text (`text_for(cloud, HOST)`), the same on every agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from cloudd.config.model import Cloud
+from cloudd.config.portable import Recipient, text_for
+from cloudd.daemon.base.clock import Clock
+from cloudd.daemon.leader.maintenance import Maintenance
+from cloudd.daemon.member import record
+from cloudd.daemon.member.keeper import RecordKeeper
+from cloudd.daemon.network.catalogue import Generation, Record
+from cloudd.errors import ClouddError, PermanentError
+
+Install = Callable[[str], Awaitable[Path]]
+"""Writes a generation's text into this agent's manifest folder (where it is read back)."""
+Change = Callable[[Record, int], Record]
+Spawn = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+class CloudRecord:
+    """One member's side of its cloud's record."""
+
+    def __init__(self, *, me: str, cloud: Callable[[], Cloud], keeper: RecordKeeper | None,
+                 clock: Clock, install: Install | None, spawn: Spawn,
+                 poke: Callable[[], None], logger: Any) -> None:
+        self.me, self._cloud, self.keeper, self.clock = me, cloud, keeper, clock
+        self._install, self._spawn, self._poke, self.log = install, spawn, poke, logger
+        self._recovering: int | None = None
+        self._installing = asyncio.Lock()
+        #: (Cloud.digest, sha256 of its pool hosts' text): which generation is in force
+        self._portable = ("", "")
+        #: the digest of the generation this agent last wrote into its manifest folder
+        self._written = ""
+        #: the number of the last leader's offer installed (what a node knows of its
+        #: generation; a host may take an offer before its record)
+        self.offered = 0
+
+    # -- reading ------------------------------------------------------------------------------
+    def leading_term(self) -> int | None:
+        """The term this agent may act on the cloud in (the record recovered in it)."""
+        return self.keeper.acting() if self.keeper is not None else None
+
+    @property
+    def maintenance(self) -> Maintenance:
+        """The operator's holds in force: the record's (a node keeps none)."""
+        return Maintenance.of(self.keeper.in_force.holds) if self.keeper else Maintenance()
+
+    @property
+    def generation(self) -> int:
+        """The record's number of the generation in force here (0: not known here)."""
+        if self.keeper is None:
+            return self.offered
+        digest = self._portable_digest()
+        for g in reversed(self.keeper.in_force.generations):
+            if g.digest == digest:
+                return g.number
+        return 0
+
+    def newest(self) -> int:
+        """The newest generation this agent knows of: no leader's offer below it is taken."""
+        held = record.latest(self.keeper.held.record) if self.keeper is not None else None
+        return max(self.generation, self.offered, held.number if held is not None else 0)
+
+    def text_in_force(self) -> str:
+        """The manifest in force as a pool host receives it."""
+        number = self.generation
+        if self.keeper is not None and number:
+            return record.generation(self.keeper.in_force, number).text
+        return text_for(self._cloud(), Recipient.HOST)
+
+    def in_force(self) -> Record:
+        return self._keeper().in_force
+
+    def _keeper(self) -> RecordKeeper:
+        if self.keeper is None:
+            raise PermanentError(f"{self.me} is a node of {self._cloud().name}: it keeps no "
+                                 "record")
+        return self.keeper
+
+    def _portable_digest(self) -> str:
+        cloud = self._cloud()
+        if self._portable[0] != cloud.digest:
+            self._portable = (cloud.digest, record.digest_of(text_for(cloud, Recipient.HOST)))
+        return self._portable[1]
+
+    # -- the leader's writes ------------------------------------------------------------------
+    async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
+        nodes = [n.name for n in self._cloud().nodes]
+        await self._keeper().write(lambda r, term: record.with_hold(
+            r, term=term, subject=subject, on=on, nodes=nodes))
+
+    async def new_generation(self, text: str, cloud: Cloud, *, by: str,
+                             what: str) -> tuple[Generation, Path | None]:
+        """`text` (a pool host's text of `cloud`, validated) as the cloud's next generation:
+        in the record on a majority, then in this agent's manifest folder."""
+        keeper = self._keeper()
+        last = record.latest(keeper.in_force)
+        if last is not None and last.digest == record.digest_of(text):
+            # the same text again (the same file handed over by several hosts, an apply
+            # repeated): the generation in force already, not a new one
+            return last, await self.follow(restored=False)
+        nodes = [n.name for n in cloud.nodes]
+        written = await keeper.write(lambda r, term: record.with_generation(
+            r, term=term, text=text, at=self.clock.wall(), by=by, what=what,
+            ensure=cloud.ensure.value, nodes=nodes))
+        gen = record.latest(written)
+        assert gen is not None
+        return gen, await self.follow(restored=False)
+
+    # -- the leader's recovery, and its manifest file kept to the record ----------------------
+    def recover(self, term: int) -> None:
+        """Acting in `term`: gather the record before acting on anything (once per term)."""
+        if self.keeper is None or term in (self.keeper.recovered_term, self._recovering):
+            return
+        self._recovering = term
+        self._spawn(f"record-recovery-{term}", lambda: self._recovery(term))
+
+    async def _recovery(self, term: int) -> None:
+        assert self.keeper is not None
+        try:
+            await self.keeper.recover(term, seed=self._first_generation)
+        finally:
+            if self._recovering == term:
+                self._recovering = None
+
+    def _first_generation(self, r: Record) -> Record:
+        """A record with no generation yet (a cloud that ran before the record existed, or a
+        new one) starts with this leader's manifest."""
+        if r.generations:
+            return r
+        cloud = self._cloud()
+        return record.with_generation(
+            r, term=r.version.term, text=text_for(cloud, Recipient.HOST), at=self.clock.wall(),
+            by=self.me, what=f"adopted from {self.me}'s manifest file",
+            ensure=cloud.ensure.value, nodes=[n.name for n in cloud.nodes])
+
+    def committed(self, r: Record, recovered: bool) -> None:
+        """A majority has the leader's record `r` (`recovered`: in a new term): act on it."""
+        self._spawn("record-followed", lambda: self._followed(restored=recovered))
+        self._poke()
+
+    async def _followed(self, *, restored: bool) -> None:
+        try:
+            await self.follow(restored=restored)
+        except (ClouddError, OSError) as e:
+            self.log.error("manifest_not_installed", reason=f"the record's latest generation "
+                                                            f"could not be written here: {e}")
+
+    async def follow(self, *, restored: bool) -> Path | None:
+        """Make the record's latest generation this leader's manifest file, unless it is in
+        force here already (or was written already)."""
+        if self.keeper is None or self._install is None:
+            return None
+        async with self._installing:
+            gen = record.latest(self.keeper.committed)
+            if gen is None or gen.digest == self._portable_digest() or (
+                    gen.digest == self._written and not restored):
+                return None
+            path = await self._install(gen.text)
+            self._written = gen.digest
+        if restored:
+            self.log.warning("manifest_restored_from_record", generation=gen.number,
+                             path=str(path), reason="the manifest here was not the record's "
+                                                    "latest generation")
+        return path

@@ -1,0 +1,78 @@
+"""`cloudd-cli history | rollback` against a real ApiServer answering as an agent would: what
+is sent, and what the operator reads."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_inspect import Agent
+
+from cloudd.cli import main
+
+HISTORY = {"cloud": "shop", "leader": "pm2", "term": 5, "version": "5.9", "in_force": 2,
+           "maintenance": ["(cloud)", "shop-database-1"],
+           "generations": [
+               {"number": 1, "at": 1_796_000_000.0, "by": "pm1", "ensure": "running",
+                "what": "adopted from pm1's manifest file", "digest": "ab" * 32},
+               {"number": 2, "at": 1_796_000_600.0, "by": "pm3", "ensure": "stopped",
+                "what": "stop", "digest": "cd" * 32}]}
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    d = Path(tempfile.mkdtemp(prefix="cloudd-ops-"))  # a socket path must fit in 108 bytes
+    a = Agent(d / "cloudd.sock")
+    a.register("history", lambda args: HISTORY)
+    a.register("diff", lambda args: {"cloud": "shop", "a": args["a"], "b": args["b"],
+                                     "diff": "--- shop generation 1\n+++ shop generation 2\n"
+                                             if args["a"] != args["b"] else ""})
+    a.register("rollback", lambda args: {"accepted_by": "pm2", "cloud": "shop",
+                                         "generation": 3, "ensure": "running", "path": None})
+    yield a.start()
+    a.stop()
+    shutil.rmtree(d)
+
+
+def run(agent: Agent, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main([*argv, "--socket", str(agent.server.path)])
+    return code, capsys.readouterr().out
+
+
+def test_history_lists_the_generations_and_marks_the_one_in_force(
+        agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(agent, capsys, "history", "shop")
+    assert code == 0 and agent.calls == [{"cloud": "shop"}]
+    assert out.splitlines() == [
+        "history of shop (leader pm2, term 5, record version 5.9):",
+        "      GEN  WHEN (UTC)           BY            ENSURE    DIGEST        WHAT",
+        "        1  2026-11-30 00:53:20  pm1           running   abababababab  adopted from "
+        "pm1's manifest file",
+        "   *    2  2026-11-30 01:03:20  pm3           stopped   cdcdcdcdcdcd  stop",
+        "in maintenance: (cloud), shop-database-1"]
+
+
+def test_diff_and_rollback(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(agent, capsys, "history", "shop", "--diff", "1", "2")
+    assert code == 0 and out == "--- shop generation 1\n+++ shop generation 2\n"
+    code, out = run(agent, capsys, "history", "shop", "--diff", "2", "2")
+    assert out == "generations 2 and 2 have the same text\n"
+    code, out = run(agent, capsys, "rollback", "shop", "1")
+    assert code == 0 and out == ("pm2 carries on (cloud shop, ensure running, generation 3, "
+                                 "recorded by a majority of the pool hosts)\n")
+    assert agent.calls[-1] == {"cloud": "shop", "number": 1}
+
+
+def test_a_refusal_is_one_line_on_stderr(agent: Agent,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(args: dict[str, Any]) -> Any:
+        from cloudd.client.api import ApiError
+        raise ApiError("cloud shop has no generation 9 (its history holds generations 1 to 2)")
+    agent.register("rollback", refuse)
+    assert main(["rollback", "shop", "9", "--socket", str(agent.server.path)]) == 1
+    assert capsys.readouterr().err == ("cloudd-cli rollback: cloud shop has no generation 9 "
+                                       "(its history holds generations 1 to 2)\n")

@@ -1,0 +1,158 @@
+"""The record's pure core: versions, promises, majorities, recovery picking the highest, and
+one-sentence refusals that change nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cloudd.daemon.member import record
+from cloudd.daemon.member.record import Held, HostStep
+from cloudd.daemon.network.catalogue import Generation, Record, RecordPush, Version
+from cloudd.errors import PermanentError
+
+NODES = ("n1", "n2")
+
+
+def gen(number: int, text: str = "", *, ensure: str = "running") -> Generation:
+    text = text or f"name: c\n# generation {number}\n"
+    return Generation(number, text, record.digest_of(text), 1000.0 + number, "pm1", "apply",
+                      ensure)
+
+
+def rec(term: int, seq: int, *numbers: int, holds: tuple[str, ...] = ()) -> Record:
+    return Record("c", Version(term, seq), tuple(gen(n) for n in numbers), holds)
+
+
+HELD = Held(rec(3, 7, 1, 2), promised=4)
+
+
+@pytest.mark.parametrize(("push", "step"), [
+    # a newer version of the promised term (or above): persisted, then acknowledged
+    (RecordPush(4, rec(4, 8, 1, 2, 3)), HostStep(Held(rec(4, 8, 1, 2, 3), 4), persist=True)),
+    (RecordPush(6, rec(6, 8, 1, 2)), HostStep(Held(rec(6, 8, 1, 2), 4), persist=True)),
+    # a higher term outranks a higher sequence number
+    (RecordPush(4, rec(4, 6)), HostStep(Held(rec(4, 6), 4), persist=True)),
+    # refused, one sentence each, and nothing changes
+    (RecordPush(3, rec(3, 8, 1, 2)), HostStep(HELD, refusal=(
+        "a write of term 3, and this host has promised term 4 to take none below it"))),
+    (RecordPush(5, rec(4, 9)), HostStep(HELD, refusal="record version 4.9 is not of term 5")),
+    (RecordPush(4, dataclasses.replace(rec(4, 9), cloud="other")), HostStep(HELD, refusal=(
+        "a record of cloud other, and this host keeps the record of c"))),
+    (RecordPush(4, rec(4, 9, 2, 1)), HostStep(HELD, refusal=(
+        "the record's generations are not numbered 1, 2, 3... in order"))),
+    (RecordPush(4, rec(4, 9, 1, holds=("n2", "n1"))), HostStep(HELD, refusal=(
+        "the record's maintenance holds are not sorted and distinct"))),
+])
+def test_a_host_takes_a_write(push: RecordPush, step: HostStep) -> None:
+    assert record.take(HELD, push) == step
+
+
+def test_an_older_version_or_a_tampered_text_is_refused() -> None:
+    held = Held(rec(4, 7, 1), promised=4)
+    assert record.take(held, RecordPush(4, rec(4, 6, 1))).refusal == (
+        "record version 4.6 is older than version 4.7 held here")
+    assert record.take(held, RecordPush(4, rec(4, 7, 1))) == HostStep(held)  # sent again
+    bad = dataclasses.replace(gen(2), text="something else")
+    tampered = dataclasses.replace(rec(4, 8, 1), generations=(gen(1), bad))
+    assert record.take(held, RecordPush(4, tampered)).refusal == (
+        "generation 2's digest does not match its text")
+
+
+@pytest.mark.parametrize(("term", "step"), [
+    (5, HostStep(Held(HELD.record, 5), persist=True)),
+    (4, HostStep(HELD)),  # promised already: answered again, nothing to write
+    (3, HostStep(HELD, refusal="the record for term 3, and this host has promised term 4 already")),
+])
+def test_a_host_promises_the_leader_of_a_new_term(term: int, step: HostStep) -> None:
+    assert record.promise(HELD, term) == step
+
+
+def test_after_a_promise_writes_of_lower_terms_are_refused() -> None:
+    promised = record.promise(Held(rec(3, 7, 1)), 5).held
+    assert record.take(promised, RecordPush(4, rec(4, 8, 1, 2))).refusal == (
+        "a write of term 4, and this host has promised term 5 to take none below it")
+
+
+@pytest.mark.parametrize(("answers", "quorum", "picked"), [
+    ({"pm1": rec(3, 7, 1)}, 2, None),  # no majority yet
+    ({"pm1": rec(3, 7, 1), "pm2": rec(4, 9, 1, 2)}, 2, rec(4, 9, 1, 2)),
+    ({"pm1": rec(5, 2, 1), "pm2": rec(4, 9, 1, 2), "pm3": Record("c")}, 2, rec(5, 2, 1)),
+    ({"pm1": Record("c"), "pm2": Record("c")}, 2, Record("c")),  # a new cloud
+])
+def test_recovery_adopts_the_highest_version_of_a_majority(
+        answers: dict[str, Record], quorum: int, picked: Record | None) -> None:
+    assert record.recovered(answers, quorum=quorum) == picked
+
+
+def test_the_adopted_record_is_written_again_in_the_new_term() -> None:
+    assert record.rewritten(rec(4, 9, 1, 2), term=6) == rec(6, 10, 1, 2)
+
+
+@pytest.mark.parametrize(("acked", "done"), [
+    ({"pm1": Version(4, 9)}, False),
+    ({"pm1": Version(4, 9), "pm2": Version(4, 8)}, False),
+    ({"pm1": Version(4, 9), "pm2": Version(4, 9)}, True),
+    ({"pm1": Version(4, 9), "pm3": Version(5, 1)}, True),  # a later version includes it
+])
+def test_a_write_is_done_once_a_majority_has_it(acked: dict[str, Version], done: bool) -> None:
+    assert record.committed(acked, Version(4, 9), quorum=2) is done
+
+
+def test_generations_are_numbered_and_drop_holds_of_nodes_gone() -> None:
+    r = rec(4, 9, 1, 2, holds=("", "n1", "n2"))
+    nxt = record.with_generation(r, term=5, text="name: c\n", at=7.0, by="pm2", what="apply",
+                                 ensure="stopped", nodes=["n1"])
+    assert nxt.version == Version(5, 10) and nxt.holds == ("", "n1")
+    last = record.latest(nxt)
+    assert last == Generation(3, "name: c\n", record.digest_of("name: c\n"), 7.0, "pm2",
+                              "apply", "stopped")
+    assert record.with_generation(Record("c"), term=1, text="x", at=0, by="pm1", what="apply",
+                                  ensure="running", nodes=()).generations[0].number == 1
+
+
+def test_the_history_is_bounded_and_keeps_the_latest() -> None:
+    r = Record("c")
+    for n in range(record.HISTORY + 5):
+        r = record.with_generation(r, term=1, text=f"t{n}\n", at=n, by="pm1", what="apply",
+                                   ensure="running", nodes=())
+    assert [g.number for g in r.generations] == list(range(6, record.HISTORY + 6))
+    half = "#" * (record.HISTORY_BYTES // 2)
+    for _ in range(3):
+        r = record.with_generation(r, term=1, text=half, at=0, by="pm1", what="apply",
+                                   ensure="running", nodes=())
+    assert [g.number for g in r.generations] == [record.HISTORY + 7, record.HISTORY + 8]
+    huge = record.with_generation(r, term=1, text="#" * (record.HISTORY_BYTES + 1), at=0,
+                                  by="pm1", what="apply", ensure="running", nodes=())
+    assert [g.number for g in huge.generations] == [record.HISTORY + 9]
+
+
+def test_holds_are_set_and_released_and_an_unknown_node_is_refused() -> None:
+    r = record.with_hold(rec(4, 9), term=4, subject="n2", on=True, nodes=NODES)
+    r = record.with_hold(r, term=4, subject=None, on=True, nodes=NODES)
+    assert (r.holds, r.version) == (("", "n2"), Version(4, 11))
+    r = record.with_hold(r, term=4, subject=None, on=False, nodes=NODES)
+    assert r.holds == ("n2",)
+    with pytest.raises(PermanentError, match="unknown node 'pm9' in cloud c"):
+        record.with_hold(r, term=4, subject="pm9", on=True, nodes=NODES)
+
+
+def test_generations_are_found_diffed_and_listed_or_refused_in_one_sentence() -> None:
+    r = rec(4, 9, 3, 4)
+    assert record.generation(r, 4) == gen(4)
+    with pytest.raises(PermanentError, match=r"^cloud c has no generation 9 \(its history "
+                                             r"holds generations 3 to 4\)$"):
+        record.generation(r, 9)
+    with pytest.raises(PermanentError, match="cloud c has no generation in its record yet"):
+        record.generation(Record("c"), 1)
+    assert record.diff(r, 3, 4) == ("--- c generation 3\n+++ c generation 4\n@@ -1,2 +1,2 @@\n"
+                                    " name: c\n-# generation 3\n+# generation 4\n")
+    assert record.diff(r, 4, 4) == ""
+    assert record.history(r)[1] == {"number": 4, "at": 1004.0, "by": "pm1", "what": "apply",
+                                    "ensure": "running", "digest": gen(4).digest}
+
+
+def test_the_digest_is_the_same_everywhere() -> None:
+    assert record.digest_of("a") == ("ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785"
+                                     "afee48bb")

@@ -1,0 +1,289 @@
+"""The replicated record through real members: two pool hosts on a fake wire (every message
+through the dispatch table), a fake clock, their record files in temporary folders. A leader
+gathers the record before it acts, writes to a majority before a command is done, and a new
+leader inherits what the last one decided."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cloudd.config.portable import Recipient, text_for
+from cloudd.daemon.base.clock import FakeClock
+from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.member import keeper as keeping
+from cloudd.daemon.member import record
+from cloudd.daemon.member.cloudmember import CloudMember
+from cloudd.daemon.member.clouds import timing_for
+from cloudd.daemon.network.catalogue import Record, RecordPush, RecordWanted, Version
+from cloudd.election.messages import Coordinator
+from cloudd.errors import PermanentError, TemporaryError
+
+from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, settings, shop
+
+
+@dataclasses.dataclass
+class Host:
+    member: CloudMember
+    wire: Wire
+    installed: list[str]
+    events: EventLog
+    election: asyncio.Task[None] | None = None
+
+
+@pytest.fixture
+async def made() -> AsyncIterator[list[Host]]:
+    hosts: list[Host] = []
+    yield hosts
+    for h in hosts:
+        if h.election is not None:
+            h.election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await h.election
+        h.events.close()
+
+
+def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFEST) -> Host:
+    """Pool host `name` of the shop cloud; what it installs in its folder is recorded."""
+    agent = settings(tmp_path, name)
+    agent.state_dir.mkdir(parents=True, exist_ok=True)
+    events = EventLog.in_state_dir(agent.state_dir)
+    wire, installed = Wire(), []
+
+    async def install(text: str) -> Path:
+        installed.append(text)
+        return agent.manifest_dir / "shop.yaml"
+
+    member = CloudMember(settings=agent, cloud=shop(tmp_path / f"{name}-manifests", text),
+                         timing=timing_for(agent), send=wire.send, request=wire.request,
+                         events=events, clock=FakeClock(), node_side=FakeNodeSide,
+                         install=install)
+    made.append(Host(member, wire, installed, events))
+    return made[-1]
+
+
+def link(*hosts: Host) -> None:
+    """Each host's requests reach the other's dispatch table, with its host certificate."""
+    by_name = {h.member.me: h for h in hosts}
+    for h in hosts:
+        async def answer(peer: str, msg: Any, me: str = h.member.me) -> Any:
+            return await by_name[peer].member.handle(host(me), msg)
+        h.wire.answer = answer
+
+
+async def leads(leader: Host, term: int, *followers: Host) -> None:
+    """`leader` acts in `term` (as its election would say), and the followers follow it."""
+    leader.member.acting_term = lambda: term  # type: ignore[method-assign]
+    for f in followers:
+        if f.election is None:
+            f.election = asyncio.create_task(f.member.election.run())
+            await asyncio.sleep(0)
+        f.member.acting_term = lambda: None  # type: ignore[method-assign]
+        await f.member.handle(host(leader.member.me), Coordinator(term=term))
+        assert (f.member.election.leader, f.member.election.term) == (leader.member.me, term)
+
+
+@contextlib.asynccontextmanager
+async def running(*hosts: Host) -> AsyncIterator[None]:
+    """The members' own tasks (pushes, recoveries, installs) run in this block."""
+    async with asyncio.TaskGroup() as tg:
+        for h in hosts:
+            h.member._group = tg
+        yield
+    for h in hosts:
+        h.member._group = None
+
+
+async def recover(h: Host, term: int) -> None:
+    h.member.record.recover(term)
+    for _ in range(500):  # bounded: files are written in threads
+        if h.member.leading_term() == term:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{h.member.me} did not recover the record in term {term}")
+
+
+def file_of(h: Host) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((h.member.state_dir / keeping.FILE).read_text())
+    return data
+
+
+async def test_a_new_leader_acts_only_once_a_majority_gave_it_the_record(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm2, 3, pm1)
+    assert pm2.member.leading_term() is None and pm2.member.reconciling_term() is None
+    async with running(pm1, pm2):
+        with capture_logs() as logs:
+            await recover(pm2, 3)
+    assert pm2.member.reconciling_term() == 3
+    # nobody had a record: it starts with the leader's manifest, and both hosts keep it
+    [first] = pm2.member.record_in_force().generations
+    assert (first.number, first.by, first.what) == (1, "pm2", "adopted from pm2's manifest file")
+    assert first.text == text_for(pm2.member.cloud, Recipient.HOST)
+    assert pm2.member.generation == 1 and pm2.installed == []  # its own file is that text
+    assert file_of(pm1)["record"] == file_of(pm2)["record"]
+    assert (file_of(pm1)["promised"], file_of(pm1)["record"]["version"]) == (
+        3, {"term": 3, "seq": 2})
+    assert oct((pm1.member.state_dir / keeping.FILE).stat().st_mode & 0o777) == "0o600"
+    assert [e["event"] for e in logs if e["event"].startswith("record_")] == [
+        "record_taken", "record_recovered"]
+
+
+async def test_without_a_majority_the_leader_waits_and_does_not_act(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1 = pool_host(tmp_path, made, "pm1")  # pm2 does not answer
+    pm1.member.acting_term = lambda: 3  # type: ignore[method-assign]
+    task = asyncio.create_task(pm1.member.record.keeper.recover(  # type: ignore[union-attr]
+        3, seed=pm1.member.record._first_generation))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not task.done() and pm1.member.leading_term() is None
+    with pytest.raises(TemporaryError, match="not the leader with the cloud's record in force"):
+        await pm1.member.set_maintenance(DB, on=True)
+    pm1.member.acting_term = lambda: None  # type: ignore[method-assign]
+    await asyncio.wait_for(task, 5)  # it gives up once it no longer acts in that term
+    assert pm1.member.leading_term() is None
+
+
+async def test_maintenance_is_written_to_a_majority_and_the_next_leader_keeps_it(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        await pm1.member.set_maintenance(DB, on=True)
+        with pytest.raises(PermanentError, match="unknown node 'pm9' in cloud shop"):
+            await pm1.member.set_maintenance("pm9", on=True)
+    assert pm1.member.maintenance.held == {DB}
+    assert [n.run.value for n in pm1.member.controller.desired().nodes
+            if n.name == DB] == ["manual"]
+    assert file_of(pm2)["record"]["holds"] == [DB]
+    # pm1 is gone; pm2 leads term 4. A damaged local maintenance file is no source.
+    (pm2.member.state_dir / "maintenance.json").write_text("not json")
+    again = pool_host(tmp_path, made, "pm2")  # pm2 restarted: its record from its file
+    link(pm1, again)
+    await leads(again, 4, pm1)
+    async with running(pm1, again):
+        await recover(again, 4)
+    assert again.member.maintenance.held == {DB}
+    assert again.member.snapshot().maintenance == {DB}
+    assert [n.run.value for n in again.member.controller.desired().nodes
+            if n.name == DB] == ["manual"]
+
+
+async def test_a_write_not_acknowledged_by_a_majority_fails_and_may_still_land(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        keeper = pm1.member.record.keeper
+        assert keeper is not None
+        keeper.wait = 0.05
+        pm1.wire.answer = None  # pm2 cannot be reached
+        with pytest.raises(TemporaryError, match=(
+                r"^record version 3.3 of shop was persisted by 1 of 2 pool hosts within "
+                r"0.05 s, and 2 are needed: not acknowledged, but it may still take effect$")):
+            await pm1.member.set_maintenance(None, on=True)
+        assert pm1.member.maintenance.held == frozenset()  # not in force: not committed
+        link(pm1, pm2)  # pm2 answers again: the next round of tending pushes the record
+        keeper.catch_up(frozenset({"pm2"}))
+    assert pm1.member.maintenance.whole_cloud and pm1.member.reconciling_term() is None
+    assert file_of(pm2)["record"]["holds"] == [""]
+
+
+async def test_generations_are_numbered_installed_and_prune_holds(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        await pm1.member.set_maintenance(WEB1, on=True)
+        await pm1.member.set_maintenance(WEB2, on=True)
+        smaller = shop(tmp_path / "next", MANIFEST.replace(
+            "    - {address: 192.0.2.178, image: /img/web2.qcow2}\n", ""))
+        text = text_for(smaller, Recipient.HOST)
+        gen, path = await pm1.member.new_generation(text, smaller, by="pm2", what="apply")
+    assert (gen.number, gen.by, gen.ensure, path) == (2, "pm2", "running",
+                                                      pm1.member.settings.manifest_dir
+                                                      / "shop.yaml")
+    assert pm1.installed == [text]  # the leader's file, read back by its folder's watcher
+    assert record.latest(pm1.member.record_in_force()) == gen
+    assert file_of(pm2)["record"]["generations"][1]["digest"] == record.digest_of(text)
+    # the dropped node's hold went with it
+    assert pm1.member.record_in_force().holds == (WEB1,)
+
+
+async def test_a_leader_whose_file_is_behind_restores_it_from_the_record(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm2, 3, pm1)
+    edited = shop(tmp_path / "edited", MANIFEST.replace("app_port: 8080", "app_port: 8081"))
+    async with running(pm1, pm2):
+        await recover(pm2, 3)
+        await pm2.member.new_generation(text_for(edited, Recipient.HOST), edited, by="pm2",
+                                        what="apply")
+    # pm1 missed the file (its agent was down): it leads term 4 and restores it
+    await leads(pm1, 4, pm2)
+    with capture_logs() as logs:
+        async with running(pm1, pm2):
+            await recover(pm1, 4)
+    assert pm1.installed == [text_for(edited, Recipient.HOST)]
+    [restored] = [e for e in logs if e["event"] == "manifest_restored_from_record"]
+    assert restored["generation"] == 2
+
+
+async def test_a_host_takes_only_its_leaders_writes(tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    await leads(pm1, 3, pm2)
+    push = RecordPush(3, Record("shop", Version(3, 1)))
+    wanted = RecordWanted("shop", 3)
+    with capture_logs() as logs:
+        for msg in (push, wanted):
+            with pytest.raises(PermanentError, match="only the leader of the current term"):
+                await pm2.member.handle(host("pm9"), msg)
+        with pytest.raises(PermanentError, match="leads term 3, not 2"):
+            await pm2.member.handle(host("pm1"), RecordPush(2, Record("shop", Version(2, 1))))
+    assert {e["event"] for e in logs} == {"message_refused"}
+    assert not (pm2.member.state_dir / keeping.FILE).exists()
+    assert (await pm2.member.handle(host("pm1"), push)).version == Version(3, 1)
+    assert (await pm2.member.handle(host("pm1"), wanted)).record.version == Version(3, 1)
+
+
+def test_a_damaged_record_file_is_moved_aside_and_the_host_starts_empty(
+        tmp_path: Path) -> None:
+    path = tmp_path / keeping.FILE
+    path.write_text('{"record": {"cloud": "shop"}, "promised": "x"}')
+    with capture_logs() as logs:
+        held = keeping.load(path, "shop", logger=keeping.log.get("record"))
+    assert held == record.empty("shop") and not path.exists()
+    assert (tmp_path / "record.json.damaged").exists()
+    assert [(e["event"], e["path"]) for e in logs] == [("record_file_damaged", str(path))]
+
+
+async def test_the_same_text_again_is_the_generation_in_force(tmp_path: Path,
+                                                             made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        text = text_for(pm1.member.cloud, Recipient.HOST)
+        gen, path = await pm1.member.new_generation(text, pm1.member.cloud, by="pm2",
+                                                    what="apply")
+    assert (gen.number, gen.what, path) == (1, "adopted from pm1's manifest file", None)
+    assert len(pm1.member.record_in_force().generations) == 1
