@@ -107,7 +107,14 @@ def _cloud_header(c: CloudView, doc: InspectDoc, *, now: float, color: bool) -> 
     quorum = p(f"{L.quorum_reached}/{L.quorum_needed}", "red" if short else "green")
     lead += f"  election {state}  quorum {quorum} hosts"
     answered = f"  answered by {doc.answered_by} at {clock(doc.generated_at, now=now)}; "
-    return [head, manifest, answered + view[c.source], "  " + lead]
+    lines = [head, manifest, answered + view[c.source], "  " + lead]
+    if doc.agent.unproven:
+        lines.append("  " + p(f"{doc.answered_by} grants no lease and runs no host command: "
+                              f"{doc.agent.unproven}", "red"))
+    if doc.agent.events_dropped:
+        lines.append("  " + p(f"{doc.answered_by} could not store {doc.agent.events_dropped} "
+                              f"event(s) (a full or failing disk); see its log", "yellow"))
+    return lines
 
 
 def _nodes(c: CloudView, *, now: float) -> list[list[Cell]]:
