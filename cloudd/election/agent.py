@@ -7,7 +7,11 @@ now)` for each message received, `tick(now)` when `Output.wake_at` comes (or ear
 ticks are harmless) and `peer_unreachable(peer, now)` when a connect or send fails. Each
 returns an `Output`, which the shell performs in this order:
 1. if `persist_term` is set, write it durably (fsync) *before* sending anything: the
-   messages may carry that term, and a restart must never propose it again;
+   messages may carry that term, and a restart must never propose it again. When the write
+   fails (a full disk), perform nothing of this Output but `persist_failed(now, retry_at=...)`'s
+   instead: the election is put back as it was before the call (the message is refused, the
+   proposal not made; membership keeps what it learned), and it asks to be ticked again at
+   `retry_at` at the latest;
 2. send `messages` (best effort: a failure comes back as `peer_unreachable`);
 3. log `events` (one line each, with the fixed keys term and peer), and `refused`: messages
    their sender had no right to send (authority.py), which changed nothing;
@@ -16,12 +20,14 @@ returns an `Output`, which the shell performs in this order:
 Bad input (an unknown sender, a message meant for another agent, time running backwards,
 calls before `start`) raises `RemoteProtocolError`/`LocalProtocolError` and changes nothing.
 `holds_lease(member, term, now)` is the host's question before it runs a host command.
+A pool host started with `proven=False` (a term file was lost) relearns its terms first
+(`unproven`, recovery.py); `proven_fence()` is then None, and the host runs no host command.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cloudd.election.authority import Refusal, refusal
 from cloudd.election.bully import Bully
@@ -37,7 +43,7 @@ from cloudd.election.messages import (
 )
 from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
-from cloudd.errors import LocalProtocolError, RemoteProtocolError
+from cloudd.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,12 @@ class AgentCore:
         self._acting = False
         self._pending_out: list[tuple[str, Message]] = []
         self._pending_events: list[ElectionEvent] = []
+        #: the election (and whether it acted) before the part of a call that may raise its
+        #: persisted term: put back if that term cannot be saved
+        self._checkpoint: tuple[dict[str, object], bool] | None = None
+        #: the last call's checkpoint, with what membership had to say in that call
+        self._undo: tuple[dict[str, object], bool, list[tuple[str, Message]],
+                          list[ElectionEvent]] | None = None
 
     # -- queries ------------------------------------------------------------------------
     @property
@@ -97,6 +109,22 @@ class AgentCore:
     def status(self, name: str) -> Status:
         return self.members.status(name)
 
+    @property
+    def unproven(self) -> bool:
+        """True while this pool host relearns the terms its lost term file held."""
+        return self.bully.proof is not None
+
+    def why_unproven(self) -> str:
+        """Why this host grants no lease and runs no host command yet, in words ('' if it
+        may)."""
+        proof = self.bully.proof
+        return proof.describe() if proof is not None else ""
+
+    def proven_fence(self) -> int | None:
+        """The highest term this host granted or led (its fence), once its terms are proven:
+        what its host agent may take as its fencing token when that file was lost too."""
+        return None if self.unproven else self.bully.fence
+
     def holds_lease(self, member: str, term: int, now: float) -> bool:
         """True when this agent, a pool host, granted its leader lease to `member` for
         exactly `term` and that lease is unexpired at `now` by this host's clock: the one
@@ -117,15 +145,16 @@ class AgentCore:
             "acting": self.is_acting(now),
             "acting_until": self.bully.acting_until() if self.is_acting(now) else None,
             "incarnation": self.members.incarnation,
+            "unproven": self.why_unproven(),
             "not_alive": {n: {"status": d.status.value, "since": d.since, "reason": d.reason}
                           for n, d in self.members.doubts().items()},
         }
 
     # -- inputs -------------------------------------------------------------------------
-    def start(self, now: float, *, persisted_term: int = 0) -> Output:
+    def start(self, now: float, *, persisted_term: int = 0, proven: bool = True) -> Output:
         if self.bully.role is not ElectionRole.INIT:
             raise LocalProtocolError(f"{self.me} is already started")
-        self.bully.start(now, persisted_term)
+        self.bully.start(now, persisted_term, proven=proven)
         self.members.start(now)
         self._now = now
         return self._flush(now)
@@ -151,6 +180,7 @@ class AgentCore:
             self.members.receive(sender, msg, now)
             if not isinstance(msg, PingReq):
                 self._changes(now)
+                self._mark()
                 if refused is None:
                     self.bully.observe(sender, msg.leader, msg.term, now, header=True)
                 else:
@@ -158,7 +188,12 @@ class AgentCore:
         elif refused is not None:
             self.bully.refuse(sender, msg, refused)
         else:
-            self.bully.receive(sender, msg, now)
+            self._mark()
+            try:
+                self.bully.receive(sender, msg, now)
+            except ProtocolError:
+                self._checkpoint = None
+                raise
         self._now = now
         return self._flush(now)
 
@@ -171,11 +206,14 @@ class AgentCore:
         for _ in range(4):
             self.members.probe_tick(now)
             self._changes(now)
+            self._mark()
             self.bully.tick(now)
             for name in self.bully.suspects:
                 self.members.suspect(name, now, why="its leader lease renewals stopped coming")
             self.bully.suspects.clear()
             self._changes(now)
+            if self.bully.persist is not None:
+                break  # nothing more on a term not saved yet: the next tick goes on
             if min(self.members.next_deadline(), self.bully.next_deadline(now)) > now:
                 break
         return self._flush(now)
@@ -206,7 +244,28 @@ class AgentCore:
         self.members.unreachable(peer, now)
         return self._flush(now)
 
+    def persist_failed(self, now: float, *, retry_at: float) -> Output:
+        """The shell could not save the last Output's `persist_term`: the election goes back
+        to where it was before that call, as if the message (or the tick's proposal) had not
+        come, and what membership said in that call is handed out again; the Output to
+        perform instead, which asks for a tick by `retry_at` to try again."""
+        if self._undo is None:
+            raise LocalProtocolError(f"{self.me}: no term was waiting to be saved")
+        snapshot, acting, out, events = self._undo
+        self._undo = None
+        self.bully.restore(snapshot)
+        self._pending_out, self._pending_events, self._acting = out, events, acting
+        done = self._flush(now)
+        wake = min(self.members.next_deadline(), max(self.bully.next_deadline(now), retry_at))
+        return replace(done, wake_at=max(wake, now))
+
     # -- internals ----------------------------------------------------------------------
+    def _mark(self) -> None:
+        """Remember the election as it is, before a part of this call that may raise its
+        persisted term (kept only if it did, see `persist_failed`)."""
+        if self.bully.persist is None:
+            self._checkpoint = (self.bully.snapshot(), self._acting)
+
     def _check(self, now: float) -> None:
         if self.bully.role is ElectionRole.INIT:
             raise LocalProtocolError(f"{self.me} is not started")
@@ -229,6 +288,10 @@ class AgentCore:
         messages = self._pending_out + bully.out
         events = self._pending_events + bully.events
         persist, refused = bully.persist, tuple(bully.refused)
+        mark, self._checkpoint = self._checkpoint, None
+        if persist is not None:  # else the shell has nothing to save, and no undo to ask
+            self._undo = None if mark is None else (
+                *mark, list(self._pending_out), list(self._pending_events))
         self._pending_out, self._pending_events = [], []
         bully.out, bully.events, bully.persist, bully.refused = [], [], None, []
         acting = self.is_acting(now)

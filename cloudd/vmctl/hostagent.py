@@ -9,6 +9,10 @@ keeps the highest of them in a file of its state dir (written atomically, and be
 command that raised it acts, so that a crash cannot forget a term it already obeyed); a
 command with a lower term is refused with CommandOutcome.STALE_TERM and nothing is done. That
 is the fencing token that keeps a deposed leader, still believing it leads, from touching VMs.
+In the agent the election reads that file at start (with its own term file) and hands the
+token over (`highest_term`); when the file held no term it was set aside, and the host's
+duties run no command until the election has relearned the terms and `learn` has written the
+proven token here.
 
 Commands are idempotent: defining what exists, starting what runs, destroying what is stopped,
 undefining what is gone all answer CommandOutcome.NOOP. Failures come back as
@@ -165,7 +169,7 @@ class HostAgent:
     def __init__(self, backend: Backend, *, state_dir: Path, host: str = "", cloud: str = "",
                  image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS,
                  copy: CopySettings | None = None, fetch_wait: float = 5.0,
-                 seeds: SeedHooks | None = None) -> None:
+                 seeds: SeedHooks | None = None, highest_term: int | None = None) -> None:
         self.backend = backend
         #: the nodes' seed ISOs, made on DEFINE and removed on UNDEFINE (None: no seeds)
         self.seeds = seeds
@@ -185,7 +189,9 @@ class HostAgent:
         # one overlay made or removed at a time: a check and the act it allows stay together
         self._images_lock = asyncio.Lock()
         self.store = TermFile(state_dir / TERM_FILE)
-        self.highest_term = self.store.load()
+        #: the fencing token: as the agent's election read it (`highest_term`), else from the
+        #: file (CorruptStateFile when it holds no term)
+        self.highest_term = self.store.load() if highest_term is None else highest_term
         self._term_lock = asyncio.Lock()
         self._log = log.get("vmctl.hostagent", host=host or os.uname().nodename)
 
@@ -207,6 +213,16 @@ class HostAgent:
                 self._log.info("new term seen", term=term, previous=self.highest_term)
                 self.highest_term = term
             return True
+
+    async def learn(self, term: int) -> None:
+        """Take `term` as the fencing token at least, proven elsewhere (the election relearned
+        the terms after this file was lost): written, as a proven term, before it counts
+        (OSError when the disk refuses; nothing changes then)."""
+        async with self._term_lock:
+            term = max(term, self.highest_term)
+            await asyncio.to_thread(self.store.save, term)
+            self._log.info("fencing term relearned", term=term, previous=self.highest_term)
+            self.highest_term = term
 
     async def execute(self, cmd: HostCommand) -> HostResult:
         """Run a command its caller admitted (see the module docstring), fenced by its term."""
