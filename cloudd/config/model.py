@@ -83,9 +83,10 @@ class TimingIn(_Strict):
     """The cloud's own bounds on its guests, in seconds."""
 
     unreachable_reset_after: float = Field(default=UNREACHABLE_RESET_AFTER, ge=10)
-    """A node whose domain runs while its agent has been unreachable (suspect or dead to SWIM)
-    this long is hung: reset, then destroyed and started again if it stays unreachable as
-    long again. Counted from the domain's start for an agent that never came up."""
+    """A node whose domain runs while its agent has been unreachable (dead by the leader's
+    own SWIM probes) this long is hung: reset, then destroyed and started again if it stays
+    unreachable as long again. Counted from the domain's start for an agent that never came
+    up."""
 
 
 class NodeAccessIn(_Strict):

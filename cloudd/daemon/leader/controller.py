@@ -18,7 +18,9 @@ running are in flight, and the planner leaves them alone.
 Every action and every failure is an event in the event log, with the planner's reason.
 
 Hung guests (`cloudd.vmctl.plan.hung`). Each pass also asks `liveness` about every managed
-node's agent (the same SWIM view as the hosts'), and keeps since when each has not been alive;
+node's agent (the same SWIM view as the hosts'), and keeps since when each has been dead (not
+merely suspect: a suspicion may be another member's word, a death is this agent's own failed
+probes);
 a done RESET is remembered per (node, host) until the agent is alive again or the domain stops,
 and the domain counts as running since the reset. A reset, and a destroy that follows one, is
 logged as `node_reset` and counts against the node's backoff like a failure, and a node whose
@@ -296,15 +298,17 @@ class Controller:
                         unreachable=dict(self._unreachable), resets=dict(self._resets))
 
     def _agents(self, now: float) -> None:
-        """Since when each managed node's agent has not been alive (alive ones are dropped)."""
+        """Since when each managed node's agent has been dead here (others are dropped)."""
         nodes = {n.name for n in self.desired().nodes if n.managed}
         for node in [n for n in self._unreachable if n not in nodes]:
             del self._unreachable[node]
         for node in sorted(nodes):
-            if self.liveness(node) is Liveness.ALIVE:
-                self._unreachable.pop(node, None)
-            else:
+            # dead, not merely suspect: another member's gossip makes a node suspect, only
+            # this agent's own failed probes make it dead
+            if self.liveness(node) is Liveness.DEAD:
                 self._unreachable.setdefault(node, now)
+            else:
+                self._unreachable.pop(node, None)
 
     # ---- the pass -----------------------------------------------------------------------
 

@@ -3,10 +3,11 @@
 Theory of operation. libvirt calls a domain running as long as its qemu process lives, so a
 guest whose kernel hangs or panicked without rebooting, or whose qemu is stopped (SIGSTOP),
 reads "running" forever. Membership is what notices: the node's agent stops answering SWIM
-probes and the leader sees it suspect, then dead. `hung` turns that into a rule for one node
+probes and the leader's own probes find it dead (a suspicion is not enough: another member's
+gossip can cause one). `hung` turns that into a rule for one node
 whose domain runs on a live, reachable host (the planner checks the host first: a host that
 does not answer is fencing's business, and its nodes look unreachable from here too):
-- the agent has been unreachable since the later of when this leader first saw it not alive
+- the agent has been unreachable since the later of when this leader first saw it dead
   (`Observed.unreachable`) and when the domain last started running (`DomainObs.since`,
   which a reset moves too), so an agent that never came up counts from its domain's start;
 - past `Desired.unreachable_reset_after` seconds: Reset, once;

@@ -159,8 +159,8 @@ class Observed:
         default_factory=lambda: MappingProxyType({}))
     """(node, host) -> when a graceful shutdown was sent, for the destroy timeout."""
     unreachable: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    """node -> since when its agent has not been alive by SWIM (suspect or dead), as far as
-    this leader has seen; a node absent is alive."""
+    """node -> since when its agent has been dead by this leader's own SWIM probes, as far as
+    this leader has seen; a node absent is not known to be unreachable."""
     resets: Mapping[tuple[str, str], float] = field(
         default_factory=lambda: MappingProxyType({}))
     """(node, host) -> when that domain was reset for an unreachable agent that has not been

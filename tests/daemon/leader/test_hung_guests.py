@@ -149,7 +149,7 @@ async def test_reset_once_then_destroyed_and_started_again_with_backoff(lab: Lab
 
 
 async def test_an_agent_that_never_comes_up_counts_from_its_domains_start(lab: Lab) -> None:
-    lab.agents["n0"] = Liveness.SUSPECT  # before its domain even exists
+    lab.agents["n0"] = Liveness.DEAD  # before its domain even exists
     await lab.pass_()
     assert lab.state is PowerState.RUNNING
     lab.clock.advance(BOUND)
@@ -256,3 +256,18 @@ async def test_a_hung_guest_is_never_stable_for_the_backoff(lab: Lab) -> None:
     await lab.pass_()
     assert lab.calls("destroy") == 1
     assert lab.controller.node_fails.get("n0").count == 2  # type: ignore[union-attr]
+
+
+async def test_a_suspect_agent_is_not_unreachable(lab: Lab) -> None:
+    """Another member's gossip can make a node suspect here: only a death counts."""
+    await lab.pass_()
+    lab.agents["n0"] = Liveness.SUSPECT
+    await lab.pass_()
+    lab.clock.advance(2 * BOUND)
+    await lab.pass_()
+    assert lab.calls("reset") == 0
+    lab.agents["n0"] = Liveness.DEAD
+    await lab.pass_()
+    lab.clock.advance(BOUND)
+    await lab.pass_()
+    assert lab.calls("reset") == 1
