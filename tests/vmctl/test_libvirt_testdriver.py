@@ -89,15 +89,17 @@ async def test_operations_are_idempotent(backend: LibvirtBackend) -> None:
 
 
 async def test_reset_of_a_running_domain_and_of_a_stopped_one(backend: LibvirtBackend) -> None:
-    assert await backend.define(xml_for("n1"))
-    assert not await backend.reset("tc-n1")
-    assert await backend.start("tc-n1")
+    assert await backend.define(xml_for("r1"))
+    assert not await backend.reset("tc-r1")
     events = backend.subscribe()
-    assert await backend.reset("tc-n1")
+    assert await backend.start("tc-r1")
+    await next_event(events, DomainEventKind.STARTED)
+    assert await backend.reset("tc-r1")
     [info] = await backend.list()
     assert info.state is PowerState.RUNNING
     await asyncio.sleep(0.1)
     assert events.empty()  # the same domain runs on: no lifecycle event
+    assert await backend.destroy("tc-r1") and await backend.undefine("tc-r1")
 
 
 async def test_a_reset_qemu_does_not_answer_is_a_destroy_and_a_start(
@@ -111,17 +113,19 @@ async def test_a_reset_qemu_does_not_answer_is_a_destroy_and_a_start(
 
     monkeypatch.setattr(libvirt.virDomain, "reset", hung_reset)
     backend.reset_timeout = 0.2
-    assert await backend.define(xml_for("n1"))
-    assert await backend.start("tc-n1")
+    assert await backend.define(xml_for("r2"))
     events = backend.subscribe()
+    assert await backend.start("tc-r2")
+    await next_event(events, DomainEventKind.STARTED)
     try:
-        assert await backend.reset("tc-n1")
+        assert await backend.reset("tc-r2")
         assert (await next_event(events, DomainEventKind.STOPPED)).detail == "destroyed"
         assert (await next_event(events, DomainEventKind.STARTED)).detail == "booted"
         [info] = await backend.list()
         assert info.state is PowerState.RUNNING
     finally:
         answer.set()
+    assert await backend.destroy("tc-r2") and await backend.undefine("tc-r2")
 
 
 async def test_foreign_domain_is_never_touched(backend: LibvirtBackend) -> None:
