@@ -18,15 +18,11 @@ running are in flight, and the planner leaves them alone.
 Every action and every failure is an event in the event log, with the planner's reason.
 
 Hung guests (`cloudd.vmctl.plan.hung`). Each pass also asks `liveness` about every managed
-node's agent (the same SWIM view as the hosts'), and keeps since when each has been dead (not
-merely suspect: a suspicion may be another member's word, a death is this agent's own failed
-probes);
-a done RESET is remembered per (node, host) until the agent is alive again or the domain stops,
-and the domain counts as running since the reset. A reset, and a destroy that follows one, is
-logged as `node_reset` and counts against the node's backoff like a failure, and a node whose
-agent is unreachable is never "stable" for the backoff, so its count keeps growing. A guest
-that powers off after a reset (a template whose `on_reboot` is destroy) keeps the reason
-`reset`, not the guest's own `shutdown`: it is started again whatever its run strategy.
+node's agent (the same SWIM view as the hosts'), and remembers since when each has been dead
+and which domains it reset (`leader.unreachable`); a reset domain counts as running since the
+reset. A reset, and a destroy that follows one, is logged as `node_reset` and counts against
+the node's backoff like a failure, and a node whose agent is dead is never "stable" for the
+backoff, so its count keeps growing.
 
 Time: every duration (backoff, the stable period, how long a domain has run, the shutdown
 timeout) is measured on the clock's `monotonic()`, which an NTP step cannot move; only the
@@ -47,12 +43,11 @@ from cloudd import log
 from cloudd.config.agent import Reconcile
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
+from cloudd.daemon.leader.unreachable import Unreachable
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import backend as vb
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.plan import (
-    AFTER_RESET,
-    GUEST_SHUTDOWN,
     BackoffPolicy,
     CopyImage,
     CreateOverlay,
@@ -191,10 +186,7 @@ class Controller:
         self._seen: dict[tuple[str, str], tuple[DomainState, float]] = {}
         self._reasons: dict[tuple[str, str], str] = {}
         self._shutdowns: dict[tuple[str, str], float] = {}
-        #: node -> since when its agent has not been alive; (node, host) -> when it was reset
-        self._unreachable: dict[str, float] = {}
-        self._resets: dict[tuple[str, str], float] = {}
-        self._resetting: set[tuple[str, str]] = set()
+        self.unreachable = Unreachable()
         #: seconds a command its host answers PENDING is waited for
         self.pending_limit = PENDING_LIMIT
         self._busy: dict[str, asyncio.Task[None]] = {}
@@ -212,10 +204,7 @@ class Controller:
         """A host forwarded a domain event: keep its reason (for run strategies), pass now."""
         if event.meta is not None and event.kind is vb.DomainEventKind.STOPPED:
             key = (event.meta.node, host)
-            # a power-off right after our reset is the reset's doing, not the guest's
-            reset = (key in self._resets or key in self._resetting) \
-                and event.detail == GUEST_SHUTDOWN
-            self._reasons[key] = AFTER_RESET if reset else event.detail
+            self._reasons[key] = self.unreachable.reason(key, event.detail)
         self.poke()
 
     def reset(self, subject: str) -> None:
@@ -284,31 +273,17 @@ class Controller:
         running = {(d.node, d.host) for d in domains if d.state is DomainState.RUNNING}
         for key in [k for k in self._shutdowns if k not in present]:
             del self._shutdowns[key]
-        self._agents(now)
-        for key in [k for k in self._resets
-                    if k not in running or k[0] not in self._unreachable]:
-            del self._resets[key]
-        self.node_fails.settle_nodes(domains, now=now, unreachable=self._unreachable)
+        gone = self.unreachable
+        gone.observe((n.name for n in self.desired().nodes if n.managed), self.liveness,
+                     running=running, now=now)
+        self.node_fails.settle_nodes(domains, now=now, unreachable=gone.since)
         self.host_fails.settle_quiet(now=now)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
                         host_failures=self.host_fails.snapshot(),
                         in_flight=before | frozenset(self._busy),
                         fencing=frozenset(self._fencing),
                         shutdowns=dict(self._shutdowns),
-                        unreachable=dict(self._unreachable), resets=dict(self._resets))
-
-    def _agents(self, now: float) -> None:
-        """Since when each managed node's agent has been dead here (others are dropped)."""
-        nodes = {n.name for n in self.desired().nodes if n.managed}
-        for node in [n for n in self._unreachable if n not in nodes]:
-            del self._unreachable[node]
-        for node in sorted(nodes):
-            # dead, not merely suspect: another member's gossip makes a node suspect, only
-            # this agent's own failed probes make it dead
-            if self.liveness(node) is Liveness.DEAD:
-                self._unreachable.setdefault(node, now)
-            else:
-                self._unreachable.pop(node, None)
+                        unreachable=dict(gone.since), resets=dict(gone.resets))
 
     # ---- the pass -----------------------------------------------------------------------
 
@@ -429,13 +404,11 @@ class Controller:
             command = self._command(action, spec=spec, cloud=cloud, term=term)
             if command is None:
                 return f"node {action.node} is not in the manifest"
-            if isinstance(action, Reset):
-                self._resetting.add((action.node, action.host))
-            result = await self._send(action.host, command, term=term)
+            with self.unreachable.sending((action.node, action.host)) \
+                    if isinstance(action, Reset) else contextlib.nullcontext():
+                result = await self._send(action.host, command, term=term)
         except (ClouddError, OSError, TimeoutError) as exc:
             return str(exc) or type(exc).__name__
-        finally:
-            self._resetting.discard((action.node, action.host))
         if result.outcome is CommandOutcome.STALE_TERM:
             return f"refused: {result.message} (this leader is deposed)"
         if result.outcome is CommandOutcome.FAILED:
@@ -482,14 +455,12 @@ class Controller:
             self._shutdowns.setdefault(key, now)
         if op in (Op.START, Op.UNDEFINE):
             self._reasons.pop(key, None)
-        if op in (Op.START, Op.DESTROY, Op.UNDEFINE):
-            self._resets.pop(key, None)
+        self.unreachable.done(op, key, now=now)
         if hung_for(action) is not None:
             # counts against the node's backoff like a failed restart, at the very `now` the
             # reset's domain runs since (or a running domain would settle the count at once)
             self.node_fails.failed(action.node, now=now)
         if op is Op.RESET:
-            self._resets[key] = now
             self._seen[key] = (DomainState.RUNNING, now)
         if op is Op.START:
             # running since now, not since the next report: the stable period starts here
