@@ -270,12 +270,11 @@ class Controller:
                                  overlays=_overlays(stock, prefix)))
             domains.extend(seen)
         present = {(d.node, d.host) for d in domains}
-        running = {(d.node, d.host) for d in domains if d.state is DomainState.RUNNING}
         for key in [k for k in self._shutdowns if k not in present]:
             del self._shutdowns[key]
         gone = self.unreachable
         gone.observe((n.name for n in self.desired().nodes if n.managed), self.liveness,
-                     running=running, now=now)
+                     present=present, now=now)
         self.node_fails.settle_nodes(domains, now=now, unreachable=gone.since)
         self.host_fails.settle_quiet(now=now)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),

@@ -4,12 +4,13 @@ since when each node's agent has been dead here, and which domains it has reset.
 Dead, not merely suspect: a suspicion may be another member's gossip, a death is this agent's
 own failed probes (`cloudd.election.swim`), so no member can get another's guest reset. A
 reset is remembered per (node, host) from the moment it is sent until the agent is alive
-again, or the domain is started, destroyed, undefined or found not running: then the rule
-starts over with a reset. While a reset is remembered, a power-off of that domain is the
-reset's doing (a template whose `on_reboot` is destroy turns a reset into one), not the
-guest's: its reason is `AFTER_RESET`, so that the planner starts it again whatever its run
-strategy. The controller feeds it (`observe`, `sending`, `done`) and hands the planner its
-`since` and `resets`.
+again, or the domain is started, destroyed, undefined or found gone: then the rule starts over
+with a reset. Not merely when it is found not running: while a reset is remembered, a
+power-off of that domain is the reset's doing (a template whose `on_reboot` is destroy turns a
+reset into one), not the guest's, and the guest is seen shutting down before its stop event
+comes. Such a stop keeps the reason `AFTER_RESET`, so that the planner starts the domain again
+whatever its run strategy. The controller feeds it (`observe`, `sending`, `done`) and hands the
+planner its `since` and `resets`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Unreachable:
         self._sending: set[Key] = set()
 
     def observe(self, nodes: Iterable[str], liveness: Callable[[str], Liveness], *,
-                running: Collection[Key], now: float) -> None:
-        """A pass's look: the managed `nodes` and the domains seen `running`."""
+                present: Collection[Key], now: float) -> None:
+        """A pass's look: the managed `nodes` and the domains the hosts reported."""
         wanted = set(nodes)
         for node in [n for n in self.since if n not in wanted]:
             del self.since[node]
@@ -48,7 +49,7 @@ class Unreachable:
                 self.since.setdefault(node, now)
             else:
                 self.since.pop(node, None)
-        for key in [k for k in self.resets if k not in running or k[0] not in self.since]:
+        for key in [k for k in self.resets if k not in present or k[0] not in self.since]:
             del self.resets[key]
 
     @contextlib.contextmanager

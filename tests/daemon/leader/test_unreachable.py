@@ -11,9 +11,9 @@ KEY = ("n1", "h1")
 
 
 def look(u: Unreachable, live: dict[str, Liveness], *, now: float,
-         running: frozenset[tuple[str, str]] = frozenset({KEY}),
+         present: frozenset[tuple[str, str]] = frozenset({KEY}),
          nodes: tuple[str, ...] = ("n1", "n2")) -> None:
-    u.observe(nodes, lambda n: live.get(n, Liveness.ALIVE), running=running, now=now)
+    u.observe(nodes, lambda n: live.get(n, Liveness.ALIVE), present=present, now=now)
 
 
 def test_only_a_death_counts_and_from_when_it_was_first_seen() -> None:
@@ -36,7 +36,7 @@ def test_a_reset_is_kept_until_the_agent_or_the_domain_says_otherwise() -> None:
     u.done(Op.RESET, KEY, now=20)
     look(u, dead, now=30)
     assert u.resets == {KEY: 20}
-    look(u, dead, now=40, running=frozenset())  # found not running
+    look(u, dead, now=40, present=frozenset())  # found gone
     assert u.resets == {}
     u.done(Op.RESET, KEY, now=50)
     look(u, {}, now=60)  # the agent is back

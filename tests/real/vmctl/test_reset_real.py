@@ -34,7 +34,7 @@ pytestmark = pytest.mark.libvirt
 
 SYSTEM = "qemu:///system"
 PREFIX = "cloudd-h13h-"
-GUEST_CACHE = Path("/var/tmp/cloudd-h13h-guest")
+GUEST_CACHE = Path("/var/tmp/cloudd-h4-guest")  # shared with test_libvirt_real.py
 #: generous: the machine is shared and the guest runs under TCG
 BOUND = 120.0
 UP = "minimal guest up"
