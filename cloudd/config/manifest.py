@@ -130,6 +130,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         gateway=top.network.gateway,
         template_values=MappingProxyType(dict(top.template_values)),
         node_access=NodeAccess(tuple(top.node_access.ssh_authorized_keys)),
+        unreachable_reset_after=top.timing.unreachable_reset_after,
     )
 
 
