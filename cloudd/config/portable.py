@@ -32,7 +32,8 @@ from cloudd.config.model import Cloud
 from cloudd.errors import PermanentError
 
 #: Fields of a pool host's text that a node's view leaves out (host-side only).
-_HOST_ONLY = ("domain_template", "domain_template_text", "template_values", "node_access")
+_HOST_ONLY = ("domain_template", "domain_template_text", "template_values", "node_access",
+              "two_host")
 
 
 class Recipient(StrEnum):

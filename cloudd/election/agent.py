@@ -16,6 +16,9 @@ returns an `Output`, which the shell performs in this order:
 Bad input (an unknown sender, a message meant for another agent, time running backwards,
 calls before `start`) raises `RemoteProtocolError`/`LocalProtocolError` and changes nothing.
 `holds_lease(member, term, now)` is the host's question before it runs a host command.
+In a two-host pool (twohost.py) an `Output` may also name a peer to `fence`: the shell runs
+the pool's fence command for it and reports the outcome with `fence_result`; until then, and
+after a failure, this agent stands for nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from cloudd.election.messages import (
 )
 from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
+from cloudd.election.twohost import Pair
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 
@@ -51,6 +55,8 @@ class Output:
     acting_until: float | None
     wake_at: float
     refused: tuple[Refusal, ...] = ()
+    #: A two-host pool's peer to fence now (run its fence command, then `fence_result`).
+    fence: str | None = None
 
 
 class AgentCore:
@@ -65,6 +71,7 @@ class AgentCore:
         self.timing = (timing or Timing.production()).validate()
         self.members = Membership(me, roster, timing=self.timing, rng=rng)
         self.bully = Bully(me, roster, timing=self.timing, rng=rng, live=self.members.live)
+        self.pair: Pair | None = None
         self._now = float("-inf")
         self._acting = False
         self._pending_out: list[tuple[str, Message]] = []
@@ -119,7 +126,13 @@ class AgentCore:
             "incarnation": self.members.incarnation,
             "not_alive": {n: {"status": d.status.value, "since": d.since, "reason": d.reason}
                           for n, d in self.members.doubts().items()},
+            "two_host": self.pair.describe() if self.pair is not None else None,
         }
+
+    def stand_ins(self) -> frozenset[str]:
+        """Pool hosts that count as having persisted every write of the cloud's record: a
+        two-host pool's peer while its fence holds (twohost.py)."""
+        return self.pair.acknowledged() if self.pair is not None else frozenset()
 
     # -- inputs -------------------------------------------------------------------------
     def start(self, now: float, *, persisted_term: int = 0) -> Output:
@@ -127,6 +140,7 @@ class AgentCore:
             raise LocalProtocolError(f"{self.me} is already started")
         self.bully.start(now, persisted_term)
         self.members.start(now)
+        self._pair_for(self.roster, now)
         self._now = now
         return self._flush(now)
 
@@ -146,6 +160,8 @@ class AgentCore:
             raise RemoteProtocolError(f"{sender} sent a negative term {term}")
         # The cores validate before they change anything, so `_now` moves only on success.
         refused = refusal(self.roster, self.me, sender, msg)
+        if self.pair is not None and sender == self.pair.peer:
+            self.pair.heard(now)  # the transport named the sender by its certificate
         if isinstance(msg, Ping | Ack | PingReq):
             # Liveness is everybody's business; a bad header refuses only the header.
             self.members.receive(sender, msg, now)
@@ -171,12 +187,14 @@ class AgentCore:
         for _ in range(4):
             self.members.probe_tick(now)
             self._changes(now)
+            self._observe_pair(now)
             self.bully.tick(now)
             for name in self.bully.suspects:
                 self.members.suspect(name, now, why="its leader lease renewals stopped coming")
             self.bully.suspects.clear()
             self._changes(now)
-            if min(self.members.next_deadline(), self.bully.next_deadline(now)) > now:
+            if min(self.members.next_deadline(), self.bully.next_deadline(now),
+                   self._pair_deadline(now)) > now:
                 break
         return self._flush(now)
 
@@ -195,7 +213,24 @@ class AgentCore:
         self.roster = roster
         self.members.change_roster(roster)
         self.bully.roster = roster
+        if roster.two_host != (self.pair.settings if self.pair is not None else None):
+            self._pair_for(roster, now)
         self._now = now
+        return self._flush(now)
+
+    def fence_result(self, peer: str, *, ok: bool, reason: str, now: float) -> Output:
+        """The shell ran the fence command for `peer` that an `Output` asked for: `ok` when it
+        succeeded (the peer is off). A fenced peer counts as granted: an agent waiting to
+        run does so at once."""
+        self._check(now)
+        if self.pair is None or peer != self.pair.peer:
+            raise LocalProtocolError(f"{peer!r} is not the peer of a two-host pool here")
+        self.pair.fence_result(ok=ok, reason=reason, now=now)
+        self._now = now
+        if ok:
+            # The peer is surely dead now: the election moves on at once (a follower of it
+            # loses its leader; an agent waiting to run runs).
+            self.bully.member_changed(peer, False, now)
         return self._flush(now)
 
     def peer_unreachable(self, peer: str, now: float) -> Output:
@@ -213,6 +248,19 @@ class AgentCore:
         if now < self._now:
             raise LocalProtocolError(f"time ran backwards: {now} after {self._now}")
 
+    def _pair_for(self, roster: Roster, now: float) -> None:
+        """A two-host pool's rule on its hosts (a new one when the setting changes)."""
+        two = roster.two_host is not None and self.me in roster.hosts
+        self.pair = Pair(self.me, roster, timing=self.timing, now=now) if two else None
+        self.bully.pair = self.pair
+
+    def _observe_pair(self, now: float) -> None:
+        if self.pair is not None:
+            self.pair.observe(live=self.members.live(self.pair.peer), now=now)
+
+    def _pair_deadline(self, now: float) -> float:
+        return self.pair.next_deadline(now) if self.pair is not None else float("inf")
+
     def _changes(self, now: float) -> None:
         """Hand SWIM's status changes to the election, and to the log with their reason."""
         out, changes = self.members.drain()
@@ -224,6 +272,13 @@ class AgentCore:
 
     def _flush(self, now: float) -> Output:
         self._changes(now)
+        self._observe_pair(now)
+        fence = None
+        if self.pair is not None:
+            fence, self.pair.fence = self.pair.fence, None
+            self._pending_events += [ElectionEvent("two_host", m.reason, self.bully.term,
+                                                   self.pair.peer) for m in self.pair.moves]
+            self.pair.moves.clear()
         bully = self.bully
         self.members.header = (self.leader, bully.term)
         messages = self._pending_out + bully.out
@@ -238,7 +293,8 @@ class AgentCore:
             events.append(ElectionEvent("acting", f"{'yes' if acting else 'no'}: {why}", bully.term,
                                 self.me))
             self._acting = acting
-        wake = min(self.members.next_deadline(), bully.next_deadline(now))
+        wake = min(self.members.next_deadline(), bully.next_deadline(now),
+                   self._pair_deadline(now))
         return Output(messages=tuple(messages), persist_term=persist, events=tuple(events),
                       acting=acting, acting_until=bully.acting_until() if acting else None,
-                      wake_at=max(wake, now), refused=refused)
+                      wake_at=max(wake, now), refused=refused, fence=fence)

@@ -56,6 +56,7 @@ from cloudd.election.messages import (
     WhoLeads,
 )
 from cloudd.election.states import TRANSITIONS, ElectionEvent, ElectionRole
+from cloudd.election.twohost import Pair
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 
@@ -87,6 +88,8 @@ class Bully:
         #: the facade hands them to SWIM, which confirms or refutes.
         self.suspects: list[str] = []
         self._leader_silent_reported = False
+        #: A two-host pool's rule about the other host (twohost.py), set by the agent.
+        self.pair: Pair | None = None
 
     # -- queries ------------------------------------------------------------------------
     def acting_until(self) -> float | None:
@@ -183,15 +186,25 @@ class Bully:
                 self._goto(ElectionRole.AWAITING, "waiting out the leases of a previous life")
             self.deadline = self.not_before
             return
+        if self.pair is not None and not self.pair.may_run():
+            if self.role is not ElectionRole.AWAITING:
+                self._goto(ElectionRole.AWAITING, f"two-host pool: {self.pair.peer} is "
+                                                  f"{self.pair.state.value}, not fenced")
+            self.deadline = now + self.timing.inquiry_timeout
+            return
         proposed = max(self.term, self.persisted) + 1
         self._goto(ElectionRole.CANDIDATE, f"asking hosts for term {proposed}")
         self._persist(proposed)  # before any request for it leaves (see Output)
         self.holder = Holder(term=proposed, hosts=self.roster.hosts,
-                             quorum=self.roster.quorum, timing=self.timing)
+                             quorum=self.roster.quorum, timing=self.timing,
+                             stand_ins=self._stand_ins)
         self.rejected = set()
         self.retry_at = 0.0
         self.deadline = now + self.timing.candidate_timeout
         self._ask_hosts(now)
+
+    def _stand_ins(self) -> dict[str, float]:
+        return dict(self.pair.stand_ins()) if self.pair is not None else {}
 
     def _ask_hosts(self, now: float) -> None:
         assert self.holder is not None
@@ -425,7 +438,8 @@ class Bully:
                 proposed = max(self.persisted, msg.term) + 1
                 self._persist(proposed)
                 self.refresh = Holder(term=proposed, hosts=self.roster.hosts,
-                                      quorum=self.roster.quorum, timing=self.timing)
+                                      quorum=self.roster.quorum, timing=self.timing,
+                                      stand_ins=self._stand_ins)
                 self._ask(self.refresh, now)
         elif self.role is ElectionRole.CANDIDATE:
             self.rejected.add(host)
