@@ -40,7 +40,7 @@ from cloudd.election.messages import (
 )
 from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
-from cloudd.election.twohost import Pair
+from cloudd.election.twohost import Pair, peer_silence
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 
@@ -215,6 +215,8 @@ class AgentCore:
         self.bully.roster = roster
         if roster.two_host != (self.pair.settings if self.pair is not None else None):
             self._pair_for(roster, now)
+        elif self.pair is not None:
+            self.pair.silence = peer_silence(self.timing, len(roster))
         self._now = now
         return self._flush(now)
 

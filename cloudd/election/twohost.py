@@ -26,7 +26,10 @@ term), and the leader's record reaches it as to any host that was down.
 
 Seen and gone. The peer is *seen* when a message it sent itself arrives (the transport names
 the sender by its certificate) or when SWIM finds it alive again after a death (which only
-the member's own word does); it is *gone* when SWIM's own probes declare it dead. A host that
+the member's own word does); it is *gone* when SWIM's own probes declare it dead, or when
+nothing has come from it directly for `silence` (two rounds of SWIM probes, a suspicion and a
+lease): the leases travel between the two hosts alone, so a cut between them stops all
+leading even while the nodes, probing for SWIM on either side, still see both. A host that
 comes back after its fence is seen at its first message; the leader that fenced it keeps
 counting its lease for `grace` more seconds, so that the returning host, which grants nothing
 for one lease after it starts, does not make the leader stand down. That is safe: the
@@ -91,6 +94,16 @@ def peer_grace(timing: Timing) -> float:
     return 2 * (timing.lease_duration + timing.dead_probe_interval)
 
 
+def peer_silence(timing: Timing, members: int) -> float:
+    """How long the peer may stay silent towards this host before it counts as gone. It pings
+    this host at least once every two of its SWIM rounds (over every member), acks this
+    host's pings as often, and grants or renews a lease every `renew_interval` while either
+    leads; the suspicion and a lease more keep a lossy link from fencing anybody."""
+    n = max(2, members)
+    return (2 * (n - 1) * timing.probe_interval + timing.suspicion_timeouts(n)[1]
+            + timing.lease_duration)
+
+
 def record_quorum(quorum: int, stand_ins: frozenset[str]) -> int:
     """The acknowledgements a record write (or a recovery) still needs from answering hosts
     when the fenced `stand_ins` count as having given theirs."""
@@ -117,6 +130,7 @@ class Pair:
         #: The host ranked lower waits `fence_delay` before it fences (the race's handicap).
         self.delay = 0.0 if roster.outranks(me, self.peer) else settings.fence_delay
         self.grace = peer_grace(timing)
+        self.silence = peer_silence(timing, len(roster))
         self.state = PeerState.UNSEEN
         bound = settings.wait_for_all
         self.due = float("inf") if bound is None else now + bound + self.delay
@@ -147,8 +161,11 @@ class Pair:
     def next_deadline(self, now: float) -> float:
         if self.state in (PeerState.UNSEEN, PeerState.LOST):
             return self.due
-        if self.state is PeerState.PAIRED and self.seen_at + self.grace > now:
-            return self.seen_at + self.grace  # then a peer SWIM still holds dead is gone
+        if self.state is PeerState.PAIRED:
+            # a peer SWIM still holds dead is gone after the grace; a silent one after silence
+            later = [t for t in (self.seen_at + self.grace, self.seen_at + self.silence)
+                     if t > now]
+            return min(later, default=float("inf"))
         return float("inf")
 
     def describe(self) -> dict[str, object]:
@@ -170,6 +187,8 @@ class Pair:
             # SWIM's verdict at once; a peer heard while SWIM still held it dead gets `grace`
             # to refute its death before it counts as gone again.
             self._step(E.GONE, now, "SWIM declared it dead")
+        elif self.state is S.PAIRED and now >= self.seen_at + self.silence:
+            self._step(E.GONE, now, f"nothing came from it for {now - self.seen_at:.1f} s")
         if now >= self.due and self.state in (S.UNSEEN, S.LOST):
             why = ("it was declared dead" if self.state is S.LOST
                    else "not heard from since this agent started")
