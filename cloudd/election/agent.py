@@ -160,8 +160,6 @@ class AgentCore:
             raise RemoteProtocolError(f"{sender} sent a negative term {term}")
         # The cores validate before they change anything, so `_now` moves only on success.
         refused = refusal(self.roster, self.me, sender, msg)
-        if self.pair is not None and sender == self.pair.peer:
-            self.pair.heard(now)  # the transport named the sender by its certificate
         if isinstance(msg, Ping | Ack | PingReq):
             # Liveness is everybody's business; a bad header refuses only the header.
             self.members.receive(sender, msg, now)
@@ -175,6 +173,8 @@ class AgentCore:
             self.bully.refuse(sender, msg, refused)
         else:
             self.bully.receive(sender, msg, now)
+        if self.pair is not None and sender == self.pair.peer:
+            self.pair.heard(now)  # the transport named the sender by its certificate
         self._now = now
         return self._flush(now)
 
