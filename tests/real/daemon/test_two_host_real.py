@@ -2,7 +2,9 @@
 
 `test_two_host_election` (netns only, no VM): two host agents whose fence command only writes
 a line to a record; kill either, and the other fences it (at once if ranked higher, after its
-delay if lower) before it acts; the one killed comes back and follows.
+delay if lower) before it acts; the one killed comes back and follows. The record goes
+along: a maintenance hold written while one host was fenced (acknowledged by the survivor
+alone) and one written with both back are both in force on the host that survives next.
 `test_two_host_pool_survives_the_power_loss_of_either_host` (libvirt, one VM test at a time):
 
 two pool host agents in their own network namespaces share qemu:///system (each stamps its
@@ -25,6 +27,7 @@ term acted in by two hosts. Bounded waits, timings printed, no timed asserts.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -46,6 +49,7 @@ NODE_NAMES = [f"lab-{role}-{i}" for role, count in NODES.items() for i in range(
 GUEST_CACHE = Path("/var/tmp/cloudd-h12-guest")
 IMAGE = Path("/var/lib/cloudd/images") / f"{PREFIX}-node.img"
 FENCE_DELAY = 4.0
+SERVER, DATABASE = "lab-server-1", "lab-database-1"
 #: generous: the machine is shared and the guests run under TCG
 BOUND = 120.0
 
@@ -215,11 +219,18 @@ def test_two_host_election(tmp_path: Path) -> None:
         fence = fenced_at(record, "pm2")
         assert fence is not None and acting_since(lab, "pm1", since) > fence
         print(f"\npm2 killed: fenced after {fence - since:.2f} s; pm1 acts in term {after[1]}")
+        # a record write, acknowledged by pm1 alone: the fenced host counts
+        done = lab.cli("pm1", "maintenance", "on", SERVER)
+        assert done.returncode == 0 and done.stdout.strip() == f"in maintenance: {SERVER}", \
+            done.stderr
 
         lab.start("pm2")
         kills.pop("pm2")
         back = lab.wait_for("pm2 follows pm1", lambda: lab.one_leader(["pm1", "pm2"]))
         assert back == after and record.read_text().count("fenced") == 1
+        # both count again: a write needs pm2 too, which has the record by then
+        done = lab.cli("pm2", "maintenance", "on", DATABASE)
+        assert done.returncode == 0, done.stderr
 
         since = time.time()
         lab.kill("pm1")
@@ -230,6 +241,14 @@ def test_two_host_election(tmp_path: Path) -> None:
         assert acting_since(lab, "pm2", since) > fence and now[1] > back[1]
         print(f"pm1 killed: fenced after {fence - since:.2f} s (delay {FENCE_DELAY:g} s); "
               f"pm2 acts in term {now[1]}")
+        # pm2 leads on its own copy of the record: both holds, the one made while it was off
+        lab.wait_for("pm2's record", lambda: [
+            e for e in lab.log_events() if e["agent"] == "pm2" and e["at"] > since
+            and e.get("event") == "record_recovered"], timeout=60)
+        shown = lab.cli("pm2", "inspect", "--json")
+        assert shown.returncode == 0, shown.stderr
+        (cloud,) = json.loads(shown.stdout)["clouds"]
+        assert sorted(cloud["maintenance"]) == sorted([SERVER, DATABASE])
         no_overlap(lab, kills)
 
 
