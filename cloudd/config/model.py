@@ -66,7 +66,7 @@ class TwoHostIn(_Strict):
     (docs/operations.md, "Two-host pools"). Seconds."""
 
     fence_delay: float = Field(default=15.0, ge=0, le=3600)
-    wait_for_all: float | None = Field(default=120.0, gt=0, le=86400)
+    wait_for_all: float | None = Field(default=None, gt=0, le=86400)
 
 
 class NetworkIn(_Strict):
@@ -177,7 +177,7 @@ class TwoHostPool:
 
     fence_delay: float = 15.0
     #: None: a starting host waits for its peer for ever.
-    wait_for_all: float | None = 120.0
+    wait_for_all: float | None = None
 
 
 @dataclass(frozen=True)

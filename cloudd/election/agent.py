@@ -40,7 +40,7 @@ from cloudd.election.messages import (
 )
 from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
-from cloudd.election.twohost import Pair, peer_silence
+from cloudd.election.twohost import Pair
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 
@@ -213,10 +213,10 @@ class AgentCore:
         self.roster = roster
         self.members.change_roster(roster)
         self.bully.roster = roster
-        if roster.two_host != (self.pair.settings if self.pair is not None else None):
+        if self.pair is not None and roster.two_host is not None:
+            self.pair.reconfigure(roster, timing=self.timing)  # a fenced peer stays fenced
+        else:
             self._pair_for(roster, now)
-        elif self.pair is not None:
-            self.pair.silence = peer_silence(self.timing, len(roster))
         self._now = now
         return self._flush(now)
 

@@ -170,11 +170,13 @@ class TwoHost:
     (Pacemaker's pcmk_delay_base): in a split both fence, and the higher one, which fences at
     once, wins if its fence command finishes within this delay. Longer than the pool's fence
     command takes (IPMI: seconds to tens of them)."""
-    wait_for_all: float | None = 120.0
+    wait_for_all: float | None = None
     """A host that starts (a cold start, or back after being fenced) acts alone only once it
-    has heard from its peer, or, after this long without a word, once it has fenced it. None:
-    it waits for its peer for ever (Pacemaker's wait_for_all). After the bound the host acts
-    on its own copy of the record, which lacks what the peer wrote alone after fencing it."""
+    has heard from its peer, from which it learns the terms and the record the peer made
+    alone; with a bound, also once it has fenced a peer silent this long. None (the default,
+    Pacemaker's wait_for_all): it waits for its peer for ever. After the bound the host acts
+    on its own copy of the record and its own terms, which lack what the peer did alone after
+    fencing it: when both are back, the record of the higher version wins."""
     fence_retry: float = 10.0
     """A fence that failed is tried again after this long; meanwhile this host acts on
     nothing (the other may win the race)."""

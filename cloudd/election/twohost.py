@@ -132,8 +132,8 @@ class Pair:
         self.grace = peer_grace(timing)
         self.silence = peer_silence(timing, len(roster))
         self.state = PeerState.UNSEEN
-        bound = settings.wait_for_all
-        self.due = float("inf") if bound is None else now + bound + self.delay
+        self.started = now
+        self.due = self._bound_due()
         self.seen_at = float("-inf")
         self.back_until = float("-inf")  # a fenced peer seen again counts until then
         self._was_dead = False
@@ -173,6 +173,19 @@ class Pair:
                 "fence_due": self.due if self.state in (S.UNSEEN, S.LOST) else None}
 
     # -- inputs ---------------------------------------------------------------------------
+    def reconfigure(self, roster: Roster, *, timing: Timing) -> None:
+        """A new generation's settings (or number of members): the peer's state stays what
+        it is (a fenced peer stays fenced); the delays and the start's bound are the new."""
+        settings = roster.two_host
+        if settings is None or self.peer not in roster.hosts or len(roster.hosts) != 2:
+            raise LocalProtocolError("the new roster is not the same two-host pool")
+        self.settings = settings
+        self.delay = 0.0 if roster.outranks(next(iter(roster.hosts - {self.peer})),
+                                            self.peer) else settings.fence_delay
+        self.silence = peer_silence(timing, len(roster))
+        if self.state is PeerState.UNSEEN:
+            self.due = self._bound_due()
+
     def heard(self, now: float) -> None:
         """A message the peer sent itself arrived."""
         self._step(E.SEEN, now, "it spoke")
@@ -200,6 +213,10 @@ class Pair:
         self._step(E.FENCE_OK if ok else E.FENCE_FAILED, now, reason)
 
     # -- internals ------------------------------------------------------------------------
+    def _bound_due(self) -> float:
+        bound = self.settings.wait_for_all
+        return float("inf") if bound is None else self.started + bound + self.delay
+
     def _step(self, event: PairEvent, now: float, why: str) -> None:
         before = self.state
         after = TRANSITIONS.get((before, event))

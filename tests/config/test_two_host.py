@@ -52,7 +52,7 @@ def test_two_hosts_with_fences_make_a_two_host_pool() -> None:
     assert roster.two_host == TwoHost(fence_delay=10.0, wait_for_all=60.0)
     assert roster.quorum == 2
     defaults = load_cloud_text(text(TWO, "two_host: {}\n"), CATALOG)
-    assert defaults.two_host == TwoHostPool()
+    assert defaults.two_host == TwoHostPool() == TwoHostPool(15.0, None)
     forever = load_cloud_text(text(TWO, "two_host: {wait_for_all: null}\n"), CATALOG)
     assert forever.two_host is not None and forever.two_host.wait_for_all is None
     assert load_cloud_text(text(TWO, ""), CATALOG).two_host is None

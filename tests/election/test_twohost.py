@@ -200,3 +200,18 @@ def test_two_host_needs_exactly_two_hosts() -> None:
     assert Roster(three[:2], two_host=TwoHost()).quorum == 2  # both, while both live
     with pytest.raises(LocalProtocolError):
         Pair("a", Roster(three[:2]), timing=TIMING, now=0.0)
+
+
+def test_new_settings_keep_the_peers_state() -> None:
+    """A generation that changes the setting (say, a bound given to the host left alone)
+    leaves a fenced peer fenced, and moves an unseen peer's deadline to the new bound."""
+    p = pair("pm2")
+    steps(p, ("dead", 1.0), ("dead", 6.0), ("fence", 7.0, True))
+    p.reconfigure(Roster(ROSTER.members, two_host=TwoHost(fence_delay=1.0)), timing=TIMING)
+    assert p.state is PeerState.FENCED and p.delay == 1.0
+    alone = Pair("pm1", Roster(ROSTER.members, two_host=TwoHost()), timing=TIMING, now=0.0)
+    assert alone.next_deadline(0.0) == INF
+    alone.reconfigure(Roster(ROSTER.members, two_host=TwoHost(wait_for_all=5.0)), timing=TIMING)
+    assert alone.next_deadline(0.0) == 5.0
+    with pytest.raises(LocalProtocolError):
+        alone.reconfigure(Roster(ROSTER.members), timing=TIMING)
