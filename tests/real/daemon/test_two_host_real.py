@@ -136,10 +136,13 @@ def fenced_at(record: Path, host: str) -> float | None:
     return max(times) if times else None
 
 
-def power_loss(lab: AgentLab, host: str) -> list[str]:
-    """Kill `host`'s agent and destroy its domains, as a power cut would; the nodes it ran."""
-    ran = [n for n in NODE_NAMES if (d := snapshot().get(domain(n))) and d.host == host]
+def power_loss(lab: AgentLab, host: str, kills: dict[str, float]) -> list[str]:
+    """Kill `host`'s agent (when: `kills[host]`) and destroy its domains, as a power cut
+    would; the nodes it ran."""
+    snap = snapshot()
+    ran = [n for n in NODE_NAMES if (d := snap.get(domain(n))) and d.host == host]
     lab.kill(host)
+    kills[host] = time.time()
     for n in ran:
         virsh("destroy", domain(n))
     return ran
@@ -267,8 +270,7 @@ def test_two_host_pool_survives_the_power_loss_of_either_host(tmp_path: Path) ->
 
         # 2. power loss of the follower: the leader fences at once
         since = time.time()
-        ran = power_loss(lab, "pm2")
-        kills["pm2"] = time.time()
+        ran = power_loss(lab, "pm2", kills)
         took = replaced_after_fence(lab, record, lost="pm2", survivor="pm1", since=since)
         after = lab.wait_for("pm1 acting", lambda: lab.one_leader(["pm1"]))
         fence = fenced_at(record, "pm2")
@@ -288,8 +290,7 @@ def test_two_host_pool_survives_the_power_loss_of_either_host(tmp_path: Path) ->
 
         # 4. power loss of the leader: pm2 waits its delay, fences pm1, then leads
         since = time.time()
-        ran = power_loss(lab, "pm1")
-        kills["pm1"] = time.time()
+        ran = power_loss(lab, "pm1", kills)
         took = replaced_after_fence(lab, record, lost="pm1", survivor="pm2", since=since)
         fence = fenced_at(record, "pm1")
         assert fence is not None and fence - kills["pm1"] >= FENCE_DELAY
