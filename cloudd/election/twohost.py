@@ -235,8 +235,9 @@ class Pair:
             wait = self.settings.fence_retry if retry else self.delay
             self.due = now + wait
             why = (f"fence of {self.peer} failed ({why}): trying again in {wait:g} s" if retry
-                   else f"{self.peer} lost ({why}): fencing it in {wait:g} s"
-                   + ("" if self.delay == 0 else ", the delay of the host ranked lower"))
+                   else f"{self.peer} lost ({why}): fencing it now" if wait == 0
+                   else f"{self.peer} lost ({why}): fencing it in {wait:g} s, the delay of "
+                        "the host ranked lower")
         elif after is S.FENCING:
             self.fence = self.peer
             why = f"fencing {self.peer}: {why}"

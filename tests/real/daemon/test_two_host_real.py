@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cloudd_lab import agentlab, testguest
 from cloudd_lab.agentlab import AgentLab, LabDomain, lab_domains
 
@@ -56,7 +57,7 @@ BOUND = 120.0
 
 class TwoHostLab(AgentLab):
     def manifest_extra(self) -> str:
-        return f"two_host: {{fence_delay: {FENCE_DELAY}, wait_for_all: 60}}\n"
+        return f"two_host: {{fence_delay: {FENCE_DELAY}}}\n"  # a start waits for its peer
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
@@ -196,6 +197,12 @@ def acting_since(lab: AgentLab, who: str, since: float) -> float:
                and str(e.get("reason", "")).startswith("yes"))
 
 
+def recovered(lab: AgentLab, who: str, term: int) -> bool:
+    """`who` has the cloud's record in `term` (the term it acts in)."""
+    return any(e["agent"] == who and e.get("term") == term
+               and e.get("event") == "record_recovered" for e in lab.log_events())
+
+
 def no_overlap(lab: AgentLab, kills: dict[str, float]) -> None:
     spans = acting_intervals(lab, kills)
     for i, (a, ta, sa, ea) in enumerate(spans):
@@ -223,6 +230,7 @@ def test_two_host_election(tmp_path: Path) -> None:
         assert fence is not None and acting_since(lab, "pm1", since) > fence
         print(f"\npm2 killed: fenced after {fence - since:.2f} s; pm1 acts in term {after[1]}")
         # a record write, acknowledged by pm1 alone: the fenced host counts
+        lab.wait_for("pm1's record", lambda: recovered(lab, "pm1", after[1]), timeout=60)
         done = lab.cli("pm1", "maintenance", "on", SERVER)
         assert done.returncode == 0 and done.stdout.strip() == f"in maintenance: {SERVER}", \
             done.stderr
@@ -245,14 +253,39 @@ def test_two_host_election(tmp_path: Path) -> None:
         print(f"pm1 killed: fenced after {fence - since:.2f} s (delay {FENCE_DELAY:g} s); "
               f"pm2 acts in term {now[1]}")
         # pm2 leads on its own copy of the record: both holds, the one made while it was off
-        lab.wait_for("pm2's record", lambda: [
-            e for e in lab.log_events() if e["agent"] == "pm2" and e["at"] > since
-            and e.get("event") == "record_recovered"], timeout=60)
+        lab.wait_for("pm2's record", lambda: recovered(lab, "pm2", now[1]), timeout=60)
         shown = lab.cli("pm2", "inspect", "--json")
         assert shown.returncode == 0, shown.stderr
         (cloud,) = json.loads(shown.stdout)["clouds"]
         assert sorted(cloud["maintenance"]) == sorted([SERVER, DATABASE])
         no_overlap(lab, kills)
+
+        # pm2 goes down too; alone again, it waits for pm1 (no bound): acts on nothing
+        lab.kill("pm2")
+        lines = record.read_text().count("fenced")
+        lab.start("pm2")
+        lab.wait_for("pm2 answers", lambda: lab.status("pm2"))
+        time.sleep(3.0)  # a negative needs a window: a few elections' worth
+        assert lab.acting(["pm2"]) == [] and record.read_text().count("fenced") == lines
+
+        # the operator gives the host left a bound in its own file: it fences pm1, then
+        # leads on its own record, and keeps leading once the record's generation (no bound)
+        # is its file again
+        lab.kill("pm2")
+        path = lab.agents["pm2"].folder / "manifests" / "lab.yaml"
+        text = yaml.safe_load(path.read_text())  # the record's generation, as pm2 wrote it
+        text["two_host"]["wait_for_all"] = 1
+        path.write_text(yaml.safe_dump(text, sort_keys=False))
+        since = time.time()
+        lab.start("pm2")
+        lab.wait_for("pm2 acting alone", lambda: lab.one_leader(["pm2"]), timeout=60)
+        assert record.read_text().count("fenced") == lines + 1
+        lab.wait_for("the record's generation in pm2's file", lambda: [
+            e for e in lab.log_events() if e["agent"] == "pm2" and e["at"] > since
+            and e.get("event") == "manifest_restored_from_record"], timeout=60)
+        lab.wait_for("no bound in force", lambda: "wait_for_all" not in path.read_text())
+        time.sleep(2.0)
+        assert lab.one_leader(["pm2"]) is not None
 
 
 @pytest.mark.libvirt
