@@ -176,12 +176,25 @@ class CloudView:
 
 
 @dataclass(frozen=True)
+class AgentState:
+    """The answering agent's own state, whoever leads: each agent keeps its own files."""
+
+    events_dropped: int = 0
+    """Events its log could not store since it started (a full or failing disk)."""
+    unproven: str = ""
+    """Why it grants no lease and runs no host command yet: a term file of it was set aside
+    and it relearns its terms from the other pool hosts ('' when it may)."""
+
+
+@dataclass(frozen=True)
 class InspectDoc:
     answered_by: str
     """The agent that answered the CLI."""
     generated_at: float
     clouds: tuple[CloudView, ...] = ()
     version: int = VERSION
+    agent: AgentState = AgentState()
+    """The answering agent's own state (not the leader's)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict: enums as their values, tuples as lists, keys as field names."""

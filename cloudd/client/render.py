@@ -109,7 +109,14 @@ def _cloud_header(c: CloudView, doc: InspectDoc, *, now: float, color: bool) -> 
     answered = f"  answered by {doc.answered_by} at {clock(doc.generated_at, now=now)}; "
     held = (["  in maintenance: " + p(", ".join(c.maintenance), "yellow")]
             if c.maintenance else [])
-    return [head, manifest, *held, answered + view[c.source], "  " + lead]
+    lines = [head, manifest, *held, answered + view[c.source], "  " + lead]
+    if doc.agent.unproven:
+        lines.append("  " + p(f"{doc.answered_by} grants no lease and runs no host command: "
+                              f"{doc.agent.unproven}", "red"))
+    if doc.agent.events_dropped:
+        lines.append("  " + p(f"{doc.answered_by} could not store {doc.agent.events_dropped} "
+                              f"event(s) (a full or failing disk); see its log", "yellow"))
+    return lines
 
 
 def _nodes(c: CloudView, *, now: float) -> list[list[Cell]]:

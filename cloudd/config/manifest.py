@@ -133,6 +133,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         node_access=NodeAccess(tuple(top.node_access.ssh_authorized_keys)),
         two_host=None if top.two_host is None else TwoHostPool(
             top.two_host.fence_delay, top.two_host.wait_for_all),
+        unreachable_reset_after=top.timing.unreachable_reset_after,
     )
 
 

@@ -81,6 +81,22 @@ class ResourcesIn(_Strict):
     vcpus: int = Field(default=1, ge=1, le=512)
 
 
+#: Seconds a node's agent may stay unreachable while its domain runs before the leader resets
+#: the domain (`timing.unreachable_reset_after`): well past a first boot under TCG (four Debian
+#: nodes booting at once on two cores were all up after about 7 minutes).
+UNREACHABLE_RESET_AFTER = 900.0
+
+
+class TimingIn(_Strict):
+    """The cloud's own bounds on its guests, in seconds."""
+
+    unreachable_reset_after: float = Field(default=UNREACHABLE_RESET_AFTER, ge=10)
+    """A node whose domain runs while its agent has been unreachable (dead by the leader's
+    own SWIM probes) this long is hung: reset, then destroyed and started again if it stays
+    unreachable as long again. Counted from the domain's start for an agent that never came
+    up."""
+
+
 class NodeAccessIn(_Strict):
     """How an operator gets into the cloud's nodes: root's SSH keys (public keys only)."""
 
@@ -134,6 +150,7 @@ class CloudIn(_Strict):
     template_values: dict[str, str] = {}
     #: Optional: without it no one can log into a node (root is locked, no user, no key).
     node_access: NodeAccessIn = NodeAccessIn()
+    timing: TimingIn = TimingIn()
 
 
 @dataclass(frozen=True)
@@ -247,6 +264,8 @@ class Cloud:
     node_access: NodeAccess = NodeAccess()
     #: A two-host pool (None: the pool's majority decides, as always).
     two_host: TwoHostPool | None = None
+    #: Seconds a running node's agent may stay unreachable before its domain is reset.
+    unreachable_reset_after: float = UNREACHABLE_RESET_AFTER
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == role)

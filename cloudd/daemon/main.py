@@ -11,6 +11,12 @@ A node booting takes its settings from its identity instead (`cloudd.daemon.node
 Root tasks for now: `watchdog` (when systemd asks for pings) and `manifests` (rescans the
 manifest folder). The election, transport, host and node tasks are added through
 `Agent.runner.add(name, factory)` before `Agent.run()`.
+
+State. Every start makes the state folder root's (`STATE_DIR_MODE`: others may only pass
+through it, to the node images and node roots below it that qemu and role services reach by
+path) and its `clouds/` folders private (0700), also when an older agent or an operator made
+them looser. Nothing read from the state folder stops the agent: the event log and the term
+files set aside what they cannot read (docs/operations.md, "State files").
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from cloudd.daemon.operator.inspectview import Inspector
 from cloudd.daemon.operator.metrics import Metrics, serve_from_settings
 from cloudd.daemon.operator.metricsfeed import MetricsFeed
 from cloudd.daemon.operator.queries import events_stream
+from cloudd.durable import private_dir
 from cloudd.errors import ConfigError, PermanentError
 from cloudd.providers.catalog import catalog
 from cloudd.vmctl.identity import NodeIdentity
@@ -58,6 +65,23 @@ from cloudd.vmctl.identity import NodeIdentity
 STOP_MARGIN = 5.0
 
 _NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+#: The state folder's mode: root's alone to list and write; others may pass through to what
+#: they are given by path (qemu to the default image folder /var/lib/cloudd/images, a role's
+#: service user to its node root), each private or not by its own mode.
+STATE_DIR_MODE = 0o711
+#: Where each cloud's terms, records and holds are kept: root's alone.
+CLOUDS_DIR = "clouds"
+
+
+def private_state(state_dir: Path) -> None:
+    """Make the state folder and its clouds' folders with their modes, or restore them."""
+    private_dir(state_dir, mode=STATE_DIR_MODE)
+    clouds = state_dir / CLOUDS_DIR
+    private_dir(clouds)
+    for folder in clouds.iterdir():
+        if folder.is_dir() and not folder.is_symlink():
+            private_dir(folder)
 
 
 class Agent:
@@ -81,7 +105,7 @@ class Agent:
             self.runner.add("watchdog", self._ping_watchdog)
         self.runner.add("manifests", self._watch_manifests)
         self._rescan = asyncio.Event()
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_state(settings.state_dir)
         self.events = EventLog.in_state_dir(settings.state_dir, settings=settings.events)
         #: where received manifests are checked: a worker process, stopped with the agent
         self.checker = Checker()

@@ -7,7 +7,11 @@ now)` for each message received, `tick(now)` when `Output.wake_at` comes (or ear
 ticks are harmless) and `peer_unreachable(peer, now)` when a connect or send fails. Each
 returns an `Output`, which the shell performs in this order:
 1. if `persist_term` is set, write it durably (fsync) *before* sending anything: the
-   messages may carry that term, and a restart must never propose it again;
+   messages may carry that term, and a restart must never propose it again. When the write
+   fails (a full disk), perform nothing of this Output but `persist_failed(now, retry_at=...)`'s
+   instead: the election is put back as it was before the call (the message is refused, the
+   proposal not made; membership keeps what it learned), and it asks to be ticked again at
+   `retry_at` at the latest;
 2. send `messages` (best effort: a failure comes back as `peer_unreachable`);
 3. log `events` (one line each, with the fixed keys term and peer), and `refused`: messages
    their sender had no right to send (authority.py), which changed nothing;
@@ -16,15 +20,19 @@ returns an `Output`, which the shell performs in this order:
 Bad input (an unknown sender, a message meant for another agent, time running backwards,
 calls before `start`) raises `RemoteProtocolError`/`LocalProtocolError` and changes nothing.
 `holds_lease(member, term, now)` is the host's question before it runs a host command.
+A pool host started with `proven=False` (a term file was lost) relearns its terms first
+(`unproven`, recovery.py); `proven_fence()` is then None, and the host runs no host command.
 In a two-host pool (twohost.py) an `Output` may also name a peer to `fence`: the shell runs
 the pool's fence command for it and reports the outcome with `fence_result`; until then, and
-after a failure, this agent stands for nothing.
+after a failure, this agent stands for nothing. The peer's state is what this agent learned,
+like SWIM's: a term that cannot be saved does not put it back, and `persist_failed` hands out
+again the fence and the moves of the call it undoes.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cloudd.election.authority import Refusal, refusal
 from cloudd.election.bully import Bully
@@ -41,7 +49,7 @@ from cloudd.election.messages import (
 from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
 from cloudd.election.twohost import Pair
-from cloudd.errors import LocalProtocolError, RemoteProtocolError
+from cloudd.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,13 @@ class AgentCore:
         self._acting = False
         self._pending_out: list[tuple[str, Message]] = []
         self._pending_events: list[ElectionEvent] = []
+        #: the election (and whether it acted) before the part of a call that may raise its
+        #: persisted term: put back if that term cannot be saved
+        self._checkpoint: tuple[dict[str, object], bool] | None = None
+        #: the last call's checkpoint, with what membership (and a two-host pool's peer
+        #: state: its moves, and the fence it asked for) had to say in that call
+        self._undo: tuple[dict[str, object], bool, list[tuple[str, Message]],
+                          list[ElectionEvent], str | None] | None = None
 
     # -- queries ------------------------------------------------------------------------
     @property
@@ -104,6 +119,22 @@ class AgentCore:
     def status(self, name: str) -> Status:
         return self.members.status(name)
 
+    @property
+    def unproven(self) -> bool:
+        """True while this pool host relearns the terms its lost term file held."""
+        return self.bully.proof is not None
+
+    def why_unproven(self) -> str:
+        """Why this host grants no lease and runs no host command yet, in words ('' if it
+        may)."""
+        proof = self.bully.proof
+        return proof.describe() if proof is not None else ""
+
+    def proven_fence(self) -> int | None:
+        """The highest term this host granted or led (its fence), once its terms are proven:
+        what its host agent may take as its fencing token when that file was lost too."""
+        return None if self.unproven else self.bully.fence
+
     def holds_lease(self, member: str, term: int, now: float) -> bool:
         """True when this agent, a pool host, granted its leader lease to `member` for
         exactly `term` and that lease is unexpired at `now` by this host's clock: the one
@@ -124,6 +155,7 @@ class AgentCore:
             "acting": self.is_acting(now),
             "acting_until": self.bully.acting_until() if self.is_acting(now) else None,
             "incarnation": self.members.incarnation,
+            "unproven": self.why_unproven(),
             "not_alive": {n: {"status": d.status.value, "since": d.since, "reason": d.reason}
                           for n, d in self.members.doubts().items()},
             "two_host": self.pair.describe() if self.pair is not None else None,
@@ -135,10 +167,10 @@ class AgentCore:
         return self.pair.acknowledged() if self.pair is not None else frozenset()
 
     # -- inputs -------------------------------------------------------------------------
-    def start(self, now: float, *, persisted_term: int = 0) -> Output:
+    def start(self, now: float, *, persisted_term: int = 0, proven: bool = True) -> Output:
         if self.bully.role is not ElectionRole.INIT:
             raise LocalProtocolError(f"{self.me} is already started")
-        self.bully.start(now, persisted_term)
+        self.bully.start(now, persisted_term, proven=proven)
         self.members.start(now)
         self._pair_for(self.roster, now)
         self._now = now
@@ -165,6 +197,7 @@ class AgentCore:
             self.members.receive(sender, msg, now)
             if not isinstance(msg, PingReq):
                 self._changes(now)
+                self._mark()
                 if refused is None:
                     self.bully.observe(sender, msg.leader, msg.term, now, header=True)
                 else:
@@ -172,7 +205,12 @@ class AgentCore:
         elif refused is not None:
             self.bully.refuse(sender, msg, refused)
         else:
-            self.bully.receive(sender, msg, now)
+            self._mark()
+            try:
+                self.bully.receive(sender, msg, now)
+            except ProtocolError:
+                self._checkpoint = None
+                raise
         if self.pair is not None and sender == self.pair.peer:
             self.pair.heard(now)  # the transport named the sender by its certificate
         self._now = now
@@ -188,11 +226,14 @@ class AgentCore:
             self.members.probe_tick(now)
             self._changes(now)
             self._observe_pair(now)
+            self._mark()
             self.bully.tick(now)
             for name in self.bully.suspects:
                 self.members.suspect(name, now, why="its leader lease renewals stopped coming")
             self.bully.suspects.clear()
             self._changes(now)
+            if self.bully.persist is not None:
+                break  # nothing more on a term not saved yet: the next tick goes on
             if min(self.members.next_deadline(), self.bully.next_deadline(now),
                    self._pair_deadline(now)) > now:
                 break
@@ -232,6 +273,7 @@ class AgentCore:
         if ok:
             # The peer is surely dead now: the election moves on at once (a follower of it
             # loses its leader; an agent waiting to run runs).
+            self._mark()
             self.bully.member_changed(peer, False, now)
         return self._flush(now)
 
@@ -243,7 +285,31 @@ class AgentCore:
         self.members.unreachable(peer, now)
         return self._flush(now)
 
+    def persist_failed(self, now: float, *, retry_at: float) -> Output:
+        """The shell could not save the last Output's `persist_term`: the election goes back
+        to where it was before that call, as if the message (or the tick's proposal) had not
+        come, and what membership said in that call is handed out again; the Output to
+        perform instead, which asks for a tick by `retry_at` to try again."""
+        if self._undo is None:
+            raise LocalProtocolError(f"{self.me}: no term was waiting to be saved")
+        snapshot, acting, out, events, fence = self._undo
+        self._undo = None
+        self.bully.restore(snapshot)
+        self._pending_out, self._pending_events, self._acting = out, events, acting
+        if fence is not None and self.pair is not None and self.pair.fence is None:
+            self.pair.fence = fence  # the pair is FENCING: the command must still run
+        done = self._flush(now)
+        wake = min(self.members.next_deadline(), max(self.bully.next_deadline(now), retry_at),
+                   self._pair_deadline(now))
+        return replace(done, wake_at=max(wake, now))
+
     # -- internals ----------------------------------------------------------------------
+    def _mark(self) -> None:
+        """Remember the election as it is, before a part of this call that may raise its
+        persisted term (kept only if it did, see `persist_failed`)."""
+        if self.bully.persist is None:
+            self._checkpoint = (self.bully.snapshot(), self._acting)
+
     def _check(self, now: float) -> None:
         if self.bully.role is ElectionRole.INIT:
             raise LocalProtocolError(f"{self.me} is not started")
@@ -286,6 +352,10 @@ class AgentCore:
         messages = self._pending_out + bully.out
         events = self._pending_events + bully.events
         persist, refused = bully.persist, tuple(bully.refused)
+        mark, self._checkpoint = self._checkpoint, None
+        if persist is not None:  # else the shell has nothing to save, and no undo to ask
+            self._undo = None if mark is None else (
+                *mark, list(self._pending_out), list(self._pending_events), fence)
         self._pending_out, self._pending_events = [], []
         bully.out, bully.events, bully.persist, bully.refused = [], [], None, []
         acting = self.is_acting(now)

@@ -31,10 +31,20 @@ the leases it grants and from its own persisted term, never on what it hears.
 Roles and their legal moves are the table `states.TRANSITIONS`; anything else raises and
 changes nothing. Outputs are collected in `out`/`events`/`refused` and drained by the agent
 facade.
+Persisting. A term raised here is acted on only once it is durable: the facade hands the
+shell `persist` before any message, and when the shell cannot write it (a full disk) the
+facade puts back the state of `snapshot()` taken before the step, as if the message had not
+arrived; the next message or tick tries again.
+A pool host that lost its term file (`proof`, see recovery.py) follows but never runs, grants
+nothing, and answers `WhoLeads` without vouching, until enough other hosts told it their terms.
+In a two-host pool (`pair`, twohost.py) a host runs only while its peer is there or fenced,
+and a fenced peer counts as a grant (`Holder.stand_ins`); a host relearning its terms still
+neither runs nor grants, whatever its pair says.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 
@@ -55,9 +65,33 @@ from cloudd.election.messages import (
     Resign,
     WhoLeads,
 )
+from cloudd.election.recovery import UNKNOWN, TermProof, witnesses_needed
 from cloudd.election.states import TRANSITIONS, ElectionEvent, ElectionRole
 from cloudd.election.twohost import Pair
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
+
+#: What a snapshot does not copy: the configuration and the collaborators, never changed by a
+#: step. A two-host pool's `pair` is the agent's (like SWIM's view, what it learned stays).
+_SHARED = ("me", "roster", "timing", "rng", "live", "pair")
+
+
+def _copied(value: object) -> object:
+    """A copy of one part of the state, as deep as a step's changes in place go."""
+    kind = type(value)
+    if kind in _CONTAINERS:
+        return value.copy()  # type: ignore[attr-defined]
+    if kind in _PARTS:
+        twin = copy.copy(value)
+        for k, v in vars(twin).items():
+            if type(v) in _CONTAINERS:
+                setattr(twin, k, v.copy())
+        return twin
+    return value  # immutable: numbers, strings, enums, frozen messages
+
+
+_CONTAINERS = frozenset({list, set, dict})
+#: The state's own objects that a step changes in place.
+_PARTS = frozenset({Grantor, Holder, TermProof})
 
 
 class Bully:
@@ -90,6 +124,18 @@ class Bully:
         self._leader_silent_reported = False
         #: A two-host pool's rule about the other host (twohost.py), set by the agent.
         self.pair: Pair | None = None
+        #: Set while this pool host relearns the terms its lost term file held (recovery.py).
+        self.proof: TermProof | None = None
+
+    # -- persisting ---------------------------------------------------------------------
+    def snapshot(self) -> dict[str, object]:
+        """This state, to be put back by `restore` when a term it raised could not be saved.
+        Two levels deep (the state's containers, and those of its grantor, holders and proof),
+        which is all a step changes in place: a few microseconds, taken at every step."""
+        return {k: _copied(v) for k, v in vars(self).items() if k not in _SHARED}
+
+    def restore(self, snapshot: dict[str, object]) -> None:
+        vars(self).update(snapshot)
 
     # -- queries ------------------------------------------------------------------------
     def acting_until(self) -> float | None:
@@ -101,7 +147,9 @@ class Bully:
         until = self.acting_until()
         lapse = until if until is not None and until > now else float("inf")
         silent = self._leader_silent_at()
-        return min(self.deadline, lapse, silent if silent > now else float("inf"))
+        ask = self.proof.next_ask if self.proof is not None and self.proof.possible \
+            else float("inf")
+        return min(self.deadline, lapse, silent if silent > now else float("inf"), ask)
 
     def _leader_silent_at(self) -> float:
         """When a host should suspect the leader it follows: after missing 2.5 renewals.
@@ -175,10 +223,12 @@ class Bully:
             self.out += [(n, Election(self.term)) for n in higher]
             self.deadline = now + self.timing.answer_timeout
             return
-        if not self.roster.may_lead(self.me):
-            # A node never runs (no host would grant it a lease): it waits for a Coordinator
-            # and nudges the live hosts again after a while.
-            self._goto(ElectionRole.AWAITING, "a node waits for a pool host to lead")
+        if not self.roster.may_lead(self.me) or self.proof is not None:
+            # A node never runs (no host would grant it a lease), nor a host that may have
+            # granted the term it would propose: it waits for a Coordinator and nudges the
+            # live hosts again after a while.
+            self._goto(ElectionRole.AWAITING, "a node waits for a pool host to lead"
+                       if self.proof is None else "relearning its terms: it does not run")
             self.deadline = now + self.timing.coordinator_timeout
             return
         if now < self.not_before:
@@ -222,6 +272,10 @@ class Bully:
 
     def _grant(self, candidate: str, req: LeaseRequest, now: float) -> LeaseGrant | LeaseReject:
         assert self.grantor is not None
+        if self.proof is not None:
+            return LeaseReject(seq=req.seq, term=self.fence, leader="", holder="", remaining=0.0,
+                               reason=f"{self.me} is relearning its terms (a state file was "
+                                      f"set aside): it grants no lease yet")
         # Who may use the highest term we have seen: we know our own proposals, and the
         # leader of that term if we follow it; anybody else must propose a higher one.
         followed = self.leader if self.term == self.fence else ""
@@ -254,10 +308,14 @@ class Bully:
         self._await(now, max(at_least, pause), reason)
 
     # -- inputs -------------------------------------------------------------------------
-    def start(self, now: float, persisted_term: int) -> None:
+    def start(self, now: float, persisted_term: int, *, proven: bool = True) -> None:
+        """`proven` False: a state file holding this agent's terms was lost, and
+        `persisted_term` is only a floor (what survived); a pool host then relearns its terms
+        before it grants or runs (recovery.py)."""
         if persisted_term < 0:
             raise LocalProtocolError(f"persisted term must be >= 0, got {persisted_term}")
-        self._goto(ElectionRole.INQUIRING, f"started with persisted term {persisted_term}")
+        self._goto(ElectionRole.INQUIRING, f"started with persisted term {persisted_term}"
+                   + ("" if proven else " at least (a term file was lost)"))
         # `term` is the term of the leader we know (none yet); `persisted` the highest term
         # ever seen or proposed, which fences grants and seeds our own proposals.
         # `fence` is the highest term granted or led (a host grants nothing below it);
@@ -269,14 +327,23 @@ class Bully:
         self.not_before = now + self.timing.lease_duration
         if self.me in self.roster.hosts:
             self.grantor = Grantor.after_start(now, self.timing)
+        asked = [n for n in sorted(self.roster.hosts) if n != self.me]
+        if not proven and self.roster.may_lead(self.me):
+            # Asked from the end of the leases on, not now (recovery.py, "Freshness").
+            self.proof = TermProof(
+                others=frozenset(asked), ready_at=self.not_before, floor=persisted_term,
+                needed=witnesses_needed(len(self.roster.hosts), self.roster.quorum),
+                ask_every=self.timing.inquiry_timeout)
+            asked = []
         # Ask the hosts: they bind their leases to the leader, so they know it, and only a
         # pool host's word teaches a leader (a node's answer would be refused anyway). O(h)
         # per start, not O(n), so a whole cloud can cold-start at once.
-        asked = [n for n in sorted(self.roster.hosts) if n != self.me]
         self.out += [(n, WhoLeads(self.term)) for n in asked]
         self.deadline = now + self.timing.inquiry_timeout
 
     def tick(self, now: float) -> None:
+        if self.proof is not None and self.proof.possible:
+            self.out += [(n, WhoLeads(self.term)) for n in self.proof.asks(now)]
         if now >= self._leader_silent_at():
             self._leader_silent_reported = True
             self.suspects.append(self.leader)
@@ -329,6 +396,9 @@ class Bully:
             # Others follow a previous life of ours: we are their incumbent, so run at once
             # (no bully round); the hosts still bound to that life will grant us first.
             self._raise_term(term, "")
+            if self.proof is not None:  # we may not run: let them elect another
+                self.out.append((sender, Resign(term)))
+                return
             if self.role in (ElectionRole.INQUIRING, ElectionRole.FOLLOWER, ElectionRole.ELECTING):
                 self._await(now, 0.0, f"{sender} still follows our previous life")
             if self.role is ElectionRole.AWAITING:
@@ -342,16 +412,26 @@ class Bully:
     def receive(self, sender: str, msg: Message, now: float) -> None:
         if isinstance(msg, WhoLeads):
             leading = self.role in (ElectionRole.FOLLOWER, ElectionRole.LEADER)
-            self.out.append((sender, LeaderIs(self.leader if leading else "", self.term)))
+            self.out.append((sender, LeaderIs(self.leader if leading else "", self.term,
+                                              self._vouch())))
         elif isinstance(msg, LeaderIs):
+            if msg.highest < UNKNOWN:
+                raise RemoteProtocolError(f"{sender} vouched for a negative term {msg.highest}")
+            if self.proof is not None and self.roster.may_lead(sender) \
+                    and self.proof.report(sender, msg.highest, now):
+                self._relearned()
             self.observe(sender, msg.leader, msg.term, now)
         elif isinstance(msg, Election):
             if self.roster.outranks(sender, self.me):
                 raise RemoteProtocolError(f"{sender} sent an election to lower {self.me}")
             if self.role is ElectionRole.LEADER:
                 self.out.append((sender, Coordinator(self.term)))
-            elif self.role is ElectionRole.FOLLOWER:
-                self.out.append((sender, LeaderIs(self.leader, self.term)))
+            elif self.role is ElectionRole.FOLLOWER or self.proof is not None:
+                # a follower names its leader; a host relearning its terms does not take
+                # the election over (it may not run): the sender runs after its timeout
+                following = self.role is ElectionRole.FOLLOWER
+                self.out.append((sender, LeaderIs(self.leader if following else "", self.term,
+                                                  self._vouch())))
             else:
                 self.out.append((sender, Answer(self.term)))
                 if self.role in (ElectionRole.AWAITING, ElectionRole.INQUIRING):
@@ -368,7 +448,7 @@ class Bully:
             if msg.term >= self.term:
                 self._follow(sender, msg.term, now, f"{sender} won term {msg.term}")
             elif self.roster.may_lead(self.me):  # a node's word would not count
-                self.out.append((sender, LeaderIs(self.leader, self.term)))
+                self.out.append((sender, LeaderIs(self.leader, self.term, self._vouch())))
         elif isinstance(msg, Resign):
             if (sender == self.leader and msg.term == self.term
                     and self.role is ElectionRole.FOLLOWER):
@@ -383,6 +463,25 @@ class Bully:
             self.grantor.release(sender, msg.term, now)
         elif isinstance(msg, LeaseGrant | LeaseReject):
             self._lease_answer(sender, msg, now)  # from a pool host (authority.RULES)
+
+    def _vouch(self) -> int:
+        """The persisted term this agent tells others, or UNKNOWN while it relearns its own."""
+        return UNKNOWN if self.proof is not None else self.persisted
+
+    def _relearned(self) -> None:
+        """Enough other hosts vouched (recovery.py): no term this host gave away is above the
+        proven floor, which becomes its fence; written as proven before anything relies on it."""
+        assert self.proof is not None
+        proven, heard = self.proof.proven(), len(self.proof.heard)
+        if proven is None:
+            return
+        self.proof = None
+        self.fence = max(self.fence, proven)
+        self.persisted = max(self.persisted, proven)
+        self.persist = self.persisted  # even when not higher: the file still says unproven
+        self.events.append(ElectionEvent(
+            "term", f"terms relearned from {heard} pool hosts: persisted {self.persisted}",
+            self.persisted))
 
     def refuse(self, sender: str, msg: Message, reason: str) -> None:
         """`sender` had no right to send `msg` (authority.py): change nothing, report it.

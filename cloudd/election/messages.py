@@ -81,11 +81,15 @@ class WhoLeads:
 
 @dataclass(frozen=True)
 class LeaderIs:
-    """The answer to `WhoLeads` or to a stale `Election`: `leader` ('' if unknown) of `term`."""
+    """The answer to `WhoLeads` or to a stale `Election`: `leader` ('' if unknown) of `term`.
+    `highest` is the answerer's persisted term (the highest it ever saw, granted or proposed),
+    from which a pool host that lost its own relearns its terms (`recovery.py`); -1 when the
+    answerer cannot vouch for it (it is relearning its own)."""
 
     TYPE: ClassVar[str] = "leader-is"
     leader: str
     term: int
+    highest: int = -1
 
 
 @dataclass(frozen=True)

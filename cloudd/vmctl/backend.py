@@ -3,8 +3,8 @@
 The host agent and the benchmarks see only this Protocol. `cloudd.vmctl.libvirt_backend` is
 the real implementation (the only module importing libvirt); `FakeBackend` here is an
 in-memory one for unit tests of the logic above it (it enforces the same rules: a domain
-without cloudd metadata is never touched; start of a running domain and destroy of a stopped
-one are no-ops that return False).
+without cloudd metadata is never touched; start of a running domain and destroy or reset of a
+stopped one are no-ops that return False).
 
 Events: `subscribe()` hands out an asyncio.Queue that receives every DomainEvent from then on.
 After a reconnect to the hypervisor a RESYNC event carries the full list, since events may have
@@ -111,6 +111,14 @@ class Backend(Protocol):
         """Ask the guest to shut down (ACPI); False when it is not running."""
         ...
 
+    async def reset(self, name: str) -> bool:
+        """Reset a running domain as its reset button would: the guest reboots at once, its
+        domain keeps running (unless its `on_reboot` says destroy). False when it is not
+        running. A hypervisor that does not carry the reset out within its bound (a qemu
+        stopped with SIGSTOP, or wedged, never answers its monitor) has the domain destroyed
+        and started again instead; the reset still returns True."""
+        ...
+
     async def destroy(self, name: str) -> bool:
         """Stop the domain at once; False when it is not running."""
         ...
@@ -192,7 +200,8 @@ class _FakeDomain:
 @dataclass
 class FakeBackend:
     """An in-memory hypervisor for unit tests. `add_foreign` defines a domain without metadata;
-    `crash` makes a running domain die as if its qemu were killed."""
+    `crash` makes a running domain die as if its qemu were killed; `stall` makes its qemu
+    stop answering, as after SIGSTOP (a reset then destroys and starts it)."""
 
     clock: Callable[[], float]
     total_memory_kib: int = 8 * 1024 * 1024
@@ -201,6 +210,7 @@ class FakeBackend:
     domains: dict[str, _FakeDomain] = field(default_factory=dict)
     hub: EventHub = field(default_factory=EventHub)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    stalled: set[str] = field(default_factory=set)
 
     def add_foreign(self, name: str, *, running: bool = False) -> None:
         state = PowerState.RUNNING if running else PowerState.STOPPED
@@ -211,6 +221,10 @@ class FakeBackend:
         dom = self._ours(name)
         dom.state = PowerState.STOPPED
         self._emit(DomainEventKind.STOPPED, name, dom.meta, "crashed")
+
+    def stall(self, name: str) -> None:
+        self._ours(name)
+        self.stalled.add(name)
 
     def _emit(self, kind: DomainEventKind, name: str, meta: CloudMeta | None, detail: str) -> None:
         self.hub.publish(DomainEvent(kind=kind, domain=name, meta=meta, detail=detail,
@@ -257,12 +271,23 @@ class FakeBackend:
         self._emit(DomainEventKind.STOPPED, name, dom.meta, "shutdown")
         return True
 
+    async def reset(self, name: str) -> bool:
+        self.calls.append(("reset", name))
+        dom = self._ours(name)
+        if dom.state is not PowerState.RUNNING:
+            return False
+        if name in self.stalled:  # the real backend's fallback: destroy, then start
+            await self.destroy(name)
+            await self.start(name)
+        return True
+
     async def destroy(self, name: str) -> bool:
         self.calls.append(("destroy", name))
         dom = self._ours(name)
         if dom.state is PowerState.STOPPED:
             return False
         dom.state = PowerState.STOPPED
+        self.stalled.discard(name)
         self._emit(DomainEventKind.STOPPED, name, dom.meta, "destroyed")
         return True
 

@@ -11,7 +11,9 @@ may not have, in one sentence, or returns None.
 The rules, as tables below:
 - devices: only the kinds in DEVICES (no `<hostdev>`, `<smartcard>`, `<redirdev>`, `<tpm>`,
   `<shmem>`...); disks only of type file; interfaces only of the types in INTERFACES and
-  without `<script>`; consoles and other character devices only of the types in CHARDEVS;
+  without `<script>`; consoles and other character devices only of the types in CHARDEVS; a
+  watchdog only with an action of WATCHDOG_ACTIONS (not `dump`, which writes the guest's
+  memory to a file of the host, outside its folders);
 - host paths: a disk, a shared folder, a kernel, an initrd, anything else named by a `file`,
   `dir`, `path` or `socket` attribute inside the host's image folders; a console or its log
   inside the log folders; the emulator, virtiofsd, firmware and random source from the fixed
@@ -38,6 +40,8 @@ DEVICES = frozenset({
     "emulator", "disk", "filesystem", "interface", "serial", "console", "parallel", "channel",
     "input", "graphics", "video", "sound", "rng", "memballoon", "controller", "watchdog",
     "panic", "audio"})
+#: What a watchdog may do when the guest stops feeding it: everything but `dump`.
+WATCHDOG_ACTIONS = frozenset({"reset", "shutdown", "poweroff", "pause", "none", "inject-nmi"})
 #: Interface types: the host's networks and bridges, macvtap, user-mode networking.
 INTERFACES = frozenset({"network", "bridge", "direct", "user"})
 #: Character device types (consoles, serial ports, channels): no host devices, pipes or
@@ -259,5 +263,13 @@ def _rng(elem: ET.Element, kind: str) -> str | None:
     return None
 
 
+def _watchdog(elem: ET.Element, kind: str) -> str | None:
+    action = elem.get("action", "reset")
+    if action not in WATCHDOG_ACTIONS:
+        return (f"a <watchdog> action {action!r} is not allowed "
+                f"(only {_list(sorted(WATCHDOG_ACTIONS))})")
+    return None
+
+
 _DEVICE_RULES = {"disk": _disk, "filesystem": _filesystem, "interface": _interface,
-                 "rng": _rng, **{t: _chardev for t in CHARDEV_TAGS}}
+                 "rng": _rng, "watchdog": _watchdog, **{t: _chardev for t in CHARDEV_TAGS}}

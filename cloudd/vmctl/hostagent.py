@@ -9,11 +9,23 @@ keeps the highest of them in a file of its state dir (written atomically, and be
 command that raised it acts, so that a crash cannot forget a term it already obeyed); a
 command with a lower term is refused with CommandOutcome.STALE_TERM and nothing is done. That
 is the fencing token that keeps a deposed leader, still believing it leads, from touching VMs.
+In the agent the election reads that file at start (with its own term file) and hands the
+token over (`highest_term`); when the file held no term it was set aside, and the host's
+duties run no command until the election has relearned the terms and `learn` has written the
+proven token here.
 
-Commands are idempotent: defining what exists, starting what runs, destroying what is stopped,
-undefining what is gone all answer CommandOutcome.NOOP. Failures come back as
+Commands are idempotent: defining what exists, starting what runs, destroying or resetting
+what is stopped, undefining what is gone all answer CommandOutcome.NOOP. Failures come back as
 CommandOutcome.FAILED results (with `retry_after` for temporary ones), never as exceptions:
 the network layer only has to send the Result back.
+
+Resets. RESET resets a running domain whose node's agent the leader has found unreachable too
+long (a hung guest: `cloudd.vmctl.plan.hung`); like START and SHUTDOWN it names only a
+domain. When the guest's qemu does not answer, the backend destroys and starts the domain
+instead (`Backend.reset`), which takes longer than a request may wait: so, as FETCH does, the
+reset runs in the background and RESET waits at most `reset_wait` seconds, answering
+CommandOutcome.PENDING while it runs; the same RESET again joins the reset under way (one
+per domain).
 
 Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
 to the `on_event` callback given to `run_events`; the transport to the leader is not here.
@@ -93,6 +105,7 @@ class Op(enum.Enum):
     START = "start"
     SHUTDOWN = "shutdown"
     DESTROY = "destroy"
+    RESET = "reset"
     UNDEFINE = "undefine"
     LIST = "list"
     INVENTORY = "inventory"
@@ -132,7 +145,7 @@ class CommandOutcome(enum.Enum):
     DONE = "done"
     NOOP = "noop"
     PENDING = "pending"
-    """Still running (an image copy): send the same command again to go on waiting."""
+    """Still running (an image copy, a reset): send the same command again to go on waiting."""
     STALE_TERM = "stale-term"
     FAILED = "failed"
 
@@ -165,7 +178,8 @@ class HostAgent:
     def __init__(self, backend: Backend, *, state_dir: Path, host: str = "", cloud: str = "",
                  image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS,
                  copy: CopySettings | None = None, fetch_wait: float = 5.0,
-                 seeds: SeedHooks | None = None) -> None:
+                 seeds: SeedHooks | None = None, reset_wait: float = 5.0,
+                 highest_term: int | None = None) -> None:
         self.backend = backend
         #: the nodes' seed ISOs, made on DEFINE and removed on UNDEFINE (None: no seeds)
         self.seeds = seeds
@@ -180,12 +194,17 @@ class HostAgent:
         #: request timeout, so that the answer arrives)
         self.fetch_wait = fetch_wait
         self._copies: dict[Path, asyncio.Task[bool]] = {}
+        #: seconds a RESET waits for its reset before answering PENDING (as `fetch_wait`)
+        self.reset_wait = reset_wait
+        self._resets: dict[str, asyncio.Task[bool]] = {}
         #: the overlays this host made for its cloud (path -> domain), kept in `state_dir`
         self.overlays = OverlayRecord(state_dir / OVERLAYS_FILE)
         # one overlay made or removed at a time: a check and the act it allows stay together
         self._images_lock = asyncio.Lock()
         self.store = TermFile(state_dir / TERM_FILE)
-        self.highest_term = self.store.load()
+        #: the fencing token: as the agent's election read it (`highest_term`), else from the
+        #: file (CorruptStateFile when it holds no term)
+        self.highest_term = self.store.load() if highest_term is None else highest_term
         self._term_lock = asyncio.Lock()
         self._log = log.get("vmctl.hostagent", host=host or os.uname().nodename)
 
@@ -207,6 +226,16 @@ class HostAgent:
                 self._log.info("new term seen", term=term, previous=self.highest_term)
                 self.highest_term = term
             return True
+
+    async def learn(self, term: int) -> None:
+        """Take `term` as the fencing token at least, proven elsewhere (the election relearned
+        the terms after this file was lost): written, as a proven term, before it counts
+        (OSError when the disk refuses; nothing changes then)."""
+        async with self._term_lock:
+            term = max(term, self.highest_term)
+            await asyncio.to_thread(self.store.save, term)
+            self._log.info("fencing term relearned", term=term, previous=self.highest_term)
+            self.highest_term = term
 
     async def execute(self, cmd: HostCommand) -> HostResult:
         """Run a command its caller admitted (see the module docstring), fenced by its term."""
@@ -242,6 +271,8 @@ class HostAgent:
             return await self._fetch(cmd)
         if cmd.op is Op.REMOVE_IMAGE:
             return await self._remove_image(cmd)
+        if cmd.op is Op.RESET and cmd.domain:
+            return await self._reset(cmd)
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, CommandOutcome.FAILED, "define without domain XML")
@@ -383,12 +414,35 @@ class HostAgent:
                        image=str(image), peer=cmd.source)
         return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
 
+    async def _reset(self, cmd: HostCommand) -> HostResult:
+        """RESET: start the reset (or join the one under way) and wait `reset_wait` for it."""
+        task = self._resets.get(cmd.domain)
+        if task is None:
+            await self._refuse_foreign(cmd.domain)
+            task = asyncio.create_task(self.backend.reset(cmd.domain), name=f"reset {cmd.domain}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._resets[cmd.domain] = task
+        done, _ = await asyncio.wait({task}, timeout=self.reset_wait)
+        if not done:
+            return self._result(cmd, CommandOutcome.PENDING, f"resetting {cmd.domain}")
+        if self._resets.get(cmd.domain) is task:
+            del self._resets[cmd.domain]
+        try:
+            changed = task.result()
+        except asyncio.CancelledError:
+            raise TemporaryError(f"reset of {cmd.domain} was cancelled") from None
+        outcome = CommandOutcome.DONE if changed else CommandOutcome.NOOP
+        self._log.info(f"domain reset: {outcome.value}", term=cmd.term, domain=cmd.domain)
+        return self._result(cmd, outcome)
+
     async def close(self) -> None:
-        """Stop the image copies under way (their partial files are removed). Safe twice."""
-        copies, self._copies = list(self._copies.values()), {}
-        for task in copies:
+        """Stop the image copies and resets under way (partial copies are removed). Safe
+        twice."""
+        tasks = [*self._copies.values(), *self._resets.values()]
+        self._copies, self._resets = {}, {}
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*copies, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _wrong_define(self, cmd: HostCommand) -> str:
         """'' when the XML of a DEFINE is for `cmd.domain` and this agent's cloud."""

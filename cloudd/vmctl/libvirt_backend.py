@@ -11,6 +11,17 @@ cloudd's namespace) in the same worker-thread call; a domain without it raises N
 and is left as it was. Event callbacks run on the loop and must not block, so they read the
 owner from a cache that list/define/resync keep up to date.
 
+Reset: virDomainReset is a command on the guest's qemu monitor, and a qemu that does not
+answer it (stopped with SIGSTOP, or wedged: a hung guest's usual cause besides its own kernel)
+never replies; libvirtd then holds the domain's job until qemu dies. So a reset runs in a
+thread of its own, not the connection's worker, and is waited for `reset_timeout` seconds:
+unanswered by then, the domain is destroyed (libvirt's destroy kills qemu first and takes the
+job after, so it does not wait for the hung reset: SIGTERM, then SIGKILL after 10 s, which a
+stopped process obeys) and started again. The hung reset's thread returns when qemu dies.
+A reset also depends on the domain's `on_reboot`: `restart` (the shipped templates) reboots
+the guest in the same qemu; `destroy` (the lab's test guests) makes qemu exit, as if the guest
+had powered off.
+
 Reconnection: a close callback (and keepalive, which detects a silent peer) tells us when
 libvirtd goes away. We publish DISCONNECTED, retry opening with backoff, re-register the
 event callbacks, re-read every domain and publish RESYNC with the full list: events missed
@@ -210,6 +221,12 @@ def _info(dom: libvirt.virDomain, meta: CloudMeta) -> DomainInfo:
                       state=_STATES.get(state, PowerState.OTHER))
 
 
+#: Seconds a reset may take before the guest's qemu counts as not answering (then it is
+#: destroyed and started again): a qemu that answers resets in milliseconds.
+RESET_TIMEOUT = 5.0
+#: Resets that may hang at once (each holds a thread until its qemu dies).
+RESET_THREADS = 4
+
 #: Waits between two tries to reopen a lost connection: a restarted libvirtd is back within
 #: a second or two, so the first tries come fast; past that, one try every two seconds.
 RECONNECT = Backoff(base=0.1, cap=2.0)
@@ -220,15 +237,20 @@ class LibvirtBackend:
 
     def __init__(self, uri: str, *, clock: Callable[[], float] = time.monotonic,
                  call_timeout: float = 30.0, image_dirs: tuple[Path, ...] = (),
-                 reconnect: Backoff = RECONNECT, rng: random.Random | None = None) -> None:
+                 reconnect: Backoff = RECONNECT, rng: random.Random | None = None,
+                 reset_timeout: float = RESET_TIMEOUT) -> None:
         self.uri = uri
         self.clock = clock
         self.call_timeout = call_timeout
+        self.reset_timeout = reset_timeout
         self.image_dirs = image_dirs
         self.reconnect = reconnect
         self._rng = rng or random.Random()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="libvirt")
+        # resets wait on the guest's qemu, which may never answer: not on the worker above
+        self._resets = concurrent.futures.ThreadPoolExecutor(
+            max_workers=RESET_THREADS, thread_name_prefix="libvirt-reset")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
@@ -438,6 +460,33 @@ class LibvirtBackend:
 
         return await self._call("shutdown", work)
 
+    async def reset(self, name: str) -> bool:
+        def find() -> libvirt.virDomain | None:
+            dom, _ = self._ours(name)
+            return dom if dom.isActive() else None
+
+        dom = await self._call("reset", find)
+        if dom is None:
+            return False
+        pending = asyncio.get_running_loop().run_in_executor(self._resets, dom.reset, 0)
+        # retrieved, so that a reset that fails once its qemu is destroyed does not warn
+        pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), self.reset_timeout)
+        except libvirt.libvirtError as e:
+            # It stopped between the look and the reset: nothing to reset.
+            if e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID \
+                    and not await self._call("reset", dom.isActive):
+                return False
+            raise _translate(e, "reset") from None
+        except TimeoutError:
+            self._log.warning("reset_unanswered", domain=name,
+                              reason=f"qemu did not carry out the reset within "
+                                     f"{self.reset_timeout:g}s; destroying and starting it")
+            await self.destroy(name)
+            await self.start(name)
+        return True
+
     async def destroy(self, name: str) -> bool:
         def work() -> bool:
             dom, _ = self._ours(name)
@@ -531,3 +580,4 @@ class LibvirtBackend:
         finally:
             self._closed = True
             self._pool.shutdown(wait=False)
+            self._resets.shutdown(wait=False)

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from cloudd import log
-from cloudd.durable import fsync_dir, write_durable
+from cloudd.durable import fsync_dir, set_aside, write_durable
 
 #: The file of the cloud's state dir that records the overlays this host made.
 OVERLAYS_FILE = "overlays.json"
@@ -45,15 +45,18 @@ class OverlayRecord:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
-            # An unreadable record forgets overlays (they stay on disk), never invents one.
-            self._log.warning("overlay_record_unreadable", path=str(self.path), reason=str(e))
-            return {}
+            return self._unreadable(str(e))
         if not isinstance(data, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            self._log.warning("overlay_record_unreadable", path=str(self.path),
-                              reason="not an object of path to domain")
-            return {}
+            return self._unreadable("not an object of path to domain")
         return dict(data)
+
+    def _unreadable(self, reason: str) -> dict[str, str]:
+        # An unreadable record forgets overlays (they stay on disk), never invents one; it is
+        # set aside for the operator, who may remove what it named by hand.
+        self._log.warning("overlay_record_unreadable", path=str(self.path), reason=reason)
+        set_aside(self.path, reason=reason)
+        return {}
 
     def owner(self, image: str) -> str | None:
         """The domain whose overlay `image` is, if this host made it."""

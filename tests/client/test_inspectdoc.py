@@ -74,7 +74,8 @@ def test_json_round_trip_through_text() -> None:
 def test_json_keys_are_stable() -> None:
     """The documented keys (docs/inspect.md); a change here is a change of the format."""
     data = sample().to_json()
-    assert list(data) == ["answered_by", "generated_at", "clouds", "version"]
+    assert list(data) == ["answered_by", "generated_at", "clouds", "version", "agent"]
+    assert list(data["agent"]) == ["events_dropped", "unproven"]
     assert data["version"] == VERSION == 1
     cloud = data["clouds"][0]
     assert list(cloud) == ["name", "type", "ensure", "source", "observed_at", "leadership",

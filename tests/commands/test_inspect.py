@@ -139,7 +139,8 @@ def test_json_is_the_document_and_stable(capsys: pytest.CaptureFixture[str], age
     assert first == second
     code, out, _ = first
     assert code == 0 and json.loads(out) == fixed
-    assert list(json.loads(out)) == ["answered_by", "generated_at", "clouds", "version"]
+    assert list(json.loads(out)) == ["answered_by", "generated_at", "clouds", "version",
+                                     "agent"]
     assert agent.calls == [{"cloud": "shop"}] * 2
 
 

@@ -115,7 +115,8 @@ def make_pool(tmp_path: Path, *, hosts: int = 3, nodes: int = 4,
     ensure = [Ensure.RUNNING]
     controller = Controller(
         desired=lambda: Desired("c1", ensure[0], tuple(specs), ("db", "web")),
-        hosts=lambda: sorted(backends), liveness=live.__getitem__, leader=lambda: term[0],
+        hosts=lambda: sorted(backends), liveness=lambda m: live.get(m, Liveness.ALIVE),
+        leader=lambda: term[0],
         client=client, events=events, render=render, fencer=fencer, clock=clock,
         policy=policy or BackoffPolicy(base=10.0, jitter=0.0, stable=600.0), resync=3600.0)
     return Pool(backends, client, live, events, clock, term, specs, ensure, controller)

@@ -97,12 +97,14 @@ def test_size_bound_prunes_oldest_and_ids_are_never_reused(tmp_path: Path) -> No
     again.close()
 
 
-def test_a_file_that_is_not_sqlite_gives_one_precise_error(tmp_path: Path) -> None:
+def test_a_file_that_is_not_sqlite_is_set_aside_and_a_new_log_begins(tmp_path: Path) -> None:
     bad = tmp_path / "events.sqlite3"
     bad.write_bytes(b"this is not a database, just text" * 100)
-    with pytest.raises(PermanentError, match=r"events.sqlite3 is not a usable SQLite database"):
-        EventLog(bad)
-    assert bad.read_bytes() == b"this is not a database, just text" * 100
+    log = EventLog(bad)
+    assert log.append(ev(T0)).id == 1
+    log.close()
+    (kept,) = tmp_path.glob("events.sqlite3.corrupt-*")
+    assert kept.read_bytes() == b"this is not a database, just text" * 100
 
 
 async def _next(it: AsyncIterator[LogEvent]) -> LogEvent:

@@ -56,6 +56,8 @@ ACCEPTED = [
     domain(os="<type>hvm</type><loader type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"
               "<nvram>/var/lib/libvirt/qemu/nvram/shop-web-1.fd</nvram>"),
     domain(share(f"{IMAGES}/shared")),
+    domain("<watchdog model='i6300esb' action='reset'/><panic model='isa'/>"),
+    domain("<watchdog model='itco'/>"),
 ]
 
 
@@ -136,6 +138,9 @@ REFUSED = [
     ("<domain><name>x</name>", "the domain XML does not parse: no element found: "
                                "line 1, column 22"),
     ("<network/>", "the document is a <network>, not a <domain>"),
+    (domain("<watchdog model='i6300esb' action='dump'/>"),
+     "a <watchdog> action 'dump' is not allowed (only inject-nmi, none, pause, poweroff, "
+     "reset, shutdown)"),
 ]
 
 
@@ -181,6 +186,7 @@ def test_the_example_templates_pass(template: Path) -> None:
         "bridge": "br0", "seed": f"{IMAGES}/shop-web-1.seed.iso",
         "serial_log": "/var/log/libvirt/qemu/shop-web-1.serial.log"})
     assert problem(xml, replace(FOLDERS, images=(IMAGES, cache))) is None
+    assert "<watchdog model='i6300esb' action='reset'/>" in xml  # a guest may arm it
     assert problem(xml, FOLDERS) == (
         f"<kernel> '{cache}/node-web-0123.vmlinuz' is outside this host's image folders "
         f"({IMAGES})")

@@ -7,8 +7,10 @@ for an operator's hand-made domain that cloudd must leave alone.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
+import libvirt
 import pytest
 
 from cloudd.errors import PermanentError
@@ -86,8 +88,49 @@ async def test_operations_are_idempotent(backend: LibvirtBackend) -> None:
     assert not await backend.undefine("tc-n1")
 
 
+async def test_reset_of_a_running_domain_and_of_a_stopped_one(backend: LibvirtBackend) -> None:
+    assert await backend.define(xml_for("r1"))
+    assert not await backend.reset("tc-r1")
+    events = backend.subscribe()
+    assert await backend.start("tc-r1")
+    await next_event(events, DomainEventKind.STARTED)
+    assert await backend.reset("tc-r1")
+    [info] = await backend.list()
+    assert info.state is PowerState.RUNNING
+    await asyncio.sleep(0.1)
+    assert events.empty()  # the same domain runs on: no lifecycle event
+    assert await backend.destroy("tc-r1") and await backend.undefine("tc-r1")
+
+
+async def test_a_reset_qemu_does_not_answer_is_a_destroy_and_a_start(
+        backend: LibvirtBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """virDomainReset waits on the guest's qemu monitor: a stopped qemu never answers it."""
+    answer = threading.Event()
+
+    def hung_reset(dom: libvirt.virDomain, flags: int = 0) -> int:
+        answer.wait(30)
+        return 0
+
+    monkeypatch.setattr(libvirt.virDomain, "reset", hung_reset)
+    backend.reset_timeout = 0.2
+    assert await backend.define(xml_for("r2"))
+    events = backend.subscribe()
+    assert await backend.start("tc-r2")
+    await next_event(events, DomainEventKind.STARTED)
+    try:
+        assert await backend.reset("tc-r2")
+        assert (await next_event(events, DomainEventKind.STOPPED)).detail == "destroyed"
+        assert (await next_event(events, DomainEventKind.STARTED)).detail == "booted"
+        [info] = await backend.list()
+        assert info.state is PowerState.RUNNING
+    finally:
+        answer.set()
+    assert await backend.destroy("tc-r2") and await backend.undefine("tc-r2")
+
+
 async def test_foreign_domain_is_never_touched(backend: LibvirtBackend) -> None:
-    for op in (backend.destroy, backend.shutdown, backend.undefine, backend.start):
+    for op in (backend.destroy, backend.shutdown, backend.undefine, backend.start,
+               backend.reset):
         with pytest.raises(NotOurDomain, match="'test' has no cloudd metadata"):
             await op("test")
     foreign = xml_for("x").replace("<name>tc-x</name>", "<name>test</name>")

@@ -14,6 +14,13 @@ else is refused (`command_refused`, with the peer, term and reason) before the h
 it, so a refused command never raises the host's persisted highest term: that store moves only
 with terms this host granted a lease in. The leader's calls to its own host, in this process,
 come through `execute` like any other (`cloudd.daemon.leader.hostcalls`).
+
+The fencing token. In the agent the election reads the host agent's `highest-term` at start
+and says what the host may start from (`fence`, `ElectionShell.host_fence`). When that file
+held no term (set aside), the host runs no command at all, each refused with one precise
+reason, until the election has relearned the terms from the other pool hosts; the proven
+token is then written (`HostAgent.learn`) before the first command runs. A command whose term
+the disk will not take (full) runs nothing and fails, to be retried.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ RETRY_AFTER = 1.0
 OpenBackend = Callable[[str], Awaitable[Backend]]
 #: Whether `member` holds an unexpired lease this host granted it for exactly `term`.
 HoldsLease = Callable[[str, int], bool]
+#: The fencing token the host agent may start from; None while it is not proven.
+Fence = Callable[[], int | None]
 
 
 def nobody(member: str, term: int) -> bool:
@@ -93,11 +102,17 @@ class HostDuties:
                  state_dir: Path, open_backend: OpenBackend, leader: Callable[[], str],
                  send: Callable[[str, Any], None],
                  local: Callable[[str, DomainEvent], None],
-                 holds_lease: HoldsLease = nobody) -> None:
+                 holds_lease: HoldsLease = nobody, fence: Fence | None = None) -> None:
         self.me, self._cloud, self.settings, self.state_dir = me, cloud, settings, state_dir
         self._open, self._leader, self._send, self._local = open_backend, leader, send, local
         #: the election's answer to "does this member hold our lease for this term"
         self.holds_lease = holds_lease
+        #: the election's fencing token for the host agent (None: it reads its own file)
+        self._fence = fence
+        #: False until the host agent holds a proven fencing token (see the module docstring)
+        self.proven = fence is None
+        #: the token a host agent of this member reached (a later one never starts below it)
+        self._reached = 0
         # The same rendering as the leader's (same settings on every member).
         self.renderer = renderer_of(settings)
         self.folders = folders_of(settings)
@@ -108,7 +123,12 @@ class HostDuties:
         """Open the backend, forward its events until cancelled, then close it."""
         uri = libvirt_uri(self._cloud(), me=self.me, settings=self.settings)
         backend = await self._open(uri)
+        known = self._fence() if self._fence is not None else None
+        if known is not None:
+            known = max(known, self._reached)
+        self.proven = self._fence is None or known is not None
         agent = HostAgent(backend, state_dir=self.state_dir, host=self.me,
+                          highest_term=None if self._fence is None else (known or 0),
                           cloud=self._cloud().name,
                           image_dirs=tuple(self.settings.libvirt.image_dirs),
                           copy=CopySettings.of(self.settings.images),
@@ -121,6 +141,7 @@ class HostDuties:
             await agent.run_events(self.forward)
         finally:
             self.agent = None
+            self._reached = max(self._reached, agent.highest_term)
             await agent.close()
             await backend.close()
 
@@ -130,10 +151,40 @@ class HostDuties:
         agent = self.agent
         if agent is None:
             raise TemporaryError(f"the host agent of {self.me} is not open yet")
-        refused = self._refused(sender, command, agent)
+        refused = await self._unproven(sender, command, agent) or \
+            self._refused(sender, command, agent)
         if refused is not None:
             return refused
-        return await agent.execute(command)
+        try:
+            return await agent.execute(command)
+        except OSError as e:  # the disk refused (a new term's token first): a failure to retry
+            why = f"{command.op.value} on {self.me}: {e.strerror or e}"
+            self.log.warning("command_failed", peer=sender, term=command.term,
+                             domain=command.domain or None, reason=why)
+            return HostResult(command=command, outcome=CommandOutcome.FAILED,
+                              term_seen=agent.highest_term, message=why, retry_after=RETRY_AFTER)
+
+    async def _unproven(self, sender: str, cmd: HostCommand,
+                        agent: HostAgent) -> HostResult | None:
+        """A refusal while the host agent's fencing token is not proven; once the election has
+        proven it, it is written first (None: the command may go on)."""
+        if self.proven:
+            return None
+        known = self._fence() if self._fence is not None else None
+        if known is None:
+            return self._refuse(sender, cmd, agent, retry_after=RETRY_AFTER, why=(
+                f"{self.me} lost its fencing term (a state file was set aside) and runs no "
+                f"host command until the other pool hosts have told it theirs"))
+        try:
+            await agent.learn(max(known, self._reached))
+        except OSError as e:
+            return self._refuse(sender, cmd, agent, retry_after=RETRY_AFTER, why=(
+                f"{self.me} cannot save its relearned fencing term {known}: "
+                f"{e.strerror or e}"))
+        self.proven = True
+        self.log.info("host_fence_relearned", term=agent.highest_term,
+                      reason="the election proved it: host commands run again")
+        return None
 
     def _refused(self, sender: str, cmd: HostCommand, agent: HostAgent) -> HostResult | None:
         if not self.holds_lease(sender, cmd.term):

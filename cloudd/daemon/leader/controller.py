@@ -9,11 +9,20 @@ unreachable; its last report is kept, since its domains may still run), runs the
 and launches one task per node for that node's actions, in order, stopping at the first
 failure. A CopyImage is performed by the `fetch` callable (`leader.imagecopy`), a Fence by
 the `fencer` (`leader.fencing`); a RemoveImage is the host command REMOVE_IMAGE of the node's
-domain and the overlay's path, which the host checks against its own record. Failures are
+domain and the overlay's path, which the host checks against its own record. A command the
+host answers PENDING (a reset that has to destroy and start a qemu that does not answer) is
+sent again, in the same term, until it is done or `PENDING_LIMIT` passes. Failures are
 never retried here: they go into the backoff ledgers (`reconcile.backoff_base`,
 `backoff_max`, `stable_reset`) and come back in a later plan. Nodes with a task still
 running are in flight, and the planner leaves them alone.
 Every action and every failure is an event in the event log, with the planner's reason.
+
+Hung guests (`cloudd.vmctl.plan.hung`). Each pass also asks `liveness` about every managed
+node's agent (the same SWIM view as the hosts'), and remembers since when each has been dead
+and which domains it reset (`leader.unreachable`); a reset domain counts as running since the
+reset. A reset, and a destroy that follows one, is logged as `node_reset` and counts against
+the node's backoff like a failure, and a node whose agent is dead is never "stable" for the
+backoff, so its count keeps growing.
 
 Time: every duration (backoff, the stable period, how long a domain has run, the shutdown
 timeout) is measured on the clock's `monotonic()`, which an NTP step cannot move; only the
@@ -34,6 +43,7 @@ from cloudd import log
 from cloudd.config.agent import Reconcile
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
+from cloudd.daemon.leader.unreachable import Unreachable
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import backend as vb
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
@@ -57,6 +67,7 @@ from cloudd.vmctl.plan import (
     Observed,
     Planned,
     RemoveImage,
+    Reset,
     Shutdown,
     Start,
     Undefine,
@@ -122,8 +133,20 @@ _STATES = {vb.PowerState.RUNNING: DomainState.RUNNING,
            vb.PowerState.OTHER: DomainState.NOSTATE}
 
 _OPS: dict[type, Op] = {Define: Op.DEFINE, Start: Op.START, Shutdown: Op.SHUTDOWN,
-                        Destroy: Op.DESTROY, Undefine: Op.UNDEFINE,
+                        Reset: Op.RESET, Destroy: Op.DESTROY, Undefine: Op.UNDEFINE,
                         RemoveImage: Op.REMOVE_IMAGE}
+
+#: Seconds between two sends of a command its host answered PENDING.
+PENDING_PAUSE = 0.5
+#: Longest a command answered PENDING is waited for, seconds: a reset that has to destroy a
+#: stopped qemu (10 s of SIGTERM before libvirt's SIGKILL) and start it takes well under it.
+PENDING_LIMIT = 120.0
+
+
+def hung_for(action: NodeAction) -> float | None:
+    """Seconds a node's agent had been unreachable, for the hung-guest rule's actions (a
+    Reset, a Destroy after one); None for any other action."""
+    return action.unreachable_for if isinstance(action, Reset | Destroy) else None
 
 
 def _overlays(stock: vb.Inventory | None, prefix: str) -> frozenset[tuple[str, str]]:
@@ -163,6 +186,9 @@ class Controller:
         self._seen: dict[tuple[str, str], tuple[DomainState, float]] = {}
         self._reasons: dict[tuple[str, str], str] = {}
         self._shutdowns: dict[tuple[str, str], float] = {}
+        self.unreachable = Unreachable()
+        #: seconds a command its host answers PENDING is waited for
+        self.pending_limit = PENDING_LIMIT
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._fencing: dict[str, asyncio.Task[None]] = {}
         self._poke = asyncio.Event()
@@ -177,7 +203,8 @@ class Controller:
     def domain_event(self, host: str, event: vb.DomainEvent) -> None:
         """A host forwarded a domain event: keep its reason (for run strategies), pass now."""
         if event.meta is not None and event.kind is vb.DomainEventKind.STOPPED:
-            self._reasons[(event.meta.node, host)] = event.detail
+            key = (event.meta.node, host)
+            self._reasons[key] = self.unreachable.reason(key, event.detail)
         self.poke()
 
     def reset(self, subject: str) -> None:
@@ -245,13 +272,17 @@ class Controller:
         present = {(d.node, d.host) for d in domains}
         for key in [k for k in self._shutdowns if k not in present]:
             del self._shutdowns[key]
-        self.node_fails.settle_nodes(domains, now=now)
+        gone = self.unreachable
+        gone.observe((n.name for n in self.desired().nodes if n.managed), self.liveness,
+                     present=present, now=now)
+        self.node_fails.settle_nodes(domains, now=now, unreachable=gone.since)
         self.host_fails.settle_quiet(now=now)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
                         host_failures=self.host_fails.snapshot(),
                         in_flight=before | frozenset(self._busy),
                         fencing=frozenset(self._fencing),
-                        shutdowns=dict(self._shutdowns))
+                        shutdowns=dict(self._shutdowns),
+                        unreachable=dict(gone.since), resets=dict(gone.resets))
 
     # ---- the pass -----------------------------------------------------------------------
 
@@ -325,11 +356,18 @@ class Controller:
                     self._log.warning("actions_dropped", node=node, term=term,
                                       reason="no longer the acting leader")
                     return
+                hung = hung_for(action)
+                if hung is not None:
+                    self._log.warning("node_reset", cloud=cloud, node=node, host=action.host,
+                                      term=term, unreachable_for=round(hung, 1),
+                                      reason=f"{type(action).__name__.lower()}: "
+                                             f"{action.reason}")
                 error = await self._perform(action, spec=spec, cloud=cloud, term=term)
                 what = f"{type(action).__name__.lower()} on {action.host}"
                 if error is None:
-                    respawn = isinstance(action, Start) and action.respawn
-                    self._record(LogKind.RESTART if respawn else LogKind.ACTION, cloud=cloud,
+                    restart = isinstance(action, Reset) or (
+                        isinstance(action, Start) and action.respawn)
+                    self._record(LogKind.RESTART if restart else LogKind.ACTION, cloud=cloud,
                                  subject=node, reason=f"{what}: {action.reason}", term=term)
                     self._log.info("action_done", cloud=cloud, node=node, host=action.host,
                                    term=term, reason=f"{what}: {action.reason}")
@@ -365,8 +403,9 @@ class Controller:
             command = self._command(action, spec=spec, cloud=cloud, term=term)
             if command is None:
                 return f"node {action.node} is not in the manifest"
-            async with asyncio.timeout(self.call_timeout):
-                result = await self.client.call(action.host, command)
+            with self.unreachable.sending((action.node, action.host)) \
+                    if isinstance(action, Reset) else contextlib.nullcontext():
+                result = await self._send(action.host, command, term=term)
         except (ClouddError, OSError, TimeoutError) as exc:
             return str(exc) or type(exc).__name__
         if result.outcome is CommandOutcome.STALE_TERM:
@@ -375,6 +414,26 @@ class Controller:
             return result.message or "failed"
         self._done(action)
         return None
+
+    async def _send(self, host: str, command: HostCommand, *, term: int) -> HostResult:
+        """Send `command`, and again while the host answers PENDING (in the same term, within
+        `pending_limit`)."""
+        async with asyncio.timeout(self.call_timeout):
+            result = await self.client.call(host, command)
+        if result.outcome is not CommandOutcome.PENDING:
+            return result
+        try:
+            async with asyncio.timeout(self.pending_limit):
+                while result.outcome is CommandOutcome.PENDING:
+                    await asyncio.sleep(PENDING_PAUSE)
+                    if self.leader() != term:
+                        raise TemporaryError("no longer the acting leader")
+                    async with asyncio.timeout(self.call_timeout):
+                        result = await self.client.call(host, command)
+        except TimeoutError:
+            raise TemporaryError(f"{command.op.value} of {command.domain} on {host} not done "
+                                 f"within {self.pending_limit:g}s") from None
+        return result
 
     def _command(self, action: NodeAction, *, spec: NodeSpec | None, cloud: str,
                  term: int) -> HostCommand | None:
@@ -395,6 +454,13 @@ class Controller:
             self._shutdowns.setdefault(key, now)
         if op in (Op.START, Op.UNDEFINE):
             self._reasons.pop(key, None)
+        self.unreachable.done(op, key, now=now)
+        if hung_for(action) is not None:
+            # counts against the node's backoff like a failed restart, at the very `now` the
+            # reset's domain runs since (or a running domain would settle the count at once)
+            self.node_fails.failed(action.node, now=now)
+        if op is Op.RESET:
+            self._seen[key] = (DomainState.RUNNING, now)
         if op is Op.START:
             # running since now, not since the next report: the stable period starts here
             self._seen[key] = (DomainState.RUNNING, now)

@@ -27,5 +27,6 @@ def desired_of(cloud: Cloud, *, held: Collection[str | None] = ()) -> plan.Desir
                       if n.source_host else None)
         for n in cloud.nodes)
     return plan.Desired(cloud=cloud.name, ensure=plan.Ensure(cloud.ensure.value), nodes=nodes,
-                        role_order=cloud.roles)
+                        role_order=cloud.roles,
+                        unreachable_reset_after=cloud.unreachable_reset_after)
 

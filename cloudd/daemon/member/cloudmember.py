@@ -82,7 +82,7 @@ from cloudd.election.twohost import record_quorum
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl import plan
-from cloudd.vmctl.hostagent import HostCommand, HostResult
+from cloudd.vmctl.hostagent import TERM_FILE, HostCommand, HostResult
 
 #: Seconds between two rounds of asking the pool hosts who leads, when leader messages name
 #: a term this agent has not heard of: one round settles it, and a forger cannot turn this
@@ -152,6 +152,7 @@ class CloudMember:
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
+            fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None,
             fence=PeerFencer(fencer, cloud=cloud.name, me=self.me, spawn=self._spawn,
                              report=lambda peer, ok, why: self.election.fenced(
                                  peer, ok=ok, reason=why)))
@@ -178,6 +179,7 @@ class CloudMember:
             holds_lease=lambda member, term: (
                 self.election.holds_lease(member, term)
                 or (member == self.me and self.acting_term() == term)),
+            fence=self.election.host_fence,
         ) if self.is_host and open_backend is not None else None
         renderer = renderer_of(settings)
         self.host_calls = HostCalls(me=self.me, request=request, clock=clock,
@@ -267,7 +269,7 @@ class CloudMember:
             reports=MappingProxyType(dict(self.reports)), controller=self.controller.view(),
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
-            timings=self.host_calls.timings())
+            timings=self.host_calls.timings(), unproven=self.election.unproven())
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the

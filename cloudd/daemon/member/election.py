@@ -14,6 +14,15 @@ question before a host command: did this host grant `peer` its lease for that ve
 and is it unexpired now, by this host's clock. In a two-host pool the core may ask for its
 peer to be fenced: `fence` (the member's, `cloudd.daemon.leader.fencing.PeerFencer`) runs the
 command and reports back through `fenced`.
+
+Terms on disk. The shell reads the election's `term` file, and on a pool host the host
+agent's `highest-term` too (`fence_file`), once, when it is made: a file that holds no term is
+set aside (`TermFile.recover`) and the core starts unproven: it relearns its terms from the
+other pool hosts before it grants or runs (cloudd.election.recovery), and `host_fence` tells
+the host's duties the fencing token they may start from (None until then). A term the core
+asks to keep that the disk refuses (full, failing) is not acted on: the core is put back as
+before that call (`AgentCore.persist_failed`), one `term_persist_failed` line is logged per
+burst of failures, and the next message or tick (within `PERSIST_RETRY`) tries again.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from dataclasses import dataclass
 from cloudd import log
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
-from cloudd.durable import TermFile
+from cloudd.durable import StoredTerm, TermFile
 from cloudd.election.agent import AgentCore, Output
 from cloudd.election.config import Timing
 from cloudd.election.members import Roster
@@ -47,6 +56,9 @@ class Leadership:
     acting_until: float | None
 
 
+#: Seconds after a term could not be saved before the election tries again by itself.
+PERSIST_RETRY = 1.0
+
 Send = Callable[[str, Message], None]
 Listener = Callable[[Leadership], None]
 
@@ -55,15 +67,17 @@ class ElectionShell:
     """Runs one agent's membership and election for one cloud."""
 
     def __init__(self, *, me: str, cloud: str, roster: Roster, timing: Timing, send: Send,
-                 term_file: TermFile, events: EventLog | None = None,
-                 clock: Clock = SYSTEM, rng: random.Random | None = None,
+                 term_file: TermFile, fence_file: TermFile | None = None,
+                 events: EventLog | None = None, clock: Clock = SYSTEM,
+                 rng: random.Random | None = None,
                  fence: Callable[[str], None] | None = None) -> None:
         self.me, self.cloud = me, cloud
         self._timing, self._rng = timing, rng or random.Random()
         self.core = AgentCore(me, roster, timing=timing, rng=self._rng)
         self.roster = roster
         self._send, self._term_file, self._events = send, term_file, events
-        self._fence = fence
+        #: runs a two-host pool's fence of the peer (`fenced` reports the outcome)
+        self._fence_peer = fence
         #: durations (leases, timers) on the monotonic clock; people's times on the wall clock
         self._clock, self._wall = clock.monotonic, clock.wall
         self._wake = asyncio.Event()
@@ -73,6 +87,15 @@ class ElectionShell:
         self.leader_since: float | None = None  # wall-clock time of the last leader change
         self.elections = 0
         self._log = log.get("election", cloud=cloud, node=me)
+        self._persist_failing = False
+        # Read now, once: the host agent starts from what they say (`host_fence`).
+        stored = term_file.recover()
+        self._stored: StoredTerm | None = stored
+        self._fence: StoredTerm | None = fence_file.recover() if fence_file is not None else None
+        #: a term file was lost and the core has not relearned the terms yet (kept across
+        #: restarts of the election: only the core's proof ends it)
+        self.relearning = not stored.proven or (
+            self._fence is not None and not self._fence.proven)
 
     # -- queries --------------------------------------------------------------------------
     @property
@@ -97,13 +120,30 @@ class ElectionShell:
         `term` and that lease has not expired by this host's clock (False on a node)."""
         return self.core.holds_lease(peer, term, self._clock())
 
+    def host_fence(self) -> int | None:
+        """The fencing token this pool host's agent may start from: its own file's term when
+        that was readable, else the election's fence once its terms are proven; None until
+        then (the host runs no command meanwhile)."""
+        if self._fence is not None and self._fence.proven:
+            return self._fence.term
+        return None if self.relearning else self.core.proven_fence()
+
+    def unproven(self) -> str:
+        """Why this agent grants no lease and runs no host command yet ('' when it may)."""
+        return self.core.why_unproven() if self.relearning else ""
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the core from the persisted term (`run` does it first)."""
-        self._perform(self.core.start(self._clock(), persisted_term=self._term_file.load()))
+        """Start the core from the persisted terms (`run` does it first)."""
+        stored, self._stored = self._stored or self._term_file.recover(), None  # later: anew
+        floor = max(stored.term, self._fence.term if self._fence is not None else 0)
+        self._perform(self.core.start(self._clock(), persisted_term=floor,
+                                      proven=not self.relearning))
+        if not self.core.unproven:  # a node relearns nothing: it grants and runs nothing
+            self.relearning = False
 
     async def run(self) -> None:
         """Root task: start the core, then tick it whenever it asks to be woken."""
@@ -167,11 +207,11 @@ class ElectionShell:
     def _perform(self, out: Output) -> None:
         if out.persist_term is not None:
             # Before any message that may carry the term leaves this agent.
-            self._term_file.save(out.persist_term)
+            out = self._save(out)
         for peer, msg in out.messages:
             self._send(peer, msg)
-        if out.fence is not None and self._fence is not None:
-            self._fence(out.fence)
+        if out.fence is not None and self._fence_peer is not None:
+            self._fence_peer(out.fence)
         for refused in out.refused:
             self._log.warning("message_refused", peer=refused.peer, term=refused.term,
                               reason=refused.reason)
@@ -194,3 +234,29 @@ class ElectionShell:
                 listener(now_view)
         if out.wake_at <= self._clock():
             self._wake.set()
+
+    def _save(self, out: Output) -> Output:
+        """Write the term `out` asks to keep; when the disk refuses, the Output to perform
+        instead (the core as before the call that raised it)."""
+        assert out.persist_term is not None
+        proven = not self.core.unproven
+        try:
+            self._term_file.save(out.persist_term, proven=proven)
+        except OSError as e:
+            if not self._persist_failing:
+                self._persist_failing = True
+                self._log.warning("term_persist_failed", term=out.persist_term,
+                                  reason=f"{self._term_file.path}: {e.strerror or e}; the "
+                                         f"election acts on no higher term until it is saved")
+            return self.core.persist_failed(self._clock(),
+                                            retry_at=self._clock() + PERSIST_RETRY)
+        if self._persist_failing:
+            self._persist_failing = False
+            self._log.info("term_persisted", term=out.persist_term,
+                           reason="the disk takes the election's term again")
+        if self.relearning and proven:
+            self.relearning = False
+            self._log.info("terms_relearned", term=out.persist_term,
+                           reason="enough pool hosts told their terms: this host grants and "
+                                  "stands for election again")
+        return out

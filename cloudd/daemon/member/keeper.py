@@ -3,7 +3,7 @@ the thin asyncio shell around `cloudd.daemon.member.record`.
 
 Every pool host keeps one `record.json` in the cloud's state folder (0600, written with
 `write_durable`: fsynced, renamed, folder fsynced) holding the record it took last and the
-term it promised. A file that does not read is moved aside (`record.json.damaged`) with a
+term it promised. A file that does not read is set aside (`record.json.corrupt-<stamp>`) with a
 logged reason and the host starts from an empty record: the other hosts hold the rest.
 
 The host side answers the leader (`on_push`, `on_wanted`), persisting before it answers.
@@ -37,7 +37,7 @@ from cloudd.daemon.network.catalogue import (
     RecordWanted,
     Version,
 )
-from cloudd.durable import write_durable
+from cloudd.durable import set_aside, write_durable
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 
 FILE = "record.json"
@@ -57,7 +57,7 @@ _HELD = pydantic.TypeAdapter(Held)
 Spawn = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], None]
 
 
-def load(path: Path, cloud: str, *, logger: Any) -> Held:
+def load(path: Path, cloud: str) -> Held:
     """The held record, or an empty one (a damaged file moved aside, with a logged reason)."""
     try:
         data = path.read_bytes()
@@ -71,9 +71,7 @@ def load(path: Path, cloud: str, *, logger: Any) -> Held:
         why = f"it does not read: {e.errors()[0]['msg']}"
     if why is None:
         return held
-    aside = path.with_name(path.name + ".damaged")
-    path.replace(aside)
-    logger.error("record_file_damaged", path=str(path), moved_to=str(aside), reason=why)
+    set_aside(path, reason=f"the record of cloud {cloud}: {why}")
     return record.empty(cloud)
 
 
@@ -89,7 +87,7 @@ class RecordKeeper:
         self._request, self._hosts, self._quorum = request, hosts, quorum
         self._acting_term, self._spawn, self._on_commit = acting_term, spawn, on_commit
         self.log = log.get("record", cloud=cloud, node=me)
-        self.held = load(self.path, cloud, logger=self.log)
+        self.held = load(self.path, cloud)
         #: what a majority has persisted, as far as this agent (leading) knows
         self.committed = self.held.record
         #: the term this agent recovered the record in (it may act in that term only)

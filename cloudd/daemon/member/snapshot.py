@@ -62,6 +62,9 @@ class MemberSnapshot:
     """This agent's own node side, when it is a node."""
     timings: tuple[CallTiming, ...]
     """The leader's recent host calls, numbered."""
+    unproven: str = ""
+    """Why this agent grants no lease and runs no host command yet: it lost a term file and
+    relearns its terms ('' when it may)."""
 
     @property
     def quorum_reached(self) -> int:

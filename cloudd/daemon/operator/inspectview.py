@@ -33,6 +33,7 @@ from typing import Any
 from cloudd import log
 from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import (
+    AgentState,
     CloudView,
     ElectionState,
     FailedAction,
@@ -182,12 +183,14 @@ def their_view(answer: InspectAnswer, cloud: str) -> CloudView:
     raise ValueError(f"the leader's view has no cloud {cloud}")
 
 
-def status_of(snap: MemberSnapshot | None, *, me: str) -> dict[str, Any]:
+def status_of(snap: MemberSnapshot | None, *, me: str, events_dropped: int = 0) -> dict[str, Any]:
     """This agent's own view, cheap and local (the leader's view is `inspect`)."""
     if snap is None:
-        return {"agent": me, "cloud": None}
+        return {"agent": me, "cloud": None, "events_dropped": events_dropped}
     return {
         "agent": me,
+        "events_dropped": events_dropped,
+        "unproven": snap.unproven,
         "cloud": snap.cloud.name,
         "generation": snap.cloud.digest,
         "leader": snap.leader or None,
@@ -224,7 +227,11 @@ class Inspector:
         self.log = log.get("inspect", node=me)
 
     def status(self) -> dict[str, Any]:
-        return status_of(self._snapshot(), me=self.me)
+        return status_of(self._snapshot(), me=self.me, events_dropped=self.events.dropped)
+
+    def agent_state(self, snap: MemberSnapshot | None) -> AgentState:
+        return AgentState(events_dropped=self.events.dropped,
+                          unproven=snap.unproven if snap is not None else "")
 
     async def inspect(self, cloud: str | None) -> InspectDoc:
         """The inspect document: the leader's view when it can be had, else this agent's."""
@@ -232,7 +239,8 @@ class Inspector:
         if snap is None:
             if cloud is not None:
                 raise ApiError(f"this agent ({self.me}) serves no cloud yet, not {cloud!r}")
-            return InspectDoc(answered_by=self.me, generated_at=self.clock.wall())
+            return InspectDoc(answered_by=self.me, generated_at=self.clock.wall(),
+                              agent=self.agent_state(snap))
         if cloud is not None and cloud != snap.cloud.name:
             raise ApiError(f"unknown cloud {cloud!r}: this agent serves {snap.cloud.name}")
         view: CloudView | None = None
@@ -249,7 +257,8 @@ class Inspector:
                                      stale_after=STALE_LEASES * snap.lease_duration)
                 # the leader's last view, marked stale, with this agent's own leadership view
                 view = dataclasses.replace(last, source=source, leadership=own.leadership)
-        return InspectDoc(answered_by=self.me, generated_at=snap.taken_at, clouds=(view,))
+        return InspectDoc(answered_by=self.me, generated_at=snap.taken_at, clouds=(view,),
+                          agent=self.agent_state(snap))
 
     async def _view(self, snap: MemberSnapshot, source: Source) -> CloudView:
         return await asyncio.to_thread(cloud_view, snap, events=self.events, source=source)

@@ -61,6 +61,13 @@ class Metrics:
         self.service_restarts = Counter("cloudd_service_restarts",
                                         "Service restarts by this agent's supervisor",
                                         ["cloud", "service"], registry=r)
+        self.events_dropped = Counter("cloudd_events_dropped",
+                                      "Events this agent's log could not store (a full or "
+                                      "failing disk)", registry=r)
+        self.unproven = Gauge("cloudd_terms_unproven",
+                              "1 while this pool host relearns its terms after a term file "
+                              "was set aside (it grants no lease and runs no host command)",
+                              ["cloud"], registry=r)
         self.action_seconds = Histogram("cloudd_action_seconds",
                                         "Duration of one reconcile action, by action",
                                         ["cloud", "action"], buckets=ACTION_BUCKETS,
@@ -86,6 +93,12 @@ class Metrics:
         for state, n in totals.items():
             self.domains.labels(cloud, state).set(n)
 
+    def dropped_events(self, count: int) -> None:
+        self.events_dropped.inc(count)
+
+    def set_unproven(self, cloud: str, *, unproven: bool) -> None:
+        self.unproven.labels(cloud).set(1 if unproven else 0)
+
     def respawn(self, cloud: str) -> None:
         self.respawns.labels(cloud).inc()
 
@@ -99,7 +112,7 @@ class Metrics:
         """Drop every series of a cloud that was removed, so that it stops being scraped."""
         for metric in (self.leader, self.term, self.quorum_hosts, self.quorum_needed,
                        self.elections, self.respawns, self.domains, self.service_restarts,
-                       self.action_seconds):
+                       self.action_seconds, self.unproven):
             for labels in list(metric._metrics):  # prometheus-client has no "remove by prefix"
                 if labels[0] == cloud:
                     metric.remove(*labels)

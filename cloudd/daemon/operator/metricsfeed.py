@@ -1,7 +1,8 @@
 """Feeds the Prometheus metrics from the member's snapshot, once a second.
 
-Gauges (leadership, term, quorum, domains by state) are read as they are; counters (elections,
-respawns, host call timings, service restarts) grow by what changed since the last reading,
+Gauges (leadership, term, quorum, domains by state, terms unproven) are read as they are;
+counters (elections, respawns, host call timings, service restarts, events the log could not
+store) grow by what changed since the last reading,
 so that the feed never has to be called from inside the election, the controller or the
 supervisor, and never changes what it reads.
 """
@@ -31,13 +32,19 @@ class MetricsFeed:
         self._last_event = events.last_id()
         self._last_call = 0
         self._starts: dict[tuple[str, str], int] = {}
+        self._dropped = events.dropped
 
     def sample(self) -> None:
+        dropped = self.events.dropped
+        if dropped > self._dropped:
+            self.metrics.dropped_events(dropped - self._dropped)
+        self._dropped = dropped
         snap = self._snapshot()
         if snap is None:
             return
         name = snap.cloud.name
         self.metrics.set_leadership(name, leading=snap.acting, term=snap.term)
+        self.metrics.set_unproven(name, unproven=bool(snap.unproven))
         self.metrics.set_quorum(name, reached=snap.quorum_reached, needed=snap.quorum)
         for _ in range(snap.elections - self._elections):
             self.metrics.election(name)

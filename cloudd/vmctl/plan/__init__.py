@@ -1,6 +1,6 @@
 """The leader's reconcile planner: pure, deterministic, no I/O.
 
-`plan(desired, observed, now)` returns the actions (define, start, shutdown, destroy,
+`plan(desired, observed, now)` returns the actions (define, start, shutdown, reset, destroy,
 undefine, copy a missing image from a source host, create an overlay, remove an overlay no
 node needs, fence a host) that move the pool towards the manifest; the controller in
 `cloudd.daemon.leader.controller` performs them and calls again. See `planner` for the
@@ -11,7 +11,9 @@ for failure bookkeeping.
 from cloudd.config.intent import Ensure, RunStrategy
 from cloudd.vmctl.plan.backoff import BackoffPolicy, Ledger, delay, failed
 from cloudd.vmctl.plan.model import (
+    AFTER_RESET,
     GUEST_SHUTDOWN,
+    UNREACHABLE_RESET_AFTER,
     Action,
     CopyImage,
     CreateOverlay,
@@ -31,6 +33,7 @@ from cloudd.vmctl.plan.model import (
     Observed,
     Planned,
     RemoveImage,
+    Reset,
     Shutdown,
     Start,
     Undefine,
@@ -39,7 +42,9 @@ from cloudd.vmctl.plan.model import (
 from cloudd.vmctl.plan.planner import plan, planned, summarize
 
 __all__ = [
+    "AFTER_RESET",
     "GUEST_SHUTDOWN",
+    "UNREACHABLE_RESET_AFTER",
     "Action",
     "BackoffPolicy",
     "CopyImage",
@@ -62,6 +67,7 @@ __all__ = [
     "Observed",
     "Planned",
     "RemoveImage",
+    "Reset",
     "RunStrategy",
     "Shutdown",
     "Start",

@@ -6,13 +6,14 @@ skips the subject until `not_before`. The delays are cloudd's one backoff
 count (or drawn from an injected `random.Random`), so that a replay gives the same schedule and
 nodes that failed together do not retry together.
 A subject's count is forgotten after a stable period: for a node, its domain has been running
-that long; for a host, it has not failed for that long.
+that long and its agent answers (a hung guest runs too: its resets must add up); for a host, it
+has not failed for that long.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -80,10 +81,13 @@ class Ledger:
     def forget(self, subject: str) -> None:
         self._records.pop(subject, None)
 
-    def settle_nodes(self, domains: Iterable[DomainObs], *, now: float) -> list[str]:
-        """Forget nodes whose domain has run for the stable period; returns them, sorted."""
+    def settle_nodes(self, domains: Iterable[DomainObs], *, now: float,
+                     unreachable: Collection[str] = ()) -> list[str]:
+        """Forget nodes whose domain has run for the stable period, unless their agent is
+        `unreachable`; returns them, sorted."""
         reset = sorted({d.node for d in domains
-                        if d.node in self._records and d.state is DomainState.RUNNING
+                        if d.node in self._records and d.node not in unreachable
+                        and d.state is DomainState.RUNNING
                         and now - d.since >= self.policy.stable
                         and d.since >= self._records[d.node].last})
         for node in reset:

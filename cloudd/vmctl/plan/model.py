@@ -39,6 +39,13 @@ class DomainState(enum.Enum):
 
 #: The shutoff reason libvirt gives when the guest powered itself off.
 GUEST_SHUTDOWN = "shutdown"
+#: The shutoff reason the controller keeps for a guest that powered off after the leader's
+#: reset (a template whose `on_reboot` is destroy turns a reset into a power-off): not the
+#: guest's own doing, so even a `rerun-on-failure` node is started again.
+AFTER_RESET = "reset"
+#: The manifest's default `timing.unreachable_reset_after`, seconds (`cloudd.config.model`
+#: keeps the same number; a test holds them equal).
+UNREACHABLE_RESET_AFTER = 900.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,10 @@ class Desired:
     nodes: tuple[NodeSpec, ...]
     role_order: tuple[str, ...] = ()
     """Roles in dependency order; nodes are handled role by role, unknown roles last."""
+    unreachable_reset_after: float = UNREACHABLE_RESET_AFTER
+    """Seconds a node's agent may stay unreachable while its domain runs before the domain is
+    reset (and, that long again after the reset, destroyed to be started again): the
+    manifest's `timing.unreachable_reset_after`."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,13 @@ class Observed:
     shutdowns: Mapping[tuple[str, str], float] = field(
         default_factory=lambda: MappingProxyType({}))
     """(node, host) -> when a graceful shutdown was sent, for the destroy timeout."""
+    unreachable: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """node -> since when its agent has been dead by this leader's own SWIM probes, as far as
+    this leader has seen; a node absent is not known to be unreachable."""
+    resets: Mapping[tuple[str, str], float] = field(
+        default_factory=lambda: MappingProxyType({}))
+    """(node, host) -> when that domain was reset for an unreachable agent that has not been
+    alive since (the next step is a destroy)."""
 
 
 @dataclass(frozen=True)
@@ -202,10 +220,26 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class Reset:
+    """Reset a running domain whose agent stays unreachable (a hung guest): it reboots at
+    once, as by its reset button."""
+
+    node: str
+    host: str
+    reason: str
+    unreachable_for: float
+    """Seconds the node's agent had been unreachable when the reset was decided."""
+
+
+@dataclass(frozen=True)
 class Destroy:
     node: str
     host: str
     reason: str
+    unreachable_for: float | None = None
+    """Set when this destroy is the hung-guest rule's second step (the agent stayed
+    unreachable after a reset): seconds it had been unreachable. Like a reset, it counts
+    against the node's backoff."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +266,7 @@ class Fence:
     reason: str
 
 
-NodeAction = (CopyImage | CreateOverlay | Define | Start | Shutdown | Destroy | Undefine
+NodeAction = (CopyImage | CreateOverlay | Define | Start | Shutdown | Reset | Destroy | Undefine
               | RemoveImage)
 Action = NodeAction | Fence
 

@@ -15,7 +15,8 @@ Safety rules, in the order they are checked:
   (running first, then highest term); nothing is started until one is left.
 - Only domains whose metadata names this cloud are ever touched.
 Liveness rules: a copy on a live host is restarted in place according to its run strategy;
-a node or host backing off after failures is skipped until its deadline.
+a running copy whose agent stays unreachable is reset, then destroyed to be started again
+(`hung`); a node or host backing off after failures is skipped until its deadline.
 Images: a new domain goes to a host that has the node's image, or its base image (then
 CreateOverlay comes first), or, failing both, to a host that can get it from the node's
 source host (then CopyImage comes first); a copy is planned only from a source that is alive,
@@ -30,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from cloudd.config.intent import Ensure, RunStrategy
+from cloudd.vmctl.plan.hung import hung
 from cloudd.vmctl.plan.leftovers import leftovers
 from cloudd.vmctl.plan.model import (
     GUEST_SHUTDOWN,
@@ -251,6 +253,9 @@ class _Pass:
             self._wait(spec.name, f"host {d.host} is {host.liveness.value}"
                                   f"{'' if host.reachable else ' and unreachable'}")
             return
+        if d.state is DomainState.RUNNING and spec.run is not RunStrategy.MANUAL:
+            self._hung(d)
+            return
         if d.state in _UP or d.state is DomainState.NOSTATE:
             return
         if spec.run is RunStrategy.MANUAL:
@@ -269,6 +274,17 @@ class _Pass:
         self.by_node[spec.name].append(Start(
             spec.name, d.host, "defined, not started" if never
             else f"{d.state.value} ({d.reason}); restarting in place", respawn=not never))
+
+    def _hung(self, d: DomainObs) -> None:
+        """A running domain on a live host: reset it, or destroy it, when its agent has been
+        unreachable too long (`hung`)."""
+        found = hung(d, self.observed, bound=self.desired.unreachable_reset_after, now=self.now)
+        if found is None:
+            return
+        if isinstance(found, Waiting):
+            self._wait(d.node, found.reason)
+        elif not self._backing_off(d.node):
+            self.by_node[d.node].append(found)
 
     def _place(self, spec: NodeSpec, placer: Placer) -> None:
         if self._backing_off(spec.name):

@@ -89,7 +89,8 @@ class HostRig:
 
 def make_host(tmp_path: Path, cloud: Cloud, *, backend: Backend | None = None,
               open_backend: Callable[[str], Awaitable[Backend]] | None = None,
-              settings: AgentSettings | None = None) -> HostRig:
+              settings: AgentSettings | None = None,
+              fence: Callable[[], int | None] | None = None) -> HostRig:
     backend = backend or FakeBackend(clock=FakeClock().monotonic)
     opened: list[str] = []
     sent: list[tuple[str, Any]] = []
@@ -108,7 +109,7 @@ def make_host(tmp_path: Path, cloud: Cloud, *, backend: Backend | None = None,
         state_dir=tmp_path / "state", open_backend=opening, leader=lambda: leader[0],
         send=lambda peer, msg: sent.append((peer, msg)),
         local=lambda h, e: local.append((h, e)),
-        holds_lease=lambda member, term: leases.get(member) == term)
+        holds_lease=lambda member, term: leases.get(member) == term, fence=fence)
     return HostRig(duties, backend, opened, sent, local, leader, leases, current)
 
 

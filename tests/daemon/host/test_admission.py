@@ -262,6 +262,7 @@ def grounds(cloud: Cloud, *, images: tuple[str, ...] = (IMAGES,)) -> Grounds:
              temporary=True)),
     # commands that name no host resource are not checked here (HostAgent checks ownership)
     (HostCommand(Op.START, 3, DOMAIN), (IMAGES,), None),
+    (HostCommand(Op.RESET, 3, DOMAIN), (IMAGES,), None),
     (HostCommand(Op.LIST, 3), (IMAGES,), None),
 ])
 def test_refusal(cloud: Cloud, command: HostCommand, images: tuple[str, ...],

@@ -16,7 +16,7 @@ from cloudd.daemon.network.catalogue import DomainEventNote
 from cloudd.errors import TemporaryError
 from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
 from cloudd.vmctl.hostagent import TERM_FILE, CommandOutcome, HostAgent, HostCommand, Op
-from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
+from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, metadata_xml
 
 from .conftest import HostRig, make_host, running
 
@@ -111,6 +111,30 @@ async def test_a_refused_term_is_never_persisted_even_across_a_restart(
     # and the real leader of the next term is obeyed
     rig.leases["pm2"] = 4
     assert (await rig.duties.execute("pm2", HostCommand(Op.LIST, 4))).outcome is CommandOutcome.DONE
+
+
+async def test_a_reset_is_admitted_as_a_start_is(rig: HostRig) -> None:
+    """Only the lease holder of exactly that term resets, and only a domain of this cloud."""
+    xml = rig.duties.renderer.render(rig.cloud[0], SERVER, 3)
+    for op, args in ((Op.DEFINE, (DOMAIN, xml)), (Op.START, (DOMAIN,))):
+        assert (await rig.duties.execute("pm2", HostCommand(op, 3, *args))).outcome \
+            is CommandOutcome.DONE
+    assert isinstance(rig.backend, FakeBackend)
+    rig.backend.calls.clear()
+    for sender, term in (("shop-server-1", 3), ("pm3", 3), ("pm2", 4)):
+        refused = await rig.duties.execute(sender, HostCommand(Op.RESET, term, DOMAIN))
+        assert refused.outcome is CommandOutcome.FAILED
+        assert refused.message == f"{sender} holds no unexpired lease of pm1 for term {term}"
+    assert rig.backend.calls == []
+    done = await rig.duties.execute("pm2", HostCommand(Op.RESET, 3, DOMAIN))
+    assert done.outcome is CommandOutcome.DONE and rig.backend.calls == [("reset", DOMAIN)]
+    meta = CloudMeta(cloud="other", node="n1", role="server", term=1)
+    await rig.backend.define(f"<domain><name>shop-n1</name>{metadata_xml(meta)}</domain>")
+    await rig.backend.start("shop-n1")
+    foreign = await rig.duties.execute("pm2", HostCommand(Op.RESET, 3, "shop-n1"))
+    assert foreign.outcome is CommandOutcome.FAILED
+    assert foreign.message == "domain 'shop-n1' belongs to cloud other, not shop; not touching it"
+    assert ("reset", "shop-n1") not in rig.backend.calls
 
 
 async def test_a_deposed_leader_without_a_lease_hears_it_is_stale(rig: HostRig) -> None:

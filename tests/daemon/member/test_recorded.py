@@ -269,10 +269,10 @@ def test_a_damaged_record_file_is_moved_aside_and_the_host_starts_empty(
     path = tmp_path / keeping.FILE
     path.write_text('{"record": {"cloud": "shop"}, "promised": "x"}')
     with capture_logs() as logs:
-        held = keeping.load(path, "shop", logger=keeping.log.get("record"))
+        held = keeping.load(path, "shop")
     assert held == record.empty("shop") and not path.exists()
-    assert (tmp_path / "record.json.damaged").exists()
-    assert [(e["event"], e["path"]) for e in logs] == [("record_file_damaged", str(path))]
+    assert [p.name.startswith("record.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+    assert [(e["event"], e["path"]) for e in logs] == [("state_file_set_aside", str(path))]
 
 
 async def test_the_same_text_again_is_the_generation_in_force(tmp_path: Path,

@@ -140,9 +140,10 @@ def test_leadership_state(rig: Rig, leader: str, acting: bool, dead: set[str],
 
 
 def test_status_is_this_agents_own_view(rig: Rig) -> None:
-    assert status_of(None, me="pm1") == {"agent": "pm1", "cloud": None}
-    status = status_of(rig.snap, me="pm1")
+    assert status_of(None, me="pm1") == {"agent": "pm1", "cloud": None, "events_dropped": 0}
+    status = status_of(rig.snap, me="pm1", events_dropped=3)
     assert json.loads(json.dumps(status)) == status
+    assert (status["events_dropped"], status["unproven"]) == (3, "")
     assert (status["leader"], status["term"], status["acting"]) == ("pm1", 4, True)
     assert status["members"]["pm2"] == "dead"
     assert status["doubts"] == {

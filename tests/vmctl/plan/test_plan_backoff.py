@@ -53,6 +53,14 @@ def test_node_is_forgotten_only_after_running_stably_since_its_last_failure() ->
     assert ledger.settle_nodes(old, now=5000.0) == []  # running since before its last failure
 
 
+def test_a_node_whose_agent_is_unreachable_is_never_stable() -> None:
+    ledger = Ledger(POLICY)
+    ledger.failed("n1", now=100.0)  # a reset of a hung guest: it runs since then
+    running = [DomainObs("h1", "n1", "c1", DomainState.RUNNING, since=100.0)]
+    assert ledger.settle_nodes(running, now=5000.0, unreachable={"n1"}) == []
+    assert ledger.settle_nodes(running, now=5000.0, unreachable={"n2"}) == ["n1"]
+
+
 def test_policy_refuses_nonsense_when_built() -> None:
     for bad in ({"base": 0.0}, {"base": 10.0, "cap": 5.0}, {"jitter": 2.0}, {"stable": 0.0}):
         with pytest.raises(ValueError):
