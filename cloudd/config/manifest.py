@@ -32,6 +32,7 @@ from cloudd.config.model import (
     PoolHost,
     RoleFilesIn,
     RunStrategy,
+    TwoHostPool,
 )
 from cloudd.config.problems import inline_secrets, validate_as, validate_model
 from cloudd.config.sources import Origin, Reads
@@ -130,6 +131,8 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         gateway=top.network.gateway,
         template_values=MappingProxyType(dict(top.template_values)),
         node_access=NodeAccess(tuple(top.node_access.ssh_authorized_keys)),
+        two_host=None if top.two_host is None else TwoHostPool(
+            top.two_host.fence_delay, top.two_host.wait_for_all),
         unreachable_reset_after=top.timing.unreachable_reset_after,
     )
 
@@ -292,6 +295,7 @@ def _cross_checks(doc: Document, top: CloudIn, nodes: list[Located]) -> list[Pro
     for i, h in enumerate(top.pool):
         unique(seen_name, h.name, "host name", f"pool host {h.name}", ("pool", i), "name")
         unique(seen_addr, h.address, "address", f"pool host {h.name}", ("pool", i), "address")
+    problems += _two_host(doc, top)
     for node, loc in nodes:
         unique(seen_name, node.name, "name", f"node {node.name}", loc, "name")
         unique(seen_addr, node.address, "address", f"node {node.name}", loc, "address")
@@ -310,6 +314,19 @@ def _cross_checks(doc: Document, top: CloudIn, nodes: list[Located]) -> list[Pro
             problems.append(doc.place(loc, field_name=_field(loc, "base_image"),
                                       message="is required when overlay is true"))
     return problems
+
+
+def _two_host(doc: Document, top: CloudIn) -> list[Problem]:
+    """A two-host pool has exactly two hosts, and the survivor fences the other: each needs
+    its fence command (a node's view, which carries no fence commands, carries no two_host)."""
+    if top.two_host is None:
+        return []
+    if len(top.pool) != 2:
+        return [doc.place(("two_host",), message=(
+            f"a two-host pool has exactly two pool hosts, and this pool lists {len(top.pool)}"))]
+    return [doc.place(("pool", i), field_name=_field(("pool", i), "fence"), message=(
+                "is required in a two-host pool: the survivor acts only after fencing the other"))
+            for i, h in enumerate(top.pool) if not h.fence]
 
 
 def _field(loc: tuple[str | int, ...], name: str) -> str:

@@ -61,6 +61,14 @@ class PoolHostIn(_Strict):
     fence: list[str] | None = Field(default=None, min_length=1)
 
 
+class TwoHostIn(_Strict):
+    """A pool of exactly two hosts where the survivor acts after fencing the other
+    (docs/operations.md, "Two-host pools"). Seconds."""
+
+    fence_delay: float = Field(default=15.0, ge=0, le=3600)
+    wait_for_all: float | None = Field(default=None, gt=0, le=86400)
+
+
 class NetworkIn(_Strict):
     """How nodes configure their address (the manifest gives addresses without prefix)."""
 
@@ -130,6 +138,8 @@ class CloudIn(_Strict):
     #: Set by cloudd on the manifests it sends: the text names no file (`sources.Origin`).
     self_contained: bool = False
     pool: list[PoolHostIn] = Field(min_length=1)
+    #: Present: the pool is a two-host pool (exactly two hosts, each with a fence command).
+    two_host: TwoHostIn | None = None
     roles: dict[str, Any] = Field(min_length=1)
     resources: ResourcesIn = ResourcesIn()
     settings: dict[str, Any] = {}
@@ -176,6 +186,15 @@ class PoolHost:
     #: The command that powers this host off for good (IPMI, a PDU...), run by the leader
     #: before re-placing the host's nodes elsewhere; () when none is configured.
     fence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TwoHostPool:
+    """A two-host pool's settings (`cloudd.election.config.TwoHost` documents each)."""
+
+    fence_delay: float = 15.0
+    #: None: a starting host waits for its peer for ever.
+    wait_for_all: float | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +262,8 @@ class Cloud:
     template_values: Mapping[str, str] = field(default_factory=dict)
     #: Who may log into the nodes (the pool hosts' texts carry it; a node's view does not).
     node_access: NodeAccess = NodeAccess()
+    #: A two-host pool (None: the pool's majority decides, as always).
+    two_host: TwoHostPool | None = None
     #: Seconds a running node's agent may stay unreachable before its domain is reset.
     unreachable_reset_after: float = UNREACHABLE_RESET_AFTER
 

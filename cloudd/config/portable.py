@@ -14,8 +14,9 @@ member sends `text_for(cloud, recipient)`, cut for that recipient:
   names of the secrets but none of their contents (the leader sends a node the secrets its
   role needs in its assignment), no template, no template values, no `node_access` (the
   operator's keys go into the seeds the hosts build), no `timing` (the leader's own bounds:
-  a node never leads, and a node image older than the field still takes the text), and
-  neither the hosts' fence commands nor their libvirt URIs.
+  a node never leads, and a node image older than the field still takes the text), no
+  `two_host` (a pool host's business), and neither the hosts' fence commands nor their
+  libvirt URIs.
 
 Both texts say `self_contained: true`. `portable_text` is the pool hosts' text (what
 `cloudd-cli apply` sends, and what an agent hands over to the leader).
@@ -34,7 +35,7 @@ from cloudd.errors import PermanentError
 
 #: Fields of a pool host's text that a node's view leaves out (host-side only).
 _HOST_ONLY = ("domain_template", "domain_template_text", "template_values", "node_access",
-              "timing")
+              "timing", "two_host")
 
 
 class Recipient(StrEnum):

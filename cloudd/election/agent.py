@@ -22,6 +22,11 @@ calls before `start`) raises `RemoteProtocolError`/`LocalProtocolError` and chan
 `holds_lease(member, term, now)` is the host's question before it runs a host command.
 A pool host started with `proven=False` (a term file was lost) relearns its terms first
 (`unproven`, recovery.py); `proven_fence()` is then None, and the host runs no host command.
+In a two-host pool (twohost.py) an `Output` may also name a peer to `fence`: the shell runs
+the pool's fence command for it and reports the outcome with `fence_result`; until then, and
+after a failure, this agent stands for nothing. The peer's state is what this agent learned,
+like SWIM's: a term that cannot be saved does not put it back, and `persist_failed` hands out
+again the fence and the moves of the call it undoes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from cloudd.election.messages import (
 )
 from cloudd.election.states import ElectionEvent, ElectionRole
 from cloudd.election.swim import Membership, Status
+from cloudd.election.twohost import Pair
 from cloudd.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 
@@ -57,6 +63,8 @@ class Output:
     acting_until: float | None
     wake_at: float
     refused: tuple[Refusal, ...] = ()
+    #: A two-host pool's peer to fence now (run its fence command, then `fence_result`).
+    fence: str | None = None
 
 
 class AgentCore:
@@ -71,6 +79,7 @@ class AgentCore:
         self.timing = (timing or Timing.production()).validate()
         self.members = Membership(me, roster, timing=self.timing, rng=rng)
         self.bully = Bully(me, roster, timing=self.timing, rng=rng, live=self.members.live)
+        self.pair: Pair | None = None
         self._now = float("-inf")
         self._acting = False
         self._pending_out: list[tuple[str, Message]] = []
@@ -78,9 +87,10 @@ class AgentCore:
         #: the election (and whether it acted) before the part of a call that may raise its
         #: persisted term: put back if that term cannot be saved
         self._checkpoint: tuple[dict[str, object], bool] | None = None
-        #: the last call's checkpoint, with what membership had to say in that call
+        #: the last call's checkpoint, with what membership (and a two-host pool's peer
+        #: state: its moves, and the fence it asked for) had to say in that call
         self._undo: tuple[dict[str, object], bool, list[tuple[str, Message]],
-                          list[ElectionEvent]] | None = None
+                          list[ElectionEvent], str | None] | None = None
 
     # -- queries ------------------------------------------------------------------------
     @property
@@ -148,7 +158,13 @@ class AgentCore:
             "unproven": self.why_unproven(),
             "not_alive": {n: {"status": d.status.value, "since": d.since, "reason": d.reason}
                           for n, d in self.members.doubts().items()},
+            "two_host": self.pair.describe() if self.pair is not None else None,
         }
+
+    def stand_ins(self) -> frozenset[str]:
+        """Pool hosts that count as having persisted every write of the cloud's record: a
+        two-host pool's peer while its fence holds (twohost.py)."""
+        return self.pair.acknowledged() if self.pair is not None else frozenset()
 
     # -- inputs -------------------------------------------------------------------------
     def start(self, now: float, *, persisted_term: int = 0, proven: bool = True) -> Output:
@@ -156,6 +172,7 @@ class AgentCore:
             raise LocalProtocolError(f"{self.me} is already started")
         self.bully.start(now, persisted_term, proven=proven)
         self.members.start(now)
+        self._pair_for(self.roster, now)
         self._now = now
         return self._flush(now)
 
@@ -194,6 +211,8 @@ class AgentCore:
             except ProtocolError:
                 self._checkpoint = None
                 raise
+        if self.pair is not None and sender == self.pair.peer:
+            self.pair.heard(now)  # the transport named the sender by its certificate
         self._now = now
         return self._flush(now)
 
@@ -206,6 +225,7 @@ class AgentCore:
         for _ in range(4):
             self.members.probe_tick(now)
             self._changes(now)
+            self._observe_pair(now)
             self._mark()
             self.bully.tick(now)
             for name in self.bully.suspects:
@@ -214,7 +234,8 @@ class AgentCore:
             self._changes(now)
             if self.bully.persist is not None:
                 break  # nothing more on a term not saved yet: the next tick goes on
-            if min(self.members.next_deadline(), self.bully.next_deadline(now)) > now:
+            if min(self.members.next_deadline(), self.bully.next_deadline(now),
+                   self._pair_deadline(now)) > now:
                 break
         return self._flush(now)
 
@@ -233,7 +254,27 @@ class AgentCore:
         self.roster = roster
         self.members.change_roster(roster)
         self.bully.roster = roster
+        if self.pair is not None and roster.two_host is not None:
+            self.pair.reconfigure(roster, timing=self.timing)  # a fenced peer stays fenced
+        else:
+            self._pair_for(roster, now)
         self._now = now
+        return self._flush(now)
+
+    def fence_result(self, peer: str, *, ok: bool, reason: str, now: float) -> Output:
+        """The shell ran the fence command for `peer` that an `Output` asked for: `ok` when it
+        succeeded (the peer is off). A fenced peer counts as granted: an agent waiting to
+        run does so at once."""
+        self._check(now)
+        if self.pair is None or peer != self.pair.peer:
+            raise LocalProtocolError(f"{peer!r} is not the peer of a two-host pool here")
+        self.pair.fence_result(ok=ok, reason=reason, now=now)
+        self._now = now
+        if ok:
+            # The peer is surely dead now: the election moves on at once (a follower of it
+            # loses its leader; an agent waiting to run runs).
+            self._mark()
+            self.bully.member_changed(peer, False, now)
         return self._flush(now)
 
     def peer_unreachable(self, peer: str, now: float) -> Output:
@@ -251,12 +292,15 @@ class AgentCore:
         perform instead, which asks for a tick by `retry_at` to try again."""
         if self._undo is None:
             raise LocalProtocolError(f"{self.me}: no term was waiting to be saved")
-        snapshot, acting, out, events = self._undo
+        snapshot, acting, out, events, fence = self._undo
         self._undo = None
         self.bully.restore(snapshot)
         self._pending_out, self._pending_events, self._acting = out, events, acting
+        if fence is not None and self.pair is not None and self.pair.fence is None:
+            self.pair.fence = fence  # the pair is FENCING: the command must still run
         done = self._flush(now)
-        wake = min(self.members.next_deadline(), max(self.bully.next_deadline(now), retry_at))
+        wake = min(self.members.next_deadline(), max(self.bully.next_deadline(now), retry_at),
+                   self._pair_deadline(now))
         return replace(done, wake_at=max(wake, now))
 
     # -- internals ----------------------------------------------------------------------
@@ -272,6 +316,19 @@ class AgentCore:
         if now < self._now:
             raise LocalProtocolError(f"time ran backwards: {now} after {self._now}")
 
+    def _pair_for(self, roster: Roster, now: float) -> None:
+        """A two-host pool's rule on its hosts (a new one when the setting changes)."""
+        two = roster.two_host is not None and self.me in roster.hosts
+        self.pair = Pair(self.me, roster, timing=self.timing, now=now) if two else None
+        self.bully.pair = self.pair
+
+    def _observe_pair(self, now: float) -> None:
+        if self.pair is not None:
+            self.pair.observe(live=self.members.live(self.pair.peer), now=now)
+
+    def _pair_deadline(self, now: float) -> float:
+        return self.pair.next_deadline(now) if self.pair is not None else float("inf")
+
     def _changes(self, now: float) -> None:
         """Hand SWIM's status changes to the election, and to the log with their reason."""
         out, changes = self.members.drain()
@@ -283,6 +340,13 @@ class AgentCore:
 
     def _flush(self, now: float) -> Output:
         self._changes(now)
+        self._observe_pair(now)
+        fence = None
+        if self.pair is not None:
+            fence, self.pair.fence = self.pair.fence, None
+            self._pending_events += [ElectionEvent("two_host", m.reason, self.bully.term,
+                                                   self.pair.peer) for m in self.pair.moves]
+            self.pair.moves.clear()
         bully = self.bully
         self.members.header = (self.leader, bully.term)
         messages = self._pending_out + bully.out
@@ -291,7 +355,7 @@ class AgentCore:
         mark, self._checkpoint = self._checkpoint, None
         if persist is not None:  # else the shell has nothing to save, and no undo to ask
             self._undo = None if mark is None else (
-                *mark, list(self._pending_out), list(self._pending_events))
+                *mark, list(self._pending_out), list(self._pending_events), fence)
         self._pending_out, self._pending_events = [], []
         bully.out, bully.events, bully.persist, bully.refused = [], [], None, []
         acting = self.is_acting(now)
@@ -301,7 +365,8 @@ class AgentCore:
             events.append(ElectionEvent("acting", f"{'yes' if acting else 'no'}: {why}", bully.term,
                                 self.me))
             self._acting = acting
-        wake = min(self.members.next_deadline(), bully.next_deadline(now))
+        wake = min(self.members.next_deadline(), bully.next_deadline(now),
+                   self._pair_deadline(now))
         return Output(messages=tuple(messages), persist_term=persist, events=tuple(events),
                       acting=acting, acting_until=bully.acting_until() if acting else None,
-                      wake_at=max(wake, now), refused=refused)
+                      wake_at=max(wake, now), refused=refused, fence=fence)

@@ -37,6 +37,9 @@ facade puts back the state of `snapshot()` taken before the step, as if the mess
 arrived; the next message or tick tries again.
 A pool host that lost its term file (`proof`, see recovery.py) follows but never runs, grants
 nothing, and answers `WhoLeads` without vouching, until enough other hosts told it their terms.
+In a two-host pool (`pair`, twohost.py) a host runs only while its peer is there or fenced,
+and a fenced peer counts as a grant (`Holder.stand_ins`); a host relearning its terms still
+neither runs nor grants, whatever its pair says.
 """
 
 from __future__ import annotations
@@ -64,11 +67,12 @@ from cloudd.election.messages import (
 )
 from cloudd.election.recovery import UNKNOWN, TermProof, witnesses_needed
 from cloudd.election.states import TRANSITIONS, ElectionEvent, ElectionRole
+from cloudd.election.twohost import Pair
 from cloudd.errors import LocalProtocolError, RemoteProtocolError
 
 #: What a snapshot does not copy: the configuration and the collaborators, never changed by a
-#: step.
-_SHARED = ("me", "roster", "timing", "rng", "live")
+#: step. A two-host pool's `pair` is the agent's (like SWIM's view, what it learned stays).
+_SHARED = ("me", "roster", "timing", "rng", "live", "pair")
 
 
 def _copied(value: object) -> object:
@@ -118,6 +122,8 @@ class Bully:
         #: the facade hands them to SWIM, which confirms or refutes.
         self.suspects: list[str] = []
         self._leader_silent_reported = False
+        #: A two-host pool's rule about the other host (twohost.py), set by the agent.
+        self.pair: Pair | None = None
         #: Set while this pool host relearns the terms its lost term file held (recovery.py).
         self.proof: TermProof | None = None
 
@@ -230,15 +236,25 @@ class Bully:
                 self._goto(ElectionRole.AWAITING, "waiting out the leases of a previous life")
             self.deadline = self.not_before
             return
+        if self.pair is not None and not self.pair.may_run():
+            if self.role is not ElectionRole.AWAITING:
+                self._goto(ElectionRole.AWAITING, f"two-host pool: {self.pair.peer} is "
+                                                  f"{self.pair.state.value}, not fenced")
+            self.deadline = now + self.timing.inquiry_timeout
+            return
         proposed = max(self.term, self.persisted) + 1
         self._goto(ElectionRole.CANDIDATE, f"asking hosts for term {proposed}")
         self._persist(proposed)  # before any request for it leaves (see Output)
         self.holder = Holder(term=proposed, hosts=self.roster.hosts,
-                             quorum=self.roster.quorum, timing=self.timing)
+                             quorum=self.roster.quorum, timing=self.timing,
+                             stand_ins=self._stand_ins)
         self.rejected = set()
         self.retry_at = 0.0
         self.deadline = now + self.timing.candidate_timeout
         self._ask_hosts(now)
+
+    def _stand_ins(self) -> dict[str, float]:
+        return dict(self.pair.stand_ins()) if self.pair is not None else {}
 
     def _ask_hosts(self, now: float) -> None:
         assert self.holder is not None
@@ -521,7 +537,8 @@ class Bully:
                 proposed = max(self.persisted, msg.term) + 1
                 self._persist(proposed)
                 self.refresh = Holder(term=proposed, hosts=self.roster.hosts,
-                                      quorum=self.roster.quorum, timing=self.timing)
+                                      quorum=self.roster.quorum, timing=self.timing,
+                                      stand_ins=self._stand_ins)
                 self._ask(self.refresh, now)
         elif self.role is ElectionRole.CANDIDATE:
             self.rejected.add(host)

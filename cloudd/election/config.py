@@ -19,6 +19,9 @@ grant leases or count for the quorum, and a dead VM reaches the leader as libvir
 not as a SWIM verdict. A node is dead at most `node_dead_bound(n)` after it stopped answering.
 `Timing.local()` halves everything for agents that share one machine (tests, demos).
 `validate()` rejects nonsense with one sentence naming the field.
+`TwoHost` is the other half of this file: the settings of a pool of exactly two hosts
+(twohost.py), which come with the cloud's manifest rather than the agent's profile, since
+the delay must outlast the pool's own fence command.
 """
 
 from __future__ import annotations
@@ -154,3 +157,35 @@ class Timing:
         _, high = self.suspicion_timeouts(n)
         return (4 * self.probe_interval + high + self.lease_duration + self.coordinator_timeout
                 + 2 * self.candidate_timeout + 2 * self.retry_backoff)
+
+
+@dataclass(frozen=True)
+class TwoHost:
+    """A pool of exactly two hosts (Pacemaker's `two_node` with `wait_for_all`): the survivor
+    acts only after its fence command has powered the other off. Seconds of the monotonic
+    clock, like `Timing`."""
+
+    fence_delay: float = 15.0
+    """How long the host ranked lower waits, once it has lost its peer, before it fences it
+    (Pacemaker's pcmk_delay_base): in a split both fence, and the higher one, which fences at
+    once, wins if its fence command finishes within this delay. Longer than the pool's fence
+    command takes (IPMI: seconds to tens of them)."""
+    wait_for_all: float | None = None
+    """A host that starts (a cold start, or back after being fenced) acts alone only once it
+    has heard from its peer, from which it learns the terms and the record the peer made
+    alone; with a bound, also once it has fenced a peer silent this long. None (the default,
+    Pacemaker's wait_for_all): it waits for its peer for ever. After the bound the host acts
+    on its own copy of the record and its own terms, which lack what the peer did alone after
+    fencing it: when both are back, the record of the higher version wins."""
+    fence_retry: float = 10.0
+    """A fence that failed is tried again after this long; meanwhile this host acts on
+    nothing (the other may win the race)."""
+
+    def validate(self) -> TwoHost:
+        """Return self, or raise `ConfigError` with one sentence about the first bad field."""
+        for name in ("fence_delay", "wait_for_all", "fence_retry"):
+            value = getattr(self, name)
+            if value is not None and (value < 0 or (value == 0 and name != "fence_delay")):
+                raise ConfigError([Problem(file="<two_host>", line=None, column=None,
+                                           field=name, message=f"must be positive, got {value}")])
+        return self

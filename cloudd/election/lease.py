@@ -18,10 +18,14 @@ The grantor is also what a host asks before it runs a host command (`holds_lease
 member it granted its lease to, for exactly the command's term, while that lease is
 unexpired by the host's own clock. A host learns terms from the leases it grants, so no
 message can talk it into a term nobody holds (the agent's `Bully` keeps its fence that way).
+A two-host pool (twohost.py) is the one exception to counting grants: a host its fence command
+has powered off grants nothing and counts as granted (`Holder.stand_ins`) until it is seen
+again. No other host is left to grant anyone else a lease.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cloudd.election.config import Timing
@@ -84,11 +88,15 @@ class Grantor:
 class Holder:
     """The leases a candidate or leader holds for one `term`, by its own clock."""
 
-    def __init__(self, *, term: int, hosts: frozenset[str], quorum: int, timing: Timing) -> None:
+    def __init__(self, *, term: int, hosts: frozenset[str], quorum: int, timing: Timing,
+                 stand_ins: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.term = term
         self.hosts = hosts
         self.quorum = quorum
         self.timing = timing
+        #: Hosts that count as granted until the given instant though they grant nothing (a
+        #: two-host pool's fenced peer), asked at every count: it changes with the fence.
+        self.stand_ins = stand_ins
         self.valid_until: dict[str, float] = {}
         self._sent: dict[int, float] = {}
         self._seq = 0
@@ -110,5 +118,9 @@ class Holder:
 
     def quorum_until(self) -> float:
         """The instant the majority lapses if no grant arrives meanwhile (-inf: none)."""
-        ends = sorted(self.valid_until.values(), reverse=True)
+        valid = dict(self.valid_until)
+        for host, until in (self.stand_ins() if self.stand_ins is not None else {}).items():
+            if host in self.hosts:
+                valid[host] = max(until, valid.get(host, until))
+        ends = sorted(valid.values(), reverse=True)
         return ends[self.quorum - 1] if len(ends) >= self.quorum else float("-inf")

@@ -10,6 +10,9 @@ leader acts on the hosts' VMs and a node is a tenant's VM that may be compromise
 each kind, priority is an explicit integer, higher wins; ties (and the default, all zero)
 fall back to the listed order, first listed first, so that every agent computes the same
 order from the same manifest.
+A pool of exactly two hosts may declare itself one (`two_host`, twohost.py): its quorum is
+still both hosts, but a host that has fenced the other counts it as granted until it is seen
+again. Any other number of hosts with that setting is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cloudd.election.config import TwoHost
 from cloudd.errors import ConfigError, Problem
 
 
@@ -32,9 +36,11 @@ class Member:
 class Roster:
     """The member list with its derived orders; immutable after construction."""
 
-    def __init__(self, members: Iterable[Member]) -> None:
+    def __init__(self, members: Iterable[Member], *, two_host: TwoHost | None = None) -> None:
         self.members: tuple[Member, ...] = tuple(members)
-        problem = _check(self.members)
+        #: The two-host rule's settings, or None: a plain majority pool.
+        self.two_host = two_host.validate() if two_host is not None else None
+        problem = _check(self.members, two_host)
         if problem is not None:
             field, why = problem
             raise ConfigError([Problem(file="<roster>", line=None, column=None, field=field,
@@ -75,7 +81,7 @@ class Roster:
         return self.by_priority[:self._position[name]]
 
 
-def _check(members: tuple[Member, ...]) -> tuple[str, str] | None:
+def _check(members: tuple[Member, ...], two_host: TwoHost | None) -> tuple[str, str] | None:
     if not members:
         return "members", "the cloud lists no members"
     seen: set[str] = set()
@@ -87,4 +93,7 @@ def _check(members: tuple[Member, ...]) -> tuple[str, str] | None:
         seen.add(m.name)
     if not any(m.host for m in members):
         return "members", "no member is a pool host, so no leader could ever get a quorum"
+    hosts = sum(1 for m in members if m.host)
+    if two_host is not None and hosts != 2:
+        return "two_host", f"a two-host pool has exactly two pool hosts, and this one has {hosts}"
     return None

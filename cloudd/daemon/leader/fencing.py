@@ -5,16 +5,24 @@ controller performs it through a `Fencer`. `CommandFencer` runs the command the 
 for that host (IPMI, a PDU, `virsh destroy` of a nested host...) and counts it done only when
 the command exits 0 within its timeout: a fence that cannot be proven leaves the nodes where
 they are (two copies of one VM are worse than a node down).
+
+A two-host pool fences earlier, in the election (`cloudd.election.twohost`): a host that lost
+its peer fences it before it may lead at all. `PeerFencer` runs that fence with the same
+command and reports the outcome to the election; the controller's own fence of that host, once
+this host leads, is then already proven (`CloudFencer`'s `proven`) and is not run again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from cloudd import log
 from cloudd.config.model import Cloud
-from cloudd.errors import PermanentError, TemporaryError
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
 
 #: Seconds a fence command may take; a power switch answers in seconds, IPMI in tens of them.
 FENCE_TIMEOUT = 60.0
@@ -58,10 +66,53 @@ class CommandFencer:
 
 
 class CloudFencer:
-    """Fences with the commands of the manifest generation in force (they may change)."""
+    """Fences with the commands of the manifest generation in force (they may change); a host
+    `proven` off already (a two-host pool's peer, fenced by the election) is not fenced
+    again."""
 
-    def __init__(self, cloud: Callable[[], Cloud], *, timeout: float = FENCE_TIMEOUT) -> None:
-        self._cloud, self.timeout = cloud, timeout
+    def __init__(self, cloud: Callable[[], Cloud], *, timeout: float = FENCE_TIMEOUT,
+                 proven: Callable[[str], bool] = lambda host: False) -> None:
+        self._cloud, self.timeout, self._proven = cloud, timeout, proven
 
     async def fence(self, host: str) -> None:
+        if self._proven(host):
+            log.get("fencing", cloud=self._cloud().name).info(
+                "fence_skipped", host=host,
+                reason=f"{host} was fenced before this agent could lead, and not seen since")
+            return
         await CommandFencer.of(self._cloud(), timeout=self.timeout).fence(host)
+
+
+class PeerFencer:
+    """Runs a two-host pool's fence of the peer for the election, off the election's loop
+    turn, and reports the outcome (`report(peer, ok, reason)`); one fence at a time."""
+
+    def __init__(self, fencer: CloudFencer, *, cloud: str, me: str,
+                 spawn: Callable[[str, Callable[[], Coroutine[Any, Any, None]]], None],
+                 report: Callable[[str, bool, str], None]) -> None:
+        self._fencer, self._spawn, self._report = fencer, spawn, report
+        self._running: set[str] = set()
+        self._log = log.get("fencing", cloud=cloud, node=me)
+
+    def __call__(self, peer: str) -> None:
+        if peer in self._running:
+            return
+        self._running.add(peer)
+        self._spawn(f"fence-peer-{peer}", functools.partial(self._run, peer))
+
+    async def _run(self, peer: str) -> None:
+        self._log.warning("peer_fencing", host=peer,
+                          reason="a two-host pool: this host acts only once the other is off")
+        try:
+            await self._fencer.fence(peer)
+        except (ClouddError, OSError) as exc:
+            self._log.error("fence_failed", host=peer, reason=str(exc))
+            ok, reason = False, str(exc) or type(exc).__name__
+        else:
+            self._log.warning("host_fenced", host=peer,
+                              reason="its fence command succeeded: it counts toward the "
+                                     "quorum until it is seen again")
+            ok, reason = True, "its fence command succeeded"
+        finally:
+            self._running.discard(peer)
+        self._report(peer, ok, reason)

@@ -42,7 +42,7 @@ from cloudd.daemon.host.duties import HostDuties, OpenBackend, renderer_of
 from cloudd.daemon.leader import assignment
 from cloudd.daemon.leader.controller import Controller, policy_of
 from cloudd.daemon.leader.desired import desired_of
-from cloudd.daemon.leader.fencing import CloudFencer
+from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
@@ -74,10 +74,11 @@ from cloudd.daemon.network.catalogue import (
     RoleAssignment,
 )
 from cloudd.durable import TermFile
-from cloudd.election.config import Timing
+from cloudd.election.config import Timing, TwoHost
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import Message, WhoLeads
 from cloudd.election.swim import Status
+from cloudd.election.twohost import record_quorum
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl import plan
@@ -115,8 +116,10 @@ TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 
 def roster_of(cloud: Cloud) -> Roster:
     """Pool hosts first (they grant the leases and outrank nodes), then nodes, as written."""
+    two = cloud.two_host
     return Roster([Member(h.name, host=True) for h in cloud.pool]
-                  + [Member(n.name) for n in cloud.nodes])
+                  + [Member(n.name) for n in cloud.nodes],
+                  two_host=None if two is None else TwoHost(two.fence_delay, two.wait_for_all))
 
 
 def addresses_of(cloud: Cloud) -> dict[str, str]:
@@ -143,16 +146,23 @@ class CloudMember:
         self.state_dir = settings.state_dir / "clouds" / cloud.name
         #: the manifest's text per (generation, recipient), made once (`_text_for`)
         self._texts: dict[tuple[str, Recipient], str] = {}
+        # A fenced peer of a two-host pool is proven off: the controller does not fence again.
+        fencer = CloudFencer(lambda: self.cloud,
+                             proven=lambda host: host in self.election.core.stand_ins())
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
-            fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None)
+            fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None,
+            fence=PeerFencer(fencer, cloud=cloud.name, me=self.me, spawn=self._spawn,
+                             report=lambda peer, ok, why: self.election.fenced(
+                                 peer, ok=ok, reason=why)))
         self.election.subscribe(self._leadership)
         self._group: asyncio.TaskGroup | None = None
         self._later: list[tuple[str, TaskFactory]] = []
         keeper = RecordKeeper(
             me=self.me, cloud=cloud.name, folder=self.state_dir, request=request,
-            hosts=lambda: self.roster.hosts, quorum=lambda: self.roster.quorum,
+            hosts=lambda: self.roster.hosts,
+            quorum=lambda: record_quorum(self.roster.quorum, self.election.core.stand_ins()),
             acting_term=lambda: self.acting_term(), spawn=self._spawn,
             on_commit=lambda r, recovered: self.record.committed(r, recovered),
         ) if self.is_host else None
@@ -182,7 +192,7 @@ class CloudMember:
             liveness=lambda host: _LIVENESS[self.election.status(host)],
             leader=self.reconciling_term, client=self.host_calls, events=events,
             render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
-            fencer=CloudFencer(lambda: self.cloud),
+            fencer=fencer,
             overlay=lambda host, spec: create_overlay(self.host_calls, host, spec,
                                                       cloud=self.cloud.name,
                                                       term=self.acting_term),
@@ -252,7 +262,8 @@ class CloudMember:
             taken_at=self.clock.wall(), monotonic=self.clock.monotonic(), leader=e.leader,
             term=e.term, acting=e.acting(), leader_since=e.leader_since, elections=e.elections,
             lease_duration=self.timing.lease_duration, members=self.roster.names,
-            hosts=self.roster.hosts, quorum=self.roster.quorum,
+            hosts=self.roster.hosts,
+            quorum=record_quorum(self.roster.quorum, e.core.stand_ins()),
             liveness=MappingProxyType({n: e.status(n) for n in self.roster.names}),
             doubts=MappingProxyType(e.core.members.doubts()),
             reports=MappingProxyType(dict(self.reports)), controller=self.controller.view(),
@@ -297,7 +308,7 @@ class CloudMember:
         if cloud.digest == self.cloud.digest:
             return
         roster = roster_of(cloud)
-        if roster.members != self.roster.members:
+        if roster.members != self.roster.members or roster.two_host != self.roster.two_host:
             # From now on a dropped member gets nothing but refusals here, and an added
             # one is a member like any other (the dispatch table reads `self.roster`).
             self.election.change_roster(roster)

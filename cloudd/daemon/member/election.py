@@ -11,7 +11,9 @@ Every message refused, whether the core found it malformed or its sender had no 
 send it (cloudd.election.authority), is one `message_refused` line naming the peer, the
 term it carried and the reason; it changed nothing. `holds_lease` answers the host's
 question before a host command: did this host grant `peer` its lease for that very term,
-and is it unexpired now, by this host's clock.
+and is it unexpired now, by this host's clock. In a two-host pool the core may ask for its
+peer to be fenced: `fence` (the member's, `cloudd.daemon.leader.fencing.PeerFencer`) runs the
+command and reports back through `fenced`.
 
 Terms on disk. The shell reads the election's `term` file, and on a pool host the host
 agent's `highest-term` too (`fence_file`), once, when it is made: a file that holds no term is
@@ -67,12 +69,15 @@ class ElectionShell:
     def __init__(self, *, me: str, cloud: str, roster: Roster, timing: Timing, send: Send,
                  term_file: TermFile, fence_file: TermFile | None = None,
                  events: EventLog | None = None, clock: Clock = SYSTEM,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 fence: Callable[[str], None] | None = None) -> None:
         self.me, self.cloud = me, cloud
         self._timing, self._rng = timing, rng or random.Random()
         self.core = AgentCore(me, roster, timing=timing, rng=self._rng)
         self.roster = roster
         self._send, self._term_file, self._events = send, term_file, events
+        #: runs a two-host pool's fence of the peer (`fenced` reports the outcome)
+        self._fence_peer = fence
         #: durations (leases, timers) on the monotonic clock; people's times on the wall clock
         self._clock, self._wall = clock.monotonic, clock.wall
         self._wake = asyncio.Event()
@@ -184,6 +189,15 @@ class ElectionShell:
         self.start()
         self._wake.set()
 
+    def fenced(self, peer: str, *, ok: bool, reason: str) -> None:
+        """The outcome of a fence the core asked for (`fence`)."""
+        try:
+            out = self.core.fence_result(peer, ok=ok, reason=reason, now=self._clock())
+        except ProtocolError as e:  # the pool changed while the command ran
+            self._log.warning("fence_result_dropped", peer=peer, reason=str(e))
+            return
+        self._perform(out)
+
     def unreachable(self, peer: str) -> None:
         if peer not in self.roster or peer == self.me:
             return
@@ -196,6 +210,8 @@ class ElectionShell:
             out = self._save(out)
         for peer, msg in out.messages:
             self._send(peer, msg)
+        if out.fence is not None and self._fence_peer is not None:
+            self._fence_peer(out.fence)
         for refused in out.refused:
             self._log.warning("message_refused", peer=refused.peer, term=refused.term,
                               reason=refused.reason)
