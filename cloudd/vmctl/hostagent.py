@@ -25,7 +25,9 @@ domain. When the guest's qemu does not answer, the backend destroys and starts t
 instead (`Backend.reset`), which takes longer than a request may wait: so, as FETCH does, the
 reset runs in the background and RESET waits at most `reset_wait` seconds, answering
 CommandOutcome.PENDING while it runs; the same RESET again joins the reset under way (one
-per domain).
+per domain). A finished reset answers only a RESET of the term that started it: a leader
+deposed while it waited never asks again, and the next leader's RESET, maybe much later for a
+guest hung anew, must reset it, not hear of the old one.
 
 Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
 to the `on_event` callback given to `run_events`; the transport to the leader is not here.
@@ -196,7 +198,8 @@ class HostAgent:
         self._copies: dict[Path, asyncio.Task[bool]] = {}
         #: seconds a RESET waits for its reset before answering PENDING (as `fetch_wait`)
         self.reset_wait = reset_wait
-        self._resets: dict[str, asyncio.Task[bool]] = {}
+        #: domain -> the term that started its reset, and the reset
+        self._resets: dict[str, tuple[int, asyncio.Task[bool]]] = {}
         #: the overlays this host made for its cloud (path -> domain), kept in `state_dir`
         self.overlays = OverlayRecord(state_dir / OVERLAYS_FILE)
         # one overlay made or removed at a time: a check and the act it allows stay together
@@ -415,17 +418,18 @@ class HostAgent:
         return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
 
     async def _reset(self, cmd: HostCommand) -> HostResult:
-        """RESET: start the reset (or join the one under way) and wait `reset_wait` for it."""
-        task = self._resets.get(cmd.domain)
-        if task is None:
+        """RESET: start the reset (or join the one under way, or the one of this term that
+        finished since its last ask) and wait `reset_wait` for it."""
+        term, task = self._resets.get(cmd.domain, (cmd.term, None))
+        if task is None or (task.done() and term != cmd.term):
             await self._refuse_foreign(cmd.domain)
             task = asyncio.create_task(self.backend.reset(cmd.domain), name=f"reset {cmd.domain}")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._resets[cmd.domain] = task
+            self._resets[cmd.domain] = (cmd.term, task)
         done, _ = await asyncio.wait({task}, timeout=self.reset_wait)
         if not done:
             return self._result(cmd, CommandOutcome.PENDING, f"resetting {cmd.domain}")
-        if self._resets.get(cmd.domain) is task:
+        if self._resets.get(cmd.domain, (0, None))[1] is task:
             del self._resets[cmd.domain]
         try:
             changed = task.result()
@@ -438,7 +442,7 @@ class HostAgent:
     async def close(self) -> None:
         """Stop the image copies and resets under way (partial copies are removed). Safe
         twice."""
-        tasks = [*self._copies.values(), *self._resets.values()]
+        tasks = [*self._copies.values(), *(task for _, task in self._resets.values())]
         self._copies, self._resets = {}, {}
         for task in tasks:
             task.cancel()

@@ -480,6 +480,8 @@ class LibvirtBackend:
                 return False
             raise _translate(e, "reset") from None
         except TimeoutError:
+            # A reset still queued behind hung ones must not run later on the started guest.
+            pending.cancel()
             self._log.warning("reset_unanswered", domain=name,
                               reason=f"qemu did not carry out the reset within "
                                      f"{self.reset_timeout:g}s; destroying and starting it")

@@ -114,3 +114,19 @@ async def test_close_stops_a_reset_under_way(tmp_path: Path) -> None:
     for _ in range(3):
         await asyncio.sleep(0)
     assert ("reset", "c-n1") not in slow.calls
+
+
+async def test_a_finished_reset_answers_only_its_own_term(tmp_path: Path) -> None:
+    """A leader deposed while its reset ran never asks again: the next term's RESET resets."""
+    slow = SlowReset()
+    agent = HostAgent(slow, state_dir=tmp_path, cloud="c", image_dirs=(), reset_wait=0.01)
+    await running(slow, "c-n1")
+    assert (await agent.execute(HostCommand(Op.RESET, 1, "c-n1"))).outcome \
+        is CommandOutcome.PENDING
+    slow.release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert ("reset", "c-n1") in slow.calls  # finished, and nobody of term 1 asked again
+    assert (await agent.execute(HostCommand(Op.RESET, 2, "c-n1"))).outcome \
+        is CommandOutcome.DONE
+    assert slow.resets == 2

@@ -7,6 +7,7 @@ for an operator's hand-made domain that cloudd must leave alone.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterator
 
@@ -126,6 +127,32 @@ async def test_a_reset_qemu_does_not_answer_is_a_destroy_and_a_start(
     finally:
         answer.set()
     assert await backend.destroy("tc-r2") and await backend.undefine("tc-r2")
+
+
+async def test_a_reset_queued_behind_hung_ones_never_runs_after_the_restart(
+        backend: LibvirtBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reset thread held by a qemu that does not answer: the reset that waited for a
+    thread is dropped with its timeout, not run later on the domain started again."""
+    held = threading.Event()
+    resets: list[int] = []
+    monkeypatch.setattr(libvirt.virDomain, "reset",
+                        lambda dom, flags=0: resets.append(flags) or 0)
+    monkeypatch.setattr(backend, "_resets", concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    backend.reset_timeout = 0.2
+    assert await backend.define(xml_for("r3"))
+    events = backend.subscribe()
+    assert await backend.start("tc-r3")
+    await next_event(events, DomainEventKind.STARTED)
+    backend._resets.submit(held.wait, 30)
+    try:
+        assert await backend.reset("tc-r3")
+        assert (await next_event(events, DomainEventKind.STOPPED)).detail == "destroyed"
+        assert (await next_event(events, DomainEventKind.STARTED)).detail == "booted"
+    finally:
+        held.set()
+    await asyncio.wrap_future(backend._resets.submit(lambda: None))  # the queue has drained
+    assert resets == []
+    assert await backend.destroy("tc-r3") and await backend.undefine("tc-r3")
 
 
 async def test_foreign_domain_is_never_touched(backend: LibvirtBackend) -> None:

@@ -459,10 +459,9 @@ class Controller:
             # counts against the node's backoff like a failed restart, at the very `now` the
             # reset's domain runs since (or a running domain would settle the count at once)
             self.node_fails.failed(action.node, now=now)
-        if op is Op.RESET:
-            self._seen[key] = (DomainState.RUNNING, now)
-        if op is Op.START:
-            # running since now, not since the next report: the stable period starts here
+        if op in (Op.START, Op.RESET):
+            # running since now, not since the next report: the stable period (and, after a
+            # reset, the hung-guest rule's count) starts here
             self._seen[key] = (DomainState.RUNNING, now)
 
     async def _fence(self, action: Fence, *, cloud: str, term: int) -> None:
