@@ -34,7 +34,7 @@ from cloudd.election.recovery import UNKNOWN, TermProof, witnesses_needed
 from cloudd.election.states import ElectionRole
 from cloudd.errors import RemoteProtocolError
 
-from .sim import Sim, run_until_leader, settled_leader
+from .sim import Sim, play, run_until_leader, settled_leader
 
 ROSTER = Roster([Member("a", host=True), Member("b", host=True), Member("c", host=True),
                  Member("d")])
@@ -223,6 +223,12 @@ class LossySim(Sim):
         if agent is not None and not agent.unproven:
             self.lost.discard(name)
 
+    def fault(self, kind: str, a: int, b: int) -> None:
+        if kind == "lose":
+            self.lose(self.names[a % self.n])
+        else:
+            super().fault(kind, a, b)
+
     def proven_hosts(self) -> int:
         return len(self.roster.hosts - self.lost)
 
@@ -264,23 +270,7 @@ def test_lost_term_files_under_random_faults_keep_every_safety_invariant(
     sim = LossySim(n, hosts=min(hosts, n), seed=seed, loss=loss)
     sim.start_all()
     sim.run_for(0.3)
-    for fault, a, b, pause in faults:
-        x, y = sim.names[a % n], sim.names[b % n]
-        if fault == "crash" and sim.agents[x] is not None:
-            sim.crash(x)
-        elif fault == "restart":
-            if sim.agents[x] is not None:
-                sim.crash(x)
-            sim.start(x)
-        elif fault == "lose":
-            sim.lose(x)
-        elif fault == "cut" and x != y:
-            sim.cut(x, y)
-        elif fault == "isolate":
-            sim.isolate(x)
-        elif fault == "recover":
-            sim.recover()
-        sim.run_for(pause)
+    play(sim, faults)
     sim.recover()
     sim.loss = 0.0
     for name in sim.names:
