@@ -170,6 +170,18 @@ def test_enough_hosts_vouching_prove_the_fence_and_persist_it() -> None:
     assert sent(out, LeaseGrant) and core.holds_lease("a", 9, READY + 0.02)
 
 
+def test_a_nodes_answer_teaches_no_term_to_a_relearning_host() -> None:
+    """Nodes are tenants: a node's `LeaderIs.highest`, asked for or not, neither counts
+    toward the proof nor raises the fence it proves."""
+    core = unproven_b(floor=2)
+    core.tick(READY)
+    core.step("d", LeaderIs("", 0, 99), READY)
+    out = core.step("c", LeaderIs("", 0, 3), READY)
+    assert core.unproven and out.persist_term is None
+    out = core.step("a", LeaderIs("", 0, 4), READY)
+    assert not core.unproven and core.proven_fence() == 4 and out.persist_term == 4
+
+
 def test_a_proof_at_the_floor_is_written_as_proven_too() -> None:
     core = unproven_b(floor=12)
     out = relearn(core, highest={"a": 3, "c": 4})
