@@ -32,11 +32,11 @@ from cloudd.config.model import (
     PoolHost,
     RoleFilesIn,
     RunStrategy,
-    TwoHostPool,
 )
 from cloudd.config.problems import inline_secrets, validate_as, validate_model
 from cloudd.config.sources import Origin, Reads
 from cloudd.config.yamlsrc import Document
+from cloudd.election.config import TwoHost
 from cloudd.errors import ConfigError, Problem
 
 _NODES: TypeAdapter[list[NodeIn]] = TypeAdapter(list[NodeIn])
@@ -131,8 +131,8 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         gateway=top.network.gateway,
         template_values=MappingProxyType(dict(top.template_values)),
         node_access=NodeAccess(tuple(top.node_access.ssh_authorized_keys)),
-        two_host=None if top.two_host is None else TwoHostPool(
-            top.two_host.fence_delay, top.two_host.wait_for_all),
+        two_host=None if top.two_host is None else TwoHost(
+            fence_delay=top.two_host.fence_delay, wait_for_all=top.two_host.wait_for_all),
         unreachable_reset_after=top.timing.unreachable_reset_after,
     )
 

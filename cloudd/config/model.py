@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from cloudd.config.intent import Ensure as Ensure
 from cloudd.config.intent import RunStrategy as RunStrategy
 from cloudd.config.sshkeys import check_public_key
+from cloudd.election.config import TwoHost
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -65,7 +66,7 @@ class TwoHostIn(_Strict):
     """A pool of exactly two hosts where the survivor acts after fencing the other
     (docs/operations.md, "Two-host pools"). Seconds."""
 
-    fence_delay: float = Field(default=15.0, ge=0, le=3600)
+    fence_delay: float = Field(default=TwoHost.fence_delay, ge=0, le=3600)
     wait_for_all: float | None = Field(default=None, gt=0, le=86400)
 
 
@@ -189,15 +190,6 @@ class PoolHost:
 
 
 @dataclass(frozen=True)
-class TwoHostPool:
-    """A two-host pool's settings (`cloudd.election.config.TwoHost` documents each)."""
-
-    fence_delay: float = 15.0
-    #: None: a starting host waits for its peer for ever.
-    wait_for_all: float | None = None
-
-
-@dataclass(frozen=True)
 class Node:
     """One node of the cloud with every default applied."""
 
@@ -263,7 +255,7 @@ class Cloud:
     #: Who may log into the nodes (the pool hosts' texts carry it; a node's view does not).
     node_access: NodeAccess = NodeAccess()
     #: A two-host pool (None: the pool's majority decides, as always).
-    two_host: TwoHostPool | None = None
+    two_host: TwoHost | None = None
     #: Seconds a running node's agent may stay unreachable before its domain is reset.
     unreachable_reset_after: float = UNREACHABLE_RESET_AFTER
 

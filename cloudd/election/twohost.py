@@ -122,18 +122,14 @@ class Pair:
     """One pool host's view of the other host of a two-host pool."""
 
     def __init__(self, me: str, roster: Roster, *, timing: Timing, now: float) -> None:
-        settings = roster.two_host
-        if settings is None or me not in roster.hosts or len(roster.hosts) != 2:
+        if roster.two_host is None or me not in roster.hosts or len(roster.hosts) != 2:
             raise LocalProtocolError(f"{me} is not a host of a two-host pool")
+        self.me = me
         (self.peer,) = roster.hosts - {me}
-        self.settings: TwoHost = settings
-        #: The host ranked lower waits `fence_delay` before it fences (the race's handicap).
-        self.delay = 0.0 if roster.outranks(me, self.peer) else settings.fence_delay
         self.grace = peer_grace(timing)
-        self.silence = peer_silence(timing, len(roster))
         self.state = PeerState.UNSEEN
         self.started = now
-        self.due = self._bound_due()
+        self._configure(roster, timing)
         self.seen_at = float("-inf")
         self.back_until = float("-inf")  # a fenced peer seen again counts until then
         self._was_dead = False
@@ -176,15 +172,9 @@ class Pair:
     def reconfigure(self, roster: Roster, *, timing: Timing) -> None:
         """A new generation's settings (or number of members): the peer's state stays what
         it is (a fenced peer stays fenced); the delays and the start's bound are the new."""
-        settings = roster.two_host
-        if settings is None or self.peer not in roster.hosts or len(roster.hosts) != 2:
+        if roster.two_host is None or roster.hosts != {self.me, self.peer}:
             raise LocalProtocolError("the new roster is not the same two-host pool")
-        self.settings = settings
-        self.delay = 0.0 if roster.outranks(next(iter(roster.hosts - {self.peer})),
-                                            self.peer) else settings.fence_delay
-        self.silence = peer_silence(timing, len(roster))
-        if self.state is PeerState.UNSEEN:
-            self.due = self._bound_due()
+        self._configure(roster, timing)
 
     def heard(self, now: float) -> None:
         """A message the peer sent itself arrived."""
@@ -213,6 +203,17 @@ class Pair:
         self._step(E.FENCE_OK if ok else E.FENCE_FAILED, now, reason)
 
     # -- internals ------------------------------------------------------------------------
+    def _configure(self, roster: Roster, timing: Timing) -> None:
+        """What follows from the roster's settings: the delays and, before the peer was
+        seen, the start's bound."""
+        assert roster.two_host is not None
+        self.settings: TwoHost = roster.two_host
+        #: The host ranked lower waits `fence_delay` before it fences (the race's handicap).
+        self.delay = 0.0 if roster.outranks(self.me, self.peer) else self.settings.fence_delay
+        self.silence = peer_silence(timing, len(roster))
+        if self.state is PeerState.UNSEEN:
+            self.due = self._bound_due()
+
     def _bound_due(self) -> float:
         bound = self.settings.wait_for_all
         return float("inf") if bound is None else self.started + bound + self.delay

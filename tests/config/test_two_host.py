@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from cloudd.config.manifest import load_cloud_text
-from cloudd.config.model import TwoHostPool
 from cloudd.config.portable import Recipient, text_for
 from cloudd.config.sources import Origin
 from cloudd.daemon.member.cloudmember import roster_of
@@ -47,12 +46,12 @@ def refusal(t: str) -> list[str]:
 
 def test_two_hosts_with_fences_make_a_two_host_pool() -> None:
     cloud = load_cloud_text(text(TWO), CATALOG)
-    assert cloud.two_host == TwoHostPool(fence_delay=10.0, wait_for_all=60.0)
+    assert cloud.two_host == TwoHost(fence_delay=10.0, wait_for_all=60.0)
     roster = roster_of(cloud)
     assert roster.two_host == TwoHost(fence_delay=10.0, wait_for_all=60.0)
     assert roster.quorum == 2
     defaults = load_cloud_text(text(TWO, "two_host: {}\n"), CATALOG)
-    assert defaults.two_host == TwoHostPool() == TwoHostPool(15.0, None)
+    assert defaults.two_host == TwoHost(fence_delay=15.0, wait_for_all=None)
     forever = load_cloud_text(text(TWO, "two_host: {wait_for_all: null}\n"), CATALOG)
     assert forever.two_host is not None and forever.two_host.wait_for_all is None
     assert load_cloud_text(text(TWO, ""), CATALOG).two_host is None

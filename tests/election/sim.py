@@ -133,6 +133,25 @@ class Sim:
         self.cuts.clear()
         self.isolated.clear()
 
+    def fault(self, kind: str, a: int, b: int) -> None:
+        """One fault of a random schedule (`play`), on the members `a` and `b` (indices taken
+        modulo `n`): crash, restart, cut, isolate, partition, recover, or wait (none)."""
+        x, y = self.names[a % self.n], self.names[b % self.n]
+        if kind == "crash" and self.agents[x] is not None:
+            self.crash(x)
+        elif kind == "restart":
+            if self.agents[x] is not None:
+                self.crash(x)
+            self.start(x)
+        elif kind == "cut" and x != y:
+            self.cut(x, y)
+        elif kind == "isolate":
+            self.isolate(x)
+        elif kind == "partition":
+            self.partition({name for i, name in enumerate(self.names) if (i + b) % 3 == 0})
+        elif kind == "recover":
+            self.recover()
+
     def forge(self, src: str, dst: str, msg: Message) -> None:
         """An insider's message: sent as `src` over the same network (cuts and loss apply).
         A forged message the receiver rejects as malformed is kept in `errors`, as the shell
@@ -306,6 +325,13 @@ class Sim:
 
 
 _ELECTION_NAMES = frozenset(cls.__name__ for cls in ELECTION_TYPES)
+
+
+def play(sim: Sim, faults: list[tuple[str, int, int, float]]) -> None:
+    """Play a schedule of (fault, a, b, pause): each `Sim.fault`, then `pause` seconds."""
+    for kind, a, b, pause in faults:
+        sim.fault(kind, a, b)
+        sim.run_for(pause)
 
 
 def settled_leader(sim: Sim, within: set[str] | None = None) -> str | None:

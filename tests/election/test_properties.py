@@ -27,33 +27,12 @@ from hypothesis import strategies as st
 from cloudd.election.swim import Status
 
 from .insider import FORGED, KINDS, forge, insider_of
-from .sim import Sim, run_until_leader, started
+from .sim import Sim, play, run_until_leader, started
 
 #: Scale the example counts up for a soak run: ELECTION_EXAMPLES_SCALE=20 pytest ...
 SCALE = int(os.environ.get("ELECTION_EXAMPLES_SCALE", "1"))
 
 FAULTS = ("crash", "restart", "cut", "isolate", "partition", "recover", "wait")
-
-
-def play(sim: Sim, faults: list[tuple[str, int, int, float]]) -> None:
-    n = sim.n
-    for fault, a, b, pause in faults:
-        x, y = sim.names[a % n], sim.names[b % n]
-        if fault == "crash" and sim.agents[x] is not None:
-            sim.crash(x)
-        elif fault == "restart":
-            if sim.agents[x] is not None:
-                sim.crash(x)
-            sim.start(x)
-        elif fault == "cut" and x != y:
-            sim.cut(x, y)
-        elif fault == "isolate":
-            sim.isolate(x)
-        elif fault == "partition":
-            sim.partition({name for i, name in enumerate(sim.names) if (i + b) % 3 == 0})
-        elif fault == "recover":
-            sim.recover()
-        sim.run_for(pause)
 
 
 def heal(sim: Sim) -> None:

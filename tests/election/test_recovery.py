@@ -34,7 +34,7 @@ from cloudd.election.recovery import UNKNOWN, TermProof, witnesses_needed
 from cloudd.election.states import ElectionRole
 from cloudd.errors import RemoteProtocolError
 
-from .sim import Sim, run_until_leader, settled_leader
+from .sim import Sim, play, run_until_leader, settled_leader
 
 ROSTER = Roster([Member("a", host=True), Member("b", host=True), Member("c", host=True),
                  Member("d")])
@@ -170,6 +170,18 @@ def test_enough_hosts_vouching_prove_the_fence_and_persist_it() -> None:
     assert sent(out, LeaseGrant) and core.holds_lease("a", 9, READY + 0.02)
 
 
+def test_a_nodes_answer_teaches_no_term_to_a_relearning_host() -> None:
+    """Nodes are tenants: a node's `LeaderIs.highest`, asked for or not, neither counts
+    toward the proof nor raises the fence it proves."""
+    core = unproven_b(floor=2)
+    core.tick(READY)
+    core.step("d", LeaderIs("", 0, 99), READY)
+    out = core.step("c", LeaderIs("", 0, 3), READY)
+    assert core.unproven and out.persist_term is None
+    out = core.step("a", LeaderIs("", 0, 4), READY)
+    assert not core.unproven and core.proven_fence() == 4 and out.persist_term == 4
+
+
 def test_a_proof_at_the_floor_is_written_as_proven_too() -> None:
     core = unproven_b(floor=12)
     out = relearn(core, highest={"a": 3, "c": 4})
@@ -223,6 +235,12 @@ class LossySim(Sim):
         if agent is not None and not agent.unproven:
             self.lost.discard(name)
 
+    def fault(self, kind: str, a: int, b: int) -> None:
+        if kind == "lose":
+            self.lose(self.names[a % self.n])
+        else:
+            super().fault(kind, a, b)
+
     def proven_hosts(self) -> int:
         return len(self.roster.hosts - self.lost)
 
@@ -264,23 +282,7 @@ def test_lost_term_files_under_random_faults_keep_every_safety_invariant(
     sim = LossySim(n, hosts=min(hosts, n), seed=seed, loss=loss)
     sim.start_all()
     sim.run_for(0.3)
-    for fault, a, b, pause in faults:
-        x, y = sim.names[a % n], sim.names[b % n]
-        if fault == "crash" and sim.agents[x] is not None:
-            sim.crash(x)
-        elif fault == "restart":
-            if sim.agents[x] is not None:
-                sim.crash(x)
-            sim.start(x)
-        elif fault == "lose":
-            sim.lose(x)
-        elif fault == "cut" and x != y:
-            sim.cut(x, y)
-        elif fault == "isolate":
-            sim.isolate(x)
-        elif fault == "recover":
-            sim.recover()
-        sim.run_for(pause)
+    play(sim, faults)
     sim.recover()
     sim.loss = 0.0
     for name in sim.names:

@@ -74,7 +74,7 @@ from cloudd.daemon.network.catalogue import (
     RoleAssignment,
 )
 from cloudd.durable import TermFile
-from cloudd.election.config import Timing, TwoHost
+from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
 from cloudd.election.messages import Message, WhoLeads
 from cloudd.election.swim import Status
@@ -116,10 +116,8 @@ TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 
 def roster_of(cloud: Cloud) -> Roster:
     """Pool hosts first (they grant the leases and outrank nodes), then nodes, as written."""
-    two = cloud.two_host
     return Roster([Member(h.name, host=True) for h in cloud.pool]
-                  + [Member(n.name) for n in cloud.nodes],
-                  two_host=None if two is None else TwoHost(two.fence_delay, two.wait_for_all))
+                  + [Member(n.name) for n in cloud.nodes], two_host=cloud.two_host)
 
 
 def addresses_of(cloud: Cloud) -> dict[str, str]:
