@@ -27,7 +27,7 @@ from cloudd.daemon.network.catalogue import Record, RecordPush, RecordWanted, Ve
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
 
-from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, settings, shop
+from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
 
 
 @dataclasses.dataclass
@@ -254,8 +254,11 @@ async def test_a_host_takes_only_its_leaders_writes(tmp_path: Path, made: list[H
     wanted = RecordWanted("shop", 3)
     with capture_logs() as logs:
         for msg in (push, wanted):
-            with pytest.raises(PermanentError, match="only the leader of the current term"):
-                await pm2.member.handle(host("pm9"), msg)
+            # a stranger's host certificate, and a node of this cloud (a tenant's VM: the
+            # record holds every generation's secrets)
+            for sender in (host("pm9"), node(DB)):
+                with pytest.raises(PermanentError, match="only the leader of the current term"):
+                    await pm2.member.handle(sender, msg)
         with pytest.raises(PermanentError, match="leads term 3, not 2"):
             await pm2.member.handle(host("pm1"), RecordPush(2, Record("shop", Version(2, 1))))
     assert {e["event"] for e in logs} == {"message_refused"}
