@@ -162,7 +162,7 @@ class CloudMember:
         keeper = RecordKeeper(
             me=self.me, cloud=cloud.name, folder=self.state_dir, request=request,
             hosts=lambda: self.roster.hosts,
-            quorum=lambda: record_quorum(self.roster.quorum, self.election.core.stand_ins()),
+            quorum=lambda: self.quorum,
             acting_term=lambda: self.acting_term(), spawn=self._spawn,
             on_commit=lambda r, recovered: self.record.committed(r, recovered),
         ) if self.is_host else None
@@ -237,6 +237,12 @@ class CloudMember:
         cloud's record of that term (gathered from a majority of the pool hosts)."""
         return self.record.leading_term()
 
+    @property
+    def quorum(self) -> int:
+        """The answering pool hosts a record write (or recovery) needs, as inspect shows it:
+        a fenced peer of a two-host pool counts as having answered."""
+        return record_quorum(self.roster.quorum, self.election.core.stand_ins())
+
     def reconciling_term(self) -> int | None:
         """The term to act in, unless the operator paused the whole cloud."""
         return None if self.maintenance.whole_cloud else self.leading_term()
@@ -263,7 +269,7 @@ class CloudMember:
             term=e.term, acting=e.acting(), leader_since=e.leader_since, elections=e.elections,
             lease_duration=self.timing.lease_duration, members=self.roster.names,
             hosts=self.roster.hosts,
-            quorum=record_quorum(self.roster.quorum, e.core.stand_ins()),
+            quorum=self.quorum,
             liveness=MappingProxyType({n: e.status(n) for n in self.roster.names}),
             doubts=MappingProxyType(e.core.members.doubts()),
             reports=MappingProxyType(dict(self.reports)), controller=self.controller.view(),
