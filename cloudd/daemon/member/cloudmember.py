@@ -400,16 +400,12 @@ class CloudMember:
                              self.generation)
 
     async def _on_record_push(self, peer: str, push: RecordPush) -> RecordAck:
-        # The dispatch table has checked that `peer` leads the term this host follows, and
-        # that the push is of that term.
-        if self.record.keeper is None:
-            raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
-        return await self.record.keeper.on_push(peer, push)
+        # The dispatch table has checked that `peer` leads the term this host follows, that
+        # the push is of that term, and that this agent is a pool host.
+        return await self.record.host_keeper().on_push(peer, push)
 
     async def _on_record_wanted(self, peer: str, msg: RecordWanted) -> RecordHeld:
-        if self.record.keeper is None:
-            raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
-        return await self.record.keeper.on_wanted(peer, msg)
+        return await self.record.host_keeper().on_wanted(peer, msg)
 
     def _text_for(self, member: str) -> str:
         """The manifest as `member` may see it: whole for a pool host, a node's view else.
