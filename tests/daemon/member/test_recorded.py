@@ -261,8 +261,8 @@ async def test_a_host_takes_only_its_leaders_writes(tmp_path: Path, made: list[H
                     await pm2.member.handle(sender, msg)
         with pytest.raises(PermanentError, match="leads term 3, not 2"):
             await pm2.member.handle(host("pm1"), RecordPush(2, Record("shop", Version(2, 1))))
-        with pytest.raises(PermanentError, match="^the record of cloud other, and this host "
-                                                 "keeps the record of shop$"):
+        with pytest.raises(PermanentError, match=r"^the record of cloud other, and this host "
+                                                 r"keeps the record of shop$"):
             await pm2.member.handle(host("pm1"), RecordWanted("other", 3))
     assert [e["event"] for e in logs] == ["message_refused"] * 6
     assert not (pm2.member.state_dir / keeping.FILE).exists()
