@@ -160,7 +160,7 @@ class CloudMember:
         keeper = RecordKeeper(
             me=self.me, cloud=cloud.name, folder=self.state_dir, request=request,
             hosts=lambda: self.roster.hosts,
-            quorum=lambda: record_quorum(self.roster.quorum, self.election.core.stand_ins()),
+            quorum=lambda: self.quorum,
             acting_term=lambda: self.acting_term(), spawn=self._spawn,
             on_commit=lambda r, recovered: self.record.committed(r, recovered),
         ) if self.is_host else None
@@ -235,6 +235,12 @@ class CloudMember:
         cloud's record of that term (gathered from a majority of the pool hosts)."""
         return self.record.leading_term()
 
+    @property
+    def quorum(self) -> int:
+        """The answering pool hosts a record write (or recovery) needs, as inspect shows it:
+        a fenced peer of a two-host pool counts as having answered."""
+        return record_quorum(self.roster.quorum, self.election.core.stand_ins())
+
     def reconciling_term(self) -> int | None:
         """The term to act in, unless the operator paused the whole cloud."""
         return None if self.maintenance.whole_cloud else self.leading_term()
@@ -261,7 +267,7 @@ class CloudMember:
             term=e.term, acting=e.acting(), leader_since=e.leader_since, elections=e.elections,
             lease_duration=self.timing.lease_duration, members=self.roster.names,
             hosts=self.roster.hosts,
-            quorum=record_quorum(self.roster.quorum, e.core.stand_ins()),
+            quorum=self.quorum,
             liveness=MappingProxyType({n: e.status(n) for n in self.roster.names}),
             doubts=MappingProxyType(e.core.members.doubts()),
             reports=MappingProxyType(dict(self.reports)), controller=self.controller.view(),
@@ -392,16 +398,12 @@ class CloudMember:
                              self.generation)
 
     async def _on_record_push(self, peer: str, push: RecordPush) -> RecordAck:
-        # The dispatch table has checked that `peer` leads the term this host follows, and
-        # that the push is of that term.
-        if self.record.keeper is None:
-            raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
-        return await self.record.keeper.on_push(peer, push)
+        # The dispatch table has checked that `peer` leads the term this host follows, that
+        # the push is of that term, and that this agent is a pool host.
+        return await self.record.host_keeper().on_push(peer, push)
 
     async def _on_record_wanted(self, peer: str, msg: RecordWanted) -> RecordHeld:
-        if self.record.keeper is None:
-            raise PermanentError(f"{self.me} is not a pool host of {self.cloud.name}")
-        return await self.record.keeper.on_wanted(peer, msg)
+        return await self.record.host_keeper().on_wanted(peer, msg)
 
     def _text_for(self, member: str) -> str:
         """The manifest as `member` may see it: whole for a pool host, a node's view else.

@@ -122,9 +122,9 @@ class RecordKeeper:
 
     async def on_wanted(self, peer: str, msg: RecordWanted) -> RecordHeld:
         """The leader of a new term gathers the record."""
-        if msg.cloud != self.cloud:
-            raise PermanentError(f"{self.me} keeps the record of {self.cloud}, not {msg.cloud}")
-        step = record.promise(self.held, msg.term)
+        step = (record.promise(self.held, msg.term) if msg.cloud == self.cloud else
+                record.HostStep(self.held, refusal=f"the record of cloud {msg.cloud}, and this "
+                                                   f"host keeps the record of {self.cloud}"))
         if step.refusal is not None:
             self.log.warning("message_refused", peer=peer, term=msg.term, reason=step.refusal)
             raise PermanentError(step.refusal)

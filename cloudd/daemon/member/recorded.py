@@ -86,9 +86,10 @@ class CloudRecord:
         return text_for(self._cloud(), Recipient.HOST)
 
     def in_force(self) -> Record:
-        return self._keeper().in_force
+        return self.host_keeper().in_force
 
-    def _keeper(self) -> RecordKeeper:
+    def host_keeper(self) -> RecordKeeper:
+        """This pool host's keeper (a node keeps no record: one sentence says so)."""
         if self.keeper is None:
             raise PermanentError(f"{self.me} is a node of {self._cloud().name}: it keeps no "
                                  "record")
@@ -103,14 +104,14 @@ class CloudRecord:
     # -- the leader's writes ------------------------------------------------------------------
     async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
         nodes = [n.name for n in self._cloud().nodes]
-        await self._keeper().write(lambda r, term: record.with_hold(
+        await self.host_keeper().write(lambda r, term: record.with_hold(
             r, term=term, subject=subject, on=on, nodes=nodes))
 
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]:
         """`text` (a pool host's text of `cloud`, validated) as the cloud's next generation:
         in the record on a majority, then in this agent's manifest folder."""
-        keeper = self._keeper()
+        keeper = self.host_keeper()
         last = record.latest(keeper.in_force)
         if last is not None and last.digest == record.digest_of(text):
             # the same text again (the same file handed over by several hosts, an apply

@@ -306,7 +306,7 @@ class Operator:
         return {"cloud": r.cloud, "leader": self.me, "term": snap.term,
                 "version": str(r.version), "generations": record.history(r),
                 "in_force": snap.generation,
-                "maintenance": maintenance.view(h or None for h in r.holds)}
+                "maintenance": maintenance.Maintenance.of(r.holds).view()}
 
     async def _diff(self, call: Call) -> Any:
         seat, _ = call.serving()

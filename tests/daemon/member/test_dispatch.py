@@ -41,11 +41,13 @@ from cloudd.daemon.network.catalogue import (
     OperatorAnswer,
     OperatorOp,
     OperatorRequest,
+    Record,
     RecordAck,
     RecordHeld,
     RecordPush,
     RecordWanted,
     RoleAssignment,
+    Version,
 )
 from cloudd.election import messages as em
 from cloudd.errors import PermanentError, TemporaryError
@@ -196,6 +198,28 @@ def test_a_refusal_says_what_the_sender_is_here(who: Identity, here: InForce,
     (Identity("n1", N, "c"), HostCommand(Op.LIST, 5), dataclasses.replace(HERE, leader="n1"),
      "HostCommand from n1 (a node of c): only the leader of the current term may send it, "
      "and this agent follows n1 in term 5"),
+    # The record holds every generation's secrets: a node never writes or gathers it, not
+    # even one the election here were ever to follow, and an operator's machine neither.
+    (Identity("n1", N, "c"), RecordPush(5, Record("c", Version(5, 1))), HERE,
+     "RecordPush from n1 (a node of c): only the leader of the current term may send it, "
+     "and this agent follows pm2 in term 5"),
+    (Identity("n1", N, "c"), RecordWanted("c", 5), dataclasses.replace(HERE, leader="n1"),
+     "RecordWanted from n1 (a node of c): only the leader of the current term may send it, "
+     "and this agent follows n1 in term 5"),
+    (Identity("laptop", OP), RecordWanted("c", 5), HERE,
+     "RecordWanted from laptop (an operator certificate): only the leader of the current "
+     "term may send it, and this agent follows pm2 in term 5"),
+    (Identity("pm2", H), RecordPush(5, Record("c", Version(5, 1))), NODE_HERE,
+     "RecordPush from pm2 (a pool host of c and its leader in term 5): only the leader of "
+     "the current term may send it to a pool host, and this agent is a node of c"),
+    (Identity("n1", N, "c"), OperatorRequest(OperatorOp.DIFF, "c", "{}"), HERE,
+     "OperatorRequest (op diff) from n1 (a node of c): only a pool host may send it"),
+    (Identity("laptop", OP), OperatorRequest(OperatorOp.DIFF, "c", "{}"), HERE,
+     "OperatorRequest (op diff) from laptop (an operator certificate): only a pool host may "
+     "send it"),
+    (Identity("n1", N, "c"), OperatorRequest(OperatorOp.ROLLBACK, "c", "{}"), HERE,
+     "OperatorRequest (op history, rollback) from n1 (a node of c): only a pool host or an "
+     "operator certificate may send it"),
     (Identity("pm2", H), em.Ping(1, "pm1", "", 0), InForce(me=N),
      "Ping from pm2 (a host certificate, and this agent has no roster yet): only a pool "
      "host or a node of this cloud may send it"),

@@ -27,7 +27,7 @@ from cloudd.daemon.network.catalogue import Record, RecordPush, RecordWanted, Ve
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
 
-from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, settings, shop
+from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
 
 
 @dataclasses.dataclass
@@ -254,11 +254,17 @@ async def test_a_host_takes_only_its_leaders_writes(tmp_path: Path, made: list[H
     wanted = RecordWanted("shop", 3)
     with capture_logs() as logs:
         for msg in (push, wanted):
-            with pytest.raises(PermanentError, match="only the leader of the current term"):
-                await pm2.member.handle(host("pm9"), msg)
+            # a stranger's host certificate, and a node of this cloud (a tenant's VM: the
+            # record holds every generation's secrets)
+            for sender in (host("pm9"), node(DB)):
+                with pytest.raises(PermanentError, match="only the leader of the current term"):
+                    await pm2.member.handle(sender, msg)
         with pytest.raises(PermanentError, match="leads term 3, not 2"):
             await pm2.member.handle(host("pm1"), RecordPush(2, Record("shop", Version(2, 1))))
-    assert {e["event"] for e in logs} == {"message_refused"}
+        with pytest.raises(PermanentError, match=r"^the record of cloud other, and this host "
+                                                 r"keeps the record of shop$"):
+            await pm2.member.handle(host("pm1"), RecordWanted("other", 3))
+    assert [e["event"] for e in logs] == ["message_refused"] * 6
     assert not (pm2.member.state_dir / keeping.FILE).exists()
     assert (await pm2.member.handle(host("pm1"), push)).version == Version(3, 1)
     assert (await pm2.member.handle(host("pm1"), wanted)).record.version == Version(3, 1)

@@ -386,10 +386,13 @@ async def test_history_diff_and_rollback_read_and_extend_the_record(
     second = portable_text(shop(tmp_path / "two", edited), edited)
     await pm1.op.command(OperatorOp.APPLY, {"text": first})
     await pm2.op.command(OperatorOp.APPLY, {"text": second})  # handed to the leader
+    await pm2.op.command(OperatorOp.MAINTENANCE, {"on": True, "subject": "shop"})
+    await pm2.op.command(OperatorOp.MAINTENANCE, {"on": True, "subject": DB})
     history = await pm2.op.command(OperatorOp.HISTORY, {"cloud": "shop"})
     assert [(g["number"], g["by"], g["what"], g["ensure"]) for g in history["generations"]] == [
         (1, "pm1", "apply", "running"), (2, "pm2", "apply", "running")]
-    assert (history["leader"], history["in_force"], history["maintenance"]) == ("pm1", 2, [])
+    assert (history["leader"], history["in_force"], history["maintenance"]) == (
+        "pm1", 2, ["(cloud)", DB])
     assert "text" not in history["generations"][0]
     diff = await pm2.op.command(OperatorOp.DIFF, {"cloud": "shop", "a": 1, "b": 2})
     assert "-  app_port: 8080\n+  app_port: 8081\n" in diff["diff"]
