@@ -95,8 +95,9 @@ def write_at(folder: int, name: str, data: bytes | str, *, mode: int = 0o600,
 
 
 def replace_durable(tmp: Path, path: Path) -> None:
-    """Put a finished temporary file (one a tool wrote: qemu-img, genisoimage, an SFTP copy)
-    in place of `path` the way `write_durable` does: fsync it, rename it, fsync the folder.
+    """Put a finished temporary file or folder (one a tool wrote: qemu-img, genisoimage, an
+    SFTP copy, mariadb-install-db) in place of `path` the way `write_durable` does: fsync it,
+    rename it, fsync the folder.
     `tmp` must be on `path`'s filesystem (in its folder, or a work folder beside it)."""
     fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
