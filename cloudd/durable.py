@@ -4,7 +4,8 @@ A file written with `write_durable` is either its old content or its new content
 crash or a power cut, never empty or half written: the bytes go to a temporary file in the
 same folder (created exclusively, never following a symlink), are fsynced, renamed over the
 target, and the folder is fsynced so that the rename itself survives. Files are private by
-default (0600), and a folder created on the way is 0700.
+default (0600), and a folder created on the way is 0700. `write_at` is the same write into a
+folder the caller holds open (the role files a node renders, reached without following links).
 
 `TermFile` is the one way to keep a term across restarts, used both by the election (the
 highest term this agent proposed or followed) and by the host agent (the highest term it has
@@ -55,13 +56,25 @@ def write_durable(path: Path, data: bytes | str, *, mode: int = 0o600,
 
     `owner` (uid, gid) and `mode` are set before the first byte goes in, so a secret is never
     readable by others, even for an instant."""
-    payload = data.encode() if isinstance(data, str) else data
     folder = path.parent
     if not folder.is_dir():
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_at(fd, path.name, data, mode=mode, owner=owner)
+    finally:
+        os.close(fd)
+
+
+def write_at(folder: int, name: str, data: bytes | str, *, mode: int = 0o600,
+             owner: tuple[int, int] | None = None) -> None:
+    """`write_durable` of `name` in the folder open as descriptor `folder` (for callers that
+    pinned a folder they reached without following links): whatever was at `name`, a link
+    included, is replaced by the rename, never written through."""
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+                 0o600, dir_fd=folder)
     try:
         try:
             if owner is not None:
@@ -73,18 +86,19 @@ def write_durable(path: Path, data: bytes | str, *, mode: int = 0o600,
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=folder)
         raise
-    fsync_dir(folder)
+    os.fsync(folder)
 
 
 def replace_durable(tmp: Path, path: Path) -> None:
-    """Put a finished temporary file (one a tool wrote: qemu-img, genisoimage, an SFTP copy)
-    in place of `path` the way `write_durable` does: fsync it, rename it, fsync the folder.
-    `tmp` must be in `path`'s folder."""
+    """Put a finished temporary file or folder (one a tool wrote: qemu-img, genisoimage, an
+    SFTP copy, mariadb-install-db) in place of `path` the way `write_durable` does: fsync it,
+    rename it, fsync the folder.
+    `tmp` must be on `path`'s filesystem (in its folder, or a work folder beside it)."""
     fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)

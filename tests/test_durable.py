@@ -50,9 +50,10 @@ def test_durable_write_does_not_follow_a_planted_symlink(tmp_path: Path) -> None
     victim = tmp_path / "victim"
     victim.write_text("untouched")
     target = tmp_path / "file"
+    target.symlink_to(victim)
     write_durable(target, "new")
     assert victim.read_text() == "untouched"
-    assert target.read_text() == "new"
+    assert not target.is_symlink() and target.read_text() == "new"
 
 
 def test_durable_write_sets_owner_and_mode_before_the_content(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudd.durable import fsync_dir, replace_durable
+from cloudd.durable import replace_durable
 from cloudd.images.rootfs import KERNEL_ARGS
 
 DEFAULT_CACHE = Path("/var/cache/cloudd/images")
@@ -102,19 +102,7 @@ def install(work: Path, image: Image) -> None:
     """Rename the finished files from `work` into the cache, the qcow2 last, each made
     durable before the next: after a power cut an image whose qcow2 is there is whole."""
     for suffix in SUFFIXES:
-        _durable_rename(work / f"{image.name}.{suffix}", image.file(suffix))
-
-
-def _durable_rename(src: Path, dest: Path) -> None:
-    """`src` in place of `dest` on the same filesystem: `src` fsynced, renamed, `dest`'s
-    folder fsynced (`cloudd.durable.replace_durable`, for a source in another folder)."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(src, dest)
-    fsync_dir(dest.parent)
+        replace_durable(work / f"{image.name}.{suffix}", image.file(suffix))
 
 
 def publish(image: Image, out: Path) -> Image:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudd import log
+from cloudd import durable, log
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles
 from cloudd.providers.service import ServiceSpec
@@ -271,7 +271,7 @@ def apply_rendered(rendered: Rendered) -> Changes:
             # The mode and owner are set before the content goes in, so a secret is never
             # readable by others, even for an instant; the rename makes readers see old or
             # new, never half.
-            rolefiles.write_at(parent, f.path.name, data, mode=f.mode, owner=owner)
+            durable.write_at(parent, f.path.name, data, mode=f.mode, owner=owner)
         changed.append(f.path)
         reload.extend(s for s in f.reload if s not in reload)
     return Changes(changed=tuple(changed), reload=tuple(reload))

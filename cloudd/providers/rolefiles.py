@@ -17,11 +17,11 @@ descriptor it yields pins the folder: every later step (mkdir, chown, chmod, ope
 fsync) is done relative to it, so a rename of anything above changes nothing.
 
 A rendered file is a regular file of its own: `look` reads what is there without following a
-link, and `write_at` writes the way `cloudd.durable.write_durable` does but relative to the
-folder's descriptor (a new temporary file created O_EXCL|O_NOFOLLOW, owner and mode before the
-first byte, fsync, a rename over whatever was there, so a link is replaced and never followed,
-then fsync of the folder). A service's log (`open_log`) is opened only in a folder that nobody
-but the agent can write, never through a link and never into a file with a second name.
+link, and `cloudd.durable.write_at` writes it relative to the folder's descriptor (a new
+temporary file created O_EXCL|O_NOFOLLOW, owner and mode before the first byte, fsync, a rename
+over whatever was there, so a link is replaced and never followed, then fsync of the folder).
+A service's log (`open_log`) is opened only in a folder that nobody but the agent can write,
+never through a link and never into a file with a second name.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import contextlib
 import enum
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,32 +177,6 @@ def look(parent: int, name: str) -> Found:
     finally:
         os.close(fd)
     return Found(Kind.FILE, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid), b"".join(chunks))
-
-
-def write_at(parent: int, name: str, data: bytes, *, mode: int,
-             owner: tuple[int, int]) -> None:
-    """Replace `name` in folder `parent` with `data` atomically and durably, `owner` and
-    `mode` set before the first byte (`cloudd.durable.write_durable`, relative to a folder's
-    descriptor). Whatever was at `name`, a link included, is replaced, never written through."""
-    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=parent)
-    try:
-        try:
-            os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=parent)
-        raise
-    os.fsync(parent)
 
 
 def open_log(path: Path) -> int:

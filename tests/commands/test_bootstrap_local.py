@@ -23,6 +23,7 @@ from cloudd.commands.bootstrap.prepare import (
 )
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Target
 from cloudd.commands.bootstrap.wheels import Checkout
+from cloudd.daemon.main import STATE_DIR_MODE
 from cloudd.pki import MemberKind, PkiError, init_ca, issue
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -46,6 +47,13 @@ def test_layout_puts_every_path_under_the_root() -> None:
         "/srv/t/opt/cloudd/venv", "/srv/t/etc/cloudd/pki",
         "/srv/t/etc/systemd/system/cloudd.service", "/srv/t/run/cloudd/cloudd.pid")
     assert all(path.startswith("/srv/t/") for path, _ in lay.dirs)
+
+
+def test_bootstrap_makes_the_agents_folders_with_the_modes_the_agent_keeps() -> None:
+    """A second bootstrap of a running host must not take back what the agent's start gave."""
+    modes = dict(Layout("").dirs)
+    assert modes["/var/lib/cloudd"] == f"{STATE_DIR_MODE:04o}"
+    assert (modes["/etc/cloudd"], modes["/run/cloudd"]) == ("0700", "0700")
 
 
 def test_default_settings_name_the_host_and_its_address(setup: tuple[Target, Options]) -> None:

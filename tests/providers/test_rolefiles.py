@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from cloudd import durable
 from cloudd.providers import rolefiles
 from cloudd.providers.base import DirSpec, FileSpec, Rendered, apply_rendered
 from cloudd.providers.rolefiles import Kind, RoleFileRefused
@@ -153,7 +154,7 @@ def test_look_does_not_follow_links_or_wait_on_a_fifo(tmp_path: Path) -> None:
 
 def test_write_at_sets_owner_and_mode_and_leaves_nothing_aside(tmp_path: Path) -> None:
     with rolefiles.folder(tmp_path) as fd:
-        rolefiles.write_at(fd, "secret", b"pw\n", mode=0o600, owner=(OTHER, 0))
+        durable.write_at(fd, "secret", b"pw\n", mode=0o600, owner=(OTHER, 0))
     st = (tmp_path / "secret").stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (OTHER, 0, 0o600)
     assert os.listdir(tmp_path) == ["secret"]

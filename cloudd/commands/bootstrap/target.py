@@ -94,7 +94,9 @@ class Layout:
     @property
     def dirs(self) -> tuple[tuple[str, str], ...]:
         # The agent's own folders are private: its settings, manifests (fence commands,
-        # secret paths) and state are root's alone.
-        return ((self.p("/etc/cloudd"), "0700"), (self.p("/var/lib/cloudd"), "0700"),
+        # secret paths) and state are root's alone. The state folder is 0711, as the agent
+        # makes it at every start (`cloudd.daemon.main.STATE_DIR_MODE`) and the unit says:
+        # qemu and the roles' users pass through it to what they are given by path.
+        return ((self.p("/etc/cloudd"), "0700"), (self.p("/var/lib/cloudd"), "0711"),
                 (self.p("/run/cloudd"), "0700"), (self.p("/var/log/cloudd"), "0750"),
                 (self.wheels, "0755"))

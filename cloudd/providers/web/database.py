@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Mapping
 
 from cloudd import log
-from cloudd.durable import fsync_dir
+from cloudd.durable import replace_durable
 from cloudd.errors import TemporaryError
 from cloudd.providers import values
 from cloudd.providers.base import Assignment, DirSpec, FileSpec, Rendered, Role
@@ -120,9 +120,8 @@ class DatabaseRole(Role):
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             raise TemporaryError(f"mariadb-install-db failed: {telling_line(out)}", delay=5.0)
-        fsync_dir(scratch)
-        scratch.rename(data)
-        fsync_dir(data.parent)  # the rename itself survives a power cut
+        # fsynced, renamed, and the rename itself synced, off the event loop
+        await asyncio.to_thread(replace_durable, scratch, data)
         _log.info("web.database_initialised", cloud=a.cloud, node=a.node, role=a.role,
                   path=str(data))
 

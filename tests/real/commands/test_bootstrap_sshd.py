@@ -28,6 +28,7 @@ from cloudd_lab.netlab import NetLab, Netns
 from cryptography import x509
 
 from cloudd.config.agent import load_agent
+from cloudd.daemon.main import STATE_DIR_MODE
 from cloudd.pki import init_ca, member_of_cert
 
 pytestmark = pytest.mark.netns
@@ -212,7 +213,7 @@ def test_bootstrap_installs_starts_and_second_run_changes_nothing(
     etc, venv = root / "etc/cloudd", root / "opt/cloudd/venv"
     assert (mode(etc / "pki"), mode(etc / "pki/agent.key")) == (0o700, 0o600)
     assert (mode(etc / "pki/agent.pem"), mode(etc / "pki/ca.pem")) == (0o644, 0o644)
-    assert mode(root / "var/lib/cloudd") == 0o700
+    assert mode(root / "var/lib/cloudd") == STATE_DIR_MODE  # as the agent keeps it
     assert (mode(etc), mode(etc / "agent.yaml")) == (0o700, 0o600)
     assert not [p.name for p in etc.rglob(".*cloudd-tmp")]  # nothing left aside
     assert (etc / "pki/ca.pem").read_bytes() == (pki_dir / "ca.crt").read_bytes()
