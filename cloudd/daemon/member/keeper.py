@@ -250,6 +250,8 @@ class RecordKeeper:
                 async with asyncio.timeout(RETRY):
                     await self._advanced.wait()
             self.catch_up(self._hosts())
+        if self._acting_term() != term:
+            return  # a later term's write committed ours too: that recovery acts, not this
         self.recovered_term = term
         gen = record.latest(self.committed)
         self.log.info("record_recovered", term=term, version=str(self.committed.version),

@@ -155,6 +155,38 @@ async def test_without_a_majority_the_leader_waits_and_does_not_act(
     assert pm1.member.leading_term() is None
 
 
+async def test_a_recovery_of_an_older_term_never_takes_over_a_newer_one(
+        tmp_path: Path, made: list[Host]) -> None:
+    """The term-2 recovery still waits for its write when the agent leads term 4: term 4's
+    write commits it past term 2's, and only term 4 is recovered (not the stale term 2)."""
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    answer = pm1.wire.answer
+    assert answer is not None
+
+    async def no_pushes(peer: str, msg: Any) -> Any:
+        if isinstance(msg, RecordPush):
+            raise TemporaryError(f"{peer} cannot be reached")
+        return await answer(peer, msg)
+
+    pm1.wire.answer = no_pushes
+    await leads(pm1, 2, pm2)
+    keeper = pm1.member.record.keeper
+    assert keeper is not None
+    async with running(pm1, pm2):
+        with capture_logs() as logs:
+            old = asyncio.create_task(keeper.recover(2, seed=pm1.member.record._first_generation))
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+            assert not old.done() and pm1.member.leading_term() is None
+            pm1.wire.answer = answer
+            await leads(pm1, 4, pm2)
+            await recover(pm1, 4)
+            await asyncio.wait_for(old, 5)
+    assert pm1.member.leading_term() == 4
+    assert [e["term"] for e in logs if e["event"] == "record_recovered"] == [4]
+
+
 async def test_maintenance_is_written_to_a_majority_and_the_next_leader_keeps_it(
         tmp_path: Path, made: list[Host]) -> None:
     pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
