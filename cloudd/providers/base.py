@@ -19,7 +19,7 @@ import grp
 import ipaddress
 import os
 import pwd
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,13 +125,26 @@ class Converged:
     installed: tuple[str, ...] = ()
 
 
+#: The leader's channel to one node's role: (node, action, arguments) -> the answer of that
+#: role's `act`. Raises ClouddError (one sentence) when the node cannot be reached, refuses,
+#: or the action failed.
+NodeAsk = Callable[[str, str, Mapping[str, str]], Awaitable[Mapping[str, str]]]
+
+
+async def no_channel(node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
+    """The `ask` of a view built where no leader's channel exists (tests of pure hooks)."""
+    raise TemporaryError(f"cannot ask {node} for {action!r}: no channel to the nodes here")
+
+
 @dataclass(frozen=True)
 class ClusterView:
-    """What the leader hands the cluster-level hooks: the cloud and every node's health."""
+    """What the leader hands the cluster-level hooks: the cloud, every node's health, and a
+    way to have a node's role act (`ask`: the hooks that must run on the head node)."""
 
     cloud: str
     nodes: tuple[Peer, ...]
     settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    ask: NodeAsk = field(default=no_channel, compare=False, hash=False)
 
     def of(self, role: str) -> tuple[Peer, ...]:
         return tuple(p for p in self.nodes if p.role == role)
@@ -173,6 +186,16 @@ class Role:
 
         Must be idempotent: it runs on every converge and returns at once when already done.
         """
+
+    #: The actions the leader may ask of this role's nodes (`ClusterView.ask`), each with the
+    #: names of the arguments it takes: any other action or argument is refused before `act`.
+    actions: Mapping[str, tuple[str, ...]] = {}
+
+    async def act(self, assignment: Assignment, action: str,
+                  args: Mapping[str, str]) -> Mapping[str, str]:
+        """Do one of `actions` on this node (e.g. `scontrol delete node` on a Slurm head)
+        and answer; raise ClouddError with one sentence when it fails."""
+        raise PermanentError(f"role {self.name!r} has no action {action!r}")
 
 
 class Provider:
