@@ -6,6 +6,7 @@ leader inherits what the last one decided."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -23,11 +24,19 @@ from cloudd.daemon.member import keeper as keeping
 from cloudd.daemon.member import record
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.clouds import timing_for
-from cloudd.daemon.network.catalogue import Record, RecordPush, RecordWanted, Version
+from cloudd.daemon.network.catalogue import (
+    NodePhase,
+    NodeReport,
+    Record,
+    RecordPush,
+    RecordWanted,
+    RoleAssignment,
+    Version,
+)
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
 
-from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
+from .fakes import DB, LB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
 
 
 @dataclasses.dataclass
@@ -325,3 +334,57 @@ async def test_the_same_text_again_is_the_generation_in_force(tmp_path: Path,
                                                     what="apply")
     assert (gen.number, gen.what, path) == (1, "adopted from pm1's manifest file", None)
     assert len(pm1.member.record_in_force().generations) == 1
+
+
+async def made_secrets(h: Host) -> None:
+    """`h`, acting, writes the secrets its cloud needs generated (as on a round of tending)."""
+    h.member.record.make_secrets()
+    for _ in range(500):  # bounded: files are written in threads
+        if h.member.record.generated() and not h.member.record._making:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{h.member.me} made no secret")
+
+
+async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    assert [g.name for g in pm1.member.cloud.generated] == ["database_password"]
+    with capture_logs() as logs:
+        async with running(pm1, pm2):
+            await recover(pm1, 3)
+            await made_secrets(pm1)
+            first = dict(pm1.member.record.generated())
+            version = pm1.member.record_in_force().version
+            pm1.member.record.make_secrets()  # held now: nothing more to write
+            edited = shop(tmp_path / "edited", MANIFEST.replace("app_port: 8080",
+                                                                "app_port: 8081"))
+            await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited,
+                                            by="pm1", what="apply")
+    made_here = pm1.member.record.generated()
+    assert made_here == first
+    [(name, value)] = made_here.items()
+    assert name == "database_password" and len(value) == 43  # 32 random bytes, as text
+    assert version == Version(3, 3)  # recovery's write, then the secret's
+    # on a majority, and not drawn again for the next generation
+    assert file_of(pm2)["record"]["generated"] == [[name, base64.b64encode(value).decode()]]
+    assert pm1.member.record_in_force().version == Version(3, 4)
+    assert record.generated_of(pm1.member.record_in_force()) == made_here
+    [event] = [e for e in logs if e["event"] == "secrets_generated"]
+    assert (event["names"], event["term"]) == (["database_password"], 3)
+    assert not any(value.decode() in repr(e) for e in logs)
+    # pm1 is gone; pm2 leads term 4 and hands out the same secret to the roles that need it
+    await leads(pm2, 4, pm1)
+    async with running(pm1, pm2):
+        await recover(pm2, 4)
+        pm2.member.record.make_secrets()
+    assert pm2.member.record.generated() == made_here
+    assert not pm2.member.record._making
+    pm2.member.reports.update({n: NodeReport(node=n, term=4, generation="",
+                                             phase=NodePhase.READY) for n in (DB, WEB1)})
+    pm2.member._assign(4, frozenset({DB, WEB1, WEB2, LB}))
+    sent = {peer: a.secrets for peer, a in pm2.wire.of(RoleAssignment)}
+    mine = (("database_password", base64.b64encode(value).decode()),)
+    assert sent == {DB: mine, WEB1: mine, WEB2: mine, LB: ()}
