@@ -8,9 +8,9 @@ text in, the commands to run or one refusal out); `ensure_users` reads the files
 commands and says what it did.
 
 - A user that is missing is made: its primary group first when no group has that gid
-  (`groupadd -g GID NAME`), then `useradd -u UID -g GID [-G GROUPS] -m -s /bin/bash NAME`.
+  (`groupadd -g GID NAME`), then `useradd -u UID -g GROUP [-G GROUPS] -m -s /bin/bash NAME`.
 - A user that exists with the manifest's uid is brought in line: its primary group set, the
-  missing supplementary groups added (`usermod -g GID -a -G ...`); nothing is taken away, and a
+  missing supplementary groups added (`usermod -g GROUP -a -G ...`); nothing is taken away, and a
   user the manifest no longer lists is left as it is (its files, its jobs).
 - A user that exists with another uid, a uid held by another name, a group of the user's name
   with another gid, or a supplementary group the node does not have: refused, one sentence,
@@ -78,7 +78,9 @@ def plan(users: Sequence[User], *, passwd: str, group: str) -> Plan:
     people = accounts(passwd, groups=False)
     by_uid = {a.id: a.name for a in people.values()}
     groups = accounts(group, groups=True)
-    gids = {a.id for a in groups.values()}
+    # Commands name the primary group by name: with `--prefix`, shadow's tools look a
+    # numeric gid up in this machine's groups, not in the prefix's.
+    gids = {a.id: a.name for a in reversed(groups.values())}
     commands: list[Command] = []
     what: list[str] = []
     for u in users:
@@ -104,20 +106,24 @@ def plan(users: Sequence[User], *, passwd: str, group: str) -> Plan:
             commands.append(("groupadd", "-g", str(u.gid), u.name))
             what.append(f"group {u.name} made with gid {u.gid}")
             groups[u.name] = Account(u.name, u.gid)
-            gids.add(u.gid)
+            gids[u.gid] = u.name
         if have is None:
             joined: Command = ("-G", ",".join(u.groups)) if u.groups else ()
-            commands.append(("useradd", "-u", str(u.uid), "-g", str(u.gid), *joined, "-m",
+            commands.append(("useradd", "-u", str(u.uid), "-g", gids[u.gid], *joined, "-m",
                              "-s", "/bin/bash", u.name))
             what.append(f"user {u.name} made with uid {u.uid}")
             by_uid[u.uid] = u.name
             continue
         missing = tuple(g for g in u.groups if u.name not in groups[g].members)
-        if have.gid != u.gid or missing:
-            added: Command = ("-a", "-G", ",".join(missing)) if missing else ()
-            commands.append(("usermod", "-g", str(u.gid), *added, u.name))
-            what.append(f"user {u.name} given gid {u.gid}"
-                        + (f" and groups {', '.join(missing)}" if missing else ""))
+        # `-g` only when it changes anything: shadow 4.13's usermod looks its group up in
+        # this machine's groups even with `--prefix` (a test node's root), where -a -G works.
+        primary: Command = ("-g", gids[u.gid]) if have.gid != u.gid else ()
+        added: Command = ("-a", "-G", ",".join(missing)) if missing else ()
+        if primary or added:
+            commands.append(("usermod", *primary, *added, u.name))
+            changes = [f"gid {u.gid}"] if primary else []
+            changes += [f"groups {', '.join(missing)}"] if missing else []
+            what.append(f"user {u.name} given {' and '.join(changes)}")
     return Plan(tuple(commands), tuple(what))
 
 

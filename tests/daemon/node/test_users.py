@@ -34,23 +34,26 @@ def test_the_files_are_read_as_accounts() -> None:
 @pytest.mark.parametrize(("users", "commands"), [
     # missing: its own group, then the user with its home
     ((ALICE,), [("groupadd", "-g", "1001", "alice"),
-                ("useradd", "-u", "1001", "-g", "1001", "-m", "-s", "/bin/bash", "alice")]),
-    # its primary group exists (any name): only the user, with its groups
+                ("useradd", "-u", "1001", "-g", "alice", "-m", "-s", "/bin/bash", "alice")]),
+    # its primary group exists (any name): only the user, with its groups; a group is named
+    # (shadow's tools with --prefix look a number up in this machine's groups)
     ((User("dave", 1004, 3000, ("users", "video")),),
-     [("useradd", "-u", "1004", "-g", "3000", "-G", "users,video", "-m", "-s", "/bin/bash",
+     [("useradd", "-u", "1004", "-g", "hpc", "-G", "users,video", "-m", "-s", "/bin/bash",
        "dave")]),
     # two users sharing a primary group made for the first
     ((User("erin", 1005, 4000), User("fred", 1006, 4000)),
      [("groupadd", "-g", "4000", "erin"),
-      ("useradd", "-u", "1005", "-g", "4000", "-m", "-s", "/bin/bash", "erin"),
-      ("useradd", "-u", "1006", "-g", "4000", "-m", "-s", "/bin/bash", "fred")]),
+      ("useradd", "-u", "1005", "-g", "erin", "-m", "-s", "/bin/bash", "erin"),
+      ("useradd", "-u", "1006", "-g", "erin", "-m", "-s", "/bin/bash", "fred")]),
     # there already, as the manifest says: nothing
     ((CAROL,), []),
     ((User("carol", 1003, 1003, ("users",)),), []),
     # there with its uid: groups added (never taken away), the primary group set
     ((User("carol", 1003, 1003, ("users", "video")),),
-     [("usermod", "-g", "1003", "-a", "-G", "video", "carol")]),
-    ((User("carol", 1003, 3000),), [("usermod", "-g", "3000", "carol")]),
+     [("usermod", "-a", "-G", "video", "carol")]),
+    ((User("carol", 1003, 3000),), [("usermod", "-g", "hpc", "carol")]),
+    ((User("carol", 1003, 3000, ("video",)),),
+     [("usermod", "-g", "hpc", "-a", "-G", "video", "carol")]),
     ((), []),
 ])
 def test_what_a_node_runs(users: tuple[User, ...], commands: list[tuple[str, ...]]) -> None:
@@ -119,7 +122,7 @@ async def test_the_commands_run_with_the_exec_prefix_and_the_root(root: Path) ->
     assert done == ("group alice made with gid 1001", "user alice made with uid 1001")
     assert (root / "ran").read_text().splitlines() == [
         f"groupadd --prefix {root} -g 1001 alice",
-        f"useradd --prefix {root} -u 1001 -g 1001 -m -s /bin/bash alice"]
+        f"useradd --prefix {root} -u 1001 -g alice -m -s /bin/bash alice"]
     assert [e["reason"] for e in logs if e["event"] == "user_changed"] == list(done)
 
 
