@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.config.catalog import RoleSpec, TypeSpec
 
-#: The secret name used when the manifest's settings name none: unless the manifest declares
-#: a secret of that name, the leader makes the password (`GENERATED`).
+#: The secret name used when the manifest's settings name none.
 DEFAULT_PASSWORD_SECRET = "database_password"
-#: The app's database password when the manifest gives none: 32 random bytes, as one line of
-#: text (MariaDB and the app's configuration read it as a string).
-GENERATED = GeneratedSecret(DEFAULT_PASSWORD_SECRET, size=32, text=True)
 
 
 class WebSettings(BaseModel):
@@ -29,8 +25,7 @@ class WebSettings(BaseModel):
     database_user: str = Field(default="app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
     """The MariaDB account the app servers connect as."""
     database_password_ref: str | None = None
-    """Name of the entry under `secrets` holding that account's password; None: the leader
-    makes one (`database_password`) unless the manifest declares a secret of that name."""
+    """Name of the entry under `secrets` holding that account's password."""
 
     @property
     def password_secret(self) -> str:
@@ -54,7 +49,6 @@ SPEC = TypeSpec(
     name="web",
     settings_model=WebSettings,
     role_secrets=role_secrets,
-    generated_secrets=(GENERATED,),
     roles=(
         RoleSpec("database", min_nodes=1, max_nodes=1),
         RoleSpec("server", min_nodes=1),

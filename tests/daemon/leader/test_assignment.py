@@ -8,6 +8,8 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
+from shared.batchtype import C1, C2, HEAD, KEY, LOGIN, batch
+from shared.batchtype import MANIFEST as BATCH_MANIFEST
 from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud
@@ -16,14 +18,13 @@ from cloudd.config.users import User
 from cloudd.daemon.leader.assignment import assignments, due, healthy
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport
 from cloudd.providers.catalog import CATALOG
-from cloudd.providers.web.spec import GENERATED
 
 MANIFEST = SHOP
 
 DB, WEB1, WEB2, LB = "shop-database-1", "shop-server-1", "shop-server-2", "shop-balancer-1"
 ALL = {DB, WEB1, WEB2, LB}
-#: The shop declares no database password: the leader makes one (what its record holds).
-MADE = {"database_password": b"made by the leader"}
+#: What the record holds of the secrets the leader made for the hpc cloud.
+MADE = {"munge.key": b"\x00made by the leader"}
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +52,14 @@ def report(node: str, phase: NodePhase = NodePhase.READY, generation: str = "") 
 def test_roles_follow_the_dependency_order(cloud: Cloud, ready: set[str], alive: set[str],
                                            assigned: list[str]) -> None:
     reports = {n: report(n) for n in ready}
-    got = assignments(cloud, term=4, reports=reports, alive=alive, generated=MADE)
+    got = assignments(cloud, term=4, reports=reports, alive=alive)
     assert [a.node for a in got] == assigned
     assert {(a.term, a.generation, a.cloud) for a in got} == {(4, cloud.digest, "shop")}
 
 
 def test_each_node_hears_of_every_other_with_its_health(cloud: Cloud) -> None:
     reports = {DB: report(DB), WEB1: report(WEB1, NodePhase.DEGRADED)}
-    lb = assignments(cloud, term=1, reports=reports, alive=ALL, generated=MADE)
+    lb = assignments(cloud, term=1, reports=reports, alive=ALL)
     assert [a.node for a in lb] == [DB, WEB1, WEB2]  # no server ready: no balancer
     web1 = next(a for a in lb if a.node == WEB1)
     assert [(p.node, p.role, p.healthy) for p in web1.peers] == [
@@ -66,7 +67,7 @@ def test_each_node_hears_of_every_other_with_its_health(cloud: Cloud) -> None:
 
 
 def test_addresses_are_ip_addresses(cloud: Cloud) -> None:
-    (db,) = assignments(cloud, term=1, reports={}, alive=ALL, generated=MADE)
+    (db,) = assignments(cloud, term=1, reports={}, alive=ALL)
     assert db.address == ip_address("192.0.2.177")
     assert {type(p.address) for p in db.peers} == {IPv4Address}
 
@@ -87,33 +88,35 @@ def test_each_role_gets_the_secrets_it_needs_and_no_other(tmp_path: Path) -> Non
     assert {a.secrets for a in assignments(withheld, term=1, reports={}, alive=ALL)} == {()}
 
 
-def test_a_secret_the_leader_makes_goes_to_the_roles_that_need_it(cloud: Cloud) -> None:
-    reports = {n: report(n) for n in ALL}
+def test_a_secret_the_leader_makes_goes_to_the_roles_that_need_it(tmp_path: Path) -> None:
+    hpc = batch(tmp_path)
+    reports = {n: report(n) for n in (HEAD, C1, C2, LOGIN)}
+    alive = set(reports)
     # not made yet: no role that needs it is assigned, nor any after it
-    assert cloud.generated == (GENERATED,)
-    assert assignments(cloud, term=1, reports=reports, alive=ALL) == ()
-    got = {a.node: a.secrets for a in assignments(cloud, term=1, reports=reports, alive=ALL,
+    assert hpc.generated == (KEY,)
+    assert assignments(hpc, term=1, reports=reports, alive=alive) == ()
+    got = {a.node: a.secrets for a in assignments(hpc, term=1, reports=reports, alive=alive,
                                                   generated=MADE)}
-    made = (("database_password", base64.b64encode(b"made by the leader").decode()),)
-    assert got == {DB: made, WEB1: made, WEB2: made, LB: ()}
+    made = (("munge.key", base64.b64encode(b"\x00made by the leader").decode()),)
+    assert got == {HEAD: made, C1: made, C2: made, LOGIN: ()}
 
 
 def test_a_declared_secret_wins_over_a_made_one(tmp_path: Path) -> None:
-    (tmp_path / "web.xml").write_text("<domain/>")
-    (tmp_path / "pw").write_bytes(b"the operator's")
-    (tmp_path / "shop.yaml").write_text(MANIFEST + "secrets: {database_password: {file: pw}}\n")
-    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
-    assert cloud.generated == ()  # declared: the leader makes none
-    (db, *_) = assignments(cloud, term=1, reports={}, alive=ALL, generated=MADE)
-    assert db.secrets == (("database_password", base64.b64encode(b"the operator's").decode()),)
+    (tmp_path / "key").write_bytes(b"the operator's")
+    hpc = batch(tmp_path, BATCH_MANIFEST + "secrets: {munge.key: {file: key}}\n")
+    assert hpc.generated == ()  # declared: the leader makes none
+    (head, *_) = assignments(hpc, term=1, reports={}, alive={HEAD}, generated=MADE)
+    assert head.secrets == (("munge.key", base64.b64encode(b"the operator's").decode()),)
+    # a key named by the settings: the one the type makes is not needed, so not made
+    named = batch(tmp_path, BATCH_MANIFEST + "settings: {key_ref: k}\nsecrets: {k: {file: key}}\n")
+    assert named.generated == ()
 
 
 def test_every_node_is_told_the_users(tmp_path: Path) -> None:
     (tmp_path / "web.xml").write_text("<domain/>")
     (tmp_path / "shop.yaml").write_text(MANIFEST + "users: [{name: alice, uid: 1001}]\n")
     cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
-    got = assignments(cloud, term=1, reports={n: report(n) for n in ALL}, alive=ALL,
-                      generated=MADE)
+    got = assignments(cloud, term=1, reports={n: report(n) for n in ALL}, alive=ALL)
     assert {a.users for a in got} == {(User("alice", 1001, 1001),)} and len(got) == 4
 
 
@@ -140,8 +143,7 @@ def test_healthy_needs_ready_and_alive() -> None:
 ])
 def test_due(cloud: Cloud, sent: bool, reported: str | None, alive: bool, held: bool,
              goes: bool) -> None:
-    [a] = [x for x in assignments(cloud, term=2, reports={}, alive=ALL, generated=MADE)
-           if x.node == DB]
+    [a] = [x for x in assignments(cloud, term=2, reports={}, alive=ALL) if x.node == DB]
     a = replace(a, generation="gen")
     got = due([a], sent={DB: a} if sent else {},
               reports={DB: report(DB, generation=reported)} if reported else {},

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared.batchtype import C1, C2, HEAD, KEY, LOGIN, batch
+from shared.batchtype import MANIFEST as BATCH_MANIFEST
 from structlog.testing import capture_logs
 
+from cloudd.config.model import Cloud
 from cloudd.config.portable import Recipient, text_for
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog
@@ -36,7 +39,7 @@ from cloudd.daemon.network.catalogue import (
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
 
-from .fakes import DB, LB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
+from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
 
 
 @dataclasses.dataclass
@@ -60,8 +63,10 @@ async def made() -> AsyncIterator[list[Host]]:
         h.events.close()
 
 
-def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFEST) -> Host:
-    """Pool host `name` of the shop cloud; what it installs in its folder is recorded."""
+def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFEST,
+              cloud: Cloud | None = None) -> Host:
+    """Pool host `name` of the shop cloud (or `cloud`); what it installs in its folder is
+    recorded."""
     agent = settings(tmp_path, name)
     agent.state_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog.in_state_dir(agent.state_dir)
@@ -71,7 +76,8 @@ def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFE
         installed.append(text)
         return agent.manifest_dir / "shop.yaml"
 
-    member = CloudMember(settings=agent, cloud=shop(tmp_path / f"{name}-manifests", text),
+    member = CloudMember(settings=agent,
+                         cloud=cloud or shop(tmp_path / f"{name}-manifests", text),
                          timing=timing_for(agent), send=wire.send, request=wire.request,
                          events=events, clock=FakeClock(), node_side=FakeNodeSide,
                          install=install)
@@ -346,12 +352,17 @@ async def made_secrets(h: Host) -> None:
     raise AssertionError(f"{h.member.me} made no secret")
 
 
+def batch_host(tmp_path: Path, made: list[Host], name: str) -> Host:
+    """Pool host `name` of the hpc cloud (of the batch type, whose key the leader makes)."""
+    return pool_host(tmp_path, made, name, cloud=batch(tmp_path / f"{name}-hpc"))
+
+
 async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
         tmp_path: Path, made: list[Host]) -> None:
-    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    pm1, pm2 = batch_host(tmp_path, made, "pm1"), batch_host(tmp_path, made, "pm2")
     link(pm1, pm2)
     await leads(pm1, 3, pm2)
-    assert [g.name for g in pm1.member.cloud.generated] == ["database_password"]
+    assert pm1.member.cloud.generated == (KEY,)
     with capture_logs() as logs:
         async with running(pm1, pm2):
             await recover(pm1, 3)
@@ -359,23 +370,22 @@ async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
             first = dict(pm1.member.record.generated())
             version = pm1.member.record_in_force().version
             pm1.member.record.make_secrets()  # held now: nothing more to write
-            edited = shop(tmp_path / "edited", MANIFEST.replace("app_port: 8080",
-                                                                "app_port: 8081"))
+            edited = batch(tmp_path / "edited", BATCH_MANIFEST.replace(
+                "  login: [{address: 192.0.2.23, image: /img/login.qcow2}]\n", ""))
             await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited,
                                             by="pm1", what="apply")
     made_here = pm1.member.record.generated()
-    assert made_here == first
+    assert made_here == first  # not drawn again for the next generation
     [(name, value)] = made_here.items()
-    assert name == "database_password" and len(value) == 43  # 32 random bytes, as text
+    assert name == "munge.key" and len(value) == 1024  # the random bytes as they are
     assert version == Version(3, 3)  # recovery's write, then the secret's
-    # on a majority, and not drawn again for the next generation
-    assert file_of(pm2)["record"]["generated"] == [[name, base64.b64encode(value).decode()]]
     assert pm1.member.record_in_force().version == Version(3, 4)
-    assert record.generated_of(pm1.member.record_in_force()) == made_here
+    # on a majority: the other host's file holds it
+    assert file_of(pm2)["record"]["generated"] == [[name, base64.b64encode(value).decode()]]
     [event] = [e for e in logs if e["event"] == "secrets_generated"]
-    assert (event["names"], event["term"]) == (["database_password"], 3)
-    assert not any(value.decode() in repr(e) for e in logs)
-    # pm1 is gone; pm2 leads term 4 and hands out the same secret to the roles that need it
+    assert (event["names"], event["term"]) == (["munge.key"], 3)
+    assert not any(base64.b64encode(value).decode() in repr(e) for e in logs)
+    # pm1 is gone; pm2 leads term 4 and hands out the same key to the roles that need it
     await leads(pm2, 4, pm1)
     async with running(pm1, pm2):
         await recover(pm2, 4)
@@ -383,8 +393,8 @@ async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
     assert pm2.member.record.generated() == made_here
     assert not pm2.member.record._making
     pm2.member.reports.update({n: NodeReport(node=n, term=4, generation="",
-                                             phase=NodePhase.READY) for n in (DB, WEB1)})
-    pm2.member._assign(4, frozenset({DB, WEB1, WEB2, LB}))
+                                             phase=NodePhase.READY) for n in (HEAD, C1)})
+    pm2.member._assign(4, frozenset({HEAD, C1, C2, LOGIN}))
     sent = {peer: a.secrets for peer, a in pm2.wire.of(RoleAssignment)}
-    mine = (("database_password", base64.b64encode(value).decode()),)
-    assert sent == {DB: mine, WEB1: mine, WEB2: mine, LB: ()}
+    mine = (("munge.key", base64.b64encode(value).decode()),)
+    assert sent == {HEAD: mine, C1: mine, C2: mine, LOGIN: ()}

@@ -3,8 +3,9 @@
 - the manifest's users made by shadow's own tools, in a root of their own (`useradd
   --prefix`), once: the second converge runs nothing, and a user of another uid is refused;
 - a hosts file that is a mount point (a container's, a test node's) is rewritten in place;
-- a secret the leader makes (a web cloud's database password, its manifest declaring none):
-  three pool hosts in network namespaces, a database node's agent; the password reaches the
+- a secret the leader makes (an AppScale deployment's secret key, its manifest declaring
+  none): three pool hosts in network namespaces, the controller node's agent (no AppScale
+  provider runs it: its converge stops after what every node gets); the key reaches the
   node's secrets folder (0600), every pool host's record holds it, no log and no `inspect` or
   `history` shows it, and after the leader is killed the new leader hands out the same one.
 """
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.netns
 
 PREFIX, SUBNET = "h22n", "10.239.41.0/24"
 HOSTS = ["pm1", "pm2", "pm3"]
-DB = "lab-database-1"
-SECRET = "database_password"
+NODE = "lab-controller-1"
+SECRET = "secret.key"
 #: generous bound on every wait (the machine is shared)
 BOUND = 90.0
 
@@ -109,9 +110,10 @@ def test_a_bind_mounted_hosts_file_is_rewritten_in_place(tmp_path: Path) -> None
 # -- a secret the leader makes, through real agents -----------------------------------------
 @pytest.fixture
 def lab() -> Iterator[AgentLab]:
-    # The shop's database is the first role: assigned as soon as its agent is alive and the
-    # leader has made the password it needs.
-    with AgentLab(PREFIX, hosts=3, subnet=SUBNET, agent_nodes=(DB,)) as lab:
+    # The controller is the first role: assigned as soon as its agent is alive and the leader
+    # has made the key it needs.
+    with AgentLab(PREFIX, hosts=3, subnet=SUBNET, cloud_type="appscale",
+                  nodes={"controller": 1, "servers": 1}, agent_nodes=(NODE,)) as lab:
         yield lab
 
 
@@ -128,11 +130,11 @@ def events_of(lab: AgentLab, agent: str, event: str) -> list[dict[str, Any]]:
 
 
 def secret_file(lab: AgentLab) -> Path:
-    return lab.agents[DB].folder / "state" / "nodes" / DB / "secrets" / SECRET
+    return lab.agents[NODE].folder / "state" / "nodes" / NODE / "secrets" / SECRET
 
 
 def saved(lab: AgentLab) -> dict[str, Any]:
-    path = lab.agents[DB].folder / "state" / "nodes" / DB / ASSIGNMENT_FILE
+    path = lab.agents[NODE].folder / "state" / "nodes" / NODE / ASSIGNMENT_FILE
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
@@ -145,14 +147,14 @@ def test_a_secret_the_leader_makes_reaches_its_node_and_outlives_its_leader(
     for host in HOSTS:
         lab.start(host)
     leader, term = lab.wait_for("a leader", lambda: lab.one_leader(HOSTS), timeout=BOUND)
-    [made] = lab.wait_for("the password made", lambda: events_of(
+    [made] = lab.wait_for("the key made", lambda: events_of(
         lab, leader, "secrets_generated"), timeout=BOUND)
     assert made["names"] == [SECRET]
-    lab.start(DB)
-    path = lab.wait_for("the password on the node", lambda: (
+    lab.start(NODE)
+    path = lab.wait_for("the key on the node", lambda: (
         p if (p := secret_file(lab)).exists() else None), timeout=BOUND)
     value = path.read_bytes()
-    assert len(value) == 43 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(value) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     held = base64.b64encode(value).decode()
     for host in HOSTS:  # a majority persisted it; the leader catches the rest up
@@ -168,13 +170,13 @@ def test_a_secret_the_leader_makes_reaches_its_node_and_outlives_its_leader(
     rest = [h for h in HOSTS if h != leader]
     new, new_term = lab.wait_for("a new leader", lambda: lab.one_leader(rest), timeout=BOUND)
     assert new_term > term
-    # the node takes the new leader's assignment: the same password, the file as it was
-    lab.wait_for(f"{DB} assigned in term {new_term}", lambda: saved(lab).get("term") == new_term,
+    # the node takes the new leader's assignment: the same key, the file as it was
+    lab.wait_for(f"{NODE} assigned in term {new_term}", lambda: saved(lab).get("term") == new_term,
                  timeout=BOUND)
     assert saved(lab)["secrets"] == [[SECRET, held]]
     assert secret_file(lab).read_bytes() == value
     assert events_of(lab, new, "secrets_generated") == []
     assert events_of(lab, new, "record_recovered")
-    for agent in [*HOSTS, DB]:
+    for agent in [*HOSTS, NODE]:
         text = lab.log_text(agent)
         assert value.decode() not in text and held not in text
