@@ -177,6 +177,23 @@ class SupervisorSettings(BaseModel):
     """Seconds a service that failed every start retry stays FATAL before another try."""
 
 
+class NodeSystem(BaseModel):
+    """Where a node agent finds the system files it keeps: cloudd's block of `etc/hosts` and
+    the manifest's users (`etc/passwd`, `etc/group`, made with `useradd --prefix`)."""
+
+    model_config = _CONFIG
+    system_root: FsPath = Path("/")
+    """The node's own root: `/` on a node. Several test nodes on one machine each get a
+    folder of their own, so that none of them writes this machine's files."""
+
+    @field_validator("system_root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(value)!r}")
+        return value
+
+
 class TransportSettings(BaseModel):
     """How patient and how generous the agent's network is (`cloudd.daemon.network.transport`).
     These are bounds on a dead, stalled or hostile peer, not the pace of anything."""
@@ -260,6 +277,7 @@ class AgentSettings(BaseModel):
     supervisor: SupervisorSettings = SupervisorSettings()
     transport: TransportSettings = TransportSettings()
     events: EventLogSettings = EventLogSettings()
+    node: NodeSystem = NodeSystem()
 
 
 #: Defaults of the `local` profile: reconciling and supervision about ten times faster, for

@@ -1,4 +1,6 @@
-"""What a cloud type is, as data: its roles with their node counts and its settings model.
+"""What a cloud type is, as data: its roles with their node counts and its settings model,
+the secrets its roles need and which of them the leader makes, and whether its nodes get
+cloudd's block of `/etc/hosts`.
 
 `cloudd.config` sits below the providers, so it cannot know the four types itself: the
 manifest loader takes a catalog (type name -> TypeSpec) as an argument, and
@@ -38,6 +40,29 @@ class RoleSpec:
         return f"{self.min_nodes} to {self.max_nodes}"
 
 
+@dataclass(frozen=True)
+class GeneratedSecret:
+    """A secret the leader makes, once, when the manifest declares none of that name and a
+    role of the cloud needs it (`TypeSpec.role_secrets` names it): a key every node of a
+    cluster shares, such as munge's. The leader keeps it in the cloud's replicated record, so
+    that every later leader hands out the same one; nodes get it as any other secret, in
+    their assignment, as the file `<secrets dir>/<name>` (0600)."""
+
+    #: the secret's name: the file's name on the nodes, and the name a manifest declares
+    #: under `secrets` to give its own instead
+    name: str
+    #: random bytes drawn from the system's CSPRNG
+    size: int
+    #: False: the file holds the random bytes as they are (a key); True: their URL-safe
+    #: base64, without padding (a password a program reads as one line of text)
+    text: bool = False
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 4096:
+            raise ValueError(f"generated secret {self.name}: {self.size} bytes is outside "
+                             "16 to 4096")
+
+
 def no_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
     """The default declaration of a type's secrets: no role needs any."""
     return ()
@@ -60,6 +85,13 @@ class TypeSpec:
     #: secrets that role's nodes need. The leader sends a node exactly these, so a role
     #: that does not name a secret never receives it.
     role_secrets: Callable[[BaseModel, str], tuple[str, ...]] = no_secrets
+    #: Secrets the leader makes when the manifest declares none of their name (and some
+    #: role needs them): e.g. a Slurm cluster's munge key.
+    generated_secrets: tuple[GeneratedSecret, ...] = ()
+    #: Whether each node keeps cloudd's block in its `/etc/hosts`, naming every node of the
+    #: cloud (`cloudd.daemon.node.hostsfile`): types whose programs find each other by
+    #: name (a batch scheduler's nodes) set it.
+    hosts_file: bool = False
 
     def roles_for(self, settings: BaseModel) -> tuple[RoleSpec, ...]:
         """The roles this cloud may have, given its validated settings."""

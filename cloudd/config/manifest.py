@@ -14,6 +14,7 @@ rules that span the whole cloud.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter
 
 from cloudd.config import sources, yamlsrc
-from cloudd.config.catalog import Catalog, RoleSpec, TypeSpec
+from cloudd.config.catalog import Catalog, GeneratedSecret, RoleSpec, TypeSpec
 from cloudd.config.model import (
     Cloud,
     CloudIn,
@@ -35,6 +36,7 @@ from cloudd.config.model import (
 )
 from cloudd.config.problems import inline_secrets, validate_as, validate_model
 from cloudd.config.sources import Origin, Reads
+from cloudd.config.users import check_users, user_of
 from cloudd.config.yamlsrc import Document
 from cloudd.election.config import TwoHost
 from cloudd.errors import ConfigError, Problem
@@ -109,7 +111,9 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
     roles = spec.roles_for(settings)
     nodes = _stop_or(_nodes(doc, top, spec, roles, reads=None if wire else reads))
     _stop(_cross_checks(doc, top, nodes))
+    _stop(check_users(doc, top.users))
     present = tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes))
+    role_secrets = {r: spec.role_secrets(settings, r) for r in present}
     return Cloud(
         name=top.name,
         type=top.type,
@@ -126,7 +130,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         nodes=tuple(n for n, _ in nodes),
         settings=settings,
         secrets=MappingProxyType(secrets),
-        role_secrets=MappingProxyType({r: spec.role_secrets(settings, r) for r in present}),
+        role_secrets=MappingProxyType(role_secrets),
         prefix_length=top.network.prefix_length,
         gateway=top.network.gateway,
         template_values=MappingProxyType(dict(top.template_values)),
@@ -134,7 +138,18 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         two_host=None if top.two_host is None else TwoHost(
             fence_delay=top.two_host.fence_delay, wait_for_all=top.two_host.wait_for_all),
         unreachable_reset_after=top.timing.unreachable_reset_after,
+        users=tuple(user_of(u) for u in top.users),
+        generated=generated(spec, declared=top.secrets, needed=role_secrets.values()),
+        hosts_file=spec.hosts_file,
     )
+
+
+def generated(spec: TypeSpec, *, declared: Iterable[str],
+              needed: Iterable[tuple[str, ...]]) -> tuple[GeneratedSecret, ...]:
+    """The secrets the leader makes for a cloud: those of the type's that some role needs
+    and the manifest does not declare (a declared one is the operator's, and wins)."""
+    wanted = {name for names in needed for name in names} - set(declared)
+    return tuple(g for g in spec.generated_secrets if g.name in wanted)
 
 
 def _stop(problems: list[Problem]) -> None:

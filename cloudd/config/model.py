@@ -16,10 +16,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from cloudd.config.catalog import GeneratedSecret
+
 # Part of the manifest's vocabulary, defined apart so that the planner can share it.
 from cloudd.config.intent import Ensure as Ensure
 from cloudd.config.intent import RunStrategy as RunStrategy
 from cloudd.config.sshkeys import check_public_key
+from cloudd.config.users import MAX_USERS, User, UserIn
 from cloudd.election.config import TwoHost
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -152,6 +155,8 @@ class CloudIn(_Strict):
     #: Optional: without it no one can log into a node (root is locked, no user, no key).
     node_access: NodeAccessIn = NodeAccessIn()
     timing: TimingIn = TimingIn()
+    #: The users every node has, with the same uid everywhere (`cloudd.config.users`).
+    users: list[UserIn] = Field(default=[], max_length=MAX_USERS)
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,13 @@ class Cloud:
     two_host: TwoHost | None = None
     #: Seconds a running node's agent may stay unreachable before its domain is reset.
     unreachable_reset_after: float = UNREACHABLE_RESET_AFTER
+    #: The users every node makes or keeps, with these ids (the leader sends them).
+    users: tuple[User, ...] = ()
+    #: The secrets the leader makes for this cloud: those the type may generate that a role
+    #: of the cloud needs and the manifest does not declare (`TypeSpec.generated_secrets`).
+    generated: tuple[GeneratedSecret, ...] = ()
+    #: Whether each node keeps cloudd's block of `/etc/hosts` (`TypeSpec.hosts_file`).
+    hosts_file: bool = False
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == role)

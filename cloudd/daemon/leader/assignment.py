@@ -8,8 +8,11 @@ the node configures only against peers that work. A stopped cloud assigns nothin
 
 An assignment carries the secrets the node's role needs (the type declares them,
 `Cloud.role_secrets`) and no other: the balancer of a web cloud never sees the database's
-password. A secret this generation does not hold is left out; the node's converge says
-which one it misses.
+password. A secret the manifest declares wins over one the leader made of the same name
+(`generated`, from the cloud's record). A role that needs a secret the leader makes, which
+the record does not hold yet, is not assigned yet (nor any role after it): the leader is
+writing it. A declared secret this generation does not hold is left out; the node's converge
+says which one it misses. Every assignment carries the manifest's users.
 
 An assignment is sent again when it changed, or when the node's report says it runs another
 generation (it restarted, or missed the last one); never to a node that is not alive (it
@@ -33,10 +36,13 @@ def healthy(node: str, *, reports: Mapping[str, NodeReport], alive: Collection[s
 
 
 def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
-                alive: Collection[str]) -> tuple[RoleAssignment, ...]:
-    """What every node should be told now, in role order, as far as the order allows."""
+                alive: Collection[str], generated: Mapping[str, bytes] | None = None,
+                ) -> tuple[RoleAssignment, ...]:
+    """What every node should be told now, in role order, as far as the order allows;
+    `generated`: the secrets the leaders made (name -> contents)."""
     if cloud.ensure is Ensure.STOPPED:
         return ()
+    made = generated or {}
     well = {n.name for n in cloud.nodes if healthy(n.name, reports=reports, alive=alive)}
     peers = tuple(PeerInfo(n.name, n.role, ip_address(n.address), n.name in well)
                   for n in cloud.nodes)
@@ -44,22 +50,34 @@ def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
     for i, role in enumerate(cloud.roles):
         if not all(any(n.name in well for n in cloud.nodes_of(r)) for r in cloud.roles[:i]):
             break
-        secrets = role_secrets(cloud, role)
+        if waiting(cloud, role, made):
+            break
+        secrets = role_secrets(cloud, role, made)
         out.extend(RoleAssignment(term=term, cloud=cloud.name, node=n.name, role=role,
                                   address=ip_address(n.address), generation=cloud.digest,
                                   peers=tuple(p for p in peers if p.node != n.name),
-                                  secrets=secrets)
+                                  secrets=secrets, users=cloud.users)
                    for n in cloud.nodes_of(role))
     return tuple(out)
 
 
-def role_secrets(cloud: Cloud, role: str) -> tuple[tuple[str, str], ...]:
-    """(name, base64 of the contents) of each secret `role` needs that this generation holds."""
+def waiting(cloud: Cloud, role: str, generated: Mapping[str, bytes]) -> bool:
+    """Whether `role` needs a secret the leader makes that is not made yet."""
+    needs = set(cloud.role_secrets.get(role, ()))
+    return any(g.name in needs and g.name not in generated for g in cloud.generated)
+
+
+def role_secrets(cloud: Cloud, role: str, generated: Mapping[str, bytes] | None = None,
+                 ) -> tuple[tuple[str, str], ...]:
+    """(name, base64 of the contents) of each secret `role` needs that this generation holds
+    (the manifest's own first) or the leaders made."""
+    made = generated or {}
     out = []
     for name in cloud.role_secrets.get(role, ()):
         secret = cloud.secrets.get(name)
-        if secret is not None and secret.value is not None:
-            out.append((name, base64.b64encode(secret.value).decode("ascii")))
+        value = secret.value if secret is not None else made.get(name)
+        if value is not None:
+            out.append((name, base64.b64encode(value).decode("ascii")))
     return tuple(out)
 
 

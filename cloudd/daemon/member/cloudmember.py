@@ -491,6 +491,7 @@ class CloudMember:
             alive = self._alive()
             if self.record.keeper is not None and self.leading_term() is not None:
                 self.record.keeper.catch_up(alive)
+                self.record.make_secrets()
             self._distribute(alive)
             term = self.reconciling_term()
             if term is not None:
@@ -512,7 +513,7 @@ class CloudMember:
 
     def _assign(self, term: int, alive: frozenset[str]) -> None:
         wanted = assignment.assignments(self.cloud, term=term, reports=self.reports,
-                                        alive=alive)
+                                        alive=alive, generated=self.record.generated())
         for a in assignment.due(wanted, sent=self._assigned, reports=self.reports, alive=alive,
                                 maintenance=self.maintenance.held):
             self._assigned[a.node] = a

@@ -1,8 +1,9 @@
 """The cloud's replicated record: what the leader decides, kept by every pool host.
 
 Theory of operation. What a leader decides must outlive it: the manifest generations (each
-numbered, with its text), the operator's maintenance holds, and what later parts of cloudd
-will have the leader make. It all lives in one `Record` (`cloudd.daemon.network.catalogue`),
+numbered, with its text), the operator's maintenance holds, and the secrets the leader makes
+(`with_generated`: drawn once, then every later leader hands out the same ones). It all lives
+in one `Record` (`cloudd.daemon.network.catalogue`),
 ordered by its `Version` (term, seq). Every pool host keeps, in a file of its own, the
 highest version it took (`Held.record`) and the highest term it promised (`Held.promised`).
 
@@ -25,13 +26,16 @@ waits is `cloudd.daemon.member.keeper`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cloudd.config.catalog import GeneratedSecret
+from cloudd.config.sources import MAX_SECRET
 from cloudd.daemon.network.catalogue import Generation, Record, RecordPush, Version
 from cloudd.errors import PermanentError
 
@@ -43,6 +47,9 @@ HISTORY_BYTES = 384 * 1024
 
 #: How the whole cloud is held in `Record.holds`.
 WHOLE_CLOUD = ""
+
+#: Most generated secrets a record holds (a type declares a few; each at most `MAX_SECRET`).
+GENERATED = 8
 
 
 def digest_of(text: str) -> str:
@@ -113,6 +120,12 @@ def malformed(r: Record) -> str | None:
             return f"generation {g.number}'s digest does not match its text"
     if list(r.holds) != sorted(set(r.holds)):
         return "the record's maintenance holds are not sorted and distinct"
+    names = [name for name, _ in r.generated]
+    if names != sorted(set(names)) or len(names) > GENERATED:
+        return (f"the record's generated secrets are not sorted, distinct and at most "
+                f"{GENERATED}")
+    if any(not 0 < len(value) <= 2 * MAX_SECRET for _, value in r.generated):
+        return "a generated secret of the record is empty or too large"
     return None
 
 
@@ -185,7 +198,38 @@ def with_hold(r: Record, *, term: int, subject: str | None, on: bool,
     return dataclasses.replace(r, version=next_version(r, term), holds=tuple(sorted(holds)))
 
 
+def with_generated(r: Record, *, term: int, made: Mapping[str, bytes]) -> Record:
+    """`made` (name -> freshly drawn contents) added for the names the record does not hold
+    yet: a secret is made once, and a later draw never replaces it."""
+    held = generated_of(r)
+    new = {name: value for name, value in made.items() if name not in held}
+    if not new:
+        return r
+    pairs = {**{n: v for n, v in r.generated},
+             **{n: base64.b64encode(v).decode("ascii") for n, v in new.items()}}
+    return dataclasses.replace(r, version=next_version(r, term),
+                               generated=tuple(sorted(pairs.items())))
+
+
+def missing(wanted: Iterable[GeneratedSecret], r: Record) -> tuple[GeneratedSecret, ...]:
+    """The secrets a cloud needs generated that the record does not hold yet."""
+    held = {name for name, _ in r.generated}
+    return tuple(g for g in wanted if g.name not in held)
+
+
+def drawn(secret: GeneratedSecret, random_bytes: bytes) -> bytes:
+    """A generated secret's contents from its random bytes, in the form the type asked."""
+    if not secret.text:
+        return random_bytes
+    return base64.urlsafe_b64encode(random_bytes).rstrip(b"=")
+
+
 # -- reading it ------------------------------------------------------------------------------
+
+def generated_of(r: Record) -> dict[str, bytes]:
+    """name -> contents of the secrets the leaders made (never logged, never shown)."""
+    return {name: base64.b64decode(value) for name, value in r.generated}
+
 
 def latest(r: Record) -> Generation | None:
     return r.generations[-1] if r.generations else None

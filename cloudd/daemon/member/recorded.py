@@ -10,12 +10,19 @@ the folder's watcher reads it back and the member takes it as any new generation
 
 Which generation is in force is found by digest: a generation's digest is the sha256 of a
 pool host's text (`text_for(cloud, HOST)`), the same on every agent.
+
+The secrets the leader makes (`make_secrets`) are level-triggered: on every round of its
+tending, the acting leader compares what the cloud in force needs generated with what the
+committed record holds, and writes the missing ones (drawn from the system's CSPRNG) to a
+majority, one write at a time; a write that fails is tried again on a later round. Only
+their names are ever logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +46,13 @@ class CloudRecord:
 
     def __init__(self, *, me: str, cloud: Callable[[], Cloud], keeper: RecordKeeper | None,
                  clock: Clock, install: Install | None, spawn: Spawn,
-                 poke: Callable[[], None], logger: Any) -> None:
+                 poke: Callable[[], None], logger: Any,
+                 draw: Callable[[int], bytes] = secrets.token_bytes) -> None:
         self.me, self._cloud, self.keeper, self.clock = me, cloud, keeper, clock
         self._install, self._spawn, self._poke, self.log = install, spawn, poke, logger
+        #: n -> n random bytes (the system's CSPRNG; a test gives its own)
+        self._draw = draw
+        self._making = False
         self._recovering: int | None = None
         self._installing = asyncio.Lock()
         #: (Cloud.digest, sha256 of its pool hosts' text): which generation is in force
@@ -88,6 +99,11 @@ class CloudRecord:
     def in_force(self) -> Record:
         return self.host_keeper().in_force
 
+    def generated(self) -> Mapping[str, bytes]:
+        """The secrets the leaders made, as far as this agent holds them in force (a node
+        holds none: its secrets come in its assignment)."""
+        return record.generated_of(self.keeper.in_force) if self.keeper is not None else {}
+
     def host_keeper(self) -> RecordKeeper:
         """This pool host's keeper (a node keeps no record: one sentence says so)."""
         if self.keeper is None:
@@ -124,6 +140,35 @@ class CloudRecord:
         gen = record.latest(written)
         assert gen is not None
         return gen, await self.follow(restored=False)
+
+    def make_secrets(self) -> None:
+        """Acting: write the secrets the cloud needs generated and the record lacks (in a
+        task of its own, one at a time)."""
+        if self.keeper is None or self._making or self.leading_term() is None:
+            return
+        if record.missing(self._cloud().generated, self.keeper.committed):
+            self._making = True
+            self._spawn("secrets-made", self._make_secrets)
+
+    async def _make_secrets(self) -> None:
+        assert self.keeper is not None
+        try:
+            todo = record.missing(self._cloud().generated, self.keeper.committed)
+            made = {g.name: record.drawn(g, self._draw(g.size)) for g in todo}
+            if not made:
+                return
+            written = await self.keeper.write(
+                lambda r, term: record.with_generated(r, term=term, made=made))
+            kept = record.generated_of(written)
+            # a name held already (a write that timed out, then landed) kept its contents
+            names = sorted(n for n, value in made.items() if kept.get(n) == value)
+            if names:
+                self.log.info("secrets_generated", names=names, term=written.version.term,
+                              version=str(written.version))
+        except ClouddError as e:
+            self.log.warning("secrets_not_generated", reason=str(e))
+        finally:
+            self._making = False
 
     # -- the leader's recovery, and its manifest file kept to the record ----------------------
     def recover(self, term: int) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, PlainSerializer, PlainValidator
 
+from cloudd.config import users
 from cloudd.config.sources import SECRET_NAME
 from cloudd.daemon.network.codec import Codec, default_codec
 from cloudd.election.messages import MESSAGE_TYPES
@@ -141,6 +142,17 @@ def _secret_pair(pair: tuple[str, str]) -> tuple[str, str]:
 SecretPair = Annotated[tuple[str, str], AfterValidator(_secret_pair)]
 
 
+def _users(value: tuple[users.User, ...]) -> tuple[users.User, ...]:
+    why = users.refusal(value)
+    if why is not None:
+        raise ValueError(why)
+    return value
+
+
+#: The users a node makes (`cloudd.config.users`): checked by the manifest's rules on arrival.
+Users = Annotated[tuple[users.User, ...], AfterValidator(_users)]
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """A node a role depends on, as the leader sees it."""
@@ -168,6 +180,8 @@ class RoleAssignment:
     generation: str
     peers: tuple[PeerInfo, ...] = ()
     secrets: tuple[SecretPair, ...] = field(default=(), repr=False)
+    #: the manifest's users, made on the node with these ids (`cloudd.daemon.node.users`)
+    users: Users = ()
 
 
 @dataclass(frozen=True)
@@ -271,6 +285,9 @@ class Record:
     generations: tuple[Generation, ...] = field(default=(), repr=False)
     #: the operator's maintenance holds: node names, "" for the whole cloud, sorted
     holds: tuple[str, ...] = ()
+    #: the secrets the leaders made (`TypeSpec.generated_secrets`), sorted by name: made
+    #: once, handed to the nodes whose role needs them, never shown
+    generated: tuple[SecretPair, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The node side of an agent: turns the leader's `RoleAssignment` into supervised services.
 
 Theory of operation. The leader tells a node its role, peers and role secrets (`assign`); the
-node keeps the newest assignment (by term), converges the role in a task of its own (the
-assignment's secrets written 0600, packages, files, one-time preparation) and runs the role's
-services under a `Supervisor` whose state lives in the node root. When only files changed
+node keeps the newest assignment (by term), converges the role in a task of its own (first
+what every node gets, `nodebase`: the assignment's secrets written 0600, the cloud's names in
+`/etc/hosts`, the manifest's users; then packages, files, one-time preparation) and runs the
+role's services under a `Supervisor` whose state lives in the node root. When only files changed
 (peers came or went), the services those files name are reloaded, not restarted. A failed
 converge is reported (FAILED) and retried after the reconcile backoff, or after a
 `TemporaryError`'s own delay; nothing is retried inline.
@@ -34,8 +35,8 @@ from cloudd.config.model import Cloud
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment, ServiceReport
 from cloudd.daemon.node import phase
+from cloudd.daemon.node.nodebase import NodeBase
 from cloudd.daemon.node.saved_assignment import load_assignment, save_assignment
-from cloudd.daemon.node.secrets import write_secrets
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import Assignment, Peer, converge
 from cloudd.providers.policy import PolicyConfig, State
@@ -90,6 +91,8 @@ class NodeSide:
         self._report, self._clock, self.heartbeat = report, clock, heartbeat
         self._registry = registry if registry is not None else default_registry()
         self._exec_prefix, self._rng = exec_prefix, rng or random.Random()
+        self._base = NodeBase(self.root / "secrets", system_root=settings.node.system_root,
+                              exec_prefix=exec_prefix)
         self._new_supervisor = supervisor_factory
         s, r = settings.supervisor, settings.reconcile
         self._policy = PolicyConfig(start_grace=s.start_grace, stop_grace=s.stop_grace,
@@ -229,8 +232,8 @@ class NodeSide:
         key = self._key(a)
         try:
             assignment = self._assignment(a, cloud)
+            await self._base.prepare(a, cloud, logger=self.log)
             provider = self._registry.get(cloud.type)
-            await asyncio.to_thread(write_secrets, a.secrets, assignment.secrets_dir)
             done = await converge(provider, assignment)
             self._pending_reload |= set(done.changes.reload)
             await self._supervise(done.services)

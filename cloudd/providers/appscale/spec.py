@@ -2,6 +2,10 @@
 
 `layout: default` is AppScale's simple form (one controller, any number of servers);
 `layout: custom` names each role, as an AppScale `ips_layout` does.
+
+Every node of a deployment holds its secret key (AppScale's `/etc/appscale/secret.key`, with
+which its services authenticate to each other): the leader makes one unless the manifest
+declares a secret named `secret.key`.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
 
 
 class AppScaleSettings(BaseModel):
@@ -35,18 +39,24 @@ _OPTIONAL = tuple(RoleSpec(r, min_nodes=0, required=False)
 #: The roles that create the administrator's account: the head of either layout.
 ADMIN_ROLES = ("controller", "master")
 
+#: The deployment's secret key, shared by every node: 24 random bytes as 32 characters of
+#: text, the length of the key appscale-tools makes.
+SECRET_KEY = GeneratedSecret("secret.key", size=24, text=True)
+
 
 def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
-    """Only the head creates the administrator's account, so only it gets the password."""
+    """Every node holds the deployment's secret key; only the head creates the
+    administrator's account, so only it gets the password."""
     assert isinstance(settings, AppScaleSettings)
     ref = settings.admin_password_ref
-    return (ref,) if ref and role in ADMIN_ROLES else ()
+    return (SECRET_KEY.name, *((ref,) if ref and role in ADMIN_ROLES else ()))
 
 
 SPEC = TypeSpec(
     name="appscale",
     settings_model=AppScaleSettings,
     role_secrets=role_secrets,
+    generated_secrets=(SECRET_KEY,),
     layout_field="layout",
     layouts={
         "default": (

@@ -8,10 +8,13 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
+from shared.batchtype import C1, C2, HEAD, KEY, LOGIN, batch
+from shared.batchtype import MANIFEST as BATCH_MANIFEST
 from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, Ensure, Secret
+from cloudd.config.users import User
 from cloudd.daemon.leader.assignment import assignments, due, healthy
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport
 from cloudd.providers.catalog import CATALOG
@@ -20,6 +23,8 @@ MANIFEST = SHOP
 
 DB, WEB1, WEB2, LB = "shop-database-1", "shop-server-1", "shop-server-2", "shop-balancer-1"
 ALL = {DB, WEB1, WEB2, LB}
+#: What the record holds of the secrets the leader made for the hpc cloud.
+MADE = {"munge.key": b"\x00made by the leader"}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,38 @@ def test_each_role_gets_the_secrets_it_needs_and_no_other(tmp_path: Path) -> Non
     # a node's view holds no secret: its leader would have none to send
     withheld = replace(cloud, secrets={"db": Secret()})
     assert {a.secrets for a in assignments(withheld, term=1, reports={}, alive=ALL)} == {()}
+
+
+def test_a_secret_the_leader_makes_goes_to_the_roles_that_need_it(tmp_path: Path) -> None:
+    hpc = batch(tmp_path)
+    reports = {n: report(n) for n in (HEAD, C1, C2, LOGIN)}
+    alive = set(reports)
+    # not made yet: no role that needs it is assigned, nor any after it
+    assert hpc.generated == (KEY,)
+    assert assignments(hpc, term=1, reports=reports, alive=alive) == ()
+    got = {a.node: a.secrets for a in assignments(hpc, term=1, reports=reports, alive=alive,
+                                                  generated=MADE)}
+    made = (("munge.key", base64.b64encode(b"\x00made by the leader").decode()),)
+    assert got == {HEAD: made, C1: made, C2: made, LOGIN: ()}
+
+
+def test_a_declared_secret_wins_over_a_made_one(tmp_path: Path) -> None:
+    (tmp_path / "key").write_bytes(b"the operator's")
+    hpc = batch(tmp_path, BATCH_MANIFEST + "secrets: {munge.key: {file: key}}\n")
+    assert hpc.generated == ()  # declared: the leader makes none
+    (head, *_) = assignments(hpc, term=1, reports={}, alive={HEAD}, generated=MADE)
+    assert head.secrets == (("munge.key", base64.b64encode(b"the operator's").decode()),)
+    # a key named by the settings: the one the type makes is not needed, so not made
+    named = batch(tmp_path, BATCH_MANIFEST + "settings: {key_ref: k}\nsecrets: {k: {file: key}}\n")
+    assert named.generated == ()
+
+
+def test_every_node_is_told_the_users(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text("<domain/>")
+    (tmp_path / "shop.yaml").write_text(MANIFEST + "users: [{name: alice, uid: 1001}]\n")
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    got = assignments(cloud, term=1, reports={n: report(n) for n in ALL}, alive=ALL)
+    assert {a.users for a in got} == {(User("alice", 1001, 1001),)} and len(got) == 4
 
 
 def test_a_stopped_cloud_assigns_nothing(cloud: Cloud) -> None:

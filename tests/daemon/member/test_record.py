@@ -3,10 +3,13 @@ one-sentence refusals that change nothing."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import re
 
 import pytest
 
+from cloudd.config.catalog import GeneratedSecret
 from cloudd.daemon.member import record
 from cloudd.daemon.member.record import Held, HostStep
 from cloudd.daemon.network.catalogue import Generation, Record, RecordPush, Version
@@ -156,3 +159,47 @@ def test_generations_are_found_diffed_and_listed_or_refused_in_one_sentence() ->
 def test_the_digest_is_the_same_everywhere() -> None:
     assert record.digest_of("a") == ("ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785"
                                      "afee48bb")
+
+
+def test_a_generated_secret_is_made_once_and_kept_by_every_later_write() -> None:
+    first = record.with_generated(rec(3, 7, 1), term=3, made={"munge.key": b"\x00one"})
+    assert first.version == Version(3, 8)
+    assert record.generated_of(first) == {"munge.key": b"\x00one"}
+    # drawn again (a write that timed out, then landed): the first draw stays
+    again = record.with_generated(first, term=4, made={"munge.key": b"two", "pw": b"three"})
+    assert record.generated_of(again) == {"munge.key": b"\x00one", "pw": b"three"}
+    assert [n for n, _ in again.generated] == ["munge.key", "pw"]  # sorted
+    assert record.with_generated(again, term=4, made={"pw": b"four"}) is again  # no write
+    # generations, holds and a new leader's rewrite carry them as they are
+    later = record.with_generation(again, term=5, text="name: c\n", at=1.0, by="pm2",
+                                   what="apply", ensure="running", nodes=NODES)
+    later = record.rewritten(record.with_hold(later, term=5, subject="n1", on=True, nodes=NODES),
+                             term=6)
+    assert record.generated_of(later) == record.generated_of(again)
+    assert "three" not in repr(later) and "generated" not in repr(later)
+
+
+def test_what_is_missing_and_how_it_is_drawn() -> None:
+    key, pw = GeneratedSecret("munge.key", 1024), GeneratedSecret("pw", 32, text=True)
+    held = record.with_generated(rec(3, 7), term=3, made={"munge.key": b"k"})
+    assert record.missing((key, pw), held) == (pw,)
+    assert record.drawn(key, b"\xff" * 1024) == b"\xff" * 1024
+    # a password: one line of URL-safe base64, no padding, no byte lost
+    raw = bytes(range(224, 256))
+    text = record.drawn(pw, raw)
+    assert len(text) == 43 and re.fullmatch(rb"[A-Za-z0-9_-]+", text)
+    assert base64.urlsafe_b64decode(text + b"=") == raw
+
+
+@pytest.mark.parametrize(("generated", "refusal"), [
+    ((("b", "eA=="), ("a", "eA==")),
+     "the record's generated secrets are not sorted, distinct and at most 8"),
+    ((("a", "eA=="), ("a", "eQ==")), "the record's generated secrets are not sorted"),
+    (tuple((f"s{i}", "eA==") for i in range(9)), "the record's generated secrets are not"),
+    ((("a", ""),), "a generated secret of the record is empty or too large"),
+])
+def test_a_record_with_malformed_generated_secrets_is_refused(
+        generated: tuple[tuple[str, str], ...], refusal: str) -> None:
+    bad = dataclasses.replace(rec(4, 9, 1), generated=generated)
+    got = record.take(HELD, RecordPush(4, bad)).refusal
+    assert got is not None and got.startswith(refusal)

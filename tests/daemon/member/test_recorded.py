@@ -6,6 +6,7 @@ leader inherits what the last one decided."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared.batchtype import C1, C2, HEAD, KEY, LOGIN, batch
+from shared.batchtype import MANIFEST as BATCH_MANIFEST
 from structlog.testing import capture_logs
 
+from cloudd.config.model import Cloud
 from cloudd.config.portable import Recipient, text_for
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog
@@ -23,7 +27,15 @@ from cloudd.daemon.member import keeper as keeping
 from cloudd.daemon.member import record
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.clouds import timing_for
-from cloudd.daemon.network.catalogue import Record, RecordPush, RecordWanted, Version
+from cloudd.daemon.network.catalogue import (
+    NodePhase,
+    NodeReport,
+    Record,
+    RecordPush,
+    RecordWanted,
+    RoleAssignment,
+    Version,
+)
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
 
@@ -51,8 +63,10 @@ async def made() -> AsyncIterator[list[Host]]:
         h.events.close()
 
 
-def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFEST) -> Host:
-    """Pool host `name` of the shop cloud; what it installs in its folder is recorded."""
+def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFEST,
+              cloud: Cloud | None = None) -> Host:
+    """Pool host `name` of the shop cloud (or `cloud`); what it installs in its folder is
+    recorded."""
     agent = settings(tmp_path, name)
     agent.state_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog.in_state_dir(agent.state_dir)
@@ -62,7 +76,8 @@ def pool_host(tmp_path: Path, made: list[Host], name: str, *, text: str = MANIFE
         installed.append(text)
         return agent.manifest_dir / "shop.yaml"
 
-    member = CloudMember(settings=agent, cloud=shop(tmp_path / f"{name}-manifests", text),
+    member = CloudMember(settings=agent,
+                         cloud=cloud or shop(tmp_path / f"{name}-manifests", text),
                          timing=timing_for(agent), send=wire.send, request=wire.request,
                          events=events, clock=FakeClock(), node_side=FakeNodeSide,
                          install=install)
@@ -325,3 +340,61 @@ async def test_the_same_text_again_is_the_generation_in_force(tmp_path: Path,
                                                     what="apply")
     assert (gen.number, gen.what, path) == (1, "adopted from pm1's manifest file", None)
     assert len(pm1.member.record_in_force().generations) == 1
+
+
+async def made_secrets(h: Host) -> None:
+    """`h`, acting, writes the secrets its cloud needs generated (as on a round of tending)."""
+    h.member.record.make_secrets()
+    for _ in range(500):  # bounded: files are written in threads
+        if h.member.record.generated() and not h.member.record._making:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{h.member.me} made no secret")
+
+
+def batch_host(tmp_path: Path, made: list[Host], name: str) -> Host:
+    """Pool host `name` of the hpc cloud (of the batch type, whose key the leader makes)."""
+    return pool_host(tmp_path, made, name, cloud=batch(tmp_path / f"{name}-hpc"))
+
+
+async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = batch_host(tmp_path, made, "pm1"), batch_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    assert pm1.member.cloud.generated == (KEY,)
+    with capture_logs() as logs:
+        async with running(pm1, pm2):
+            await recover(pm1, 3)
+            await made_secrets(pm1)
+            first = dict(pm1.member.record.generated())
+            version = pm1.member.record_in_force().version
+            pm1.member.record.make_secrets()  # held now: nothing more to write
+            edited = batch(tmp_path / "edited", BATCH_MANIFEST.replace(
+                "  login: [{address: 192.0.2.23, image: /img/login.qcow2}]\n", ""))
+            await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited,
+                                            by="pm1", what="apply")
+    made_here = pm1.member.record.generated()
+    assert made_here == first  # not drawn again for the next generation
+    [(name, value)] = made_here.items()
+    assert name == "munge.key" and len(value) == 1024  # the random bytes as they are
+    assert version == Version(3, 3)  # recovery's write, then the secret's
+    assert pm1.member.record_in_force().version == Version(3, 4)
+    # on a majority: the other host's file holds it
+    assert file_of(pm2)["record"]["generated"] == [[name, base64.b64encode(value).decode()]]
+    [event] = [e for e in logs if e["event"] == "secrets_generated"]
+    assert (event["names"], event["term"]) == (["munge.key"], 3)
+    assert not any(base64.b64encode(value).decode() in repr(e) for e in logs)
+    # pm1 is gone; pm2 leads term 4 and hands out the same key to the roles that need it
+    await leads(pm2, 4, pm1)
+    async with running(pm1, pm2):
+        await recover(pm2, 4)
+        pm2.member.record.make_secrets()
+    assert pm2.member.record.generated() == made_here
+    assert not pm2.member.record._making
+    pm2.member.reports.update({n: NodeReport(node=n, term=4, generation="",
+                                             phase=NodePhase.READY) for n in (HEAD, C1)})
+    pm2.member._assign(4, frozenset({HEAD, C1, C2, LOGIN}))
+    sent = {peer: a.secrets for peer, a in pm2.wire.of(RoleAssignment)}
+    mine = (("munge.key", base64.b64encode(value).decode()),)
+    assert sent == {HEAD: mine, C1: mine, C2: mine, LOGIN: ()}

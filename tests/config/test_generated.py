@@ -1,0 +1,65 @@
+"""Which secrets the leader makes for a cloud: those of its type's that a role of the cloud
+needs and the manifest does not declare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudd.config.catalog import GeneratedSecret
+from cloudd.config.manifest import load_cloud
+from cloudd.config.model import Cloud
+from cloudd.providers.appscale.spec import SECRET_KEY
+from cloudd.providers.catalog import CATALOG
+
+APPSCALE = """\
+apiVersion: cloudd/v1
+kind: Cloud
+name: gae
+type: appscale
+domain_template: t.xml
+pool: [{name: pm1, address: 192.0.2.70}]
+roles:
+  controller: [{address: 192.0.2.10, image: /a}]
+  servers: [{address: 192.0.2.11, image: /b}]
+"""
+
+
+def load(tmp_path: Path, text: str) -> Cloud:
+    (tmp_path / "t.xml").write_text("<domain/>")
+    (tmp_path / "admin").write_text("pw")
+    (tmp_path / "key").write_text("mine")
+    (tmp_path / "m.yaml").write_text(text)
+    return load_cloud(tmp_path / "m.yaml", CATALOG)
+
+
+def test_an_appscale_deployments_key_is_made_for_every_node(tmp_path: Path) -> None:
+    cloud = load(tmp_path, APPSCALE + "settings: {admin_password_ref: admin}\n"
+                                      "secrets: {admin: {file: admin}}\n")
+    assert cloud.generated == (SECRET_KEY,)
+    assert dict(cloud.role_secrets) == {
+        "controller": ("secret.key", "admin"), "servers": ("secret.key",)}
+
+
+def test_a_declared_secret_of_that_name_is_the_operators(tmp_path: Path) -> None:
+    cloud = load(tmp_path, APPSCALE + "secrets: {secret.key: {file: key}}\n")
+    assert cloud.generated == ()
+    assert cloud.secrets["secret.key"].value == b"mine"
+
+
+def test_a_type_that_makes_none_makes_none(tmp_path: Path) -> None:
+    (tmp_path / "web.xml").write_text("<domain/>")
+    cloud = load(tmp_path, APPSCALE.replace("type: appscale", "type: web").replace(
+        "  controller: [{address: 192.0.2.10, image: /a}]\n  servers: [{address: 192.0.2.11, "
+        "image: /b}]\n", "  database: [{address: 192.0.2.10, image: /a}]\n"
+        "  server: [{address: 192.0.2.11, image: /b}]\n"
+        "  balancer: [{address: 192.0.2.12, image: /c}]\n"))
+    assert cloud.generated == () and cloud.hosts_file is False
+
+
+@pytest.mark.parametrize("size", [0, 15, 4097])
+def test_a_generated_secret_has_a_sane_size(size: int) -> None:
+    with pytest.raises(ValueError, match=f"generated secret k: {size} bytes is outside 16 to "
+                                         "4096"):
+        GeneratedSecret("k", size)
