@@ -134,6 +134,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         two_host=None if top.two_host is None else TwoHost(
             fence_delay=top.two_host.fence_delay, wait_for_all=top.two_host.wait_for_all),
         unreachable_reset_after=top.timing.unreachable_reset_after,
+        monitor_interval=top.timing.monitor_interval,
     )
 
 
