@@ -8,9 +8,11 @@ monotonic clock) and the random unit of the backoff's jitter, and performs what 
 
 - `configure(role)` is due when the role's signature (its nodes with their addresses and
   health, and the cloud's settings) differs from the one last configured in this term, and
-  every role it depends on that has nodes has a healthy one. Every role is configured once
-  in a term, even one with no nodes: configure is level-triggered ("this is the role now"),
-  so a provider removes from its scheduler what is no longer there. Roles go in role order.
+  every role it depends on is configured as it is now and, when it has nodes, has a healthy
+  one. Every role is configured once in a term, even one with no nodes: configure is
+  level-triggered ("this is the role now"), so a provider removes from its scheduler what is
+  no longer there. Roles go in role order; a role that keeps failing holds back only the
+  roles that depend on it.
 - A failed configure is tried again after the backoff (at least the delay of a
   TemporaryError), unless its signature changed meanwhile: new facts are tried at once.
 - `monitor` is due every `Facts.monitor_every` seconds, and at once after a configure
@@ -163,6 +165,13 @@ def _waits(state: HookState, subject: str, signature: Signature | None, now: flo
     return failed is not None and failed.signature == signature and now < failed.not_before
 
 
+def _ready(state: HookState, facts: Facts, role: RoleFacts) -> bool:
+    """A role others may be configured after: configured as it is now, and with a healthy
+    node when it has nodes."""
+    configured = state.configured.get(role.name) == facts.signature(role)
+    return configured and (role.healthy or not role.members)
+
+
 def next_call(state: HookState, facts: Facts, *, now: float) -> Call | None:
     """The hook to call now, if any (`state` settled for `facts`)."""
     if state.term is None or facts.term != state.term:
@@ -171,12 +180,12 @@ def next_call(state: HookState, facts: Facts, *, now: float) -> Call | None:
         if state.stop is StopPhase.PENDING and not _waits(state, Hook.STOP.value, None, now):
             return Call(Hook.STOP)
         return None
-    present = {r.name: r for r in facts.roles if r.members}
+    roles = {r.name: r for r in facts.roles}
     for role in facts.roles:
         sig = facts.signature(role)
         if state.configured.get(role.name) == sig:
             continue
-        if not all(present[d].healthy for d in role.depends_on if d in present):
+        if not all(_ready(state, facts, roles[d]) for d in role.depends_on if d in roles):
             continue
         if not _waits(state, role.name, sig, now):
             return Call(Hook.CONFIGURE, role.name, sig)

@@ -141,24 +141,29 @@ class ProviderHooks:
     async def run(self) -> None:
         """Call the hooks that are due, one at a time, until cancelled."""
         while True:
-            facts = self._facts()
-            call = None
-            if facts is not None:
-                now = self.clock.monotonic()
-                self._settle(facts)
-                call = hookplan.next_call(self.state, facts, now=now)
-            if call is not None and facts is not None:
-                await self._perform(call, facts)
+            if await self.step() is not None:
                 continue
-            wake = WAKE
-            if facts is not None:
-                at = hookplan.next_wake(self.state, facts, now=self.clock.monotonic())
-                if at is not None:
-                    wake = min(wake, max(at - self.clock.monotonic(), 0.0))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wake):
+                async with asyncio.timeout(self._sleep()):
                     await self._poke.wait()
             self._poke.clear()
+
+    async def step(self) -> Call | None:
+        """Observe, and call the hook that is due now (if any): the call made."""
+        facts = self._facts()
+        if facts is None:
+            return None
+        self._settle(facts)
+        call = hookplan.next_call(self.state, facts, now=self.clock.monotonic())
+        if call is not None:
+            await self._perform(call, facts)
+        return call
+
+    def _sleep(self) -> float:
+        """Seconds until something is due without new facts (at most `WAKE`)."""
+        facts, now = self._facts(), self.clock.monotonic()
+        at = hookplan.next_wake(self.state, facts, now=now) if facts is not None else None
+        return WAKE if at is None else min(WAKE, max(at - now, 0.0))
 
     def _settle(self, facts: Facts) -> None:
         before = self.state.term
