@@ -22,7 +22,7 @@ CLEARED = "no longer reported"
 
 
 @dataclass(frozen=True)
-class Change:
+class FindingChange:
     finding: Finding
     """As reported now; for a cleared one, as last reported with `ok` and message cleared."""
     cleared: bool = False
@@ -33,11 +33,12 @@ def keyed(findings: Iterable[Finding]) -> dict[Key, Finding]:
     return {(f.node, f.check): f for f in findings}
 
 
-def changes(before: Mapping[Key, Finding], after: Mapping[Key, Finding]) -> tuple[Change, ...]:
+def changes(before: Mapping[Key, Finding],
+            after: Mapping[Key, Finding]) -> tuple[FindingChange, ...]:
     """The findings of `after` that are new or whose verdict or message changed, then those
     of `before` that `after` no longer has; each in the order of its round."""
-    out = [Change(f) for key, f in after.items()
+    out = [FindingChange(f) for key, f in after.items()
            if (old := before.get(key)) is None or (old.ok, old.message) != (f.ok, f.message)]
-    out += [Change(Finding(f.check, True, CLEARED, f.node), cleared=True)
+    out += [FindingChange(Finding(f.check, True, CLEARED, f.node), cleared=True)
             for key, f in before.items() if key not in after]
     return tuple(out)

@@ -87,7 +87,7 @@ class Facts:
 
 
 @dataclass(frozen=True)
-class Call:
+class HookCall:
     hook: Hook
     role: str = ""
     signature: Signature | None = None
@@ -100,7 +100,7 @@ class Call:
 
 
 @dataclass(frozen=True)
-class Failure:
+class HookFault:
     count: int
     not_before: float
     error: str
@@ -113,7 +113,7 @@ STOP_WITHIN = 120.0
 
 
 @dataclass(frozen=True)
-class Timing:
+class HookTiming:
     stop_within: float = STOP_WITHIN
     """Seconds the cloud is held for the provider's stop at most."""
     backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=300.0))
@@ -124,14 +124,14 @@ class Timing:
 class HookState:
     term: int | None = None
     configured: Mapping[str, Signature] = field(default_factory=dict)
-    failures: Mapping[str, Failure] = field(default_factory=dict)
+    failures: Mapping[str, HookFault] = field(default_factory=dict)
     monitor_at: float = float("-inf")
     """When the next monitor is due (monotonic)."""
     stop: StopPhase = StopPhase.NONE
     stop_since: float = 0.0
 
 
-def settle(state: HookState, facts: Facts, *, now: float, timing: Timing) -> HookState:
+def settle(state: HookState, facts: Facts, *, now: float, timing: HookTiming) -> HookState:
     """The state as of `facts`: a new term starts afresh, a stop order starts or ends the
     hold, and a hold that ran out of time ends."""
     if facts.term != state.term:
@@ -172,13 +172,13 @@ def _ready(state: HookState, facts: Facts, role: RoleFacts) -> bool:
     return configured and (role.healthy or not role.members)
 
 
-def next_call(state: HookState, facts: Facts, *, now: float) -> Call | None:
+def next_call(state: HookState, facts: Facts, *, now: float) -> HookCall | None:
     """The hook to call now, if any (`state` settled for `facts`)."""
     if state.term is None or facts.term != state.term:
         return None
     if facts.stopping:
         if state.stop is StopPhase.PENDING and not _waits(state, Hook.STOP.value, None, now):
-            return Call(Hook.STOP)
+            return HookCall(Hook.STOP)
         return None
     roles = {r.name: r for r in facts.roles}
     for role in facts.roles:
@@ -188,9 +188,9 @@ def next_call(state: HookState, facts: Facts, *, now: float) -> Call | None:
         if not all(_ready(state, facts, roles[d]) for d in role.depends_on if d in roles):
             continue
         if not _waits(state, role.name, sig, now):
-            return Call(Hook.CONFIGURE, role.name, sig)
+            return HookCall(Hook.CONFIGURE, role.name, sig)
     if now >= state.monitor_at:
-        return Call(Hook.MONITOR)
+        return HookCall(Hook.MONITOR)
     return None
 
 
@@ -204,7 +204,7 @@ def next_wake(state: HookState, facts: Facts, *, now: float) -> float | None:
     return min(times, default=None)
 
 
-def succeeded(state: HookState, call: Call, *, now: float, facts: Facts) -> HookState:
+def succeeded(state: HookState, call: HookCall, *, now: float, facts: Facts) -> HookState:
     failures = {k: v for k, v in state.failures.items() if k != call.subject}
     if call.hook is Hook.CONFIGURE:
         assert call.signature is not None
@@ -215,14 +215,14 @@ def succeeded(state: HookState, call: Call, *, now: float, facts: Facts) -> Hook
     return replace(state, failures=failures, stop=StopPhase.DONE)
 
 
-def failed(state: HookState, call: Call, *, now: float, facts: Facts, timing: Timing,
+def failed(state: HookState, call: HookCall, *, now: float, facts: Facts, timing: HookTiming,
            error: str, temporary: bool, delay: float = 0.0, unit: float = 0.0) -> HookState:
     """A call failed: `temporary` with the error's own `delay` (a floor under the backoff);
     `unit` is the jitter's random number in [0, 1)."""
     before = state.failures.get(call.subject)
     count = before.count + 1 if before is not None else 1
     wait = max(delay, timing.backoff.delay(count, unit))
-    record = Failure(count, now + wait, error, call.signature)
+    record = HookFault(count, now + wait, error, call.signature)
     state = replace(state, failures={**state.failures, call.subject: record})
     if call.hook is Hook.MONITOR:
         return replace(state, monitor_at=now + facts.monitor_every)

@@ -37,7 +37,7 @@ from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader import findings, hookplan
-from cloudd.daemon.leader.hookplan import Call, Facts, Hook, HookState, RoleFacts, Timing
+from cloudd.daemon.leader.hookplan import Facts, Hook, HookCall, HookState, HookTiming, RoleFacts
 from cloudd.daemon.network.catalogue import NodeActed, NodeAction
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import ACT_ANSWER_LIMIT, ClusterView, Finding, Peer, Provider
@@ -80,12 +80,12 @@ class ProviderHooks:
                  healthy: Callable[[], Collection[str]], provider: Callable[[str], Provider],
                  request: Callable[[str, Any], Awaitable[Any]], events: EventLog,
                  released: Callable[[], None] = lambda: None, clock: Clock = SYSTEM,
-                 timing: Timing | None = None, rng: random.Random | None = None,
+                 timing: HookTiming | None = None, rng: random.Random | None = None,
                  call_within: float = CALL_WITHIN) -> None:
         self._cloud, self._term, self._healthy = cloud, term, healthy
         self._provider, self._request, self.events, self.clock = provider, request, events, clock
         self._released = released
-        self.timing = timing or Timing()
+        self.timing = timing or HookTiming()
         self._rng = rng or random.Random()
         self.call_within = call_within
         self.state = HookState()
@@ -148,7 +148,7 @@ class ProviderHooks:
                     await self._poke.wait()
             self._poke.clear()
 
-    async def step(self) -> Call | None:
+    async def step(self) -> HookCall | None:
         """Observe, and call the hook that is due now (if any): the call made."""
         facts = self._facts()
         if facts is None:
@@ -208,7 +208,7 @@ class ProviderHooks:
                         for role in facts.roles for node, address, ok in role.members),
             settings=cloud.settings.model_dump(), ask=self.ask)
 
-    async def _perform(self, call: Call, facts: Facts) -> None:
+    async def _perform(self, call: HookCall, facts: Facts) -> None:
         provider, cluster = self._provider(self._cloud().type), self._cluster(facts)
         found: tuple[Finding, ...] = ()
         try:
@@ -240,7 +240,7 @@ class ProviderHooks:
         self.events.append(LogEvent(self.clock.wall(), self._cloud().name, kind, subject,
                                     reason, term))
 
-    def _succeeded(self, call: Call, facts: Facts, found: tuple[Finding, ...]) -> None:
+    def _succeeded(self, call: HookCall, facts: Facts, found: tuple[Finding, ...]) -> None:
         term = facts.term
         if not self._current(term):
             return
@@ -261,7 +261,7 @@ class ProviderHooks:
         else:
             self._take(found, term)
 
-    def _failed(self, call: Call, facts: Facts, error: str, *, temporary: bool,
+    def _failed(self, call: HookCall, facts: Facts, error: str, *, temporary: bool,
                 delay: float = 0.0) -> None:
         term = facts.term
         if not self._current(term):

@@ -49,7 +49,7 @@ from cloudd.daemon.leader import assignment
 from cloudd.daemon.leader.controller import Controller, policy_of
 from cloudd.daemon.leader.desired import desired_of
 from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
-from cloudd.daemon.leader.hookplan import Timing as HookTiming
+from cloudd.daemon.leader.hookplan import HookTiming
 from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
@@ -427,7 +427,8 @@ class CloudMember:
                else f"{self.me} does not serve cloud {msg.cloud}"
                if msg.cloud != self.cloud.name else None)
         if why is not None:
-            self.log.warning("action_refused", peer=peer, term=msg.term, reason=why)
+            self.log.warning("action_refused", peer=peer, term=msg.term, action=msg.action,
+                             reason=why)
             raise PermanentError(why)
         assert self.node_side is not None
         answer = await self.node_side.act(msg.action, msg.args, peer=peer, term=msg.term)

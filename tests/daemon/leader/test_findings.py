@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudd.daemon.leader.findings import CLEARED, Change, changes, keyed
+from cloudd.daemon.leader.findings import CLEARED, FindingChange, changes, keyed
 from cloudd.providers.base import Finding
 
 UP = Finding("scheduler", True, "idle", "c1", state="idle")
@@ -13,19 +13,19 @@ UPSTREAM = Finding("upstream", True, "matches", "lb")
 
 
 @pytest.mark.parametrize(("before", "after", "logged"), [
-    ((), (UP,), [Change(UP)]),
+    ((), (UP,), [FindingChange(UP)]),
     ((UP,), (UP,), []),
     # jobs and state come and go: not a change
     ((UP,), (Finding("scheduler", True, "idle", "c1", state="alloc", jobs=("3",)),), []),
-    ((UP,), (DOWN,), [Change(DOWN)]),
+    ((UP,), (DOWN,), [FindingChange(DOWN)]),
     ((UP, UPSTREAM), (UPSTREAM,),
-     [Change(Finding("scheduler", True, CLEARED, "c1"), cleared=True)]),
+     [FindingChange(Finding("scheduler", True, CLEARED, "c1"), cleared=True)]),
     # the same check on two nodes is two findings
     ((UP,), (UP, Finding("scheduler", True, "idle", "c2")),
-     [Change(Finding("scheduler", True, "idle", "c2"))]),
+     [FindingChange(Finding("scheduler", True, "idle", "c2"))]),
 ])
 def test_only_changes_are_logged(before: tuple[Finding, ...], after: tuple[Finding, ...],
-                                 logged: list[Change]) -> None:
+                                 logged: list[FindingChange]) -> None:
     assert list(changes(keyed(before), keyed(after))) == logged
 
 

@@ -10,16 +10,16 @@ import pytest
 from cloudd.backoff import Backoff
 from cloudd.daemon.leader import hookplan
 from cloudd.daemon.leader.hookplan import (
-    Call,
     Facts,
     Hook,
+    HookCall,
     HookState,
+    HookTiming,
     RoleFacts,
     StopPhase,
-    Timing,
 )
 
-TIMING = Timing(stop_within=60.0, backoff=Backoff(base=1.0, cap=8.0, jitter=0.0))
+TIMING = HookTiming(stop_within=60.0, backoff=Backoff(base=1.0, cap=8.0, jitter=0.0))
 NOW = 100.0
 
 
@@ -46,9 +46,9 @@ def configured(f: Facts, *roles: str, now: float = NOW) -> HookState:
     state = settled(f, now=now)
     for role in f.roles:
         if role.name in roles:
-            state = hookplan.succeeded(state, Call(Hook.CONFIGURE, role.name,
+            state = hookplan.succeeded(state, HookCall(Hook.CONFIGURE, role.name,
                                                    f.signature(role)), now=now, facts=f)
-    return hookplan.succeeded(state, Call(Hook.MONITOR), now=now, facts=f)
+    return hookplan.succeeded(state, HookCall(Hook.MONITOR), now=now, facts=f)
 
 
 def due(f: Facts, state: HookState, *, now: float = NOW) -> tuple[Hook, str] | None:
@@ -104,11 +104,11 @@ def test_monitor_runs_on_its_interval_and_right_after_a_configure() -> None:
     assert due(f, state, now=NOW + 30.0) == (Hook.MONITOR, "")
     assert hookplan.next_wake(state, f, now=NOW) == NOW + 30.0
     # a configure succeeded: a monitor is due at once
-    later = hookplan.succeeded(state, Call(Hook.CONFIGURE, "compute", f.signature(f.roles[1])),
+    later = hookplan.succeeded(state, HookCall(Hook.CONFIGURE, "compute", f.signature(f.roles[1])),
                                now=NOW + 5, facts=f)
     assert due(f, later, now=NOW + 5) == (Hook.MONITOR, "")
     # a failed monitor waits for the next interval too
-    failed = hookplan.failed(later, Call(Hook.MONITOR), now=NOW + 5, facts=f, timing=TIMING,
+    failed = hookplan.failed(later, HookCall(Hook.MONITOR), now=NOW + 5, facts=f, timing=TIMING,
                              error="x", temporary=True)
     assert due(f, failed, now=NOW + 34.9) is None
     assert due(f, failed, now=NOW + 35.0) == (Hook.MONITOR, "")
@@ -117,7 +117,7 @@ def test_monitor_runs_on_its_interval_and_right_after_a_configure() -> None:
 def test_a_failed_configure_backs_off_unless_its_facts_change() -> None:
     f = facts()
     state = configured(f, "head")
-    call = Call(Hook.CONFIGURE, "compute", f.signature(f.roles[1]))
+    call = HookCall(Hook.CONFIGURE, "compute", f.signature(f.roles[1]))
     for count, wait in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0)):
         state = hookplan.failed(state, call, now=NOW, facts=f, timing=TIMING, error="no",
                                 temporary=True)
@@ -142,7 +142,7 @@ def test_a_failed_configure_backs_off_unless_its_facts_change() -> None:
 def test_a_new_term_starts_afresh_and_no_term_forgets_everything() -> None:
     f = facts()
     state = configured(f, "head", "compute")
-    state = hookplan.failed(state, Call(Hook.MONITOR), now=NOW, facts=f, timing=TIMING,
+    state = hookplan.failed(state, HookCall(Hook.MONITOR), now=NOW, facts=f, timing=TIMING,
                             error="x", temporary=False)
     newer = replace(f, term=4)
     assert settled(newer, state) == HookState(term=4)
@@ -157,8 +157,8 @@ def test_a_stop_holds_the_cloud_until_the_providers_stop_is_done() -> None:
     state = settled(stopping, running)
     assert state.stop is StopPhase.PENDING and hookplan.holding(state)
     assert state.configured == {}  # started again later, every role is configured afresh
-    assert hookplan.next_call(state, stopping, now=NOW) == Call(Hook.STOP)
-    done = hookplan.succeeded(state, Call(Hook.STOP), now=NOW + 1, facts=stopping)
+    assert hookplan.next_call(state, stopping, now=NOW) == HookCall(Hook.STOP)
+    done = hookplan.succeeded(state, HookCall(Hook.STOP), now=NOW + 1, facts=stopping)
     assert done.stop is StopPhase.DONE and not hookplan.holding(done)
     # stopped: nothing is due, neither configure nor monitor
     assert hookplan.next_call(settled(stopping, done, now=NOW + 100), stopping,
@@ -180,7 +180,7 @@ def test_a_stop_holds_the_cloud_until_the_providers_stop_is_done() -> None:
 def test_a_failed_stop_is_retried_within_its_bound(outcome: dict, phase: StopPhase) -> None:
     stopping = facts(stopping=True)
     state = settled(stopping)
-    state = hookplan.failed(state, Call(Hook.STOP), now=NOW, facts=stopping, timing=TIMING,
+    state = hookplan.failed(state, HookCall(Hook.STOP), now=NOW, facts=stopping, timing=TIMING,
                             error="head unreachable", **outcome)
     assert state.stop is phase
     assert hookplan.holding(state) is (phase is StopPhase.PENDING)
@@ -199,11 +199,11 @@ def test_the_hold_ends_by_itself_after_its_bound_or_with_no_healthy_node() -> No
 
 def test_a_stop_waits_out_its_backoff() -> None:
     stopping = facts(stopping=True)
-    state = hookplan.failed(settled(stopping), Call(Hook.STOP), now=NOW, facts=stopping,
+    state = hookplan.failed(settled(stopping), HookCall(Hook.STOP), now=NOW, facts=stopping,
                             timing=TIMING, error="x", temporary=True)
     assert hookplan.next_call(state, stopping, now=NOW + 0.5) is None
     assert hookplan.next_wake(state, stopping, now=NOW + 0.5) == NOW + 1.0
-    assert hookplan.next_call(state, stopping, now=NOW + 1.0) == Call(Hook.STOP)
+    assert hookplan.next_call(state, stopping, now=NOW + 1.0) == HookCall(Hook.STOP)
 
 
 def test_not_acting_holds_nothing() -> None:
@@ -217,7 +217,7 @@ def test_a_failing_role_holds_back_only_the_roles_that_depend_on_it() -> None:
     f = facts(head(), compute(True), RoleFacts("login", (), (("l1", "10.0.0.30", True),)))
     state = settled(f)
     call = hookplan.next_call(state, f, now=NOW)
-    assert call == Call(Hook.CONFIGURE, "head", f.signature(f.roles[0]))
+    assert call == HookCall(Hook.CONFIGURE, "head", f.signature(f.roles[0]))
     state = hookplan.failed(state, call, now=NOW, facts=f, timing=TIMING, error="down",
                             temporary=True)
     # compute depends on the head: it waits; login does not: it goes on

@@ -17,7 +17,7 @@ from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
-from cloudd.daemon.leader.hookplan import Hook, StopPhase, Timing
+from cloudd.daemon.leader.hookplan import Hook, HookTiming, StopPhase
 from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.network.catalogue import NodeActed, NodeAction
 from cloudd.errors import PermanentError, TemporaryError
@@ -128,7 +128,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         cloud=lambda: holder["cloud"], term=lambda: holder["term"],
         healthy=lambda: holder["healthy"], provider=Registry([provider]).get,
         request=request, events=events, released=released, clock=clock,
-        timing=Timing(stop_within=60.0, backoff=Backoff(base=1.0, cap=8.0, jitter=0.0)))
+        timing=HookTiming(stop_within=60.0, backoff=Backoff(base=1.0, cap=8.0, jitter=0.0)))
     yield Rig(hooks, provider, clock, events, asked, holder)
     events.close()
 
