@@ -101,6 +101,9 @@ class HookCall:
 
 @dataclass(frozen=True)
 class HookFault:
+    """A hook that failed `count` times in a row, tried again from `not_before` on."""
+
+    hook: Hook
     count: int
     not_before: float
     error: str
@@ -222,7 +225,7 @@ def failed(state: HookState, call: HookCall, *, now: float, facts: Facts, timing
     before = state.failures.get(call.subject)
     count = before.count + 1 if before is not None else 1
     wait = max(delay, timing.backoff.delay(count, unit))
-    record = HookFault(count, now + wait, error, call.signature)
+    record = HookFault(call.hook, count, now + wait, error, call.signature)
     state = replace(state, failures={**state.failures, call.subject: record})
     if call.hook is Hook.MONITOR:
         return replace(state, monitor_at=now + facts.monitor_every)

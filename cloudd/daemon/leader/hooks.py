@@ -110,10 +110,8 @@ class ProviderHooks:
     def view(self) -> HooksView:
         return HooksView(
             findings=tuple(self._findings.values()),
-            failures=tuple(HookFailure(
-                Hook.CONFIGURE.value if subject not in (Hook.MONITOR.value, Hook.STOP.value)
-                else subject, subject, f.count, f.not_before, f.error)
-                for subject, f in sorted(self.state.failures.items())),
+            failures=tuple(HookFailure(f.hook.value, subject, f.count, f.not_before, f.error)
+                           for subject, f in sorted(self.state.failures.items())),
             holding=hookplan.holding(self.state))
 
     # ---- the leader's channel to nodes --------------------------------------------------
@@ -179,8 +177,12 @@ class ProviderHooks:
             self._released()
 
     def _facts(self) -> Facts | None:
-        """The facts now; None when the cloud's type has no provider here."""
-        cloud = self._cloud()
+        """The facts now; None when the cloud's type has no provider here. Not acting, only
+        that: a follower never looks its provider up."""
+        cloud, term = self._cloud(), self._term()
+        stopping = cloud.ensure is Ensure.STOPPED
+        if term is None:
+            return Facts(term=None, stopping=stopping, roles=())
         try:
             provider = self._provider(cloud.type)
         except ClouddError as exc:
@@ -197,8 +199,8 @@ class ProviderHooks:
         if self._settings[0] != cloud.digest:
             self._settings = (cloud.digest, hashlib.sha256(
                 cloud.settings.model_dump_json().encode()).hexdigest())
-        return Facts(term=self._term(), stopping=cloud.ensure is Ensure.STOPPED, roles=roles,
-                     settings=self._settings[1], monitor_every=cloud.monitor_interval)
+        return Facts(term=term, stopping=stopping, roles=roles, settings=self._settings[1],
+                     monitor_every=cloud.monitor_interval)
 
     def _cluster(self, facts: Facts) -> ClusterView:
         cloud = self._cloud()
