@@ -270,6 +270,7 @@ class ProviderHooks:
             return
         assert term is not None
         now, cloud = self.clock.monotonic(), self._cloud().name
+        before = self.state.failures.get(call.subject)
         self._update(hookplan.failed(self.state, call, now=now, facts=facts,
                                      timing=self.timing, error=error, temporary=temporary,
                                      delay=delay, unit=self._rng.random()))
@@ -281,12 +282,16 @@ class ProviderHooks:
         self.log.warning("provider_hook_failed", cloud=cloud, hook=call.hook.value,
                          role=call.role or None, term=term, count=record.count,
                          reason=f"{reason}; {then}")
-        self._record(LogKind.FAILURE, call.role or cloud,
-                     f"{reason} ({record.count} in a row; {then})", term)
         if call.hook is Hook.MONITOR:
-            # the last findings stay, with one saying that they may be out of date
+            # the last findings stay, with one saying that they may be out of date (the
+            # event log hears of it as of any finding: when it changes)
             self._take((*(f for f in self._findings.values() if f.check != "monitor"),
                         Finding("monitor", False, f"monitor failed: {error}")), term)
+        elif before is None or before.error != error or given_up:
+            # A head that is not up yet fails the same way many times: the event log gets
+            # the first failure and each new reason, the agent's log every one.
+            self._record(LogKind.FAILURE, call.role or cloud,
+                         f"{reason} ({record.count} in a row; {then})", term)
 
     def _take(self, found: tuple[Finding, ...], term: int) -> None:
         """The findings of a monitor round: kept, and their changes logged."""

@@ -329,3 +329,16 @@ async def test_a_cloud_type_without_a_provider_calls_nothing(rig: Rig) -> None:
 
 def test_hooks_are_named_for_inspect() -> None:
     assert [h.value for h in Hook] == ["configure", "monitor", "stop"]
+
+
+async def test_the_event_log_hears_of_a_failing_hook_once_per_reason(rig: Rig) -> None:
+    for error in ("the head is not up yet", "the head is not up yet", "the head refuses"):
+        rig.provider.raise_on["configure"] = TemporaryError(error)
+        await rig.hooks.step()
+        rig.clock.advance(rig.hooks.state.failures["controller"].not_before
+                          - rig.clock.monotonic())
+    assert rig.hooks.state.failures["controller"].count == 3
+    rows = [r.reason for r in rig.events.query(cloud="batch", kind=LogKind.FAILURE)]
+    assert rows == [
+        "configure controller failed: the head is not up yet (1 in a row; next try in 1.0s)",
+        "configure controller failed: the head refuses (3 in a row; next try in 4.0s)"]
