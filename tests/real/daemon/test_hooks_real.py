@@ -142,7 +142,7 @@ def test_hooks_configure_act_monitor_refuse_and_stop(lab: HooksLab) -> None:
     print(text)
     # logged once, not on every monitor round
     time.sleep(4 * MONITOR)
-    first = logged(lab, leader, "provider_finding", node=S3, check="scheduler")
+    first = logged(lab, leader, "provider_finding", node=S3, check="scheduler", term=term)
     assert len(first) == 1 and first[0]["ok"] is False, first
 
     # a server's agent dies: the role is configured again without it, and inspect says it is
@@ -158,7 +158,8 @@ def test_hooks_configure_act_monitor_refuse_and_stop(lab: HooksLab) -> None:
           f"{time.monotonic() - t1:.1f} s; its agent is "
           f"{next(n['agent_liveness'] for n in cloud['nodes'] if n['name'] == S2)}")
     # each change of its verdict logged once: the last two, up then down
-    oks = [e["ok"] for e in logged(lab, leader, "provider_finding", node=S2, check="scheduler")]
+    oks = [e["ok"] for e in logged(lab, leader, "provider_finding", node=S2, check="scheduler",
+                                   term=term)]
     assert oks[-2:] == [True, False] and all(a != b for a, b in itertools.pairwise(oks)), oks
 
     # NodeActions a node must refuse, with real certificates of the cluster CA
