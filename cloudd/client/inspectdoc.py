@@ -113,6 +113,20 @@ class ServiceView:
 
 
 @dataclass(frozen=True)
+class FindingView:
+    """One result of the provider's cluster checks (`monitor`), as the leader last saw it."""
+
+    check: str
+    ok: bool
+    message: str = ""
+    state: str = ""
+    """The scheduler's state of the node, in its own words (`idle`, `alloc`, `down`,
+    `free`...); "" when the check is not a scheduler's view."""
+    jobs: tuple[str, ...] = ()
+    """The ids of the jobs the scheduler runs on the node."""
+
+
+@dataclass(frozen=True)
 class NodeView:
     name: str
     role: str
@@ -130,6 +144,9 @@ class NodeView:
     """Epoch seconds since which the node's agent is `agent_liveness`, when not alive."""
     agent_liveness_reason: str = ""
     """Why the source believes the node's agent suspect or dead; "" while it is alive."""
+    findings: tuple[FindingView, ...] = ()
+    """What the provider's checks last found about this node (the scheduler's view of it
+    among them)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,11 @@ class CloudView:
     maintenance: tuple[str, ...] = ()
     """The operator's maintenance holds in the cloud's record: node names, `(cloud)` for the
     whole cloud."""
+    findings: tuple[FindingView, ...] = ()
+    """What the provider's checks last found about the cloud as a whole."""
+    held_for_stop: bool = False
+    """The cloud is to be stopped and waits for the provider's stop (its domains and
+    services are left running meanwhile)."""
 
 
 @dataclass(frozen=True)

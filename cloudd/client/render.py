@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from cloudd.client.inspectdoc import CloudView, EventView, InspectDoc, LivenessView, Source
+from cloudd.client.inspectdoc import (
+    CloudView,
+    EventView,
+    FindingView,
+    InspectDoc,
+    LivenessView,
+    Source,
+)
 
 _SGR = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 _STYLE = {
@@ -19,7 +26,8 @@ _STYLE = {
     "stopping": "yellow", "shutting-down": "yellow", "paused": "yellow", "local": "yellow",
     "dead": "red", "no-quorum": "red", "fatal": "red", "crashed": "red", "exited": "red",
     "no": "red", "stale": "red", "failure": "red", "undefined": "dim", "stopped": "dim",
-    "restart": "yellow", "election": "cyan", "command": "cyan",
+    "restart": "yellow", "election": "cyan", "command": "cyan", "ok": "green",
+    "failing": "red",
 }
 Cell = tuple[str, str]
 """Plain text and a style name ("" for none)."""
@@ -109,6 +117,9 @@ def _cloud_header(c: CloudView, doc: InspectDoc, *, now: float, color: bool) -> 
     answered = f"  answered by {doc.answered_by} at {clock(doc.generated_at, now=now)}; "
     held = (["  in maintenance: " + p(", ".join(c.maintenance), "yellow")]
             if c.maintenance else [])
+    if c.held_for_stop:
+        held.append("  " + p("stopping: waiting for the provider's stop (domains and "
+                             "services left running meanwhile)", "yellow"))
     lines = [head, manifest, *held, answered + view[c.source], "  " + lead]
     if doc.agent.unproven:
         lines.append("  " + p(f"{doc.answered_by} grants no lease and runs no host command: "
@@ -119,15 +130,42 @@ def _cloud_header(c: CloudView, doc: InspectDoc, *, now: float, color: bool) -> 
     return lines
 
 
+def scheduler(findings: tuple[FindingView, ...]) -> Cell | None:
+    """A node's state in its scheduler with its jobs (`alloc, jobs 12 13`), coloured by the
+    finding's verdict; None when no finding is a scheduler's view."""
+    for f in findings:
+        if f.state:
+            jobs = f", jobs {' '.join(f.jobs)}" if f.jobs else ""
+            return f"{f.state}{jobs}", "" if f.ok else "red"
+    return None
+
+
 def _nodes(c: CloudView, *, now: float) -> list[list[Cell]]:
+    # The scheduler's view of each node, beside cloudd's, when the provider gives one.
+    batch = any(scheduler(n.findings) for n in c.nodes)
     rows: list[list[Cell]] = [[(h, "bold") for h in
                                ("NODE", "ROLE", "ADDRESS", "HOST", "DOMAIN", "AGENT", "UP",
-                                "WAITING")]]
+                                *(("SCHEDULER",) if batch else ()), "WAITING")]]
     for n in c.nodes:
         up = ago(n.uptime) if n.uptime is not None else "-"
+        sched = [scheduler(n.findings) or ("-", "")] if batch else []
         rows.append([(n.name, ""), (n.role, ""), (n.address, ""), (n.host or "-", ""),
                      styled(n.domain_state), styled(n.agent_liveness.value), (up, ""),
-                     (n.waiting, "yellow")])
+                     *sched, (n.waiting, "yellow")])
+    return rows
+
+
+def _checks(c: CloudView) -> list[list[Cell]]:
+    """The provider's findings not already shown as a node's scheduler state: each one that
+    fails, and every other check."""
+    rows: list[list[Cell]] = []
+    found = [("(cloud)", f) for f in c.findings]
+    found += [(n.name, f) for n in c.nodes for f in n.findings]
+    for subject, f in found:
+        if f.state and f.ok:
+            continue
+        rows.append([(subject, ""), (f.check, ""), styled("ok" if f.ok else "failing"),
+                     (f.message, "")])
     return rows
 
 
@@ -173,6 +211,10 @@ def render_cloud(c: CloudView, doc: InspectDoc, *, now: float, color: bool,
     for rows in (hosts, _nodes(c, now=now), _services(c)):
         if len(rows) > 1:
             lines += ["", *table(rows, color=color, width=width)]
+    checks = _checks(c)
+    if checks:
+        lines += ["", "  " + paint("PROVIDER CHECKS", "bold", color=color)]
+        lines += table(checks, color=color, width=width)
     doubts = _not_alive(c, now=now)
     if doubts:
         lines += ["", "  " + paint("AGENTS NOT ALIVE", "bold", color=color)]

@@ -141,6 +141,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         users=tuple(user_of(u) for u in top.users),
         generated=generated(spec, declared=top.secrets, needed=role_secrets.values()),
         hosts_file=spec.hosts_file,
+        monitor_interval=top.timing.monitor_interval,
     )
 
 

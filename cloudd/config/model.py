@@ -89,6 +89,8 @@ class ResourcesIn(_Strict):
 #: the domain (`timing.unreachable_reset_after`): well past a first boot under TCG (four Debian
 #: nodes booting at once on two cores were all up after about 7 minutes).
 UNREACHABLE_RESET_AFTER = 900.0
+#: Seconds between two runs of the provider's cluster checks (`timing.monitor_interval`).
+MONITOR_INTERVAL = 30.0
 
 
 class TimingIn(_Strict):
@@ -99,6 +101,9 @@ class TimingIn(_Strict):
     own SWIM probes) this long is hung: reset, then destroyed and started again if it stays
     unreachable as long again. Counted from the domain's start for an agent that never came
     up."""
+    monitor_interval: float = Field(default=MONITOR_INTERVAL, ge=1, le=3600)
+    """Seconds between two runs of the provider's cluster checks (`monitor`) by the leader;
+    they also run after every configure."""
 
 
 class NodeAccessIn(_Strict):
@@ -270,6 +275,8 @@ class Cloud:
     generated: tuple[GeneratedSecret, ...] = ()
     #: Whether each node keeps cloudd's block of `/etc/hosts` (`TypeSpec.hosts_file`).
     hosts_file: bool = False
+    #: Seconds between two runs of the provider's cluster checks by the leader.
+    monitor_interval: float = MONITOR_INTERVAL
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == role)

@@ -53,10 +53,10 @@ class Registry:
         return cloud_type in self._by_type
 
 
-def default_registry(modules: Iterable[str] = BUILTIN_MODULES) -> Registry:
-    """A registry with the built-in providers."""
+def default_registry(modules: Iterable[str] | None = None) -> Registry:
+    """A registry with the built-in providers (`BUILTIN_MODULES` as it is when called)."""
     registry = Registry()
-    for name in modules:
+    for name in BUILTIN_MODULES if modules is None else modules:
         module = importlib.import_module(name)
         provider = getattr(module, "PROVIDER", None)
         if not isinstance(provider, Provider):

@@ -80,7 +80,7 @@ def test_json_keys_are_stable() -> None:
     cloud = data["clouds"][0]
     assert list(cloud) == ["name", "type", "ensure", "source", "observed_at", "leadership",
                            "manifest", "hosts", "nodes", "failed_actions", "events",
-                           "maintenance"]
+                           "maintenance", "findings", "held_for_stop"]
     assert cloud["source"] == "leader"
     assert cloud["leadership"] == {"state": "stable", "term": 7, "leader": "pm2",
                                    "since": NOW - 900, "quorum_reached": 2, "quorum_needed": 2}
@@ -90,7 +90,7 @@ def test_json_keys_are_stable() -> None:
     assert list(cloud["nodes"][0]) == ["name", "role", "address", "domain_state",
                                        "agent_liveness", "host", "uptime", "waiting",
                                        "services", "agent_liveness_since",
-                                       "agent_liveness_reason"]
+                                       "agent_liveness_reason", "findings"]
     assert (cloud["hosts"][0]["liveness_since"], cloud["hosts"][0]["liveness_reason"]) == (
         None, "")  # alive: no doubt
     assert list(cloud["nodes"][0]["services"][0]) == ["name", "state", "ready", "pid",

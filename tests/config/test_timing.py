@@ -11,7 +11,7 @@ import yaml
 from shared.manifests import SHOP
 
 from cloudd.config.manifest import load_cloud, load_cloud_text
-from cloudd.config.model import UNREACHABLE_RESET_AFTER
+from cloudd.config.model import MONITOR_INTERVAL, UNREACHABLE_RESET_AFTER
 from cloudd.config.portable import Recipient, text_for
 from cloudd.daemon.leader.desired import desired_of
 from cloudd.errors import ConfigError
@@ -55,3 +55,22 @@ def test_nonsense_is_refused_in_place(tmp_path: Path, extra: str, words: str) ->
     problems = [str(p) for p in info.value.problems]
     assert len(problems) == 1 and words in problems[0], problems
     assert "timing" in problems[0]
+
+
+def test_the_providers_checks_run_every_thirty_seconds_unless_written(tmp_path: Path) -> None:
+    assert load_cloud(write(tmp_path), CATALOG).monitor_interval == MONITOR_INTERVAL == 30.0
+    cloud = load_cloud(write(tmp_path, "timing: {monitor_interval: 5}\n"), CATALOG)
+    assert cloud.monitor_interval == 5.0
+    assert load_cloud_text(text_for(cloud, Recipient.HOST), CATALOG).monitor_interval == 5.0
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ("timing: {monitor_interval: 0.5}\n", "greater than or equal to 1"),
+    ("timing: {monitor_interval: 7200}\n", "less than or equal to 3600"),
+])
+def test_a_monitor_interval_out_of_bounds_is_refused(tmp_path: Path, extra: str,
+                                                     words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_cloud(write(tmp_path, extra), CATALOG)
+    [problem] = [str(p) for p in info.value.problems]
+    assert words in problem and "monitor_interval" in problem

@@ -171,6 +171,7 @@ def test_every_series_is_documented(metrics: Metrics, endpoint: Endpoint) -> Non
     metrics.observe_action("shop", "start", 0.1)
     metrics.set_unproven("shop", unproven=True)
     metrics.dropped_events(2)
+    metrics.set_provider("shop", failing={"scheduler": 1}, hooks={})
     names = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
              for name, _ in scrape(endpoint.port)}
     names = {n for n in names if not n.endswith("_created")}

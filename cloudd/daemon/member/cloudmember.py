@@ -12,12 +12,17 @@ manifest asks of it:
   forwarded to the leader at once;
 - a node (a VM, or a `managed: false` machine) runs a node side: it takes its role assignment
   from the leader, converges its role, supervises its services and reports its health;
-- the acting leader, whoever it is, runs the `Controller` (domains) and hands out role
-  assignments in the type's dependency order (`assignment`).
+- the acting leader, whoever it is, runs the `Controller` (domains), hands out role
+  assignments in the type's dependency order (`assignment`), and calls the provider's
+  cluster-level hooks (`ProviderHooks`: configure, monitor, stop), which reach a node's role
+  through a `NodeAction`.
 The leader's controller and assigner run on every agent but act only while the election says
 this agent holds a host quorum lease, and only once it has gathered the record in that term
 from a majority of the pool hosts: they ask `leading_term()` before every step. The record's
 latest generation is then the cloud's manifest: a leader whose file differs writes it anew.
+When a generation says `ensure: stopped`, the provider's `stop` runs first: until it is done
+(or given up) the controller leaves the domains alone and the nodes are not offered the
+stopped generation, so that their services still serve it.
 
 This module only wires: each duty lives in its room, each decision in a pure module, each
 message goes through the dispatch table, and readers get a `MemberSnapshot`.
@@ -33,6 +38,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 from cloudd import log
+from cloudd.backoff import Backoff
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import Recipient, recipient_of, text_for
@@ -43,6 +49,8 @@ from cloudd.daemon.leader import assignment
 from cloudd.daemon.leader.controller import Controller, policy_of
 from cloudd.daemon.leader.desired import desired_of
 from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
+from cloudd.daemon.leader.hookplan import HookTiming
+from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
@@ -64,6 +72,8 @@ from cloudd.daemon.network.catalogue import (
     Generation,
     ManifestOffer,
     ManifestWanted,
+    NodeActed,
+    NodeAction,
     NodeReport,
     OfferOrigin,
     Record,
@@ -73,6 +83,7 @@ from cloudd.daemon.network.catalogue import (
     RecordWanted,
     RoleAssignment,
 )
+from cloudd.daemon.node.actions import Pairs
 from cloudd.durable import TermFile
 from cloudd.election.config import Timing
 from cloudd.election.members import Member, Roster
@@ -81,6 +92,7 @@ from cloudd.election.swim import Status
 from cloudd.election.twohost import record_quorum
 from cloudd.errors import ClouddError, PermanentError
 from cloudd.pki import Identity, MemberKind
+from cloudd.providers.registry import Registry, default_registry
 from cloudd.vmctl import plan
 from cloudd.vmctl.hostagent import TERM_FILE, HostCommand, HostResult
 
@@ -107,6 +119,8 @@ class NodeDuties(Protocol):
     async def run(self) -> None: ...
     def detach(self) -> None: ...
     async def cleanup(self, service: str) -> None: ...
+    async def act(self, action: str, args: Pairs, *, peer: str = "",
+                  term: int = 0) -> Pairs: ...
     def view(self) -> NodeReport: ...
 
 
@@ -132,7 +146,7 @@ class CloudMember:
                  request: Callable[[str, Any], Awaitable[Any]], events: EventLog,
                  clock: Clock = SYSTEM, open_backend: OpenBackend | None = None,
                  node_side: NodeSideFactory | None = None,
-                 install: Install | None = None) -> None:
+                 install: Install | None = None, providers: Registry | None = None) -> None:
         self.settings, self.cloud, self.me = settings, cloud, settings.name
         self.events, self.clock, self.timing = events, clock, timing
         self._send = send
@@ -188,7 +202,7 @@ class CloudMember:
             desired=lambda: desired_of(self.cloud, held=self.maintenance.held),
             hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=lambda host: _LIVENESS[self.election.status(host)],
-            leader=self.reconciling_term, client=self.host_calls, events=events,
+            leader=self._controller_term, client=self.host_calls, events=events,
             render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
             fencer=fencer,
             overlay=lambda host, spec: create_overlay(self.host_calls, host, spec,
@@ -198,6 +212,12 @@ class CloudMember:
                                                   term=self.acting_term),
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
             limits=plan.Limits(shutdown_timeout=r.shutdown_timeout))
+        registry = providers if providers is not None else default_registry()
+        self.hooks = ProviderHooks(
+            cloud=lambda: self.cloud, term=self.reconciling_term, healthy=self._healthy,
+            provider=registry.get, request=request, events=events, released=self._pokes,
+            clock=clock, timing=HookTiming(backoff=Backoff(base=r.backoff_base,
+                                                           cap=r.backoff_max)))
         self.node_side = node_side(me=self.me, cloud=cloud, settings=settings,
                                    report=self._report_up) \
             if self.is_node and node_side is not None else None
@@ -215,6 +235,7 @@ class CloudMember:
             Duty.HOST_COMMAND: self._on_host_command,
             Duty.DOMAIN_EVENT: self._on_domain_event,
             Duty.ROLE_ASSIGNMENT: self._on_assignment,
+            Duty.NODE_ACTION: self._on_node_action,
             Duty.NODE_REPORT: self._on_report,
             Duty.MANIFEST_WANTED: self._on_manifest_wanted,
             Duty.RECORD_WRITE: self._on_record_push,
@@ -245,6 +266,11 @@ class CloudMember:
         """The term to act in, unless the operator paused the whole cloud."""
         return None if self.maintenance.whole_cloud else self.leading_term()
 
+    def _controller_term(self) -> int | None:
+        """The term the controller acts on domains in: none while the cloud is held for
+        the provider's stop (`ProviderHooks.holding`)."""
+        return None if self.hooks.holding() else self.reconciling_term()
+
     @property
     def maintenance(self) -> Maintenance:
         return self.record.maintenance
@@ -257,6 +283,12 @@ class CloudMember:
     def _alive(self) -> frozenset[str]:
         return frozenset(n for n in self.roster.names
                          if self.election.status(n) is Status.ALIVE)
+
+    def _healthy(self) -> frozenset[str]:
+        """The nodes alive and ready, as the leader sees them (`assignment.healthy`)."""
+        alive = self._alive()
+        return frozenset(n for n in self.reports
+                         if assignment.healthy(n, reports=self.reports, alive=alive))
 
     # -- what the operator asks -------------------------------------------------------------
     def snapshot(self) -> MemberSnapshot:
@@ -273,7 +305,8 @@ class CloudMember:
             reports=MappingProxyType(dict(self.reports)), controller=self.controller.view(),
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
-            timings=self.host_calls.timings(), unproven=self.election.unproven())
+            timings=self.host_calls.timings(), unproven=self.election.unproven(),
+            hooks=self.hooks.view())
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the
@@ -332,8 +365,7 @@ class CloudMember:
             self.node_side.update_cloud(cloud)
             if cloud.ensure is Ensure.STOPPED:
                 self._spawn("stop-services", self._stop_services)
-        self.controller.poke()
-        self._poke.set()
+        self._pokes()
 
     async def handle(self, sender: Identity, msg: Any) -> Any:
         """A message for this cloud, through the dispatch table; returns the reply."""
@@ -368,6 +400,7 @@ class CloudMember:
             self.log.info("node_phase", peer=peer, role=self._role_of(peer), phase=report.phase,
                           reason=report.message or None)
             self._poke.set()
+            self.hooks.poke()
 
     async def _on_election(self, peer: str, msg: Any) -> None:
         self.election.receive(peer, cast(Message, msg))
@@ -386,6 +419,20 @@ class CloudMember:
         if self.node_side is None:
             raise PermanentError(f"{self.me} is not a node of {self.cloud.name}")
         self.node_side.assign(a)
+
+    async def _on_node_action(self, peer: str, msg: NodeAction) -> NodeActed:
+        # The dispatch table has checked that `peer` leads the term this node follows; the
+        # node side checks the action against its role.
+        why = (f"{self.me} is not a node of {self.cloud.name}" if self.node_side is None
+               else f"{self.me} does not serve cloud {msg.cloud}"
+               if msg.cloud != self.cloud.name else None)
+        if why is not None:
+            self.log.warning("action_refused", peer=peer, term=msg.term, action=msg.action,
+                             reason=why)
+            raise PermanentError(why)
+        assert self.node_side is not None
+        answer = await self.node_side.act(msg.action, msg.args, peer=peer, term=msg.term)
+        return NodeActed(self.me, msg.action, answer)
 
     async def _on_report(self, peer: str, report: NodeReport) -> None:
         self.node_report(peer, report)
@@ -421,6 +468,7 @@ class CloudMember:
 
     def _pokes(self) -> None:
         self.controller.poke()
+        self.hooks.poke()
         self._poke.set()
 
     def _report_up(self, report: NodeReport) -> None:
@@ -444,8 +492,7 @@ class CloudMember:
             # A new acting leader re-observes everything and re-sends every assignment.
             self._assigned.clear()
             self._offered.clear()
-            self.controller.poke()
-            self._poke.set()
+            self._pokes()
             self.record.recover(view.term)
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -455,6 +502,7 @@ class CloudMember:
             self._group = tg
             tg.create_task(self.election.run(), name="election")
             tg.create_task(self.controller.run(), name="controller")
+            tg.create_task(self.hooks.run(), name="provider-hooks")
             tg.create_task(self._tend(), name="assigner")
             if self.host is not None:
                 tg.create_task(self.host.run(), name="host")
@@ -498,8 +546,11 @@ class CloudMember:
                 self._assign(term, alive)
 
     def _distribute(self, alive: frozenset[str]) -> None:
+        # Held for the provider's stop: the nodes keep the generation they run until it is done.
+        held = self.hooks.holding()
         todo = distribution.offers(
-            me=self.me, members=self.roster.names, alive=alive,
+            me=self.me, alive=alive,
+            members=[m for m in self.roster.names if not (held and m not in self.roster.hosts)],
             leading=self.leading_term() is not None, seeding=self.is_host,
             digest=self.cloud.digest,
             now=self.clock.monotonic(), offered=self._offered)

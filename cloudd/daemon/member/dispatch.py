@@ -39,6 +39,7 @@ from cloudd.daemon.network.catalogue import (
     InspectWanted,
     ManifestOffer,
     ManifestWanted,
+    NodeAction,
     NodeReport,
     OfferOrigin,
     OperatorOp,
@@ -98,6 +99,7 @@ class Duty(enum.Enum):
     HOST_COMMAND = "host command"
     DOMAIN_EVENT = "domain event"
     ROLE_ASSIGNMENT = "role assignment"
+    NODE_ACTION = "node action"
     NODE_REPORT = "node report"
     MANIFEST_WANTED = "manifest wanted"
     INSPECT_WANTED = "inspect wanted"
@@ -174,13 +176,17 @@ ROUTES: tuple[Route, ...] = (
         em.Answer, em.Coordinator, em.Resign, em.LeaseRequest, em.LeaseRelease)),
     Route(em.LeaseGrant, Duty.ELECTION, anyone_of(Sender.HOST), note=_ELECTION_RULES),
     Route(em.LeaseReject, Duty.ELECTION, anyone_of(Sender.HOST), note=_ELECTION_RULES),
-    # The leader commands hosts and assigns roles; hosts and nodes speak for themselves.
+    # The leader commands hosts, assigns roles and has roles act; hosts and nodes speak for
+    # themselves.
     Route(HostCommand, Duty.HOST_COMMAND, _LEADER, to=To.HOST, request=True,
           note="the host then checks the lease it granted for the command's term"),
     Route(DomainEventNote, Duty.DOMAIN_EVENT, all_of(Sender.HOST, Sender.NAMED),
           names="host"),
     Route(RoleAssignment, Duty.ROLE_ASSIGNMENT, _LEADER, to=To.NODE,
           note="a newer term than this agent follows makes it ask the pool hosts who leads"),
+    Route(NodeAction, Duty.NODE_ACTION, _LEADER, to=To.NODE, request=True,
+          note="only this node's own cloud; the action is one its role names (`Role.actions`), "
+               "with exactly the argument names it takes; the answer at most 16 KiB"),
     Route(NodeReport, Duty.NODE_REPORT, all_of(Sender.NODE, Sender.NAMED), names="node"),
     # Manifests: the leader's generation, or a host seeding an agent that has no cloud yet;
     # a member asks for its own cloud's manifest (a booting node asks its seeds).

@@ -14,10 +14,11 @@ or dead) are on the monotonic clock, and `wall_of` turns one into wall time as o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudd.config.model import Cloud
 from cloudd.daemon.leader.controller import ControllerView
+from cloudd.daemon.leader.hooks import HooksView
 from cloudd.daemon.leader.hostcalls import CallTiming
 from cloudd.daemon.network.catalogue import NodeReport
 from cloudd.election.swim import Doubt, Status
@@ -65,6 +66,8 @@ class MemberSnapshot:
     unproven: str = ""
     """Why this agent grants no lease and runs no host command yet: it lost a term file and
     relearns its terms ('' when it may)."""
+    hooks: HooksView = field(default_factory=HooksView)
+    """What the provider's hooks last found (the acting leader's; empty elsewhere)."""
 
     @property
     def quorum_reached(self) -> int:

@@ -3,9 +3,9 @@
 The election's own messages come from `cloudd.election.messages`; the host commands from
 `cloudd.vmctl.hostagent`. The rest are defined here, because they exist only between agents:
 manifests passed along, domain events forwarded to the leader, a node's role assignment and
-its report, the questions `cloudd-cli inspect` asks the leader, and the cloud's replicated
-record as the leader writes it to the pool hosts (`Record`; its rules are
-`cloudd.daemon.member.record`'s).
+its report, the leader's requests to a node's role (`NodeAction`), the questions
+`cloudd-cli inspect` asks the leader, and the cloud's replicated record as the leader writes
+it to the pool hosts (`Record`; its rules are `cloudd.daemon.member.record`'s).
 
 Names are part of the protocol: renaming one is a wire change.
 """
@@ -208,6 +208,31 @@ class NodeReport:
     since: float = 0.0
 
 
+#: One argument of an action, or one field of its answer: (name, value), both text.
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class NodeAction:
+    """The leader of `term` asks a node's role to do one of its named actions (request;
+    answered by `NodeActed`, or refused with one sentence): the provider hooks that must
+    run on a node, such as `scontrol` on a Slurm head (`ClusterView.ask`, `Role.act`)."""
+
+    cloud: str
+    term: int
+    action: str
+    args: tuple[Pair, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeActed:
+    """A node's answer to a `NodeAction`: what its role's `act` returned (bounded)."""
+
+    node: str
+    action: str
+    answer: tuple[Pair, ...] = ()
+
+
 @dataclass(frozen=True)
 class InspectWanted:
     """Any agent asks the leader for its view of the cloud (request; answered by InspectDoc)."""
@@ -340,6 +365,8 @@ OWN = {
     "cloudd.record-ack": RecordAck,
     "cloudd.record-wanted": RecordWanted,
     "cloudd.record-held": RecordHeld,
+    "cloudd.node-action": NodeAction,
+    "cloudd.node-acted": NodeActed,
 }
 
 

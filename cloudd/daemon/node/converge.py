@@ -34,7 +34,7 @@ from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment, ServiceReport
-from cloudd.daemon.node import phase
+from cloudd.daemon.node import actions, phase
 from cloudd.daemon.node.nodebase import NodeBase
 from cloudd.daemon.node.saved_assignment import load_assignment, save_assignment
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
@@ -337,6 +337,33 @@ class NodeSide:
             self._report(r)
         except Exception:  # the transport's problem; the next heartbeat tries again
             self.log.exception("node.report_failed")
+
+    # ---- the leader's actions -----------------------------------------------------------
+    async def act(self, action: str, args: actions.Pairs, *, peer: str = "",
+                  term: int = 0) -> actions.Pairs:
+        """The leader's `NodeAction` (from `peer`, in `term`): one of the role's named
+        actions, checked against the role first (`actions.refusal`); raises ClouddError with
+        one sentence when refused (`action_refused`) or failed (`action_failed`)."""
+        a = self._current
+        try:
+            role = self._registry.get(self.cloud.type).role(a.role) if a is not None else None
+        except ClouddError as exc:
+            self.log.warning("action_refused", peer=peer, term=term, action=action,
+                             reason=str(exc))
+            raise
+        why = actions.refusal(role, action, args, node=self.me)
+        if why is not None:
+            self.log.warning("action_refused", peer=peer, term=term, action=action, reason=why)
+            raise PermanentError(why)
+        assert a is not None and role is not None
+        try:
+            answer = await actions.perform(role, self._assignment(a, self.cloud), action, args)
+        except ClouddError as exc:
+            self.log.warning("action_failed", peer=peer, term=term, action=action,
+                             role=a.role, reason=str(exc))
+            raise
+        self.log.debug("node.acted", peer=peer, term=term, action=action, role=a.role)
+        return answer
 
     # ---- operator and shutdown ----------------------------------------------------------
     async def cleanup(self, service: str) -> None:

@@ -37,6 +37,7 @@ from cloudd.client.inspectdoc import (
     CloudView,
     ElectionState,
     FailedAction,
+    FindingView,
     HostView,
     InspectDoc,
     LeadershipView,
@@ -54,6 +55,7 @@ from cloudd.daemon.network.catalogue import InspectAnswer, InspectWanted, NodePh
 from cloudd.daemon.operator.queries import event_view, view_source
 from cloudd.election.swim import Status
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.providers.base import Finding
 from cloudd.vmctl.plan import DomainObs, DomainState
 
 #: How many recent events a cloud's view carries.
@@ -127,6 +129,7 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
             domains=sum(1 for d in seen if d.cloud == cloud.name),
             liveness_since=since, liveness_reason=why))
     waiting = {w.node: w.reason for w in controller.last_plan.waiting}
+    names = {n.name for n in cloud.nodes}
     nodes = []
     for n in cloud.nodes:
         d = domains.get(n.name)
@@ -147,7 +150,8 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
             uptime=(snap.monotonic - d.since) if running and d is not None and d.since else None,
             waiting=waiting.get(n.name, "") or (report.message if report is not None
                                                 and report.phase != NodePhase.READY else ""),
-            services=services, agent_liveness_since=since, agent_liveness_reason=why))
+            services=services, agent_liveness_since=since, agent_liveness_reason=why,
+            findings=tuple(finding_view(f) for f in snap.hooks.findings if f.node == n.name)))
     last_error = {e.subject: e.reason for e in
                   events.query(cloud=cloud.name, kind=LogKind.FAILURE, limit=FAILURES_READ)}
     failed = tuple(
@@ -155,7 +159,7 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
                      last_error=last_error.get(subject, ""),
                      next_retry=snap.wall_of(record.not_before))
         for ledger in (controller.node_fails, controller.host_fails)
-        for subject, record in sorted(ledger.items()) if record.count > 0)
+        for subject, record in sorted(ledger.items()) if record.count > 0) + hook_failures(snap)
     return CloudView(
         name=cloud.name, type=cloud.type, ensure=cloud.ensure.value, source=source,
         observed_at=snap.taken_at, leadership=leadership(snap),
@@ -163,7 +167,23 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
                               loaded_at=snap.loaded_at),
         hosts=tuple(hosts), nodes=tuple(nodes), failed_actions=failed,
         events=tuple(event_view(e) for e in events.query(cloud=cloud.name, limit=RECENT_EVENTS)),
-        maintenance=tuple(maintenance.view(snap.maintenance)))
+        maintenance=tuple(maintenance.view(snap.maintenance)),
+        findings=tuple(finding_view(f) for f in snap.hooks.findings
+                       if f.node not in names),
+        held_for_stop=snap.hooks.holding)
+
+
+def finding_view(f: Finding) -> FindingView:
+    return FindingView(check=f.check, ok=f.ok, message=f.message, state=f.state, jobs=f.jobs)
+
+
+def hook_failures(snap: MemberSnapshot) -> tuple[FailedAction, ...]:
+    """The provider hooks that keep failing, as failed actions (`configure`, `monitor`,
+    `stop`; the subject is the role, or the cloud)."""
+    return tuple(FailedAction(action=f.hook, subject=f.subject if f.hook == "configure"
+                              else snap.cloud.name, fail_count=f.count, last_error=f.error,
+                              next_retry=snap.wall_of(f.not_before))
+                 for f in snap.hooks.failures)
 
 
 def leader_answer(me: str, snap: MemberSnapshot, events: EventLog) -> InspectAnswer:

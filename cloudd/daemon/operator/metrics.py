@@ -3,8 +3,9 @@
 One `Metrics` object per agent, on its own registry (never the process-global one, so that
 tests and several agents in one process do not mix their series). The daemon calls its
 methods where things happen: a leadership change, an election, a pass's domain census, a
-respawn, a service restart, an action's duration. Labels are few and bounded: the cloud, the
-domain state, the action and the service name; never a node, pid or error text.
+respawn, a service restart, an action's duration, the provider's failing checks and hooks.
+Labels are few and bounded: the cloud, the domain state, the action, the service name, the
+provider's check and hook names; never a node, pid or error text.
 
 The HTTP endpoint is off by default (settings `metrics.enabled`); it serves the text
 exposition format on `metrics.address` from a daemon thread of prometheus-client's own, so a
@@ -31,6 +32,9 @@ _log = log.get("metrics")
 #: destroy 1-2 s, a configure may take a minute.
 ACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                   120.0)
+
+#: The provider hooks, always exported (0 when none fails).
+HOOKS = ("configure", "monitor", "stop")
 
 #: Domain states always exported (0 when none), so that a graph shows a state going to zero.
 DOMAIN_STATES = ("running", "paused", "shutdown", "shutoff", "crashed", "other")
@@ -68,6 +72,14 @@ class Metrics:
                               "1 while this pool host relearns its terms after a term file "
                               "was set aside (it grants no lease and runs no host command)",
                               ["cloud"], registry=r)
+        self.findings_failing = Gauge("cloudd_provider_findings_failing",
+                                      "The provider's cluster checks failing now, by check "
+                                      "(the leader's last monitor)", ["cloud", "check"],
+                                      registry=r)
+        self.hooks_failing = Gauge("cloudd_provider_hooks_failing",
+                                   "Provider hooks backing off after failures, by hook",
+                                   ["cloud", "hook"], registry=r)
+        self._checks: dict[str, set[str]] = {}
         self.action_seconds = Histogram("cloudd_action_seconds",
                                         "Duration of one reconcile action, by action",
                                         ["cloud", "action"], buckets=ACTION_BUCKETS,
@@ -93,6 +105,18 @@ class Metrics:
         for state, n in totals.items():
             self.domains.labels(cloud, state).set(n)
 
+    def set_provider(self, cloud: str, *, failing: Mapping[str, int],
+                     hooks: Mapping[str, int]) -> None:
+        """Failing findings by check and failing hooks by hook, as of the last reading: a
+        check seen before and not failing now reads 0 (its labels are the provider's own few
+        check names)."""
+        checks = self._checks.setdefault(cloud, set())
+        checks.update(failing)
+        for check in checks:
+            self.findings_failing.labels(cloud, check).set(failing.get(check, 0))
+        for hook in HOOKS:
+            self.hooks_failing.labels(cloud, hook).set(hooks.get(hook, 0))
+
     def dropped_events(self, count: int) -> None:
         self.events_dropped.inc(count)
 
@@ -112,10 +136,12 @@ class Metrics:
         """Drop every series of a cloud that was removed, so that it stops being scraped."""
         for metric in (self.leader, self.term, self.quorum_hosts, self.quorum_needed,
                        self.elections, self.respawns, self.domains, self.service_restarts,
-                       self.action_seconds, self.unproven):
+                       self.action_seconds, self.unproven, self.findings_failing,
+                       self.hooks_failing):
             for labels in list(metric._metrics):  # prometheus-client has no "remove by prefix"
                 if labels[0] == cloud:
                     metric.remove(*labels)
+        self._checks.pop(cloud, None)
 
 
 def parse_address(text: str, *, source: str = "<settings>") -> tuple[str, int]:

@@ -1,6 +1,7 @@
 """Feeds the Prometheus metrics from the member's snapshot, once a second.
 
-Gauges (leadership, term, quorum, domains by state, terms unproven) are read as they are;
+Gauges (leadership, term, quorum, domains by state, terms unproven, the provider's failing
+checks and hooks) are read as they are;
 counters (elections, respawns, host call timings, service restarts, events the log could not
 store) grow by what changed since the last reading,
 so that the feed never has to be called from inside the election, the controller or the
@@ -57,6 +58,9 @@ class MetricsFeed:
                                         after_id=self._last_event, limit=EVENTS_PER_READING):
             self.metrics.respawn(name)
         self._last_event = self.events.last_id()
+        failing: Counter[str] = Counter(f.check for f in snap.hooks.findings if not f.ok)
+        hooks: Counter[str] = Counter(f.hook for f in snap.hooks.failures)
+        self.metrics.set_provider(name, failing=failing, hooks=hooks)
         for call in snap.timings:
             if call.seq > self._last_call:
                 self.metrics.observe_action(name, call.op, call.seconds)

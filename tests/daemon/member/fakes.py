@@ -104,6 +104,7 @@ class FakeNodeSide:
         self.assigned: list[RoleAssignment] = []
         self.stopped = 0
         self.cleaned: list[str] = []
+        self.acted: list[tuple[str, tuple[tuple[str, str], ...], str, int]] = []
         self.running = False
 
     def assign(self, a: RoleAssignment) -> None:
@@ -129,6 +130,11 @@ class FakeNodeSide:
 
     async def cleanup(self, service: str) -> None:
         self.cleaned.append(service)
+
+    async def act(self, action: str, args: tuple[tuple[str, str], ...], *, peer: str = "",
+                  term: int = 0) -> tuple[tuple[str, str], ...]:
+        self.acted.append((action, args, peer, term))
+        return (("done", action),)
 
     def view(self) -> NodeReport:
         return NodeReport(node=self.me, term=0, generation="", phase=NodePhase.UNASSIGNED)

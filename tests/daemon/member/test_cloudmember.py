@@ -107,7 +107,8 @@ async def test_the_member_serves_its_duties_and_no_other(tmp_path: Path,
     pm1, db = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, DB)
     assert set(pm1.member.handlers) == set(db.member.handlers) == {
         Duty.ELECTION, Duty.HOST_COMMAND, Duty.DOMAIN_EVENT, Duty.ROLE_ASSIGNMENT,
-        Duty.NODE_REPORT, Duty.MANIFEST_WANTED, Duty.RECORD_WRITE, Duty.RECORD_GATHER}
+        Duty.NODE_ACTION, Duty.NODE_REPORT, Duty.MANIFEST_WANTED, Duty.RECORD_WRITE,
+        Duty.RECORD_GATHER}
     assert pm1.member.node_side is None and isinstance(db.member.node_side, FakeNodeSide)
     await follow(db, "pm2", 1)
     await follow(pm1, "pm2", 1)

@@ -35,6 +35,8 @@ from cloudd.daemon.network.catalogue import (
     InspectAnswer,
     InspectWanted,
     ManifestOffer,
+    NodeActed,
+    NodeAction,
     NodePhase,
     NodeReport,
     OfferOrigin,
@@ -58,7 +60,7 @@ from cloudd.vmctl.hostagent import HostCommand, HostResult, Op
 H, N, OP = MemberKind.HOST, MemberKind.NODE, MemberKind.OPERATOR
 
 #: Messages that only ever travel as replies to a request: no route takes them.
-REPLIES = {HostResult, InspectAnswer, OperatorAnswer, RecordAck, RecordHeld}
+REPLIES = {HostResult, InspectAnswer, NodeActed, OperatorAnswer, RecordAck, RecordHeld}
 
 #: A host pm1 of cloud c, following pm2 in term 5.
 HERE = InForce(cloud="c", hosts=frozenset({"pm1", "pm2", "pm3"}),
@@ -98,8 +100,8 @@ def test_every_duty_is_somebodys_and_every_row_names_senders() -> None:
     assert all(r.names is None or r.names in {f.name for f in dataclasses.fields(r.message)}
                for r in ROUTES)
     assert {r.message for r in ROUTES if r.request} == {
-        HostCommand, dispatch.ManifestWanted, InspectWanted, OperatorRequest, RecordPush,
-        RecordWanted}
+        HostCommand, dispatch.ManifestWanted, InspectWanted, NodeAction, OperatorRequest,
+        RecordPush, RecordWanted}
 
 
 def test_the_operators_certificate_may_apply_inspect_and_read_the_history_only() -> None:
@@ -110,6 +112,15 @@ def test_the_operators_certificate_may_apply_inspect_and_read_the_history_only()
               if any(Sender.OPERATOR in alternative for alternative in r.senders)}
     assert taking == {(InspectWanted, None), (OperatorRequest, ("op", (OperatorOp.APPLY,))),
                       (OperatorRequest, ("op", (OperatorOp.HISTORY, OperatorOp.ROLLBACK)))}
+
+
+def test_only_the_leader_of_the_term_followed_has_a_nodes_role_act() -> None:
+    [row] = [r for r in ROUTES if r.message is NodeAction]
+    assert row.senders == (frozenset({Sender.LEADER}),) and row.to is dispatch.To.NODE
+    assert row.request
+    leader = Identity("pm2", H)
+    assert refusal(leader, NodeAction("c", 5, "drain", (("node", "n2"),)), row,
+                   NODE_HERE) is None
 
 
 def test_only_the_leader_of_the_term_followed_writes_or_gathers_the_record() -> None:
@@ -220,6 +231,28 @@ def test_a_refusal_says_what_the_sender_is_here(who: Identity, here: InForce,
     (Identity("n1", N, "c"), OperatorRequest(OperatorOp.ROLLBACK, "c", "{}"), HERE,
      "OperatorRequest (op history, rollback) from n1 (a node of c): only a pool host or an "
      "operator certificate may send it"),
+    # A node's role acts for the leader of the term it follows only: not for another node
+    # (even one its election were ever to follow), another pool host, an operator, a
+    # deposed or a future leader; and only a node takes it.
+    (Identity("n2", N, "c"), NodeAction("c", 5, "drain"), NODE_HERE,
+     "NodeAction from n2 (a node of c): only the leader of the current term may send it, "
+     "and this agent follows pm2 in term 5"),
+    (Identity("n2", N, "c"), NodeAction("c", 5, "drain"),
+     dataclasses.replace(NODE_HERE, leader="n2"),
+     "NodeAction from n2 (a node of c): only the leader of the current term may send it, "
+     "and this agent follows n2 in term 5"),
+    (Identity("pm3", H), NodeAction("c", 5, "drain"), NODE_HERE,
+     "NodeAction from pm3 (a pool host of c): only the leader of the current term may send "
+     "it, and this agent follows pm2 in term 5"),
+    (Identity("laptop", OP), NodeAction("c", 5, "drain"), NODE_HERE,
+     "NodeAction from laptop (an operator certificate): only the leader of the current term "
+     "may send it, and this agent follows pm2 in term 5"),
+    (Identity("pm2", H), NodeAction("c", 4, "drain"), NODE_HERE,
+     "NodeAction from pm2 (a pool host of c and its leader in term 5): only the leader of "
+     "the current term may send it, and it leads term 5, not 4"),
+    (Identity("pm2", H), NodeAction("c", 5, "drain"), HERE,
+     "NodeAction from pm2 (a pool host of c and its leader in term 5): only the leader of "
+     "the current term may send it to a node, and this agent is a pool host of c"),
     (Identity("pm2", H), em.Ping(1, "pm1", "", 0), InForce(me=N),
      "Ping from pm2 (a host certificate, and this agent has no roster yet): only a pool "
      "host or a node of this cloud may send it"),

@@ -14,10 +14,17 @@ from typing import Any
 import pytest
 
 from cloudd.client.api import ApiError
-from cloudd.client.inspectdoc import ElectionState, InspectDoc, LivenessView, Source
+from cloudd.client.inspectdoc import (
+    ElectionState,
+    FindingView,
+    InspectDoc,
+    LivenessView,
+    Source,
+)
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.controller import ControllerView
+from cloudd.daemon.leader.hooks import HookFailure, HooksView
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import (
     InspectAnswer,
@@ -36,6 +43,7 @@ from cloudd.daemon.operator.inspectview import (
 from cloudd.election.messages import Gossip, Ping
 from cloudd.election.swim import Doubt, Status
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.base import Finding
 from cloudd.vmctl.backend import Inventory
 from cloudd.vmctl.plan import DomainObs, DomainState, FailRecord, Planned, Waiting
 
@@ -113,6 +121,30 @@ def test_the_view_of_a_leader(rig: Rig) -> None:
     assert (failed.subject, failed.fail_count, failed.last_error) == (WEB1, 3, "start failed")
     assert failed.next_retry == 1_700_000_130.0  # 30 s after the snapshot, as wall time
     assert [e.reason for e in view.events] == ["start failed"]
+
+
+def test_the_providers_findings_and_failing_hooks_show_beside_each_node(rig: Rig) -> None:
+    hooks = HooksView(
+        findings=(Finding("scheduler", True, "idle", WEB1, state="alloc", jobs=("12",)),
+                  Finding("scheduler", False, "unknown to cloudd", "stray-node"),
+                  Finding("upstream", True, "matches", LB)),
+        failures=(HookFailure("configure", "server", 2, 1120.0, "head unreachable"),
+                  HookFailure("stop", "stop", 1, 1110.0, "drain refused")),
+        holding=True)
+    view = cloud_view(dataclasses.replace(rig.snap, hooks=hooks), events=rig.events,
+                      source=Source.LEADER)
+    nodes = {n.name: n for n in view.nodes}
+    assert nodes[WEB1].findings == (FindingView("scheduler", True, "idle", "alloc", ("12",)),)
+    assert nodes[LB].findings == (FindingView("upstream", True, "matches"),)
+    assert nodes[DB].findings == ()
+    # a finding about a node the manifest does not have is the cloud's
+    assert view.findings == (FindingView("scheduler", False, "unknown to cloudd"),)
+    assert view.held_for_stop
+    hooks_failed = [(f.action, f.subject, f.fail_count, f.last_error, f.next_retry)
+                    for f in view.failed_actions if f.action != "reconcile"]
+    assert hooks_failed == [
+        ("configure", "server", 2, "head unreachable", 1_700_000_120.0),
+        ("stop", "shop", 1, "drain refused", 1_700_000_110.0)]
 
 
 def test_a_stepped_wall_clock_moves_times_people_read_not_durations(rig: Rig) -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.controller import ControllerView
+from cloudd.daemon.leader.hooks import HookFailure, HooksView
 from cloudd.daemon.leader.hostcalls import CallTiming
 from cloudd.daemon.member.snapshot import MemberSnapshot
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, ServiceReport
 from cloudd.daemon.operator.metrics import Metrics
 from cloudd.daemon.operator.metricsfeed import MetricsFeed
 from cloudd.election.swim import Status
+from cloudd.providers.base import Finding
 from cloudd.vmctl.plan import DomainObs, DomainState, Planned
 
 from ..member.fakes import DB, Wire, member
@@ -68,4 +70,29 @@ async def test_counters_grow_by_what_changed(tmp_path: Path) -> None:
     assert value(metrics, "cloudd_action_seconds_count", action="start") == 2
     assert value(metrics, "cloudd_action_seconds_count", action="list") == 1
     assert value(metrics, "cloudd_service_restarts_total", service="mariadbd") == 2
+    events.close()
+
+
+async def test_the_providers_failing_checks_and_hooks_are_gauges(tmp_path: Path) -> None:
+    (tmp_path / "pm1").mkdir()
+    events = EventLog.in_state_dir(tmp_path / "pm1")
+    base = member(tmp_path, "pm1", wire=Wire(), clock=FakeClock(), events=events).snapshot()
+    metrics = Metrics()
+    snaps: list[MemberSnapshot | None] = [None]
+    feed = MetricsFeed(lambda: snaps[0], metrics, events=events)
+    snaps[0] = dataclasses.replace(base, hooks=HooksView(
+        findings=(Finding("scheduler", False, "down", "c1"), Finding("scheduler", False, "down",
+                                                                     "c2"),
+                  Finding("upstream", True, "ok", "lb")),
+        failures=(HookFailure("configure", "compute", 2, 0.0, "x"),)))
+    feed.sample()
+    assert value(metrics, "cloudd_provider_findings_failing", check="scheduler") == 2
+    assert value(metrics, "cloudd_provider_findings_failing", check="upstream") is None
+    assert value(metrics, "cloudd_provider_hooks_failing", hook="configure") == 1
+    assert value(metrics, "cloudd_provider_hooks_failing", hook="stop") == 0
+    # all well again: the check seen failing reads 0
+    snaps[0] = dataclasses.replace(base, hooks=HooksView())
+    feed.sample()
+    assert value(metrics, "cloudd_provider_findings_failing", check="scheduler") == 0
+    assert value(metrics, "cloudd_provider_hooks_failing", hook="configure") == 0
     events.close()

@@ -64,6 +64,15 @@ def leader_view(lab: AgentLab) -> dict:
     return {}
 
 
+def leader_inspect(lab: AgentLab) -> dict | None:
+    """The leader's view of the cloud, as `cloudd-cli inspect --json` gives it."""
+    for name, status in lab.statuses().items():
+        if status and status.get("acting"):
+            done = lab.cli(name, "inspect", "--json")
+            return json.loads(done.stdout)["clouds"][0] if done.returncode == 0 else None
+    return None
+
+
 def phases(lab: AgentLab) -> dict[str, str]:
     return {n: v["phase"] for n, v in leader_view(lab).get("nodes", {}).items()}
 
@@ -105,6 +114,12 @@ def test_web_cloud_converges_and_survives(lab: WebLab) -> None:
         if has:
             assert secret.read_text() == "s3cret-for-tests\n"
             assert secret.stat().st_mode & 0o777 == 0o600
+
+    # the web provider's monitor, run by the leader: its upstream check beside the balancer
+    upstream = lab.wait_for("the balancer's upstream check in inspect", lambda: next((
+        f for n in (leader_inspect(lab) or {}).get("nodes", []) if n["name"] == "lab-balancer-1"
+        for f in n["findings"] if f["check"] == "upstream" and f["ok"]), None), timeout=60)
+    print(f"upstream check: {upstream['message']}")
 
     status, _, body = request(lab, "POST", "/entries", "first")
     assert status in (200, 201), body
