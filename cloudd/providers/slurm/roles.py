@@ -1,0 +1,233 @@
+"""The Slurm roles: munged on every node, slurmctld on the head, slurmd on the computes.
+
+Each node writes slurm.conf (`conf.py`) and its folders below its root, installs the munge
+key from its secrets, and runs its daemons in the foreground under the node's supervisor:
+munged (dropped to the munge user), then slurmctld (which drops to SlurmUser itself) or
+slurmd as a dynamic node (`-Z`, named by `-N` after the cloud's node, so that it registers
+with the controller as that node with the CPUs and memory it has). A changed slurm.conf
+reaches the running daemon by SIGHUP, not a restart.
+
+The munge key is a binary file (munge's `mungekey` writes 1024 random bytes, and so does the
+leader when it makes one): `prepare` copies it byte for byte from the node's secrets into
+`munge/munge.key` (munge's, 0400), never through text. A key that changes while munged runs
+reaches munged when it next starts.
+
+The head answers the leader's actions (`HeadRole.act`): `nodes` (the scheduler's view,
+`sched.py`), `resume_node` and `delete_node`, each one `scontrol`/`sinfo`/`squeue` run in
+the node (through its exec prefix) with a bound on its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+
+from cloudd import durable
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers import rolefiles, values
+from cloudd.providers.base import Assignment, DirSpec, FileSpec, Rendered, Role
+from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
+from cloudd.providers.slurm import sched
+from cloudd.providers.slurm.conf import (
+    MUNGE_KEY_MIN,
+    MUNGE_USER,
+    SLURM_USER,
+    Controller,
+    Layout,
+    render_conf,
+    slurm_settings,
+)
+from cloudd.providers.slurm.spec import munge_key_name
+
+#: Seconds one Slurm command of an action may take (below the node's bound on an action).
+COMMAND_WITHIN = 6.0
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _probe(argv: tuple[str, ...], *, period: float) -> ProbeSpec:
+    return ProbeSpec(kind=ProbeKind.EXEC, argv=argv, period=period, timeout=5.0)
+
+
+class SlurmRole(Role):
+    """What the head and the compute nodes share: munge, slurm.conf and their folders."""
+
+    #: The Slurm daemon of the role, and its package.
+    daemon = ""
+
+    def packages(self, a: Assignment) -> tuple[str, ...]:
+        return ("munge", "slurm-client", self.daemon)
+
+    def secrets(self, a: Assignment) -> tuple[str, ...]:
+        # The munge key is binary: `prepare` copies its bytes; it is never read as text.
+        return ()
+
+    def controller(self, a: Assignment) -> Controller:
+        raise NotImplementedError
+
+    def own_dirs(self, layout: Layout) -> tuple[DirSpec, ...]:
+        return ()
+
+    def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        layout = Layout.of(a.root)
+        conf = render_conf(cloud=a.cloud, settings=slurm_settings(a.settings),
+                           controller=self.controller(a), layout=layout)
+        dirs = (DirSpec(layout.root), DirSpec(layout.log),
+                DirSpec(layout.munge, 0o700, MUNGE_USER, MUNGE_USER), DirSpec(layout.run),
+                DirSpec(layout.munge_run, 0o755, MUNGE_USER, MUNGE_USER),
+                DirSpec(layout.slurm), DirSpec(layout.slurm_run, 0o755, SLURM_USER, SLURM_USER),
+                *self.own_dirs(layout))
+        return Rendered(dirs=dirs, files=(FileSpec(layout.conf, conf, reload=(self.daemon,)),))
+
+    def munged(self, a: Assignment, layout: Layout) -> ServiceSpec:
+        ping = (*a.exec_prefix, "munge", "--no-input", f"--socket={layout.munge_socket}")
+        return ServiceSpec(
+            name="munged",
+            argv=(*a.exec_prefix, "setpriv", f"--reuid={MUNGE_USER}", f"--regid={MUNGE_USER}",
+                  "--init-groups", "munged", "--foreground",
+                  f"--key-file={layout.munge_key}", f"--socket={layout.munge_socket}",
+                  f"--pid-file={layout.munge / 'munged.pid'}",
+                  f"--seed-file={layout.munge / 'munged.seed'}",
+                  f"--log-file={layout.munge / 'munged.log'}"),
+            liveness=_probe(ping, period=5.0), readiness=_probe(ping, period=1.0),
+            log_path=str(layout.log / "munged.out"))
+
+    def scontrol(self, a: Assignment, layout: Layout, *args: str) -> tuple[str, ...]:
+        return (*a.exec_prefix, "env", f"SLURM_CONF={layout.conf}", "scontrol", *args)
+
+    async def prepare(self, a: Assignment) -> None:
+        """Install the munge key from the node's secrets (idempotent)."""
+        name = munge_key_name(slurm_settings(a.settings))
+        if not name or "/" in name or name.startswith("."):
+            raise PermanentError(f"munge key secret {name!r} is not a plain file name")
+        path = a.secrets_dir / name
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            raise PermanentError(f"munge key secret {name!r} not found: {path} does not "
+                                 "exist") from None
+        if len(key) < MUNGE_KEY_MIN:
+            raise PermanentError(f"munge key secret {name!r} holds {len(key)} bytes; munged "
+                                 f"needs at least {MUNGE_KEY_MIN}")
+        pw = pwd.getpwnam(MUNGE_USER)
+        owner = (pw.pw_uid, pw.pw_gid)
+        layout = Layout.of(a.root)
+        with rolefiles.folder(layout.munge) as parent:
+            if not rolefiles.look(parent, layout.munge_key.name).same(key, mode=0o400,
+                                                                      owner=owner):
+                durable.write_at(parent, layout.munge_key.name, key, mode=0o400, owner=owner)
+
+
+class HeadRole(SlurmRole):
+    name = "head"
+    daemon = "slurmctld"
+    actions: Mapping[str, tuple[str, ...]] = {
+        "nodes": (), "resume_node": ("node",), "delete_node": ("node",)}
+
+    def controller(self, a: Assignment) -> Controller:
+        return Controller.of(a.node, a.address)
+
+    def own_dirs(self, layout: Layout) -> tuple[DirSpec, ...]:
+        return (DirSpec(layout.state, 0o700, SLURM_USER, SLURM_USER),)
+
+    def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+        layout = Layout.of(a.root, target="slurmctld's command line")
+        ping = self.scontrol(a, layout, "ping")
+        return (self.munged(a, layout), ServiceSpec(
+            name="slurmctld", argv=(*a.exec_prefix, "slurmctld", "-D", "-f", str(layout.conf)),
+            depends_on=("munged",), liveness=_probe(ping, period=5.0),
+            readiness=_probe(ping, period=2.0), reload_argv=(),  # SIGHUP: re-read slurm.conf
+            log_path=str(layout.log / "slurmctld.out")))
+
+    async def act(self, assignment: Assignment, action: str,
+                  args: Mapping[str, str]) -> Mapping[str, str]:
+        acts: dict[str, Callable[[Assignment, Mapping[str, str]],
+                                 Awaitable[Mapping[str, str]]]] = {
+            "nodes": self._nodes, "resume_node": self._resume, "delete_node": self._delete}
+        if action not in acts:
+            return await super().act(assignment, action, args)
+        return await acts[action](assignment, args)
+
+    async def _nodes(self, a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+        sinfo = await self._checked(a, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT)
+        squeue = await self._checked(a, "squeue", "-h", "-t", "RUNNING,COMPLETING",
+                                     "-o", sched.SQUEUE_FORMAT)
+        return sched.encode(sched.view(sinfo, squeue))
+
+    async def _resume(self, a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+        node = _node_arg(args)
+        await self._checked(a, "scontrol", "update", f"nodename={node}", "state=resume")
+        return {"node": node, "state": "resumed"}
+
+    async def _delete(self, a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+        """Take the node down (its jobs are requeued), then delete it; one already gone is
+        fine. Refused by slurmctld while its jobs still complete: retried later."""
+        node = _node_arg(args)
+        code, out = await _run(a, "scontrol", "-o", "show", "node", node)
+        if code != 0 and "not found" in out:
+            return {"node": node, "deleted": "already absent"}
+        await self._checked(a, "scontrol", "update", f"nodename={node}", "state=down",
+                            f"reason=left cloud {a.cloud}")
+        await self._checked(a, "scontrol", "delete", f"nodename={node}")
+        return {"node": node, "deleted": "yes"}
+
+    async def _checked(self, a: Assignment, *argv: str) -> str:
+        code, out = await _run(a, *argv)
+        if code != 0:
+            said = next((line for line in out.splitlines() if line.strip()), f"exit {code}")
+            raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} failed: {said[:200]}",
+                                 delay=5.0)
+        return out
+
+
+class ComputeRole(SlurmRole):
+    name = "compute"
+    daemon = "slurmd"
+    depends_on = ("head",)
+
+    def controller(self, a: Assignment) -> Controller:
+        heads = a.peers_of("head")
+        if not heads:
+            raise TemporaryError(f"{a.node}: no head node in the assignment yet", delay=5.0)
+        return Controller.of(heads[0].node, heads[0].address)
+
+    def own_dirs(self, layout: Layout) -> tuple[DirSpec, ...]:
+        return (DirSpec(layout.spool),)
+
+    def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+        layout = Layout.of(a.root, target="slurmd's command line")
+        node = values.label(a.node, what="node name", target="slurmd's command line")
+        check = self.scontrol(a, layout, "show", "slurmd")
+        return (self.munged(a, layout), ServiceSpec(
+            name="slurmd",
+            argv=(*a.exec_prefix, "slurmd", "-D", "-Z", "-N", node, "-f", str(layout.conf)),
+            depends_on=("munged",), liveness=_probe(check, period=5.0),
+            readiness=_probe(check, period=2.0), reload_argv=(),  # SIGHUP
+            log_path=str(layout.log / "slurmd.out")))
+
+
+def _node_arg(args: Mapping[str, str]) -> str:
+    # A label only: a host list ("c[1-9]") or a second word would reach other nodes.
+    return values.label(args.get("node"), what="node name", target="scontrol")
+
+
+async def _run(a: Assignment, *argv: str) -> tuple[int, str]:
+    """Run a Slurm command in the node, bounded by COMMAND_WITHIN: (exit status, output)."""
+    layout = Layout.of(a.root, target="a Slurm command")
+    env = {"PATH": _PATH, "LANG": "C", "SLURM_CONF": str(layout.conf)}
+    proc = await asyncio.create_subprocess_exec(
+        *a.exec_prefix, *argv, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        start_new_session=True)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), COMMAND_WITHIN)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} did not finish within "
+                             f"{COMMAND_WITHIN:g}s", delay=5.0) from None
+    return proc.returncode or 0, out.decode(errors="replace")
