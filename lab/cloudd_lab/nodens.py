@@ -102,12 +102,15 @@ class NodeNs:
                 return self.home / "fs" / p.relative_to("/")
         return p
 
-    def argv(self, argv: Sequence[str], *, user: str | None = None) -> list[str]:
-        """`argv` run inside the node, as `user` (dropped to after entering) or root."""
+    def argv(self, argv: Sequence[str], *, user: str | None = None,
+             cwd: str | Path | None = None) -> list[str]:
+        """`argv` run inside the node, as `user` (dropped to after entering) or root, in
+        folder `cwd` of the node (entering a mount namespace otherwise starts at /)."""
+        prefix = [*self.exec_prefix[:-1], *([f"--wd={cwd}"] if cwd else []), "--"]
         if user is None:
-            return [*self.exec_prefix, *argv]
+            return [*prefix, *argv]
         pw = pwd.getpwnam(user)
-        return [*self.exec_prefix, "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+        return [*prefix, "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
                 "--init-groups", "--", *argv]
 
     def run(self, argv: Sequence[str], *, user: str | None = None,
@@ -119,8 +122,8 @@ class NodeNs:
         pw = pwd.getpwnam(user or "root")
         base = {"PATH": _DEFAULT_PATH, "HOME": pw.pw_dir, "USER": pw.pw_name,
                 "LOGNAME": pw.pw_name, "LANG": "C.UTF-8"}
-        return subprocess.run(self.argv(argv, user=user), capture_output=True, text=True,
-                              env={**base, **(env or {})}, cwd=cwd or "/", timeout=timeout,
+        return subprocess.run(self.argv(argv, user=user, cwd=cwd), capture_output=True,
+                              text=True, env={**base, **(env or {})}, timeout=timeout,
                               check=False)
 
     def pids(self) -> list[int]:

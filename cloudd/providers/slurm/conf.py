@@ -151,6 +151,7 @@ def render_conf(*, cloud: str, settings: SlurmSettings, controller: Controller,
         f"MaxNodeCount={settings.max_nodes}",
         # A DOWN node serves again once its slurmd registers with a valid configuration.
         "ReturnToService=2",
+        f"SlurmdTimeout={settings.slurmd_timeout}",
         # Dynamic nodes are not in this file: messages go to each node directly.
         "TreeWidth=65533",
         "DebugFlags=NO_CONF_HASH",

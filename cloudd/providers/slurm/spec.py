@@ -21,6 +21,9 @@ class SlurmSettings(BaseModel):
     """The partition's MaxTime, in Slurm's own format (minutes, or days-hours:minutes)."""
     munge_key_ref: str | None = None
     """Name of the entry under `secrets` holding the munge key; None: one is generated."""
+    slurmd_timeout: int = Field(default=300, ge=10, le=86400)
+    """slurm.conf's SlurmdTimeout, seconds: how long a compute node may not answer before
+    slurmctld marks it DOWN and requeues its jobs (Slurm's own default)."""
     max_nodes: int = Field(default=1024, ge=1, le=65000)
     """slurm.conf's MaxNodeCount: most compute nodes slurmctld can hold. Compute nodes join
     as dynamic nodes, which need this room; slurmctld reads it only when it starts."""

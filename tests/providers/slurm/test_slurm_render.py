@@ -49,6 +49,7 @@ def test_head_and_compute_render_the_same_cluster_with_their_own_paths() -> None
         assert conf["SlurmdSpoolDir"] == f"{root}/slurm/spool"
         assert conf["ProctrackType"] == "proctrack/linuxproc"
         assert conf["ReturnToService"] == "2"
+        assert conf["SlurmdTimeout"] == "300"
         assert conf["MaxNodeCount"] == "1024"
         assert conf["PartitionName"] == "main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
         assert "NodeName" not in conf  # compute nodes join as dynamic nodes
@@ -59,8 +60,9 @@ def test_head_and_compute_render_the_same_cluster_with_their_own_paths() -> None
 
 def test_the_head_and_settings_change_only_what_they_name() -> None:
     conf = _conf(_a("compute", cluster_name="hpc", partition="batch", max_time="1-00:00",
-                    max_nodes=64))
+                    max_nodes=64, slurmd_timeout=30))
     assert conf["ClusterName"] == "hpc"
+    assert conf["SlurmdTimeout"] == "30"
     assert conf["MaxNodeCount"] == "64"
     assert conf["PartitionName"] == "batch Nodes=ALL Default=YES MaxTime=1-00:00 State=UP"
     moved = (Peer("b-head", "head", "10.2.0.7", True),)
@@ -157,6 +159,7 @@ def test_a_root_with_a_blank_is_refused_before_anything_is_written() -> None:
     ({"partition": "a b"}, "slurm settings: partition: String should match"),
     ({"max_time": "soon"}, "slurm settings: max_time: String should match"),
     ({"max_nodes": 0}, "slurm settings: max_nodes: Input should be greater than"),
+    ({"slurmd_timeout": 1}, "slurm settings: slurmd_timeout: Input should be greater than"),
     ({"nodes": 3}, "slurm settings: nodes: Extra inputs are not permitted"),
 ])
 def test_bad_settings_are_refused_with_the_field(settings: dict[str, object], match: str) -> None:

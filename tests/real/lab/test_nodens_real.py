@@ -70,8 +70,8 @@ def test_nodes_have_their_own_hostname_folders_and_address_then_vanish() -> None
             listen.kill()
             listen.wait()
         # A command run as a user is that user, in the node.
-        who = a.run(["sh", "-c", "id -un; hostname"], user="nobody")
-        assert who.stdout.split() == ["nobody", "n-a"], who
+        who = a.run(["sh", "-c", "id -un; hostname; pwd"], user="nobody", cwd=lab.root)
+        assert who.stdout.split() == ["nobody", "n-a", str(lab.root)], who
         # A process left running is found by its namespaces, and killed on close.
         left = subprocess.Popen(b.argv(["sleep", "300"]))
         assert b.pids() == [left.pid]

@@ -30,7 +30,9 @@ from cloudd.providers.supervisor import ServiceStatus, Supervisor
 PREFIX = "h22s"
 SUBNET = "10.239.39.0/25"
 CLOUD = "sl"
-SETTINGS: dict[str, object] = {"partition": "main", "munge_key_ref": "munge"}
+#: A compute node that stops answering is DOWN after 10 s (Slurm's default is 300).
+SETTINGS: dict[str, object] = {"partition": "main", "munge_key_ref": "munge",
+                               "slurmd_timeout": 10}
 #: The user jobs are submitted as (the same uid on every node: they share /etc/passwd).
 USER = "h22sjob"
 FIRST_UID = 47321
@@ -135,6 +137,24 @@ class SlurmLab:
     async def stop(self, name: str) -> None:
         await self.sups.pop(name).stop(within=30)
 
+    async def restart_agent(self, name: str) -> Supervisor:
+        """The node's agent goes away (its services keep running) and a new one starts: it
+        adopts the running daemons from the state the old one kept."""
+        old = self.sups.pop(name)
+        old.detach()
+        specs = [u.spec for u in old.units.values()]
+        sup = self.sups[name] = Supervisor(specs, state_dir=self.root(name) / "state",
+                                           node=name)
+        await sup.start()
+        return sup
+
+    def crash(self, name: str) -> None:
+        """The node dies: its agent stops watching and every process in it is killed."""
+        self.sups.pop(name).detach()
+        pids = self.ns[name].pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
     async def stop_all(self) -> None:
         for name in reversed(list(self.sups)):
             await self.stop(name)
@@ -158,6 +178,10 @@ class SlurmLab:
         return self.ns[head].run(list(argv), user=user, env={"SLURM_CONF": str(conf)},
                                  cwd=self.shared)
 
+    def job(self, job: str, fmt: str) -> str:
+        """One field of a job in squeue ("" once it has left the queue)."""
+        return self.slurm("squeue", "-h", "-j", job, "-o", fmt).stdout.strip()
+
     def submit(self, script: str, *, where: str | None = None) -> str:
         """sbatch a one-line job as the test user; returns its id."""
         done = self.slurm("sbatch", "--parsable", "-o", str(self.shared / "job-%j.out"),
@@ -170,8 +194,7 @@ class SlurmLab:
         out = self.shared / f"job-{job}.out"
 
         async def done() -> bool:
-            state = self.slurm("squeue", "-h", "-j", job, "-o", "%T").stdout.strip()
-            return state == "" and out.exists()
+            return self.job(job, "%T") == "" and out.exists()
 
         await until(done, f"job {job} to finish", limit=limit)
         return out.read_text()

@@ -99,3 +99,49 @@ async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab
     assert await _idle(lab, "sl-c1", "sl-c3")
     job = lab.submit("hostname")
     assert (await lab.output(job)).strip() in ("sl-c1", "sl-c3")
+
+
+@pytest.mark.timeout(180)
+async def test_an_agent_restart_keeps_the_daemons_and_a_dead_node_requeues(
+        slurmlab: SlurmLab) -> None:
+    lab = slurmlab
+    for name, role in (("sl-head", "head"), ("sl-c1", "compute"), ("sl-c2", "compute")):
+        lab.add(name, role)
+        await lab.converge(name)
+    await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
+    await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+
+    # The head's agent goes away; a job queued meanwhile runs; the new agent adopts the
+    # daemons that kept running (the same processes, nothing started twice).
+    pids = {s: lab.service("sl-head", s).pid for s in ("munged", "slurmctld")}
+    lab.sups["sl-head"].detach()
+    job = lab.submit("hostname")
+    sup = await lab.restart_agent("sl-head")
+    assert {n: (s.pid, s.adopted) for n, s in sup.status().items()} == {
+        n: (pid, True) for n, pid in pids.items()}
+    assert (await lab.output(job)).strip() in ("sl-c1", "sl-c2")
+
+    # A compute node dies under a running job: Slurm marks it down once it stops answering
+    # and requeues the job (to start again once the job's credentials have expired).
+    job = lab.submit("sleep 600")
+    await until(lambda: _async(lab.job(job, "%T") == "RUNNING"), f"job {job} running")
+    dead = lab.job(job, "%N")
+    lab.crash(dead)
+    await until(lambda: _async(lab.job(job, "%T") == "PENDING"), f"job {job} requeued",
+                limit=90)
+    shown = lab.slurm("scontrol", "-o", "show", "job", job).stdout
+    assert "Restarts=1" in shown and "Requeue=1" in shown, shown
+    by_node = {f.node: f for f in await PROVIDER.monitor(lab.cluster())
+               if f.check == "scheduler"}
+    assert by_node[dead].state == "down*" and not by_node[dead].ok
+    assert by_node[dead].message.startswith("down* in Slurm (Not responding")
+
+    # It comes back (its agent converges again): Slurm returns it to service by itself.
+    await lab.converge(dead)
+    await until(lambda: _idle(lab, dead), f"{dead} idle again", limit=60)
+    job = lab.submit("hostname", where=dead)
+    assert (await lab.output(job)).strip() == dead
+
+
+async def _async(value: bool) -> bool:
+    return value
