@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from cloudd import durable
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles, values
-from cloudd.providers.base import Assignment, DirSpec, FileSpec, Rendered, Role
+from cloudd.providers.base import ACT_WITHIN, Assignment, DirSpec, FileSpec, Rendered, Role
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.conf import (
@@ -43,8 +43,9 @@ from cloudd.providers.slurm.conf import (
 )
 from cloudd.providers.slurm.spec import munge_key_name
 
-#: Seconds one Slurm command of an action may take (below the node's bound on an action).
-COMMAND_WITHIN = 6.0
+#: Seconds the Slurm commands of one action may take together: below the node's own bound
+#: on an action, so that the leader hears this node's sentence rather than a timeout.
+ACTION_WITHIN = ACT_WITHIN - 1.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -144,38 +145,44 @@ class HeadRole(SlurmRole):
 
     async def act(self, assignment: Assignment, action: str,
                   args: Mapping[str, str]) -> Mapping[str, str]:
-        acts: dict[str, Callable[[Assignment, Mapping[str, str]],
+        acts: dict[str, Callable[[Assignment, Mapping[str, str], float],
                                  Awaitable[Mapping[str, str]]]] = {
             "nodes": self._nodes, "resume_node": self._resume, "delete_node": self._delete}
         if action not in acts:
             return await super().act(assignment, action, args)
-        return await acts[action](assignment, args)
+        deadline = asyncio.get_running_loop().time() + ACTION_WITHIN
+        return await acts[action](assignment, args, deadline)
 
-    async def _nodes(self, a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
-        sinfo = await self._checked(a, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT)
-        squeue = await self._checked(a, "squeue", "-h", "-t", "RUNNING,COMPLETING",
-                                     "-o", sched.SQUEUE_FORMAT)
+    async def _nodes(self, a: Assignment, args: Mapping[str, str],
+                     deadline: float) -> Mapping[str, str]:
+        sinfo, squeue = await asyncio.gather(
+            self._checked(a, deadline, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT),
+            self._checked(a, deadline, "squeue", "-h", "-t", "RUNNING,COMPLETING",
+                          "-o", sched.SQUEUE_FORMAT))
         return sched.encode(sched.view(sinfo, squeue))
 
-    async def _resume(self, a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    async def _resume(self, a: Assignment, args: Mapping[str, str],
+                      deadline: float) -> Mapping[str, str]:
         node = _node_arg(args)
-        await self._checked(a, "scontrol", "update", f"nodename={node}", "state=resume")
+        await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
+                            "state=resume")
         return {"node": node, "state": "resumed"}
 
-    async def _delete(self, a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    async def _delete(self, a: Assignment, args: Mapping[str, str],
+                      deadline: float) -> Mapping[str, str]:
         """Take the node down (its jobs are requeued), then delete it; one already gone is
         fine. Refused by slurmctld while its jobs still complete: retried later."""
         node = _node_arg(args)
-        code, out = await _run(a, "scontrol", "-o", "show", "node", node)
+        code, out = await _run(a, deadline, "scontrol", "-o", "show", "node", node)
         if code != 0 and "not found" in out:
             return {"node": node, "deleted": "already absent"}
-        await self._checked(a, "scontrol", "update", f"nodename={node}", "state=down",
-                            f"reason=left cloud {a.cloud}")
-        await self._checked(a, "scontrol", "delete", f"nodename={node}")
+        await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
+                            "state=down", f"reason=left cloud {a.cloud}")
+        await self._checked(a, deadline, "scontrol", "delete", f"nodename={node}")
         return {"node": node, "deleted": "yes"}
 
-    async def _checked(self, a: Assignment, *argv: str) -> str:
-        code, out = await _run(a, *argv)
+    async def _checked(self, a: Assignment, deadline: float, *argv: str) -> str:
+        code, out = await _run(a, deadline, *argv)
         if code != 0:
             said = next((line for line in out.splitlines() if line.strip()), f"exit {code}")
             raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} failed: {said[:200]}",
@@ -214,8 +221,9 @@ def _node_arg(args: Mapping[str, str]) -> str:
     return values.label(args.get("node"), what="node name", target="scontrol")
 
 
-async def _run(a: Assignment, *argv: str) -> tuple[int, str]:
-    """Run a Slurm command in the node, bounded by COMMAND_WITHIN: (exit status, output)."""
+async def _run(a: Assignment, deadline: float, *argv: str) -> tuple[int, str]:
+    """Run a Slurm command in the node until `deadline` (the loop's time) at the latest:
+    (exit status, output)."""
     layout = Layout.of(a.root, target="a Slurm command")
     env = {"PATH": _PATH, "LANG": "C", "SLURM_CONF": str(layout.conf)}
     proc = await asyncio.create_subprocess_exec(
@@ -223,11 +231,12 @@ async def _run(a: Assignment, *argv: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), COMMAND_WITHIN)
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        out, _ = await asyncio.wait_for(proc.communicate(), left)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} did not finish within "
-                             f"{COMMAND_WITHIN:g}s", delay=5.0) from None
+                             f"the action's {ACTION_WITHIN:g}s", delay=5.0) from None
     return proc.returncode or 0, out.decode(errors="replace")

@@ -52,8 +52,8 @@ async def test_nodes_answers_the_scheduler_view(head: Assignment) -> None:
     answer = await role.act(head, "nodes", {})
     assert answer == {"b-c1": "idle\t\t12\t", "b-c2": "mixed\t\t12\t"}
     conf = head.root / "slurm" / "slurm.conf"
-    assert _log(head) == [f"{conf}: sinfo -h -N -o %N|%T|%u|%E",
-                          f"{conf}: squeue -h -t RUNNING,COMPLETING -o %i|%N"]
+    assert sorted(_log(head)) == [f"{conf}: sinfo -h -N -o %N|%T|%u|%E",
+                                  f"{conf}: squeue -h -t RUNNING,COMPLETING -o %i|%N"]
 
 
 async def test_resume_and_delete_run_scontrol_on_the_named_node(head: Assignment) -> None:
@@ -85,9 +85,10 @@ async def test_a_failed_command_is_one_temporary_sentence(head: Assignment) -> N
 
 async def test_a_hung_command_is_killed_within_its_bound(head: Assignment,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(roles, "COMMAND_WITHIN", 0.3)
+    monkeypatch.setattr(roles, "ACTION_WITHIN", 0.3)
     _set(head, "slow", "")
-    with pytest.raises(TemporaryError, match=r"`sinfo -h` on b-head did not finish within 0\.3s"):
+    with pytest.raises(TemporaryError, match=r"`s(info|queue) -h` on b-head did not finish "
+                                             r"within the action's 0\.3s"):
         await PROVIDER.role("head").act(head, "nodes", {})
 
 
