@@ -52,13 +52,13 @@ def slurm_settings(raw: Mapping[str, Any]) -> SlurmSettings:
 
 
 @dataclass(frozen=True)
-class Layout:
+class SlurmPaths:
     """The paths of one node, below its (checked) root."""
 
     root: Path
 
     @classmethod
-    def of(cls, root: Path, *, target: str = _CONF) -> Layout:
+    def of(cls, root: Path, *, target: str = _CONF) -> SlurmPaths:
         return cls(values.path(root, what="node root", target=target))
 
     @property
@@ -109,20 +109,20 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class Controller:
+class SlurmctldHost:
     """The head node as slurm.conf names it: its node name (its hostname) and address."""
 
     name: str
     address: values.IPAddress
 
     @classmethod
-    def of(cls, name: Any, address: Any) -> Controller:
+    def of(cls, name: Any, address: Any) -> SlurmctldHost:
         return cls(values.label(name, what="head node name", target=_CONF),
                    values.ip(address, what=f"address of {name}", target=_CONF))
 
 
-def render_conf(*, cloud: str, settings: SlurmSettings, controller: Controller,
-                layout: Layout) -> str:
+def render_conf(*, cloud: str, settings: SlurmSettings, controller: SlurmctldHost,
+                paths: SlurmPaths) -> str:
     """slurm.conf for one node of the cloud (the module docstring says what and why)."""
     cluster = settings.cluster_name or values.label(cloud, what="cloud name", target=_CONF)
     lines = [
@@ -134,11 +134,11 @@ def render_conf(*, cloud: str, settings: SlurmSettings, controller: Controller,
         f"SlurmUser={SLURM_USER}",
         "AuthType=auth/munge",
         "CredType=cred/munge",
-        f"AuthInfo=socket={layout.munge_socket}",
-        f"StateSaveLocation={layout.state}",
-        f"SlurmdSpoolDir={layout.spool}",
-        f"SlurmctldPidFile={layout.slurm_run / 'slurmctld.pid'}",
-        f"SlurmdPidFile={layout.slurm_run / 'slurmd.pid'}",
+        f"AuthInfo=socket={paths.munge_socket}",
+        f"StateSaveLocation={paths.state}",
+        f"SlurmdSpoolDir={paths.spool}",
+        f"SlurmctldPidFile={paths.slurm_run / 'slurmctld.pid'}",
+        f"SlurmdPidFile={paths.slurm_run / 'slurmd.pid'}",
         # Without systemd's cgroups for the daemons: processes tracked by their parentage.
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",

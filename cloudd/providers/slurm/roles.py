@@ -36,8 +36,8 @@ from cloudd.providers.slurm.conf import (
     MUNGE_KEY_MIN,
     MUNGE_USER,
     SLURM_USER,
-    Controller,
-    Layout,
+    SlurmctldHost,
+    SlurmPaths,
     render_conf,
     slurm_settings,
 )
@@ -66,38 +66,38 @@ class SlurmRole(Role):
         # The munge key is binary: `prepare` copies its bytes; it is never read as text.
         return ()
 
-    def controller(self, a: Assignment) -> Controller:
+    def controller(self, a: Assignment) -> SlurmctldHost:
         raise NotImplementedError
 
-    def own_dirs(self, layout: Layout) -> tuple[DirSpec, ...]:
+    def own_dirs(self, paths: SlurmPaths) -> tuple[DirSpec, ...]:
         return ()
 
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
-        layout = Layout.of(a.root)
+        paths = SlurmPaths.of(a.root)
         conf = render_conf(cloud=a.cloud, settings=slurm_settings(a.settings),
-                           controller=self.controller(a), layout=layout)
-        dirs = (DirSpec(layout.root), DirSpec(layout.log),
-                DirSpec(layout.munge, 0o700, MUNGE_USER, MUNGE_USER), DirSpec(layout.run),
-                DirSpec(layout.munge_run, 0o755, MUNGE_USER, MUNGE_USER),
-                DirSpec(layout.slurm), DirSpec(layout.slurm_run, 0o755, SLURM_USER, SLURM_USER),
-                *self.own_dirs(layout))
-        return Rendered(dirs=dirs, files=(FileSpec(layout.conf, conf, reload=(self.daemon,)),))
+                           controller=self.controller(a), paths=paths)
+        dirs = (DirSpec(paths.root), DirSpec(paths.log),
+                DirSpec(paths.munge, 0o700, MUNGE_USER, MUNGE_USER), DirSpec(paths.run),
+                DirSpec(paths.munge_run, 0o755, MUNGE_USER, MUNGE_USER),
+                DirSpec(paths.slurm), DirSpec(paths.slurm_run, 0o755, SLURM_USER, SLURM_USER),
+                *self.own_dirs(paths))
+        return Rendered(dirs=dirs, files=(FileSpec(paths.conf, conf, reload=(self.daemon,)),))
 
-    def munged(self, a: Assignment, layout: Layout) -> ServiceSpec:
-        ping = (*a.exec_prefix, "munge", "--no-input", f"--socket={layout.munge_socket}")
+    def munged(self, a: Assignment, paths: SlurmPaths) -> ServiceSpec:
+        ping = (*a.exec_prefix, "munge", "--no-input", f"--socket={paths.munge_socket}")
         return ServiceSpec(
             name="munged",
             argv=(*a.exec_prefix, "setpriv", f"--reuid={MUNGE_USER}", f"--regid={MUNGE_USER}",
                   "--init-groups", "munged", "--foreground",
-                  f"--key-file={layout.munge_key}", f"--socket={layout.munge_socket}",
-                  f"--pid-file={layout.munge / 'munged.pid'}",
-                  f"--seed-file={layout.munge / 'munged.seed'}",
-                  f"--log-file={layout.munge / 'munged.log'}"),
+                  f"--key-file={paths.munge_key}", f"--socket={paths.munge_socket}",
+                  f"--pid-file={paths.munge / 'munged.pid'}",
+                  f"--seed-file={paths.munge / 'munged.seed'}",
+                  f"--log-file={paths.munge / 'munged.log'}"),
             liveness=_probe(ping, period=5.0), readiness=_probe(ping, period=1.0),
-            log_path=str(layout.log / "munged.out"))
+            log_path=str(paths.log / "munged.out"))
 
-    def scontrol(self, a: Assignment, layout: Layout, *args: str) -> tuple[str, ...]:
-        return (*a.exec_prefix, "env", f"SLURM_CONF={layout.conf}", "scontrol", *args)
+    def scontrol(self, a: Assignment, paths: SlurmPaths, *args: str) -> tuple[str, ...]:
+        return (*a.exec_prefix, "env", f"SLURM_CONF={paths.conf}", "scontrol", *args)
 
     async def prepare(self, a: Assignment) -> None:
         """Install the munge key from the node's secrets (idempotent)."""
@@ -115,11 +115,11 @@ class SlurmRole(Role):
                                  f"needs at least {MUNGE_KEY_MIN}")
         pw = pwd.getpwnam(MUNGE_USER)
         owner = (pw.pw_uid, pw.pw_gid)
-        layout = Layout.of(a.root)
-        with rolefiles.folder(layout.munge) as parent:
-            if not rolefiles.look(parent, layout.munge_key.name).same(key, mode=0o400,
+        paths = SlurmPaths.of(a.root)
+        with rolefiles.folder(paths.munge) as parent:
+            if not rolefiles.look(parent, paths.munge_key.name).same(key, mode=0o400,
                                                                       owner=owner):
-                durable.write_at(parent, layout.munge_key.name, key, mode=0o400, owner=owner)
+                durable.write_at(parent, paths.munge_key.name, key, mode=0o400, owner=owner)
 
 
 class HeadRole(SlurmRole):
@@ -128,20 +128,20 @@ class HeadRole(SlurmRole):
     actions: Mapping[str, tuple[str, ...]] = {
         "nodes": (), "resume_node": ("node",), "delete_node": ("node",)}
 
-    def controller(self, a: Assignment) -> Controller:
-        return Controller.of(a.node, a.address)
+    def controller(self, a: Assignment) -> SlurmctldHost:
+        return SlurmctldHost.of(a.node, a.address)
 
-    def own_dirs(self, layout: Layout) -> tuple[DirSpec, ...]:
-        return (DirSpec(layout.state, 0o700, SLURM_USER, SLURM_USER),)
+    def own_dirs(self, paths: SlurmPaths) -> tuple[DirSpec, ...]:
+        return (DirSpec(paths.state, 0o700, SLURM_USER, SLURM_USER),)
 
     def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
-        layout = Layout.of(a.root, target="slurmctld's command line")
-        ping = self.scontrol(a, layout, "ping")
-        return (self.munged(a, layout), ServiceSpec(
-            name="slurmctld", argv=(*a.exec_prefix, "slurmctld", "-D", "-f", str(layout.conf)),
+        paths = SlurmPaths.of(a.root, target="slurmctld's command line")
+        ping = self.scontrol(a, paths, "ping")
+        return (self.munged(a, paths), ServiceSpec(
+            name="slurmctld", argv=(*a.exec_prefix, "slurmctld", "-D", "-f", str(paths.conf)),
             depends_on=("munged",), liveness=_probe(ping, period=5.0),
             readiness=_probe(ping, period=2.0), reload_argv=(),  # SIGHUP: re-read slurm.conf
-            log_path=str(layout.log / "slurmctld.out")))
+            log_path=str(paths.log / "slurmctld.out")))
 
     async def act(self, assignment: Assignment, action: str,
                   args: Mapping[str, str]) -> Mapping[str, str]:
@@ -195,25 +195,25 @@ class ComputeRole(SlurmRole):
     daemon = "slurmd"
     depends_on = ("head",)
 
-    def controller(self, a: Assignment) -> Controller:
+    def controller(self, a: Assignment) -> SlurmctldHost:
         heads = a.peers_of("head")
         if not heads:
             raise TemporaryError(f"{a.node}: no head node in the assignment yet", delay=5.0)
-        return Controller.of(heads[0].node, heads[0].address)
+        return SlurmctldHost.of(heads[0].node, heads[0].address)
 
-    def own_dirs(self, layout: Layout) -> tuple[DirSpec, ...]:
-        return (DirSpec(layout.spool),)
+    def own_dirs(self, paths: SlurmPaths) -> tuple[DirSpec, ...]:
+        return (DirSpec(paths.spool),)
 
     def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
-        layout = Layout.of(a.root, target="slurmd's command line")
+        paths = SlurmPaths.of(a.root, target="slurmd's command line")
         node = values.label(a.node, what="node name", target="slurmd's command line")
-        check = self.scontrol(a, layout, "show", "slurmd")
-        return (self.munged(a, layout), ServiceSpec(
+        check = self.scontrol(a, paths, "show", "slurmd")
+        return (self.munged(a, paths), ServiceSpec(
             name="slurmd",
-            argv=(*a.exec_prefix, "slurmd", "-D", "-Z", "-N", node, "-f", str(layout.conf)),
+            argv=(*a.exec_prefix, "slurmd", "-D", "-Z", "-N", node, "-f", str(paths.conf)),
             depends_on=("munged",), liveness=_probe(check, period=5.0),
             readiness=_probe(check, period=2.0), reload_argv=(),  # SIGHUP
-            log_path=str(layout.log / "slurmd.out")))
+            log_path=str(paths.log / "slurmd.out")))
 
 
 def _node_arg(args: Mapping[str, str]) -> str:
@@ -224,8 +224,8 @@ def _node_arg(args: Mapping[str, str]) -> str:
 async def _run(a: Assignment, deadline: float, *argv: str) -> tuple[int, str]:
     """Run a Slurm command in the node until `deadline` (the loop's time) at the latest:
     (exit status, output)."""
-    layout = Layout.of(a.root, target="a Slurm command")
-    env = {"PATH": _PATH, "LANG": "C", "SLURM_CONF": str(layout.conf)}
+    paths = SlurmPaths.of(a.root, target="a Slurm command")
+    env = {"PATH": _PATH, "LANG": "C", "SLURM_CONF": str(paths.conf)}
     proc = await asyncio.create_subprocess_exec(
         *a.exec_prefix, *argv, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
