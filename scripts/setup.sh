@@ -10,6 +10,7 @@ APT_PACKAGES=(
   linux-image-cloud-amd64 busybox-static cpio kmod
   iproute2 iptables procps psmisc curl
   nginx mariadb-server mariadb-client ruby ruby-webrick ruby-mysql2
+  munge slurmctld slurmd slurm-client
   openssh-server openssh-client etcd-server genisoimage
   # chronyd -x in the labs' pool host namespaces serves their VMs (this machine's clock is
   # never touched; the policy below keeps the package from starting a chronyd of its own)

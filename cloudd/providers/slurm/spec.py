@@ -21,12 +21,28 @@ class SlurmSettings(BaseModel):
     """The partition's MaxTime, in Slurm's own format (minutes, or days-hours:minutes)."""
     munge_key_ref: str | None = None
     """Name of the entry under `secrets` holding the munge key; None: one is generated."""
+    slurmd_timeout: int = Field(default=300, ge=10, le=86400)
+    """slurm.conf's SlurmdTimeout, seconds: how long a compute node may not answer before
+    slurmctld marks it DOWN and requeues its jobs (Slurm's own default)."""
+    max_nodes: int = Field(default=1024, ge=1, le=65000)
+    """slurm.conf's MaxNodeCount: most compute nodes slurmctld can hold. Compute nodes join
+    as dynamic nodes, which need this room; slurmctld reads it only when it starts."""
+
+
+#: The secret holding the munge key when the manifest names none: the one the leader makes
+#: (1024 random bytes, as munge's own `mungekey` makes them).
+GENERATED_MUNGE_KEY = "munge.key"
+
+
+def munge_key_name(settings: SlurmSettings) -> str:
+    """The secret the nodes' munge key comes from."""
+    return settings.munge_key_ref or GENERATED_MUNGE_KEY
 
 
 def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
     """Every Slurm node runs munge, and munge's credentials need the one shared key."""
     assert isinstance(settings, SlurmSettings)
-    return (settings.munge_key_ref,) if settings.munge_key_ref else ()
+    return (munge_key_name(settings),)
 
 
 #: Dependency order: the head (slurmctld, munge) before the compute nodes (slurmd).

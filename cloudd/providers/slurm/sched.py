@@ -1,0 +1,220 @@
+"""The scheduler's view of the compute nodes, and what the leader does about it. Pure.
+
+On the head, the `nodes` action runs `sinfo` (each node's state, and who set its reason and
+why) and `squeue` (the running jobs and their nodes, in Slurm's compressed host lists);
+`parse_sinfo`, `parse_squeue` and `expand_hostlist` read them, and `encode` packs the result
+into the action's answer (one entry per node, a few fields each, so that it stays small).
+On the leader, `decode` unpacks it and `judge` compares it with cloudd's own view:
+
+| Slurm says                                   | cloudd says       | finding | action      |
+|----------------------------------------------|-------------------|---------|-------------|
+| idle, mixed, allocated, completing           | any               | ok      |             |
+| down/drained/fail, responding, set by Slurm  | healthy           | not ok  | resume it   |
+| down/drained/fail, set by another user       | any               | not ok  | (operator's)|
+| anything else (down*, unknown, future, ...)  | any               | not ok  |             |
+| (not registered)                             | any               | not ok  |             |
+| a node that is not a compute node of the cloud | -               | not ok  | delete it   |
+
+"Set by Slurm" means the reason's user is the SlurmUser: the controller marks a node down or
+drained itself (`Not responding`, `Kill task failed`, `batch job complete failure`), and
+cloudd, which keeps the node's services running, has fixed what it could; an operator's
+drain (`scontrol update state=drain` as root) is left alone. A node that does not respond
+(`*`) is not resumed: it returns by itself when its slurmd registers (ReturnToService=2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cloudd.errors import PermanentError
+from cloudd.providers.base import Finding, Peer
+
+#: Flags sinfo appends to a state: not responding, powered down, powering up, and so on.
+_FLAGS = "*~#!%$@^-"
+#: Base states in which a node runs jobs.
+SERVING = frozenset({"idle", "mixed", "allocated", "completing"})
+#: Base states a node may be resumed from (`scontrol update state=resume`).
+RESUMABLE = frozenset({"down", "drained", "draining", "fail", "failing"})
+#: Most job ids an answer carries per node, and most characters of a reason.
+MAX_JOBS, MAX_REASON = 16, 80
+#: Most names a host list may expand to: a bigger one is not a cloud's.
+MAX_HOSTS = 65536
+#: sinfo's output format: node, long state, the reason's user, the reason (last: it may hold
+#: anything, so it is split off last).
+SINFO_FORMAT = "%N|%T|%u|%E"
+#: squeue's output format: job id and the nodes it runs on.
+SQUEUE_FORMAT = "%i|%N"
+_CHECK = "scheduler"
+
+
+@dataclass(frozen=True)
+class SchedNode:
+    """One node as Slurm sees it."""
+
+    name: str
+    #: sinfo's long state with its flags: "idle", "allocated", "down*", "drained", ...
+    state: str
+    #: The user who set the reason ("" when there is none).
+    by: str = ""
+    reason: str = ""
+    jobs: tuple[str, ...] = ()
+
+    @property
+    def base(self) -> str:
+        return self.state.rstrip(_FLAGS)
+
+    @property
+    def responding(self) -> bool:
+        return "*" not in self.state
+
+
+def expand_hostlist(text: str) -> tuple[str, ...]:
+    """Slurm's compressed host list (`c-[1-3,07],x`) as names, in order."""
+    names: list[str] = []
+    for item in _split_top(text.strip()):
+        names.extend(_expand(item, text))
+        if len(names) > MAX_HOSTS:
+            raise PermanentError(f"host list {text[:60]!r} names more than {MAX_HOSTS} nodes")
+    return tuple(names)
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at the commas outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise PermanentError(f"host list {text[:60]!r} has unbalanced brackets")
+        if ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise PermanentError(f"host list {text[:60]!r} has unbalanced brackets")
+    items.append(text[start:])
+    return [i for i in items if i]
+
+
+def _expand(item: str, whole: str) -> list[str]:
+    m = re.fullmatch(r"([^\[\]]*)\[([0-9,-]+)\](.*)", item)
+    if m is None:
+        if "[" in item or "]" in item:
+            raise PermanentError(f"host list {whole[:60]!r} has a bad range in {item!r}")
+        return [item]
+    prefix, ranges, rest = m.groups()
+    tails = _expand(rest, whole)
+    out: list[str] = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise PermanentError(f"host list {whole[:60]!r} has a bad range {part!r}")
+        if int(hi or lo) - int(lo) > MAX_HOSTS:
+            raise PermanentError(f"host list {whole[:60]!r} names more than {MAX_HOSTS} nodes")
+        out.extend(f"{prefix}{str(n).zfill(len(lo))}{tail}"
+                   for n in range(int(lo), int(hi or lo) + 1) for tail in tails)
+    return out
+
+
+def parse_sinfo(text: str) -> dict[str, SchedNode]:
+    """`sinfo -h -N -o SINFO_FORMAT` as nodes by name (a node in two partitions once)."""
+    nodes: dict[str, SchedNode] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", 3)
+        if len(parts) != 4 or not parts[0] or not parts[1]:
+            raise PermanentError(f"sinfo said {line[:80]!r}, not node|state|user|reason")
+        name, state, by, reason = (p.strip() for p in parts)
+        nodes[name] = SchedNode(name, state, "" if by == "Unknown" else by,
+                                "" if reason == "none" else reason)
+    return nodes
+
+
+def parse_squeue(text: str) -> dict[str, tuple[str, ...]]:
+    """`squeue -h -o SQUEUE_FORMAT` as node -> the ids of the jobs on it."""
+    jobs: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        job, sep, nodelist = line.partition("|")
+        if not sep or not job.strip():
+            raise PermanentError(f"squeue said {line[:80]!r}, not job|nodes")
+        for node in expand_hostlist(nodelist):
+            jobs.setdefault(node, []).append(job.strip())
+    return {node: tuple(ids) for node, ids in jobs.items()}
+
+
+def view(sinfo: str, squeue: str) -> tuple[SchedNode, ...]:
+    """The nodes of both outputs, with their jobs, sorted by name."""
+    nodes = parse_sinfo(sinfo)
+    jobs = parse_squeue(squeue)
+    return tuple(SchedNode(n.name, n.state, n.by, n.reason, jobs.get(n.name, ()))
+                 for n in sorted(nodes.values(), key=lambda n: n.name))
+
+
+def encode(nodes: Iterable[SchedNode]) -> dict[str, str]:
+    """An answer: node -> "state TAB by TAB jobs TAB reason", jobs and reason bounded."""
+    out = {}
+    for n in nodes:
+        jobs = ",".join(n.jobs[:MAX_JOBS]) + (f",+{len(n.jobs) - MAX_JOBS}"
+                                               if len(n.jobs) > MAX_JOBS else "")
+        reason = re.sub(r"[\t\r\n]", " ", n.reason)[:MAX_REASON]
+        out[n.name] = f"{n.state}\t{n.by}\t{jobs}\t{reason}"
+    return out
+
+
+def decode(answer: Mapping[str, str]) -> tuple[SchedNode, ...]:
+    """The nodes of a `nodes` answer, refused as a whole when one entry is malformed."""
+    nodes = []
+    for name, value in sorted(answer.items()):
+        parts = value.split("\t", 3)
+        if len(parts) != 4 or not parts[0] or re.search(r"\s", parts[0]):
+            raise PermanentError(f"the head's answer for node {name[:40]!r} is not "
+                                 "state, user, jobs and reason")
+        state, by, jobs, reason = parts
+        nodes.append(SchedNode(name, state, by, reason, tuple(j for j in jobs.split(",") if j)))
+    return tuple(nodes)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the leader shows and does after comparing Slurm's view with its own."""
+
+    findings: tuple[Finding, ...]
+    resume: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+
+
+def judge(nodes: Sequence[SchedNode], computes: Sequence[Peer], *,
+          slurm_user: str) -> Judgement:
+    """The table of the module docstring, row by row, for every node of either view."""
+    seen = {n.name: n for n in nodes}
+    findings: list[Finding] = []
+    resume: list[str] = []
+    for peer in sorted(computes, key=lambda p: p.node):
+        n = seen.get(peer.node)
+        if n is None:
+            findings.append(Finding(_CHECK, False, "not registered with slurmctld"
+                                    + ("" if peer.healthy else " (its node is not healthy)"),
+                                    peer.node))
+            continue
+        why = f" ({n.reason}, set by {n.by or 'nobody'})" if n.reason else ""
+        if n.base in SERVING:
+            findings.append(_found(n, True, f"{n.state} in Slurm"))
+        elif (n.base in RESUMABLE and n.responding and n.by == slurm_user and peer.healthy):
+            resume.append(n.name)
+            findings.append(_found(n, False, f"{n.state} in Slurm{why}: resumed"))
+        elif n.base in RESUMABLE and n.by and n.by != slurm_user:
+            findings.append(_found(n, False, f"{n.state} in Slurm{why}: left to its operator"))
+        else:
+            findings.append(_found(n, False, f"{n.state} in Slurm{why}"))
+    ours = {p.node for p in computes}
+    delete = tuple(n.name for n in sorted(nodes, key=lambda n: n.name) if n.name not in ours)
+    findings.extend(_found(seen[name], False, "known to Slurm but not a compute node of the "
+                           "cloud: deleted") for name in delete)
+    return Judgement(tuple(findings), tuple(resume), delete)
+
+
+def _found(n: SchedNode, ok: bool, message: str) -> Finding:
+    return Finding(_CHECK, ok, message, n.name, state=n.state, jobs=n.jobs)

@@ -1,0 +1,153 @@
+"""The head's actions against a stand-in for Slurm's commands, and the munge key's install."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.base import Assignment
+from cloudd.providers.slurm import roles
+from cloudd.providers.slurm.provider import PROVIDER
+
+#: Stands in for the node's exec prefix: logs each command with SLURM_CONF, answers from
+#: files beside it (`out-<cmd>`, `fail-<cmd>` with the error, `slow`).
+FAKE = """#!/bin/sh
+here=$(dirname "$0")
+echo "$SLURM_CONF: $*" >> "$here/log"
+[ -e "$here/slow" ] && sleep 30
+if [ -e "$here/fail-$1" ]; then cat "$here/fail-$1"; exit 1; fi
+[ -e "$here/out-$1" ] && cat "$here/out-$1"
+exit 0
+"""
+
+
+@pytest.fixture
+def head(tmp_path: Path) -> Assignment:
+    fake = tmp_path / "fake"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    return Assignment(cloud="batch", node="b-head", role="head", address="10.2.0.1",
+                      root=tmp_path / "node", secrets_dir=tmp_path / "secrets",
+                      exec_prefix=(str(fake),))
+
+
+def _log(a: Assignment) -> list[str]:
+    return (Path(a.exec_prefix[0]).parent / "log").read_text().splitlines()
+
+
+def _set(a: Assignment, name: str, text: str) -> None:
+    (Path(a.exec_prefix[0]).parent / name).write_text(text)
+
+
+async def test_nodes_answers_the_scheduler_view(head: Assignment) -> None:
+    _set(head, "out-sinfo", "b-c1|idle|Unknown|none\nb-c2|mixed|Unknown|none\n")
+    _set(head, "out-squeue", "12|b-c[1-2]\n")
+    role = PROVIDER.role("head")
+    assert role.actions["nodes"] == ()
+    answer = await role.act(head, "nodes", {})
+    assert answer == {"b-c1": "idle\t\t12\t", "b-c2": "mixed\t\t12\t"}
+    conf = head.root / "slurm" / "slurm.conf"
+    assert sorted(_log(head)) == [f"{conf}: sinfo -h -N -o %N|%T|%u|%E",
+                                  f"{conf}: squeue -h -t RUNNING,COMPLETING -o %i|%N"]
+
+
+async def test_resume_and_delete_run_scontrol_on_the_named_node(head: Assignment) -> None:
+    role = PROVIDER.role("head")
+    assert await role.act(head, "resume_node", {"node": "b-c1"}) == {
+        "node": "b-c1", "state": "resumed"}
+    assert await role.act(head, "delete_node", {"node": "b-c2"}) == {
+        "node": "b-c2", "deleted": "yes"}
+    assert [line.split(": ", 1)[1] for line in _log(head)] == [
+        "scontrol update nodename=b-c1 state=resume",
+        "scontrol -o show node b-c2",
+        "scontrol update nodename=b-c2 state=down reason=left cloud batch",
+        "scontrol delete nodename=b-c2"]
+
+
+async def test_deleting_a_node_slurm_does_not_know_is_done(head: Assignment) -> None:
+    _set(head, "fail-scontrol", "Node b-c2 not found\n")
+    assert await PROVIDER.role("head").act(head, "delete_node", {"node": "b-c2"}) == {
+        "node": "b-c2", "deleted": "already absent"}
+    assert len(_log(head)) == 1
+
+
+async def test_a_failed_command_is_one_temporary_sentence(head: Assignment) -> None:
+    _set(head, "fail-scontrol", "\nslurm_update error: Invalid node state specified\n")
+    with pytest.raises(TemporaryError, match=r"^`scontrol update` on b-head failed: "
+                                             "slurm_update error: Invalid node state"):
+        await PROVIDER.role("head").act(head, "resume_node", {"node": "b-c1"})
+
+
+async def test_a_hung_command_is_killed_within_its_bound(head: Assignment,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(roles, "ACTION_WITHIN", 0.3)
+    _set(head, "slow", "")
+    with pytest.raises(TemporaryError, match=r"`s(info|queue) -h` on b-head did not finish "
+                                             r"within the action's 0\.3s"):
+        await PROVIDER.role("head").act(head, "nodes", {})
+
+
+@pytest.mark.parametrize("node", ["b-c[1-9]", "b-c1 state=down", "", "B_C1"])
+async def test_a_node_argument_that_is_not_one_node_is_refused(head: Assignment,
+                                                               node: str) -> None:
+    with pytest.raises(PermanentError, match="refusing to render node name"):
+        await PROVIDER.role("head").act(head, "resume_node", {"node": node})
+    assert not (Path(head.exec_prefix[0]).parent / "log").exists()
+
+
+async def test_compute_nodes_have_no_actions(head: Assignment) -> None:
+    assert PROVIDER.role("compute").actions == {}
+    with pytest.raises(PermanentError, match="role 'compute' has no action 'nodes'"):
+        await PROVIDER.role("compute").act(head, "nodes", {})
+    with pytest.raises(PermanentError, match="role 'head' has no action 'reboot'"):
+        await PROVIDER.role("head").act(head, "reboot", {})
+
+
+def _munge_ids() -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam("munge")
+    except KeyError:
+        pytest.skip("the munge package is not installed (make setup installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("giving the key to munge needs root")
+    return pw.pw_uid, pw.pw_gid
+
+
+async def test_prepare_installs_the_binary_key_for_munge_alone(head: Assignment) -> None:
+    uid, gid = _munge_ids()
+    key = bytes(range(256)) * 4  # not text
+    head.secrets_dir.mkdir()
+    (head.secrets_dir / "munge.key").write_bytes(key)
+    role = PROVIDER.role("head")
+    with pytest.raises(OSError):  # the folders come from render + apply_rendered first
+        await role.prepare(head)
+    (head.root / "munge").mkdir(parents=True)
+    await role.prepare(head)
+    installed = head.root / "munge" / "munge.key"
+    st = installed.stat()
+    assert installed.read_bytes() == key
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o400, uid, gid)
+    inode = st.st_ino
+    await role.prepare(head)  # idempotent: the same key is not rewritten
+    assert installed.stat().st_ino == inode
+    (head.secrets_dir / "munge.key").write_bytes(key[::-1])
+    await role.prepare(head)
+    assert installed.read_bytes() == key[::-1]
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (None, "munge key secret 'munge.key' not found: .*/secrets/munge.key does not exist"),
+    (b"short", "munge key secret 'munge.key' holds 5 bytes; munged needs at least 32"),
+])
+async def test_a_missing_or_short_key_is_refused(head: Assignment, content: bytes | None,
+                                                 match: str) -> None:
+    head.secrets_dir.mkdir()
+    if content is not None:
+        (head.secrets_dir / "munge.key").write_bytes(content)
+    with pytest.raises(PermanentError, match=match):
+        await PROVIDER.role("head").prepare(head)

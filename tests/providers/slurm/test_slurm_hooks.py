@@ -1,0 +1,112 @@
+"""The leader's hooks of the slurm type against a head that answers from a script."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.base import ClusterView, Peer
+from cloudd.providers.slurm import sched
+from cloudd.providers.slurm.provider import PROVIDER
+from cloudd.providers.slurm.sched import SchedNode
+
+
+@dataclass
+class Head:
+    """The head's agent as the leader sees it: answers `nodes`, records the rest."""
+
+    view: list[SchedNode]
+    asked: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    down: bool = False
+    refuse: set[str] = field(default_factory=set)
+
+    async def ask(self, node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
+        self.asked.append((node, action, dict(args)))
+        if self.down:
+            raise TemporaryError(f"cannot reach {node}")
+        if action in self.refuse:
+            raise TemporaryError(f"`scontrol delete` on {node} failed: Node has jobs")
+        if action == "nodes":
+            return sched.encode(self.view)
+        self.view = [n for n in self.view if n.name != args["node"]] if (
+            action == "delete_node") else [
+            SchedNode(n.name, "idle") if n.name == args["node"] else n for n in self.view]
+        return {"node": args["node"]}
+
+
+def _cluster(head: Head, **computes: bool) -> ClusterView:
+    nodes = (Peer("b-head", "head", "10.2.0.1", True),
+             *(Peer(name.replace("_", "-"), "compute", "10.2.0.9", ok)
+               for name, ok in computes.items()))
+    return ClusterView(cloud="batch", nodes=nodes, ask=head.ask)
+
+
+def _actions(head: Head) -> list[tuple[str, str]]:
+    return [(action, args.get("node", "")) for _, action, args in head.asked
+            if action != "nodes"]
+
+
+async def test_configure_head_needs_slurmctld_to_answer() -> None:
+    head = Head([], down=True)
+    with pytest.raises(TemporaryError, match="slurmctld on b-head did not answer: cannot reach"):
+        await PROVIDER.configure(_cluster(head), "head")
+    head.down = False
+    await PROVIDER.configure(_cluster(head), "head")
+    assert head.asked[-1] == ("b-head", "nodes", {})
+
+
+async def test_configure_compute_deletes_who_left_and_waits_for_who_came() -> None:
+    head = Head([SchedNode("b-c1", "idle"), SchedNode("b-old", "idle")])
+    with pytest.raises(TemporaryError, match=r"compute node\(s\) b-c2 not registered with "
+                                             "slurmctld yet"):
+        await PROVIDER.configure(_cluster(head, b_c1=True, b_c2=True, b_c3=False), "compute")
+    assert _actions(head) == [("delete_node", "b-old")]
+    head.view.append(SchedNode("b-c2", "idle"))
+    await PROVIDER.configure(_cluster(head, b_c1=True, b_c2=True, b_c3=False), "compute")
+    assert _actions(head) == [("delete_node", "b-old")]  # nothing more to do
+
+
+async def test_configure_of_an_unknown_role_is_refused() -> None:
+    with pytest.raises(PermanentError, match="has no role 'balancer'"):
+        await PROVIDER.configure(_cluster(Head([])), "balancer")
+
+
+async def test_monitor_shows_the_scheduler_view_and_acts_on_it() -> None:
+    head = Head([SchedNode("b-c1", "allocated", jobs=("4",)),
+                 SchedNode("b-c2", "drained", "slurm", "Kill task failed"),
+                 SchedNode("b-c3", "drained", "root", "bios update"),
+                 SchedNode("b-old", "idle")])
+    findings = await PROVIDER.monitor(_cluster(head, b_c1=True, b_c2=True, b_c3=True))
+    assert [(f.check, f.node, f.ok, f.state, f.jobs) for f in findings] == [
+        ("slurmctld", "b-head", True, "", ()),
+        ("scheduler", "b-c1", True, "allocated", ("4",)),
+        ("scheduler", "b-c2", False, "drained", ()),
+        ("scheduler", "b-c3", False, "drained", ()),
+        ("scheduler", "b-old", False, "idle", ()),
+    ]
+    assert _actions(head) == [("resume_node", "b-c2"), ("delete_node", "b-old")]
+    again = await PROVIDER.monitor(_cluster(head, b_c1=True, b_c2=True, b_c3=True))
+    assert [(f.node, f.ok) for f in again] == [
+        ("b-head", True), ("b-c1", True), ("b-c2", True), ("b-c3", False)]
+
+
+async def test_monitor_reports_what_it_could_not_do_or_see() -> None:
+    head = Head([SchedNode("b-old", "allocated", jobs=("5",))], refuse={"delete_node"})
+    findings = await PROVIDER.monitor(_cluster(head))
+    assert (findings[-1].check, findings[-1].node, findings[-1].ok) == (
+        "delete_node", "b-old", False)
+    assert "Node has jobs" in findings[-1].message
+    head.down = True
+    (finding,) = await PROVIDER.monitor(_cluster(head))
+    assert (finding.check, finding.node, finding.ok) == ("slurmctld", "b-head", False)
+    assert finding.message == "slurmctld on b-head did not answer: cannot reach b-head"
+
+
+async def test_a_cloud_without_a_head_says_so() -> None:
+    view = ClusterView(cloud="batch", nodes=(), ask=Head([]).ask)
+    (finding,) = await PROVIDER.monitor(view)
+    assert (finding.check, finding.ok, finding.message) == (
+        "slurmctld", False, "cloud batch has no head node")

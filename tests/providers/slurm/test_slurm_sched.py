@@ -1,0 +1,134 @@
+"""The scheduler's view: host lists, sinfo and squeue as Slurm prints them, the answer's
+packing, and the leader's judgement of each node (the table of sched.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudd.errors import PermanentError
+from cloudd.providers.base import Peer
+from cloudd.providers.slurm import sched
+from cloudd.providers.slurm.sched import SchedNode
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("sl-c1", ("sl-c1",)),
+    ("sl-c[1-3]", ("sl-c1", "sl-c2", "sl-c3")),
+    ("sl-c[1,3],sl-head", ("sl-c1", "sl-c3", "sl-head")),
+    ("n[08-10]", ("n08", "n09", "n10")),
+    ("r[1-2]n[1-2]", ("r1n1", "r1n2", "r2n1", "r2n2")),
+    ("c[1-2]-x,d", ("c1-x", "c2-x", "d")),
+    ("", ()),
+])
+def test_host_lists_expand_as_slurm_compresses_them(text: str, names: tuple[str, ...]) -> None:
+    assert sched.expand_hostlist(text) == names
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("c[1-2", "unbalanced brackets"),
+    ("c1-2]", "unbalanced brackets"),
+    ("c[[1]]", "unbalanced brackets"),
+    ("c[a-b]", "bad range in 'c\\[a-b\\]'"),
+    ("c[3-1]", "bad range '3-1'"),
+    ("c[1-99999999]", "names more than 65536 nodes"),
+])
+def test_malformed_host_lists_are_refused(text: str, match: str) -> None:
+    with pytest.raises(PermanentError, match=match):
+        sched.expand_hostlist(text)
+
+
+#: What `sinfo -h -N -o SINFO_FORMAT` and `squeue -h -o SQUEUE_FORMAT` printed on Slurm 22.05.
+SINFO = """sl-c1|idle|Unknown|none
+sl-c2|down*|slurm|Not responding
+sl-c3|drained|root|disk check | by hand
+sl-c4|allocated|Unknown|none
+"""
+SQUEUE = "7|sl-c[3-4]\n8|sl-c4\n"
+
+
+def test_sinfo_and_squeue_make_one_view() -> None:
+    assert sched.view(SINFO, SQUEUE) == (
+        SchedNode("sl-c1", "idle"),
+        SchedNode("sl-c2", "down*", "slurm", "Not responding"),
+        SchedNode("sl-c3", "drained", "root", "disk check | by hand", ("7",)),
+        SchedNode("sl-c4", "allocated", jobs=("7", "8")),
+    )
+    assert sched.view("", "") == ()
+
+
+@pytest.mark.parametrize(("sinfo", "squeue", "match"), [
+    ("sl-c1 idle\n", "", "sinfo said 'sl-c1 idle', not node|state|user|reason"),
+    ("|idle|x|y\n", "", "not node|state|user|reason"),
+    ("", "7\n", "squeue said '7', not job|nodes"),
+    ("", "7|c[1\n", "unbalanced brackets"),
+])
+def test_unexpected_output_is_refused(sinfo: str, squeue: str, match: str) -> None:
+    with pytest.raises(PermanentError, match=match):
+        sched.view(sinfo, squeue)
+
+
+def test_the_answer_round_trips_within_its_bounds() -> None:
+    nodes = sched.view(SINFO, SQUEUE)
+    assert sched.decode(sched.encode(nodes)) == nodes
+    busy = SchedNode("c", "mixed", "slurm", "a\tb\nc" + "x" * 200,
+                     tuple(str(i) for i in range(20)))
+    (back,) = sched.decode(sched.encode([busy]))
+    assert back.jobs == (*(str(i) for i in range(16)), "+4")
+    assert back.reason == ("a b c" + "x" * 200)[:80]
+
+
+@pytest.mark.parametrize("value", ["idle", "idle\tx\t", "id le\t\t\t", "\t\t\t"])
+def test_a_malformed_answer_is_refused(value: str) -> None:
+    with pytest.raises(PermanentError, match="the head's answer for node 'c1' is not"):
+        sched.decode({"c1": value})
+
+
+def _peers(**healthy: bool) -> tuple[Peer, ...]:
+    return tuple(Peer(name.replace("_", "-"), "compute", "10.0.0.1", ok)
+                 for name, ok in healthy.items())
+
+
+@pytest.mark.parametrize(("node", "healthy", "ok", "message", "resume"), [
+    (SchedNode("c1", "idle"), True, True, "idle in Slurm", False),
+    (SchedNode("c1", "mixed", jobs=("3",)), False, True, "mixed in Slurm", False),
+    (SchedNode("c1", "completing"), True, True, "completing in Slurm", False),
+    (SchedNode("c1", "drained", "slurm", "Kill task failed"), True, False,
+     "drained in Slurm (Kill task failed, set by slurm): resumed", True),
+    (SchedNode("c1", "down", "slurm", "Node unexpectedly rebooted"), True, False,
+     "down in Slurm (Node unexpectedly rebooted, set by slurm): resumed", True),
+    (SchedNode("c1", "draining", "slurm", "batch job complete failure"), True, False,
+     "draining in Slurm (batch job complete failure, set by slurm): resumed", True),
+    # cloudd has not fixed it: not resumed.
+    (SchedNode("c1", "drained", "slurm", "Kill task failed"), False, False,
+     "drained in Slurm (Kill task failed, set by slurm)", False),
+    # Not responding: it comes back by itself when its slurmd registers.
+    (SchedNode("c1", "down*", "slurm", "Not responding"), True, False,
+     "down* in Slurm (Not responding, set by slurm)", False),
+    # An operator's drain is the operator's.
+    (SchedNode("c1", "drained", "root", "maintenance"), True, False,
+     "drained in Slurm (maintenance, set by root): left to its operator", False),
+    (SchedNode("c1", "down"), True, False, "down in Slurm", False),
+    (SchedNode("c1", "unknown"), True, False, "unknown in Slurm", False),
+])
+def test_each_node_is_judged_by_both_views(node: SchedNode, healthy: bool, ok: bool,
+                                           message: str, resume: bool) -> None:
+    verdict = sched.judge([node], _peers(c1=healthy), slurm_user="slurm")
+    (finding,) = verdict.findings
+    assert (finding.check, finding.node, finding.ok, finding.message) == (
+        "scheduler", "c1", ok, message)
+    assert (finding.state, finding.jobs) == (node.state, node.jobs)
+    assert verdict.resume == (("c1",) if resume else ())
+    assert verdict.delete == ()
+
+
+def test_missing_nodes_are_reported_and_strangers_deleted() -> None:
+    verdict = sched.judge([SchedNode("c1", "idle"), SchedNode("gone", "idle", jobs=("9",))],
+                          _peers(c1=True, c2=True, c3=False), slurm_user="slurm")
+    assert [(f.node, f.ok, f.message) for f in verdict.findings] == [
+        ("c1", True, "idle in Slurm"),
+        ("c2", False, "not registered with slurmctld"),
+        ("c3", False, "not registered with slurmctld (its node is not healthy)"),
+        ("gone", False, "known to Slurm but not a compute node of the cloud: deleted"),
+    ]
+    assert verdict.delete == ("gone",)
+    assert verdict.findings[-1].jobs == ("9",)

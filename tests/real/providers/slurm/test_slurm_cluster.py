@@ -1,0 +1,147 @@
+"""The Slurm provider for real: munged, slurmctld and slurmd in three test nodes, jobs as a user."""
+
+from __future__ import annotations
+
+import pytest
+from slurmlab import USER, SlurmLab, until
+
+from cloudd.errors import TemporaryError
+from cloudd.providers.slurm.provider import PROVIDER
+
+pytestmark = [pytest.mark.services, pytest.mark.netns]
+
+
+async def _configured(lab: SlurmLab, role: str) -> bool:
+    try:
+        await PROVIDER.configure(lab.cluster(), role)
+    except TemporaryError:
+        return False
+    return True
+
+
+async def _states(lab: SlurmLab) -> dict[str, str]:
+    """node -> the scheduler's state of it, as monitor reports it."""
+    return {f.node: f.state for f in await PROVIDER.monitor(lab.cluster())
+            if f.check == "scheduler"}
+
+
+async def _idle(lab: SlurmLab, *names: str) -> bool:
+    states = await _states(lab)
+    return all(states.get(n) == "idle" for n in names)
+
+
+@pytest.mark.timeout(240)
+async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab) -> None:
+    lab = slurmlab
+    lab.add("sl-head", "head")
+    lab.add("sl-c1", "compute")
+    lab.add("sl-c2", "compute")
+    # Nothing runs yet: configuring the head is refused, to be retried.
+    with pytest.raises(TemporaryError, match="slurmctld on sl-head did not answer"):
+        await PROVIDER.configure(lab.cluster(), "head")
+    await lab.converge("sl-head")
+    await PROVIDER.configure(lab.cluster(), "head")
+    for name in ("sl-c1", "sl-c2"):
+        await lab.converge(name)
+    await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
+    await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+
+    # A job submitted as a normal user runs on a compute node, as that user.
+    job = lab.submit("hostname; id -un")
+    host, user = (await lab.output(job)).split()
+    assert host in ("sl-c1", "sl-c2") and user == USER
+
+    # The scheduler's view, as the leader's monitor sees it.
+    findings = await PROVIDER.monitor(lab.cluster())
+    assert [(f.check, f.node, f.ok) for f in findings] == [
+        ("slurmctld", "sl-head", True), ("scheduler", "sl-c1", True),
+        ("scheduler", "sl-c2", True)]
+
+    # kill -9 of each daemon: supervised back, and a new job still runs.
+    for name, service in (("sl-head", "slurmctld"), ("sl-c1", "slurmd"), ("sl-c2", "munged"),
+                          ("sl-head", "munged")):
+        old = await lab.kill9(name, service)
+        assert lab.service(name, service).pid != old
+        where = name if name != "sl-head" else None
+        job = lab.submit("hostname", where=where)
+        assert (await lab.output(job)).strip() in (where or "sl-c1", "sl-c2")
+
+    # Slurm drains a node itself (its own user sets the reason): monitor resumes it. An
+    # operator's drain is left alone.
+    drained = lab.slurm("scontrol", "update", "nodename=sl-c1", "state=drain",
+                        "reason=Kill task failed", user="slurm")
+    assert drained.returncode == 0, drained.stderr
+    assert lab.slurm("scontrol", "update", "nodename=sl-c2", "state=drain",
+                     "reason=maintenance").returncode == 0
+    by_node = {f.node: f for f in await PROVIDER.monitor(lab.cluster())
+               if f.check == "scheduler"}
+    assert by_node["sl-c1"].message == (
+        "drained in Slurm (Kill task failed, set by slurm): resumed")
+    assert by_node["sl-c2"].message == (
+        "drained in Slurm (maintenance, set by root): left to its operator")
+    await until(lambda: _idle(lab, "sl-c1"), "sl-c1 idle again")
+    assert (await _states(lab))["sl-c2"] == "drained"
+    assert lab.slurm("scontrol", "update", "nodename=sl-c2", "state=resume").returncode == 0
+
+    # A compute node added joins by itself and takes jobs.
+    lab.add("sl-c3", "compute")
+    await lab.converge("sl-c3")
+    await until(lambda: _configured(lab, "compute"), "sl-c3 registered")
+    job = lab.submit("hostname", where="sl-c3")
+    assert (await lab.output(job)).strip() == "sl-c3"
+
+    # One removed leaves the scheduler: its services stop, configure deletes it.
+    await lab.stop("sl-c2")
+    del lab.roles["sl-c2"]
+    await PROVIDER.configure(lab.cluster(), "compute")
+    sinfo = lab.slurm("sinfo", "-h", "-N", "-o", "%N").stdout.split()
+    assert sinfo == ["sl-c1", "sl-c3"]
+    assert await _idle(lab, "sl-c1", "sl-c3")
+    job = lab.submit("hostname")
+    assert (await lab.output(job)).strip() in ("sl-c1", "sl-c3")
+
+
+@pytest.mark.timeout(180)
+async def test_an_agent_restart_keeps_the_daemons_and_a_dead_node_requeues(
+        slurmlab: SlurmLab) -> None:
+    lab = slurmlab
+    for name, role in (("sl-head", "head"), ("sl-c1", "compute"), ("sl-c2", "compute")):
+        lab.add(name, role)
+        await lab.converge(name)
+    await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
+    await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+
+    # The head's agent goes away; a job queued meanwhile runs; the new agent adopts the
+    # daemons that kept running (the same processes, nothing started twice).
+    pids = {s: lab.service("sl-head", s).pid for s in ("munged", "slurmctld")}
+    lab.sups["sl-head"].detach()
+    job = lab.submit("hostname")
+    sup = await lab.restart_agent("sl-head")
+    assert {n: (s.pid, s.adopted) for n, s in sup.status().items()} == {
+        n: (pid, True) for n, pid in pids.items()}
+    assert (await lab.output(job)).strip() in ("sl-c1", "sl-c2")
+
+    # A compute node dies under a running job: Slurm marks it down once it stops answering
+    # and requeues the job (to start again once the job's credentials have expired).
+    job = lab.submit("sleep 600")
+    await until(lambda: _async(lab.job(job, "%T") == "RUNNING"), f"job {job} running")
+    dead = lab.job(job, "%N")
+    lab.crash(dead)
+    await until(lambda: _async(lab.job(job, "%T") == "PENDING"), f"job {job} requeued",
+                limit=90)
+    shown = lab.slurm("scontrol", "-o", "show", "job", job).stdout
+    assert "Restarts=1" in shown and "Requeue=1" in shown, shown
+    by_node = {f.node: f for f in await PROVIDER.monitor(lab.cluster())
+               if f.check == "scheduler"}
+    assert by_node[dead].state == "down*" and not by_node[dead].ok
+    assert by_node[dead].message.startswith("down* in Slurm (Not responding")
+
+    # It comes back (its agent converges again): Slurm returns it to service by itself.
+    await lab.converge(dead)
+    await until(lambda: _idle(lab, dead), f"{dead} idle again", limit=60)
+    job = lab.submit("hostname", where=dead)
+    assert (await lab.output(job)).strip() == dead
+
+
+async def _async(value: bool) -> bool:
+    return value
