@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
 
 
 class SlurmSettings(BaseModel):
@@ -50,6 +50,8 @@ SPEC = TypeSpec(
     name="slurm",
     settings_model=SlurmSettings,
     role_secrets=role_secrets,
+    generated_secrets=(GeneratedSecret(GENERATED_MUNGE_KEY, size=1024),),
+    hosts_file=True,
     roles=(
         RoleSpec("head", min_nodes=1, max_nodes=1),
         RoleSpec("compute", min_nodes=1),
