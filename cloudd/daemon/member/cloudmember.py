@@ -163,6 +163,7 @@ class CloudMember:
             quorum=lambda: self.quorum,
             acting_term=lambda: self.acting_term(), spawn=self._spawn,
             on_commit=lambda r, recovered: self.record.committed(r, recovered),
+            on_taken=lambda r: self.record.taken(r),
         ) if self.is_host else None
         self.record = CloudRecord(me=self.me, cloud=lambda: self.cloud, keeper=keeper,
                                   clock=clock, install=install, spawn=self._spawn,

@@ -10,11 +10,18 @@ the folder's watcher reads it back and the member takes it as any new generation
 
 Which generation is in force is found by digest: a generation's digest is the sha256 of a
 pool host's text (`text_for(cloud, HOST)`), the same on every agent.
+
+The pool changes one host at a time: a new generation that adds or removes more than one pool
+host is refused (`command_refused`; why in `cloudd.daemon.member.poolchange`). A pool host
+that takes a leader's write whose latest generation leaves it out writes that generation
+into its manifest folder (`member_removed`): read back, its agent leaves the cloud, instead
+of campaigning for ever in a pool whose other hosts refuse it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,7 @@ from cloudd.config.model import Cloud
 from cloudd.config.portable import Recipient, text_for
 from cloudd.daemon.base.clock import Clock
 from cloudd.daemon.leader.maintenance import Maintenance
-from cloudd.daemon.member import record
+from cloudd.daemon.member import poolchange, record
 from cloudd.daemon.member.keeper import RecordKeeper
 from cloudd.daemon.network.catalogue import Generation, Record
 from cloudd.errors import ClouddError, PermanentError
@@ -51,6 +58,9 @@ class CloudRecord:
         #: the number of the last leader's offer installed (what a node knows of its
         #: generation; a host may take an offer before its record)
         self.offered = 0
+        #: the newest generation a leader's write brought here that was looked at for this
+        #: agent's name (`taken`)
+        self._looked = 0
 
     # -- reading ------------------------------------------------------------------------------
     def leading_term(self) -> int | None:
@@ -117,6 +127,14 @@ class CloudRecord:
             # the same text again (the same file handed over by several hosts, an apply
             # repeated): the generation in force already, not a new one
             return last, await self.follow(restored=False)
+        # the pool of the record's latest generation (the one that is, or is about to be,
+        # in force), read off the loop: a text may be large
+        before = (await asyncio.to_thread(poolchange.pool_of, last.text)
+                  if last is not None else None) or [h.name for h in self._cloud().pool]
+        why = poolchange.refusal(before, [h.name for h in cloud.pool], cloud=cloud.name)
+        if why is not None:
+            self.log.warning("command_refused", op=what, reason=why)
+            raise PermanentError(why)
         nodes = [n.name for n in cloud.nodes]
         written = await keeper.write(lambda r, term: record.with_generation(
             r, term=term, text=text, at=self.clock.wall(), by=by, what=what,
@@ -124,6 +142,33 @@ class CloudRecord:
         gen = record.latest(written)
         assert gen is not None
         return gen, await self.follow(restored=False)
+
+    # -- a pool host's side of the leader's writes ------------------------------------------
+    def taken(self, r: Record) -> None:
+        """This pool host persisted the leader's write `r`: if its latest generation is newer
+        than the one in force here, look for this agent in its pool (`_removed`)."""
+        gen = record.latest(r)
+        if gen is None or self._install is None or gen.number <= max(self.generation,
+                                                                     self._looked):
+            return
+        self._looked = gen.number
+        self._spawn(f"record-pool-{gen.number}", functools.partial(self._removed, gen))
+
+    async def _removed(self, gen: Generation) -> None:
+        """A generation that leaves this pool host out becomes its manifest file: read back,
+        the agent leaves the cloud (`Clouds.adopt`)."""
+        assert self._install is not None
+        if await asyncio.to_thread(poolchange.names, gen.text, self.me):
+            return  # the leader offers it, as every generation, once a majority has it
+        self.log.warning("member_removed", generation=gen.number,
+                         reason=f"generation {gen.number} of {self._cloud().name} no longer "
+                                f"lists {self.me} in its pool: it leaves the cloud")
+        try:
+            await self._install(gen.text)
+        except (ClouddError, OSError) as e:
+            self.log.error("manifest_not_installed", generation=gen.number,
+                           reason=f"the generation that removes this host could not be "
+                                  f"written here: {e}")
 
     # -- the leader's recovery, and its manifest file kept to the record ----------------------
     def recover(self, term: int) -> None:

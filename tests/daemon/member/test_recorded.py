@@ -325,3 +325,63 @@ async def test_the_same_text_again_is_the_generation_in_force(tmp_path: Path,
                                                     what="apply")
     assert (gen.number, gen.what, path) == (1, "adopted from pm1's manifest file", None)
     assert len(pm1.member.record_in_force().generations) == 1
+
+
+async def test_a_generation_that_changes_two_pool_hosts_is_refused(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    hosts = "  - {name: pm2, address: 192.0.2.71, fence: [\"true\"]}\n"
+    two = shop(tmp_path / "two", MANIFEST.replace(hosts, hosts + (
+        "  - {name: pm3, address: 192.0.2.72}\n  - {name: pm4, address: 192.0.2.73}\n")))
+    one = shop(tmp_path / "one", MANIFEST.replace(hosts, hosts + (
+        "  - {name: pm3, address: 192.0.2.72}\n")))
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        with capture_logs() as logs, pytest.raises(PermanentError, match=(
+                r"^the new generation of shop adds pm3, pm4: a generation may add or remove "
+                r"one pool host at a time")):
+            await pm1.member.new_generation(text_for(two, Recipient.HOST), two, by="pm2",
+                                            what="apply")
+        assert [(e["event"], e["op"]) for e in logs] == [("command_refused", "apply")]
+        assert len(pm1.member.record_in_force().generations) == 1 and pm1.installed == []
+        # one host at a time is taken
+        gen, _ = await pm1.member.new_generation(text_for(one, Recipient.HOST), one, by="pm2",
+                                                 what="apply")
+        assert gen.number == 2
+        # and the next step is measured against the record's latest generation, whatever
+        # is in force in this agent's folder yet: pm3 and pm4 against {pm1, pm2, pm3}
+        gen, _ = await pm1.member.new_generation(text_for(two, Recipient.HOST), two, by="pm2",
+                                                 what="apply")
+        assert gen.number == 3
+
+
+async def test_a_host_that_a_written_generation_leaves_out_makes_it_its_manifest(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    edited = shop(tmp_path / "edited", MANIFEST.replace("app_port: 8080", "app_port: 8081"))
+    alone = shop(tmp_path / "alone", MANIFEST.replace(
+        "  - {name: pm2, address: 192.0.2.71, fence: [\"true\"]}\n", ""))
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        # a generation that keeps pm2 reaches it as the leader's offer, not from the record
+        await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited, by="pm1",
+                                        what="apply")
+    assert pm2.installed == []
+    with capture_logs() as logs:
+        async with running(pm1, pm2):
+            text = text_for(alone, Recipient.HOST)
+            gen, _ = await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+    # pm2 took the write (the pool in force still lists it) and found itself left out
+    assert pm2.installed == [text]
+    [removed] = [e for e in logs if e["event"] == "member_removed"]
+    assert (removed["node"], removed["generation"]) == ("pm2", gen.number == 3 and 3)
+    assert removed["reason"] == ("generation 3 of shop no longer lists pm2 in its pool: it "
+                                 "leaves the cloud")
+    # the same record pushed again changes nothing more
+    async with running(pm1, pm2):
+        await pm2.member.handle(host("pm1"), RecordPush(3, pm1.member.record_in_force()))
+    assert pm2.installed == [text]
