@@ -64,8 +64,15 @@ class CloudRecord:
 
     # -- reading ------------------------------------------------------------------------------
     def leading_term(self) -> int | None:
-        """The term this agent may act on the cloud in (the record recovered in it)."""
-        return self.keeper.acting() if self.keeper is not None else None
+        """The term this agent may act on the cloud in: the record recovered in it, and its
+        latest generation in force here (a leader whose file is behind acts on nothing until
+        it has read the record's generation back: its pool is the quorum)."""
+        term = self.keeper.acting() if self.keeper is not None else None
+        if term is None:
+            return None
+        assert self.keeper is not None
+        gen = record.latest(self.keeper.committed)
+        return term if gen is None or gen.digest == self._portable_digest() else None
 
     @property
     def maintenance(self) -> Maintenance:

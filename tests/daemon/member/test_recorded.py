@@ -273,10 +273,20 @@ async def test_a_leader_whose_file_is_behind_restores_it_from_the_record(
     await leads(pm1, 4, pm2)
     with capture_logs() as logs:
         async with running(pm1, pm2):
-            await recover(pm1, 4)
+            pm1.member.record.recover(4)
+            for _ in range(500):  # bounded: files are written in threads
+                if pm1.installed:
+                    break
+                await asyncio.sleep(0.01)
     assert pm1.installed == [text_for(edited, Recipient.HOST)]
     [restored] = [e for e in logs if e["event"] == "manifest_restored_from_record"]
     assert restored["generation"] == 2
+    # it acts on nothing until it has read the record's generation back (its folder's
+    # watcher hands it over): its pool, not the stale file's, is the quorum
+    assert pm1.member.record.keeper is not None
+    assert pm1.member.record.keeper.recovered_term == 4 and pm1.member.leading_term() is None
+    pm1.member.update(shop(tmp_path / "read-back", text_for(edited, Recipient.HOST)))
+    assert pm1.member.leading_term() == 4 and pm1.member.generation == 2
 
 
 async def test_a_host_takes_only_its_leaders_writes(tmp_path: Path, made: list[Host]) -> None:
