@@ -17,7 +17,10 @@ manifest asks of it:
 The leader's controller and assigner run on every agent but act only while the election says
 this agent holds a host quorum lease, and only once it has gathered the record in that term
 from a majority of the pool hosts: they ask `leading_term()` before every step. The record's
-latest generation is then the cloud's manifest: a leader whose file differs writes it anew.
+latest generation is then the cloud's manifest: a leader whose file differs writes it anew,
+and acts once it has read it back. A generation that changes the pool hosts restarts the
+election on each agent that takes it (`ElectionShell.change_roster`); a pool host that a
+generation leaves out leaves the cloud (`CloudRecord.taken`, `Clouds`).
 
 This module only wires: each duty lives in its room, each decision in a pure module, each
 message goes through the dispatch table, and readers get a `MemberSnapshot`.

@@ -54,10 +54,9 @@ def pool_of(text: str) -> frozenset[str] | None:
     pool = data.get("pool") if isinstance(data, dict) else None
     if not isinstance(pool, list):
         return None
-    names = [h.get("name") for h in pool if isinstance(h, dict)]
-    if not names or not all(isinstance(n, str) and n for n in names):
-        return None
-    return frozenset(names)
+    names = [h.get("name") if isinstance(h, dict) else None for h in pool]
+    listed = [n for n in names if isinstance(n, str) and n]
+    return frozenset(listed) if names and len(listed) == len(names) else None
 
 
 def names(text: str, host: str) -> bool:

@@ -6,7 +6,9 @@ keeps no record, and knows its generation's number from the leader's last offer.
 leader, once the record is recovered in its term and after every write a majority has
 persisted, the record's latest generation becomes this agent's manifest file when it is not
 the one in force (`manifest_restored_from_record` when a new leader finds its file behind);
-the folder's watcher reads it back and the member takes it as any new generation.
+the folder's watcher reads it back and the member takes it as any new generation. Until then
+the leader acts on nothing (`leading_term`): the record's generation says which pool hosts
+make the quorum, and a leader still counting with an older pool must not act.
 
 Which generation is in force is found by digest: a generation's digest is the sha256 of a
 pool host's text (`text_for(cloud, HOST)`), the same on every agent.
