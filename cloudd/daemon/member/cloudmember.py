@@ -49,7 +49,7 @@ from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
-from cloudd.daemon.member import distribution
+from cloudd.daemon.member import distribution, poolchange
 from cloudd.daemon.member.dispatch import (
     Duty,
     Handler,
@@ -82,7 +82,7 @@ from cloudd.election.members import Member, Roster
 from cloudd.election.messages import Message, WhoLeads
 from cloudd.election.swim import Status
 from cloudd.election.twohost import record_quorum
-from cloudd.errors import ClouddError, PermanentError
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
 from cloudd.vmctl import plan
 from cloudd.vmctl.hostagent import TERM_FILE, HostCommand, HostResult
@@ -297,6 +297,19 @@ class CloudMember:
 
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]:
+        """`text` as the cloud's next generation (the leader's), unless it drops a pool host
+        that still holds domains of the cloud (`poolchange.removal_refusal`)."""
+        removed = {h.name for h in self.cloud.pool} - {h.name for h in cloud.pool}
+        if removed:
+            seen = {host: [d.node for d in domains]
+                    for host, (domains, _) in self.controller.view().hosts.items()}
+            refusal = poolchange.removal_refusal(removed, seen=seen,
+                                                 fenced=self.controller.fenced,
+                                                 cloud=cloud.name)
+            if refusal is not None:
+                why, moment = refusal
+                self.log.warning("command_refused", op=what, reason=why)
+                raise TemporaryError(why) if moment else PermanentError(why)
         return await self.record.new_generation(text, cloud, by=by, what=what)
 
     def reset_failures(self, node: str) -> None:

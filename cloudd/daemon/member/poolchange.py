@@ -20,12 +20,19 @@ generation (the write goes to the hosts of the pool in force, itself included): 
 itself missing from it (`names`), it makes that generation its own manifest and, read back,
 leaves the cloud (`cloudd.daemon.member.clouds`).
 
-Pure: texts and names in, one sentence or a truth value out.
+Why a host leaves the pool empty. The leader observes only the hosts of the pool in force: a
+domain of the cloud on a host that the new generation drops would no longer be seen, its node
+would be placed again elsewhere, and two copies of one VM would run. So a generation that
+removes a host is refused while the leader's last listing of that host shows any domain of
+the cloud (`removal_refusal`), unless the host has been fenced (powered off); and, for a
+moment, while the leader has not listed it at all (a new leader's first pass).
+
+Pure: texts and names in, one sentence (or a truth value) out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import yaml
 
@@ -64,3 +71,21 @@ def names(text: str, host: str) -> bool:
     does not read removes nobody)."""
     pool = pool_of(text)
     return pool is None or host in pool
+
+
+def removal_refusal(removed: Collection[str], *, seen: Mapping[str, Collection[str]],
+                    fenced: Collection[str], cloud: str) -> tuple[str, bool] | None:
+    """Why the pool hosts `removed` may not leave yet, given the leader's last listing of
+    each host (`seen`: the cloud's nodes whose domains it holds) and the hosts fenced since;
+    with True when it is only a matter of moments (None: they may leave)."""
+    for host in sorted(set(removed) - set(fenced)):
+        if host not in seen:
+            return (f"the leader has not listed the domains of {host} yet, which the new "
+                    f"generation of {cloud} removes: try again in a moment"), True
+        held = sorted(seen[host])
+        if held:
+            return (f"{host} still holds {', '.join(held)} of {cloud}, and the new generation "
+                    f"removes it: a host leaves the pool once it holds none of the cloud's "
+                    f"nodes (stop its agent: the leader fences it and places its nodes "
+                    f"elsewhere; then apply again)"), False
+    return None

@@ -47,3 +47,21 @@ def test_a_text_that_does_not_read_removes_nobody() -> None:
     text = "pool:\n  - {name: pm1, address: 10.0.0.1}\n"
     assert poolchange.names(text, "pm1") and not poolchange.names(text, "pm2")
     assert poolchange.names("pool: [\n", "pm2")
+
+
+@pytest.mark.parametrize(("seen", "fenced", "refusal"), [
+    ({"pm3": []}, (), None),
+    ({"pm3": ["lab-db-1"]}, ("pm3",), None),  # fenced: powered off, its nodes elsewhere
+    ({}, ("pm3",), None),
+    ({}, (), ("the leader has not listed the domains of pm3 yet, which the new generation of "
+              "lab removes: try again in a moment", True)),
+    ({"pm3": ["lab-web-2", "lab-db-1"]}, (), (
+        "pm3 still holds lab-db-1, lab-web-2 of lab, and the new generation removes it: a "
+        "host leaves the pool once it holds none of the cloud's nodes (stop its agent: the "
+        "leader fences it and places its nodes elsewhere; then apply again)", False)),
+])
+def test_a_host_leaves_the_pool_empty(seen: dict[str, list[str]], fenced: tuple[str, ...],
+                                      refusal: tuple[str, bool] | None) -> None:
+    assert poolchange.removal_refusal(["pm3"], seen={"pm1": ["lab-web-1"], **seen},
+                                      fenced=fenced, cloud="lab") == refusal
+    assert poolchange.removal_refusal([], seen={}, fenced=(), cloud="lab") is None

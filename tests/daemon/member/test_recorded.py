@@ -26,6 +26,7 @@ from cloudd.daemon.member.clouds import timing_for
 from cloudd.daemon.network.catalogue import Record, RecordPush, RecordWanted, Version
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.vmctl.plan.model import DomainObs, DomainState
 
 from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
 
@@ -368,7 +369,7 @@ async def test_a_generation_that_changes_two_pool_hosts_is_refused(
 
 
 async def test_a_host_that_a_written_generation_leaves_out_makes_it_its_manifest(
-        tmp_path: Path, made: list[Host]) -> None:
+        tmp_path: Path, made: list[Host], monkeypatch: pytest.MonkeyPatch) -> None:
     pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
     link(pm1, pm2)
     await leads(pm1, 3, pm2)
@@ -381,6 +382,10 @@ async def test_a_host_that_a_written_generation_leaves_out_makes_it_its_manifest
         await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited, by="pm1",
                                         what="apply")
     assert pm2.installed == []
+    # the leader has listed pm2's domains: it holds none
+    view = dataclasses.replace(pm1.member.controller.view(),
+                               hosts={"pm1": ((), None), "pm2": ((), None)})
+    monkeypatch.setattr(pm1.member.controller, "view", lambda: view)
     with capture_logs() as logs:
         async with running(pm1, pm2):
             text = text_for(alone, Recipient.HOST)
@@ -388,10 +393,40 @@ async def test_a_host_that_a_written_generation_leaves_out_makes_it_its_manifest
     # pm2 took the write (the pool in force still lists it) and found itself left out
     assert pm2.installed == [text]
     [removed] = [e for e in logs if e["event"] == "member_removed"]
-    assert (removed["node"], removed["generation"]) == ("pm2", gen.number == 3 and 3)
+    assert (removed["node"], removed["generation"], gen.number) == ("pm2", 3, 3)
     assert removed["reason"] == ("generation 3 of shop no longer lists pm2 in its pool: it "
                                  "leaves the cloud")
     # the same record pushed again changes nothing more
     async with running(pm1, pm2):
         await pm2.member.handle(host("pm1"), RecordPush(3, pm1.member.record_in_force()))
     assert pm2.installed == [text]
+
+
+async def test_a_host_that_holds_domains_of_the_cloud_is_not_removed(
+        tmp_path: Path, made: list[Host], monkeypatch: pytest.MonkeyPatch) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    alone = shop(tmp_path / "alone", MANIFEST.replace(
+        "  - {name: pm2, address: 192.0.2.71, fence: [\"true\"]}\n", ""))
+    text = text_for(alone, Recipient.HOST)
+    controller = pm1.member.controller
+
+    def listed(domains: tuple[DomainObs, ...]) -> None:
+        view = dataclasses.replace(controller.view(), hosts={"pm1": ((), None),
+                                                             "pm2": (domains, None)})
+        monkeypatch.setattr(controller, "view", lambda: view)
+
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        with pytest.raises(TemporaryError, match="has not listed the domains of pm2 yet"):
+            await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+        listed((DomainObs("pm2", WEB1, "shop", DomainState.RUNNING),))
+        with capture_logs() as logs, pytest.raises(PermanentError, match=(
+                f"^pm2 still holds {WEB1} of shop, and the new generation removes it")):
+            await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+        assert [(e["event"], e["op"]) for e in logs] == [("command_refused", "apply")]
+        assert len(pm1.member.record_in_force().generations) == 1
+        controller.fenced.add("pm2")  # its fence command powered it off
+        gen, _ = await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+    assert gen.number == 2

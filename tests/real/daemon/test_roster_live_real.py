@@ -78,7 +78,8 @@ def inspect(lab: AgentLab, agent: str) -> dict[str, Any]:
 
 def apply(lab: PoolLab, agent: str, *, unlisted: Sequence[str] = ()) -> int:
     """The lab's manifest without `unlisted`, applied on `agent` as an operator would (a
-    file of their own, its template beside it); the generation's number."""
+    file of their own, its template beside it, again while the answer says to try again in
+    a moment); the generation's number."""
     lab.unlisted = frozenset(unlisted)
     folder = lab.root / "operator"
     if not folder.exists():
@@ -86,7 +87,12 @@ def apply(lab: PoolLab, agent: str, *, unlisted: Sequence[str] = ()) -> int:
                         folder / "templates")
     path = folder / "lab.yaml"
     path.write_text(lab.manifest(lab.members))
-    done = lab.cli(agent, "apply", str(path))
+
+    def answered() -> Any:
+        done = lab.cli(agent, "apply", str(path))
+        return None if done.returncode != 0 and "try again" in done.stderr else done
+
+    done = lab.wait_for("the apply taken", answered, timeout=BOUND)
     assert done.returncode == 0, done.stderr
     assert "recorded by a majority of the pool hosts" in done.stdout, done.stdout
     return int(done.stdout.split("generation ")[1].split(",")[0])
