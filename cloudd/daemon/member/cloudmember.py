@@ -147,9 +147,13 @@ class CloudMember:
         self.state_dir = settings.state_dir / "clouds" / cloud.name
         #: the manifest's text per (generation, recipient), made once (`_text_for`)
         self._texts: dict[tuple[str, Recipient], str] = {}
-        # A fenced peer of a two-host pool is proven off: the controller does not fence again.
+        #: pool hosts a generation added while this agent ran: when it took it (monotonic)
+        self._joined: dict[str, float] = {}
+        # A fenced peer of a two-host pool is proven off: the controller does not fence again;
+        # a host that has just joined the pool is not fenced while it may still be joining.
         fencer = CloudFencer(lambda: self.cloud,
-                             proven=lambda host: host in self.election.core.stand_ins())
+                             proven=lambda host: host in self.election.core.stand_ins(),
+                             joined=self._joined.get, now=clock.monotonic)
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
@@ -332,7 +336,12 @@ class CloudMember:
         if roster.members != self.roster.members or roster.two_host != self.roster.two_host:
             # From now on a dropped member gets nothing but refusals here, and an added
             # one is a member like any other (the dispatch table reads `self.roster`).
+            before = self.roster.hosts
             self.election.change_roster(roster)
+            now = self.clock.monotonic()
+            for host in set(self._joined) - roster.hosts:
+                del self._joined[host]
+            self._joined.update(dict.fromkeys(roster.hosts - before, now))
             # What a dropped node reported or was sent goes with it: `inspect` shows no
             # phase for a node the cloud no longer has, and one added again starts afresh.
             for table in (self.reports, self._assigned, self._offered):

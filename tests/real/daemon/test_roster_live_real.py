@@ -10,6 +10,8 @@ the same after the generation is in force); each effect is shown by what the age
    quorum is three of four at once: with pm2 and pm3 gone the leader stops acting (pm1 and
    pm4, two of four) and a record write is refused; with pm3 back it acts and writes again
    (pm4's lease and acknowledgement count); with pm4 gone too it stops (three are needed).
+   While it joined, pm4 looked dead to the leader, which had never listed its domains: its
+   fence command never ran (it waits out the host's join grace).
 2. A host removed, the leader itself. pm4 ranks highest and leads; the generation without it,
    applied on pm4, is written by pm4, which then leaves the cloud (`cloud_left`: it serves no
    cloud); pm3 leads the three, and the quorum is two of three (pm1 killed: pm3 still acts
@@ -127,13 +129,28 @@ def maintenance(lab: AgentLab, agent: str) -> Any:
     return lab.cli(agent, "maintenance", "on", DB)
 
 
+def record_fence(record: Path) -> Callable[[str], list[str]]:
+    """A fence command that only appends `<time> fenced <host>` to `record`."""
+    line = ("import sys, time; "
+            "open(sys.argv[1], 'a').write(f'{time.time()} fenced {sys.argv[2]}\\n')")
+    return lambda host: [sys.executable, "-c", line, str(record), host]
+
+
+def fenced(record: Path, host: str) -> int:
+    """How many times `record` says `host` was fenced."""
+    if not record.exists():
+        return 0
+    return sum(1 for line in record.read_text().splitlines() if line.split()[2:] == [host])
+
+
 @pytest.fixture
-def without_pm4() -> Iterator[PoolLab]:
-    with PoolLab(PREFIX, hosts=4, subnet=SUBNET, unlisted=frozenset({"pm4"})) as lab:
+def without_pm4(tmp_path: Path) -> Iterator[PoolLab]:
+    with PoolLab(PREFIX, hosts=4, subnet=SUBNET, unlisted=frozenset({"pm4"}),
+                 fence=record_fence(tmp_path / "fences")) as lab:
         yield lab
 
 
-def test_a_host_added(without_pm4: PoolLab) -> None:
+def test_a_host_added(without_pm4: PoolLab, tmp_path: Path) -> None:
     lab = without_pm4
     hosts, everyone = ["pm1", "pm2", "pm3"], ["pm1", "pm2", "pm3", "pm4"]
     lab.start_all()
@@ -163,6 +180,8 @@ def test_a_host_added(without_pm4: PoolLab) -> None:
     lab.wait_for("pm4's record holds the generation",
                  lambda: number in record_generations(lab, "pm4"), timeout=BOUND)
     assert now == "pm1" and running_pids(lab) == pids
+    # dead to the leader while it joined, its domains never listed: not fenced for it
+    assert fenced(tmp_path / "fences", "pm4") == 0
 
     # three leases of four: pm1 and pm4 are not enough...
     t0 = time.monotonic()
@@ -241,20 +260,6 @@ def test_a_host_removed_the_leader_itself() -> None:
         assert lab.acting(["pm4"]) == [] and lab.one_leader(rest) == (now, term)
         s = lab.status("pm4")
         assert s is not None and s["cloud"] == lab.cloud_name and not s["acting"]
-
-
-def record_fence(record: Path) -> Callable[[str], list[str]]:
-    """A fence command that only appends `<time> fenced <host>` to `record`."""
-    line = ("import sys, time; "
-            "open(sys.argv[1], 'a').write(f'{time.time()} fenced {sys.argv[2]}\\n')")
-    return lambda host: [sys.executable, "-c", line, str(record), host]
-
-
-def fenced(record: Path, host: str) -> int:
-    """How many times `record` says `host` was fenced."""
-    if not record.exists():
-        return 0
-    return sum(1 for line in record.read_text().splitlines() if line.split()[2:] == [host])
 
 
 def edit_fence(lab: PoolLab, host: str, record: Path) -> tuple[int, str]:
