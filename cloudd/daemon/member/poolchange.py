@@ -24,8 +24,9 @@ Why a host leaves the pool empty. The leader observes only the hosts of the pool
 domain of the cloud on a host that the new generation drops would no longer be seen, its node
 would be placed again elsewhere, and two copies of one VM would run. So a generation that
 removes a host is refused while the leader's last listing of that host shows any domain of
-the cloud (`removal_refusal`), unless the host has been fenced (powered off); and, for a
-moment, while the leader has not listed it at all (a new leader's first pass).
+the cloud (`removal_refusal`), unless the host has been fenced (powered off); and, until
+then, while the leader has not listed it at all (a new leader's first pass, or a host that
+does not answer: one the leader cannot list is removed once fenced).
 
 Pure: texts and names in, one sentence (or a truth value) out.
 """
@@ -81,7 +82,8 @@ def removal_refusal(removed: Collection[str], *, seen: Mapping[str, Collection[s
     for host in sorted(set(removed) - set(fenced)):
         if host not in seen:
             return (f"the leader has not listed the domains of {host} yet, which the new "
-                    f"generation of {cloud} removes: try again in a moment"), True
+                    f"generation of {cloud} removes: try again once it has (a leader lists "
+                    f"every host that answers within a pass), or once {host} is fenced"), True
         held = sorted(seen[host])
         if held:
             return (f"{host} still holds {', '.join(held)} of {cloud}, and the new generation "

@@ -54,7 +54,8 @@ def test_a_text_that_does_not_read_removes_nobody() -> None:
     ({"pm3": ["lab-db-1"]}, ("pm3",), None),  # fenced: powered off, its nodes elsewhere
     ({}, ("pm3",), None),
     ({}, (), ("the leader has not listed the domains of pm3 yet, which the new generation of "
-              "lab removes: try again in a moment", True)),
+              "lab removes: try again once it has (a leader lists every host that answers "
+              "within a pass), or once pm3 is fenced", True)),
     ({"pm3": ["lab-web-2", "lab-db-1"]}, (), (
         "pm3 still holds lab-db-1, lab-web-2 of lab, and the new generation removes it: a "
         "host leaves the pool once it holds none of the cloud's nodes (stop its agent: the "
