@@ -10,6 +10,13 @@ A two-host pool fences earlier, in the election (`cloudd.election.twohost`): a h
 its peer fences it before it may lead at all. `PeerFencer` runs that fence with the same
 command and reports the outcome to the election; the controller's own fence of that host, once
 this host leads, is then already proven (`CloudFencer`'s `proven`) and is not run again.
+
+A host that a new generation has just added to the pool is not fenced yet (`joined`): its
+agent, running but not yet a member, answers nobody until a pool host hands it the manifest,
+a few seconds later; meanwhile it looks dead, and a leader that never listed its domains would
+power it off as it joins. Its fence waits until `JOIN_GRACE` seconds after this agent took that
+generation (a temporary failure: the controller tries again, and the nodes that wait on it
+wait). Waiting is always safe: a fence delayed only delays placing what that host may run.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ FENCE_TIMEOUT = 60.0
 
 #: How much of a failed fence command's standard error goes into the event log.
 ERROR_TAIL = 200
+
+#: Seconds after a generation added a host to the pool before that host may be fenced: pool
+#: hosts offer the manifest to a member that does not answer at once and every 10 s after,
+#: so an agent that runs has joined well within three offers.
+JOIN_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,14 +77,24 @@ class CommandFencer:
                                  f"{tail[0][:ERROR_TAIL]}")
 
 
+def grace_left(joined_at: float | None, *, now: float, grace: float = JOIN_GRACE) -> float:
+    """Seconds before a host added to the pool at `joined_at` (None: in the pool since this
+    agent started) may be fenced; 0 when it may be now."""
+    return 0.0 if joined_at is None else max(0.0, joined_at + grace - now)
+
+
 class CloudFencer:
     """Fences with the commands of the manifest generation in force (they may change); a host
     `proven` off already (a two-host pool's peer, fenced by the election) is not fenced
-    again."""
+    again, and a host that has just `joined` the pool (the monotonic time this agent took the
+    generation that added it; None: not lately) is not fenced before `JOIN_GRACE`."""
 
     def __init__(self, cloud: Callable[[], Cloud], *, timeout: float = FENCE_TIMEOUT,
-                 proven: Callable[[str], bool] = lambda host: False) -> None:
+                 proven: Callable[[str], bool] = lambda host: False,
+                 joined: Callable[[str], float | None] = lambda host: None,
+                 now: Callable[[], float] = lambda: 0.0) -> None:
         self._cloud, self.timeout, self._proven = cloud, timeout, proven
+        self._joined, self._now = joined, now
 
     async def fence(self, host: str) -> None:
         if self._proven(host):
@@ -80,6 +102,11 @@ class CloudFencer:
                 "fence_skipped", host=host,
                 reason=f"{host} was fenced before this agent could lead, and not seen since")
             return
+        wait = grace_left(self._joined(host), now=self._now())
+        if wait > 0:
+            raise TemporaryError(f"{host} has just joined the pool, and its agent may not have "
+                                 f"the manifest yet: it is fenced only if it is still dead "
+                                 f"{wait:.0f} s from now", delay=wait)
         await CommandFencer.of(self._cloud(), timeout=self.timeout).fence(host)
 
 

@@ -19,7 +19,10 @@ manifest asks of it:
 The leader's controller and assigner run on every agent but act only while the election says
 this agent holds a host quorum lease, and only once it has gathered the record in that term
 from a majority of the pool hosts: they ask `leading_term()` before every step. The record's
-latest generation is then the cloud's manifest: a leader whose file differs writes it anew.
+latest generation is then the cloud's manifest: a leader whose file differs writes it anew,
+and acts once it has read it back. A generation that changes the pool hosts restarts the
+election on each agent that takes it (`ElectionShell.change_roster`); a pool host that a
+generation leaves out leaves the cloud (`CloudRecord.taken`, `Clouds`).
 When a generation says `ensure: stopped`, the provider's `stop` runs first: until it is done
 (or given up) the controller leaves the domains alone and the nodes are not offered the
 stopped generation, so that their services still serve it.
@@ -54,7 +57,7 @@ from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
-from cloudd.daemon.member import distribution
+from cloudd.daemon.member import distribution, poolchange
 from cloudd.daemon.member.dispatch import (
     Duty,
     Handler,
@@ -90,7 +93,7 @@ from cloudd.election.members import Member, Roster
 from cloudd.election.messages import Message, WhoLeads
 from cloudd.election.swim import Status
 from cloudd.election.twohost import record_quorum
-from cloudd.errors import ClouddError, PermanentError
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
 from cloudd.providers.registry import Registry, default_registry
 from cloudd.vmctl import plan
@@ -158,9 +161,13 @@ class CloudMember:
         self.state_dir = settings.state_dir / "clouds" / cloud.name
         #: the manifest's text per (generation, recipient), made once (`_text_for`)
         self._texts: dict[tuple[str, Recipient], str] = {}
-        # A fenced peer of a two-host pool is proven off: the controller does not fence again.
+        #: pool hosts a generation added while this agent ran: when it took it (monotonic)
+        self._joined: dict[str, float] = {}
+        # A fenced peer of a two-host pool is proven off: the controller does not fence again;
+        # a host that has just joined the pool is not fenced while it may still be joining.
         fencer = CloudFencer(lambda: self.cloud,
-                             proven=lambda host: host in self.election.core.stand_ins())
+                             proven=lambda host: host in self.election.core.stand_ins(),
+                             joined=self._joined.get, now=clock.monotonic)
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
@@ -177,6 +184,7 @@ class CloudMember:
             quorum=lambda: self.quorum,
             acting_term=lambda: self.acting_term(), spawn=self._spawn,
             on_commit=lambda r, recovered: self.record.committed(r, recovered),
+            on_taken=lambda r: self.record.taken(r),
         ) if self.is_host else None
         self.record = CloudRecord(me=self.me, cloud=lambda: self.cloud, keeper=keeper,
                                   clock=clock, install=install, spawn=self._spawn,
@@ -326,6 +334,19 @@ class CloudMember:
 
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]:
+        """`text` as the cloud's next generation (the leader's), unless it drops a pool host
+        that still holds domains of the cloud (`poolchange.removal_refusal`)."""
+        removed = {h.name for h in self.cloud.pool} - {h.name for h in cloud.pool}
+        if removed:
+            seen = {host: [d.node for d in domains]
+                    for host, (domains, _) in self.controller.view().hosts.items()}
+            refusal = poolchange.removal_refusal(removed, seen=seen,
+                                                 fenced=self.controller.fenced,
+                                                 cloud=cloud.name)
+            if refusal is not None:
+                why, moment = refusal
+                self.log.warning("command_refused", op=what, reason=why)
+                raise TemporaryError(why) if moment else PermanentError(why)
         return await self.record.new_generation(text, cloud, by=by, what=what)
 
     def reset_failures(self, node: str) -> None:
@@ -348,7 +369,12 @@ class CloudMember:
         if roster.members != self.roster.members or roster.two_host != self.roster.two_host:
             # From now on a dropped member gets nothing but refusals here, and an added
             # one is a member like any other (the dispatch table reads `self.roster`).
+            before = self.roster.hosts
             self.election.change_roster(roster)
+            now = self.clock.monotonic()
+            for host in set(self._joined) - roster.hosts:
+                del self._joined[host]
+            self._joined.update(dict.fromkeys(roster.hosts - before, now))
             # What a dropped node reported or was sent goes with it: `inspect` shows no
             # phase for a node the cloud no longer has, and one added again starts afresh.
             for table in (self.reports, self._assigned, self._offered):

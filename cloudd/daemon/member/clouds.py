@@ -3,7 +3,10 @@ this agent.
 
 The manifest watcher (main.Agent) reports every manifest change here. A loaded manifest that
 names this agent (as a pool host or a node) starts its `CloudMember`, or hands it the new
-generation; a manifest that does not name it is noted and ignored. Once a cloud runs, its
+generation; a manifest that does not name it is noted and ignored, unless it is a generation
+of the cloud this agent serves: the agent was removed from it, and leaves it (`cloud_left`:
+its member stops, and the agent serves no cloud until a manifest names it again; a seed older
+than the generation that removed it is refused). Once a cloud runs, its
 generations come from its replicated record: the leader writes its own file from it, and
 every other member installs the leader's offers (never one older than the generation it
 has). A file an operator drops or edits on a pool host is handed to the leader as an `apply`
@@ -120,6 +123,10 @@ class Clouds:
         self._backend_factory = backend_factory
         self._node_side_factory = node_side_factory
         self._have_member = asyncio.Event()
+        #: the running member's task (`_run_member`)
+        self._running: asyncio.Task[None] | None = None
+        #: per cloud this agent left, the generation that removed it (`_leave`)
+        self._left: dict[str, int] = {}
         #: manifest texts this agent installed itself (from the leader), by cloud
         self._installed: dict[str, str] = {}
         #: the leader's offers, installed one at a time off its connection (`_offer_later`)
@@ -202,7 +209,10 @@ class Clouds:
         """Take part in `cloud` (or take its new generation)."""
         names = {h.name for h in cloud.pool} | {n.name for n in cloud.nodes}
         if self.me not in names:
-            self.log.info("cloud_not_mine", cloud=cloud.name)
+            if self.member is not None and self.member.cloud.name == cloud.name:
+                self._leave(cloud)
+            else:
+                self.log.info("cloud_not_mine", cloud=cloud.name)
             return
         if self.member is not None:
             if self.member.cloud.name != cloud.name:
@@ -221,6 +231,22 @@ class Clouds:
                       as_=("host" if self.member.is_host else "node"))
         self._peers(cloud)
         self._have_member.set()
+
+    def _leave(self, cloud: Cloud) -> None:
+        """A generation of the cloud this agent serves no longer lists it: its member stops
+        (election, duties), and this agent serves no cloud until a manifest names it again
+        (a seed of a generation older than the one that removed it is refused)."""
+        member = self.member
+        assert member is not None
+        number = member.record.newest()
+        self._left[cloud.name] = number
+        self.log.warning("cloud_left", cloud=cloud.name, generation=number or None,
+                         reason=f"the generation of {cloud.name} in force no longer lists "
+                                f"{self.me}: this agent serves no cloud now")
+        self.member = None
+        self._have_member.clear()
+        if self._running is not None:
+            self._running.cancel()
 
     def _peers(self, cloud: Cloud) -> None:
         if self.transport is None:
@@ -247,6 +273,16 @@ class Clouds:
                         reason=f"ManifestOffer (origin leader) from {peer} is generation "
                                f"{offer.generation} of {offer.cloud}, older than generation "
                                f"{newest} this agent has")
+            return None
+        left = self._left.get(offer.cloud)
+        if member is None and offer.origin == OfferOrigin.SEED and left is not None and (
+                offer.generation < left):
+            # A host that has not taken the generation without this agent yet still seeds
+            # it: taken, this agent would campaign again in a pool that refuses it.
+            log_refusal(me=self.me, peer=peer, cloud=offer.cloud,
+                        reason=f"ManifestOffer (origin seed) from {peer} is generation "
+                               f"{offer.generation} of {offer.cloud}, older than generation "
+                               f"{left} that removed this agent from it")
             return None
         if self._installed.get(offer.cloud) == offer.text:
             return "already installed"
@@ -406,27 +442,43 @@ class Clouds:
                 ident, seeds, ask=ask, folder=self.settings.manifest_dir,
                 have=self._have_member), name="fetch-manifest")
         try:
-            # An agent that no manifest names needs no port and no certificate yet.
-            await self._have_member.wait()
-            if fetch is not None:
-                fetch.cancel()
-            member = self.member
-            assert member is not None
-            if self.transport is None:
-                self.transport = await self._open_transport()
-            self._peers(member.cloud)
-            try:
-                # The member's duties run inside this root task: if one fails, the agent's
-                # one shutdown path takes over (and systemd restarts the agent).
-                await member.run()
-            finally:
-                if member.node_side is not None:
-                    member.node_side.detach()
+            while True:
+                # An agent that no manifest names needs no port and no certificate yet.
+                await self._have_member.wait()
+                if fetch is not None:
+                    fetch.cancel()
+                member = self.member
+                if member is None:  # it left its cloud before it ran
+                    self._have_member.clear()
+                    continue
+                if self.transport is None:
+                    self.transport = await self._open_transport()
+                self._peers(member.cloud)
+                await self._run_member(member)
         finally:
             if self._offers is not None:
                 self._offers.cancel()
             if self.transport is not None:
                 await self.transport.close()
+
+    async def _run_member(self, member: CloudMember) -> None:
+        """Run `member` until it fails, this agent stops, or it leaves its cloud (`_leave`:
+        then this agent serves no cloud, and waits for one as a fresh agent does)."""
+        task = asyncio.get_running_loop().create_task(member.run(),
+                                                      name=f"member-{member.cloud.name}")
+        self._running = task
+        try:
+            # The member's duties run inside this root task: if one fails, the agent's one
+            # shutdown path takes over (and systemd restarts the agent).
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.member is member or (current is not None and current.cancelling()):
+                raise
+        finally:
+            self._running = None
+            if member.node_side is not None:
+                member.node_side.detach()
 
     async def _open_transport(self) -> Transport:
         """The agent's port, with its certificate; retried while either is unusable (an

@@ -6,7 +6,8 @@ Every pool host keeps one `record.json` in the cloud's state folder (0600, writt
 term it promised. A file that does not read is set aside (`record.json.corrupt-<stamp>`) with a
 logged reason and the host starts from an empty record: the other hosts hold the rest.
 
-The host side answers the leader (`on_push`, `on_wanted`), persisting before it answers.
+The host side answers the leader (`on_push`, `on_wanted`), persisting before it answers,
+and tells its member of each write it took (`on_taken`).
 The leader side writes (`write`: persist here, push to every other pool host, wait for a
 majority), recovers when it starts to lead (`recover`), and keeps pushing the latest record
 to hosts that have not acknowledged it (`catch_up`, on every round of the member's tending).
@@ -82,10 +83,13 @@ class RecordKeeper:
                  request: Callable[[str, Any], Awaitable[Any]],
                  hosts: Callable[[], frozenset[str]], quorum: Callable[[], int],
                  acting_term: Callable[[], int | None], spawn: Spawn,
-                 on_commit: Callable[[Record, bool], None]) -> None:
+                 on_commit: Callable[[Record, bool], None],
+                 on_taken: Callable[[Record], None] = lambda r: None) -> None:
         self.me, self.cloud, self.path = me, cloud, folder / FILE
         self._request, self._hosts, self._quorum = request, hosts, quorum
         self._acting_term, self._spawn, self._on_commit = acting_term, spawn, on_commit
+        #: told of every leader's write this host persisted
+        self._on_taken = on_taken
         self.log = log.get("record", cloud=cloud, node=me)
         self.held = load(self.path, cloud)
         #: what a majority has persisted, as far as this agent (leading) knows
@@ -118,6 +122,7 @@ class RecordKeeper:
             await asyncio.to_thread(self._save, step.held)
             self.log.info("record_taken", peer=peer, term=push.term,
                           version=str(step.held.record.version))
+            self._on_taken(step.held.record)
         return RecordAck(self.cloud, self.held.record.version)
 
     async def on_wanted(self, peer: str, msg: RecordWanted) -> RecordHeld:

@@ -6,7 +6,9 @@ keeps no record, and knows its generation's number from the leader's last offer.
 leader, once the record is recovered in its term and after every write a majority has
 persisted, the record's latest generation becomes this agent's manifest file when it is not
 the one in force (`manifest_restored_from_record` when a new leader finds its file behind);
-the folder's watcher reads it back and the member takes it as any new generation.
+the folder's watcher reads it back and the member takes it as any new generation. Until then
+the leader acts on nothing (`leading_term`): the record's generation says which pool hosts
+make the quorum, and a leader still counting with an older pool must not act.
 
 Which generation is in force is found by digest: a generation's digest is the sha256 of a
 pool host's text (`text_for(cloud, HOST)`), the same on every agent.
@@ -16,11 +18,18 @@ tending, the acting leader compares what the cloud in force needs generated with
 committed record holds, and writes the missing ones (drawn from the system's CSPRNG) to a
 majority, one write at a time; a write that fails is tried again on a later round. Only
 their names are ever logged.
+
+The pool changes one host at a time: a new generation that adds or removes more than one pool
+host is refused (`command_refused`; why in `cloudd.daemon.member.poolchange`). A pool host
+that takes a leader's write whose latest generation leaves it out writes that generation
+into its manifest folder (`member_removed`): read back, its agent leaves the cloud, instead
+of campaigning for ever in a pool whose other hosts refuse it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
@@ -30,7 +39,7 @@ from cloudd.config.model import Cloud
 from cloudd.config.portable import Recipient, text_for
 from cloudd.daemon.base.clock import Clock
 from cloudd.daemon.leader.maintenance import Maintenance
-from cloudd.daemon.member import record
+from cloudd.daemon.member import poolchange, record
 from cloudd.daemon.member.keeper import RecordKeeper
 from cloudd.daemon.network.catalogue import Generation, Record
 from cloudd.errors import ClouddError, PermanentError
@@ -62,11 +71,21 @@ class CloudRecord:
         #: the number of the last leader's offer installed (what a node knows of its
         #: generation; a host may take an offer before its record)
         self.offered = 0
+        #: the newest generation a leader's write brought here that was looked at for this
+        #: agent's name (`taken`)
+        self._looked = 0
 
     # -- reading ------------------------------------------------------------------------------
     def leading_term(self) -> int | None:
-        """The term this agent may act on the cloud in (the record recovered in it)."""
-        return self.keeper.acting() if self.keeper is not None else None
+        """The term this agent may act on the cloud in: the record recovered in it, and its
+        latest generation in force here (a leader whose file is behind acts on nothing until
+        it has read the record's generation back: its pool is the quorum)."""
+        term = self.keeper.acting() if self.keeper is not None else None
+        if term is None:
+            return None
+        assert self.keeper is not None
+        gen = record.latest(self.keeper.committed)
+        return term if gen is None or gen.digest == self._portable_digest() else None
 
     @property
     def maintenance(self) -> Maintenance:
@@ -133,6 +152,14 @@ class CloudRecord:
             # the same text again (the same file handed over by several hosts, an apply
             # repeated): the generation in force already, not a new one
             return last, await self.follow(restored=False)
+        # the pool of the record's latest generation (the one that is, or is about to be,
+        # in force), read off the loop: a text may be large
+        before = (await asyncio.to_thread(poolchange.pool_of, last.text)
+                  if last is not None else None) or [h.name for h in self._cloud().pool]
+        why = poolchange.refusal(before, [h.name for h in cloud.pool], cloud=cloud.name)
+        if why is not None:
+            self.log.warning("command_refused", op=what, reason=why)
+            raise PermanentError(why)
         nodes = [n.name for n in cloud.nodes]
         written = await keeper.write(lambda r, term: record.with_generation(
             r, term=term, text=text, at=self.clock.wall(), by=by, what=what,
@@ -169,6 +196,33 @@ class CloudRecord:
             self.log.warning("secrets_not_generated", reason=str(e))
         finally:
             self._making = False
+
+    # -- a pool host's side of the leader's writes ------------------------------------------
+    def taken(self, r: Record) -> None:
+        """This pool host persisted the leader's write `r`: if its latest generation is newer
+        than the one in force here, look for this agent in its pool (`_removed`)."""
+        gen = record.latest(r)
+        if gen is None or self._install is None or gen.number <= max(self.generation,
+                                                                     self._looked):
+            return
+        self._looked = gen.number
+        self._spawn(f"record-pool-{gen.number}", functools.partial(self._removed, gen))
+
+    async def _removed(self, gen: Generation) -> None:
+        """A generation that leaves this pool host out becomes its manifest file: read back,
+        the agent leaves the cloud (`Clouds.adopt`)."""
+        assert self._install is not None
+        if await asyncio.to_thread(poolchange.names, gen.text, self.me):
+            return  # the leader offers it, as every generation, once a majority has it
+        self.log.warning("member_removed", generation=gen.number,
+                         reason=f"generation {gen.number} of {self._cloud().name} no longer "
+                                f"lists {self.me} in its pool: it leaves the cloud")
+        try:
+            await self._install(gen.text)
+        except (ClouddError, OSError) as e:
+            self.log.error("manifest_not_installed", generation=gen.number,
+                           reason=f"the generation that removes this host could not be "
+                                  f"written here: {e}")
 
     # -- the leader's recovery, and its manifest file kept to the record ----------------------
     def recover(self, term: int) -> None:

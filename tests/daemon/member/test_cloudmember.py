@@ -18,6 +18,7 @@ from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.leader.controller import policy_of
+from cloudd.daemon.leader.fencing import JOIN_GRACE
 from cloudd.daemon.member.cloudmember import CloudMember
 from cloudd.daemon.member.clouds import timing_for
 from cloudd.daemon.member.dispatch import Duty, InForce
@@ -33,7 +34,7 @@ from cloudd.daemon.network.catalogue import (
 )
 from cloudd.election.messages import Coordinator
 from cloudd.election.swim import Status
-from cloudd.errors import PermanentError
+from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import MemberKind
 from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
 from cloudd.vmctl.hostagent import CommandOutcome, HostCommand, Op
@@ -347,3 +348,31 @@ async def test_a_new_pool_starts_the_election_over(tmp_path: Path, rigs: list[Ri
     assert pm2.member.election.leader == ""  # asking the hosts again, as after a restart
     await pm2.member.handle(host("pm3"), Coordinator(term=4))
     assert (pm2.member.election.leader, pm2.member.election.term) == ("pm3", 4)
+
+
+async def test_a_host_added_to_the_pool_is_not_fenced_while_it_joins(
+        tmp_path: Path, rigs: list[Rig]) -> None:
+    """Its agent answers nobody until a pool host hands it the manifest: the leader's fence of
+    a dead host whose domains it never listed waits for it (`JOIN_GRACE`); a host of the pool
+    from before is fenced at once, and one dropped forgets its grace."""
+    marker = tmp_path / "pm3-off"
+    pm1 = rig(tmp_path, rigs, "pm1")
+    hosts = '  - {name: pm2, address: 192.0.2.71, fence: ["true"]}\n'
+    pm3 = f'  - {{name: pm3, address: 192.0.2.72, fence: ["touch", "{marker}"]}}\n'
+    pm1.clock.advance(100)
+    pm1.member.update(shop(tmp_path / "three", MANIFEST.replace(hosts, hosts + pm3)))
+    fencer = pm1.member.controller.fencer
+    assert fencer is not None
+    await fencer.fence("pm2")
+    pm1.clock.advance(JOIN_GRACE - 1)
+    with pytest.raises(TemporaryError, match=r"^pm3 has just joined the pool"):
+        await fencer.fence("pm3")
+    assert not marker.exists()
+    pm1.clock.advance(1)
+    await fencer.fence("pm3")
+    assert marker.exists()
+    # dropped, then added again: a new grace
+    pm1.member.update(shop(tmp_path / "two", MANIFEST))
+    pm1.member.update(shop(tmp_path / "again", MANIFEST.replace(hosts, hosts + pm3)))
+    with pytest.raises(TemporaryError, match=r"^pm3 has just joined the pool"):
+        await fencer.fence("pm3")

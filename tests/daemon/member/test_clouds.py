@@ -36,6 +36,7 @@ from cloudd.election.messages import Coordinator, WhoLeads
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.pki import Identity, MemberKind
 from cloudd.providers.catalog import CATALOG
+from cloudd.vmctl.backend import FakeBackend
 
 from .fakes import DB, MANIFEST, FakeNodeSide, host, node, operator, settings, shop
 
@@ -349,3 +350,67 @@ async def test_an_offer_older_than_the_generation_held_is_refused(agent: Agent,
         ("manifest_installed", 3, None),
         ("message_refused", None, "ManifestOffer (origin leader) from pm2 is generation 2 of "
                                   "shop, older than generation 3 this agent has")]
+
+
+async def test_a_generation_that_no_longer_lists_this_agent_makes_it_leave(
+        tmp_path: Path) -> None:
+    me = settings(tmp_path, "pm1")
+    me.state_dir.mkdir(parents=True)
+    events = EventLog.in_state_dir(me.state_dir)
+    manifests = ManifestFolder(me.manifest_dir, locate=lambda cloud: None, rescan=lambda: None)
+
+    async def open_backend(uri: str) -> FakeBackend:
+        return FakeBackend(clock=FakeClock().monotonic)
+
+    clouds = Clouds(me, events=events, manifests=manifests, clock=FakeClock(),
+                    backend_factory=open_backend, node_side_factory=FakeNodeSide,
+                    identity=host("pm1"))
+    cloud = shop(tmp_path / "manifests")
+    clouds.on_manifest(loaded(cloud))
+    member = clouds.serving()
+    assert member is not None and member.host is not None
+    member.record.offered = 3  # the leader's generation 3 is the one in force here
+    run = asyncio.create_task(clouds._run_member(member))
+    try:
+        for _ in range(100):
+            if member.host.agent is not None:
+                break
+            await asyncio.sleep(0)
+        assert member.host.agent is not None  # its duties run
+        without = shop(tmp_path / "next", MANIFEST.replace(
+            "  - {name: pm1, address: 192.0.2.70}\n", ""))
+        with capture_logs() as logs:
+            clouds.on_manifest(loaded(without))
+            await asyncio.wait_for(run, timeout=5)  # ends, without an error
+        assert clouds.serving() is None and clouds.snapshot() is None
+        assert [(e["event"], e["generation"], e["reason"]) for e in logs
+                if e["event"] == "cloud_left"] == [
+            ("cloud_left", 3, "the generation of shop in force no longer lists pm1: this "
+                              "agent serves no cloud now")]
+
+        # a host that has not taken that generation yet seeds the older one: refused
+        text = portable_text(cloud, cloud.text)
+        older = ManifestOffer("shop", cloud.digest, text, OfferOrigin.SEED, 4, 2)
+        with capture_logs() as logs:
+            assert await clouds._handle(PM2, older) is None
+        assert [e["reason"] for e in logs if e["event"] == "message_refused"] == [
+            "ManifestOffer (origin seed) from pm2 is generation 2 of shop, older than "
+            "generation 3 that removed this agent from it"]
+        assert not (me.manifest_dir / "shop.yaml").exists()
+        # a later generation that lists this host again is taken, and makes it a member
+        again = ManifestOffer("shop", cloud.digest, text + "# back\n", OfferOrigin.SEED, 5, 4)
+        assert (await clouds._handle(PM2, again)).ok
+        clouds.on_manifest(loaded(shop(tmp_path / "again", text + "# back\n")))
+        back = clouds.serving()
+        assert back is not None and back is not member
+        # and the agent's own shutdown still ends a running member with a cancellation
+        run = asyncio.create_task(clouds._run_member(back))
+        await asyncio.sleep(0)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        events.close()

@@ -38,6 +38,7 @@ from cloudd.daemon.network.catalogue import (
 )
 from cloudd.election.messages import Coordinator
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.vmctl.plan.model import DomainObs, DomainState
 
 from .fakes import DB, MANIFEST, WEB1, WEB2, FakeNodeSide, Wire, host, node, settings, shop
 
@@ -288,10 +289,20 @@ async def test_a_leader_whose_file_is_behind_restores_it_from_the_record(
     await leads(pm1, 4, pm2)
     with capture_logs() as logs:
         async with running(pm1, pm2):
-            await recover(pm1, 4)
+            pm1.member.record.recover(4)
+            for _ in range(500):  # bounded: files are written in threads
+                if pm1.installed:
+                    break
+                await asyncio.sleep(0.01)
     assert pm1.installed == [text_for(edited, Recipient.HOST)]
     [restored] = [e for e in logs if e["event"] == "manifest_restored_from_record"]
     assert restored["generation"] == 2
+    # it acts on nothing until it has read the record's generation back (its folder's
+    # watcher hands it over): its pool, not the stale file's, is the quorum
+    assert pm1.member.record.keeper is not None
+    assert pm1.member.record.keeper.recovered_term == 4 and pm1.member.leading_term() is None
+    pm1.member.update(shop(tmp_path / "read-back", text_for(edited, Recipient.HOST)))
+    assert pm1.member.leading_term() == 4 and pm1.member.generation == 2
 
 
 async def test_a_host_takes_only_its_leaders_writes(tmp_path: Path, made: list[Host]) -> None:
@@ -371,7 +382,7 @@ async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
             version = pm1.member.record_in_force().version
             pm1.member.record.make_secrets()  # held now: nothing more to write
             edited = batch(tmp_path / "edited", BATCH_MANIFEST.replace(
-                "  login: [{address: 192.0.2.23, image: /img/login.qcow2}]\n", ""))
+                "/img/login.qcow2", "/img/login-2.qcow2"))
             await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited,
                                             by="pm1", what="apply")
     made_here = pm1.member.record.generated()
@@ -388,7 +399,15 @@ async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
     # pm1 is gone; pm2 leads term 4 and hands out the same key to the roles that need it
     await leads(pm2, 4, pm1)
     async with running(pm1, pm2):
-        await recover(pm2, 4)
+        pm2.member.record.recover(4)
+        for _ in range(500):  # bounded: files are written in threads
+            if pm2.member.record.keeper is not None and \
+                    pm2.member.record.keeper.recovered_term == 4:
+                break
+            await asyncio.sleep(0.01)
+        # its file is behind the record's latest generation: it acts once it read it back
+        pm2.member.update(batch(tmp_path / "read-back", text_for(edited, Recipient.HOST)))
+        assert pm2.member.leading_term() == 4
         pm2.member.record.make_secrets()
     assert pm2.member.record.generated() == made_here
     assert not pm2.member.record._making
@@ -398,3 +417,97 @@ async def test_a_secret_the_leader_makes_is_made_once_and_inherited(
     sent = {peer: a.secrets for peer, a in pm2.wire.of(RoleAssignment)}
     mine = (("munge.key", base64.b64encode(value).decode()),)
     assert sent == {HEAD: mine, C1: mine, C2: mine, LOGIN: ()}
+
+
+async def test_a_generation_that_changes_two_pool_hosts_is_refused(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    hosts = "  - {name: pm2, address: 192.0.2.71, fence: [\"true\"]}\n"
+    two = shop(tmp_path / "two", MANIFEST.replace(hosts, hosts + (
+        "  - {name: pm3, address: 192.0.2.72}\n  - {name: pm4, address: 192.0.2.73}\n")))
+    one = shop(tmp_path / "one", MANIFEST.replace(hosts, hosts + (
+        "  - {name: pm3, address: 192.0.2.72}\n")))
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        with capture_logs() as logs, pytest.raises(PermanentError, match=(
+                r"^the new generation of shop adds pm3, pm4: a generation may add or remove "
+                r"one pool host at a time")):
+            await pm1.member.new_generation(text_for(two, Recipient.HOST), two, by="pm2",
+                                            what="apply")
+        assert [(e["event"], e["op"]) for e in logs] == [("command_refused", "apply")]
+        assert len(pm1.member.record_in_force().generations) == 1 and pm1.installed == []
+        # one host at a time is taken
+        gen, _ = await pm1.member.new_generation(text_for(one, Recipient.HOST), one, by="pm2",
+                                                 what="apply")
+        assert gen.number == 2
+        # and the next step is measured against the record's latest generation, whatever
+        # is in force in this agent's folder yet: pm3 and pm4 against {pm1, pm2, pm3}
+        gen, _ = await pm1.member.new_generation(text_for(two, Recipient.HOST), two, by="pm2",
+                                                 what="apply")
+        assert gen.number == 3
+
+
+async def test_a_host_that_a_written_generation_leaves_out_makes_it_its_manifest(
+        tmp_path: Path, made: list[Host], monkeypatch: pytest.MonkeyPatch) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    edited = shop(tmp_path / "edited", MANIFEST.replace("app_port: 8080", "app_port: 8081"))
+    alone = shop(tmp_path / "alone", MANIFEST.replace(
+        "  - {name: pm2, address: 192.0.2.71, fence: [\"true\"]}\n", ""))
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        # a generation that keeps pm2 reaches it as the leader's offer, not from the record
+        await pm1.member.new_generation(text_for(edited, Recipient.HOST), edited, by="pm1",
+                                        what="apply")
+    assert pm2.installed == []
+    # the leader has listed pm2's domains: it holds none
+    view = dataclasses.replace(pm1.member.controller.view(),
+                               hosts={"pm1": ((), None), "pm2": ((), None)})
+    monkeypatch.setattr(pm1.member.controller, "view", lambda: view)
+    with capture_logs() as logs:
+        async with running(pm1, pm2):
+            text = text_for(alone, Recipient.HOST)
+            gen, _ = await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+    # pm2 took the write (the pool in force still lists it) and found itself left out
+    assert pm2.installed == [text]
+    [removed] = [e for e in logs if e["event"] == "member_removed"]
+    assert (removed["node"], removed["generation"], gen.number) == ("pm2", 3, 3)
+    assert removed["reason"] == ("generation 3 of shop no longer lists pm2 in its pool: it "
+                                 "leaves the cloud")
+    # the same record pushed again changes nothing more
+    async with running(pm1, pm2):
+        await pm2.member.handle(host("pm1"), RecordPush(3, pm1.member.record_in_force()))
+    assert pm2.installed == [text]
+
+
+async def test_a_host_that_holds_domains_of_the_cloud_is_not_removed(
+        tmp_path: Path, made: list[Host], monkeypatch: pytest.MonkeyPatch) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    alone = shop(tmp_path / "alone", MANIFEST.replace(
+        "  - {name: pm2, address: 192.0.2.71, fence: [\"true\"]}\n", ""))
+    text = text_for(alone, Recipient.HOST)
+    controller = pm1.member.controller
+
+    def listed(domains: tuple[DomainObs, ...]) -> None:
+        view = dataclasses.replace(controller.view(), hosts={"pm1": ((), None),
+                                                             "pm2": (domains, None)})
+        monkeypatch.setattr(controller, "view", lambda: view)
+
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        with pytest.raises(TemporaryError, match="has not listed the domains of pm2 yet"):
+            await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+        listed((DomainObs("pm2", WEB1, "shop", DomainState.RUNNING),))
+        with capture_logs() as logs, pytest.raises(PermanentError, match=(
+                f"^pm2 still holds {WEB1} of shop, and the new generation removes it")):
+            await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+        assert [(e["event"], e["op"]) for e in logs] == [("command_refused", "apply")]
+        assert len(pm1.member.record_in_force().generations) == 1
+        controller.fenced.add("pm2")  # its fence command powered it off
+        gen, _ = await pm1.member.new_generation(text, alone, by="pm1", what="apply")
+    assert gen.number == 2
