@@ -13,8 +13,9 @@ with pauses between (`CLOUDD_COLD_SEED` replays an order), and nobody runs a com
 changes anything. Then, within generous bounds:
 - one leader, in a term above the one before the cut, that recovered the record
   (`record_recovered`), with the second generation in force and the hold still held;
-- the held server is not started again: maintenance leaves a node as it is, and the cut left
-  it off;
+- the held server is not started again, nor defined anywhere else: maintenance leaves a node
+  where and as it is, and the cut left it off (a fence of its host, which the lab's fence
+  command does by undefining the host's domains, leaves it without a domain);
 - every other node's domain runs again and its agent joined;
 - no node ever ran on two hosts: each node's domain runs on one host only, and a node started
   on another host than the one it ran on before the cut only once that host was fenced;
@@ -117,8 +118,8 @@ def power_cut(lab: ColdLab) -> None:
 
 
 class Watch:
-    """What must hold at every look while the pool comes back: the held node never runs,
-    and a node that runs on another host than before the cut does so only once that host
+    """What must hold at every look while the pool comes back: the held node never runs nor
+    moves, and a node that runs on another host than before the cut does so only once that host
     was fenced."""
 
     def __init__(self, lab: ColdLab, before: dict[str, str]) -> None:
@@ -128,6 +129,9 @@ class Watch:
     def __call__(self) -> None:
         self.looks += 1
         for node, d in self.lab.domains().items():
+            if node == HELD:
+                assert d.host == self.before[HELD], f"{HELD} is in maintenance, yet defined " \
+                                                    f"on {d.host}"
             if not d.running:
                 continue
             assert node != HELD, f"{HELD} is in maintenance, yet runs again on {d.host}"
@@ -209,8 +213,8 @@ def test_the_pool_comes_back_by_itself_after_a_cold_start(lab: ColdLab) -> None:
 
     lines, _ = poll("one leader with the record", recovered, bound=BACK, every=watch)
     leader, term, led_at = lines[0]["agent"], lines[0]["term"], lines[0]["at"]
-    print(f"leader {leader} (term {term}) recovered the record {led_at - last:.1f} s after the "
-          f"last host came back ({led_at - back[order[1]]:.1f} s after a majority was back)")
+    print(f"leader {leader} (term {term}) recovered the record {led_at - back[order[1]]:.1f} s "
+          "after a majority of the hosts was back")
     assert term > old_term
 
     rejoined = lab.wait_joined(RUNNING, since=cut, bound=BACK, progress=progress(watch, 30.0))
@@ -236,8 +240,10 @@ def test_the_pool_comes_back_by_itself_after_a_cold_start(lab: ColdLab) -> None:
     # -- the held node stays off; every node's domain is on one host -----------------------
     doms = lab.domains()
     held = doms.get(HELD)
-    assert held is None or not held.running, held
-    assert [e for e in lab.actions("start", since=cut) if e.get("node") == HELD] == []
+    assert held is None or (not held.running and held.host == before[HELD]), held
+    for verb in ("define", "start"):
+        assert [e for e in lab.actions(verb, since=cut) if e.get("node") == HELD] == [], verb
+    why = next(n for n in view["nodes"] if n["name"] == HELD)["waiting"]
     for node in RUNNING:
         assert doms[node].running, doms[node]
         fenced_at = lab.fenced_at(before[node])
@@ -248,4 +254,4 @@ def test_the_pool_comes_back_by_itself_after_a_cold_start(lab: ColdLab) -> None:
                     "before the cut, was fenced")
     fenced = {h: round(at - cut, 1) for h in HOSTS if (at := lab.fenced_at(h)) is not None}
     print(f"watched {watch.looks} times; fenced after the cut (s): {fenced or 'none'}; "
-          f"{HELD} {'off on ' + held.host if held else 'undefined'}")
+          f"{HELD} {'off on ' + held.host if held else 'undefined'} ({why or 'not waiting'})")
