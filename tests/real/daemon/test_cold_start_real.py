@@ -92,6 +92,30 @@ def events(lab: ColdLab, event: str, *, since: float) -> list[dict[str, Any]]:
     return [e for e in lab.log_events() if e.get("event") == event and e["at"] >= since]
 
 
+def came_alive(lab: ColdLab, node: str, *, since: float) -> float | None:
+    """When a pool host first saw `node`'s agent come alive after `since` (its own answer to
+    a probe: a member never heard from reads alive before its first probe, which proves
+    nothing), if it did."""
+    times = [e["at"] for e in lab.log_events() if e.get("event") == "election_member"
+             and e.get("peer") == node and str(e.get("reason", "")).startswith("alive")
+             and e["agent"].startswith("pm") and e["at"] >= since]
+    return min(times) if times else None
+
+
+def join(lab: ColdLab, nodes: list[str], *, since: float, bound: float,
+         progress: Callable[[float, dict[str, Any] | None], None] | None = None,
+         every: Callable[[], None] | None = None) -> dict[str, tuple[float, str]]:
+    """Wait until each node's domain, started after `since`, runs and its agent has answered
+    a pool host's probe since: node -> (seconds from `since` to that answer, host)."""
+    t0 = time.monotonic()
+    ran = lab.wait_joined(nodes, since=since, bound=bound, progress=progress)
+    answered, _ = poll("every node's agent answers", lambda: (
+        None if None in (t := [came_alive(lab, n, since=since) for n in nodes]) else t),
+        bound=max(1.0, bound - (time.monotonic() - t0)), every=every)
+    return {n: (max(ran[n][0], at - since), ran[n][1]) for n, at in zip(nodes, answered,
+                                                                         strict=True)}
+
+
 def apply_second_generation(lab: ColdLab, host: str) -> int:
     """`cloudd-cli apply` on `host` of the manifest with a setting changed: its number."""
     lab.settings = {"app_port": 8181}
@@ -168,7 +192,7 @@ def test_the_pool_comes_back_by_itself_after_a_cold_start(lab: ColdLab) -> None:
     # -- the cloud up, then the operator's state that must survive ---------------------------
     started = time.time()
     lab.start_all()
-    joined = lab.wait_joined([DATABASE, SERVER, HELD], since=started, bound=BOOT)
+    joined = join(lab, [DATABASE, SERVER, HELD], since=started, bound=BOOT)
     print(f"every node's agent joined {max(t for t, _ in joined.values()):.0f} s after the "
           f"agents started; nodes on {sorted({h for _, h in joined.values()})}")
     view = lab.leader_view()
@@ -217,7 +241,8 @@ def test_the_pool_comes_back_by_itself_after_a_cold_start(lab: ColdLab) -> None:
           "after a majority of the hosts was back")
     assert term > old_term
 
-    rejoined = lab.wait_joined(RUNNING, since=cut, bound=BACK, progress=progress(watch, 30.0))
+    rejoined = join(lab, RUNNING, since=cut, bound=BACK, progress=progress(watch, 30.0),
+                    every=watch)
     for node, (t, host) in sorted(rejoined.items()):
         print(f"{node} runs again on {host} (before: {before[node]}), its agent joined "
               f"{t - (last - cut):.0f} s after the last host came back")
