@@ -2,8 +2,9 @@
 maintenance holds applied.
 
 Pure. A node in maintenance keeps its place in the cloud but is planned with the `manual` run
-strategy: never started, stopped or moved while the operator works on it. Maintenance of the
-whole cloud is not a hold here: the leader stops reconciling altogether (`acting_term`).
+strategy and `held`: never started, stopped, placed or moved while the operator works on it.
+Maintenance of the whole cloud is not a hold here: the leader stops reconciling altogether
+(`acting_term`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def desired_of(cloud: Cloud, *, held: Collection[str | None] = ()) -> plan.Desir
                       image=n.image or "", base_image=n.base_image, pin=n.host,
                       run=(plan.RunStrategy.MANUAL if n.name in held
                            else plan.RunStrategy(n.run.value)),
-                      managed=n.managed,
+                      managed=n.managed, held=n.name in held,
                       source=plan.ImageSource(n.source_host, pool[n.source_host])
                       if n.source_host else None)
         for n in cloud.nodes)

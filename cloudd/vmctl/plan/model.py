@@ -77,6 +77,10 @@ class NodeSpec:
     """False: the node belongs to the cloud but its VM is not cloudd's to create or stop."""
     source: ImageSource | None = None
     """A host to copy the image from (its base image, when it has one) where it is missing."""
+    held: bool = False
+    """The operator's maintenance hold (with `run` manual): the node is left where and as it
+    is. It is not started, and not placed, moved or taken off a dead host to be re-placed: a
+    held node without a domain stays without one until the hold is released."""
 
     @property
     def copied_image(self) -> str:

@@ -14,6 +14,8 @@ Safety rules, in the order they are checked:
 - Two live copies (a fenced host came back) are resolved by removing all but the newest
   (running first, then highest term); nothing is started until one is left.
 - Only domains whose metadata names this cloud are ever touched.
+- A node in maintenance (`held`) is left where and as it is: never placed, never taken off
+  a dead host to be re-placed (duplicates are still resolved).
 Liveness rules: a copy on a live host is restarted in place according to its run strategy;
 a running copy whose agent stays unreachable is reset, then destroyed to be started again
 (`hung`); a node or host backing off after failures is skipped until its deadline.
@@ -198,7 +200,7 @@ class _Pass:
         # before its new domain is defined (the host refuses while the name is defined)
         self._leftovers()
         for spec in homeless:
-            if unknown:
+            if unknown and not spec.held:
                 # any of them may run this node's domain: placing it could make a second one
                 if not self._backing_off(spec.name):
                     self._wait(spec.name, f"domains of host {unknown[0]} are unknown")
@@ -242,6 +244,11 @@ class _Pass:
             self._wait(spec.name, f"host {d.host} is not in the pool")
             return
         if host.liveness is Liveness.DEAD:
+            if spec.held:
+                # re-placing is the only reason to take it off (or fence) its host: a held
+                # node is not re-placed
+                self._wait(spec.name, f"in maintenance: left on host {d.host}, which is dead")
+                return
             if host.reachable:
                 self._remove(d, why=f"host {d.host} is dead by quorum; removing before "
                                     "re-placing", graceful=False)
@@ -287,6 +294,9 @@ class _Pass:
             self.by_node[d.node].append(found)
 
     def _place(self, spec: NodeSpec, placer: Placer) -> None:
+        if spec.held:
+            self._wait(spec.name, "in maintenance: no domain, and none is made while held")
+            return
         if self._backing_off(spec.name):
             return
         host = placer.choose(spec)

@@ -34,3 +34,5 @@ def test_a_held_node_is_planned_as_manual(tmp_path: Path) -> None:
     held = {n.name: n.run for n in desired_of(cloud, held={DB, None}).nodes}
     assert set(free.values()) == {plan.RunStrategy.ALWAYS}
     assert held == {**free, DB: plan.RunStrategy.MANUAL}
+    assert {n.name for n in desired_of(cloud, held={DB, None}).nodes if n.held} == {DB}
+    assert not any(n.held for n in desired_of(cloud).nodes)

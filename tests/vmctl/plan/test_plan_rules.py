@@ -275,3 +275,58 @@ def test_duplicates_never_remove_the_copy_a_fresh_report_shows_running() -> None
     res = planned(want(node("a")), obs, 0)
     assert res.actions == ()
     assert res.waiting[0].reason.startswith("duplicate of the copy on h1 (term 1), but host h9")
+
+
+# ---- maintenance holds ---------------------------------------------------------------------
+
+def held(name: str) -> NodeSpec:
+    return node(name, run=RunStrategy.MANUAL, held=True)
+
+
+HELD = [
+    # (what, hosts, domains of "a", the reason it waits or None)
+    ("off on a live host: left off", [host("h1")], [dom("a", "h1", OFF, "destroyed")], None),
+    ("running on a live host: left running", [host("h1")], [dom("a", "h1")], None),
+    ("no domain anywhere: none made", [host("h1")], [],
+     "in maintenance: no domain, and none is made while held"),
+    ("its host fenced (a cold start): not re-placed",
+     [host("h1", live=DEAD, reach=False, fenced=True), host("h2")], [dom("a", "h1", OFF)],
+     "in maintenance: no domain, and none is made while held"),
+    ("its host dead and unreachable: not fenced for it", [host("h1", live=DEAD, reach=False),
+                                                          host("h2")], [dom("a", "h1")],
+     "in maintenance: left on host h1, which is dead"),
+    ("its host dead but reachable: not taken off", [host("h1", live=DEAD), host("h2")],
+     [dom("a", "h1")], "in maintenance: left on host h1, which is dead"),
+]
+
+
+@pytest.mark.parametrize(("what", "hosts", "domains", "reason"), HELD, ids=[h[0] for h in HELD])
+def test_a_held_node_is_left_where_and_as_it_is(what: str, hosts: list[HostObs],
+                                                domains: list[DomainObs],
+                                                reason: str | None) -> None:
+    res = planned(want(held("a")), seen(hosts, domains), 0)
+    assert res.actions == ()
+    assert [(w.node, w.reason) for w in res.waiting] == ([] if reason is None else
+                                                        [("a", reason)])
+
+
+def test_released_the_same_node_is_placed_again() -> None:
+    obs = seen([host("h1", live=DEAD, reach=False, fenced=True), host("h2")],
+               [dom("a", "h1", OFF)])
+    assert plan(want(node("a")), obs, 0) == [
+        Define("a", "h2", "re-placing: host h1 is dead and fenced"),
+        Start("a", "h2", "newly defined", respawn=True)]
+
+
+def test_a_held_node_on_a_dead_host_does_not_hold_back_the_fence_its_neighbours_need() -> None:
+    obs = seen([host("h1", live=DEAD, reach=False), host("h2")], [dom("a", "h1"), dom("b", "h1")])
+    res = planned(want(held("a"), node("b")), obs, 0)
+    assert res.actions == (Fence("h1", "host is dead by quorum and runs b"),)
+    assert [w.node for w in res.waiting] == ["a", "b"]
+
+
+def test_duplicates_of_a_held_node_are_still_resolved() -> None:
+    obs = seen([host("h1"), host("h2")], [dom("a", "h1", OFF, "destroyed", term=1),
+                                          dom("a", "h2", OFF, "destroyed", term=2)])
+    assert plan(want(held("a")), obs, 0) == [
+        Undefine("a", "h1", "duplicate of the copy on h2 (term 2)")]
