@@ -32,8 +32,9 @@ from cloudd.config.yamlsrc import Document, Loc
 from cloudd.errors import Problem
 
 #: A user or group name `useradd` takes on Debian, lower case, at most 32 characters; never
-#: starting with '-' (no name is ever read as an option).
-NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: starting with '-' (no name is ever read as an option). `\Z`, not `$`: `$` lets a name end
+#: in a newline.
+NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 #: Debian's range for ordinary users' and their groups' ids (`/etc/login.defs`'s UID_MIN and
 #: UID_MAX): below are the system's accounts, above the ranges reserved for other uses.
 ID_MIN, ID_MAX = 1000, 59999

@@ -93,6 +93,8 @@ def test_a_shared_primary_group_is_allowed(tmp_path: Path) -> None:
     ((User("root", 0, 0),), "user root's id 0 is outside 1000 to 59999"),
     ((User("a", 1001, 65534),), "user a's id 65534 is outside"),
     ((User("-a", 1001, 1001),), "user name '-a' is not a user name"),
+    ((User("a\n", 1001, 1001),), "user name 'a\\n' is not a user name"),
+    ((User("a", 1001, 1001, ("x\n",)),), "user a's groups are not distinct group names"),
     ((User("a", 1001, 1001, ("x,y",)),), "user a's groups are not distinct group names"),
     ((User("a", 1001, 1001, ("x", "x")),), "user a's groups are not distinct group names"),
     ((User("a", 1001, 1001), User("b", 1001, 1001)), "user b or its uid 1001 is listed twice"),
