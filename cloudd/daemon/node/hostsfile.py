@@ -22,13 +22,17 @@ The file is replaced atomically (`write_durable`, keeping its mode and owner), u
 mount point in this agent's namespace (a container's or a test node's bind-mounted file, which
 a rename cannot replace): then it is rewritten in place and fsynced. A block whose markers
 are damaged (one without the other, or twice) is refused with one sentence: the file changes
-only when cloudd knows which lines are its own.
+only when cloudd knows which lines are its own. So is a name that is not a host name or an
+address that is not an IP address: the entries come from the leader, and no entry may add a
+line or a marker of its own to a file every lookup on the node reads.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,9 @@ from cloudd.durable import write_durable
 from cloudd.errors import PermanentError
 
 HOSTS = Path("etc/hosts")
+#: A name a hosts file can hold: letters, digits, '-' and '.', at most 253 (no blank, no '#',
+#: no line break). `\Z`, not `$`: `$` lets a name end in a newline.
+HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")
 
 
 def begin(cloud: str) -> str:
@@ -62,8 +69,23 @@ def block(cloud: str, entries: Iterable[tuple[str, str]]) -> list[str]:
             end(cloud)]
 
 
+def refusal(entries: Iterable[tuple[str, str]]) -> str | None:
+    """Why (name, address) entries may not be written (None: they may)."""
+    for name, address in entries:
+        if not HOSTNAME.match(name):
+            return f"node name {name!r} is not a host name the hosts file can hold"
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return f"node {name}'s address {address!r} is not an IP address"
+    return None
+
+
 def rewritten(text: str, cloud: str, entries: Sequence[tuple[str, str]]) -> Rewrite:
     """`text` (a hosts file) with the block of `cloud` holding exactly `entries`."""
+    why = refusal(entries)
+    if why is not None:
+        raise PermanentError(why)
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if line.strip() == begin(cloud)]
     ends = [i for i, line in enumerate(lines) if line.strip() == end(cloud)]

@@ -59,6 +59,21 @@ def test_damaged_markers_are_refused_and_nothing_is_guessed(damaged: str) -> Non
         rewritten(damaged, "batch", NODES)
 
 
+@pytest.mark.parametrize(("entries", "why"), [
+    ([("head\n# END cloudd batch\n10.6.6.6 evil", "10.0.0.1")],
+     "node name 'head\\n# END cloudd batch\\n10.6.6.6 evil' is not a host name"),
+    ([("head\n", "10.0.0.1")], "node name 'head\\n' is not a host name"),
+    ([("head evil", "10.0.0.1")], "node name 'head evil' is not a host name"),
+    ([("#head", "10.0.0.1")], "node name '#head' is not a host name"),
+    ([("head", "10.0.0.1 evil")], "node head's address '10.0.0.1 evil' is not an IP address"),
+])
+def test_an_entry_that_could_add_a_line_is_refused(entries: list[tuple[str, str]],
+                                                   why: str) -> None:
+    with pytest.raises(PermanentError) as caught:
+        rewritten(DEBIAN, "batch", [*NODES, *entries])
+    assert str(caught.value).startswith(why)
+
+
 def test_a_line_outside_the_block_that_names_a_node_elsewhere_is_reported() -> None:
     got = rewritten(DEBIAN + "10.0.0.2 compute-1 # the same address\n", "batch", NODES)
     assert got.shadowed == ("127.0.1.1\thead",)
