@@ -16,6 +16,7 @@ from cloudd.providers.base import Provider
 #: Modules that define a provider as a module-level `PROVIDER`.
 BUILTIN_MODULES: tuple[str, ...] = (
     "cloudd.providers.web.provider",
+    "cloudd.providers.torque.provider",
 )
 
 
