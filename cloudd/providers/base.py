@@ -131,6 +131,15 @@ class Converged:
 NodeAsk = Callable[[str, str, Mapping[str, str]], Awaitable[Mapping[str, str]]]
 
 
+#: Seconds a node gives its role's `act` before it answers that the action did not finish:
+#: below the transport's request timeout (10 s by default), so that the leader hears the
+#: node's own sentence. Actions are short commands (`scontrol`, `qmgr`), not long jobs.
+ACT_WITHIN = 8.0
+#: Most characters an action's answer may hold, keys and values together: an answer is a
+#: few fields, not a log file.
+ACT_ANSWER_LIMIT = 16 * 1024
+
+
 async def no_channel(node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
     """The `ask` of a view built where no leader's channel exists (tests of pure hooks)."""
     raise TemporaryError(f"cannot ask {node} for {action!r}: no channel to the nodes here")
@@ -152,12 +161,24 @@ class ClusterView:
 
 @dataclass(frozen=True)
 class Finding:
-    """One result of a provider's `monitor` check."""
+    """One result of a provider's `monitor` check.
+
+    The leader keeps the findings of the last `monitor`, shows them in `inspect` (beside the
+    node they name, or for the whole cloud when `node` is ""), and logs one when its `ok` or
+    `message` changes. A batch scheduler's view of a node is a finding too: `state` is the
+    scheduler's own word for the node ("idle", "alloc", "down", "free", "job-exclusive")
+    and `jobs` the ids of the jobs running on it; `inspect` shows them beside cloudd's own
+    view of that node. They are not compared for the log: jobs come and go all the time.
+    """
 
     check: str
     ok: bool
     message: str
     node: str = ""
+    #: The scheduler's state of `node`, as the scheduler says it ("" when not a scheduler's).
+    state: str = ""
+    #: The ids of the jobs the scheduler runs on `node` now.
+    jobs: tuple[str, ...] = ()
 
 
 class Role:
@@ -194,7 +215,10 @@ class Role:
     async def act(self, assignment: Assignment, action: str,
                   args: Mapping[str, str]) -> Mapping[str, str]:
         """Do one of `actions` on this node (e.g. `scontrol delete node` on a Slurm head)
-        and answer; raise ClouddError with one sentence when it fails."""
+        and answer; raise ClouddError with one sentence when it fails.
+
+        Bounds: the node gives `act` `ACT_WITHIN` seconds, and refuses an answer of more
+        than `ACT_ANSWER_LIMIT` characters (keys and values together)."""
         raise PermanentError(f"role {self.name!r} has no action {action!r}")
 
 
@@ -218,14 +242,21 @@ class Provider:
         return dependency_order({n: r.depends_on for n, r in self.roles.items()})
 
     async def configure(self, cluster: ClusterView, role: str) -> None:
-        """Run once a role's dependencies are healthy; raise TemporaryError to be retried."""
+        """The leader calls it when `role`'s nodes, their addresses or their health change
+        (and when a new generation changes the settings), in role order, once every role it
+        depends on has a healthy node. Raise TemporaryError to be retried (with backoff, at
+        least its delay); it must be idempotent: a new leader calls it again."""
 
     async def monitor(self, cluster: ClusterView) -> tuple[Finding, ...]:
-        """Type-specific checks beyond each service's own probes."""
+        """Type-specific checks beyond each service's own probes: every
+        `timing.monitor_interval` seconds of the manifest, and after each configure."""
         return ()
 
     async def stop(self, cluster: ClusterView) -> None:
-        """Cluster-level work before the services stop (they stop in reverse role order)."""
+        """Cluster-level work before the domains go (`ensure: stopped`), while every node
+        still runs its services; then the services stop (in reverse role order on each
+        node). Raise TemporaryError to be retried; the stop goes on without it after a
+        bound (docs/operations.md, "Provider hooks")."""
 
 
 def dependency_order(depends: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
