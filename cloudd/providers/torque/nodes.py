@@ -47,8 +47,13 @@ class NodeView:
     def usable(self) -> bool:
         return not self.states & UNUSABLE
 
+    @property
+    def state(self) -> str:
+        """TORQUE's own word(s) for the node, as `pbsnodes` prints them."""
+        return ",".join(sorted(self.states))
+
     def describe(self) -> str:
-        state = ",".join(sorted(self.states)) or "no state"
+        state = self.state or "no state"
         if not self.jobs:
             return f"{state}, no job"
         shown = ", ".join(self.jobs[:5]) + (", ..." if len(self.jobs) > 5 else "")
@@ -149,23 +154,28 @@ class Judgement:
 
 
 def judge(computes: tuple[Peer, ...], registered: Mapping[str, NodeView]) -> Judgement:
+    """One finding per compute node (with pbs_server's state and jobs of it) and per node
+    pbs_server lists that is not the cloud's; the nodes to nudge."""
     findings, nudge = [], []
     for peer in sorted(computes, key=lambda p: p.node):
         view = registered.get(peer.node)
         if view is None:
             findings.append(Finding(CHECK, False, "not registered with pbs_server", peer.node))
-        elif view.usable:
-            findings.append(Finding(CHECK, True, view.describe(), peer.node))
+            continue
+        if view.usable:
+            ok, message = True, view.describe()
         elif "down" in view.states and "offline" not in view.states and peer.healthy:
             nudge.append(peer.node)
-            findings.append(Finding(CHECK, False, f"{view.describe()} in TORQUE although its "
-                                    "agent is healthy: pbs_mom asked to report (momctl -C)",
-                                    peer.node))
+            ok, message = False, (f"{view.describe()} in TORQUE although its agent is "
+                                  "healthy: pbs_mom asked to report (momctl -C)")
         else:
             why = "" if peer.healthy else " (its agent is not healthy either)"
-            findings.append(Finding(CHECK, False, f"{view.describe()}{why}", peer.node))
+            ok, message = False, f"{view.describe()}{why}"
+        findings.append(Finding(CHECK, ok, message, peer.node, state=view.state,
+                                jobs=view.jobs))
     names = {p.node for p in computes}
     for name in sorted(set(registered) - names):
         findings.append(Finding(CHECK, False, "registered with pbs_server but not a compute "
-                                "node of the cloud", name))
+                                "node of the cloud", name, state=registered[name].state,
+                                jobs=registered[name].jobs))
     return Judgement(tuple(findings), tuple(nudge))

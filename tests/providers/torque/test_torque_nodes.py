@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cloudd.errors import PermanentError
-from cloudd.providers.base import Finding, Peer
+from cloudd.providers.base import Peer
 from cloudd.providers.torque import nodes
 from cloudd.providers.torque.nodes import NodeView
 
@@ -99,6 +99,10 @@ OFFLINE = NodeView("hpc-c3", frozenset({"down", "offline"}), 1)
 def test_judge(peers: tuple[Peer, ...], registered: dict[str, NodeView],
                findings: list[tuple[str, bool, str]], nudge: tuple[str, ...]) -> None:
     verdict = nodes.judge(peers, registered)
-    assert verdict.findings == tuple(Finding(nodes.CHECK, ok, message, node)
-                                     for node, ok, message in findings)
+    assert [(f.check, f.node, f.ok, f.message) for f in verdict.findings] == [
+        (nodes.CHECK, node, ok, message) for node, ok, message in findings]
     assert verdict.nudge == nudge
+    # The scheduler's own state and jobs of each node it knows ride along, for inspect.
+    for f in verdict.findings:
+        view = registered.get(f.node)
+        assert (f.state, f.jobs) == ((view.state, view.jobs) if view else ("", ()))
