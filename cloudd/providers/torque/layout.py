@@ -34,6 +34,10 @@ SERVER_PORT, MOM_PORT, MOM_MANAGER_PORT, SCHED_PORT = 15001, 15002, 15003, 15004
 #: trqauthd's socket, compiled in: one per machine (per mount namespace in tests).
 TRQAUTHD_SOCKET = "/tmp/trqauthd-unix"
 _MOM_CONFIG = "pbs_mom's mom_priv/config"
+#: Seconds between two status reports of a pbs_mom to pbs_server (TORQUE's default, 45, is
+#: sized for thousands of nodes): a node that reported `down` (a pbs_mom started before its
+#: node was created, or a restarted pbs_server) is `free` again within about this long.
+STATUS_UPDATE_TIME = 10
 
 
 def torque_settings(raw: Mapping[str, Any]) -> TorqueSettings:
@@ -115,7 +119,8 @@ def _common_files(home: Home, head: str) -> tuple[FileSpec, ...]:
 def mom_config(head: str, shared_paths: tuple[str, ...], *, node: str) -> str:
     """pbs_mom's configuration: its server, its logging, and the folders copied with cp."""
     lines = [f"# pbs_mom of {node}, written by cloudd from the cloud's manifest.",
-             f"$pbsserver {head}", "$logevent 0x1ff"]
+             f"$pbsserver {head}", "$logevent 0x1ff",
+             f"$status_update_time {STATUS_UPDATE_TIME}"]
     for path in shared_paths:
         shared = values.path(path, what="shared path", target=_MOM_CONFIG)
         lines.append(f"$usecp *:{shared} {shared}")
@@ -155,6 +160,9 @@ def server_setup(settings: TorqueSettings, *, queues: tuple[str, ...]) -> tuple[
         "set server allow_node_submit = True",
         # np follows what each pbs_mom reports, unless the manifest fixes it.
         f"set server auto_node_np = {settings.np is None}",
+        # A pbs_mom silent for this long is `down`: three of its status reports missed
+        # (TORQUE's 150 s goes with its 45 s reports).
+        f"set server node_check_rate = {3 * STATUS_UPDATE_TIME}",
     ]
     return tuple(commands)
 

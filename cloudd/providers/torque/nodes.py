@@ -10,6 +10,13 @@ compromised (`decode`: names, states and job ids checked, sizes bounded), then d
   makes that pbs_mom report to the server at once instead of at its next status cycle.
 A fresh or restarted pbs_mom reads `down` for some seconds before `free`; a nudge then is
 harmless, and nothing here waits for it.
+
+On the head, `on_create` and `on_delete` choose what the `create_node` and `delete_node`
+actions do with what pbs_server says of the node: `qmgr delete node` of a node that still
+runs jobs does not return (seen with TORQUE 6.1.3.h5), so such a node is first set offline,
+with `DRAIN_NOTE`, and deleted once its jobs are gone; a node of the cloud found offline with
+that note (it came back before it was deleted) is cleared. An operator's own `pbsnodes -o`
+carries another note, or none, and is never undone.
 """
 
 from __future__ import annotations
@@ -19,19 +26,24 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from cloudd.errors import PermanentError
 from cloudd.providers.base import Finding, Peer
 
 #: TORQUE's node states (a node may be in several at once: `down,job-exclusive`).
 STATES = frozenset({"free", "down", "offline", "job-exclusive", "job-sharing", "busy",
-                    "reserve", "time-shared", "state-unknown", "unknown"})
+                    "reserve", "time-shared", "state-unknown", "unknown",
+                    # A node pbs_server has not yet sent the list of its moms (a new one).
+                    "MOM-list-not-sent"})
 #: States in which a node takes no new job through no choice of the scheduler's.
 UNUSABLE = frozenset({"down", "offline", "state-unknown", "unknown"})
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _JOB = re.compile(r"^[0-9]{1,12}(\[[0-9]{0,9}\])?(\.[A-Za-z0-9-]{1,63}){1,8}$")
 MAX_NODES, MAX_JOBS = 4096, 64
 CHECK = "torque_node"
+#: The note cloudd gives a node it sets offline because the node left the cloud.
+DRAIN_NOTE = "cloudd: left the cloud, deleted once its jobs end"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,8 @@ class NodeView:
     states: frozenset[str]
     np: int
     jobs: tuple[str, ...] = ()
+    #: The node's note (`pbsnodes -N`); read on the head only, never sent to the leader.
+    note: str = ""
 
     @property
     def usable(self) -> bool:
@@ -86,7 +100,8 @@ def parse_pbsnodes(xml: str) -> tuple[NodeView, ...]:
             states=frozenset(s.strip() for s in (node.findtext("state") or "").split(",")
                              if s.strip()),
             np=int(np_text) if np_text.isdigit() else 0,
-            jobs=_jobs(node.findtext("jobs") or "")))
+            jobs=_jobs(node.findtext("jobs") or ""),
+            note=(node.findtext("note") or "").strip()))
     return tuple(nodes)
 
 
@@ -126,6 +141,32 @@ def decode(answer: Mapping[str, str]) -> dict[str, NodeView]:
             raise _refuse(name, "jobs are not TORQUE job ids")
         views[name] = NodeView(name, frozenset(states), np, tuple(jobs))
     return views
+
+
+class OnCreate(StrEnum):
+    CREATE = "create"  # qmgr create node
+    RESUME = "resume"  # pbsnodes -c, and the note cleared: cloudd's own drain undone
+    KEEP = "keep"  # registered already (offline by an operator stays so)
+
+
+class OnDelete(StrEnum):
+    DELETE = "delete"  # qmgr delete node
+    DRAIN = "drain"  # pbsnodes -o -N DRAIN_NOTE: jobs still run there
+    GONE = "gone"  # not registered: nothing to do
+
+
+def on_create(view: NodeView | None) -> OnCreate:
+    if view is None:
+        return OnCreate.CREATE
+    if "offline" in view.states and view.note == DRAIN_NOTE:
+        return OnCreate.RESUME
+    return OnCreate.KEEP
+
+
+def on_delete(view: NodeView | None) -> OnDelete:
+    if view is None:
+        return OnDelete.GONE
+    return OnDelete.DRAIN if view.jobs else OnDelete.DELETE
 
 
 @dataclass(frozen=True)

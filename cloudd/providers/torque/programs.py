@@ -19,12 +19,13 @@ from pathlib import Path
 from cloudd import log
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles
-from cloudd.providers.base import Assignment
+from cloudd.providers.base import ACT_WITHIN, Assignment
 from cloudd.providers.torque.layout import PREFIX, Home, environment, program
 
 _log = log.get("providers.torque")
-#: Seconds a client command (qmgr, pbsnodes, momctl) may take.
-CLIENT_TIMEOUT = 20.0
+#: Seconds a client command (qmgr, pbsnodes, momctl) may take: within the node's bound on a
+#: whole action, so that a hung client fails with its own sentence.
+CLIENT_TIMEOUT = ACT_WITHIN * 0.75
 #: Seconds `pbs_server -t create` may take to write its first database.
 CREATE_TIMEOUT = 30.0
 
@@ -81,9 +82,10 @@ async def run(a: Assignment, head: str, argv: Sequence[str], *,
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
-async def client(a: Assignment, head: str, name: str, *args: str) -> str:
-    """A TORQUE client's output; its failure as one sentence (TemporaryError)."""
-    code, out = await run(a, head, (program("bin", name), *args))
+async def client(a: Assignment, head: str, name: str, *args: str, kind: str = "bin") -> str:
+    """A TORQUE client's output (`kind`: its folder of PREFIX); its failure as one sentence
+    (TemporaryError)."""
+    code, out = await run(a, head, (program(kind, name), *args))
     if code != 0:
         last = out.splitlines()[-1] if out else f"exit status {code}"
         raise TemporaryError(f"{name} {' '.join(args)} failed on {a.node}: {last}", delay=5.0)

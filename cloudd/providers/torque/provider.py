@@ -129,25 +129,36 @@ async def _setup(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[s
     return {"queue": s.queue}
 
 
+async def _view(a: Assignment, head: str, name: str) -> nodes.NodeView | None:
+    return next((n for n in await _pbsnodes(a, head) if n.name == name), None)
+
+
 async def _create_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
     name, np = _name(args, "create_node"), args.get("np", "")
     if not np.isdigit() or not 1 <= int(np) <= 4096:
         raise PermanentError(f"create_node: np {np[:20]!r} is not a count of slots")
-    if name not in {n.name for n in await _pbsnodes(a, head)}:
+    done = nodes.on_create(await _view(a, head, name))
+    if done is nodes.OnCreate.CREATE:
         await programs.client(a, head, "qmgr", "-c", f"create node {name} np={np}")
-    return {"node": name}
+    elif done is nodes.OnCreate.RESUME:
+        await programs.client(a, head, "pbsnodes", "-c", "-N", "", name)
+    return {"node": name, "done": done.value}
 
 
 async def _delete_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
     name = _name(args, "delete_node")
-    if name in {n.name for n in await _pbsnodes(a, head)}:
+    view = await _view(a, head, name)
+    done = nodes.on_delete(view)
+    if done is nodes.OnDelete.DELETE:
         await programs.client(a, head, "qmgr", "-c", f"delete node {name}")
-    return {"node": name}
+    elif done is nodes.OnDelete.DRAIN:
+        await programs.client(a, head, "pbsnodes", "-o", "-N", nodes.DRAIN_NOTE, name)
+    return {"node": name, "done": done.value, "jobs": str(len(view.jobs) if view else 0)}
 
 
 async def _cycle_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
     name = _name(args, "cycle_node")
-    await programs.client(a, head, "momctl", "-h", name, "-C")
+    await programs.client(a, head, "momctl", "-h", name, "-C", kind="sbin")
     return {"node": name}
 
 
@@ -207,9 +218,17 @@ class TorqueProvider(Provider):
         for name, slots in plan.create:
             await cluster.ask(head.node, "create_node", {"name": name, "np": str(slots)})
             _log.info("torque.node_created", cloud=cluster.cloud, node=name, np=slots)
+        draining = []
         for name in plan.delete:
-            await cluster.ask(head.node, "delete_node", {"name": name})
-            _log.info("torque.node_deleted", cloud=cluster.cloud, node=name)
+            answer = await cluster.ask(head.node, "delete_node", {"name": name})
+            if answer.get("done") == nodes.OnDelete.DRAIN:
+                draining.append(f"{name} ({answer.get('jobs', '?')} job(s))")
+            else:
+                _log.info("torque.node_deleted", cloud=cluster.cloud, node=name)
+        if draining:
+            # Deleted on a later try, once TORQUE shows no job on them any more.
+            raise TemporaryError(f"offline in TORQUE until their jobs end, then deleted: "
+                                 f"{', '.join(draining)}", delay=30.0)
 
     async def monitor(self, cluster: ClusterView) -> tuple[Finding, ...]:
         try:

@@ -106,3 +106,37 @@ def test_judge(peers: tuple[Peer, ...], registered: dict[str, NodeView],
     for f in verdict.findings:
         view = registered.get(f.node)
         assert (f.state, f.jobs) == ((view.state, view.jobs) if view else ("", ()))
+
+
+DRAINED = NodeView("hpc-c3", frozenset({"offline"}), 1, note=nodes.DRAIN_NOTE)
+BY_HAND = NodeView("hpc-c3", frozenset({"offline"}), 1, note="bad disk")
+
+
+@pytest.mark.parametrize(("view", "done"), [
+    (None, nodes.OnCreate.CREATE),
+    (C1, nodes.OnCreate.KEEP),
+    (DRAINED, nodes.OnCreate.RESUME),  # it came back before its jobs ended
+    (BY_HAND, nodes.OnCreate.KEEP),  # an operator's offline is theirs to undo
+    (NodeView("hpc-c3", frozenset({"offline"}), 1), nodes.OnCreate.KEEP),
+])
+def test_on_create(view: NodeView | None, done: nodes.OnCreate) -> None:
+    assert nodes.on_create(view) == done
+
+
+@pytest.mark.parametrize(("view", "done"), [
+    (None, nodes.OnDelete.GONE),
+    (C3, nodes.OnDelete.DELETE),
+    (DRAINED, nodes.OnDelete.DELETE),
+    (C1, nodes.OnDelete.DRAIN),  # qmgr delete node hangs while jobs run there
+    (C2, nodes.OnDelete.DRAIN),
+])
+def test_on_delete(view: NodeView | None, done: nodes.OnDelete) -> None:
+    assert nodes.on_delete(view) == done
+
+
+def test_the_note_is_read_on_the_head_and_never_sent() -> None:
+    xml = ("<Data><Node><name>hpc-c3</name><state>offline</state><np>1</np>"
+           f"<note>{nodes.DRAIN_NOTE}</note></Node></Data>")
+    (view,) = nodes.parse_pbsnodes(xml)
+    assert view == DRAINED
+    assert "note" not in nodes.encode((view,))["hpc-c3"]

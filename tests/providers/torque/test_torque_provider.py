@@ -35,7 +35,14 @@ class FakeHead:
             self.registered[args["name"]] = NodeView(args["name"], frozenset({"down"}),
                                                      int(args["np"]))
         if action == "delete_node":
+            view = self.registered.get(args["name"])
+            if view is not None and view.jobs:
+                self.registered[args["name"]] = NodeView(
+                    view.name, view.states | {"offline"}, view.np, view.jobs,
+                    note=nodes.DRAIN_NOTE)
+                return {"node": args["name"], "done": "drain", "jobs": str(len(view.jobs))}
             self.registered.pop(args["name"], None)
+            return {"node": args["name"], "done": "delete", "jobs": "0"}
         return {}
 
     def actions(self) -> list[str]:
@@ -72,6 +79,19 @@ async def test_configure_compute_registers_new_nodes_and_deletes_gone_ones() -> 
     head.asked.clear()
     await PROVIDER.configure(_cluster(head, _c("hpc-c1"), _c("hpc-c2")), "compute")
     assert head.actions() == ["nodes"]
+
+
+async def test_a_node_that_leaves_with_jobs_is_drained_then_deleted() -> None:
+    busy = NodeView("hpc-c2", frozenset({"job-exclusive"}), 1, ("7.hpc-head",))
+    head = FakeHead({"hpc-c1": _view("hpc-c1", "free"), "hpc-c2": busy})
+    with pytest.raises(TemporaryError, match=r"offline in TORQUE until their jobs end, then "
+                       r"deleted: hpc-c2 \(1 job\(s\)\)"):
+        await PROVIDER.configure(_cluster(head, _c("hpc-c1")), "compute")
+    assert "offline" in head.registered["hpc-c2"].states
+    # Its job ended: the next try deletes it.
+    head.registered["hpc-c2"] = _view("hpc-c2", "offline")
+    await PROVIDER.configure(_cluster(head, _c("hpc-c1")), "compute")
+    assert sorted(head.registered) == ["hpc-c1"]
 
 
 async def test_configure_waits_for_a_healthy_head() -> None:

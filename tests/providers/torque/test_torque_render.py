@@ -44,6 +44,7 @@ def test_a_compute_node_reports_to_the_head_and_copies_into_shared_folders() -> 
         "# pbs_mom of hpc-c1, written by cloudd from the cloud's manifest.\n"
         "$pbsserver hpc-head\n"
         "$logevent 0x1ff\n"
+        "$status_update_time 10\n"
         "$usecp *:/home /home\n"
         "$usecp *:/var/tmp/lab/shared /var/tmp/lab/shared\n")
     (config,) = [f for f in PROVIDER.role("compute").render(_a("compute"), {}).files
@@ -110,11 +111,12 @@ def test_compute_services() -> None:
     ({}, (), ("create queue batch queue_type=execution", "set queue batch enabled = True",
               "set queue batch started = True", "set server default_queue = batch",
               "set server scheduling = True", "set server allow_node_submit = True",
-              "set server auto_node_np = True")),
+              "set server auto_node_np = True", "set server node_check_rate = 30")),
     ({"queue": "long", "np": 4, "scheduler": False}, ("long",),
      ("set queue long enabled = True", "set queue long started = True",
       "set server default_queue = long", "set server scheduling = False",
-      "set server allow_node_submit = True", "set server auto_node_np = False")),
+      "set server allow_node_submit = True", "set server auto_node_np = False",
+      "set server node_check_rate = 30")),
 ])
 def test_server_setup(settings: dict[str, object], queues: tuple[str, ...],
                       expected: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from cloudd_lab.nodens import NodeLab
@@ -22,7 +23,9 @@ async def torquelab(have) -> AsyncIterator[TorqueLab]:  # type: ignore[no-untype
                         "scripts/build-torque.sh (make test does it first)")
     have("nsenter")
     have("setpriv")
-    with NodeLab(PREFIX, subnet=SUBNET) as nodes:
+    # TORQUE's daemons refuse a PBS_HOME below a world-writable folder, even a sticky one
+    # (/var/tmp): the lab's folders go under /var/lib, as a node's root would.
+    with NodeLab(PREFIX, subnet=SUBNET, base=Path("/var/lib")) as nodes:
         shared = nodes.root / "shared"
         shared.mkdir()
         shared.chmod(0o1777)

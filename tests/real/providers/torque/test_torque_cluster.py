@@ -43,6 +43,11 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
     await until(lab.all_free, "both compute nodes free in pbs_server's view")
     print(f"\n[torque] head and two computes up, nodes free after "
           f"{time.monotonic() - started:.1f} s")
+    # The server database is created once: preparing the head again keeps it.
+    db = lab.nodes.root / "roles" / "head" / "torque" / "server_priv" / "serverdb"
+    inode = db.stat().st_ino
+    await PROVIDER.role("head").prepare(lab.assignment("head"))
+    assert db.stat().st_ino == inode
     findings = await lab.findings()
     assert sorted(findings) == ["tq-c1", "tq-c2"]
     assert all(f.message.startswith("free") for f in findings.values())
@@ -60,7 +65,11 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
         print(f"[torque] kill -9 {service} on {label} (pid {old}): running again after "
               f"{time.monotonic() - killed:.1f} s")
     killed = time.monotonic()
+    # A new leader configures the head again: the server's settings are applied again,
+    # harmlessly (the queue exists), and pbs_mom answers the head's nudge.
+    await PROVIDER.configure(lab.cluster(), "head")
     await until(lab.all_free, "both compute nodes free again after the kills")
+    assert await lab.ask("tq-head", "cycle_node", {"name": "tq-c1"}) == {"node": "tq-c1"}
     print(f"[torque] nodes free again {time.monotonic() - killed:.1f} s after the last kill")
     host, user = await lab.ran(lab.submit("after-kills"))
     assert (host, user) in {("tq-c1", USER), ("tq-c2", USER)}
@@ -73,11 +82,31 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
     await until(lab.all_free, "the new compute node free")
     assert await lab.ran(lab.submit("on-c3", where="tq-c3")) == ["tq-c3", USER]
 
-    # One removed: its services stop, the hook deletes it from pbs_server, jobs go on.
-    await lab.stop("c3")
+    # One removed while a job runs there: set offline (no new job lands on it), deleted once
+    # its job ended (qmgr delete node would hang on a busy node); then its services stop.
+    running = lab.submit("last-on-c3", where="tq-c3", sleep=8)
+    await until(lambda: _runs_on(lab, "tq-c3"), "a job running on tq-c3")
     lab.forget("c3")
-    await PROVIDER.configure(lab.cluster(), "compute")
+    with pytest.raises(TemporaryError, match="offline in TORQUE until their jobs end"):
+        await PROVIDER.configure(lab.cluster(), "compute")
+    assert "offline" in _pbsnodes(lab).split("tq-c3", 1)[1].split("\n\n")[0]
+    assert await lab.ran(running) == ["tq-c3", USER]
+    await until(lambda: _configured(lab), "tq-c3 deleted once its job ended")
     assert "tq-c3" not in _pbsnodes(lab)
+    await lab.stop("c3")
     assert sorted(await lab.findings()) == ["tq-c1", "tq-c2"]
     host, _ = await lab.ran(lab.submit("after-removal"))
     assert host in {"tq-c1", "tq-c2"}
+
+
+async def _runs_on(lab: TorqueLab, node: str) -> bool:
+    finding = (await lab.findings()).get(node)
+    return finding is not None and bool(finding.jobs)
+
+
+async def _configured(lab: TorqueLab) -> bool:
+    try:
+        await PROVIDER.configure(lab.cluster(), "compute")
+    except TemporaryError:
+        return False
+    return True

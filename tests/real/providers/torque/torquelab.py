@@ -39,13 +39,13 @@ UID = 42240
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, *, limit: float = 90.0) -> None:
-    """Poll `check()` every 0.5 s until true; fail after `limit` seconds."""
+    """Poll `check()` every second until true; fail after `limit` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not await check():
         if loop.time() > deadline:
             pytest.fail(f"timed out after {limit:g}s waiting for {what}")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
 
 
 def make_user(home: Path) -> None:
@@ -173,12 +173,12 @@ class TorqueLab:
         return self.node(label).run([program("bin", argv[0]), *argv[1:]], user=user,
                                     env={"PBS_DEFAULT": head}, cwd=self.shared, timeout=30)
 
-    def submit(self, name: str, *, where: str = "") -> Path:
-        """qsub, as the test's user on the head, a job printing its host and user; returns
-        the file its output is copied to."""
+    def submit(self, name: str, *, where: str = "", sleep: int = 0) -> Path:
+        """qsub, as the test's user on the head, a job printing its host and user (after
+        `sleep` seconds); returns the file its output is copied to."""
         out = self.shared / f"{name}.out"
         script = self.shared / f"{name}.sh"
-        script.write_text("#!/bin/sh\nhostname\nid -un\n")
+        script.write_text(f"#!/bin/sh\nsleep {sleep}\nhostname\nid -un\n")
         script.chmod(0o755)
         extra = ["-l", f"nodes={where}"] if where else []
         done = self.client("head", "qsub", "-N", name, "-j", "oe", "-o", str(out), *extra,
