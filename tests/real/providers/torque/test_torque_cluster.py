@@ -9,6 +9,8 @@ import pytest
 from torquelab import USER, TorqueLab, until
 
 from cloudd.errors import TemporaryError
+from cloudd.providers.torque import programs
+from cloudd.providers.torque.layout import Home
 from cloudd.providers.torque.provider import PROVIDER
 
 pytestmark = [pytest.mark.services, pytest.mark.netns]
@@ -43,11 +45,11 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
     await until(lab.all_free, "both compute nodes free in pbs_server's view")
     print(f"\n[torque] head and two computes up, nodes free after "
           f"{time.monotonic() - started:.1f} s")
-    # The server database is created once: preparing the head again keeps it.
-    db = lab.nodes.root / "roles" / "head" / "torque" / "server_priv" / "serverdb"
-    inode = db.stat().st_ino
-    await PROVIDER.role("head").prepare(lab.assignment("head"))
-    assert db.stat().st_ino == inode
+    # The server database is created once: preparing the head again keeps it (and its queue).
+    head = lab.assignment("head")
+    await PROVIDER.role("head").prepare(head)
+    assert not await programs.create_server_db(head, Home(head.root))
+    assert "batch" in lab.client("head", "qstat", "-Q").stdout
     findings = await lab.findings()
     assert sorted(findings) == ["tq-c1", "tq-c2"]
     assert all(f.message.startswith("free") for f in findings.values())
