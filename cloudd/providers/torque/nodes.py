@@ -47,7 +47,7 @@ DRAIN_NOTE = "cloudd: left the cloud, deleted once its jobs end"
 
 
 @dataclass(frozen=True)
-class NodeView:
+class TorqueNode:
     """One node as pbs_server sees it."""
 
     name: str
@@ -84,7 +84,7 @@ def _jobs(text: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def parse_pbsnodes(xml: str) -> tuple[NodeView, ...]:
+def parse_pbsnodes(xml: str) -> tuple[TorqueNode, ...]:
     """The nodes of `pbsnodes -x` (run on the head, from its own pbs_server)."""
     if not xml.strip():
         return ()
@@ -95,7 +95,7 @@ def parse_pbsnodes(xml: str) -> tuple[NodeView, ...]:
     nodes = []
     for node in root.iter("Node"):
         np_text = node.findtext("np") or "0"
-        nodes.append(NodeView(
+        nodes.append(TorqueNode(
             name=(node.findtext("name") or "").strip(),
             states=frozenset(s.strip() for s in (node.findtext("state") or "").split(",")
                              if s.strip()),
@@ -105,7 +105,7 @@ def parse_pbsnodes(xml: str) -> tuple[NodeView, ...]:
     return tuple(nodes)
 
 
-def encode(nodes: tuple[NodeView, ...]) -> dict[str, str]:
+def encode(nodes: tuple[TorqueNode, ...]) -> dict[str, str]:
     """The head's answer to `nodes`: node name -> its view as one line of JSON."""
     return {n.name: json.dumps({"state": sorted(n.states), "np": n.np,
                                 "jobs": list(n.jobs[:MAX_JOBS])}, separators=(",", ":"))
@@ -116,7 +116,7 @@ def _refuse(name: str, why: str) -> PermanentError:
     return PermanentError(f"the head's node list is malformed: {name[:80]!r}: {why}")
 
 
-def decode(answer: Mapping[str, str]) -> dict[str, NodeView]:
+def decode(answer: Mapping[str, str]) -> dict[str, TorqueNode]:
     """The head's answer, each value checked; one precise error for the first bad one."""
     if len(answer) > MAX_NODES:
         raise _refuse("", f"more than {MAX_NODES} nodes")
@@ -139,7 +139,7 @@ def decode(answer: Mapping[str, str]) -> dict[str, NodeView]:
         if (not isinstance(jobs, list) or len(jobs) > MAX_JOBS
                 or not all(isinstance(j, str) and _JOB.match(j) for j in jobs)):
             raise _refuse(name, "jobs are not TORQUE job ids")
-        views[name] = NodeView(name, frozenset(states), np, tuple(jobs))
+        views[name] = TorqueNode(name, frozenset(states), np, tuple(jobs))
     return views
 
 
@@ -155,7 +155,7 @@ class OnDelete(StrEnum):
     GONE = "gone"  # not registered: nothing to do
 
 
-def on_create(view: NodeView | None) -> OnCreate:
+def on_create(view: TorqueNode | None) -> OnCreate:
     if view is None:
         return OnCreate.CREATE
     if "offline" in view.states and view.note == DRAIN_NOTE:
@@ -163,7 +163,7 @@ def on_create(view: NodeView | None) -> OnCreate:
     return OnCreate.KEEP
 
 
-def on_delete(view: NodeView | None) -> OnDelete:
+def on_delete(view: TorqueNode | None) -> OnDelete:
     if view is None:
         return OnDelete.GONE
     return OnDelete.DRAIN if view.jobs else OnDelete.DELETE
@@ -177,7 +177,7 @@ class Registration:
     delete: tuple[str, ...] = ()
 
 
-def registration(computes: Mapping[str, int], registered: Mapping[str, NodeView]
+def registration(computes: Mapping[str, int], registered: Mapping[str, TorqueNode]
                  ) -> Registration:
     """`computes`: each compute node of the cloud with the np it is created with."""
     return Registration(
@@ -194,7 +194,7 @@ class Judgement:
     nudge: tuple[str, ...] = ()
 
 
-def judge(computes: tuple[Peer, ...], registered: Mapping[str, NodeView]) -> Judgement:
+def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> Judgement:
     """One finding per compute node (with pbs_server's state and jobs of it) and per node
     pbs_server lists that is not the cloud's; the nodes to nudge."""
     findings, nudge = [], []

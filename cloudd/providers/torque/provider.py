@@ -100,7 +100,7 @@ class HeadRole(Role):
         return await handler(a, head_of(a, f"the {action} action"), args)
 
 
-async def _pbsnodes(a: Assignment, head: str) -> tuple[nodes.NodeView, ...]:
+async def _pbsnodes(a: Assignment, head: str) -> tuple[nodes.TorqueNode, ...]:
     code, out = await programs.run(a, head, (program("bin", "pbsnodes"), "-x"))
     if code != 0:
         # pbs_server with no node at all says so instead of printing an empty list.
@@ -129,7 +129,7 @@ async def _setup(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[s
     return {"queue": s.queue}
 
 
-async def _view(a: Assignment, head: str, name: str) -> nodes.NodeView | None:
+async def _view(a: Assignment, head: str, name: str) -> nodes.TorqueNode | None:
     return next((n for n in await _pbsnodes(a, head) if n.name == name), None)
 
 

@@ -9,7 +9,7 @@ import pytest
 from cloudd.errors import PermanentError
 from cloudd.providers.base import Peer
 from cloudd.providers.torque import nodes
-from cloudd.providers.torque.nodes import NodeView
+from cloudd.providers.torque.nodes import TorqueNode
 
 PBSNODES = (
     "<Data><Node><name>hpc-c1</name><state>free</state><power_state>Running</power_state>"
@@ -19,9 +19,9 @@ PBSNODES = (
     "<ntype>cluster</ntype><jobs>0-1/9[3].hpc-head</jobs></Node>"
     "<Node><name>hpc-c3</name><state>down</state><np>1</np><ntype>cluster</ntype></Node>"
     "</Data>")
-C1 = NodeView("hpc-c1", frozenset({"free"}), 2, ("7.hpc-head", "8.hpc-head"))
-C2 = NodeView("hpc-c2", frozenset({"down", "job-exclusive"}), 1, ("9[3].hpc-head",))
-C3 = NodeView("hpc-c3", frozenset({"down"}), 1)
+C1 = TorqueNode("hpc-c1", frozenset({"free"}), 2, ("7.hpc-head", "8.hpc-head"))
+C2 = TorqueNode("hpc-c2", frozenset({"down", "job-exclusive"}), 1, ("9[3].hpc-head",))
+C3 = TorqueNode("hpc-c3", frozenset({"down"}), 1)
 
 
 def test_pbsnodes_xml_is_parsed() -> None:
@@ -66,7 +66,7 @@ def test_a_malformed_answer_is_refused(answer: dict[str, str], why: str) -> None
     ({"hpc-c1": 1, "hpc-c4": 2}, {"hpc-c1": C1, "hpc-c3": C3}, (("hpc-c4", 2),), ("hpc-c3",)),
     ({}, {"hpc-c1": C1, "hpc-c2": C2}, (), ("hpc-c1", "hpc-c2")),
 ])
-def test_registration(computes: dict[str, int], registered: dict[str, NodeView],
+def test_registration(computes: dict[str, int], registered: dict[str, TorqueNode],
                       create: tuple[tuple[str, int], ...], delete: tuple[str, ...]) -> None:
     assert nodes.registration(computes, registered) == nodes.Registration(create, delete)
 
@@ -75,7 +75,7 @@ def _peer(name: str, healthy: bool = True) -> Peer:
     return Peer(name, "compute", "10.2.0.11", healthy)
 
 
-OFFLINE = NodeView("hpc-c3", frozenset({"down", "offline"}), 1)
+OFFLINE = TorqueNode("hpc-c3", frozenset({"down", "offline"}), 1)
 
 
 @pytest.mark.parametrize(("peers", "registered", "findings", "nudge"), [
@@ -96,7 +96,7 @@ OFFLINE = NodeView("hpc-c3", frozenset({"down", "offline"}), 1)
       ("hpc-c1", False, "registered with pbs_server but not a compute node of the cloud")],
      ()),
 ])
-def test_judge(peers: tuple[Peer, ...], registered: dict[str, NodeView],
+def test_judge(peers: tuple[Peer, ...], registered: dict[str, TorqueNode],
                findings: list[tuple[str, bool, str]], nudge: tuple[str, ...]) -> None:
     verdict = nodes.judge(peers, registered)
     assert [(f.check, f.node, f.ok, f.message) for f in verdict.findings] == [
@@ -108,8 +108,8 @@ def test_judge(peers: tuple[Peer, ...], registered: dict[str, NodeView],
         assert (f.state, f.jobs) == ((view.state, view.jobs) if view else ("", ()))
 
 
-DRAINED = NodeView("hpc-c3", frozenset({"offline"}), 1, note=nodes.DRAIN_NOTE)
-BY_HAND = NodeView("hpc-c3", frozenset({"offline"}), 1, note="bad disk")
+DRAINED = TorqueNode("hpc-c3", frozenset({"offline"}), 1, note=nodes.DRAIN_NOTE)
+BY_HAND = TorqueNode("hpc-c3", frozenset({"offline"}), 1, note="bad disk")
 
 
 @pytest.mark.parametrize(("view", "done"), [
@@ -117,9 +117,9 @@ BY_HAND = NodeView("hpc-c3", frozenset({"offline"}), 1, note="bad disk")
     (C1, nodes.OnCreate.KEEP),
     (DRAINED, nodes.OnCreate.RESUME),  # it came back before its jobs ended
     (BY_HAND, nodes.OnCreate.KEEP),  # an operator's offline is theirs to undo
-    (NodeView("hpc-c3", frozenset({"offline"}), 1), nodes.OnCreate.KEEP),
+    (TorqueNode("hpc-c3", frozenset({"offline"}), 1), nodes.OnCreate.KEEP),
 ])
-def test_on_create(view: NodeView | None, done: nodes.OnCreate) -> None:
+def test_on_create(view: TorqueNode | None, done: nodes.OnCreate) -> None:
     assert nodes.on_create(view) == done
 
 
@@ -130,7 +130,7 @@ def test_on_create(view: NodeView | None, done: nodes.OnCreate) -> None:
     (C1, nodes.OnDelete.DRAIN),  # qmgr delete node hangs while jobs run there
     (C2, nodes.OnDelete.DRAIN),
 ])
-def test_on_delete(view: NodeView | None, done: nodes.OnDelete) -> None:
+def test_on_delete(view: TorqueNode | None, done: nodes.OnDelete) -> None:
     assert nodes.on_delete(view) == done
 
 

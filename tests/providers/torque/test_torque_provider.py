@@ -10,7 +10,7 @@ import pytest
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.base import Assignment, ClusterView, Finding, Peer
 from cloudd.providers.torque import nodes
-from cloudd.providers.torque.nodes import NodeView
+from cloudd.providers.torque.nodes import TorqueNode
 from cloudd.providers.torque.provider import PROVIDER
 
 HEAD = Peer("hpc-head", "head", "10.2.0.10", True)
@@ -19,7 +19,7 @@ HEAD = Peer("hpc-head", "head", "10.2.0.10", True)
 class FakeHead:
     """Answers the leader's asks as a head would, keeping pbs_server's node list."""
 
-    def __init__(self, registered: dict[str, NodeView] | None = None, *,
+    def __init__(self, registered: dict[str, TorqueNode] | None = None, *,
                  fail: str = "") -> None:
         self.registered = dict(registered or {})
         self.asked: list[tuple[str, str, dict[str, str]]] = []
@@ -32,12 +32,12 @@ class FakeHead:
         if action == "nodes":
             return nodes.encode(tuple(self.registered.values()))
         if action == "create_node":
-            self.registered[args["name"]] = NodeView(args["name"], frozenset({"down"}),
+            self.registered[args["name"]] = TorqueNode(args["name"], frozenset({"down"}),
                                                      int(args["np"]))
         if action == "delete_node":
             view = self.registered.get(args["name"])
             if view is not None and view.jobs:
-                self.registered[args["name"]] = NodeView(
+                self.registered[args["name"]] = TorqueNode(
                     view.name, view.states | {"offline"}, view.np, view.jobs,
                     note=nodes.DRAIN_NOTE)
                 return {"node": args["name"], "done": "drain", "jobs": str(len(view.jobs))}
@@ -59,8 +59,8 @@ def _c(name: str, healthy: bool = True) -> Peer:
     return Peer(name, "compute", "10.2.0.11", healthy)
 
 
-def _view(name: str, *states: str) -> NodeView:
-    return NodeView(name, frozenset(states), 1)
+def _view(name: str, *states: str) -> TorqueNode:
+    return TorqueNode(name, frozenset(states), 1)
 
 
 async def test_configure_head_applies_the_server_settings() -> None:
@@ -82,7 +82,7 @@ async def test_configure_compute_registers_new_nodes_and_deletes_gone_ones() -> 
 
 
 async def test_a_node_that_leaves_with_jobs_is_drained_then_deleted() -> None:
-    busy = NodeView("hpc-c2", frozenset({"job-exclusive"}), 1, ("7.hpc-head",))
+    busy = TorqueNode("hpc-c2", frozenset({"job-exclusive"}), 1, ("7.hpc-head",))
     head = FakeHead({"hpc-c1": _view("hpc-c1", "free"), "hpc-c2": busy})
     with pytest.raises(TemporaryError, match=r"offline in TORQUE until their jobs end, then "
                        r"deleted: hpc-c2 \(1 job\(s\)\)"):
