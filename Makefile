@@ -10,7 +10,9 @@ setup:
 
 # The whole suite: the fast tests, tests/real (namespaces, libvirt, services) and tests/e2e (VMs)
 # with one case of each VM scenario; the rest of the VM matrix (e2e_full) runs in `make e2e`.
+# TORQUE is built from its source tarball first, once per machine (scripts/build-torque.sh).
 test: setup
+	@scripts/build-torque.sh
 	@scripts/ensure-libvirtd.sh
 	@$(PY) -m pytest -m "not e2e_full" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -33,6 +35,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 demo: setup
+	@scripts/build-torque.sh
 	@scripts/demo.sh
 
 bench: setup

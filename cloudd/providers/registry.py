@@ -17,6 +17,7 @@ from cloudd.providers.base import Provider
 BUILTIN_MODULES: tuple[str, ...] = (
     "cloudd.providers.web.provider",
     "cloudd.providers.slurm.provider",
+    "cloudd.providers.torque.provider",
 )
 
 

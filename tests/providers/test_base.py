@@ -120,10 +120,12 @@ class _Back(Role):
 def test_registry() -> None:
     registry = default_registry()
     assert registry.types() == tuple(sorted(registry.types()))
-    assert {"slurm", "web"} <= set(registry.types())
+    assert {"slurm", "torque", "web"} <= set(registry.types())
     assert "web" in registry
+    assert registry.get("torque").role_order == ("head", "compute")
     assert registry.get("web").role_order == ("database", "server", "balancer")
-    with pytest.raises(PermanentError, match=r"no provider for cloud type 'pbs' \(known: .*web\)"):
+    with pytest.raises(PermanentError,
+                       match=r"no provider for cloud type 'pbs' \(known: .*slurm.*torque.*web\)"):
         registry.get("pbs")
     with pytest.raises(PermanentError, match="already registered"):
         registry.register(registry.get("web"))

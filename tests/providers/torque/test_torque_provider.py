@@ -1,0 +1,148 @@
+"""The leader's TORQUE hooks against a fake head: what is asked, in what order, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.base import Assignment, ClusterView, Finding, Peer
+from cloudd.providers.torque import nodes
+from cloudd.providers.torque.nodes import TorqueNode
+from cloudd.providers.torque.provider import PROVIDER
+
+HEAD = Peer("hpc-head", "head", "10.2.0.10", True)
+
+
+class FakeHead:
+    """Answers the leader's asks as a head would, keeping pbs_server's node list."""
+
+    def __init__(self, registered: dict[str, TorqueNode] | None = None, *,
+                 fail: str = "") -> None:
+        self.registered = dict(registered or {})
+        self.asked: list[tuple[str, str, dict[str, str]]] = []
+        self.fail = fail
+
+    async def ask(self, node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
+        self.asked.append((node, action, dict(args)))
+        if action == self.fail:
+            raise TemporaryError(f"cannot ask {node} for {action!r}: unreachable")
+        if action == "nodes":
+            return nodes.encode(tuple(self.registered.values()))
+        if action == "create_node":
+            self.registered[args["name"]] = TorqueNode(args["name"], frozenset({"down"}),
+                                                     int(args["np"]))
+        if action == "delete_node":
+            view = self.registered.get(args["name"])
+            if view is not None and view.jobs:
+                self.registered[args["name"]] = TorqueNode(
+                    view.name, view.states | {"offline"}, view.np, view.jobs,
+                    note=nodes.DRAIN_NOTE)
+                return {"node": args["name"], "done": "drain", "jobs": str(len(view.jobs))}
+            self.registered.pop(args["name"], None)
+            return {"node": args["name"], "done": "delete", "jobs": "0"}
+        return {}
+
+    def actions(self) -> list[str]:
+        return [f"{action} {args.get('name', '')}".strip() for _, action, args in self.asked]
+
+
+def _cluster(head: FakeHead, *computes: Peer, healthy_head: bool = True,
+             **settings: object) -> ClusterView:
+    return ClusterView(cloud="hpc", settings=settings, ask=head.ask,
+                       nodes=(Peer("hpc-head", "head", "10.2.0.10", healthy_head), *computes))
+
+
+def _c(name: str, healthy: bool = True) -> Peer:
+    return Peer(name, "compute", "10.2.0.11", healthy)
+
+
+def _view(name: str, *states: str) -> TorqueNode:
+    return TorqueNode(name, frozenset(states), 1)
+
+
+async def test_configure_head_applies_the_server_settings() -> None:
+    head = FakeHead()
+    await PROVIDER.configure(_cluster(head), "head")
+    assert head.asked == [("hpc-head", "setup", {})]
+
+
+async def test_configure_compute_registers_new_nodes_and_deletes_gone_ones() -> None:
+    head = FakeHead({"hpc-c1": _view("hpc-c1", "free"), "hpc-old": _view("hpc-old", "down")})
+    await PROVIDER.configure(_cluster(head, _c("hpc-c1"), _c("hpc-c2"), np=4), "compute")
+    assert head.actions() == ["nodes", "create_node hpc-c2", "delete_node hpc-old"]
+    assert head.asked[1][2] == {"name": "hpc-c2", "np": "4"}
+    assert sorted(head.registered) == ["hpc-c1", "hpc-c2"]
+    # Level-triggered: the same view again asks for nothing more than the list.
+    head.asked.clear()
+    await PROVIDER.configure(_cluster(head, _c("hpc-c1"), _c("hpc-c2")), "compute")
+    assert head.actions() == ["nodes"]
+
+
+async def test_a_node_that_leaves_with_jobs_is_drained_then_deleted() -> None:
+    busy = TorqueNode("hpc-c2", frozenset({"job-exclusive"}), 1, ("7.hpc-head",))
+    head = FakeHead({"hpc-c1": _view("hpc-c1", "free"), "hpc-c2": busy})
+    with pytest.raises(TemporaryError, match=r"offline in TORQUE until their jobs end, then "
+                       r"deleted: hpc-c2 \(1 job\(s\)\)"):
+        await PROVIDER.configure(_cluster(head, _c("hpc-c1")), "compute")
+    assert "offline" in head.registered["hpc-c2"].states
+    # Its job ended: the next try deletes it.
+    head.registered["hpc-c2"] = _view("hpc-c2", "offline")
+    await PROVIDER.configure(_cluster(head, _c("hpc-c1")), "compute")
+    assert sorted(head.registered) == ["hpc-c1"]
+
+
+async def test_configure_waits_for_a_healthy_head() -> None:
+    head = FakeHead()
+    with pytest.raises(TemporaryError, match="cloud hpc has no healthy TORQUE head"):
+        await PROVIDER.configure(_cluster(head, _c("hpc-c1"), healthy_head=False), "compute")
+    assert head.asked == []
+
+
+async def test_monitor_reports_each_node_and_nudges_a_down_one_with_a_healthy_agent() -> None:
+    head = FakeHead({"hpc-c1": _view("hpc-c1", "free"), "hpc-c2": _view("hpc-c2", "down")})
+    findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c1"), _c("hpc-c2")))
+    assert [(f.node, f.ok) for f in findings] == [("hpc-c1", True), ("hpc-c2", False)]
+    assert head.actions() == ["nodes", "cycle_node hpc-c2"]
+
+
+async def test_monitor_says_so_when_the_head_cannot_answer() -> None:
+    head = FakeHead(fail="nodes")
+    findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c1")))
+    assert findings == (Finding(nodes.CHECK, False, "no view from pbs_server: cannot ask "
+                                "hpc-head for 'nodes': unreachable"),)
+
+
+async def test_a_failed_nudge_does_not_hide_the_findings() -> None:
+    head = FakeHead({"hpc-c2": _view("hpc-c2", "down")}, fail="cycle_node")
+    findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c2")))
+    assert [(f.node, f.ok) for f in findings] == [("hpc-c2", False)]
+
+
+def _head_assignment() -> Assignment:
+    return Assignment(cloud="hpc", node="hpc-head", role="head", address="10.2.0.10",
+                      root=Path("/nonexistent/hpc-head"), secrets_dir=Path("/nonexistent"),
+                      exec_prefix=("false",))
+
+
+@pytest.mark.parametrize(("action", "args", "error"), [
+    ("create_node", {"name": "c1; reboot", "np": "1"}, "refusing to render node name"),
+    ("create_node", {"name": "hpc-c1", "np": "0"}, "create_node: np '0' is not a count"),
+    ("create_node", {"name": "hpc-c1", "np": "1 properties=x"}, "is not a count of slots"),
+    ("delete_node", {"name": "ALL"}, "refusing to render node name 'ALL'"),
+    ("cycle_node", {}, "refusing to render node name None"),
+    ("reboot", {}, "role 'head' has no action 'reboot'"),
+])
+async def test_the_head_refuses_bad_arguments_before_running_anything(
+        action: str, args: dict[str, str], error: str) -> None:
+    with pytest.raises(PermanentError, match=error):
+        await PROVIDER.role("head").act(_head_assignment(), action, args)
+
+
+def test_the_head_declares_its_actions() -> None:
+    assert dict(PROVIDER.role("head").actions) == {
+        "setup": (), "nodes": (), "create_node": ("name", "np"), "delete_node": ("name",),
+        "cycle_node": ("name",)}
+    assert dict(PROVIDER.role("compute").actions) == {}

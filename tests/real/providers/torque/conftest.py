@@ -1,0 +1,41 @@
+"""Fixtures of the TORQUE provider's real tests (the lab itself is in torquelab.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cloudd_lab.nodens import NodeLab
+from torquelab import PREFIX, SUBNET, TorqueLab, drop_user, make_user
+
+from cloudd.providers.torque.layout import PREFIX as TORQUE
+from cloudd.providers.torque.layout import program
+
+
+@pytest.fixture
+async def torquelab(have) -> AsyncIterator[TorqueLab]:  # type: ignore[no-untyped-def]
+    """One head and two compute nodes' namespaces (nothing started), the job user and a
+    shared folder. TORQUE must be built: `make test` builds it first, so its absence fails."""
+    for name in ("pbs_server", "pbs_sched", "pbs_mom", "trqauthd"):
+        if not (TORQUE / "sbin" / name).exists():
+            pytest.fail(f"{program('sbin', name)} is missing: build TORQUE with "
+                        "scripts/build-torque.sh (make test does it first)")
+    have("nsenter")
+    have("setpriv")
+    # TORQUE's daemons refuse a PBS_HOME below a world-writable folder, even a sticky one
+    # (/var/tmp): the lab's folders go under /var/lib, as a node's root would.
+    with NodeLab(PREFIX, subnet=SUBNET, base=Path("/var/lib")) as nodes:
+        shared = nodes.root / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        make_user(shared / "home")
+        lab = TorqueLab(nodes=nodes, shared=shared)
+        try:
+            lab.add("head", "head")
+            lab.add("c1", "compute")
+            lab.add("c2", "compute")
+            yield lab
+        finally:
+            await lab.stop_all()
+            drop_user()

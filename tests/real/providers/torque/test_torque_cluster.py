@@ -1,0 +1,114 @@
+"""TORQUE for real: a head and compute nodes in namespaces, jobs from a normal user, daemons
+killed and supervised back, compute nodes added and removed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from torquelab import USER, TorqueLab, until
+
+from cloudd.errors import TemporaryError
+from cloudd.providers.torque import programs
+from cloudd.providers.torque.layout import Home
+from cloudd.providers.torque.provider import PROVIDER
+
+pytestmark = [pytest.mark.services, pytest.mark.netns]
+
+
+async def _bring_up(lab: TorqueLab) -> None:
+    """Roles in the provider's order, each configured by the leader's hook once it runs."""
+    for role in PROVIDER.role_order:
+        for label in [lb for lb, r in lab.roles.items() if r == role]:
+            await lab.converge(label)
+        await PROVIDER.configure(lab.cluster(), role)
+
+
+def _pbsnodes(lab: TorqueLab) -> str:
+    done = lab.client("head", "pbsnodes", "-a")
+    return done.stdout + done.stderr
+
+
+@pytest.mark.timeout(330)
+async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
+        torquelab: TorqueLab) -> None:
+    lab = torquelab
+    # Nothing runs yet: the leader's hook is refused, to be retried.
+    lab.health["head"] = False
+    with pytest.raises(TemporaryError, match="has no healthy TORQUE head"):
+        await PROVIDER.configure(lab.cluster(), "compute")
+    lab.health["head"] = True
+
+    started = time.monotonic()
+    await _bring_up(lab)
+    # A fresh pbs_mom reads `down` for a while before `free`: waited for, never asserted.
+    await until(lab.all_free, "both compute nodes free in pbs_server's view")
+    print(f"\n[torque] head and two computes up, nodes free after "
+          f"{time.monotonic() - started:.1f} s")
+    # The server database is created once: preparing the head again keeps it (and its queue).
+    head = lab.assignment("head")
+    await PROVIDER.role("head").prepare(head)
+    assert not await programs.create_server_db(head, Home(head.root))
+    assert "batch" in lab.client("head", "qstat", "-Q").stdout
+    findings = await lab.findings()
+    assert sorted(findings) == ["tq-c1", "tq-c2"]
+    assert all(f.message.startswith("free") for f in findings.values())
+
+    # A normal user's job runs on a compute node; its output comes back.
+    host, user = await lab.ran(lab.submit("first"))
+    assert (host, user) in {("tq-c1", USER), ("tq-c2", USER)}
+
+    # kill -9 of each daemon: the supervisor brings it back, and a new job still runs.
+    for label, service in (("head", "pbs_server"), ("head", "pbs_sched"),
+                           ("head", "trqauthd"), ("c1", "pbs_mom"), ("c2", "pbs_mom"),
+                           ("c1", "trqauthd")):
+        killed = time.monotonic()
+        old = await lab.kill9(label, service)
+        print(f"[torque] kill -9 {service} on {label} (pid {old}): running again after "
+              f"{time.monotonic() - killed:.1f} s")
+    killed = time.monotonic()
+    # A new leader configures the head again: the server's settings are applied again,
+    # harmlessly (the queue exists), and pbs_mom answers the head's nudge.
+    await PROVIDER.configure(lab.cluster(), "head")
+    await until(lab.all_free, "both compute nodes free again after the kills")
+    assert await lab.ask("tq-head", "cycle_node", {"name": "tq-c1"}) == {"node": "tq-c1"}
+    print(f"[torque] nodes free again {time.monotonic() - killed:.1f} s after the last kill")
+    host, user = await lab.ran(lab.submit("after-kills"))
+    assert (host, user) in {("tq-c1", USER), ("tq-c2", USER)}
+
+    # A compute node added: registered by the leader's hook, and it takes jobs.
+    lab.add("c3", "compute")
+    await lab.converge("c3")
+    await PROVIDER.configure(lab.cluster(), "compute")
+    assert "tq-c3" in _pbsnodes(lab)
+    await until(lab.all_free, "the new compute node free")
+    assert await lab.ran(lab.submit("on-c3", where="tq-c3")) == ["tq-c3", USER]
+
+    # One removed while a job runs there: set offline (no new job lands on it), deleted once
+    # its job ended (qmgr delete node would hang on a busy node); then its services stop.
+    running = lab.submit("last-on-c3", where="tq-c3", sleep=8)
+    await until(lambda: _runs_on(lab, "tq-c3"), "a job running on tq-c3")
+    lab.forget("c3")
+    with pytest.raises(TemporaryError, match="offline in TORQUE until their jobs end"):
+        await PROVIDER.configure(lab.cluster(), "compute")
+    assert "offline" in _pbsnodes(lab).split("tq-c3", 1)[1].split("\n\n")[0]
+    assert await lab.ran(running) == ["tq-c3", USER]
+    await until(lambda: _configured(lab), "tq-c3 deleted once its job ended")
+    assert "tq-c3" not in _pbsnodes(lab)
+    await lab.stop("c3")
+    assert sorted(await lab.findings()) == ["tq-c1", "tq-c2"]
+    host, _ = await lab.ran(lab.submit("after-removal"))
+    assert host in {"tq-c1", "tq-c2"}
+
+
+async def _runs_on(lab: TorqueLab, node: str) -> bool:
+    finding = (await lab.findings()).get(node)
+    return finding is not None and bool(finding.jobs)
+
+
+async def _configured(lab: TorqueLab) -> bool:
+    try:
+        await PROVIDER.configure(lab.cluster(), "compute")
+    except TemporaryError:
+        return False
+    return True
