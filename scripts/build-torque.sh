@@ -25,7 +25,16 @@ APT_PACKAGES=(autoconf2.69 automake libtool libboost-dev libxml2-dev zlib1g-dev 
 
 fail() { echo "build-torque: $*" >&2; exit 1; }
 
-[ -f "$TARBALL" ] || fail "no TORQUE source tarball at $TARBALL (pass its path as the first argument)."
+if [ ! -f "$TARBALL" ]; then
+  # `make test` and `make demo` call this without a path: on a machine without the tarball
+  # beside the repository they go on, and the TORQUE tests say they were skipped and why.
+  if [ -z "${1:-}" ] && [ -z "${CLOUDD_TORQUE_SOURCE:-}" ]; then
+    echo "build-torque: no TORQUE source tarball at $TARBALL: TORQUE is not built, and its" \
+         "tests are skipped (set CLOUDD_TORQUE_SOURCE to the tarball's path)" >&2
+    exit 0
+  fi
+  fail "no TORQUE source tarball at $TARBALL (pass its path as the first argument)."
+fi
 case "$PREFIX" in /*) ;; *) fail "the prefix must be an absolute path, not $PREFIX." ;; esac
 
 sha="$(sha256sum "$TARBALL" | cut -d' ' -f1)"
