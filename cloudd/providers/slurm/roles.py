@@ -29,7 +29,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from cloudd import durable
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles, values
-from cloudd.providers.base import ACT_WITHIN, Assignment, DirSpec, FileSpec, Rendered, Role
+from cloudd.providers.base import (
+    ACT_WITHIN,
+    Assignment,
+    DirSpec,
+    FileSpec,
+    Rendered,
+    Role,
+    read_secret,
+)
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.conf import (
@@ -102,14 +110,7 @@ class SlurmRole(Role):
     async def prepare(self, a: Assignment) -> None:
         """Install the munge key from the node's secrets (idempotent)."""
         name = munge_key_name(slurm_settings(a.settings))
-        if not name or "/" in name or name.startswith("."):
-            raise PermanentError(f"munge key secret {name!r} is not a plain file name")
-        path = a.secrets_dir / name
-        try:
-            key = path.read_bytes()
-        except FileNotFoundError:
-            raise PermanentError(f"munge key secret {name!r} not found: {path} does not "
-                                 "exist") from None
+        key = read_secret(a, name)
         if len(key) < MUNGE_KEY_MIN:
             raise PermanentError(f"munge key secret {name!r} holds {len(key)} bytes; munged "
                                  f"needs at least {MUNGE_KEY_MIN}")

@@ -141,7 +141,7 @@ async def test_prepare_installs_the_binary_key_for_munge_alone(head: Assignment)
 
 
 @pytest.mark.parametrize(("content", "match"), [
-    (None, "munge key secret 'munge.key' not found: .*/secrets/munge.key does not exist"),
+    (None, "^secret 'munge.key' not found: .*/secrets/munge.key does not exist$"),
     (b"short", "munge key secret 'munge.key' holds 5 bytes; munged needs at least 32"),
 ])
 async def test_a_missing_or_short_key_is_refused(head: Assignment, content: bytes | None,
