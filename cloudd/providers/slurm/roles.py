@@ -156,11 +156,16 @@ class HeadRole(SlurmRole):
 
     async def _nodes(self, a: Assignment, args: Mapping[str, str],
                      deadline: float) -> Mapping[str, str]:
-        sinfo, squeue = await asyncio.gather(
-            self._checked(a, deadline, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT),
-            self._checked(a, deadline, "squeue", "-h", "-t", "RUNNING,COMPLETING",
-                          "-o", sched.SQUEUE_FORMAT))
-        return sched.encode(sched.view(sinfo, squeue))
+        try:
+            async with asyncio.TaskGroup() as both:
+                sinfo = both.create_task(self._checked(
+                    a, deadline, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT))
+                squeue = both.create_task(self._checked(
+                    a, deadline, "squeue", "-h", "-t", "RUNNING,COMPLETING",
+                    "-o", sched.SQUEUE_FORMAT))
+        except ExceptionGroup as failed:  # the other command was cancelled, hence killed
+            raise failed.exceptions[0] from None
+        return sched.encode(sched.view(sinfo.result(), squeue.result()))
 
     async def _resume(self, a: Assignment, args: Mapping[str, str],
                       deadline: float) -> Mapping[str, str]:
@@ -235,9 +240,11 @@ async def _run(a: Assignment, deadline: float, *argv: str) -> tuple[int, str]:
         left = max(0.0, deadline - asyncio.get_running_loop().time())
         out, _ = await asyncio.wait_for(proc.communicate(), left)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
         raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} did not finish within "
                              f"the action's {ACTION_WITHIN:g}s", delay=5.0) from None
+    finally:
+        if proc.returncode is None:  # timed out, or the action was cancelled
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.communicate()  # to its end: the pipes close with it
     return proc.returncode or 0, out.decode(errors="replace")
