@@ -276,18 +276,25 @@ def dependency_order(depends: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
     return tuple(order)
 
 
+def read_secret(assignment: Assignment, name: str) -> bytes:
+    """One secret file's bytes as they are (a key may be binary); a missing one is a
+    permanent error naming its path."""
+    if not name or "/" in name or name.startswith("."):
+        raise PermanentError(f"secret name {name!r} is not a plain file name")
+    path = assignment.secrets_dir / name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PermanentError(f"secret {name!r} not found: {path} does not exist") from None
+
+
 def read_secrets(assignment: Assignment, names: Iterable[str]) -> dict[str, str]:
-    """Read the named secret files; a missing one is a permanent error naming its path."""
+    """The named secrets as text, without the trailing newline; an empty one is refused."""
     values: dict[str, str] = {}
     for name in names:
-        if not name or "/" in name or name.startswith("."):
-            raise PermanentError(f"secret name {name!r} is not a plain file name")
-        path = assignment.secrets_dir / name
-        try:
-            values[name] = path.read_text().rstrip("\n")
-        except FileNotFoundError:
-            raise PermanentError(f"secret {name!r} not found: {path} does not exist") from None
+        values[name] = read_secret(assignment, name).decode().rstrip("\n")
         if not values[name]:
+            path = assignment.secrets_dir / name
             raise PermanentError(f"secret {name!r} is empty: {path}")
     return values
 

@@ -25,6 +25,7 @@ from cloudd.providers.base import (
     dependency_order,
     ensure_packages,
     missing_packages,
+    read_secret,
     read_secrets,
 )
 from cloudd.providers.registry import Registry, default_registry
@@ -67,6 +68,8 @@ def test_read_secrets(tmp_path: Path) -> None:
     (a.secrets_dir / "pw").write_text("s3cret\n")
     (a.secrets_dir / "empty").write_text("")
     assert read_secrets(a, ["pw"]) == {"pw": "s3cret"}
+    (a.secrets_dir / "key").write_bytes(b"\xff\x00key\n")
+    assert read_secret(a, "key") == b"\xff\x00key\n"  # bytes as they are, newline kept
     with pytest.raises(PermanentError, match=r"secret .nope. not found: .*/secrets/nope"):
         read_secrets(a, ["nope"])
     with pytest.raises(PermanentError, match="secret 'empty' is empty"):

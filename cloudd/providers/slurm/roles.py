@@ -29,7 +29,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from cloudd import durable
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles, values
-from cloudd.providers.base import ACT_WITHIN, Assignment, DirSpec, FileSpec, Rendered, Role
+from cloudd.providers.base import (
+    ACT_WITHIN,
+    Assignment,
+    DirSpec,
+    FileSpec,
+    Rendered,
+    Role,
+    read_secret,
+)
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.conf import (
@@ -102,14 +110,7 @@ class SlurmRole(Role):
     async def prepare(self, a: Assignment) -> None:
         """Install the munge key from the node's secrets (idempotent)."""
         name = munge_key_name(slurm_settings(a.settings))
-        if not name or "/" in name or name.startswith("."):
-            raise PermanentError(f"munge key secret {name!r} is not a plain file name")
-        path = a.secrets_dir / name
-        try:
-            key = path.read_bytes()
-        except FileNotFoundError:
-            raise PermanentError(f"munge key secret {name!r} not found: {path} does not "
-                                 "exist") from None
+        key = read_secret(a, name)
         if len(key) < MUNGE_KEY_MIN:
             raise PermanentError(f"munge key secret {name!r} holds {len(key)} bytes; munged "
                                  f"needs at least {MUNGE_KEY_MIN}")
@@ -155,11 +156,16 @@ class HeadRole(SlurmRole):
 
     async def _nodes(self, a: Assignment, args: Mapping[str, str],
                      deadline: float) -> Mapping[str, str]:
-        sinfo, squeue = await asyncio.gather(
-            self._checked(a, deadline, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT),
-            self._checked(a, deadline, "squeue", "-h", "-t", "RUNNING,COMPLETING",
-                          "-o", sched.SQUEUE_FORMAT))
-        return sched.encode(sched.view(sinfo, squeue))
+        try:
+            async with asyncio.TaskGroup() as both:
+                sinfo = both.create_task(self._checked(
+                    a, deadline, "sinfo", "-h", "-N", "-o", sched.SINFO_FORMAT))
+                squeue = both.create_task(self._checked(
+                    a, deadline, "squeue", "-h", "-t", "RUNNING,COMPLETING",
+                    "-o", sched.SQUEUE_FORMAT))
+        except ExceptionGroup as failed:  # the other command was cancelled, hence killed
+            raise failed.exceptions[0] from None
+        return sched.encode(sched.view(sinfo.result(), squeue.result()))
 
     async def _resume(self, a: Assignment, args: Mapping[str, str],
                       deadline: float) -> Mapping[str, str]:
@@ -234,9 +240,11 @@ async def _run(a: Assignment, deadline: float, *argv: str) -> tuple[int, str]:
         left = max(0.0, deadline - asyncio.get_running_loop().time())
         out, _ = await asyncio.wait_for(proc.communicate(), left)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
         raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} did not finish within "
                              f"the action's {ACTION_WITHIN:g}s", delay=5.0) from None
+    finally:
+        if proc.returncode is None:  # timed out, or the action was cancelled
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.communicate()  # to its end: the pipes close with it
     return proc.returncode or 0, out.decode(errors="replace")

@@ -47,6 +47,9 @@ SINFO_FORMAT = "%N|%T|%u|%E"
 #: squeue's output format: job id and the nodes it runs on.
 SQUEUE_FORMAT = "%i|%N"
 _CHECK = "scheduler"
+#: Control characters: a reason's tab or newline would break an answer's fields, an escape
+#: sequence would reach the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -159,17 +162,24 @@ def encode(nodes: Iterable[SchedNode]) -> dict[str, str]:
     for n in nodes:
         jobs = ",".join(n.jobs[:MAX_JOBS]) + (f",+{len(n.jobs) - MAX_JOBS}"
                                                if len(n.jobs) > MAX_JOBS else "")
-        reason = re.sub(r"[\t\r\n]", " ", n.reason)[:MAX_REASON]
+        reason = _CONTROL.sub(" ", n.reason)[:MAX_REASON]
         out[n.name] = f"{n.state}\t{n.by}\t{jobs}\t{reason}"
     return out
 
 
 def decode(answer: Mapping[str, str]) -> tuple[SchedNode, ...]:
-    """The nodes of a `nodes` answer, refused as a whole when one entry is malformed."""
+    """The nodes of a `nodes` answer, refused as a whole when one entry is malformed.
+
+    The head is a tenant's VM: what it says reaches the leader's log and the operator's
+    terminal (`inspect`), so a name that is not one word or a control character anywhere
+    (an escape sequence) refuses the answer."""
     nodes = []
     for name, value in sorted(answer.items()):
+        if not re.fullmatch(r"[^\s/\x00-\x1f\x7f]{1,64}", name):
+            raise PermanentError(f"the head's answer names node {name[:40]!r}, not a name")
         parts = value.split("\t", 3)
-        if len(parts) != 4 or not parts[0] or re.search(r"\s", parts[0]):
+        if (len(parts) != 4 or not parts[0] or re.search(r"\s", parts[0])
+                or _CONTROL.search(value.replace("\t", " "))):
             raise PermanentError(f"the head's answer for node {name[:40]!r} is not "
                                  "state, user, jobs and reason")
         state, by, jobs, reason = parts

@@ -200,7 +200,7 @@ class _Pass:
         # before its new domain is defined (the host refuses while the name is defined)
         self._leftovers()
         for spec in homeless:
-            if unknown and not spec.held:
+            if unknown:
                 # any of them may run this node's domain: placing it could make a second one
                 if not self._backing_off(spec.name):
                     self._wait(spec.name, f"domains of host {unknown[0]} are unknown")

@@ -14,12 +14,17 @@ from cloudd.providers.base import Assignment
 from cloudd.providers.slurm import roles
 from cloudd.providers.slurm.provider import PROVIDER
 
-#: Stands in for the node's exec prefix: logs each command with SLURM_CONF, answers from
-#: files beside it (`out-<cmd>`, `fail-<cmd>` with the error, `slow`).
+#: Stands in for the node's exec prefix: logs each command with SLURM_CONF and its pid in
+#: `pid-<cmd>`, answers from files beside it (`out-<cmd>`, `fail-<cmd>` with the error,
+#: `slow` or `slow-<cmd>`, `after-<cmd>` naming a file to wait for, at most 5 s).
 FAKE = """#!/bin/sh
 here=$(dirname "$0")
 echo "$SLURM_CONF: $*" >> "$here/log"
-[ -e "$here/slow" ] && sleep 30
+echo $$ > "$here/.pid-$1" && mv "$here/.pid-$1" "$here/pid-$1"
+if [ -e "$here/after-$1" ]; then
+  for i in $(seq 100); do [ -e "$here/$(cat "$here/after-$1")" ] && break; sleep 0.05; done
+fi
+if [ -e "$here/slow" ] || [ -e "$here/slow-$1" ]; then sleep 30; fi
 if [ -e "$here/fail-$1" ]; then cat "$here/fail-$1"; exit 1; fi
 [ -e "$here/out-$1" ] && cat "$here/out-$1"
 exit 0
@@ -92,6 +97,17 @@ async def test_a_hung_command_is_killed_within_its_bound(head: Assignment,
         await PROVIDER.role("head").act(head, "nodes", {})
 
 
+async def test_a_failed_command_kills_the_other_before_the_answer(head: Assignment) -> None:
+    _set(head, "fail-sinfo", "sinfo: error: Unable to contact slurm controller\n")
+    _set(head, "slow-squeue", "")
+    _set(head, "after-sinfo", "pid-squeue")  # squeue runs by the time sinfo fails
+    with pytest.raises(TemporaryError, match=r"^`sinfo -h` on b-head failed: sinfo: error"):
+        await PROVIDER.role("head").act(head, "nodes", {})
+    pid = int((Path(head.exec_prefix[0]).parent / "pid-squeue").read_text())
+    with pytest.raises(ProcessLookupError):  # squeue was not left running
+        os.kill(pid, 0)
+
+
 @pytest.mark.parametrize("node", ["b-c[1-9]", "b-c1 state=down", "", "B_C1"])
 async def test_a_node_argument_that_is_not_one_node_is_refused(head: Assignment,
                                                                node: str) -> None:
@@ -141,7 +157,7 @@ async def test_prepare_installs_the_binary_key_for_munge_alone(head: Assignment)
 
 
 @pytest.mark.parametrize(("content", "match"), [
-    (None, "munge key secret 'munge.key' not found: .*/secrets/munge.key does not exist"),
+    (None, "^secret 'munge.key' not found: .*/secrets/munge.key does not exist$"),
     (b"short", "munge key secret 'munge.key' holds 5 bytes; munged needs at least 32"),
 ])
 async def test_a_missing_or_short_key_is_refused(head: Assignment, content: bytes | None,

@@ -70,17 +70,25 @@ def test_unexpected_output_is_refused(sinfo: str, squeue: str, match: str) -> No
 def test_the_answer_round_trips_within_its_bounds() -> None:
     nodes = sched.view(SINFO, SQUEUE)
     assert sched.decode(sched.encode(nodes)) == nodes
-    busy = SchedNode("c", "mixed", "slurm", "a\tb\nc" + "x" * 200,
+    busy = SchedNode("c", "mixed", "slurm", "a\tb\nc\x1b" + "x" * 200,
                      tuple(str(i) for i in range(20)))
     (back,) = sched.decode(sched.encode([busy]))
     assert back.jobs == (*(str(i) for i in range(16)), "+4")
-    assert back.reason == ("a b c" + "x" * 200)[:80]
+    assert back.reason == ("a b c " + "x" * 200)[:80]
 
 
-@pytest.mark.parametrize("value", ["idle", "idle\tx\t", "id le\t\t\t", "\t\t\t"])
+@pytest.mark.parametrize("value", ["idle", "idle\tx\t", "id le\t\t\t", "\t\t\t",
+                                   "idle\t\t\tok\x1b[2J", "idle\tro\x00ot\t\t",
+                                   "idle\t\t1\n2\t"])
 def test_a_malformed_answer_is_refused(value: str) -> None:
     with pytest.raises(PermanentError, match="the head's answer for node 'c1' is not"):
         sched.decode({"c1": value})
+
+
+@pytest.mark.parametrize("name", ["", "c 1", "c1\x1b[2J", "../c1", "c" * 65])
+def test_an_answer_naming_no_node_is_refused(name: str) -> None:
+    with pytest.raises(PermanentError, match=r"the head.s answer names node .*, not a name"):
+        sched.decode({name: "idle\t\t\t"})
 
 
 def _peers(**healthy: bool) -> tuple[Peer, ...]:

@@ -310,6 +310,14 @@ def test_a_held_node_is_left_where_and_as_it_is(what: str, hosts: list[HostObs],
                                                         [("a", reason)])
 
 
+def test_a_held_node_found_nowhere_waits_for_a_host_whose_domains_are_unknown() -> None:
+    # it may have its domain there: the reason says so, and the host is fenced as for any
+    unknown = HostObs("h1", DEAD, False, 4096, frozenset({IMG}), reported=False)
+    res = planned(want(held("a")), seen([unknown, host("h2")]), 0)
+    assert res.actions == (Fence("h1", "host is dead by quorum and its domains are unknown"),)
+    assert [(w.node, w.reason) for w in res.waiting] == [("a", "domains of host h1 are unknown")]
+
+
 def test_released_the_same_node_is_placed_again() -> None:
     obs = seen([host("h1", live=DEAD, reach=False, fenced=True), host("h2")],
                [dom("a", "h1", OFF)])

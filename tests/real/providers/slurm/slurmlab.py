@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from cloudd_lab.nodens import NodeLab, NodeNs
 
+from cloudd.daemon.node import actions
 from cloudd.errors import PermanentError
 from cloudd.providers.base import Assignment, ClusterView, Peer, converge
 from cloudd.providers.policy import State
@@ -161,11 +162,14 @@ class SlurmLab:
 
     # ---- the leader side -------------------------------------------------------------
     async def ask(self, node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
-        """The head's agent answering the leader: the role checks, then acts."""
+        """The head's agent answering the leader: what its role refuses, or its bounded
+        answer (`cloudd.daemon.node.actions`, as the node's agent does it)."""
         role = PROVIDER.role(self.roles[node])
-        if role.actions.get(action) != tuple(sorted(args)):
-            raise PermanentError(f"{node} refuses {action!r} with {sorted(args)}")
-        return await role.act(self.assignment(node), action, args)
+        pairs = tuple(sorted(args.items()))
+        why = actions.refusal(role, action, pairs, node=node)
+        if why is not None:
+            raise PermanentError(why)
+        return dict(await actions.perform(role, self.assignment(node), action, pairs))
 
     def cluster(self) -> ClusterView:
         return ClusterView(cloud=CLOUD, nodes=self.peers(), settings=SETTINGS, ask=self.ask)
