@@ -13,7 +13,6 @@ from torquelab import PREFIX, SUBNET, TorqueLab, drop_user, make_user
 from cloudd.providers.torque.layout import PREFIX as TORQUE
 from cloudd.providers.torque.layout import program
 
-
 #: Where `make test` takes TORQUE's source from (scripts/build-torque.sh's default).
 SOURCE = Path(os.environ.get("CLOUDD_TORQUE_SOURCE") or Path(__file__).resolve().parents[4]
               .parent / "shared" / "third_party" / "torque-6.1.3.h5.tar.gz")
