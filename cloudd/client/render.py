@@ -33,6 +33,17 @@ Cell = tuple[str, str]
 """Plain text and a style name ("" for none)."""
 
 
+#: Characters a terminal acts on (C0 and C1 controls, DEL): text that came from a node (a
+#: provider's finding, a service's last error, an event's reason) may hold them, and a
+#: tenant's VM must not write escape sequences to an operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """`text` with every control character written out as `\\xNN`, so it prints as it is."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def paint(text: str, style: str, *, color: bool) -> str:
     """`text` in ANSI colour `style` when `color`; the text unchanged otherwise."""
     if not color or not style or not text:
@@ -69,7 +80,7 @@ def table(rows: list[list[Cell]], *, color: bool, width: int | None,
     if not rows:
         return []
     ncol = max(len(r) for r in rows)
-    padded = [[*r, *[("", "")] * (ncol - len(r))] for r in rows]
+    padded = [[*((shown(t), st) for t, st in r), *[("", "")] * (ncol - len(r))] for r in rows]
     widths = [max(len(r[i][0]) for r in padded) for i in range(ncol - 1)]
     lines = []
     for row in padded:
@@ -240,8 +251,8 @@ def event_cells(e: EventView, *, now: float | None = None) -> list[Cell]:
     """One event as table cells; the full date and time when `now` is None."""
     when = (datetime.fromtimestamp(e.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             if now is None else clock(e.time, now=now))
-    return [(when, "dim"), (e.cloud, ""), styled(e.kind), (e.subject, ""),
-            (f"term {e.term}", "dim"), (e.reason, "")]
+    return [(when, "dim"), (shown(e.cloud), ""), styled(shown(e.kind)), (shown(e.subject), ""),
+            (f"term {e.term}", "dim"), (shown(e.reason), "")]
 
 
 def render(doc: InspectDoc, *, now: float, color: bool = False,
