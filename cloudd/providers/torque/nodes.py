@@ -187,14 +187,14 @@ def registration(computes: Mapping[str, int], registered: Mapping[str, TorqueNod
 
 
 @dataclass(frozen=True)
-class Judgement:
+class TorqueJudgement:
     """`monitor`'s conclusions: the findings, and the nodes whose pbs_mom to nudge."""
 
     findings: tuple[Finding, ...]
     nudge: tuple[str, ...] = ()
 
 
-def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> Judgement:
+def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> TorqueJudgement:
     """One finding per compute node (with pbs_server's state and jobs of it) and per node
     pbs_server lists that is not the cloud's; the nodes to nudge."""
     findings, nudge = [], []
@@ -219,4 +219,4 @@ def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> J
         findings.append(Finding(CHECK, False, "registered with pbs_server but not a compute "
                                 "node of the cloud", name, state=registered[name].state,
                                 jobs=registered[name].jobs))
-    return Judgement(tuple(findings), tuple(nudge))
+    return TorqueJudgement(tuple(findings), tuple(nudge))

@@ -59,7 +59,7 @@ def _trqauthd(a: Assignment, home: Home, head: str) -> ServiceSpec:
         log_path=str(home.log / "trqauthd.out"))
 
 
-class HeadRole(Role):
+class TorqueHeadRole(Role):
     name = "head"
     actions: Mapping[str, tuple[str, ...]] = {
         "setup": (), "nodes": (), "create_node": ("name", "np"), "delete_node": ("name",),
@@ -163,13 +163,13 @@ async def _cycle_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapp
 
 
 _Handler = Callable[[Assignment, str, Mapping[str, str]], Awaitable[Mapping[str, str]]]
-#: The head's actions (`HeadRole.actions` names their arguments; the node checks them first).
+#: The head's actions (`TorqueHeadRole.actions` names their arguments; the node checks them first).
 _HEAD_ACTIONS: Mapping[str, _Handler] = {
     "setup": _setup, "nodes": _nodes, "create_node": _create_node,
     "delete_node": _delete_node, "cycle_node": _cycle_node}
 
 
-class ComputeRole(Role):
+class TorqueComputeRole(Role):
     name = "compute"
     depends_on = ("head",)
 
@@ -205,7 +205,7 @@ def _head(cluster: ClusterView) -> Peer:
 
 class TorqueProvider(Provider):
     cloud_type = "torque"
-    roles: Mapping[str, Role] = {r.name: r for r in (HeadRole(), ComputeRole())}
+    roles: Mapping[str, Role] = {r.name: r for r in (TorqueHeadRole(), TorqueComputeRole())}
 
     async def configure(self, cluster: ClusterView, role: str) -> None:
         head = _head(cluster)
