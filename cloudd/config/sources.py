@@ -45,7 +45,7 @@ from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
 
 #: A secret's name becomes a file name on the nodes: a plain name, nothing a path could use.
-SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: The largest secret accepted, in bytes: passwords and keys are small.
 MAX_SECRET = 64 * 1024
 #: The stem of every refusal of a file named by a manifest received over the network.

@@ -22,11 +22,11 @@ from cloudd.errors import PermanentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 #: What a path rendered into a configuration file or a client command may hold: no blank,
 #: quote, semicolon, brace, `$`, backslash or control character.
-_PATH = re.compile(r"^/[A-Za-z0-9._/+@=-]*$")
+_PATH = re.compile(r"^/[A-Za-z0-9._/+@=-]*\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -38,8 +38,8 @@ STATES = frozenset({"free", "down", "offline", "job-exclusive", "job-sharing", "
                     "MOM-list-not-sent"})
 #: States in which a node takes no new job through no choice of the scheduler's.
 UNUSABLE = frozenset({"down", "offline", "state-unknown", "unknown"})
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_JOB = re.compile(r"^[0-9]{1,12}(\[[0-9]{0,9}\])?(\.[A-Za-z0-9-]{1,63}){1,8}$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_JOB = re.compile(r"^[0-9]{1,12}(\[[0-9]{0,9}\])?(\.[A-Za-z0-9-]{1,63}){1,8}\Z")
 MAX_NODES, MAX_JOBS = 4096, 64
 CHECK = "torque_node"
 #: The note cloudd gives a node it sets offline because the node left the cloud.

@@ -44,6 +44,8 @@ def _one(**fields: object) -> str:
 
 @pytest.mark.parametrize(("answer", "why"), [
     ({"Bad_Name": _one()}, "not a node name"),
+    ({"c1\n": _one()}, "not a node name"),
+    ({"c1": _one(jobs=["1.h\n"])}, "jobs are not TORQUE job ids"),
     ({"c1": "{"}, "not JSON"),
     ({"c1": json.dumps({"state": ["free"], "np": 1})}, "not a node's state, np and jobs"),
     ({"c1": _one(state=["free", "on-fire"])}, "unknown state"),
