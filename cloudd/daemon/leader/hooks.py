@@ -128,7 +128,7 @@ class ProviderHooks:
             answer = await self._request(node, msg)
         except OSError as exc:
             raise TemporaryError(f"{node} cannot be reached: {exc}") from None
-        if not isinstance(answer, NodeActed) or answer.action != action:
+        if not isinstance(answer, NodeActed) or (answer.node, answer.action) != (node, action):
             raise PermanentError(f"{node} answered {type(answer).__name__} to {action!r}")
         if sum(len(k) + len(v) for k, v in answer.answer) > ACT_ANSWER_LIMIT:
             raise PermanentError(f"{node} answered {action!r} with more than "

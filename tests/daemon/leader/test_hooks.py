@@ -301,6 +301,8 @@ async def test_a_call_whose_term_ended_meanwhile_changes_nothing(rig: Rig) -> No
 @pytest.mark.parametrize(("node", "answer", "error"), [
     ("nobody", None, (PermanentError, "cloud batch has no node nobody")),
     ("head", NodeActed("head", "other", ()), (PermanentError, "head answered NodeActed")),
+    ("head", NodeActed("server-1", "list", (("k", "v"),)),
+     (PermanentError, "head answered NodeActed")),
     ("head", "junk", (PermanentError, "head answered str to 'list'")),
     ("head", NodeActed("head", "list", (("k", "x" * ACT_ANSWER_LIMIT),)),
      (PermanentError, f"more than {ACT_ANSWER_LIMIT} characters")),
