@@ -249,6 +249,8 @@ class AgentProc:
     folder: Path
     proc: subprocess.Popen[bytes] | None = None
     log_file: Any = None
+    #: the lab signalled this process itself (kill, restart): its exit is the test's doing
+    signalled: bool = False
 
     @property
     def socket(self) -> Path:
@@ -492,6 +494,7 @@ class AgentLab:
         agent = self.agents[name]
         if agent.log_file is None:
             agent.log_file = open(agent.log_path, "ab")  # noqa: SIM115 (closed in close())
+        agent.signalled = False
         agent.proc = subprocess.Popen(
             ["ip", "netns", "exec", agent.ns.name, CLOUDD, "--config",
              str(agent.folder / "agent.yaml")],
@@ -504,6 +507,7 @@ class AgentLab:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         agent = self.agents[name]
         if agent.proc is not None and agent.proc.poll() is None:
+            agent.signalled = True
             os.killpg(agent.proc.pid, sig)
             agent.proc.wait(timeout=60)
 
@@ -555,8 +559,22 @@ class AgentLab:
                 return value
             if time.monotonic() > end:
                 raise AssertionError(f"not within {timeout} s: {what}; statuses: "
-                                     f"{self.statuses()}")
+                                     f"{self.statuses()}{self.exits()}")
             time.sleep(interval)
+
+    def exits(self, *, lines: int = 12) -> str:
+        """The agents that exited on their own (not signalled by the lab): their exit code
+        and the end of their log, for a failure message (empty when none did)."""
+        out = []
+        for name, agent in self.agents.items():
+            if agent.proc is None or agent.signalled or (rc := agent.proc.poll()) is None:
+                continue
+            try:
+                tail = agent.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as e:
+                tail = [f"(log not readable: {e})"]
+            out.append(f"\n{name} exited with {rc}; the end of its log:\n" + "\n".join(tail))
+        return "".join(out)
 
     def one_leader(self, names: Sequence[str] | None = None) -> tuple[str, int] | None:
         """The acting leader, when exactly one agent acts and every agent asked follows it."""
