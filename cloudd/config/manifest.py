@@ -61,7 +61,7 @@ def load_cloud(path: str | os.PathLike[str], catalog: Catalog, *,
     doc = yamlsrc.load(path)
     cloud = build_cloud(doc, catalog, with_template=with_template, with_secrets=with_secrets)
     if sources.is_wire(doc, Origin.FILE):
-        _stop(sources.private(doc, cloud.secrets, os.stat(doc.path).st_mode))
+        _stop(sources.private(doc, cloud.secrets, yamlsrc.mode_of(doc.path)))
     return cloud
 
 

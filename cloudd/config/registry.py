@@ -95,6 +95,12 @@ class ManifestRegistry:
             cloud = load_cloud(path, self.catalog, with_template=self.with_template)
         except ConfigError as exc:
             return [ManifestEvent(Change.REFUSED, path, kept, tuple(exc.problems))]
+        except OSError as exc:
+            # A file this manifest names (a list, a template) went away or cannot be read
+            # while it was loaded: refused like any bad input, never the watcher's end.
+            problem = Problem(str(exc.filename or path), None, None, "",
+                              f"cannot read: {exc.strerror or exc}")
+            return [ManifestEvent(Change.REFUSED, path, kept, (problem,))]
         for other_path, other in self._current.items():
             if other_path != path and other.name == cloud.name:
                 problem = Problem(str(path), None, None, "name",

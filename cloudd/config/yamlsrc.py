@@ -116,6 +116,17 @@ def read_bounded(path: Path, *, limit: int = MAX_BYTES) -> bytes:
     return raw
 
 
+def mode_of(path: Path) -> int:
+    """The permission bits of the file at `path` now, or a ConfigError saying why not (the
+    file may be removed or replaced at any time: an operator's folder)."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        raise _fail(path, "no such file (removed while it was read)") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot read: {exc.strerror}") from None
+
+
 def load(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> Document:
     """Read and parse one YAML file into a Document; ConfigError with one Problem otherwise."""
     p = Path(path)

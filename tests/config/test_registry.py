@@ -123,3 +123,67 @@ def test_a_loaded_cloud_carries_the_text_it_was_built_from(tmp_path) -> None:  #
     (event,) = ManifestRegistry(tmp_path, catalog()).scan()
     assert event.change is Change.LOADED and event.cloud is not None
     assert event.cloud.text == (tmp_path / "web.yaml").read_text()
+
+
+SELF_CONTAINED = """\
+apiVersion: cloudd/v1
+kind: Cloud
+name: lab
+type: web
+pool:
+  - {name: pm1, address: 192.0.2.70}
+roles:
+  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
+  server: [{address: 192.0.2.176, image: /img/web1.qcow2}]
+  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
+self_contained: true
+domain_template_text: "<domain/>"
+"""
+
+
+def test_a_file_removed_while_it_is_read_is_refused_then_removed(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # An operator (or a test) deletes a manifest between the registry reading its bytes and
+    # checking its mode: one refusal naming the file, then the removal, never an exception
+    # that would end the agent's manifest watcher.
+    from cloudd.config import yamlsrc
+
+    reg = setup(tmp_path)
+    path = tmp_path / "lab.yaml"
+    path.write_text(SELF_CONTAINED)
+    path.chmod(0o600)
+    [event] = reg.scan()
+    assert event.change is Change.LOADED
+    loaded = event.cloud
+    bump(path, SELF_CONTAINED.replace("192.0.2.70", "192.0.2.71"))
+    read = yamlsrc.read_bounded
+
+    def read_then_gone(p: Path, **kw: int) -> bytes:
+        raw = read(p, **kw)
+        p.unlink()
+        return raw
+
+    monkeypatch.setattr(yamlsrc, "read_bounded", read_then_gone)
+    [event] = reg.scan()
+    assert event.change is Change.REFUSED and event.cloud is loaded
+    assert [str(p) for p in event.problems] == [
+        f"{path}: (document): no such file (removed while it was read)"]
+    [event] = reg.scan()
+    assert event.change is Change.REMOVED and reg.clouds == {}
+
+
+def test_a_file_that_cannot_be_read_while_loading_is_refused(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import cloudd.config.registry as registry
+
+    reg = setup(tmp_path)
+    (tmp_path / "web.yaml").write_text(example(tmp_path, "web.yaml"))
+
+    def unreadable(path: Path, *a: object, **kw: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "list.txt"))
+
+    monkeypatch.setattr(registry, "load_cloud", unreadable)
+    [event] = reg.scan()
+    assert event.change is Change.REFUSED and event.cloud is None
+    assert [str(p) for p in event.problems] == [
+        f"{tmp_path / 'list.txt'}: (document): cannot read: Permission denied"]
