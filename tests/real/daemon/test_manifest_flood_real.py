@@ -182,6 +182,11 @@ def test_oversize_and_flooded_manifests_are_refused_and_the_leader_keeps_its_ter
     follower = next(n for n in lab.agents if n != leader)
     lab.wait_for("every agent believes every agent alive", lambda: all(
         not v[3] for v in views(lab).values()), timeout=BOUND)
+    # The followers' files are the leader's generation (a self-contained text it sent), not
+    # the lab's first file: what is on disk must not change from here on.
+    lab.wait_for("every follower has the leader's generation", lambda: all(
+        b"self_contained: true" in (lab.root / n / "manifests" / "lab.yaml").read_bytes()
+        for n in lab.agents if n != leader), timeout=BOUND)
     before_views, before_disk = views(lab), on_disk(lab)
     t0 = time.time()
 

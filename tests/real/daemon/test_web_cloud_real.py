@@ -139,7 +139,7 @@ def test_web_cloud_converges_and_survives(lab: WebLab) -> None:
         lab.wait_for(f"{program} restarted in {ns}", lambda p=program, n=ns, b=before: (
             (now := pids_of(p, n)) and not set(now) & set(b)), timeout=60)
         lab.wait_for(f"entries readable after killing {program}",
-                     lambda: entries(lab) is not None and "first" in entries(lab), timeout=60)
+                     lambda: (e := entries(lab)) is not None and "first" in e, timeout=60)
         status, _, body = request(lab, "POST", "/entries", f"after {program}")
         assert status in (200, 201), body
     assert entries(lab) == ["first", "after mariadbd", "after ruby", "after nginx"]
