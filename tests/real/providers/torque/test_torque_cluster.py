@@ -1,12 +1,14 @@
 """TORQUE for real: a head and compute nodes in namespaces, jobs from a normal user, daemons
-killed and supervised back, compute nodes added and removed."""
+killed and supervised back, compute nodes added and removed, the head's agent killed -9 and
+restarted."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from torquelab import USER, TorqueLab, until
+from cloudd_lab.nodens import open_to_others
+from torquelab import USER, TorqueLab, open_folders, until
 
 from cloudd.errors import TemporaryError
 from cloudd.providers.torque import programs
@@ -112,3 +114,64 @@ async def _configured(lab: TorqueLab) -> bool:
     except TemporaryError:
         return False
     return True
+
+
+#: The folders of a PBS_HOME that TORQUE's own install leaves world-writable (sticky): where
+#: users' jobs put their files. Nothing of a daemon's is there.
+JOB_FOLDERS = {"torque/checkpoint": 0o1777, "torque/spool": 0o1777,
+               "torque/undelivered": 0o1777}
+#: The lock file (with the daemon's pid) that each TORQUE daemon keeps in its home.
+LOCKS = {"head": ("server_priv/server.lock", "sched_priv/sched.lock"),
+         "compute": ("mom_priv/mom.lock",)}
+
+
+@pytest.mark.timeout(300)
+async def test_the_head_s_agent_killed_9_leaves_its_daemons_running_and_its_successor_adopts(
+        torquelab: TorqueLab) -> None:
+    lab = torquelab
+    # The head's services run under a supervisor in a process of its own: the agent's.
+    await lab.converge("head", own_process=True)
+    await PROVIDER.configure(lab.cluster(), "head")
+    for label in ("c1", "c2"):
+        await lab.converge(label)
+    await PROVIDER.configure(lab.cluster(), "compute")
+    await until(lab.all_free, "both compute nodes free in pbs_server's view")
+
+    # Every daemon runs as root, and keeps its lock file (its pid) in a folder only root may
+    # write, all the way up; the only folders others may write are TORQUE's sticky folders
+    # for users' job files.
+    for label, role in lab.roles.items():
+        root = lab.nodes.root / "roles" / label
+        assert open_folders(root) == JOB_FOLDERS, label
+        for lock in LOCKS[role]:
+            assert (root / "torque" / lock).is_file(), lock
+            assert open_to_others(root / "torque" / lock) == [], lock
+
+    daemons = ("trqauthd", "pbs_server", "pbs_sched")
+    before = {name: rec.pid for name, rec in lab.saved("head").items()}
+    assert set(before) == set(daemons)
+    lab.kill_agent("head")
+    # The daemons outlived their agent, and TORQUE works without it: a job submitted
+    # meanwhile runs.
+    assert {name: lab.processes("head", name) for name in daemons} == {
+        name: [pid] for name, pid in before.items()}
+    host, user = await lab.ran(lab.submit("agentless"))
+    assert (host, user) in {("tq-c1", USER), ("tq-c2", USER)}
+
+    # The next agent adopts the same processes: nothing started twice.
+    restarted = time.monotonic()
+    sup = await lab.restart_agent("head")
+    print(f"\n[torque] the head's agent killed -9: a job ran without it; the next agent "
+          f"adopted its daemons (same pids) in {time.monotonic() - restarted:.1f} s")
+    assert {n: (s.pid, s.adopted, s.starts) for n, s in sup.status().items()} == {
+        name: (pid, True, 1) for name, pid in before.items()}
+    assert {name: lab.processes("head", name) for name in daemons} == {
+        name: [pid] for name, pid in before.items()}
+    # ... and supervises them: a daemon killed -9 is started again, by the new agent.
+    for service in ("pbs_sched", "pbs_server"):
+        old = await lab.kill9("head", service)
+        assert lab.processes("head", service) == [lab.status("head", service).pid] != [old]
+    await until(lab.all_free, "both compute nodes free after pbs_server's restart")
+    host, _ = await lab.ran(lab.submit("after-adoption"))
+    assert host in {"tq-c1", "tq-c2"}
+
