@@ -1,6 +1,6 @@
 """TORQUE for real: a head and compute nodes in namespaces, jobs from a normal user, daemons
 killed and supervised back, compute nodes added and removed, the head's agent killed -9 and
-restarted."""
+restarted, and a compute node whose services die under a running job."""
 
 from __future__ import annotations
 
@@ -175,3 +175,85 @@ async def test_the_head_s_agent_killed_9_leaves_its_daemons_running_and_its_succ
     host, _ = await lab.ran(lab.submit("after-adoption"))
     assert host in {"tq-c1", "tq-c2"}
 
+
+@pytest.mark.timeout(480)
+async def test_a_node_whose_services_die_under_a_rerunnable_job(torquelab: TorqueLab) -> None:
+    lab = torquelab
+    await _bring_up(lab)
+    # pbs_server checks its nodes every node_check_rate (the cloud's 30 s), except for its
+    # first check, which comes the rate in force when it started after its start: TORQUE's
+    # default 150 s for a fresh head, whose settings come later. Here it runs with them.
+    await lab.kill9("head", "pbs_server")
+    await until(lab.all_free, "both compute nodes free in pbs_server's view")
+    _, job = lab.qsub("long", sleep=600, rerunnable=True)
+
+    async def running(job: str) -> bool:
+        return lab.job(job).get("job_state") == "R"
+    await until(lambda: running(job), f"job {job} running")
+    first = lab.job(job)
+    dead = first["exec_host"].split("/", 1)[0]
+    other = ({"tq-c1", "tq-c2"} - {dead}).pop()
+    label = lab.label_of(dead)
+    # A job that may not run twice (`qsub -r n`) beside it.
+    _, kept = lab.qsub("kept", where=dead, sleep=600, rerunnable=False)
+    await until(lambda: running(kept), f"job {kept} running on {dead}")
+    print(f"\n[torque] {job} (-r y) and {kept} (-r n) run on {dead}: its pbs_mom and "
+          "trqauthd die")
+
+    # pbs_mom and trqauthd die for good, with the node's agent; the jobs' processes go on.
+    killed = time.monotonic()
+    lab.services_die(label)
+    assert lab.job_processes(label, job) and lab.job_processes(label, kept)
+
+    async def down() -> bool:
+        return "down" in (await lab.findings())[dead].state
+    await until(down, f"{dead} down in pbs_server's view", limit=150)
+    print(f"[torque] {dead} down in pbs_server's view {time.monotonic() - killed:.1f} s "
+          "after its pbs_mom died")
+    # TORQUE keeps the jobs running on the node it last heard of: nothing is requeued by
+    # itself, and cloudd's monitor reports the node down with them.
+    finding = (await lab.findings())[dead]
+    assert not finding.ok and "down" in finding.state.split(",")  # job-exclusive if full
+    assert finding.message == (f"{finding.state}, 2 job(s): {job}, {kept} "
+                               "(its agent is not healthy either)")
+    for j, rerunnable in ((job, "True"), (kept, "False")):
+        now = lab.job(j)
+        assert (now["job_state"], now["exec_host"].split("/")[0], now["Rerunable"]) == (
+            "R", dead, rerunnable)
+    # qrerun needs the job's pbs_mom to kill it; with -f pbs_server requeues a rerunnable
+    # job without it (TORQUE's own remedy), and it runs on the other node. A job that may
+    # not run twice is refused even so.
+    refused = lab.client("head", "qrerun", job)
+    assert refused.returncode != 0 and lab.job(job)["job_state"] == "R"
+    print(f"[torque] qrerun {job}: {(refused.stdout + refused.stderr).strip()}")
+    forced = lab.client("head", "qrerun", "-f", kept)
+    assert forced.returncode != 0 and "not rerunnable" in forced.stdout + forced.stderr
+    forced = lab.client("head", "qrerun", "-f", job)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+
+    async def rerun_elsewhere() -> bool:
+        now = lab.job(job)
+        return now.get("job_state") == "R" and now["exec_host"].startswith(f"{other}/")
+    await until(rerun_elsewhere, f"job {job} requeued and running on {other}")
+    print(f"[torque] qrerun -f: {job} running on {other} "
+          f"{time.monotonic() - killed:.1f} s after the kill")
+    assert lab.job(kept)["exec_host"].startswith(f"{dead}/")
+
+    # The node comes back (its agent converges again): pbs_mom recovers the jobs it ran
+    # (TORQUE's default, `pbs_mom -p`), pbs_server tells it that the requeued one runs
+    # elsewhere now, and that copy is killed; the other job goes on where it was.
+    lab.health[label] = True
+    await lab.converge(label)
+    await until(lab.all_free, f"{dead} free again")
+
+    async def leftover_gone() -> bool:
+        return not lab.job_processes(label, job)
+    await until(leftover_gone, f"the old copy of {job} gone from {dead}")
+    assert lab.job(job)["exec_host"].startswith(f"{other}/")
+    assert lab.job(kept)["job_state"] == "R" and lab.job_processes(label, kept)
+    assert lab.client("head", "qdel", kept).returncode == 0
+
+    async def kept_gone() -> bool:
+        return not lab.job_processes(label, kept)
+    await until(kept_gone, f"{kept} killed on {dead} by its recovered pbs_mom")
+    assert await lab.ran(lab.submit("back", where=dead)) == [dead, USER]

@@ -217,6 +217,23 @@ class TorqueLab:
                 found.append(pid)
         return found
 
+    def job_processes(self, label: str, job: str) -> list[int]:
+        """The live processes of one job in the node (pbs_mom gives each its PBS_JOBID)."""
+        mark = f"PBS_JOBID={job}".encode()
+        return [pid for pid in self.node(label).pids()
+                if mark in _environ(pid) and procstate.proc_start_time(pid) is not None]
+
+    def services_die(self, label: str) -> dict[str, int]:
+        """The node's services die for good: its supervisor stops watching (the agent is
+        gone) and each service is killed -9. Returns the pids killed, by service."""
+        self.health[label] = False
+        sup = self.sups.pop(label)
+        sup.detach()
+        killed = {name: st.pid for name, st in sup.status().items() if st.pid is not None}
+        for pid in killed.values():
+            os.kill(pid, signal.SIGKILL)
+        return killed
+
     def status(self, label: str, service: str) -> ServiceStatus:
         return self.sups[label].status()[service]
 
@@ -269,15 +286,27 @@ class TorqueLab:
     def submit(self, name: str, *, where: str = "", sleep: int = 0) -> Path:
         """qsub, as the test's user on the head, a job printing its host and user (after
         `sleep` seconds); returns the file its output is copied to."""
+        return self.qsub(name, where=where, sleep=sleep)[0]
+
+    def qsub(self, name: str, *, where: str = "", sleep: int = 0,
+             rerunnable: bool | None = None) -> tuple[Path, str]:
+        """`submit`, with `qsub -r y|n` when `rerunnable` is given: (output file, job id)."""
         out = self.shared / f"{name}.out"
         script = self.shared / f"{name}.sh"
         script.write_text(f"#!/bin/sh\nsleep {sleep}\nhostname\nid -un\n")
         script.chmod(0o755)
         extra = ["-l", f"nodes={where}"] if where else []
+        if rerunnable is not None:
+            extra += ["-r", "y" if rerunnable else "n"]
         done = self.client("head", "qsub", "-N", name, "-j", "oe", "-o", str(out), *extra,
                            str(script), user=USER)
         assert done.returncode == 0, f"qsub failed: {done.stdout}{done.stderr}"
-        return out
+        return out, done.stdout.strip()
+
+    def job(self, job: str) -> dict[str, str]:
+        """`qstat -f` of one job as its attributes ({} once pbs_server has forgotten it)."""
+        done = self.client("head", "qstat", "-f", job)
+        return parse_qstat_f(done.stdout) if done.returncode == 0 else {}
 
     async def ran(self, out: Path, *, limit: float = 120.0) -> list[str]:
         """The job's output lines once pbs_mom has copied them back."""
@@ -285,6 +314,29 @@ class TorqueLab:
             return len(_words(out)) >= 2
         await until(written, f"the output of {out.name}", limit=limit)
         return _words(out)
+
+
+def parse_qstat_f(text: str) -> dict[str, str]:
+    """`qstat -f`'s `    name = value` lines (a long value goes on over lines that start
+    with a tab) as a mapping; the `Job Id:` line as `Job_Id`."""
+    attrs: dict[str, str] = {}
+    last = ""
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            attrs["Job_Id"] = line.split(":", 1)[1].strip()
+        elif line.startswith("\t") and last:
+            attrs[last] += line.strip()
+        elif " = " in line:
+            last, value = (part.strip() for part in line.split(" = ", 1))
+            attrs[last] = value
+    return attrs
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def open_folders(root: Path) -> dict[str, int]:
