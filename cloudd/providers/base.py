@@ -107,6 +107,23 @@ class Rendered:
     dirs: tuple[DirSpec, ...] = ()
     files: tuple[FileSpec, ...] = ()
 
+    def writers(self, path: Path) -> frozenset[str]:
+        """Who besides root may replace what these folders hold at `path`: the owner of
+        the folder (or of any folder of this rendering above it), its group (`@group`) when
+        group-writable, `*` when anyone may write (sticky or not: anyone may make the name
+        first). A file that a daemon reads as root (a pid file it kills by, a key) belongs
+        in a folder whose writers are none."""
+        who: set[str] = set()
+        for d in self.dirs:
+            if path == d.path or path.is_relative_to(d.path):
+                if d.owner != "root":
+                    who.add(d.owner)
+                if d.mode & 0o020:
+                    who.add(f"@{d.group}")
+                if d.mode & 0o002:
+                    who.add("*")
+        return frozenset(who)
+
 
 @dataclass(frozen=True)
 class Changes:

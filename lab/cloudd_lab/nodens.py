@@ -58,6 +58,20 @@ _KILL_WITHIN = 10.0
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def open_to_others(path: Path) -> list[str]:
+    """Who besides root could replace `path` or put something in its place: `path` itself
+    if it is not root's or others may write it, and each folder above it that is not root's
+    or that others may write without the sticky bit (in a sticky folder of root's, as /var/tmp,
+    only root may rename root's entries). Each as `path uid=N mode`; [] when none."""
+    found = []
+    for p in (path, *path.parents):
+        st = p.stat()
+        loose = st.st_mode & 0o022 and (p == path or not st.st_mode & 0o1000)
+        if st.st_uid != 0 or loose:
+            found.append(f"{p} uid={st.st_uid} {st.st_mode & 0o7777:o}")
+    return found
+
+
 class NodeLabError(PermanentError):
     """The node lab could not be built or torn down; the message says what failed."""
 

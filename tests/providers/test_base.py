@@ -120,6 +120,25 @@ class _Back(Role):
     depends_on = ("a",)
 
 
+def test_writers_are_the_owners_and_writable_groups_of_a_path_and_of_what_holds_it() -> None:
+    root = Path("/n")
+    rendered = Rendered(dirs=(
+        DirSpec(root), DirSpec(root / "run"), DirSpec(root / "run" / "munge", 0o755, "munge"),
+        DirSpec(root / "state", 0o700, "slurm", "slurm"), DirSpec(root / "shared", 0o770,
+                                                                  "root", "staff"),
+        DirSpec(root / "tmp", 0o1777), DirSpec(root / "other", 0o775)))
+    assert rendered.writers(root / "run" / "x.pid") == frozenset()
+    assert rendered.writers(root / "run") == frozenset()
+    assert rendered.writers(root / "run" / "munge" / "munge.pid") == {"munge"}
+    # A folder inside another user's folder is that user's too: they may rename it away.
+    assert rendered.writers(root / "state" / "sub" / "file") == {"slurm"}
+    assert rendered.writers(root / "shared" / "a") == {"@staff"}
+    assert rendered.writers(root / "tmp" / "x.pid") == {"@root", "*"}  # sticky: made first
+    assert rendered.writers(root / "other") == {"@root"}
+    assert rendered.writers(Path("/elsewhere/x")) == frozenset()  # not this rendering's
+    assert rendered.writers(Path("/nx/run")) == frozenset()  # a prefix is not a parent
+
+
 def test_registry() -> None:
     registry = default_registry()
     assert registry.types() == tuple(sorted(registry.types()))

@@ -4,7 +4,9 @@ Every path is below the node's root, so that several nodes can share a machine (
 them in `cloudd_lab.nodens` namespaces): munge's key, seed and pid in `munge/` (munge's,
 0700: munged refuses a key others can read), its socket in `run/munge/` (munge's, 0755: every
 local user reaches it), and Slurm's files in `slurm/`: slurm.conf, the controller's state
-(`state/`, the slurm user's), the compute daemon's spool (`spool/`) and the pid files.
+(`state/`, the slurm user's: the one folder slurmctld writes once it has dropped to that
+user), the compute daemon's spool (`spool/`, root's: slurmd runs as root) and the pid files
+(`run/`, root's: the daemons read them as root, see `SlurmPaths.slurm_run`).
 
 slurm.conf names the controller and the partition, never the compute nodes: they join as
 Slurm's dynamic nodes (`slurmd -Z`), each registering itself with the CPUs and memory it
@@ -105,6 +107,10 @@ class SlurmPaths:
 
     @property
     def slurm_run(self) -> Path:
+        """The pid files: root's folder, never the slurm user's. slurmctld and slurmd read
+        their pid file as root when they start and SIGTERM the process it names (slurmctld
+        before it drops to SlurmUser); a folder the slurm user could write would let that
+        user choose what root kills."""
         return self.slurm / "run"
 
 

@@ -87,7 +87,9 @@ class SlurmRole(Role):
         dirs = (DirSpec(paths.root), DirSpec(paths.log),
                 DirSpec(paths.munge, 0o700, MUNGE_USER, MUNGE_USER), DirSpec(paths.run),
                 DirSpec(paths.munge_run, 0o755, MUNGE_USER, MUNGE_USER),
-                DirSpec(paths.slurm), DirSpec(paths.slurm_run, 0o755, SLURM_USER, SLURM_USER),
+                DirSpec(paths.slurm),
+                # root's alone: the pid files are read by root (conf.SlurmPaths.slurm_run)
+                DirSpec(paths.slurm_run),
                 *self.own_dirs(paths))
         return Rendered(dirs=dirs, files=(FileSpec(paths.conf, conf, reload=(self.daemon,)),))
 

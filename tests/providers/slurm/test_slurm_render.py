@@ -80,10 +80,10 @@ def test_a_compute_node_without_a_head_waits() -> None:
 @pytest.mark.parametrize(("role", "dirs"), [
     ("head", {"": ("root", 0o755), "log": ("root", 0o755), "munge": ("munge", 0o700),
               "run": ("root", 0o755), "run/munge": ("munge", 0o755), "slurm": ("root", 0o755),
-              "slurm/run": ("slurm", 0o755), "slurm/state": ("slurm", 0o700)}),
+              "slurm/run": ("root", 0o755), "slurm/state": ("slurm", 0o700)}),
     ("compute", {"": ("root", 0o755), "log": ("root", 0o755), "munge": ("munge", 0o700),
                  "run": ("root", 0o755), "run/munge": ("munge", 0o755),
-                 "slurm": ("root", 0o755), "slurm/run": ("slurm", 0o755),
+                 "slurm": ("root", 0o755), "slurm/run": ("root", 0o755),
                  "slurm/spool": ("root", 0o755)}),
 ])
 def test_folders_belong_to_who_writes_them(role: str, dirs: dict[str, tuple[str, int]]) -> None:
@@ -96,6 +96,31 @@ def test_folders_belong_to_who_writes_them(role: str, dirs: dict[str, tuple[str,
     (f,) = rendered.files
     assert (f.mode, f.owner, f.reload) == (0o644, "root", ({"head": "slurmctld",
                                                             "compute": "slurmd"}[role],))
+
+
+@pytest.mark.parametrize("role", ["head", "compute"])
+def test_what_root_reads_is_in_root_s_folders_and_each_user_writes_only_its_own(
+        role: str) -> None:
+    # A pid file in a folder the daemon's user may write lets that user choose what root
+    # kills: slurmctld and slurmd read theirs as root when they start.
+    a = _a(role, prefix=PREFIX)
+    rendered, conf = PROVIDER.role(role).render(a, {}), _conf(a)
+    for key in ("SlurmctldPidFile", "SlurmdPidFile"):
+        assert rendered.writers(Path(conf[key])) == frozenset(), key
+    assert rendered.writers(Path(conf["SlurmdSpoolDir"]) / "x") == frozenset()  # slurmd: root
+    assert rendered.writers(a.root / "slurm" / "slurm.conf") == frozenset()
+    if role == "head":  # slurmctld, dropped to the slurm user, writes its state there alone
+        (state,) = [d for d in rendered.dirs if d.path == Path(conf["StateSaveLocation"])]
+        assert (state.owner, state.mode) == ("slurm", 0o700)
+        assert rendered.writers(state.path / "job_state") == {"slurm"}
+    # munged runs as munge from its first instruction (setpriv): its files are munge's alone.
+    munged = {s.name: s for s in PROVIDER.role(role).services(a)}["munged"].argv
+    flags = dict(arg[2:].split("=", 1) for arg in munged if arg.startswith("--") and "=" in arg)
+    assert flags["reuid"] == "munge"
+    for flag in ("key-file", "pid-file", "seed-file", "log-file", "socket"):
+        assert rendered.writers(Path(flags[flag])) == {"munge"}, flag
+    # No folder of the node is writable by a group or by everyone.
+    assert all(d.mode & 0o022 == 0 for d in rendered.dirs)
 
 
 def test_services_run_in_the_node_in_the_foreground_after_munged() -> None:

@@ -76,6 +76,22 @@ def test_a_hostile_peer_name_is_refused() -> None:
         _files(_a("compute", peers=peers))
 
 
+@pytest.mark.parametrize(("role", "locks"), [
+    ("head", ("server_priv/server.lock", "sched_priv/sched.lock")),
+    ("compute", ("mom_priv/mom.lock",)),
+])
+def test_every_folder_is_root_s_alone(role: str, locks: tuple[str, ...]) -> None:
+    # TORQUE's daemons all run as root and keep their pid in a lock file of their home: no
+    # folder cloudd makes on the way there may be written by anyone else.
+    a = _a(role)
+    rendered = PROVIDER.role(role).render(a, {})
+    assert all((d.owner, d.group) == ("root", "root") and d.mode & 0o022 == 0
+               for d in rendered.dirs)
+    for lock in locks:
+        assert rendered.writers(a.root / "torque" / lock) == frozenset()
+    assert rendered.writers(a.root / "log" / "pbs_server.out") == frozenset()
+
+
 def test_head_services_in_order_with_their_home_and_server() -> None:
     prefix = ("nsenter", "--net=/run/netns/x")
     specs = PROVIDER.role("head").services(_a("head", prefix=prefix))

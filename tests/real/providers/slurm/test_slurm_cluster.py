@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pwd
+
 import pytest
+from cloudd_lab.nodens import open_to_others
 from slurmlab import USER, SlurmLab, until
 
 from cloudd.errors import TemporaryError
@@ -110,6 +113,16 @@ async def test_an_agent_restart_keeps_the_daemons_and_a_dead_node_requeues(
         await lab.converge(name)
     await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
     await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+
+    # Each daemon's pid file is in a folder only root may write (slurmctld and slurmd read it
+    # as root when they start); slurmctld's state is the slurm user's alone.
+    for name, pid_file in (("sl-head", "slurmctld.pid"), ("sl-c1", "slurmd.pid"),
+                           ("sl-c2", "slurmd.pid")):
+        run = lab.root(name) / "slurm" / "run"
+        assert (run / pid_file).is_file(), f"{name}: no {pid_file}"
+        assert open_to_others(run) == [], name
+    state = (lab.root("sl-head") / "slurm" / "state").stat()
+    assert (pwd.getpwuid(state.st_uid).pw_name, state.st_mode & 0o777) == ("slurm", 0o700)
 
     # The head's agent goes away; a job queued meanwhile runs; the new agent adopts the
     # daemons that kept running (the same processes, nothing started twice).

@@ -1,14 +1,17 @@
 """TORQUE for real: a head and compute nodes in namespaces, jobs from a normal user, daemons
-killed and supervised back, compute nodes added and removed."""
+killed and supervised back, compute nodes added and removed, the head's agent killed -9 and
+restarted, and a compute node whose services die under a running job."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from torquelab import USER, TorqueLab, until
+from cloudd_lab.nodens import open_to_others
+from torquelab import USER, TorqueLab, open_folders, until
 
 from cloudd.errors import TemporaryError
+from cloudd.providers.base import Finding
 from cloudd.providers.torque import programs
 from cloudd.providers.torque.layout import Home
 from cloudd.providers.torque.provider import PROVIDER
@@ -112,3 +115,154 @@ async def _configured(lab: TorqueLab) -> bool:
     except TemporaryError:
         return False
     return True
+
+
+#: The folders of a PBS_HOME that TORQUE's own install leaves world-writable (sticky): where
+#: users' jobs put their files. Nothing of a daemon's is there.
+JOB_FOLDERS = {"torque/checkpoint": 0o1777, "torque/spool": 0o1777,
+               "torque/undelivered": 0o1777}
+#: The lock file (with the daemon's pid) that each TORQUE daemon keeps in its home.
+LOCKS = {"head": ("server_priv/server.lock", "sched_priv/sched.lock"),
+         "compute": ("mom_priv/mom.lock",)}
+
+
+@pytest.mark.timeout(300)
+async def test_the_head_s_agent_killed_9_leaves_its_daemons_running_and_its_successor_adopts(
+        torquelab: TorqueLab) -> None:
+    lab = torquelab
+    # The head's services run under a supervisor in a process of its own: the agent's.
+    await lab.converge("head", own_process=True)
+    await PROVIDER.configure(lab.cluster(), "head")
+    for label in ("c1", "c2"):
+        await lab.converge(label)
+    await PROVIDER.configure(lab.cluster(), "compute")
+    await until(lab.all_free, "both compute nodes free in pbs_server's view")
+
+    # Every daemon runs as root, and keeps its lock file (its pid) in a folder only root may
+    # write, all the way up; the only folders others may write are TORQUE's sticky folders
+    # for users' job files.
+    for label, role in lab.roles.items():
+        root = lab.nodes.root / "roles" / label
+        assert open_folders(root) == JOB_FOLDERS, label
+        for lock in LOCKS[role]:
+            assert (root / "torque" / lock).is_file(), lock
+            assert open_to_others(root / "torque" / lock) == [], lock
+
+    daemons = ("trqauthd", "pbs_server", "pbs_sched")
+    before = {name: rec.pid for name, rec in lab.saved("head").items()}
+    assert set(before) == set(daemons)
+    lab.kill_agent("head")
+    # The daemons outlived their agent, and TORQUE works without it: a job submitted
+    # meanwhile runs.
+    assert {name: lab.processes("head", name) for name in daemons} == {
+        name: [pid] for name, pid in before.items()}
+    host, user = await lab.ran(lab.submit("agentless"))
+    assert (host, user) in {("tq-c1", USER), ("tq-c2", USER)}
+
+    # The next agent adopts the same processes: nothing started twice.
+    restarted = time.monotonic()
+    sup = await lab.restart_agent("head")
+    print(f"\n[torque] the head's agent killed -9: a job ran without it; the next agent "
+          f"adopted its daemons (same pids) in {time.monotonic() - restarted:.1f} s")
+    assert {n: (s.pid, s.adopted, s.starts) for n, s in sup.status().items()} == {
+        name: (pid, True, 1) for name, pid in before.items()}
+    assert {name: lab.processes("head", name) for name in daemons} == {
+        name: [pid] for name, pid in before.items()}
+    # ... and supervises them: a daemon killed -9 is started again, by the new agent.
+    for service in ("pbs_sched", "pbs_server"):
+        old = await lab.kill9("head", service)
+        assert lab.processes("head", service) == [lab.status("head", service).pid] != [old]
+    await until(lab.all_free, "both compute nodes free after pbs_server's restart")
+    host, _ = await lab.ran(lab.submit("after-adoption"))
+    assert host in {"tq-c1", "tq-c2"}
+
+
+@pytest.mark.timeout(480)
+async def test_a_node_whose_services_die_under_a_rerunnable_job(torquelab: TorqueLab) -> None:
+    lab = torquelab
+    await _bring_up(lab)
+    # pbs_server checks its nodes every node_check_rate (the cloud's 30 s), except for its
+    # first check, which comes the rate in force when it started after its start: TORQUE's
+    # default 150 s for a fresh head, whose settings come later. Here it runs with them.
+    await lab.kill9("head", "pbs_server")
+    await until(lab.all_free, "both compute nodes free in pbs_server's view")
+    _, job = lab.qsub("long", sleep=600, rerunnable=True)
+
+    async def running(job: str) -> bool:
+        return lab.job(job).get("job_state") == "R"
+    await until(lambda: running(job), f"job {job} running")
+    first = lab.job(job)
+    dead = first["exec_host"].split("/", 1)[0]
+    other = ({"tq-c1", "tq-c2"} - {dead}).pop()
+    label = lab.label_of(dead)
+    # A job that may not run twice (`qsub -r n`) beside it.
+    _, kept = lab.qsub("kept", where=dead, sleep=600, rerunnable=False)
+    await until(lambda: running(kept), f"job {kept} running on {dead}")
+    print(f"\n[torque] {job} (-r y) and {kept} (-r n) run on {dead}: its pbs_mom and "
+          "trqauthd die")
+
+    # pbs_mom and trqauthd die for good, with the node's agent; the jobs' processes go on.
+    killed = time.monotonic()
+    lab.services_die(label)
+    assert lab.job_processes(label, job) and lab.job_processes(label, kept)
+
+    seen: list[Finding] = []
+
+    async def down() -> bool:
+        # (A monitor pass without pbs_server's view, one pbsnodes that failed, has no
+        # finding of the node: the next pass has.)
+        finding = (await lab.findings()).get(dead)
+        if finding is None or "down" not in finding.state.split(","):
+            return False
+        seen.append(finding)
+        return True
+    await until(down, f"{dead} down in pbs_server's view", limit=150)
+    print(f"[torque] {dead} down in pbs_server's view {time.monotonic() - killed:.1f} s "
+          "after its pbs_mom died")
+    # TORQUE keeps the jobs running on the node it last heard of: nothing is requeued by
+    # itself, and cloudd's monitor reports the node down with them (job-exclusive if full).
+    finding = seen[0]
+    assert not finding.ok
+    assert finding.message == (f"{finding.state}, 2 job(s): {job}, {kept} "
+                               "(its agent is not healthy either)")
+    for j, rerunnable in ((job, "True"), (kept, "False")):
+        now = lab.job(j)
+        assert (now["job_state"], now["exec_host"].split("/")[0], now["Rerunable"]) == (
+            "R", dead, rerunnable)
+    # qrerun needs the job's pbs_mom to kill it; with -f pbs_server requeues a rerunnable
+    # job without it (TORQUE's own remedy), and it runs on the other node. A job that may
+    # not run twice is refused even so.
+    refused = lab.client("head", "qrerun", job)
+    assert refused.returncode != 0 and lab.job(job)["job_state"] == "R"
+    print(f"[torque] qrerun {job}: {(refused.stdout + refused.stderr).strip()}")
+    forced = lab.client("head", "qrerun", "-f", kept)
+    assert forced.returncode != 0 and "not rerunnable" in forced.stdout + forced.stderr
+    forced = lab.client("head", "qrerun", "-f", job)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+
+    async def rerun_elsewhere() -> bool:
+        now = lab.job(job)
+        return now.get("job_state") == "R" and now["exec_host"].startswith(f"{other}/")
+    await until(rerun_elsewhere, f"job {job} requeued and running on {other}")
+    print(f"[torque] qrerun -f: {job} running on {other} "
+          f"{time.monotonic() - killed:.1f} s after the kill")
+    assert lab.job(kept)["exec_host"].startswith(f"{dead}/")
+
+    # The node comes back (its agent converges again): pbs_mom recovers the jobs it ran
+    # (TORQUE's default, `pbs_mom -p`), pbs_server tells it that the requeued one runs
+    # elsewhere now, and that copy is killed; the other job goes on where it was.
+    lab.health[label] = True
+    await lab.converge(label)
+    await until(lab.all_free, f"{dead} free again")
+
+    async def leftover_gone() -> bool:
+        return not lab.job_processes(label, job)
+    await until(leftover_gone, f"the old copy of {job} gone from {dead}")
+    assert lab.job(job)["exec_host"].startswith(f"{other}/")
+    assert lab.job(kept)["job_state"] == "R" and lab.job_processes(label, kept)
+    assert lab.client("head", "qdel", kept).returncode == 0
+
+    async def kept_gone() -> bool:
+        return not lab.job_processes(label, kept)
+    await until(kept_gone, f"{kept} killed on {dead} by its recovered pbs_mom")
+    assert await lab.ran(lab.submit("back", where=dead)) == [dead, USER]
