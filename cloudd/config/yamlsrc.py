@@ -19,6 +19,7 @@ checks, with its own, smaller bound: `MAX_MANIFEST_BYTES`.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ _COLLECTION_TAGS: dict[type[yaml.Node], str] = {yaml.MappingNode: f"{_CORE}map",
                                                  yaml.SequenceNode: f"{_CORE}seq"}
 #: Longest value or tag quoted back in a problem, in characters.
 _SHOW = 40
+#: A placed problem's message longer than this has its long quoted values cut, and a field
+#: path longer than `_QUOTE_LIMIT` is cut too: a problem is one line an operator reads,
+#: whatever the file holds (a check may quote a value of 100,000 characters).
+_MESSAGE_LIMIT = 1000
+_QUOTE_LIMIT = 200
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,29 @@ class Document:
             if mark is not None:
                 line, column = mark
                 break
-        name = field_name if field_name is not None else render_loc(loc)
-        return Problem(str(self.path), line, column, name, message)
+        name = _one_line(field_name if field_name is not None else render_loc(loc))
+        if len(name) > _QUOTE_LIMIT:
+            name = name[:_QUOTE_LIMIT - 3] + "..."
+        return Problem(str(self.path), line, column, name, _bounded(message))
 
     def problem(self, message: str) -> Problem:
         """A problem with the document as a whole."""
         return Problem(str(self.path), None, None, "", message)
+
+
+def _one_line(text: str) -> str:
+    """`text` with its control characters escaped (a key may hold a newline)."""
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _bounded(message: str) -> str:
+    """`message` as one line, its quoted values cut when it is too long to read."""
+    message = _one_line(message)
+    if len(message) <= _MESSAGE_LIMIT:
+        return message
+    return _QUOTED.sub(lambda m: m[0] if len(m[0]) <= _QUOTE_LIMIT
+                       else m[0][:_QUOTE_LIMIT - 4] + "..." + m[0][0], message)
 
 
 def render_loc(loc: Sequence[str | int]) -> str:

@@ -330,3 +330,17 @@ def test_a_long_value_is_quoted_cut() -> None:
     assert [(p.field, p.message) for p in problems] == [("name", (
         "'" + "é" * 56 + "... is not a DNS label (lowercase letters, digits and '-', 1 to 63 "
         "characters, not starting or ending with '-')"))]
+
+
+def test_a_value_of_any_length_in_any_check_is_cut_and_a_key_is_one_line() -> None:
+    """The cloud-wide checks quote values too: a source_host of 100,000 characters made a
+    message of 100,051; a key holding a newline made a field of two lines."""
+    text = WIRE["web.yaml"].replace("source_host: pm1", 'source_host: "' + "x" * 100_000 + '"')
+    problems = judge(lambda: load_cloud_text(text, CATALOG), "<received manifest>")
+    assert isinstance(problems, list)
+    assert [(p.field, p.message) for p in problems] == [("roles.server[1].source_host", (
+        "names '" + "x" * 195 + "...', which is not a pool host (pool: pm1, pm2)"))]
+    text = WIRE["web.yaml"].replace("resources:\n", 'resources:\n  "a\\nb": 1\n')
+    problems = judge(lambda: load_cloud_text(text, CATALOG), "<received manifest>")
+    assert isinstance(problems, list)
+    assert [(p.field, p.message) for p in problems] == [("resources.a\\nb", "unknown field")]
