@@ -73,7 +73,7 @@ def load_cloud_text(text: str, catalog: Catalog, *, origin: Origin = Origin.WIRE
     nothing in it makes this agent read a file, so `with_template` changes nothing (the
     text carries what its sender cut for this receiver, `portable.text_for`). `name` names
     the text in problems."""
-    doc = yamlsrc.parse(text.encode("utf-8", errors="surrogateescape"), name)
+    doc = yamlsrc.parse_text(text, name)
     return build_cloud(doc, catalog, with_template=with_template, origin=origin)
 
 

@@ -39,6 +39,10 @@ def sentence(error: Any) -> str:
     kind = error["type"]
     msg: str = error["msg"]
     given = error.get("input")
+    if isinstance(given, str) and len(given) > _SHOW_LIMIT:
+        # a validator's own sentence quotes the value whole: a 200 KiB name made a 200 KiB
+        # message; quoted cut, like every other value shown here
+        msg = msg.replace(repr(given), _show(given))
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":

@@ -7,14 +7,19 @@ column, so that each refusal reads `file:line:column: field: what is wrong`.
 The file is refused, before anything is built from it, when it is not a regular file, is
 larger than `MAX_BYTES` (checked with stat, before reading), is not UTF-8, holds no document
 or several, uses anchors/aliases (the "billion laughs" expansion bomb, and nothing a manifest
-needs), or repeats a mapping key (YAML would silently keep the last one). A text that did not
-come from a file here (`parse`: a manifest received over the network or through the local
-API) gets the same checks, with its own, smaller bound: `MAX_MANIFEST_BYTES`.
+needs), repeats a mapping key (YAML would silently keep the last one), carries a tag beyond
+YAML's plain types (`!!python/object`, `!!set`, `!!binary`, `!custom`...: a manifest holds
+mappings, lists, text, numbers, booleans and null, and a tag on a mapping would otherwise be
+dropped without a word), or a value its own type refuses (a date such as 2001-13-45, an
+integer of thousands of digits, `!!bool maybe`). A text that did not come from a file here
+(`parse`: a manifest received over the network or through the local API) gets the same
+checks, with its own, smaller bound: `MAX_MANIFEST_BYTES`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +47,21 @@ MAX_DEPTH = 32
 
 Loc = tuple[str | int, ...]
 
+_CORE = "tag:yaml.org,2002:"
+#: The tags a scalar may carry, written or resolved: YAML's plain types.
+_SCALAR_TAGS = frozenset(f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null",
+                                                   "timestamp"))
+_COLLECTION_TAGS: dict[type[yaml.Node], str] = {yaml.MappingNode: f"{_CORE}map",
+                                                 yaml.SequenceNode: f"{_CORE}seq"}
+#: Longest value or tag quoted back in a problem, in characters.
+_SHOW = 40
+#: A placed problem's message longer than this has its long quoted values cut, and a field
+#: path longer than `_QUOTE_LIMIT` is cut too: a problem is one line an operator reads,
+#: whatever the file holds (a check may quote a value of 100,000 characters).
+_MESSAGE_LIMIT = 1000
+_QUOTE_LIMIT = 200
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+
 
 @dataclass(frozen=True)
 class Document:
@@ -67,12 +87,29 @@ class Document:
             if mark is not None:
                 line, column = mark
                 break
-        name = field_name if field_name is not None else render_loc(loc)
-        return Problem(str(self.path), line, column, name, message)
+        name = _one_line(field_name if field_name is not None else render_loc(loc))
+        if len(name) > _QUOTE_LIMIT:
+            name = name[:_QUOTE_LIMIT - 3] + "..."
+        return Problem(str(self.path), line, column, name, _bounded(message))
 
     def problem(self, message: str) -> Problem:
         """A problem with the document as a whole."""
         return Problem(str(self.path), None, None, "", message)
+
+
+def _one_line(text: str) -> str:
+    """`text` with its control characters escaped (a key may hold a newline)."""
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _bounded(message: str) -> str:
+    """`message` as one line, its quoted values cut when it is too long to read."""
+    message = _one_line(message)
+    if len(message) <= _MESSAGE_LIMIT:
+        return message
+    return _QUOTED.sub(lambda m: m[0] if len(m[0]) <= _QUOTE_LIMIT
+                       else m[0][:_QUOTE_LIMIT - 4] + "..." + m[0][0], message)
 
 
 def render_loc(loc: Sequence[str | int]) -> str:
@@ -89,7 +126,20 @@ def render_loc(loc: Sequence[str | int]) -> str:
 def _fail(path: Path, message: str, mark: Any = None) -> ConfigError:
     line = mark.line + 1 if mark is not None else None
     column = mark.column + 1 if mark is not None else None
-    return ConfigError([Problem(str(path), line, column, "", message)])
+    return ConfigError([Problem(str(path), line, column, "", " ".join(message.split()))])
+
+
+def _show(text: str) -> str:
+    """`text` quoted, cut to `_SHOW` characters."""
+    return repr(text if len(text) <= _SHOW else text[:_SHOW] + "...")
+
+
+def _unreadable(path: Path, text: str, exc: yaml.reader.ReaderError) -> ConfigError:
+    """A character YAML refuses (a control character), placed by line and column."""
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - text.rfind("\n", 0, exc.position)
+    return ConfigError([Problem(str(path), line, column, "", (
+        f"not valid YAML: unacceptable character #x{exc.character:04x}: {exc.reason}"))])
 
 
 def read_bounded(path: Path, *, limit: int = MAX_BYTES) -> bytes:
@@ -143,6 +193,16 @@ def received_too_large(size: int, p: Path, *,
                     f"agent's folder may hold at most {limit} bytes ({limit // 1024} KiB)")
 
 
+def parse_text(text: str, p: Path, *, limit: int = MAX_MANIFEST_BYTES) -> Document:
+    """`parse` for a text received as a string: bytes that were not UTF-8 come as surrogate
+    escapes and are refused as such; a lone surrogate (JSON can carry one) is refused here."""
+    try:
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise _fail(p, f"not a UTF-8 text (character {exc.start} is a lone surrogate)") from None
+    return parse(raw, p, limit=limit)
+
+
 def parse(raw: bytes, p: Path, *, limit: int = MAX_MANIFEST_BYTES) -> Document:
     """Parse a YAML text that did not come from a file here (a manifest received over the
     network or through the local API); `p` only names it in problems. The same checks as
@@ -176,6 +236,8 @@ def parse(raw: bytes, p: Path, *, limit: int = MAX_MANIFEST_BYTES) -> Document:
             node = loader.get_single_node()
         finally:
             loader.dispose()
+    except yaml.reader.ReaderError as exc:
+        raise _unreadable(p, text, exc) from None
     except yaml.MarkedYAMLError as exc:
         problem = (exc.problem or "invalid YAML").strip()
         if problem.startswith("but ") and exc.context:  # "expected X" / "but found Y"
@@ -205,6 +267,7 @@ class _Builder:
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.value_marks[loc] = _mark(node)
+        self._check_tag(node)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -225,7 +288,33 @@ class _Builder:
         return self.scalar(node)
 
     def scalar(self, node: yaml.Node) -> Any:
+        self._check_tag(node)
         try:
-            return self._constructor.construct_object(node, deep=True)
+            value = self._constructor.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             raise _fail(self.path, f"not valid YAML: {exc.problem}", node.start_mark) from None
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError):
+            # PyYAML's constructors trust the resolver's patterns: a date that matches but
+            # does not exist, an integer past Python's digit limit, or a value written with
+            # an explicit tag it does not fit (`!!bool maybe`, `!!timestamp nope`).
+            kind = str(node.tag).removeprefix(_CORE)
+            raise _fail(self.path, f"not valid YAML: {_show(str(node.value))} is not a valid "
+                                   f"{kind}", node.start_mark) from None
+        if isinstance(value, str) and not value.isascii():
+            # A double-quoted "\ud800" makes a lone surrogate, which no file name, digest
+            # or JSON text can encode: refused here, so that nothing after has to.
+            lone = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+            if lone is not None:
+                raise _fail(self.path, f"not valid YAML: {_show(value)} holds a lone "
+                                       f"surrogate ({lone!a})", node.start_mark)
+        return value
+
+    def _check_tag(self, node: yaml.Node) -> None:
+        expected = _COLLECTION_TAGS.get(type(node))
+        if node.tag == expected or (expected is None and node.tag in _SCALAR_TAGS):
+            return
+        tag = str(node.tag)
+        shown = "!!" + tag.removeprefix(_CORE) if tag.startswith(_CORE) else tag
+        raise _fail(self.path, f"YAML tag {_show(shown)} is not allowed: a manifest holds "
+                               "mappings, lists, text, numbers, booleans and null",
+                    node.start_mark)

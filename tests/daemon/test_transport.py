@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+import random
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +24,9 @@ from structlog.testing import capture_logs
 
 from cloudd.config.agent import TransportSettings, load_agent
 from cloudd.daemon.network.codec import PROTOCOL_VERSION, FrameDecoder, default_codec
-from cloudd.daemon.network.tls import Hello
+from cloudd.daemon.network.tls import Hello, server_context
 from cloudd.daemon.network.transport import LinkState, PeerConnected, PeerUnreachable, Transport
-from cloudd.errors import PermanentError, TemporaryError
+from cloudd.errors import PermanentError, RemoteProtocolError, TemporaryError
 from cloudd.pki import Identity, MemberKind, PkiFiles, init_ca, issue
 
 FAST = TransportSettings(handshake_timeout=1.0, frame_timeout=1.0, max_connections=50,
@@ -56,7 +59,17 @@ class Refuse:
     """The handler refuses it on purpose (a `ClouddError`)."""
 
 
-for _cls in (Ping, Pong, Flaky, Stall, Refuse):
+@dataclass(frozen=True)
+class Faulty:
+    """Stands for a bug in decoding: building it raises what no codec check expects."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        raise TypeError("a bug in decoding")
+
+
+for _cls in (Ping, Pong, Flaky, Stall, Refuse, Faulty):
     default_codec.register(_cls, f"test.transport.{_cls.__name__.lower()}")
 
 
@@ -584,6 +597,135 @@ async def test_bad_frames_close_that_connection_only(pki: dict[str, PkiFiles], a
     assert alpha.got == [("beta", Ping(1)), ("gamma", Ping(41))]  # the frame before it counts
     await good_peer_gets_through(alpha, beta, 2)
     assert beta.events == [PeerConnected("alpha")]  # beta's connection was never disturbed
+
+
+# -- mutated frames: refused, and nobody marked up because of them -----------------------------
+
+
+def mutated_frames(seed: int, count: int) -> list[tuple[bytes, str]]:
+    """`count` frames of this file's messages with bytes flipped, cut, duplicated or inserted
+    (seeded), each one the codec refuses on its own, with the reason it gives."""
+    rng = random.Random(seed)
+    good = [default_codec.encode(m, rid=rng.randrange(1 << 32), request=rng.random() < 0.5)
+            for m in (Ping(41), Pong(7, "gamma"), Flaky(True), Hello("gamma", PROTOCOL_VERSION))]
+    out: list[tuple[bytes, str]] = []
+    while len(out) < count:
+        data = bytearray(rng.choice(good))
+        for _ in range(rng.randint(1, 3)):
+            at, size = rng.randrange(len(data)), rng.randint(1, 8)
+            kind = rng.choice(("flip", "cut", "duplicate", "insert"))
+            if kind == "flip":
+                data[at] ^= rng.randint(1, 255)
+            elif kind == "cut":
+                del data[at:at + size]
+            elif kind == "duplicate":
+                data[at:at] = data[at:at + size]
+            else:
+                data[at:at] = rng.randbytes(size)
+        try:
+            FrameDecoder(default_codec).feed(bytes(data))
+        except RemoteProtocolError as exc:
+            out.append((bytes(data), str(exc)))
+    return out
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_mutated_frames_from_a_member_are_refused_and_mark_it_nothing(
+        pki: dict[str, PkiFiles], alpha: Agent, beta: Agent) -> None:
+    """gamma, on alpha's address book but not listening (its link DOWN), dials in with a
+    valid certificate and sends mutated frames: each connection is closed with one
+    `protocol_error`, beta is answered all along, and gamma is never reported connected
+    (its dial wakes alpha's redial, which fails again)."""
+    await good_peer_gets_through(alpha, beta)
+    alpha.t.add_peer("gamma", "127.0.0.1", unused_port())
+    alpha.t.send("gamma", Ping(0))
+    await eventually(lambda: alpha.t.link_state("gamma") is LinkState.DOWN)
+    cases = mutated_frames(23, 12)
+    with capture_logs() as logs:
+        for n, (data, _) in enumerate(cases, start=2):
+            reader, writer = await authenticated(alpha, pki)
+            writer.write(data)
+            await writer.drain()
+            assert await closed_by_server(reader) == b""
+            writer.close()
+            await good_peer_gets_through(alpha, beta, n)
+        await eventually(lambda: len(logged(logs, "protocol_error")) == len(cases))
+        await eventually(lambda: alpha.t.connection_count == 1)  # beta's, nothing of gamma's
+        await eventually(lambda: alpha.t.link_state("gamma") is LinkState.DOWN)
+    assert [(e["peer"], e["reason"]) for e in logged(logs, "protocol_error")] == [
+        ("gamma", reason) for _, reason in cases]
+    assert not logged(logs, "connection_failed") and not logged(logs, "task_failed")
+    assert [msg for peer, msg in alpha.got if peer == "gamma"] == []
+    assert PeerConnected("gamma") not in alpha.events
+    assert beta.events == [PeerConnected("alpha")]
+
+
+async def hostile_gamma(pki: dict[str, PkiFiles], frames: list[bytes]
+                        ) -> tuple[asyncio.Server, list[int]]:
+    """A server holding gamma's certificate: it answers each dial with gamma's Hello and then
+    the next of `frames`, and keeps the connection until the dialler drops it. On the first
+    dial it waits for a frame from the dialler before the bad one, so that the bad frame
+    surely reaches a connection that is UP. The list it returns counts the dials answered."""
+    dials: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(default_codec)
+        got: list[object] = []
+        while len(got) < (1 if dials else 2):
+            got += decoder.feed(await reader.read(65536))
+            if not dials and len(got) == 1:
+                writer.write(default_codec.encode(Hello("gamma", PROTOCOL_VERSION)))
+        assert got[0] == Hello("alpha", PROTOCOL_VERSION)
+        writer.write((default_codec.encode(Hello("gamma", PROTOCOL_VERSION)) if dials else b"")
+                     + frames[len(dials) % len(frames)])
+        dials.append(len(dials))
+        await closed_by_server(reader)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0,
+                                        ssl=server_context(pki["gamma"]))
+    return server, dials
+
+
+@pytest.mark.parametrize("bug", [False, True], ids=["mutated", "decoding-bug"])
+async def test_a_link_to_a_peer_that_sends_bad_frames_goes_down_and_redials(
+        pki: dict[str, PkiFiles], alpha: Agent, bug: bool) -> None:
+    """Our own link to gamma: a connection comes UP (gamma's Hello is good), the bad frame
+    after it ends that connection, and the link goes DOWN and redials; it is never left UP
+    on a connection nobody reads, not even when decoding fails in a way no check foresaw
+    (that used to end the link's task and leave it UP for good)."""
+    cases = ([(frame("test.transport.faulty", b'{"n": 1}'),
+               "connection failed: TypeError: a bug in decoding")] if bug
+             else [(data, f"protocol error: {why}") for data, why in mutated_frames(32, 3)])
+    server, dials = await hostile_gamma(pki, [data for data, _ in cases])
+
+    def gamma() -> list[object]:
+        return [e for e in alpha.events if getattr(e, "peer", None) == "gamma"]
+
+    with capture_logs() as logs:
+        alpha.t.add_peer("gamma", *server.sockets[0].getsockname()[:2])
+        alpha.t.send("gamma", Ping(1))
+        await eventually(lambda: len(dials) >= 3)  # it redialled, twice at least
+        server.close()
+        await eventually(lambda: alpha.t.link_state("gamma") is LinkState.DOWN
+                         and isinstance(gamma()[-1], PeerUnreachable))
+    events = gamma()
+    assert events[:2] == [PeerConnected("gamma"), PeerUnreachable("gamma", cases[0][1])]
+    # each later dial came up and went down again, or failed within its handshake (the Hello
+    # and the bad frame read together): never two ups in a row, and never up at the end
+    assert all(isinstance(later, PeerUnreachable)
+               for earlier, later in itertools.pairwise(events)
+               if isinstance(earlier, PeerConnected))
+    kind = "connection_failed" if bug else "protocol_error"
+    assert [e["peer"] for e in logged(logs, kind)] == ["gamma"] * events.count(
+        PeerConnected("gamma"))
+    assert not logged(logs, "task_failed")
+    assert alpha.got == []
 
 
 async def test_a_thousand_idle_connections(pki: dict[str, PkiFiles], beta: Agent) -> None:

@@ -234,7 +234,8 @@ class ManifestFolder:
                     trusted: bool = False) -> Cloud:
         """The cloud `text` declares, or ConfigError; TemporaryError when busy (not for a
         `trusted` text: the leader's own generation)."""
-        too_large = received_too_large(len(text.encode("utf-8", errors="surrogateescape")),
+        # surrogatepass: a lone surrogate must be measured here, and refused by the loader
+        too_large = received_too_large(len(text.encode("utf-8", errors="surrogatepass")),
                                        RECEIVED)
         if too_large is not None:
             raise too_large

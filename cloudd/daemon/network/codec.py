@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pydantic
+from pydantic_core import from_json
 
-from cloudd.errors import LocalProtocolError, RemoteProtocolError
+from cloudd.errors import ClouddError, LocalProtocolError, RemoteProtocolError
 
 #: The protocol version this agent speaks; a frame with another version is refused.
 #: 2: manifest origins, node phases and operator commands became enums on the wire.
@@ -43,6 +44,13 @@ _HEADER = struct.Struct(">BBIB")  # version, flags, request id, tag length
 _FLAG_REQUEST = 0x01
 _FLAG_REPLY = 0x02
 _MAX_RID = 0xFFFFFFFF
+#: The integers a body may hold: 64 signed bits, what every field (terms, sequence numbers,
+#: memory sizes, ids) fits in with room to spare.
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+#: Longest refusal reason, in characters: it is logged, and the peer chose its contents.
+_MAX_REASON = 400
+#: How many field errors or unknown field names one reason names before "and N more".
+_SHOWN = 3
 
 T = TypeVar("T")
 
@@ -157,22 +165,66 @@ class Codec:
 
     def _decode_body(self, entry: _Entry, body: bytes) -> object:
         try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise RemoteProtocolError(f"bad JSON in {entry.name} body: {exc}") from None
+            data = from_json(body)
+        except ValueError as exc:  # bad UTF-8, bad syntax, too deep, a number too long
+            raise _refusal(f"bad JSON in {entry.name} body: {exc}") from None
         if not isinstance(data, dict):
-            raise RemoteProtocolError(
-                f"{entry.name} body must be a JSON object, not {type(data).__name__}")
+            raise _refusal(f"{entry.name} body must be a JSON object, not "
+                           f"{_JSON_TYPES.get(type(data), type(data).__name__)}")
         extra = sorted(set(data) - entry.fields)
         if extra:
-            raise RemoteProtocolError(f"{entry.name}: unknown fields {', '.join(extra)}")
+            raise _refusal(f"{entry.name}: unknown fields {_some(extra)}")
+        bad_number = _bad_number(data)
+        if bad_number is not None:
+            raise _refusal(f"{entry.name}: {bad_number}")
         try:
             return entry.adapter.validate_json(body, strict=True)
         except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
-                for err in exc.errors())
-            raise RemoteProtocolError(f"{entry.name}: {problems}") from None
+            problems = _some([f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: "
+                              f"{err['msg']}" for err in exc.errors()], sep="; ")
+            raise _refusal(f"{entry.name}: {problems}") from None
+        except ClouddError as exc:  # the message's own check (`__post_init__`) refused it
+            raise _refusal(f"{entry.name}: {exc}") from None
+
+
+_JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _some(items: list[str], *, sep: str = ", ") -> str:
+    """The first few of `items`, and how many more there are."""
+    more = f"{sep}and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return sep.join(items[:_SHOWN]) + more
+
+
+def _refusal(reason: str) -> RemoteProtocolError:
+    """The error for `reason`, made one line of bounded length: the peer wrote part of it
+    (field names, values quoted back), and it goes to the log as it is."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason[:_MAX_REASON + 1])
+    if len(text) > _MAX_REASON:
+        text = text[:_MAX_REASON - 3] + "..."
+    return RemoteProtocolError(text)
+
+
+def _bad_number(data: object) -> str | None:
+    """Where parsed JSON holds an integer beyond 64 signed bits or a float that is not
+    finite (NaN, Infinity, or a literal too large for a double), and what it is."""
+    todo: list[tuple[str, object]] = [("", data)]
+    while todo:  # a stack, not recursion: Python's own depth is never at stake
+        where, value = todo.pop()
+        if isinstance(value, dict):
+            todo += ((f"{where}.{key}" if where else str(key), item)
+                     for key, item in value.items())
+        elif isinstance(value, list):
+            todo += ((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
+            digits = len(str(abs(value)))
+            return f"{where}: an integer of {digits} digits is beyond 64 bits"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{where}: {value} is not a finite number"
+    return None
 
 
 class FrameDecoder:

@@ -17,7 +17,10 @@ Protections on the listening side: a cap on concurrent inbound connections (coun
 TCP accept, before TLS); TLS plus Hello must complete within `handshake_timeout`, so idle
 unauthenticated connections are closed; a frame once started must complete within
 `frame_timeout`; any malformed, oversized or unknown frame closes that one connection and
-logs `protocol_error` with the peer and the reason. Nothing else changes.
+logs `protocol_error` with the peer and the reason. Nothing else changes: in particular a
+connection only a peer's dial opened never reports it connected (`PeerConnected` comes from
+our own outgoing link), and an outgoing link whose connection ended, for whatever reason, is
+DOWN and redialled, never left UP.
 """
 
 from __future__ import annotations
@@ -148,6 +151,11 @@ class _Conn:
             return f"protocol error: {exc}"
         except (OSError, EOFError) as exc:
             return _reason(exc)
+        except Exception as exc:  # a bug of ours in decoding: it ends this connection only
+            self.owner.log.exception("connection_failed", peer=self.peer, reason=_reason(exc))
+            # Said as a failure, so that an outgoing link goes DOWN and redials: a link left
+            # UP on a connection nobody reads would take every message and deliver none.
+            return f"connection failed: {_reason(exc)}"
 
     async def _dispatch(self, frame: Frame) -> None:
         if frame.reply:
