@@ -79,9 +79,10 @@ def ensure_image(kind: str = "web", *, cache: Path = DEFAULT_CACHE, out: Path | 
     tarball = torque_source if torque_source is not None else default_source(checkout)
     started = time.monotonic()
     torque_build = prepare(tarball, checkout=checkout, explicit=torque_source is not None)
-    report(Stage("torque-src", time.monotonic() - started,
-                 f"built or found in {torque_build.prefix} ({torque_build.stamp})"
-                 if torque_build.prefix is not None else f"none: {torque_build.absent}"))
+    if torque_build.prefix is not None:  # without it, the image's torque stage says why
+        report(Stage("torque-build", time.monotonic() - started,
+                     f"{torque_build.prefix} holds {torque_build.stamp} "
+                     "(scripts/build-torque.sh)"))
     image = build_image(kind_, agent=agent_for(src, cache=cache), cache=cache,
                         report=report, torque_build=torque_build,
                         overlay_dirs=DEFAULT_IMAGE_DIRS)
