@@ -69,6 +69,13 @@ class Scheduler:
         """The node `job` runs (or ran) on, once the scheduler has started it."""
         raise NotImplementedError
 
+    def incarnation(self, lab: BatchLab, node: str) -> str:
+        """What the scheduler's daemon on `node` said of its start when it last registered
+        (another value: a new daemon, e.g. on a rebooted VM; "" when the head does not know).
+        A node the scheduler still shows free after its VM was killed (it has not noticed
+        yet) keeps the old value."""
+        raise NotImplementedError
+
 
 class SlurmOnVms(Scheduler):
     cloud_type = "slurm"
@@ -92,10 +99,16 @@ class SlurmOnVms(Scheduler):
 
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
         # squeue forgets a job soon after it ends; scontrol keeps it for MinJobAge (300 s).
+        # COMPLETING is no proof of a start: a launch on a node that died ends there too.
         shown = self._client(lab, "scontrol", "show", "job", job.id, "-o")
         fields = dict(f.split("=", 1) for f in shown.split() if "=" in f)
         state, where = fields.get("JobState", ""), fields.get("BatchHost", "")
-        return where if state in ("RUNNING", "COMPLETING", "COMPLETED") and where else None
+        return where if state in ("RUNNING", "COMPLETED") and where else None
+
+    def incarnation(self, lab: BatchLab, node: str) -> str:
+        shown = self._client(lab, "scontrol", "show", "node", node, "-o")
+        fields = dict(f.split("=", 1) for f in shown.split() if "=" in f)
+        return fields.get("SlurmdStartTime", "")
 
 
 class TorqueOnVms(Scheduler):
@@ -128,6 +141,12 @@ class TorqueOnVms(Scheduler):
                       if " = " in line)
         where = fields.get("exec_host", "").split("/")[0]
         return where if fields.get("job_state") in ("R", "E", "C") and where else None
+
+    def incarnation(self, lab: BatchLab, node: str) -> str:
+        root = ET.fromstring(self._client(lab, "pbsnodes", "-x", node) or "<Data/>")
+        status = root.findtext("Node/status") or ""
+        return next((item.split("=", 1)[1] for item in status.split(",")
+                     if item.startswith("boottime=")), "")
 
 
 SCHEDULERS: dict[str, Scheduler] = {"slurm": SlurmOnVms(), "torque": TorqueOnVms()}
@@ -236,6 +255,13 @@ class BatchLab(ImageLab):
                                  f"{done.returncode}): {(done.stderr or done.stdout).strip()}")
         return done.stdout
 
+    def incarnation(self, node: str) -> str | None:
+        """`Scheduler.incarnation` of `node` (None while the head cannot answer)."""
+        try:
+            return self.scheduler.incarnation(self, node)
+        except (AssertionError, OSError, ValueError, ET.ParseError):
+            return None
+
     def free(self, *nodes: str) -> bool:
         """The scheduler shows each of `nodes` free to take a job (False while it cannot
         answer, as while the head's scheduler starts)."""
@@ -274,17 +300,23 @@ class BatchLab(ImageLab):
     def kill_and_recover(self, node: str, *, bound: float = BACK,
                          progress: Callable[[float], None] | None = None) -> Recovery:
         """kill -9 `node`'s qemu; wait until the scheduler shows it free again, then until a
-        job pinned to it has started: the seconds from the kill to each."""
+        job pinned to it has started: the seconds from the kill to each.
+
+        The scheduler notices a dead node only after its own timeouts (Slurm's SlurmdTimeout,
+        TORQUE's node_check_rate), and a VM brought back quickly may register again before:
+        "free again" is free with a daemon started after the kill (`incarnation` changed)."""
         old = qemu_pid(self.domain(node))
+        before = self.incarnation(node)
+        assert before, f"the scheduler on {self.head} does not know {node}"
         self.kill_vm(node)
         t0 = time.monotonic()
-        # The scheduler may not notice at once that the node went: wait for a new qemu first.
         poll(f"{node}'s domain running again", lambda: (p := qemu_pid(self.domain(node)))
              is not None and p != old and self.domains().get(node, None) is not None
              and self.domains()[node].running, bound=bound, interval=2.0, progress=progress)
         restarted = time.monotonic() - t0
-        poll(f"{node} {self.scheduler.free_word} in the scheduler again",
-             lambda: self.free(node), bound=bound, interval=2.0, progress=progress)
+        poll(f"{node} {self.scheduler.free_word} in the scheduler again, its daemon new",
+             lambda: self.incarnation(node) not in (None, "", before) and self.free(node),
+             bound=bound, interval=2.0, progress=progress)
         free = time.monotonic() - t0
         job = self.submit(JOB_SCRIPT, name=f"after-kill-{int(time.time())}", node=node)
         where, _ = poll(f"job {job.id} started on {node}", lambda: self.started_on(job),
