@@ -71,10 +71,10 @@ class Scheduler:
 
     def incarnation(self, lab: BatchLab, node: str) -> str:
         """What the scheduler's daemon on `node` said of its start when it last registered
-        (another value: a new daemon, e.g. on a rebooted VM; "" when the head does not know).
-        A node the scheduler still shows free after its VM was killed (it has not noticed
-        yet) keeps the old value."""
-        raise NotImplementedError
+        (another value: a new daemon, e.g. on a rebooted VM). A node the scheduler still
+        shows free after its VM was killed (it has not noticed yet) keeps the old value.
+        "": the scheduler reports no such thing."""
+        return ""
 
 
 class SlurmOnVms(Scheduler):
@@ -141,12 +141,6 @@ class TorqueOnVms(Scheduler):
                       if " = " in line)
         where = fields.get("exec_host", "").split("/")[0]
         return where if fields.get("job_state") in ("R", "E", "C") and where else None
-
-    def incarnation(self, lab: BatchLab, node: str) -> str:
-        root = ET.fromstring(self._client(lab, "pbsnodes", "-x", node) or "<Data/>")
-        status = root.findtext("Node/status") or ""
-        return next((item.split("=", 1)[1] for item in status.split(",")
-                     if item.startswith("boottime=")), "")
 
 
 SCHEDULERS: dict[str, Scheduler] = {"slurm": SlurmOnVms(), "torque": TorqueOnVms()}
@@ -303,20 +297,30 @@ class BatchLab(ImageLab):
         job pinned to it has started: the seconds from the kill to each.
 
         The scheduler notices a dead node only after its own timeouts (Slurm's SlurmdTimeout,
-        TORQUE's node_check_rate), and a VM brought back quickly may register again before:
-        "free again" is free with a daemon started after the kill (`incarnation` changed)."""
+        300 s; TORQUE's node_check_rate, 30 s), and a VM brought back before may register
+        again first: "free again" is free once the scheduler has shown the node not free
+        since the kill, or has a new daemon's registration (`incarnation`; Slurm's
+        SlurmdStartTime; TORQUE reports none, and its 30 s are far shorter than a boot)."""
         old = qemu_pid(self.domain(node))
         before = self.incarnation(node)
-        assert before, f"the scheduler on {self.head} does not know {node}"
+        gone = False
+
+        def free_again() -> bool:
+            nonlocal gone
+            now = self.incarnation(node)
+            free = self.free(node)
+            if not free or (before and now not in (None, "", before)):
+                gone = True
+            return gone and free
+
         self.kill_vm(node)
         t0 = time.monotonic()
         poll(f"{node}'s domain running again", lambda: (p := qemu_pid(self.domain(node)))
              is not None and p != old and self.domains().get(node, None) is not None
              and self.domains()[node].running, bound=bound, interval=2.0, progress=progress)
         restarted = time.monotonic() - t0
-        poll(f"{node} {self.scheduler.free_word} in the scheduler again, its daemon new",
-             lambda: self.incarnation(node) not in (None, "", before) and self.free(node),
-             bound=bound, interval=2.0, progress=progress)
+        poll(f"{node} {self.scheduler.free_word} in the scheduler again, after its death",
+             free_again, bound=bound, interval=2.0, progress=progress)
         free = time.monotonic() - t0
         job = self.submit(JOB_SCRIPT, name=f"after-kill-{int(time.time())}", node=node)
         where, _ = poll(f"job {job.id} started on {node}", lambda: self.started_on(job),
