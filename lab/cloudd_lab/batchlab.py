@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -228,10 +229,6 @@ class BatchLab(ImageLab):
         return {"image": str(self.overlay(node)), "base_image": str(self.image.qcow2),
                 "overlay": True}
 
-    def ready(self) -> bool:
-        """Every node has reported its role's services ready to the acting leader."""
-        return self.phases() == dict.fromkeys(self.node_addresses, "ready")
-
     # -- inside the guests -----------------------------------------------------------------
     def run_on(self, node: str, argv: tuple[str, ...] | list[str], *,
                env: dict[str, str] | None = None, user: str | None = None,
@@ -253,7 +250,7 @@ class BatchLab(ImageLab):
         """`Scheduler.incarnation` of `node` (None while the head cannot answer)."""
         try:
             return self.scheduler.incarnation(self, node)
-        except (AssertionError, OSError, ValueError, ET.ParseError):
+        except (AssertionError, OSError, ValueError, ET.ParseError, subprocess.TimeoutExpired):
             return None
 
     def free(self, *nodes: str) -> bool:
@@ -261,7 +258,7 @@ class BatchLab(ImageLab):
         answer, as while the head's scheduler starts)."""
         try:
             states = self.scheduler.states(self)
-        except (AssertionError, OSError, ValueError, ET.ParseError):
+        except (AssertionError, OSError, ValueError, ET.ParseError, subprocess.TimeoutExpired):
             return False
         return all(states.get(n) == self.scheduler.free_word for n in nodes)
 
@@ -271,13 +268,16 @@ class BatchLab(ImageLab):
     def started_on(self, job: Job) -> str | None:
         try:
             return self.scheduler.running_on(self, job)
-        except (AssertionError, OSError, ValueError):
+        except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired):
             return None
 
     def output(self, job: Job, node: str, *, bound: float = JOB) -> str:
         """The job's output on `node`, once its last line (`done`) is written."""
         def written() -> str | None:
-            done = self.guest_ssh(node, "cat", job.out)
+            try:
+                done = self.guest_ssh(node, "cat", job.out)
+            except subprocess.TimeoutExpired:  # a guest slow to answer: asked again
+                return None
             return done.stdout if done.returncode == 0 and "done\n" in done.stdout else None
         text, _ = poll(f"job {job.id}'s output on {node}", written, bound=bound, interval=3.0)
         return str(text)
