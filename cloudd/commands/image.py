@@ -2,7 +2,9 @@
 
 Run as root on a pool host (or any Debian 12 machine that reaches a Debian mirror and the
 Python package index): it makes the agent's wheels from the cloudd running it (as bootstrap
-does), then the image (`cloudd.images.build`), printing one line per stage with its seconds.
+does), TORQUE from its source tarball (`cloudd.images.torque`), then the image
+(`cloudd.images.build`), printing one line per stage with its seconds. Every cloud type shares
+the one node image.
 The image is cached by content; a second run with the same inputs prints `cached` and the
 same paths at once. `ensure_image` is the same thing for the tests and the demo.
 """
@@ -22,6 +24,7 @@ from cloudd.commands.bootstrap.wheels import Checkout, Source, build_wheels, run
 from cloudd.images.build import AgentPayload, Stage, build_image
 from cloudd.images.packages import TYPES, ImageBuildError, image_type
 from cloudd.images.store import DEFAULT_CACHE, Image, publish
+from cloudd.images.torque import default_source, prepare
 from cloudd.vmctl.hostagent import DEFAULT_IMAGE_DIRS
 
 
@@ -31,14 +34,22 @@ def register(subparsers: Any) -> None:
         description="Disk images for node VMs, built from Debian's own packages.")
     sub = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     build = sub.add_parser(
-        "build", help="build (or find in the cache) the node image of a cloud type",
+        "build", help="build (or find in the cache) the node image",
         description="Build a Debian 12 node image: systemd, cloud-init (NoCloud), the agent "
-                    "in /opt/cloudd/venv with cloudd.service enabled, and every package of "
-                    "the type's roles; an ext4 filesystem in a qcow2 file, with the kernel, "
-                    "initramfs and package list beside it. Needs root. Cached by content: "
-                    "the same inputs give the same files at once.")
+                    "in /opt/cloudd/venv with cloudd.service enabled, every package of every "
+                    "cloud type's roles (web, Slurm) and TORQUE built from its source "
+                    "tarball; an ext4 filesystem in a qcow2 file, with the kernel, initramfs "
+                    "and package list beside it. Needs root. Cached by content: the same "
+                    "inputs give the same files at once.")
     build.add_argument("--type", dest="kind", default="web", choices=sorted(TYPES),
-                       help="the cloud type whose roles' packages go in (default web)")
+                       help="a cloud type the image is for (default web; every type shares "
+                            "the one node image)")
+    build.add_argument("--torque-source", type=Path, metavar="FILE",
+                       help="TORQUE 6.1.3.h5's source tarball, built into /opt/torque by "
+                            "scripts/build-torque.sh and copied in (default "
+                            "$CLOUDD_TORQUE_SOURCE, else ../shared/third_party/"
+                            "torque-6.1.3.h5.tar.gz beside the checkout; without it the "
+                            "image has no TORQUE)")
     build.add_argument("--out", type=Path, metavar="DIR",
                        help="put the image's files here too (default: only in the cache)")
     build.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
@@ -57,13 +68,24 @@ def agent_for(source: Source, *, cache: Path) -> AgentPayload:
 
 
 def ensure_image(kind: str = "web", *, cache: Path = DEFAULT_CACHE, out: Path | None = None,
-                 source: Path | None = None,
+                 source: Path | None = None, torque_source: Path | None = None,
                  report: Callable[[Stage], None] = lambda stage: None) -> Image:
-    """The node image of cloud type `kind`, built unless the cache has it."""
+    """The node image (cloud type `kind`'s, which every type shares), built unless the cache
+    has it; TORQUE is built first from `torque_source` (default: `torque.default_source`)."""
+    kind_ = image_type(kind)
     src = Checkout(source) if source is not None else running_source()
     src.check()
-    image = build_image(image_type(kind), agent=agent_for(src, cache=cache), cache=cache,
-                        report=report, overlay_dirs=DEFAULT_IMAGE_DIRS)
+    checkout = src.path if isinstance(src, Checkout) else None
+    tarball = torque_source if torque_source is not None else default_source(checkout)
+    started = time.monotonic()
+    torque_build = prepare(tarball, checkout=checkout, explicit=torque_source is not None)
+    if torque_build.prefix is not None:  # without it, the image's torque stage says why
+        report(Stage("torque-build", time.monotonic() - started,
+                     f"{torque_build.prefix} holds {torque_build.stamp} "
+                     "(scripts/build-torque.sh)"))
+    image = build_image(kind_, agent=agent_for(src, cache=cache), cache=cache,
+                        report=report, torque_build=torque_build,
+                        overlay_dirs=DEFAULT_IMAGE_DIRS)
     return publish(image, out) if out is not None else image
 
 
@@ -80,7 +102,7 @@ def run_build(args: argparse.Namespace, *, out: TextIO | None = None,
     start = time.monotonic()
     try:
         image = ensure_image(args.kind, cache=args.cache, out=args.out, source=args.source,
-                             report=report)
+                             torque_source=args.torque_source, report=report)
     except (ImageBuildError, BootstrapError) as exc:
         print(f"cloudd-cli image build: {exc}", file=err)
         return 1

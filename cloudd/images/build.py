@@ -9,6 +9,9 @@ part of the key), and looks the image up by its key: found, it returns at once. 
   unpack      the tarball into a scratch folder
   agent       a virtualenv at the agent's path made by the tree's own python3 (chroot), the
               wheels installed into it with pip --no-index
+  torque      TORQUE as built from source on this machine, copied to /opt/torque, its
+              libraries checked with ldd inside the tree (`cloudd.images.torque`); or a line
+              saying the image has none
   configure   the unit, the serial getty, no machine id, no host keys, root locked (`rootfs`)
   packages    `dpkg-query -W` inside the tree, kept beside the image
   kernel      the tree's cloud kernel and initramfs, kept beside the image for direct boot
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudd.durable import replace_durable
-from cloudd.images import rootfs, store
+from cloudd.images import rootfs, store, torque
 from cloudd.images.packages import SUITE, ImageBuildError, ImageType, package_set, units_off
 from cloudd.images.recipe import (
     Recipe,
@@ -49,6 +52,7 @@ from cloudd.images.recipe import (
     wheels_digest,
 )
 from cloudd.images.store import Image
+from cloudd.images.torque import TorquePayload
 
 #: The programs the build runs, each with the Debian package that has it.
 TOOLS = {"mmdebstrap": "mmdebstrap", "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils",
@@ -85,18 +89,25 @@ class AgentPayload:
     venv: str = "/opt/cloudd/venv"
 
 
+#: An image built without TORQUE because nobody asked for it (the tests of the build).
+NO_TORQUE = TorquePayload(None, absent="not asked for")
+
+
 def recipe(kind: ImageType, *, wheels: list[Path], unit: str, venv: str = "/opt/cloudd/venv",
-           apt_dir: Path = Path("/etc/apt")) -> tuple[Recipe, tuple[rootfs.Change, ...]]:
+           apt_dir: Path = Path("/etc/apt"), torque_stamp: str = "",
+           ) -> tuple[Recipe, tuple[rootfs.Change, ...]]:
     """What an image of `kind` is made from, and the changes the build makes to its tree."""
     mirrors = mirrors_from_sources(_apt_sources(apt_dir), suite=SUITE)
     tree = TreeRecipe(kind.name, SUITE, mirrors or fallback_mirrors(SUITE), package_set(kind))
     changes = rootfs.changes(unit=unit, units_off=units_off(kind), venv=venv)
     digest = wheels_digest((w.name, _wheel_content(w)) for w in wheels)
-    return Recipe(tree, wheels=digest, changes=text_digest(repr(changes))), changes
+    return Recipe(tree, wheels=digest, changes=text_digest(repr(changes)),
+                  torque=torque_stamp), changes
 
 
 def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Report,
-                apt_dir: Path = Path("/etc/apt"), overlay_dirs: Sequence[Path] = (),
+                torque_build: TorquePayload = NO_TORQUE, apt_dir: Path = Path("/etc/apt"),
+                overlay_dirs: Sequence[Path] = (),
                 clock: Callable[[], float] = time.monotonic) -> Image:
     """The image of `kind` in `cache`, built now unless the cache has it; a build removes the
     older images of `kind` but the last used and those an overlay in `overlay_dirs` (or in the
@@ -109,7 +120,7 @@ def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Re
         report(Stage("wheels", clock() - start, f"{len(wheels)} wheels, "
                      + ("built now" if built else "cached")))
         plan, changes = recipe(kind, wheels=wheels, unit=agent.unit, venv=agent.venv,
-                               apt_dir=apt_dir)
+                               apt_dir=apt_dir, torque_stamp=torque_build.stamp)
         image = Image(plan.name, cache)
         if image.exists():
             store.touch(image)
@@ -120,8 +131,8 @@ def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Re
         tarball = _tree(plan.tree, cache=cache, report=report, clock=clock)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
         try:
-            _stages(changes, agent, wheels, tarball=tarball, work=work, image=image,
-                    report=report, clock=clock)
+            _stages(changes, agent, wheels, torque_build, tarball=tarball, work=work,
+                    image=image, report=report, clock=clock)
             store.install(work, image)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -133,9 +144,9 @@ def build_image(kind: ImageType, *, agent: AgentPayload, cache: Path, report: Re
         return image
 
 
-def _stages(changes: tuple[rootfs.Change, ...], agent: AgentPayload, wheels: list[Path], *,
-            tarball: Path, work: Path, image: Image, report: Report,
-            clock: Callable[[], float]) -> None:
+def _stages(changes: tuple[rootfs.Change, ...], agent: AgentPayload, wheels: list[Path],
+            torque_build: TorquePayload, *, tarball: Path, work: Path, image: Image,
+            report: Report, clock: Callable[[], float]) -> None:
     root = work / "root"
     out = Image(image.name, work)
 
@@ -146,6 +157,8 @@ def _stages(changes: tuple[rootfs.Change, ...], agent: AgentPayload, wheels: lis
 
     stage("unpack", lambda: _unpack(tarball, root))
     stage("agent", lambda: _agent(root, agent, wheels))
+    stage("torque", lambda: torque.install(
+        root, torque_build, chroot=lambda argv: _chroot(root, argv, what="torque")))
     stage("configure", lambda: _configure(root, changes))
     stage("packages", lambda: _packages(root, out.packages))
     stage("kernel", lambda: _kernel(root, out))

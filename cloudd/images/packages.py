@@ -1,13 +1,16 @@
-"""What goes into a node image, per cloud type: Debian packages, and the units left off.
+"""What goes into the node image: Debian packages, TORQUE, and the units left off.
 
-A node VM reaches no package index, so its image carries every package any role of its cloud
-type installs (one image per type keeps builds few; a role uses what it needs). The provider's
-roles name their packages too (`Role.packages`); a test checks that each type's image holds
-them all, so the two lists cannot drift apart.
+A node VM reaches no package index, so its image carries every package any role installs.
+There is one image for every cloud type (`NODE`): web's servers, Slurm's daemons and, built
+from source beside them, TORQUE (`cloudd.images.torque`). One image means one build, one
+cache entry and one set of files to keep on the hosts, at the price of a few hundred MB that
+a role does not use; qcow2 overlays share the base anyway. The providers' roles name their
+packages too (`Role.packages`); a test checks that the image holds them all, so the lists
+cannot drift apart.
 
-Debian enables the units of the servers it installs (nginx, MariaDB); on a node the agent runs
-those under its own supervisor with its own configuration, so the image leaves them disabled
-lest systemd take their ports first.
+Debian enables the units of the servers it installs (nginx, MariaDB, munge, slurmctld,
+slurmd); on a node the agent runs those under its own supervisor with its own configuration,
+so the image leaves them disabled lest systemd take their ports, sockets or keys first.
 """
 
 from __future__ import annotations
@@ -49,30 +52,40 @@ class ImageBuildError(PermanentError):
 
 @dataclass(frozen=True)
 class ImageType:
-    """The packages of one cloud type's roles, and the units the agent runs itself."""
+    """The packages of the roles an image serves, and the units the agent runs itself."""
 
     name: str
     packages: tuple[str, ...]
     units_off: tuple[str, ...] = ()
 
 
-#: One entry per cloud type an image can be built for.
-TYPES: Mapping[str, ImageType] = {
-    "web": ImageType(
-        "web",
-        packages=("nginx", "ruby", "ruby-webrick", "ruby-mysql2",
-                  "mariadb-server", "mariadb-client"),
-        units_off=("nginx.service", "mariadb.service")),
-    # The batch and AppScale types go here when their providers exist, e.g.
-    #   "slurm": ImageType("slurm", packages=("slurm-wlm", "munge"),
-    #                      units_off=("slurmctld.service", "slurmd.service", "munge.service")),
-    # TORQUE has no Debian package: its image type will add the wheels-like payload of a
-    # TORQUE built from source rather than a package name. AppScale's tools are Python 2 code.
-}
+#: Web: the balancer's nginx, the app servers' Ruby (WEBrick, the MySQL client library) and
+#: the database's MariaDB.
+WEB_PACKAGES = ("nginx", "ruby", "ruby-webrick", "ruby-mysql2", "mariadb-server",
+                "mariadb-client")
+#: Slurm 22.05 from Debian: munged on every node, slurmctld on the head, slurmd on compute
+#: nodes, the clients (sbatch, sinfo, scontrol) everywhere.
+SLURM_PACKAGES = ("munge", "slurm-client", "slurmctld", "slurmd")
+#: What TORQUE's programs (built from source, not a package) load at run time: its own
+#: libtorque comes with it; these come from Debian. The image build checks that every
+#: library its programs need resolves in the tree (`torque.check_libraries`).
+TORQUE_RUNTIME = ("libxml2", "zlib1g", "libstdc++6", "libgcc-s1")
+
+#: The one node image, whatever the cloud's type.
+NODE = ImageType(
+    "shared",
+    packages=(*WEB_PACKAGES, *SLURM_PACKAGES, *TORQUE_RUNTIME),
+    units_off=("nginx.service", "mariadb.service", "munge.service", "slurmctld.service",
+               "slurmd.service"))
+
+#: The cloud types an image is built for: each has the one shared image. (AppScale's tools
+#: are Python 2 code, which Debian 12 no longer has.)
+TYPES: Mapping[str, ImageType] = {"web": NODE, "slurm": NODE, "torque": NODE}
 
 
 def image_type(name: str) -> ImageType:
-    """The type called `name`; one sentence naming the known ones otherwise."""
+    """The image of cloud type `name` (the shared one); one sentence naming the known types
+    otherwise."""
     try:
         return TYPES[name]
     except KeyError:

@@ -5,7 +5,9 @@ its versions recorded beside it (not bit for bit). Its key therefore hashes what
 content: the suite, the apt sources, the package set (`TreeRecipe`, the root tree mmdebstrap
 makes, cached on its own so that a new agent does not download Debian again), then the agent's
 wheels and what the build writes into the tree, its unit among them (`Recipe`). A second
-build with the same inputs finds its files by name and returns at once.
+build with the same inputs finds its files by name and returns at once. TORQUE, built from
+source outside the package set, enters the key by its build's stamp (the tarball's sha256 and
+the build script's version), or as absent.
 
 Pure: text in, text and numbers out.
 """
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 
 #: Bump when the tree stage makes a different tree from the same inputs.
 TREE_FORMAT = 1
-#: Bump when the later stages (agent, configure, filesystem) write something different.
-IMAGE_FORMAT = 1
+#: Bump when the later stages (agent, torque, configure, filesystem) write something different.
+IMAGE_FORMAT = 2
 #: The sources used when this machine's apt names no mirror for the suite.
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 #: Room left free in the filesystem for what a node writes (a database, logs): at least this,
@@ -65,11 +67,13 @@ class Recipe:
     wheels: str
     #: `text_digest` of the changes made to the tree (`rootfs.changes`, as text)
     changes: str
+    #: the stamp of the TORQUE build copied in (`torque.TorquePayload.stamp`); empty: none
+    torque: str = ""
 
     @property
     def key(self) -> str:
         return _digest({"format": IMAGE_FORMAT, "tree": self.tree.key, "wheels": self.wheels,
-                        "changes": self.changes})
+                        "changes": self.changes, "torque": self.torque})
 
     @property
     def name(self) -> str:

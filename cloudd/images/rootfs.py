@@ -25,6 +25,9 @@ UNIT_PATH = "/etc/systemd/system/cloudd.service"
 #: The links that enable units; removing a unit's disables it.
 WANTS = "/etc/systemd/system/*.wants/"
 
+#: The node image's drop-in that lifts two of the agent unit's restrictions (`JOBS_DROP_IN`).
+JOBS_DROP_IN_PATH = UNIT_PATH + ".d/20-node-jobs.conf"
+
 #: Where a node's identity lands: cloud-init writes it from the node's own NoCloud seed
 #: (`cloudd.vmctl.identity.seed_files`), with its certificates in `pki/` beside it.
 IDENTITY = "/etc/cloudd/identity.json"
@@ -51,6 +54,21 @@ ExecStart={venv}/bin/cloudd --from-identity {IDENTITY}
 TimeoutStartSec=300s
 """
 
+
+#: The agent's unit (cloudd/commands/bootstrap/cloudd.service) sets NoNewPrivileges and
+#: RestrictSUIDSGID, and every process it supervises inherits them: on a node those are the
+#: schedulers' daemons (slurmd, pbs_mom) and so the users' jobs they start. A node is a
+#: tenant's machine where jobs must be able to run setuid programs (ping, sudo, passwd, MPI
+#: launchers): the node image lifts the two there. A pool host keeps its unit as it is.
+JOBS_DROP_IN = """\
+# A node image: the users' jobs run under this agent (slurmd and pbs_mom are its children and
+# their jobs are theirs), and would inherit its no_new_privs and its ban on setuid/setgid
+# files. A node is a tenant's machine where jobs run setuid programs (ping, sudo, passwd, MPI
+# launchers), so both are lifted here; a pool host's agent keeps the unit's hardening.
+[Service]
+NoNewPrivileges=no
+RestrictSUIDSGID=no
+"""
 
 _CLOUD_CFG = """\
 # A node learns who it is from its NoCloud seed (a cdrom labelled cidata) and from nowhere
@@ -117,6 +135,7 @@ def changes(*, unit: str, units_off: tuple[str, ...], venv: str = "/opt/cloudd/v
     out: list[Change] = [
         Write(UNIT_PATH, unit),
         Write(UNIT_PATH + ".d/10-node-image.conf", drop_in(venv)),
+        Write(JOBS_DROP_IN_PATH, JOBS_DROP_IN),
         Link("/etc/systemd/system/multi-user.target.wants/cloudd.service", UNIT_PATH),
         Link("/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service",
              "/lib/systemd/system/serial-getty@.service"),
@@ -129,6 +148,9 @@ def changes(*, unit: str, units_off: tuple[str, ...], venv: str = "/opt/cloudd/v
         Remove("/var/lib/dbus/machine-id"),
         Remove("/var/lib/systemd/random-seed"),
         Remove("/etc/ssh/ssh_host_*"),
+        # munge's postinst made a key: every node of every cloud booted from this image would
+        # share it. A node's munged uses the key its cloud's leader sends (the Slurm role).
+        Remove("/etc/munge/munge.key"),
         Remove("/root/.ssh"),
         Write("/etc/fstab", _FSTAB),
         Write("/etc/hostname", hostname + "\n"),

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 from cloudd.commands.image import ensure_image
 from cloudd.images.store import Image
-from cloudd_lab.paths import example_template
+from cloudd_lab.paths import checkout, example_template
 from cloudd_lab.vmlab import IMAGES, VmLab
 
 #: The web cloud's settings in the lab: the app's database account and its password.
@@ -59,9 +59,10 @@ class ImageLab(VmLab):
         self.template = example_template(self.cloud_type)
 
     def boot_values(self) -> dict[str, str]:
-        """The image's kernel and initramfs (the image found or built now, unless given)."""
+        """The image's kernel and initramfs (the image found or built now from the lab's own
+        checkout, unless given)."""
         if self.image is None:
-            self.image = ensure_image(self.cloud_type)
+            self.image = ensure_image(self.cloud_type, source=checkout())
         return {"kernel": str(self.image.kernel), "initrd": str(self.image.initrd)}
 
     def prepare_nodes(self) -> None:

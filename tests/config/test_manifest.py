@@ -166,3 +166,12 @@ def test_example_slurm_reads_its_list_files() -> None:
     cloud = load_cloud(REPO / "manifests" / "slurm.yaml", CATALOG, with_secrets=False)
     assert [(n.address, n.image) for n in cloud.nodes_of("compute")] == [
         (f"192.0.2.2{i}", f"/var/lib/cloudd/images/slurm-c{i}.qcow2") for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("example", ["slurm", "torque"])
+def test_the_batch_examples_name_their_nodes_in_every_hosts_file_and_a_user(example: str) -> None:
+    # Both schedulers find nodes by name (TORQUE's trqauthd its own host's too); jobs run as
+    # a user who has the same uid on every node.
+    cloud = load_cloud(REPO / "manifests" / f"{example}.yaml", CATALOG, with_secrets=False)
+    assert cloud.hosts_file is True
+    assert [(u.name, u.uid) for u in cloud.users] == [("alice", 1001)]

@@ -26,7 +26,7 @@ def test_the_options_are_read() -> None:
         "web", Path("/srv/img"), Path("/tmp/c"), Path("/src/cloudd"))
 
 
-@pytest.mark.parametrize("argv", [["image"], ["image", "build", "--type", "torque"],
+@pytest.mark.parametrize("argv", [["image"], ["image", "build", "--type", "appscale"],
                                   ["image", "build", "extra"]])
 def test_a_bad_command_line_is_refused_by_the_parser(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:

@@ -88,3 +88,25 @@ def test_cloud_inits_empty_stages_wait_for_an_idle_guest() -> None:
     for stage in rootfs.IDLE_STAGES:
         text = _writes()[f"/etc/systemd/system/{stage}.d/10-idle.conf"].text
         assert "CPUSchedulingPolicy=idle" in text and "Nice=19" in text
+
+
+def test_a_node_lifts_the_two_restrictions_of_the_agent_s_unit_that_would_bind_users_jobs(
+) -> None:
+    """Jobs are children of slurmd or pbs_mom, children of the agent: they inherit the unit's
+    no_new_privs and its setuid ban unless the node image lifts them (a pool host keeps both)."""
+    from cloudd.commands.bootstrap.prepare import render_unit
+    from cloudd.commands.bootstrap.target import Layout
+
+    host_unit = render_unit(Layout("")).splitlines()
+    assert {"NoNewPrivileges=yes", "RestrictSUIDSGID=yes"} <= set(host_unit)
+    drop = _writes()[rootfs.JOBS_DROP_IN_PATH]
+    assert rootfs.JOBS_DROP_IN_PATH == UNIT_PATH + ".d/20-node-jobs.conf"
+    settings = [line for line in drop.text.splitlines() if line and not line.startswith("#")]
+    assert settings == ["[Service]", "NoNewPrivileges=no", "RestrictSUIDSGID=no"]
+    # every other restriction of the unit stays in force on a node
+    assert "ProtectKernelModules=yes" in host_unit
+
+
+def test_the_key_munge_s_package_made_is_not_shared_by_every_node() -> None:
+    removed = {c.pattern for c in CHANGES if isinstance(c, Remove)}
+    assert "/etc/munge/munge.key" in removed

@@ -63,16 +63,18 @@ def seed_home(template: Path, home: Path) -> int:
 
 
 async def run(a: Assignment, head: str, argv: Sequence[str], *,
-              within: float = CLIENT_TIMEOUT) -> tuple[int, str]:
-    """Run one TORQUE program on the node; (exit status, output). Killed after `within`."""
+              within: float = CLIENT_TIMEOUT, stdin: str | None = None) -> tuple[int, str]:
+    """Run one TORQUE program on the node (with `stdin` as its input, if given); (exit
+    status, output). Killed after `within`."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", **dict(environment(head))}
     proc = await asyncio.create_subprocess_exec(
-        *a.exec_prefix, *argv, stdin=asyncio.subprocess.DEVNULL,
+        *a.exec_prefix, *argv,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True)
     try:
         async with asyncio.timeout(within):
-            out, _ = await proc.communicate()
+            out, _ = await proc.communicate(None if stdin is None else stdin.encode())
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -82,10 +84,11 @@ async def run(a: Assignment, head: str, argv: Sequence[str], *,
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
-async def client(a: Assignment, head: str, name: str, *args: str, kind: str = "bin") -> str:
-    """A TORQUE client's output (`kind`: its folder of PREFIX); its failure as one sentence
-    (TemporaryError)."""
-    code, out = await run(a, head, (program(kind, name), *args))
+async def client(a: Assignment, head: str, name: str, *args: str, kind: str = "bin",
+                 stdin: str | None = None) -> str:
+    """A TORQUE client's output (`kind`: its folder of PREFIX; `stdin`, its input); its
+    failure as one sentence (TemporaryError)."""
+    code, out = await run(a, head, (program(kind, name), *args), stdin=stdin)
     if code != 0:
         last = out.splitlines()[-1] if out else f"exit status {code}"
         raise TemporaryError(f"{name} {' '.join(args)} failed on {a.node}: {last}", delay=5.0)

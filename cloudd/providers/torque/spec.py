@@ -35,6 +35,9 @@ class TorqueSettings(BaseModel):
 SPEC = TypeSpec(
     name="torque",
     settings_model=TorqueSettings,
+    # TORQUE finds its nodes by name (pbs_server's node list, $pbsserver, trqauthd's own
+    # host), so every node's name must resolve on every node: cloudd's /etc/hosts block.
+    hosts_file=True,
     roles=(
         RoleSpec("head", min_nodes=1, max_nodes=1),
         RoleSpec("compute", min_nodes=1),

@@ -1,0 +1,57 @@
+"""BatchLab's manifest: the shipped example of the type with only the lab's names, places,
+disks and secret files in it; what an operator declares (roles' other fields, resources,
+settings, users, secret names) stays as shipped."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from cloudd_lab.batchlab import BatchLab, pool_size, shipped
+
+from cloudd.config.manifest import load_cloud
+from cloudd.images.store import Image
+from cloudd.providers.catalog import CATALOG
+
+MEMBERS = [("pm1", None, "10.239.99.2"), ("pm2", None, "10.239.99.3"),
+           ("pm3", None, "10.239.99.4"), ("lab-head-1", None, "10.239.99.5"),
+           ("lab-compute-1", None, "10.239.99.6"), ("lab-compute-2", None, "10.239.99.7")]
+
+
+@pytest.mark.parametrize("kind", ["slurm", "torque"])
+def test_the_lab_runs_the_shipped_manifest_with_its_own_names_and_places(
+        kind: str, tmp_path: Path) -> None:
+    image = Image("node-shared-0123456789abcdef", tmp_path / "cache")
+    hosts = pool_size(kind)
+    lab = BatchLab("h23u", hosts=hosts, cloud_type=kind, subnet="10.239.99.0/24",
+                   cloud_name="h23u", image=image)
+    try:
+        lab.template_values = {"bridge": "h23ubr", **lab.boot_values()}
+        members = [m for m in MEMBERS if not m[0].startswith("pm")
+                   or int(m[0][2:]) <= hosts]
+        doc = yaml.safe_load(lab.manifest(members))
+        ship = shipped(kind)
+        for kept in ("type", "resources", "settings", "users", "apiVersion", "kind"):
+            assert doc[kept] == ship[kept], kept
+        assert set(doc["secrets"]) == set(ship.get("secrets") or {})
+        assert all(Path(ref["file"]).parent == lab.root / "secrets"
+                   for ref in doc["secrets"].values())
+        assert [h["name"] for h in doc["pool"]] == [h["name"] for h in ship["pool"]]
+        assert doc["roles"]["head"][0]["name"] == "lab-head-1"
+        assert [n["address"] for n in doc["roles"]["compute"]] == ["10.239.99.6", "10.239.99.7"]
+        head_extra = {k: v for k, v in ship["roles"]["head"][0].items()
+                      if k not in ("name", "address", "image")}
+        assert head_extra.items() <= doc["roles"]["head"][0].items()  # a pin stays
+        assert all(n["base_image"] == str(image.qcow2) and n["overlay"]
+                   for n in doc["roles"]["compute"])
+        assert doc["template_values"]["kernel"] == str(image.kernel)
+        # What the lab writes is a manifest the agents take.
+        path = lab.root / "lab.yaml"
+        path.write_text(lab.manifest(members))
+        cloud = load_cloud(path, CATALOG, with_template=False, with_secrets=False)
+        assert cloud.name == "h23u" and [u.name for u in cloud.users] == ["alice"]
+        assert lab.user == "alice"
+    finally:
+        shutil.rmtree(lab.root)
