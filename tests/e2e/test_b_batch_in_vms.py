@@ -18,6 +18,7 @@ after the web module's (this module's name sorts after it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -70,6 +71,19 @@ def _check_job(lab: BatchLab, where: str, lines: list[str]) -> None:
     assert lines[-1] == "done"
 
 
+def scheduler_view(lab: BatchLab) -> dict[str, str]:
+    """Each node's state as the scheduler says it, in the leader's `cloudd-cli inspect --json`
+    asked through a pool host's agent (empty while no leader view answers)."""
+    host = next(n for n in lab.running() if n.startswith("pm"))
+    done = lab.cli(host, "inspect", "--json")
+    if done.returncode != 0:
+        return {}
+    cloud = json.loads(done.stdout)["clouds"][0]
+    if cloud.get("source") != "leader":
+        return {}
+    return {n["name"]: f["state"] for n in cloud["nodes"] for f in n["findings"] if f["state"]}
+
+
 def test_a_job_of_the_user_runs_on_a_compute_vm(cluster: BatchLab, say: Say) -> None:
     lab = cluster
     _, took = poll("every node ready", lab.ready, bound=UP, interval=5.0)
@@ -78,9 +92,17 @@ def test_a_job_of_the_user_runs_on_a_compute_vm(cluster: BatchLab, say: Say) -> 
     where, lines = lab.run_job(name="first")
     assert where in lab.computes
     _check_job(lab, where, lines)
+    # The leader's monitor asks the head (a NodeAction over mTLS) for the scheduler's view, and
+    # inspect shows it beside cloudd's: both compute nodes free there too.
+    free = lab.scheduler.free_word
+    view, _ = poll("the scheduler's view in inspect", lambda: (
+        (v := scheduler_view(lab)) and all(v.get(c) == free for c in lab.computes) and v),
+        bound=BACK, interval=5.0)
+    text = lab.cli(next(n for n in lab.running() if n.startswith("pm")), "inspect").stdout
+    assert "SCHEDULER" in text, text
     say(f"{lab.cloud_type} in VMs: every node ready {took:.0f} s after the agents started, "
         f"both compute nodes {lab.scheduler.free_word} {idle:.0f} s later; a job of "
-        f"{lab.user} ran on {where}: {lines[:3]}")
+        f"{lab.user} ran on {where}: {lines[:3]}; inspect's scheduler view: {view}")
 
 
 def test_kill_9_a_compute_vm_it_comes_back_free_and_takes_the_next_job(cluster: BatchLab,
