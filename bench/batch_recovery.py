@@ -10,8 +10,9 @@ every 2 s), and a job pinned to it (`sbatch -w`, `qsub -l nodes=`) started there
 
 Printed: per scheduler, the median of each over the runs. Run as root with libvirtd up, under
 the machine's VM lock: `RUNS=3 flock /tmp/cloudd-vm.lock .venv/bin/python
-bench/batch_recovery.py`. Slow by nature (each run is a Debian guest booting under TCG, and
-each cluster's first boot about as long as three): 3 runs is the default.
+bench/batch_recovery.py` (`SCHEDULERS=torque` for one of them). Slow by nature (each run is a
+Debian guest booting under TCG, and each cluster's first boot about as long as three): 3 runs
+is the default.
 """
 
 from __future__ import annotations
@@ -57,11 +58,14 @@ def measure(kind: str) -> list[Recovery]:
 
 
 def main() -> int:
-    rows: dict[str, list[Recovery]] = {"slurm": measure("slurm")}
+    wanted = os.environ.get("SCHEDULERS", "slurm torque").split()
+    rows: dict[str, list[Recovery]] = {}
+    if "slurm" in wanted:
+        rows["slurm"] = measure("slurm")
     tarball = default_source(checkout())
-    if tarball is not None and tarball.is_file():
+    if "torque" in wanted and tarball is not None and tarball.is_file():
         rows["torque"] = measure("torque")
-    else:
+    elif "torque" in wanted:
         print(f"torque: skipped, no TORQUE source tarball at {tarball}", flush=True)
     print(f"\n{'scheduler':<10} {'domain running s':>17} {'free again s':>13} "
           f"{'pinned job started s':>21}   (from the kill; median of {RUNS} "

@@ -71,11 +71,10 @@ class Scheduler:
         raise NotImplementedError
 
     def incarnation(self, lab: BatchLab, node: str) -> str:
-        """What the scheduler's daemon on `node` said of its start when it last registered
-        (another value: a new daemon, e.g. on a rebooted VM). A node the scheduler still
-        shows free after its VM was killed (it has not noticed yet) keeps the old value.
-        "": the scheduler reports no such thing."""
-        return ""
+        """What the scheduler's head last heard from `node`'s daemon that changes when a new
+        daemon speaks: a node the scheduler still shows free after its VM was killed (it has
+        not noticed yet) keeps the old value."""
+        raise NotImplementedError
 
 
 class SlurmOnVms(Scheduler):
@@ -142,6 +141,15 @@ class TorqueOnVms(Scheduler):
                       if " = " in line)
         where = fields.get("exec_host", "").split("/")[0]
         return where if fields.get("job_state") in ("R", "E", "C") and where else None
+
+    def incarnation(self, lab: BatchLab, node: str) -> str:
+        # pbs_mom reports no start time of its own; `rectime` is when pbs_server received
+        # its last status report (every $status_update_time, 10 s): a value later than the
+        # kill can only come from a new pbs_mom.
+        root = ET.fromstring(self._client(lab, "pbsnodes", "-x", node) or "<Data/>")
+        status = root.findtext("Node/status") or ""
+        return next((item.split("=", 1)[1] for item in status.split(",")
+                     if item.startswith("rectime=")), "")
 
 
 SCHEDULERS: dict[str, Scheduler] = {"slurm": SlurmOnVms(), "torque": TorqueOnVms()}
@@ -297,22 +305,30 @@ class BatchLab(ImageLab):
         job pinned to it has started: the seconds from the kill to each.
 
         The scheduler notices a dead node only after its own timeouts (Slurm's SlurmdTimeout,
-        300 s; TORQUE's node_check_rate, 30 s), and a VM brought back before may register
-        again first: "free again" is free once the scheduler has shown the node not free
-        since the kill, or has a new daemon's registration (`incarnation`; Slurm's
-        SlurmdStartTime; TORQUE reports none, and its 30 s are far shorter than a boot)."""
+        300 s; TORQUE's node_check_rate, 30 s, which pbs_server was seen to let pass without
+        marking the node down), and a VM brought back before may register again first:
+        "free again" is free once the scheduler has shown the node not free since the kill,
+        or has heard its new daemon (Slurm: a new SlurmdStartTime; TORQUE: a status report
+        received after the kill, by the head's clock, which follows the pool hosts')."""
         old = qemu_pid(self.domain(node))
         before = self.incarnation(node)
         gone = False
 
+        def heard_anew(now: str | None) -> bool:
+            if not now or now == before:
+                return False
+            if self.scheduler.cloud_type == "torque":  # a time: after the kill, with 2 s slack
+                return now.isdigit() and int(now) > killed_at + 2
+            return True
+
         def free_again() -> bool:
             nonlocal gone
-            now = self.incarnation(node)
             free = self.free(node)
-            if not free or (before and now not in (None, "", before)):
+            if not free or heard_anew(self.incarnation(node)):
                 gone = True
             return gone and free
 
+        killed_at = time.time()
         self.kill_vm(node)
         t0 = time.monotonic()
         poll(f"{node}'s domain running again", lambda: (p := qemu_pid(self.domain(node)))
