@@ -68,7 +68,7 @@ WEB_PACKAGES = ("nginx", "ruby", "ruby-webrick", "ruby-mysql2", "mariadb-server"
 SLURM_PACKAGES = ("munge", "slurm-client", "slurmctld", "slurmd")
 #: What TORQUE's programs (built from source, not a package) load at run time: its own
 #: libtorque comes with it; these come from Debian. The image build checks that every
-#: library its programs need resolves in the tree (`torque.check_libraries`).
+#: library its programs need resolves in the tree (`torque.install`).
 TORQUE_RUNTIME = ("libxml2", "zlib1g", "libstdc++6", "libgcc-s1")
 
 #: The one node image, whatever the cloud's type.

@@ -57,14 +57,17 @@ TimeoutStartSec=300s
 
 #: The agent's unit (cloudd/commands/bootstrap/cloudd.service) sets NoNewPrivileges and
 #: RestrictSUIDSGID, and every process it supervises inherits them: on a node those are the
-#: schedulers' daemons (slurmd, pbs_mom) and so the users' jobs they start. A node is a
-#: tenant's machine where jobs must be able to run setuid programs (ping, sudo, passwd, MPI
-#: launchers): the node image lifts the two there. A pool host keeps its unit as it is.
+#: schedulers' daemons (slurmd, pbs_mom) and so the users' jobs they start. Under
+#: no_new_privs the kernel ignores the setuid/setgid bits and file capabilities of what a job
+#: runs (ping, sudo, passwd, MPI launchers); RestrictSUIDSGID refuses setting those bits on
+#: files and folders, which users of a cluster do for shared group folders (chmod g+s). A node
+#: is a tenant's machine: the node image lifts the two there. A pool host keeps its unit.
 JOBS_DROP_IN = """\
 # A node image: the users' jobs run under this agent (slurmd and pbs_mom are its children and
-# their jobs are theirs), and would inherit its no_new_privs and its ban on setuid/setgid
-# files. A node is a tenant's machine where jobs run setuid programs (ping, sudo, passwd, MPI
-# launchers), so both are lifted here; a pool host's agent keeps the unit's hardening.
+# their jobs are theirs), and would inherit its no_new_privs (setuid programs and file
+# capabilities ignored: ping, sudo, passwd, MPI launchers) and its refusal to set setuid or
+# setgid bits (a group's shared folder made with chmod g+s). Both are lifted on a node, a
+# tenant's machine; a pool host's agent keeps the unit's hardening.
 [Service]
 NoNewPrivileges=no
 RestrictSUIDSGID=no

@@ -311,7 +311,10 @@ class BatchLab(ImageLab):
         or has heard its new daemon (Slurm: a new SlurmdStartTime; TORQUE: a status report
         received after the kill, by the head's clock, which follows the pool hosts')."""
         old = qemu_pid(self.domain(node))
-        before = self.incarnation(node)
+        # What the scheduler heard before the kill, read for sure: an unanswered question
+        # (None) would take the old daemon's value for a new one after the kill.
+        before, _ = poll(f"what the scheduler last heard from {node}",
+                         lambda: self.incarnation(node), bound=bound, interval=2.0)
         gone = False
 
         def heard_anew(now: str | None) -> bool:

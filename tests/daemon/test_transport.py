@@ -698,7 +698,7 @@ async def test_a_link_to_a_peer_that_sends_bad_frames_goes_down_and_redials(
     """Our own link to gamma: a connection comes UP (gamma's Hello is good), the bad frame
     after it ends that connection, and the link goes DOWN and redials; it is never left UP
     on a connection nobody reads, not even when decoding fails in a way no check foresaw
-    (that used to end the link's task and leave it UP for good)."""
+    (it must not end the link's task, nor leave the link UP)."""
     cases = ([(frame("test.transport.faulty", b'{"n": 1}'),
                "connection failed: TypeError: a bug in decoding")] if bug
              else [(data, f"protocol error: {why}") for data, why in mutated_frames(32, 3)])

@@ -293,7 +293,7 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("text", "line", "column", "message"), REFUSED)
-def test_what_used_to_crash_or_to_slip_through(text: str, line: int, column: int,
+def test_inputs_that_once_crashed_or_slipped_through_are_refused(text: str, line: int, column: int,
                                                message: str) -> None:
     """Bad dates, numbers and booleans raised ValueError, KeyError or AttributeError from
     PyYAML's constructors; tags on mappings were ignored (a !!python/object came back as a

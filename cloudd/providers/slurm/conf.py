@@ -107,10 +107,11 @@ class SlurmPaths:
 
     @property
     def slurm_run(self) -> Path:
-        """The pid files: root's folder, never the slurm user's. slurmctld and slurmd read
-        their pid file as root when they start and SIGTERM the process it names (slurmctld
-        before it drops to SlurmUser); a folder the slurm user could write would let that
-        user choose what root kills."""
+        """The pid files: root's folder, never the slurm user's. slurmctld and slurmd open
+        their pid file as root when they start (slurmctld before it drops to SlurmUser): in
+        a folder the slurm user could write, that user could put a link there and have root
+        create or truncate any file through it. (What keeps a stale pid file from naming a
+        process root would kill is Slurm's own lock on it, not the folder.)"""
         return self.slurm / "run"
 
 
