@@ -21,15 +21,13 @@ import os
 import statistics
 import sys
 
-from cloudd_lab.batchlab import BACK, UP, BatchLab, Recovery, pool_size
+from cloudd_lab.batchlab import BACK, LABS, UP, BatchLab, Recovery, pool_size
 from cloudd_lab.paths import checkout
 from cloudd_lab.vmlab import leftovers, poll
 
 from cloudd.images.torque import default_source
 
 RUNS = int(os.environ.get("RUNS", "3"))
-#: scheduler -> (lab prefix, subnet): the e2e test's own, so the two never run at once
-LABS = {"slurm": ("h23b", "10.239.42.0/24"), "torque": ("h23t", "10.239.43.0/24")}
 
 
 def measure(kind: str) -> list[Recovery]:

@@ -41,7 +41,9 @@ NODE_ROOT = "/var/lib/cloudd/nodes"
 UP = 1800.0
 BACK = 1200.0
 JOB = 600.0
-Say = Callable[[str], None]
+#: scheduler -> (lab prefix, which is also the cloud's name; the lab's subnet): the e2e
+#: test's and the bench's (the machine runs one lab of VMs at a time)
+LABS = {"slurm": ("h23b", "10.239.42.0/24"), "torque": ("h23t", "10.239.43.0/24")}
 
 
 @dataclass(frozen=True)

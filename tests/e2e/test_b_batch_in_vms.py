@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Iterator
 
 import pytest
-from cloudd_lab.batchlab import BACK, UP, BatchLab, pool_size
+from cloudd_lab.batchlab import BACK, LABS, UP, BatchLab, pool_size
 from cloudd_lab.paths import checkout
 from cloudd_lab.vmlab import leftovers, poll, virsh
 
@@ -33,8 +33,6 @@ from cloudd.images.torque import default_source
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirt, pytest.mark.netns, pytest.mark.services,
               pytest.mark.timeout(3600)]
 
-#: scheduler -> (lab prefix, cloud name and domain prefix; the lab's subnet)
-LABS = {"slurm": ("h23b", "10.239.42.0/24"), "torque": ("h23t", "10.239.43.0/24")}
 Say = Callable[[str], None]
 
 
