@@ -14,8 +14,10 @@ names `PREFIX/lib` in /etc/ld.so.conf.d (and runs ldconfig) so that a program li
 it still runs. After the copy, `ldd` inside the tree must resolve every library of every
 TORQUE daemon: a missing one fails the build, not a node at boot.
 
-Without a tarball (and no /opt/torque already built), the image is built without TORQUE and
-its stage line says so; the TORQUE provider refuses on such a node with one sentence.
+Without a tarball, the image is built without TORQUE (even where /opt/torque was built
+before: the tarball is what the image's key names) and its stage line says so; the TORQUE
+provider refuses on such a node with one sentence. An installed cloudd, which has no
+scripts/build-torque.sh, takes /opt/torque as it was built when its stamp is there.
 """
 
 from __future__ import annotations
