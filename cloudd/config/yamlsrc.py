@@ -267,7 +267,8 @@ class _Builder:
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.value_marks[loc] = _mark(node)
-        self._check_tag(node)
+        if not isinstance(node, yaml.ScalarNode):
+            self._check_tag(node)  # a scalar's tag is checked where it is made (`scalar`)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:

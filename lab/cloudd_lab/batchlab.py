@@ -78,6 +78,11 @@ class Scheduler:
         not noticed yet) keeps the old value."""
         raise NotImplementedError
 
+    def anew(self, before: str, now: str, *, killed_at: float) -> bool:
+        """Whether `now` (an `incarnation` read after a kill at `killed_at`) comes from a new
+        daemon: any change, where the value names the daemon itself."""
+        return now != before
+
 
 class SlurmOnVms(Scheduler):
     cloud_type = "slurm"
@@ -152,6 +157,11 @@ class TorqueOnVms(Scheduler):
         status = root.findtext("Node/status") or ""
         return next((item.split("=", 1)[1] for item in status.split(",")
                      if item.startswith("rectime=")), "")
+
+    def anew(self, before: str, now: str, *, killed_at: float) -> bool:
+        # a time: a report received after the kill, by the head's clock (which follows the
+        # pool hosts'), with 2 s of slack
+        return now != before and now.isdigit() and int(now) > killed_at + 2
 
 
 SCHEDULERS: dict[str, Scheduler] = {"slurm": SlurmOnVms(), "torque": TorqueOnVms()}
@@ -320,11 +330,8 @@ class BatchLab(ImageLab):
         gone = False
 
         def heard_anew(now: str | None) -> bool:
-            if not now or now == before:
-                return False
-            if self.scheduler.cloud_type == "torque":  # a time: after the kill, with 2 s slack
-                return now.isdigit() and int(now) > killed_at + 2
-            return True
+            return bool(now) and self.scheduler.anew(str(before), str(now),
+                                                     killed_at=killed_at)
 
         def free_again() -> bool:
             nonlocal gone

@@ -174,6 +174,8 @@ def test_a_file_removed_while_it_is_read_is_refused_then_removed(
 
 def test_a_file_that_cannot_be_read_while_loading_is_refused(
         tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A safety net: the loader turns the unreadable files it knows of into ConfigError; any
+    # OSError it lets through is still one refusal, never the end of the agent's watcher.
     import cloudd.config.registry as registry
 
     reg = setup(tmp_path)

@@ -55,3 +55,17 @@ def test_the_lab_runs_the_shipped_manifest_with_its_own_names_and_places(
         assert lab.user == "alice"
     finally:
         shutil.rmtree(lab.root)
+
+
+def test_a_new_daemon_is_told_apart_per_scheduler() -> None:
+    from cloudd_lab.batchlab import SCHEDULERS
+
+    slurm, torque = SCHEDULERS["slurm"], SCHEDULERS["torque"]
+    # Slurm's value names the daemon (its start time): any change is a new one
+    assert slurm.anew("2026-12-04T17:00:00", "2026-12-04T17:01:09", killed_at=0.0)
+    assert not slurm.anew("2026-12-04T17:00:00", "2026-12-04T17:00:00", killed_at=0.0)
+    # TORQUE's is when the last report came: only one later than the kill is a new pbs_mom
+    assert torque.anew("1000", "1010", killed_at=1005.0)
+    assert not torque.anew("1000", "1006", killed_at=1005.0)  # within the 2 s of slack
+    assert not torque.anew("1000", "1001", killed_at=1005.0)  # the old pbs_mom's last word
+    assert not torque.anew("1000", "soon", killed_at=0.0)
