@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cloudd.config.registry import Change, ManifestRegistry
 from cloudd.providers.catalog import CATALOG
+from tests.config.test_wire import WIRE_FORM
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,20 +126,6 @@ def test_a_loaded_cloud_carries_the_text_it_was_built_from(tmp_path) -> None:  #
     assert event.cloud.text == (tmp_path / "web.yaml").read_text()
 
 
-SELF_CONTAINED = """\
-apiVersion: cloudd/v1
-kind: Cloud
-name: lab
-type: web
-pool:
-  - {name: pm1, address: 192.0.2.70}
-roles:
-  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]
-  server: [{address: 192.0.2.176, image: /img/web1.qcow2}]
-  database: [{address: 192.0.2.177, image: /img/db.qcow2}]
-self_contained: true
-domain_template_text: "<domain/>"
-"""
 
 
 def test_a_file_removed_while_it_is_read_is_refused_then_removed(
@@ -150,12 +137,12 @@ def test_a_file_removed_while_it_is_read_is_refused_then_removed(
 
     reg = setup(tmp_path)
     path = tmp_path / "lab.yaml"
-    path.write_text(SELF_CONTAINED)
+    path.write_text(WIRE_FORM)
     path.chmod(0o600)
     [event] = reg.scan()
     assert event.change is Change.LOADED
     loaded = event.cloud
-    bump(path, SELF_CONTAINED.replace("192.0.2.70", "192.0.2.71"))
+    bump(path, WIRE_FORM.replace("192.0.2.70", "192.0.2.71"))
     read = yamlsrc.read_bounded
 
     def read_then_gone(p: Path, **kw: int) -> bytes:

@@ -24,6 +24,7 @@ from cloudd.daemon.network.codec import MAX_FRAME, PROTOCOL_VERSION, Frame, Fram
 from cloudd.election.messages import WhoLeads
 from cloudd.errors import RemoteProtocolError
 from tests.fuzz.corpus import CODEC, EXAMPLES, conforms, registered_names
+from tests.fuzz.mutate import change, places
 from tests.fuzz.profile import fuzz, timeout
 
 pytestmark = timeout
@@ -198,44 +199,8 @@ def dumps(value: Any) -> bytes:
     return text.replace(json.dumps(DEEP_OBJECT), '{"a":' * DEEP + "1" + "}" * DEEP).encode()
 
 
-def paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place inside a JSON value: keys of objects, indexes of arrays."""
-    out = [at]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += paths(v, (*at, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += paths(v, (*at, i))
-    return out
-
-
-def replaced(value: Any, path: tuple[Any, ...], new: Any, how: str) -> Any:
-    """`value` with the place at `path` replaced by `new`, deleted, or given a new key."""
-    if not path:
-        return new if how == "replace" else value
-    head, rest = path[0], path[1:]
-    if isinstance(value, dict):
-        copy = dict(value)
-        if not rest and how == "delete":
-            copy.pop(head, None)
-        elif not rest and how == "add":
-            copy[f"{head}_x"] = new
-        else:
-            copy[head] = replaced(value[head], rest, new, how)
-        return copy
-    copy_list = list(value)
-    if not rest and how == "delete":
-        del copy_list[head]
-    elif not rest and how == "add":
-        copy_list.insert(head, new)
-    else:
-        copy_list[head] = replaced(value[head], rest, new, how)
-    return copy_list
-
-
 #: Every place in every example: (type name, path inside its body).
-PLACES = [(name, path) for name in NAMES for path in paths(body_of(name))[1:]]
+PLACES = [(name, path) for name in NAMES for path in places(body_of(name))[1:]]
 
 
 @fuzz(12)
@@ -244,7 +209,7 @@ PLACES = [(name, path) for name in NAMES for path in paths(body_of(name))[1:]]
 @given(new=any_value, how=st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
 def test_every_place_of_every_type_replaced_deleted_or_added(
         name: str, where: tuple[Any, ...], new: Any, how: str) -> None:
-    decode(frame(name.encode(), dumps(replaced(body_of(name), where, new, how))))
+    decode(frame(name.encode(), dumps(change(body_of(name), where, how, new))))
 
 
 @fuzz(300)
@@ -255,9 +220,9 @@ def test_several_places_changed_at_once(name: str, data: st.DataObject,
                                         changes: list[tuple[Any, str]]) -> None:
     body: Any = body_of(name)
     for new, how in changes:
-        places = paths(body)[1:]
-        if places:
-            body = replaced(body, data.draw(st.sampled_from(places)), new, how)
+        inside = places(body)[1:]
+        if inside:
+            body = change(body, data.draw(st.sampled_from(inside)), how, new)
     decode(frame(name.encode(), dumps(body)))
 
 

@@ -32,6 +32,7 @@ from cloudd.config.model import Cloud
 from cloudd.config.portable import portable_text
 from cloudd.errors import ConfigError, Problem
 from cloudd.providers.catalog import CATALOG
+from tests.fuzz.mutate import change, places
 from tests.fuzz.profile import fuzz, timeout
 
 pytestmark = timeout
@@ -116,36 +117,6 @@ def deep(levels: int, *, kind: str) -> Any:
 
 
 any_value = values | st.builds(deep, st.integers(1, 60), kind=st.sampled_from(["list", "map"]))
-
-
-def places(data: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [at]
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out += places(v, (*at, k))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            out += places(v, (*at, i))
-    return out
-
-
-def change(data: Any, where: tuple[Any, ...], how: str, new: Any) -> Any:
-    """`data` with the place `where` replaced by `new`, deleted, or given a sibling."""
-    if not where:
-        return new if how == "replace" else data
-    head, rest = where[0], where[1:]
-    copy: Any = dict(data) if isinstance(data, dict) else list(data)
-    if rest:
-        copy[head] = change(data[head], rest, how, new)
-    elif how == "delete":
-        del copy[head]
-    elif how == "add" and isinstance(copy, dict):
-        copy[f"{head}_extra"] = new
-    elif how == "add":
-        copy.insert(head, new)
-    else:
-        copy[head] = new
-    return copy
 
 
 @st.composite

@@ -123,3 +123,10 @@ def test_an_image_without_torque_says_so_and_copies_nothing(tmp_path: Path) -> N
     assert line == ("none: no TORQUE source tarball named; the torque role refuses on nodes "
                     "of this image")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_image_puts_torque_where_the_provider_runs_it() -> None:
+    from cloudd.images import torque
+    from cloudd.providers.torque import layout
+
+    assert torque.PREFIX == layout.PREFIX
