@@ -119,6 +119,14 @@ class AgentCore:
     def status(self, name: str) -> Status:
         return self.members.status(name)
 
+    def backs_me(self, host: str, now: float) -> bool:
+        """True while this agent leads on a lease `host` granted that is still valid by this
+        agent's clock: proof that `host` answered within a lease, whatever gossip says yet."""
+        holder = self.bully.holder
+        if self.bully.role is not ElectionRole.LEADER or holder is None:
+            return False
+        return holder.valid_until.get(host, float("-inf")) > now
+
     @property
     def unproven(self) -> bool:
         """True while this pool host relearns the terms its lost term file held."""

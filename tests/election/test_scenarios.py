@@ -199,3 +199,22 @@ def test_describe_summarizes_an_agent_for_inspect() -> None:
     assert list(info["not_alive"]) == [other]  # type: ignore[call-overload]
     assert doubt["status"] == "dead" and doubt["since"] <= sim._local(leader)
     assert doubt["reason"].endswith("of suspicion")
+
+
+def test_a_host_backs_the_leader_only_while_the_lease_it_granted_holds() -> None:
+    """`backs_me`: the leader's proof that a pool host answered within a lease (its
+    controller never reads such a host as dead, whatever gossip says yet)."""
+    sim, leader = started(3, hosts=3, seed=4)
+    core = sim.agents[leader]
+    assert core is not None
+    others = [n for n in sim.names if n != leader]
+    assert all(core.backs_me(h, sim._local(leader)) for h in others)
+    for name in others:
+        follower = sim.agents[name]
+        assert follower is not None and not follower.backs_me(leader, sim._local(name))
+    gone = others[0]
+    sim.crash(gone)
+    sim.run_for(sim.timing.lease_duration * 3)
+    assert settled_leader(sim) == leader  # two of three hosts still grant
+    assert not core.backs_me(gone, sim._local(leader))
+    assert core.backs_me(others[1], sim._local(leader))

@@ -209,7 +209,7 @@ class CloudMember:
         self.controller = Controller(
             desired=lambda: desired_of(self.cloud, held=self.maintenance.held),
             hosts=lambda: [h.name for h in self.cloud.pool],
-            liveness=lambda host: _LIVENESS[self.election.status(host)],
+            liveness=lambda host: _LIVENESS[self.election.host_status(host)],
             leader=self._controller_term, client=self.host_calls, events=events,
             render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
             fencer=fencer,

@@ -115,6 +115,15 @@ class ElectionShell:
             return Status.ALIVE
         return self.core.status(member)
 
+    def host_status(self, host: str) -> Status:
+        """`status` as the leader's controller must read it: a pool host whose lease holds up
+        this agent's leadership now is never dead (a host back from a power cut grants before
+        gossip revives it), only suspect, so that nothing is moved off a host that answers."""
+        status = self.status(host)
+        if status is Status.DEAD and self.core.backs_me(host, self._clock()):
+            return Status.SUSPECT
+        return status
+
     def holds_lease(self, peer: str, term: int) -> bool:
         """True when this agent, a pool host, granted `peer` its leader lease for exactly
         `term` and that lease has not expired by this host's clock (False on a node)."""

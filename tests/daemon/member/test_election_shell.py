@@ -24,6 +24,7 @@ from cloudd.election.messages import (
     Message,
     WhoLeads,
 )
+from cloudd.election.swim import Status
 
 ROSTER = Roster([Member("a", host=True), Member("b", host=True), Member("c")])
 TIMING = Timing.local()
@@ -92,3 +93,16 @@ def test_a_malformed_or_foreign_message_is_logged_as_a_refusal(tmp_path: Path) -
         host.shell.receive("zz", WhoLeads(3))
     ((peer, term, reason),) = refusals(logs)
     assert (peer, term) == ("zz", 3) and "non-member 'zz'" in reason
+
+
+def test_a_host_that_backs_the_leader_reads_suspect_never_dead(tmp_path: Path,
+                                                               monkeypatch: Any) -> None:
+    """What the leader's controller reads: a host whose grant holds this agent's leadership
+    up is at worst suspect (the planner waits), so nothing is moved off a host that answers
+    while gossip still has it dead (a host back from a power cut)."""
+    shell = Host(tmp_path).shell
+    monkeypatch.setattr(shell.core, "status", lambda name: Status.DEAD)
+    monkeypatch.setattr(shell.core, "backs_me", lambda name, now: name == "a")
+    assert shell.host_status("a") is Status.SUSPECT
+    assert shell.host_status("c") is Status.DEAD
+    assert shell.host_status("b") is Status.ALIVE  # itself
