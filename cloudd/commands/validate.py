@@ -58,7 +58,7 @@ def show(cloud: Cloud, *, out: TextIO) -> None:
             image += f" (overlay of {n.base_image})"
         if not n.managed:
             image = "(existing machine, not managed)"
-        rows.append((n.role, n.name, n.address, str(n.memory_mib), str(n.vcpus),
+        rows.append(("+".join(n.roles), n.name, n.address, str(n.memory_mib), str(n.vcpus),
                      n.host or "any", n.run.value, image))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

@@ -63,6 +63,24 @@ class GeneratedSecret:
                              "16 to 4096")
 
 
+@dataclass(frozen=True)
+class LayoutNode:
+    """One node as a type's layout check sees it: its address and every role it holds."""
+
+    address: str
+    roles: tuple[str, ...]
+
+
+#: (validated settings, the nodes in the manifest's order) -> why the type's own rules refuse
+#: this layout, in one sentence, or None.
+LayoutCheck = Callable[[BaseModel, tuple[LayoutNode, ...]], "str | None"]
+
+
+def any_layout(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:
+    """The default layout check: counts per role are all a type asks."""
+    return None
+
+
 def no_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
     """The default declaration of a type's secrets: no role needs any."""
     return ()
@@ -92,6 +110,9 @@ class TypeSpec:
     #: cloud (`cloudd.daemon.node.hostsfile`): types whose programs find each other by
     #: name (a batch scheduler's nodes) set it.
     hosts_file: bool = False
+    #: The type's own rules on which roles go together and how many (AppScale's layout
+    #: rules), beyond each role's counts; its sentence is the manifest's problem at `roles`.
+    layout_check: LayoutCheck = any_layout
 
     def roles_for(self, settings: BaseModel) -> tuple[RoleSpec, ...]:
         """The roles this cloud may have, given its validated settings."""

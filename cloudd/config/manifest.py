@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter
 
 from cloudd.config import sources, yamlsrc
-from cloudd.config.catalog import Catalog, GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.config.catalog import Catalog, GeneratedSecret, LayoutNode, RoleSpec, TypeSpec
 from cloudd.config.model import (
     Cloud,
     CloudIn,
@@ -111,8 +112,11 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
     roles = spec.roles_for(settings)
     nodes = _stop_or(_nodes(doc, top, spec, roles, reads=None if wire else reads))
     _stop(_cross_checks(doc, top, nodes))
+    why = spec.layout_check(settings, tuple(LayoutNode(n.address, n.roles) for n, _ in nodes))
+    if why is not None:
+        _stop([doc.place(("roles",), at_key=True, message=why)])
     _stop(check_users(doc, top.users))
-    present = tuple(r.name for r in roles if any(n.role == r.name for n, _ in nodes))
+    present = tuple(r.name for r in roles if any(r.name in n.roles for n, _ in nodes))
     role_secrets = {r: spec.role_secrets(settings, r) for r in present}
     return Cloud(
         name=top.name,
@@ -197,7 +201,7 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec, roles: tuple[RoleSpec, .
                 f"{r.name} node{'' if r.describe().endswith(' 1') else 's'}")))
     if problems:
         return [], problems
-    out: list[Located] = []
+    listed: list[tuple[str, list[tuple[NodeIn, tuple[str | int, ...]]]]] = []
     for r in roles:
         if r.name not in top.roles:
             continue
@@ -209,8 +213,58 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec, roles: tuple[RoleSpec, .
             problems.append(doc.place(("roles", r.name), message=(
                 f"has {count} node{'s' if count != 1 else ''}; type {spec.name} needs "
                 f"{r.describe()}")))
+        listed.append((r.name, entries))
+    if problems:
+        return [], problems
+    return _shared(doc, top, listed)
+
+
+#: What an entry naming a node that another role's entry declares may say: which node.
+_REFERENCE_FIELDS = frozenset({"address", "name"})
+
+
+def _shared(doc: Document, top: CloudIn,
+            listed: list[tuple[str, list[tuple[NodeIn, tuple[str | int, ...]]]]],
+            ) -> tuple[list[Located], list[Problem]]:
+    """One node per address: an address listed under several roles is one node holding them
+    all. One of its entries declares it (the only one saying more than its address and name;
+    else the first in the type's order), the others name it (address, and the same name if
+    any); every role of the node is counted for that role."""
+    by_address: dict[str, list[tuple[str, int, NodeIn, tuple[str | int, ...]]]] = {}
+    for role, entries in listed:
         for i, (entry, loc) in enumerate(entries, start=1):
-            out.append((_node(top, r.name, i, entry), loc))
+            by_address.setdefault(entry.address, []).append((role, i, entry, loc))
+    problems: list[Problem] = []
+    out: list[Located] = []
+    for group in by_address.values():
+        full = [g for g in group if set(g[2].model_fields_set) - _REFERENCE_FIELDS]
+        declaring = full[0] if full else group[0]
+        role, index, entry, loc = declaring
+        names = sorted({g[2].name for g in group if g[2].name is not None})
+        node = _node(top, role, index, entry, name=names[0] if names else None)
+        held: list[str] = []
+        bad = len(names) > 1
+        if bad:
+            problems.append(doc.place(loc, message=(
+                f"address {entry.address} is one node, named differently under its roles: "
+                f"{', '.join(names)}")))
+        for g in group:
+            other, _, said, at = g
+            if other in held or (g is not declaring and other == role):
+                bad = True
+                problems.append(doc.place((*at, "address"), message=(
+                    f"address {said.address} is already used by node {node.name}")))
+            elif g is not declaring and g in full:
+                bad = True
+                extra = ", ".join(sorted(set(said.model_fields_set) - _REFERENCE_FIELDS))
+                problems.append(doc.place(at, message=(
+                    f"address {said.address} is the node declared at "
+                    f"{yamlsrc.render_loc(loc)} (role {role}); a further role's entry names "
+                    f"it by address (and name) only, this one also gives {extra}")))
+            else:
+                held.append(other)
+        if not bad:
+            out.append((replace(node, roles=tuple(held)), loc))
     return out, problems
 
 
@@ -276,9 +330,10 @@ def _from_files(doc: Document, files: RoleFilesIn, loc: tuple[str | int, ...], *
     return out, problems
 
 
-def _node(top: CloudIn, role: str, index: int, entry: NodeIn) -> Node:
+def _node(top: CloudIn, role: str, index: int, entry: NodeIn, *,
+          name: str | None = None) -> Node:
     return Node(
-        name=entry.name or f"{top.name}-{role}-{index}",
+        name=name or entry.name or f"{top.name}-{role}-{index}",
         role=role,
         index=index,
         address=entry.address,

@@ -222,6 +222,15 @@ class Node:
     #: False: an existing machine cloudd configures but never defines, starts or destroys.
     managed: bool = True
     run: RunStrategy = RunStrategy.ALWAYS
+    #: Every role the node holds, in the type's order (`role`, the one its name and index come
+    #: from, among them): one node may hold several (the same address under several roles).
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.roles:
+            object.__setattr__(self, "roles", (self.role,))
+        elif self.role not in self.roles:
+            raise ValueError(f"node {self.name}: role {self.role!r} is not among {self.roles}")
 
 
 @dataclass(frozen=True)
@@ -279,7 +288,8 @@ class Cloud:
     monitor_interval: float = MONITOR_INTERVAL
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
-        return tuple(n for n in self.nodes if n.role == role)
+        """The nodes holding `role` (among others, for a node with several)."""
+        return tuple(n for n in self.nodes if role in n.roles)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -84,6 +84,7 @@ def _self_contained(cloud: Cloud, text: str) -> dict[str, Any]:
         if isinstance(value, dict):
             # a role written as two list files travels as the nodes they declare
             roles[role] = [{"name": n.name, "address": n.address, "image": n.image}
+                           if n.role == role else {"address": n.address}
                            for n in cloud.nodes_of(role)]
     # What this agent does not hold (a node's view) it cannot pass on: sent as withheld.
     data["secrets"] = {name: ({"value_b64": base64.b64encode(s.value).decode("ascii")}

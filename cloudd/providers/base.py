@@ -20,7 +20,7 @@ import ipaddress
 import os
 import pwd
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,11 @@ class Peer:
     role: str
     address: IPAddress
     healthy: bool
+    #: Every role the node holds (`role` among them); () reads as (`role`,).
+    roles: tuple[str, ...] = ()
+
+    def holds(self, role: str) -> bool:
+        return role == self.role or role in self.roles
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,28 @@ class Assignment:
     #: Put before every command line of this node: tests run several nodes on one machine,
     #: each in its own network namespace (`("ip", "netns", "exec", "ns1")`).
     exec_prefix: tuple[str, ...] = ()
+    #: Every role this node holds, in the type's order (`role`, the one being rendered, among
+    #: them); () reads as (`role`,). The node runs them all (`converge`).
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.roles:
+            object.__setattr__(self, "roles", (self.role,))
+
+    def as_role(self, role: str) -> Assignment:
+        """This assignment as `role`'s renderer sees it (another role of the same node)."""
+        return replace(self, role=role)
 
     def peers_of(self, role: str) -> tuple[Peer, ...]:
-        return tuple(p for p in self.peers if p.role == role)
+        """The nodes holding `role`: the peers, and this node itself when it holds it too
+        (a balancer that is also a server lists itself; it is healthy to itself, its own
+        services coming up in order)."""
+        me = ((Peer(self.node, role, self.address, True, self.roles),)
+              if role in self.roles and role != self.role else ())
+        return (*me, *(p for p in self.peers if p.holds(role)))
 
     def healthy(self, role: str) -> tuple[Peer, ...]:
-        return tuple(p for p in self.peers if p.role == role and p.healthy)
+        return tuple(p for p in self.peers_of(role) if p.healthy)
 
     def setting(self, name: str, default: Any) -> Any:
         return self.settings.get(name, default)
@@ -400,13 +421,56 @@ async def converge(provider: Provider, assignment: Assignment, *,
     Returns the services for the supervisor; on a later call with changed peers, the caller
     reloads `changes.reload` (a reload, not a restart) on the running supervisor.
     """
-    role = provider.role(assignment.role)
-    installed = await ensure_packages(role.packages(assignment), apt_get=apt_get)
-    secrets = read_secrets(assignment, role.secrets(assignment))
-    changes = apply_rendered(role.render(assignment, secrets))
+    held = roles_of(provider, assignment)
+    packages: list[str] = []
+    for role, a in held:
+        packages += (p for p in role.packages(a) if p not in packages)
+    installed = await ensure_packages(packages, apt_get=apt_get)
+    changed: list[Path] = []
+    reload: list[str] = []
+    for role, a in held:
+        secrets = read_secrets(a, role.secrets(a))
+        done = apply_rendered(role.render(a, secrets))
+        changed += done.changed
+        reload += (s for s in done.reload if s not in reload)
+    changes = Changes(changed=tuple(changed), reload=tuple(reload))
     if changes.changed or installed:
         _log.info("provider.converged", cloud=assignment.cloud, node=assignment.node,
-                  role=assignment.role, installed=list(installed),
-                  files=[str(p) for p in changes.changed], reload=list(changes.reload))
-    await role.prepare(assignment)
-    return Converged(services=role.services(assignment), changes=changes, installed=installed)
+                  role=assignment.role, roles=list(assignment.roles),
+                  installed=list(installed), files=[str(p) for p in changes.changed],
+                  reload=list(changes.reload))
+    for role, a in held:
+        await role.prepare(a)
+    return Converged(services=node_services(provider, assignment), changes=changes,
+                     installed=installed)
+
+
+def roles_of(provider: Provider, assignment: Assignment) -> tuple[tuple[Role, Assignment], ...]:
+    """Each role the node holds, with the assignment as that role sees it, in the type's
+    dependency order (the order they are rendered, prepared and started in)."""
+    order = provider.role_order
+    names = sorted(assignment.roles, key=lambda r: order.index(r) if r in order else len(order))
+    return tuple((provider.role(name), assignment.as_role(name)) for name in names)
+
+
+def node_services(provider: Provider, assignment: Assignment) -> tuple[ServiceSpec, ...]:
+    """The services of every role the node holds, for one supervisor: a role's services
+    start after those of the roles it depends on that the node holds too (`depends_on`
+    across roles); two roles naming the same service are refused."""
+    out: list[ServiceSpec] = []
+    owner: dict[str, str] = {}
+    by_role: dict[str, tuple[str, ...]] = {}
+    for role, a in roles_of(provider, assignment):
+        specs = role.services(a)
+        for spec in specs:
+            if spec.name in owner:
+                raise PermanentError(
+                    f"roles {owner[spec.name]} and {role.name} of node {assignment.node} both "
+                    f"run a service named {spec.name!r}; they cannot share a node")
+            owner[spec.name] = role.name
+        first = tuple(name for dep in role.depends_on for name in by_role.get(dep, ()))
+        out += (replace(spec, depends_on=(*spec.depends_on,
+                                          *(f for f in first if f not in spec.depends_on)))
+                for spec in specs)
+        by_role[role.name] = tuple(spec.name for spec in specs)
+    return tuple(out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.catalog import LayoutNode, RoleSpec, TypeSpec
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Ensure, RunStrategy
 from cloudd.errors import ConfigError
@@ -175,3 +175,89 @@ def test_the_batch_examples_name_their_nodes_in_every_hosts_file_and_a_user(exam
     cloud = load_cloud(REPO / "manifests" / f"{example}.yaml", CATALOG, with_secrets=False)
     assert cloud.hosts_file is True
     assert [(u.name, u.uid) for u in cloud.users] == [("alice", 1001)]
+
+
+def test_one_address_under_several_roles_is_one_node_holding_them(tmp_path: Path) -> None:
+    """The node is declared by its one entry that says more than address and name, and is
+    named after that role; every role counts it; nodes_of finds it under each."""
+    path = manifest(tmp_path, """\
+roles:
+  database: [{address: 192.0.2.10}]
+  balancer: [{address: 192.0.2.10, image: /i/front.qcow2, vcpus: 2}]
+  server:
+    - {address: 192.0.2.10}
+    - {address: 192.0.2.11, image: /i/s2.qcow2}
+""", type_="web")
+    cloud = load_cloud(path, CATALOG)
+    assert [(n.name, n.role, n.roles, n.image, n.vcpus) for n in cloud.nodes] == [
+        ("c1-balancer-1", "balancer", ("database", "server", "balancer"), "/i/front.qcow2", 2),
+        ("c1-server-2", "server", ("server",), "/i/s2.qcow2", 1)]
+    assert cloud.roles == ("database", "server", "balancer")
+    assert [n.name for n in cloud.nodes_of("server")] == ["c1-balancer-1", "c1-server-2"]
+    assert [n.name for n in cloud.nodes_of("database")] == ["c1-balancer-1"]
+
+
+def test_a_shared_node_may_be_declared_under_any_of_its_roles(tmp_path: Path) -> None:
+    """The declaring entry need not be the first role's: the node's role is then that one,
+    its roles still come in the type's order (the order its services start in)."""
+    path = manifest(tmp_path, """\
+roles:
+  compute: [{address: 192.0.2.10, name: boss, managed: false}, {address: 192.0.2.11,
+            managed: false}]
+  head: [{address: 192.0.2.10}]
+""")
+    boss, other = load_cloud(path, CATALOG).nodes
+    assert (boss.name, boss.role, boss.roles, boss.managed) == (
+        "boss", "compute", ("head", "compute"), False)
+    assert other.roles == ("compute",)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("""\
+roles:
+  head: [{address: 192.0.2.10, image: /i/h.qcow2}]
+  compute: [{address: 192.0.2.10, image: /i/c.qcow2}]
+""", "11:13: roles.compute[0]: address 192.0.2.10 is the node declared at roles.head[0] "
+     "(role head); a further role's entry names it by address (and name) only, this one "
+     "also gives image"),
+    ("""\
+roles:
+  head: [{address: 192.0.2.10, image: /i/h.qcow2, name: boss}]
+  compute: [{address: 192.0.2.10, name: worker}]
+""", "10:10: roles.head[0]: address 192.0.2.10 is one node, named differently under its "
+     "roles: boss, worker"),
+    ("""\
+roles:
+  head: [{address: 192.0.2.10, image: /i/h.qcow2}]
+  compute: [{address: 192.0.2.11, image: /i/c.qcow2}, {address: 192.0.2.11}]
+""", "11:65: roles.compute[1].address: address 192.0.2.11 is already used by node "
+     "c1-compute-1"),
+])
+def test_a_shared_node_is_refused_when_its_entries_disagree(tmp_path: Path, body: str,
+                                                           message: str) -> None:
+    assert refusal(manifest(tmp_path, body)) == [message]
+
+
+def test_a_types_layout_check_sees_every_node_with_its_roles(tmp_path: Path) -> None:
+    class Plain(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    seen: list[tuple[LayoutNode, ...]] = []
+
+    def check(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:
+        seen.append(nodes)
+        return None if any(len(n.roles) > 1 for n in nodes) else "a and b share a node here"
+
+    catalog = {"pair": TypeSpec("pair", Plain, roles=(RoleSpec("a"), RoleSpec("b")),
+                                layout_check=check)}
+    apart = ("roles:\n  a: [{address: 192.0.2.1, image: /a}]\n"
+             "  b: [{address: 192.0.2.2, image: /b}]\n")
+    path = manifest(tmp_path, apart, "pair")
+    with pytest.raises(ConfigError) as info:
+        load_cloud(path, catalog)
+    assert [f"{p.field}: {p.message}" for p in info.value.problems] == [
+        "roles: a and b share a node here"]
+    path.write_text(path.read_text().replace("b: [{address: 192.0.2.2, image: /b}]",
+                                             "b: [{address: 192.0.2.1}]"))
+    assert [n.roles for n in load_cloud(path, catalog).nodes] == [("a", "b")]
+    assert seen[-1] == (LayoutNode("192.0.2.1", ("a", "b")),)

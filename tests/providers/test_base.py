@@ -25,6 +25,7 @@ from cloudd.providers.base import (
     dependency_order,
     ensure_packages,
     missing_packages,
+    node_services,
     read_secret,
     read_secrets,
 )
@@ -218,3 +219,82 @@ async def test_converge_writes_prepares_and_reports_reloads(tmp_path: Path) -> N
     assert (await converge(_EchoProvider(), sick)).changes.reload == ("echo",)
     assert (a.root / "echo.conf").read_text() == "t0k \n"
     assert _Echo.prepared == 3
+
+
+class _Store(Role):
+    """A role of the two-role provider below: one service, one file naming its role."""
+
+    name = "store"
+    order: list[str] = []
+
+    def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        fronts = ",".join(p.node for p in a.peers_of("front"))
+        return Rendered(files=(FileSpec(a.root / f"{self.name}.conf",
+                                        f"{a.role} sees fronts {fronts}\n"),))
+
+    def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+        return (ServiceSpec(name=f"{self.name}d", argv=("true",)),)
+
+    async def prepare(self, a: Assignment) -> None:
+        type(self).order.append(a.role)
+
+
+class _Front(_Store):
+    name = "front"
+    depends_on = ("store",)
+
+    def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        stores = ",".join(f"{p.node}:{p.healthy}" for p in a.peers_of("store"))
+        return Rendered(files=(FileSpec(a.root / f"{self.name}.conf",
+                                        f"{a.role} sees stores {stores}\n"),))
+
+    def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+        return (ServiceSpec(name="frontd", argv=("true",), depends_on=("frontlog",)),
+                ServiceSpec(name="frontlog", argv=("true",)))
+
+
+class _TwoRoles(Provider):
+    cloud_type = "two"
+    roles = {"front": _Front(), "store": _Store()}
+
+
+async def test_a_node_of_two_roles_renders_prepares_and_runs_both_in_order(
+        tmp_path: Path) -> None:
+    """Each role renders as itself, sees the node among the holders of the node's other
+    role, prepares in dependency order; the services of both go to one supervisor, the
+    front's after the store's."""
+    _Store.order.clear()
+    a = _assignment(tmp_path, node="n1", role="front", roles=("front", "store"),
+                    peers=(Peer("n2", "store", "10.0.0.3", False),))
+    done = await converge(_TwoRoles(), a, apt_get=("false",))
+    assert (a.root / "store.conf").read_text() == "store sees fronts n1\n"
+    assert (a.root / "front.conf").read_text() == "front sees stores n1:True,n2:False\n"
+    assert _Store.order == ["store", "front"]
+    assert [(s.name, s.depends_on) for s in done.services] == [
+        ("stored", ()), ("frontd", ("frontlog", "stored")), ("frontlog", ("stored",))]
+
+
+def test_two_roles_of_a_node_may_not_name_one_service(tmp_path: Path) -> None:
+    class Clash(_Store):
+        name = "front"
+        depends_on = ("store",)
+
+        def services(self, a: Assignment) -> tuple[ServiceSpec, ...]:
+            return (ServiceSpec(name="stored", argv=("true",)),)
+
+    class Both(Provider):
+        cloud_type = "both"
+        roles = {"front": Clash(), "store": _Store()}
+
+    with pytest.raises(PermanentError, match="roles store and front of node n1 both run a "
+                                             "service named 'stored'"):
+        node_services(Both(), _assignment(tmp_path, node="n1", role="store",
+                                          roles=("store", "front")))
+
+
+def test_a_peer_of_several_roles_counts_for_each(tmp_path: Path) -> None:
+    a = _assignment(tmp_path, peers=(Peer("x", "server", "10.0.0.7", True,
+                                          ("server", "balancer")),))
+    assert [p.node for p in a.peers_of("balancer")] == ["x"]
+    assert [p.node for p in a.healthy("server")] == ["x"]
+    assert a.peers_of("server") == a.peers  # a node of one role is not its own peer

@@ -44,21 +44,32 @@ def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
         return ()
     made = generated or {}
     well = {n.name for n in cloud.nodes if healthy(n.name, reports=reports, alive=alive)}
-    peers = tuple(PeerInfo(n.name, n.role, ip_address(n.address), n.name in well)
+    peers = tuple(PeerInfo(n.name, n.role, ip_address(n.address), n.name in well,
+                           _more(n.roles))
                   for n in cloud.nodes)
     out: list[RoleAssignment] = []
     for i, role in enumerate(cloud.roles):
-        if not all(any(n.name in well for n in cloud.nodes_of(r)) for r in cloud.roles[:i]):
+        if any(waiting(cloud, r, made) for r in cloud.roles[:i + 1]):
             break
-        if waiting(cloud, role, made):
-            break
-        secrets = role_secrets(cloud, role, made)
-        out.extend(RoleAssignment(term=term, cloud=cloud.name, node=n.name, role=role,
-                                  address=ip_address(n.address), generation=cloud.digest,
-                                  peers=tuple(p for p in peers if p.node != n.name),
-                                  secrets=secrets, users=cloud.users)
-                   for n in cloud.nodes_of(role))
+        # A node is assigned at its last role, once each earlier role it does not hold
+        # itself has a ready node (the roles it holds it starts itself, in order).
+        for n in (n for n in cloud.nodes if n.roles[-1] == role):
+            if not all(any(m.name in well for m in cloud.nodes_of(r))
+                       for r in cloud.roles[:i] if r not in n.roles):
+                continue
+            secrets = tuple(dict.fromkeys(pair for r in n.roles
+                                          for pair in role_secrets(cloud, r, made)))
+            out.append(RoleAssignment(
+                term=term, cloud=cloud.name, node=n.name, role=n.role,
+                address=ip_address(n.address), generation=cloud.digest,
+                peers=tuple(p for p in peers if p.node != n.name), secrets=secrets,
+                users=cloud.users, roles=_more(n.roles)))
     return tuple(out)
+
+
+def _more(roles: tuple[str, ...]) -> tuple[str, ...]:
+    """A node's roles as the wire carries them: () for a node of one role (`role` says it)."""
+    return roles if len(roles) > 1 else ()
 
 
 def waiting(cloud: Cloud, role: str, generated: Mapping[str, bytes]) -> bool:

@@ -161,6 +161,8 @@ class PeerInfo:
     role: str
     address: IPAddress
     healthy: bool
+    #: every role the node holds (`role`, its first, among them); () reads as (`role`,)
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,9 @@ class RoleAssignment:
     secrets: tuple[SecretPair, ...] = field(default=(), repr=False)
     #: the manifest's users, made on the node with these ids (`cloudd.daemon.node.users`)
     users: Users = ()
+    #: every role the node holds, in the type's order, which the node runs in that order
+    #: (`role`, the one it is named after, among them); () reads as (`role`,)
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

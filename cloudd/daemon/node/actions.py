@@ -18,9 +18,19 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.providers.base import ACT_ANSWER_LIMIT, ACT_WITHIN, Assignment, Role
+from cloudd.providers.base import ACT_ANSWER_LIMIT, ACT_WITHIN, Assignment, Provider, Role
 
 Pairs = tuple[tuple[str, str], ...]
+
+
+def acting_role(provider: Provider, role: str, roles: Sequence[str], action: str) -> Role:
+    """Which of a node's roles does `action`: the first (its own role, then the others in
+    order) that declares it; its own role when none does (whose refusal then names it)."""
+    for name in (role, *(r for r in roles if r != role)):
+        found = provider.role(name)
+        if action in found.actions:
+            return found
+    return provider.role(role)
 
 
 def refusal(role: Role | None, action: str, args: Sequence[tuple[str, str]], *,

@@ -38,7 +38,7 @@ from cloudd.daemon.node import actions, phase
 from cloudd.daemon.node.nodebase import NodeBase
 from cloudd.daemon.node.saved_assignment import load_assignment, save_assignment
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.providers.base import Assignment, Peer, converge
+from cloudd.providers.base import Assignment, Peer, converge, node_services
 from cloudd.providers.policy import PolicyConfig, State
 from cloudd.providers.registry import Registry, default_registry
 from cloudd.providers.service import ServiceSpec
@@ -193,7 +193,8 @@ class NodeSide:
             await self._wait(max(due - now, MIN_WAIT))
 
     def _key(self, a: RoleAssignment) -> tuple[Any, ...]:
-        return (a.role, a.address, a.generation, a.peers, a.secrets, self.cloud.digest)
+        return (a.role, a.roles, a.address, a.generation, a.peers, a.secrets,
+                self.cloud.digest)
 
     def _converge_at(self, a: RoleAssignment) -> float | None:
         """When to converge `a` next (monotonic), or None when there is nothing to do."""
@@ -224,9 +225,9 @@ class NodeSide:
         return Assignment(cloud=cloud.name, node=self.me, role=a.role, address=a.address,
                           root=self.root, secrets_dir=self.root / "secrets",
                           settings=cloud.settings.model_dump(),
-                          peers=tuple(Peer(p.node, p.role, p.address, p.healthy)
+                          peers=tuple(Peer(p.node, p.role, p.address, p.healthy, p.roles)
                                       for p in a.peers),
-                          exec_prefix=self._exec_prefix)
+                          exec_prefix=self._exec_prefix, roles=a.roles)
 
     async def _converge(self, a: RoleAssignment, cloud: Cloud) -> None:
         key = self._key(a)
@@ -346,7 +347,9 @@ class NodeSide:
         one sentence when refused (`action_refused`) or failed (`action_failed`)."""
         a = self._current
         try:
-            role = self._registry.get(self.cloud.type).role(a.role) if a is not None else None
+            role = (None if a is None else
+                    actions.acting_role(self._registry.get(self.cloud.type), a.role, a.roles,
+                                        action))
         except ClouddError as exc:
             self.log.warning("action_refused", peer=peer, term=term, action=action,
                              reason=str(exc))
@@ -357,7 +360,8 @@ class NodeSide:
             raise PermanentError(why)
         assert a is not None and role is not None
         try:
-            answer = await actions.perform(role, self._assignment(a, self.cloud), action, args)
+            answer = await actions.perform(role, self._assignment(a, self.cloud).as_role(
+                role.name), action, args)
         except ClouddError as exc:
             self.log.warning("action_failed", peer=peer, term=term, action=action,
                              role=a.role, reason=str(exc))
@@ -393,8 +397,8 @@ class NodeSide:
         if sup is None and a is not None:
             # Nothing converged yet in this agent: adopt what an earlier one left, to stop it.
             try:
-                role = self._registry.get(self.cloud.type).role(a.role)
-                specs = role.services(self._assignment(a, self.cloud))
+                specs = node_services(self._registry.get(self.cloud.type),
+                                      self._assignment(a, self.cloud))
             except ClouddError as exc:
                 self.log.error("node.stop_failed", error=str(exc))
                 specs = ()

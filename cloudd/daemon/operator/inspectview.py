@@ -143,7 +143,7 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
         running = d is not None and d.state is DomainState.RUNNING
         since, why = doubt_of(snap, n.name)
         nodes.append(NodeView(
-            name=n.name, role=n.role, address=n.address, domain_state=state,
+            name=n.name, role="+".join(n.roles), address=n.address, domain_state=state,
             agent_liveness=_LIVENESS[snap.status(n.name)],
             host=d.host if d is not None else None,
             # the controller's times are monotonic: a duration is a difference of two

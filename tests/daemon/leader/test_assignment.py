@@ -149,3 +149,51 @@ def test_due(cloud: Cloud, sent: bool, reported: str | None, alive: bool, held: 
               reports={DB: report(DB, generation=reported)} if reported else {},
               alive={DB} if alive else set(), maintenance={DB} if held else set())
     assert got == ((a,) if goes else ())
+
+
+#: The shop with its balancer on the first server's node: one node, two roles.
+SHARED = MANIFEST.replace("  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]\n",
+                          "  balancer: [{address: 192.0.2.176}]\n")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Cloud:
+    folder: Path = tmp_path_factory.mktemp("shared")
+    (folder / "web.xml").write_text("<domain/>")
+    (folder / "shop.yaml").write_text(SHARED)
+    return load_cloud(folder / "shop.yaml", CATALOG)
+
+
+@pytest.mark.parametrize(("ready", "assigned"), [
+    (set(), [DB]),
+    # the node of server and balancer is assigned with the servers: the roles it holds
+    # itself (server, before balancer) it starts itself, in order; it comes at its last role
+    ({DB}, [DB, WEB2, WEB1]),
+])
+def test_a_node_of_several_roles_is_assigned_once_with_them_all(
+        shared: Cloud, ready: set[str], assigned: list[str]) -> None:
+    got = assignments(shared, term=2, reports={n: report(n) for n in ready},
+                      alive={DB, WEB1, WEB2})
+    assert [a.node for a in got] == assigned
+    for a in got:
+        assert a.roles == (("server", "balancer") if a.node == WEB1 else ())
+        assert a.role == ("database" if a.node == DB else "server")
+    web2 = next((a for a in got if a.node == WEB2), None)
+    if web2 is not None:
+        (front,) = [p for p in web2.peers if p.node == WEB1]
+        assert (front.role, front.roles) == ("server", ("server", "balancer"))
+
+
+def test_a_node_waits_for_an_earlier_role_only_when_another_node_holds_it(
+        tmp_path: Path) -> None:
+    """Database and server on one node, a second server elsewhere: the shared node needs no
+    ready database to be assigned (it is the database), the other server does."""
+    text = MANIFEST.replace("    - {address: 192.0.2.176, image: /img/web1.qcow2}\n",
+                            "    - {address: 192.0.2.177}\n")
+    (tmp_path / "web.xml").write_text("<domain/>")
+    (tmp_path / "shop.yaml").write_text(text)
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    got = assignments(cloud, term=1, reports={}, alive={DB, WEB2, LB})
+    assert [(a.node, a.roles) for a in got] == [(DB, ("database", "server"))]
+    got = assignments(cloud, term=1, reports={DB: report(DB)}, alive={DB, WEB2, LB})
+    assert [a.node for a in got] == [DB, WEB2, LB]

@@ -92,7 +92,8 @@ async def test_a_refused_manifest_comes_back_with_its_problems(tmp_path: Path,
     with pytest.raises(ConfigError) as info:
         await folder(tmp_path, worker).check(WIRE.replace("192.0.2.177", "192.0.2.176"))
     assert [p.message for p in info.value.problems] == [
-        "address 192.0.2.176 is already used by node shop-database-1"]
+        "address 192.0.2.176 is the node declared at roles.database[0] (role database); a "
+        "further role's entry names it by address (and name) only, this one also gives image"]
 
 
 async def test_an_oversize_manifest_is_refused_before_anything_parses_it(
