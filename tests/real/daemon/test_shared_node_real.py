@@ -1,0 +1,77 @@
+"""One node, two roles, for real: a web cloud whose first server is also its balancer.
+
+Three `managed: false` nodes in namespaces, each with its own agent: the database, and two
+servers, the first of which the manifest also lists under `balancer` by its address alone. The
+leader assigns that node once, with both roles; its agent runs WEBrick and then nginx under one
+supervisor (the balancer's services after the server's), and nginx balances over both servers,
+the node's own among them. Then nginx is killed: it is restarted on the same node while the
+node's WEBrick keeps running, and the site answers again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from cloudd_lab.agentlab import AgentLab
+
+from test_web_cloud_real import WebLab, leader_view, pids_of
+
+pytestmark = [pytest.mark.netns, pytest.mark.services]
+
+BOUND = 180.0
+FRONT = "lab-server-1"
+
+
+class SharedLab(WebLab):
+    def manifest(self, members: Sequence[Any]) -> str:
+        text = super().manifest(members)
+        return text.replace("roles:\n", "roles:\n  balancer:\n"
+                            f"    - {{address: {self.node_addresses[FRONT]}}}\n", 1)
+
+
+@pytest.fixture
+def lab() -> Iterator[SharedLab]:
+    with SharedLab("web6", hosts=1, subnet="10.234.12.0/24", node_agents=True,
+                   nodes={"database": 1, "server": 2}) as lab:
+        lab.start_all()
+        yield lab
+
+
+def get(lab: AgentLab, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://{lab.node_addresses[FRONT]}{path}",
+                                    timeout=10) as resp:
+            return resp.status, resp.headers.get("X-Served-By", ""), resp.read().decode()
+    except OSError as e:
+        return 0, "", str(e)
+
+
+def test_a_node_that_is_server_and_balancer_runs_both(lab: SharedLab) -> None:
+    t0 = time.monotonic()
+    lab.wait_for("every node ready", lambda: (
+        (p := {n: v["phase"] for n, v in leader_view(lab).get("nodes", {}).items()})
+        and len(p) == 3 and all(v == "ready" for v in p.values())), timeout=BOUND,
+        interval=0.5)
+    print(f"\nready after {time.monotonic() - t0:.1f} s")
+    ns = "web6-server1"
+    assert pids_of("nginx", ns) and pids_of("ruby", ns)
+    assert not pids_of("nginx", "web6-server2")  # the other server is a server only
+    # the balancer on the shared node sends requests to both servers, its own among them
+    served = {lab.wait_for("GET through the shared node's nginx",
+                           lambda: get(lab, "/entries")[1] or None) for _ in range(12)}
+    assert served == {FRONT, "lab-server-2"}, served
+    # nginx killed: restarted on the node, its WEBrick untouched
+    ruby, nginx = pids_of("ruby", ns), pids_of("nginx", ns)
+    for pid in nginx:
+        os.kill(pid, signal.SIGKILL)
+    lab.wait_for("nginx restarted on the shared node", lambda: (
+        (now := pids_of("nginx", ns)) and not set(now) & set(nginx)), timeout=60)
+    assert pids_of("ruby", ns) == ruby
+    assert lab.wait_for("the site answers again", lambda: get(lab, "/entries")[0] == 200
+                        or None, timeout=60)
