@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from cloudd_lab.agentlab import AgentLab
-
 from test_web_cloud_real import WebLab, leader_view, pids_of
 
 pytestmark = [pytest.mark.netns, pytest.mark.services]
