@@ -57,6 +57,8 @@ _log = log.get("providers.appscale")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Keys an AppScalefile must give so that `up` neither rewrites it nor prompts (see above).
 _FILE_KEYS = ("keyname", "group")
+#: How the tools' crash path (LocalState.generate_crash_log) follows the error's message.
+_CRASH_NOTE = "A log with more information is available at"
 
 
 class ToolsRefused(PermanentError):
@@ -152,8 +154,14 @@ class ToolsResult:
         return self.code == 0
 
     def last_line(self) -> str:
-        lines = [ln for ln in strip_colours(self.output).splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else "(no output)"
+        """The line that says what happened: the tools end a failure with their crash log's
+        place ("A log with more information is available at" and a path), so the line
+        before that note when there is one, else the last line."""
+        lines = [ln.strip() for ln in strip_colours(self.output).splitlines() if ln.strip()]
+        notes = [i for i, ln in enumerate(lines) if ln.startswith(_CRASH_NOTE)]
+        if notes and notes[-1] > 0:
+            return lines[notes[-1] - 1]
+        return lines[-1] if lines else "(no output)"
 
 
 def check_executable(path: Path) -> Path:

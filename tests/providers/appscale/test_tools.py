@@ -171,6 +171,14 @@ async def test_a_failed_run_raises_with_its_last_line(tmp_path: Path) -> None:
     assert caught.value.result.code == 1 and "working" in caught.value.result.output
 
 
+async def test_a_crash_is_named_by_its_message_not_the_crash_logs_place(tmp_path: Path) -> None:
+    exe = script(tmp_path, "echo 'Need to specify one master node.'\necho\n"
+                           "echo 'A log with more information is available at'\n"
+                           "echo '/root/.appscale/log-1234.'\nexit 1\n")
+    with pytest.raises(t.ToolsFailed, match=r"exited with 1: Need to specify one master node"):
+        await t.up(settings(tmp_path, exe))
+
+
 async def test_a_run_past_its_bound_is_killed_with_its_children(tmp_path: Path) -> None:
     exe = script(tmp_path, "sleep 300 &\necho $! > \"$HOME/child\"\nwait\n")
     (tmp_path / "home").mkdir()
