@@ -14,7 +14,10 @@ delivered over mTLS), so that the tools never run their interactive `ssh-copy-id
 - the deployment's host key: an Ed25519 key made from `HOST_SEED`, the same on every node
   (`node_files`: the key and an sshd drop-in naming it, root's login by key only), pinned for
   every node's address and name in a known_hosts file of the master's, so that the master's
-  ssh runs with StrictHostKeyChecking=yes (`ssh_options`).
+  ssh runs with StrictHostKeyChecking=yes (`ssh_options`). appscale-tools 3.8.1's own ssh
+  passes `-F /dev/null -o StrictHostkeyChecking=no -o UserKnownHostsFile=/dev/null`, which no
+  configuration file can override: the pin binds cloudd's own logins from the master, not the
+  tools'; theirs are held by the key and its `from=` restriction only.
 
 What a shared host key means: any node of the deployment holds the host key's private half,
 so a node taken over by an attacker can pose as any other node of the deployment to the
