@@ -1,20 +1,26 @@
-"""The `appscale` type's roles and settings, in AppScale's two layouts.
+"""The `appscale` type's roles and settings, as appscale-tools 3.8.1 knows them.
 
-`layout: default` is AppScale's simple form (one controller, any number of servers);
-`layout: custom` names each role, as an AppScale `ips_layout` does.
+A manifest names each node's roles as AppScale's `ips_layout` does (its advanced list form,
+the only one the 3.8.1 tools accept): `master`, `compute`, `database`, `zookeeper` and the
+optional services. One VM may hold several roles (listed under each, by its address). Which
+layouts are acceptable is AppScale's own rule, checked by `layout.layout_check` with
+AppScale's reasons; the role counts here only say what cloudd itself needs (one master).
 
 Every node of a deployment holds its secret key (AppScale's `/etc/appscale/secret.key`, with
 which its services authenticate to each other): the leader makes one unless the manifest
-declares a secret named `secret.key`.
+declares a secret named `secret.key`. Only the master holds the administrator's password,
+which the operator gives as a secret file and which goes into the AppScalefile there.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
+
+#: AppScale's own test for an e-mail address (appscale-tools' `get_username_from_stdin`),
+#: without white space, which would not survive the tools' command line.
+EMAIL_PATTERN = r"^[^\s@]+@\[?[a-zA-Z0-9.-]+\.([a-zA-Z]{2,63}|[0-9]{1,3})\]?$"
 
 
 class AppScaleSettings(BaseModel):
@@ -23,21 +29,43 @@ class AppScaleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
                               use_attribute_docstrings=True)
 
-    layout: Literal["default", "custom"] = "default"
-    """Which role set the manifest uses (see the module docstring)."""
-    admin_email: str = Field(default="admin@example.com", pattern=r"^[^@\s]+@[^@\s]+$")
-    """The AppScale administrator account."""
-    admin_password_ref: str | None = None
-    """Name of the entry under `secrets` holding the administrator's password."""
-    replication: int = Field(default=1, ge=1, le=9)
-    """Copies of each datastore row (AppScale's `n`)."""
+    admin_email: str = Field(default="admin@example.com", pattern=EMAIL_PATTERN)
+    """The AppScale administrator's e-mail (the AppScalefile's `admin_user`)."""
+    admin_password_ref: str
+    """Name of the entry under `secrets` holding the administrator's password (the
+    AppScalefile's `admin_pass`). Required: without it `appscale up` would prompt for one."""
+    keyname: str = Field(default="appscale", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    """The deployment's name to the AppScale tools (their `keyname` and `group`: the key
+    `~/.appscale/<keyname>.key`, the state `~/.appscale/locations-<keyname>.json`). The
+    default is the tools' own default keyname."""
+    replication: int | None = Field(default=None, ge=1)
+    """Copies of each datastore row; None leaves AppScale's default (every database node,
+    at most 3). AppScale refuses more than the database nodes (see `layout.py`)."""
 
 
-_OPTIONAL = tuple(RoleSpec(r, min_nodes=0, required=False)
-                  for r in ("login", "memcache", "open", "search", "taskqueue"))
+#: The roles, in dependency order: coordination and storage before the master (whose
+#: `appscale up` starts the deployment), the services the app servers use before them, the
+#: app servers, the balancers in front of them, spare nodes last. Only the master's count
+#: is cloudd's own rule; whether a layout lacks a database or a compute node is AppScale's,
+#: said in AppScale's words by `layout_check`.
+ROLES = (
+    RoleSpec("zookeeper", required=False),
+    RoleSpec("database", required=False),
+    RoleSpec("master", min_nodes=1, max_nodes=1),
+    RoleSpec("taskqueue", required=False),
+    RoleSpec("memcache", required=False),
+    RoleSpec("search", required=False),
+    RoleSpec("search2", required=False),
+    RoleSpec("compute", required=False),
+    # AppScale's deprecated name for compute: its tools map it to compute, and so does the
+    # AppScalefile cloudd writes (`layout.ips_layout`).
+    RoleSpec("appengine", required=False),
+    RoleSpec("load_balancer", required=False),
+    RoleSpec("open", required=False),
+)
 
-#: The roles that create the administrator's account: the head of either layout.
-ADMIN_ROLES = ("controller", "master")
+#: The role that runs the AppScale tools and creates the administrator's account.
+ADMIN_ROLE = "master"
 
 #: The deployment's secret key, shared by every node: 24 random bytes as 32 characters of
 #: text, the length of the key appscale-tools makes.
@@ -45,31 +73,17 @@ SECRET_KEY = GeneratedSecret("secret.key", size=24, text=True)
 
 
 def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
-    """Every node holds the deployment's secret key; only the head creates the
-    administrator's account, so only it gets the password."""
+    """Every node holds the deployment's secret key; only the master writes the
+    AppScalefile, so only it gets the administrator's password."""
     assert isinstance(settings, AppScaleSettings)
-    ref = settings.admin_password_ref
-    return (SECRET_KEY.name, *((ref,) if ref and role in ADMIN_ROLES else ()))
+    admin = (settings.admin_password_ref,) if role == ADMIN_ROLE else ()
+    return (SECRET_KEY.name, *admin)
 
 
 SPEC = TypeSpec(
     name="appscale",
     settings_model=AppScaleSettings,
+    roles=ROLES,
     role_secrets=role_secrets,
     generated_secrets=(SECRET_KEY,),
-    layout_field="layout",
-    layouts={
-        "default": (
-            RoleSpec("controller", min_nodes=1, max_nodes=1),
-            RoleSpec("servers", min_nodes=0, required=False),
-        ),
-        # Dependency order: coordination and storage before the master, app servers last.
-        "custom": (
-            RoleSpec("zookeeper", min_nodes=1),
-            RoleSpec("database", min_nodes=1),
-            RoleSpec("master", min_nodes=1, max_nodes=1),
-            RoleSpec("appengine", min_nodes=1),
-            *_OPTIONAL,
-        ),
-    },
 )
