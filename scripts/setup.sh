@@ -54,4 +54,5 @@ if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ lab/pyproject.toml 
   .venv/bin/pip install -q --no-deps -e lab/
   touch "$stamp"
 fi
+scripts/fetch-appscale-tools.sh
 echo "setup: ready (.venv/bin/cloudd, .venv/bin/cloudd-cli)"
