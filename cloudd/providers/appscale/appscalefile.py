@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import yaml
 
+from cloudd.config.catalog import LayoutNode
 from cloudd.errors import PermanentError
 from cloudd.providers.appscale import layout
 from cloudd.providers.appscale.spec import AppScaleSettings
@@ -52,7 +53,7 @@ def admin_password(value: bytes) -> str:
     return text
 
 
-def render(nodes: Sequence[layout.Placed], settings: AppScaleSettings, *,
+def render(nodes: Sequence[LayoutNode], settings: AppScaleSettings, *,
            password: bytes) -> str:
     """The AppScalefile of a deployment of these nodes (in manifest order), with the
     administrator's password `password` (the secret's bytes). Raises PermanentError when the

@@ -24,9 +24,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from pydantic import BaseModel
+
+from cloudd.config.catalog import LayoutNode
 
 #: The roles an `ips_layout` may name (the tools' advanced format keys).
 ROLES = ("master", "database", "appengine", "compute", "open", "zookeeper", "memcache",
@@ -57,23 +58,13 @@ class NodeSet:
         return {"roles": list(self.roles), "nodes": list(self.nodes)}
 
 
-class Placed(Protocol):
-    """A node as the layout check sees it (the manifest loader's `LayoutNode`)."""
-
-    @property
-    def address(self) -> str: ...
-
-    @property
-    def roles(self) -> tuple[str, ...]: ...
-
-
 def canonical_roles(roles: Iterable[str]) -> tuple[str, ...]:
     """The roles as cloudd writes them: deprecated names replaced, each role once, in the
     order given."""
     return tuple(dict.fromkeys(DEPRECATED.get(r, r) for r in roles))
 
 
-def ips_layout(nodes: Iterable[Placed]) -> tuple[NodeSet, ...]:
+def ips_layout(nodes: Iterable[LayoutNode]) -> tuple[NodeSet, ...]:
     """The advanced list form of these nodes: one set per distinct role set, in the order
     each first appears, each set's addresses in the nodes' order."""
     sets: dict[tuple[str, ...], list[str]] = {}
@@ -148,7 +139,7 @@ def check(sets: Sequence[NodeSet], *, replication: int | None) -> str | None:
     return None
 
 
-def layout_check(settings: BaseModel, nodes: Sequence[Placed]) -> str | None:
+def layout_check(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:
     """The type's layout hook: AppScale's refusal of the layout cloudd would write for these
     nodes, prefixed with whose rule it is, or None."""
     # The appscale settings (spec.py, which imports this module): only their replication.

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.providers.appscale.layout import layout_check
 
 #: AppScale's own test for an e-mail address (appscale-tools' `get_username_from_stdin`),
 #: without white space, which would not survive the tools' command line.
@@ -86,4 +87,5 @@ SPEC = TypeSpec(
     roles=ROLES,
     role_secrets=role_secrets,
     generated_secrets=(SECRET_KEY,),
+    layout_check=layout_check,
 )

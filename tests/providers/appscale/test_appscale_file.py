@@ -4,7 +4,6 @@ administrator's account as the manifest and its secret say."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cloudd.config.catalog import LayoutNode
 from cloudd.errors import PermanentError
 from cloudd.providers.appscale import appscalefile, layout
 from cloudd.providers.appscale.spec import AppScaleSettings
@@ -20,14 +20,8 @@ from cloudd.providers.appscale.spec import AppScaleSettings
 H, W1, W2 = "192.0.2.30", "192.0.2.33", "192.0.2.34"
 
 
-@dataclass(frozen=True)
-class Spot:
-    address: str
-    roles: tuple[str, ...]
-
-
-CUSTOM = (Spot(H, ("zookeeper", "database", "master", "memcache")), Spot(W1, ("compute",)),
-          Spot(W2, ("appengine",)))
+CUSTOM = (LayoutNode(H, ("zookeeper", "database", "master", "memcache")),
+          LayoutNode(W1, ("compute",)), LayoutNode(W2, ("appengine",)))
 SETTINGS = AppScaleSettings(admin_email="ops@example.org", admin_password_ref="admin",
                             keyname="gae")
 
@@ -51,7 +45,7 @@ def test_up_takes_the_file_as_written(appscale_parser: Any, tmp_path: Path) -> N
 
 
 def test_replication_is_written_when_set(appscale_parser: Any, tmp_path: Path) -> None:
-    nodes = (Spot(H, ("database", "master")), Spot(W1, ("database", "compute")))
+    nodes = (LayoutNode(H, ("database", "master")), LayoutNode(W1, ("database", "compute")))
     two = SETTINGS.model_copy(update={"replication": 2})
     assert up(appscale_parser, tmp_path, appscalefile.render(
         nodes, two, password=b"s3cret-pass")).replication == 2
@@ -119,5 +113,6 @@ def test_a_password_the_file_cannot_carry_is_refused(value: bytes, message: str)
 
 def test_a_layout_the_tools_refuse_is_never_written() -> None:
     with pytest.raises(PermanentError) as err:
-        appscalefile.render((Spot(H, ("database", "master")),), SETTINGS, password=b"s3cret-pass")
+        appscalefile.render((LayoutNode(H, ("database", "master")),), SETTINGS,
+                            password=b"s3cret-pass")
     assert str(err.value) == layout.PREFIX + "Need to specify at least one compute node."

@@ -5,27 +5,19 @@ layouts the tools refuse."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloudd.config.catalog import LayoutNode
 from cloudd.providers.appscale import layout
 from cloudd.providers.appscale.spec import ROLES, AppScaleSettings
 
 H, W1, W2, W3 = "192.0.2.30", "192.0.2.33", "192.0.2.34", "192.0.2.35"
 #: Every role a manifest may give a node, in the type's order.
 MANIFEST_ROLES = tuple(r.name for r in ROLES)
-
-
-@dataclass(frozen=True)
-class Spot:
-    """A node as the layout hook sees it."""
-
-    address: str
-    roles: tuple[str, ...]
 
 
 def sets(*entries: tuple[list[str], list[str]]) -> list[dict[str, Any]]:
@@ -47,13 +39,13 @@ def same(a: str | None, b: str | None) -> bool:
 
 #: The thesis's default deployment (one head, two workers), in the roles appscale-tools
 #: 3.8.1 gives its own default cluster layout (`NodeLayout.generate_cloud_layout`).
-THESIS_DEFAULT = (Spot(H, ("zookeeper", "database", "master", "taskqueue", "memcache")),
-                  Spot(W1, ("database", "taskqueue", "memcache", "compute")),
-                  Spot(W2, ("database", "taskqueue", "memcache", "compute")))
+THESIS_DEFAULT = (LayoutNode(H, ("zookeeper", "database", "master", "taskqueue", "memcache")),
+                  LayoutNode(W1, ("database", "taskqueue", "memcache", "compute")),
+                  LayoutNode(W2, ("database", "taskqueue", "memcache", "compute")))
 #: The thesis's custom deployment: master, database, zookeeper and memcache on one VM,
 #: compute on two.
-THESIS_CUSTOM = (Spot(H, ("zookeeper", "database", "master", "memcache")),
-                 Spot(W1, ("compute",)), Spot(W2, ("compute",)))
+THESIS_CUSTOM = (LayoutNode(H, ("zookeeper", "database", "master", "memcache")),
+                 LayoutNode(W1, ("compute",)), LayoutNode(W2, ("compute",)))
 
 ACCEPTED = {
     "the tools' own single-node example": (sets((["master", "compute", "database",
@@ -122,7 +114,7 @@ def test_both_refuse_with_the_tools_sentence(appscale_parser: Any, name: str) ->
 
 @pytest.mark.parametrize("nodes", [THESIS_DEFAULT, THESIS_CUSTOM], ids=["default", "custom"])
 def test_the_thesis_layouts_are_written_as_the_tools_take_them(
-        appscale_parser: Any, nodes: tuple[Spot, ...]) -> None:
+        appscale_parser: Any, nodes: tuple[LayoutNode, ...]) -> None:
     written = [s.as_yaml() for s in layout.ips_layout(nodes)]
     assert written[1:] == [{"roles": list(nodes[1].roles), "nodes": [W1, W2]}]
     appscale_parser.warned.clear()
@@ -132,21 +124,21 @@ def test_the_thesis_layouts_are_written_as_the_tools_take_them(
 
 
 def test_the_hook_says_whose_rule_refused(appscale_parser: Any) -> None:
-    nodes = (Spot(H, ("database", "master")),)
+    nodes = (LayoutNode(H, ("database", "master")),)
     reason = appscale_parser.verdict([s.as_yaml() for s in layout.ips_layout(nodes)])
     assert reason == "Need to specify at least one compute node."
     assert layout.layout_check(AppScaleSettings(admin_password_ref="a"), nodes) == (
         "AppScale (appscale-tools 3.8.1) refuses this layout: Need to specify at least one "
         "compute node.")
     two = AppScaleSettings(admin_password_ref="a", replication=2)
-    assert layout.layout_check(two, (Spot(H, ("database", "master", "compute")),)) == (
+    assert layout.layout_check(two, (LayoutNode(H, ("database", "master", "compute")),)) == (
         "AppScale (appscale-tools 3.8.1) refuses this layout: Replication factor cannot "
         "exceed # of databases.")
 
 
 def test_appengine_is_written_as_compute(appscale_parser: Any) -> None:
-    nodes = (Spot(H, ("database", "master")), Spot(W1, ("compute", "appengine")),
-             Spot(W2, ("appengine",)))
+    nodes = (LayoutNode(H, ("database", "master")), LayoutNode(W1, ("compute", "appengine")),
+             LayoutNode(W2, ("appengine",)))
     assert layout.ips_layout(nodes) == (layout.NodeSet(("database", "master"), (H,)),
                                         layout.NodeSet(("compute",), (W1, W2)))
 
@@ -164,10 +156,11 @@ ROLE_SETS = [c for n in range(1, len(MANIFEST_ROLES) + 1)
 
 def test_every_role_set_a_node_may_hold(appscale_parser: Any) -> None:
     """Each of the 2047 role sets on a node of its own, and as the workers beside a head."""
-    head = Spot(H, ("zookeeper", "database", "master"))
+    head = LayoutNode(H, ("zookeeper", "database", "master"))
     accepted = 0
     for roles in ROLE_SETS:
-        for nodes in ((Spot(H, roles),), (head, Spot(W1, roles), Spot(W2, roles))):
+        workers = (LayoutNode(W1, roles), LayoutNode(W2, roles))
+        for nodes in ((LayoutNode(H, roles),), (head, *workers)):
             written = [s.as_yaml() for s in layout.ips_layout(nodes)]
             theirs = appscale_parser.verdict(written)
             assert same(theirs, ours(written)), (nodes, theirs)
@@ -206,11 +199,11 @@ def test_any_list_form_gets_the_tools_verdict(appscale_parser: Any,
 
 
 @st.composite
-def clouds(draw: st.DrawFn) -> tuple[tuple[Spot, ...], int | None]:
+def clouds(draw: st.DrawFn) -> tuple[tuple[LayoutNode, ...], int | None]:
     """What a manifest can declare: distinct IPv4 addresses, each with a set of the type's
     roles (one node per address)."""
     count = draw(st.integers(min_value=1, max_value=6))
-    nodes = tuple(Spot(f"192.0.2.{10 + i}", tuple(draw(st.sets(
+    nodes = tuple(LayoutNode(f"192.0.2.{10 + i}", tuple(draw(st.sets(
         st.sampled_from(MANIFEST_ROLES), min_size=1, max_size=5)))) for i in range(count))
     return nodes, draw(st.none() | st.integers(min_value=1, max_value=4))
 
@@ -218,7 +211,7 @@ def clouds(draw: st.DrawFn) -> tuple[tuple[Spot, ...], int | None]:
 @settings(max_examples=600, deadline=None)
 @given(clouds())
 def test_any_cloud_gets_the_tools_verdict(appscale_parser: Any,
-                                          drawn: tuple[tuple[Spot, ...], int | None]) -> None:
+                                          drawn: tuple[tuple[LayoutNode, ...], int | None]) -> None:
     nodes, replication = drawn
     written = [s.as_yaml() for s in layout.ips_layout(nodes)]
     theirs = appscale_parser.verdict(written, replication)
