@@ -21,9 +21,11 @@ type: appscale
 domain_template: t.xml
 pool: [{name: pm1, address: 192.0.2.70}]
 roles:
-  controller: [{address: 192.0.2.10, image: /a}]
-  servers: [{address: 192.0.2.11, image: /b}]
+  master: [{address: 192.0.2.10, image: /a}]
+  database: [{address: 192.0.2.10}]
+  compute: [{address: 192.0.2.11, image: /b}]
 """
+ADMIN = "settings: {admin_password_ref: admin}\nsecrets: {admin: {file: admin}}\n"
 
 
 def load(tmp_path: Path, text: str) -> Cloud:
@@ -35,26 +37,27 @@ def load(tmp_path: Path, text: str) -> Cloud:
 
 
 def test_an_appscale_deployments_key_is_made_for_every_node(tmp_path: Path) -> None:
-    cloud = load(tmp_path, APPSCALE + "settings: {admin_password_ref: admin}\n"
-                                      "secrets: {admin: {file: admin}}\n")
+    cloud = load(tmp_path, APPSCALE + ADMIN)
     assert cloud.generated == (SECRET_KEY,)
-    assert dict(cloud.role_secrets) == {
-        "controller": ("secret.key", "admin"), "servers": ("secret.key",)}
+    assert dict(cloud.role_secrets) == {"database": ("secret.key",),
+                                        "master": ("secret.key", "admin"),
+                                        "compute": ("secret.key",)}
 
 
 def test_a_declared_secret_of_that_name_is_the_operators(tmp_path: Path) -> None:
-    cloud = load(tmp_path, APPSCALE + "secrets: {secret.key: {file: key}}\n")
+    cloud = load(tmp_path, APPSCALE + "settings: {admin_password_ref: admin}\n"
+                                      "secrets: {admin: {file: admin}, secret.key: {file: key}}\n")
     assert cloud.generated == ()
     assert cloud.secrets["secret.key"].value == b"mine"
 
 
 def test_a_type_that_makes_none_makes_none(tmp_path: Path) -> None:
     (tmp_path / "web.xml").write_text("<domain/>")
-    cloud = load(tmp_path, APPSCALE.replace("type: appscale", "type: web").replace(
-        "  controller: [{address: 192.0.2.10, image: /a}]\n  servers: [{address: 192.0.2.11, "
-        "image: /b}]\n", "  database: [{address: 192.0.2.10, image: /a}]\n"
-        "  server: [{address: 192.0.2.11, image: /b}]\n"
-        "  balancer: [{address: 192.0.2.12, image: /c}]\n"))
+    head = APPSCALE.split("roles:")[0].replace("type: appscale", "type: web")
+    cloud = load(tmp_path, head + "roles:\n"
+                 "  database: [{address: 192.0.2.10, image: /a}]\n"
+                 "  server: [{address: 192.0.2.11, image: /b}]\n"
+                 "  balancer: [{address: 192.0.2.12, image: /c}]\n")
     assert cloud.generated == () and cloud.hosts_file is False
 
 

@@ -109,23 +109,31 @@ def test_node_problems(tmp_path: Path, body: str, expected: str) -> None:
     assert refusal(manifest(tmp_path, body)) == [expected]
 
 
-def test_appscale_layouts_choose_the_roles(tmp_path: Path) -> None:
-    default = manifest(tmp_path, "roles:\n  controller: [{address: 192.0.2.10, image: /a}]\n",
-                       "appscale")
-    assert load_cloud(default, CATALOG).roles == ("controller",)
-    custom_missing = manifest(tmp_path, "roles:\n  master: [{address: 192.0.2.10, image: /a}]\n"
-                              "settings: {layout: custom}\n", "appscale")
-    assert refusal(custom_missing) == [
-        "9:1: roles.zookeeper: missing role 'zookeeper': type appscale needs at least 1 "
-        "zookeeper node",
-        "9:1: roles.database: missing role 'database': type appscale needs at least 1 "
-        "database node",
-        "9:1: roles.appengine: missing role 'appengine': type appscale needs at least 1 "
-        "appengine node"]
+def test_a_layout_setting_chooses_the_roles(tmp_path: Path) -> None:
+    class Shaped(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        layout: str = "small"
+
+    catalog = {"shaped": TypeSpec("shaped", Shaped, layout_field="layout", layouts={
+        "small": (RoleSpec("controller", max_nodes=1),
+                  RoleSpec("servers", min_nodes=0, required=False)),
+        "large": (RoleSpec("zookeeper"), RoleSpec("master", max_nodes=1))})}
+    small = manifest(tmp_path, "roles:\n  controller: [{address: 192.0.2.10, image: /a}]\n",
+                     "shaped")
+    assert load_cloud(small, catalog).roles == ("controller",)
+    missing = manifest(tmp_path, "roles:\n  master: [{address: 192.0.2.10, image: /a}]\n"
+                       "settings: {layout: large}\n", "shaped")
+    with pytest.raises(ConfigError) as info:
+        load_cloud(missing, catalog)
+    assert [str(p).removeprefix(f"{missing}:") for p in info.value.problems] == [
+        "9:1: roles.zookeeper: missing role 'zookeeper': type shaped needs at least 1 "
+        "zookeeper node"]
     wrong = manifest(tmp_path, "roles:\n  controller: [{address: 192.0.2.10, image: /a}]\n"
-                     "settings: {layout: custom}\n", "appscale")
-    assert refusal(wrong)[0].startswith("10:3: roles.controller: unknown role 'controller' "
-                                        "for type appscale")
+                     "settings: {layout: large}\n", "shaped")
+    with pytest.raises(ConfigError) as info:
+        load_cloud(wrong, catalog)
+    assert str(info.value.problems[0]).removeprefix(f"{wrong}:").startswith(
+        "10:3: roles.controller: unknown role 'controller' for type shaped")
 
 
 def test_catalog_is_an_argument(tmp_path: Path) -> None:

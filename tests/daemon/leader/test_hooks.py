@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
 from cloudd.backoff import Backoff
+from cloudd.config.catalog import RoleSpec, TypeSpec
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import FakeClock
@@ -22,14 +24,22 @@ from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.network.catalogue import NodeActed, NodeAction
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.base import ACT_ANSWER_LIMIT, ClusterView, Finding, Provider, Role
-from cloudd.providers.catalog import CATALOG
 from cloudd.providers.registry import Registry
+
+
+class NoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: A type of the test's own, which only the test's provider claims.
+TYPES = {"hooked": TypeSpec("hooked", NoSettings, roles=(
+    RoleSpec("controller", max_nodes=1), RoleSpec("servers", min_nodes=0, required=False)))}
 
 MANIFEST = """\
 apiVersion: cloudd/v1
 kind: Cloud
 name: batch
-type: appscale
+type: hooked
 domain_template: t.xml
 pool:
   - {name: pm1, address: 192.0.2.70}
@@ -55,7 +65,7 @@ class Batch(Provider):
     """Registers the servers on the controller through `ask`; its monitor reports what the
     controller lists, as a scheduler's view of each server."""
 
-    cloud_type = "appscale"
+    cloud_type = "hooked"
     roles: Mapping[str, Role] = {"controller": Controller(), "servers": Servers()}
 
     def __init__(self) -> None:
@@ -108,7 +118,7 @@ class Rig:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     (tmp_path / "t.xml").write_text("<domain/>")
     (tmp_path / "batch.yaml").write_text(MANIFEST)
-    cloud = load_cloud(tmp_path / "batch.yaml", CATALOG)
+    cloud = load_cloud(tmp_path / "batch.yaml", TYPES)
     holder: dict[str, Any] = {"cloud": cloud, "term": 4, "healthy": {"head", "c1", "c2"},
                               "answer": None, "released": 0}
     asked: list[tuple[str, Any]] = []
