@@ -1,5 +1,6 @@
 """A tiny provider for the provider hooks' real test, registered only in that test's agents
-(`hooks_agent.py`), under the `appscale` type (which has no provider of its own yet).
+(`hooks_agent.py`), under the `appscale` type's name, with roles of its own (`SPEC`, which
+those agents' catalog holds in place of the appscale type's).
 
 The controller keeps a registry of server nodes in a file of its node root, as a batch head
 keeps its scheduler's nodes: `register` replaces it, `list` answers each registered node's
@@ -17,8 +18,20 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
+from cloudd.config.catalog import RoleSpec, TypeSpec
 from cloudd.errors import TemporaryError
 from cloudd.providers.base import Assignment, ClusterView, Finding, Provider, Role
+
+
+class NoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: The test's type: one controller, any number of servers.
+SPEC = TypeSpec("appscale", NoSettings, roles=(
+    RoleSpec("controller", max_nodes=1), RoleSpec("servers", min_nodes=0, required=False)))
 
 REGISTRY = "registered.json"
 DRAINED = "drained.json"

@@ -4,7 +4,7 @@
   --prefix`), once: the second converge runs nothing, and a user of another uid is refused;
 - a hosts file that is a mount point (a container's, a test node's) is rewritten in place;
 - a secret the leader makes (an AppScale deployment's secret key, its manifest declaring
-  none): three pool hosts in network namespaces, the controller node's agent (no AppScale
+  none): three pool hosts in network namespaces, the database node's agent (no AppScale
   provider runs it: its converge stops after what every node gets); the key reaches the
   node's secrets folder (0600), every pool host's record holds it, no log and no `inspect` or
   `history` shows it, and after the leader is killed the new leader hands out the same one.
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.netns
 
 PREFIX, SUBNET = "h22n", "10.239.41.0/24"
 HOSTS = ["pm1", "pm2", "pm3"]
-NODE = "lab-controller-1"
+NODE = "lab-database-1"
 SECRET = "secret.key"
 #: generous bound on every wait (the machine is shared)
 BOUND = 90.0
@@ -108,12 +108,24 @@ def test_a_bind_mounted_hosts_file_is_rewritten_in_place(tmp_path: Path) -> None
 
 
 # -- a secret the leader makes, through real agents -----------------------------------------
+class AppScaleLab(AgentLab):
+    """The administrator's password the appscale type asks for, as a secret file of the lab."""
+
+    def manifest_extra(self) -> str:
+        return ("settings: {admin_password_ref: admin}\n"
+                f"secrets: {{admin: {{file: {self.root / 'admin'}}}}}\n")
+
+
 @pytest.fixture
 def lab() -> Iterator[AgentLab]:
-    # The controller is the first role: assigned as soon as its agent is alive and the leader
-    # has made the key it needs.
-    with AgentLab(PREFIX, hosts=3, subnet=SUBNET, cloud_type="appscale",
-                  nodes={"controller": 1, "servers": 1}, agent_nodes=(NODE,)) as lab:
+    # The database is the first role of this layout: its node is assigned as soon as its agent
+    # is alive and the leader has made the key it needs (only the master's node would also
+    # get the administrator's password).
+    with AppScaleLab(PREFIX, hosts=3, subnet=SUBNET, cloud_type="appscale",
+                     nodes={"database": 1, "master": 1, "compute": 1},
+                     agent_nodes=(NODE,)) as lab:
+        (lab.root / "admin").write_text("lab-admin-password\n")
+        (lab.root / "admin").chmod(0o600)
         yield lab
 
 
