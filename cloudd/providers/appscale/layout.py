@@ -12,11 +12,15 @@ from their source distribution.
 `check(sets, replication=...)` applies the rules to any list form; `layout_check` is the
 type's hook for the manifest loader.
 
-Two things the tools allow are refused here on purpose, because no manifest can write them
-and the tools' handling of them is broken: the roles the AppController assigns itself
-(`shadow`, `db_master`, `db_slave`, `taskqueue_master`, `taskqueue_slave`; given without a
-`master` the tools fail with an AttributeError) are not roles here, and are refused as
-AppScale refuses any unknown role.
+One thing the tools allow is refused here on purpose, because no manifest can write it and
+the tools' handling of it is broken: the roles the AppController assigns itself (`shadow`,
+`db_master`, `db_slave`, `taskqueue_master`, `taskqueue_slave`; `shadow` without a `master`
+makes the tools fail with an AttributeError) are not roles here, and are refused as AppScale
+refuses any unknown role.
+
+Where the tools' order of checks depends on Python's dict order (a layout with neither a
+compute node nor a master), this follows the tools' source order, as Python 3 runs it; a
+manifest never reaches that case, since cloudd itself requires one master.
 """
 
 from __future__ import annotations
