@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cloudd.config.catalog import LayoutNode
 from cloudd.errors import PermanentError
-from cloudd.providers.appscale import appscalefile, layout
+from cloudd.providers.appscale import appscalefile, layout, tools
 from cloudd.providers.appscale.spec import AppScaleSettings
 
 H, W1, W2 = "192.0.2.30", "192.0.2.33", "192.0.2.34"
@@ -116,3 +116,8 @@ def test_a_layout_the_tools_refuse_is_never_written() -> None:
         appscalefile.render((LayoutNode(H, ("database", "master")),), SETTINGS,
                             password=b"s3cret-pass")
     assert str(err.value) == layout.PREFIX + "Need to specify at least one compute node."
+
+
+def test_the_driver_finds_nothing_that_would_prompt() -> None:
+    text = appscalefile.render(CUSTOM, SETTINGS, password=b"s3cret-pass")
+    assert tools.interactive_gaps(text) is None
