@@ -18,6 +18,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "cloudd.providers.web.provider",
     "cloudd.providers.slurm.provider",
     "cloudd.providers.torque.provider",
+    "cloudd.providers.appscale.provider",
 )
 
 

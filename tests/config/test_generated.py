@@ -11,6 +11,7 @@ from cloudd.config.catalog import GeneratedSecret
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.providers.appscale.spec import SECRET_KEY
+from cloudd.providers.appscale.sshtrust import CLIENT_SEED, HOST_SEED
 from cloudd.providers.catalog import CATALOG
 
 APPSCALE = """\
@@ -38,16 +39,16 @@ def load(tmp_path: Path, text: str) -> Cloud:
 
 def test_an_appscale_deployments_key_is_made_for_every_node(tmp_path: Path) -> None:
     cloud = load(tmp_path, APPSCALE + ADMIN)
-    assert cloud.generated == (SECRET_KEY,)
-    assert dict(cloud.role_secrets) == {"database": ("secret.key",),
-                                        "master": ("secret.key", "admin"),
-                                        "compute": ("secret.key",)}
+    assert cloud.generated == (SECRET_KEY, CLIENT_SEED, HOST_SEED)
+    node = ("secret.key", "ssh-host.seed")
+    assert dict(cloud.role_secrets) == {"database": node, "compute": node,
+                                        "master": (*node, "ssh-client.seed", "admin")}
 
 
 def test_a_declared_secret_of_that_name_is_the_operators(tmp_path: Path) -> None:
     cloud = load(tmp_path, APPSCALE + "settings: {admin_password_ref: admin}\n"
                                       "secrets: {admin: {file: admin}, secret.key: {file: key}}\n")
-    assert cloud.generated == ()
+    assert cloud.generated == (CLIENT_SEED, HOST_SEED)
     assert cloud.secrets["secret.key"].value == b"mine"
 
 

@@ -165,6 +165,19 @@ def test_registry() -> None:
     assert empty.types() == ()
 
 
+def test_every_type_the_validator_accepts_has_a_provider_whose_roles_it_knows() -> None:
+    """The catalog (what `validate` accepts) and the registry (what agents run) name the
+    same types, and each provider has a role for every role its type's manifest may list."""
+    from cloudd.providers.catalog import CATALOG
+
+    registry = default_registry()
+    assert set(CATALOG) == set(registry.types()) == {"appscale", "slurm", "torque", "web"}
+    for name, spec in CATALOG.items():
+        provider = registry.get(name)
+        assert provider.cloud_type == name
+        assert {r.name for r in spec.roles} == set(provider.roles), name
+
+
 async def test_packages_already_installed_run_no_apt() -> None:
     # nginx and mariadb-server are installed on this machine (make setup); `false` as apt-get
     # would fail the call if it were run.

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
 from cloudd.providers.appscale.layout import layout_check
+from cloudd.providers.appscale.sshtrust import CLIENT_SEED, HOST_SEED
 
 #: AppScale's own test for an e-mail address (appscale-tools' `get_username_from_stdin`),
 #: without white space, which would not survive the tools' command line.
@@ -39,6 +40,14 @@ class AppScaleSettings(BaseModel):
     """The deployment's name to the AppScale tools (their `keyname` and `group`: the key
     `~/.appscale/<keyname>.key`, the state `~/.appscale/locations-<keyname>.json`). The
     default is the tools' own default keyname."""
+    tools: str = Field(default="/usr/local/bin/appscale", pattern=r"^/")
+    """The AppScale tools' `appscale` executable on the master (appscale-tools 3.8.1; Python 2
+    code, which Debian 12 does not carry: the operator installs it). Missing or not
+    executable: the master's runs are refused with its path."""
+    sshd_reload: list[str] = Field(default=["systemctl", "reload", "ssh.service"],
+                                   min_length=1)
+    """The command that makes the node's sshd read the deployment's host key and drop-in
+    once cloudd wrote them (Debian's ssh unit by default)."""
     replication: int | None = Field(default=None, ge=1)
     """Copies of each datastore row; None leaves AppScale's default (every database node,
     at most 3). AppScale refuses more than the database nodes (see `layout.py`)."""
@@ -74,11 +83,12 @@ SECRET_KEY = GeneratedSecret("secret.key", size=24, text=True)
 
 
 def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
-    """Every node holds the deployment's secret key; only the master writes the
-    AppScalefile, so only it gets the administrator's password."""
+    """Every node holds the deployment's secret key and its sshd host key's seed; only the
+    master writes the AppScalefile and logs into the others, so only it gets the
+    administrator's password and the seed of the key it logs in with."""
     assert isinstance(settings, AppScaleSettings)
-    admin = (settings.admin_password_ref,) if role == ADMIN_ROLE else ()
-    return (SECRET_KEY.name, *admin)
+    admin = ((CLIENT_SEED.name, settings.admin_password_ref) if role == ADMIN_ROLE else ())
+    return (SECRET_KEY.name, HOST_SEED.name, *admin)
 
 
 SPEC = TypeSpec(
@@ -86,6 +96,8 @@ SPEC = TypeSpec(
     settings_model=AppScaleSettings,
     roles=ROLES,
     role_secrets=role_secrets,
-    generated_secrets=(SECRET_KEY,),
+    generated_secrets=(SECRET_KEY, CLIENT_SEED, HOST_SEED),
     layout_check=layout_check,
+    # AppScale's nodes find each other by name as well as address
+    hosts_file=True,
 )

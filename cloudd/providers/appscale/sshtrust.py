@@ -51,10 +51,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cloudd.config.catalog import GeneratedSecret
 
-#: The seed of the client key the master logs in with (the master role only).
-CLIENT_SEED = GeneratedSecret("ssh-client.seed", size=32)
+#: The seed of the client key the master logs in with (the master role only). As text (the
+#: base64url of its 32 bytes): nodes read their secrets as text.
+CLIENT_SEED = GeneratedSecret("ssh-client.seed", size=32, text=True)
 #: The seed of the deployment's host key (every role).
-HOST_SEED = GeneratedSecret("ssh-host.seed", size=32)
+HOST_SEED = GeneratedSecret("ssh-host.seed", size=32, text=True)
 
 SEED_SIZE = 32
 #: Where the nodes' sshd finds the deployment's host key, and its drop-in.

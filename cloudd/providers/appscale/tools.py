@@ -269,7 +269,9 @@ async def run(command: ToolsCommand, *, output_limit: int = 65536) -> ToolsResul
     return result
 
 
-def _ready(settings: ToolsSettings) -> None:
+def ready(settings: ToolsSettings) -> None:
+    """Refuse, naming it, what would make `up` fail or prompt: the executable, the
+    AppScalefile and its gaps."""
     check_executable(settings.appscale)
     try:
         text = (settings.folder / "AppScalefile").read_text()
@@ -281,7 +283,7 @@ def _ready(settings: ToolsSettings) -> None:
 
 
 async def up(settings: ToolsSettings) -> ToolsResult:
-    _ready(settings)
+    ready(settings)
     return await run(plan(Verb.UP, settings), output_limit=settings.output_limit)
 
 
@@ -298,7 +300,7 @@ async def status(settings: ToolsSettings) -> StatusReport:
 
 async def respawn(settings: ToolsSettings) -> tuple[ToolsResult, ...]:
     """A node of the deployment was respawned: `down`, then `up` (see the module docstring)."""
-    _ready(settings)
+    ready(settings)
     results = []
     for command in respawn_plan(settings):
         results.append(await run(command, output_limit=settings.output_limit))

@@ -45,9 +45,14 @@ def test_the_custom_deployment_holds_four_roles_on_its_head() -> None:
     assert [(n.address, n.roles, n.memory_mib) for n in cloud.nodes] == [
         ("192.0.2.40", (*HEAD, "memcache"), 4096), ("192.0.2.43", ("compute",), 2048),
         ("192.0.2.44", ("compute",), 2048)]
-    # only the master's node receives the administrator's password
-    assert dict(cloud.role_secrets)["master"] == ("secret.key", "admin")
-    assert {s for r, s in cloud.role_secrets.items() if r != "master"} == {("secret.key",)}
+    # only the master's node receives the administrator's password and the seed of the key
+    # it logs into the others with; every node gets the host key's seed
+    assert dict(cloud.role_secrets)["master"] == ("secret.key", "ssh-host.seed",
+                                                  "ssh-client.seed", "admin")
+    assert {s for r, s in cloud.role_secrets.items() if r != "master"} == {
+        ("secret.key", "ssh-host.seed")}
+    assert {g.name for g in cloud.generated} == {"secret.key", "ssh-host.seed",
+                                                 "ssh-client.seed"}
 
 
 @pytest.mark.parametrize("name", ["appscale.yaml", "appscale-custom.yaml"])

@@ -1,0 +1,329 @@
+"""The `appscale` type's provider: the nodes' side of an AppScale deployment, and the AppScale
+tools driven on the master by the leader's hooks.
+
+AppScale's own platform installs and runs its services over SSH from the master (its tools'
+`appscale up`), so cloudd's nodes run none of AppScale's services themselves. What each node
+does (every role, once per node, by its first role):
+- the deployment's sshd host key and drop-in (`sshtrust.node_files`), sshd reloaded when they
+  change (the `sshd_reload` setting's command);
+- root's authorized_keys line for the master's key, which the leader hands it (`trust`: the
+  master's public key, from the master; the private key's seed never leaves the master).
+The master also writes the AppScalefile (`appscalefile.render`, 0600, it holds the password)
+in its deployment folder, and the tools' key and pinned known_hosts in the tools' home; its
+actions start the tools' long runs as detached jobs (`jobs`) and read them, and run
+`appscale status --verbose` (bounded below the action's own bound).
+
+The leader's hooks (`configure`, on any role's change, once every node is healthy): trust on
+every node, then the deployment: `up` when no run left it up, `respawn` (the tools' `down`
+then `up`) when a node went unhealthy since and is back (a respawned VM), nothing while a run
+goes on (a TemporaryError: the hook is tried again after its delay). `monitor` reads the
+tools' status into findings, one per node by address, and the last run's outcome. `stop`
+runs `down` and waits for it, before the domains go.
+
+Kept in this provider's memory only (a new leader starts without it): which nodes went
+unhealthy since the last run. A new leader finds a deployment up and healthy and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cloudd import durable, log
+from cloudd.config.catalog import LayoutNode
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.appscale import appscalefile, jobs, sshtrust, tools
+from cloudd.providers.appscale.spec import ADMIN_ROLE, ROLES, SECRET_KEY, AppScaleSettings
+from cloudd.providers.base import (
+    ACT_WITHIN,
+    Assignment,
+    ClusterView,
+    DirSpec,
+    FileSpec,
+    Finding,
+    Peer,
+    Provider,
+    Rendered,
+    Role,
+    read_secret,
+)
+
+_log = log.get("providers.appscale")
+
+#: Seconds `appscale status` may take inside the master's action (which has ACT_WITHIN).
+STATUS_WITHIN = ACT_WITHIN - 2.0
+#: Seconds between two looks at a run of the tools under way (the hook's retry delay).
+POLL = 10.0
+
+
+def seed(a: Assignment, name: str) -> bytes:
+    """A generated seed (text: base64url of its bytes) as its bytes."""
+    text = read_secret(a, name).decode().strip()
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def settings_of(values: Mapping[str, Any]) -> AppScaleSettings:
+    return AppScaleSettings.model_validate(dict(values))
+
+
+def tools_settings(a: Assignment, *, status: bool = False) -> tools.ToolsSettings:
+    """How the master runs the tools: its deployment folder and the tools' home in its role
+    folder, the executable the settings name, the node's namespaces (tests) before it."""
+    s = settings_of(a.settings)
+    return tools.ToolsSettings(appscale=Path(s.tools), folder=a.root / "deployment",
+                               home=a.root / "home", prefix=a.exec_prefix,
+                               status_within=STATUS_WITHIN if status else 120.0)
+
+
+class AppScaleRole(Role):
+    """One role of AppScale's ips_layout. The node's files come from its first role; the
+    master's from the master role."""
+
+    actions = {"trust": ("public", "master")}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def secrets(self, a: Assignment) -> tuple[str, ...]:
+        names = [SECRET_KEY.name, sshtrust.HOST_SEED.name]
+        if a.role == ADMIN_ROLE:
+            names += [sshtrust.CLIENT_SEED.name, settings_of(a.settings).admin_password_ref]
+        return tuple(names)
+
+    def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
+        files: list[FileSpec] = []
+        dirs: list[DirSpec] = []
+        host = _decode(secrets[sshtrust.HOST_SEED.name])
+        if a.role == a.roles[0]:
+            files += (FileSpec(Path(f.path), f.text, f.mode)
+                      for f in sshtrust.node_files(host, cloud=a.cloud))
+        if a.role == ADMIN_ROLE:
+            s = settings_of(a.settings)
+            home = a.root / "home"
+            dirs += [DirSpec(a.root / "deployment", 0o700), DirSpec(home, 0o700),
+                     DirSpec(home / ".appscale", 0o700)]
+            nodes = _deployment(a)
+            text = appscalefile.render(
+                [LayoutNode(str(p.address), p.roles or (p.role,)) for p in nodes], s,
+                password=secrets[s.admin_password_ref].encode())
+            files.append(FileSpec(a.root / "deployment" / appscalefile.NAME, text, 0o600))
+            client = _decode(secrets[sshtrust.CLIENT_SEED.name])
+            files += (FileSpec(Path(f.path), f.text, f.mode) for f in sshtrust.master_files(
+                client, host, cloud=a.cloud, keyname=s.keyname, home=PurePosixPath(home),
+                nodes=[sshtrust.TrustNode(str(p.address), p.node) for p in nodes]))
+        return Rendered(dirs=tuple(dirs), files=tuple(files))
+
+    async def prepare(self, a: Assignment) -> None:
+        """sshd reloaded once its host key or drop-in changed (a stamp of them in the role
+        folder); a failed reload is said and tried again at the next converge."""
+        if a.role != a.roles[0]:
+            return
+        files = sshtrust.node_files(seed(a, sshtrust.HOST_SEED.name), cloud=a.cloud)
+        stamp = hashlib.sha256("".join(f.text for f in files).encode()).hexdigest()
+        mark = a.root / "sshd.stamp"
+        if mark.exists() and mark.read_text() == stamp:
+            return
+        argv = (*a.exec_prefix, *settings_of(a.settings).sshd_reload)
+        code, out = await _run(argv)
+        if code != 0:
+            _log.warning("appscale_sshd_reload_failed", node=a.node, code=code,
+                         reason=out.strip()[-200:])
+            return
+        a.root.mkdir(parents=True, exist_ok=True)
+        durable.write_durable(mark, stamp, mode=0o600)
+
+    async def act(self, a: Assignment, action: str,
+                  args: Mapping[str, str]) -> Mapping[str, str]:
+        if action == "trust":
+            try:
+                line = sshtrust.authorized_keys_line(args["public"], master=args["master"])
+            except ValueError as exc:
+                raise PermanentError(str(exc)) from None
+            return {"changed": str(_trust(Path(sshtrust.AUTHORIZED_KEYS_PATH), line)).lower()}
+        raise PermanentError(f"role {self.name} has no action {action!r}")
+
+
+def _trust(path: Path, line: str) -> bool:
+    """Root's authorized_keys with the master's line merged in; whether it changed."""
+    old = path.read_text() if path.exists() else ""
+    new = sshtrust.merge_authorized_keys(old, line)
+    if new != old:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        durable.write_durable(path, new, mode=0o600)
+    return new != old
+
+
+class MasterRole(AppScaleRole):
+    """The master: the AppScalefile, the tools' key, and the tools' runs."""
+
+    actions = {"trust": ("public", "master"), "pubkey": (), "start": ("verb",),
+               "result": (), "status": ()}
+
+    async def act(self, a: Assignment, action: str,
+                  args: Mapping[str, str]) -> Mapping[str, str]:
+        if action == "pubkey":
+            client = sshtrust.client_key(seed(a, sshtrust.CLIENT_SEED.name), cloud=a.cloud)
+            return {"public": client.public_line}
+        folder = a.root / "deployment"
+        if action == "result":
+            return jobs.read(folder).pairs()
+        if action == "start":
+            return _start(a, args["verb"]).pairs()
+        if action == "status":
+            report = await tools.status(tools_settings(a, status=True))
+            out = {"summary": report.summary.value}
+            for fact in report.nodes:
+                out[f"node {fact.address}"] = f"{fact.state.value} {','.join(fact.roles)}"
+            return out
+        return await super().act(a, action, args)
+
+
+def _start(a: Assignment, verb: str) -> jobs.JobView:
+    try:
+        which = jobs.Run(verb)
+    except ValueError:
+        raise PermanentError(f"no AppScale run {verb!r} (runs: up, down, respawn)") from None
+    settings = tools_settings(a)
+    tools.check_executable(settings.appscale)
+    commands: tuple[tools.ToolsCommand, ...]
+    if which is jobs.Run.DOWN:
+        commands = (tools.plan(tools.Verb.DOWN, settings),)
+    elif which is jobs.Run.UP:
+        commands = (tools.plan(tools.Verb.UP, settings),)
+    else:
+        commands = tools.respawn_plan(settings)
+    if which is not jobs.Run.DOWN:
+        tools.ready(settings)
+    view = jobs.start(settings.folder, which, commands,
+                      must=tuple(c.must_succeed for c in commands),
+                      env=tools.environment(settings))
+    _log.info("appscale_run_started", node=a.node, verb=view.verb, state=view.state.value)
+    return view
+
+
+def _decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _deployment(a: Assignment) -> tuple[Peer, ...]:
+    """Every node of the deployment (this one and its peers), once each."""
+    me = Peer(a.node, a.role, a.address, True, a.roles)
+    return (me, *(p for p in a.peers if p.node != a.node))
+
+
+async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=ACT_WITHIN)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, f"{argv[0]} ran past {ACT_WITHIN:g}s"
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+class AppScaleProvider(Provider):
+    cloud_type = "appscale"
+    roles = {r.name: (MasterRole(r.name) if r.name == ADMIN_ROLE else AppScaleRole(r.name))
+             for r in ROLES}
+
+    def __init__(self) -> None:
+        #: cloud -> nodes seen unhealthy since the last run of the tools started
+        self._lost: dict[str, set[str]] = {}
+
+    async def configure(self, cluster: ClusterView, role: str) -> None:
+        self.role(role)
+        nodes = _nodes(cluster)
+        lost = self._lost.setdefault(cluster.cloud, set())
+        sick = sorted(n.node for n in nodes.values() if not n.healthy)
+        lost.update(sick)
+        if sick:
+            return  # called again when their health changes
+        master = _master(cluster)
+        public = (await cluster.ask(master.node, "pubkey", {}))["public"]
+        for name in nodes:
+            await cluster.ask(name, "trust", {"public": public, "master": str(master.address)})
+        view = _view(await cluster.ask(master.node, "result", {}))
+        if view.state is jobs.JobState.RUNNING:
+            raise TemporaryError(f"appscale {view.verb} runs on {master.node}", delay=POLL)
+        if not view.deployed:
+            verb = "up"
+        elif lost:
+            verb = "respawn"
+        else:
+            return
+        if view.state in (jobs.JobState.FAILED, jobs.JobState.LOST):
+            _log.warning("appscale_run_failed", cloud=cluster.cloud, verb=view.verb,
+                         reason=view.message)
+        started = _view(await cluster.ask(master.node, "start", {"verb": verb}))
+        why = f" (back: {', '.join(sorted(lost))})" if verb == "respawn" else ""
+        lost.clear()
+        raise TemporaryError(f"appscale {started.verb} started on {master.node}{why}",
+                             delay=POLL)
+
+    async def monitor(self, cluster: ClusterView) -> tuple[Finding, ...]:
+        masters = [p for p in cluster.of(ADMIN_ROLE) if p.healthy]
+        if not masters:
+            return (Finding("appscale", False, "no healthy master to ask"),)
+        master = masters[0]
+        view = _view(await cluster.ask(master.node, "result", {}))
+        found = [Finding("appscale-run", view.state is not jobs.JobState.FAILED,
+                         f"appscale {view.verb or 'up'}: {view.state.value}"
+                         + (f": {view.message}" if view.message else ""), node=master.node)]
+        if not view.deployed:
+            return tuple(found)
+        answer = await cluster.ask(master.node, "status", {})
+        by_address = {str(p.address): p.node for p in _nodes(cluster).values()}
+        for key, value in sorted(answer.items()):
+            if not key.startswith("node "):
+                continue
+            address = key.removeprefix("node ")
+            state = value.split(" ", 1)[0]
+            found.append(Finding("appscale", state == tools.NodeState.LOADED.value,
+                                 f"AppScale says {value}", node=by_address.get(address, ""),
+                                 state=state))
+        return tuple(found)
+
+    async def stop(self, cluster: ClusterView) -> None:
+        master = _master(cluster)
+        view = _view(await cluster.ask(master.node, "result", {}))
+        if view.state is jobs.JobState.RUNNING:
+            raise TemporaryError(f"appscale {view.verb} runs on {master.node}", delay=POLL)
+        if view.verb == jobs.Run.DOWN and view.state is jobs.JobState.DONE:
+            return
+        if view.state is jobs.JobState.NONE:
+            return  # never started
+        await cluster.ask(master.node, "start", {"verb": "down"})
+        raise TemporaryError(f"appscale down started on {master.node}", delay=POLL)
+
+
+def _nodes(cluster: ClusterView) -> dict[str, Peer]:
+    """Each node of the cluster once (a node of several roles is listed per role)."""
+    out: dict[str, Peer] = {}
+    for p in cluster.nodes:
+        out.setdefault(p.node, p)
+    return out
+
+
+def _master(cluster: ClusterView) -> Peer:
+    masters = cluster.of(ADMIN_ROLE)
+    if not masters or not masters[0].healthy:
+        raise TemporaryError("the AppScale master is not healthy yet", delay=POLL)
+    return masters[0]
+
+
+def _view(pairs: Mapping[str, str]) -> jobs.JobView:
+    try:
+        return jobs.JobView(pairs.get("verb", ""), jobs.JobState(pairs.get("state", "")),
+                            pairs.get("message", ""))
+    except ValueError:
+        raise TemporaryError(f"the master answered no run state: {dict(pairs)}") from None
+
+
+PROVIDER = AppScaleProvider()

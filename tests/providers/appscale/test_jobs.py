@@ -1,0 +1,74 @@
+"""The master's detached runs of the AppScale tools: real shells, short commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cloudd.providers.appscale import jobs
+from cloudd.providers.appscale.tools import ToolsCommand, Verb
+
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def command(tmp_path: Path, shell: str, *, within: float = 30.0,
+            must: bool = True) -> ToolsCommand:
+    return ToolsCommand(verb=Verb.UP, argv=("/bin/sh", "-c", shell), cwd=tmp_path, env=ENV,
+                        within=within, must_succeed=must)
+
+
+def settle(folder: Path) -> jobs.JobView:
+    end = time.monotonic() + 30
+    while (view := jobs.read(folder)).state is jobs.JobState.RUNNING:
+        assert time.monotonic() < end, "the job never ended"
+        time.sleep(0.05)
+    return view
+
+
+def test_no_job_yet_reads_none(tmp_path: Path) -> None:
+    assert jobs.read(tmp_path) == jobs.JobView("", jobs.JobState.NONE)
+
+
+def test_a_job_runs_detached_and_its_last_line_is_kept(tmp_path: Path) -> None:
+    first = command(tmp_path, "echo starting; sleep 0.3; echo AppScale successfully started!")
+    view = jobs.start(tmp_path, jobs.Run.UP, (first,), must=(True,), env=ENV)
+    assert view.state is jobs.JobState.RUNNING
+    again = jobs.start(tmp_path, jobs.Run.DOWN, (first,), must=(True,), env=ENV)
+    assert (again.verb, again.state) == ("up", jobs.JobState.RUNNING)  # one job at a time
+    done = settle(tmp_path)
+    assert done == jobs.JobView("up", jobs.JobState.DONE, "AppScale successfully started!")
+    assert done.deployed
+    assert (tmp_path / jobs.FOLDER / "out").stat().st_mode & 0o077 == 0
+
+
+def test_a_failed_run_says_its_status_and_the_tools_last_line(tmp_path: Path) -> None:
+    jobs.start(tmp_path, jobs.Run.UP, (command(tmp_path, "echo AppScale is already "
+                                                          "running; exit 3"),),
+               must=(True,), env=ENV)
+    assert settle(tmp_path) == jobs.JobView(
+        "up", jobs.JobState.FAILED, "appscale up exited with 3: AppScale is already running")
+
+
+def test_a_run_past_its_bound_is_killed_and_failed(tmp_path: Path) -> None:
+    jobs.start(tmp_path, jobs.Run.DOWN, (command(tmp_path, "sleep 30", within=0.3),),
+               must=(True,), env=ENV)
+    view = settle(tmp_path)
+    assert view.state is jobs.JobState.FAILED and "ran past its bound" in view.message
+    assert not view.deployed
+
+
+def test_a_respawn_goes_on_to_up_when_down_fails(tmp_path: Path) -> None:
+    down = command(tmp_path, "echo node gone; exit 1", must=False)
+    up = command(tmp_path, "echo up again")
+    jobs.start(tmp_path, jobs.Run.RESPAWN, (down, up), must=(False, True), env=ENV)
+    assert settle(tmp_path) == jobs.JobView("respawn", jobs.JobState.DONE, "up again")
+    assert (tmp_path / jobs.FOLDER / "rc").read_text().split() == ["1", "0"]
+
+
+def test_a_job_whose_shell_is_gone_without_its_status_is_lost(tmp_path: Path) -> None:
+    job = tmp_path / jobs.FOLDER
+    job.mkdir()
+    (job / "verb").write_text("up\n")
+    (job / "pid").write_text("999999999\n")
+    view = jobs.read(tmp_path)
+    assert (view.state, view.deployed) == (jobs.JobState.LOST, False)
