@@ -260,11 +260,20 @@ class Role:
         raise PermanentError(f"role {self.name!r} has no action {action!r}")
 
 
+class Pending(TemporaryError):
+    """A hook's work goes on elsewhere (a long run on a node): look again after `delay`
+    seconds. Not a failure: it does not count toward the hook's backoff, and is logged as
+    `provider_hook_pending`."""
+
+
 class Provider:
     """One cloud type: its roles and the leader's hooks. Defaults suit a type with no checks."""
 
     cloud_type: str = ""
     roles: Mapping[str, Role] = {}
+    #: Seconds the cloud is held for this provider's `stop` at most, if more than the
+    #: leader's own bound (a deployment whose own `down` takes minutes).
+    stop_within: float = 0.0
 
     def role(self, name: str) -> Role:
         try:

@@ -25,7 +25,7 @@ import base64
 from collections.abc import Collection, Iterable, Mapping
 from ipaddress import ip_address
 
-from cloudd.config.model import Cloud, Ensure
+from cloudd.config.model import Cloud, Ensure, Node
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 
 
@@ -47,23 +47,40 @@ def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
     peers = tuple(PeerInfo(n.name, n.role, ip_address(n.address), n.name in well,
                            _more(n.roles))
                   for n in cloud.nodes)
+    held = {n.name: ready_roles(cloud, n, well, made) for n in cloud.nodes}
     out: list[RoleAssignment] = []
-    for i, role in enumerate(cloud.roles):
-        if any(waiting(cloud, r, made) for r in cloud.roles[:i + 1]):
-            break
-        # A node is assigned at its last role, once each earlier role it does not hold
-        # itself has a ready node (the roles it holds it starts itself, in order).
-        for n in (n for n in cloud.nodes if n.roles[-1] == role):
-            if not all(any(m.name in well for m in cloud.nodes_of(r))
-                       for r in cloud.roles[:i] if r not in n.roles):
+    for role in cloud.roles:
+        for n in cloud.nodes:
+            roles = held[n.name]
+            if not roles or roles[-1] != role:
                 continue
-            secrets = tuple(dict.fromkeys(pair for r in n.roles
+            secrets = tuple(dict.fromkeys(pair for r in roles
                                           for pair in role_secrets(cloud, r, made)))
             out.append(RoleAssignment(
-                term=term, cloud=cloud.name, node=n.name, role=n.role,
+                term=term, cloud=cloud.name, node=n.name,
+                role=n.role if n.role in roles else roles[0],
                 address=ip_address(n.address), generation=cloud.digest,
                 peers=tuple(p for p in peers if p.node != n.name), secrets=secrets,
-                users=cloud.users, roles=_more(n.roles)))
+                users=cloud.users, roles=_more(roles)))
+    return tuple(out)
+
+
+def ready_roles(cloud: Cloud, node: Node, well: Collection[str],
+                made: Mapping[str, bytes]) -> tuple[str, ...]:
+    """The roles `node` is given now: those of its roles, in the type's order, whose earlier
+    roles it does not hold itself each have a ready node elsewhere, and whose secrets are made
+    (up to the first that waits). A node holding a role that needs another node's (a
+    database and balancer whose servers are elsewhere) starts with the roles it can run, is
+    ready with them, and gets the next once the others are ready."""
+    out: list[str] = []
+    for role in node.roles:
+        i = cloud.roles.index(role)
+        if any(waiting(cloud, r, made) for r in cloud.roles[:i + 1]):
+            break
+        if not all(any(m.name in well for m in cloud.nodes_of(r) if m.name != node.name)
+                   for r in cloud.roles[:i] if r not in node.roles):
+            break
+        out.append(role)
     return tuple(out)
 
 

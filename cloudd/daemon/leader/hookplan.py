@@ -219,12 +219,18 @@ def succeeded(state: HookState, call: HookCall, *, now: float, facts: Facts) -> 
 
 
 def failed(state: HookState, call: HookCall, *, now: float, facts: Facts, timing: HookTiming,
-           error: str, temporary: bool, delay: float = 0.0, unit: float = 0.0) -> HookState:
+           error: str, temporary: bool, delay: float = 0.0, unit: float = 0.0,
+           pending: bool = False) -> HookState:
     """A call failed: `temporary` with the error's own `delay` (a floor under the backoff);
-    `unit` is the jitter's random number in [0, 1)."""
+    `unit` is the jitter's random number in [0, 1). `pending`: not a failure but work going
+    on elsewhere: tried again after exactly `delay`, the count of failures unchanged."""
     before = state.failures.get(call.subject)
-    count = before.count + 1 if before is not None else 1
-    wait = max(delay, timing.backoff.delay(count, unit))
+    if pending:
+        count = before.count if before is not None else 0
+        wait = delay
+    else:
+        count = before.count + 1 if before is not None else 1
+        wait = max(delay, timing.backoff.delay(count, unit))
     record = HookFault(call.hook, count, now + wait, error, call.signature)
     state = replace(state, failures={**state.failures, call.subject: record})
     if call.hook is Hook.MONITOR:

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -40,7 +40,14 @@ from cloudd.daemon.leader import findings, hookplan
 from cloudd.daemon.leader.hookplan import Facts, Hook, HookCall, HookState, HookTiming, RoleFacts
 from cloudd.daemon.network.catalogue import NodeActed, NodeAction
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.providers.base import ACT_ANSWER_LIMIT, ClusterView, Finding, Peer, Provider
+from cloudd.providers.base import (
+    ACT_ANSWER_LIMIT,
+    ClusterView,
+    Finding,
+    Peer,
+    Pending,
+    Provider,
+)
 
 #: Longest the loop sleeps without a poke, seconds: health seen by the member's liveness
 #: (not only by reports) reaches the core within it.
@@ -166,7 +173,7 @@ class ProviderHooks:
     def _settle(self, facts: Facts) -> None:
         before = self.state.term
         self._update(hookplan.settle(self.state, facts, now=self.clock.monotonic(),
-                                     timing=self.timing))
+                                     timing=self._timing()))
         if self.state.term != before:
             self._findings.clear()  # a new leader's findings are its own
 
@@ -224,6 +231,8 @@ class ProviderHooks:
         except TimeoutError:
             self._failed(call, facts, f"did not finish within {self.call_within:g}s",
                          temporary=True)
+        except Pending as exc:
+            self._failed(call, facts, str(exc), temporary=True, delay=exc.delay, pending=True)
         except TemporaryError as exc:
             self._failed(call, facts, str(exc), temporary=True, delay=exc.delay)
         except ClouddError as exc:
@@ -233,6 +242,16 @@ class ProviderHooks:
             self._failed(call, facts, f"{type(exc).__name__}: {exc}", temporary=False)
         else:
             self._succeeded(call, facts, found)
+
+    def _timing(self) -> HookTiming:
+        """The leader's bounds, the stop's raised to the provider's own when it asks more."""
+        try:
+            own = self._provider(self._cloud().type).stop_within
+        except ClouddError:
+            return self.timing
+        if own <= self.timing.stop_within:
+            return self.timing
+        return replace(self.timing, stop_within=own)
 
     def _current(self, term: int | None) -> bool:
         """Whether a call made in `term` still counts (the term did not end meanwhile)."""
@@ -264,7 +283,7 @@ class ProviderHooks:
             self._take(found, term)
 
     def _failed(self, call: HookCall, facts: Facts, error: str, *, temporary: bool,
-                delay: float = 0.0) -> None:
+                delay: float = 0.0, pending: bool = False) -> None:
         term = facts.term
         if not self._current(term):
             return
@@ -272,9 +291,16 @@ class ProviderHooks:
         now, cloud = self.clock.monotonic(), self._cloud().name
         before = self.state.failures.get(call.subject)
         self._update(hookplan.failed(self.state, call, now=now, facts=facts,
-                                     timing=self.timing, error=error, temporary=temporary,
-                                     delay=delay, unit=self._rng.random()))
+                                     timing=self._timing(), error=error, temporary=temporary,
+                                     delay=delay, unit=self._rng.random(), pending=pending))
         record = self.state.failures[call.subject]
+        if pending:
+            self.log.info("provider_hook_pending", cloud=cloud, hook=call.hook.value,
+                          role=call.role or None, term=term,
+                          reason=f"{error}; next look in {delay:g}s")
+            if before is None or before.error != error:
+                self._record(LogKind.ACTION, call.role or cloud, error, term)
+            return
         given_up = call.hook is Hook.STOP and self.state.stop is hookplan.StopPhase.GIVEN_UP
         then = ("the cloud stops without it" if given_up
                 else f"next try in {record.not_before - now:.1f}s")

@@ -21,6 +21,7 @@ down; `up` or `respawn` done means it is up (`deployed`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -29,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from cloudd import durable
-from cloudd.providers.appscale.tools import ToolsCommand
+from cloudd.providers.appscale.tools import ToolsCommand, message_of
 
 #: The job folder's name, inside the deployment folder.
 FOLDER = ".cloudd-job"
@@ -68,11 +69,12 @@ class JobView:
         return {"verb": self.verb, "state": self.state.value, "message": self.message}
 
 
-def script(commands: tuple[ToolsCommand, ...], *, must: tuple[bool, ...]) -> str:
+def script(commands: tuple[ToolsCommand, ...]) -> str:
     """The job's shell script: each command under `timeout` with its bound, in its folder,
     its status appended to `rc`; a command that must succeed and failed ends the job."""
     lines = ["set -u", "umask 077", ": > rc.part"]
-    for command, required in zip(commands, must, strict=True):
+    for command in commands:
+        required = command.must_succeed
         argv = ["timeout", "-k", "10", f"{command.within:g}", *command.argv]
         lines += [f"(cd {shlex.quote(str(command.cwd))} && exec {shlex.join(argv)}) "
                   ">> out 2>&1 < /dev/null",
@@ -98,7 +100,7 @@ def read(folder: Path) -> JobView:
                        "" if _alive(job) else "the job's shell is gone without its status")
     except ValueError:
         return JobView(verb, JobState.FAILED, "the job's status file is not numbers")
-    last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "")
+    last = message_of(out)
     if codes and codes[-1] == 0 and (verb != Run.RESPAWN or len(codes) == 2):
         return JobView(verb, JobState.DONE, last)
     code = codes[-1] if codes else -1
@@ -107,7 +109,7 @@ def read(folder: Path) -> JobView:
 
 
 def start(folder: Path, verb: Run, commands: tuple[ToolsCommand, ...], *,
-          must: tuple[bool, ...], env: dict[str, str]) -> JobView:
+          env: dict[str, str]) -> JobView:
     """Start `verb` as the deployment's job, unless one runs (then that one's view)."""
     now = read(folder)
     if now.state is JobState.RUNNING:
@@ -117,38 +119,42 @@ def start(folder: Path, verb: Run, commands: tuple[ToolsCommand, ...], *,
     for name in ("rc", "rc.part", "out", "pid"):
         (job / name).unlink(missing_ok=True)
     durable.write_durable(job / "verb", f"{verb.value}\n".encode(), mode=0o600)
-    proc = subprocess.Popen(["/bin/sh", "-c", script(commands, must=must)], cwd=job, env=env,
+    proc = subprocess.Popen(["/bin/sh", "-c", script(commands)], cwd=job, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    durable.write_durable(job / "pid", f"{proc.pid}\n".encode(), mode=0o600)
+    durable.write_durable(job / "pid", f"{proc.pid} {_boot()} {_started(proc.pid)}\n".encode(),
+                          mode=0o600)
     return JobView(verb.value, JobState.RUNNING)
 
 
 def _alive(job: Path) -> bool:
+    """The job's shell still runs: its pid, in this boot, started when the job's did (a pid
+    the system gave to another process since is not the job)."""
     try:
-        pid = int((job / "pid").read_text())
+        pid, boot, started = (job / "pid").read_text().split()
     except (FileNotFoundError, ValueError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if boot != _boot() or started != _started(int(pid)):
         return False
-    except PermissionError:
-        return True
-    # a zombie of ours (this agent started it) is gone: reap it
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return _running(pid)
-    return done == 0
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(int(pid), os.WNOHANG)  # reaped if it is this agent's and ended
+    return _started(int(pid)) == started
 
 
-def _running(pid: int) -> bool:
+def _boot() -> str:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "-"
+
+
+def _started(pid: int) -> str:
+    """The process's start time (clock ticks since boot), "" when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return state != "Z"
+        return ""
+    return "" if fields[0] == "Z" else fields[19]
 
 
 def _tail(path: Path) -> str:

@@ -29,15 +29,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cloudd import durable, log
 from cloudd.config.catalog import LayoutNode
-from cloudd.errors import PermanentError, TemporaryError
+from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.appscale import appscalefile, jobs, sshtrust, tools
-from cloudd.providers.appscale.spec import ADMIN_ROLE, ROLES, SECRET_KEY, AppScaleSettings
+from cloudd.providers.appscale.spec import ADMIN_ROLE, ROLES, AppScaleSettings, role_secrets
 from cloudd.providers.base import (
     ACT_WITHIN,
     Assignment,
@@ -46,6 +46,7 @@ from cloudd.providers.base import (
     FileSpec,
     Finding,
     Peer,
+    Pending,
     Provider,
     Rendered,
     Role,
@@ -62,8 +63,7 @@ POLL = 10.0
 
 def seed(a: Assignment, name: str) -> bytes:
     """A generated seed (text: base64url of its bytes) as its bytes."""
-    text = read_secret(a, name).decode().strip()
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return _decode(read_secret(a, name).decode().strip())
 
 
 def settings_of(values: Mapping[str, Any]) -> AppScaleSettings:
@@ -89,10 +89,7 @@ class AppScaleRole(Role):
         self.name = name
 
     def secrets(self, a: Assignment) -> tuple[str, ...]:
-        names = [SECRET_KEY.name, sshtrust.HOST_SEED.name]
-        if a.role == ADMIN_ROLE:
-            names += [sshtrust.CLIENT_SEED.name, settings_of(a.settings).admin_password_ref]
-        return tuple(names)
+        return role_secrets(settings_of(a.settings), a.role)
 
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
         files: list[FileSpec] = []
@@ -130,7 +127,7 @@ class AppScaleRole(Role):
         argv = (*a.exec_prefix, *settings_of(a.settings).sshd_reload)
         code, out = await _run(argv)
         if code != 0:
-            _log.warning("appscale_sshd_reload_failed", node=a.node, code=code,
+            _log.warning("appscale_sshd_reload_failed", cloud=a.cloud, node=a.node, code=code,
                          reason=out.strip()[-200:])
             return
         a.root.mkdir(parents=True, exist_ok=True)
@@ -138,13 +135,35 @@ class AppScaleRole(Role):
 
     async def act(self, a: Assignment, action: str,
                   args: Mapping[str, str]) -> Mapping[str, str]:
-        if action == "trust":
-            try:
-                line = sshtrust.authorized_keys_line(args["public"], master=args["master"])
-            except ValueError as exc:
-                raise PermanentError(str(exc)) from None
-            return {"changed": str(_trust(Path(sshtrust.AUTHORIZED_KEYS_PATH), line)).lower()}
-        raise PermanentError(f"role {self.name} has no action {action!r}")
+        handler = self.handlers().get(action)
+        if handler is None:
+            raise PermanentError(f"role {self.name} has no action {action!r}")
+        return await handler(a, args)
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {"trust": trust}
+
+
+Handler = Callable[[Assignment, Mapping[str, str]], Awaitable[Mapping[str, str]]]
+
+
+async def trust(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    """Root's authorized_keys gets the master's key, usable from the master's address only:
+    refused unless the line is this deployment's client key (its comment) and the address is
+    the master this node's assignment names, so that nothing else can be slipped in nor an
+    operator's key of another comment be replaced."""
+    masters = a.peers_of(ADMIN_ROLE) or ((Peer(a.node, a.role, a.address, True),)
+                                         if ADMIN_ROLE in a.roles else ())
+    if not masters or args["master"] != str(masters[0].address):
+        raise PermanentError(f"{args['master']!r} is not the master of {a.cloud}")
+    if args["public"].rsplit(" ", 1)[-1] != sshtrust.client_comment(a.cloud):
+        raise PermanentError(f"the key is not {a.cloud}'s client key (its comment differs)")
+    try:
+        line = sshtrust.authorized_keys_line(args["public"], master=args["master"])
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
+    changed = await asyncio.to_thread(_trust, Path(sshtrust.AUTHORIZED_KEYS_PATH), line)
+    return {"changed": str(changed).lower()}
 
 
 def _trust(path: Path, line: str) -> bool:
@@ -163,23 +182,41 @@ class MasterRole(AppScaleRole):
     actions = {"trust": ("public", "master"), "pubkey": (), "start": ("verb",),
                "result": (), "status": ()}
 
-    async def act(self, a: Assignment, action: str,
-                  args: Mapping[str, str]) -> Mapping[str, str]:
-        if action == "pubkey":
-            client = sshtrust.client_key(seed(a, sshtrust.CLIENT_SEED.name), cloud=a.cloud)
-            return {"public": client.public_line}
-        folder = a.root / "deployment"
-        if action == "result":
-            return jobs.read(folder).pairs()
-        if action == "start":
-            return _start(a, args["verb"]).pairs()
-        if action == "status":
-            report = await tools.status(tools_settings(a, status=True))
-            out = {"summary": report.summary.value}
-            for fact in report.nodes:
-                out[f"node {fact.address}"] = f"{fact.state.value} {','.join(fact.roles)}"
-            return out
-        return await super().act(a, action, args)
+    def handlers(self) -> Mapping[str, Handler]:
+        return {"trust": trust, "pubkey": pubkey, "start": start, "result": result,
+                "status": status}
+
+
+async def pubkey(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    client = sshtrust.client_key(seed(a, sshtrust.CLIENT_SEED.name), cloud=a.cloud)
+    return {"public": client.public_line}
+
+
+async def start(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    return (await asyncio.to_thread(_start, a, args["verb"])).pairs()
+
+
+async def result(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    return (await asyncio.to_thread(jobs.read, a.root / "deployment")).pairs()
+
+
+async def status(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
+    """`appscale status --verbose`, within the action's bound: one pair per node."""
+    report = await tools.status(tools_settings(a, status=True))
+    out = {"summary": report.summary.value}
+    for fact in report.nodes:
+        out[f"node {fact.address}"] = f"{fact.state.value} {','.join(fact.roles)}"
+    return out
+
+
+#: What each run of the tools is: the commands of `tools`, and whether it needs the
+#: AppScalefile ready (an `up` would prompt without it).
+_RUNS: Mapping[jobs.Run, tuple[Callable[[tools.ToolsSettings], tuple[tools.ToolsCommand, ...]],
+                               bool]] = {
+    jobs.Run.UP: (lambda s: (tools.plan(tools.Verb.UP, s),), True),
+    jobs.Run.DOWN: (lambda s: (tools.plan(tools.Verb.DOWN, s),), False),
+    jobs.Run.RESPAWN: (tools.respawn_plan, True),
+}
 
 
 def _start(a: Assignment, verb: str) -> jobs.JobView:
@@ -188,20 +225,11 @@ def _start(a: Assignment, verb: str) -> jobs.JobView:
     except ValueError:
         raise PermanentError(f"no AppScale run {verb!r} (runs: up, down, respawn)") from None
     settings = tools_settings(a)
-    tools.check_executable(settings.appscale)
-    commands: tuple[tools.ToolsCommand, ...]
-    if which is jobs.Run.DOWN:
-        commands = (tools.plan(tools.Verb.DOWN, settings),)
-    elif which is jobs.Run.UP:
-        commands = (tools.plan(tools.Verb.UP, settings),)
-    else:
-        commands = tools.respawn_plan(settings)
-    if which is not jobs.Run.DOWN:
-        tools.ready(settings)
-    view = jobs.start(settings.folder, which, commands,
-                      must=tuple(c.must_succeed for c in commands),
-                      env=tools.environment(settings))
-    _log.info("appscale_run_started", node=a.node, verb=view.verb, state=view.state.value)
+    plan, needs_file = _RUNS[which]
+    (tools.ready if needs_file else lambda s: tools.check_executable(s.appscale))(settings)
+    view = jobs.start(settings.folder, which, plan(settings), env=tools.environment(settings))
+    _log.info("appscale_run_started", cloud=a.cloud, node=a.node, verb=view.verb,
+              state=view.state.value)
     return view
 
 
@@ -228,16 +256,36 @@ async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
+def next_run(view: jobs.JobView, *, back: bool) -> str | None:
+    """What the deployment needs, from the master's last run and whether a node went away and
+    came back since that run started: `up`, `respawn`, or nothing (None). A run under way is
+    the caller's to wait for."""
+    if not view.deployed:
+        return "up"
+    return "respawn" if back else None
+
+
 class AppScaleProvider(Provider):
     cloud_type = "appscale"
     roles = {r.name: (MasterRole(r.name) if r.name == ADMIN_ROLE else AppScaleRole(r.name))
              for r in ROLES}
+    #: `appscale down` may take 600 s (tools.ToolsSettings.down_within), then a margin
+    stop_within = 660.0
 
     def __init__(self) -> None:
         #: cloud -> nodes seen unhealthy since the last run of the tools started
         self._lost: dict[str, set[str]] = {}
 
+    @property
+    def role_order(self) -> tuple[str, ...]:
+        """AppScale's order (spec.ROLES): storage and coordination, the master, the services,
+        the app servers, the balancers, spare nodes."""
+        return tuple(r.name for r in ROLES)
+
     async def configure(self, cluster: ClusterView, role: str) -> None:
+        """The deployment as a whole, whichever role's change calls it (a role's configure is
+        called again only when that role's nodes change: each must be able to drive it; the
+        first to start a run makes the others wait for it)."""
         self.role(role)
         nodes = _nodes(cluster)
         lost = self._lost.setdefault(cluster.cloud, set())
@@ -251,12 +299,9 @@ class AppScaleProvider(Provider):
             await cluster.ask(name, "trust", {"public": public, "master": str(master.address)})
         view = _view(await cluster.ask(master.node, "result", {}))
         if view.state is jobs.JobState.RUNNING:
-            raise TemporaryError(f"appscale {view.verb} runs on {master.node}", delay=POLL)
-        if not view.deployed:
-            verb = "up"
-        elif lost:
-            verb = "respawn"
-        else:
+            raise Pending(f"appscale {view.verb} runs on {master.node}", delay=POLL)
+        verb = next_run(view, back=bool(lost))
+        if verb is None:
             return
         if view.state in (jobs.JobState.FAILED, jobs.JobState.LOST):
             _log.warning("appscale_run_failed", cloud=cluster.cloud, verb=view.verb,
@@ -264,8 +309,7 @@ class AppScaleProvider(Provider):
         started = _view(await cluster.ask(master.node, "start", {"verb": verb}))
         why = f" (back: {', '.join(sorted(lost))})" if verb == "respawn" else ""
         lost.clear()
-        raise TemporaryError(f"appscale {started.verb} started on {master.node}{why}",
-                             delay=POLL)
+        raise Pending(f"appscale {started.verb} started on {master.node}{why}", delay=POLL)
 
     async def monitor(self, cluster: ClusterView) -> tuple[Finding, ...]:
         masters = [p for p in cluster.of(ADMIN_ROLE) if p.healthy]
@@ -278,7 +322,11 @@ class AppScaleProvider(Provider):
                          + (f": {view.message}" if view.message else ""), node=master.node)]
         if not view.deployed:
             return tuple(found)
-        answer = await cluster.ask(master.node, "status", {})
+        try:
+            answer = await cluster.ask(master.node, "status", {})
+        except ClouddError as exc:
+            return (*found, Finding("appscale", False, f"appscale status failed: {exc}",
+                                    node=master.node))
         by_address = {str(p.address): p.node for p in _nodes(cluster).values()}
         for key, value in sorted(answer.items()):
             if not key.startswith("node "):
@@ -294,13 +342,12 @@ class AppScaleProvider(Provider):
         master = _master(cluster)
         view = _view(await cluster.ask(master.node, "result", {}))
         if view.state is jobs.JobState.RUNNING:
-            raise TemporaryError(f"appscale {view.verb} runs on {master.node}", delay=POLL)
-        if view.verb == jobs.Run.DOWN and view.state is jobs.JobState.DONE:
+            raise Pending(f"appscale {view.verb} runs on {master.node}", delay=POLL)
+        if view.state is jobs.JobState.NONE or (view.verb == jobs.Run.DOWN
+                                                and view.state is jobs.JobState.DONE):
             return
-        if view.state is jobs.JobState.NONE:
-            return  # never started
         await cluster.ask(master.node, "start", {"verb": "down"})
-        raise TemporaryError(f"appscale down started on {master.node}", delay=POLL)
+        raise Pending(f"appscale down started on {master.node}", delay=POLL)
 
 
 def _nodes(cluster: ClusterView) -> dict[str, Peer]:

@@ -154,14 +154,18 @@ class ToolsResult:
         return self.code == 0
 
     def last_line(self) -> str:
-        """The line that says what happened: the tools end a failure with their crash log's
-        place ("A log with more information is available at" and a path), so the line
-        before that note when there is one, else the last line."""
-        lines = [ln.strip() for ln in strip_colours(self.output).splitlines() if ln.strip()]
-        notes = [i for i, ln in enumerate(lines) if ln.startswith(_CRASH_NOTE)]
-        if notes and notes[-1] > 0:
-            return lines[notes[-1] - 1]
-        return lines[-1] if lines else "(no output)"
+        return message_of(self.output)
+
+
+def message_of(output: str) -> str:
+    """The line of the tools' output that says what happened: they end a failure with their
+    crash log's place ("A log with more information is available at" and a path), so the line
+    before that note when there is one, else the last line."""
+    lines = [ln.strip() for ln in strip_colours(output).splitlines() if ln.strip()]
+    notes = [i for i, ln in enumerate(lines) if ln.startswith(_CRASH_NOTE)]
+    if notes and notes[-1] > 0:
+        return lines[notes[-1] - 1]
+    return lines[-1] if lines else "(no output)"
 
 
 def check_executable(path: Path) -> Path:

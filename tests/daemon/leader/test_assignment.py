@@ -197,3 +197,23 @@ def test_a_node_waits_for_an_earlier_role_only_when_another_node_holds_it(
     assert [(a.node, a.roles) for a in got] == [(DB, ("database", "server"))]
     got = assignments(cloud, term=1, reports={DB: report(DB)}, alive={DB, WEB2, LB})
     assert [a.node for a in got] == [DB, WEB2, LB]
+
+
+def test_a_node_whose_later_role_needs_another_nodes_starts_with_what_it_can_run(
+        tmp_path: Path) -> None:
+    """Database and balancer on one node, the servers elsewhere: the node is given its
+    database first (the servers need it ready), and its balancer once a server is ready."""
+    text = MANIFEST.replace("  balancer: [{address: 192.0.2.175, image: /img/lb.qcow2}]\n",
+                            "  balancer: [{address: 192.0.2.177}]\n")
+    (tmp_path / "web.xml").write_text("<domain/>")
+    (tmp_path / "shop.yaml").write_text(text)
+    cloud = load_cloud(tmp_path / "shop.yaml", CATALOG)
+    alive = {DB, WEB1, WEB2}
+    first = assignments(cloud, term=1, reports={}, alive=alive)
+    assert [(a.node, a.role, a.roles) for a in first] == [(DB, "database", ())]
+    second = assignments(cloud, term=1, reports={DB: report(DB)}, alive=alive)
+    assert [(a.node, a.roles) for a in second] == [(DB, ()), (WEB1, ()), (WEB2, ())]
+    third = assignments(cloud, term=1, reports={DB: report(DB), WEB2: report(WEB2)},
+                        alive=alive)
+    assert [(a.node, a.roles) for a in third] == [(WEB1, ()), (WEB2, ()),
+                                                  (DB, ("database", "balancer"))]

@@ -222,3 +222,28 @@ def test_a_failing_role_holds_back_only_the_roles_that_depend_on_it() -> None:
                             temporary=True)
     # compute depends on the head: it waits; login does not: it goes on
     assert due(f, state) == (Hook.CONFIGURE, "login")
+
+
+def test_a_pending_configure_looks_again_after_its_delay_and_counts_no_failure() -> None:
+    f = facts()
+    state = configured(f, "head")
+    call = HookCall(Hook.CONFIGURE, "compute", f.signature(f.roles[1]))
+    for _ in range(20):  # a run going on for long: never backed off past its own delay
+        state = hookplan.failed(state, call, now=NOW, facts=f, timing=TIMING,
+                                error="appscale up runs", temporary=True, delay=10.0,
+                                pending=True)
+        record = state.failures["compute"]
+        assert (record.count, record.not_before) == (0, NOW + 10.0)
+    state = hookplan.failed(state, call, now=NOW, facts=f, timing=TIMING, error="no",
+                            temporary=True)
+    assert state.failures["compute"].count == 1  # the first real failure is the first
+
+
+def test_a_stop_held_longer_when_the_timing_allows_it() -> None:
+    stopping = facts(stopping=True)
+    state = settled(stopping)
+    longer = replace(TIMING, stop_within=660.0)
+    later = hookplan.settle(state, stopping, now=NOW + 600.0, timing=longer)
+    assert later.stop is StopPhase.PENDING
+    assert hookplan.settle(state, stopping, now=NOW + 600.0, timing=TIMING).stop \
+        is StopPhase.GIVEN_UP

@@ -34,7 +34,7 @@ from cloudd_lab.appscale_standin import LEDGER_ENV
 
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.appscale import sshtrust
-from cloudd.providers.appscale.provider import PROVIDER
+from cloudd.providers.appscale.provider import AppScaleProvider
 from cloudd.providers.base import ClusterView, Finding, Peer
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(600)]
@@ -52,6 +52,7 @@ class Deployment:
 
     def __init__(self, lab: ASLab) -> None:
         self.lab = lab
+        self.provider = AppScaleProvider()  # its memory of who went away is this test's
         self.health = dict.fromkeys(ROLES, True)
         self.ledger = lab.nodes.root / "provider-ledger.jsonl"
         self.tools = lab.nodes.root / "appscale-standin"
@@ -134,9 +135,9 @@ class Deployment:
         while True:
             try:
                 if hook == "stop":
-                    await PROVIDER.stop(self.cluster())
+                    await self.provider.stop(self.cluster())
                 else:
-                    await PROVIDER.configure(self.cluster(), "compute")
+                    await self.provider.configure(self.cluster(), "compute")
                 return said
             except TemporaryError as exc:
                 if not said or said[-1] != str(exc):
@@ -176,7 +177,7 @@ async def test_the_provider_brings_an_appscale_deployment_up_keeps_it_and_stops_
     for label in ROLES:  # the trust, handed out by the leader
         keys = lab.ns[label].outside(sshtrust.AUTHORIZED_KEYS_PATH).read_text()
         assert f'from="{lab.ip("m")}"' in keys and "ssh-ed25519" in keys
-    found = await PROVIDER.monitor(d.cluster())
+    found = await d.provider.monitor(d.cluster())
     per_node = {f.node: f for f in found if f.check == "appscale"}
     assert set(per_node) == {d.name(k) for k in ROLES}, found
     assert all(f.ok and f.state == "loaded" for f in per_node.values()), found

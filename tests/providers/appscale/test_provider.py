@@ -1,0 +1,56 @@
+"""The AppScale provider's pure decisions and checks (the lifecycle runs for real in
+tests/real/providers/appscale/test_appscale_provider_real.py)."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from cloudd.errors import PermanentError
+from cloudd.providers.appscale import jobs, sshtrust
+from cloudd.providers.appscale.provider import PROVIDER, next_run, trust
+from cloudd.providers.appscale.spec import ROLES
+from cloudd.providers.base import Assignment, Peer
+
+DONE_UP = jobs.JobView("up", jobs.JobState.DONE)
+
+
+@pytest.mark.parametrize(("view", "back", "run"), [
+    (jobs.JobView("", jobs.JobState.NONE), False, "up"),
+    (jobs.JobView("up", jobs.JobState.FAILED, "AppScale is already running"), False, "up"),
+    (jobs.JobView("respawn", jobs.JobState.LOST), True, "up"),
+    (jobs.JobView("down", jobs.JobState.DONE), False, "up"),
+    (DONE_UP, False, None),
+    (DONE_UP, True, "respawn"),
+    (jobs.JobView("respawn", jobs.JobState.DONE), False, None),
+])
+def test_what_the_deployment_needs_next(view: jobs.JobView, back: bool,
+                                        run: str | None) -> None:
+    assert next_run(view, back=back) == run
+
+
+def test_the_roles_run_in_appscales_order() -> None:
+    assert PROVIDER.role_order == tuple(r.name for r in ROLES)
+    assert PROVIDER.role_order.index("master") < PROVIDER.role_order.index("compute")
+
+
+def node(tmp_path: Path) -> Assignment:
+    return Assignment(cloud="as1", node="w1", role="compute", address=ip_address("10.0.0.3"),
+                      root=tmp_path, secrets_dir=tmp_path / "secrets",
+                      peers=(Peer("head", "master", ip_address("10.0.0.2"), True,
+                                  ("master", "database")),))
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    ({"master": "10.0.0.9"}, "'10.0.0.9' is not the master of as1"),
+    ({"public": "ssh-ed25519 AAAAC3Nz operator@laptop"},
+     "the key is not as1's client key (its comment differs)"),
+])
+async def test_a_node_trusts_only_its_masters_address_and_its_clouds_key(
+        tmp_path: Path, args: dict[str, str], why: str) -> None:
+    public = sshtrust.client_key(b"\x01" * 32, cloud="as1").public_line
+    with pytest.raises(PermanentError) as info:
+        await trust(node(tmp_path), {"public": public, "master": "10.0.0.2", **args})
+    assert str(info.value) == why
