@@ -58,6 +58,7 @@ from cloudd.daemon.operator.queries import events_stream
 from cloudd.durable import private_dir
 from cloudd.errors import ConfigError, PermanentError
 from cloudd.providers.catalog import catalog
+from cloudd.providers.registry import unprovided
 from cloudd.vmctl.identity import NodeIdentity
 
 #: Seconds, beyond the services' own stop grace, that shutdown may take before the agent
@@ -287,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.check:
         return check(settings, config_path=args.config, out=print)
+    missing = unprovided(catalog())
+    if missing:  # an install whose providers do not match what it validates is broken
+        for sentence in missing:
+            print(f"cloudd: {sentence}", file=sys.stderr)
+        return 1
     log.configure(level=settings.log.level)
     env = dict(os.environ)
     # The services this agent supervises must not inherit systemd's socket and watchdog.

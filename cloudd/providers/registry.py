@@ -66,3 +66,23 @@ def default_registry(modules: Iterable[str] | None = None) -> Registry:
             raise PermanentError(f"module {name} defines no PROVIDER")
         registry.register(provider)
     return registry
+
+
+def unprovided(types: Iterable[str], modules: Iterable[str] | None = None) -> list[str]:
+    """One sentence per cloud type of `types` that has no provider here (its module missing,
+    failing to import, or naming another type): the agent's start refuses them all."""
+    wanted = set(types)
+    problems: list[str] = []
+    found: set[str] = set()
+    for name in BUILTIN_MODULES if modules is None else modules:
+        try:
+            provider = getattr(importlib.import_module(name), "PROVIDER", None)
+        except Exception as exc:
+            problems.append(f"provider module {name} cannot be imported: "
+                            f"{type(exc).__name__}: {exc}")
+            continue
+        if isinstance(provider, Provider):
+            found.add(provider.cloud_type)
+    problems += [f"cloud type {t!r} is accepted by validation but has no provider here"
+                 for t in sorted(wanted - found)]
+    return problems

@@ -311,3 +311,14 @@ def test_a_peer_of_several_roles_counts_for_each(tmp_path: Path) -> None:
     assert [p.node for p in a.peers_of("balancer")] == ["x"]
     assert [p.node for p in a.healthy("server")] == ["x"]
     assert a.peers_of("server") == a.peers  # a node of one role is not its own peer
+
+
+def test_a_type_without_its_provider_is_named_at_the_agents_start() -> None:
+    from cloudd.providers.registry import unprovided
+
+    assert unprovided(["web", "slurm", "torque", "appscale"]) == []
+    assert unprovided(["web", "pbs"], modules=["cloudd.providers.web.provider",
+                                                "cloudd.providers.nowhere.provider"]) == [
+        "provider module cloudd.providers.nowhere.provider cannot be imported: "
+        "ModuleNotFoundError: No module named 'cloudd.providers.nowhere'",
+        "cloud type 'pbs' is accepted by validation but has no provider here"]
