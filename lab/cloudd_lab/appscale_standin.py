@@ -19,9 +19,10 @@ that a test drives the same sequence against real sshd on real (namespaced) node
 - `down`: stops "AppScale" on each node (an ssh login), then removes the secret and the
   locations file; a node that does not answer fails it, and the state is kept.
 
-Its ssh is stricter than the tools' (which pass `-F /dev/null -o StrictHostkeyChecking=no
--o UserKnownHostsFile=/dev/null`): BatchMode, the deployment's key only, and the host key
-pinned by cloudd's trust (`sshtrust.ssh_options`), so a test sees a wrong host key refused.
+Its ssh is the tools' own: `ssh -F /dev/null -i ~/.appscale/<keyname>.key` with their options
+(`sshtrust.TOOLS_SSH_OPTIONS`: any host key accepted), the program found on its PATH as the
+tools' shell finds it, so that cloudd's wrappers (`sshtrust.tools_wrappers`) are what pins the
+host key, as they must be for the real tools.
 
 Every command it receives is appended (argv and cwd, one JSON line) to the file named by
 `CLOUDD_LAB_APPSCALE_LEDGER`, when set, so that tests compare the exact sequence.
@@ -40,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from cloudd.providers.appscale.sshtrust import ssh_options
+from cloudd.providers.appscale.sshtrust import TOOLS_SSH_OPTIONS, key_path
 
 LEDGER_ENV = "CLOUDD_LAB_APPSCALE_LEDGER"
 BANNER = "appscale stand-in (cloudd lab): not AppScale, a test double of appscale-tools 3.8.1"
@@ -147,8 +148,9 @@ def layout(ips_layout: Any) -> list[dict[str, Any]]:
 # ---- ssh to the nodes -------------------------------------------------------------------------
 
 def ssh(ip: str, keyname: str, command: str) -> subprocess.CompletedProcess[str]:
-    argv = ["ssh", *ssh_options(home=PurePosixPath(home()), keyname=keyname),
-            f"root@{ip}", command]
+    key = key_path(PurePosixPath(home()), keyname)
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key), *TOOLS_SSH_OPTIONS, f"root@{ip}",
+            command]
     return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=60, check=False)
 

@@ -102,7 +102,8 @@ class AppScaleRole(Role):
             s = settings_of(a.settings)
             home = a.root / "home"
             dirs += [DirSpec(a.root / "deployment", 0o700), DirSpec(home, 0o700),
-                     DirSpec(home / ".appscale", 0o700)]
+                     DirSpec(home / ".appscale", 0o700),
+                     DirSpec(Path(sshtrust.wrappers_dir(PurePosixPath(home))), 0o700)]
             nodes = _deployment(a)
             text = appscalefile.render(
                 [LayoutNode(str(p.address), p.roles or (p.role,)) for p in nodes], s,
@@ -112,6 +113,8 @@ class AppScaleRole(Role):
             files += (FileSpec(Path(f.path), f.text, f.mode) for f in sshtrust.master_files(
                 client, host, cloud=a.cloud, keyname=s.keyname, home=PurePosixPath(home),
                 nodes=[sshtrust.TrustNode(str(p.address), p.node) for p in nodes]))
+            files += (FileSpec(Path(f.path), f.text, f.mode) for f in sshtrust.tools_wrappers(
+                home=PurePosixPath(home), keyname=s.keyname))
         return Rendered(dirs=tuple(dirs), files=tuple(files))
 
     async def prepare(self, a: Assignment) -> None:

@@ -10,14 +10,15 @@ delivered over mTLS), so that the tools never run their interactive `ssh-copy-id
   `authorized_keys` that only the master's address may use, with no agent, port or X11
   forwarding (`authorized_keys_line`). The public line is not secret: the leader, which holds
   the seed, can hand it to the other nodes as it is, so that no node but the master ever holds
-  the seed (a node holding it could log into every other node as root).
+  the seed (a node holding it could log into every other node as root). The provider asks
+  the master for it and each node checks it is its cloud's key, for its master's address.
 - the deployment's host key: an Ed25519 key made from `HOST_SEED`, the same on every node
   (`node_files`: the key and an sshd drop-in naming it, root's login by key only), pinned for
   every node's address and name in a known_hosts file of the master's, so that the master's
   ssh runs with StrictHostKeyChecking=yes (`ssh_options`). appscale-tools 3.8.1's own ssh
   passes `-F /dev/null -o StrictHostkeyChecking=no -o UserKnownHostsFile=/dev/null`, which no
-  configuration file can override: the pin binds cloudd's own logins from the master, not the
-  tools'; theirs are held by the key and its `from=` restriction only.
+  configuration file can override; so the tools find `ssh` and `scp` wrappers first on their
+  PATH (`tools_wrappers`) that put the pin before the tools' options (ssh keeps the first).
 
 What a shared host key means: any node of the deployment holds the host key's private half,
 so a node taken over by an attacker can pose as any other node of the deployment to the
@@ -240,3 +241,30 @@ def ssh_options(*, home: PurePosixPath, keyname: str) -> tuple[str, ...]:
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={known_hosts_path(home, keyname)}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10")
+
+
+#: The options appscale-tools 3.8.1 gives every ssh and scp it runs (its RemoteHelper), which
+#: accept any host key.
+TOOLS_SSH_OPTIONS = ("-o", "LogLevel=quiet", "-o", "NumberOfPasswordPrompts=0",
+                     "-o", "StrictHostkeyChecking=no", "-o", "UserKnownHostsFile=/dev/null")
+
+
+def wrappers_dir(home: PurePosixPath) -> PurePosixPath:
+    """Where the tools find `ssh` and `scp` first on their PATH (`tools.environment`)."""
+    return home / ".cloudd-bin"
+
+
+def tools_wrappers(*, home: PurePosixPath, keyname: str) -> tuple[TrustFile, ...]:
+    """`ssh` and `scp` for the tools' PATH: the real programs with the pin put first. The
+    tools run `ssh -F /dev/null -i KEY -o StrictHostkeyChecking=no -o
+    UserKnownHostsFile=/dev/null -o LogLevel=quiet ...` through a shell; ssh keeps the first
+    value it is given for an option, so these wrappers' `StrictHostKeyChecking=yes` and
+    known_hosts win, a node whose host key is not the deployment's is refused to the tools
+    too, and the refusal is said (`LogLevel=ERROR`) in the tools' output."""
+    pin = known_hosts_path(home, keyname)
+    folder = wrappers_dir(home)
+    return tuple(TrustFile(folder / name, (
+        "#!/bin/sh\n# cloudd: the deployment's host key pinned for the AppScale tools\n"
+        f"exec /usr/bin/{name} -o StrictHostKeyChecking=yes -o UserKnownHostsFile={pin} "
+        '-o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR "$@"\n'), 0o755)
+        for name in ("ssh", "scp"))

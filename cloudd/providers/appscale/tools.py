@@ -45,12 +45,13 @@ import signal
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from cloudd import log
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.appscale import sshtrust
 
 _log = log.get("providers.appscale")
 
@@ -204,7 +205,10 @@ def interactive_gaps(appscalefile: str) -> str | None:
 
 def environment(settings: ToolsSettings) -> dict[str, str]:
     """The tools' whole environment: nothing inherited from the agent."""
-    return {"HOME": str(settings.home), "PATH": _PATH, "LANG": "C.UTF-8",
+    # the master's ssh and scp wrappers first: they pin the deployment's host key
+    # (`sshtrust.tools_wrappers`); without them, the system's programs
+    wrappers = sshtrust.wrappers_dir(PurePosixPath(settings.home))
+    return {"HOME": str(settings.home), "PATH": f"{wrappers}:{_PATH}", "LANG": "C.UTF-8",
             # termcolor (the tools' coloured messages) writes no escapes with this set.
             "ANSI_COLORS_DISABLED": "1", "TERM": "dumb", "PYTHONUNBUFFERED": "1",
             **settings.env}

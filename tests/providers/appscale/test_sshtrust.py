@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 from cryptography.hazmat.primitives.serialization import (
@@ -134,3 +134,19 @@ def test_ssh_options_require_the_pinned_key() -> None:
     settings = [v for k, v in zip(opts[::2], opts[1::2], strict=True) if k == "-o"]
     assert "StrictHostKeyChecking=yes" in settings and "BatchMode=yes" in settings
     assert "UserKnownHostsFile=/root/.appscale/as1.known_hosts" in settings
+
+
+def test_the_tools_find_wrappers_that_put_the_pin_first() -> None:
+    from cloudd.providers.appscale import tools as tl
+
+    ssh, scp = t.tools_wrappers(home=PurePosixPath("/srv/as/home"), keyname="as1")
+    assert (ssh.path, scp.path) == (PurePosixPath("/srv/as/home/.cloudd-bin/ssh"),
+                                    PurePosixPath("/srv/as/home/.cloudd-bin/scp"))
+    assert ssh.mode == 0o755
+    assert ssh.text.splitlines()[-1] == (
+        "exec /usr/bin/ssh -o StrictHostKeyChecking=yes -o "
+        "UserKnownHostsFile=/srv/as/home/.appscale/as1.known_hosts "
+        '-o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR "$@"')
+    env = tl.environment(tl.ToolsSettings(appscale=Path("/x"), folder=Path("/f"),
+                                          home=Path("/srv/as/home")))
+    assert env["PATH"].split(":")[0] == "/srv/as/home/.cloudd-bin"

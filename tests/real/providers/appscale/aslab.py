@@ -99,9 +99,10 @@ class ASLab:
         self.write(label, sshtrust.AUTHORIZED_KEYS_PATH,
                    sshtrust.merge_authorized_keys(old, line), 0o600)
         if label == "m":
-            for f in sshtrust.master_files(self.client_seed, self.host_seed, cloud=CLOUD,
-                                           keyname=KEYNAME, home=ROOT_HOME,
-                                           nodes=self.trust_nodes()):
+            for f in (*sshtrust.master_files(self.client_seed, self.host_seed, cloud=CLOUD,
+                                             keyname=KEYNAME, home=ROOT_HOME,
+                                             nodes=self.trust_nodes()),
+                      *sshtrust.tools_wrappers(home=ROOT_HOME, keyname=KEYNAME)):
                 self.write(label, f.path, f.text, f.mode)
 
     def wipe_root_ssh(self, label: str) -> None:

@@ -186,6 +186,28 @@ async def test_the_provider_brings_an_appscale_deployment_up_keeps_it_and_stops_
     # a configure with nothing changed does nothing
     assert await d.until_done("configure") == [] and d.commands() == ["up", "status --verbose"]
 
+
+    # the pin holds for the tools' own ssh: w2 offering another host key is refused through
+    # the master's wrapper, where the tools' options alone would log in
+    home = master_root / "home"
+    key = home / ".appscale" / f"{KEYNAME}.key"
+    other = sshtrust.host_key(os.urandom(32), cloud=CLOUD)
+    lab.write("w2", sshtrust.HOST_KEY_PATH, other.private_text, 0o600)
+    lab.kill_sshd("w2")
+    await lab.start_sshd("w2")
+    tools_ssh = ["-F", "/dev/null", "-i", str(key), *sshtrust.TOOLS_SSH_OPTIONS,
+                 f"root@{lab.ip('w2')}", "true"]
+    wrapped = lab.ns["m"].run([str(home / ".cloudd-bin" / "ssh"), *tools_ssh], timeout=60)
+    assert wrapped.returncode != 0 and "verification failed" in wrapped.stderr, wrapped
+    bare = lab.ns["m"].run(["/usr/bin/ssh", *tools_ssh], timeout=60)
+    assert bare.returncode == 0, bare.stderr
+    found = await d.provider.monitor(d.cluster())
+    (w2,) = [f for f in found if f.check == "appscale" and f.node == d.name("w2")]
+    assert not w2.ok, w2
+    d.converge("w2")  # its agent puts the deployment's key back
+    lab.kill_sshd("w2")
+    await lab.start_sshd("w2")
+
     # a compute node respawned: gone (unhealthy), then back with nothing of its trust
     lab.kill_sshd("w1")
     lab.wipe_root_ssh("w1")
@@ -197,7 +219,7 @@ async def test_the_provider_brings_an_appscale_deployment_up_keeps_it_and_stops_
     said = await d.until_done("configure")
     assert said[0].startswith(f"appscale respawn started on {d.name('m')} (back: "
                               f"{d.name('w1')})"), said
-    assert d.commands()[2:] == ["down", "up"], d.commands()
+    assert d.commands()[3:] == ["down", "up"], d.commands()
 
     said = await d.until_done("stop")
     assert said[0] == f"appscale down started on {d.name('m')}", said
