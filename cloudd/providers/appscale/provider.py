@@ -20,8 +20,8 @@ goes on (a TemporaryError: the hook is tried again after its delay). `monitor` r
 tools' status into findings, one per node by address, and the last run's outcome. `stop`
 runs `down` and waits for it, before the domains go.
 
-Kept in this provider's memory only (a new leader starts without it): which nodes went
-unhealthy since the last run. A new leader finds a deployment up and healthy and does nothing.
+A node that went unhealthy since the last run is kept in the leader's memory; a new leader
+also sees a node AppScale lost in the tools' status (unreported, or absent), and respawns.
 """
 
 from __future__ import annotations
@@ -268,6 +268,25 @@ def next_run(view: jobs.JobView, *, back: bool) -> str | None:
     return "respawn" if back else None
 
 
+def forgotten(answer: Mapping[str, str] | None, addresses: list[str]) -> bool:
+    """Whether the master's `status` answer shows a node of the deployment that AppScale lost:
+    a row it could not fill (`unreported`: a VM respawned with nothing of AppScale on it) or
+    no row at all. Level-triggered: a new leader sees it too. None (no answer): unknown, no."""
+    if answer is None:
+        return False
+    rows = {k.removeprefix("node "): v.split(" ", 1)[0] for k, v in answer.items()
+            if k.startswith("node ")}
+    return any(rows.get(a, tools.NodeState.UNREPORTED.value)
+               == tools.NodeState.UNREPORTED.value for a in addresses)
+
+
+async def _status(cluster: ClusterView, master: Peer) -> Mapping[str, str] | None:
+    try:
+        return await cluster.ask(master.node, "status", {})
+    except ClouddError:
+        return None
+
+
 class AppScaleProvider(Provider):
     cloud_type = "appscale"
     roles = {r.name: (MasterRole(r.name) if r.name == ADMIN_ROLE else AppScaleRole(r.name))
@@ -303,7 +322,9 @@ class AppScaleProvider(Provider):
         view = _view(await cluster.ask(master.node, "result", {}))
         if view.state is jobs.JobState.RUNNING:
             raise Pending(f"appscale {view.verb} runs on {master.node}", delay=POLL)
-        verb = next_run(view, back=bool(lost))
+        back = bool(lost) or (view.deployed and forgotten(
+            await _status(cluster, master), [str(p.address) for p in nodes.values()]))
+        verb = next_run(view, back=back)
         if verb is None:
             return
         if view.state in (jobs.JobState.FAILED, jobs.JobState.LOST):

@@ -10,7 +10,7 @@ import pytest
 
 from cloudd.errors import PermanentError
 from cloudd.providers.appscale import jobs, sshtrust
-from cloudd.providers.appscale.provider import PROVIDER, next_run, trust
+from cloudd.providers.appscale.provider import PROVIDER, forgotten, next_run, trust
 from cloudd.providers.appscale.spec import ROLES
 from cloudd.providers.base import Assignment, Peer
 
@@ -54,3 +54,18 @@ async def test_a_node_trusts_only_its_masters_address_and_its_clouds_key(
     with pytest.raises(PermanentError) as info:
         await trust(node(tmp_path), {"public": public, "master": "10.0.0.2", **args})
     assert str(info.value) == why
+
+
+@pytest.mark.parametrize(("answer", "lost"), [
+    (None, False),  # no answer: nothing known
+    ({"summary": "up", "node 10.0.0.2": "loaded master", "node 10.0.0.3": "loaded compute"},
+     False),
+    ({"summary": "up", "node 10.0.0.2": "loaded master",
+      "node 10.0.0.3": "unreported compute"}, True),
+    ({"summary": "up", "node 10.0.0.2": "initialized master"}, True),  # 10.0.0.3 missing
+    ({"summary": "up", "node 10.0.0.2": "starting master", "node 10.0.0.3": "starting"},
+     False),
+])
+def test_a_node_appscale_lost_is_seen_in_its_status(answer: dict[str, str] | None,
+                                                      lost: bool) -> None:
+    assert forgotten(answer, ["10.0.0.2", "10.0.0.3"]) is lost
