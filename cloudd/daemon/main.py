@@ -52,8 +52,6 @@ from cloudd.daemon.node.converge import NodeSide
 from cloudd.daemon.operator.api import ApiServer
 from cloudd.daemon.operator.commands import LOCAL_OPS, Operator
 from cloudd.daemon.operator.inspectview import Inspector
-from cloudd.daemon.operator.metrics import Metrics, serve_from_settings
-from cloudd.daemon.operator.metricsfeed import MetricsFeed
 from cloudd.daemon.operator.queries import events_stream
 from cloudd.durable import private_dir
 from cloudd.errors import ConfigError, PermanentError
@@ -130,6 +128,9 @@ class Agent:
                       inspect_wanted=self.inspector.answer, hand_over=self.operator.hand_over)
         self.runner.add("clouds", functools.partial(self.clouds.run, above=above))
         if settings.metrics.enabled:
+            # prometheus_client is loaded only by an agent that serves metrics
+            from cloudd.daemon.operator.metrics import Metrics
+
             self.metrics = Metrics()
             self.runner.add("metrics", self._serve_metrics)
         self.runner.add("api", self._serve_api)
@@ -159,6 +160,9 @@ class Agent:
             await self.api.close()
 
     async def _serve_metrics(self) -> None:
+        from cloudd.daemon.operator.metrics import serve_from_settings
+        from cloudd.daemon.operator.metricsfeed import MetricsFeed
+
         endpoint = serve_from_settings(self.metrics, self.settings.metrics)
         try:
             await MetricsFeed(self.clouds.snapshot, self.metrics, events=self.events).run()

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.member.snapshot import MemberSnapshot
-from cloudd.daemon.operator.metrics import Metrics
+
+if TYPE_CHECKING:
+    from cloudd.daemon.operator.metrics import Metrics
 
 #: Seconds between two readings: a scrape every 15 s or so sees fresh values.
 PERIOD = 1.0
