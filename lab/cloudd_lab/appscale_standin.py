@@ -15,7 +15,8 @@ that a test drives the same sequence against real sshd on real (namespaced) node
   writes `~/.appscale/<keyname>.secret` and `~/.appscale/locations-<keyname>.json` as the
   tools do, and prints what they print.
 - `status [--verbose]`: checks each node of the locations file over ssh; a node that
-  answers is reported initialized and loaded with its load, one that does not is a `?` row.
+  answers and holds what `up` left there (`MARK`) is reported initialized and loaded with its
+  load, any other is a `?` row (a respawned VM has nothing of AppScale on it).
 - `down`: stops "AppScale" on each node (an ssh login), then removes the secret and the
   locations file; a node that does not answer fails it, and the state is kept.
 
@@ -54,6 +55,10 @@ _ROLES = ("master", "database", "appengine", "compute", "open", "zookeeper", "me
           "taskqueue_master", "taskqueue_slave")
 #: The harmless command each login runs: the figures `status` prints.
 _PROBE = "nproc; cat /proc/loadavg; hostname"
+#: What `up` leaves on each node, as AppScale leaves its installed state there: `status`
+#: reports a node without it as not reporting (a respawned VM, which has nothing of AppScale),
+#: `down` removes it.
+MARK = "/root/.appscale-standin"
 
 
 class Refused(Exception):
@@ -207,7 +212,7 @@ def up() -> None:
     say("Starting AppScale 3.8")
     master = head(nodes)
     for node in nodes:
-        done = ssh(node["public_ip"], keyname, _PROBE)
+        done = ssh(node["public_ip"], keyname, f"touch {MARK} && {_PROBE}")
         if done.returncode != 0:
             raise Refused(f"The machine at {node['public_ip']} cannot be logged into: "
                           f"{done.stderr.strip() or done.returncode}")
@@ -242,7 +247,7 @@ def status(args: list[str]) -> None:
         raise
     seen, unseen = [], []
     for node in nodes:
-        done = ssh(node["public_ip"], keyname, _PROBE)
+        done = ssh(node["public_ip"], keyname, f"test -e {MARK} && {{ {_PROBE}; }}")
         lines = done.stdout.split("\n")
         if done.returncode == 0 and len(lines) >= 2:
             cores = lines[0].strip()
@@ -286,7 +291,7 @@ def down(args: list[str]) -> None:
     failed = 0
     nodes = nodes_of(keyname)
     for node in nodes:
-        if ssh(node["public_ip"], keyname, "true").returncode == 0:
+        if ssh(node["public_ip"], keyname, f"rm -f {MARK}").returncode == 0:
             say(f"Node at {node['public_ip']}: Stopping AppScale finished")
         else:
             say(f"Node at {node['public_ip']}: Stopping AppScale failed")
