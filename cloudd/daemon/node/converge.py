@@ -271,8 +271,14 @@ class NodeSide:
     async def _supervise(self, specs: tuple[ServiceSpec, ...]) -> None:
         """Start the services, or restart them when their specs changed, or reload them."""
         if self._sup is not None and specs != self._specs:
-            self.log.info("node.services_replaced", services=[s.name for s in specs])
-            await self._sup.stop(within=STOP_WITHIN)
+            if set(self._specs) <= set(specs):
+                # a role added (its prerequisites got ready): what runs keeps running, and the
+                # new supervisor adopts it as after an agent restart
+                self.log.info("node.services_added", services=[
+                    s.name for s in specs if s not in self._specs])
+            else:
+                self.log.info("node.services_replaced", services=[s.name for s in specs])
+                await self._sup.stop(within=STOP_WITHIN)
             self._sup.detach()
             self._sup = None
             self._feed(phase.ServicesDropped())

@@ -6,6 +6,11 @@ leader assigns that node once, with both roles; its agent runs WEBrick and then 
 supervisor (the balancer's services after the server's), and nginx balances over both servers,
 the node's own among them. Then nginx is killed: it is restarted on the same node while the
 node's WEBrick keeps running, and the site answers again.
+
+A node's later role may need another node's: the database that is also the balancer, its
+servers elsewhere. It runs MariaDB first (the servers need it ready), is given the balancer
+once a server is ready, and its nginx is added beside the MariaDB that keeps running (the
+same process, adopted by the node's new supervisor).
 """
 
 from __future__ import annotations
@@ -74,3 +79,42 @@ def test_a_node_that_is_server_and_balancer_runs_both(lab: SharedLab) -> None:
     assert pids_of("ruby", ns) == ruby
     assert lab.wait_for("the site answers again", lambda: get(lab, "/entries")[0] == 200
                         or None, timeout=60)
+
+
+class BackLab(WebLab):
+    """The balancer on the database's node."""
+
+    def manifest(self, members: Sequence[Any]) -> str:
+        text = super().manifest(members)
+        return text.replace("roles:\n", "roles:\n  balancer:\n"
+                            f"    - {{address: {self.node_addresses[BACK]}}}\n", 1)
+
+
+BACK = "lab-database-1"
+
+
+def test_a_database_that_is_the_balancer_gets_nginx_once_a_server_is_ready() -> None:
+    with BackLab("web7", hosts=1, subnet="10.234.13.0/24", node_agents=True,
+                 nodes={"database": 1, "server": 2}) as lab:
+        lab.start_all()
+        ns = "web7-database1"
+        # ready with its database alone (its one-time initialisation's server gone by then)
+        lab.wait_for("the database's node ready", lambda: leader_view(lab).get(
+            "nodes", {}).get(BACK, {}).get("phase") == "ready" or None, timeout=BOUND,
+            interval=0.2)
+        first = pids_of("mariadbd", ns)
+        assert first and not pids_of("nginx", ns)  # no server is ready yet: no balancer
+        lab.wait_for("nginx added on the database's node", lambda: pids_of("nginx", ns),
+                     timeout=BOUND, interval=0.5)
+        assert pids_of("mariadbd", ns) == first  # kept running, not restarted
+        address = lab.node_addresses[BACK]
+
+        def served() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://{address}/entries", timeout=10) as resp:
+                    return resp.headers.get("X-Served-By") or None
+            except OSError:
+                return None
+        who = {lab.wait_for("GET through the database's nginx", served, timeout=60)
+               for _ in range(12)}
+        assert who <= {"lab-server-1", "lab-server-2"} and who, who
