@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,17 @@ def have(request: pytest.FixtureRequest):
         return path
 
     return check
+
+
+#: This machine's files no test may change: test nodes keep theirs in folders of their own
+#: (`node.system_root`, private mounts). (The batch labs add a user for their jobs and remove
+#: it: the account files are not compared.)
+_MACHINE_FILES = (Path("/etc/hosts"),)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_files_untouched() -> Iterator[None]:
+    before = {p: p.read_bytes() for p in _MACHINE_FILES if p.exists()}
+    yield
+    changed = [str(p) for p, data in before.items() if p.read_bytes() != data]
+    assert not changed, f"the tests changed this machine's {', '.join(changed)}"

@@ -67,6 +67,18 @@ OWNER = ".owner"
 _SWEEP_ROUNDS = 5
 
 
+def node_system(folder: Path) -> Path:
+    """A node agent's own `/` for the system files it keeps (`node.system_root`): cloudd's
+    block of `etc/hosts` and the manifest's users go there, never into this machine's files.
+    Made with copies of this machine's account files, which `useradd --prefix` extends."""
+    root = folder / "system"
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(Path("/etc") / name, root / "etc" / name)
+    return root
+
+
 def lab_root(prefix: str, *, parent: Path | None = None) -> Path:
     """A new lab folder `cloudd-PREFIX-XXXXXXXX` (in `parent`, default the temporary folder),
     naming the process that made it: a lab made before it holds the prefix's lock (it waits
@@ -362,13 +374,14 @@ class AgentLab:
                         shutil.copy2(pki / issuer, own.ca.parent / issuer)
             shutil.copy(template, folder / "manifests" / "templates" / "domain.xml")
             (folder / "manifests" / "lab.yaml").write_text(manifest)
+            system = "" if name in hosts else f"node: {{system_root: {node_system(folder)}}}\n"
             (folder / "agent.yaml").write_text(
                 f"name: {name}\nprofile: {self.profile}\n"
                 f"listen: {{address: {address}}}\n"
                 f"pki: {{ca: {own.ca}, cert: {own.cert}, key: {own.key}}}\n"
                 f"libvirt: {self.libvirt_settings()}\n"
                 f"state_dir: {folder / 'state'}\nmanifest_dir: {folder / 'manifests'}\n"
-                f"api_socket: {folder / 'api.sock'}\n{self.extra_settings}")
+                f"api_socket: {folder / 'api.sock'}\n{system}{self.extra_settings}")
             self.agents[name] = AgentProc(name, ns, folder)
         if self.time_servers:
             for name, ns, address in members:
