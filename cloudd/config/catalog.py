@@ -9,6 +9,7 @@ manifest loader takes a catalog (type name -> TypeSpec) as an argument, and
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -61,6 +62,17 @@ class GeneratedSecret:
         if not 16 <= self.size <= 4096:
             raise ValueError(f"generated secret {self.name}: {self.size} bytes is outside "
                              "16 to 4096")
+
+    def contents(self, random_bytes: bytes) -> bytes:
+        """The secret's contents (its file) from its random bytes, in the form `text` says."""
+        return base64.urlsafe_b64encode(random_bytes).rstrip(b"=") if self.text else random_bytes
+
+    def random_bytes(self, contents: bytes) -> bytes:
+        """The random bytes back from the secret's contents (a trailing newline ignored)."""
+        if not self.text:
+            return contents
+        text = contents.strip()
+        return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
 
 
 @dataclass(frozen=True)

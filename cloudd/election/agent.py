@@ -125,7 +125,7 @@ class AgentCore:
         holder = self.bully.holder
         if self.bully.role is not ElectionRole.LEADER or holder is None:
             return False
-        return holder.valid_until.get(host, float("-inf")) > now
+        return holder.backed_by(host, now)
 
     @property
     def unproven(self) -> bool:

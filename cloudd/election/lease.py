@@ -116,6 +116,10 @@ class Holder:
         until = sent + min(grant.duration, self.timing.lease_duration) - self.timing.lease_margin
         self.valid_until[host] = max(until, self.valid_until.get(host, until))
 
+    def backed_by(self, host: str, now: float) -> bool:
+        """`host` granted one of this term's leases that is still valid at `now`."""
+        return self.valid_until.get(host, float("-inf")) > now
+
     def quorum_until(self) -> float:
         """The instant the majority lapses if no grant arrives meanwhile (-inf: none)."""
         valid = dict(self.valid_until)

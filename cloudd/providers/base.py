@@ -15,10 +15,12 @@ want a reload because of them, so that e.g. nginx re-reads its upstream instead 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import ipaddress
 import os
 import pwd
+import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -385,13 +387,27 @@ def apply_rendered(rendered: Rendered) -> Changes:
     return Changes(changed=tuple(changed), reload=tuple(reload))
 
 
-async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
+async def run_command(argv: tuple[str, ...], *, within: float | None = None,
+                      env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run `argv` (stdin /dev/null, in a session of its own) to its end: (exit status, its
+    output and errors). Past `within` seconds its whole session is killed: (-1, a sentence)."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-    out, _ = await proc.communicate()
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
+        start_new_session=True)
+    try:
+        async with asyncio.timeout(within):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return -1, f"{argv[0]} ran past {within:g}s"
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
+    return await run_command(argv, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 async def missing_packages(names: Iterable[str]) -> tuple[str, ...]:

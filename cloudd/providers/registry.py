@@ -56,33 +56,37 @@ class Registry:
         return cloud_type in self._by_type
 
 
+def load(name: str) -> Provider:
+    """The `PROVIDER` of module `name`; PermanentError (one sentence) when the module cannot
+    be imported or defines none."""
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # an install's fault, said as one sentence
+        raise PermanentError(f"provider module {name} cannot be imported: "
+                             f"{type(exc).__name__}: {exc}") from None
+    provider = getattr(module, "PROVIDER", None)
+    if not isinstance(provider, Provider):
+        raise PermanentError(f"module {name} defines no PROVIDER")
+    return provider
+
+
 def default_registry(modules: Iterable[str] | None = None) -> Registry:
     """A registry with the built-in providers (`BUILTIN_MODULES` as it is when called)."""
     registry = Registry()
     for name in BUILTIN_MODULES if modules is None else modules:
-        module = importlib.import_module(name)
-        provider = getattr(module, "PROVIDER", None)
-        if not isinstance(provider, Provider):
-            raise PermanentError(f"module {name} defines no PROVIDER")
-        registry.register(provider)
+        registry.register(load(name))
     return registry
 
 
 def unprovided(types: Iterable[str], modules: Iterable[str] | None = None) -> list[str]:
     """One sentence per cloud type of `types` that has no provider here (its module missing,
     failing to import, or naming another type): the agent's start refuses them all."""
-    wanted = set(types)
     problems: list[str] = []
     found: set[str] = set()
     for name in BUILTIN_MODULES if modules is None else modules:
         try:
-            provider = getattr(importlib.import_module(name), "PROVIDER", None)
-        except Exception as exc:
-            problems.append(f"provider module {name} cannot be imported: "
-                            f"{type(exc).__name__}: {exc}")
-            continue
-        if isinstance(provider, Provider):
-            found.add(provider.cloud_type)
-    problems += [f"cloud type {t!r} is accepted by validation but has no provider here"
-                 for t in sorted(wanted - found)]
-    return problems
+            found.add(load(name).cloud_type)
+        except PermanentError as exc:
+            problems.append(str(exc))
+    return problems + [f"cloud type {t!r} is accepted by validation but has no provider here"
+                       for t in sorted(set(types) - found)]

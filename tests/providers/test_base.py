@@ -322,3 +322,11 @@ def test_a_type_without_its_provider_is_named_at_the_agents_start() -> None:
         "provider module cloudd.providers.nowhere.provider cannot be imported: "
         "ModuleNotFoundError: No module named 'cloudd.providers.nowhere'",
         "cloud type 'pbs' is accepted by validation but has no provider here"]
+
+
+async def test_a_command_past_its_bound_is_killed_with_its_session() -> None:
+    from cloudd.providers.base import run_command
+
+    assert await run_command(("sh", "-c", "echo out; echo err >&2")) == (0, "out\nerr\n")
+    code, said = await run_command(("sh", "-c", "sleep 30 & sleep 30"), within=0.3)
+    assert (code, said) == (-1, "sh ran past 0.3s")

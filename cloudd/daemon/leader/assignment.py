@@ -47,7 +47,9 @@ def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
     peers = tuple(PeerInfo(n.name, n.role, ip_address(n.address), n.name in well,
                            _more(n.roles))
                   for n in cloud.nodes)
-    held = {n.name: ready_roles(cloud, n, well, made) for n in cloud.nodes}
+    ready = {r: frozenset(m.name for m in cloud.nodes_of(r) if m.name in well)
+             for r in cloud.roles}
+    held = {n.name: ready_roles(cloud, n, ready, made) for n in cloud.nodes}
     out: list[RoleAssignment] = []
     for role in cloud.roles:
         for n in cloud.nodes:
@@ -65,20 +67,20 @@ def assignments(cloud: Cloud, *, term: int, reports: Mapping[str, NodeReport],
     return tuple(out)
 
 
-def ready_roles(cloud: Cloud, node: Node, well: Collection[str],
+def ready_roles(cloud: Cloud, node: Node, ready: Mapping[str, frozenset[str]],
                 made: Mapping[str, bytes]) -> tuple[str, ...]:
     """The roles `node` is given now: those of its roles, in the type's order, whose earlier
-    roles it does not hold itself each have a ready node elsewhere, and whose secrets are made
-    (up to the first that waits). A node holding a role that needs another node's (a
-    database and balancer whose servers are elsewhere) starts with the roles it can run, is
-    ready with them, and gets the next once the others are ready."""
+    roles it does not hold itself each have a ready node elsewhere (`ready`: role -> its
+    ready nodes), and whose secrets are made (up to the first that waits). A node holding a
+    role that needs another node's (a database and balancer whose servers are elsewhere)
+    starts with the roles it can run, is ready with them, and gets the next once the others
+    are ready."""
     out: list[str] = []
     for role in node.roles:
         i = cloud.roles.index(role)
         if any(waiting(cloud, r, made) for r in cloud.roles[:i + 1]):
             break
-        if not all(any(m.name in well for m in cloud.nodes_of(r) if m.name != node.name)
-                   for r in cloud.roles[:i] if r not in node.roles):
+        if not all(ready[r] - {node.name} for r in cloud.roles[:i] if r not in node.roles):
             break
         out.append(role)
     return tuple(out)

@@ -219,9 +219,7 @@ def missing(wanted: Iterable[GeneratedSecret], r: Record) -> tuple[GeneratedSecr
 
 def drawn(secret: GeneratedSecret, random_bytes: bytes) -> bytes:
     """A generated secret's contents from its random bytes, in the form the type asked."""
-    if not secret.text:
-        return random_bytes
-    return base64.urlsafe_b64encode(random_bytes).rstrip(b"=")
+    return secret.contents(random_bytes)
 
 
 # -- reading it ------------------------------------------------------------------------------

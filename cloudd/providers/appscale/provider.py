@@ -27,14 +27,13 @@ also sees a node AppScale lost in the tools' status (unreported, or absent), and
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cloudd import durable, log
-from cloudd.config.catalog import LayoutNode
+from cloudd.config.catalog import GeneratedSecret, LayoutNode
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.appscale import appscalefile, jobs, sshtrust, tools
 from cloudd.providers.appscale.spec import ADMIN_ROLE, ROLES, AppScaleSettings, role_secrets
@@ -51,6 +50,7 @@ from cloudd.providers.base import (
     Rendered,
     Role,
     read_secret,
+    run_command,
 )
 
 _log = log.get("providers.appscale")
@@ -61,9 +61,9 @@ STATUS_WITHIN = ACT_WITHIN - 2.0
 POLL = 10.0
 
 
-def seed(a: Assignment, name: str) -> bytes:
-    """A generated seed (text: base64url of its bytes) as its bytes."""
-    return _decode(read_secret(a, name).decode().strip())
+def seed(a: Assignment, secret: GeneratedSecret) -> bytes:
+    """A generated seed's random bytes, from its file."""
+    return secret.random_bytes(read_secret(a, secret.name))
 
 
 def settings_of(values: Mapping[str, Any]) -> AppScaleSettings:
@@ -94,7 +94,7 @@ class AppScaleRole(Role):
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
         files: list[FileSpec] = []
         dirs: list[DirSpec] = []
-        host = _decode(secrets[sshtrust.HOST_SEED.name])
+        host = sshtrust.HOST_SEED.random_bytes(secrets[sshtrust.HOST_SEED.name].encode())
         if a.role == a.roles[0]:
             files += (FileSpec(Path(f.path), f.text, f.mode)
                       for f in sshtrust.node_files(host, cloud=a.cloud))
@@ -109,7 +109,8 @@ class AppScaleRole(Role):
                 [LayoutNode(str(p.address), p.roles or (p.role,)) for p in nodes], s,
                 password=secrets[s.admin_password_ref].encode())
             files.append(FileSpec(a.root / "deployment" / appscalefile.NAME, text, 0o600))
-            client = _decode(secrets[sshtrust.CLIENT_SEED.name])
+            client = sshtrust.CLIENT_SEED.random_bytes(
+                secrets[sshtrust.CLIENT_SEED.name].encode())
             files += (FileSpec(Path(f.path), f.text, f.mode) for f in sshtrust.master_files(
                 client, host, cloud=a.cloud, keyname=s.keyname, home=PurePosixPath(home),
                 nodes=[sshtrust.TrustNode(str(p.address), p.node) for p in nodes]))
@@ -122,13 +123,13 @@ class AppScaleRole(Role):
         folder); a failed reload is said and tried again at the next converge."""
         if a.role != a.roles[0]:
             return
-        files = sshtrust.node_files(seed(a, sshtrust.HOST_SEED.name), cloud=a.cloud)
+        files = sshtrust.node_files(seed(a, sshtrust.HOST_SEED), cloud=a.cloud)
         stamp = hashlib.sha256("".join(f.text for f in files).encode()).hexdigest()
         mark = a.root / "sshd.stamp"
         if mark.exists() and mark.read_text() == stamp:
             return
         argv = (*a.exec_prefix, *settings_of(a.settings).sshd_reload)
-        code, out = await _run(argv)
+        code, out = await run_command(argv, within=ACT_WITHIN)
         if code != 0:
             _log.warning("appscale_sshd_reload_failed", cloud=a.cloud, node=a.node, code=code,
                          reason=out.strip()[-200:])
@@ -155,8 +156,7 @@ async def trust(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
     refused unless the line is this deployment's client key (its comment) and the address is
     the master this node's assignment names, so that nothing else can be slipped in nor an
     operator's key of another comment be replaced."""
-    masters = a.peers_of(ADMIN_ROLE) or ((Peer(a.node, a.role, a.address, True),)
-                                         if ADMIN_ROLE in a.roles else ())
+    masters = [p for p in _deployment(a) if p.holds(ADMIN_ROLE)]
     if not masters or args["master"] != str(masters[0].address):
         raise PermanentError(f"{args['master']!r} is not the master of {a.cloud}")
     if args["public"].rsplit(" ", 1)[-1] != sshtrust.client_comment(a.cloud):
@@ -191,7 +191,7 @@ class MasterRole(AppScaleRole):
 
 
 async def pubkey(a: Assignment, args: Mapping[str, str]) -> Mapping[str, str]:
-    client = sshtrust.client_key(seed(a, sshtrust.CLIENT_SEED.name), cloud=a.cloud)
+    client = sshtrust.client_key(seed(a, sshtrust.CLIENT_SEED), cloud=a.cloud)
     return {"public": client.public_line}
 
 
@@ -236,27 +236,10 @@ def _start(a: Assignment, verb: str) -> jobs.JobView:
     return view
 
 
-def _decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _deployment(a: Assignment) -> tuple[Peer, ...]:
     """Every node of the deployment (this one and its peers), once each."""
     me = Peer(a.node, a.role, a.address, True, a.roles)
     return (me, *(p for p in a.peers if p.node != a.node))
-
-
-async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=ACT_WITHIN)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, f"{argv[0]} ran past {ACT_WITHIN:g}s"
-    return proc.returncode or 0, out.decode(errors="replace")
 
 
 def next_run(view: jobs.JobView, *, back: bool) -> str | None:
@@ -268,15 +251,26 @@ def next_run(view: jobs.JobView, *, back: bool) -> str | None:
     return "respawn" if back else None
 
 
+#: Characters of the master's words (a node: a tenant's VM) the leader repeats in a finding or
+#: an error: they reach inspect and the event log.
+SAID = 200
+
+
+def rows(answer: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """The master's `status` answer as address -> (AppScale's state, the row as said), each
+    bounded: the answer is a node's, and goes into findings."""
+    return {key.removeprefix("node ")[:64]: (value.split(" ", 1)[0][:32], value[:SAID])
+            for key, value in answer.items() if key.startswith("node ")}
+
+
 def forgotten(answer: Mapping[str, str] | None, addresses: list[str]) -> bool:
     """Whether the master's `status` answer shows a node of the deployment that AppScale lost:
     a row it could not fill (`unreported`: a VM respawned with nothing of AppScale on it) or
     no row at all. Level-triggered: a new leader sees it too. None (no answer): unknown, no."""
     if answer is None:
         return False
-    rows = {k.removeprefix("node "): v.split(" ", 1)[0] for k, v in answer.items()
-            if k.startswith("node ")}
-    return any(rows.get(a, tools.NodeState.UNREPORTED.value)
+    states = {address: state for address, (state, _) in rows(answer).items()}
+    return any(states.get(a, tools.NodeState.UNREPORTED.value)
                == tools.NodeState.UNREPORTED.value for a in addresses)
 
 
@@ -343,7 +337,8 @@ class AppScaleProvider(Provider):
         view = _view(await cluster.ask(master.node, "result", {}))
         found = [Finding("appscale-run", view.state is not jobs.JobState.FAILED,
                          f"appscale {view.verb or 'up'}: {view.state.value}"
-                         + (f": {view.message}" if view.message else ""), node=master.node)]
+                         + (f": {view.message[:SAID]}" if view.message else ""),
+                         node=master.node)]
         if not view.deployed:
             return tuple(found)
         try:
@@ -352,14 +347,11 @@ class AppScaleProvider(Provider):
             return (*found, Finding("appscale", False, f"appscale status failed: {exc}",
                                     node=master.node))
         by_address = {str(p.address): p.node for p in _nodes(cluster).values()}
-        for key, value in sorted(answer.items()):
-            if not key.startswith("node "):
-                continue
-            address = key.removeprefix("node ")
-            state = value.split(" ", 1)[0]
-            found.append(Finding("appscale", state == tools.NodeState.LOADED.value,
-                                 f"AppScale says {value}", node=by_address.get(address, ""),
-                                 state=state))
+        for address, (state, said) in sorted(rows(answer).items()):
+            if address in by_address:  # a row for no node of the deployment says nothing
+                found.append(Finding("appscale", state == tools.NodeState.LOADED.value,
+                                     f"AppScale says {said}", node=by_address[address],
+                                     state=state))
         return tuple(found)
 
     async def stop(self, cluster: ClusterView) -> None:
@@ -390,11 +382,16 @@ def _master(cluster: ClusterView) -> Peer:
 
 
 def _view(pairs: Mapping[str, str]) -> jobs.JobView:
+    """The master's answer about its run, as the leader reads it (its words bounded)."""
+    verb = pairs.get("verb", "")
     try:
-        return jobs.JobView(pairs.get("verb", ""), jobs.JobState(pairs.get("state", "")),
-                            pairs.get("message", ""))
+        if verb:
+            jobs.Run(verb)  # one of the runs, or no answer of the master's own
+        return jobs.JobView(verb, jobs.JobState(pairs.get("state", "")),
+                            pairs.get("message", "")[:SAID])
     except ValueError:
-        raise TemporaryError(f"the master answered no run state: {dict(pairs)}") from None
+        raise TemporaryError("the master answered no run state: "
+                             f"{str(dict(pairs))[:SAID]}") from None
 
 
 PROVIDER = AppScaleProvider()

@@ -3,6 +3,7 @@ tests/real/providers/appscale/test_appscale_provider_real.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -69,3 +70,33 @@ async def test_a_node_trusts_only_its_masters_address_and_its_clouds_key(
 def test_a_node_appscale_lost_is_seen_in_its_status(answer: dict[str, str] | None,
                                                       lost: bool) -> None:
     assert forgotten(answer, ["10.0.0.2", "10.0.0.3"]) is lost
+
+
+async def test_the_masters_words_reach_inspect_bounded_and_only_for_its_nodes() -> None:
+    """The master is a node (a tenant's VM): what it answers is cut to a few hundred
+    characters before it becomes a finding, and a row naming no node of the deployment is
+    dropped."""
+    from cloudd.providers.base import ClusterView
+
+    answers = {
+        "result": {"verb": "up", "state": "done", "message": "x" * 10_000},
+        "status": {"summary": "up", "node 10.0.0.2": "loaded " + "m" * 10_000,
+                   "node 10.0.0.3": "unreported compute", "node 10.9.9.9": "loaded evil"},
+    }
+
+    async def ask(node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
+        return answers[action]
+
+    cluster = ClusterView(cloud="as1", ask=ask, nodes=(
+        Peer("head", "master", ip_address("10.0.0.2"), True),
+        Peer("w1", "compute", ip_address("10.0.0.3"), True)))
+    found = await PROVIDER.monitor(cluster)
+    assert all(len(f.message) <= 250 and len(f.state) <= 32 for f in found), found
+    assert [(f.check, f.node, f.ok) for f in found] == [
+        ("appscale-run", "head", True), ("appscale", "head", True), ("appscale", "w1", False)]
+
+
+def test_a_generated_seed_reads_back_as_its_random_bytes() -> None:
+    raw = bytes(range(32))
+    contents = sshtrust.HOST_SEED.contents(raw)
+    assert b"=" not in contents and sshtrust.HOST_SEED.random_bytes(contents + b"\n") == raw
