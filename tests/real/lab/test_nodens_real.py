@@ -74,7 +74,13 @@ def test_nodes_have_their_own_hostname_folders_and_address_then_vanish() -> None
         assert who.stdout.split() == ["nobody", "n-a", str(lab.root)], who
         # A process left running is found by its namespaces, and killed on close.
         left = subprocess.Popen(b.argv(["sleep", "300"]))
-        assert b.pids() == [left.pid]
+        inside: list[int] = []
+        for _ in range(100):  # until nsenter has entered the node's namespaces (bounded)
+            inside = b.pids()
+            if inside:
+                break
+            time.sleep(0.05)
+        assert inside == [left.pid]
         assert lab.add("d").hostname == "d"
         with pytest.raises(NodeLabError, match="already exists"):
             lab.add("a")
