@@ -168,15 +168,18 @@ def _nodes(c: CloudView, *, now: float) -> list[list[Cell]]:
 
 def _checks(c: CloudView) -> list[list[Cell]]:
     """The provider's findings not already shown as a node's scheduler state: each one that
-    fails, and every other check."""
+    fails, and every other check; a finding for the whole cloud with its figures (a batch
+    queue's: `jobs waiting: 3 job(s) waiting, asking ...`)."""
     rows: list[list[Cell]] = []
     found = [("(cloud)", f) for f in c.findings]
     found += [(n.name, f) for n in c.nodes for f in n.findings]
     for subject, f in found:
-        if f.state and f.ok:
+        whole = subject == "(cloud)"
+        if f.state and f.ok and not whole:
             continue
+        said = f"{f.message}: {f.state}" if whole and f.state else f.message
         rows.append([(subject, ""), (f.check, ""), styled("ok" if f.ok else "failing"),
-                     (f.message, "")])
+                     (said, "")])
     return rows
 
 

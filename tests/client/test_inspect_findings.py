@@ -88,3 +88,16 @@ def test_no_scheduler_column_or_checks_without_findings() -> None:
         node("hpc-head-1", "head"),)})
     text = render(InspectDoc(answered_by="pm1", generated_at=NOW, clouds=(bare,)), now=NOW)
     assert "SCHEDULER" not in text and "PROVIDER CHECKS" not in text
+
+
+def test_a_finding_for_the_whole_cloud_shows_its_figures() -> None:
+    doc = batch()
+    queue = FindingView("queue", True, "jobs waiting",
+                        state="2 job(s) waiting, asking 2 node(s) and 2 CPU(s) (Resources 2)")
+    cloud = doc.clouds[0].__class__(**{**doc.clouds[0].__dict__, "findings": (queue,)})
+    lines = plain(render(InspectDoc(answered_by="pm1", generated_at=NOW, clouds=(cloud,)),
+                         now=NOW)).splitlines()
+    at = lines.index("  PROVIDER CHECKS")
+    assert lines[at + 1].split(None, 3) == [
+        "(cloud)", "queue", "ok",
+        "jobs waiting: 2 job(s) waiting, asking 2 node(s) and 2 CPU(s) (Resources 2)"]

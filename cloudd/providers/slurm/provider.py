@@ -10,7 +10,8 @@ The leader's hooks reach slurmctld through the head's actions (`ClusterView.ask`
   registered;
 - `monitor`: the scheduler's view of every compute node as findings (state and running jobs
   beside cloudd's own view in `inspect`), nodes Slurm itself marked down or drained while
-  cloudd keeps them healthy resumed, and nodes that left deleted (`sched.judge`).
+  cloudd keeps them healthy resumed, and nodes that left deleted (`sched.judge`); and the
+  jobs waiting in the queue, summed, as a finding for the whole cloud (`batchqueue`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cloudd.errors import ClouddError, TemporaryError
+from cloudd.providers import batchqueue
 from cloudd.providers.base import ClusterView, Finding, Peer, Provider, Role
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.conf import SLURM_USER
@@ -78,8 +80,13 @@ class SlurmProvider(Provider):
                     await self._ask(cluster, head, action, name)
                 except ClouddError as exc:
                     failed.append(Finding(action, False, str(exc), name))
+        try:
+            queue = batchqueue.finding(batchqueue.decode(
+                await cluster.ask(head.node, "queue", {})))
+        except ClouddError as exc:
+            queue = batchqueue.unreadable("slurmctld", str(exc))
         return (Finding("slurmctld", True, "slurmctld answers", head.node),
-                *verdict.findings, *failed)
+                *verdict.findings, *failed, queue)
 
     async def _ask(self, cluster: ClusterView, head: Peer, action: str, node: str) -> None:
         try:

@@ -13,8 +13,8 @@ leader when it makes one): `prepare` copies it byte for byte from the node's sec
 reaches munged when it next starts.
 
 The head answers the leader's actions (`HeadRole.act`): `nodes` (the scheduler's view,
-`sched.py`), `resume_node` and `delete_node`, each one `scontrol`/`sinfo`/`squeue` run in
-the node (through its exec prefix) with a bound on its time.
+`sched.py`), `queue` (the jobs that wait, summed), `resume_node` and `delete_node`, each one
+`scontrol`/`sinfo`/`squeue` run in the node (through its exec prefix) with a bound on its time.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from cloudd import durable
 from cloudd.errors import PermanentError, TemporaryError
-from cloudd.providers import rolefiles, values
+from cloudd.providers import batchqueue, rolefiles, values
 from cloudd.providers.base import (
     ACT_WITHIN,
     Assignment,
@@ -129,7 +129,7 @@ class HeadRole(SlurmRole):
     name = "head"
     daemon = "slurmctld"
     actions: Mapping[str, tuple[str, ...]] = {
-        "nodes": (), "resume_node": ("node",), "delete_node": ("node",)}
+        "nodes": (), "queue": (), "resume_node": ("node",), "delete_node": ("node",)}
 
     def controller(self, a: Assignment) -> SlurmctldHost:
         return SlurmctldHost.of(a.node, a.address)
@@ -150,7 +150,8 @@ class HeadRole(SlurmRole):
                   args: Mapping[str, str]) -> Mapping[str, str]:
         acts: dict[str, Callable[[Assignment, Mapping[str, str], float],
                                  Awaitable[Mapping[str, str]]]] = {
-            "nodes": self._nodes, "resume_node": self._resume, "delete_node": self._delete}
+            "nodes": self._nodes, "queue": self._queue, "resume_node": self._resume,
+            "delete_node": self._delete}
         if action not in acts:
             return await super().act(assignment, action, args)
         deadline = asyncio.get_running_loop().time() + ACTION_WITHIN
@@ -168,6 +169,12 @@ class HeadRole(SlurmRole):
         except ExceptionGroup as failed:  # the other command was cancelled, hence killed
             raise failed.exceptions[0] from None
         return sched.encode(sched.view(sinfo.result(), squeue.result()))
+
+    async def _queue(self, a: Assignment, args: Mapping[str, str],
+                     deadline: float) -> Mapping[str, str]:
+        pending = await self._checked(a, deadline, "squeue", "-h", "-t", "PENDING",
+                                      "-o", sched.PENDING_FORMAT)
+        return batchqueue.encode(sched.parse_pending(pending))
 
     async def _resume(self, a: Assignment, args: Mapping[str, str],
                       deadline: float) -> Mapping[str, str]:

@@ -4,7 +4,11 @@ On the head, the `nodes` action runs `sinfo` (each node's state, and who set its
 why) and `squeue` (the running jobs and their nodes, in Slurm's compressed host lists);
 `parse_sinfo`, `parse_squeue` and `expand_hostlist` read them, and `encode` packs the result
 into the action's answer (one entry per node, a few fields each, so that it stays small).
-On the leader, `decode` unpacks it and `judge` compares it with cloudd's own view:
+On the leader, `decode` unpacks it and `judge` compares it with cloudd's own view (below).
+The `queue` action runs `squeue` for the jobs that wait (`parse_pending`): the leader gets
+their sum (`batchqueue.Queue`: how many, the nodes and CPUs they ask, Slurm's reasons), never
+the jobs themselves, and shows it for the whole cloud.
+
 
 | Slurm says                                   | cloudd says       | finding | action      |
 |----------------------------------------------|-------------------|---------|-------------|
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
 from cloudd.providers.base import Finding, Peer
+from cloudd.providers.batchqueue import MAX_REASON, Queue, summed
 
 #: Flags sinfo appends to a state: not responding, powered down, powering up, and so on.
 _FLAGS = "*~#!%$@^-"
@@ -37,8 +42,8 @@ _FLAGS = "*~#!%$@^-"
 SERVING = frozenset({"idle", "mixed", "allocated", "completing"})
 #: Base states a node may be resumed from (`scontrol update state=resume`).
 RESUMABLE = frozenset({"down", "drained", "draining", "fail", "failing"})
-#: Most job ids an answer carries per node, and most characters of a reason.
-MAX_JOBS, MAX_REASON = 16, 80
+#: Most job ids an answer carries per node.
+MAX_JOBS = 16
 #: Most names a host list may expand to: a bigger one is not a cloud's.
 MAX_HOSTS = 65536
 #: sinfo's output format: node, long state, the reason's user, the reason (last: it may hold
@@ -46,6 +51,8 @@ MAX_HOSTS = 65536
 SINFO_FORMAT = "%N|%T|%u|%E"
 #: squeue's output format: job id and the nodes it runs on.
 SQUEUE_FORMAT = "%i|%N"
+#: squeue's output format for the jobs that wait: id, nodes and CPUs asked, Slurm's reason.
+PENDING_FORMAT = "%i|%D|%C|%r"
 _CHECK = "scheduler"
 #: Control characters: a reason's tab or newline would break an answer's fields, an escape
 #: sequence would reach the operator's terminal.
@@ -185,6 +192,19 @@ def decode(answer: Mapping[str, str]) -> tuple[SchedNode, ...]:
         state, by, jobs, reason = parts
         nodes.append(SchedNode(name, state, by, reason, tuple(j for j in jobs.split(",") if j)))
     return tuple(nodes)
+
+
+def parse_pending(text: str) -> Queue:
+    """`squeue -h -t PENDING -o PENDING_FORMAT` summed (`batchqueue.Queue`)."""
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("|", 3)]
+        if len(parts) != 4 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+            raise PermanentError(f"squeue said {line[:80]!r}, not job|nodes|cpus|reason")
+        jobs.append((int(parts[1]), int(parts[2]), _CONTROL.sub(" ", parts[3])))
+    return summed(jobs)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Roles, in dependency order:
   created once, in `prepare` (`pbs_server -t create`); the server's settings (the default
   queue, scheduling) are applied by its `setup` action, which the leader asks for once the
   head is healthy. Its other actions are the leader's hands on the scheduler: `nodes`
-  (`pbsnodes -x`), `create_node`, `delete_node` (qmgr) and `cycle_node` (`momctl -C`).
+  (`pbsnodes -x`), `queue` (`qstat -x`, the waiting jobs summed: `queue.py`), `create_node`,
+  `delete_node` (qmgr) and `cycle_node` (`momctl -C`).
 - `compute`: trqauthd and pbs_mom, whose `$pbsserver` is the head.
 
 Every daemon runs in the foreground under the node's supervisor (`-F`; pbs_sched, which has
@@ -15,7 +16,8 @@ no such flag, stays in the foreground with `PBSDEBUG` set) with the node's own P
 The leader's hooks: `configure("head")` applies the server's settings, `configure("compute")`
 makes pbs_server's node list the cloud's compute nodes (created when they appear, deleted
 when they leave), and `monitor` reports pbs_server's view of each compute node and nudges
-the pbs_mom of a node TORQUE shows `down` while its agent is healthy (`nodes.judge`).
+the pbs_mom of a node TORQUE shows `down` while its agent is healthy (`nodes.judge`), and
+the jobs waiting in its queues, summed, for the whole cloud.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from cloudd import log
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
-from cloudd.providers import values
+from cloudd.providers import batchqueue, values
 from cloudd.providers.base import (
     Assignment,
     ClusterView,
@@ -35,7 +37,7 @@ from cloudd.providers.base import (
     Role,
 )
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
-from cloudd.providers.torque import layout, nodes, programs
+from cloudd.providers.torque import layout, nodes, programs, queue
 from cloudd.providers.torque.layout import Home, head_of, program, torque_settings
 
 __all__ = ["PROVIDER", "TorqueProvider"]
@@ -62,8 +64,8 @@ def _trqauthd(a: Assignment, home: Home, head: str) -> ServiceSpec:
 class TorqueHeadRole(Role):
     name = "head"
     actions: Mapping[str, tuple[str, ...]] = {
-        "setup": (), "nodes": (), "create_node": ("name", "np"), "delete_node": ("name",),
-        "cycle_node": ("name",)}
+        "setup": (), "nodes": (), "queue": (), "create_node": ("name", "np"),
+        "delete_node": ("name",), "cycle_node": ("name",)}
 
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
         return layout.render_head(a)
@@ -159,6 +161,10 @@ async def _delete_node(a: Assignment, head: str, args: Mapping[str, str]) -> Map
     return {"node": name, "done": done.value, "jobs": str(len(view.jobs) if view else 0)}
 
 
+async def _queue(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
+    return batchqueue.encode(queue.parse_qstat_x(await programs.client(a, head, "qstat", "-x")))
+
+
 async def _cycle_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
     name = _name(args, "cycle_node")
     await programs.client(a, head, "momctl", "-h", name, "-C", kind="sbin")
@@ -168,7 +174,7 @@ async def _cycle_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapp
 _Handler = Callable[[Assignment, str, Mapping[str, str]], Awaitable[Mapping[str, str]]]
 #: The head's actions (`TorqueHeadRole.actions` names their arguments; the node checks them first).
 _HEAD_ACTIONS: Mapping[str, _Handler] = {
-    "setup": _setup, "nodes": _nodes, "create_node": _create_node,
+    "setup": _setup, "nodes": _nodes, "queue": _queue, "create_node": _create_node,
     "delete_node": _delete_node, "cycle_node": _cycle_node}
 
 
@@ -246,7 +252,12 @@ class TorqueProvider(Provider):
             except ClouddError as exc:
                 _log.warning("torque.nudge_failed", cloud=cluster.cloud, node=name,
                              reason=str(exc))
-        return verdict.findings
+        try:
+            waiting = batchqueue.finding(batchqueue.decode(
+                await cluster.ask(head.node, "queue", {})))
+        except ClouddError as exc:
+            waiting = batchqueue.unreadable("pbs_server", str(exc))
+        return (*verdict.findings, waiting)
 
 
 PROVIDER = TorqueProvider()

@@ -61,6 +61,16 @@ async def test_nodes_answers_the_scheduler_view(head: Assignment) -> None:
                                   f"{conf}: squeue -h -t RUNNING,COMPLETING -o %i|%N"]
 
 
+async def test_queue_answers_the_waiting_jobs_summed(head: Assignment) -> None:
+    _set(head, "out-squeue", "21|2|4|Resources\n22|1|1|Priority\n23|1|2|Resources\n")
+    assert PROVIDER.role("head").actions["queue"] == ()
+    answer = await PROVIDER.role("head").act(head, "queue", {})
+    assert answer == {"jobs": "3", "nodes": "4", "cpus": "7",
+                      "reasons": "Resources=2\nPriority=1"}
+    conf = head.root / "slurm" / "slurm.conf"
+    assert _log(head) == [f"{conf}: squeue -h -t PENDING -o %i|%D|%C|%r"]
+
+
 async def test_resume_and_delete_run_scontrol_on_the_named_node(head: Assignment) -> None:
     role = PROVIDER.role("head")
     assert await role.act(head, "resume_node", {"node": "b-c1"}) == {

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers import batchqueue
 from cloudd.providers.base import ClusterView, Peer
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.provider import PROVIDER
@@ -16,9 +17,10 @@ from cloudd.providers.slurm.sched import SchedNode
 
 @dataclass
 class Head:
-    """The head's agent as the leader sees it: answers `nodes`, records the rest."""
+    """The head's agent as the leader sees it: answers `nodes` and `queue`, records the rest."""
 
     view: list[SchedNode]
+    queue: batchqueue.Queue = field(default_factory=batchqueue.Queue)
     asked: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     down: bool = False
     refuse: set[str] = field(default_factory=set)
@@ -31,6 +33,8 @@ class Head:
             raise TemporaryError(f"`scontrol delete` on {node} failed: Node has jobs")
         if action == "nodes":
             return sched.encode(self.view)
+        if action == "queue":
+            return batchqueue.encode(self.queue)
         self.view = [n for n in self.view if n.name != args["node"]] if (
             action == "delete_node") else [
             SchedNode(n.name, "idle") if n.name == args["node"] else n for n in self.view]
@@ -46,7 +50,7 @@ def _cluster(head: Head, **computes: bool) -> ClusterView:
 
 def _actions(head: Head) -> list[tuple[str, str]]:
     return [(action, args.get("node", "")) for _, action, args in head.asked
-            if action != "nodes"]
+            if action not in ("nodes", "queue")]
 
 
 async def test_configure_head_needs_slurmctld_to_answer() -> None:
@@ -86,19 +90,35 @@ async def test_monitor_shows_the_scheduler_view_and_acts_on_it() -> None:
         ("scheduler", "b-c2", False, "drained", ()),
         ("scheduler", "b-c3", False, "drained", ()),
         ("scheduler", "b-old", False, "idle", ()),
+        ("queue", "", True, "no job waiting", ()),
     ]
     assert _actions(head) == [("resume_node", "b-c2"), ("delete_node", "b-old")]
     again = await PROVIDER.monitor(_cluster(head, b_c1=True, b_c2=True, b_c3=True))
     assert [(f.node, f.ok) for f in again] == [
-        ("b-head", True), ("b-c1", True), ("b-c2", True), ("b-c3", False)]
+        ("b-head", True), ("b-c1", True), ("b-c2", True), ("b-c3", False), ("", True)]
+
+
+async def test_monitor_sums_the_jobs_that_wait_for_the_whole_cloud() -> None:
+    head = Head([SchedNode("b-c1", "allocated", jobs=("4",))],
+                queue=batchqueue.Queue(3, 4, 8, (("Resources", 2), ("Priority", 1))))
+    *_, queue = await PROVIDER.monitor(_cluster(head, b_c1=True))
+    assert (queue.check, queue.node, queue.ok, queue.message, queue.state) == (
+        "queue", "", True, "jobs waiting",
+        "3 job(s) waiting, asking 4 node(s) and 8 CPU(s) (Resources 2, Priority 1)")
+    # A head that cannot say its queue: the rest of the view stands, the queue fails.
+    head.refuse = {"queue"}
+    findings = await PROVIDER.monitor(_cluster(head, b_c1=True))
+    assert [(f.check, f.ok) for f in findings] == [
+        ("slurmctld", True), ("scheduler", True), ("queue", False)]
+    assert findings[-1].message.startswith("no queue from slurmctld: `scontrol delete`")
 
 
 async def test_monitor_reports_what_it_could_not_do_or_see() -> None:
     head = Head([SchedNode("b-old", "allocated", jobs=("5",))], refuse={"delete_node"})
     findings = await PROVIDER.monitor(_cluster(head))
-    assert (findings[-1].check, findings[-1].node, findings[-1].ok) == (
+    assert (findings[-2].check, findings[-2].node, findings[-2].ok) == (
         "delete_node", "b-old", False)
-    assert "Node has jobs" in findings[-1].message
+    assert "Node has jobs" in findings[-2].message
     head.down = True
     (finding,) = await PROVIDER.monitor(_cluster(head))
     assert (finding.check, finding.node, finding.ok) == ("slurmctld", "b-head", False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cloudd.errors import PermanentError
+from cloudd.providers import batchqueue
 from cloudd.providers.base import Peer
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.sched import SchedNode
@@ -140,3 +141,35 @@ def test_missing_nodes_are_reported_and_strangers_deleted() -> None:
     ]
     assert verdict.delete == ("gone",)
     assert verdict.findings[-1].jobs == ("9",)
+
+
+def test_waiting_jobs_are_summed_with_their_most_frequent_reasons() -> None:
+    text = "".join(f"{i}|1|2|{r}\n" for i, r in enumerate(
+        ["Resources"] * 3 + ["Priority"] * 2 + ["Dependency", "JobHeldUser", "BeginTime"]))
+    q = sched.parse_pending(text + "99|4|16|Resources\n\n")
+    assert q == batchqueue.Queue(9, 12, 32, (("Resources", 4), ("Priority", 2), ("BeginTime", 1),
+                                        ("Dependency", 1)))
+    assert batchqueue.decode(batchqueue.encode(q)) == q
+    assert sched.parse_pending("") == batchqueue.Queue()
+    assert batchqueue.Queue().describe() == "no job waiting"
+    assert batchqueue.finding(q).message == "jobs waiting"
+
+
+@pytest.mark.parametrize("line", ["21|two|4|Resources", "21|2|4", "|1|1|Priority"])
+def test_unexpected_pending_lines_are_refused(line: str) -> None:
+    with pytest.raises(PermanentError, match="not job\\|nodes\\|cpus\\|reason"):
+        sched.parse_pending(line)
+
+
+@pytest.mark.parametrize(("answer", "match"), [
+    ({"jobs": "1", "nodes": "1"}, "gives cpus '', not a count"),
+    ({"jobs": "-1", "nodes": "1", "cpus": "1"}, "gives jobs '-1', not a count"),
+    ({"jobs": "1", "nodes": "1", "cpus": "99999999999"}, "gives cpus '99999999999'"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "reasons": "Resources"}, "not reason=jobs"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "reasons": "\x1b[2J=1"}, "not reason=jobs"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "reasons": "a=1\nb=1\nc=1\nd=1\ne=1"},
+     "more than 4 reasons"),
+])
+def test_a_malformed_queue_answer_is_refused(answer: dict[str, str], match: str) -> None:
+    with pytest.raises(PermanentError, match=match):
+        batchqueue.decode(answer)

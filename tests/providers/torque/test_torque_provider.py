@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers import batchqueue
 from cloudd.providers.base import Assignment, ClusterView, Finding, Peer
 from cloudd.providers.torque import nodes
 from cloudd.providers.torque.nodes import TorqueNode
@@ -24,6 +25,7 @@ class FakeHead:
         self.registered = dict(registered or {})
         self.asked: list[tuple[str, str, dict[str, str]]] = []
         self.fail = fail
+        self.queue = batchqueue.Queue()
 
     async def ask(self, node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:
         self.asked.append((node, action, dict(args)))
@@ -31,6 +33,8 @@ class FakeHead:
             raise TemporaryError(f"cannot ask {node} for {action!r}: unreachable")
         if action == "nodes":
             return nodes.encode(tuple(self.registered.values()))
+        if action == "queue":
+            return batchqueue.encode(self.queue)
         if action == "create_node":
             self.registered[args["name"]] = TorqueNode(args["name"], frozenset({"down"}),
                                                      int(args["np"]))
@@ -104,8 +108,25 @@ async def test_configure_waits_for_a_healthy_head() -> None:
 async def test_monitor_reports_each_node_and_nudges_a_down_one_with_a_healthy_agent() -> None:
     head = FakeHead({"hpc-c1": _view("hpc-c1", "free"), "hpc-c2": _view("hpc-c2", "down")})
     findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c1"), _c("hpc-c2")))
-    assert [(f.node, f.ok) for f in findings] == [("hpc-c1", True), ("hpc-c2", False)]
-    assert head.actions() == ["nodes", "cycle_node hpc-c2"]
+    assert [(f.node, f.ok) for f in findings] == [
+        ("hpc-c1", True), ("hpc-c2", False), ("", True)]
+    assert head.actions() == ["nodes", "cycle_node hpc-c2", "queue"]
+    assert (findings[-1].check, findings[-1].message, findings[-1].state) == (
+        "queue", "no job waiting", "no job waiting")
+
+
+async def test_monitor_sums_the_waiting_jobs_and_stands_without_them() -> None:
+    head = FakeHead({"hpc-c1": _view("hpc-c1", "free")})
+    head.queue = batchqueue.Queue(2, 3, 6, (("queued", 1), ("held", 1)))
+    *_, waiting = await PROVIDER.monitor(_cluster(head, _c("hpc-c1")))
+    assert (waiting.check, waiting.ok, waiting.message, waiting.state) == (
+        "queue", True, "jobs waiting",
+        "2 job(s) waiting, asking 3 node(s) and 6 CPU(s) (queued 1, held 1)")
+    head.fail = "queue"
+    findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c1")))
+    assert [(f.check, f.ok) for f in findings] == [(nodes.CHECK, True), ("queue", False)]
+    assert findings[-1].message == ("no queue from pbs_server: cannot ask hpc-head for "
+                                    "'queue': unreachable")
 
 
 async def test_monitor_says_so_when_the_head_cannot_answer() -> None:
@@ -118,7 +139,7 @@ async def test_monitor_says_so_when_the_head_cannot_answer() -> None:
 async def test_a_failed_nudge_does_not_hide_the_findings() -> None:
     head = FakeHead({"hpc-c2": _view("hpc-c2", "down")}, fail="cycle_node")
     findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c2")))
-    assert [(f.node, f.ok) for f in findings] == [("hpc-c2", False)]
+    assert [(f.node, f.ok) for f in findings] == [("hpc-c2", False), ("", True)]
 
 
 def _head_assignment() -> Assignment:
@@ -143,6 +164,6 @@ async def test_the_head_refuses_bad_arguments_before_running_anything(
 
 def test_the_head_declares_its_actions() -> None:
     assert dict(PROVIDER.role("head").actions) == {
-        "setup": (), "nodes": (), "create_node": ("name", "np"), "delete_node": ("name",),
-        "cycle_node": ("name",)}
+        "setup": (), "nodes": (), "queue": (), "create_node": ("name", "np"),
+        "delete_node": ("name",), "cycle_node": ("name",)}
     assert dict(PROVIDER.role("compute").actions) == {}

@@ -33,6 +33,11 @@ async def _idle(lab: SlurmLab, *names: str) -> bool:
     return all(states.get(n) == "idle" for n in names)
 
 
+async def _no_queue(lab: SlurmLab) -> bool:
+    *_, queue = await PROVIDER.monitor(lab.cluster())
+    return queue.state == "no job waiting"
+
+
 @pytest.mark.timeout(240)
 async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab) -> None:
     lab = slurmlab
@@ -58,7 +63,21 @@ async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab
     findings = await PROVIDER.monitor(lab.cluster())
     assert [(f.check, f.node, f.ok) for f in findings] == [
         ("slurmctld", "sl-head", True), ("scheduler", "sl-c1", True),
-        ("scheduler", "sl-c2", True)]
+        ("scheduler", "sl-c2", True), ("queue", "", True)]
+
+    # Jobs that cannot start yet are summed for the whole cloud, with Slurm's reasons.
+    held = [lab.slurm("sbatch", "--parsable", "--hold", "-N", "2", "--wrap", "true",
+                      user=USER) for _ in range(2)]
+    later = lab.slurm("sbatch", "--parsable", "--begin=now+1hour", "-n", "2", "--wrap",
+                      "true", user=USER)
+    assert all(done.returncode == 0 for done in (*held, later)), (held, later)
+    *_, queue = await PROVIDER.monitor(lab.cluster())
+    assert (queue.check, queue.ok, queue.message, queue.state) == (
+        "queue", True, "jobs waiting",
+        "3 job(s) waiting, asking 5 node(s) and 6 CPU(s) (JobHeldUser 2, BeginTime 1)")
+    ids = [done.stdout.strip().split(";")[0] for done in (*held, later)]
+    assert lab.slurm("scancel", *ids, user=USER).returncode == 0
+    await until(lambda: _no_queue(lab), "the queue empty again")
 
     # kill -9 of each daemon: supervised back, and a new job still runs.
     for name, service in (("sl-head", "slurmctld"), ("sl-c1", "slurmd"), ("sl-c2", "munged"),

@@ -61,6 +61,21 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
     host, user = await lab.ran(lab.submit("first"))
     assert (host, user) in {("tq-c1", USER), ("tq-c2", USER)}
 
+    # Jobs that wait are summed for the whole cloud: one held, one to start in an hour.
+    script = lab.shared / "waits.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    script.chmod(0o755)
+    later = time.strftime("%Y%m%d%H%M", time.localtime(time.time() + 3600))
+    waiting = [lab.client("head", "qsub", *extra, str(script), user=USER) for extra in (
+        ("-h", "-l", "nodes=2:ppn=2"), ("-a", later, "-l", "nodes=1"))]
+    assert all(done.returncode == 0 for done in waiting), waiting
+    queue = await lab.queue()
+    assert (queue.ok, queue.message, queue.state) == (
+        True, "jobs waiting", "2 job(s) waiting, asking 3 node(s) and 5 CPU(s) (held 1, "
+        "waiting for its start time 1)"), queue
+    assert lab.client("head", "qdel", *(done.stdout.strip() for done in waiting),
+                      user=USER).returncode == 0
+
     # kill -9 of each daemon: the supervisor brings it back, and a new job still runs.
     for label, service in (("head", "pbs_server"), ("head", "pbs_sched"),
                            ("head", "trqauthd"), ("c1", "pbs_mom"), ("c2", "pbs_mom"),

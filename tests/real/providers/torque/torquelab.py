@@ -267,8 +267,13 @@ class TorqueLab:
             await self.stop(label)
 
     async def findings(self) -> dict[str, Finding]:
-        """`monitor`'s findings by node (nudging down nodes, as the leader would)."""
-        return {f.node: f for f in await PROVIDER.monitor(self.cluster())}
+        """`monitor`'s findings by node (nudging down nodes, as the leader would); those for
+        the whole cloud (the queue) are `queue()`'s."""
+        return {f.node: f for f in await PROVIDER.monitor(self.cluster()) if f.node}
+
+    async def queue(self) -> Finding:
+        """`monitor`'s finding of the jobs waiting, for the whole cloud."""
+        return next(f for f in await PROVIDER.monitor(self.cluster()) if f.check == "queue")
 
     async def all_free(self) -> bool:
         found = await self.findings()

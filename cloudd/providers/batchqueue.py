@@ -1,0 +1,96 @@
+"""A batch scheduler's waiting jobs, summed: what the head tells the leader of its queue. Pure.
+
+Each batch type's head reads its own scheduler (Slurm's `squeue`, TORQUE's `qstat`) and sums
+the jobs that wait (`summed`): how many, the nodes and CPUs they ask for, and the scheduler's
+reasons (or states) with how many jobs wait for each. The head answers that sum (`encode`),
+never the jobs themselves, so that the answer stays small whatever the queue holds; the leader
+reads it as it would anything from a tenant's VM (`decode`: counts bounded, reasons free of
+control characters) and shows it for the whole cloud (`finding`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from cloudd.errors import PermanentError
+from cloudd.providers.base import Finding
+
+#: Most distinct reasons an answer carries (the most frequent), most characters of one, and
+#: most jobs, nodes or CPUs it may count: a bigger figure is not a cloud's.
+MAX_REASONS, MAX_REASON, MAX_COUNT = 4, 80, 10**7
+CHECK = "queue"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The jobs waiting in a batch scheduler, summed."""
+
+    jobs: int = 0
+    #: Nodes and CPUs the waiting jobs ask for, together (each job's minimum).
+    nodes: int = 0
+    cpus: int = 0
+    #: (the scheduler's reason, jobs waiting for it), the most frequent first.
+    reasons: tuple[tuple[str, int], ...] = ()
+
+    def describe(self) -> str:
+        if not self.jobs:
+            return "no job waiting"
+        why = ", ".join(f"{r} {n}" for r, n in self.reasons)
+        return (f"{self.jobs} job(s) waiting, asking {self.nodes} node(s) and {self.cpus} "
+                f"CPU(s)" + (f" ({why})" if why else ""))
+
+
+def summed(jobs: Iterable[tuple[int, int, str]]) -> Queue:
+    """The sum of waiting jobs given as (nodes, CPUs, reason) each."""
+    count = nodes = cpus = 0
+    reasons: dict[str, int] = {}
+    for n, c, reason in jobs:
+        count, nodes, cpus = count + 1, nodes + n, cpus + c
+        why = _CONTROL.sub(" ", reason).strip()[:MAX_REASON] or "None"
+        reasons[why] = reasons.get(why, 0) + 1
+    top = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:MAX_REASONS]
+    return Queue(count, nodes, cpus, tuple(top))
+
+
+def encode(q: Queue) -> dict[str, str]:
+    """A `queue` answer: the three counts, and the reasons as "reason=jobs" lines."""
+    return {"jobs": str(q.jobs), "nodes": str(q.nodes), "cpus": str(q.cpus),
+            "reasons": "\n".join(f"{r}={n}" for r, n in q.reasons)}
+
+
+def decode(answer: Mapping[str, str]) -> Queue:
+    """A `queue` answer, refused as a whole when a count is not one or a reason is malformed
+    (the head is a tenant's VM: what it says reaches the operator's terminal)."""
+    counts = []
+    for key in ("jobs", "nodes", "cpus"):
+        value = answer.get(key, "")
+        if not value.isdigit() or int(value) > MAX_COUNT:
+            raise PermanentError(f"the head's queue answer gives {key} {value[:20]!r}, "
+                                 "not a count")
+        counts.append(int(value))
+    reasons = []
+    for line in filter(None, answer.get("reasons", "").split("\n")[:MAX_REASONS + 1]):
+        reason, _, n = line.rpartition("=")
+        if (not reason or len(reason) > MAX_REASON or _CONTROL.search(reason)
+                or not n.isdigit() or int(n) > MAX_COUNT):
+            raise PermanentError(f"the head's queue answer gives reason {line[:40]!r}, not "
+                                 "reason=jobs")
+        reasons.append((reason, int(n)))
+    if len(reasons) > MAX_REASONS:
+        raise PermanentError(f"the head's queue answer gives more than {MAX_REASONS} reasons")
+    return Queue(counts[0], counts[1], counts[2], tuple(reasons))
+
+
+def finding(q: Queue) -> Finding:
+    """The queue for the whole cloud: a steady message (logged when jobs start or stop
+    waiting), the figures beside it (shown, not compared: they change all the time)."""
+    return Finding(CHECK, True, "jobs waiting" if q.jobs else "no job waiting",
+                   state=q.describe())
+
+
+def unreadable(scheduler: str, why: str) -> Finding:
+    """The queue could not be read: a failing finding, the rest of the view standing."""
+    return Finding(CHECK, False, f"no queue from {scheduler}: {why}")
