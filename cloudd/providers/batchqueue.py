@@ -1,11 +1,13 @@
 """A batch scheduler's waiting jobs, summed: what the head tells the leader of its queue. Pure.
 
 Each batch type's head reads its own scheduler (Slurm's `squeue`, TORQUE's `qstat`) and sums
-the jobs that wait (`summed`): how many, the nodes and CPUs they ask for, and the scheduler's
-reasons (or states) with how many jobs wait for each. The head answers that sum (`encode`),
-never the jobs themselves, so that the answer stays small whatever the queue holds; the leader
-reads it as it would anything from a tenant's VM (`decode`: counts bounded, reasons free of
-control characters) and shows it for the whole cloud (`finding`).
+the jobs that wait (`summed`): how many, the nodes and CPUs asked by those that wait for
+nodes (more compute nodes would let them start: Slurm's `Resources` or `Priority`, TORQUE's
+queued), how many wait for something else (held, a start time, a dependency, a limit), and
+the scheduler's reasons (or states) with how many jobs wait for each. The head answers that
+sum (`encode`), never the jobs themselves, so that the answer stays small whatever the queue
+holds; the leader reads it as it would anything from a tenant's VM (`decode`: counts bounded,
+reasons free of control characters) and shows it for the whole cloud (`finding`).
 """
 
 from __future__ import annotations
@@ -29,43 +31,51 @@ class Queue:
     """The jobs waiting in a batch scheduler, summed."""
 
     jobs: int = 0
-    #: Nodes and CPUs the waiting jobs ask for, together (each job's minimum).
+    #: Nodes and CPUs asked by the jobs that wait for nodes, together (each job's minimum).
     nodes: int = 0
     cpus: int = 0
     #: (the scheduler's reason, jobs waiting for it), the most frequent first.
     reasons: tuple[tuple[str, int], ...] = ()
+    #: Jobs that wait for something other than nodes (held, a start time, a dependency).
+    blocked: int = 0
 
     def describe(self) -> str:
         if not self.jobs:
             return "no job waiting"
         why = ", ".join(f"{r} {n}" for r, n in self.reasons)
-        return (f"{self.jobs} job(s) waiting, asking {self.nodes} node(s) and {self.cpus} "
-                f"CPU(s)" + (f" ({why})" if why else ""))
+        other = f"; {self.blocked} for something else" if self.blocked else ""
+        return (f"{self.jobs} job(s) waiting, {self.jobs - self.blocked} for nodes asking "
+                f"{self.nodes} node(s) and {self.cpus} CPU(s){other}"
+                + (f" ({why})" if why else ""))
 
 
-def summed(jobs: Iterable[tuple[int, int, str]]) -> Queue:
-    """The sum of waiting jobs given as (nodes, CPUs, reason) each."""
-    count = nodes = cpus = 0
+def summed(jobs: Iterable[tuple[int, int, str, bool]]) -> Queue:
+    """The sum of waiting jobs given as (nodes, CPUs, reason, waits for nodes) each."""
+    count = nodes = cpus = blocked = 0
     reasons: dict[str, int] = {}
-    for n, c, reason in jobs:
-        count, nodes, cpus = count + 1, nodes + n, cpus + c
+    for n, c, reason, for_nodes in jobs:
+        count += 1
+        if for_nodes:
+            nodes, cpus = nodes + n, cpus + c
+        else:
+            blocked += 1
         why = _CONTROL.sub(" ", reason).strip()[:MAX_REASON] or "None"
         reasons[why] = reasons.get(why, 0) + 1
     top = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:MAX_REASONS]
-    return Queue(count, nodes, cpus, tuple(top))
+    return Queue(count, nodes, cpus, tuple(top), blocked)
 
 
 def encode(q: Queue) -> dict[str, str]:
     """A `queue` answer: the three counts, and the reasons as "reason=jobs" lines."""
     return {"jobs": str(q.jobs), "nodes": str(q.nodes), "cpus": str(q.cpus),
-            "reasons": "\n".join(f"{r}={n}" for r, n in q.reasons)}
+            "blocked": str(q.blocked), "reasons": "\n".join(f"{r}={n}" for r, n in q.reasons)}
 
 
 def decode(answer: Mapping[str, str]) -> Queue:
     """A `queue` answer, refused as a whole when a count is not one or a reason is malformed
     (the head is a tenant's VM: what it says reaches the operator's terminal)."""
     counts = []
-    for key in ("jobs", "nodes", "cpus"):
+    for key in ("jobs", "nodes", "cpus", "blocked"):
         value = answer.get(key, "")
         if not value.isdigit() or int(value) > MAX_COUNT:
             raise PermanentError(f"the head's queue answer gives {key} {value[:20]!r}, "
@@ -81,7 +91,10 @@ def decode(answer: Mapping[str, str]) -> Queue:
         reasons.append((reason, int(n)))
     if len(reasons) > MAX_REASONS:
         raise PermanentError(f"the head's queue answer gives more than {MAX_REASONS} reasons")
-    return Queue(counts[0], counts[1], counts[2], tuple(reasons))
+    if counts[3] > counts[0]:
+        raise PermanentError(f"the head's queue answer has {counts[3]} jobs blocked of "
+                             f"{counts[0]} waiting")
+    return Queue(counts[0], counts[1], counts[2], tuple(reasons), counts[3])
 
 
 def finding(q: Queue) -> Finding:

@@ -53,6 +53,10 @@ SINFO_FORMAT = "%N|%T|%u|%E"
 SQUEUE_FORMAT = "%i|%N"
 #: squeue's output format for the jobs that wait: id, nodes and CPUs asked, Slurm's reason.
 PENDING_FORMAT = "%i|%D|%C|%r"
+#: Slurm's reasons of a pending job that more compute nodes would let start: it waits for
+#: resources, behind jobs that do, or has not been looked at yet. Any other (held, a start
+#: time, a dependency, an association's or partition's limit) no node added would change.
+FOR_NODES = frozenset({"Resources", "Priority", "None"})
 _CHECK = "scheduler"
 #: Control characters: a reason's tab or newline would break an answer's fields, an escape
 #: sequence would reach the operator's terminal.
@@ -203,7 +207,8 @@ def parse_pending(text: str) -> Queue:
         parts = [p.strip() for p in line.split("|", 3)]
         if len(parts) != 4 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
             raise PermanentError(f"squeue said {line[:80]!r}, not job|nodes|cpus|reason")
-        jobs.append((int(parts[1]), int(parts[2]), _CONTROL.sub(" ", parts[3])))
+        reason = _CONTROL.sub(" ", parts[3])
+        jobs.append((int(parts[1]), int(parts[2]), reason, reason in FOR_NODES))
     return summed(jobs)
 
 

@@ -2,10 +2,10 @@
 
 The head runs `qstat -x` (every job, as XML) and sums those that wait: queued (`Q`), held
 (`H`), waiting for their start time (`W`) or moving between queues (`T`); running, exiting
-and finished jobs are not counted. A job asks for nodes with `-l nodes=N:ppn=P` (or names
-nodes: `tq-c1+tq-c2`, one each) or `-l procs=P`; its nodes are `Resource_List.nodect` when
-pbs_server gives it, its CPUs the sum over the nodes spec of count times ppn, else `procs`,
-else one per node.
+and finished jobs are not counted; only a queued one waits for nodes. A job asks for nodes
+with `-l nodes=N:ppn=P` (or names nodes: `tq-c1+tq-c2`, one each) or `-l procs=P`; its nodes
+are `Resource_List.nodect` when pbs_server gives it, its CPUs the sum over the nodes spec of
+count times ppn, else `procs`, else one per node.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def parse_qstat_x(text: str) -> Queue:
         if state not in WAITING:
             continue
         nodes, cpus = asked(job.find("Resource_List"))
-        jobs.append((nodes, cpus, WAITING[state]))
+        jobs.append((nodes, cpus, WAITING[state], state == "Q"))
     return summed(jobs)
 
 

@@ -65,7 +65,7 @@ async def test_queue_answers_the_waiting_jobs_summed(head: Assignment) -> None:
     _set(head, "out-squeue", "21|2|4|Resources\n22|1|1|Priority\n23|1|2|Resources\n")
     assert PROVIDER.role("head").actions["queue"] == ()
     answer = await PROVIDER.role("head").act(head, "queue", {})
-    assert answer == {"jobs": "3", "nodes": "4", "cpus": "7",
+    assert answer == {"jobs": "3", "nodes": "4", "cpus": "7", "blocked": "0",
                       "reasons": "Resources=2\nPriority=1"}
     conf = head.root / "slurm" / "slurm.conf"
     assert _log(head) == [f"{conf}: squeue -h -t PENDING -o %i|%D|%C|%r"]

@@ -104,7 +104,8 @@ async def test_monitor_sums_the_jobs_that_wait_for_the_whole_cloud() -> None:
     *_, queue = await PROVIDER.monitor(_cluster(head, b_c1=True))
     assert (queue.check, queue.node, queue.ok, queue.message, queue.state) == (
         "queue", "", True, "jobs waiting",
-        "3 job(s) waiting, asking 4 node(s) and 8 CPU(s) (Resources 2, Priority 1)")
+        "3 job(s) waiting, 3 for nodes asking 4 node(s) and 8 CPU(s) (Resources 2, "
+        "Priority 1)")
     # A head that cannot say its queue: the rest of the view stands, the queue fails.
     head.refuse = {"queue"}
     findings = await PROVIDER.monitor(_cluster(head, b_c1=True))

@@ -147,8 +147,9 @@ def test_waiting_jobs_are_summed_with_their_most_frequent_reasons() -> None:
     text = "".join(f"{i}|1|2|{r}\n" for i, r in enumerate(
         ["Resources"] * 3 + ["Priority"] * 2 + ["Dependency", "JobHeldUser", "BeginTime"]))
     q = sched.parse_pending(text + "99|4|16|Resources\n\n")
-    assert q == batchqueue.Queue(9, 12, 32, (("Resources", 4), ("Priority", 2), ("BeginTime", 1),
-                                        ("Dependency", 1)))
+    # Held, deferred or dependent jobs wait for no node: counted, their asks not summed.
+    assert q == batchqueue.Queue(9, 9, 26, (("Resources", 4), ("Priority", 2),
+                                            ("BeginTime", 1), ("Dependency", 1)), blocked=3)
     assert batchqueue.decode(batchqueue.encode(q)) == q
     assert sched.parse_pending("") == batchqueue.Queue()
     assert batchqueue.Queue().describe() == "no job waiting"
@@ -162,13 +163,17 @@ def test_unexpected_pending_lines_are_refused(line: str) -> None:
 
 
 @pytest.mark.parametrize(("answer", "match"), [
-    ({"jobs": "1", "nodes": "1"}, "gives cpus '', not a count"),
-    ({"jobs": "-1", "nodes": "1", "cpus": "1"}, "gives jobs '-1', not a count"),
-    ({"jobs": "1", "nodes": "1", "cpus": "99999999999"}, "gives cpus '99999999999'"),
-    ({"jobs": "1", "nodes": "1", "cpus": "1", "reasons": "Resources"}, "not reason=jobs"),
-    ({"jobs": "1", "nodes": "1", "cpus": "1", "reasons": "\x1b[2J=1"}, "not reason=jobs"),
-    ({"jobs": "1", "nodes": "1", "cpus": "1", "reasons": "a=1\nb=1\nc=1\nd=1\ne=1"},
-     "more than 4 reasons"),
+    ({"jobs": "1", "nodes": "1", "blocked": "0"}, "gives cpus '', not a count"),
+    ({"jobs": "-1", "nodes": "1", "cpus": "1", "blocked": "0"}, "gives jobs '-1', not a count"),
+    ({"jobs": "1", "nodes": "1", "cpus": "99999999999", "blocked": "0"},
+     "gives cpus '99999999999'"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "2"}, "2 jobs blocked of 1 waiting"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0", "reasons": "Resources"},
+     "not reason=jobs"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0", "reasons": "\x1b[2J=1"},
+     "not reason=jobs"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0",
+      "reasons": "a=1\nb=1\nc=1\nd=1\ne=1"}, "more than 4 reasons"),
 ])
 def test_a_malformed_queue_answer_is_refused(answer: dict[str, str], match: str) -> None:
     with pytest.raises(PermanentError, match=match):

@@ -117,11 +117,12 @@ async def test_monitor_reports_each_node_and_nudges_a_down_one_with_a_healthy_ag
 
 async def test_monitor_sums_the_waiting_jobs_and_stands_without_them() -> None:
     head = FakeHead({"hpc-c1": _view("hpc-c1", "free")})
-    head.queue = batchqueue.Queue(2, 3, 6, (("queued", 1), ("held", 1)))
+    head.queue = batchqueue.Queue(2, 1, 2, (("held", 1), ("queued", 1)), blocked=1)
     *_, waiting = await PROVIDER.monitor(_cluster(head, _c("hpc-c1")))
     assert (waiting.check, waiting.ok, waiting.message, waiting.state) == (
         "queue", True, "jobs waiting",
-        "2 job(s) waiting, asking 3 node(s) and 6 CPU(s) (queued 1, held 1)")
+        "2 job(s) waiting, 1 for nodes asking 1 node(s) and 2 CPU(s); 1 for something else "
+        "(held 1, queued 1)")
     head.fail = "queue"
     findings = await PROVIDER.monitor(_cluster(head, _c("hpc-c1")))
     assert [(f.check, f.ok) for f in findings] == [(nodes.CHECK, True), ("queue", False)]

@@ -25,8 +25,9 @@ def test_only_the_jobs_that_wait_are_summed_with_what_they_ask() -> None:
         _job("6.tq-head", "C", "<nodect>8</nodect>"),
         _job("7.tq-head", "E"),
     ]) + "</Data>"
-    assert parse_qstat_x(xml) == Queue(4, 6, 15, (
-        ("queued", 2), ("held", 1), ("waiting for its start time", 1)))
+    # Only the queued ones wait for nodes; the held and deferred ones are counted apart.
+    assert parse_qstat_x(xml) == Queue(4, 3, 5, (
+        ("queued", 2), ("held", 1), ("waiting for its start time", 1)), blocked=2)
 
 
 def test_no_job_at_all_prints_nothing() -> None:

@@ -33,6 +33,10 @@ async def _idle(lab: SlurmLab, *names: str) -> bool:
     return all(states.get(n) == "idle" for n in names)
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def _no_queue(lab: SlurmLab) -> bool:
     *_, queue = await PROVIDER.monitor(lab.cluster())
     return queue.state == "no job waiting"
@@ -64,20 +68,6 @@ async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab
     assert [(f.check, f.node, f.ok) for f in findings] == [
         ("slurmctld", "sl-head", True), ("scheduler", "sl-c1", True),
         ("scheduler", "sl-c2", True), ("queue", "", True)]
-
-    # Jobs that cannot start yet are summed for the whole cloud, with Slurm's reasons.
-    held = [lab.slurm("sbatch", "--parsable", "--hold", "-N", "2", "--wrap", "true",
-                      user=USER) for _ in range(2)]
-    later = lab.slurm("sbatch", "--parsable", "--begin=now+1hour", "-n", "2", "--wrap",
-                      "true", user=USER)
-    assert all(done.returncode == 0 for done in (*held, later)), (held, later)
-    *_, queue = await PROVIDER.monitor(lab.cluster())
-    assert (queue.check, queue.ok, queue.message, queue.state) == (
-        "queue", True, "jobs waiting",
-        "3 job(s) waiting, asking 5 node(s) and 6 CPU(s) (JobHeldUser 2, BeginTime 1)")
-    ids = [done.stdout.strip().split(";")[0] for done in (*held, later)]
-    assert lab.slurm("scancel", *ids, user=USER).returncode == 0
-    await until(lambda: _no_queue(lab), "the queue empty again")
 
     # kill -9 of each daemon: supervised back, and a new job still runs.
     for name, service in (("sl-head", "slurmctld"), ("sl-c1", "slurmd"), ("sl-c2", "munged"),
@@ -121,6 +111,31 @@ async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab
     assert await _idle(lab, "sl-c1", "sl-c3")
     job = lab.submit("hostname")
     assert (await lab.output(job)).strip() in ("sl-c1", "sl-c3")
+
+    # Jobs that cannot start yet are summed for the whole cloud, with Slurm's reasons: one
+    # waits for nodes (both are taken), the others for something no node would change.
+    busy = lab.slurm("sbatch", "--parsable", "-N", "2", "--exclusive", "--wrap", "sleep 120",
+                     user=USER)
+    assert busy.returncode == 0, busy.stderr
+    busy_id = busy.stdout.strip().split(";")[0]
+    await until(lambda: _true(lab.job(busy_id, "%T") == "RUNNING"), "both nodes taken")
+    waits = [lab.slurm("sbatch", "--parsable", *extra, "--wrap", "true", user=USER)
+             for extra in (("-N", "1", "-n", "2"), ("--hold", "-N", "2"), ("--hold", "-N", "2"),
+                           ("--begin=now+1hour", "-n", "2"))]
+    assert all(done.returncode == 0 for done in waits), waits
+
+    async def summed() -> bool:
+        *_, queue = await PROVIDER.monitor(lab.cluster())
+        return "Resources 1" in queue.state or "Priority 1" in queue.state
+    await until(summed, "slurmctld to give the waiting job its reason")
+    *_, queue = await PROVIDER.monitor(lab.cluster())
+    assert (queue.check, queue.ok, queue.message) == ("queue", True, "jobs waiting")
+    assert queue.state.startswith(
+        "4 job(s) waiting, 1 for nodes asking 1 node(s) and 2 CPU(s); 3 for something else "
+        "(JobHeldUser 2, "), queue.state
+    ids = [busy_id, *(done.stdout.strip().split(";")[0] for done in waits)]
+    assert lab.slurm("scancel", *ids, user=USER).returncode == 0
+    await until(lambda: _no_queue(lab), "the queue empty again")
 
 
 @pytest.mark.timeout(180)

@@ -71,8 +71,8 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
     assert all(done.returncode == 0 for done in waiting), waiting
     queue = await lab.queue()
     assert (queue.ok, queue.message, queue.state) == (
-        True, "jobs waiting", "2 job(s) waiting, asking 3 node(s) and 5 CPU(s) (held 1, "
-        "waiting for its start time 1)"), queue
+        True, "jobs waiting", "2 job(s) waiting, 0 for nodes asking 0 node(s) and 0 CPU(s); "
+        "2 for something else (held 1, waiting for its start time 1)"), queue
     assert lab.client("head", "qdel", *(done.stdout.strip() for done in waiting),
                       user=USER).returncode == 0
 
