@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cloudd.daemon.leader.elastic import Bounds, Memory, Step, Use, step
-from cloudd.providers.batchqueue import Queue
+from cloudd.daemon.leader.elastic import Wanted as Queue
 
 NODES = ("c1", "c2", "c3", "c4", "c5")
 BOUNDS = Bounds(min=1, max=4, idle_after=60.0, cooldown=30.0)
@@ -49,11 +49,6 @@ def test_a_burst_grows_the_role_to_fit_once_and_never_beyond_max() -> None:
 def test_cpus_asked_count_in_whole_nodes() -> None:
     s = run(("c1",), waiting_for(1, 5), {"c1": BUSY}, now=0.0)
     assert s.active == ("c1", "c2", "c3", "c4")  # 5 CPUs on nodes of 2: 3 nodes
-
-
-def test_jobs_waiting_for_something_else_grow_nothing() -> None:
-    held = Queue(jobs=2, nodes=0, cpus=0, blocked=2)
-    assert run(("c1",), held, {"c1": IDLE}, now=0.0).changes == ()
 
 
 def test_idle_nodes_drain_after_idle_after_newest_first_never_below_min() -> None:

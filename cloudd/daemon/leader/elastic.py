@@ -3,7 +3,7 @@
 Theory of operation. An elastic role lists its candidate nodes (at least `max` of them) and
 its bounds; the nodes in use are a prefix-free subset kept in the cloud's record, so that a
 new leader goes on from where the last one stood. On every pass the leader reads the batch
-scheduler through its provider (the jobs waiting for nodes, summed: `batchqueue.Queue`; and
+scheduler through its provider (the jobs waiting for nodes, summed: `Wanted`; and
 per node in use whether it is registered, runs jobs, and whether the scheduler has drained
 it) and asks `step` what to change. `step` never waits and remembers only what it returns
 (`Memory`): when each node was first seen idle, which nodes it asked the scheduler to drain,
@@ -31,7 +31,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from cloudd.providers.batchqueue import Queue
+
+@dataclass(frozen=True)
+class Wanted:
+    """The jobs that wait for nodes, summed (a `batchqueue.Queue`, without what no node added
+    would start): how many, and the nodes and CPUs they ask for together."""
+
+    jobs: int = 0
+    nodes: int = 0
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class Step:
     waiting: str = ""
 
 
-def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue: Queue,
+def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue: Wanted,
          use: Mapping[str, Use], memory: Memory, *, vcpus: int, now: float) -> Step:
     """The next elastic step of one role (see the module's rules)."""
     in_use = [c for c in candidates if c in set(active)]
@@ -118,7 +126,7 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
         able = [n for n in in_use if n not in releasing and (
             not use.get(n, Use()).ready or not use.get(n, Use()).busy)]
         short = wanted - len(able)
-        why = (f"{queue.jobs - queue.blocked} job(s) wait for nodes, asking {queue.nodes} "
+        why = (f"{queue.jobs} job(s) wait for nodes, asking {queue.nodes} "
                f"node(s) and {queue.cpus} CPU(s)")
         for name in sorted(releasing, key=candidates.index, reverse=True)[:max(0, short)]:
             releasing.discard(name)
@@ -131,7 +139,8 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
                 waiting = (f"{short - (len(in_use) - before)} more node(s) wanted, the role's "
                            f"maximum of {bounds.max} reached")
 
-    # (After the demand: a node being drained is taken back rather than let go.) Drained by the scheduler at cloudd's request, no job left: out of use.
+    # Drained by the scheduler at cloudd's request, no job left: out of use (after the
+    # demand above, so that a node being drained is taken back rather than let go).
     for name in sorted(releasing):
         seen = use.get(name, Use())
         if seen.drained and not seen.busy and len(in_use) > bounds.min:
