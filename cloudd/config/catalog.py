@@ -27,6 +27,9 @@ class RoleSpec:
     max_nodes: int | None = None
     #: Whether the manifest must list the role at all.
     required: bool = True
+    #: Whether the role may be elastic (its nodes follow its scheduler's queue: a batch
+    #: type's compute role, whose provider reports the queue and drains a node to leave).
+    elastic: bool = False
 
     def __post_init__(self) -> None:
         if self.min_nodes < 0 or (self.max_nodes is not None and self.max_nodes < self.min_nodes):

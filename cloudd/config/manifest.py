@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -25,8 +26,11 @@ from pydantic import TypeAdapter
 from cloudd.config import sources, yamlsrc
 from cloudd.config.catalog import Catalog, GeneratedSecret, LayoutNode, RoleSpec, TypeSpec
 from cloudd.config.model import (
+    MAX_ELASTIC,
     Cloud,
     CloudIn,
+    ElasticRoleIn,
+    ElasticSpec,
     Ensure,
     Node,
     NodeAccess,
@@ -110,7 +114,9 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
     read = with_template if with_secrets is None else with_secrets
     secrets = _stop_or(sources.read_secrets(doc, wire=wire, read=read, reads=reads))
     roles = spec.roles_for(settings)
-    nodes = _stop_or(_nodes(doc, top, spec, roles, reads=None if wire else reads))
+    elastic: dict[str, ElasticSpec] = {}
+    nodes = _stop_or(_nodes(doc, top, spec, roles, reads=None if wire else reads,
+                            elastic=elastic))
     _stop(_cross_checks(doc, top, nodes))
     why = spec.layout_check(settings, tuple(LayoutNode(n.address, n.roles) for n, _ in nodes))
     if why is not None:
@@ -146,6 +152,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         generated=generated(spec, declared=top.secrets, needed=role_secrets.values()),
         hosts_file=spec.hosts_file,
         monitor_interval=top.timing.monitor_interval,
+        elastic=dict(elastic),
     )
 
 
@@ -184,8 +191,10 @@ Located = tuple[Node, tuple[str | int, ...]]
 
 
 def _nodes(doc: Document, top: CloudIn, spec: TypeSpec, roles: tuple[RoleSpec, ...], *,
-           reads: Reads | None) -> tuple[list[Located], list[Problem]]:
-    """The nodes of every role; `reads` None: read no list file (a self-contained text)."""
+           reads: Reads | None, elastic: dict[str, ElasticSpec]
+           ) -> tuple[list[Located], list[Problem]]:
+    """The nodes of every role (an elastic role's: its candidates, and its bounds into
+    `elastic`); `reads` None: read no list file (a self-contained text)."""
     by_name = {r.name: r for r in roles}
     problems: list[Problem] = []
     for role in top.roles:
@@ -205,7 +214,15 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec, roles: tuple[RoleSpec, .
     for r in roles:
         if r.name not in top.roles:
             continue
-        entries, found = _role_entries(doc, top.roles[r.name], ("roles", r.name), reads=reads)
+        value, loc = top.roles[r.name], ("roles", r.name)
+        if isinstance(value, dict) and "elastic" in value:
+            entries, bounds, found = _elastic_entries(doc, top, spec, r, value, loc)
+            problems += found
+            if bounds is not None:
+                elastic[r.name] = bounds
+            listed.append((r.name, entries))
+            continue
+        entries, found = _role_entries(doc, value, loc, reads=reads)
         problems += found
         count = len(entries)
         if not found and (count < r.min_nodes or (r.max_nodes is not None
@@ -216,7 +233,75 @@ def _nodes(doc: Document, top: CloudIn, spec: TypeSpec, roles: tuple[RoleSpec, .
         listed.append((r.name, entries))
     if problems:
         return [], problems
-    return _shared(doc, top, listed)
+    return _shared(doc, top, listed, elastic=frozenset(elastic))
+
+
+#: Most addresses a range `FIRST-LAST` of an elastic role may span.
+_RANGE_MAX = MAX_ELASTIC
+
+
+def _elastic_entries(doc: Document, top: CloudIn, spec: TypeSpec, r: RoleSpec, value: Any,
+                     loc: tuple[str | int, ...]
+                     ) -> tuple[list[tuple[NodeIn, tuple[str | int, ...]]],
+                                ElasticSpec | None, list[Problem]]:
+    """An elastic role's candidate nodes (its addresses with its template) and bounds."""
+    if not r.elastic:
+        return [], None, [doc.place((*loc, "elastic"), at_key=True, message=(
+            f"role {r.name} of type {spec.name} cannot be elastic (elastic roles: "
+            f"{', '.join(x.name for x in spec.roles if x.elastic) or 'none'})"))]
+    role, problems = validate_model(doc, ElasticRoleIn, value, loc)
+    if role is None:
+        return [], None, problems
+    bounds = role.elastic
+    addresses, why = _addresses(role.addresses)
+    if why is not None:
+        return [], None, [doc.place((*loc, "addresses"), message=why)]
+    out: list[tuple[NodeIn, tuple[str | int, ...]]] = []
+    if bounds.max < bounds.min:
+        problems.append(doc.place((*loc, "elastic", "max"), message=(
+            f"is {bounds.max}, below min ({bounds.min})")))
+    elif bounds.min < r.min_nodes or (r.max_nodes is not None and bounds.max > r.max_nodes):
+        problems.append(doc.place((*loc, "elastic"), message=(
+            f"allows {bounds.min} to {bounds.max} nodes; type {spec.name} needs "
+            f"{r.describe()}")))
+    if len(addresses) < bounds.max:
+        problems.append(doc.place((*loc, "addresses"), message=(
+            f"gives {len(addresses)} address(es), fewer than max ({bounds.max})")))
+    image = role.template.image
+    if image is not None and len(addresses) > 1 and "{name}" not in image:
+        problems.append(doc.place((*loc, "template", "image"), message=(
+            "names one disk for every candidate node; put {name} in its path, which "
+            "stands for each node's name")))
+    if problems:
+        return [], None, problems
+    fields = role.template.model_dump(exclude_unset=True)
+    for i, address in enumerate(addresses, start=1):
+        name = f"{top.name}-{r.name}-{i}"
+        node = {**fields, "address": address}
+        if image is not None:
+            node["image"] = image.replace("{name}", name)
+        entry, found = validate_model(doc, NodeIn, node, (*loc, "addresses", i - 1))
+        if entry is None:
+            return [], None, found
+        out.append((entry, (*loc, "addresses", i - 1)))
+    return out, ElasticSpec(bounds.min, bounds.max, bounds.idle_after, bounds.cooldown), []
+
+
+def _addresses(value: list[str] | str) -> tuple[list[str], str | None]:
+    """An elastic role's addresses: a list, or a range `FIRST-LAST` of one family."""
+    if isinstance(value, list):
+        return value, None
+    first, sep, last = value.partition("-")
+    try:
+        lo, hi = ip_address(first.strip()), ip_address(last.strip())
+    except ValueError:
+        return [], (f"{value[:60]!r} is neither a list of addresses nor a range "
+                    "FIRST-LAST")
+    if not sep or lo.version != hi.version or int(hi) < int(lo):
+        return [], f"{value[:60]!r} is not a range FIRST-LAST, FIRST not above LAST"
+    if int(hi) - int(lo) >= _RANGE_MAX:
+        return [], f"range {value[:60]!r} spans more than {_RANGE_MAX} addresses"
+    return [str(ip_address(n)) for n in range(int(lo), int(hi) + 1)], None
 
 
 #: What an entry naming a node that another role's entry declares may say: which node.
@@ -224,7 +309,8 @@ _REFERENCE_FIELDS = frozenset({"address", "name"})
 
 
 def _shared(doc: Document, top: CloudIn,
-            listed: list[tuple[str, list[tuple[NodeIn, tuple[str | int, ...]]]]],
+            listed: list[tuple[str, list[tuple[NodeIn, tuple[str | int, ...]]]]], *,
+            elastic: frozenset[str] = frozenset(),
             ) -> tuple[list[Located], list[Problem]]:
     """One node per address: an address listed under several roles is one node holding them
     all. One of its entries declares it (the only one saying more than its address and name;
@@ -244,6 +330,12 @@ def _shared(doc: Document, top: CloudIn,
         node = _node(top, role, index, entry, name=names[0] if names else None)
         held: list[str] = []
         bad = len(names) > 1
+        shared_elastic = sorted({g[0] for g in group} & elastic) if len(group) > 1 else []
+        if shared_elastic:
+            problems.append(doc.place(group[-1][3], message=(
+                f"address {entry.address} is a candidate node of elastic role "
+                f"{shared_elastic[0]}, which holds no other role")))
+            continue
         if bad:
             problems.append(doc.place(loc, message=(
                 f"address {entry.address} is one node, named differently under its roles: "

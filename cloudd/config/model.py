@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -91,6 +91,8 @@ class ResourcesIn(_Strict):
 UNREACHABLE_RESET_AFTER = 900.0
 #: Seconds between two runs of the provider's cluster checks (`timing.monitor_interval`).
 MONITOR_INTERVAL = 30.0
+#: Most candidate nodes one elastic role may list.
+MAX_ELASTIC = 1024
 
 
 class TimingIn(_Strict):
@@ -124,6 +126,37 @@ class NodeIn(_Strict):
     source_host: str | None = None
     managed: bool = True
     run: Literal["always", "rerun-on-failure", "manual"] = "always"
+
+
+class NodeTemplateIn(_Strict):
+    """What every candidate node of an elastic role shares: a node without address or name.
+    `{name}` in `image` stands for each node's name (each managed node needs its own disk)."""
+
+    image: AbsPath | None = None
+    memory_mib: int | None = Field(default=None, ge=64, le=1024 * 1024)
+    vcpus: int | None = Field(default=None, ge=1, le=512)
+    host: str | None = None
+    base_image: AbsPath | None = None
+    overlay: bool = False
+    source_host: str | None = None
+    managed: bool = True
+    run: Literal["always", "rerun-on-failure", "manual"] = "always"
+
+
+class ElasticIn(_Strict):
+    min: int = Field(ge=0, le=MAX_ELASTIC)
+    max: int = Field(ge=1, le=MAX_ELASTIC)
+    idle_after: float = Field(default=300.0, ge=10, le=7 * 86400)
+    cooldown: float = Field(default=120.0, ge=0, le=86400)
+
+
+class ElasticRoleIn(_Strict):
+    """A role whose nodes follow its scheduler's queue, between `min` and `max` of the
+    candidates its addresses make (a list, or a range `FIRST-LAST`)."""
+
+    elastic: ElasticIn
+    template: NodeTemplateIn
+    addresses: list[Address] | str = Field(min_length=1)
 
 
 class RoleFilesIn(_Strict):
@@ -162,6 +195,18 @@ class CloudIn(_Strict):
     timing: TimingIn = TimingIn()
     #: The users every node has, with the same uid everywhere (`cloudd.config.users`).
     users: list[UserIn] = Field(default=[], max_length=MAX_USERS)
+
+
+@dataclass(frozen=True)
+class ElasticSpec:
+    """An elastic role's bounds: how many of its candidate nodes may be in use, and when."""
+
+    min: int
+    max: int
+    #: Seconds a node runs no job before it is drained to leave.
+    idle_after: float = 300.0
+    #: Seconds after the role grew during which no node is drained.
+    cooldown: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -286,6 +331,22 @@ class Cloud:
     hosts_file: bool = False
     #: Seconds between two runs of the provider's cluster checks by the leader.
     monitor_interval: float = MONITOR_INTERVAL
+    #: role -> its bounds, for the roles whose nodes follow the queue: their nodes in
+    #: `nodes` are the candidates, of which the leader uses some (`in_use`).
+    elastic: Mapping[str, ElasticSpec] = field(default_factory=dict)
+
+    def candidates(self, role: str) -> tuple[Node, ...]:
+        """An elastic role's candidate nodes, in order ((): not an elastic role)."""
+        return self.nodes_of(role) if role in self.elastic else ()
+
+    def in_use(self, active: Collection[str]) -> Cloud:
+        """This cloud with, of its elastic roles' candidates, only the nodes named in
+        `active`: what the leader plans, assigns and configures."""
+        if not self.elastic:
+            return self
+        keep = tuple(n for n in self.nodes
+                     if n.role not in self.elastic or n.name in active)
+        return replace(self, nodes=keep)
 
     def nodes_of(self, role: str) -> tuple[Node, ...]:
         """The nodes holding `role` (among others, for a node with several)."""

@@ -81,8 +81,9 @@ def _self_contained(cloud: Cloud, text: str) -> dict[str, Any]:
         data["domain_template_text"] = cloud.template_text
     roles = data.get("roles") or {}
     for role, value in list(roles.items()):
-        if isinstance(value, dict):
-            # a role written as two list files travels as the nodes they declare
+        if isinstance(value, dict) and "elastic" not in value:
+            # a role written as two list files travels as the nodes they declare (an
+            # elastic role's addresses and template name no file: it travels as written)
             roles[role] = [{"name": n.name, "address": n.address, "image": n.image}
                            if n.role == role else {"address": n.address}
                            for n in cloud.nodes_of(role)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloudd.daemon.leader.elastic import Bounds, Memory, Step, Use, step
+from cloudd.daemon.leader.elastic import Bounds, Memory, ElasticStep, Use, step
 from cloudd.daemon.leader.elastic import Wanted as Queue
 
 NODES = ("c1", "c2", "c3", "c4", "c5")
@@ -12,11 +12,11 @@ DRAINED = Use(drained=True)
 
 
 def run(active: tuple[str, ...], queue: Queue, use: dict[str, Use], *, now: float,
-        memory: Memory | None = None, bounds: Bounds = BOUNDS) -> Step:
+        memory: Memory | None = None, bounds: Bounds = BOUNDS) -> ElasticStep:
     return step(bounds, NODES, active, queue, use, memory or Memory(), vcpus=2, now=now)
 
 
-def changes(s: Step) -> list[tuple[str, str]]:
+def changes(s: ElasticStep) -> list[tuple[str, str]]:
     return [(c.node, c.what) for c in s.changes]
 
 

@@ -79,7 +79,7 @@ class Memory:
 
 
 @dataclass(frozen=True)
-class Change:
+class ElasticChange:
     """One decision about one node, with its reason."""
 
     node: str
@@ -90,22 +90,22 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Step:
+class ElasticStep:
     """What one pass decides: the nodes in use after it, and each change."""
 
     active: tuple[str, ...]
-    changes: tuple[Change, ...] = ()
+    changes: tuple[ElasticChange, ...] = ()
     memory: Memory = Memory()
     #: Why nothing more happens now (a bound reached, a cool-down), "" when nothing waits.
     waiting: str = ""
 
 
 def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue: Wanted,
-         use: Mapping[str, Use], memory: Memory, *, vcpus: int, now: float) -> Step:
+         use: Mapping[str, Use], memory: Memory, *, vcpus: int, now: float) -> ElasticStep:
     """The next elastic step of one role (see the module's rules)."""
     in_use = [c for c in candidates if c in set(active)]
     free = [c for c in candidates if c not in set(in_use)]
-    changes: list[Change] = []
+    changes: list[ElasticChange] = []
     releasing = set(memory.releasing) & set(in_use)
     last_grown = memory.last_grown
 
@@ -114,7 +114,7 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
         for name in free[:max(0, min(count, bounds.max - len(in_use)))]:
             in_use.append(name)
             free.remove(name)
-            changes.append(Change(name, "take", reason))
+            changes.append(ElasticChange(name, "take", reason))
             last_grown = now
 
     if len(in_use) < bounds.min:
@@ -130,7 +130,7 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
                f"node(s) and {queue.cpus} CPU(s)")
         for name in sorted(releasing, key=candidates.index, reverse=True)[:max(0, short)]:
             releasing.discard(name)
-            changes.append(Change(name, "keep", why))
+            changes.append(ElasticChange(name, "keep", why))
             short -= 1
         if short > 0:
             before = len(in_use)
@@ -146,7 +146,7 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
         if seen.drained and not seen.busy and len(in_use) > bounds.min:
             in_use.remove(name)
             releasing.discard(name)
-            changes.append(Change(name, "leave", "drained in the scheduler, no job left"))
+            changes.append(ElasticChange(name, "leave", "drained in the scheduler, no job left"))
 
     idle_since = {}
     for name in in_use:
@@ -169,10 +169,10 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
             releasing.add(name)
             staying -= 1
             idle = now - idle_since.pop(name)
-            changes.append(Change(name, "drain", f"no job for {idle:.0f}s (the role's idle_after "
+            changes.append(ElasticChange(name, "drain", f"no job for {idle:.0f}s (the role's idle_after "
                                                  f"is {bounds.idle_after:g}s), none waiting for "
                                                  "nodes"))
 
-    return Step(tuple(in_use), tuple(changes),
+    return ElasticStep(tuple(in_use), tuple(changes),
                 replace(memory, idle_since=idle_since, releasing=frozenset(releasing),
                         last_grown=last_grown), waiting)
