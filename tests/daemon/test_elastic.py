@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloudd.daemon.leader.elastic import Bounds, Memory, ElasticStep, Use, step
+from cloudd.daemon.leader.elastic import Bounds, ElasticStep, Memory, Use, step
 from cloudd.daemon.leader.elastic import Wanted as Queue
 
 NODES = ("c1", "c2", "c3", "c4", "c5")

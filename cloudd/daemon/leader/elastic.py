@@ -169,9 +169,9 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
             releasing.add(name)
             staying -= 1
             idle = now - idle_since.pop(name)
-            changes.append(ElasticChange(name, "drain", f"no job for {idle:.0f}s (the role's idle_after "
-                                                 f"is {bounds.idle_after:g}s), none waiting for "
-                                                 "nodes"))
+            changes.append(ElasticChange(
+                name, "drain", f"no job for {idle:.0f}s (the role's idle_after is "
+                               f"{bounds.idle_after:g}s), none waiting for nodes"))
 
     return ElasticStep(tuple(in_use), tuple(changes),
                 replace(memory, idle_since=idle_since, releasing=frozenset(releasing),
