@@ -268,6 +268,29 @@ class Pending(TemporaryError):
     `provider_hook_pending`."""
 
 
+@dataclass(frozen=True)
+class NodeUse:
+    """One node of an elastic role as its scheduler sees it (`Provider.demand`)."""
+
+    #: Registered and able to take a job (not down, not drained).
+    ready: bool = False
+    #: Runs at least one job now.
+    busy: bool = False
+    #: Drained (or draining) by cloudd to leave the cloud (`Provider.release`).
+    released: bool = False
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What an elastic role's scheduler says: the jobs waiting for nodes (how many, and the
+    nodes and CPUs they ask for together) and each node in use."""
+
+    jobs: int = 0
+    nodes: int = 0
+    cpus: int = 0
+    use: Mapping[str, NodeUse] = field(default_factory=dict)
+
+
 class Provider:
     """One cloud type: its roles and the leader's hooks. Defaults suit a type with no checks."""
 
@@ -306,6 +329,21 @@ class Provider:
         still runs its services; then the services stop (in reverse role order on each
         node). Raise TemporaryError to be retried; the stop goes on without it after a
         bound (docs/operations.md, "Provider hooks")."""
+
+    # -- an elastic role's (`RoleSpec.elastic`): the leader's elastic loop calls them -------
+    async def demand(self, cluster: ClusterView, role: str) -> Demand:
+        """The jobs waiting for `role`'s nodes and each of its nodes in use (`cluster` holds
+        the nodes in use only). Raise TemporaryError when the scheduler cannot say."""
+        raise PermanentError(f"cloud type {self.cloud_type!r} has no elastic role {role!r}")
+
+    async def release(self, cluster: ClusterView, role: str, node: str) -> None:
+        """Have the scheduler drain `node` to leave the cloud: no new job starts there, the
+        jobs it runs finish; `demand` then shows it `released`, and busy until they are done."""
+        raise PermanentError(f"cloud type {self.cloud_type!r} has no elastic role {role!r}")
+
+    async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
+        """Undo `release`: the node takes jobs again."""
+        raise PermanentError(f"cloud type {self.cloud_type!r} has no elastic role {role!r}")
 
 
 def dependency_order(depends: Mapping[str, Iterable[str]]) -> tuple[str, ...]:

@@ -4,7 +4,9 @@ Theory of operation. What a leader decides must outlive it: the manifest generat
 numbered, with its text), the operator's maintenance holds, and the secrets the leader makes
 (`with_generated`: drawn once, then every later leader hands out the same ones). It all lives
 in one `Record` (`cloudd.daemon.network.catalogue`),
-ordered by its `Version` (term, seq). Every pool host keeps, in a file of its own, the
+ordered by its `Version` (term, seq). It also names the candidate nodes of the cloud's
+elastic roles that are in use (`with_active`), so that a new leader neither adds nor removes
+compute nodes that the last one decided. Every pool host keeps, in a file of its own, the
 highest version it took (`Held.record`) and the highest term it promised (`Held.promised`).
 
 - A write. The acting leader of term T makes version (T, seq + 1) (`with_generation`,
@@ -47,6 +49,10 @@ HISTORY_BYTES = 384 * 1024
 
 #: How the whole cloud is held in `Record.holds`.
 WHOLE_CLOUD = ""
+
+#: Most elastic nodes in use a record names (`config.model.MAX_ELASTIC` per role, a few
+#: roles at most).
+ACTIVE = 4096
 
 #: Most generated secrets a record holds (a type declares a few; each at most `MAX_SECRET`).
 GENERATED = 8
@@ -120,6 +126,8 @@ def malformed(r: Record) -> str | None:
             return f"generation {g.number}'s digest does not match its text"
     if list(r.holds) != sorted(set(r.holds)):
         return "the record's maintenance holds are not sorted and distinct"
+    if list(r.active) != sorted(set(r.active)) or len(r.active) > ACTIVE:
+        return f"the record's nodes in use are not sorted, distinct and at most {ACTIVE}"
     names = [name for name, _ in r.generated]
     if names != sorted(set(names)) or len(names) > GENERATED:
         return (f"the record's generated secrets are not sorted, distinct and at most "
@@ -167,12 +175,13 @@ def committed(acked: Mapping[str, Version], version: Version, *, quorum: int) ->
 def with_generation(r: Record, *, term: int, text: str, at: float, by: str, what: str,
                     ensure: str, nodes: Collection[str]) -> Record:
     """A new generation of `text`, numbered after the latest; holds on nodes the new
-    generation no longer has (`nodes`) are dropped."""
+    generation no longer has (`nodes`), and such nodes in use, are dropped."""
     last = latest(r)
     gen = Generation(number=(last.number if last else 0) + 1, text=text,
                      digest=digest_of(text), at=at, by=by, what=what, ensure=ensure)
     holds = tuple(h for h in r.holds if h == WHOLE_CLOUD or h in nodes)
-    return dataclasses.replace(r, version=next_version(r, term), holds=holds,
+    active = tuple(n for n in r.active if n in nodes)
+    return dataclasses.replace(r, version=next_version(r, term), holds=holds, active=active,
                                generations=trimmed((*r.generations, gen)))
 
 
@@ -196,6 +205,18 @@ def with_hold(r: Record, *, term: int, subject: str | None, on: bool,
     name = WHOLE_CLOUD if subject is None else subject
     holds = set(r.holds) | {name} if on else set(r.holds) - {name}
     return dataclasses.replace(r, version=next_version(r, term), holds=tuple(sorted(holds)))
+
+
+def with_active(r: Record, *, term: int, active: Collection[str],
+                nodes: Collection[str]) -> Record:
+    """The elastic roles' candidates in use are `active`, each a node of `nodes`."""
+    unknown = sorted(set(active) - set(nodes))
+    if unknown:
+        raise PermanentError(f"unknown node {unknown[0]!r} in cloud {r.cloud}")
+    wanted = tuple(sorted(set(active)))
+    if wanted == r.active:
+        return r
+    return dataclasses.replace(r, version=next_version(r, term), active=wanted)
 
 
 def with_generated(r: Record, *, term: int, made: Mapping[str, bytes]) -> Record:

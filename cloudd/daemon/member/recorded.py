@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,11 @@ class CloudRecord:
         return Maintenance.of(self.keeper.in_force.holds) if self.keeper else Maintenance()
 
     @property
+    def active(self) -> frozenset[str]:
+        """The elastic roles' candidates in use: the record's (a node keeps none)."""
+        return frozenset(self.keeper.in_force.active) if self.keeper else frozenset()
+
+    @property
     def generation(self) -> int:
         """The record's number of the generation in force here (0: not known here)."""
         if self.keeper is None:
@@ -141,6 +146,12 @@ class CloudRecord:
         nodes = [n.name for n in self._cloud().nodes]
         await self.host_keeper().write(lambda r, term: record.with_hold(
             r, term=term, subject=subject, on=on, nodes=nodes))
+
+    async def set_active(self, active: Collection[str]) -> None:
+        """Acting: the elastic roles' candidates in use are `active` (on a majority)."""
+        nodes = [n.name for n in self._cloud().nodes]
+        await self.host_keeper().write(lambda r, term: record.with_active(
+            r, term=term, active=active, nodes=nodes))
 
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]:

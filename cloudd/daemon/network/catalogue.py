@@ -318,6 +318,8 @@ class Record:
     #: the secrets the leaders made (`TypeSpec.generated_secrets`), sorted by name: made
     #: once, handed to the nodes whose role needs them, never shown
     generated: tuple[SecretPair, ...] = field(default=(), repr=False)
+    #: the candidate nodes of the cloud's elastic roles that are in use, sorted
+    active: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

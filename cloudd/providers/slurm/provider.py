@@ -11,7 +11,9 @@ The leader's hooks reach slurmctld through the head's actions (`ClusterView.ask`
 - `monitor`: the scheduler's view of every compute node as findings (state and running jobs
   beside cloudd's own view in `inspect`), nodes Slurm itself marked down or drained while
   cloudd keeps them healthy resumed, and nodes that left deleted (`sched.judge`); and the
-  jobs waiting in the queue, summed, as a finding for the whole cloud (`batchqueue`).
+  jobs waiting in the queue, summed, as a finding for the whole cloud (`batchqueue`);
+- `demand`, `release`, `keep` (compute may be elastic): the jobs waiting for nodes and each
+  compute node's use; a node drained with cloudd's own reason to leave, or resumed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 
 from cloudd.errors import ClouddError, TemporaryError
 from cloudd.providers import batchqueue
-from cloudd.providers.base import ClusterView, Finding, Peer, Provider, Role
+from cloudd.providers.base import ClusterView, Demand, Finding, Peer, Provider, Role
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.conf import SLURM_USER
 from cloudd.providers.slurm.roles import ComputeRole, HeadRole
@@ -87,6 +89,30 @@ class SlurmProvider(Provider):
             queue = batchqueue.unreadable("slurmctld", str(exc))
         return (Finding("slurmctld", True, "slurmctld answers", head.node),
                 *verdict.findings, *failed, queue)
+
+    async def demand(self, cluster: ClusterView, role: str) -> Demand:
+        """`compute`, elastic: the jobs waiting for nodes and each compute node's use."""
+        if self.role(role).name != "compute":
+            return await super().demand(cluster, role)
+        head = self._head(cluster)
+        nodes = {n.name: n for n in await self._view(cluster, head)}
+        try:
+            queue = batchqueue.decode(await cluster.ask(head.node, "queue", {}))
+        except ClouddError as exc:
+            raise TemporaryError(f"no queue from slurmctld on {head.node}: {exc}",
+                                 delay=5.0) from None
+        return Demand(queue.jobs - queue.blocked, queue.nodes, queue.cpus,
+                      {p.node: sched.use_of(nodes.get(p.node)) for p in cluster.of(role)})
+
+    async def release(self, cluster: ClusterView, role: str, node: str) -> None:
+        if self.role(role).name != "compute":
+            await super().release(cluster, role, node)
+        await self._ask(cluster, self._head(cluster), "drain_node", node)
+
+    async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
+        if self.role(role).name != "compute":
+            await super().keep(cluster, role, node)
+        await self._ask(cluster, self._head(cluster), "resume_node", node)
 
     async def _ask(self, cluster: ClusterView, head: Peer, action: str, node: str) -> None:
         try:

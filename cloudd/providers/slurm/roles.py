@@ -13,7 +13,8 @@ leader when it makes one): `prepare` copies it byte for byte from the node's sec
 reaches munged when it next starts.
 
 The head answers the leader's actions (`HeadRole.act`): `nodes` (the scheduler's view,
-`sched.py`), `queue` (the jobs that wait, summed), `resume_node` and `delete_node`, each one
+`sched.py`), `queue` (the jobs that wait, summed), `resume_node`, `drain_node` (an elastic
+role's node leaving) and `delete_node`, each one
 `scontrol`/`sinfo`/`squeue` run in the node (through its exec prefix) with a bound on its time.
 """
 
@@ -129,7 +130,8 @@ class HeadRole(SlurmRole):
     name = "head"
     daemon = "slurmctld"
     actions: Mapping[str, tuple[str, ...]] = {
-        "nodes": (), "queue": (), "resume_node": ("node",), "delete_node": ("node",)}
+        "nodes": (), "queue": (), "resume_node": ("node",), "drain_node": ("node",),
+        "delete_node": ("node",)}
 
     def controller(self, a: Assignment) -> SlurmctldHost:
         return SlurmctldHost.of(a.node, a.address)
@@ -151,7 +153,7 @@ class HeadRole(SlurmRole):
         acts: dict[str, Callable[[Assignment, Mapping[str, str], float],
                                  Awaitable[Mapping[str, str]]]] = {
             "nodes": self._nodes, "queue": self._queue, "resume_node": self._resume,
-            "delete_node": self._delete}
+            "drain_node": self._drain, "delete_node": self._delete}
         if action not in acts:
             return await super().act(assignment, action, args)
         deadline = asyncio.get_running_loop().time() + ACTION_WITHIN
@@ -182,6 +184,15 @@ class HeadRole(SlurmRole):
         await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
                             "state=resume")
         return {"node": node, "state": "resumed"}
+
+    async def _drain(self, a: Assignment, args: Mapping[str, str],
+                     deadline: float) -> Mapping[str, str]:
+        """No new job on the node, its jobs finish: with cloudd's reason, so that the leader
+        knows the drain for its own (an elastic role's node leaving)."""
+        node = _node_arg(args)
+        await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
+                            "state=drain", f"reason={sched.ELASTIC_REASON}")
+        return {"node": node, "state": "draining"}
 
     async def _delete(self, a: Assignment, args: Mapping[str, str],
                       deadline: float) -> Mapping[str, str]:

@@ -15,6 +15,7 @@ the jobs themselves, and shows it for the whole cloud.
 | idle, mixed, allocated, completing           | any               | ok      |             |
 | down/drained/fail, responding, set by Slurm  | healthy           | not ok  | resume it   |
 | down/drained/fail, set by another user       | any               | not ok  | (operator's)|
+| drained/draining with cloudd's ELASTIC_REASON | any              | ok      | (leaving)   |
 | anything else (down*, unknown, future, ...)  | any               | not ok  |             |
 | (not registered)                             | any               | not ok  |             |
 | a node that is not a compute node of the cloud | -               | not ok  | delete it   |
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
-from cloudd.providers.base import Finding, Peer
+from cloudd.providers.base import Finding, NodeUse, Peer
 from cloudd.providers.batchqueue import MAX_REASON, Queue, summed
 
 #: Flags sinfo appends to a state: not responding, powered down, powering up, and so on.
@@ -42,6 +43,9 @@ _FLAGS = "*~#!%$@^-"
 SERVING = frozenset({"idle", "mixed", "allocated", "completing"})
 #: Base states a node may be resumed from (`scontrol update state=resume`).
 RESUMABLE = frozenset({"down", "drained", "draining", "fail", "failing"})
+#: The reason cloudd gives a compute node it drains to leave the cloud (an elastic role's
+#: idle node): such a node is neither resumed nor left to an operator.
+ELASTIC_REASON = "cloudd: idle, leaving the cloud"
 #: Most job ids an answer carries per node.
 MAX_JOBS = 16
 #: Most names a host list may expand to: a bigger one is not a cloud's.
@@ -235,7 +239,10 @@ def judge(nodes: Sequence[SchedNode], computes: Sequence[Peer], *,
                                     peer.node))
             continue
         why = f" ({n.reason}, set by {n.by or 'nobody'})" if n.reason else ""
-        if n.base in SERVING:
+        if n.reason == ELASTIC_REASON and n.base in ("drained", "draining"):
+            findings.append(_found(n, True, f"{n.state} in Slurm: leaving the cloud, no "
+                                            "longer needed"))
+        elif n.base in SERVING:
             findings.append(_found(n, True, f"{n.state} in Slurm"))
         elif (n.base in RESUMABLE and n.responding and n.by == slurm_user and peer.healthy):
             resume.append(n.name)
@@ -249,6 +256,16 @@ def judge(nodes: Sequence[SchedNode], computes: Sequence[Peer], *,
     findings.extend(_found(seen[name], False, "known to Slurm but not a compute node of the "
                            "cloud: deleted") for name in delete)
     return Judgement(tuple(findings), tuple(resume), delete)
+
+
+def use_of(n: SchedNode | None) -> NodeUse:
+    """A compute node of an elastic role as the leader's elastic loop reads it."""
+    if n is None:
+        return NodeUse()
+    return NodeUse(ready=n.base in SERVING and n.responding,
+                   busy=bool(n.jobs) or n.base in ("allocated", "mixed", "completing",
+                                                   "draining"),
+                   released=n.reason == ELASTIC_REASON and n.base in ("drained", "draining"))
 
 
 def _found(n: SchedNode, ok: bool, message: str) -> Finding:

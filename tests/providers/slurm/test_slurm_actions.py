@@ -71,6 +71,13 @@ async def test_queue_answers_the_waiting_jobs_summed(head: Assignment) -> None:
     assert _log(head) == [f"{conf}: squeue -h -t PENDING -o %i|%D|%C|%r"]
 
 
+async def test_drain_gives_cloudds_own_reason(head: Assignment) -> None:
+    assert await PROVIDER.role("head").act(head, "drain_node", {"node": "b-c3"}) == {
+        "node": "b-c3", "state": "draining"}
+    assert [line.split(": ", 1)[1] for line in _log(head)] == [
+        "scontrol update nodename=b-c3 state=drain reason=cloudd: idle, leaving the cloud"]
+
+
 async def test_resume_and_delete_run_scontrol_on_the_named_node(head: Assignment) -> None:
     role = PROVIDER.role("head")
     assert await role.act(head, "resume_node", {"node": "b-c1"}) == {

@@ -9,7 +9,7 @@ import pytest
 
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import batchqueue
-from cloudd.providers.base import ClusterView, Peer
+from cloudd.providers.base import ClusterView, NodeUse, Peer
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.provider import PROVIDER
 from cloudd.providers.slurm.sched import SchedNode
@@ -35,9 +35,12 @@ class Head:
             return sched.encode(self.view)
         if action == "queue":
             return batchqueue.encode(self.queue)
+        state = "drained" if action == "drain_node" else "idle"
+        reason = sched.ELASTIC_REASON if action == "drain_node" else ""
         self.view = [n for n in self.view if n.name != args["node"]] if (
             action == "delete_node") else [
-            SchedNode(n.name, "idle") if n.name == args["node"] else n for n in self.view]
+            SchedNode(n.name, state, "root" if reason else "", reason)
+            if n.name == args["node"] else n for n in self.view]
         return {"node": args["node"]}
 
 
@@ -131,3 +134,28 @@ async def test_a_cloud_without_a_head_says_so() -> None:
     (finding,) = await PROVIDER.monitor(view)
     assert (finding.check, finding.ok, finding.message) == (
         "slurmctld", False, "cloud batch has no head node")
+
+
+async def test_an_elastic_compute_role_reads_its_demand_and_drains_to_leave() -> None:
+    head = Head([SchedNode("b-c1", "allocated", jobs=("4",)), SchedNode("b-c2", "idle"),
+                 SchedNode("b-c3", "draining", "root", sched.ELASTIC_REASON, ("9",))],
+                queue=batchqueue.Queue(3, 2, 4, (("Resources", 2), ("JobHeldUser", 1)),
+                                       blocked=1))
+    cluster = _cluster(head, b_c1=True, b_c2=True, b_c3=True, b_c4=True)
+    demand = await PROVIDER.demand(cluster, "compute")
+    assert (demand.jobs, demand.nodes, demand.cpus) == (2, 2, 4)
+    assert demand.use == {
+        "b-c1": NodeUse(ready=True, busy=True), "b-c2": NodeUse(ready=True),
+        "b-c3": NodeUse(busy=True, released=True), "b-c4": NodeUse()}
+    await PROVIDER.release(cluster, "compute", "b-c2")
+    assert _actions(head) == [("drain_node", "b-c2")]
+    assert (await PROVIDER.demand(cluster, "compute")).use["b-c2"] == NodeUse(released=True)
+    # cloudd's own drain is neither resumed nor left to an operator: the node is leaving.
+    findings = {f.node: f for f in await PROVIDER.monitor(cluster)}
+    assert (findings["b-c2"].ok, findings["b-c2"].message) == (
+        True, "drained in Slurm: leaving the cloud, no longer needed")
+    assert _actions(head) == [("drain_node", "b-c2")]
+    await PROVIDER.keep(cluster, "compute", "b-c2")
+    assert _actions(head)[-1] == ("resume_node", "b-c2")
+    with pytest.raises(PermanentError, match="has no elastic role 'head'"):
+        await PROVIDER.demand(cluster, "head")
