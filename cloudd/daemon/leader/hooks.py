@@ -114,12 +114,19 @@ class ProviderHooks:
         self._settle(facts)
         return hookplan.holding(self.state)
 
-    def view(self) -> HooksView:
+    def view(self, *, also: tuple[Finding, ...] = ()) -> HooksView:
+        """What the hooks found, and `also` (the elastic loop's findings) beside it."""
         return HooksView(
-            findings=tuple(self._findings.values()),
+            findings=(*self._findings.values(), *also),
             failures=tuple(HookFailure(f.hook.value, subject, f.count, f.not_before, f.error)
                            for subject, f in sorted(self.state.failures.items())),
             holding=hookplan.holding(self.state))
+
+    def cluster_now(self) -> ClusterView | None:
+        """The nodes and their health as the hooks would be given them now (None: not
+        acting, or no provider)."""
+        facts = self._facts()
+        return None if facts is None or facts.term is None else self._cluster(facts)
 
     # ---- the leader's channel to nodes --------------------------------------------------
     async def ask(self, node: str, action: str, args: Mapping[str, str]) -> Mapping[str, str]:

@@ -51,6 +51,7 @@ from cloudd.daemon.host.duties import HostDuties, OpenBackend, renderer_of
 from cloudd.daemon.leader import assignment
 from cloudd.daemon.leader.controller import Controller, policy_of
 from cloudd.daemon.leader.desired import desired_of
+from cloudd.daemon.leader.elasticity import ElasticLoop
 from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
 from cloudd.daemon.leader.hookplan import HookTiming
 from cloudd.daemon.leader.hooks import ProviderHooks
@@ -207,7 +208,7 @@ class CloudMember:
                                     generation=lambda: renderer.generation(self.cloud))
         r = settings.reconcile
         self.controller = Controller(
-            desired=lambda: desired_of(self.cloud, held=self.maintenance.held),
+            desired=lambda: desired_of(self.in_use(), held=self.maintenance.held),
             hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=lambda host: _LIVENESS[self.election.host_status(host)],
             leader=self._controller_term, client=self.host_calls, events=events,
@@ -222,10 +223,14 @@ class CloudMember:
             limits=plan.Limits(shutdown_timeout=r.shutdown_timeout))
         registry = providers if providers is not None else default_registry()
         self.hooks = ProviderHooks(
-            cloud=lambda: self.cloud, term=self.reconciling_term, healthy=self._healthy,
+            cloud=self.in_use, term=self.reconciling_term, healthy=self._healthy,
             provider=registry.get, request=request, events=events, released=self._pokes,
             clock=clock, timing=HookTiming(backoff=Backoff(base=r.backoff_base,
                                                            cap=r.backoff_max)))
+        self.elastic = ElasticLoop(
+            cloud=lambda: self.cloud, active=lambda: self.record.active,
+            set_active=self.record.set_active, term=self.reconciling_term,
+            cluster=self.hooks.cluster_now, provider=registry.get, events=events, clock=clock)
         self.node_side = node_side(me=self.me, cloud=cloud, settings=settings,
                                    report=self._report_up) \
             if self.is_node and node_side is not None else None
@@ -283,6 +288,11 @@ class CloudMember:
     def maintenance(self) -> Maintenance:
         return self.record.maintenance
 
+    def in_use(self) -> Cloud:
+        """The cloud the leader side acts on: of its elastic roles' candidates, only those
+        in use (the record's; `ElasticLoop`)."""
+        return self.cloud.in_use(self.record.active)
+
     @property
     def generation(self) -> int:
         """The record's number of the generation in force here (0: not known here)."""
@@ -302,7 +312,8 @@ class CloudMember:
     def snapshot(self) -> MemberSnapshot:
         e = self.election
         return MemberSnapshot(
-            me=self.me, cloud=self.cloud, generation=self.generation, loaded_at=self.loaded_at,
+            me=self.me, cloud=self.in_use(), generation=self.generation,
+            loaded_at=self.loaded_at,
             taken_at=self.clock.wall(), monotonic=self.clock.monotonic(), leader=e.leader,
             term=e.term, acting=e.acting(), leader_since=e.leader_since, elections=e.elections,
             lease_duration=self.timing.lease_duration, members=self.roster.names,
@@ -314,7 +325,7 @@ class CloudMember:
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
             timings=self.host_calls.timings(), unproven=self.election.unproven(),
-            hooks=self.hooks.view())
+            hooks=self.hooks.view(also=self.elastic.findings()))
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the
@@ -529,6 +540,8 @@ class CloudMember:
             tg.create_task(self.election.run(), name="election")
             tg.create_task(self.controller.run(), name="controller")
             tg.create_task(self.hooks.run(), name="provider-hooks")
+            if self.is_host:
+                tg.create_task(self.elastic.run(), name="elastic")
             tg.create_task(self._tend(), name="assigner")
             if self.host is not None:
                 tg.create_task(self.host.run(), name="host")
@@ -589,7 +602,7 @@ class CloudMember:
                 offer.origin, self.election.term, self.generation))
 
     def _assign(self, term: int, alive: frozenset[str]) -> None:
-        wanted = assignment.assignments(self.cloud, term=term, reports=self.reports,
+        wanted = assignment.assignments(self.in_use(), term=term, reports=self.reports,
                                         alive=alive, generated=self.record.generated())
         for a in assignment.due(wanted, sent=self._assigned, reports=self.reports, alive=alive,
                                 maintenance=self.maintenance.held):

@@ -1,0 +1,161 @@
+"""The leader's elastic loop: the shell that lets an elastic role's nodes follow the queue.
+
+Theory of operation. One task per member; it acts only in the reconciling term (the record
+gathered, the cloud not paused), every `EVERY` seconds. For each elastic role of the cloud
+it reads the scheduler through the provider (`Provider.demand`, on the nodes in use), asks
+the pure core (`elastic.step`) what to change, and does it: a node to drain is drained in the
+scheduler (`Provider.release`), a drain undone (`Provider.keep`), and the nodes in use are
+written to the cloud's record (`CloudRecord.set_active`: on a majority of the pool hosts,
+so that the next leader goes on from there). The member's leader side acts on the cloud with
+only the nodes in use (`Cloud.in_use`): a node taken gets its domain and its assignment like
+any node; a node that left has its domain removed like a node that left the manifest, and
+the provider's configure takes it out of the scheduler.
+
+A scheduler that cannot answer (the head not up yet, a slurmctld restarting) changes nothing
+but the minimum: the role still gets its `min` nodes, so that a new cloud starts. Every
+change is in the event log and the agent's log (`elastic_changed`) with its reason, and each
+role's state is a finding for the whole cloud (check `elastic ROLE`) that `inspect` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
+
+from cloudd import log
+from cloudd.config.model import Cloud
+from cloudd.daemon.base.clock import SYSTEM, Clock
+from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
+from cloudd.daemon.leader import elastic
+from cloudd.errors import ClouddError, TemporaryError
+from cloudd.providers.base import ClusterView, Finding, Provider
+
+#: Seconds between two passes.
+EVERY = 5.0
+#: Seconds one provider call may take.
+CALL_WITHIN = 30.0
+
+
+class ElasticLoop:
+    """Keeps one cloud's elastic roles following their queues while this agent leads."""
+
+    def __init__(self, *, cloud: Callable[[], Cloud], active: Callable[[], Collection[str]],
+                 set_active: Callable[[Collection[str]], Awaitable[None]],
+                 term: Callable[[], int | None], cluster: Callable[[], ClusterView | None],
+                 provider: Callable[[str], Provider], events: EventLog,
+                 clock: Clock = SYSTEM, every: float = EVERY) -> None:
+        self._cloud, self._active, self._set_active = cloud, active, set_active
+        self._term, self._cluster, self._provider = term, cluster, provider
+        self.events, self.clock, self.every = events, clock, every
+        self._memory: dict[str, elastic.Memory] = {}
+        self._seen_term: int | None = None
+        self._findings: dict[str, Finding] = {}
+        self.log = log.get("elastic")
+
+    def findings(self) -> tuple[Finding, ...]:
+        """Each elastic role's state, for `inspect` (while this agent leads)."""
+        return tuple(self._findings.values()) if self._term() is not None else ()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except ClouddError as exc:  # a record write without a majority: next pass
+                self.log.warning("elastic_failed", cloud=self._cloud().name, reason=str(exc))
+            await asyncio.sleep(self.every)
+
+    async def step(self) -> None:
+        """One pass over every elastic role."""
+        term, cloud = self._term(), self._cloud()
+        if term != self._seen_term:
+            # a new leader starts counting idleness afresh (it only delays a shrink)
+            self._memory.clear()
+            self._findings.clear()
+            self._seen_term = term
+        if term is None or not cloud.elastic:
+            self._findings.clear()
+            return
+        provider, cluster = self._provider(cloud.type), self._cluster()
+        before = frozenset(self._active())
+        after = set(before)
+        taken: list[elastic.ElasticChange] = []
+        for role, spec in cloud.elastic.items():
+            candidates = cloud.candidates(role)
+            names = [n.name for n in candidates]
+            wanted, use, unseen = await self._demand(provider, cluster, role)
+            s = elastic.step(
+                elastic.Bounds(spec.min, spec.max, spec.idle_after, spec.cooldown), names,
+                [n for n in names if n in before], wanted, use,
+                self._memory.get(role, elastic.Memory()),
+                vcpus=candidates[0].vcpus if candidates else 1, now=self.clock.monotonic())
+            memory = s.memory
+            for change in s.changes:
+                if change.what in ("take", "leave"):
+                    taken.append(change)
+                    continue
+                memory = await self._scheduler(provider, cluster, role, change, memory, term)
+            self._memory[role] = memory
+            after = (after - set(names)) | set(s.active)
+            self._show(role, s, memory, unseen)
+        if after != before:
+            await self._set_active(sorted(after))
+            for change in taken:
+                self._record(change, term)
+
+    async def _demand(self, provider: Provider, cluster: ClusterView | None, role: str
+                      ) -> tuple[elastic.Wanted, dict[str, elastic.Use], str]:
+        """The scheduler's word, or nothing and why (then only the minimum is kept)."""
+        try:
+            if cluster is None:
+                raise TemporaryError("the cloud's nodes are not known here yet")
+            async with asyncio.timeout(CALL_WITHIN):
+                d = await provider.demand(cluster, role)
+        except TimeoutError:
+            return elastic.Wanted(), {}, f"the scheduler did not answer in {CALL_WITHIN:g}s"
+        except ClouddError as exc:
+            return elastic.Wanted(), {}, str(exc)
+        return (elastic.Wanted(d.jobs, d.nodes, d.cpus),
+                {n: elastic.Use(u.ready, u.busy, u.released) for n, u in d.use.items()}, "")
+
+    async def _scheduler(self, provider: Provider, cluster: ClusterView | None, role: str,
+                         change: elastic.ElasticChange, memory: elastic.Memory,
+                         term: int) -> elastic.Memory:
+        """Drain or undo a drain in the scheduler; on failure the core's memory goes back
+        (the next pass decides again)."""
+        call = provider.release if change.what == "drain" else provider.keep
+        try:
+            if cluster is None:
+                raise TemporaryError("the cloud's nodes are not known here yet")
+            async with asyncio.timeout(CALL_WITHIN):
+                await call(cluster, role, change.node)
+        except (ClouddError, TimeoutError) as exc:
+            self.log.warning("elastic_failed", cloud=self._cloud().name, node=change.node,
+                             op=change.what, reason=str(exc) or "timed out")
+            back = (memory.releasing - {change.node} if change.what == "drain"
+                    else memory.releasing | {change.node})
+            return replace(memory, releasing=frozenset(back))
+        self._record(change, term)
+        return memory
+
+    def _record(self, change: elastic.ElasticChange, term: int) -> None:
+        cloud = self._cloud().name
+        reason = f"{change.what} {change.node}: {change.reason}"
+        self.log.info("elastic_changed", cloud=cloud, node=change.node, op=change.what,
+                      term=term, reason=change.reason)
+        self.events.append(LogEvent(self.clock.wall(), cloud, LogKind.ACTION, change.node,
+                                    reason, term))
+
+    def _show(self, role: str, s: elastic.ElasticStep, memory: elastic.Memory,
+              unseen: str) -> None:
+        bounds = self._cloud().elastic[role]
+        message = f"{len(s.active)} node(s) in use, of {bounds.min} to {bounds.max}"
+        parts = []
+        if memory.releasing:
+            parts.append(f"draining to leave: {', '.join(sorted(memory.releasing))}")
+        if s.waiting:
+            parts.append(s.waiting)
+        if unseen:
+            parts.append(f"no word from the scheduler: {unseen}")
+        self._findings[role] = Finding(f"elastic {role}", not unseen, message,
+                                       state="; ".join(parts) or "following the queue")
