@@ -267,6 +267,11 @@ def _elastic_entries(doc: Document, top: CloudIn, spec: TypeSpec, r: RoleSpec, v
     if len(addresses) < bounds.max:
         problems.append(doc.place((*loc, "addresses"), message=(
             f"gives {len(addresses)} address(es), fewer than max ({bounds.max})")))
+    names = role.names or f"{top.name}-{r.name}-{{index}}"
+    if "{index}" not in names:
+        problems.append(doc.place((*loc, "names"), message=(
+            "gives every candidate node the same name; put {index} in it, which stands for "
+            "each node's place in addresses")))
     image = role.template.image
     if image is not None and len(addresses) > 1 and "{name}" not in image:
         problems.append(doc.place((*loc, "template", "image"), message=(
@@ -276,8 +281,8 @@ def _elastic_entries(doc: Document, top: CloudIn, spec: TypeSpec, r: RoleSpec, v
         return [], None, problems
     fields = role.template.model_dump(exclude_unset=True)
     for i, address in enumerate(addresses, start=1):
-        name = f"{top.name}-{r.name}-{i}"
-        node = {**fields, "address": address}
+        name = names.replace("{index}", str(i))
+        node = {**fields, "address": address, "name": name}
         if image is not None:
             node["image"] = image.replace("{name}", name)
         entry, found = validate_model(doc, NodeIn, node, (*loc, "addresses", i - 1))

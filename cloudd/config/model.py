@@ -157,6 +157,9 @@ class ElasticRoleIn(_Strict):
     elastic: ElasticIn
     template: NodeTemplateIn
     addresses: list[Address] | str = Field(min_length=1)
+    #: The candidates' names: `{index}` stands for each one's place in `addresses` (from
+    #: 1); by default `CLOUD-ROLE-{index}`, as any node's.
+    names: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class RoleFilesIn(_Strict):

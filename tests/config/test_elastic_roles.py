@@ -56,6 +56,12 @@ def test_an_elastic_role_travels_as_written(tmp_path: Path) -> None:
         assert [n.name for n in again.nodes] == [n.name for n in cloud.nodes]
 
 
+def test_the_candidates_may_be_named_by_a_pattern(tmp_path: Path) -> None:
+    cloud = load_cloud(write(tmp_path, COMPUTE + '    names: "cn{index}"\n'), CATALOG)
+    assert [(n.name, n.image) for n in cloud.candidates("compute")][:2] == [
+        ("cn1", "/var/lib/cloudd/images/cn1.qcow2"), ("cn2", "/var/lib/cloudd/images/cn2.qcow2")]
+
+
 def test_a_list_of_addresses_makes_the_candidates_too(tmp_path: Path) -> None:
     compute = COMPUTE.replace("192.0.2.30-192.0.2.33", "[192.0.2.41, 192.0.2.40, 192.0.2.44]")
     cloud = load_cloud(write(tmp_path, compute), CATALOG)
@@ -79,6 +85,8 @@ def test_a_list_of_addresses_makes_the_candidates_too(tmp_path: Path) -> None:
     (COMPUTE.replace("memory_mib: 768", "memory_mib: 768, address: 192.0.2.9"), "address"),
     (COMPUTE.replace("idle_after: 60", "idle_after: 1"), "greater than or equal to 10"),
     (COMPUTE + "    spare: 2\n", "spare"),
+    (COMPUTE + "    names: cn\n", "put {index} in it"),
+    (COMPUTE + '    names: "CN{index}"\n', "is not a DNS label"),
 ])
 def test_mistakes_are_refused_with_one_sentence(tmp_path: Path, compute: str,
                                                 words: str) -> None:
