@@ -185,6 +185,9 @@ class BatchLab(ImageLab):
     the shipped one of `cloud_type` with the lab's names and places."""
 
     nodes: dict[str, int] = field(default_factory=lambda: {"head": 1, "compute": 2})
+    #: Given: the compute role is elastic with these bounds (`elastic:` of the manifest),
+    #: its candidates the lab's compute nodes.
+    elastic: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.shipped = shipped(self.cloud_type)
@@ -233,6 +236,11 @@ class BatchLab(ImageLab):
                 keep = dict(entries[i]) if i < len(entries) else {}
                 keep.update(name=n, address=a, **self._disk(n))
                 roles[role].append(keep)
+        if self.elastic is not None:
+            roles["compute"] = {
+                "elastic": dict(self.elastic), "template": self._disk("{name}"),
+                "addresses": [a for n, _, a in members if n.startswith("lab-compute-")],
+                "names": "lab-compute-{index}"}
         doc["roles"] = roles
         doc["network"] = {"prefix_length": self.net.subnet.prefixlen}
         doc["template_values"] = dict(self.template_values)
