@@ -58,9 +58,11 @@ SQUEUE_FORMAT = "%i|%N"
 #: squeue's output format for the jobs that wait: id, nodes and CPUs asked, Slurm's reason.
 PENDING_FORMAT = "%i|%D|%C|%r"
 #: Slurm's reasons of a pending job that more compute nodes would let start: it waits for
-#: resources, behind jobs that do, or has not been looked at yet. Any other (held, a start
-#: time, a dependency, an association's or partition's limit) no node added would change.
-FOR_NODES = frozenset({"Resources", "Priority", "None"})
+#: resources, behind jobs that do, has not been looked at yet, or asks for more than the
+#: partition holds now (`PartitionConfig`: its nodes are the dynamic nodes registered, so a
+#: job wider than the cluster waits with it). Any other (held, a start time, a dependency,
+#: an association's limit, the partition's node or time limit) no node added would change.
+FOR_NODES = frozenset({"Resources", "Priority", "None", "PartitionConfig"})
 _CHECK = "scheduler"
 #: Control characters: a reason's tab or newline would break an answer's fields, an escape
 #: sequence would reach the operator's terminal.
