@@ -110,3 +110,16 @@ def test_jobs_arriving_while_nodes_drain_take_those_back_first() -> None:
     # c3 (newest) is kept; c2, drained with no job and not wanted, leaves.
     assert changes(s) == [("c3", "keep"), ("c2", "leave")]
     assert s.active == ("c1", "c3") and s.memory.releasing == frozenset()
+
+
+def test_a_node_idle_while_a_wide_job_waits_is_wanted_not_idle() -> None:
+    # c1 idle while a 2-node job waits for c2 to boot: its idleness starts after the job.
+    s = run(("c1",), Queue(), {"c1": IDLE}, now=0.0)
+    s = run(s.active, waiting_for(2, 2), {"c1": IDLE}, now=50.0, memory=s.memory)
+    assert s.active == ("c1", "c2")
+    s = run(s.active, waiting_for(2, 2), {"c1": IDLE, "c2": IDLE}, now=100.0, memory=s.memory)
+    # The job ran too briefly to be seen; both idle from the same pass: the newest drains.
+    s = run(s.active, Queue(), {"c1": IDLE, "c2": IDLE}, now=105.0, memory=s.memory)
+    assert s.changes == ()
+    s = run(s.active, Queue(), {"c1": IDLE, "c2": IDLE}, now=166.0, memory=s.memory)
+    assert changes(s) == [("c2", "drain")]

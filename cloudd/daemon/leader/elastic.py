@@ -17,7 +17,9 @@ The rules, in the order they apply:
   (their drain undone), then new candidates are taken, never beyond `max`. Growth is not
   held back by any cool-down: a burst of jobs is answered at once, and nodes still booting
   count as capacity, so that the same burst never asks twice.
-- No job waits for nodes: a node in use that has run no job for `idle_after` seconds, and
+- No job waits for nodes: a node in use that has run no job for `idle_after` seconds (the
+  count starts again whenever jobs wait for nodes: a node idle beside a job waiting for more
+  nodes is wanted), and
   the role not grown within `cooldown` seconds, is drained in the scheduler (its jobs, if
   one starts meanwhile, finish there), the most recently taken candidates first, never
   below `min` counting the nodes already draining.
@@ -152,7 +154,9 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
     for name in in_use:
         seen = use.get(name, Use())
         if seen.ready and not seen.busy and name not in releasing:
-            idle_since[name] = memory.idle_since.get(name, now)
+            # Idleness counts only while no job waits for nodes: a node idle beside a job
+            # that waits for more nodes (a wide job) is wanted, not idle.
+            idle_since[name] = now if wanted else memory.idle_since.get(name, now)
 
     if not wanted:
         cooling = last_grown is not None and now - last_grown < bounds.cooldown
