@@ -123,3 +123,16 @@ def test_a_node_idle_while_a_wide_job_waits_is_wanted_not_idle() -> None:
     assert s.changes == ()
     s = run(s.active, Queue(), {"c1": IDLE, "c2": IDLE}, now=166.0, memory=s.memory)
     assert changes(s) == [("c2", "drain")]
+
+
+def test_the_newest_idle_node_goes_first_a_busy_one_is_passed_over() -> None:
+    # c2 became idle later than c1 (it booted, then its job ended): c1 waits for it.
+    memory = Memory(idle_since={"c1": 0.0, "c2": 40.0})
+    s = run(("c1", "c2"), Queue(), {"c1": IDLE, "c2": IDLE}, now=70.0, memory=memory)
+    assert s.changes == ()
+    s = run(s.active, Queue(), {"c1": IDLE, "c2": IDLE}, now=101.0, memory=s.memory)
+    assert changes(s) == [("c2", "drain")]
+    # A busy newest node does not hold back idle older ones (down to min; c3 stays).
+    s = run(("c1", "c2", "c3"), Queue(), {"c1": IDLE, "c2": IDLE, "c3": BUSY}, now=70.0,
+            memory=Memory(idle_since={"c1": 0.0, "c2": 0.0}))
+    assert changes(s) == [("c2", "drain"), ("c1", "drain")]

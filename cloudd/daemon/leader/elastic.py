@@ -21,7 +21,8 @@ The rules, in the order they apply:
   count starts again whenever jobs wait for nodes: a node idle beside a job waiting for more
   nodes is wanted), and
   the role not grown within `cooldown` seconds, is drained in the scheduler (its jobs, if
-  one starts meanwhile, finish there), the most recently taken candidates first, never
+  one starts meanwhile, finish there), the most recently taken idle candidates first (an
+  older idle node waits while a newer one's idle time runs; a busy one is passed over), never
   below `min` counting the nodes already draining.
 - A node the scheduler shows drained with no job on it leaves the role's nodes in use: the
   leader's planner then removes its domain like any node that left the manifest.
@@ -165,7 +166,7 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
             if staying <= bounds.min:
                 break
             if now - idle_since[name] < bounds.idle_after:
-                continue
+                break  # the newest idle node goes first: an older one waits for it
             if cooling:
                 waiting = (f"{name} idle, drained once the role's cool-down of "
                            f"{bounds.cooldown:g}s after growing has passed")
