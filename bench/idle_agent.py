@@ -130,13 +130,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the window")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    parser.add_argument("--agent-settings", default="", metavar="YAML",
+                        help="more agent settings for every cloudd agent, as YAML lines (to "
+                             "weigh a timing against the default)")
     args = parser.parse_args(argv)
     if not args.seconds > 0 or not 0 < args.interval <= args.seconds:
         parser.error("--seconds must be > 0 and --interval within (0, --seconds]")
+    settings = args.agent_settings + "\n" if args.agent_settings else ""
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_interrupt())
         cloud = stack.enter_context(AgentLab("h14ic", hosts=3, subnet="10.234.148.0/24",
-                                             profile="production", agent_nodes=NODE_AGENTS))
+                                             profile="production", agent_nodes=NODE_AGENTS,
+                                             extra_settings=settings))
         etcd = stack.enter_context(EtcdLab("h14ie", 3, subnet="10.234.158.0/24"))
         cloud.start_all()
         etcd.start_all()
@@ -183,9 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure = "; ".join(f"{who} {v[0]:.0f} MiB RSS, {v[1]:.1f} % of a core"
                        for who, v in (("host agent", host), ("node agent", node),
                                       ("etcd", ref)) if v is not None)
+    tuned = f", agents with {args.agent_settings}" if args.agent_settings else ""
     path = write_result(
-        "idle_agent", what=f"an idle agent of a cloud of 3 hosts and 2 nodes, "
-                           f"{window:.0f} s (etcd 3.4 beside it)",
+        "idle_agent", variant="tuned" if args.agent_settings else "",
+        what=f"an idle agent of a cloud of 3 hosts and 2 nodes, {window:.0f} s (production "
+             f"profile{tuned}; etcd 3.4 beside it)",
         figure=figure, notes=notes,
         tables=[table("per process", columns, rows),
                 table("side by side (medians)", ["group", "members", "RSS MiB", "CPU %"],

@@ -46,8 +46,9 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 
 def write_result(name: str, *, what: str, figure: str, tables: Sequence[Mapping[str, Any]],
-                 notes: Sequence[str] = (), folder: Path = RESULTS) -> Path:
-    """Write one benchmark's report to `folder/NAME.json`; returns its path."""
+                 notes: Sequence[str] = (), variant: str = "", folder: Path = RESULTS) -> Path:
+    """Write one benchmark's report to `folder/NAME.json` (`NAME--VARIANT.json` for a run
+    with other settings than the default, which `what` then names); returns its path."""
     doc = {
         "script": f"bench/{name}.py", "what": what, "figure": figure,
         "tables": list(tables), "notes": list(notes),
@@ -55,7 +56,7 @@ def write_result(name: str, *, what: str, figure: str, tables: Sequence[Mapping[
         "load": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
     }
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
+    path = folder / (f"{name}--{variant}.json" if variant else f"{name}.json")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)

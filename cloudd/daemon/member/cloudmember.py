@@ -168,7 +168,8 @@ class CloudMember:
                              proven=lambda host: host in self.election.core.stand_ins(),
                              joined=self._joined.get, now=clock.monotonic)
         self.election = ElectionShell(
-            me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
+            me=self.me, cloud=cloud.name, roster=roster_of(cloud),
+            timing=timing if self.is_host else timing.for_node(), send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
             fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None,
             fence=PeerFencer(fencer, cloud=cloud.name, me=self.me, spawn=self._spawn,
