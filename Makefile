@@ -38,9 +38,13 @@ demo: setup
 	@scripts/build-torque.sh
 	@scripts/demo.sh
 
+# Every benchmark, then bench/report.py: their JSON reports merged into bench/results/latest.json
+# and the README's benchmark table made from it.
 bench: setup
 	@scripts/ensure-libvirtd.sh
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do [ $$b = bench/report.py ] && continue; \
+		echo "== $$b"; $(PY) $$b || exit 1; done
+	@$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

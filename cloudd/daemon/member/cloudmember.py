@@ -55,7 +55,6 @@ from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
 from cloudd.daemon.leader.hookplan import HookTiming
 from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.leader.hostcalls import HostCalls
-from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
 from cloudd.daemon.member import distribution, poolchange
 from cloudd.daemon.member.dispatch import (
@@ -169,7 +168,8 @@ class CloudMember:
                              proven=lambda host: host in self.election.core.stand_ins(),
                              joined=self._joined.get, now=clock.monotonic)
         self.election = ElectionShell(
-            me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
+            me=self.me, cloud=cloud.name, roster=roster_of(cloud),
+            timing=timing if self.is_host else timing.for_node(), send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
             fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None,
             fence=PeerFencer(fencer, cloud=cloud.name, me=self.me, spawn=self._spawn,
@@ -213,11 +213,7 @@ class CloudMember:
             leader=self._controller_term, client=self.host_calls, events=events,
             render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
             fencer=fencer,
-            overlay=lambda host, spec: create_overlay(self.host_calls, host, spec,
-                                                      cloud=self.cloud.name,
-                                                      term=self.acting_term),
-            fetch=lambda host, spec: copy_to_host(self.host_calls, host, spec,
-                                                  term=self.acting_term),
+            overlay=self._create_overlay, fetch=self._copy_to_host,
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
             limits=plan.Limits(shutdown_timeout=r.shutdown_timeout))
         registry = providers if providers is not None else default_registry()
@@ -249,6 +245,18 @@ class CloudMember:
             Duty.RECORD_WRITE: self._on_record_push,
             Duty.RECORD_GATHER: self._on_record_wanted,
         })
+
+    # The image code is loaded by the leader that first needs it: a node never leads.
+    async def _create_overlay(self, host: str, spec: plan.NodeSpec) -> None:
+        from cloudd.daemon.leader.imagecopy import create_overlay
+
+        await create_overlay(self.host_calls, host, spec, cloud=self.cloud.name,
+                             term=self.acting_term)
+
+    async def _copy_to_host(self, host: str, spec: plan.NodeSpec) -> None:
+        from cloudd.daemon.leader.imagecopy import copy_to_host
+
+        await copy_to_host(self.host_calls, host, spec, term=self.acting_term)
 
     @property
     def roster(self) -> Roster:
