@@ -57,7 +57,7 @@ class ChaosLab(AgentLab):
             secret.write_text("s3cret-for-chaos\n")
             secret.chmod(0o600)
         return (f"settings: {{app_port: {self.app_port}, balancer_port: 80, database_name: lab,\n"
-                "           database_user: lab, database_password_ref: db}}\n"
+                "           database_user: lab, database_password_ref: db}\n"
                 f"secrets: {{db: {{file: {secret}}}}}\n")
 
     def open(self) -> ChaosLab:
