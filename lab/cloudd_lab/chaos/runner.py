@@ -255,8 +255,11 @@ def converged(lab: ChaosLab, statuses: dict[str, dict[str, Any] | None]) -> list
     view = None
     if len(acting) == 1 and all(s and s.get("leader") == acting[0] for s in statuses.values()):
         view = statuses[acting[0]]
+    running = lab.running()
     out = inv.reasons(view, nodes=[n for n in lab.agents if n.startswith("lab-")],
-                      agents={n: n in lab.running() for n in lab.agents})
+                      agents={n: n in running for n in lab.agents})
+    out += [f"{name} runs {n} agents" for name in running
+            if (n := len(agent_pids(lab, name))) != 1]
     for node in lab.agents:
         if (program := SERVICES.get(role_of(node))) is not None:
             n = len(service_pids(program, lab.node_ns(node)))
