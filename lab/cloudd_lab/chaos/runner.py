@@ -301,54 +301,56 @@ def run(seed: int, duration: float, *, log_path: Path | None = None, concurrency
     writer: Writer | None = None
     try:
         with lab:
-            foreign = define_foreign()
-            log("foreign_defined", domain=FOREIGN, state=foreign.state)
-            lab.start_all()
-            t_up = time.monotonic()
-            wait("the web cloud converged at first", lambda: not converged(
-                lab, poll_statuses(lab, list(lab.agents))), bound=READY_BOUND, watch=None)
-            log("ready", after=round(time.monotonic() - t_up, 1))
-            progress(f"chaos seed {seed}: cloud ready after {time.monotonic() - t_up:.0f} s; "
-                     f"{len(faults)} faults over {duration:g} s; log {log_path}")
-            watch = Watch(lab, ledger, ledger_lock, agents_lock, log, foreign)
-            writer = Writer(lab, seed, ledger, ledger_lock)
-            writer.start()
-            watch.start()
-            injector = Injector(lab)
-            log.t0 = t0 = time.time()
-            for step in steps(faults):
-                while time.time() < t0 + step.at and not watch.breaches:
-                    time.sleep(min(0.2, t0 + step.at - time.time()))
-                if watch.breaches:
-                    break
-                act(injector, step.action, step.fault, log, agents_lock)
-                if step.action == "inject":
-                    summary.done += 1
-            t_last = time.monotonic()
-            for line in injector.heal():
-                log("healed", detail=line)
-            if not watch.breaches:
-                final_convergence(lab, injector, watch, log)
-                summary.converged_after = round(time.monotonic() - t_last, 1)
-            writer.stop()
-            if not watch.breaches:
-                final_read(lab, watch, log)
-            watch.stop()
-            summary.writes, summary.reads = len(ledger.writes), watch.reads
-            summary.breaches = [b.line() for b in watch.breaches]
-            if summary.breaches:
+            try:
+                foreign = define_foreign()
+                log("foreign_defined", domain=FOREIGN, state=foreign.state)
+                lab.start_all()
+                t_up = time.monotonic()
+                wait("the web cloud converged at first", lambda: not converged(
+                    lab, poll_statuses(lab, list(lab.agents))), bound=READY_BOUND, watch=None)
+                log("ready", after=round(time.monotonic() - t_up, 1))
+                progress(f"chaos seed {seed}: cloud ready after {time.monotonic() - t_up:.0f} s; "
+                         f"{len(faults)} faults over {duration:g} s; log {log_path}")
+                watch = Watch(lab, ledger, ledger_lock, agents_lock, log, foreign)
+                writer = Writer(lab, seed, ledger, ledger_lock)
+                writer.start()
+                watch.start()
+                injector = Injector(lab)
+                log.t0 = t0 = time.time()
+                for step in steps(faults):
+                    while time.time() < t0 + step.at and not watch.breaches:
+                        time.sleep(min(0.2, t0 + step.at - time.time()))
+                    if watch.breaches:
+                        break
+                    act(injector, step.action, step.fault, log, agents_lock)
+                    if step.action == "inject":
+                        summary.done += 1
+                t_last = time.monotonic()
+                for line in injector.heal():
+                    log("healed", detail=line)
+                if not watch.breaches:
+                    final_convergence(lab, injector, watch, log)
+                    summary.converged_after = round(time.monotonic() - t_last, 1)
+                writer.stop()
+                if not watch.breaches:
+                    final_read(lab, watch, log)
+                watch.stop()
+                summary.writes, summary.reads = len(ledger.writes), watch.reads
+                summary.breaches = [b.line() for b in watch.breaches]
+                if summary.breaches:
+                    keep_agent_logs(lab, log_path)
+                    log("failed", breaches=summary.breaches)
+                    raise ChaosBreach(f"seed {seed}: {summary.breaches[0]}\nlast events:\n"
+                                      + "\n".join(log.last) + agents_last(lab))
+                log("passed", writes=summary.writes, reads=summary.reads,
+                    converged_after=summary.converged_after, faults=summary.done)
+            except AssertionError as e:
+                if isinstance(e, ChaosBreach):
+                    raise
+                log("failed", reason=str(e))
                 keep_agent_logs(lab, log_path)
-                log("failed", breaches=summary.breaches)
-                raise ChaosBreach(f"seed {seed}: {summary.breaches[0]}\nlast events:\n"
-                                  + "\n".join(log.last))
-            log("passed", writes=summary.writes, reads=summary.reads,
-                converged_after=summary.converged_after, faults=summary.done)
-    except AssertionError as e:
-        if not isinstance(e, ChaosBreach):
-            log("failed", reason=str(e))
-            keep_agent_logs(lab, log_path)
-            raise ChaosBreach(f"seed {seed}: {e}\nlast events:\n" + "\n".join(log.last)) from e
-        raise
+                raise ChaosBreach(f"seed {seed}: {e}\nlast events:\n" + "\n".join(log.last)
+                                  + agents_last(lab)) from e
     finally:
         if writer is not None:
             writer.stop()
@@ -406,6 +408,18 @@ def final_read(lab: ChaosLab, watch: Watch, log: Log) -> None:
             raise AssertionError("no full read of the entries within 90 s")
         time.sleep(1.0)
     log("final_read", writes=len(watch.ledger.writes), breaches=len(watch.breaches))
+
+
+def agents_last(lab: ChaosLab, *, lines: int = 20) -> str:
+    """The agents' last elections and actions, from their logs, for a breach's message."""
+    with contextlib.suppress(OSError):
+        events = sorted((e for e in lab.log_events()
+                         if str(e.get("event", "")).startswith(("election_", "action_"))),
+                        key=lambda e: e["at"])[-lines:]
+        return "\nthe agents' last elections and actions:\n" + "\n".join(
+            f"{e['timestamp']} {e['agent']} {e['event']} term={e.get('term')} "
+            f"{e.get('reason', '')}" for e in events)
+    return ""
 
 
 def keep_agent_logs(lab: ChaosLab, log_path: Path) -> None:
