@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit e2e lint demo bench clean
+.PHONY: setup test unit e2e lint demo bench chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -45,6 +45,13 @@ bench: setup
 	@for b in bench/*.py; do [ $$b = bench/report.py ] && continue; \
 		echo "== $$b"; $(PY) $$b || exit 1; done
 	@$(PY) bench/report.py
+
+# A chaos soak (docs/operations.md, "Chaos soak"): DURATION seconds of seeded faults (default
+# 1800) on the web cloud in namespaces; SEED reproduces a schedule (default: a random one, printed).
+chaos: setup
+	@scripts/ensure-libvirtd.sh
+	@PYTHONPATH=$(CURDIR):$(CURDIR)/lab $(PY) -m cloudd_lab.chaos --duration $(or $(DURATION),1800) \
+		$(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
