@@ -170,12 +170,15 @@ class Controller:
                  clock: Clock = SYSTEM, policy: BackoffPolicy | None = None,
                  rng: random.Random | None = None,
                  resync: float = 30.0, call_timeout: float = 10.0,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 ready: Callable[[], frozenset[str]] = frozenset) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
         self.fencer, self.overlay, self.fetch, self.clock = fencer, overlay, fetch, clock
         self.resync, self.call_timeout = resync, call_timeout
         self.limits = limits
+        #: the nodes alive and ready with their role now (a drain's moves depend on them)
+        self.ready = ready
         policy = policy or BackoffPolicy()
         # jitter: from `rng` when given, else derived from the subject's name and count
         self.node_fails = Ledger(policy, rng=rng)
@@ -282,7 +285,8 @@ class Controller:
                         in_flight=before | frozenset(self._busy),
                         fencing=frozenset(self._fencing),
                         shutdowns=dict(self._shutdowns),
-                        unreachable=dict(gone.since), resets=dict(gone.resets))
+                        unreachable=dict(gone.since), resets=dict(gone.resets),
+                        ready=self.ready())
 
     # ---- the pass -----------------------------------------------------------------------
 

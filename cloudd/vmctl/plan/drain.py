@@ -10,12 +10,12 @@ and per node, whether that first step may be taken now. The rules, in the order 
   complete while it is there; `inspect` says so).
 - One step at a time: no node leaves while another node of the cloud (off the drained hosts)
   has no domain yet or is not ready: the node moved before has to be serving again first.
-- Stateless nodes (`Move.REPLICA`) go first. A node of a role with other nodes leaves only
+- Stateless nodes (`DrainMove.REPLICA`) go first. A node of a role with other nodes leaves only
   while another node of its role is ready, so the role keeps serving; the sole node of its
   role leaves at once (nothing can keep its role up: as Pacemaker's standby, or a pod with no
   disruption budget under `kubectl drain`).
-- Batch compute nodes (`Move.SCHEDULED`, their running jobs would be killed) and stateful
-  nodes (`Move.STATEFUL`, whose local disk holds the role's data) leave only with the
+- Batch compute nodes (`DrainMove.SCHEDULED`, their running jobs would be killed) and stateful
+  nodes (`DrainMove.STATEFUL`, whose local disk holds the role's data) leave only with the
   operator's word (`drain HOST --move-stateful`, as `kubectl drain --delete-emptydir-data`),
   compute nodes after every stateless node, stateful nodes last of all.
 - A node leaves only when some other host can take it now (image and memory), so a drain
@@ -27,19 +27,19 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, Move, NodeSpec, Observed
+from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, DrainMove, NodeSpec, Observed
 
 #: Which kinds must be gone from the host before a node of this kind may leave.
-_AFTER: Mapping[Move, frozenset[Move]] = {
-    Move.REPLICA: frozenset(),
-    Move.SCHEDULED: frozenset({Move.REPLICA}),
-    Move.STATEFUL: frozenset({Move.REPLICA, Move.SCHEDULED}),
+_AFTER: Mapping[DrainMove, frozenset[DrainMove]] = {
+    DrainMove.REPLICA: frozenset(),
+    DrainMove.SCHEDULED: frozenset({DrainMove.REPLICA}),
+    DrainMove.STATEFUL: frozenset({DrainMove.REPLICA, DrainMove.SCHEDULED}),
 }
 
-_WORD: Mapping[Move, str] = {
-    Move.SCHEDULED: "a batch compute node (its running jobs would be killed; cloudd does not "
+_WORD: Mapping[DrainMove, str] = {
+    DrainMove.SCHEDULED: "a batch compute node (its running jobs would be killed; cloudd does not "
                     "drain it in the scheduler): drain it there, then",
-    Move.STATEFUL: "stateful (its disk is local and holds the role's data):",
+    DrainMove.STATEFUL: "stateful (its disk is local and holds the role's data):",
 }
 
 
@@ -70,7 +70,7 @@ def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
         return Stay(f"pinned to drained host {host}: it stays (the drain cannot complete)")
     if spec.held:
         return Stay(f"in maintenance: left on drained host {host}")
-    if spec.move is not Move.REPLICA and host not in desired.move_stateful:
+    if spec.move is not DrainMove.REPLICA and host not in desired.move_stateful:
         return Stay(f"{_WORD[spec.move]} moved only with `cloudd-cli drain {host} "
                     "--move-stateful`")
     # A move already under way (asked to shut down, or down) is finished whatever else
@@ -85,7 +85,7 @@ def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
                         f"still on {host}")
         peers = sorted(n.name for n in desired.nodes
                        if n.role == spec.role and n.name != spec.name)
-        if spec.move is Move.REPLICA and peers and not any(p in observed.ready for p in peers):
+        if spec.move is DrainMove.REPLICA and peers and not any(p in observed.ready for p in peers):
             return Stay(f"waiting for another {spec.role} to be ready before leaving drained "
                         f"host {host} (none of {', '.join(peers)} is)")
         pending = _pending(spec, desired=desired, observed=observed, homeless=homeless)

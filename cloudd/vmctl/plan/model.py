@@ -48,8 +48,9 @@ AFTER_RESET = "reset"
 UNREACHABLE_RESET_AFTER = 900.0
 
 
-class Move(enum.Enum):
-    """How a node may be moved off a drained host (the role's kind, `cloudd.daemon.leader.drain`)."""
+class DrainMove(enum.Enum):
+    """How a node may be moved off a drained host (its role's kind:
+    `cloudd.daemon.leader.drain.MOVES`)."""
 
     REPLICA = "replica"
     """Stateless: moved only while another node of its role is ready (a sole node of its
@@ -95,7 +96,7 @@ class NodeSpec:
     """The operator's maintenance hold (with `run` manual): the node is left where and as it
     is. It is not started, and not placed, moved or taken off a dead host to be re-placed: a
     held node without a domain stays without one until the hold is released."""
-    move: Move = Move.REPLICA
+    move: DrainMove = DrainMove.REPLICA
     """How it may leave a drained host."""
 
     @property

@@ -135,7 +135,7 @@ def connect(a: Agent, agents: dict[str, Agent]) -> None:
 def test_every_op_has_a_rule_and_the_local_api_offers_the_operators_verbs() -> None:
     assert set(RULES) == set(OperatorOp)
     assert [op.value for op in LOCAL_OPS] == ["apply", "stop", "cleanup", "maintenance", "plan",
-                                              "history", "diff", "rollback"]
+                                              "history", "diff", "rollback", "drain", "undrain"]
 
 
 async def test_the_leader_performs_maintenance_and_records_it(tmp_path: Path,

@@ -11,10 +11,10 @@ from cloudd.vmctl.plan import (
     Desired,
     DomainObs,
     DomainState,
+    DrainMove,
     Ensure,
     HostObs,
     Liveness,
-    Move,
     NodeSpec,
     Observed,
     Shutdown,
@@ -28,7 +28,7 @@ HAS = frozenset({IMG})
 RUN, OFF = DomainState.RUNNING, DomainState.SHUTOFF
 
 
-def node(name: str, role: str, *, move: Move = Move.REPLICA, **kw: object) -> NodeSpec:
+def node(name: str, role: str, *, move: DrainMove = DrainMove.REPLICA, **kw: object) -> NodeSpec:
     return NodeSpec(name=name, role=role, memory_mib=512, vcpus=1, image=IMG, move=move,
                     **kw)  # type: ignore[arg-type]
 
@@ -41,7 +41,7 @@ def dom(n: str, h: str, state: DomainState = RUN, reason: str = "booted") -> Dom
     return DomainObs(h, n, "c1", state, reason, term=1)
 
 
-WEB = (node("db", "database", move=Move.STATEFUL), node("s1", "server"), node("s2", "server"),
+WEB = (node("db", "database", move=DrainMove.STATEFUL), node("s1", "server"), node("s2", "server"),
        node("lb", "balancer"))
 ROLES = ("database", "server", "balancer")
 
@@ -111,9 +111,9 @@ def test_the_database_moves_last() -> None:
 
 
 def test_batch_compute_waits_for_the_operators_word() -> None:
-    nodes = (node("head", "head", move=Move.STATEFUL),
-             node("c1", "compute", move=Move.SCHEDULED), node("c2", "compute",
-                                                              move=Move.SCHEDULED))
+    nodes = (node("head", "head", move=DrainMove.STATEFUL),
+             node("c1", "compute", move=DrainMove.SCHEDULED), node("c2", "compute",
+                                                              move=DrainMove.SCHEDULED))
     on = (dom("head", "pm2"), dom("c1", "pm1"), dom("c2", "pm2"))
     p = planned(want(*nodes), seen(*on, ready={"head", "c1", "c2"}), 0.0)
     assert p.actions == ()
