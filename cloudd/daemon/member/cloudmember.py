@@ -220,7 +220,8 @@ class CloudMember:
             fetch=lambda host, spec: copy_to_host(self.host_calls, host, spec,
                                                   term=self.acting_term),
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
-            limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy)
+            limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy,
+            undefined=self._forget_node)
         registry = providers if providers is not None else default_registry()
         self.hooks = ProviderHooks(
             cloud=lambda: self.cloud, term=self.reconciling_term, healthy=self._healthy,
@@ -331,9 +332,6 @@ class CloudMember:
     async def set_drain(self, host: str, *, on: bool, move_stateful: bool = False,
                         by: str = "") -> None:
         await self.record.set_drain(host, on=on, move_stateful=move_stateful, by=by)
-        self.log.info("drain", host=host, reason=f"{'drained' if on else 'undrained'}"
-                                                 f"{' (move stateful)' if move_stateful else ''}")
-        self.controller.poke()
 
     async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
         await self.record.set_maintenance(subject, on=on)
@@ -425,6 +423,11 @@ class CloudMember:
 
     def unreachable(self, peer: str) -> None:
         self.election.unreachable(peer)
+
+    def _forget_node(self, node: str) -> None:
+        """`node`'s domain was undefined: what it reported was its old VM's."""
+        self.reports.pop(node, None)
+        self._assigned.pop(node, None)
 
     def node_report(self, peer: str, report: NodeReport) -> None:
         """A node's report (the dispatch table has checked that it speaks for itself)."""

@@ -154,6 +154,9 @@ class CloudRecord:
         await self.host_keeper().write(lambda r, term: record.with_drain(
             r, term=term, host=host, on=on, hosts=hosts, move_stateful=move_stateful,
             at=self.clock.wall(), by=by))
+        self.log.info("drain", host=host, reason=f"{'drained' if on else 'undrained'}"
+                                                 f"{' (move stateful)' if move_stateful else ''}")
+        self._poke()
 
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]:

@@ -168,7 +168,8 @@ def test_a_drain_moves_the_web_server_vm_with_the_site_serving(lab: DrainLab) ->
         progress = poll("inspect showing the drain", lambda: next(
             (d for d in leader_inspect(lab).get("drains", ()) if d["host"] == first.host),
             None), bound=60)[0]
-        print(f"[drain] inspect: {json.dumps(progress)}")
+        print(f"[drain] inspect --json, its drain: {json.dumps(progress)}")
+        print("[drain] " + "\n[drain] ".join(cli(lab, asker, "inspect").splitlines()))
         # the leader stops the VM and starts a new domain elsewhere
         moved = poll(f"{VM} running on another host", lambda: (
             (d := lab.domains().get(VM)) is not None and d.running and d.host in others
