@@ -206,10 +206,11 @@ def with_drain(r: Record, *, term: int, host: str, on: bool, hosts: Collection[s
     """Drain `host`, one of the pool's `hosts` (or undrain it: `on` False); one sentence
     refuses an unknown host, a drain that changes nothing, an undrain of a host not drained,
     and the drain of the last host not drained (no host would be left to place a node on)."""
-    if host not in hosts:
+    drains = {d.host: d for d in r.drains}
+    # a host the pool no longer lists may still be undrained: its entry leaves the record
+    if host not in hosts and (on or host not in drains):
         raise PermanentError(f"unknown host {host!r}: the pool of cloud {r.cloud} is "
                              f"{', '.join(sorted(hosts))}")
-    drains = {d.host: d for d in r.drains}
     was = drains.get(host)
     if not on:
         if was is None:
