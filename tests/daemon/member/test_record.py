@@ -251,5 +251,5 @@ def test_drains_survive_a_new_leaders_recovery_and_a_malformed_list_is_refused()
 def test_a_host_the_pool_no_longer_lists_can_still_be_undrained() -> None:
     r = record.with_drain(rec(3, 7, 1), term=3, host="pm3", on=True, hosts=("pm1", "pm3"))
     assert record.with_drain(r, term=3, host="pm3", on=False, hosts=("pm1",)).drains == ()
-    with pytest.raises(PermanentError, match="^unknown host 'pm3'"):
+    with pytest.raises(PermanentError, match=r"^unknown host 'pm3'"):
         record.with_drain(r, term=3, host="pm3", on=True, hosts=("pm1",), move_stateful=True)
