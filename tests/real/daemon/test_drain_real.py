@@ -11,6 +11,12 @@ server is ready, by a shutdown, an undefine, and a new domain on a host that is 
 the new VM's agent converges again. `inspect` shows the drain's progress meanwhile. Then
 `undrain` lets the host take placements again and moves nothing back.
 
+A drain outlives its leader: the pool lists its hosts last first, so that pm3 leads while the
+VM starts on pm1 (`AgentLab.hosts_last_first`). Once the first drain has moved the VM to pm2,
+pm2 is drained and the leader's agent is killed (kill -9) as soon as the drain is recorded: the
+next leader reads the drain from the record it gathers and finishes the move, to pm1 (pm2 is
+drained, pm3 dead).
+
 "Serving throughout": a client reads `/entries` through the balancer every 0.2 s with a 10 s
 timeout from before the drain until the moved server serves again; every request must answer
 200 (a request may take up to nginx's `proxy_connect_timeout`, 2 s, longer while nginx retries
@@ -76,7 +82,7 @@ def lab() -> Iterator[DrainLab]:
         pytest.skip("no libvirtd at qemu:///system (scripts/ensure-libvirtd.sh)")
     with DrainLab(PREFIX, hosts=3, subnet=SUBNET, cloud_name=PREFIX,
                   nodes={"database": 1, "server": 2, "balancer": 1},
-                  agent_nodes=IN_NAMESPACES) as lab:
+                  agent_nodes=IN_NAMESPACES, hosts_last_first=True) as lab:
         lab.start_all()
         yield lab
 
@@ -210,3 +216,34 @@ def test_a_drain_moves_the_web_server_vm_with_the_site_serving(lab: DrainLab) ->
     assert out.strip().endswith("drained: nothing")
     time.sleep(5.0)
     assert lab.domains()[VM].host == moved.host
+
+    # a drain outlives its leader
+    leader = leader_inspect(lab)["leadership"]["leader"]
+    assert leader not in (moved.host, first.host), (leader, moved.host)
+    asker = first.host
+    with Poller(url) as poller:
+        time.sleep(2.0)
+        t_drain = time.time()
+        cli(lab, asker, "drain", moved.host)
+        lab.kill(leader)
+        print(f"[drain] drain {moved.host} recorded; the leader {leader} killed")
+        again = poll(f"{VM} moved by the next leader", lambda: (
+            (d := lab.domains().get(VM)) is not None and d.running and d.host == first.host
+            and d), bound=BOUND, interval=1.0)[0]
+        view = leader_inspect(lab)
+        print(f"[drain] {VM} runs on {again.host} {time.time() - t_drain:.1f} s after the "
+              f"drain; leader now {view['leadership']['leader']} (term "
+              f"{view['leadership']['term']})")
+        assert view["leadership"]["leader"] != leader
+        poll(f"{VM} serving again", lambda: serves_from(lab, VM, tries=4), bound=BOUND,
+             interval=2.0)
+        print(f"[drain] {VM} serves again {time.time() - t_drain:.1f} s after the drain")
+        time.sleep(2.0)
+    during = [r for r in poller.results if r[0] >= t_drain]
+    print(f"[drain] {len(during)} reads since the second drain, {len(poller.failures())} "
+          f"failed, slowest {max(r[1] for r in during):.2f} s")
+    assert poller.failures() == [], poller.failures()[:5]
+    done = poll("the second drain complete in the new leader's inspect", lambda: next(
+        (d for d in leader_inspect(lab).get("drains", ())
+         if d["host"] == moved.host and d["left"] == []), None), bound=60)[0]
+    assert done["by"] == asker
