@@ -37,8 +37,8 @@ _AFTER: Mapping[DrainMove, frozenset[DrainMove]] = {
 }
 
 _WORD: Mapping[DrainMove, str] = {
-    DrainMove.SCHEDULED: "a batch compute node (its running jobs would be killed; cloudd does not "
-                    "drain it in the scheduler): drain it there, then",
+    DrainMove.SCHEDULED: "a batch compute node (its running jobs would be killed; cloudd "
+                         "does not drain it in the scheduler): drain it there, then",
     DrainMove.STATEFUL: "stateful (its disk is local and holds the role's data):",
 }
 

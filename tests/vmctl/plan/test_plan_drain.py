@@ -41,8 +41,8 @@ def dom(n: str, h: str, state: DomainState = RUN, reason: str = "booted") -> Dom
     return DomainObs(h, n, "c1", state, reason, term=1)
 
 
-WEB = (node("db", "database", move=DrainMove.STATEFUL), node("s1", "server"), node("s2", "server"),
-       node("lb", "balancer"))
+WEB = (node("db", "database", move=DrainMove.STATEFUL), node("s1", "server"),
+       node("s2", "server"), node("lb", "balancer"))
 ROLES = ("database", "server", "balancer")
 
 
@@ -112,12 +112,19 @@ def test_the_database_moves_last() -> None:
 
 def test_batch_compute_waits_for_the_operators_word() -> None:
     nodes = (node("head", "head", move=DrainMove.STATEFUL),
-             node("c1", "compute", move=DrainMove.SCHEDULED), node("c2", "compute",
-                                                              move=DrainMove.SCHEDULED))
+             node("c1", "compute", move=DrainMove.SCHEDULED),
+             node("c2", "compute", move=DrainMove.SCHEDULED))
     on = (dom("head", "pm2"), dom("c1", "pm1"), dom("c2", "pm2"))
     p = planned(want(*nodes), seen(*on, ready={"head", "c1", "c2"}), 0.0)
     assert p.actions == ()
-    assert waiting(p)["c1"].startswith("a batch compute node (its running jobs would be killed")
+    assert waiting(p)["c1"] == (
+        "a batch compute node (its running jobs would be killed; cloudd does not drain it in "
+        "the scheduler): drain it there, then moved only with `cloudd-cli drain pm1 "
+        "--move-stateful`")
+    # with the word, compute nodes go after the stateless ones, before the stateful
+    p = planned(want(*nodes, stateful=frozenset({"pm1"})),
+                seen(*on, ready={"head", "c1", "c2"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "c1")]
 
 
 def test_one_step_at_a_time() -> None:
@@ -205,3 +212,15 @@ def test_simulated_drain_empties_the_host_with_a_server_always_ready() -> None:
     assert on_pm1 == []
     moved = [a.node for a in world.log if isinstance(a, Shutdown)]
     assert moved == ["s1", "lb", "db"]
+
+
+def test_a_new_leader_finishes_a_move_it_did_not_start() -> None:
+    # no shutdown of this leader's on record: the copy is down, so the move goes on
+    down = (dom("db", "pm3"), dom("s1", "pm1", OFF, "destroyed"), dom("s2", "pm2"),
+            dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*down, ready={"db", "lb"}), 0.0)
+    assert [(type(a), a.node, a.host) for a in p.actions] == [(Undefine, "s1", "pm1")]
+    # still running there: the rules are checked again, and it is asked to shut down
+    up = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm2"), dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*up, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "s1")]
