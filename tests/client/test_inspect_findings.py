@@ -3,14 +3,11 @@ cloudd's, the other checks, and a cloud held for its provider's stop; JSON and t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 from cloudd.client.inspectdoc import (
     CloudView,
-    DrainNodeView,
-    DrainView,
     ElectionState,
     FindingView,
     InspectDoc,
@@ -91,23 +88,3 @@ def test_no_scheduler_column_or_checks_without_findings() -> None:
         node("hpc-head-1", "head"),)})
     text = render(InspectDoc(answered_by="pm1", generated_at=NOW, clouds=(bare,)), now=NOW)
     assert "SCHEDULER" not in text and "PROVIDER CHECKS" not in text
-
-
-def test_a_drain_shows_what_is_left_and_why() -> None:
-    doc = batch()
-    cloud = doc.clouds[0]
-    drains = (DrainView(host="pm2", since=NOW - 90, by="pm1", left=(
-        DrainNodeView("hpc-head-1", "head", "stateful (its disk is local and holds the role's "
-                                            "data): moved only with `cloudd-cli drain pm2 "
-                                            "--move-stateful`"),)),
-              DrainView(host="pm3", move_stateful=True, since=NOW - 30, by="pm1"))
-    doc = dataclasses.replace(doc, clouds=(dataclasses.replace(cloud, drains=drains),))
-    assert InspectDoc.from_json(json.loads(json.dumps(doc.to_json()))) == doc
-    text = render(doc, now=NOW)
-    at = text.index("DRAINED HOSTS")
-    assert text[at:].splitlines()[1:4] == [
-        "  pm2: 1 node left; drained 00:51:50Z (1m30s ago) by pm1",
-        "    hpc-head-1 (head): stateful (its disk is local and holds the role's data): moved "
-        "only with `cloudd-cli drain pm2 --move-stateful`",
-        "  pm3: empty: drain complete; drained 00:52:50Z (30s ago) by pm1, stateful nodes move "
-        "too"]
