@@ -207,7 +207,8 @@ class CloudMember:
                                     generation=lambda: renderer.generation(self.cloud))
         r = settings.reconcile
         self.controller = Controller(
-            desired=lambda: desired_of(self.cloud, held=self.maintenance.held),
+            desired=lambda: desired_of(self.cloud, held=self.maintenance.held,
+                                       drains=self.record.drains),
             hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=lambda host: _LIVENESS[self.election.host_status(host)],
             leader=self._controller_term, client=self.host_calls, events=events,
@@ -215,7 +216,8 @@ class CloudMember:
             fencer=fencer,
             overlay=self._create_overlay, fetch=self._copy_to_host,
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
-            limits=plan.Limits(shutdown_timeout=r.shutdown_timeout))
+            limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy,
+            undefined=self._forget_node)
         registry = providers if providers is not None else default_registry()
         self.hooks = ProviderHooks(
             cloud=lambda: self.cloud, term=self.reconciling_term, healthy=self._healthy,
@@ -322,7 +324,7 @@ class CloudMember:
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
             timings=self.host_calls.timings(), unproven=self.election.unproven(),
-            hooks=self.hooks.view())
+            hooks=self.hooks.view(), drains=self.record.drains)
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the
@@ -334,6 +336,10 @@ class CloudMember:
 
     def record_in_force(self) -> Record:
         return self.record.in_force()
+
+    async def set_drain(self, host: str, *, on: bool, move_stateful: bool = False,
+                        by: str = "") -> None:
+        await self.record.set_drain(host, on=on, move_stateful=move_stateful, by=by)
 
     async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
         await self.record.set_maintenance(subject, on=on)
@@ -425,6 +431,11 @@ class CloudMember:
 
     def unreachable(self, peer: str) -> None:
         self.election.unreachable(peer)
+
+    def _forget_node(self, node: str) -> None:
+        """`node`'s domain was undefined: what it reported was its old VM's."""
+        self.reports.pop(node, None)
+        self._assigned.pop(node, None)
 
     def node_report(self, peer: str, report: NodeReport) -> None:
         """A node's report (the dispatch table has checked that it speaks for itself)."""
