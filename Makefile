@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit e2e lint demo bench clean
+.PHONY: setup test unit e2e lint demo bench chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -38,9 +38,20 @@ demo: setup
 	@scripts/build-torque.sh
 	@scripts/demo.sh
 
+# Every benchmark, then bench/report.py: their JSON reports merged into bench/results/latest.json
+# and the README's benchmark table made from it.
 bench: setup
 	@scripts/ensure-libvirtd.sh
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do [ $$b = bench/report.py ] && continue; \
+		echo "== $$b"; $(PY) $$b || exit 1; done
+	@$(PY) bench/report.py
+
+# A chaos soak (docs/operations.md, "Chaos soak"): DURATION seconds of seeded faults (default
+# 1800) on the web cloud in namespaces; SEED reproduces a schedule (default: a random one, printed).
+chaos: setup
+	@scripts/ensure-libvirtd.sh
+	@PYTHONPATH=$(CURDIR):$(CURDIR)/lab $(PY) -m cloudd_lab.chaos --duration $(or $(DURATION),1800) \
+		$(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

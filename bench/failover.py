@@ -44,6 +44,9 @@ from typing import Any, TypeVar
 from cloudd_lab.agentlab import AgentLab
 from cloudd_lab.netlab import NetLab, Netns
 
+# (run as a script, this folder is on sys.path)
+from report import table, write_result
+
 #: Generous bound on any one wait (the machine is shared): a run that exceeds it aborts.
 BOUND = 60.0
 #: Settling time after the restarted member follows, so that its rejoin is over before the
@@ -112,9 +115,11 @@ def rejoin(restart: Callable[[], None], kill: Callable[[], None],
     raise SystemExit(f"a restarted member did not rejoin in {REJOIN_TRIES} tries")
 
 
-def cloudd_runs(size: int, runs: int, *, prefix: str, subnet: str) -> Figures:
+def cloudd_runs(size: int, runs: int, *, prefix: str, subnet: str,
+                settings: str = "") -> Figures:
     figures = Figures()
-    with AgentLab(prefix, hosts=size, subnet=subnet, profile="production") as lab:
+    with AgentLab(prefix, hosts=size, subnet=subnet, profile="production",
+                  extra_settings=settings) as lab:
         lab.start_all()
         everyone = list(lab.agents)
         for _ in range(runs):
@@ -290,16 +295,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def row(size: int, system: str, f: Figures, ratio: str = "") -> str:
-    return (f"{size:>4}  {system:<7} {statistics.median(f.seconds):>8.3f} "
-            f"{max(f.seconds):>8.3f} {min(f.seconds):>8.3f} {len(f.seconds):>5} "
-            f"{f.stuck_rejoins:>13}  {ratio:>11}")
+def cells(size: int, system: str, f: Figures, ratio: str = "") -> list[object]:
+    return [size, system, round(statistics.median(f.seconds), 3), round(max(f.seconds), 3),
+            round(min(f.seconds), 3), len(f.seconds), f.stuck_rejoins, ratio]
+
+
+def row(r: Sequence[object]) -> str:
+    return (f"{r[0]:>4}  {r[1]:<7} {r[2]:>8.3f} {r[3]:>8.3f} {r[4]:>8.3f} {r[5]:>5} "
+            f"{r[6]:>13}  {r[7]:>11}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="kills per size and system")
     parser.add_argument("--sizes", default="3,5", help="comma-separated cluster sizes")
+    parser.add_argument("--agent-settings", default="", metavar="YAML",
+                        help="more agent settings for every cloudd agent, as YAML lines (to "
+                             "weigh a timing against the default), e.g. "
+                             "'membership: {probe_interval: 0.2}'")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.runs < 1 or any(s < 3 for s in sizes):
@@ -309,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             for size in sizes:
                 results[size, "cloudd"] = cloudd_runs(
-                    size, args.runs, prefix=f"h14fc{size}", subnet=f"10.234.14{size}.0/24")
+                    size, args.runs, prefix=f"h14fc{size}", subnet=f"10.234.14{size}.0/24",
+                    settings=args.agent_settings + "\n" if args.agent_settings else "")
                 print(f"cloudd, {size} agents: " + " ".join(
                     f"{s:.3f}" for s in results[size, "cloudd"].seconds), flush=True)
                 results[size, "etcd"] = etcd_runs(
@@ -320,14 +334,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted: labs cleaned up; partial results below")
     print("\nkill -9 the leader -> new leader (cloudd: acting; etcd: raft leader), seconds")
     print("size  system    median      max      min  runs  stuck rejoins  cloudd/etcd")
+    rows = []
     for size in sizes:
         c, e = results.get((size, "cloudd")), results.get((size, "etcd"))
         if c and c.seconds:
-            print(row(size, "cloudd", c))
+            rows.append(cells(size, "cloudd", c))
         if e and e.seconds:
             ratio = (f"{statistics.median(c.seconds) / statistics.median(e.seconds):.2f}"
                      if c and c.seconds else "-")
-            print(row(size, "etcd", e, ratio))
+            rows.append(cells(size, "etcd", e, ratio))
+    for r in rows:
+        print(row(r))
+    done = [s for s in sizes if results.get((s, "cloudd")) and results.get((s, "etcd"))]
+    if done:
+        def med(size: int, system: str) -> str:
+            return f"{statistics.median(results[size, system].seconds):.2f} s"
+        figure = (" / ".join(med(s, "cloudd") for s in done) + "; etcd 3.4 side by side: "
+                  + " / ".join(med(s, "etcd") for s in done) + " (ratio "
+                  + " / ".join(str(r[7]) for r in rows if r[1] == "etcd" and r[0] in done)
+                  + ")")
+        tuned = f", agents with {args.agent_settings}" if args.agent_settings else ""
+        write_result(
+            "failover", variant="tuned" if args.agent_settings else "",
+            what=f"kill -9 of the leader of {' / '.join(map(str, done))} agents in namespaces, "
+                 f"to a new leader acting (production profile{tuned}), {args.runs} runs",
+            figure=figure, notes=[f"agent settings: {args.agent_settings}"]
+            if args.agent_settings else [],
+            tables=[table("kill -9 the leader -> new leader, seconds",
+                          ["size", "system", "median", "max", "min", "runs", "stuck rejoins",
+                           "cloudd/etcd"], rows)])
     return 0
 
 

@@ -182,11 +182,23 @@ def main() -> int:
     print(f"kill -9 of a supervised TCP server, {args.runs} runs each, milliseconds")
     print(f"{'metric':<28}{'cloudd med':>12}{'cloudd max':>12}{'supd med':>12}"
           f"{'supd max':>12}{'supd/cloudd':>13}")
+    rows: list[list[object]] = []
     for label, a, b in (("new process running", ours.spawn_ms, theirs.spawn_ms),
                         ("port accepting again", ours.accept_ms, theirs.accept_ms)):
         ma, mb = statistics.median(a), statistics.median(b)
         print(f"{label:<28}{ma:>12.1f}{max(a):>12.1f}{mb:>12.1f}{max(b):>12.1f}"
               f"{mb / ma:>12.1f}x")
+        rows.append([label, round(ma, 1), round(max(a), 1), round(mb, 1), round(max(b), 1),
+                     round(mb / ma, 1)])
+    from report import table, write_result
+
+    write_result("supervisor_restart", what="kill -9 of a service to its new process / to "
+                 "its port accepting again (supervisord side by side)",
+                 figure=f"{rows[0][1]:,} ms / {rows[1][1]:,} ms; supervisord: {rows[0][3]:,} ms"
+                        f" / {rows[1][3]:,} ms",
+                 tables=[table(f"kill -9 of a supervised TCP server, {args.runs} runs each, ms",
+                               ["metric", "cloudd med", "cloudd max", "supd med", "supd max",
+                                "supd/cloudd"], rows)])
     return 0
 
 

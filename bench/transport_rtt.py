@@ -99,6 +99,7 @@ def main() -> None:
         for name in ("a", "b"):
             issue(d, name, now=now, kind=MemberKind.HOST, addresses=["127.0.0.1"])
         print(f"{'loop':<8} {'measure':<12} {'median ms':>10} {'p99 ms':>10} {'samples':>8}")
+        rows: list[list[object]] = []
         for loop_name, factory in loops():
             runs = []
             for _ in range(args.repeats):
@@ -111,6 +112,17 @@ def main() -> None:
                 count = sum(len(r[measure]) for r in runs)
                 print(f"{loop_name:<8} {measure:<12} {statistics.median(medians):>10.3f} "
                       f"{statistics.median(p99s):>10.3f} {count:>8}")
+                rows.append([loop_name, measure, round(statistics.median(medians), 3),
+                             round(statistics.median(p99s), 3), count])
+    from report import table, write_result
+
+    ms = {(r[0], r[1]): r[2] for r in rows}
+    figure = "; ".join(f"{loop}: {ms[loop, 'handshake']:.1f} ms / {ms[loop, 'request RTT']:.3f} ms"
+                       for loop in ("uvloop", "asyncio") if (loop, "handshake") in ms)
+    write_result("transport_rtt", what="mTLS handshake / request round trip on an open "
+                 "connection, 127.0.0.1", figure=figure,
+                 tables=[table("transport", ["loop", "measure", "median ms", "p99 ms",
+                                             "samples"], rows)])
 
 
 if __name__ == "__main__":

@@ -37,27 +37,20 @@ import datetime as dt
 import enum
 import ipaddress
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from cloudd.certs import (
-    Signer,
-    ca_cert,
-    cert_pem,
-    common_name,
-    key_pem,
-    member_cert,
-    new_key,
-    spki,
-)
 from cloudd.durable import write_durable
 from cloudd.errors import PermanentError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cloudd.certs import Signer
 
 DEFAULT_DIR = Path("/etc/cloudd/pki")
 #: The SAN URI prefix that names a member; the transport trusts nothing else in a certificate.
@@ -154,6 +147,8 @@ def init_ca(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_D
             force: bool = False, cluster: str = "cloudd") -> PkiFiles:
     """Create the cluster CA in `directory`, and its node issuer; returns the root's paths
     (cert and key)."""
+    from cloudd.certs import ca_cert, cert_pem, common_name, key_pem, new_key
+
     _check_days(days)
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
     _refuse_existing([cert_path, key_path, directory / ISSUER_CERT, directory / ISSUER_KEY],
@@ -171,6 +166,8 @@ def init_ca(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: int = CA_D
 
 def _make_issuer(directory: Path, *, root: Signer, now: dt.datetime, days: int,
                  cluster: str) -> PkiFiles:
+    from cloudd.certs import ca_cert, cert_pem, common_name, key_pem, new_key
+
     key = new_key()
     cert = ca_cert(subject=common_name(f"{cluster} {ISSUER_CN}"), key=key, now=now,
                    days=days, path_length=0, signer=root)
@@ -185,6 +182,9 @@ def init_node_issuer(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: i
                      force: bool = False) -> PkiFiles:
     """(Re)make the node issuer of the CA in `directory` (the one whose key is `ca.key`): for
     a CA folder made before node issuers, or to replace a host-held issuer key."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     _check_days(days)
     root = _load_ca(directory)
     if root[0].extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0:
@@ -197,6 +197,9 @@ def init_node_issuer(directory: Path = DEFAULT_DIR, *, now: dt.datetime, days: i
 
 
 def _load_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
@@ -207,6 +210,12 @@ def _load_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
 
 
 def _load_ca(directory: Path) -> Signer:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cloudd.certs import spki
+
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
     if not cert_path.exists() or not key_path.exists():
         raise PkiError(f"no cluster CA in {directory}: run `cloudd-cli pki init` first")
@@ -255,6 +264,8 @@ def issue(directory: Path, name: str, *, now: dt.datetime, kind: MemberKind,
           force: bool = False) -> PkiFiles:
     """Make `name`'s key and certificate, signed by the CA in `directory`, for a member of
     `kind` (a node's certificate names its `cloud`)."""
+    from cloudd.certs import cert_pem, key_pem, member_cert, new_key
+
     _check_kind(name, kind, cloud)
     _check_days(days)
     ips = parse_addresses(addresses)
@@ -287,6 +298,10 @@ class NodeIssuer:
     @classmethod
     def load(cls, directory: Path) -> NodeIssuer:
         """From `nodes-ca.crt` and `nodes-ca.key` in `directory`."""
+        from cryptography import x509
+
+        from cloudd.certs import spki
+
         cert_path, key_path = directory / ISSUER_CERT, directory / ISSUER_KEY
         if not cert_path.exists() or not key_path.exists():
             raise PkiError(f"no node issuer in {directory} ({ISSUER_CERT}, {ISSUER_KEY}): "
@@ -304,6 +319,8 @@ class NodeIssuer:
     def issue(self, name: str, *, cloud: str, addresses: Sequence[str], now: dt.datetime,
               days: int = MEMBER_DAYS) -> NodeCredentials:
         """A fresh key and certificate for node `name` of `cloud`, in memory."""
+        from cloudd.certs import cert_pem, key_pem, member_cert, new_key
+
         _check_kind(name, MemberKind.NODE, cloud)
         _check_days(days)
         ips = parse_addresses(addresses)
@@ -315,6 +332,8 @@ class NodeIssuer:
 
 def member_of_cert(cert: x509.Certificate) -> str | None:
     """The member a certificate names through its SAN URI, or None."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -327,15 +346,33 @@ def member_of_cert(cert: x509.Certificate) -> str | None:
 
 def identity_of_file(path: Path) -> Identity | None:
     """The identity the certificate in `path` names (the first of a chain), or None when the
-    file is missing, unreadable or names none (whoever loads it for TLS then says why)."""
+    file is missing, unreadable or names none (whoever loads it for TLS then says why).
+
+    Read by Python's `ssl`, the parser that gives the transport its peers' certificates, so
+    that an agent knows itself without loading cryptography (about 9 MiB of its RSS): only
+    the commands that make keys and certificates, and a pool host signing a node's, need it.
+    `ssl` decodes a certificate file only through its `_test_decode_cert` (CPython has it
+    since 2.7); were it gone, cryptography reads the file instead."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        from cryptography import x509
+
+        try:
+            return identity_of_cert(x509.load_pem_x509_certificate(path.read_bytes()))
+        except (OSError, ValueError):
+            return None
     try:
-        return identity_of_cert(x509.load_pem_x509_certificate(path.read_bytes()))
-    except (OSError, ValueError):
+        decoded = decode(str(path))
+    except (OSError, ssl.SSLError, ValueError):
         return None
+    return identity_from_uris([value for kind, value in decoded.get("subjectAltName", ())
+                               if kind == "URI"])
 
 
 def identity_of_cert(cert: x509.Certificate) -> Identity | None:
     """The identity a certificate's SAN URIs name, or None."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

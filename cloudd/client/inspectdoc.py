@@ -173,6 +173,31 @@ class EventView:
 
 
 @dataclass(frozen=True)
+class DrainNodeView:
+    """A node still on a drained host."""
+
+    name: str
+    role: str
+    step: str
+    """What its move does now ("moving: shutdown", ...) or what it waits for, and why."""
+
+
+@dataclass(frozen=True)
+class DrainView:
+    """A pool host the operator drained, and the nodes still on it."""
+
+    host: str
+    move_stateful: bool = False
+    """The operator allowed its stateful and batch compute nodes to move."""
+    since: float = 0.0
+    """Epoch seconds the drain was recorded."""
+    by: str = ""
+    """The agent whose operator asked for it."""
+    left: tuple[DrainNodeView, ...] = ()
+    """Nodes of the cloud with a domain on it still (none: the drain is complete)."""
+
+
+@dataclass(frozen=True)
 class CloudView:
     name: str
     type: str
@@ -195,6 +220,8 @@ class CloudView:
     held_for_stop: bool = False
     """The cloud is to be stopped and waits for the provider's stop (its domains and
     services are left running meanwhile)."""
+    drains: tuple[DrainView, ...] = ()
+    """The pool hosts the operator drained, with the nodes still on each."""
 
 
 @dataclass(frozen=True)

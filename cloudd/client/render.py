@@ -229,6 +229,9 @@ def render_cloud(c: CloudView, doc: InspectDoc, *, now: float, color: bool,
     if checks:
         lines += ["", "  " + paint("PROVIDER CHECKS", "bold", color=color)]
         lines += table(checks, color=color, width=width)
+    if c.drains:
+        lines += ["", "  " + paint("DRAINED HOSTS", "bold", color=color)]
+        lines += _drains(c, now=now, color=color)
     doubts = _not_alive(c, now=now)
     if doubts:
         lines += ["", "  " + paint("AGENTS NOT ALIVE", "bold", color=color)]
@@ -247,6 +250,21 @@ def render_cloud(c: CloudView, doc: InspectDoc, *, now: float, color: bool,
     if c.events:
         lines += ["", "  " + paint("LAST EVENTS", "bold", color=color)]
         lines += table([event_cells(e, now=now) for e in c.events], color=color, width=width)
+    return lines
+
+
+def _drains(c: CloudView, *, now: float, color: bool) -> list[str]:
+    """Each drained host: since when and by whom, then each node still on it with its step
+    (done when none is left)."""
+    lines = []
+    for d in c.drains:
+        word = ", stateful nodes move too" if d.move_stateful else ""
+        state = (paint(f"{len(d.left)} node{'s' if len(d.left) != 1 else ''} left", "yellow",
+                       color=color) if d.left else paint("empty: drain complete", "green",
+                                                          color=color))
+        lines.append(f"  {d.host}: {state}; drained {clock(d.since, now=now)} "
+                     f"({ago(now - d.since)} ago) by {d.by or '?'}{word}")
+        lines += [f"    {n.name} ({n.role}): {n.step}" for n in d.left]
     return lines
 
 

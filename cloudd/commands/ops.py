@@ -1,12 +1,14 @@
-"""`cloudd-cli apply | stop | cleanup | maintenance | plan | history | rollback`: change a
-running cloud, and read its generations.
+"""`cloudd-cli apply | stop | cleanup | maintenance | drain | undrain | plan | history |
+rollback`: change a running cloud, and read its generations.
 
 Every command goes to the local agent, which hands it to the cloud's leader (or, for `apply`
 on a machine that is not a member of the cloud, to one of its pool hosts) and prints who
 performed it. `apply` validates the file here first: an invalid manifest is refused with its
 problems and nothing is sent. What changes the cloud is done once a majority of its pool
-hosts has it in the cloud's record; `history` lists the record's generations (`--diff A B`:
-what changed from A to B), and `rollback CLOUD N` makes generation N's text the next one.
+hosts has it in the cloud's record (`drain HOST` too: its nodes then move elsewhere one
+role-safe step at a time, and `inspect` shows what waits and why); `history` lists the
+record's generations (`--diff A B`: what changed from A to B), and `rollback CLOUD N` makes
+generation N's text the next one.
 """
 
 from __future__ import annotations
@@ -53,6 +55,22 @@ def register(subparsers: Any) -> None:
                    help="a node of the agent's cloud, or the cloud (default: the whole cloud)")
     add_socket_option(p)
     p.set_defaults(func=run_maintenance)
+
+    p = subparsers.add_parser("drain", help="place nothing new on a pool host and move its "
+                                            "nodes elsewhere, one role-safe step at a time")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--move-stateful", action="store_true",
+                   help="move its stateful nodes (a database: its local disk does not follow) "
+                        "and batch compute nodes (running jobs are killed) too, last")
+    add_socket_option(p)
+    p.set_defaults(func=lambda a: _call(a, "drain", host=a.host,
+                                        move_stateful=a.move_stateful or None))
+
+    p = subparsers.add_parser("undrain", help="let a drained host take placements again "
+                                              "(nothing is moved back)")
+    p.add_argument("host", metavar="HOST")
+    add_socket_option(p)
+    p.set_defaults(func=lambda a: _call(a, "undrain", host=a.host))
 
     p = subparsers.add_parser("plan", help="what the leader would do now, and what waits")
     p.add_argument("cloud", nargs="?", metavar="CLOUD")
@@ -138,6 +156,12 @@ def _describe(op: str, result: Any) -> str:
         if result.get("waiting"):
             lines += ["waiting:"] + [f"  {w}" for w in result["waiting"]]
         return "\n".join(lines)
+    if op in ("drain", "undrain"):
+        drained = [f"{d.get('host')}{' (move stateful)' if d.get('move_stateful') else ''}"
+                   for d in result.get("drained") or []]
+        return (f"{result.get('leader')} recorded it (cloud {result.get('cloud')}); drained: "
+                + (", ".join(drained) if drained else "nothing")
+                + ("; `cloudd-cli inspect` shows the drain's progress" if drained else ""))
     if op == "maintenance":
         held = result.get("maintenance") or []
         return "in maintenance: " + (", ".join(held) if held else "nothing")

@@ -11,9 +11,6 @@ field and the line, never the value.
 
 from __future__ import annotations
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-
 #: The key types OpenSSH 9.2's sshd accepts by default (DSA is refused there, so here too).
 KEY_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -53,7 +50,12 @@ def check_public_key(value: str) -> str:
 
 def _is_key(kind: str, data: str) -> bool:
     """Whether `data` is the base64 of a whole public key of type `kind` (cryptography reads
-    it as OpenSSH does: the type it names inside must be `kind`, the key must be valid)."""
+    it as OpenSSH does: the type it names inside must be `kind`, the key must be valid).
+    Loaded here, not with the module: an agent whose manifests give no keys never loads
+    cryptography."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
     try:
         load_ssh_public_key(f"{kind} {data}".encode("ascii"))
     except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError):

@@ -17,6 +17,8 @@ seconds on a busy machine) are probed with more patience: `node_probe_timeout` a
 `node_suspicion` (see their docstrings). None of that slows a failover: only hosts lead,
 grant leases or count for the quorum, and a dead VM reaches the leader as libvirt's event,
 not as a SWIM verdict. A node is dead at most `node_dead_bound(n)` after it stopped answering.
+A node's own agent probes five times less often than a host's (`for_node`): an idle agent's
+CPU is its messages, and a node waits on nobody's death.
 `Timing.local()` halves everything for agents that share one machine (tests, demos).
 `validate()` rejects nonsense with one sentence naming the field.
 `TwoHost` is the other half of this file: the settings of a pool of exactly two hosts
@@ -68,6 +70,13 @@ class Timing:
     time and is never dead. Flat, not scaled by n and not shortened by confirmations: a
     stalled guest is silent to everyone at once, so others agreeing is no extra evidence.
     Nothing waits on a node's death: its VM's death reaches the leader from libvirt."""
+    node_agent_probe_interval: float = 0.5
+    """A node's own agent starts a probe this often (`for_node`), a host every
+    `probe_interval`. Idle, an agent's CPU goes almost all to the messages it sends and
+    receives (bench/idle_agent.py), and a node leads nothing, grants no lease and waits on no
+    one's death: the new leader's `Coordinator` reaches it whatever it suspects. Probing five
+    times less often halves a node agent's messages (it still answers the hosts' probes),
+    and the hosts see a node's death as before: by their own probes of it."""
     dead_probe_interval: float = 0.5
     """Probe one dead member this often so that healed partitions and restarts rejoin."""
     lease_duration: float = 0.4
@@ -106,6 +115,12 @@ class Timing:
             f.name: getattr(base, f.name) / 2 for f in fields(cls)
             if isinstance(getattr(base, f.name), float) and not f.name.endswith("mult")
         })
+
+    def for_node(self) -> Timing:
+        """The timing of a node's own agent: it probes every `node_agent_probe_interval`
+        (never more often than a host), the rest as a host's."""
+        return replace(self, probe_interval=max(self.probe_interval,
+                                                self.node_agent_probe_interval))
 
     def validate(self) -> Timing:
         """Return self, or raise `ConfigError` with one sentence about the first bad field."""

@@ -78,7 +78,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cloudd import log
 from cloudd.durable import TermFile
@@ -91,9 +91,11 @@ from cloudd.vmctl.backend import (
     Inventory,
     NoSuchDomain,
 )
-from cloudd.vmctl.images import CopySettings, ImageError, ensure_image, ensure_overlay
 from cloudd.vmctl.metadata import CloudMeta, MetadataError, from_domain_xml, stamp_host
 from cloudd.vmctl.overlays import OVERLAYS_FILE, OverlayRecord, remove_file
+
+if TYPE_CHECKING:
+    from cloudd.vmctl.images import CopySettings
 
 #: The file of the state dir that keeps the highest term seen (one decimal integer).
 TERM_FILE = "highest-term"
@@ -182,6 +184,10 @@ class HostAgent:
                  copy: CopySettings | None = None, fetch_wait: float = 5.0,
                  seeds: SeedHooks | None = None, reset_wait: float = 5.0,
                  highest_term: int | None = None) -> None:
+        # The image code (copies, overlays) is loaded by the host that runs commands: a
+        # node's agent imports this module only for the wire's HostCommand.
+        from cloudd.vmctl.images import CopySettings
+
         self.backend = backend
         #: the nodes' seed ISOs, made on DEFINE and removed on UNDEFINE (None: no seeds)
         self.seeds = seeds
@@ -304,6 +310,8 @@ class HostAgent:
         return self._result(cmd, outcome)
 
     async def _overlay(self, cmd: HostCommand) -> HostResult:
+        from cloudd.vmctl.images import ImageError, ensure_overlay
+
         image, base = Path(cmd.image), Path(cmd.base)
         if not (image.is_absolute() and base.is_absolute()):
             return self._result(cmd, CommandOutcome.FAILED, "overlay needs absolute image and base")
@@ -383,6 +391,8 @@ class HostAgent:
         return any(parent == d.resolve() for d in self.image_dirs)
 
     async def _fetch(self, cmd: HostCommand) -> HostResult:
+        from cloudd.vmctl.images import ImageError, ensure_image
+
         image = Path(cmd.image)
         if not image.is_absolute():
             return self._result(cmd, CommandOutcome.FAILED, "fetch needs an absolute image path")

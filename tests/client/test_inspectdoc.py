@@ -80,7 +80,7 @@ def test_json_keys_are_stable() -> None:
     cloud = data["clouds"][0]
     assert list(cloud) == ["name", "type", "ensure", "source", "observed_at", "leadership",
                            "manifest", "hosts", "nodes", "failed_actions", "events",
-                           "maintenance", "findings", "held_for_stop"]
+                           "maintenance", "findings", "held_for_stop", "drains"]
     assert cloud["source"] == "leader"
     assert cloud["leadership"] == {"state": "stable", "term": 7, "leader": "pm2",
                                    "since": NOW - 900, "quorum_reached": 2, "quorum_needed": 2}

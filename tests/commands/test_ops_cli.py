@@ -31,6 +31,10 @@ def agent() -> Iterator[Agent]:
     a.register("diff", lambda args: {"cloud": "shop", "a": args["a"], "b": args["b"],
                                      "diff": "--- shop generation 1\n+++ shop generation 2\n"
                                              if args["a"] != args["b"] else ""})
+    a.register("drain", lambda args: {"cloud": "shop", "leader": "pm2", "drained": [
+        {"host": args["host"], "move_stateful": bool(args.get("move_stateful")), "at": 1.0,
+         "by": "pm1"}]})
+    a.register("undrain", lambda args: {"cloud": "shop", "leader": "pm2", "drained": []})
     a.register("rollback", lambda args: {"accepted_by": "pm2", "cloud": "shop",
                                          "generation": 3, "ensure": "running", "path": None})
     yield a.start()
@@ -76,3 +80,14 @@ def test_a_refusal_is_one_line_on_stderr(agent: Agent,
     assert main(["rollback", "shop", "9", "--socket", str(agent.server.path)]) == 1
     assert capsys.readouterr().err == ("cloudd-cli rollback: cloud shop has no generation 9 "
                                        "(its history holds generations 1 to 2)\n")
+
+
+def test_drain_and_undrain(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(agent, capsys, "drain", "pm3", "--move-stateful")
+    assert code == 0 and agent.calls[-1] == {"host": "pm3", "move_stateful": True}
+    assert out == ("pm2 recorded it (cloud shop); drained: pm3 (move stateful); "
+                   "`cloudd-cli inspect` shows the drain's progress\n")
+    code, out = run(agent, capsys, "drain", "pm3")
+    assert agent.calls[-1] == {"host": "pm3"}
+    code, out = run(agent, capsys, "undrain", "pm3")
+    assert code == 0 and out == "pm2 recorded it (cloud shop); drained: nothing\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -654,3 +655,24 @@ async def test_actions_in_flight_end_with_the_controller(pool: Pool) -> None:
         await run
     assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("node-"))
     pool.events.close()
+
+
+async def test_a_drained_host_is_emptied_and_its_nodes_old_reports_forgotten(
+        pool: Pool) -> None:
+    await pool.converge()
+    on_h1 = sorted(n for n, h in pool.running().items() if h == "h1")
+    assert on_h1
+    forgotten: list[str] = []
+    base = pool.controller.desired()
+    pool.controller.desired = lambda: dataclasses.replace(base, drained=frozenset({"h1"}))
+    pool.controller.ready = lambda: frozenset(pool.running())  # running is ready here
+    pool.controller.undefined = forgotten.append
+    for _ in range(12):
+        await pool.converge(1)
+        pool.clock.advance(61.0)  # a guest that ignores the shutdown is destroyed
+    assert "h1" not in pool.running().values()
+    assert set(pool.running()) == {n.name for n in pool.nodes}
+    assert sorted(forgotten) == on_h1
+    moves = [e.reason for e in pool.events.query(kind=LogKind.ACTION, limit=100)
+             if e.reason.startswith("shutdown on h1")]
+    assert len(moves) == len(on_h1)

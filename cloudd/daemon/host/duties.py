@@ -46,7 +46,6 @@ from cloudd.vmctl.hostagent import (
     HostCommand,
     HostResult,
 )
-from cloudd.vmctl.images import CopySettings
 from cloudd.vmctl.nodeseed import NodeSeeds
 
 #: The libvirt connection when neither the manifest nor the agent's settings name one.
@@ -121,6 +120,8 @@ class HostDuties:
 
     async def run(self) -> None:
         """Open the backend, forward its events until cancelled, then close it."""
+        from cloudd.vmctl.images import CopySettings  # a host's alone: not with the module
+
         uri = libvirt_uri(self._cloud(), me=self.me, settings=self.settings)
         backend = await self._open(uri)
         known = self._fence() if self._fence is not None else None

@@ -170,12 +170,19 @@ class Controller:
                  clock: Clock = SYSTEM, policy: BackoffPolicy | None = None,
                  rng: random.Random | None = None,
                  resync: float = 30.0, call_timeout: float = 10.0,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 ready: Callable[[], frozenset[str]] = frozenset,
+                 undefined: Callable[[str], None] = lambda node: None) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
         self.fencer, self.overlay, self.fetch, self.clock = fencer, overlay, fetch, clock
         self.resync, self.call_timeout = resync, call_timeout
         self.limits = limits
+        #: the nodes alive and ready with their role now (a drain's moves depend on them)
+        self.ready = ready
+        #: told of a node whose domain was undefined: what its agent reported is of a VM that
+        #: is gone (a node re-placed starts afresh)
+        self.undefined = undefined
         policy = policy or BackoffPolicy()
         # jitter: from `rng` when given, else derived from the subject's name and count
         self.node_fails = Ledger(policy, rng=rng)
@@ -282,7 +289,8 @@ class Controller:
                         in_flight=before | frozenset(self._busy),
                         fencing=frozenset(self._fencing),
                         shutdowns=dict(self._shutdowns),
-                        unreachable=dict(gone.since), resets=dict(gone.resets))
+                        unreachable=dict(gone.since), resets=dict(gone.resets),
+                        ready=self.ready())
 
     # ---- the pass -----------------------------------------------------------------------
 
@@ -371,6 +379,8 @@ class Controller:
                                  subject=node, reason=f"{what}: {action.reason}", term=term)
                     self._log.info("action_done", cloud=cloud, node=node, host=action.host,
                                    term=term, reason=f"{what}: {action.reason}")
+                    if isinstance(action, Undefine):
+                        self.undefined(node)
                     continue
                 now = self.clock.monotonic()
                 record = self.node_fails.failed(node, now=now)

@@ -56,7 +56,6 @@ from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
 from cloudd.daemon.leader.hookplan import HookTiming
 from cloudd.daemon.leader.hooks import ProviderHooks
 from cloudd.daemon.leader.hostcalls import HostCalls
-from cloudd.daemon.leader.imagecopy import copy_to_host, create_overlay
 from cloudd.daemon.leader.maintenance import Maintenance
 from cloudd.daemon.member import distribution, poolchange
 from cloudd.daemon.member.dispatch import (
@@ -170,7 +169,8 @@ class CloudMember:
                              proven=lambda host: host in self.election.core.stand_ins(),
                              joined=self._joined.get, now=clock.monotonic)
         self.election = ElectionShell(
-            me=self.me, cloud=cloud.name, roster=roster_of(cloud), timing=timing, send=send,
+            me=self.me, cloud=cloud.name, roster=roster_of(cloud),
+            timing=timing if self.is_host else timing.for_node(), send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
             fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None,
             fence=PeerFencer(fencer, cloud=cloud.name, me=self.me, spawn=self._spawn,
@@ -208,19 +208,17 @@ class CloudMember:
                                     generation=lambda: renderer.generation(self.cloud))
         r = settings.reconcile
         self.controller = Controller(
-            desired=lambda: desired_of(self.in_use(), held=self.maintenance.held),
+            desired=lambda: desired_of(self.in_use(), held=self.maintenance.held,
+                                       drains=self.record.drains),
             hosts=lambda: [h.name for h in self.cloud.pool],
             liveness=lambda host: _LIVENESS[self.election.host_status(host)],
             leader=self._controller_term, client=self.host_calls, events=events,
             render=lambda spec, term: renderer.render(self.cloud, spec.name, term),
             fencer=fencer,
-            overlay=lambda host, spec: create_overlay(self.host_calls, host, spec,
-                                                      cloud=self.cloud.name,
-                                                      term=self.acting_term),
-            fetch=lambda host, spec: copy_to_host(self.host_calls, host, spec,
-                                                  term=self.acting_term),
+            overlay=self._create_overlay, fetch=self._copy_to_host,
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
-            limits=plan.Limits(shutdown_timeout=r.shutdown_timeout))
+            limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy,
+            undefined=self._forget_node)
         registry = providers if providers is not None else default_registry()
         self.hooks = ProviderHooks(
             cloud=self.in_use, term=self.reconciling_term, healthy=self._healthy,
@@ -254,6 +252,18 @@ class CloudMember:
             Duty.RECORD_WRITE: self._on_record_push,
             Duty.RECORD_GATHER: self._on_record_wanted,
         })
+
+    # The image code is loaded by the leader that first needs it: a node never leads.
+    async def _create_overlay(self, host: str, spec: plan.NodeSpec) -> None:
+        from cloudd.daemon.leader.imagecopy import create_overlay
+
+        await create_overlay(self.host_calls, host, spec, cloud=self.cloud.name,
+                             term=self.acting_term)
+
+    async def _copy_to_host(self, host: str, spec: plan.NodeSpec) -> None:
+        from cloudd.daemon.leader.imagecopy import copy_to_host
+
+        await copy_to_host(self.host_calls, host, spec, term=self.acting_term)
 
     @property
     def roster(self) -> Roster:
@@ -325,7 +335,7 @@ class CloudMember:
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
             timings=self.host_calls.timings(), unproven=self.election.unproven(),
-            hooks=self.hooks.view(also=self.elastic.findings()))
+            hooks=self.hooks.view(also=self.elastic.findings()), drains=self.record.drains)
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the
@@ -337,6 +347,10 @@ class CloudMember:
 
     def record_in_force(self) -> Record:
         return self.record.in_force()
+
+    async def set_drain(self, host: str, *, on: bool, move_stateful: bool = False,
+                        by: str = "") -> None:
+        await self.record.set_drain(host, on=on, move_stateful=move_stateful, by=by)
 
     async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
         await self.record.set_maintenance(subject, on=on)
@@ -428,6 +442,11 @@ class CloudMember:
 
     def unreachable(self, peer: str) -> None:
         self.election.unreachable(peer)
+
+    def _forget_node(self, node: str) -> None:
+        """`node`'s domain was undefined: what it reported was its old VM's."""
+        self.reports.pop(node, None)
+        self._assigned.pop(node, None)
 
     def node_report(self, peer: str, report: NodeReport) -> None:
         """A node's report (the dispatch table has checked that it speaks for itself)."""

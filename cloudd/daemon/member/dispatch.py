@@ -224,6 +224,10 @@ ROUTES: tuple[Route, ...] = (
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
           case=("op", (_O.STOP, _O.CLEANUP, _O.MAINTENANCE, _O.PLAN)), request=True),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
+          case=("op", (_O.DRAIN, _O.UNDRAIN)), request=True,
+          note="performed by this cloud's leader (handed to it), a write to the record; the "
+               "host must be one of the pool's"),
+    Route(OperatorRequest, Duty.OPERATOR_REQUEST, anyone_of(Sender.HOST), to=To.HOST,
           case=("op", (_O.DIFF,)), request=True,
           note="the texts as pool hosts hold them, secrets' contents included"),
     Route(OperatorRequest, Duty.OPERATOR_REQUEST, _LEADER, to=To.NODE,

@@ -1,12 +1,12 @@
 """The cloud's replicated record: what the leader decides, kept by every pool host.
 
 Theory of operation. What a leader decides must outlive it: the manifest generations (each
-numbered, with its text), the operator's maintenance holds, and the secrets the leader makes
-(`with_generated`: drawn once, then every later leader hands out the same ones). It all lives
-in one `Record` (`cloudd.daemon.network.catalogue`),
-ordered by its `Version` (term, seq). It also names the candidate nodes of the cloud's
-elastic roles that are in use (`with_active`), so that a new leader neither adds nor removes
-compute nodes that the last one decided. Every pool host keeps, in a file of its own, the
+numbered, with its text), the operator's maintenance holds and drained hosts (`with_drain`),
+the candidate nodes of the cloud's elastic roles that are in use (`with_active`: a new leader
+neither adds nor removes compute nodes the last one decided), and the secrets the leader
+makes (`with_generated`: drawn once, then every later leader hands out the same ones). It all
+lives in one `Record` (`cloudd.daemon.network.catalogue`), ordered by its `Version` (term,
+seq). Every pool host keeps, in a file of its own, the
 highest version it took (`Held.record`) and the highest term it promised (`Held.promised`).
 
 - A write. The acting leader of term T makes version (T, seq + 1) (`with_generation`,
@@ -38,7 +38,7 @@ from typing import Any
 
 from cloudd.config.catalog import GeneratedSecret
 from cloudd.config.sources import MAX_SECRET
-from cloudd.daemon.network.catalogue import Generation, Record, RecordPush, Version
+from cloudd.daemon.network.catalogue import Drain, Generation, Record, RecordPush, Version
 from cloudd.errors import PermanentError
 
 #: Generations the history keeps, the latest always among them; and at most this many bytes
@@ -128,6 +128,9 @@ def malformed(r: Record) -> str | None:
         return "the record's maintenance holds are not sorted and distinct"
     if list(r.active) != sorted(set(r.active)) or len(r.active) > ACTIVE:
         return f"the record's nodes in use are not sorted, distinct and at most {ACTIVE}"
+    drained = [d.host for d in r.drains]
+    if drained != sorted(set(drained)) or any(not h for h in drained):
+        return "the record's drained hosts are not named, sorted and distinct"
     names = [name for name, _ in r.generated]
     if names != sorted(set(names)) or len(names) > GENERATED:
         return (f"the record's generated secrets are not sorted, distinct and at most "
@@ -217,6 +220,33 @@ def with_active(r: Record, *, term: int, active: Collection[str],
     if wanted == r.active:
         return r
     return dataclasses.replace(r, version=next_version(r, term), active=wanted)
+def with_drain(r: Record, *, term: int, host: str, on: bool, hosts: Collection[str],
+               move_stateful: bool = False, at: float = 0.0, by: str = "") -> Record:
+    """Drain `host`, one of the pool's `hosts` (or undrain it: `on` False); one sentence
+    refuses an unknown host, a drain that changes nothing, an undrain of a host not drained,
+    and the drain of the last host not drained (no host would be left to place a node on)."""
+    drains = {d.host: d for d in r.drains}
+    # a host the pool no longer lists may still be undrained: its entry leaves the record
+    if host not in hosts and (on or host not in drains):
+        raise PermanentError(f"unknown host {host!r}: the pool of cloud {r.cloud} is "
+                             f"{', '.join(sorted(hosts))}")
+    was = drains.get(host)
+    if not on:
+        if was is None:
+            raise PermanentError(f"host {host} is not drained")
+        del drains[host]
+    else:
+        if was is not None and was.move_stateful == move_stateful:
+            raise PermanentError(f"host {host} is drained already"
+                                 f"{' (with --move-stateful)' if move_stateful else ''}")
+        if was is None and not set(hosts) - set(drains) - {host}:
+            raise PermanentError(f"host {host} is the last pool host of cloud {r.cloud} not "
+                                 "drained: no host would be left to place a node on")
+        drains[host] = Drain(host, move_stateful=move_stateful,
+                             at=was.at if was is not None else at,
+                             by=was.by if was is not None else by)
+    return dataclasses.replace(r, version=next_version(r, term),
+                               drains=tuple(drains[h] for h in sorted(drains)))
 
 
 def with_generated(r: Record, *, term: int, made: Mapping[str, bytes]) -> Record:

@@ -38,6 +38,7 @@ from typing import Any
 from cloudd.config.model import Cloud
 from cloudd.config.portable import Recipient, text_for
 from cloudd.daemon.base.clock import Clock
+from cloudd.daemon.leader.drain import Drains
 from cloudd.daemon.leader.maintenance import Maintenance
 from cloudd.daemon.member import poolchange, record
 from cloudd.daemon.member.keeper import RecordKeeper
@@ -98,6 +99,11 @@ class CloudRecord:
         return frozenset(self.keeper.in_force.active) if self.keeper else frozenset()
 
     @property
+    def drains(self) -> Drains:
+        """The operator's drained hosts in force: the record's (a node keeps none)."""
+        return Drains(self.keeper.in_force.drains) if self.keeper else Drains()
+
+    @property
     def generation(self) -> int:
         """The record's number of the generation in force here (0: not known here)."""
         if self.keeper is None:
@@ -152,6 +158,16 @@ class CloudRecord:
         nodes = [n.name for n in self._cloud().nodes]
         await self.host_keeper().write(lambda r, term: record.with_active(
             r, term=term, active=active, nodes=nodes))
+
+    async def set_drain(self, host: str, *, on: bool, move_stateful: bool = False,
+                        by: str = "") -> None:
+        hosts = [h.name for h in self._cloud().pool]
+        await self.host_keeper().write(lambda r, term: record.with_drain(
+            r, term=term, host=host, on=on, hosts=hosts, move_stateful=move_stateful,
+            at=self.clock.wall(), by=by))
+        self.log.info("drain", host=host, reason=f"{'drained' if on else 'undrained'}"
+                                                 f"{' (move stateful)' if move_stateful else ''}")
+        self._poke()
 
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]:

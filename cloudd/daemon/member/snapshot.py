@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from cloudd.config.model import Cloud
 from cloudd.daemon.leader.controller import ControllerView
+from cloudd.daemon.leader.drain import Drains
 from cloudd.daemon.leader.hooks import HooksView
 from cloudd.daemon.leader.hostcalls import CallTiming
 from cloudd.daemon.network.catalogue import NodeReport
@@ -68,6 +69,8 @@ class MemberSnapshot:
     relearns its terms ('' when it may)."""
     hooks: HooksView = field(default_factory=HooksView)
     """What the provider's hooks last found (the acting leader's; empty elsewhere)."""
+    drains: Drains = field(default_factory=Drains)
+    """The operator's drained hosts, as the record in force has them."""
 
     @property
     def quorum_reached(self) -> int:

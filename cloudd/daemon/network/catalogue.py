@@ -75,6 +75,10 @@ class OperatorOp(enum.StrEnum):
     """A unified diff of two generations' texts, as pool hosts hold them (secrets too)."""
     ROLLBACK = "rollback"
     """A new generation whose text is an earlier generation's."""
+    DRAIN = "drain"
+    """No new placement on a pool host, and its nodes moved elsewhere (the record keeps it)."""
+    UNDRAIN = "undrain"
+    """The host takes placements again; nothing is moved back."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,18 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """A pool host the operator drained (`cloudd-cli drain HOST`), as the record keeps it."""
+
+    host: str
+    #: the operator's word that the host's stateful and batch compute nodes may move too
+    move_stateful: bool = False
+    #: wall time the leader recorded it, and the agent whose operator asked
+    at: float = 0.0
+    by: str = ""
+
+
+@dataclass(frozen=True)
 class Record:
     """What the leader decides for one cloud and every pool host keeps (fsynced) before the
     operator hears it is done. A new field here is a new part of the record, on the wire and
@@ -320,6 +336,8 @@ class Record:
     generated: tuple[SecretPair, ...] = field(default=(), repr=False)
     #: the candidate nodes of the cloud's elastic roles that are in use, sorted
     active: tuple[str, ...] = ()
+    #: the drained pool hosts, sorted by host
+    drains: tuple[Drain, ...] = ()
 
 
 @dataclass(frozen=True)

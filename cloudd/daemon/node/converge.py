@@ -10,7 +10,8 @@ converge is reported (FAILED) and retried after the reconcile backoff, or after 
 `TemporaryError`'s own delay; nothing is retried inline.
 
 What the node reports is its phase (`phase.py`, a pure table this class only feeds) with its
-services: a `NodeReport` whenever either changes, and at least every `heartbeat` seconds. The
+services: a `NodeReport` whenever either changes, and at least every `heartbeat` seconds, from
+its start (UNASSIGNED until the leader's assignment comes). The
 accepted assignment is kept in the node root (`saved_assignment.py`), so an agent that
 restarts converges at once and its Supervisor re-adopts the running processes (never a second
 copy), without waiting for the leader.
@@ -172,6 +173,11 @@ class NodeSide:
             self._wake.clear()
             now = self._clock.monotonic()
             if self._detached or self._current is None:
+                if not self._detached:
+                    # An agent with no assignment says so: a leader that still holds the
+                    # report of this node's previous VM (a node re-placed on a fresh disk)
+                    # then sees it unassigned and sends its role again.
+                    self._maybe_report(now)
                 await self._wait(self.heartbeat)
                 continue
             self._persist()
@@ -333,8 +339,6 @@ class NodeSide:
                           message=message, services=services, since=self._since)
 
     def _maybe_report(self, now: float) -> None:
-        if self._current is None:
-            return
         r = self.view()
         sig = (r.phase, r.message, r.services, r.term, r.generation)
         if sig == self._last and now < self._last_sent + self.heartbeat:

@@ -1,5 +1,5 @@
-"""The operator's commands: apply, stop, cleanup, maintenance, plan, history, diff, rollback
-(and cleanup-service, which the leader sends on to a node).
+"""The operator's commands: apply, stop, cleanup, maintenance, drain, undrain, plan, history,
+diff, rollback (and cleanup-service, which the leader sends on to a node).
 
 Any agent takes a command from `cloudd-cli`, but the cloud changes in one place only: the
 leader. So an agent that is not the acting leader hands the command to the leader it follows
@@ -13,11 +13,12 @@ through a second agent.
 
 `RULES` says, per command, where it is performed and whether it carries a manifest; each
 command has one handler. The local API's op names become `OperatorOp`s where they are
-registered (`LOCAL_OPS`), once. What changes the cloud (apply, stop, rollback, maintenance)
-is a write to the cloud's replicated record (`cloudd.daemon.member.record`), acknowledged
-only once a majority of the pool hosts has persisted it; the leader then installs the new
-generation in its manifest folder and distributes it to the other members. An invalid
-manifest, an unknown generation or node is refused with one sentence and changes nothing.
+registered (`LOCAL_OPS`), once. What changes the cloud (apply, stop, rollback, maintenance,
+drain, undrain) is a write to the cloud's replicated record (`cloudd.daemon.member.record`),
+acknowledged only once a majority of the pool hosts has persisted it; the leader then installs
+the new generation in its manifest folder and distributes it to the other members. An invalid
+manifest, an unknown generation, node or host is refused with one sentence and changes
+nothing.
 `history` and `diff` read the leader's record.
 
 A node's agent performs none of them and hands none on: its certificate may send no operator
@@ -90,6 +91,8 @@ RULES: Mapping[OperatorOp, OpRule] = MappingProxyType({
     OperatorOp.HISTORY: OpRule(at_leader=True),
     OperatorOp.DIFF: OpRule(at_leader=True),
     OperatorOp.ROLLBACK: OpRule(at_leader=True),
+    OperatorOp.DRAIN: OpRule(at_leader=True),
+    OperatorOp.UNDRAIN: OpRule(at_leader=True),
 })
 
 LOCAL_OPS: tuple[OperatorOp, ...] = tuple(op for op, rule in RULES.items() if rule.local)
@@ -102,6 +105,8 @@ class Seat(Protocol):
     def snapshot(self) -> MemberSnapshot: ...
     def reset_failures(self, node: str) -> None: ...
     async def set_maintenance(self, subject: str | None, *, on: bool) -> None: ...
+    async def set_drain(self, host: str, *, on: bool, move_stateful: bool = False,
+                        by: str = "") -> None: ...
     async def cleanup_service(self, service: str) -> None: ...
     async def new_generation(self, text: str, cloud: Cloud, *, by: str,
                              what: str) -> tuple[Generation, Path | None]: ...
@@ -156,6 +161,8 @@ class Operator:
             OperatorOp.HISTORY: self._history,
             OperatorOp.DIFF: self._diff,
             OperatorOp.ROLLBACK: self._rollback,
+            OperatorOp.DRAIN: self._drain,
+            OperatorOp.UNDRAIN: self._undrain,
         }
 
     # -- routing ------------------------------------------------------------------------------
@@ -342,6 +349,24 @@ class Operator:
         self._record(snap.cloud.name, f"maintenance {'on' if on else 'off'} for "
                                       f"{subject or 'the whole cloud'}", snap.term)
         return {"maintenance": maintenance.view(seat.snapshot().maintenance)}
+
+    async def _undrain(self, call: Call) -> Any:
+        return await self._drain(call, on=False)
+
+    async def _drain(self, call: Call, *, on: bool = True) -> Any:
+        """drain HOST [--move-stateful] / undrain HOST: a write to the record."""
+        seat, snap = call.serving()
+        host = call.args.get("host")
+        if not isinstance(host, str) or not host:
+            raise PermanentError("drain and undrain need a pool host's name")
+        stateful = call.args.get("move_stateful") is True
+        by = str(call.args.get("by") or self.me)
+        await seat.set_drain(host, on=on, move_stateful=stateful, by=by)
+        self._record(snap.cloud.name, f"{'drain' if on else 'undrain'} {host}"
+                                      f"{' --move-stateful' if on and stateful else ''}, "
+                                      f"asked by {by}", snap.term)
+        return {"cloud": snap.cloud.name, "leader": self.me,
+                "drained": seat.snapshot().drains.view()}
 
     async def _plan(self, call: Call) -> Any:
         _, snap = call.serving()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cloudd import log
@@ -35,6 +35,8 @@ from cloudd.client.api import ApiError
 from cloudd.client.inspectdoc import (
     AgentState,
     CloudView,
+    DrainNodeView,
+    DrainView,
     ElectionState,
     FailedAction,
     FindingView,
@@ -170,7 +172,29 @@ def cloud_view(snap: MemberSnapshot, *, events: EventLog, source: Source) -> Clo
         maintenance=tuple(maintenance.view(snap.maintenance)),
         findings=tuple(finding_view(f) for f in snap.hooks.findings
                        if f.node not in names),
-        held_for_stop=snap.hooks.holding)
+        held_for_stop=snap.hooks.holding, drains=drain_views(snap, domains))
+
+
+def drain_views(snap: MemberSnapshot, domains: Mapping[str, DomainObs]) -> tuple[DrainView, ...]:
+    """Each drained host with the nodes still on it: what the leader's last plan does with
+    each (its next action) or what it waits for."""
+    plan = snap.controller.last_plan
+    doing: dict[str, str] = {}
+    for a in plan.actions:
+        node = getattr(a, "node", None)
+        if node is not None and node not in doing:
+            doing[node] = f"moving: {type(a).__name__.lower()} on {a.host} ({a.reason})"
+    waits = {w.node: w.reason for w in plan.waiting}
+    views = []
+    for d in snap.drains.entries:
+        left = tuple(
+            DrainNodeView(name=n.name, role="+".join(n.roles),
+                          step=doing.get(n.name) or waits.get(n.name) or "moving")
+            for n in snap.cloud.nodes
+            if (obs := domains.get(n.name)) is not None and obs.host == d.host)
+        views.append(DrainView(host=d.host, move_stateful=d.move_stateful, since=d.at, by=d.by,
+                               left=left))
+    return tuple(views)
 
 
 def finding_view(f: Finding) -> FindingView:

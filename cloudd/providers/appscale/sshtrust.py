@@ -47,9 +47,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from cloudd.config.catalog import GeneratedSecret
 
 #: The seed of the client key the master logs in with (the master role only). As text (the
@@ -125,6 +122,10 @@ def _openssh_private(seed: bytes, public: bytes, comment: str) -> str:
 
 def keypair(seed: bytes, *, comment: str, what: str = "key") -> KeyPair:
     """The Ed25519 key whose private scalar seed is `seed` (32 bytes), commented `comment`."""
+    # loaded here, not with the module: the manifest check imports this module in every agent
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     if not re.fullmatch(r"[A-Za-z0-9@._-]{1,64}", comment):
         raise ValueError(f"key comment {comment!r}: letters, digits and @._- only, 1 to 64")
     key = Ed25519PrivateKey.from_private_bytes(_seed(seed, what))

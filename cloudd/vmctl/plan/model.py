@@ -48,6 +48,21 @@ AFTER_RESET = "reset"
 UNREACHABLE_RESET_AFTER = 900.0
 
 
+class DrainMove(enum.Enum):
+    """How a node may be moved off a drained host (its role's kind:
+    `cloudd.daemon.leader.drain.MOVES`)."""
+
+    REPLICA = "replica"
+    """Stateless: moved only while another node of its role is ready (a sole node of its
+    role moves at once: its role is down until it is ready again)."""
+    SCHEDULED = "scheduled"
+    """A batch compute node: its jobs would be killed, so it moves only with the operator's
+    word (`drain --move-stateful`), after the stateless nodes."""
+    STATEFUL = "stateful"
+    """Its disk is local and holds the role's data (a database): moved last, and only with
+    the operator's word."""
+
+
 @dataclass(frozen=True)
 class ImageSource:
     """A pool host a node's missing image can be copied from (over SFTP, by the target host)."""
@@ -81,6 +96,8 @@ class NodeSpec:
     """The operator's maintenance hold (with `run` manual): the node is left where and as it
     is. It is not started, and not placed, moved or taken off a dead host to be re-placed: a
     held node without a domain stays without one until the hold is released."""
+    move: DrainMove = DrainMove.REPLICA
+    """How it may leave a drained host."""
 
     @property
     def copied_image(self) -> str:
@@ -100,6 +117,11 @@ class Desired:
     """Seconds a node's agent may stay unreachable while its domain runs before the domain is
     reset (and, that long again after the reset, destroyed to be started again): the
     manifest's `timing.unreachable_reset_after`."""
+    drained: frozenset[str] = frozenset()
+    """Hosts the operator drained: no new domain goes there, and the nodes on them are moved
+    elsewhere one role-safe step at a time (`planner`'s drain rules)."""
+    move_stateful: frozenset[str] = frozenset()
+    """The drained hosts whose stateful and batch compute nodes the operator allowed to move."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,9 @@ class Observed:
         default_factory=lambda: MappingProxyType({}))
     """(node, host) -> when that domain was reset for an unreachable agent that has not been
     alive since (the next step is a destroy)."""
+    ready: frozenset[str] = frozenset()
+    """Nodes whose agent is alive and reports its role ready (a drain moves a node only
+    while another of its role is among them)."""
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,15 @@ class Placer:
         if node.run is not RunStrategy.MANUAL:
             self.memory[host] -= node.memory_mib
 
+    def fits(self, node: NodeSpec) -> str | None:
+        """None when some candidate could take `node` now (nothing is booked), else why not."""
+        if node.pin is not None:
+            why = self.why_not(node.pin, node)
+            return None if why is None else f"pinned: {why}"
+        if any(self.why_not(h, node) is None for h in self.hosts):
+            return None
+        return self.explain(node)
+
     def explain(self, node: NodeSpec) -> str:
         """One sentence for a node that could not be placed."""
         if node.pin is not None:

@@ -16,6 +16,8 @@ Safety rules, in the order they are checked:
 - Only domains whose metadata names this cloud are ever touched.
 - A node in maintenance (`held`) is left where and as it is: never placed, never taken off
   a dead host to be re-placed (duplicates are still resolved).
+- A drained host (`Desired.drained`) is never a placement's target; its nodes leave it by
+  stop-and-re-place, one role-safe step at a time (`drain`).
 Liveness rules: a copy on a live host is restarted in place according to its run strategy;
 a running copy whose agent stays unreachable is reset, then destroyed to be started again
 (`hung`); a node or host backing off after failures is skipped until its deadline.
@@ -33,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from cloudd.config.intent import Ensure, RunStrategy
+from cloudd.vmctl.plan import drain
 from cloudd.vmctl.plan.hung import hung
 from cloudd.vmctl.plan.leftovers import leftovers
 from cloudd.vmctl.plan.model import (
@@ -107,6 +110,8 @@ class _Pass:
         self.fences: dict[str, Fence] = {}
         self.waiting: dict[str, str] = {}
         self.roles = {n.name: n.role for n in desired.nodes}
+        self.specs = {n.name: n for n in desired.nodes}
+        self.homeless: frozenset[str] = frozenset()
         rank = {role: i for i, role in enumerate(desired.role_order)}
         self.order = sorted(desired.nodes,
                             key=lambda n: (rank.get(n.role, len(rank)), n.role, n.name))
@@ -173,7 +178,9 @@ class _Pass:
                         self._remove(d, why="cloud is to be stopped", graceful=True)
             self._leftovers()
             return self._result(placer=None)
-        placer = Placer((h for h in self.observed.hosts if self._host_usable(h)),
+        drained = self.desired.drained
+        placer = Placer((h for h in self.observed.hosts
+                         if self._host_usable(h) and h.name not in drained),
                         servers=(h for h in self.observed.hosts
                                  if h.liveness is Liveness.ALIVE and h.reachable
                                  and not h.fenced))
@@ -181,6 +188,7 @@ class _Pass:
         placer.count_all((d.host, roles.get(d.node, ""))
                          for node_copies in self.copies.values() for d in node_copies)
         homeless: list[NodeSpec] = []
+        self.homeless = frozenset(n for n in managed if not self.copies.get(n))
         for spec in self.order:
             if spec.name not in managed or spec.name in busy:
                 continue
@@ -260,6 +268,8 @@ class _Pass:
             self._wait(spec.name, f"host {d.host} is {host.liveness.value}"
                                   f"{'' if host.reachable else ' and unreachable'}")
             return
+        if d.host in self.desired.drained and self._drain(spec, d, placer):
+            return
         if d.state is DomainState.RUNNING and spec.run is not RunStrategy.MANUAL:
             self._hung(d)
             return
@@ -282,6 +292,21 @@ class _Pass:
             spec.name, d.host, "defined, not started" if never
             else f"{d.state.value} ({d.reason}); restarting in place", respawn=not never))
 
+    def _drain(self, spec: NodeSpec, d: DomainObs, placer: Placer) -> bool:
+        """A copy on a drained host: take the move's next step, or say what it waits for.
+        True when that settles the node for this pass (False: it stays, and a copy that is
+        down is restarted in place as on any host)."""
+        on_host = [self.specs[n] for n, copies in self.copies.items()
+                   if n in self.specs and any(c.host == d.host for c in copies)]
+        decided = drain.step(spec, d, desired=self.desired, observed=self.observed,
+                             on_host=on_host, homeless=self.homeless, fits=placer.fits)
+        if isinstance(decided, drain.Leave):
+            if not self._backing_off(spec.name):
+                self._remove(d, why=decided.reason, graceful=True)
+            return True
+        self._wait(spec.name, decided.reason)
+        return d.state is DomainState.RUNNING
+
     def _hung(self, d: DomainObs) -> None:
         """A running domain on a live host: reset it, or destroy it, when its agent has been
         unreachable too long (`hung`)."""
@@ -301,7 +326,9 @@ class _Pass:
             return
         host = placer.choose(spec)
         if host is None:
-            self._wait(spec.name, placer.explain(spec))
+            drained = sorted(self.desired.drained)
+            self._wait(spec.name, placer.explain(spec) + (
+                f" (drained, so taking no node: {', '.join(drained)})" if drained else ""))
             return
         old = self.replaced_from.get(spec.name)
         why = (f"re-placing: host {old} is dead and fenced" if old is not None

@@ -203,3 +203,53 @@ def test_a_record_with_malformed_generated_secrets_is_refused(
     bad = dataclasses.replace(rec(4, 9, 1), generated=generated)
     got = record.take(HELD, RecordPush(4, bad)).refusal
     assert got is not None and got.startswith(refusal)
+
+
+def test_a_drain_is_recorded_changed_and_released_or_refused_in_one_sentence() -> None:
+    pool = ("pm1", "pm2", "pm3")
+    r = record.with_drain(rec(3, 7, 1), term=3, host="pm2", on=True, hosts=pool, at=5.0,
+                          by="pm1")
+    assert r.version == Version(3, 8)
+    assert [(d.host, d.move_stateful, d.at, d.by) for d in r.drains] == [
+        ("pm2", False, 5.0, "pm1")]
+    # the operator's word added later keeps when and by whom it was drained
+    r = record.with_drain(r, term=3, host="pm2", on=True, hosts=pool, move_stateful=True,
+                          at=9.0, by="pm3")
+    assert [(d.host, d.move_stateful, d.at, d.by) for d in r.drains] == [
+        ("pm2", True, 5.0, "pm1")]
+    r = record.with_drain(r, term=3, host="pm1", on=True, hosts=pool)
+    assert [d.host for d in r.drains] == ["pm1", "pm2"]
+    refusals = [
+        (dict(host="pm9", on=True), "unknown host 'pm9': the pool of cloud c is pm1, pm2, pm3"),
+        (dict(host="pm2", on=True, move_stateful=True),
+         "host pm2 is drained already (with --move-stateful)"),
+        (dict(host="pm3", on=True),
+         "host pm3 is the last pool host of cloud c not drained: no host would be left to "
+         "place a node on"),
+        (dict(host="pm3", on=False), "host pm3 is not drained"),
+    ]
+    for args, why in refusals:
+        with pytest.raises(PermanentError) as e:
+            record.with_drain(r, term=3, hosts=pool, **args)  # type: ignore[arg-type]
+        assert str(e.value) == why
+    r = record.with_drain(r, term=4, host="pm2", on=False, hosts=pool)
+    assert [d.host for d in r.drains] == ["pm1"] and r.version == Version(4, 11)
+
+
+def test_drains_survive_a_new_leaders_recovery_and_a_malformed_list_is_refused() -> None:
+    r = record.with_drain(rec(3, 7, 1), term=3, host="pm2", on=True, hosts=("pm1", "pm2"))
+    adopted = record.recovered({"pm1": rec(3, 7, 1), "pm2": r}, quorum=2)
+    assert adopted is not None
+    assert record.rewritten(adopted, term=4).drains == r.drains
+    assert record.with_generation(adopted, term=4, text="x", at=0.0, by="pm1", what="apply",
+                                  ensure="running", nodes=NODES).drains == r.drains
+    bad = dataclasses.replace(r, version=Version(4, 9), drains=(r.drains[0], r.drains[0]))
+    assert record.take(HELD, RecordPush(4, bad)).refusal == (
+        "the record's drained hosts are not named, sorted and distinct")
+
+
+def test_a_host_the_pool_no_longer_lists_can_still_be_undrained() -> None:
+    r = record.with_drain(rec(3, 7, 1), term=3, host="pm3", on=True, hosts=("pm1", "pm3"))
+    assert record.with_drain(r, term=3, host="pm3", on=False, hosts=("pm1",)).drains == ()
+    with pytest.raises(PermanentError, match=r"^unknown host 'pm3'"):
+        record.with_drain(r, term=3, host="pm3", on=True, hosts=("pm1",), move_stateful=True)

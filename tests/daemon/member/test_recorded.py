@@ -511,3 +511,28 @@ async def test_a_host_that_holds_domains_of_the_cloud_is_not_removed(
         controller.fenced.add("pm2")  # its fence command powered it off
         gen, _ = await pm1.member.new_generation(text, alone, by="pm1", what="apply")
     assert gen.number == 2
+
+
+async def test_a_drain_is_written_to_a_majority_and_the_next_leader_carries_it_on(
+        tmp_path: Path, made: list[Host]) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        await pm1.member.set_drain("pm2", on=True, by="pm1")
+        with pytest.raises(PermanentError, match="unknown host 'pm9'"):
+            await pm1.member.set_drain("pm9", on=True)
+    assert pm1.member.controller.desired().drained == {"pm2"}
+    assert file_of(pm2)["record"]["drains"][0]["host"] == "pm2"
+    # pm1 is gone; pm2, restarted, leads term 4 with the record from its file
+    again = pool_host(tmp_path, made, "pm2")
+    link(pm1, again)
+    await leads(again, 4, pm1)
+    async with running(pm1, again):
+        await recover(again, 4)
+        desired = again.member.controller.desired()
+        assert desired.drained == {"pm2"} and desired.move_stateful == frozenset()
+        assert [d.host for d in again.member.snapshot().drains.entries] == ["pm2"]
+        await again.member.set_drain("pm2", on=False)
+    assert again.member.controller.desired().drained == frozenset()

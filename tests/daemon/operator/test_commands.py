@@ -19,6 +19,7 @@ from cloudd.config.portable import portable_text
 from cloudd.config.yamlsrc import MAX_MANIFEST_BYTES
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
+from cloudd.daemon.leader.drain import Drains
 from cloudd.daemon.leader.maintenance import Maintenance
 from cloudd.daemon.member import record
 from cloudd.daemon.member.cloudmember import CloudMember
@@ -51,6 +52,7 @@ class Seat:
         return dataclasses.replace(self.member.snapshot(), acting=self.acting,
                                    leader=self.leader, term=7,
                                    maintenance=Maintenance.of(self.record.holds).held,
+                                   drains=Drains(self.record.drains),
                                    generation=last.number if last else 0)
 
     def reset_failures(self, node: str) -> None:
@@ -59,6 +61,12 @@ class Seat:
     async def set_maintenance(self, subject: str | None, *, on: bool) -> None:
         self.record = record.with_hold(self.record, term=7, subject=subject, on=on,
                                        nodes=[n.name for n in self.member.cloud.nodes])
+
+    async def set_drain(self, host: str, *, on: bool, move_stateful: bool = False,
+                        by: str = "") -> None:
+        self.record = record.with_drain(self.record, term=7, host=host, on=on,
+                                        hosts=[h.name for h in self.member.cloud.pool],
+                                        move_stateful=move_stateful, at=2.0, by=by)
 
     async def cleanup_service(self, service: str) -> None:
         await self.member.cleanup_service(service)
@@ -135,7 +143,7 @@ def connect(a: Agent, agents: dict[str, Agent]) -> None:
 def test_every_op_has_a_rule_and_the_local_api_offers_the_operators_verbs() -> None:
     assert set(RULES) == set(OperatorOp)
     assert [op.value for op in LOCAL_OPS] == ["apply", "stop", "cleanup", "maintenance", "plan",
-                                              "history", "diff", "rollback"]
+                                              "history", "diff", "rollback", "drain", "undrain"]
 
 
 async def test_the_leader_performs_maintenance_and_records_it(tmp_path: Path,
@@ -411,3 +419,26 @@ async def test_history_diff_and_rollback_read_and_extend_the_record(
         with pytest.raises(PermanentError, match=why.replace("(", r"\(").replace(")", r"\)")):
             await pm2.op.command(op, args)
     assert len(pm1.seat.record.generations) == 3
+
+
+async def test_a_drain_is_handed_to_the_leader_recorded_and_undone(
+        tmp_path: Path, agents: dict[str, Agent]) -> None:
+    pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
+    pm2 = agent(tmp_path, agents, "pm2", leader="pm1")
+    connect(pm2, agents)
+    result = await pm2.op.command(OperatorOp.DRAIN, {"host": "pm2", "move_stateful": True})
+    assert result == {"cloud": "shop", "leader": "pm1", "drained": [
+        {"host": "pm2", "move_stateful": True, "at": 2.0, "by": "pm2"}]}
+    [(peer, request)] = pm2.wire.asked
+    assert peer == "pm1" and request.op == OperatorOp.DRAIN
+    with pytest.raises(PermanentError, match="^host pm2 is drained already "
+                                             r"\(with --move-stateful\)$"):
+        await pm1.op.command(OperatorOp.DRAIN, {"host": "pm2", "move_stateful": True})
+    with pytest.raises(PermanentError, match=r"^unknown host 'pm7': the pool of cloud shop is "):
+        await pm1.op.command(OperatorOp.DRAIN, {"host": "pm7"})
+    with pytest.raises(PermanentError, match=r"^drain and undrain need a pool host's name$"):
+        await pm1.op.command(OperatorOp.UNDRAIN, {"host": 3})
+    assert await pm1.op.command(OperatorOp.UNDRAIN, {"host": "pm2"}) == {
+        "cloud": "shop", "leader": "pm1", "drained": []}
+    reasons = [e.reason for e in pm1.events.query(kind=LogKind.COMMAND)]
+    assert reasons == ["drain pm2 --move-stateful, asked by pm2", "undrain pm2, asked by pm1"]

@@ -1,0 +1,115 @@
+"""A drained host's nodes: whether one may leave now, and if not, what it waits for. Pure.
+
+Theory of operation. The operator drains a host (`cloudd-cli drain HOST`): the planner
+places nothing new there (`Desired.drained`), and takes each node on it away by
+stop-and-re-place: a graceful shutdown, the undefine, then the node has no domain and is
+placed like any homeless node, on a host that is not drained. This module decides, per pass
+and per node, whether that first step may be taken now. The rules, in the order checked:
+
+- A node pinned to the drained host, or held for maintenance, stays (the drain cannot
+  complete while it is there; `inspect` says so).
+- One step at a time: no node leaves while another node of the cloud (off the drained hosts)
+  has no domain yet or is not ready: the node moved before has to be serving again first.
+- Stateless nodes (`DrainMove.REPLICA`) go first. A node of a role with other nodes leaves only
+  while another node of its role is ready, so the role keeps serving; the sole node of its
+  role leaves at once (nothing can keep its role up: as Pacemaker's standby, or a pod with no
+  disruption budget under `kubectl drain`).
+- Batch compute nodes (`DrainMove.SCHEDULED`, their running jobs would be killed) and stateful
+  nodes (`DrainMove.STATEFUL`, whose local disk holds the role's data) leave only with the
+  operator's word (`drain HOST --move-stateful`, as `kubectl drain --delete-emptydir-data`),
+  compute nodes after every stateless node, stateful nodes last of all.
+- A node leaves only when some other host can take it now (image and memory), so a drain
+  that cannot complete leaves the node running where it is and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, DrainMove, NodeSpec, Observed
+
+#: Which kinds must be gone from the host before a node of this kind may leave.
+_AFTER: Mapping[DrainMove, frozenset[DrainMove]] = {
+    DrainMove.REPLICA: frozenset(),
+    DrainMove.SCHEDULED: frozenset({DrainMove.REPLICA}),
+    DrainMove.STATEFUL: frozenset({DrainMove.REPLICA, DrainMove.SCHEDULED}),
+}
+
+_WORD: Mapping[DrainMove, str] = {
+    DrainMove.SCHEDULED: "a batch compute node (its running jobs would be killed; cloudd "
+                         "does not drain it in the scheduler): drain it there, then",
+    DrainMove.STATEFUL: "stateful (its disk is local and holds the role's data):",
+}
+
+
+@dataclass(frozen=True)
+class Leave:
+    """The node may leave its drained host now."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stay:
+    """The node stays on its drained host for now, and why."""
+
+    reason: str
+
+
+def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
+         on_host: Collection[NodeSpec], homeless: Collection[str],
+         fits: Callable[[NodeSpec], str | None]) -> Leave | Stay:
+    """Whether `spec`, whose copy `d` is on a drained host, may leave it now.
+
+    `on_host`: the cloud's nodes with a copy on that host (movable or not); `homeless`:
+    nodes of the cloud with no domain anywhere; `fits(spec)`: None when another host can take
+    the node now, else why not."""
+    host = d.host
+    if spec.pin == host:
+        return Stay(f"pinned to drained host {host}: it stays (the drain cannot complete)")
+    if spec.held:
+        return Stay(f"in maintenance: left on drained host {host}")
+    if spec.move is not DrainMove.REPLICA and host not in desired.move_stateful:
+        return Stay(f"{_WORD[spec.move]} moved only with `cloudd-cli drain {host} "
+                    "--move-stateful`")
+    # A move already under way (asked to shut down, or down) is finished whatever else
+    # waits: the node no longer serves where it is.
+    started = d.state is not DomainState.RUNNING or (spec.name, host) in observed.shutdowns
+    if not started:
+        first = sorted(n.name for n in on_host
+                       if n.name != spec.name and n.move in _AFTER[spec.move]
+                       and n.pin != host and not n.held)
+        if first:
+            return Stay(f"{spec.move.value} nodes leave after the others: {', '.join(first)} "
+                        f"still on {host}")
+        peers = sorted(n.name for n in desired.nodes
+                       if n.role == spec.role and n.name != spec.name)
+        if spec.move is DrainMove.REPLICA and peers and not any(p in observed.ready for p in peers):
+            return Stay(f"waiting for another {spec.role} to be ready before leaving drained "
+                        f"host {host} (none of {', '.join(peers)} is)")
+        pending = _pending(spec, desired=desired, observed=observed, homeless=homeless)
+        if pending:
+            return Stay(f"one step at a time: {pending}")
+    why = fits(spec)
+    if why is not None:
+        return Stay(f"no other host can take it: {why}")
+    return Leave(f"host {host} is drained: moving {spec.name} ({spec.move.value})")
+
+
+def _pending(spec: NodeSpec, *, desired: Desired, observed: Observed,
+             homeless: Collection[str]) -> str:
+    """What the previous step still waits for: a node of the cloud, off the drained hosts,
+    that has no domain or is not ready yet ("" when nothing)."""
+    for n in desired.nodes:
+        if n.name == spec.name or not n.managed or n.held:
+            continue
+        if n.name in homeless:
+            return f"{n.name} has no domain yet"
+    on = {d.node: d.host for d in observed.domains if d.cloud == desired.cloud}
+    for n in desired.nodes:
+        if n.name == spec.name or n.held or n.name in observed.ready:
+            continue
+        if on.get(n.name) is not None and on[n.name] not in desired.drained:
+            return f"{n.name} is not ready yet"
+    return ""

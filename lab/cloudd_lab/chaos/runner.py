@@ -1,0 +1,431 @@
+"""The soak: build the web cloud, write through its balancer, make the seed's faults, check the
+invariants all along, then wait for the cloud to converge and read back every acknowledged
+write.
+
+Every fault, recovery, check and breach is a line of the soak's JSON lines log (`log`), with
+its unix time and the seconds since the faults began. The run stops at the first breach:
+`ChaosBreach` names the seed, the invariant and the last lines of the log, and the agents'
+logs are copied beside the soak's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudd.client.api import ApiClient, ApiError
+from cloudd_lab.agentlab import remove_domains, virsh
+from cloudd_lab.chaos import invariants as inv
+from cloudd_lab.chaos.faults import ChaosLab, Injector, agent_pids, service_pids
+from cloudd_lab.chaos.schedule import SERVICES, Fault, Targets, counts, plan, role_of, steps
+from cloudd_lab.webclient import entries, write
+
+PREFIX = "h25c"
+SUBNET = "10.234.14.0/24"
+HOSTS = ("pm1", "pm2", "pm3")
+NODES = {"database": 1, "server": 2, "balancer": 1}
+URI = "qemu:///system"
+FOREIGN = f"{PREFIX}-foreign"
+#: seconds for the first convergence (MariaDB initialises its data folder)
+READY_BOUND = 300.0
+#: seconds for the cloud to converge to the manifest once the last fault is undone
+CONVERGE_BOUND = 240.0
+#: seconds between two rounds of checks, and between two sampled reads of the ledger
+CHECK_EVERY, SAMPLE_EVERY = 0.5, 5.0
+
+
+class ChaosBreach(AssertionError):
+    """An invariant broke: the message names the seed, the breach and the last events."""
+
+
+@dataclass
+class Summary:
+    seed: int
+    duration: float
+    planned: dict[str, int]
+    done: int = 0
+    writes: int = 0
+    reads: int = 0
+    #: seconds from the last fault undone until the cloud had converged
+    converged_after: float = 0.0
+    breaches: list[str] = field(default_factory=list)
+    log: str = ""
+
+
+class Log:
+    """The soak's JSON lines log, its last lines kept for a breach's message."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("w")
+        self.t0 = time.time()
+        self.last: collections.deque[str] = collections.deque(maxlen=40)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        now = time.time()
+        line = json.dumps({"at": round(now, 3), "elapsed": round(now - self.t0, 3),
+                           "event": event, **fields})
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            self.last.append(line)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def targets() -> Targets:
+    nodes = tuple(f"lab-{r}-{j}" for r, n in NODES.items() for j in range(1, n + 1))
+    return Targets(hosts=HOSTS, nodes=nodes, disks=("pm1", "pm2", "lab-server-1"),
+                   clock=HOSTS[-1])
+
+
+class Watch(threading.Thread):
+    """Checks the invariants every `CHECK_EVERY` seconds until stopped; `breaches` holds what
+    it found (the soak stops at the first)."""
+
+    def __init__(self, lab: ChaosLab, ledger: inv.Ledger, ledger_lock: threading.Lock,
+                 agents_lock: threading.Lock, log: Log, foreign: inv.Untouched) -> None:
+        super().__init__(daemon=True)
+        self.lab, self.ledger, self.ledger_lock, self.agents_lock = (
+            lab, ledger, ledger_lock, agents_lock)
+        self.log, self.foreign = log, foreign
+        self.leaders = inv.Leaders()
+        self.exits = inv.Exits()
+        self.breaches: list[inv.Breach] = []
+        self.reads = 0
+        self.statuses: dict[str, dict[str, Any] | None] = {}
+        self._offsets: dict[str, int] = {}
+        self._halt = threading.Event()
+        self._last_sample = self._last_foreign = 0.0
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        while not self._halt.is_set() and not self.breaches:
+            try:
+                self.round()
+            except Exception as e:  # a checker's own failure ends the soak, said plainly
+                self.breaches.append(inv.Breach("checker_failed", repr(e)))
+            for b in self.breaches:
+                self.log("breach", invariant=b.invariant, detail=b.detail)
+            self._halt.wait(CHECK_EVERY)
+
+    def round(self) -> None:
+        lab = self.lab
+        self.statuses = poll_statuses(lab, list(lab.agents))
+        found = self.leaders.observe_status(self.statuses)
+        for name in lab.agents:
+            found += self.leaders.observe_log(name, self._new_events(name))
+        counts = {f"{n}/cloudd": len(agent_pids(lab, n)) for n in lab.agents}
+        for node in lab.agents:
+            if (program := SERVICES.get(role_of(node))) is not None:
+                counts[f"{node}/{program}"] = len(service_pids(program, lab.node_ns(node)))
+        found += inv.observe_singles(counts)
+        with self.agents_lock:
+            found += self.exits.observe({n: (a.proc.poll() if a.proc else None, a.signalled)
+                                         for n, a in lab.agents.items()})
+        now = time.time()
+        if now - self._last_foreign >= SAMPLE_EVERY:
+            self._last_foreign = now
+            found += self.foreign.observe(*foreign_view())
+        if now - self._last_sample >= SAMPLE_EVERY:
+            self._last_sample = now
+            found += self.sample()
+        self.breaches += found
+
+    def sample(self, *, timeout: float = 5.0) -> list[inv.Breach]:
+        """Read every entry through the balancer; a failed read is no breach (the site may be
+        down), a read missing an acknowledged write is."""
+        started = time.time()
+        try:
+            stored = entries(url(self.lab), timeout=timeout)
+        except (OSError, ValueError):
+            return []
+        self.reads += 1
+        with self.ledger_lock:
+            return self.ledger.observe_read(stored, started=started)
+
+    def _new_events(self, name: str) -> list[dict[str, Any]]:
+        path = self.lab.agents[name].log_path
+        try:
+            with path.open("rb") as f:
+                f.seek(self._offsets.get(name, 0))
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._offsets[name] = self._offsets.get(name, 0) + end
+        out = []
+        for line in data[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    out.append(event)
+        return out
+
+
+def poll_statuses(lab: ChaosLab, names: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Every agent's `status`, asked at once (a stopped agent answers nothing within 2 s)."""
+    async def one(name: str) -> tuple[str, dict[str, Any] | None]:
+        try:
+            answer = await asyncio.wait_for(
+                ApiClient(lab.agents[name].socket, timeout=2).call("status"), 3)
+        except (ApiError, OSError, TimeoutError):
+            return name, None
+        return name, answer if isinstance(answer, dict) else None
+
+    async def every() -> dict[str, dict[str, Any] | None]:
+        return dict(await asyncio.gather(*(one(n) for n in names)))
+    return asyncio.run(every())
+
+
+def url(lab: ChaosLab) -> str:
+    return f"http://{lab.node_addresses['lab-balancer-1']}"
+
+
+def define_foreign() -> inv.Untouched:
+    """A domain of no cloud (no cloudd metadata), defined and never started."""
+    remove_domains(URI, FOREIGN)
+    xml = (f"<domain type='qemu'><name>{FOREIGN}</name><memory unit='MiB'>32</memory>"
+           "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+    with tempfile.NamedTemporaryFile("w", suffix=".xml") as f:
+        f.write(xml)
+        f.flush()
+        done = virsh(URI, "define", f.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"cannot define {FOREIGN} on {URI}: {done.stderr.strip()}")
+    xml_now, state = foreign_view()
+    if xml_now is None:
+        raise RuntimeError(f"{FOREIGN} defined but not found on {URI}")
+    return inv.Untouched(FOREIGN, xml_now, state or "")
+
+
+def foreign_view() -> tuple[str | None, str | None]:
+    done = virsh(URI, "dumpxml", "--inactive", FOREIGN)
+    if done.returncode != 0:
+        return None, None
+    return done.stdout, virsh(URI, "domstate", FOREIGN).stdout.strip()
+
+
+class Writer(threading.Thread):
+    """The site's user: writes an entry through the balancer every 0.2 s, keeping the ledger of
+    those the site acknowledged (201)."""
+
+    def __init__(self, lab: ChaosLab, seed: int, ledger: inv.Ledger,
+                 lock: threading.Lock) -> None:
+        super().__init__(daemon=True)
+        self.lab, self.seed, self.ledger, self.lock = lab, seed, ledger, lock
+        self._halt = threading.Event()
+        self.sent = 0
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sent += 1
+            body = f"chaos-{self.seed}-{self.sent}"
+            sent = time.time()
+            if write(url(self.lab), body, timeout=3.0):
+                with self.lock:
+                    self.ledger.acknowledged(body, sent=sent, at=time.time())
+            self._halt.wait(0.2)
+
+
+def converged(lab: ChaosLab, statuses: dict[str, dict[str, Any] | None]) -> list[str]:
+    """What still differs from the manifest (empty once the cloud has converged)."""
+    acting = [n for n, s in statuses.items() if s and s.get("acting")]
+    view = None
+    if len(acting) == 1 and all(s and s.get("leader") == acting[0] for s in statuses.values()):
+        view = statuses[acting[0]]
+    running = lab.running()
+    out = inv.reasons(view, nodes=[n for n in lab.agents if n.startswith("lab-")],
+                      agents={n: n in running for n in lab.agents})
+    out += [f"{name} runs {n} agents" for name in running
+            if (n := len(agent_pids(lab, name))) != 1]
+    for node in lab.agents:
+        if (program := SERVICES.get(role_of(node))) is not None:
+            n = len(service_pids(program, lab.node_ns(node)))
+            if n != 1:
+                out.append(f"{node} runs {n} {program}")
+    return out
+
+
+def wait(what: str, check: Callable[[], Any], *, bound: float, watch: Watch | None,
+         interval: float = 1.0) -> Any:
+    end = time.monotonic() + bound
+    while True:
+        if watch is not None and watch.breaches:
+            return None
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"not within {bound:g} s: {what}")
+        time.sleep(interval)
+
+
+def run(seed: int, duration: float, *, log_path: Path | None = None, concurrency: int = 2,
+        progress: Callable[[str], None] = print) -> Summary:
+    """One soak; ChaosBreach at the first breach (or when the cloud does not converge)."""
+    faults = plan(seed, duration, targets(), concurrency=concurrency)
+    log_path = log_path or Path(tempfile.gettempdir()) / "cloudd-chaos" / f"seed-{seed}.jsonl"
+    log = Log(log_path)
+    summary = Summary(seed, duration, counts(faults), log=str(log_path))
+    log("planned", seed=seed, duration=duration, faults=len(faults), kinds=summary.planned)
+    for f in faults:
+        log("fault_planned", fault=f.id, kind=f.kind, target=f.target, at=f.at, until=f.until,
+            arg=f.arg)
+    t = targets()
+    lab = ChaosLab(PREFIX, subnet=SUBNET, hosts=len(HOSTS), nodes=dict(NODES), node_agents=True,
+                   libvirt_uri=URI, cloud_name=PREFIX, disks=t.disks, clock=t.clock)
+    ledger, ledger_lock, agents_lock = inv.Ledger(), threading.Lock(), threading.Lock()
+    watch: Watch | None = None
+    writer: Writer | None = None
+    try:
+        with lab:
+            try:
+                foreign = define_foreign()
+                log("foreign_defined", domain=FOREIGN, state=foreign.state)
+                lab.start_all()
+                t_up = time.monotonic()
+                wait("the web cloud converged at first", lambda: not converged(
+                    lab, poll_statuses(lab, list(lab.agents))), bound=READY_BOUND, watch=None)
+                log("ready", after=round(time.monotonic() - t_up, 1))
+                progress(f"chaos seed {seed}: cloud ready after {time.monotonic() - t_up:.0f} s; "
+                         f"{len(faults)} faults over {duration:g} s; log {log_path}")
+                watch = Watch(lab, ledger, ledger_lock, agents_lock, log, foreign)
+                writer = Writer(lab, seed, ledger, ledger_lock)
+                writer.start()
+                watch.start()
+                injector = Injector(lab)
+                log.t0 = t0 = time.time()
+                for step in steps(faults):
+                    while time.time() < t0 + step.at and not watch.breaches:
+                        time.sleep(min(0.2, t0 + step.at - time.time()))
+                    if watch.breaches:
+                        break
+                    act(injector, step.action, step.fault, log, agents_lock)
+                    if step.action == "inject":
+                        summary.done += 1
+                t_last = time.monotonic()
+                for line in injector.heal():
+                    log("healed", detail=line)
+                if not watch.breaches:
+                    final_convergence(lab, injector, watch, log)
+                    summary.converged_after = round(time.monotonic() - t_last, 1)
+                writer.stop()
+                if not watch.breaches:
+                    final_read(lab, watch, log)
+                watch.stop()
+                summary.writes, summary.reads = len(ledger.writes), watch.reads
+                summary.breaches = [b.line() for b in watch.breaches]
+                if summary.breaches:
+                    keep_agent_logs(lab, log_path)
+                    log("failed", breaches=summary.breaches)
+                    raise ChaosBreach(f"seed {seed}: {summary.breaches[0]}\nlast events:\n"
+                                      + "\n".join(log.last) + agents_last(lab))
+                log("passed", writes=summary.writes, reads=summary.reads,
+                    converged_after=summary.converged_after, faults=summary.done)
+            except AssertionError as e:
+                if isinstance(e, ChaosBreach):
+                    raise
+                log("failed", reason=str(e))
+                keep_agent_logs(lab, log_path)
+                raise ChaosBreach(f"seed {seed}: {e}\nlast events:\n" + "\n".join(log.last)
+                                  + agents_last(lab)) from e
+    finally:
+        if writer is not None:
+            writer.stop()
+        if watch is not None:
+            watch.stop()
+        remove_domains(URI, FOREIGN)
+        log.close()
+    return summary
+
+
+def act(injector: Injector, action: str, f: Fault, log: Log,
+        agents_lock: threading.Lock) -> None:
+    # Starting and killing agents change what the exits check reads: never halfway through.
+    with agents_lock if f.kind in ("agent_kill", "clock_step") else contextlib.nullcontext():
+        try:
+            detail = (injector.inject if action == "inject" else injector.recover)(f)
+        except Exception as e:  # a fault that could not be made is logged, the soak goes on
+            detail = f"failed: {e!r}"
+    log(action, fault=f.id, kind=f.kind, target=f.target, detail=detail)
+
+
+def final_convergence(lab: ChaosLab, injector: Injector, watch: Watch, log: Log) -> None:
+    """Wait for the cloud to match the manifest again; `maintenance off` and a running
+    generation are given again (an operator's command may have failed under a fault)."""
+    t = time.monotonic()
+    for args in (("maintenance", "off"),
+                 *(("maintenance", "off", n) for n in lab.agents if n.startswith("lab-"))):
+        log("operator", detail=injector.cli(*args))
+    log("operator", detail=injector.cli("apply", str(injector.manifest_file(ensure="running"))))
+    last: list[str] = []
+
+    def done() -> bool:
+        nonlocal last
+        last = converged(lab, watch.statuses or poll_statuses(lab, list(lab.agents)))
+        return not last
+    try:
+        wait("the cloud converged to the manifest", done, bound=CONVERGE_BOUND, watch=watch)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {'; '.join(last)}") from None
+    wait("the site took a write", lambda: write(url(lab), "chaos-final", timeout=5.0),
+         bound=60.0, watch=watch)
+    log("converged", after=round(time.monotonic() - t, 1))
+
+
+def final_read(lab: ChaosLab, watch: Watch, log: Log) -> None:
+    """Every acknowledged write, read back once the writer has stopped."""
+    end = time.monotonic() + 90.0
+    while True:
+        before = watch.reads
+        found = watch.sample(timeout=30.0)
+        watch.breaches += found
+        if found or watch.reads > before:
+            break
+        if time.monotonic() > end:
+            raise AssertionError("no full read of the entries within 90 s")
+        time.sleep(1.0)
+    log("final_read", writes=len(watch.ledger.writes), breaches=len(watch.breaches))
+
+
+def agents_last(lab: ChaosLab, *, lines: int = 20) -> str:
+    """The agents' last elections and actions, from their logs, for a breach's message."""
+    with contextlib.suppress(OSError):
+        events = sorted((e for e in lab.log_events()
+                         if str(e.get("event", "")).startswith(("election_", "action_"))),
+                        key=lambda e: e["at"])[-lines:]
+        return "\nthe agents' last elections and actions:\n" + "\n".join(
+            f"{e['timestamp']} {e['agent']} {e['event']} term={e.get('term')} "
+            f"{e.get('reason', '')}" for e in events)
+    return ""
+
+
+def keep_agent_logs(lab: ChaosLab, log_path: Path) -> None:
+    folder = log_path.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, agent in lab.agents.items():
+        with contextlib.suppress(OSError):
+            shutil.copy(agent.log_path, folder / f"{name}.log")
+    subprocess.run(["sync"], check=False)

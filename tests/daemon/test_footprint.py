@@ -1,0 +1,66 @@
+"""What an agent loads before it knows its kind: nothing only a pool host or a leader uses.
+
+Every agent imports `cloudd.daemon.main`; a pool host loads libvirt when it opens its
+connection, the leader the image-copy code when it first copies an image, a host the
+certificate code when it signs a node's certificate, and the metrics room loads
+prometheus_client only when metrics are on. A node agent, which does none of that, must not
+pay for them: this checks the import closure in a fresh interpreter, as the agent starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: What no agent loads until its kind or its settings ask for it.
+LATER = ("libvirt", "asyncssh", "prometheus_client", "cryptography", "cloudd.certs",
+         "cloudd.vmctl.libvirt_backend", "cloudd.vmctl.images",
+         "cloudd.daemon.leader.imagecopy", "cloudd.daemon.operator.metrics")
+
+
+def loaded_after(*modules: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing `modules` (this checkout's)."""
+    code = ("import importlib, json, sys\n"
+            f"for m in {list(modules)!r}: importlib.import_module(m)\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120, check=True)
+    return set(json.loads(done.stdout))
+
+
+def test_the_agents_common_imports_leave_out_what_only_hosts_and_leaders_use() -> None:
+    loaded = loaded_after("cloudd.daemon.main")
+    # the closure is the agent's whole wiring, node side included
+    assert {"cloudd.daemon.member.cloudmember", "cloudd.daemon.node.converge",
+            "cloudd.daemon.network.transport", "cloudd.pki"} <= loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in LATER or m in LATER) == []
+
+
+def test_the_node_knows_its_own_certificate_without_cryptography(tmp_path: Path) -> None:
+    """`identity_of_file` reads the agent's certificate with `ssl`: the same identity as
+    cryptography's reading, and cryptography never loaded."""
+    import datetime as dt
+
+    from cloudd.pki import Identity, MemberKind, identity_of_cert, init_ca, issue
+
+    init_ca(tmp_path, now=dt.datetime.now(dt.UTC))
+    files = issue(tmp_path, "web1", now=dt.datetime.now(dt.UTC), kind=MemberKind.NODE,
+                  cloud="shop")
+    from cryptography import x509
+
+    by_cryptography = identity_of_cert(x509.load_pem_x509_certificate(files.cert.read_bytes()))
+    code = ("import sys\nfrom pathlib import Path\nfrom cloudd.pki import identity_of_file\n"
+            f"i = identity_of_file(Path({str(files.cert)!r}))\n"
+            "print(i.name, i.kind.value, i.cloud, 'cryptography' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60,
+                          check=True)
+    assert by_cryptography == Identity("web1", MemberKind.NODE, "shop")
+    assert done.stdout.split() == ["web1", "node", "shop", "False"]
+

@@ -1,0 +1,226 @@
+"""Draining a host: rule tables for each decision, and a simulated drain to the end."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from plan_sim import SimHost, World
+
+from cloudd.vmctl.plan import (
+    Define,
+    Desired,
+    DomainObs,
+    DomainState,
+    DrainMove,
+    Ensure,
+    HostObs,
+    Liveness,
+    NodeSpec,
+    Observed,
+    Shutdown,
+    Start,
+    Undefine,
+    planned,
+)
+
+IMG = "/img/a.qcow2"
+HAS = frozenset({IMG})
+RUN, OFF = DomainState.RUNNING, DomainState.SHUTOFF
+
+
+def node(name: str, role: str, *, move: DrainMove = DrainMove.REPLICA, **kw: object) -> NodeSpec:
+    return NodeSpec(name=name, role=role, memory_mib=512, vcpus=1, image=IMG, move=move,
+                    **kw)  # type: ignore[arg-type]
+
+
+def host(name: str, free: int = 4096) -> HostObs:
+    return HostObs(name, Liveness.ALIVE, True, free, HAS)
+
+
+def dom(n: str, h: str, state: DomainState = RUN, reason: str = "booted") -> DomainObs:
+    return DomainObs(h, n, "c1", state, reason, term=1)
+
+
+WEB = (node("db", "database", move=DrainMove.STATEFUL), node("s1", "server"),
+       node("s2", "server"), node("lb", "balancer"))
+ROLES = ("database", "server", "balancer")
+
+
+def want(*nodes: NodeSpec, drained: frozenset[str] = frozenset({"pm1"}),
+         stateful: frozenset[str] = frozenset()) -> Desired:
+    return Desired("c1", Ensure.RUNNING, tuple(nodes), role_order=ROLES, drained=drained,
+                   move_stateful=stateful)
+
+
+def seen(*domains: DomainObs, ready: set[str], hosts: tuple[HostObs, ...] = (),
+         shutdowns: dict[tuple[str, str], float] | None = None) -> Observed:
+    return Observed(hosts or (host("pm1"), host("pm2"), host("pm3")), domains,
+                    ready=frozenset(ready), shutdowns=shutdowns or {})
+
+
+#: db and lb on pm3, s2 on pm2, s1 on the drained pm1
+SPREAD = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm2"), dom("lb", "pm3"))
+
+
+def waiting(p: object) -> dict[str, str]:
+    return {w.node: w.reason for w in p.waiting}  # type: ignore[attr-defined]
+
+
+def test_a_server_waits_while_it_is_the_only_ready_server() -> None:
+    p = planned(want(*WEB), seen(*SPREAD, ready={"db", "s1", "lb"}), 0.0)
+    assert p.actions == ()
+    assert waiting(p)["s1"] == ("waiting for another server to be ready before leaving "
+                                "drained host pm1 (none of s2 is)")
+
+
+def test_a_server_moves_while_another_server_is_ready() -> None:
+    p = planned(want(*WEB), seen(*SPREAD, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert p.actions == (Shutdown("s1", "pm1", "host pm1 is drained: moving s1 (replica)"),)
+
+
+def test_the_stopped_copy_is_undefined_then_placed_off_the_drained_host() -> None:
+    down = (dom("db", "pm3"), dom("s1", "pm1", OFF, "shutdown"), dom("s2", "pm2"),
+            dom("lb", "pm3"))
+    # a move under way is finished even though s1 is no longer ready
+    p = planned(want(*WEB), seen(*down, ready={"db", "s2", "lb"},
+                                 shutdowns={("s1", "pm1"): 0.0}), 1.0)
+    assert [type(a) for a in p.actions] == [Undefine]
+    gone = (dom("db", "pm3"), dom("s2", "pm2"), dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*gone, ready={"db", "s2", "lb"}), 2.0)
+    # spread: the other server is on pm2
+    assert [(type(a), a.host) for a in p.actions] == [(Define, "pm3"), (Start, "pm3")]
+
+
+def test_the_database_waits_without_the_operators_word() -> None:
+    on = (dom("db", "pm1"), dom("s1", "pm2"), dom("s2", "pm3"), dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*on, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert p.actions == ()
+    assert waiting(p)["db"] == ("stateful (its disk is local and holds the role's data): moved "
+                                "only with `cloudd-cli drain pm1 --move-stateful`")
+    p = planned(want(*WEB, stateful=frozenset({"pm1"})),
+                seen(*on, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert p.actions == (Shutdown("db", "pm1", "host pm1 is drained: moving db (stateful)"),)
+
+
+def test_the_database_moves_last() -> None:
+    on = (dom("db", "pm1"), dom("s1", "pm1"), dom("s2", "pm3"), dom("lb", "pm3"))
+    p = planned(want(*WEB, stateful=frozenset({"pm1"})),
+                seen(*on, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "s1")]
+    assert waiting(p)["db"] == "stateful nodes leave after the others: s1 still on pm1"
+
+
+def test_batch_compute_waits_for_the_operators_word() -> None:
+    nodes = (node("head", "head", move=DrainMove.STATEFUL),
+             node("c1", "compute", move=DrainMove.SCHEDULED),
+             node("c2", "compute", move=DrainMove.SCHEDULED))
+    on = (dom("head", "pm2"), dom("c1", "pm1"), dom("c2", "pm2"))
+    p = planned(want(*nodes), seen(*on, ready={"head", "c1", "c2"}), 0.0)
+    assert p.actions == ()
+    assert waiting(p)["c1"] == (
+        "a batch compute node (its running jobs would be killed; cloudd does not drain it in "
+        "the scheduler): drain it there, then moved only with `cloudd-cli drain pm1 "
+        "--move-stateful`")
+    # with the word, compute nodes go after the stateless ones, before the stateful
+    p = planned(want(*nodes, stateful=frozenset({"pm1"})),
+                seen(*on, ready={"head", "c1", "c2"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "c1")]
+
+
+def test_one_step_at_a_time() -> None:
+    # s1 was moved and has no domain yet: lb, the sole balancer, waits for it
+    on = (dom("db", "pm3"), dom("s2", "pm2"), dom("lb", "pm1"))
+    p = planned(want(*WEB), seen(*on, ready={"db", "s2", "lb"}), 0.0)
+    assert waiting(p)["lb"] == "one step at a time: s1 has no domain yet"
+    placed = [(type(a), a.node, a.host) for a in p.actions]
+    assert placed == [(Define, "s1", "pm3"), (Start, "s1", "pm3")]
+    # then it runs, not ready yet
+    on2 = (*on, dom("s1", "pm3"))
+    p = planned(want(*WEB), seen(*on2, ready={"db", "s2", "lb"}), 0.0)
+    assert waiting(p)["lb"] == "one step at a time: s1 is not ready yet"
+    # ready: the sole balancer leaves at once (nothing can keep its role up)
+    p = planned(want(*WEB), seen(*on2, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "lb")]
+
+
+def test_a_drained_host_takes_no_new_placement_even_after_a_failure_elsewhere() -> None:
+    # pm3 died and was fenced: its nodes are re-placed, never on the drained pm1
+    hosts = (host("pm1", free=64000), host("pm2"),
+             dataclasses.replace(host("pm3"), liveness=Liveness.DEAD, reachable=False,
+                                 fenced=True))
+    on = (dom("db", "pm3", OFF, "destroyed"), dom("s1", "pm2"), dom("s2", "pm2"),
+          dom("lb", "pm3", OFF, "destroyed"))
+    p = planned(want(*WEB), seen(*on, ready={"s1", "s2"}, hosts=hosts), 0.0)
+    assert {a.host for a in p.actions} == {"pm2"}
+    assert {a.node for a in p.actions if isinstance(a, Define)} == {"db", "lb"}
+
+
+def test_no_host_left_the_node_stays_and_says_why() -> None:
+    hosts = (host("pm1"), host("pm2", free=100))
+    on = (dom("s1", "pm1"), dom("s2", "pm1"))
+    p = planned(want(node("s1", "server"), node("s2", "server")),
+                seen(*on, ready={"s1", "s2"}, hosts=hosts), 0.0)
+    assert p.actions == ()
+    assert waiting(p)["s1"] == "no other host can take it: no candidate host has 512 MiB free"
+
+
+def test_a_homeless_node_says_the_drained_host_takes_nothing() -> None:
+    hosts = (host("pm1"), host("pm2", free=100))
+    p = planned(want(node("s1", "server")), seen(ready=set(), hosts=hosts), 0.0)
+    assert waiting(p)["s1"] == ("no candidate host has 512 MiB free (drained, so taking no "
+                                "node: pm1)")
+
+
+def test_undrain_lets_placements_back_and_moves_nothing_back() -> None:
+    hosts = (host("pm1"), host("pm2", free=100))
+    # drained: s1 cannot be placed (pm2 is full with s2)
+    p = planned(want(node("s1", "server"), node("s2", "server")),
+                seen(dom("s2", "pm2"), ready={"s2"}, hosts=hosts), 0.0)
+    assert p.actions == ()
+    p = planned(want(node("s1", "server"), node("s2", "server"), drained=frozenset()),
+                seen(dom("s2", "pm2"), ready={"s2"}, hosts=hosts), 0.0)
+    assert [(type(a), a.host) for a in p.actions] == [(Define, "pm1"), (Start, "pm1")]
+    # nodes moved away stay where they are
+    p = planned(want(*WEB, drained=frozenset()), seen(*SPREAD, ready={"s1", "s2"}), 0.0)
+    assert p.actions == ()
+
+
+def test_a_crashed_database_on_a_drained_host_is_restarted_in_place_without_the_word() -> None:
+    on = (dom("db", "pm1", OFF, "crashed"), dom("s1", "pm2"), dom("s2", "pm3"),
+          dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*on, ready={"s1", "s2", "lb"}), 0.0)
+    assert [(type(a), a.node, a.host) for a in p.actions] == [(Start, "db", "pm1")]
+
+
+def test_simulated_drain_empties_the_host_with_a_server_always_ready() -> None:
+    world = World([SimHost("pm1", 4096, {IMG}), SimHost("pm2", 4096, {IMG}),
+                   SimHost("pm3", 4096, {IMG})], {n.name: n for n in WEB})
+    for n, h in (("db", "pm1"), ("s1", "pm1"), ("s2", "pm2"), ("lb", "pm1")):
+        world.add(DomainObs(h, n, "c1", RUN, "booted", term=1))
+    desired = want(*WEB, stateful=frozenset({"pm1"}))
+    now = 0.0
+    for _ in range(60):
+        obs = world.observe()
+        # a node is ready from the pass after its domain runs
+        ready = frozenset(d.node for d in obs.domains if d.state is RUN)
+        assert ready & {"s1", "s2"}, "no server was ready"
+        p = planned(desired, dataclasses.replace(obs, ready=ready), now)
+        for a in p.actions:
+            world.apply(a, now)
+        now += 1.0
+    on_pm1 = [d.node for d in world.domains.values() if d.host == "pm1"]
+    assert on_pm1 == []
+    moved = [a.node for a in world.log if isinstance(a, Shutdown)]
+    assert moved == ["s1", "lb", "db"]
+
+
+def test_a_new_leader_finishes_a_move_it_did_not_start() -> None:
+    # no shutdown of this leader's on record: the copy is down, so the move goes on
+    down = (dom("db", "pm3"), dom("s1", "pm1", OFF, "destroyed"), dom("s2", "pm2"),
+            dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*down, ready={"db", "lb"}), 0.0)
+    assert [(type(a), a.node, a.host) for a in p.actions] == [(Undefine, "s1", "pm1")]
+    # still running there: the rules are checked again, and it is asked to shut down
+    up = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm2"), dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*up, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "s1")]
