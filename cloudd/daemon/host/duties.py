@@ -101,8 +101,12 @@ class HostDuties:
                  state_dir: Path, open_backend: OpenBackend, leader: Callable[[], str],
                  send: Callable[[str, Any], None],
                  local: Callable[[str, DomainEvent], None],
-                 holds_lease: HoldsLease = nobody, fence: Fence | None = None) -> None:
+                 holds_lease: HoldsLease = nobody, fence: Fence | None = None,
+                 in_use: Callable[[], Cloud] | None = None) -> None:
         self.me, self._cloud, self.settings, self.state_dir = me, cloud, settings, state_dir
+        #: the cloud with only its elastic roles' nodes in use (the record's): what the
+        #: leader's commands are judged against (a candidate not in use has no disk to keep)
+        self._in_use = in_use or cloud
         self._open, self._leader, self._send, self._local = open_backend, leader, send, local
         #: the election's answer to "does this member hold our lease for this term"
         self.holds_lease = holds_lease
@@ -197,7 +201,8 @@ class HostDuties:
         if cmd.op not in MANIFEST_CHECKED:
             return None  # names a domain only: HostAgent checks whose it is
         cloud = self._cloud()
-        grounds = Grounds(cloud=cloud, generation=self.renderer.generation(cloud),
+        # the generation is the whole manifest's, as the leader computes it
+        grounds = Grounds(cloud=self._in_use(), generation=self.renderer.generation(cloud),
                           render=self.renderer.render, folders=self.folders)
         no = refusal(cmd, grounds)
         if no is None:

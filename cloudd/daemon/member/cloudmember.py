@@ -191,7 +191,8 @@ class CloudMember:
                                   clock=clock, install=install, spawn=self._spawn,
                                   poke=self._pokes, logger=self.log)
         self.host = HostDuties(
-            me=self.me, cloud=self.in_use, settings=settings, state_dir=self.state_dir,
+            me=self.me, cloud=lambda: self.cloud, in_use=self.in_use, settings=settings,
+            state_dir=self.state_dir,
             open_backend=open_backend, leader=lambda: self.election.leader, send=send,
             local=lambda host, event: self.controller.domain_event(host, event),
             # A command runs only for the member this host leased exactly that term to, or
