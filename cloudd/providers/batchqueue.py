@@ -24,6 +24,9 @@ from cloudd.providers.base import Finding
 MAX_REASONS, MAX_REASON, MAX_COUNT = 4, 80, 10**7
 CHECK = "queue"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A count as the head writes it: ASCII digits only (`str.isdigit` takes "²", which `int`
+#: refuses), no more than MAX_COUNT has.
+_COUNT = re.compile(r"[0-9]{1,8}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def decode(answer: Mapping[str, str]) -> Queue:
     counts = []
     for key in ("jobs", "nodes", "cpus", "blocked"):
         value = answer.get(key, "")
-        if not value.isdigit() or int(value) > MAX_COUNT:
+        if not _COUNT.fullmatch(value) or int(value) > MAX_COUNT:
             raise PermanentError(f"the head's queue answer gives {key} {value[:20]!r}, "
                                  "not a count")
         counts.append(int(value))
@@ -85,7 +88,7 @@ def decode(answer: Mapping[str, str]) -> Queue:
     for line in filter(None, answer.get("reasons", "").split("\n")[:MAX_REASONS + 1]):
         reason, _, n = line.rpartition("=")
         if (not reason or len(reason) > MAX_REASON or _CONTROL.search(reason)
-                or not n.isdigit() or int(n) > MAX_COUNT):
+                or not _COUNT.fullmatch(n) or int(n) > MAX_COUNT):
             raise PermanentError(f"the head's queue answer gives reason {line[:40]!r}, not "
                                  "reason=jobs")
         reasons.append((reason, int(n)))

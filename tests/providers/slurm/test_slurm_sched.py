@@ -167,6 +167,11 @@ def test_unexpected_pending_lines_are_refused(line: str) -> None:
     ({"jobs": "-1", "nodes": "1", "cpus": "1", "blocked": "0"}, "gives jobs '-1', not a count"),
     ({"jobs": "1", "nodes": "1", "cpus": "99999999999", "blocked": "0"},
      "gives cpus '99999999999'"),
+    # "²" is a digit to str.isdigit, not to int: refused, not a crash of the monitor
+    ({"jobs": "\u00b2", "nodes": "1", "cpus": "1", "blocked": "0"},
+     "gives jobs '\u00b2', not a count"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0", "reasons": "Resources=\u00b9"},
+     "not reason=jobs"),
     ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "2"}, "2 jobs blocked of 1 waiting"),
     ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0", "reasons": "Resources"},
      "not reason=jobs"),
