@@ -17,13 +17,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
+from cloudd.providers import values
 from cloudd.providers.base import Finding
 
 #: Most distinct reasons an answer carries (the most frequent), most characters of one, and
 #: most jobs, nodes or CPUs it may count: a bigger figure is not a cloud's.
 MAX_REASONS, MAX_REASON, MAX_COUNT = 4, 80, 10**7
 CHECK = "queue"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = values.CONTROL
 #: A count as the head writes it: ASCII digits only (`str.isdigit` takes "²", which `int`
 #: refuses), no more than MAX_COUNT has.
 _COUNT = re.compile(r"[0-9]{1,8}")

@@ -177,6 +177,8 @@ def test_unexpected_pending_lines_are_refused(line: str) -> None:
      "not reason=jobs"),
     ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0", "reasons": "\x1b[2J=1"},
      "not reason=jobs"),
+    ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0", "reasons": "\x9b2J=1"},
+     "not reason=jobs"),
     ({"jobs": "1", "nodes": "1", "cpus": "1", "blocked": "0",
       "reasons": "a=1\nb=1\nc=1\nd=1\ne=1"}, "more than 4 reasons"),
 ])
