@@ -17,13 +17,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
+from cloudd.providers import values
 from cloudd.providers.base import Finding
 
 #: Most distinct reasons an answer carries (the most frequent), most characters of one, and
 #: most jobs, nodes or CPUs it may count: a bigger figure is not a cloud's.
 MAX_REASONS, MAX_REASON, MAX_COUNT = 4, 80, 10**7
 CHECK = "queue"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = values.CONTROL
+#: A count as the head writes it: ASCII digits only (`str.isdigit` takes "²", which `int`
+#: refuses), no more than MAX_COUNT has.
+_COUNT = re.compile(r"[0-9]{1,8}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def decode(answer: Mapping[str, str]) -> Queue:
     counts = []
     for key in ("jobs", "nodes", "cpus", "blocked"):
         value = answer.get(key, "")
-        if not value.isdigit() or int(value) > MAX_COUNT:
+        if not _COUNT.fullmatch(value) or int(value) > MAX_COUNT:
             raise PermanentError(f"the head's queue answer gives {key} {value[:20]!r}, "
                                  "not a count")
         counts.append(int(value))
@@ -85,7 +89,7 @@ def decode(answer: Mapping[str, str]) -> Queue:
     for line in filter(None, answer.get("reasons", "").split("\n")[:MAX_REASONS + 1]):
         reason, _, n = line.rpartition("=")
         if (not reason or len(reason) > MAX_REASON or _CONTROL.search(reason)
-                or not n.isdigit() or int(n) > MAX_COUNT):
+                or not _COUNT.fullmatch(n) or int(n) > MAX_COUNT):
             raise PermanentError(f"the head's queue answer gives reason {line[:40]!r}, not "
                                  "reason=jobs")
         reasons.append((reason, int(n)))

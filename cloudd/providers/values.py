@@ -27,7 +27,10 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 #: What a path rendered into a configuration file or a client command may hold: no blank,
 #: quote, semicolon, brace, `$`, backslash or control character.
 _PATH = re.compile(r"^/[A-Za-z0-9._/+@=-]*\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Control characters, C0 and C1 (a C1 CSI, \x9b, starts an escape sequence on some
+#: terminals): what a tenant's VM says must not reach a file's syntax or the operator's
+#: terminal with them.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def refuse(what: str, value: Any, target: str, why: str) -> PermanentError:
@@ -80,7 +83,7 @@ def path(value: Any, *, what: str, target: str) -> Path:
 
 def secret_text(name: str, value: str, *, target: str) -> str:
     """A secret's value, refused (without quoting it) when it holds a control character."""
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise PermanentError(f"refusing to render secret {name!r} into {target}: it holds a "
                              "control character (a newline?)")
     return value

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -503,7 +503,9 @@ class AgentLab:
         return text
 
     # -- processes ------------------------------------------------------------------------
-    def start(self, name: str) -> None:
+    def start(self, name: str, *, env: Mapping[str, str] | None = None) -> None:
+        """Start the agent `name` in its namespace (`env`: its environment, else this
+        process's)."""
         agent = self.agents[name]
         if agent.log_file is None:
             agent.log_file = open(agent.log_path, "ab")  # noqa: SIM115 (closed in close())
@@ -511,7 +513,7 @@ class AgentLab:
         agent.proc = subprocess.Popen(
             ["ip", "netns", "exec", agent.ns.name, CLOUDD, "--config",
              str(agent.folder / "agent.yaml")],
-            stdout=agent.log_file, stderr=agent.log_file, start_new_session=True)
+            stdout=agent.log_file, stderr=agent.log_file, start_new_session=True, env=env)
 
     def start_all(self) -> None:
         for name in self.agents:

@@ -387,9 +387,13 @@ async def test_a_fenced_host_that_comes_back_loses_its_stale_copies(tmp_path: Pa
     pool.live["h2"] = Liveness.ALIVE  # gossip hears it before the leader can reach it
     await pool.converge()
     assert pool.running() == moved
+    forgotten: list[str] = []
+    pool.controller.undefined = forgotten.append
     pool.client.cut.discard("h2")
     await pool.converge()
     assert pool.running() == moved
+    # the stale copies were undefined, but their nodes run elsewhere: nothing is forgotten
+    assert forgotten == []
     assert [sorted(b.domains) for b in pool.backends.values()] == [
         sorted(f"c1-{n}" for n, h in moved.items() if h == name) for name in pool.backends]
     pool.events.close()

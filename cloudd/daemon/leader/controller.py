@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -318,9 +318,11 @@ class Controller:
             else:
                 chains[action.node].append(action)
         specs = {n.name: n for n in desired.nodes}
+        copies = Counter(d.node for d in observed.domains if d.cloud == desired.cloud)
         for node, actions in chains.items():
             self._busy[node] = asyncio.create_task(
-                self._chain(actions, spec=specs.get(node), cloud=desired.cloud, term=term),
+                self._chain(actions, spec=specs.get(node), cloud=desired.cloud, term=term,
+                            sole=copies[node] <= 1),
                 name=f"node-{node}")
         return result
 
@@ -356,7 +358,9 @@ class Controller:
         self.events.append(LogEvent(self.clock.wall(), cloud, kind, subject, reason, term))
 
     async def _chain(self, actions: list[NodeAction], *, spec: NodeSpec | None, cloud: str,
-                     term: int) -> None:
+                     term: int, sole: bool = True) -> None:
+        """Perform one node's actions in order (`sole`: the node had no other copy, so an
+        undefine leaves it without a VM and what its agent reported is forgotten)."""
         node = actions[0].node
         try:
             for action in actions:
@@ -379,7 +383,8 @@ class Controller:
                                  subject=node, reason=f"{what}: {action.reason}", term=term)
                     self._log.info("action_done", cloud=cloud, node=node, host=action.host,
                                    term=term, reason=f"{what}: {action.reason}")
-                    if isinstance(action, Undefine):
+                    # a duplicate's undefine leaves the copy that runs, and its reports
+                    if isinstance(action, Undefine) and sole:
                         self.undefined(node)
                     continue
                 now = self.clock.monotonic()

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
+from cloudd.providers import values
 from cloudd.providers.base import Finding, NodeUse, Peer
 from cloudd.providers.batchqueue import MAX_REASON, Queue, summed
 
@@ -66,7 +67,7 @@ FOR_NODES = frozenset({"Resources", "Priority", "None", "PartitionConfig"})
 _CHECK = "scheduler"
 #: Control characters: a reason's tab or newline would break an answer's fields, an escape
 #: sequence would reach the operator's terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = values.CONTROL
 
 
 @dataclass(frozen=True)

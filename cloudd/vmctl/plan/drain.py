@@ -8,8 +8,10 @@ and per node, whether that first step may be taken now. The rules, in the order 
 
 - A node pinned to the drained host, or held for maintenance, stays (the drain cannot
   complete while it is there; `inspect` says so).
-- One step at a time: no node leaves while another node of the cloud (off the drained hosts)
-  has no domain yet or is not ready: the node moved before has to be serving again first.
+- One step at a time: no node leaves while another is leaving a drained host (asked to shut
+  down, or down there, or given its step earlier in the same pass), nor while another node of
+  the cloud (off the drained hosts) has no domain yet or is not ready: the node moved before
+  has to be serving again first. Two servers on one drained host thus never go at once.
 - Stateless nodes (`DrainMove.REPLICA`) go first. A node of a role with other nodes leaves only
   while another node of its role is ready, so the role keeps serving; the sole node of its
   role leaves at once (nothing can keep its role up: as Pacemaker's standby, or a pod with no
@@ -59,12 +61,13 @@ class Stay:
 
 def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
          on_host: Collection[NodeSpec], homeless: Collection[str],
-         fits: Callable[[NodeSpec], str | None]) -> Leave | Stay:
+         fits: Callable[[NodeSpec], str | None],
+         leaving: Collection[tuple[str, str]] = ()) -> Leave | Stay:
     """Whether `spec`, whose copy `d` is on a drained host, may leave it now.
 
     `on_host`: the cloud's nodes with a copy on that host (movable or not); `homeless`:
     nodes of the cloud with no domain anywhere; `fits(spec)`: None when another host can take
-    the node now, else why not."""
+    the node now, else why not; `leaving`: (node, host) given `Leave` earlier in this pass."""
     host = d.host
     if spec.pin == host:
         return Stay(f"pinned to drained host {host}: it stays (the drain cannot complete)")
@@ -88,7 +91,8 @@ def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
         if spec.move is DrainMove.REPLICA and peers and not any(p in observed.ready for p in peers):
             return Stay(f"waiting for another {spec.role} to be ready before leaving drained "
                         f"host {host} (none of {', '.join(peers)} is)")
-        pending = _pending(spec, desired=desired, observed=observed, homeless=homeless)
+        pending = _pending(spec, desired=desired, observed=observed, homeless=homeless,
+                           leaving=leaving)
         if pending:
             return Stay(f"one step at a time: {pending}")
     why = fits(spec)
@@ -98,9 +102,22 @@ def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
 
 
 def _pending(spec: NodeSpec, *, desired: Desired, observed: Observed,
-             homeless: Collection[str]) -> str:
-    """What the previous step still waits for: a node of the cloud, off the drained hosts,
-    that has no domain or is not ready yet ("" when nothing)."""
+             homeless: Collection[str], leaving: Collection[tuple[str, str]]) -> str:
+    """What the previous step still waits for: a node leaving a drained host, or a node of
+    the cloud, off the drained hosts, that has no domain or is not ready yet ("" when
+    nothing)."""
+    for node, host in leaving:
+        if node != spec.name:
+            return f"{node} is leaving drained host {host}"
+    specs = {n.name: n for n in desired.nodes}
+    for d in observed.domains:
+        n = specs.get(d.node)
+        if (n is None or n.name == spec.name or d.cloud != desired.cloud
+                or d.host not in desired.drained or n.held or n.pin == d.host
+                or (n.move is not DrainMove.REPLICA and d.host not in desired.move_stateful)):
+            continue
+        if d.state is not DomainState.RUNNING or (n.name, d.host) in observed.shutdowns:
+            return f"{n.name} is leaving drained host {d.host}"
     for n in desired.nodes:
         if n.name == spec.name or not n.managed or n.held:
             continue

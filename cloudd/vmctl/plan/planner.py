@@ -112,6 +112,8 @@ class _Pass:
         self.roles = {n.name: n.role for n in desired.nodes}
         self.specs = {n.name: n for n in desired.nodes}
         self.homeless: frozenset[str] = frozenset()
+        #: (node, drained host) given their drain step in this pass (the others wait)
+        self.leaving: list[tuple[str, str]] = []
         rank = {role: i for i, role in enumerate(desired.role_order)}
         self.order = sorted(desired.nodes,
                             key=lambda n: (rank.get(n.role, len(rank)), n.role, n.name))
@@ -299,8 +301,11 @@ class _Pass:
         on_host = [self.specs[n] for n, copies in self.copies.items()
                    if n in self.specs and any(c.host == d.host for c in copies)]
         decided = drain.step(spec, d, desired=self.desired, observed=self.observed,
-                             on_host=on_host, homeless=self.homeless, fits=placer.fits)
+                             on_host=on_host, homeless=self.homeless, fits=placer.fits,
+                             leaving=self.leaving)
         if isinstance(decided, drain.Leave):
+            # one step at a time within the pass too: the next node waits for this one
+            self.leaving.append((spec.name, d.host))
             if not self._backing_off(spec.name):
                 self._remove(d, why=decided.reason, graceful=True)
             return True

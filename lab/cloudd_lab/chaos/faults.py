@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,28 +67,23 @@ class ChaosLab(AgentLab):
             state = self.agents[name].folder / "state"
             state.mkdir(exist_ok=True)
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m,mode=0755",
-                            f"h25c-{name}", str(state)], check=True, capture_output=True)
+                            f"{self.prefix}-{name}", str(state)], check=True,
+                           capture_output=True)
             self.mounted.append(state)
         return self
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *, env: Mapping[str, str] | None = None) -> None:
         if name != self.clock:
-            super().start(name)
+            super().start(name, env=env)
             return
         # A fixed offset from the start: libfaketime 0.9.10 cannot step a running Python
         # (with monotonic time left real, its clock_nanosleep fails with EINVAL; stepping
-        # through its timestamp file steps monotonic time too, which no kernel does).
-        saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAKETIME")}
-        os.environ["LD_PRELOAD"] = str(LIBFAKETIME)
-        os.environ["FAKETIME"] = f"{self.clock_offset:+d}"
-        try:
-            super().start(name)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        # through its timestamp file steps monotonic time too, which no kernel does). Given
+        # to this agent alone: the soak's threads run programs meanwhile with this process's
+        # environment, which stays as it is.
+        super().start(name, env={**(env if env is not None else os.environ),
+                                 "LD_PRELOAD": str(LIBFAKETIME),
+                                 "FAKETIME": f"{self.clock_offset:+d}"})
 
     def node_ns(self, node: str) -> str:
         return self.agents[node].ns.name
@@ -168,6 +164,8 @@ class Injector:
         #: members some fault holds now (operator commands go to another pool host)
         self.hit: dict[int, set[str]] = {}
         self.operator_files = 0
+        #: the busy loops of `cpu_starve` faults in force (outside the lab's namespaces)
+        self._loops: list[subprocess.Popen[bytes]] = []
 
     # -- helpers ------------------------------------------------------------------------
     def _iptables(self, ns: str, *rule: str, add: bool) -> str:
@@ -319,14 +317,14 @@ class Injector:
         loops = [subprocess.Popen(["taskset", "-c", str(cpu), "sh", "-c", "while :; do :; done"],
                                   start_new_session=True) for _ in range(int(f.arg))]
         self._undo[f.id] = [proc.pid, *[p.pid for p in loops]]
-        self._loops = [*getattr(self, "_loops", []), *loops]
+        self._loops += loops
         return f"{f.target}'s agent pinned to CPU {cpu} beside {len(loops)} busy loops"
 
     def _unstarve(self, undo: list[int] | None) -> str:
         if not undo:
             return "nothing to undo"
         agent, *loops = undo
-        for p in [p for p in getattr(self, "_loops", []) if p.pid in loops]:
+        for p in [p for p in self._loops if p.pid in loops]:
             p.kill()
             p.wait()
             self._loops.remove(p)
@@ -336,10 +334,11 @@ class Injector:
         return f"busy loops {loops} killed, agent back on CPUs {cpus}"
 
     def heal(self) -> list[str]:
-        """Undo whatever is still in force (the schedule ends with every fault undone: this is
-        the belt for a soak stopped early)."""
+        """Kill the busy loops still running: they live outside the lab's namespaces, so the
+        lab's close would leave them (a soak stopped early leaves its other faults in force
+        until the lab goes with its namespaces, mounts and agents)."""
         out = []
-        for p in getattr(self, "_loops", []):
+        for p in self._loops:
             p.kill()
             p.wait()
             out.append(f"busy loop {p.pid} killed")

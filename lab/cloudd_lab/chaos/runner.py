@@ -143,7 +143,9 @@ class Watch(threading.Thread):
         now = time.time()
         if now - self._last_foreign >= SAMPLE_EVERY:
             self._last_foreign = now
-            found += self.foreign.observe(*foreign_view())
+            seen = foreign_view()
+            if seen is not None:  # else virsh could not tell: the next round looks again
+                found += self.foreign.observe(*seen)
         if now - self._last_sample >= SAMPLE_EVERY:
             self._last_sample = now
             found += self.sample()
@@ -210,17 +212,23 @@ def define_foreign() -> inv.Untouched:
         done = virsh(URI, "define", f.name)
     if done.returncode != 0:
         raise RuntimeError(f"cannot define {FOREIGN} on {URI}: {done.stderr.strip()}")
-    xml_now, state = foreign_view()
-    if xml_now is None:
+    seen = foreign_view()
+    if seen is None or seen[0] is None:
         raise RuntimeError(f"{FOREIGN} defined but not found on {URI}")
-    return inv.Untouched(FOREIGN, xml_now, state or "")
+    return inv.Untouched(FOREIGN, seen[0], seen[1] or "")
 
 
-def foreign_view() -> tuple[str | None, str | None]:
+def foreign_view() -> tuple[str | None, str | None] | None:
+    """The foreign domain's inactive definition and state; (None, None) when libvirt has no
+    such domain, None when virsh could not tell (libvirtd slow or busy on a shared machine:
+    not a breach)."""
     done = virsh(URI, "dumpxml", "--inactive", FOREIGN)
     if done.returncode != 0:
-        return None, None
-    return done.stdout, virsh(URI, "domstate", FOREIGN).stdout.strip()
+        return (None, None) if "failed to get domain" in done.stderr else None
+    state = virsh(URI, "domstate", FOREIGN)
+    if state.returncode != 0:
+        return (None, None) if "failed to get domain" in state.stderr else None
+    return done.stdout, state.stdout.strip()
 
 
 class Writer(threading.Thread):
@@ -392,7 +400,8 @@ def final_convergence(lab: ChaosLab, injector: Injector, watch: Watch, log: Log)
         raise AssertionError(f"{e}: {'; '.join(last)}") from None
     wait("the site took a write", lambda: write(url(lab), "chaos-final", timeout=5.0),
          bound=60.0, watch=watch)
-    log("converged", after=round(time.monotonic() - t, 1))
+    if not watch.breaches:  # a breach ends the waits early: nothing converged then
+        log("converged", after=round(time.monotonic() - t, 1))
 
 
 def final_read(lab: ChaosLab, watch: Watch, log: Log) -> None:

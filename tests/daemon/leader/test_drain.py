@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from cloudd.daemon.leader.desired import desired_of
-from cloudd.daemon.leader.drain import Drains, move_of
+from cloudd.daemon.leader.drain import MOVES, Drains, move_of
 from cloudd.daemon.network.catalogue import Drain
+from cloudd.providers.registry import default_registry
 from cloudd.vmctl.plan import DrainMove
 
 from ..member.fakes import DB, shop
@@ -40,3 +41,10 @@ def test_the_planner_gets_the_drained_hosts_of_the_pool_and_each_nodes_way(
     assert moves[DB] is DrainMove.STATEFUL
     assert {m for n, m in moves.items() if n != DB} == {DrainMove.REPLICA}
     assert desired_of(cloud).drained == frozenset()
+
+
+def test_every_role_the_table_names_is_a_role_of_its_type() -> None:
+    """A misspelt role in `MOVES` would leave a database movable as a replica, silently."""
+    registry = default_registry()
+    for cloud_type, role in MOVES:
+        assert role in registry.get(cloud_type).roles, (cloud_type, role)

@@ -217,6 +217,9 @@ def test_a_drain_is_recorded_changed_and_released_or_refused_in_one_sentence() -
                           at=9.0, by="pm3")
     assert [(d.host, d.move_stateful, d.at, d.by) for d in r.drains] == [
         ("pm2", True, 5.0, "pm1")]
+    # ... and taken back by a drain without it
+    back = record.with_drain(r, term=3, host="pm2", on=True, hosts=pool)
+    assert [(d.host, d.move_stateful) for d in back.drains] == [("pm2", False)]
     r = record.with_drain(r, term=3, host="pm1", on=True, hosts=pool)
     assert [d.host for d in r.drains] == ["pm1", "pm2"]
     refusals = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from plan_sim import SimHost, World
 
 from cloudd.vmctl.plan import (
@@ -192,10 +193,34 @@ def test_a_crashed_database_on_a_drained_host_is_restarted_in_place_without_the_
     assert [(type(a), a.node, a.host) for a in p.actions] == [(Start, "db", "pm1")]
 
 
-def test_simulated_drain_empties_the_host_with_a_server_always_ready() -> None:
+def test_two_servers_on_the_drained_host_never_leave_at_once() -> None:
+    both = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm1"), dom("lb", "pm3"))
+    p = planned(want(*WEB), seen(*both, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert p.actions == (Shutdown("s1", "pm1", "host pm1 is drained: moving s1 (replica)"),)
+    assert waiting(p)["s2"] == "one step at a time: s1 is leaving drained host pm1"
+    # the next pass: s1 asked to shut down, its agent still ready; s2 still waits for it
+    p = planned(want(*WEB), seen(*both, ready={"db", "s1", "s2", "lb"},
+                                 shutdowns={("s1", "pm1"): 0.0}), 1.0)
+    assert p.actions == ()
+    assert waiting(p)["s2"] == "one step at a time: s1 is leaving drained host pm1"
+
+
+def test_the_sole_balancer_does_not_leave_with_a_server() -> None:
+    on = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm2"), dom("lb", "pm1"))
+    p = planned(want(*WEB), seen(*on, ready={"db", "s1", "s2", "lb"}), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "s1")]
+    assert waiting(p)["lb"] == "one step at a time: s1 is leaving drained host pm1"
+
+
+@pytest.mark.parametrize("placed", [
+    (("db", "pm1"), ("s1", "pm1"), ("s2", "pm2"), ("lb", "pm1")),
+    (("db", "pm1"), ("s1", "pm1"), ("s2", "pm1"), ("lb", "pm1")),
+])
+def test_simulated_drain_empties_the_host_with_a_server_always_ready(
+        placed: tuple[tuple[str, str], ...]) -> None:
     world = World([SimHost("pm1", 4096, {IMG}), SimHost("pm2", 4096, {IMG}),
                    SimHost("pm3", 4096, {IMG})], {n.name: n for n in WEB})
-    for n, h in (("db", "pm1"), ("s1", "pm1"), ("s2", "pm2"), ("lb", "pm1")):
+    for n, h in placed:
         world.add(DomainObs(h, n, "c1", RUN, "booted", term=1))
     desired = want(*WEB, stateful=frozenset({"pm1"}))
     now = 0.0
@@ -211,7 +236,7 @@ def test_simulated_drain_empties_the_host_with_a_server_always_ready() -> None:
     on_pm1 = [d.node for d in world.domains.values() if d.host == "pm1"]
     assert on_pm1 == []
     moved = [a.node for a in world.log if isinstance(a, Shutdown)]
-    assert moved == ["s1", "lb", "db"]
+    assert moved == [n for n in ("s1", "s2", "lb", "db") if (n, "pm1") in placed]
 
 
 def test_a_new_leader_finishes_a_move_it_did_not_start() -> None:
