@@ -51,6 +51,10 @@ def show(cloud: Cloud, *, out: TextIO) -> None:
     hosts = ", ".join(f"{h.name} ({h.address})" for h in cloud.pool)
     print(f"  cloud {cloud.name}: type {cloud.type}, ensure {cloud.ensure.value}, "
           f"pool {hosts}", file=out)
+    for role, e in cloud.elastic.items():
+        print(f"    {role}: elastic, {e.min} to {e.max} of its {len(cloud.candidates(role))} "
+              f"candidates below in use (idle_after {e.idle_after:g} s, cooldown "
+              f"{e.cooldown:g} s)", file=out)
     rows = [("ROLE", "NODE", "ADDRESS", "MiB", "CPU", "HOST", "RUN", "IMAGE")]
     for n in cloud.nodes:
         image = n.image or "-"

@@ -47,7 +47,7 @@ def test_good_manifest_prints_ok(capsys: pytest.CaptureFixture[str], folder: Pat
 
 def test_example_manifests_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
     files = sorted((REPO / "manifests").glob("*.yaml"))
-    assert len(files) == 5
+    assert len(files) == 6
     code, lines = run(capsys, *files)
     assert (code, lines) == (0, [f"{f}: ok" for f in files])
 
@@ -177,6 +177,14 @@ def test_show_prints_each_node(capsys: pytest.CaptureFixture[str], folder: Path)
     for name, address in [("shop-balancer-1", "192.0.2.175"), ("shop-server-2", "192.0.2.178"),
                           ("shop-database-1", "192.0.2.177")]:
         assert any(name in line and address in line for line in out.splitlines())
+
+
+def test_show_says_which_roles_follow_their_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--show", str(REPO / "manifests" / "slurm-elastic.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("    compute: elastic, 1 to 8 of its 8 candidates below in use (idle_after 300 s, "
+            "cooldown 120 s)") in out
+    assert sum(1 for line in out if "burst-compute-" in line) == 8
 
 
 def test_console_script_runs_without_traceback(folder: Path) -> None:

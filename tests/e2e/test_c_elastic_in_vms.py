@@ -84,6 +84,8 @@ def test_the_role_grows_for_a_job_and_shrinks_back_once_idle(lab: BatchLab, say:
                    lambda: SECOND in lab.domains(), bound=BACK, interval=3.0)
     _, ran = poll(f"job {job_id} started", lambda: lab.started_on(Job(job_id, "")),
                   bound=JOB + UP, interval=5.0)
+    host = next(n for n in lab.running() if n.startswith("pm"))
+    say("inspect while grown:\n" + lab.cli(host, "inspect").stdout)
     hosts = lab.scheduler._client(lab, "scontrol", "show", "job", job_id, "-o")
     fields = dict(f.split("=", 1) for f in hosts.split() if "=" in f)
     assert fields.get("NodeList") in ("lab-compute-[1-2]", f"{FIRST},{SECOND}"), fields
