@@ -177,7 +177,8 @@ def _checks(c: CloudView) -> list[list[Cell]]:
         whole = subject == "(cloud)"
         if f.state and f.ok and not whole:
             continue
-        said = f"{f.message}: {f.state}" if whole and f.state else f.message
+        said = (f"{f.message}: {f.state}" if whole and f.state and f.state != f.message
+                else f.message)
         rows.append([(subject, ""), (f.check, ""), styled("ok" if f.ok else "failing"),
                      (said, "")])
     return rows

@@ -101,3 +101,11 @@ def test_a_finding_for_the_whole_cloud_shows_its_figures() -> None:
     assert lines[at + 1].split(None, 3) == [
         "(cloud)", "queue", "ok",
         "jobs waiting: 2 job(s) waiting, asking 2 node(s) and 2 CPU(s) (Resources 2)"]
+    # figures that say no more than the message are not said twice
+    quiet = FindingView("queue", True, "no job waiting", state="no job waiting")
+    cloud = doc.clouds[0].__class__(**{**doc.clouds[0].__dict__, "findings": (quiet,)})
+    text = plain(render(InspectDoc(answered_by="pm1", generated_at=NOW, clouds=(cloud,)),
+                        now=NOW))
+    lines = text.splitlines()
+    assert lines[lines.index("  PROVIDER CHECKS") + 1].split(None, 3) == [
+        "(cloud)", "queue", "ok", "no job waiting"]
