@@ -153,7 +153,14 @@ class RecordKeeper:
                                  "again in a moment")
         async with self._lock:
             new = change(self.held.record, term)  # a refusal raises here: nothing changed
-            await self._persist(new)
+            try:
+                await self._persist(new)
+            except OSError as exc:  # a full or failing disk: this host keeps what it had
+                why = exc.strerror or type(exc).__name__
+                raise TemporaryError(
+                    f"{self.me} cannot persist record version {new.version} of {self.cloud} "
+                    f"in {self.path}: {why}; nothing was written, try again once it has "
+                    "room") from None
         wait = self.wait
         try:
             async with asyncio.timeout(wait):

@@ -252,6 +252,31 @@ async def test_a_write_not_acknowledged_by_a_majority_fails_and_may_still_land(
     assert file_of(pm2)["record"]["holds"] == [""]
 
 
+async def test_a_write_the_leader_cannot_persist_is_refused_in_one_sentence(
+        tmp_path: Path, made: list[Host], monkeypatch: pytest.MonkeyPatch) -> None:
+    pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
+    link(pm1, pm2)
+    await leads(pm1, 3, pm2)
+    async with running(pm1, pm2):
+        await recover(pm1, 3)
+        keeper = pm1.member.record.keeper
+        assert keeper is not None
+        before = keeper.held
+
+        def full(path: Path, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(keeping, "write_durable", full)
+        with pytest.raises(TemporaryError) as e:
+            await pm1.member.set_maintenance(None, on=True)
+        assert str(e.value) == (
+            f"pm1 cannot persist record version 3.3 of shop in {keeper.path}: No space left "
+            "on device; nothing was written, try again once it has room")
+        assert keeper.held == before and pm1.member.maintenance.held == frozenset()
+        monkeypatch.undo()
+        await pm1.member.set_maintenance(None, on=True)
+    assert pm1.member.maintenance.whole_cloud
+
+
 async def test_generations_are_numbered_installed_and_prune_holds(
         tmp_path: Path, made: list[Host]) -> None:
     pm1, pm2 = pool_host(tmp_path, made, "pm1"), pool_host(tmp_path, made, "pm2")
