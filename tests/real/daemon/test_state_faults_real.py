@@ -4,7 +4,8 @@ take a healthy host down.
 - The leader's state folder is a small tmpfs, filled until the disk says ENOSPC: the leader
   keeps leading, a follower killed and restarted meanwhile follows it again, the operator's
   commands still work (their events are dropped, counted, and shown by `inspect`), and once
-  the space is freed events are stored again. No agent exits.
+  the space is freed events are stored again; a command the record must keep (maintenance)
+  is refused in one sentence meanwhile, nothing written. No agent exits.
 - A host stopped and given a garbage `highest-term`, an empty `term` and a corrupt
   `events.sqlite3` starts all the same, sets the three aside (the files stay, renamed), and
   says in `status` and `inspect` that it relearns its terms: with the third host down it
@@ -96,6 +97,12 @@ def test_a_full_state_disk_drops_events_and_nothing_else(lab: AgentLab) -> None:
         assert done.returncode == 0, done.stderr
         (failed,) = log_events(lab, leader, "event_log_write_failed")  # once for the burst
         assert "full" in failed["reason"]
+        # a command the record must keep is refused in one sentence: nothing is written
+        done = lab.cli(leader, "maintenance", "on", "lab-server-1")
+        assert done.returncode != 0
+        assert done.stderr.strip().endswith(
+            "No space left on device; nothing was written, try again once it has room"), \
+            done.stderr
 
         # room again: the next event is stored, and the log says how many were lost
         (state_of(lab, leader) / "filler").unlink()
