@@ -114,20 +114,6 @@ class NodeAccessIn(_Strict):
     ssh_authorized_keys: list[SshPublicKey] = Field(default=[], max_length=64)
 
 
-class NodeIn(_Strict):
-    address: Address
-    image: AbsPath | None = None
-    name: DnsLabel | None = None
-    memory_mib: int | None = Field(default=None, ge=64, le=1024 * 1024)
-    vcpus: int | None = Field(default=None, ge=1, le=512)
-    host: str | None = None
-    base_image: AbsPath | None = None
-    overlay: bool = False
-    source_host: str | None = None
-    managed: bool = True
-    run: Literal["always", "rerun-on-failure", "manual"] = "always"
-
-
 class NodeTemplateIn(_Strict):
     """What every candidate node of an elastic role shares: a node without address or name.
     `{name}` in `image` stands for each node's name (each managed node needs its own disk)."""
@@ -141,6 +127,13 @@ class NodeTemplateIn(_Strict):
     source_host: str | None = None
     managed: bool = True
     run: Literal["always", "rerun-on-failure", "manual"] = "always"
+
+
+class NodeIn(NodeTemplateIn):
+    """One node as written: the fields a template shares, and its own address and name."""
+
+    address: Address
+    name: DnsLabel | None = None
 
 
 class ElasticIn(_Strict):

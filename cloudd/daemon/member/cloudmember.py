@@ -151,6 +151,8 @@ class CloudMember:
                  node_side: NodeSideFactory | None = None,
                  install: Install | None = None, providers: Registry | None = None) -> None:
         self.settings, self.cloud, self.me = settings, cloud, settings.name
+        #: (cloud, nodes in use, the cloud with only those): `in_use`'s last answer
+        self._in_use: tuple[Cloud, frozenset[str], Cloud] | None = None
         self.events, self.clock, self.timing = events, clock, timing
         self._send = send
         self.is_host = any(h.name == self.me for h in cloud.pool)
@@ -301,8 +303,13 @@ class CloudMember:
 
     def in_use(self) -> Cloud:
         """The cloud the leader side acts on: of its elastic roles' candidates, only those
-        in use (the record's; `ElasticLoop`)."""
-        return self.cloud.in_use(self.record.active)
+        in use (the record's; `ElasticLoop`). Made again only when the cloud or the nodes in
+        use change: the controller, the hooks and the host ask for it on every pass."""
+        active = self.record.active
+        kept = self._in_use
+        if kept is None or kept[0] is not self.cloud or kept[1] != active:
+            kept = self._in_use = (self.cloud, active, self.cloud.in_use(active))
+        return kept[2]
 
     @property
     def generation(self) -> int:
