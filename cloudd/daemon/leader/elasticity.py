@@ -14,14 +14,16 @@ the provider's configure takes it out of the scheduler.
 A scheduler that cannot answer (the head not up yet, a slurmctld restarting) changes nothing
 but the minimum: the role still gets its `min` nodes, so that a new cloud starts. Every
 change is in the event log and the agent's log (`elastic_changed`) with its reason, and each
-role's state is a finding for the whole cloud (check `elastic ROLE`) that `inspect` shows.
+role's state is a finding for the whole cloud (check `elastic ROLE`) that `inspect` shows;
+`cloudd-cli plan` shows the same states and this agent's last decisions (`view`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from cloudd import log
 from cloudd.config.model import Cloud
@@ -35,6 +37,25 @@ from cloudd.providers.base import ClusterView, Finding, Provider
 EVERY = 5.0
 #: Seconds one provider call may take.
 CALL_WITHIN = 30.0
+#: Decisions kept for `cloudd-cli plan` (the event log keeps them all).
+RECENT = 12
+
+
+@dataclass(frozen=True)
+class ElasticDecision:
+    """One change the loop made, as `cloudd-cli plan` shows it."""
+
+    at: float  # wall time
+    term: int
+    change: elastic.ElasticChange
+
+
+@dataclass(frozen=True)
+class ElasticView:
+    """Each elastic role's state and the last decisions, while this agent leads."""
+
+    roles: tuple[Finding, ...] = ()
+    decisions: tuple[ElasticDecision, ...] = ()
 
 
 class ElasticLoop:
@@ -51,11 +72,16 @@ class ElasticLoop:
         self._memory: dict[str, elastic.Memory] = {}
         self._seen_term: int | None = None
         self._findings: dict[str, Finding] = {}
+        self._decisions: deque[ElasticDecision] = deque(maxlen=RECENT)
         self.log = log.get("elastic")
 
     def findings(self) -> tuple[Finding, ...]:
         """Each elastic role's state, for `inspect` (while this agent leads)."""
         return tuple(self._findings.values()) if self._term() is not None else ()
+
+    def view(self) -> ElasticView:
+        """The roles' states and this agent's last decisions (of any term it led in)."""
+        return ElasticView(self.findings(), tuple(self._decisions))
 
     async def run(self) -> None:
         while True:
@@ -143,8 +169,9 @@ class ElasticLoop:
         reason = f"{change.what} {change.node}: {change.reason}"
         self.log.info("elastic_changed", cloud=cloud, node=change.node, op=change.what,
                       term=term, reason=change.reason)
-        self.events.append(LogEvent(self.clock.wall(), cloud, LogKind.ACTION, change.node,
-                                    reason, term))
+        at = self.clock.wall()
+        self.events.append(LogEvent(at, cloud, LogKind.ACTION, change.node, reason, term))
+        self._decisions.append(ElasticDecision(at, term, change))
 
     def _show(self, role: str, s: elastic.ElasticStep, memory: elastic.Memory,
               unseen: str) -> None:

@@ -343,7 +343,8 @@ class CloudMember:
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
             timings=self.host_calls.timings(), unproven=self.election.unproven(),
-            hooks=self.hooks.view(also=self.elastic.findings()), drains=self.record.drains)
+            hooks=self.hooks.view(also=self.elastic.findings()), drains=self.record.drains,
+            elastic=self.elastic.view())
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from cloudd.errors import PermanentError
 from cloudd.providers import values
 from cloudd.providers.base import Finding, NodeUse, Peer
-from cloudd.providers.batchqueue import MAX_REASON, Queue, summed
+from cloudd.providers.batchqueue import LEAVING, MAX_REASON, Queue, summed
 
 #: Flags sinfo appends to a state: not responding, powered down, powering up, and so on.
 _FLAGS = "*~#!%$@^-"
@@ -46,7 +46,7 @@ SERVING = frozenset({"idle", "mixed", "allocated", "completing"})
 RESUMABLE = frozenset({"down", "drained", "draining", "fail", "failing"})
 #: The reason cloudd gives a compute node it drains to leave the cloud (an elastic role's
 #: idle node): such a node is neither resumed nor left to an operator.
-ELASTIC_REASON = "cloudd: idle, leaving the cloud"
+ELASTIC_REASON = LEAVING
 #: Most job ids an answer carries per node.
 MAX_JOBS = 16
 #: Most names a host list may expand to: a bigger one is not a cloud's.

@@ -17,6 +17,12 @@ runs jobs does not return (seen with TORQUE 6.1.3.h5), so such a node is first s
 with `DRAIN_NOTE`, and deleted once its jobs are gone; a node of the cloud found offline with
 that note (it came back before it was deleted) is cleared. An operator's own `pbsnodes -o`
 carries another note, or none, and is never undone.
+
+An elastic compute role's idle node is drained to leave the cloud the same way (`pbsnodes -o`)
+with another note, `LEAVING`: pbs_server starts no new job there and lets its jobs finish;
+the head reports such a node `leaving` (its note itself stays on the head), `use_of` reads it
+as released, and the leader's elastic loop lets it go once no job is left (or takes it back:
+`pbsnodes -c`, only for that note).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cloudd.errors import PermanentError
-from cloudd.providers.base import Finding, Peer
+from cloudd.providers.base import Finding, NodeUse, Peer
+from cloudd.providers.batchqueue import LEAVING
 
 #: TORQUE's node states (a node may be in several at once: `down,job-exclusive`).
 STATES = frozenset({"free", "down", "offline", "job-exclusive", "job-sharing", "busy",
@@ -56,6 +63,9 @@ class TorqueNode:
     jobs: tuple[str, ...] = ()
     #: The node's note (`pbsnodes -N`); read on the head only, never sent to the leader.
     note: str = ""
+    #: Set offline by cloudd to leave the cloud (its note is `LEAVING`): what the leader is
+    #: told of the note.
+    leaving: bool = False
 
     @property
     def usable(self) -> bool:
@@ -101,15 +111,20 @@ def parse_pbsnodes(xml: str) -> tuple[TorqueNode, ...]:
                              if s.strip()),
             np=int(np_text) if np_text.isdigit() else 0,
             jobs=_jobs(node.findtext("jobs") or ""),
-            note=(node.findtext("note") or "").strip()))
+            note=(note := (node.findtext("note") or "").strip()),
+            leaving=note == LEAVING))
     return tuple(nodes)
 
 
 def encode(nodes: tuple[TorqueNode, ...]) -> dict[str, str]:
     """The head's answer to `nodes`: node name -> its view as one line of JSON."""
     return {n.name: json.dumps({"state": sorted(n.states), "np": n.np,
-                                "jobs": list(n.jobs[:MAX_JOBS])}, separators=(",", ":"))
+                                "jobs": list(n.jobs[:MAX_JOBS]), "leaving": n.leaving},
+                               separators=(",", ":"))
             for n in nodes}
+
+
+_FIELDS = frozenset({"state", "np", "jobs"})
 
 
 def _refuse(name: str, why: str) -> PermanentError:
@@ -128,9 +143,12 @@ def decode(answer: Mapping[str, str]) -> dict[str, TorqueNode]:
             raw = json.loads(text)
         except (TypeError, ValueError):
             raise _refuse(name, "not JSON") from None
-        if not isinstance(raw, dict) or set(raw) != {"state", "np", "jobs"}:
-            raise _refuse(name, "not a node's state, np and jobs")
+        if not isinstance(raw, dict) or not _FIELDS <= set(raw) <= _FIELDS | {"leaving"}:
+            raise _refuse(name, "not a node's state, np, jobs and whether it leaves")
         states, np, jobs = raw["state"], raw["np"], raw["jobs"]
+        leaving = raw.get("leaving", False)  # a head of an earlier version says nothing
+        if not isinstance(leaving, bool):
+            raise _refuse(name, "leaving is not true or false")
         if (not isinstance(states, list) or not all(isinstance(s, str) for s in states)
                 or not set(states) <= STATES):
             raise _refuse(name, f"unknown state in {str(states)[:80]}")
@@ -139,7 +157,7 @@ def decode(answer: Mapping[str, str]) -> dict[str, TorqueNode]:
         if (not isinstance(jobs, list) or len(jobs) > MAX_JOBS
                 or not all(isinstance(j, str) and _JOB.match(j) for j in jobs)):
             raise _refuse(name, "jobs are not TORQUE job ids")
-        views[name] = TorqueNode(name, frozenset(states), np, tuple(jobs))
+        views[name] = TorqueNode(name, frozenset(states), np, tuple(jobs), leaving=leaving)
     return views
 
 
@@ -203,7 +221,9 @@ def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> T
         if view is None:
             findings.append(Finding(CHECK, False, "not registered with pbs_server", peer.node))
             continue
-        if view.usable:
+        if view.leaving and "offline" in view.states:
+            ok, message = True, f"{view.describe()}: leaving the cloud, no longer needed"
+        elif view.usable:
             ok, message = True, view.describe()
         elif "down" in view.states and "offline" not in view.states and peer.healthy:
             nudge.append(peer.node)
@@ -220,3 +240,11 @@ def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> T
                                 "node of the cloud", name, state=registered[name].state,
                                 jobs=registered[name].jobs))
     return TorqueJudgement(tuple(findings), tuple(nudge))
+
+
+def use_of(view: TorqueNode | None) -> NodeUse:
+    """A compute node of an elastic role as the leader's elastic loop reads it."""
+    if view is None:
+        return NodeUse()
+    return NodeUse(ready=view.usable, busy=bool(view.jobs),
+                   released=view.leaving and "offline" in view.states)

@@ -40,6 +40,6 @@ SPEC = TypeSpec(
     hosts_file=True,
     roles=(
         RoleSpec("head", min_nodes=1, max_nodes=1),
-        RoleSpec("compute", min_nodes=1),
+        RoleSpec("compute", min_nodes=1, elastic=True),
     ),
 )

@@ -141,6 +141,23 @@ async def test_a_burst_grows_then_idleness_drains_and_removes(loop: Loop) -> Non
         "leave hpc-compute-3: drained in the scheduler, no job left"]
 
 
+async def test_plan_shows_each_role_s_state_and_the_last_decisions(loop: Loop) -> None:
+    await loop.loop.step()
+    loop.clock.advance(5)
+    loop.sched.demand_now = Demand(1, 1, 2, use(hpc_compute_1=BUSY))
+    await loop.loop.step()
+    view = loop.loop.view()
+    assert [(f.check, f.message, f.state) for f in view.roles] == [
+        ("elastic compute", "2 node(s) in use, of 1 to 3", "following the queue")]
+    assert [(d.term, d.change.what, d.change.node, d.change.reason) for d in view.decisions] == [
+        (3, "take", "hpc-compute-1", "below the role's minimum of 1"),
+        (3, "take", "hpc-compute-2", "1 job(s) wait for nodes, asking 1 node(s) and 2 CPU(s)")]
+    assert view.decisions[1].at - view.decisions[0].at == 5
+    # Not leading: no role state; the decisions made while it led stay for the operator.
+    loop.term[0] = None
+    assert loop.loop.view().roles == () and len(loop.loop.view().decisions) == 2
+
+
 async def test_nothing_happens_while_this_agent_does_not_lead(loop: Loop) -> None:
     loop.term[0] = None
     await loop.loop.step()
