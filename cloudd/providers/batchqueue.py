@@ -28,9 +28,6 @@ _CONTROL = values.CONTROL
 #: A count as the head writes it: ASCII digits only (`str.isdigit` takes "²", which `int`
 #: refuses), no more than MAX_COUNT has.
 _COUNT = re.compile(r"[0-9]{1,8}")
-#: The note (Slurm: the reason) cloudd gives a compute node of an elastic role it drains to
-#: leave the cloud: such a node is neither resumed nor taken for an operator's doing.
-LEAVING = "cloudd: idle, leaving the cloud"
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,22 @@ remembers nothing: it reads the drains and the domains anew on every pass).
 
 How a role leaves (`MOVES`): a role whose disk holds the cloud's data (a database, a batch
 head's spool, AppScale's datastore and coordination roles) is stateful, moved last and only
-with the operator's word (`--move-stateful`); a batch compute node may be running jobs that a
-stop would kill, so it needs the same word (cloudd does not yet drain it in the scheduler);
-any other role is a stateless replica.
+with the operator's word (`--move-stateful`); any other role is a stateless replica, except a
+batch compute node, which may be running jobs that a stop would kill: the leader first has
+its scheduler drain it (`batch_moves`: Slurm's `state=drain`, TORQUE's `pbsnodes -o`, with
+cloudd's reason for a move), and the planner moves it once the scheduler shows it drained
+with no job left (`Observed.emptied`); once it is ready on another host (or its host is
+undrained), the drain is undone. `--move-stateful` moves it at once, its jobs killed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cloudd.daemon.network.catalogue import Drain
+from cloudd.providers.base import NodeUse
 from cloudd.vmctl.plan import DrainMove
 
 #: (cloud type, role) -> how its nodes leave a drained host; any other role is a replica.
@@ -69,3 +73,38 @@ class Drains:
 
 #: No host drained.
 NO_DRAINS = Drains()
+
+
+@dataclass(frozen=True)
+class BatchMoves:
+    """What the leader does this pass about the batch compute nodes of drained hosts."""
+
+    #: To drain in the scheduler, to move (`Release.MOVE`).
+    release: tuple[str, ...] = ()
+    #: Moved (or their host undrained): the scheduler's drain undone.
+    keep: tuple[str, ...] = ()
+    #: Drained with no job left, or serving no job at all: the planner may move them now.
+    emptied: frozenset[str] = frozenset()
+
+
+def batch_moves(nodes: Iterable[str], *, where: Mapping[str, str], drains: Drains,
+                use: Mapping[str, NodeUse], ready: Collection[str]) -> BatchMoves:
+    """For batch compute `nodes` (those of a role whose move is `DrainMove.SCHEDULED`):
+    `where` each one's domain is (node -> host), what its scheduler says of each (`use`; a
+    node it does not list is left alone), and the nodes whose agent is ready."""
+    release, keep, emptied = [], [], set()
+    for node in sorted(nodes):
+        u, host = use.get(node), where.get(node)
+        if u is None or host is None:
+            continue
+        if host in drains.hosts and host not in drains.move_stateful:
+            if u.moving or not (u.ready or u.released):
+                # Ours, or taking no job anyway (down, an operator's drain): once no job
+                # is left, nothing is lost by the move.
+                if not u.busy:
+                    emptied.add(node)
+            elif not u.released:  # an elastic role's node leaving goes its own way
+                release.append(node)
+        elif u.moving and host not in drains.hosts and node in ready:
+            keep.append(node)
+    return BatchMoves(tuple(release), tuple(keep), frozenset(emptied))

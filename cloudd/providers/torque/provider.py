@@ -6,9 +6,9 @@ Roles, in dependency order:
   queue, scheduling) are applied by its `setup` action, which the leader asks for once the
   head is healthy. Its other actions are the leader's hands on the scheduler: `nodes`
   (`pbsnodes -x`), `queue` (`qstat -x`, the waiting jobs summed: `queue.py`), `create_node`,
-  `delete_node` (qmgr), `cycle_node` (`momctl -C`), and for an elastic compute role
-  `drain_node` (`pbsnodes -o` with cloudd's note: the node leaves once its jobs end) and
-  `resume_node` (`pbsnodes -c`, only of a node cloudd drained so).
+  `delete_node` (qmgr), `cycle_node` (`momctl -C`), `drain_node` (`pbsnodes -o` with one of
+  cloudd's notes: an elastic role's node leaves, or a node moves off a drained host, once
+  its jobs end) and `resume_node` (`pbsnodes -c`, only of a node cloudd drained so).
 - `compute`: trqauthd and pbs_mom, whose `$pbsserver` is the head.
 
 Every daemon runs in the foreground under the node's supervisor (`-F`; pbs_sched, which has
@@ -32,16 +32,17 @@ from cloudd import log
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers import batchqueue, values
 from cloudd.providers.base import (
+    RELEASE_NOTES,
     Assignment,
     ClusterView,
     Demand,
     Finding,
     Peer,
     Provider,
+    Release,
     Rendered,
     Role,
 )
-from cloudd.providers.batchqueue import LEAVING
 from cloudd.providers.service import ProbeKind, ProbeSpec, ServiceSpec
 from cloudd.providers.torque import layout, nodes, programs, queue
 from cloudd.providers.torque.layout import Home, head_of, program, torque_settings
@@ -71,7 +72,7 @@ class TorqueHeadRole(Role):
     name = "head"
     actions: Mapping[str, tuple[str, ...]] = {
         "setup": (), "nodes": (), "queue": (), "create_node": ("name", "np"),
-        "delete_node": ("name",), "cycle_node": ("name",), "drain_node": ("name",),
+        "delete_node": ("name",), "cycle_node": ("name",), "drain_node": ("name", "why"),
         "resume_node": ("name",)}
 
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
@@ -179,18 +180,24 @@ async def _cycle_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapp
 
 
 async def _drain_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
-    """No new job on the node, its jobs finish: offline with cloudd's note, so that the
-    leader knows the drain for its own (an elastic role's node leaving). A node an operator
-    set offline keeps its own note."""
+    """No new job on the node, its jobs finish: offline with cloudd's note for `why` (an
+    elastic role's node leaving, a node moving off a drained host), so that the leader knows
+    the drain for its own, and why. A node an operator set offline keeps its own note."""
     name = _name(args, "drain_node")
+    try:
+        why = Release(args.get("why", ""))
+    except ValueError:
+        raise PermanentError(f"drain_node: why {str(args.get('why'))[:20]!r} is not one of "
+                             f"{', '.join(r.value for r in Release)}") from None
     view = await _view(a, head, name)
     if view is None:
         raise TemporaryError(f"drain_node: {name} is not registered with pbs_server", delay=5.0)
-    if "offline" in view.states and not view.leaving:
+    ours = view.leaving or view.moving
+    if "offline" in view.states and not ours:
         raise PermanentError(f"drain_node: {name} is offline by its operator's word "
                              f"(note {view.note[:60]!r}): left as it is")
-    if not view.leaving:
-        await programs.client(a, head, "pbsnodes", "-o", "-N", LEAVING, name)
+    if view.note != RELEASE_NOTES[why] or "offline" not in view.states:
+        await programs.client(a, head, "pbsnodes", "-o", "-N", RELEASE_NOTES[why], name)
     return {"node": name, "state": "draining"}
 
 
@@ -201,7 +208,7 @@ async def _resume_node(a: Assignment, head: str, args: Mapping[str, str]) -> Map
     if view is None:
         raise TemporaryError(f"resume_node: {name} is not registered with pbs_server",
                              delay=5.0)
-    if "offline" in view.states and not view.leaving:
+    if "offline" in view.states and not (view.leaving or view.moving):
         raise PermanentError(f"resume_node: {name} is offline by its operator's word "
                              f"(note {view.note[:60]!r}): left as it is")
     if "offline" in view.states:
@@ -312,20 +319,21 @@ class TorqueProvider(Provider):
         return Demand(waiting.jobs - waiting.blocked, waiting.nodes, waiting.cpus,
                       {p.node: nodes.use_of(registered.get(p.node)) for p in cluster.of(role)})
 
-    async def release(self, cluster: ClusterView, role: str, node: str) -> None:
+    async def release(self, cluster: ClusterView, role: str, node: str,
+                      why: Release = Release.LEAVE) -> None:
         if self.role(role).name != "compute":
-            await super().release(cluster, role, node)
-        await self._ask(cluster, "drain_node", node)
+            await super().release(cluster, role, node, why)
+        await self._ask(cluster, "drain_node", node, why=why.value)
 
     async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
         if self.role(role).name != "compute":
             await super().keep(cluster, role, node)
         await self._ask(cluster, "resume_node", node)
 
-    async def _ask(self, cluster: ClusterView, action: str, node: str) -> None:
+    async def _ask(self, cluster: ClusterView, action: str, node: str, **more: str) -> None:
         head = _head(cluster)
         try:
-            await cluster.ask(head.node, action, {"name": node})
+            await cluster.ask(head.node, action, {"name": node, **more})
         except ClouddError as exc:
             raise TemporaryError(f"{action} {node} on {head.node}: {exc}", delay=5.0) from None
 

@@ -194,6 +194,9 @@ class Observed:
     ready: frozenset[str] = frozenset()
     """Nodes whose agent is alive and reports its role ready (a drain moves a node only
     while another of its role is among them)."""
+    emptied: frozenset[str] = frozenset()
+    """Batch compute nodes their scheduler shows drained with no job left (or taking none):
+    a drain moves such a node without the operator's `--move-stateful`."""
 
 
 @dataclass(frozen=True)

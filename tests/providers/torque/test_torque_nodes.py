@@ -8,9 +8,8 @@ import pytest
 
 from cloudd.errors import PermanentError
 from cloudd.providers.base import NodeUse, Peer
-from cloudd.providers.batchqueue import LEAVING
 from cloudd.providers.torque import nodes
-from cloudd.providers.torque.nodes import TorqueNode
+from cloudd.providers.torque.nodes import LEAVING, TorqueNode
 
 PBSNODES = (
     "<Data><Node><name>hpc-c1</name><state>free</state><power_state>Running</power_state>"
@@ -35,7 +34,8 @@ def test_pbsnodes_xml_is_parsed() -> None:
 def test_the_answer_survives_the_wire() -> None:
     answer = nodes.encode((C1, C2, C3))
     assert json.loads(answer["hpc-c2"]) == {"state": ["down", "job-exclusive"], "np": 1,
-                                            "jobs": ["9[3].hpc-head"], "leaving": False}
+                                            "jobs": ["9[3].hpc-head"], "leaving": False,
+                                            "moving": False}
     assert nodes.decode(answer) == {"hpc-c1": C1, "hpc-c2": C2, "hpc-c3": C3}
 
 
@@ -60,6 +60,8 @@ def test_a_node_cloudd_drained_to_leave_is_told_as_leaving_its_note_kept_on_the_
     (TorqueNode("c", frozenset({"offline"}), 1, ("3.h",), leaving=True),
      NodeUse(busy=True, released=True)),
     (TorqueNode("c", frozenset({"offline"}), 1, leaving=True), NodeUse(released=True)),
+    (TorqueNode("c", frozenset({"offline"}), 1, ("3.h",), moving=True),
+     NodeUse(busy=True, moving=True)),
     # an operator's offline is not cloudd's drain
     (TorqueNode("c", frozenset({"offline"}), 1), NodeUse()),
 ])
@@ -77,8 +79,9 @@ def _one(**fields: object) -> str:
     ({"c1": _one(jobs=["1.h\n"])}, "jobs are not TORQUE job ids"),
     ({"c1": "{"}, "not JSON"),
     ({"c1": json.dumps({"state": ["free"], "np": 1})}, "not a node's state, np, jobs"),
-    ({"c1": _one(extra=1)}, "not a node's state, np, jobs"),
-    ({"c1": _one(leaving="yes")}, "leaving is not true or false"),
+    ({"c1": _one(extra=1)}, "not a node's state, np, jobs and cloudd's drain"),
+    ({"c1": _one(leaving="yes")}, "leaving or moving is not true or false"),
+    ({"c1": _one(moving=1)}, "leaving or moving is not true or false"),
     ({"c1": _one(state=["free", "on-fire"])}, "unknown state"),
     ({"c1": _one(state="free")}, "unknown state"),
     ({"c1": _one(np=True)}, "np is not a count of slots"),

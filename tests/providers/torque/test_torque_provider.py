@@ -166,7 +166,7 @@ async def test_the_head_refuses_bad_arguments_before_running_anything(
 def test_the_head_declares_its_actions() -> None:
     assert dict(PROVIDER.role("head").actions) == {
         "setup": (), "nodes": (), "queue": (), "create_node": ("name", "np"),
-        "delete_node": ("name",), "cycle_node": ("name",), "drain_node": ("name",),
+        "delete_node": ("name",), "cycle_node": ("name",), "drain_node": ("name", "why"),
         "resume_node": ("name",)}
     assert dict(PROVIDER.role("compute").actions) == {}
 

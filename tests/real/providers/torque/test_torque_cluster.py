@@ -12,9 +12,9 @@ from torquelab import USER, TorqueLab, open_folders, until
 
 from cloudd.errors import TemporaryError
 from cloudd.providers.base import Finding, NodeUse
-from cloudd.providers.batchqueue import LEAVING
 from cloudd.providers.torque import programs
 from cloudd.providers.torque.layout import Home
+from cloudd.providers.torque.nodes import LEAVING
 from cloudd.providers.torque.provider import PROVIDER
 
 pytestmark = [pytest.mark.services, pytest.mark.netns]
