@@ -9,14 +9,15 @@ written to a majority of the pool hosts before the operator hears they are in fo
 inherited by every new leader, which carries on where the last one stopped (the planner
 remembers nothing: it reads the drains and the domains anew on every pass).
 
-How a role leaves (`MOVES`): a role whose disk holds the cloud's data (a database, a batch
-head's spool, AppScale's datastore and coordination roles) is stateful, moved last and only
-with the operator's word (`--move-stateful`); any other role is a stateless replica, except a
-batch compute node, which may be running jobs that a stop would kill: the leader first has
-its scheduler drain it (`batch_moves`: Slurm's `state=drain`, TORQUE's `pbsnodes -o`, with
-cloudd's reason for a move), and the planner moves it once the scheduler shows it drained
-with no job left (`Observed.emptied`); once it is ready on another host (or its host is
-undrained), the drain is undone. `--move-stateful` moves it at once, its jobs killed.
+How a role leaves is its type's word (`RoleSpec.move`, in each provider's `spec`): a role
+whose disk holds the cloud's data (a database, a batch head's spool, AppScale's datastore and
+coordination roles) is stateful, moved last and only with the operator's word
+(`--move-stateful`); any other role is a stateless replica, except a batch compute node,
+which may be running jobs that a stop would kill: the leader first has its scheduler drain
+it (`batch_moves`: Slurm's `state=drain`, TORQUE's `pbsnodes -o`, with cloudd's reason for a
+move), and the planner moves it once the scheduler shows it drained with no job left
+(`Observed.emptied`); once it is ready on another host (or its host is undrained), the drain
+is undone. `--move-stateful` moves it at once, its jobs killed.
 """
 
 from __future__ import annotations
@@ -25,29 +26,21 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cloudd.config.intent import DrainMove
 from cloudd.daemon.network.catalogue import Drain
 from cloudd.providers.base import NodeUse
-from cloudd.vmctl.plan import DrainMove
-
-#: (cloud type, role) -> how its nodes leave a drained host; any other role is a replica.
-MOVES: Mapping[tuple[str, str], DrainMove] = {
-    ("web", "database"): DrainMove.STATEFUL,
-    ("torque", "head"): DrainMove.STATEFUL,
-    ("torque", "compute"): DrainMove.SCHEDULED,
-    ("slurm", "head"): DrainMove.STATEFUL,
-    ("slurm", "compute"): DrainMove.SCHEDULED,
-    ("appscale", "master"): DrainMove.STATEFUL,
-    ("appscale", "database"): DrainMove.STATEFUL,
-    ("appscale", "zookeeper"): DrainMove.STATEFUL,
-}
+from cloudd.providers.catalog import CATALOG
 
 #: The order in which a node's roles decide: the most careful wins.
 _CARE = (DrainMove.STATEFUL, DrainMove.SCHEDULED, DrainMove.REPLICA)
 
 
 def move_of(cloud_type: str, roles: Iterable[str]) -> DrainMove:
-    """How a node holding `roles` leaves a drained host: its most careful role's way."""
-    moves = {MOVES.get((cloud_type, r), DrainMove.REPLICA) for r in roles}
+    """How a node holding `roles` leaves a drained host: its most careful role's way (a
+    type or role the catalog does not know: a replica)."""
+    spec = CATALOG.get(cloud_type)
+    known = {r.name: r.move for r in spec.roles} if spec is not None else {}
+    moves = {known.get(r, DrainMove.REPLICA) for r in roles}
     return next((m for m in _CARE if m in moves), DrainMove.REPLICA)
 
 

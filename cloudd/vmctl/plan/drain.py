@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, DrainMove, NodeSpec, Observed
+from cloudd.config.intent import DrainMove
+from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, NodeSpec, Observed
 
 #: Which kinds must be gone from the host before a node of this kind may leave.
 _AFTER: Mapping[DrainMove, frozenset[DrainMove]] = {

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from cloudd.daemon.leader.desired import desired_of
-from cloudd.daemon.leader.drain import MOVES, BatchMoves, Drains, batch_moves, move_of
+from cloudd.daemon.leader.drain import BatchMoves, Drains, batch_moves, move_of
 from cloudd.daemon.network.catalogue import Drain
 from cloudd.providers.base import NodeUse
-from cloudd.providers.registry import default_registry
+from cloudd.providers.catalog import CATALOG
 from cloudd.vmctl.plan import DrainMove
 
 from ..member.fakes import DB, shop
@@ -44,11 +44,19 @@ def test_the_planner_gets_the_drained_hosts_of_the_pool_and_each_nodes_way(
     assert desired_of(cloud).drained == frozenset()
 
 
-def test_every_role_the_table_names_is_a_role_of_its_type() -> None:
-    """A misspelt role in `MOVES` would leave a database movable as a replica, silently."""
-    registry = default_registry()
-    for cloud_type, role in MOVES:
-        assert role in registry.get(cloud_type).roles, (cloud_type, role)
+def test_each_type_declares_its_roles_ways() -> None:
+    """The way a role leaves is its type's word, in the catalog: a role no spec marks is a
+    replica, and a type the catalog does not know has replicas only."""
+    declared = {(t, r.name): r.move for t, spec in CATALOG.items() for r in spec.roles
+                if r.move is not DrainMove.REPLICA}
+    assert declared == {
+        ("web", "database"): DrainMove.STATEFUL,
+        ("torque", "head"): DrainMove.STATEFUL, ("torque", "compute"): DrainMove.SCHEDULED,
+        ("slurm", "head"): DrainMove.STATEFUL, ("slurm", "compute"): DrainMove.SCHEDULED,
+        ("appscale", "master"): DrainMove.STATEFUL,
+        ("appscale", "database"): DrainMove.STATEFUL,
+        ("appscale", "zookeeper"): DrainMove.STATEFUL}
+    assert move_of("nope", ("database",)) is DrainMove.REPLICA
 
 
 IDLE, BUSY = NodeUse(ready=True), NodeUse(ready=True, busy=True)

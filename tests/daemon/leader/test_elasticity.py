@@ -14,10 +14,10 @@ from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog
-from cloudd.daemon.leader.elasticity import ElasticLoop
-from cloudd.errors import TemporaryError
 from cloudd.daemon.leader.drain import Drains
+from cloudd.daemon.leader.elasticity import ElasticLoop
 from cloudd.daemon.network.catalogue import Drain
+from cloudd.errors import TemporaryError
 from cloudd.providers.base import ClusterView, Demand, NodeUse, Provider, Release
 from cloudd.providers.catalog import CATALOG
 
