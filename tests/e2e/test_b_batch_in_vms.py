@@ -149,7 +149,7 @@ def test_draining_a_compute_vm_s_host_lets_its_job_finish_then_moves_it(cluster:
                    interval=5.0)
     where, lines = lab.run_job(name="after-move", node=node)
     _check_job(lab, where, lines)
-    reasons = [r for r in _events(lab) if r.startswith((f"drain {node}", f"keep {node}"))]
+    reasons = [r for r in lab.events() if r.startswith((f"drain {node}", f"keep {node}"))]
     assert reasons[:2] == [
         f"drain {node}: on a drained host: its jobs end before it moves",
         f"keep {node}: moved off its drained host (or the host undrained): it takes jobs "
@@ -159,9 +159,3 @@ def test_draining_a_compute_vm_s_host_lets_its_job_finish_then_moves_it(cluster:
         f"ended ({ended}), the node ran on {lab.domains()[node].host} {moved:.0f} s after the "
         f"drain and was free in the scheduler {back:.0f} s later; a job pinned to it ran")
 
-
-def _events(lab: BatchLab) -> list[str]:
-    host = next(n for n in lab.running() if n.startswith("pm"))
-    done = lab.cli(host, "events", "--json", "--limit", "1000")
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line)["reason"] for line in done.stdout.splitlines() if line.strip()]

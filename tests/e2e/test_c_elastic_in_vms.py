@@ -20,7 +20,6 @@ TORQUE (`e2e_full`) in `make e2e`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -74,14 +73,6 @@ def _elastic(lab: BatchLab) -> dict[str, Any] | None:
     return None
 
 
-def _events(lab: BatchLab) -> list[str]:
-    host = next(n for n in lab.running() if n.startswith("pm"))
-    done = lab.cli(host, "events", "--json", "--limit", "1000")
-    if done.returncode != 0:
-        return []
-    return [json.loads(line)["reason"] for line in done.stdout.splitlines() if line.strip()]
-
-
 def test_the_role_grows_for_a_job_and_shrinks_back_once_idle(lab: BatchLab, say: Say) -> None:
     # The minimum: the head and the first candidate, ready; the second has no domain.
     _, took = poll("the head and the first compute node ready", lambda: (
@@ -114,7 +105,7 @@ def test_the_role_grows_for_a_job_and_shrinks_back_once_idle(lab: BatchLab, say:
          lambda: SECOND not in lab.scheduler.states(lab), bound=BACK, interval=5.0)
     found = _elastic(lab)
     assert found is not None and found["message"] == "1 node(s) in use, of 1 to 2", found
-    reasons = _events(lab)
+    reasons = lab.events()
     assert any(r.startswith(f"take {SECOND}: 1 job(s) wait for nodes") for r in reasons), reasons
     assert any(r.startswith(f"drain {SECOND}: no job for") for r in reasons), reasons
     assert f"leave {SECOND}: drained in the scheduler, no job left" in reasons, reasons
