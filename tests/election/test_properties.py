@@ -94,6 +94,13 @@ def test_larger_clouds_under_random_faults(n: int, hosts: int, seed: int, loss: 
                                           ("isolate", 1, 0, 0.40234375),
                                           ("cut", 0, 31, 0.0),
                                           ("restart", 0, 0, 0.328125)])
+@example(n=8, hosts=4, seed=16467, faults=[("wait", 0, 0, 0.19921875),
+                                           ("wait", 0, 0, 0.37109375),
+                                           ("restart", 3, 0, 0.080078125),
+                                           ("isolate", 1, 0, 0.5),
+                                           ("crash", 1, 0, 0.30078125),
+                                           ("crash", 0, 0, 0.439453125),
+                                           ("isolate", 2, 0, 0.482421875)])
 def test_no_churn_when_the_top_member_returns_after_any_history(
         n: int, hosts: int, seed: int, faults: list[tuple[str, int, int, float]]) -> None:
     sim = Sim(n, hosts=min(hosts, n), seed=seed)
