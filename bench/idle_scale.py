@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -73,16 +72,6 @@ class MeteredSim(Sim):
         self.out_count[src] += 1
         self.in_count[dst] += 1
         super()._send(src, dst, msg, kind=kind)
-
-    def _push(self, when: float, kind: str, data: tuple[object, ...]) -> None:
-        # A core that asks to be woken a hair after its local now (a deadline a rounding
-        # error ahead of it) gets a global wake time equal to now once its clock offset is
-        # taken off, and the simulator would wake it at the same instant for ever (a real
-        # shell's clock moves on). Such a wake is pushed to the next representable instant.
-        if kind == "wake" and when <= self.now:
-            when = math.nextafter(self.now, math.inf)
-            self._wake[str(data[0])] = when
-        super()._push(when, kind, data)
 
     def reset(self) -> None:
         for c in (self.out_count, self.in_count, self.core_time):

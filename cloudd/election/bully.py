@@ -17,6 +17,11 @@ Theory of operation. Liveness comes from SWIM (`live(name)`); this module decide
   (`Holder.quorum_until`). Without it: policy 'stop' resigns, 'freeze' stays leader idle.
 - Any message revealing a higher term (coordinator, answers, lease refusals, the leader
   header on SWIM probes) makes the agent follow that term's leader, stepping down if needed.
+- A leader refused by a host for a higher term nobody leads (a failed candidate's, or the
+  persisted term of a restarted host) asks every host for a term above it (a refresh), acting
+  on its current leases meanwhile; it steps down only when more hosts are fenced than a
+  majority can spare. A host bound to the leader's refresh refuses its older term naming
+  the leader itself, and does not count as fenced.
 Who may claim what (authority.py). Only pool hosts stand for election, and the roster ranks
 every pool host above every node (members.py), so a node never outranks a live pool host.
 It could not lead anyway: acting needs a majority of host leases, and a host grants its
@@ -280,6 +285,11 @@ class Bully:
         # leader of that term if we follow it; anybody else must propose a higher one.
         followed = self.leader if self.term == self.fence else ""
         owner = self.me if candidate == self.me else followed
+        if self.grantor.holder == candidate and self.grantor.holder_term == self.fence:
+            # The candidate holds our highest term itself (a leader's refresh, see
+            # `_lease_answer`): a refusal of its older term says so, so that it knows this
+            # host is not fenced against it but bound to it.
+            owner = candidate
         answer = self.grantor.decide(candidate, req, now, term=self.fence, leader=owner)
         if isinstance(answer, LeaseGrant) and candidate != self.me:
             # Our own proposals do not fence: a failed candidacy of ours (released) must
@@ -527,11 +537,17 @@ class Bully:
         self._persist(msg.term)  # propose above it next time
         if self.role is ElectionRole.LEADER and msg.term > self.term:
             # A failed candidate's higher term fences us out of this host for good; step
-            # down only when too few hosts are left to ever renew a majority.
-            self.fenced.add(host)
+            # down only when too few hosts are left to ever renew a majority. A host bound
+            # to us under a higher term of ours (it granted our refresh: `msg.leader` is us)
+            # refuses our older term but is not lost: counting it would make a leader whose
+            # refresh is being granted step down, and the term move, for nothing.
+            ours = msg.leader == self.me
+            if not ours:
+                self.fenced.add(host)
             if len(self.fenced) > len(self.roster.hosts) - self.roster.quorum:
                 self._lost_leader(now, f"fenced out by {len(self.fenced)} hosts")
-            elif self.refresh is None or self.refresh.term <= msg.term:
+            elif self.refresh is None or self.refresh.term < msg.term or (
+                    self.refresh.term == msg.term and not ours):
                 # Still leading on the other hosts: ask all for a term above the fence,
                 # keeping the current leases (and acting) until a majority grants it.
                 proposed = max(self.persisted, msg.term) + 1

@@ -3,8 +3,9 @@
 Every agent is a real `AgentCore`; the simulator plays the shell: it persists
 `persist_term` before sending, delivers messages after a random delay (or drops them: loss,
 `cut`, `isolate`), reports a crashed peer as unreachable, and ticks each agent at the
-`wake_at` it asked for. Each agent's monotonic clock has its own offset, so the cores can
-only compare durations. After every delivered event `check()` runs the safety invariants:
+`wake_at` it asked for (the first instant its own clock reads it, rounding included). Each
+agent's monotonic clock has its own offset, so the cores can only compare durations.
+After every delivered event `check()` runs the safety invariants:
 
 - a term is acted in by one agent, in one of its lives (no two leaders per term, and a
   restarted agent never reuses a term);
@@ -28,6 +29,7 @@ Violations raise `AssertionError` with the global time and what broke.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -232,6 +234,18 @@ class Sim:
     def _local(self, name: str) -> float:
         return self.now + self.offset[name]
 
+    def _when(self, name: str, local: float) -> float:
+        """The first global instant, not before now, at which `name`'s clock reads `local`.
+        `local - offset` alone may come out a rounding error early: woken then, the agent
+        reads its clock short of the deadline it asked for, finds nothing due, asks for the
+        same deadline again, and would be woken at that same instant for ever (a real
+        shell's clock moves on)."""
+        offset = self.offset[name]
+        when = max(self.now, local - offset)
+        while when + offset < local:  # one or two steps of the clock's last digit
+            when += math.ulp(local)
+        return when
+
     def _push(self, when: float, kind: str, data: tuple[object, ...]) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (when, self._seq, kind, data))
@@ -258,7 +272,7 @@ class Sim:
             self.persisted[name] = out.persist_term
         for dst, msg in out.messages:
             self._send(name, dst, msg)
-        wake = out.wake_at - self.offset[name]
+        wake = self._when(name, out.wake_at)
         if self._wake.get(name) != wake:
             self._wake[name] = wake
             self._push(wake, "wake", (name,))
