@@ -150,8 +150,9 @@ def main() -> int:
             est = round(100.0 * (out + got) * per_message, 2) if per_message else None
             rows.append([n, HOSTS.get(n, 3), role, round(out, 1), round(got, 1),
                          round(core, 3), est])
-    print(f"idle, {args.seconds:.0f} simulated s, production timing (nodes: for_node), all "
-          "agents of a size in one process (the real election cores in the simulator)")
+    print(f"idle, {args.seconds:.0f} simulated s, the agent's default timing (nodes: "
+          "for_node), all agents of a size in one process (the real election cores in the "
+          "simulator)")
     print(f"{'n':>4} {'hosts':>5} {'role':<14} {'out/s':>7} {'in/s':>7} {'core %':>8} "
           f"{'est. agent %':>13}")
     for r in rows:

@@ -112,7 +112,7 @@ class MembershipSettings(BaseModel):
     probe_interval: Seconds = Field(default=0.2, gt=0)
     """Seconds between two probes of a random member (memberlist's LAN profile uses 1 s).
     Idle, an agent's CPU is its messages: at 0.2 s with `election.lease` 0.8 s a host agent
-    idles at about 0.7 % of a core and a leader's death is acted on in about 0.8 s; at the
+    idles at about 0.8 % of a core and a leader's death is acted on in about 0.9 s; at the
     core's 0.1 s and 0.4 s, about 1.3 % and 0.4 s (bench/idle_agent.py, bench/failover.py,
     docs/operations.md "An agent's footprint"). The suspicion timeout counts in these
     periods, so this sets the failover time."""
@@ -147,7 +147,7 @@ class ElectionSettings(BaseModel):
     """Seconds a host's lease to a leader lasts; renewed four times a lease. A successor
     waits at most this long, so it bounds failover from below. 0.8 s (the core's 0.4 s
     doubled, with `membership.probe_interval`): a renewal every 0.2 s halves the leader's
-    messages, failover is set by the suspicion (about 0.8 s at a 0.2 s probe interval
+    messages, failover is set by the suspicion (about 0.8-0.9 s at a 0.2 s probe interval
     either way), and a leader rides out a stall of half a second without losing its lease."""
     no_quorum: Literal["stop", "freeze"] = "stop"
     """Without a host majority a leader resigns ('stop') or stays leader without acting
