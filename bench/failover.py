@@ -45,7 +45,7 @@ from cloudd_lab.agentlab import AgentLab
 from cloudd_lab.netlab import NetLab, Netns
 
 # (run as a script, this folder is on sys.path)
-from report import table, write_result
+from report import one_line, table, write_result
 
 #: Generous bound on any one wait (the machine is shared): a run that exceeds it aborts.
 BOUND = 60.0
@@ -353,12 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + " / ".join(med(s, "etcd") for s in done) + " (ratio "
                   + " / ".join(str(r[7]) for r in rows if r[1] == "etcd" and r[0] in done)
                   + ")")
-        tuned = f", agents with {args.agent_settings}" if args.agent_settings else ""
+        tuned = f", agents with {one_line(args.agent_settings)}" if args.agent_settings else ""
         write_result(
             "failover", variant="tuned" if args.agent_settings else "",
             what=f"kill -9 of the leader of {' / '.join(map(str, done))} agents in namespaces, "
                  f"to a new leader acting (production profile{tuned}), {args.runs} runs",
-            figure=figure, notes=[f"agent settings: {args.agent_settings}"]
+            figure=figure, notes=[f"agent settings: {one_line(args.agent_settings)}"]
             if args.agent_settings else [],
             tables=[table("kill -9 the leader -> new leader, seconds",
                           ["size", "system", "median", "max", "min", "runs", "stuck rejoins",

@@ -33,7 +33,7 @@ from cloudd_lab.agentlab import AgentLab
 
 # (run as a script, this folder is on sys.path: the etcd lab is failover.py's)
 from failover import EtcdLab, sigterm_as_interrupt, wait
-from report import table, write_result
+from report import one_line, table, write_result
 
 #: Seconds after the leader settles before the window opens (start-up allocations, the
 #: first full gossip round, the manifest distribution, the nodes' assignments).
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure = "; ".join(f"{who} {v[0]:.0f} MiB RSS, {v[1]:.1f} % of a core"
                        for who, v in (("host agent", host), ("node agent", node),
                                       ("etcd", ref)) if v is not None)
-    tuned = f", agents with {args.agent_settings}" if args.agent_settings else ""
+    tuned = f", agents with {one_line(args.agent_settings)}" if args.agent_settings else ""
     path = write_result(
         "idle_agent", variant="tuned" if args.agent_settings else "",
         what=f"an idle agent of a cloud of 3 hosts and 2 nodes, {window:.0f} s (production "

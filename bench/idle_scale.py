@@ -2,7 +2,8 @@
 
 200 agents as processes would saturate this machine's two cores and distort their own
 figures, so every size runs **in one process**: the real election cores (SWIM, the bully
-election, the leases: `AgentCore`, production timing, nodes with `Timing.for_node`) in the
+election, the leases: `AgentCore`, with the timing an agent's default settings give it
+(`timing_for`; nodes with `Timing.for_node`), members that speak skipping their probes) in the
 deterministic simulator of tests/election/sim.py, which plays network and clocks. A cloud
 of `n` members (3 hosts, 5 at 50, 7 at 200; the rest nodes) settles on a leader, then idles
 `--seconds` of simulated time. Per member it counts the messages sent and received per
@@ -33,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report import RESULTS, table, write_result
 
+from cloudd.config.agent import AgentSettings
+from cloudd.daemon.member.clouds import timing_for
 from cloudd.election.agent import AgentCore
-from cloudd.election.config import Timing
 from tests.election.sim import Sim, run_until_leader, settled_leader
 
 HOSTS = {3: 3, 50: 5, 200: 7}
@@ -93,7 +95,8 @@ def calibration() -> float | None:
 
 def measure(n: int, seconds: float, seed: int) -> dict[str, tuple[float, float, float]]:
     """role -> (messages out/s, messages in/s, core CPU % of one core), medians per role."""
-    sim = MeteredSim(n, hosts=HOSTS.get(n, 3), seed=seed, timing=Timing.production())
+    timing = timing_for(AgentSettings(name="pm1"))  # an agent's default timing
+    sim = MeteredSim(n, hosts=HOSTS.get(n, 3), seed=seed, timing=timing)
     sim.start_all()
     if run_until_leader(sim, bound=10.0, step=0.01) is None:
         raise SystemExit(f"n={n}: no leader")
@@ -136,8 +139,9 @@ def main() -> int:
             est = round(100.0 * (out + got) * per_message, 2) if per_message else None
             rows.append([n, HOSTS.get(n, 3), role, round(out, 1), round(got, 1),
                          round(core, 3), est])
-    print(f"idle, {args.seconds:.0f} simulated s, production timing (nodes: for_node), all "
-          "agents of a size in one process (the real election cores in the simulator)")
+    print(f"idle, {args.seconds:.0f} simulated s, the agent's default timing (nodes: "
+          "for_node), all agents of a size in one process (the real election cores in the "
+          "simulator)")
     print(f"{'n':>4} {'hosts':>5} {'role':<14} {'out/s':>7} {'in/s':>7} {'core %':>8} "
           f"{'est. agent %':>13}")
     for r in rows:

@@ -45,6 +45,11 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     return {"title": title, "columns": list(columns), "rows": [list(r) for r in rows]}
 
 
+def one_line(settings: str) -> str:
+    """Agent settings given as YAML lines, said on one line (a row of the README's table)."""
+    return "; ".join(line.strip() for line in settings.splitlines() if line.strip())
+
+
 def write_result(name: str, *, what: str, figure: str, tables: Sequence[Mapping[str, Any]],
                  notes: Sequence[str] = (), variant: str = "", folder: Path = RESULTS) -> Path:
     """Write one benchmark's report to `folder/NAME.json` (`NAME--VARIANT.json` for a run

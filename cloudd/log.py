@@ -11,7 +11,19 @@ import logging
 import sys
 from typing import Any, TextIO
 
-import structlog
+# structlog's dev and tracebacks modules import rich (and pygments with it) when it is
+# installed, as it is in a development virtualenv: 5-6 MiB of every agent's memory for
+# pretty tracebacks that cloudd never renders (not a dependency of cloudd). They load with
+# structlog, here, with rich hidden; rich itself stays importable for whatever else wants it.
+_RICH = "rich"
+_hidden = _RICH not in sys.modules
+if _hidden:
+    sys.modules[_RICH] = None  # type: ignore[assignment]  # `import rich` -> ImportError
+try:
+    import structlog
+finally:
+    if _hidden:
+        del sys.modules[_RICH]
 
 #: The keys that name the subject of an event. Use these, not synonyms.
 FIXED_KEYS = ("cloud", "node", "term", "peer", "role", "domain", "host", "service")

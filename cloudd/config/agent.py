@@ -102,15 +102,20 @@ class Log(BaseModel):
 
 class MembershipSettings(BaseModel):
     """SWIM liveness. The defaults are the election core's production timing
-    (`cloudd.election.config.Timing`): agents keep TLS connections open, so probing often is
-    cheap, and a dead leader is noticed in a few hundred milliseconds. Nodes (members that are
+    (`cloudd.election.config.Timing`) but for `probe_interval`, which is twice the core's
+    (with `election.lease`, see there): agents keep TLS connections open, so probing is
+    cheap, and a dead leader is noticed in well under a second. Nodes (members that are
     not pool hosts: VMs) are probed with the patience of the `node_*` fields instead, so that
     a guest whose agent stalls for seconds is not declared dead while its domain runs."""
 
     model_config = _CONFIG
-    probe_interval: Seconds = Field(default=0.1, gt=0)
-    """Seconds between two probes of a random member (memberlist's LAN profile uses 1 s; an
-    open-connection round trip here is ~0.2 ms, so 100 ms costs little)."""
+    probe_interval: Seconds = Field(default=0.2, gt=0)
+    """Seconds between two probes of a random member (memberlist's LAN profile uses 1 s).
+    Idle, an agent's CPU is its messages: at 0.2 s with `election.lease` 0.8 s a host agent
+    idles at about 0.8 % of a core and a leader's death is acted on in about 0.9 s; at the
+    core's 0.1 s and 0.4 s, about 1.3 % and 0.4 s (bench/idle_agent.py, bench/failover.py,
+    docs/operations.md "An agent's footprint"). The suspicion timeout counts in these
+    periods, so this sets the failover time."""
     probe_timeout: Seconds = Field(default=0.04, gt=0)
     """Seconds to wait for an ack before asking others: 200 times a LAN round trip."""
     indirect_probes: int = Field(default=3, ge=1, le=16)
@@ -138,9 +143,12 @@ class ElectionSettings(BaseModel):
     """Seconds to wait for a higher-priority agent to answer ELECTION before running."""
     coordinator_timeout: Seconds = Field(default=1.5, gt=0)
     """Seconds a leaderless member that is not the top live one waits for COORDINATOR."""
-    lease: Seconds = Field(default=0.4, gt=0)
+    lease: Seconds = Field(default=0.8, gt=0)
     """Seconds a host's lease to a leader lasts; renewed four times a lease. A successor
-    waits at most this long, so it bounds failover from below."""
+    waits at most this long, so it bounds failover from below. 0.8 s (the core's 0.4 s
+    doubled, with `membership.probe_interval`): a renewal every 0.2 s halves the leader's
+    messages, failover is set by the suspicion (about 0.8-0.9 s at a 0.2 s probe interval
+    either way), and a leader rides out a stall of half a second without losing its lease."""
     no_quorum: Literal["stop", "freeze"] = "stop"
     """Without a host majority a leader resigns ('stop') or stays leader without acting
     ('freeze') until the majority returns."""

@@ -222,7 +222,10 @@ class AgentCore:
         if self.pair is not None and sender == self.pair.peer:
             self.pair.heard(now)  # the transport named the sender by its certificate
         self._now = now
-        return self._flush(now)
+        out = self._flush(now)
+        if not out.refused:  # a member that speaks needs no ping this period
+            self.members.heard(sender, now)
+        return out
 
     def tick(self, now: float) -> Output:
         self._check(now)

@@ -40,6 +40,14 @@ compromised VM, so gossip about a third member is a reason to look, never a verd
 - An ack counts for our probe only from its target or from a helper we asked; a helper
   relays an ack only from the target it probed. Acks and helpers are members' word too,
   but a lie there can only delay a death, never cause one.
+A probe proves what any message proves: a member alive is a member that speaks. A member
+we are due to probe that sent us anything (`heard`: an election message, a lease renewal or
+its reply, its own ping or ack) within the last protocol period is not pinged this period
+when we have no gossip waiting to piggyback: its turn in the round counts as answered, and
+the round moves on. The evidence is as fresh as our ping's ack would have been, so no death
+is seen later; followers stop pinging the leader whose renewals they get, the leader stops
+pinging the hosts that answer them, and two members that probed each other in the same
+period do not both do it (`skipped` counts the pings saved).
 Every suspicion keeps its reason in words (what began it: our own failed probe, another
 member's gossip, a lease that stopped being renewed; and what our own probes found since),
 for `doubt()` and the operator's `inspect`: why a member is suspect or dead, and since when.
@@ -152,6 +160,10 @@ class Membership:
         self._limit = timing.retransmits(len(roster))
         self._out: list[tuple[str, Message]] = []
         self._changes: list[tuple[str, Status, str]] = []
+        #: when each member last sent us anything (`heard`)
+        self._heard: dict[str, float] = {}
+        #: probes not sent because their target had just spoken (for benches and tests)
+        self.skipped = 0
 
     # -- queries ------------------------------------------------------------------------
     def status(self, name: str) -> Status:
@@ -215,6 +227,7 @@ class Membership:
         self._relays = {s: r for s, r in self._relays.items()
                         if r.target in roster and r.requester in roster}
         self._probes = {s: p for s, p in self._probes.items() if p.target in roster}
+        self._heard = {n: t for n, t in self._heard.items() if n in roster}
         self._order = []
         self._limit = self.timing.retransmits(len(roster))
 
@@ -231,7 +244,9 @@ class Membership:
         if now >= self._next_probe:
             self._next_probe = _after(self._next_probe, t.probe_interval, now)
             target = self._next_target()
-            if target is not None:
+            if target is not None and self._spoke_lately(target, now):
+                self.skipped += 1
+            elif target is not None:
                 self._seq += 1
                 if target in self.roster.hosts:  # a host's probe ends with the period
                     probe = _Probe(target, self._seq, now, now + t.probe_timeout,
@@ -247,6 +262,11 @@ class Membership:
                 self._seq += 1
                 self._ping(self.rng.choice(sorted(self._dead)), self._seq)
         self._relays = {s: r for s, r in self._relays.items() if r.until > now}
+
+    def heard(self, sender: str, now: float) -> None:
+        """`sender` (named by its certificate) sent us a message at `now`: proof of life."""
+        if sender != self.me and sender in self.roster:
+            self._heard[sender] = now
 
     def unreachable(self, peer: str, now: float) -> None:
         """The shell could not reach `peer`: do not wait out the direct probe timeout."""
@@ -327,6 +347,14 @@ class Membership:
                     return name
             self._order = [n for n in self.roster.names if n != self.me]
         return None
+
+    def _spoke_lately(self, target: str, now: float) -> bool:
+        """Whether `target`'s own message within the last period stands for our ping of it:
+        only while we believe it alive (a suspect must be probed: only that settles it) and
+        have no gossip to piggyback (the pings carry it round)."""
+        said = self._heard.get(target)
+        return (said is not None and now - said < self.timing.probe_interval
+                and not self._queue and self.status(target) is Status.ALIVE)
 
     def _ping(self, target: str, seq: int) -> None:
         first = self._fact_about(target)

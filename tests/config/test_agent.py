@@ -40,7 +40,8 @@ def test_production_defaults(tmp_path: Path) -> None:
     assert s.manifest_dir == Path("/etc/cloudd")
     assert s.api_socket == Path("/run/cloudd/cloudd.sock")
     assert not s.metrics.enabled
-    assert (s.membership.probe_interval, s.membership.probe_timeout) == (0.1, 0.04)
+    assert (s.membership.probe_interval, s.membership.probe_timeout) == (0.2, 0.04)
+    assert s.election.lease == 0.8
     assert s.reconcile.backoff_max == 300.0
 
 
@@ -90,7 +91,7 @@ def test_membership_and_election_reach_the_election_core(tmp_path: Path) -> None
     assert (t.lease_duration, t.renew_interval) == (0.8, 0.2)
     default = timing_for(settings(tmp_path, "name: pm1\n"))
     assert (default.probe_interval, default.lease_duration, default.no_quorum) == (
-        0.1, 0.4, "stop")
+        0.2, 0.8, "stop")
     # nodes (slow guests) get more patience than hosts, in both profiles
     assert (default.node_probe_timeout, default.node_suspicion) == (1.0, 10.0)
     local = timing_for(settings(tmp_path, "name: pm1\nprofile: local\n"))
@@ -100,14 +101,14 @@ def test_membership_and_election_reach_the_election_core(tmp_path: Path) -> None
 @pytest.mark.parametrize(("text", "expected"), [
     ("name: pm1\nmembership: {probe_timeout: 2}\n",
      "2:29: membership.probe_timeout: 2.0 s must be shorter than membership.probe_interval "
-     "(0.1 s): a probe must end before the next one starts"),
+     "(0.2 s): a probe must end before the next one starts"),
     ("name: pm1\nmembership: {node_probe_timeout: 0.01}\n",
      "2:34: membership.node_probe_timeout: 0.01 s must not be shorter than "
      "membership.probe_timeout (0.04 s): a node is never given less time to answer than a "
      "host"),
     ("name: pm1\nmembership: {node_suspicion: 0.1}\n",
      "2:30: membership.node_suspicion: 0.1 s must not be shorter than a host's shortest "
-     "suspicion (membership.suspicion_mult * membership.probe_interval = 0.2 s)"),
+     "suspicion (membership.suspicion_mult * membership.probe_interval = 0.4 s)"),
     ("name: pm1\nmembership: {node_suspicion: 0}\n",
      "2:30: membership.node_suspicion: should be greater than 0, not 0"),
     ("name: pm1\nelection: {answer_timeout: 3, coordinator_timeout: 2}\n",

@@ -17,10 +17,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: What no agent loads until its kind or its settings ask for it.
+#: What no agent loads until its kind or its settings ask for it; and what none loads at all:
+#: rich and pygments, which structlog would load for its console tracebacks when installed
+#: (a development virtualenv has them), though cloudd never renders with them.
 LATER = ("libvirt", "asyncssh", "prometheus_client", "cryptography", "cloudd.certs",
          "cloudd.vmctl.libvirt_backend", "cloudd.vmctl.images",
-         "cloudd.daemon.leader.imagecopy", "cloudd.daemon.operator.metrics")
+         "cloudd.daemon.leader.imagecopy", "cloudd.daemon.operator.metrics", "rich", "pygments")
 
 
 def loaded_after(*modules: str) -> set[str]:
@@ -64,3 +66,17 @@ def test_the_node_knows_its_own_certificate_without_cryptography(tmp_path: Path)
     assert by_cryptography == Identity("web1", MemberKind.NODE, "shop")
     assert done.stdout.split() == ["web1", "node", "shop", "False"]
 
+
+
+def test_rich_stays_importable_for_others_after_the_agent_hid_it_from_structlog() -> None:
+    """cloudd.log hides rich from structlog only while structlog loads: rich itself is
+    installed here (the test proves nothing otherwise) and imports afterwards."""
+    code = ("import importlib.util, sys\n"
+            "import cloudd.log\n"
+            "print(importlib.util.find_spec('rich') is not None, 'rich' in sys.modules)\n"
+            "import rich\n"
+            "print(rich.__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60,
+                          check=True)
+    assert done.stdout.split() == ["True", "False", "rich"]

@@ -338,6 +338,44 @@ async def test_unreachable_peer_is_an_event_not_an_exception(beta: Agent) -> Non
     assert PeerUnreachable("stranger", "no address known") in beta.events
 
 
+async def test_a_peer_down_for_good_is_logged_once_and_reported_every_time(
+        beta: Agent) -> None:
+    """Every failed send is an event for the election; the log says it once, when the
+    peer's reachability changes (a member whose VM never exists would fill the log)."""
+    with capture_logs() as logs:
+        for n in range(5):
+            beta.t.send("stranger", Ping(n))
+    assert beta.events.count(PeerUnreachable("stranger", "no address known")) == 5
+    assert [e["peer"] for e in logged(logs, "peer_unreachable")] == ["stranger"]
+
+
+async def test_a_peer_that_comes_back_and_goes_again_is_logged_again(
+        pki: dict[str, PkiFiles], alpha: Agent, beta: Agent) -> None:
+    """down (logged) -> up (logged) -> down again (logged again, once)."""
+    host, port = alpha.t.address
+    await alpha.t.close()
+    with capture_logs() as logs:
+        beta.t.send("alpha", Ping(1))
+        await eventually(lambda: beta.t.link_state("alpha") is LinkState.DOWN)
+        for n in range(5):  # dropped while down: each one an event, none a log line
+            beta.t.send("alpha", Ping(n))
+        assert len(logged(logs, "peer_unreachable")) == 1
+        failures = sum(isinstance(e, PeerUnreachable) for e in beta.events)
+        assert failures >= 6
+        again = Agent("alpha", pki["alpha"])
+        await again.t.start(host, port)
+        try:
+            await eventually(lambda: PeerConnected("alpha") in beta.events, within=30)
+            assert len(logged(logs, "peer_connected")) == 1
+        finally:
+            await again.t.close()
+        await eventually(lambda: sum(isinstance(e, PeerUnreachable)
+                                     for e in beta.events) > failures)
+        for n in range(5):
+            beta.t.send("alpha", Ping(n))
+    assert [e["peer"] for e in logged(logs, "peer_unreachable")] == ["alpha", "alpha"]
+
+
 async def test_backoff_max_from_agent_yaml_bounds_the_redial(pki: dict[str, PkiFiles],
                                                             tmp_path: Path) -> None:
     """Two transports lose the same dead peer, both redialling from 10 ms on: the one whose

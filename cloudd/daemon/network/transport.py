@@ -301,6 +301,8 @@ class Transport:
         self._client_ctx = client_context(files)
         self._peers: dict[str, tuple[str, int]] = dict(peers or {})
         self._links: dict[str, _Link] = {}
+        #: peers whose unreachability is logged already, until they next connect
+        self._unreachable: set[str] = set()
         self._inbound: dict[str, _Conn] = {}
         # inbound sockets not yet closed -> whether the loop's TLS layer owns them yet
         self._accepting: dict[socket.socket, bool] = {}
@@ -431,9 +433,15 @@ class Transport:
                            exc_info=exc)
 
     def report(self, event: PeerConnected | PeerUnreachable, *, dropped: int = 0) -> None:
+        """Hand `event` to `on_event`, every time: the election counts each failed send.
+        The log says only when a peer's reachability changes: its first failure ever, or the
+        first after a connection (a member down for good, e.g. an unused candidate node of an
+        elastic role, would otherwise log a line on every message sent to it)."""
         if isinstance(event, PeerConnected):
+            self._unreachable.discard(event.peer)
             self.log.info("peer_connected", peer=event.peer)
-        else:
+        elif event.peer not in self._unreachable:
+            self._unreachable.add(event.peer)
             self.log.info("peer_unreachable", peer=event.peer, reason=event.reason,
                           dropped=dropped)
         if self._on_event is not None:

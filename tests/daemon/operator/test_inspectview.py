@@ -225,7 +225,7 @@ async def test_a_follower_shows_the_leaders_view_then_a_stale_one(rig: Rig) -> N
     again = (await follower.inspect("shop")).clouds[0]
     assert again.source is Source.LEADER and again.nodes == fresh.nodes
     assert again.leadership.leader == "pm2"  # this agent's own view of who leads
-    rig.clock.advance(1.0)  # more than two leases
+    rig.clock.advance(2 * rig.snap.lease_duration + 0.2)  # more than two leases
     mine[0] = dataclasses.replace(rig.snap, leader="pm2", acting=False,
                                   monotonic=rig.clock.monotonic())
     assert (await follower.inspect(None)).clouds[0].source is Source.STALE
