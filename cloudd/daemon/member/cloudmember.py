@@ -16,13 +16,15 @@ manifest asks of it:
   assignments in the type's dependency order (`assignment`), and calls the provider's
   cluster-level hooks (`ProviderHooks`: configure, monitor, stop), which reach a node's role
   through a `NodeAction`.
-The leader's controller and assigner run on every agent but act only while the election says
-this agent holds a host quorum lease, and only once it has gathered the record in that term
-from a majority of the pool hosts: they ask `leading_term()` before every step. The record's
-latest generation is then the cloud's manifest: a leader whose file differs writes it anew,
-and acts once it has read it back. A generation that changes the pool hosts restarts the
-election on each agent that takes it (`ElectionShell.change_roster`); a pool host that a
-generation leaves out leaves the cloud (`CloudRecord.taken`, `Clouds`).
+The leader's controller and hooks run on every pool host (only pool hosts lead: a node
+builds none of the leader's parts, `standins`), the assigner on every agent; they act only
+while the election says this agent holds a host quorum lease, and only once it has gathered
+the record in that term from a majority of the pool hosts: they ask `leading_term()` before
+every step. The record's latest generation is then the cloud's manifest: a leader whose file
+differs writes it anew, and acts once it has read it back. A generation that changes the
+pool hosts restarts the election on each agent that takes it
+(`ElectionShell.change_roster`); a pool host that a generation leaves out leaves the cloud
+(`CloudRecord.taken`, `Clouds`).
 When a generation says `ensure: stopped`, the provider's `stop` runs first: until it is done
 (or given up) the controller leaves the domains alone and the nodes are not offered the
 stopped generation, so that their services still serve it.
