@@ -44,6 +44,52 @@ def test_the_agents_common_imports_leave_out_what_only_hosts_and_leaders_use() -
     assert sorted(m for m in loaded if m.split(".")[0] in LATER or m in LATER) == []
 
 
+#: The leader's and the pool host's parts: only a pool host builds them (`CloudMember`), and
+#: only then imports them; a node holds stand-ins (`cloudd.daemon.member.standins`).
+LEADING = ("cloudd.daemon.leader.controller", "cloudd.daemon.leader.hooks",
+           "cloudd.daemon.leader.hookplan", "cloudd.daemon.leader.elasticity",
+           "cloudd.daemon.leader.elastic", "cloudd.daemon.leader.hostcalls",
+           "cloudd.daemon.leader.fencing", "cloudd.daemon.leader.desired",
+           "cloudd.daemon.host.duties", "cloudd.daemon.host.admission")
+
+#: A node's member and a pool host's, built in a fresh interpreter (the member tests' fakes).
+MEMBER = """\
+import asyncio, json, sys, tempfile
+from pathlib import Path
+from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.member.cloudmember import CloudMember
+from cloudd.daemon.member.clouds import timing_for
+from tests.daemon.member.fakes import FakeNodeSide, Wire, settings, shop
+
+async def build(name):
+    tmp = Path(tempfile.mkdtemp())
+    agent = settings(tmp, name)
+    agent.state_dir.mkdir(parents=True)
+    wire = Wire()
+    CloudMember(settings=agent, cloud=shop(tmp / "manifests"), timing=timing_for(agent),
+                send=wire.send, request=wire.request,
+                events=EventLog.in_state_dir(agent.state_dir), node_side=FakeNodeSide)
+
+asyncio.run(build(sys.argv[1]))
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def member_loads(name: str) -> set[str]:
+    """The modules a fresh interpreter holds after building the shop cloud's member `name`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", MEMBER, name], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120, check=True)
+    return set(json.loads(done.stdout))
+
+
+def test_a_node_builds_and_imports_none_of_the_leaders_and_the_hosts_parts() -> None:
+    assert sorted(set(LEADING) & loaded_after("cloudd.daemon.main")) == []
+    assert sorted(set(LEADING) & member_loads("shop-server-1")) == []
+    # the same check on a pool host finds them all: the test can fail
+    assert set(LEADING) <= member_loads("pm1")
+
+
 def test_the_node_knows_its_own_certificate_without_cryptography(tmp_path: Path) -> None:
     """`identity_of_file` reads the agent's certificate with `ssl`: the same identity as
     cryptography's reading, and cryptography never loaded."""

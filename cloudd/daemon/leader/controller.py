@@ -44,6 +44,7 @@ from cloudd.config.agent import Reconcile
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.unreachable import Unreachable
+from cloudd.daemon.leader.views import ControllerView as ControllerView
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import backend as vb
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
@@ -56,7 +57,6 @@ from cloudd.vmctl.plan import (
     Destroy,
     DomainObs,
     DomainState,
-    FailRecord,
     Fence,
     HostObs,
     Ledger,
@@ -98,18 +98,6 @@ def policy_of(reconcile: Reconcile) -> BackoffPolicy:
 
 
 HostReport = tuple[tuple[DomainObs, ...], vb.Inventory | None]
-
-
-@dataclass(frozen=True)
-class ControllerView:
-    """What the controller last saw and decided, for `inspect` and the metrics (read-only)."""
-
-    hosts: Mapping[str, HostReport]
-    """Each host's last list of domains and its inventory (None: unreachable now)."""
-    last_plan: Planned
-    node_fails: Mapping[str, FailRecord]
-    """Failed nodes and when they may be tried again (monotonic seconds)."""
-    host_fails: Mapping[str, FailRecord]
 
 
 @dataclass

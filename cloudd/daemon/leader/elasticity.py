@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from cloudd import log
 from cloudd.config.model import Cloud
@@ -39,6 +39,7 @@ from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader import elastic
 from cloudd.daemon.leader.drain import NO_DRAINS, Drains, batch_moves, move_of
+from cloudd.daemon.leader.views import ElasticDecision, ElasticView
 from cloudd.errors import ClouddError, TemporaryError
 from cloudd.providers.base import ClusterView, Finding, NodeUse, Provider, Release
 from cloudd.vmctl.plan import DrainMove
@@ -49,23 +50,6 @@ EVERY = 5.0
 CALL_WITHIN = 30.0
 #: Decisions kept for `cloudd-cli plan` (the event log keeps them all).
 RECENT = 12
-
-
-@dataclass(frozen=True)
-class ElasticDecision:
-    """One change the loop made, as `cloudd-cli plan` shows it."""
-
-    at: float  # wall time
-    term: int
-    change: elastic.ElasticChange
-
-
-@dataclass(frozen=True)
-class ElasticView:
-    """Each elastic role's state and the last decisions, while this agent leads."""
-
-    roles: tuple[Finding, ...] = ()
-    decisions: tuple[ElasticDecision, ...] = ()
 
 
 class ElasticLoop:

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -38,6 +38,8 @@ from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader import findings, hookplan
 from cloudd.daemon.leader.hookplan import Facts, Hook, HookCall, HookState, HookTiming, RoleFacts
+from cloudd.daemon.leader.views import HookFailure as HookFailure
+from cloudd.daemon.leader.views import HooksView as HooksView
 from cloudd.daemon.network.catalogue import NodeActed, NodeAction
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers.base import (
@@ -55,29 +57,6 @@ WAKE = 1.0
 #: Seconds one hook call may take: a configure that registers a few nodes on a head takes a
 #: few seconds; one that hangs must not keep the other hooks waiting for ever.
 CALL_WITHIN = 120.0
-
-
-@dataclass(frozen=True)
-class HookFailure:
-    """A hook that keeps failing, for `inspect`."""
-
-    hook: str
-    subject: str
-    """The role for a configure; else the hook's name."""
-    count: int
-    not_before: float
-    """Monotonic seconds of the next try."""
-    error: str
-
-
-@dataclass(frozen=True)
-class HooksView:
-    """What the leader's hooks last found, for `inspect` and the metrics (read-only)."""
-
-    findings: tuple[Finding, ...] = ()
-    failures: tuple[HookFailure, ...] = ()
-    holding: bool = False
-    """The cloud is held for the provider's stop."""
 
 
 class ProviderHooks:

@@ -18,24 +18,17 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from cloudd.daemon.base.clock import Clock
+from cloudd.daemon.leader.views import CallTiming as CallTiming
 from cloudd.errors import TemporaryError
 from cloudd.vmctl.hostagent import MANIFEST_CHECKED, HostCommand, HostResult
 
 #: Timings kept for the metrics feed, which reads them every second: far more than a pass
 #: sends in one second, and a bound on what nobody reading them costs.
 KEPT_TIMINGS = 1000
-
-
-@dataclass(frozen=True)
-class CallTiming:
-    seq: int
-    """Numbers every call since the agent started, so a reader counts each one once."""
-    op: str
-    seconds: float
 
 
 class LocalHost(Protocol):

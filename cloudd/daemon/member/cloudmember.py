@@ -16,13 +16,15 @@ manifest asks of it:
   assignments in the type's dependency order (`assignment`), and calls the provider's
   cluster-level hooks (`ProviderHooks`: configure, monitor, stop), which reach a node's role
   through a `NodeAction`.
-The leader's controller and assigner run on every agent but act only while the election says
-this agent holds a host quorum lease, and only once it has gathered the record in that term
-from a majority of the pool hosts: they ask `leading_term()` before every step. The record's
-latest generation is then the cloud's manifest: a leader whose file differs writes it anew,
-and acts once it has read it back. A generation that changes the pool hosts restarts the
-election on each agent that takes it (`ElectionShell.change_roster`); a pool host that a
-generation leaves out leaves the cloud (`CloudRecord.taken`, `Clouds`).
+The leader's controller and hooks run on every pool host (only pool hosts lead: a node
+builds none of the leader's parts, `standins`), the assigner on every agent; they act only
+while the election says this agent holds a host quorum lease, and only once it has gathered
+the record in that term from a majority of the pool hosts: they ask `leading_term()` before
+every step. The record's latest generation is then the cloud's manifest: a leader whose file
+differs writes it anew, and acts once it has read it back. A generation that changes the
+pool hosts restarts the election on each agent that takes it
+(`ElectionShell.change_roster`); a pool host that a generation leaves out leaves the cloud
+(`CloudRecord.taken`, `Clouds`).
 When a generation says `ensure: stopped`, the provider's `stop` runs first: until it is done
 (or given up) the controller leaves the domains alone and the nodes are not offered the
 stopped generation, so that their services still serve it.
@@ -38,7 +40,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cloudd import log
 from cloudd.backoff import Backoff
@@ -47,15 +49,7 @@ from cloudd.config.model import Cloud, Ensure
 from cloudd.config.portable import Recipient, recipient_of, text_for
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
-from cloudd.daemon.host.duties import HostDuties, OpenBackend, renderer_of
 from cloudd.daemon.leader import assignment
-from cloudd.daemon.leader.controller import Controller, policy_of
-from cloudd.daemon.leader.desired import desired_of
-from cloudd.daemon.leader.elasticity import ElasticLoop
-from cloudd.daemon.leader.fencing import CloudFencer, PeerFencer
-from cloudd.daemon.leader.hookplan import HookTiming
-from cloudd.daemon.leader.hooks import ProviderHooks
-from cloudd.daemon.leader.hostcalls import HostCalls
 from cloudd.daemon.leader.maintenance import Maintenance
 from cloudd.daemon.member import distribution, poolchange
 from cloudd.daemon.member.dispatch import (
@@ -70,6 +64,7 @@ from cloudd.daemon.member.election import ElectionShell, Leadership
 from cloudd.daemon.member.keeper import RecordKeeper
 from cloudd.daemon.member.recorded import CloudRecord, Install
 from cloudd.daemon.member.snapshot import MemberSnapshot
+from cloudd.daemon.member.standins import IdleController, IdleElastic, IdleHooks, IdleHostCalls
 from cloudd.daemon.network.catalogue import (
     DomainEventNote,
     Generation,
@@ -98,6 +93,14 @@ from cloudd.pki import Identity, MemberKind
 from cloudd.providers.registry import Registry, default_registry
 from cloudd.vmctl import plan
 from cloudd.vmctl.hostagent import TERM_FILE, HostCommand, HostResult
+
+if TYPE_CHECKING:
+    from cloudd.daemon.host.duties import HostDuties, OpenBackend
+    from cloudd.daemon.leader.controller import Controller
+    from cloudd.daemon.leader.elasticity import ElasticLoop
+    from cloudd.daemon.leader.fencing import CloudFencer
+    from cloudd.daemon.leader.hooks import ProviderHooks
+    from cloudd.daemon.leader.hostcalls import HostCalls
 
 #: Seconds between two rounds of asking the pool hosts who leads, when leader messages name
 #: a term this agent has not heard of: one round settles it, and a forger cannot turn this
@@ -165,19 +168,16 @@ class CloudMember:
         self._texts: dict[tuple[str, Recipient], str] = {}
         #: pool hosts a generation added while this agent ran: when it took it (monotonic)
         self._joined: dict[str, float] = {}
-        # A fenced peer of a two-host pool is proven off: the controller does not fence again;
-        # a host that has just joined the pool is not fenced while it may still be joining.
-        fencer = CloudFencer(lambda: self.cloud,
-                             proven=lambda host: host in self.election.core.stand_ins(),
-                             joined=self._joined.get, now=clock.monotonic)
+        # Only pool hosts lead, fence and run libvirt: a node builds (and imports) none of
+        # the leader's or the host's parts, and holds stand-ins that answer as they would on
+        # an agent that never leads (`standins`).
+        fencer = self._fencer() if self.is_host else None
         self.election = ElectionShell(
             me=self.me, cloud=cloud.name, roster=roster_of(cloud),
             timing=timing if self.is_host else timing.for_node(), send=send,
             term_file=TermFile(self.state_dir / "term"), events=events, clock=clock,
             fence_file=TermFile(self.state_dir / TERM_FILE) if self.is_host else None,
-            fence=PeerFencer(fencer, cloud=cloud.name, me=self.me, spawn=self._spawn,
-                             report=lambda peer, ok, why: self.election.fenced(
-                                 peer, ok=ok, reason=why)))
+            fence=self._peer_fencer(fencer) if fencer is not None else None)
         self.election.subscribe(self._leadership)
         self._group: asyncio.TaskGroup | None = None
         self._later: list[tuple[str, TaskFactory]] = []
@@ -192,6 +192,68 @@ class CloudMember:
         self.record = CloudRecord(me=self.me, cloud=lambda: self.cloud, keeper=keeper,
                                   clock=clock, install=install, spawn=self._spawn,
                                   poke=self._pokes, logger=self.log)
+        self.host: HostDuties | None = None
+        self.host_calls: HostCalls | IdleHostCalls = IdleHostCalls()
+        self.controller: Controller | IdleController = IdleController()
+        self.hooks: ProviderHooks | IdleHooks = IdleHooks()
+        self.elastic: ElasticLoop | IdleElastic = IdleElastic()
+        if fencer is not None:
+            self._build_leading(fencer, request=request, open_backend=open_backend,
+                                providers=providers)
+        self.node_side = node_side(me=self.me, cloud=cloud, settings=settings,
+                                   report=self._report_up) \
+            if self.is_node and node_side is not None else None
+        #: what the nodes last reported (the leader hears them all)
+        self.reports: dict[str, NodeReport] = {}
+        self._assigned: dict[str, RoleAssignment] = {}
+        self._offered: dict[str, str] = {}
+        self._acting_view: tuple[bool, int] = (False, -1)
+        self._asked_at = float("-inf")
+        self._poke = asyncio.Event()
+        #: when the manifest in force was taken
+        self.loaded_at = clock.wall()
+        self.handlers: Mapping[Duty, Handler] = MappingProxyType({
+            Duty.ELECTION: self._on_election,
+            Duty.HOST_COMMAND: self._on_host_command,
+            Duty.DOMAIN_EVENT: self._on_domain_event,
+            Duty.ROLE_ASSIGNMENT: self._on_assignment,
+            Duty.NODE_ACTION: self._on_node_action,
+            Duty.NODE_REPORT: self._on_report,
+            Duty.MANIFEST_WANTED: self._on_manifest_wanted,
+            Duty.RECORD_WRITE: self._on_record_push,
+            Duty.RECORD_GATHER: self._on_record_wanted,
+        })
+
+    def _fencer(self) -> CloudFencer:
+        from cloudd.daemon.leader.fencing import CloudFencer
+
+        # A fenced peer of a two-host pool is proven off: the controller does not fence again;
+        # a host that has just joined the pool is not fenced while it may still be joining.
+        return CloudFencer(lambda: self.cloud,
+                           proven=lambda host: host in self.election.core.stand_ins(),
+                           joined=self._joined.get, now=self.clock.monotonic)
+
+    def _peer_fencer(self, fencer: CloudFencer) -> Callable[[str], None]:
+        from cloudd.daemon.leader.fencing import PeerFencer
+
+        return PeerFencer(fencer, cloud=self.cloud.name, me=self.me, spawn=self._spawn,
+                          report=lambda peer, ok, why: self.election.fenced(
+                              peer, ok=ok, reason=why))
+
+    def _build_leading(self, fencer: CloudFencer, *,
+                       request: Callable[[str, Any], Awaitable[Any]],
+                       open_backend: OpenBackend | None, providers: Registry | None) -> None:
+        """A pool host's parts: its host duties, and the leader's (which act only while it
+        leads)."""
+        from cloudd.daemon.host.duties import HostDuties, renderer_of
+        from cloudd.daemon.leader.controller import Controller, policy_of
+        from cloudd.daemon.leader.desired import desired_of
+        from cloudd.daemon.leader.elasticity import ElasticLoop
+        from cloudd.daemon.leader.hookplan import HookTiming
+        from cloudd.daemon.leader.hooks import ProviderHooks
+        from cloudd.daemon.leader.hostcalls import HostCalls
+
+        settings, send, events, clock = self.settings, self._send, self.events, self.clock
         self.host = HostDuties(
             me=self.me, cloud=lambda: self.cloud, in_use=self.in_use, settings=settings,
             state_dir=self.state_dir,
@@ -223,7 +285,7 @@ class CloudMember:
             limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy,
             emptied=lambda: self.elastic.emptied(), undefined=self._forget_node)
         registry = providers if providers is not None else default_registry()
-        self.hooks = ProviderHooks(
+        self.hooks = hooks = ProviderHooks(
             cloud=self.in_use, term=self.reconciling_term, healthy=self._healthy,
             provider=registry.get, request=request, events=events, released=self._pokes,
             clock=clock, timing=HookTiming(backoff=Backoff(base=r.backoff_base,
@@ -231,44 +293,25 @@ class CloudMember:
         self.elastic = ElasticLoop(
             cloud=lambda: self.cloud, active=lambda: self.record.active,
             set_active=self.record.set_active, term=self.reconciling_term,
-            cluster=self.hooks.cluster_now, provider=registry.get, events=events,
+            cluster=hooks.cluster_now, provider=registry.get, events=events,
             drains=lambda: self.record.drains, where=self.controller.where,
             ready=self._healthy, clock=clock)
-        self.node_side = node_side(me=self.me, cloud=cloud, settings=settings,
-                                   report=self._report_up) \
-            if self.is_node and node_side is not None else None
-        #: what the nodes last reported (the leader hears them all)
-        self.reports: dict[str, NodeReport] = {}
-        self._assigned: dict[str, RoleAssignment] = {}
-        self._offered: dict[str, str] = {}
-        self._acting_view: tuple[bool, int] = (False, -1)
-        self._asked_at = float("-inf")
-        self._poke = asyncio.Event()
-        #: when the manifest in force was taken
-        self.loaded_at = clock.wall()
-        self.handlers: Mapping[Duty, Handler] = MappingProxyType({
-            Duty.ELECTION: self._on_election,
-            Duty.HOST_COMMAND: self._on_host_command,
-            Duty.DOMAIN_EVENT: self._on_domain_event,
-            Duty.ROLE_ASSIGNMENT: self._on_assignment,
-            Duty.NODE_ACTION: self._on_node_action,
-            Duty.NODE_REPORT: self._on_report,
-            Duty.MANIFEST_WANTED: self._on_manifest_wanted,
-            Duty.RECORD_WRITE: self._on_record_push,
-            Duty.RECORD_GATHER: self._on_record_wanted,
-        })
 
     # The image code is loaded by the leader that first needs it: a node never leads.
     async def _create_overlay(self, host: str, spec: plan.NodeSpec) -> None:
         from cloudd.daemon.leader.imagecopy import create_overlay
 
-        await create_overlay(self.host_calls, host, spec, cloud=self.cloud.name,
+        calls = self.host_calls
+        assert not isinstance(calls, IdleHostCalls)  # only a pool host's controller asks
+        await create_overlay(calls, host, spec, cloud=self.cloud.name,
                              term=self.acting_term)
 
     async def _copy_to_host(self, host: str, spec: plan.NodeSpec) -> None:
         from cloudd.daemon.leader.imagecopy import copy_to_host
 
-        await copy_to_host(self.host_calls, host, spec, term=self.acting_term)
+        calls = self.host_calls
+        assert not isinstance(calls, IdleHostCalls)  # only a pool host's controller asks
+        await copy_to_host(calls, host, spec, term=self.acting_term)
 
     @property
     def roster(self) -> Roster:
@@ -568,10 +611,10 @@ class CloudMember:
         async with asyncio.TaskGroup() as tg:
             self._group = tg
             tg.create_task(self.election.run(), name="election")
-            tg.create_task(self.controller.run(), name="controller")
-            tg.create_task(self.hooks.run(), name="provider-hooks")
-            if self.is_host:
-                tg.create_task(self.elastic.run(), name="elastic")
+            for name, part in (("controller", self.controller), ("provider-hooks", self.hooks),
+                               ("elastic", self.elastic)):
+                if not isinstance(part, IdleController | IdleHooks | IdleElastic):
+                    tg.create_task(part.run(), name=name)
             tg.create_task(self._tend(), name="assigner")
             if self.host is not None:
                 tg.create_task(self.host.run(), name="host")

@@ -37,7 +37,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudd import log
 from cloudd.backoff import Backoff
@@ -46,7 +46,6 @@ from cloudd.config.model import Cloud
 from cloudd.config.registry import Change, ManifestEvent
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog
-from cloudd.daemon.host.duties import OpenBackend
 from cloudd.daemon.member.cloudmember import CloudMember, NodeSideFactory, addresses_of
 from cloudd.daemon.member.dispatch import (
     NO_ROSTER,
@@ -67,6 +66,9 @@ from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.pki import Identity, PkiFiles, identity_of_file
 from cloudd.vmctl.backend import Backend
 from cloudd.vmctl.identity import NodeIdentity
+
+if TYPE_CHECKING:
+    from cloudd.daemon.host.duties import OpenBackend
 
 #: How the agent retries opening its port while its certificate or address is unusable: an
 #: operator who fixes it sees the agent listen within half a minute, without a restart. One

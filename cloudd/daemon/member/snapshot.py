@@ -17,11 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cloudd.config.model import Cloud
-from cloudd.daemon.leader.controller import ControllerView
 from cloudd.daemon.leader.drain import Drains
-from cloudd.daemon.leader.elasticity import ElasticView
-from cloudd.daemon.leader.hooks import HooksView
-from cloudd.daemon.leader.hostcalls import CallTiming
+from cloudd.daemon.leader.views import CallTiming, ControllerView, ElasticView, HooksView
 from cloudd.daemon.network.catalogue import NodeReport
 from cloudd.election.swim import Doubt, Status
 

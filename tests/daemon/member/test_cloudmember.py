@@ -260,6 +260,32 @@ async def test_the_snapshot_is_what_the_member_knows(tmp_path: Path, rigs: list[
         snap.term = 9  # type: ignore[misc]
 
 
+async def test_a_node_holds_stand_ins_that_answer_as_a_host_that_does_not_lead(
+        tmp_path: Path, rigs: list[Rig]) -> None:
+    """A node builds none of the leader's parts (`standins`): what its snapshot and its
+    member ask of them is what the real parts answer on a pool host that does not lead."""
+    from cloudd.daemon.leader.controller import Controller
+    from cloudd.daemon.leader.hooks import ProviderHooks
+    from cloudd.daemon.member.standins import IdleController, IdleElastic, IdleHooks
+
+    pm1, web = rig(tmp_path, rigs, "pm1"), rig(tmp_path, rigs, WEB1)
+    await follow(pm1, "pm2", 3)
+    await follow(web, "pm2", 3)
+    assert isinstance(pm1.member.controller, Controller)
+    assert isinstance(pm1.member.hooks, ProviderHooks)
+    assert isinstance(web.member.controller, IdleController)
+    assert isinstance(web.member.hooks, IdleHooks)
+    assert isinstance(web.member.elastic, IdleElastic)
+    assert web.member.host is None and pm1.member.leading_term() is None
+    at_host, at_node = pm1.member.snapshot(), web.member.snapshot()
+    assert at_node.controller == at_host.controller
+    assert at_node.hooks == at_host.hooks
+    assert at_node.timings == at_host.timings == ()
+    assert web.member.hooks.holding() is pm1.member.hooks.holding() is False
+    assert web.member.controller.fenced == pm1.member.controller.fenced == set()
+    assert web.member.elastic.findings() == pm1.member.elastic.findings() == ()
+
+
 async def test_reconcile_settings_build_the_controllers_backoff(tmp_path: Path,
                                                                 rigs: list[Rig]) -> None:
     pm1 = rig(tmp_path, rigs, "pm1")
