@@ -46,6 +46,10 @@ JOB = 600.0
 LABS = {"slurm": ("h23b", "10.239.42.0/24"), "torque": ("h23t", "10.239.43.0/24")}
 
 
+#: A job's state as `Scheduler.job_states` says it, the same words for every scheduler.
+WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
+
+
 @dataclass(frozen=True)
 class Job:
     """A job submitted from the head: its id, and the file its script writes on the node."""
@@ -66,6 +70,16 @@ class Scheduler:
 
     def states(self, lab: BatchLab) -> dict[str, str]:
         """node -> the scheduler's state of it, as seen from the head."""
+        raise NotImplementedError
+
+    def burst(self, lab: BatchLab, script: str, *, names: list[str]) -> list[Job]:
+        """One job per name, each asking one node, submitted as the user in one command on
+        the head (one SSH connection): as close to at once as a user's loop of submissions."""
+        raise NotImplementedError
+
+    def job_states(self, lab: BatchLab) -> dict[str, str]:
+        """job id -> WAITING, RUNNING, DONE or FAILED, for every job the head still shows (a
+        scheduler forgets an ended job after a while)."""
         raise NotImplementedError
 
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
@@ -104,6 +118,31 @@ class SlurmOnVms(Scheduler):
         listing = self._client(lab, "sinfo", "-h", "-N", "-o", "%N %T")
         return dict(line.split()[:2] for line in listing.splitlines() if len(line.split()) >= 2)
 
+    def burst(self, lab: BatchLab, script: str, *, names: list[str]) -> list[Job]:
+        submits = [shlex.join(["sbatch", "--parsable", "-J", name, "-N", "1", "--exclusive",
+                               "--chdir=/tmp", "-o", f"/tmp/{name}.out", "--wrap", script])
+                   for name in names]
+        answer = self._client(lab, "sh", "-ec", "\n".join(submits), user=lab.user)
+        ids = [line.strip().split(";")[0] for line in answer.splitlines() if line.strip()]
+        return [Job(i, f"/tmp/{name}.out") for i, name in zip(ids, names, strict=True)]
+
+    #: Slurm's job states (`scontrol show job`): the ones a job waits in, runs in, or ended
+    #: well in (COMPLETING: its script ended, the node is being cleaned); any other ended it
+    #: otherwise (FAILED, CANCELLED, NODE_FAIL, TIMEOUT, ...).
+    SLURM_STATES: ClassVar[dict[str, str]] = {
+        "PENDING": WAITING, "CONFIGURING": WAITING, "REQUEUED": WAITING,
+        "REQUEUE_HOLD": WAITING, "REQUEUE_FED": WAITING, "SUSPENDED": WAITING,
+        "RESV_DEL_HOLD": WAITING, "RUNNING": RUNNING, "COMPLETING": DONE, "COMPLETED": DONE}
+
+    def job_states(self, lab: BatchLab) -> dict[str, str]:
+        listing = self._client(lab, "scontrol", "show", "job", "-o")
+        out: dict[str, str] = {}
+        for line in listing.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "JobId" in fields:
+                out[fields["JobId"]] = self.SLURM_STATES.get(fields.get("JobState", ""), FAILED)
+        return out
+
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
         # squeue forgets a job soon after it ends; scontrol keeps it for MinJobAge (300 s).
         # COMPLETING is no proof of a start: a launch on a node that died ends there too.
@@ -136,6 +175,31 @@ class TorqueOnVms(Scheduler):
                                        *where), env={"PBS_DEFAULT": lab.head}, user=lab.user,
                             stdin=wrapped)
         return Job(answer.strip(), out)
+
+    def burst(self, lab: BatchLab, script: str, *, names: list[str]) -> list[Job]:
+        submits = []
+        for name in names:
+            wrapped = f"exec >{shlex.quote(f'/tmp/{name}.out')} 2>&1\n{script}\n"
+            submits.append(f"printf %s {shlex.quote(wrapped)} | " + shlex.join(
+                ["/opt/torque/bin/qsub", "-N", name, "-k", "oe", "-l", "nodes=1"]))
+        answer = lab.run_on(lab.head, ("sh", "-ec", "\n".join(submits)),
+                            env={"PBS_DEFAULT": lab.head}, user=lab.user)
+        ids = [line.strip() for line in answer.splitlines() if line.strip()]
+        return [Job(i, f"/tmp/{name}.out") for i, name in zip(ids, names, strict=True)]
+
+    def job_states(self, lab: BatchLab) -> dict[str, str]:
+        # qstat's states: Q queued, H held, W waiting for its time, T moving, R running,
+        # E exiting after its script ended, C completed (kept for keep_completed seconds)
+        root = ET.fromstring(self._client(lab, "qstat", "-x") or "<Data/>")
+        out: dict[str, str] = {}
+        for job in root.iter("Job"):
+            state, status = job.findtext("job_state") or "", job.findtext("exit_status")
+            if state in ("E", "C"):
+                out[job.findtext("Job_Id") or ""] = (
+                    DONE if status in (None, "0") else FAILED)
+            else:
+                out[job.findtext("Job_Id") or ""] = RUNNING if state == "R" else WAITING
+        return out
 
     def states(self, lab: BatchLab) -> dict[str, str]:
         root = ET.fromstring(self._client(lab, "pbsnodes", "-x") or "<Data/>")
@@ -292,6 +356,17 @@ class BatchLab(ImageLab):
 
     def submit(self, script: str, *, name: str, node: str | None = None) -> Job:
         return self.scheduler.submit(self, script, name=name, node=node)
+
+    def burst(self, script: str, *, names: list[str]) -> list[Job]:
+        """`Scheduler.burst`: one job per name, each asking one node, submitted at once."""
+        return self.scheduler.burst(self, script, names=names)
+
+    def job_states(self) -> dict[str, str] | None:
+        """`Scheduler.job_states` (None while the head cannot answer)."""
+        try:
+            return self.scheduler.job_states(self)
+        except (AssertionError, OSError, ValueError, ET.ParseError, subprocess.TimeoutExpired):
+            return None
 
     def started_on(self, job: Job) -> str | None:
         try:
