@@ -12,9 +12,11 @@ users and secret names stay as shipped, so what runs is what an operator would r
 A `Scheduler` speaks to the cluster from inside its guests, over the lab's SSH (`guest_ssh`):
 submit a job as the manifest's first user from the head (pinned to a node or not), read its
 output back from the compute node that ran it, and tell whether the scheduler shows a node
-free (`sinfo` idle, `pbsnodes -x` free). `kill_and_recover` is the fault the e2e test and
-bench/batch_recovery.py share: kill -9 a compute VM's qemu, wait until the scheduler shows
-the node free again, then until a job pinned to it starts, and say how long each took.
+free (`sinfo` idle, `pbsnodes -x` free); submit a burst of one-node jobs in one command and
+read every job's state (`burst`, `job_states`: bench/elastic_burst.py). `kill_and_recover` is
+the fault the e2e test and bench/batch_recovery.py share: kill -9 a compute VM's qemu, wait
+until the scheduler shows the node free again, then until a job pinned to it starts, and say
+how long each took.
 """
 
 from __future__ import annotations
