@@ -72,7 +72,8 @@ def register(subparsers: Any) -> None:
     add_socket_option(p)
     p.set_defaults(func=lambda a: _call(a, "undrain", host=a.host))
 
-    p = subparsers.add_parser("plan", help="what the leader would do now, and what waits")
+    p = subparsers.add_parser("plan", help="what the leader would do now, what waits, and "
+                                           "its elastic roles' last decisions")
     p.add_argument("cloud", nargs="?", metavar="CLOUD")
     add_socket_option(p)
     p.set_defaults(func=lambda a: _call(a, "plan", cloud=a.cloud))
@@ -155,6 +156,12 @@ def _describe(op: str, result: Any) -> str:
         lines += [f"  {a}" for a in result.get("actions", [])] or ["  nothing to do"]
         if result.get("waiting"):
             lines += ["waiting:"] + [f"  {w}" for w in result["waiting"]]
+        if result.get("elastic"):
+            lines += ["elastic roles:"] + [f"  {e}" for e in result["elastic"]]
+        if result.get("decided"):
+            lines += ["elastic decisions (this leader's, oldest first):"] + [
+                f"  {_clock(d.get('at'))} term {d.get('term')}: {d.get('what')} "
+                f"{d.get('node')}: {d.get('reason')}" for d in result["decided"]]
         return "\n".join(lines)
     if op in ("drain", "undrain"):
         drained = [f"{d.get('host')}{' (move stateful)' if d.get('move_stateful') else ''}"
@@ -166,6 +173,14 @@ def _describe(op: str, result: Any) -> str:
         held = result.get("maintenance") or []
         return "in maintenance: " + (", ".join(held) if held else "nothing")
     return json.dumps(result)
+
+
+def _clock(at: Any) -> str:
+    """A wall time of the leader's as UTC, to the second."""
+    try:
+        return datetime.fromtimestamp(float(at), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def history_text(result: dict[str, Any]) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from cloudd.config.intent import DrainMove
+
 
 @dataclass(frozen=True)
 class RoleSpec:
@@ -30,6 +32,9 @@ class RoleSpec:
     #: Whether the role may be elastic (its nodes follow its scheduler's queue: a batch
     #: type's compute role, whose provider reports the queue and drains a node to leave).
     elastic: bool = False
+    #: How its nodes leave a drained host: a replica (stateless), a batch compute node
+    #: (drained in its scheduler first), or stateful (its disk holds the role's data).
+    move: DrainMove = DrainMove.REPLICA
 
     def __post_init__(self) -> None:
         if self.min_nodes < 0 or (self.max_nodes is not None and self.max_nodes < self.min_nodes):

@@ -23,6 +23,7 @@ import pwd
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -268,16 +269,36 @@ class Pending(TemporaryError):
     `provider_hook_pending`."""
 
 
+class Release(StrEnum):
+    """Why cloudd drains a batch compute node in its scheduler (`Provider.release`): the
+    scheduler keeps the word (Slurm's reason, TORQUE's note), so that any later leader knows
+    the drain for cloudd's own and why."""
+
+    #: An elastic role's idle node, to leave the cloud once its jobs are done.
+    LEAVE = "leave"
+    #: A node on a drained host, to move to another host once its jobs are done.
+    MOVE = "move"
+
+
+#: What the scheduler is told of each `Release` (a Slurm reason, a TORQUE note).
+RELEASE_NOTES: Mapping[Release, str] = {
+    Release.LEAVE: "cloudd: idle, leaving the cloud",
+    Release.MOVE: "cloudd: moving off a drained host",
+}
+
+
 @dataclass(frozen=True)
 class NodeUse:
-    """One node of an elastic role as its scheduler sees it (`Provider.demand`)."""
+    """One batch compute node as its scheduler sees it (`Provider.demand`)."""
 
     #: Registered and able to take a job (not down, not drained).
     ready: bool = False
     #: Runs at least one job now.
     busy: bool = False
-    #: Drained (or draining) by cloudd to leave the cloud (`Provider.release`).
+    #: Drained (or draining) by cloudd to leave the cloud (`Release.LEAVE`).
     released: bool = False
+    #: Drained (or draining) by cloudd to move off a drained host (`Release.MOVE`).
+    moving: bool = False
 
 
 @dataclass(frozen=True)
@@ -333,16 +354,21 @@ class Provider:
     # -- an elastic role's (`RoleSpec.elastic`): the leader's elastic loop calls them -------
     async def demand(self, cluster: ClusterView, role: str) -> Demand:
         """The jobs waiting for `role`'s nodes and each of its nodes in use (`cluster` holds
-        the nodes in use only). Raise TemporaryError when the scheduler cannot say."""
+        the nodes in use only), for a role whose nodes run a scheduler's jobs (an elastic
+        role, or one a host drain moves). Raise TemporaryError when the scheduler cannot
+        say."""
         raise PermanentError(f"cloud type {self.cloud_type!r} has no elastic role {role!r}")
 
-    async def release(self, cluster: ClusterView, role: str, node: str) -> None:
-        """Have the scheduler drain `node` to leave the cloud: no new job starts there, the
-        jobs it runs finish; `demand` then shows it `released`, and busy until they are done."""
+    async def release(self, cluster: ClusterView, role: str, node: str,
+                      why: Release = Release.LEAVE) -> None:
+        """Have the scheduler drain `node` (to leave the cloud, or to move): no new job starts
+        there, the jobs it runs finish; `demand` then shows it `released` (or `moving`), and
+        busy until they are done."""
         raise PermanentError(f"cloud type {self.cloud_type!r} has no elastic role {role!r}")
 
     async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
-        """Undo `release`: the node takes jobs again."""
+        """Undo `release` (either reason; never an operator's drain): the node takes jobs
+        again."""
         raise PermanentError(f"cloud type {self.cloud_type!r} has no elastic role {role!r}")
 
 

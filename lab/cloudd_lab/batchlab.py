@@ -88,6 +88,11 @@ class Scheduler:
         """The node `job` runs (or ran) on, once the scheduler has started it."""
         raise NotImplementedError
 
+    def finished(self, lab: BatchLab, job: Job) -> str | None:
+        """How `job` ended, in the scheduler's words ("COMPLETED", "completed, exit 0"), None
+        while it has not ended."""
+        raise NotImplementedError
+
     def incarnation(self, lab: BatchLab, node: str) -> str:
         """What the scheduler's head last heard from `node`'s daemon that changes when a new
         daemon speaks: a node the scheduler still shows free after its VM was killed (it has
@@ -153,6 +158,13 @@ class SlurmOnVms(Scheduler):
         state, where = fields.get("JobState", ""), fields.get("BatchHost", "")
         return where if state in ("RUNNING", "COMPLETED") and where else None
 
+    def finished(self, lab: BatchLab, job: Job) -> str | None:
+        shown = self._client(lab, "scontrol", "show", "job", job.id, "-o")
+        fields = dict(f.split("=", 1) for f in shown.split() if "=" in f)
+        state = fields.get("JobState", "")
+        return None if state in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") else (
+            f"{state}, exit {fields.get('ExitCode', '?')}")
+
     def incarnation(self, lab: BatchLab, node: str) -> str:
         shown = self._client(lab, "scontrol", "show", "node", node, "-o")
         fields = dict(f.split("=", 1) for f in shown.split() if "=" in f)
@@ -214,6 +226,15 @@ class TorqueOnVms(Scheduler):
                       if " = " in line)
         where = fields.get("exec_host", "").split("/")[0]
         return where if fields.get("job_state") in ("R", "E", "C") and where else None
+
+    def finished(self, lab: BatchLab, job: Job) -> str | None:
+        # pbs_server keeps a completed job for its keep_completed seconds (TORQUE's 300).
+        shown = self._client(lab, "qstat", "-f", "-1", job.id)
+        fields = dict(line.strip().split(" = ", 1) for line in shown.splitlines()
+                      if " = " in line)
+        if fields.get("job_state") != "C":
+            return None
+        return f"completed, exit {fields.get('exit_status', '?')}"
 
     def incarnation(self, lab: BatchLab, node: str) -> str:
         # pbs_mom reports no start time of its own; `rectime` is when pbs_server received
@@ -368,6 +389,13 @@ class BatchLab(ImageLab):
         try:
             return self.scheduler.job_states(self)
         except (AssertionError, OSError, ValueError, ET.ParseError, subprocess.TimeoutExpired):
+            return None
+
+    def finished(self, job: Job) -> str | None:
+        """`Scheduler.finished` (None too while the head cannot answer)."""
+        try:
+            return self.scheduler.finished(self, job)
+        except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired):
             return None
 
     def started_on(self, job: Job) -> str | None:

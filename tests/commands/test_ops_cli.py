@@ -22,6 +22,13 @@ HISTORY = {"cloud": "shop", "leader": "pm2", "term": 5, "version": "5.9", "in_fo
                {"number": 2, "at": 1_796_000_600.0, "by": "pm3", "ensure": "stopped",
                 "what": "stop", "digest": "cd" * 32}]}
 
+PLAN = {"leader": "pm2", "term": 5, "actions": ["define hpc-compute-2 on pm1: a new node"],
+        "waiting": [],
+        "elastic": ["elastic compute: 2 node(s) in use, of 1 to 8; following the queue"],
+        "decided": [{"at": 1_796_000_000.0, "term": 5, "node": "hpc-compute-2", "what": "take",
+                     "reason": "1 job(s) wait for nodes, asking 2 node(s) and 2 CPU(s)"},
+                    {"at": "junk", "term": 5, "node": "x", "what": "drain", "reason": "r"}]}
+
 
 @pytest.fixture
 def agent() -> Iterator[Agent]:
@@ -34,6 +41,7 @@ def agent() -> Iterator[Agent]:
     a.register("drain", lambda args: {"cloud": "shop", "leader": "pm2", "drained": [
         {"host": args["host"], "move_stateful": bool(args.get("move_stateful")), "at": 1.0,
          "by": "pm1"}]})
+    a.register("plan", lambda args: PLAN)
     a.register("undrain", lambda args: {"cloud": "shop", "leader": "pm2", "drained": []})
     a.register("rollback", lambda args: {"accepted_by": "pm2", "cloud": "shop",
                                          "generation": 3, "ensure": "running", "path": None})
@@ -91,3 +99,17 @@ def test_drain_and_undrain(agent: Agent, capsys: pytest.CaptureFixture[str]) -> 
     assert agent.calls[-1] == {"host": "pm3"}
     code, out = run(agent, capsys, "undrain", "pm3")
     assert code == 0 and out == "pm2 recorded it (cloud shop); drained: nothing\n"
+
+
+def test_plan_shows_the_elastic_roles_and_the_leader_s_last_decisions(
+        agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(agent, capsys, "plan", "hpc")
+    assert code == 0 and out.splitlines() == [
+        "plan of leader pm2 (term 5):",
+        "  define hpc-compute-2 on pm1: a new node",
+        "elastic roles:",
+        "  elastic compute: 2 node(s) in use, of 1 to 8; following the queue",
+        "elastic decisions (this leader's, oldest first):",
+        "  2026-11-30 00:53:20 term 5: take hpc-compute-2: 1 job(s) wait for nodes, asking 2 "
+        "node(s) and 2 CPU(s)",
+        "  ? term 5: drain x: r"]

@@ -85,6 +85,16 @@ def test_a_draining_node_with_a_job_left_stays_until_it_is_done() -> None:
     assert s.active == ("c1", "c2") and s.changes == ()
 
 
+def test_a_new_leader_goes_on_with_the_drains_the_scheduler_shows() -> None:
+    # An earlier leader drained c2 and c3 (its memory is gone): c3, drained with no job,
+    # leaves; c2 still runs a job and stays until it is done, then leaves too.
+    use = {"c1": IDLE, "c2": Use(drained=True, busy=True), "c3": DRAINED}
+    s = run(("c1", "c2", "c3"), Queue(), use, now=0.0)
+    assert changes(s) == [("c3", "leave")] and s.memory.releasing == frozenset({"c2"})
+    s = run(s.active, Queue(), {"c1": IDLE, "c2": DRAINED}, now=5.0, memory=s.memory)
+    assert changes(s) == [("c2", "leave")] and s.active == ("c1",)
+
+
 def test_no_drain_within_the_cooldown_after_growing() -> None:
     grown = run(("c1",), waiting_for(1, 2), {"c1": BUSY}, now=0.0)
     assert grown.active == ("c1", "c2")

@@ -19,10 +19,11 @@ after the web module's (this module's name sorts after it).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from cloudd_lab.batchlab import BACK, LABS, UP, BatchLab, pool_size
+from cloudd_lab.batchlab import BACK, JOB, JOB_SCRIPT, LABS, UP, BatchLab, pool_size
 from cloudd_lab.paths import checkout
 from cloudd_lab.vmlab import leftovers, poll, virsh
 
@@ -113,3 +114,54 @@ def test_kill_9_a_compute_vm_it_comes_back_free_and_takes_the_next_job(cluster: 
     assert recovery.ran_on == node
     _check_job(lab, node, list(recovery.lines))
     say(f"{lab.cloud_type}: {recovery.line()}")
+
+
+def test_draining_a_compute_vm_s_host_lets_its_job_finish_then_moves_it(cluster: BatchLab,
+                                                                        say: Say) -> None:
+    lab = cluster
+    poll("both compute nodes free in the scheduler", lambda: lab.free(*lab.computes),
+         bound=BACK, interval=5.0)
+    node = lab.computes[0]
+    drained = lab.domains()[node].host
+    job = lab.submit(f"sleep 60; {JOB_SCRIPT}", name="under-drain", node=node)
+    poll(f"job {job.id} started on {node}", lambda: lab.started_on(job) == node, bound=JOB,
+         interval=3.0)
+    pm = next(n for n in lab.running() if n.startswith("pm") and n != drained)
+    done = lab.cli(pm, "drain", drained)
+    assert done.returncode == 0, done.stderr
+    started = time.monotonic()
+
+    # The scheduler drains it with cloudd's reason; its job runs on where it is.
+    poll(f"{node} drained in the scheduler, its job running", lambda: (
+        "drain" in lab.scheduler.states(lab).get(node, "")
+        or "offline" in lab.scheduler.states(lab).get(node, "")), bound=BACK, interval=3.0)
+    dom = lab.domains()[node]
+    assert dom.host == drained and dom.running and lab.finished(job) is None
+    poll(f"{node} running on another host", lambda: (
+        (d := lab.domains().get(node)) is not None and d.host != drained and d.running),
+        bound=BACK, interval=5.0)
+    moved = time.monotonic() - started
+    ended = lab.finished(job)
+    assert ended is not None and ended.split(",")[0].lower() == "completed", ended
+
+    # Ready there, its drain undone: it takes jobs again.
+    _, back = poll(f"{node} free in the scheduler again", lambda: lab.free(node), bound=BACK,
+                   interval=5.0)
+    where, lines = lab.run_job(name="after-move", node=node)
+    _check_job(lab, where, lines)
+    reasons = [r for r in _events(lab) if r.startswith((f"drain {node}", f"keep {node}"))]
+    assert reasons[:2] == [
+        f"drain {node}: on a drained host: its jobs end before it moves",
+        f"keep {node}: moved off its drained host (or the host undrained): it takes jobs "
+        "again"], reasons
+    assert lab.cli(pm, "undrain", drained).returncode == 0
+    say(f"{lab.cloud_type}: host {drained} drained under a 60 s job on {node}: the job "
+        f"ended ({ended}), the node ran on {lab.domains()[node].host} {moved:.0f} s after the "
+        f"drain and was free in the scheduler {back:.0f} s later; a job pinned to it ran")
+
+
+def _events(lab: BatchLab) -> list[str]:
+    host = next(n for n in lab.running() if n.startswith("pm"))
+    done = lab.cli(host, "events", "--json", "--limit", "1000")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line)["reason"] for line in done.stdout.splitlines() if line.strip()]

@@ -172,14 +172,16 @@ class Controller:
                  resync: float = 30.0, call_timeout: float = 10.0,
                  limits: Limits | None = None,
                  ready: Callable[[], frozenset[str]] = frozenset,
+                 emptied: Callable[[], frozenset[str]] = frozenset,
                  undefined: Callable[[str], None] = lambda node: None) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
         self.fencer, self.overlay, self.fetch, self.clock = fencer, overlay, fetch, clock
         self.resync, self.call_timeout = resync, call_timeout
         self.limits = limits
-        #: the nodes alive and ready with their role now (a drain's moves depend on them)
-        self.ready = ready
+        #: the nodes alive and ready with their role now (a drain's moves depend on them), and
+        #: the batch nodes their scheduler drained with no job left (those a drain may move)
+        self.ready, self.emptied = ready, emptied
         #: told of a node whose domain was undefined: what its agent reported is of a VM that
         #: is gone (a node re-placed starts afresh)
         self.undefined = undefined
@@ -219,6 +221,17 @@ class Controller:
         self.node_fails.forget(subject)
         self.host_fails.forget(subject)
         self.poke()
+
+    def where(self) -> dict[str, str]:
+        """Each node of the cloud with a domain, and the host of that domain (the last lists
+        the hosts gave; a running copy wins over one shut off elsewhere)."""
+        cloud = self.desired().cloud
+        where: dict[str, str] = {}
+        for host in sorted(self._reports):
+            for d in self._reports[host][0]:
+                if d.cloud == cloud and (d.node not in where or d.state is DomainState.RUNNING):
+                    where[d.node] = host
+        return where
 
     def view(self) -> ControllerView:
         return ControllerView(hosts=dict(self._reports), last_plan=self.last_plan,
@@ -290,7 +303,7 @@ class Controller:
                         fencing=frozenset(self._fencing),
                         shutdowns=dict(self._shutdowns),
                         unreachable=dict(gone.since), resets=dict(gone.resets),
-                        ready=self.ready())
+                        ready=self.ready(), emptied=self.emptied())
 
     # ---- the pass -----------------------------------------------------------------------
 

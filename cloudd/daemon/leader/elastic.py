@@ -25,7 +25,10 @@ The rules, in the order they apply:
   older idle node waits while a newer one's idle time runs; a busy one is passed over), never
   below `min` counting the nodes already draining.
 - A node the scheduler shows drained with no job on it leaves the role's nodes in use: the
-  leader's planner then removes its domain like any node that left the manifest.
+  leader's planner then removes its domain like any node that left the manifest. Which
+  nodes are being drained is the scheduler's word (cloudd's own reason for it), whoever
+  asked: a new leader goes on with the drains of the last one (its memory is gone, the
+  scheduler's is not).
 Every change comes with its reason, for the event log and `cloudd-cli plan`.
 """
 
@@ -109,7 +112,11 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
     in_use = [c for c in candidates if c in set(active)]
     free = [c for c in candidates if c not in set(in_use)]
     changes: list[ElasticChange] = []
-    releasing = set(memory.releasing) & set(in_use)
+    # The nodes being drained to leave, as the scheduler shows them (whoever asked: an
+    # earlier leader's memory went with it; a drain undone by anyone is undone here too);
+    # what this leader asked for when the scheduler did not answer.
+    releasing = ({n for n in in_use if use.get(n, Use()).drained} if use
+                 else set(memory.releasing) & set(in_use))
     last_grown = memory.last_grown
 
     def take(count: int, reason: str) -> None:

@@ -221,7 +221,7 @@ class CloudMember:
             overlay=self._create_overlay, fetch=self._copy_to_host,
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
             limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy,
-            undefined=self._forget_node)
+            emptied=lambda: self.elastic.emptied(), undefined=self._forget_node)
         registry = providers if providers is not None else default_registry()
         self.hooks = ProviderHooks(
             cloud=self.in_use, term=self.reconciling_term, healthy=self._healthy,
@@ -231,7 +231,9 @@ class CloudMember:
         self.elastic = ElasticLoop(
             cloud=lambda: self.cloud, active=lambda: self.record.active,
             set_active=self.record.set_active, term=self.reconciling_term,
-            cluster=self.hooks.cluster_now, provider=registry.get, events=events, clock=clock)
+            cluster=self.hooks.cluster_now, provider=registry.get, events=events,
+            drains=lambda: self.record.drains, where=self.controller.where,
+            ready=self._healthy, clock=clock)
         self.node_side = node_side(me=self.me, cloud=cloud, settings=settings,
                                    report=self._report_up) \
             if self.is_node and node_side is not None else None
@@ -343,7 +345,8 @@ class CloudMember:
             maintenance=self.maintenance.held,
             node=self.node_side.view() if self.node_side is not None else None,
             timings=self.host_calls.timings(), unproven=self.election.unproven(),
-            hooks=self.hooks.view(also=self.elastic.findings()), drains=self.record.drains)
+            hooks=self.hooks.view(also=self.elastic.findings()), drains=self.record.drains,
+            elastic=self.elastic.view())
 
     def in_force(self) -> InForce:
         """The roster, the leader followed and its term, and what this agent is: for the

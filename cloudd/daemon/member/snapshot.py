@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from cloudd.config.model import Cloud
 from cloudd.daemon.leader.controller import ControllerView
 from cloudd.daemon.leader.drain import Drains
+from cloudd.daemon.leader.elasticity import ElasticView
 from cloudd.daemon.leader.hooks import HooksView
 from cloudd.daemon.leader.hostcalls import CallTiming
 from cloudd.daemon.network.catalogue import NodeReport
@@ -71,6 +72,8 @@ class MemberSnapshot:
     """What the provider's hooks last found (the acting leader's; empty elsewhere)."""
     drains: Drains = field(default_factory=Drains)
     """The operator's drained hosts, as the record in force has them."""
+    elastic: ElasticView = field(default_factory=ElasticView)
+    """The elastic roles' states and the elastic loop's last decisions (this agent's)."""
 
     @property
     def quorum_reached(self) -> int:

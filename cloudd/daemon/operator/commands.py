@@ -374,7 +374,11 @@ class Operator:
         return {"leader": self.me, "term": snap.term,
                 "actions": [f"{type(a).__name__.lower()} {getattr(a, 'node', '')} on "
                             f"{a.host}: {a.reason}".replace("  ", " ") for a in plan.actions],
-                "waiting": [f"{w.node}: {w.reason}" for w in plan.waiting]}
+                "waiting": [f"{w.node}: {w.reason}" for w in plan.waiting],
+                "elastic": [f"{f.check}: {f.message}; {f.state}" for f in snap.elastic.roles],
+                "decided": [{"at": d.at, "term": d.term, "node": d.change.node,
+                             "what": d.change.what, "reason": d.change.reason}
+                            for d in snap.elastic.decisions]}
 
     async def _cleanup_service(self, call: Call) -> Any:
         if call.seat is None:

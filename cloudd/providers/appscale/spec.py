@@ -17,6 +17,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.config.intent import DrainMove
 from cloudd.providers.appscale.layout import layout_check
 from cloudd.providers.appscale.sshtrust import CLIENT_SEED, HOST_SEED
 
@@ -59,9 +60,9 @@ class AppScaleSettings(BaseModel):
 #: is cloudd's own rule; whether a layout lacks a database or a compute node is AppScale's,
 #: said in AppScale's words by `layout_check`.
 ROLES = (
-    RoleSpec("zookeeper", required=False),
-    RoleSpec("database", required=False),
-    RoleSpec("master", min_nodes=1, max_nodes=1),
+    RoleSpec("zookeeper", required=False, move=DrainMove.STATEFUL),
+    RoleSpec("database", required=False, move=DrainMove.STATEFUL),
+    RoleSpec("master", min_nodes=1, max_nodes=1, move=DrainMove.STATEFUL),
     RoleSpec("taskqueue", required=False),
     RoleSpec("memcache", required=False),
     RoleSpec("search", required=False),

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from cloudd.errors import ClouddError, TemporaryError
 from cloudd.providers import batchqueue
-from cloudd.providers.base import ClusterView, Demand, Finding, Peer, Provider, Role
+from cloudd.providers.base import ClusterView, Demand, Finding, Peer, Provider, Release, Role
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.conf import SLURM_USER
 from cloudd.providers.slurm.roles import ComputeRole, HeadRole
@@ -104,19 +104,21 @@ class SlurmProvider(Provider):
         return Demand(queue.jobs - queue.blocked, queue.nodes, queue.cpus,
                       {p.node: sched.use_of(nodes.get(p.node)) for p in cluster.of(role)})
 
-    async def release(self, cluster: ClusterView, role: str, node: str) -> None:
+    async def release(self, cluster: ClusterView, role: str, node: str,
+                      why: Release = Release.LEAVE) -> None:
         if self.role(role).name != "compute":
-            await super().release(cluster, role, node)
-        await self._ask(cluster, self._head(cluster), "drain_node", node)
+            await super().release(cluster, role, node, why)
+        await self._ask(cluster, self._head(cluster), "drain_node", node, why=why.value)
 
     async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
         if self.role(role).name != "compute":
             await super().keep(cluster, role, node)
         await self._ask(cluster, self._head(cluster), "resume_node", node)
 
-    async def _ask(self, cluster: ClusterView, head: Peer, action: str, node: str) -> None:
+    async def _ask(self, cluster: ClusterView, head: Peer, action: str, node: str,
+                   **more: str) -> None:
         try:
-            await cluster.ask(head.node, action, {"node": node})
+            await cluster.ask(head.node, action, {"node": node, **more})
         except ClouddError as exc:
             raise TemporaryError(f"{action} {node} on {head.node}: {exc}", delay=5.0) from None
 

@@ -13,8 +13,9 @@ leader when it makes one): `prepare` copies it byte for byte from the node's sec
 reaches munged when it next starts.
 
 The head answers the leader's actions (`HeadRole.act`): `nodes` (the scheduler's view,
-`sched.py`), `queue` (the jobs that wait, summed), `resume_node`, `drain_node` (an elastic
-role's node leaving) and `delete_node`, each one
+`sched.py`), `queue` (the jobs that wait, summed), `resume_node`, `drain_node` (with cloudd's
+reason: an elastic role's node leaving, or a node moving off a drained host) and
+`delete_node`, each one
 `scontrol`/`sinfo`/`squeue` run in the node (through its exec prefix) with a bound on its time.
 """
 
@@ -32,9 +33,11 @@ from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import batchqueue, rolefiles, values
 from cloudd.providers.base import (
     ACT_WITHIN,
+    RELEASE_NOTES,
     Assignment,
     DirSpec,
     FileSpec,
+    Release,
     Rendered,
     Role,
     read_secret,
@@ -130,7 +133,7 @@ class HeadRole(SlurmRole):
     name = "head"
     daemon = "slurmctld"
     actions: Mapping[str, tuple[str, ...]] = {
-        "nodes": (), "queue": (), "resume_node": ("node",), "drain_node": ("node",),
+        "nodes": (), "queue": (), "resume_node": ("node",), "drain_node": ("node", "why"),
         "delete_node": ("node",)}
 
     def controller(self, a: Assignment) -> SlurmctldHost:
@@ -187,11 +190,17 @@ class HeadRole(SlurmRole):
 
     async def _drain(self, a: Assignment, args: Mapping[str, str],
                      deadline: float) -> Mapping[str, str]:
-        """No new job on the node, its jobs finish: with cloudd's reason, so that the leader
-        knows the drain for its own (an elastic role's node leaving)."""
+        """No new job on the node, its jobs finish: with cloudd's reason for `why` (an
+        elastic role's node leaving, a node moving off a drained host), so that the leader
+        knows the drain for its own, and why."""
         node = _node_arg(args)
+        try:
+            why = Release(args.get("why", ""))
+        except ValueError:
+            raise PermanentError(f"drain_node: why {str(args.get('why'))[:20]!r} is not one of "
+                                 f"{', '.join(r.value for r in Release)}") from None
         await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
-                            "state=drain", f"reason={sched.ELASTIC_REASON}")
+                            "state=drain", f"reason={RELEASE_NOTES[why]}")
         return {"node": node, "state": "draining"}
 
     async def _delete(self, a: Assignment, args: Mapping[str, str],

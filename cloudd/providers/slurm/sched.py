@@ -16,6 +16,7 @@ the jobs themselves, and shows it for the whole cloud.
 | down/drained/fail, responding, set by Slurm  | healthy           | not ok  | resume it   |
 | down/drained/fail, set by another user       | any               | not ok  | (operator's)|
 | drained/draining with cloudd's ELASTIC_REASON | any              | ok      | (leaving)   |
+| drained/draining with cloudd's MOVING_REASON  | any              | ok      | (moving)    |
 | anything else (down*, unknown, future, ...)  | any               | not ok  |             |
 | (not registered)                             | any               | not ok  |             |
 | a node that is not a compute node of the cloud | -               | not ok  | delete it   |
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
 from cloudd.providers import values
-from cloudd.providers.base import Finding, NodeUse, Peer
+from cloudd.providers.base import RELEASE_NOTES, Finding, NodeUse, Peer, Release
 from cloudd.providers.batchqueue import MAX_REASON, Queue, summed
 
 #: Flags sinfo appends to a state: not responding, powered down, powering up, and so on.
@@ -44,9 +45,10 @@ _FLAGS = "*~#!%$@^-"
 SERVING = frozenset({"idle", "mixed", "allocated", "completing"})
 #: Base states a node may be resumed from (`scontrol update state=resume`).
 RESUMABLE = frozenset({"down", "drained", "draining", "fail", "failing"})
-#: The reason cloudd gives a compute node it drains to leave the cloud (an elastic role's
-#: idle node): such a node is neither resumed nor left to an operator.
-ELASTIC_REASON = "cloudd: idle, leaving the cloud"
+#: The reasons cloudd gives a compute node it drains (an elastic role's idle node leaving,
+#: a node moving off a drained host): such a node is neither resumed nor left to an operator.
+ELASTIC_REASON = RELEASE_NOTES[Release.LEAVE]
+MOVING_REASON = RELEASE_NOTES[Release.MOVE]
 #: Most job ids an answer carries per node.
 MAX_JOBS = 16
 #: Most names a host list may expand to: a bigger one is not a cloud's.
@@ -245,6 +247,9 @@ def judge(nodes: Sequence[SchedNode], computes: Sequence[Peer], *,
         if n.reason == ELASTIC_REASON and n.base in ("drained", "draining"):
             findings.append(_found(n, True, f"{n.state} in Slurm: leaving the cloud, no "
                                             "longer needed"))
+        elif n.reason == MOVING_REASON and n.base in ("drained", "draining"):
+            findings.append(_found(n, True, f"{n.state} in Slurm: moving off a drained host "
+                                            "once its jobs end"))
         elif n.base in SERVING:
             findings.append(_found(n, True, f"{n.state} in Slurm"))
         elif (n.base in RESUMABLE and n.responding and n.by == slurm_user and peer.healthy):
@@ -268,7 +273,8 @@ def use_of(n: SchedNode | None) -> NodeUse:
     return NodeUse(ready=n.base in SERVING and n.responding,
                    busy=bool(n.jobs) or n.base in ("allocated", "mixed", "completing",
                                                    "draining"),
-                   released=n.reason == ELASTIC_REASON and n.base in ("drained", "draining"))
+                   released=n.reason == ELASTIC_REASON and n.base in ("drained", "draining"),
+                   moving=n.reason == MOVING_REASON and n.base in ("drained", "draining"))
 
 
 def _found(n: SchedNode, ok: bool, message: str) -> Finding:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.config.intent import DrainMove
 
 
 class SlurmSettings(BaseModel):
@@ -53,7 +54,7 @@ SPEC = TypeSpec(
     generated_secrets=(GeneratedSecret(GENERATED_MUNGE_KEY, size=1024),),
     hosts_file=True,
     roles=(
-        RoleSpec("head", min_nodes=1, max_nodes=1),
-        RoleSpec("compute", min_nodes=1, elastic=True),
+        RoleSpec("head", min_nodes=1, max_nodes=1, move=DrainMove.STATEFUL),
+        RoleSpec("compute", min_nodes=1, elastic=True, move=DrainMove.SCHEDULED),
     ),
 )

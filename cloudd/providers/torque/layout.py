@@ -38,6 +38,9 @@ _MOM_CONFIG = "pbs_mom's mom_priv/config"
 #: sized for thousands of nodes): a node that reported `down` (a pbs_mom started before its
 #: node was created, or a restarted pbs_server) is `free` again within about this long.
 STATUS_UPDATE_TIME = 10
+#: Seconds between two scheduling cycles that no job event started (a node that turned free
+#: takes a queued job within this long).
+SCHEDULER_ITERATION = 10
 
 
 def torque_settings(raw: Mapping[str, Any]) -> TorqueSettings:
@@ -163,6 +166,10 @@ def server_setup(settings: TorqueSettings, *, queues: tuple[str, ...]) -> tuple[
         # A pbs_mom silent for this long is `down`: three of its status reports missed
         # (TORQUE's 150 s goes with its 45 s reports).
         f"set server node_check_rate = {3 * STATUS_UPDATE_TIME}",
+        # pbs_server calls pbs_sched on a job's arrival or end, not when a node turns free
+        # (one added, one back after its VM was replaced): without a job event, queued jobs
+        # wait for the timed cycle (TORQUE's 600 s).
+        f"set server scheduler_iteration = {SCHEDULER_ITERATION}",
     ]
     return tuple(commands)
 

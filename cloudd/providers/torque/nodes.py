@@ -17,6 +17,12 @@ runs jobs does not return (seen with TORQUE 6.1.3.h5), so such a node is first s
 with `DRAIN_NOTE`, and deleted once its jobs are gone; a node of the cloud found offline with
 that note (it came back before it was deleted) is cleared. An operator's own `pbsnodes -o`
 carries another note, or none, and is never undone.
+
+cloudd drains a compute node the same way (`pbsnodes -o`) with one of its own notes
+(`RELEASE_NOTES`): an elastic role's idle node to leave the cloud, a node on a drained host
+to move. pbs_server starts no new job there and lets its jobs finish; the head reports which
+(`leaving`, `moving`: the note itself stays on the head), `use_of` reads it, and the leader
+lets the node go once no job is left, or takes it back (`pbsnodes -c`, only for those notes).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cloudd.errors import PermanentError
-from cloudd.providers.base import Finding, Peer
+from cloudd.providers.base import RELEASE_NOTES, Finding, NodeUse, Peer, Release
 
 #: TORQUE's node states (a node may be in several at once: `down,job-exclusive`).
 STATES = frozenset({"free", "down", "offline", "job-exclusive", "job-sharing", "busy",
@@ -44,6 +50,7 @@ MAX_NODES, MAX_JOBS = 4096, 64
 CHECK = "torque_node"
 #: The note cloudd gives a node it sets offline because the node left the cloud.
 DRAIN_NOTE = "cloudd: left the cloud, deleted once its jobs end"
+LEAVING, MOVING = RELEASE_NOTES[Release.LEAVE], RELEASE_NOTES[Release.MOVE]
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,10 @@ class TorqueNode:
     jobs: tuple[str, ...] = ()
     #: The node's note (`pbsnodes -N`); read on the head only, never sent to the leader.
     note: str = ""
+    #: Set offline by cloudd to leave the cloud (its note is `LEAVING`), or to move off a
+    #: drained host (`MOVING`): what the leader is told of the note.
+    leaving: bool = False
+    moving: bool = False
 
     @property
     def usable(self) -> bool:
@@ -101,15 +112,22 @@ def parse_pbsnodes(xml: str) -> tuple[TorqueNode, ...]:
                              if s.strip()),
             np=int(np_text) if np_text.isdigit() else 0,
             jobs=_jobs(node.findtext("jobs") or ""),
-            note=(node.findtext("note") or "").strip()))
+            note=(note := (node.findtext("note") or "").strip()),
+            leaving=note == LEAVING, moving=note == MOVING))
     return tuple(nodes)
 
 
 def encode(nodes: tuple[TorqueNode, ...]) -> dict[str, str]:
     """The head's answer to `nodes`: node name -> its view as one line of JSON."""
     return {n.name: json.dumps({"state": sorted(n.states), "np": n.np,
-                                "jobs": list(n.jobs[:MAX_JOBS])}, separators=(",", ":"))
+                                "jobs": list(n.jobs[:MAX_JOBS]), "leaving": n.leaving,
+                                "moving": n.moving},
+                               separators=(",", ":"))
             for n in nodes}
+
+
+_FIELDS = frozenset({"state", "np", "jobs"})
+_DRAINS = frozenset({"leaving", "moving"})
 
 
 def _refuse(name: str, why: str) -> PermanentError:
@@ -128,9 +146,13 @@ def decode(answer: Mapping[str, str]) -> dict[str, TorqueNode]:
             raw = json.loads(text)
         except (TypeError, ValueError):
             raise _refuse(name, "not JSON") from None
-        if not isinstance(raw, dict) or set(raw) != {"state", "np", "jobs"}:
-            raise _refuse(name, "not a node's state, np and jobs")
+        if not isinstance(raw, dict) or not _FIELDS <= set(raw) <= _FIELDS | _DRAINS:
+            raise _refuse(name, "not a node's state, np, jobs and cloudd's drain of it")
         states, np, jobs = raw["state"], raw["np"], raw["jobs"]
+        # a head of an earlier version says nothing of cloudd's drains
+        leaving, moving = raw.get("leaving", False), raw.get("moving", False)
+        if not isinstance(leaving, bool) or not isinstance(moving, bool):
+            raise _refuse(name, "leaving or moving is not true or false")
         if (not isinstance(states, list) or not all(isinstance(s, str) for s in states)
                 or not set(states) <= STATES):
             raise _refuse(name, f"unknown state in {str(states)[:80]}")
@@ -139,7 +161,8 @@ def decode(answer: Mapping[str, str]) -> dict[str, TorqueNode]:
         if (not isinstance(jobs, list) or len(jobs) > MAX_JOBS
                 or not all(isinstance(j, str) and _JOB.match(j) for j in jobs)):
             raise _refuse(name, "jobs are not TORQUE job ids")
-        views[name] = TorqueNode(name, frozenset(states), np, tuple(jobs))
+        views[name] = TorqueNode(name, frozenset(states), np, tuple(jobs), leaving=leaving,
+                                 moving=moving)
     return views
 
 
@@ -203,7 +226,11 @@ def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> T
         if view is None:
             findings.append(Finding(CHECK, False, "not registered with pbs_server", peer.node))
             continue
-        if view.usable:
+        if view.leaving and "offline" in view.states:
+            ok, message = True, f"{view.describe()}: leaving the cloud, no longer needed"
+        elif view.moving and "offline" in view.states:
+            ok, message = True, f"{view.describe()}: moving off a drained host once its jobs end"
+        elif view.usable:
             ok, message = True, view.describe()
         elif "down" in view.states and "offline" not in view.states and peer.healthy:
             nudge.append(peer.node)
@@ -220,3 +247,12 @@ def judge(computes: tuple[Peer, ...], registered: Mapping[str, TorqueNode]) -> T
                                 "node of the cloud", name, state=registered[name].state,
                                 jobs=registered[name].jobs))
     return TorqueJudgement(tuple(findings), tuple(nudge))
+
+
+def use_of(view: TorqueNode | None) -> NodeUse:
+    """A compute node as the leader's elastic loop and host drains read it."""
+    if view is None:
+        return NodeUse()
+    offline = "offline" in view.states
+    return NodeUse(ready=view.usable, busy=bool(view.jobs), released=view.leaving and offline,
+                   moving=view.moving and offline)

@@ -6,7 +6,9 @@ Roles, in dependency order:
   queue, scheduling) are applied by its `setup` action, which the leader asks for once the
   head is healthy. Its other actions are the leader's hands on the scheduler: `nodes`
   (`pbsnodes -x`), `queue` (`qstat -x`, the waiting jobs summed: `queue.py`), `create_node`,
-  `delete_node` (qmgr) and `cycle_node` (`momctl -C`).
+  `delete_node` (qmgr), `cycle_node` (`momctl -C`), `drain_node` (`pbsnodes -o` with one of
+  cloudd's notes: an elastic role's node leaves, or a node moves off a drained host, once
+  its jobs end) and `resume_node` (`pbsnodes -c`, only of a node cloudd drained so).
 - `compute`: trqauthd and pbs_mom, whose `$pbsserver` is the head.
 
 Every daemon runs in the foreground under the node's supervisor (`-F`; pbs_sched, which has
@@ -17,7 +19,9 @@ The leader's hooks: `configure("head")` applies the server's settings, `configur
 makes pbs_server's node list the cloud's compute nodes (created when they appear, deleted
 when they leave), and `monitor` reports pbs_server's view of each compute node and nudges
 the pbs_mom of a node TORQUE shows `down` while its agent is healthy (`nodes.judge`), and
-the jobs waiting in its queues, summed, for the whole cloud.
+the jobs waiting in its queues, summed, for the whole cloud. `demand`, `release` and `keep`
+(compute may be elastic): the jobs waiting for nodes and each compute node's use, read from
+the head, and the drain of an idle node to leave, or its undoing.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from cloudd import log
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.providers import batchqueue, values
 from cloudd.providers.base import (
+    RELEASE_NOTES,
     Assignment,
     ClusterView,
+    Demand,
     Finding,
     Peer,
     Provider,
+    Release,
     Rendered,
     Role,
 )
@@ -65,7 +72,8 @@ class TorqueHeadRole(Role):
     name = "head"
     actions: Mapping[str, tuple[str, ...]] = {
         "setup": (), "nodes": (), "queue": (), "create_node": ("name", "np"),
-        "delete_node": ("name",), "cycle_node": ("name",)}
+        "delete_node": ("name",), "cycle_node": ("name",), "drain_node": ("name", "why"),
+        "resume_node": ("name",)}
 
     def render(self, a: Assignment, secrets: Mapping[str, str]) -> Rendered:
         return layout.render_head(a)
@@ -171,11 +179,49 @@ async def _cycle_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapp
     return {"node": name}
 
 
+async def _drain_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
+    """No new job on the node, its jobs finish: offline with cloudd's note for `why` (an
+    elastic role's node leaving, a node moving off a drained host), so that the leader knows
+    the drain for its own, and why. A node an operator set offline keeps its own note."""
+    name = _name(args, "drain_node")
+    try:
+        why = Release(args.get("why", ""))
+    except ValueError:
+        raise PermanentError(f"drain_node: why {str(args.get('why'))[:20]!r} is not one of "
+                             f"{', '.join(r.value for r in Release)}") from None
+    view = await _view(a, head, name)
+    if view is None:
+        raise TemporaryError(f"drain_node: {name} is not registered with pbs_server", delay=5.0)
+    ours = view.leaving or view.moving
+    if "offline" in view.states and not ours:
+        raise PermanentError(f"drain_node: {name} is offline by its operator's word "
+                             f"(note {view.note[:60]!r}): left as it is")
+    if view.note != RELEASE_NOTES[why] or "offline" not in view.states:
+        await programs.client(a, head, "pbsnodes", "-o", "-N", RELEASE_NOTES[why], name)
+    return {"node": name, "state": "draining"}
+
+
+async def _resume_node(a: Assignment, head: str, args: Mapping[str, str]) -> Mapping[str, str]:
+    """Undo `drain_node`: online again, the note cleared; only a node cloudd drained so."""
+    name = _name(args, "resume_node")
+    view = await _view(a, head, name)
+    if view is None:
+        raise TemporaryError(f"resume_node: {name} is not registered with pbs_server",
+                             delay=5.0)
+    if "offline" in view.states and not (view.leaving or view.moving):
+        raise PermanentError(f"resume_node: {name} is offline by its operator's word "
+                             f"(note {view.note[:60]!r}): left as it is")
+    if "offline" in view.states:
+        await programs.client(a, head, "pbsnodes", "-c", "-N", "", name)
+    return {"node": name, "state": "resumed"}
+
+
 _Handler = Callable[[Assignment, str, Mapping[str, str]], Awaitable[Mapping[str, str]]]
 #: The head's actions (`TorqueHeadRole.actions` names their arguments; the node checks them first).
 _HEAD_ACTIONS: Mapping[str, _Handler] = {
     "setup": _setup, "nodes": _nodes, "queue": _queue, "create_node": _create_node,
-    "delete_node": _delete_node, "cycle_node": _cycle_node}
+    "delete_node": _delete_node, "cycle_node": _cycle_node, "drain_node": _drain_node,
+    "resume_node": _resume_node}
 
 
 class TorqueComputeRole(Role):
@@ -258,6 +304,38 @@ class TorqueProvider(Provider):
         except ClouddError as exc:
             waiting = batchqueue.unreadable("pbs_server", str(exc))
         return (*verdict.findings, waiting)
+
+    async def demand(self, cluster: ClusterView, role: str) -> Demand:
+        """`compute`, elastic: the jobs waiting for nodes and each compute node's use."""
+        if self.role(role).name != "compute":
+            return await super().demand(cluster, role)
+        head = _head(cluster)
+        try:
+            registered = nodes.decode(await cluster.ask(head.node, "nodes", {}))
+            waiting = batchqueue.decode(await cluster.ask(head.node, "queue", {}))
+        except ClouddError as exc:
+            raise TemporaryError(f"no queue or node list from pbs_server on {head.node}: "
+                                 f"{exc}", delay=5.0) from None
+        return Demand(waiting.jobs - waiting.blocked, waiting.nodes, waiting.cpus,
+                      {p.node: nodes.use_of(registered.get(p.node)) for p in cluster.of(role)})
+
+    async def release(self, cluster: ClusterView, role: str, node: str,
+                      why: Release = Release.LEAVE) -> None:
+        if self.role(role).name != "compute":
+            await super().release(cluster, role, node, why)
+        await self._ask(cluster, "drain_node", node, why=why.value)
+
+    async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
+        if self.role(role).name != "compute":
+            await super().keep(cluster, role, node)
+        await self._ask(cluster, "resume_node", node)
+
+    async def _ask(self, cluster: ClusterView, action: str, node: str, **more: str) -> None:
+        head = _head(cluster)
+        try:
+            await cluster.ask(head.node, action, {"name": node, **more})
+        except ClouddError as exc:
+            raise TemporaryError(f"{action} {node} on {head.node}: {exc}", delay=5.0) from None
 
 
 PROVIDER = TorqueProvider()

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.intent import DrainMove
 
 #: A folder every node sees at the same path; plain characters only, since it is rendered
 #: into pbs_mom's configuration.
@@ -39,7 +40,7 @@ SPEC = TypeSpec(
     # host), so every node's name must resolve on every node: cloudd's /etc/hosts block.
     hosts_file=True,
     roles=(
-        RoleSpec("head", min_nodes=1, max_nodes=1),
-        RoleSpec("compute", min_nodes=1),
+        RoleSpec("head", min_nodes=1, max_nodes=1, move=DrainMove.STATEFUL),
+        RoleSpec("compute", min_nodes=1, elastic=True, move=DrainMove.SCHEDULED),
     ),
 )

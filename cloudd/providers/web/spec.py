@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.intent import DrainMove
 
 #: The secret name used when the manifest's settings name none.
 DEFAULT_PASSWORD_SECRET = "database_password"
@@ -50,7 +51,7 @@ SPEC = TypeSpec(
     settings_model=WebSettings,
     role_secrets=role_secrets,
     roles=(
-        RoleSpec("database", min_nodes=1, max_nodes=1),
+        RoleSpec("database", min_nodes=1, max_nodes=1, move=DrainMove.STATEFUL),
         RoleSpec("server", min_nodes=1),
         RoleSpec("balancer", min_nodes=1),
     ),

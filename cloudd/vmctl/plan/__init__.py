@@ -8,7 +8,7 @@ rules, `placement` for host choice, `leftovers` for the overlays left behind and
 for failure bookkeeping.
 """
 
-from cloudd.config.intent import Ensure, RunStrategy
+from cloudd.config.intent import DrainMove, Ensure, RunStrategy
 from cloudd.vmctl.plan.backoff import BackoffPolicy, Ledger, delay, failed
 from cloudd.vmctl.plan.model import (
     AFTER_RESET,
@@ -22,7 +22,6 @@ from cloudd.vmctl.plan.model import (
     Destroy,
     DomainObs,
     DomainState,
-    DrainMove,
     FailRecord,
     Fence,
     HostObs,

@@ -16,10 +16,12 @@ and per node, whether that first step may be taken now. The rules, in the order 
   while another node of its role is ready, so the role keeps serving; the sole node of its
   role leaves at once (nothing can keep its role up: as Pacemaker's standby, or a pod with no
   disruption budget under `kubectl drain`).
-- Batch compute nodes (`DrainMove.SCHEDULED`, their running jobs would be killed) and stateful
-  nodes (`DrainMove.STATEFUL`, whose local disk holds the role's data) leave only with the
-  operator's word (`drain HOST --move-stateful`, as `kubectl drain --delete-emptydir-data`),
-  compute nodes after every stateless node, stateful nodes last of all.
+- Batch compute nodes (`DrainMove.SCHEDULED`, their running jobs would be killed) leave once
+  their scheduler shows them drained with no job left (`Observed.emptied`: the leader asks
+  the scheduler for that drain), or at once with the operator's word (`drain HOST
+  --move-stateful`), after every stateless node. Stateful nodes (`DrainMove.STATEFUL`, whose
+  local disk holds the role's data) leave only with that word (as `kubectl drain
+  --delete-emptydir-data`), last of all.
 - A node leaves only when some other host can take it now (image and memory), so a drain
   that cannot complete leaves the node running where it is and says why.
 """
@@ -29,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, DrainMove, NodeSpec, Observed
+from cloudd.config.intent import DrainMove
+from cloudd.vmctl.plan.model import Desired, DomainObs, DomainState, NodeSpec, Observed
 
 #: Which kinds must be gone from the host before a node of this kind may leave.
 _AFTER: Mapping[DrainMove, frozenset[DrainMove]] = {
@@ -39,10 +42,16 @@ _AFTER: Mapping[DrainMove, frozenset[DrainMove]] = {
 }
 
 _WORD: Mapping[DrainMove, str] = {
-    DrainMove.SCHEDULED: "a batch compute node (its running jobs would be killed; cloudd "
-                         "does not drain it in the scheduler): drain it there, then",
-    DrainMove.STATEFUL: "stateful (its disk is local and holds the role's data):",
+    DrainMove.SCHEDULED: "a batch compute node: drained in its scheduler first, it leaves "
+                         "once its jobs end (or at once, its jobs killed,",
+    DrainMove.STATEFUL: "stateful (its disk is local and holds the role's data): moved only",
 }
+
+
+def _may_move(spec: NodeSpec, host: str, desired: Desired, observed: Observed) -> bool:
+    """Whether the node's kind lets it leave drained `host` at all now."""
+    return (spec.move is DrainMove.REPLICA or host in desired.move_stateful
+            or (spec.move is DrainMove.SCHEDULED and spec.name in observed.emptied))
 
 
 @dataclass(frozen=True)
@@ -73,9 +82,9 @@ def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
         return Stay(f"pinned to drained host {host}: it stays (the drain cannot complete)")
     if spec.held:
         return Stay(f"in maintenance: left on drained host {host}")
-    if spec.move is not DrainMove.REPLICA and host not in desired.move_stateful:
-        return Stay(f"{_WORD[spec.move]} moved only with `cloudd-cli drain {host} "
-                    "--move-stateful`")
+    if not _may_move(spec, host, desired, observed):
+        close = ")" if spec.move is DrainMove.SCHEDULED else ""
+        return Stay(f"{_WORD[spec.move]} with `cloudd-cli drain {host} --move-stateful`{close}")
     # A move already under way (asked to shut down, or down) is finished whatever else
     # waits: the node no longer serves where it is.
     started = d.state is not DomainState.RUNNING or (spec.name, host) in observed.shutdowns
@@ -114,7 +123,7 @@ def _pending(spec: NodeSpec, *, desired: Desired, observed: Observed,
         n = specs.get(d.node)
         if (n is None or n.name == spec.name or d.cloud != desired.cloud
                 or d.host not in desired.drained or n.held or n.pin == d.host
-                or (n.move is not DrainMove.REPLICA and d.host not in desired.move_stateful)):
+                or not _may_move(n, d.host, desired, observed)):
             continue
         if d.state is not DomainState.RUNNING or (n.name, d.host) in observed.shutdowns:
             return f"{n.name} is leaving drained host {d.host}"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from cloudd.config.intent import Ensure, RunStrategy
+from cloudd.config.intent import DrainMove, Ensure, RunStrategy
 
 
 class Liveness(enum.Enum):
@@ -46,21 +46,6 @@ AFTER_RESET = "reset"
 #: The manifest's default `timing.unreachable_reset_after`, seconds (`cloudd.config.model`
 #: keeps the same number; a test holds them equal).
 UNREACHABLE_RESET_AFTER = 900.0
-
-
-class DrainMove(enum.Enum):
-    """How a node may be moved off a drained host (its role's kind:
-    `cloudd.daemon.leader.drain.MOVES`)."""
-
-    REPLICA = "replica"
-    """Stateless: moved only while another node of its role is ready (a sole node of its
-    role moves at once: its role is down until it is ready again)."""
-    SCHEDULED = "scheduled"
-    """A batch compute node: its jobs would be killed, so it moves only with the operator's
-    word (`drain --move-stateful`), after the stateless nodes."""
-    STATEFUL = "stateful"
-    """Its disk is local and holds the role's data (a database): moved last, and only with
-    the operator's word."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +179,9 @@ class Observed:
     ready: frozenset[str] = frozenset()
     """Nodes whose agent is alive and reports its role ready (a drain moves a node only
     while another of its role is among them)."""
+    emptied: frozenset[str] = frozenset()
+    """Batch compute nodes their scheduler shows drained with no job left (or taking none):
+    a drain moves such a node without the operator's `--move-stateful`."""
 
 
 @dataclass(frozen=True)

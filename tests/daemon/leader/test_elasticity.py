@@ -14,9 +14,11 @@ from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog
+from cloudd.daemon.leader.drain import Drains
 from cloudd.daemon.leader.elasticity import ElasticLoop
+from cloudd.daemon.network.catalogue import Drain
 from cloudd.errors import TemporaryError
-from cloudd.providers.base import ClusterView, Demand, NodeUse, Provider
+from cloudd.providers.base import ClusterView, Demand, NodeUse, Provider, Release
 from cloudd.providers.catalog import CATALOG
 
 MANIFEST = """\
@@ -46,14 +48,17 @@ class Scheduler(Provider):
     demand_now: Demand = field(default_factory=Demand)
     down: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
+    asked: int = 0
 
     async def demand(self, cluster: ClusterView, role: str) -> Demand:
+        self.asked += 1
         if self.down:
             raise TemporaryError("slurmctld on hpc-head-1 did not answer")
         return self.demand_now
 
-    async def release(self, cluster: ClusterView, role: str, node: str) -> None:
-        self.calls.append(("release", node))
+    async def release(self, cluster: ClusterView, role: str, node: str,
+                      why: Release = Release.LEAVE) -> None:
+        self.calls.append(("release" if why is Release.LEAVE else "move", node))
 
     async def keep(self, cluster: ClusterView, role: str, node: str) -> None:
         self.calls.append(("keep", node))
@@ -67,6 +72,9 @@ class Loop:
     clock: FakeClock
     events: EventLog
     term: list[int | None] = field(default_factory=lambda: [3])
+    where: dict[str, str] = field(default_factory=dict)
+    drains: list[Drains] = field(default_factory=list)
+    ready: set[str] = field(default_factory=set)
 
     def reasons(self) -> list[str]:
         return [e.reason for e in self.events.query(cloud="hpc")]
@@ -87,10 +95,14 @@ def loop(tmp_path: Path) -> Loop:
     events = EventLog(tmp_path / "events.sqlite3")
     term: list[int | None] = [3]
     cluster = ClusterView(cloud="hpc", nodes=())
+    where: dict[str, str] = {}
+    drains: list[Drains] = [Drains()]
+    ready: set[str] = set()
     el = ElasticLoop(cloud=lambda: cloud, active=lambda: active, set_active=set_active,
                      term=lambda: term[0], cluster=lambda: cluster,
-                     provider=lambda _: sched, events=events, clock=clock)
-    return Loop(el, sched, active, clock, events, term)
+                     provider=lambda _: sched, events=events, drains=lambda: drains[0],
+                     where=lambda: where, ready=lambda: frozenset(ready), clock=clock)
+    return Loop(el, sched, active, clock, events, term, where, drains, ready)
 
 
 def use(**nodes: NodeUse) -> Mapping[str, NodeUse]:
@@ -141,6 +153,49 @@ async def test_a_burst_grows_then_idleness_drains_and_removes(loop: Loop) -> Non
         "leave hpc-compute-3: drained in the scheduler, no job left"]
 
 
+async def test_plan_shows_each_role_s_state_and_the_last_decisions(loop: Loop) -> None:
+    await loop.loop.step()
+    loop.clock.advance(5)
+    loop.sched.demand_now = Demand(1, 1, 2, use(hpc_compute_1=BUSY))
+    await loop.loop.step()
+    view = loop.loop.view()
+    assert [(f.check, f.message, f.state) for f in view.roles] == [
+        ("elastic compute", "2 node(s) in use, of 1 to 3", "following the queue")]
+    assert [(d.term, d.change.what, d.change.node, d.change.reason) for d in view.decisions] == [
+        (3, "take", "hpc-compute-1", "below the role's minimum of 1"),
+        (3, "take", "hpc-compute-2", "1 job(s) wait for nodes, asking 1 node(s) and 2 CPU(s)")]
+    assert view.decisions[1].at - view.decisions[0].at == 5
+    # Not leading: no role state; the decisions made while it led stay for the operator.
+    loop.term[0] = None
+    assert loop.loop.view().roles == () and len(loop.loop.view().decisions) == 2
+
+
+async def test_a_batch_node_on_a_drained_host_is_drained_to_move_then_resumed(
+        loop: Loop) -> None:
+    await loop.loop.step()  # the minimum: hpc-compute-1, on pm1
+    loop.where["hpc-compute-1"] = "pm1"
+    loop.sched.demand_now = Demand(use=use(hpc_compute_1=BUSY))
+    loop.drains[0] = Drains((Drain("pm1"),))
+    await loop.loop.step()
+    assert loop.sched.calls == [("move", "hpc-compute-1")]
+    assert loop.loop.emptied() == frozenset()  # its job still runs
+    loop.sched.demand_now = Demand(use=use(hpc_compute_1=NodeUse(moving=True)))
+    await loop.loop.step()
+    assert loop.loop.emptied() == {"hpc-compute-1"}  # the planner may move it now
+    # moved to pm2 and ready there: its drain is undone; nothing more to do
+    loop.where["hpc-compute-1"] = "pm2"
+    loop.ready.add("hpc-compute-1")
+    await loop.loop.step()
+    assert loop.sched.calls[-1] == ("keep", "hpc-compute-1")
+    assert loop.loop.emptied() == frozenset()
+    assert loop.reasons()[-2:] == [
+        "drain hpc-compute-1: on a drained host: its jobs end before it moves",
+        "keep hpc-compute-1: moved off its drained host (or the host undrained): it takes "
+        "jobs again"]
+    # the elastic role's accounting never took the moving node for one leaving
+    assert loop.active == {"hpc-compute-1"}
+
+
 async def test_nothing_happens_while_this_agent_does_not_lead(loop: Loop) -> None:
     loop.term[0] = None
     await loop.loop.step()
@@ -159,3 +214,34 @@ async def test_a_record_write_that_fails_changes_nothing_and_is_tried_again(
     loop.loop._set_active = good
     await loop.loop.step()
     assert loop.active == {"hpc-compute-1"}
+
+
+async def test_a_fixed_batch_cloud_reads_its_scheduler_only_while_a_drain_needs_it(
+        tmp_path: Path) -> None:
+    (tmp_path / "t.xml").write_text("<domain/>")
+    (tmp_path / "hpc.yaml").write_text(MANIFEST.replace(
+        """    elastic: {min: 1, max: 3, idle_after: 60, cooldown: 30}
+    template: {image: "/var/lib/cloudd/images/{name}.qcow2", vcpus: 2}
+    addresses: 192.0.2.30-192.0.2.33""",
+        "    - {address: 192.0.2.30, image: /var/lib/cloudd/images/c1.qcow2}"))
+    cloud = load_cloud(tmp_path / "hpc.yaml", CATALOG)
+    sched, drains = Scheduler(), [Drains()]
+
+    async def nothing(names: Collection[str]) -> None:
+        raise AssertionError("a fixed cloud has no nodes in use to write")
+    el = ElasticLoop(cloud=lambda: cloud, active=frozenset, set_active=nothing,
+                     term=lambda: 3, cluster=lambda: ClusterView(cloud="hpc", nodes=()),
+                     provider=lambda _: sched, events=EventLog(tmp_path / "e.sqlite3"),
+                     drains=lambda: drains[0], where=lambda: {"hpc-compute-1": "pm1"},
+                     clock=FakeClock())
+    sched.down = True
+    await el.step()
+    await el.step()  # no answer yet: asked again (a new leader finishes the last one's moves)
+    sched.down = False
+    await el.step()
+    await el.step()
+    assert sched.asked == 3 and el.findings() == ()
+    drains[0] = Drains((Drain("pm1"),))
+    sched.demand_now = Demand(use={"hpc-compute-1": IDLE})
+    await el.step()
+    assert sched.asked == 4 and sched.calls == [("move", "hpc-compute-1")]

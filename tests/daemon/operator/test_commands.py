@@ -162,7 +162,8 @@ async def test_the_leader_performs_maintenance_and_records_it(tmp_path: Path,
 async def test_plan_and_cleanup_on_the_leader(tmp_path: Path, agents: dict[str, Agent]) -> None:
     pm1 = agent(tmp_path, agents, "pm1", acting=True, leader="pm1")
     assert await pm1.op.command(OperatorOp.PLAN, {}) == {
-        "leader": "pm1", "term": 7, "actions": [], "waiting": []}
+        "leader": "pm1", "term": 7, "actions": [], "waiting": [], "elastic": [],
+        "decided": []}
     assert pm1.seat is not None
     pm1.seat.member.controller.node_fails.failed(DB, now=1.0)
     assert await pm1.op.command(OperatorOp.CLEANUP, {"node": DB}) == {"reset": DB}

@@ -72,10 +72,17 @@ async def test_queue_answers_the_waiting_jobs_summed(head: Assignment) -> None:
 
 
 async def test_drain_gives_cloudds_own_reason(head: Assignment) -> None:
-    assert await PROVIDER.role("head").act(head, "drain_node", {"node": "b-c3"}) == {
+    role = PROVIDER.role("head")
+    assert await role.act(head, "drain_node", {"node": "b-c3", "why": "leave"}) == {
         "node": "b-c3", "state": "draining"}
+    assert await role.act(head, "drain_node", {"node": "b-c2", "why": "move"}) == {
+        "node": "b-c2", "state": "draining"}
     assert [line.split(": ", 1)[1] for line in _log(head)] == [
-        "scontrol update nodename=b-c3 state=drain reason=cloudd: idle, leaving the cloud"]
+        "scontrol update nodename=b-c3 state=drain reason=cloudd: idle, leaving the cloud",
+        "scontrol update nodename=b-c2 state=drain reason=cloudd: moving off a drained host"]
+    with pytest.raises(PermanentError, match="drain_node: why 'because' is not one of leave, "
+                                             "move"):
+        await role.act(head, "drain_node", {"node": "b-c2", "why": "because"})
 
 
 async def test_resume_and_delete_run_scontrol_on_the_named_node(head: Assignment) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import batchqueue
-from cloudd.providers.base import ClusterView, NodeUse, Peer
+from cloudd.providers.base import RELEASE_NOTES, ClusterView, NodeUse, Peer, Release
 from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.provider import PROVIDER
 from cloudd.providers.slurm.sched import SchedNode
@@ -36,7 +36,7 @@ class Head:
         if action == "queue":
             return batchqueue.encode(self.queue)
         state = "drained" if action == "drain_node" else "idle"
-        reason = sched.ELASTIC_REASON if action == "drain_node" else ""
+        reason = (RELEASE_NOTES[Release(args["why"])] if action == "drain_node" else "")
         self.view = [n for n in self.view if n.name != args["node"]] if (
             action == "delete_node") else [
             SchedNode(n.name, state, "root" if reason else "", reason)
@@ -157,5 +157,13 @@ async def test_an_elastic_compute_role_reads_its_demand_and_drains_to_leave() ->
     assert _actions(head) == [("drain_node", "b-c2")]
     await PROVIDER.keep(cluster, "compute", "b-c2")
     assert _actions(head)[-1] == ("resume_node", "b-c2")
+    # Drained to move off a drained host: told apart, and not resumed by the monitor either.
+    await PROVIDER.release(cluster, "compute", "b-c2", Release.MOVE)
+    assert head.asked[-1][2] == {"node": "b-c2", "why": "move"}
+    assert (await PROVIDER.demand(cluster, "compute")).use["b-c2"] == NodeUse(moving=True)
+    findings = {f.node: f for f in await PROVIDER.monitor(cluster)}
+    assert (findings["b-c2"].ok, findings["b-c2"].message) == (
+        True, "drained in Slurm: moving off a drained host once its jobs end")
+    assert _actions(head)[-1] == ("drain_node", "b-c2")
     with pytest.raises(PermanentError, match="has no elastic role 'head'"):
         await PROVIDER.demand(cluster, "head")

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cloudd.errors import PermanentError
-from cloudd.providers.base import Peer
+from cloudd.providers.base import NodeUse, Peer
 from cloudd.providers.torque import nodes
-from cloudd.providers.torque.nodes import TorqueNode
+from cloudd.providers.torque.nodes import LEAVING, TorqueNode
 
 PBSNODES = (
     "<Data><Node><name>hpc-c1</name><state>free</state><power_state>Running</power_state>"
@@ -34,8 +34,39 @@ def test_pbsnodes_xml_is_parsed() -> None:
 def test_the_answer_survives_the_wire() -> None:
     answer = nodes.encode((C1, C2, C3))
     assert json.loads(answer["hpc-c2"]) == {"state": ["down", "job-exclusive"], "np": 1,
-                                            "jobs": ["9[3].hpc-head"]}
+                                            "jobs": ["9[3].hpc-head"], "leaving": False,
+                                            "moving": False}
     assert nodes.decode(answer) == {"hpc-c1": C1, "hpc-c2": C2, "hpc-c3": C3}
+
+
+def test_a_node_cloudd_drained_to_leave_is_told_as_leaving_its_note_kept_on_the_head() -> None:
+    xml = ("<Data><Node><name>hpc-c4</name><state>offline</state><np>1</np>"
+           f"<note>{LEAVING}</note></Node><Node><name>hpc-c5</name><state>offline</state>"
+           "<np>1</np><note>bad disk</note></Node></Data>")
+    c4, c5 = nodes.parse_pbsnodes(xml)
+    assert c4.leaving and not c5.leaving
+    told = nodes.decode(nodes.encode((c4, c5)))
+    assert told["hpc-c4"].leaving and told["hpc-c4"].note == ""
+    assert not told["hpc-c5"].leaving and told["hpc-c5"].note == ""
+    # A head of an earlier version says nothing of it: not leaving.
+    assert not nodes.decode({"hpc-c4": _one()})["hpc-c4"].leaving
+
+
+@pytest.mark.parametrize(("view", "use"), [
+    (None, NodeUse()),
+    (TorqueNode("c", frozenset({"down"}), 1), NodeUse()),  # booting: not yet ready
+    (TorqueNode("c", frozenset({"free"}), 1), NodeUse(ready=True)),
+    (TorqueNode("c", frozenset({"job-exclusive"}), 1, ("3.h",)), NodeUse(ready=True, busy=True)),
+    (TorqueNode("c", frozenset({"offline"}), 1, ("3.h",), leaving=True),
+     NodeUse(busy=True, released=True)),
+    (TorqueNode("c", frozenset({"offline"}), 1, leaving=True), NodeUse(released=True)),
+    (TorqueNode("c", frozenset({"offline"}), 1, ("3.h",), moving=True),
+     NodeUse(busy=True, moving=True)),
+    # an operator's offline is not cloudd's drain
+    (TorqueNode("c", frozenset({"offline"}), 1), NodeUse()),
+])
+def test_the_elastic_loop_reads_a_node_s_use(view: TorqueNode | None, use: NodeUse) -> None:
+    assert nodes.use_of(view) == use
 
 
 def _one(**fields: object) -> str:
@@ -47,7 +78,10 @@ def _one(**fields: object) -> str:
     ({"c1\n": _one()}, "not a node name"),
     ({"c1": _one(jobs=["1.h\n"])}, "jobs are not TORQUE job ids"),
     ({"c1": "{"}, "not JSON"),
-    ({"c1": json.dumps({"state": ["free"], "np": 1})}, "not a node's state, np and jobs"),
+    ({"c1": json.dumps({"state": ["free"], "np": 1})}, "not a node's state, np, jobs"),
+    ({"c1": _one(extra=1)}, "not a node's state, np, jobs and cloudd's drain"),
+    ({"c1": _one(leaving="yes")}, "leaving or moving is not true or false"),
+    ({"c1": _one(moving=1)}, "leaving or moving is not true or false"),
     ({"c1": _one(state=["free", "on-fire"])}, "unknown state"),
     ({"c1": _one(state="free")}, "unknown state"),
     ({"c1": _one(np=True)}, "np is not a count of slots"),
@@ -93,6 +127,10 @@ OFFLINE = TorqueNode("hpc-c3", frozenset({"down", "offline"}), 1)
        "healthy either)")], ()),
     # Offline is an operator's decision, never undone by a nudge.
     ((_peer("hpc-c3"),), {"hpc-c3": OFFLINE}, [("hpc-c3", False, "down,offline, no job")], ()),
+    # An elastic role's node cloudd drained to leave: as it should be, its job finishing.
+    ((_peer("hpc-c3"),), {"hpc-c3": TorqueNode("hpc-c3", frozenset({"offline"}), 1, ("4.h",),
+                                               leaving=True)},
+     [("hpc-c3", True, "offline, 1 job(s): 4.h: leaving the cloud, no longer needed")], ()),
     ((_peer("hpc-c4"),), {"hpc-c1": C1},
      [("hpc-c4", False, "not registered with pbs_server"),
       ("hpc-c1", False, "registered with pbs_server but not a compute node of the cloud")],

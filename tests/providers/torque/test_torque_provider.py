@@ -9,7 +9,7 @@ import pytest
 
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import batchqueue
-from cloudd.providers.base import Assignment, ClusterView, Finding, Peer
+from cloudd.providers.base import Assignment, ClusterView, Finding, NodeUse, Peer
 from cloudd.providers.torque import nodes
 from cloudd.providers.torque.nodes import TorqueNode
 from cloudd.providers.torque.provider import PROVIDER
@@ -166,5 +166,37 @@ async def test_the_head_refuses_bad_arguments_before_running_anything(
 def test_the_head_declares_its_actions() -> None:
     assert dict(PROVIDER.role("head").actions) == {
         "setup": (), "nodes": (), "queue": (), "create_node": ("name", "np"),
-        "delete_node": ("name",), "cycle_node": ("name",)}
+        "delete_node": ("name",), "cycle_node": ("name",), "drain_node": ("name", "why"),
+        "resume_node": ("name",)}
     assert dict(PROVIDER.role("compute").actions) == {}
+
+
+async def test_demand_reads_the_queue_and_each_compute_node_s_use() -> None:
+    head = FakeHead({"hpc-c1": TorqueNode("hpc-c1", frozenset({"job-exclusive"}), 1, ("3.h",)),
+                     "hpc-c2": TorqueNode("hpc-c2", frozenset({"offline"}), 1, leaving=True)})
+    head.queue = batchqueue.summed([(1, 1, "queued", True), (2, 2, "queued", True),
+                                    (1, 1, "held", False)])
+    demand = await PROVIDER.demand(_cluster(head, _c("hpc-c1"), _c("hpc-c2"), _c("hpc-c3")),
+                                   "compute")
+    assert (demand.jobs, demand.nodes, demand.cpus) == (2, 3, 3)  # the held job waits not
+    assert demand.use == {"hpc-c1": NodeUse(ready=True, busy=True),
+                          "hpc-c2": NodeUse(released=True), "hpc-c3": NodeUse()}
+
+
+async def test_demand_without_a_word_from_pbs_server_is_a_temporary_error() -> None:
+    with pytest.raises(TemporaryError, match="no queue or node list from pbs_server on "
+                                             "hpc-head: cannot ask hpc-head for 'queue'"):
+        await PROVIDER.demand(_cluster(FakeHead(fail="queue"), _c("hpc-c1")), "compute")
+    with pytest.raises(PermanentError, match="cloud type 'torque' has no elastic role 'head'"):
+        await PROVIDER.demand(_cluster(FakeHead()), "head")
+
+
+async def test_release_and_keep_ask_the_head_to_drain_and_resume() -> None:
+    head = FakeHead()
+    cluster = _cluster(head, _c("hpc-c1"))
+    await PROVIDER.release(cluster, "compute", "hpc-c1")
+    await PROVIDER.keep(cluster, "compute", "hpc-c1")
+    assert head.actions() == ["drain_node hpc-c1", "resume_node hpc-c1"]
+    with pytest.raises(TemporaryError, match="drain_node hpc-c1 on hpc-head: cannot ask"):
+        await PROVIDER.release(_cluster(FakeHead(fail="drain_node"), _c("hpc-c1")),
+                               "compute", "hpc-c1")

@@ -127,12 +127,13 @@ def test_compute_services() -> None:
     ({}, (), ("create queue batch queue_type=execution", "set queue batch enabled = True",
               "set queue batch started = True", "set server default_queue = batch",
               "set server scheduling = True", "set server allow_node_submit = True",
-              "set server auto_node_np = True", "set server node_check_rate = 30")),
+              "set server auto_node_np = True", "set server node_check_rate = 30",
+              "set server scheduler_iteration = 10")),
     ({"queue": "long", "np": 4, "scheduler": False}, ("long",),
      ("set queue long enabled = True", "set queue long started = True",
       "set server default_queue = long", "set server scheduling = False",
       "set server allow_node_submit = True", "set server auto_node_np = False",
-      "set server node_check_rate = 30")),
+      "set server node_check_rate = 30", "set server scheduler_iteration = 10")),
 ])
 def test_server_setup(settings: dict[str, object], queues: tuple[str, ...],
                       expected: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 from plan_sim import SimHost, World
@@ -111,7 +112,8 @@ def test_the_database_moves_last() -> None:
     assert waiting(p)["db"] == "stateful nodes leave after the others: s1 still on pm1"
 
 
-def test_batch_compute_waits_for_the_operators_word() -> None:
+def test_batch_compute_leaves_once_its_scheduler_drained_it_or_with_the_operators_word(
+        ) -> None:
     nodes = (node("head", "head", move=DrainMove.STATEFUL),
              node("c1", "compute", move=DrainMove.SCHEDULED),
              node("c2", "compute", move=DrainMove.SCHEDULED))
@@ -119,13 +121,26 @@ def test_batch_compute_waits_for_the_operators_word() -> None:
     p = planned(want(*nodes), seen(*on, ready={"head", "c1", "c2"}), 0.0)
     assert p.actions == ()
     assert waiting(p)["c1"] == (
-        "a batch compute node (its running jobs would be killed; cloudd does not drain it in "
-        "the scheduler): drain it there, then moved only with `cloudd-cli drain pm1 "
-        "--move-stateful`")
+        "a batch compute node: drained in its scheduler first, it leaves once its jobs end "
+        "(or at once, its jobs killed, with `cloudd-cli drain pm1 --move-stateful`)")
+    # drained in its scheduler with no job left: it goes
+    p = planned(want(*nodes), replace(seen(*on, ready={"head", "c1", "c2"}),
+                                      emptied=frozenset({"c1"})), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "c1")]
     # with the word, compute nodes go after the stateless ones, before the stateful
     p = planned(want(*nodes, stateful=frozenset({"pm1"})),
                 seen(*on, ready={"head", "c1", "c2"}), 0.0)
     assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "c1")]
+
+
+def test_an_emptied_compute_node_waits_for_the_stateless_ones_to_leave_first() -> None:
+    nodes = (node("c1", "compute", move=DrainMove.SCHEDULED), node("s1", "server"),
+             node("s2", "server"))
+    on = (dom("c1", "pm1"), dom("s1", "pm1"), dom("s2", "pm2"))
+    p = planned(want(*nodes), replace(seen(*on, ready={"c1", "s1", "s2"}),
+                                      emptied=frozenset({"c1"})), 0.0)
+    assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "s1")]
+    assert waiting(p)["c1"] == "scheduled nodes leave after the others: s1 still on pm1"
 
 
 def test_one_step_at_a_time() -> None:

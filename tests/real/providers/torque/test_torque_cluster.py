@@ -11,9 +11,10 @@ from cloudd_lab.nodens import open_to_others
 from torquelab import USER, TorqueLab, open_folders, until
 
 from cloudd.errors import TemporaryError
-from cloudd.providers.base import Finding
+from cloudd.providers.base import Finding, NodeUse
 from cloudd.providers.torque import programs
 from cloudd.providers.torque.layout import Home
+from cloudd.providers.torque.nodes import LEAVING
 from cloudd.providers.torque.provider import PROVIDER
 
 pytestmark = [pytest.mark.services, pytest.mark.netns]
@@ -117,6 +118,47 @@ async def test_jobs_run_through_kill_9_of_every_daemon_and_nodes_come_and_go(
     assert sorted(await lab.findings()) == ["tq-c1", "tq-c2"]
     host, _ = await lab.ran(lab.submit("after-removal"))
     assert host in {"tq-c1", "tq-c2"}
+
+
+@pytest.mark.timeout(300)
+async def test_an_elastic_node_drained_to_leave_finishes_its_job_and_can_be_taken_back(
+        torquelab: TorqueLab) -> None:
+    lab = torquelab
+    await _bring_up(lab)
+    await until(lab.all_free, "both compute nodes free in pbs_server's view")
+    assert (await PROVIDER.demand(lab.cluster(), "compute")).use == {
+        "tq-c1": NodeUse(ready=True), "tq-c2": NodeUse(ready=True)}
+
+    # Drained under a running job: offline with cloudd's note, the job goes on.
+    running = lab.submit("under-drain", where="tq-c1", sleep=8)
+    await until(lambda: _runs_on(lab, "tq-c1"), "a job running on tq-c1")
+    await PROVIDER.release(lab.cluster(), "compute", "tq-c1")
+    demand = await PROVIDER.demand(lab.cluster(), "compute")
+    assert demand.use["tq-c1"] == NodeUse(busy=True, released=True), demand
+    leaving = (await lab.findings())["tq-c1"]
+    assert leaving.ok and leaving.message.endswith(": leaving the cloud, no longer needed")
+    assert LEAVING in _pbsnodes(lab).split("tq-c1", 1)[1].split("\n\n")[0]
+    # No new job lands there; the one it runs finishes there.
+    assert (await lab.ran(lab.submit("beside-drain")))[0] == "tq-c2"
+    assert await lab.ran(running) == ["tq-c1", USER]
+
+    async def no_job_left() -> bool:
+        return (await PROVIDER.demand(lab.cluster(), "compute")).use["tq-c1"] == NodeUse(
+            released=True)
+    await until(no_job_left, "tq-c1 drained with no job left")
+
+    # Taken back (jobs wait for nodes again): online, and it takes a job.
+    await PROVIDER.keep(lab.cluster(), "compute", "tq-c1")
+    await until(lab.all_free, "tq-c1 free again")
+    assert await lab.ran(lab.submit("taken-back", where="tq-c1")) == ["tq-c1", USER]
+
+    # An operator's offline is the operator's: neither drained over nor resumed.
+    assert lab.client("head", "pbsnodes", "-o", "-N", "bad disk", "tq-c2").returncode == 0
+    for call in (PROVIDER.release, PROVIDER.keep):
+        with pytest.raises(TemporaryError, match="tq-c2 is offline by its operator's word "
+                                                 "\\(note 'bad disk'\\): left as it is"):
+            await call(lab.cluster(), "compute", "tq-c2")
+    assert "bad disk" in _pbsnodes(lab).split("tq-c2", 1)[1]
 
 
 async def _runs_on(lab: TorqueLab, node: str) -> bool:
