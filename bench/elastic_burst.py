@@ -15,16 +15,20 @@ A run is one burst in each mode, fixed first: N jobs of the manifest's user, eac
 whole node (`sbatch -N 1 --exclusive`, `qsub -l nodes=1`; a node has one vCPU) and running
 `sleep S`, submitted in one command on the head. Before each burst the role is at its
 minimum: MIN compute domains running and free in the scheduler, no other compute domain.
-Measured from the moment the submission command is sent (seconds, this machine's monotonic
-clock):
-- all running: the first poll of the head (`scontrol show job`, `qstat -x`, over SSH, every
-  2 s; each figure is late by up to one poll) showing every job of the burst running or
-  ended;
-- all finished: the same, every job ended (a job the scheduler no longer lists, having been
-  seen, has ended; a job that failed aborts the run);
+Measured, per burst:
+- all running, all finished: seconds from the burst's first submission to the last job's
+  start, and to its end, by the scheduler's own record of each job (Slurm's SubmitTime,
+  StartTime and EndTime; TORQUE's qtime, start_time and comp_time: the head's clock, to the
+  second). The head is polled every 2 s over SSH (`scontrol show job`, `qstat -x`) until every
+  job has ended (a job it no longer lists, having been seen, has ended; a job that failed
+  aborts the run); when each poll first saw the jobs running and ended is kept too, in the
+  per-burst table ("polled"): it is late by the poll's own latency, which the guests' load
+  makes up to 12 s here, hence the scheduler's times. Should a scheduler show a time
+  missing, the polls' are used and the table says so;
 - node-seconds: libvirt is asked every second which domains of the compute role run
   (booting, idle or busy: a VM that runs costs its host, whatever it does). The count is a
-  step function (each sample holds until the next) integrated from the submission to the
+  step function (each sample holds until the next) integrated from the moment the
+  submission command is sent (this machine's monotonic clock) to the
   settle time: the first sample, once every job has finished, at which the count is back at
   MIN. In the fixed mode that is when the last job finishes; in the elastic mode it includes
   the idle nodes' `idle_after`, their drain and their domains' removal, which is what the
@@ -59,14 +63,25 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloudd_lab.batchlab import BACK, DONE, FAILED, JOB, RUNNING, UP, BatchLab, Job, pool_size
+from cloudd_lab.batchlab import (
+    BACK,
+    DONE,
+    FAILED,
+    JOB,
+    RUNNING,
+    UP,
+    BatchLab,
+    Job,
+    JobState,
+    pool_size,
+)
 from cloudd_lab.paths import checkout
 from cloudd_lab.vmlab import SYSTEM, leftovers, poll
 
@@ -117,23 +132,31 @@ def settled_at(samples: Samples, *, after: float, floor: int) -> float | None:
 
 @dataclass
 class Progress:
-    """What the polls of the head have shown of one burst's jobs (times from the submission)."""
+    """What the polls of the head have shown of one burst's jobs: when each poll first saw a
+    job running and ended (seconds from the submission), and the scheduler's own record of
+    each job, its latest values kept."""
 
     ids: tuple[str, ...]
     started: dict[str, float]
     ended: dict[str, float]
+    records: dict[str, JobState]
 
     @classmethod
     def of(cls, ids: Sequence[str]) -> Progress:
-        return cls(tuple(ids), {}, {})
+        return cls(tuple(ids), {}, {}, {})
 
-    def seen(self, states: dict[str, str], at: float) -> None:
+    def seen(self, states: Mapping[str, JobState], at: float) -> None:
         """One poll's job states at `at`. A job seen before and no longer listed has ended;
         a job seen failed raises."""
         for job in self.ids:
-            state = states.get(job)
-            if state is None and job in self.started:
-                state = DONE
+            shown = states.get(job)
+            if shown is not None:
+                old = self.records.get(job, JobState(shown.state))
+                self.records[job] = JobState(
+                    shown.state, shown.submitted or old.submitted,
+                    shown.started or old.started, shown.ended or old.ended)
+            state = shown.state if shown is not None else (
+                DONE if job in self.started else None)
             if state == FAILED:
                 raise RuntimeError(f"job {job} failed (the scheduler's state at {at:.0f} s)")
             if state in (RUNNING, DONE):
@@ -147,6 +170,18 @@ class Progress:
     def all_finished(self) -> float | None:
         return max(self.ended.values()) if len(self.ended) == len(self.ids) else None
 
+    def by_the_scheduler(self) -> tuple[float, float] | None:
+        """(all running, all finished) by the scheduler's own records: seconds from the
+        burst's first submission to the last start and to the last end, all by the head's
+        clock; None unless it showed every job's three times."""
+        shown = [self.records.get(j) for j in self.ids]
+        if any(r is None or None in (r.submitted, r.started, r.ended) for r in shown):
+            return None
+        times = [(float(r.submitted or 0), float(r.started or 0), float(r.ended or 0))
+                 for r in shown if r is not None]
+        t0 = min(t[0] for t in times)
+        return max(t[1] for t in times) - t0, max(t[2] for t in times) - t0
+
 
 @dataclass(frozen=True)
 class Burst:
@@ -158,6 +193,10 @@ class Burst:
     settled: float
     node_seconds: float
     peak: int
+    #: whose times `running` and `finished` are: "scheduler" (its records) or "polls"
+    clock: str = "scheduler"
+    #: the same two as the polls of the head first saw them (late by up to a poll)
+    polled: tuple[float, float] = (0.0, 0.0)
 
     def line(self) -> str:
         return (f"{self.mode}: all running {self.running:.0f} s, all finished "
@@ -266,10 +305,12 @@ def one_burst(lab: BatchLab, sampler: Sampler, *, mode: str, run: int,
                       lambda: settled_at(sampler.since(t0), after=done_at, floor=args.min),
                       bound=BACK, interval=SAMPLE_EVERY)
     samples = sampler.since(t0)
-    return Burst(mode, running=float(progress.all_running() or 0.0),
-                 finished=float(progress.all_finished() or 0.0), settled=settled - t0,
+    polled = (float(progress.all_running() or 0.0), float(progress.all_finished() or 0.0))
+    records = progress.by_the_scheduler()
+    return Burst(mode, *(records or polled), settled=settled - t0,
                  node_seconds=node_seconds(samples, t0, settled),
-                 peak=max(n for t, n in samples if t <= settled))
+                 peak=max(n for t, n in samples if t <= settled),
+                 clock="scheduler" if records else "polls", polled=polled)
 
 
 def measure(kind: str, args: argparse.Namespace) -> list[tuple[Burst, Burst]]:
@@ -318,7 +359,8 @@ def summary(pairs: Sequence[tuple[Burst, Burst]]) -> list[list[Any]]:
 
 
 def runs_table(pairs: Sequence[tuple[Burst, Burst]]) -> list[list[Any]]:
-    return [[run, b.mode, *(round(getattr(b, f), 1) for _, f in FIGURES), b.peak]
+    return [[run, b.mode, *(round(getattr(b, f), 1) for _, f in FIGURES), b.peak, b.clock,
+             round(b.polled[0], 1), round(b.polled[1], 1)]
             for run, pair in enumerate(pairs, 1) for b in pair]
 
 
@@ -333,9 +375,13 @@ def report(kind: str, pairs: Sequence[tuple[Burst, Burst]], args: argparse.Names
     print(f"{columns[0]:<14}" + "".join(f"{c:>16}" for c in columns[1:]))
     for row in rows:
         print(f"{row[0]:<14}" + "".join(f"{c!s:>16}" for c in row[1:]))
-    notes = [f"times in seconds from the burst's submission; node-seconds: the compute role's "
-             f"running VMs sampled every {SAMPLE_EVERY:.0f} s, integrated from the submission "
-             f"until every job finished and the role ran {args.min} VM(s) again"]
+    clocks = sorted({b.clock for pair in pairs for b in pair})
+    notes = [f"all running / all finished: seconds from the burst's submission to the last "
+             f"job's start and end, by {' and '.join(clocks)} ('scheduler': its own records, "
+             f"the head's clock, to the second; 'polls': the first poll of the head that saw "
+             f"it); node-seconds: the compute role's running VMs sampled every "
+             f"{SAMPLE_EVERY:.0f} s, integrated from the submission until every job finished "
+             f"and the role ran {args.min} VM(s) again"]
     if args.runs < 3:
         notes.append(f"{args.runs} run(s) per mode, fewer than the default 3: {args.short}")
     for note in notes:
@@ -349,7 +395,10 @@ def report(kind: str, pairs: Sequence[tuple[Burst, Burst]], args: argparse.Names
                       f"{len(pairs)} run(s)",
                  figure=figure, notes=notes,
                  tables=[table(title, columns, rows),
-                         table(f"{kind}: each burst", ["run", *columns], runs_table(pairs))])
+                         table(f"{kind}: each burst", ["run", *columns, "times by",
+                                                         "polled running s",
+                                                         "polled finished s"],
+                               runs_table(pairs))])
 
 
 def torque_elastic() -> str | None:

@@ -21,6 +21,7 @@ how long each took.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shlex
 import subprocess
@@ -53,6 +54,32 @@ WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
 
 
 @dataclass(frozen=True)
+class JobState:
+    """A job as the head shows it: WAITING, RUNNING, DONE or FAILED, and the scheduler's own
+    record of when it was submitted, started and ended (unix seconds by the head's clock, to
+    the second; None where the scheduler shows none yet)."""
+
+    state: str
+    submitted: float | None = None
+    started: float | None = None
+    ended: float | None = None
+
+
+def _slurm_time(text: str | None) -> float | None:
+    """A time of `scontrol show job` (local time of the head, to the second; None for its
+    `Unknown`/`None`): unix seconds if the head's zone is UTC, as the node image's is, and in
+    any case comparable with the others of the same head."""
+    try:
+        return dt.datetime.fromisoformat(text or "").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _epoch(text: str | None) -> float | None:
+    return float(text) if text and text.isdigit() else None
+
+
+@dataclass(frozen=True)
 class Job:
     """A job submitted from the head: its id, and the file its script writes on the node."""
 
@@ -79,9 +106,9 @@ class Scheduler:
         the head (one SSH connection): as close to at once as a user's loop of submissions."""
         raise NotImplementedError
 
-    def job_states(self, lab: BatchLab) -> dict[str, str]:
-        """job id -> WAITING, RUNNING, DONE or FAILED, for every job the head still shows (a
-        scheduler forgets an ended job after a while)."""
+    def job_states(self, lab: BatchLab) -> dict[str, JobState]:
+        """job id -> its state, for every job the head still shows (a scheduler forgets an
+        ended job after a while)."""
         raise NotImplementedError
 
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
@@ -141,13 +168,19 @@ class SlurmOnVms(Scheduler):
         "REQUEUE_HOLD": WAITING, "REQUEUE_FED": WAITING, "SUSPENDED": WAITING,
         "RESV_DEL_HOLD": WAITING, "RUNNING": RUNNING, "COMPLETING": DONE, "COMPLETED": DONE}
 
-    def job_states(self, lab: BatchLab) -> dict[str, str]:
+    def job_states(self, lab: BatchLab) -> dict[str, JobState]:
         listing = self._client(lab, "scontrol", "show", "job", "-o")
-        out: dict[str, str] = {}
+        out: dict[str, JobState] = {}
         for line in listing.splitlines():
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            if "JobId" in fields:
-                out[fields["JobId"]] = self.SLURM_STATES.get(fields.get("JobState", ""), FAILED)
+            if "JobId" not in fields:
+                continue
+            state = self.SLURM_STATES.get(fields.get("JobState", ""), FAILED)
+            # a waiting job's StartTime is Slurm's guess, a running one's EndTime its limit
+            out[fields["JobId"]] = JobState(
+                state, _slurm_time(fields.get("SubmitTime")),
+                _slurm_time(fields.get("StartTime")) if state in (RUNNING, DONE) else None,
+                _slurm_time(fields.get("EndTime")) if state == DONE else None)
         return out
 
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
@@ -201,18 +234,22 @@ class TorqueOnVms(Scheduler):
         ids = [line.strip() for line in answer.splitlines() if line.strip()]
         return [Job(i, f"/tmp/{name}.out") for i, name in zip(ids, names, strict=True)]
 
-    def job_states(self, lab: BatchLab) -> dict[str, str]:
+    def job_states(self, lab: BatchLab) -> dict[str, JobState]:
         # qstat's states: Q queued, H held, W waiting for its time, T moving, R running,
-        # E exiting after its script ended, C completed (kept for keep_completed seconds)
+        # E exiting after its script ended, C completed (kept for keep_completed seconds,
+        # with its comp_time); qtime, start_time and comp_time are unix seconds
         root = ET.fromstring(self._client(lab, "qstat", "-x") or "<Data/>")
-        out: dict[str, str] = {}
+        out: dict[str, JobState] = {}
         for job in root.iter("Job"):
-            state, status = job.findtext("job_state") or "", job.findtext("exit_status")
-            if state in ("E", "C"):
-                out[job.findtext("Job_Id") or ""] = (
-                    DONE if status in (None, "0") else FAILED)
+            code, status = job.findtext("job_state") or "", job.findtext("exit_status")
+            if code == "C":
+                state = DONE if status in (None, "0") else FAILED
             else:
-                out[job.findtext("Job_Id") or ""] = RUNNING if state == "R" else WAITING
+                state = RUNNING if code in ("R", "E") else WAITING
+            out[job.findtext("Job_Id") or ""] = JobState(
+                state, _epoch(job.findtext("qtime")),
+                _epoch(job.findtext("start_time")) if state != WAITING else None,
+                _epoch(job.findtext("comp_time")) if state == DONE else None)
         return out
 
     def states(self, lab: BatchLab) -> dict[str, str]:
@@ -384,7 +421,7 @@ class BatchLab(ImageLab):
         """`Scheduler.burst`: one job per name, each asking one node, submitted at once."""
         return self.scheduler.burst(self, script, names=names)
 
-    def job_states(self) -> dict[str, str] | None:
+    def job_states(self) -> dict[str, JobState] | None:
         """`Scheduler.job_states` (None while the head cannot answer)."""
         try:
             return self.scheduler.job_states(self)

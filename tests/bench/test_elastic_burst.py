@@ -69,13 +69,17 @@ def test_settled_is_the_first_sample_back_at_the_floor_after_the_jobs() -> None:
     assert eb.settled_at(samples, after=95.0, floor=1) is None
 
 
+def js(state: str, *times: float | None) -> object:
+    return eb.JobState(state, *times)
+
+
 def test_the_polls_give_each_job_its_start_and_end() -> None:
     p = eb.Progress.of(["1", "2", "3"])
-    p.seen({"1": eb.RUNNING, "2": "waiting", "3": "waiting"}, 2.0)
+    p.seen({"1": js(eb.RUNNING), "2": js("waiting"), "3": js("waiting")}, 2.0)
     assert p.all_running() is None
-    p.seen({"1": eb.RUNNING, "2": eb.RUNNING, "3": "waiting"}, 70.0)
+    p.seen({"1": js(eb.RUNNING), "2": js(eb.RUNNING), "3": js("waiting")}, 70.0)
     # job 1 no longer listed: it ended; job 3 seen only once ended started then too
-    p.seen({"2": eb.DONE, "3": eb.DONE}, 130.0)
+    p.seen({"2": js(eb.DONE), "3": js(eb.DONE)}, 130.0)
     assert p.started == {"1": 2.0, "2": 70.0, "3": 130.0}
     assert p.ended == {"1": 130.0, "2": 130.0, "3": 130.0}
     assert p.all_running() == 130.0 and p.all_finished() == 130.0
@@ -83,14 +87,27 @@ def test_the_polls_give_each_job_its_start_and_end() -> None:
 
 def test_a_job_never_seen_is_not_taken_for_ended() -> None:
     p = eb.Progress.of(["1", "2"])
-    p.seen({"1": eb.RUNNING}, 3.0)
+    p.seen({"1": js(eb.RUNNING)}, 3.0)
     assert p.started == {"1": 3.0} and p.ended == {}
 
 
 def test_a_failed_job_aborts_the_run() -> None:
     p = eb.Progress.of(["7"])
     with pytest.raises(RuntimeError, match="job 7 failed"):
-        p.seen({"7": eb.FAILED}, 9.0)
+        p.seen({"7": js(eb.FAILED)}, 9.0)
+
+
+def test_the_schedulers_records_give_the_times_from_the_first_submission() -> None:
+    p = eb.Progress.of(["1", "2"])
+    p.seen({"1": js(eb.RUNNING, 1000.0, 1001.0), "2": js("waiting", 1001.0)}, 4.0)
+    assert p.by_the_scheduler() is None  # not every time shown yet
+    # what a poll showed is kept when a later one shows less (a job forgotten, a time unset)
+    p.seen({"1": js(eb.DONE, 1000.0, 1001.0, 1061.0), "2": js(eb.RUNNING, 1001.0, 1062.0)},
+           70.0)
+    p.seen({"2": js(eb.DONE, None, None, 1122.0)}, 130.0)
+    assert p.records["2"] == eb.JobState(eb.DONE, 1001.0, 1062.0, 1122.0)
+    assert p.by_the_scheduler() == (62.0, 122.0)
+    assert p.all_finished() == 130.0
 
 
 def test_the_summary_takes_medians_and_the_median_of_each_runs_ratio() -> None:
