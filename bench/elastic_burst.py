@@ -12,7 +12,7 @@ names the new bounds):
 - elastic: `min: MIN, max: MAX, idle_after: IDLE, cooldown: COOLDOWN`.
 
 A run is one burst in each mode, fixed first: N jobs of the manifest's user, each asking one
-whole node (`sbatch -N 1 --exclusive`, `qsub -l nodes=1`; a node has one vCPU) and running
+whole node (`sbatch -N 1 --exclusive`, `qsub -n`; a node has one vCPU) and running
 `sleep S`, submitted in one command on the head. Before each burst the role is at its
 minimum: MIN compute domains running and free in the scheduler, no other compute domain.
 Measured, per burst:

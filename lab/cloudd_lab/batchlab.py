@@ -228,7 +228,7 @@ class TorqueOnVms(Scheduler):
         for name in names:
             wrapped = f"exec >{shlex.quote(f'/tmp/{name}.out')} 2>&1\n{script}\n"
             submits.append(f"printf %s {shlex.quote(wrapped)} | " + shlex.join(
-                ["/opt/torque/bin/qsub", "-N", name, "-k", "oe", "-l", "nodes=1"]))
+                ["/opt/torque/bin/qsub", "-N", name, "-n", "-k", "oe"]))  # -n: a whole node
         answer = lab.run_on(lab.head, ("sh", "-ec", "\n".join(submits)),
                             env={"PBS_DEFAULT": lab.head}, user=lab.user)
         ids = [line.strip() for line in answer.splitlines() if line.strip()]
