@@ -14,7 +14,8 @@ names the new bounds):
 A run is one burst in each mode, fixed first: N jobs of the manifest's user, each asking one
 whole node (`sbatch -N 1 --exclusive`, `qsub -n`; a node has one vCPU) and running
 `sleep S`, submitted in one command on the head. Before each burst the role is at its
-minimum: MIN compute domains running and free in the scheduler, no other compute domain.
+minimum: MIN compute domains (any of the candidates) running and free in the scheduler,
+no other compute domain.
 Measured, per burst:
 - all running, all finished: seconds from the burst's first submission to the last job's
   start, and to its end, by the scheduler's own record of each job (Slurm's SubmitTime,
@@ -268,16 +269,16 @@ def elastic_finding(lab: BatchLab) -> str:
 
 
 def at_minimum(lab: BatchLab, bounds: dict[str, Any]) -> bool:
-    """The leader has the bounds in force and uses only the minimum; exactly the first MIN
-    compute domains are defined, run and are free in the scheduler."""
+    """The leader has the bounds in force and uses only the minimum; exactly MIN compute
+    domains are defined, run and are free in the scheduler (any MIN of the candidates: the
+    role shrinks by its newest idle nodes, which need not be the last taken)."""
     low = bounds["min"]
     if not elastic_finding(lab).startswith(
             f"{low} node(s) in use, of {low} to {bounds['max']}"):
         return False
-    first = lab.computes[:low]
     domains = {n: d for n, d in lab.domains().items() if n in lab.computes}
-    return (sorted(domains) == first and all(d.running for d in domains.values())
-            and lab.free(*first))
+    return (len(domains) == low and all(d.running for d in domains.values())
+            and lab.free(*domains))
 
 
 def one_burst(lab: BatchLab, sampler: Sampler, *, mode: str, run: int,
