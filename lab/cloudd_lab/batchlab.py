@@ -12,13 +12,16 @@ users and secret names stay as shipped, so what runs is what an operator would r
 A `Scheduler` speaks to the cluster from inside its guests, over the lab's SSH (`guest_ssh`):
 submit a job as the manifest's first user from the head (pinned to a node or not), read its
 output back from the compute node that ran it, and tell whether the scheduler shows a node
-free (`sinfo` idle, `pbsnodes -x` free). `kill_and_recover` is the fault the e2e test and
-bench/batch_recovery.py share: kill -9 a compute VM's qemu, wait until the scheduler shows
-the node free again, then until a job pinned to it starts, and say how long each took.
+free (`sinfo` idle, `pbsnodes -x` free); submit a burst of one-node jobs in one command and
+read every job's state (`burst`, `job_states`: bench/elastic_burst.py). `kill_and_recover` is
+the fault the e2e test and bench/batch_recovery.py share: kill -9 a compute VM's qemu, wait
+until the scheduler shows the node free again, then until a job pinned to it starts, and say
+how long each took.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shlex
@@ -47,6 +50,36 @@ JOB = 600.0
 LABS = {"slurm": ("h23b", "10.239.42.0/24"), "torque": ("h23t", "10.239.43.0/24")}
 
 
+#: A job's state as `Scheduler.job_states` says it, the same words for every scheduler.
+WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as the head shows it: WAITING, RUNNING, DONE or FAILED, and the scheduler's own
+    record of when it was submitted, started and ended (unix seconds by the head's clock, to
+    the second; None where the scheduler shows none yet)."""
+
+    state: str
+    submitted: float | None = None
+    started: float | None = None
+    ended: float | None = None
+
+
+def _slurm_time(text: str | None) -> float | None:
+    """A time of `scontrol show job` (local time of the head, to the second; None for its
+    `Unknown`/`None`): unix seconds if the head's zone is UTC, as the node image's is, and in
+    any case comparable with the others of the same head."""
+    try:
+        return dt.datetime.fromisoformat(text or "").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _epoch(text: str | None) -> float | None:
+    return float(text) if text and text.isdigit() else None
+
+
 @dataclass(frozen=True)
 class Job:
     """A job submitted from the head: its id, and the file its script writes on the node."""
@@ -67,6 +100,16 @@ class Scheduler:
 
     def states(self, lab: BatchLab) -> dict[str, str]:
         """node -> the scheduler's state of it, as seen from the head."""
+        raise NotImplementedError
+
+    def burst(self, lab: BatchLab, script: str, *, names: list[str]) -> list[Job]:
+        """One job per name, each asking one node, submitted as the user in one command on
+        the head (one SSH connection): as close to at once as a user's loop of submissions."""
+        raise NotImplementedError
+
+    def job_states(self, lab: BatchLab) -> dict[str, JobState]:
+        """job id -> its state, for every job the head still shows (a scheduler forgets an
+        ended job after a while)."""
         raise NotImplementedError
 
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
@@ -110,6 +153,37 @@ class SlurmOnVms(Scheduler):
         listing = self._client(lab, "sinfo", "-h", "-N", "-o", "%N %T")
         return dict(line.split()[:2] for line in listing.splitlines() if len(line.split()) >= 2)
 
+    def burst(self, lab: BatchLab, script: str, *, names: list[str]) -> list[Job]:
+        submits = [shlex.join(["sbatch", "--parsable", "-J", name, "-N", "1", "--exclusive",
+                               "--chdir=/tmp", "-o", f"/tmp/{name}.out", "--wrap", script])
+                   for name in names]
+        answer = self._client(lab, "sh", "-ec", "\n".join(submits), user=lab.user)
+        ids = [line.strip().split(";")[0] for line in answer.splitlines() if line.strip()]
+        return [Job(i, f"/tmp/{name}.out") for i, name in zip(ids, names, strict=True)]
+
+    #: Slurm's job states (`scontrol show job`): the ones a job waits in, runs in, or ended
+    #: well in (COMPLETING: its script ended, the node is being cleaned); any other ended it
+    #: otherwise (FAILED, CANCELLED, NODE_FAIL, TIMEOUT, ...).
+    SLURM_STATES: ClassVar[dict[str, str]] = {
+        "PENDING": WAITING, "CONFIGURING": WAITING, "REQUEUED": WAITING,
+        "REQUEUE_HOLD": WAITING, "REQUEUE_FED": WAITING, "SUSPENDED": WAITING,
+        "RESV_DEL_HOLD": WAITING, "RUNNING": RUNNING, "COMPLETING": DONE, "COMPLETED": DONE}
+
+    def job_states(self, lab: BatchLab) -> dict[str, JobState]:
+        listing = self._client(lab, "scontrol", "show", "job", "-o")
+        out: dict[str, JobState] = {}
+        for line in listing.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "JobId" not in fields:
+                continue
+            state = self.SLURM_STATES.get(fields.get("JobState", ""), FAILED)
+            # a waiting job's StartTime is Slurm's guess, a running one's EndTime its limit
+            out[fields["JobId"]] = JobState(
+                state, _slurm_time(fields.get("SubmitTime")),
+                _slurm_time(fields.get("StartTime")) if state in (RUNNING, DONE) else None,
+                _slurm_time(fields.get("EndTime")) if state == DONE else None)
+        return out
+
     def running_on(self, lab: BatchLab, job: Job) -> str | None:
         # squeue forgets a job soon after it ends; scontrol keeps it for MinJobAge (300 s).
         # COMPLETING is no proof of a start: a launch on a node that died ends there too.
@@ -149,6 +223,35 @@ class TorqueOnVms(Scheduler):
                                        *where), env={"PBS_DEFAULT": lab.head}, user=lab.user,
                             stdin=wrapped)
         return Job(answer.strip(), out)
+
+    def burst(self, lab: BatchLab, script: str, *, names: list[str]) -> list[Job]:
+        submits = []
+        for name in names:
+            wrapped = f"exec >{shlex.quote(f'/tmp/{name}.out')} 2>&1\n{script}\n"
+            submits.append(f"printf %s {shlex.quote(wrapped)} | " + shlex.join(
+                ["/opt/torque/bin/qsub", "-N", name, "-n", "-k", "oe"]))  # -n: a whole node
+        answer = lab.run_on(lab.head, ("sh", "-ec", "\n".join(submits)),
+                            env={"PBS_DEFAULT": lab.head}, user=lab.user)
+        ids = [line.strip() for line in answer.splitlines() if line.strip()]
+        return [Job(i, f"/tmp/{name}.out") for i, name in zip(ids, names, strict=True)]
+
+    def job_states(self, lab: BatchLab) -> dict[str, JobState]:
+        # qstat's states: Q queued, H held, W waiting for its time, T moving, R running,
+        # E exiting after its script ended, C completed (kept for keep_completed seconds,
+        # with its comp_time); qtime, start_time and comp_time are unix seconds
+        root = ET.fromstring(self._client(lab, "qstat", "-x") or "<Data/>")
+        out: dict[str, JobState] = {}
+        for job in root.iter("Job"):
+            code, status = job.findtext("job_state") or "", job.findtext("exit_status")
+            if code == "C":
+                state = DONE if status in (None, "0") else FAILED
+            else:
+                state = RUNNING if code in ("R", "E") else WAITING
+            out[job.findtext("Job_Id") or ""] = JobState(
+                state, _epoch(job.findtext("qtime")),
+                _epoch(job.findtext("start_time")) if state != WAITING else None,
+                _epoch(job.findtext("comp_time")) if state == DONE else None)
+        return out
 
     def states(self, lab: BatchLab) -> dict[str, str]:
         root = ET.fromstring(self._client(lab, "pbsnodes", "-x") or "<Data/>")
@@ -323,6 +426,17 @@ class BatchLab(ImageLab):
 
     def submit(self, script: str, *, name: str, node: str | None = None) -> Job:
         return self.scheduler.submit(self, script, name=name, node=node)
+
+    def burst(self, script: str, *, names: list[str]) -> list[Job]:
+        """`Scheduler.burst`: one job per name, each asking one node, submitted at once."""
+        return self.scheduler.burst(self, script, names=names)
+
+    def job_states(self) -> dict[str, JobState] | None:
+        """`Scheduler.job_states` (None while the head cannot answer)."""
+        try:
+            return self.scheduler.job_states(self)
+        except (AssertionError, OSError, ValueError, ET.ParseError, subprocess.TimeoutExpired):
+            return None
 
     def finished(self, job: Job) -> str | None:
         """`Scheduler.finished` (None too while the head cannot answer)."""

@@ -69,3 +69,47 @@ def test_a_new_daemon_is_told_apart_per_scheduler() -> None:
     assert not torque.anew("1000", "1006", killed_at=1005.0)  # within the 2 s of slack
     assert not torque.anew("1000", "1001", killed_at=1005.0)  # the old pbs_mom's last word
     assert not torque.anew("1000", "soon", killed_at=0.0)
+
+
+def _scontrol(job: int, state: str, start: str, end: str) -> str:
+    return (f"JobId={job} JobName=burst-{job} JobState={state} "
+            f"SubmitTime=2026-12-05T02:59:01 StartTime={start} EndTime={end}")
+
+
+SCONTROL = "\n".join([
+    _scontrol(4, "COMPLETED", "2026-12-05T02:59:02", "2026-12-05T03:00:02"),
+    _scontrol(5, "RUNNING", "2026-12-05T03:00:03", "2026-12-06T03:00:03"),
+    _scontrol(6, "PENDING", "2026-12-05T03:01:03", "Unknown"),
+    _scontrol(7, "NODE_FAIL", "2026-12-05T02:59:02", "2026-12-05T02:59:30")]) + "\n"
+
+QSTAT = """<Data>
+<Job><Job_Id>1.lab-head-1</Job_Id><job_state>C</job_state><exit_status>0</exit_status>
+<qtime>1000</qtime><start_time>1001</start_time><comp_time>1061</comp_time></Job>
+<Job><Job_Id>2.lab-head-1</Job_Id><job_state>R</job_state><qtime>1000</qtime>
+<start_time>1062</start_time></Job>
+<Job><Job_Id>3.lab-head-1</Job_Id><job_state>Q</job_state><qtime>1000</qtime></Job>
+<Job><Job_Id>4.lab-head-1</Job_Id><job_state>C</job_state><exit_status>271</exit_status>
+<qtime>1000</qtime><start_time>1001</start_time><comp_time>1002</comp_time></Job>
+</Data>"""
+
+
+def test_the_jobs_states_and_times_as_each_head_shows_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudd_lab.batchlab import SCHEDULERS, JobState, SlurmOnVms, TorqueOnVms
+
+    monkeypatch.setattr(SlurmOnVms, "_client", lambda self, lab, *argv, user=None: SCONTROL)
+    monkeypatch.setattr(TorqueOnVms, "_client", lambda self, lab, *argv, user=None: QSTAT)
+    slurm = SCHEDULERS["slurm"].job_states(None)  # type: ignore[arg-type]
+    submitted = slurm["4"].submitted
+    assert submitted is not None
+    # a running job's EndTime is its limit and a waiting one's StartTime a guess: not kept
+    assert slurm == {
+        "4": JobState("done", submitted, submitted + 1, submitted + 61),
+        "5": JobState("running", submitted, submitted + 62, None),
+        "6": JobState("waiting", submitted, None, None),
+        "7": JobState("failed", submitted, None, None)}
+    assert SCHEDULERS["torque"].job_states(None) == {  # type: ignore[arg-type]
+        "1.lab-head-1": JobState("done", 1000.0, 1001.0, 1061.0),
+        "2.lab-head-1": JobState("running", 1000.0, 1062.0, None),
+        "3.lab-head-1": JobState("waiting", 1000.0, None, None),
+        "4.lab-head-1": JobState("failed", 1000.0, 1001.0, None)}
