@@ -85,6 +85,17 @@ def test_a_draining_node_with_a_job_left_stays_until_it_is_done() -> None:
     assert s.active == ("c1", "c2") and s.changes == ()
 
 
+def test_a_pass_without_the_scheduler_s_word_keeps_the_idle_count() -> None:
+    use = {"c1": IDLE, "c2": IDLE}
+    s = run(("c1", "c2"), Queue(), use, now=100.0)
+    s = run(s.active, Queue(), {}, now=130.0, memory=s.memory)  # the head did not answer
+    assert s.changes == () and s.memory.idle_since == {"c1": 100.0, "c2": 100.0}
+    # past idle_after, still no word: nothing is drained on a guess
+    assert run(s.active, Queue(), {}, now=170.0, memory=s.memory).changes == ()
+    s = run(s.active, Queue(), use, now=161.0, memory=s.memory)
+    assert changes(s) == [("c2", "drain")]
+
+
 def test_a_new_leader_goes_on_with_the_drains_the_scheduler_shows() -> None:
     # An earlier leader drained c2 and c3 (its memory is gone): c3, drained with no job,
     # leaves; c2 still runs a job and stays until it is done, then leaves too.

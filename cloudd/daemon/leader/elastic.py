@@ -24,6 +24,8 @@ The rules, in the order they apply:
   one starts meanwhile, finish there), the most recently taken idle candidates first (an
   older idle node waits while a newer one's idle time runs; a busy one is passed over), never
   below `min` counting the nodes already draining.
+- A pass without the scheduler's word on the nodes (it did not answer) keeps each node's
+  idle count as it was: a slow head delays nothing.
 - A node the scheduler shows drained with no job on it leaves the role's nodes in use: the
   leader's planner then removes its domain like any node that left the manifest. Which
   nodes are being drained is the scheduler's word (cloudd's own reason for it), whoever
@@ -158,15 +160,16 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
             releasing.discard(name)
             changes.append(ElasticChange(name, "leave", "drained in the scheduler, no job left"))
 
-    idle_since = {}
-    for name in in_use:
+    # No word from the scheduler this pass (it did not answer): idleness counts on as it was.
+    idle_since = {n: t for n, t in memory.idle_since.items() if n in in_use} if not use else {}
+    for name in in_use if use else ():
         seen = use.get(name, Use())
         if seen.ready and not seen.busy and name not in releasing:
             # Idleness counts only while no job waits for nodes: a node idle beside a job
             # that waits for more nodes (a wide job) is wanted, not idle.
             idle_since[name] = now if wanted else memory.idle_since.get(name, now)
 
-    if not wanted:
+    if use and not wanted:  # no drain without the scheduler's word
         cooling = last_grown is not None and now - last_grown < bounds.cooldown
         staying = len(in_use) - len(releasing)
         for name in sorted(idle_since, key=candidates.index, reverse=True):
