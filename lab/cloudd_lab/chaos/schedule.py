@@ -38,9 +38,9 @@ KINDS: dict[str, tuple[int, float, float]] = {
     "maintenance": (1, 2.0, 10.0),       # cloudd-cli maintenance on (cloud or node) / off
     "generation": (1, 1.0, 3.0),         # cloudd-cli apply of a new generation
     "stop_start": (1, 4.0, 12.0),        # cloudd-cli stop, then apply with ensure: running
-    "qemu_kill": (2, 150.0, 240.0),      # kill -9 of a VM node's qemu; the leader restarts it
-    "qemu_stop": (2, 5.0, 45.0),         # SIGSTOP of a VM node's qemu; SIGCONT at the end
-    "libvirtd_restart": (1, 1.0, 5.0),   # libvirtd stopped (SIGTERM); started again at the end
+    "qemu_kill": (4, 120.0, 210.0),      # kill -9 of a VM node's qemu; the leader restarts it
+    "qemu_stop": (3, 5.0, 45.0),         # SIGSTOP of a VM node's qemu; SIGCONT at the end
+    "libvirtd_restart": (2, 1.0, 5.0),   # libvirtd stopped (SIGTERM); started again at the end
 }
 #: the kinds that hit VMs (drawn only when there are some)
 VM_KINDS = ("qemu_kill", "qemu_stop", "libvirtd_restart")
