@@ -48,10 +48,13 @@ bench: setup
 
 # A chaos soak (docs/operations.md, "Chaos soak"): DURATION seconds of seeded faults (default
 # 1800) on the web cloud in namespaces; SEED reproduces a schedule (default: a random one, printed).
+# VMS=1: the servers and the balancer as VMs from the node image, with qemu and libvirtd faults,
+# under the machine's VM lock (one lab of VMs at a time).
 chaos: setup
 	@scripts/ensure-libvirtd.sh
-	@PYTHONPATH=$(CURDIR):$(CURDIR)/lab $(PY) -m cloudd_lab.chaos --duration $(or $(DURATION),1800) \
-		$(if $(SEED),--seed $(SEED))
+	@PYTHONPATH=$(CURDIR):$(CURDIR)/lab $(if $(VMS),flock /tmp/cloudd-vm.lock) $(PY) \
+		-m cloudd_lab.chaos --duration $(or $(DURATION),1800) $(if $(SEED),--seed $(SEED)) \
+		$(if $(VMS),--vms)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -403,9 +403,16 @@ class LibvirtBackend:
     def _list_on(conn: libvirt.virConnect) -> tuple[DomainInfo, ...]:
         out = []
         for dom in conn.listAllDomains(0):
-            meta = _owner(dom)
-            if meta is not None:
-                out.append(_info(dom, meta))
+            # A domain undefined between the listing and these reads is no longer there: left
+            # out (its event follows), not an error that fails a connect (seen in the chaos
+            # soak: a host agent started while the leader re-placed a node exited).
+            try:
+                meta = _owner(dom)
+                if meta is not None:
+                    out.append(_info(dom, meta))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
         return tuple(sorted(out, key=lambda d: d.name))
 
     # -- the Backend protocol ---------------------------------------------------------------

@@ -85,8 +85,12 @@ class ImageLab(VmLab):
         return (f"image: {self.overlay(node)}, base_image: {self.image.qcow2}, overlay: true, "
                 f"memory_mib: {self.node_memory_mib}")
 
+    def settings(self) -> dict[str, object]:
+        """The manifest's `settings` (the web cloud's)."""
+        return dict(WEB_SETTINGS)
+
     def manifest_extra(self) -> str:
-        settings = ", ".join(f"{k}: {json.dumps(v)}" for k, v in WEB_SETTINGS.items())
+        settings = ", ".join(f"{k}: {json.dumps(v)}" for k, v in self.settings().items())
         secret = self.root / "secrets" / "db_password"
         access = ""
         if self.ssh_key.with_suffix(".pub").exists():

@@ -68,3 +68,26 @@ def test_convergence_names_what_differs_from_the_manifest() -> None:
     assert inv.reasons(view, nodes=[*nodes, "lab-balancer-1"], agents={"pm1": True}) == [
         "node lab-balancer-1 is unknown to the leader"]
     assert inv.reasons(view, nodes=nodes, agents={"pm1": True}) == []
+
+
+def test_two_running_domains_for_one_node_or_two_qemus_for_one_domain_is_a_breach() -> None:
+    assert inv.observe_domains({"lab-server-1": ["c-lab-server-1"], "lab-balancer-1": []},
+                               {"c-lab-server-1": [41]}) == []
+    found = inv.observe_domains({"lab-server-1": ["c-lab-server-1", "d-lab-server-1"]},
+                                {"c-lab-balancer-1": [52, 7]})
+    assert [b.invariant for b in found] == ["one_running_domain_per_node"] * 2
+    assert [b.detail for b in found] == [
+        "2 running domains for node lab-server-1: c-lab-server-1, d-lab-server-1",
+        "2 qemu processes run domain c-lab-balancer-1: 7, 52"]
+
+
+def test_a_vm_node_converges_with_exactly_one_running_domain() -> None:
+    view = {"nodes": {"lab-server-1": {"phase": "ready"}, "lab-database-1": {"phase": "ready"}}}
+    nodes, agents = ["lab-server-1", "lab-database-1"], {"pm1": True, "lab-database-1": True}
+    assert inv.reasons(view, nodes=nodes, agents=agents,
+                       domains={"lab-server-1": ["c-lab-server-1"]},
+                       vms=["lab-server-1"]) == []
+    assert inv.reasons(view, nodes=nodes, agents=agents, domains={},
+                       vms=["lab-server-1"]) == ["node lab-server-1 runs 0 domains"]
+    assert inv.reasons(view, nodes=nodes, agents=agents, domains=None,
+                       vms=["lab-server-1"]) == ["libvirt did not answer"]

@@ -25,6 +25,7 @@ the disk will not take (full) runs nothing and fails, to be retried.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ DEFAULT_URI = "qemu:///system"
 #: times a second (a leader that just won, or a host that just came back, holds one within
 #: this), and a new manifest generation reaches the hosts about as fast.
 RETRY_AFTER = 1.0
+#: Seconds between two tries to open the hypervisor connection, at most (doubling from the
+#: error's own delay): libvirtd restarting takes a few seconds.
+OPEN_RETRY_MAX = 10.0
 
 OpenBackend = Callable[[str], Awaitable[Backend]]
 #: Whether `member` holds an unexpired lease this host granted it for exactly `term`.
@@ -122,12 +126,25 @@ class HostDuties:
         self.agent: HostAgent | None = None
         self.log = log.get("host", cloud=cloud().name, node=me)
 
+    async def _open_when_up(self, uri: str) -> Backend:
+        """The backend, opened again after each temporary failure (libvirtd restarting as the
+        agent starts: it waits for it instead of exiting), at most every `OPEN_RETRY_MAX` s."""
+        delay = 0.0
+        while True:
+            try:
+                return await self._open(uri)
+            except TemporaryError as e:
+                delay = min(max(e.delay, 2 * delay), OPEN_RETRY_MAX)
+                self.log.warning("host_backend_unavailable", host=self.me, uri=uri,
+                                 reason=str(e), delay=delay)
+                await asyncio.sleep(delay)
+
     async def run(self) -> None:
         """Open the backend, forward its events until cancelled, then close it."""
         from cloudd.vmctl.images import CopySettings  # a host's alone: not with the module
 
         uri = libvirt_uri(self._cloud(), me=self.me, settings=self.settings)
-        backend = await self._open(uri)
+        backend = await self._open_when_up(uri)
         known = self._fence() if self._fence is not None else None
         if known is not None:
             known = max(known, self._reached)

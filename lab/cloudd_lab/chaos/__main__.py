@@ -23,11 +23,17 @@ def main() -> int:
                         help="the JSON lines log (default /tmp/cloudd-chaos/seed-N.jsonl)")
     parser.add_argument("--concurrency", type=int, default=2,
                         help="faults in force at once, at most (default 2)")
+    parser.add_argument("--vms", action="store_true",
+                        help="the servers and the balancer as real VMs from the node image, "
+                             "with qemu and libvirtd faults (run it under "
+                             "`flock /tmp/cloudd-vm.lock`)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
-    print(f"chaos soak: seed {seed}, {args.duration:g} s of faults", flush=True)
+    print(f"chaos soak: seed {seed}, {args.duration:g} s of faults"
+          + (", servers and balancer in VMs" if args.vms else ""), flush=True)
     try:
-        summary = run(seed, args.duration, log_path=args.log, concurrency=args.concurrency,
+        summary = run(seed, args.duration, vms=args.vms, log_path=args.log,
+                      concurrency=args.concurrency,
                       progress=lambda line: print(line, flush=True))
     except ChaosBreach as e:
         print(f"chaos soak FAILED: {e}", file=sys.stderr)

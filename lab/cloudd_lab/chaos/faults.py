@@ -4,7 +4,9 @@
 namespace with its own agent, the pool hosts on libvirt's system URI (so that a domain of no
 cloud defined there is in their sight). Some members' state folders are small tmpfs mounts of
 their own (`disk_full` fills one, never this machine's disks); one member's agent can be
-restarted with its wall clock off (`clock_step`, through libfaketime).
+restarted with its wall clock off (`clock_step`, through libfaketime). `ChaosParts` is what
+it adds to an `AgentLab`; the soak with VM nodes (`chaos.vms.VmChaosLab`) adds it to an
+`ImageLab`, which also makes the VM faults (`kill_qemu`, `stop_qemu`, `stop_libvirtd`...).
 
 `Injector.inject` makes a fault and `Injector.recover` undoes it; each returns what it did, in
 words, for the soak's log. Processes are found by namespace, signalled by pid; busy loops and
@@ -23,8 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudd_lab.agentlab import AgentLab
+from cloudd_lab.agentlab import AgentLab, AgentProc
 from cloudd_lab.chaos.schedule import Fault
+from cloudd_lab.netlab import NetLab
 
 #: libfaketime, for the member whose clock the soak steps
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
@@ -34,9 +37,16 @@ DISK_MIB = 64
 FILL = ".chaos-fill"
 
 
-class ChaosLab(AgentLab):
-    """The web site's lab. `disks`: members whose state folder is a tmpfs of `DISK_MIB` MiB;
-    `clock`: the member whose agent `clock_offset` can start with its clock off."""
+class ChaosParts:
+    """What the soak adds to a lab, whatever its nodes: `disks`, members whose state folder is
+    a tmpfs of `DISK_MIB` MiB; `clock`, the member whose agent `clock_offset` can start with
+    its clock off; the web servers' port, which `generation` faults move. Mixed in before an
+    `AgentLab` (`ChaosLab`) or an `ImageLab` (`chaos.vms.VmChaosLab`)."""
+
+    agents: dict[str, AgentProc]
+    net: NetLab
+    root: Path
+    prefix: str
 
     def __init__(self, prefix: str, *, subnet: str, disks: tuple[str, ...] = (),
                  clock: str = "", **kw: Any) -> None:
@@ -52,16 +62,7 @@ class ChaosLab(AgentLab):
         # must be reachable by them.
         self.root.chmod(0o755)
 
-    def manifest_extra(self) -> str:
-        secret = self.root / "db-password"
-        if not secret.exists():
-            secret.write_text("s3cret-for-chaos\n")
-            secret.chmod(0o600)
-        return (f"settings: {{app_port: {self.app_port}, balancer_port: 80, database_name: lab,\n"
-                "           database_user: lab, database_password_ref: db}\n"
-                f"secrets: {{db: {{file: {secret}}}}}\n")
-
-    def open(self) -> ChaosLab:
+    def open(self) -> Any:
         super().open()
         for name in self.disks:
             state = self.agents[name].folder / "state"
@@ -100,6 +101,20 @@ class ChaosLab(AgentLab):
             subprocess.run(["umount", "-l", str(state)], capture_output=True, check=False)
         self.mounted.clear()
         super().close()
+
+
+class ChaosLab(ChaosParts, AgentLab):
+    """The web site's lab of namespaces: every node a `managed: false` machine with its own
+    agent and services in its namespace."""
+
+    def manifest_extra(self) -> str:
+        secret = self.root / "db-password"
+        if not secret.exists():
+            secret.write_text("s3cret-for-chaos\n")
+            secret.chmod(0o600)
+        return (f"settings: {{app_port: {self.app_port}, balancer_port: 80, database_name: lab,\n"
+                "           database_user: lab, database_password_ref: db}\n"
+                f"secrets: {{db: {{file: {secret}}}}}\n")
 
 
 def ns_pids(ns: str) -> list[int]:
@@ -155,9 +170,10 @@ def _ppid(pid: int) -> int:
 
 
 class Injector:
-    """Makes and undoes the faults of a schedule on a `ChaosLab`."""
+    """Makes and undoes the faults of a schedule on a `ChaosLab` (the VM kinds on a
+    `chaos.vms.VmChaosLab`, which has what they need)."""
 
-    def __init__(self, lab: ChaosLab) -> None:
+    def __init__(self, lab: Any) -> None:
         self.lab = lab
         #: fault id -> what recover needs (pids stopped, rules added, processes started)
         self._undo: dict[int, Any] = {}
@@ -260,6 +276,13 @@ class Injector:
             return f"web servers moved to port {lab.app_port}: {said}"
         if f.kind == "stop_start":
             return self.cli("stop", lab.cloud_name)
+        if f.kind == "qemu_kill":
+            return lab.kill_qemu(target.split("/")[0])
+        if f.kind == "qemu_stop":
+            said, self._undo[f.id] = lab.stop_qemu(target.split("/")[0])
+            return said
+        if f.kind == "libvirtd_restart":
+            return lab.stop_libvirtd()
         raise ValueError(f"no such fault kind: {f.kind}")
 
     def recover(self, f: Fault) -> str:
@@ -304,6 +327,12 @@ class Injector:
             return "nothing to undo: the generation stays"
         if f.kind == "stop_start":
             return self.cli("apply", str(self.manifest_file(ensure="running")))
+        if f.kind == "qemu_kill":
+            return "nothing to undo: the leader starts the domain again"
+        if f.kind == "qemu_stop":
+            return lab.continue_qemu(undo)
+        if f.kind == "libvirtd_restart":
+            return lab.start_libvirtd()
         raise ValueError(f"no such fault kind: {f.kind}")
 
     def _starve(self, f: Fault) -> str:
@@ -343,6 +372,8 @@ class Injector:
             p.wait()
             out.append(f"busy loop {p.pid} killed")
         self._loops = []
+        if hasattr(self.lab, "start_libvirtd"):  # a soak stopped while libvirtd was down
+            out.append(self.lab.start_libvirtd())
         return out
 
 

@@ -6,6 +6,8 @@ the first. What each checks:
   answers and from every `election_acting` line of their logs);
 - `Singles`: never two processes serving one thing (two agents for one node, two masters of
   one service on one node);
+- `observe_domains`: never two running domains for one node, nor two qemu processes for one
+  domain (VM nodes: libvirt's view and the machine's);
 - `Untouched`: a domain cloudd does not own (no cloudd metadata) keeps its definition and its
   state;
 - `Ledger`: no write the site acknowledged is missing from a read that started after the
@@ -17,7 +19,7 @@ the first. What each checks:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +68,22 @@ def observe_singles(counts: Mapping[str, int]) -> list[Breach]:
     processes serve it now."""
     return [Breach("one_process_per_node", f"{n} processes serve {what}")
             for what, n in sorted(counts.items()) if n > 1]
+
+
+def observe_domains(running: Mapping[str, Sequence[str]],
+                    qemus: Mapping[str, Sequence[int]]) -> list[Breach]:
+    """`running`: node -> the running domains whose cloudd metadata names it (libvirt's view);
+    `qemus`: domain -> the qemu processes running it (this machine's view, which also sees a
+    qemu that libvirt lost track of). No live migration happens in the soak, so no hand-over
+    excuses two."""
+    out = [Breach("one_running_domain_per_node",
+                  f"{len(names)} running domains for node {node}: {', '.join(sorted(names))}")
+           for node, names in sorted(running.items()) if len(names) > 1]
+    out += [Breach("one_running_domain_per_node",
+                   f"{len(pids)} qemu processes run domain {domain}: "
+                   f"{', '.join(map(str, sorted(pids)))}")
+            for domain, pids in sorted(qemus.items()) if len(pids) > 1]
+    return out
 
 
 @dataclass
@@ -124,12 +142,22 @@ class Exits:
 
 
 def reasons(view: Mapping[str, Any] | None, *, nodes: Iterable[str],
-            agents: Mapping[str, bool]) -> list[str]:
+            agents: Mapping[str, bool],
+            domains: Mapping[str, Sequence[str]] | None = None,
+            vms: Iterable[str] = ()) -> list[str]:
     """Why the cloud has not converged to the manifest yet (empty: it has).
 
     `view`: the acting leader's `status`, None when no single leader is followed by all;
-    `nodes`: the manifest's nodes; `agents`: agent -> it runs."""
+    `nodes`: the manifest's nodes; `agents`: agent -> it runs; `domains`: node -> its
+    running domains (libvirt's view, None when libvirt could not tell); `vms`: the nodes
+    that must each run exactly one domain."""
     out = [f"agent {n} is not running" for n, up in sorted(agents.items()) if not up]
+    vms = sorted(vms)
+    if vms and domains is None:
+        out.append("libvirt did not answer")
+    for node in vms if domains is not None else ():
+        if len(domains.get(node, ())) != 1:
+            out.append(f"node {node} runs {len(domains.get(node, ()))} domains")
     if view is None:
         return [*out, "no single acting leader followed by every agent"]
     phases = {n: v.get("phase") for n, v in (view.get("nodes") or {}).items()}

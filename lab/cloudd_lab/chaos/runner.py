@@ -6,6 +6,10 @@ Every fault, recovery, check and breach is a line of the soak's JSON lines log (
 its unix time and the seconds since the faults began. The run stops at the first breach:
 `ChaosBreach` names the seed, the invariant and the last lines of the log, and the agents'
 logs are copied beside the soak's log.
+
+Two modes (`Mode`): `NAMESPACES`, every node a namespace with its own agent; `VMS`, the
+servers and the balancer real VMs from the node image (`chaos.vms`), with the VM faults and
+invariants too, and bounds for guests that boot under TCG.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any
 from cloudd.client.api import ApiClient, ApiError
 from cloudd_lab.agentlab import remove_domains, virsh
 from cloudd_lab.chaos import invariants as inv
-from cloudd_lab.chaos.faults import ChaosLab, Injector, agent_pids, service_pids
+from cloudd_lab.chaos.faults import ChaosLab, ChaosParts, Injector, agent_pids, service_pids
 from cloudd_lab.chaos.schedule import SERVICES, Fault, Targets, counts, plan, role_of, steps
+from cloudd_lab.chaos.vms import DATABASE, Domains, VmChaosLab, qemu_processes
 from cloudd_lab.webclient import entries, write
 
 PREFIX = "h25c"
@@ -43,6 +48,30 @@ READY_BOUND = 300.0
 CONVERGE_BOUND = 240.0
 #: seconds between two rounds of checks, and between two sampled reads of the ledger
 CHECK_EVERY, SAMPLE_EVERY = 0.5, 5.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One kind of soak: its lab's prefix (also the cloud's name) and subnet, and its bounds."""
+
+    prefix: str
+    subnet: str
+    #: seconds for the first convergence
+    ready_bound: float
+    #: seconds for the cloud to converge to the manifest once the last fault is undone
+    converge_bound: float
+    #: the servers and the balancer are VMs (`chaos.vms`)
+    vms: bool = False
+
+    @property
+    def foreign(self) -> str:
+        return f"{self.prefix}-foreign"
+
+
+NAMESPACES = Mode(PREFIX, SUBNET, READY_BOUND, CONVERGE_BOUND)
+#: Three TCG guests booting at once on two shared cores take 3-6 minutes at first; a killed
+#: or fenced node's guest boots again in about 60-120 s, and a `stop_start` boots all three.
+VMS = Mode("h26v", "10.239.50.0/24", ready_bound=1500.0, converge_bound=600.0, vms=True)
 
 
 class ChaosBreach(AssertionError):
@@ -61,6 +90,10 @@ class Summary:
     converged_after: float = 0.0
     breaches: list[str] = field(default_factory=list)
     log: str = ""
+    #: with VM nodes (the `VMS` mode)
+    vms: bool = False
+    #: seconds from the agents' start until the cloud first converged
+    ready_after: float = 0.0
 
 
 class Log:
@@ -87,22 +120,37 @@ class Log:
         self._file.close()
 
 
-def targets() -> Targets:
+def targets(mode: Mode = NAMESPACES) -> Targets:
     nodes = tuple(f"lab-{r}-{j}" for r, n in NODES.items() for j in range(1, n + 1))
+    if mode.vms:  # the database's state folder holds MariaDB's data: no 64 MiB tmpfs for it
+        return Targets(hosts=HOSTS, nodes=(DATABASE,), disks=("pm1", "pm2"), clock=HOSTS[-1],
+                       vms=tuple(n for n in nodes if n != DATABASE))
     return Targets(hosts=HOSTS, nodes=nodes, disks=("pm1", "pm2", "lab-server-1"),
                    clock=HOSTS[-1])
+
+
+def make_lab(mode: Mode, t: Targets) -> ChaosParts:
+    if mode.vms:
+        return VmChaosLab(mode.prefix, subnet=mode.subnet, hosts=len(HOSTS), nodes=dict(NODES),
+                          disks=t.disks, clock=t.clock)
+    return ChaosLab(mode.prefix, subnet=mode.subnet, hosts=len(HOSTS), nodes=dict(NODES),
+                    node_agents=True, libvirt_uri=URI, cloud_name=mode.prefix, disks=t.disks,
+                    clock=t.clock)
 
 
 class Watch(threading.Thread):
     """Checks the invariants every `CHECK_EVERY` seconds until stopped; `breaches` holds what
     it found (the soak stops at the first)."""
 
-    def __init__(self, lab: ChaosLab, ledger: inv.Ledger, ledger_lock: threading.Lock,
-                 agents_lock: threading.Lock, log: Log, foreign: inv.Untouched) -> None:
+    def __init__(self, lab: Any, ledger: inv.Ledger, ledger_lock: threading.Lock,
+                 agents_lock: threading.Lock, log: Log, foreign: inv.Untouched,
+                 domains: Domains | None = None) -> None:
         super().__init__(daemon=True)
         self.lab, self.ledger, self.ledger_lock, self.agents_lock = (
             lab, ledger, ledger_lock, agents_lock)
-        self.log, self.foreign = log, foreign
+        self.log, self.foreign, self.domains = log, foreign, domains
+        #: node -> its running domains, as last seen (None: libvirt did not answer)
+        self.running: dict[str, list[str]] | None = None
         self.leaders = inv.Leaders()
         self.exits = inv.Exits()
         self.breaches: list[inv.Breach] = []
@@ -137,13 +185,18 @@ class Watch(threading.Thread):
             if (program := SERVICES.get(role_of(node))) is not None:
                 counts[f"{node}/{program}"] = len(service_pids(program, lab.node_ns(node)))
         found += inv.observe_singles(counts)
+        if self.domains is not None:
+            self.running = self.domains.running()
+            mine = {d: pids for d, pids in qemu_processes().items()
+                    if d.startswith(f"{lab.cloud_name}-")}
+            found += inv.observe_domains(self.running or {}, mine)
         with self.agents_lock:
             found += self.exits.observe({n: (a.proc.poll() if a.proc else None, a.signalled)
                                          for n, a in lab.agents.items()})
         now = time.time()
         if now - self._last_foreign >= SAMPLE_EVERY:
             self._last_foreign = now
-            seen = foreign_view()
+            seen = foreign_view(self.foreign.name)
             if seen is not None:  # else virsh could not tell: the next round looks again
                 found += self.foreign.observe(*seen)
         if now - self._last_sample >= SAMPLE_EVERY:
@@ -182,7 +235,7 @@ class Watch(threading.Thread):
         return out
 
 
-def poll_statuses(lab: ChaosLab, names: list[str]) -> dict[str, dict[str, Any] | None]:
+def poll_statuses(lab: Any, names: list[str]) -> dict[str, dict[str, Any] | None]:
     """Every agent's `status`, asked at once (a stopped agent answers nothing within 2 s)."""
     async def one(name: str) -> tuple[str, dict[str, Any] | None]:
         try:
@@ -197,35 +250,35 @@ def poll_statuses(lab: ChaosLab, names: list[str]) -> dict[str, dict[str, Any] |
     return asyncio.run(every())
 
 
-def url(lab: ChaosLab) -> str:
+def url(lab: Any) -> str:
     return f"http://{lab.node_addresses['lab-balancer-1']}"
 
 
-def define_foreign() -> inv.Untouched:
+def define_foreign(name: str = FOREIGN) -> inv.Untouched:
     """A domain of no cloud (no cloudd metadata), defined and never started."""
-    remove_domains(URI, FOREIGN)
-    xml = (f"<domain type='qemu'><name>{FOREIGN}</name><memory unit='MiB'>32</memory>"
+    remove_domains(URI, name)
+    xml = (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
            "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
     with tempfile.NamedTemporaryFile("w", suffix=".xml") as f:
         f.write(xml)
         f.flush()
         done = virsh(URI, "define", f.name)
     if done.returncode != 0:
-        raise RuntimeError(f"cannot define {FOREIGN} on {URI}: {done.stderr.strip()}")
-    seen = foreign_view()
+        raise RuntimeError(f"cannot define {name} on {URI}: {done.stderr.strip()}")
+    seen = foreign_view(name)
     if seen is None or seen[0] is None:
-        raise RuntimeError(f"{FOREIGN} defined but not found on {URI}")
-    return inv.Untouched(FOREIGN, seen[0], seen[1] or "")
+        raise RuntimeError(f"{name} defined but not found on {URI}")
+    return inv.Untouched(name, seen[0], seen[1] or "")
 
 
-def foreign_view() -> tuple[str | None, str | None] | None:
+def foreign_view(name: str = FOREIGN) -> tuple[str | None, str | None] | None:
     """The foreign domain's inactive definition and state; (None, None) when libvirt has no
     such domain, None when virsh could not tell (libvirtd slow or busy on a shared machine:
     not a breach)."""
-    done = virsh(URI, "dumpxml", "--inactive", FOREIGN)
+    done = virsh(URI, "dumpxml", "--inactive", name)
     if done.returncode != 0:
         return (None, None) if "failed to get domain" in done.stderr else None
-    state = virsh(URI, "domstate", FOREIGN)
+    state = virsh(URI, "domstate", name)
     if state.returncode != 0:
         return (None, None) if "failed to get domain" in state.stderr else None
     return done.stdout, state.stdout.strip()
@@ -235,7 +288,7 @@ class Writer(threading.Thread):
     """The site's user: writes an entry through the balancer every 0.2 s, keeping the ledger of
     those the site acknowledged (201)."""
 
-    def __init__(self, lab: ChaosLab, seed: int, ledger: inv.Ledger,
+    def __init__(self, lab: Any, seed: int, ledger: inv.Ledger,
                  lock: threading.Lock) -> None:
         super().__init__(daemon=True)
         self.lab, self.seed, self.ledger, self.lock = lab, seed, ledger, lock
@@ -257,15 +310,18 @@ class Writer(threading.Thread):
             self._halt.wait(0.2)
 
 
-def converged(lab: ChaosLab, statuses: dict[str, dict[str, Any] | None]) -> list[str]:
+def converged(lab: Any, statuses: dict[str, dict[str, Any] | None],
+              domains: Domains | None = None) -> list[str]:
     """What still differs from the manifest (empty once the cloud has converged)."""
     acting = [n for n, s in statuses.items() if s and s.get("acting")]
     view = None
     if len(acting) == 1 and all(s and s.get("leader") == acting[0] for s in statuses.values()):
         view = statuses[acting[0]]
     running = lab.running()
-    out = inv.reasons(view, nodes=[n for n in lab.agents if n.startswith("lab-")],
-                      agents={n: n in running for n in lab.agents})
+    vms = [n for n in lab.node_addresses if n not in lab.agents]
+    out = inv.reasons(view, nodes=list(lab.node_addresses),
+                      agents={n: n in running for n in lab.agents},
+                      domains=domains.running() if domains is not None else None, vms=vms)
     out += [f"{name} runs {n} agents" for name in running
             if (n := len(agent_pids(lab, name))) != 1]
     for node in lab.agents:
@@ -290,36 +346,50 @@ def wait(what: str, check: Callable[[], Any], *, bound: float, watch: Watch | No
         time.sleep(interval)
 
 
-def run(seed: int, duration: float, *, log_path: Path | None = None, concurrency: int = 2,
-        progress: Callable[[str], None] = print) -> Summary:
-    """One soak; ChaosBreach at the first breach (or when the cloud does not converge)."""
-    faults = plan(seed, duration, targets(), concurrency=concurrency)
-    log_path = log_path or Path(tempfile.gettempdir()) / "cloudd-chaos" / f"seed-{seed}.jsonl"
+def run(seed: int, duration: float, *, vms: bool = False, log_path: Path | None = None,
+        concurrency: int = 2, progress: Callable[[str], None] = print) -> Summary:
+    """One soak (`vms`: in the `VMS` mode); ChaosBreach at the first breach (or when the cloud
+    does not converge)."""
+    mode = VMS if vms else NAMESPACES
+    t = targets(mode)
+    faults = plan(seed, duration, t, concurrency=concurrency)
+    name = f"seed-{seed}{'-vms' if vms else ''}.jsonl"
+    log_path = log_path or Path(tempfile.gettempdir()) / "cloudd-chaos" / name
     log = Log(log_path)
-    summary = Summary(seed, duration, counts(faults), log=str(log_path))
-    log("planned", seed=seed, duration=duration, faults=len(faults), kinds=summary.planned)
+    summary = Summary(seed, duration, counts(faults), log=str(log_path), vms=vms)
+    log("planned", seed=seed, duration=duration, vms=vms, faults=len(faults),
+        kinds=summary.planned)
     for f in faults:
         log("fault_planned", fault=f.id, kind=f.kind, target=f.target, at=f.at, until=f.until,
             arg=f.arg)
-    t = targets()
-    lab = ChaosLab(PREFIX, subnet=SUBNET, hosts=len(HOSTS), nodes=dict(NODES), node_agents=True,
-                   libvirt_uri=URI, cloud_name=PREFIX, disks=t.disks, clock=t.clock)
+    lab: Any = make_lab(mode, t)
+    domains = Domains(mode.prefix) if vms else None
     ledger, ledger_lock, agents_lock = inv.Ledger(), threading.Lock(), threading.Lock()
     watch: Watch | None = None
     writer: Writer | None = None
     try:
         with lab:
             try:
-                foreign = define_foreign()
-                log("foreign_defined", domain=FOREIGN, state=foreign.state)
+                foreign = define_foreign(mode.foreign)
+                log("foreign_defined", domain=mode.foreign, state=foreign.state)
                 lab.start_all()
                 t_up = time.monotonic()
-                wait("the web cloud converged at first", lambda: not converged(
-                    lab, poll_statuses(lab, list(lab.agents))), bound=READY_BOUND, watch=None)
-                log("ready", after=round(time.monotonic() - t_up, 1))
-                progress(f"chaos seed {seed}: cloud ready after {time.monotonic() - t_up:.0f} s; "
+                first: list[str] = []
+
+                def ready() -> bool:
+                    nonlocal first
+                    first = converged(lab, poll_statuses(lab, list(lab.agents)), domains)
+                    return not first
+                try:
+                    wait("the web cloud converged at first", ready, bound=mode.ready_bound,
+                         watch=None, interval=5.0 if vms else 1.0)
+                except AssertionError as e:
+                    raise AssertionError(f"{e}: {'; '.join(first)}") from None
+                summary.ready_after = round(time.monotonic() - t_up, 1)
+                log("ready", after=summary.ready_after)
+                progress(f"chaos seed {seed}: cloud ready after {summary.ready_after:.0f} s; "
                          f"{len(faults)} faults over {duration:g} s; log {log_path}")
-                watch = Watch(lab, ledger, ledger_lock, agents_lock, log, foreign)
+                watch = Watch(lab, ledger, ledger_lock, agents_lock, log, foreign, domains)
                 writer = Writer(lab, seed, ledger, ledger_lock)
                 writer.start()
                 watch.start()
@@ -337,11 +407,12 @@ def run(seed: int, duration: float, *, log_path: Path | None = None, concurrency
                 for line in injector.heal():
                     log("healed", detail=line)
                 if not watch.breaches:
-                    final_convergence(lab, injector, watch, log)
+                    final_convergence(lab, injector, watch, log, bound=mode.converge_bound)
                     summary.converged_after = round(time.monotonic() - t_last, 1)
                 writer.stop()
                 if not watch.breaches:
                     final_read(lab, watch, log)
+                    final_foreign(watch, log)
                 watch.stop()
                 summary.writes, summary.reads = len(ledger.writes), watch.reads
                 summary.breaches = [b.line() for b in watch.breaches]
@@ -364,7 +435,9 @@ def run(seed: int, duration: float, *, log_path: Path | None = None, concurrency
             writer.stop()
         if watch is not None:
             watch.stop()
-        remove_domains(URI, FOREIGN)
+        if domains is not None:
+            domains.close()
+        remove_domains(URI, mode.foreign)
         log.close()
     return summary
 
@@ -380,22 +453,23 @@ def act(injector: Injector, action: str, f: Fault, log: Log,
     log(action, fault=f.id, kind=f.kind, target=f.target, detail=detail)
 
 
-def final_convergence(lab: ChaosLab, injector: Injector, watch: Watch, log: Log) -> None:
+def final_convergence(lab: Any, injector: Injector, watch: Watch, log: Log, *,
+                      bound: float = CONVERGE_BOUND) -> None:
     """Wait for the cloud to match the manifest again; `maintenance off` and a running
     generation are given again (an operator's command may have failed under a fault)."""
     t = time.monotonic()
-    for args in (("maintenance", "off"),
-                 *(("maintenance", "off", n) for n in lab.agents if n.startswith("lab-"))):
+    for args in (("maintenance", "off"), *(("maintenance", "off", n) for n in lab.node_addresses)):
         log("operator", detail=injector.cli(*args))
     log("operator", detail=injector.cli("apply", str(injector.manifest_file(ensure="running"))))
     last: list[str] = []
 
     def done() -> bool:
         nonlocal last
-        last = converged(lab, watch.statuses or poll_statuses(lab, list(lab.agents)))
+        last = converged(lab, watch.statuses or poll_statuses(lab, list(lab.agents)),
+                         watch.domains)
         return not last
     try:
-        wait("the cloud converged to the manifest", done, bound=CONVERGE_BOUND, watch=watch)
+        wait("the cloud converged to the manifest", done, bound=bound, watch=watch)
     except AssertionError as e:
         raise AssertionError(f"{e}: {'; '.join(last)}") from None
     wait("the site took a write", lambda: write(url(lab), "chaos-final", timeout=5.0),
@@ -404,7 +478,19 @@ def final_convergence(lab: ChaosLab, injector: Injector, watch: Watch, log: Log)
         log("converged", after=round(time.monotonic() - t, 1))
 
 
-def final_read(lab: ChaosLab, watch: Watch, log: Log) -> None:
+def final_foreign(watch: Watch, log: Log) -> None:
+    """The foreign domain, looked at once more at the end (libvirt must answer within 60 s)."""
+    end = time.monotonic() + 60.0
+    while (seen := foreign_view(watch.foreign.name)) is None:
+        if time.monotonic() > end:
+            raise AssertionError(f"libvirt did not show {watch.foreign.name} within 60 s")
+        time.sleep(1.0)
+    found = watch.foreign.observe(*seen)
+    watch.breaches += found
+    log("foreign_checked", domain=watch.foreign.name, state=seen[1], breaches=len(found))
+
+
+def final_read(lab: Any, watch: Watch, log: Log) -> None:
     """Every acknowledged write, read back once the writer has stopped."""
     end = time.monotonic() + 90.0
     while True:
@@ -419,7 +505,7 @@ def final_read(lab: ChaosLab, watch: Watch, log: Log) -> None:
     log("final_read", writes=len(watch.ledger.writes), breaches=len(watch.breaches))
 
 
-def agents_last(lab: ChaosLab, *, lines: int = 20) -> str:
+def agents_last(lab: Any, *, lines: int = 20) -> str:
     """The agents' last elections and actions, from their logs, for a breach's message."""
     with contextlib.suppress(OSError):
         events = sorted((e for e in lab.log_events()
@@ -431,7 +517,7 @@ def agents_last(lab: ChaosLab, *, lines: int = 20) -> str:
     return ""
 
 
-def keep_agent_logs(lab: ChaosLab, log_path: Path) -> None:
+def keep_agent_logs(lab: Any, log_path: Path) -> None:
     folder = log_path.with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)
     for name, agent in lab.agents.items():

@@ -7,6 +7,12 @@ again, a frozen one continued, a cut link restored...). Faults follow one anothe
 random gap, and at most `concurrency` are in force at once, never two on the same target (the
 operator's commands share one target, `cloud`: one at a time). Nothing here reads a clock or
 does I/O: `plan` is a pure function, `steps` orders what the runner does.
+
+With VM nodes (`Targets.vms`), three more kinds hit them: kill -9 and SIGSTOP of a node's
+qemu, and a restart of the machine's libvirtd. They all hold one more pseudo-member, `vm`: one
+of them at a time, and a killed qemu's hold is long enough for its guest to boot again under
+TCG before the next (a soak's point is whether the cloud recovers, not how many reboots it can
+stack on two cores).
 """
 
 from __future__ import annotations
@@ -32,9 +38,16 @@ KINDS: dict[str, tuple[int, float, float]] = {
     "maintenance": (1, 2.0, 10.0),       # cloudd-cli maintenance on (cloud or node) / off
     "generation": (1, 1.0, 3.0),         # cloudd-cli apply of a new generation
     "stop_start": (1, 4.0, 12.0),        # cloudd-cli stop, then apply with ensure: running
+    "qemu_kill": (4, 120.0, 210.0),      # kill -9 of a VM node's qemu; the leader restarts it
+    "qemu_stop": (3, 5.0, 45.0),         # SIGSTOP of a VM node's qemu; SIGCONT at the end
+    "libvirtd_restart": (2, 1.0, 5.0),   # libvirtd stopped (SIGTERM); started again at the end
 }
+#: the kinds that hit VMs (drawn only when there are some)
+VM_KINDS = ("qemu_kill", "qemu_stop", "libvirtd_restart")
 #: seconds between the start of one fault and the next, drawn uniformly
 GAP = (1.0, 6.0)
+#: the same with VM nodes: TCG guests on two cores need the time between faults
+VM_GAP = (5.0, 20.0)
 #: the programs a node runs, by role (the web site's)
 SERVICES = {"database": "mariadbd", "server": "ruby", "balancer": "nginx"}
 
@@ -44,12 +57,14 @@ class Targets:
     """What the faults may hit, by name."""
 
     hosts: tuple[str, ...]
-    #: node agents, by node name (lab-ROLE-N)
+    #: node agents in namespaces, by node name (lab-ROLE-N)
     nodes: tuple[str, ...]
     #: members whose state folder is a small file system of its own (disk_full)
     disks: tuple[str, ...]
     #: the member whose wall clock the lab can step (clock_step); "" for none
     clock: str = ""
+    #: nodes that are VMs (their agents inside the guests, out of the lab's reach)
+    vms: tuple[str, ...] = ()
 
     def of(self, kind: str) -> tuple[str, ...]:
         """The targets a fault of `kind` may take."""
@@ -67,8 +82,12 @@ class Targets:
             return (self.clock,) if self.clock else ()
         if kind == "cpu_starve":
             return self.hosts
+        if kind in ("qemu_kill", "qemu_stop"):
+            return tuple(f"{n}/qemu" for n in self.vms)
+        if kind == "libvirtd_restart":
+            return ("libvirtd",) if self.vms else ()
         if kind == "maintenance":
-            return ("cloud", *(f"cloud/{n}" for n in self.nodes))
+            return ("cloud", *(f"cloud/{n}" for n in self.nodes + self.vms))
         return ("cloud",)  # generation, stop_start
 
 
@@ -104,10 +123,14 @@ def role_of(node: str) -> str:
 
 def members_of(target: str) -> set[str]:
     """The members a target names: `pm1`, `pm1|pm2`, `lab-server-1/ruby`, `cloud/lab-server-1`;
-    the operator's commands all name `cloud`."""
+    the operator's commands all name `cloud`; a VM fault (`lab-server-1/qemu`, `libvirtd`)
+    also names `vm`, which one VM fault holds at a time."""
     if target.startswith("cloud"):
         return {"cloud"}
-    return {t.split("/")[0] for t in target.split("|")}
+    if target == "libvirtd":
+        return {"libvirtd", "vm"}
+    found = {t.split("/")[0] for t in target.split("|")}
+    return found | {"vm"} if target.endswith("/qemu") else found
 
 
 def _arg(kind: str, rng: random.Random) -> float:
@@ -120,18 +143,21 @@ def _arg(kind: str, rng: random.Random) -> float:
     return 0.0
 
 
-def plan(seed: int, duration: float, targets: Targets, *, concurrency: int = 2) -> list[Fault]:
+def plan(seed: int, duration: float, targets: Targets, *, concurrency: int = 2,
+         gap: tuple[float, float] | None = None) -> list[Fault]:
     """The faults of a soak of `duration` seconds: each starts before `duration` and is undone
-    by it (the runner then waits for the cloud to converge)."""
+    by it (the runner then waits for the cloud to converge). `gap`: the seconds between two
+    faults' starts (default `GAP`, `VM_GAP` with VM targets)."""
     if duration <= 0:
         raise ValueError(f"a soak's duration must be positive, not {duration}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+    gap = gap or (VM_GAP if targets.vms else GAP)
     rng = random.Random(seed)
     kinds = [k for k in KINDS if targets.of(k)]
     weights = [KINDS[k][0] for k in kinds]
     faults: list[Fault] = []
-    t = rng.uniform(*GAP)
+    t = rng.uniform(*gap)
     while t < duration:
         live = [f for f in faults if f.until > t]
         if len(live) < concurrency:
@@ -143,7 +169,7 @@ def plan(seed: int, duration: float, targets: Targets, *, concurrency: int = 2) 
             if choices and t + hold <= duration:
                 faults.append(Fault(len(faults) + 1, kind, rng.choice(choices), round(t, 2),
                                     round(t + hold, 2), _arg(kind, rng)))
-        t += rng.uniform(*GAP)
+        t += rng.uniform(*gap)
     return faults
 
 

@@ -14,7 +14,7 @@ from cloudd.config.model import Cloud
 from cloudd.daemon.host.duties import DEFAULT_URI, RETRY_AFTER, HostDuties, libvirt_uri, nobody
 from cloudd.daemon.network.catalogue import DomainEventNote
 from cloudd.errors import TemporaryError
-from cloudd.vmctl.backend import DomainEvent, DomainEventKind, FakeBackend
+from cloudd.vmctl.backend import BackendUnavailable, DomainEvent, DomainEventKind, FakeBackend
 from cloudd.vmctl.hostagent import TERM_FILE, CommandOutcome, HostAgent, HostCommand, Op
 from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, metadata_xml
 
@@ -161,3 +161,22 @@ async def test_by_default_nobody_holds_a_lease(tmp_path: Path, cloud: Cloud) -> 
         result = await duties.execute("pm1", HostCommand(Op.LIST, 1))
         assert result.outcome is CommandOutcome.FAILED
         assert result.message == "pm1 holds no unexpired lease of pm1 for term 1"
+
+
+async def test_a_host_waits_for_libvirtd_to_answer_instead_of_exiting(tmp_path: Path,
+                                                                       cloud: Cloud) -> None:
+    """libvirtd restarting as the agent starts (the chaos soak with VMs makes both): the host
+    opens its connection again until it answers; only then is its host agent up."""
+    tries: list[str] = []
+    backend = FakeBackend(clock=lambda: 0.0)
+
+    async def opening(uri: str) -> FakeBackend:
+        tries.append(uri)
+        if len(tries) < 3:
+            raise BackendUnavailable(f"libvirt connect: cannot reach {uri}", delay=0.01)
+        return backend
+
+    h = make_host(tmp_path, cloud, open_backend=opening)
+    async with running(h.duties) as agent:
+        assert agent.backend is backend
+    assert len(tries) == 3
