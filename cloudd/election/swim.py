@@ -44,8 +44,10 @@ A probe proves what any message proves: a member alive is a member that speaks. 
 we are due to probe that sent us anything (`heard`: an election message, a lease renewal or
 its reply, its own ping or ack) within the last protocol period is not pinged this period
 when we have no gossip waiting to piggyback: its turn in the round counts as answered, and
-the round moves on. The evidence is as fresh as our ping's ack would have been, so no death
-is seen later; followers stop pinging the leader whose renewals they get, the leader stops
+the round moves on. The evidence is as fresh as our ping's ack would have been; a member
+that dies just after it spoke has its turn passed, so this member may see that death up to
+one round later (any other member probing it in that round still does, and gossips it);
+followers stop pinging the leader whose renewals they get, the leader stops
 pinging the hosts that answer them, and two members that probed each other in the same
 period do not both do it (`skipped` counts the pings saved).
 Every suspicion keeps its reason in words (what began it: our own failed probe, another

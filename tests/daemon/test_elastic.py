@@ -157,3 +157,18 @@ def test_the_newest_idle_node_goes_first_a_busy_one_is_passed_over() -> None:
     s = run(("c1", "c2", "c3"), Queue(), {"c1": IDLE, "c2": IDLE, "c3": BUSY}, now=70.0,
             memory=Memory(idle_since={"c1": 0.0, "c2": 0.0}))
     assert changes(s) == [("c2", "drain"), ("c1", "drain")]
+
+
+def test_a_node_drained_to_move_is_no_capacity() -> None:
+    # c2 moves off a drained host, a long job still on it: a waiting job gets a new node
+    moving = Use(busy=True, moving=True)
+    s = run(("c1", "c2"), waiting_for(1, 2), {"c1": BUSY, "c2": moving}, now=0.0)
+    assert changes(s) == [("c3", "take")]
+    # and idle peers are not drained down to min counting it as one that stays
+    use = {"c1": IDLE, "c2": moving, "c3": IDLE}
+    s = run(("c1", "c2", "c3"), Queue(), use, now=100.0)
+    s = run(s.active, Queue(), use, now=200.0, memory=s.memory)
+    assert changes(s) == [("c3", "drain")]
+    s = run(("c1", "c2"), Queue(), {"c1": IDLE, "c2": moving}, now=100.0)
+    assert run(s.active, Queue(), {"c1": IDLE, "c2": moving}, now=200.0,
+               memory=s.memory).changes == ()

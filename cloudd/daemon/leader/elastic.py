@@ -13,7 +13,8 @@ The rules, in the order they apply:
 - Below `min` (a new cloud, a bound raised): take candidates until `min` are in use.
 - Jobs wait for nodes: the role needs `wanted = max(nodes asked, ceil(CPUs asked / the
   node's vCPUs))` nodes beyond those that can take them now (in use, not drained, not busy)
-  or soon (in use, not yet registered: booting). Nodes being drained are taken back first
+  or soon (in use, not yet registered: booting; a node drained to move off a drained host
+  counts as neither). Nodes being drained are taken back first
   (their drain undone), then new candidates are taken, never beyond `max`. Growth is not
   held back by any cool-down: a burst of jobs is answered at once, and nodes still booting
   count as capacity, so that the same burst never asks twice.
@@ -70,8 +71,10 @@ class Use:
     ready: bool = False
     #: Runs at least one job now.
     busy: bool = False
-    #: Drained (or draining) in the scheduler, by cloudd.
+    #: Drained (or draining) in the scheduler, by cloudd, to leave.
     drained: bool = False
+    #: Drained by cloudd to move off a drained host: neither capacity nor leaving.
+    moving: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
     waiting = ""
     wanted = max(queue.nodes, -(-queue.cpus // max(1, vcpus))) if queue.nodes else 0
     if wanted:
-        able = [n for n in in_use if n not in releasing and (
+        able = [n for n in in_use if n not in releasing and not use.get(n, Use()).moving and (
             not use.get(n, Use()).ready or not use.get(n, Use()).busy)]
         short = wanted - len(able)
         why = (f"{queue.jobs} job(s) wait for nodes, asking {queue.nodes} "
@@ -171,7 +174,9 @@ def step(bounds: Bounds, candidates: Sequence[str], active: Sequence[str], queue
 
     if use and not wanted:  # no drain without the scheduler's word
         cooling = last_grown is not None and now - last_grown < bounds.cooldown
-        staying = len(in_use) - len(releasing)
+        # a node moving off a drained host takes no job until it has moved: not one to stay
+        staying = len(in_use) - len(releasing) - sum(
+            1 for n in in_use if n not in releasing and use.get(n, Use()).moving)
         for name in sorted(idle_since, key=candidates.index, reverse=True):
             if staying <= bounds.min:
                 break

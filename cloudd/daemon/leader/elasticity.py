@@ -63,18 +63,22 @@ class ElasticLoop:
                  drains: Callable[[], Drains] = lambda: NO_DRAINS,
                  where: Callable[[], Mapping[str, str]] = dict,
                  ready: Callable[[], frozenset[str]] = frozenset,
+                 held: Callable[[], Collection[str | None]] = frozenset,
                  clock: Clock = SYSTEM, every: float = EVERY) -> None:
         self._cloud, self._active, self._set_active = cloud, active, set_active
         self._term, self._cluster, self._provider = term, cluster, provider
         #: the drains in force, where each node's domain is, the nodes ready (leader's view)
         self._drains, self._where, self._ready = drains, where, ready
+        #: the operator's maintenance holds: a node held stays where it is
+        self._held = held
         self.events, self.clock, self.every = events, clock, every
         self._memory: dict[str, elastic.Memory] = {}
         self._seen_term: int | None = None
         self._findings: dict[str, Finding] = {}
         self._decisions: deque[ElasticDecision] = deque(maxlen=RECENT)
-        #: batch nodes the scheduler showed drained to move (last read), and those emptied
-        self._moving: frozenset[str] = frozenset()
+        #: per batch role, its nodes the scheduler showed drained to move (its last answer:
+        #: kept through a pass it did not answer), and the nodes the planner may move now
+        self._moving: dict[str, frozenset[str]] = {}
         self._emptied: frozenset[str] = frozenset()
         self._looked = False  # the batch roles read once in this term
         self.log = log.get("elastic")
@@ -107,6 +111,8 @@ class ElasticLoop:
             # a new leader starts counting idleness afresh (it only delays a shrink)
             self._memory.clear()
             self._findings.clear()
+            self._moving.clear()
+            self._emptied = frozenset()
             self._seen_term, self._looked = term, False
         if term is None:
             self._findings.clear()
@@ -116,7 +122,7 @@ class ElasticLoop:
         batch = [r for r in cloud.roles
                  if move_of(cloud.type, (r,)) is DrainMove.SCHEDULED]
         look = set(cloud.elastic)
-        if drains.hosts or self._moving or not self._looked:
+        if drains.hosts or any(self._moving.values()) or not self._looked:
             look |= set(batch)
         if not look:
             self._findings.clear()
@@ -126,14 +132,14 @@ class ElasticLoop:
         before = frozenset(self._active())
         after = set(before)
         taken: list[elastic.ElasticChange] = []
-        moving: set[str] = set()
         emptied: set[str] = set()
         for role in sorted(look):
             wanted, use, unseen, seen = await self._demand(provider, cluster, role)
             if role in batch and not unseen:
                 self._looked = True
-                moving |= {n for n, u in seen.items() if u.moving}
-                emptied |= await self._batch_moves(provider, cluster, role, seen, drains, term)
+                self._moving[role] = frozenset(n for n, u in seen.items() if u.moving)
+                emptied |= await self._batch_moves(provider, cluster, cloud, role, seen,
+                                                   drains, term)
             spec = cloud.elastic.get(role)
             if spec is None:
                 continue
@@ -153,17 +159,23 @@ class ElasticLoop:
             self._memory[role] = memory
             after = (after - set(names)) | set(s.active)
             self._show(role, s, memory, unseen)
-        self._moving, self._emptied = frozenset(moving), frozenset(emptied)
+        self._emptied = frozenset(emptied)
         if after != before:
             await self._set_active(sorted(after))
             for change in taken:
                 self._record(change, term)
 
-    async def _batch_moves(self, provider: Provider, cluster: ClusterView | None, role: str,
-                           use: Mapping[str, NodeUse], drains: Drains, term: int) -> set[str]:
-        """Drain in the scheduler the role's nodes on drained hosts, undo it for those moved;
-        the nodes the planner may move now."""
-        moves = batch_moves(use, where=self._where(), drains=drains, use=use,
+    async def _batch_moves(self, provider: Provider, cluster: ClusterView | None,
+                           cloud: Cloud, role: str, use: Mapping[str, NodeUse],
+                           drains: Drains, term: int) -> set[str]:
+        """Drain in the scheduler the role's nodes on drained hosts that may leave them (not
+        pinned there, not held, managed), undo it for those moved; the nodes the planner may
+        move now."""
+        where, held = self._where(), set(self._held())
+        movable = [n.name for n in cloud.nodes_of(role)
+                   if n.managed and n.name not in held and None not in held
+                   and (n.host is None or n.host != where.get(n.name))]
+        moves = batch_moves(movable, where=where, drains=drains, use=use,
                             ready=self._ready())
         for node, call, why in (
                 *((n, "drain", "on a drained host: its jobs end before it moves")
@@ -201,7 +213,8 @@ class ElasticLoop:
         except ClouddError as exc:
             return elastic.Wanted(), {}, str(exc), {}
         return (elastic.Wanted(d.jobs, d.nodes, d.cpus),
-                {n: elastic.Use(u.ready, u.busy, u.released) for n, u in d.use.items()}, "",
+                {n: elastic.Use(u.ready, u.busy, u.released, u.moving)
+                 for n, u in d.use.items()}, "",
                 d.use)
 
     async def _scheduler(self, provider: Provider, cluster: ClusterView | None, role: str,

@@ -295,7 +295,7 @@ class CloudMember:
             set_active=self.record.set_active, term=self.reconciling_term,
             cluster=hooks.cluster_now, provider=registry.get, events=events,
             drains=lambda: self.record.drains, where=self.controller.where,
-            ready=self._healthy, clock=clock)
+            ready=self._healthy, held=lambda: self.maintenance.held, clock=clock)
 
     # The image code is loaded by the leader that first needs it: a node never leads.
     async def _create_overlay(self, host: str, spec: plan.NodeSpec) -> None:

@@ -48,10 +48,17 @@ _WORD: Mapping[DrainMove, str] = {
 }
 
 
-def _may_move(spec: NodeSpec, host: str, desired: Desired, observed: Observed) -> bool:
-    """Whether the node's kind lets it leave drained `host` at all now."""
-    return (spec.move is DrainMove.REPLICA or host in desired.move_stateful
-            or (spec.move is DrainMove.SCHEDULED and spec.name in observed.emptied))
+def _may_move(spec: NodeSpec, d: DomainObs, desired: Desired, observed: Observed) -> bool:
+    """Whether the node's kind lets its copy `d`, on a drained host, leave at all now. A
+    batch compute node may once its scheduler shows it drained with no job, or once its copy
+    is stopped or asked to (its move under way, or down by itself: it runs no job), so that
+    a pass without the scheduler's word (a slow head, a new leader's first pass) never
+    starts it again where it is."""
+    if spec.move is DrainMove.REPLICA or d.host in desired.move_stateful:
+        return True
+    return spec.move is DrainMove.SCHEDULED and (
+        spec.name in observed.emptied or d.state is not DomainState.RUNNING
+        or (spec.name, d.host) in observed.shutdowns)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ def step(spec: NodeSpec, d: DomainObs, *, desired: Desired, observed: Observed,
         return Stay(f"pinned to drained host {host}: it stays (the drain cannot complete)")
     if spec.held:
         return Stay(f"in maintenance: left on drained host {host}")
-    if not _may_move(spec, host, desired, observed):
+    if not _may_move(spec, d, desired, observed):
         close = ")" if spec.move is DrainMove.SCHEDULED else ""
         return Stay(f"{_WORD[spec.move]} with `cloudd-cli drain {host} --move-stateful`{close}")
     # A move already under way (asked to shut down, or down) is finished whatever else
@@ -123,7 +130,7 @@ def _pending(spec: NodeSpec, *, desired: Desired, observed: Observed,
         n = specs.get(d.node)
         if (n is None or n.name == spec.name or d.cloud != desired.cloud
                 or d.host not in desired.drained or n.held or n.pin == d.host
-                or not _may_move(n, d.host, desired, observed)):
+                or not _may_move(n, d, desired, observed)):
             continue
         if d.state is not DomainState.RUNNING or (n.name, d.host) in observed.shutdowns:
             return f"{n.name} is leaving drained host {d.host}"

@@ -196,6 +196,26 @@ async def test_a_batch_node_on_a_drained_host_is_drained_to_move_then_resumed(
     assert loop.active == {"hpc-compute-1"}
 
 
+async def test_a_moved_node_is_resumed_even_after_a_pass_the_scheduler_missed(
+        loop: Loop) -> None:
+    await loop.loop.step()
+    loop.where["hpc-compute-1"] = "pm1"
+    loop.drains[0] = Drains((Drain("pm1"),))
+    loop.sched.demand_now = Demand(use=use(hpc_compute_1=NodeUse(moving=True)))
+    await loop.loop.step()
+    assert loop.loop.emptied() == {"hpc-compute-1"}
+    # moved, the host undrained; the scheduler misses a pass; then answers: resumed
+    loop.where["hpc-compute-1"] = "pm2"
+    loop.drains[0] = Drains()
+    loop.ready.add("hpc-compute-1")
+    loop.sched.down = True
+    await loop.loop.step()
+    assert loop.loop.emptied() == frozenset()
+    loop.sched.down = False
+    await loop.loop.step()
+    assert loop.sched.calls[-1] == ("keep", "hpc-compute-1")
+
+
 async def test_nothing_happens_while_this_agent_does_not_lead(loop: Loop) -> None:
     loop.term[0] = None
     await loop.loop.step()
@@ -245,3 +265,8 @@ async def test_a_fixed_batch_cloud_reads_its_scheduler_only_while_a_drain_needs_
     sched.demand_now = Demand(use={"hpc-compute-1": IDLE})
     await el.step()
     assert sched.asked == 4 and sched.calls == [("move", "hpc-compute-1")]
+    # a node held for maintenance stays where it is: its scheduler is not asked to drain it
+    sched.calls.clear()
+    el._held = lambda: {"hpc-compute-1"}
+    await el.step()
+    assert sched.calls == [] and el.emptied() == frozenset()

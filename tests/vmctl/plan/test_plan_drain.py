@@ -133,6 +133,17 @@ def test_batch_compute_leaves_once_its_scheduler_drained_it_or_with_the_operator
     assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "c1")]
 
 
+def test_a_compute_node_stopped_on_its_way_out_goes_on_without_the_scheduler_s_word(
+        ) -> None:
+    # its scheduler drained it, it was shut down; this pass has no word from the scheduler
+    # (a slow head, a new leader's first pass): it is undefined, not started again there
+    nodes = (node("c1", "compute", move=DrainMove.SCHEDULED), node("c2", "compute",
+                                                                   move=DrainMove.SCHEDULED))
+    on = (dom("c1", "pm1", OFF), dom("c2", "pm2"))
+    p = planned(want(*nodes), seen(*on, ready={"c2"}), 0.0)
+    assert [(type(a), a.node, a.host) for a in p.actions] == [(Undefine, "c1", "pm1")]
+
+
 def test_an_emptied_compute_node_waits_for_the_stateless_ones_to_leave_first() -> None:
     nodes = (node("c1", "compute", move=DrainMove.SCHEDULED), node("s1", "server"),
              node("s2", "server"))
