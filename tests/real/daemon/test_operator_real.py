@@ -42,18 +42,19 @@ def test_inspect_and_events_through_a_failover(lab: AgentLab) -> None:
     assert "\x1b[" not in text.stdout  # no colour off a terminal
 
     # the leader's metrics, scraped over HTTP
+    # (the feed reads the agent every few seconds: a scrape right after the election may
+    # still see the reading taken before this agent acted, so it waits for a fresh one)
     address = lab.agents[leader].ns.ip
-    def scrape() -> str | None:
+    def scrape() -> list[str] | None:
         try:
             with urllib.request.urlopen(f"http://{address}:9760/metrics", timeout=5) as r:
                 text = r.read().decode()
         except OSError:
             return None
-        return text if "cloudd_leader" in text else None
-    text = lab.wait_for("metrics", scrape, timeout=30)
-    leading = [line for line in text.splitlines()
-               if line.startswith("cloudd_leader{") and 'cloud="lab"' in line]
-    assert leading and leading[0].endswith(" 1.0"), leading
+        leading = [line for line in text.splitlines()
+                   if line.startswith("cloudd_leader{") and 'cloud="lab"' in line]
+        return leading if leading and leading[0].endswith(" 1.0") else None
+    assert lab.wait_for("the leader's metrics saying it leads", scrape, timeout=30)
 
     unknown = lab.cli(follower, "inspect", "nosuch")
     assert unknown.returncode != 0
