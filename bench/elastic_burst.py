@@ -71,6 +71,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cloudd_lab.background import Background
 from cloudd_lab.batchlab import (
     BACK,
     DONE,
@@ -210,25 +211,16 @@ def ratio(elastic: float, fixed: float) -> float:
 
 
 # -- the lab --------------------------------------------------------------------------------
-class Sampler:
+class Sampler(Background):
     """Counts the running domains of `names` every `every` seconds, in a thread of its own
     (libvirt's API, one call a sample): (monotonic time, count)."""
 
     def __init__(self, names: Sequence[str], *, every: float = SAMPLE_EVERY) -> None:
         self.names, self.every = frozenset(names), every
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._background("sampler")
         self.error: BaseException | None = None
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def _run(self) -> None:
         import libvirt  # the machine's binding, as bench/guest_boot.py uses it

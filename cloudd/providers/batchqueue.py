@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cloudd.errors import PermanentError
 from cloudd.providers import values
-from cloudd.providers.base import Finding
+from cloudd.providers.base import Demand, Finding, NodeUse
 
 #: Most distinct reasons an answer carries (the most frequent), most characters of one, and
 #: most jobs, nodes or CPUs it may count: a bigger figure is not a cloud's.
@@ -99,6 +99,13 @@ def decode(answer: Mapping[str, str]) -> Queue:
         raise PermanentError(f"the head's queue answer has {counts[3]} jobs blocked of "
                              f"{counts[0]} waiting")
     return Queue(counts[0], counts[1], counts[2], tuple(reasons), counts[3])
+
+
+def demand(q: Queue, use: Mapping[str, NodeUse]) -> Demand:
+    """What an elastic role's scheduler says (`Provider.demand`): the jobs of `q` that wait
+    for nodes (not those blocked by something no node added would change), with the nodes'
+    `use`."""
+    return Demand(q.jobs - q.blocked, q.nodes, q.cpus, use)
 
 
 def finding(q: Queue) -> Finding:

@@ -11,11 +11,12 @@ import contextlib
 import itertools
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+
+from cloudd_lab.background import Background
 
 
 def entries(url: str, *, timeout: float = 10.0) -> list[str]:
@@ -42,7 +43,7 @@ def serves(url: str) -> bool:
 
 
 @dataclass
-class Client:
+class Client(Background):
     """Writes an entry every `period` seconds from a thread, while in a `with` block."""
 
     url: str
@@ -53,17 +54,8 @@ class Client:
     sent_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._background("writer")
         self._n = 0
-
-    def __enter__(self) -> Client:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -131,10 +131,11 @@ def test_draining_a_compute_vm_s_host_lets_its_job_finish_then_moves_it(cluster:
     assert done.returncode == 0, done.stderr
     started = time.monotonic()
 
-    # The scheduler drains it with cloudd's reason; its job runs on where it is.
+    # The scheduler drains it, at the leader's word for a move; its job runs on where it is.
     poll(f"{node} drained in the scheduler, its job running", lambda: (
         "drain" in lab.scheduler.states(lab).get(node, "")
         or "offline" in lab.scheduler.states(lab).get(node, "")), bound=BACK, interval=3.0)
+    assert f"drain {node}: on a drained host: its jobs end before it moves" in lab.events()
     dom = lab.domains()[node]
     assert dom.host == drained and dom.running and lab.finished(job) is None
     poll(f"{node} running on another host", lambda: (

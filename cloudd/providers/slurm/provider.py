@@ -101,8 +101,8 @@ class SlurmProvider(Provider):
         except ClouddError as exc:
             raise TemporaryError(f"no queue from slurmctld on {head.node}: {exc}",
                                  delay=5.0) from None
-        return Demand(queue.jobs - queue.blocked, queue.nodes, queue.cpus,
-                      {p.node: sched.use_of(nodes.get(p.node)) for p in cluster.of(role)})
+        return batchqueue.demand(queue, {p.node: sched.use_of(nodes.get(p.node))
+                                         for p in cluster.of(role)})
 
     async def release(self, cluster: ClusterView, role: str, node: str,
                       why: Release = Release.LEAVE) -> None:

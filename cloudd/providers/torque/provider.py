@@ -316,8 +316,8 @@ class TorqueProvider(Provider):
         except ClouddError as exc:
             raise TemporaryError(f"no queue or node list from pbs_server on {head.node}: "
                                  f"{exc}", delay=5.0) from None
-        return Demand(waiting.jobs - waiting.blocked, waiting.nodes, waiting.cpus,
-                      {p.node: nodes.use_of(registered.get(p.node)) for p in cluster.of(role)})
+        return batchqueue.demand(waiting, {p.node: nodes.use_of(registered.get(p.node))
+                                           for p in cluster.of(role)})
 
     async def release(self, cluster: ClusterView, role: str, node: str,
                       why: Release = Release.LEAVE) -> None:

@@ -34,13 +34,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cloudd_lab.background import Background
 from cloudd_lab.vmlab import VmLab, agent_command, poll, virsh
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.netns, pytest.mark.services]
@@ -92,23 +92,14 @@ def lab() -> Iterator[DrainLab]:
         yield lab
 
 
-class Poller:
+class Poller(Background):
     """Reads `/entries` through the balancer every 0.2 s from a thread: (start, seconds
     taken, status, the server that answered) of each request."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.results: list[tuple[float, float, int, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        self._background("reader")
 
     def _run(self) -> None:
         while not self._stop.is_set():
