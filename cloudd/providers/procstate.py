@@ -64,17 +64,19 @@ def is_same_process(pid: int, start_time: int) -> bool:
     return proc_start_time(pid) == start_time
 
 
-def session_members(sid: int) -> list[int]:
+def session_members(sid: int, *, outside_group: bool = False) -> list[int]:
     """Live processes whose session id is `sid` (a service's leftovers: its session is its pid).
 
     Linux does not hand out a pid that is still in use as a session or group id, so processes
     in session `sid` whose leader is gone can only be what is left of that service.
+    `outside_group` keeps only those that left the group `sid` (what `killpg(sid)` misses).
     """
     members = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat(entry)
-            if fields is not None and fields[3] == str(sid) and fields[0] not in ("Z", "X"):
+            if (fields is not None and fields[3] == str(sid) and fields[0] not in ("Z", "X")
+                    and not (outside_group and fields[2] == str(sid))):
                 members.append(int(entry))
     return members
 

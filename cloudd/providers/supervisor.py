@@ -126,10 +126,13 @@ def _popen(spec: ServiceSpec) -> tuple[subprocess.Popen[bytes], str | None]:
 
 
 def _signal_session(sid: int, sig: int) -> None:
-    """Signal the service's group and anything else left in its session."""
+    """Signal the service's group and anything else left in its session, each process once.
+
+    A second TERM would run a service's handler twice (it may be on its way out already).
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(sid, sig)
-    for pid in procstate.session_members(sid):
+    for pid in procstate.session_members(sid, outside_group=True):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 

@@ -150,6 +150,27 @@ async def test_stop_kills_the_whole_group_even_a_child_ignoring_term(make, tmp_p
     assert not alive(leader) and not alive(child)
 
 
+async def test_stop_sends_a_service_one_term_not_one_per_way_it_is_reached(make, tmp_path) -> None:
+    # The main process is both the group's leader and a member of its session: a TERM by
+    # each way ran a handler twice (a flaky "stop app" written twice by the test below).
+    log = tmp_path / "terms.log"
+    argv = program(tmp_path, "t", f"""
+        def term(*_):
+            open({str(log)!r}, 'a').write('term\\n')
+        signal.signal(signal.SIGTERM, term)
+        open({str(log)!r}, 'a').write('up\\n')
+        while not open({str(log)!r}).read().count('term'):
+            time.sleep(0.01)
+        time.sleep(0.5)  # any second TERM arrives well within this
+        """)
+    sup = make([ServiceSpec("t", argv, start_grace=0.1, stop_grace=5.0)])
+    await sup.start()
+    await sup.wait_for("t", running, within=WAIT)
+    await until(lambda: log.exists() and "up" in log.read_text())
+    await sup.stop()
+    assert log.read_text().splitlines() == ["up", "term"]
+
+
 async def test_dependencies_start_in_order_and_stop_in_reverse(make, tmp_path) -> None:
     port = free_port()
     log = tmp_path / "order.log"
