@@ -24,8 +24,14 @@ the jobs themselves, and shows it for the whole cloud.
 "Set by Slurm" means the reason's user is the SlurmUser: the controller marks a node down or
 drained itself (`Not responding`, `Kill task failed`, `batch job complete failure`), and
 cloudd, which keeps the node's services running, has fixed what it could; an operator's
-drain (`scontrol update state=drain` as root) is left alone. A node that does not respond
-(`*`) is not resumed: it returns by itself when its slurmd registers (ReturnToService=2).
+drain (`scontrol update state=drain` as root) is left alone (`operators`). A node that does
+not respond (`*`) is not resumed: it returns by itself when its slurmd registers
+(ReturnToService=2).
+
+The leader decides from a reading taken seconds before the head acts, and an operator may
+drain the node in between: the head reads the one node again just before `resume_node` and
+`drain_node`, and `on_resume` / `on_drain` decide from that reading with the same rule,
+refusing to undo or overwrite an operator's drain.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from cloudd.errors import PermanentError
 from cloudd.providers import values
@@ -49,6 +56,8 @@ RESUMABLE = frozenset({"down", "drained", "draining", "fail", "failing"})
 #: a node moving off a drained host): such a node is neither resumed nor left to an operator.
 ELASTIC_REASON = RELEASE_NOTES[Release.LEAVE]
 MOVING_REASON = RELEASE_NOTES[Release.MOVE]
+#: Either of them: the drain is cloudd's, whoever ran scontrol.
+CLOUDD_REASONS = frozenset({ELASTIC_REASON, MOVING_REASON})
 #: Most job ids an answer carries per node.
 MAX_JOBS = 16
 #: Most names a host list may expand to: a bigger one is not a cloud's.
@@ -255,7 +264,7 @@ def judge(nodes: Sequence[SchedNode], computes: Sequence[Peer], *,
         elif (n.base in RESUMABLE and n.responding and n.by == slurm_user and peer.healthy):
             resume.append(n.name)
             findings.append(_found(n, False, f"{n.state} in Slurm{why}: resumed"))
-        elif n.base in RESUMABLE and n.by and n.by != slurm_user:
+        elif operators(n, slurm_user=slurm_user):
             findings.append(_found(n, False, f"{n.state} in Slurm{why}: left to its operator"))
         else:
             findings.append(_found(n, False, f"{n.state} in Slurm{why}"))
@@ -264,6 +273,52 @@ def judge(nodes: Sequence[SchedNode], computes: Sequence[Peer], *,
     findings.extend(_found(seen[name], False, "known to Slurm but not a compute node of the "
                            "cloud: deleted") for name in delete)
     return Judgement(tuple(findings), tuple(resume), delete)
+
+
+def operators(n: SchedNode, *, slurm_user: str) -> bool:
+    """Whether the node is out of service by an operator's word: down or drained by a user
+    other than the SlurmUser, with a reason that is not one of cloudd's. cloudd neither
+    resumes such a node nor drains it over."""
+    return (n.base in RESUMABLE and n.by not in ("", slurm_user)
+            and n.reason not in CLOUDD_REASONS)
+
+
+class OnResume(StrEnum):
+    RESUME = "resume"  # scontrol update state=resume
+    SERVING = "serving"  # it takes jobs already: nothing to do
+
+
+class OnDrain(StrEnum):
+    DRAIN = "drain"  # scontrol update state=drain with cloudd's reason
+    DRAINED = "drained"  # drained already with that reason: nothing to do
+
+
+def on_resume(n: SchedNode, *, slurm_user: str) -> OnResume:
+    """What the head's `resume_node` does with the node as it reads it just before: an
+    operator's drain or down is refused (PermanentError), a node that serves is left so, any
+    other (Slurm's own, cloudd's) resumed."""
+    if operators(n, slurm_user=slurm_user):
+        raise _refused("resume_node", n)
+    return OnResume.SERVING if n.base in SERVING else OnResume.RESUME
+
+
+def on_drain(n: SchedNode, reason: str, *, slurm_user: str) -> OnDrain:
+    """What the head's `drain_node` does with the node as it reads it just before, to drain
+    it with cloudd's `reason`: an operator's drain or down is refused (PermanentError: its
+    reason stays), a node drained with that reason already is left so, any other drained."""
+    if operators(n, slurm_user=slurm_user):
+        raise _refused("drain_node", n)
+    if n.base in ("drained", "draining") and n.reason == reason:
+        return OnDrain.DRAINED
+    return OnDrain.DRAIN
+
+
+def _refused(action: str, n: SchedNode) -> PermanentError:
+    # What the head read reaches the leader's log: bounded, no control character.
+    state, by, reason = (_CONTROL.sub(" ", text)[:limit]
+                         for text, limit in ((n.state, 20), (n.by, 32), (n.reason, 60)))
+    return PermanentError(f"{action}: {n.name} is {state} by its operator's word (reason "
+                          f"{reason!r}, set by {by}): left as it is")
 
 
 def use_of(n: SchedNode | None) -> NodeUse:

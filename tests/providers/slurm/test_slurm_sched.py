@@ -3,6 +3,8 @@ packing, and the leader's judgement of each node (the table of sched.py)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cloudd.errors import PermanentError
@@ -118,6 +120,9 @@ def _peers(**healthy: bool) -> tuple[Peer, ...]:
      "drained in Slurm (maintenance, set by root): left to its operator", False),
     (SchedNode("c1", "down"), True, False, "down in Slurm", False),
     (SchedNode("c1", "unknown"), True, False, "unknown in Slurm", False),
+    # cloudd's reason is cloudd's, whatever the state: never an operator's.
+    (SchedNode("c1", "down", "root", sched.ELASTIC_REASON), True, False,
+     f"down in Slurm ({sched.ELASTIC_REASON}, set by root)", False),
 ])
 def test_each_node_is_judged_by_both_views(node: SchedNode, healthy: bool, ok: bool,
                                            message: str, resume: bool) -> None:
@@ -128,6 +133,67 @@ def test_each_node_is_judged_by_both_views(node: SchedNode, healthy: bool, ok: b
     assert (finding.state, finding.jobs) == (node.state, node.jobs)
     assert verdict.resume == (("c1",) if resume else ())
     assert verdict.delete == ()
+
+
+#: One node as the head reads it just before `resume_node` and `drain_node`.
+_OPERATORS = [SchedNode("c1", "drained", "root", "bad disk"),
+              SchedNode("c1", "draining", "alice", "bad disk", ("7",)),
+              SchedNode("c1", "down", "root", "pulled"),
+              SchedNode("c1", "drained*", "root", "bad disk"),
+              SchedNode("c1", "fail", "root", "bad disk")]
+_NOT_OPERATORS = [SchedNode("c1", "idle"), SchedNode("c1", "mixed", jobs=("3",)),
+                  SchedNode("c1", "drained", "slurm", "Kill task failed"),
+                  SchedNode("c1", "down*", "slurm", "Not responding"),
+                  SchedNode("c1", "drained", "root", sched.ELASTIC_REASON),
+                  SchedNode("c1", "draining", "root", sched.MOVING_REASON, ("3",)),
+                  SchedNode("c1", "down"), SchedNode("c1", "unknown", "root", "bad disk")]
+
+
+@pytest.mark.parametrize("node", _OPERATORS)
+def test_an_operators_drain_or_down_is_neither_resumed_nor_drained_over(
+        node: SchedNode) -> None:
+    assert sched.operators(node, slurm_user="slurm")
+    said = (f"{node.state} by its operator's word (reason {node.reason!r}, set by {node.by}): "
+            "left as")
+    with pytest.raises(PermanentError, match=f"^resume_node: c1 is {re.escape(said)} it is$"):
+        sched.on_resume(node, slurm_user="slurm")
+    with pytest.raises(PermanentError, match=f"^drain_node: c1 is {re.escape(said)} it is$"):
+        sched.on_drain(node, sched.ELASTIC_REASON, slurm_user="slurm")
+
+
+@pytest.mark.parametrize(("node", "resume", "leave", "move"), [
+    (SchedNode("c1", "idle"), "serving", "drain", "drain"),
+    (SchedNode("c1", "mixed", jobs=("3",)), "serving", "drain", "drain"),
+    (SchedNode("c1", "completing"), "serving", "drain", "drain"),
+    (SchedNode("c1", "drained", "slurm", "Kill task failed"), "resume", "drain", "drain"),
+    (SchedNode("c1", "down*", "slurm", "Not responding"), "resume", "drain", "drain"),
+    (SchedNode("c1", "drained", "root", sched.ELASTIC_REASON), "resume", "drained", "drain"),
+    (SchedNode("c1", "draining", "root", sched.MOVING_REASON, ("3",)), "resume", "drain",
+     "drained"),
+    (SchedNode("c1", "drained*", "root", sched.MOVING_REASON), "resume", "drain", "drained"),
+    # cloudd's reason on a node taken down (not drained): drained again with it.
+    (SchedNode("c1", "down", "root", sched.ELASTIC_REASON), "resume", "drain", "drain"),
+    # Nobody's reason, or a state cloudd has no rule for: scontrol is left to answer.
+    (SchedNode("c1", "down"), "resume", "drain", "drain"),
+    (SchedNode("c1", "unknown", "root", "bad disk"), "resume", "drain", "drain"),
+])
+def test_the_head_acts_on_what_it_reads_just_before(node: SchedNode, resume: str,
+                                                    leave: str, move: str) -> None:
+    assert not sched.operators(node, slurm_user="slurm")
+    assert sched.on_resume(node, slurm_user="slurm") == resume
+    assert sched.on_drain(node, sched.ELASTIC_REASON, slurm_user="slurm") == leave
+    assert sched.on_drain(node, sched.MOVING_REASON, slurm_user="slurm") == move
+
+
+def test_the_refusal_bounds_what_the_head_read() -> None:
+    node = SchedNode("c1", "drained*", "root\x07" + "y" * 40,
+                     "bad\x1b]0;owned\x07 disk" + "z" * 100)
+    with pytest.raises(PermanentError) as refused:
+        sched.on_resume(node, slurm_user="slurm")
+    said = str(refused.value)
+    assert not re.search(r"[\x00-\x1f\x7f]", said)
+    assert said == ("resume_node: c1 is drained* by its operator's word (reason "
+                    f"'bad ]0;owned  disk{'z' * 42}', set by root {'y' * 27}): left as it is")
 
 
 def test_missing_nodes_are_reported_and_strangers_deleted() -> None:
