@@ -17,6 +17,8 @@ The head answers the leader's actions (`HeadRole.act`): `nodes` (the scheduler's
 reason: an elastic role's node leaving, or a node moving off a drained host) and
 `delete_node`, each one
 `scontrol`/`sinfo`/`squeue` run in the node (through its exec prefix) with a bound on its time.
+`resume_node` and `drain_node` read the node again first: a drain an operator set since the
+leader's reading is neither undone nor given cloudd's reason.
 """
 
 from __future__ import annotations
@@ -183,24 +185,30 @@ class HeadRole(SlurmRole):
 
     async def _resume(self, a: Assignment, args: Mapping[str, str],
                       deadline: float) -> Mapping[str, str]:
+        """Undo a drain or down that is Slurm's own or cloudd's; an operator's is refused."""
         node = _node_arg(args)
-        await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
-                            "state=resume")
+        if sched.on_resume(await self._read(a, deadline, node, "resume_node"),
+                           slurm_user=SLURM_USER) is sched.OnResume.RESUME:
+            await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
+                                "state=resume")
         return {"node": node, "state": "resumed"}
 
     async def _drain(self, a: Assignment, args: Mapping[str, str],
                      deadline: float) -> Mapping[str, str]:
         """No new job on the node, its jobs finish: with cloudd's reason for `why` (an
         elastic role's node leaving, a node moving off a drained host), so that the leader
-        knows the drain for its own, and why."""
+        knows the drain for its own, and why. A node an operator drained or took down keeps
+        its own reason (refused)."""
         node = _node_arg(args)
         try:
             why = Release(args.get("why", ""))
         except ValueError:
             raise PermanentError(f"drain_node: why {str(args.get('why'))[:20]!r} is not one of "
                                  f"{', '.join(r.value for r in Release)}") from None
-        await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
-                            "state=drain", f"reason={RELEASE_NOTES[why]}")
+        if sched.on_drain(await self._read(a, deadline, node, "drain_node"), RELEASE_NOTES[why],
+                          slurm_user=SLURM_USER) is sched.OnDrain.DRAIN:
+            await self._checked(a, deadline, "scontrol", "update", f"nodename={node}",
+                                "state=drain", f"reason={RELEASE_NOTES[why]}")
         return {"node": node, "state": "draining"}
 
     async def _delete(self, a: Assignment, args: Mapping[str, str],
@@ -215,6 +223,18 @@ class HeadRole(SlurmRole):
                             "state=down", f"reason=left cloud {a.cloud}")
         await self._checked(a, deadline, "scontrol", "delete", f"nodename={node}")
         return {"node": node, "deleted": "yes"}
+
+    async def _read(self, a: Assignment, deadline: float, node: str,
+                    action: str) -> sched.SchedNode:
+        """The node as slurmctld sees it now. The leader decided from a reading taken
+        seconds ago; an operator may have drained the node since, and that drain is theirs
+        to undo (`sched.on_resume`, `sched.on_drain`)."""
+        seen = sched.parse_sinfo(await self._checked(
+            a, deadline, "sinfo", "-h", "-N", "-n", node, "-o", sched.SINFO_FORMAT)).get(node)
+        if seen is None:
+            raise TemporaryError(f"{action}: {node} is not registered with slurmctld",
+                                 delay=5.0)
+        return seen
 
     async def _checked(self, a: Assignment, deadline: float, *argv: str) -> str:
         code, out = await _run(a, deadline, *argv)

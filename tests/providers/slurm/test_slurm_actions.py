@@ -71,28 +71,85 @@ async def test_queue_answers_the_waiting_jobs_summed(head: Assignment) -> None:
     assert _log(head) == [f"{conf}: squeue -h -t PENDING -o %i|%D|%C|%r"]
 
 
-async def test_drain_gives_cloudds_own_reason(head: Assignment) -> None:
+#: What the stand-in's sinfo says of every node (the head's `-n NODE` reads one of them).
+_SINFO = ("b-c1|drained|root|cloudd: idle, leaving the cloud\n"
+          "b-c2|mixed|Unknown|none\n"
+          "b-c3|idle|Unknown|none\n"
+          "b-c4|drained|slurm|Kill task failed\n"
+          "b-c5|drained|root|bad disk\n")
+
+
+def _commands(a: Assignment) -> list[str]:
+    return [line.split(": ", 1)[1] for line in _log(a)]
+
+
+def _read(node: str) -> str:
+    return f"sinfo -h -N -n {node} -o %N|%T|%u|%E"
+
+
+async def test_drain_reads_the_node_and_gives_cloudds_own_reason(head: Assignment) -> None:
+    _set(head, "out-sinfo", _SINFO)
     role = PROVIDER.role("head")
     assert await role.act(head, "drain_node", {"node": "b-c3", "why": "leave"}) == {
         "node": "b-c3", "state": "draining"}
     assert await role.act(head, "drain_node", {"node": "b-c2", "why": "move"}) == {
         "node": "b-c2", "state": "draining"}
-    assert [line.split(": ", 1)[1] for line in _log(head)] == [
+    # Drained already with cloudd's reason for this why: nothing to do; for the other: drained
+    # again with it.
+    assert await role.act(head, "drain_node", {"node": "b-c1", "why": "leave"}) == {
+        "node": "b-c1", "state": "draining"}
+    assert await role.act(head, "drain_node", {"node": "b-c1", "why": "move"}) == {
+        "node": "b-c1", "state": "draining"}
+    assert _commands(head) == [
+        _read("b-c3"),
         "scontrol update nodename=b-c3 state=drain reason=cloudd: idle, leaving the cloud",
-        "scontrol update nodename=b-c2 state=drain reason=cloudd: moving off a drained host"]
+        _read("b-c2"),
+        "scontrol update nodename=b-c2 state=drain reason=cloudd: moving off a drained host",
+        _read("b-c1"), _read("b-c1"),
+        "scontrol update nodename=b-c1 state=drain reason=cloudd: moving off a drained host"]
     with pytest.raises(PermanentError, match="drain_node: why 'because' is not one of leave, "
                                              "move"):
         await role.act(head, "drain_node", {"node": "b-c2", "why": "because"})
 
 
-async def test_resume_and_delete_run_scontrol_on_the_named_node(head: Assignment) -> None:
+async def test_resume_reads_the_node_and_undoes_slurms_or_cloudds_drain(
+        head: Assignment) -> None:
+    _set(head, "out-sinfo", _SINFO)
     role = PROVIDER.role("head")
-    assert await role.act(head, "resume_node", {"node": "b-c1"}) == {
-        "node": "b-c1", "state": "resumed"}
-    assert await role.act(head, "delete_node", {"node": "b-c2"}) == {
+    for node in ("b-c1", "b-c4", "b-c3"):
+        assert await role.act(head, "resume_node", {"node": node}) == {
+            "node": node, "state": "resumed"}
+    assert _commands(head) == [
+        _read("b-c1"), "scontrol update nodename=b-c1 state=resume",
+        _read("b-c4"), "scontrol update nodename=b-c4 state=resume",
+        _read("b-c3")]  # it serves: nothing to do
+
+
+@pytest.mark.parametrize("action", ["resume_node", "drain_node"])
+async def test_an_operators_drain_is_refused_and_left_as_it_is(head: Assignment,
+                                                               action: str) -> None:
+    _set(head, "out-sinfo", _SINFO)
+    with pytest.raises(PermanentError, match=f"^{action}: b-c5 is drained by its operator's "
+                                             r"word \(reason 'bad disk', set by root\): left "
+                                             "as it is$"):
+        await PROVIDER.role("head").act(head, action, {"node": "b-c5", "why": "leave"})
+    assert _commands(head) == [_read("b-c5")]
+
+
+@pytest.mark.parametrize("action", ["resume_node", "drain_node"])
+async def test_a_node_slurm_does_not_know_is_not_acted_on(head: Assignment,
+                                                          action: str) -> None:
+    _set(head, "out-sinfo", _SINFO)
+    with pytest.raises(TemporaryError, match=f"^{action}: b-c9 is not registered with "
+                                             "slurmctld$"):
+        await PROVIDER.role("head").act(head, action, {"node": "b-c9", "why": "leave"})
+    assert _commands(head) == [_read("b-c9")]
+
+
+async def test_delete_runs_scontrol_on_the_named_node(head: Assignment) -> None:
+    assert await PROVIDER.role("head").act(head, "delete_node", {"node": "b-c2"}) == {
         "node": "b-c2", "deleted": "yes"}
-    assert [line.split(": ", 1)[1] for line in _log(head)] == [
-        "scontrol update nodename=b-c1 state=resume",
+    assert _commands(head) == [
         "scontrol -o show node b-c2",
         "scontrol update nodename=b-c2 state=down reason=left cloud batch",
         "scontrol delete nodename=b-c2"]
@@ -106,6 +163,7 @@ async def test_deleting_a_node_slurm_does_not_know_is_done(head: Assignment) -> 
 
 
 async def test_a_failed_command_is_one_temporary_sentence(head: Assignment) -> None:
+    _set(head, "out-sinfo", _SINFO)
     _set(head, "fail-scontrol", "\nslurm_update error: Invalid node state specified\n")
     with pytest.raises(TemporaryError, match=r"^`scontrol update` on b-head failed: "
                                              "slurm_update error: Invalid node state"):

@@ -8,7 +8,9 @@ import pytest
 from cloudd_lab.nodens import open_to_others
 from slurmlab import USER, SlurmLab, until
 
-from cloudd.errors import TemporaryError
+from cloudd.errors import PermanentError, TemporaryError
+from cloudd.providers.base import Release
+from cloudd.providers.slurm import sched
 from cloudd.providers.slurm.provider import PROVIDER
 
 pytestmark = [pytest.mark.services, pytest.mark.netns]
@@ -188,6 +190,94 @@ async def test_an_agent_restart_keeps_the_daemons_and_a_dead_node_requeues(
     await until(lambda: _idle(lab, dead), f"{dead} idle again", limit=60)
     job = lab.submit("hostname", where=dead)
     assert (await lab.output(job)).strip() == dead
+
+
+def _shown(lab: SlurmLab, node: str) -> str:
+    """The node's state, the reason's user and the reason, as sinfo prints them now."""
+    return lab.slurm("sinfo", "-h", "-N", "-n", node, "-o", "%T|%u|%E").stdout.strip()
+
+
+@pytest.mark.timeout(180)
+async def test_the_head_reads_the_node_again_and_leaves_an_operators_drain(
+        slurmlab: SlurmLab) -> None:
+    lab = slurmlab
+    for name, role in (("sl-head", "head"), ("sl-c1", "compute"), ("sl-c2", "compute")):
+        lab.add(name, role)
+        await lab.converge(name)
+    await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
+    await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+    cluster = lab.cluster()
+
+    # cloudd's own drain, and its undoing; a node that serves already is left so.
+    await PROVIDER.release(cluster, "compute", "sl-c1", Release.LEAVE)
+    assert _shown(lab, "sl-c1") == f"drained|root|{sched.ELASTIC_REASON}"
+    await PROVIDER.release(cluster, "compute", "sl-c1", Release.LEAVE)  # nothing to do
+    await PROVIDER.keep(cluster, "compute", "sl-c1")
+    await until(lambda: _idle(lab, "sl-c1"), "sl-c1 idle again")  # idle* until pinged
+    assert _shown(lab, "sl-c1") == "idle|Unknown|none"
+    assert await lab.ask("sl-head", "resume_node", {"node": "sl-c1"}) == {
+        "node": "sl-c1", "state": "resumed"}
+    assert _shown(lab, "sl-c1") == "idle|Unknown|none"
+
+    # The leader reads the nodes: sl-c1 leaving (cloudd's drain), sl-c2 idle. Before its
+    # `keep` of sl-c1 and its `release` of sl-c2 reach the head, an operator drains both for
+    # a reason of their own: the head, reading them again, leaves both drains as they are.
+    await PROVIDER.release(cluster, "compute", "sl-c1", Release.LEAVE)
+    use = (await PROVIDER.demand(cluster, "compute")).use
+    assert (use["sl-c1"].released, use["sl-c2"].ready) == (True, True)
+    for name in ("sl-c1", "sl-c2"):
+        done = lab.slurm("scontrol", "update", f"nodename={name}", "state=drain",
+                         "reason=bad disk")
+        assert done.returncode == 0, done.stderr
+    with pytest.raises(PermanentError) as refused:
+        await lab.ask("sl-head", "resume_node", {"node": "sl-c1"})
+    assert str(refused.value) == (
+        "action 'resume_node' failed: resume_node: sl-c1 is drained by its operator's word "
+        "(reason 'bad disk', set by root): left as it is")
+    with pytest.raises(PermanentError) as refused:
+        await lab.ask("sl-head", "drain_node", {"node": "sl-c2", "why": "move"})
+    assert str(refused.value) == (
+        "action 'drain_node' failed: drain_node: sl-c2 is drained by its operator's word "
+        "(reason 'bad disk', set by root): left as it is")
+    # The leader's calls: refused alike (it logs them and decides again from its next read).
+    with pytest.raises(TemporaryError, match=r"^resume_node sl-c1 on sl-head: action "
+                                             "'resume_node' failed: resume_node: sl-c1 is "
+                                             "drained by its operator's word"):
+        await PROVIDER.keep(cluster, "compute", "sl-c1")
+    with pytest.raises(TemporaryError, match=r"^drain_node sl-c2 on sl-head: action "
+                                             "'drain_node' failed: drain_node: sl-c2 is "
+                                             "drained by its operator's word"):
+        await PROVIDER.release(cluster, "compute", "sl-c2", Release.LEAVE)
+    for name in ("sl-c1", "sl-c2"):
+        assert _shown(lab, name) == "drained|root|bad disk", name
+
+    # Once the operator resumes them, they serve again. An operator's DOWN is left alike; a
+    # node slurmctld does not know is not acted on.
+    for name in ("sl-c1", "sl-c2"):
+        assert lab.slurm("scontrol", "update", f"nodename={name}",
+                         "state=resume").returncode == 0
+    await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle again")
+    assert lab.slurm("scontrol", "update", "nodename=sl-c2", "state=down",
+                     "reason=pulled").returncode == 0
+    with pytest.raises(PermanentError, match="^action 'resume_node' failed: resume_node: "
+                                             "sl-c2 is down by its operator's word "
+                                             r"\(reason 'pulled', set by root\): left as it "
+                                             "is$"):
+        await lab.ask("sl-head", "resume_node", {"node": "sl-c2"})
+    assert _shown(lab, "sl-c2") == "down|root|pulled"
+    with pytest.raises(TemporaryError, match=r"^drain_node: sl-c9 is not registered with "
+                                             "slurmctld$"):
+        await lab.ask("sl-head", "drain_node", {"node": "sl-c9", "why": "leave"})
+    assert _shown(lab, "sl-c9") == ""
+
+    # cloudd's drain of a node the operator gave back is cloudd's again.
+    assert lab.slurm("scontrol", "update", "nodename=sl-c2", "state=resume").returncode == 0
+    await until(lambda: _idle(lab, "sl-c2"), "sl-c2 idle again")
+    await PROVIDER.release(cluster, "compute", "sl-c2", Release.MOVE)
+    assert _shown(lab, "sl-c2") == f"drained|root|{sched.MOVING_REASON}"
+    await PROVIDER.keep(cluster, "compute", "sl-c2")
+    await until(lambda: _idle(lab, "sl-c2"), "sl-c2 idle again")
+    assert _shown(lab, "sl-c2") == "idle|Unknown|none"
 
 
 async def _async(value: bool) -> bool:
