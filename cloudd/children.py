@@ -11,10 +11,12 @@ cancels a sibling that is already killing its command after its own timeout, and
 So a helper starts its command in a session of its own (`start_new_session=True`), runs it
 inside `ended(proc)`, and bounds it with `asyncio.timeout` in its own task: `wait_for` runs
 the awaited call in a task of its own, and in Python 3.11 a second cancellation leaves that
-task behind, still reading the pipes. Leaving the block, whatever the way, kills the session if the
-command still runs, reads what is left of its pipes, and waits for its end; a cancellation
-that comes meanwhile is held until then and raised after, so it is never lost and never cuts
-the reaping short. The wait is bounded by the kill: SIGKILL to the whole session.
+task behind, still reading the pipes. Leaving the block, whatever the way, kills the session
+if the command still runs, reads what is left of its pipes, and waits for its end; a
+cancellation that comes meanwhile is held until then and raised after, so it is never lost
+and never cuts the reaping short. The wait is bounded by the kill, SIGKILL to the whole
+session, as long as nothing the command started left its session with the pipes open (a
+daemon that does holds the reaping until it closes them).
 """
 
 from __future__ import annotations
