@@ -139,3 +139,35 @@ async def test_a_finished_command_is_left_as_it_ended(tmp_path: Path) -> None:
         out, _ = await proc.communicate()
     assert (out, proc.returncode) == (b"done\n", 3)
     assert _open_transports(proc.pid) == []
+
+
+async def test_pipes_held_by_what_left_the_session_do_not_hold_the_reaping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A daemon started by the command, in a session of its own, keeps the command's stdout:
+    # the kill cannot reach it, and reading to the pipe's end would wait as long as it lives.
+    monkeypatch.setattr(children, "PIPES_WITHIN", 0.5)
+    daemon = tmp_path / "daemon"
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", 'setsid sh -c \'echo $$ > "$0"; exec sleep 60\' "$0" & echo started; '
+        'exec sleep 60', str(daemon), stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        task = asyncio.ensure_future(_read_then_end(proc))
+        for _ in range(400):
+            if daemon.exists() and daemon.read_text().strip():
+                break
+            await asyncio.sleep(0.025)
+        task.cancel()
+        async with asyncio.timeout(30):  # bounded by PIPES_WITHIN, not by the daemon's life
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert proc.returncode is not None
+        assert _open_transports(proc.pid) == []
+    finally:
+        os.kill(int(daemon.read_text()), 9)
+
+
+async def _read_then_end(proc: asyncio.subprocess.Process) -> None:
+    async with children.ended(proc):
+        assert proc.stdout is not None
+        await proc.stdout.readline()
+        await asyncio.sleep(3600)
