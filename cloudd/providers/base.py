@@ -15,19 +15,17 @@ want a reload because of them, so that e.g. nginx re-reads its upstream instead 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import grp
 import ipaddress
 import os
 import pwd
-import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cloudd import durable, log
+from cloudd import children, durable, log
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles
 from cloudd.providers.service import ServiceSpec
@@ -459,14 +457,12 @@ async def run_command(argv: tuple[str, ...], *, within: float | None = None,
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
         start_new_session=True)
-    try:
-        async with asyncio.timeout(within):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        return -1, f"{argv[0]} ran past {within:g}s"
+    async with children.ended(proc):  # past `within` or cancelled: its session is killed
+        try:
+            async with asyncio.timeout(within):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            return -1, f"{argv[0]} ran past {within:g}s"
     return proc.returncode or 0, out.decode(errors="replace")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from cloudd import children
 from cloudd.providers.service import ProbeKind, ProbeSpec
 
 
@@ -28,7 +29,9 @@ async def run_probe(spec: ProbeSpec) -> ProbeOutcome:
     """Run `spec` once; a run longer than `spec.timeout` seconds fails."""
     runner = {ProbeKind.EXEC: _exec, ProbeKind.TCP: _tcp, ProbeKind.HTTP: _http}[spec.kind]
     try:
-        return await asyncio.wait_for(runner(spec), timeout=spec.timeout)
+        # In this task, not wait_for's: a cancellation during the run waits for its end.
+        async with asyncio.timeout(spec.timeout):
+            return await runner(spec)
     except TimeoutError:
         return ProbeOutcome(False, f"{spec.kind.value} probe timed out after {spec.timeout:g}s")
     except OSError as exc:
@@ -46,14 +49,9 @@ async def _exec(spec: ProbeSpec) -> ProbeOutcome:
     proc = await asyncio.create_subprocess_exec(
         *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-    try:
+    # Timed out (the timeout cancels us): a hung check must not outlive its probe.
+    async with children.ended(proc):
         code = await proc.wait()
-    except asyncio.CancelledError:
-        # Timed out (wait_for cancels us): a hung check must not outlive its probe.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
-        await proc.wait()
-        raise
     return ProbeOutcome(code == 0, "" if code == 0 else f"{spec.argv[0]} exited with {code}")
 
 

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudd import children
 from cloudd.config.agent import Images
 from cloudd.durable import replace_durable
 from cloudd.errors import PermanentError, TemporaryError
@@ -69,8 +70,10 @@ class CopySettings:
 
 async def _run(*argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)
+    async with children.ended(proc):  # cancelled: its session is killed
+        out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from cloudd import children
 from cloudd.commands.bootstrap.remote import connect, open_remote
 from cloudd.commands.bootstrap.target import BootstrapError, Target
 
@@ -36,8 +37,9 @@ async def _shell(process: asyncssh.SSHServerProcess[str]) -> None:
     COMMANDS.append(process.command or "")
     proc = await asyncio.create_subprocess_shell(
         process.command or "true", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    async with children.ended(proc):  # the session closed under it: the command goes too
+        out, err = await proc.communicate()
     process.stdout.write(out.decode())
     process.stderr.write(err.decode())
     process.exit(proc.returncode or 0)

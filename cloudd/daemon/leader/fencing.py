@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cloudd import log
+from cloudd import children, log
 from cloudd.config.model import Cloud
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 
@@ -62,15 +62,14 @@ class CommandFencer:
             raise PermanentError(f"no fence command configured for host {host}")
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            async with asyncio.timeout(self.timeout):
-                _, err = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise TemporaryError(f"fence command for {host} did not finish within "
-                                 f"{self.timeout:g}s", delay=self.timeout) from None
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        async with children.ended(proc):  # past the bound or cancelled: its session is killed
+            try:
+                async with asyncio.timeout(self.timeout):
+                    _, err = await proc.communicate()
+            except TimeoutError:
+                raise TemporaryError(f"fence command for {host} did not finish within "
+                                     f"{self.timeout:g}s", delay=self.timeout) from None
         if proc.returncode != 0:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
             raise TemporaryError(f"fence command for {host} exited {proc.returncode}: "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudd import children
 from cloudd.config.users import User, refusal
 from cloudd.errors import PermanentError
 
@@ -153,8 +154,9 @@ async def ensure_users(users: Sequence[User], *, root: Path, exec_prefix: Iterab
         argv = (*exec_prefix, *rooted(command, root))
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        async with children.ended(proc):  # cancelled: its session is killed
+            out, _ = await proc.communicate()
         if proc.returncode != 0:
             said = out.decode(errors="replace").strip().splitlines()
             raise PermanentError(f"{command[0]} failed ({proc.returncode}) making the "

@@ -41,7 +41,6 @@ import contextlib
 import enum
 import os
 import re
-import signal
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from cloudd import log
+from cloudd import children, log
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.appscale import sshtrust
 
@@ -249,23 +248,21 @@ async def run(command: ToolsCommand, *, output_limit: int = 65536) -> ToolsResul
         stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     assert proc.stdout is not None
     reader = asyncio.ensure_future(_read_bounded(proc.stdout, output_limit))
-    code: int | None
+    code: int | None = None
     try:
-        code = await asyncio.wait_for(proc.wait(), timeout=command.within)
-    except TimeoutError:
-        code = None
-    finally:
-        if proc.returncode is None:
-            # Past the bound, or cancelled: the tools' whole session goes (their ssh children
-            # too), so that nothing of a killed run keeps acting on the deployment.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    try:
+        # Past the bound, or cancelled: the tools' whole session goes (their ssh children
+        # too), so that nothing of a killed run keeps acting on the deployment. `reader`
+        # reads the pipe to its end meanwhile.
+        async with children.ended(proc, drain=False):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(command.within):
+                    code = await proc.wait()
         # The session's other processes may hold the pipe open a little longer.
         out, dropped = await asyncio.wait_for(reader, timeout=10.0)
     except TimeoutError:
         out, dropped = b"", 0
+    finally:
+        reader.cancel()  # cancelled, or its 10 s past: no task is left reading
     result = ToolsResult(command, code, out.decode(errors="replace"), dropped)
     _log.info("appscale_tools_finished", verb=command.verb.value, code=code,
               last=result.last_line())

@@ -24,13 +24,10 @@ leader's reading is neither undone nor given cloudd's reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import pwd
-import signal
 from collections.abc import Awaitable, Callable, Mapping
 
-from cloudd import durable
+from cloudd import children, durable
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import batchqueue, rolefiles, values
 from cloudd.providers.base import (
@@ -285,15 +282,12 @@ async def _run(a: Assignment, deadline: float, *argv: str) -> tuple[int, str]:
         *a.exec_prefix, *argv, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True)
-    try:
-        left = max(0.0, deadline - asyncio.get_running_loop().time())
-        out, _ = await asyncio.wait_for(proc.communicate(), left)
-    except TimeoutError:
-        raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} did not finish within "
-                             f"the action's {ACTION_WITHIN:g}s", delay=5.0) from None
-    finally:
-        if proc.returncode is None:  # timed out, or the action was cancelled
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.communicate()  # to its end: the pipes close with it
+    # Timed out or cancelled (the other command of `nodes` failed), it is killed and reaped.
+    async with children.ended(proc):
+        try:
+            async with asyncio.timeout_at(deadline):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            raise TemporaryError(f"`{' '.join(argv[:2])}` on {a.node} did not finish within "
+                                 f"the action's {ACTION_WITHIN:g}s", delay=5.0) from None
     return proc.returncode or 0, out.decode(errors="replace")

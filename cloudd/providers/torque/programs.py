@@ -16,7 +16,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloudd import log
+from cloudd import children, log
 from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers import rolefiles
 from cloudd.providers.base import ACT_WITHIN, Assignment
@@ -72,15 +72,13 @@ async def run(a: Assignment, head: str, argv: Sequence[str], *,
         stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True)
-    try:
-        async with asyncio.timeout(within):
-            out, _ = await proc.communicate(None if stdin is None else stdin.encode())
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        raise TemporaryError(f"{Path(argv[0]).name} on {a.node} took more than {within:g} s",
-                             delay=5.0) from None
+    async with children.ended(proc):  # past `within` or cancelled: its session is killed
+        try:
+            async with asyncio.timeout(within):
+                out, _ = await proc.communicate(None if stdin is None else stdin.encode())
+        except TimeoutError:
+            raise TemporaryError(f"{Path(argv[0]).name} on {a.node} took more than "
+                                 f"{within:g} s", delay=5.0) from None
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
@@ -114,23 +112,22 @@ async def create_server_db(a: Assignment, home: Home) -> bool:
         os.close(out)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CREATE_TIMEOUT
-    try:
-        while not _written(home.server_db):
-            if proc.returncode is not None or loop.time() > deadline:
-                raise TemporaryError(f"pbs_server -t create wrote no database on {a.node}; "
-                                     f"see {home.log / 'pbs_server-create.out'}", delay=10.0)
-            await asyncio.sleep(0.2)
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(CREATE_TIMEOUT):
-                    await proc.wait()
-            except TimeoutError:
+    # A stop cut short (cancelled again, or past its bound) ends in a kill, reaped.
+    async with children.ended(proc):
+        try:
+            while not _written(home.server_db):
+                if proc.returncode is not None or loop.time() > deadline:
+                    raise TemporaryError(f"pbs_server -t create wrote no database on "
+                                         f"{a.node}; see {home.log / 'pbs_server-create.out'}",
+                                         delay=10.0)
+                await asyncio.sleep(0.2)
+        finally:
+            if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                    os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CREATE_TIMEOUT):
+                        await proc.wait()
     _log.info("torque.server_created", node=a.node, home=str(home.home))
     return True
 

@@ -21,7 +21,7 @@ import asyncio
 import shutil
 from collections.abc import Mapping
 
-from cloudd import log
+from cloudd import children, log
 from cloudd.durable import replace_durable
 from cloudd.errors import TemporaryError
 from cloudd.providers import values
@@ -116,8 +116,10 @@ class DatabaseRole(Role):
         proc = await asyncio.create_subprocess_exec(
             "mariadb-install-db", "--no-defaults", f"--datadir={scratch}", "--user=mysql",
             "--auth-root-authentication-method=socket", "--skip-test-db",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)
+        async with children.ended(proc):  # cancelled: its session is killed
+            out, _ = await proc.communicate()
         if proc.returncode != 0:
             raise TemporaryError(f"mariadb-install-db failed: {telling_line(out)}", delay=5.0)
         # fsynced, renamed, and the rename itself synced, off the event loop
