@@ -27,6 +27,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 from cloudd import log
 
@@ -37,17 +38,20 @@ PIPES_WITHIN = 10.0
 _log = log.get("children")
 
 
-async def reap(proc: asyncio.subprocess.Process, *, drain: bool = True) -> None:
+async def reap(proc: asyncio.subprocess.Process, *,
+               reading: asyncio.Future[Any] | None = None) -> None:
     """Kill `proc`'s session (and `proc`) if it still runs, then wait until it exited and its
-    pipes closed, through any cancellation (raised once it is reaped). `drain`: read what is
-    left of its pipes here; False when a task of the caller's reads them to their end."""
+    pipes closed, through any cancellation (raised once it is reaped). What is left of its
+    pipes is read here, unless `reading`, a task of the caller's, reads them to their end:
+    pipes closed on this side end it with what it read."""
     if proc.returncode is None:
         # Its session: what it started goes too and cannot hold the pipes open.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-    end = asyncio.ensure_future(proc.communicate() if drain else proc.wait())
+    end = asyncio.ensure_future(proc.communicate() if reading is None
+                                else asyncio.gather(reading, proc.wait()))
     loop = asyncio.get_running_loop()
     give_up = loop.time() + PIPES_WITHIN
     cancelled = await _held(end, until=give_up)
@@ -62,7 +66,7 @@ async def reap(proc: asyncio.subprocess.Process, *, drain: bool = True) -> None:
         raise asyncio.CancelledError
 
 
-async def _held(end: asyncio.Future[object], *, until: float | None) -> bool:
+async def _held(end: asyncio.Future[Any], *, until: float | None) -> bool:
     """Wait for `end` (up to the loop's time `until`), holding any cancellation: whether one
     came."""
     loop = asyncio.get_running_loop()
@@ -79,10 +83,10 @@ async def _held(end: asyncio.Future[object], *, until: float | None) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def ended(proc: asyncio.subprocess.Process, *,
-                drain: bool = True) -> AsyncIterator[asyncio.subprocess.Process]:
+async def ended(proc: asyncio.subprocess.Process, *, reading: asyncio.Future[Any] | None = None
+                ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`proc`, reaped (see `reap`) however the block is left: returned, raised, cancelled."""
     try:
         yield proc
     finally:
-        await reap(proc, drain=drain)
+        await reap(proc, reading=reading)

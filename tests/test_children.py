@@ -171,3 +171,23 @@ async def _read_then_end(proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         await proc.stdout.readline()
         await asyncio.sleep(3600)
+
+
+
+async def test_appscale_tools_keep_what_they_said_when_an_escaped_process_holds_the_pipe(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tools exit; something they started in a session of its own keeps their output pipe:
+    # it is closed on this side after PIPES_WITHIN, and what the tools said is kept.
+    monkeypatch.setattr(children, "PIPES_WITHIN", 0.5)
+    pids = tmp_path / "pids"
+    try:
+        async with asyncio.timeout(30):  # bounded by PIPES_WITHIN, not by the daemon's life
+            result = await tools.run(tools.ToolsCommand(
+                verb=tools.Verb.UP, argv=("sh", "-c", 'setsid sleep 60 & echo $! $$ > "$0"; '
+                                          'echo said; exit 3', str(pids)),
+                cwd=tmp_path, env={"PATH": os.environ["PATH"]}, within=2,
+                must_succeed=False))
+        assert result.output == "said\n"
+        assert _open_transports(int(pids.read_text().split()[1])) == []
+    finally:
+        os.kill(int(pids.read_text().split()[0]), 9)

@@ -249,20 +249,15 @@ async def run(command: ToolsCommand, *, output_limit: int = 65536) -> ToolsResul
     assert proc.stdout is not None
     reader = asyncio.ensure_future(_read_bounded(proc.stdout, output_limit))
     code: int | None = None
-    try:
-        # Past the bound, or cancelled: the tools' whole session goes (their ssh children
-        # too), so that nothing of a killed run keeps acting on the deployment. `reader`
-        # reads the pipe to its end meanwhile.
-        async with children.ended(proc, drain=False):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(command.within):
-                    code = await proc.wait()
-        # The session's other processes may hold the pipe open a little longer.
-        out, dropped = await asyncio.wait_for(reader, timeout=10.0)
-    except TimeoutError:
-        out, dropped = b"", 0
-    finally:
-        reader.cancel()  # cancelled, or its 10 s past: no task is left reading
+    # Past the bound, or cancelled: the tools' whole session goes (their ssh children too), so
+    # that nothing of a killed run keeps acting on the deployment. `reader` reads the pipe to
+    # its end meanwhile; a pipe still held by a process that left the session is closed after
+    # children.PIPES_WITHIN, and `reader` ends with what it read.
+    async with children.ended(proc, reading=reader):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(command.within):
+                code = await proc.wait()
+    out, dropped = reader.result()
     result = ToolsResult(command, code, out.decode(errors="replace"), dropped)
     _log.info("appscale_tools_finished", verb=command.verb.value, code=code,
               last=result.last_line())
