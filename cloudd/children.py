@@ -45,11 +45,14 @@ async def reap(proc: asyncio.subprocess.Process, *,
     pipes is read here, unless `reading`, a task of the caller's, reads them to their end:
     pipes closed on this side end it with what it read."""
     if proc.returncode is None:
-        # Its session: what it started goes too and cannot hold the pipes open.
-        with contextlib.suppress(ProcessLookupError):
+        # Its session: what it started goes too and cannot hold the pipes open. `proc` is
+        # in its group (a session's leader cannot leave it): `proc.kill()` besides would poll
+        # it, reaping it before asyncio's child watcher does ("Unknown child process").
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        except ProcessLookupError:  # not a session of its own, or gone already
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
     end = asyncio.ensure_future(proc.communicate() if reading is None
                                 else asyncio.gather(reading, proc.wait()))
     loop = asyncio.get_running_loop()

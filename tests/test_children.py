@@ -34,11 +34,18 @@ from cloudd.vmctl import images
 HANG = 'echo $$ > "$0"; echo started; exec sleep 60'
 
 
-def _open_transports(pid: int) -> list[BaseSubprocessTransport]:
-    """The transports of child `pid` that asyncio has not closed."""
-    gc.collect()
-    return [t for t in gc.get_objects() if isinstance(t, BaseSubprocessTransport)
-            and t.get_pid() == pid and not t.is_closing()]
+async def _open_transports(pid: int) -> list[BaseSubprocessTransport]:
+    """The transports of child `pid` that asyncio has not closed within 2 s (its protocol
+    closes one a loop turn after the process's end is seen, which may be after the helper
+    returned)."""
+    for _ in range(200):
+        gc.collect()
+        found = [t for t in gc.get_objects() if isinstance(t, BaseSubprocessTransport)
+                 and t.get_pid() == pid and not t.is_closing()]
+        if not found:
+            break
+        await asyncio.sleep(0.01)
+    return found
 
 
 async def _gone(pid: int) -> bool:
@@ -115,7 +122,7 @@ async def test_a_helper_cancelled_again_and_again_ends_its_command(tmp_path: Pat
         await asyncio.sleep(0)
     assert task.cancelled()
     assert turns > 1  # the helper was cancelled while it ended its command, too
-    assert _open_transports(pid) == []
+    assert await _open_transports(pid) == []
     assert await _gone(pid)
 
 
@@ -127,7 +134,7 @@ async def test_a_block_left_normally_reaps_what_it_started(tmp_path: Path) -> No
         assert proc.stdout is not None
         assert await proc.stdout.readline() == b"started\n"
     assert proc.returncode is not None  # killed, its session with it
-    assert _open_transports(proc.pid) == []
+    assert await _open_transports(proc.pid) == []
     assert await _gone(int((tmp_path / "pid").read_text()))
 
 
@@ -138,7 +145,7 @@ async def test_a_finished_command_is_left_as_it_ended(tmp_path: Path) -> None:
     async with children.ended(proc):
         out, _ = await proc.communicate()
     assert (out, proc.returncode) == (b"done\n", 3)
-    assert _open_transports(proc.pid) == []
+    assert await _open_transports(proc.pid) == []
 
 
 async def test_pipes_held_by_what_left_the_session_do_not_hold_the_reaping(
@@ -152,6 +159,7 @@ async def test_pipes_held_by_what_left_the_session_do_not_hold_the_reaping(
         'exec sleep 60', str(daemon), stdout=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         task = asyncio.ensure_future(_read_then_end(proc))
+        await asyncio.sleep(0)  # it runs: a task cancelled before its start never reaps
         for _ in range(400):
             if daemon.exists() and daemon.read_text().strip():
                 break
@@ -161,7 +169,7 @@ async def test_pipes_held_by_what_left_the_session_do_not_hold_the_reaping(
             with pytest.raises(asyncio.CancelledError):
                 await task
         assert proc.returncode is not None
-        assert _open_transports(proc.pid) == []
+        assert await _open_transports(proc.pid) == []
     finally:
         os.kill(int(daemon.read_text()), 9)
 
@@ -188,6 +196,6 @@ async def test_appscale_tools_keep_what_they_said_when_an_escaped_process_holds_
                 cwd=tmp_path, env={"PATH": os.environ["PATH"]}, within=2,
                 must_succeed=False))
         assert result.output == "said\n"
-        assert _open_transports(int(pids.read_text().split()[1])) == []
+        assert await _open_transports(int(pids.read_text().split()[1])) == []
     finally:
         os.kill(int(pids.read_text().split()[0]), 9)
