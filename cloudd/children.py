@@ -61,12 +61,19 @@ async def reap(proc: asyncio.subprocess.Process, *,
     if not end.done():
         # The command is dead (SIGKILL to its session); what holds its pipes left the session.
         # Closing the transport ends the reading with what was read; the process is reaped.
-        _log.warning("child_pipes_held", pid=proc.pid, within=PIPES_WITHIN)
+        _log.warning("child_pipes_held", pid=proc.pid, program=_program(proc),
+                     within=PIPES_WITHIN)
         proc._transport.close()  # type: ignore[attr-defined]  # no public way to stop reading
-        cancelled |= await _held(end, until=None)
-    end.result()
-    if cancelled:
+        cancelled |= await _held(end, until=None)  # the pipes are closed: it ends now
+    if cancelled:  # before any error of the reading: a cancellation is never lost
         raise asyncio.CancelledError
+    end.result()
+
+
+def _program(proc: asyncio.subprocess.Process) -> str:
+    """The command's program, for the log."""
+    popen = proc._transport.get_extra_info("subprocess")  # type: ignore[attr-defined]
+    return str(popen.args[0]) if popen is not None else "?"
 
 
 async def _held(end: asyncio.Future[Any], *, until: float | None) -> bool:

@@ -466,6 +466,10 @@ async def run_command(argv: tuple[str, ...], *, within: float | None = None,
     return proc.returncode or 0, out.decode(errors="replace")
 
 
+def _last_line(out: str, code: int) -> str:
+    return out.strip().splitlines()[-1] if out.strip() else f"exit status {code}"
+
+
 async def _run(argv: tuple[str, ...]) -> tuple[int, str]:
     return await run_command(argv, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
@@ -480,18 +484,26 @@ async def missing_packages(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(missing)
 
 
-async def ensure_packages(names: Iterable[str], *,
-                          apt_get: tuple[str, ...] = ("apt-get",)) -> tuple[str, ...]:
+async def ensure_packages(names: Iterable[str], *, apt_get: tuple[str, ...] = ("apt-get",),
+                          dpkg: tuple[str, ...] = ("dpkg",)) -> tuple[str, ...]:
     """Install with apt the packages not installed yet; returns those it installed.
 
-    Idempotent: when everything is there it runs no apt at all.
+    Idempotent: when everything is there it runs no apt at all. An install cut short (the
+    converge cancelled by a stop, which kills apt's session; the VM's power lost) leaves dpkg
+    "interrupted", and apt refuses everything until `dpkg --configure -a` has run: that is run
+    here, and the install tried again later.
     """
     missing = await missing_packages(names)
     if not missing:
         return ()
     code, out = await _run((*apt_get, "install", "-y", "--no-install-recommends", *missing))
     if code != 0:
-        last = out.strip().splitlines()[-1] if out.strip() else f"exit status {code}"
+        last = _last_line(out, code)
+        if "dpkg was interrupted" in out:
+            fixed, said = await _run((*dpkg, "--configure", "-a"))
+            raise TemporaryError(
+                f"dpkg was interrupted: `dpkg --configure -a` "
+                f"{'ran' if fixed == 0 else 'failed: ' + _last_line(said, fixed)}", delay=1.0)
         if "lock" in out.lower():
             raise TemporaryError(f"apt is busy: {last}", delay=10.0)
         raise PermanentError(f"cannot install {', '.join(missing)}: {last}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.errors import PermanentError
+from cloudd.errors import PermanentError, TemporaryError
 from cloudd.providers.base import (
     Assignment,
     Changes,
@@ -190,6 +190,26 @@ async def test_packages_already_installed_run_no_apt() -> None:
 async def test_packages_install_failure_is_one_precise_error() -> None:
     with pytest.raises(PermanentError, match="cannot install cloudd-no-such-package: "):
         await ensure_packages(["cloudd-no-such-package"], apt_get=("false",))
+
+
+async def test_an_install_cut_short_is_configured_and_tried_again(tmp_path: Path) -> None:
+    # apt-get refuses everything after dpkg was killed mid-install (a stop kills apt's
+    # session); the fake dpkg records that `dpkg --configure -a` ran.
+    apt = tmp_path / "apt-get"
+    apt.write_text("#!/bin/sh\necho \"E: dpkg was interrupted, you must manually run "
+                   "'dpkg --configure -a' to correct the problem.\"\nexit 100\n")
+    dpkg = tmp_path / "dpkg"
+    dpkg.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'dpkg.args'}\n")
+    for script in (apt, dpkg):
+        script.chmod(0o755)
+    with pytest.raises(TemporaryError, match=r"^dpkg was interrupted: `dpkg --configure -a` ran$"):
+        await ensure_packages(["cloudd-no-such-package"], apt_get=(str(apt),),
+                              dpkg=(str(dpkg),))
+    assert (tmp_path / "dpkg.args").read_text() == "--configure -a\n"
+    dpkg.write_text("#!/bin/sh\necho 'dpkg: error: cannot lock'\nexit 2\n")
+    with pytest.raises(TemporaryError, match=r"`dpkg --configure -a` failed: dpkg: error: "):
+        await ensure_packages(["cloudd-no-such-package"], apt_get=(str(apt),),
+                              dpkg=(str(dpkg),))
 
 
 class _Echo(Role):
