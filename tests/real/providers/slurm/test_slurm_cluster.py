@@ -140,15 +140,20 @@ async def test_jobs_run_through_kills_joins_drains_and_leaves(slurmlab: SlurmLab
     await until(lambda: _no_queue(lab), "the queue empty again")
 
 
-@pytest.mark.timeout(180)
-async def test_an_agent_restart_keeps_the_daemons_and_a_dead_node_requeues(
-        slurmlab: SlurmLab) -> None:
-    lab = slurmlab
+async def _head_and_two_computes(lab: SlurmLab) -> None:
+    """The head and two compute nodes converged, both computes registered and idle."""
     for name, role in (("sl-head", "head"), ("sl-c1", "compute"), ("sl-c2", "compute")):
         lab.add(name, role)
         await lab.converge(name)
     await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
     await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+
+
+@pytest.mark.timeout(180)
+async def test_an_agent_restart_keeps_the_daemons_and_a_dead_node_requeues(
+        slurmlab: SlurmLab) -> None:
+    lab = slurmlab
+    await _head_and_two_computes(lab)
 
     # Each daemon's pid file is in a folder only root may write (slurmctld and slurmd read it
     # as root when they start); slurmctld's state is the slurm user's alone.
@@ -201,11 +206,7 @@ def _shown(lab: SlurmLab, node: str) -> str:
 async def test_the_head_reads_the_node_again_and_leaves_an_operators_drain(
         slurmlab: SlurmLab) -> None:
     lab = slurmlab
-    for name, role in (("sl-head", "head"), ("sl-c1", "compute"), ("sl-c2", "compute")):
-        lab.add(name, role)
-        await lab.converge(name)
-    await until(lambda: _configured(lab, "compute"), "both compute nodes registered")
-    await until(lambda: _idle(lab, "sl-c1", "sl-c2"), "both compute nodes idle")
+    await _head_and_two_computes(lab)
     cluster = lab.cluster()
 
     # cloudd's own drain, and its undoing; a node that serves already is left so.
