@@ -384,8 +384,8 @@ def report(kind: str, pairs: Sequence[tuple[Burst, Burst]], args: argparse.Names
               f"all finished {fixed[2]:.0f} s / {elastic[2]:.0f} s ({ratios[2]}); "
               f"node-seconds {fixed[4]:.0f} / {elastic[4]:.0f} ({ratios[4]})")
     write_result("elastic_burst", variant=kind,
-                 what=f"a burst of {setup}, fixed / elastic, {kind} in VMs under TCG, "
-                      f"{len(pairs)} run(s)",
+                 what=f"a burst of {setup}, {kind} in VMs under TCG, {len(pairs)} run(s); "
+                      f"each figure fixed / elastic",
                  figure=figure, notes=notes,
                  tables=[table(title, columns, rows),
                          table(f"{kind}: each burst", ["run", *columns, "times by",
