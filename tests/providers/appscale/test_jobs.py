@@ -31,11 +31,15 @@ def test_no_job_yet_reads_none(tmp_path: Path) -> None:
 
 
 def test_a_job_runs_detached_and_its_last_line_is_kept(tmp_path: Path) -> None:
-    first = command(tmp_path, "echo starting; sleep 0.3; echo AppScale successfully started!")
+    # The job waits for the test's word, not for a time: a loaded machine cannot end it early.
+    gate = tmp_path / "gate"
+    first = command(tmp_path, f"echo starting; while [ ! -e {gate} ]; do sleep 0.05; done; "
+                              "echo AppScale successfully started!")
     view = jobs.start(tmp_path, jobs.Run.UP, (first,), env=ENV)
     assert view.state is jobs.JobState.RUNNING
     again = jobs.start(tmp_path, jobs.Run.DOWN, (first,), env=ENV)
     assert (again.verb, again.state) == ("up", jobs.JobState.RUNNING)  # one job at a time
+    gate.touch()
     done = settle(tmp_path)
     assert done == jobs.JobView("up", jobs.JobState.DONE, "AppScale successfully started!")
     assert done.deployed
