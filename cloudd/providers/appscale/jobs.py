@@ -94,10 +94,17 @@ def read(folder: Path) -> JobView:
         return JobView("", JobState.NONE)
     out = _tail(job / "out")
     try:
-        codes = [int(c) for c in (job / "rc").read_text().split()]
+        text = (job / "rc").read_text()
     except FileNotFoundError:
-        return JobView(verb, JobState.RUNNING if _alive(job) else JobState.LOST,
-                       "" if _alive(job) else "the job's shell is gone without its status")
+        if _alive(job):
+            return JobView(verb, JobState.RUNNING)
+        try:  # the shell writes `rc` last: it may have done so since the first look
+            text = (job / "rc").read_text()
+        except FileNotFoundError:
+            return JobView(verb, JobState.LOST, "the job's shell is gone without its status")
+        out = _tail(job / "out")
+    try:
+        codes = [int(c) for c in text.split()]
     except ValueError:
         return JobView(verb, JobState.FAILED, "the job's status file is not numbers")
     last = message_of(out)

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from cloudd.providers.appscale import jobs
 from cloudd.providers.appscale.tools import ToolsCommand, Verb
 
@@ -92,3 +94,21 @@ def test_a_pid_the_system_gave_to_another_process_is_not_the_job(tmp_path: Path)
     assert jobs.read(tmp_path).state is jobs.JobState.LOST
     (job / "pid").write_text(f"{os.getpid()} another-boot {here}\n")
     assert jobs.read(tmp_path).state is jobs.JobState.LOST
+
+
+def test_a_job_ending_between_the_two_looks_is_done_not_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shell writes `rc` and exits: a reader that found no `rc`, then no shell, was
+    # reading just between the two (a whole-suite run saw it as "lost").
+    job = tmp_path / jobs.FOLDER
+    job.mkdir()
+    (job / "verb").write_text("up\n")
+    (job / "out").write_text("AppScale successfully started!\n")
+
+    def ends_meanwhile(folder: Path) -> bool:
+        (folder / "rc").write_text("0\n")
+        return False
+
+    monkeypatch.setattr(jobs, "_alive", ends_meanwhile)
+    assert jobs.read(tmp_path) == jobs.JobView("up", jobs.JobState.DONE,
+                                               "AppScale successfully started!")
