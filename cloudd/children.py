@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from cloudd import log
@@ -100,3 +100,21 @@ async def ended(proc: asyncio.subprocess.Process, *, reading: asyncio.Future[Any
         yield proc
     finally:
         await reap(proc, reading=reading)
+
+
+async def run(argv: tuple[str, ...], *, within: float | None = None,
+              env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run `argv` (stdin /dev/null, in a session of its own) to its end: (exit status, its
+    output and errors). Past `within` seconds, or cancelled, its whole session is killed;
+    past `within`: (-1, a sentence)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
+        start_new_session=True)
+    async with ended(proc):
+        try:
+            async with asyncio.timeout(within):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            return -1, f"{argv[0]} ran past {within:g}s"
+    return proc.returncode or 0, out.decode(errors="replace")

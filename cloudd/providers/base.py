@@ -14,7 +14,6 @@ want a reload because of them, so that e.g. nginx re-reads its upstream instead 
 
 from __future__ import annotations
 
-import asyncio
 import grp
 import ipaddress
 import os
@@ -451,19 +450,8 @@ def apply_rendered(rendered: Rendered) -> Changes:
 
 async def run_command(argv: tuple[str, ...], *, within: float | None = None,
                       env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """Run `argv` (stdin /dev/null, in a session of its own) to its end: (exit status, its
-    output and errors). Past `within` seconds its whole session is killed: (-1, a sentence)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
-        start_new_session=True)
-    async with children.ended(proc):  # past `within` or cancelled: its session is killed
-        try:
-            async with asyncio.timeout(within):
-                out, _ = await proc.communicate()
-        except TimeoutError:
-            return -1, f"{argv[0]} ran past {within:g}s"
-    return proc.returncode or 0, out.decode(errors="replace")
+    """Run `argv` to its end: (exit status, output and errors); see `children.run`."""
+    return await children.run(argv, within=within, env=env)
 
 
 def _last_line(out: str, code: int) -> str:

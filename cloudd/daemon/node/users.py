@@ -152,14 +152,10 @@ async def ensure_users(users: Sequence[User], *, root: Path, exec_prefix: Iterab
         raise PermanentError(p.refusal)
     for command, done in zip(p.commands, p.what, strict=True):
         argv = (*exec_prefix, *rooted(command, root))
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        async with children.ended(proc):  # cancelled: its session is killed
-            out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            said = out.decode(errors="replace").strip().splitlines()
-            raise PermanentError(f"{command[0]} failed ({proc.returncode}) making the "
+        code, out = await children.run(argv)
+        if code != 0:
+            said = out.strip().splitlines()
+            raise PermanentError(f"{command[0]} failed ({code}) making the "
                                  f"manifest's users: {said[-1] if said else 'no output'}")
         if logger is not None:
             logger.info("user_changed", reason=done)

@@ -92,7 +92,6 @@ def read(folder: Path) -> JobView:
         verb = (job / "verb").read_text().strip()
     except FileNotFoundError:
         return JobView("", JobState.NONE)
-    out = _tail(job / "out")
     try:
         text = (job / "rc").read_text()
     except FileNotFoundError:
@@ -102,7 +101,7 @@ def read(folder: Path) -> JobView:
             text = (job / "rc").read_text()
         except FileNotFoundError:
             return JobView(verb, JobState.LOST, "the job's shell is gone without its status")
-        out = _tail(job / "out")
+    out = _tail(job / "out")  # after `rc`: complete by then
     try:
         codes = [int(c) for c in text.split()]
     except ValueError:

@@ -113,14 +113,10 @@ class DatabaseRole(Role):
         if scratch.is_symlink() or scratch.is_file():
             scratch.unlink()
         shutil.rmtree(scratch, ignore_errors=True)
-        proc = await asyncio.create_subprocess_exec(
+        code, out = await children.run((
             "mariadb-install-db", "--no-defaults", f"--datadir={scratch}", "--user=mysql",
-            "--auth-root-authentication-method=socket", "--skip-test-db",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
-        async with children.ended(proc):  # cancelled: its session is killed
-            out, _ = await proc.communicate()
-        if proc.returncode != 0:
+            "--auth-root-authentication-method=socket", "--skip-test-db"))
+        if code != 0:
             raise TemporaryError(f"mariadb-install-db failed: {telling_line(out)}", delay=5.0)
         # fsynced, renamed, and the rename itself synced, off the event loop
         await asyncio.to_thread(replace_durable, scratch, data)
@@ -128,12 +124,11 @@ class DatabaseRole(Role):
                   path=str(data))
 
 
-def telling_line(output: bytes) -> str:
+def telling_line(output: str) -> str:
     """The line of mariadb-install-db's output that says what went wrong: its first
     `[ERROR]` line, else its first line saying something failed, else its last line (the
     last lines are boilerplate about where to report bugs)."""
-    lines = [line.strip() for line in output.decode(errors="replace").splitlines()
-             if line.strip()]
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
     found = (next((line for line in lines if "[ERROR]" in line), None)
              or next((line for line in lines if "failed" in line.lower()), None))
     return found or (lines[-1] if lines else "no output")
