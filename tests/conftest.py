@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,15 @@ REAL_MARKERS = ("libvirt", "netns", "services", "e2e")
 TESTS = Path(__file__).resolve().parent
 #: The only folders such tests may live in, so that `make unit` leaves them out by place.
 REAL_PLACES = (TESTS / "real", TESTS / "e2e")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`make test &`, nohup)
+    # inherits SIGINT ignored, and every CLI a test spawns would too: the tests that stop
+    # `cloudd-cli ... --follow/--watch` with Ctrl-C would wait in vain. Children of a
+    # process that catches SIGINT start with the default, as from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _is_root() -> bool:
