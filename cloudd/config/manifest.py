@@ -32,6 +32,7 @@ from cloudd.config.model import (
     ElasticRoleIn,
     ElasticSpec,
     Ensure,
+    Migration,
     Node,
     NodeAccess,
     NodeIn,
@@ -134,7 +135,10 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         inputs=reads.paths,
         domain_template=template,
         template_text=template_text,
-        pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()))
+        pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()),
+                            None if h.migration is None else Migration(
+                                h.migration.uri, h.migration.storage,
+                                h.migration.address or h.address))
                    for h in top.pool),
         roles=present,
         nodes=tuple(n for n, _ in nodes),

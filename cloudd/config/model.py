@@ -58,11 +58,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _migration_uri(value: str) -> str:
+    if not re.match(r"^qemu(\+(tls|ssh|tcp|unix|libssh|libssh2))?://[^\s]*/system(\?[^\s]*)?$",
+                    value):
+        raise ValueError(f"{value!r} is not a libvirt URI of a system QEMU driver "
+                         "(qemu+tls://HOST/system, qemu+ssh://..., qemu+unix:///system?...)")
+    return value
+
+
+class MigrationIn(_Strict):
+    """How the other pool hosts move guests to this one live (libvirt's peer-to-peer
+    migration): the hosts that name the same `storage` see the same image folders at the
+    same paths, and their libvirtds trust each other."""
+
+    uri: Annotated[str, AfterValidator(_migration_uri)]
+    """This host's libvirtd as the other hosts' libvirtds reach it (qemu+tls://...)."""
+    storage: DnsLabel
+    """The name of the storage its image folders are on, shared with the hosts naming it."""
+    address: Address | None = None
+    """Where this host takes a guest's memory stream; None: the host's `address`."""
+
+
 class PoolHostIn(_Strict):
     name: DnsLabel
     address: Address
     libvirt_uri: str | None = None
     fence: list[str] | None = Field(default=None, min_length=1)
+    migration: MigrationIn | None = None
 
 
 class TwoHostIn(_Strict):
@@ -238,6 +260,19 @@ class PoolHost:
     #: The command that powers this host off for good (IPMI, a PDU...), run by the leader
     #: before re-placing the host's nodes elsewhere; () when none is configured.
     fence: tuple[str, ...] = ()
+    #: How other pool hosts move guests here live (`MigrationIn`); None: they do not, and a
+    #: drain moves nodes off and onto this host by stop-and-re-place only.
+    migration: Migration | None = None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A pool host's part in live migration, with every default applied."""
+
+    uri: str
+    storage: str
+    #: Where the host takes a guest's memory stream.
+    address: str
 
 
 @dataclass(frozen=True)

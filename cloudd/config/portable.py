@@ -44,7 +44,8 @@ class Recipient(StrEnum):
     HOST = "host"
     """A pool host: everything, secrets' contents and template included."""
     NODE = "node"
-    """A node: its cloud's view, without secrets' contents, template or fence commands."""
+    """A node: its cloud's view, without secrets' contents, template, fence commands or the
+    hosts' libvirt and migration settings."""
 
 
 def recipient_of(cloud: Cloud, member: str) -> Recipient:
@@ -64,6 +65,7 @@ def text_for(cloud: Cloud, recipient: Recipient, text: str | None = None) -> str
             if isinstance(host, dict):
                 host.pop("fence", None)
                 host.pop("libvirt_uri", None)
+                host.pop("migration", None)
     return yaml.safe_dump(data, sort_keys=False)
 
 

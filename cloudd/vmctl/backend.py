@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 from xml.etree import ElementTree as ET
 
 from cloudd.errors import PermanentError, TemporaryError
-from cloudd.vmctl.metadata import CloudMeta, from_domain_xml
+from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, stamp_host
 
 
 class PowerState(enum.Enum):
@@ -127,6 +127,15 @@ class Backend(Protocol):
         """Forget a stopped domain; False when it is not defined."""
         ...
 
+    async def migrate(self, name: str, *, uri: str, address: str, host: str,
+                      limit: float) -> bool:
+        """Move the running domain `name` live to the hypervisor at `uri` (peer to peer: this
+        host's hypervisor connects to that one), its memory streamed to `address` there;
+        defined there, with `host` stamped into its metadata as the host it now runs on, and
+        undefined here once it runs there. A move not done within `limit` seconds is aborted
+        (the guest runs on here) and raises TemporaryError. False when it does not run."""
+        ...
+
     async def list(self) -> tuple[DomainInfo, ...]:
         """Every cloudd-owned domain on this host, with metadata and state."""
         ...
@@ -211,6 +220,8 @@ class FakeBackend:
     hub: EventHub = field(default_factory=EventHub)
     calls: list[tuple[str, str]] = field(default_factory=list)
     stalled: set[str] = field(default_factory=set)
+    #: the other fake hypervisors a domain may migrate to, by their URI
+    peers: dict[str, FakeBackend] = field(default_factory=dict)
 
     def add_foreign(self, name: str, *, running: bool = False) -> None:
         state = PowerState.RUNNING if running else PowerState.STOPPED
@@ -299,6 +310,25 @@ class FakeBackend:
         if dom.state is not PowerState.STOPPED:
             raise PermanentError(f"domain {name!r} is running; destroy it before undefining")
         del self.domains[name]
+        self._emit(DomainEventKind.UNDEFINED, name, dom.meta, "removed")
+        return True
+
+    async def migrate(self, name: str, *, uri: str, address: str, host: str,
+                      limit: float) -> bool:
+        self.calls.append(("migrate", name))
+        dom = self._ours(name)
+        if dom.state is not PowerState.RUNNING:
+            return False
+        peer = self.peers.get(uri)
+        if peer is None:
+            raise TemporaryError(f"migrate {name}: no hypervisor answers at {uri}")
+        if name in peer.domains:
+            raise PermanentError(f"migrate {name}: {uri} has a domain of that name already")
+        xml = stamp_host(dom.xml, host)
+        peer.domains[name] = replace(dom, xml=xml, meta=from_domain_xml(xml))
+        peer._emit(DomainEventKind.STARTED, name, peer.domains[name].meta, "migrated")
+        del self.domains[name]
+        self._emit(DomainEventKind.STOPPED, name, dom.meta, "migrated")
         self._emit(DomainEventKind.UNDEFINED, name, dom.meta, "removed")
         return True
 

@@ -29,6 +29,14 @@ per domain). A finished reset answers only a RESET of the term that started it: 
 deposed while it waited never asks again, and the next leader's RESET, maybe much later for a
 guest hung anew, must reset it, not hear of the old one.
 
+Live migration. MIGRATE moves a running domain to another pool host that shares its storage
+(`Backend.migrate`: the libvirtds hand it over, peer to peer), with the target's name stamped
+into its metadata, so that the moved domain is the target's from its first moment there and
+no longer this host's. It runs in the background as a reset does, answering PENDING while the
+guest's memory crosses, and is aborted past `migrate_limit` seconds (the guest runs on here).
+What the command names (the target, its hypervisor's URI and address) is checked against the
+manifest in force before it runs (`cloudd.daemon.host.admission`).
+
 Domain events of cloudd's domains (and the backend's DISCONNECTED/RESYNC) are forwarded at once
 to the `on_event` callback given to `run_events`; the transport to the leader is not here.
 
@@ -75,10 +83,10 @@ import asyncio
 import enum
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloudd import log
 from cloudd.durable import TermFile
@@ -116,12 +124,17 @@ class Op(enum.Enum):
     OVERLAY = "overlay"
     FETCH = "fetch"
     REMOVE_IMAGE = "remove-image"
+    MIGRATE = "migrate"
 
 
 #: The commands a host checks against the manifest it has in force (they name host resources:
 #: a domain's XML, an overlay's base, a copy's source, an image to remove); they carry the
 #: leader's generation.
-MANIFEST_CHECKED = frozenset({Op.DEFINE, Op.OVERLAY, Op.FETCH, Op.REMOVE_IMAGE})
+MANIFEST_CHECKED = frozenset({Op.DEFINE, Op.OVERLAY, Op.FETCH, Op.REMOVE_IMAGE, Op.MIGRATE})
+#: Seconds a live migration may take before it is aborted (the guest runs on where it was):
+#: under the 120 s the leader waits for a command it is told is pending
+#: (`cloudd.daemon.leader.controller.PENDING_LIMIT`), so that the host gives up first.
+MIGRATE_LIMIT = 90.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,9 @@ class HostCommand:
     `xml` is the full domain XML for DEFINE; OVERLAY makes `image` a copy-on-write overlay of
     `base` (both on this host, `image` inside one of its image folders) as `domain`'s disk;
     FETCH copies `image` (the same path there as here, inside an image folder) from the host
-    at address `source`; REMOVE_IMAGE removes `image`, an overlay this host made for `domain`.
+    at address `source`; REMOVE_IMAGE removes `image`, an overlay this host made for `domain`;
+    MIGRATE moves `domain` live to pool host `target`, whose hypervisor answers at
+    `target_uri` and takes the guest's memory at `target_address`.
     `generation` fingerprints the manifest the leader rendered and chose from
     (`cloudd.vmctl.domains.DomainRenderer.generation`): a host that holds another generation
     refuses a command it cannot check as "not in force here yet", a temporary refusal."""
@@ -143,6 +158,9 @@ class HostCommand:
     base: str = ""
     source: str = ""
     generation: str = ""
+    target: str = ""
+    target_uri: str = ""
+    target_address: str = ""
 
 
 class CommandOutcome(enum.Enum):
@@ -183,6 +201,7 @@ class HostAgent:
                  image_dirs: tuple[Path, ...] = DEFAULT_IMAGE_DIRS,
                  copy: CopySettings | None = None, fetch_wait: float = 5.0,
                  seeds: SeedHooks | None = None, reset_wait: float = 5.0,
+                 migrate_limit: float = MIGRATE_LIMIT,
                  highest_term: int | None = None) -> None:
         # The image code (copies, overlays) is loaded by the host that runs commands: a
         # node's agent imports this module only for the wire's HostCommand.
@@ -202,10 +221,13 @@ class HostAgent:
         #: request timeout, so that the answer arrives)
         self.fetch_wait = fetch_wait
         self._copies: dict[Path, asyncio.Task[bool]] = {}
-        #: seconds a RESET waits for its reset before answering PENDING (as `fetch_wait`)
+        #: seconds a RESET or MIGRATE waits for its act before answering PENDING (as
+        #: `fetch_wait`)
         self.reset_wait = reset_wait
-        #: domain -> the term that started its reset, and the reset
-        self._resets: dict[str, tuple[int, asyncio.Task[bool]]] = {}
+        #: seconds a migration may take before it is aborted
+        self.migrate_limit = migrate_limit
+        #: (op, domain) -> the term that started its reset or migration, and the act
+        self._lasting: dict[tuple[Op, str], tuple[int, asyncio.Task[bool]]] = {}
         #: the overlays this host made for its cloud (path -> domain), kept in `state_dir`
         self.overlays = OverlayRecord(state_dir / OVERLAYS_FILE)
         # one overlay made or removed at a time: a check and the act it allows stay together
@@ -281,7 +303,9 @@ class HostAgent:
         if cmd.op is Op.REMOVE_IMAGE:
             return await self._remove_image(cmd)
         if cmd.op is Op.RESET and cmd.domain:
-            return await self._reset(cmd)
+            return await self._lasting_act(cmd, lambda: self.backend.reset(cmd.domain))
+        if cmd.op is Op.MIGRATE and cmd.domain:
+            return await self._migrate(cmd)
         if cmd.op is Op.DEFINE:
             if not cmd.xml:
                 return self._result(cmd, CommandOutcome.FAILED, "define without domain XML")
@@ -427,33 +451,49 @@ class HostAgent:
                        image=str(image), peer=cmd.source)
         return self._result(cmd, CommandOutcome.DONE if changed else CommandOutcome.NOOP)
 
-    async def _reset(self, cmd: HostCommand) -> HostResult:
-        """RESET: start the reset (or join the one under way, or the one of this term that
-        finished since its last ask) and wait `reset_wait` for it."""
-        term, task = self._resets.get(cmd.domain, (cmd.term, None))
+    async def _migrate(self, cmd: HostCommand) -> HostResult:
+        """MIGRATE: as a reset, in the background (a guest's memory takes a while to cross)."""
+        if not (cmd.target and cmd.target_uri and cmd.target_address):
+            return self._result(cmd, CommandOutcome.FAILED,
+                                "migrate needs the target host, its URI and its address")
+        if cmd.target == self.host:
+            return self._result(cmd, CommandOutcome.FAILED,
+                                f"migrate {cmd.domain}: {cmd.target} is this host")
+        return await self._lasting_act(cmd, lambda: self.backend.migrate(
+            cmd.domain, uri=cmd.target_uri, address=cmd.target_address, host=cmd.target,
+            limit=self.migrate_limit))
+
+    async def _lasting_act(self, cmd: HostCommand,
+                           act: Callable[[], Coroutine[Any, Any, bool]]) -> HostResult:
+        """RESET, MIGRATE: start the act (or join the one under way, or the one of this term
+        that finished since its last ask) and wait `reset_wait` for it."""
+        key = (cmd.op, cmd.domain)
+        term, task = self._lasting.get(key, (cmd.term, None))
         if task is None or (task.done() and term != cmd.term):
             await self._refuse_foreign(cmd.domain)
-            task = asyncio.create_task(self.backend.reset(cmd.domain), name=f"reset {cmd.domain}")
+            task = asyncio.create_task(act(), name=f"{cmd.op.value} {cmd.domain}")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._resets[cmd.domain] = (cmd.term, task)
+            self._lasting[key] = (cmd.term, task)
         done, _ = await asyncio.wait({task}, timeout=self.reset_wait)
         if not done:
-            return self._result(cmd, CommandOutcome.PENDING, f"resetting {cmd.domain}")
-        if self._resets.get(cmd.domain, (0, None))[1] is task:
-            del self._resets[cmd.domain]
+            doing = "resetting" if cmd.op is Op.RESET else f"moving to {cmd.target}"
+            return self._result(cmd, CommandOutcome.PENDING, f"{doing} {cmd.domain}")
+        if self._lasting.get(key, (0, None))[1] is task:
+            del self._lasting[key]
         try:
             changed = task.result()
         except asyncio.CancelledError:
-            raise TemporaryError(f"reset of {cmd.domain} was cancelled") from None
+            raise TemporaryError(f"{cmd.op.value} of {cmd.domain} was cancelled") from None
         outcome = CommandOutcome.DONE if changed else CommandOutcome.NOOP
-        self._log.info(f"domain reset: {outcome.value}", term=cmd.term, domain=cmd.domain)
+        self._log.info(f"domain {cmd.op.value}: {outcome.value}", term=cmd.term,
+                       domain=cmd.domain)
         return self._result(cmd, outcome)
 
     async def close(self) -> None:
-        """Stop the image copies and resets under way (partial copies are removed). Safe
-        twice."""
-        tasks = [*self._copies.values(), *(task for _, task in self._resets.values())]
-        self._copies, self._resets = {}, {}
+        """Stop the image copies, resets and migrations under way (partial copies are
+        removed; a migration cancelled is left to its hypervisor). Safe twice."""
+        tasks = [*self._copies.values(), *(task for _, task in self._lasting.values())]
+        self._copies, self._lasting = {}, {}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

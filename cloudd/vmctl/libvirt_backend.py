@@ -22,6 +22,14 @@ A reset also depends on the domain's `on_reboot`: `restart` (the shipped templat
 the guest in the same qemu; `destroy` (the lab's test guests) makes qemu exit, as if the guest
 had powered off.
 
+Live migration: `migrateToURI3`, peer to peer (this host's libvirtd connects to the other's
+at the URI the manifest gives for it, with its own credentials: the libvirtds trust each other,
+the agents are not in the way), the guest's memory streamed to the other host's address while
+the guest runs, the disks left where they are (the hosts share the storage they are on). The
+definition sent along is this one with the other host's name stamped in, so that it is that
+host's domain at once. Like a reset it runs on a thread of its own, bounded by its caller's
+limit; a move past it is aborted (`abortJob`), and the guest runs on here.
+
 Reconnection: a close callback (and keepalive, which detects a silent peer) tells us when
 libvirtd goes away. We publish DISCONNECTED, retry opening with backoff, re-register the
 event callbacks, re-read every domain and publish RESYNC with the full list: events missed
@@ -67,6 +75,7 @@ from cloudd.vmctl.metadata import (
     MetadataError,
     from_domain_xml,
     parse_element,
+    stamp_host,
 )
 
 T = TypeVar("T")
@@ -227,6 +236,22 @@ RESET_TIMEOUT = 5.0
 #: Resets that may hang at once (each holds a thread until its qemu dies).
 RESET_THREADS = 4
 
+#: Live migrations that may run at once (each holds a thread while the memory streams).
+MIGRATE_THREADS = 2
+#: How a domain moves live: its memory streamed while it runs (the guest pauses for the last
+#: round only), driven by this host's libvirtd, which connects to the other's itself (peer to
+#: peer); defined there and undefined here once it runs there; its vCPUs slowed down if its
+#: memory changes faster than it streams, so that the move ends.
+MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                 | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                 | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
+
+
+def _bracketed(address: str) -> str:
+    """`address` as a URI's host part (an IPv6 address in brackets)."""
+    return f"[{address}]" if ":" in address else address
+
+
 #: Waits between two tries to reopen a lost connection: a restarted libvirtd is back within
 #: a second or two, so the first tries come fast; past that, one try every two seconds.
 RECONNECT = Backoff(base=0.1, cap=2.0)
@@ -251,6 +276,9 @@ class LibvirtBackend:
         # resets wait on the guest's qemu, which may never answer: not on the worker above
         self._resets = concurrent.futures.ThreadPoolExecutor(
             max_workers=RESET_THREADS, thread_name_prefix="libvirt-reset")
+        # so do live migrations, for as long as the guest's memory takes to cross
+        self._moves = concurrent.futures.ThreadPoolExecutor(
+            max_workers=MIGRATE_THREADS, thread_name_prefix="libvirt-migrate")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
@@ -496,6 +524,43 @@ class LibvirtBackend:
             await self.start(name)
         return True
 
+    async def migrate(self, name: str, *, uri: str, address: str, host: str,
+                      limit: float) -> bool:
+        def prepare() -> tuple[libvirt.virDomain, str] | None:
+            dom, _ = self._ours(name)
+            if not dom.isActive():
+                return None
+            # the definition it takes there: this one, naming the host it will run on
+            return dom, stamp_host(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), host)
+
+        found = await self._call("migrate", prepare)
+        if found is None:
+            return False
+        dom, xml = found
+        params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{_bracketed(address)}",
+                  libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: address,
+                  libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+                  libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
+        # on its own thread: the worker must answer lists and events while the memory streams
+        moving = asyncio.get_running_loop().run_in_executor(
+            self._moves, lambda: dom.migrateToURI3(uri, params, MIGRATE_FLAGS))
+        moving.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(moving), limit)
+        except libvirt.libvirtError as e:
+            raise _translate(e, "migrate") from None
+        except TimeoutError:
+            with contextlib.suppress(ClouddError):
+                await self._call("migrate", dom.abortJob)
+            with contextlib.suppress(libvirt.libvirtError):
+                await moving  # the abort ends it at once (or it was done just then)
+                self._owners.pop(name, None)
+                return True
+            raise TemporaryError(f"libvirt migrate: {name} was not across to {uri} within "
+                                 f"{limit:g}s; aborted, it runs on here", delay=1.0) from None
+        self._owners.pop(name, None)
+        return True
+
     async def destroy(self, name: str) -> bool:
         def work() -> bool:
             dom, _ = self._ours(name)
@@ -590,3 +655,4 @@ class LibvirtBackend:
             self._closed = True
             self._pool.shutdown(wait=False)
             self._resets.shutdown(wait=False)
+            self._moves.shutdown(wait=False)

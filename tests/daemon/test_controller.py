@@ -14,6 +14,7 @@ import pytest
 
 from cloudd.config.agent import Reconcile
 from cloudd.config.manifest import load_cloud
+from cloudd.config.model import Migration
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.leader.controller import Controller, LocalHosts, policy_of
@@ -680,3 +681,34 @@ async def test_a_drained_host_is_emptied_and_its_nodes_old_reports_forgotten(
     moves = [e.reason for e in pool.events.query(kind=LogKind.ACTION, limit=100)
              if e.reason.startswith("shutdown on h1")]
     assert len(moves) == len(on_h1)
+
+
+async def test_a_drained_host_sharing_storage_is_emptied_live(pool: Pool) -> None:
+    await pool.converge()
+    on_h1 = sorted(n for n, h in pool.running().items() if h == "h1")
+    assert on_h1
+    # h1 and h2 share storage `san` and take migrations; h0 does not
+    shared = {h: Migration(f"fake://{h}", "san", f"192.0.2.{i}") for i, h in
+              ((1, "h1"), (2, "h2"))}
+    for h, m in shared.items():
+        pool.backends[h].peers.update({o.uri: pool.backends[o_h] for o_h, o in shared.items()
+                                       if o_h != h})
+    pool.controller.migration = shared.get
+    forgotten: list[str] = []
+    base = pool.controller.desired()
+    pool.controller.desired = lambda: dataclasses.replace(base, drained=frozenset({"h1"}),
+                                                          move_stateful=frozenset({"h1"}))
+    pool.controller.ready = lambda: frozenset(pool.running())
+    pool.controller.undefined = forgotten.append
+    await pool.converge(len(on_h1) + 2)
+    assert pool.running() == {**pool.running(), **dict.fromkeys(on_h1, "h2")}
+    assert set(pool.running()) == {n.name for n in pool.nodes} and forgotten == []
+    # live: never stopped, never started again, the metadata names the host it runs on
+    calls = {c for b in pool.backends.values() for c in b.calls}
+    assert not {("shutdown", f"c1-{n}") for n in on_h1} & calls
+    assert all(pool.backends["h2"].domains[f"c1-{n}"].meta.host == "h2"  # type: ignore[union-attr]
+               for n in on_h1)
+    moves = [e.reason for e in pool.events.query(kind=LogKind.ACTION, limit=100)
+             if e.reason.startswith("migrate on h1")]
+    assert len(moves) == len(on_h1)
+    assert moves[0].endswith("live to h2 (storage san is shared)")

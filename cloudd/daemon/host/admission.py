@@ -22,6 +22,9 @@ generation this host holds, by what this host can compute from it alone:
   that nothing defined there uses it).
 - FETCH: the source address must be a pool host's address as the manifest gives it, and the
   image one the manifest names (HostAgent checks it is inside the image folders).
+- MIGRATE: the domain must be a managed node's of this cloud, the target another pool host
+  that names the same migration storage as this one, and its URI and address the ones the
+  manifest gives for it: the leader's word alone sends no guest anywhere.
 Other commands name only domains, whose ownership HostAgent checks by their metadata.
 
 A command the leader rendered from a generation this host has not taken yet would fail these
@@ -68,6 +71,8 @@ class Grounds:
     """Its fingerprint (`DomainRenderer.generation`)."""
     render: Render
     folders: Folders
+    me: str = ""
+    """This host's name in the pool."""
 
 
 def refusal(command: HostCommand, grounds: Grounds) -> AdmissionRefusal | None:
@@ -141,7 +146,27 @@ def _remove_image(cmd: HostCommand, g: Grounds) -> str | None:
     return f"image {cmd.image} is {why} in the manifest of cloud {cloud.name}"
 
 
+def _migrate(cmd: HostCommand, g: Grounds) -> str | None:
+    cloud = g.cloud
+    node = node_of_domain(cloud, cmd.domain)
+    if node is None or not node.managed:
+        return f"domain {cmd.domain!r} is no managed node's of cloud {cloud.name}"
+    pool = {h.name: h for h in cloud.pool}
+    here, there = pool.get(g.me), pool.get(cmd.target)
+    if there is None or there.name == g.me:
+        return f"migrate target {cmd.target!r} is no other pool host of cloud {cloud.name}"
+    if here is None or here.migration is None or there.migration is None \
+            or here.migration.storage != there.migration.storage:
+        return (f"hosts {g.me} and {there.name} share no storage for live migration in the "
+                f"manifest of cloud {cloud.name}")
+    if (cmd.target_uri, cmd.target_address) != (there.migration.uri, there.migration.address):
+        return (f"host {there.name} takes migrations at {there.migration.uri} "
+                f"({there.migration.address}) in the manifest of cloud {cloud.name}, not at "
+                f"{cmd.target_uri} ({cmd.target_address})")
+    return None
+
+
 #: One check per op of `hostagent.MANIFEST_CHECKED` (the ops the leader stamps a generation on).
 _CHECKS: dict[Op, Callable[[HostCommand, Grounds], str | None]] = {
     Op.DEFINE: _define, Op.OVERLAY: _overlay, Op.FETCH: _fetch,
-    Op.REMOVE_IMAGE: _remove_image}
+    Op.REMOVE_IMAGE: _remove_image, Op.MIGRATE: _migrate}

@@ -220,7 +220,7 @@ class HostDuties:
         cloud = self._cloud()
         # the generation is the whole manifest's, as the leader computes it
         grounds = Grounds(cloud=self._in_use(), generation=self.renderer.generation(cloud),
-                          render=self.renderer.render, folders=self.folders)
+                          render=self.renderer.render, folders=self.folders, me=self.me)
         no = refusal(cmd, grounds)
         if no is None:
             return None

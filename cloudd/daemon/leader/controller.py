@@ -41,6 +41,7 @@ from typing import Protocol
 
 from cloudd import log
 from cloudd.config.agent import Reconcile
+from cloudd.config.model import Migration
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
 from cloudd.daemon.leader.unreachable import Unreachable
@@ -62,6 +63,7 @@ from cloudd.vmctl.plan import (
     Ledger,
     Limits,
     Liveness,
+    Migrate,
     NodeAction,
     NodeSpec,
     Observed,
@@ -122,7 +124,7 @@ _STATES = {vb.PowerState.RUNNING: DomainState.RUNNING,
 
 _OPS: dict[type, Op] = {Define: Op.DEFINE, Start: Op.START, Shutdown: Op.SHUTDOWN,
                         Reset: Op.RESET, Destroy: Op.DESTROY, Undefine: Op.UNDEFINE,
-                        RemoveImage: Op.REMOVE_IMAGE}
+                        RemoveImage: Op.REMOVE_IMAGE, Migrate: Op.MIGRATE}
 
 #: Seconds between two sends of a command its host answered PENDING.
 PENDING_PAUSE = 0.5
@@ -161,7 +163,8 @@ class Controller:
                  limits: Limits | None = None,
                  ready: Callable[[], frozenset[str]] = frozenset,
                  emptied: Callable[[], frozenset[str]] = frozenset,
-                 undefined: Callable[[str], None] = lambda node: None) -> None:
+                 undefined: Callable[[str], None] = lambda node: None,
+                 migration: Callable[[str], Migration | None] = lambda host: None) -> None:
         self.desired, self.hosts, self.liveness, self.leader = desired, hosts, liveness, leader
         self.client, self.events, self.render = client, events, render
         self.fencer, self.overlay, self.fetch, self.clock = fencer, overlay, fetch, clock
@@ -173,6 +176,8 @@ class Controller:
         #: told of a node whose domain was undefined: what its agent reported is of a VM that
         #: is gone (a node re-placed starts afresh)
         self.undefined = undefined
+        #: each pool host's part in live migration, as the manifest gives it (None: none)
+        self.migration = migration
         policy = policy or BackoffPolicy()
         # jitter: from `rng` when given, else derived from the subject's name and count
         self.node_fails = Ledger(policy, rng=rng)
@@ -271,11 +276,13 @@ class Controller:
             live = self.liveness(name)
             if live is Liveness.ALIVE:
                 self.fenced.discard(name)  # back from the dead: its report counts again
+            moves = self.migration(name)
             hosts.append(HostObs(name, live, stock is not None,
                                  stock.free_memory_kib // 1024 if stock else 0,
                                  stock.images if stock else frozenset(),
                                  fenced=name in self.fenced, reported=name in self._reports,
-                                 overlays=_overlays(stock, prefix)))
+                                 overlays=_overlays(stock, prefix),
+                                 storage=moves.storage if moves is not None else ""))
             domains.extend(seen)
         present = {(d.node, d.host) for d in domains}
         for key in [k for k in self._shutdowns if k not in present]:
@@ -458,6 +465,12 @@ class Controller:
         op = _OPS[type(action)]
         if isinstance(action, RemoveImage):
             return HostCommand(op, term, domain, image=action.image)
+        if isinstance(action, Migrate):
+            there = self.migration(action.target)
+            if there is None:  # the manifest changed since the plan
+                raise TemporaryError(f"host {action.target} takes no live migration now")
+            return HostCommand(op, term, domain, target=action.target, target_uri=there.uri,
+                               target_address=there.address)
         if op is not Op.DEFINE:
             return HostCommand(op, term, domain)
         return HostCommand(op, term, domain, self.render(spec, term)) if spec else None

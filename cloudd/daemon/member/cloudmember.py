@@ -283,7 +283,9 @@ class CloudMember:
             overlay=self._create_overlay, fetch=self._copy_to_host,
             resync=r.resync_interval, clock=clock, policy=policy_of(r),
             limits=plan.Limits(shutdown_timeout=r.shutdown_timeout), ready=self._healthy,
-            emptied=lambda: self.elastic.emptied(), undefined=self._forget_node)
+            emptied=lambda: self.elastic.emptied(), undefined=self._forget_node,
+            migration=lambda host: next((h.migration for h in self.cloud.pool
+                                         if h.name == host), None))
         registry = providers if providers is not None else default_registry()
         self.hooks = hooks = ProviderHooks(
             cloud=self.in_use, term=self.reconciling_term, healthy=self._healthy,

@@ -1,11 +1,11 @@
 """The leader's reconcile planner: pure, deterministic, no I/O.
 
 `plan(desired, observed, now)` returns the actions (define, start, shutdown, reset, destroy,
-undefine, copy a missing image from a source host, create an overlay, remove an overlay no
-node needs, fence a host) that move the pool towards the manifest; the controller in
-`cloudd.daemon.leader.controller` performs them and calls again. See `planner` for the
-rules, `placement` for host choice, `leftovers` for the overlays left behind and `backoff`
-for failure bookkeeping.
+undefine, move a running domain live, copy a missing image from a source host, create an
+overlay, remove an overlay no node needs, fence a host) that move the pool towards the
+manifest; the controller in `cloudd.daemon.leader.controller` performs them and calls again.
+See `planner` for the rules, `placement` for host choice, `leftovers` for the overlays left
+behind and `backoff` for failure bookkeeping.
 """
 
 from cloudd.config.intent import DrainMove, Ensure, RunStrategy
@@ -28,6 +28,7 @@ from cloudd.vmctl.plan.model import (
     ImageSource,
     Limits,
     Liveness,
+    Migrate,
     NodeAction,
     NodeSpec,
     Observed,
@@ -63,6 +64,7 @@ __all__ = [
     "Ledger",
     "Limits",
     "Liveness",
+    "Migrate",
     "NodeAction",
     "NodeSpec",
     "Observed",

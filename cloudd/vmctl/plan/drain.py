@@ -1,15 +1,18 @@
 """A drained host's nodes: whether one may leave now, and if not, what it waits for. Pure.
 
 Theory of operation. The operator drains a host (`cloudd-cli drain HOST`): the planner
-places nothing new there (`Desired.drained`), and takes each node on it away by
-stop-and-re-place: a graceful shutdown, the undefine, then the node has no domain and is
-placed like any homeless node, on a host that is not drained. This module decides, per pass
-and per node, whether that first step may be taken now. The rules, in the order checked:
+places nothing new there (`Desired.drained`), and takes each node on it away, live when the
+host shares its storage with another that can take the node (the planner's `Migrate`: the
+guest runs on throughout), else by stop-and-re-place: a graceful shutdown, the undefine,
+then the node has no domain and is placed like any homeless node, on a host that is not
+drained. This module decides, per pass and per node, whether the node may leave now,
+whichever way it goes. The rules, in the order checked:
 
 - A node pinned to the drained host, or held for maintenance, stays (the drain cannot
   complete while it is there; `inspect` says so).
 - One step at a time: no node leaves while another is leaving a drained host (asked to shut
-  down, or down there, or given its step earlier in the same pass), nor while another node of
+  down, or down there, or with an action under way there, as a live migration is until it
+  ends, or given its step earlier in the same pass), nor while another node of
   the cloud (off the drained hosts) has no domain yet or is not ready: the node moved before
   has to be serving again first. Two servers on one drained host thus never go at once.
 - Stateless nodes (`DrainMove.REPLICA`) go first. A node of a role with other nodes leaves only
@@ -132,7 +135,8 @@ def _pending(spec: NodeSpec, *, desired: Desired, observed: Observed,
                 or d.host not in desired.drained or n.held or n.pin == d.host
                 or not _may_move(n, d, desired, observed)):
             continue
-        if d.state is not DomainState.RUNNING or (n.name, d.host) in observed.shutdowns:
+        if d.state is not DomainState.RUNNING or (n.name, d.host) in observed.shutdowns \
+                or n.name in observed.in_flight:  # a live migration runs all along
             return f"{n.name} is leaving drained host {d.host}"
     for n in desired.nodes:
         if n.name == spec.name or not n.managed or n.held:

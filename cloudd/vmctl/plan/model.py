@@ -125,6 +125,10 @@ class HostObs:
     overlays: frozenset[tuple[str, str]] = frozenset()
     """(path, node) of the per-node overlays the host made for this cloud and still has (the
     host's own record, so never a base image or another cloud's file)."""
+    storage: str = ""
+    """The shared storage this host's image folders are on, when its libvirtd takes live
+    migrations from the other hosts of that storage (its `libvirt.migration`); "": none, so a
+    node leaves it by stop-and-re-place."""
 
 
 @dataclass(frozen=True)
@@ -278,13 +282,25 @@ class RemoveImage:
 
 
 @dataclass(frozen=True)
+class Migrate:
+    """Move `node`'s running domain from `host` to `target` live (libvirt's peer-to-peer
+    migration): the two hosts share the storage its disks are on, so only its memory and
+    device state cross, while the guest runs; it pauses for the last round only."""
+
+    node: str
+    host: str
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Fence:
     host: str
     reason: str
 
 
 NodeAction = (CopyImage | CreateOverlay | Define | Start | Shutdown | Reset | Destroy | Undefine
-              | RemoveImage)
+              | RemoveImage | Migrate)
 Action = NodeAction | Fence
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from cloudd.config.intent import RunStrategy
 from cloudd.vmctl.plan.model import HostObs, NodeSpec
@@ -84,8 +84,10 @@ class Placer:
     def _key(self, role: str, host: str) -> tuple[int, int, str]:
         return (self.per_role[(role, host)], self.total[host], host)
 
-    def choose(self, node: NodeSpec) -> str | None:
-        """The best host for `node`, already booked; None when no candidate fits."""
+    def choose(self, node: NodeSpec, *, among: Collection[str] | None = None) -> str | None:
+        """The best host for `node`, already booked; None when no candidate fits. `among`:
+        only those hosts, and only with the image already there (a live migration's
+        targets: no copy comes first)."""
         if node.pin is not None:
             if self.why_not(node.pin, node) is not None:
                 return None
@@ -97,7 +99,7 @@ class Placer:
             heapq.heapify(self._heap)
         role, heap, per_role, total = node.role, self._heap, self.per_role, self.total
         memory, hosts, need = self.memory, self.hosts, node.memory_mib
-        copy = can_copy(self.servers, node)
+        copy = among is None and can_copy(self.servers, node)
         aside: list[tuple[int, int, str]] = []
         chosen: str | None = None
         fallback: str | None = None  # the best-ranked fit that needs a copy
@@ -109,7 +111,7 @@ class Placer:
                 # booked since this entry was pushed (a pinned node): requeue at its true rank
                 heapq.heappush(heap, current)
                 continue
-            if memory[host] >= need:
+            if memory[host] >= need and (among is None or host in among):
                 if has_image(hosts[host], node):
                     chosen = host
                     break

@@ -16,8 +16,11 @@ Safety rules, in the order they are checked:
 - Only domains whose metadata names this cloud are ever touched.
 - A node in maintenance (`held`) is left where and as it is: never placed, never taken off
   a dead host to be re-placed (duplicates are still resolved).
-- A drained host (`Desired.drained`) is never a placement's target; its nodes leave it by
-  stop-and-re-place, one role-safe step at a time (`drain`).
+- A drained host (`Desired.drained`) is never a placement's target; its nodes leave it one
+  role-safe step at a time (`drain`): live (`Migrate`) to a host that shares its storage
+  and takes migrations (`HostObs.storage`) and can take the node now, else by
+  stop-and-re-place. A migration is one action: the copy is on one host before and on the
+  other after, never on two (the hosts' libvirtds hand it over).
 Liveness rules: a copy on a live host is restarted in place according to its run strategy;
 a running copy whose agent stays unreachable is reset, then destroyed to be started again
 (`hung`); a node or host backing off after failures is skipped until its deadline.
@@ -52,6 +55,7 @@ from cloudd.vmctl.plan.model import (
     HostObs,
     Limits,
     Liveness,
+    Migrate,
     NodeAction,
     NodeSpec,
     Observed,
@@ -306,11 +310,33 @@ class _Pass:
         if isinstance(decided, drain.Leave):
             # one step at a time within the pass too: the next node waits for this one
             self.leaving.append((spec.name, d.host))
-            if not self._backing_off(spec.name):
+            if self._backing_off(spec.name):
+                return True
+            target = self._live_target(spec, d, placer)
+            if target is not None:
+                self.by_node[spec.name].append(Migrate(
+                    spec.name, d.host, target,
+                    f"{decided.reason}, live to {target} (storage {self.hosts[target].storage} "
+                    "is shared)"))
+            else:
                 self._remove(d, why=decided.reason, graceful=True)
             return True
         self._wait(spec.name, decided.reason)
         return d.state is DomainState.RUNNING
+
+    def _live_target(self, spec: NodeSpec, d: DomainObs, placer: Placer) -> str | None:
+        """The host `spec`'s running copy `d` moves to live, already booked; None when it
+        moves by stop-and-re-place: it does not run, or its stop has begun; its host takes
+        part in no live migration, or no host sharing its storage can take it now; or it has
+        failures on record (a migration that failed once is not tried again: the node
+        leaves the way that always works)."""
+        storage = self.hosts[d.host].storage
+        if (not storage or d.state is not DomainState.RUNNING
+                or (spec.name, d.host) in self.observed.shutdowns
+                or spec.name in self.observed.node_failures):
+            return None
+        return placer.choose(spec, among={h.name for h in self.observed.hosts
+                                          if h.storage == storage and h.name != d.host})
 
     def _hung(self, d: DomainObs) -> None:
         """A running domain on a live host: reset it, or destroy it, when its agent has been

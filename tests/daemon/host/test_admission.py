@@ -1,6 +1,7 @@
 """Host commands checked against the cloud in force: a DEFINE only of the XML the host renders
 itself, within its folders; OVERLAY and FETCH only of the manifest's images and pool hosts;
 REMOVE_IMAGE never of a base image, nor of a node's disk while the cloud runs;
+MIGRATE only to another pool host sharing the storage, at the manifest's URI and address;
 a command of a generation the host has not taken yet refused for now, not for good."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from cloudd.config.intent import Ensure
 from cloudd.config.manifest import load_cloud
-from cloudd.config.model import Cloud
+from cloudd.config.model import Cloud, Migration
 from cloudd.daemon.host import admission
 from cloudd.daemon.host.admission import AdmissionRefusal, Grounds, refusal
 from cloudd.daemon.host.duties import RETRY_AFTER
@@ -303,3 +304,52 @@ def test_a_stopped_cloud_gives_up_its_managed_nodes_disks_only(cloud: Cloud) -> 
 
 def test_the_ops_checked_here_are_those_the_leader_stamps_a_generation_on() -> None:
     assert frozenset(admission._CHECKS) == MANIFEST_CHECKED
+
+
+# ---- MIGRATE: only to another pool host of the same storage, at its manifest's URI --------
+
+SAN = "qemu+tls://pm2.example/system"
+
+
+def migrating(cloud: Cloud, **pm1: object) -> Cloud:
+    """`cloud` with pm1 and pm2 sharing storage `san` (pm1's part changed by `pm1`)."""
+    here = Migration(**{"uri": "qemu+tls://pm1.example/system", "storage": "san",  # type: ignore[arg-type]
+                        "address": "192.0.2.70", **pm1})
+    there = Migration(SAN, "san", "192.0.2.71")
+    return replace(cloud, pool=(replace(cloud.pool[0], migration=here),
+                                replace(cloud.pool[1], migration=there)))
+
+
+def move(domain: str = DOMAIN, target: str = "pm2", uri: str = SAN,
+         address: str = "192.0.2.71") -> HostCommand:
+    return HostCommand(Op.MIGRATE, 3, domain, target=target, target_uri=uri,
+                       target_address=address, generation="g1")
+
+
+@pytest.mark.parametrize(("command", "edit", "expected"), [
+    (move(), {}, None),
+    (move(domain="shop-shop-server-9"), {},
+     "domain 'shop-shop-server-9' is no managed node's of cloud shop"),
+    (move(target="pm1"), {}, "migrate target 'pm1' is no other pool host of cloud shop"),
+    (move(target="pm7"), {}, "migrate target 'pm7' is no other pool host of cloud shop"),
+    (move(), {"storage": "nas"},
+     "hosts pm1 and pm2 share no storage for live migration in the manifest of cloud shop"),
+    # a URI or an address the manifest does not give for pm2: the leader's word is not enough
+    (move(uri="qemu+tls://evil.example/system"), {},
+     f"host pm2 takes migrations at {SAN} (192.0.2.71) in the manifest of cloud shop, not at "
+     "qemu+tls://evil.example/system (192.0.2.71)"),
+    (move(address="203.0.113.9"), {},
+     f"host pm2 takes migrations at {SAN} (192.0.2.71) in the manifest of cloud shop, not at "
+     f"{SAN} (203.0.113.9)"),
+], ids=["allowed", "not a node", "itself", "not in the pool", "other storage", "other uri",
+        "other address"])
+def test_a_migration_goes_only_where_the_manifest_says(cloud: Cloud, command: HostCommand,
+                                                       edit: dict[str, str],
+                                                       expected: str | None) -> None:
+    g = replace(grounds(migrating(cloud, **edit)), me="pm1")
+    assert refusal(command, g) == (None if expected is None else AdmissionRefusal(expected))
+
+
+def test_without_migration_settings_no_migration_is_admitted(cloud: Cloud) -> None:
+    assert refusal(move(), replace(grounds(cloud), me="pm1")) == AdmissionRefusal(
+        "hosts pm1 and pm2 share no storage for live migration in the manifest of cloud shop")

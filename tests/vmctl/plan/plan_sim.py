@@ -20,6 +20,7 @@ from cloudd.vmctl.plan import (
     Fence,
     HostObs,
     Liveness,
+    Migrate,
     NodeSpec,
     Observed,
     Shutdown,
@@ -36,6 +37,8 @@ class SimHost:
     liveness: Liveness = Liveness.ALIVE
     reachable: bool = True
     fenced: bool = False
+    #: the shared storage it takes live migrations on ("": none)
+    storage: str = ""
 
 
 class World:
@@ -71,7 +74,7 @@ class World:
 
     def observe(self) -> Observed:
         hosts = tuple(HostObs(h.name, h.liveness, h.reachable, self.free(h.name),
-                              frozenset(h.images), fenced=h.fenced)
+                              frozenset(h.images), fenced=h.fenced, storage=h.storage)
                       for h in self.hosts.values())
         seen: list[DomainObs] = []
         for h in self.hosts.values():
@@ -127,6 +130,14 @@ class World:
             assert d is not None
             self.domains[key] = replace(d, state=DomainState.SHUTOFF, reason="destroyed",
                                         since=now)
+        elif isinstance(action, Migrate):
+            # the hosts' libvirtds hand the running guest over: defined there, gone here
+            target = self.hosts[action.target]
+            assert d is not None and d.state is DomainState.RUNNING, f"{action}: {d}"
+            assert host.storage and target.storage == host.storage, f"{action}: not shared"
+            assert target.reachable and (action.node, action.target) not in self.domains
+            del self.domains[key]
+            self.add(replace(d, host=action.target, since=now))
         elif isinstance(action, Undefine):
             assert d is not None and d.state is DomainState.SHUTOFF, f"{action}: {d}"
             del self.domains[key]

@@ -15,8 +15,10 @@ from cloudd.vmctl.plan import (
     DomainState,
     DrainMove,
     Ensure,
+    FailRecord,
     HostObs,
     Liveness,
+    Migrate,
     NodeSpec,
     Observed,
     Shutdown,
@@ -275,3 +277,77 @@ def test_a_new_leader_finishes_a_move_it_did_not_start() -> None:
     up = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm2"), dom("lb", "pm3"))
     p = planned(want(*WEB), seen(*up, ready={"db", "s1", "s2", "lb"}), 0.0)
     assert [(type(a), a.node) for a in p.actions] == [(Shutdown, "s1")]
+
+
+# ---- live migration: hosts that share storage and take migrations ------------------------
+
+
+def shared(name: str, free: int = 4096, storage: str = "san") -> HostObs:
+    return HostObs(name, Liveness.ALIVE, True, free, HAS, storage=storage)
+
+
+def test_a_server_moves_live_to_a_host_sharing_its_storage() -> None:
+    hosts = (shared("pm1"), host("pm2"), shared("pm3"))
+    p = planned(want(*WEB), seen(*SPREAD, ready={"db", "s1", "s2", "lb"}, hosts=hosts), 0.0)
+    assert p.actions == (Migrate("s1", "pm1", "pm3", "host pm1 is drained: moving s1 "
+                                 "(replica), live to pm3 (storage san is shared)"),)
+
+
+def test_without_a_sharing_host_that_can_take_it_the_node_stops_and_is_re_placed() -> None:
+    ready = {"db", "s1", "s2", "lb"}
+    for hosts in [(shared("pm1"), host("pm2"), host("pm3")),  # nobody shares san
+                  (shared("pm1"), host("pm2"), shared("pm3", storage="nas")),
+                  (shared("pm1"), host("pm2"), shared("pm3", free=100)),  # pm3 is full
+                  (host("pm1"), shared("pm2"), shared("pm3"))]:  # pm1 takes no part
+        p = planned(want(*WEB), seen(*SPREAD, ready=ready, hosts=hosts), 0.0)
+        assert p.actions == (Shutdown("s1", "pm1", "host pm1 is drained: moving s1 "
+                                      "(replica)"),), hosts
+
+
+def test_a_node_whose_migration_failed_leaves_by_stop_and_re_place() -> None:
+    hosts = (shared("pm1"), host("pm2"), shared("pm3"))
+    failed = Observed(hosts, SPREAD, ready=frozenset({"db", "s1", "s2", "lb"}),
+                      node_failures={"s1": FailRecord(1, 0.0, 2.0)})
+    assert planned(want(*WEB), failed, 1.0).actions == ()  # backing off first
+    assert [type(a) for a in planned(want(*WEB), failed, 3.0).actions] == [Shutdown]
+
+
+def test_a_migration_under_way_holds_the_next_node_back() -> None:
+    hosts = (shared("pm1"), shared("pm2"), shared("pm3"))
+    both = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm1"), dom("lb", "pm3"))
+    obs = seen(*both, ready={"db", "s1", "s2", "lb"}, hosts=hosts)
+    p = planned(want(*WEB), obs, 0.0)
+    assert [(type(a), a.node, a.target) for a in p.actions] == [(Migrate, "s1", "pm2")]
+    assert waiting(p)["s2"] == "one step at a time: s1 is leaving drained host pm1"
+    # the next pass, s1's migration still running (its copy still runs on pm1)
+    p = planned(want(*WEB), replace(obs, in_flight=frozenset({"s1"})), 1.0)
+    assert p.actions == ()
+    assert waiting(p)["s2"] == "one step at a time: s1 is leaving drained host pm1"
+
+
+def test_a_stateful_node_moves_live_with_the_operators_word_only() -> None:
+    hosts = (shared("pm1"), shared("pm2"), shared("pm3"))
+    on = (dom("db", "pm1"), dom("s1", "pm2"), dom("s2", "pm3"), dom("lb", "pm3"))
+    obs = seen(*on, ready={"db", "s1", "s2", "lb"}, hosts=hosts)
+    assert planned(want(*WEB), obs, 0.0).actions == ()
+    p = planned(want(*WEB, stateful=frozenset({"pm1"})), obs, 0.0)
+    assert [(type(a), a.node, a.target) for a in p.actions] == [(Migrate, "db", "pm2")]
+
+
+def test_simulated_live_drain_empties_the_host_and_no_guest_ever_stops() -> None:
+    world = World([SimHost("pm1", 4096, {IMG}, storage="san"),
+                   SimHost("pm2", 4096, {IMG}, storage="san"),
+                   SimHost("pm3", 4096, {IMG})], {n.name: n for n in WEB})
+    for n in ("db", "s1", "s2", "lb"):
+        world.add(DomainObs("pm1", n, "c1", RUN, "booted", term=1))
+    desired = want(*WEB, stateful=frozenset({"pm1"}))
+    for now in range(20):
+        obs = world.observe()
+        p = planned(desired, replace(obs, ready=frozenset({"db", "s1", "s2", "lb"})), now)
+        assert len(p.actions) <= 1, p.actions  # one step at a time
+        for a in p.actions:
+            world.apply(a, now)
+    assert sorted((d.node, d.host) for d in world.domains.values()) == [
+        ("db", "pm2"), ("lb", "pm2"), ("s1", "pm2"), ("s2", "pm2")]
+    assert {type(a) for a in world.log} == {Migrate}
+    assert [a.node for a in world.log] == ["s1", "s2", "lb", "db"]
