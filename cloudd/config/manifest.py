@@ -138,7 +138,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()),
                             None if h.migration is None else Migration(
                                 h.migration.uri, h.migration.storage,
-                                h.migration.address or h.address))
+                                h.migration.address or h.address, h.migration.unsafe))
                    for h in top.pool),
         roles=present,
         nodes=tuple(n for n, _ in nodes),

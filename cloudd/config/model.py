@@ -77,6 +77,11 @@ class MigrationIn(_Strict):
     """The name of the storage its image folders are on, shared with the hosts naming it."""
     address: Address | None = None
     """Where this host takes a guest's memory stream; None: the host's `address`."""
+    unsafe: bool = False
+    """Moves from this host skip libvirt's check that the guest's disks are on storage it
+    knows to be shared (NFS, GlusterFS, Ceph...): true only where the operator knows the
+    storage is shared though libvirt cannot tell (libvirt's `--unsafe`; the lab's two
+    libvirtds on one file system)."""
 
 
 class PoolHostIn(_Strict):
@@ -273,6 +278,8 @@ class Migration:
     storage: str
     #: Where the host takes a guest's memory stream.
     address: str
+    #: Moves from this host skip libvirt's shared-storage check (`MigrationIn.unsafe`).
+    unsafe: bool = False
 
 
 @dataclass(frozen=True)

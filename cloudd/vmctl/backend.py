@@ -128,12 +128,13 @@ class Backend(Protocol):
         ...
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float) -> bool:
+                      limit: float, unsafe: bool = False) -> bool:
         """Move the running domain `name` live to the hypervisor at `uri` (peer to peer: this
         host's hypervisor connects to that one), its memory streamed to `address` there;
         defined there, with `host` stamped into its metadata as the host it now runs on, and
         undefined here once it runs there. A move not done within `limit` seconds is aborted
-        (the guest runs on here) and raises TemporaryError. False when it does not run."""
+        (the guest runs on here) and raises TemporaryError. False when it does not run.
+        `unsafe`: without the hypervisor's check that the disks are on shared storage."""
         ...
 
     async def list(self) -> tuple[DomainInfo, ...]:
@@ -314,7 +315,7 @@ class FakeBackend:
         return True
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float) -> bool:
+                      limit: float, unsafe: bool = False) -> bool:
         self.calls.append(("migrate", name))
         dom = self._ours(name)
         if dom.state is not PowerState.RUNNING:

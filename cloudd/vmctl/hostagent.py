@@ -145,7 +145,8 @@ class HostCommand:
     FETCH copies `image` (the same path there as here, inside an image folder) from the host
     at address `source`; REMOVE_IMAGE removes `image`, an overlay this host made for `domain`;
     MIGRATE moves `domain` live to pool host `target`, whose hypervisor answers at
-    `target_uri` and takes the guest's memory at `target_address`.
+    `target_uri` and takes the guest's memory at `target_address` (`unsafe`: without the
+    hypervisor's own check that the disks are on shared storage).
     `generation` fingerprints the manifest the leader rendered and chose from
     (`cloudd.vmctl.domains.DomainRenderer.generation`): a host that holds another generation
     refuses a command it cannot check as "not in force here yet", a temporary refusal."""
@@ -161,6 +162,7 @@ class HostCommand:
     target: str = ""
     target_uri: str = ""
     target_address: str = ""
+    unsafe: bool = False
 
 
 class CommandOutcome(enum.Enum):
@@ -461,7 +463,7 @@ class HostAgent:
                                 f"migrate {cmd.domain}: {cmd.target} is this host")
         return await self._lasting_act(cmd, lambda: self.backend.migrate(
             cmd.domain, uri=cmd.target_uri, address=cmd.target_address, host=cmd.target,
-            limit=self.migrate_limit))
+            limit=self.migrate_limit, unsafe=cmd.unsafe))
 
     async def _lasting_act(self, cmd: HostCommand,
                            act: Callable[[], Coroutine[Any, Any, bool]]) -> HostResult:

@@ -525,7 +525,7 @@ class LibvirtBackend:
         return True
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float) -> bool:
+                      limit: float, unsafe: bool = False) -> bool:
         def prepare() -> tuple[libvirt.virDomain, str] | None:
             dom, _ = self._ours(name)
             if not dom.isActive():
@@ -542,8 +542,9 @@ class LibvirtBackend:
                   libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
                   libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
         # on its own thread: the worker must answer lists and events while the memory streams
+        flags = MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe else 0)
         moving = asyncio.get_running_loop().run_in_executor(
-            self._moves, lambda: dom.migrateToURI3(uri, params, MIGRATE_FLAGS))
+            self._moves, lambda: dom.migrateToURI3(uri, params, flags))
         moving.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await asyncio.wait_for(asyncio.shield(moving), limit)

@@ -39,10 +39,11 @@ def test_each_host_says_how_it_takes_migrations(tmp_path: Path) -> None:
     cloud = load_cloud(manifest(
         tmp_path, ', migration: {uri: "qemu+tls://pm1.example/system", storage: san}',
         ', migration: {uri: "qemu+unix:///system?socket=/run/b/libvirt-sock", storage: san, '
-        'address: 198.51.100.2}'), CATALOG)
+        'address: 198.51.100.2, unsafe: true}'), CATALOG)
     assert [h.migration for h in cloud.pool] == [
         Migration("qemu+tls://pm1.example/system", "san", "192.0.2.70"),
-        Migration("qemu+unix:///system?socket=/run/b/libvirt-sock", "san", "198.51.100.2")]
+        Migration("qemu+unix:///system?socket=/run/b/libvirt-sock", "san", "198.51.100.2",
+                  unsafe=True)]
 
 
 def test_a_node_s_view_has_no_migration_settings(tmp_path: Path) -> None:

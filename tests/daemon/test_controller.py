@@ -690,7 +690,7 @@ async def test_a_drained_host_sharing_storage_is_emptied_live(pool: Pool) -> Non
     # h1 and h2 share storage `san` and take migrations; h0 does not
     shared = {h: Migration(f"fake://{h}", "san", f"192.0.2.{i}") for i, h in
               ((1, "h1"), (2, "h2"))}
-    for h, m in shared.items():
+    for h in shared:
         pool.backends[h].peers.update({o.uri: pool.backends[o_h] for o_h, o in shared.items()
                                        if o_h != h})
     pool.controller.migration = shared.get

@@ -27,9 +27,10 @@ class SlowMove(FakeBackend):
         self.release = asyncio.Event()
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float) -> bool:
+                      limit: float, unsafe: bool = False) -> bool:
         await self.release.wait()
-        return await super().migrate(name, uri=uri, address=address, host=host, limit=limit)
+        return await super().migrate(name, uri=uri, address=address, host=host, limit=limit,
+                                     unsafe=unsafe)
 
 
 def move(domain: str = "c-n1", **fields: str) -> HostCommand:

@@ -24,7 +24,8 @@ generation this host holds, by what this host can compute from it alone:
   image one the manifest names (HostAgent checks it is inside the image folders).
 - MIGRATE: the domain must be a managed node's of this cloud, the target another pool host
   that names the same migration storage as this one, and its URI and address the ones the
-  manifest gives for it: the leader's word alone sends no guest anywhere.
+  manifest gives for it; libvirt's shared-storage check skipped only where the manifest says
+  so for this host: the leader's word alone sends no guest anywhere.
 Other commands name only domains, whose ownership HostAgent checks by their metadata.
 
 A command the leader rendered from a generation this host has not taken yet would fail these
@@ -163,6 +164,9 @@ def _migrate(cmd: HostCommand, g: Grounds) -> str | None:
         return (f"host {there.name} takes migrations at {there.migration.uri} "
                 f"({there.migration.address}) in the manifest of cloud {cloud.name}, not at "
                 f"{cmd.target_uri} ({cmd.target_address})")
+    if cmd.unsafe and not here.migration.unsafe:
+        return (f"moves from {g.me} keep libvirt's shared-storage check in the manifest of "
+                f"cloud {cloud.name}")
     return None
 
 

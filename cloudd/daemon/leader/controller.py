@@ -466,11 +466,12 @@ class Controller:
         if isinstance(action, RemoveImage):
             return HostCommand(op, term, domain, image=action.image)
         if isinstance(action, Migrate):
-            there = self.migration(action.target)
-            if there is None:  # the manifest changed since the plan
-                raise TemporaryError(f"host {action.target} takes no live migration now")
+            here, there = self.migration(action.host), self.migration(action.target)
+            if here is None or there is None:  # the manifest changed since the plan
+                raise TemporaryError(f"hosts {action.host} and {action.target} take no live "
+                                     "migration now")
             return HostCommand(op, term, domain, target=action.target, target_uri=there.uri,
-                               target_address=there.address)
+                               target_address=there.address, unsafe=here.unsafe)
         if op is not Op.DEFINE:
             return HostCommand(op, term, domain)
         return HostCommand(op, term, domain, self.render(spec, term)) if spec else None

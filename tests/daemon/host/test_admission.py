@@ -313,8 +313,8 @@ SAN = "qemu+tls://pm2.example/system"
 
 def migrating(cloud: Cloud, **pm1: object) -> Cloud:
     """`cloud` with pm1 and pm2 sharing storage `san` (pm1's part changed by `pm1`)."""
-    here = Migration(**{"uri": "qemu+tls://pm1.example/system", "storage": "san",  # type: ignore[arg-type]
-                        "address": "192.0.2.70", **pm1})
+    here = replace(Migration("qemu+tls://pm1.example/system", "san", "192.0.2.70"),
+                   **pm1)  # type: ignore[arg-type]
     there = Migration(SAN, "san", "192.0.2.71")
     return replace(cloud, pool=(replace(cloud.pool[0], migration=here),
                                 replace(cloud.pool[1], migration=there)))
@@ -341,10 +341,17 @@ def move(domain: str = DOMAIN, target: str = "pm2", uri: str = SAN,
     (move(address="203.0.113.9"), {},
      f"host pm2 takes migrations at {SAN} (192.0.2.71) in the manifest of cloud shop, not at "
      f"{SAN} (203.0.113.9)"),
+    # libvirt's shared-storage check skipped only where the manifest says so for this host
+    (HostCommand(Op.MIGRATE, 3, DOMAIN, target="pm2", target_uri=SAN,
+                 target_address="192.0.2.71", unsafe=True, generation="g1"), {},
+     "moves from pm1 keep libvirt's shared-storage check in the manifest of cloud shop"),
+    (HostCommand(Op.MIGRATE, 3, DOMAIN, target="pm2", target_uri=SAN,
+                 target_address="192.0.2.71", unsafe=True, generation="g1"), {"unsafe": True},
+     None),
 ], ids=["allowed", "not a node", "itself", "not in the pool", "other storage", "other uri",
-        "other address"])
+        "other address", "unsafe refused", "unsafe allowed"])
 def test_a_migration_goes_only_where_the_manifest_says(cloud: Cloud, command: HostCommand,
-                                                       edit: dict[str, str],
+                                                       edit: dict[str, object],
                                                        expected: str | None) -> None:
     g = replace(grounds(migrating(cloud, **edit)), me="pm1")
     assert refusal(command, g) == (None if expected is None else AdmissionRefusal(expected))
