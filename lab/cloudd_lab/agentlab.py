@@ -308,6 +308,8 @@ class AgentLab:
     #: after a quiet start, is then the last (pmN), while the planner, which breaks ties by
     #: host name, places the first nodes on pm1; so the leader's host is not the database's
     hosts_last_first: bool = False
+    #: pool host name -> more of its manifest fields (a `libvirt_uri` here replaces the lab's)
+    host_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the guests a kernel boots are test guests, which share the host's `/`
     shares_host_root: ClassVar[bool] = True
 
@@ -459,8 +461,11 @@ class AgentLab:
             if n.startswith("pm"):
                 fence = (f", fence: {json.dumps(list(self.fence(n)))}"
                          if self.fence is not None else "")
+                more = dict(self.host_fields.get(n, {}))
+                uri = more.pop("libvirt_uri", self.libvirt_uri)
+                fields = "".join(f", {k}: {json.dumps(v)}" for k, v in more.items())
                 pool.append(f"  - {{name: {n}, address: {a}, "
-                            f"libvirt_uri: {json.dumps(self.libvirt_uri)}{fence}}}")
+                            f"libvirt_uri: {json.dumps(uri)}{fence}{fields}}}")
         if self.hosts_last_first:
             pool.reverse()
         roles = []

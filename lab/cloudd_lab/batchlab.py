@@ -22,7 +22,6 @@ how long each took.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shlex
 import subprocess
@@ -405,15 +404,6 @@ class BatchLab(ImageLab):
             return self.scheduler.incarnation(self, node)
         except (AssertionError, OSError, ValueError, ET.ParseError, subprocess.TimeoutExpired):
             return None
-
-    def events(self) -> list[str]:
-        """The reasons in the acting leader's event log, oldest first (each agent keeps its
-        own log: the leader's has the cloud's actions)."""
-        view = self.leader_view()
-        assert view is not None, "no acting leader answered"
-        done = self.cli(view["leadership"]["leader"], "events", "--json", "--limit", "1000")
-        assert done.returncode == 0, done.stderr
-        return [json.loads(line)["reason"] for line in done.stdout.splitlines() if line.strip()]
 
     def free(self, *nodes: str) -> bool:
         """The scheduler shows each of `nodes` free to take a job (False while it cannot

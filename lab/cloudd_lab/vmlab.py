@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -54,8 +55,8 @@ def agent_command() -> str:
     return f"exec {CLOUDD} --from-cmdline /proc/cmdline"
 
 
-def virsh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-c", SYSTEM, *args], capture_output=True, text=True,
+def virsh(*args: str, uri: str = SYSTEM) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
                           timeout=60, check=False)
 
 
@@ -91,6 +92,9 @@ class VmLab(AgentLab):
     libvirt_uri: str = SYSTEM
     template: Path | None = AGENT_TEMPLATE
     template_values: dict[str, str] = field(default_factory=dict)
+    #: the URIs of other libvirtds some pool hosts use (`SecondLibvirtd`), whose domains
+    #: `domains` lists too
+    more_libvirtds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -136,20 +140,31 @@ class VmLab(AgentLab):
         return list(self.node_addresses)
 
     def domains(self) -> dict[str, Dom]:
-        """Every domain of this lab's cloud, by node name."""
+        """Every domain of this lab's cloud, by node name (on the machine's libvirtd and on
+        `more_libvirtds`; the qemu pid only of the machine's)."""
         out: dict[str, Dom] = {}
-        listing = virsh("list", "--all", "--name")
-        if listing.returncode != 0:
-            raise AssertionError(f"virsh list failed: {listing.stderr.strip()}")
-        for name in listing.stdout.split():
-            xml = virsh("dumpxml", name)
-            meta = from_domain_xml(xml.stdout) if xml.returncode == 0 else None
-            if meta is None or meta.cloud != self.cloud_name:
-                continue
-            running = virsh("domstate", name).stdout.strip() == "running"
-            out[meta.node] = Dom(name, meta.node, meta.host or "", running,
-                                 qemu_pid(name) if running else None)
+        for uri in (SYSTEM, *self.more_libvirtds):
+            listing = virsh("list", "--all", "--name", uri=uri)
+            if listing.returncode != 0:
+                raise AssertionError(f"virsh list failed: {listing.stderr.strip()}")
+            for name in listing.stdout.split():
+                xml = virsh("dumpxml", name, uri=uri)
+                meta = from_domain_xml(xml.stdout) if xml.returncode == 0 else None
+                if meta is None or meta.cloud != self.cloud_name:
+                    continue
+                running = virsh("domstate", name, uri=uri).stdout.strip() == "running"
+                pid = qemu_pid(name) if running and uri == SYSTEM else None
+                out[meta.node] = Dom(name, meta.node, meta.host or "", running, pid)
         return out
+
+    def events(self) -> list[str]:
+        """The reasons in the acting leader's event log, oldest first (each agent keeps its
+        own log: the leader's has the cloud's actions)."""
+        view = self.leader_view()
+        assert view is not None, "no acting leader answered"
+        done = self.cli(view["leadership"]["leader"], "events", "--json", "--limit", "1000")
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["reason"] for line in done.stdout.splitlines() if line.strip()]
 
     def kill_vm(self, node: str) -> int:
         """kill -9 the qemu of `node`'s domain; its pid."""

@@ -193,6 +193,41 @@ def power_loss(site: ImageLab, host: str, *, bound: float, label: str = "") -> O
                                    f"{moved}; leader now {site.leader()}")
 
 
+def drain(site: ImageLab, host: str, *, bound: float, move_stateful: bool = False) -> Outcome:
+    """`cloudd-cli drain HOST` (with `--move-stateful`); recovered when none of the cloud's
+    domains is left on `host`, each of its nodes runs elsewhere, every node is ready and the
+    site writes again. Each moved guest's boot id, read before and after over SSH, says
+    whether it moved live (the same boot) or was started anew; the detail names both. The
+    host stays drained: `cloudd-cli undrain HOST` lets placements back."""
+    moved: list[str] = []
+    boots: dict[str, str] = {}
+
+    def boot(node: str) -> str:
+        return site.guest_ssh(node, "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
+
+    def make() -> str:
+        moved.extend(sorted(n for n, d in site.domains().items() if d.host == host))
+        boots.update((n, boot(n)) for n in moved)
+        other = next(h for h in site.running() if h.startswith("pm") and h != host)
+        done = site.cli(other, "drain", host, *(["--move-stateful"] if move_stateful else []))
+        if done.returncode != 0:
+            raise AssertionError(f"cloudd-cli drain {host}: {done.stderr.strip()}")
+        return ""
+
+    def recovered(client: Client, since: float) -> bool:
+        doms = site.domains()
+        return (all(n in doms and doms[n].running and doms[n].host != host for n in moved)
+                and site.ready() and writing_again(client, since))
+
+    outcome = measure(site, f"drain of {host}{' --move-stateful' if move_stateful else ''}",
+                      make, recovered, bound=bound)
+    doms = site.domains()
+    live = [n for n in moved if boot(n) == boots[n] != ""]
+    return replace(outcome, detail=f"{host} ran {', '.join(moved) or 'no node'}: "
+                   + ", ".join(f"{n} to {doms[n].host} ({'live' if n in live else 'restarted'})"
+                               for n in moved))
+
+
 def leader_host_loss(site: ImageLab, *, bound: float) -> tuple[str, Outcome]:
     """The acting leader's host loses power, the database running elsewhere: (host, outcome)."""
     leader = site.leader()
