@@ -78,7 +78,7 @@ class Plain:
         problems = []
         for name, hint, limits in _fields(type(self)):
             value = getattr(self, name)
-            if dataclasses.is_dataclass(hint) and isinstance(value, hint):
+            if _is_group(hint) and isinstance(value, hint):
                 continue  # built, so checked
             got, refused = _value(hint, limits, value, (name,))
             problems += refused
@@ -88,11 +88,16 @@ class Plain:
                 f"{'.'.join(map(str, p.loc))}: {p.message}" for p in problems))
 
 
-@cache
+_FIELDS: dict[type, tuple[tuple[str, Any, Limits], ...]] = {}
+
+
 def _fields(cls: type) -> tuple[tuple[str, Any, Limits], ...]:
-    hints = get_type_hints(cls)
-    return tuple((f.name, hints[f.name], f.metadata.get("limits", Limits()))
-                 for f in dataclasses.fields(cls))
+    """(name, type, limits) of each field of `cls`; the annotations resolved once per class."""
+    if cls not in _FIELDS:
+        hints = get_type_hints(cls)
+        _FIELDS[cls] = tuple((f.name, hints[f.name], f.metadata.get("limits", Limits()))
+                             for f in dataclasses.fields(cls))
+    return _FIELDS[cls]
 
 
 def read(cls: type[P], data: dict[Any, Any], loc: Loc = ()) -> tuple[P | None, list[Refusal]]:
@@ -119,6 +124,11 @@ def read(cls: type[P], data: dict[Any, Any], loc: Loc = ()) -> tuple[P | None, l
     if problems:
         return None, problems
     return cls(**values), []
+
+
+def _is_group(hint: Any) -> bool:
+    """Whether the field holds a dataclass of its own (a group, such as `listen`)."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
 def _required(cls: type, name: str) -> bool:
@@ -156,7 +166,7 @@ def _value(hint: Any, limits: Limits, value: Any, loc: Loc) -> tuple[Any, list[R
             items.append(got)
             problems += refused
         return items, problems
-    if dataclasses.is_dataclass(hint):
+    if _is_group(hint):
         if isinstance(value, hint):
             return value, []
         if not isinstance(value, dict):
