@@ -15,14 +15,13 @@ same hosts may also run.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cloudd.config import yamlsrc
-from cloudd.config.plain import Plain, read, setting
+from cloudd.config.plain import Plain, ip_address, read, setting
 from cloudd.config.secretscan import inline_secrets
 from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
@@ -35,13 +34,6 @@ DEFAULT_API_SOCKET = Path("/run/cloudd/cloudd.sock")
 Seconds = float
 #: Paths are written as text in the file, and are Path objects here.
 FsPath = Path
-
-
-def _ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 def _absolute(value: Path) -> Path:
@@ -58,7 +50,7 @@ def _a_week_at_least(value: float) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class Listen(Plain):
-    address: str = setting("0.0.0.0", check=_ip)
+    address: str = setting("0.0.0.0", check=ip_address)
     """Address the agent's mTLS port binds to; 0.0.0.0: every interface."""
     port: int = setting(DEFAULT_PORT, ge=1, le=65535)
     """TCP port for every agent-to-agent message (election, gossip, commands)."""

@@ -19,6 +19,7 @@ raising ValueError, so a test or a caller cannot build settings the file would r
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 from collections.abc import Callable, Iterator
@@ -69,6 +70,14 @@ def show(value: Any) -> str:
     """`value` as it is quoted back in a refusal: its repr, cut at 60 characters."""
     text = repr(value)
     return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def ip_address(value: str) -> str:
+    """`value` as an IP address written the standard way (a `check`, the manifest's too)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 class Plain:

@@ -1,7 +1,8 @@
 """The agent's settings as pydantic models, as they were before `cloudd.config.agent` read
 them without pydantic: kept unchanged as the oracle of tests/config/test_agent_differential.py
 (same accept or refuse, same values, same sentences). Do not edit but to follow a deliberate
-change of the settings.
+change of the settings. The profile's defaults and the rules across fields (`check`) are
+not what changed, so they are the settings' own.
 
 The original docstring follows.
 
@@ -18,13 +19,12 @@ same hosts may also run.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-from cloudd.config import yamlsrc
+from cloudd.config.agent import _with_profile, check
 from cloudd.config.model import Address
 from cloudd.config.problems import inline_secrets, validate_model
 from cloudd.config.yamlsrc import Document
@@ -295,72 +295,6 @@ class AgentSettings(BaseModel):
     node: NodeSystem = NodeSystem()
 
 
-#: Defaults of the `local` profile: reconciling and supervision about ten times faster, for
-#: agents on one machine over loopback or network namespaces. MembershipSettings and election keep
-#: their production timing: it is already sub-second, and tighter probes turn a loaded test
-#: machine's scheduling delays into false suspicions. The transport keeps its production
-#: bounds too: they only ever apply to a peer that is gone or misbehaving, and a returning
-#: peer is redialled at once. The event log keeps a tenth of the rows: many agents share one
-#: machine's disk.
-LOCAL: dict[str, dict[str, Any]] = {
-    "reconcile": {"resync_interval": 2.0, "backoff_base": 0.1, "backoff_max": 5.0,
-                  "stable_reset": 10.0, "manifest_poll": 0.5, "shutdown_timeout": 10.0},
-    "supervisor": {"start_grace": 0.2, "stop_grace": 2.0, "fatal_cooldown": 5.0},
-    "events": {"max_rows": 50_000},
-}
-
-
-def _with_profile(data: dict[str, Any]) -> dict[str, Any]:
-    if data.get("profile") != "local":
-        return data
-    merged = dict(data)
-    for group, defaults in LOCAL.items():
-        written = data.get(group)
-        if written is None:
-            merged[group] = dict(defaults)
-        elif isinstance(written, dict):
-            merged[group] = {**defaults, **written}
-    return merged
-
-
-Rule = tuple[tuple[str, str], tuple[str, str], str]
-
-
-def check(s: AgentSettings) -> list[Rule]:
-    """Combinations that cannot work: (field, the other field involved, one sentence)."""
-    out: list[Rule] = []
-    m, e, r = s.membership, s.election, s.reconcile
-    if m.probe_timeout >= m.probe_interval:
-        out.append((("membership", "probe_timeout"), ("membership", "probe_interval"), (
-            f"{m.probe_timeout} s must be shorter than membership.probe_interval "
-            f"({m.probe_interval} s): a probe must end before the next one starts")))
-    elif m.node_probe_timeout < m.probe_timeout:  # one sentence per mistake, not two
-        out.append((("membership", "node_probe_timeout"), ("membership", "probe_timeout"), (
-            f"{m.node_probe_timeout} s must not be shorter than membership.probe_timeout "
-            f"({m.probe_timeout} s): a node is never given less time to answer than a host")))
-    if m.node_suspicion < m.suspicion_mult * m.probe_interval:
-        out.append((("membership", "node_suspicion"), ("membership", "probe_interval"), (
-            f"{m.node_suspicion} s must not be shorter than a host's shortest suspicion "
-            f"(membership.suspicion_mult * membership.probe_interval = "
-            f"{m.suspicion_mult * m.probe_interval:g} s)")))
-    if e.answer_timeout >= e.coordinator_timeout:
-        out.append((("election", "answer_timeout"), ("election", "coordinator_timeout"), (
-            f"{e.answer_timeout} s must be shorter than election.coordinator_timeout "
-            f"({e.coordinator_timeout} s)")))
-    if e.lease <= m.probe_interval:
-        out.append((("election", "lease"), ("membership", "probe_interval"), (
-            f"{e.lease} s must be longer than membership.probe_interval "
-            f"({m.probe_interval} s), or a leader loses its lease between two probes")))
-    if r.backoff_base > r.backoff_max:
-        out.append((("reconcile", "backoff_base"), ("reconcile", "backoff_max"), (
-            f"{r.backoff_base} s must not exceed reconcile.backoff_max ({r.backoff_max} s)")))
-    t = s.transport
-    if t.backoff_initial > t.backoff_max:
-        out.append((("transport", "backoff_initial"), ("transport", "backoff_max"), (
-            f"{t.backoff_initial} s must not exceed transport.backoff_max ({t.backoff_max} s)")))
-    return out
-
-
 def build_agent(doc: Document) -> AgentSettings:
     """AgentSettings from a parsed Document; ConfigError with placed problems otherwise."""
     if not isinstance(doc.data, dict):
@@ -381,6 +315,3 @@ def build_agent(doc: Document) -> AgentSettings:
     return settings
 
 
-def load_agent(path: str | os.PathLike[str] = DEFAULT_PATH) -> AgentSettings:
-    """The agent settings at `path`; ConfigError listing placed problems otherwise."""
-    return build_agent(yamlsrc.load(path))
