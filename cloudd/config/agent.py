@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cloudd.config import yamlsrc
-from cloudd.config.plain import Plain, ip_address, read, setting
+from cloudd.config.plain import Limits, Plain, ip_address, read, setting
 from cloudd.config.secretscan import inline_secrets
 from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
@@ -32,8 +32,6 @@ DAY = 86400.0
 DEFAULT_API_SOCKET = Path("/run/cloudd/cloudd.sock")
 
 Seconds = float
-#: Paths are written as text in the file, and are Path objects here.
-FsPath = Path
 
 
 def _absolute(value: Path) -> Path:
@@ -58,11 +56,11 @@ class Listen(Plain):
 
 @dataclass(frozen=True, kw_only=True)
 class PkiSettings(Plain):
-    ca: FsPath = Path("/etc/cloudd/pki/ca.pem")
+    ca: Path = Path("/etc/cloudd/pki/ca.pem")
     """The cluster CA certificate: peers must present a certificate it signed."""
-    cert: FsPath = Path("/etc/cloudd/pki/agent.pem")
+    cert: Path = Path("/etc/cloudd/pki/agent.pem")
     """This agent's certificate; its name must match `name`."""
-    key: FsPath = Path("/etc/cloudd/pki/agent.key")
+    key: Path = Path("/etc/cloudd/pki/agent.key")
     """This agent's private key (mode 0600)."""
 
 
@@ -70,7 +68,7 @@ class PkiSettings(Plain):
 class Libvirt(Plain):
     uri: str | None = "qemu:///system"
     """libvirt connection of a host agent; None on VMs (node agents have none)."""
-    image_dirs: list[FsPath] = setting(factory=lambda: [Path("/var/lib/cloudd/images")])
+    image_dirs: list[Path] = setting(factory=lambda: [Path("/var/lib/cloudd/images")])
     """Folders whose image files this host reports to the leader (placement only puts a
     node on a host that has its image, or its base image for an overlay). A domain's disks,
     shared folders, kernels and initrds must be inside them, or the host refuses it."""
@@ -89,9 +87,9 @@ class Images(Plain):
     ssh_user: str = setting("root", min_length=1)
     """User to log in as on the source host; root by default, since images live in
     root-owned folders (/var/lib/cloudd/images)."""
-    ssh_key: FsPath = Path("/etc/cloudd/ssh/id_ed25519")
+    ssh_key: Path = Path("/etc/cloudd/ssh/id_ed25519")
     """This host's private key for the copy (mode 0600), kept apart from the operator's keys."""
-    known_hosts: FsPath = Path("/etc/cloudd/ssh/known_hosts")
+    known_hosts: Path = Path("/etc/cloudd/ssh/known_hosts")
     """The operator's known_hosts file: a source host whose key is not in it is refused
     (never trust on first use: an image is what a VM boots)."""
     ssh_port: int = setting(22, ge=1, le=65535)
@@ -205,7 +203,7 @@ class NodeSystem(Plain):
     """Where a node agent finds the system files it keeps: cloudd's block of `etc/hosts` and
     the manifest's users (`etc/passwd`, `etc/group`, made with `useradd --prefix`)."""
 
-    system_root: FsPath = setting(Path("/"), check=_absolute)
+    system_root: Path = setting(Path("/"), check=_absolute)
     """The node's own root: `/` on a node. Several test nodes on one machine each get a
     folder of their own, so that none of them writes this machine's files."""
 
@@ -266,17 +264,17 @@ class AgentSettings(Plain):
     kind: Literal["Agent"] = "Agent"
     profile: Literal["production", "local"] = "production"
     """Which defaults apply to the timing groups (see the module docstring)."""
-    name: str = setting(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    name: str = field(metadata={"limits": Limits(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")})
     """This agent's member name: a pool host's or a node's name in the manifests."""
     listen: Listen = field(default_factory=Listen)
     pki: PkiSettings = field(default_factory=PkiSettings)
     libvirt: Libvirt = field(default_factory=Libvirt)
     images: Images = field(default_factory=Images)
-    state_dir: FsPath = Path("/var/lib/cloudd")
+    state_dir: Path = Path("/var/lib/cloudd")
     """Persisted state: highest term seen, service state, event history."""
-    manifest_dir: FsPath = Path("/etc/cloudd")
+    manifest_dir: Path = Path("/etc/cloudd")
     """Folder scanned for cloud manifests (*.yaml, except this settings file)."""
-    api_socket: FsPath = DEFAULT_API_SOCKET
+    api_socket: Path = DEFAULT_API_SOCKET
     """Unix socket of the local API used by cloudd-cli (root only)."""
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: Log = field(default_factory=Log)

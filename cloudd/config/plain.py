@@ -46,7 +46,8 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Limits:
-    """What a field's value must satisfy beyond its type, checked in this order."""
+    """What a field's value must satisfy beyond its type, checked in pydantic's order: the
+    bounds (le, ge, gt), the length, the pattern, then `check`; the first one broken is told."""
 
     ge: float | None = None
     gt: float | None = None
