@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cloudd.config import yamlsrc
-from cloudd.config.plain import Limits, Plain, ip_address, read, setting
+from cloudd.config.plain import FieldLimits, Plain, ip_address, read, setting
 from cloudd.config.secretscan import inline_secrets
 from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
@@ -30,6 +30,8 @@ DEFAULT_PATH = Path("/etc/cloudd/agent.yaml")
 DEFAULT_PORT = 7760
 DAY = 86400.0
 DEFAULT_API_SOCKET = Path("/run/cloudd/cloudd.sock")
+#: A member's name: a DNS label (lowercase letters, digits, '-'), as in the manifests.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 Seconds = float
 
@@ -264,7 +266,7 @@ class AgentSettings(Plain):
     kind: Literal["Agent"] = "Agent"
     profile: Literal["production", "local"] = "production"
     """Which defaults apply to the timing groups (see the module docstring)."""
-    name: str = field(metadata={"limits": Limits(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")})
+    name: str = field(metadata={"limits": FieldLimits(pattern=NAME_PATTERN)})
     """This agent's member name: a pool host's or a node's name in the manifests."""
     listen: Listen = field(default_factory=Listen)
     pki: PkiSettings = field(default_factory=PkiSettings)

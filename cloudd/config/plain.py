@@ -36,7 +36,7 @@ P = TypeVar("P", bound="Plain")
 
 
 @dataclass(frozen=True)
-class Refusal:
+class FieldRefusal:
     """One value refused: where (`at_key`: the key itself, not its value), and why."""
 
     loc: Loc
@@ -45,7 +45,7 @@ class Refusal:
 
 
 @dataclass(frozen=True)
-class Limits:
+class FieldLimits:
     """What a field's value must satisfy beyond its type, checked in pydantic's order: the
     bounds (le, ge, gt), the length, the pattern, then `check`; the first one broken is told."""
 
@@ -60,8 +60,9 @@ class Limits:
 
 def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
             **limits: Any) -> Any:
-    """A dataclass field with a default and `Limits` (ge, gt, le, min_length, pattern, check)."""
-    meta = {"limits": Limits(**limits)}
+    """A dataclass field with a default and its `FieldLimits` (ge, gt, le, min_length, pattern,
+    check)."""
+    meta = {"limits": FieldLimits(**limits)}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -98,25 +99,26 @@ class Plain:
                 f"{'.'.join(map(str, p.loc))}: {p.message}" for p in problems))
 
 
-_FIELDS: dict[type, tuple[tuple[str, Any, Limits], ...]] = {}
+_FIELDS: dict[type, tuple[tuple[str, Any, FieldLimits], ...]] = {}
 
 
-def _fields(cls: type) -> tuple[tuple[str, Any, Limits], ...]:
+def _fields(cls: type) -> tuple[tuple[str, Any, FieldLimits], ...]:
     """(name, type, limits) of each field of `cls`; the annotations resolved once per class."""
     if cls not in _FIELDS:
         hints = get_type_hints(cls)
-        _FIELDS[cls] = tuple((f.name, hints[f.name], f.metadata.get("limits", Limits()))
+        _FIELDS[cls] = tuple((f.name, hints[f.name], f.metadata.get("limits", FieldLimits()))
                              for f in dataclasses.fields(cls))
     return _FIELDS[cls]
 
 
-def read(cls: type[P], data: dict[Any, Any], loc: Loc = ()) -> tuple[P | None, list[Refusal]]:
+def read(cls: type[P], data: dict[Any, Any],
+         loc: Loc = ()) -> tuple[P | None, list[FieldRefusal]]:
     """`cls` built from the mapping `data` found at `loc`, or None and every refusal.
 
     Refusals come in pydantic's order: the fields in their declared order, then the keys
     that name no field, in the file's order."""
     values: dict[str, Any] = {}
-    problems: list[Refusal] = []
+    problems: list[FieldRefusal] = []
     fields = _fields(cls)
     for name, hint, limits in fields:
         if name in data:
@@ -124,13 +126,13 @@ def read(cls: type[P], data: dict[Any, Any], loc: Loc = ()) -> tuple[P | None, l
             problems += refused
             values[name] = got
         elif _required(cls, name):
-            problems.append(Refusal((*loc, name), "is required"))
+            problems.append(FieldRefusal((*loc, name), "is required"))
     names = {name for name, _, _ in fields}
     for key in data:
         if not isinstance(key, str):
-            problems.append(Refusal((*loc, _key_loc(key)), "keys should be strings"))
+            problems.append(FieldRefusal((*loc, _key_loc(key)), "keys should be strings"))
         elif key not in names:
-            problems.append(Refusal((*loc, key), "unknown field", at_key=True))
+            problems.append(FieldRefusal((*loc, key), "unknown field", at_key=True))
     if problems:
         return None, problems
     return cls(**values), []
@@ -153,7 +155,7 @@ def _key_loc(key: Any) -> str | int:
     return repr(key)
 
 
-def _value(hint: Any, limits: Limits, value: Any, loc: Loc) -> tuple[Any, list[Refusal]]:
+def _value(hint: Any, limits: FieldLimits, value: Any, loc: Loc) -> tuple[Any, list[FieldRefusal]]:
     """`value` checked against the type `hint` and `limits`, converted as pydantic would."""
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -165,14 +167,14 @@ def _value(hint: Any, limits: Limits, value: Any, loc: Loc) -> tuple[Any, list[R
         options = get_args(hint)
         if value in options and isinstance(value, str):
             return value, []
-        return value, [Refusal(loc, f"should be {_alternatives(options)}, not {show(value)}")]
+        return value, [FieldRefusal(loc, f"should be {_alternatives(options)}, not {show(value)}")]
     if origin is list:
         if not isinstance(value, list):
             return value, [_type(loc, "a valid list", value)]
         (item,) = get_args(hint)
         items, problems = [], []
         for i, each in enumerate(value):
-            got, refused = _value(item, Limits(), each, (*loc, i))
+            got, refused = _value(item, FieldLimits(), each, (*loc, i))
             items.append(got)
             problems += refused
         return items, problems
@@ -194,21 +196,21 @@ def _alternatives(options: tuple[Any, ...]) -> str:
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
-def _type(loc: Loc, expected: str, value: Any) -> Refusal:
-    return Refusal(loc, f"should be {expected}, not {show(value)}")
+def _type(loc: Loc, expected: str, value: Any) -> FieldRefusal:
+    return FieldRefusal(loc, f"should be {expected}, not {show(value)}")
 
 
-def _bool(value: Any, loc: Loc) -> tuple[Any, Refusal | None]:
+def _bool(value: Any, loc: Loc) -> tuple[Any, FieldRefusal | None]:
     return value, None if isinstance(value, bool) else _type(loc, "a valid boolean", value)
 
 
-def _int(value: Any, loc: Loc) -> tuple[Any, Refusal | None]:
+def _int(value: Any, loc: Loc) -> tuple[Any, FieldRefusal | None]:
     if isinstance(value, int) and not isinstance(value, bool):
         return value, None
     return value, _type(loc, "a valid integer", value)
 
 
-def _float(value: Any, loc: Loc) -> tuple[Any, Refusal | None]:
+def _float(value: Any, loc: Loc) -> tuple[Any, FieldRefusal | None]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return float(value), None
@@ -217,32 +219,33 @@ def _float(value: Any, loc: Loc) -> tuple[Any, Refusal | None]:
     return value, _type(loc, "a valid number", value)
 
 
-def _str(value: Any, loc: Loc) -> tuple[Any, Refusal | None]:
+def _str(value: Any, loc: Loc) -> tuple[Any, FieldRefusal | None]:
     return value, None if isinstance(value, str) else _type(loc, "a valid string", value)
 
 
-def _path(value: Any, loc: Loc) -> tuple[Any, Refusal | None]:
+def _path(value: Any, loc: Loc) -> tuple[Any, FieldRefusal | None]:
     if isinstance(value, (str, Path)):
         return Path(value), None
-    return value, Refusal(loc, "input is not a valid path for <class 'pathlib.Path'>")
+    return value, FieldRefusal(loc, "input is not a valid path for <class 'pathlib.Path'>")
 
 
-_SCALARS: dict[Any, Callable[[Any, Loc], tuple[Any, Refusal | None]]] = {
+_SCALARS: dict[Any, Callable[[Any, Loc], tuple[Any, FieldRefusal | None]]] = {
     bool: _bool, int: _int, float: _float, str: _str, Path: _path}
 
 
-def _limited(limits: Limits, given: Any, value: Any, loc: Loc) -> tuple[Any, list[Refusal]]:
+def _limited(limits: FieldLimits, given: Any, value: Any,
+             loc: Loc) -> tuple[Any, list[FieldRefusal]]:
     """`value` (converted from `given`) checked against `limits`; pydantic's comparisons, so
     that NaN fails every bound."""
     bound = next(_broken(limits, value), None)
     if bound is not None:
-        return value, [Refusal(loc, f"should be {bound}, not {show(given)}")]
+        return value, [FieldRefusal(loc, f"should be {bound}, not {show(given)}")]
     if limits.min_length is not None and len(value) < limits.min_length:
         n = limits.min_length
-        return value, [Refusal(loc, f"{show(given)} should have at least {n} "
+        return value, [FieldRefusal(loc, f"{show(given)} should have at least {n} "
                                     f"character{'' if n == 1 else 's'}")]
     if limits.pattern is not None and not _pattern(limits.pattern).search(value):
-        return value, [Refusal(loc, f"{show(given)} should match pattern '{limits.pattern}'")]
+        return value, [FieldRefusal(loc, f"{show(given)} should match pattern '{limits.pattern}'")]
     if limits.check is not None:
         try:
             value = limits.check(value)
@@ -250,11 +253,11 @@ def _limited(limits: Limits, given: Any, value: Any, loc: Loc) -> tuple[Any, lis
             message = str(exc)
             if isinstance(given, str) and len(given) > _SHOW_LIMIT:
                 message = message.replace(repr(given), show(given))
-            return value, [Refusal(loc, message)]
+            return value, [FieldRefusal(loc, message)]
     return value, []
 
 
-def _broken(limits: Limits, value: Any) -> Iterator[str]:
+def _broken(limits: FieldLimits, value: Any) -> Iterator[str]:
     """The bounds `value` breaks, in pydantic's order (which NaN, breaking all, shows)."""
     if limits.le is not None and not value <= limits.le:
         yield f"less than or equal to {limits.le}"
