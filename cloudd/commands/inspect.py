@@ -21,11 +21,11 @@ from typing import Any, TextIO
 from cloudd.client.api import ApiClient, ApiError
 from cloudd.client.inspectdoc import InspectDoc
 from cloudd.client.render import render
-from cloudd.config.agent import AgentSettings
+from cloudd.config.agent import DEFAULT_API_SOCKET
 from cloudd.errors import ClouddError
 
 #: The agent settings' default `api_socket`.
-DEFAULT_SOCKET: Path = AgentSettings.model_fields["api_socket"].default
+DEFAULT_SOCKET: Path = DEFAULT_API_SOCKET
 
 #: Clear the screen and go home: a watch frame replaces the previous one.
 CLEAR = "\x1b[H\x1b[2J"

@@ -5,6 +5,10 @@ Grouped, documented values, one docstring per field with its unit and why its de
 for agents that all run on one machine. A profile only chooses defaults: any value written
 in the file wins. `check()` then rejects combinations that cannot work, in one sentence each.
 
+Plain frozen dataclasses read by `cloudd.config.plain`, not pydantic models: every agent
+loads these, a node agent in every VM among them, and pydantic alone costs one about 10.5 MiB
+(docs/operations.md, "An agent's footprint"). The refusals are worded as they were.
+
 The listen port defaults to 7760: clear of memberlist/Serf/Docker Swarm's 7946, which the
 same hosts may also run.
 """
@@ -12,50 +16,61 @@ same hosts may also run.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from typing import Any, Literal
 
 from cloudd.config import yamlsrc
-from cloudd.config.model import Address
-from cloudd.config.problems import inline_secrets, validate_model
+from cloudd.config.plain import FieldLimits, Plain, ip_address, read, setting
+from cloudd.config.secretscan import inline_secrets
 from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
 
 DEFAULT_PATH = Path("/etc/cloudd/agent.yaml")
 DEFAULT_PORT = 7760
 DAY = 86400.0
+DEFAULT_API_SOCKET = Path("/run/cloudd/cloudd.sock")
+#: A member's name: a DNS label (lowercase letters, digits, '-'), as in the manifests.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
-_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 Seconds = float
-#: Paths are written as strings; strict mode alone would demand Path objects.
-FsPath = Annotated[Path, Strict(False)]
 
 
-class Listen(BaseModel):
-    model_config = _CONFIG
-    address: Address = "0.0.0.0"
+def _absolute(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError(f"must be an absolute path, got {str(value)!r}")
+    return value
+
+
+def _a_week_at_least(value: float) -> float:
+    if value < 7 * DAY:
+        raise ValueError(f"must be at least 7 days ({7 * DAY:g} s), got {value:g} s")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listen(Plain):
+    address: str = setting("0.0.0.0", check=ip_address)
     """Address the agent's mTLS port binds to; 0.0.0.0: every interface."""
-    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    port: int = setting(DEFAULT_PORT, ge=1, le=65535)
     """TCP port for every agent-to-agent message (election, gossip, commands)."""
 
 
-class PkiSettings(BaseModel):
-    model_config = _CONFIG
-    ca: FsPath = Path("/etc/cloudd/pki/ca.pem")
+@dataclass(frozen=True, kw_only=True)
+class PkiSettings(Plain):
+    ca: Path = Path("/etc/cloudd/pki/ca.pem")
     """The cluster CA certificate: peers must present a certificate it signed."""
-    cert: FsPath = Path("/etc/cloudd/pki/agent.pem")
+    cert: Path = Path("/etc/cloudd/pki/agent.pem")
     """This agent's certificate; its name must match `name`."""
-    key: FsPath = Path("/etc/cloudd/pki/agent.key")
+    key: Path = Path("/etc/cloudd/pki/agent.key")
     """This agent's private key (mode 0600)."""
 
 
-class Libvirt(BaseModel):
-    model_config = _CONFIG
+@dataclass(frozen=True, kw_only=True)
+class Libvirt(Plain):
     uri: str | None = "qemu:///system"
     """libvirt connection of a host agent; None on VMs (node agents have none)."""
-    image_dirs: list[FsPath] = Field(default_factory=lambda: [Path("/var/lib/cloudd/images")])
+    image_dirs: list[Path] = setting(factory=lambda: [Path("/var/lib/cloudd/images")])
     """Folders whose image files this host reports to the leader (placement only puts a
     node on a host that has its image, or its base image for an overlay). A domain's disks,
     shared folders, kernels and initrds must be inside them, or the host refuses it."""
@@ -65,42 +80,43 @@ class Libvirt(BaseModel):
     host: a guest that sees `/` reads every secret on it."""
 
 
-class Images(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Images(Plain):
     """Copying a node's missing image from its manifest `source_host`, over SFTP. The host
     that lacks the image connects to the source host's sshd, so these are the settings of
     the copying side; the source host only needs sshd and this key in its authorized_keys."""
 
-    model_config = _CONFIG
-    ssh_user: str = Field(default="root", min_length=1)
+    ssh_user: str = setting("root", min_length=1)
     """User to log in as on the source host; root by default, since images live in
     root-owned folders (/var/lib/cloudd/images)."""
-    ssh_key: FsPath = Path("/etc/cloudd/ssh/id_ed25519")
+    ssh_key: Path = Path("/etc/cloudd/ssh/id_ed25519")
     """This host's private key for the copy (mode 0600), kept apart from the operator's keys."""
-    known_hosts: FsPath = Path("/etc/cloudd/ssh/known_hosts")
+    known_hosts: Path = Path("/etc/cloudd/ssh/known_hosts")
     """The operator's known_hosts file: a source host whose key is not in it is refused
     (never trust on first use: an image is what a VM boots)."""
-    ssh_port: int = Field(default=22, ge=1, le=65535)
+    ssh_port: int = setting(22, ge=1, le=65535)
     """The source hosts' sshd port."""
-    copy_limit: Seconds = Field(default=1800.0, gt=0)
+    copy_limit: Seconds = setting(1800.0, gt=0)
     """Seconds one copy may take before it is abandoned (and retried with backoff); 30 min
     moves a 20 GiB image at ~12 MiB/s."""
 
 
-class MetricsSettings(BaseModel):
-    model_config = _CONFIG
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings(Plain):
     enabled: bool = False
     """Serve Prometheus metrics; off by default so that nothing listens unasked."""
     address: str = "127.0.0.1:9760"
     """host:port of the metrics endpoint; loopback by default (it is unauthenticated)."""
 
 
-class Log(BaseModel):
-    model_config = _CONFIG
+@dataclass(frozen=True, kw_only=True)
+class Log(Plain):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe event logged; info shows every state transition."""
 
 
-class MembershipSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class MembershipSettings(Plain):
     """SWIM liveness. The defaults are the election core's production timing
     (`cloudd.election.config.Timing`) but for `probe_interval`, which is twice the core's
     (with `election.lease`, see there): agents keep TLS connections open, so probing is
@@ -108,42 +124,41 @@ class MembershipSettings(BaseModel):
     not pool hosts: VMs) are probed with the patience of the `node_*` fields instead, so that
     a guest whose agent stalls for seconds is not declared dead while its domain runs."""
 
-    model_config = _CONFIG
-    probe_interval: Seconds = Field(default=0.2, gt=0)
+    probe_interval: Seconds = setting(0.2, gt=0)
     """Seconds between two probes of a random member (memberlist's LAN profile uses 1 s).
     Idle, an agent's CPU is its messages: at 0.2 s with `election.lease` 0.8 s a host agent
     idles at about 0.8 % of a core and a leader's death is acted on in about 0.9 s; at the
     core's 0.1 s and 0.4 s, about 1.3 % and 0.4 s (bench/idle_agent.py, bench/failover.py,
     docs/operations.md "An agent's footprint"). The suspicion timeout counts in these
     periods, so this sets the failover time."""
-    probe_timeout: Seconds = Field(default=0.04, gt=0)
+    probe_timeout: Seconds = setting(0.04, gt=0)
     """Seconds to wait for an ack before asking others: 200 times a LAN round trip."""
-    indirect_probes: int = Field(default=3, ge=1, le=16)
+    indirect_probes: int = setting(3, ge=1, le=16)
     """Members asked to probe on our behalf when a direct probe fails; 3 rides out one path."""
-    suspicion_mult: float = Field(default=2.0, ge=1, le=32)
+    suspicion_mult: float = setting(2.0, ge=1, le=32)
     """Suspicion lasts suspicion_mult * max(1, log10(N)) * probe_interval before a member is
     declared dead (memberlist's formula)."""
-    node_probe_timeout: Seconds = Field(default=1.0, gt=0)
+    node_probe_timeout: Seconds = setting(1.0, gt=0)
     """Seconds to wait for a node's ack before asking others, and as long again for theirs,
     before a probe of a node fails. A guest under TCG on a busy machine answers hundreds of
     milliseconds late and stalls for a second now and then: 1 s rides that out, and the
     other members are probed meanwhile at the usual pace."""
-    node_suspicion: Seconds = Field(default=10.0, gt=0)
+    node_suspicion: Seconds = setting(10.0, gt=0)
     """Seconds a suspect node stays suspect before a failed probe of ours declares it dead: a
     guest stalled for a few seconds answers again in time and is never dead. Nothing waits
     on it (a dead VM reaches the leader as libvirt's event), and a node that is really gone
     is dead within about this plus 2 * node_probe_timeout plus two probe rounds."""
 
 
-class ElectionSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class ElectionSettings(Plain):
     """Bully election and leader-lease timing (see `cloudd.election.config.Timing`)."""
 
-    model_config = _CONFIG
-    answer_timeout: Seconds = Field(default=0.1, gt=0)
+    answer_timeout: Seconds = setting(0.1, gt=0)
     """Seconds to wait for a higher-priority agent to answer ELECTION before running."""
-    coordinator_timeout: Seconds = Field(default=1.5, gt=0)
+    coordinator_timeout: Seconds = setting(1.5, gt=0)
     """Seconds a leaderless member that is not the top live one waits for COORDINATOR."""
-    lease: Seconds = Field(default=0.8, gt=0)
+    lease: Seconds = setting(0.8, gt=0)
     """Seconds a host's lease to a leader lasts; renewed four times a lease. A successor
     waits at most this long, so it bounds failover from below. 0.8 s (the core's 0.4 s
     doubled, with `membership.probe_interval`): a renewal every 0.2 s halves the leader's
@@ -154,138 +169,124 @@ class ElectionSettings(BaseModel):
     ('freeze') until the majority returns."""
 
 
-class Reconcile(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Reconcile(Plain):
     """The level-triggered reconcile loop and its retry backoff."""
 
-    model_config = _CONFIG
-    resync_interval: Seconds = Field(default=30.0, gt=0)
+    resync_interval: Seconds = setting(30.0, gt=0)
     """Seconds between full passes with no event; events trigger passes at once."""
-    backoff_base: Seconds = Field(default=1.0, gt=0)
+    backoff_base: Seconds = setting(1.0, gt=0)
     """First retry delay of a failed action, doubled per consecutive failure (with jitter)."""
-    backoff_max: Seconds = Field(default=300.0, gt=0)
+    backoff_max: Seconds = setting(300.0, gt=0)
     """Largest retry delay; 5 minutes keeps a broken image from hammering libvirt."""
-    stable_reset: Seconds = Field(default=600.0, gt=0)
+    stable_reset: Seconds = setting(600.0, gt=0)
     """Seconds a thing must stay healthy before its failure count resets to zero."""
-    shutdown_timeout: Seconds = Field(default=60.0, gt=0)
+    shutdown_timeout: Seconds = setting(60.0, gt=0)
     """Seconds a guest gets to power off after a shutdown request (ensure: stopped) before
     it is destroyed; a minute suits real operating systems."""
-    manifest_poll: Seconds = Field(default=5.0, gt=0)
+    manifest_poll: Seconds = setting(5.0, gt=0)
     """Seconds between two scans of manifest_dir for new, changed or removed manifests."""
 
 
-class SupervisorSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class SupervisorSettings(Plain):
     """Per-node service supervision (supervisord's startsecs and friends)."""
 
-    model_config = _CONFIG
-    start_grace: Seconds = Field(default=1.0, ge=0)
+    start_grace: Seconds = setting(1.0, ge=0)
     """Seconds a service must stay up for its start to count (supervisord's startsecs)."""
-    stop_grace: Seconds = Field(default=10.0, ge=0)
+    stop_grace: Seconds = setting(10.0, ge=0)
     """Seconds between SIGTERM and SIGKILL; enough for MariaDB to flush."""
-    fatal_cooldown: Seconds = Field(default=300.0, gt=0)
+    fatal_cooldown: Seconds = setting(300.0, gt=0)
     """Seconds a service that failed every start retry stays FATAL before another try."""
 
 
-class NodeSystem(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class NodeSystem(Plain):
     """Where a node agent finds the system files it keeps: cloudd's block of `etc/hosts` and
     the manifest's users (`etc/passwd`, `etc/group`, made with `useradd --prefix`)."""
 
-    model_config = _CONFIG
-    system_root: FsPath = Path("/")
+    system_root: Path = setting(Path("/"), check=_absolute)
     """The node's own root: `/` on a node. Several test nodes on one machine each get a
     folder of their own, so that none of them writes this machine's files."""
 
-    @field_validator("system_root")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"must be an absolute path, got {str(value)!r}")
-        return value
 
-
-class TransportSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class TransportSettings(Plain):
     """How patient and how generous the agent's network is (`cloudd.daemon.network.transport`).
     These are bounds on a dead, stalled or hostile peer, not the pace of anything."""
 
-    model_config = _CONFIG
-    handshake_timeout: Seconds = Field(default=5.0, gt=0)
+    handshake_timeout: Seconds = setting(5.0, gt=0)
     """Seconds from TCP accept (or dial) to Hello exchanged, TLS included; longer is a dead or
     idle peer. A handshake takes milliseconds: 5 s rides out a loaded host."""
-    frame_timeout: Seconds = Field(default=10.0, gt=0)
+    frame_timeout: Seconds = setting(10.0, gt=0)
     """Seconds within which a frame once started must arrive whole; a stalled peer is dropped."""
-    max_connections: int = Field(default=256, ge=1)
+    max_connections: int = setting(256, ge=1)
     """Inbound connections not yet authenticated (TLS and Hello under way) held at once; a new
     one beyond it drops the oldest. Authenticated members do not count: a flood of idle
     connections cannot lock a member out (each member holds one inbound connection)."""
-    request_timeout: Seconds = Field(default=10.0, gt=0)
+    request_timeout: Seconds = setting(10.0, gt=0)
     """Seconds a request waits for its reply by default; a host command runs in far less."""
-    backoff_initial: Seconds = Field(default=0.05, gt=0)
+    backoff_initial: Seconds = setting(0.05, gt=0)
     """Seconds before the first redial after a failure; doubles per failure (with jitter that
     only shortens it) up to `backoff_max`."""
-    backoff_max: Seconds = Field(default=5.0, gt=0)
+    backoff_max: Seconds = setting(5.0, gt=0)
     """Longest redial delay, seconds: a dead peer costs one dial per this many seconds. A peer
     that comes back dials us first and is redialled at once, whatever this says."""
-    queue_limit: int = Field(default=1024, ge=1)
+    queue_limit: int = setting(1024, ge=1)
     """Messages held per peer while its connection is being dialled."""
-    max_buffer: int = Field(default=4 << 20, ge=1)
+    max_buffer: int = setting(4 << 20, ge=1)
     """Unsent bytes per connection beyond which further sends are dropped and reported (4 MiB)."""
-    backlog: int = Field(default=1024, ge=1)
+    backlog: int = setting(1024, ge=1)
     """Listen backlog, so that a burst of dials is accepted and judged, not lost in SYNs."""
-    max_requests_in_flight: int = Field(default=32, ge=1)
+    max_requests_in_flight: int = setting(32, ge=1)
     """Requests from one connection being answered at once; more are answered "busy, try
     later" at once, so that one member's flood cannot queue unbounded work on this agent
     (a leader sends a host a few commands at a time; 32 leaves room for bursts)."""
 
 
-class EventLogSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class EventLogSettings(Plain):
     """The persisted event log behind `cloudd-cli events` and `inspect`
     (`cloudd.daemon.base.eventlog`): how long and how much of it is kept."""
 
-    model_config = _CONFIG
-    retention: Seconds = Field(default=14 * DAY)
+    retention: Seconds = setting(14 * DAY, check=_a_week_at_least)
     """Seconds an event is kept (14 days); at least seven days, so that last week's failover
     is still there to read."""
-    max_rows: int = Field(default=500_000, ge=1)
+    max_rows: int = setting(500_000, ge=1)
     """Most events kept (~100 MB); under an event storm this bound wins over `retention`."""
-    prune_every: int = Field(default=1000, ge=1)
+    prune_every: int = setting(1000, ge=1)
     """Appends between two prunes: pruning costs a scan of the time index."""
 
-    @field_validator("retention")
-    @classmethod
-    def _a_week_at_least(cls, value: float) -> float:
-        if value < 7 * DAY:
-            raise ValueError(f"must be at least 7 days ({7 * DAY:g} s), got {value:g} s")
-        return value
 
-
-class AgentSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings(Plain):
     """Everything one agent needs to know about itself."""
 
-    model_config = _CONFIG
     apiVersion: Literal["cloudd/v1"] = "cloudd/v1"
     kind: Literal["Agent"] = "Agent"
     profile: Literal["production", "local"] = "production"
     """Which defaults apply to the timing groups (see the module docstring)."""
-    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    name: str = field(metadata={"limits": FieldLimits(pattern=NAME_PATTERN)})
     """This agent's member name: a pool host's or a node's name in the manifests."""
-    listen: Listen = Listen()
-    pki: PkiSettings = PkiSettings()
-    libvirt: Libvirt = Libvirt()
-    images: Images = Images()
-    state_dir: FsPath = Path("/var/lib/cloudd")
+    listen: Listen = field(default_factory=Listen)
+    pki: PkiSettings = field(default_factory=PkiSettings)
+    libvirt: Libvirt = field(default_factory=Libvirt)
+    images: Images = field(default_factory=Images)
+    state_dir: Path = Path("/var/lib/cloudd")
     """Persisted state: highest term seen, service state, event history."""
-    manifest_dir: FsPath = Path("/etc/cloudd")
+    manifest_dir: Path = Path("/etc/cloudd")
     """Folder scanned for cloud manifests (*.yaml, except this settings file)."""
-    api_socket: FsPath = Path("/run/cloudd/cloudd.sock")
+    api_socket: Path = DEFAULT_API_SOCKET
     """Unix socket of the local API used by cloudd-cli (root only)."""
-    metrics: MetricsSettings = MetricsSettings()
-    log: Log = Log()
-    membership: MembershipSettings = MembershipSettings()
-    election: ElectionSettings = ElectionSettings()
-    reconcile: Reconcile = Reconcile()
-    supervisor: SupervisorSettings = SupervisorSettings()
-    transport: TransportSettings = TransportSettings()
-    events: EventLogSettings = EventLogSettings()
-    node: NodeSystem = NodeSystem()
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: Log = field(default_factory=Log)
+    membership: MembershipSettings = field(default_factory=MembershipSettings)
+    election: ElectionSettings = field(default_factory=ElectionSettings)
+    reconcile: Reconcile = field(default_factory=Reconcile)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    events: EventLogSettings = field(default_factory=EventLogSettings)
+    node: NodeSystem = field(default_factory=NodeSystem)
 
 
 #: Defaults of the `local` profile: reconciling and supervision about ten times faster, for
@@ -361,9 +362,10 @@ def build_agent(doc: Document) -> AgentSettings:
     problems: list[Problem] = inline_secrets(doc, secrets_keys=())
     if problems:
         raise ConfigError(problems)
-    settings, problems = validate_model(doc, AgentSettings, _with_profile(doc.data))
+    settings, refused = read(AgentSettings, _with_profile(doc.data))
     if settings is None:
-        raise ConfigError(problems)
+        raise ConfigError([doc.place(r.loc, message=r.message, at_key=r.at_key)
+                           for r in refused])
     bad = check(settings)
     if bad:
         # Place each at the field the operator wrote, when only the other one is a default.

@@ -7,7 +7,6 @@ planner and the providers consume: a flat, ordered list of nodes with every defa
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from cloudd.config.catalog import GeneratedSecret
 # Part of the manifest's vocabulary, defined apart so that the planner can share it.
 from cloudd.config.intent import Ensure as Ensure
 from cloudd.config.intent import RunStrategy as RunStrategy
+from cloudd.config.plain import ip_address as _ip
 from cloudd.config.sshkeys import check_public_key
 from cloudd.config.users import MAX_USERS, User, UserIn
 from cloudd.election.config import TwoHost
@@ -33,13 +33,6 @@ def _dns_label(value: str) -> str:
         raise ValueError(f"{value!r} is not a DNS label (lowercase letters, digits and '-', "
                          "1 to 63 characters, not starting or ending with '-')")
     return value
-
-
-def _ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 def _absolute(value: str) -> str:

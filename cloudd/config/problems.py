@@ -2,36 +2,26 @@
 
 pydantic reports an error as a `loc` tuple and an English message written for programmers
 ("Input should be a valid integer"); operators get the field path, the line and column where
-they wrote it, and a sentence that names the value they gave. Also here: the scan that refuses
-secrets written inline, which must run before the models so that the operator is told "this
-is a secret" rather than "unknown field".
+they wrote it, and a sentence that names the value they gave. The scan for secrets written
+inline is `cloudd.config.secretscan` (imported from here as well).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from cloudd.config.plain import show as _show
+from cloudd.config.secretscan import inline_secrets as inline_secrets
+from cloudd.config.secretscan import walk as walk
 from cloudd.config.yamlsrc import Document, Loc
 from cloudd.errors import Problem
-
-#: Keys whose string value is a credential. Keys ending in `_ref` name an entry of
-#: `secrets` instead, and are allowed.
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|passphrase|private_key|api_key|"
-                        r"credentials?)", re.IGNORECASE)
 
 _SHOW_LIMIT = 60
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
 
 
 def sentence(error: Any) -> str:
@@ -86,39 +76,3 @@ def validate_as(doc: Document, adapter: TypeAdapter[T], data: Any,
         return adapter.validate_python(data), []
     except ValidationError as exc:
         return None, from_validation(doc, exc, prefix)
-
-
-def walk(data: Any, loc: Loc) -> Iterator[tuple[Loc, Any, Any]]:
-    """(loc, key, value) for every mapping entry, depth first, in file order."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield (*loc, key), key, value
-            yield from walk(value, (*loc, key))
-    elif isinstance(data, list):
-        for i, item in enumerate(data):
-            yield from walk(item, (*loc, i))
-
-
-def _holds_text(value: Any) -> bool:
-    if isinstance(value, str):
-        return value != ""
-    return isinstance(value, list) and any(isinstance(v, str) and v for v in value)
-
-
-def inline_secrets(doc: Document, *, secrets_keys: Sequence[str] = ("secrets",)) -> list[Problem]:
-    """A Problem for each credential written in the file itself rather than referenced.
-
-    Refused: a string under a key that names a credential (password, token, ...) anywhere,
-    and any string directly under a top-level `secrets` entry (those must be `{file: PATH}`).
-    """
-    problems = []
-    hint = "put it in a file and reference it as secrets: {NAME: {file: PATH}}"
-    for loc, key, value in walk(doc.data, ()):
-        under_secrets = len(loc) == 2 and loc[0] in secrets_keys
-        if under_secrets and _holds_text(value):
-            problems.append(doc.place(loc, message=f"a secret written inline; {hint}"))
-        elif (isinstance(key, str) and SECRET_KEY.search(key) and not key.endswith("_ref")
-              and not under_secrets and _holds_text(value)):
-            problems.append(doc.place(
-                loc, message=f"looks like a secret written inline ({key!r}); {hint}"))
-    return problems

@@ -350,8 +350,8 @@ async def test_repeated_failures_back_off_exponentially(lab: Lab) -> None:
 
 
 async def test_new_assignment_is_not_held_back_by_backoff(lab: Lab) -> None:
-    lab.settings = lab.settings.model_copy(update={
-        "reconcile": Reconcile(backoff_base=3600.0, backoff_max=3600.0)})
+    lab.settings = replace(lab.settings,
+                           reconcile=Reconcile(backoff_base=3600.0, backoff_max=3600.0))
     lab.role.fail_permanent = 1
     side = lab.start()
     side.assign(lab.assignment())

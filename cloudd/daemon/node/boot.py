@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cloudd import log
 from cloudd.backoff import Backoff, hashed_unit
@@ -81,7 +81,8 @@ def _read(path: Path) -> str:
 
 
 def settings_for(ident: NodeIdentity, *, state_dir: Path = NODE_STATE,
-                 profile: str = "production") -> tuple[AgentSettings, tuple[Seed, ...]]:
+                 profile: Literal["production", "local"] = "production"
+                 ) -> tuple[AgentSettings, tuple[Seed, ...]]:
     """The agent settings a node's identity implies, and the members to ask first."""
     seeds = tuple(parse_member(m) for m in ident.members)
     if not seeds:
