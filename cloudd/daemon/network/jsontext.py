@@ -6,7 +6,7 @@ protocol's tests; pydantic_core alone maps about 7.5 MiB, most of what a node wo
 dropping pydantic. So `loads` reads a body with the standard library's parser, which takes
 what jiter takes, and returns the same values, with four exceptions, each of them rare and
 cheap to spot: nesting deeper than jiter's limit (200 levels inside the top value), an
-integer (or a float's integer part) longer than 4300 characters, a `\\u` escape of half a
+integer (or a float's integer part) of more than 4300 digits, a `\\u` escape of half a
 surrogate pair (the standard parser keeps it; jiter refuses), and any text that is not JSON
 at all. For those, `_Reader` reads the body again as jiter does, byte by byte, to accept
 exactly what jiter accepts and to refuse at the same place with the same words.
@@ -20,7 +20,7 @@ from typing import Any
 
 #: jiter's limit: how many levels a value may sit inside the top value.
 DEPTH = 200
-#: jiter's longest integer, in characters (a minus sign counts).
+#: jiter's longest integer, or integer part of a float, in digits.
 LONGEST_INT = 4300
 
 _WHITESPACE = b" \t\r\n"
@@ -299,15 +299,15 @@ class _Reader:
         if not ord("0") <= lead <= ord("9"):
             # jiter tells "expected value" for what cannot start a number at all
             raise self.fail("invalid number" if first == ord("-") else "expected value", at)
-        at += 1
+        digits, at = at, at + 1
         if lead == ord("0"):
             if at < len(data) and ord("0") <= data[at] <= ord("9"):
                 raise self.fail("invalid number", at)
         else:
             while at < len(data) and ord("0") <= data[at] <= ord("9"):
                 at += 1
-            if at - start > LONGEST_INT:
-                raise self.fail("number out of range", start + LONGEST_INT + 1)
+            if at - digits > LONGEST_INT:
+                raise self.fail("number out of range", digits + LONGEST_INT + 1)
         is_float = False
         if at < len(data) and data[at] == ord("."):
             is_float = True
