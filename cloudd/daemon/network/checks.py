@@ -281,20 +281,36 @@ def _after(inner: Check, func: Callable[[Any], Any]) -> Check:
 class _Field:
     name: str
     check: Check
-    dump: Dump
+    #: how the field's value is written (None: as it is)
+    dump: Dump | None
     #: a default value, or a default factory's function, or neither (the field is required)
     default: Any
     factory: Callable[[], Any] | None
+    #: the one type a JSON value of this field has when it is taken as it is (None: none)
+    exact: type | None
+
+
+#: The scalar checks that take a value of one type as it is, and that type: `Shape.check`
+#: takes such a value itself, without a call, and calls the check only to refuse one.
+_EXACT: dict[Check, type] = {_check_str: str, _check_int: int, _check_float: float,
+                             _check_bool: bool}
+_ABSENT: Any = object()
 
 
 class Shape:
     """What a dataclass's fields may hold, read from its annotations once."""
 
-    def __init__(self, cls: type, fields: tuple[_Field, ...]) -> None:
+    def __init__(self, cls: type) -> None:
         self.cls = cls
-        self._fields = fields
         #: the names of its fields, which the codec checks a body's keys against
-        self.names = frozenset(f.name for f in fields)
+        self.names: frozenset[str] = frozenset()
+        self._fields: tuple[_Field, ...] = ()
+        self._table: tuple[tuple[str, type | None, Check, Any, Any], ...] = ()
+        self._dumps: tuple[tuple[str, Dump | None], ...] = ()
+        # As pydantic does: an instance is made with its fields set, then `__post_init__`
+        # (a dataclass with slots goes through its `__init__`).
+        self._fill = "__slots__" not in cls.__dict__
+        self._post_init = getattr(cls, "__post_init__", None)
 
     @classmethod
     def of(cls, dc: type, *, _seen: dict[type, Shape] | None = None) -> Shape:
@@ -308,18 +324,21 @@ class Shape:
         except (NameError, TypeError) as exc:
             raise LocalProtocolError(
                 f"{dc.__qualname__}: cannot read its annotations: {exc}") from None
-        fields: list[_Field] = []
-        shape = cls(dc, ())
+        shape = cls(dc)
         seen[dc] = shape  # before its fields: a dataclass may hold itself
+        fields = []
         for f in dataclasses.fields(dc):
             if not f.init:
                 raise LocalProtocolError(f"{dc.__qualname__}.{f.name}: init=False fields "
                                          "cannot travel")
             check, dump = _compile(hints[f.name], f"{dc.__qualname__}.{f.name}", seen)
             factory = None if f.default_factory is dataclasses.MISSING else f.default_factory
-            fields.append(_Field(f.name, check, dump, f.default, factory))
+            fields.append(_Field(f.name, check, None if dump is _same else dump, f.default,
+                                 factory, _EXACT.get(check)))
         shape._fields = tuple(fields)
         shape.names = frozenset(f.name for f in fields)
+        shape._table = tuple((f.name, f.exact, f.check, f.default, f.factory) for f in fields)
+        shape._dumps = tuple((f.name, f.dump) for f in fields)
         return shape
 
     def check(self, value: Any, problems: list[Problem]) -> Any:
@@ -330,32 +349,42 @@ class Shape:
             return _fail(problems, "Input should be an object")
         args = {}
         bad = False
-        for f in self._fields:
-            if f.name in value:
+        for name, exact, check, default, factory in self._table:
+            got = value.get(name, _ABSENT)
+            if got is _ABSENT:
+                if factory is not None:
+                    args[name] = factory()
+                elif default is not dataclasses.MISSING:
+                    args[name] = default
+                else:
+                    problems.append(((name,), _MISSING))
+                    bad = True
+                continue
+            if type(got) is not exact:
                 start = len(problems)
-                got = f.check(value[f.name], problems)
+                got = check(got, problems)
                 if got is BAD:
-                    _under(problems, start, f.name)
+                    _under(problems, start, name)
                     bad = True
                     continue
-                args[f.name] = got
-            elif f.factory is not None:
-                args[f.name] = f.factory()
-            elif f.default is not dataclasses.MISSING:
-                args[f.name] = f.default
-            else:
-                problems.append(((f.name,), _MISSING))
-                bad = True
+            args[name] = got
         if bad:
             return BAD
         try:
-            return self.cls(**args)
+            if not self._fill:
+                return self.cls(**args)
+            msg = object.__new__(self.cls)
+            msg.__dict__.update(args)
+            if self._post_init is not None:
+                msg.__post_init__()
+            return msg
         except ValueError as exc:  # `__post_init__` refused it; a ClouddError goes up as is
             return _value_error(problems, exc)
 
     def dump(self, msg: Any) -> dict[str, Any]:
         """`msg`'s fields as `json.dumps` writes them."""
-        return {f.name: f.dump(getattr(msg, f.name)) for f in self._fields}
+        return {name: getattr(msg, name) if dump is None else dump(getattr(msg, name))
+                for name, dump in self._dumps}
 
 
 def _compile(hint: Any, where: str, seen: dict[type, Shape]) -> tuple[Check, Dump]:
@@ -374,7 +403,7 @@ def _compile(hint: Any, where: str, seen: dict[type, Shape]) -> tuple[Check, Dum
         return _enum(hint)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         shape = Shape.of(hint, _seen=seen)
-        return (lambda v, p: shape.check(v, p)), (lambda v: shape.dump(v))
+        return shape.check, shape.dump
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1 and len(args) == 2:

@@ -126,8 +126,7 @@ class Codec:
         if not 0 <= rid <= _MAX_RID:
             raise LocalProtocolError(f"request id {rid} out of range")
         try:
-            body = json.dumps(entry.shape.dump(msg), ensure_ascii=False,
-                              separators=(",", ":")).encode()
+            body = _JSON.encode(entry.shape.dump(msg)).encode()
         except (TypeError, ValueError) as exc:  # a field holding what cannot travel
             raise LocalProtocolError(f"cannot encode {entry.name}: {exc}") from None
         flags = (_FLAG_REQUEST if request else 0) | (_FLAG_REPLY if reply else 0)
@@ -196,6 +195,10 @@ class Codec:
         return msg
 
 
+#: What writes a body: compact, UTF-8 as it is (as pydantic wrote it), made once (`json.dumps`
+#: with options makes an encoder per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
 _JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
@@ -218,6 +221,8 @@ def _refusal(reason: str) -> RemoteProtocolError:
 def _bad_number(data: object) -> str | None:
     """Where parsed JSON holds an integer beyond 64 signed bits or a float that is not
     finite (NaN, Infinity, or a literal too large for a double), and what it is."""
+    if _numbers_fit(data):  # the usual case, found without making a path for every value
+        return None
     todo: list[tuple[str, object]] = [("", data)]
     while todo:  # a stack, not recursion: Python's own depth is never at stake
         where, value = todo.pop()
@@ -234,6 +239,24 @@ def _bad_number(data: object) -> str | None:
         elif isinstance(value, float) and not math.isfinite(value):
             return f"{where}: {value} is not a finite number"
     return None
+
+
+def _numbers_fit(data: object) -> bool:
+    """Whether every number in parsed JSON is one `_bad_number` lets through."""
+    todo = [data]
+    while todo:
+        value = todo.pop()
+        kind = type(value)
+        if kind is dict:
+            todo.extend(value.values())  # type: ignore[attr-defined]
+        elif kind is list:
+            todo.extend(value)  # type: ignore[call-overload]
+        elif kind is int:
+            if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+                return False
+        elif kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+            return False
+    return True
 
 
 class FrameDecoder:
