@@ -373,7 +373,7 @@ class Shape:
         try:
             if not self._fill:
                 return self.cls(**args)
-            msg = object.__new__(self.cls)
+            msg: Any = object.__new__(self.cls)
             msg.__dict__.update(args)
             if self._post_init is not None:
                 msg.__post_init__()

@@ -243,18 +243,18 @@ def _bad_number(data: object) -> str | None:
 
 def _numbers_fit(data: object) -> bool:
     """Whether every number in parsed JSON is one `_bad_number` lets through."""
-    todo = [data]
+    todo: list[Any] = [data]
     while todo:
         value = todo.pop()
         kind = type(value)
         if kind is dict:
-            todo.extend(value.values())  # type: ignore[attr-defined]
+            todo.extend(value.values())
         elif kind is list:
-            todo.extend(value)  # type: ignore[call-overload]
+            todo.extend(value)
         elif kind is int:
-            if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+            if not _INT_MIN <= value <= _INT_MAX:
                 return False
-        elif kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+        elif kind is float and not math.isfinite(value):
             return False
     return True
 
