@@ -3,7 +3,7 @@
 A node agent loads no pydantic for the wire (issue 18: the library costs a node about
 10.5 MiB of its 40), so the checks pydantic's strict `TypeAdapter` made are made here, with
 pydantic's own words: the refusals are part of the protocol's tests, and a differential test
-(tests/daemon/network/test_checks_differential.py) holds the two to the same answers.
+(tests/fuzz/test_codec_differential.py) holds the two to the same answers.
 
 What a field may hold is read once, when a type is registered (`Shape.of`): each annotation
 becomes a small function from parsed JSON to the field's value, so decoding a message
@@ -27,7 +27,7 @@ import enum
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cloudd.errors import LocalProtocolError
@@ -144,23 +144,34 @@ def _optional(inner: Check) -> Check:
     return check
 
 
-def _items(item: Check, make: Callable[[list[Any]], Any], refusal: str) -> Check:
+def _each(parts: Iterable[tuple[str | int, Check, Any]], problems: list[Problem]) -> Any:
+    """Check each (where, check, value) of a tuple, list, set or mapping: the values, or
+    `BAD` with every part's problems placed under its index or key."""
+    out = []
+    bad = False
+    for where, check, value in parts:
+        start = len(problems)
+        got = check(value, problems)
+        if got is BAD:
+            _under(problems, start, where)
+            bad = True
+        else:
+            out.append(got)
+    return BAD if bad else out
+
+
+def _required(value: Any, problems: list[Problem]) -> Any:
+    return _fail(problems, _MISSING)
+
+
+def _items(item: Check, make: Callable[[list[Any]], Any]) -> Check:
     """A JSON array of `item`s made into a tuple, list or frozenset."""
 
     def check(value: Any, problems: list[Problem]) -> Any:
         if type(value) is not list:
-            return _fail(problems, refusal)
-        out = []
-        bad = False
-        for i, v in enumerate(value):
-            start = len(problems)
-            got = item(v, problems)
-            if got is BAD:
-                _under(problems, start, i)
-                bad = True
-            else:
-                out.append(got)
-        return BAD if bad else make(out)
+            return _fail(problems, "Input should be a valid array")
+        out = _each(((i, item, v) for i, v in enumerate(value)), problems)
+        return BAD if out is BAD else make(out)
 
     return check
 
@@ -174,21 +185,10 @@ def _fixed_tuple(items: list[Check]) -> Check:
         if len(value) > size:
             return _fail(problems, f"Tuple should have at most {size} items after "
                                    f"validation, not {len(value)}")
-        out = []
-        bad = False
-        for i, item in enumerate(items):
-            start = len(problems)
-            if i < len(value):
-                got = item(value[i], problems)
-            else:
-                problems.append(((), _MISSING))
-                got = BAD
-            if got is BAD:
-                _under(problems, start, i)
-                bad = True
-            else:
-                out.append(got)
-        return BAD if bad else tuple(out)
+        given = len(value)
+        out = _each(((i, items[i], value[i]) if i < given else (i, _required, None)
+                     for i in range(size)), problems)
+        return BAD if out is BAD else tuple(out)
 
     return check
 
@@ -197,17 +197,8 @@ def _mapping(item: Check) -> Check:
     def check(value: Any, problems: list[Problem]) -> Any:
         if type(value) is not dict:
             return _fail(problems, "Input should be an object")
-        out = {}
-        bad = False
-        for k, v in value.items():
-            start = len(problems)
-            got = item(v, problems)
-            if got is BAD:
-                _under(problems, start, k)
-                bad = True
-            else:
-                out[k] = got
-        return BAD if bad else out
+        out = _each(((k, item, v) for k, v in value.items()), problems)
+        return BAD if out is BAD else dict(zip(value, out, strict=True))
 
     return check
 
@@ -411,13 +402,13 @@ def _compile(hint: Any, where: str, seen: dict[type, Shape]) -> tuple[Check, Dum
             return _optional(check), (lambda v: None if v is None else dump(v))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         check, dump = _compile(args[0], where, seen)
-        return _items(check, tuple, "Input should be a valid array"), _dump_items(dump)
+        return _items(check, tuple), _dump_items(dump)
     if origin is tuple and args and Ellipsis not in args:
         parts = [_compile(a, where, seen) for a in args]
         return _fixed_tuple([c for c, _ in parts]), _dump_fixed([d for _, d in parts])
     if origin in (frozenset, list) and len(args) == 1:
         check, dump = _compile(args[0], where, seen)
-        return _items(check, origin, "Input should be a valid array"), _dump_items(dump)
+        return _items(check, origin), _dump_items(dump)
     if origin is dict and len(args) == 2 and args[0] is str:
         check, dump = _compile(args[1], where, seen)
         return _mapping(check), _dump_mapping(dump)
