@@ -15,7 +15,9 @@ exactly what jiter accepts and to refuse at the same place with the same words.
 from __future__ import annotations
 
 import json
+import json.scanner
 import re
+from collections.abc import Callable
 from typing import Any
 
 #: jiter's limit: how many levels a value may sit inside the top value.
@@ -30,6 +32,12 @@ _ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b",
             ord("f"): b"\f", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}
 
 
+#: The standard library's parser of one value, without `json.loads`'s checks of the text
+#: around it (whitespace before or after a body is read by `_Reader`).
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder())  # type: ignore[arg-type]  # typeshed has it take itself
+
+
 class JsonError(ValueError):
     """The body is not JSON as jiter reads it; the message is jiter's, with its place."""
 
@@ -37,13 +45,14 @@ class JsonError(ValueError):
 def loads(body: bytes) -> Any:
     """The value `body` holds, or `JsonError` worded as jiter words it."""
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (ValueError, RecursionError):  # bad UTF-8 or syntax, too deep, a long integer
+        text = body.decode("utf-8")
+        data, end = _scan(text, 0)
+    except (ValueError, RecursionError, StopIteration):  # bad UTF-8, bad JSON, too deep...
         return _Reader(body).read()
-    if (len(body) > LONGEST_INT and _DIGITS.search(body)) or (
+    if end != len(text) or (len(body) > LONGEST_INT and _DIGITS.search(body)) or (
             b"\\u" in body and _SURROGATE_ESCAPE.search(body)) or (
             body.count(b"[") + body.count(b"{") > DEPTH and _too_deep(data)):
-        return _Reader(body).read()
+        return _Reader(body).read()  # ...whitespace after it, or what jiter reads otherwise
     return data
 
 
