@@ -8,9 +8,14 @@ A frame is a 4-byte big-endian length followed by that many bytes:
 reply. The tag is the message's stable type name, given once in `Codec.register`; the body is
 the dataclass's fields as a JSON object. Decoding checks, in order: the length against the
 maximum (before a single byte of the body is read), the version, the tag, the JSON, and then
-every field against the dataclass's annotations (pydantic, strict). Any failure is one
+every field against the dataclass's annotations, strictly. Any failure is one
 `RemoteProtocolError` whose message says precisely what was wrong; the shell logs it with the
 peer and drops that connection only.
+
+The JSON (`jsontext`) and the field checks (`checks`) were pydantic's (`from_json` and a strict
+`TypeAdapter`) and are now written here, so that an agent that loads this module loads no
+pydantic; they accept, build and refuse exactly as pydantic did, in the same words, which a
+differential test holds them to.
 
 `FrameDecoder` is sans-I/O (`feed(bytes) -> list[msg]`); `read_frame`/`write_message` adapt it
 to asyncio streams.
@@ -20,14 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import struct
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import pydantic
-from pydantic_core import from_json
-
+from cloudd.daemon.network import jsontext
+from cloudd.daemon.network.checks import BAD, Problem, Shape
 from cloudd.errors import ClouddError, LocalProtocolError, RemoteProtocolError
 
 #: The protocol version this agent speaks; a frame with another version is refused.
@@ -70,8 +75,7 @@ class _Entry:
     cls: type
     name: str
     tag: bytes
-    adapter: pydantic.TypeAdapter[Any]
-    fields: frozenset[str]
+    shape: Shape
 
 
 class Codec:
@@ -104,8 +108,7 @@ class Codec:
         if cls in self._by_cls:
             raise LocalProtocolError(
                 f"{cls.__qualname__} is already registered as {self._by_cls[cls].name!r}")
-        entry = _Entry(cls, name, tag, pydantic.TypeAdapter(cls),
-                       frozenset(f.name for f in dataclasses.fields(cls)))
+        entry = _Entry(cls, name, tag, Shape.of(cls))
         self._by_name[name] = entry
         self._by_cls[cls] = entry
         return cls
@@ -122,7 +125,10 @@ class Codec:
             raise LocalProtocolError(f"{type(msg).__qualname__} is not a registered message")
         if not 0 <= rid <= _MAX_RID:
             raise LocalProtocolError(f"request id {rid} out of range")
-        body = entry.adapter.dump_json(msg)
+        try:
+            body = _JSON.encode(entry.shape.dump(msg)).encode()
+        except (TypeError, ValueError) as exc:  # a field holding what cannot travel
+            raise LocalProtocolError(f"cannot encode {entry.name}: {exc}") from None
         flags = (_FLAG_REQUEST if request else 0) | (_FLAG_REPLY if reply else 0)
         head = _HEADER.pack(PROTOCOL_VERSION, flags, rid, len(entry.tag)) + entry.tag
         size = len(head) + len(body)
@@ -165,27 +171,33 @@ class Codec:
 
     def _decode_body(self, entry: _Entry, body: bytes) -> object:
         try:
-            data = from_json(body)
-        except ValueError as exc:  # bad UTF-8, bad syntax, too deep, a number too long
+            data = jsontext.loads(body)
+        except jsontext.JsonError as exc:  # bad UTF-8, bad syntax, too deep, a number too long
             raise _refusal(f"bad JSON in {entry.name} body: {exc}") from None
         if not isinstance(data, dict):
             raise _refusal(f"{entry.name} body must be a JSON object, not "
                            f"{_JSON_TYPES.get(type(data), type(data).__name__)}")
-        extra = sorted(set(data) - entry.fields)
+        extra = sorted(set(data) - entry.shape.names)
         if extra:
             raise _refusal(f"{entry.name}: unknown fields {_some(extra)}")
         bad_number = _bad_number(data)
         if bad_number is not None:
             raise _refusal(f"{entry.name}: {bad_number}")
+        problems: list[Problem] = []
         try:
-            return entry.adapter.validate_json(body, strict=True)
-        except pydantic.ValidationError as exc:
-            problems = _some([f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: "
-                              f"{err['msg']}" for err in exc.errors()], sep="; ")
-            raise _refusal(f"{entry.name}: {problems}") from None
+            msg = entry.shape.check(data, problems)
         except ClouddError as exc:  # the message's own check (`__post_init__`) refused it
             raise _refusal(f"{entry.name}: {exc}") from None
+        if msg is BAD:
+            raise _refusal(f"{entry.name}: " + _some(
+                [f"{'.'.join(str(p) for p in loc) or '(body)'}: {what}"
+                 for loc, what in problems], sep="; "))
+        return msg
 
+
+#: What writes a body: compact, UTF-8 as it is (as pydantic wrote it), made once (`json.dumps`
+#: with options makes an encoder per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 _JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
@@ -209,6 +221,8 @@ def _refusal(reason: str) -> RemoteProtocolError:
 def _bad_number(data: object) -> str | None:
     """Where parsed JSON holds an integer beyond 64 signed bits or a float that is not
     finite (NaN, Infinity, or a literal too large for a double), and what it is."""
+    if _numbers_fit(data):  # the usual case, found without making a path for every value
+        return None
     todo: list[tuple[str, object]] = [("", data)]
     while todo:  # a stack, not recursion: Python's own depth is never at stake
         where, value = todo.pop()
@@ -225,6 +239,24 @@ def _bad_number(data: object) -> str | None:
         elif isinstance(value, float) and not math.isfinite(value):
             return f"{where}: {value} is not a finite number"
     return None
+
+
+def _numbers_fit(data: object) -> bool:
+    """Whether every number in parsed JSON is one `_bad_number` lets through."""
+    todo: list[Any] = [data]
+    while todo:
+        value = todo.pop()
+        kind = type(value)
+        if kind is dict:
+            todo.extend(value.values())
+        elif kind is list:
+            todo.extend(value)
+        elif kind is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                return False
+        elif kind is float and not math.isfinite(value):
+            return False
+    return True
 
 
 class FrameDecoder:
