@@ -123,8 +123,8 @@ BAD_FRAMES = [
     (raw("test.ping", '{"n": 1}', flags=0x80), r"bad frame flags 0x80"),
     (raw("test.ping", '{"n": 1}', flags=0x03), r"bad frame flags 0x03"),
     (raw("no.such", '{"n": 1}'), r"unknown message type 'no.such'"),
-    (raw("test.ping", '{"n": '), r"bad JSON in test.ping body: EOF while parsing a value at line 1 "
-     r"column 6"),
+    (raw("test.ping", '{"n": '), r"bad JSON in test.ping body: Expecting value at line 1 "
+     r"column 7"),
     (raw("test.ping", b'\xff\xfe'), r"bad JSON in test.ping body"),
     (raw("test.ping", "[1, 2]"), r"test.ping body must be a JSON object, not list"),
     (raw("test.ping", '{"n": 1, "evil": 2}'), r"test.ping: unknown fields evil"),

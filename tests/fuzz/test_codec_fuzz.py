@@ -236,7 +236,7 @@ def test_ten_thousand_levels_in_any_field(name: str, field: str, deep: str) -> N
     body = json.dumps({**body_of(name), field: "HOLE"}).replace('"HOLE"', nested)
     reason = decode(frame(name.encode(), body.encode()))
     assert isinstance(reason, str)
-    assert reason.startswith(f"bad JSON in {name} body: recursion limit exceeded at line 1")
+    assert reason == f"bad JSON in {name} body: nested deeper than 200 levels"
 
 
 def _numeric_fields(name: str) -> list[tuple[str, str]]:
@@ -312,8 +312,7 @@ def test_unknown_tags(tag: bytes) -> None:
 def test_nesting_deeper_than_pythons_stack_was_a_recursion_error() -> None:
     body = b'{"cloud": ' + b"[" * DEEP + b"]" * DEEP + b"}"
     assert decode(frame(b"cloudd.manifest-wanted", body)) == (
-        "bad JSON in cloudd.manifest-wanted body: recursion limit exceeded at line 1 "
-        "column 211")
+        "bad JSON in cloudd.manifest-wanted body: nested deeper than 200 levels")
 
 
 def test_a_message_refused_by_its_own_check_was_a_metadata_error() -> None:

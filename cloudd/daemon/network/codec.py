@@ -12,10 +12,11 @@ every field against the dataclass's annotations, strictly. Any failure is one
 `RemoteProtocolError` whose message says precisely what was wrong; the shell logs it with the
 peer and drops that connection only.
 
-The JSON (`jsontext`) and the field checks (`checks`) were pydantic's (`from_json` and a strict
-`TypeAdapter`) and are now written here, so that an agent that loads this module loads no
-pydantic; they accept, build and refuse exactly as pydantic did, in the same words, which a
-differential test holds them to.
+The JSON (`jsontext`: the standard library's parser with a peer's limits) and the field checks
+(`checks`) were pydantic's (`from_json` and a strict `TypeAdapter`) and are now written here,
+so that an agent that loads this module loads no pydantic; they accept and build what
+pydantic did, and refuse a body's fields in the same words, which a differential test holds
+them to (JSON that does not parse is refused in the standard parser's words).
 
 `FrameDecoder` is sans-I/O (`feed(bytes) -> list[msg]`); `read_frame`/`write_message` adapt it
 to asyncio streams.
