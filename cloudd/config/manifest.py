@@ -138,7 +138,8 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()),
                             None if h.migration is None else Migration(
                                 h.migration.uri, h.migration.storage,
-                                h.migration.address or h.address, h.migration.unsafe))
+                                h.migration.address or h.address, h.migration.unsafe,
+                                h.migration.tls))
                    for h in top.pool),
         roles=present,
         nodes=tuple(n for n, _ in nodes),
@@ -464,9 +465,13 @@ def _cross_checks(doc: Document, top: CloudIn, nodes: list[Located]) -> list[Pro
         else:
             table[key] = where
 
+    seen_uri: dict[str, str] = {}
     for i, h in enumerate(top.pool):
         unique(seen_name, h.name, "host name", f"pool host {h.name}", ("pool", i), "name")
         unique(seen_addr, h.address, "address", f"pool host {h.name}", ("pool", i), "address")
+        if h.migration is not None:
+            unique(seen_uri, h.migration.uri, "migration URI", f"pool host {h.name}",
+                   ("pool", i, "migration"), "uri")
     problems += _two_host(doc, top)
     for node, loc in nodes:
         unique(seen_name, node.name, "name", f"node {node.name}", loc, "name")

@@ -51,11 +51,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+#: The libvirt URIs another host's libvirtd may be reached at for a migration: the system
+#: QEMU driver over an authenticated transport (not plain TCP), with no query parameter but
+#: those naming where its socket or credentials are.
+_MIGRATION_URI = re.compile(r"qemu(\+(tls|ssh|libssh|libssh2|unix))?://[^\s/?]*/system"
+                            r"(\?(socket|pkipath|keyfile|known_hosts)=[^\s&]+"
+                            r"(&(socket|pkipath|keyfile|known_hosts)=[^\s&]+)*)?")
+
+
 def _migration_uri(value: str) -> str:
-    if not re.match(r"^qemu(\+(tls|ssh|tcp|unix|libssh|libssh2))?://[^\s]*/system(\?[^\s]*)?$",
-                    value):
-        raise ValueError(f"{value!r} is not a libvirt URI of a system QEMU driver "
-                         "(qemu+tls://HOST/system, qemu+ssh://..., qemu+unix:///system?...)")
+    if not _MIGRATION_URI.fullmatch(value):
+        raise ValueError(f"{value!r} is not a libvirt URI of a system QEMU driver over TLS, "
+                         "SSH or a local socket (qemu+tls://HOST/system, qemu+ssh://..., "
+                         "qemu+unix:///system?socket=...)")
     return value
 
 
@@ -75,6 +83,11 @@ class MigrationIn(_Strict):
     knows to be shared (NFS, GlusterFS, Ceph...): true only where the operator knows the
     storage is shared though libvirt cannot tell (libvirt's `--unsafe`; the lab's two
     libvirtds on one file system)."""
+    tls: bool = False
+    """Moves to this host encrypt the guest's memory stream (libvirt's VIR_MIGRATE_TLS): both
+    hosts' qemu.conf must name their certificates (`migrate_tls_x509_cert_dir`). Without it
+    the memory (the node's key with it) crosses the network in clear: leave it false only on
+    a network that carries nothing else."""
 
 
 class PoolHostIn(_Strict):
@@ -273,6 +286,8 @@ class Migration:
     address: str
     #: Moves from this host skip libvirt's shared-storage check (`MigrationIn.unsafe`).
     unsafe: bool = False
+    #: Moves to this host encrypt the memory stream (`MigrationIn.tls`).
+    tls: bool = False
 
 
 @dataclass(frozen=True)

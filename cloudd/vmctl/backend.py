@@ -71,6 +71,8 @@ class DomainInfo:
     uuid: str
     meta: CloudMeta
     state: PowerState
+    #: a live migration of it runs, in or out: it is on two hosts until the move ends
+    migrating: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,16 @@ class Backend(Protocol):
         ...
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float, unsafe: bool = False) -> bool:
+                      limit: float, unsafe: bool = False, tls: bool = False) -> bool:
         """Move the running domain `name` live to the hypervisor at `uri` (peer to peer: this
         host's hypervisor connects to that one), its memory streamed to `address` there;
         defined there, with `host` stamped into its metadata as the host it now runs on, and
         undefined here once it runs there. A move not done within `limit` seconds is aborted
-        (the guest runs on here) and raises TemporaryError. False when it does not run.
-        `unsafe`: without the hypervisor's check that the disks are on shared storage."""
+        (the guest runs on here) and raises TemporaryError. False when it does not run, or is
+        not here (moved already: a MIGRATE sent again after its answer was lost). A move of
+        it under way (started before this agent restarted) is followed, not started again.
+        `unsafe`: without the hypervisor's check that the disks are on shared storage; `tls`:
+        the memory stream encrypted."""
         ...
 
     async def list(self) -> tuple[DomainInfo, ...]:
@@ -205,6 +210,7 @@ class _FakeDomain:
     uuid: str
     state: PowerState = PowerState.STOPPED
     memory_kib: int = 0
+    migrating: bool = False
 
 
 @dataclass
@@ -315,8 +321,10 @@ class FakeBackend:
         return True
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float, unsafe: bool = False) -> bool:
+                      limit: float, unsafe: bool = False, tls: bool = False) -> bool:
         self.calls.append(("migrate", name))
+        if name not in self.domains:
+            return False
         dom = self._ours(name)
         if dom.state is not PowerState.RUNNING:
             return False
@@ -334,7 +342,8 @@ class FakeBackend:
         return True
 
     async def list(self) -> tuple[DomainInfo, ...]:
-        return tuple(DomainInfo(name=n, uuid=d.uuid, meta=d.meta, state=d.state)
+        return tuple(DomainInfo(name=n, uuid=d.uuid, meta=d.meta, state=d.state,
+                                migrating=d.migrating)
                      for n, d in sorted(self.domains.items()) if d.meta is not None)
 
     async def inventory(self) -> Inventory:

@@ -146,7 +146,7 @@ class HostCommand:
     at address `source`; REMOVE_IMAGE removes `image`, an overlay this host made for `domain`;
     MIGRATE moves `domain` live to pool host `target`, whose hypervisor answers at
     `target_uri` and takes the guest's memory at `target_address` (`unsafe`: without the
-    hypervisor's own check that the disks are on shared storage).
+    hypervisor's own check that the disks are on shared storage; `tls`: the stream encrypted).
     `generation` fingerprints the manifest the leader rendered and chose from
     (`cloudd.vmctl.domains.DomainRenderer.generation`): a host that holds another generation
     refuses a command it cannot check as "not in force here yet", a temporary refusal."""
@@ -163,6 +163,7 @@ class HostCommand:
     target_uri: str = ""
     target_address: str = ""
     unsafe: bool = False
+    tls: bool = False
 
 
 class CommandOutcome(enum.Enum):
@@ -230,6 +231,8 @@ class HostAgent:
         self.migrate_limit = migrate_limit
         #: (op, domain) -> the term that started its reset or migration, and the act
         self._lasting: dict[tuple[Op, str], tuple[int, asyncio.Task[bool]]] = {}
+        #: domain -> the host its last migration went (or goes) to
+        self._targets: dict[str, str] = {}
         #: the overlays this host made for its cloud (path -> domain), kept in `state_dir`
         self.overlays = OverlayRecord(state_dir / OVERLAYS_FILE)
         # one overlay made or removed at a time: a check and the act it allows stay together
@@ -461,9 +464,16 @@ class HostAgent:
         if cmd.target == self.host:
             return self._result(cmd, CommandOutcome.FAILED,
                                 f"migrate {cmd.domain}: {cmd.target} is this host")
+        going, under_way = self._targets.get(cmd.domain), self._lasting.get(
+            (Op.MIGRATE, cmd.domain))
+        if going not in (None, cmd.target) and under_way is not None \
+                and not under_way[1].done():
+            return self._result(cmd, CommandOutcome.FAILED,
+                                f"migrate {cmd.domain}: it is moving to {going} already")
+        self._targets[cmd.domain] = cmd.target
         return await self._lasting_act(cmd, lambda: self.backend.migrate(
             cmd.domain, uri=cmd.target_uri, address=cmd.target_address, host=cmd.target,
-            limit=self.migrate_limit, unsafe=cmd.unsafe))
+            limit=self.migrate_limit, unsafe=cmd.unsafe, tls=cmd.tls))
 
     async def _lasting_act(self, cmd: HostCommand,
                            act: Callable[[], Coroutine[Any, Any, bool]]) -> HostResult:
@@ -478,7 +488,7 @@ class HostAgent:
             self._lasting[key] = (cmd.term, task)
         done, _ = await asyncio.wait({task}, timeout=self.reset_wait)
         if not done:
-            doing = "resetting" if cmd.op is Op.RESET else f"moving to {cmd.target}"
+            doing = {Op.RESET: "resetting", Op.MIGRATE: f"moving to {cmd.target}"}[cmd.op]
             return self._result(cmd, CommandOutcome.PENDING, f"{doing} {cmd.domain}")
         if self._lasting.get(key, (0, None))[1] is task:
             del self._lasting[key]

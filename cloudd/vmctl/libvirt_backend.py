@@ -22,13 +22,7 @@ A reset also depends on the domain's `on_reboot`: `restart` (the shipped templat
 the guest in the same qemu; `destroy` (the lab's test guests) makes qemu exit, as if the guest
 had powered off.
 
-Live migration: `migrateToURI3`, peer to peer (this host's libvirtd connects to the other's
-at the URI the manifest gives for it, with its own credentials: the libvirtds trust each other,
-the agents are not in the way), the guest's memory streamed to the other host's address while
-the guest runs, the disks left where they are (the hosts share the storage they are on). The
-definition sent along is this one with the other host's name stamped in, so that it is that
-host's domain at once. Like a reset it runs on a thread of its own, bounded by its caller's
-limit; a move past it is aborted (`abortJob`), and the guest runs on here.
+Live migration: `cloudd.vmctl.libvirt_migration`, on threads of their own as resets are.
 
 Reconnection: a close callback (and keepalive, which detects a silent peer) tells us when
 libvirtd goes away. We publish DISCONNECTED, retry opening with backoff, re-register the
@@ -43,7 +37,6 @@ import concurrent.futures
 import contextlib
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,11 +44,11 @@ from typing import Any, TypeVar
 from xml.etree import ElementTree as ET
 
 import libvirt
-import libvirtaio
 
 from cloudd import log
 from cloudd.backoff import Backoff
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.vmctl import libvirt_migration as moves
 from cloudd.vmctl.backend import (
     BackendUnavailable,
     DomainEvent,
@@ -69,6 +62,7 @@ from cloudd.vmctl.backend import (
     PowerState,
     disk_files,
 )
+from cloudd.vmctl.libvirt_events import event_loop
 from cloudd.vmctl.metadata import (
     NAMESPACE,
     CloudMeta,
@@ -131,71 +125,6 @@ def _quiet(_ctx: object, _err: object) -> None:
 libvirt.registerErrorHandler(_quiet, None)
 
 
-class _EventImpl(libvirtaio.virEventAsyncIOImpl):  # type: ignore[misc]
-    """libvirtaio, woken up when libvirt touches it from another thread.
-
-    libvirt calls the add/update hooks from whichever thread is inside the library: our worker
-    thread too, when it reads an event off the socket during a call. libvirtaio then schedules
-    on the loop without waking it, so the event could wait for the loop's next wake-up; a
-    thread-safe no-op callback wakes it at once.
-    """
-
-    def _wake(self) -> None:
-        if threading.get_ident() != _events_thread_id:
-            self.loop.call_soon_threadsafe(lambda: None)
-
-    def _add_handle(self, fd: int, event: int, cb: Any, opaque: Any) -> int:
-        watch: int = super()._add_handle(fd, event, cb, opaque)
-        self._wake()
-        return watch
-
-    def _update_handle(self, watch: int, event: int) -> None:
-        super()._update_handle(watch, event)
-        self._wake()
-
-    def _add_timeout(self, timeout: int, cb: Any, opaque: Any) -> int:
-        timer: int = super()._add_timeout(timeout, cb, opaque)
-        self._wake()
-        return timer
-
-    def _update_timeout(self, timer: int, timeout: int) -> None:
-        super()._update_timeout(timer, timeout)
-        self._wake()
-
-
-_events_lock = threading.Lock()
-_events_loop: asyncio.AbstractEventLoop | None = None
-_events_thread_id = -1
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """The process-wide loop that runs libvirt's event implementation (libvirtaio).
-
-    libvirt accepts one event implementation per process, for the life of the process, while
-    asyncio loops come and go (a loop per test; a daemon restarting its loop). So libvirtaio
-    runs on its own long-lived loop in a daemon thread, and each backend hops callbacks to its
-    caller's loop with call_soon_threadsafe (tens of microseconds).
-    """
-    global _events_loop, _events_thread_id
-    with _events_lock:
-        if _events_loop is None:
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                global _events_thread_id
-                asyncio.set_event_loop(loop)
-                _events_thread_id = threading.get_ident()
-                _EventImpl(loop=loop).register()
-                ready.set()
-                loop.run_forever()
-
-            threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-            ready.wait()
-            _events_loop = loop
-        return _events_loop
-
-
 def _translate(e: libvirt.libvirtError, what: str) -> ClouddError:
     code = e.get_error_code()
     msg = f"libvirt {what}: {e.get_error_message() or e}"
@@ -226,8 +155,9 @@ def _owner(dom: libvirt.virDomain) -> CloudMeta | None:
 
 def _info(dom: libvirt.virDomain, meta: CloudMeta) -> DomainInfo:
     state = dom.state()[0]
+    moving = state in moves.ACTIVE and moves.job(dom) in moves.MIGRATIONS
     return DomainInfo(name=dom.name(), uuid=dom.UUIDString(), meta=meta,
-                      state=_STATES.get(state, PowerState.OTHER))
+                      state=_STATES.get(state, PowerState.OTHER), migrating=moving)
 
 
 #: Seconds a reset may take before the guest's qemu counts as not answering (then it is
@@ -235,22 +165,6 @@ def _info(dom: libvirt.virDomain, meta: CloudMeta) -> DomainInfo:
 RESET_TIMEOUT = 5.0
 #: Resets that may hang at once (each holds a thread until its qemu dies).
 RESET_THREADS = 4
-
-#: Live migrations that may run at once (each holds a thread while the memory streams).
-MIGRATE_THREADS = 2
-#: How a domain moves live: its memory streamed while it runs (the guest pauses for the last
-#: round only), driven by this host's libvirtd, which connects to the other's itself (peer to
-#: peer); defined there and undefined here once it runs there; its vCPUs slowed down if its
-#: memory changes faster than it streams, so that the move ends.
-MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-                 | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-                 | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
-
-
-def _bracketed(address: str) -> str:
-    """`address` as a URI's host part (an IPv6 address in brackets)."""
-    return f"[{address}]" if ":" in address else address
-
 
 #: Waits between two tries to reopen a lost connection: a restarted libvirtd is back within
 #: a second or two, so the first tries come fast; past that, one try every two seconds.
@@ -278,7 +192,7 @@ class LibvirtBackend:
             max_workers=RESET_THREADS, thread_name_prefix="libvirt-reset")
         # so do live migrations, for as long as the guest's memory takes to cross
         self._moves = concurrent.futures.ThreadPoolExecutor(
-            max_workers=MIGRATE_THREADS, thread_name_prefix="libvirt-migrate")
+            max_workers=moves.MIGRATE_THREADS, thread_name_prefix="libvirt-migrate")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
@@ -292,7 +206,7 @@ class LibvirtBackend:
     async def open(cls, uri: str, **kwargs: Any) -> LibvirtBackend:
         backend = cls(uri, **kwargs)
         backend._loop = asyncio.get_running_loop()
-        _event_loop()
+        event_loop()
         await backend._connect()
         return backend
 
@@ -525,41 +439,33 @@ class LibvirtBackend:
         return True
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float, unsafe: bool = False) -> bool:
-        def prepare() -> tuple[libvirt.virDomain, str] | None:
-            dom, _ = self._ours(name)
+                      limit: float, unsafe: bool = False, tls: bool = False) -> bool:
+        def prepare() -> tuple[libvirt.virDomain, str, bool] | None:
+            try:
+                dom, _ = self._ours(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None  # moved already (an answer that did not arrive), or gone
+                raise
             if not dom.isActive():
                 return None
+            under_way = moves.job(dom) == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
             # the definition it takes there: this one, naming the host it will run on
-            return dom, stamp_host(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), host)
+            xml = stamp_host(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), host)
+            return dom, xml, under_way
 
         found = await self._call("migrate", prepare)
         if found is None:
             return False
-        dom, xml = found
-        params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{_bracketed(address)}",
-                  libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: address,
-                  libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
-                  libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
-        # on its own thread: the worker must answer lists and events while the memory streams
-        flags = MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe else 0)
+        dom, xml, under_way = found
+        # on its own thread: the worker must answer lists and events while the memory streams;
+        # a move started before this agent restarted is followed, not started again
         moving = asyncio.get_running_loop().run_in_executor(
-            self._moves, lambda: dom.migrateToURI3(uri, params, flags))
+            self._moves, (lambda: moves.follow(dom)) if under_way else (lambda: moves.start(
+                dom, uri=uri, address=address, xml=xml, unsafe=unsafe, tls=tls)))
         moving.add_done_callback(lambda f: f.cancelled() or f.exception())
-        try:
-            await asyncio.wait_for(asyncio.shield(moving), limit)
-        except libvirt.libvirtError as e:
-            raise _translate(e, "migrate") from None
-        except TimeoutError:
-            with contextlib.suppress(ClouddError):
-                await self._call("migrate", dom.abortJob)
-            with contextlib.suppress(libvirt.libvirtError):
-                await moving  # the abort ends it at once (or it was done just then)
-                self._owners.pop(name, None)
-                return True
-            raise TemporaryError(f"libvirt migrate: {name} was not across to {uri} within "
-                                 f"{limit:g}s; aborted, it runs on here", delay=1.0) from None
-        self._owners.pop(name, None)
+        await moves.across(moving, name=name, host=host, limit=limit, log=self._log,
+                           abort=lambda: self._call("migrate", dom.abortJob))
         return True
 
     async def destroy(self, name: str) -> bool:

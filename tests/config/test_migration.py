@@ -46,6 +46,15 @@ def test_each_host_says_how_it_takes_migrations(tmp_path: Path) -> None:
                   unsafe=True)]
 
 
+def test_two_hosts_cannot_take_migrations_at_one_uri(tmp_path: Path) -> None:
+    both = ', migration: {uri: "qemu+tls://pm1.example/system", storage: san}'
+    with pytest.raises(ConfigError) as info:
+        load_cloud(manifest(tmp_path, both, both), CATALOG)
+    [problem] = [str(p) for p in info.value.problems]
+    assert problem.endswith("pool[1].migration.uri: migration URI "
+                            "qemu+tls://pm1.example/system is already used by pool host pm1")
+
+
 def test_a_node_s_view_has_no_migration_settings(tmp_path: Path) -> None:
     cloud = load_cloud(manifest(
         tmp_path, ', migration: {uri: "qemu+tls://pm1.example/system", storage: san}'), CATALOG)
@@ -59,6 +68,12 @@ def test_a_node_s_view_has_no_migration_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("written", "problem"), [
     ('{uri: "http://pm1/system", storage: san}', "is not a libvirt URI of a system QEMU driver"),
     ('{uri: "qemu+tls://pm1/session", storage: san}',
+     "is not a libvirt URI of a system QEMU driver"),
+    ('{uri: "qemu+tcp://pm1/system", storage: san}',  # no authentication
+     "is not a libvirt URI of a system QEMU driver"),
+    ('{uri: "qemu+ssh://pm1/system?command=/bin/sh", storage: san}',
+     "is not a libvirt URI of a system QEMU driver"),
+    ('{uri: "qemu+tls://pm1/system\\n", storage: san}',
      "is not a libvirt URI of a system QEMU driver"),
     ('{uri: "qemu+tls://pm1/system", storage: "San 1"}', "is not a DNS label"),
     ('{uri: "qemu+tls://pm1/system", storage: san, address: pm1.example}',

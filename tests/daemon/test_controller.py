@@ -27,7 +27,7 @@ from cloudd.vmctl.backend import DomainEvent, FakeBackend, PowerState
 from cloudd.vmctl.backend import DomainEventKind as EventKind_
 from cloudd.vmctl.hostagent import CommandOutcome, HostAgent, HostCommand, HostResult, Op
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
-from cloudd.vmctl.metadata import CloudMeta
+from cloudd.vmctl.metadata import CloudMeta, from_domain_xml, stamp_host
 from cloudd.vmctl.plan import (
     BackoffPolicy,
     CopyImage,
@@ -696,8 +696,9 @@ async def test_a_drained_host_sharing_storage_is_emptied_live(pool: Pool) -> Non
     pool.controller.migration = shared.get
     forgotten: list[str] = []
     base = pool.controller.desired()
-    pool.controller.desired = lambda: dataclasses.replace(base, drained=frozenset({"h1"}),
-                                                          move_stateful=frozenset({"h1"}))
+    pool.controller.desired = lambda: dataclasses.replace(
+        base, drained=frozenset({"h1"}), move_stateful=frozenset({"h1"}),
+        storage={h: m.storage for h, m in shared.items()})
     pool.controller.ready = lambda: frozenset(pool.running())
     pool.controller.undefined = forgotten.append
     await pool.converge(len(on_h1) + 2)
@@ -712,3 +713,51 @@ async def test_a_drained_host_sharing_storage_is_emptied_live(pool: Pool) -> Non
              if e.reason.startswith("migrate on h1")]
     assert len(moves) == len(on_h1)
     assert moves[0].endswith("live to h2 (storage san is shared)")
+
+
+async def test_a_node_the_hosts_report_migrating_is_left_alone_by_any_leader(
+        pool: Pool) -> None:
+    """A move started by another leader: the source runs the guest, the target holds it
+    incoming; both lists say it migrates, so this leader neither dedupes nor restarts it."""
+    await pool.converge()
+    node, host = next(iter(sorted(pool.running().items())))
+    other = next(h for h in sorted(pool.backends) if h != host)
+    source = pool.backends[host].domains[f"c1-{node}"]
+    source.migrating = True
+    incoming = stamp_host(source.xml, other)  # the target's name in it, as libvirt sends it
+    pool.backends[other].domains[f"c1-{node}"] = dataclasses.replace(
+        source, xml=incoming, meta=from_domain_xml(incoming),
+        state=PowerState.STOPPED)  # paused there, not running yet
+    before = {c for b in pool.backends.values() for c in b.calls}
+    plan = await pool.controller.pass_once()
+    assert plan is not None and all(getattr(a, "node", "") != node for a in plan.actions)
+    assert {c for b in pool.backends.values() for c in b.calls} == before
+    # the move ended: the target runs it, the source has it no more; one copy, left alone
+    del pool.backends[host].domains[f"c1-{node}"]
+    pool.backends[other].domains[f"c1-{node}"].state = PowerState.RUNNING
+    plan = await pool.controller.pass_once()
+    assert plan is not None and all(getattr(a, "node", "") != node for a in plan.actions)
+
+
+async def test_a_failed_migration_backs_off_then_the_node_moves_by_stop_and_re_place(
+        pool: Pool) -> None:
+    await pool.converge()
+    on_h1 = sorted(n for n, h in pool.running().items() if h == "h1")
+    shared = {"h1": Migration("fake://h1", "san", "192.0.2.1"),
+              "h2": Migration("fake://h2", "san", "192.0.2.2")}  # h2's hypervisor: not there
+    pool.controller.migration = shared.get
+    base = pool.controller.desired()
+    pool.controller.desired = lambda: dataclasses.replace(
+        base, drained=frozenset({"h1"}), storage={"h1": "san", "h2": "san"})
+    pool.controller.ready = lambda: frozenset(pool.running())
+    await pool.converge(1)
+    failures = [e.reason for e in pool.events.query(kind=LogKind.FAILURE, limit=10)]
+    assert len(failures) == 1 and failures[0].startswith("migrate on h1 failed (1 in a row")
+    assert "no hypervisor answers at fake://h2" in failures[0]
+    for _ in range(12):
+        pool.clock.advance(61.0)
+        await pool.converge(1)
+    assert "h1" not in pool.running().values()
+    first = on_h1[0]
+    assert any(e.reason.startswith(f"shutdown on h1: host h1 is drained: moving {first}")
+               for e in pool.events.query(kind=LogKind.ACTION, limit=100))

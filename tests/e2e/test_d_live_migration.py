@@ -54,13 +54,17 @@ def site() -> Iterator[ImageLab]:
                    host_fields={"pm1": {"migration": migration(second.main_uri)},
                                 "pm2": {"libvirt_uri": second.uri,
                                         "migration": migration(second.uri)}})
-    try:
-        with second, lab:
-            lab.start_all()
-            yield lab
-    finally:
-        left = leftovers(PREFIX) + virsh("list", "--all", "--name", uri=second.uri).stdout.split()
-        assert left == [], f"the live migration e2e left these behind: {left}"
+    left: list[str] = []
+    with second:
+        try:
+            with lab:
+                lab.start_all()
+                yield lab
+        finally:
+            # what the lab left on the second libvirtd, before closing it removes everything
+            left += virsh("list", "--all", "--name", uri=second.uri).stdout.split()
+    left += leftovers(PREFIX)
+    assert left == [], f"the live migration e2e left these behind: {left}"
 
 
 def drain_live(site: ImageLab, host: str, say: Say) -> None:

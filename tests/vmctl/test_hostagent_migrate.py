@@ -27,10 +27,10 @@ class SlowMove(FakeBackend):
         self.release = asyncio.Event()
 
     async def migrate(self, name: str, *, uri: str, address: str, host: str,
-                      limit: float, unsafe: bool = False) -> bool:
+                      limit: float, unsafe: bool = False, tls: bool = False) -> bool:
         await self.release.wait()
         return await super().migrate(name, uri=uri, address=address, host=host, limit=limit,
-                                     unsafe=unsafe)
+                                     unsafe=unsafe, tls=tls)
 
 
 def move(domain: str = "c-n1", **fields: str) -> HostCommand:
@@ -63,13 +63,26 @@ async def test_a_migration_answers_pending_then_the_domain_is_the_targets(
     moved = target.domains["c-n1"]
     assert moved.state is PowerState.RUNNING and moved.meta is not None
     assert (moved.meta.host, moved.meta.node) == ("pm2", "n1")
+    # sent again (its answer lost): nothing left to move here, nothing done
+    again = await agent.execute(move())
+    assert again.outcome is CommandOutcome.NOOP and "c-n1" in target.domains
+
+
+async def test_a_migration_to_another_target_while_one_runs_is_refused(
+        pair: tuple[HostAgent, SlowMove, FakeBackend]) -> None:
+    agent, source, _ = pair
+    assert (await agent.execute(move())).outcome is CommandOutcome.PENDING
+    other = await agent.execute(move(target="pm3"))
+    assert (other.outcome, other.message) == (CommandOutcome.FAILED,
+                                              "migrate c-n1: it is moving to pm2 already")
+    source.release.set()
+    assert (await agent.execute(move())).outcome is CommandOutcome.DONE
 
 
 @pytest.mark.parametrize(("command", "message"), [
     (move(target=""), "migrate needs the target host, its URI and its address"),
     (move(target_uri=""), "migrate needs the target host, its URI and its address"),
     (move(target="pm1"), "migrate c-n1: pm1 is this host"),
-    (move("d-d-n1"), "no domain 'd-d-n1' on this host"),
     (move("d-n1"), "domain 'd-n1' belongs to cloud d, not c; not touching it"),
 ])
 async def test_a_migration_without_a_target_or_of_another_cloud_is_refused(

@@ -25,7 +25,8 @@ generation this host holds, by what this host can compute from it alone:
 - MIGRATE: the domain must be a managed node's of this cloud, the target another pool host
   that names the same migration storage as this one, and its URI and address the ones the
   manifest gives for it; libvirt's shared-storage check skipped only where the manifest says
-  so for this host: the leader's word alone sends no guest anywhere.
+  so for this host, the stream in clear only where it says so for the target: the leader's
+  word alone sends no guest anywhere, nor lowers how it goes.
 Other commands name only domains, whose ownership HostAgent checks by their metadata.
 
 A command the leader rendered from a generation this host has not taken yet would fail these
@@ -167,6 +168,9 @@ def _migrate(cmd: HostCommand, g: Grounds) -> str | None:
     if cmd.unsafe and not here.migration.unsafe:
         return (f"moves from {g.me} keep libvirt's shared-storage check in the manifest of "
                 f"cloud {cloud.name}")
+    if there.migration.tls and not cmd.tls:
+        return (f"moves to {there.name} are encrypted (tls) in the manifest of cloud "
+                f"{cloud.name}")
     return None
 
 

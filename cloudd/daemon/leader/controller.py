@@ -188,6 +188,8 @@ class Controller:
         self._seen: dict[tuple[str, str], tuple[DomainState, float]] = {}
         self._reasons: dict[tuple[str, str], str] = {}
         self._shutdowns: dict[tuple[str, str], float] = {}
+        #: (node, host) of the domains the hosts' last lists said are migrating
+        self._migrating: set[tuple[str, str]] = set()
         self.unreachable = Unreachable()
         #: seconds a command its host answers PENDING is waited for
         self.pending_limit = PENDING_LIMIT
@@ -251,6 +253,8 @@ class Controller:
                 self._reports[host] = (self._reports[host][0], None)
             return
         domains: list[DomainObs] = []
+        self._migrating -= {(n, h) for n, h in self._migrating if h == host}
+        self._migrating |= {(i.meta.node, host) for i in listing.domains if i.migrating}
         for info in listing.domains:
             key = (info.meta.node, host)
             state = _STATES[info.state]
@@ -276,13 +280,11 @@ class Controller:
             live = self.liveness(name)
             if live is Liveness.ALIVE:
                 self.fenced.discard(name)  # back from the dead: its report counts again
-            moves = self.migration(name)
             hosts.append(HostObs(name, live, stock is not None,
                                  stock.free_memory_kib // 1024 if stock else 0,
                                  stock.images if stock else frozenset(),
                                  fenced=name in self.fenced, reported=name in self._reports,
-                                 overlays=_overlays(stock, prefix),
-                                 storage=moves.storage if moves is not None else ""))
+                                 overlays=_overlays(stock, prefix)))
             domains.extend(seen)
         present = {(d.node, d.host) for d in domains}
         for key in [k for k in self._shutdowns if k not in present]:
@@ -292,9 +294,12 @@ class Controller:
                      present=present, now=now)
         self.node_fails.settle_nodes(domains, now=now, unreachable=gone.since)
         self.host_fails.settle_quiet(now=now)
+        # a node whose domain a host reports migrating is in flight whoever started the move
+        # (this leader, or one before it): no pass acts on either of its two copies
+        moving = frozenset(n for n, h in self._migrating if (n, h) in present)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
                         host_failures=self.host_fails.snapshot(),
-                        in_flight=before | frozenset(self._busy),
+                        in_flight=before | frozenset(self._busy) | moving,
                         fencing=frozenset(self._fencing),
                         shutdowns=dict(self._shutdowns),
                         unreachable=dict(gone.since), resets=dict(gone.resets),
@@ -471,7 +476,8 @@ class Controller:
                 raise TemporaryError(f"hosts {action.host} and {action.target} take no live "
                                      "migration now")
             return HostCommand(op, term, domain, target=action.target, target_uri=there.uri,
-                               target_address=there.address, unsafe=here.unsafe)
+                               target_address=there.address, unsafe=here.unsafe,
+                               tls=there.tls)
         if op is not Op.DEFINE:
             return HostCommand(op, term, domain)
         return HostCommand(op, term, domain, self.render(spec, term)) if spec else None

@@ -35,5 +35,7 @@ def desired_of(cloud: Cloud, *, held: Collection[str | None] = (),
                         role_order=cloud.roles,
                         unreachable_reset_after=cloud.unreachable_reset_after,
                         drained=drains.hosts & pool.keys(),
-                        move_stateful=drains.move_stateful & pool.keys())
+                        move_stateful=drains.move_stateful & pool.keys(),
+                        storage={h.name: h.migration.storage for h in cloud.pool
+                                 if h.migration is not None})
 

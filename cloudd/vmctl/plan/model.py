@@ -107,6 +107,10 @@ class Desired:
     elsewhere one role-safe step at a time (`planner`'s drain rules)."""
     move_stateful: frozenset[str] = frozenset()
     """The drained hosts whose stateful and batch compute nodes the operator allowed to move."""
+    storage: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Host -> the shared storage its image folders are on, for the hosts that take part in
+    live migration (the manifest's pool `migration`); a host absent takes none, so a node
+    leaves it, and reaches it, by stop-and-re-place only."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,6 @@ class HostObs:
     overlays: frozenset[tuple[str, str]] = frozenset()
     """(path, node) of the per-node overlays the host made for this cloud and still has (the
     host's own record, so never a base image or another cloud's file)."""
-    storage: str = ""
-    """The shared storage this host's image folders are on, when its libvirtd takes live
-    migrations from the other hosts of that storage (its `libvirt.migration`); "": none, so a
-    node leaves it by stop-and-re-place."""
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ class Placer:
         only those hosts, and only with the image already there (a live migration's
         targets: no copy comes first)."""
         if node.pin is not None:
-            if self.why_not(node.pin, node) is not None:
+            if self.why_not(node.pin, node) is not None or (
+                    among is not None and node.pin not in among):
                 return None
             self._book(node.pin, node)
             return node.pin

@@ -18,9 +18,10 @@ Safety rules, in the order they are checked:
   a dead host to be re-placed (duplicates are still resolved).
 - A drained host (`Desired.drained`) is never a placement's target; its nodes leave it one
   role-safe step at a time (`drain`): live (`Migrate`) to a host that shares its storage
-  and takes migrations (`HostObs.storage`) and can take the node now, else by
-  stop-and-re-place. A migration is one action: the copy is on one host before and on the
-  other after, never on two (the hosts' libvirtds hand it over).
+  (`Desired.storage`) and can take the node now, else by stop-and-re-place. While a domain
+  migrates it is on both hosts (paused and incoming on the target); the hosts report it as
+  migrating, and the controller counts such a node in flight whoever started the move, so
+  no pass takes the two for duplicates.
 Liveness rules: a copy on a live host is restarted in place according to its run strategy;
 a running copy whose agent stays unreachable is reset, then destroyed to be started again
 (`hung`); a node or host backing off after failures is skipped until its deadline.
@@ -314,10 +315,16 @@ class _Pass:
                 return True
             target = self._live_target(spec, d, placer)
             if target is not None:
-                self.by_node[spec.name].append(Migrate(
-                    spec.name, d.host, target,
-                    f"{decided.reason}, live to {target} (storage {self.hosts[target].storage} "
-                    "is shared)"))
+                out = self.by_node[spec.name]
+                if spec.base_image is not None:
+                    # the target records the overlay as well (it finds it there, on the
+                    # shared storage): it can remove it once no node needs it, even after
+                    # the drained host has left the pool
+                    out.append(CreateOverlay(spec.name, target,
+                                             f"{target} takes over {spec.name}'s overlay"))
+                out.append(Migrate(spec.name, d.host, target,
+                                   f"{decided.reason}, live to {target} (storage "
+                                   f"{self.desired.storage[target]} is shared)"))
             else:
                 self._remove(d, why=decided.reason, graceful=True)
             return True
@@ -330,13 +337,13 @@ class _Pass:
         part in no live migration, or no host sharing its storage can take it now; or it has
         failures on record (a migration that failed once is not tried again: the node
         leaves the way that always works)."""
-        storage = self.hosts[d.host].storage
-        if (not storage or d.state is not DomainState.RUNNING
+        storage = self.desired.storage.get(d.host)
+        if (storage is None or d.state is not DomainState.RUNNING
                 or (spec.name, d.host) in self.observed.shutdowns
                 or spec.name in self.observed.node_failures):
             return None
-        return placer.choose(spec, among={h.name for h in self.observed.hosts
-                                          if h.storage == storage and h.name != d.host})
+        return placer.choose(spec, among={h for h, s in self.desired.storage.items()
+                                          if s == storage and h != d.host})
 
     def _hung(self, d: DomainObs) -> None:
         """A running domain on a live host: reset it, or destroy it, when its agent has been

@@ -357,6 +357,15 @@ def test_a_migration_goes_only_where_the_manifest_says(cloud: Cloud, command: Ho
     assert refusal(command, g) == (None if expected is None else AdmissionRefusal(expected))
 
 
+def test_a_migration_in_clear_to_a_host_that_wants_tls_is_refused(cloud: Cloud) -> None:
+    g = migrating(cloud)
+    there = replace(g.pool[1], migration=replace(g.pool[1].migration, tls=True))  # type: ignore[arg-type]
+    g = replace(g, pool=(g.pool[0], there))
+    assert refusal(move(), replace(grounds(g), me="pm1")) == AdmissionRefusal(
+        "moves to pm2 are encrypted (tls) in the manifest of cloud shop")
+    assert refusal(replace(move(), tls=True), replace(grounds(g), me="pm1")) is None
+
+
 def test_without_migration_settings_no_migration_is_admitted(cloud: Cloud) -> None:
     assert refusal(move(), replace(grounds(cloud), me="pm1")) == AdmissionRefusal(
         "hosts pm1 and pm2 share no storage for live migration in the manifest of cloud shop")

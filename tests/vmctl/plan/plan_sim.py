@@ -74,7 +74,7 @@ class World:
 
     def observe(self) -> Observed:
         hosts = tuple(HostObs(h.name, h.liveness, h.reachable, self.free(h.name),
-                              frozenset(h.images), fenced=h.fenced, storage=h.storage)
+                              frozenset(h.images), fenced=h.fenced)
                       for h in self.hosts.values())
         seen: list[DomainObs] = []
         for h in self.hosts.values():

@@ -9,8 +9,10 @@ import pytest
 from plan_sim import SimHost, World
 
 from cloudd.vmctl.plan import (
+    CreateOverlay,
     Define,
     Desired,
+    Destroy,
     DomainObs,
     DomainState,
     DrainMove,
@@ -282,55 +284,92 @@ def test_a_new_leader_finishes_a_move_it_did_not_start() -> None:
 # ---- live migration: hosts that share storage and take migrations ------------------------
 
 
-def shared(name: str, free: int = 4096, storage: str = "san") -> HostObs:
-    return HostObs(name, Liveness.ALIVE, True, free, HAS, storage=storage)
+def shared(*nodes: NodeSpec, storage: dict[str, str], stateful: frozenset[str] = frozenset(),
+           ) -> Desired:
+    return replace(want(*nodes, stateful=stateful), storage=storage)
+
+
+SAN = {"pm1": "san", "pm3": "san"}
+READY = {"db", "s1", "s2", "lb"}
 
 
 def test_a_server_moves_live_to_a_host_sharing_its_storage() -> None:
-    hosts = (shared("pm1"), host("pm2"), shared("pm3"))
-    p = planned(want(*WEB), seen(*SPREAD, ready={"db", "s1", "s2", "lb"}, hosts=hosts), 0.0)
+    p = planned(shared(*WEB, storage=SAN), seen(*SPREAD, ready=READY), 0.0)
     assert p.actions == (Migrate("s1", "pm1", "pm3", "host pm1 is drained: moving s1 "
                                  "(replica), live to pm3 (storage san is shared)"),)
 
 
-def test_without_a_sharing_host_that_can_take_it_the_node_stops_and_is_re_placed() -> None:
-    ready = {"db", "s1", "s2", "lb"}
-    for hosts in [(shared("pm1"), host("pm2"), host("pm3")),  # nobody shares san
-                  (shared("pm1"), host("pm2"), shared("pm3", storage="nas")),
-                  (shared("pm1"), host("pm2"), shared("pm3", free=100)),  # pm3 is full
-                  (host("pm1"), shared("pm2"), shared("pm3"))]:  # pm1 takes no part
-        p = planned(want(*WEB), seen(*SPREAD, ready=ready, hosts=hosts), 0.0)
-        assert p.actions == (Shutdown("s1", "pm1", "host pm1 is drained: moving s1 "
-                                      "(replica)"),), hosts
+def test_a_node_with_an_overlay_has_the_target_record_it_first() -> None:
+    nodes = tuple(replace(n, base_image="/img/base.qcow2") if n.name == "s1" else n
+                  for n in WEB)
+    hosts = (host("pm1"), host("pm2"),
+             HostObs("pm3", Liveness.ALIVE, True, 4096, HAS | {"/img/base.qcow2"}))
+    p = planned(shared(*nodes, storage=SAN), seen(*SPREAD, ready=READY, hosts=hosts), 0.0)
+    assert [(type(a), a.node, a.host) for a in p.actions] == [
+        (CreateOverlay, "s1", "pm3"), (Migrate, "s1", "pm1")]
 
 
-def test_a_node_whose_migration_failed_leaves_by_stop_and_re_place() -> None:
-    hosts = (shared("pm1"), host("pm2"), shared("pm3"))
-    failed = Observed(hosts, SPREAD, ready=frozenset({"db", "s1", "s2", "lb"}),
-                      node_failures={"s1": FailRecord(1, 0.0, 2.0)})
-    assert planned(want(*WEB), failed, 1.0).actions == ()  # backing off first
-    assert [type(a) for a in planned(want(*WEB), failed, 3.0).actions] == [Shutdown]
+@pytest.mark.parametrize("storage", [
+    {"pm1": "san"},  # nobody shares san
+    {"pm1": "san", "pm3": "nas"},
+    {"pm2": "san", "pm3": "san"},  # pm1 takes no part
+], ids=["alone", "other storage", "not the drained host"])
+def test_without_a_host_sharing_its_storage_the_node_stops_and_is_re_placed(
+        storage: dict[str, str]) -> None:
+    p = planned(shared(*WEB, storage=storage), seen(*SPREAD, ready=READY), 0.0)
+    assert p.actions == (Shutdown("s1", "pm1", "host pm1 is drained: moving s1 (replica)"),)
+
+
+def test_a_sharing_host_that_cannot_take_it_now_leaves_stop_and_re_place() -> None:
+    hosts = (host("pm1"), host("pm2"), host("pm3", free=100))  # pm3 is full
+    p = planned(shared(*WEB, storage=SAN), seen(*SPREAD, ready=READY, hosts=hosts), 0.0)
+    assert [(type(a), a.host) for a in p.actions] == [(Shutdown, "pm1")]
+
+
+def test_a_pinned_node_never_moves_live_to_a_host_without_the_storage() -> None:
+    pinned = tuple(replace(n, pin="pm2") if n.name == "s1" else n for n in WEB)
+    on = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm2"), dom("lb", "pm3"))
+    p = planned(shared(*pinned, storage=SAN), seen(*on, ready=READY), 0.0)
+    assert not any(isinstance(a, Migrate) for a in p.actions)
+
+
+def test_a_node_with_failures_on_record_leaves_by_stop_and_re_place() -> None:
+    failed = Observed((host("pm1"), host("pm2"), host("pm3")), SPREAD,
+                      ready=frozenset(READY), node_failures={"s1": FailRecord(1, 0.0, 2.0)})
+    assert planned(shared(*WEB, storage=SAN), failed, 1.0).actions == ()  # backing off first
+    assert [type(a) for a in planned(shared(*WEB, storage=SAN), failed, 3.0).actions] == [
+        Shutdown]
 
 
 def test_a_migration_under_way_holds_the_next_node_back() -> None:
-    hosts = (shared("pm1"), shared("pm2"), shared("pm3"))
     both = (dom("db", "pm3"), dom("s1", "pm1"), dom("s2", "pm1"), dom("lb", "pm3"))
-    obs = seen(*both, ready={"db", "s1", "s2", "lb"}, hosts=hosts)
-    p = planned(want(*WEB), obs, 0.0)
+    everywhere = {"pm1": "san", "pm2": "san", "pm3": "san"}
+    obs = seen(*both, ready=READY)
+    p = planned(shared(*WEB, storage=everywhere), obs, 0.0)
     assert [(type(a), a.node, a.target) for a in p.actions] == [(Migrate, "s1", "pm2")]
     assert waiting(p)["s2"] == "one step at a time: s1 is leaving drained host pm1"
     # the next pass, s1's migration still running (its copy still runs on pm1)
-    p = planned(want(*WEB), replace(obs, in_flight=frozenset({"s1"})), 1.0)
+    p = planned(shared(*WEB, storage=everywhere), replace(obs, in_flight=frozenset({"s1"})), 1.0)
     assert p.actions == ()
     assert waiting(p)["s2"] == "one step at a time: s1 is leaving drained host pm1"
 
 
+def test_a_node_migrating_is_on_two_hosts_and_neither_copy_is_touched() -> None:
+    """During the hand-over the target holds the incoming domain, paused: a node whose
+    domains the hosts report migrating is in flight (the controller's word), and no pass
+    takes its two copies for duplicates, whichever leader runs it."""
+    hand_over = (*SPREAD, dom("s1", "pm3", DomainState.PAUSED, "migration"))
+    obs = seen(*hand_over, ready=READY)
+    assert [type(a) for a in planned(want(*WEB), obs, 0.0).actions] == [Destroy]
+    assert planned(want(*WEB), replace(obs, in_flight=frozenset({"s1"})), 0.0).actions == ()
+
+
 def test_a_stateful_node_moves_live_with_the_operators_word_only() -> None:
-    hosts = (shared("pm1"), shared("pm2"), shared("pm3"))
     on = (dom("db", "pm1"), dom("s1", "pm2"), dom("s2", "pm3"), dom("lb", "pm3"))
-    obs = seen(*on, ready={"db", "s1", "s2", "lb"}, hosts=hosts)
-    assert planned(want(*WEB), obs, 0.0).actions == ()
-    p = planned(want(*WEB, stateful=frozenset({"pm1"})), obs, 0.0)
+    everywhere = {"pm1": "san", "pm2": "san", "pm3": "san"}
+    obs = seen(*on, ready=READY)
+    assert planned(shared(*WEB, storage=everywhere), obs, 0.0).actions == ()
+    p = planned(shared(*WEB, storage=everywhere, stateful=frozenset({"pm1"})), obs, 0.0)
     assert [(type(a), a.node, a.target) for a in p.actions] == [(Migrate, "db", "pm2")]
 
 
@@ -340,10 +379,10 @@ def test_simulated_live_drain_empties_the_host_and_no_guest_ever_stops() -> None
                    SimHost("pm3", 4096, {IMG})], {n.name: n for n in WEB})
     for n in ("db", "s1", "s2", "lb"):
         world.add(DomainObs("pm1", n, "c1", RUN, "booted", term=1))
-    desired = want(*WEB, stateful=frozenset({"pm1"}))
+    desired = shared(*WEB, storage={"pm1": "san", "pm2": "san"}, stateful=frozenset({"pm1"}))
     for now in range(20):
         obs = world.observe()
-        p = planned(desired, replace(obs, ready=frozenset({"db", "s1", "s2", "lb"})), now)
+        p = planned(desired, replace(obs, ready=frozenset(READY)), now)
         assert len(p.actions) <= 1, p.actions  # one step at a time
         for a in p.actions:
             world.apply(a, now)
