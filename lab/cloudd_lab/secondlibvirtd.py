@@ -154,3 +154,64 @@ class SecondLibvirtd:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Where QEMU looks for its TLS certificates by default (qemu.conf's default_tls_x509_cert_dir),
+#: migration streams included: both libvirtds of the lab read this one folder.
+QEMU_PKI = Path("/etc/pki/qemu")
+
+
+class QemuTls:
+    """Certificates for encrypted migration streams between the lab's libvirtds, in QEMU's
+    default folder: a CA made for the lab, a server certificate for 127.0.0.1 (where the
+    lab's qemus take streams; QEMU checks the name the stream's URI gives) and a client
+    certificate (QEMU checks the client too, `migrate_tls_x509_verify`'s default). Made only
+    where the folder does not exist (a machine's own certificates are never touched) and
+    removed by `close()`. Lab only: the keys are readable by QEMU's user, and valid a day."""
+
+    def __init__(self, folder: Path = QEMU_PKI) -> None:
+        self.folder = folder
+        self.made = False
+
+    def open(self) -> QemuTls:
+        if self.folder.exists():
+            raise RuntimeError(f"{self.folder} exists: the lab will not replace a machine's "
+                               "QEMU certificates")
+        self.folder.mkdir(parents=True)
+        self.made = True
+        f = self.folder
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                "/CN=cloudd lab qemu CA", "-keyout", str(f / "ca-key.pem"),
+                "-out", str(f / "ca-cert.pem"))
+        for who, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(f / f"{who}-key.pem"), "-out", str(f / f"{who}.csr"))
+            (f / f"{who}.ext").write_text(f"subjectAltName=IP:127.0.0.1\n"
+                                          f"extendedKeyUsage={usage}\n")
+            openssl("x509", "-req", "-days", "1", "-in", str(f / f"{who}.csr"),
+                    "-CA", str(f / "ca-cert.pem"), "-CAkey", str(f / "ca-key.pem"),
+                    "-CAcreateserial", "-extfile", str(f / f"{who}.ext"),
+                    "-out", str(f / f"{who}-cert.pem"))
+        (f / "ca-key.pem").unlink()
+        for p in f.iterdir():
+            p.chmod(0o644)
+        f.parent.chmod(0o755)
+        f.chmod(0o755)
+        return self
+
+    def close(self) -> None:
+        if self.made:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.folder.parent.rmdir()  # /etc/pki, when the lab made it
+            self.made = False
+
+    def __enter__(self) -> QemuTls:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

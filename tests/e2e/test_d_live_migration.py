@@ -6,13 +6,14 @@ beside it that libvirt takes for another host (cloudd_lab.secondlibvirtd: its ow
 UTS namespaces, host UUID and migration ports). Both see this machine's image folder, so the
 manifest declares them as sharing storage `lab`, each with the URI its libvirtd is reached at
 and `unsafe: true` (libvirt cannot tell that one local file system seen by two daemons is
-shared). The web cloud (one balancer, one server, one database) runs in VMs booted from the
-node image. A client writes through the balancer every 100 ms (cloudd_lab.webfaults) while
-`cloudd-cli drain pm2 --move-stateful` moves every guest on pm2 to pm1, live: each guest's
-boot id is the same after the move, and the one server never stopped serving, which a
-stop-and-re-place could not do. Then pm1 is drained the same way and every guest moves to pm2
-(`make e2e` only). Waits are bounded polls; the seconds of failed requests are reported,
-not asserted.
+shared); moves to pm1 are encrypted (`tls: true`: certificates the lab makes for QEMU,
+`cloudd_lab.secondlibvirtd.QemuTls`), moves to pm2 are not. The web cloud (one balancer, one
+server, one database) runs in VMs booted from the node image. A client writes through the
+balancer every 100 ms (cloudd_lab.webfaults) while `cloudd-cli drain pm2 --move-stateful`
+moves every guest on pm2 to pm1, live: each guest's boot id is the same after the move, and
+the one server never stopped serving, which a stop-and-re-place could not do. Then pm1 is
+drained the same way and every guest moves to pm2 (`make e2e` only). Waits are bounded
+polls; the seconds of failed requests are reported, not asserted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from cloudd_lab import webfaults
 from cloudd_lab.imagelab import ImageLab
-from cloudd_lab.secondlibvirtd import SecondLibvirtd
+from cloudd_lab.secondlibvirtd import QemuTls, SecondLibvirtd
 from cloudd_lab.vmlab import leftovers, poll, virsh
 from cloudd_lab.webclient import serves
 
@@ -39,9 +40,9 @@ MOVED = 900.0
 Say = Callable[[str], None]
 
 
-def migration(uri: str) -> dict[str, object]:
+def migration(uri: str, *, tls: bool = False) -> dict[str, object]:
     """A pool host's `migration` in the lab: both qemus listen on loopback."""
-    return {"uri": uri, "storage": "lab", "address": "127.0.0.1", "unsafe": True}
+    return {"uri": uri, "storage": "lab", "address": "127.0.0.1", "unsafe": True, "tls": tls}
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +52,11 @@ def site() -> Iterator[ImageLab]:
     second = SecondLibvirtd(Path(f"/run/cloudd-lab-{PREFIX}"), f"{PREFIX}-pm2")
     lab = ImageLab(PREFIX, hosts=2, nodes=dict(NODES), subnet=SUBNET, cloud_name=PREFIX,
                    more_libvirtds=(second.uri,),
-                   host_fields={"pm1": {"migration": migration(second.main_uri)},
+                   host_fields={"pm1": {"migration": migration(second.main_uri, tls=True)},
                                 "pm2": {"libvirt_uri": second.uri,
                                         "migration": migration(second.uri)}})
     left: list[str] = []
-    with second:
+    with QemuTls(), second:
         try:
             with lab:
                 lab.start_all()
