@@ -12,7 +12,8 @@ world-readable folder, and the guest sees the host's `/` over virtiofs but gets 
 `/tmp`, so the lab's root (the PKI the identities name) is under /var/tmp, not /tmp.
 
 The observers (`domains`, `inspect`, `joined`) are blocking, for tests and the demo driver.
-`close()` removes the lab's domains too (every domain whose name starts with the cloud's).
+`close()` removes the lab's domains too (every domain whose name starts with the cloud's, on
+this machine's libvirtd and on `more_libvirtds`).
 """
 
 from __future__ import annotations
@@ -190,10 +191,11 @@ class VmLab(AgentLab):
             h["name"] == host and h["liveness"] == "alive" for h in v["hosts"]), bound=bound)
 
     def remove_domains(self) -> None:
-        for name in virsh("list", "--all", "--name").stdout.split():
-            if name.startswith(f"{self.cloud_name}-"):
-                virsh("destroy", name)
-                virsh("undefine", name)
+        for uri in (SYSTEM, *self.more_libvirtds):
+            for name in virsh("list", "--all", "--name", uri=uri).stdout.split():
+                if name.startswith(f"{self.cloud_name}-"):
+                    virsh("destroy", name, uri=uri)
+                    virsh("undefine", name, uri=uri)
 
     # -- what the agents say --------------------------------------------------------------
     def inspect(self, name: str) -> dict[str, Any] | None:
