@@ -13,6 +13,8 @@ import copy
 import datetime
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +320,15 @@ def test_shared_addresses_and_elastic_templates_read_alike(folder: Path) -> None
         got = outcome(new.build_cloud, doc, Origin.FILE)
         assert got == outcome(old.build_cloud, doc, Origin.FILE)
     assert got[0] == "refused" and "names it by address (and name) only" in got[1][0]
+
+
+def test_the_manifest_s_models_load_no_pydantic() -> None:
+    """Only a type's settings model (a provider's, still pydantic's) loads it now."""
+    code = ("import sys\n"
+            "import cloudd.config.manifest, cloudd.config.portable\n"
+            "import cloudd.providers.appscale.layout\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pydantic', 'pydantic_core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
