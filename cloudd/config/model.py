@@ -20,7 +20,7 @@ from cloudd.config.catalog import GeneratedSecret
 # Part of the manifest's vocabulary, defined apart so that the planner can share it.
 from cloudd.config.intent import Ensure as Ensure
 from cloudd.config.intent import RunStrategy as RunStrategy
-from cloudd.config.plain import Limits
+from cloudd.config.plain import ValueLimits
 from cloudd.config.plain import ip_address as _ip
 from cloudd.config.sshkeys import check_public_key
 from cloudd.config.users import MAX_USERS, User, UserIn
@@ -45,10 +45,10 @@ def _absolute(value: str) -> str:
     return value
 
 
-DnsLabel = Annotated[str, Limits(check=_dns_label)]
-SshPublicKey = Annotated[str, Limits(check=check_public_key)]
-Address = Annotated[str, Limits(check=_ip)]
-AbsPath = Annotated[str, Limits(check=_absolute)]
+DnsLabel = Annotated[str, ValueLimits(check=_dns_label)]
+SshPublicKey = Annotated[str, ValueLimits(check=check_public_key)]
+Address = Annotated[str, ValueLimits(check=_ip)]
+AbsPath = Annotated[str, ValueLimits(check=_absolute)]
 
 
 def _migration_uri(value: str) -> str:
@@ -65,7 +65,7 @@ class MigrationIn:
     migration): the hosts that name the same `storage` see the same image folders at the
     same paths, and their libvirtds trust each other."""
 
-    uri: Annotated[str, Limits(check=_migration_uri)]
+    uri: Annotated[str, ValueLimits(check=_migration_uri)]
     """This host's libvirtd as the other hosts' libvirtds reach it (qemu+tls://...)."""
     storage: DnsLabel
     """The name of the storage its image folders are on, shared with the hosts naming it."""
@@ -83,7 +83,7 @@ class PoolHostIn:
     name: DnsLabel
     address: Address
     libvirt_uri: str | None = None
-    fence: Annotated[list[str] | None, Limits(min_length=1)] = None
+    fence: Annotated[list[str] | None, ValueLimits(min_length=1)] = None
     migration: MigrationIn | None = None
 
 
@@ -92,22 +92,22 @@ class TwoHostIn:
     """A pool of exactly two hosts where the survivor acts after fencing the other
     (docs/operations.md, "Two-host pools"). Seconds."""
 
-    fence_delay: Annotated[float, Limits(ge=0, le=3600)] = TwoHost.fence_delay
-    wait_for_all: Annotated[float | None, Limits(gt=0, le=86400)] = None
+    fence_delay: Annotated[float, ValueLimits(ge=0, le=3600)] = TwoHost.fence_delay
+    wait_for_all: Annotated[float | None, ValueLimits(gt=0, le=86400)] = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkIn:
     """How nodes configure their address (the manifest gives addresses without prefix)."""
 
-    prefix_length: Annotated[int, Limits(ge=1, le=128)] = 24
+    prefix_length: Annotated[int, ValueLimits(ge=1, le=128)] = 24
     gateway: Address | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResourcesIn:
-    memory_mib: Annotated[int, Limits(ge=64, le=1024 * 1024)] = 512
-    vcpus: Annotated[int, Limits(ge=1, le=512)] = 1
+    memory_mib: Annotated[int, ValueLimits(ge=64, le=1024 * 1024)] = 512
+    vcpus: Annotated[int, ValueLimits(ge=1, le=512)] = 1
 
 
 #: Seconds a node's agent may stay unreachable while its domain runs before the leader resets
@@ -124,12 +124,12 @@ MAX_ELASTIC = 1024
 class TimingIn:
     """The cloud's own bounds on its guests, in seconds."""
 
-    unreachable_reset_after: Annotated[float, Limits(ge=10)] = UNREACHABLE_RESET_AFTER
+    unreachable_reset_after: Annotated[float, ValueLimits(ge=10)] = UNREACHABLE_RESET_AFTER
     """A node whose domain runs while its agent has been unreachable (dead by the leader's
     own SWIM probes) this long is hung: reset, then destroyed and started again if it stays
     unreachable as long again. Counted from the domain's start for an agent that never came
     up."""
-    monitor_interval: Annotated[float, Limits(ge=1, le=3600)] = MONITOR_INTERVAL
+    monitor_interval: Annotated[float, ValueLimits(ge=1, le=3600)] = MONITOR_INTERVAL
     """Seconds between two runs of the provider's cluster checks (`monitor`) by the leader;
     they also run after every configure."""
 
@@ -138,7 +138,7 @@ class TimingIn:
 class NodeAccessIn:
     """How an operator gets into the cloud's nodes: root's SSH keys (public keys only)."""
 
-    ssh_authorized_keys: Annotated[list[SshPublicKey], Limits(max_length=64)] = field(
+    ssh_authorized_keys: Annotated[list[SshPublicKey], ValueLimits(max_length=64)] = field(
         default_factory=list)
 
 
@@ -148,8 +148,8 @@ class NodeTemplateIn:
     `{name}` in `image` stands for each node's name (each managed node needs its own disk)."""
 
     image: AbsPath | None = None
-    memory_mib: Annotated[int | None, Limits(ge=64, le=1024 * 1024)] = None
-    vcpus: Annotated[int | None, Limits(ge=1, le=512)] = None
+    memory_mib: Annotated[int | None, ValueLimits(ge=64, le=1024 * 1024)] = None
+    vcpus: Annotated[int | None, ValueLimits(ge=1, le=512)] = None
     host: str | None = None
     base_image: AbsPath | None = None
     overlay: bool = False
@@ -168,10 +168,10 @@ class NodeIn(NodeTemplateIn):
 
 @dataclass(frozen=True, kw_only=True)
 class ElasticIn:
-    min: Annotated[int, Limits(ge=0, le=MAX_ELASTIC)]
-    max: Annotated[int, Limits(ge=1, le=MAX_ELASTIC)]
-    idle_after: Annotated[float, Limits(ge=10, le=7 * 86400)] = 300.0
-    cooldown: Annotated[float, Limits(ge=0, le=86400)] = 120.0
+    min: Annotated[int, ValueLimits(ge=0, le=MAX_ELASTIC)]
+    max: Annotated[int, ValueLimits(ge=1, le=MAX_ELASTIC)]
+    idle_after: Annotated[float, ValueLimits(ge=10, le=7 * 86400)] = 300.0
+    cooldown: Annotated[float, ValueLimits(ge=0, le=86400)] = 120.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,10 +181,10 @@ class ElasticRoleIn:
 
     elastic: ElasticIn
     template: NodeTemplateIn
-    addresses: Annotated[list[Address] | str, Limits(min_length=1)]
+    addresses: Annotated[list[Address] | str, ValueLimits(min_length=1)]
     #: The candidates' names: `{index}` stands for each one's place in `addresses` (from
     #: 1); by default `CLOUD-ROLE-{index}`, as any node's.
-    names: Annotated[str | None, Limits(min_length=1, max_length=63)] = None
+    names: Annotated[str | None, ValueLimits(min_length=1, max_length=63)] = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,10 +209,10 @@ class CloudIn:
     domain_template_text: str | None = None
     #: Set by cloudd on the manifests it sends: the text names no file (`sources.Origin`).
     self_contained: bool = False
-    pool: Annotated[list[PoolHostIn], Limits(min_length=1)]
+    pool: Annotated[list[PoolHostIn], ValueLimits(min_length=1)]
     #: Present: the pool is a two-host pool (exactly two hosts, each with a fence command).
     two_host: TwoHostIn | None = None
-    roles: Annotated[dict[str, Any], Limits(min_length=1)]
+    roles: Annotated[dict[str, Any], ValueLimits(min_length=1)]
     resources: ResourcesIn = field(default_factory=ResourcesIn)
     settings: dict[str, Any] = field(default_factory=dict)
     #: name -> {file: PATH} (read from disk) or {value_b64: ...} / {} (self-contained);
@@ -224,7 +224,7 @@ class CloudIn:
     node_access: NodeAccessIn = field(default_factory=NodeAccessIn)
     timing: TimingIn = field(default_factory=TimingIn)
     #: The users every node has, with the same uid everywhere (`cloudd.config.users`).
-    users: Annotated[list[UserIn], Limits(max_length=MAX_USERS)] = field(default_factory=list)
+    users: Annotated[list[UserIn], ValueLimits(max_length=MAX_USERS)] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -283,7 +283,7 @@ def _pattern(text: str) -> re.Pattern[str]:
 # Their types say more than the agent's settings do: lists and mappings with bounds on how
 # many items they hold, a check on each item of a list (every address), a value that is a
 # list or a text, and fields whose presence matters (a node's entry that says more than its
-# address). A field's type and limits are written together, `Annotated[T, Limits(...)]`, as
+# address). A field's type and limits are written together, `Annotated[T, ValueLimits(...)]`, as
 # pydantic's `Field(...)` was, so that a list's items carry their own (`list[Address]`).
 # Each refusal is worded, placed and ordered as pydantic's was (tests/config/
 # test_manifest_differential.py holds the two side by side). These models are only ever
@@ -292,13 +292,13 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 
 @dataclass(frozen=True)
-class Limits(FieldLimits):
+class ValueLimits(FieldLimits):
     """`FieldLimits`, and the most characters (a text) or items (a list, a mapping)."""
 
     max_length: int | None = None
 
 
-_NONE = Limits()
+_NONE = ValueLimits()
 M = TypeVar("M")
 #: Where `read_model` keeps the names of the fields the text gave (pydantic's
 #: `model_fields_set`): an attribute beside the dataclass's fields, so that it is never
@@ -313,7 +313,7 @@ def given(model: Any) -> frozenset[str]:
 
 def read_model(cls: type[M], data: dict[Any, Any],
                loc: Loc = ()) -> tuple[M | None, list[FieldRefusal]]:
-    """Like `read`, for a model whose fields are written `Annotated[T, Limits(...)]`; the
+    """Like `read`, for a model whose fields are written `Annotated[T, ValueLimits(...)]`; the
     instance remembers the fields it was given (`given`)."""
     values: dict[str, Any] = {}
     problems: list[FieldRefusal] = []
@@ -338,10 +338,10 @@ def read_model(cls: type[M], data: dict[Any, Any],
 
 
 def read_value(hint: Any, value: Any, loc: Loc = (),
-               limits: Limits = _NONE) -> tuple[Any, list[FieldRefusal]]:
+               limits: ValueLimits = _NONE) -> tuple[Any, list[FieldRefusal]]:
     """`value` (found at `loc`) checked against `hint`, a type written as the manifest's
     models write theirs: a model, a list, a mapping, a union, a literal or a scalar, each
-    maybe `Annotated` with its `Limits` (`limits`: those of the field it is the type of)."""
+    maybe `Annotated` with its `ValueLimits` (`limits`: those of the field it is the type of)."""
     hint, own = _limits_of(hint)
     if own is not _NONE and limits is not _NONE:  # an item's checks and its field's bounds
         raise TypeError(f"limits both on {hint} and on the optional field it is the type of")
@@ -384,10 +384,10 @@ def _annotated(cls: type) -> dict[str, Any]:
     return _ANNOTATED[cls]
 
 
-def _limits_of(hint: Any) -> tuple[Any, Limits]:
-    """(the type, its limits) of a type maybe written `Annotated[T, Limits(...)]`."""
+def _limits_of(hint: Any) -> tuple[Any, ValueLimits]:
+    """(the type, its limits) of a type maybe written `Annotated[T, ValueLimits(...)]`."""
     for extra in getattr(hint, "__metadata__", ()):
-        if isinstance(extra, Limits):
+        if isinstance(extra, ValueLimits):
             return hint.__origin__, extra
     return hint, _NONE
 
@@ -396,7 +396,7 @@ def _items(n: int) -> str:
     return f"{n} item{'' if n == 1 else 's'}"
 
 
-def _count(loc: Loc, limits: Limits, n: int, *, what: str = "") -> FieldRefusal | None:
+def _count(loc: Loc, limits: ValueLimits, n: int, *, what: str = "") -> FieldRefusal | None:
     """Why `n` items (or characters, of a union's value) are too few or too many."""
     if limits.max_length is not None and n > limits.max_length:
         return FieldRefusal(loc, f"{what}should have at most {_items(limits.max_length)} "
@@ -407,7 +407,7 @@ def _count(loc: Loc, limits: Limits, n: int, *, what: str = "") -> FieldRefusal 
     return None
 
 
-def _list(item: Any, limits: Limits, value: Any, loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+def _list(item: Any, limits: ValueLimits, value: Any, loc: Loc) -> tuple[Any, list[FieldRefusal]]:
     """A list and each of its items. Too many items is said alone, before any item is read
     (pydantic stops there); too few, only once every item was read without a refusal."""
     if not isinstance(value, list):
@@ -423,7 +423,7 @@ def _list(item: Any, limits: Limits, value: Any, loc: Loc) -> tuple[Any, list[Fi
     return items, problems if too_few is None else [too_few]
 
 
-def _mapping(item: Any, limits: Limits, value: Any,
+def _mapping(item: Any, limits: ValueLimits, value: Any,
              loc: Loc) -> tuple[Any, list[FieldRefusal]]:
     """A mapping of text keys (`dict[str, T]`): each key, then its value, in order."""
     if not isinstance(value, dict):
@@ -440,7 +440,7 @@ def _mapping(item: Any, limits: Limits, value: Any,
     return out, problems if too_few is None else [too_few]
 
 
-def _either(arms: list[Any], limits: Limits, value: Any,
+def _either(arms: list[Any], limits: ValueLimits, value: Any,
             loc: Loc) -> tuple[Any, list[FieldRefusal]]:
     """The first arm of a union that takes `value` (`list[Address] | str`), then the field's
     bounds on its length, worded for any value; or every arm's refusals, each placed under

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from cloudd.config.plain import Limits
+from cloudd.config.plain import ValueLimits
 from cloudd.config.yamlsrc import Document, Loc
 from cloudd.errors import Problem
 
@@ -50,8 +50,8 @@ def _name(value: str) -> str:
     return value
 
 
-PosixName = Annotated[str, Limits(check=_name)]
-Id = Annotated[int, Limits(ge=ID_MIN, le=ID_MAX)]
+PosixName = Annotated[str, ValueLimits(check=_name)]
+Id = Annotated[int, ValueLimits(ge=ID_MIN, le=ID_MAX)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class UserIn:
     name: PosixName
     uid: Id
     gid: Id | None = None
-    groups: Annotated[list[PosixName], Limits(max_length=MAX_GROUPS)] = field(
+    groups: Annotated[list[PosixName], ValueLimits(max_length=MAX_GROUPS)] = field(
         default_factory=list)
 
 
