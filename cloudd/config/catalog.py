@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
 from cloudd.config.intent import DrainMove
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class LayoutNode:
 
 #: (validated settings, the nodes in the manifest's order) -> why the type's own rules refuse
 #: this layout, in one sentence, or None.
-LayoutCheck = Callable[[BaseModel, tuple[LayoutNode, ...]], "str | None"]
+LayoutCheck = Callable[["BaseModel", tuple[LayoutNode, ...]], "str | None"]
 
 
 def any_layout(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:

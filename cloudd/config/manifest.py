@@ -21,8 +21,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from pydantic import TypeAdapter
-
 from cloudd.config import sources, yamlsrc
 from cloudd.config.catalog import Catalog, GeneratedSecret, LayoutNode, RoleSpec, TypeSpec
 from cloudd.config.model import (
@@ -40,14 +38,14 @@ from cloudd.config.model import (
     RoleFilesIn,
     RunStrategy,
 )
-from cloudd.config.problems import inline_secrets, validate_as, validate_model
+from cloudd.config.plain import given
+from cloudd.config.problems import inline_secrets, read_as, read_typed, validate_model
 from cloudd.config.sources import Origin, Reads
 from cloudd.config.users import check_users, user_of
 from cloudd.config.yamlsrc import Document
 from cloudd.election.config import TwoHost
 from cloudd.errors import ConfigError, Problem
 
-_NODES: TypeAdapter[list[NodeIn]] = TypeAdapter(list[NodeIn])
 T = TypeVar("T")
 #: What names a text received over the network in problems (it has no file).
 RECEIVED = Path("<received manifest>")
@@ -92,7 +90,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
     # Before anything is read or validated: a refused text makes this agent read nothing.
     _stop(sources.check_origin(doc, wire=wire, received=origin is Origin.WIRE))
     _stop(inline_secrets(doc))
-    top, problems = validate_model(doc, CloudIn, doc.data)
+    top, problems = read_as(doc, CloudIn, doc.data)
     if not wire and doc.data.get("domain_template") is None:
         # optional in the model, which also reads self-contained texts: required here
         problems = sorted([*problems, doc.place(("domain_template",), message="is required")],
@@ -104,7 +102,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         known = ", ".join(sorted(catalog))
         _stop([doc.place(("type",), message=f"unknown type {top.type!r} (known: {known})")])
     assert spec is not None
-    settings, problems = validate_model(doc, spec.settings_model, top.settings, ("settings",))
+    settings, problems = _settings(doc, spec, top.settings)
     _stop(problems)
     assert settings is not None
     _stop(_check_refs(doc, top))
@@ -167,6 +165,12 @@ def generated(spec: TypeSpec, *, declared: Iterable[str],
     and the manifest does not declare (a declared one is the operator's, and wins)."""
     wanted = {name for names in needed for name in names} - set(declared)
     return tuple(g for g in spec.generated_secrets if g.name in wanted)
+
+
+def _settings(doc: Document, spec: TypeSpec, data: dict[str, Any]
+              ) -> tuple[Any, list[Problem]]:
+    """The type's `settings`, validated by its own model (a provider's), or the problems."""
+    return validate_model(doc, spec.settings_model, data, ("settings",))
 
 
 def _stop(problems: list[Problem]) -> None:
@@ -254,7 +258,7 @@ def _elastic_entries(doc: Document, top: CloudIn, spec: TypeSpec, r: RoleSpec, v
         return [], None, [doc.place((*loc, "elastic"), at_key=True, message=(
             f"role {r.name} of type {spec.name} cannot be elastic (elastic roles: "
             f"{', '.join(x.name for x in spec.roles if x.elastic) or 'none'})"))]
-    role, problems = validate_model(doc, ElasticRoleIn, value, loc)
+    role, problems = read_as(doc, ElasticRoleIn, value, loc)
     if role is None:
         return [], None, problems
     bounds = role.elastic
@@ -284,13 +288,13 @@ def _elastic_entries(doc: Document, top: CloudIn, spec: TypeSpec, r: RoleSpec, v
             "stands for each node's name")))
     if problems:
         return [], None, problems
-    fields = role.template.model_dump(exclude_unset=True)
+    fields = {name: getattr(role.template, name) for name in given(role.template)}
     for i, address in enumerate(addresses, start=1):
         name = names.replace("{index}", str(i))
         node = {**fields, "address": address, "name": name}
         if image is not None:
             node["image"] = image.replace("{name}", name)
-        entry, found = validate_model(doc, NodeIn, node, (*loc, "addresses", i - 1))
+        entry, found = read_as(doc, NodeIn, node, (*loc, "addresses", i - 1))
         if entry is None:
             return [], None, found
         out.append((entry, (*loc, "addresses", i - 1)))
@@ -333,7 +337,7 @@ def _shared(doc: Document, top: CloudIn,
     problems: list[Problem] = []
     out: list[Located] = []
     for group in by_address.values():
-        full = [g for g in group if set(g[2].model_fields_set) - _REFERENCE_FIELDS]
+        full = [g for g in group if given(g[2]) - _REFERENCE_FIELDS]
         declaring = full[0] if full else group[0]
         role, index, entry, loc = declaring
         names = sorted({g[2].name for g in group if g[2].name is not None})
@@ -358,7 +362,7 @@ def _shared(doc: Document, top: CloudIn,
                     f"address {said.address} is already used by node {node.name}")))
             elif g is not declaring and g in full:
                 bad = True
-                extra = ", ".join(sorted(set(said.model_fields_set) - _REFERENCE_FIELDS))
+                extra = ", ".join(sorted(given(said) - _REFERENCE_FIELDS))
                 problems.append(doc.place(at, message=(
                     f"address {said.address} is the node declared at "
                     f"{yamlsrc.render_loc(loc)} (role {role}); a further role's entry names "
@@ -380,11 +384,11 @@ def _role_entries(doc: Document, value: Any, loc: tuple[str | int, ...], *,
         return [], [doc.place(loc, message=(
             "must be a list of nodes, or {addresses_file: PATH, images_file: PATH}"))]
     if isinstance(value, dict) and reads is not None:
-        files, problems = validate_model(doc, RoleFilesIn, value, loc)
+        files, problems = read_as(doc, RoleFilesIn, value, loc)
         if files is None:
             return [], problems
         return _from_files(doc, files, loc, reads=reads)
-    nodes, problems = validate_as(doc, _NODES, value, loc)
+    nodes, problems = read_typed(doc, list[NodeIn], value, loc)
     if nodes is None:
         return [], problems
     return [(n, (*loc, i)) for i, n in enumerate(nodes)], []
@@ -421,7 +425,7 @@ def _from_files(doc: Document, files: RoleFilesIn, loc: tuple[str | int, ...], *
             "line i of the other"))]
     out, problems = [], []
     for (aline, address), (iline, image) in zip(addresses, images, strict=True):
-        node, found = validate_model(doc, NodeIn, {"address": address, "image": image})
+        node, found = read_as(doc, NodeIn, {"address": address, "image": image})
         if node is None:
             # Place the problem in the list file itself: that is where the typo is.
             bad = "address" if any(p.field == "address" for p in found) else "image"

@@ -1,6 +1,8 @@
-"""The manifest as written (pydantic input models) and as used (frozen, normalized Cloud).
+"""The manifest as written (input models) and as used (frozen, normalized Cloud).
 
-The input models check each value in isolation; `cloudd.config.manifest` does the rules that
+The input models check each value in isolation (`cloudd.config.plain.read_model` reads them
+strictly, with pydantic's refusals: a node agent, which reads every manifest it runs under,
+does not load pydantic for it); `cloudd.config.manifest` does the rules that
 span fields (counts per role, unique addresses, host pins) and builds the `Cloud` that the
 planner and the providers consume: a flat, ordered list of nodes with every default applied.
 """
@@ -11,19 +13,21 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cloudd.config.catalog import GeneratedSecret
 
 # Part of the manifest's vocabulary, defined apart so that the planner can share it.
 from cloudd.config.intent import Ensure as Ensure
 from cloudd.config.intent import RunStrategy as RunStrategy
+from cloudd.config.plain import ValueLimits
 from cloudd.config.plain import ip_address as _ip
 from cloudd.config.sshkeys import check_public_key
 from cloudd.config.users import MAX_USERS, User, UserIn
 from cloudd.election.config import TwoHost
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -41,14 +45,10 @@ def _absolute(value: str) -> str:
     return value
 
 
-DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-SshPublicKey = Annotated[str, AfterValidator(check_public_key)]
-Address = Annotated[str, AfterValidator(_ip)]
-AbsPath = Annotated[str, AfterValidator(_absolute)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+DnsLabel = Annotated[str, ValueLimits(check=_dns_label)]
+SshPublicKey = Annotated[str, ValueLimits(check=check_public_key)]
+Address = Annotated[str, ValueLimits(check=_ip)]
+AbsPath = Annotated[str, ValueLimits(check=_absolute)]
 
 
 #: The libvirt URIs another host's libvirtd may be reached at for a migration: the system
@@ -67,12 +67,13 @@ def _migration_uri(value: str) -> str:
     return value
 
 
-class MigrationIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class MigrationIn:
     """How the other pool hosts move guests to this one live (libvirt's peer-to-peer
     migration): the hosts that name the same `storage` see the same image folders at the
     same paths, and their libvirtds trust each other."""
 
-    uri: Annotated[str, AfterValidator(_migration_uri)]
+    uri: Annotated[str, ValueLimits(check=_migration_uri)]
     """This host's libvirtd as the other hosts' libvirtds reach it (qemu+tls://...)."""
     storage: DnsLabel
     """The name of the storage its image folders are on, shared with the hosts naming it."""
@@ -90,32 +91,36 @@ class MigrationIn(_Strict):
     a network that carries nothing else."""
 
 
-class PoolHostIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class PoolHostIn:
     name: DnsLabel
     address: Address
     libvirt_uri: str | None = None
-    fence: list[str] | None = Field(default=None, min_length=1)
+    fence: Annotated[list[str] | None, ValueLimits(min_length=1)] = None
     migration: MigrationIn | None = None
 
 
-class TwoHostIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class TwoHostIn:
     """A pool of exactly two hosts where the survivor acts after fencing the other
     (docs/operations.md, "Two-host pools"). Seconds."""
 
-    fence_delay: float = Field(default=TwoHost.fence_delay, ge=0, le=3600)
-    wait_for_all: float | None = Field(default=None, gt=0, le=86400)
+    fence_delay: Annotated[float, ValueLimits(ge=0, le=3600)] = TwoHost.fence_delay
+    wait_for_all: Annotated[float | None, ValueLimits(gt=0, le=86400)] = None
 
 
-class NetworkIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class NetworkIn:
     """How nodes configure their address (the manifest gives addresses without prefix)."""
 
-    prefix_length: int = Field(default=24, ge=1, le=128)
+    prefix_length: Annotated[int, ValueLimits(ge=1, le=128)] = 24
     gateway: Address | None = None
 
 
-class ResourcesIn(_Strict):
-    memory_mib: int = Field(default=512, ge=64, le=1024 * 1024)
-    vcpus: int = Field(default=1, ge=1, le=512)
+@dataclass(frozen=True, kw_only=True)
+class ResourcesIn:
+    memory_mib: Annotated[int, ValueLimits(ge=64, le=1024 * 1024)] = 512
+    vcpus: Annotated[int, ValueLimits(ge=1, le=512)] = 1
 
 
 #: Seconds a node's agent may stay unreachable while its domain runs before the leader resets
@@ -128,32 +133,36 @@ MONITOR_INTERVAL = 30.0
 MAX_ELASTIC = 1024
 
 
-class TimingIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class TimingIn:
     """The cloud's own bounds on its guests, in seconds."""
 
-    unreachable_reset_after: float = Field(default=UNREACHABLE_RESET_AFTER, ge=10)
+    unreachable_reset_after: Annotated[float, ValueLimits(ge=10)] = UNREACHABLE_RESET_AFTER
     """A node whose domain runs while its agent has been unreachable (dead by the leader's
     own SWIM probes) this long is hung: reset, then destroyed and started again if it stays
     unreachable as long again. Counted from the domain's start for an agent that never came
     up."""
-    monitor_interval: float = Field(default=MONITOR_INTERVAL, ge=1, le=3600)
+    monitor_interval: Annotated[float, ValueLimits(ge=1, le=3600)] = MONITOR_INTERVAL
     """Seconds between two runs of the provider's cluster checks (`monitor`) by the leader;
     they also run after every configure."""
 
 
-class NodeAccessIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class NodeAccessIn:
     """How an operator gets into the cloud's nodes: root's SSH keys (public keys only)."""
 
-    ssh_authorized_keys: list[SshPublicKey] = Field(default=[], max_length=64)
+    ssh_authorized_keys: Annotated[list[SshPublicKey], ValueLimits(max_length=64)] = field(
+        default_factory=list)
 
 
-class NodeTemplateIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class NodeTemplateIn:
     """What every candidate node of an elastic role shares: a node without address or name.
     `{name}` in `image` stands for each node's name (each managed node needs its own disk)."""
 
     image: AbsPath | None = None
-    memory_mib: int | None = Field(default=None, ge=64, le=1024 * 1024)
-    vcpus: int | None = Field(default=None, ge=1, le=512)
+    memory_mib: Annotated[int | None, ValueLimits(ge=64, le=1024 * 1024)] = None
+    vcpus: Annotated[int | None, ValueLimits(ge=1, le=512)] = None
     host: str | None = None
     base_image: AbsPath | None = None
     overlay: bool = False
@@ -162,6 +171,7 @@ class NodeTemplateIn(_Strict):
     run: Literal["always", "rerun-on-failure", "manual"] = "always"
 
 
+@dataclass(frozen=True, kw_only=True)
 class NodeIn(NodeTemplateIn):
     """One node as written: the fields a template shares, and its own address and name."""
 
@@ -169,33 +179,37 @@ class NodeIn(NodeTemplateIn):
     name: DnsLabel | None = None
 
 
-class ElasticIn(_Strict):
-    min: int = Field(ge=0, le=MAX_ELASTIC)
-    max: int = Field(ge=1, le=MAX_ELASTIC)
-    idle_after: float = Field(default=300.0, ge=10, le=7 * 86400)
-    cooldown: float = Field(default=120.0, ge=0, le=86400)
+@dataclass(frozen=True, kw_only=True)
+class ElasticIn:
+    min: Annotated[int, ValueLimits(ge=0, le=MAX_ELASTIC)]
+    max: Annotated[int, ValueLimits(ge=1, le=MAX_ELASTIC)]
+    idle_after: Annotated[float, ValueLimits(ge=10, le=7 * 86400)] = 300.0
+    cooldown: Annotated[float, ValueLimits(ge=0, le=86400)] = 120.0
 
 
-class ElasticRoleIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class ElasticRoleIn:
     """A role whose nodes follow its scheduler's queue, between `min` and `max` of the
     candidates its addresses make (a list, or a range `FIRST-LAST`)."""
 
     elastic: ElasticIn
     template: NodeTemplateIn
-    addresses: list[Address] | str = Field(min_length=1)
+    addresses: Annotated[list[Address] | str, ValueLimits(min_length=1)]
     #: The candidates' names: `{index}` stands for each one's place in `addresses` (from
     #: 1); by default `CLOUD-ROLE-{index}`, as any node's.
-    names: str | None = Field(default=None, min_length=1, max_length=63)
+    names: Annotated[str | None, ValueLimits(min_length=1, max_length=63)] = None
 
 
-class RoleFilesIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class RoleFilesIn:
     """A role written as two files, line i of one pairing with line i of the other."""
 
     addresses_file: str
     images_file: str
 
 
-class CloudIn(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class CloudIn:
     apiVersion: Literal["cloudd/v1"]
     kind: Literal["Cloud"]
     name: DnsLabel
@@ -208,22 +222,22 @@ class CloudIn(_Strict):
     domain_template_text: str | None = None
     #: Set by cloudd on the manifests it sends: the text names no file (`sources.Origin`).
     self_contained: bool = False
-    pool: list[PoolHostIn] = Field(min_length=1)
+    pool: Annotated[list[PoolHostIn], ValueLimits(min_length=1)]
     #: Present: the pool is a two-host pool (exactly two hosts, each with a fence command).
     two_host: TwoHostIn | None = None
-    roles: dict[str, Any] = Field(min_length=1)
-    resources: ResourcesIn = ResourcesIn()
-    settings: dict[str, Any] = {}
+    roles: Annotated[dict[str, Any], ValueLimits(min_length=1)]
+    resources: ResourcesIn = field(default_factory=ResourcesIn)
+    settings: dict[str, Any] = field(default_factory=dict)
     #: name -> {file: PATH} (read from disk) or {value_b64: ...} / {} (self-contained);
-    #: checked by `cloudd.config.sources`, never by pydantic, whose messages quote values.
-    secrets: dict[str, Any] = {}
-    network: NetworkIn = NetworkIn()
-    template_values: dict[str, str] = {}
+    #: checked by `cloudd.config.sources`, never here, so that no refusal quotes a value.
+    secrets: dict[str, Any] = field(default_factory=dict)
+    network: NetworkIn = field(default_factory=NetworkIn)
+    template_values: dict[str, str] = field(default_factory=dict)
     #: Optional: without it no one can log into a node (root is locked, no user, no key).
-    node_access: NodeAccessIn = NodeAccessIn()
-    timing: TimingIn = TimingIn()
+    node_access: NodeAccessIn = field(default_factory=NodeAccessIn)
+    timing: TimingIn = field(default_factory=TimingIn)
     #: The users every node has, with the same uid everywhere (`cloudd.config.users`).
-    users: list[UserIn] = Field(default=[], max_length=MAX_USERS)
+    users: Annotated[list[UserIn], ValueLimits(max_length=MAX_USERS)] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -274,3 +274,193 @@ def _pattern(text: str) -> re.Pattern[str]:
     if text.endswith("$") and not text.endswith("\\$"):
         text = text[:-1] + r"\Z"
     return re.compile(text)
+
+
+
+# ----------------------------------------------------------------------------------------
+# The manifest's input models (`cloudd.config.model`, `cloudd.config.users`).
+#
+# Their types say more than the agent's settings do: lists and mappings with bounds on how
+# many items they hold, a check on each item of a list (every address), a value that is a
+# list or a text, and fields whose presence matters (a node's entry that says more than its
+# address). A field's type and limits are written together, `Annotated[T, ValueLimits(...)]`, as
+# pydantic's `Field(...)` was, so that a list's items carry their own (`list[Address]`).
+# Each refusal is worded, placed and ordered as pydantic's was (tests/config/
+# test_manifest_differential.py holds the two side by side). These models are only ever
+# built by `read_model`: nothing checks them when built in Python.
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueLimits(FieldLimits):
+    """`FieldLimits`, and the most characters (a text) or items (a list, a mapping)."""
+
+    max_length: int | None = None
+
+
+_NONE = ValueLimits()
+M = TypeVar("M")
+#: Where `read_model` keeps the names of the fields the text gave (pydantic's
+#: `model_fields_set`): an attribute beside the dataclass's fields, so that it is never
+#: compared, shown, or taken for a field.
+_GIVEN = "_given_fields"
+
+
+def given(model: Any) -> frozenset[str]:
+    """The names of the fields the text gave `model` (read by `read_model`), in no order."""
+    return model.__dict__.get(_GIVEN, frozenset())  # type: ignore[no-any-return]
+
+
+def read_model(cls: type[M], data: dict[Any, Any],
+               loc: Loc = ()) -> tuple[M | None, list[FieldRefusal]]:
+    """Like `read`, for a model whose fields are written `Annotated[T, ValueLimits(...)]`; the
+    instance remembers the fields it was given (`given`)."""
+    values: dict[str, Any] = {}
+    problems: list[FieldRefusal] = []
+    hints = _annotated(cls)
+    for name, hint in hints.items():
+        if name in data:
+            got, refused = read_value(hint, data[name], (*loc, name))
+            problems += refused
+            values[name] = got
+        elif _required(cls, name):
+            problems.append(FieldRefusal((*loc, name), "is required"))
+    for key in data:
+        if not isinstance(key, str):
+            problems.append(FieldRefusal((*loc, _key_loc(key)), "keys should be strings"))
+        elif key not in hints:
+            problems.append(FieldRefusal((*loc, key), "unknown field", at_key=True))
+    if problems:
+        return None, problems
+    model = cls(**values)
+    object.__setattr__(model, _GIVEN, frozenset(values))
+    return model, []
+
+
+def read_value(hint: Any, value: Any, loc: Loc = (),
+               limits: ValueLimits = _NONE) -> tuple[Any, list[FieldRefusal]]:
+    """`value` (found at `loc`) checked against `hint`, a type written as the manifest's
+    models write theirs: a model, a list, a mapping, a union, a literal or a scalar, each
+    maybe `Annotated` with its `ValueLimits` (`limits`: those of the field it is the type of)."""
+    hint, own = _limits_of(hint)
+    if own is not _NONE and limits is not _NONE:  # an item's checks and its field's bounds
+        raise TypeError(f"limits both on {hint} and on the optional field it is the type of")
+    limits = own if limits is _NONE else limits
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        arms = [a for a in get_args(hint) if a is not type(None)]
+        if value is None and len(arms) < len(get_args(hint)):
+            return None, []
+        if len(arms) > 1:
+            return _either(arms, limits, value, loc)
+        return read_value(arms[0], value, loc, limits)
+    if origin is list:
+        return _list(get_args(hint)[0], limits, value, loc)
+    if origin is dict:
+        return _mapping(get_args(hint)[1], limits, value, loc)
+    if _is_group(hint):
+        if not isinstance(value, dict):
+            return value, [_type(loc, f"a valid dictionary or instance of {hint.__name__}",
+                                 value)]
+        return read_model(hint, value, loc)
+    if hint is Any:
+        return value, []
+    n = limits.max_length
+    if isinstance(value, str) and n is not None and len(value) > n:
+        return value, [FieldRefusal(loc, f"{show(value)} should have at most {n} "
+                                    f"character{'' if n == 1 else 's'}")]
+    return _value(hint, limits, value, loc)  # a literal or a scalar: as the settings'
+
+
+_ANNOTATED: dict[type, dict[str, Any]] = {}
+
+
+def _annotated(cls: type) -> dict[str, Any]:
+    """Each field's type of `cls` with its `Annotated` limits, in the declared order; the
+    annotations resolved once per class."""
+    if cls not in _ANNOTATED:
+        hints = get_type_hints(cls, include_extras=True)
+        _ANNOTATED[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _ANNOTATED[cls]
+
+
+def _limits_of(hint: Any) -> tuple[Any, ValueLimits]:
+    """(the type, its limits) of a type maybe written `Annotated[T, ValueLimits(...)]`."""
+    for extra in getattr(hint, "__metadata__", ()):
+        if isinstance(extra, ValueLimits):
+            return hint.__origin__, extra
+    return hint, _NONE
+
+
+def _items(n: int) -> str:
+    return f"{n} item{'' if n == 1 else 's'}"
+
+
+def _count(loc: Loc, limits: ValueLimits, n: int, *, what: str = "") -> FieldRefusal | None:
+    """Why `n` items (or characters, of a union's value) are too few or too many."""
+    if limits.max_length is not None and n > limits.max_length:
+        return FieldRefusal(loc, f"{what}should have at most {_items(limits.max_length)} "
+                            f"after validation, not {n}")
+    if limits.min_length is not None and n < limits.min_length:
+        return FieldRefusal(loc, f"{what}should have at least {_items(limits.min_length)} "
+                            f"after validation, not {n}")
+    return None
+
+
+def _list(item: Any, limits: ValueLimits, value: Any, loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+    """A list and each of its items. Too many items is said alone, before any item is read
+    (pydantic stops there); too few, only once every item was read without a refusal."""
+    if not isinstance(value, list):
+        return value, [_type(loc, "a valid list", value)]
+    if limits.max_length is not None and len(value) > limits.max_length:
+        return value, [_count(loc, limits, len(value))]  # type: ignore[list-item]
+    items, problems = [], []
+    for i, each in enumerate(value):
+        got, refused = read_value(item, each, (*loc, i))
+        items.append(got)
+        problems += refused
+    too_few = None if problems else _count(loc, limits, len(items))
+    return items, problems if too_few is None else [too_few]
+
+
+def _mapping(item: Any, limits: ValueLimits, value: Any,
+             loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+    """A mapping of text keys (`dict[str, T]`): each key, then its value, in order."""
+    if not isinstance(value, dict):
+        return value, [_type(loc, "a valid dictionary", value)]
+    out, problems = {}, []
+    for key, each in value.items():
+        at = key if isinstance(key, str) else _key_loc(key)
+        if not isinstance(key, str):
+            problems.append(_type((*loc, at, "[key]"), "a valid string", key))
+        got, refused = read_value(item, each, (*loc, at))
+        out[key] = got
+        problems += refused
+    too_few = None if problems else _count(loc, limits, len(out))
+    return out, problems if too_few is None else [too_few]
+
+
+def _either(arms: list[Any], limits: ValueLimits, value: Any,
+            loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+    """The first arm of a union that takes `value` (`list[Address] | str`), then the field's
+    bounds on its length, worded for any value; or every arm's refusals, each placed under
+    the arm's name as pydantic names it."""
+    problems: list[FieldRefusal] = []
+    for arm in arms:
+        got, refused = read_value(arm, value, loc)
+        if not refused:
+            bad = _count(loc, limits, len(got), what="value ")
+            return got, [] if bad is None else [bad]
+        at = (*loc, _tag(arm))
+        problems += [dataclasses.replace(r, loc=(*at, *r.loc[len(loc):])) for r in refused]
+    return value, problems
+
+
+def _tag(hint: Any) -> str:
+    """How pydantic names an arm of a union in a refusal's place: `str`,
+    `list[function-after[ip_address(), str]]`."""
+    bare, limits = _limits_of(hint)
+    name = f"list[{_tag(get_args(bare)[0])}]" if get_origin(bare) is list else bare.__name__
+    if limits.check is not None:
+        return f"function-after[{limits.check.__name__}(), {name}]"
+    return name

@@ -2,25 +2,32 @@
 
 pydantic reports an error as a `loc` tuple and an English message written for programmers
 ("Input should be a valid integer"); operators get the field path, the line and column where
-they wrote it, and a sentence that names the value they gave. The scan for secrets written
-inline is `cloudd.config.secretscan` (imported from here as well).
+they wrote it, and a sentence that names the value they gave. The manifest's own models are
+read without pydantic (`cloudd.config.plain`), in the same sentences; pydantic is imported
+only to validate a model of its own (a cloud type's `settings`), so that reading a manifest
+loads it only where such a model is. The scan for secrets written inline is
+`cloudd.config.secretscan` (imported from here as well).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
-
+from cloudd.config.plain import FieldRefusal, read_model, read_value
 from cloudd.config.plain import show as _show
 from cloudd.config.secretscan import inline_secrets as inline_secrets
 from cloudd.config.secretscan import walk as walk
 from cloudd.config.yamlsrc import Document, Loc
 from cloudd.errors import Problem
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pydantic import BaseModel, ValidationError
+
 _SHOW_LIMIT = 60
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 T = TypeVar("T")
 
 
@@ -62,17 +69,32 @@ def from_validation(doc: Document, exc: ValidationError, prefix: Loc = ()) -> li
 
 def validate_model(doc: Document, model: type[M], data: Any,
                    prefix: Loc = ()) -> tuple[M | None, list[Problem]]:
-    """`model` validated from `data` (found at `prefix`), or None and the placed problems."""
+    """pydantic's `model` validated from `data` (found at `prefix`), or None and the placed
+    problems."""
+    from pydantic import ValidationError  # here: only where a model is pydantic's
+
     try:
         return model.model_validate(data), []
     except ValidationError as exc:
         return None, from_validation(doc, exc, prefix)
 
 
-def validate_as(doc: Document, adapter: TypeAdapter[T], data: Any,
-                prefix: Loc = ()) -> tuple[T, list[Problem]] | tuple[None, list[Problem]]:
-    """Like validate_model, for any type through a TypeAdapter."""
-    try:
-        return adapter.validate_python(data), []
-    except ValidationError as exc:
-        return None, from_validation(doc, exc, prefix)
+def placed(doc: Document, refused: Iterable[FieldRefusal]) -> list[Problem]:
+    """The placed problems of the plain reader's refusals (their locs are absolute)."""
+    return [doc.place(r.loc, message=r.message, at_key=r.at_key) for r in refused]
+
+
+def read_as(doc: Document, model: type[T], data: dict[Any, Any],
+            prefix: Loc = ()) -> tuple[T | None, list[Problem]]:
+    """One of the manifest's models read from the mapping `data` (found at `prefix`), or
+    None and the placed problems, as `validate_model` words them."""
+    got, refused = read_model(model, data, prefix)
+    return got, placed(doc, refused)
+
+
+def read_typed(doc: Document, hint: Any, data: Any,
+               prefix: Loc = ()) -> tuple[Any, list[Problem]]:
+    """Like `read_as`, for a type written as the models write their fields
+    (`list[NodeIn]`): the value, or None and the placed problems."""
+    got, refused = read_value(hint, data, prefix)
+    return (None, placed(doc, refused)) if refused else (got, [])

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-
+from cloudd.config.plain import ValueLimits
 from cloudd.config.yamlsrc import Document, Loc
 from cloudd.errors import Problem
 
@@ -51,19 +50,19 @@ def _name(value: str) -> str:
     return value
 
 
-PosixName = Annotated[str, AfterValidator(_name)]
-Id = Annotated[int, Field(ge=ID_MIN, le=ID_MAX)]
+PosixName = Annotated[str, ValueLimits(check=_name)]
+Id = Annotated[int, ValueLimits(ge=ID_MIN, le=ID_MAX)]
 
 
-class UserIn(BaseModel):
-    """One entry of `users:` as written."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class UserIn:
+    """One entry of `users:` as written (read by `cloudd.config.plain.read_model`)."""
 
     name: PosixName
     uid: Id
     gid: Id | None = None
-    groups: list[PosixName] = Field(default=[], max_length=MAX_GROUPS)
+    groups: Annotated[list[PosixName], ValueLimits(max_length=MAX_GROUPS)] = field(
+        default_factory=list)
 
 
 @dataclass(frozen=True)

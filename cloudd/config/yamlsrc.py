@@ -1,6 +1,6 @@
 """Reading an operator's YAML file safely, and remembering where every value was written.
 
-Every later check (pydantic models, cross-field rules) reports a path such as
+Every later check (the models, cross-field rules) reports a path such as
 `roles.server[1].address`; `Document.place` turns that path back into the file's line and
 column, so that each refusal reads `file:line:column: field: what is wrong`.
 

@@ -28,10 +28,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
 from cloudd.config.catalog import LayoutNode
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 #: The roles an `ips_layout` may name (the tools' advanced format keys).
 ROLES = ("master", "database", "appengine", "compute", "open", "zookeeper", "memcache",
