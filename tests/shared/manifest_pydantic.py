@@ -38,6 +38,7 @@ from cloudd.config.model import (
     Migration,
     NodeAccess,
     PoolHost,
+    _migration_uri,
 )
 from cloudd.config.plain import ip_address as _ip
 from cloudd.config.problems import from_validation, inline_secrets, validate_model
@@ -74,14 +75,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _migration_uri(value: str) -> str:
-    if not re.match(r"^qemu(\+(tls|ssh|tcp|unix|libssh|libssh2))?://[^\s]*/system(\?[^\s]*)?$",
-                    value):
-        raise ValueError(f"{value!r} is not a libvirt URI of a system QEMU driver "
-                         "(qemu+tls://HOST/system, qemu+ssh://..., qemu+unix:///system?...)")
-    return value
-
-
 class MigrationIn(_Strict):
     """How the other pool hosts move guests to this one live (libvirt's peer-to-peer
     migration): the hosts that name the same `storage` see the same image folders at the
@@ -98,6 +91,7 @@ class MigrationIn(_Strict):
     knows to be shared (NFS, GlusterFS, Ceph...): true only where the operator knows the
     storage is shared though libvirt cannot tell (libvirt's `--unsafe`; the lab's two
     libvirtds on one file system)."""
+    tls: bool = False
 
 
 class PoolHostIn(_Strict):
@@ -316,7 +310,8 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         pool=tuple(PoolHost(h.name, h.address, h.libvirt_uri, tuple(h.fence or ()),
                             None if h.migration is None else Migration(
                                 h.migration.uri, h.migration.storage,
-                                h.migration.address or h.address, h.migration.unsafe))
+                                h.migration.address or h.address, h.migration.unsafe,
+                                h.migration.tls))
                    for h in top.pool),
         roles=present,
         nodes=tuple(n for n, _ in nodes),
