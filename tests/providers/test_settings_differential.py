@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import random
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -220,3 +222,15 @@ def test_edges_read_alike(kind: str, settings: dict[Any, Any]) -> None:
     text = yaml.safe_dump(settings, sort_keys=False, width=1000, allow_unicode=True)
     assert read_new(kind, settings, text) == read_old(model, settings, text)
     assert node_new(cls, kind, settings) == node_old(model, kind, settings)
+
+
+def test_the_providers_load_no_pydantic() -> None:
+    """Every provider, its settings and the readers a node renders them with import with
+    pydantic made unimportable (issue 18: a node agent's budget)."""
+    script = ("import sys; sys.modules['pydantic'] = sys.modules['pydantic_core'] = None\n"
+              "import cloudd.providers.catalog, cloudd.providers.web.common, "
+              "cloudd.providers.torque.layout, cloudd.providers.slurm.conf, "
+              "cloudd.providers.appscale.provider, cloudd.daemon.network.checks")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
