@@ -282,11 +282,11 @@ def _pattern(text: str) -> re.Pattern[str]:
 # they are plain dataclasses too; they add what the agent's own settings never needed: a
 # list's fewest and most items, limits on each of its items, and a text's most characters,
 # each refused in pydantic's words and order. A field with such limits declares them with
-# `constrained(...)`, whose `Limits` the reader below tells from `FieldLimits`.
+# `constrained(...)`, whose `LengthLimits` the reader below tells from `FieldLimits`.
 
 
 @dataclass(frozen=True)
-class Limits(FieldLimits):
+class LengthLimits(FieldLimits):
     """`FieldLimits` and a text's most characters (`max_length`), or a list's fewest and
     most items (`min_length`, `max_length`) and the limits of each item (`items`).
 
@@ -300,8 +300,8 @@ class Limits(FieldLimits):
 
 def constrained(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
                 **limits: Any) -> Any:
-    """A dataclass field with a default (none: the field is required) and its `Limits`."""
-    meta = {"limits": Limits(**limits)}
+    """A dataclass field with a default (none: the field is required) and its `LengthLimits`."""
+    meta = {"limits": LengthLimits(**limits)}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -316,8 +316,8 @@ _value_of_type = _value
 
 def _value_within(hint: Any, limits: FieldLimits, value: Any,
                   loc: Loc) -> tuple[Any, list[FieldRefusal]]:
-    """`_value`, and the `Limits` of a list or a text."""
-    if not isinstance(limits, Limits):
+    """`_value`, and the `LengthLimits` of a list or a text."""
+    if not isinstance(limits, LengthLimits):
         return _value_of_type(hint, limits, value, loc)
     if value is None and type(None) in get_args(hint):
         return None, []
@@ -348,7 +348,7 @@ def _value_within(hint: Any, limits: FieldLimits, value: Any,
     return items, problems
 
 
-# `read` and `Plain` look `_value` up when they run: from here on they check `Limits` too.
+# `read` and `Plain` look `_value` up when they run: from here on they check `LengthLimits` too.
 _value = _value_within
 
 

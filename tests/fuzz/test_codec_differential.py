@@ -131,7 +131,7 @@ PEER = {"node": "a", "role": "b", "address": "2001:DB8::1", "healthy": True}
 ])
 def test_the_old_way_applies_the_catalogue_s_markers(changed: dict[str, Any],
                                                      refusal: str) -> None:
-    """pydantic, the oracle, reads the catalogue's markers (`checks.Parsed`, `Checked`,
+    """pydantic, the oracle, reads the catalogue's markers (`checks.Parsed`, `AfterCheck`,
     `Written`) as its own validators and serializer, as it read them when they were its
     own: else the differential would compare the checks with a laxer decoder."""
     body = {"term": 1, "cloud": "c", "node": "n", "role": "r", "address": "10.0.0.1",

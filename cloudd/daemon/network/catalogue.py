@@ -21,7 +21,7 @@ from typing import Annotated
 
 from cloudd.config import users
 from cloudd.config.sources import SECRET_NAME
-from cloudd.daemon.network.checks import Checked, Parsed, Written
+from cloudd.daemon.network.checks import AfterCheck, Parsed, Written
 from cloudd.daemon.network.codec import Codec, default_codec
 from cloudd.election.messages import MESSAGE_TYPES
 from cloudd.vmctl.backend import DomainEvent
@@ -141,7 +141,7 @@ def _secret_pair(pair: tuple[str, str]) -> tuple[str, str]:
 
 
 #: One secret of a role: (its name under the manifest's `secrets`, base64 of its contents).
-SecretPair = Annotated[tuple[str, str], Checked(_secret_pair)]
+SecretPair = Annotated[tuple[str, str], AfterCheck(_secret_pair)]
 
 
 def _users(value: tuple[users.User, ...]) -> tuple[users.User, ...]:
@@ -152,7 +152,7 @@ def _users(value: tuple[users.User, ...]) -> tuple[users.User, ...]:
 
 
 #: The users a node makes (`cloudd.config.users`): checked by the manifest's rules on arrival.
-Users = Annotated[tuple[users.User, ...], Checked(_users)]
+Users = Annotated[tuple[users.User, ...], AfterCheck(_users)]
 
 
 @dataclass(frozen=True)

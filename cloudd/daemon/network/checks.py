@@ -11,7 +11,7 @@ reflects on nothing. The annotations the catalogue uses are the ones understood:
 (not a boolean, not a float), float (an integer is one too), bool, None and `X | None`,
 enums (by value), `tuple[X, ...]`, fixed tuples, frozenset, list, dict with string keys,
 nested dataclasses (keys they do not name are ignored, as pydantic ignores them) and
-`Annotated` with this module's markers `Parsed`, `Checked` and `Written` (what pydantic's
+`Annotated` with this module's markers `Parsed`, `AfterCheck` and `Written` (what pydantic's
 `PlainValidator`, `AfterValidator` and `PlainSerializer` did; this module never imports
 pydantic). Anything else is refused at registration, so a new kind of field cannot slip
 through unchecked.
@@ -252,7 +252,7 @@ class Parsed(_Marker):
     pydantic_name = "PlainValidator"
 
 
-class Checked(_Marker):
+class AfterCheck(_Marker):
     """After the type's check, the field's value is `func(value)` (a `ValueError` is the
     refusal): rules across the parts of a value."""
 
@@ -271,7 +271,7 @@ def _annotated(base: tuple[Check, Dump], metadata: tuple[Any, ...],
     for meta in metadata:
         if isinstance(meta, Parsed):
             check = _plain(meta.func)
-        elif isinstance(meta, Checked):
+        elif isinstance(meta, AfterCheck):
             check = _after(check, meta.func)
         elif isinstance(meta, Written):
             dump = meta.func

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from cloudd.config.catalog import RoleSpec, TypeSpec
 from cloudd.config.intent import DrainMove
-from cloudd.config.plain import Limits, Plain, constrained, setting
+from cloudd.config.plain import LengthLimits, Plain, constrained, setting
 
 #: A folder every node sees at the same path; plain characters only, since it is rendered
 #: into pbs_mom's configuration.
-SHARED_PATH = Limits(pattern=r"^/[A-Za-z0-9._/+@=-]*$", max_length=200)
+SHARED_PATH = LengthLimits(pattern=r"^/[A-Za-z0-9._/+@=-]*$", max_length=200)
 
 
 @dataclass(frozen=True, kw_only=True)
