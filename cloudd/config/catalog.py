@@ -2,6 +2,10 @@
 the secrets its roles need and which of them the leader makes, and whether its nodes get
 cloudd's block of `/etc/hosts`.
 
+A type's settings model is a plain frozen dataclass read by `cloudd.config.plain`, as the
+agent's own settings are: every node agent loads its type's, and pydantic would cost it about
+10.5 MiB (issue 18).
+
 `cloudd.config` sits below the providers, so it cannot know the four types itself: the
 manifest loader takes a catalog (type name -> TypeSpec) as an argument, and
 `cloudd.providers.catalog` builds the real one from each provider's `spec` module.
@@ -10,14 +14,21 @@ manifest loader takes a catalog (type name -> TypeSpec) as an argument, and
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cloudd.config import plain
 from cloudd.config.intent import DrainMove
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
+    from cloudd.config.yamlsrc import Document, Loc
+    from cloudd.errors import Problem
+
+#: A cloud's validated settings: an instance of its type's `settings_model`.
+Settings = Any
 
 
 @dataclass(frozen=True)
@@ -95,15 +106,15 @@ class LayoutNode:
 
 #: (validated settings, the nodes in the manifest's order) -> why the type's own rules refuse
 #: this layout, in one sentence, or None.
-LayoutCheck = Callable[["BaseModel", tuple[LayoutNode, ...]], "str | None"]
+LayoutCheck = Callable[[Settings, tuple[LayoutNode, ...]], "str | None"]
 
 
-def any_layout(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:
+def any_layout(settings: Settings, nodes: tuple[LayoutNode, ...]) -> str | None:
     """The default layout check: counts per role are all a type asks."""
     return None
 
 
-def no_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+def no_secrets(settings: Settings, role: str) -> tuple[str, ...]:
     """The default declaration of a type's secrets: no role needs any."""
     return ()
 
@@ -117,14 +128,16 @@ class TypeSpec:
     """
 
     name: str
-    settings_model: type[BaseModel]
+    #: a frozen dataclass read by `cloudd.config.plain` (a pydantic model is read by pydantic:
+    #: the tests' own types)
+    settings_model: type[Any]
     roles: tuple[RoleSpec, ...] = ()
     layouts: Mapping[str, tuple[RoleSpec, ...]] = field(default_factory=dict)
     layout_field: str | None = None
     #: (validated settings, role) -> names (entries of the manifest's `secrets`) of the
     #: secrets that role's nodes need. The leader sends a node exactly these, so a role
     #: that does not name a secret never receives it.
-    role_secrets: Callable[[BaseModel, str], tuple[str, ...]] = no_secrets
+    role_secrets: Callable[[Settings, str], tuple[str, ...]] = no_secrets
     #: Secrets the leader makes when the manifest declares none of their name (and some
     #: role needs them): e.g. a Slurm cluster's munge key.
     generated_secrets: tuple[GeneratedSecret, ...] = ()
@@ -136,7 +149,19 @@ class TypeSpec:
     #: rules), beyond each role's counts; its sentence is the manifest's problem at `roles`.
     layout_check: LayoutCheck = any_layout
 
-    def roles_for(self, settings: BaseModel) -> tuple[RoleSpec, ...]:
+    def read_settings(self, doc: Document, data: dict[Any, Any],
+                      prefix: Loc) -> tuple[Settings | None, list[Problem]]:
+        """The settings read from `data` (found at `prefix` in `doc`), or None and the
+        placed problems."""
+        if issubclass(self.settings_model, plain.Plain):
+            got, refused = plain.read(self.settings_model, data, prefix)
+            return got, [doc.place(r.loc, message=r.message, at_key=r.at_key)
+                         for r in refused]
+        # Only a test's own type has a pydantic model: no agent loads pydantic for its settings.
+        from cloudd.config.problems import validate_model
+        return validate_model(doc, self.settings_model, data, prefix)
+
+    def roles_for(self, settings: Settings) -> tuple[RoleSpec, ...]:
         """The roles this cloud may have, given its validated settings."""
         if self.layout_field is None:
             return self.roles
@@ -145,3 +170,20 @@ class TypeSpec:
 
 #: type name -> TypeSpec.
 Catalog = Mapping[str, TypeSpec]
+
+
+def settings_dict(settings: Settings) -> dict[str, Any]:
+    """A cloud's settings as a mapping (what a provider's `Assignment` and `ClusterView`
+    carry)."""
+    return dataclasses.asdict(settings)
+
+
+#: What pydantic's `model_dump_json` wrote: compact, UTF-8 as it is.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def settings_json(settings: Settings) -> bytes:
+    """A cloud's settings as the very bytes pydantic's `model_dump_json` wrote for the model
+    they replace: the leader's hooks digest them, and an upgrade must not change the digest
+    (every hook would run again)."""
+    return _JSON.encode(settings_dict(settings)).encode()

@@ -39,7 +39,7 @@ from cloudd.config.model import (
     RunStrategy,
 )
 from cloudd.config.plain import given
-from cloudd.config.problems import inline_secrets, read_as, read_typed, validate_model
+from cloudd.config.problems import inline_secrets, read_as, read_typed
 from cloudd.config.sources import Origin, Reads
 from cloudd.config.users import check_users, user_of
 from cloudd.config.yamlsrc import Document
@@ -102,7 +102,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         known = ", ".join(sorted(catalog))
         _stop([doc.place(("type",), message=f"unknown type {top.type!r} (known: {known})")])
     assert spec is not None
-    settings, problems = _settings(doc, spec, top.settings)
+    settings, problems = spec.read_settings(doc, top.settings, ("settings",))
     _stop(problems)
     assert settings is not None
     _stop(_check_refs(doc, top))
@@ -165,12 +165,6 @@ def generated(spec: TypeSpec, *, declared: Iterable[str],
     and the manifest does not declare (a declared one is the operator's, and wins)."""
     wanted = {name for names in needed for name in names} - set(declared)
     return tuple(g for g in spec.generated_secrets if g.name in wanted)
-
-
-def _settings(doc: Document, spec: TypeSpec, data: dict[str, Any]
-              ) -> tuple[Any, list[Problem]]:
-    """The type's `settings`, validated by its own model (a provider's), or the problems."""
-    return validate_model(doc, spec.settings_model, data, ("settings",))
 
 
 def _stop(problems: list[Problem]) -> None:

@@ -276,6 +276,140 @@ def _pattern(text: str) -> re.Pattern[str]:
     return re.compile(text)
 
 
+# -- Lists, their items, and the longest text: the cloud types' settings -------------------
+#
+# The settings of a cloud type (`cloudd.providers.*.spec`) are read by every node agent, so
+# they are plain dataclasses too; they add what the agent's own settings never needed: a
+# list's fewest and most items, limits on each of its items, and a text's most characters,
+# each refused in pydantic's words and order. A field with such limits declares them with
+# `constrained(...)`, whose `LengthLimits` the reader below tells from `FieldLimits`.
+
+
+@dataclass(frozen=True)
+class LengthLimits(FieldLimits):
+    """`FieldLimits` and a text's most characters (`max_length`), or a list's fewest and
+    most items (`min_length`, `max_length`) and the limits of each item (`items`).
+
+    pydantic's order: a list longer than `max_length` is refused before its items are read;
+    one whose items are all valid is then held to `min_length`. A text's length is checked
+    before its pattern."""
+
+    max_length: int | None = None
+    items: FieldLimits | None = None
+
+
+def constrained(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
+                **limits: Any) -> Any:
+    """A dataclass field with a default (none: the field is required) and its `LengthLimits`."""
+    meta = {"limits": LengthLimits(**limits)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+_value_of_type = _value
+
+
+def _value_within(hint: Any, limits: FieldLimits, value: Any,
+                  loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+    """`_value`, and the `LengthLimits` of a list or a text."""
+    if not isinstance(limits, LengthLimits):
+        return _value_of_type(hint, limits, value, loc)
+    if value is None and type(None) in get_args(hint):
+        return None, []
+    if type(None) in get_args(hint):
+        (hint,) = (a for a in get_args(hint) if a is not type(None))
+    if get_origin(hint) is not list:
+        if (limits.max_length is not None and isinstance(value, str)
+                and len(value) > limits.max_length):
+            return value, [FieldRefusal(loc, f"{show(value)} should have at most "
+                                        f"{_plural(limits.max_length, 'character')}")]
+        return _value_of_type(hint, limits, value, loc)
+    if not isinstance(value, list):
+        return value, [_type(loc, "a valid list", value)]
+    if limits.max_length is not None and len(value) > limits.max_length:
+        return value, [FieldRefusal(loc, f"should have at most "
+                                    f"{_plural(limits.max_length, 'item')} after validation, "
+                                    f"not {len(value)}")]
+    (item,) = get_args(hint)
+    items, problems = [], []
+    for i, each in enumerate(value):
+        got, refused = _value(item, limits.items or FieldLimits(), each, (*loc, i))
+        items.append(got)
+        problems += refused
+    if not problems and limits.min_length is not None and len(items) < limits.min_length:
+        problems.append(FieldRefusal(loc, f"should have at least "
+                                     f"{_plural(limits.min_length, 'item')} after validation, "
+                                     f"not {len(items)}"))
+    return items, problems
+
+
+# `read` and `Plain` look `_value` up when they run: from here on they check `LengthLimits` too.
+_value = _value_within
+
+
+def pydantic_words(refusal: FieldRefusal, data: Any) -> str:
+    """`refusal` of a value of `data` in pydantic's own words ("Input should be a valid
+    integer"), as a node's providers have quoted a cloud's settings since they were pydantic
+    models: `cloudd.config.problems.sentence` turned back. The value is looked up at the
+    refusal's place, since the sentence quotes it and pydantic's words do not."""
+    message = refusal.message
+    if refusal.at_key:
+        return "Extra inputs are not permitted"
+    if message == "is required":
+        return "Field required"
+    shown = show(_at(data, refusal.loc))
+    if message.startswith("should be ") and message.endswith(f", not {shown}"):
+        return "Input " + message.removesuffix(f", not {shown}")
+    if message.startswith(f"{shown} should "):
+        return "String" + message.removeprefix(shown)
+    if message.startswith("should have "):
+        return "List " + message
+    return message[:1].upper() + message[1:]
+
+
+def _at(data: Any, loc: Loc) -> Any:
+    """The value at `loc` in `data` (None where there is none)."""
+    for part in loc:
+        within = isinstance(data, dict) and part in data
+        if isinstance(data, list) and isinstance(part, int):
+            within = 0 <= part < len(data)
+        if not within:
+            return None
+        data = data[part]
+    return data
+
+
+#: What `\s` matches in pydantic's (Rust) regex: Unicode's White_Space, as a character
+#: class's body. Python's `\s` also matches \x1c-\x1f, which an e-mail pattern of
+#: `[^\s@]` would then refuse where pydantic took it.
+_WHITE_SPACE = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_pattern_of_python = _pattern
+
+
+@cache
+def _pattern_as_rust(text: str) -> re.Pattern[str]:
+    """`_pattern`, with each `\\s` matching what it matches in pydantic's regex."""
+    out, in_class, i = [], False, 0
+    while i < len(text):
+        step = 2 if text[i] == "\\" else 1
+        part = text[i:i + step]
+        i += step
+        if part == "\\s":
+            part = _WHITE_SPACE if in_class else f"[{_WHITE_SPACE}]"
+        elif part == "[":
+            in_class = True
+        elif part == "]":
+            in_class = False
+        out.append(part)
+    return _pattern_of_python("".join(out))
+
+
+_pattern = _pattern_as_rust
 
 # ----------------------------------------------------------------------------------------
 # The manifest's input models (`cloudd.config.model`, `cloudd.config.users`).

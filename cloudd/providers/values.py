@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from cloudd.config.plain import Plain, pydantic_words, read
 from cloudd.errors import PermanentError
+
+S = TypeVar("S", bound=Plain)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -36,6 +40,19 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def refuse(what: str, value: Any, target: str, why: str) -> PermanentError:
     """The one form of a refusal: the value, where it was going, and why not."""
     return PermanentError(f"refusing to render {what} {value!r} into {target}: {why}")
+
+
+def settings(cls: type[S], raw: Mapping[str, Any], *, kind: str) -> S:
+    """A cloud type's settings from the manifest's mapping (read again on the node, which
+    renders them); one precise error for the first bad value, in pydantic's words as before
+    ("web settings: app_port: Input should be a valid integer")."""
+    data = dict(raw)
+    got, refused = read(cls, data)
+    if got is None:
+        first = refused[0]
+        where = ".".join(str(p) for p in first.loc) or "settings"
+        raise PermanentError(f"{kind} settings: {where}: {pydantic_words(first, data)}")
+    return got
 
 
 def ip(value: Any, *, what: str, target: str) -> IPAddress:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -23,11 +24,11 @@ from typing import Any
 
 import pytest
 import structlog
-from pydantic import BaseModel, ConfigDict
 from shared.procs import alive
 
 from cloudd.config.agent import LOCAL, AgentSettings, Reconcile, SupervisorSettings
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost, Secret
+from cloudd.config.plain import Plain
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import NodeSide, node_root
 from cloudd.errors import PermanentError, TemporaryError
@@ -84,8 +85,8 @@ SIDECAR = textwrap.dedent("""\
 """)
 
 
-class TinySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TinySettings(Plain):
     port: int
 
 
@@ -399,6 +400,7 @@ AGENT = textwrap.dedent("""\
     sys.path.insert(0, str(Path(sys.argv[1]).parents[1]))  # tests/: shared helpers
     spec = importlib.util.spec_from_file_location("nodeside_lab", sys.argv[1])
     t = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = t  # its dataclasses read their annotations in their module
     spec.loader.exec_module(t)
 
     async def main():

@@ -120,6 +120,28 @@ def encoded(msg: object, name: str) -> bytes:
     return CODECS[name].encode(msg)[4 + 7 + len(name):]
 
 
+ASSIGNMENT = "cloudd.role-assignment"
+PEER = {"node": "a", "role": "b", "address": "2001:DB8::1", "healthy": True}
+
+
+@pytest.mark.parametrize(("changed", "refusal"), [
+    ({"address": "nope"}, "address: Value error, 'nope' is not an IP address"),
+    ({"peers": [{**PEER, "address": 5}]}, "peers.0.address: Value error, 5 is not an IP address"),
+    ({"secrets": [["a b", "x"]]}, "secrets.0: Value error, secret name 'a b' is not a plain name"),
+])
+def test_the_old_way_applies_the_catalogue_s_markers(changed: dict[str, Any],
+                                                     refusal: str) -> None:
+    """pydantic, the oracle, reads the catalogue's markers (`checks.Parsed`, `AfterCheck`,
+    `Written`) as its own validators and serializer, as it read them when they were its
+    own: else the differential would compare the checks with a laxer decoder."""
+    body = {"term": 1, "cloud": "c", "node": "n", "role": "r", "address": "10.0.0.1",
+            "generation": "g", "peers": [PEER]}
+    assert old_body(ASSIGNMENT, dumps({**body, **changed})) == f"{ASSIGNMENT}: {refusal}"
+    msg = same(ASSIGNMENT, dumps(body))
+    assert ADAPTERS[ASSIGNMENT].dump_json(msg) == encoded(msg, ASSIGNMENT)
+    assert b'"address":"2001:db8::1"' in encoded(msg, ASSIGNMENT)
+
+
 # -- bodies generated from the annotations ---------------------------------------------------
 
 WORDS = st.sampled_from(["", "pm1", "shop", "db", "alice", "staff", "aHVudGVyMg==", "x y",

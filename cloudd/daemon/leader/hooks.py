@@ -33,6 +33,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from cloudd import log
+from cloudd.config.catalog import settings_dict, settings_json
 from cloudd.config.model import Cloud, Ensure
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.base.eventlog import EventLog, LogEvent, LogKind
@@ -191,7 +192,7 @@ class ProviderHooks:
             for name in provider.role_order)
         if self._settings[0] != cloud.digest:
             self._settings = (cloud.digest, hashlib.sha256(
-                cloud.settings.model_dump_json().encode()).hexdigest())
+                settings_json(cloud.settings)).hexdigest())
         return Facts(term=term, stopping=stopping, roles=roles, settings=self._settings[1],
                      monitor_every=cloud.monitor_interval)
 
@@ -201,7 +202,7 @@ class ProviderHooks:
             cloud=cloud.name,
             nodes=tuple(Peer(node, role.name, ip_address(address), ok)
                         for role in facts.roles for node, address, ok in role.members),
-            settings=cloud.settings.model_dump(), ask=self.ask)
+            settings=settings_dict(cloud.settings), ask=self.ask)
 
     async def _perform(self, call: HookCall, facts: Facts) -> None:
         provider, cluster = self._provider(self._cloud().type), self._cluster(facts)

@@ -21,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import pydantic
-
 from cloudd import log
 from cloudd.daemon.member import record
 from cloudd.daemon.member.record import Held
+from cloudd.daemon.network import jsontext
 from cloudd.daemon.network.catalogue import (
     Record,
     RecordAck,
@@ -38,6 +38,7 @@ from cloudd.daemon.network.catalogue import (
     RecordWanted,
     Version,
 )
+from cloudd.daemon.network.checks import BAD, Problem, Shape
 from cloudd.durable import set_aside, write_durable
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 
@@ -53,7 +54,9 @@ WRITE_WAIT = 6.0
 #: hosts that have not answered yet.
 RETRY = 1.0
 
-_HELD = pydantic.TypeAdapter(Held)
+#: The file is read as the codec reads a message (`checks.Shape`), and written as it writes one.
+_HELD = Shape.of(Held)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 Spawn = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], None]
 
@@ -64,16 +67,26 @@ def load(path: Path, cloud: str) -> Held:
         data = path.read_bytes()
     except FileNotFoundError:
         return record.empty(cloud)
+    problems: list[Problem] = []
     try:
-        held = _HELD.validate_json(data)
+        held = _HELD.check(jsontext.loads(data), problems)
+    except jsontext.JsonError as exc:
+        held, problems = BAD, [((), str(exc))]
+    if held is BAD:
+        why: str | None = f"it does not read: {problems[0][1]}"
+    else:
         why = record.malformed(held.record) or (
             None if held.record.cloud == cloud else f"it is the record of {held.record.cloud}")
-    except pydantic.ValidationError as e:
-        why = f"it does not read: {e.errors()[0]['msg']}"
     if why is None:
+        assert isinstance(held, Held)
         return held
     set_aside(path, reason=f"the record of cloud {cloud}: {why}")
     return record.empty(cloud)
+
+
+def dump(held: Held) -> bytes:
+    """The file's bytes for `held` (those pydantic's TypeAdapter wrote, which `load` reads)."""
+    return _JSON.encode(_HELD.dump(held)).encode()
 
 
 class RecordKeeper:
@@ -108,7 +121,7 @@ class RecordKeeper:
         return self.committed if self.acting() is not None else self.held.record
 
     def _save(self, held: Held) -> None:
-        write_durable(self.path, _HELD.dump_json(held))
+        write_durable(self.path, dump(held))
         self.held = held
 
     # -- the host side ------------------------------------------------------------------------

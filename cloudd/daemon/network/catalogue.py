@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated
 
-from pydantic import AfterValidator, PlainSerializer, PlainValidator
-
 from cloudd.config import users
 from cloudd.config.sources import SECRET_NAME
+from cloudd.daemon.network.checks import AfterCheck, Parsed, Written
 from cloudd.daemon.network.codec import Codec, default_codec
 from cloudd.election.messages import MESSAGE_TYPES
 from cloudd.vmctl.backend import DomainEvent
@@ -127,8 +126,7 @@ def _ip(value: object) -> IPv4Address | IPv6Address:
 #: An address as it travels: an IP address, never a string that might hold anything else
 #: (it ends up in SQL grants and configuration files); decoding refuses anything else with
 #: one sentence.
-IPAddress = Annotated[IPv4Address | IPv6Address, PlainValidator(_ip),
-                      PlainSerializer(str, return_type=str)]
+IPAddress = Annotated[IPv4Address | IPv6Address, Parsed(_ip), Written(str)]
 
 
 def _secret_pair(pair: tuple[str, str]) -> tuple[str, str]:
@@ -143,7 +141,7 @@ def _secret_pair(pair: tuple[str, str]) -> tuple[str, str]:
 
 
 #: One secret of a role: (its name under the manifest's `secrets`, base64 of its contents).
-SecretPair = Annotated[tuple[str, str], AfterValidator(_secret_pair)]
+SecretPair = Annotated[tuple[str, str], AfterCheck(_secret_pair)]
 
 
 def _users(value: tuple[users.User, ...]) -> tuple[users.User, ...]:
@@ -154,7 +152,7 @@ def _users(value: tuple[users.User, ...]) -> tuple[users.User, ...]:
 
 
 #: The users a node makes (`cloudd.config.users`): checked by the manifest's rules on arrival.
-Users = Annotated[tuple[users.User, ...], AfterValidator(_users)]
+Users = Annotated[tuple[users.User, ...], AfterCheck(_users)]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from cloudd import log
 from cloudd.backoff import Backoff
 from cloudd.config.agent import AgentSettings
+from cloudd.config.catalog import settings_dict
 from cloudd.config.model import Cloud
 from cloudd.daemon.base.clock import SYSTEM, Clock
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, RoleAssignment, ServiceReport
@@ -230,7 +231,7 @@ class NodeSide:
     def _assignment(self, a: RoleAssignment, cloud: Cloud) -> Assignment:
         return Assignment(cloud=cloud.name, node=self.me, role=a.role, address=a.address,
                           root=self.root, secrets_dir=self.root / "secrets",
-                          settings=cloud.settings.model_dump(),
+                          settings=settings_dict(cloud.settings),
                           peers=tuple(Peer(p.node, p.role, p.address, p.healthy, p.roles)
                                       for p in a.peers),
                           exec_prefix=self._exec_prefix, roles=a.roles)

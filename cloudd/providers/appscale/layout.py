@@ -28,12 +28,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from cloudd.config.catalog import LayoutNode
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+from cloudd.config.catalog import LayoutNode, Settings
 
 #: The roles an `ips_layout` may name (the tools' advanced format keys).
 ROLES = ("master", "database", "appengine", "compute", "open", "zookeeper", "memcache",
@@ -145,7 +141,7 @@ def check(sets: Sequence[NodeSet], *, replication: int | None) -> str | None:
     return None
 
 
-def layout_check(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:
+def layout_check(settings: Settings, nodes: tuple[LayoutNode, ...]) -> str | None:
     """The type's layout hook: AppScale's refusal of the layout cloudd would write for these
     nodes, prefixed with whose rule it is, or None."""
     # The appscale settings (spec.py, which imports this module): only their replication.

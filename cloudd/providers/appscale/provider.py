@@ -35,6 +35,7 @@ from typing import Any
 from cloudd import durable, log
 from cloudd.config.catalog import GeneratedSecret, LayoutNode
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
+from cloudd.providers import values
 from cloudd.providers.appscale import appscalefile, jobs, sshtrust, tools
 from cloudd.providers.appscale.spec import ADMIN_ROLE, ROLES, AppScaleSettings, role_secrets
 from cloudd.providers.base import (
@@ -66,8 +67,8 @@ def seed(a: Assignment, secret: GeneratedSecret) -> bytes:
     return secret.random_bytes(read_secret(a, secret.name))
 
 
-def settings_of(values: Mapping[str, Any]) -> AppScaleSettings:
-    return AppScaleSettings.model_validate(dict(values))
+def settings_of(raw: Mapping[str, Any]) -> AppScaleSettings:
+    return values.settings(AppScaleSettings, raw, kind="appscale")
 
 
 def tools_settings(a: Assignment, *, status: bool = False) -> tools.ToolsSettings:

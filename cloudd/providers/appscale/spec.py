@@ -14,10 +14,11 @@ which the operator gives as a secret file and which goes into the AppScalefile t
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
 
-from cloudd.config.catalog import GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.config.catalog import GeneratedSecret, RoleSpec, Settings, TypeSpec
 from cloudd.config.intent import DrainMove
+from cloudd.config.plain import Plain, constrained, setting
 from cloudd.providers.appscale.layout import layout_check
 from cloudd.providers.appscale.sshtrust import CLIENT_SEED, HOST_SEED
 
@@ -26,30 +27,29 @@ from cloudd.providers.appscale.sshtrust import CLIENT_SEED, HOST_SEED
 EMAIL_PATTERN = r"^[^\s@]+@\[?[a-zA-Z0-9.-]+\.([a-zA-Z]{2,63}|[0-9]{1,3})\]?$"
 
 
-class AppScaleSettings(BaseModel):
-    """`settings:` of an AppScale cloud."""
+@dataclass(frozen=True, kw_only=True)
+class AppScaleSettings(Plain):
+    """`settings:` of an AppScale cloud (a plain dataclass read by `cloudd.config.plain`:
+    every node agent reads it)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              use_attribute_docstrings=True)
-
-    admin_email: str = Field(default="admin@example.com", pattern=EMAIL_PATTERN)
+    admin_email: str = setting("admin@example.com", pattern=EMAIL_PATTERN)
     """The AppScale administrator's e-mail (the AppScalefile's `admin_user`)."""
     admin_password_ref: str
     """Name of the entry under `secrets` holding the administrator's password (the
     AppScalefile's `admin_pass`). Required: without it `appscale up` would prompt for one."""
-    keyname: str = Field(default="appscale", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    keyname: str = setting("appscale", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     """The deployment's name to the AppScale tools (their `keyname` and `group`: the key
     `~/.appscale/<keyname>.key`, the state `~/.appscale/locations-<keyname>.json`). The
     default is the tools' own default keyname."""
-    tools: str = Field(default="/usr/local/bin/appscale", pattern=r"^/")
+    tools: str = setting("/usr/local/bin/appscale", pattern=r"^/")
     """The AppScale tools' `appscale` executable on the master (appscale-tools 3.8.1; Python 2
     code, which Debian 12 does not carry: the operator installs it). Missing or not
     executable: the master's runs are refused with its path."""
-    sshd_reload: list[str] = Field(default=["systemctl", "reload", "ssh.service"],
-                                   min_length=1)
+    sshd_reload: list[str] = constrained(
+        factory=lambda: ["systemctl", "reload", "ssh.service"], min_length=1)
     """The command that makes the node's sshd read the deployment's host key and drop-in
     once cloudd wrote them (Debian's ssh unit by default)."""
-    replication: int | None = Field(default=None, ge=1)
+    replication: int | None = setting(None, ge=1)
     """Copies of each datastore row; None leaves AppScale's default (every database node,
     at most 3). AppScale refuses more than the database nodes (see `layout.py`)."""
 
@@ -83,7 +83,7 @@ ADMIN_ROLE = "master"
 SECRET_KEY = GeneratedSecret("secret.key", size=24, text=True)
 
 
-def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+def role_secrets(settings: Settings, role: str) -> tuple[str, ...]:
     """Every node holds the deployment's secret key and its sshd host key's seed; only the
     master writes the AppScalefile and logs into the others, so only it gets the
     administrator's password and the seed of the key it logs in with."""

@@ -25,9 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from cloudd.errors import PermanentError
 from cloudd.providers import values
 from cloudd.providers.slurm.spec import SlurmSettings
 
@@ -45,12 +42,7 @@ _CONF = "slurm.conf"
 
 def slurm_settings(raw: Mapping[str, Any]) -> SlurmSettings:
     """Settings from the manifest's mapping; one precise error for the first bad value."""
-    try:
-        return SlurmSettings.model_validate(dict(raw))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise PermanentError(f"slurm settings: {where}: {err['msg']}") from None
+    return values.settings(SlurmSettings, raw, kind="slurm")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from cloudd.errors import PermanentError, TemporaryError
+from cloudd.errors import TemporaryError
 from cloudd.providers import values
 from cloudd.providers.base import Assignment, DirSpec, FileSpec, Rendered
 from cloudd.providers.torque.spec import TorqueSettings
@@ -45,12 +43,7 @@ SCHEDULER_ITERATION = 10
 
 def torque_settings(raw: Mapping[str, Any]) -> TorqueSettings:
     """Settings from the manifest's mapping; one precise error for the first bad value."""
-    try:
-        return TorqueSettings.model_validate(dict(raw))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise PermanentError(f"torque settings: {where}: {err['msg']}") from None
+    return values.settings(TorqueSettings, raw, kind="torque")
 
 
 def program(kind: str, name: str) -> str:

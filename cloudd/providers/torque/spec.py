@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from dataclasses import dataclass
 
 from cloudd.config.catalog import RoleSpec, TypeSpec
 from cloudd.config.intent import DrainMove
+from cloudd.config.plain import LengthLimits, Plain, constrained, setting
 
 #: A folder every node sees at the same path; plain characters only, since it is rendered
 #: into pbs_mom's configuration.
-SharedPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/+@=-]*$", max_length=200)]
+SHARED_PATH = LengthLimits(pattern=r"^/[A-Za-z0-9._/+@=-]*$", max_length=200)
 
 
-class TorqueSettings(BaseModel):
-    """`settings:` of a TORQUE cloud."""
+@dataclass(frozen=True, kw_only=True)
+class TorqueSettings(Plain):
+    """`settings:` of a TORQUE cloud (a plain dataclass read by `cloudd.config.plain`: every
+    node agent reads it)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              use_attribute_docstrings=True)
-
-    queue: str = Field(default="batch", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
+    queue: str = setting("batch", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
     """The default execution queue created on the head."""
-    np: int | None = Field(default=None, ge=1, le=4096)
+    np: int | None = setting(None, ge=1, le=4096)
     """Job slots per compute node; None: the node's vcpus (TORQUE's `auto_node_np`: each
     pbs_mom reports its processors)."""
     scheduler: bool = True
     """Run pbs_sched on the head (False: jobs are run only by hand, `qrun`)."""
-    shared_paths: list[SharedPath] = Field(default_factory=list, max_length=16)
+    shared_paths: list[str] = constrained(factory=list, max_length=16, items=SHARED_PATH)
     """Folders mounted at the same path on every node (NFS, say): pbs_mom copies a job's
     output into them with `cp` (its `$usecp`) instead of `scp` to the submitting host."""
 

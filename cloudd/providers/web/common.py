@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from cloudd.errors import PermanentError
 from cloudd.providers import values
 from cloudd.providers.base import Assignment, DirSpec
 from cloudd.providers.service import ProbeKind, ProbeSpec
@@ -33,12 +30,7 @@ RUN_AS = "www-data"
 
 def web_settings(raw: Mapping[str, Any]) -> spec.WebSettings:
     """Settings from the manifest's mapping; one precise error for the first bad value."""
-    try:
-        return spec.WebSettings.model_validate(dict(raw))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise PermanentError(f"web settings: {where}: {err['msg']}") from None
+    return values.settings(spec.WebSettings, raw, kind="web")
 
 
 def fill(template: str, **fields: object) -> str:

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
 
-from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.catalog import RoleSpec, Settings, TypeSpec
 from cloudd.config.intent import DrainMove
+from cloudd.config.plain import Plain, setting
 
 #: The secret name used when the manifest's settings name none.
 DEFAULT_PASSWORD_SECRET = "database_password"
 
 
-class WebSettings(BaseModel):
-    """`settings:` of a web cloud."""
+@dataclass(frozen=True, kw_only=True)
+class WebSettings(Plain):
+    """`settings:` of a web cloud (a plain dataclass read by `cloudd.config.plain`: every
+    node agent reads it)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              use_attribute_docstrings=True)
-
-    app_port: int = Field(default=8080, ge=1, le=65535)
+    app_port: int = setting(8080, ge=1, le=65535)
     """TCP port the app servers listen on and the balancers forward to."""
-    balancer_port: int = Field(default=80, ge=1, le=65535)
+    balancer_port: int = setting(80, ge=1, le=65535)
     """TCP port the balancers listen on."""
-    database_name: str = Field(default="app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    database_name: str = setting("app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     """The MariaDB database the app uses."""
-    database_user: str = Field(default="app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+    database_user: str = setting("app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
     """The MariaDB account the app servers connect as."""
     database_password_ref: str | None = None
     """Name of the entry under `secrets` holding that account's password."""
@@ -39,7 +39,7 @@ class WebSettings(BaseModel):
 PASSWORD_ROLES = ("database", "server")
 
 
-def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+def role_secrets(settings: Settings, role: str) -> tuple[str, ...]:
     """The secrets a web role's nodes need, and the only ones the leader sends them."""
     assert isinstance(settings, WebSettings)
     return (settings.password_secret,) if role in PASSWORD_ROLES else ()

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
 from cloudd.backoff import Backoff
 from cloudd.config.catalog import RoleSpec, TypeSpec
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud, Ensure
+from cloudd.config.plain import Plain
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.base.eventlog import EventLog, LogKind
 from cloudd.daemon.leader.hookplan import Hook, HookTiming, StopPhase
@@ -27,8 +27,9 @@ from cloudd.providers.base import ACT_ANSWER_LIMIT, ClusterView, Finding, Provid
 from cloudd.providers.registry import Registry
 
 
-class NoSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoSettings(Plain):
+    """No settings."""
 
 
 #: A type of the test's own, which only the test's provider claims.

@@ -4,16 +4,17 @@ answer and its time, one sentence on failure, and the node side's `act` with its
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
 from cloudd.config.agent import AgentSettings
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost
+from cloudd.config.plain import Plain
 from cloudd.daemon.network.catalogue import RoleAssignment
 from cloudd.daemon.node import actions
 from cloudd.daemon.node.converge import NodeSide
@@ -114,8 +115,9 @@ def assignment(root: Path) -> Assignment:
                       root=root, secrets_dir=root / "secrets")
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings(Plain):
+    """No settings."""
 
 
 class HeadProvider(Provider):

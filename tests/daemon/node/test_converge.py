@@ -8,6 +8,7 @@ the converge backoff are far longer than any test, so every loop turn comes from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import structlog
-from pydantic import BaseModel, ConfigDict
 
 from cloudd.backoff import Backoff
 from cloudd.config.agent import AgentSettings, Reconcile
 from cloudd.config.model import Cloud, Ensure, Node, PoolHost
+from cloudd.config.plain import Plain
 from cloudd.daemon.base.clock import FakeClock
 from cloudd.daemon.network.catalogue import NodePhase, NodeReport, PeerInfo, RoleAssignment
 from cloudd.daemon.node.converge import CONVERGE_JITTER, NodeSide, node_root
@@ -136,8 +137,8 @@ class AppRole(Role):
             raise PermanentError("prepare is broken")
 
 
-class AppSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AppSettings(Plain):
     port: int = 1
 
 

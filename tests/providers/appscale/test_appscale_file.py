@@ -4,6 +4,7 @@ administrator's account as the manifest and its secret say."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def test_up_takes_the_file_as_written(appscale_parser: Any, tmp_path: Path) -> N
 
 def test_replication_is_written_when_set(appscale_parser: Any, tmp_path: Path) -> None:
     nodes = (LayoutNode(H, ("database", "master")), LayoutNode(W1, ("database", "compute")))
-    two = SETTINGS.model_copy(update={"replication": 2})
+    two = dataclasses.replace(SETTINGS, replication=2)
     assert up(appscale_parser, tmp_path, appscalefile.render(
         nodes, two, password=b"s3cret-pass")).replication == 2
     assert "replication" not in yaml.safe_load(appscalefile.render(nodes, SETTINGS,

@@ -13,20 +13,21 @@ and asks a server for an action its role does not have, to show the node's refus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from cloudd.config.catalog import RoleSpec, TypeSpec
+from cloudd.config.plain import Plain
 from cloudd.errors import TemporaryError
 from cloudd.providers.base import Assignment, ClusterView, Finding, Provider, Role
 
 
-class NoSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoSettings(Plain):
+    """No settings."""
 
 
 #: The test's type: one controller, any number of servers.
