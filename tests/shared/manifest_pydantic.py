@@ -276,7 +276,7 @@ def build_cloud(doc: Document, catalog: Catalog, *, with_template: bool = True,
         known = ", ".join(sorted(catalog))
         _stop([doc.place(("type",), message=f"unknown type {top.type!r} (known: {known})")])
     assert spec is not None
-    settings, problems = validate_model(doc, spec.settings_model, top.settings, ("settings",))
+    settings, problems = spec.read_settings(doc, top.settings, ("settings",))  # not under test
     _stop(problems)
     assert settings is not None
     _stop(_check_refs(doc, top))
