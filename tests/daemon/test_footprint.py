@@ -126,3 +126,12 @@ def test_rich_stays_importable_for_others_after_the_agent_hid_it_from_structlog(
                           env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60,
                           check=True)
     assert done.stdout.split() == ["True", "False", "rich"]
+
+
+def test_no_agent_loads_pydantic_a_node_s_member_nor_a_host_s() -> None:
+    """pydantic cost every agent about 10.5 MiB: the wire, the settings, the manifest and the
+    types' settings are read by cloudd's own checks (docs/operations.md, "An agent's
+    footprint"); the pool host's member parses and checks the whole manifest too."""
+    for loaded in (loaded_after("cloudd.daemon.main"), member_loads("shop-server-1"),
+                   member_loads("pm1")):
+        assert sorted(m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core")) == []
