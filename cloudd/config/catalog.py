@@ -183,7 +183,6 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def settings_json(settings: Settings) -> bytes:
-    """A cloud's settings as the very bytes pydantic's `model_dump_json` wrote for the model
-    they replace: the leader's hooks digest them, and an upgrade must not change the digest
-    (every hook would run again)."""
+    """A cloud's settings as compact JSON, for the leader's hooks to digest (the digest lives
+    only in the leader's memory: a new leader configures every role again anyway)."""
     return _JSON.encode(settings_dict(settings)).encode()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from cloudd.config.catalog import GeneratedSecret
 
@@ -25,9 +25,6 @@ from cloudd.config.plain import ip_address as _ip
 from cloudd.config.sshkeys import check_public_key
 from cloudd.config.users import MAX_USERS, User, UserIn
 from cloudd.election.config import TwoHost
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -358,7 +355,7 @@ class Cloud:
     #: All nodes, in role order then in the order written.
     nodes: tuple[Node, ...]
     #: The type's settings model instance.
-    settings: BaseModel
+    settings: Any
     #: secret name -> its contents, if this agent holds them.
     secrets: Mapping[str, Secret]
     #: Other files the cloud was built from: the domain template, role list files, secrets.

@@ -45,7 +45,7 @@ EXTRAS: dict[str, Any] = {
 }
 POOL_EXTRAS: dict[str, Any] = {
     "migration": {"uri": "qemu+tls://pm.example/system", "storage": "san",
-                  "address": "198.51.100.9", "unsafe": True},
+                  "address": "198.51.100.9", "unsafe": True, "tls": True},
     "fence": ["ipmitool", "power", "off"],
     "libvirt_uri": "qemu+ssh://root@pm/system",
 }
@@ -237,7 +237,7 @@ def test_manifests_are_read_as_the_pydantic_models_read_them(seed: int, folder: 
         expected = outcome(old.build_cloud, parsed, origin)
         assert outcome(new.build_cloud, parsed, origin) == expected, text
         seen[expected[0]] += 1
-    assert seen["accepted"] > 60 and seen["refused"] > 150, seen  # both sides exercised
+    assert seen["accepted"] > 40 and seen["refused"] > 150, seen  # both sides exercised
     assert seen["failed"] == 0, seen
 
 
