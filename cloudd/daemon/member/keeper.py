@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,6 @@ RETRY = 1.0
 
 #: The file is read as the codec reads a message (`checks.Shape`), and written as it writes one.
 _HELD = Shape.of(Held)
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 Spawn = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], None]
 
@@ -86,7 +84,7 @@ def load(path: Path, cloud: str) -> Held:
 
 def dump(held: Held) -> bytes:
     """The file's bytes for `held` (those pydantic's TypeAdapter wrote, which `load` reads)."""
-    return _JSON.encode(_HELD.dump(held)).encode()
+    return jsontext.dumps(_HELD.dump(held))
 
 
 class RecordKeeper:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -127,7 +126,7 @@ class Codec:
         if not 0 <= rid <= _MAX_RID:
             raise LocalProtocolError(f"request id {rid} out of range")
         try:
-            body = _JSON.encode(entry.shape.dump(msg)).encode()
+            body = jsontext.dumps(entry.shape.dump(msg))
         except (TypeError, ValueError) as exc:  # a field holding what cannot travel
             raise LocalProtocolError(f"cannot encode {entry.name}: {exc}") from None
         flags = (_FLAG_REQUEST if request else 0) | (_FLAG_REPLY if reply else 0)
@@ -195,10 +194,6 @@ class Codec:
                  for loc, what in problems], sep="; "))
         return msg
 
-
-#: What writes a body: compact, UTF-8 as it is (as pydantic wrote it), made once (`json.dumps`
-#: with options makes an encoder per call).
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 _JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}

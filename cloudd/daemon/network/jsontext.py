@@ -26,6 +26,8 @@ DEPTH = 200
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _DECODER = json.JSONDecoder()
+#: Compact, UTF-8 as it is; made once (`json.dumps` with options makes an encoder per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 class JsonError(ValueError):
@@ -52,6 +54,12 @@ def loads(body: bytes) -> Any:
     if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and _half_pair(data):
         raise JsonError("a string holds half of a surrogate pair (\\ud800-\\udfff alone)")
     return data
+
+
+def dumps(value: Any) -> bytes:
+    """`value` (JSON types only) as the codec writes a body, and the files read as bodies
+    are written."""
+    return _ENCODER.encode(value).encode()
 
 
 def _deeper(data: Any, limit: int) -> bool:

@@ -11,7 +11,6 @@ codec reads and writes a message (`checks.Shape`), without pydantic.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cloudd import log
@@ -23,8 +22,6 @@ from cloudd.durable import write_durable
 ASSIGNMENT_FILE = "assignment.json"
 #: The same checks as the codec's: the file is read back as strictly as the wire.
 _SHAPE = Shape.of(RoleAssignment)
-#: Written as the codec writes a body: compact, UTF-8 as it is.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def load_assignment(root: Path, *, node: str, cloud: str) -> RoleAssignment | None:
@@ -55,4 +52,4 @@ def save_assignment(root: Path, a: RoleAssignment) -> None:
     # The node root is made with the usual mode, not write_durable's 0700: the role's
     # services (mysql, www-data) reach their own files below it.
     root.mkdir(parents=True, exist_ok=True)
-    write_durable(root / ASSIGNMENT_FILE, _JSON.encode(_SHAPE.dump(a)).encode(), mode=0o600)
+    write_durable(root / ASSIGNMENT_FILE, jsontext.dumps(_SHAPE.dump(a)), mode=0o600)
