@@ -188,8 +188,6 @@ class Controller:
         self._seen: dict[tuple[str, str], tuple[DomainState, float]] = {}
         self._reasons: dict[tuple[str, str], str] = {}
         self._shutdowns: dict[tuple[str, str], float] = {}
-        #: (node, host) of the domains the hosts' last lists said are migrating
-        self._migrating: set[tuple[str, str]] = set()
         self.unreachable = Unreachable()
         #: seconds a command its host answers PENDING is waited for
         self.pending_limit = PENDING_LIMIT
@@ -253,8 +251,6 @@ class Controller:
                 self._reports[host] = (self._reports[host][0], None)
             return
         domains: list[DomainObs] = []
-        self._migrating -= {(n, h) for n, h in self._migrating if h == host}
-        self._migrating |= {(i.meta.node, host) for i in listing.domains if i.migrating}
         for info in listing.domains:
             key = (info.meta.node, host)
             state = _STATES[info.state]
@@ -263,7 +259,7 @@ class Controller:
             self._seen[key] = (state, since)
             domains.append(DomainObs(host, info.meta.node, info.meta.cloud, state,
                                      self._reasons.get(key, "unknown"), term=info.meta.term,
-                                     since=since))
+                                     since=since, migrating=info.migrating))
         self._reports[host] = (tuple(domains), stock.inventory)
 
     async def observe(self, term: int, now: float) -> Observed:
@@ -296,7 +292,7 @@ class Controller:
         self.host_fails.settle_quiet(now=now)
         # a node whose domain a host reports migrating is in flight whoever started the move
         # (this leader, or one before it): no pass acts on either of its two copies
-        moving = frozenset(n for n, h in self._migrating if (n, h) in present)
+        moving = frozenset(d.node for d in domains if d.migrating)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
                         host_failures=self.host_fails.snapshot(),
                         in_flight=before | frozenset(self._busy) | moving,
@@ -516,7 +512,8 @@ class Controller:
             # (and must not win over the re-placed copies when the host comes back)
             seen, _ = self._reports.get(action.host, ((), None))
             self._reports[action.host] = (tuple(
-                replace(d, state=DomainState.SHUTOFF, reason="fenced") for d in seen), None)
+                replace(d, state=DomainState.SHUTOFF, reason="fenced", migrating=False)
+                for d in seen), None)
             self._record(LogKind.ACTION, cloud=cloud, subject=action.host, term=term,
                          reason=f"fenced: {action.reason}")
             self._log.warning("host_fenced", cloud=cloud, host=action.host, term=term)

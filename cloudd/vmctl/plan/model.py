@@ -145,6 +145,8 @@ class DomainObs:
     """The leader term that defined it."""
     since: float = 0.0
     """When the domain entered `state`, on the controller's clock."""
+    migrating: bool = False
+    """A live migration of it runs (in or out): the node is on two hosts until it ends."""
 
 
 @dataclass(frozen=True)
