@@ -229,10 +229,9 @@ class HostAgent:
         self.reset_wait = reset_wait
         #: seconds a migration may take before it is aborted
         self.migrate_limit = migrate_limit
-        #: (op, domain) -> the term that started its reset or migration, and the act
-        self._lasting: dict[tuple[Op, str], tuple[int, asyncio.Task[bool]]] = {}
-        #: domain -> the host its last migration went (or goes) to
-        self._targets: dict[str, str] = {}
+        #: (op, domain, target) -> the term that started its reset or migration (to that
+        #: target; "" for a reset), and the act
+        self._lasting: dict[tuple[Op, str, str], tuple[int, asyncio.Task[bool]]] = {}
         #: the overlays this host made for its cloud (path -> domain), kept in `state_dir`
         self.overlays = OverlayRecord(state_dir / OVERLAYS_FILE)
         # one overlay made or removed at a time: a check and the act it allows stay together
@@ -464,13 +463,12 @@ class HostAgent:
         if cmd.target == self.host:
             return self._result(cmd, CommandOutcome.FAILED,
                                 f"migrate {cmd.domain}: {cmd.target} is this host")
-        going, under_way = self._targets.get(cmd.domain), self._lasting.get(
-            (Op.MIGRATE, cmd.domain))
-        if going not in (None, cmd.target) and under_way is not None \
-                and not under_way[1].done():
+        going = next((target for (op, domain, target), (_, task) in self._lasting.items()
+                      if (op, domain) == (Op.MIGRATE, cmd.domain) and target != cmd.target
+                      and not task.done()), None)
+        if going is not None:
             return self._result(cmd, CommandOutcome.FAILED,
                                 f"migrate {cmd.domain}: it is moving to {going} already")
-        self._targets[cmd.domain] = cmd.target
         return await self._lasting_act(cmd, lambda: self.backend.migrate(
             cmd.domain, uri=cmd.target_uri, address=cmd.target_address, host=cmd.target,
             limit=self.migrate_limit, unsafe=cmd.unsafe, tls=cmd.tls))
@@ -479,7 +477,7 @@ class HostAgent:
                            act: Callable[[], Coroutine[Any, Any, bool]]) -> HostResult:
         """RESET, MIGRATE: start the act (or join the one under way, or the one of this term
         that finished since its last ask) and wait `reset_wait` for it."""
-        key = (cmd.op, cmd.domain)
+        key = (cmd.op, cmd.domain, cmd.target)
         term, task = self._lasting.get(key, (cmd.term, None))
         if task is None or (task.done() and term != cmd.term):
             await self._refuse_foreign(cmd.domain)
