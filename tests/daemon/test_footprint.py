@@ -135,3 +135,16 @@ def test_no_agent_loads_pydantic_a_node_s_member_nor_a_host_s() -> None:
     for loaded in (loaded_after("cloudd.daemon.main"), member_loads("shop-server-1"),
                    member_loads("pm1")):
         assert sorted(m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core")) == []
+
+
+def test_the_command_line_loads_ssh_only_for_the_commands_that_speak_it() -> None:
+    """Every `cloudd-cli` builds its whole parser: `bootstrap` and `image` load asyncssh (and
+    cryptography with it) only when they run, not for every other command."""
+    code = ("import json, sys\nfrom cloudd.cli import build_parser\nbuild_parser()\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=120,
+                          check=True)
+    loaded = set(json.loads(done.stdout))
+    assert "cloudd.commands.bootstrap" in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in ("asyncssh", "cryptography")) == []

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudd.commands.bootstrap.steps import bootstrap
 from cloudd.commands.bootstrap.target import BootstrapError, Options, Step, Target
 from cloudd.commands.bootstrap.wheels import Checkout, running_source
 from cloudd.config.agent import DEFAULT_PORT
@@ -88,6 +87,10 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None,
     def report(step: Step) -> None:
         mark = "changed" if step.changed else "ok"
         print(f"{args.host}: {step.name:<13} {mark:<8} {step.detail}", file=out, flush=True)
+
+    # the steps speak SSH (asyncssh, cryptography): loaded by this command only, not by every
+    # `cloudd-cli` that builds its parser
+    from cloudd.commands.bootstrap.steps import bootstrap
 
     try:
         source = Checkout(args.source) if args.source is not None else running_source()

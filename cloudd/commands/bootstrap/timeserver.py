@@ -20,9 +20,12 @@ import ipaddress
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
-from cloudd.commands.bootstrap.remote import Remote
 from cloudd.commands.bootstrap.target import BootstrapError, Layout, Options, Target
+
+if TYPE_CHECKING:  # the SSH connection's type only: `prepare` (and `cloudd-cli image`) speak no SSH
+    from cloudd.commands.bootstrap.remote import Remote
 
 Report = Callable[[str, bool, str], None]
 #: The stratum a pool host serves at while it has no upstream server of its own.
