@@ -761,3 +761,23 @@ async def test_a_failed_migration_backs_off_then_the_node_moves_by_stop_and_re_p
     first = on_h1[0]
     assert any(e.reason.startswith(f"shutdown on h1: host h1 is drained: moving {first}")
                for e in pool.events.query(kind=LogKind.ACTION, limit=100))
+
+
+async def test_a_host_lost_mid_migration_is_fenced_and_its_node_re_placed(
+        tmp_path: Path) -> None:
+    """Its last report said the domain was migrating: that report holds nothing in flight
+    once the host no longer answers, so the node moves as after any host's death."""
+    marker = tmp_path / "fenced-h1"
+    pool = make_pool(tmp_path, fencer=CommandFencer({"h1": ["touch", str(marker)]}))
+    await pool.converge()
+    pool.backends["h1"].domains["c1-n1"].migrating = True
+    await pool.controller.pass_once()
+    pool.client.cut.add("h1")
+    pool.live["h1"] = Liveness.DEAD
+    plan = await pool.controller.pass_once()
+    assert plan is not None and plan.actions == (
+        Fence("h1", "host is dead by quorum and runs n1"),)
+    await pool.controller.idle()
+    await pool.converge()
+    assert pool.running()["n1"] != "h1" and marker.exists()
+    pool.events.close()

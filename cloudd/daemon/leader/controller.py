@@ -291,8 +291,10 @@ class Controller:
         self.node_fails.settle_nodes(domains, now=now, unreachable=gone.since)
         self.host_fails.settle_quiet(now=now)
         # a node whose domain a host reports migrating is in flight whoever started the move
-        # (this leader, or one before it): no pass acts on either of its two copies
-        moving = frozenset(d.node for d in domains if d.migrating)
+        # (this leader, or one before it): no pass acts on either of its two copies. Only a
+        # report of now counts: a host lost mid-move is fenced and its node re-placed as any
+        fresh = {h.name for h in hosts if h.reachable}
+        moving = frozenset(d.node for d in domains if d.migrating and d.host in fresh)
         return Observed(tuple(hosts), tuple(domains), node_failures=self.node_fails.snapshot(),
                         host_failures=self.host_fails.snapshot(),
                         in_flight=before | frozenset(self._busy) | moving,
@@ -512,8 +514,7 @@ class Controller:
             # (and must not win over the re-placed copies when the host comes back)
             seen, _ = self._reports.get(action.host, ((), None))
             self._reports[action.host] = (tuple(
-                replace(d, state=DomainState.SHUTOFF, reason="fenced", migrating=False)
-                for d in seen), None)
+                replace(d, state=DomainState.SHUTOFF, reason="fenced") for d in seen), None)
             self._record(LogKind.ACTION, cloud=cloud, subject=action.host, term=term,
                          reason=f"fenced: {action.reason}")
             self._log.warning("host_fenced", cloud=cloud, host=action.host, term=term)
