@@ -155,8 +155,9 @@ def _key_loc(key: Any) -> str | int:
     return repr(key)
 
 
-def _value(hint: Any, limits: FieldLimits, value: Any, loc: Loc) -> tuple[Any, list[FieldRefusal]]:
-    """`value` checked against the type `hint` and `limits`, converted as pydantic would."""
+def _typed(hint: Any, limits: FieldLimits, value: Any, loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+    """`value` checked against the type `hint` and `limits`, converted as pydantic would
+    (`_value` adds the `LengthLimits` of a list or a text)."""
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(hint):
@@ -267,10 +268,30 @@ def _broken(limits: FieldLimits, value: Any) -> Iterator[str]:
         yield f"greater than {limits.gt}"
 
 
+#: What `\s` matches in pydantic's (Rust) regex: Unicode's White_Space, as a character
+#: class's body. Python's `\s` also matches \x1c-\x1f, which an e-mail pattern of
+#: `[^\s@]` would then refuse where pydantic took it.
+_WHITE_SPACE = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
 @cache
 def _pattern(text: str) -> re.Pattern[str]:
     """`text` compiled to match as pydantic's (Rust) regex does: a final `$` is the end of the
-    text, where Python's would also match before a final newline ("pm1\\n")."""
+    text, where Python's would also match before a final newline ("pm1\\n"), and each `\\s`
+    matches the white space it matches there (not Python's `\\x1c`-`\\x1f`)."""
+    out, in_class, i = [], False, 0
+    while i < len(text):
+        step = 2 if text[i] == "\\" else 1
+        part = text[i:i + step]
+        i += step
+        if part == "\\s":
+            part = _WHITE_SPACE if in_class else f"[{_WHITE_SPACE}]"
+        elif part == "[":
+            in_class = True
+        elif part == "]":
+            in_class = False
+        out.append(part)
+    text = "".join(out)
     if text.endswith("$") and not text.endswith("\\$"):
         text = text[:-1] + r"\Z"
     return re.compile(text)
@@ -311,14 +332,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-_value_of_type = _value
-
-
-def _value_within(hint: Any, limits: FieldLimits, value: Any,
-                  loc: Loc) -> tuple[Any, list[FieldRefusal]]:
-    """`_value`, and the `LengthLimits` of a list or a text."""
+def _value(hint: Any, limits: FieldLimits, value: Any,
+           loc: Loc) -> tuple[Any, list[FieldRefusal]]:
+    """`_typed`, and the `LengthLimits` of a list or a text."""
     if not isinstance(limits, LengthLimits):
-        return _value_of_type(hint, limits, value, loc)
+        return _typed(hint, limits, value, loc)
     if value is None and type(None) in get_args(hint):
         return None, []
     if type(None) in get_args(hint):
@@ -328,7 +346,7 @@ def _value_within(hint: Any, limits: FieldLimits, value: Any,
                 and len(value) > limits.max_length):
             return value, [FieldRefusal(loc, f"{show(value)} should have at most "
                                         f"{_plural(limits.max_length, 'character')}")]
-        return _value_of_type(hint, limits, value, loc)
+        return _typed(hint, limits, value, loc)
     if not isinstance(value, list):
         return value, [_type(loc, "a valid list", value)]
     if limits.max_length is not None and len(value) > limits.max_length:
@@ -346,10 +364,6 @@ def _value_within(hint: Any, limits: FieldLimits, value: Any,
                                      f"{_plural(limits.min_length, 'item')} after validation, "
                                      f"not {len(items)}"))
     return items, problems
-
-
-# `read` and `Plain` look `_value` up when they run: from here on they check `LengthLimits` too.
-_value = _value_within
 
 
 def pydantic_words(refusal: FieldRefusal, data: Any) -> str:
@@ -383,33 +397,6 @@ def _at(data: Any, loc: Loc) -> Any:
         data = data[part]
     return data
 
-
-#: What `\s` matches in pydantic's (Rust) regex: Unicode's White_Space, as a character
-#: class's body. Python's `\s` also matches \x1c-\x1f, which an e-mail pattern of
-#: `[^\s@]` would then refuse where pydantic took it.
-_WHITE_SPACE = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_pattern_of_python = _pattern
-
-
-@cache
-def _pattern_as_rust(text: str) -> re.Pattern[str]:
-    """`_pattern`, with each `\\s` matching what it matches in pydantic's regex."""
-    out, in_class, i = [], False, 0
-    while i < len(text):
-        step = 2 if text[i] == "\\" else 1
-        part = text[i:i + step]
-        i += step
-        if part == "\\s":
-            part = _WHITE_SPACE if in_class else f"[{_WHITE_SPACE}]"
-        elif part == "[":
-            in_class = True
-        elif part == "]":
-            in_class = False
-        out.append(part)
-    return _pattern_of_python("".join(out))
-
-
-_pattern = _pattern_as_rust
 
 # ----------------------------------------------------------------------------------------
 # The manifest's input models (`cloudd.config.model`, `cloudd.config.users`).
