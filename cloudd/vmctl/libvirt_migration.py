@@ -48,9 +48,16 @@ MIGRATIONS = frozenset({libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
 
 
 def job(dom: libvirt.virDomain) -> int | None:
-    """The operation (`VIR_DOMAIN_JOB_OPERATION_*`) of the job running on `dom`; None when
-    none runs (or it stopped between the look and the question)."""
+    """The operation (`VIR_DOMAIN_JOB_OPERATION_*`) of the background job running on `dom`;
+    None when none runs (or it stopped between the look and the question).
+
+    The domain's control state is read first: it waits for nothing, while asking for a job's
+    figures waits (up to libvirt's 30 s) for whatever holds the domain, such as a reset stuck
+    on a stopped qemu; only a domain running a background job (a migration, in or out, is
+    one) is asked which."""
     try:
+        if dom.controlInfo()[0] != libvirt.VIR_DOMAIN_CONTROL_JOB:
+            return None
         stats = dom.jobStats(0)
     except libvirt.libvirtError:
         return None

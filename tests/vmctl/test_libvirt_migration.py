@@ -26,6 +26,10 @@ class Domain:
             self.release.set()
         self.active = True
 
+    def controlInfo(self) -> list[int]:
+        return [libvirt.VIR_DOMAIN_CONTROL_OK if self.job is None
+                else libvirt.VIR_DOMAIN_CONTROL_JOB, 0, 0]
+
     def jobStats(self, flags: int) -> dict[str, int]:
         if self.job is None:
             return {"type": libvirt.VIR_DOMAIN_JOB_NONE}
@@ -41,6 +45,23 @@ class Domain:
 
     def isActive(self) -> bool:
         return self.active
+
+
+class Occupied(Domain):
+    """A domain whose monitor is held by a command its stopped qemu never answers: asking for
+    its job's figures would wait (libvirt: 30 s) for that command."""
+
+    def controlInfo(self) -> list[int]:
+        return [libvirt.VIR_DOMAIN_CONTROL_OCCUPIED, 0, 1000]
+
+    def jobStats(self, flags: int) -> dict[str, int]:
+        raise AssertionError("jobStats waits for the command holding the domain")
+
+
+def test_a_domain_held_by_a_stuck_command_is_not_asked_for_its_job() -> None:
+    assert moves.job(Occupied()) is None  # type: ignore[arg-type]
+    assert moves.job(Domain(job=libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN)) \
+        == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("address", "unsafe", "tls", "data", "extra"), [

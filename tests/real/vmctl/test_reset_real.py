@@ -162,6 +162,35 @@ async def test_a_stopped_qemu_is_destroyed_and_started(backend: LibvirtBackend, 
     assert info.state is PowerState.RUNNING
 
 
+async def test_the_listing_answers_while_a_reset_hangs_on_a_stopped_qemu(
+        name: str, tmp_path: Path) -> None:
+    """The reset holds the domain's job until its qemu dies; the host's listing, which every
+    report of the host needs, must not wait for it (libvirt would make it wait 30 s, past
+    this backend's call timeout: the host would look unreachable while its reset waits). The
+    call timeout stays above the destroy's own ~10 s (SIGTERM, then SIGKILL to a stopped qemu)."""
+    backend = await LibvirtBackend.open(SYSTEM, call_timeout=20, reset_timeout=25)
+    try:
+        console = tmp_path / "console.log"
+        await running_guest(backend, name, console)
+        pid = qemu_pid(name)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            resetting = asyncio.create_task(backend.reset(name))
+            await wait_for("the reset holding the domain",
+                           lambda: "occupied" in virsh("domcontrol", name).stdout)
+            for _ in range(3):
+                [info] = [d for d in await backend.list() if d.name == name]
+                assert info.state is PowerState.RUNNING and not info.migrating
+            assert not resetting.done()
+            assert await resetting  # then destroyed and started, past reset_timeout
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert qemu_pid(name) != pid
+    finally:
+        await backend.close()
+
+
 async def test_a_domain_that_does_not_run_is_not_reset(backend: LibvirtBackend, name: str,
                                                        tmp_path: Path) -> None:
     console = tmp_path / "console.log"
