@@ -128,9 +128,8 @@ class TypeSpec:
     """
 
     name: str
-    #: a frozen dataclass read by `cloudd.config.plain` (a pydantic model is read by pydantic:
-    #: the tests' own types)
-    settings_model: type[Any]
+    #: a frozen dataclass read by `cloudd.config.plain` (the tests' own types' too)
+    settings_model: type[plain.Plain]
     roles: tuple[RoleSpec, ...] = ()
     layouts: Mapping[str, tuple[RoleSpec, ...]] = field(default_factory=dict)
     layout_field: str | None = None
@@ -153,13 +152,8 @@ class TypeSpec:
                       prefix: Loc) -> tuple[Settings | None, list[Problem]]:
         """The settings read from `data` (found at `prefix` in `doc`), or None and the
         placed problems."""
-        if issubclass(self.settings_model, plain.Plain):
-            got, refused = plain.read(self.settings_model, data, prefix)
-            return got, [doc.place(r.loc, message=r.message, at_key=r.at_key)
-                         for r in refused]
-        # Only a test's own type has a pydantic model: no agent loads pydantic for its settings.
-        from cloudd.config.problems import validate_model
-        return validate_model(doc, self.settings_model, data, prefix)
+        got, refused = plain.read(self.settings_model, data, prefix)
+        return got, [doc.place(r.loc, message=r.message, at_key=r.at_key) for r in refused]
 
     def roles_for(self, settings: Settings) -> tuple[RoleSpec, ...]:
         """The roles this cloud may have, given its validated settings."""

@@ -5,7 +5,7 @@ budget of 40 (docs/operations.md, "An agent's footprint"). Its own settings need
 than pydantic: mappings of numbers, text, paths and flags. So they are plain frozen
 dataclasses, and this module reads them: unknown keys, wrong types and values out of range
 are refused, each with one sentence at its key path, worded as `cloudd.config.problems`
-words pydantic's errors (the operator reads the same refusal whichever reads the file).
+worded pydantic's errors (the operator reads the same refusal as when pydantic read the file).
 
 Strict as pydantic's strict mode is: an integer is not a number written as text, and a flag
 is `true` or `false`, never 1. The exceptions are pydantic's own: an integer is accepted
@@ -369,8 +369,8 @@ def _value(hint: Any, limits: FieldLimits, value: Any,
 def pydantic_words(refusal: FieldRefusal, data: Any) -> str:
     """`refusal` of a value of `data` in pydantic's own words ("Input should be a valid
     integer"), as a node's providers have quoted a cloud's settings since they were pydantic
-    models: `cloudd.config.problems.sentence` turned back. The value is looked up at the
-    refusal's place, since the sentence quotes it and pydantic's words do not."""
+    models: the tests' `shared.pydantic_problems.sentence` turned back. The value is looked
+    up at the refusal's place, since the sentence quotes it and pydantic's words do not."""
     message = refusal.message
     if refusal.at_key:
         return "Extra inputs are not permitted"

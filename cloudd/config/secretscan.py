@@ -1,8 +1,9 @@
 """The scan that refuses secrets written inline in a settings file or a manifest.
 
 It runs before the file is read into its types, so that the operator is told "this is a
-secret" rather than "unknown field". Apart from `cloudd.config.problems` (pydantic's errors)
-because the agent's own settings are read without pydantic (`cloudd.config.plain`).
+secret" rather than "unknown field". A module of its own, apart from
+`cloudd.config.problems` (which imported pydantic when it was written), so that the agent's
+own settings need only this and `cloudd.config.plain`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ConfigDict
 
-from cloudd.config.catalog import LayoutNode, RoleSpec, TypeSpec
+from cloudd.config.catalog import LayoutNode, RoleSpec, Settings, TypeSpec
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Ensure, RunStrategy
+from cloudd.config.plain import Plain
 from cloudd.errors import ConfigError
 from cloudd.providers.catalog import CATALOG
 
@@ -110,8 +111,8 @@ def test_node_problems(tmp_path: Path, body: str, expected: str) -> None:
 
 
 def test_a_layout_setting_chooses_the_roles(tmp_path: Path) -> None:
-    class Shaped(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    @dataclass(frozen=True, kw_only=True)
+    class Shaped(Plain):
         layout: str = "small"
 
     catalog = {"shaped": TypeSpec("shaped", Shaped, layout_field="layout", layouts={
@@ -137,8 +138,8 @@ def test_a_layout_setting_chooses_the_roles(tmp_path: Path) -> None:
 
 
 def test_catalog_is_an_argument(tmp_path: Path) -> None:
-    class Tiny(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    @dataclass(frozen=True, kw_only=True)
+    class Tiny(Plain):
         colour: str = "blue"
 
     catalog = {"tiny": TypeSpec("tiny", Tiny, roles=(RoleSpec("only", 2, 2),))}
@@ -247,16 +248,17 @@ def test_a_shared_node_is_refused_when_its_entries_disagree(tmp_path: Path, body
 
 
 def test_a_types_layout_check_sees_every_node_with_its_roles(tmp_path: Path) -> None:
-    class Plain(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    @dataclass(frozen=True, kw_only=True)
+    class Empty(Plain):
+        """No settings."""
 
     seen: list[tuple[LayoutNode, ...]] = []
 
-    def check(settings: BaseModel, nodes: tuple[LayoutNode, ...]) -> str | None:
+    def check(settings: Settings, nodes: tuple[LayoutNode, ...]) -> str | None:
         seen.append(nodes)
         return None if any(len(n.roles) > 1 for n in nodes) else "a and b share a node here"
 
-    catalog = {"pair": TypeSpec("pair", Plain, roles=(RoleSpec("a"), RoleSpec("b")),
+    catalog = {"pair": TypeSpec("pair", Empty, roles=(RoleSpec("a"), RoleSpec("b")),
                                 layout_check=check)}
     apart = ("roles:\n  a: [{address: 192.0.2.1, image: /a}]\n"
              "  b: [{address: 192.0.2.2, image: /b}]\n")

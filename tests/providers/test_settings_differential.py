@@ -29,9 +29,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from shared import settings_pydantic as old
+from shared.pydantic_problems import validate_model
 
 from cloudd.config.catalog import settings_json
-from cloudd.config.problems import validate_model
 from cloudd.config.yamlsrc import parse_text
 from cloudd.errors import ConfigError, PermanentError
 from cloudd.providers import values

@@ -25,10 +25,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from cloudd.config.agent import _with_profile, check
-from cloudd.config.problems import inline_secrets, validate_model
+from cloudd.config.problems import inline_secrets
 from cloudd.config.yamlsrc import Document
 from cloudd.errors import ConfigError, Problem
 from shared.manifest_pydantic import Address
+from shared.pydantic_problems import validate_model
 
 DEFAULT_PATH = Path("/etc/cloudd/agent.yaml")
 DEFAULT_PORT = 7760

@@ -4,27 +4,29 @@ provider behind it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from pydantic import BaseModel, ConfigDict
-
-from cloudd.config.catalog import Catalog, GeneratedSecret, RoleSpec, TypeSpec
+from cloudd.config.catalog import Catalog, GeneratedSecret, RoleSpec, Settings, TypeSpec
 from cloudd.config.manifest import load_cloud
 from cloudd.config.model import Cloud
+from cloudd.config.plain import Plain
 from cloudd.providers.catalog import CATALOG
 
 
-class BatchSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class BatchSettings(Plain):
+    """`settings:` of a batch cloud."""
 
     key_ref: str | None = None
+    """Name of the entry under `secrets` holding the key; None: the leader's generated one."""
 
 
 KEY = GeneratedSecret("munge.key", size=1024)
 
 
-def role_secrets(settings: BaseModel, role: str) -> tuple[str, ...]:
+def role_secrets(settings: Settings, role: str) -> tuple[str, ...]:
     assert isinstance(settings, BatchSettings)
     return () if role == "login" else (settings.key_ref or KEY.name,)
 

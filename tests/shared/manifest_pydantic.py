@@ -41,13 +41,14 @@ from cloudd.config.model import (
     _migration_uri,
 )
 from cloudd.config.plain import ip_address as _ip
-from cloudd.config.problems import from_validation, inline_secrets, validate_model
+from cloudd.config.problems import inline_secrets
 from cloudd.config.sources import Origin, Reads
 from cloudd.config.sshkeys import check_public_key
 from cloudd.config.users import ID_MAX, ID_MIN, MAX_GROUPS, MAX_USERS, NAME, check_users, user_of
 from cloudd.config.yamlsrc import Document
 from cloudd.election.config import TwoHost
 from cloudd.errors import ConfigError, Problem
+from shared.pydantic_problems import from_validation, validate_model
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 

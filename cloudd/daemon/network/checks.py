@@ -226,43 +226,25 @@ def _dump_mapping(item: Dump) -> Dump:
 class _Marker:
     """A function that a field's `Annotated` carries for the checks."""
 
-    #: pydantic's class that did the same, by name (see `__get_pydantic_core_schema__`)
-    pydantic_name = ""
-
     def __init__(self, func: Callable[[Any], Any]) -> None:
         self.func = func
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.func!r})"
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
-        """The marker as pydantic's own validator or serializer: no agent calls this, but
-        pydantic does where a test holds these checks to it (the codec's differential
-        test), so that its oracle checks every field as the agents did with pydantic."""
-        import pydantic  # only pydantic itself gets here, so it is loaded already
-
-        return getattr(pydantic, self.pydantic_name)(self.func).__get_pydantic_core_schema__(
-            source, handler)
-
 
 class Parsed(_Marker):
     """The field's value is `func(the JSON value)`, in place of its type's check (a
     `ValueError` is the refusal): an IP address from its text."""
-
-    pydantic_name = "PlainValidator"
 
 
 class AfterCheck(_Marker):
     """After the type's check, the field's value is `func(value)` (a `ValueError` is the
     refusal): rules across the parts of a value."""
 
-    pydantic_name = "AfterValidator"
-
 
 class Written(_Marker):
     """What JSON writes for the field is `func(value)`: the text of an IP address."""
-
-    pydantic_name = "PlainSerializer"
 
 
 def _annotated(base: tuple[Check, Dump], metadata: tuple[Any, ...],
