@@ -148,3 +148,13 @@ def test_the_command_line_loads_ssh_only_for_the_commands_that_speak_it() -> Non
     loaded = set(json.loads(done.stdout))
     assert "cloudd.commands.bootstrap" in loaded
     assert sorted(m for m in loaded if m.split(".")[0] in ("asyncssh", "cryptography")) == []
+
+
+def test_a_host_s_domain_templates_load_no_web_client() -> None:
+    """xml.sax.saxutils loads urllib.request, http.client and email (1.3 MiB): the templates
+    escape their values themselves, so a pool host's member and its libvirt side load none."""
+    loaded = member_loads("pm1") | loaded_after("cloudd.vmctl.libvirt_backend",
+                                                "cloudd.vmctl.hostagent")
+    assert "cloudd.vmctl.template" in loaded
+    assert sorted(m for m in loaded if m in ("urllib.request", "http.client", "xml.sax")
+                  or m.split(".")[0] == "email") == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloudd.vmctl.metadata import (
     NAMESPACE,
@@ -135,3 +137,14 @@ def test_stamp_host_changes_only_the_host() -> None:
     assert from_domain_xml(stamp_host(stamped, "pm1")).host == "pm1"  # type: ignore[union-attr]
     with pytest.raises(MetadataError, match="no cloudd metadata to stamp"):
         stamp_host("<domain><name>x</name></domain>", "pm1")
+
+
+
+@given(st.text())
+def test_a_value_is_escaped_as_the_standard_library_s_xml_escape_would(value: str) -> None:
+    """The templates' own escape writes what xml.sax.saxutils.escape writes with both quotes
+    as entities (the host no longer loads it: tests/daemon/test_footprint.py)."""
+    from xml.sax.saxutils import escape
+
+    want = escape(value, {'"': "&quot;", "'": "&apos;"})
+    assert render("<a b='${v}'>${v}</a>", {"v": value}) == f"<a b='{want}'>{want}</a>"
