@@ -22,11 +22,9 @@ from typing import Any
 from cloudd.vmctl import libvirt_names as names
 from cloudd.vmctl import libvirt_xdr as xdr
 from cloudd.vmctl.libvirt_names import *  # noqa: F403 - the binding's constants, re-exported
-from cloudd.vmctl.libvirt_rpc import Client, libvirtError
+from cloudd.vmctl.libvirt_rpc import Client
+from cloudd.vmctl.libvirt_rpc import libvirtError as libvirtError
 from cloudd.vmctl.libvirt_xdr import DomainRef, Packer, Proc, TypedParam, Unpacker
-
-__all__ = [n for n in dir(names) if n.startswith("VIR_")] + [
-    "libvirtError", "open", "virConnect", "virDomain"]
 
 #: libvirtd's socket for privileged connections.
 SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
