@@ -365,12 +365,26 @@ class virDomain:
                 names.VIR_ERR_ARGUMENT_UNSUPPORTED, names.VIR_FROM_REMOTE,
                 "libvirt_wire: migrateToURI3 is implemented for peer-to-peer migration only "
                 "(VIR_MIGRATE_PEER2PEER in flags)")
+        if _is_local(dconnuri):
+            # refused before any call, as libvirt's virDomainMigrateCheckNotLocal does
+            raise libvirtError("migrateToURI3 failed", (
+                names.VIR_ERR_INVALID_ARG, names.VIR_FROM_DOMAIN,
+                "Attempt to migrate guest to the same host", names.VIR_ERR_ERROR,
+                "virDomainMigrateCheckNotLocal", "dconnuri", None, 0, 0))
         typed = [(key, _migrate_param_type(key, value), value) for key, value in params.items()]
         self._call(Proc.DOMAIN_MIGRATE_PERFORM3_PARAMS,
                    lambda p: p.optional(dconnuri, p.string).typed_params(typed).opaque(b"")
                    .u32(flags),
                    lambda u: u.opaque(xdr.MIGRATE_COOKIE_MAX, "the migration cookie"))
         return 0
+
+
+def _is_local(uri: str) -> bool:
+    """Whether `uri` names this host (no server, or one named localhost...), as libvirt sees it."""
+    authority = uri.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    server = authority.partition("]")[0][1:] if authority.startswith("[") \
+        else authority.partition(":")[0]
+    return not server or server.startswith("localhost")
 
 
 def _migrate_param_type(key: str, value: object) -> int:
