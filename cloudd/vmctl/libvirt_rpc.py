@@ -219,10 +219,14 @@ class Client:
     def alive(self) -> bool:
         return self._dead is None
 
-    def close(self, *, reason: str = "closed by the client") -> None:
-        """Stop the reader; waiting callers get INVALID_CONN. No close callback. Safe twice."""
+    def closing(self) -> None:
+        """The client is about to close: the end that follows calls no close callback."""
         with self._lock:
             self._closing = True
+
+    def close(self, *, reason: str = "closed by the client") -> None:
+        """Stop the reader; waiting callers get INVALID_CONN. No close callback. Safe twice."""
+        self.closing()
         self._end(libvirtError.local(names.VIR_ERR_INVALID_CONN, names.VIR_FROM_RPC,
                                      f"connection to libvirtd at {self.where} {reason}"), None)
         if threading.current_thread() is not self._reader:

@@ -249,6 +249,8 @@ class virConnect:
         """Close the connection (CONNECT_CLOSE, then the socket); safe twice."""
         if self._closed:
             return 0
+        # the daemon hangs up after its reply: an end this client asked for, no close callback
+        self._client.closing()
         try:
             if self._client.alive:
                 self._call(Proc.CONNECT_CLOSE)

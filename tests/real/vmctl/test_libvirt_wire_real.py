@@ -275,6 +275,28 @@ def test_a_lost_daemon_is_a_lost_connection_as_with_the_binding(binding: Binding
     ours.close()
 
 
+def test_closing_calls_no_close_callback_and_later_calls_fail() -> None:
+    conn = libvirt_wire.open(URI)
+    closed: queue.Queue[int] = queue.Queue()
+    conn.registerCloseCallback(lambda _c, reason, _o: closed.put(reason), None)
+    assert conn.close() == 0 and conn.close() == 0
+    with pytest.raises(libvirt_wire.libvirtError) as caught:
+        conn.listAllDomains(0)
+    assert caught.value.get_error_code() == libvirt.VIR_ERR_INVALID_CONN
+    with pytest.raises(queue.Empty):
+        closed.get(timeout=1)
+
+
+def test_a_missing_socket_fails_as_with_the_binding(binding: Binding, tmp_path: Path) -> None:
+    uri = f"{URI}?socket={tmp_path / 'none'}"
+    with pytest.raises(libvirt.libvirtError) as theirs:
+        libvirt.open(uri)
+    with pytest.raises(libvirt_wire.libvirtError) as ours:
+        libvirt_wire.open(uri)
+    assert ours.value.err is not None and theirs.value.err is not None
+    assert ours.value.err[:4] == theirs.value.err[:4]
+
+
 def test_keepalive_with_the_daemon_keeps_an_idle_connection(wire: Wire) -> None:
     closed: queue.Queue[int] = queue.Queue()
     wire.registerCloseCallback(lambda _c, reason, _o: closed.put(reason), None)
