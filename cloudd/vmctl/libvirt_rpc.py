@@ -190,7 +190,7 @@ class Client:
             serial = self._serial
             self._pending[serial] = pending
         self._send(xdr.frame(xdr.Header(xdr.REMOTE_PROGRAM, xdr.REMOTE_PROTOCOL_VERSION, proc,
-                                        xdr.MessageType.CALL, serial, xdr.Status.OK), args))
+                                        xdr.MessageType.CALL, serial, xdr.ReplyStatus.OK), args))
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -286,7 +286,7 @@ class Client:
 
     def _keepalive_message(self, proc: int) -> None:
         self._send(xdr.frame(xdr.Header(xdr.KEEPALIVE_PROGRAM, xdr.KEEPALIVE_PROTOCOL_VERSION,
-                                        proc, xdr.MessageType.MESSAGE, 0, xdr.Status.OK)))
+                                        proc, xdr.MessageType.MESSAGE, 0, xdr.ReplyStatus.OK)))
 
     def _dispatch(self, packet: bytes) -> None:
         header, body = xdr.parse(packet)
@@ -322,7 +322,7 @@ class Client:
             self._pending_again(header.serial, pending)
             raise xdr.XdrError(f"{body.what} answers a call of "
                                f"REMOTE_PROC_{xdr.Proc(pending.proc).name}")
-        if header.status == xdr.Status.OK:
+        if header.status == xdr.ReplyStatus.OK:
             try:
                 pending.result = pending.decode(body)
                 body.done()
@@ -330,7 +330,7 @@ class Client:
                 self._pending_again(header.serial, pending)
                 raise
             pending.done.set()
-        elif header.status == xdr.Status.ERROR:
+        elif header.status == xdr.ReplyStatus.ERROR:
             try:
                 error = body.remote_error()
                 body.done()

@@ -55,7 +55,7 @@ class MessageType(enum.IntEnum):
     REPLY_WITH_FDS = 5
 
 
-class Status(enum.IntEnum):
+class ReplyStatus(enum.IntEnum):
     OK = 0
     ERROR = 1
     CONTINUE = 2

@@ -15,7 +15,7 @@ import pytest
 
 from cloudd.vmctl import libvirt_xdr as xdr
 from cloudd.vmctl.libvirt_rpc import Client, libvirtError
-from cloudd.vmctl.libvirt_xdr import Header, MessageType, Packer, Proc, Status, Unpacker
+from cloudd.vmctl.libvirt_xdr import Header, MessageType, Packer, Proc, ReplyStatus, Unpacker
 
 WAIT = 30.0  # seconds: generous bounds on what should take milliseconds
 
@@ -35,7 +35,8 @@ class Daemon:
             self._ready += self._frames.feed(data)
         return xdr.parse(self._ready.pop(0))
 
-    def reply(self, call: Header, payload: bytes = b"", status: Status = Status.OK) -> None:
+    def reply(self, call: Header, payload: bytes = b"",
+              status: ReplyStatus = ReplyStatus.OK) -> None:
         self.send(Header(call.prog, call.vers, call.proc, MessageType.REPLY, call.serial, status),
                   payload)
 
@@ -85,7 +86,7 @@ def test_an_error_reply_raises_the_daemons_error(pair: Pair) -> None:
         p = Packer().i32(libvirt.VIR_ERR_NO_DOMAIN).i32(libvirt.VIR_FROM_QEMU)
         p.optional("Domain not found", p.string).i32(2).u32(0)
         p.optional("Domain not found: %s", p.string).u32(0).u32(0).i32(-1).i32(-1).u32(0)
-        daemon.reply(call, p.getvalue(), Status.ERROR)
+        daemon.reply(call, p.getvalue(), ReplyStatus.ERROR)
         with pytest.raises(libvirtError) as caught:
             pending.result(WAIT)
     assert caught.value.err == (42, 10, "Domain not found", 2, "Domain not found: %s", None,
@@ -98,15 +99,15 @@ def test_an_error_reply_raises_the_daemons_error(pair: Pair) -> None:
     ((xdr.MESSAGE_MAX + 100).to_bytes(4, "big"),
      "malformed packet from libvirtd at test-socket: a packet length of 33554532 bytes is "
      "outside libvirt's bounds (28 to 33554436)"),
-    (xdr.frame(Header(0x12345678, 1, 1, MessageType.MESSAGE, 0, Status.OK)),
+    (xdr.frame(Header(0x12345678, 1, 1, MessageType.MESSAGE, 0, ReplyStatus.OK)),
      "malformed packet from libvirtd at test-socket: message procedure 1 (serial 0) is of "
      "unknown program 0x12345678"),
     (xdr.frame(Header(xdr.REMOTE_PROGRAM, 1, Proc.DOMAIN_IS_ACTIVE, MessageType.REPLY, 2,
-                      Status.OK), b"\0\0"),
+                      ReplyStatus.OK), b"\0\0"),
      "malformed packet from libvirtd at test-socket: reply REMOTE_PROC_DOMAIN_IS_ACTIVE "
      "(serial 2): truncated at byte 24: an int needs 4 bytes, 2 left"),
     (xdr.frame(Header(xdr.REMOTE_PROGRAM, 1, Proc.DOMAIN_IS_ACTIVE, MessageType.REPLY, 7,
-                      Status.OK), b"\0\0\0\0"),
+                      ReplyStatus.OK), b"\0\0\0\0"),
      "malformed packet from libvirtd at test-socket: reply REMOTE_PROC_DOMAIN_IS_ACTIVE "
      "(serial 7) answers no call waiting"),
 ])
@@ -153,7 +154,7 @@ def test_the_daemons_end_is_a_lost_connection_as_the_bindings(pair: Pair) -> Non
 def test_the_daemons_pings_are_answered(pair: Pair) -> None:
     _, daemon, _ = pair
     daemon.send(Header(xdr.KEEPALIVE_PROGRAM, 1, xdr.KEEPALIVE_PING, MessageType.MESSAGE, 0,
-                       Status.OK))
+                       ReplyStatus.OK))
     daemon.sock.settimeout(WAIT)
     pong, body = daemon.receive()
     assert (pong.prog, pong.proc, pong.type) == (xdr.KEEPALIVE_PROGRAM, xdr.KEEPALIVE_PONG,
@@ -181,7 +182,7 @@ def test_an_answered_ping_keeps_the_connection(pair: Pair) -> None:
     for _ in range(3):
         assert daemon.receive()[0].proc == xdr.KEEPALIVE_PING
         daemon.send(Header(xdr.KEEPALIVE_PROGRAM, 1, xdr.KEEPALIVE_PONG, MessageType.MESSAGE, 0,
-                           Status.OK))
+                           ReplyStatus.OK))
     assert client.alive and closed.empty()
 
 
@@ -199,7 +200,7 @@ def test_a_call_from_a_callback_raises_instead_of_waiting_forever(pair: Pair) ->
 
     client.events[Proc.DOMAIN_EVENT_CALLBACK_LIFECYCLE] = handler
     daemon.send(Header(xdr.REMOTE_PROGRAM, 1, Proc.DOMAIN_EVENT_CALLBACK_LIFECYCLE,
-                       MessageType.MESSAGE, 0, Status.OK))
+                       MessageType.MESSAGE, 0, ReplyStatus.OK))
     assert "called from a libvirt_wire event or close callback" in str(seen.result(WAIT))
     assert client.alive
 
