@@ -1,10 +1,16 @@
-"""The Backend protocol over libvirt-python: the only module of cloudd that imports libvirt.
+"""The Backend protocol over libvirt.
 
-libvirt-python blocks, so every call runs in one dedicated worker thread per connection (a
+The connection is `libvirt_wire`, libvirt's RPC protocol in pure Python with the binding's
+API, to the local libvirtd; a `test:///` URI (libvirt's in-process test driver: the labs' and
+tests' hosts without VMs) goes through the binding instead (`libvirt_inprocess`, loaded only
+then), seen through the same API and errors. A real host never loads the binding (its ~12 MiB
+of shared libraries: tests/daemon/test_footprint.py).
+
+Calls block, so every call runs in one dedicated worker thread per connection (a
 single thread keeps the calls on one connection ordered and makes the object safe to share)
 and every call has a timeout: a hung libvirtd makes a call fail with BackendUnavailable
-instead of freezing the agent. Lifecycle events arrive without polling, through libvirtaio
-(libvirt's event loop implemented on the running asyncio loop).
+instead of freezing the agent. Lifecycle events arrive without polling, on the connection's
+reader thread (libvirtaio's loop for the binding), and hop to the backend's loop.
 
 Ownership: an operation on a domain first reads its cloudd metadata (virDomainGetMetadata in
 cloudd's namespace) in the same worker-thread call; a domain without it raises NotOurDomain
@@ -43,12 +49,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from xml.etree import ElementTree as ET
 
-import libvirt
-
 from cloudd import log
 from cloudd.backoff import Backoff
 from cloudd.errors import ClouddError, PermanentError, TemporaryError
 from cloudd.vmctl import libvirt_migration as moves
+from cloudd.vmctl import libvirt_wire as libvirt
 from cloudd.vmctl.backend import (
     BackendUnavailable,
     DomainEvent,
@@ -62,7 +67,6 @@ from cloudd.vmctl.backend import (
     PowerState,
     disk_files,
 )
-from cloudd.vmctl.libvirt_events import event_loop
 from cloudd.vmctl.metadata import (
     NAMESPACE,
     CloudMeta,
@@ -118,11 +122,13 @@ _XML_ERRORS = {libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL,
 _IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
 
 
-def _quiet(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr by default; we raise them instead."""
+def _opener(uri: str) -> Callable[[str], libvirt.virConnect]:
+    """How `uri` is opened: libvirt's in-process drivers only through the binding."""
+    if uri.split(":", 1)[0] == "test":
+        from cloudd.vmctl import libvirt_inprocess
 
-
-libvirt.registerErrorHandler(_quiet, None)
+        return libvirt_inprocess.open
+    return libvirt.open
 
 
 def _translate(e: libvirt.libvirtError, what: str) -> ClouddError:
@@ -206,7 +212,6 @@ class LibvirtBackend:
     async def open(cls, uri: str, **kwargs: Any) -> LibvirtBackend:
         backend = cls(uri, **kwargs)
         backend._loop = asyncio.get_running_loop()
-        event_loop()
         await backend._connect()
         return backend
 
@@ -236,7 +241,7 @@ class LibvirtBackend:
 
     async def _connect(self) -> None:
         def work() -> tuple[libvirt.virConnect, int, tuple[DomainInfo, ...]]:
-            conn = libvirt.open(self.uri)
+            conn = _opener(self.uri)(self.uri)
             try:
                 if not self.uri.startswith("test:"):
                     conn.setKeepAlive(5, 3)

@@ -23,9 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import libvirt
-
 from cloudd.errors import ClouddError, TemporaryError
+from cloudd.vmctl import libvirt_wire as libvirt
 
 #: Live migrations that may run at once (each holds a thread while the memory streams).
 MIGRATE_THREADS = 2

@@ -231,10 +231,11 @@ class virConnect:
                                       args.getvalue(), registered)
         return callback_id
 
-    def domainEventDeregisterAny(self, callbackID: int) -> None:
+    def domainEventDeregisterAny(self, callbackID: int) -> int:
         self._call(Proc.CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY,
                    Packer().i32(callbackID).getvalue())
         self._callbacks.pop(callbackID, None)
+        return 0
 
     def _lifecycle(self, u: Unpacker) -> Callable[[], None] | None:
         callback_id, ref, event, detail = u.i32(), u.domain(), u.i32(), u.i32()

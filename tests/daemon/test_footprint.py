@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: rich and pygments, which structlog would load for its console tracebacks when installed
 #: (a development virtualenv has them), though cloudd never renders with them.
 LATER = ("libvirt", "asyncssh", "prometheus_client", "cryptography", "cloudd.certs",
-         "cloudd.vmctl.libvirt_backend", "cloudd.vmctl.images",
+         "cloudd.vmctl.libvirt_backend", "cloudd.vmctl.libvirt_wire", "cloudd.vmctl.images",
          "cloudd.daemon.leader.imagecopy", "cloudd.daemon.operator.metrics", "rich", "pygments")
 
 
@@ -158,3 +158,14 @@ def test_a_host_s_domain_templates_load_no_web_client() -> None:
     assert "cloudd.vmctl.template" in loaded
     assert sorted(m for m in loaded if m in ("urllib.request", "http.client", "xml.sax")
                   or m.split(".")[0] == "email") == []
+
+
+def test_a_host_s_libvirt_side_loads_no_binding() -> None:
+    """A pool host speaks libvirt's protocol itself (`libvirt_wire`): the binding, with its
+    ~12 MiB of shared libraries, is loaded only for libvirt's in-process test driver."""
+    loaded = loaded_after("cloudd.vmctl.libvirt_backend", "cloudd.vmctl.hostagent",
+                          "cloudd.vmctl.libvirt_migration")
+    assert "cloudd.vmctl.libvirt_wire" in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in ("libvirt", "libvirtmod",
+                                                          "libvirtaio")) == []
+    assert "libvirt" in loaded_after("cloudd.vmctl.libvirt_inprocess")  # the test can fail

@@ -8,12 +8,12 @@ import asyncio
 import threading
 from typing import Any
 
-import libvirt
 import pytest
 
 from cloudd import log
 from cloudd.errors import TemporaryError
 from cloudd.vmctl import libvirt_migration as moves
+from cloudd.vmctl import libvirt_wire as libvirt
 
 
 class Domain:
