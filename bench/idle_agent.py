@@ -1,7 +1,7 @@
 """What an idle agent costs: RSS and CPU of cloudd agents doing nothing but keeping a cloud.
 
 A cloud of 3 host agents and 2 node agents (`AgentLab`, `profile: production`, each in its
-own network namespace), settled on a leader, is left alone for `--seconds` (60 by default);
+own network namespace; the hosts connected to the machine's libvirtd), settled on a leader, is left alone for `--seconds` (60 by default);
 the idle cost includes probing its peers (SWIM) and the leader's lease renewals. The node
 agents are `managed: false` nodes of a web cloud whose database has no agent: they hold their
 assignment and wait for it, so that their figures are the agent's own (no role services run).
@@ -14,7 +14,8 @@ libraries it has mapped (/proc/PID/maps: libvirt's binding, cryptography's). All
 so they share the machine the same way; the window starts after a warm-up. The tables go to
 bench/results/idle_agent.json too (`bench/report.py`).
 
-Run as root: `.venv/bin/python bench/idle_agent.py [--seconds 60]`. Everything it starts is
+Run as root, libvirtd running (`scripts/ensure-libvirtd.sh`):
+`.venv/bin/python bench/idle_agent.py [--seconds 60]`. Everything it starts is
 removed at the end, on Ctrl-C or SIGTERM.
 """
 
@@ -41,6 +42,10 @@ WARMUP = 5.0
 TICKS = os.sysconf("SC_CLK_TCK")
 #: The nodes that run an agent (the database's node has none: the others wait for it)
 NODE_AGENTS = ("lab-balancer-1", "lab-server-1")
+#: The host agents' libvirt, as a real host's: the machine's libvirtd (they define no domain:
+#: the nodes are not VMs), which they reach by libvirt's protocol (cloudd.vmctl.libvirt_wire);
+#: the labs' usual `test:///default` is an in-process driver only libvirt's binding has.
+SYSTEM = "qemu:///system"
 #: Shared libraries worth naming when a process has them mapped.
 LIBRARIES = {"libvirtmod": "libvirt", "_rust.abi3": "cryptography", "libvirt.so": "libvirt"}
 
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(sigterm_as_interrupt())
         cloud = stack.enter_context(AgentLab("h14ic", hosts=3, subnet="10.234.148.0/24",
                                              profile="production", agent_nodes=NODE_AGENTS,
-                                             extra_settings=settings))
+                                             extra_settings=settings, libvirt_uri=SYSTEM))
         etcd = stack.enter_context(EtcdLab("h14ie", 3, subnet="10.234.158.0/24"))
         cloud.start_all()
         etcd.start_all()
