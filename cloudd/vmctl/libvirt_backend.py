@@ -1,10 +1,11 @@
 """The Backend protocol over libvirt.
 
 The connection is `libvirt_wire`, libvirt's RPC protocol in pure Python with the binding's
-API, to the local libvirtd; a `test:///` URI (libvirt's in-process test driver: the labs' and
-tests' hosts without VMs) goes through the binding instead (`libvirt_inprocess`, loaded only
-then), seen through the same API and errors. A real host never loads the binding (its ~12 MiB
-of shared libraries: tests/daemon/test_footprint.py).
+API, to the local libvirtd (`qemu:///system`, the default). What it does not speak goes
+through the binding instead (`libvirt_binding`, loaded only then), seen through the same API
+and errors: a `test:///` URI (libvirt's in-process test driver: the labs' and tests' hosts
+without VMs) and a remote transport (`qemu+ssh://...`, `qemu+tls://...`). A host on its local
+libvirtd never loads the binding (~12 MiB of shared libraries: tests/daemon/test_footprint.py).
 
 Calls block, so every call runs in one dedicated worker thread per connection (a
 single thread keeps the calls on one connection ordered and makes the object safe to share)
@@ -123,12 +124,13 @@ _IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
 
 
 def _opener(uri: str) -> Callable[[str], libvirt.virConnect]:
-    """How `uri` is opened: libvirt's in-process drivers only through the binding."""
-    if uri.split(":", 1)[0] == "test":
-        from cloudd.vmctl import libvirt_inprocess
+    """How `uri` is opened: the local libvirtd by its protocol (`libvirt_wire`); what only
+    the binding speaks (in-process drivers, remote transports) through the binding."""
+    if libvirt.speaks(uri):
+        return libvirt.open
+    from cloudd.vmctl import libvirt_binding
 
-        return libvirt_inprocess.open
-    return libvirt.open
+    return libvirt_binding.open
 
 
 def _translate(e: libvirt.libvirtError, what: str) -> ClouddError:

@@ -85,6 +85,19 @@ def local_target(uri: str) -> tuple[str, str]:
     return where, name
 
 
+def speaks(uri: str) -> bool:
+    """Whether this client serves `uri`: a local libvirtd's driver; not libvirt's in-process
+    test driver (`test:///`, inside the binding's library: the daemon would open one of its
+    own), nor a remote transport."""
+    if uri.partition(":")[0] in ("test", "test+unix"):
+        return False
+    try:
+        local_target(uri)
+    except libvirtError:
+        return False
+    return True
+
+
 def open(uri: str) -> virConnect:
     """Connect to libvirtd's socket and open `uri` there, as libvirt.open does."""
     where, name = local_target(uri)

@@ -168,4 +168,4 @@ def test_a_host_s_libvirt_side_loads_no_binding() -> None:
     assert "cloudd.vmctl.libvirt_wire" in loaded
     assert sorted(m for m in loaded if m.split(".")[0] in ("libvirt", "libvirtmod",
                                                           "libvirtaio")) == []
-    assert "libvirt" in loaded_after("cloudd.vmctl.libvirt_inprocess")  # the test can fail
+    assert "libvirt" in loaded_after("cloudd.vmctl.libvirt_binding")  # the test can fail

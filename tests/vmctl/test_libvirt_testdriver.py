@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from cloudd.errors import PermanentError
-from cloudd.vmctl import libvirt_inprocess
+from cloudd.vmctl import libvirt_binding
 from cloudd.vmctl.backend import (
     DomainEvent,
     DomainEventKind,
@@ -206,7 +206,7 @@ def test_a_domain_undefined_between_the_listing_and_its_reads_is_left_out() -> N
     """The listing a connect makes: a domain gone by the time its metadata is read is not
     there any more, not an error (the chaos soak saw a host agent exit on it, started while
     the leader re-placed a node)."""
-    conn = libvirt_inprocess.open("test:///default")  # as the backend opens it
+    conn = libvirt_binding.open("test:///default")  # as the backend opens it
     try:
         gone = conn.defineXML(xml_for("gone"))
         kept = conn.defineXML(xml_for("kept"))
@@ -221,3 +221,20 @@ def test_a_domain_undefined_between_the_listing_and_its_reads_is_left_out() -> N
         kept.undefine()
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(("uri", "wire"), [
+    ("qemu:///system", True),
+    ("qemu+unix:///system?socket=/run/lab/libvirt-sock", True),
+    ("test:///default", False),           # the binding's in-process driver
+    ("qemu+ssh://pm2/system", False),     # a remote transport: the binding's remote driver
+    ("qemu+tls://192.0.2.71/system", False),
+])
+def test_the_local_libvirtd_is_spoken_to_by_protocol_and_the_rest_through_the_binding(
+        uri: str, wire: bool) -> None:
+    from cloudd.vmctl import libvirt_wire
+    from cloudd.vmctl.libvirt_backend import _opener
+
+    assert libvirt_wire.speaks(uri) is wire
+    assert (_opener(uri) is libvirt_wire.open) is wire
+    assert (_opener(uri) is libvirt_binding.open) is not wire

@@ -1,11 +1,12 @@
-"""libvirt's in-process drivers (`test:///...`) through the binding, as the wire client.
+"""What `libvirt_wire` does not speak, through libvirt's binding, seen as the wire client.
 
 A `test:` URI names a driver inside libvirt.so itself, with no daemon to speak to: only the
-binding reaches it. The labs and the tests use it for pool hosts that run no VM. This module
-opens it through the binding and gives back what `libvirt_wire` gives: the binding's errors
-become `libvirt_wire.libvirtError` with the same code, domain and message, and its connections
-and domains are wrapped so that the callbacks see wrapped ones too. `libvirt_backend` then
-catches one error class, and a real host, which speaks to libvirtd, never loads the binding.
+binding reaches it (the labs and the tests use it for pool hosts that run no VM); a remote
+transport (ssh, tls, tcp) needs the binding's remote driver. This module opens such URIs
+through the binding and gives back what `libvirt_wire` gives: the binding's errors become
+`libvirt_wire.libvirtError` with the same code, domain and message, and its connections and
+domains are wrapped so that the callbacks see wrapped ones too. `libvirt_backend` then catches
+one error class, and a host on its local libvirtd never loads the binding.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ libvirt.registerErrorHandler(_quiet, None)
 
 
 def open(uri: str) -> Any:
-    """A connection to the in-process driver `uri` (libvirt's event loop started first, for
-    its lifecycle events)."""
+    """A connection to `uri` through the binding (libvirt's event loop started first, for its
+    lifecycle events)."""
     event_loop()
     return _Connection(_translated(libvirt.open)(uri))
 
