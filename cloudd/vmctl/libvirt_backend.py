@@ -44,6 +44,7 @@ import concurrent.futures
 import contextlib
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -242,6 +243,10 @@ class LibvirtBackend:
         return conn
 
     async def _connect(self) -> None:
+        # set when the wait is given up (its timeout, or close()): a connection the worker
+        # opens after that is closed there, not left to run its reader and callbacks
+        abandoned = threading.Event()
+
         def work() -> tuple[libvirt.virConnect, int, tuple[DomainInfo, ...]]:
             conn = _opener(self.uri)(self.uri)
             try:
@@ -250,26 +255,35 @@ class LibvirtBackend:
                 conn.registerCloseCallback(self._on_close, None)
                 cb = conn.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
-                return conn, cb, self._list_on(conn)
+                listing = self._list_on(conn)
+                if abandoned.is_set():
+                    raise libvirt.libvirtError(f"connection to {self.uri} given up meanwhile")
+                return conn, cb, listing
             except BaseException:
                 conn.close()
                 raise
 
-        conn, cb, domains = await self._call("connect", work, need_conn=False)
+        try:
+            conn, cb, domains = await self._call("connect", work, need_conn=False)
+        except BaseException:
+            abandoned.set()
+            raise
         self._conn, self._callback_id = conn, cb
         self._owners = {d.name: d.meta for d in domains}
         self._log.info("libvirt connected", uri=self.uri, domains=len(domains))
         self._hub.publish(DomainEvent(kind=DomainEventKind.RESYNC, domain="", meta=None,
                                       detail="connected", at=self.clock(), domains=domains))
 
-    def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
-        # Called on the libvirt-events thread: hop to the backend's loop.
+    def _on_close(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        # Called on the connection's reader thread (the binding's: libvirt's event thread):
+        # hop to the backend's loop.
         loop = self._loop
         if loop is not None and not self._closed:
-            self._hop(loop, self._lost, reason)
+            self._hop(loop, self._lost, conn, reason)
 
-    def _lost(self, reason: int) -> None:
-        if self._conn is None or self._closed:
+    def _lost(self, conn: libvirt.virConnect, reason: int) -> None:
+        # only the connection in use: one dropped before (a reconnect's) ends without effect
+        if self._conn is None or self._closed or conn is not self._conn:
             return
         dead, self._conn, self._callback_id = self._conn, None, None
         self._log.warning("libvirt connection lost", uri=self.uri, reason=reason)

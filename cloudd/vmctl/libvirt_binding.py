@@ -33,21 +33,33 @@ def open(uri: str) -> Any:
     """A connection to `uri` through the binding (libvirt's event loop started first, for its
     lifecycle events)."""
     event_loop()
-    return _Connection(_translated(libvirt.open)(uri))
+    return _translated(libvirt.open)(uri)
 
 
 def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return _seen(fn(*args, **kwargs))
         except libvirt.libvirtError as e:
             raise libvirtError(str(e), e.err) from None
     return call
 
 
+def _seen(result: Any) -> Any:
+    """A binding's domain or connection as this module's (wrapped), lists of them too."""
+    if isinstance(result, libvirt.virDomain):
+        return _Domain(result)
+    if isinstance(result, libvirt.virConnect):
+        return _Connection(result)
+    if isinstance(result, list) and result and isinstance(result[0], libvirt.virDomain):
+        return [_Domain(d) for d in result]
+    return result
+
+
 class _Wrapped:
-    """The binding's object, its methods raising the wire client's errors."""
+    """The binding's object, its methods raising the wire client's errors and giving wrapped
+    domains and connections."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -62,15 +74,6 @@ class _Domain(_Wrapped):
 
 
 class _Connection(_Wrapped):
-    def lookupByName(self, name: str) -> _Domain:
-        return _Domain(_translated(self._inner.lookupByName)(name))
-
-    def defineXMLFlags(self, xml: str, flags: int = 0) -> _Domain:
-        return _Domain(_translated(self._inner.defineXMLFlags)(xml, flags))
-
-    def listAllDomains(self, flags: int = 0) -> list[_Domain]:
-        return [_Domain(d) for d in _translated(self._inner.listAllDomains)(flags)]
-
     def registerCloseCallback(self, cb: Callable[..., None], opaque: Any) -> int:
         return int(_translated(self._inner.registerCloseCallback)(
             lambda _conn, reason, op: cb(self, reason, op), opaque))

@@ -1,4 +1,4 @@
-"""Live migration over libvirt-python, for `cloudd.vmctl.libvirt_backend`.
+"""Live migration for `cloudd.vmctl.libvirt_backend` (through `libvirt_wire`, or the binding).
 
 `migrateToURI3`, peer to peer: this host's libvirtd connects to the other's at the URI the
 manifest gives for it, with its own credentials (the libvirtds trust each other, the agents are
@@ -9,10 +9,11 @@ definition sent along is this one with the other host's name stamped in, so that
 host's domain at once. It runs on a thread of its own, bounded by its caller's limit; a move
 past it is aborted (`abortJob`: libvirt resumes the guest here).
 
-Jobs. A migration is a job of the domain on both hosts (migration out here, in there): `job`
-reads it, so that LIST can say a domain is moving (`DomainInfo.migrating`: the leader leaves
-such a node alone, whichever leader it is), and a MIGRATE that finds a move of its domain under
-way (started before this agent restarted) follows it (`follow`) instead of starting a second.
+Jobs. A migration is a job of the domain on both hosts (migration out here, in there; libvirt
+gives its figures on the source only): `job` reads it, so that LIST can say a domain is moving
+(`DomainInfo.migrating`: the leader leaves such a node alone, whichever leader it is), and a
+MIGRATE that finds a move of its domain under way (started before this agent restarted)
+follows it (`follow`) instead of starting a second.
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ def job(dom: libvirt.virDomain) -> int | None:
     None when none runs (or it stopped between the look and the question).
 
     The domain's control state is read first: it waits for nothing, while asking for a job's
-    figures waits (up to libvirt's 30 s) for whatever holds the domain, such as a reset stuck
-    on a stopped qemu; only a domain running a background job (a migration, in or out, is
-    one) is asked which."""
+    figures waits (up to libvirt's 30 s) for whatever holds the domain. OCCUPIED is a command
+    in qemu's monitor with no background job behind it (a reset stuck on a stopped qemu
+    stays so for as long as qemu is stopped), ERROR a monitor gone: neither is asked. A
+    migration is a background job: between its own brief monitor commands the state is OK
+    (libvirt 9.0 says JOB only while one of them runs), so OK and JOB are both asked."""
     try:
-        if dom.controlInfo()[0] != libvirt.VIR_DOMAIN_CONTROL_JOB:
+        if dom.controlInfo()[0] in (libvirt.VIR_DOMAIN_CONTROL_OCCUPIED,
+                                    libvirt.VIR_DOMAIN_CONTROL_ERROR):
             return None
         stats = dom.jobStats(0)
     except libvirt.libvirtError:

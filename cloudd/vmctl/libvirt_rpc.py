@@ -188,9 +188,18 @@ class Client:
                 raise self._dead
             self._serial += 1
             serial = self._serial
+        try:  # framed before it waits: a packet too long to send leaves no call waiting
+            packet = xdr.frame(xdr.Header(xdr.REMOTE_PROGRAM, xdr.REMOTE_PROTOCOL_VERSION, proc,
+                                          xdr.MessageType.CALL, serial, xdr.ReplyStatus.OK),
+                               args)
+        except ValueError as e:
+            raise libvirtError.local(names.VIR_ERR_INVALID_ARG, names.VIR_FROM_RPC,
+                                     f"REMOTE_PROC_{proc.name}: {e}") from None
+        with self._lock:
+            if self._dead is not None:
+                raise self._dead
             self._pending[serial] = pending
-        self._send(xdr.frame(xdr.Header(xdr.REMOTE_PROGRAM, xdr.REMOTE_PROTOCOL_VERSION, proc,
-                                        xdr.MessageType.CALL, serial, xdr.ReplyStatus.OK), args))
+        self._send(packet)
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -269,6 +278,13 @@ class Client:
                       names.VIR_CONNECT_CLOSE_REASON_ERROR)
         except libvirtError:
             pass  # a PING or PONG that could not be written: the connection has ended already
+        except BaseException as e:
+            # a bug of this module's (a decoder's), or memory: the callers must not wait for a
+            # reader that is gone
+            self._end(libvirtError.local(names.VIR_ERR_INTERNAL_ERROR, names.VIR_FROM_RPC,
+                                         f"libvirt_wire's reader failed: {e!r}"),
+                      names.VIR_CONNECT_CLOSE_REASON_ERROR)
+            raise
         finally:
             self._sock.close()
             with self._lock:
@@ -326,7 +342,7 @@ class Client:
             try:
                 pending.result = pending.decode(body)
                 body.done()
-            except xdr.XdrError:
+            except BaseException:  # malformed, or a decoder's bug: the connection's end fails it
                 self._pending_again(header.serial, pending)
                 raise
             pending.done.set()
@@ -334,7 +350,7 @@ class Client:
             try:
                 error = body.remote_error()
                 body.done()
-            except xdr.XdrError:
+            except BaseException:
                 self._pending_again(header.serial, pending)
                 raise
             pending.fail(libvirtError.remote(error, f"REMOTE_PROC_{xdr.Proc(header.proc).name}"))
@@ -343,9 +359,14 @@ class Client:
             raise xdr.XdrError(f"{body.what} has status {header.status}, not OK or ERROR")
 
     def _pending_again(self, serial: int, pending: _Pending) -> None:
-        # back among the waiting, so that the connection's end reaches its caller too
+        # back among the waiting, so that the connection's end reaches its caller too (or
+        # that end itself, when it came first: then nobody would fail it)
         with self._lock:
-            self._pending[serial] = pending
+            dead = self._dead
+            if dead is None:
+                self._pending[serial] = pending
+        if dead is not None:
+            pending.fail(dead)
 
     @staticmethod
     def _deliver(callback: Callable[[], None]) -> None:

@@ -58,8 +58,18 @@ class Occupied(Domain):
         raise AssertionError("jobStats waits for the command holding the domain")
 
 
+class Between(Domain):
+    """A domain whose migration runs between two of its monitor commands: libvirt 9.0 says
+    its control state is OK then (JOB only while one of those commands runs)."""
+
+    def controlInfo(self) -> list[int]:
+        return [libvirt.VIR_DOMAIN_CONTROL_OK, 0, 0]
+
+
 def test_a_domain_held_by_a_stuck_command_is_not_asked_for_its_job() -> None:
     assert moves.job(Occupied()) is None  # type: ignore[arg-type]
+    assert moves.job(Between(job=libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT)) \
+        == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT  # type: ignore[arg-type]
     assert moves.job(Domain(job=libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN)) \
         == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN  # type: ignore[arg-type]
 

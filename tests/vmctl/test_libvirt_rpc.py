@@ -135,6 +135,29 @@ def test_a_malformed_packet_ends_the_connection_for_every_caller(
     assert closed.empty() and not client.alive
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_reader_that_fails_unforeseen_still_ends_every_waiting_call(pair: Pair) -> None:
+    """A decoder's bug (here a ValueError) kills the reader thread: the callers, the one whose
+    reply was fine included, get an error instead of waiting for a reader that is gone."""
+    client, daemon, closed = pair
+
+    def broken(u: Unpacker) -> object:
+        u.i32()
+        raise ValueError("a decoder's bug")
+
+    with ThreadPoolExecutor(2) as pool:
+        fine = call_in_thread(pool, client, Proc.DOMAIN_IS_ACTIVE)
+        fine_call, _ = daemon.receive()
+        bad = call_in_thread(pool, client, Proc.NODE_GET_FREE_MEMORY, broken)
+        bad_call, _ = daemon.receive()
+        daemon.reply(bad_call, Packer().i32(1).getvalue())
+        for f in (fine, bad):
+            with pytest.raises(libvirtError, match="libvirt_wire's reader failed: ValueError"):
+                f.result(WAIT)
+    assert closed.get(timeout=WAIT) == libvirt.VIR_CONNECT_CLOSE_REASON_ERROR
+    assert not client.alive and fine_call.serial != bad_call.serial
+
+
 def test_the_daemons_end_is_a_lost_connection_as_the_bindings(pair: Pair) -> None:
     client, daemon, closed = pair
     with ThreadPoolExecutor(1) as pool:

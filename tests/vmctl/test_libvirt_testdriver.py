@@ -238,3 +238,38 @@ def test_the_local_libvirtd_is_spoken_to_by_protocol_and_the_rest_through_the_bi
     assert libvirt_wire.speaks(uri) is wire
     assert (_opener(uri) is libvirt_wire.open) is wire
     assert (_opener(uri) is libvirt_binding.open) is not wire
+
+
+def test_what_the_binding_gives_is_seen_as_the_wire_client_s() -> None:
+    """Every domain the wrapped binding returns raises the wire client's errors, whichever
+    call gave it (not only the three the backend uses)."""
+    from cloudd.vmctl import libvirt_wire
+
+    conn = libvirt_binding.open("test:///default")
+    try:
+        dom = conn.defineXML(xml_for("wrapped"))
+        again = conn.lookupByUUIDString(dom.UUIDString())
+        assert again.connect().getURI() == "test:///default"
+        again.undefine()
+        with pytest.raises(libvirt_wire.libvirtError) as gone:
+            dom.create()
+        assert gone.value.get_error_code() == libvirt_wire.VIR_ERR_NO_DOMAIN
+    finally:
+        conn.close()
+
+
+async def test_a_close_from_a_connection_no_longer_in_use_is_ignored(
+        backend: LibvirtBackend) -> None:
+    """A connection given up (an earlier one, or a connect that timed out) may still report its
+    end: only the close of the connection in use makes the backend reconnect."""
+    current = backend._conn
+    assert current is not None
+    backend._on_close(libvirt_binding.open("test:///default"), 1, None)
+    await asyncio.sleep(0.1)
+    assert backend._conn is current
+    backend._on_close(current, 1, None)
+    for _ in range(200):
+        if backend._conn is not None and backend._conn is not current:
+            break
+        await asyncio.sleep(0.05)
+    assert backend._conn is not None and backend._conn is not current

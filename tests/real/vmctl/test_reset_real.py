@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from cloudd_lab.testguest import GuestImage, build_minimal_guest
 
+from cloudd.vmctl import libvirt_migration as moves
+from cloudd.vmctl import libvirt_wire
 from cloudd.vmctl.backend import PowerState
 from cloudd.vmctl.libvirt_backend import LibvirtBackend
 from cloudd.vmctl.metadata import CloudMeta
@@ -189,6 +191,35 @@ async def test_the_listing_answers_while_a_reset_hangs_on_a_stopped_qemu(
         assert qemu_pid(name) != pid
     finally:
         await backend.close()
+
+
+async def test_a_background_job_is_seen_between_its_monitor_commands(
+        backend: LibvirtBackend, name: str, tmp_path: Path) -> None:
+    """A live memory dump is a background job as a migration is (no second host needed): its
+    operation is read while it runs, though libvirt says the domain's control state is OK
+    between the dump's own monitor commands (asking only in state JOB missed it)."""
+    await running_guest(backend, name, tmp_path / "console.log")
+    conn = libvirt_wire.open(SYSTEM)
+    try:
+        dom = conn.lookupByName(name)
+        dumping = await asyncio.create_subprocess_exec(
+            "virsh", "-c", SYSTEM, "dump", "--live", "--memory-only", name,
+            str(tmp_path / "memory.dump"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seen: list[int | None] = []
+        deadline = time.monotonic() + BOUND
+        while dumping.returncode is None and time.monotonic() < deadline:
+            seen.append(moves.job(dom))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(dumping.wait(), 0.01)
+        _, err = await asyncio.wait_for(dumping.communicate(), BOUND)
+        assert dumping.returncode == 0, err.decode()
+        dumps = seen.count(libvirt_wire.VIR_DOMAIN_JOB_OPERATION_DUMP)
+        print(f"\nlooks while the dump ran: {len(seen)}, the dump seen in {dumps}")
+        # all but the looks before the job began and after it ended (a third: generous)
+        assert dumps > len(seen) / 3, f"the dump seen in {dumps} of {len(seen)} looks"
+        assert moves.job(dom) is None  # and none once it ended
+    finally:
+        conn.close()
 
 
 async def test_a_domain_that_does_not_run_is_not_reset(backend: LibvirtBackend, name: str,
