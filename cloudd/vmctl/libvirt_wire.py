@@ -396,8 +396,15 @@ class virDomain:
 
 
 def _is_local(uri: str) -> bool:
-    """Whether `uri` names this host (no server, or one named localhost...), as libvirt sees it."""
-    authority = uri.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    """Whether `uri` names this host (no server, or one named localhost...), as libvirt sees it
+    (virDomainMigrateCheckNotLocal): a unix socket, by its transport or a `socket=`, is taken
+    for another daemon's, whoever names it knowing what they do."""
+    scheme, _, rest = uri.partition("://")
+    query = rest.partition("?")[2]
+    if "unix" in scheme or any(item.partition("=")[0] == "socket"
+                               for item in query.split("&")):
+        return False
+    authority = rest.partition("/")[0].rpartition("@")[2]
     server = authority.partition("]")[0][1:] if authority.startswith("[") \
         else authority.partition(":")[0]
     return not server or server.startswith("localhost")

@@ -67,6 +67,13 @@ def qemu_pid(domain: str) -> int | None:
     return None
 
 
+#: Seconds a guest takes at the least, from its qemu's start, before its agent can answer (its
+#: kernel and userland under TCG, then Python: 10 s and more, bench/guest_boot.py). An "alive"
+#: sooner is the leader's word on the agent of the qemu before (killed, its death not noticed
+#: yet, while a fast restart already started the new one), not a rejoin.
+AGENT_START_MIN = 5.0
+
+
 def started(domain: str) -> float:
     """When `domain`'s qemu started (unix time; 0 when it does not run)."""
     with contextlib.suppress(OSError):
@@ -250,7 +257,8 @@ class VmLab(AgentLab):
         The domain's state, host and start come from libvirt itself (the qemu pid file is
         written at start), the agent's liveness from the leader's `inspect`. Sightings are
         kept because a node's liveness may flicker under TCG load; each one is the node's
-        agent answering the leader's probes."""
+        agent answering the leader's probes. A sighting sooner than AGENT_START_MIN after the
+        domain's start is the agent of the qemu before, not counted."""
         wanted = list(nodes or self.node_names)
         seen: dict[str, tuple[float, str]] = {}
         t0 = time.monotonic()
@@ -263,7 +271,9 @@ class VmLab(AgentLab):
                 doms = self.domains()
                 for node in sorted(alive & (set(wanted) - set(seen))):
                     d = doms.get(node)
-                    if (d is not None and d.running and started(d.name) > since
+                    began = started(d.name) if d is not None else 0.0
+                    if (d is not None and d.running and began > since
+                            and now - began >= AGENT_START_MIN
                             and (hosts is None or d.host in hosts)):
                         seen[node] = (now - since, d.host)
             if len(seen) == len(wanted):
