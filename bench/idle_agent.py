@@ -1,8 +1,9 @@
 """What an idle agent costs: RSS and CPU of cloudd agents doing nothing but keeping a cloud.
 
 A cloud of 3 host agents and 2 node agents (`AgentLab`, `profile: production`, each in its
-own network namespace; the hosts connected to the machine's libvirtd), settled on a leader, is left alone for `--seconds` (60 by default);
-the idle cost includes probing its peers (SWIM) and the leader's lease renewals. The node
+own network namespace; the hosts connected to the machine's libvirtd), settled on a leader,
+is left alone for `--seconds` (60 by default); the idle cost includes probing its peers
+(SWIM) and the leader's lease renewals. The node
 agents are `managed: false` nodes of a web cloud whose database has no agent: they hold their
 assignment and wait for it, so that their figures are the agent's own (no role services run).
 For reference, in the same window, a 3-member etcd cluster (Debian's etcd-server with its
