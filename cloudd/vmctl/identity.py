@@ -217,6 +217,15 @@ def chrony_conf(servers: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Every boot (cloud-init's bootcmd, before sshd starts): an SSH host key that is missing or
+#: empty is made anew. A guest killed soon after its first boot (kill -9 of its qemu, a
+#: host's power loss) can lose the keys cloud-init wrote to its page cache, and cloud-init
+#: makes keys only for a new instance: sshd would then refuse to start on every later boot.
+#: The first boot makes them here too (so cloud-init's ssh module is told to keep them).
+HOST_KEYS = ('d="${SSH_DIR:-/etc/ssh}"; for t in rsa ecdsa ed25519; do k="$d/ssh_host_${t}_key"; '
+             'if [ ! -s "$k" ] || [ ! -s "$k.pub" ]; then rm -f "$k" "$k.pub"; '
+             'ssh-keygen -q -t "$t" -N "" -f "$k" || exit 1; fi; done')
+
 #: cloud-init's users: root alone, its password locked. Naming root as the only user keeps
 #: cloud-init from making its default one (`users: []` would too, but cloud-init 22.4's schema
 #: refuses an empty list); its keys come as a file (`root_keys_file`).
@@ -258,7 +267,8 @@ def seed_files(ident: NodeIdentity, *, mac: str, pki: Pki,
         # cloud-init.service writes it before chrony.service starts (ordered Before= it).
         writes.append({"path": CHRONY_CONF, "permissions": "0644", "owner": "root:root",
                        "content": chrony_conf(setup.time_servers)})
-    user = {"users": list(USERS), "write_files": writes}
+    user = {"users": list(USERS), "write_files": writes, "ssh_deletekeys": False,
+            "bootcmd": [["sh", "-c", HOST_KEYS]]}
     return {"meta-data": json.dumps(meta, indent=1) + "\n",
             "user-data": "#cloud-config\n" + json.dumps(user, indent=1) + "\n",
             "network-config": json.dumps(network, indent=1) + "\n"}

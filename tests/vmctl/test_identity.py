@@ -128,3 +128,30 @@ def test_identity_file_round_trip() -> None:
 def test_a_bad_identity_file_is_refused_in_one_sentence(text: str, message: str) -> None:
     with pytest.raises(IdentityError, match=message):
         from_identity_json(text)
+
+
+def test_a_lost_or_empty_host_key_is_made_anew_at_boot_and_good_ones_are_kept(
+        tmp_path: Path) -> None:
+    """The seed's bootcmd, run as cloud-init runs it (sh -c), on a folder where a killed
+    guest's first boot left one key empty and one missing: those two are made, the third
+    kept as it was; and the seed tells cloud-init's ssh module to keep them."""
+    import subprocess
+
+    from cloudd.vmctl.identity import HOST_KEYS, seed_files
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f",
+                    str(tmp_path / "ssh_host_rsa_key")], check=True)
+    kept = (tmp_path / "ssh_host_rsa_key").read_bytes()
+    (tmp_path / "ssh_host_ed25519_key").write_bytes(b"")  # written, never flushed
+    (tmp_path / "ssh_host_ed25519_key.pub").write_bytes(b"")
+    done = subprocess.run(["sh", "-c", HOST_KEYS], env={"SSH_DIR": str(tmp_path),
+                                                        "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ssh_host_rsa_key").read_bytes() == kept
+    for t in ("ecdsa", "ed25519"):
+        assert (tmp_path / f"ssh_host_{t}_key").stat().st_size > 0
+        assert (tmp_path / f"ssh_host_{t}_key.pub").read_text().startswith(
+            "ssh-ed25519" if t == "ed25519" else "ecdsa-sha2")
+    user = yaml.safe_load(seed_files(IDENT, mac="52:54:00:aa:bb:cc", pki=PKI)["user-data"])
+    assert user["bootcmd"] == [["sh", "-c", HOST_KEYS]] and user["ssh_deletekeys"] is False
