@@ -59,6 +59,7 @@ class libvirtError(Exception):
         return cls(f"{what} failed", (e.code, e.domain, e.message, e.level, e.str1, e.str2,
                                       e.str3, e.int1, e.int2))
 
+    # the binding's readers of `err` that cloudd calls (it has more: level, str1-3, int1-2)
     def get_error_code(self) -> int | None:
         return None if self.err is None else self.err[0]
 
@@ -67,24 +68,6 @@ class libvirtError(Exception):
 
     def get_error_message(self) -> str | None:
         return None if self.err is None else self.err[2]
-
-    def get_error_level(self) -> int | None:
-        return None if self.err is None else self.err[3]
-
-    def get_str1(self) -> str | None:
-        return None if self.err is None else self.err[4]
-
-    def get_str2(self) -> str | None:
-        return None if self.err is None else self.err[5]
-
-    def get_str3(self) -> str | None:
-        return None if self.err is None else self.err[6]
-
-    def get_int1(self) -> int | None:
-        return None if self.err is None else self.err[7]
-
-    def get_int2(self) -> int | None:
-        return None if self.err is None else self.err[8]
 
 
 def lost(where: str, why: str) -> libvirtError:

@@ -55,7 +55,8 @@ def test_without_keys_no_user_is_made_and_root_gets_no_key() -> None:
     # root alone, locked: not even cloud-init's default `debian`
     assert data["users"] == [{"name": "root", "lock_passwd": True}]
     assert not any(key.startswith(("ssh", "disable_root", "chpasswd", "password"))
-                   for key in data)
+                   for key in data if key != "ssh_deletekeys")
+    assert data["ssh_deletekeys"] is False  # the host keys the seed's bootcmd made: no way in
     # written empty: a key some earlier seed gave is gone too
     assert files_of(data)[ROOT_KEYS] == {"path": ROOT_KEYS, "permissions": "0600",
                                          "owner": "root:root", "content": ""}
@@ -68,7 +69,8 @@ def test_keys_go_to_root_and_to_no_one_else() -> None:
     assert data["users"] == [{"name": "root", "lock_passwd": True}]
     assert files_of(data)[ROOT_KEYS]["content"] == f"{KEY}\n{other}\n"
     assert not any(key.startswith(("ssh", "disable_root", "chpasswd", "password"))
-                   for key in data)
+                   for key in data if key != "ssh_deletekeys")
+    assert data["ssh_deletekeys"] is False  # the host keys the seed's bootcmd made: no way in
 
 
 def test_chrony_takes_the_pool_hosts_as_its_only_servers() -> None:

@@ -264,9 +264,13 @@ async def test_a_close_from_a_connection_no_longer_in_use_is_ignored(
     end: only the close of the connection in use makes the backend reconnect."""
     current = backend._conn
     assert current is not None
-    backend._on_close(libvirt_binding.open("test:///default"), 1, None)
-    await asyncio.sleep(0.1)
-    assert backend._conn is current
+    other = libvirt_binding.open("test:///default")
+    try:
+        backend._on_close(other, 1, None)
+        await asyncio.sleep(0.1)
+        assert backend._conn is current
+    finally:
+        other.close()
     backend._on_close(current, 1, None)
     for _ in range(200):
         if backend._conn is not None and backend._conn is not current:
